@@ -1,0 +1,246 @@
+//! Harness for tests that need root and a real kernel.
+//!
+//! Each test starts its own `rush-agentd` with a private socket, state dir, bpffs pin dir
+//! and cgroup parent, so tests run in parallel and leave nothing behind.
+//!
+//! Skips: a test that cannot run here calls [`require`]. Under `RUSH_TEST_STRICT=1` (set by
+//! `cargo xtask test` and in the guests) a missing requirement fails the test instead: a
+//! tier that exists to prove a kernel guarantee must not pass by skipping.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Directory holding the built binaries (rush, rush-agentd, rush-test-net): `RUSH_BIN_DIR`,
+/// else the directory of the test executable's parent (target/<profile>/).
+pub fn bin_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("RUSH_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>
+    exe.parent().and_then(Path::parent).expect("target dir").to_owned()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(p.exists(), "{} is not built; run `cargo build --workspace --bins` (cargo xtask test does)", p.display());
+    p
+}
+
+pub fn strict() -> bool {
+    std::env::var("RUSH_TEST_STRICT").is_ok_and(|v| v == "1")
+}
+
+/// Returns false (after a loud SKIP line) when `ok` is false, unless strict, where it panics.
+pub fn require(ok: bool, what: &str) -> bool {
+    if ok {
+        return true;
+    }
+    if strict() {
+        panic!("required for this tier but missing: {what}");
+    }
+    eprintln!("SKIP ***** {what} *****");
+    false
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A private daemon, stopped (SIGTERM) and cleaned up on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    pub state: tempfile::TempDir,
+    pub cgroup_parent: String,
+    pub pin_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("rush-test-{}-{n}", std::process::id());
+        let state = tempfile::Builder::new().prefix(&tag).tempdir().expect("state dir");
+        let socket = state.path().join("agentd.sock");
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{tag}"));
+        let log = state.path().join("daemon.log");
+        let logf = std::fs::File::create(&log).expect("daemon log");
+        let child = Command::new(bin("rush-agentd"))
+            .arg("--config")
+            .arg("/dev/null")
+            .arg("--state-dir")
+            .arg(state.path())
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--pin-dir")
+            .arg(&pin_dir)
+            .arg("--cgroup-parent")
+            .arg(&tag)
+            .arg("--ephemeral")
+            .env("RUSH_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(logf)
+            .spawn()
+            .expect("spawn rush-agentd");
+        let mut d = Daemon { child: Some(child), socket, state, cgroup_parent: tag, pin_dir, log };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("rush-agentd exited with {status} during start-up:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("rush-agentd not ready after 20 s:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
+    }
+
+    /// `rush --socket S ARGS...`, waited for.
+    pub fn rush(&self, args: &[&str]) -> Output {
+        self.rush_cmd(args).output().expect("run rush")
+    }
+
+    pub fn rush_cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("rush"));
+        c.arg("--socket").arg(&self.socket).args(args).stdin(Stdio::null());
+        c
+    }
+
+    /// `rush --json ARGS`, parsed; panics with the output when it fails.
+    pub fn rush_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.rush(&all);
+        assert!(out.status.success(), "rush {args:?} failed: {}", describe(&out));
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("rush {args:?}: not JSON ({e}): {}", describe(&out)))
+    }
+
+    pub fn audit(&self) -> Vec<serde_json::Value> {
+        self.rush_json(&["audit"]).as_array().cloned().unwrap_or_default()
+    }
+
+    /// The v2 cgroup directory that holds this daemon's agents.
+    pub fn cgroup_v2_parent(&self) -> PathBuf {
+        cgroup2_root().join(&self.cgroup_parent)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // The daemon removes its agents' cgroups; the parent directories are ours to remove.
+        for root in cgroup_roots() {
+            let _ = std::fs::remove_dir(root.join(&self.cgroup_parent));
+        }
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+    }
+}
+
+/// The cgroup v2 mount point.
+pub fn cgroup2_root() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+        })
+        .expect("a cgroup2 mount")
+}
+
+/// Every cgroup hierarchy mount point (v2 and v1).
+pub fn cgroup_roots() -> Vec<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && (f[2] == "cgroup2" || f[2] == "cgroup")).then(|| PathBuf::from(f[1]))
+        })
+        .collect()
+}
+
+pub fn describe(out: &Output) -> String {
+    format!(
+        "status {:?} (signal {:?})\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        out.status.signal(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A tiny HTTP server on 127.0.0.1 answering every request with "hello from rush test".
+pub struct HttpServer {
+    pub port: u16,
+}
+
+impl HttpServer {
+    pub fn start() -> HttpServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for mut s in listener.incoming().flatten() {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf);
+                let body = "hello from rush test\n";
+                let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            }
+        });
+        HttpServer { port }
+    }
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    // A zombie still answers kill(0); treat it as dead.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,488 @@
+//! Host integration tier: root, the real daemon and CLI, real cgroups and BPF programs.
+//! Every test ends in an outcome the kernel produced: an errno, a dead process, a
+//! removed cgroup, a record in the audit trail.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::time::Duration;
+
+use kernel_tests::*;
+use serde_json::Value;
+
+/// Root and a kernel that attaches cgroup sock_addr programs; false = skipped.
+fn host_ready() -> bool {
+    require(is_root(), "root (these tests load BPF programs and create cgroups)")
+}
+
+fn net(d: &Daemon, name: &str, policy: &str, kind: &str, addr: &str) -> std::process::Output {
+    let tool = bin("rush-test-net");
+    let tool = tool.to_str().unwrap();
+    d.rush(&["agent", "spawn", name, "--net", policy, "--", tool, kind, addr])
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+/// The agent's net_deny records, waiting for the first: kernel events reach the audit
+/// trail asynchronously, through the ring buffer.
+fn net_denies(d: &Daemon, agent: &str) -> Vec<Value> {
+    let get = || -> Vec<Value> {
+        d.audit().into_iter().filter(|r| r["agent"] == agent && r["event"]["kind"] == "net_deny").collect()
+    };
+    wait_until(Duration::from_secs(5), || !get().is_empty());
+    get()
+}
+
+#[test]
+fn deny_all_refuses_connect_with_eperm_and_audits_it() {
+    if !host_ready() {
+        return;
+    }
+    let d = Daemon::start();
+    let srv = HttpServer::start();
+    let addr = format!("127.0.0.1:{}", srv.port);
+
+    let out = net(&d, "a1", "deny", "tcp", &addr);
+    assert_eq!(stdout(&out), "errno EPERM", "{}", describe(&out));
+    assert_eq!(out.status.code(), Some(10), "the agent's exit status is rush's: {}", describe(&out));
+
+    // The same program outside any agent connects.
+    let plain = std::process::Command::new(bin("rush-test-net")).args(["tcp", &addr]).output().unwrap();
+    assert_eq!(stdout(&plain), "ok", "{}", describe(&plain));
+
+    let denies = net_denies(&d, "a1");
+    assert_eq!(denies.len(), 1, "one deny record expected: {denies:?}");
+    let ev = &denies[0]["event"];
+    assert_eq!(ev["destination"], addr.as_str());
+    assert_eq!(ev["hook"], "connect4");
+    assert_eq!(ev["protocol"], "tcp");
+    assert_eq!(ev["comm"], "rush-test-net");
+    assert!(ev["pid"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn curl_is_refused_in_a_deny_agent_and_allowed_by_its_allow_list() {
+    if !host_ready() || !require(which("curl"), "curl installed") {
+        return;
+    }
+    let d = Daemon::start();
+    let srv = HttpServer::start();
+    let url = format!("http://127.0.0.1:{}/", srv.port);
+    let curl = ["curl", "-sS", "--max-time", "5", url.as_str()];
+
+    let mut args = vec!["agent", "spawn", "c1", "--net", "deny", "--"];
+    args.extend_from_slice(&curl);
+    let out = d.rush(&args);
+    assert_eq!(out.status.code(), Some(7), "curl must fail to connect (exit 7): {}", describe(&out));
+
+    let outside = std::process::Command::new("curl").args(&curl[1..]).output().unwrap();
+    assert_eq!(stdout(&outside), "hello from rush test", "{}", describe(&outside));
+
+    let allow = format!("127.0.0.1:{}", srv.port);
+    let mut args = vec!["agent", "spawn", "c2", "--net", allow.as_str(), "--"];
+    args.extend_from_slice(&curl);
+    let out = d.rush(&args);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(stdout(&out), "hello from rush test");
+
+    let denies = net_denies(&d, "c1");
+    assert!(!denies.is_empty(), "curl's refused connect must be audited");
+    assert_eq!(denies[0]["event"]["comm"], "curl");
+    assert_eq!(denies[0]["event"]["destination"], allow.as_str());
+    // `rush audit` (human form) shows it too, with the agent name and destination.
+    let human = d.rush(&["audit", "--agent", "c1"]);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.contains("c1") && text.contains(&allow) && text.contains("curl"), "{text}");
+}
+
+#[test]
+fn allow_list_admits_only_the_listed_destinations() {
+    if !host_ready() {
+        return;
+    }
+    let d = Daemon::start();
+    let a = HttpServer::start();
+    let b = HttpServer::start();
+    let allowed = format!("127.0.0.1:{}", a.port);
+    let other = format!("127.0.0.1:{}", b.port);
+
+    assert_eq!(stdout(&net(&d, "l1", &allowed, "tcp", &allowed)), "ok");
+    assert_eq!(stdout(&net(&d, "l2", &allowed, "tcp", &other)), "errno EPERM");
+    // Any port on a host: HOST:*
+    assert_eq!(stdout(&net(&d, "l3", "127.0.0.1:*", "tcp", &other)), "ok");
+    // allow = everything
+    assert_eq!(stdout(&net(&d, "l4", "allow", "tcp", &other)), "ok");
+}
+
+#[test]
+fn udp_sendmsg_and_ipv6_are_covered_too() {
+    if !host_ready() {
+        return;
+    }
+    let d = Daemon::start();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let uaddr = udp.local_addr().unwrap().to_string();
+    assert_eq!(stdout(&net(&d, "u1", "deny", "udp", &uaddr)), "errno EPERM");
+    assert_eq!(stdout(&net(&d, "u2", &uaddr, "udp", &uaddr)), "ok");
+
+    // An IPv4 destination reached through an IPv6 socket (v4-mapped) is still IPv4 to the policy.
+    let srv = HttpServer::start();
+    let mapped = format!("[::ffff:127.0.0.1]:{}", srv.port);
+    let allow_v4 = format!("127.0.0.1:{}", srv.port);
+    assert_eq!(stdout(&net(&d, "m1", "deny", "tcp", &mapped)), "errno EPERM");
+    assert_eq!(stdout(&net(&d, "m2", &allow_v4, "tcp", &mapped)), "ok");
+
+    if std::net::TcpListener::bind("[::1]:0").is_ok() {
+        let l6 = std::net::TcpListener::bind("[::1]:0").unwrap();
+        let a6 = l6.local_addr().unwrap().to_string();
+        assert_eq!(stdout(&net(&d, "v6a", "deny", "tcp", &a6)), "errno EPERM");
+        assert_eq!(stdout(&net(&d, "v6b", &a6, "tcp", &a6)), "ok");
+        let d6: Vec<Value> = net_denies(&d, "v6a");
+        assert_eq!(d6[0]["event"]["hook"], "connect6");
+        assert_eq!(d6[0]["event"]["destination"], a6.as_str());
+    }
+}
+
+#[test]
+fn a_sub_cgroup_made_inside_the_agent_stays_confined() {
+    if !host_ready() {
+        return;
+    }
+    let d = Daemon::start();
+    let srv = HttpServer::start();
+    let addr = format!("127.0.0.1:{}", srv.port);
+    let tool = bin("rush-test-net");
+    // As root inside the agent: make a child cgroup, move in, try again.
+    let script = format!(
+        "set -e; cg=$(sed -n 's/^0:://p' /proc/self/cgroup); d={root}$cg/escape; mkdir $d; echo $$ > $d/cgroup.procs; \
+         sed -n 's/^0:://p' /proc/self/cgroup; {tool} tcp {addr}",
+        root = cgroup2_root().display(),
+        tool = tool.display()
+    );
+    let out = d.rush(&["agent", "spawn", "s1", "--net", "deny", "--", "sh", "-c", &script]);
+    let text = stdout(&out);
+    assert!(text.contains("/escape"), "the agent did move into its sub-cgroup: {}", describe(&out));
+    assert!(text.ends_with("errno EPERM"), "{}", describe(&out));
+}
+
+#[test]
+fn processes_outside_agents_are_never_affected() {
+    if !host_ready() {
+        return;
+    }
+    let d = Daemon::start();
+    let srv = HttpServer::start();
+    let addr = format!("127.0.0.1:{}", srv.port);
+    let out = d.rush(&["--json", "agent", "spawn", "bg", "--net", "deny", "--detach", "--", "sleep", "30"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    for _ in 0..20 {
+        let plain = std::process::Command::new(bin("rush-test-net")).args(["tcp", &addr]).output().unwrap();
+        assert_eq!(stdout(&plain), "ok");
+    }
+    assert!(d.rush(&["agent", "kill", "bg"]).status.success());
+}
+
+#[test]
+fn kill_ends_the_whole_tree_and_removes_the_cgroup() {
+    if !host_ready() {
+        return;
+    }
+    let d = Daemon::start();
+    // A tree: sh → (sleep, sh → sleep), each in the background, plus a double fork.
+    let script = "sleep 300 & (sleep 300 &) ; sh -c 'sleep 300' & wait";
+    let out = d.rush(&["--json", "agent", "spawn", "tree", "--detach", "--", "sh", "-c", script]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let cgroup_dir = d.cgroup_v2_parent().join("tree");
+    let procs = cgroup_dir.join("cgroup.procs");
+    let read_pids = || -> Vec<i32> {
+        std::fs::read_to_string(&procs).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).collect()
+    };
+    assert!(wait_until(Duration::from_secs(5), || read_pids().len() >= 5), "tree not started: {:?}", read_pids());
+    let pids = read_pids();
+
+    // v1 controllers (hybrid hosts): the agent is placed in them too.
+    for root in cgroup_roots() {
+        if root == cgroup2_root() || !root.join(&d.cgroup_parent).exists() {
+            continue;
+        }
+        let v1 = std::fs::read_to_string(root.join(&d.cgroup_parent).join("tree/cgroup.procs")).unwrap();
+        assert_eq!(v1.lines().count(), pids.len(), "v1 hierarchy {} misses processes", root.display());
+    }
+
+    let status = d.rush_json(&["agent", "status", "tree"]);
+    assert_eq!(status["processes"].as_u64().unwrap() as usize, pids.len());
+    let out = d.rush(&["agent", "kill", "tree"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        wait_until(Duration::from_secs(5), || pids.iter().all(|p| !pid_alive(*p))),
+        "survivors: {:?}",
+        pids.iter().filter(|p| pid_alive(**p)).collect::<Vec<_>>()
+    );
+    assert!(wait_until(Duration::from_secs(5), || !cgroup_dir.exists()), "cgroup {} not removed", cgroup_dir.display());
+    for root in cgroup_roots() {
+        assert!(!root.join(&d.cgroup_parent).join("tree").exists(), "v1 cgroup left in {}", root.display());
+    }
+    let status = d.rush_json(&["agent", "status", "tree"]);
+    assert_eq!(status["state"], "exited");
+    let kinds: Vec<String> = d
+        .audit()
+        .iter()
+        .filter(|r| r["agent"] == "tree")
+        .map(|r| r["event"]["kind"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kinds, ["spawn", "kill", "exit"]);
+}
+
+#[test]
+fn foreground_agent_streams_output_and_returns_its_status() {
+    if !host_ready() {
+        return;
+    }
+    let d = Daemon::start();
+    let out = d.rush(&["agent", "spawn", "fg", "--", "sh", "-c", "echo out; echo err >&2; exit 7"]);
+    assert_eq!(out.status.code(), Some(7), "{}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    // Killed by a signal: 128 + signal, the shell's convention.
+    let out = d.rush(&["agent", "spawn", "sig", "--", "sh", "-c", "kill -TERM $$"]);
+    assert_eq!(out.status.code(), Some(128 + 15), "{}", describe(&out));
+}
+
+#[test]
+fn a_foreground_agent_dies_with_its_caller() {
+    if !host_ready() {
+        return;
+    }
+    let d = Daemon::start();
+    let mut child = d
+        .rush_cmd(&["agent", "spawn", "orphan", "--", "sleep", "300"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let cg = d.cgroup_v2_parent().join("orphan/cgroup.procs");
+    assert!(wait_until(Duration::from_secs(5), || std::fs::read_to_string(&cg).is_ok_and(|s| !s.is_empty())));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || !d.cgroup_v2_parent().join("orphan").exists()),
+        "agent outlived its caller"
+    );
+}
+
+#[test]
+fn bad_input_gives_one_clear_line_and_changes_nothing() {
+    if !host_ready() {
+        return;
+    }
+    let mut d = Daemon::start();
+    let keep = d.rush(&["--json", "agent", "spawn", "dup", "--detach", "--", "sleep", "30"]);
+    assert!(keep.status.success(), "{}", describe(&keep));
+    let before = d.rush_json(&["agent", "list"]);
+    let audit_before = d.audit().len();
+
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (vec!["agent", "spawn", "x", "--bogus", "--", "true"], 2, "--bogus"),
+        (vec!["agent", "spawn", "x", "--net", "10.0.0.1", "--", "true"], 2, "missing ':PORT'"),
+        (vec!["agent", "spawn", "x", "--net", "1.2.3.4:99999", "--", "true"], 2, "99999"),
+        (vec!["agent", "spawn", "x", "--allow", "relative:read", "--", "true"], 2, "absolute"),
+        (vec!["agent", "spawn", "x", "--allow", "/tmp:fly", "--", "true"], 2, "fly"),
+        (vec!["agent", "spawn", "bad/name", "--", "true"], 2, "invalid agent name"),
+        (vec!["agent", "spawn", "x"], 2, ""),
+        (vec!["agent", "spawn", "dup", "--", "true"], 1, "already in use"),
+        (vec!["agent", "spawn", "x", "--", "/nonexistent/program"], 1, "/nonexistent/program"),
+        (vec!["agent", "spawn", "x", "--allow", "/tmp:read", "--", "true"], 1, "--allow /tmp:read"),
+        (vec!["agent", "status", "nobody"], 1, "nobody"),
+        (vec!["agent", "kill", "nobody"], 1, "nobody"),
+    ];
+    for (args, code, needle) in cases {
+        let out = d.rush(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "rush {args:?}: {}", describe(&out));
+        assert!(err.contains(needle), "rush {args:?}: stderr lacks {needle:?}: {err}");
+        if code == 1 {
+            assert_eq!(err.trim().lines().count(), 1, "rush {args:?}: one line expected: {err}");
+        }
+    }
+    assert!(d.is_running(), "daemon died on bad input:\n{}", d.log_text());
+    let after = d.rush_json(&["agent", "list"]);
+    assert_eq!(before.as_array().unwrap().len(), after.as_array().unwrap().len());
+    assert_eq!(after[0]["name"], "dup");
+    assert_eq!(after[0]["state"], "running");
+    // Failed spawns leave no cgroup behind and no spawn record.
+    let dirs: Vec<String> = std::fs::read_dir(d.cgroup_v2_parent())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().unwrap().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(dirs, ["dup"]);
+    let spawns = d.audit().iter().skip(audit_before).filter(|r| r["event"]["kind"] == "spawn").count();
+    assert_eq!(spawns, 0);
+}
+
+#[test]
+fn no_daemon_and_untrusted_sockets_are_refused_clearly() {
+    if !host_ready() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("none.sock");
+    let out = std::process::Command::new(bin("rush"))
+        .args(["--socket", missing.to_str().unwrap(), "agent", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not running"), "{}", describe(&out));
+
+    // A socket someone else owns could be a fake daemon collecting our terminal.
+    let fake = dir.path().join("fake.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&fake).unwrap();
+    std::os::unix::fs::chown(&fake, Some(65534), Some(65534)).unwrap();
+    let out = std::process::Command::new(bin("rush"))
+        .args(["--socket", fake.to_str().unwrap(), "agent", "list"])
+        .env_remove("RUSH_SOCKET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("owned by uid 65534"), "{err}");
+
+    // And the daemon will not start on top of it either.
+    let state = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin("rush-agentd"))
+        .args(["--config", "/dev/null", "--ephemeral", "--socket", fake.to_str().unwrap()])
+        .args(["--state-dir", state.path().to_str().unwrap(), "--pin-dir", "/sys/fs/bpf/rush-test-untrusted"])
+        .args(["--cgroup-parent", "rush-test-untrusted"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("owned by uid 65534"), "{}", describe(&out));
+    for root in cgroup_roots() {
+        let _ = std::fs::remove_dir(root.join("rush-test-untrusted"));
+    }
+    let _ = std::fs::remove_dir_all("/sys/fs/bpf/rush-test-untrusted");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_socket_refuses_to_start() {
+    if !host_ready() {
+        return;
+    }
+    let d = Daemon::start();
+    let state = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin("rush-agentd"))
+        .args(["--config", "/dev/null", "--ephemeral", "--socket", d.socket.to_str().unwrap()])
+        .args(["--state-dir", state.path().to_str().unwrap(), "--pin-dir", "/sys/fs/bpf/rush-test-second"])
+        .args(["--cgroup-parent", "rush-test-second"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already listening"), "{}", describe(&out));
+    for root in cgroup_roots() {
+        let _ = std::fs::remove_dir(root.join("rush-test-second"));
+    }
+    let _ = std::fs::remove_dir_all("/sys/fs/bpf/rush-test-second");
+    assert!(d.rush(&["agent", "list"]).status.success(), "the first daemon must be unaffected");
+}
+
+#[test]
+fn malformed_ndjson_and_dropped_connections_never_crash_the_daemon() {
+    if !host_ready() {
+        return;
+    }
+    let mut d = Daemon::start();
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut reply = |s: &mut UnixStream, line: &[u8]| -> Value {
+        s.write_all(line).unwrap();
+        let mut buf = String::new();
+        r.read_line(&mut buf).unwrap();
+        serde_json::from_str(&buf).unwrap_or_else(|e| panic!("reply not JSON ({e}): {buf:?}"))
+    };
+    for bad in [
+        &b"this is not json\n"[..],
+        b"{\"version\":1,\"id\":5,\"request\":{\"type\":\"launch_missiles\"}}\n",
+        b"{\"version\":1,\"id\":6}\n",
+        b"[1,2,3]\n",
+        b"{\"version\":1,\"id\":7,\"request\":{\"type\":\"spawn\",\"name\":\"x\"}}\n",
+        b"\xff\xfe\n",
+    ] {
+        let v = reply(&mut s, bad);
+        assert_eq!(v["reply"]["err"]["kind"], "bad_request", "{:?} → {v}", String::from_utf8_lossy(bad));
+    }
+    let v = reply(&mut s, b"{\"version\":99,\"id\":8,\"request\":{\"type\":\"hello\"}}\n");
+    assert_eq!(v["reply"]["err"]["kind"], "version_mismatch");
+    assert_eq!(v["id"], 8);
+    // The same connection still works after all that.
+    let v = reply(&mut s, b"{\"version\":1,\"id\":9,\"request\":{\"type\":\"hello\"}}\n");
+    assert_eq!(v["reply"]["ok"]["caller"]["role"]["kind"], "operator", "{v}");
+    drop(s);
+
+    // Connections dropped mid-line, mid-request, and a flood of partial ones.
+    for i in 0..50 {
+        let mut s = UnixStream::connect(&d.socket).unwrap();
+        let _ = s.write_all(&b"{\"version\":1,\"id\":1,\"request\":{\"type\":\"list_ag"[..(i % 40) + 1]);
+    }
+    // A foreground spawn whose caller vanishes before reading the reply.
+    {
+        let mut s = UnixStream::connect(&d.socket).unwrap();
+        let _ = s.write_all(b"{\"version\":1,\"id\":1,\"request\":{\"type\":\"list_agents\"}}\n");
+    }
+    // An oversized line is refused without the daemon buffering forever.
+    {
+        let mut s = UnixStream::connect(&d.socket).unwrap();
+        let big = vec![b'x'; 2 << 20];
+        let _ = s.write_all(&big);
+    }
+    assert!(d.is_running(), "daemon died:\n{}", d.log_text());
+    assert!(d.rush(&["agent", "list"]).status.success());
+}
+
+#[test]
+fn only_operators_may_spawn_even_root_inside_an_agent_may_not() {
+    if !host_ready() {
+        return;
+    }
+    let d = Daemon::start();
+    let rush = bin("rush");
+    // root, but inside an agent: an agent is not an operator.
+    let inner = format!("{} --socket {} agent spawn inner -- true", rush.display(), d.socket.display());
+    let out = d.rush(&["agent", "spawn", "outer", "--", "sh", "-c", &inner]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("may not spawn"), "{}", describe(&out));
+    let refused: Vec<Value> = d.audit().into_iter().filter(|r| r["event"]["kind"] == "refused").collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["agent"], "outer");
+
+    // An unprivileged user outside agents may not list agents either.
+    let out = std::process::Command::new(&rush)
+        .args(["--socket", d.socket.to_str().unwrap(), "agent", "list"])
+        .uid(65534)
+        .gid(65534)
+        .output();
+    let out = out.unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("uid 65534 may not"), "{}", describe(&out));
+}
+
+#[test]
+fn detached_agents_log_their_output() {
+    if !host_ready() {
+        return;
+    }
+    let d = Daemon::start();
+    let out = d.rush(&["--json", "agent", "spawn", "lg", "--detach", "--", "sh", "-c", "echo one; sleep 0.3; echo two"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let follow = d.rush(&["agent", "logs", "lg", "--follow"]);
+    assert!(follow.status.success(), "{}", describe(&follow));
+    assert_eq!(String::from_utf8_lossy(&follow.stdout), "one\ntwo\n");
+}
+
+fn which(prog: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
+}

@@ -1,0 +1,611 @@
+//! Agents: spawn a command inside its own cgroup with its kernel policy in place before
+//! it executes anything, track it until exit, kill its whole tree, clean up.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::File;
+use std::net::IpAddr;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use rush_proto::{
+    AgentInfo, AgentName, AgentState, ApiError, AuditEvent, ErrorKind, ExitStatus, NetPolicy, SpawnRequest,
+    StdioMode,
+};
+use tokio::sync::watch;
+
+use crate::audit::{AuditLog, now_unix_ms};
+use crate::bpf::{KernelNetPolicy, KernelPolicy};
+use crate::cgroup::{AgentCgroup, CgroupBackend, place_self};
+
+/// Who is asking, from SO_PEERCRED and /proc at connect time.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: i32,
+    /// Supplementary groups; the agent runs with exactly the caller's credentials.
+    pub groups: Vec<u32>,
+}
+
+/// What the kernel side can enforce, decided once at start-up from what really attached.
+#[derive(Debug, Clone)]
+pub struct Enforcement {
+    pub net: bool,
+    /// Why `--allow` file tokens cannot be honoured on this daemon, or None if they can.
+    pub file_tokens_unavailable: Option<String>,
+}
+
+/// How many exited agents `agent list` keeps showing.
+const EXITED_KEPT: usize = 64;
+
+pub struct AgentManager {
+    cgroups: Arc<dyn CgroupBackend>,
+    kernel: Arc<dyn KernelPolicy>,
+    audit: Arc<AuditLog>,
+    enforcement: Enforcement,
+    log_dir: PathBuf,
+    registry: Mutex<Registry>,
+}
+
+#[derive(Default)]
+struct Registry {
+    agents: HashMap<String, Agent>,
+    /// Names whose spawn is under way, so two concurrent spawns can't both take a name.
+    starting: HashSet<String>,
+    exited_order: VecDeque<String>,
+    /// cgroup id → name, also for exited agents, so late kernel events keep their name.
+    names: HashMap<u64, String>,
+}
+
+struct Agent {
+    info: AgentInfo,
+    cgroup: AgentCgroup,
+    exit: watch::Receiver<Option<ExitStatus>>,
+    log_path: Option<PathBuf>,
+}
+
+fn api_err(kind: ErrorKind, msg: impl Into<String>) -> ApiError {
+    ApiError::new(kind, msg)
+}
+
+impl AgentManager {
+    pub fn new(
+        cgroups: Arc<dyn CgroupBackend>,
+        kernel: Arc<dyn KernelPolicy>,
+        audit: Arc<AuditLog>,
+        enforcement: Enforcement,
+        log_dir: PathBuf,
+    ) -> Arc<AgentManager> {
+        Arc::new(AgentManager { cgroups, kernel, audit, enforcement, log_dir, registry: Mutex::default() })
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Kills and removes agent cgroups a previous daemon left behind. Their processes were
+    /// confined by the pinned programs until now; re-adopting them (rather than killing
+    /// them) is the durable-sessions issue's work.
+    pub fn reap_orphans(&self) {
+        for cg in self.cgroups.existing() {
+            let n = self.cgroups.kill_all(&cg).unwrap_or(0);
+            tracing::warn!(agent = %cg.name, processes = n, "killed an agent left by a previous daemon (re-adoption is not implemented yet)");
+            match self.cgroups.remove(&cg) {
+                Ok(()) => {
+                    let _ = self.kernel.remove_agent(cg.id);
+                }
+                Err(e) => tracing::error!(agent = %cg.name, error = %e, "orphan cgroup not removed; its kernel policy stays"),
+            }
+            self.audit.record(Some(&cg.name), AuditEvent::Kill { caller_uid: 0, processes_killed: n });
+        }
+    }
+
+    pub fn name_of(&self, cgroup_id: u64) -> Option<String> {
+        self.registry().names.get(&cgroup_id).cloned()
+    }
+
+    /// Starts an agent. On success the process runs in its cgroup under its policy; the
+    /// receiver yields its exit status. On error nothing is left behind.
+    pub async fn spawn(
+        self: &Arc<Self>,
+        req: SpawnRequest,
+        caller: &Caller,
+        stdio: Option<[OwnedFd; 3]>,
+    ) -> Result<(AgentInfo, watch::Receiver<Option<ExitStatus>>), ApiError> {
+        let name: AgentName = req.name.parse().map_err(|e: rush_proto::SpecError| api_err(ErrorKind::InvalidArgument, e.to_string()))?;
+        let name = name.to_string();
+        if req.command.is_empty() || req.command[0].is_empty() {
+            return Err(api_err(ErrorKind::InvalidArgument, "no command to run: give one after `--`"));
+        }
+        if let Some(grant) = req.allow.first() {
+            let why = self
+                .enforcement
+                .file_tokens_unavailable
+                .clone()
+                .unwrap_or_else(|| "file tokens are not enforced by this daemon".into());
+            return Err(api_err(
+                ErrorKind::Unsupported,
+                format!(
+                    "refusing --allow {}:{}: {why}; the agent would not be confined to it",
+                    grant.path.display(),
+                    grant.ops
+                ),
+            ));
+        }
+        if !self.enforcement.net {
+            return Err(api_err(
+                ErrorKind::Unsupported,
+                "the network programs are not attached, so no agent can be confined; see `rush doctor`",
+            ));
+        }
+        if !req.cwd.is_dir() {
+            return Err(api_err(
+                ErrorKind::InvalidArgument,
+                format!("working directory {} does not exist or is not a directory", req.cwd.display()),
+            ));
+        }
+        let (stdio_fds, log_path) = match (req.stdio, stdio) {
+            (StdioMode::Passed, Some(fds)) => (Some(fds), None),
+            (StdioMode::Passed, None) => {
+                return Err(api_err(
+                    ErrorKind::BadRequest,
+                    "stdio \"passed\" needs stdin, stdout and stderr as SCM_RIGHTS on the request line",
+                ));
+            }
+            (StdioMode::Log, _) => (None, Some(self.log_dir.join(format!("{name}.log")))),
+        };
+        let net = resolve_net(&req.net).await?;
+
+        // Reserve the name; everything after this point is undone on failure.
+        {
+            let mut reg = self.registry();
+            let running = reg.agents.get(&name).is_some_and(|a| a.info.state == AgentState::Running);
+            if running || reg.starting.contains(&name) {
+                return Err(api_err(ErrorKind::AlreadyExists, format!("agent name {name:?} is already in use")));
+            }
+            reg.starting.insert(name.clone());
+        }
+        let result = self.start(&name, &req, &net, caller, stdio_fds, log_path.clone()).await;
+        let mut reg = self.registry();
+        reg.starting.remove(&name);
+        let (info, cgroup, child) = result?;
+
+        let (tx, rx) = watch::channel(None);
+        if reg.agents.remove(&name).is_some() {
+            reg.exited_order.retain(|n| n != &name);
+        }
+        reg.names.insert(cgroup.id, name.clone());
+        reg.agents.insert(
+            name.clone(),
+            Agent { info: info.clone(), cgroup: cgroup.clone(), exit: rx.clone(), log_path },
+        );
+        drop(reg);
+        self.audit.record(
+            Some(&name),
+            AuditEvent::Spawn {
+                pid: info.pid,
+                uid: caller.uid,
+                command: req.command.clone(),
+                net: req.net.clone(),
+                caller_uid: caller.uid,
+            },
+        );
+        let mgr = Arc::clone(self);
+        tokio::spawn(async move { mgr.watch_exit(name, cgroup, child, tx).await });
+        Ok((info, rx))
+    }
+
+    async fn start(
+        &self,
+        name: &str,
+        req: &SpawnRequest,
+        net: &KernelNetPolicy,
+        caller: &Caller,
+        stdio: Option<[OwnedFd; 3]>,
+        log_path: Option<PathBuf>,
+    ) -> Result<(AgentInfo, AgentCgroup, tokio::process::Child), ApiError> {
+        let internal = |what: &str, e: &dyn std::fmt::Display| api_err(ErrorKind::Internal, format!("{what}: {e}"));
+        let cgroups = Arc::clone(&self.cgroups);
+        let owned = name.to_owned();
+        let cg = tokio::task::spawn_blocking(move || cgroups.create(&owned))
+            .await
+            .map_err(|e| internal("cgroup task", &e))?
+            .map_err(|e| internal("cannot create the agent's cgroup", &error_chain(&e)))?;
+        // The policy must be in the kernel before the first process enters the cgroup.
+        if let Err(e) = self.kernel.add_agent(cg.id, net) {
+            let _ = self.cgroups.remove(&cg);
+            return Err(internal("cannot install the agent's kernel policy", &e));
+        }
+        match self.exec(&cg, req, caller, stdio, log_path) {
+            Ok(child) => {
+                let pid = child.id().unwrap_or(0);
+                let info = AgentInfo {
+                    name: name.to_owned(),
+                    cgroup_id: cg.id,
+                    cgroup_path: cg.v2_dir.clone(),
+                    pid,
+                    uid: caller.uid,
+                    command: req.command.clone(),
+                    net: req.net.clone(),
+                    state: AgentState::Running,
+                    processes: 1,
+                    started_unix_ms: now_unix_ms(),
+                    enforcement: vec!["identity:cgroup-v2".into(), "net:cgroup-sock-addr".into()],
+                    exit: None,
+                    detached: req.stdio == StdioMode::Log,
+                };
+                Ok((info, cg, child))
+            }
+            Err(e) => {
+                let _ = self.cgroups.kill_all(&cg);
+                let _ = self.cgroups.remove(&cg);
+                let _ = self.kernel.remove_agent(cg.id);
+                Err(e)
+            }
+        }
+    }
+
+    fn exec(
+        &self,
+        cg: &AgentCgroup,
+        req: &SpawnRequest,
+        caller: &Caller,
+        stdio: Option<[OwnedFd; 3]>,
+        log_path: Option<PathBuf>,
+    ) -> Result<tokio::process::Child, ApiError> {
+        let placement: Vec<File> = self
+            .cgroups
+            .placement_files(cg)
+            .map_err(|e| api_err(ErrorKind::Internal, format!("cannot open the agent's cgroup: {}", error_chain(&e))))?;
+        let mut cmd = tokio::process::Command::new(&req.command[0]);
+        cmd.args(&req.command[1..]).env_clear().envs(req.env.iter().cloned()).current_dir(&req.cwd);
+        match (stdio, log_path) {
+            (Some([i, o, e]), _) => {
+                cmd.stdin(Stdio::from(i)).stdout(Stdio::from(o)).stderr(Stdio::from(e));
+            }
+            (None, Some(path)) => {
+                let open = || {
+                    std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(&path)
+                };
+                let out = open().map_err(|e| {
+                    api_err(ErrorKind::Internal, format!("cannot open log {}: {e}", path.display()))
+                })?;
+                let err = out.try_clone().map_err(|e| api_err(ErrorKind::Internal, e.to_string()))?;
+                cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+            }
+            (None, None) => {
+                cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+            }
+        }
+        let (uid, gid) = (caller.uid, caller.gid);
+        let groups: Vec<libc::gid_t> = caller.groups.clone();
+        // Only root can change credentials; an unprivileged daemon (unit tests) runs agents
+        // as itself, which is then also its caller.
+        let set_creds = nix::unistd::geteuid().is_root();
+        // SAFETY: the closure runs in the forked child before exec. It only makes raw
+        // system calls on memory allocated before the fork (write on open fds, setsid,
+        // setgroups, setgid, setuid) — no allocation, no locks — as pre_exec requires.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Into the cgroup first: from here on the kernel policy applies, and no
+                // instruction of the agent's program has run yet.
+                place_self(&placement)?;
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if set_creds
+                    && (libc::setgroups(groups.len(), groups.as_ptr()) < 0
+                        || libc::setgid(gid) < 0
+                        || libc::setuid(uid) < 0)
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd.kill_on_drop(false);
+        cmd.spawn().map_err(|e| {
+            api_err(ErrorKind::InvalidArgument, format!("cannot run {:?}: {e}", req.command[0]))
+        })
+    }
+
+    async fn watch_exit(
+        self: Arc<Self>,
+        name: String,
+        cg: AgentCgroup,
+        mut child: tokio::process::Child,
+        tx: watch::Sender<Option<ExitStatus>>,
+    ) {
+        use std::os::unix::process::ExitStatusExt;
+        let status = match child.wait().await {
+            Ok(s) => ExitStatus { code: s.code(), signal: s.signal() },
+            Err(e) => {
+                tracing::error!(agent = %name, error = %e, "lost track of the agent's process");
+                ExitStatus { code: None, signal: None }
+            }
+        };
+        // The first process is gone: nothing the agent left running outlives it.
+        let cgroups = Arc::clone(&self.cgroups);
+        let cg2 = cg.clone();
+        let removed = tokio::task::spawn_blocking(move || {
+            let _ = cgroups.kill_all(&cg2);
+            cgroups.remove(&cg2)
+        })
+        .await;
+        match removed {
+            // Only once the cgroup is gone may its kernel policy go: fail closed.
+            Ok(Ok(())) => {
+                if let Err(e) = self.kernel.remove_agent(cg.id) {
+                    tracing::warn!(agent = %name, error = %e, "kernel policy not removed");
+                }
+            }
+            Ok(Err(e)) => tracing::error!(agent = %name, error = %error_chain(&e), "agent cgroup not removed; its policy stays in force"),
+            Err(e) => tracing::error!(agent = %name, error = %e, "cleanup task failed"),
+        }
+        let pid = {
+            let mut reg = self.registry();
+            let pid = match reg.agents.get_mut(&name) {
+                Some(a) => {
+                    a.info.state = AgentState::Exited;
+                    a.info.exit = Some(status);
+                    a.info.processes = 0;
+                    a.info.pid
+                }
+                None => 0,
+            };
+            reg.exited_order.push_back(name.clone());
+            while reg.exited_order.len() > EXITED_KEPT {
+                let Some(old) = reg.exited_order.pop_front() else { break };
+                if let Some(a) = reg.agents.remove(&old) {
+                    reg.names.remove(&a.cgroup.id);
+                }
+            }
+            pid
+        };
+        self.audit.record(Some(&name), AuditEvent::Exit { pid, status });
+        let _ = tx.send(Some(status));
+    }
+
+    pub fn list(&self) -> Vec<AgentInfo> {
+        let reg = self.registry();
+        let mut v: Vec<AgentInfo> = reg.agents.values().map(|a| self.current(a)).collect();
+        v.sort_by(|a, b| a.started_unix_ms.cmp(&b.started_unix_ms).then(a.name.cmp(&b.name)));
+        v
+    }
+
+    pub fn status(&self, name: &str) -> Result<AgentInfo, ApiError> {
+        let reg = self.registry();
+        reg.agents.get(name).map(|a| self.current(a)).ok_or_else(|| not_found(name))
+    }
+
+    fn current(&self, a: &Agent) -> AgentInfo {
+        let mut info = a.info.clone();
+        if info.state == AgentState::Running {
+            info.processes = self.cgroups.pids(&a.cgroup).len() as u32;
+        }
+        info
+    }
+
+    /// Kills the agent's whole process tree. Cleanup (cgroup, kernel policy) follows when
+    /// its first process is reaped.
+    pub async fn kill(&self, name: &str, caller: &Caller) -> Result<u32, ApiError> {
+        let (cg, mut exit) = {
+            let reg = self.registry();
+            let a = reg.agents.get(name).ok_or_else(|| not_found(name))?;
+            if a.info.state != AgentState::Running {
+                return Err(api_err(ErrorKind::InvalidArgument, format!("agent {name:?} has already exited")));
+            }
+            (a.cgroup.clone(), a.exit.clone())
+        };
+        let cgroups = Arc::clone(&self.cgroups);
+        let n = tokio::task::spawn_blocking(move || cgroups.kill_all(&cg))
+            .await
+            .map_err(|e| api_err(ErrorKind::Internal, e.to_string()))?
+            .map_err(|e| api_err(ErrorKind::Internal, format!("kill {name}: {}", error_chain(&e))))?;
+        self.audit.record(Some(name), AuditEvent::Kill { caller_uid: caller.uid, processes_killed: n });
+        // Answer once the agent is really gone, so `kill` then `list` never shows it running.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), exit.wait_for(|s| s.is_some())).await;
+        Ok(n)
+    }
+
+    pub fn log_path(&self, name: &str) -> Result<(PathBuf, watch::Receiver<Option<ExitStatus>>), ApiError> {
+        let reg = self.registry();
+        let a = reg.agents.get(name).ok_or_else(|| not_found(name))?;
+        let path = a.log_path.clone().ok_or_else(|| {
+            api_err(ErrorKind::InvalidArgument, format!("agent {name:?} runs in the foreground: its output went to the terminal that spawned it"))
+        })?;
+        Ok((path, a.exit.clone()))
+    }
+
+    /// Kills every running agent (daemon shutdown).
+    pub async fn kill_all_agents(&self) {
+        let running: Vec<(String, watch::Receiver<Option<ExitStatus>>, AgentCgroup)> = self
+            .registry()
+            .agents
+            .values()
+            .filter(|a| a.info.state == AgentState::Running)
+            .map(|a| (a.info.name.clone(), a.exit.clone(), a.cgroup.clone()))
+            .collect();
+        for (name, mut exit, cg) in running {
+            let _ = self.cgroups.kill_all(&cg);
+            if tokio::time::timeout(std::time::Duration::from_secs(5), exit.wait_for(|s| s.is_some())).await.is_err() {
+                tracing::error!(agent = %name, "agent did not exit after SIGKILL");
+            }
+        }
+    }
+}
+
+fn not_found(name: &str) -> ApiError {
+    api_err(ErrorKind::NotFound, format!("no agent named {name:?}"))
+}
+
+/// `e` and its sources, joined: for messages that leave the daemon as one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        cur = src.source();
+    }
+    s
+}
+
+/// Host names are resolved now, once: the kernel matches addresses.
+async fn resolve_net(net: &NetPolicy) -> Result<KernelNetPolicy, ApiError> {
+    Ok(match net {
+        NetPolicy::Deny => KernelNetPolicy::Deny,
+        NetPolicy::Allow => KernelNetPolicy::Allow,
+        NetPolicy::AllowList(eps) => {
+            let mut out = Vec::new();
+            for ep in eps {
+                if let Ok(ip) = ep.host.parse::<IpAddr>() {
+                    out.push((ip, ep.port));
+                    continue;
+                }
+                let addrs = tokio::net::lookup_host((ep.host.as_str(), ep.port)).await.map_err(|e| {
+                    api_err(ErrorKind::InvalidArgument, format!("--net {ep}: cannot resolve {:?}: {e}", ep.host))
+                })?;
+                let before = out.len();
+                out.extend(addrs.map(|a| (a.ip(), ep.port)));
+                if out.len() == before {
+                    return Err(api_err(ErrorKind::InvalidArgument, format!("--net {ep}: {:?} has no addresses", ep.host)));
+                }
+            }
+            out.sort();
+            out.dedup();
+            KernelNetPolicy::List(out)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bpf::FakeKernel;
+    use crate::cgroup::fake::FakeCgroups;
+
+    struct Fixture {
+        mgr: Arc<AgentManager>,
+        kernel: Arc<FakeKernel>,
+        cgroups: Arc<FakeCgroups>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn fixture(enforcement: Enforcement) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = Arc::new(AuditLog::open(&dir.path().join("audit.jsonl")).unwrap());
+        let kernel = Arc::new(FakeKernel::default());
+        let cgroups = Arc::new(FakeCgroups::default());
+        let mgr = AgentManager::new(cgroups.clone(), kernel.clone(), audit, enforcement, dir.path().to_owned());
+        Fixture { mgr, kernel, cgroups, _dir: dir }
+    }
+
+    fn enforced() -> Enforcement {
+        Enforcement { net: true, file_tokens_unavailable: Some("BPF LSM programs did not attach: EPERM".into()) }
+    }
+
+    fn me() -> Caller {
+        let uid = nix::unistd::getuid().as_raw();
+        let gid = nix::unistd::getgid().as_raw();
+        Caller { uid, gid, pid: std::process::id() as i32, groups: vec![gid] }
+    }
+
+    fn req(name: &str, cmd: &[&str]) -> SpawnRequest {
+        SpawnRequest {
+            name: name.into(),
+            command: cmd.iter().map(|s| s.to_string()).collect(),
+            net: NetPolicy::Deny,
+            allow: vec![],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            cwd: PathBuf::from("/"),
+            stdio: StdioMode::Log,
+        }
+    }
+
+    #[tokio::test]
+    async fn spawn_installs_policy_first_and_cleans_up_after_exit() {
+        let f = fixture(enforced());
+        let (info, mut rx) = f.mgr.spawn(req("a1", &["sh", "-c", "exit 3"]), &me(), None).await.unwrap();
+        assert_eq!(f.mgr.name_of(info.cgroup_id).as_deref(), Some("a1"));
+        let status = rx.wait_for(|s| s.is_some()).await.unwrap().unwrap();
+        assert_eq!(status.code, Some(3));
+        // Give watch_exit's cleanup a moment: it runs before the status is sent.
+        assert!(f.kernel.agents.lock().unwrap().is_empty(), "kernel policy must be removed after exit");
+        assert!(f.cgroups.cgroups.lock().unwrap().is_empty(), "cgroup must be removed after exit");
+        assert_eq!(f.mgr.status("a1").unwrap().state, AgentState::Exited);
+    }
+
+    #[tokio::test]
+    async fn name_in_use_is_refused_and_changes_nothing() {
+        let f = fixture(enforced());
+        let (_info, _rx) = f.mgr.spawn(req("a1", &["sleep", "5"]), &me(), None).await.unwrap();
+        let e = f.mgr.spawn(req("a1", &["true"]), &me(), None).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::AlreadyExists);
+        assert_eq!(f.kernel.agents.lock().unwrap().len(), 1);
+        assert_eq!(f.mgr.list().len(), 1);
+        // kill through the fake (which knows no pids) — register the real pid first.
+        let pid = f.mgr.status("a1").unwrap().pid;
+        f.cgroups.add_pid("a1", pid);
+        assert_eq!(f.mgr.kill("a1", &me()).await.unwrap(), 1);
+        assert_eq!(f.mgr.status("a1").unwrap().state, AgentState::Exited);
+        // The name is free again once the agent has exited.
+        let (_i, mut rx) = f.mgr.spawn(req("a1", &["true"]), &me(), None).await.unwrap();
+        rx.wait_for(|s| s.is_some()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn bad_requests_leave_no_trace() {
+        let f = fixture(enforced());
+        let cases: Vec<(SpawnRequest, ErrorKind, &str)> = vec![
+            (req("bad name", &["true"]), ErrorKind::InvalidArgument, "invalid agent name"),
+            (req("a", &[]), ErrorKind::InvalidArgument, "no command"),
+            (req("a", &["/nonexistent/prog"]), ErrorKind::InvalidArgument, "cannot run"),
+            (
+                SpawnRequest { allow: vec!["/srv/a:read".parse().unwrap()], ..req("a", &["true"]) },
+                ErrorKind::Unsupported,
+                "EPERM",
+            ),
+            (SpawnRequest { cwd: "/nonexistent".into(), ..req("a", &["true"]) }, ErrorKind::InvalidArgument, "working directory"),
+            (SpawnRequest { stdio: StdioMode::Passed, ..req("a", &["true"]) }, ErrorKind::BadRequest, "SCM_RIGHTS"),
+        ];
+        for (r, kind, needle) in cases {
+            let e = f.mgr.spawn(r.clone(), &me(), None).await.unwrap_err();
+            assert_eq!(e.kind, kind, "{r:?}: {e:?}");
+            assert!(e.message.contains(needle), "{:?} lacks {needle:?}", e.message);
+        }
+        assert!(f.kernel.agents.lock().unwrap().is_empty());
+        assert!(f.cgroups.cgroups.lock().unwrap().is_empty());
+        assert!(f.mgr.list().is_empty());
+    }
+
+    #[tokio::test]
+    async fn refuses_to_run_unconfined() {
+        let f = fixture(Enforcement { net: false, file_tokens_unavailable: Some("x".into()) });
+        let e = f.mgr.spawn(req("a1", &["true"]), &me(), None).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unsupported);
+        assert!(f.mgr.list().is_empty());
+    }
+
+    #[tokio::test]
+    async fn allow_list_resolves_to_addresses() {
+        let p = resolve_net(&"127.0.0.1:80,[::1]:*,localhost:8080".parse().unwrap()).await.unwrap();
+        let KernelNetPolicy::List(l) = p else { panic!() };
+        assert!(l.contains(&("127.0.0.1".parse().unwrap(), 80)));
+        assert!(l.contains(&("::1".parse().unwrap(), 0)));
+        assert!(l.iter().any(|(ip, port)| ip.is_loopback() && *port == 8080));
+        let e = resolve_net(&"no-such-host.invalid:80".parse().unwrap()).await.unwrap_err();
+        assert!(e.message.contains("no-such-host.invalid"), "{}", e.message);
+    }
+
+    #[tokio::test]
+    async fn logs_capture_detached_output() {
+        let f = fixture(enforced());
+        let (_i, mut rx) = f.mgr.spawn(req("a1", &["sh", "-c", "echo hello; echo err >&2"]), &me(), None).await.unwrap();
+        rx.wait_for(|s| s.is_some()).await.unwrap();
+        let (path, _) = f.mgr.log_path("a1").unwrap();
+        assert_eq!(std::fs::read_to_string(path).unwrap(), "hello\nerr\n");
+    }
+}

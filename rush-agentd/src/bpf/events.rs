@@ -1,0 +1,186 @@
+//! The thread that drains the `rush_events` ring buffer and watches the lost counter.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use libbpf_rs::{MapCore, MapFlags, MapHandle, RingBufferBuilder};
+use rush_ebpf::{
+    AF_INET, AF_INET6, EVENT_NET_DENY, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6,
+    MAP_EVENTS, Plain, RushNetEvent, STAT_EVENTS_LOST,
+};
+use tokio::sync::mpsc::UnboundedSender;
+use tracing::{error, warn};
+
+use super::{BpfError, KernelEvent, NetHook};
+
+/// How long one poll may block: bounds how late the thread notices it should stop.
+const POLL: Duration = Duration::from_millis(250);
+const LOST_EVERY: Duration = Duration::from_secs(1);
+
+pub(super) fn spawn(
+    events: MapHandle,
+    stats: MapHandle,
+    tx: UnboundedSender<KernelEvent>,
+    owner_gone: Arc<AtomicBool>,
+) -> Result<(), BpfError> {
+    let sink = tx.clone();
+    let mut builder = RingBufferBuilder::new();
+    builder
+        .add(&events, move |record: &[u8]| {
+            match decode(record) {
+                Some(event) => {
+                    let _ = sink.send(event);
+                }
+                None => warn!(len = record.len(), "undecodable record in {MAP_EVENTS}"),
+            }
+            0
+        })
+        .map_err(|source| BpfError::MapHandle {
+            map: MAP_EVENTS,
+            source,
+        })?;
+    let ring = builder.build().map_err(|source| BpfError::MapHandle {
+        map: MAP_EVENTS,
+        source,
+    })?;
+
+    thread::Builder::new()
+        .name("rush-bpf-events".into())
+        .spawn(move || {
+            // The ring buffer polls this fd: keep it open as long as `ring`.
+            let _events = events;
+            // Counts from before this daemon started are not ours to report.
+            let mut lost_seen = read_lost(&stats);
+            let mut checked = Instant::now();
+            while !owner_gone.load(Ordering::Relaxed) && !tx.is_closed() {
+                if let Err(e) = ring.poll(POLL)
+                    && e.kind() != libbpf_rs::ErrorKind::Interrupted
+                {
+                    error!(error = %e, "polling the {MAP_EVENTS} ring buffer; kernel events are no longer read");
+                    return;
+                }
+                if checked.elapsed() >= LOST_EVERY {
+                    checked = Instant::now();
+                    let lost = read_lost(&stats);
+                    if lost > lost_seen {
+                        let _ = tx.send(KernelEvent::Lost { count: lost - lost_seen });
+                    }
+                    lost_seen = lost;
+                }
+            }
+        })
+        .map_err(|source| BpfError::Thread { name: "rush-bpf-events", source })?;
+    Ok(())
+}
+
+fn read_lost(stats: &MapHandle) -> u64 {
+    stats
+        .lookup(&STAT_EVENTS_LOST.to_ne_bytes(), MapFlags::ANY)
+        .ok()
+        .flatten()
+        .and_then(|v| Some(u64::from_ne_bytes(v.as_slice().try_into().ok()?)))
+        .unwrap_or(0)
+}
+
+fn decode(record: &[u8]) -> Option<KernelEvent> {
+    let e = RushNetEvent::from_bytes(record)?;
+    if e.kind != EVENT_NET_DENY {
+        return None;
+    }
+    let hook = match e.hook {
+        HOOK_CONNECT4 => NetHook::Connect4,
+        HOOK_CONNECT6 => NetHook::Connect6,
+        HOOK_SENDMSG4 => NetHook::Sendmsg4,
+        HOOK_SENDMSG6 => NetHook::Sendmsg6,
+        _ => return None,
+    };
+    let ip = match e.family {
+        AF_INET => IpAddr::V4(Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3])),
+        AF_INET6 => IpAddr::V6(Ipv6Addr::from(e.addr)),
+        _ => return None,
+    };
+    let protocol = match e.protocol as i32 {
+        libc::IPPROTO_TCP => "tcp".to_string(),
+        libc::IPPROTO_UDP => "udp".to_string(),
+        n => n.to_string(),
+    };
+    Some(KernelEvent::NetDeny {
+        cgroup_id: e.cgroup_id,
+        pid: e.pid,
+        tgid: e.tgid,
+        comm: e.comm(),
+        hook,
+        destination: SocketAddr::new(ip, e.port),
+        protocol,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> RushNetEvent {
+        let mut comm = [0; 16];
+        comm[..4].copy_from_slice(b"curl");
+        RushNetEvent {
+            kind: EVENT_NET_DENY,
+            hook: HOOK_CONNECT6,
+            cgroup_id: 42,
+            pid: 11,
+            tgid: 10,
+            uid: 1000,
+            protocol: libc::IPPROTO_TCP as u32,
+            family: AF_INET,
+            port: 443,
+            addr: [93, 184, 216, 34, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            comm,
+            pad: 0,
+        }
+    }
+
+    #[test]
+    fn decodes_net_deny() {
+        let got = decode(event().as_bytes()).unwrap();
+        assert_eq!(
+            got,
+            KernelEvent::NetDeny {
+                cgroup_id: 42,
+                pid: 11,
+                tgid: 10,
+                comm: "curl".into(),
+                hook: NetHook::Connect6,
+                destination: "93.184.216.34:443".parse().unwrap(),
+                protocol: "tcp".into(),
+            }
+        );
+
+        let mut v6 = event();
+        v6.family = AF_INET6;
+        v6.addr = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
+        v6.protocol = 132;
+        let KernelEvent::NetDeny {
+            destination,
+            protocol,
+            ..
+        } = decode(v6.as_bytes()).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(destination, "[2001:db8::1]:443".parse().unwrap());
+        assert_eq!(protocol, "132");
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert_eq!(decode(&[0; 8]), None);
+        let mut e = event();
+        e.hook = 99;
+        assert_eq!(decode(e.as_bytes()), None);
+        let mut e = event();
+        e.family = 1;
+        assert_eq!(decode(e.as_bytes()), None);
+    }
+}

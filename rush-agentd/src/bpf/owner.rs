@@ -1,0 +1,270 @@
+//! The thread that owns the BPF objects and applies agents' policies to the maps.
+
+use std::collections::HashMap;
+use std::mem::MaybeUninit;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+use rush_ebpf::{
+    AF_INET, AF_INET6, MAP_AGENTS, MAP_EVENTS, MAP_NET_ALLOW, MAP_STATS, NET_MODE_ALLOW,
+    NET_MODE_DENY, NET_MODE_LIST, Plain, RushAgent, RushNetKey,
+};
+use tracing::info;
+
+use super::load::{self, Loaded};
+use super::{AttachReport, BpfConfig, BpfError, Command, KernelNetPolicy};
+
+/// What the owner thread hands back once everything is loaded and attached.
+pub(super) struct Started {
+    pub report: AttachReport,
+    /// fd duplicates for the events thread.
+    pub events: MapHandle,
+    pub stats: MapHandle,
+}
+
+pub(super) fn run(
+    cfg: BpfConfig,
+    ready: mpsc::SyncSender<Result<Started, BpfError>>,
+    commands: mpsc::Receiver<Command>,
+    gone: Arc<AtomicBool>,
+) {
+    // Tells the events thread to stop, however this thread ends.
+    struct SetOnDrop(Arc<AtomicBool>);
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let _gone = SetOnDrop(gone);
+
+    // The skeletons borrow these; they live on this thread's stack until it exits.
+    let mut net_storage = MaybeUninit::uninit();
+    let mut file_storage = MaybeUninit::uninit();
+    let setup = load::load(&cfg, &mut net_storage, &mut file_storage).and_then(|loaded| {
+        let maps = &loaded.net.maps;
+        let mut agents = AgentMaps {
+            agents: handle(&maps.rush_agents, MAP_AGENTS)?,
+            allow: handle(&maps.rush_net_allow, MAP_NET_ALLOW)?,
+            keys: HashMap::new(),
+        };
+        agents.adopt();
+        let started = Started {
+            report: loaded.report.clone(),
+            events: handle(&maps.rush_events, MAP_EVENTS)?,
+            stats: handle(&maps.rush_stats, MAP_STATS)?,
+        };
+        Ok((loaded, agents, started))
+    });
+    let (_loaded, mut agents): (Loaded<'_>, AgentMaps) = match setup {
+        Ok((loaded, agents, started)) => {
+            if ready.send(Ok(started)).is_err() {
+                return;
+            }
+            (loaded, agents)
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+
+    // Ends when every BpfHandle is dropped. The pinned links and maps stay in the kernel.
+    for command in commands {
+        match command {
+            Command::AddAgent {
+                cgroup_id,
+                net,
+                reply,
+            } => {
+                let _ = reply.send(agents.add(cgroup_id, &net));
+            }
+            Command::RemoveAgent { cgroup_id, reply } => {
+                let _ = reply.send(agents.remove(cgroup_id));
+            }
+            Command::AgentIds { reply } => {
+                let _ = reply.send(agents.ids());
+            }
+        }
+    }
+}
+
+fn handle(map: &libbpf_rs::MapMut<'_>, name: &'static str) -> Result<MapHandle, BpfError> {
+    MapHandle::try_from(map).map_err(|source| BpfError::MapHandle { map: name, source })
+}
+
+/// `rush_agents` and `rush_net_allow`, plus the allow-list keys written for each agent
+/// (so removing or changing an agent deletes exactly its entries).
+struct AgentMaps {
+    agents: MapHandle,
+    allow: MapHandle,
+    keys: HashMap<u64, Vec<RushNetKey>>,
+}
+
+impl AgentMaps {
+    /// Learns the keys already in a reused (pinned) allow map.
+    fn adopt(&mut self) {
+        for key in self.allow.keys() {
+            if let Some(key) = RushNetKey::from_bytes(&key) {
+                self.keys.entry(key.cgroup_id).or_default().push(key);
+            }
+        }
+        let agents = self.agents.keys().count();
+        if agents > 0 {
+            info!(agents, "reusing agent entries from the pinned maps");
+        }
+    }
+
+    /// The allow entries first, then the agent entry that makes them count, then the
+    /// entries of a previous policy that the new one no longer has.
+    fn add(&mut self, cgroup_id: u64, net: &KernelNetPolicy) -> Result<(), BpfError> {
+        let (net_mode, keys) = net_entries(cgroup_id, net);
+        let old = self.keys.remove(&cgroup_id).unwrap_or_default();
+        let written = self.write_allow(cgroup_id, &keys);
+        let written = written.and_then(|()| {
+            let agent = RushAgent {
+                net_mode,
+                ..Default::default()
+            };
+            self.agents
+                .update(&cgroup_id.to_ne_bytes(), agent.as_bytes(), MapFlags::ANY)
+                .map_err(|source| map_err(MAP_AGENTS, "update", cgroup_id, source))
+        });
+        if let Err(e) = written {
+            // The old policy stays in force; drop only what this call added.
+            let added: Vec<_> = keys.iter().filter(|k| !old.contains(k)).copied().collect();
+            let _ = self.delete_allow(cgroup_id, &added);
+            self.keys.insert(cgroup_id, old);
+            return Err(e);
+        }
+        let stale: Vec<_> = old.into_iter().filter(|k| !keys.contains(k)).collect();
+        self.keys.insert(cgroup_id, keys);
+        self.delete_allow(cgroup_id, &stale)
+    }
+
+    /// The agent entry first (the agent is then no longer confined by this daemon), then
+    /// its allow entries. Removing an unknown agent is not an error.
+    fn remove(&mut self, cgroup_id: u64) -> Result<(), BpfError> {
+        delete(&self.agents, &cgroup_id.to_ne_bytes())
+            .map_err(|source| map_err(MAP_AGENTS, "delete", cgroup_id, source))?;
+        let keys = self.keys.remove(&cgroup_id).unwrap_or_default();
+        self.delete_allow(cgroup_id, &keys)
+    }
+
+    fn ids(&self) -> Result<Vec<u64>, BpfError> {
+        Ok(self
+            .agents
+            .keys()
+            .filter_map(|k| Some(u64::from_ne_bytes(k.as_slice().try_into().ok()?)))
+            .collect())
+    }
+
+    fn write_allow(&self, cgroup_id: u64, keys: &[RushNetKey]) -> Result<(), BpfError> {
+        for key in keys {
+            self.allow
+                .update(key.as_bytes(), &[1], MapFlags::ANY)
+                .map_err(|source| map_err(MAP_NET_ALLOW, "update", cgroup_id, source))?;
+        }
+        Ok(())
+    }
+
+    fn delete_allow(&self, cgroup_id: u64, keys: &[RushNetKey]) -> Result<(), BpfError> {
+        for key in keys {
+            delete(&self.allow, key.as_bytes())
+                .map_err(|source| map_err(MAP_NET_ALLOW, "delete", cgroup_id, source))?;
+        }
+        Ok(())
+    }
+}
+
+/// Deletes `key`; a missing key is fine.
+fn delete(map: &MapHandle, key: &[u8]) -> Result<(), libbpf_rs::Error> {
+    match map.delete(key) {
+        Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+fn map_err(
+    map: &'static str,
+    op: &'static str,
+    cgroup_id: u64,
+    source: libbpf_rs::Error,
+) -> BpfError {
+    BpfError::Map {
+        map,
+        op,
+        cgroup_id,
+        source,
+    }
+}
+
+/// The agent's net mode and its allow-list keys (deduplicated). IPv4-mapped IPv6 addresses
+/// become IPv4 keys, as the kernel checks them as IPv4.
+fn net_entries(cgroup_id: u64, net: &KernelNetPolicy) -> (u32, Vec<RushNetKey>) {
+    let list = match net {
+        KernelNetPolicy::Deny => return (NET_MODE_DENY, Vec::new()),
+        KernelNetPolicy::Allow => return (NET_MODE_ALLOW, Vec::new()),
+        KernelNetPolicy::List(list) => list,
+    };
+    let mut keys: Vec<RushNetKey> = Vec::with_capacity(list.len());
+    for &(ip, port) in list {
+        let mut key = RushNetKey {
+            cgroup_id,
+            port,
+            ..Default::default()
+        };
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => {
+                key.family = AF_INET;
+                key.addr[..4].copy_from_slice(&v4.octets());
+            }
+            IpAddr::V6(v6) => {
+                key.family = AF_INET6;
+                key.addr = v6.octets();
+            }
+        }
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    (NET_MODE_LIST, keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_keys() {
+        let list = KernelNetPolicy::List(vec![
+            ("10.1.2.3".parse().unwrap(), 443),
+            ("::ffff:10.1.2.3".parse().unwrap(), 443), // same as the first
+            ("2001:db8::1".parse().unwrap(), 0),
+        ]);
+        let (mode, keys) = net_entries(7, &list);
+        assert_eq!(mode, NET_MODE_LIST);
+        assert_eq!(keys.len(), 2);
+        assert_eq!(keys[0].family, AF_INET);
+        assert_eq!(keys[0].port, 443);
+        assert_eq!(
+            keys[0].addr,
+            [10, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(keys[1].family, AF_INET6);
+        assert_eq!(keys[1].port, 0);
+        assert_eq!(keys[1].addr[..2], [0x20, 0x01]);
+        assert!(keys.iter().all(|k| k.cgroup_id == 7 && k.pad == 0));
+
+        assert_eq!(
+            net_entries(7, &KernelNetPolicy::Deny),
+            (NET_MODE_DENY, vec![])
+        );
+        assert_eq!(
+            net_entries(7, &KernelNetPolicy::Allow),
+            (NET_MODE_ALLOW, vec![])
+        );
+    }
+}

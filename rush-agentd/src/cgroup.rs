@@ -1,0 +1,461 @@
+//! One cgroup per agent: a cgroup v2 directory for identity (its inode number is the id
+//! the BPF programs see) plus a directory in each v1 controller hierarchy where the host
+//! still has them (hybrid mode).
+//!
+//! Written by hand rather than with cgroups-rs: cgroups-rs fixes the v2 root at
+//! /sys/fs/cgroup and cannot express hybrid mode (v2 at /sys/fs/cgroup/unified, controllers
+//! in v1 hierarchies), which is what this project's own hosts run. What we need here is a
+//! handful of file operations; budgets (a later issue) will wrap a library behind
+//! [`CgroupBackend`] for the controller knobs.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("no cgroup v2 hierarchy is mounted (needed for agent identity); mount one with `mount -t cgroup2 none /sys/fs/cgroup/unified`")]
+    NoCgroup2,
+    #[error("cannot read the mount table")]
+    Mounts(#[source] std::io::Error),
+    #[error("cgroup {path}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("cgroup {path} still has processes after kill")]
+    Busy { path: PathBuf },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CgroupError + '_ {
+    move |source| CgroupError::Io { path: path.to_owned(), source }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupMode {
+    /// Pure cgroup v2 (modern distros, the test guests).
+    Unified,
+    /// v2 for identity, resource controllers in v1 hierarchies (this project's hosts).
+    Hybrid,
+}
+
+impl CgroupMode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CgroupMode::Unified => "unified (cgroup v2)",
+            CgroupMode::Hybrid => "hybrid (v2 identity, v1 controllers)",
+        }
+    }
+}
+
+/// Where the hierarchies are mounted on this machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupLayout {
+    pub mode: CgroupMode,
+    pub v2_root: PathBuf,
+    /// Controllers the v2 root offers (`cgroup.controllers`).
+    pub v2_controllers: Vec<String>,
+    /// (controller, mount point) of the v1 hierarchies agents are placed in.
+    pub v1: Vec<(String, PathBuf)>,
+}
+
+/// v1 controllers agents join in hybrid mode; cpuset and devices need setup we don't do.
+const V1_CONTROLLERS: [&str; 5] = ["cpu", "cpuacct", "memory", "pids", "freezer"];
+
+impl CgroupLayout {
+    pub fn detect() -> Result<CgroupLayout, CgroupError> {
+        let mounts = fs::read_to_string("/proc/self/mounts").map_err(CgroupError::Mounts)?;
+        Self::from_mounts(&mounts)
+    }
+
+    /// Parses /proc/self/mounts text; separate from `detect` for tests.
+    pub fn from_mounts(mounts: &str) -> Result<CgroupLayout, CgroupError> {
+        let mut v2_root = None;
+        let mut v1 = Vec::new();
+        for line in mounts.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 4 {
+                continue;
+            }
+            match f[2] {
+                "cgroup2" if v2_root.is_none() => v2_root = Some(PathBuf::from(f[1])),
+                "cgroup" => {
+                    for opt in f[3].split(',') {
+                        if V1_CONTROLLERS.contains(&opt) && !v1.iter().any(|(c, _)| c == opt) {
+                            v1.push((opt.to_owned(), PathBuf::from(f[1])));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let v2_root = v2_root.ok_or(CgroupError::NoCgroup2)?;
+        let v2_controllers = fs::read_to_string(v2_root.join("cgroup.controllers"))
+            .map(|s| s.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default();
+        let mode = if v1.is_empty() { CgroupMode::Unified } else { CgroupMode::Hybrid };
+        Ok(CgroupLayout { mode, v2_root, v2_controllers, v1 })
+    }
+}
+
+/// An agent's cgroup directories.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentCgroup {
+    pub name: String,
+    /// The cgroup v2 id: what `bpf_get_current_cgroup_id()` returns inside the agent.
+    pub id: u64,
+    pub v2_dir: PathBuf,
+    pub v1_dirs: Vec<PathBuf>,
+}
+
+/// The kernel-facing cgroup operations, behind a trait so the agent logic is unit-tested
+/// without root.
+pub trait CgroupBackend: Send + Sync + 'static {
+    /// Depth of agent cgroups below the v2 root (the root is 0).
+    fn agent_level(&self) -> u32;
+    fn create(&self, name: &str) -> Result<AgentCgroup, CgroupError>;
+    /// Opened (by root, before fork) `cgroup.procs` files; the child writes "0" to each
+    /// before it executes anything, which moves it in.
+    fn placement_files(&self, cg: &AgentCgroup) -> Result<Vec<File>, CgroupError>;
+    fn pids(&self, cg: &AgentCgroup) -> Vec<u32>;
+    /// Kills every process in the cgroup; returns how many there were.
+    fn kill_all(&self, cg: &AgentCgroup) -> Result<u32, CgroupError>;
+    /// Removes the directories; the cgroup must be empty (waits briefly for exiting tasks).
+    fn remove(&self, cg: &AgentCgroup) -> Result<(), CgroupError>;
+    /// Agent cgroups that exist now (e.g. left by a daemon that died).
+    fn existing(&self) -> Vec<AgentCgroup>;
+}
+
+/// The real cgroupfs.
+pub struct FsCgroups {
+    layout: CgroupLayout,
+    /// Relative path under every hierarchy root holding the agent cgroups, e.g. "rush".
+    parent: PathBuf,
+}
+
+impl FsCgroups {
+    pub fn new(layout: CgroupLayout, parent: &Path) -> Result<FsCgroups, CgroupError> {
+        let parent = parent.strip_prefix("/").unwrap_or(parent).to_owned();
+        let v2_parent = layout.v2_root.join(&parent);
+        fs::create_dir_all(&v2_parent).map_err(io_err(&v2_parent))?;
+        if layout.mode == CgroupMode::Unified {
+            // Delegate the controllers down to the agents (no-internal-process rule: the
+            // parent itself never holds processes).
+            enable_subtree_controllers(&layout.v2_root, &parent, &layout.v2_controllers)?;
+        }
+        for (_, root) in &layout.v1 {
+            let dir = root.join(&parent);
+            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        }
+        Ok(FsCgroups { layout, parent })
+    }
+
+    pub fn layout(&self) -> &CgroupLayout {
+        &self.layout
+    }
+
+    /// Removes the (empty) parent directories: for daemons that leave nothing behind.
+    pub fn remove_parent(&self) {
+        for root in std::iter::once(&self.layout.v2_root).chain(self.layout.v1.iter().map(|(_, r)| r)) {
+            let _ = fs::remove_dir(root.join(&self.parent));
+        }
+    }
+
+    fn v2_parent(&self) -> PathBuf {
+        self.layout.v2_root.join(&self.parent)
+    }
+
+    fn cgroup_for(&self, name: &str) -> Result<AgentCgroup, CgroupError> {
+        let v2_dir = self.v2_parent().join(name);
+        let id = fs::metadata(&v2_dir).map_err(io_err(&v2_dir))?.ino();
+        let mut v1_dirs: Vec<PathBuf> = Vec::new();
+        for (_, root) in &self.layout.v1 {
+            let d = root.join(&self.parent).join(name);
+            // cpu and cpuacct are often co-mounted: one directory serves both.
+            if !v1_dirs.contains(&d) {
+                v1_dirs.push(d);
+            }
+        }
+        Ok(AgentCgroup { name: name.to_owned(), id, v2_dir, v1_dirs })
+    }
+}
+
+fn enable_subtree_controllers(root: &Path, parent: &Path, wanted: &[String]) -> Result<(), CgroupError> {
+    let wanted: Vec<&str> =
+        wanted.iter().map(String::as_str).filter(|c| ["cpu", "memory", "pids", "io"].contains(c)).collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let line: String = wanted.iter().map(|c| format!("+{c} ")).collect();
+    let mut dir = root.to_owned();
+    for comp in std::iter::once(None).chain(parent.components().map(Some)) {
+        if let Some(c) = comp {
+            dir.push(c);
+        }
+        let file = dir.join("cgroup.subtree_control");
+        fs::write(&file, line.trim_end()).map_err(io_err(&file))?;
+    }
+    Ok(())
+}
+
+impl CgroupBackend for FsCgroups {
+    fn agent_level(&self) -> u32 {
+        self.parent.components().count() as u32 + 1
+    }
+
+    fn create(&self, name: &str) -> Result<AgentCgroup, CgroupError> {
+        let v2_dir = self.v2_parent().join(name);
+        fs::create_dir(&v2_dir).map_err(io_err(&v2_dir))?;
+        let cg = match self.cgroup_for(name) {
+            Ok(cg) => cg,
+            Err(e) => {
+                let _ = fs::remove_dir(&v2_dir);
+                return Err(e);
+            }
+        };
+        for d in &cg.v1_dirs {
+            if let Err(e) = fs::create_dir(d) {
+                if e.kind() != ErrorKind::AlreadyExists {
+                    let _ = self.remove(&cg);
+                    return Err(CgroupError::Io { path: d.clone(), source: e });
+                }
+            }
+        }
+        Ok(cg)
+    }
+
+    fn placement_files(&self, cg: &AgentCgroup) -> Result<Vec<File>, CgroupError> {
+        // v2 first: it carries the identity the BPF programs key on.
+        std::iter::once(&cg.v2_dir)
+            .chain(&cg.v1_dirs)
+            .map(|d| {
+                let p = d.join("cgroup.procs");
+                OpenOptions::new().write(true).open(&p).map_err(io_err(&p))
+            })
+            .collect()
+    }
+
+    fn pids(&self, cg: &AgentCgroup) -> Vec<u32> {
+        read_pids(&cg.v2_dir.join("cgroup.procs"))
+    }
+
+    fn kill_all(&self, cg: &AgentCgroup) -> Result<u32, CgroupError> {
+        let before = self.pids(cg).len() as u32;
+        let kill_file = cg.v2_dir.join("cgroup.kill");
+        if kill_file.exists() {
+            // cgroup.kill (5.14+) kills the whole tree atomically, racing forks included.
+            fs::write(&kill_file, "1").map_err(io_err(&kill_file))?;
+        } else {
+            // Older kernels: freeze so nothing can fork, SIGKILL everyone, thaw.
+            let freeze = cg.v2_dir.join("cgroup.freeze");
+            let _ = fs::write(&freeze, "1");
+            for _ in 0..100 {
+                let pids = self.pids(cg);
+                if pids.is_empty() {
+                    break;
+                }
+                for pid in pids {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = fs::write(&freeze, "0");
+        }
+        // Processes in v1 hierarchies only (they can't leave the v2 cgroup, but be sure).
+        for d in &cg.v1_dirs {
+            for pid in read_pids(&d.join("cgroup.procs")) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        Ok(before)
+    }
+
+    fn remove(&self, cg: &AgentCgroup) -> Result<(), CgroupError> {
+        // Killed tasks leave the cgroup asynchronously; give them a moment.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        for dir in cg.v1_dirs.iter().chain(std::iter::once(&cg.v2_dir)) {
+            loop {
+                match remove_tree(dir) {
+                    Ok(()) => break,
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                        return Err(CgroupError::Busy { path: dir.clone() });
+                    }
+                    Err(e) => return Err(CgroupError::Io { path: dir.clone(), source: e }),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn existing(&self) -> Vec<AgentCgroup> {
+        let Ok(rd) = fs::read_dir(self.v2_parent()) else { return Vec::new() };
+        rd.filter_map(Result::ok)
+            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+            .filter_map(|e| self.cgroup_for(&e.file_name().to_string_lossy()).ok())
+            .collect()
+    }
+}
+
+/// rmdir of a cgroup and any sub-cgroups the agent made inside it, deepest first.
+fn remove_tree(dir: &Path) -> std::io::Result<()> {
+    match fs::read_dir(dir) {
+        Ok(rd) => {
+            for e in rd.flatten() {
+                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    remove_tree(&e.path())?;
+                }
+            }
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    match fs::remove_dir(dir) {
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+fn read_pids(path: &Path) -> Vec<u32> {
+    fs::read_to_string(path)
+        .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// The v2 cgroup path (relative to the v2 root, e.g. "/rush/a1") of a process.
+pub fn process_cgroup_v2(pid: i32) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+}
+
+/// Writes "0" (= the writing process) to each file. Runs in the forked child before exec,
+/// so it must not allocate: only `write(2)` on already-open descriptors.
+pub fn place_self(files: &[File]) -> std::io::Result<()> {
+    for mut f in files {
+        f.write_all(b"0")?;
+    }
+    Ok(())
+}
+
+/// In-memory stand-in for unit tests: ids are counters, placement files are temp files,
+/// and "the cgroup's processes" are the pids the test registers.
+#[cfg(test)]
+pub mod fake {
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    pub struct FakeCgroups {
+        pub cgroups: Mutex<HashMap<String, (AgentCgroup, Vec<u32>)>>,
+        next_id: std::sync::atomic::AtomicU64,
+    }
+
+    impl FakeCgroups {
+        pub fn add_pid(&self, name: &str, pid: u32) {
+            self.cgroups.lock().unwrap().get_mut(name).unwrap().1.push(pid);
+        }
+    }
+
+    impl CgroupBackend for FakeCgroups {
+        fn agent_level(&self) -> u32 {
+            2
+        }
+        fn create(&self, name: &str) -> Result<AgentCgroup, CgroupError> {
+            let mut map = self.cgroups.lock().unwrap();
+            if map.contains_key(name) {
+                return Err(CgroupError::Io {
+                    path: PathBuf::from(name),
+                    source: std::io::Error::from(ErrorKind::AlreadyExists),
+                });
+            }
+            let id = 1000 + self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let cg = AgentCgroup {
+                name: name.into(),
+                id,
+                v2_dir: PathBuf::from(format!("/fake/rush/{name}")),
+                v1_dirs: vec![],
+            };
+            map.insert(name.into(), (cg.clone(), vec![]));
+            Ok(cg)
+        }
+        fn placement_files(&self, _cg: &AgentCgroup) -> Result<Vec<File>, CgroupError> {
+            Ok(vec![tempfile::tempfile().unwrap()])
+        }
+        fn pids(&self, cg: &AgentCgroup) -> Vec<u32> {
+            self.cgroups.lock().unwrap().get(&cg.name).map(|(_, p)| p.clone()).unwrap_or_default()
+        }
+        fn kill_all(&self, cg: &AgentCgroup) -> Result<u32, CgroupError> {
+            let pids = self
+                .cgroups
+                .lock()
+                .unwrap()
+                .get_mut(&cg.name)
+                .map(|e| std::mem::take(&mut e.1))
+                .unwrap_or_default();
+            for pid in &pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(*pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            Ok(pids.len() as u32)
+        }
+        fn remove(&self, cg: &AgentCgroup) -> Result<(), CgroupError> {
+            self.cgroups.lock().unwrap().remove(&cg.name);
+            Ok(())
+        }
+        fn existing(&self) -> Vec<AgentCgroup> {
+            self.cgroups.lock().unwrap().values().map(|(c, _)| c.clone()).collect()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_hybrid_layout() {
+        let mounts = "\
+tmpfs /sys/fs/cgroup tmpfs rw,relatime,mode=755 0 0
+cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0
+cgroup /sys/fs/cgroup/cpuacct cgroup rw,relatime,cpuacct 0 0
+cgroup /sys/fs/cgroup/memory cgroup rw,relatime,memory 0 0
+cgroup /sys/fs/cgroup/devices cgroup rw,relatime,devices 0 0
+cgroup /sys/fs/cgroup/pids cgroup rw,relatime,pids 0 0
+cgroup /sys/fs/cgroup/systemd cgroup rw,relatime,name=systemd 0 0
+cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
+";
+        let l = CgroupLayout::from_mounts(mounts).unwrap();
+        assert_eq!(l.mode, CgroupMode::Hybrid);
+        assert_eq!(l.v2_root, PathBuf::from("/sys/fs/cgroup/unified"));
+        let names: Vec<&str> = l.v1.iter().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(names, ["cpu", "cpuacct", "memory", "pids"]);
+    }
+
+    #[test]
+    fn detects_unified_layout_and_co_mounted_controllers() {
+        let l = CgroupLayout::from_mounts("cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n").unwrap();
+        assert_eq!(l.mode, CgroupMode::Unified);
+        let l = CgroupLayout::from_mounts(
+            "cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,cpu,cpuacct 0 0\ncgroup2 /u cgroup2 rw 0 0\n",
+        )
+        .unwrap();
+        assert_eq!(l.v1.len(), 2);
+        assert_eq!(l.v1[0].1, l.v1[1].1);
+    }
+
+    #[test]
+    fn no_cgroup2_is_an_error() {
+        let e = CgroupLayout::from_mounts("cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n").unwrap_err();
+        assert!(matches!(e, CgroupError::NoCgroup2));
+    }
+}

@@ -1,0 +1,137 @@
+//! `/etc/rush/config.toml`: every section and key optional, with the defaults below.
+//!
+//! ```toml
+//! [daemon]
+//! socket = "/run/rush/agentd.sock"
+//! state_dir = "/var/lib/rush"
+//! operator_group = "rush"      # members may operate the daemon, besides root
+//! log_format = "text"          # or "json"
+//!
+//! [bpf]
+//! pin_dir = "/sys/fs/bpf/rush"
+//!
+//! [cgroup]
+//! parent = "rush"              # agent cgroups live in <hierarchy>/<parent>/<agent>
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+    pub bpf: BpfSection,
+    pub cgroup: CgroupSection,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub operator_group: Option<String>,
+    pub log_format: LogFormat,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            socket: PathBuf::from(rush_proto::DEFAULT_SOCKET),
+            state_dir: PathBuf::from("/var/lib/rush"),
+            operator_group: None,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BpfSection {
+    pub pin_dir: PathBuf,
+}
+
+impl Default for BpfSection {
+    fn default() -> Self {
+        BpfSection { pin_dir: PathBuf::from("/sys/fs/bpf/rush") }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CgroupSection {
+    pub parent: PathBuf,
+}
+
+impl Default for CgroupSection {
+    fn default() -> Self {
+        CgroupSection { parent: PathBuf::from("rush") }
+    }
+}
+
+pub const DEFAULT_CONFIG: &str = "/etc/rush/config.toml";
+
+impl Config {
+    /// Reads `path`; a missing file at the default location means all defaults, while a
+    /// missing file the operator named explicitly is an error.
+    pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => return Ok(Config::default()),
+            Err(source) => return Err(ConfigError::Read { path: path.to_owned(), source }),
+        };
+        Self::parse(&text).map_err(|message| ConfigError::Parse { path: path.to_owned(), message })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.message().to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_all_defaults() {
+        assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn sections_override_defaults_independently() {
+        let c = Config::parse("[cgroup]\nparent = \"rush-test/agents\"\n[daemon]\nlog_format = \"json\"\n").unwrap();
+        assert_eq!(c.cgroup.parent, PathBuf::from("rush-test/agents"));
+        assert_eq!(c.daemon.log_format, LogFormat::Json);
+        assert_eq!(c.bpf, BpfSection::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let e = Config::parse("[daemon]\nsockte = \"/x\"\n").unwrap_err();
+        assert!(e.contains("sockte"), "{e}");
+    }
+
+    #[test]
+    fn missing_default_file_is_fine_but_missing_explicit_file_is_not() {
+        let p = Path::new("/nonexistent/rush.toml");
+        assert!(Config::load(p, false).is_ok());
+        assert!(Config::load(p, true).is_err());
+    }
+}

@@ -1,0 +1,152 @@
+//! Start-up, the event pump from the kernel to the audit log, and shutdown.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rush_proto::AuditEvent;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::agent::{AgentManager, Enforcement};
+use crate::api::{self, ApiContext};
+use crate::audit::AuditLog;
+use crate::bpf::{AttachReport, BpfConfig, BpfHandle, KernelEvent, KernelPolicy};
+use crate::cgroup::{CgroupBackend, CgroupLayout, FsCgroups};
+use crate::config::Config;
+use crate::probe::{self, ProbeInputs};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("rush-agentd must run as root (it loads BPF programs and manages cgroups)")]
+    NotRoot,
+    #[error("cannot create state directory {path}")]
+    StateDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Cgroup(#[from] crate::cgroup::CgroupError),
+    #[error("cannot load the kernel programs")]
+    Bpf(#[from] crate::bpf::BpfError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
+    #[error(transparent)]
+    Api(#[from] crate::api::ApiServerError),
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. With `ephemeral`, the BPF pins are removed on
+/// exit (tests and benchmarks); otherwise programs and maps stay pinned and enforcing.
+pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(DaemonError::NotRoot);
+    }
+    let state_dir = config.daemon.state_dir.clone();
+    let log_dir = state_dir.join("logs");
+    std::fs::create_dir_all(&log_dir).map_err(|source| DaemonError::StateDir { path: log_dir.clone(), source })?;
+
+    let layout = CgroupLayout::detect()?;
+    let cgroups = Arc::new(FsCgroups::new(layout.clone(), &config.cgroup.parent)?);
+    let bpf_config = BpfConfig {
+        pin_dir: config.bpf.pin_dir.clone(),
+        cgroup2_root: layout.v2_root.clone(),
+        agent_cgroup_level: cgroups.agent_level(),
+    };
+    let (bpf, report, events) = BpfHandle::start(bpf_config)?;
+    log_attach_report(&report);
+    let enforcement = Enforcement {
+        net: report.net_enforced(),
+        file_tokens_unavailable: Some(match report.lsm_error() {
+            Some(e) => format!("this kernel does not attach BPF LSM programs ({e}), so file tokens cannot be enforced"),
+            None => "file-token enforcement is not implemented in this version of rush-agentd".into(),
+        }),
+    };
+
+    let audit = Arc::new(AuditLog::open(&state_dir.join("audit.jsonl"))?);
+    let kernel: Arc<dyn KernelPolicy> = Arc::new(bpf.clone());
+    let agents = AgentManager::new(cgroups.clone(), kernel, audit.clone(), enforcement, log_dir);
+    agents.reap_orphans();
+    let pump = tokio::spawn(pump_events(events, agents.clone(), audit.clone()));
+
+    let listener = api::bind(&config.daemon.socket).await?;
+    let operator_gid = config.daemon.operator_group.as_deref().and_then(|g| match nix::unistd::Group::from_name(g) {
+        Ok(Some(grp)) => Some(grp.gid.as_raw()),
+        _ => {
+            tracing::warn!(group = g, "operator group not found; only root may operate the daemon");
+            None
+        }
+    });
+    let parent = config.cgroup.parent.to_string_lossy().trim_matches('/').to_owned();
+    let doctor_report = report.clone();
+    let doctor_layout = layout.clone();
+    let ctx = Arc::new(ApiContext {
+        agents: agents.clone(),
+        audit: audit.clone(),
+        operator_gid,
+        agent_cgroup_prefix: format!("/{parent}/"),
+        doctor: Box::new(move || {
+            probe::doctor(&ProbeInputs { attach: Some(&doctor_report), cgroups: Some(&doctor_layout) })
+        }),
+    });
+    let (shutdown_tx, _) = broadcast::channel(1);
+    let server = tokio::spawn(api::serve(listener, ctx, shutdown_tx.subscribe()));
+    tracing::info!(socket = %config.daemon.socket.display(), state_dir = %state_dir.display(), "rush-agentd ready");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: killing agents (re-adoption across restarts is not implemented yet)");
+    let _ = shutdown_tx.send(());
+    let _ = server.await;
+    agents.kill_all_agents().await;
+    let _ = std::fs::remove_file(&config.daemon.socket);
+    pump.abort();
+    drop(bpf);
+    if ephemeral {
+        cgroups.remove_parent();
+        if let Err(e) = std::fs::remove_dir_all(&config.bpf.pin_dir) {
+            tracing::warn!(pin_dir = %config.bpf.pin_dir.display(), error = %e, "pins not removed");
+        }
+    }
+    Ok(())
+}
+
+fn log_attach_report(report: &AttachReport) {
+    for p in &report.programs {
+        match &p.error {
+            None if p.attached => tracing::info!(program = %p.name, hook = %p.hook, "attached"),
+            err => tracing::warn!(program = %p.name, hook = %p.hook, error = err.as_deref().unwrap_or("not attached"), "NOT attached"),
+        }
+    }
+    if !report.lsm_attached() {
+        tracing::warn!("BPF LSM programs are not attached: file tokens cannot be enforced on this kernel, and --allow will be refused");
+    }
+}
+
+/// Kernel events → audit records, naming the agent.
+async fn pump_events(mut events: mpsc::UnboundedReceiver<KernelEvent>, agents: Arc<AgentManager>, audit: Arc<AuditLog>) {
+    while let Some(ev) = events.recv().await {
+        match ev {
+            KernelEvent::NetDeny { cgroup_id, pid, tgid: _, comm, hook, destination, protocol } => {
+                let name = agents.name_of(cgroup_id).unwrap_or_else(|| format!("cgroup:{cgroup_id}"));
+                audit.record(
+                    Some(&name),
+                    AuditEvent::NetDeny {
+                        pid,
+                        comm,
+                        hook: hook.as_str().into(),
+                        destination: destination.to_string(),
+                        protocol,
+                    },
+                );
+            }
+            KernelEvent::Lost { count } => {
+                tracing::warn!(count, "kernel events lost: ring buffer full");
+                audit.record(None, AuditEvent::EventsLost { count });
+            }
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,160 @@
+//! The `rush-agentd` binary: flags and config in, the daemon out.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use rush_agentd::cgroup::CgroupLayout;
+use rush_agentd::config::{Config, DEFAULT_CONFIG, LogFormat};
+use rush_agentd::probe::{self, ProbeInputs};
+
+/// The Rush daemon: runs AI agents as kernel-confined processes.
+///
+/// rush-agentd loads Rush's eBPF programs, creates one cgroup per agent, enforces each
+/// agent's network policy in the kernel, and keeps an audit trail of every spawn, exit,
+/// kill and denial. The `rush` command talks to it over a Unix socket.
+///
+/// It must run as root. Guarantees the running kernel cannot keep are reported at
+/// start-up and by `rush doctor`, and requests that need them are refused.
+#[derive(Parser)]
+#[command(name = "rush-agentd", version, max_term_width = 100)]
+struct Args {
+    /// Config file (TOML); a missing default file means all defaults.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where the audit log and agent logs are kept [default: /var/lib/rush].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// The API socket [default: /run/rush/agentd.sock].
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Log output format [default: text].
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+    /// bpffs directory for this daemon's pinned programs and maps [default: /sys/fs/bpf/rush].
+    #[arg(long, value_name = "DIR")]
+    pin_dir: Option<PathBuf>,
+    /// Agent cgroups go under this path in every hierarchy [default: rush].
+    #[arg(long, value_name = "PATH")]
+    cgroup_parent: Option<PathBuf>,
+    /// Remove the BPF pins on exit (for tests and benchmarks; a production daemon keeps
+    /// them so enforcement outlives it).
+    #[arg(long)]
+    ephemeral: bool,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Probe this machine without starting the daemon and print what it supports.
+    Doctor {
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let explicit = args.config.is_some();
+    let path = args.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    let mut config = match Config::load(&path, explicit) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rush-agentd: {}", rush_agentd::agent::error_chain(&e));
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(v) = args.state_dir {
+        config.daemon.state_dir = v;
+    }
+    if let Some(v) = args.socket {
+        config.daemon.socket = v;
+    }
+    if let Some(v) = args.log_format {
+        config.daemon.log_format = v;
+    }
+    if let Some(v) = args.pin_dir {
+        config.bpf.pin_dir = v;
+    }
+    if let Some(v) = args.cgroup_parent {
+        config.cgroup.parent = v;
+    }
+    init_tracing(config.daemon.log_format);
+
+    if let Some(Cmd::Doctor { json }) = args.command {
+        return local_doctor(json);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rush-agentd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(rush_agentd::daemon::run(config, args.ephemeral)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{}", rush_agentd::agent::error_chain(&e));
+            eprintln!("rush-agentd: {}", rush_agentd::agent::error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUSH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Probes without a running daemon: loads the programs into a throw-away pin directory to
+/// learn what really attaches, then removes them.
+fn local_doctor(json: bool) -> ExitCode {
+    let layout = CgroupLayout::detect().ok();
+    let attach = layout.as_ref().and_then(|l| {
+        if !nix::unistd::geteuid().is_root() {
+            return None;
+        }
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/rush-doctor-{}", std::process::id()));
+        let cfg = rush_agentd::bpf::BpfConfig {
+            pin_dir: pin_dir.clone(),
+            cgroup2_root: l.v2_root.clone(),
+            agent_cgroup_level: 2,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread().build().ok()?;
+        let _guard = rt.enter();
+        let result = rush_agentd::bpf::BpfHandle::start(cfg);
+        let report = match result {
+            Ok((handle, report, _events)) => {
+                drop(handle);
+                Some(report)
+            }
+            Err(e) => {
+                eprintln!("rush-agentd: BPF load failed: {}", rush_agentd::agent::error_chain(&e));
+                None
+            }
+        };
+        let _ = std::fs::remove_dir_all(&pin_dir);
+        report
+    });
+    let report = probe::doctor(&ProbeInputs { attach: attach.as_ref(), cgroups: layout.as_ref() });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
+    } else {
+        println!("kernel {}", report.kernel);
+        for p in &report.probes {
+            println!("  {} {:<18} {}", if p.ok { "ok  " } else { "FAIL" }, p.name, p.detail);
+        }
+        println!("guarantees:");
+        for g in &report.guarantees {
+            println!("  {} {:<36} {}", if g.holds { "yes" } else { "NO " }, g.name, g.detail);
+        }
+    }
+    ExitCode::SUCCESS
+}

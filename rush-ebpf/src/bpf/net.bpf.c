@@ -1,0 +1,129 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * Network confinement: cgroup sock_addr hooks on connect() and on sendmsg() with a
+ * destination address (unconnected UDP). Attached at the cgroup v2 root, so they run for
+ * every socket; the agent is identified by the *calling task's* cgroup, not the socket's,
+ * so a socket handed to an agent is still checked against the agent.
+ *
+ * Return 1 = allow, 0 = deny (the syscall fails with EPERM).
+ */
+#include "rush.h"
+
+static __always_inline int rush_net_allowed(__u64 cgroup_id, __u16 family, const __u8 *addr,
+					    __u16 port)
+{
+	struct rush_net_key key = {
+		.cgroup_id = cgroup_id,
+		.family = family,
+		.port = port,
+	};
+
+	__builtin_memcpy(key.addr, addr, 16);
+	if (bpf_map_lookup_elem(&rush_net_allow, &key))
+		return 1;
+	key.port = 0;
+	return bpf_map_lookup_elem(&rush_net_allow, &key) != NULL;
+}
+
+static __always_inline void rush_emit_net_deny(struct bpf_sock_addr *ctx, __u32 hook,
+					       __u64 cgroup_id, __u16 family, const __u8 *addr,
+					       __u16 port)
+{
+	struct rush_net_event *e;
+	__u64 pid_tgid;
+
+	e = bpf_ringbuf_reserve(&rush_events, sizeof(*e), 0);
+	if (!e) {
+		rush_count_lost_event();
+		return;
+	}
+	pid_tgid = bpf_get_current_pid_tgid();
+	e->kind = RUSH_EVENT_NET_DENY;
+	e->hook = hook;
+	e->cgroup_id = cgroup_id;
+	e->pid = (__u32)pid_tgid;
+	e->tgid = pid_tgid >> 32;
+	e->uid = (__u32)bpf_get_current_uid_gid();
+	e->protocol = ctx->protocol;
+	e->family = family;
+	e->port = port;
+	__builtin_memcpy(e->addr, addr, 16);
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->pad = 0;
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* The policy decision, shared by all four hooks. */
+static __always_inline int rush_check(struct bpf_sock_addr *ctx, __u32 hook, __u16 family,
+				      const __u8 *addr, __u16 port)
+{
+	__u64 cgroup_id = rush_current_agent_cgroup();
+	struct rush_agent *agent = rush_lookup_agent(cgroup_id);
+
+	if (!agent)
+		return 1;
+	if (agent->net_mode == RUSH_NET_MODE_ALLOW)
+		return 1;
+	if (agent->net_mode == RUSH_NET_MODE_LIST &&
+	    rush_net_allowed(cgroup_id, family, addr, port))
+		return 1;
+	rush_emit_net_deny(ctx, hook, cgroup_id, family, addr, port);
+	return 0;
+}
+
+static __always_inline int rush_check4(struct bpf_sock_addr *ctx, __u32 hook)
+{
+	__u8 addr[16] = {};
+	__u32 ip4 = ctx->user_ip4;
+
+	__builtin_memcpy(addr, &ip4, 4);
+	return rush_check(ctx, hook, RUSH_AF_INET, addr, bpf_ntohs((__u16)ctx->user_port));
+}
+
+static __always_inline int rush_check6(struct bpf_sock_addr *ctx, __u32 hook)
+{
+	__u32 ip6[4] = {};
+	__u16 family = RUSH_AF_INET6;
+
+	ip6[0] = ctx->user_ip6[0];
+	ip6[1] = ctx->user_ip6[1];
+	ip6[2] = ctx->user_ip6[2];
+	ip6[3] = ctx->user_ip6[3];
+	/*
+	 * ::ffff:a.b.c.d reaches IPv4 through a v6 socket: judge it as the IPv4 address, so
+	 * an IPv4 list entry applies and cannot be sidestepped with a dual-stack socket.
+	 */
+	if (ip6[0] == 0 && ip6[1] == 0 && ip6[2] == bpf_htonl(0x0000ffff)) {
+		family = RUSH_AF_INET;
+		ip6[0] = ip6[3];
+		ip6[2] = 0;
+		ip6[3] = 0;
+	}
+	return rush_check(ctx, hook, family, (const __u8 *)ip6, bpf_ntohs((__u16)ctx->user_port));
+}
+
+SEC("cgroup/connect4")
+int rush_connect4(struct bpf_sock_addr *ctx)
+{
+	return rush_check4(ctx, RUSH_HOOK_CONNECT4);
+}
+
+SEC("cgroup/connect6")
+int rush_connect6(struct bpf_sock_addr *ctx)
+{
+	return rush_check6(ctx, RUSH_HOOK_CONNECT6);
+}
+
+SEC("cgroup/sendmsg4")
+int rush_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return rush_check4(ctx, RUSH_HOOK_SENDMSG4);
+}
+
+SEC("cgroup/sendmsg6")
+int rush_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return rush_check6(ctx, RUSH_HOOK_SENDMSG6);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

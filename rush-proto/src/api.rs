@@ -1,0 +1,327 @@
+//! Request, Response and Error: the three enums of the API, and their envelopes.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{FileGrant, NetPolicy};
+
+/// One line from a caller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestEnvelope {
+    pub version: u32,
+    /// Chosen by the caller; echoed on every reply to this request.
+    pub id: u64,
+    pub request: Request,
+}
+
+/// One line from the daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplyEnvelope {
+    pub version: u32,
+    /// The request this answers; 0 when the request line could not be parsed at all.
+    pub id: u64,
+    pub reply: Reply,
+}
+
+/// `{"ok": {...}}` or `{"err": {...}}` on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    Ok(Response),
+    Err(ApiError),
+}
+
+impl From<Result<Response, ApiError>> for Reply {
+    fn from(r: Result<Response, ApiError>) -> Self {
+        match r {
+            Ok(v) => Reply::Ok(v),
+            Err(e) => Reply::Err(e),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// Protocol handshake: the daemon's version and how it sees the caller.
+    Hello,
+    /// Start an agent. Foreground (`stdio: passed`): replies `Spawned`, then `Exited`
+    /// when the agent's first process exits; closing the connection kills the agent.
+    /// Detached (`stdio: log`): replies `Spawned` only.
+    Spawn(SpawnRequest),
+    ListAgents,
+    AgentStatus { name: String },
+    /// Kill the agent's whole process tree and remove its cgroup.
+    KillAgent { name: String },
+    /// Replies `AuditEvents`; with `follow`, keeps sending `AuditEvents` as they happen
+    /// until the caller closes the connection.
+    Audit(AuditQuery),
+    /// A detached agent's captured output: `Logs` chunks, the last with `end: true`.
+    /// With `follow`, keeps streaming until the agent exits.
+    AgentLogs { name: String, follow: bool },
+    /// What the running kernel supports and which guarantees hold.
+    Doctor,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpawnRequest {
+    pub name: String,
+    /// argv; `command[0]` is looked up in the caller's `PATH` (from `env`).
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub net: NetPolicy,
+    #[serde(default)]
+    pub allow: Vec<FileGrant>,
+    /// The caller's environment, given to the agent as it is.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// Working directory of the agent's first process.
+    pub cwd: PathBuf,
+    pub stdio: StdioMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StdioMode {
+    /// stdin, stdout, stderr ride on the request line as SCM_RIGHTS, in that order.
+    Passed,
+    /// Detached: stdin is /dev/null, stdout and stderr go to the agent's log file.
+    Log,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditQuery {
+    #[serde(default)]
+    pub agent: Option<String>,
+    /// Only records at or after this time (Unix milliseconds).
+    #[serde(default)]
+    pub since_unix_ms: Option<u64>,
+    /// At most this many of the newest records (0 = all).
+    #[serde(default)]
+    pub limit: usize,
+    #[serde(default)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    Hello {
+        daemon_version: String,
+        protocol_version: u32,
+        caller: CallerInfo,
+    },
+    Spawned { agent: AgentInfo },
+    Exited { name: String, status: ExitStatus },
+    Agents { agents: Vec<AgentInfo> },
+    Agent { agent: AgentInfo },
+    Killed { name: String, processes_killed: u32 },
+    AuditEvents { events: Vec<AuditRecord> },
+    /// A chunk of captured output, lossily decoded as UTF-8. The last reply to an
+    /// `AgentLogs` request has `end: true` (after the agent exits, with `follow`).
+    Logs {
+        data: String,
+        #[serde(default)]
+        end: bool,
+    },
+    Doctor { report: DoctorReport },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallerInfo {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: i32,
+    pub role: CallerRole,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CallerRole {
+    /// root or a member of the configured operator group, outside any agent.
+    Operator,
+    /// A process inside an agent's cgroup, whatever its uid: it may only act as itself.
+    Agent { name: String },
+    /// Anyone else: may read the daemon's version and its doctor report.
+    Unprivileged,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub name: String,
+    /// The agent's identity in the kernel: its cgroup v2 id.
+    pub cgroup_id: u64,
+    pub cgroup_path: PathBuf,
+    /// The agent's first process.
+    pub pid: u32,
+    pub uid: u32,
+    pub command: Vec<String>,
+    pub net: NetPolicy,
+    pub state: AgentState,
+    /// Processes currently in the agent's cgroup.
+    pub processes: u32,
+    pub started_unix_ms: u64,
+    /// Which kernel mechanisms confine this agent, e.g. `net:cgroup-connect`.
+    pub enforcement: Vec<String>,
+    #[serde(default)]
+    pub exit: Option<ExitStatus>,
+    pub detached: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    Running,
+    Exited,
+}
+
+impl fmt::Display for AgentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AgentState::Running => "running",
+            AgentState::Exited => "exited",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+impl ExitStatus {
+    /// The shell convention: the code, or 128 + the signal.
+    pub fn shell_code(&self) -> i32 {
+        match (self.code, self.signal) {
+            (Some(c), _) => c,
+            (None, Some(s)) => 128 + s,
+            (None, None) => 1,
+        }
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.code, self.signal) {
+            (Some(c), _) => write!(f, "exit {c}"),
+            (None, Some(s)) => write!(f, "signal {s}"),
+            (None, None) => f.write_str("unknown"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Increases by one per record for the daemon's lifetime of the log.
+    pub seq: u64,
+    pub time_unix_ms: u64,
+    #[serde(default)]
+    pub agent: Option<String>,
+    pub event: AuditEvent,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AuditEvent {
+    Spawn {
+        pid: u32,
+        uid: u32,
+        command: Vec<String>,
+        net: NetPolicy,
+        caller_uid: u32,
+    },
+    Exit { pid: u32, status: ExitStatus },
+    Kill { caller_uid: u32, processes_killed: u32 },
+    /// The kernel refused a connect() or sendmsg() of the agent.
+    NetDeny {
+        pid: u32,
+        comm: String,
+        /// `connect4`, `connect6`, `sendmsg4`, `sendmsg6`.
+        hook: String,
+        /// `ip:port` (`[ip]:port` for IPv6).
+        destination: String,
+        protocol: String,
+    },
+    /// The kernel dropped this many events because the ring buffer was full.
+    EventsLost { count: u64 },
+    /// A request the daemon refused for policy reasons (not input errors).
+    Refused { caller_uid: u32, request: String, reason: String },
+}
+
+impl AuditEvent {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AuditEvent::Spawn { .. } => "spawn",
+            AuditEvent::Exit { .. } => "exit",
+            AuditEvent::Kill { .. } => "kill",
+            AuditEvent::NetDeny { .. } => "net_deny",
+            AuditEvent::EventsLost { .. } => "events_lost",
+            AuditEvent::Refused { .. } => "refused",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoctorReport {
+    /// `uname -r` of the running kernel.
+    pub kernel: String,
+    /// Raw facts, each probed rather than read from config.
+    pub probes: Vec<Probe>,
+    /// What Rush can promise on this machine, derived from the probes.
+    pub guarantees: Vec<Guarantee>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Guarantee {
+    pub name: String,
+    pub holds: bool,
+    /// How it is enforced when it holds, why not when it does not.
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub kind: ErrorKind,
+    /// One line, naming the input or object concerned and why.
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ApiError { kind, message: message.into() }
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The line was not a valid request (bad JSON, unknown type, missing field).
+    BadRequest,
+    /// A well-formed request with a value that cannot be used.
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    PermissionDenied,
+    /// The kernel cannot keep a guarantee the request asks for.
+    Unsupported,
+    VersionMismatch,
+    Internal,
+}

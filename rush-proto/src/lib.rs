@@ -1,0 +1,25 @@
+//! The contract between `rush-agentd` and its callers.
+//!
+//! Wire format: newline-delimited JSON over a Unix stream socket. Every line a caller
+//! sends is a [`RequestEnvelope`]; every line the daemon sends back is a
+//! [`ReplyEnvelope`] carrying the same `id`. Most requests get exactly one reply;
+//! the streaming ones say so on their variant ([`Request::Spawn`] in the foreground,
+//! [`Request::Audit`] and [`Request::AgentLogs`] with `follow`).
+//!
+//! A foreground spawn passes the caller's stdin, stdout and stderr to the daemon as
+//! `SCM_RIGHTS` ancillary data on the request line itself (see [`client`]), so the agent
+//! writes straight to the user's terminal with no copying through the daemon.
+
+pub mod api;
+pub mod client;
+pub mod spec;
+
+pub use api::*;
+pub use spec::{AgentName, FileGrant, NetEndpoint, NetPolicy, Ops, SpecError, parse_duration};
+
+/// Bumped on any incompatible change of the wire types. The daemon refuses a request
+/// whose envelope carries another version, with [`ErrorKind::VersionMismatch`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Where `rush` and `rush-agentd` meet unless told otherwise (`--socket`, `RUSH_SOCKET`).
+pub const DEFAULT_SOCKET: &str = "/run/rush/agentd.sock";

@@ -1,0 +1,359 @@
+//! The small languages users type: agent names, `--net`, `--allow`, durations.
+//!
+//! They live here so the CLI rejects bad input before it reaches the daemon, and the
+//! daemon, which never trusts its callers, checks the same rules again.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("invalid agent name {0:?}: use 1-64 characters from a-z A-Z 0-9 . _ -, starting with a letter or digit")]
+    AgentName(String),
+    #[error("invalid --net {input:?}: {why} (expected deny, allow, or HOST:PORT[,HOST:PORT...])")]
+    Net { input: String, why: String },
+    #[error("invalid --allow {input:?}: {why} (expected PATH:OPS[:TTL], OPS a comma list of read,write,exec,create,delete)")]
+    Allow { input: String, why: String },
+    #[error("invalid duration {input:?}: {why} (expected e.g. 90s, 30m, 1h, 2d)")]
+    Duration { input: String, why: String },
+}
+
+/// An agent's name: also its cgroup directory name, so it is kept to a safe alphabet.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AgentName(String);
+
+impl AgentName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for AgentName {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.as_bytes()[0].is_ascii_alphanumeric()
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+        if ok { Ok(AgentName(s.to_owned())) } else { Err(SpecError::AgentName(s.to_owned())) }
+    }
+}
+
+impl fmt::Display for AgentName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// File operations a token can grant. A plain bit set: the same bits travel to the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Ops(pub u32);
+
+impl Ops {
+    pub const READ: Ops = Ops(1 << 0);
+    pub const WRITE: Ops = Ops(1 << 1);
+    pub const EXEC: Ops = Ops(1 << 2);
+    pub const CREATE: Ops = Ops(1 << 3);
+    pub const DELETE: Ops = Ops(1 << 4);
+    pub const ALL: [(&'static str, Ops); 5] = [
+        ("read", Ops::READ),
+        ("write", Ops::WRITE),
+        ("exec", Ops::EXEC),
+        ("create", Ops::CREATE),
+        ("delete", Ops::DELETE),
+    ];
+
+    pub fn contains(self, other: Ops) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl FromStr for Ops {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut ops = Ops(0);
+        for word in s.split(',') {
+            let word = word.trim();
+            match Ops::ALL.iter().find(|(name, _)| *name == word) {
+                Some((_, bit)) => ops.0 |= bit.0,
+                None if word.is_empty() => return Err("empty operation in list".into()),
+                None => return Err(format!("unknown operation {word:?}")),
+            }
+        }
+        Ok(ops)
+    }
+}
+
+impl fmt::Display for Ops {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> =
+            Ops::ALL.iter().filter(|(_, bit)| self.contains(*bit)).map(|(n, _)| *n).collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+/// `--allow PATH:OPS[:TTL]`: a file capability token requested at spawn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileGrant {
+    pub path: PathBuf,
+    pub ops: Ops,
+    /// Lifetime from the grant; `None` = until revoked.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+impl FromStr for FileGrant {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        let err = |why: &str| SpecError::Allow { input: s.to_owned(), why: why.to_owned() };
+        // Paths may contain ':'; the ops list and TTL never do, so split from the right:
+        // PATH:OPS:TTL when the middle part is an ops list, else PATH:OPS.
+        let (path, ops, ttl) = match s.rsplitn(3, ':').collect::<Vec<_>>().as_slice() {
+            [ttl, ops, path] if ops.parse::<Ops>().is_ok() => (*path, *ops, Some(*ttl)),
+            _ => match s.rsplit_once(':') {
+                Some((path, ops)) => (path, ops, None),
+                None => return Err(err("missing ':OPS'")),
+            },
+        };
+        if path.is_empty() {
+            return Err(err("empty path"));
+        }
+        if !path.starts_with('/') {
+            return Err(err("path must be absolute"));
+        }
+        let ops = ops.parse::<Ops>().map_err(|why| err(&why))?;
+        if ops.0 == 0 {
+            return Err(err("no operations"));
+        }
+        let ttl_secs = match ttl {
+            None => None,
+            Some(t) => Some(parse_duration(t).map_err(|e| err(&e.to_string()))?.as_secs()),
+        };
+        Ok(FileGrant { path: PathBuf::from(path), ops, ttl_secs })
+    }
+}
+
+/// One allowed destination. `host` is an IP literal or a name the daemon resolves when
+/// the agent is spawned; port 0 means any port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetEndpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for NetEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let port = if self.port == 0 { "*".to_owned() } else { self.port.to_string() };
+        if self.host.contains(':') {
+            write!(f, "[{}]:{port}", self.host)
+        } else {
+            write!(f, "{}:{port}", self.host)
+        }
+    }
+}
+
+/// An agent's outbound network policy (`--net`), enforced by cgroup connect/sendmsg programs.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "mode", content = "endpoints", rename_all = "snake_case")]
+pub enum NetPolicy {
+    /// No outbound connect() or sendmsg() to any IPv4/IPv6 address.
+    #[default]
+    Deny,
+    Allow,
+    AllowList(Vec<NetEndpoint>),
+}
+
+impl fmt::Display for NetPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NetPolicy::Deny => f.write_str("deny"),
+            NetPolicy::Allow => f.write_str("allow"),
+            NetPolicy::AllowList(eps) => {
+                let list: Vec<String> = eps.iter().map(|e| e.to_string()).collect();
+                f.write_str(&list.join(","))
+            }
+        }
+    }
+}
+
+impl FromStr for NetPolicy {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        let err = |why: String| SpecError::Net { input: s.to_owned(), why };
+        match s {
+            "deny" => return Ok(NetPolicy::Deny),
+            "allow" => return Ok(NetPolicy::Allow),
+            "" => return Err(err("empty".into())),
+            _ => {}
+        }
+        let mut eps = Vec::new();
+        for item in s.split(',') {
+            eps.push(parse_endpoint(item).map_err(|why| err(format!("{item:?}: {why}")))?);
+        }
+        Ok(NetPolicy::AllowList(eps))
+    }
+}
+
+fn parse_endpoint(item: &str) -> Result<NetEndpoint, String> {
+    let (host, port) = if let Some(rest) = item.strip_prefix('[') {
+        let (host, rest) = rest.split_once(']').ok_or("unclosed '[' in IPv6 address")?;
+        let port = rest.strip_prefix(':').ok_or("missing ':PORT' after ']'")?;
+        host.parse::<std::net::Ipv6Addr>().map_err(|_| format!("{host:?} is not an IPv6 address"))?;
+        (host, port)
+    } else {
+        let (host, port) = item.rsplit_once(':').ok_or("missing ':PORT'")?;
+        if host.contains(':') {
+            return Err("write IPv6 addresses in brackets, e.g. [::1]:443".into());
+        }
+        (host, port)
+    };
+    if host.is_empty() {
+        return Err("empty host".into());
+    }
+    if host.parse::<IpAddr>().is_err() && !is_hostname(host) {
+        return Err(format!("{host:?} is neither an IP address nor a host name"));
+    }
+    let port = match port {
+        "*" => 0,
+        p => match p.parse::<u16>() {
+            Ok(0) | Err(_) => return Err(format!("port {p:?} is not 1-65535 or *")),
+            Ok(n) => n,
+        },
+    };
+    Ok(NetEndpoint { host: host.to_owned(), port })
+}
+
+fn is_hostname(h: &str) -> bool {
+    h.len() <= 253
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// `90s`, `30m`, `1h`, `2d`, `1h30m`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, SpecError> {
+    let err = |why: &str| SpecError::Duration { input: s.to_owned(), why: why.to_owned() };
+    if s.is_empty() {
+        return Err(err("empty"));
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return Err(err(&format!("unknown unit {c:?}"))),
+        };
+        let n: u64 = digits.parse().map_err(|_| err("a unit without a number before it"))?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(|| err("too large"))?;
+        digits.clear();
+    }
+    if !digits.is_empty() {
+        return Err(err("a number without a unit at the end"));
+    }
+    Ok(Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_names() {
+        assert!("a1".parse::<AgentName>().is_ok());
+        assert!("build-bot_2.x".parse::<AgentName>().is_ok());
+        for bad in ["", "-x", ".hidden", "a/b", "a b", "..", &"x".repeat(65)] {
+            assert!(bad.parse::<AgentName>().is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn net_policies() {
+        assert_eq!("deny".parse::<NetPolicy>().unwrap(), NetPolicy::Deny);
+        assert_eq!("allow".parse::<NetPolicy>().unwrap(), NetPolicy::Allow);
+        let p = "127.0.0.1:8080,[::1]:443,api.example.com:*".parse::<NetPolicy>().unwrap();
+        let NetPolicy::AllowList(eps) = &p else { panic!("not a list: {p:?}") };
+        assert_eq!(eps.len(), 3);
+        assert_eq!(eps[0], NetEndpoint { host: "127.0.0.1".into(), port: 8080 });
+        assert_eq!(eps[1], NetEndpoint { host: "::1".into(), port: 443 });
+        assert_eq!(eps[2].port, 0);
+        assert_eq!(p.to_string(), "127.0.0.1:8080,[::1]:443,api.example.com:*");
+    }
+
+    #[test]
+    fn bad_net_policies_name_the_bad_part() {
+        for (bad, needle) in [
+            ("", "empty"),
+            ("127.0.0.1", "missing ':PORT'"),
+            ("127.0.0.1:0", "port \"0\""),
+            ("127.0.0.1:99999", "port \"99999\""),
+            ("::1:80", "brackets"),
+            ("[::1:80", "unclosed"),
+            ("bad host:80", "neither"),
+            ("1.2.3.4:80,", "\"\""),
+        ] {
+            let e = bad.parse::<NetPolicy>().unwrap_err().to_string();
+            assert!(e.contains(needle), "{bad:?}: {e:?} lacks {needle:?}");
+        }
+    }
+
+    #[test]
+    fn file_grants() {
+        let g: FileGrant = "/srv/a:read,write".parse().unwrap();
+        assert_eq!(g.path, PathBuf::from("/srv/a"));
+        assert_eq!(g.ops, Ops(Ops::READ.0 | Ops::WRITE.0));
+        assert_eq!(g.ttl_secs, None);
+        let g: FileGrant = "/srv/a:read:5s".parse().unwrap();
+        assert_eq!(g.ttl_secs, Some(5));
+        let g: FileGrant = "/odd:dir/x:exec".parse().unwrap();
+        assert_eq!(g.path, PathBuf::from("/odd:dir/x"));
+        for (bad, needle) in [
+            ("/srv/a", "missing ':OPS'"),
+            ("srv/a:read", "absolute"),
+            ("/srv/a:fly", "unknown operation \"fly\""),
+            ("/srv/a:read:5y", "unknown unit"),
+            (":read", "empty path"),
+        ] {
+            let e = bad.parse::<FileGrant>().unwrap_err().to_string();
+            assert!(e.contains(needle), "{bad:?}: {e:?} lacks {needle:?}");
+        }
+    }
+
+    #[test]
+    fn ops_round_trip() {
+        let ops: Ops = "delete,read".parse().unwrap();
+        assert_eq!(ops.to_string(), "read,delete");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172800));
+        assert_eq!(parse_duration("15").unwrap(), Duration::from_secs(15));
+        for bad in ["", "h", "5x", "10m5"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,496 @@
+//! The command line: clap types, their help text, and the parsers clap calls.
+//!
+//! Every value a user types is parsed here, with the parsers of `rush-proto`, so bad input
+//! is refused with exit status 2 before anything reaches the daemon.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use rush_proto::{AgentName, FileGrant, NetPolicy, SpecError};
+
+use crate::time;
+
+const ABOUT: &str = "Run AI agents confined by the kernel";
+
+const LONG_ABOUT: &str = "\
+Run AI agents confined by the kernel.
+
+rush is the command-line frontend of Rush. It asks the root daemon, rush-agentd, to run \
+commands as agents: each agent gets its own cgroup, and eBPF programs attached to it \
+enforce the agent's network policy and file grants in the kernel, whatever the agent \
+does. rush itself holds no privileges; it talks to the daemon over a Unix socket.";
+
+const EXAMPLES: &str = "\
+Examples:
+  Check what this kernel can enforce:
+    $ rush doctor
+
+  Run a shell as an agent with no network, in the foreground:
+    $ rush agent spawn scratch -- bash
+
+  Run a coding agent in the background that may only reach one API:
+    $ rush agent spawn coder --net api.anthropic.com:443 --detach -- claude -p 'fix the tests'
+    $ rush agent logs coder --follow
+
+  See what was refused in the last ten minutes:
+    $ rush audit --since 10m
+
+Exit status:
+  0  success
+  1  the request failed (one line on stderr says what and why)
+  2  usage error: bad flags or values, refused before reaching the daemon
+  A foreground `rush agent spawn` exits with the agent's own status instead.
+
+Environment:
+  RUSH_SOCKET  the daemon's socket when --socket is not given";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rush",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_long_help = EXAMPLES,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Path of the daemon's Unix socket. It must be owned by root or by you.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "PATH",
+        env = "RUSH_SOCKET",
+        default_value = rush_proto::DEFAULT_SOCKET
+    )]
+    pub socket: PathBuf,
+
+    /// Print JSON on stdout instead of text: one document, or one object per line when
+    /// following a stream (--follow).
+    #[arg(long, global = true, help_heading = "Global options")]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Spawn, list, inspect and stop agents
+    #[command(subcommand)]
+    Agent(AgentCommand),
+
+    /// Show the audit trail: spawns, exits, kills and everything the kernel refused
+    #[command(long_about = AUDIT_LONG_ABOUT, after_long_help = AUDIT_EXAMPLES)]
+    Audit(AuditArgs),
+
+    /// Show what this kernel supports and which guarantees hold on this machine
+    #[command(long_about = DOCTOR_LONG_ABOUT)]
+    Doctor,
+
+    /// Print the versions of rush and of the running daemon
+    #[command(
+        long_about = "Print the versions of rush and of the running daemon, with the \
+                      protocol version each speaks and how the daemon sees you. Exits 1 \
+                      if the daemon cannot be reached; `rush --version` needs no daemon."
+    )]
+    Version,
+
+    /// Print a shell completion script
+    #[command(
+        after_long_help = "Example:\n  $ rush completions bash > /etc/bash_completion.d/rush"
+    )]
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+
+    /// Print the man page (roff) on stdout
+    #[command(hide = true)]
+    Man,
+}
+
+const AUDIT_LONG_ABOUT: &str = "\
+Show the audit trail the daemon keeps: agents spawned, exited and killed, requests it \
+refused, and every connect() or sendmsg() the kernel denied an agent.
+
+Text output is one line per record: the time (UTC), the record's sequence number, the \
+agent, the kind of record, and its details as key=value pairs. With --json, rush prints \
+one JSON array of records; with --json --follow, one JSON object per line (NDJSON), as \
+records happen.";
+
+const AUDIT_EXAMPLES: &str = "\
+Examples:
+  $ rush audit --since 10m
+  $ rush audit --agent coder --since 2026-11-27T02:00:00Z --limit 50
+  $ rush audit --follow --json | jq 'select(.event.kind == \"net_deny\")'";
+
+const DOCTOR_LONG_ABOUT: &str = "\
+Ask the daemon what the running kernel supports (BPF LSM, cgroup v2 controllers, \
+the BPF hooks Rush attaches, ...) and therefore which of Rush's guarantees hold on this \
+machine. Every fact is probed, not read from configuration.
+
+This is a report: it exits 0 even when guarantees do not hold, and 1 only when the \
+daemon cannot be asked. To probe a kernel without a running daemon, run \
+`rush-agentd doctor` as root.";
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Run a command as a new confined agent
+    #[command(long_about = SPAWN_LONG_ABOUT, after_long_help = SPAWN_EXAMPLES)]
+    Spawn(SpawnArgs),
+
+    /// List the agents the daemon knows: running ones and those that exited
+    #[command(
+        long_about = "List the agents the daemon knows, running or exited, as a table: \
+                      NAME STATE PID PROCS NET UPTIME/EXIT COMMAND. UPTIME/EXIT is how long \
+                      a running agent has run, or how an exited one ended. With --json, \
+                      prints one JSON array of agents.",
+        visible_alias = "ls"
+    )]
+    List,
+
+    /// Show everything about one agent
+    #[command(
+        long_about = "Show one agent as key: value lines: its state, first process, \
+                            cgroup (path and id, the agent's identity in the kernel), the \
+                            network policy, which kernel mechanisms confine it, and its \
+                            exit status once it exited. With --json, prints the agent as \
+                            one JSON object."
+    )]
+    Status {
+        /// The agent's name.
+        #[arg(value_name = "NAME")]
+        name: AgentName,
+    },
+
+    /// Kill an agent's whole process tree and remove its cgroup
+    #[command(
+        long_about = "Kill every process in the agent's cgroup, including the ones \
+                            that daemonized or double-forked, and remove the cgroup. Prints \
+                            how many processes were killed."
+    )]
+    Kill {
+        /// The agent's name.
+        #[arg(value_name = "NAME")]
+        name: AgentName,
+    },
+
+    /// Print what a detached agent wrote to stdout and stderr
+    #[command(
+        long_about = "Print what a detached agent (spawned with --detach) wrote to its \
+                            stdout and stderr, as the daemon captured it. With --follow, \
+                            keeps printing new output as it is written, until the agent \
+                            exits or you press Ctrl-C. With --json, prints {\"data\": \"...\"}, \
+                            one object per chunk when following."
+    )]
+    Logs {
+        /// The agent's name.
+        #[arg(value_name = "NAME")]
+        name: AgentName,
+        /// Keep printing output as the agent writes it.
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
+}
+
+const SPAWN_LONG_ABOUT: &str = "\
+Run CMD as a new agent named NAME. The daemon creates a cgroup for the agent, puts the \
+agent's policy into the eBPF maps its kernel programs check (--net now; --allow where the \
+kernel can enforce it), and starts CMD inside the cgroup, as you, with your environment and \
+in your current directory. CMD is in the cgroup before it executes its first instruction, \
+and everything it starts stays there.
+
+In the foreground (the default), the agent uses this terminal: your stdin, stdout and \
+stderr are handed to it as they are, rush prints nothing of its own (also not with --json), \
+and rush exits with the agent's exit status (128+N if a signal N killed it). If rush ends \
+before the agent, by Ctrl-C (rush then exits 130), a signal or a closed terminal, the \
+daemon kills the agent: a foreground agent never outlives its rush.
+
+With --detach, the agent runs in the background with stdin from /dev/null and its output \
+captured by the daemon (read it with `rush agent logs`); rush prints the agent's name, \
+first process id and cgroup id (or the agent as JSON with --json) and exits 0. Stop it \
+with `rush agent kill`.";
+
+const SPAWN_EXAMPLES: &str = "\
+Examples:
+  A shell with no network at all (the default):
+    $ rush agent spawn scratch -- bash
+
+  Only HTTPS to one host, and read/write access to one tree for an hour:
+    $ rush agent spawn coder --net api.anthropic.com:443 \\
+        --allow /srv/repo:read,write,create:1h -- claude
+
+  Any port of a local service, in the background:
+    $ rush agent spawn indexer --net '127.0.0.1:*,[::1]:*' --detach -- ./index.sh";
+
+#[derive(Debug, Args)]
+pub struct SpawnArgs {
+    /// The agent's name: 1-64 characters from a-z A-Z 0-9 . _ -, starting with a letter or
+    /// digit. It names the agent's cgroup, so it must be unused.
+    #[arg(value_name = "NAME")]
+    pub name: AgentName,
+
+    /// Outbound network policy: `deny` (no IPv4/IPv6 connect or send at all), `allow`
+    /// (anything), or a comma list of HOST:PORT the agent may reach. HOST is an IP address
+    /// (IPv6 in brackets, e.g. [::1]:443) or a host name the daemon resolves at spawn;
+    /// PORT is 1-65535, or * for any port.
+    #[arg(long, value_name = "POLICY", default_value = "deny")]
+    pub net: NetPolicy,
+
+    /// Grant file access: PATH:OPS[:TTL], OPS a comma list of
+    /// read,write,exec,create,delete, TTL how long the grant lasts (e.g. 90s, 30m, 1h; forever if omitted). PATH
+    /// must be absolute. Repeat for several grants. The daemon refuses the spawn when the
+    /// running kernel cannot enforce file grants (see `rush doctor`): an agent is never
+    /// started with a grant that is not really enforced.
+    #[arg(long = "allow", value_name = "PATH:OPS[:TTL]")]
+    pub allow: Vec<FileGrant>,
+
+    /// Run in the background: stdin from /dev/null, output captured for `rush agent logs`.
+    #[arg(long, short = 'd')]
+    pub detach: bool,
+
+    /// The command to run and its arguments, after `--`. CMD is looked up in your PATH.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only records about this agent.
+    #[arg(long, value_name = "NAME")]
+    pub agent: Option<AgentName>,
+
+    /// Only records at or after TIME: a duration ago (90s, 10m, 1h30m, 2d; a bare number
+    /// is seconds), an RFC 3339 time (2026-11-27T02:16:11Z, 2026-11-27 02:16, 2026-11-27;
+    /// UTC when no offset is given), or @MS for Unix milliseconds as in the JSON records.
+    #[arg(long, value_name = "TIME", value_parser = parse_since)]
+    pub since: Option<u64>,
+
+    /// Only the N newest matching records (0 = all). With --follow, limits the backlog
+    /// printed before new records.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub limit: usize,
+
+    /// Keep printing records as they happen, until you press Ctrl-C.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+}
+
+/// A usage error of our own, worded to be shown alone: `rush: <message>`.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+fn parse_since(s: &str) -> Result<u64, UsageError> {
+    parse_since_at(s, time::now_unix_ms())
+}
+
+/// `--since` as Unix milliseconds, durations counted back from `now_ms`.
+pub fn parse_since_at(s: &str, now_ms: u64) -> Result<u64, UsageError> {
+    let err = |why: String| {
+        UsageError(format!(
+            "invalid --since {s:?}: {why} (expected a duration ago like 10m, a time like \
+             2026-11-27T02:16:11Z, or @UNIX_MS)"
+        ))
+    };
+    if let Some(ms) = s.strip_prefix('@') {
+        return ms
+            .parse::<u64>()
+            .map_err(|_| err("@ must be followed by Unix milliseconds".into()));
+    }
+    let b = s.as_bytes();
+    if b.len() >= 5 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-' {
+        return time::parse_rfc3339(s).map_err(err);
+    }
+    match rush_proto::parse_duration(s) {
+        Ok(d) => Ok(now_ms.saturating_sub(d.as_millis().try_into().unwrap_or(u64::MAX))),
+        Err(SpecError::Duration { why, .. }) => Err(err(why)),
+        Err(other) => Err(err(other.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("rush").chain(args.iter().copied()))
+    }
+
+    fn spawn(args: &[&str]) -> SpawnArgs {
+        let mut full = vec!["agent", "spawn"];
+        full.extend_from_slice(args);
+        match parse(&full)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .command
+        {
+            Command::Agent(AgentCommand::Spawn(s)) => s,
+            other => panic!("{args:?} parsed as {other:?}"),
+        }
+    }
+
+    /// The source message clap would show for a value our parsers refused.
+    fn refusal(args: &[&str]) -> String {
+        let e = parse(args).expect_err("should be refused");
+        assert_eq!(e.kind(), ErrorKind::ValueValidation, "{args:?}: {e}");
+        std::error::Error::source(&e).expect("a source").to_string()
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn man_page_and_completions_render() {
+        let mut man = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut man)
+            .unwrap();
+        let man = String::from_utf8(man).unwrap();
+        assert!(
+            man.contains(".TH rush 1") && man.contains("RUSH_SOCKET"),
+            "{man}"
+        );
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "rush", &mut script);
+            assert!(
+                String::from_utf8(script).unwrap().contains("spawn"),
+                "{shell}"
+            );
+        }
+    }
+
+    #[test]
+    fn spawn_defaults_and_flags() {
+        let s = spawn(&["bot", "--", "echo", "-n", "hi"]);
+        assert_eq!(s.name.as_str(), "bot");
+        assert_eq!(s.net, NetPolicy::Deny);
+        assert!(s.allow.is_empty() && !s.detach);
+        assert_eq!(s.command, ["echo", "-n", "hi"]);
+
+        let s = spawn(&[
+            "bot",
+            "--net",
+            "127.0.0.1:80,[::1]:*",
+            "--allow",
+            "/srv:read",
+            "--allow",
+            "/tmp/x:write,create:1h",
+            "-d",
+            "--",
+            "sh",
+            "-c",
+            "true",
+        ]);
+        assert!(matches!(s.net, NetPolicy::AllowList(ref eps) if eps.len() == 2));
+        assert_eq!(s.allow.len(), 2);
+        assert_eq!(s.allow[1].ttl_secs, Some(3600));
+        assert!(s.detach);
+        assert_eq!(s.command, ["sh", "-c", "true"]);
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let c = parse(&["agent", "list", "--json", "--socket", "/tmp/s"]).unwrap();
+        assert!(c.json);
+        assert_eq!(c.socket, PathBuf::from("/tmp/s"));
+        let c = parse(&["--json", "doctor"]).unwrap();
+        assert!(c.json);
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_parsers_message() {
+        assert!(
+            refusal(&["agent", "spawn", "bad name", "--", "true"]).contains("invalid agent name")
+        );
+        assert!(
+            refusal(&["agent", "spawn", "a", "--net", "nope", "--", "true"])
+                .contains("invalid --net")
+        );
+        assert!(
+            refusal(&["agent", "spawn", "a", "--allow", "rel:read", "--", "true"])
+                .contains("absolute")
+        );
+        assert!(refusal(&["agent", "status", "a/b"]).contains("invalid agent name"));
+        assert!(refusal(&["agent", "kill", ".."]).contains("invalid agent name"));
+        assert!(refusal(&["audit", "--agent", "x y"]).contains("invalid agent name"));
+        assert!(refusal(&["audit", "--since", "yesterday"]).contains("invalid --since"));
+        assert!(refusal(&["audit", "--since", "2026-13-01"]).contains("month 13"));
+    }
+
+    #[test]
+    fn missing_or_misplaced_command_is_a_usage_error() {
+        for args in [
+            &["agent", "spawn", "a"][..],
+            &["agent", "spawn", "a", "--"],
+            &["agent", "spawn", "a", "true"],
+            &["agent", "spawn", "--", "true"],
+        ] {
+            let e = parse(args).expect_err("should be refused");
+            assert_eq!(e.exit_code(), 2, "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn repeated_net_is_refused() {
+        let e = parse(&[
+            "agent", "spawn", "a", "--net", "deny", "--net", "allow", "--", "x",
+        ]);
+        assert_eq!(e.unwrap_err().kind(), ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn audit_flags() {
+        let c = parse(&[
+            "audit", "--agent", "bot", "--limit", "5", "-f", "--since", "@1234",
+        ])
+        .unwrap();
+        let Command::Audit(a) = c.command else {
+            panic!("not audit")
+        };
+        assert_eq!(a.agent.unwrap().as_str(), "bot");
+        assert_eq!((a.limit, a.follow, a.since), (5, true, Some(1234)));
+        assert!(parse(&["audit", "--limit", "-1"]).is_err());
+    }
+
+    #[test]
+    fn since_forms() {
+        let now = 1_795_745_771_123;
+        assert_eq!(parse_since_at("10m", now).unwrap(), now - 600_000);
+        assert_eq!(parse_since_at("90", now).unwrap(), now - 90_000);
+        assert_eq!(parse_since_at("1h30m", now).unwrap(), now - 5_400_000);
+        assert_eq!(parse_since_at("100000d", now).unwrap(), 0);
+        assert_eq!(parse_since_at("@42", now).unwrap(), 42);
+        assert_eq!(
+            parse_since_at("2026-11-27T02:16:11.123Z", now).unwrap(),
+            now
+        );
+        assert_eq!(
+            parse_since_at("2026-11-27", now).unwrap(),
+            1_795_737_600_000
+        );
+        for bad in ["", "@", "@x", "10y", "2026-11-27T25:00", "now"] {
+            let e = parse_since_at(bad, now).unwrap_err().to_string();
+            assert!(e.starts_with("invalid --since"), "{bad:?}: {e}");
+        }
+    }
+}

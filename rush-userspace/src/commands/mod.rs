@@ -1,0 +1,66 @@
+//! One function per command: build the request, talk to the daemon, render the answer.
+//! Each returns the exit status on success; failures are `Error`s, mapped in `main`.
+
+mod agent;
+mod audit;
+mod doctor;
+mod meta;
+mod spawn;
+
+use std::io::StdoutLock;
+use std::path::PathBuf;
+
+use anyhow::anyhow;
+use rush_proto::Response;
+use rush_proto::client::Client;
+
+use crate::cli::{AgentCommand, Cli, Command};
+use crate::error::{Error, Result};
+use crate::output::Output;
+
+/// What every command gets: where the daemon is, and stdout.
+pub struct Ctx {
+    pub socket: PathBuf,
+    pub out: Output<StdoutLock<'static>>,
+}
+
+impl Ctx {
+    pub fn connect(&self) -> Result<Client> {
+        Ok(Client::connect(&self.socket)?)
+    }
+}
+
+pub fn run(cli: Cli) -> Result<u8> {
+    let mut ctx = Ctx {
+        socket: cli.socket,
+        out: Output::stdout(cli.json),
+    };
+    match cli.command {
+        Command::Agent(AgentCommand::Spawn(args)) => spawn::spawn(&mut ctx, args),
+        Command::Agent(AgentCommand::List) => agent::list(&mut ctx),
+        Command::Agent(AgentCommand::Status { name }) => agent::status(&mut ctx, &name),
+        Command::Agent(AgentCommand::Kill { name }) => agent::kill(&mut ctx, &name),
+        Command::Agent(AgentCommand::Logs { name, follow }) => agent::logs(&mut ctx, &name, follow),
+        Command::Audit(args) => audit::audit(&mut ctx, args),
+        Command::Doctor => doctor::doctor(&mut ctx),
+        Command::Version => meta::version(&mut ctx),
+        Command::Completions { shell } => meta::completions(&mut ctx, shell),
+        Command::Man => meta::man(&mut ctx),
+    }
+}
+
+/// The daemon answered with something this request never gets.
+pub fn unexpected(expected: &str, got: &Response) -> Error {
+    let got = match got {
+        Response::Hello { .. } => "hello",
+        Response::Spawned { .. } => "spawned",
+        Response::Exited { .. } => "exited",
+        Response::Agents { .. } => "agents",
+        Response::Agent { .. } => "agent",
+        Response::Killed { .. } => "killed",
+        Response::AuditEvents { .. } => "audit_events",
+        Response::Logs { .. } => "logs",
+        Response::Doctor { .. } => "doctor",
+    };
+    anyhow!("unexpected reply from the daemon: expected {expected}, got {got}").into()
+}

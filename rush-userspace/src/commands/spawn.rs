@@ -1,0 +1,146 @@
+//! `rush agent spawn`: foreground (the agent gets our terminal) or detached.
+
+use std::io::{self, IsTerminal};
+use std::os::fd::AsFd;
+
+use anyhow::{Context, anyhow};
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use nix::sys::termios::{self, SetArg, Termios};
+use rush_proto::client::ClientError;
+use rush_proto::{Request, Response, SpawnRequest, StdioMode};
+
+use super::{Ctx, unexpected};
+use crate::cli::SpawnArgs;
+use crate::error::Result;
+use crate::render::sanitize;
+
+/// rush's exit status when Ctrl-C ends a foreground spawn (128 + SIGINT).
+pub const INTERRUPTED: i32 = 130;
+
+pub fn spawn(ctx: &mut Ctx, args: SpawnArgs) -> Result<u8> {
+    let cwd = std::env::current_dir()
+        .context("cannot read the current directory, where the agent would start")?;
+    let request = SpawnRequest {
+        name: args.name.to_string(),
+        command: args.command,
+        net: args.net,
+        allow: args.allow,
+        env: environment(),
+        cwd,
+        stdio: if args.detach {
+            StdioMode::Log
+        } else {
+            StdioMode::Passed
+        },
+    };
+    if args.detach {
+        detached(ctx, request)
+    } else {
+        foreground(ctx, request)
+    }
+}
+
+/// Our environment, as the agent gets it. The protocol carries UTF-8 only; a variable
+/// that is not valid UTF-8 is left out.
+fn environment() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
+fn detached(ctx: &mut Ctx, request: SpawnRequest) -> Result<u8> {
+    let agent = match ctx.connect()?.call(Request::Spawn(request))? {
+        Response::Spawned { agent } => agent,
+        other => return Err(unexpected("spawned", &other)),
+    };
+    if ctx.out.json {
+        ctx.out.document(&agent)?;
+    } else {
+        let name = sanitize(&agent.name);
+        ctx.out.text(&format!(
+            "spawned {name} (pid {}, cgroup id {}); output: rush agent logs {name}\n",
+            agent.pid, agent.cgroup_id
+        ))?;
+    }
+    Ok(0)
+}
+
+/// Hands our stdin, stdout and stderr to the agent, waits for it, and returns its status.
+/// Prints nothing: the terminal is the agent's. The connection staying open is what keeps
+/// the agent alive: when rush dies, the daemon kills the agent.
+fn foreground(ctx: &mut Ctx, request: SpawnRequest) -> Result<u8> {
+    let name = request.name.clone();
+    let terminal = SavedTerminal::save();
+    let mut client = ctx.connect()?;
+    exit_on_sigint()?;
+    // Rust's runtime makes sure fds 0-2 are open (on /dev/null if they were closed).
+    let (stdin, stdout, stderr) = (io::stdin(), io::stdout(), io::stderr());
+    let stdio = [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()];
+    let id = client.send(Request::Spawn(request), &stdio)?;
+    match client.recv_for(id)? {
+        Response::Spawned { .. } => {}
+        other => return Err(unexpected("spawned", &other)),
+    }
+    let status = match client.recv_for(id) {
+        Ok(Response::Exited { status, .. }) => status,
+        Ok(other) => return Err(unexpected("exited", &other)),
+        Err(ClientError::Closed) => {
+            return Err(anyhow!(
+                "the daemon closed the connection before agent {name} exited \
+                 (see `rush agent status {name}`)"
+            )
+            .into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if status.signal.is_some() {
+        // A killed agent may have left the terminal raw or without echo.
+        terminal.restore();
+    }
+    // What a shell would see: exit(n) keeps the low 8 bits.
+    Ok((status.shell_code() & 0xff) as u8)
+}
+
+extern "C" fn exit_interrupted(_: libc::c_int) {
+    // SAFETY: _exit(2) is async-signal-safe and ends the process without running any
+    // code of ours.
+    unsafe { libc::_exit(INTERRUPTED) }
+}
+
+/// Ctrl-C ends rush at once with status 130; closing our connection makes the daemon kill
+/// the agent. (The agent is not in our process group, so the terminal signals only us.)
+fn exit_on_sigint() -> Result<()> {
+    let action = SigAction::new(
+        SigHandler::Handler(exit_interrupted),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only calls _exit(2), which is async-signal-safe, and touches no
+    // state of this program.
+    unsafe { sigaction(Signal::SIGINT, &action) }.context("cannot install a SIGINT handler")?;
+    Ok(())
+}
+
+/// The terminal's settings before the agent ran, when stdin is a terminal.
+struct SavedTerminal(Option<Termios>);
+
+impl SavedTerminal {
+    fn save() -> SavedTerminal {
+        let stdin = io::stdin();
+        SavedTerminal(if stdin.is_terminal() {
+            termios::tcgetattr(stdin.as_fd()).ok()
+        } else {
+            None
+        })
+    }
+
+    fn restore(&self) {
+        let Some(saved) = &self.0 else { return };
+        let stdin = io::stdin();
+        // Only as the terminal's foreground process group: from the background,
+        // tcsetattr would stop us with SIGTTOU.
+        if nix::unistd::tcgetpgrp(stdin.as_fd()).ok() == Some(nix::unistd::getpgrp()) {
+            let _ = termios::tcsetattr(stdin.as_fd(), SetArg::TCSADRAIN, saved);
+        }
+    }
+}

@@ -1,0 +1,473 @@
+//! Text rendering of the daemon's answers. Pure functions of their input (and of the
+//! time "now" where ages are shown), so they are tested without a daemon.
+//!
+//! Strings an agent controls (its command line, process names) are escaped before they
+//! reach the operator's terminal: an agent must not be able to write escape sequences
+//! into `rush agent list`.
+
+use std::fmt::Write as _;
+
+use rush_proto::{AgentInfo, AgentState, AuditEvent, AuditRecord, DoctorReport};
+
+use crate::time::{format_duration, format_unix_ms};
+
+/// Columns aligned on the widest cell, two spaces apart; the last column is not padded.
+pub struct Table {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(headers: &[&str]) -> Table {
+        Table {
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        debug_assert_eq!(cells.len(), self.headers.len());
+        self.rows.push(cells);
+    }
+
+    pub fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for row in std::iter::once(&self.headers).chain(&self.rows) {
+            let mut line = String::new();
+            for (i, (cell, w)) in row.iter().zip(&widths).enumerate() {
+                if i > 0 {
+                    line.push_str("  ");
+                }
+                line.push_str(cell);
+                if i + 1 < row.len() {
+                    line.extend(std::iter::repeat_n(' ', w - cell.chars().count()));
+                }
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Control characters escaped (`\n`, `\u{1b}`), everything else as it is.
+pub fn sanitize(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// A command line as a shell would need it typed, control characters escaped.
+pub fn shell_join(args: &[String]) -> String {
+    let quote = |a: &String| {
+        let a = sanitize(a);
+        let plain = !a.is_empty()
+            && a.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-./:=@%+,^".contains(&b));
+        if plain {
+            a
+        } else {
+            format!("'{}'", a.replace('\'', r"'\''"))
+        }
+    };
+    args.iter().map(quote).collect::<Vec<_>>().join(" ")
+}
+
+/// A value for `key=value`: bare when simple, else quoted and escaped.
+fn value(v: &str) -> String {
+    let plain = !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\');
+    if plain {
+        v.to_owned()
+    } else {
+        format!("{v:?}")
+    }
+}
+
+fn age(now_ms: u64, then_ms: u64) -> String {
+    format_duration(now_ms.saturating_sub(then_ms) / 1000)
+}
+
+/// `rush agent list`.
+pub fn agent_table(agents: &[AgentInfo], now_ms: u64) -> String {
+    let mut t = Table::new(&[
+        "NAME",
+        "STATE",
+        "PID",
+        "PROCS",
+        "NET",
+        "UPTIME/EXIT",
+        "COMMAND",
+    ]);
+    for a in agents {
+        let uptime_or_exit = match (a.state, a.exit) {
+            (AgentState::Running, _) => age(now_ms, a.started_unix_ms),
+            (AgentState::Exited, Some(status)) => status.to_string(),
+            (AgentState::Exited, None) => "-".into(),
+        };
+        t.row(vec![
+            a.name.clone(),
+            a.state.to_string(),
+            a.pid.to_string(),
+            a.processes.to_string(),
+            a.net.to_string(),
+            uptime_or_exit,
+            shell_join(&a.command),
+        ]);
+    }
+    t.render()
+}
+
+/// `rush agent status NAME`.
+pub fn agent_status(a: &AgentInfo, now_ms: u64) -> String {
+    let enforcement = if a.enforcement.is_empty() {
+        "none".to_string()
+    } else {
+        a.enforcement.join(", ")
+    };
+    let exit = match a.exit {
+        Some(status) => status.to_string(),
+        None => "-".to_string(),
+    };
+    let started = match a.state {
+        AgentState::Running => {
+            format!(
+                "{} ({} ago)",
+                format_unix_ms(a.started_unix_ms),
+                age(now_ms, a.started_unix_ms)
+            )
+        }
+        AgentState::Exited => format_unix_ms(a.started_unix_ms),
+    };
+    let fields: [(&str, String); 13] = [
+        ("name", a.name.clone()),
+        ("state", a.state.to_string()),
+        ("pid", a.pid.to_string()),
+        ("uid", a.uid.to_string()),
+        ("processes", a.processes.to_string()),
+        ("started", started),
+        ("command", shell_join(&a.command)),
+        (
+            "mode",
+            if a.detached { "detached" } else { "foreground" }.to_string(),
+        ),
+        ("net", a.net.to_string()),
+        ("enforcement", enforcement),
+        ("cgroup path", sanitize(&a.cgroup_path.to_string_lossy())),
+        ("cgroup id", a.cgroup_id.to_string()),
+        ("exit", exit),
+    ];
+    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    let mut out = String::new();
+    for (k, v) in fields {
+        let _ = writeln!(out, "{:<width$} {v}", format!("{k}:"));
+    }
+    out
+}
+
+/// One audit record as one line: time, seq, agent, kind, details.
+pub fn audit_line(r: &AuditRecord) -> String {
+    let details = match &r.event {
+        AuditEvent::Spawn {
+            pid,
+            uid,
+            command,
+            net,
+            caller_uid,
+        } => format!(
+            "pid={pid} uid={uid} caller_uid={caller_uid} net={} command={}",
+            value(&net.to_string()),
+            value(&shell_join(command))
+        ),
+        AuditEvent::Exit { pid, status } => match (status.code, status.signal) {
+            (Some(c), _) => format!("pid={pid} code={c}"),
+            (None, Some(s)) => format!("pid={pid} signal={s}"),
+            (None, None) => format!("pid={pid} status=unknown"),
+        },
+        AuditEvent::Kill {
+            caller_uid,
+            processes_killed,
+        } => {
+            format!("caller_uid={caller_uid} processes_killed={processes_killed}")
+        }
+        AuditEvent::NetDeny {
+            pid,
+            comm,
+            hook,
+            destination,
+            protocol,
+        } => format!(
+            "pid={pid} comm={} hook={} destination={} protocol={}",
+            value(comm),
+            value(hook),
+            value(destination),
+            value(protocol)
+        ),
+        AuditEvent::EventsLost { count } => format!("count={count}"),
+        AuditEvent::Refused {
+            caller_uid,
+            request,
+            reason,
+        } => {
+            format!(
+                "caller_uid={caller_uid} request={} reason={}",
+                value(request),
+                value(reason)
+            )
+        }
+    };
+    let agent = r
+        .agent
+        .as_deref()
+        .map(sanitize)
+        .unwrap_or_else(|| "-".into());
+    format!(
+        "{}  {:>6}  {agent:<12}  {:<11}  {details}",
+        format_unix_ms(r.time_unix_ms),
+        r.seq,
+        r.event.kind()
+    )
+}
+
+/// `rush doctor`.
+pub fn doctor(report: &DoctorReport) -> String {
+    let mut out = format!("kernel: {}\n\n", sanitize(&report.kernel));
+    let mut probes = Table::new(&["PROBE", "DETAIL"]);
+    for p in &report.probes {
+        let mark = if p.ok { '✓' } else { '✗' };
+        probes.row(vec![format!("{mark} {}", p.name), sanitize(&p.detail)]);
+    }
+    out.push_str(&probes.render());
+    out.push('\n');
+    let mut guarantees = Table::new(&["GUARANTEE", "HOLDS", "DETAIL"]);
+    for g in &report.guarantees {
+        let holds = if g.holds { "yes" } else { "no" };
+        guarantees.row(vec![g.name.clone(), holds.into(), sanitize(&g.detail)]);
+    }
+    out.push_str(&guarantees.render());
+    let held = report.guarantees.iter().filter(|g| g.holds).count();
+    let _ = writeln!(
+        out,
+        "\n{held} of {} guarantees hold on this machine.",
+        report.guarantees.len()
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rush_proto::{ExitStatus, Guarantee, NetEndpoint, NetPolicy, Probe};
+
+    const NOW: u64 = 1_795_745_771_123;
+
+    fn agent(name: &str) -> AgentInfo {
+        AgentInfo {
+            name: name.into(),
+            cgroup_id: 8812,
+            cgroup_path: "/sys/fs/cgroup/rush/agents/coder".into(),
+            pid: 4242,
+            uid: 1000,
+            command: vec!["claude".into(), "-p".into(), "fix the tests".into()],
+            net: NetPolicy::AllowList(vec![NetEndpoint {
+                host: "api.anthropic.com".into(),
+                port: 443,
+            }]),
+            state: AgentState::Running,
+            processes: 3,
+            started_unix_ms: NOW - 192_000,
+            enforcement: vec!["net:cgroup-connect".into(), "net:cgroup-sendmsg".into()],
+            exit: None,
+            detached: true,
+        }
+    }
+
+    #[test]
+    fn table_aligns_columns_and_trims() {
+        let mut t = Table::new(&["A", "LONGER", "C"]);
+        t.row(vec!["xyz".into(), "1".into(), "last column".into()]);
+        t.row(vec!["é".into(), "".into(), "".into()]);
+        assert_eq!(t.render(), "A    LONGER  C\nxyz  1       last column\né\n");
+    }
+
+    #[test]
+    fn agent_list_table() {
+        let mut done = agent("done");
+        done.state = AgentState::Exited;
+        done.exit = Some(ExitStatus {
+            code: None,
+            signal: Some(9),
+        });
+        done.net = NetPolicy::Deny;
+        done.processes = 0;
+        done.command = vec!["sh".into(), "-c".into(), "it's\x1b[2J".into()];
+        let got = agent_table(&[agent("coder"), done], NOW);
+        let want = "\
+NAME   STATE    PID   PROCS  NET                    UPTIME/EXIT  COMMAND
+coder  running  4242  3      api.anthropic.com:443  3m12s        claude -p 'fix the tests'
+done   exited   4242  0      deny                   signal 9     sh -c 'it'\\''s\\u{1b}[2J'
+";
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn empty_list_is_just_the_header() {
+        assert_eq!(agent_table(&[], NOW).lines().count(), 1);
+    }
+
+    #[test]
+    fn status_lines() {
+        let got = agent_status(&agent("coder"), NOW);
+        assert!(got.contains("name:        coder\n"), "{got}");
+        assert!(
+            got.contains("started:     2026-11-27T02:12:59.123Z (3m12s ago)\n"),
+            "{got}"
+        );
+        assert!(
+            got.contains("cgroup path: /sys/fs/cgroup/rush/agents/coder\n"),
+            "{got}"
+        );
+        assert!(got.contains("cgroup id:   8812\n"), "{got}");
+        assert!(
+            got.contains("enforcement: net:cgroup-connect, net:cgroup-sendmsg\n"),
+            "{got}"
+        );
+        assert!(
+            got.contains("net:         api.anthropic.com:443\n"),
+            "{got}"
+        );
+        assert!(got.contains("exit:        -\n"), "{got}");
+        assert!(got.contains("mode:        detached\n"), "{got}");
+        let mut a = agent("coder");
+        a.enforcement.clear();
+        a.state = AgentState::Exited;
+        a.exit = Some(ExitStatus {
+            code: Some(3),
+            signal: None,
+        });
+        let got = agent_status(&a, NOW);
+        assert!(
+            got.contains("enforcement: none\n") && got.contains("exit:        exit 3\n"),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn audit_lines() {
+        let rec = |event| AuditRecord {
+            seq: 42,
+            time_unix_ms: NOW,
+            agent: Some("coder".into()),
+            event,
+        };
+        assert_eq!(
+            audit_line(&rec(AuditEvent::NetDeny {
+                pid: 4243,
+                comm: "curl".into(),
+                hook: "connect4".into(),
+                destination: "93.184.216.34:443".into(),
+                protocol: "tcp".into(),
+            })),
+            "2026-11-27T02:16:11.123Z      42  coder         net_deny     pid=4243 comm=curl \
+             hook=connect4 destination=93.184.216.34:443 protocol=tcp"
+        );
+        let line = audit_line(&rec(AuditEvent::Spawn {
+            pid: 1,
+            uid: 1000,
+            command: vec!["echo".into(), "a b".into()],
+            net: NetPolicy::Deny,
+            caller_uid: 0,
+        }));
+        assert!(
+            line.ends_with(
+                r#"spawn        pid=1 uid=1000 caller_uid=0 net=deny command="echo 'a b'""#
+            ),
+            "{line}"
+        );
+        let line = audit_line(&AuditRecord {
+            seq: 7,
+            time_unix_ms: 0,
+            agent: None,
+            event: AuditEvent::Exit {
+                pid: 5,
+                status: ExitStatus {
+                    code: None,
+                    signal: Some(15),
+                },
+            },
+        });
+        assert_eq!(
+            line,
+            "1970-01-01T00:00:00.000Z       7  -             exit         pid=5 signal=15"
+        );
+        let line = audit_line(&rec(AuditEvent::NetDeny {
+            pid: 1,
+            comm: "evil\x1b]0;x\x07".into(),
+            hook: "sendmsg6".into(),
+            destination: "[::1]:53".into(),
+            protocol: "udp".into(),
+        }));
+        assert!(line.contains(r#"comm="evil\u{1b}]0;x\u{7}""#), "{line}");
+    }
+
+    #[test]
+    fn doctor_report() {
+        let report = DoctorReport {
+            kernel: "6.8.0-49-generic".into(),
+            probes: vec![
+                Probe {
+                    name: "bpf_lsm".into(),
+                    ok: true,
+                    detail: "bpf in /sys/kernel/security/lsm".into(),
+                },
+                Probe {
+                    name: "btrfs".into(),
+                    ok: false,
+                    detail: "not mounted".into(),
+                },
+            ],
+            guarantees: vec![
+                Guarantee {
+                    name: "net-deny".into(),
+                    holds: true,
+                    detail: "cgroup connect hooks".into(),
+                },
+                Guarantee {
+                    name: "file-grants".into(),
+                    holds: false,
+                    detail: "needs BPF LSM".into(),
+                },
+            ],
+        };
+        let want = "\
+kernel: 6.8.0-49-generic
+
+PROBE      DETAIL
+✓ bpf_lsm  bpf in /sys/kernel/security/lsm
+✗ btrfs    not mounted
+
+GUARANTEE    HOLDS  DETAIL
+net-deny     yes    cgroup connect hooks
+file-grants  no     needs BPF LSM
+
+1 of 2 guarantees hold on this machine.
+";
+        assert_eq!(doctor(&report), want);
+    }
+}

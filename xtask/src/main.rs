@@ -1,0 +1,91 @@
+//! `cargo xtask COMMAND`: runs things (setup, test tiers, demo, benchmarks, code
+//! generation); builds nothing cargo itself should build (the BPF objects come from
+//! rush-ebpf's build.rs).
+
+mod codegen;
+mod demo;
+mod setup;
+mod util;
+mod vm;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Rush development tasks", max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the Debian packages the build, tests and demo need (apt-get; root).
+    Setup,
+    /// Run the test tiers: unit tests (no root), then the host root integration tests.
+    ///
+    /// The host tier runs with RUSH_TEST_STRICT=1: a test whose kernel feature is missing
+    /// fails instead of skipping.
+    Test {
+        #[arg(long, value_enum, default_value_t = Tier::All)]
+        tier: Tier,
+    },
+    /// Build and run the demo: a real network denial in the kernel, its audit record, an
+    /// allowed connection, and a process tree killed as one.
+    Demo,
+    /// Run the benchmarks (root) and print ratios measured side by side in one run.
+    Bench,
+    /// Regenerate rush-ebpf/src/bpf/vmlinux.h from this kernel's BTF with bpftool.
+    Codegen,
+    /// Run the kernel test tier: the host and guest tests inside QEMU guests booting
+    /// Debian's 6.1 and 6.12 cloud kernels (BPF LSM, pure cgroup v2, CRIU).
+    VmTest(vm::VmArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Tier {
+    Unit,
+    Host,
+    All,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::Test { tier } => test(tier),
+        Command::Demo => demo::run(),
+        Command::Bench => bench(),
+        Command::Codegen => codegen::run(),
+        Command::VmTest(args) => vm::run(args),
+    }
+}
+
+fn test(tier: Tier) -> Result<()> {
+    setup::ensure()?;
+    if matches!(tier, Tier::Unit | Tier::All) {
+        util::step("unit tests (cargo test: no root, no kernel features)");
+        util::cargo(&["test", "--workspace", "--exclude", "kernel-tests", "--exclude", "rush-benches"], &[])?;
+    }
+    if matches!(tier, Tier::Host | Tier::All) {
+        util::step("host integration tests (root, real daemon, cgroups and BPF programs)");
+        util::require_root("the host integration tier")?;
+        util::cargo(&["build", "-p", "rush-agentd", "-p", "rush-userspace", "-p", "kernel-tests", "--bins"], &[])?;
+        let bin_dir = util::target_dir()?.join("debug");
+        util::cargo(
+            &["test", "-p", "kernel-tests", "--test", "host", "--", "--test-threads", "4"],
+            &[("RUSH_TEST_STRICT", "1"), ("RUSH_BIN_DIR", bin_dir.to_str().unwrap())],
+        )?;
+    }
+    Ok(())
+}
+
+fn bench() -> Result<()> {
+    setup::ensure()?;
+    util::require_root("the benchmarks")?;
+    util::cargo(&["build", "--release", "-p", "rush-agentd", "-p", "rush-userspace", "-p", "kernel-tests", "--bins"], &[])?;
+    let bin_dir = util::target_dir()?.join("release");
+    util::cargo(
+        &["run", "--release", "-p", "rush-benches", "--bin", "rush-bench"],
+        &[("RUSH_BIN_DIR", bin_dir.to_str().unwrap())],
+    )
+}

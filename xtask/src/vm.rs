@@ -1,0 +1,397 @@
+//! `cargo xtask vm-test`: the kernel test tier. Boots Debian's own 6.1 and 6.12 cloud
+//! kernels under QEMU (TCG) with a busybox initramfs, the daemon, the CLI and the
+//! kernel-tests executables appended as a payload, and runs the host tests and the
+//! guest-only tests inside, as root, with RUSH_TEST_STRICT=1.
+//!
+//! What is where: vm-images/README.md. Kernels and base images are cached under
+//! `${RUSH_CACHE_DIR:-$HOME/.cache/rush}/vm/`; each run's files (payload, console logs,
+//! kernel versions, summary) go to `<target>/vm-test/`.
+
+mod cpio;
+mod image;
+mod kernel;
+mod qemu;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::util;
+use kernel::{SERIES, Series};
+
+#[derive(clap::Args)]
+pub struct VmArgs {
+    /// Which kernels to boot: 6.1, 6.12 or all.
+    #[arg(long, default_value = "all")]
+    kernel: String,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 1024)]
+    memory: u32,
+    /// Per-kernel limit in seconds; a guest still running then is killed and fails.
+    #[arg(long, default_value_t = 900)]
+    timeout: u64,
+    /// Use KVM instead of TCG. Off by default: this machine kind's /dev/kvm is PVM-only and
+    /// stock kernels hang under it (ENVIRONMENT.md).
+    #[arg(long)]
+    kvm: bool,
+    /// apt-get update and look for newer kernel packages even when the newest one the
+    /// local apt lists name is cached already.
+    #[arg(long)]
+    refresh: bool,
+    /// Passed to both test executables in the guest (a test-name filter, --exact, ...).
+    #[arg(last = true)]
+    test_args: Vec<String>,
+}
+
+/// Debian packages this tier needs on the host, beyond `setup::ensure`'s.
+const VM_PACKAGES: [(&str, &str); 7] = [
+    ("qemu-system-x86", "qemu-system-x86_64"),
+    ("busybox-static", "/bin/busybox"),
+    ("kmod", "depmod"),
+    ("xz-utils", "xz"),
+    ("binutils", "strip"),
+    ("curl", "curl"),
+    ("criu", "criu"),
+];
+
+/// The guest test suites, in the order they run.
+const SUITES: [&str; 2] = ["host", "guest"];
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+/// Installs (apt-get, root) whichever of the VM tier's packages are missing.
+pub fn ensure_vm_packages() -> Result<()> {
+    let missing: Vec<&str> = VM_PACKAGES.iter().map(|(p, _)| *p).filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    util::step(&format!("installing Debian packages for the VM tier: {}", missing.join(" ")));
+    util::require_root("installing packages")?;
+    for args in [vec!["update", "-qq"], [&["install", "-y", "--no-install-recommends"][..], &missing].concat()] {
+        eprintln!("    $ apt-get {}", args.join(" "));
+        let status = Command::new("apt-get").args(&args).env("DEBIAN_FRONTEND", "noninteractive").status()?;
+        if !status.success() {
+            bail!("apt-get {} failed ({status})", args.join(" "));
+        }
+    }
+    Ok(())
+}
+
+fn select(kernel: &str) -> Result<Vec<Series>> {
+    if kernel == "all" {
+        return Ok(SERIES.to_vec());
+    }
+    let mut out = Vec::new();
+    for want in kernel.split(',') {
+        match SERIES.iter().find(|s| s.label == want) {
+            Some(s) => out.push(*s),
+            None => bail!(
+                "--kernel {want}: expected all or one of {}",
+                SERIES.iter().map(|s| s.label).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+    Ok(out)
+}
+
+struct Tests {
+    host: PathBuf,
+    guest: PathBuf,
+}
+
+pub fn run(args: VmArgs) -> Result<()> {
+    let wall = Instant::now();
+    let series = select(&args.kernel)?;
+    crate::setup::ensure()?;
+    ensure_vm_packages()?;
+    let out_dir = util::target_dir()?.join("vm-test");
+    std::fs::create_dir_all(&out_dir)?;
+
+    util::step("building the daemon, the CLI and the kernel tests (debug)");
+    util::cargo(&["build", "-p", "rush-agentd", "-p", "rush-userspace", "-p", "kernel-tests", "--bins"], &[])?;
+    let tests = test_executables()?;
+    let build_time = wall.elapsed();
+
+    util::step(&format!("kernels (cache: {})", kernel::cache_root().display()));
+    let t = Instant::now();
+    let mut updated = false;
+    let mut kernels = Vec::new();
+    for s in &series {
+        let k = kernel::prepare(*s, args.refresh, &mut updated)?;
+        eprintln!(
+            "    {:<5} {} {} (uname -r {}){}",
+            s.label,
+            k.package,
+            k.version,
+            k.release,
+            if k.fetched { ", downloaded now" } else { ", cached" }
+        );
+        kernels.push(k);
+    }
+    let mut versions = String::new();
+    for k in &kernels {
+        writeln!(versions, "{}\t{}\t{}\t{}", k.series.label, k.package, k.version, k.release)?;
+    }
+    std::fs::write(out_dir.join("kernels.txt"), &versions)?;
+    let fetch_time = t.elapsed();
+
+    util::step("payload (binaries under test, their libraries, the run script)");
+    let t = Instant::now();
+    let payload = out_dir.join("payload.cpio");
+    let size = build_payload(&payload, &out_dir.join("stripped"), &tests, &args.test_args)?;
+    eprintln!("    {} ({:.1} MiB)", payload.display(), size as f64 / 1048576.0);
+    let payload_time = t.elapsed();
+
+    let mut results = Vec::new();
+    for k in &kernels {
+        util::step(&format!("kernel {}: {} {}", k.series.label, k.package, k.version));
+        let t = Instant::now();
+        let (base, built) = image::base_initramfs(k)?;
+        eprintln!(
+            "    base initramfs {} ({}, {:.1}s)",
+            base.display(),
+            if built { "built now" } else { "cached" },
+            t.elapsed().as_secs_f64()
+        );
+        let initrd = out_dir.join(format!("initrd-{}.cpio", k.series.label));
+        concat(&initrd, &[&base, &payload])?;
+        let mut append = String::from("console=ttyS0 quiet panic=-1");
+        match k.config_lsm() {
+            Some(l) if l.split(',').any(|m| m == "bpf") => {}
+            Some(l) => write!(append, " lsm={l},bpf")?,
+            None => append.push_str(" lsm=landlock,lockdown,yama,apparmor,bpf"),
+        }
+        let outcome = qemu::boot(&qemu::Boot {
+            label: k.series.label,
+            vmlinuz: &k.vmlinuz,
+            initrd: &initrd,
+            append,
+            memory_mb: args.memory,
+            kvm: args.kvm,
+            timeout: Duration::from_secs(args.timeout),
+            log: out_dir.join(format!("console-{}.log", k.series.label)),
+        })?;
+        results.push(outcome);
+    }
+
+    let mut summary = String::new();
+    writeln!(summary, "VM kernel tests ({}, {} MiB)", if args.kvm { "KVM" } else { "TCG" }, args.memory)?;
+    writeln!(
+        summary,
+        "  build {}, kernels {}, payload {}",
+        secs(build_time),
+        secs(fetch_time),
+        secs(payload_time)
+    )?;
+    let mut failed = Vec::new();
+    for (k, o) in kernels.iter().zip(&results) {
+        let verdict = match (o.exit, o.timed_out) {
+            (Some(0), _) => "PASS".to_owned(),
+            (Some(rc), _) => format!("FAIL (payload exit {rc})"),
+            (None, true) => "FAIL (timed out, no @@EXIT marker)".to_owned(),
+            (None, false) => format!("FAIL (no @@EXIT marker: the guest died; QEMU exit {:?})", o.qemu_status),
+        };
+        if o.exit != Some(0) {
+            failed.push(k.series.label);
+        }
+        writeln!(
+            summary,
+            "  {:<5} {verdict}  {} {} (uname -r {}); boot to /init {}, VM total {}",
+            k.series.label,
+            k.package,
+            k.version,
+            k.release,
+            o.boot_time.map(secs).unwrap_or_else(|| "?".into()),
+            secs(o.total_time)
+        )?;
+        for line in suite_report(&o.lines) {
+            writeln!(summary, "        {line}")?;
+        }
+    }
+    writeln!(summary, "  wall time {}", secs(wall.elapsed()))?;
+    std::fs::write(out_dir.join("summary.txt"), &summary)?;
+    util::step("summary");
+    eprint!("{summary}");
+    eprintln!("  console logs, kernels.txt, summary.txt: {}", out_dir.display());
+    if !failed.is_empty() {
+        bail!("VM kernel tests failed on: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+/// Per suite: its status, the libtest result line, failed tests, loud skips.
+fn suite_report(lines: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for suite in SUITES {
+        let start = format!("@@SUITE-START={suite}@@");
+        let Some(from) = lines.iter().position(|l| l.contains(&start)) else {
+            out.push(format!("{suite}: did not start"));
+            continue;
+        };
+        let end_tag = format!("@@SUITE={suite} rc=");
+        let to = lines[from..].iter().position(|l| l.contains(&end_tag)).map(|i| from + i);
+        let body = &lines[from..to.unwrap_or(lines.len())];
+        let rc = to.and_then(|i| {
+            let l = &lines[i];
+            l[l.find(&end_tag)? + end_tag.len()..].trim_end_matches('@').parse::<i32>().ok()
+        });
+        let result = body.iter().rev().find(|l| l.starts_with("test result:")).map(String::as_str).unwrap_or("no test result line");
+        out.push(format!(
+            "{suite}: {} — {result}",
+            match rc {
+                Some(0) => "ok".to_owned(),
+                Some(rc) => format!("exit {rc}"),
+                None => "did not finish".to_owned(),
+            }
+        ));
+        for l in body {
+            if l.starts_with("test ") && l.ends_with(" FAILED") {
+                out.push(format!("  {l}"));
+            }
+            if l.contains("SKIP *****") {
+                out.push(format!("  {}", l.trim()));
+            }
+        }
+    }
+    out
+}
+
+/// The host and guest test executables of kernel-tests, from cargo's JSON messages.
+fn test_executables() -> Result<Tests> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let args = ["test", "-p", "kernel-tests", "--no-run", "--message-format=json"];
+    eprintln!("    $ cargo {}", args.join(" "));
+    let out = Command::new(cargo)
+        .args(args)
+        .current_dir(util::workspace_root())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo")?;
+    if !out.status.success() {
+        bail!("`cargo {}` failed ({})", args.join(" "), out.status);
+    }
+    let (mut host, mut guest) = (None, None);
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if !line.contains("\"reason\":\"compiler-artifact\"") || !line.contains("\"kind\":[\"test\"]") {
+            continue;
+        }
+        let (Some(name), Some(exe)) = (json_str(line, "name"), json_str(line, "executable")) else { continue };
+        match name.as_str() {
+            "host" => host = Some(PathBuf::from(exe)),
+            "guest" => guest = Some(PathBuf::from(exe)),
+            _ => {}
+        }
+    }
+    Ok(Tests {
+        host: host.context("cargo built no `host` test target in kernel-tests")?,
+        guest: guest.context("cargo built no `guest` test target in kernel-tests")?,
+    })
+}
+
+/// The first `"key":"value"` string in a line of cargo's JSON (xtask has no JSON parser;
+/// cargo's lines are flat enough: the first "name" is the target's).
+fn json_str(line: &str, key: &str) -> Option<String> {
+    let tag = format!("\"{key}\":\"");
+    let rest = &line[line.find(&tag)? + tag.len()..];
+    let mut out = String::new();
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(out),
+            '\\' => match chars.next()? {
+                'n' => out.push('\n'),
+                't' => out.push('\t'),
+                c => out.push(c),
+            },
+            c => out.push(c),
+        }
+    }
+    None
+}
+
+/// The payload: /payload/bin (rush-agentd, rush, rush-test-net), /payload/tests (host,
+/// guest), curl and criu at their host paths, every library at its host path, and
+/// /payload/run, which /init starts.
+fn build_payload(path: &Path, scratch: &Path, tests: &Tests, test_args: &[String]) -> Result<u64> {
+    let bins = util::target_dir()?.join("debug");
+    let mut p = image::Payload::create(path, scratch)?;
+    for b in ["rush-agentd", "rush", "rush-test-net"] {
+        p.elf(&bins.join(b), &format!("payload/bin/{b}"), true)?;
+    }
+    p.elf(&tests.host, "payload/tests/host", true)?;
+    p.elf(&tests.guest, "payload/tests/guest", true)?;
+    for tool in ["curl", "criu"] {
+        let host = which(tool).with_context(|| format!("{tool} is not installed"))?;
+        let guest = host.to_string_lossy().into_owned();
+        p.elf(&host, &guest, false)?;
+    }
+    p.file("payload/run", 0o755, run_script(test_args).as_bytes())?;
+    p.finish()
+}
+
+fn run_script(test_args: &[String]) -> String {
+    let extra: String = test_args.iter().map(|a| format!(" '{}'", a.replace('\'', "'\\''"))).collect();
+    let mut s = String::from(
+        "#!/bin/sh\n\
+         # Generated by `cargo xtask vm-test` (xtask/src/vm.rs): the tests, as root, strict.\n\
+         export RUSH_TEST_STRICT=1 RUSH_BIN_DIR=/payload/bin RUST_BACKTRACE=1\n\
+         rc=0\n",
+    );
+    for (suite, threads) in [("host", 2), ("guest", 1)] {
+        write!(
+            s,
+            "echo '@@SUITE-START={suite}@@'\n\
+             /payload/tests/{suite} --test-threads {threads}{extra}\n\
+             r=$?\n\
+             echo \"@@SUITE={suite} rc=$r@@\"\n\
+             [ $r = 0 ] || rc=1\n"
+        )
+        .unwrap();
+    }
+    s.push_str("exit $rc\n");
+    s
+}
+
+fn which(prog: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
+        // /usr/bin/x rather than /bin/x (merged /usr): one canonical guest directory.
+        .map(|p| match (p.parent().and_then(|d| std::fs::canonicalize(d).ok()), p.file_name()) {
+            (Some(d), Some(f)) => d.join(f),
+            _ => p,
+        })
+}
+
+fn concat(out: &Path, parts: &[&Path]) -> Result<()> {
+    let mut f = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    for p in parts {
+        let mut src = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+        std::io::copy(&mut src, &mut f)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn json_str_reads_cargo_lines() {
+        let l = r#"{"reason":"compiler-artifact","target":{"kind":["test"],"name":"host","src_path":"/a"},"executable":"/t/debug/deps/host-1a\"b"}"#;
+        assert_eq!(super::json_str(l, "name").as_deref(), Some("host"));
+        assert_eq!(super::json_str(l, "executable").as_deref(), Some("/t/debug/deps/host-1a\"b"));
+    }
+}
