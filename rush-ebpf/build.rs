@@ -45,10 +45,7 @@ fn find_clang() -> PathBuf {
     if let Some(clang) = env::var_os("CLANG") {
         let clang = PathBuf::from(clang);
         if !runs(&clang) {
-            panic!(
-                "CLANG={} does not run (`{0} --version` failed)",
-                clang.display()
-            );
+            panic!("CLANG={} does not run (`{0} --version` failed)", clang.display());
         }
         return clang;
     }
@@ -66,8 +63,5 @@ fn find_clang() -> PathBuf {
 }
 
 fn runs(clang: &Path) -> bool {
-    Command::new(clang)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+    Command::new(clang).arg("--version").output().is_ok_and(|o| o.status.success())
 }

@@ -10,9 +10,10 @@ export PATH=/payload/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin
 export HOME=/root TERM=dumb LANG=C.UTF-8
 umask 022
 
-echo "rush-vm: init started at $(cut -d' ' -f1 /proc/uptime 2>/dev/null || echo '?')s (before /proc)"
+echo "rush-vm: init started"
 
 mount -t proc proc /proc
+echo "rush-vm: kernel up $(cut -d' ' -f1 /proc/uptime)s"
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/shm

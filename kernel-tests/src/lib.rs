@@ -28,7 +28,11 @@ pub fn bin_dir() -> PathBuf {
 
 pub fn bin(name: &str) -> PathBuf {
     let p = bin_dir().join(name);
-    assert!(p.exists(), "{} is not built; run `cargo build --workspace --bins` (cargo xtask test does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is not built; run `cargo build --workspace --bins` (cargo xtask test does)",
+        p.display()
+    );
     p
 }
 
@@ -66,6 +70,11 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start() -> Daemon {
+        Daemon::start_with_config("")
+    }
+
+    /// A daemon with this config file text (TOML); flags still set the private paths.
+    pub fn start_with_config(config: &str) -> Daemon {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("rush-test-{}-{n}", std::process::id());
         let state = tempfile::Builder::new().prefix(&tag).tempdir().expect("state dir");
@@ -73,9 +82,11 @@ impl Daemon {
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{tag}"));
         let log = state.path().join("daemon.log");
         let logf = std::fs::File::create(&log).expect("daemon log");
+        let config_path = state.path().join("config.toml");
+        std::fs::write(&config_path, config).expect("config file");
         let child = Command::new(bin("rush-agentd"))
             .arg("--config")
-            .arg("/dev/null")
+            .arg(&config_path)
             .arg("--state-dir")
             .arg(state.path())
             .arg("--socket")
@@ -134,7 +145,8 @@ impl Daemon {
         all.extend_from_slice(args);
         let out = self.rush(&all);
         assert!(out.status.success(), "rush {args:?} failed: {}", describe(&out));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("rush {args:?}: not JSON ({e}): {}", describe(&out)))
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("rush {args:?}: not JSON ({e}): {}", describe(&out)))
     }
 
     pub fn audit(&self) -> Vec<serde_json::Value> {
@@ -150,7 +162,10 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -218,7 +233,11 @@ impl HttpServer {
                 let mut buf = [0u8; 1024];
                 let _ = s.read(&mut buf);
                 let body = "hello from rush test\n";
-                let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
             }
         });
         HttpServer { port }

@@ -60,6 +60,7 @@ fn deny_all_refuses_connect_with_eperm_and_audits_it() {
     assert_eq!(ev["hook"], "connect4");
     assert_eq!(ev["protocol"], "tcp");
     assert_eq!(ev["comm"], "rush-test-net");
+    assert_eq!(ev["uid"], 0);
     assert!(ev["pid"].as_u64().unwrap() > 0);
 }
 
@@ -200,7 +201,11 @@ fn kill_ends_the_whole_tree_and_removes_the_cgroup() {
     let read_pids = || -> Vec<i32> {
         std::fs::read_to_string(&procs).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).collect()
     };
-    assert!(wait_until(Duration::from_secs(5), || read_pids().len() >= 5), "tree not started: {:?}", read_pids());
+    assert!(
+        wait_until(Duration::from_secs(5), || read_pids().len() >= 5),
+        "tree not started: {:?}",
+        read_pids()
+    );
     let pids = read_pids();
 
     // v1 controllers (hybrid hosts): the agent is placed in them too.
@@ -221,7 +226,11 @@ fn kill_ends_the_whole_tree_and_removes_the_cgroup() {
         "survivors: {:?}",
         pids.iter().filter(|p| pid_alive(**p)).collect::<Vec<_>>()
     );
-    assert!(wait_until(Duration::from_secs(5), || !cgroup_dir.exists()), "cgroup {} not removed", cgroup_dir.display());
+    assert!(
+        wait_until(Duration::from_secs(5), || !cgroup_dir.exists()),
+        "cgroup {} not removed",
+        cgroup_dir.display()
+    );
     for root in cgroup_roots() {
         assert!(!root.join(&d.cgroup_parent).join("tree").exists(), "v1 cgroup left in {}", root.display());
     }
@@ -246,6 +255,16 @@ fn foreground_agent_streams_output_and_returns_its_status() {
     assert_eq!(out.status.code(), Some(7), "{}", describe(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    // The first process is in the agent's cgroups: v2 (identity) and every v1 hierarchy.
+    let out = d.rush(&["agent", "spawn", "where", "--", "cat", "/proc/self/cgroup"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mine = format!("/{}/where", d.cgroup_parent);
+    assert!(text.lines().any(|l| l == format!("0::{mine}")), "not in its v2 cgroup: {text}");
+    for line in
+        text.lines().filter(|l| ["pids", "memory", "freezer"].iter().any(|c| l.contains(&format!(":{c}:"))))
+    {
+        assert!(line.ends_with(&mine), "not in its v1 cgroup: {line}");
+    }
     // Killed by a signal: 128 + signal, the shell's convention.
     let out = d.rush(&["agent", "spawn", "sig", "--", "sh", "-c", "kill -TERM $$"]);
     assert_eq!(out.status.code(), Some(128 + 15), "{}", describe(&out));
@@ -475,7 +494,17 @@ fn detached_agents_log_their_output() {
         return;
     }
     let d = Daemon::start();
-    let out = d.rush(&["--json", "agent", "spawn", "lg", "--detach", "--", "sh", "-c", "echo one; sleep 0.3; echo two"]);
+    let out = d.rush(&[
+        "--json",
+        "agent",
+        "spawn",
+        "lg",
+        "--detach",
+        "--",
+        "sh",
+        "-c",
+        "echo one; sleep 0.3; echo two",
+    ]);
     assert!(out.status.success(), "{}", describe(&out));
     let follow = d.rush(&["agent", "logs", "lg", "--follow"]);
     assert!(follow.status.success(), "{}", describe(&follow));
@@ -483,6 +512,5 @@ fn detached_agents_log_their_output() {
 }
 
 fn which(prog: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
 }

@@ -6,7 +6,6 @@ use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use rush_proto::{
@@ -17,7 +16,14 @@ use tokio::sync::watch;
 
 use crate::audit::{AuditLog, now_unix_ms};
 use crate::bpf::{KernelNetPolicy, KernelPolicy};
-use crate::cgroup::{AgentCgroup, CgroupBackend, place_self};
+use crate::cgroup::{AgentCgroup, CgroupBackend};
+use crate::spawn::{Spawn, SpawnError};
+
+/// An agent's first process, as the daemon holds it.
+struct Child {
+    pid: u32,
+    pidfd: OwnedFd,
+}
 
 /// Who is asking, from SO_PEERCRED and /proc at connect time.
 #[derive(Debug, Clone)]
@@ -96,7 +102,9 @@ impl AgentManager {
                 Ok(()) => {
                     let _ = self.kernel.remove_agent(cg.id);
                 }
-                Err(e) => tracing::error!(agent = %cg.name, error = %e, "orphan cgroup not removed; its kernel policy stays"),
+                Err(e) => {
+                    tracing::error!(agent = %cg.name, error = %e, "orphan cgroup not removed; its kernel policy stays")
+                }
             }
             self.audit.record(Some(&cg.name), AuditEvent::Kill { caller_uid: 0, processes_killed: n });
         }
@@ -114,7 +122,10 @@ impl AgentManager {
         caller: &Caller,
         stdio: Option<[OwnedFd; 3]>,
     ) -> Result<(AgentInfo, watch::Receiver<Option<ExitStatus>>), ApiError> {
-        let name: AgentName = req.name.parse().map_err(|e: rush_proto::SpecError| api_err(ErrorKind::InvalidArgument, e.to_string()))?;
+        let name: AgentName = req
+            .name
+            .parse()
+            .map_err(|e: rush_proto::SpecError| api_err(ErrorKind::InvalidArgument, e.to_string()))?;
         let name = name.to_string();
         if req.command.is_empty() || req.command[0].is_empty() {
             return Err(api_err(ErrorKind::InvalidArgument, "no command to run: give one after `--`"));
@@ -163,7 +174,10 @@ impl AgentManager {
             let mut reg = self.registry();
             let running = reg.agents.get(&name).is_some_and(|a| a.info.state == AgentState::Running);
             if running || reg.starting.contains(&name) {
-                return Err(api_err(ErrorKind::AlreadyExists, format!("agent name {name:?} is already in use")));
+                return Err(api_err(
+                    ErrorKind::AlreadyExists,
+                    format!("agent name {name:?} is already in use"),
+                ));
             }
             reg.starting.insert(name.clone());
         }
@@ -176,7 +190,6 @@ impl AgentManager {
         if reg.agents.remove(&name).is_some() {
             reg.exited_order.retain(|n| n != &name);
         }
-        reg.names.insert(cgroup.id, name.clone());
         reg.agents.insert(
             name.clone(),
             Agent { info: info.clone(), cgroup: cgroup.clone(), exit: rx.clone(), log_path },
@@ -205,22 +218,26 @@ impl AgentManager {
         caller: &Caller,
         stdio: Option<[OwnedFd; 3]>,
         log_path: Option<PathBuf>,
-    ) -> Result<(AgentInfo, AgentCgroup, tokio::process::Child), ApiError> {
-        let internal = |what: &str, e: &dyn std::fmt::Display| api_err(ErrorKind::Internal, format!("{what}: {e}"));
+    ) -> Result<(AgentInfo, AgentCgroup, Child), ApiError> {
+        let internal =
+            |what: &str, e: &dyn std::fmt::Display| api_err(ErrorKind::Internal, format!("{what}: {e}"));
         let cgroups = Arc::clone(&self.cgroups);
         let owned = name.to_owned();
         let cg = tokio::task::spawn_blocking(move || cgroups.create(&owned))
             .await
             .map_err(|e| internal("cgroup task", &e))?
             .map_err(|e| internal("cannot create the agent's cgroup", &error_chain(&e)))?;
+        // Kernel events name the agent from its first instruction on.
+        self.registry().names.insert(cg.id, name.to_owned());
         // The policy must be in the kernel before the first process enters the cgroup.
         if let Err(e) = self.kernel.add_agent(cg.id, net) {
             let _ = self.cgroups.remove(&cg);
+            self.registry().names.remove(&cg.id);
             return Err(internal("cannot install the agent's kernel policy", &e));
         }
         match self.exec(&cg, req, caller, stdio, log_path) {
             Ok(child) => {
-                let pid = child.id().unwrap_or(0);
+                let pid = child.pid;
                 let info = AgentInfo {
                     name: name.to_owned(),
                     cgroup_id: cg.id,
@@ -240,8 +257,10 @@ impl AgentManager {
             }
             Err(e) => {
                 let _ = self.cgroups.kill_all(&cg);
-                let _ = self.cgroups.remove(&cg);
-                let _ = self.kernel.remove_agent(cg.id);
+                if self.cgroups.remove(&cg).is_ok() {
+                    let _ = self.kernel.remove_agent(cg.id);
+                }
+                self.registry().names.remove(&cg.id);
                 Err(e)
             }
         }
@@ -254,72 +273,58 @@ impl AgentManager {
         caller: &Caller,
         stdio: Option<[OwnedFd; 3]>,
         log_path: Option<PathBuf>,
-    ) -> Result<tokio::process::Child, ApiError> {
-        let placement: Vec<File> = self
+    ) -> Result<Child, ApiError> {
+        let internal = |what: String| api_err(ErrorKind::Internal, what);
+        let placement = self
             .cgroups
-            .placement_files(cg)
-            .map_err(|e| api_err(ErrorKind::Internal, format!("cannot open the agent's cgroup: {}", error_chain(&e))))?;
-        let mut cmd = tokio::process::Command::new(&req.command[0]);
-        cmd.args(&req.command[1..]).env_clear().envs(req.env.iter().cloned()).current_dir(&req.cwd);
-        match (stdio, log_path) {
-            (Some([i, o, e]), _) => {
-                cmd.stdin(Stdio::from(i)).stdout(Stdio::from(o)).stderr(Stdio::from(e));
-            }
+            .placement(cg)
+            .map_err(|e| internal(format!("cannot open the agent's cgroup: {}", error_chain(&e))))?;
+        let null = || -> Result<OwnedFd, ApiError> {
+            File::open("/dev/null").map(OwnedFd::from).map_err(|e| internal(format!("/dev/null: {e}")))
+        };
+        let stdio = match (stdio, log_path) {
+            (Some(fds), _) => fds,
             (None, Some(path)) => {
-                let open = || {
-                    std::fs::OpenOptions::new().create(true).write(true).truncate(true).open(&path)
-                };
-                let out = open().map_err(|e| {
-                    api_err(ErrorKind::Internal, format!("cannot open log {}: {e}", path.display()))
-                })?;
-                let err = out.try_clone().map_err(|e| api_err(ErrorKind::Internal, e.to_string()))?;
-                cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+                let out = std::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(true)
+                    .open(&path)
+                    .map(OwnedFd::from)
+                    .map_err(|e| internal(format!("cannot open log {}: {e}", path.display())))?;
+                let err = out.try_clone().map_err(|e| internal(e.to_string()))?;
+                [null()?, out, err]
             }
-            (None, None) => {
-                cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-            }
-        }
-        let (uid, gid) = (caller.uid, caller.gid);
-        let groups: Vec<libc::gid_t> = caller.groups.clone();
+            (None, None) => [null()?, null()?, null()?],
+        };
         // Only root can change credentials; an unprivileged daemon (unit tests) runs agents
         // as itself, which is then also its caller.
-        let set_creds = nix::unistd::geteuid().is_root();
-        // SAFETY: the closure runs in the forked child before exec. It only makes raw
-        // system calls on memory allocated before the fork (write on open fds, setsid,
-        // setgroups, setgid, setuid) — no allocation, no locks — as pre_exec requires.
-        unsafe {
-            cmd.pre_exec(move || {
-                // Into the cgroup first: from here on the kernel policy applies, and no
-                // instruction of the agent's program has run yet.
-                place_self(&placement)?;
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if set_creds
-                    && (libc::setgroups(groups.len(), groups.as_ptr()) < 0
-                        || libc::setgid(gid) < 0
-                        || libc::setuid(uid) < 0)
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        cmd.kill_on_drop(false);
-        cmd.spawn().map_err(|e| {
-            api_err(ErrorKind::InvalidArgument, format!("cannot run {:?}: {e}", req.command[0]))
-        })
+        let creds = nix::unistd::geteuid().is_root().then(|| (caller.uid, caller.gid, caller.groups.clone()));
+        let spawn = Spawn::new(&req.command, &req.env, &req.cwd, stdio, placement, creds).map_err(|e| {
+            api_err(
+                ErrorKind::InvalidArgument,
+                format!("cannot run {:?}: {}", req.command[0], error_chain(&e)),
+            )
+        })?;
+        let (pid, pidfd) = spawn.start().map_err(|e| {
+            let kind = match e {
+                SpawnError::Child { .. } | SpawnError::NotFound { .. } => ErrorKind::InvalidArgument,
+                _ => ErrorKind::Internal,
+            };
+            api_err(kind, format!("cannot run {:?}: {}", req.command[0], error_chain(&e)))
+        })?;
+        Ok(Child { pid: pid as u32, pidfd })
     }
 
     async fn watch_exit(
         self: Arc<Self>,
         name: String,
         cg: AgentCgroup,
-        mut child: tokio::process::Child,
+        child: Child,
         tx: watch::Sender<Option<ExitStatus>>,
     ) {
         use std::os::unix::process::ExitStatusExt;
-        let status = match child.wait().await {
+        let status = match crate::spawn::wait(child.pidfd).await {
             Ok(s) => ExitStatus { code: s.code(), signal: s.signal() },
             Err(e) => {
                 tracing::error!(agent = %name, error = %e, "lost track of the agent's process");
@@ -341,7 +346,9 @@ impl AgentManager {
                     tracing::warn!(agent = %name, error = %e, "kernel policy not removed");
                 }
             }
-            Ok(Err(e)) => tracing::error!(agent = %name, error = %error_chain(&e), "agent cgroup not removed; its policy stays in force"),
+            Ok(Err(e)) => {
+                tracing::error!(agent = %name, error = %error_chain(&e), "agent cgroup not removed; its policy stays in force")
+            }
             Err(e) => tracing::error!(agent = %name, error = %e, "cleanup task failed"),
         }
         let pid = {
@@ -395,7 +402,10 @@ impl AgentManager {
             let reg = self.registry();
             let a = reg.agents.get(name).ok_or_else(|| not_found(name))?;
             if a.info.state != AgentState::Running {
-                return Err(api_err(ErrorKind::InvalidArgument, format!("agent {name:?} has already exited")));
+                return Err(api_err(
+                    ErrorKind::InvalidArgument,
+                    format!("agent {name:?} has already exited"),
+                ));
             }
             (a.cgroup.clone(), a.exit.clone())
         };
@@ -414,7 +424,12 @@ impl AgentManager {
         let reg = self.registry();
         let a = reg.agents.get(name).ok_or_else(|| not_found(name))?;
         let path = a.log_path.clone().ok_or_else(|| {
-            api_err(ErrorKind::InvalidArgument, format!("agent {name:?} runs in the foreground: its output went to the terminal that spawned it"))
+            api_err(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "agent {name:?} runs in the foreground: its output went to the terminal that spawned it"
+                ),
+            )
         })?;
         Ok((path, a.exit.clone()))
     }
@@ -430,7 +445,10 @@ impl AgentManager {
             .collect();
         for (name, mut exit, cg) in running {
             let _ = self.cgroups.kill_all(&cg);
-            if tokio::time::timeout(std::time::Duration::from_secs(5), exit.wait_for(|s| s.is_some())).await.is_err() {
+            if tokio::time::timeout(std::time::Duration::from_secs(5), exit.wait_for(|s| s.is_some()))
+                .await
+                .is_err()
+            {
                 tracing::error!(agent = %name, "agent did not exit after SIGKILL");
             }
         }
@@ -466,12 +484,18 @@ async fn resolve_net(net: &NetPolicy) -> Result<KernelNetPolicy, ApiError> {
                     continue;
                 }
                 let addrs = tokio::net::lookup_host((ep.host.as_str(), ep.port)).await.map_err(|e| {
-                    api_err(ErrorKind::InvalidArgument, format!("--net {ep}: cannot resolve {:?}: {e}", ep.host))
+                    api_err(
+                        ErrorKind::InvalidArgument,
+                        format!("--net {ep}: cannot resolve {:?}: {e}", ep.host),
+                    )
                 })?;
                 let before = out.len();
                 out.extend(addrs.map(|a| (a.ip(), ep.port)));
                 if out.len() == before {
-                    return Err(api_err(ErrorKind::InvalidArgument, format!("--net {ep}: {:?} has no addresses", ep.host)));
+                    return Err(api_err(
+                        ErrorKind::InvalidArgument,
+                        format!("--net {ep}: {:?} has no addresses", ep.host),
+                    ));
                 }
             }
             out.sort();
@@ -499,12 +523,16 @@ mod tests {
         let audit = Arc::new(AuditLog::open(&dir.path().join("audit.jsonl")).unwrap());
         let kernel = Arc::new(FakeKernel::default());
         let cgroups = Arc::new(FakeCgroups::default());
-        let mgr = AgentManager::new(cgroups.clone(), kernel.clone(), audit, enforcement, dir.path().to_owned());
+        let mgr =
+            AgentManager::new(cgroups.clone(), kernel.clone(), audit, enforcement, dir.path().to_owned());
         Fixture { mgr, kernel, cgroups, _dir: dir }
     }
 
     fn enforced() -> Enforcement {
-        Enforcement { net: true, file_tokens_unavailable: Some("BPF LSM programs did not attach: EPERM".into()) }
+        Enforcement {
+            net: true,
+            file_tokens_unavailable: Some("BPF LSM programs did not attach: EPERM".into()),
+        }
     }
 
     fn me() -> Caller {
@@ -568,8 +596,16 @@ mod tests {
                 ErrorKind::Unsupported,
                 "EPERM",
             ),
-            (SpawnRequest { cwd: "/nonexistent".into(), ..req("a", &["true"]) }, ErrorKind::InvalidArgument, "working directory"),
-            (SpawnRequest { stdio: StdioMode::Passed, ..req("a", &["true"]) }, ErrorKind::BadRequest, "SCM_RIGHTS"),
+            (
+                SpawnRequest { cwd: "/nonexistent".into(), ..req("a", &["true"]) },
+                ErrorKind::InvalidArgument,
+                "working directory",
+            ),
+            (
+                SpawnRequest { stdio: StdioMode::Passed, ..req("a", &["true"]) },
+                ErrorKind::BadRequest,
+                "SCM_RIGHTS",
+            ),
         ];
         for (r, kind, needle) in cases {
             let e = f.mgr.spawn(r.clone(), &me(), None).await.unwrap_err();
@@ -603,7 +639,8 @@ mod tests {
     #[tokio::test]
     async fn logs_capture_detached_output() {
         let f = fixture(enforced());
-        let (_i, mut rx) = f.mgr.spawn(req("a1", &["sh", "-c", "echo hello; echo err >&2"]), &me(), None).await.unwrap();
+        let (_i, mut rx) =
+            f.mgr.spawn(req("a1", &["sh", "-c", "echo hello; echo err >&2"]), &me(), None).await.unwrap();
         rx.wait_for(|s| s.is_some()).await.unwrap();
         let (path, _) = f.mgr.log_path("a1").unwrap();
         assert_eq!(std::fs::read_to_string(path).unwrap(), "hello\nerr\n");

@@ -47,7 +47,10 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ApiServerError> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) => {
             if !meta.file_type().is_socket() {
-                return Err(ApiServerError::Untrusted { path: path.to_owned(), why: "it is not a socket".into() });
+                return Err(ApiServerError::Untrusted {
+                    path: path.to_owned(),
+                    why: "it is not a socket".into(),
+                });
             }
             if meta.uid() != 0 {
                 return Err(ApiServerError::Untrusted {
@@ -241,7 +244,10 @@ async fn handle_connection(stream: UnixStream, ctx: Arc<ApiContext>) -> std::io:
         if env.version != PROTOCOL_VERSION {
             let err = ApiError::new(
                 ErrorKind::VersionMismatch,
-                format!("protocol version {} is not supported; this daemon speaks {PROTOCOL_VERSION}", env.version),
+                format!(
+                    "protocol version {} is not supported; this daemon speaks {PROTOCOL_VERSION}",
+                    env.version
+                ),
             );
             conn.send(env.id, Reply::Err(err)).await?;
             conn.fds.clear();
@@ -299,7 +305,12 @@ fn authorize(peer: &Peer, req: &Request, ctx: &ApiContext) -> Result<(), ApiErro
     Err(ApiError::new(ErrorKind::PermissionDenied, reason))
 }
 
-async fn dispatch(conn: &mut Conn, peer: &Peer, env: RequestEnvelope, ctx: &ApiContext) -> std::io::Result<()> {
+async fn dispatch(
+    conn: &mut Conn,
+    peer: &Peer,
+    env: RequestEnvelope,
+    ctx: &ApiContext,
+) -> std::io::Result<()> {
     let id = env.id;
     let reply: Result<Response, ApiError> = match env.request {
         Request::Hello => Ok(Response::Hello {

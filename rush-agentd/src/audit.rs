@@ -62,12 +62,8 @@ impl AuditLog {
     /// depend on the audit file, and the record still reaches live followers.
     pub fn record(&self, agent: Option<&str>, event: AuditEvent) -> AuditRecord {
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let rec = AuditRecord {
-            seq: guard.1,
-            time_unix_ms: now_unix_ms(),
-            agent: agent.map(str::to_owned),
-            event,
-        };
+        let rec =
+            AuditRecord { seq: guard.1, time_unix_ms: now_unix_ms(), agent: agent.map(str::to_owned), event };
         guard.1 += 1;
         let mut line = serde_json::to_vec(&rec).expect("audit records serialize");
         line.push(b'\n');
@@ -84,7 +80,8 @@ impl AuditLog {
     }
 
     pub fn query(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, AuditError> {
-        let f = File::open(&self.path).map_err(|source| AuditError::Io { path: self.path.clone(), source })?;
+        let f =
+            File::open(&self.path).map_err(|source| AuditError::Io { path: self.path.clone(), source })?;
         let mut out: Vec<AuditRecord> = BufReader::new(f)
             .lines()
             .map_while(Result::ok)

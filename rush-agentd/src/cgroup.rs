@@ -9,14 +9,17 @@
 //! [`CgroupBackend`] for the controller knobs.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("no cgroup v2 hierarchy is mounted (needed for agent identity); mount one with `mount -t cgroup2 none /sys/fs/cgroup/unified`")]
+    #[error(
+        "no cgroup v2 hierarchy is mounted (needed for agent identity); mount one with `mount -t cgroup2 none /sys/fs/cgroup/unified`"
+    )]
     NoCgroup2,
     #[error("cannot read the mount table")]
     Mounts(#[source] std::io::Error),
@@ -58,8 +61,8 @@ pub struct CgroupLayout {
     pub v1: Vec<(String, PathBuf)>,
 }
 
-/// v1 controllers agents join in hybrid mode; cpuset and devices need setup we don't do.
-const V1_CONTROLLERS: [&str; 5] = ["cpu", "cpuacct", "memory", "pids", "freezer"];
+/// v1 controllers agents can join in hybrid mode; cpuset and devices need setup we don't do.
+pub const V1_CONTROLLERS: [&str; 5] = ["cpu", "cpuacct", "memory", "pids", "freezer"];
 
 impl CgroupLayout {
     pub fn detect() -> Result<CgroupLayout, CgroupError> {
@@ -113,9 +116,8 @@ pub trait CgroupBackend: Send + Sync + 'static {
     /// Depth of agent cgroups below the v2 root (the root is 0).
     fn agent_level(&self) -> u32;
     fn create(&self, name: &str) -> Result<AgentCgroup, CgroupError>;
-    /// Opened (by root, before fork) `cgroup.procs` files; the child writes "0" to each
-    /// before it executes anything, which moves it in.
-    fn placement_files(&self, cg: &AgentCgroup) -> Result<Vec<File>, CgroupError>;
+    /// What the first process needs to start inside the agent's cgroups.
+    fn placement(&self, cg: &AgentCgroup) -> Result<Placement, CgroupError>;
     fn pids(&self, cg: &AgentCgroup) -> Vec<u32>;
     /// Kills every process in the cgroup; returns how many there were.
     fn kill_all(&self, cg: &AgentCgroup) -> Result<u32, CgroupError>;
@@ -123,6 +125,16 @@ pub trait CgroupBackend: Send + Sync + 'static {
     fn remove(&self, cg: &AgentCgroup) -> Result<(), CgroupError>;
     /// Agent cgroups that exist now (e.g. left by a daemon that died).
     fn existing(&self) -> Vec<AgentCgroup>;
+}
+
+/// Opened by the daemon before the agent's first process is cloned.
+pub struct Placement {
+    /// The v2 directory, for `clone3(CLONE_INTO_CGROUP)`: the process is born there.
+    /// None only for the unit tests' fake.
+    pub v2_dir: Option<File>,
+    /// `cgroup.procs` of each v1 hierarchy (hybrid hosts): the child writes "0" to each
+    /// before it executes anything, which moves it in.
+    pub v1_procs: Vec<File>,
 }
 
 /// The real cgroupfs.
@@ -133,7 +145,14 @@ pub struct FsCgroups {
 }
 
 impl FsCgroups {
-    pub fn new(layout: CgroupLayout, parent: &Path) -> Result<FsCgroups, CgroupError> {
+    /// `v1_controllers`: the v1 hierarchies agents join on hybrid hosts. Joining one is a
+    /// cgroup migration (see [`crate::spawn`]), so a spawn pays an RCU grace period for it.
+    pub fn new(
+        mut layout: CgroupLayout,
+        parent: &Path,
+        v1_controllers: &[String],
+    ) -> Result<FsCgroups, CgroupError> {
+        layout.v1.retain(|(c, _)| v1_controllers.iter().any(|w| w == c));
         let parent = parent.strip_prefix("/").unwrap_or(parent).to_owned();
         let v2_parent = layout.v2_root.join(&parent);
         fs::create_dir_all(&v2_parent).map_err(io_err(&v2_parent))?;
@@ -213,25 +232,31 @@ impl CgroupBackend for FsCgroups {
             }
         };
         for d in &cg.v1_dirs {
-            if let Err(e) = fs::create_dir(d) {
-                if e.kind() != ErrorKind::AlreadyExists {
-                    let _ = self.remove(&cg);
-                    return Err(CgroupError::Io { path: d.clone(), source: e });
-                }
+            if let Err(e) = fs::create_dir(d)
+                && e.kind() != ErrorKind::AlreadyExists
+            {
+                let _ = self.remove(&cg);
+                return Err(CgroupError::Io { path: d.clone(), source: e });
             }
         }
         Ok(cg)
     }
 
-    fn placement_files(&self, cg: &AgentCgroup) -> Result<Vec<File>, CgroupError> {
-        // v2 first: it carries the identity the BPF programs key on.
-        std::iter::once(&cg.v2_dir)
-            .chain(&cg.v1_dirs)
+    fn placement(&self, cg: &AgentCgroup) -> Result<Placement, CgroupError> {
+        let v2_dir = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(&cg.v2_dir)
+            .map_err(io_err(&cg.v2_dir))?;
+        let v1_procs = cg
+            .v1_dirs
+            .iter()
             .map(|d| {
                 let p = d.join("cgroup.procs");
                 OpenOptions::new().write(true).open(&p).map_err(io_err(&p))
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok(Placement { v2_dir: Some(v2_dir), v1_procs })
     }
 
     fn pids(&self, cg: &AgentCgroup) -> Vec<u32> {
@@ -335,15 +360,6 @@ pub fn process_cgroup_v2(pid: i32) -> Option<String> {
     text.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned))
 }
 
-/// Writes "0" (= the writing process) to each file. Runs in the forked child before exec,
-/// so it must not allocate: only `write(2)` on already-open descriptors.
-pub fn place_self(files: &[File]) -> std::io::Result<()> {
-    for mut f in files {
-        f.write_all(b"0")?;
-    }
-    Ok(())
-}
-
 /// In-memory stand-in for unit tests: ids are counters, placement files are temp files,
 /// and "the cgroup's processes" are the pids the test registers.
 #[cfg(test)]
@@ -386,8 +402,8 @@ pub mod fake {
             map.insert(name.into(), (cg.clone(), vec![]));
             Ok(cg)
         }
-        fn placement_files(&self, _cg: &AgentCgroup) -> Result<Vec<File>, CgroupError> {
-            Ok(vec![tempfile::tempfile().unwrap()])
+        fn placement(&self, _cg: &AgentCgroup) -> Result<Placement, CgroupError> {
+            Ok(Placement { v2_dir: None, v1_procs: vec![tempfile::tempfile().unwrap()] })
         }
         fn pids(&self, cg: &AgentCgroup) -> Vec<u32> {
             self.cgroups.lock().unwrap().get(&cg.name).map(|(_, p)| p.clone()).unwrap_or_default()

@@ -12,6 +12,9 @@
 //!
 //! [cgroup]
 //! parent = "rush"              # agent cgroups live in <hierarchy>/<parent>/<agent>
+//! # hybrid hosts only: v1 hierarchies agents join (each join costs a spawn ~10 ms once
+//! # the kernel's cgroup locks have cooled down; pure cgroup v2 hosts pay nothing)
+//! v1_controllers = ["cpu", "cpuacct", "memory", "pids", "freezer"]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -78,11 +81,15 @@ impl Default for BpfSection {
 #[serde(default, deny_unknown_fields)]
 pub struct CgroupSection {
     pub parent: PathBuf,
+    pub v1_controllers: Vec<String>,
 }
 
 impl Default for CgroupSection {
     fn default() -> Self {
-        CgroupSection { parent: PathBuf::from("rush") }
+        CgroupSection {
+            parent: PathBuf::from("rush"),
+            v1_controllers: crate::cgroup::V1_CONTROLLERS.iter().map(|c| c.to_string()).collect(),
+        }
     }
 }
 
@@ -101,7 +108,16 @@ impl Config {
     }
 
     pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| e.message().to_owned())
+        let config: Config = toml::from_str(text).map_err(|e| e.message().to_owned())?;
+        for c in &config.cgroup.v1_controllers {
+            if !crate::cgroup::V1_CONTROLLERS.contains(&c.as_str()) {
+                return Err(format!(
+                    "cgroup.v1_controllers: {c:?} is not one of {}",
+                    crate::cgroup::V1_CONTROLLERS.join(", ")
+                ));
+            }
+        }
+        Ok(config)
     }
 }
 
@@ -116,7 +132,8 @@ mod tests {
 
     #[test]
     fn sections_override_defaults_independently() {
-        let c = Config::parse("[cgroup]\nparent = \"rush-test/agents\"\n[daemon]\nlog_format = \"json\"\n").unwrap();
+        let c = Config::parse("[cgroup]\nparent = \"rush-test/agents\"\n[daemon]\nlog_format = \"json\"\n")
+            .unwrap();
         assert_eq!(c.cgroup.parent, PathBuf::from("rush-test/agents"));
         assert_eq!(c.daemon.log_format, LogFormat::Json);
         assert_eq!(c.bpf, BpfSection::default());
@@ -126,6 +143,14 @@ mod tests {
     fn unknown_keys_are_refused_by_name() {
         let e = Config::parse("[daemon]\nsockte = \"/x\"\n").unwrap_err();
         assert!(e.contains("sockte"), "{e}");
+    }
+
+    #[test]
+    fn unknown_v1_controllers_are_refused_by_name() {
+        let e = Config::parse("[cgroup]\nv1_controllers = [\"pids\", \"cpuset\"]\n").unwrap_err();
+        assert!(e.contains("\"cpuset\""), "{e}");
+        let c = Config::parse("[cgroup]\nv1_controllers = []\n").unwrap();
+        assert!(c.cgroup.v1_controllers.is_empty());
     }
 
     #[test]

@@ -38,10 +38,12 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     }
     let state_dir = config.daemon.state_dir.clone();
     let log_dir = state_dir.join("logs");
-    std::fs::create_dir_all(&log_dir).map_err(|source| DaemonError::StateDir { path: log_dir.clone(), source })?;
+    std::fs::create_dir_all(&log_dir)
+        .map_err(|source| DaemonError::StateDir { path: log_dir.clone(), source })?;
 
     let layout = CgroupLayout::detect()?;
-    let cgroups = Arc::new(FsCgroups::new(layout.clone(), &config.cgroup.parent)?);
+    let cgroups =
+        Arc::new(FsCgroups::new(layout.clone(), &config.cgroup.parent, &config.cgroup.v1_controllers)?);
     let bpf_config = BpfConfig {
         pin_dir: config.bpf.pin_dir.clone(),
         cgroup2_root: layout.v2_root.clone(),
@@ -52,7 +54,9 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     let enforcement = Enforcement {
         net: report.net_enforced(),
         file_tokens_unavailable: Some(match report.lsm_error() {
-            Some(e) => format!("this kernel does not attach BPF LSM programs ({e}), so file tokens cannot be enforced"),
+            Some(e) => format!(
+                "this kernel does not attach BPF LSM programs ({e}), so file tokens cannot be enforced"
+            ),
             None => "file-token enforcement is not implemented in this version of rush-agentd".into(),
         }),
     };
@@ -64,16 +68,17 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     let pump = tokio::spawn(pump_events(events, agents.clone(), audit.clone()));
 
     let listener = api::bind(&config.daemon.socket).await?;
-    let operator_gid = config.daemon.operator_group.as_deref().and_then(|g| match nix::unistd::Group::from_name(g) {
-        Ok(Some(grp)) => Some(grp.gid.as_raw()),
-        _ => {
-            tracing::warn!(group = g, "operator group not found; only root may operate the daemon");
-            None
-        }
-    });
+    let operator_gid =
+        config.daemon.operator_group.as_deref().and_then(|g| match nix::unistd::Group::from_name(g) {
+            Ok(Some(grp)) => Some(grp.gid.as_raw()),
+            _ => {
+                tracing::warn!(group = g, "operator group not found; only root may operate the daemon");
+                None
+            }
+        });
     let parent = config.cgroup.parent.to_string_lossy().trim_matches('/').to_owned();
     let doctor_report = report.clone();
-    let doctor_layout = layout.clone();
+    let doctor_layout = cgroups.layout().clone();
     let ctx = Arc::new(ApiContext {
         agents: agents.clone(),
         audit: audit.clone(),
@@ -108,24 +113,33 @@ fn log_attach_report(report: &AttachReport) {
     for p in &report.programs {
         match &p.error {
             None if p.attached => tracing::info!(program = %p.name, hook = %p.hook, "attached"),
-            err => tracing::warn!(program = %p.name, hook = %p.hook, error = err.as_deref().unwrap_or("not attached"), "NOT attached"),
+            err => {
+                tracing::warn!(program = %p.name, hook = %p.hook, error = err.as_deref().unwrap_or("not attached"), "NOT attached")
+            }
         }
     }
     if !report.lsm_attached() {
-        tracing::warn!("BPF LSM programs are not attached: file tokens cannot be enforced on this kernel, and --allow will be refused");
+        tracing::warn!(
+            "BPF LSM programs are not attached: file tokens cannot be enforced on this kernel, and --allow will be refused"
+        );
     }
 }
 
 /// Kernel events → audit records, naming the agent.
-async fn pump_events(mut events: mpsc::UnboundedReceiver<KernelEvent>, agents: Arc<AgentManager>, audit: Arc<AuditLog>) {
+async fn pump_events(
+    mut events: mpsc::UnboundedReceiver<KernelEvent>,
+    agents: Arc<AgentManager>,
+    audit: Arc<AuditLog>,
+) {
     while let Some(ev) = events.recv().await {
         match ev {
-            KernelEvent::NetDeny { cgroup_id, pid, tgid: _, comm, hook, destination, protocol } => {
+            KernelEvent::NetDeny { cgroup_id, pid: _, tgid, uid, comm, hook, destination, protocol } => {
                 let name = agents.name_of(cgroup_id).unwrap_or_else(|| format!("cgroup:{cgroup_id}"));
                 audit.record(
                     Some(&name),
                     AuditEvent::NetDeny {
-                        pid,
+                        pid: tgid,
+                        uid,
                         comm,
                         hook: hook.as_str().into(),
                         destination: destination.to_string(),

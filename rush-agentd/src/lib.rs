@@ -1,12 +1,13 @@
 //! rush-agentd: the root daemon. Each module is one domain:
-//! - [`bpf`]: loads, pins and owns the kernel programs and maps; decodes their events
-//! - [`cgroup`]: one cgroup per agent, on pure v2 or hybrid hosts
-//! - [`agent`]: spawning, tracking and killing agents
-//! - [`audit`]: the audit trail
-//! - [`api`]: the Unix-socket NDJSON server and caller identification
-//! - [`probe`]: what this kernel supports (`doctor`)
-//! - [`config`]: /etc/rush/config.toml
-//! - [`daemon`]: wires them together and runs until SIGTERM/SIGINT
+//! - [`bpf`] — loads, pins and owns the kernel programs and maps; decodes their events
+//! - [`cgroup`] — one cgroup per agent, on pure v2 or hybrid hosts
+//! - [`agent`] — spawning, tracking and killing agents
+//! - [`spawn`] — clone3 into the agent's cgroup, then exec
+//! - [`audit`] — the audit trail
+//! - [`api`] — the Unix-socket NDJSON server and caller identification
+//! - [`probe`] — what this kernel supports (`doctor`)
+//! - [`config`] — /etc/rush/config.toml
+//! - [`daemon`] — wires them together and runs until SIGTERM/SIGINT
 
 pub mod agent;
 pub mod api;
@@ -16,3 +17,4 @@ pub mod cgroup;
 pub mod config;
 pub mod daemon;
 pub mod probe;
+pub mod spawn;

@@ -60,7 +60,9 @@ pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
             let kill = l.v2_root.join("cgroup.kill").exists()
                 || std::fs::read_dir(&l.v2_root)
                     .ok()
-                    .and_then(|mut d| d.find(|e| e.as_ref().is_ok_and(|e| e.path().join("cgroup.kill").exists())))
+                    .and_then(|mut d| {
+                        d.find(|e| e.as_ref().is_ok_and(|e| e.path().join("cgroup.kill").exists()))
+                    })
                     .is_some();
             let v1: Vec<&str> = l.v1.iter().map(|(c, _)| c.as_str()).collect();
             probes.push(probe(
@@ -85,7 +87,11 @@ pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
     probes.push(probe(
         "btrfs",
         btrfs,
-        if btrfs { "btrfs in /proc/filesystems".into() } else { "btrfs not in /proc/filesystems (module not loaded?)".into() },
+        if btrfs {
+            "btrfs in /proc/filesystems".into()
+        } else {
+            "btrfs not in /proc/filesystems (module not loaded?)".into()
+        },
     ));
     let (criu_ok, criu_detail) = criu_check();
     probes.push(probe("criu", criu_ok, criu_detail));
@@ -118,23 +124,36 @@ pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
         g(
             "kill whole process tree",
             cgroup_kill || inputs.cgroups.is_some_and(|l| l.mode == CgroupMode::Unified),
-            if cgroup_kill { "cgroup.kill".into() } else { "cgroup.freeze then SIGKILL of every member".into() },
+            if cgroup_kill {
+                "cgroup.kill".into()
+            } else {
+                "cgroup.freeze then SIGKILL of every member".into()
+            },
         ),
         g(
             "file tokens",
             false,
             if lsm_attach_ok {
-                "BPF LSM attaches here, but file-token enforcement is not implemented yet: --allow is refused".into()
+                "BPF LSM attaches here, but file-token enforcement is not implemented yet: --allow is refused"
+                    .into()
             } else {
                 format!("BPF LSM programs cannot attach ({lsm_attach_detail}): --allow is refused")
             },
         ),
         g("live revoke on open files", false, "needs the BPF LSM file backend (not implemented yet)".into()),
         g("exec control", false, "not implemented yet".into()),
-        g("self-protection", false, "not implemented yet: an agent running as root could escape its cgroup".into()),
+        g(
+            "self-protection",
+            false,
+            "not implemented yet: an agent running as root could escape its cgroup".into(),
+        ),
         g("budgets", false, "not implemented yet".into()),
         g("time travel", false, "not implemented yet".into()),
-        g("persistence across daemon restarts", false, "programs and maps stay pinned, but agents left by a dead daemon are killed on restart".into()),
+        g(
+            "persistence across daemon restarts",
+            false,
+            "programs and maps stay pinned, but agents left by a dead daemon are killed on restart".into(),
+        ),
     ];
     DoctorReport { kernel, probes, guarantees }
 }
@@ -167,8 +186,7 @@ fn active_lsms() -> Option<String> {
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
 }
 
 fn criu_check() -> (bool, String) {
@@ -194,7 +212,8 @@ fn criu_check() -> (bool, String) {
     }
     match child.wait_with_output() {
         Ok(out) => {
-            let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+            let text =
+                String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
             let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned();
             (out.status.success(), format!("criu check: {last}"))
         }
@@ -228,7 +247,12 @@ mod tests {
     fn guarantees_follow_what_attached() {
         let attach = AttachReport {
             programs: vec![
-                ProgramStatus { name: "rush_connect4".into(), hook: "cgroup/connect4".into(), attached: true, error: None },
+                ProgramStatus {
+                    name: "rush_connect4".into(),
+                    hook: "cgroup/connect4".into(),
+                    attached: true,
+                    error: None,
+                },
                 ProgramStatus {
                     name: "rush_file_open".into(),
                     hook: "lsm/file_open".into(),

@@ -12,24 +12,12 @@
 //!
 //! The `#[repr(C)]` mirrors below are checked against the objects' BTF by the tests.
 
-#[allow(
-    clippy::all,
-    non_camel_case_types,
-    non_snake_case,
-    non_upper_case_globals,
-    unused
-)]
+#[allow(clippy::all, non_camel_case_types, non_snake_case, non_upper_case_globals, unused)]
 pub mod net {
     include!(concat!(env!("OUT_DIR"), "/net.skel.rs"));
 }
 
-#[allow(
-    clippy::all,
-    non_camel_case_types,
-    non_snake_case,
-    non_upper_case_globals,
-    unused
-)]
+#[allow(clippy::all, non_camel_case_types, non_snake_case, non_upper_case_globals, unused)]
 pub mod file {
     include!(concat!(env!("OUT_DIR"), "/file.skel.rs"));
 }
@@ -79,34 +67,14 @@ pub struct ProgramSpec {
 }
 
 pub const NET_PROGRAMS: [ProgramSpec; 4] = [
-    ProgramSpec {
-        name: "rush_connect4",
-        hook: "cgroup/connect4",
-        link_pin: "rush_link_connect4",
-    },
-    ProgramSpec {
-        name: "rush_connect6",
-        hook: "cgroup/connect6",
-        link_pin: "rush_link_connect6",
-    },
-    ProgramSpec {
-        name: "rush_sendmsg4",
-        hook: "cgroup/sendmsg4",
-        link_pin: "rush_link_sendmsg4",
-    },
-    ProgramSpec {
-        name: "rush_sendmsg6",
-        hook: "cgroup/sendmsg6",
-        link_pin: "rush_link_sendmsg6",
-    },
+    ProgramSpec { name: "rush_connect4", hook: "cgroup/connect4", link_pin: "rush_link_connect4" },
+    ProgramSpec { name: "rush_connect6", hook: "cgroup/connect6", link_pin: "rush_link_connect6" },
+    ProgramSpec { name: "rush_sendmsg4", hook: "cgroup/sendmsg4", link_pin: "rush_link_sendmsg4" },
+    ProgramSpec { name: "rush_sendmsg6", hook: "cgroup/sendmsg6", link_pin: "rush_link_sendmsg6" },
 ];
 
 pub const LSM_PROGRAMS: [ProgramSpec; 2] = [
-    ProgramSpec {
-        name: "rush_file_open",
-        hook: "lsm/file_open",
-        link_pin: "rush_link_file_open",
-    },
+    ProgramSpec { name: "rush_file_open", hook: "lsm/file_open", link_pin: "rush_link_file_open" },
     ProgramSpec {
         name: "rush_file_permission",
         hook: "lsm/file_permission",
@@ -196,11 +164,7 @@ const _: () = assert!(size_of::<RushNetEvent>() == 4 + 4 + 8 + 4 * 4 + 2 + 2 + 1
 impl RushNetEvent {
     /// The task's comm up to its first NUL.
     pub fn comm(&self) -> String {
-        let end = self
-            .comm
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(self.comm.len());
+        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(self.comm.len());
         String::from_utf8_lossy(&self.comm[..end]).into_owned()
     }
 }
@@ -239,12 +203,9 @@ mod tests {
     /// (field name, byte offset, byte size) of every member of the C struct `c_name`, and
     /// its size, from the object's BTF.
     fn c_layout(object: &[u8], c_name: &str) -> (Vec<(String, usize, usize)>, usize) {
-        let btf = Btf::from_raw("rush", object)
-            .expect("parse object BTF")
-            .expect("object has BTF");
-        let s: Struct<'_> = btf
-            .type_by_name(c_name)
-            .unwrap_or_else(|| panic!("struct {c_name} not in the object's BTF"));
+        let btf = Btf::from_raw("rush", object).expect("parse object BTF").expect("object has BTF");
+        let s: Struct<'_> =
+            btf.type_by_name(c_name).unwrap_or_else(|| panic!("struct {c_name} not in the object's BTF"));
         let members = s
             .iter()
             .map(|m| {
@@ -269,10 +230,7 @@ mod tests {
         rust: &[(&str, usize, usize)],
     ) -> Option<String> {
         let (c, c_size) = c_layout(object, c_name);
-        let rust: Vec<(String, usize, usize)> = rust
-            .iter()
-            .map(|&(n, o, s)| (n.to_string(), o, s))
-            .collect();
+        let rust: Vec<(String, usize, usize)> = rust.iter().map(|&(n, o, s)| (n.to_string(), o, s)).collect();
         (c != rust || c_size != rust_size).then(|| {
             format!(
                 "struct {c_name}: C size {c_size} (name, offset, size) {c:?}\n\
@@ -294,23 +252,13 @@ mod tests {
                 object,
                 "rush_agent",
                 size_of::<RushAgent>(),
-                &rust_fields!(RushAgent {
-                    net_mode,
-                    flags,
-                    reserved
-                }),
+                &rust_fields!(RushAgent { net_mode, flags, reserved }),
             );
             check_layout(
                 object,
                 "rush_net_key",
                 size_of::<RushNetKey>(),
-                &rust_fields!(RushNetKey {
-                    cgroup_id,
-                    family,
-                    port,
-                    pad,
-                    addr
-                }),
+                &rust_fields!(RushNetKey { cgroup_id, family, port, pad, addr }),
             );
             check_layout(
                 object,
@@ -336,18 +284,10 @@ mod tests {
 
     #[test]
     fn layout_check_can_fail() {
-        let wrong = rust_fields!(RushAgent {
-            flags,
-            net_mode,
-            reserved
-        });
+        let wrong = rust_fields!(RushAgent { flags, net_mode, reserved });
         let mismatch = layout_mismatch(NET_OBJECT, "rush_agent", size_of::<RushAgent>(), &wrong);
         assert!(mismatch.is_some(), "swapped fields must not pass");
-        let right = rust_fields!(RushAgent {
-            net_mode,
-            flags,
-            reserved
-        });
+        let right = rust_fields!(RushAgent { net_mode, flags, reserved });
         let mismatch = layout_mismatch(NET_OBJECT, "rush_agent", 24, &right);
         assert!(mismatch.is_some(), "a wrong size must not pass");
     }
@@ -387,22 +327,13 @@ mod tests {
     /// Program and map names in the objects are the ones the loader looks for.
     #[test]
     fn names_match_objects() {
-        let open = libbpf_rs::ObjectBuilder::default()
-            .open_memory(NET_OBJECT)
-            .unwrap();
+        let open = libbpf_rs::ObjectBuilder::default().open_memory(NET_OBJECT).unwrap();
         let progs: Vec<(String, String)> = open
             .progs()
-            .map(|p| {
-                (
-                    p.name().to_string_lossy().into_owned(),
-                    p.section().to_string_lossy().into_owned(),
-                )
-            })
+            .map(|p| (p.name().to_string_lossy().into_owned(), p.section().to_string_lossy().into_owned()))
             .collect();
-        let expected: Vec<(String, String)> = NET_PROGRAMS
-            .iter()
-            .map(|p| (p.name.to_string(), p.hook.to_string()))
-            .collect();
+        let expected: Vec<(String, String)> =
+            NET_PROGRAMS.iter().map(|p| (p.name.to_string(), p.hook.to_string())).collect();
         assert_eq!(progs, expected);
         let maps: Vec<String> = open
             .maps()
@@ -411,32 +342,19 @@ mod tests {
             .collect();
         assert_eq!(maps, PINNED_MAPS);
 
-        let open = libbpf_rs::ObjectBuilder::default()
-            .open_memory(FILE_OBJECT)
-            .unwrap();
+        let open = libbpf_rs::ObjectBuilder::default().open_memory(FILE_OBJECT).unwrap();
         let progs: Vec<(String, String)> = open
             .progs()
-            .map(|p| {
-                (
-                    p.name().to_string_lossy().into_owned(),
-                    p.section().to_string_lossy().into_owned(),
-                )
-            })
+            .map(|p| (p.name().to_string_lossy().into_owned(), p.section().to_string_lossy().into_owned()))
             .collect();
-        let expected: Vec<(String, String)> = LSM_PROGRAMS
-            .iter()
-            .map(|p| (p.name.to_string(), p.hook.to_string()))
-            .collect();
+        let expected: Vec<(String, String)> =
+            LSM_PROGRAMS.iter().map(|p| (p.name.to_string(), p.hook.to_string())).collect();
         assert_eq!(progs, expected);
     }
 
     #[test]
     fn plain_round_trip() {
-        let e = RushNetEvent {
-            port: 443,
-            comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
-            ..Default::default()
-        };
+        let e = RushNetEvent { port: 443, comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0", ..Default::default() };
         let back = RushNetEvent::from_bytes(e.as_bytes()).unwrap();
         assert_eq!(back, e);
         assert_eq!(back.comm(), "curl");

@@ -52,15 +52,22 @@ pub enum Request {
     /// Detached (`stdio: log`): replies `Spawned` only.
     Spawn(SpawnRequest),
     ListAgents,
-    AgentStatus { name: String },
+    AgentStatus {
+        name: String,
+    },
     /// Kill the agent's whole process tree and remove its cgroup.
-    KillAgent { name: String },
+    KillAgent {
+        name: String,
+    },
     /// Replies `AuditEvents`; with `follow`, keeps sending `AuditEvents` as they happen
     /// until the caller closes the connection.
     Audit(AuditQuery),
     /// A detached agent's captured output: `Logs` chunks, the last with `end: true`.
     /// With `follow`, keeps streaming until the agent exits.
-    AgentLogs { name: String, follow: bool },
+    AgentLogs {
+        name: String,
+        follow: bool,
+    },
     /// What the running kernel supports and which guarantees hold.
     Doctor,
 }
@@ -113,12 +120,26 @@ pub enum Response {
         protocol_version: u32,
         caller: CallerInfo,
     },
-    Spawned { agent: AgentInfo },
-    Exited { name: String, status: ExitStatus },
-    Agents { agents: Vec<AgentInfo> },
-    Agent { agent: AgentInfo },
-    Killed { name: String, processes_killed: u32 },
-    AuditEvents { events: Vec<AuditRecord> },
+    Spawned {
+        agent: AgentInfo,
+    },
+    Exited {
+        name: String,
+        status: ExitStatus,
+    },
+    Agents {
+        agents: Vec<AgentInfo>,
+    },
+    Agent {
+        agent: AgentInfo,
+    },
+    Killed {
+        name: String,
+        processes_killed: u32,
+    },
+    AuditEvents {
+        events: Vec<AuditRecord>,
+    },
     /// A chunk of captured output, lossily decoded as UTF-8. The last reply to an
     /// `AgentLogs` request has `end: true` (after the agent exits, with `follow`).
     Logs {
@@ -126,7 +147,9 @@ pub enum Response {
         #[serde(default)]
         end: bool,
     },
-    Doctor { report: DoctorReport },
+    Doctor {
+        report: DoctorReport,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,11 +256,18 @@ pub enum AuditEvent {
         net: NetPolicy,
         caller_uid: u32,
     },
-    Exit { pid: u32, status: ExitStatus },
-    Kill { caller_uid: u32, processes_killed: u32 },
+    Exit {
+        pid: u32,
+        status: ExitStatus,
+    },
+    Kill {
+        caller_uid: u32,
+        processes_killed: u32,
+    },
     /// The kernel refused a connect() or sendmsg() of the agent.
     NetDeny {
         pid: u32,
+        uid: u32,
         comm: String,
         /// `connect4`, `connect6`, `sendmsg4`, `sendmsg6`.
         hook: String,
@@ -246,9 +276,15 @@ pub enum AuditEvent {
         protocol: String,
     },
     /// The kernel dropped this many events because the ring buffer was full.
-    EventsLost { count: u64 },
+    EventsLost {
+        count: u64,
+    },
     /// A request the daemon refused for policy reasons (not input errors).
-    Refused { caller_uid: u32, request: String, reason: String },
+    Refused {
+        caller_uid: u32,
+        request: String,
+        reason: String,
+    },
 }
 
 impl AuditEvent {

@@ -11,12 +11,14 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
 
-use crate::api::{ApiError, Reply, ReplyEnvelope, Request, RequestEnvelope, Response};
 use crate::PROTOCOL_VERSION;
+use crate::api::{ApiError, Reply, ReplyEnvelope, Request, RequestEnvelope, Response};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("rush-agentd is not running: nothing listens on {path} (start it with `rush-agentd`, or set --socket / RUSH_SOCKET)")]
+    #[error(
+        "rush-agentd is not running: nothing listens on {path} (start it with `rush-agentd`, or set --socket / RUSH_SOCKET)"
+    )]
     NotRunning { path: PathBuf },
     #[error("refusing to talk to {path}: {why}; a daemon socket must be owned by root or by you")]
     UntrustedSocket { path: PathBuf, why: String },

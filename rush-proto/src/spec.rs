@@ -13,11 +13,15 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
-    #[error("invalid agent name {0:?}: use 1-64 characters from a-z A-Z 0-9 . _ -, starting with a letter or digit")]
+    #[error(
+        "invalid agent name {0:?}: use 1-64 characters from a-z A-Z 0-9 . _ -, starting with a letter or digit"
+    )]
     AgentName(String),
     #[error("invalid --net {input:?}: {why} (expected deny, allow, or HOST:PORT[,HOST:PORT...])")]
     Net { input: String, why: String },
-    #[error("invalid --allow {input:?}: {why} (expected PATH:OPS[:TTL], OPS a comma list of read,write,exec,create,delete)")]
+    #[error(
+        "invalid --allow {input:?}: {why} (expected PATH:OPS[:TTL], OPS a comma list of read,write,exec,create,delete)"
+    )]
     Allow { input: String, why: String },
     #[error("invalid duration {input:?}: {why} (expected e.g. 90s, 30m, 1h, 2d)")]
     Duration { input: String, why: String },
@@ -263,10 +267,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, SpecError> {
             _ => return Err(err(&format!("unknown unit {c:?}"))),
         };
         let n: u64 = digits.parse().map_err(|_| err("a unit without a number before it"))?;
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(|| err("too large"))?;
+        total = n.checked_mul(unit).and_then(|v| total.checked_add(v)).ok_or_else(|| err("too large"))?;
         digits.clear();
     }
     if !digits.is_empty() {

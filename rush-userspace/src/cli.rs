@@ -91,17 +91,13 @@ pub enum Command {
     Doctor,
 
     /// Print the versions of rush and of the running daemon
-    #[command(
-        long_about = "Print the versions of rush and of the running daemon, with the \
+    #[command(long_about = "Print the versions of rush and of the running daemon, with the \
                       protocol version each speaks and how the daemon sees you. Exits 1 \
-                      if the daemon cannot be reached; `rush --version` needs no daemon."
-    )]
+                      if the daemon cannot be reached; `rush --version` needs no daemon.")]
     Version,
 
     /// Print a shell completion script
-    #[command(
-        after_long_help = "Example:\n  $ rush completions bash > /etc/bash_completion.d/rush"
-    )]
+    #[command(after_long_help = "Example:\n  $ rush completions bash > /etc/bash_completion.d/rush")]
     Completions {
         /// The shell to complete for.
         #[arg(value_name = "SHELL")]
@@ -154,13 +150,11 @@ pub enum AgentCommand {
     List,
 
     /// Show everything about one agent
-    #[command(
-        long_about = "Show one agent as key: value lines: its state, first process, \
+    #[command(long_about = "Show one agent as key: value lines: its state, first process, \
                             cgroup (path and id, the agent's identity in the kernel), the \
                             network policy, which kernel mechanisms confine it, and its \
                             exit status once it exited. With --json, prints the agent as \
-                            one JSON object."
-    )]
+                            one JSON object.")]
     Status {
         /// The agent's name.
         #[arg(value_name = "NAME")]
@@ -168,11 +162,9 @@ pub enum AgentCommand {
     },
 
     /// Kill an agent's whole process tree and remove its cgroup
-    #[command(
-        long_about = "Kill every process in the agent's cgroup, including the ones \
+    #[command(long_about = "Kill every process in the agent's cgroup, including the ones \
                             that daemonized or double-forked, and remove the cgroup. Prints \
-                            how many processes were killed."
-    )]
+                            how many processes were killed.")]
     Kill {
         /// The agent's name.
         #[arg(value_name = "NAME")]
@@ -180,13 +172,11 @@ pub enum AgentCommand {
     },
 
     /// Print what a detached agent wrote to stdout and stderr
-    #[command(
-        long_about = "Print what a detached agent (spawned with --detach) wrote to its \
+    #[command(long_about = "Print what a detached agent (spawned with --detach) wrote to its \
                             stdout and stderr, as the daemon captured it. With --follow, \
                             keeps printing new output as it is written, until the agent \
                             exits or you press Ctrl-C. With --json, prints {\"data\": \"...\"}, \
-                            one object per chunk when following."
-    )]
+                            one object per chunk when following.")]
     Logs {
         /// The agent's name.
         #[arg(value_name = "NAME")]
@@ -305,9 +295,7 @@ pub fn parse_since_at(s: &str, now_ms: u64) -> Result<u64, UsageError> {
         ))
     };
     if let Some(ms) = s.strip_prefix('@') {
-        return ms
-            .parse::<u64>()
-            .map_err(|_| err("@ must be followed by Unix milliseconds".into()));
+        return ms.parse::<u64>().map_err(|_| err("@ must be followed by Unix milliseconds".into()));
     }
     let b = s.as_bytes();
     if b.len() >= 5 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-' {
@@ -333,10 +321,7 @@ mod tests {
     fn spawn(args: &[&str]) -> SpawnArgs {
         let mut full = vec!["agent", "spawn"];
         full.extend_from_slice(args);
-        match parse(&full)
-            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-            .command
-        {
+        match parse(&full).unwrap_or_else(|e| panic!("{args:?}: {e}")).command {
             Command::Agent(AgentCommand::Spawn(s)) => s,
             other => panic!("{args:?} parsed as {other:?}"),
         }
@@ -357,25 +342,13 @@ mod tests {
     #[test]
     fn man_page_and_completions_render() {
         let mut man = Vec::new();
-        clap_mangen::Man::new(Cli::command())
-            .render(&mut man)
-            .unwrap();
+        clap_mangen::Man::new(Cli::command()).render(&mut man).unwrap();
         let man = String::from_utf8(man).unwrap();
-        assert!(
-            man.contains(".TH rush 1") && man.contains("RUSH_SOCKET"),
-            "{man}"
-        );
-        for shell in [
-            clap_complete::Shell::Bash,
-            clap_complete::Shell::Zsh,
-            clap_complete::Shell::Fish,
-        ] {
+        assert!(man.contains(".TH rush 1") && man.contains("RUSH_SOCKET"), "{man}");
+        for shell in [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "rush", &mut script);
-            assert!(
-                String::from_utf8(script).unwrap().contains("spawn"),
-                "{shell}"
-            );
+            assert!(String::from_utf8(script).unwrap().contains("spawn"), "{shell}");
         }
     }
 
@@ -419,17 +392,9 @@ mod tests {
 
     #[test]
     fn bad_values_are_refused_with_the_parsers_message() {
-        assert!(
-            refusal(&["agent", "spawn", "bad name", "--", "true"]).contains("invalid agent name")
-        );
-        assert!(
-            refusal(&["agent", "spawn", "a", "--net", "nope", "--", "true"])
-                .contains("invalid --net")
-        );
-        assert!(
-            refusal(&["agent", "spawn", "a", "--allow", "rel:read", "--", "true"])
-                .contains("absolute")
-        );
+        assert!(refusal(&["agent", "spawn", "bad name", "--", "true"]).contains("invalid agent name"));
+        assert!(refusal(&["agent", "spawn", "a", "--net", "nope", "--", "true"]).contains("invalid --net"));
+        assert!(refusal(&["agent", "spawn", "a", "--allow", "rel:read", "--", "true"]).contains("absolute"));
         assert!(refusal(&["agent", "status", "a/b"]).contains("invalid agent name"));
         assert!(refusal(&["agent", "kill", ".."]).contains("invalid agent name"));
         assert!(refusal(&["audit", "--agent", "x y"]).contains("invalid agent name"));
@@ -452,21 +417,14 @@ mod tests {
 
     #[test]
     fn repeated_net_is_refused() {
-        let e = parse(&[
-            "agent", "spawn", "a", "--net", "deny", "--net", "allow", "--", "x",
-        ]);
+        let e = parse(&["agent", "spawn", "a", "--net", "deny", "--net", "allow", "--", "x"]);
         assert_eq!(e.unwrap_err().kind(), ErrorKind::ArgumentConflict);
     }
 
     #[test]
     fn audit_flags() {
-        let c = parse(&[
-            "audit", "--agent", "bot", "--limit", "5", "-f", "--since", "@1234",
-        ])
-        .unwrap();
-        let Command::Audit(a) = c.command else {
-            panic!("not audit")
-        };
+        let c = parse(&["audit", "--agent", "bot", "--limit", "5", "-f", "--since", "@1234"]).unwrap();
+        let Command::Audit(a) = c.command else { panic!("not audit") };
         assert_eq!(a.agent.unwrap().as_str(), "bot");
         assert_eq!((a.limit, a.follow, a.since), (5, true, Some(1234)));
         assert!(parse(&["audit", "--limit", "-1"]).is_err());
@@ -480,14 +438,8 @@ mod tests {
         assert_eq!(parse_since_at("1h30m", now).unwrap(), now - 5_400_000);
         assert_eq!(parse_since_at("100000d", now).unwrap(), 0);
         assert_eq!(parse_since_at("@42", now).unwrap(), 42);
-        assert_eq!(
-            parse_since_at("2026-11-27T02:16:11.123Z", now).unwrap(),
-            now
-        );
-        assert_eq!(
-            parse_since_at("2026-11-27", now).unwrap(),
-            1_795_737_600_000
-        );
+        assert_eq!(parse_since_at("2026-11-27T02:16:11.123Z", now).unwrap(), now);
+        assert_eq!(parse_since_at("2026-11-27", now).unwrap(), 1_795_737_600_000);
         for bad in ["", "@", "@x", "10y", "2026-11-27T25:00", "now"] {
             let e = parse_since_at(bad, now).unwrap_err().to_string();
             assert!(e.starts_with("invalid --since"), "{bad:?}: {e}");

@@ -9,10 +9,7 @@ use rush_proto::client::ClientError;
 #[derive(Debug)]
 pub enum Error {
     /// The request failed: exit 1, `rush: <error chain>`, then `rush: hint: <hint>`.
-    Failed {
-        error: anyhow::Error,
-        hint: Option<String>,
-    },
+    Failed { error: anyhow::Error, hint: Option<String> },
     /// Whoever read our stdout stopped (`rush audit | head`): stop quietly, exit 0.
     StdoutClosed,
 }
@@ -22,10 +19,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     pub fn with_hint(self, hint: impl Into<String>) -> Error {
         match self {
-            Error::Failed { error, .. } => Error::Failed {
-                error,
-                hint: Some(hint.into()),
-            },
+            Error::Failed { error, .. } => Error::Failed { error, hint: Some(hint.into()) },
             other => other,
         }
     }
@@ -83,17 +77,12 @@ impl From<anyhow::Error> for Error {
 impl From<ClientError> for Error {
     fn from(e: ClientError) -> Error {
         let hint = match &e {
-            ClientError::Connect { source, .. }
-                if source.kind() == io::ErrorKind::PermissionDenied =>
-            {
+            ClientError::Connect { source, .. } if source.kind() == io::ErrorKind::PermissionDenied => {
                 Some("the daemon's socket is for root and its operator group".to_string())
             }
             _ => None,
         };
-        Error::Failed {
-            error: e.into(),
-            hint,
-        }
+        Error::Failed { error: e.into(), hint }
     }
 }
 
@@ -121,10 +110,7 @@ mod tests {
 
     #[test]
     fn api_errors_print_their_message_once() {
-        let e = Error::from(ClientError::Api(ApiError::new(
-            ErrorKind::NotFound,
-            "no agent named \"x\"",
-        )));
+        let e = Error::from(ClientError::Api(ApiError::new(ErrorKind::NotFound, "no agent named \"x\"")));
         assert_eq!(e.lines(), ["no agent named \"x\""]);
         assert_eq!(e.exit_code(), 1);
         assert!(!e.is_unreachable());
@@ -138,24 +124,15 @@ mod tests {
         });
         let lines = e.lines();
         assert_eq!(lines.len(), 2);
-        assert!(
-            lines[0].starts_with("cannot reach the daemon at /run/x.sock: "),
-            "{lines:?}"
-        );
-        assert!(
-            lines[0].to_lowercase().contains("permission denied"),
-            "{lines:?}"
-        );
+        assert!(lines[0].starts_with("cannot reach the daemon at /run/x.sock: "), "{lines:?}");
+        assert!(lines[0].to_lowercase().contains("permission denied"), "{lines:?}");
         assert!(lines[1].starts_with("hint: "));
         assert!(e.is_unreachable());
     }
 
     #[test]
     fn not_running_is_unreachable() {
-        let e = Error::from(ClientError::NotRunning {
-            path: "/nope".into(),
-        })
-        .with_hint("try something");
+        let e = Error::from(ClientError::NotRunning { path: "/nope".into() }).with_hint("try something");
         assert!(e.is_unreachable());
         assert!(e.lines()[0].contains("rush-agentd is not running"));
         assert_eq!(e.lines()[1], "hint: try something");

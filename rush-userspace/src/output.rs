@@ -14,39 +14,27 @@ pub struct Output<W: Write> {
 
 impl Output<io::StdoutLock<'static>> {
     pub fn stdout(json: bool) -> Self {
-        Output {
-            json,
-            out: io::stdout().lock(),
-        }
+        Output { json, out: io::stdout().lock() }
     }
 }
 
 impl<W: Write> Output<W> {
     /// Text as it is, flushed (for streams).
     pub fn text(&mut self, s: &str) -> Result<()> {
-        self.out
-            .write_all(s.as_bytes())
-            .and_then(|()| self.out.flush())
-            .map_err(Error::stdout)
+        self.out.write_all(s.as_bytes()).and_then(|()| self.out.flush()).map_err(Error::stdout)
     }
 
     /// One pretty-printed JSON document and a newline.
     pub fn document<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
         let mut buf = serde_json::to_vec_pretty(value).expect("protocol types serialize");
         buf.push(b'\n');
-        self.out
-            .write_all(&buf)
-            .and_then(|()| self.out.flush())
-            .map_err(Error::stdout)
+        self.out.write_all(&buf).and_then(|()| self.out.flush()).map_err(Error::stdout)
     }
 
     /// One compact JSON object on its own line (NDJSON), flushed.
     pub fn json_line<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
         let mut buf = serde_json::to_vec(value).expect("protocol types serialize");
         buf.push(b'\n');
-        self.out
-            .write_all(&buf)
-            .and_then(|()| self.out.flush())
-            .map_err(Error::stdout)
+        self.out.write_all(&buf).and_then(|()| self.out.flush()).map_err(Error::stdout)
     }
 }

@@ -19,10 +19,7 @@ pub struct Table {
 
 impl Table {
     pub fn new(headers: &[&str]) -> Table {
-        Table {
-            headers: headers.iter().map(|h| h.to_string()).collect(),
-            rows: Vec::new(),
-        }
+        Table { headers: headers.iter().map(|h| h.to_string()).collect(), rows: Vec::new() }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
@@ -61,43 +58,24 @@ pub fn sanitize(s: &str) -> String {
     if !s.chars().any(char::is_control) {
         return s.to_owned();
     }
-    s.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 /// A command line as a shell would need it typed, control characters escaped.
 pub fn shell_join(args: &[String]) -> String {
     let quote = |a: &String| {
         let a = sanitize(a);
-        let plain = !a.is_empty()
-            && a.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"_-./:=@%+,^".contains(&b));
-        if plain {
-            a
-        } else {
-            format!("'{}'", a.replace('\'', r"'\''"))
-        }
+        let plain =
+            !a.is_empty() && a.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-./:=@%+,^".contains(&b));
+        if plain { a } else { format!("'{}'", a.replace('\'', r"'\''")) }
     };
     args.iter().map(quote).collect::<Vec<_>>().join(" ")
 }
 
 /// A value for `key=value`: bare when simple, else quoted and escaped.
 fn value(v: &str) -> String {
-    let plain = !v.is_empty()
-        && v.chars()
-            .all(|c| c.is_ascii_graphic() && c != '"' && c != '\\');
-    if plain {
-        v.to_owned()
-    } else {
-        format!("{v:?}")
-    }
+    let plain = !v.is_empty() && v.chars().all(|c| c.is_ascii_graphic() && c != '"' && c != '\\');
+    if plain { v.to_owned() } else { format!("{v:?}") }
 }
 
 fn age(now_ms: u64, then_ms: u64) -> String {
@@ -106,15 +84,7 @@ fn age(now_ms: u64, then_ms: u64) -> String {
 
 /// `rush agent list`.
 pub fn agent_table(agents: &[AgentInfo], now_ms: u64) -> String {
-    let mut t = Table::new(&[
-        "NAME",
-        "STATE",
-        "PID",
-        "PROCS",
-        "NET",
-        "UPTIME/EXIT",
-        "COMMAND",
-    ]);
+    let mut t = Table::new(&["NAME", "STATE", "PID", "PROCS", "NET", "UPTIME/EXIT", "COMMAND"]);
     for a in agents {
         let uptime_or_exit = match (a.state, a.exit) {
             (AgentState::Running, _) => age(now_ms, a.started_unix_ms),
@@ -136,22 +106,14 @@ pub fn agent_table(agents: &[AgentInfo], now_ms: u64) -> String {
 
 /// `rush agent status NAME`.
 pub fn agent_status(a: &AgentInfo, now_ms: u64) -> String {
-    let enforcement = if a.enforcement.is_empty() {
-        "none".to_string()
-    } else {
-        a.enforcement.join(", ")
-    };
+    let enforcement = if a.enforcement.is_empty() { "none".to_string() } else { a.enforcement.join(", ") };
     let exit = match a.exit {
         Some(status) => status.to_string(),
         None => "-".to_string(),
     };
     let started = match a.state {
         AgentState::Running => {
-            format!(
-                "{} ({} ago)",
-                format_unix_ms(a.started_unix_ms),
-                age(now_ms, a.started_unix_ms)
-            )
+            format!("{} ({} ago)", format_unix_ms(a.started_unix_ms), age(now_ms, a.started_unix_ms))
         }
         AgentState::Exited => format_unix_ms(a.started_unix_ms),
     };
@@ -163,10 +125,7 @@ pub fn agent_status(a: &AgentInfo, now_ms: u64) -> String {
         ("processes", a.processes.to_string()),
         ("started", started),
         ("command", shell_join(&a.command)),
-        (
-            "mode",
-            if a.detached { "detached" } else { "foreground" }.to_string(),
-        ),
+        ("mode", if a.detached { "detached" } else { "foreground" }.to_string()),
         ("net", a.net.to_string()),
         ("enforcement", enforcement),
         ("cgroup path", sanitize(&a.cgroup_path.to_string_lossy())),
@@ -184,13 +143,7 @@ pub fn agent_status(a: &AgentInfo, now_ms: u64) -> String {
 /// One audit record as one line: time, seq, agent, kind, details.
 pub fn audit_line(r: &AuditRecord) -> String {
     let details = match &r.event {
-        AuditEvent::Spawn {
-            pid,
-            uid,
-            command,
-            net,
-            caller_uid,
-        } => format!(
+        AuditEvent::Spawn { pid, uid, command, net, caller_uid } => format!(
             "pid={pid} uid={uid} caller_uid={caller_uid} net={} command={}",
             value(&net.to_string()),
             value(&shell_join(command))
@@ -200,43 +153,22 @@ pub fn audit_line(r: &AuditRecord) -> String {
             (None, Some(s)) => format!("pid={pid} signal={s}"),
             (None, None) => format!("pid={pid} status=unknown"),
         },
-        AuditEvent::Kill {
-            caller_uid,
-            processes_killed,
-        } => {
+        AuditEvent::Kill { caller_uid, processes_killed } => {
             format!("caller_uid={caller_uid} processes_killed={processes_killed}")
         }
-        AuditEvent::NetDeny {
-            pid,
-            comm,
-            hook,
-            destination,
-            protocol,
-        } => format!(
-            "pid={pid} comm={} hook={} destination={} protocol={}",
+        AuditEvent::NetDeny { pid, uid, comm, hook, destination, protocol } => format!(
+            "pid={pid} uid={uid} comm={} hook={} destination={} protocol={}",
             value(comm),
             value(hook),
             value(destination),
             value(protocol)
         ),
         AuditEvent::EventsLost { count } => format!("count={count}"),
-        AuditEvent::Refused {
-            caller_uid,
-            request,
-            reason,
-        } => {
-            format!(
-                "caller_uid={caller_uid} request={} reason={}",
-                value(request),
-                value(reason)
-            )
+        AuditEvent::Refused { caller_uid, request, reason } => {
+            format!("caller_uid={caller_uid} request={} reason={}", value(request), value(reason))
         }
     };
-    let agent = r
-        .agent
-        .as_deref()
-        .map(sanitize)
-        .unwrap_or_else(|| "-".into());
+    let agent = r.agent.as_deref().map(sanitize).unwrap_or_else(|| "-".into());
     format!(
         "{}  {:>6}  {agent:<12}  {:<11}  {details}",
         format_unix_ms(r.time_unix_ms),
@@ -262,11 +194,7 @@ pub fn doctor(report: &DoctorReport) -> String {
     }
     out.push_str(&guarantees.render());
     let held = report.guarantees.iter().filter(|g| g.holds).count();
-    let _ = writeln!(
-        out,
-        "\n{held} of {} guarantees hold on this machine.",
-        report.guarantees.len()
-    );
+    let _ = writeln!(out, "\n{held} of {} guarantees hold on this machine.", report.guarantees.len());
     out
 }
 
@@ -285,10 +213,7 @@ mod tests {
             pid: 4242,
             uid: 1000,
             command: vec!["claude".into(), "-p".into(), "fix the tests".into()],
-            net: NetPolicy::AllowList(vec![NetEndpoint {
-                host: "api.anthropic.com".into(),
-                port: 443,
-            }]),
+            net: NetPolicy::AllowList(vec![NetEndpoint { host: "api.anthropic.com".into(), port: 443 }]),
             state: AgentState::Running,
             processes: 3,
             started_unix_ms: NOW - 192_000,
@@ -310,10 +235,7 @@ mod tests {
     fn agent_list_table() {
         let mut done = agent("done");
         done.state = AgentState::Exited;
-        done.exit = Some(ExitStatus {
-            code: None,
-            signal: Some(9),
-        });
+        done.exit = Some(ExitStatus { code: None, signal: Some(9) });
         done.net = NetPolicy::Deny;
         done.processes = 0;
         done.command = vec!["sh".into(), "-c".into(), "it's\x1b[2J".into()];
@@ -335,56 +257,34 @@ done   exited   4242  0      deny                   signal 9     sh -c 'it'\\''s
     fn status_lines() {
         let got = agent_status(&agent("coder"), NOW);
         assert!(got.contains("name:        coder\n"), "{got}");
-        assert!(
-            got.contains("started:     2026-11-27T02:12:59.123Z (3m12s ago)\n"),
-            "{got}"
-        );
-        assert!(
-            got.contains("cgroup path: /sys/fs/cgroup/rush/agents/coder\n"),
-            "{got}"
-        );
+        assert!(got.contains("started:     2026-11-27T02:12:59.123Z (3m12s ago)\n"), "{got}");
+        assert!(got.contains("cgroup path: /sys/fs/cgroup/rush/agents/coder\n"), "{got}");
         assert!(got.contains("cgroup id:   8812\n"), "{got}");
-        assert!(
-            got.contains("enforcement: net:cgroup-connect, net:cgroup-sendmsg\n"),
-            "{got}"
-        );
-        assert!(
-            got.contains("net:         api.anthropic.com:443\n"),
-            "{got}"
-        );
+        assert!(got.contains("enforcement: net:cgroup-connect, net:cgroup-sendmsg\n"), "{got}");
+        assert!(got.contains("net:         api.anthropic.com:443\n"), "{got}");
         assert!(got.contains("exit:        -\n"), "{got}");
         assert!(got.contains("mode:        detached\n"), "{got}");
         let mut a = agent("coder");
         a.enforcement.clear();
         a.state = AgentState::Exited;
-        a.exit = Some(ExitStatus {
-            code: Some(3),
-            signal: None,
-        });
+        a.exit = Some(ExitStatus { code: Some(3), signal: None });
         let got = agent_status(&a, NOW);
-        assert!(
-            got.contains("enforcement: none\n") && got.contains("exit:        exit 3\n"),
-            "{got}"
-        );
+        assert!(got.contains("enforcement: none\n") && got.contains("exit:        exit 3\n"), "{got}");
     }
 
     #[test]
     fn audit_lines() {
-        let rec = |event| AuditRecord {
-            seq: 42,
-            time_unix_ms: NOW,
-            agent: Some("coder".into()),
-            event,
-        };
+        let rec = |event| AuditRecord { seq: 42, time_unix_ms: NOW, agent: Some("coder".into()), event };
         assert_eq!(
             audit_line(&rec(AuditEvent::NetDeny {
                 pid: 4243,
+                uid: 1000,
                 comm: "curl".into(),
                 hook: "connect4".into(),
                 destination: "93.184.216.34:443".into(),
                 protocol: "tcp".into(),
             })),
-            "2026-11-27T02:16:11.123Z      42  coder         net_deny     pid=4243 comm=curl \
+            "2026-11-27T02:16:11.123Z      42  coder         net_deny     pid=4243 uid=1000 comm=curl \
              hook=connect4 destination=93.184.216.34:443 protocol=tcp"
         );
         let line = audit_line(&rec(AuditEvent::Spawn {
@@ -395,29 +295,19 @@ done   exited   4242  0      deny                   signal 9     sh -c 'it'\\''s
             caller_uid: 0,
         }));
         assert!(
-            line.ends_with(
-                r#"spawn        pid=1 uid=1000 caller_uid=0 net=deny command="echo 'a b'""#
-            ),
+            line.ends_with(r#"spawn        pid=1 uid=1000 caller_uid=0 net=deny command="echo 'a b'""#),
             "{line}"
         );
         let line = audit_line(&AuditRecord {
             seq: 7,
             time_unix_ms: 0,
             agent: None,
-            event: AuditEvent::Exit {
-                pid: 5,
-                status: ExitStatus {
-                    code: None,
-                    signal: Some(15),
-                },
-            },
+            event: AuditEvent::Exit { pid: 5, status: ExitStatus { code: None, signal: Some(15) } },
         });
-        assert_eq!(
-            line,
-            "1970-01-01T00:00:00.000Z       7  -             exit         pid=5 signal=15"
-        );
+        assert_eq!(line, "1970-01-01T00:00:00.000Z       7  -             exit         pid=5 signal=15");
         let line = audit_line(&rec(AuditEvent::NetDeny {
             pid: 1,
+            uid: 0,
             comm: "evil\x1b]0;x\x07".into(),
             hook: "sendmsg6".into(),
             destination: "[::1]:53".into(),
@@ -431,28 +321,12 @@ done   exited   4242  0      deny                   signal 9     sh -c 'it'\\''s
         let report = DoctorReport {
             kernel: "6.8.0-49-generic".into(),
             probes: vec![
-                Probe {
-                    name: "bpf_lsm".into(),
-                    ok: true,
-                    detail: "bpf in /sys/kernel/security/lsm".into(),
-                },
-                Probe {
-                    name: "btrfs".into(),
-                    ok: false,
-                    detail: "not mounted".into(),
-                },
+                Probe { name: "bpf_lsm".into(), ok: true, detail: "bpf in /sys/kernel/security/lsm".into() },
+                Probe { name: "btrfs".into(), ok: false, detail: "not mounted".into() },
             ],
             guarantees: vec![
-                Guarantee {
-                    name: "net-deny".into(),
-                    holds: true,
-                    detail: "cgroup connect hooks".into(),
-                },
-                Guarantee {
-                    name: "file-grants".into(),
-                    holds: false,
-                    detail: "needs BPF LSM".into(),
-                },
+                Guarantee { name: "net-deny".into(), holds: true, detail: "cgroup connect hooks".into() },
+                Guarantee { name: "file-grants".into(), holds: false, detail: "needs BPF LSM".into() },
             ],
         };
         let want = "\

@@ -9,10 +9,7 @@ const MS_PER_DAY: i64 = 86_400_000;
 
 /// Now, in Unix milliseconds.
 pub fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// `2026-11-27T02:16:11.123Z`.
@@ -33,9 +30,7 @@ pub fn format_unix_ms(ms: u64) -> String {
 pub fn parse_rfc3339(s: &str) -> Result<u64, String> {
     let b = s.as_bytes();
     let num = |range: std::ops::Range<usize>, what: &str| -> Result<i64, String> {
-        let part = b
-            .get(range.clone())
-            .ok_or_else(|| format!("{what} missing"))?;
+        let part = b.get(range.clone()).ok_or_else(|| format!("{what} missing"))?;
         if !part.iter().all(u8::is_ascii_digit) {
             return Err(format!("{what} is not a number"));
         }
@@ -117,10 +112,7 @@ pub fn parse_rfc3339(s: &str) -> Result<u64, String> {
                 if off.len() != 4 || !off.bytes().all(|c| c.is_ascii_digit()) {
                     return Err(format!("offset {rest:?} is not +HH:MM or -HH:MM"));
                 }
-                let (oh, om) = (
-                    off[..2].parse::<i64>().unwrap(),
-                    off[2..].parse::<i64>().unwrap(),
-                );
+                let (oh, om) = (off[..2].parse::<i64>().unwrap(), off[2..].parse::<i64>().unwrap());
                 if oh > 23 || om > 59 {
                     return Err(format!("offset {rest:?} is out of range"));
                 }
@@ -190,15 +182,9 @@ mod tests {
     fn formats_known_instants() {
         assert_eq!(format_unix_ms(0), "1970-01-01T00:00:00.000Z");
         // date -u -d @1795745771 → Fri Nov 27 02:16:11 UTC 2026
-        assert_eq!(
-            format_unix_ms(1_795_745_771_123),
-            "2026-11-27T02:16:11.123Z"
-        );
+        assert_eq!(format_unix_ms(1_795_745_771_123), "2026-11-27T02:16:11.123Z");
         assert_eq!(format_unix_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
-        assert_eq!(
-            format_unix_ms(4_107_542_399_999),
-            "2100-02-28T23:59:59.999Z"
-        );
+        assert_eq!(format_unix_ms(4_107_542_399_999), "2100-02-28T23:59:59.999Z");
     }
 
     #[test]

@@ -11,9 +11,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use rush_proto::{
-    AgentInfo, AgentState, ApiError, AuditEvent, AuditRecord, DoctorReport, ErrorKind, ExitStatus,
-    Guarantee, NetPolicy, Probe, Reply, ReplyEnvelope, Request, RequestEnvelope, Response,
-    StdioMode,
+    AgentInfo, AgentState, ApiError, AuditEvent, AuditRecord, DoctorReport, ErrorKind, ExitStatus, Guarantee,
+    NetPolicy, Probe, Reply, ReplyEnvelope, Request, RequestEnvelope, Response, StdioMode,
 };
 
 /// One accepted connection, seen from the daemon's side.
@@ -28,21 +27,13 @@ impl Conn {
         let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 3]);
         let (n, fds) = {
             let mut iov = [IoSliceMut::new(&mut buf)];
-            let msg = recvmsg::<()>(
-                self.stream.as_raw_fd(),
-                &mut iov,
-                Some(&mut cmsg),
-                MsgFlags::empty(),
-            )
-            .expect("recvmsg");
+            let msg = recvmsg::<()>(self.stream.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty())
+                .expect("recvmsg");
             let mut fds = Vec::new();
             for c in msg.cmsgs().expect("cmsgs") {
                 if let ControlMessageOwned::ScmRights(raw) = c {
                     // SAFETY: SCM_RIGHTS gave us these fds; nothing else owns them.
-                    fds.extend(
-                        raw.into_iter()
-                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                    );
+                    fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
                 }
             }
             (msg.bytes, fds)
@@ -51,26 +42,14 @@ impl Conn {
         while !line.ends_with(b"\n") {
             let mut more = [0u8; 4096];
             let m = self.stream.read(&mut more).expect("read");
-            assert!(
-                m > 0,
-                "client closed mid-request: {:?}",
-                String::from_utf8_lossy(&line)
-            );
+            assert!(m > 0, "client closed mid-request: {:?}", String::from_utf8_lossy(&line));
             line.extend_from_slice(&more[..m]);
         }
-        (
-            serde_json::from_slice(&line).expect("a valid request line"),
-            fds,
-        )
+        (serde_json::from_slice(&line).expect("a valid request line"), fds)
     }
 
     fn reply(&mut self, id: u64, reply: Reply) {
-        let mut line = serde_json::to_vec(&ReplyEnvelope {
-            version: 1,
-            id,
-            reply,
-        })
-        .unwrap();
+        let mut line = serde_json::to_vec(&ReplyEnvelope { version: 1, id, reply }).unwrap();
         line.push(b'\n');
         // The client may be gone already (a test of it going away): not our failure.
         let _ = self.stream.write_all(&line);
@@ -105,11 +84,7 @@ impl FakeDaemon {
             let (stream, _) = listener.accept().unwrap();
             script(&mut Conn { stream })
         });
-        FakeDaemon {
-            _dir: dir,
-            socket,
-            thread: Some(thread),
-        }
+        FakeDaemon { _dir: dir, socket, thread: Some(thread) }
     }
 
     /// Answers the single request of a one-shot command with `reply`.
@@ -122,11 +97,7 @@ impl FakeDaemon {
     }
 
     fn join(mut self) -> Vec<Request> {
-        self.thread
-            .take()
-            .unwrap()
-            .join()
-            .expect("fake daemon thread")
+        self.thread.take().unwrap().join().expect("fake daemon thread")
     }
 }
 
@@ -142,11 +113,7 @@ fn rush(socket: &Path) -> Command {
 }
 
 fn run(socket: &Path, args: &[&str]) -> Output {
-    rush(socket)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run rush")
+    rush(socket).args(args).stdin(Stdio::null()).output().expect("run rush")
 }
 
 fn stdout(o: &Output) -> String {
@@ -182,6 +149,7 @@ fn record(seq: u64) -> AuditRecord {
         agent: Some("coder".into()),
         event: AuditEvent::NetDeny {
             pid: 4243,
+            uid: 1000,
             comm: "curl".into(),
             hook: "connect4".into(),
             destination: "93.184.216.34:443".into(),
@@ -196,19 +164,14 @@ fn wait_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus 
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
-        assert!(
-            start.elapsed() < limit,
-            "rush did not exit within {limit:?}"
-        );
+        assert!(start.elapsed() < limit, "rush did not exit within {limit:?}");
         std::thread::sleep(Duration::from_millis(10));
     }
 }
 
 #[test]
 fn agent_list_json_is_one_json_document() {
-    let d = FakeDaemon::answering(Reply::Ok(Response::Agents {
-        agents: vec![agent("a"), agent("b")],
-    }));
+    let d = FakeDaemon::answering(Reply::Ok(Response::Agents { agents: vec![agent("a"), agent("b")] }));
     let out = run(&d.socket, &["agent", "list", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let parsed: Vec<AgentInfo> =
@@ -219,21 +182,15 @@ fn agent_list_json_is_one_json_document() {
 
 #[test]
 fn agent_list_text_is_a_table() {
-    let d = FakeDaemon::answering(Reply::Ok(Response::Agents {
-        agents: vec![agent("coder")],
-    }));
+    let d = FakeDaemon::answering(Reply::Ok(Response::Agents { agents: vec![agent("coder")] }));
     let out = run(&d.socket, &["agent", "list"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("NAME   STATE    PID   PROCS  NET   UPTIME/EXIT  COMMAND"), "{text}");
     assert!(
-        lines[0].starts_with("NAME   STATE    PID   PROCS  NET   UPTIME/EXIT  COMMAND"),
-        "{text}"
-    );
-    assert!(
-        lines[1].starts_with("coder  running  4242  1      deny")
-            && lines[1].ends_with("sleep 100"),
+        lines[1].starts_with("coder  running  4242  1      deny") && lines[1].ends_with("sleep 100"),
         "{text}"
     );
 }
@@ -246,12 +203,7 @@ fn api_error_exits_1_with_its_message() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stderr(&out), format!("rush: {msg}\n"));
     assert!(out.stdout.is_empty());
-    assert_eq!(
-        d.join(),
-        vec![Request::AgentStatus {
-            name: "ghost".into()
-        }]
-    );
+    assert_eq!(d.join(), vec![Request::AgentStatus { name: "ghost".into() }]);
 }
 
 #[test]
@@ -260,10 +212,7 @@ fn no_daemon_exits_1_and_says_so() {
     let out = run(&dir.path().join("none.sock"), &["agent", "list"]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(
-        err.starts_with("rush: rush-agentd is not running") && err.lines().count() == 1,
-        "{err}"
-    );
+    assert!(err.starts_with("rush: rush-agentd is not running") && err.lines().count() == 1, "{err}");
 }
 
 #[test]
@@ -271,19 +220,12 @@ fn doctor_without_daemon_hints_at_the_local_probe() {
     let dir = tempfile::tempdir().unwrap();
     let out = run(&dir.path().join("none.sock"), &["doctor"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("rush: hint: `rush-agentd doctor`"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("rush: hint: `rush-agentd doctor`"), "{}", stderr(&out));
 }
 
 #[test]
 fn rush_socket_env_is_used() {
-    let d = FakeDaemon::answering(Reply::Ok(Response::Killed {
-        name: "coder".into(),
-        processes_killed: 3,
-    }));
+    let d = FakeDaemon::answering(Reply::Ok(Response::Killed { name: "coder".into(), processes_killed: 3 }));
     let out = Command::new(env!("CARGO_BIN_EXE_rush"))
         .env("RUSH_SOCKET", &d.socket)
         .args(["agent", "kill", "coder"])
@@ -308,47 +250,27 @@ fn bad_input_exits_2_without_reaching_the_daemon() {
         let out = run(&socket, args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = stderr(&out);
-        assert!(
-            err.starts_with("rush: invalid ") && err.lines().count() == 1,
-            "{args:?}: {err}"
-        );
+        assert!(err.starts_with("rush: invalid ") && err.lines().count() == 1, "{args:?}: {err}");
     }
     let out = run(&socket, &["agent", "spawn", "ok"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("<CMD>"), "{}", stderr(&out));
-    assert!(
-        listener.accept().is_err(),
-        "a refused command line reached the daemon"
-    );
+    assert!(listener.accept().is_err(), "a refused command line reached the daemon");
 }
 
 #[test]
 fn foreground_spawn_passes_the_terminal_and_exits_with_the_agents_status() {
     let d = FakeDaemon::start(|c| {
         let (req, fds) = c.request();
-        assert_eq!(
-            fds.len(),
-            3,
-            "stdin, stdout, stderr must ride on the request"
-        );
+        assert_eq!(fds.len(), 3, "stdin, stdout, stderr must ride on the request");
         // Write as the agent would, straight into rush's stdout and stderr.
-        std::fs::File::from(fds[1].try_clone().unwrap())
-            .write_all(b"hello from the agent\n")
-            .unwrap();
-        std::fs::File::from(fds[2].try_clone().unwrap())
-            .write_all(b"agent stderr\n")
-            .unwrap();
+        std::fs::File::from(fds[1].try_clone().unwrap()).write_all(b"hello from the agent\n").unwrap();
+        std::fs::File::from(fds[2].try_clone().unwrap()).write_all(b"agent stderr\n").unwrap();
         drop(fds);
         c.ok(req.id, Response::Spawned { agent: agent("fg") });
         c.ok(
             req.id,
-            Response::Exited {
-                name: "fg".into(),
-                status: ExitStatus {
-                    code: Some(3),
-                    signal: None,
-                },
-            },
+            Response::Exited { name: "fg".into(), status: ExitStatus { code: Some(3), signal: None } },
         );
         vec![req.request]
     });
@@ -361,28 +283,15 @@ fn foreground_spawn_passes_the_terminal_and_exits_with_the_agents_status() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert_eq!(
-        stdout(&out),
-        "hello from the agent\n",
-        "rush must add nothing to the agent's stdout"
-    );
+    assert_eq!(stdout(&out), "hello from the agent\n", "rush must add nothing to the agent's stdout");
     assert_eq!(stderr(&out), "agent stderr\n");
-    let Request::Spawn(spawn) = only(d.join()) else {
-        panic!("not a spawn")
-    };
+    let Request::Spawn(spawn) = only(d.join()) else { panic!("not a spawn") };
     assert_eq!(spawn.name, "fg");
     assert_eq!(spawn.command, ["sh", "-c", "exit 3"]);
     assert_eq!(spawn.net, NetPolicy::Deny);
     assert_eq!(spawn.stdio, StdioMode::Passed);
-    assert_eq!(
-        spawn.cwd.canonicalize().unwrap(),
-        dir.path().canonicalize().unwrap()
-    );
-    assert!(
-        spawn
-            .env
-            .contains(&("RUSH_TEST_MARKER".into(), "yes".into()))
-    );
+    assert_eq!(spawn.cwd.canonicalize().unwrap(), dir.path().canonicalize().unwrap());
+    assert!(spawn.env.contains(&("RUSH_TEST_MARKER".into(), "yes".into())));
 }
 
 #[test]
@@ -392,13 +301,7 @@ fn foreground_spawn_killed_by_a_signal_exits_128_plus_it() {
         c.ok(req.id, Response::Spawned { agent: agent("fg") });
         c.ok(
             req.id,
-            Response::Exited {
-                name: "fg".into(),
-                status: ExitStatus {
-                    code: None,
-                    signal: Some(9),
-                },
-            },
+            Response::Exited { name: "fg".into(), status: ExitStatus { code: None, signal: Some(9) } },
         );
         vec![]
     });
@@ -417,10 +320,7 @@ fn foreground_spawn_losing_the_daemon_exits_1() {
     let out = run(&d.socket, &["agent", "spawn", "fg", "--", "true"]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(
-        err.starts_with("rush: the daemon closed the connection before agent fg exited"),
-        "{err}"
-    );
+    assert!(err.starts_with("rush: the daemon closed the connection before agent fg exited"), "{err}");
     d.join();
 }
 
@@ -431,10 +331,7 @@ fn ctrl_c_in_the_foreground_exits_130_and_closes_the_connection() {
         let (req, _fds) = c.request();
         c.ok(req.id, Response::Spawned { agent: agent("fg") });
         spawned_tx.send(()).unwrap();
-        assert!(
-            c.closed_within(Duration::from_secs(10)),
-            "rush kept the connection open"
-        );
+        assert!(c.closed_within(Duration::from_secs(10)), "rush kept the connection open");
         vec![]
     });
     let mut child = rush(&d.socket)
@@ -443,19 +340,10 @@ fn ctrl_c_in_the_foreground_exits_130_and_closes_the_connection() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    spawned_rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("spawn request");
+    spawned_rx.recv_timeout(Duration::from_secs(10)).expect("spawn request");
     std::thread::sleep(Duration::from_millis(50));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::SIGINT,
-    )
-    .unwrap();
-    assert_eq!(
-        wait_timeout(&mut child, Duration::from_secs(10)).code(),
-        Some(130)
-    );
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGINT).unwrap();
+    assert_eq!(wait_timeout(&mut child, Duration::from_secs(10)).code(), Some(130));
     d.join();
 }
 
@@ -467,109 +355,57 @@ fn detached_spawn_prints_the_agent() {
         c.ok(req.id, Response::Spawned { agent: agent("bg") });
         vec![req.request]
     });
-    let out = run(
-        &d.socket,
-        &[
-            "agent",
-            "spawn",
-            "bg",
-            "--detach",
-            "--net",
-            "1.2.3.4:443",
-            "--",
-            "sleep",
-            "100",
-        ],
-    );
+    let out =
+        run(&d.socket, &["agent", "spawn", "bg", "--detach", "--net", "1.2.3.4:443", "--", "sleep", "100"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(
-        stdout(&out),
-        "spawned bg (pid 4242, cgroup id 8812); output: rush agent logs bg\n"
-    );
-    let Request::Spawn(spawn) = only(d.join()) else {
-        panic!("not a spawn")
-    };
+    assert_eq!(stdout(&out), "spawned bg (pid 4242, cgroup id 8812); output: rush agent logs bg\n");
+    let Request::Spawn(spawn) = only(d.join()) else { panic!("not a spawn") };
     assert_eq!(spawn.stdio, StdioMode::Log);
     assert_eq!(spawn.net.to_string(), "1.2.3.4:443");
 
     let d = FakeDaemon::answering(Reply::Ok(Response::Spawned { agent: agent("bg") }));
-    let out = run(
-        &d.socket,
-        &["agent", "spawn", "bg", "-d", "--json", "--", "true"],
-    );
+    let out = run(&d.socket, &["agent", "spawn", "bg", "-d", "--json", "--", "true"]);
     let parsed: AgentInfo = serde_json::from_str(&stdout(&out)).expect("one JSON agent");
     assert_eq!(parsed.pid, 4242);
 }
 
 #[test]
 fn audit_json_is_an_array_and_follow_is_ndjson() {
-    let d = FakeDaemon::answering(Reply::Ok(Response::AuditEvents {
-        events: vec![record(1), record(2)],
-    }));
-    let out = run(
-        &d.socket,
-        &[
-            "audit", "--json", "--agent", "coder", "--since", "@5", "--limit", "7",
-        ],
-    );
+    let d = FakeDaemon::answering(Reply::Ok(Response::AuditEvents { events: vec![record(1), record(2)] }));
+    let out = run(&d.socket, &["audit", "--json", "--agent", "coder", "--since", "@5", "--limit", "7"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let parsed: Vec<AuditRecord> = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(parsed.len(), 2);
-    let Request::Audit(q) = only(d.join()) else {
-        panic!("not audit")
-    };
-    assert_eq!(
-        (q.agent.as_deref(), q.since_unix_ms, q.limit, q.follow),
-        (Some("coder"), Some(5), 7, false)
-    );
+    let Request::Audit(q) = only(d.join()) else { panic!("not audit") };
+    assert_eq!((q.agent.as_deref(), q.since_unix_ms, q.limit, q.follow), (Some("coder"), Some(5), 7, false));
 
     let d = FakeDaemon::start(|c| {
         let (req, _) = c.request();
-        c.ok(
-            req.id,
-            Response::AuditEvents {
-                events: vec![record(1)],
-            },
-        );
+        c.ok(req.id, Response::AuditEvents { events: vec![record(1)] });
         c.ok(req.id, Response::AuditEvents { events: vec![] });
-        c.ok(
-            req.id,
-            Response::AuditEvents {
-                events: vec![record(2), record(3)],
-            },
-        );
+        c.ok(req.id, Response::AuditEvents { events: vec![record(2), record(3)] });
         vec![req.request]
     });
     let out = run(&d.socket, &["audit", "--json", "--follow"]);
     // The fake daemon then hangs up, which ends a follow with an error.
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("closed the audit stream"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("closed the audit stream"), "{}", stderr(&out));
     let seqs: Vec<u64> = stdout(&out)
         .lines()
-        .map(|l| {
-            serde_json::from_str::<AuditRecord>(l)
-                .expect("each line one record")
-                .seq
-        })
+        .map(|l| serde_json::from_str::<AuditRecord>(l).expect("each line one record").seq)
         .collect();
     assert_eq!(seqs, [1, 2, 3]);
 }
 
 #[test]
 fn audit_text_is_one_line_per_record() {
-    let d = FakeDaemon::answering(Reply::Ok(Response::AuditEvents {
-        events: vec![record(1), record(2)],
-    }));
+    let d = FakeDaemon::answering(Reply::Ok(Response::AuditEvents { events: vec![record(1), record(2)] }));
     let out = run(&d.socket, &["audit"]);
     let text = stdout(&out);
     assert_eq!(text.lines().count(), 2);
     assert!(
         text.starts_with(
-            "2026-11-27T02:16:11.124Z       1  coder         net_deny     pid=4243 comm=curl"
+            "2026-11-27T02:16:11.124Z       1  coder         net_deny     pid=4243 uid=1000 comm=curl"
         ),
         "{text}"
     );
@@ -579,21 +415,12 @@ fn audit_text_is_one_line_per_record() {
 fn closed_stdout_ends_quietly() {
     let events: Vec<AuditRecord> = (0..3000).map(record).collect();
     let d = FakeDaemon::answering(Reply::Ok(Response::AuditEvents { events }));
-    let mut child = rush(&d.socket)
-        .arg("audit")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        rush(&d.socket).arg("audit").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     drop(child.stdout.take());
     let status = wait_timeout(&mut child, Duration::from_secs(10));
     let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert_eq!((status.code(), err.as_str()), (Some(0), ""));
 }
 
@@ -601,42 +428,15 @@ fn closed_stdout_ends_quietly() {
 fn logs_print_chunks_until_the_end() {
     let script = |c: &mut Conn| {
         let (req, _) = c.request();
-        c.ok(
-            req.id,
-            Response::Logs {
-                data: "line 1\n".into(),
-                end: false,
-            },
-        );
-        c.ok(
-            req.id,
-            Response::Logs {
-                data: "line 2\n".into(),
-                end: false,
-            },
-        );
-        c.ok(
-            req.id,
-            Response::Logs {
-                data: String::new(),
-                end: true,
-            },
-        );
+        c.ok(req.id, Response::Logs { data: "line 1\n".into(), end: false });
+        c.ok(req.id, Response::Logs { data: "line 2\n".into(), end: false });
+        c.ok(req.id, Response::Logs { data: String::new(), end: true });
         vec![req.request]
     };
     let d = FakeDaemon::start(script);
     let out = run(&d.socket, &["agent", "logs", "bg", "-f"]);
-    assert_eq!(
-        (out.status.code(), stdout(&out).as_str()),
-        (Some(0), "line 1\nline 2\n")
-    );
-    assert_eq!(
-        d.join(),
-        vec![Request::AgentLogs {
-            name: "bg".into(),
-            follow: true
-        }]
-    );
+    assert_eq!((out.status.code(), stdout(&out).as_str()), (Some(0), "line 1\nline 2\n"));
+    assert_eq!(d.join(), vec![Request::AgentLogs { name: "bg".into(), follow: true }]);
 
     let d = FakeDaemon::start(script);
     let out = run(&d.socket, &["agent", "logs", "bg", "--json"]);
@@ -648,38 +448,25 @@ fn logs_print_chunks_until_the_end() {
 fn doctor_renders_both_tables_and_exits_0_even_when_guarantees_fail() {
     let report = DoctorReport {
         kernel: "6.8.0".into(),
-        probes: vec![Probe {
-            name: "bpf_lsm".into(),
-            ok: false,
-            detail: "not in lsm list".into(),
-        }],
+        probes: vec![Probe { name: "bpf_lsm".into(), ok: false, detail: "not in lsm list".into() }],
         guarantees: vec![Guarantee {
             name: "file-grants".into(),
             holds: false,
             detail: "needs BPF LSM".into(),
         }],
     };
-    let d = FakeDaemon::answering(Reply::Ok(Response::Doctor {
-        report: report.clone(),
-    }));
+    let d = FakeDaemon::answering(Reply::Ok(Response::Doctor { report: report.clone() }));
     let out = run(&d.socket, &["doctor"]);
     assert_eq!(out.status.code(), Some(0));
     let text = stdout(&out);
     assert!(
-        text.starts_with("kernel: 6.8.0\n")
-            && text.contains("✗ bpf_lsm")
-            && text.contains("file-grants  no"),
+        text.starts_with("kernel: 6.8.0\n") && text.contains("✗ bpf_lsm") && text.contains("file-grants  no"),
         "{text}"
     );
 
-    let d = FakeDaemon::answering(Reply::Ok(Response::Doctor {
-        report: report.clone(),
-    }));
+    let d = FakeDaemon::answering(Reply::Ok(Response::Doctor { report: report.clone() }));
     let out = run(&d.socket, &["doctor", "--json"]);
-    assert_eq!(
-        serde_json::from_str::<DoctorReport>(&stdout(&out)).unwrap(),
-        report
-    );
+    assert_eq!(serde_json::from_str::<DoctorReport>(&stdout(&out)).unwrap(), report);
 }
 
 #[test]
@@ -687,8 +474,5 @@ fn unexpected_replies_are_errors() {
     let d = FakeDaemon::answering(Reply::Ok(Response::Agents { agents: vec![] }));
     let out = run(&d.socket, &["agent", "status", "x"]);
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        stderr(&out),
-        "rush: unexpected reply from the daemon: expected agent, got agents\n"
-    );
+    assert_eq!(stderr(&out), "rush: unexpected reply from the daemon: expected agent, got agents\n");
 }

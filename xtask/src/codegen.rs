@@ -40,16 +40,10 @@ pub fn run() -> Result<()> {
         // Write then rename, so an interrupted run never leaves half a header.
         let tmp = out.with_extension("h.tmp");
         fs::write(&tmp, &header).with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, &out)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
+        fs::rename(&tmp, &out).with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
     }
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    println!(
-        "ran `{} {}` (kernel {})",
-        bpftool.display(),
-        args.join(" "),
-        kernel.trim()
-    );
+    println!("ran `{} {}` (kernel {})", bpftool.display(), args.join(" "), kernel.trim());
     println!(
         "{} {} ({} lines, {} bytes)",
         if unchanged { "unchanged:" } else { "wrote" },
@@ -67,15 +61,10 @@ fn find_bpftool() -> Result<PathBuf> {
         None => vec!["bpftool".into(), "/usr/sbin/bpftool".into()],
     };
     for candidate in candidates {
-        let works = Command::new(&candidate)
-            .arg("version")
-            .output()
-            .is_ok_and(|o| o.status.success());
+        let works = Command::new(&candidate).arg("version").output().is_ok_and(|o| o.status.success());
         if works {
             return Ok(PathBuf::from(candidate));
         }
     }
-    bail!(
-        "bpftool not found: install it (`apt-get install bpftool`) or set BPFTOOL=/path/to/bpftool"
-    )
+    bail!("bpftool not found: install it (`apt-get install bpftool`) or set BPFTOOL=/path/to/bpftool")
 }

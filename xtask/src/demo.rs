@@ -40,7 +40,11 @@ fn say(text: &str) {
 }
 
 fn show(bin_dir: &Path, socket: &Path, args: &[&str]) -> Result<i32> {
-    println!("$ rush {}", args.join(" "));
+    let quoted: Vec<String> = args
+        .iter()
+        .map(|a| if a.contains([' ', '&', '(', ';']) { format!("'{a}'") } else { a.to_string() })
+        .collect();
+    println!("$ rush {}", quoted.join(" "));
     std::io::stdout().flush()?;
     let status = Command::new(bin_dir.join("rush"))
         .arg("--socket")
@@ -101,14 +105,27 @@ pub fn run() -> Result<()> {
     Command::new("curl").args(["-sS", "--max-time", "5", &url]).status()?;
 
     say("The same curl as an agent with --net deny: the kernel refuses its connect() (EPERM)");
-    let code = rush(&["agent", "spawn", "researcher", "--net", "deny", "--", "curl", "-sS", "--max-time", "5", &url])?;
+    let code = rush(&[
+        "agent",
+        "spawn",
+        "researcher",
+        "--net",
+        "deny",
+        "--",
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        &url,
+    ])?;
     if code == 0 {
         bail!("the denied agent connected: enforcement is broken");
     }
 
     say("Allowed by the agent's own allow list, the connection goes through");
     let allow = format!("127.0.0.1:{port}");
-    let code = rush(&["agent", "spawn", "fetcher", "--net", &allow, "--", "curl", "-sS", "--max-time", "5", &url])?;
+    let code =
+        rush(&["agent", "spawn", "fetcher", "--net", &allow, "--", "curl", "-sS", "--max-time", "5", &url])?;
     if code != 0 {
         bail!("the allowed agent could not connect");
     }
@@ -117,7 +134,16 @@ pub fn run() -> Result<()> {
     rush(&["audit", "--agent", "researcher"])?;
 
     say("An agent that forks a process tree is killed as one: cgroup.kill, then its cgroup is removed");
-    rush(&["agent", "spawn", "forker", "--detach", "--", "sh", "-c", "sleep 600 & sleep 600 & (sleep 600 &); wait"])?;
+    rush(&[
+        "agent",
+        "spawn",
+        "forker",
+        "--detach",
+        "--",
+        "sh",
+        "-c",
+        "sleep 600 & sleep 600 & (sleep 600 &); wait",
+    ])?;
     std::thread::sleep(Duration::from_millis(300));
     rush(&["agent", "list"])?;
     rush(&["agent", "kill", "forker"])?;
@@ -126,7 +152,9 @@ pub fn run() -> Result<()> {
     say("An operator's request to give file access the kernel cannot enforce here is refused, not faked");
     rush(&["agent", "spawn", "editor", "--allow", "/srv/project:read,write", "--", "true"])?;
 
-    say("Still to come (tracked as issues): file tokens in the kernel (BPF LSM, proven in QEMU guests), budgets, rollback");
+    say(
+        "Still to come (tracked as issues): file tokens in the kernel (BPF LSM, proven in QEMU guests), budgets, rollback",
+    );
     drop(daemon);
     let _ = std::fs::remove_dir_all(&state);
     println!("\ndemo finished");
@@ -143,7 +171,11 @@ fn serve_http() -> Result<u16> {
             let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
             let _ = s.read(&mut buf);
             let body = "hello from a local server\n";
-            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
         }
     });
     Ok(port)

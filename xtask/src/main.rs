@@ -69,7 +69,10 @@ fn test(tier: Tier) -> Result<()> {
     if matches!(tier, Tier::Host | Tier::All) {
         util::step("host integration tests (root, real daemon, cgroups and BPF programs)");
         util::require_root("the host integration tier")?;
-        util::cargo(&["build", "-p", "rush-agentd", "-p", "rush-userspace", "-p", "kernel-tests", "--bins"], &[])?;
+        util::cargo(
+            &["build", "-p", "rush-agentd", "-p", "rush-userspace", "-p", "kernel-tests", "--bins"],
+            &[],
+        )?;
         let bin_dir = util::target_dir()?.join("debug");
         util::cargo(
             &["test", "-p", "kernel-tests", "--test", "host", "--", "--test-threads", "4"],
@@ -82,7 +85,10 @@ fn test(tier: Tier) -> Result<()> {
 fn bench() -> Result<()> {
     setup::ensure()?;
     util::require_root("the benchmarks")?;
-    util::cargo(&["build", "--release", "-p", "rush-agentd", "-p", "rush-userspace", "-p", "kernel-tests", "--bins"], &[])?;
+    util::cargo(
+        &["build", "--release", "-p", "rush-agentd", "-p", "rush-userspace", "-p", "kernel-tests", "--bins"],
+        &[],
+    )?;
     let bin_dir = util::target_dir()?.join("release");
     util::cargo(
         &["run", "--release", "-p", "rush-benches", "--bin", "rush-bench"],

@@ -34,7 +34,11 @@ pub fn ensure() -> Result<()> {
     }
     util::step(&format!("installing Debian packages: {}", missing.join(" ")));
     if !util::is_root() {
-        bail!("missing packages {}: install them with `sudo apt-get install {}`", missing.join(", "), missing.join(" "));
+        bail!(
+            "missing packages {}: install them with `sudo apt-get install {}`",
+            missing.join(", "),
+            missing.join(" ")
+        );
     }
     apt(&["update"])?;
     let mut args = vec!["install", "-y", "--no-install-recommends"];

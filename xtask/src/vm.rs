@@ -35,8 +35,14 @@ pub struct VmArgs {
     timeout: u64,
     /// Use KVM instead of TCG. Off by default: this machine kind's /dev/kvm is PVM-only and
     /// stock kernels hang under it (ENVIRONMENT.md).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "mttcg")]
     kvm: bool,
+    /// Multi-threaded TCG (one host thread per vCPU). Off by default: with it, the kernel's
+    /// live patching of the LSM hook sites (each BPF LSM attach and detach) races with the
+    /// other vCPU's translated code and 6.12 guests die with "Oops: int3" in
+    /// bpf_lsm_file_permission now and then.
+    #[arg(long)]
+    mttcg: bool,
     /// apt-get update and look for newer kernel packages even when the newest one the
     /// local apt lists name is cached already.
     #[arg(long)]
@@ -75,7 +81,9 @@ pub fn ensure_vm_packages() -> Result<()> {
     }
     util::step(&format!("installing Debian packages for the VM tier: {}", missing.join(" ")));
     util::require_root("installing packages")?;
-    for args in [vec!["update", "-qq"], [&["install", "-y", "--no-install-recommends"][..], &missing].concat()] {
+    for args in
+        [vec!["update", "-qq"], [&["install", "-y", "--no-install-recommends"][..], &missing].concat()]
+    {
         eprintln!("    $ apt-get {}", args.join(" "));
         let status = Command::new("apt-get").args(&args).env("DEBIAN_FRONTEND", "noninteractive").status()?;
         if !status.success() {
@@ -116,7 +124,10 @@ pub fn run(args: VmArgs) -> Result<()> {
     std::fs::create_dir_all(&out_dir)?;
 
     util::step("building the daemon, the CLI and the kernel tests (debug)");
-    util::cargo(&["build", "-p", "rush-agentd", "-p", "rush-userspace", "-p", "kernel-tests", "--bins"], &[])?;
+    util::cargo(
+        &["build", "-p", "rush-agentd", "-p", "rush-userspace", "-p", "kernel-tests", "--bins"],
+        &[],
+    )?;
     let tests = test_executables()?;
     let build_time = wall.elapsed();
 
@@ -150,6 +161,11 @@ pub fn run(args: VmArgs) -> Result<()> {
     eprintln!("    {} ({:.1} MiB)", payload.display(), size as f64 / 1048576.0);
     let payload_time = t.elapsed();
 
+    let accel = match (args.kvm, args.mttcg) {
+        (true, _) => "kvm",
+        (false, true) => "tcg,thread=multi",
+        (false, false) => "tcg,thread=single",
+    };
     let mut results = Vec::new();
     for k in &kernels {
         util::step(&format!("kernel {}: {} {}", k.series.label, k.package, k.version));
@@ -175,7 +191,7 @@ pub fn run(args: VmArgs) -> Result<()> {
             initrd: &initrd,
             append,
             memory_mb: args.memory,
-            kvm: args.kvm,
+            accel,
             timeout: Duration::from_secs(args.timeout),
             log: out_dir.join(format!("console-{}.log", k.series.label)),
         })?;
@@ -183,7 +199,7 @@ pub fn run(args: VmArgs) -> Result<()> {
     }
 
     let mut summary = String::new();
-    writeln!(summary, "VM kernel tests ({}, {} MiB)", if args.kvm { "KVM" } else { "TCG" }, args.memory)?;
+    writeln!(summary, "VM kernel tests (-accel {accel}, {} MiB)", args.memory)?;
     writeln!(
         summary,
         "  build {}, kernels {}, payload {}",
@@ -197,7 +213,9 @@ pub fn run(args: VmArgs) -> Result<()> {
             (Some(0), _) => "PASS".to_owned(),
             (Some(rc), _) => format!("FAIL (payload exit {rc})"),
             (None, true) => "FAIL (timed out, no @@EXIT marker)".to_owned(),
-            (None, false) => format!("FAIL (no @@EXIT marker: the guest died; QEMU exit {:?})", o.qemu_status),
+            (None, false) => {
+                format!("FAIL (no @@EXIT marker: the guest died; QEMU exit {:?})", o.qemu_status)
+            }
         };
         if o.exit != Some(0) {
             failed.push(k.series.label);
@@ -247,7 +265,12 @@ fn suite_report(lines: &[String]) -> Vec<String> {
             let l = &lines[i];
             l[l.find(&end_tag)? + end_tag.len()..].trim_end_matches('@').parse::<i32>().ok()
         });
-        let result = body.iter().rev().find(|l| l.starts_with("test result:")).map(String::as_str).unwrap_or("no test result line");
+        let result = body
+            .iter()
+            .rev()
+            .find(|l| l.starts_with("test result:"))
+            .map(String::as_str)
+            .unwrap_or("no test result line");
         out.push(format!(
             "{suite}: {} — {result}",
             match rc {
@@ -287,7 +310,9 @@ fn test_executables() -> Result<Tests> {
         if !line.contains("\"reason\":\"compiler-artifact\"") || !line.contains("\"kind\":[\"test\"]") {
             continue;
         }
-        let (Some(name), Some(exe)) = (json_str(line, "name"), json_str(line, "executable")) else { continue };
+        let (Some(name), Some(exe)) = (json_str(line, "name"), json_str(line, "executable")) else {
+            continue;
+        };
         match name.as_str() {
             "host" => host = Some(PathBuf::from(exe)),
             "guest" => guest = Some(PathBuf::from(exe)),
@@ -321,8 +346,8 @@ fn json_str(line: &str, key: &str) -> Option<String> {
     None
 }
 
-/// The payload: /payload/bin (rush-agentd, rush, rush-test-net), /payload/tests (host,
-/// guest), curl and criu at their host paths, every library at its host path, and
+/// The payload: /payload/bin (rush-agentd, rush, rush-test-net, sh → dash), /payload/tests
+/// (host, guest), curl, criu and dash at their host paths, every library at its host path, and
 /// /payload/run, which /init starts.
 fn build_payload(path: &Path, scratch: &Path, tests: &Tests, test_args: &[String]) -> Result<u64> {
     let bins = util::target_dir()?.join("debug");
@@ -332,11 +357,16 @@ fn build_payload(path: &Path, scratch: &Path, tests: &Tests, test_args: &[String
     }
     p.elf(&tests.host, "payload/tests/host", true)?;
     p.elf(&tests.guest, "payload/tests/guest", true)?;
-    for tool in ["curl", "criu"] {
+    for tool in ["curl", "criu", "dash"] {
         let host = which(tool).with_context(|| format!("{tool} is not installed"))?;
         let guest = host.to_string_lossy().into_owned();
         p.elf(&host, &guest, false)?;
     }
+    // `sh` is dash, as on the Debian hosts the tests are written on (busybox ash differs:
+    // it execs the last command of `sh -c`, so process trees have fewer members).
+    // /bin/sh stays busybox for /init.
+    let dash = which("dash").context("dash")?;
+    p.symlink("payload/bin/sh", &dash.to_string_lossy())?;
     p.file("payload/run", 0o755, run_script(test_args).as_bytes())?;
     p.finish()
 }

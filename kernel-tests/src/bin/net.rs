@@ -2,8 +2,9 @@
 //! outcome, for tests that must see the exact errno an agent gets.
 //! Prints `ok` and exits 0, or prints `errno NAME` and exits 10.
 //!
-//! `rush-test-net tcp-loop N ADDR:PORT`: N connect()+close() in a row, for benchmarks;
-//! prints `ns_per_op X`.
+//! `rush-test-net connect-loop N ADDR:PORT`: N connect() calls of one UDP socket, for
+//! benchmarks: a UDP connect runs the cgroup connect hook but sends no packet, so the
+//! loop measures the syscall and the hook; prints `ns_per_op X`.
 
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::ExitCode;
@@ -11,8 +12,8 @@ use std::time::Duration;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("tcp-loop") {
-        return tcp_loop(&args[2..]);
+    if args.get(1).map(String::as_str) == Some("connect-loop") {
+        return connect_loop(&args[2..]);
     }
     let (Some(kind), Some(addr)) = (args.get(1), args.get(2)) else {
         eprintln!("usage: rush-test-net tcp|udp ADDR:PORT");
@@ -52,16 +53,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn tcp_loop(args: &[String]) -> ExitCode {
+fn connect_loop(args: &[String]) -> ExitCode {
     let (Some(Ok(n)), Some(Ok(addr))) =
         (args.first().map(|n| n.parse::<u32>()), args.get(1).map(|a| a.parse::<SocketAddr>()))
     else {
-        eprintln!("usage: rush-test-net tcp-loop N ADDR:PORT");
+        eprintln!("usage: rush-test-net connect-loop N ADDR:PORT");
         return ExitCode::from(2);
+    };
+    let bind = if addr.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let socket = match UdpSocket::bind(bind) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("errno {e}");
+            return ExitCode::from(10);
+        }
     };
     let start = std::time::Instant::now();
     for _ in 0..n {
-        if let Err(e) = TcpStream::connect(addr) {
+        if let Err(e) = socket.connect(addr) {
             println!("errno {e}");
             return ExitCode::from(10);
         }

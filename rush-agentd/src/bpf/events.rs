@@ -38,14 +38,8 @@ pub(super) fn spawn(
             }
             0
         })
-        .map_err(|source| BpfError::MapHandle {
-            map: MAP_EVENTS,
-            source,
-        })?;
-    let ring = builder.build().map_err(|source| BpfError::MapHandle {
-        map: MAP_EVENTS,
-        source,
-    })?;
+        .map_err(|source| BpfError::MapHandle { map: MAP_EVENTS, source })?;
+    let ring = builder.build().map_err(|source| BpfError::MapHandle { map: MAP_EVENTS, source })?;
 
     thread::Builder::new()
         .name("rush-bpf-events".into())
@@ -111,6 +105,7 @@ fn decode(record: &[u8]) -> Option<KernelEvent> {
         cgroup_id: e.cgroup_id,
         pid: e.pid,
         tgid: e.tgid,
+        uid: e.uid,
         comm: e.comm(),
         hook,
         destination: SocketAddr::new(ip, e.port),
@@ -150,6 +145,7 @@ mod tests {
                 cgroup_id: 42,
                 pid: 11,
                 tgid: 10,
+                uid: 1000,
                 comm: "curl".into(),
                 hook: NetHook::Connect6,
                 destination: "93.184.216.34:443".parse().unwrap(),
@@ -161,12 +157,7 @@ mod tests {
         v6.family = AF_INET6;
         v6.addr = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
         v6.protocol = 132;
-        let KernelEvent::NetDeny {
-            destination,
-            protocol,
-            ..
-        } = decode(v6.as_bytes()).unwrap()
-        else {
+        let KernelEvent::NetDeny { destination, protocol, .. } = decode(v6.as_bytes()).unwrap() else {
             panic!()
         };
         assert_eq!(destination, "[2001:db8::1]:443".parse().unwrap());

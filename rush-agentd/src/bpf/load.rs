@@ -49,21 +49,13 @@ pub(super) fn load<'obj>(
         .recursive(true)
         .mode(0o700)
         .create(&cfg.pin_dir)
-        .map_err(|source| BpfError::PinDir {
-            path: cfg.pin_dir.clone(),
-            source,
-        })?;
-    let cgroup = File::open(&cfg.cgroup2_root).map_err(|source| BpfError::Cgroup {
-        path: cfg.cgroup2_root.clone(),
-        source,
-    })?;
+        .map_err(|source| BpfError::PinDir { path: cfg.pin_dir.clone(), source })?;
+    let cgroup = File::open(&cfg.cgroup2_root)
+        .map_err(|source| BpfError::Cgroup { path: cfg.cgroup2_root.clone(), source })?;
 
     let mut open = NetSkelBuilder::default()
         .open(net_storage)
-        .map_err(|source| BpfError::Open {
-            object: "net",
-            source,
-        })?;
+        .map_err(|source| BpfError::Open { object: "net", source })?;
     let rodata = open
         .maps
         .rodata_data
@@ -73,27 +65,20 @@ pub(super) fn load<'obj>(
     set_map_pins(open.open_object_mut(), &cfg.pin_dir)?;
     let (net, log) = capture_libbpf_log(|| open.load());
     let net = net.map_err(|source| {
-        log.iter()
-            .for_each(|line| warn!(target: "libbpf", "{line}"));
-        BpfError::Load {
-            object: "net",
-            source,
-        }
+        log.iter().for_each(|line| warn!(target: "libbpf", "{line}"));
+        BpfError::Load { object: "net", source }
     })?;
-    log.iter()
-        .for_each(|line| debug!(target: "libbpf", "{line}"));
+    log.iter().for_each(|line| debug!(target: "libbpf", "{line}"));
 
     let mut links = Vec::new();
     let mut report = AttachReport::default();
     for spec in &NET_PROGRAMS {
         let prog = program(net.object(), spec)?;
-        let mut link =
-            prog.attach_cgroup(cgroup.as_raw_fd())
-                .map_err(|source| BpfError::Attach {
-                    program: spec.name,
-                    hook: spec.hook,
-                    source,
-                })?;
+        let mut link = prog.attach_cgroup(cgroup.as_raw_fd()).map_err(|source| BpfError::Attach {
+            program: spec.name,
+            hook: spec.hook,
+            source,
+        })?;
         pin_link(&mut link, &cfg.pin_dir, spec)?;
         links.push(link);
         report.programs.push(status(spec, true, None));
@@ -102,12 +87,7 @@ pub(super) fn load<'obj>(
     let (file, lsm_links, lsm_status) = load_lsm(cfg, file_storage);
     links.extend(lsm_links);
     report.programs.extend(lsm_status);
-    Ok(Loaded {
-        net,
-        _file: file,
-        _links: links,
-        report,
-    })
+    Ok(Loaded { net, _file: file, _links: links, report })
 }
 
 /// Tries the LSM object. Never fails: what went wrong is recorded per program.
@@ -116,10 +96,7 @@ fn load_lsm<'obj>(
     storage: &'obj mut MaybeUninit<OpenObject>,
 ) -> (Option<FileSkel<'obj>>, Vec<Link>, Vec<ProgramStatus>) {
     let failed = |error: String| {
-        let status = LSM_PROGRAMS
-            .iter()
-            .map(|s| status(s, false, Some(error.clone())))
-            .collect();
+        let status = LSM_PROGRAMS.iter().map(|s| status(s, false, Some(error.clone()))).collect();
         (None, Vec::new(), status)
     };
     if let Some(why) = bpf_lsm_inactive() {
@@ -138,8 +115,7 @@ fn load_lsm<'obj>(
     }
     // An EPERM here is the expected outcome on kernels that refuse BPF trampolines.
     let (file, log) = capture_libbpf_log(|| open.load());
-    log.iter()
-        .for_each(|line| debug!(target: "libbpf", "{line}"));
+    log.iter().for_each(|line| debug!(target: "libbpf", "{line}"));
     let file = match file {
         Ok(file) => file,
         Err(e) => return failed(format!("loading {}: {e:#}", refused_program(&log))),
@@ -178,12 +154,7 @@ fn refused_program(log: &[String]) -> String {
 }
 
 fn status(spec: &ProgramSpec, attached: bool, error: Option<String>) -> ProgramStatus {
-    ProgramStatus {
-        name: spec.name.into(),
-        hook: spec.hook.into(),
-        attached,
-        error,
-    }
+    ProgramStatus { name: spec.name.into(), hook: spec.hook.into(), attached, error }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -201,12 +172,7 @@ fn program<'a>(object: &'a Object, spec: &ProgramSpec) -> Result<ProgramMut<'a>,
     object
         .progs_mut()
         .find(|p| p.name() == spec.name)
-        .ok_or_else(|| {
-            BpfError::Other(format!(
-                "program {} is missing from its BPF object",
-                spec.name
-            ))
-        })
+        .ok_or_else(|| BpfError::Other(format!("program {} is missing from its BPF object", spec.name)))
 }
 
 /// Pins `link` at `<dir>/<spec.link_pin>`, replacing an older pin (a previous daemon's link)
@@ -216,11 +182,7 @@ fn pin_link(link: &mut Link, dir: &Path, spec: &ProgramSpec) -> Result<(), BpfEr
     let path = dir.join(spec.link_pin);
     // bpffs refuses names with a dot.
     let fresh = dir.join(format!("{}_new", spec.link_pin));
-    let pin_err = |path: PathBuf, source| BpfError::PinLink {
-        program: spec.name,
-        path,
-        source,
-    };
+    let pin_err = |path: PathBuf, source| BpfError::PinLink { program: spec.name, path, source };
     // Left over by a start that died between pin and rename.
     let _ = fs::remove_file(&fresh);
     link.pin(&fresh).map_err(|e| pin_err(fresh.clone(), e))?;
@@ -240,13 +202,9 @@ fn set_map_pins(object: &mut OpenObject, dir: &Path) -> Result<(), BpfError> {
             && let Err(why) = pin_matches(&path, &map)
         {
             warn!(pin = %path.display(), %why, "incompatible pinned map: unpinning it and starting with an empty map");
-            fs::remove_file(&path).map_err(|e| BpfError::PinMap {
-                path: path.clone(),
-                source: e.into(),
-            })?;
+            fs::remove_file(&path).map_err(|e| BpfError::PinMap { path: path.clone(), source: e.into() })?;
         }
-        map.set_pin_path(&path)
-            .map_err(|source| BpfError::PinMap { path, source })?;
+        map.set_pin_path(&path).map_err(|source| BpfError::PinMap { path, source })?;
     }
     Ok(())
 }
@@ -254,23 +212,9 @@ fn set_map_pins(object: &mut OpenObject, dir: &Path) -> Result<(), BpfError> {
 /// The checks libbpf makes before reusing a pinned map.
 fn pin_matches(path: &Path, map: &OpenMap<'_>) -> Result<(), String> {
     let pinned = MapHandle::from_pinned_path(path).map_err(|e| format!("{e:#}"))?;
-    let info = MapInfo::new(pinned.as_fd())
-        .map_err(|e| format!("{e:#}"))?
-        .info;
-    let have = (
-        info.type_,
-        info.key_size,
-        info.value_size,
-        info.max_entries,
-        info.map_flags,
-    );
-    let want = (
-        map.map_type() as u32,
-        map.key_size(),
-        map.value_size(),
-        map.max_entries(),
-        map.map_flags(),
-    );
+    let info = MapInfo::new(pinned.as_fd()).map_err(|e| format!("{e:#}"))?.info;
+    let have = (info.type_, info.key_size, info.value_size, info.max_entries, info.map_flags);
+    let want = (map.map_type() as u32, map.key_size(), map.value_size(), map.max_entries(), map.map_flags());
     if have != want {
         return Err(format!(
             "(type, key size, value size, max entries, flags) pinned {have:?}, expected {want:?}"
@@ -285,21 +229,10 @@ pub(super) fn ensure_bpffs(pin_dir: &Path) -> Result<(), BpfError> {
         return Ok(());
     }
     if !pin_dir.starts_with(BPFFS) {
-        return Err(BpfError::NotBpffs {
-            path: pin_dir.to_path_buf(),
-        });
+        return Err(BpfError::NotBpffs { path: pin_dir.to_path_buf() });
     }
-    nix::mount::mount(
-        Some("bpf"),
-        BPFFS,
-        Some("bpf"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .map_err(|source| BpfError::MountBpffs {
-        path: BPFFS.into(),
-        source,
-    })?;
+    nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+        .map_err(|source| BpfError::MountBpffs { path: BPFFS.into(), source })?;
     info!("mounted bpffs at {BPFFS}");
     Ok(())
 }
@@ -326,10 +259,9 @@ fn bpf_lsm_inactive() -> Option<String> {
         debug!(?mounted, "mounting securityfs to read {LSM_LIST}");
     }
     match fs::read_to_string(LSM_LIST) {
-        Ok(list) if !list.trim().split(',').any(|lsm| lsm == "bpf") => Some(format!(
-            "BPF LSM is not active: \"bpf\" is not in {LSM_LIST} ({})",
-            list.trim()
-        )),
+        Ok(list) if !list.trim().split(',').any(|lsm| lsm == "bpf") => {
+            Some(format!("BPF LSM is not active: \"bpf\" is not in {LSM_LIST} ({})", list.trim()))
+        }
         Ok(_) => None,
         Err(e) => {
             debug!(error = %e, "cannot read {LSM_LIST}; trying the LSM programs anyway");
@@ -354,8 +286,7 @@ fn install_libbpf_logger() {
 
 fn libbpf_print(level: PrintLevel, msg: String) {
     let msg = msg.trim_end().to_string();
-    let msg = match LIBBPF_LOG.with_borrow_mut(|log| log.as_mut().map(|log| log.push(msg.clone())))
-    {
+    let msg = match LIBBPF_LOG.with_borrow_mut(|log| log.as_mut().map(|log| log.push(msg.clone()))) {
         Some(()) => return,
         None => msg,
     };

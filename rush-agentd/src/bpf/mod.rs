@@ -134,11 +134,9 @@ pub struct AttachReport {
 impl AttachReport {
     /// connect4, connect6, sendmsg4 and sendmsg6 all attached.
     pub fn net_enforced(&self) -> bool {
-        rush_ebpf::NET_PROGRAMS.iter().all(|spec| {
-            self.programs
-                .iter()
-                .any(|p| p.hook == spec.hook && p.attached)
-        })
+        rush_ebpf::NET_PROGRAMS
+            .iter()
+            .all(|spec| self.programs.iter().any(|p| p.hook == spec.hook && p.attached))
     }
 
     /// Every lsm/* program attached.
@@ -196,8 +194,11 @@ impl NetHook {
 pub enum KernelEvent {
     NetDeny {
         cgroup_id: u64,
+        /// The thread that called connect()/sendmsg().
         pid: u32,
+        /// Its process (what users call the pid).
         tgid: u32,
+        uid: u32,
         comm: String,
         hook: NetHook,
         destination: SocketAddr,
@@ -218,18 +219,9 @@ pub trait KernelPolicy: Send + Sync + 'static {
 
 /// A request to the owner thread, with the channel its answer goes back on.
 enum Command {
-    AddAgent {
-        cgroup_id: u64,
-        net: KernelNetPolicy,
-        reply: mpsc::SyncSender<Result<(), BpfError>>,
-    },
-    RemoveAgent {
-        cgroup_id: u64,
-        reply: mpsc::SyncSender<Result<(), BpfError>>,
-    },
-    AgentIds {
-        reply: mpsc::SyncSender<Result<Vec<u64>, BpfError>>,
-    },
+    AddAgent { cgroup_id: u64, net: KernelNetPolicy, reply: mpsc::SyncSender<Result<(), BpfError>> },
+    RemoveAgent { cgroup_id: u64, reply: mpsc::SyncSender<Result<(), BpfError>> },
+    AgentIds { reply: mpsc::SyncSender<Result<Vec<u64>, BpfError>> },
 }
 
 /// Cheap to clone; every clone talks to the one thread that owns the BPF objects.
@@ -243,14 +235,7 @@ impl BpfHandle {
     /// Fails only if the network programs cannot be loaded or attached.
     pub fn start(
         cfg: BpfConfig,
-    ) -> Result<
-        (
-            BpfHandle,
-            AttachReport,
-            tokio::sync::mpsc::UnboundedReceiver<KernelEvent>,
-        ),
-        BpfError,
-    > {
+    ) -> Result<(BpfHandle, AttachReport, tokio::sync::mpsc::UnboundedReceiver<KernelEvent>), BpfError> {
         if cfg.agent_cgroup_level == 0 {
             return Err(BpfError::Config(
                 "agent_cgroup_level is 0: the v2 root itself cannot be an agent cgroup".into(),
@@ -264,10 +249,7 @@ impl BpfHandle {
         thread::Builder::new()
             .name("rush-bpf".into())
             .spawn(move || owner::run(cfg, ready_tx, command_rx, gone))
-            .map_err(|source| BpfError::Thread {
-                name: "rush-bpf",
-                source,
-            })?;
+            .map_err(|source| BpfError::Thread { name: "rush-bpf", source })?;
         let started = ready_rx.recv().map_err(|_| BpfError::Stopped)??;
 
         let (event_tx, event_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -286,20 +268,14 @@ impl BpfHandle {
         command: impl FnOnce(mpsc::SyncSender<Result<T, BpfError>>) -> Command,
     ) -> Result<T, BpfError> {
         let (reply, answer) = mpsc::sync_channel(1);
-        self.commands
-            .send(command(reply))
-            .map_err(|_| BpfError::Stopped)?;
+        self.commands.send(command(reply)).map_err(|_| BpfError::Stopped)?;
         answer.recv().map_err(|_| BpfError::Stopped)?
     }
 }
 
 impl KernelPolicy for BpfHandle {
     fn add_agent(&self, cgroup_id: u64, net: &KernelNetPolicy) -> Result<(), BpfError> {
-        self.request(|reply| Command::AddAgent {
-            cgroup_id,
-            net: net.clone(),
-            reply,
-        })
+        self.request(|reply| Command::AddAgent { cgroup_id, net: net.clone(), reply })
     }
 
     fn remove_agent(&self, cgroup_id: u64) -> Result<(), BpfError> {
@@ -338,15 +314,10 @@ mod tests {
     }
 
     fn net_all() -> Vec<ProgramStatus> {
-        [
-            "cgroup/connect4",
-            "cgroup/connect6",
-            "cgroup/sendmsg4",
-            "cgroup/sendmsg6",
-        ]
-        .into_iter()
-        .map(|h| status(h, true, None))
-        .collect()
+        ["cgroup/connect4", "cgroup/connect6", "cgroup/sendmsg4", "cgroup/sendmsg6"]
+            .into_iter()
+            .map(|h| status(h, true, None))
+            .collect()
     }
 
     #[test]
@@ -367,13 +338,8 @@ mod tests {
         assert!(r.lsm_attached());
         assert_eq!(r.lsm_error(), None);
 
-        let r = AttachReport {
-            programs: net_all(),
-        };
-        assert!(
-            !r.lsm_attached(),
-            "no LSM program is not 'every LSM program attached'"
-        );
+        let r = AttachReport { programs: net_all() };
+        assert!(!r.lsm_attached(), "no LSM program is not 'every LSM program attached'");
         assert!(r.lsm_error().is_some());
     }
 

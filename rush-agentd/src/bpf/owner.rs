@@ -9,8 +9,8 @@ use std::sync::mpsc;
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use rush_ebpf::{
-    AF_INET, AF_INET6, MAP_AGENTS, MAP_EVENTS, MAP_NET_ALLOW, MAP_STATS, NET_MODE_ALLOW,
-    NET_MODE_DENY, NET_MODE_LIST, Plain, RushAgent, RushNetKey,
+    AF_INET, AF_INET6, MAP_AGENTS, MAP_EVENTS, MAP_NET_ALLOW, MAP_STATS, NET_MODE_ALLOW, NET_MODE_DENY,
+    NET_MODE_LIST, Plain, RushAgent, RushNetKey,
 };
 use tracing::info;
 
@@ -74,11 +74,7 @@ pub(super) fn run(
     // Ends when every BpfHandle is dropped. The pinned links and maps stay in the kernel.
     for command in commands {
         match command {
-            Command::AddAgent {
-                cgroup_id,
-                net,
-                reply,
-            } => {
+            Command::AddAgent { cgroup_id, net, reply } => {
                 let _ = reply.send(agents.add(cgroup_id, &net));
             }
             Command::RemoveAgent { cgroup_id, reply } => {
@@ -124,10 +120,7 @@ impl AgentMaps {
         let old = self.keys.remove(&cgroup_id).unwrap_or_default();
         let written = self.write_allow(cgroup_id, &keys);
         let written = written.and_then(|()| {
-            let agent = RushAgent {
-                net_mode,
-                ..Default::default()
-            };
+            let agent = RushAgent { net_mode, ..Default::default() };
             self.agents
                 .update(&cgroup_id.to_ne_bytes(), agent.as_bytes(), MapFlags::ANY)
                 .map_err(|source| map_err(MAP_AGENTS, "update", cgroup_id, source))
@@ -187,18 +180,8 @@ fn delete(map: &MapHandle, key: &[u8]) -> Result<(), libbpf_rs::Error> {
     }
 }
 
-fn map_err(
-    map: &'static str,
-    op: &'static str,
-    cgroup_id: u64,
-    source: libbpf_rs::Error,
-) -> BpfError {
-    BpfError::Map {
-        map,
-        op,
-        cgroup_id,
-        source,
-    }
+fn map_err(map: &'static str, op: &'static str, cgroup_id: u64, source: libbpf_rs::Error) -> BpfError {
+    BpfError::Map { map, op, cgroup_id, source }
 }
 
 /// The agent's net mode and its allow-list keys (deduplicated). IPv4-mapped IPv6 addresses
@@ -211,11 +194,7 @@ fn net_entries(cgroup_id: u64, net: &KernelNetPolicy) -> (u32, Vec<RushNetKey>) 
     };
     let mut keys: Vec<RushNetKey> = Vec::with_capacity(list.len());
     for &(ip, port) in list {
-        let mut key = RushNetKey {
-            cgroup_id,
-            port,
-            ..Default::default()
-        };
+        let mut key = RushNetKey { cgroup_id, port, ..Default::default() };
         match ip.to_canonical() {
             IpAddr::V4(v4) => {
                 key.family = AF_INET;
@@ -249,22 +228,13 @@ mod tests {
         assert_eq!(keys.len(), 2);
         assert_eq!(keys[0].family, AF_INET);
         assert_eq!(keys[0].port, 443);
-        assert_eq!(
-            keys[0].addr,
-            [10, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
-        );
+        assert_eq!(keys[0].addr, [10, 1, 2, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(keys[1].family, AF_INET6);
         assert_eq!(keys[1].port, 0);
         assert_eq!(keys[1].addr[..2], [0x20, 0x01]);
         assert!(keys.iter().all(|k| k.cgroup_id == 7 && k.pad == 0));
 
-        assert_eq!(
-            net_entries(7, &KernelNetPolicy::Deny),
-            (NET_MODE_DENY, vec![])
-        );
-        assert_eq!(
-            net_entries(7, &KernelNetPolicy::Allow),
-            (NET_MODE_ALLOW, vec![])
-        );
+        assert_eq!(net_entries(7, &KernelNetPolicy::Deny), (NET_MODE_DENY, vec![]));
+        assert_eq!(net_entries(7, &KernelNetPolicy::Allow), (NET_MODE_ALLOW, vec![]));
     }
 }

@@ -30,10 +30,7 @@ fn smoke_test_net_confinement() {
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_test_writer()
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     let Some(v2_root) = cgroup2_root() else {
         println!("SKIP: no cgroup v2 mount at /sys/fs/cgroup or /sys/fs/cgroup/unified");
         return;
@@ -51,64 +48,36 @@ fn smoke_test_net_confinement() {
 
     let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
     let tcp_addr = tcp.local_addr().unwrap();
-    let mapped: SocketAddr = format!("[::ffff:127.0.0.1]:{}", tcp_addr.port())
-        .parse()
-        .unwrap();
+    let mapped: SocketAddr = format!("[::ffff:127.0.0.1]:{}", tcp_addr.port()).parse().unwrap();
     let v6_loopback: SocketAddr = format!("[::1]:{}", tcp_addr.port()).parse().unwrap();
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
     let udp_addr = udp.local_addr().unwrap();
-    let cfg = BpfConfig {
-        pin_dir: fixture.pin_dir.clone(),
-        cgroup2_root: v2_root.clone(),
-        agent_cgroup_level: 2,
-    };
+    let cfg =
+        BpfConfig { pin_dir: fixture.pin_dir.clone(), cgroup2_root: v2_root.clone(), agent_cgroup_level: 2 };
 
     let (bpf, report, mut events) = BpfHandle::start(cfg.clone()).expect("start BPF");
     println!("attach report:");
     for p in &report.programs {
-        println!(
-            "  {:<22} {:<20} attached={} error={:?}",
-            p.name, p.hook, p.attached, p.error
-        );
+        println!("  {:<22} {:<20} attached={} error={:?}", p.name, p.hook, p.attached, p.error);
     }
     println!("lsm_error: {:?}", report.lsm_error());
     assert!(report.net_enforced(), "{report:?}");
     let stats = MapHandle::from_pinned_path(fixture.pin_dir.join("rush_stats")).unwrap();
-    assert_eq!(
-        stats.value_size(),
-        8,
-        "the incompatible rush_stats pin was replaced"
-    );
+    assert_eq!(stats.value_size(), 8, "the incompatible rush_stats pin was replaced");
 
     // Deny: every way out is refused, with an event; processes outside are untouched.
     bpf.add_agent(cgroup_id, &KernelNetPolicy::Deny).unwrap();
     std::net::TcpStream::connect(tcp_addr).expect("outside the agent cgroup: allowed");
     assert_eq!(probe(&agent, Probe::Tcp(tcp_addr)), Err(EPERM), "connect4");
-    assert_eq!(
-        probe(&sub, Probe::Tcp(tcp_addr)),
-        Err(EPERM),
-        "connect4 from a sub-cgroup"
-    );
-    assert_eq!(
-        probe(&agent, Probe::Tcp(mapped)),
-        Err(EPERM),
-        "connect6 to ::ffff:127.0.0.1"
-    );
+    assert_eq!(probe(&sub, Probe::Tcp(tcp_addr)), Err(EPERM), "connect4 from a sub-cgroup");
+    assert_eq!(probe(&agent, Probe::Tcp(mapped)), Err(EPERM), "connect6 to ::ffff:127.0.0.1");
     assert_eq!(probe(&agent, Probe::Udp(udp_addr)), Err(EPERM), "sendmsg4");
-    assert_eq!(
-        probe(&agent, Probe::Tcp(v6_loopback)),
-        Err(EPERM),
-        "connect6"
-    );
-    assert_eq!(
-        probe(&agent, Probe::FastOpen(tcp_addr)),
-        Err(EPERM),
-        "TCP fast open sendto"
-    );
+    assert_eq!(probe(&agent, Probe::Tcp(v6_loopback)), Err(EPERM), "connect6");
+    assert_eq!(probe(&agent, Probe::FastOpen(tcp_addr)), Err(EPERM), "TCP fast open sendto");
     let denies = collect_denies(&mut events, 6);
     let expect = |hook, destination: SocketAddr, protocol: &str| {
         assert!(
-            denies.iter().any(|e| matches!(e, KernelEvent::NetDeny { cgroup_id: c, comm, hook: h, destination: d, protocol: p, pid, tgid }
+            denies.iter().any(|e| matches!(e, KernelEvent::NetDeny { cgroup_id: c, comm, hook: h, destination: d, protocol: p, pid, tgid, .. }
                 if *c == cgroup_id && comm == CHILD_COMM && *h == hook && *d == destination && p == protocol && pid == tgid)),
             "no {hook:?} deny event to {destination} ({protocol}) in {denies:#?}"
         )
@@ -121,41 +90,20 @@ fn smoke_test_net_confinement() {
 
     // Failed ring-buffer reservations are counted in rush_stats and reported as deltas.
     let lost_key = rush_ebpf::STAT_EVENTS_LOST.to_ne_bytes();
-    let lost = stats
-        .lookup(&lost_key, libbpf_rs::MapFlags::ANY)
-        .unwrap()
-        .unwrap();
+    let lost = stats.lookup(&lost_key, libbpf_rs::MapFlags::ANY).unwrap().unwrap();
     let lost = u64::from_ne_bytes(lost.try_into().unwrap());
-    stats
-        .update(
-            &lost_key,
-            &(lost + 5).to_ne_bytes(),
-            libbpf_rs::MapFlags::ANY,
-        )
-        .unwrap();
+    stats.update(&lost_key, &(lost + 5).to_ne_bytes(), libbpf_rs::MapFlags::ANY).unwrap();
     assert_eq!(next_lost(&mut events), Some(5));
 
     // List: exactly the listed (address, port); port 0 = any port.
     let list = KernelNetPolicy::List(vec![(tcp_addr.ip(), tcp_addr.port())]);
     bpf.add_agent(cgroup_id, &list).unwrap();
     assert_eq!(probe(&agent, Probe::Tcp(tcp_addr)), Ok(()), "listed");
-    assert_eq!(
-        probe(&agent, Probe::Tcp(mapped)),
-        Ok(()),
-        "listed, via a v6 socket"
-    );
-    assert_eq!(
-        probe(&agent, Probe::Udp(udp_addr)),
-        Err(EPERM),
-        "port not listed"
-    );
+    assert_eq!(probe(&agent, Probe::Tcp(mapped)), Ok(()), "listed, via a v6 socket");
+    assert_eq!(probe(&agent, Probe::Udp(udp_addr)), Err(EPERM), "port not listed");
     let any_port = KernelNetPolicy::List(vec![(udp_addr.ip(), 0)]);
     bpf.add_agent(cgroup_id, &any_port).unwrap();
-    assert_eq!(
-        probe(&agent, Probe::Udp(udp_addr)),
-        Ok(()),
-        "port 0 = any port"
-    );
+    assert_eq!(probe(&agent, Probe::Udp(udp_addr)), Ok(()), "port 0 = any port");
 
     bpf.add_agent(cgroup_id, &KernelNetPolicy::Allow).unwrap();
     assert_eq!(probe(&agent, Probe::Udp(udp_addr)), Ok(()), "allow-all");
@@ -167,17 +115,9 @@ fn smoke_test_net_confinement() {
     while bpf_threads() > 0 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(
-        bpf_threads(),
-        0,
-        "owner and events threads end with the last handle"
-    );
+    assert_eq!(bpf_threads(), 0, "owner and events threads end with the last handle");
     drop(events);
-    assert_eq!(
-        probe(&agent, Probe::Tcp(tcp_addr)),
-        Err(EPERM),
-        "enforced with no daemon"
-    );
+    assert_eq!(probe(&agent, Probe::Tcp(tcp_addr)), Err(EPERM), "enforced with no daemon");
 
     // A restarted daemon reuses the pinned maps and replaces the pinned links.
     let old_prog = pinned_connect4_prog(&fixture.pin_dir);
@@ -185,23 +125,12 @@ fn smoke_test_net_confinement() {
     let (bpf, _report, _events) = BpfHandle::start(cfg).expect("restart BPF");
     let new_prog = pinned_connect4_prog(&fixture.pin_dir);
     let attached = connect4_progs(&v2_root);
-    assert!(
-        attached.contains(&new_prog) && !attached.contains(&old_prog),
-        "old link replaced"
-    );
+    assert!(attached.contains(&new_prog) && !attached.contains(&old_prog), "old link replaced");
     assert_eq!(bpf.agent_ids().unwrap(), vec![cgroup_id]);
-    assert_eq!(
-        probe(&agent, Probe::Tcp(tcp_addr)),
-        Err(EPERM),
-        "still denied after restart"
-    );
+    assert_eq!(probe(&agent, Probe::Tcp(tcp_addr)), Err(EPERM), "still denied after restart");
     bpf.remove_agent(cgroup_id).unwrap();
     bpf.remove_agent(cgroup_id).unwrap(); // idempotent
-    assert_eq!(
-        probe(&agent, Probe::Tcp(tcp_addr)),
-        Ok(()),
-        "removed agent is unconfined"
-    );
+    assert_eq!(probe(&agent, Probe::Tcp(tcp_addr)), Ok(()), "removed agent is unconfined");
     assert!(bpf.agent_ids().unwrap().is_empty());
     println!("smoke test passed");
 }
@@ -215,11 +144,7 @@ struct Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.pin_dir);
-        for dir in [
-            self.parent.join("a1/sub"),
-            self.parent.join("a1"),
-            self.parent.clone(),
-        ] {
+        for dir in [self.parent.join("a1/sub"), self.parent.join("a1"), self.parent.clone()] {
             // rmdir fails while the cgroup still counts an exiting process; retry briefly.
             let deadline = Instant::now() + Duration::from_secs(2);
             while std::fs::remove_dir(&dir).is_err() && dir.exists() && Instant::now() < deadline {
@@ -332,11 +257,7 @@ fn probe(cgroup: &Path, probe: Probe) -> Result<(), i32> {
     };
     let (sockaddr, sockaddr_len) = raw_sockaddr(addr);
     let sockaddr_ptr = (&raw const sockaddr).cast::<libc::sockaddr>();
-    let domain = if addr.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
+    let domain = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
 
     // SAFETY: this test process has other threads, so the child may only make
     // async-signal-safe calls: it runs raw syscalls on memory prepared before the fork and
@@ -357,14 +278,9 @@ fn probe(cgroup: &Path, probe: Probe) -> Result<(), i32> {
                 libc::_exit(201);
             }
             let r = match send_flags {
-                Some(flags) => libc::sendto(
-                    s,
-                    c"x".as_ptr().cast(),
-                    1,
-                    flags,
-                    sockaddr_ptr,
-                    sockaddr_len,
-                ) as i32,
+                Some(flags) => {
+                    libc::sendto(s, c"x".as_ptr().cast(), 1, flags, sockaddr_ptr, sockaddr_len) as i32
+                }
                 None => libc::connect(s, sockaddr_ptr, sockaddr_len),
             };
             libc::_exit(if r < 0 { *libc::__errno_location() } else { 0 })
@@ -386,9 +302,7 @@ fn raw_sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
                 sin_zero: [0; 8],
             };
             // SAFETY: sockaddr_storage is larger than and aligned for every sockaddr type.
@@ -400,9 +314,7 @@ fn raw_sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
                 sin6_family: libc::AF_INET6 as libc::sa_family_t,
                 sin6_port: a.port().to_be(),
                 sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
                 sin6_scope_id: 0,
             };
             // SAFETY: as above.

@@ -24,9 +24,7 @@ pub fn list(ctx: &mut Ctx) -> Result<u8> {
 }
 
 pub fn status(ctx: &mut Ctx, name: &AgentName) -> Result<u8> {
-    let agent = match ctx.connect()?.call(Request::AgentStatus {
-        name: name.to_string(),
-    })? {
+    let agent = match ctx.connect()?.call(Request::AgentStatus { name: name.to_string() })? {
         Response::Agent { agent } => agent,
         other => return Err(unexpected("agent", &other)),
     };
@@ -44,16 +42,8 @@ pub fn kill(ctx: &mut Ctx, name: &AgentName) -> Result<u8> {
         name: String,
         processes_killed: u32,
     }
-    let killed = match ctx.connect()?.call(Request::KillAgent {
-        name: name.to_string(),
-    })? {
-        Response::Killed {
-            name,
-            processes_killed,
-        } => Killed {
-            name,
-            processes_killed,
-        },
+    let killed = match ctx.connect()?.call(Request::KillAgent { name: name.to_string() })? {
+        Response::Killed { name, processes_killed } => Killed { name, processes_killed },
         other => return Err(unexpected("killed", &other)),
     };
     if ctx.out.json {
@@ -61,10 +51,7 @@ pub fn kill(ctx: &mut Ctx, name: &AgentName) -> Result<u8> {
     } else {
         let n = killed.processes_killed;
         let noun = if n == 1 { "process" } else { "processes" };
-        ctx.out.text(&format!(
-            "killed {} ({n} {noun})\n",
-            render::sanitize(&killed.name)
-        ))?;
+        ctx.out.text(&format!("killed {} ({n} {noun})\n", render::sanitize(&killed.name)))?;
     }
     Ok(0)
 }
@@ -77,13 +64,7 @@ pub fn logs(ctx: &mut Ctx, name: &AgentName, follow: bool) -> Result<u8> {
         data: &'a str,
     }
     let mut client = ctx.connect()?;
-    let id = client.send(
-        Request::AgentLogs {
-            name: name.to_string(),
-            follow,
-        },
-        &[],
-    )?;
+    let id = client.send(Request::AgentLogs { name: name.to_string(), follow }, &[])?;
     // `--json` without --follow: one document with all the output.
     let mut whole = String::new();
     loop {
@@ -91,9 +72,7 @@ pub fn logs(ctx: &mut Ctx, name: &AgentName, follow: bool) -> Result<u8> {
             Ok(Response::Logs { data, end }) => (data, end),
             Ok(other) => return Err(unexpected("logs", &other)),
             Err(ClientError::Closed) => {
-                return Err(
-                    anyhow!("the daemon closed the log stream of {name} before its end").into(),
-                );
+                return Err(anyhow!("the daemon closed the log stream of {name} before its end").into());
             }
             Err(e) => return Err(e.into()),
         };

@@ -31,10 +31,7 @@ pub fn audit(ctx: &mut Ctx, args: AuditArgs) -> Result<u8> {
             if ctx.out.json {
                 ctx.out.document(&events)?;
             } else {
-                let text: String = events
-                    .iter()
-                    .map(|r| render::audit_line(r) + "\n")
-                    .collect();
+                let text: String = events.iter().map(|r| render::audit_line(r) + "\n").collect();
                 ctx.out.text(&text)?;
             }
             return Ok(0);

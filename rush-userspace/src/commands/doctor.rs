@@ -10,19 +10,12 @@ use crate::render;
 pub fn doctor(ctx: &mut Ctx) -> Result<u8> {
     let hint = |e: crate::error::Error| {
         if e.is_unreachable() {
-            e.with_hint(
-                "`rush-agentd doctor` probes this kernel without a running daemon (as root)",
-            )
+            e.with_hint("`rush-agentd doctor` probes this kernel without a running daemon (as root)")
         } else {
             e
         }
     };
-    let report = match ctx
-        .connect()
-        .map_err(hint)?
-        .call(Request::Doctor)
-        .map_err(|e| hint(e.into()))?
-    {
+    let report = match ctx.connect().map_err(hint)?.call(Request::Doctor).map_err(|e| hint(e.into()))? {
         Response::Doctor { report } => report,
         other => return Err(unexpected("doctor", &other)),
     };

@@ -28,25 +28,12 @@ struct Side {
 
 /// Our version, then the daemon's; exits 1 (after printing ours) if it cannot be reached.
 pub fn version(ctx: &mut Ctx) -> Result<u8> {
-    let rush = Side {
-        version: VERSION.into(),
-        protocol_version: PROTOCOL_VERSION,
-        caller: None,
-    };
+    let rush = Side { version: VERSION.into(), protocol_version: PROTOCOL_VERSION, caller: None };
     let hello = ctx.connect().and_then(|mut c| Ok(c.call(Request::Hello)?));
     let (daemon, failure) = match hello {
-        Ok(Response::Hello {
-            daemon_version,
-            protocol_version,
-            caller,
-        }) => (
-            Some(Side {
-                version: daemon_version,
-                protocol_version,
-                caller: Some(caller),
-            }),
-            None,
-        ),
+        Ok(Response::Hello { daemon_version, protocol_version, caller }) => {
+            (Some(Side { version: daemon_version, protocol_version, caller: Some(caller) }), None)
+        }
         Ok(other) => (None, Some(unexpected("hello", &other))),
         Err(e) => (None, Some(e)),
     };
@@ -54,8 +41,7 @@ pub fn version(ctx: &mut Ctx) -> Result<u8> {
     if ctx.out.json {
         ctx.out.document(&versions)?;
     } else {
-        ctx.out
-            .text(&render_versions(&versions, &ctx.socket.to_string_lossy()))?;
+        ctx.out.text(&render_versions(&versions, &ctx.socket.to_string_lossy()))?;
     }
     match failure {
         Some(e) => Err(e),
@@ -64,10 +50,7 @@ pub fn version(ctx: &mut Ctx) -> Result<u8> {
 }
 
 fn render_versions(v: &Versions, socket: &str) -> String {
-    let mut out = format!(
-        "rush {} (protocol {})\n",
-        v.rush.version, v.rush.protocol_version
-    );
+    let mut out = format!("rush {} (protocol {})\n", v.rush.version, v.rush.protocol_version);
     if let Some(d) = &v.daemon {
         out += &format!(
             "rush-agentd {} (protocol {}) at {}\n",
@@ -81,10 +64,7 @@ fn render_versions(v: &Versions, socket: &str) -> String {
                 CallerRole::Agent { name } => format!("agent {}", sanitize(name)),
                 CallerRole::Unprivileged => "unprivileged".to_string(),
             };
-            out += &format!(
-                "you: {role} (uid {}, gid {}, pid {})\n",
-                c.uid, c.gid, c.pid
-            );
+            out += &format!("you: {role} (uid {}, gid {}, pid {})\n", c.uid, c.gid, c.pid);
         }
     }
     out
@@ -99,9 +79,7 @@ pub fn completions(ctx: &mut Ctx, shell: clap_complete::Shell) -> Result<u8> {
 
 pub fn man(ctx: &mut Ctx) -> Result<u8> {
     let mut buf = Vec::new();
-    clap_mangen::Man::new(Cli::command())
-        .render(&mut buf)
-        .map_err(Error::stdout)?;
+    clap_mangen::Man::new(Cli::command()).render(&mut buf).map_err(Error::stdout)?;
     ctx.out.text(&String::from_utf8_lossy(&buf))?;
     Ok(0)
 }
@@ -113,20 +91,11 @@ mod tests {
     #[test]
     fn versions_text() {
         let v = Versions {
-            rush: Side {
-                version: "0.1.0".into(),
-                protocol_version: 1,
-                caller: None,
-            },
+            rush: Side { version: "0.1.0".into(), protocol_version: 1, caller: None },
             daemon: Some(Side {
                 version: "0.1.0".into(),
                 protocol_version: 1,
-                caller: Some(CallerInfo {
-                    uid: 0,
-                    gid: 0,
-                    pid: 7,
-                    role: CallerRole::Operator,
-                }),
+                caller: Some(CallerInfo { uid: 0, gid: 0, pid: 7, role: CallerRole::Operator }),
             }),
         };
         assert_eq!(

@@ -31,10 +31,7 @@ impl Ctx {
 }
 
 pub fn run(cli: Cli) -> Result<u8> {
-    let mut ctx = Ctx {
-        socket: cli.socket,
-        out: Output::stdout(cli.json),
-    };
+    let mut ctx = Ctx { socket: cli.socket, out: Output::stdout(cli.json) };
     match cli.command {
         Command::Agent(AgentCommand::Spawn(args)) => spawn::spawn(&mut ctx, args),
         Command::Agent(AgentCommand::List) => agent::list(&mut ctx),

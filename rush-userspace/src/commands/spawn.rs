@@ -18,8 +18,8 @@ use crate::render::sanitize;
 pub const INTERRUPTED: i32 = 130;
 
 pub fn spawn(ctx: &mut Ctx, args: SpawnArgs) -> Result<u8> {
-    let cwd = std::env::current_dir()
-        .context("cannot read the current directory, where the agent would start")?;
+    let cwd =
+        std::env::current_dir().context("cannot read the current directory, where the agent would start")?;
     let request = SpawnRequest {
         name: args.name.to_string(),
         command: args.command,
@@ -27,25 +27,15 @@ pub fn spawn(ctx: &mut Ctx, args: SpawnArgs) -> Result<u8> {
         allow: args.allow,
         env: environment(),
         cwd,
-        stdio: if args.detach {
-            StdioMode::Log
-        } else {
-            StdioMode::Passed
-        },
+        stdio: if args.detach { StdioMode::Log } else { StdioMode::Passed },
     };
-    if args.detach {
-        detached(ctx, request)
-    } else {
-        foreground(ctx, request)
-    }
+    if args.detach { detached(ctx, request) } else { foreground(ctx, request) }
 }
 
 /// Our environment, as the agent gets it. The protocol carries UTF-8 only; a variable
 /// that is not valid UTF-8 is left out.
 fn environment() -> Vec<(String, String)> {
-    std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect()
+    std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect()
 }
 
 fn detached(ctx: &mut Ctx, request: SpawnRequest) -> Result<u8> {
@@ -110,11 +100,7 @@ extern "C" fn exit_interrupted(_: libc::c_int) {
 /// Ctrl-C ends rush at once with status 130; closing our connection makes the daemon kill
 /// the agent. (The agent is not in our process group, so the terminal signals only us.)
 fn exit_on_sigint() -> Result<()> {
-    let action = SigAction::new(
-        SigHandler::Handler(exit_interrupted),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
+    let action = SigAction::new(SigHandler::Handler(exit_interrupted), SaFlags::empty(), SigSet::empty());
     // SAFETY: the handler only calls _exit(2), which is async-signal-safe, and touches no
     // state of this program.
     unsafe { sigaction(Signal::SIGINT, &action) }.context("cannot install a SIGINT handler")?;
@@ -127,11 +113,7 @@ struct SavedTerminal(Option<Termios>);
 impl SavedTerminal {
     fn save() -> SavedTerminal {
         let stdin = io::stdin();
-        SavedTerminal(if stdin.is_terminal() {
-            termios::tcgetattr(stdin.as_fd()).ok()
-        } else {
-            None
-        })
+        SavedTerminal(if stdin.is_terminal() { termios::tcgetattr(stdin.as_fd()).ok() } else { None })
     }
 
     fn restore(&self) {

@@ -22,7 +22,13 @@ pub struct Writer {
 impl Writer {
     pub fn create(path: &Path) -> Result<Writer> {
         let f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        Ok(Writer { out: BufWriter::new(f), written: 0, next_ino: 1, dirs: BTreeSet::new(), names: BTreeSet::new() })
+        Ok(Writer {
+            out: BufWriter::new(f),
+            written: 0,
+            next_ino: 1,
+            dirs: BTreeSet::new(),
+            names: BTreeSet::new(),
+        })
     }
 
     /// A directory (and its missing parents), mode 0755 unless it exists already.
@@ -68,10 +74,6 @@ impl Writer {
         }
         self.parent(&path)?;
         self.entry(&path, 0o020000 | mode, 1, (major << 8) | minor, b"")
-    }
-
-    pub fn contains(&self, path: &str) -> bool {
-        clean(path).is_ok_and(|p| self.names.contains(&p) || self.dirs.contains(&p))
     }
 
     /// Writes the trailer, pads to 512 bytes (so archives can be concatenated) and flushes.

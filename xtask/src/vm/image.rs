@@ -38,7 +38,8 @@ const RECIPE_VERSION: &str = "1";
 
 const BUSYBOX: &str = "/bin/busybox";
 
-const ETC_PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
+const ETC_PASSWD: &str =
+    "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
 const ETC_GROUP: &str = "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n";
 const ETC_HOSTS: &str = "127.0.0.1\tlocalhost rush-vm\n::1\tlocalhost ip6-localhost ip6-loopback\n";
 
@@ -56,7 +57,8 @@ fn fnv(h: &mut u64, bytes: &[u8]) {
 /// The base initramfs of `k`, built unless the cache holds one for this recipe.
 /// Returns its path and whether it was built now.
 pub fn base_initramfs(k: &Kernel) -> Result<(PathBuf, bool)> {
-    let busybox = std::fs::read(BUSYBOX).with_context(|| format!("reading {BUSYBOX} (package busybox-static)"))?;
+    let busybox =
+        std::fs::read(BUSYBOX).with_context(|| format!("reading {BUSYBOX} (package busybox-static)"))?;
     let mut h = 0xcbf29ce484222325u64;
     for part in [RECIPE_VERSION.as_bytes(), INIT.as_bytes(), MODULES.join(" ").as_bytes(), &busybox] {
         fnv(&mut h, part);
@@ -86,12 +88,17 @@ pub fn base_initramfs(k: &Kernel) -> Result<(PathBuf, bool)> {
     w.file("etc/rush-vm/package", 0o644, format!("{} {}", k.package, k.version).as_bytes())?;
     let mut list = String::new();
     for m in &modules {
-        w.file(&format!("lib/modules/{}/{}", k.release, m.guest_rel), 0o644, &kernel::module_bytes(&m.source)?)?;
+        w.file(
+            &format!("lib/modules/{}/{}", k.release, m.guest_rel),
+            0o644,
+            &kernel::module_bytes(&m.source)?,
+        )?;
         list.push_str(&m.guest_rel);
         list.push('\n');
     }
     w.file("etc/rush-vm/modules", 0o644, list.as_bytes())?;
     w.finish()?;
+    std::fs::rename(&tmp, &path)?;
     // Older images of this kernel (other recipe hashes) are dead weight.
     for e in std::fs::read_dir(&k.dir)?.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -99,7 +106,6 @@ pub fn base_initramfs(k: &Kernel) -> Result<(PathBuf, bool)> {
             let _ = std::fs::remove_file(e.path());
         }
     }
-    std::fs::rename(&tmp, &path)?;
     Ok((path, true))
 }
 
@@ -135,6 +141,10 @@ impl Payload {
         self.w.file(guest, mode, data)
     }
 
+    pub fn symlink(&mut self, guest: &str, target: &str) -> Result<()> {
+        self.w.symlink(guest, target)
+    }
+
     pub fn finish(self) -> Result<u64> {
         self.w.finish()
     }
@@ -161,7 +171,9 @@ fn ldd(exe: &Path) -> Result<Vec<String>> {
     let out = Command::new("ldd").arg(exe).output().context("running ldd")?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        if text.contains("not a dynamic executable") || String::from_utf8_lossy(&out.stderr).contains("not a dynamic") {
+        if text.contains("not a dynamic executable")
+            || String::from_utf8_lossy(&out.stderr).contains("not a dynamic")
+        {
             return Ok(Vec::new());
         }
         bail!("ldd {} failed: {}", exe.display(), String::from_utf8_lossy(&out.stderr));

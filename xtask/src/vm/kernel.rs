@@ -66,7 +66,8 @@ impl Series {
     /// The newest package of this series in the local apt lists (the signed one preferred:
     /// both hold the same kernel, and QEMU does not check signatures).
     fn newest_in_apt_lists(&self) -> Option<String> {
-        let pattern = format!("^{}[0-9]+{}(-unsigned)?$", regex_escape(self.prefix), regex_escape(self.suffix));
+        let pattern =
+            format!("^{}[0-9]+{}(-unsigned)?$", regex_escape(self.prefix), regex_escape(self.suffix));
         let out = Command::new("apt-cache").args(["search", "--names-only", &pattern]).output().ok()?;
         let text = String::from_utf8_lossy(&out.stdout);
         text.lines()
@@ -156,7 +157,10 @@ pub fn prepare(series: Series, refresh: bool, updated: &mut bool) -> Result<Kern
         }
         Err(e) => match series.newest_cached(&cache) {
             Some((name, version)) => {
-                eprintln!("    WARNING: cannot fetch the newest {} kernel ({e:#}); using cached {name} {version}", series.label);
+                eprintln!(
+                    "    WARNING: cannot fetch the newest {} kernel ({e:#}); using cached {name} {version}",
+                    series.label
+                );
                 open(series, &cache, &name, &version, false)
             }
             None => Err(e.context(format!("fetching the {} kernel", series.label))),
@@ -205,7 +209,16 @@ fn open(series: Series, cache: &Path, package: &str, version: &str, fetched: boo
     if !vmlinuz.is_file() {
         bail!("{} has no kernel image", vmlinuz.display());
     }
-    Ok(Kernel { series, package: package.into(), version: version.into(), release, dir, root, vmlinuz, fetched })
+    Ok(Kernel {
+        series,
+        package: package.into(),
+        version: version.into(),
+        release,
+        dir,
+        root,
+        vmlinuz,
+        fetched,
+    })
 }
 
 fn release_of(root: &Path) -> Result<String> {
@@ -243,7 +256,10 @@ pub fn modules_in_load_order(k: &Kernel, wanted: &[&str]) -> Result<(Vec<Module>
     let mut deps: HashMap<String, (String, Vec<String>)> = HashMap::new();
     for line in dep_text.lines() {
         let Some((path, rest)) = line.split_once(':') else { continue };
-        deps.insert(module_name(path), (path.to_owned(), rest.split_whitespace().map(str::to_owned).collect()));
+        deps.insert(
+            module_name(path),
+            (path.to_owned(), rest.split_whitespace().map(str::to_owned).collect()),
+        );
     }
     let builtin: Vec<String> = builtin.lines().map(module_name).collect();
     let mut order: Vec<String> = Vec::new();
@@ -265,7 +281,8 @@ pub fn modules_in_load_order(k: &Kernel, wanted: &[&str]) -> Result<(Vec<Module>
     let modules = order
         .into_iter()
         .map(|rel| {
-            let plain = rel.trim_end_matches(".xz").trim_end_matches(".zst").trim_end_matches(".gz").to_owned();
+            let plain =
+                rel.trim_end_matches(".xz").trim_end_matches(".zst").trim_end_matches(".gz").to_owned();
             Module { source: dir.join(&rel), guest_rel: plain }
         })
         .collect();
@@ -285,7 +302,8 @@ pub fn module_bytes(source: &Path) -> Result<Vec<u8>> {
         Some("gz") => "gzip",
         _ => return std::fs::read(source).with_context(|| format!("reading {}", source.display())),
     };
-    let out = Command::new(tool).arg("-dc").arg(source).output().with_context(|| format!("running {tool}"))?;
+    let out =
+        Command::new(tool).arg("-dc").arg(source).output().with_context(|| format!("running {tool}"))?;
     if !out.status.success() {
         bail!("{tool} -dc {} failed: {}", source.display(), String::from_utf8_lossy(&out.stderr));
     }

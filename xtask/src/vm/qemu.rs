@@ -16,7 +16,8 @@ pub struct Boot<'a> {
     pub initrd: &'a Path,
     pub append: String,
     pub memory_mb: u32,
-    pub kvm: bool,
+    /// QEMU's -accel value: kvm, tcg,thread=single, tcg,thread=multi.
+    pub accel: &'a str,
     pub timeout: Duration,
     pub log: PathBuf,
 }
@@ -43,11 +44,7 @@ struct Shared {
 
 pub fn boot(b: &Boot<'_>) -> Result<Outcome> {
     let mut cmd = Command::new("qemu-system-x86_64");
-    if b.kvm {
-        cmd.args(["-accel", "kvm", "-cpu", "host"]);
-    } else {
-        cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max"]);
-    }
+    cmd.args(["-accel", b.accel, "-cpu", if b.accel == "kvm" { "host" } else { "max" }]);
     cmd.args(["-machine", "q35", "-m", &b.memory_mb.to_string(), "-smp", "2"])
         .args(["-nographic", "-no-reboot", "-nic", "none"])
         .arg("-kernel")
@@ -63,7 +60,12 @@ pub fn boot(b: &Boot<'_>) -> Result<Outcome> {
     let start = Instant::now();
     let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
     let mut log = std::fs::File::create(&b.log).with_context(|| format!("creating {}", b.log.display()))?;
-    let shared = Arc::new(Mutex::new(Shared { exit: None, first_init_line: None, marker_at: None, lines: Vec::new() }));
+    let shared = Arc::new(Mutex::new(Shared {
+        exit: None,
+        first_init_line: None,
+        marker_at: None,
+        lines: Vec::new(),
+    }));
 
     let stdout = child.stdout.take().unwrap();
     let stderr = child.stderr.take().unwrap();
