@@ -124,8 +124,28 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// SIGKILL, as a crash would: no cleanup, pins and agents stay.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The daemon's doctor report (via `rush --json doctor`).
+    pub fn doctor(&self) -> serde_json::Value {
+        self.rush_json(&["doctor"])
+    }
+
+    /// Whether this daemon attached its BPF LSM (file-token) programs.
+    pub fn lsm_attached(&self) -> bool {
+        self.doctor()["probes"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["name"] == "bpf-lsm-attach" && p["ok"] == true))
+    }
+
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
     }
 
     /// `rush --socket S ARGS...`, waited for.
@@ -176,9 +196,15 @@ impl Drop for Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
-        // The daemon removes its agents' cgroups; the parent directories are ours to remove.
+        // The daemon removes its agents' cgroups, unless a test killed it: then whatever
+        // is left (agents and their cgroups) is ours to remove, and so are the parents.
         for root in cgroup_roots() {
-            let _ = std::fs::remove_dir(root.join(&self.cgroup_parent));
+            let parent = root.join(&self.cgroup_parent);
+            for agent in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+                let _ = std::fs::write(agent.path().join("cgroup.kill"), "1");
+                wait_until(Duration::from_secs(2), || std::fs::remove_dir(agent.path()).is_ok());
+            }
+            let _ = std::fs::remove_dir(&parent);
         }
         let _ = std::fs::remove_dir_all(&self.pin_dir);
     }

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use rush_proto::{
-    AgentInfo, AgentName, AgentState, ApiError, AuditEvent, ErrorKind, ExitStatus, NetPolicy, SpawnRequest,
-    StdioMode,
+    AgentInfo, AgentName, AgentState, ApiError, AuditEvent, ErrorKind, ExitStatus, FileGrant, GrantRequest,
+    NetPolicy, Ops, RevokeTarget, SpawnRequest, StdioMode, TokenInfo,
 };
 use tokio::sync::watch;
 
@@ -18,6 +18,7 @@ use crate::audit::{AuditLog, now_unix_ms};
 use crate::bpf::{KernelNetPolicy, KernelPolicy};
 use crate::cgroup::{AgentCgroup, CgroupBackend};
 use crate::spawn::{Spawn, SpawnError};
+use crate::tokens::{NewToken, Origin, TokenError, TokenStore};
 
 /// An agent's first process, as the daemon holds it.
 struct Child {
@@ -52,6 +53,9 @@ pub struct AgentManager {
     audit: Arc<AuditLog>,
     enforcement: Enforcement,
     log_dir: PathBuf,
+    /// Tokens every file-confined agent gets (config `files.baseline`).
+    baseline: Vec<FileGrant>,
+    tokens: TokenStore,
     registry: Mutex<Registry>,
 }
 
@@ -70,6 +74,8 @@ struct Agent {
     cgroup: AgentCgroup,
     exit: watch::Receiver<Option<ExitStatus>>,
     log_path: Option<PathBuf>,
+    /// File hooks deny what no token covers (spawned with --allow).
+    files_confined: bool,
 }
 
 fn api_err(kind: ErrorKind, msg: impl Into<String>) -> ApiError {
@@ -83,8 +89,18 @@ impl AgentManager {
         audit: Arc<AuditLog>,
         enforcement: Enforcement,
         log_dir: PathBuf,
+        baseline: Vec<FileGrant>,
     ) -> Arc<AgentManager> {
-        Arc::new(AgentManager { cgroups, kernel, audit, enforcement, log_dir, registry: Mutex::default() })
+        Arc::new(AgentManager {
+            cgroups,
+            kernel,
+            audit,
+            enforcement,
+            log_dir,
+            baseline,
+            tokens: TokenStore::default(),
+            registry: Mutex::default(),
+        })
     }
 
     fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
@@ -130,12 +146,7 @@ impl AgentManager {
         if req.command.is_empty() || req.command[0].is_empty() {
             return Err(api_err(ErrorKind::InvalidArgument, "no command to run: give one after `--`"));
         }
-        if let Some(grant) = req.allow.first() {
-            let why = self
-                .enforcement
-                .file_tokens_unavailable
-                .clone()
-                .unwrap_or_else(|| "file tokens are not enforced by this daemon".into());
+        if let (Some(grant), Some(why)) = (req.allow.first(), &self.enforcement.file_tokens_unavailable) {
             return Err(api_err(
                 ErrorKind::Unsupported,
                 format!(
@@ -145,6 +156,7 @@ impl AgentManager {
                 ),
             ));
         }
+
         if !self.enforcement.net {
             return Err(api_err(
                 ErrorKind::Unsupported,
@@ -168,6 +180,11 @@ impl AgentManager {
             (StdioMode::Log, _) => (None, Some(self.log_dir.join(format!("{name}.log")))),
         };
         let net = resolve_net(&req.net).await?;
+        let file_tokens = if req.allow.is_empty() {
+            None
+        } else {
+            Some(self.spawn_tokens(&req.allow, stdio_fds.as_ref(), log_path.as_deref())?)
+        };
 
         // Reserve the name; everything after this point is undone on failure.
         {
@@ -181,7 +198,8 @@ impl AgentManager {
             }
             reg.starting.insert(name.clone());
         }
-        let result = self.start(&name, &req, &net, caller, stdio_fds, log_path.clone()).await;
+        let files_confined = file_tokens.is_some();
+        let result = self.start(&name, &req, &net, file_tokens, caller, stdio_fds, log_path.clone()).await;
         let mut reg = self.registry();
         reg.starting.remove(&name);
         let (info, cgroup, child) = result?;
@@ -192,7 +210,7 @@ impl AgentManager {
         }
         reg.agents.insert(
             name.clone(),
-            Agent { info: info.clone(), cgroup: cgroup.clone(), exit: rx.clone(), log_path },
+            Agent { info: info.clone(), cgroup: cgroup.clone(), exit: rx.clone(), log_path, files_confined },
         );
         drop(reg);
         self.audit.record(
@@ -215,6 +233,7 @@ impl AgentManager {
         name: &str,
         req: &SpawnRequest,
         net: &KernelNetPolicy,
+        file_tokens: Option<Vec<NewToken>>,
         caller: &Caller,
         stdio: Option<[OwnedFd; 3]>,
         log_path: Option<PathBuf>,
@@ -229,9 +248,23 @@ impl AgentManager {
             .map_err(|e| internal("cannot create the agent's cgroup", &error_chain(&e)))?;
         // Kernel events name the agent from its first instruction on.
         self.registry().names.insert(cg.id, name.to_owned());
-        // The policy must be in the kernel before the first process enters the cgroup.
-        if let Err(e) = self.kernel.add_agent(cg.id, net) {
-            let _ = self.cgroups.remove(&cg);
+        // The policy must be in the kernel before the first process enters the cgroup:
+        // file grants first, then the agent entry that makes them (and the net policy) live.
+        let files_confined = file_tokens.is_some();
+        let installed = (|| {
+            if let Some(tokens) = file_tokens {
+                let (_, entries) = self.tokens.add(name, cg.id, tokens);
+                for (key, entry) in entries {
+                    self.kernel.set_file_grant(cg.id, key, entry)?;
+                }
+            }
+            self.kernel.add_agent(cg.id, net, files_confined)
+        })();
+        if let Err(e) = installed {
+            self.tokens.forget_agent(cg.id);
+            if self.cgroups.remove(&cg).is_ok() {
+                let _ = self.kernel.remove_agent(cg.id);
+            }
             self.registry().names.remove(&cg.id);
             return Err(internal("cannot install the agent's kernel policy", &e));
         }
@@ -249,7 +282,11 @@ impl AgentManager {
                     state: AgentState::Running,
                     processes: 1,
                     started_unix_ms: now_unix_ms(),
-                    enforcement: vec!["identity:cgroup-v2".into(), "net:cgroup-sock-addr".into()],
+                    enforcement: std::iter::once("identity:cgroup-v2")
+                        .chain(Some("net:cgroup-sock-addr"))
+                        .chain(files_confined.then_some("files:bpf-lsm"))
+                        .map(str::to_owned)
+                        .collect(),
                     exit: None,
                     detached: req.stdio == StdioMode::Log,
                 };
@@ -260,6 +297,7 @@ impl AgentManager {
                 if self.cgroups.remove(&cg).is_ok() {
                     let _ = self.kernel.remove_agent(cg.id);
                 }
+                self.tokens.forget_agent(cg.id);
                 self.registry().names.remove(&cg.id);
                 Err(e)
             }
@@ -345,6 +383,7 @@ impl AgentManager {
                 if let Err(e) = self.kernel.remove_agent(cg.id) {
                     tracing::warn!(agent = %name, error = %e, "kernel policy not removed");
                 }
+                self.tokens.forget_agent(cg.id);
             }
             Ok(Err(e)) => {
                 tracing::error!(agent = %name, error = %error_chain(&e), "agent cgroup not removed; its policy stays in force")
@@ -434,6 +473,143 @@ impl AgentManager {
         Ok((path, a.exit.clone()))
     }
 
+    /// The tokens a spawn with --allow starts with: the baseline (paths missing here are
+    /// skipped) and the requested grants (which must exist).
+    fn spawn_tokens(
+        &self,
+        allow: &[FileGrant],
+        stdio: Option<&[OwnedFd; 3]>,
+        log_path: Option<&std::path::Path>,
+    ) -> Result<Vec<NewToken>, ApiError> {
+        let mut tokens: Vec<NewToken> = self
+            .baseline
+            .iter()
+            .filter_map(|g| match NewToken::resolve(g, Origin::Baseline) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::debug!(error = %e, "baseline token skipped");
+                    None
+                }
+            })
+            .collect();
+        for g in allow {
+            let t = NewToken::resolve(g, Origin::Spawn).map_err(|e| token_err("--allow", &e))?;
+            tokens.push(t);
+        }
+        // What the agent was handed stays usable: a regular file as stdin/stdout/stderr
+        // (`> out.txt`) or its log. Pipes and terminals need no token.
+        let stdio_ops = [Ops::READ, Ops::WRITE, Ops::WRITE];
+        if let Some(fds) = stdio {
+            for (fd, ops) in fds.iter().zip(stdio_ops) {
+                use std::os::fd::AsFd;
+                let meta = nix::sys::stat::fstat(fd.as_fd());
+                if meta.is_ok_and(|m| m.st_mode & libc::S_IFMT == libc::S_IFREG) {
+                    let key = crate::tokens::fd_key(fd.as_fd()).map_err(|e| token_err("stdio", &e))?;
+                    let path =
+                        std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd)))
+                            .unwrap_or_default();
+                    tokens.push(NewToken { path, key, ops, ttl_secs: None, origin: Origin::Stdio });
+                }
+            }
+        }
+        if let Some(log) = log_path {
+            // Created now, so that it has an inode to grant.
+            std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| {
+                api_err(ErrorKind::Internal, format!("cannot create log {}: {e}", log.display()))
+            })?;
+            let grant = FileGrant { path: log.to_owned(), ops: Ops::WRITE, ttl_secs: None };
+            tokens.push(NewToken::resolve(&grant, Origin::Stdio).map_err(|e| token_err("log", &e))?);
+        }
+        Ok(tokens)
+    }
+
+    /// The running, file-confined agent `name`: (cgroup id).
+    fn confined_agent(&self, name: &str) -> Result<u64, ApiError> {
+        let reg = self.registry();
+        let a = reg.agents.get(name).ok_or_else(|| not_found(name))?;
+        if a.info.state != AgentState::Running {
+            return Err(api_err(ErrorKind::InvalidArgument, format!("agent {name:?} has exited")));
+        }
+        if !a.files_confined {
+            return Err(api_err(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "agent {name:?} is not file-confined (it was spawned without --allow): its file access \
+                     is not restricted, so a token would change nothing"
+                ),
+            ));
+        }
+        Ok(a.cgroup.id)
+    }
+
+    pub fn grant(&self, req: GrantRequest, caller: &Caller) -> Result<TokenInfo, ApiError> {
+        if let Some(why) = &self.enforcement.file_tokens_unavailable {
+            return Err(api_err(ErrorKind::Unsupported, format!("refusing the grant: {why}")));
+        }
+        let cgroup_id = self.confined_agent(&req.agent)?;
+        if req.ops.0 == 0 {
+            return Err(api_err(ErrorKind::InvalidArgument, "no operations to grant"));
+        }
+        let grant = FileGrant { path: req.path, ops: req.ops, ttl_secs: req.duration_secs };
+        let new = NewToken::resolve(&grant, Origin::Grant).map_err(|e| token_err("grant", &e))?;
+        let (added, entries) = self.tokens.add(&req.agent, cgroup_id, vec![new]);
+        self.write_entries(cgroup_id, entries)?;
+        let token = added[0].info();
+        self.audit
+            .record(Some(&req.agent), AuditEvent::Grant { caller_uid: caller.uid, token: token.clone() });
+        Ok(token)
+    }
+
+    pub fn revoke(
+        &self,
+        agent: &str,
+        target: RevokeTarget,
+        caller: &Caller,
+    ) -> Result<Vec<TokenInfo>, ApiError> {
+        let cgroup_id = self.confined_agent(agent)?;
+        let (removed, entries) = match &target {
+            RevokeTarget::Id(id) => self.tokens.remove(cgroup_id, |t| t.id == *id),
+            RevokeTarget::Path(p) => {
+                // The path as it was granted, or whatever inode it names now.
+                let key = crate::tokens::file_key(p).ok();
+                self.tokens.remove(cgroup_id, |t| t.path == *p || Some(t.key) == key)
+            }
+        };
+        if removed.is_empty() {
+            let what = match target {
+                RevokeTarget::Id(id) => format!("token {id}"),
+                RevokeTarget::Path(p) => format!("token on {}", p.display()),
+            };
+            return Err(api_err(ErrorKind::NotFound, format!("agent {agent:?} has no {what}")));
+        }
+        self.write_entries(cgroup_id, entries)?;
+        let tokens: Vec<TokenInfo> = removed.iter().map(|t| t.info()).collect();
+        self.audit.record(Some(agent), AuditEvent::Revoke { caller_uid: caller.uid, tokens: tokens.clone() });
+        Ok(tokens)
+    }
+
+    pub fn capabilities(&self, agent: Option<&str>) -> Result<Vec<TokenInfo>, ApiError> {
+        if let Some(name) = agent
+            && !self.registry().agents.contains_key(name)
+        {
+            return Err(not_found(name));
+        }
+        Ok(self.tokens.list(agent))
+    }
+
+    fn write_entries(
+        &self,
+        cgroup_id: u64,
+        entries: Vec<(crate::bpf::FileKey, Option<crate::bpf::FileGrantEntry>)>,
+    ) -> Result<(), ApiError> {
+        for (key, entry) in entries {
+            self.kernel.set_file_grant(cgroup_id, key, entry).map_err(|e| {
+                api_err(ErrorKind::Internal, format!("kernel grant map not updated: {}", error_chain(&e)))
+            })?;
+        }
+        Ok(())
+    }
+
     /// Kills every running agent (daemon shutdown).
     pub async fn kill_all_agents(&self) {
         let running: Vec<(String, watch::Receiver<Option<ExitStatus>>, AgentCgroup)> = self
@@ -453,6 +629,16 @@ impl AgentManager {
             }
         }
     }
+}
+
+fn token_err(what: &str, e: &TokenError) -> ApiError {
+    let kind = match e {
+        TokenError::Stat { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            ErrorKind::NotFound
+        }
+        _ => ErrorKind::InvalidArgument,
+    };
+    api_err(kind, format!("{what}: {e}"))
 }
 
 fn not_found(name: &str) -> ApiError {
@@ -523,8 +709,14 @@ mod tests {
         let audit = Arc::new(AuditLog::open(&dir.path().join("audit.jsonl")).unwrap());
         let kernel = Arc::new(FakeKernel::default());
         let cgroups = Arc::new(FakeCgroups::default());
-        let mgr =
-            AgentManager::new(cgroups.clone(), kernel.clone(), audit, enforcement, dir.path().to_owned());
+        let mgr = AgentManager::new(
+            cgroups.clone(),
+            kernel.clone(),
+            audit,
+            enforcement,
+            dir.path().to_owned(),
+            vec!["/usr:read,exec".parse().unwrap()],
+        );
         Fixture { mgr, kernel, cgroups, _dir: dir }
     }
 
@@ -644,5 +836,77 @@ mod tests {
         rx.wait_for(|s| s.is_some()).await.unwrap();
         let (path, _) = f.mgr.log_path("a1").unwrap();
         assert_eq!(std::fs::read_to_string(path).unwrap(), "hello\nerr\n");
+    }
+
+    fn files_enforced() -> Enforcement {
+        Enforcement { net: true, file_tokens_unavailable: None }
+    }
+
+    #[tokio::test]
+    async fn allow_confines_the_agent_and_installs_grants_before_it_runs() {
+        let f = fixture(files_enforced());
+        let dir = tempfile::tempdir().unwrap();
+        let allow: FileGrant = format!("{}:read,write:1h", dir.path().display()).parse().unwrap();
+        let r = SpawnRequest { allow: vec![allow], ..req("f1", &["sleep", "5"]) };
+        let (info, _rx) = f.mgr.spawn(r, &me(), None).await.unwrap();
+        assert!(f.kernel.files_confined.lock().unwrap().contains(&info.cgroup_id));
+        assert!(info.enforcement.iter().any(|e| e == "files:bpf-lsm"), "{:?}", info.enforcement);
+        let key = crate::tokens::file_key(dir.path()).unwrap();
+        let grants = f.kernel.file_grants.lock().unwrap().clone();
+        let entry = grants.get(&(info.cgroup_id, key)).expect("the --allow grant is in the kernel");
+        assert!(entry.expires_ns[0] > crate::bpf::boot_time_ns() && entry.expires_ns[0] < u64::MAX);
+        assert_eq!(entry.expires_ns[2], 0, "no exec granted");
+        let usr = crate::tokens::file_key(std::path::Path::new("/usr")).unwrap();
+        assert_eq!(grants.get(&(info.cgroup_id, usr)).unwrap().expires_ns[2], u64::MAX, "baseline /usr exec");
+        // The detached agent's own log is granted (write) so it can keep writing to it.
+        let origins: Vec<String> =
+            f.mgr.capabilities(Some("f1")).unwrap().into_iter().map(|t| t.origin).collect();
+        assert_eq!(origins, ["baseline", "spawn", "stdio"]);
+    }
+
+    #[tokio::test]
+    async fn grant_and_revoke_rewrite_the_kernel_entry() {
+        let f = fixture(files_enforced());
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let allow: FileGrant = format!("{}:read", dir.path().display()).parse().unwrap();
+        let r = SpawnRequest { allow: vec![allow], ..req("g1", &["sleep", "5"]) };
+        let (info, _rx) = f.mgr.spawn(r, &me(), None).await.unwrap();
+        let key = crate::tokens::file_key(other.path()).unwrap();
+        let entry = |f: &Fixture| f.kernel.file_grants.lock().unwrap().get(&(info.cgroup_id, key)).copied();
+
+        let grant = GrantRequest {
+            agent: "g1".into(),
+            path: other.path().to_owned(),
+            ops: "write,create".parse().unwrap(),
+            duration_secs: None,
+        };
+        let token = f.mgr.grant(grant.clone(), &me()).unwrap();
+        assert_eq!(entry(&f).unwrap().expires_ns[1], u64::MAX);
+        // A second token on the same path, then revoke by path: both go, entry deleted.
+        f.mgr.grant(GrantRequest { ops: "read".parse().unwrap(), ..grant.clone() }, &me()).unwrap();
+        let gone = f.mgr.revoke("g1", RevokeTarget::Path(other.path().to_owned()), &me()).unwrap();
+        assert_eq!(gone.len(), 2);
+        assert!(gone.iter().any(|t| t.id == token.id));
+        assert_eq!(entry(&f), None);
+        let e = f.mgr.revoke("g1", RevokeTarget::Id(token.id), &me()).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotFound);
+        let e =
+            f.mgr.grant(GrantRequest { path: "/nonexistent/x".into(), ..grant.clone() }, &me()).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::NotFound);
+        assert!(e.message.contains("/nonexistent/x"), "{}", e.message);
+    }
+
+    #[tokio::test]
+    async fn grants_to_unconfined_agents_and_without_lsm_are_refused() {
+        let f = fixture(files_enforced());
+        let (_i, _rx) = f.mgr.spawn(req("free", &["sleep", "5"]), &me(), None).await.unwrap();
+        let grant =
+            GrantRequest { agent: "free".into(), path: "/tmp".into(), ops: Ops::READ, duration_secs: None };
+        let e = f.mgr.grant(grant.clone(), &me()).unwrap_err();
+        assert!(e.message.contains("not file-confined"), "{}", e.message);
+        let f = fixture(enforced());
+        let e = f.mgr.grant(grant, &me()).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unsupported);
     }
 }

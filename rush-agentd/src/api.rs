@@ -275,6 +275,9 @@ fn request_name(r: &Request) -> &'static str {
         Request::Audit(_) => "audit",
         Request::AgentLogs { .. } => "agent_logs",
         Request::Doctor => "doctor",
+        Request::Grant(_) => "grant",
+        Request::Revoke { .. } => "revoke",
+        Request::ListCapabilities { .. } => "list_capabilities",
     }
 }
 
@@ -288,7 +291,10 @@ fn authorize(peer: &Peer, req: &Request, ctx: &ApiContext) -> Result<(), ApiErro
     };
     let reason = format!("{who} may not {}: only root or the operator group may", request_name(req));
     // Refusals of mutations are worth auditing; reads are not.
-    if matches!(req, Request::Spawn(_) | Request::KillAgent { .. }) {
+    if matches!(
+        req,
+        Request::Spawn(_) | Request::KillAgent { .. } | Request::Grant(_) | Request::Revoke { .. }
+    ) {
         let agent = match &peer.role {
             CallerRole::Agent { name } => Some(name.as_str()),
             _ => None,
@@ -336,6 +342,13 @@ async fn dispatch(
         Request::Doctor => {
             let report = (ctx.doctor)();
             Ok(Response::Doctor { report })
+        }
+        Request::Grant(req) => ctx.agents.grant(req, &peer.caller).map(|token| Response::Granted { token }),
+        Request::Revoke { agent, target } => {
+            ctx.agents.revoke(&agent, target, &peer.caller).map(|tokens| Response::Revoked { tokens })
+        }
+        Request::ListCapabilities { agent } => {
+            ctx.agents.capabilities(agent.as_deref()).map(|tokens| Response::Capabilities { tokens })
         }
     };
     conn.send(id, reply.into()).await

@@ -15,6 +15,11 @@
 //! # hybrid hosts only: v1 hierarchies agents join (each join costs a spawn ~10 ms once
 //! # the kernel's cgroup locks have cooled down; pure cgroup v2 hosts pay nothing)
 //! v1_controllers = ["cpu", "cpuacct", "memory", "pids", "freezer"]
+//!
+//! [files]
+//! # tokens every file-confined agent (one spawned with --allow) gets, so that programs
+//! # can load; paths missing on this machine are skipped
+//! baseline = ["/usr:read,exec", "/lib:read,exec", "/etc/ld.so.cache:read", "/dev/null:read,write", ...]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -35,6 +40,48 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub bpf: BpfSection,
     pub cgroup: CgroupSection,
+    pub files: FilesSection,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilesSection {
+    /// `PATH:OPS` tokens given to every file-confined agent.
+    pub baseline: Vec<String>,
+}
+
+impl Default for FilesSection {
+    fn default() -> Self {
+        let base = [
+            "/usr:read,exec",
+            "/bin:read,exec",
+            "/sbin:read,exec",
+            "/lib:read,exec",
+            "/lib64:read,exec",
+            "/etc/ld.so.cache:read",
+            "/etc/ld.so.conf:read",
+            "/etc/ld.so.conf.d:read",
+            "/etc/localtime:read",
+            "/etc/nsswitch.conf:read",
+            "/etc/passwd:read",
+            "/etc/group:read",
+            "/dev/null:read,write",
+            "/dev/zero:read",
+            "/dev/full:read,write",
+            "/dev/random:read",
+            "/dev/urandom:read",
+            "/dev/tty:read,write",
+            "/dev/pts:read,write",
+        ];
+        FilesSection { baseline: base.iter().map(|s| s.to_string()).collect() }
+    }
+}
+
+impl FilesSection {
+    /// The baseline as grants (validated by `Config::parse`).
+    pub fn grants(&self) -> Vec<rush_proto::FileGrant> {
+        self.baseline.iter().filter_map(|g| g.parse().ok()).collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -109,6 +156,15 @@ impl Config {
 
     pub fn parse(text: &str) -> Result<Config, String> {
         let config: Config = toml::from_str(text).map_err(|e| e.message().to_owned())?;
+        for g in &config.files.baseline {
+            match g.parse::<rush_proto::FileGrant>() {
+                Ok(grant) if grant.ttl_secs.is_some() => {
+                    return Err(format!("files.baseline: {g:?}: baseline tokens cannot expire"));
+                }
+                Ok(_) => {}
+                Err(e) => return Err(format!("files.baseline: {e}")),
+            }
+        }
         for c in &config.cgroup.v1_controllers {
             if !crate::cgroup::V1_CONTROLLERS.contains(&c.as_str()) {
                 return Err(format!(
@@ -151,6 +207,15 @@ mod tests {
         assert!(e.contains("\"cpuset\""), "{e}");
         let c = Config::parse("[cgroup]\nv1_controllers = []\n").unwrap();
         assert!(c.cgroup.v1_controllers.is_empty());
+    }
+
+    #[test]
+    fn baseline_tokens_are_validated() {
+        assert_eq!(Config::default().files.grants().len(), FilesSection::default().baseline.len());
+        let e = Config::parse("[files]\nbaseline = [\"/usr:fly\"]\n").unwrap_err();
+        assert!(e.contains("fly"), "{e}");
+        let e = Config::parse("[files]\nbaseline = [\"/usr:read:5m\"]\n").unwrap_err();
+        assert!(e.contains("cannot expire"), "{e}");
     }
 
     #[test]

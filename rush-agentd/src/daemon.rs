@@ -53,17 +53,24 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     log_attach_report(&report);
     let enforcement = Enforcement {
         net: report.net_enforced(),
-        file_tokens_unavailable: Some(match report.lsm_error() {
+        file_tokens_unavailable: (!report.lsm_attached()).then(|| match report.lsm_error() {
             Some(e) => format!(
                 "this kernel does not attach BPF LSM programs ({e}), so file tokens cannot be enforced"
             ),
-            None => "file-token enforcement is not implemented in this version of rush-agentd".into(),
+            None => "the BPF LSM programs are not attached, so file tokens cannot be enforced".into(),
         }),
     };
 
     let audit = Arc::new(AuditLog::open(&state_dir.join("audit.jsonl"))?);
     let kernel: Arc<dyn KernelPolicy> = Arc::new(bpf.clone());
-    let agents = AgentManager::new(cgroups.clone(), kernel, audit.clone(), enforcement, log_dir);
+    let agents = AgentManager::new(
+        cgroups.clone(),
+        kernel,
+        audit.clone(),
+        enforcement,
+        log_dir,
+        config.files.grants(),
+    );
     agents.reap_orphans();
     let pump = tokio::spawn(pump_events(events, agents.clone(), audit.clone()));
 
@@ -145,6 +152,14 @@ async fn pump_events(
                         destination: destination.to_string(),
                         protocol,
                     },
+                );
+            }
+            KernelEvent::FileDeny { cgroup_id, pid: _, tgid, uid, comm, hook, op, path, dev: _, ino: _ } => {
+                let name = agents.name_of(cgroup_id).unwrap_or_else(|| format!("cgroup:{cgroup_id}"));
+                let op = rush_proto::Ops(op).to_string();
+                audit.record(
+                    Some(&name),
+                    AuditEvent::FileDeny { pid: tgid, uid, comm, hook: hook.into(), op, path },
                 );
             }
             KernelEvent::Lost { count } => {

@@ -3,6 +3,7 @@
 //! - [`cgroup`] — one cgroup per agent, on pure v2 or hybrid hosts
 //! - [`agent`] — spawning, tracking and killing agents
 //! - [`spawn`] — clone3 into the agent's cgroup, then exec
+//! - [`tokens`] — capability tokens and their kernel grant entries
 //! - [`audit`] — the audit trail
 //! - [`api`] — the Unix-socket NDJSON server and caller identification
 //! - [`probe`] — what this kernel supports (`doctor`)
@@ -18,3 +19,4 @@ pub mod config;
 pub mod daemon;
 pub mod probe;
 pub mod spawn;
+pub mod tokens;

@@ -35,7 +35,13 @@ pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
         },
     ));
     let (lsm_attach_ok, lsm_attach_detail) = match inputs.attach {
-        Some(r) if r.lsm_attached() => (true, "lsm/file_open and lsm/file_permission attached".to_owned()),
+        Some(r) if r.lsm_attached() => (
+            true,
+            format!(
+                "{} lsm programs attached",
+                r.programs.iter().filter(|p| p.hook.starts_with("lsm/")).count()
+            ),
+        ),
         Some(r) => (false, r.lsm_error().unwrap_or_else(|| "LSM programs did not attach".into())),
         None => (false, "not attempted".into()),
     };
@@ -132,16 +138,40 @@ pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
         ),
         g(
             "file tokens",
-            false,
+            lsm_attach_ok,
             if lsm_attach_ok {
-                "BPF LSM attaches here, but file-token enforcement is not implemented yet: --allow is refused"
-                    .into()
+                "agents spawned with --allow: every open, read, write, create, delete and rename checked by BPF LSM programs against their tokens (default deny)".into()
             } else {
                 format!("BPF LSM programs cannot attach ({lsm_attach_detail}): --allow is refused")
             },
         ),
-        g("live revoke on open files", false, "needs the BPF LSM file backend (not implemented yet)".into()),
-        g("exec control", false, "not implemented yet".into()),
+        g(
+            "live revoke on open files",
+            lsm_attach_ok,
+            if lsm_attach_ok {
+                "lsm/file_permission checks every read and write of a regular file or directory".into()
+            } else {
+                "needs the BPF LSM file programs".into()
+            },
+        ),
+        g(
+            "token expiry without the daemon",
+            lsm_attach_ok,
+            if lsm_attach_ok {
+                "deadlines in the grant map, compared with the boot clock in the kernel".into()
+            } else {
+                "needs the BPF LSM file programs".into()
+            },
+        ),
+        g(
+            "exec control",
+            lsm_attach_ok,
+            if lsm_attach_ok {
+                "file-confined agents execute only what a token grants `exec` (the baseline: system directories)".into()
+            } else {
+                "needs the BPF LSM file programs".into()
+            },
+        ),
         g(
             "self-protection",
             false,

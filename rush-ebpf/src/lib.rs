@@ -4,8 +4,9 @@
 //! structs in `rush.h`); `build.rs` compiles each into an object and a libbpf-rs skeleton:
 //!
 //! - [`net`]: `cgroup/connect4|6`, `cgroup/sendmsg4|6` — network confinement.
-//! - [`file`]: `lsm/file_open`, `lsm/file_permission` — loads only where the kernel accepts
-//!   BPF LSM programs; kept apart so its failure cannot stop the network programs.
+//! - [`file`]: `lsm/file_open`, `lsm/file_permission`, `lsm/path_*` — file capability
+//!   tokens; loads only where the kernel accepts BPF LSM programs; kept apart so its
+//!   failure cannot stop the network programs.
 //!
 //! Both objects define the same maps with `LIBBPF_PIN_BY_NAME`; with their pin paths set to
 //! one directory, whichever loads second reuses the first one's maps.
@@ -37,8 +38,56 @@ pub const HOOK_CONNECT6: u32 = 2;
 pub const HOOK_SENDMSG4: u32 = 3;
 pub const HOOK_SENDMSG6: u32 = 4;
 
-// Values of `RushNetEvent::kind`.
+// Values of `RushNetEvent::kind` / `RushFileEvent::kind` (the first u32 of every record).
 pub const EVENT_NET_DENY: u32 = 1;
+pub const EVENT_FILE_DENY: u32 = 2;
+
+/// `RushAgent::flags`: file hooks deny whatever no grant in `rush_file_grants` covers.
+pub const AGENT_FILES_CONFINED: u32 = 1;
+
+// File operations: bit `1 << i` is `RushFileGrant::expires_ns[i]` (= rush_proto::Ops bits).
+pub const FILE_OP_READ: u32 = 1 << 0;
+pub const FILE_OP_WRITE: u32 = 1 << 1;
+pub const FILE_OP_EXEC: u32 = 1 << 2;
+pub const FILE_OP_CREATE: u32 = 1 << 3;
+pub const FILE_OP_DELETE: u32 = 1 << 4;
+pub const FILE_OPS_LEN: usize = 5;
+
+// Values of `RushFileEvent::hook`.
+pub const FHOOK_FILE_OPEN: u32 = 1;
+pub const FHOOK_FILE_PERMISSION: u32 = 2;
+pub const FHOOK_PATH_MKNOD: u32 = 3;
+pub const FHOOK_PATH_MKDIR: u32 = 4;
+pub const FHOOK_PATH_SYMLINK: u32 = 5;
+pub const FHOOK_PATH_UNLINK: u32 = 6;
+pub const FHOOK_PATH_RMDIR: u32 = 7;
+pub const FHOOK_PATH_RENAME: u32 = 8;
+pub const FHOOK_PATH_LINK: u32 = 9;
+pub const FHOOK_PATH_TRUNCATE: u32 = 10;
+pub const FHOOK_PATH_CHMOD: u32 = 11;
+pub const FHOOK_PATH_CHOWN: u32 = 12;
+
+/// The hook name (the `lsm/` section without its prefix) of a `RushFileEvent::hook`.
+pub fn file_hook_name(hook: u32) -> Option<&'static str> {
+    Some(match hook {
+        FHOOK_FILE_OPEN => "file_open",
+        FHOOK_FILE_PERMISSION => "file_permission",
+        FHOOK_PATH_MKNOD => "path_mknod",
+        FHOOK_PATH_MKDIR => "path_mkdir",
+        FHOOK_PATH_SYMLINK => "path_symlink",
+        FHOOK_PATH_UNLINK => "path_unlink",
+        FHOOK_PATH_RMDIR => "path_rmdir",
+        FHOOK_PATH_RENAME => "path_rename",
+        FHOOK_PATH_LINK => "path_link",
+        FHOOK_PATH_TRUNCATE => "path_truncate",
+        FHOOK_PATH_CHMOD => "path_chmod",
+        FHOOK_PATH_CHOWN => "path_chown",
+        _ => return None,
+    })
+}
+
+/// Bytes of `RushFileEvent::path`, NUL included.
+pub const FILE_PATH_LEN: usize = 256;
 
 // `RushNetKey::family` / `RushNetEvent::family` (Linux AF_*).
 pub const AF_INET: u16 = 2;
@@ -50,9 +99,11 @@ pub const STAT_EVENTS_LOST: u32 = 0;
 // Map names; each map is pinned under the daemon's pin directory by this name.
 pub const MAP_AGENTS: &str = "rush_agents";
 pub const MAP_NET_ALLOW: &str = "rush_net_allow";
+pub const MAP_FILE_GRANTS: &str = "rush_file_grants";
 pub const MAP_EVENTS: &str = "rush_events";
 pub const MAP_STATS: &str = "rush_stats";
-pub const PINNED_MAPS: [&str; 4] = [MAP_AGENTS, MAP_NET_ALLOW, MAP_EVENTS, MAP_STATS];
+/// In the order the objects define them.
+pub const PINNED_MAPS: [&str; 5] = [MAP_AGENTS, MAP_NET_ALLOW, MAP_FILE_GRANTS, MAP_EVENTS, MAP_STATS];
 
 /// Name of the `.rodata` variable holding the agent cgroup depth.
 pub const RODATA_AGENT_CGROUP_LEVEL: &str = "agent_cgroup_level";
@@ -73,14 +124,25 @@ pub const NET_PROGRAMS: [ProgramSpec; 4] = [
     ProgramSpec { name: "rush_sendmsg6", hook: "cgroup/sendmsg6", link_pin: "rush_link_sendmsg6" },
 ];
 
-pub const LSM_PROGRAMS: [ProgramSpec; 2] = [
-    ProgramSpec { name: "rush_file_open", hook: "lsm/file_open", link_pin: "rush_link_file_open" },
-    ProgramSpec {
-        name: "rush_file_permission",
-        hook: "lsm/file_permission",
-        link_pin: "rush_link_file_permission",
-    },
+/// Every program of the file object; `AttachReport::lsm_attached` wants all of them.
+pub const LSM_PROGRAMS: [ProgramSpec; 12] = [
+    lsm("rush_file_open", "lsm/file_open", "rush_link_file_open"),
+    lsm("rush_file_permission", "lsm/file_permission", "rush_link_file_permission"),
+    lsm("rush_path_mknod", "lsm/path_mknod", "rush_link_path_mknod"),
+    lsm("rush_path_mkdir", "lsm/path_mkdir", "rush_link_path_mkdir"),
+    lsm("rush_path_symlink", "lsm/path_symlink", "rush_link_path_symlink"),
+    lsm("rush_path_unlink", "lsm/path_unlink", "rush_link_path_unlink"),
+    lsm("rush_path_rmdir", "lsm/path_rmdir", "rush_link_path_rmdir"),
+    lsm("rush_path_rename", "lsm/path_rename", "rush_link_path_rename"),
+    lsm("rush_path_link", "lsm/path_link", "rush_link_path_link"),
+    lsm("rush_path_truncate", "lsm/path_truncate", "rush_link_path_truncate"),
+    lsm("rush_path_chmod", "lsm/path_chmod", "rush_link_path_chmod"),
+    lsm("rush_path_chown", "lsm/path_chown", "rush_link_path_chown"),
 ];
+
+const fn lsm(name: &'static str, hook: &'static str, link_pin: &'static str) -> ProgramSpec {
+    ProgramSpec { name, hook, link_pin }
+}
 
 /// Value of `rush_agents` (key: the agent's cgroup id, u64). C: `struct rush_agent`.
 #[repr(C)]
@@ -125,6 +187,86 @@ pub struct RushNetEvent {
     pub pad: u32,
 }
 
+/// Key of `rush_file_grants`. C: `struct rush_file_key`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct RushFileKey {
+    pub cgroup_id: u64,
+    /// `inode->i_ino`
+    pub ino: u64,
+    /// `inode->i_sb->s_dev`: the kernel's dev_t, `MAJOR << 20 | MINOR`.
+    pub dev: u32,
+    pub pad: u32,
+}
+
+/// Value of `rush_file_grants`. C: `struct rush_file_grant`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RushFileGrant {
+    /// Per op (index i = bit `1 << i`): 0 = not granted by this entry, `u64::MAX` = no
+    /// expiry, else granted while `bpf_ktime_get_boot_ns()` (CLOCK_BOOTTIME) is below it.
+    pub expires_ns: [u64; FILE_OPS_LEN],
+}
+
+/// A file deny record of the `rush_events` ring buffer. C: `struct rush_file_event`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RushFileEvent {
+    pub kind: u32,
+    pub hook: u32,
+    pub cgroup_id: u64,
+    /// Thread id.
+    pub pid: u32,
+    /// Process id.
+    pub tgid: u32,
+    pub uid: u32,
+    /// The `FILE_OP_*` bit no grant covered.
+    pub op: u32,
+    /// The object whose grants were checked (for a create: the parent directory).
+    pub ino: u64,
+    pub dev: u32,
+    pub pad: u32,
+    pub comm: [u8; 16],
+    /// NUL-terminated; starts with "…" when it was cut.
+    pub path: [u8; FILE_PATH_LEN],
+}
+
+impl Default for RushFileEvent {
+    fn default() -> Self {
+        RushFileEvent {
+            kind: 0,
+            hook: 0,
+            cgroup_id: 0,
+            pid: 0,
+            tgid: 0,
+            uid: 0,
+            op: 0,
+            ino: 0,
+            dev: 0,
+            pad: 0,
+            comm: [0; 16],
+            path: [0; FILE_PATH_LEN],
+        }
+    }
+}
+
+impl RushFileEvent {
+    /// The task's comm up to its first NUL.
+    pub fn comm(&self) -> String {
+        c_string(&self.comm)
+    }
+
+    /// The path up to its first NUL (lossy UTF-8).
+    pub fn path(&self) -> String {
+        c_string(&self.path)
+    }
+}
+
+fn c_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
 /// Plain old data shared with the kernel: viewable as bytes and readable from bytes.
 ///
 /// # Safety
@@ -155,17 +297,25 @@ unsafe impl Plain for RushAgent {}
 unsafe impl Plain for RushNetKey {}
 // SAFETY: as above.
 unsafe impl Plain for RushNetEvent {}
+// SAFETY: as above.
+unsafe impl Plain for RushFileKey {}
+// SAFETY: as above.
+unsafe impl Plain for RushFileGrant {}
+// SAFETY: as above.
+unsafe impl Plain for RushFileEvent {}
 
 // No implicit padding: the fields add up to the whole struct.
 const _: () = assert!(size_of::<RushAgent>() == 4 + 4 + 8);
 const _: () = assert!(size_of::<RushNetKey>() == 8 + 2 + 2 + 4 + 16);
 const _: () = assert!(size_of::<RushNetEvent>() == 4 + 4 + 8 + 4 * 4 + 2 + 2 + 16 + 16 + 4);
+const _: () = assert!(size_of::<RushFileKey>() == 8 + 8 + 4 + 4);
+const _: () = assert!(size_of::<RushFileGrant>() == 8 * FILE_OPS_LEN);
+const _: () = assert!(size_of::<RushFileEvent>() == 4 + 4 + 8 + 4 * 4 + 8 + 4 + 4 + 16 + FILE_PATH_LEN);
 
 impl RushNetEvent {
     /// The task's comm up to its first NUL.
     pub fn comm(&self) -> String {
-        let end = self.comm.iter().position(|&b| b == 0).unwrap_or(self.comm.len());
-        String::from_utf8_lossy(&self.comm[..end]).into_owned()
+        c_string(&self.comm)
     }
 }
 
@@ -279,6 +429,37 @@ mod tests {
                     pad
                 }),
             );
+            check_layout(
+                object,
+                "rush_file_key",
+                size_of::<RushFileKey>(),
+                &rust_fields!(RushFileKey { cgroup_id, ino, dev, pad }),
+            );
+            check_layout(
+                object,
+                "rush_file_grant",
+                size_of::<RushFileGrant>(),
+                &rust_fields!(RushFileGrant { expires_ns }),
+            );
+            check_layout(
+                object,
+                "rush_file_event",
+                size_of::<RushFileEvent>(),
+                &rust_fields!(RushFileEvent {
+                    kind,
+                    hook,
+                    cgroup_id,
+                    pid,
+                    tgid,
+                    uid,
+                    op,
+                    ino,
+                    dev,
+                    pad,
+                    comm,
+                    path
+                }),
+            );
         }
     }
 
@@ -306,7 +487,7 @@ mod tests {
                 })
                 .unwrap_or_else(|| panic!("#define {name} not in rush.h"))
         };
-        let expected: [(&str, u64); 11] = [
+        let expected = [
             ("RUSH_NET_MODE_DENY", NET_MODE_DENY.into()),
             ("RUSH_NET_MODE_ALLOW", NET_MODE_ALLOW.into()),
             ("RUSH_NET_MODE_LIST", NET_MODE_LIST.into()),
@@ -318,7 +499,38 @@ mod tests {
             ("RUSH_AF_INET", AF_INET.into()),
             ("RUSH_AF_INET6", AF_INET6.into()),
             ("RUSH_STAT_EVENTS_LOST", STAT_EVENTS_LOST.into()),
+            ("RUSH_EVENT_FILE_DENY", EVENT_FILE_DENY.into()),
+            ("RUSH_AGENT_FILES_CONFINED", AGENT_FILES_CONFINED.into()),
+            ("RUSH_FILE_OP_READ", FILE_OP_READ.into()),
+            ("RUSH_FILE_OP_WRITE", FILE_OP_WRITE.into()),
+            ("RUSH_FILE_OP_EXEC", FILE_OP_EXEC.into()),
+            ("RUSH_FILE_OP_CREATE", FILE_OP_CREATE.into()),
+            ("RUSH_FILE_OP_DELETE", FILE_OP_DELETE.into()),
+            ("RUSH_FILE_OPS_LEN", FILE_OPS_LEN as u64),
+            ("RUSH_FHOOK_FILE_OPEN", FHOOK_FILE_OPEN.into()),
+            ("RUSH_FHOOK_FILE_PERMISSION", FHOOK_FILE_PERMISSION.into()),
+            ("RUSH_FHOOK_PATH_MKNOD", FHOOK_PATH_MKNOD.into()),
+            ("RUSH_FHOOK_PATH_MKDIR", FHOOK_PATH_MKDIR.into()),
+            ("RUSH_FHOOK_PATH_SYMLINK", FHOOK_PATH_SYMLINK.into()),
+            ("RUSH_FHOOK_PATH_UNLINK", FHOOK_PATH_UNLINK.into()),
+            ("RUSH_FHOOK_PATH_RMDIR", FHOOK_PATH_RMDIR.into()),
+            ("RUSH_FHOOK_PATH_RENAME", FHOOK_PATH_RENAME.into()),
+            ("RUSH_FHOOK_PATH_LINK", FHOOK_PATH_LINK.into()),
+            ("RUSH_FHOOK_PATH_TRUNCATE", FHOOK_PATH_TRUNCATE.into()),
+            ("RUSH_FHOOK_PATH_CHMOD", FHOOK_PATH_CHMOD.into()),
+            ("RUSH_FHOOK_PATH_CHOWN", FHOOK_PATH_CHOWN.into()),
+            ("RUSH_FILE_PATH_LEN", FILE_PATH_LEN as u64),
+            ("RUSH_STATS_LEN", u64::from(STAT_EVENTS_LOST) + 1),
         ];
+        let header_defines = header
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some("#define")).then(|| w.next()).flatten()
+            })
+            .filter(|name| name.starts_with("RUSH_") && !name.ends_with("_H"))
+            .count();
+        assert_eq!(header_defines, expected.len(), "a #define of rush.h has no Rust constant here");
         for (name, value) in expected {
             assert_eq!(define(name), value, "{name}");
         }
@@ -350,6 +562,24 @@ mod tests {
         let expected: Vec<(String, String)> =
             LSM_PROGRAMS.iter().map(|p| (p.name.to_string(), p.hook.to_string())).collect();
         assert_eq!(progs, expected);
+        let maps: Vec<String> = open
+            .maps()
+            .map(|m| m.name().to_string_lossy().into_owned())
+            .filter(|n| !n.contains('.'))
+            .collect();
+        // rush_path_scratch is the file object's own (per-CPU scratch), not shared.
+        let mut want: Vec<&str> = PINNED_MAPS.to_vec();
+        want.push("rush_path_scratch");
+        assert_eq!(maps, want);
+        for (i, spec) in LSM_PROGRAMS.iter().enumerate() {
+            let hook = spec.hook.strip_prefix("lsm/").unwrap();
+            let fhook = u32::try_from(i).unwrap() + 1;
+            assert_eq!(file_hook_name(fhook), Some(hook), "FHOOK {fhook} is LSM_PROGRAMS[{i}]");
+            assert_eq!(spec.name, format!("rush_{hook}"));
+            assert_eq!(spec.link_pin, format!("rush_link_{hook}"));
+        }
+        assert_eq!(file_hook_name(0), None);
+        assert_eq!(file_hook_name(LSM_PROGRAMS.len() as u32 + 1), None);
     }
 
     #[test]
@@ -359,5 +589,13 @@ mod tests {
         assert_eq!(back, e);
         assert_eq!(back.comm(), "curl");
         assert!(RushNetEvent::from_bytes(&[0; 8]).is_none());
+
+        let mut f = RushFileEvent { kind: EVENT_FILE_DENY, op: FILE_OP_WRITE, ..Default::default() };
+        f.path[..6].copy_from_slice(b"/srv/a");
+        f.comm[..3].copy_from_slice(b"cat");
+        let back = RushFileEvent::from_bytes(f.as_bytes()).unwrap();
+        assert_eq!(back, f);
+        assert_eq!(back.path(), "/srv/a");
+        assert_eq!(back.comm(), "cat");
     }
 }

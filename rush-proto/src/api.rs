@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{FileGrant, NetPolicy};
+use crate::spec::{FileGrant, NetPolicy, Ops};
 
 /// One line from a caller.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +70,54 @@ pub enum Request {
     },
     /// What the running kernel supports and which guarantees hold.
     Doctor,
+    /// Give a file-confined agent a capability token; replies `Granted`.
+    Grant(GrantRequest),
+    /// Withdraw tokens; takes effect on already-open files at their next read or write.
+    /// Replies `Revoked` with what was withdrawn.
+    Revoke {
+        agent: String,
+        target: RevokeTarget,
+    },
+    /// Tokens of one agent, or of all. Replies `Capabilities`.
+    ListCapabilities {
+        #[serde(default)]
+        agent: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantRequest {
+    pub agent: String,
+    /// Absolute path of an existing file or directory; a directory grant covers its subtree.
+    pub path: PathBuf,
+    pub ops: Ops,
+    /// Lifetime from now; None = until revoked.
+    #[serde(default)]
+    pub duration_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokeTarget {
+    /// Every token of the agent on this path.
+    Path(PathBuf),
+    Id(u64),
+}
+
+/// A capability token as the daemon holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: u64,
+    pub agent: String,
+    pub path: PathBuf,
+    pub ops: Ops,
+    pub granted_unix_ms: u64,
+    /// None = until revoked.
+    #[serde(default)]
+    pub expires_unix_ms: Option<u64>,
+    pub expired: bool,
+    /// `baseline` (config, for every file-confined agent), `spawn` (--allow) or `grant`.
+    pub origin: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,6 +197,15 @@ pub enum Response {
     },
     Doctor {
         report: DoctorReport,
+    },
+    Granted {
+        token: TokenInfo,
+    },
+    Revoked {
+        tokens: Vec<TokenInfo>,
+    },
+    Capabilities {
+        tokens: Vec<TokenInfo>,
     },
 }
 
@@ -275,6 +332,25 @@ pub enum AuditEvent {
         destination: String,
         protocol: String,
     },
+    /// The kernel refused a file operation of a file-confined agent.
+    FileDeny {
+        pid: u32,
+        uid: u32,
+        comm: String,
+        /// The LSM hook that refused, e.g. `file_open`, `file_permission`, `path_unlink`.
+        hook: String,
+        /// The operation no token covered: read, write, exec, create or delete.
+        op: String,
+        path: String,
+    },
+    Grant {
+        caller_uid: u32,
+        token: TokenInfo,
+    },
+    Revoke {
+        caller_uid: u32,
+        tokens: Vec<TokenInfo>,
+    },
     /// The kernel dropped this many events because the ring buffer was full.
     EventsLost {
         count: u64,
@@ -296,6 +372,9 @@ impl AuditEvent {
             AuditEvent::NetDeny { .. } => "net_deny",
             AuditEvent::EventsLost { .. } => "events_lost",
             AuditEvent::Refused { .. } => "refused",
+            AuditEvent::FileDeny { .. } => "file_deny",
+            AuditEvent::Grant { .. } => "grant",
+            AuditEvent::Revoke { .. } => "revoke",
         }
     }
 }

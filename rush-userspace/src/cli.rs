@@ -82,6 +82,10 @@ pub enum Command {
     #[command(subcommand)]
     Agent(AgentCommand),
 
+    /// Grant, revoke and list file capability tokens of agents
+    #[command(subcommand, visible_alias = "cap")]
+    Capability(CapabilityCommand),
+
     /// Show the audit trail: spawns, exits, kills and everything the kernel refused
     #[command(long_about = AUDIT_LONG_ABOUT, after_long_help = AUDIT_EXAMPLES)]
     Audit(AuditArgs),
@@ -268,6 +272,103 @@ pub struct AuditArgs {
     /// Keep printing records as they happen, until you press Ctrl-C.
     #[arg(long, short = 'f')]
     pub follow: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CapabilityCommand {
+    /// Give a file-confined agent a capability token on a file or directory
+    #[command(long_about = GRANT_LONG_ABOUT, after_long_help = GRANT_EXAMPLES)]
+    Grant(GrantArgs),
+
+    /// Withdraw an agent's tokens, by path or by id; open files lose access at once
+    #[command(long_about = "Withdraw capability tokens of a running agent: every token on \
+                            PATH (--path), or one token (--id, from `rush capability list`). \
+                            The kernel entry is rewritten before rush returns, so the agent's \
+                            next open, read or write under that path fails with EPERM, also \
+                            on files it already has open. Prints the withdrawn tokens.")]
+    Revoke(RevokeArgs),
+
+    /// List capability tokens: of one agent, or of all
+    #[command(long_about = "List capability tokens as a table: ID AGENT PATH OPS EXPIRES \
+                            ORIGIN. ORIGIN is `baseline` (what every file-confined agent gets \
+                            so that programs can load, from the daemon's config), `spawn` \
+                            (--allow) or `grant`. Expired tokens stay listed, marked as \
+                            expired, until the agent exits. With --json, one JSON array.")]
+    List {
+        /// Only this agent's tokens.
+        #[arg(value_name = "AGENT")]
+        agent: Option<AgentName>,
+    },
+}
+
+const GRANT_LONG_ABOUT: &str = "\
+Give a running agent a capability token: it may perform OPS on PATH, and on everything \
+under PATH when PATH is a directory. OPS is a comma list of read, write, exec, create and \
+delete. With --duration the token lapses by itself after that long: the expiry is checked \
+by the kernel against the boot clock, so it holds even if the daemon is not running.
+
+Only agents spawned with at least one --allow are file-confined (their file access is \
+denied unless a token covers it); granting to any other agent is refused, since it would \
+change nothing. PATH must exist: tokens name inodes, so to let an agent create a file, \
+grant `create` on its directory. Needs the BPF LSM backend (see `rush doctor`).";
+
+const GRANT_EXAMPLES: &str = "\
+Examples:
+  $ rush capability grant coder --path /srv/project --ops read,write,create,delete
+  $ rush capability grant coder --path /srv/data/input.csv --ops read --duration 30m";
+
+#[derive(Debug, Args)]
+pub struct GrantArgs {
+    /// The agent to grant to.
+    #[arg(value_name = "AGENT")]
+    pub agent: AgentName,
+    /// Absolute path of an existing file or directory.
+    #[arg(long, value_name = "PATH", value_parser = parse_absolute)]
+    pub path: PathBuf,
+    /// Comma list of read, write, exec, create, delete.
+    #[arg(long, value_name = "OPS", value_parser = parse_ops)]
+    pub ops: rush_proto::Ops,
+    /// How long the token lasts (e.g. 90s, 30m, 1h); forever if omitted.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub duration: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["path", "id"])))]
+pub struct RevokeArgs {
+    /// The agent whose tokens to withdraw.
+    #[arg(value_name = "AGENT")]
+    pub agent: AgentName,
+    /// Every token of the agent on this path.
+    #[arg(long, value_name = "PATH", value_parser = parse_absolute)]
+    pub path: Option<PathBuf>,
+    /// One token, by the id `rush capability list` shows.
+    #[arg(long, value_name = "ID")]
+    pub id: Option<u64>,
+}
+
+fn parse_absolute(s: &str) -> Result<PathBuf, UsageError> {
+    if s.starts_with('/') {
+        Ok(PathBuf::from(s))
+    } else {
+        Err(UsageError(format!("invalid --path {s:?}: the path must be absolute")))
+    }
+}
+
+fn parse_ops(s: &str) -> Result<rush_proto::Ops, UsageError> {
+    match s.parse::<rush_proto::Ops>() {
+        Ok(ops) if ops.0 != 0 => Ok(ops),
+        Ok(_) => Err(UsageError(format!("invalid --ops {s:?}: no operations"))),
+        Err(why) => Err(UsageError(format!(
+            "invalid --ops {s:?}: {why} (expected a comma list of read,write,exec,create,delete)"
+        ))),
+    }
+}
+
+fn parse_duration_arg(s: &str) -> Result<u64, UsageError> {
+    rush_proto::parse_duration(s)
+        .map(|d| d.as_secs())
+        .map_err(|e| UsageError(format!("invalid --duration: {e}")))
 }
 
 /// A usage error of our own, worded to be shown alone: `rush: <message>`.

@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use rush_proto::{AgentInfo, AgentState, AuditEvent, AuditRecord, DoctorReport};
+use rush_proto::{AgentInfo, AgentState, AuditEvent, AuditRecord, DoctorReport, TokenInfo};
 
 use crate::time::{format_duration, format_unix_ms};
 
@@ -163,6 +163,25 @@ pub fn audit_line(r: &AuditRecord) -> String {
             value(destination),
             value(protocol)
         ),
+        AuditEvent::FileDeny { pid, uid, comm, hook, op, path } => format!(
+            "pid={pid} uid={uid} comm={} hook={} op={} path={}",
+            value(comm),
+            value(hook),
+            value(op),
+            value(path)
+        ),
+        AuditEvent::Grant { caller_uid, token } => format!(
+            "caller_uid={caller_uid} id={} path={} ops={} expires={}",
+            token.id,
+            value(&token.path.display().to_string()),
+            token.ops,
+            token.expires_unix_ms.map(format_unix_ms).unwrap_or_else(|| "never".into())
+        ),
+        AuditEvent::Revoke { caller_uid, tokens } => {
+            let ids: Vec<String> = tokens.iter().map(|t| t.id.to_string()).collect();
+            let paths: Vec<String> = tokens.iter().map(|t| t.path.display().to_string()).collect();
+            format!("caller_uid={caller_uid} ids={} paths={}", ids.join(","), value(&paths.join(",")))
+        }
         AuditEvent::EventsLost { count } => format!("count={count}"),
         AuditEvent::Refused { caller_uid, request, reason } => {
             format!("caller_uid={caller_uid} request={} reason={}", value(request), value(reason))
@@ -175,6 +194,43 @@ pub fn audit_line(r: &AuditRecord) -> String {
         r.seq,
         r.event.kind()
     )
+}
+
+/// When a token lapses, relative to now: `never`, `in 4m10s`, `expired`.
+fn token_expiry(t: &TokenInfo, now_ms: u64) -> String {
+    match t.expires_unix_ms {
+        None => "never".into(),
+        Some(_) if t.expired => "expired".into(),
+        Some(ms) => format!("in {}", format_duration(ms.saturating_sub(now_ms).div_ceil(1000))),
+    }
+}
+
+/// One token on one line, for grant and revoke.
+pub fn token_line(t: &TokenInfo, now_ms: u64) -> String {
+    format!(
+        "token {} to {}: {} on {} (expires: {})",
+        t.id,
+        sanitize(&t.agent),
+        t.ops,
+        sanitize(&t.path.display().to_string()),
+        token_expiry(t, now_ms)
+    )
+}
+
+/// `rush capability list`.
+pub fn token_table(tokens: &[TokenInfo], now_ms: u64) -> String {
+    let mut table = Table::new(&["ID", "AGENT", "PATH", "OPS", "EXPIRES", "ORIGIN"]);
+    for t in tokens {
+        table.row(vec![
+            t.id.to_string(),
+            sanitize(&t.agent),
+            sanitize(&t.path.display().to_string()),
+            t.ops.to_string(),
+            token_expiry(t, now_ms),
+            t.origin.clone(),
+        ]);
+    }
+    table.render()
 }
 
 /// `rush doctor`.

@@ -233,6 +233,14 @@ pub fn run(args: VmArgs) -> Result<()> {
         for line in suite_report(&o.lines) {
             writeln!(summary, "        {line}")?;
         }
+        if o.exit.is_none() {
+            // Why it died: a panic, an oops, a hang; the console's last lines say.
+            writeln!(summary, "        last console lines:")?;
+            let tail: Vec<&String> = o.lines.iter().rev().filter(|l| !l.trim().is_empty()).take(8).collect();
+            for l in tail.iter().rev() {
+                writeln!(summary, "          {l}")?;
+            }
+        }
     }
     writeln!(summary, "  wall time {}", secs(wall.elapsed()))?;
     std::fs::write(out_dir.join("summary.txt"), &summary)?;

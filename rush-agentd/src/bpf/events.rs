@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle, RingBufferBuilder};
 use rush_ebpf::{
-    AF_INET, AF_INET6, EVENT_NET_DENY, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6,
-    MAP_EVENTS, Plain, RushNetEvent, STAT_EVENTS_LOST,
+    AF_INET, AF_INET6, EVENT_FILE_DENY, EVENT_NET_DENY, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4,
+    HOOK_SENDMSG6, MAP_EVENTS, Plain, RushFileEvent, RushNetEvent, STAT_EVENTS_LOST,
 };
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{error, warn};
@@ -79,11 +79,34 @@ fn read_lost(stats: &MapHandle) -> u64 {
         .unwrap_or(0)
 }
 
+/// A ring-buffer record: its first u32 says which struct it is.
 fn decode(record: &[u8]) -> Option<KernelEvent> {
-    let e = RushNetEvent::from_bytes(record)?;
-    if e.kind != EVENT_NET_DENY {
-        return None;
+    let kind = u32::from_ne_bytes(record.get(..4)?.try_into().ok()?);
+    match kind {
+        EVENT_NET_DENY => decode_net(record),
+        EVENT_FILE_DENY => decode_file(record),
+        _ => None,
     }
+}
+
+fn decode_file(record: &[u8]) -> Option<KernelEvent> {
+    let e = RushFileEvent::from_bytes(record)?;
+    Some(KernelEvent::FileDeny {
+        cgroup_id: e.cgroup_id,
+        pid: e.pid,
+        tgid: e.tgid,
+        uid: e.uid,
+        comm: e.comm(),
+        hook: rush_ebpf::file_hook_name(e.hook)?,
+        op: e.op,
+        path: e.path(),
+        dev: e.dev,
+        ino: e.ino,
+    })
+}
+
+fn decode_net(record: &[u8]) -> Option<KernelEvent> {
+    let e = RushNetEvent::from_bytes(record)?;
     let hook = match e.hook {
         HOOK_CONNECT4 => NetHook::Connect4,
         HOOK_CONNECT6 => NetHook::Connect6,
@@ -165,7 +188,51 @@ mod tests {
     }
 
     #[test]
+    fn decodes_file_deny() {
+        let mut e = RushFileEvent {
+            kind: EVENT_FILE_DENY,
+            hook: rush_ebpf::FHOOK_PATH_UNLINK,
+            cgroup_id: 42,
+            pid: 11,
+            tgid: 10,
+            uid: 1000,
+            op: rush_ebpf::FILE_OP_DELETE,
+            ino: 77,
+            dev: 0x0010_0003,
+            ..Default::default()
+        };
+        e.comm[..2].copy_from_slice(b"rm");
+        e.path[..10].copy_from_slice(b"/srv/a/x.t");
+        assert_eq!(
+            decode(e.as_bytes()),
+            Some(KernelEvent::FileDeny {
+                cgroup_id: 42,
+                pid: 11,
+                tgid: 10,
+                uid: 1000,
+                comm: "rm".into(),
+                hook: "path_unlink",
+                op: 1 << 4,
+                path: "/srv/a/x.t".into(),
+                dev: 0x0010_0003,
+                ino: 77,
+            })
+        );
+        // A cut path keeps its "…" (3 bytes of UTF-8).
+        e.path = [0; rush_ebpf::FILE_PATH_LEN];
+        e.path[..7].copy_from_slice("…/b/c".as_bytes());
+        let Some(KernelEvent::FileDeny { path, .. }) = decode(e.as_bytes()) else { panic!() };
+        assert_eq!(path, "…/b/c");
+        // Truncated records and unknown hooks are refused.
+        assert_eq!(decode(&e.as_bytes()[..100]), None);
+        e.hook = 99;
+        assert_eq!(decode(e.as_bytes()), None);
+    }
+
+    #[test]
     fn rejects_garbage() {
+        assert_eq!(decode(&[]), None);
+        assert_eq!(decode(&[9, 0, 0, 0, 0, 0, 0, 0]), None);
         assert_eq!(decode(&[0; 8]), None);
         let mut e = event();
         e.hook = 99;

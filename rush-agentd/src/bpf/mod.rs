@@ -11,6 +11,8 @@
 //!   owner thread has exited or the event receiver is dropped.
 
 mod events;
+#[cfg(test)]
+mod file_smoke_test;
 mod load;
 mod owner;
 #[cfg(test)]
@@ -139,10 +141,12 @@ impl AttachReport {
             .all(|spec| self.programs.iter().any(|p| p.hook == spec.hook && p.attached))
     }
 
-    /// Every lsm/* program attached.
+    /// Every program of `rush_ebpf::LSM_PROGRAMS` attached (file tokens are enforced).
     pub fn lsm_attached(&self) -> bool {
-        let mut lsm = self.lsm_programs().peekable();
-        lsm.peek().is_some() && lsm.all(|p| p.attached)
+        rush_ebpf::LSM_PROGRAMS
+            .iter()
+            .all(|spec| self.lsm_programs().any(|p| p.hook == spec.hook && p.attached))
+            && self.lsm_programs().all(|p| p.attached)
     }
 
     /// Why the LSM programs did not attach, if they did not.
@@ -150,11 +154,12 @@ impl AttachReport {
         if self.lsm_attached() {
             return None;
         }
-        Some(
-            self.lsm_programs()
-                .find_map(|p| p.error.clone())
-                .unwrap_or_else(|| "no LSM program was loaded".to_string()),
-        )
+        Some(self.lsm_programs().find_map(|p| p.error.clone()).unwrap_or_else(|| {
+            match rush_ebpf::LSM_PROGRAMS.iter().find(|s| !self.lsm_programs().any(|p| p.hook == s.hook)) {
+                Some(spec) => format!("LSM program {} ({}) was not loaded", spec.name, spec.hook),
+                None => "an LSM program did not attach".to_string(),
+            }
+        }))
     }
 
     fn lsm_programs(&self) -> impl Iterator<Item = &ProgramStatus> {
@@ -205,23 +210,126 @@ pub enum KernelEvent {
         /// "tcp", "udp", or the protocol number
         protocol: String,
     },
+    /// A file-confined agent was refused a file operation (the syscall failed with EPERM).
+    FileDeny {
+        cgroup_id: u64,
+        /// The thread that made the call.
+        pid: u32,
+        /// Its process.
+        tgid: u32,
+        uid: u32,
+        comm: String,
+        /// The LSM hook: "file_open", "file_permission", "path_mknod", "path_mkdir",
+        /// "path_symlink", "path_unlink", "path_rmdir", "path_rename", "path_link",
+        /// "path_truncate", "path_chmod", "path_chown".
+        hook: &'static str,
+        /// The op bit no grant covered (`rush_proto::Ops` bits: 1 read, 1<<1 write, 1<<2
+        /// exec, 1<<3 create, 1<<4 delete).
+        op: u32,
+        /// Absolute path of what the agent tried to reach (for a create: the new name),
+        /// as the kernel saw it; starts with "…" when it was too long. Best effort.
+        path: String,
+        /// The inode whose grants were missing (for a create: the parent directory), as
+        /// in [`FileKey`].
+        dev: u32,
+        ino: u64,
+    },
     /// The kernel could not reserve ring-buffer space for this many events.
     Lost { count: u64 },
+}
+
+/// An inode as the file hooks identify it: `inode->i_sb->s_dev` (the kernel's dev_t,
+/// `MAJOR << 20 | MINOR`) and `inode->i_ino`.
+///
+/// Caveat: on btrfs, stat() reports a per-subvolume device while the kernel key uses the
+/// filesystem's superblock device, and inode numbers repeat across subvolumes; see
+/// [`FileKey::from_metadata`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    pub dev: u32,
+    pub ino: u64,
+}
+
+impl FileKey {
+    /// The key of a stat()ed file: `st_dev` re-encoded as the kernel's dev_t. Equals the
+    /// kernel's `i_sb->s_dev` on filesystems whose stat reports the superblock's device
+    /// (ext4, xfs, tmpfs, ...), not on btrfs subvolumes or overlayfs.
+    pub fn from_metadata(meta: &std::fs::Metadata) -> FileKey {
+        use std::os::unix::fs::MetadataExt;
+        FileKey { dev: kernel_dev(meta.dev()), ino: meta.ino() }
+    }
+
+    /// [`FileKey::from_metadata`] of `path` (following symlinks).
+    pub fn of_path(path: &std::path::Path) -> std::io::Result<FileKey> {
+        std::fs::metadata(path).map(|m| FileKey::from_metadata(&m))
+    }
+}
+
+/// A userspace dev_t (glibc encoding, what stat returns) as the kernel's internal dev_t
+/// (`MAJOR << 20 | MINOR`), the encoding of `super_block::s_dev`.
+pub fn kernel_dev(st_dev: u64) -> u32 {
+    let major = libc::major(st_dev);
+    let minor = libc::minor(st_dev);
+    (major << 20) | (minor & 0xfffff)
+}
+
+/// One agent's grants on one inode (and, for a directory, its subtree), per op: index i
+/// is op bit `1 << i` (read, write, exec, create, delete). 0 = not granted by this entry,
+/// `u64::MAX` = never expires, else granted while CLOCK_BOOTTIME ([`boot_time_ns`], the
+/// clock of `bpf_ktime_get_boot_ns`) is below it: expiry needs no daemon action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FileGrantEntry {
+    pub expires_ns: [u64; 5],
+}
+
+/// clock_gettime(CLOCK_BOOTTIME) in ns: the clock `bpf_ktime_get_boot_ns` reads, against
+/// which [`FileGrantEntry::expires_ns`] is compared.
+pub fn boot_time_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_BOOTTIME always exists on Linux.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    assert_eq!(r, 0, "clock_gettime(CLOCK_BOOTTIME)");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// What the daemon asks of the kernel side. Implemented by [`BpfHandle`] and, for unit
 /// tests, by [`FakeKernel`].
 pub trait KernelPolicy: Send + Sync + 'static {
-    /// Must complete before any process enters the cgroup.
-    fn add_agent(&self, cgroup_id: u64, net: &KernelNetPolicy) -> Result<(), BpfError>;
+    /// Must complete before any process enters the cgroup. `files_confined`: file hooks
+    /// deny whatever no grant covers.
+    fn add_agent(&self, cgroup_id: u64, net: &KernelNetPolicy, files_confined: bool) -> Result<(), BpfError>;
+    /// Also deletes the agent's file grants and allow-list entries.
     fn remove_agent(&self, cgroup_id: u64) -> Result<(), BpfError>;
+    /// Sets (Some) or deletes (None) the agent's grant entry for one inode.
+    fn set_file_grant(
+        &self,
+        cgroup_id: u64,
+        key: FileKey,
+        grant: Option<FileGrantEntry>,
+    ) -> Result<(), BpfError>;
 }
 
 /// A request to the owner thread, with the channel its answer goes back on.
 enum Command {
-    AddAgent { cgroup_id: u64, net: KernelNetPolicy, reply: mpsc::SyncSender<Result<(), BpfError>> },
-    RemoveAgent { cgroup_id: u64, reply: mpsc::SyncSender<Result<(), BpfError>> },
-    AgentIds { reply: mpsc::SyncSender<Result<Vec<u64>, BpfError>> },
+    AddAgent {
+        cgroup_id: u64,
+        net: KernelNetPolicy,
+        files_confined: bool,
+        reply: mpsc::SyncSender<Result<(), BpfError>>,
+    },
+    RemoveAgent {
+        cgroup_id: u64,
+        reply: mpsc::SyncSender<Result<(), BpfError>>,
+    },
+    SetFileGrant {
+        cgroup_id: u64,
+        key: FileKey,
+        grant: Option<FileGrantEntry>,
+        reply: mpsc::SyncSender<Result<(), BpfError>>,
+    },
+    AgentIds {
+        reply: mpsc::SyncSender<Result<Vec<u64>, BpfError>>,
+    },
 }
 
 /// Cheap to clone; every clone talks to the one thread that owns the BPF objects.
@@ -257,8 +365,9 @@ impl BpfHandle {
         Ok((BpfHandle { commands }, started.report, event_rx))
     }
 
-    /// Cgroup ids that have an entry in the kernel's agent map, including ones a previous
-    /// daemon left in the pinned map: the daemon removes those it no longer knows.
+    /// Cgroup ids that have an entry in the kernel's agent map (or left-over allow entries
+    /// or file grants), including ones a previous daemon left in the pinned maps: the
+    /// daemon removes those it no longer knows.
     pub fn agent_ids(&self) -> Result<Vec<u64>, BpfError> {
         self.request(|reply| Command::AgentIds { reply })
     }
@@ -274,12 +383,21 @@ impl BpfHandle {
 }
 
 impl KernelPolicy for BpfHandle {
-    fn add_agent(&self, cgroup_id: u64, net: &KernelNetPolicy) -> Result<(), BpfError> {
-        self.request(|reply| Command::AddAgent { cgroup_id, net: net.clone(), reply })
+    fn add_agent(&self, cgroup_id: u64, net: &KernelNetPolicy, files_confined: bool) -> Result<(), BpfError> {
+        self.request(|reply| Command::AddAgent { cgroup_id, net: net.clone(), files_confined, reply })
     }
 
     fn remove_agent(&self, cgroup_id: u64) -> Result<(), BpfError> {
         self.request(|reply| Command::RemoveAgent { cgroup_id, reply })
+    }
+
+    fn set_file_grant(
+        &self,
+        cgroup_id: u64,
+        key: FileKey,
+        grant: Option<FileGrantEntry>,
+    ) -> Result<(), BpfError> {
+        self.request(|reply| Command::SetFileGrant { cgroup_id, key, grant, reply })
     }
 }
 
@@ -287,15 +405,42 @@ impl KernelPolicy for BpfHandle {
 #[derive(Default)]
 pub struct FakeKernel {
     pub agents: std::sync::Mutex<std::collections::HashMap<u64, KernelNetPolicy>>,
+    /// Agents added with `files_confined`.
+    pub files_confined: std::sync::Mutex<std::collections::HashSet<u64>>,
+    /// (agent cgroup id, inode) → grant, as the kernel map would hold them.
+    pub file_grants: std::sync::Mutex<std::collections::HashMap<(u64, FileKey), FileGrantEntry>>,
 }
 
 impl KernelPolicy for FakeKernel {
-    fn add_agent(&self, cgroup_id: u64, net: &KernelNetPolicy) -> Result<(), BpfError> {
+    fn add_agent(&self, cgroup_id: u64, net: &KernelNetPolicy, files_confined: bool) -> Result<(), BpfError> {
         self.agents.lock().unwrap().insert(cgroup_id, net.clone());
+        let mut confined = self.files_confined.lock().unwrap();
+        if files_confined {
+            confined.insert(cgroup_id);
+        } else {
+            confined.remove(&cgroup_id);
+        }
         Ok(())
     }
+
     fn remove_agent(&self, cgroup_id: u64) -> Result<(), BpfError> {
         self.agents.lock().unwrap().remove(&cgroup_id);
+        self.files_confined.lock().unwrap().remove(&cgroup_id);
+        self.file_grants.lock().unwrap().retain(|(c, _), _| *c != cgroup_id);
+        Ok(())
+    }
+
+    fn set_file_grant(
+        &self,
+        cgroup_id: u64,
+        key: FileKey,
+        grant: Option<FileGrantEntry>,
+    ) -> Result<(), BpfError> {
+        let mut grants = self.file_grants.lock().unwrap();
+        match grant {
+            Some(g) => grants.insert((cgroup_id, key), g),
+            None => grants.remove(&(cgroup_id, key)),
+        };
         Ok(())
     }
 }
@@ -320,11 +465,14 @@ mod tests {
             .collect()
     }
 
+    fn lsm_all(attached: bool, error: Option<&str>) -> Vec<ProgramStatus> {
+        rush_ebpf::LSM_PROGRAMS.iter().map(|s| status(s.hook, attached, error)).collect()
+    }
+
     #[test]
     fn report_net_and_lsm() {
         let mut programs = net_all();
-        programs.push(status("lsm/file_open", false, Some("load: EPERM")));
-        programs.push(status("lsm/file_permission", false, Some("load: EPERM")));
+        programs.extend(lsm_all(false, Some("load: EPERM")));
         let r = AttachReport { programs };
         assert!(r.net_enforced());
         assert!(!r.lsm_attached());
@@ -332,7 +480,7 @@ mod tests {
 
         let mut programs = net_all();
         programs.remove(2);
-        programs.push(status("lsm/file_open", true, None));
+        programs.extend(lsm_all(true, None));
         let r = AttachReport { programs };
         assert!(!r.net_enforced());
         assert!(r.lsm_attached());
@@ -341,6 +489,51 @@ mod tests {
         let r = AttachReport { programs: net_all() };
         assert!(!r.lsm_attached(), "no LSM program is not 'every LSM program attached'");
         assert!(r.lsm_error().is_some());
+
+        // One program short (file_open alone used to count as attached).
+        let mut programs = net_all();
+        programs.push(status("lsm/file_open", true, None));
+        let r = AttachReport { programs };
+        assert!(!r.lsm_attached());
+        assert!(r.lsm_error().unwrap().contains("rush_file_permission"), "{:?}", r.lsm_error());
+
+        // One failed attach among the twelve.
+        let mut programs = net_all();
+        programs.extend(lsm_all(true, None));
+        let last = programs.last_mut().unwrap();
+        last.attached = false;
+        last.error = Some("attach: ENOENT".into());
+        let r = AttachReport { programs };
+        assert!(!r.lsm_attached());
+        assert_eq!(r.lsm_error().as_deref(), Some("attach: ENOENT"));
+    }
+
+    #[test]
+    fn kernel_dev_encoding() {
+        // glibc: makedev(8, 1); kernel: 8 << 20 | 1.
+        assert_eq!(kernel_dev(libc::makedev(8, 1)), (8 << 20) | 1);
+        assert_eq!(kernel_dev(libc::makedev(0, 300)), 300);
+        assert_eq!(kernel_dev(libc::makedev(259, 70000)), (259 << 20) | 70000);
+        let t0 = boot_time_ns();
+        assert!(t0 > 0 && boot_time_ns() >= t0);
+    }
+
+    #[test]
+    fn fake_kernel_records_grants() {
+        let k = FakeKernel::default();
+        let key = FileKey { dev: 7, ino: 42 };
+        let g = FileGrantEntry { expires_ns: [u64::MAX, 0, 0, 0, 0] };
+        k.add_agent(1, &KernelNetPolicy::Deny, true).unwrap();
+        k.set_file_grant(1, key, Some(g)).unwrap();
+        k.set_file_grant(2, key, Some(g)).unwrap();
+        assert!(k.files_confined.lock().unwrap().contains(&1));
+        assert_eq!(k.file_grants.lock().unwrap().get(&(1, key)), Some(&g));
+        k.set_file_grant(1, key, None).unwrap();
+        assert!(!k.file_grants.lock().unwrap().contains_key(&(1, key)));
+        k.set_file_grant(1, key, Some(g)).unwrap();
+        k.remove_agent(1).unwrap();
+        assert!(k.file_grants.lock().unwrap().keys().all(|(c, _)| *c == 2));
+        assert!(!k.files_confined.lock().unwrap().contains(&1));
     }
 
     #[test]

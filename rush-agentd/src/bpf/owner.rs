@@ -1,6 +1,6 @@
 //! The thread that owns the BPF objects and applies agents' policies to the maps.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -9,13 +9,14 @@ use std::sync::mpsc;
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use rush_ebpf::{
-    AF_INET, AF_INET6, MAP_AGENTS, MAP_EVENTS, MAP_NET_ALLOW, MAP_STATS, NET_MODE_ALLOW, NET_MODE_DENY,
-    NET_MODE_LIST, Plain, RushAgent, RushNetKey,
+    AF_INET, AF_INET6, AGENT_FILES_CONFINED, MAP_AGENTS, MAP_EVENTS, MAP_FILE_GRANTS, MAP_NET_ALLOW,
+    MAP_STATS, NET_MODE_ALLOW, NET_MODE_DENY, NET_MODE_LIST, Plain, RushAgent, RushFileGrant, RushFileKey,
+    RushNetKey,
 };
 use tracing::info;
 
 use super::load::{self, Loaded};
-use super::{AttachReport, BpfConfig, BpfError, Command, KernelNetPolicy};
+use super::{AttachReport, BpfConfig, BpfError, Command, FileGrantEntry, FileKey, KernelNetPolicy};
 
 /// What the owner thread hands back once everything is loaded and attached.
 pub(super) struct Started {
@@ -48,7 +49,9 @@ pub(super) fn run(
         let mut agents = AgentMaps {
             agents: handle(&maps.rush_agents, MAP_AGENTS)?,
             allow: handle(&maps.rush_net_allow, MAP_NET_ALLOW)?,
+            grants: handle(&maps.rush_file_grants, MAP_FILE_GRANTS)?,
             keys: HashMap::new(),
+            grant_keys: HashMap::new(),
         };
         agents.adopt();
         let started = Started {
@@ -74,8 +77,11 @@ pub(super) fn run(
     // Ends when every BpfHandle is dropped. The pinned links and maps stay in the kernel.
     for command in commands {
         match command {
-            Command::AddAgent { cgroup_id, net, reply } => {
-                let _ = reply.send(agents.add(cgroup_id, &net));
+            Command::AddAgent { cgroup_id, net, files_confined, reply } => {
+                let _ = reply.send(agents.add(cgroup_id, &net, files_confined));
+            }
+            Command::SetFileGrant { cgroup_id, key, grant, reply } => {
+                let _ = reply.send(agents.set_file_grant(cgroup_id, key, grant));
             }
             Command::RemoveAgent { cgroup_id, reply } => {
                 let _ = reply.send(agents.remove(cgroup_id));
@@ -91,20 +97,28 @@ fn handle(map: &libbpf_rs::MapMut<'_>, name: &'static str) -> Result<MapHandle, 
     MapHandle::try_from(map).map_err(|source| BpfError::MapHandle { map: name, source })
 }
 
-/// `rush_agents` and `rush_net_allow`, plus the allow-list keys written for each agent
-/// (so removing or changing an agent deletes exactly its entries).
+/// `rush_agents`, `rush_net_allow` and `rush_file_grants`, plus the allow-list and grant
+/// keys written for each agent (so removing or changing an agent deletes exactly its
+/// entries).
 struct AgentMaps {
     agents: MapHandle,
     allow: MapHandle,
+    grants: MapHandle,
     keys: HashMap<u64, Vec<RushNetKey>>,
+    grant_keys: HashMap<u64, HashSet<RushFileKey>>,
 }
 
 impl AgentMaps {
-    /// Learns the keys already in a reused (pinned) allow map.
+    /// Learns the keys already in reused (pinned) allow and grant maps.
     fn adopt(&mut self) {
         for key in self.allow.keys() {
             if let Some(key) = RushNetKey::from_bytes(&key) {
                 self.keys.entry(key.cgroup_id).or_default().push(key);
+            }
+        }
+        for key in self.grants.keys() {
+            if let Some(key) = RushFileKey::from_bytes(&key) {
+                self.grant_keys.entry(key.cgroup_id).or_default().insert(key);
             }
         }
         let agents = self.agents.keys().count();
@@ -115,12 +129,13 @@ impl AgentMaps {
 
     /// The allow entries first, then the agent entry that makes them count, then the
     /// entries of a previous policy that the new one no longer has.
-    fn add(&mut self, cgroup_id: u64, net: &KernelNetPolicy) -> Result<(), BpfError> {
+    fn add(&mut self, cgroup_id: u64, net: &KernelNetPolicy, files_confined: bool) -> Result<(), BpfError> {
         let (net_mode, keys) = net_entries(cgroup_id, net);
         let old = self.keys.remove(&cgroup_id).unwrap_or_default();
         let written = self.write_allow(cgroup_id, &keys);
         let written = written.and_then(|()| {
-            let agent = RushAgent { net_mode, ..Default::default() };
+            let flags = if files_confined { AGENT_FILES_CONFINED } else { 0 };
+            let agent = RushAgent { net_mode, flags, ..Default::default() };
             self.agents
                 .update(&cgroup_id.to_ne_bytes(), agent.as_bytes(), MapFlags::ANY)
                 .map_err(|source| map_err(MAP_AGENTS, "update", cgroup_id, source))
@@ -138,20 +153,85 @@ impl AgentMaps {
     }
 
     /// The agent entry first (the agent is then no longer confined by this daemon), then
-    /// its allow entries. Removing an unknown agent is not an error.
+    /// its allow entries and file grants. Removing an unknown agent is not an error.
     fn remove(&mut self, cgroup_id: u64) -> Result<(), BpfError> {
         delete(&self.agents, &cgroup_id.to_ne_bytes())
             .map_err(|source| map_err(MAP_AGENTS, "delete", cgroup_id, source))?;
         let keys = self.keys.remove(&cgroup_id).unwrap_or_default();
-        self.delete_allow(cgroup_id, &keys)
+        self.delete_allow(cgroup_id, &keys)?;
+        let grants = self.grant_keys.remove(&cgroup_id).unwrap_or_default();
+        self.delete_grants(cgroup_id, grants)
     }
 
+    /// Writes or deletes one grant entry (whether or not the agent has been added yet).
+    fn set_file_grant(
+        &mut self,
+        cgroup_id: u64,
+        key: FileKey,
+        grant: Option<FileGrantEntry>,
+    ) -> Result<(), BpfError> {
+        let key = RushFileKey { cgroup_id, ino: key.ino, dev: key.dev, pad: 0 };
+        match grant {
+            Some(grant) => {
+                let value = RushFileGrant { expires_ns: grant.expires_ns };
+                self.grants
+                    .update(key.as_bytes(), value.as_bytes(), MapFlags::ANY)
+                    .map_err(|source| map_err(MAP_FILE_GRANTS, "update", cgroup_id, source))?;
+                self.grant_keys.entry(cgroup_id).or_default().insert(key);
+            }
+            None => {
+                delete(&self.grants, key.as_bytes())
+                    .map_err(|source| map_err(MAP_FILE_GRANTS, "delete", cgroup_id, source))?;
+                if let Some(keys) = self.grant_keys.get_mut(&cgroup_id) {
+                    keys.remove(&key);
+                    if keys.is_empty() {
+                        self.grant_keys.remove(&cgroup_id);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One batch delete (thousands of tokens per agent); one by one if that fails, e.g.
+    /// because an entry was already gone.
+    fn delete_grants(&mut self, cgroup_id: u64, keys: HashSet<RushFileKey>) -> Result<(), BpfError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let bytes: Vec<u8> = keys.iter().flat_map(|k| k.as_bytes().to_vec()).collect();
+        let count = u32::try_from(keys.len()).unwrap_or(u32::MAX);
+        if self.grants.delete_batch(&bytes, count, MapFlags::ANY, MapFlags::ANY).is_ok() {
+            return Ok(());
+        }
+        let mut left = HashSet::new();
+        let mut first_err = None;
+        for key in keys {
+            if let Err(source) = delete(&self.grants, key.as_bytes()) {
+                first_err.get_or_insert(map_err(MAP_FILE_GRANTS, "delete", cgroup_id, source));
+                left.insert(key);
+            }
+        }
+        if !left.is_empty() {
+            self.grant_keys.entry(cgroup_id).or_default().extend(left);
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Agents in the map, then cgroups that have only allow entries or file grants left
+    /// (a daemon that died between the steps of a remove), so that they get removed too.
     fn ids(&self) -> Result<Vec<u64>, BpfError> {
-        Ok(self
+        let mut ids: Vec<u64> = self
             .agents
             .keys()
             .filter_map(|k| Some(u64::from_ne_bytes(k.as_slice().try_into().ok()?)))
-            .collect())
+            .collect();
+        let mut orphans: Vec<u64> =
+            self.keys.keys().chain(self.grant_keys.keys()).filter(|id| !ids.contains(id)).copied().collect();
+        orphans.sort_unstable();
+        orphans.dedup();
+        ids.extend(orphans);
+        Ok(ids)
     }
 
     fn write_allow(&self, cgroup_id: u64, keys: &[RushNetKey]) -> Result<(), BpfError> {

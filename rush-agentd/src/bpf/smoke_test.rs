@@ -22,8 +22,13 @@ use super::*;
 const EPERM: i32 = libc::EPERM;
 const CHILD_COMM: &str = "rush-smoke";
 
+/// Held by each test that starts a BpfHandle: they count this process's rush-bpf threads
+/// and must not see another test's.
+pub(super) static BPF_TEST_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn smoke_test_net_confinement() {
+    let _serial = BPF_TEST_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if !nix::unistd::geteuid().is_root() {
         println!("SKIP: needs root (bpf, cgroups, bpffs)");
         return;
@@ -66,7 +71,7 @@ fn smoke_test_net_confinement() {
     assert_eq!(stats.value_size(), 8, "the incompatible rush_stats pin was replaced");
 
     // Deny: every way out is refused, with an event; processes outside are untouched.
-    bpf.add_agent(cgroup_id, &KernelNetPolicy::Deny).unwrap();
+    bpf.add_agent(cgroup_id, &KernelNetPolicy::Deny, false).unwrap();
     std::net::TcpStream::connect(tcp_addr).expect("outside the agent cgroup: allowed");
     assert_eq!(probe(&agent, Probe::Tcp(tcp_addr)), Err(EPERM), "connect4");
     assert_eq!(probe(&sub, Probe::Tcp(tcp_addr)), Err(EPERM), "connect4 from a sub-cgroup");
@@ -97,19 +102,19 @@ fn smoke_test_net_confinement() {
 
     // List: exactly the listed (address, port); port 0 = any port.
     let list = KernelNetPolicy::List(vec![(tcp_addr.ip(), tcp_addr.port())]);
-    bpf.add_agent(cgroup_id, &list).unwrap();
+    bpf.add_agent(cgroup_id, &list, false).unwrap();
     assert_eq!(probe(&agent, Probe::Tcp(tcp_addr)), Ok(()), "listed");
     assert_eq!(probe(&agent, Probe::Tcp(mapped)), Ok(()), "listed, via a v6 socket");
     assert_eq!(probe(&agent, Probe::Udp(udp_addr)), Err(EPERM), "port not listed");
     let any_port = KernelNetPolicy::List(vec![(udp_addr.ip(), 0)]);
-    bpf.add_agent(cgroup_id, &any_port).unwrap();
+    bpf.add_agent(cgroup_id, &any_port, false).unwrap();
     assert_eq!(probe(&agent, Probe::Udp(udp_addr)), Ok(()), "port 0 = any port");
 
-    bpf.add_agent(cgroup_id, &KernelNetPolicy::Allow).unwrap();
+    bpf.add_agent(cgroup_id, &KernelNetPolicy::Allow, false).unwrap();
     assert_eq!(probe(&agent, Probe::Udp(udp_addr)), Ok(()), "allow-all");
 
     // The daemon goes away: the pinned links and maps keep enforcing.
-    bpf.add_agent(cgroup_id, &KernelNetPolicy::Deny).unwrap();
+    bpf.add_agent(cgroup_id, &KernelNetPolicy::Deny, false).unwrap();
     drop(bpf);
     let deadline = Instant::now() + Duration::from_secs(2);
     while bpf_threads() > 0 && Instant::now() < deadline {

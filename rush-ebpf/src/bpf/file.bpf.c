@@ -1,37 +1,614 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /*
- * File confinement (BPF LSM). For now these programs only identify the agent and ALLOW
- * everything: the file-token checks (inode ancestry walk, expiry) land in a later issue.
- * They exist already so the daemon learns whether this kernel loads and attaches LSM
- * programs at all (some kernels refuse BPF trampolines: BPF_PROG_LOAD fails with EPERM),
- * and reports which guarantees hold.
+ * File confinement (BPF LSM): capability tokens on files, checked in the kernel.
+ *
+ * A process in an agent cgroup whose rush_agents entry has RUSH_AGENT_FILES_CONFINED may
+ * do an operation (read, write, exec, create, delete) on an object only if a grant covers
+ * it: an entry of rush_file_grants for (agent, dev, ino) of the object or of any directory
+ * above it, up to the global root and across mount points (a grant on a directory covers
+ * its subtree), whose expiry for that op lies in the future of bpf_ktime_get_boot_ns().
+ * Everybody else (non-agents, agents without the flag) pays one hash lookup and is never
+ * denied. Denies return -EPERM and emit a struct rush_file_event on rush_events.
+ *
+ * What each hook checks:
+ *   file_open        exec (__FMODE_EXEC in f_flags: execve, the ELF interpreter): exec,
+ *                    not read, so an exec-only grant runs a binary; else FMODE_READ: read;
+ *                    FMODE_WRITE or O_TRUNC: write; an open with neither mode
+ *                    (O_WRONLY|O_RDWR, ioctl-only): read. Every file type.
+ *   file_permission  read / write on every read/write of an open regular file or
+ *                    directory (getdents included), so a revoked or expired token stops
+ *                    descriptors that are already open. The kernel's own reads of a file
+ *                    opened for exec need exec instead of read.
+ *                    Pipes, sockets, ttys and other non-regular files are not checked.
+ *   path_mknod, path_mkdir, path_symlink   create, on the parent directory (an
+ *                    open(O_CREAT) of a new file goes through path_mknod).
+ *   path_unlink, path_rmdir                delete, on the victim.
+ *   path_rename      delete on the source, create on the new parent, delete on a target
+ *                    that is replaced; RENAME_EXCHANGE: both ways. No widening: read,
+ *                    write and exec granted at the destination must already be granted
+ *                    on the source, so an object cannot be moved into more access.
+ *   path_link        create on the new parent + the same no-widening rule.
+ *   path_truncate, path_chmod, path_chown  write.
+ * Objects on internal (kernel) mounts, reachable only through a descriptor the process
+ * already holds (a pipe or memfd reopened through /proc/self/fd, nsfs), count as granted,
+ * as Landlock does.
+ *
+ * NOT covered (yet):
+ *   - mmap: pages of a file mapped before a revoke stay readable/writable (no check on
+ *     page faults); mmap/mprotect themselves are not checked (mmap_file hook).
+ *   - io_uring: its io-wq and SQPOLL workers are threads of the submitting task, in its
+ *     cgroup, so its opens and reads/writes should meet these hooks as the agent; not
+ *     tested yet.
+ *   - ftruncate() on 6.2+ kernels goes through file_truncate (absent in 6.1), not
+ *     path_truncate: ftruncate of an fd opened for write before a revoke still works
+ *     there. open(O_TRUNC) and truncate(path) are checked everywhere.
+ *   - Metadata: stat, getxattr/setxattr/removexattr, utimes, access(), readlink, chdir,
+ *     path lookup itself (an agent can learn names and attributes of files it cannot
+ *     open), inode_setattr other than chmod/chown, fcntl/ioctl/flock on open files.
+ *   - Files handed to the agent already open (stdout redirected to a regular file): the
+ *     open was not the agent's, but every read/write is, so they need a write grant.
+ *   - Stacked/backing files: overlayfs opens its real files on private, detached mounts,
+ *     so the walk for those ends at the layer's root: agents on an overlayfs root are
+ *     denied unless the layer directories are granted.
+ *   - (dev, ino) is the identity: on btrfs every subvolume shares the superblock's s_dev
+ *     while inode numbers repeat per subvolume, so a grant on one subvolume's inode N
+ *     also matches inode N of every other subvolume (snapshots included) of that fs.
+ *   - The walk reads d_parent/mnt_parent without the kernel's locks (as every BPF LSM
+ *     does): a rename racing with a check can be judged on either side of it.
+ *   - A walk longer than RUSH_WALK_MAX levels denies (fail closed).
  *
  * Return 0 = allow, -EPERM = deny.
  */
 #include "rush.h"
 #include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+
+/* Macros of the kernel headers (so not in vmlinux.h); the same values in 6.1 and 6.12. */
+#define EPERM 1
+#define FMODE_READ 0x1
+#define FMODE_WRITE 0x2
+/* An exec's open: FMODE_EXEC's value, but set in f_flags, not f_mode (as Landlock notes). */
+#define __FMODE_EXEC 0x20
+#define O_TRUNC 01000
+#define MAY_WRITE 0x2
+#define MAY_READ 0x4
+#define MAY_APPEND 0x8
+#define S_IFMT 0170000
+#define S_IFREG 0100000
+#define S_IFDIR 0040000
+#define RENAME_EXCHANGE 2
+#define MNT_INTERNAL 0x4000
+
+/* Directory levels a walk may climb (mount crossings included) before it gives up. */
+#define RUSH_WALK_MAX 4096
+
+#define RUSH_OPS_ALL 0x1f
+#define RUSH_OPS_RWX (RUSH_FILE_OP_READ | RUSH_FILE_OP_WRITE | RUSH_FILE_OP_EXEC)
+
+/* Where event paths are assembled, leaf to root, ending at RUSH_FILE_PATH_LEN - 1. Twice
+ * the path size so that (start offset <= 255) + (name length <= 255) stays inside it,
+ * which is what the verifier can check. Per CPU: an LSM program can be preempted (not
+ * migrated), so another deny on the same CPU may, rarely, garble an event's path. */
+struct rush_path_scratch {
+	char buf[2 * RUSH_FILE_PATH_LEN];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct rush_path_scratch);
+} rush_path_scratch SEC(".maps");
+
+/* The agent cgroup of the current task if that agent is file-confined, else 0. */
+static __always_inline __u64 rush_confined_agent(void)
+{
+	__u64 cgroup_id = rush_current_agent_cgroup();
+	struct rush_agent *agent = rush_lookup_agent(cgroup_id);
+
+	if (!agent || !(agent->flags & RUSH_AGENT_FILES_CONFINED))
+		return 0;
+	return cgroup_id;
+}
+
+/* struct mount embeds the struct vfsmount that paths point to (container_of). */
+static __always_inline struct mount *rush_real_mount(struct vfsmount *mnt)
+{
+	if (!mnt)
+		return NULL;
+	return (struct mount *)((unsigned long)mnt - bpf_core_field_offset(struct mount, mnt));
+}
+
+/* The ops one grant entry allows now. ~0 never expires (now never reaches it). */
+static __always_inline __u32 rush_grant_ops(const struct rush_file_grant *g, __u64 now)
+{
+	__u32 ops = 0;
+
+#pragma unroll
+	for (int i = 0; i < RUSH_FILE_OPS_LEN; i++) {
+		__u64 expires = g->expires_ns[i];
+
+		if (expires && now < expires)
+			ops |= 1u << i;
+	}
+	return ops;
+}
+
+/*
+ * State of one ancestry walk. Pointers are plain values here (read with BPF_CORE_READ,
+ * i.e. bpf_probe_read_kernel), so the verifier sees scalars and nothing can fault.
+ */
+struct rush_walk {
+	__u64 cgroup_id;
+	__u64 now;
+	struct dentry *dentry;
+	struct mount *mnt;
+	__u32 want; /* stop as soon as all of these are found */
+	__u32 ops;  /* union of what the levels visited so far grant */
+	__u32 done; /* the walk finished (top reached or want found) */
+	__u32 pad;
+};
+
+/*
+ * One level: look up (dev, ino) of w->dentry, then move to its parent; at the root of a
+ * mount, to the mount point in the parent mount (whose inode is looked up next, as
+ * Landlock does); at the root of the mount tree, stop.
+ */
+static long rush_walk_step(__u32 index, void *data)
+{
+	struct rush_walk *w = data;
+	struct dentry *dentry = w->dentry;
+	struct mount *mnt = w->mnt;
+	struct dentry *parent;
+	struct inode *inode;
+
+	if (!dentry || !mnt)
+		return 1; /* unreadable: not done, so the walk denies */
+	inode = BPF_CORE_READ(dentry, d_inode);
+	if (inode) {
+		struct rush_file_key key = {
+			.cgroup_id = w->cgroup_id,
+			.ino = BPF_CORE_READ(inode, i_ino),
+			.dev = BPF_CORE_READ(inode, i_sb, s_dev),
+		};
+		struct rush_file_grant *grant = bpf_map_lookup_elem(&rush_file_grants, &key);
+
+		if (grant)
+			w->ops |= rush_grant_ops(grant, w->now);
+		if ((w->ops & w->want) == w->want) {
+			w->done = 1;
+			return 1;
+		}
+	}
+	if (dentry == BPF_CORE_READ(mnt, mnt.mnt_root)) {
+		struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
+
+		if (up == mnt || !up) {
+			/* The root of the mount tree (or of a detached tree). A kernel-internal
+			 * mount (pipefs, sockfs, anon inodes, nsfs, shmem of memfds) is reachable
+			 * only through a descriptor the process already has. */
+			if (BPF_CORE_READ(mnt, mnt.mnt_flags) & MNT_INTERNAL)
+				w->ops = RUSH_OPS_ALL;
+			w->done = 1;
+			return 1;
+		}
+		w->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
+		w->mnt = up;
+		return 0;
+	}
+	parent = BPF_CORE_READ(dentry, d_parent);
+	if (parent == dentry || !parent) {
+		/* A disconnected root (pseudo files such as pipes are their own parent). */
+		if (BPF_CORE_READ(mnt, mnt.mnt_flags) & MNT_INTERNAL)
+			w->ops = RUSH_OPS_ALL;
+		w->done = 1;
+		return 1;
+	}
+	w->dentry = parent;
+	return 0;
+}
+
+/*
+ * The union of the ops the agent is granted, now, on `dentry` (in mount `mnt`) and on
+ * every directory above it up to the global root. Stops early once `want` is covered.
+ * 0 if the walk could not finish within RUSH_WALK_MAX levels (fail closed).
+ */
+static __noinline __u32 rush_walk_ops(__u64 cgroup_id, struct dentry *dentry,
+				      struct vfsmount *mnt, __u32 want)
+{
+	struct rush_walk w = {
+		.cgroup_id = cgroup_id,
+		.now = bpf_ktime_get_boot_ns(),
+		.dentry = dentry,
+		.mnt = rush_real_mount(mnt),
+		.want = want,
+	};
+
+	bpf_loop(RUSH_WALK_MAX, rush_walk_step, &w, 0);
+	return w.done ? w.ops : 0;
+}
+
+/* State of the walk that assembles an event's path from dentry names. */
+struct rush_name_walk {
+	struct dentry *dentry;
+	struct mount *mnt;
+	__s64 pos; /* the path built so far is scratch[pos .. RUSH_FILE_PATH_LEN - 1) */
+	__u32 cut; /* a name did not fit: the path is truncated at its root end */
+	__u32 pad;
+};
+
+static long rush_name_step(__u32 index, void *data)
+{
+	struct rush_name_walk *w = data;
+	struct dentry *dentry = w->dentry;
+	struct mount *mnt = w->mnt;
+	struct rush_path_scratch *scratch;
+	const unsigned char *name;
+	struct dentry *parent;
+	__u32 zero = 0;
+	__s64 pos, start;
+	__u32 len;
+
+	if (!dentry || !mnt)
+		return 1;
+	if (dentry == BPF_CORE_READ(mnt, mnt.mnt_root)) {
+		struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
+
+		if (up == mnt || !up)
+			return 1;
+		w->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
+		w->mnt = up;
+		return 0;
+	}
+	parent = BPF_CORE_READ(dentry, d_parent);
+	if (parent == dentry || !parent)
+		return 1;
+
+	scratch = bpf_map_lookup_elem(&rush_path_scratch, &zero);
+	if (!scratch)
+		return 1;
+	len = BPF_CORE_READ(dentry, d_name.len);
+	name = BPF_CORE_READ(dentry, d_name.name);
+	pos = w->pos;
+	if (pos > RUSH_FILE_PATH_LEN - 1 || pos < 0)
+		return 1;
+	/* "/name" goes to [start, pos); keep 3 bytes in front for a "…". */
+	start = pos - (__s64)len - 1;
+	if (len >= RUSH_FILE_PATH_LEN || start < 3) {
+		w->cut = 1;
+		return 1;
+	}
+	bpf_probe_read_kernel(&scratch->buf[start + 1], len & (RUSH_FILE_PATH_LEN - 1), name);
+	scratch->buf[start] = '/';
+	w->pos = start;
+	w->dentry = parent;
+	return 0;
+}
+
+/*
+ * Writes the absolute path of `dentry` (in `mnt`) into `out` (RUSH_FILE_PATH_LEN bytes):
+ * the dentry names from leaf to root, mount points crossed; if it is too long, its root
+ * end is cut and replaced by "…". Best effort: names can change while they are read.
+ */
+static __noinline void rush_dentry_path(char *out, struct dentry *dentry, struct vfsmount *mnt)
+{
+	struct rush_name_walk w = {
+		.dentry = dentry,
+		.mnt = rush_real_mount(mnt),
+		.pos = RUSH_FILE_PATH_LEN - 1,
+	};
+	struct rush_path_scratch *scratch;
+	__u32 zero = 0;
+	__s64 pos;
+
+	scratch = bpf_map_lookup_elem(&rush_path_scratch, &zero);
+	if (!scratch) {
+		out[0] = 0;
+		return;
+	}
+	scratch->buf[RUSH_FILE_PATH_LEN - 1] = 0;
+	bpf_loop(RUSH_WALK_MAX, rush_name_step, &w, 0);
+	pos = w.pos;
+	if (pos > RUSH_FILE_PATH_LEN - 1 || pos < 3) {
+		out[0] = 0;
+		return;
+	}
+	if (pos == RUSH_FILE_PATH_LEN - 1) {
+		/* The root itself (or nothing readable). */
+		pos--;
+		scratch->buf[pos] = '/';
+	}
+	if (w.cut) {
+		pos -= 3;
+		scratch->buf[pos] = 0xe2; /* U+2026 "…" in UTF-8 */
+		scratch->buf[pos + 1] = 0x80;
+		scratch->buf[pos + 2] = 0xa6;
+	}
+	bpf_probe_read_kernel_str(out, RUSH_FILE_PATH_LEN, &scratch->buf[pos & (RUSH_FILE_PATH_LEN - 1)]);
+}
+
+/* A deny event with everything but the path; NULL if the ring buffer is full (counted). */
+static __always_inline struct rush_file_event *rush_file_event_start(__u32 hook, __u64 cgroup_id,
+								     __u32 op, struct dentry *object)
+{
+	struct rush_file_event *e;
+	struct inode *inode;
+	__u64 pid_tgid;
+
+	e = bpf_ringbuf_reserve(&rush_events, sizeof(*e), 0);
+	if (!e) {
+		rush_count_lost_event();
+		return NULL;
+	}
+	pid_tgid = bpf_get_current_pid_tgid();
+	inode = BPF_CORE_READ(object, d_inode);
+	e->kind = RUSH_EVENT_FILE_DENY;
+	e->hook = hook;
+	e->cgroup_id = cgroup_id;
+	e->pid = (__u32)pid_tgid;
+	e->tgid = pid_tgid >> 32;
+	e->uid = (__u32)bpf_get_current_uid_gid();
+	e->op = op;
+	e->ino = inode ? BPF_CORE_READ(inode, i_ino) : 0;
+	e->dev = inode ? BPF_CORE_READ(inode, i_sb, s_dev) : 0;
+	e->pad = 0;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	return e;
+}
+
+/* The lowest op bit of `ops` (the one an event reports). */
+static __always_inline __u32 rush_first_op(__u32 ops)
+{
+	return ops & -ops;
+}
+
+/*
+ * Denies `op` with an event whose path is assembled from dentry names: `named` (in
+ * `mnt`) is what the agent tried to reach, `object` the inode whose grants were missing
+ * (for a create, the parent directory of the new name).
+ */
+static __always_inline int rush_deny(__u32 hook, __u64 cgroup_id, __u32 op, struct dentry *object,
+				     struct dentry *named, struct vfsmount *mnt)
+{
+	struct rush_file_event *e = rush_file_event_start(hook, cgroup_id, op, object);
+
+	if (e) {
+		rush_dentry_path(e->path, named, mnt);
+		bpf_ringbuf_submit(e, 0);
+	}
+	return -EPERM;
+}
+
+/* Allows when the agent holds every op of `need` on (dentry, mnt), else denies. */
+static __always_inline int rush_require(__u32 hook, __u64 cgroup_id, __u32 need,
+					struct dentry *dentry, struct vfsmount *mnt,
+					struct dentry *named)
+{
+	__u32 missing = need & ~rush_walk_ops(cgroup_id, dentry, mnt, need);
+
+	if (!missing)
+		return 0;
+	return rush_deny(hook, cgroup_id, rush_first_op(missing), dentry, named, mnt);
+}
+
+/* Create on the directory `dir`; the event names the new entry. */
+static __always_inline int rush_check_create(__u32 hook, const struct path *dir,
+					     struct dentry *dentry)
+{
+	__u64 cgroup_id = rush_confined_agent();
+
+	if (!cgroup_id)
+		return 0;
+	return rush_require(hook, cgroup_id, RUSH_FILE_OP_CREATE, BPF_CORE_READ(dir, dentry),
+			    BPF_CORE_READ(dir, mnt), dentry);
+}
+
+/* Delete of `dentry`, an entry of the directory `dir`. */
+static __always_inline int rush_check_delete(__u32 hook, const struct path *dir,
+					     struct dentry *dentry)
+{
+	__u64 cgroup_id = rush_confined_agent();
+
+	if (!cgroup_id)
+		return 0;
+	return rush_require(hook, cgroup_id, RUSH_FILE_OP_DELETE, dentry, BPF_CORE_READ(dir, mnt),
+			    dentry);
+}
+
+/* Write on the object at `path` (truncate, chmod, chown). */
+static __always_inline int rush_check_path_write(__u32 hook, const struct path *path)
+{
+	__u64 cgroup_id = rush_confined_agent();
+	struct dentry *dentry;
+
+	if (!cgroup_id)
+		return 0;
+	dentry = BPF_CORE_READ(path, dentry);
+	return rush_require(hook, cgroup_id, RUSH_FILE_OP_WRITE, dentry, BPF_CORE_READ(path, mnt),
+			    dentry);
+}
+
+/*
+ * Moving or linking `object` (with `object_ops` granted where it is now) into the
+ * directory `dir` (in `mnt`; the new name `named`): create on `dir`, and what `dir`
+ * grants of read, write and exec must already be granted on the object.
+ */
+static __always_inline int rush_check_move_in(__u32 hook, __u64 cgroup_id, __u32 object_ops,
+					      struct dentry *object, struct dentry *dir,
+					      struct vfsmount *mnt, struct dentry *named)
+{
+	__u32 dir_ops = rush_walk_ops(cgroup_id, dir, mnt, RUSH_OPS_ALL);
+	__u32 wider;
+
+	if (!(dir_ops & RUSH_FILE_OP_CREATE))
+		return rush_deny(hook, cgroup_id, RUSH_FILE_OP_CREATE, dir, named, mnt);
+	wider = dir_ops & RUSH_OPS_RWX & ~object_ops;
+	if (wider)
+		return rush_deny(hook, cgroup_id, rush_first_op(wider), object, named, mnt);
+	return 0;
+}
 
 SEC("lsm/file_open")
 int BPF_PROG(rush_file_open, struct file *file)
 {
-	struct rush_agent *agent = rush_lookup_agent(rush_current_agent_cgroup());
+	__u64 cgroup_id = rush_confined_agent();
+	struct rush_file_event *e;
+	struct vfsmount *mnt;
+	struct dentry *dentry;
+	__u32 fmode, fflags, need = 0, missing;
 
-	if (!agent)
+	if (!cgroup_id)
 		return 0;
-	/* Agent: file tokens are checked here in a later issue. */
-	return 0;
+	fmode = BPF_CORE_READ(file, f_mode);
+	fflags = BPF_CORE_READ(file, f_flags);
+	if (fflags & __FMODE_EXEC)
+		need |= RUSH_FILE_OP_EXEC;
+	else if (fmode & FMODE_READ)
+		need |= RUSH_FILE_OP_READ;
+	if ((fmode & FMODE_WRITE) || (fflags & O_TRUNC))
+		need |= RUSH_FILE_OP_WRITE;
+	if (!need)
+		need = RUSH_FILE_OP_READ;
+
+	dentry = BPF_CORE_READ(file, f_path.dentry);
+	mnt = BPF_CORE_READ(file, f_path.mnt);
+	missing = need & ~rush_walk_ops(cgroup_id, dentry, mnt, need);
+	if (!missing)
+		return 0;
+	e = rush_file_event_start(RUSH_FHOOK_FILE_OPEN, cgroup_id, rush_first_op(missing), dentry);
+	if (e) {
+		/* bpf_d_path is allowed in file_open (not in file_permission nor the path_*
+		 * hooks, on 6.1 and 6.12: the verifier refuses the helper there). */
+		if (bpf_d_path((struct path *)&file->f_path, e->path, sizeof(e->path)) < 0)
+			rush_dentry_path(e->path, dentry, mnt);
+		bpf_ringbuf_submit(e, 0);
+	}
+	return -EPERM;
 }
 
-/* Runs on every read/write of an open file, so a revoked token also stops open fds. */
+/* Every read/write of an open file: what makes revoking (or expiry) reach open fds. */
 SEC("lsm/file_permission")
 int BPF_PROG(rush_file_permission, struct file *file, int mask)
 {
-	struct rush_agent *agent = rush_lookup_agent(rush_current_agent_cgroup());
+	__u64 cgroup_id = rush_confined_agent();
+	__u32 need = 0, type;
+	struct dentry *dentry;
 
-	if (!agent)
+	if (!cgroup_id)
 		return 0;
-	/* Agent: file tokens are checked here in a later issue. */
-	return 0;
+	type = BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT;
+	if (type != S_IFREG && type != S_IFDIR)
+		return 0;
+	if (mask & MAY_READ)
+		need |= (BPF_CORE_READ(file, f_flags) & __FMODE_EXEC) ? RUSH_FILE_OP_EXEC
+									 : RUSH_FILE_OP_READ;
+	if (mask & (MAY_WRITE | MAY_APPEND))
+		need |= RUSH_FILE_OP_WRITE;
+	if (!need)
+		return 0;
+	dentry = BPF_CORE_READ(file, f_path.dentry);
+	return rush_require(RUSH_FHOOK_FILE_PERMISSION, cgroup_id, need, dentry,
+			    BPF_CORE_READ(file, f_path.mnt), dentry);
+}
+
+SEC("lsm/path_mknod")
+int BPF_PROG(rush_path_mknod, const struct path *dir, struct dentry *dentry, umode_t mode,
+	     unsigned int dev)
+{
+	return rush_check_create(RUSH_FHOOK_PATH_MKNOD, dir, dentry);
+}
+
+SEC("lsm/path_mkdir")
+int BPF_PROG(rush_path_mkdir, const struct path *dir, struct dentry *dentry, umode_t mode)
+{
+	return rush_check_create(RUSH_FHOOK_PATH_MKDIR, dir, dentry);
+}
+
+SEC("lsm/path_symlink")
+int BPF_PROG(rush_path_symlink, const struct path *dir, struct dentry *dentry,
+	     const char *old_name)
+{
+	return rush_check_create(RUSH_FHOOK_PATH_SYMLINK, dir, dentry);
+}
+
+SEC("lsm/path_unlink")
+int BPF_PROG(rush_path_unlink, const struct path *dir, struct dentry *dentry)
+{
+	return rush_check_delete(RUSH_FHOOK_PATH_UNLINK, dir, dentry);
+}
+
+SEC("lsm/path_rmdir")
+int BPF_PROG(rush_path_rmdir, const struct path *dir, struct dentry *dentry)
+{
+	return rush_check_delete(RUSH_FHOOK_PATH_RMDIR, dir, dentry);
+}
+
+SEC("lsm/path_rename")
+int BPF_PROG(rush_path_rename, const struct path *old_dir, struct dentry *old_dentry,
+	     const struct path *new_dir, struct dentry *new_dentry, unsigned int flags)
+{
+	__u64 cgroup_id = rush_confined_agent();
+	struct vfsmount *old_mnt, *new_mnt;
+	__u32 src_ops, dst_ops = 0;
+	int denied;
+
+	if (!cgroup_id)
+		return 0;
+	old_mnt = BPF_CORE_READ(old_dir, mnt);
+	new_mnt = BPF_CORE_READ(new_dir, mnt);
+	src_ops = rush_walk_ops(cgroup_id, old_dentry, old_mnt, RUSH_OPS_ALL);
+	if (!(src_ops & RUSH_FILE_OP_DELETE))
+		return rush_deny(RUSH_FHOOK_PATH_RENAME, cgroup_id, RUSH_FILE_OP_DELETE, old_dentry,
+				 old_dentry, old_mnt);
+	/* A target that exists is replaced (deleted) or, with RENAME_EXCHANGE, moved. */
+	if (BPF_CORE_READ(new_dentry, d_inode)) {
+		dst_ops = rush_walk_ops(cgroup_id, new_dentry, new_mnt, RUSH_OPS_ALL);
+		if (!(dst_ops & RUSH_FILE_OP_DELETE))
+			return rush_deny(RUSH_FHOOK_PATH_RENAME, cgroup_id, RUSH_FILE_OP_DELETE,
+					 new_dentry, new_dentry, new_mnt);
+	}
+	denied = rush_check_move_in(RUSH_FHOOK_PATH_RENAME, cgroup_id, src_ops, old_dentry,
+				    BPF_CORE_READ(new_dir, dentry), new_mnt, new_dentry);
+	if (denied || !(flags & RENAME_EXCHANGE))
+		return denied;
+	return rush_check_move_in(RUSH_FHOOK_PATH_RENAME, cgroup_id, dst_ops, new_dentry,
+				  BPF_CORE_READ(old_dir, dentry), old_mnt, old_dentry);
+}
+
+SEC("lsm/path_link")
+int BPF_PROG(rush_path_link, struct dentry *old_dentry, const struct path *new_dir,
+	     struct dentry *new_dentry)
+{
+	__u64 cgroup_id = rush_confined_agent();
+	struct vfsmount *mnt;
+	__u32 src_ops;
+
+	if (!cgroup_id)
+		return 0;
+	/* A hard link stays in its mount: new_dir's mount is old_dentry's. */
+	mnt = BPF_CORE_READ(new_dir, mnt);
+	src_ops = rush_walk_ops(cgroup_id, old_dentry, mnt, RUSH_OPS_ALL);
+	return rush_check_move_in(RUSH_FHOOK_PATH_LINK, cgroup_id, src_ops, old_dentry,
+				  BPF_CORE_READ(new_dir, dentry), mnt, new_dentry);
+}
+
+SEC("lsm/path_truncate")
+int BPF_PROG(rush_path_truncate, const struct path *path)
+{
+	return rush_check_path_write(RUSH_FHOOK_PATH_TRUNCATE, path);
+}
+
+SEC("lsm/path_chmod")
+int BPF_PROG(rush_path_chmod, const struct path *path, umode_t mode)
+{
+	return rush_check_path_write(RUSH_FHOOK_PATH_CHMOD, path);
+}
+
+/* kuid_t and kgid_t are structs, which BPF_PROG cannot unpack: only the path is taken. */
+SEC("lsm/path_chown")
+int BPF_PROG(rush_path_chown, const struct path *path)
+{
+	return rush_check_path_write(RUSH_FHOOK_PATH_CHOWN, path);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

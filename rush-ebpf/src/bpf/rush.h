@@ -29,13 +29,43 @@
 #define RUSH_HOOK_SENDMSG6 4
 
 #define RUSH_EVENT_NET_DENY 1
+#define RUSH_EVENT_FILE_DENY 2
+
+/* struct rush_agent.flags */
+#define RUSH_AGENT_FILES_CONFINED 1
+
+/* File operations: bit i of an op mask is index i of struct rush_file_grant.expires_ns
+ * (the same bits as rush_proto::Ops). */
+#define RUSH_FILE_OP_READ 1
+#define RUSH_FILE_OP_WRITE 2
+#define RUSH_FILE_OP_EXEC 4
+#define RUSH_FILE_OP_CREATE 8
+#define RUSH_FILE_OP_DELETE 16
+#define RUSH_FILE_OPS_LEN 5
+
+/* struct rush_file_event.hook: the LSM hook that denied. */
+#define RUSH_FHOOK_FILE_OPEN 1
+#define RUSH_FHOOK_FILE_PERMISSION 2
+#define RUSH_FHOOK_PATH_MKNOD 3
+#define RUSH_FHOOK_PATH_MKDIR 4
+#define RUSH_FHOOK_PATH_SYMLINK 5
+#define RUSH_FHOOK_PATH_UNLINK 6
+#define RUSH_FHOOK_PATH_RMDIR 7
+#define RUSH_FHOOK_PATH_RENAME 8
+#define RUSH_FHOOK_PATH_LINK 9
+#define RUSH_FHOOK_PATH_TRUNCATE 10
+#define RUSH_FHOOK_PATH_CHMOD 11
+#define RUSH_FHOOK_PATH_CHOWN 12
+
+/* Bytes of struct rush_file_event.path, NUL included. */
+#define RUSH_FILE_PATH_LEN 256
 
 #define RUSH_STAT_EVENTS_LOST 0
 #define RUSH_STATS_LEN 1
 
 struct rush_agent {
 	__u32 net_mode; /* RUSH_NET_MODE_* */
-	__u32 flags;
+	__u32 flags;    /* RUSH_AGENT_* */
 	__u64 reserved;
 };
 
@@ -62,9 +92,43 @@ struct rush_net_event {
 	__u32 pad;
 };
 
+/* Key of rush_file_grants: one inode, for one agent. */
+struct rush_file_key {
+	__u64 cgroup_id;
+	__u64 ino; /* inode->i_ino */
+	__u32 dev; /* inode->i_sb->s_dev: kernel dev_t, MAJOR << 20 | MINOR */
+	__u32 pad;
+};
+
+/*
+ * Value of rush_file_grants. expires_ns[i] is for op bit 1 << i: 0 = not granted by this
+ * entry, ~0 = granted with no expiry, else granted while bpf_ktime_get_boot_ns() < it.
+ */
+struct rush_file_grant {
+	__u64 expires_ns[RUSH_FILE_OPS_LEN];
+};
+
+struct rush_file_event {
+	__u32 kind; /* RUSH_EVENT_FILE_DENY */
+	__u32 hook; /* RUSH_FHOOK_* */
+	__u64 cgroup_id;
+	__u32 pid; /* thread id */
+	__u32 tgid; /* process id */
+	__u32 uid;
+	__u32 op; /* the RUSH_FILE_OP_* bit that no grant covered */
+	__u64 ino; /* the object checked (for create: the parent directory) */
+	__u32 dev;
+	__u32 pad;
+	char comm[16];
+	char path[RUSH_FILE_PATH_LEN]; /* NUL-terminated; starts with U+2026 "…" when cut */
+};
+
 /* Never read: makes struct rush_net_event part of every object's BTF, which only keeps the
  * types of globals and function signatures (the layout test and bpftool rely on it). */
 struct rush_net_event *const rush_net_event_btf = 0;
+struct rush_file_event *const rush_file_event_btf = 0;
+struct rush_file_key *const rush_file_key_btf = 0;
+struct rush_file_grant *const rush_file_grant_btf = 0;
 
 /* Depth of agent cgroups below the cgroup v2 root (root = 0), set by the loader. */
 const volatile __u32 agent_cgroup_level = 0;
@@ -84,6 +148,16 @@ struct {
 	__type(value, __u8);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } rush_net_allow SEC(".maps");
+
+/* File capability tokens, checked by the LSM programs (file.bpf.c). Defined here so the
+ * map exists (and the daemon can fill it) even where the LSM object cannot load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct rush_file_key);
+	__type(value, struct rush_file_grant);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rush_file_grants SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

@@ -3,6 +3,7 @@
 
 mod agent;
 mod audit;
+mod capability;
 mod doctor;
 mod meta;
 mod spawn;
@@ -14,7 +15,7 @@ use anyhow::anyhow;
 use rush_proto::Response;
 use rush_proto::client::Client;
 
-use crate::cli::{AgentCommand, Cli, Command};
+use crate::cli::{AgentCommand, CapabilityCommand, Cli, Command};
 use crate::error::{Error, Result};
 use crate::output::Output;
 
@@ -38,6 +39,9 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Agent(AgentCommand::Status { name }) => agent::status(&mut ctx, &name),
         Command::Agent(AgentCommand::Kill { name }) => agent::kill(&mut ctx, &name),
         Command::Agent(AgentCommand::Logs { name, follow }) => agent::logs(&mut ctx, &name, follow),
+        Command::Capability(CapabilityCommand::Grant(args)) => capability::grant(&mut ctx, args),
+        Command::Capability(CapabilityCommand::Revoke(args)) => capability::revoke(&mut ctx, args),
+        Command::Capability(CapabilityCommand::List { agent }) => capability::list(&mut ctx, agent),
         Command::Audit(args) => audit::audit(&mut ctx, args),
         Command::Doctor => doctor::doctor(&mut ctx),
         Command::Version => meta::version(&mut ctx),
@@ -58,6 +62,9 @@ pub fn unexpected(expected: &str, got: &Response) -> Error {
         Response::AuditEvents { .. } => "audit_events",
         Response::Logs { .. } => "logs",
         Response::Doctor { .. } => "doctor",
+        Response::Granted { .. } => "granted",
+        Response::Revoked { .. } => "revoked",
+        Response::Capabilities { .. } => "capabilities",
     };
     anyhow!("unexpected reply from the daemon: expected {expected}, got {got}").into()
 }

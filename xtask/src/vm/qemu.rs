@@ -3,6 +3,7 @@
 //! becomes the result.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -56,6 +57,16 @@ pub fn boot(b: &Boot<'_>) -> Result<Outcome> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // QEMU must not outlive xtask (killed by a CI timeout, say) and keep a core busy.
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     eprintln!("    $ {}", shell_words(&cmd));
     let start = Instant::now();
     let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;

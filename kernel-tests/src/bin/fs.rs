@@ -1,0 +1,123 @@
+//! `rush-test-fs OP ARGS...`: one file operation and its outcome, for tests that must see
+//! the exact errno an agent gets. Prints `ok` (plus a detail) or `errno NAME`, one line
+//! per operation; exits 0 if every operation succeeded, 10 otherwise.
+//!
+//! read PATH | write PATH TEXT | create PATH | unlink PATH | mkdir PATH | rename FROM TO
+//! link FROM TO | exec PATH [ARGS] | hold PATH (opens PATH read-write, prints `opened`,
+//! then runs `read`/`write` lines from stdin on that descriptor until EOF)
+//! open-loop N PATH (N × open+read+close; prints `ns_per_op X`)
+//! deep-tree ROOT DEPTH (outside agents: makes ROOT/d/d/.../f, DEPTH levels; prints it)
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+fn outcome<T>(r: std::io::Result<T>, ok: impl FnOnce(T) -> String) -> bool {
+    match r {
+        Ok(v) => {
+            println!("{}", ok(v));
+            true
+        }
+        Err(e) => {
+            match e.raw_os_error() {
+                Some(n) => println!("errno {:?}", nix::errno::Errno::from_raw(n)),
+                None => println!("error {e}"),
+            }
+            false
+        }
+    }
+}
+
+fn read(path: &str) -> std::io::Result<usize> {
+    let mut s = Vec::new();
+    File::open(path)?.read_to_end(&mut s)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let a = |i: usize| args.get(i).map(String::as_str).unwrap_or("");
+    let ok = match a(0) {
+        "read" => outcome(read(a(1)), |n| format!("ok {n}")),
+        "write" => outcome(
+            OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(a(1))
+                .and_then(|mut f| f.write_all(a(2).as_bytes())),
+            |_| "ok".into(),
+        ),
+        "create" => outcome(OpenOptions::new().write(true).create_new(true).open(a(1)), |_| "ok".into()),
+        "unlink" => outcome(std::fs::remove_file(a(1)), |_| "ok".into()),
+        "mkdir" => outcome(std::fs::create_dir(a(1)), |_| "ok".into()),
+        "rename" => outcome(std::fs::rename(a(1), a(2)), |_| "ok".into()),
+        "link" => outcome(std::fs::hard_link(a(1), a(2)), |_| "ok".into()),
+        "exec" => outcome(std::process::Command::new(a(1)).args(&args[2..]).status(), |s| format!("ok {s}")),
+        "hold" => hold(a(1)),
+        "open-loop" => open_loop(a(1), a(2)),
+        "deep-tree" => deep_tree(a(1), a(2)),
+        _ => {
+            eprintln!(
+                "usage: rush-test-fs read|write|create|unlink|mkdir|rename|link|exec|hold|open-loop|deep-tree ..."
+            );
+            return ExitCode::from(2);
+        }
+    };
+    if ok { ExitCode::SUCCESS } else { ExitCode::from(10) }
+}
+
+fn hold(path: &str) -> bool {
+    let file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) => return outcome::<()>(Err(e), |_| String::new()),
+    };
+    println!("opened");
+    let _ = std::io::stdout().flush();
+    let mut all = true;
+    for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+        let mut byte = [0u8; 1];
+        all &= match line.trim() {
+            "read" => outcome(file.read_at(&mut byte, 0), |n| format!("ok {n}")),
+            "write" => outcome(file.write_at(b"w", 0), |n| format!("ok {n}")),
+            _ => continue,
+        };
+        let _ = std::io::stdout().flush();
+    }
+    all
+}
+
+fn open_loop(n: &str, path: &str) -> bool {
+    let Ok(n) = n.parse::<u32>() else {
+        eprintln!("open-loop: N must be a number");
+        return false;
+    };
+    let mut byte = [0u8; 1];
+    let start = std::time::Instant::now();
+    for _ in 0..n {
+        match File::open(path).and_then(|mut f| f.read(&mut byte)) {
+            Ok(_) => {}
+            Err(e) => return outcome::<()>(Err(e), |_| String::new()),
+        }
+    }
+    println!("ns_per_op {}", start.elapsed().as_nanos() / u128::from(n.max(1)));
+    true
+}
+
+fn deep_tree(root: &str, depth: &str) -> bool {
+    let Ok(depth) = depth.parse::<usize>() else {
+        eprintln!("deep-tree: DEPTH must be a number");
+        return false;
+    };
+    // Relative steps: an absolute path 1000 levels deep is longer than PATH_MAX.
+    let r = (|| -> std::io::Result<PathBuf> {
+        std::env::set_current_dir(root)?;
+        for _ in 0..depth {
+            std::fs::create_dir_all("d")?;
+            std::env::set_current_dir("d")?;
+        }
+        std::fs::write("f", b"deep")?;
+        std::env::current_dir()
+    })();
+    outcome(r, |p| format!("ok {}", p.join("f").display()))
+}

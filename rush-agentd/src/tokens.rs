@@ -1,0 +1,329 @@
+//! Capability tokens: (agent, path, ops, expiry), held here and mirrored into the kernel's
+//! `rush_file_grants` map, which the LSM programs check.
+//!
+//! The kernel keys grants by inode: (superblock dev, inode number). Several tokens of one
+//! agent on one inode merge into one map entry that keeps, per operation, the latest
+//! expiry, so each token still lapses on its own time in the kernel, with no daemon tick.
+
+use std::collections::BTreeMap;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rush_proto::{FileGrant, Ops, TokenInfo};
+
+use crate::audit::now_unix_ms;
+use crate::bpf::{FileGrantEntry, FileKey, boot_time_ns};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("cannot grant {path}: {source}")]
+    Stat { path: PathBuf, source: std::io::Error },
+    #[error("cannot grant {path}: its mount (id {mnt_id}) is not in /proc/self/mountinfo")]
+    Mount { path: PathBuf, mnt_id: u64 },
+    #[error("path {0} must be absolute")]
+    Relative(PathBuf),
+}
+
+/// Where a token came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The daemon's baseline for every file-confined agent (loader, libraries, /dev/null...).
+    Baseline,
+    /// `rush agent spawn --allow`.
+    Spawn,
+    /// `rush capability grant`.
+    Grant,
+    /// The agent's own stdin/stdout/stderr or log, when they are regular files: the agent
+    /// may use what it was handed.
+    Stdio,
+}
+
+impl Origin {
+    fn as_str(self) -> &'static str {
+        match self {
+            Origin::Baseline => "baseline",
+            Origin::Spawn => "spawn",
+            Origin::Grant => "grant",
+            Origin::Stdio => "stdio",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Token {
+    pub id: u64,
+    pub agent: String,
+    pub cgroup_id: u64,
+    pub path: PathBuf,
+    pub key: FileKey,
+    pub ops: Ops,
+    /// (CLOCK_BOOTTIME ns, Unix ms) of the expiry; None = until revoked.
+    pub expires: Option<(u64, u64)>,
+    pub granted_unix_ms: u64,
+    pub origin: Origin,
+}
+
+impl Token {
+    pub fn info(&self) -> TokenInfo {
+        TokenInfo {
+            id: self.id,
+            agent: self.agent.clone(),
+            path: self.path.clone(),
+            ops: self.ops,
+            granted_unix_ms: self.granted_unix_ms,
+            expires_unix_ms: self.expires.map(|(_, ms)| ms),
+            expired: self.expires.is_some_and(|(ns, _)| ns <= boot_time_ns()),
+            origin: self.origin.as_str().into(),
+        }
+    }
+}
+
+/// A token about to be created: the path resolved to its inode now.
+pub struct NewToken {
+    pub path: PathBuf,
+    pub key: FileKey,
+    pub ops: Ops,
+    pub ttl_secs: Option<u64>,
+    pub origin: Origin,
+}
+
+impl NewToken {
+    pub fn resolve(grant: &FileGrant, origin: Origin) -> Result<NewToken, TokenError> {
+        Ok(NewToken {
+            path: grant.path.clone(),
+            key: file_key(&grant.path)?,
+            ops: grant.ops,
+            ttl_secs: grant.ttl_secs,
+            origin,
+        })
+    }
+}
+
+#[derive(Default)]
+pub struct TokenStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    next_id: u64,
+    tokens: BTreeMap<u64, Token>,
+}
+
+impl TokenStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds tokens; returns them and, per affected inode, the merged kernel entry to write.
+    pub fn add(
+        &self,
+        agent: &str,
+        cgroup_id: u64,
+        new: Vec<NewToken>,
+    ) -> (Vec<Token>, Vec<(FileKey, Option<FileGrantEntry>)>) {
+        let (boot, unix) = (boot_time_ns(), now_unix_ms());
+        let mut inner = self.lock();
+        let mut added = Vec::new();
+        for t in new {
+            inner.next_id += 1;
+            let token = Token {
+                id: inner.next_id,
+                agent: agent.to_owned(),
+                cgroup_id,
+                path: t.path,
+                key: t.key,
+                ops: t.ops,
+                expires: t
+                    .ttl_secs
+                    .map(|s| (boot.saturating_add(s.saturating_mul(1_000_000_000)), unix + s * 1000)),
+                granted_unix_ms: unix,
+                origin: t.origin,
+            };
+            inner.tokens.insert(token.id, token.clone());
+            added.push(token);
+        }
+        let entries = merged_entries(&inner, cgroup_id, added.iter().map(|t| t.key));
+        (added, entries)
+    }
+
+    /// Removes the agent's tokens chosen by `pick`; returns them and the entries to rewrite.
+    pub fn remove(
+        &self,
+        cgroup_id: u64,
+        pick: impl Fn(&Token) -> bool,
+    ) -> (Vec<Token>, Vec<(FileKey, Option<FileGrantEntry>)>) {
+        let mut inner = self.lock();
+        let ids: Vec<u64> =
+            inner.tokens.values().filter(|t| t.cgroup_id == cgroup_id && pick(t)).map(|t| t.id).collect();
+        let removed: Vec<Token> = ids.iter().filter_map(|id| inner.tokens.remove(id)).collect();
+        let entries = merged_entries(&inner, cgroup_id, removed.iter().map(|t| t.key));
+        (removed, entries)
+    }
+
+    /// Forgets an agent's tokens (it has exited; the kernel entries go with the agent).
+    pub fn forget_agent(&self, cgroup_id: u64) {
+        self.lock().tokens.retain(|_, t| t.cgroup_id != cgroup_id);
+    }
+
+    pub fn list(&self, agent: Option<&str>) -> Vec<TokenInfo> {
+        self.lock().tokens.values().filter(|t| agent.is_none_or(|a| t.agent == a)).map(Token::info).collect()
+    }
+}
+
+/// The kernel entry for each key: per op, the latest expiry among the agent's tokens on
+/// that inode (u64::MAX = no expiry, 0 = no token); None when no token is left.
+fn merged_entries(
+    inner: &Inner,
+    cgroup_id: u64,
+    keys: impl Iterator<Item = FileKey>,
+) -> Vec<(FileKey, Option<FileGrantEntry>)> {
+    let mut keys: Vec<FileKey> = keys.collect();
+    keys.sort_by_key(|k| (k.dev, k.ino));
+    keys.dedup();
+    keys.into_iter()
+        .map(|key| {
+            let mut entry = FileGrantEntry::default();
+            let mut any = false;
+            for t in inner.tokens.values().filter(|t| t.cgroup_id == cgroup_id && t.key == key) {
+                any = true;
+                let until = t.expires.map_or(u64::MAX, |(ns, _)| ns);
+                for (bit, slot) in entry.expires_ns.iter_mut().enumerate() {
+                    if t.ops.contains(Ops(1 << bit)) {
+                        *slot = (*slot).max(until);
+                    }
+                }
+            }
+            (key, any.then_some(entry))
+        })
+        .collect()
+}
+
+/// The inode `path` names (symlinks followed), keyed as the kernel sees it: the
+/// superblock's dev (from /proc/self/mountinfo, which prints `sb->s_dev`; `st_dev` can
+/// differ, e.g. on btrfs subvolumes) and the inode number.
+pub fn file_key(path: &Path) -> Result<FileKey, TokenError> {
+    if !path.is_absolute() {
+        return Err(TokenError::Relative(path.to_owned()));
+    }
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| TokenError::Stat {
+        path: path.to_owned(),
+        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+    })?;
+    statx_key(path, libc::AT_FDCWD, &c, 0)
+}
+
+/// The same for an open file (e.g. an agent's stdout redirected to a file).
+pub fn fd_key(fd: std::os::fd::BorrowedFd<'_>) -> Result<FileKey, TokenError> {
+    use std::os::fd::AsRawFd;
+    let label = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    statx_key(&label, fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH)
+}
+
+fn statx_key(
+    path: &Path,
+    dirfd: libc::c_int,
+    name: &std::ffi::CStr,
+    flags: libc::c_int,
+) -> Result<FileKey, TokenError> {
+    // SAFETY: statx(2) writes only into `stx`, which is a zeroed, correctly sized struct.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: `name` is NUL-terminated; `stx` is valid for writes.
+    let r =
+        unsafe { libc::statx(dirfd, name.as_ptr(), flags, libc::STATX_INO | libc::STATX_MNT_ID, &mut stx) };
+    if r != 0 {
+        return Err(TokenError::Stat { path: path.to_owned(), source: std::io::Error::last_os_error() });
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|source| TokenError::Stat { path: path.to_owned(), source })?;
+    let dev = mount_dev(&mountinfo, stx.stx_mnt_id)
+        .ok_or(TokenError::Mount { path: path.to_owned(), mnt_id: stx.stx_mnt_id })?;
+    Ok(FileKey { dev, ino: stx.stx_ino })
+}
+
+/// The kernel dev_t (MAJOR << 20 | MINOR) of the mount with this id.
+fn mount_dev(mountinfo: &str, mnt_id: u64) -> Option<u32> {
+    mountinfo.lines().find_map(|line| {
+        let mut f = line.split_whitespace();
+        let id: u64 = f.next()?.parse().ok()?;
+        if id != mnt_id {
+            return None;
+        }
+        let (major, minor) = f.nth(1)?.split_once(':')?;
+        Some((major.parse::<u32>().ok()? << 20) | minor.parse::<u32>().ok()?)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: FileKey = FileKey { dev: 7, ino: 42 };
+
+    fn token(ops: &str, ttl: Option<u64>) -> NewToken {
+        NewToken {
+            path: "/srv/a".into(),
+            key: KEY,
+            ops: ops.parse().unwrap(),
+            ttl_secs: ttl,
+            origin: Origin::Grant,
+        }
+    }
+
+    #[test]
+    fn tokens_on_one_inode_merge_per_operation() {
+        let store = TokenStore::default();
+        let (_, e) = store.add("a", 1, vec![token("read", None)]);
+        assert_eq!(e.len(), 1);
+        let entry = e[0].1.unwrap();
+        assert_eq!(entry.expires_ns[0], u64::MAX, "read forever");
+        assert_eq!(entry.expires_ns[1], 0, "no write");
+
+        let (added, e) = store.add("a", 1, vec![token("read,write", Some(60))]);
+        let entry = e[0].1.unwrap();
+        assert_eq!(entry.expires_ns[0], u64::MAX, "the forever read token still wins for read");
+        assert!(
+            entry.expires_ns[1] > boot_time_ns() && entry.expires_ns[1] < u64::MAX,
+            "write lapses in 60 s"
+        );
+
+        // Revoking the timed token leaves the first one; revoking both deletes the entry.
+        let id = added[0].id;
+        let (removed, e) = store.remove(1, |t| t.id == id);
+        assert_eq!(removed.len(), 1);
+        assert_eq!(e[0].1.unwrap().expires_ns[1], 0);
+        let (_, e) = store.remove(1, |_| true);
+        assert_eq!(e, vec![(KEY, None)]);
+    }
+
+    #[test]
+    fn agents_do_not_share_entries() {
+        let store = TokenStore::default();
+        store.add("a", 1, vec![token("read", None)]);
+        let (_, e) = store.add("b", 2, vec![token("write", None)]);
+        assert_eq!(e[0].1.unwrap().expires_ns[0], 0, "b's entry must not include a's read");
+        store.forget_agent(1);
+        assert_eq!(store.list(None).len(), 1);
+        assert_eq!(store.list(Some("b")).len(), 1);
+    }
+
+    #[test]
+    fn expired_tokens_are_listed_as_expired() {
+        let store = TokenStore::default();
+        store.add("a", 1, vec![token("read", Some(0))]);
+        assert!(store.list(None)[0].expired);
+    }
+
+    #[test]
+    fn file_keys_come_from_mountinfo() {
+        let info = "22 1 0:21 / / rw - ext4 /dev/vda rw\n35 22 8:17 / /srv rw - xfs /dev/sdb1 rw\n";
+        assert_eq!(mount_dev(info, 35), Some((8 << 20) | 17));
+        assert_eq!(mount_dev(info, 99), None);
+        let k = file_key(Path::new("/")).unwrap();
+        assert!(k.ino > 0);
+        assert!(file_key(Path::new("relative")).is_err());
+        let e = file_key(Path::new("/nonexistent/x")).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/x"), "{e}");
+    }
+}

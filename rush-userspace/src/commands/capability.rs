@@ -1,0 +1,64 @@
+//! `rush capability grant | revoke | list`.
+
+use rush_proto::{AgentName, GrantRequest, Request, Response, RevokeTarget};
+
+use super::{Ctx, unexpected};
+use crate::cli::{GrantArgs, RevokeArgs};
+use crate::error::Result;
+use crate::render;
+use crate::time::now_unix_ms;
+
+pub fn grant(ctx: &mut Ctx, args: GrantArgs) -> Result<u8> {
+    let request = Request::Grant(GrantRequest {
+        agent: args.agent.to_string(),
+        path: args.path,
+        ops: args.ops,
+        duration_secs: args.duration,
+    });
+    let token = match ctx.connect()?.call(request)? {
+        Response::Granted { token } => token,
+        other => return Err(unexpected("granted", &other)),
+    };
+    if ctx.out.json {
+        ctx.out.document(&token)?;
+    } else {
+        ctx.out.text(&format!("granted {}\n", render::token_line(&token, now_unix_ms())))?;
+    }
+    Ok(0)
+}
+
+pub fn revoke(ctx: &mut Ctx, args: RevokeArgs) -> Result<u8> {
+    let target = match (args.path, args.id) {
+        (Some(p), _) => RevokeTarget::Path(p),
+        (None, Some(id)) => RevokeTarget::Id(id),
+        (None, None) => unreachable!("clap requires --path or --id"),
+    };
+    let request = Request::Revoke { agent: args.agent.to_string(), target };
+    let tokens = match ctx.connect()?.call(request)? {
+        Response::Revoked { tokens } => tokens,
+        other => return Err(unexpected("revoked", &other)),
+    };
+    if ctx.out.json {
+        ctx.out.document(&tokens)?;
+    } else {
+        let now = now_unix_ms();
+        let text: String =
+            tokens.iter().map(|t| format!("revoked {}\n", render::token_line(t, now))).collect();
+        ctx.out.text(&text)?;
+    }
+    Ok(0)
+}
+
+pub fn list(ctx: &mut Ctx, agent: Option<AgentName>) -> Result<u8> {
+    let request = Request::ListCapabilities { agent: agent.map(|a| a.to_string()) };
+    let tokens = match ctx.connect()?.call(request)? {
+        Response::Capabilities { tokens } => tokens,
+        other => return Err(unexpected("capabilities", &other)),
+    };
+    if ctx.out.json {
+        ctx.out.document(&tokens)?;
+    } else {
+        ctx.out.text(&render::token_table(&tokens, now_unix_ms()))?;
+    }
+    Ok(0)
+}
