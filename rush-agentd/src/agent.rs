@@ -20,6 +20,15 @@ use crate::cgroup::{AgentCgroup, CgroupBackend};
 use crate::spawn::{Spawn, SpawnError};
 use crate::tokens::{NewToken, Origin, TokenError, TokenStore};
 
+/// What a validated spawn request turns into, before anything is created.
+struct Plan {
+    net: KernelNetPolicy,
+    /// Some: the agent is file-confined, with these tokens.
+    file_tokens: Option<Vec<NewToken>>,
+    stdio: Option<[OwnedFd; 3]>,
+    log_path: Option<PathBuf>,
+}
+
 /// An agent's first process, as the daemon holds it.
 struct Child {
     pid: u32,
@@ -199,7 +208,8 @@ impl AgentManager {
             reg.starting.insert(name.clone());
         }
         let files_confined = file_tokens.is_some();
-        let result = self.start(&name, &req, &net, file_tokens, caller, stdio_fds, log_path.clone()).await;
+        let plan = Plan { net, file_tokens, stdio: stdio_fds, log_path: log_path.clone() };
+        let result = self.start(&name, &req, plan, caller).await;
         let mut reg = self.registry();
         reg.starting.remove(&name);
         let (info, cgroup, child) = result?;
@@ -232,12 +242,10 @@ impl AgentManager {
         &self,
         name: &str,
         req: &SpawnRequest,
-        net: &KernelNetPolicy,
-        file_tokens: Option<Vec<NewToken>>,
+        plan: Plan,
         caller: &Caller,
-        stdio: Option<[OwnedFd; 3]>,
-        log_path: Option<PathBuf>,
     ) -> Result<(AgentInfo, AgentCgroup, Child), ApiError> {
+        let Plan { net, file_tokens, stdio, log_path } = plan;
         let internal =
             |what: &str, e: &dyn std::fmt::Display| api_err(ErrorKind::Internal, format!("{what}: {e}"));
         let cgroups = Arc::clone(&self.cgroups);
@@ -258,7 +266,7 @@ impl AgentManager {
                     self.kernel.set_file_grant(cg.id, key, entry)?;
                 }
             }
-            self.kernel.add_agent(cg.id, net, files_confined)
+            self.kernel.add_agent(cg.id, &net, files_confined)
         })();
         if let Err(e) = installed {
             self.tokens.forget_agent(cg.id);
