@@ -51,6 +51,15 @@ show rush agent spawn researcher --net deny -- curl -sS --max-time 5 http://127.
 scene "With the server on its allow list, it goes through"
 show rush agent spawn fetcher --net 127.0.0.1:8080 -- curl -sS --max-time 5 http://127.0.0.1:8080/
 
+if ! rush doctor | grep -Eq '^file tokens +yes'; then
+    scene "Files: this kernel cannot attach BPF LSM programs, so a file grant is refused, not faked"
+    show rush agent spawn editor --allow "$WS/project:read,write" -- cat "$WS/project/notes.txt"
+    echo "(run \`cargo xtask demo\` without --host to see file tokens enforced in a QEMU guest)"
+    scene "Still to come (tracked as issues): budgets (cpu, memory, network, API cost) and rollback"
+    printf '\ndemo finished\n'
+    exit 0
+fi
+
 scene "Files: an agent granted $WS/project reads and writes there..."
 show rush agent spawn editor --allow "$WS/project:read,write" -- sh -c \
     "cat $WS/project/notes.txt && echo 'edited by the agent' >> $WS/project/notes.txt && echo wrote"

@@ -135,6 +135,9 @@ pub struct Placement {
     /// `cgroup.procs` of each v1 hierarchy (hybrid hosts): the child writes "0" to each
     /// before it executes anything, which moves it in.
     pub v1_procs: Vec<File>,
+    /// The v2 path (as `/proc/PID/cgroup` shows it, e.g. `/rush/a1`) the first process
+    /// must be in before it may execute; checked by the daemon, not assumed.
+    pub expect_v2: Option<String>,
 }
 
 /// The real cgroupfs.
@@ -256,7 +259,8 @@ impl CgroupBackend for FsCgroups {
                 OpenOptions::new().write(true).open(&p).map_err(io_err(&p))
             })
             .collect::<Result<_, _>>()?;
-        Ok(Placement { v2_dir: Some(v2_dir), v1_procs })
+        let expect_v2 = Some(format!("/{}/{}", self.parent.display(), cg.name));
+        Ok(Placement { v2_dir: Some(v2_dir), v1_procs, expect_v2 })
     }
 
     fn pids(&self, cg: &AgentCgroup) -> Vec<u32> {
@@ -403,7 +407,7 @@ pub mod fake {
             Ok(cg)
         }
         fn placement(&self, _cg: &AgentCgroup) -> Result<Placement, CgroupError> {
-            Ok(Placement { v2_dir: None, v1_procs: vec![tempfile::tempfile().unwrap()] })
+            Ok(Placement { v2_dir: None, v1_procs: vec![tempfile::tempfile().unwrap()], expect_v2: None })
         }
         fn pids(&self, cg: &AgentCgroup) -> Vec<u32> {
             self.cgroups.lock().unwrap().get(&cg.name).map(|(_, p)| p.clone()).unwrap_or_default()

@@ -42,6 +42,10 @@ pub enum SpawnError {
     Nul { what: &'static str },
     #[error("clone3")]
     Clone(#[source] std::io::Error),
+    #[error(
+        "the new process is in cgroup {found:?}, not in the agent's {expected:?}: refusing to let it run"
+    )]
+    Misplaced { expected: String, found: String },
     #[error("{step} in the new process")]
     Child { step: &'static str, source: std::io::Error },
     #[error("cannot prepare the new process")]
@@ -107,6 +111,11 @@ impl Spawn {
             None => (false, 0, 0, &[][..]),
         };
         let err_fd = err_write.as_raw_fd();
+        // The child waits on this pipe before execve: the daemon first checks that it
+        // really is in the agent's cgroup. Whatever goes wrong, it never runs unconfined.
+        let (go_read, go_write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+        let go_fd = go_read.as_raw_fd();
 
         let mut pidfd: RawFd = -1;
         let mut args = CloneArgs {
@@ -141,6 +150,7 @@ impl Spawn {
                     &argv_ptrs,
                     &envp_ptrs,
                     err_fd,
+                    go_fd,
                 )
             }
         }
@@ -151,7 +161,21 @@ impl Spawn {
         // SAFETY: with CLONE_PIDFD the kernel stored a new pidfd, owned by nobody else.
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
         drop(err_write);
+        drop(go_read);
         drop(stdio);
+        if let Some(expected) = &self.placement.expect_v2 {
+            let found = crate::cgroup::process_cgroup_v2(pid).unwrap_or_default();
+            if &found != expected {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+                return Err(SpawnError::Misplaced { expected: expected.clone(), found });
+            }
+        }
+        nix::unistd::write(&go_write, b"g").map_err(std::io::Error::from)?;
+        drop(go_write);
         let mut report = [0u8; 8];
         let mut pipe = File::from(err_read);
         let n = loop {
@@ -212,6 +236,7 @@ unsafe fn child(
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
     err_fd: RawFd,
+    go_fd: RawFd,
 ) -> ! {
     // SAFETY (whole body): raw system calls on fds and buffers prepared by the parent; on
     // any failure the step and errno go to the CLOEXEC pipe and the child exits.
@@ -257,6 +282,11 @@ unsafe fn child(
         }
         if libc::chdir(cwd.as_ptr()) < 0 {
             fail(6);
+        }
+        // No go (the daemon found us outside the agent's cgroup, or died): never exec.
+        let mut go = 0u8;
+        if libc::read(go_fd, (&mut go as *mut u8).cast(), 1) != 1 {
+            libc::_exit(127);
         }
         libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr());
         fail(7)

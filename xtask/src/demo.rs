@@ -1,182 +1,99 @@
-//! The README's main job: a short narrated scenario with the real daemon and CLI.
+//! The README's main job: `vm-images/demo.sh`, a short narrated scenario with the real
+//! daemon and CLI: a network denial, file tokens (allowed inside, EPERM outside), a revoke
+//! that reaches an open file, a TTL that lapses with the daemon dead.
 //!
-//! Scenes that need features still to come (file tokens in the kernel, budgets, rollback)
-//! are announced as such rather than faked.
+//! File tokens need BPF LSM. Where this kernel attaches LSM programs the demo runs here;
+//! elsewhere (this project's own hosts) it boots Debian's 6.12 kernel under QEMU and runs
+//! there, saying so. `--host` forces a native run (the file scenes then show the refusal).
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{setup, util};
+use crate::{setup, util, vm};
 
-struct DemoDaemon {
-    child: Child,
-    socket: PathBuf,
-    _state: PathBuf,
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// Run on this machine's kernel even if it cannot attach BPF LSM programs.
+    #[arg(long)]
+    host: bool,
+    /// The guest kernel series when the demo runs in QEMU.
+    #[arg(long, default_value = "6.12")]
+    kernel: String,
 }
 
-impl Drop for DemoDaemon {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid, which has not been reaped yet.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn demo_script() -> PathBuf {
+    util::workspace_root().join("vm-images/demo.sh")
 }
 
-fn say(text: &str) {
-    println!("\n\x1b[1m## {text}\x1b[0m");
+/// Whether this kernel attaches Rush's LSM programs, asked of `rush-agentd doctor`.
+fn lsm_attaches_here(agentd: &std::path::Path) -> Result<bool> {
+    let out = Command::new(agentd)
+        .args(["--config", "/dev/null", "doctor", "--json"])
+        .output()
+        .context("running rush-agentd doctor")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The report lists probes as {"name": "...", "ok": ..., ...}; find bpf-lsm-attach's.
+    let Some(at) = text.find("\"bpf-lsm-attach\"") else { return Ok(false) };
+    let rest = &text[at..];
+    let ok =
+        rest.find("\"ok\"").map(|i| rest[i..].trim_start_matches("\"ok\"").trim_start_matches([':', ' ']));
+    Ok(ok.is_some_and(|v| v.starts_with("true")))
 }
 
-fn show(bin_dir: &Path, socket: &Path, args: &[&str]) -> Result<i32> {
-    let quoted: Vec<String> = args
-        .iter()
-        .map(|a| if a.contains([' ', '&', '(', ';']) { format!("'{a}'") } else { a.to_string() })
-        .collect();
-    println!("$ rush {}", quoted.join(" "));
-    std::io::stdout().flush()?;
-    let status = Command::new(bin_dir.join("rush"))
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .stdin(Stdio::null())
-        .status()
-        .context("running rush")?;
-    let code = status.code().unwrap_or(128);
-    if code != 0 {
-        println!("(exit status {code})");
-    }
-    Ok(code)
-}
-
-pub fn run() -> Result<()> {
+pub fn run(args: DemoArgs) -> Result<()> {
     setup::ensure()?;
     util::require_root("the demo (it loads BPF programs and creates cgroups)")?;
     util::step("building rush-agentd and rush");
     util::cargo(&["build", "-p", "rush-agentd", "-p", "rush-userspace"], &[])?;
     let bin_dir = util::target_dir()?.join("debug");
 
-    let state = std::env::temp_dir().join(format!("rush-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&state)?;
-    let socket = state.join("agentd.sock");
-    util::step("starting rush-agentd (private socket and state dir; pins removed on exit)");
-    let child = Command::new(bin_dir.join("rush-agentd"))
-        .args(["--config", "/dev/null", "--ephemeral", "--cgroup-parent", "rush-demo"])
-        .arg("--pin-dir")
-        .arg(format!("/sys/fs/bpf/rush-demo-{}", std::process::id()))
-        .arg("--state-dir")
-        .arg(&state)
-        .arg("--socket")
-        .arg(&socket)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(state.join("daemon.log"))?)
-        .spawn()
-        .context("starting rush-agentd")?;
-    let mut daemon = DemoDaemon { child, socket: socket.clone(), _state: state.clone() };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::os::unix::net::UnixStream::connect(&daemon.socket).is_err() {
-        if Instant::now() > deadline || daemon.child.try_wait()?.is_some() {
-            let log = std::fs::read_to_string(state.join("daemon.log")).unwrap_or_default();
-            bail!("rush-agentd did not start:\n{log}");
+    if args.host || lsm_attaches_here(&bin_dir.join("rush-agentd"))? {
+        util::step("running the demo on this machine's kernel");
+        let status = Command::new("sh")
+            .arg(demo_script())
+            .env("RUSH_BIN", &bin_dir)
+            .status()
+            .context("running vm-images/demo.sh")?;
+        if !status.success() {
+            bail!("the demo failed ({status})");
         }
-        std::thread::sleep(Duration::from_millis(20));
+        return Ok(());
     }
 
-    let port = serve_http()?;
-    let url = format!("http://127.0.0.1:{port}/");
-    let rush = |args: &[&str]| show(&bin_dir, &socket, args);
-
-    say("What this kernel lets Rush guarantee");
-    rush(&["doctor"])?;
-
-    say("A local web server answers a plain curl");
-    println!("$ curl -sS {url}");
-    Command::new("curl").args(["-sS", "--max-time", "5", &url]).status()?;
-
-    say("The same curl as an agent with --net deny: the kernel refuses its connect() (EPERM)");
-    let code = rush(&[
-        "agent",
-        "spawn",
-        "researcher",
-        "--net",
-        "deny",
-        "--",
-        "curl",
-        "-sS",
-        "--max-time",
-        "5",
-        &url,
-    ])?;
-    if code == 0 {
-        bail!("the denied agent connected: enforcement is broken");
+    util::step(&format!(
+        "this kernel refuses BPF LSM programs, so file tokens cannot be enforced here: \
+         running the demo in a QEMU guest with Debian's {} kernel",
+        args.kernel
+    ));
+    vm::ensure_vm_packages()?;
+    let kernel = vm::kernel(&args.kernel)?;
+    eprintln!("    {} {} (uname -r {})", kernel.package, kernel.version, kernel.release);
+    let out_dir = util::target_dir()?.join("vm-demo");
+    std::fs::create_dir_all(&out_dir)?;
+    let payload_path = out_dir.join("payload.cpio");
+    let mut p = vm::image::Payload::create(&payload_path, &out_dir.join("stripped"))?;
+    for b in ["rush-agentd", "rush"] {
+        p.elf(&bin_dir.join(b), &format!("payload/bin/{b}"), true)?;
     }
-
-    say("Allowed by the agent's own allow list, the connection goes through");
-    let allow = format!("127.0.0.1:{port}");
-    let code =
-        rush(&["agent", "spawn", "fetcher", "--net", &allow, "--", "curl", "-sS", "--max-time", "5", &url])?;
-    if code != 0 {
-        bail!("the allowed agent could not connect");
+    let curl = vm::host_tool("curl").context("curl is not installed")?;
+    p.elf(&curl, &curl.to_string_lossy(), false)?;
+    p.file("payload/demo.sh", 0o755, &std::fs::read(demo_script())?)?;
+    p.file("payload/run", 0o755, b"#!/bin/sh\nRUSH_BIN=/payload/bin exec /bin/sh /payload/demo.sh\n")?;
+    p.finish()?;
+    let outcome = vm::boot_with_payload(
+        &kernel,
+        &payload_path,
+        &out_dir,
+        1024,
+        "tcg,thread=single",
+        Duration::from_secs(900),
+    )?;
+    match outcome.exit {
+        Some(0) => Ok(()),
+        Some(rc) => bail!("the demo failed in the guest (exit {rc}); console log in {}", out_dir.display()),
+        None => bail!("the guest died or timed out; console log in {}", out_dir.display()),
     }
-
-    say("The denial is in the audit trail: agent, pid, command, destination");
-    rush(&["audit", "--agent", "researcher"])?;
-
-    say("An agent that forks a process tree is killed as one: cgroup.kill, then its cgroup is removed");
-    rush(&[
-        "agent",
-        "spawn",
-        "forker",
-        "--detach",
-        "--",
-        "sh",
-        "-c",
-        "sleep 600 & sleep 600 & (sleep 600 &); wait",
-    ])?;
-    std::thread::sleep(Duration::from_millis(300));
-    rush(&["agent", "list"])?;
-    rush(&["agent", "kill", "forker"])?;
-    rush(&["agent", "status", "forker"])?;
-
-    say("An operator's request to give file access the kernel cannot enforce here is refused, not faked");
-    rush(&["agent", "spawn", "editor", "--allow", "/srv/project:read,write", "--", "true"])?;
-
-    say(
-        "Still to come (tracked as issues): file tokens in the kernel (BPF LSM, proven in QEMU guests), budgets, rollback",
-    );
-    drop(daemon);
-    let _ = std::fs::remove_dir_all(&state);
-    println!("\ndemo finished");
-    Ok(())
-}
-
-/// A one-line HTTP server on a free loopback port, in a thread for the demo's lifetime.
-fn serve_http() -> Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let port = listener.local_addr()?.port();
-    std::thread::spawn(move || {
-        for mut s in listener.incoming().flatten() {
-            let mut buf = [0u8; 1024];
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = s.read(&mut buf);
-            let body = "hello from a local server\n";
-            let _ = write!(
-                s,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    Ok(port)
 }

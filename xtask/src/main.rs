@@ -22,17 +22,20 @@ struct Cli {
 enum Command {
     /// Install the Debian packages the build, tests and demo need (apt-get; root).
     Setup,
-    /// Run the test tiers: unit tests (no root), then the host root integration tests.
+    /// Run the test tiers: unit tests (no root), the host root integration tests, then
+    /// the VM kernel tests in QEMU guests on Debian's 6.1 and 6.12 kernels.
     ///
-    /// The host tier runs with RUSH_TEST_STRICT=1: a test whose kernel feature is missing
-    /// fails instead of skipping.
+    /// The host and VM tiers run with RUSH_TEST_STRICT=1: a test whose kernel feature is
+    /// missing fails instead of skipping, so a tier that exists to prove a kernel guarantee
+    /// cannot pass by skipping it.
     Test {
         #[arg(long, value_enum, default_value_t = Tier::All)]
         tier: Tier,
     },
-    /// Build and run the demo: a real network denial in the kernel, its audit record, an
-    /// allowed connection, and a process tree killed as one.
-    Demo,
+    /// Build and run the demo: a network denial, file tokens enforced by BPF LSM (in a QEMU
+    /// guest when this kernel refuses LSM programs), a revoke reaching an open file, and a
+    /// TTL that lapses with the daemon dead.
+    Demo(demo::DemoArgs),
     /// Run the benchmarks (root) and print ratios measured side by side in one run.
     Bench,
     /// Regenerate rush-ebpf/src/bpf/vmlinux.h from this kernel's BTF with bpftool.
@@ -46,6 +49,7 @@ enum Command {
 enum Tier {
     Unit,
     Host,
+    Vm,
     All,
 }
 
@@ -53,7 +57,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Setup => setup::run(),
         Command::Test { tier } => test(tier),
-        Command::Demo => demo::run(),
+        Command::Demo(args) => demo::run(args),
         Command::Bench => bench(),
         Command::Codegen => codegen::run(),
         Command::VmTest(args) => vm::run(args),
@@ -78,6 +82,11 @@ fn test(tier: Tier) -> Result<()> {
             &["test", "-p", "kernel-tests", "--test", "host", "--", "--test-threads", "4"],
             &[("RUSH_TEST_STRICT", "1"), ("RUSH_BIN_DIR", bin_dir.to_str().unwrap())],
         )?;
+    }
+    if matches!(tier, Tier::Vm | Tier::All) {
+        util::step("VM kernel tests (QEMU guests, Debian 6.1 and 6.12: BPF LSM, pure cgroup v2, CRIU)");
+        util::require_root("the VM tier")?;
+        vm::run(vm::VmArgs::all_kernels())?;
     }
     Ok(())
 }

@@ -8,9 +8,9 @@
 //! kernel versions, summary) go to `<target>/vm-test/`.
 
 mod cpio;
-mod image;
-mod kernel;
-mod qemu;
+pub mod image;
+pub mod kernel;
+pub mod qemu;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -52,6 +52,21 @@ pub struct VmArgs {
     test_args: Vec<String>,
 }
 
+impl VmArgs {
+    /// Both kernels with the defaults: what `cargo xtask test` runs.
+    pub fn all_kernels() -> VmArgs {
+        VmArgs {
+            kernel: "all".into(),
+            memory: 1024,
+            timeout: 900,
+            kvm: false,
+            mttcg: false,
+            refresh: false,
+            test_args: Vec::new(),
+        }
+    }
+}
+
 /// Debian packages this tier needs on the host, beyond `setup::ensure`'s.
 const VM_PACKAGES: [(&str, &str); 7] = [
     ("qemu-system-x86", "qemu-system-x86_64"),
@@ -63,8 +78,11 @@ const VM_PACKAGES: [(&str, &str); 7] = [
     ("criu", "criu"),
 ];
 
-/// The guest test suites, in the order they run.
-const SUITES: [&str; 2] = ["host", "guest"];
+/// The guest test suites, in the order they run: (name, test threads, extra arguments).
+/// `host`, `files`, `guest` are kernel-tests targets; `bpf` is rush-agentd's own kernel
+/// smoke tests (its lib tests under `bpf::`).
+const SUITES: [(&str, u32, &str); 4] =
+    [("host", 2, ""), ("files", 1, " --nocapture"), ("guest", 1, ""), ("bpf", 1, " bpf::")];
 
 fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
@@ -110,10 +128,8 @@ fn select(kernel: &str) -> Result<Vec<Series>> {
     Ok(out)
 }
 
-struct Tests {
-    host: PathBuf,
-    guest: PathBuf,
-}
+/// (suite name, test executable), in SUITES order.
+struct Tests(Vec<(&'static str, PathBuf)>);
 
 pub fn run(args: VmArgs) -> Result<()> {
     let wall = Instant::now();
@@ -169,32 +185,8 @@ pub fn run(args: VmArgs) -> Result<()> {
     let mut results = Vec::new();
     for k in &kernels {
         util::step(&format!("kernel {}: {} {}", k.series.label, k.package, k.version));
-        let t = Instant::now();
-        let (base, built) = image::base_initramfs(k)?;
-        eprintln!(
-            "    base initramfs {} ({}, {:.1}s)",
-            base.display(),
-            if built { "built now" } else { "cached" },
-            t.elapsed().as_secs_f64()
-        );
-        let initrd = out_dir.join(format!("initrd-{}.cpio", k.series.label));
-        concat(&initrd, &[&base, &payload])?;
-        let mut append = String::from("console=ttyS0 quiet panic=-1");
-        match k.config_lsm() {
-            Some(l) if l.split(',').any(|m| m == "bpf") => {}
-            Some(l) => write!(append, " lsm={l},bpf")?,
-            None => append.push_str(" lsm=landlock,lockdown,yama,apparmor,bpf"),
-        }
-        let outcome = qemu::boot(&qemu::Boot {
-            label: k.series.label,
-            vmlinuz: &k.vmlinuz,
-            initrd: &initrd,
-            append,
-            memory_mb: args.memory,
-            accel,
-            timeout: Duration::from_secs(args.timeout),
-            log: out_dir.join(format!("console-{}.log", k.series.label)),
-        })?;
+        let outcome =
+            boot_with_payload(k, &payload, &out_dir, args.memory, accel, Duration::from_secs(args.timeout))?;
         results.push(outcome);
     }
 
@@ -253,6 +245,56 @@ pub fn run(args: VmArgs) -> Result<()> {
     Ok(())
 }
 
+/// Boots `k` with its (cached) base initramfs and `payload` appended; /init runs
+/// /payload/run. The console goes to stdout (prefixed) and to `out_dir`.
+pub fn boot_with_payload(
+    k: &kernel::Kernel,
+    payload: &Path,
+    out_dir: &Path,
+    memory_mb: u32,
+    accel: &str,
+    timeout: Duration,
+) -> Result<qemu::Outcome> {
+    let t = Instant::now();
+    let (base, built) = image::base_initramfs(k)?;
+    eprintln!(
+        "    base initramfs {} ({}, {:.1}s)",
+        base.display(),
+        if built { "built now" } else { "cached" },
+        t.elapsed().as_secs_f64()
+    );
+    let initrd = out_dir.join(format!("initrd-{}.cpio", k.series.label));
+    concat(&initrd, &[&base, payload])?;
+    let mut append = String::from("console=ttyS0 quiet panic=-1");
+    match k.config_lsm() {
+        Some(l) if l.split(',').any(|m| m == "bpf") => {}
+        Some(l) => write!(append, " lsm={l},bpf")?,
+        None => append.push_str(" lsm=landlock,lockdown,yama,apparmor,bpf"),
+    }
+    qemu::boot(&qemu::Boot {
+        label: k.series.label,
+        vmlinuz: &k.vmlinuz,
+        initrd: &initrd,
+        append,
+        memory_mb,
+        accel,
+        timeout,
+        log: out_dir.join(format!("console-{}.log", k.series.label)),
+    })
+}
+
+/// The newest kernel of one series, fetched and cached as `vm-test` does.
+pub fn kernel(label: &str) -> Result<kernel::Kernel> {
+    let series = select(label)?;
+    let mut updated = false;
+    kernel::prepare(series[0], false, &mut updated)
+}
+
+/// `which`, for the demo's payload.
+pub fn host_tool(prog: &str) -> Option<PathBuf> {
+    which(prog)
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.1}s", d.as_secs_f64())
 }
@@ -260,7 +302,7 @@ fn secs(d: Duration) -> String {
 /// Per suite: its status, the libtest result line, failed tests, loud skips.
 fn suite_report(lines: &[String]) -> Vec<String> {
     let mut out = Vec::new();
-    for suite in SUITES {
+    for (suite, _, _) in SUITES {
         let start = format!("@@SUITE-START={suite}@@");
         let Some(from) = lines.iter().position(|l| l.contains(&start)) else {
             out.push(format!("{suite}: did not start"));
@@ -299,10 +341,20 @@ fn suite_report(lines: &[String]) -> Vec<String> {
     out
 }
 
-/// The host and guest test executables of kernel-tests, from cargo's JSON messages.
+/// The test executables of the suites, from cargo's JSON messages.
 fn test_executables() -> Result<Tests> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let args = ["test", "-p", "kernel-tests", "--no-run", "--message-format=json"];
+    let args = [
+        "test",
+        "-p",
+        "kernel-tests",
+        "-p",
+        "rush-agentd",
+        "--lib",
+        "--tests",
+        "--no-run",
+        "--message-format=json",
+    ];
     eprintln!("    $ cargo {}", args.join(" "));
     let out = Command::new(cargo)
         .args(args)
@@ -313,24 +365,34 @@ fn test_executables() -> Result<Tests> {
     if !out.status.success() {
         bail!("`cargo {}` failed ({})", args.join(" "), out.status);
     }
-    let (mut host, mut guest) = (None, None);
+    let mut found: Vec<(&'static str, PathBuf)> = Vec::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if !line.contains("\"reason\":\"compiler-artifact\"") || !line.contains("\"kind\":[\"test\"]") {
+        if !line.contains("\"reason\":\"compiler-artifact\"") {
             continue;
         }
         let (Some(name), Some(exe)) = (json_str(line, "name"), json_str(line, "executable")) else {
             continue;
         };
-        match name.as_str() {
-            "host" => host = Some(PathBuf::from(exe)),
-            "guest" => guest = Some(PathBuf::from(exe)),
-            _ => {}
-        }
+        let suite = match name.as_str() {
+            "rush_agentd" if line.contains("\"kind\":[\"lib\"]") => "bpf",
+            n if line.contains("\"kind\":[\"test\"]") => match SUITES.iter().find(|(s, _, _)| *s == n) {
+                Some((s, _, _)) => s,
+                None => continue,
+            },
+            _ => continue,
+        };
+        found.push((suite, PathBuf::from(exe)));
     }
-    Ok(Tests {
-        host: host.context("cargo built no `host` test target in kernel-tests")?,
-        guest: guest.context("cargo built no `guest` test target in kernel-tests")?,
-    })
+    let mut tests = Vec::new();
+    for (suite, _, _) in SUITES {
+        let exe = found
+            .iter()
+            .find(|(s, _)| *s == suite)
+            .map(|(_, e)| e.clone())
+            .with_context(|| format!("cargo built no test executable for the `{suite}` suite"))?;
+        tests.push((suite, exe));
+    }
+    Ok(Tests(tests))
 }
 
 /// The first `"key":"value"` string in a line of cargo's JSON (xtask has no JSON parser;
@@ -354,17 +416,18 @@ fn json_str(line: &str, key: &str) -> Option<String> {
     None
 }
 
-/// The payload: /payload/bin (rush-agentd, rush, rush-test-net, sh → dash), /payload/tests
+/// The payload: /payload/bin (rush-agentd, rush, rush-test-net, rush-test-fs, sh → dash), /payload/tests
 /// (host, guest), curl, criu and dash at their host paths, every library at its host path, and
 /// /payload/run, which /init starts.
 fn build_payload(path: &Path, scratch: &Path, tests: &Tests, test_args: &[String]) -> Result<u64> {
     let bins = util::target_dir()?.join("debug");
     let mut p = image::Payload::create(path, scratch)?;
-    for b in ["rush-agentd", "rush", "rush-test-net"] {
+    for b in ["rush-agentd", "rush", "rush-test-net", "rush-test-fs"] {
         p.elf(&bins.join(b), &format!("payload/bin/{b}"), true)?;
     }
-    p.elf(&tests.host, "payload/tests/host", true)?;
-    p.elf(&tests.guest, "payload/tests/guest", true)?;
+    for (suite, exe) in &tests.0 {
+        p.elf(exe, &format!("payload/tests/{suite}"), true)?;
+    }
     for tool in ["curl", "criu", "dash"] {
         let host = which(tool).with_context(|| format!("{tool} is not installed"))?;
         let guest = host.to_string_lossy().into_owned();
@@ -387,11 +450,11 @@ fn run_script(test_args: &[String]) -> String {
          export RUSH_TEST_STRICT=1 RUSH_BIN_DIR=/payload/bin RUST_BACKTRACE=1\n\
          rc=0\n",
     );
-    for (suite, threads) in [("host", 2), ("guest", 1)] {
+    for (suite, threads, args) in SUITES {
         write!(
             s,
             "echo '@@SUITE-START={suite}@@'\n\
-             /payload/tests/{suite} --test-threads {threads}{extra}\n\
+             /payload/tests/{suite} --test-threads {threads}{args}{extra}\n\
              r=$?\n\
              echo \"@@SUITE={suite} rc=$r@@\"\n\
              [ $r = 0 ] || rc=1\n"
