@@ -13,7 +13,12 @@ export RUSH_SOCKET=$SOCK
 PATH=$BIN:$PATH
 
 scene() { printf '\n\033[1m## %s\033[0m\n' "$*"; }
-show() { printf '$ %s\n' "$*"; "$@"; rc=$?; [ $rc -eq 0 ] || printf '(exit status %s)\n' "$rc"; return 0; }
+show() {
+    printf '$'
+    for a in "$@"; do case $a in *[\ \;\&\|\>\<]*) printf " '%s'" "$a" ;; *) printf ' %s' "$a" ;; esac; done
+    printf '\n'
+    "$@"; rc=$?; [ $rc -eq 0 ] || printf '(exit status %s)\n' "$rc"; return 0
+}
 fail() { printf '\nDEMO FAILED: %s\n' "$*"; exit 1; }
 start_daemon() {
     rush-agentd --config /dev/null --ephemeral --state-dir "$STATE" --socket "$SOCK" \
