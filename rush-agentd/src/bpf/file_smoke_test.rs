@@ -7,6 +7,7 @@
 //!     cargo test -p rush-agentd bpf::file_smoke_test -- --nocapture     (as root)
 
 use std::ffi::CString;
+use std::io::Write as _;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -38,7 +39,8 @@ fn file_smoke_test() {
         if strict {
             panic!("RUSH_TEST_STRICT=1 but the file LSM test cannot run: {why}");
         }
-        println!("\n***** SKIP ***** file_smoke_test: {why}\n");
+        // Not println!: libtest would swallow it in a passing test.
+        let _ = writeln!(std::io::stderr(), "\n***** SKIP ***** file_smoke_test: {why}\n");
     };
     if !nix::unistd::geteuid().is_root() {
         return skip("needs root (bpf, cgroups, bpffs, mounts)");

@@ -5,6 +5,7 @@
 //!     cargo test -p rush-agentd bpf::smoke_test -- --nocapture     (as root)
 
 use std::ffi::CString;
+use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -30,14 +31,19 @@ pub(super) static BPF_TEST_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(()
 fn smoke_test_net_confinement() {
     let _serial = BPF_TEST_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if !nix::unistd::geteuid().is_root() {
-        println!("SKIP: needs root (bpf, cgroups, bpffs)");
+        // Not println!: libtest would swallow it in a passing test.
+        let _ = writeln!(std::io::stderr(), "SKIP: needs root (bpf, cgroups, bpffs)");
         return;
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     let Some(v2_root) = cgroup2_root() else {
-        println!("SKIP: no cgroup v2 mount at /sys/fs/cgroup or /sys/fs/cgroup/unified");
+        // Not println!: libtest would swallow it in a passing test.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP: no cgroup v2 mount at /sys/fs/cgroup or /sys/fs/cgroup/unified"
+        );
         return;
     };
     let id = std::process::id();
