@@ -81,6 +81,8 @@
 
 /* Directory levels a walk may climb (mount crossings included) before it gives up. */
 #define RUSH_WALK_MAX 4096
+/* Of those, the first levels (within the first mount) walked without helper calls. */
+#define RUSH_WALK_FAST 16
 
 #define RUSH_OPS_ALL 0x1f
 #define RUSH_OPS_RWX (RUSH_FILE_OP_READ | RUSH_FILE_OP_WRITE | RUSH_FILE_OP_EXEC)
@@ -209,23 +211,97 @@ static long rush_walk_step(__u32 index, void *data)
 }
 
 /*
- * The union of the ops the agent is granted, now, on `dentry` (in mount `mnt`) and on
- * every directory above it up to the global root. Stops early once `want` is covered.
- * 0 if the walk could not finish within RUSH_WALK_MAX levels (fail closed).
+ * The ops the agent's grant on (dev, ino) allows now. A global function, verified once
+ * on its own (its result is just a scalar to the callers): inlined in the fast loop of
+ * rush_walk_ops, its branches multiplied the loop's states past the 6.1 verifier's limit.
  */
-static __noinline __u32 rush_walk_ops(__u64 cgroup_id, struct dentry *dentry,
-				      struct vfsmount *mnt, __u32 want)
+__noinline __u32 rush_level_ops(__u64 cgroup_id, __u64 ino, __u32 dev, __u64 now)
+{
+	struct rush_file_key key = {
+		.cgroup_id = cgroup_id,
+		.ino = ino,
+		.dev = dev,
+	};
+	struct rush_file_grant *grant = bpf_map_lookup_elem(&rush_file_grants, &key);
+
+	return grant ? rush_grant_ops(grant, now) : 0;
+}
+
+/* The walk from `dentry` on, `walked` levels (of RUSH_WALK_MAX) having given `ops`. */
+static __always_inline __u32 rush_walk_rest(__u64 cgroup_id, __u64 now, struct dentry *dentry,
+					    struct mount *mnt, __u32 want, __u32 ops,
+					    __u32 walked)
 {
 	struct rush_walk w = {
 		.cgroup_id = cgroup_id,
-		.now = bpf_ktime_get_boot_ns(),
+		.now = now,
 		.dentry = dentry,
-		.mnt = rush_real_mount(mnt),
+		.mnt = mnt,
 		.want = want,
+		.ops = ops,
 	};
 
-	bpf_loop(RUSH_WALK_MAX, rush_walk_step, &w, 0);
+	bpf_loop(RUSH_WALK_MAX - walked, rush_walk_step, &w, 0);
 	return w.done ? w.ops : 0;
+}
+
+/*
+ * The union of the ops the agent is granted, now, on `dentry` (in mount `mnt`) and on
+ * every directory above it up to the global root. Stops early once `want` is covered.
+ * 0 if the walk could not finish within RUSH_WALK_MAX levels (fail closed).
+ *
+ * `dentry` must be a BTF pointer (a hook argument or loaded from one with a direct
+ * load, not BPF_CORE_READ): the first RUSH_WALK_FAST levels of the mount it is in are
+ * walked here with direct (CO-RE relocated, fault-safe BPF_PROBE_MEM) loads, no helper
+ * call; only a deeper path or a mount crossing continues in the general bpf_loop walk
+ * (rush_walk_step, the same steps read with BPF_CORE_READ), with what is left of the
+ * RUSH_WALK_MAX levels. The mount's fields are read with BPF_CORE_READ here too (the
+ * vfsmount pointers the callers pass are plain values): mount crossings are rare.
+ */
+static __noinline __u32 rush_walk_ops(__u64 cgroup_id, struct dentry *dentry,
+				      struct vfsmount *vfsmnt, __u32 want)
+{
+	struct mount *mnt = rush_real_mount(vfsmnt);
+	__u64 now = bpf_ktime_get_boot_ns();
+	struct dentry *root;
+	__u32 ops = 0;
+	int i;
+
+	if (!dentry || !mnt)
+		return 0; /* unreadable: fail closed */
+	root = BPF_CORE_READ(mnt, mnt.mnt_root);
+	for (i = 0; i < RUSH_WALK_FAST; i++) {
+		struct inode *inode = dentry->d_inode;
+		struct dentry *parent;
+
+		if (inode) {
+			ops |= rush_level_ops(cgroup_id, inode->i_ino, inode->i_sb->s_dev, now);
+			if ((ops & want) == want)
+				return ops;
+		}
+		if (dentry == root) {
+			/* As in rush_walk_step; the rest (rare) in the general walk. */
+			struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
+
+			if (up == mnt || !up) {
+				if (BPF_CORE_READ(mnt, mnt.mnt_flags) & MNT_INTERNAL)
+					ops = RUSH_OPS_ALL;
+				return ops;
+			}
+			return rush_walk_rest(cgroup_id, now, BPF_CORE_READ(mnt, mnt_mountpoint),
+					      up, want, ops, i + 1);
+		}
+		parent = dentry->d_parent;
+		if (parent == dentry || !parent) {
+			/* A disconnected root (pseudo files such as pipes are their own parent). */
+			if (BPF_CORE_READ(mnt, mnt.mnt_flags) & MNT_INTERNAL)
+				ops = RUSH_OPS_ALL;
+			return ops;
+		}
+		dentry = parent;
+	}
+
+	return rush_walk_rest(cgroup_id, now, dentry, mnt, want, ops, RUSH_WALK_FAST);
 }
 
 /* State of the walk that assembles an event's path from dentry names. */
@@ -399,7 +475,7 @@ static __always_inline int rush_check_create(__u32 hook, const struct path *dir,
 
 	if (!cgroup_id)
 		return 0;
-	return rush_require(hook, cgroup_id, RUSH_FILE_OP_CREATE, BPF_CORE_READ(dir, dentry),
+	return rush_require(hook, cgroup_id, RUSH_FILE_OP_CREATE, dir->dentry,
 			    BPF_CORE_READ(dir, mnt), dentry);
 }
 
@@ -423,7 +499,7 @@ static __always_inline int rush_check_path_write(__u32 hook, const struct path *
 
 	if (!cgroup_id)
 		return 0;
-	dentry = BPF_CORE_READ(path, dentry);
+	dentry = path->dentry;
 	return rush_require(hook, cgroup_id, RUSH_FILE_OP_WRITE, dentry, BPF_CORE_READ(path, mnt),
 			    dentry);
 }
@@ -470,7 +546,7 @@ int BPF_PROG(rush_file_open, struct file *file)
 	if (!need)
 		need = RUSH_FILE_OP_READ;
 
-	dentry = BPF_CORE_READ(file, f_path.dentry);
+	dentry = file->f_path.dentry;
 	mnt = BPF_CORE_READ(file, f_path.mnt);
 	missing = need & ~rush_walk_ops(cgroup_id, dentry, mnt, need);
 	if (!missing)
@@ -506,7 +582,7 @@ int BPF_PROG(rush_file_permission, struct file *file, int mask)
 		need |= RUSH_FILE_OP_WRITE;
 	if (!need)
 		return 0;
-	dentry = BPF_CORE_READ(file, f_path.dentry);
+	dentry = file->f_path.dentry;
 	return rush_require(RUSH_FHOOK_FILE_PERMISSION, cgroup_id, need, dentry,
 			    BPF_CORE_READ(file, f_path.mnt), dentry);
 }
@@ -568,11 +644,11 @@ int BPF_PROG(rush_path_rename, const struct path *old_dir, struct dentry *old_de
 					 new_dentry, new_dentry, new_mnt);
 	}
 	denied = rush_check_move_in(RUSH_FHOOK_PATH_RENAME, cgroup_id, src_ops, old_dentry,
-				    BPF_CORE_READ(new_dir, dentry), new_mnt, new_dentry);
+				    new_dir->dentry, new_mnt, new_dentry);
 	if (denied || !(flags & RENAME_EXCHANGE))
 		return denied;
 	return rush_check_move_in(RUSH_FHOOK_PATH_RENAME, cgroup_id, dst_ops, new_dentry,
-				  BPF_CORE_READ(old_dir, dentry), old_mnt, old_dentry);
+				  old_dir->dentry, old_mnt, old_dentry);
 }
 
 SEC("lsm/path_link")
@@ -589,7 +665,7 @@ int BPF_PROG(rush_path_link, struct dentry *old_dentry, const struct path *new_d
 	mnt = BPF_CORE_READ(new_dir, mnt);
 	src_ops = rush_walk_ops(cgroup_id, old_dentry, mnt, RUSH_OPS_ALL);
 	return rush_check_move_in(RUSH_FHOOK_PATH_LINK, cgroup_id, src_ops, old_dentry,
-				  BPF_CORE_READ(new_dir, dentry), mnt, new_dentry);
+				  new_dir->dentry, mnt, new_dentry);
 }
 
 SEC("lsm/path_truncate")
