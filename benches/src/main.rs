@@ -95,34 +95,25 @@ fn main() {
     report("`rush agent spawn x -- /bin/true` (end to end)", "fork+exec /bin/true", r);
     let spawn_p50 = r[0];
     // Cold: 100 ms apart, so no cgroup/RCU state is left warm by the previous spawn.
-    let pause = || std::thread::sleep(Duration::from_millis(100));
-    let r = compare(
-        30,
-        || {
-            pause();
-            time(Command::new(&rush).args(["--socket", &sock, "agent", "spawn", "bench", "--", truebin]))
-        },
-        || {
-            pause();
-            time(&mut Command::new(truebin))
-        },
-    );
-    report("same, cold (100 ms between spawns)", "fork+exec /bin/true", r);
+    let cold_spawns = |socket: &str| {
+        let pause = || std::thread::sleep(Duration::from_millis(100));
+        compare(
+            30,
+            || {
+                pause();
+                time(Command::new(&rush).args(["--socket", socket, "agent", "spawn", "bench", "--", truebin]))
+            },
+            || {
+                pause();
+                time(&mut Command::new(truebin))
+            },
+        )
+    };
+    report("same, cold (100 ms between spawns)", "fork+exec /bin/true", cold_spawns(&sock));
     // Cold again, joining no v1 hierarchy: what a pure cgroup v2 host pays (the process
     // is born in its cgroup by clone3, no migration).
     let v2_only = Daemon::start_with_config("[cgroup]\nv1_controllers = []\n");
-    let sock2 = v2_only.socket.to_str().unwrap().to_owned();
-    let r = compare(
-        30,
-        || {
-            pause();
-            time(Command::new(&rush).args(["--socket", &sock2, "agent", "spawn", "bench", "--", truebin]))
-        },
-        || {
-            pause();
-            time(&mut Command::new(truebin))
-        },
-    );
+    let r = cold_spawns(v2_only.socket.to_str().unwrap());
     drop(v2_only);
     report("same, cold, v2 only (no v1 controllers joined)", "fork+exec /bin/true", r);
     let r = compare(200, || time(Command::new(&rush).arg("--version")), || time(&mut Command::new(truebin)));
