@@ -152,6 +152,23 @@ struct rush_walk {
 };
 
 /*
+ * The ops the agent's grant on (dev, ino) allows now. A global function, verified once
+ * on its own (its result is just a scalar to the callers): inlined in the fast loop of
+ * rush_walk_ops, its branches multiplied the loop's states past the 6.1 verifier's limit.
+ */
+__noinline __u32 rush_level_ops(__u64 cgroup_id, __u64 ino, __u32 dev, __u64 now)
+{
+	struct rush_file_key key = {
+		.cgroup_id = cgroup_id,
+		.ino = ino,
+		.dev = dev,
+	};
+	struct rush_file_grant *grant = bpf_map_lookup_elem(&rush_file_grants, &key);
+
+	return grant ? rush_grant_ops(grant, now) : 0;
+}
+
+/*
  * One level: look up (dev, ino) of w->dentry, then move to its parent; at the root of a
  * mount, to the mount point in the parent mount (whose inode is looked up next, as
  * Landlock does); at the root of the mount tree, stop.
@@ -168,15 +185,8 @@ static long rush_walk_step(__u32 index, void *data)
 		return 1; /* unreadable: not done, so the walk denies */
 	inode = BPF_CORE_READ(dentry, d_inode);
 	if (inode) {
-		struct rush_file_key key = {
-			.cgroup_id = w->cgroup_id,
-			.ino = BPF_CORE_READ(inode, i_ino),
-			.dev = BPF_CORE_READ(inode, i_sb, s_dev),
-		};
-		struct rush_file_grant *grant = bpf_map_lookup_elem(&rush_file_grants, &key);
-
-		if (grant)
-			w->ops |= rush_grant_ops(grant, w->now);
+		w->ops |= rush_level_ops(w->cgroup_id, BPF_CORE_READ(inode, i_ino),
+					 BPF_CORE_READ(inode, i_sb, s_dev), w->now);
 		if ((w->ops & w->want) == w->want) {
 			w->done = 1;
 			return 1;
@@ -208,23 +218,6 @@ static long rush_walk_step(__u32 index, void *data)
 	}
 	w->dentry = parent;
 	return 0;
-}
-
-/*
- * The ops the agent's grant on (dev, ino) allows now. A global function, verified once
- * on its own (its result is just a scalar to the callers): inlined in the fast loop of
- * rush_walk_ops, its branches multiplied the loop's states past the 6.1 verifier's limit.
- */
-__noinline __u32 rush_level_ops(__u64 cgroup_id, __u64 ino, __u32 dev, __u64 now)
-{
-	struct rush_file_key key = {
-		.cgroup_id = cgroup_id,
-		.ino = ino,
-		.dev = dev,
-	};
-	struct rush_file_grant *grant = bpf_map_lookup_elem(&rush_file_grants, &key);
-
-	return grant ? rush_grant_ops(grant, now) : 0;
 }
 
 /* The walk from `dentry` on, `walked` levels (of RUSH_WALK_MAX) having given `ops`. */
