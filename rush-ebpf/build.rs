@@ -8,7 +8,7 @@ use std::process::Command;
 use libbpf_cargo::SkeletonBuilder;
 
 /// One object per hook family; they share maps by pinning (see src/bpf/rush.h).
-const OBJECTS: &[&str] = &["net", "file"];
+const OBJECTS: &[&str] = &["net", "file", "guard"];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());

@@ -141,6 +141,8 @@ impl Default for CgroupSection {
 }
 
 pub const DEFAULT_CONFIG: &str = "/etc/rush/config.toml";
+/// The directory of the default config, which agents may not enter.
+pub const DEFAULT_CONFIG_DIR: &str = "/etc/rush";
 
 impl Config {
     /// Reads `path`; a missing file at the default location means all defaults, while a

@@ -48,9 +48,15 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
         pin_dir: config.bpf.pin_dir.clone(),
         cgroup2_root: layout.v2_root.clone(),
         agent_cgroup_level: cgroups.agent_level(),
+        // Agents may not enter the daemon's state (audit trail, logs) or its config.
+        protected_dirs: [state_dir.clone(), PathBuf::from(crate::config::DEFAULT_CONFIG_DIR)]
+            .into_iter()
+            .filter(|d| d.is_dir())
+            .collect(),
     };
     let (bpf, report, events) = BpfHandle::start(bpf_config)?;
     log_attach_report(&report);
+    crate::tokens::set_btrfs_keyed(report.btrfs_keyed);
     let enforcement = Enforcement {
         net: report.net_enforced(),
         file_tokens_unavailable: (!report.lsm_attached()).then(|| match report.lsm_error() {
@@ -162,11 +168,93 @@ async fn pump_events(
                     AuditEvent::FileDeny { pid: tgid, uid, comm, hook: hook.into(), op, path },
                 );
             }
+            KernelEvent::GuardDeny { cgroup_id, pid: _, tgid, uid, comm, hook, target, arg } => {
+                let name = agents.name_of(cgroup_id).unwrap_or_else(|| format!("cgroup:{cgroup_id}"));
+                audit.record(
+                    Some(&name),
+                    AuditEvent::GuardDeny {
+                        pid: tgid,
+                        uid,
+                        comm,
+                        hook: hook.into(),
+                        what: guard_what(hook, target, arg),
+                    },
+                );
+            }
+            KernelEvent::GrantMoved { cgroup_id, from, to } => {
+                let moved = agents.tokens().rekey(cgroup_id, from, to);
+                tracing::debug!(cgroup_id, ?from, ?to, moved, "a save moved a grant to a new inode");
+            }
             KernelEvent::Lost { count } => {
                 tracing::warn!(count, "kernel events lost: ring buffer full");
                 audit.record(None, AuditEvent::EventsLost { count });
             }
         }
+    }
+}
+
+/// What a guard deny refused, in words: the capability, signal, bpf command, ...
+fn guard_what(hook: &str, target: u32, arg: i64) -> String {
+    const CAPS: [&str; 41] = [
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "DAC_READ_SEARCH",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "SETGID",
+        "SETUID",
+        "SETPCAP",
+        "LINUX_IMMUTABLE",
+        "NET_BIND_SERVICE",
+        "NET_BROADCAST",
+        "NET_ADMIN",
+        "NET_RAW",
+        "IPC_LOCK",
+        "IPC_OWNER",
+        "SYS_MODULE",
+        "SYS_RAWIO",
+        "SYS_CHROOT",
+        "SYS_PTRACE",
+        "SYS_PACCT",
+        "SYS_ADMIN",
+        "SYS_BOOT",
+        "SYS_NICE",
+        "SYS_RESOURCE",
+        "SYS_TIME",
+        "SYS_TTY_CONFIG",
+        "MKNOD",
+        "LEASE",
+        "AUDIT_WRITE",
+        "AUDIT_CONTROL",
+        "SETFCAP",
+        "MAC_OVERRIDE",
+        "MAC_ADMIN",
+        "SYSLOG",
+        "WAKE_ALARM",
+        "BLOCK_SUSPEND",
+        "AUDIT_READ",
+        "PERFMON",
+        "BPF",
+        "CHECKPOINT_RESTORE",
+    ];
+    match hook {
+        "capable" => match usize::try_from(arg).ok().and_then(|i| CAPS.get(i)) {
+            Some(cap) => format!("CAP_{cap}"),
+            None => format!("capability {arg}"),
+        },
+        "task_kill" => format!("signal {arg} to pid {target}"),
+        "ptrace_access_check" => format!("ptrace (mode {arg:#x}) of pid {target}"),
+        "ptrace_traceme" => format!("PTRACE_TRACEME by parent pid {target}"),
+        "bpf" => format!("bpf() command {arg}"),
+        "file_fcntl" if arg < 0 => "F_SETOWN_EX".into(),
+        "file_fcntl" => format!("F_SETOWN to pid {arg}"),
+        "sb_mount" => format!("mount (flags {arg:#x})"),
+        "inode_permission:cgroupfs-or-bpffs-write" => "write to cgroupfs or bpffs".into(),
+        "inode_permission:protected-dir" => "access to the daemon's directories".into(),
+        "cgroup/sysctl" => "sysctl write".into(),
+        _ if arg != 0 => format!("{hook} ({arg})"),
+        _ => hook.to_string(),
     }
 }
 

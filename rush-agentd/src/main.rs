@@ -126,6 +126,7 @@ fn local_doctor(json: bool) -> ExitCode {
             pin_dir: pin_dir.clone(),
             cgroup2_root: l.v2_root.clone(),
             agent_cgroup_level: 2,
+            protected_dirs: Vec::new(),
         };
         let rt = tokio::runtime::Builder::new_current_thread().build().ok()?;
         let _guard = rt.enter();

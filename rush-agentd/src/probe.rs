@@ -111,6 +111,12 @@ pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
         },
     ));
 
+    let guard_ok = inputs.attach.is_some_and(AttachReport::guard_attached);
+    let guard_detail = inputs
+        .attach
+        .and_then(AttachReport::guard_error)
+        .unwrap_or_else(|| "the daemon could not load programs".into());
+    let sysctl_ok = inputs.attach.is_some_and(AttachReport::sysctl_guarded);
     let g = |name: &str, holds: bool, detail: String| Guarantee { name: name.into(), holds, detail };
     let guarantees = vec![
         g(
@@ -167,15 +173,29 @@ pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
             "exec control",
             lsm_attach_ok,
             if lsm_attach_ok {
-                "file-confined agents execute only what a token grants `exec` (the baseline: system directories)".into()
+                "file-confined agents execute (execve, or mmap/mprotect PROT_EXEC) only files a token grants `exec` (the baseline: system directories); never a memfd".into()
             } else {
                 "needs the BPF LSM file programs".into()
             },
         ),
         g(
             "self-protection",
-            false,
-            "not implemented yet: an agent running as root could escape its cgroup".into(),
+            guard_ok,
+            if guard_ok {
+                format!(
+                    "agents (root ones too) cannot ptrace, signal or reach /proc of processes outside their cgroup, \
+                     call bpf(), mount, unshare user namespaces, load modules, write cgroupfs or bpffs, \
+                     enter the daemon's state dir, or use CAP_SYS_ADMIN and the other dangerous \
+                     capabilities; sysctl writes: {}; setuid binaries don't raise privileges (no_new_privs)",
+                    if sysctl_ok { "refused" } else { "NOT refused (cgroup/sysctl program not attached)" }
+                )
+            } else {
+                format!(
+                    "BPF LSM guard programs not attached ({guard_detail}): an agent running as root can leave \
+                     its cgroup; only no_new_privs{} hold",
+                    if sysctl_ok { " and the sysctl-write refusal" } else { "" }
+                )
+            },
         ),
         g("budgets", false, "not implemented yet".into()),
         g("time travel", false, "not implemented yet".into()),
@@ -290,10 +310,13 @@ mod tests {
                     error: Some("BPF_PROG_LOAD: EPERM".into()),
                 },
             ],
+            btrfs_keyed: false,
         };
         let r = doctor(&ProbeInputs { attach: Some(&attach), cgroups: None });
         let file = r.guarantees.iter().find(|g| g.name == "file tokens").unwrap();
         assert!(!file.holds);
+        let guard = r.guarantees.iter().find(|g| g.name == "self-protection").unwrap();
+        assert!(!guard.holds, "no guard program attached: {}", guard.detail);
         let p = r.probes.iter().find(|p| p.name == "bpf-lsm-attach").unwrap();
         assert!(!p.ok);
         assert!(r.probes.iter().any(|p| p.name == "landlock"));

@@ -1,14 +1,21 @@
 //! Capability tokens: (agent, path, ops, expiry), held here and mirrored into the kernel's
 //! `rush_file_grants` map, which the LSM programs check.
 //!
-//! The kernel keys grants by inode: (superblock dev, inode number). Several tokens of one
-//! agent on one inode merge into one map entry that keeps, per operation, the latest
-//! expiry, so each token still lapses on its own time in the kernel, with no daemon tick.
+//! The kernel keys grants by inode: (device, inode number), the device being the
+//! superblock's, or on btrfs the subvolume's; each entry also names the mount the path was
+//! resolved in, so a bind mount elsewhere does not carry it. Several tokens of one agent on
+//! one inode merge into one map entry that keeps, per operation, the latest expiry, so each
+//! token still lapses on its own time in the kernel, with no daemon tick.
+//!
+//! A token that lets the agent write a single file also gives the file's directory the
+//! internal save right (`rush_ebpf::FILE_OP_SAVE`), so editors' write-temp-then-rename
+//! saves work; the kernel then moves the grant to the new inode and tells the daemon.
 
 use std::collections::BTreeMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rush_proto::{FileGrant, Ops, TokenInfo};
 
@@ -23,6 +30,22 @@ pub enum TokenError {
     Mount { path: PathBuf, mnt_id: u64 },
     #[error("path {0} must be absolute")]
     Relative(PathBuf),
+    #[error(
+        "cannot grant {0}: it is on btrfs, and the LSM programs were loaded without btrfs's type \
+         information (the btrfs module was not loaded when rush-agentd started), so they cannot \
+         tell its subvolumes apart: load the module (modprobe btrfs) and restart rush-agentd"
+    )]
+    BtrfsUnkeyed(PathBuf),
+}
+
+/// Whether the loaded file programs key btrfs inodes by subvolume (set once the programs
+/// are loaded; see [`set_btrfs_keyed`]).
+static BTRFS_KEYED: AtomicBool = AtomicBool::new(true);
+
+/// Records whether the kernel programs could resolve btrfs's types when they were loaded;
+/// if not, they deny every btrfs file (never alias subvolumes) and grants there are refused.
+pub fn set_btrfs_keyed(keyed: bool) {
+    BTRFS_KEYED.store(keyed, Ordering::Relaxed);
 }
 
 /// Where a token came from.
@@ -57,6 +80,11 @@ pub struct Token {
     pub cgroup_id: u64,
     pub path: PathBuf,
     pub key: FileKey,
+    /// The mount the path was resolved in (statx mount id).
+    pub mnt_id: u32,
+    /// For a token that lets the agent write a file (not a directory): that file's
+    /// directory, which gets the save right.
+    pub save_dir: Option<FileKey>,
     pub ops: Ops,
     /// (CLOCK_BOOTTIME ns, Unix ms) of the expiry; None = until revoked.
     pub expires: Option<(u64, u64)>,
@@ -83,6 +111,8 @@ impl Token {
 pub struct NewToken {
     pub path: PathBuf,
     pub key: FileKey,
+    pub mnt_id: u32,
+    pub save_dir: Option<FileKey>,
     pub ops: Ops,
     pub ttl_secs: Option<u64>,
     pub origin: Origin,
@@ -90,12 +120,39 @@ pub struct NewToken {
 
 impl NewToken {
     pub fn resolve(grant: &FileGrant, origin: Origin) -> Result<NewToken, TokenError> {
+        let found = resolve_path(&grant.path)?;
+        // Editors save a file by renaming a new one over it: a write token on a file
+        // (from the operator, not the agent's own stdio) lets that happen in its directory.
+        let save_dir = match (&origin, found.is_dir, grant.path.parent()) {
+            (Origin::Grant | Origin::Spawn, false, Some(dir)) if grant.ops.contains(Ops::WRITE) => {
+                Some(resolve_path(dir)?.key)
+            }
+            _ => None,
+        };
         Ok(NewToken {
             path: grant.path.clone(),
-            key: file_key(&grant.path)?,
+            key: found.key,
+            mnt_id: found.mnt_id,
+            save_dir,
             ops: grant.ops,
             ttl_secs: grant.ttl_secs,
             origin,
+        })
+    }
+
+    /// A token on a file the agent is handed open (its stdin, stdout, stderr).
+    pub fn stdio(path: PathBuf, fd: std::os::fd::BorrowedFd<'_>, ops: Ops) -> Result<NewToken, TokenError> {
+        use std::os::fd::AsRawFd;
+        let label = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        let found = statx_key(&label, fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH)?;
+        Ok(NewToken {
+            path,
+            key: found.key,
+            mnt_id: found.mnt_id,
+            save_dir: None,
+            ops,
+            ttl_secs: None,
+            origin: Origin::Stdio,
         })
     }
 }
@@ -134,6 +191,8 @@ impl TokenStore {
                 cgroup_id,
                 path: t.path,
                 key: t.key,
+                mnt_id: t.mnt_id,
+                save_dir: t.save_dir,
                 ops: t.ops,
                 expires: t
                     .ttl_secs
@@ -144,7 +203,7 @@ impl TokenStore {
             inner.tokens.insert(token.id, token.clone());
             added.push(token);
         }
-        let entries = merged_entries(&inner, cgroup_id, added.iter().map(|t| t.key));
+        let entries = merged_entries(&inner, cgroup_id, added.iter().flat_map(Token::keys));
         (added, entries)
     }
 
@@ -158,8 +217,20 @@ impl TokenStore {
         let ids: Vec<u64> =
             inner.tokens.values().filter(|t| t.cgroup_id == cgroup_id && pick(t)).map(|t| t.id).collect();
         let removed: Vec<Token> = ids.iter().filter_map(|id| inner.tokens.remove(id)).collect();
-        let entries = merged_entries(&inner, cgroup_id, removed.iter().map(|t| t.key));
+        let entries = merged_entries(&inner, cgroup_id, removed.iter().flat_map(Token::keys));
         (removed, entries)
+    }
+
+    /// The kernel moved the agent's grant on `from` to `to` (a save renamed a new file over
+    /// the granted one): its tokens now name the new inode.
+    pub fn rekey(&self, cgroup_id: u64, from: FileKey, to: FileKey) -> usize {
+        let mut inner = self.lock();
+        let mut moved = 0;
+        for t in inner.tokens.values_mut().filter(|t| t.cgroup_id == cgroup_id && t.key == from) {
+            t.key = to;
+            moved += 1;
+        }
+        moved
     }
 
     /// Forgets an agent's tokens (it has exited; the kernel entries go with the agent).
@@ -172,8 +243,17 @@ impl TokenStore {
     }
 }
 
+impl Token {
+    /// The kernel entries this token contributes to: its inode, and its save directory.
+    fn keys(&self) -> impl Iterator<Item = FileKey> {
+        std::iter::once(self.key).chain(self.save_dir)
+    }
+}
+
 /// The kernel entry for each key: per op, the latest expiry among the agent's tokens on
-/// that inode (u64::MAX = no expiry, 0 = no token); None when no token is left.
+/// that inode (u64::MAX = no expiry, 0 = no token), plus the save right of the tokens
+/// whose file is in that directory (as long as their write); None when nothing is left.
+/// The mount: the tokens' when they agree, else any.
 fn merged_entries(
     inner: &Inner,
     cgroup_id: u64,
@@ -185,61 +265,129 @@ fn merged_entries(
     keys.into_iter()
         .map(|key| {
             let mut entry = FileGrantEntry::default();
+            let mut mounts = std::collections::BTreeSet::new();
             let mut any = false;
-            for t in inner.tokens.values().filter(|t| t.cgroup_id == cgroup_id && t.key == key) {
-                any = true;
+            for t in inner.tokens.values().filter(|t| t.cgroup_id == cgroup_id) {
                 let until = t.expires.map_or(u64::MAX, |(ns, _)| ns);
-                for (bit, slot) in entry.expires_ns.iter_mut().enumerate() {
-                    if t.ops.contains(Ops(1 << bit)) {
-                        *slot = (*slot).max(until);
+                if t.key == key {
+                    any = true;
+                    mounts.insert(t.mnt_id);
+                    for (bit, slot) in entry.expires_ns.iter_mut().enumerate().take(5) {
+                        if t.ops.contains(Ops(1 << bit)) {
+                            *slot = (*slot).max(until);
+                        }
                     }
                 }
+                if t.save_dir == Some(key) {
+                    any = true;
+                    mounts.insert(t.mnt_id);
+                    let save = &mut entry.expires_ns[rush_ebpf::FILE_OP_SAVE.trailing_zeros() as usize];
+                    *save = (*save).max(until);
+                }
             }
+            entry.mnt_id = if mounts.len() == 1 { mounts.pop_first().unwrap_or(0) } else { 0 };
             (key, any.then_some(entry))
         })
         .collect()
 }
 
-/// The inode `path` names (symlinks followed), keyed as the kernel sees it: the
-/// superblock's dev (from /proc/self/mountinfo, which prints `sb->s_dev`; `st_dev` can
-/// differ, e.g. on btrfs subvolumes) and the inode number.
+/// An inode as the file programs identify it, and where the path met it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resolved {
+    pub key: FileKey,
+    /// statx's STATX_MNT_ID: the kernel's `mount::mnt_id`.
+    pub mnt_id: u32,
+    pub is_dir: bool,
+}
+
+/// The inode `path` names (symlinks followed), keyed as the kernel sees it.
 pub fn file_key(path: &Path) -> Result<FileKey, TokenError> {
-    if !path.is_absolute() {
-        return Err(TokenError::Relative(path.to_owned()));
-    }
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| TokenError::Stat {
-        path: path.to_owned(),
-        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
-    })?;
+    resolve_path(path).map(|r| r.key)
+}
+
+/// The inode `path` names (symlinks followed) and the mount it is in.
+pub fn resolve_path(path: &Path) -> Result<Resolved, TokenError> {
+    let c = absolute_cpath(path)?;
     statx_key(path, libc::AT_FDCWD, &c, 0)
 }
 
-/// The same for an open file (e.g. an agent's stdout redirected to a file).
-pub fn fd_key(fd: std::os::fd::BorrowedFd<'_>) -> Result<FileKey, TokenError> {
-    use std::os::fd::AsRawFd;
-    let label = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-    statx_key(&label, fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH)
+/// (superblock dev, inode) of `path`, whatever the filesystem: what the guard programs
+/// compare protected directories with.
+pub fn superblock_key(path: &Path) -> Result<FileKey, TokenError> {
+    let c = absolute_cpath(path)?;
+    let stx = statx(path, libc::AT_FDCWD, &c, 0)?;
+    Ok(FileKey { dev: mount_dev_of(path, stx.stx_mnt_id)?, ino: stx.stx_ino })
 }
 
+fn absolute_cpath(path: &Path) -> Result<std::ffi::CString, TokenError> {
+    if !path.is_absolute() {
+        return Err(TokenError::Relative(path.to_owned()));
+    }
+    std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| TokenError::Stat {
+        path: path.to_owned(),
+        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+    })
+}
+
+fn statx(
+    path: &Path,
+    dirfd: libc::c_int,
+    name: &std::ffi::CStr,
+    flags: libc::c_int,
+) -> Result<libc::statx, TokenError> {
+    // SAFETY: statx(2) writes only into `stx`, which is a zeroed, correctly sized struct.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let mask = libc::STATX_TYPE | libc::STATX_INO | libc::STATX_MNT_ID;
+    // SAFETY: `name` is NUL-terminated; `stx` is valid for writes.
+    let r = unsafe { libc::statx(dirfd, name.as_ptr(), flags, mask, &mut stx) };
+    if r != 0 {
+        return Err(TokenError::Stat { path: path.to_owned(), source: std::io::Error::last_os_error() });
+    }
+    Ok(stx)
+}
+
+/// The key: on btrfs, statx's device, which is the subvolume's anonymous device (the
+/// kernel programs read the same from the inode's btrfs root); elsewhere the superblock's
+/// dev from /proc/self/mountinfo (`sb->s_dev`; `st_dev` can differ, e.g. on overlayfs).
 fn statx_key(
     path: &Path,
     dirfd: libc::c_int,
     name: &std::ffi::CStr,
     flags: libc::c_int,
-) -> Result<FileKey, TokenError> {
-    // SAFETY: statx(2) writes only into `stx`, which is a zeroed, correctly sized struct.
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    // SAFETY: `name` is NUL-terminated; `stx` is valid for writes.
-    let r =
-        unsafe { libc::statx(dirfd, name.as_ptr(), flags, libc::STATX_INO | libc::STATX_MNT_ID, &mut stx) };
+) -> Result<Resolved, TokenError> {
+    let stx = statx(path, dirfd, name, flags)?;
+    // SAFETY: fstatfs/statfs write only into `sfs`, a zeroed, correctly sized struct.
+    let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as for statx: a NUL-terminated name or an fd, and a writable buffer.
+    let r = unsafe {
+        if flags & libc::AT_EMPTY_PATH != 0 {
+            libc::fstatfs(dirfd, &mut sfs)
+        } else {
+            libc::statfs(name.as_ptr(), &mut sfs)
+        }
+    };
     if r != 0 {
         return Err(TokenError::Stat { path: path.to_owned(), source: std::io::Error::last_os_error() });
     }
+    let dev = if sfs.f_type == libc::BTRFS_SUPER_MAGIC {
+        if !BTRFS_KEYED.load(Ordering::Relaxed) {
+            return Err(TokenError::BtrfsUnkeyed(path.to_owned()));
+        }
+        (stx.stx_dev_major << 20) | (stx.stx_dev_minor & 0xfffff)
+    } else {
+        mount_dev_of(path, stx.stx_mnt_id)?
+    };
+    Ok(Resolved {
+        key: FileKey { dev, ino: stx.stx_ino },
+        mnt_id: stx.stx_mnt_id as u32,
+        is_dir: u32::from(stx.stx_mode) & libc::S_IFMT == libc::S_IFDIR,
+    })
+}
+
+fn mount_dev_of(path: &Path, mnt_id: u64) -> Result<u32, TokenError> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|source| TokenError::Stat { path: path.to_owned(), source })?;
-    let dev = mount_dev(&mountinfo, stx.stx_mnt_id)
-        .ok_or(TokenError::Mount { path: path.to_owned(), mnt_id: stx.stx_mnt_id })?;
-    Ok(FileKey { dev, ino: stx.stx_ino })
+    mount_dev(&mountinfo, mnt_id).ok_or(TokenError::Mount { path: path.to_owned(), mnt_id })
 }
 
 /// The kernel dev_t (MAJOR << 20 | MINOR) of the mount with this id.
@@ -265,6 +413,8 @@ mod tests {
         NewToken {
             path: "/srv/a".into(),
             key: KEY,
+            mnt_id: 1,
+            save_dir: None,
             ops: ops.parse().unwrap(),
             ttl_secs: ttl,
             origin: Origin::Grant,

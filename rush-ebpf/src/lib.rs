@@ -4,11 +4,14 @@
 //! structs in `rush.h`); `build.rs` compiles each into an object and a libbpf-rs skeleton:
 //!
 //! - [`net`]: `cgroup/connect4|6`, `cgroup/sendmsg4|6` — network confinement.
-//! - [`file`]: `lsm/file_open`, `lsm/file_permission`, `lsm/path_*` — file capability
-//!   tokens; loads only where the kernel accepts BPF LSM programs; kept apart so its
-//!   failure cannot stop the network programs.
+//!   Also `cgroup/sysctl` (agents write no sysctl), optional: retried without it.
+//! - [`file`]: `lsm/file_open`, `lsm/file_permission`, `lsm/path_*`, `lsm/mmap_file`,
+//!   `lsm/file_mprotect` — file capability tokens; loads only where the kernel accepts BPF
+//!   LSM programs; kept apart so its failure cannot stop the network programs.
+//! - [`guard`]: `lsm/capable`, `lsm/bpf`, `lsm/ptrace_*`, `lsm/task_kill`, mounts, user
+//!   namespaces, module loading, cgroupfs writes — self-protection, for every agent.
 //!
-//! Both objects define the same maps with `LIBBPF_PIN_BY_NAME`; with their pin paths set to
+//! The objects define the same maps with `LIBBPF_PIN_BY_NAME`; with their pin paths set to
 //! one directory, whichever loads second reuses the first one's maps.
 //!
 //! The `#[repr(C)]` mirrors below are checked against the objects' BTF by the tests.
@@ -23,9 +26,15 @@ pub mod file {
     include!(concat!(env!("OUT_DIR"), "/file.skel.rs"));
 }
 
+#[allow(clippy::all, non_camel_case_types, non_snake_case, non_upper_case_globals, unused)]
+pub mod guard {
+    include!(concat!(env!("OUT_DIR"), "/guard.skel.rs"));
+}
+
 /// The compiled objects, e.g. for `bpftool` or a BTF check.
 pub const NET_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/net.bpf.o"));
 pub const FILE_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/file.bpf.o"));
+pub const GUARD_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guard.bpf.o"));
 
 // Values of `RushAgent::net_mode`.
 pub const NET_MODE_DENY: u32 = 0;
@@ -41,6 +50,8 @@ pub const HOOK_SENDMSG6: u32 = 4;
 // Values of `RushNetEvent::kind` / `RushFileEvent::kind` (the first u32 of every record).
 pub const EVENT_NET_DENY: u32 = 1;
 pub const EVENT_FILE_DENY: u32 = 2;
+pub const EVENT_GUARD_DENY: u32 = 3;
+pub const EVENT_GRANT_MOVED: u32 = 4;
 
 /// `RushAgent::flags`: file hooks deny whatever no grant in `rush_file_grants` covers.
 pub const AGENT_FILES_CONFINED: u32 = 1;
@@ -51,7 +62,10 @@ pub const FILE_OP_WRITE: u32 = 1 << 1;
 pub const FILE_OP_EXEC: u32 = 1 << 2;
 pub const FILE_OP_CREATE: u32 = 1 << 3;
 pub const FILE_OP_DELETE: u32 = 1 << 4;
-pub const FILE_OPS_LEN: usize = 5;
+/// Internal, never a token's: on the directory of a file the agent may write, lets it save
+/// that file the way editors do (create a file beside it, rename that over it).
+pub const FILE_OP_SAVE: u32 = 1 << 5;
+pub const FILE_OPS_LEN: usize = 6;
 
 // Values of `RushFileEvent::hook`.
 pub const FHOOK_FILE_OPEN: u32 = 1;
@@ -66,6 +80,8 @@ pub const FHOOK_PATH_LINK: u32 = 9;
 pub const FHOOK_PATH_TRUNCATE: u32 = 10;
 pub const FHOOK_PATH_CHMOD: u32 = 11;
 pub const FHOOK_PATH_CHOWN: u32 = 12;
+pub const FHOOK_MMAP_FILE: u32 = 13;
+pub const FHOOK_FILE_MPROTECT: u32 = 14;
 
 /// The hook name (the `lsm/` section without its prefix) of a `RushFileEvent::hook`.
 pub fn file_hook_name(hook: u32) -> Option<&'static str> {
@@ -82,9 +98,55 @@ pub fn file_hook_name(hook: u32) -> Option<&'static str> {
         FHOOK_PATH_TRUNCATE => "path_truncate",
         FHOOK_PATH_CHMOD => "path_chmod",
         FHOOK_PATH_CHOWN => "path_chown",
+        FHOOK_MMAP_FILE => "mmap_file",
+        FHOOK_FILE_MPROTECT => "file_mprotect",
         _ => return None,
     })
 }
+
+// Values of `RushGuardEvent::hook`.
+pub const GHOOK_CAPABLE: u32 = 1;
+pub const GHOOK_BPF: u32 = 2;
+pub const GHOOK_PTRACE: u32 = 3;
+pub const GHOOK_TRACEME: u32 = 4;
+pub const GHOOK_KILL: u32 = 5;
+pub const GHOOK_MOUNT: u32 = 6;
+pub const GHOOK_UMOUNT: u32 = 7;
+pub const GHOOK_PIVOTROOT: u32 = 8;
+pub const GHOOK_MOVE_MOUNT: u32 = 9;
+pub const GHOOK_USERNS: u32 = 10;
+pub const GHOOK_KERNEL_READ_FILE: u32 = 11;
+pub const GHOOK_KERNEL_LOAD_DATA: u32 = 12;
+pub const GHOOK_CGROUPFS_WRITE: u32 = 13;
+pub const GHOOK_PROTECTED_DIR: u32 = 14;
+pub const GHOOK_FCNTL: u32 = 15;
+pub const GHOOK_SYSCTL: u32 = 16;
+
+/// What a `RushGuardEvent::hook` stopped, for the audit trail.
+pub fn guard_hook_name(hook: u32) -> Option<&'static str> {
+    Some(match hook {
+        GHOOK_CAPABLE => "capable",
+        GHOOK_BPF => "bpf",
+        GHOOK_PTRACE => "ptrace_access_check",
+        GHOOK_TRACEME => "ptrace_traceme",
+        GHOOK_KILL => "task_kill",
+        GHOOK_MOUNT => "sb_mount",
+        GHOOK_UMOUNT => "sb_umount",
+        GHOOK_PIVOTROOT => "sb_pivotroot",
+        GHOOK_MOVE_MOUNT => "move_mount",
+        GHOOK_USERNS => "userns_create",
+        GHOOK_KERNEL_READ_FILE => "kernel_read_file",
+        GHOOK_KERNEL_LOAD_DATA => "kernel_load_data",
+        GHOOK_CGROUPFS_WRITE => "inode_permission:cgroupfs-or-bpffs-write",
+        GHOOK_PROTECTED_DIR => "inode_permission:protected-dir",
+        GHOOK_FCNTL => "file_fcntl",
+        GHOOK_SYSCTL => "cgroup/sysctl",
+        _ => return None,
+    })
+}
+
+/// Slots of the guard object's protected-directory constants.
+pub const PROTECTED_MAX: usize = 4;
 
 /// Bytes of `RushFileEvent::path`, NUL included.
 pub const FILE_PATH_LEN: usize = 256;
@@ -124,8 +186,12 @@ pub const NET_PROGRAMS: [ProgramSpec; 4] = [
     ProgramSpec { name: "rush_sendmsg6", hook: "cgroup/sendmsg6", link_pin: "rush_link_sendmsg6" },
 ];
 
+/// The net object's optional program (the loader retries the object without it).
+pub const SYSCTL_PROGRAM: ProgramSpec =
+    ProgramSpec { name: "rush_sysctl", hook: "cgroup/sysctl", link_pin: "rush_link_sysctl" };
+
 /// Every program of the file object; `AttachReport::lsm_attached` wants all of them.
-pub const LSM_PROGRAMS: [ProgramSpec; 12] = [
+pub const LSM_PROGRAMS: [ProgramSpec; 14] = [
     lsm("rush_file_open", "lsm/file_open", "rush_link_file_open"),
     lsm("rush_file_permission", "lsm/file_permission", "rush_link_file_permission"),
     lsm("rush_path_mknod", "lsm/path_mknod", "rush_link_path_mknod"),
@@ -138,6 +204,26 @@ pub const LSM_PROGRAMS: [ProgramSpec; 12] = [
     lsm("rush_path_truncate", "lsm/path_truncate", "rush_link_path_truncate"),
     lsm("rush_path_chmod", "lsm/path_chmod", "rush_link_path_chmod"),
     lsm("rush_path_chown", "lsm/path_chown", "rush_link_path_chown"),
+    lsm("rush_mmap_file", "lsm/mmap_file", "rush_link_mmap_file"),
+    lsm("rush_file_mprotect", "lsm/file_mprotect", "rush_link_file_mprotect"),
+];
+
+/// Every program of the guard object (self-protection).
+pub const GUARD_PROGRAMS: [ProgramSpec; 14] = [
+    lsm("rush_capable", "lsm/capable", "rush_link_capable"),
+    lsm("rush_bpf", "lsm/bpf", "rush_link_bpf"),
+    lsm("rush_ptrace_access_check", "lsm/ptrace_access_check", "rush_link_ptrace_access_check"),
+    lsm("rush_ptrace_traceme", "lsm/ptrace_traceme", "rush_link_ptrace_traceme"),
+    lsm("rush_task_kill", "lsm/task_kill", "rush_link_task_kill"),
+    lsm("rush_file_fcntl", "lsm/file_fcntl", "rush_link_file_fcntl"),
+    lsm("rush_sb_mount", "lsm/sb_mount", "rush_link_sb_mount"),
+    lsm("rush_sb_umount", "lsm/sb_umount", "rush_link_sb_umount"),
+    lsm("rush_sb_pivotroot", "lsm/sb_pivotroot", "rush_link_sb_pivotroot"),
+    lsm("rush_move_mount", "lsm/move_mount", "rush_link_move_mount"),
+    lsm("rush_userns_create", "lsm/userns_create", "rush_link_userns_create"),
+    lsm("rush_kernel_read_file", "lsm/kernel_read_file", "rush_link_kernel_read_file"),
+    lsm("rush_kernel_load_data", "lsm/kernel_load_data", "rush_link_kernel_load_data"),
+    lsm("rush_inode_permission", "lsm/inode_permission", "rush_link_inode_permission"),
 ];
 
 const fn lsm(name: &'static str, hook: &'static str, link_pin: &'static str) -> ProgramSpec {
@@ -206,6 +292,49 @@ pub struct RushFileGrant {
     /// Per op (index i = bit `1 << i`): 0 = not granted by this entry, `u64::MAX` = no
     /// expiry, else granted while `bpf_ktime_get_boot_ns()` (CLOCK_BOOTTIME) is below it.
     pub expires_ns: [u64; FILE_OPS_LEN],
+    /// The mount (statx mount id) the grant holds in; 0 = any.
+    pub mnt_id: u32,
+    pub pad: u32,
+}
+
+/// A self-protection deny record of `rush_events`. C: `struct rush_guard_event`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RushGuardEvent {
+    pub kind: u32,
+    pub hook: u32,
+    pub cgroup_id: u64,
+    /// Thread id (0 from the sysctl program).
+    pub pid: u32,
+    /// Process id (0 from the sysctl program).
+    pub tgid: u32,
+    pub uid: u32,
+    /// The process (tgid) acted on, for ptrace and kill; else 0.
+    pub target: u32,
+    /// Capability, bpf command, signal, fcntl argument, mount flags...
+    pub arg: i64,
+    pub comm: [u8; 16],
+}
+
+impl RushGuardEvent {
+    /// The task's comm up to its first NUL.
+    pub fn comm(&self) -> String {
+        c_string(&self.comm)
+    }
+}
+
+/// The kernel moved an agent's grant to a new inode (an editor-style save). C: `struct
+/// rush_grant_moved_event`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RushGrantMovedEvent {
+    pub kind: u32,
+    pub pad: u32,
+    pub cgroup_id: u64,
+    pub from_ino: u64,
+    pub to_ino: u64,
+    pub from_dev: u32,
+    pub to_dev: u32,
 }
 
 /// A file deny record of the `rush_events` ring buffer. C: `struct rush_file_event`.
@@ -303,13 +432,19 @@ unsafe impl Plain for RushFileKey {}
 unsafe impl Plain for RushFileGrant {}
 // SAFETY: as above.
 unsafe impl Plain for RushFileEvent {}
+// SAFETY: as above.
+unsafe impl Plain for RushGuardEvent {}
+// SAFETY: as above.
+unsafe impl Plain for RushGrantMovedEvent {}
 
 // No implicit padding: the fields add up to the whole struct.
 const _: () = assert!(size_of::<RushAgent>() == 4 + 4 + 8);
 const _: () = assert!(size_of::<RushNetKey>() == 8 + 2 + 2 + 4 + 16);
 const _: () = assert!(size_of::<RushNetEvent>() == 4 + 4 + 8 + 4 * 4 + 2 + 2 + 16 + 16 + 4);
 const _: () = assert!(size_of::<RushFileKey>() == 8 + 8 + 4 + 4);
-const _: () = assert!(size_of::<RushFileGrant>() == 8 * FILE_OPS_LEN);
+const _: () = assert!(size_of::<RushFileGrant>() == 8 * FILE_OPS_LEN + 4 + 4);
+const _: () = assert!(size_of::<RushGuardEvent>() == 4 + 4 + 8 + 4 * 4 + 8 + 16);
+const _: () = assert!(size_of::<RushGrantMovedEvent>() == 4 + 4 + 8 + 8 + 8 + 4 + 4);
 const _: () = assert!(size_of::<RushFileEvent>() == 4 + 4 + 8 + 4 * 4 + 8 + 4 + 4 + 16 + FILE_PATH_LEN);
 
 impl RushNetEvent {
@@ -397,7 +532,7 @@ mod tests {
 
     #[test]
     fn layouts_match_btf() {
-        for object in [NET_OBJECT, FILE_OBJECT] {
+        for object in [NET_OBJECT, FILE_OBJECT, GUARD_OBJECT] {
             check_layout(
                 object,
                 "rush_agent",
@@ -439,7 +574,19 @@ mod tests {
                 object,
                 "rush_file_grant",
                 size_of::<RushFileGrant>(),
-                &rust_fields!(RushFileGrant { expires_ns }),
+                &rust_fields!(RushFileGrant { expires_ns, mnt_id, pad }),
+            );
+            check_layout(
+                object,
+                "rush_guard_event",
+                size_of::<RushGuardEvent>(),
+                &rust_fields!(RushGuardEvent { kind, hook, cgroup_id, pid, tgid, uid, target, arg, comm }),
+            );
+            check_layout(
+                object,
+                "rush_grant_moved_event",
+                size_of::<RushGrantMovedEvent>(),
+                &rust_fields!(RushGrantMovedEvent { kind, pad, cgroup_id, from_ino, to_ino, from_dev, to_dev }),
             );
             check_layout(
                 object,
@@ -506,7 +653,29 @@ mod tests {
             ("RUSH_FILE_OP_EXEC", FILE_OP_EXEC.into()),
             ("RUSH_FILE_OP_CREATE", FILE_OP_CREATE.into()),
             ("RUSH_FILE_OP_DELETE", FILE_OP_DELETE.into()),
+            ("RUSH_FILE_OP_SAVE", FILE_OP_SAVE.into()),
             ("RUSH_FILE_OPS_LEN", FILE_OPS_LEN as u64),
+            ("RUSH_EVENT_GUARD_DENY", EVENT_GUARD_DENY.into()),
+            ("RUSH_EVENT_GRANT_MOVED", EVENT_GRANT_MOVED.into()),
+            ("RUSH_FHOOK_MMAP_FILE", FHOOK_MMAP_FILE.into()),
+            ("RUSH_FHOOK_FILE_MPROTECT", FHOOK_FILE_MPROTECT.into()),
+            ("RUSH_GHOOK_CAPABLE", GHOOK_CAPABLE.into()),
+            ("RUSH_GHOOK_BPF", GHOOK_BPF.into()),
+            ("RUSH_GHOOK_PTRACE", GHOOK_PTRACE.into()),
+            ("RUSH_GHOOK_TRACEME", GHOOK_TRACEME.into()),
+            ("RUSH_GHOOK_KILL", GHOOK_KILL.into()),
+            ("RUSH_GHOOK_MOUNT", GHOOK_MOUNT.into()),
+            ("RUSH_GHOOK_UMOUNT", GHOOK_UMOUNT.into()),
+            ("RUSH_GHOOK_PIVOTROOT", GHOOK_PIVOTROOT.into()),
+            ("RUSH_GHOOK_MOVE_MOUNT", GHOOK_MOVE_MOUNT.into()),
+            ("RUSH_GHOOK_USERNS", GHOOK_USERNS.into()),
+            ("RUSH_GHOOK_KERNEL_READ_FILE", GHOOK_KERNEL_READ_FILE.into()),
+            ("RUSH_GHOOK_KERNEL_LOAD_DATA", GHOOK_KERNEL_LOAD_DATA.into()),
+            ("RUSH_GHOOK_CGROUPFS_WRITE", GHOOK_CGROUPFS_WRITE.into()),
+            ("RUSH_GHOOK_PROTECTED_DIR", GHOOK_PROTECTED_DIR.into()),
+            ("RUSH_GHOOK_FCNTL", GHOOK_FCNTL.into()),
+            ("RUSH_GHOOK_SYSCTL", GHOOK_SYSCTL.into()),
+            ("RUSH_PROTECTED_MAX", PROTECTED_MAX as u64),
             ("RUSH_FHOOK_FILE_OPEN", FHOOK_FILE_OPEN.into()),
             ("RUSH_FHOOK_FILE_PERMISSION", FHOOK_FILE_PERMISSION.into()),
             ("RUSH_FHOOK_PATH_MKNOD", FHOOK_PATH_MKNOD.into()),
@@ -544,15 +713,22 @@ mod tests {
             .progs()
             .map(|p| (p.name().to_string_lossy().into_owned(), p.section().to_string_lossy().into_owned()))
             .collect();
-        let expected: Vec<(String, String)> =
-            NET_PROGRAMS.iter().map(|p| (p.name.to_string(), p.hook.to_string())).collect();
+        let expected: Vec<(String, String)> = NET_PROGRAMS
+            .iter()
+            .chain([&SYSCTL_PROGRAM])
+            .map(|p| (p.name.to_string(), p.hook.to_string()))
+            .collect();
         assert_eq!(progs, expected);
-        let maps: Vec<String> = open
+        let mut maps: Vec<String> = open
             .maps()
             .map(|m| m.name().to_string_lossy().into_owned())
             .filter(|n| !n.contains('.'))
             .collect();
-        assert_eq!(maps, PINNED_MAPS);
+        // ELF map order follows first use in the code: compare as sets.
+        let mut pinned = PINNED_MAPS.to_vec();
+        maps.sort();
+        pinned.sort();
+        assert_eq!(maps, pinned);
 
         let open = libbpf_rs::ObjectBuilder::default().open_memory(FILE_OBJECT).unwrap();
         let progs: Vec<(String, String)> = open
@@ -570,7 +746,7 @@ mod tests {
         // rush_path_scratch is the file object's own (per-CPU scratch), not shared. The
         // order of maps in the ELF follows first use in the code, which means nothing.
         let mut want: Vec<&str> = PINNED_MAPS.to_vec();
-        want.push("rush_path_scratch");
+        want.extend(["rush_path_scratch", "rush_save_pending"]);
         maps.sort();
         want.sort();
         assert_eq!(maps, want);
@@ -578,6 +754,19 @@ mod tests {
             let hook = spec.hook.strip_prefix("lsm/").unwrap();
             let fhook = u32::try_from(i).unwrap() + 1;
             assert_eq!(file_hook_name(fhook), Some(hook), "FHOOK {fhook} is LSM_PROGRAMS[{i}]");
+            assert_eq!(spec.name, format!("rush_{hook}"));
+            assert_eq!(spec.link_pin, format!("rush_link_{hook}"));
+        }
+        let open = libbpf_rs::ObjectBuilder::default().open_memory(GUARD_OBJECT).unwrap();
+        let progs: Vec<(String, String)> = open
+            .progs()
+            .map(|p| (p.name().to_string_lossy().into_owned(), p.section().to_string_lossy().into_owned()))
+            .collect();
+        let expected: Vec<(String, String)> =
+            GUARD_PROGRAMS.iter().map(|p| (p.name.to_string(), p.hook.to_string())).collect();
+        assert_eq!(progs, expected);
+        for spec in &GUARD_PROGRAMS {
+            let hook = spec.hook.strip_prefix("lsm/").unwrap();
             assert_eq!(spec.name, format!("rush_{hook}"));
             assert_eq!(spec.link_pin, format!("rush_link_{hook}"));
         }

@@ -351,6 +351,32 @@ pub enum AuditEvent {
         caller_uid: u32,
         tokens: Vec<TokenInfo>,
     },
+    /// A process of the agent SIGKILLed because it had a file mapped in memory with an
+    /// access a revoke or an expiry had just taken away (pages of a mapping are read and
+    /// written without any hook the kernel programs could deny).
+    RevokeKill {
+        pid: u32,
+        comm: String,
+        /// The mapped file (the first one of that process no longer allowed).
+        path: String,
+        /// What the mappings used that was taken away: `read`, `write`, `exec`, comma-joined.
+        ops: String,
+        /// `revoke` or `expiry`.
+        cause: String,
+    },
+    /// The kernel refused an agent something that reaches outside its cgroup or into the
+    /// kernel itself (self-protection).
+    GuardDeny {
+        /// 0 when the hook cannot tell (sysctl writes).
+        pid: u32,
+        uid: u32,
+        comm: String,
+        /// The hook that refused, e.g. `capable`, `task_kill`, `ptrace_access_check`, `bpf`,
+        /// `sb_mount`, `inode_permission:cgroupfs-or-bpffs-write`, `cgroup/sysctl`.
+        hook: String,
+        /// What was refused, readable: `CAP_SYS_ADMIN`, `signal 9 to pid 812`, ...
+        what: String,
+    },
     /// The kernel dropped this many events because the ring buffer was full.
     EventsLost {
         count: u64,
@@ -375,6 +401,8 @@ impl AuditEvent {
             AuditEvent::FileDeny { .. } => "file_deny",
             AuditEvent::Grant { .. } => "grant",
             AuditEvent::Revoke { .. } => "revoke",
+            AuditEvent::RevokeKill { .. } => "revoke_kill",
+            AuditEvent::GuardDeny { .. } => "guard_deny",
         }
     }
 }

@@ -182,6 +182,19 @@ pub fn audit_line(r: &AuditRecord) -> String {
             let paths: Vec<String> = tokens.iter().map(|t| t.path.display().to_string()).collect();
             format!("caller_uid={caller_uid} ids={} paths={}", ids.join(","), value(&paths.join(",")))
         }
+        AuditEvent::RevokeKill { pid, comm, path, ops, cause } => format!(
+            "pid={pid} comm={} path={} ops={} cause={}",
+            value(comm),
+            value(path),
+            value(ops),
+            value(cause)
+        ),
+        AuditEvent::GuardDeny { pid, uid, comm, hook, what } => format!(
+            "pid={pid} uid={uid} comm={} hook={} what={}",
+            value(comm),
+            value(hook),
+            value(what)
+        ),
         AuditEvent::EventsLost { count } => format!("count={count}"),
         AuditEvent::Refused { caller_uid, request, reason } => {
             format!("caller_uid={caller_uid} request={} reason={}", value(request), value(reason))
@@ -370,6 +383,19 @@ done   exited   4242  0      deny                   signal 9     sh -c 'it'\\''s
             protocol: "udp".into(),
         }));
         assert!(line.contains(r#"comm="evil\u{1b}]0;x\u{7}""#), "{line}");
+        let line = audit_line(&rec(AuditEvent::RevokeKill {
+            pid: 77,
+            comm: "python3".into(),
+            path: "/srv/project/db file".into(),
+            ops: "write".into(),
+            cause: "revoke".into(),
+        }));
+        assert!(
+            line.ends_with(
+                r#"coder         revoke_kill  pid=77 comm=python3 path="/srv/project/db file" ops=write cause=revoke"#
+            ),
+            "{line}"
+        );
     }
 
     #[test]

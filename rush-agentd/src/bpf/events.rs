@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle, RingBufferBuilder};
 use rush_ebpf::{
-    AF_INET, AF_INET6, EVENT_FILE_DENY, EVENT_NET_DENY, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4,
-    HOOK_SENDMSG6, MAP_EVENTS, Plain, RushFileEvent, RushNetEvent, STAT_EVENTS_LOST,
+    AF_INET, AF_INET6, EVENT_FILE_DENY, EVENT_GRANT_MOVED, EVENT_GUARD_DENY, EVENT_NET_DENY, HOOK_CONNECT4,
+    HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6, MAP_EVENTS, Plain, RushFileEvent, RushGrantMovedEvent,
+    RushGuardEvent, RushNetEvent, STAT_EVENTS_LOST,
 };
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{error, warn};
 
-use super::{BpfError, KernelEvent, NetHook};
+use super::{BpfError, FileKey, KernelEvent, NetHook};
 
 /// How long one poll may block: bounds how late the thread notices it should stop.
 const POLL: Duration = Duration::from_millis(250);
@@ -85,6 +86,27 @@ fn decode(record: &[u8]) -> Option<KernelEvent> {
     match kind {
         EVENT_NET_DENY => decode_net(record),
         EVENT_FILE_DENY => decode_file(record),
+        EVENT_GUARD_DENY => {
+            let e = RushGuardEvent::from_bytes(record)?;
+            Some(KernelEvent::GuardDeny {
+                cgroup_id: e.cgroup_id,
+                pid: e.pid,
+                tgid: e.tgid,
+                uid: e.uid,
+                comm: e.comm(),
+                hook: rush_ebpf::guard_hook_name(e.hook)?,
+                target: e.target,
+                arg: e.arg,
+            })
+        }
+        EVENT_GRANT_MOVED => {
+            let e = RushGrantMovedEvent::from_bytes(record)?;
+            Some(KernelEvent::GrantMoved {
+                cgroup_id: e.cgroup_id,
+                from: FileKey { dev: e.from_dev, ino: e.from_ino },
+                to: FileKey { dev: e.to_dev, ino: e.to_ino },
+            })
+        }
         _ => None,
     }
 }

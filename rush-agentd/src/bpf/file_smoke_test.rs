@@ -66,7 +66,12 @@ fn file_smoke_test() {
     let cg = cgroup_id(&confined);
     let cg2 = cgroup_id(&unconfined);
 
-    let cfg = BpfConfig { pin_dir: fx.pin_dir.clone(), cgroup2_root: v2_root, agent_cgroup_level: 2 };
+    let cfg = BpfConfig {
+        pin_dir: fx.pin_dir.clone(),
+        cgroup2_root: v2_root,
+        agent_cgroup_level: 2,
+        protected_dirs: Vec::new(),
+    };
     let (bpf, report, mut events) = BpfHandle::start(cfg.clone()).expect("start BPF");
     for p in report.programs.iter().filter(|p| p.hook.starts_with("lsm/")) {
         println!("  {:<22} {:<20} attached={} error={:?}", p.name, p.hook, p.attached, p.error);

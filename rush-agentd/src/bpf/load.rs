@@ -10,11 +10,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{Link, MapHandle, MapInfo, Object, OpenMap, OpenObject, PrintLevel, ProgramMut};
+use libbpf_rs::{Link, MapHandle, MapInfo, Object, OpenMap, OpenObject, PrintLevel, ProgramMut, ProgramType};
 use nix::sys::statfs::{BPF_FS_MAGIC, CGROUP2_SUPER_MAGIC, statfs};
 use rush_ebpf::file::{FileSkel, FileSkelBuilder};
+use rush_ebpf::guard::{GuardSkel, GuardSkelBuilder};
 use rush_ebpf::net::{NetSkel, NetSkelBuilder};
-use rush_ebpf::{LSM_PROGRAMS, NET_PROGRAMS, PINNED_MAPS, ProgramSpec};
+use rush_ebpf::{
+    GUARD_PROGRAMS, LSM_PROGRAMS, NET_PROGRAMS, PINNED_MAPS, PROTECTED_MAX, ProgramSpec, SYSCTL_PROGRAM,
+};
 use tracing::{debug, info, trace, warn};
 
 use super::{AttachReport, BpfConfig, BpfError, ProgramStatus};
@@ -28,6 +31,7 @@ const LSM_LIST: &str = "/sys/kernel/security/lsm";
 pub(super) struct Loaded<'obj> {
     pub net: NetSkel<'obj>,
     pub _file: Option<FileSkel<'obj>>,
+    pub _guard: Option<GuardSkel<'obj>>,
     pub _links: Vec<Link>,
     pub report: AttachReport,
 }
@@ -36,6 +40,7 @@ pub(super) fn load<'obj>(
     cfg: &BpfConfig,
     net_storage: &'obj mut MaybeUninit<OpenObject>,
     file_storage: &'obj mut MaybeUninit<OpenObject>,
+    guard_storage: &'obj mut MaybeUninit<OpenObject>,
 ) -> Result<Loaded<'obj>, BpfError> {
     install_libbpf_logger();
     if !is_fs(&cfg.cgroup2_root, CGROUP2_SUPER_MAGIC) {
@@ -63,6 +68,23 @@ pub(super) fn load<'obj>(
         .ok_or_else(|| BpfError::Other("BPF object net has no .rodata".into()))?;
     rodata.agent_cgroup_level = cfg.agent_cgroup_level;
     set_map_pins(open.open_object_mut(), &cfg.pin_dir)?;
+    // The sysctl guard needs the agent lookup helper in sysctl programs, which not every
+    // kernel gives them; without it the rest of the object must still load.
+    let sysctl_why_not = match ProgramType::CgroupSysctl
+        .is_helper_supported(libbpf_rs::libbpf_sys::BPF_FUNC_get_current_ancestor_cgroup_id)
+    {
+        Ok(true) => None,
+        Ok(false) => {
+            Some("this kernel gives cgroup/sysctl programs no bpf_get_current_ancestor_cgroup_id".into())
+        }
+        Err(e) => Some(format!("probing cgroup/sysctl helpers: {e}")),
+    };
+    if sysctl_why_not.is_some()
+        && let Some(mut prog) =
+            open.open_object_mut().progs_mut().find(|p| p.name() == OsStr::new(SYSCTL_PROGRAM.name))
+    {
+        prog.set_autoload(false);
+    }
     let (net, log) = capture_libbpf_log(|| open.load());
     let net = net.map_err(|source| {
         log.iter().for_each(|line| warn!(target: "libbpf", "{line}"));
@@ -83,48 +105,134 @@ pub(super) fn load<'obj>(
         links.push(link);
         report.programs.push(status(spec, true, None));
     }
+    match sysctl_why_not {
+        None => {
+            let spec = &SYSCTL_PROGRAM;
+            let attached =
+                program(net.object(), spec).and_then(|prog| {
+                    let mut link = prog
+                        .attach_cgroup(cgroup.as_raw_fd())
+                        .map_err(|source| BpfError::Attach { program: spec.name, hook: spec.hook, source })?;
+                    pin_link(&mut link, &cfg.pin_dir, spec).map(|()| link)
+                });
+            match attached {
+                Ok(link) => {
+                    links.push(link);
+                    report.programs.push(status(spec, true, None));
+                }
+                Err(e) => report.programs.push(status(spec, false, Some(error_chain(&e)))),
+            }
+        }
+        Some(why) => report.programs.push(status(&SYSCTL_PROGRAM, false, Some(why))),
+    }
 
-    let (file, lsm_links, lsm_status) = load_lsm(cfg, file_storage);
+    let lsm_inactive = bpf_lsm_inactive();
+    if lsm_inactive.is_none() {
+        report.btrfs_keyed = btrfs_types_available();
+    }
+    let file = match &lsm_inactive {
+        Some(why) => Err(why.clone()),
+        None => FileSkelBuilder::default().open(file_storage).map_err(|e| format!("open: {e:#}")).and_then(
+            |mut open| {
+                let rodata = open.maps.rodata_data.as_deref_mut().ok_or("BPF object file has no .rodata")?;
+                rodata.agent_cgroup_level = cfg.agent_cgroup_level;
+                Ok(open)
+            },
+        ),
+    };
+    let (file, lsm_links, lsm_status) = load_lsm(cfg, "file", &LSM_PROGRAMS, file);
     links.extend(lsm_links);
     report.programs.extend(lsm_status);
-    Ok(Loaded { net, _file: file, _links: links, report })
+
+    let guard = match lsm_inactive {
+        Some(why) => Err(why),
+        None => GuardSkelBuilder::default().open(guard_storage).map_err(|e| format!("open: {e:#}")).and_then(
+            |mut open| {
+                let rodata = open.maps.rodata_data.as_deref_mut().ok_or("BPF object guard has no .rodata")?;
+                rodata.agent_cgroup_level = cfg.agent_cgroup_level;
+                let protected = protected_inodes(&cfg.protected_dirs)?;
+                for (i, (dev, ino)) in protected.into_iter().enumerate() {
+                    rodata.protected_dev[i] = dev;
+                    rodata.protected_ino[i] = ino;
+                }
+                Ok(open)
+            },
+        ),
+    };
+    let (guard, guard_links, guard_status) = load_lsm(cfg, "guard", &GUARD_PROGRAMS, guard);
+    links.extend(guard_links);
+    report.programs.extend(guard_status);
+    Ok(Loaded { net, _file: file, _guard: guard, _links: links, report })
 }
 
-/// Tries the LSM object. Never fails: what went wrong is recorded per program.
-fn load_lsm<'obj>(
+/// Whether btrfs's BTF is there for the file programs' CO-RE relocations (built in, or
+/// its module loaded, which this tries first: the relocations resolve once, at load).
+fn btrfs_types_available() -> bool {
+    let present = || {
+        Path::new("/sys/kernel/btf/btrfs").exists()
+            || libbpf_rs::btf::Btf::from_vmlinux()
+                .is_ok_and(|btf| btf.type_by_name::<libbpf_rs::btf::types::Struct<'_>>("btrfs_inode").is_some())
+    };
+    if present() {
+        return true;
+    }
+    let loaded = std::process::Command::new("modprobe").args(["-q", "btrfs"]).status();
+    debug!(?loaded, "modprobe btrfs (for its BTF)");
+    let present = present();
+    if !present {
+        warn!("no btrfs type information: file tokens will deny every file on btrfs");
+    }
+    present
+}
+
+/// (superblock dev, inode) of each protected directory, as the guard's inode_permission
+/// hook compares them (each must exist).
+fn protected_inodes(dirs: &[PathBuf]) -> Result<Vec<(u32, u64)>, String> {
+    if dirs.len() > PROTECTED_MAX {
+        return Err(format!("at most {PROTECTED_MAX} protected directories, got {}", dirs.len()));
+    }
+    dirs.iter()
+        .map(|dir| {
+            let key = crate::tokens::superblock_key(dir).map_err(|e| e.to_string())?;
+            Ok((key.dev, key.ino))
+        })
+        .collect()
+}
+
+/// Loads and attaches one LSM object (`open`: opened and configured, or why it could not
+/// be). Never fails: what went wrong is recorded per program.
+fn load_lsm<'obj, O: OpenSkel<'obj>>(
     cfg: &BpfConfig,
-    storage: &'obj mut MaybeUninit<OpenObject>,
-) -> (Option<FileSkel<'obj>>, Vec<Link>, Vec<ProgramStatus>) {
+    object: &str,
+    specs: &[ProgramSpec],
+    open: Result<O, String>,
+) -> (Option<O::Output>, Vec<Link>, Vec<ProgramStatus>) {
     let failed = |error: String| {
-        let status = LSM_PROGRAMS.iter().map(|s| status(s, false, Some(error.clone()))).collect();
+        let status = specs.iter().map(|s| status(s, false, Some(error.clone()))).collect();
         (None, Vec::new(), status)
     };
-    if let Some(why) = bpf_lsm_inactive() {
-        return failed(why);
-    }
-    let mut open = match FileSkelBuilder::default().open(storage) {
+    let mut open = match open {
         Ok(open) => open,
-        Err(e) => return failed(format!("open: {e:#}")),
+        Err(e) => return failed(e),
     };
-    match open.maps.rodata_data.as_deref_mut() {
-        Some(rodata) => rodata.agent_cgroup_level = cfg.agent_cgroup_level,
-        None => return failed("BPF object file has no .rodata".into()),
-    }
     if let Err(e) = set_map_pins(open.open_object_mut(), &cfg.pin_dir) {
         return failed(error_chain(&e));
     }
     // An EPERM here is the expected outcome on kernels that refuse BPF trampolines.
-    let (file, log) = capture_libbpf_log(|| open.load());
+    let (loaded, log) = capture_libbpf_log(|| open.load());
     log.iter().for_each(|line| debug!(target: "libbpf", "{line}"));
-    let file = match file {
-        Ok(file) => file,
-        Err(e) => return failed(format!("loading {}: {e:#}", refused_program(&log))),
+    let loaded = match loaded {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            let what = refused_program(&log).unwrap_or_else(|| format!("BPF object {object}"));
+            return failed(format!("loading {what}: {e:#}"));
+        }
     };
 
     let mut links = Vec::new();
     let mut statuses = Vec::new();
-    for spec in &LSM_PROGRAMS {
-        let attached = program(file.object(), spec)
+    for spec in specs {
+        let attached = program(loaded.object(), spec)
             .and_then(|prog| {
                 prog.attach_lsm().map_err(|source| BpfError::Attach {
                     program: spec.name,
@@ -141,16 +249,15 @@ fn load_lsm<'obj>(
             Err(e) => statuses.push(status(spec, false, Some(error_chain(&e)))),
         }
     }
-    (Some(file), links, statuses)
+    (Some(loaded), links, statuses)
 }
 
 /// The program libbpf says the kernel refused ("prog 'NAME': BPF program load failed").
-fn refused_program(log: &[String]) -> String {
+fn refused_program(log: &[String]) -> Option<String> {
     log.iter()
         .filter(|line| line.contains("load failed"))
         .find_map(|line| line.split('\'').nth(1))
-        .unwrap_or("BPF object file")
-        .to_string()
+        .map(str::to_string)
 }
 
 fn status(spec: &ProgramSpec, attached: bool, error: Option<String>) -> ProgramStatus {

@@ -117,6 +117,9 @@ pub struct BpfConfig {
     /// Depth below the v2 root of every agent cgroup (root = 0); the programs identify
     /// the agent with bpf_get_current_ancestor_cgroup_id(level).
     pub agent_cgroup_level: u32,
+    /// Directories no agent may enter (the daemon's state dir, its config dir), at most
+    /// `rush_ebpf::PROTECTED_MAX`; the guard programs refuse even their lookup.
+    pub protected_dirs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +134,9 @@ pub struct ProgramStatus {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AttachReport {
     pub programs: Vec<ProgramStatus>,
+    /// The file programs were loaded with btrfs's type information, so they key btrfs
+    /// inodes by subvolume (without it they deny every btrfs file).
+    pub btrfs_keyed: bool,
 }
 
 impl AttachReport {
@@ -163,7 +169,34 @@ impl AttachReport {
     }
 
     fn lsm_programs(&self) -> impl Iterator<Item = &ProgramStatus> {
-        self.programs.iter().filter(|p| p.hook.starts_with("lsm/"))
+        let file_hooks: Vec<&str> = rush_ebpf::LSM_PROGRAMS.iter().map(|s| s.hook).collect();
+        self.programs.iter().filter(move |p| file_hooks.contains(&p.hook.as_str()))
+    }
+
+    /// Every program of `rush_ebpf::GUARD_PROGRAMS` attached (self-protection holds).
+    pub fn guard_attached(&self) -> bool {
+        rush_ebpf::GUARD_PROGRAMS
+            .iter()
+            .all(|spec| self.programs.iter().any(|p| p.hook == spec.hook && p.attached))
+    }
+
+    /// Why self-protection does not hold, if it does not.
+    pub fn guard_error(&self) -> Option<String> {
+        if self.guard_attached() {
+            return None;
+        }
+        let guard = rush_ebpf::GUARD_PROGRAMS;
+        Some(
+            guard
+                .iter()
+                .find_map(|s| self.programs.iter().find(|p| p.hook == s.hook).and_then(|p| p.error.clone()))
+                .unwrap_or_else(|| "a self-protection program did not attach".into()),
+        )
+    }
+
+    /// The cgroup/sysctl program attached (agents cannot write sysctls).
+    pub fn sysctl_guarded(&self) -> bool {
+        self.programs.iter().any(|p| p.hook == rush_ebpf::SYSCTL_PROGRAM.hook && p.attached)
     }
 }
 
@@ -234,6 +267,25 @@ pub enum KernelEvent {
         dev: u32,
         ino: u64,
     },
+    /// An agent was refused something that reaches outside its cgroup or into the kernel
+    /// (self-protection: ptrace, kill, bpf, mount, a capability, a cgroupfs write, ...).
+    GuardDeny {
+        cgroup_id: u64,
+        /// 0 when the hook cannot tell (sysctl).
+        pid: u32,
+        tgid: u32,
+        uid: u32,
+        comm: String,
+        /// e.g. "capable", "task_kill", "cgroup/sysctl".
+        hook: &'static str,
+        /// The process acted on (ptrace, kill), else 0.
+        target: u32,
+        /// What was asked: the capability, bpf command, signal, fcntl argument, ...
+        arg: i64,
+    },
+    /// The kernel moved an agent's grant from one inode to another (an editor-style save
+    /// renamed a new file over the granted one).
+    GrantMoved { cgroup_id: u64, from: FileKey, to: FileKey },
     /// The kernel could not reserve ring-buffer space for this many events.
     Lost { count: u64 },
 }
@@ -241,9 +293,9 @@ pub enum KernelEvent {
 /// An inode as the file hooks identify it: `inode->i_sb->s_dev` (the kernel's dev_t,
 /// `MAJOR << 20 | MINOR`) and `inode->i_ino`.
 ///
-/// Caveat: on btrfs, stat() reports a per-subvolume device while the kernel key uses the
-/// filesystem's superblock device, and inode numbers repeat across subvolumes; see
-/// [`FileKey::from_metadata`].
+/// On btrfs, `dev` is the inode's subvolume's anonymous device instead (what stat()
+/// reports there): the superblock's is shared by every subvolume and snapshot, whose inode
+/// numbers repeat.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FileKey {
     pub dev: u32,
@@ -279,7 +331,10 @@ pub fn kernel_dev(st_dev: u64) -> u32 {
 /// clock of `bpf_ktime_get_boot_ns`) is below it: expiry needs no daemon action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FileGrantEntry {
-    pub expires_ns: [u64; 5],
+    /// Index 5: `rush_ebpf::FILE_OP_SAVE`, set on the directory of a file the agent may write.
+    pub expires_ns: [u64; rush_ebpf::FILE_OPS_LEN],
+    /// The mount id (statx STATX_MNT_ID) the grant holds in; 0 = any mount.
+    pub mnt_id: u32,
 }
 
 /// clock_gettime(CLOCK_BOOTTIME) in ns: the clock `bpf_ktime_get_boot_ns` reads, against
@@ -473,7 +528,7 @@ mod tests {
     fn report_net_and_lsm() {
         let mut programs = net_all();
         programs.extend(lsm_all(false, Some("load: EPERM")));
-        let r = AttachReport { programs };
+        let r = AttachReport { programs, btrfs_keyed: true };
         assert!(r.net_enforced());
         assert!(!r.lsm_attached());
         assert_eq!(r.lsm_error().as_deref(), Some("load: EPERM"));
@@ -481,19 +536,19 @@ mod tests {
         let mut programs = net_all();
         programs.remove(2);
         programs.extend(lsm_all(true, None));
-        let r = AttachReport { programs };
+        let r = AttachReport { programs, btrfs_keyed: true };
         assert!(!r.net_enforced());
         assert!(r.lsm_attached());
         assert_eq!(r.lsm_error(), None);
 
-        let r = AttachReport { programs: net_all() };
+        let r = AttachReport { programs: net_all(), btrfs_keyed: true };
         assert!(!r.lsm_attached(), "no LSM program is not 'every LSM program attached'");
         assert!(r.lsm_error().is_some());
 
         // One program short (file_open alone used to count as attached).
         let mut programs = net_all();
         programs.push(status("lsm/file_open", true, None));
-        let r = AttachReport { programs };
+        let r = AttachReport { programs, btrfs_keyed: true };
         assert!(!r.lsm_attached());
         assert!(r.lsm_error().unwrap().contains("rush_file_permission"), "{:?}", r.lsm_error());
 
@@ -503,7 +558,7 @@ mod tests {
         let last = programs.last_mut().unwrap();
         last.attached = false;
         last.error = Some("attach: ENOENT".into());
-        let r = AttachReport { programs };
+        let r = AttachReport { programs, btrfs_keyed: true };
         assert!(!r.lsm_attached());
         assert_eq!(r.lsm_error().as_deref(), Some("attach: ENOENT"));
     }
@@ -522,7 +577,7 @@ mod tests {
     fn fake_kernel_records_grants() {
         let k = FakeKernel::default();
         let key = FileKey { dev: 7, ino: 42 };
-        let g = FileGrantEntry { expires_ns: [u64::MAX, 0, 0, 0, 0] };
+        let g = FileGrantEntry { expires_ns: [u64::MAX, 0, 0, 0, 0, 0], mnt_id: 0 };
         k.add_agent(1, &KernelNetPolicy::Deny, true).unwrap();
         k.set_file_grant(1, key, Some(g)).unwrap();
         k.set_file_grant(2, key, Some(g)).unwrap();

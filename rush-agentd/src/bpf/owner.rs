@@ -44,23 +44,25 @@ pub(super) fn run(
     // The skeletons borrow these; they live on this thread's stack until it exits.
     let mut net_storage = MaybeUninit::uninit();
     let mut file_storage = MaybeUninit::uninit();
-    let setup = load::load(&cfg, &mut net_storage, &mut file_storage).and_then(|loaded| {
-        let maps = &loaded.net.maps;
-        let mut agents = AgentMaps {
-            agents: handle(&maps.rush_agents, MAP_AGENTS)?,
-            allow: handle(&maps.rush_net_allow, MAP_NET_ALLOW)?,
-            grants: handle(&maps.rush_file_grants, MAP_FILE_GRANTS)?,
-            keys: HashMap::new(),
-            grant_keys: HashMap::new(),
-        };
-        agents.adopt();
-        let started = Started {
-            report: loaded.report.clone(),
-            events: handle(&maps.rush_events, MAP_EVENTS)?,
-            stats: handle(&maps.rush_stats, MAP_STATS)?,
-        };
-        Ok((loaded, agents, started))
-    });
+    let mut guard_storage = MaybeUninit::uninit();
+    let setup =
+        load::load(&cfg, &mut net_storage, &mut file_storage, &mut guard_storage).and_then(|loaded| {
+            let maps = &loaded.net.maps;
+            let mut agents = AgentMaps {
+                agents: handle(&maps.rush_agents, MAP_AGENTS)?,
+                allow: handle(&maps.rush_net_allow, MAP_NET_ALLOW)?,
+                grants: handle(&maps.rush_file_grants, MAP_FILE_GRANTS)?,
+                keys: HashMap::new(),
+                grant_keys: HashMap::new(),
+            };
+            agents.adopt();
+            let started = Started {
+                report: loaded.report.clone(),
+                events: handle(&maps.rush_events, MAP_EVENTS)?,
+                stats: handle(&maps.rush_stats, MAP_STATS)?,
+            };
+            Ok((loaded, agents, started))
+        });
     let (_loaded, mut agents): (Loaded<'_>, AgentMaps) = match setup {
         Ok((loaded, agents, started)) => {
             if ready.send(Ok(started)).is_err() {
@@ -159,7 +161,14 @@ impl AgentMaps {
             .map_err(|source| map_err(MAP_AGENTS, "delete", cgroup_id, source))?;
         let keys = self.keys.remove(&cgroup_id).unwrap_or_default();
         self.delete_allow(cgroup_id, &keys)?;
-        let grants = self.grant_keys.remove(&cgroup_id).unwrap_or_default();
+        let mut grants = self.grant_keys.remove(&cgroup_id).unwrap_or_default();
+        // Entries the kernel wrote itself (files an agent made through a save right).
+        grants.extend(
+            self.grants
+                .keys()
+                .filter_map(|k| RushFileKey::from_bytes(&k))
+                .filter(|k| k.cgroup_id == cgroup_id),
+        );
         self.delete_grants(cgroup_id, grants)
     }
 
@@ -173,7 +182,7 @@ impl AgentMaps {
         let key = RushFileKey { cgroup_id, ino: key.ino, dev: key.dev, pad: 0 };
         match grant {
             Some(grant) => {
-                let value = RushFileGrant { expires_ns: grant.expires_ns };
+                let value = RushFileGrant { expires_ns: grant.expires_ns, mnt_id: grant.mnt_id, pad: 0 };
                 self.grants
                     .update(key.as_bytes(), value.as_bytes(), MapFlags::ANY)
                     .map_err(|source| map_err(MAP_FILE_GRANTS, "update", cgroup_id, source))?;

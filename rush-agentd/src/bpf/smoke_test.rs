@@ -63,8 +63,12 @@ fn smoke_test_net_confinement() {
     let v6_loopback: SocketAddr = format!("[::1]:{}", tcp_addr.port()).parse().unwrap();
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
     let udp_addr = udp.local_addr().unwrap();
-    let cfg =
-        BpfConfig { pin_dir: fixture.pin_dir.clone(), cgroup2_root: v2_root.clone(), agent_cgroup_level: 2 };
+    let cfg = BpfConfig {
+        pin_dir: fixture.pin_dir.clone(),
+        cgroup2_root: v2_root.clone(),
+        agent_cgroup_level: 2,
+        protected_dirs: Vec::new(),
+    };
 
     let (bpf, report, mut events) = BpfHandle::start(cfg.clone()).expect("start BPF");
     println!("attach report:");

@@ -76,8 +76,12 @@
 #define S_IFMT 0170000
 #define S_IFREG 0100000
 #define S_IFDIR 0040000
+#define S_IFLNK 0120000
 #define RENAME_EXCHANGE 2
 #define MNT_INTERNAL 0x4000
+#define PROT_EXEC 0x4
+#define VM_EXEC 0x4
+#define BTRFS_SUPER_MAGIC 0x9123683e
 
 /* Directory levels a walk may climb (mount crossings included) before it gives up. */
 #define RUSH_WALK_MAX 4096
@@ -86,6 +90,12 @@
 
 #define RUSH_OPS_ALL 0x1f
 #define RUSH_OPS_RWX (RUSH_FILE_OP_READ | RUSH_FILE_OP_WRITE | RUSH_FILE_OP_EXEC)
+/* What an object on a kernel-internal mount (a pipe, a memfd reopened through
+ * /proc/self/fd) allows: using the descriptor the process has, never executing it. */
+#define RUSH_OPS_INTERNAL (RUSH_FILE_OP_READ | RUSH_FILE_OP_WRITE)
+/* What an agent holds on a file it created beside a file it may save (RUSH_FILE_OP_SAVE). */
+#define RUSH_OPS_SAVED (RUSH_FILE_OP_READ | RUSH_FILE_OP_WRITE | RUSH_FILE_OP_DELETE)
+#define RUSH_SAVE_SLOT 5
 
 /* Where event paths are assembled, leaf to root, ending at RUSH_FILE_PATH_LEN - 1. Twice
  * the path size so that (start offset <= 255) + (name length <= 255) stays inside it,
@@ -101,6 +111,15 @@ struct {
 	__type(key, __u32);
 	__type(value, struct rush_path_scratch);
 } rush_path_scratch SEC(".maps");
+
+/* Files being created through a RUSH_FILE_OP_SAVE directory: (pid_tgid) -> the new
+ * dentry, from path_mknod until the open that follows it (file_open) grants the file. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, __u64);
+} rush_save_pending SEC(".maps");
 
 /* The agent cgroup of the current task if that agent is file-confined, else 0. */
 static __always_inline __u64 rush_confined_agent(void)
@@ -145,6 +164,8 @@ struct rush_walk {
 	__u64 now;
 	struct dentry *dentry;
 	struct mount *mnt;
+	__u32 mnt_id; /* of mnt */
+	__u32 pad2;
 	__u32 want; /* stop as soon as all of these are found */
 	__u32 ops;  /* union of what the levels visited so far grant */
 	__u32 done; /* the walk finished (top reached or want found) */
@@ -156,7 +177,7 @@ struct rush_walk {
  * on its own (its result is just a scalar to the callers): inlined in the fast loop of
  * rush_walk_ops, its branches multiplied the loop's states past the 6.1 verifier's limit.
  */
-__noinline __u32 rush_level_ops(__u64 cgroup_id, __u64 ino, __u32 dev, __u64 now)
+__noinline __u32 rush_level_ops(__u64 cgroup_id, __u64 ino, __u32 dev, __u32 mnt_id, __u64 now)
 {
 	struct rush_file_key key = {
 		.cgroup_id = cgroup_id,
@@ -165,7 +186,40 @@ __noinline __u32 rush_level_ops(__u64 cgroup_id, __u64 ino, __u32 dev, __u64 now
 	};
 	struct rush_file_grant *grant = bpf_map_lookup_elem(&rush_file_grants, &key);
 
-	return grant ? rush_grant_ops(grant, now) : 0;
+	if (!grant || (grant->mnt_id && grant->mnt_id != mnt_id))
+		return 0;
+	return rush_grant_ops(grant, now);
+}
+
+/*
+ * The device of a btrfs inode as the grants key it: its subvolume's anonymous device
+ * (what stat() reports), not the superblock's, which every subvolume and snapshot of
+ * the filesystem shares while their inode numbers repeat. btrfs is often a module: the
+ * CO-RE relocations then resolve against its BTF; without it (module not loaded when
+ * this object was), 0, which no grant has: btrfs files are denied, never aliased.
+ */
+__noinline __u32 rush_btrfs_dev(__u64 inode_addr)
+{
+	struct btrfs_inode *bi;
+
+	if (!bpf_core_type_exists(struct btrfs_inode))
+		return 0;
+	bi = (struct btrfs_inode *)(inode_addr - bpf_core_field_offset(struct btrfs_inode, vfs_inode));
+	return BPF_CORE_READ(bi, root, anon_dev);
+}
+
+/* The identity grants are keyed by: (dev, ino) of `inode` (read with BPF_CORE_READ). */
+static __always_inline __u32 rush_inode_dev(struct inode *inode)
+{
+	if (BPF_CORE_READ(inode, i_sb, s_magic) == BTRFS_SUPER_MAGIC)
+		return rush_btrfs_dev((__u64)inode);
+	return BPF_CORE_READ(inode, i_sb, s_dev);
+}
+
+/* The mount id of `mnt` (statx's STATX_MNT_ID). */
+static __always_inline __u32 rush_mnt_id(struct mount *mnt)
+{
+	return BPF_CORE_READ(mnt, mnt_id);
 }
 
 /*
@@ -185,8 +239,8 @@ static long rush_walk_step(__u32 index, void *data)
 		return 1; /* unreadable: not done, so the walk denies */
 	inode = BPF_CORE_READ(dentry, d_inode);
 	if (inode) {
-		w->ops |= rush_level_ops(w->cgroup_id, BPF_CORE_READ(inode, i_ino),
-					 BPF_CORE_READ(inode, i_sb, s_dev), w->now);
+		w->ops |= rush_level_ops(w->cgroup_id, BPF_CORE_READ(inode, i_ino), rush_inode_dev(inode),
+					 w->mnt_id, w->now);
 		if ((w->ops & w->want) == w->want) {
 			w->done = 1;
 			return 1;
@@ -200,19 +254,20 @@ static long rush_walk_step(__u32 index, void *data)
 			 * mount (pipefs, sockfs, anon inodes, nsfs, shmem of memfds) is reachable
 			 * only through a descriptor the process already has. */
 			if (BPF_CORE_READ(mnt, mnt.mnt_flags) & MNT_INTERNAL)
-				w->ops = RUSH_OPS_ALL;
+				w->ops |= RUSH_OPS_INTERNAL;
 			w->done = 1;
 			return 1;
 		}
 		w->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
 		w->mnt = up;
+		w->mnt_id = rush_mnt_id(up);
 		return 0;
 	}
 	parent = BPF_CORE_READ(dentry, d_parent);
 	if (parent == dentry || !parent) {
 		/* A disconnected root (pseudo files such as pipes are their own parent). */
 		if (BPF_CORE_READ(mnt, mnt.mnt_flags) & MNT_INTERNAL)
-			w->ops = RUSH_OPS_ALL;
+			w->ops |= RUSH_OPS_INTERNAL;
 		w->done = 1;
 		return 1;
 	}
@@ -230,6 +285,7 @@ static __always_inline __u32 rush_walk_rest(__u64 cgroup_id, __u64 now, struct d
 		.now = now,
 		.dentry = dentry,
 		.mnt = mnt,
+		.mnt_id = rush_mnt_id(mnt),
 		.want = want,
 		.ops = ops,
 	};
@@ -257,18 +313,25 @@ static __noinline __u32 rush_walk_ops(__u64 cgroup_id, struct dentry *dentry,
 	struct mount *mnt = rush_real_mount(vfsmnt);
 	__u64 now = bpf_ktime_get_boot_ns();
 	struct dentry *root;
-	__u32 ops = 0;
+	__u32 ops = 0, mnt_id;
 	int i;
 
 	if (!dentry || !mnt)
 		return 0; /* unreadable: fail closed */
 	root = BPF_CORE_READ(mnt, mnt.mnt_root);
+	mnt_id = rush_mnt_id(mnt);
 	for (i = 0; i < RUSH_WALK_FAST; i++) {
 		struct inode *inode = dentry->d_inode;
 		struct dentry *parent;
 
 		if (inode) {
-			ops |= rush_level_ops(cgroup_id, inode->i_ino, inode->i_sb->s_dev, now);
+			struct super_block *sb = inode->i_sb;
+			__u32 dev = sb->s_dev;
+
+			/* As a plain value: a global function takes no BTF pointer. */
+			if (sb->s_magic == BTRFS_SUPER_MAGIC)
+				dev = rush_btrfs_dev((__u64)BPF_CORE_READ(dentry, d_inode));
+			ops |= rush_level_ops(cgroup_id, inode->i_ino, dev, mnt_id, now);
 			if ((ops & want) == want)
 				return ops;
 		}
@@ -278,7 +341,7 @@ static __noinline __u32 rush_walk_ops(__u64 cgroup_id, struct dentry *dentry,
 
 			if (up == mnt || !up) {
 				if (BPF_CORE_READ(mnt, mnt.mnt_flags) & MNT_INTERNAL)
-					ops = RUSH_OPS_ALL;
+					ops |= RUSH_OPS_INTERNAL;
 				return ops;
 			}
 			return rush_walk_rest(cgroup_id, now, BPF_CORE_READ(mnt, mnt_mountpoint),
@@ -288,7 +351,7 @@ static __noinline __u32 rush_walk_ops(__u64 cgroup_id, struct dentry *dentry,
 		if (parent == dentry || !parent) {
 			/* A disconnected root (pseudo files such as pipes are their own parent). */
 			if (BPF_CORE_READ(mnt, mnt.mnt_flags) & MNT_INTERNAL)
-				ops = RUSH_OPS_ALL;
+				ops |= RUSH_OPS_INTERNAL;
 			return ops;
 		}
 		dentry = parent;
@@ -419,7 +482,7 @@ static __always_inline struct rush_file_event *rush_file_event_start(__u32 hook,
 	e->uid = (__u32)bpf_get_current_uid_gid();
 	e->op = op;
 	e->ino = inode ? BPF_CORE_READ(inode, i_ino) : 0;
-	e->dev = inode ? BPF_CORE_READ(inode, i_sb, s_dev) : 0;
+	e->dev = inode ? rush_inode_dev(inode) : 0;
 	e->pad = 0;
 	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	return e;
@@ -460,16 +523,141 @@ static __always_inline int rush_require(__u32 hook, __u64 cgroup_id, __u32 need,
 	return rush_deny(hook, cgroup_id, rush_first_op(missing), dentry, named, mnt);
 }
 
-/* Create on the directory `dir`; the event names the new entry. */
+/* The agent's own entry for `dentry`'s inode (no walk), its key in `key`. */
+static __always_inline struct rush_file_grant *rush_own_grant(__u64 cgroup_id, struct dentry *dentry,
+							       struct rush_file_key *key)
+{
+	struct inode *inode = BPF_CORE_READ(dentry, d_inode);
+
+	if (!inode)
+		return NULL;
+	key->cgroup_id = cgroup_id;
+	key->ino = BPF_CORE_READ(inode, i_ino);
+	key->dev = rush_inode_dev(inode);
+	key->pad = 0;
+	return bpf_map_lookup_elem(&rush_file_grants, key);
+}
+
+/* The ops the agent's own entry for `dentry` (in `vfsmnt`) allows now: this inode's
+ * grant alone, none of its directories'. */
+static __always_inline __u32 rush_own_ops(__u64 cgroup_id, struct dentry *dentry,
+					  struct vfsmount *vfsmnt)
+{
+	struct rush_file_key key;
+	struct rush_file_grant *grant = rush_own_grant(cgroup_id, dentry, &key);
+	struct mount *mnt = rush_real_mount(vfsmnt);
+
+	if (!grant || !mnt || (grant->mnt_id && grant->mnt_id != rush_mnt_id(mnt)))
+		return 0;
+	return rush_grant_ops(grant, bpf_ktime_get_boot_ns());
+}
+
+/*
+ * Create on the directory `dir`; the event names the new entry. A regular file may also
+ * be created in a directory whose own entry has RUSH_FILE_OP_SAVE (beside a file the agent
+ * may write): remembered here, granted to the agent by the open that follows.
+ */
 static __always_inline int rush_check_create(__u32 hook, const struct path *dir,
-					     struct dentry *dentry)
+					     struct dentry *dentry, umode_t mode)
 {
 	__u64 cgroup_id = rush_confined_agent();
+	struct dentry *parent = dir->dentry;
+	struct vfsmount *mnt;
+	__u32 type = mode & S_IFMT;
 
 	if (!cgroup_id)
 		return 0;
-	return rush_require(hook, cgroup_id, RUSH_FILE_OP_CREATE, dir->dentry,
-			    BPF_CORE_READ(dir, mnt), dentry);
+	mnt = BPF_CORE_READ(dir, mnt);
+	if (rush_walk_ops(cgroup_id, parent, mnt, RUSH_FILE_OP_CREATE) & RUSH_FILE_OP_CREATE)
+		return 0;
+	if (hook == RUSH_FHOOK_PATH_MKNOD && (type == 0 || type == S_IFREG) &&
+	    (rush_own_ops(cgroup_id, parent, mnt) & RUSH_FILE_OP_SAVE)) {
+		__u64 pid_tgid = bpf_get_current_pid_tgid();
+		__u64 created = (__u64)dentry;
+
+		bpf_map_update_elem(&rush_save_pending, &pid_tgid, &created, BPF_ANY);
+		return 0;
+	}
+	return rush_deny(hook, cgroup_id, RUSH_FILE_OP_CREATE, parent, dentry, mnt);
+}
+
+/*
+ * The open that follows a create allowed by RUSH_FILE_OP_SAVE: grants the new file to the
+ * agent (read, write, delete, until the save right lapses). 1 if it did.
+ */
+static __noinline int rush_claim_saved(__u64 cgroup_id, struct dentry *dentry, struct vfsmount *vfsmnt)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 *pending = bpf_map_lookup_elem(&rush_save_pending, &pid_tgid);
+	struct rush_file_grant *dir_grant, grant = {};
+	struct rush_file_key dir_key, key;
+	struct mount *mnt = rush_real_mount(vfsmnt);
+	struct inode *inode;
+	__u64 until;
+
+	if (!pending || *pending != (__u64)dentry || !mnt)
+		return 0;
+	bpf_map_delete_elem(&rush_save_pending, &pid_tgid);
+	dir_grant = rush_own_grant(cgroup_id, BPF_CORE_READ(dentry, d_parent), &dir_key);
+	if (!dir_grant)
+		return 0;
+	until = dir_grant->expires_ns[RUSH_SAVE_SLOT];
+	if (!until || bpf_ktime_get_boot_ns() >= until)
+		return 0;
+	inode = BPF_CORE_READ(dentry, d_inode);
+	if (!inode)
+		return 0;
+	key.cgroup_id = cgroup_id;
+	key.ino = BPF_CORE_READ(inode, i_ino);
+	key.dev = rush_inode_dev(inode);
+	key.pad = 0;
+	grant.expires_ns[0] = until; /* read */
+	grant.expires_ns[1] = until; /* write */
+	grant.expires_ns[4] = until; /* delete */
+	grant.mnt_id = rush_mnt_id(mnt);
+	return bpf_map_update_elem(&rush_file_grants, &key, &grant, BPF_NOEXIST) == 0;
+}
+
+/*
+ * An editor-style save renamed `from` (a file the agent made beside the granted one) over
+ * `to`: the grant of `to` moves to `from`'s inode (the name keeps its access; the old
+ * inode, now unlinked or elsewhere, loses it) and the daemon is told. Done in the hook,
+ * before the rename itself: if the rename then fails, the agent has lost access to the
+ * old file (fail closed) and holds the granted ops on its own new file.
+ */
+static __noinline void rush_move_grant(__u64 cgroup_id, struct dentry *from, struct dentry *to)
+{
+	struct rush_file_key from_key, to_key;
+	struct rush_file_grant *to_grant = rush_own_grant(cgroup_id, to, &to_key);
+	struct rush_grant_moved_event *e;
+	struct rush_file_grant moved;
+	struct inode *inode;
+
+	if (!to_grant)
+		return;
+	moved = *to_grant;
+	inode = BPF_CORE_READ(from, d_inode);
+	if (!inode)
+		return;
+	from_key.cgroup_id = cgroup_id;
+	from_key.ino = BPF_CORE_READ(inode, i_ino);
+	from_key.dev = rush_inode_dev(inode);
+	from_key.pad = 0;
+	bpf_map_update_elem(&rush_file_grants, &from_key, &moved, BPF_ANY);
+	bpf_map_delete_elem(&rush_file_grants, &to_key);
+	e = bpf_ringbuf_reserve(&rush_events, sizeof(*e), 0);
+	if (!e) {
+		rush_count_lost_event();
+		return;
+	}
+	e->kind = RUSH_EVENT_GRANT_MOVED;
+	e->pad = 0;
+	e->cgroup_id = cgroup_id;
+	e->from_ino = to_key.ino;
+	e->from_dev = to_key.dev;
+	e->to_ino = from_key.ino;
+	e->to_dev = from_key.dev;
+	bpf_ringbuf_submit(e, 0);
 }
 
 /* Delete of `dentry`, an entry of the directory `dir`. */
@@ -544,6 +732,8 @@ int BPF_PROG(rush_file_open, struct file *file)
 	missing = need & ~rush_walk_ops(cgroup_id, dentry, mnt, need);
 	if (!missing)
 		return 0;
+	if (!(missing & ~(RUSH_FILE_OP_READ | RUSH_FILE_OP_WRITE)) && rush_claim_saved(cgroup_id, dentry, mnt))
+		return 0;
 	e = rush_file_event_start(RUSH_FHOOK_FILE_OPEN, cgroup_id, rush_first_op(missing), dentry);
 	if (e) {
 		/* bpf_d_path is allowed in file_open (not in file_permission nor the path_*
@@ -584,20 +774,20 @@ SEC("lsm/path_mknod")
 int BPF_PROG(rush_path_mknod, const struct path *dir, struct dentry *dentry, umode_t mode,
 	     unsigned int dev)
 {
-	return rush_check_create(RUSH_FHOOK_PATH_MKNOD, dir, dentry);
+	return rush_check_create(RUSH_FHOOK_PATH_MKNOD, dir, dentry, mode);
 }
 
 SEC("lsm/path_mkdir")
 int BPF_PROG(rush_path_mkdir, const struct path *dir, struct dentry *dentry, umode_t mode)
 {
-	return rush_check_create(RUSH_FHOOK_PATH_MKDIR, dir, dentry);
+	return rush_check_create(RUSH_FHOOK_PATH_MKDIR, dir, dentry, S_IFDIR);
 }
 
 SEC("lsm/path_symlink")
 int BPF_PROG(rush_path_symlink, const struct path *dir, struct dentry *dentry,
 	     const char *old_name)
 {
-	return rush_check_create(RUSH_FHOOK_PATH_SYMLINK, dir, dentry);
+	return rush_check_create(RUSH_FHOOK_PATH_SYMLINK, dir, dentry, S_IFLNK);
 }
 
 SEC("lsm/path_unlink")
@@ -618,7 +808,7 @@ int BPF_PROG(rush_path_rename, const struct path *old_dir, struct dentry *old_de
 {
 	__u64 cgroup_id = rush_confined_agent();
 	struct vfsmount *old_mnt, *new_mnt;
-	__u32 src_ops, dst_ops = 0;
+	__u32 src_ops, dst_ops = 0, wider;
 	int denied;
 
 	if (!cgroup_id)
@@ -632,9 +822,25 @@ int BPF_PROG(rush_path_rename, const struct path *old_dir, struct dentry *old_de
 	/* A target that exists is replaced (deleted) or, with RENAME_EXCHANGE, moved. */
 	if (BPF_CORE_READ(new_dentry, d_inode)) {
 		dst_ops = rush_walk_ops(cgroup_id, new_dentry, new_mnt, RUSH_OPS_ALL);
-		if (!(dst_ops & RUSH_FILE_OP_DELETE))
-			return rush_deny(RUSH_FHOOK_PATH_RENAME, cgroup_id, RUSH_FILE_OP_DELETE,
-					 new_dentry, new_dentry, new_mnt);
+		if (!(dst_ops & RUSH_FILE_OP_DELETE)) {
+			/* An editor-style save: a regular file renamed, in one directory with
+			 * RUSH_FILE_OP_SAVE, over a file the agent's own entry lets it write. */
+			if ((flags & RENAME_EXCHANGE) || old_dir->dentry != new_dir->dentry ||
+			    (BPF_CORE_READ(old_dentry, d_inode, i_mode) & S_IFMT) != S_IFREG ||
+			    !(rush_own_ops(cgroup_id, new_dir->dentry, new_mnt) & RUSH_FILE_OP_SAVE) ||
+			    !(rush_own_ops(cgroup_id, new_dentry, new_mnt) & RUSH_FILE_OP_WRITE))
+				return rush_deny(RUSH_FHOOK_PATH_RENAME, cgroup_id, RUSH_FILE_OP_DELETE,
+						 new_dentry, new_dentry, new_mnt);
+			/* Same directory: nothing is widened unless the directory itself grants
+			 * more than the new file holds. */
+			wider = rush_walk_ops(cgroup_id, new_dir->dentry, new_mnt, RUSH_OPS_ALL) &
+				RUSH_OPS_RWX & ~src_ops;
+			if (wider)
+				return rush_deny(RUSH_FHOOK_PATH_RENAME, cgroup_id, rush_first_op(wider),
+						 old_dentry, new_dentry, new_mnt);
+			rush_move_grant(cgroup_id, old_dentry, new_dentry);
+			return 0;
+		}
 	}
 	denied = rush_check_move_in(RUSH_FHOOK_PATH_RENAME, cgroup_id, src_ops, old_dentry,
 				    new_dir->dentry, new_mnt, new_dentry);
@@ -678,6 +884,46 @@ SEC("lsm/path_chown")
 int BPF_PROG(rush_path_chown, const struct path *path)
 {
 	return rush_check_path_write(RUSH_FHOOK_PATH_CHOWN, path);
+}
+
+/* Executable mappings of a file need exec on it, as execve does: otherwise the ELF
+ * loader run by hand (ld.so PROGRAM) or any mmap(PROT_EXEC) would run ungranted code. */
+SEC("lsm/mmap_file")
+int BPF_PROG(rush_mmap_file, struct file *file, unsigned long reqprot, unsigned long prot,
+	     unsigned long flags)
+{
+	__u64 cgroup_id;
+	struct dentry *dentry;
+
+	if (!file || !(prot & PROT_EXEC))
+		return 0;
+	cgroup_id = rush_confined_agent();
+	if (!cgroup_id)
+		return 0;
+	dentry = file->f_path.dentry;
+	return rush_require(RUSH_FHOOK_MMAP_FILE, cgroup_id, RUSH_FILE_OP_EXEC, dentry,
+			    BPF_CORE_READ(file, f_path.mnt), dentry);
+}
+
+SEC("lsm/file_mprotect")
+int BPF_PROG(rush_file_mprotect, struct vm_area_struct *vma, unsigned long reqprot,
+	     unsigned long prot)
+{
+	__u64 cgroup_id;
+	struct dentry *dentry;
+	struct file *file;
+
+	if (!(prot & PROT_EXEC))
+		return 0;
+	cgroup_id = rush_confined_agent();
+	if (!cgroup_id || (BPF_CORE_READ(vma, vm_flags) & VM_EXEC))
+		return 0;
+	file = vma->vm_file;
+	if (!file)
+		return 0;
+	dentry = file->f_path.dentry;
+	return rush_require(RUSH_FHOOK_FILE_MPROTECT, cgroup_id, RUSH_FILE_OP_EXEC, dentry,
+			    BPF_CORE_READ(file, f_path.mnt), dentry);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

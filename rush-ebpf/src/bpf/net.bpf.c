@@ -126,4 +126,36 @@ int rush_sendmsg6(struct bpf_sock_addr *ctx)
 	return rush_check6(ctx, RUSH_HOOK_SENDMSG6);
 }
 
+/*
+ * Self-protection that works without BPF LSM: no agent writes a sysctl (kernel-wide
+ * settings such as unprivileged_bpf_disabled, ptrace_scope, the cgroup or net knobs).
+ * Return 1 = allow, 0 = deny (EPERM). Optional: the loader retries the object without
+ * it where the kernel refuses it.
+ */
+SEC("cgroup/sysctl")
+int rush_sysctl(struct bpf_sysctl *ctx)
+{
+	__u64 cgroup_id;
+	struct rush_guard_event *e;
+
+	if (!ctx->write)
+		return 1;
+	cgroup_id = rush_current_agent_cgroup();
+	if (!rush_lookup_agent(cgroup_id))
+		return 1;
+	e = bpf_ringbuf_reserve(&rush_events, sizeof(*e), 0);
+	if (!e) {
+		rush_count_lost_event();
+		return 0;
+	}
+	/* Only helpers every kernel gives sysctl programs: no pid, no comm. */
+	__builtin_memset(e, 0, sizeof(*e));
+	e->kind = RUSH_EVENT_GUARD_DENY;
+	e->hook = RUSH_GHOOK_SYSCTL;
+	e->cgroup_id = cgroup_id;
+	e->uid = (__u32)bpf_get_current_uid_gid();
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -14,6 +14,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
 
 /* Socket families: macros in the uapi headers, so not part of vmlinux.h. */
 #define RUSH_AF_INET 2
@@ -30,6 +31,8 @@
 
 #define RUSH_EVENT_NET_DENY 1
 #define RUSH_EVENT_FILE_DENY 2
+#define RUSH_EVENT_GUARD_DENY 3
+#define RUSH_EVENT_GRANT_MOVED 4
 
 /* struct rush_agent.flags */
 #define RUSH_AGENT_FILES_CONFINED 1
@@ -41,7 +44,12 @@
 #define RUSH_FILE_OP_EXEC 4
 #define RUSH_FILE_OP_CREATE 8
 #define RUSH_FILE_OP_DELETE 16
-#define RUSH_FILE_OPS_LEN 5
+/* Internal (never in a token's ops): set by the daemon on the directory of a file that a
+ * token lets the agent write, so that the agent can save it the way editors do: create a
+ * regular file beside it (which it then owns: read, write, delete) and rename that over
+ * the granted file (which moves the file's grant to the new inode). */
+#define RUSH_FILE_OP_SAVE 32
+#define RUSH_FILE_OPS_LEN 6
 
 /* struct rush_file_event.hook: the LSM hook that denied. */
 #define RUSH_FHOOK_FILE_OPEN 1
@@ -56,6 +64,31 @@
 #define RUSH_FHOOK_PATH_TRUNCATE 10
 #define RUSH_FHOOK_PATH_CHMOD 11
 #define RUSH_FHOOK_PATH_CHOWN 12
+#define RUSH_FHOOK_MMAP_FILE 13
+#define RUSH_FHOOK_FILE_MPROTECT 14
+
+/* struct rush_guard_event.hook: the self-protection hook that denied (guard.bpf.c, and
+ * the cgroup/sysctl program of net.bpf.c). */
+#define RUSH_GHOOK_CAPABLE 1
+#define RUSH_GHOOK_BPF 2
+#define RUSH_GHOOK_PTRACE 3
+#define RUSH_GHOOK_TRACEME 4
+#define RUSH_GHOOK_KILL 5
+#define RUSH_GHOOK_MOUNT 6
+#define RUSH_GHOOK_UMOUNT 7
+#define RUSH_GHOOK_PIVOTROOT 8
+#define RUSH_GHOOK_MOVE_MOUNT 9
+#define RUSH_GHOOK_USERNS 10
+#define RUSH_GHOOK_KERNEL_READ_FILE 11
+#define RUSH_GHOOK_KERNEL_LOAD_DATA 12
+#define RUSH_GHOOK_CGROUPFS_WRITE 13
+#define RUSH_GHOOK_PROTECTED_DIR 14
+#define RUSH_GHOOK_FCNTL 15
+#define RUSH_GHOOK_SYSCTL 16
+
+/* Directories agents may not enter at all (the daemon's state and config), set by the
+ * loader as (s_dev, i_ino); unused slots are 0. */
+#define RUSH_PROTECTED_MAX 4
 
 /* Bytes of struct rush_file_event.path, NUL included. */
 #define RUSH_FILE_PATH_LEN 256
@@ -106,6 +139,11 @@ struct rush_file_key {
  */
 struct rush_file_grant {
 	__u64 expires_ns[RUSH_FILE_OPS_LEN];
+	/* The mount the granted path was resolved in (mount id, as statx STATX_MNT_ID): the
+	 * entry counts only when the walk meets the inode in that mount, so a bind mount of a
+	 * granted tree elsewhere does not carry the grant. 0 = in any mount. */
+	__u32 mnt_id;
+	__u32 pad;
 };
 
 struct rush_file_event {
@@ -123,12 +161,39 @@ struct rush_file_event {
 	char path[RUSH_FILE_PATH_LEN]; /* NUL-terminated; starts with U+2026 "…" when cut */
 };
 
+/* A self-protection deny: an agent tried to reach outside its cgroup or the kernel. */
+struct rush_guard_event {
+	__u32 kind; /* RUSH_EVENT_GUARD_DENY */
+	__u32 hook; /* RUSH_GHOOK_* */
+	__u64 cgroup_id;
+	__u32 pid; /* thread id */
+	__u32 tgid; /* process id */
+	__u32 uid;
+	__u32 target; /* the process (tgid) acted on, for ptrace and kill; else 0 */
+	__s64 arg; /* capability, bpf command, signal, fcntl argument, mount flags... */
+	char comm[16];
+};
+
+/* A grant the kernel moved (an editor-style save renamed a new file over a granted one):
+ * the daemon re-keys its token. */
+struct rush_grant_moved_event {
+	__u32 kind; /* RUSH_EVENT_GRANT_MOVED */
+	__u32 pad;
+	__u64 cgroup_id;
+	__u64 from_ino;
+	__u64 to_ino;
+	__u32 from_dev;
+	__u32 to_dev;
+};
+
 /* Never read: makes struct rush_net_event part of every object's BTF, which only keeps the
  * types of globals and function signatures (the layout test and bpftool rely on it). */
 struct rush_net_event *const rush_net_event_btf = 0;
 struct rush_file_event *const rush_file_event_btf = 0;
 struct rush_file_key *const rush_file_key_btf = 0;
 struct rush_file_grant *const rush_file_grant_btf = 0;
+struct rush_guard_event *const rush_guard_event_btf = 0;
+struct rush_grant_moved_event *const rush_grant_moved_event_btf = 0;
 
 /* Depth of agent cgroups below the cgroup v2 root (root = 0), set by the loader. */
 const volatile __u32 agent_cgroup_level = 0;
@@ -185,6 +250,24 @@ static __always_inline struct rush_agent *rush_lookup_agent(__u64 cgroup_id)
 	if (!cgroup_id)
 		return NULL;
 	return bpf_map_lookup_elem(&rush_agents, &cgroup_id);
+}
+
+/* The agent cgroup of `task` (its cgroup v2 ancestor at agent_cgroup_level; a cgroup
+ * there may also be some other service's), 0 when it is above that level. */
+static __always_inline __u64 rush_task_agent_cgroup(struct task_struct *task)
+{
+	struct cgroup *cgrp = BPF_CORE_READ(task, cgroups, dfl_cgrp);
+	struct cgroup *ancestor = NULL;
+	__u32 level = agent_cgroup_level;
+
+	if (!cgrp || BPF_CORE_READ(cgrp, level) < (int)level || level > 64)
+		return 0;
+	bpf_probe_read_kernel(&ancestor, sizeof(ancestor),
+			      (void *)cgrp + bpf_core_field_offset(struct cgroup, ancestors) +
+				      level * sizeof(ancestor));
+	if (!ancestor)
+		return 0;
+	return BPF_CORE_READ(ancestor, kn, id);
 }
 
 static __always_inline void rush_count_lost_event(void)

@@ -1,0 +1,248 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * Self-protection (BPF LSM): what no agent may do, whatever its tokens and even as root
+ * inside its cgroup. Applies to every process in an agent cgroup (file-confined or not);
+ * everybody else passes after one cgroup-id lookup, or, in the hot inode_permission hook,
+ * after comparing the superblock magic and the inode with a few constants.
+ *
+ *   capable           the capabilities that reach around the other hooks or into the
+ *                     kernel (RUSH_DENIED_CAPS: CAP_SYS_ADMIN, CAP_SYS_MODULE, CAP_BPF,
+ *                     CAP_SYS_PTRACE, CAP_SYS_RAWIO, CAP_MKNOD, CAP_NET_RAW, ...) are
+ *                     refused: no mount, chroot, raw disk, device nodes, raw sockets, ...
+ *   bpf               every bpf() command: the maps hold the tokens.
+ *   ptrace_access_check, ptrace_traceme
+ *                     ptrace, /proc/PID/{mem,root,cwd,fd,environ}, process_vm_*,
+ *                     pidfd_getfd of processes outside the agent's own cgroup.
+ *   task_kill         signals to processes outside the agent's cgroup (the daemon
+ *                     included); the kernel's own signals (SIGCHLD, ...) are not checks.
+ *   file_fcntl        F_SETOWN to another process, F_SETOWN_EX (SIGIO would signal it).
+ *   sb_mount, sb_umount, sb_pivotroot, move_mount   (also behind CAP_SYS_ADMIN).
+ *   userns_create     no user namespaces, where capabilities would be had again.
+ *   kernel_read_file, kernel_load_data             module, firmware, kexec loading.
+ *   inode_permission  write to cgroupfs (cgroup.procs of any cgroup: no moving out,
+ *                     no raising limits) and to bpffs (no unpinning the programs); any
+ *                     access to the protected directories (the daemon's state, config).
+ * The cgroup/sysctl program in net.bpf.c refuses sysctl writes the same way.
+ *
+ * Return 0 = allow, -EPERM = deny (+ a struct rush_guard_event on rush_events).
+ */
+#include "rush.h"
+#include <bpf/bpf_tracing.h>
+
+#define EPERM 1
+#define MAY_WRITE 0x2
+#define MAY_APPEND 0x8
+#define CAP_OPT_NOAUDIT 0x2
+#define F_SETOWN 8
+#define F_SETOWN_EX 15
+
+#define CGROUP_SUPER_MAGIC 0x27e0eb
+#define CGROUP2_SUPER_MAGIC 0x63677270
+#define BPF_FS_MAGIC 0xcafe4a11
+
+#define CAP(n) (1ull << (n))
+/* CAP_DAC_READ_SEARCH 2 (open_by_handle_at), CAP_LINUX_IMMUTABLE 9, CAP_NET_ADMIN 12,
+ * CAP_NET_RAW 13, CAP_SYS_MODULE 16, CAP_SYS_RAWIO 17, CAP_SYS_CHROOT 18,
+ * CAP_SYS_PTRACE 19, CAP_SYS_PACCT 20, CAP_SYS_ADMIN 21, CAP_SYS_BOOT 22, CAP_SYS_TIME 25,
+ * CAP_MKNOD 27, CAP_AUDIT_CONTROL 30, CAP_SETFCAP 31, CAP_MAC_OVERRIDE 32,
+ * CAP_MAC_ADMIN 33, CAP_SYSLOG 34, CAP_PERFMON 38, CAP_BPF 39, CAP_CHECKPOINT_RESTORE 40.
+ * Kept: DAC override, chown, setuid/setgid, kill (task_kill limits it), net bind, ... */
+#define RUSH_DENIED_CAPS                                                                      \
+	(CAP(2) | CAP(9) | CAP(12) | CAP(13) | CAP(16) | CAP(17) | CAP(18) | CAP(19) | CAP(20) | \
+	 CAP(21) | CAP(22) | CAP(25) | CAP(27) | CAP(30) | CAP(31) | CAP(32) | CAP(33) |        \
+	 CAP(34) | CAP(38) | CAP(39) | CAP(40))
+/* Denied without an event: the kernel asks for it on every DAC-refused read, before it
+ * falls back to CAP_DAC_OVERRIDE, so an event would be noise. */
+#define RUSH_QUIET_CAPS CAP(2)
+
+/* Set by the loader: the protected directories, as (sb s_dev, i_ino). */
+const volatile __u32 protected_dev[RUSH_PROTECTED_MAX] = {};
+const volatile __u64 protected_ino[RUSH_PROTECTED_MAX] = {};
+
+/* The current task's agent cgroup (any agent, confined files or not), else 0. */
+static __always_inline __u64 rush_agent_self(void)
+{
+	__u64 cgroup_id = rush_current_agent_cgroup();
+
+	return rush_lookup_agent(cgroup_id) ? cgroup_id : 0;
+}
+
+static __always_inline int rush_guard_deny(__u32 hook, __u64 cgroup_id, __u32 target, __s64 arg)
+{
+	struct rush_guard_event *e = bpf_ringbuf_reserve(&rush_events, sizeof(*e), 0);
+	__u64 pid_tgid;
+
+	if (!e) {
+		rush_count_lost_event();
+		return -EPERM;
+	}
+	pid_tgid = bpf_get_current_pid_tgid();
+	e->kind = RUSH_EVENT_GUARD_DENY;
+	e->hook = hook;
+	e->cgroup_id = cgroup_id;
+	e->pid = (__u32)pid_tgid;
+	e->tgid = pid_tgid >> 32;
+	e->uid = (__u32)bpf_get_current_uid_gid();
+	e->target = target;
+	e->arg = arg;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	bpf_ringbuf_submit(e, 0);
+	return -EPERM;
+}
+
+/* Denies when the current task is an agent; the event carries `arg`. */
+static __always_inline int rush_agent_may_not(__u32 hook, __s64 arg)
+{
+	__u64 cgroup_id = rush_agent_self();
+
+	if (!cgroup_id)
+		return 0;
+	return rush_guard_deny(hook, cgroup_id, 0, arg);
+}
+
+/* Denies an agent acting on `task` outside its own agent cgroup. */
+static __always_inline int rush_check_task(__u32 hook, struct task_struct *task, __s64 arg)
+{
+	__u64 cgroup_id = rush_agent_self();
+
+	if (!cgroup_id || rush_task_agent_cgroup(task) == cgroup_id)
+		return 0;
+	return rush_guard_deny(hook, cgroup_id, BPF_CORE_READ(task, tgid), arg);
+}
+
+SEC("lsm/capable")
+int BPF_PROG(rush_capable, const struct cred *cred, struct user_namespace *ns, int cap,
+	     unsigned int opts)
+{
+	__u64 cgroup_id;
+
+	if (cap < 0 || cap > 63 || !(RUSH_DENIED_CAPS & CAP(cap)))
+		return 0;
+	cgroup_id = rush_agent_self();
+	if (!cgroup_id)
+		return 0;
+	if ((opts & CAP_OPT_NOAUDIT) || (RUSH_QUIET_CAPS & CAP(cap)))
+		return -EPERM;
+	return rush_guard_deny(RUSH_GHOOK_CAPABLE, cgroup_id, 0, cap);
+}
+
+SEC("lsm/bpf")
+int BPF_PROG(rush_bpf, int cmd)
+{
+	return rush_agent_may_not(RUSH_GHOOK_BPF, cmd);
+}
+
+SEC("lsm/ptrace_access_check")
+int BPF_PROG(rush_ptrace_access_check, struct task_struct *child, unsigned int mode)
+{
+	return rush_check_task(RUSH_GHOOK_PTRACE, child, mode);
+}
+
+SEC("lsm/ptrace_traceme")
+int BPF_PROG(rush_ptrace_traceme, struct task_struct *parent)
+{
+	return rush_check_task(RUSH_GHOOK_TRACEME, parent, 0);
+}
+
+SEC("lsm/task_kill")
+int BPF_PROG(rush_task_kill, struct task_struct *p, struct kernel_siginfo *info, int sig)
+{
+	return rush_check_task(RUSH_GHOOK_KILL, p, sig);
+}
+
+SEC("lsm/file_fcntl")
+int BPF_PROG(rush_file_fcntl, struct file *file, unsigned int cmd, unsigned long arg)
+{
+	__u64 cgroup_id, pid_tgid;
+
+	if (cmd != F_SETOWN && cmd != F_SETOWN_EX)
+		return 0;
+	cgroup_id = rush_agent_self();
+	if (!cgroup_id)
+		return 0;
+	/* F_SETOWN to itself (or to nobody) is harmless; any other owner could be outside
+	 * the agent. F_SETOWN_EX's argument is in user memory: refused outright. */
+	pid_tgid = bpf_get_current_pid_tgid();
+	if (cmd == F_SETOWN && (arg == 0 || arg == (pid_tgid >> 32) || arg == (__u32)pid_tgid))
+		return 0;
+	return rush_guard_deny(RUSH_GHOOK_FCNTL, cgroup_id, 0, cmd == F_SETOWN ? (__s64)arg : -1);
+}
+
+SEC("lsm/sb_mount")
+int BPF_PROG(rush_sb_mount, const char *dev_name, const struct path *path, const char *type,
+	     unsigned long flags)
+{
+	return rush_agent_may_not(RUSH_GHOOK_MOUNT, flags);
+}
+
+SEC("lsm/sb_umount")
+int BPF_PROG(rush_sb_umount, struct vfsmount *mnt, int flags)
+{
+	return rush_agent_may_not(RUSH_GHOOK_UMOUNT, flags);
+}
+
+SEC("lsm/sb_pivotroot")
+int BPF_PROG(rush_sb_pivotroot, const struct path *old_path, const struct path *new_path)
+{
+	return rush_agent_may_not(RUSH_GHOOK_PIVOTROOT, 0);
+}
+
+SEC("lsm/move_mount")
+int BPF_PROG(rush_move_mount, const struct path *from_path, const struct path *to_path)
+{
+	return rush_agent_may_not(RUSH_GHOOK_MOVE_MOUNT, 0);
+}
+
+SEC("lsm/userns_create")
+int BPF_PROG(rush_userns_create, const struct cred *cred)
+{
+	return rush_agent_may_not(RUSH_GHOOK_USERNS, 0);
+}
+
+SEC("lsm/kernel_read_file")
+int BPF_PROG(rush_kernel_read_file, struct file *file, int id)
+{
+	return rush_agent_may_not(RUSH_GHOOK_KERNEL_READ_FILE, id);
+}
+
+SEC("lsm/kernel_load_data")
+int BPF_PROG(rush_kernel_load_data, int id)
+{
+	return rush_agent_may_not(RUSH_GHOOK_KERNEL_LOAD_DATA, id);
+}
+
+/* Whether (dev, ino) is one of the protected directories. */
+static __always_inline int rush_is_protected(__u32 dev, __u64 ino)
+{
+#pragma unroll
+	for (int i = 0; i < RUSH_PROTECTED_MAX; i++) {
+		if (protected_ino[i] && protected_ino[i] == ino && protected_dev[i] == dev)
+			return 1;
+	}
+	return 0;
+}
+
+/*
+ * Called for every permission check, path lookups included, by every process: the
+ * superblock magic and inode number are compared first, the agent lookup comes last.
+ * A protected directory refuses even the search (lookup) permission, so nothing below it
+ * can be reached by path; /proc/PID/{cwd,root,fd} of the daemon are ptrace-guarded.
+ */
+SEC("lsm/inode_permission")
+int BPF_PROG(rush_inode_permission, struct inode *inode, int mask)
+{
+	struct super_block *sb = inode->i_sb;
+	unsigned long magic = sb->s_magic;
+	__u32 hook;
+
+	if ((mask & (MAY_WRITE | MAY_APPEND)) &&
+	    (magic == CGROUP2_SUPER_MAGIC || magic == CGROUP_SUPER_MAGIC || magic == BPF_FS_MAGIC))
+		hook = RUSH_GHOOK_CGROUPFS_WRITE;
+	else if (rush_is_protected(sb->s_dev, inode->i_ino))
+		hook = RUSH_GHOOK_PROTECTED_DIR;
+	else
+		return 0;
+	return rush_agent_may_not(hook, mask);
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
