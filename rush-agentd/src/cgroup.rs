@@ -132,12 +132,53 @@ pub struct Placement {
     /// The v2 directory, for `clone3(CLONE_INTO_CGROUP)`: the process is born there.
     /// None only for the unit tests' fake.
     pub v2_dir: Option<File>,
-    /// `cgroup.procs` of each v1 hierarchy (hybrid hosts): the child writes "0" to each
-    /// before it executes anything, which moves it in.
-    pub v1_procs: Vec<File>,
-    /// The v2 path (as `/proc/PID/cgroup` shows it, e.g. `/rush/a1`) the first process
-    /// must be in before it may execute; checked by the daemon, not assumed.
-    pub expect_v2: Option<String>,
+    /// The v1 hierarchies (hybrid hosts), which `CLONE_INTO_CGROUP` cannot reach: the
+    /// daemon writes the new process's pid into each before it may exec. Not the child
+    /// itself: a process inside an agent's cgroup may not write to cgroupfs at all.
+    pub v1: Vec<V1Join>,
+    /// Where `/proc/PID/cgroup` must place the first process before it may execute;
+    /// checked by the daemon, not assumed.
+    pub expect: Option<Expected>,
+}
+
+/// One v1 hierarchy's agent directory and its open `cgroup.procs`.
+pub struct V1Join {
+    pub dir: PathBuf,
+    pub procs: File,
+}
+
+/// The agent's cgroup as `/proc/PID/cgroup` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    /// The path below every hierarchy's root, e.g. `/rush/a1`.
+    pub path: String,
+    /// One controller of each v1 hierarchy the process must also be in.
+    pub v1_controllers: Vec<String>,
+}
+
+impl Expected {
+    /// The first hierarchy in which `proc_cgroup` (the text of `/proc/PID/cgroup`) does
+    /// not show [`Expected::path`]: (hierarchy, path found there, "" if absent).
+    pub fn mismatch(&self, proc_cgroup: &str) -> Option<(String, String)> {
+        let lines: Vec<(&str, &str)> = proc_cgroup
+            .lines()
+            .filter_map(|l| {
+                let (_, rest) = l.split_once(':')?;
+                rest.split_once(':')
+            })
+            .collect();
+        let found = |matches: &dyn Fn(&str) -> bool| {
+            lines.iter().find(|(ctl, _)| matches(ctl)).map(|(_, p)| p.to_string()).unwrap_or_default()
+        };
+        let v2 = found(&|ctl| ctl.is_empty());
+        if v2 != self.path {
+            return Some(("cgroup v2".into(), v2));
+        }
+        self.v1_controllers.iter().find_map(|c| {
+            let p = found(&|ctl| ctl.split(',').any(|x| x == c));
+            (p != self.path).then(|| (format!("v1 {c}"), p))
+        })
+    }
 }
 
 /// The real cgroupfs.
@@ -251,16 +292,18 @@ impl CgroupBackend for FsCgroups {
             .custom_flags(libc::O_DIRECTORY)
             .open(&cg.v2_dir)
             .map_err(io_err(&cg.v2_dir))?;
-        let v1_procs = cg
+        let v1 = cg
             .v1_dirs
             .iter()
             .map(|d| {
                 let p = d.join("cgroup.procs");
-                OpenOptions::new().write(true).open(&p).map_err(io_err(&p))
+                let procs = OpenOptions::new().write(true).open(&p).map_err(io_err(&p))?;
+                Ok(V1Join { dir: d.clone(), procs })
             })
             .collect::<Result<_, _>>()?;
-        let expect_v2 = Some(format!("/{}/{}", self.parent.display(), cg.name));
-        Ok(Placement { v2_dir: Some(v2_dir), v1_procs, expect_v2 })
+        let v1_controllers = self.layout.v1.iter().map(|(c, _)| c.clone()).collect();
+        let path = format!("/{}/{}", self.parent.display(), cg.name);
+        Ok(Placement { v2_dir: Some(v2_dir), v1, expect: Some(Expected { path, v1_controllers }) })
     }
 
     fn pids(&self, cg: &AgentCgroup) -> Vec<u32> {
@@ -407,7 +450,8 @@ pub mod fake {
             Ok(cg)
         }
         fn placement(&self, _cg: &AgentCgroup) -> Result<Placement, CgroupError> {
-            Ok(Placement { v2_dir: None, v1_procs: vec![tempfile::tempfile().unwrap()], expect_v2: None })
+            let procs = tempfile::tempfile().unwrap();
+            Ok(Placement { v2_dir: None, v1: vec![V1Join { dir: "/fake/v1".into(), procs }], expect: None })
         }
         fn pids(&self, cg: &AgentCgroup) -> Vec<u32> {
             self.cgroups.lock().unwrap().get(&cg.name).map(|(_, p)| p.clone()).unwrap_or_default()
@@ -471,6 +515,25 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
         .unwrap();
         assert_eq!(l.v1.len(), 2);
         assert_eq!(l.v1[0].1, l.v1[1].1);
+    }
+
+    #[test]
+    fn placement_is_checked_in_every_hierarchy() {
+        let exp = Expected { path: "/rush/a1".into(), v1_controllers: vec!["cpu".into(), "memory".into()] };
+        let good = "12:memory:/rush/a1\n4:cpu,cpuacct:/rush/a1\n1:name=systemd:/user.slice\n0::/rush/a1\n";
+        assert_eq!(exp.mismatch(good), None);
+        let v2_only = Expected { v1_controllers: vec![], ..exp.clone() };
+        assert_eq!(v2_only.mismatch("0::/rush/a1\n"), None);
+        assert_eq!(v2_only.mismatch("0::/\n"), Some(("cgroup v2".into(), "/".into())));
+        let stray = "12:memory:/\n4:cpu,cpuacct:/rush/a1\n0::/rush/a1\n";
+        assert_eq!(exp.mismatch(stray), Some(("v1 memory".into(), "/".into())));
+        // A hierarchy missing from the file is a mismatch too.
+        assert_eq!(
+            exp.mismatch("4:cpu,cpuacct:/rush/a1\n0::/rush/a1\n"),
+            Some(("v1 memory".into(), "".into()))
+        );
+        // "cpu" must not match "cpuset".
+        assert_eq!(exp.mismatch("3:cpuset:/rush/a1\n12:memory:/rush/a1\n0::/rush/a1\n").unwrap().0, "v1 cpu");
     }
 
     #[test]

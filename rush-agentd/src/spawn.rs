@@ -6,7 +6,11 @@
 //! *migration*: it takes the global cgroup_threadgroup_rwsem for writing, which waits for an
 //! RCU grace period (measured here: 7-11 ms per spawn). Born in its cgroup, the child
 //! is never anywhere else, and the only migrations left are into v1 controller hierarchies
-//! on hybrid hosts, which `CLONE_INTO_CGROUP` cannot reach.
+//! on hybrid hosts, which `CLONE_INTO_CGROUP` cannot reach: the daemon moves the child
+//! there (it may not write to cgroupfs itself once inside an agent) before letting it exec.
+//!
+//! The child sets `no_new_privs` last before exec: setuid and file-capability binaries
+//! never raise an agent's privileges.
 //!
 //! The child side runs between clone3 and execve in a copy of a multi-threaded process, so
 //! it only makes raw system calls on memory prepared before the clone: no allocation, no
@@ -43,18 +47,38 @@ pub enum SpawnError {
     #[error("clone3")]
     Clone(#[source] std::io::Error),
     #[error(
-        "the new process is in cgroup {found:?}, not in the agent's {expected:?}: refusing to let it run"
+        "the new process is in {hierarchy} cgroup {found:?}, not in the agent's {expected:?}: refusing to let it run"
     )]
-    Misplaced { expected: String, found: String },
+    Misplaced { hierarchy: String, expected: String, found: String },
+    #[error("cannot move the new process into {}", dir.display())]
+    JoinV1 { dir: PathBuf, source: std::io::Error },
     #[error("{step} in the new process")]
     Child { step: &'static str, source: std::io::Error },
     #[error("cannot prepare the new process")]
     Io(#[from] std::io::Error),
 }
 
-/// Steps of the child, reported back by index through the error pipe.
-const STEPS: [&str; 8] =
-    ["joining v1 cgroups", "setsid", "setting up stdio", "setgroups", "setgid", "setuid", "chdir", "execve"];
+/// Steps of the child, reported back by index into [`STEPS`] through the error pipe.
+mod step {
+    pub const SETSID: u32 = 0;
+    pub const STDIO: u32 = 1;
+    pub const SETGROUPS: u32 = 2;
+    pub const SETGID: u32 = 3;
+    pub const SETUID: u32 = 4;
+    pub const NO_NEW_PRIVS: u32 = 5;
+    pub const CHDIR: u32 = 6;
+    pub const EXECVE: u32 = 7;
+}
+const STEPS: [&str; 8] = [
+    "setsid",
+    "setting up stdio",
+    "setgroups",
+    "setgid",
+    "setuid",
+    "setting no_new_privs",
+    "chdir",
+    "execve",
+];
 
 fn cstring(what: &'static str, s: &[u8]) -> Result<CString, SpawnError> {
     CString::new(s).map_err(|_| SpawnError::Nul { what })
@@ -105,7 +129,6 @@ impl Spawn {
         argv_ptrs.push(std::ptr::null());
         let mut envp_ptrs: Vec<*const libc::c_char> = self.envp.iter().map(|e| e.as_ptr()).collect();
         envp_ptrs.push(std::ptr::null());
-        let v1_raw: Vec<RawFd> = self.placement.v1_procs.iter().map(|f| f.as_raw_fd()).collect();
         let (set_creds, uid, gid, groups) = match &self.creds {
             Some((u, g, gs)) => (true, *u, *g, gs.as_slice()),
             None => (false, 0, 0, &[][..]),
@@ -139,7 +162,6 @@ impl Spawn {
             // SAFETY: see above; `child` never returns.
             unsafe {
                 child(
-                    &v1_raw,
                     stdio_raw,
                     set_creds,
                     uid,
@@ -163,39 +185,67 @@ impl Spawn {
         drop(err_write);
         drop(go_read);
         drop(stdio);
-        if let Some(expected) = &self.placement.expect_v2 {
-            let found = crate::cgroup::process_cgroup_v2(pid).unwrap_or_default();
-            if &found != expected {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-                return Err(SpawnError::Misplaced { expected: expected.clone(), found });
-            }
+        let mut pipe = File::from(err_read);
+        if let Err(e) = place(&self.placement, pid) {
+            // Never let it run. If it had failed a step of its own already (and so could not
+            // be moved), that failure is the one to report.
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+            drop(go_write);
+            return Err(child_report(&mut pipe)?.unwrap_or(e));
         }
         nix::unistd::write(&go_write, b"g").map_err(std::io::Error::from)?;
         drop(go_write);
-        let mut report = [0u8; 8];
-        let mut pipe = File::from(err_read);
-        let n = loop {
-            match pipe.read(&mut report) {
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                r => break r?,
+        match child_report(&mut pipe)? {
+            None => Ok((pid, pidfd)),
+            Some(e) => {
+                // The child failed before exec and has exited: reap it.
+                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+                Err(e)
             }
-        };
-        if n == 0 {
-            return Ok((pid, pidfd));
         }
-        // The child failed before exec and has exited: reap it.
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-        let step = u32::from_ne_bytes(report[..4].try_into().expect("4 bytes")) as usize;
-        let errno = i32::from_ne_bytes(report[4..].try_into().expect("4 bytes"));
-        Err(SpawnError::Child {
-            step: STEPS.get(step).copied().unwrap_or("setup"),
-            source: std::io::Error::from_raw_os_error(errno),
-        })
     }
+}
+
+/// Moves the new process into the v1 hierarchies, then checks it is in the agent's cgroup
+/// in every hierarchy.
+fn place(placement: &Placement, pid: i32) -> Result<(), SpawnError> {
+    use std::io::Write;
+    for j in &placement.v1 {
+        // One write(2) of the decimal pid, as cgroup.procs wants it.
+        (&j.procs)
+            .write_all(pid.to_string().as_bytes())
+            .map_err(|source| SpawnError::JoinV1 { dir: j.dir.clone(), source })?;
+    }
+    if let Some(expected) = &placement.expect {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        if let Some((hierarchy, found)) = expected.mismatch(&text) {
+            return Err(SpawnError::Misplaced { hierarchy, expected: expected.path.clone(), found });
+        }
+    }
+    Ok(())
+}
+
+/// What the child reported on the error pipe: None once it has executed (EOF, the pipe is
+/// CLOEXEC) or died without a word.
+fn child_report(pipe: &mut File) -> Result<Option<SpawnError>, SpawnError> {
+    let mut report = [0u8; 8];
+    let n = loop {
+        match pipe.read(&mut report) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            r => break r?,
+        }
+    };
+    if n < report.len() {
+        return Ok(None);
+    }
+    let step = u32::from_ne_bytes(report[..4].try_into().expect("4 bytes")) as usize;
+    let errno = i32::from_ne_bytes(report[4..].try_into().expect("4 bytes"));
+    Ok(Some(SpawnError::Child {
+        step: STEPS.get(step).copied().unwrap_or("setup"),
+        source: std::io::Error::from_raw_os_error(errno),
+    }))
 }
 
 // linux/sched.h; libc's own constants are c_int, too narrow for CLONE_INTO_CGROUP.
@@ -225,7 +275,6 @@ struct CloneArgs {
 /// Must only be called in the child of `clone3`/`fork`, with every pointer valid.
 #[allow(clippy::too_many_arguments)]
 unsafe fn child(
-    v1_procs: &[RawFd],
     stdio: [RawFd; 3],
     set_creds: bool,
     uid: u32,
@@ -249,17 +298,12 @@ unsafe fn child(
             libc::write(err_fd, msg.as_ptr().cast(), msg.len());
             libc::_exit(127)
         };
-        for &fd in v1_procs {
-            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-                fail(0);
-            }
-        }
         if libc::setsid() < 0 {
-            fail(1);
+            fail(step::SETSID);
         }
         for (target, &src) in stdio.iter().enumerate() {
             if libc::dup2(src, target as RawFd) < 0 {
-                fail(2);
+                fail(step::STDIO);
             }
         }
         // Signals: dispositions the daemon ignores (SIGPIPE) would survive execve; the
@@ -271,17 +315,22 @@ unsafe fn child(
         if set_creds {
             // Raw syscalls: glibc's wrappers would try to sync the parent's other threads.
             if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) < 0 {
-                fail(3);
+                fail(step::SETGROUPS);
             }
             if libc::syscall(libc::SYS_setgid, gid) < 0 {
-                fail(4);
+                fail(step::SETGID);
             }
             if libc::syscall(libc::SYS_setuid, uid) < 0 {
-                fail(5);
+                fail(step::SETUID);
             }
         }
+        // After the credential switch, so that nothing exec'ed from here on (setuid or
+        // setcap binaries included) gains privileges; inherited across fork and exec.
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+            fail(step::NO_NEW_PRIVS);
+        }
         if libc::chdir(cwd.as_ptr()) < 0 {
-            fail(6);
+            fail(step::CHDIR);
         }
         // No go (the daemon found us outside the agent's cgroup, or died): never exec.
         let mut go = 0u8;
@@ -289,7 +338,7 @@ unsafe fn child(
             libc::_exit(127);
         }
         libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr());
-        fail(7)
+        fail(step::EXECVE)
     }
 }
 
@@ -337,6 +386,7 @@ pub async fn wait(pidfd: OwnedFd) -> std::io::Result<std::process::ExitStatus> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::error_chain;
 
     #[test]
     fn resolves_in_the_given_path_only() {
@@ -345,5 +395,112 @@ mod tests {
         assert_eq!(resolve("sh", Some("/nonexistent"), cwd), None);
         assert_eq!(resolve("./x", None, Path::new("/tmp")), Some(PathBuf::from("/tmp/./x")));
         assert_eq!(resolve("/bin/sh", Some(""), cwd), Some(PathBuf::from("/bin/sh")));
+    }
+
+    fn no_placement() -> Placement {
+        Placement { v2_dir: None, v1: vec![], expect: None }
+    }
+
+    fn null() -> OwnedFd {
+        File::open("/dev/null").unwrap().into()
+    }
+
+    /// Runs `argv` (with `creds`), returning its stdout and exit status.
+    fn run(
+        argv: &[&str],
+        cwd: &str,
+        placement: Placement,
+        creds: Option<(u32, u32, Vec<u32>)>,
+    ) -> Result<(String, i32), SpawnError> {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        let env = [("PATH".to_string(), "/usr/bin:/bin".to_string())];
+        let spawn = Spawn::new(&argv, &env, Path::new(cwd), [null(), w, null()], placement, creds)?;
+        let (pid, _pidfd) = spawn.start()?;
+        let mut out = String::new();
+        File::from(r).read_to_string(&mut out).unwrap();
+        let status = match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap() {
+            nix::sys::wait::WaitStatus::Exited(_, c) => c,
+            other => panic!("{other:?}"),
+        };
+        Ok((out, status))
+    }
+
+    #[test]
+    fn the_program_runs_with_no_new_privs() {
+        let (out, status) =
+            run(&["grep", "NoNewPrivs", "/proc/self/status"], "/", no_placement(), None).unwrap();
+        assert_eq!((out.as_str(), status), ("NoNewPrivs:\t1\n", 0));
+    }
+
+    /// A program that never ran leaves no marker; the error names what failed.
+    #[test]
+    fn a_failed_placement_never_lets_the_program_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let cmd = format!("touch {}", marker.display());
+        // A cgroup.procs the daemon cannot write (opened read-only).
+        let procs = tempfile::tempfile().unwrap().try_clone().unwrap();
+        let ro = File::open(format!("/proc/self/fd/{}", procs.as_raw_fd())).unwrap();
+        let v1 = vec![crate::cgroup::V1Join { dir: "/sys/fs/cgroup/memory/rush/x".into(), procs: ro }];
+        let e = run(&["sh", "-c", &cmd], "/", Placement { v1, ..no_placement() }, None).unwrap_err();
+        assert!(matches!(e, SpawnError::JoinV1 { .. }), "{e:?}");
+        assert_eq!(e.to_string(), "cannot move the new process into /sys/fs/cgroup/memory/rush/x");
+        // A process found outside the agent's cgroup.
+        let expect = crate::cgroup::Expected { path: "/rush/nowhere".into(), v1_controllers: vec![] };
+        let e = run(&["sh", "-c", &cmd], "/", Placement { expect: Some(expect), ..no_placement() }, None)
+            .unwrap_err();
+        assert!(e.to_string().contains("not in the agent's \"/rush/nowhere\""), "{e}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!marker.exists(), "the program ran");
+        // The child's own failures name their step.
+        let file = marker.with_file_name("file");
+        std::fs::write(&file, "").unwrap();
+        let e = run(&["sh", "-c", &cmd], file.to_str().unwrap(), no_placement(), None).unwrap_err();
+        assert_eq!(error_chain(&e), "chdir in the new process: Not a directory (os error 20)");
+        assert!(!marker.exists(), "the program ran");
+    }
+
+    /// Root only: a setuid-root copy of `id`, run as nobody, stays nobody inside an agent
+    /// (and, as the control, becomes root outside one).
+    #[test]
+    fn setuid_binaries_do_not_raise_privileges() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        if !nix::unistd::geteuid().is_root() {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "SKIP: setuid_binaries_do_not_raise_privileges needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let id = dir.path().join("id");
+        std::fs::copy("/usr/bin/id", &id).unwrap();
+        std::fs::set_permissions(&id, std::fs::Permissions::from_mode(0o4755)).unwrap();
+        let id = id.to_str().unwrap();
+        let nobody = 65534;
+        // Another test's fork may hold our copy's write fd until it execs: ETXTBSY, retried.
+        let busy = |e: &std::io::Error| e.raw_os_error() == Some(libc::ETXTBSY);
+        let retry = |f: &mut dyn FnMut() -> Result<(String, i32), SpawnError>| loop {
+            match f() {
+                Err(SpawnError::Child { source, .. }) if busy(&source) => {}
+                Err(SpawnError::Io(e)) if busy(&e) => {}
+                r => break r.unwrap(),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        };
+        let (outside, _) = retry(&mut || {
+            let out = std::process::Command::new(id).arg("-u").uid(nobody).gid(nobody).output()?;
+            Ok((String::from_utf8_lossy(&out.stdout).trim().to_owned(), 0))
+        });
+        if outside != "0" {
+            use std::io::Write;
+            let _ =
+                writeln!(std::io::stderr(), "SKIP: setuid is not honoured under {}", dir.path().display());
+            return;
+        }
+        let (out, status) =
+            retry(&mut || run(&[id, "-u"], "/", no_placement(), Some((nobody, nobody, vec![]))));
+        assert_eq!((out.trim(), status), ("65534", 0));
     }
 }
