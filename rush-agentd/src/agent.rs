@@ -15,10 +15,11 @@ use rush_proto::{
 use tokio::sync::watch;
 
 use crate::audit::{AuditLog, now_unix_ms};
-use crate::bpf::{KernelNetPolicy, KernelPolicy};
+use crate::bpf::{FileGrantEntry, FileKey, KernelNetPolicy, KernelPolicy, boot_time_ns};
 use crate::cgroup::{AgentCgroup, CgroupBackend};
+use crate::mappings::{Kept, Killed, Lost, path_forms};
 use crate::spawn::{Spawn, SpawnError};
-use crate::tokens::{NewToken, Origin, TokenError, TokenStore};
+use crate::tokens::{NewToken, Origin, Token, TokenError, TokenStore};
 
 /// What a validated spawn request turns into, before anything is created.
 struct Plan {
@@ -66,6 +67,9 @@ pub struct AgentManager {
     baseline: Vec<FileGrant>,
     tokens: TokenStore,
     registry: Mutex<Registry>,
+    /// One revoke or expiry enforcement at a time: one's thaw must not cut another's
+    /// scan of a frozen agent short.
+    enforcing: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -109,6 +113,7 @@ impl AgentManager {
             baseline,
             tokens: TokenStore::default(),
             registry: Mutex::default(),
+            enforcing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -212,7 +217,7 @@ impl AgentManager {
         let result = self.start(&name, &req, plan, caller).await;
         let mut reg = self.registry();
         reg.starting.remove(&name);
-        let (info, cgroup, child) = result?;
+        let (info, cgroup, child, timed) = result?;
 
         let (tx, rx) = watch::channel(None);
         if reg.agents.remove(&name).is_some() {
@@ -233,6 +238,9 @@ impl AgentManager {
                 caller_uid: caller.uid,
             },
         );
+        for token in timed {
+            self.schedule_expiry(token);
+        }
         let mgr = Arc::clone(self);
         tokio::spawn(async move { mgr.watch_exit(name, cgroup, child, tx).await });
         Ok((info, rx))
@@ -244,7 +252,7 @@ impl AgentManager {
         req: &SpawnRequest,
         plan: Plan,
         caller: &Caller,
-    ) -> Result<(AgentInfo, AgentCgroup, Child), ApiError> {
+    ) -> Result<(AgentInfo, AgentCgroup, Child, Vec<Token>), ApiError> {
         let Plan { net, file_tokens, stdio, log_path } = plan;
         let internal =
             |what: &str, e: &dyn std::fmt::Display| api_err(ErrorKind::Internal, format!("{what}: {e}"));
@@ -259,9 +267,12 @@ impl AgentManager {
         // The policy must be in the kernel before the first process enters the cgroup:
         // file grants first, then the agent entry that makes them (and the net policy) live.
         let files_confined = file_tokens.is_some();
+        // Tokens with a TTL: the daemon enforces their expiry on mappings too.
+        let mut timed = Vec::new();
         let installed = (|| {
             if let Some(tokens) = file_tokens {
-                let (_, entries) = self.tokens.add(name, cg.id, tokens);
+                let (added, entries) = self.tokens.add(name, cg.id, tokens);
+                timed.extend(added.into_iter().filter(|t| t.expires.is_some()));
                 for (key, entry) in entries {
                     self.kernel.set_file_grant(cg.id, key, entry)?;
                 }
@@ -298,7 +309,7 @@ impl AgentManager {
                     exit: None,
                     detached: req.stdio == StdioMode::Log,
                 };
-                Ok((info, cg, child))
+                Ok((info, cg, child, timed))
             }
             Err(e) => {
                 let _ = self.cgroups.kill_all(&cg);
@@ -512,11 +523,11 @@ impl AgentManager {
                 use std::os::fd::AsFd;
                 let meta = nix::sys::stat::fstat(fd.as_fd());
                 if meta.is_ok_and(|m| m.st_mode & libc::S_IFMT == libc::S_IFREG) {
-                    let key = crate::tokens::fd_key(fd.as_fd()).map_err(|e| token_err("stdio", &e))?;
                     let path =
                         std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd)))
                             .unwrap_or_default();
-                    tokens.push(NewToken { path, key, ops, ttl_secs: None, origin: Origin::Stdio });
+                    let token = NewToken::stdio(path, fd.as_fd(), ops).map_err(|e| token_err("stdio", &e))?;
+                    tokens.push(token);
                 }
             }
         }
@@ -531,8 +542,8 @@ impl AgentManager {
         Ok(tokens)
     }
 
-    /// The running, file-confined agent `name`: (cgroup id).
-    fn confined_agent(&self, name: &str) -> Result<u64, ApiError> {
+    /// The cgroup of the running, file-confined agent `name`.
+    fn confined_agent(&self, name: &str) -> Result<AgentCgroup, ApiError> {
         let reg = self.registry();
         let a = reg.agents.get(name).ok_or_else(|| not_found(name))?;
         if a.info.state != AgentState::Running {
@@ -547,14 +558,19 @@ impl AgentManager {
                 ),
             ));
         }
-        Ok(a.cgroup.id)
+        Ok(a.cgroup.clone())
     }
 
-    pub fn grant(&self, req: GrantRequest, caller: &Caller) -> Result<TokenInfo, ApiError> {
+    /// The tokens (for the kernel's own changes to them, e.g. a grant moved by a save).
+    pub fn tokens(&self) -> &TokenStore {
+        &self.tokens
+    }
+
+    pub fn grant(self: &Arc<Self>, req: GrantRequest, caller: &Caller) -> Result<TokenInfo, ApiError> {
         if let Some(why) = &self.enforcement.file_tokens_unavailable {
             return Err(api_err(ErrorKind::Unsupported, format!("refusing the grant: {why}")));
         }
-        let cgroup_id = self.confined_agent(&req.agent)?;
+        let cgroup_id = self.confined_agent(&req.agent)?.id;
         if req.ops.0 == 0 {
             return Err(api_err(ErrorKind::InvalidArgument, "no operations to grant"));
         }
@@ -565,16 +581,24 @@ impl AgentManager {
         let token = added[0].info();
         self.audit
             .record(Some(&req.agent), AuditEvent::Grant { caller_uid: caller.uid, token: token.clone() });
+        for t in added {
+            self.schedule_expiry(t);
+        }
         Ok(token)
     }
 
-    pub fn revoke(
-        &self,
+    /// Revokes tokens. Once the kernel map no longer grants what they did, processes of
+    /// the agent whose memory mappings use what was taken away are killed (see
+    /// [`crate::mappings`]); the agent is frozen from before the map change until then.
+    pub async fn revoke(
+        self: &Arc<Self>,
         agent: &str,
         target: RevokeTarget,
         caller: &Caller,
     ) -> Result<Vec<TokenInfo>, ApiError> {
-        let cgroup_id = self.confined_agent(agent)?;
+        let _one = self.enforcing.lock().await;
+        let cg = self.confined_agent(agent)?;
+        let cgroup_id = cg.id;
         let (removed, entries) = match &target {
             RevokeTarget::Id(id) => self.tokens.remove(cgroup_id, |t| t.id == *id),
             RevokeTarget::Path(p) => {
@@ -590,10 +614,99 @@ impl AgentManager {
             };
             return Err(api_err(ErrorKind::NotFound, format!("agent {agent:?} has no {what}")));
         }
-        self.write_entries(cgroup_id, entries)?;
+        let lost = lost_by_revoke(&removed, &entries, boot_time_ns());
+        let killed = self.enforce(cg, lost, move |mgr| mgr.write_entries(cgroup_id, entries)).await?;
         let tokens: Vec<TokenInfo> = removed.iter().map(|t| t.info()).collect();
         self.audit.record(Some(agent), AuditEvent::Revoke { caller_uid: caller.uid, tokens: tokens.clone() });
+        self.record_kills(agent, killed, "revoke");
         Ok(tokens)
+    }
+
+    /// At a token's expiry (the kernel lapses it by itself), the same enforcement on
+    /// memory mappings as a revoke.
+    fn schedule_expiry(self: &Arc<Self>, token: Token) {
+        let Some((deadline, _)) = token.expires else { return };
+        let mgr = Arc::downgrade(self);
+        tokio::spawn(async move {
+            // The deadline is CLOCK_BOOTTIME; tokio's clock stops during suspend: re-check.
+            loop {
+                let now = boot_time_ns();
+                if now >= deadline {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_nanos(deadline - now)).await;
+            }
+            if let Some(mgr) = mgr.upgrade() {
+                mgr.expired(token).await;
+            }
+        });
+    }
+
+    async fn expired(self: Arc<Self>, token: Token) {
+        let _one = self.enforcing.lock().await;
+        let cg = {
+            let reg = self.registry();
+            match reg.agents.get(&token.agent) {
+                Some(a) if a.info.state == AgentState::Running && a.cgroup.id == token.cgroup_id => {
+                    a.cgroup.clone()
+                }
+                _ => return,
+            }
+        };
+        // Revoked meanwhile: the revoke did this already.
+        if !self.tokens.list(Some(&token.agent)).iter().any(|t| t.id == token.id) {
+            return;
+        }
+        let lost = vec![(token.key, token.path.clone(), token.ops)];
+        match self.enforce(cg, lost, |_| Ok(())).await {
+            Ok(killed) => self.record_kills(&token.agent, killed, "expiry"),
+            Err(e) => {
+                tracing::error!(agent = %token.agent, error = %e.message, "expiry not enforced on mappings")
+            }
+        }
+    }
+
+    /// [`crate::mappings::enforce`] on a blocking thread (it waits for the freeze and
+    /// reads /proc): `apply` is the kernel map change.
+    async fn enforce(
+        self: &Arc<Self>,
+        cg: AgentCgroup,
+        lost: Vec<(FileKey, PathBuf, Ops)>,
+        apply: impl FnOnce(&AgentManager) -> Result<(), ApiError> + Send + 'static,
+    ) -> Result<Vec<Killed>, ApiError> {
+        if lost.is_empty() {
+            return apply(self).map(|()| Vec::new());
+        }
+        let mgr = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let lost: Vec<Lost> = lost
+                .into_iter()
+                .map(|(key, path, ops)| Lost { key, paths: path_forms(&path), ops })
+                .collect();
+            let kept = || -> Vec<Kept> {
+                let live = mgr.tokens.list(Some(&cg.name)).into_iter().filter(|t| !t.expired);
+                live.map(|t| Kept { paths: path_forms(&t.path), ops: t.ops }).collect()
+            };
+            crate::mappings::enforce(&*mgr.cgroups, &cg, &lost, &kept, || apply(&mgr))
+        })
+        .await
+        .map_err(|e| api_err(ErrorKind::Internal, format!("enforcing on memory mappings: {e}")))?
+    }
+
+    fn record_kills(&self, agent: &str, killed: Vec<Killed>, cause: &str) {
+        for k in killed {
+            tracing::warn!(agent, pid = k.pid, path = %k.path.display(), ops = %k.ops, cause, "killed: maps a file it may no longer use");
+            self.audit.record(
+                Some(agent),
+                AuditEvent::RevokeKill {
+                    pid: k.pid,
+                    comm: k.comm,
+                    path: k.path.display().to_string(),
+                    ops: k.ops.to_string(),
+                    cause: cause.into(),
+                },
+            );
+        }
     }
 
     pub fn capabilities(&self, agent: Option<&str>) -> Result<Vec<TokenInfo>, ApiError> {
@@ -637,6 +750,32 @@ impl AgentManager {
             }
         }
     }
+}
+
+/// Per removed token: (inode, path, the operations no longer granted on that inode). A
+/// token that had expired already took nothing away now; one whose operations another
+/// token on the same inode still grants took those away from no one.
+fn lost_by_revoke(
+    removed: &[Token],
+    entries: &[(FileKey, Option<FileGrantEntry>)],
+    now_boot_ns: u64,
+) -> Vec<(FileKey, PathBuf, Ops)> {
+    let still = |key: FileKey| -> u32 {
+        let entry = entries.iter().find(|(k, _)| *k == key).and_then(|(_, e)| *e);
+        entry.map_or(0, |e| {
+            e.expires_ns
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| **t > now_boot_ns)
+                .fold(0, |acc, (bit, _)| acc | 1 << bit)
+        })
+    };
+    removed
+        .iter()
+        .filter(|t| t.expires.is_none_or(|(ns, _)| ns > now_boot_ns))
+        .map(|t| (t.key, t.path.clone(), Ops(t.ops.0 & !still(t.key))))
+        .filter(|(_, _, ops)| ops.0 != 0)
+        .collect()
 }
 
 fn token_err(what: &str, e: &TokenError) -> ApiError {
@@ -893,11 +1032,11 @@ mod tests {
         assert_eq!(entry(&f).unwrap().expires_ns[1], u64::MAX);
         // A second token on the same path, then revoke by path: both go, entry deleted.
         f.mgr.grant(GrantRequest { ops: "read".parse().unwrap(), ..grant.clone() }, &me()).unwrap();
-        let gone = f.mgr.revoke("g1", RevokeTarget::Path(other.path().to_owned()), &me()).unwrap();
+        let gone = f.mgr.revoke("g1", RevokeTarget::Path(other.path().to_owned()), &me()).await.unwrap();
         assert_eq!(gone.len(), 2);
         assert!(gone.iter().any(|t| t.id == token.id));
         assert_eq!(entry(&f), None);
-        let e = f.mgr.revoke("g1", RevokeTarget::Id(token.id), &me()).unwrap_err();
+        let e = f.mgr.revoke("g1", RevokeTarget::Id(token.id), &me()).await.unwrap_err();
         assert_eq!(e.kind, ErrorKind::NotFound);
         let e =
             f.mgr.grant(GrantRequest { path: "/nonexistent/x".into(), ..grant.clone() }, &me()).unwrap_err();
@@ -916,5 +1055,98 @@ mod tests {
         let f = fixture(enforced());
         let e = f.mgr.grant(grant, &me()).unwrap_err();
         assert_eq!(e.kind, ErrorKind::Unsupported);
+    }
+
+    /// An agent running a copy of `sleep` from a directory it was granted `ops` on: the
+    /// program's text is an executable, private mapping of a file there.
+    async fn mapping_agent(
+        f: &Fixture,
+        name: &str,
+        ops: &str,
+    ) -> (tempfile::TempDir, watch::Receiver<Option<ExitStatus>>) {
+        let dir = tempfile::tempdir().unwrap();
+        let sleep = dir.path().join("sleep");
+        std::fs::copy("/bin/sleep", &sleep).unwrap();
+        let allow: FileGrant = format!("{}:{ops}", dir.path().display()).parse().unwrap();
+        let cmd = [sleep.to_str().unwrap(), "30"];
+        // Another test's fork may briefly hold the copy's write fd: ETXTBSY, retried.
+        let (info, rx) = loop {
+            let r = SpawnRequest { allow: vec![allow.clone()], ..req(name, &cmd) };
+            match f.mgr.spawn(r, &me(), None).await {
+                Err(e) if e.message.contains("Text file busy") => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
+                }
+                r => break r.unwrap(),
+            }
+        };
+        f.cgroups.add_pid(name, info.pid);
+        // Until it has executed the copy, its maps show the daemon's binary.
+        for _ in 0..500 {
+            let maps = std::fs::read_to_string(format!("/proc/{}/maps", info.pid)).unwrap_or_default();
+            if maps.contains(sleep.to_str().unwrap()) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        (dir, rx)
+    }
+
+    fn revoke_kills(f: &Fixture) -> Vec<(u32, String, String, String)> {
+        let all = f.mgr.audit.query(&rush_proto::AuditQuery::default()).unwrap();
+        all.into_iter()
+            .filter_map(|r| match r.event {
+                AuditEvent::RevokeKill { pid, path, ops, cause, .. } => Some((pid, path, ops, cause)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn revoke_kills_only_processes_whose_mappings_lost_an_operation() {
+        let f = fixture(files_enforced());
+        let (dir, mut rx) = mapping_agent(&f, "m1", "read,exec").await;
+        let pid = f.mgr.status("m1").unwrap().pid;
+        let grant = |ops: &str| GrantRequest {
+            agent: "m1".into(),
+            path: dir.path().to_owned(),
+            ops: ops.parse().unwrap(),
+            duration_secs: None,
+        };
+        // Write taken away: the program's mapping is private, nothing it uses is lost.
+        let w = f.mgr.grant(grant("write"), &me()).unwrap();
+        f.mgr.revoke("m1", RevokeTarget::Id(w.id), &me()).await.unwrap();
+        assert_eq!(*f.cgroups.freezes.lock().unwrap(), ["freeze m1", "thaw m1"]);
+        // A second token granting the same: revoking it takes nothing away, no freeze.
+        let again = f.mgr.grant(grant("read,exec"), &me()).unwrap();
+        f.mgr.revoke("m1", RevokeTarget::Id(again.id), &me()).await.unwrap();
+        assert_eq!(f.cgroups.freezes.lock().unwrap().len(), 2, "nothing lost, nothing frozen");
+        assert!(revoke_kills(&f).is_empty());
+        assert_eq!(f.mgr.status("m1").unwrap().state, AgentState::Running);
+
+        // Read and exec taken away: the process mapping its program goes.
+        f.mgr.revoke("m1", RevokeTarget::Path(dir.path().to_owned()), &me()).await.unwrap();
+        let status = rx.wait_for(|s| s.is_some()).await.unwrap().unwrap();
+        assert_eq!(status.signal, Some(libc::SIGKILL));
+        let path = dir.path().join("sleep").display().to_string();
+        assert_eq!(revoke_kills(&f), [(pid, path, "read,exec".into(), "revoke".into())]);
+        assert_eq!(f.cgroups.freezes.lock().unwrap()[2..], ["freeze m1", "thaw m1"]);
+    }
+
+    #[tokio::test]
+    async fn an_expiring_token_kills_the_processes_mapping_its_files() {
+        let f = fixture(files_enforced());
+        let started = std::time::Instant::now();
+        let (dir, mut rx) = mapping_agent(&f, "m2", "read,exec:1s").await;
+        let status = tokio::time::timeout(std::time::Duration::from_secs(10), rx.wait_for(|s| s.is_some()))
+            .await
+            .expect("killed at expiry")
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.signal, Some(libc::SIGKILL));
+        assert!(started.elapsed() >= std::time::Duration::from_secs(1));
+        let kills = revoke_kills(&f);
+        assert_eq!(kills.len(), 1, "{kills:?}");
+        assert_eq!(kills[0].1, dir.path().join("sleep").display().to_string());
+        assert_eq!(kills[0].3, "expiry");
     }
 }

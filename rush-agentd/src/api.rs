@@ -345,7 +345,7 @@ async fn dispatch(
         }
         Request::Grant(req) => ctx.agents.grant(req, &peer.caller).map(|token| Response::Granted { token }),
         Request::Revoke { agent, target } => {
-            ctx.agents.revoke(&agent, target, &peer.caller).map(|tokens| Response::Revoked { tokens })
+            ctx.agents.revoke(&agent, target, &peer.caller).await.map(|tokens| Response::Revoked { tokens })
         }
         Request::ListCapabilities { agent } => {
             ctx.agents.capabilities(agent.as_deref()).map(|tokens| Response::Capabilities { tokens })

@@ -119,6 +119,12 @@ pub trait CgroupBackend: Send + Sync + 'static {
     /// What the first process needs to start inside the agent's cgroups.
     fn placement(&self, cg: &AgentCgroup) -> Result<Placement, CgroupError>;
     fn pids(&self, cg: &AgentCgroup) -> Vec<u32>;
+    /// The processes of the agent's cgroup and of any sub-cgroups the agent made.
+    fn all_pids(&self, cg: &AgentCgroup) -> Vec<u32>;
+    /// Freezes the agent's v2 cgroup (sub-cgroups included) and waits until the kernel
+    /// reports it frozen: Ok(false) if that took longer than `timeout` (it stays freezing).
+    fn freeze(&self, cg: &AgentCgroup, timeout: Duration) -> Result<bool, CgroupError>;
+    fn thaw(&self, cg: &AgentCgroup) -> Result<(), CgroupError>;
     /// Kills every process in the cgroup; returns how many there were.
     fn kill_all(&self, cg: &AgentCgroup) -> Result<u32, CgroupError>;
     /// Removes the directories; the cgroup must be empty (waits briefly for exiting tasks).
@@ -310,6 +316,36 @@ impl CgroupBackend for FsCgroups {
         read_pids(&cg.v2_dir.join("cgroup.procs"))
     }
 
+    fn all_pids(&self, cg: &AgentCgroup) -> Vec<u32> {
+        fn walk(dir: &Path, out: &mut Vec<u32>) {
+            out.extend(read_pids(&dir.join("cgroup.procs")));
+            for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&e.path(), out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&cg.v2_dir, &mut out);
+        out
+    }
+
+    fn freeze(&self, cg: &AgentCgroup, timeout: Duration) -> Result<bool, CgroupError> {
+        let file = cg.v2_dir.join("cgroup.freeze");
+        fs::write(&file, "1").map_err(io_err(&file))?;
+        let events = cg.v2_dir.join("cgroup.events");
+        wait_frozen(&events, timeout).map_err(io_err(&events))
+    }
+
+    fn thaw(&self, cg: &AgentCgroup) -> Result<(), CgroupError> {
+        let file = cg.v2_dir.join("cgroup.freeze");
+        match fs::write(&file, "0") {
+            // An agent gone meanwhile is not frozen.
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            r => r.map_err(io_err(&file)),
+        }
+    }
+
     fn kill_all(&self, cg: &AgentCgroup) -> Result<u32, CgroupError> {
         let before = self.pids(cg).len() as u32;
         let kill_file = cg.v2_dir.join("cgroup.kill");
@@ -395,6 +431,34 @@ fn remove_tree(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Waits until `cgroup.events` says `frozen 1`: the kernel signals a change of that file
+/// with POLLPRI, so this sleeps until the state changes rather than polling on a timer.
+fn wait_frozen(events: &Path, timeout: Duration) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::fd::AsRawFd;
+    let deadline = Instant::now() + timeout;
+    let mut f = File::open(events)?;
+    let mut text = String::new();
+    loop {
+        text.clear();
+        f.seek(SeekFrom::Start(0))?;
+        f.read_to_string(&mut text)?;
+        if text.lines().any(|l| l == "frozen 1") {
+            return Ok(true);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        let mut pfd = libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLPRI, revents: 0 };
+        // SAFETY: one valid pollfd for the duration of the call; `f` stays open.
+        let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().clamp(1, i32::MAX as u128) as i32) };
+        if r < 0 && std::io::Error::last_os_error().kind() != ErrorKind::Interrupted {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+}
+
 fn read_pids(path: &Path) -> Vec<u32> {
     fs::read_to_string(path)
         .map(|s| s.lines().filter_map(|l| l.trim().parse().ok()).collect())
@@ -418,6 +482,8 @@ pub mod fake {
     #[derive(Default)]
     pub struct FakeCgroups {
         pub cgroups: Mutex<HashMap<String, (AgentCgroup, Vec<u32>)>>,
+        /// "freeze NAME" / "thaw NAME", in order.
+        pub freezes: Mutex<Vec<String>>,
         next_id: std::sync::atomic::AtomicU64,
     }
 
@@ -455,6 +521,17 @@ pub mod fake {
         }
         fn pids(&self, cg: &AgentCgroup) -> Vec<u32> {
             self.cgroups.lock().unwrap().get(&cg.name).map(|(_, p)| p.clone()).unwrap_or_default()
+        }
+        fn all_pids(&self, cg: &AgentCgroup) -> Vec<u32> {
+            self.pids(cg)
+        }
+        fn freeze(&self, cg: &AgentCgroup, _timeout: Duration) -> Result<bool, CgroupError> {
+            self.freezes.lock().unwrap().push(format!("freeze {}", cg.name));
+            Ok(true)
+        }
+        fn thaw(&self, cg: &AgentCgroup) -> Result<(), CgroupError> {
+            self.freezes.lock().unwrap().push(format!("thaw {}", cg.name));
+            Ok(())
         }
         fn kill_all(&self, cg: &AgentCgroup) -> Result<u32, CgroupError> {
             let pids = self
@@ -534,6 +611,61 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
         );
         // "cpu" must not match "cpuset".
         assert_eq!(exp.mismatch("3:cpuset:/rush/a1\n12:memory:/rush/a1\n0::/rush/a1\n").unwrap().0, "v1 cpu");
+    }
+
+    /// Root only, on this machine's real cgroupfs (hybrid here: v1 controllers too): the
+    /// daemon places a process in every hierarchy, and freezes and thaws the agent with
+    /// the process in a sub-cgroup it made.
+    #[test]
+    fn real_cgroups_place_freeze_and_thaw() {
+        if !nix::unistd::geteuid().is_root() {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "SKIP: real_cgroups_place_freeze_and_thaw needs root");
+            return;
+        }
+        struct Cleanup(FsCgroups, AgentCgroup);
+        impl Drop for Cleanup {
+            fn drop(&mut self) {
+                let _ = self.0.thaw(&self.1);
+                let _ = self.0.kill_all(&self.1);
+                let _ = self.0.remove(&self.1);
+                self.0.remove_parent();
+            }
+        }
+        let layout = CgroupLayout::detect().unwrap();
+        let parent = format!("rush-unit-{}", std::process::id());
+        let v1: Vec<String> = V1_CONTROLLERS.iter().map(|c| c.to_string()).collect();
+        let cgroups = FsCgroups::new(layout, Path::new(&parent), &v1).unwrap();
+        let cg = cgroups.create("a1").unwrap();
+        let placement = cgroups.placement(&cg).unwrap();
+        let c = Cleanup(cgroups, cg);
+        let null = || std::os::fd::OwnedFd::from(File::open("/dev/null").unwrap());
+        let argv = ["sleep".to_string(), "30".to_string()];
+        let env = [("PATH".to_string(), "/usr/bin:/bin".to_string())];
+        let spawn =
+            crate::spawn::Spawn::new(&argv, &env, Path::new("/"), [null(), null(), null()], placement, None)
+                .unwrap();
+        // start() checks every hierarchy before it lets the process exec.
+        let (pid, _pidfd) = spawn.start().unwrap();
+        let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        for (controller, _) in &c.0.layout.v1 {
+            let line =
+                text.lines().find(|l| l.split(':').nth(1).unwrap().split(',').any(|x| x == controller));
+            assert!(line.unwrap().ends_with(&format!("/{parent}/a1")), "{controller}: {text}");
+        }
+
+        let sub = c.1.v2_dir.join("sub");
+        fs::create_dir(&sub).unwrap();
+        fs::write(sub.join("cgroup.procs"), pid.to_string()).unwrap();
+        assert_eq!(c.0.pids(&c.1), Vec::<u32>::new());
+        assert_eq!(c.0.all_pids(&c.1), [pid as u32]);
+        let frozen = |dir: &Path| fs::read_to_string(dir.join("cgroup.events")).unwrap().contains("frozen 1");
+        assert!(c.0.freeze(&c.1, Duration::from_secs(5)).unwrap());
+        assert!(frozen(&sub), "the sub-cgroup is frozen with its parent");
+        c.0.thaw(&c.1).unwrap();
+        assert!(!frozen(&sub) && !frozen(&c.1.v2_dir));
+        assert_eq!(c.0.kill_all(&c.1).unwrap(), 0, "kill_all counts the top level only");
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! - [`agent`] — spawning, tracking and killing agents
 //! - [`spawn`] — clone3 into the agent's cgroup, then exec
 //! - [`tokens`] — capability tokens and their kernel grant entries
+//! - [`mappings`] — revokes and expiries reaching files mapped in memory
 //! - [`audit`] — the audit trail
 //! - [`api`] — the Unix-socket NDJSON server and caller identification
 //! - [`probe`] — what this kernel supports (`doctor`)
@@ -17,6 +18,7 @@ pub mod bpf;
 pub mod cgroup;
 pub mod config;
 pub mod daemon;
+pub mod mappings;
 pub mod probe;
 pub mod spawn;
 pub mod tokens;
