@@ -87,11 +87,13 @@ impl Daemon {
         let logf = std::fs::File::create(&log).expect("daemon log");
         let config_path = state.path().join("config.toml");
         std::fs::write(&config_path, config).expect("config file");
+        // The socket outside the state dir, as in a real install (/run/rush vs
+        // /var/lib/rush): agents reach the socket, never the state.
         let child = Command::new(bin("rush-agentd"))
             .arg("--config")
             .arg(&config_path)
             .arg("--state-dir")
-            .arg(state.path())
+            .arg(state.path().join("state"))
             .arg("--socket")
             .arg(&socket)
             .arg("--pin-dir")

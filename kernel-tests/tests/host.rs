@@ -165,8 +165,26 @@ fn a_sub_cgroup_made_inside_the_agent_stays_confined() {
     );
     let out = d.rush(&["agent", "spawn", "s1", "--net", "deny", "--", "sh", "-c", &script]);
     let text = stdout(&out);
+    if self_protected(&d) {
+        // Where the guard programs attach, the agent cannot even make the sub-cgroup.
+        assert!(!text.contains("/escape"), "the agent moved into a sub-cgroup: {}", describe(&out));
+        assert!(!out.status.success(), "mkdir in cgroupfs must fail: {}", describe(&out));
+        let denied = d.audit().iter().any(|r| r["event"]["kind"] == "guard_deny");
+        assert!(denied, "no guard_deny in the audit trail: {:?}", d.audit());
+        return;
+    }
     assert!(text.contains("/escape"), "the agent did move into its sub-cgroup: {}", describe(&out));
     assert!(text.ends_with("errno EPERM"), "{}", describe(&out));
+}
+
+/// Whether `rush doctor` says self-protection (the BPF LSM guard programs) holds.
+fn self_protected(d: &Daemon) -> bool {
+    let doctor = d.doctor();
+    doctor["guarantees"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|g| g["name"] == "self-protection" && g["holds"] == true)
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Start-up, the event pump from the kernel to the audit log, and shutdown.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rush_proto::AuditEvent;
@@ -48,11 +48,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
         pin_dir: config.bpf.pin_dir.clone(),
         cgroup2_root: layout.v2_root.clone(),
         agent_cgroup_level: cgroups.agent_level(),
-        // Agents may not enter the daemon's state (audit trail, logs) or its config.
-        protected_dirs: [state_dir.clone(), PathBuf::from(crate::config::DEFAULT_CONFIG_DIR)]
-            .into_iter()
-            .filter(|d| d.is_dir())
-            .collect(),
+        protected_dirs: protected_dirs(&state_dir, &config.daemon.socket),
     };
     let (bpf, report, events) = BpfHandle::start(bpf_config)?;
     log_attach_report(&report);
@@ -191,6 +187,26 @@ async fn pump_events(
             }
         }
     }
+}
+
+/// Directories agents may not enter: the daemon's state (audit trail, logs) and config,
+/// unless the socket, which agents use, is inside one (then that one stays open, loudly).
+fn protected_dirs(state_dir: &Path, socket: &Path) -> Vec<PathBuf> {
+    [state_dir.to_path_buf(), PathBuf::from(crate::config::DEFAULT_CONFIG_DIR)]
+        .into_iter()
+        .filter(|dir| dir.is_dir())
+        .filter(|dir| {
+            let holds_socket = socket.starts_with(dir);
+            if holds_socket {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    socket = %socket.display(),
+                    "the socket is inside this directory, so agents can enter it: put the socket elsewhere"
+                );
+            }
+            !holds_socket
+        })
+        .collect()
 }
 
 /// What a guard deny refused, in words: the capability, signal, bpf command, ...

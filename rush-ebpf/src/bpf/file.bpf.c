@@ -6,7 +6,10 @@
  * do an operation (read, write, exec, create, delete) on an object only if a grant covers
  * it: an entry of rush_file_grants for (agent, dev, ino) of the object or of any directory
  * above it, up to the global root and across mount points (a grant on a directory covers
- * its subtree), whose expiry for that op lies in the future of bpf_ktime_get_boot_ns().
+ * its subtree), whose expiry for that op lies in the future of bpf_ktime_get_boot_ns(),
+ * met in the mount the grant names (a bind mount elsewhere does not carry it). dev is the
+ * superblock's, except on btrfs: the subvolume's anonymous device, since subvolumes and
+ * snapshots share the superblock and repeat inode numbers.
  * Everybody else (non-agents, agents without the flag) pays one hash lookup and is never
  * denied. Denies return -EPERM and emit a struct rush_file_event on rush_events.
  *
@@ -29,16 +32,21 @@
  *                    on the source, so an object cannot be moved into more access.
  *   path_link        create on the new parent + the same no-widening rule.
  *   path_truncate, path_chmod, path_chown  write.
+ *   mmap_file, file_mprotect               exec, for PROT_EXEC mappings of a file (the
+ *                    ELF loader run by hand would otherwise run ungranted code).
+ * Save right (RUSH_FILE_OP_SAVE, internal): on the directory of a file the agent may
+ * write, path_mknod lets it create a regular file there, which the next file_open grants
+ * it (read, write, delete), and path_rename lets it rename such a file over the writable
+ * one in the same directory, moving that file's grant to the new inode (editor saves).
  * Objects on internal (kernel) mounts, reachable only through a descriptor the process
- * already holds (a pipe or memfd reopened through /proc/self/fd, nsfs), count as granted,
- * as Landlock does.
+ * already holds (a pipe or memfd reopened through /proc/self/fd, nsfs), count as granted
+ * for read and write, as Landlock does, never for exec (no memfd + execveat).
  *
  * NOT covered (yet):
- *   - mmap: pages of a file mapped before a revoke stay readable/writable (no check on
- *     page faults); mmap/mprotect themselves are not checked (mmap_file hook).
+ *   - mmap: pages of a file mapped before a revoke stay readable/writable (no hook on
+ *     page faults): the daemon kills the agent's processes holding such mappings.
  *   - io_uring: its io-wq and SQPOLL workers are threads of the submitting task, in its
- *     cgroup, so its opens and reads/writes should meet these hooks as the agent; not
- *     tested yet.
+ *     cgroup, so its opens and reads/writes meet these hooks as the agent.
  *   - ftruncate() on 6.2+ kernels goes through file_truncate (absent in 6.1), not
  *     path_truncate: ftruncate of an fd opened for write before a revoke still works
  *     there. open(O_TRUNC) and truncate(path) are checked everywhere.
@@ -50,9 +58,8 @@
  *   - Stacked/backing files: overlayfs opens its real files on private, detached mounts,
  *     so the walk for those ends at the layer's root: agents on an overlayfs root are
  *     denied unless the layer directories are granted.
- *   - (dev, ino) is the identity: on btrfs every subvolume shares the superblock's s_dev
- *     while inode numbers repeat per subvolume, so a grant on one subvolume's inode N
- *     also matches inode N of every other subvolume (snapshots included) of that fs.
+ *   - btrfs needs its BTF (built in, or the module loaded before these programs): without
+ *     it every btrfs file is denied, and the daemon refuses grants there.
  *   - The walk reads d_parent/mnt_parent without the kernel's locks (as every BPF LSM
  *     does): a rename racing with a check can be judged on either side of it.
  *   - A walk longer than RUSH_WALK_MAX levels denies (fail closed).

@@ -33,6 +33,7 @@
 #define MAY_WRITE 0x2
 #define MAY_APPEND 0x8
 #define CAP_OPT_NOAUDIT 0x2
+#define PTRACE_MODE_NOAUDIT 0x04
 #define F_SETOWN 8
 #define F_SETOWN_EX 15
 
@@ -135,6 +136,13 @@ int BPF_PROG(rush_bpf, int cmd)
 SEC("lsm/ptrace_access_check")
 int BPF_PROG(rush_ptrace_access_check, struct task_struct *child, unsigned int mode)
 {
+	__u64 cgroup_id;
+
+	/* The kernel's quiet probes (ps reading /proc/PID/stat): denied without an event. */
+	if (mode & PTRACE_MODE_NOAUDIT) {
+		cgroup_id = rush_agent_self();
+		return cgroup_id && rush_task_agent_cgroup(child) != cgroup_id ? -EPERM : 0;
+	}
 	return rush_check_task(RUSH_GHOOK_PTRACE, child, mode);
 }
 
