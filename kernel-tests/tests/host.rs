@@ -555,3 +555,25 @@ fn detached_agents_log_their_output() {
 fn which(prog: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
 }
+
+/// The cgroup/sysctl program needs no BPF LSM: even a root agent on this host writes no
+/// sysctl, while the same write from outside agents works.
+#[test]
+fn agents_cannot_write_sysctls() {
+    if !host_ready() {
+        return;
+    }
+    let d = Daemon::start();
+    let path = "/proc/sys/kernel/domainname";
+    let before = std::fs::read_to_string(path).unwrap();
+    let script = format!("echo rush-escaped > {path}");
+    let out = d.rush(&["agent", "spawn", "sysctl", "--net", "deny", "--", "sh", "-c", &script]);
+    assert!(!out.status.success(), "the write succeeded: {}", describe(&out));
+    assert_eq!(std::fs::read_to_string(path).unwrap(), before, "{path} changed");
+    let denied = d.audit().into_iter().any(|r| {
+        r["agent"] == "sysctl" && r["event"]["kind"] == "guard_deny" && r["event"]["hook"] == "cgroup/sysctl"
+    });
+    assert!(denied, "no guard_deny from cgroup/sysctl: {:?}", d.audit());
+    // Outside agents: untouched (write the same value back).
+    std::fs::write(path, before.trim_end()).expect("root outside agents writes sysctls");
+}
