@@ -1,0 +1,940 @@
+//! `rush-test-escape STEP ARGS... [;; STEP ARGS...]...`: escape attempts against Rush's
+//! confinement, one system call (or a short fixed sequence) per step, run in order in ONE
+//! process so that a step can use what an earlier one left (an open fd, a mount, a
+//! namespace, a rename). Every step prints one line, `ok DETAIL` or `errno NAME`, and
+//! `errno NAME (STAGE)` when a later stage of a multi-call step failed (so `errno EPERM`
+//! alone always means the step's first, decisive call was refused). A few steps print an
+//! extra `ok ...` line for a stage that must succeed before the attempt. Exit status: 0 if
+//! every line was `ok`, 10 otherwise, 2 on a usage error.
+//!
+//! `@` as a whole argument, or inside one (`/proc/self/fd/@`), is the number of the last
+//! fd a step opened and kept (opath, dir, memfd, bpf-get, hold-open).
+//!
+//! Files: read PATH | cat PATH | open PATH (O_RDONLY, nothing read) | write PATH TEXT (O_TRUNC, no create) | put PATH TEXT (no
+//! O_TRUNC, no create) | open-rw PATH | create PATH TEXT | ls DIR | readlink PATH |
+//! symlink TARGET LINK | link FROM TO | link-follow FROM TO (AT_SYMLINK_FOLLOW) |
+//! link-empty FD TO (AT_EMPTY_PATH) | rename FROM TO | unlink PATH | mkdir PATH |
+//! mkfifo PATH | mknod-blk PATH MAJOR MINOR | truncate PATH LEN | chmod PATH OCTAL |
+//! chown PATH UID GID | ino PATH
+//! Fds: opath PATH | dir PATH | openat FD NAME | openat2 FD|cwd NAME RESOLVE[,RESOLVE]
+//! (none, beneath, in-root, no-magiclinks, no-symlinks, no-xdev) | hold-open PATH (keeps
+//! it open, prints `ok fd N`, waits for stdin EOF)
+//! Processes: ptrace-attach PID | ptrace-seize PID | vm-read PID | vm-write PID |
+//! pidfd-getfd PID FD | kill PID SIG | pidfd-kill PID SIG | sigio PID SIG [ioctl] |
+//! sigio-self | fork-chain N DENIED GRANTED | clone-into-cgroup DIR | ids | nnp | cgroup
+//! say TEXT | run PROG ARGS... | as-user UID GID -- PROG ARGS... (execs; the rest of the
+//! line is PROG's)
+//! Mounts and namespaces: mount-bind SRC DST | mount-tmpfs DST | umount PATH |
+//! move-mount FROM TO | open-tree PATH | fsopen FSTYPE | pivot-root NEW OLD | chroot PATH |
+//! unshare FLAG[,FLAG] (mnt, user, net, uts, ipc, pid, cgroup) | clone-newuser | setns PATH
+//! Exec: memfd SRC (a memfd holding SRC's bytes) | mmap-read FD | mmap-exec FD |
+//! mprotect-exec FD | execve PATH | execveat FD (both exec PATH/FD as
+//! `rush-test-escape say executed`) | mmap-hold PATH rw|r (maps PATH MAP_SHARED, prints
+//! `mapped PID`, then runs `write TEXT` / `read` lines from stdin through the mapping)
+//! Kernel: bpf-get PIN | bpf-poison FD (sets the map's first entry to all ones) |
+//! bpf-map-create | map-dump PIN (outside agents: `entry KEY VALUE` lines in hex) |
+//! io-uring-openat PATH | init-module | finit-module PATH | delete-module NAME |
+//! socket-raw | socket-packet | socket-udp | sethostname (to its current name) |
+//! swapoff PATH | ioperm | net-admin (lo's flags, unchanged) | reboot-badmagic | handle PATH (outside: name_to_handle_at → `ok TYPE HEX`) |
+//! open-by-handle MOUNTDIR TYPE HEX | btrfs-subvol PATH | btrfs-snap SRC DST
+
+use std::ffi::{CString, c_long};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use nix::errno::Errno;
+
+/// A refused step: the errno, and the stage when it was not the step's first call.
+struct Fail(Errno, &'static str);
+
+type Step = Result<String, Fail>;
+
+fn io(e: std::io::Error) -> Fail {
+    Fail(e.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::UnknownErrno), "")
+}
+
+fn at(stage: &'static str) -> impl Fn(std::io::Error) -> Fail {
+    move |e| Fail(io(e).0, stage)
+}
+
+/// A raw system call's return value: -1 → the errno of `stage`.
+fn sys(ret: c_long, stage: &'static str) -> Result<c_long, Fail> {
+    if ret < 0 { Err(Fail(Errno::last(), stage)) } else { Ok(ret) }
+}
+
+fn sysi(ret: i32, stage: &'static str) -> Result<i32, Fail> {
+    sys(c_long::from(ret), stage).map(|r| r as i32)
+}
+
+fn cs(s: &str) -> CString {
+    CString::new(s).expect("argument with a NUL byte")
+}
+
+fn num<T: std::str::FromStr>(s: &str) -> T {
+    s.parse().unwrap_or_else(|_| usage(&format!("not a number: {s:?}")))
+}
+
+fn usage(why: &str) -> ! {
+    eprintln!("rush-test-escape: {why} (see the header of kernel-tests/src/bin/escape.rs)");
+    std::process::exit(2)
+}
+
+static LAST_FD: AtomicI32 = AtomicI32::new(-1);
+
+fn keep(fd: RawFd) -> String {
+    LAST_FD.store(fd, Ordering::Relaxed);
+    format!("fd {fd}")
+}
+
+fn flush() {
+    let _ = std::io::stdout().flush();
+}
+
+/// An extra `ok` line for a stage that has to succeed before the attempt proper.
+fn stage_ok(what: &str) {
+    println!("ok {what}");
+    flush();
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.is_empty() {
+        usage("no step");
+    }
+    let mut all = true;
+    let mut rest: &[String] = &args;
+    while !rest.is_empty() {
+        let end = rest.iter().position(|a| a == ";;").unwrap_or(rest.len());
+        let step: Vec<String> = rest[..end]
+            .iter()
+            .map(|a| {
+                let fd = LAST_FD.load(Ordering::Relaxed).to_string();
+                if a.contains('@') { a.replace('@', &fd) } else { a.clone() }
+            })
+            .collect();
+        rest = if end < rest.len() { &rest[end + 1..] } else { &[] };
+        if step.is_empty() {
+            continue;
+        }
+        // as-user takes everything after it: the program and its own arguments.
+        if step[0] == "as-user" {
+            let mut whole: Vec<String> = step.clone();
+            if !rest.is_empty() {
+                whole.push(";;".into());
+                whole.extend(rest.iter().cloned());
+            }
+            rest = &[];
+            all &= report(as_user(&whole[1..]));
+            continue;
+        }
+        all &= report(run_step(&step));
+    }
+    flush();
+    if all { ExitCode::SUCCESS } else { ExitCode::from(10) }
+}
+
+fn report(r: Step) -> bool {
+    let ok = match r {
+        Ok(s) if s.is_empty() => {
+            println!("ok");
+            true
+        }
+        Ok(s) => {
+            println!("ok {s}");
+            true
+        }
+        Err(Fail(e, "")) => {
+            println!("errno {e:?}");
+            false
+        }
+        Err(Fail(e, stage)) => {
+            println!("errno {e:?} ({stage})");
+            false
+        }
+    };
+    flush();
+    ok
+}
+
+fn run_step(s: &[String]) -> Step {
+    let a = |i: usize| -> &str {
+        s.get(i).map(String::as_str).unwrap_or_else(|| usage(&format!("{}: too few arguments", s[0])))
+    };
+    match s[0].as_str() {
+        // Files.
+        "read" => read_all(File::open(a(1)).map_err(io)?).map(|v| v.len().to_string()),
+        "cat" => read_all(File::open(a(1)).map_err(io)?)
+            .map(|v| String::from_utf8_lossy(&v).escape_debug().to_string()),
+        "write" => write_to(OpenOptions::new().write(true).truncate(true).open(a(1)), a(2)),
+        "put" => write_to(OpenOptions::new().write(true).open(a(1)), a(2)),
+        "open" => File::open(a(1)).map(|_| String::new()).map_err(io),
+        "open-rw" => OpenOptions::new().read(true).write(true).open(a(1)).map(|_| String::new()).map_err(io),
+        "create" => write_to(OpenOptions::new().write(true).create_new(true).open(a(1)), a(2)),
+        "ls" => std::fs::read_dir(a(1)).map(|d| d.count().to_string()).map_err(io),
+        "readlink" => std::fs::read_link(a(1)).map(|p| p.display().to_string()).map_err(io),
+        "symlink" => std::os::unix::fs::symlink(a(1), a(2)).map(|_| String::new()).map_err(io),
+        "link" => std::fs::hard_link(a(1), a(2)).map(|_| String::new()).map_err(io),
+        "link-follow" => linkat(libc::AT_FDCWD, a(1), a(2), libc::AT_SYMLINK_FOLLOW),
+        "link-empty" => linkat(num(a(1)), "", a(2), libc::AT_EMPTY_PATH),
+        "rename" => std::fs::rename(a(1), a(2)).map(|_| String::new()).map_err(io),
+        "unlink" => std::fs::remove_file(a(1)).map(|_| String::new()).map_err(io),
+        "mkdir" => std::fs::create_dir(a(1)).map(|_| String::new()).map_err(io),
+        "mkfifo" => sysi(unsafe { libc::mkfifo(cs(a(1)).as_ptr(), 0o600) }, "").map(|_| String::new()),
+        "mknod-blk" => {
+            let dev = libc::makedev(num(a(2)), num(a(3)));
+            sysi(unsafe { libc::mknod(cs(a(1)).as_ptr(), libc::S_IFBLK | 0o600, dev) }, "")
+                .map(|_| String::new())
+        }
+        "truncate" => {
+            sysi(unsafe { libc::truncate(cs(a(1)).as_ptr(), num(a(2))) }, "").map(|_| String::new())
+        }
+        "chmod" => {
+            let mode = u32::from_str_radix(a(2), 8).unwrap_or_else(|_| usage("chmod: octal mode"));
+            sysi(unsafe { libc::chmod(cs(a(1)).as_ptr(), mode) }, "").map(|_| String::new())
+        }
+        "chown" => {
+            sysi(unsafe { libc::chown(cs(a(1)).as_ptr(), num(a(2)), num(a(3))) }, "").map(|_| String::new())
+        }
+        "ino" => std::fs::metadata(a(1)).map(|m| format!("dev {} ino {}", m.dev(), m.ino())).map_err(io),
+        // Fds.
+        "opath" => open_raw(a(1), libc::O_PATH).map(keep),
+        "dir" => open_raw(a(1), libc::O_RDONLY | libc::O_DIRECTORY).map(keep),
+        "openat" => {
+            let fd = sysi(unsafe { libc::openat(num(a(1)), cs(a(2)).as_ptr(), libc::O_RDONLY) }, "")?;
+            read_all(unsafe { File::from_raw_fd(fd) }).map(|v| v.len().to_string())
+        }
+        "openat2" => openat2(a(1), a(2), a(3)),
+        "hold-open" => hold_open(a(1)),
+        // Processes.
+        "ptrace-attach" => ptrace_attach(num(a(1)), false),
+        "ptrace-seize" => ptrace_attach(num(a(1)), true),
+        "vm-read" | "vm-write" => vm_rw(num(a(1)), s[0] == "vm-write"),
+        "pidfd-getfd" => {
+            let pidfd =
+                sys(unsafe { libc::syscall(libc::SYS_pidfd_open, num::<i32>(a(1)), 0) }, "pidfd_open")?;
+            stage_ok("pidfd");
+            let fd = sys(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, num::<i32>(a(2)), 0) }, "")?;
+            Ok(format!("fd {fd}"))
+        }
+        "kill" => sysi(unsafe { libc::kill(num(a(1)), num(a(2))) }, "").map(|_| String::new()),
+        "pidfd-kill" => {
+            let pidfd =
+                sys(unsafe { libc::syscall(libc::SYS_pidfd_open, num::<i32>(a(1)), 0) }, "pidfd_open")?;
+            stage_ok("pidfd");
+            let null = std::ptr::null::<libc::siginfo_t>();
+            sys(unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd, num::<i32>(a(2)), null, 0) }, "")
+                .map(|_| String::new())
+        }
+        "sigio" => sigio(num(a(1)), num(a(2)), s.get(3).is_some_and(|x| x == "ioctl")),
+        "sigio-self" => sigio_self(),
+        "fork-chain" => fork_chain(num(a(1)), a(2), a(3)),
+        "clone-into-cgroup" => clone_into_cgroup(a(1)),
+        "ids" => Ok(unsafe {
+            format!(
+                "uid {} euid {} gid {} egid {}",
+                libc::getuid(),
+                libc::geteuid(),
+                libc::getgid(),
+                libc::getegid()
+            )
+        }),
+        "nnp" => sysi(unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) }, "")
+            .map(|v| format!("nnp {v}")),
+        "cgroup" => {
+            std::fs::read_to_string("/proc/self/cgroup").map(|c| c.trim().replace('\n', "|")).map_err(io)
+        }
+        "say" => Ok(s[1..].join(" ")),
+        "run" => std::process::Command::new(a(1))
+            .args(&s[2..])
+            .status()
+            .map(|st| match (st.code(), std::os::unix::process::ExitStatusExt::signal(&st)) {
+                (Some(c), _) => format!("exit {c}"),
+                (None, Some(sig)) => format!("signal {sig}"),
+                _ => "unknown".into(),
+            })
+            .map_err(io),
+        // Mounts and namespaces.
+        "mount-bind" => mount(a(1), a(2), None, libc::MS_BIND),
+        "mount-tmpfs" => mount("tmpfs", a(1), Some("tmpfs"), 0),
+        "umount" => sysi(unsafe { libc::umount2(cs(a(1)).as_ptr(), 0) }, "").map(|_| String::new()),
+        "move-mount" => {
+            let (from, to) = (cs(a(1)), cs(a(2)));
+            sys(
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_move_mount,
+                        libc::AT_FDCWD,
+                        from.as_ptr(),
+                        libc::AT_FDCWD,
+                        to.as_ptr(),
+                        0,
+                    )
+                },
+                "",
+            )
+            .map(|_| String::new())
+        }
+        "open-tree" => {
+            let p = cs(a(1));
+            let flags = 1 | libc::AT_RECURSIVE as c_long; // OPEN_TREE_CLONE
+            sys(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, p.as_ptr(), flags) }, "")
+                .map(|fd| keep(fd as i32))
+        }
+        "fsopen" => {
+            let t = cs(a(1));
+            sys(unsafe { libc::syscall(libc::SYS_fsopen, t.as_ptr(), 0) }, "").map(|fd| keep(fd as i32))
+        }
+        "pivot-root" => {
+            let (n, o) = (cs(a(1)), cs(a(2)));
+            sys(unsafe { libc::syscall(libc::SYS_pivot_root, n.as_ptr(), o.as_ptr()) }, "")
+                .map(|_| String::new())
+        }
+        "chroot" => sysi(unsafe { libc::chroot(cs(a(1)).as_ptr()) }, "").map(|_| String::new()),
+        "unshare" => sysi(unsafe { libc::unshare(ns_flags(a(1))) }, "").map(|_| String::new()),
+        "clone-newuser" => clone_newuser(),
+        "setns" => {
+            let fd = open_raw(a(1), libc::O_RDONLY)?;
+            stage_ok("opened");
+            sysi(unsafe { libc::setns(fd, 0) }, "").map(|_| String::new())
+        }
+        // Exec.
+        "memfd" => memfd(a(1)),
+        "mmap-read" => mmap_fd(num(a(1)), libc::PROT_READ, false),
+        "mmap-exec" => mmap_fd(num(a(1)), libc::PROT_READ | libc::PROT_EXEC, false),
+        "mprotect-exec" => mmap_fd(num(a(1)), libc::PROT_READ, true),
+        "execve" => exec_self_like(Some(a(1)), -1),
+        "execveat" => exec_self_like(None, num(a(1))),
+        "mmap-hold" => mmap_hold(a(1), a(2) == "rw"),
+        // Kernel.
+        "bpf-get" => bpf_obj_get(a(1)).map(keep),
+        "bpf-poison" => bpf_poison(num(a(1))),
+        "bpf-map-create" => bpf_map_create().map(keep),
+        "map-dump" => map_dump(a(1)),
+        "io-uring-openat" => io_uring_openat(a(1)),
+        "init-module" => {
+            let junk =
+                [0x7fu8, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 62, 0, 1, 0, 0, 0];
+            let params = cs("");
+            sys(
+                unsafe { libc::syscall(libc::SYS_init_module, junk.as_ptr(), junk.len(), params.as_ptr()) },
+                "",
+            )
+            .map(|_| String::new())
+        }
+        "finit-module" => {
+            let f = File::open(a(1)).map_err(at("open"))?;
+            let params = cs("");
+            sys(unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), params.as_ptr(), 0) }, "")
+                .map(|_| String::new())
+        }
+        "delete-module" => {
+            let n = cs(a(1));
+            sys(unsafe { libc::syscall(libc::SYS_delete_module, n.as_ptr(), libc::O_NONBLOCK) }, "")
+                .map(|_| String::new())
+        }
+        "socket-raw" => socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
+        "socket-packet" => socket(libc::AF_PACKET, libc::SOCK_RAW, 0),
+        "socket-udp" => socket(libc::AF_INET, libc::SOCK_DGRAM, 0),
+        "sethostname" => {
+            let mut buf = [0u8; 256];
+            sysi(unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) }, "gethostname")?;
+            let b = &buf[..buf.iter().position(|c| *c == 0).unwrap_or(buf.len())];
+            sysi(unsafe { libc::sethostname(b.as_ptr().cast(), b.len()) }, "")
+                .map(|_| format!("hostname {}", String::from_utf8_lossy(b)))
+        }
+        "swapoff" => sysi(unsafe { libc::swapoff(cs(a(1)).as_ptr()) }, "").map(|_| String::new()),
+        "ioperm" => sysi(unsafe { libc::ioperm(0x80, 1, 0) }, "").map(|_| String::new()),
+        "net-admin" => net_admin(),
+        "reboot-badmagic" => {
+            // LINUX_REBOOT_MAGIC1 with a wrong MAGIC2: the capability check comes first, the
+            // magic check then fails with EINVAL, so nothing ever reboots.
+            sys(unsafe { libc::syscall(libc::SYS_reboot, 0xfee1deadu32 as i32, 0, 0, 0) }, "")
+                .map(|_| String::new())
+        }
+        "handle" => name_to_handle(a(1)),
+        "open-by-handle" => open_by_handle(a(1), num(a(2)), a(3)),
+        "btrfs-subvol" => btrfs_subvol(a(1)),
+        "btrfs-snap" => btrfs_snap(a(1), a(2)),
+        other => usage(&format!("unknown step {other:?}")),
+    }
+}
+
+fn read_all(mut f: File) -> Result<Vec<u8>, Fail> {
+    let mut v = Vec::new();
+    f.read_to_end(&mut v).map_err(at("read"))?;
+    Ok(v)
+}
+
+fn write_to(f: std::io::Result<File>, text: &str) -> Step {
+    let mut f = f.map_err(io)?;
+    f.write_all(text.as_bytes()).map_err(at("write"))?;
+    Ok(String::new())
+}
+
+fn open_raw(path: &str, flags: i32) -> Result<RawFd, Fail> {
+    // No O_CLOEXEC: a kept fd is meant to be reachable as /proc/self/fd/N, also after exec.
+    sysi(unsafe { libc::open(cs(path).as_ptr(), flags) }, "")
+}
+
+fn linkat(fd: RawFd, from: &str, to: &str, flags: i32) -> Step {
+    let (f, t) = (cs(from), cs(to));
+    sysi(unsafe { libc::linkat(fd, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), flags) }, "")
+        .map(|_| String::new())
+}
+
+fn openat2(dir: &str, name: &str, resolve: &str) -> Step {
+    let dirfd = if dir == "cwd" { libc::AT_FDCWD } else { num(dir) };
+    let mut r = 0u64;
+    for f in resolve.split(',') {
+        r |= match f {
+            "none" | "" => 0,
+            "beneath" => libc::RESOLVE_BENEATH,
+            "in-root" => libc::RESOLVE_IN_ROOT,
+            "no-magiclinks" => libc::RESOLVE_NO_MAGICLINKS,
+            "no-symlinks" => libc::RESOLVE_NO_SYMLINKS,
+            "no-xdev" => libc::RESOLVE_NO_XDEV,
+            other => usage(&format!("openat2: unknown resolve flag {other:?}")),
+        };
+    }
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = libc::O_RDONLY as u64;
+    how.resolve = r;
+    let p = cs(name);
+    let fd = sys(
+        unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dirfd,
+                p.as_ptr(),
+                &how as *const libc::open_how,
+                size_of::<libc::open_how>(),
+            )
+        },
+        "",
+    )?;
+    read_all(unsafe { File::from_raw_fd(fd as i32) }).map(|v| v.len().to_string())
+}
+
+fn hold_open(path: &str) -> Step {
+    let f = File::open(path).map_err(io)?;
+    let fd = f.into_raw_fd();
+    println!("ok fd {fd}");
+    flush();
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+    Ok("released".into())
+}
+
+fn ptrace_attach(pid: i32, seize: bool) -> Step {
+    let req = if seize { libc::PTRACE_SEIZE } else { libc::PTRACE_ATTACH };
+    sys(unsafe { libc::ptrace(req, pid, 0usize, 0usize) }, "")?;
+    // Attached (the attempt was not refused): let go at once.
+    if seize {
+        unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, pid, 0usize, 0usize) };
+    }
+    let mut st = 0;
+    unsafe {
+        libc::waitpid(pid, &mut st, libc::__WALL);
+        libc::ptrace(libc::PTRACE_DETACH, pid, 0usize, 0usize);
+    }
+    Ok("attached".into())
+}
+
+fn vm_rw(pid: i32, write: bool) -> Step {
+    let mut buf = [0u8; 8];
+    let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // Address 0x1000 is never mapped: a permitted call fails with EFAULT, not EPERM.
+    let remote = libc::iovec { iov_base: 0x1000 as *mut libc::c_void, iov_len: buf.len() };
+    let n = if write {
+        unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) }
+    } else {
+        unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) }
+    };
+    sys(n as c_long, "").map(|n| n.to_string())
+}
+
+const FIOSETOWN: libc::c_ulong = 0x8901;
+const F_SETSIG: i32 = 10;
+
+fn sigio(pid: i32, sig: i32, via_ioctl: bool) -> Step {
+    // A socket pair: sockets take both F_SETOWN and the FIOSETOWN ioctl (pipes only the former).
+    let mut p = [0; 2];
+    sysi(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, p.as_mut_ptr()) }, "socketpair")?;
+    if via_ioctl {
+        sysi(unsafe { libc::ioctl(p[0], FIOSETOWN, &pid) }, "")?;
+    } else {
+        sysi(unsafe { libc::fcntl(p[0], libc::F_SETOWN, pid) }, "")?;
+    }
+    stage_ok("setown");
+    sysi(unsafe { libc::fcntl(p[0], F_SETSIG, sig) }, "F_SETSIG")?;
+    sysi(unsafe { libc::fcntl(p[0], libc::F_SETFL, libc::O_ASYNC | libc::O_NONBLOCK) }, "O_ASYNC")?;
+    sys(unsafe { libc::write(p[1], b"x".as_ptr().cast(), 1) } as c_long, "write")?;
+    // Delivery (or its refusal) happens inside write(); give a signal a moment anyway.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    Ok("triggered".into())
+}
+
+fn sigio_self() -> Step {
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        let mut p = [0; 2];
+        sysi(libc::pipe(p.as_mut_ptr()), "pipe")?;
+        sysi(libc::fcntl(p[0], libc::F_SETOWN, libc::getpid()), "")?;
+        sysi(libc::fcntl(p[0], F_SETSIG, libc::SIGUSR1), "F_SETSIG")?;
+        sysi(libc::fcntl(p[0], libc::F_SETFL, libc::O_ASYNC | libc::O_NONBLOCK), "O_ASYNC")?;
+        sys(libc::write(p[1], b"x".as_ptr().cast(), 1) as c_long, "write")?;
+        let ts = libc::timespec { tv_sec: 2, tv_nsec: 0 };
+        sysi(libc::sigtimedwait(&set, std::ptr::null_mut(), &ts), "sigtimedwait")?;
+    }
+    Ok("received".into())
+}
+
+/// A chain of `n` processes, each the child of the one before; the deepest prints its depth
+/// and cgroup and tries both opens. Every parent exits with its child's status.
+fn fork_chain(n: u32, denied: &str, granted: &str) -> Step {
+    flush();
+    let top = unsafe { libc::getpid() };
+    for depth in 1..=n {
+        flush();
+        let child = sysi(unsafe { libc::fork() }, "fork")?;
+        if child > 0 {
+            let mut st = 0;
+            unsafe { libc::waitpid(child, &mut st, 0) };
+            let code = if libc::WIFEXITED(st) { libc::WEXITSTATUS(st) } else { 99 };
+            if unsafe { libc::getpid() } == top {
+                return if code == 0 {
+                    Ok(format!("chain {n} exit 0"))
+                } else {
+                    Err(Fail(Errno::ECHILD, "chain"))
+                };
+            }
+            flush();
+            unsafe { libc::_exit(code) };
+        }
+        if depth == n {
+            println!("ok depth {n} pid {}", unsafe { libc::getpid() });
+            let mut good = report(run_step(&["cgroup".into()]));
+            good &= !report(run_step(&["read".into(), denied.into()]));
+            good &= report(run_step(&["read".into(), granted.into()]));
+            flush();
+            unsafe { libc::_exit(if good { 0 } else { 1 }) };
+        }
+    }
+    unreachable!()
+}
+
+fn clone_into_cgroup(dir: &str) -> Step {
+    let fd = open_raw(dir, libc::O_RDONLY | libc::O_DIRECTORY)?;
+    stage_ok("opened");
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    let args = CloneArgs {
+        flags: 0x2_0000_0000, // CLONE_INTO_CGROUP
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: fd as u64,
+        ..Default::default()
+    };
+    flush();
+    let pid = sys(
+        unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, size_of::<CloneArgs>()) },
+        "",
+    )?;
+    if pid == 0 {
+        let cg = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let line = format!("ok child-cgroup {}\n", cg.trim().replace('\n', "|"));
+        unsafe {
+            libc::write(1, line.as_ptr().cast(), line.len());
+            libc::_exit(0);
+        }
+    }
+    let mut st = 0;
+    unsafe { libc::waitpid(pid as i32, &mut st, 0) };
+    Ok("child ran".into())
+}
+
+fn as_user(rest: &[String]) -> Step {
+    if rest.len() < 4 || rest[2] != "--" {
+        usage("as-user UID GID -- PROG ARGS...");
+    }
+    let (uid, gid): (u32, u32) = (num(&rest[0]), num(&rest[1]));
+    unsafe {
+        sysi(libc::setgroups(0, std::ptr::null()), "setgroups")?;
+        sysi(libc::setgid(gid), "setgid")?;
+        sysi(libc::setuid(uid), "setuid")?;
+    }
+    stage_ok(&format!("as {uid}:{gid}"));
+    let argv: Vec<CString> = rest[3..].iter().map(|s| cs(s)).collect();
+    let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    unsafe { libc::execv(argv[0].as_ptr(), ptrs.as_ptr()) };
+    Err(Fail(Errno::last(), "exec"))
+}
+
+fn mount(src: &str, dst: &str, fstype: Option<&str>, flags: libc::c_ulong) -> Step {
+    let (s, d) = (cs(src), cs(dst));
+    let t = fstype.map(cs);
+    let tp = t.as_ref().map_or(std::ptr::null(), |t| t.as_ptr());
+    sysi(unsafe { libc::mount(s.as_ptr(), d.as_ptr(), tp, flags, std::ptr::null()) }, "")
+        .map(|_| String::new())
+}
+
+fn ns_flags(list: &str) -> i32 {
+    let mut f = 0;
+    for n in list.split(',') {
+        f |= match n {
+            "mnt" => libc::CLONE_NEWNS,
+            "user" => libc::CLONE_NEWUSER,
+            "net" => libc::CLONE_NEWNET,
+            "uts" => libc::CLONE_NEWUTS,
+            "ipc" => libc::CLONE_NEWIPC,
+            "pid" => libc::CLONE_NEWPID,
+            "cgroup" => libc::CLONE_NEWCGROUP,
+            other => usage(&format!("unshare: unknown namespace {other:?}")),
+        };
+    }
+    f
+}
+
+fn clone_newuser() -> Step {
+    flush();
+    let flags = (libc::CLONE_NEWUSER | libc::SIGCHLD) as c_long;
+    let pid = sys(unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) }, "")?;
+    if pid == 0 {
+        unsafe { libc::_exit(0) };
+    }
+    let mut st = 0;
+    unsafe { libc::waitpid(pid as i32, &mut st, 0) };
+    Ok("child in a new user namespace".into())
+}
+
+fn memfd(src: &str) -> Step {
+    let bytes = std::fs::read(src).map_err(at("read source"))?;
+    let name = cs("rush-escape");
+    let fd = sysi(unsafe { libc::memfd_create(name.as_ptr(), 0) }, "")?;
+    let mut f = unsafe { File::from_raw_fd(fd) };
+    f.write_all(&bytes).map_err(at("write"))?;
+    Ok(keep(f.into_raw_fd()))
+}
+
+fn mmap_fd(fd: RawFd, prot: i32, then_mprotect_exec: bool) -> Step {
+    let len = 4096;
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_PRIVATE, fd, 0) };
+    if p == libc::MAP_FAILED {
+        return Err(Fail(Errno::last(), if then_mprotect_exec { "mmap" } else { "" }));
+    }
+    if then_mprotect_exec {
+        let r = unsafe { libc::mprotect(p, len, libc::PROT_READ | libc::PROT_EXEC) };
+        let e = Errno::last();
+        unsafe { libc::munmap(p, len) };
+        if r < 0 {
+            return Err(Fail(e, ""));
+        }
+    } else {
+        unsafe { libc::munmap(p, len) };
+    }
+    Ok("mapped".into())
+}
+
+/// Replaces this process with PATH (or the file behind FD) run as `... say executed`.
+fn exec_self_like(path: Option<&str>, fd: RawFd) -> Step {
+    let argv: Vec<CString> = ["rush-test-escape", "say", "executed"].iter().map(|s| cs(s)).collect();
+    let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    flush();
+    match path {
+        Some(p) => {
+            let p = cs(p);
+            unsafe { libc::execve(p.as_ptr(), ptrs.as_ptr(), envp.as_ptr()) };
+        }
+        None => {
+            let empty = cs("");
+            unsafe {
+                libc::syscall(
+                    libc::SYS_execveat,
+                    fd,
+                    empty.as_ptr(),
+                    ptrs.as_ptr(),
+                    envp.as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                )
+            };
+        }
+    }
+    Err(Fail(Errno::last(), ""))
+}
+
+fn mmap_hold(path: &str, rw: bool) -> Step {
+    let f = OpenOptions::new().read(true).write(rw).open(path).map_err(io)?;
+    let len = f.metadata().map_err(at("fstat"))?.len() as usize;
+    if len == 0 {
+        return Err(Fail(Errno::EINVAL, "empty file"));
+    }
+    let prot = libc::PROT_READ | if rw { libc::PROT_WRITE } else { 0 };
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, f.as_raw_fd(), 0) };
+    if p == libc::MAP_FAILED {
+        return Err(Fail(Errno::last(), "mmap"));
+    }
+    drop(f); // the mapping alone holds the file from here on
+    println!("mapped {}", std::process::id());
+    flush();
+    let map = unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) };
+    for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+        if let Some(text) = line.strip_prefix("write ") {
+            let n = text.len().min(len);
+            map[..n].copy_from_slice(&text.as_bytes()[..n]);
+            println!("ok wrote {n}");
+        } else if line.trim() == "read" {
+            println!("ok {}", String::from_utf8_lossy(map).escape_debug());
+        }
+        flush();
+    }
+    Ok("released".into())
+}
+
+// bpf(2), by hand: the commands and attribute layouts of include/uapi/linux/bpf.h.
+const BPF_MAP_CREATE: c_long = 0;
+const BPF_MAP_LOOKUP_ELEM: c_long = 1;
+const BPF_MAP_UPDATE_ELEM: c_long = 2;
+const BPF_MAP_GET_NEXT_KEY: c_long = 4;
+const BPF_OBJ_GET: c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: c_long = 15;
+
+#[repr(C, align(8))]
+struct BpfAttr([u8; 160]);
+
+impl BpfAttr {
+    fn new() -> BpfAttr {
+        BpfAttr([0; 160])
+    }
+    fn u32(&mut self, off: usize, v: u32) -> &mut Self {
+        self.0[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    fn u64(&mut self, off: usize, v: u64) -> &mut Self {
+        self.0[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+}
+
+fn bpf(cmd: c_long, attr: &mut BpfAttr, stage: &'static str) -> Result<c_long, Fail> {
+    sys(unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.0.as_mut_ptr(), attr.0.len()) }, stage)
+}
+
+fn bpf_obj_get(pin: &str) -> Result<RawFd, Fail> {
+    let p = cs(pin);
+    let mut a = BpfAttr::new();
+    a.u64(0, p.as_ptr() as u64);
+    bpf(BPF_OBJ_GET, &mut a, "").map(|fd| fd as RawFd)
+}
+
+/// (key size, value size) of a map.
+fn bpf_map_sizes(fd: RawFd, stage: &'static str) -> Result<(usize, usize), Fail> {
+    let mut info = [0u8; 128];
+    let mut a = BpfAttr::new();
+    a.u32(0, fd as u32).u32(4, info.len() as u32).u64(8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut a, stage)?;
+    let field = |off: usize| u32::from_ne_bytes(info[off..off + 4].try_into().unwrap()) as usize;
+    Ok((field(8), field(12)))
+}
+
+fn bpf_next_key(fd: RawFd, key: Option<&[u8]>, next: &mut [u8], stage: &'static str) -> Result<bool, Fail> {
+    let mut a = BpfAttr::new();
+    a.u32(0, fd as u32).u64(8, key.map_or(0, |k| k.as_ptr() as u64)).u64(16, next.as_mut_ptr() as u64);
+    match bpf(BPF_MAP_GET_NEXT_KEY, &mut a, stage) {
+        Ok(_) => Ok(true),
+        Err(Fail(Errno::ENOENT, _)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn bpf_poison(fd: RawFd) -> Step {
+    let (ks, vs) = bpf_map_sizes(fd, "")?;
+    let mut key = vec![0u8; ks];
+    if !bpf_next_key(fd, None, &mut key, "get_next_key")? {
+        return Err(Fail(Errno::ENOENT, "empty map"));
+    }
+    let value = vec![0xffu8; vs];
+    let mut a = BpfAttr::new();
+    a.u32(0, fd as u32).u64(8, key.as_ptr() as u64).u64(16, value.as_ptr() as u64).u64(24, 0);
+    bpf(BPF_MAP_UPDATE_ELEM, &mut a, "update")?;
+    Ok("poisoned".into())
+}
+
+fn bpf_map_create() -> Result<RawFd, Fail> {
+    let mut a = BpfAttr::new();
+    a.u32(0, 2).u32(4, 4).u32(8, 4).u32(12, 1); // BPF_MAP_TYPE_ARRAY, 4-byte key and value, 1 entry
+    bpf(BPF_MAP_CREATE, &mut a, "").map(|fd| fd as RawFd)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn map_dump(pin: &str) -> Step {
+    let fd = bpf_obj_get(pin)?;
+    let (ks, vs) = bpf_map_sizes(fd, "info")?;
+    let mut entries = Vec::new();
+    let mut key: Option<Vec<u8>> = None;
+    loop {
+        let mut next = vec![0u8; ks];
+        if !bpf_next_key(fd, key.as_deref(), &mut next, "get_next_key")? {
+            break;
+        }
+        let mut value = vec![0u8; vs];
+        let mut a = BpfAttr::new();
+        a.u32(0, fd as u32).u64(8, next.as_ptr() as u64).u64(16, value.as_mut_ptr() as u64);
+        if bpf(BPF_MAP_LOOKUP_ELEM, &mut a, "lookup").is_ok() {
+            entries.push(format!("entry {} {}", hex(&next), hex(&value)));
+        }
+        key = Some(next);
+    }
+    entries.sort();
+    for e in &entries {
+        println!("{e}");
+    }
+    Ok(format!("{} entries", entries.len()))
+}
+
+fn io_uring_openat(path: &str) -> Step {
+    use io_uring::{IoUring, opcode, types};
+    let mut ring = IoUring::new(4).map_err(at("io_uring_setup"))?;
+    let p = cs(path);
+    let op =
+        opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), p.as_ptr()).flags(libc::O_RDONLY).build().user_data(1);
+    unsafe { ring.submission().push(&op) }.map_err(|_| Fail(Errno::EBUSY, "sq push"))?;
+    ring.submit_and_wait(1).map_err(at("io_uring_enter"))?;
+    let cqe = ring.completion().next().ok_or(Fail(Errno::EAGAIN, "no cqe"))?;
+    let res = cqe.result();
+    if res < 0 {
+        return Err(Fail(Errno::from_raw(-res), ""));
+    }
+    read_all(unsafe { File::from_raw_fd(res) }).map(|v| v.len().to_string())
+}
+
+fn socket(domain: i32, ty: i32, proto: i32) -> Step {
+    sysi(unsafe { libc::socket(domain, ty, proto) }, "").map(|fd| {
+        unsafe { libc::close(fd) };
+        String::new()
+    })
+}
+
+fn net_admin() -> Step {
+    let s = sysi(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) }, "socket")?;
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, c) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *c as libc::c_char;
+    }
+    sysi(unsafe { libc::ioctl(s, libc::SIOCGIFFLAGS, &mut ifr) }, "SIOCGIFFLAGS")?;
+    // Set the flags lo already has: changes nothing, yet needs CAP_NET_ADMIN.
+    sysi(unsafe { libc::ioctl(s, libc::SIOCSIFFLAGS, &ifr) }, "").map(|_| "lo flags set".into())
+}
+
+const MAX_HANDLE_SZ: usize = 128;
+
+#[repr(C)]
+struct FileHandle {
+    handle_bytes: u32,
+    handle_type: i32,
+    f_handle: [u8; MAX_HANDLE_SZ],
+}
+
+fn name_to_handle(path: &str) -> Step {
+    let mut h =
+        FileHandle { handle_bytes: MAX_HANDLE_SZ as u32, handle_type: 0, f_handle: [0; MAX_HANDLE_SZ] };
+    let mut mount_id = 0;
+    let p = cs(path);
+    sysi(
+        unsafe {
+            libc::name_to_handle_at(
+                libc::AT_FDCWD,
+                p.as_ptr(),
+                (&mut h as *mut FileHandle).cast(),
+                &mut mount_id,
+                0,
+            )
+        },
+        "",
+    )?;
+    Ok(format!("{} {}", h.handle_type, hex(&h.f_handle[..h.handle_bytes as usize])))
+}
+
+fn open_by_handle(mount_dir: &str, ty: i32, hexs: &str) -> Step {
+    let bytes: Vec<u8> = (0..hexs.len() / 2)
+        .map(|i| {
+            u8::from_str_radix(&hexs[2 * i..2 * i + 2], 16).unwrap_or_else(|_| usage("open-by-handle: hex"))
+        })
+        .collect();
+    let mut h =
+        FileHandle { handle_bytes: bytes.len() as u32, handle_type: ty, f_handle: [0; MAX_HANDLE_SZ] };
+    h.f_handle[..bytes.len()].copy_from_slice(&bytes);
+    let mfd =
+        open_raw(mount_dir, libc::O_RDONLY | libc::O_DIRECTORY).map_err(|Fail(e, _)| Fail(e, "mount fd"))?;
+    let fd = sysi(
+        unsafe { libc::open_by_handle_at(mfd, (&mut h as *mut FileHandle).cast(), libc::O_RDONLY) },
+        "",
+    )?;
+    read_all(unsafe { File::from_raw_fd(fd) }).map(|v| v.len().to_string())
+}
+
+// btrfs ioctls (include/uapi/linux/btrfs.h): struct btrfs_ioctl_vol_args { __s64 fd; char name[4088]; }.
+#[repr(C)]
+struct BtrfsVolArgs {
+    fd: i64,
+    name: [u8; 4088],
+}
+
+const fn iow(ty: u64, nr: u64, size: u64) -> u64 {
+    (1 << 30) | (size << 16) | (ty << 8) | nr
+}
+
+const BTRFS_IOC_SNAP_CREATE: u64 = iow(0x94, 1, 4096);
+const BTRFS_IOC_SUBVOL_CREATE: u64 = iow(0x94, 14, 4096);
+
+fn btrfs_vol_ioctl(parent: &std::path::Path, name: &std::ffi::OsStr, src_fd: i64, req: u64) -> Step {
+    let dir = File::open(parent).map_err(at("open parent"))?;
+    let mut args = BtrfsVolArgs { fd: src_fd, name: [0; 4088] };
+    let n = name.as_bytes();
+    args.name[..n.len()].copy_from_slice(n);
+    sysi(unsafe { libc::ioctl(dir.as_raw_fd(), req as _, &mut args) }, "").map(|_| String::new())
+}
+
+fn split(path: &str) -> (&std::path::Path, &std::ffi::OsStr) {
+    let p = std::path::Path::new(path);
+    (
+        p.parent().unwrap_or(std::path::Path::new(".")),
+        p.file_name().unwrap_or_else(|| usage("path without a name")),
+    )
+}
+
+fn btrfs_subvol(path: &str) -> Step {
+    let (parent, name) = split(path);
+    btrfs_vol_ioctl(parent, name, 0, BTRFS_IOC_SUBVOL_CREATE)
+}
+
+fn btrfs_snap(src: &str, dst: &str) -> Step {
+    let s = File::open(src).map_err(at("open source"))?;
+    let (parent, name) = split(dst);
+    btrfs_vol_ioctl(parent, name, i64::from(s.as_raw_fd()), BTRFS_IOC_SNAP_CREATE)
+}

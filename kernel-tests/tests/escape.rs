@@ -1,0 +1,1496 @@
+//! The escape suite: one test per known way around Rush's confinement (docs/ESCAPES.md
+//! has the table). Each test starts the real daemon with its BPF LSM programs attached
+//! (where they cannot attach it fails under RUSH_TEST_STRICT=1 and skips loudly
+//! elsewhere), spawns an agent (as root: the guests run the tests as root, and root inside
+//! an agent must be stopped too), makes the attempt with `rush-test-escape`, and asserts
+//! both halves: the attempt ended in a denial (the exact errno, or the process killed) and
+//! the target is unchanged. Where it is cheap, a positive control (the same operation on
+//! a granted target, or by root outside any agent) shows the denial is not a broken setup.
+//!
+//! "Unconfined" agents below are spawned without `--allow`: no file tokens apply to them,
+//! so what stops them is the self-protection that every agent gets.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use kernel_tests::*;
+use serde_json::Value;
+
+/// A daemon whose LSM programs attached; None (after a SKIP line) where they cannot.
+fn lsm_daemon() -> Option<Daemon> {
+    if !require(is_root(), "root") {
+        return None;
+    }
+    let d = Daemon::start();
+    if !require(d.lsm_attached(), "BPF LSM programs attach on this kernel (rush doctor: bpf-lsm-attach)") {
+        return None;
+    }
+    Some(d)
+}
+
+fn tool() -> String {
+    bin("rush-test-escape").to_str().unwrap().to_owned()
+}
+
+/// The test binaries' directory must be readable and executable by confined agents.
+fn bin_grant() -> String {
+    format!("{}:read,exec", bin_dir().display())
+}
+
+/// A scratch tree under /tmp (mode 0755): `a/f` ("granted data") in `a/`, meant to be
+/// granted, and `b/secret` ("secret data") in `b/`, never granted.
+struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        let dir = tempfile::Builder::new().prefix("rush-escape-").tempdir_in("/tmp").unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let s = Scratch { dir };
+        s.mkdir("a");
+        s.mkdir("b");
+        s.write("a/f", "granted data");
+        s.write("b/secret", "secret data");
+        s
+    }
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+    fn p(&self, rel: &str) -> String {
+        self.path(rel).to_str().unwrap().to_owned()
+    }
+    fn mkdir(&self, rel: &str) {
+        std::fs::create_dir_all(self.path(rel)).unwrap();
+    }
+    fn write(&self, rel: &str, data: &str) {
+        std::fs::write(self.path(rel), data).unwrap();
+    }
+    fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    }
+    fn exists(&self, rel: &str) -> bool {
+        self.path(rel).symlink_metadata().is_ok()
+    }
+    /// `PATH:OPS` for `--allow`.
+    fn grant(&self, rel: &str, ops: &str) -> String {
+        format!("{}:{ops}", self.p(rel))
+    }
+}
+
+fn lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+/// Steps (each a command and its arguments) as one `rush-test-escape` argument list.
+fn chain<'a>(steps: &[&[&'a str]]) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    for (i, step) in steps.iter().enumerate() {
+        if i > 0 {
+            out.push(";;");
+        }
+        out.extend_from_slice(step);
+    }
+    out
+}
+
+/// `rush agent spawn NAME [--allow BIN_DIR:read,exec --allow G...] -- rush-test-escape STEPS`.
+/// `allow: None` spawns an unconfined agent (no `--allow` at all).
+fn agent_output(d: &Daemon, name: &str, allow: Option<&[&str]>, steps: &[&[&str]]) -> Output {
+    let (bins, tool) = (bin_grant(), tool());
+    let mut cmd: Vec<&str> = vec!["agent", "spawn", name];
+    if let Some(grants) = allow {
+        cmd.extend(["--allow", &bins]);
+        for g in grants {
+            cmd.extend(["--allow", g]);
+        }
+    }
+    cmd.extend(["--", &tool]);
+    cmd.extend(chain(steps));
+    d.rush(&cmd)
+}
+
+/// The tool's lines from an agent; the tool must have run to its end (exit 0 or 10).
+fn agent(d: &Daemon, name: &str, allow: Option<&[&str]>, steps: &[&[&str]]) -> Vec<String> {
+    let out = agent_output(d, name, allow, steps);
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(10)),
+        "agent {name} did not run the tool to its end: {}",
+        describe(&out)
+    );
+    let l = lines(&out);
+    eprintln!("agent {name}: {l:?}");
+    l
+}
+
+/// The same steps run by root outside any agent.
+fn outside(steps: &[&[&str]]) -> Vec<String> {
+    let out = Command::new(tool()).args(chain(steps)).stdin(Stdio::null()).output().unwrap();
+    assert!(matches!(out.status.code(), Some(0) | Some(10)), "outside {steps:?}: {}", describe(&out));
+    lines(&out)
+}
+
+/// Line by line: each expected entry is a `|`-separated list of alternatives, each exact or,
+/// ending in `*`, a prefix.
+fn assert_lines(got: &[String], want: &[&str], what: &str) {
+    let matches = |line: &str, pat: &str| {
+        pat.split('|').any(|alt| match alt.strip_suffix('*') {
+            Some(prefix) => line.starts_with(prefix),
+            None => line == alt,
+        })
+    };
+    let ok = got.len() == want.len() && got.iter().zip(want).all(|(g, w)| matches(g, w));
+    assert!(ok, "{what}:\n  got  {got:?}\n  want {want:?}");
+}
+
+/// The pid of this test's daemon (found by its private socket on the command line).
+fn daemon_pid(d: &Daemon) -> i32 {
+    let sock = d.socket.to_str().unwrap();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args.first().is_some_and(|a| a.ends_with(b"rush-agentd")) && args.contains(&sock.as_bytes()) {
+            return pid;
+        }
+    }
+    panic!("no rush-agentd process with --socket {sock}");
+}
+
+/// A process outside any agent holding `path` open (read-only) with `cwd` as its working
+/// directory; killed on drop.
+struct Holder {
+    child: Child,
+    pid: i32,
+    fd: i32,
+}
+
+impl Holder {
+    fn start(path: &str, cwd: &Path) -> Holder {
+        let mut child = Command::new(tool())
+            .args(["hold-open", path])
+            .current_dir(cwd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut first).unwrap();
+        let fd = first.trim().strip_prefix("ok fd ").and_then(|n| n.parse().ok()).unwrap_or_else(|| {
+            panic!("hold-open {path}: {first:?}");
+        });
+        let pid = child.id() as i32;
+        Holder { child, pid, fd }
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A detached agent running `sleep 120`; returns its pid.
+fn sleeper_agent(d: &Daemon, name: &str, allow: &[&str]) -> i32 {
+    let bins = bin_grant();
+    let mut cmd: Vec<&str> = vec!["agent", "spawn", name, "--detach"];
+    if !allow.is_empty() {
+        cmd.extend(["--allow", &bins]);
+        for g in allow {
+            cmd.extend(["--allow", g]);
+        }
+    }
+    cmd.extend(["--", "/bin/sleep", "120"]);
+    let out = d.rush(&cmd);
+    assert!(out.status.success(), "{}", describe(&out));
+    let status = d.rush_json(&["agent", "status", name]);
+    status["pid"].as_i64().unwrap_or_else(|| panic!("no pid in {status}")) as i32
+}
+
+/// The `0::/...` line an agent's /proc/self/cgroup must show.
+fn agent_cgroup_line(d: &Daemon, name: &str) -> String {
+    format!("0::/{}/{name}", d.cgroup_parent)
+}
+
+fn mount_points() -> Vec<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        .collect()
+}
+
+/// A mount made for a test, detached on drop.
+struct MountGuard(PathBuf);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+fn mount_tmpfs(at: &Path) -> MountGuard {
+    nix::mount::mount(Some("tmpfs"), at, Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>)
+        .unwrap_or_else(|e| panic!("mount tmpfs at {}: {e}", at.display()));
+    MountGuard(at.to_owned())
+}
+
+fn bind_mount(from: &Path, at: &Path) -> MountGuard {
+    nix::mount::mount(Some(from), at, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)
+        .unwrap_or_else(|e| panic!("bind {} at {}: {e}", from.display(), at.display()));
+    MountGuard(at.to_owned())
+}
+
+fn which(prog: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(prog))
+        .find(|p| p.is_file())
+}
+
+/// A fresh btrfs on a loop file, unmounted (and the loop device freed) on drop.
+struct Btrfs {
+    mnt: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Btrfs {
+    fn new() -> Option<Btrfs> {
+        let filesystems = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+        let mkfs = which("mkfs.btrfs");
+        if !require(filesystems.contains("btrfs"), "btrfs in /proc/filesystems")
+            || !require(mkfs.is_some(), "mkfs.btrfs (btrfs-progs)")
+            || !require(Path::new("/dev/loop-control").exists(), "loop devices (/dev/loop-control)")
+        {
+            return None;
+        }
+        let dir = tempfile::Builder::new().prefix("rush-escape-btrfs-").tempdir_in("/tmp").unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let img = dir.path().join("fs.img");
+        std::fs::File::create(&img).unwrap().set_len(256 << 20).unwrap();
+        let out = Command::new(mkfs.unwrap()).args(["-q", "-f"]).arg(&img).output().unwrap();
+        assert!(out.status.success(), "mkfs.btrfs: {}", describe(&out));
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let out =
+            Command::new("mount").args(["-o", "loop", "-t", "btrfs"]).arg(&img).arg(&mnt).output().unwrap();
+        assert!(out.status.success(), "mount -o loop -t btrfs: {}", describe(&out));
+        Some(Btrfs { mnt, _dir: dir })
+    }
+    fn p(&self, rel: &str) -> String {
+        self.mnt.join(rel).to_str().unwrap().to_owned()
+    }
+}
+
+impl Drop for Btrfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-d").arg(&self.mnt).output();
+    }
+}
+
+fn ino(path: &str) -> (u64, u64) {
+    let m = std::fs::metadata(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    (m.dev(), m.ino())
+}
+
+const EPERM: &str = "errno EPERM";
+
+// ---------------------------------------------------------------------------------------
+// Path tricks: the check is by inode identity, so another name for an ungranted inode
+// gives nothing.
+
+#[test]
+fn escape_symlink_in_granted_dir() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    std::os::unix::fs::symlink(s.path("b/secret"), s.path("a/root-link")).unwrap();
+    let (secret, l, rl, f) = (s.p("b/secret"), s.p("a/l"), s.p("a/root-link"), s.p("a/f"));
+    let grant = s.grant("a", "read,write,create");
+    let got = agent(
+        &d,
+        "symlink",
+        Some(&[&grant]),
+        &[
+            &["symlink", &secret, &l], // making the link is within the grant (create in a/)
+            &["read", &l],
+            &["put", &l, "pwned"],
+            &["read", &rl], // one made by root
+            &["put", &rl, "pwned"],
+            &["read", &f],
+        ],
+    );
+    assert_lines(&got, &["ok", EPERM, EPERM, EPERM, EPERM, "ok 12"], "symlinks from a/ to b/secret");
+    assert_eq!(s.read("b/secret"), "secret data");
+}
+
+#[test]
+fn escape_hardlink_into_granted_dir() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    let (secret, f, f2) = (s.p("b/secret"), s.p("a/f"), s.p("a/f2"));
+    let (h1, h2, h3) = (s.p("a/h1"), s.p("a/h2"), s.p("a/h3"));
+    let grant = s.grant("a", "read,write,create,delete");
+    let got = agent(
+        &d,
+        "hardlink",
+        Some(&[&grant]),
+        &[
+            &["link", &secret, &h1],
+            &["opath", &secret],
+            &["link-follow", "/proc/self/fd/@", &h2],
+            &["link-empty", "@", &h3],
+            &["link", &f, &f2], // control: within the grant
+        ],
+    );
+    // linkat(AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH on 6.1 (ENOENT without it); newer
+    // kernels let the fd's opener through to the path_link hook (EPERM). Both refuse.
+    assert_lines(
+        &got,
+        &[EPERM, "ok fd *", EPERM, "errno EPERM|errno ENOENT", "ok"],
+        "hard links of b/secret into a/",
+    );
+    for h in ["a/h1", "a/h2", "a/h3"] {
+        assert!(!s.exists(h), "{h} was created");
+    }
+    assert_eq!(std::fs::metadata(&secret).unwrap().nlink(), 1);
+    assert_eq!(s.read("b/secret"), "secret data");
+}
+
+#[test]
+fn escape_rename_into_granted_dir() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    let grant = s.grant("a", "read,write,create,delete");
+    let got = agent(
+        &d,
+        "rename-in",
+        Some(&[&grant]),
+        &[
+            &["rename", &s.p("b/secret"), &s.p("a/stolen")],
+            &["rename", &s.p("b"), &s.p("a/bdir")],
+            &["rename", &s.p("a/f"), &s.p("a/g")], // control: within the grant
+        ],
+    );
+    assert_lines(&got, &[EPERM, EPERM, "ok"], "renames of b/ and b/secret into a/");
+    assert!(!s.exists("a/stolen") && !s.exists("a/bdir"));
+    assert_eq!(s.read("b/secret"), "secret data");
+}
+
+#[test]
+fn escape_rename_out_and_back_no_widening() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    s.mkdir("r/sub");
+    s.write("r/ro", "read only data");
+    s.write("r/sub/x", "x");
+    // A file that root moved out of a/ to b/ (not granted).
+    s.write("b/was-in-a", "moved out");
+    let rw = s.grant("a", "read,write,create,delete");
+    let ro = s.grant("r", "read");
+    let got = agent(
+        &d,
+        "rename-out",
+        Some(&[&rw, &ro]),
+        &[
+            &["rename", &s.p("a/f"), &s.p("b/f")],               // out of the grant
+            &["rename", &s.p("b/was-in-a"), &s.p("a/was-in-a")], // back in
+            &["rename", &s.p("r/ro"), &s.p("a/ro")],             // read-only → writable
+            &["link", &s.p("r/ro"), &s.p("a/ro-link")],          // the same by a second name
+            &["rename", &s.p("r/sub"), &s.p("a/sub")],           // a read-only directory
+            &["rename", &s.p("a/f"), &s.p("r/f")],               // into the read-only one
+            &["put", &s.p("r/ro"), "pwned"],                     // writing it where it is
+            &["read", &s.p("r/ro")],
+            &["read", &s.p("a/f")],
+        ],
+    );
+    assert_lines(
+        &got,
+        &[EPERM, EPERM, EPERM, EPERM, EPERM, EPERM, EPERM, "ok 14", "ok 12"],
+        "renames and links across grants",
+    );
+    assert_eq!(s.read("a/f"), "granted data");
+    assert_eq!(s.read("r/ro"), "read only data");
+    assert_eq!(s.read("r/sub/x"), "x");
+    assert_eq!(s.read("b/was-in-a"), "moved out");
+    for gone in ["b/f", "a/was-in-a", "a/ro", "a/ro-link", "a/sub", "r/f"] {
+        assert!(!s.exists(gone), "{gone} exists");
+    }
+}
+
+#[test]
+fn escape_opath_reopen_via_proc_self_fd() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    let grant = s.grant("a", "read,write");
+    let got = agent(
+        &d,
+        "opath",
+        Some(&[&grant]),
+        &[
+            &["opath", &s.p("b/secret")],
+            &["read", "/proc/self/fd/@"],
+            &["put", "/proc/self/fd/@", "pwned"],
+            &["opath", &s.p("a/f")],
+            &["read", "/proc/self/fd/@"], // control
+        ],
+    );
+    // O_PATH itself is allowed (it reads nothing); re-opening it for data is not.
+    assert_lines(&got, &["ok fd *", EPERM, EPERM, "ok fd *", "ok 12"], "O_PATH re-opened via /proc/self/fd");
+    assert_eq!(s.read("b/secret"), "secret data");
+}
+
+#[test]
+fn escape_opath_dirfd_openat() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    let grant = s.grant("a", "read");
+    let got = agent(
+        &d,
+        "opath-dir",
+        Some(&[&grant]),
+        &[
+            &["opath", &s.p("b")],
+            &["openat", "@", "secret"],
+            &["openat2", "@", "secret", "none"],
+            &["dir", &s.p("a")],
+            &["openat", "@", "f"], // control
+        ],
+    );
+    assert_lines(&got, &["ok fd *", EPERM, EPERM, "ok fd *", "ok 12"], "openat below an O_PATH dirfd of b/");
+}
+
+#[test]
+fn escape_openat2_resolve_flags() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    let grant = s.grant("a", "read");
+    let got = agent(
+        &d,
+        "openat2",
+        Some(&[&grant]),
+        &[
+            &["dir", &s.p("a")],
+            &["openat2", "@", "../b/secret", "none"],
+            &["openat2", "@", "../b/secret", "no-symlinks"],
+            &["openat2", "@", "../b/secret", "in-root"], // ".." stops at a/: a/b/secret
+            &["openat2", "@", "../b/secret", "beneath"],
+            &["openat2", "@", "f", "in-root"], // control
+            &["opath", &s.p("b/secret")],
+            &["openat2", "cwd", "/proc/self/fd/@", "none"],
+            &["openat2", "cwd", "/proc/self/fd/@", "no-magiclinks"],
+            &["openat2", "cwd", "/proc/self/fd/@", "no-xdev"],
+        ],
+    );
+    assert_lines(
+        &got,
+        &[
+            "ok fd *",
+            EPERM,
+            EPERM,
+            "errno ENOENT",
+            "errno EXDEV",
+            "ok 12",
+            "ok fd *",
+            EPERM,
+            "errno ELOOP",
+            "errno EXDEV",
+        ],
+        "openat2 with resolve flags",
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Other processes: /proc links, ptrace, signals.
+
+#[test]
+fn escape_proc_pid_root() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    let secret = s.p("b/secret");
+    let h = Holder::start(&secret, &s.path("b"));
+    let dpid = daemon_pid(&d);
+    let targets = [
+        format!("/proc/{}/root{secret}", h.pid),
+        format!("/proc/{}/cwd/secret", h.pid),
+        format!("/proc/{}/fd/{}", h.pid, h.fd),
+        format!("/proc/{dpid}/root{secret}"),
+    ];
+    // Control: the same paths work for root outside.
+    for t in &targets {
+        assert_eq!(std::fs::read_to_string(t).unwrap(), "secret data", "{t} outside");
+    }
+    let grant = s.grant("a", "read");
+    let self_root = format!("/proc/self/root{}", s.p("a/f"));
+    let mut steps: Vec<Vec<&str>> = targets.iter().map(|t| vec!["read", t.as_str()]).collect();
+    steps.push(vec!["read", &self_root]); // control: its own /proc/self/root
+    let steps: Vec<&[&str]> = steps.iter().map(Vec::as_slice).collect();
+    let got = agent(&d, "procroot", Some(&[&grant]), &steps);
+    // ptrace_may_access refusals on /proc links come back as EACCES; were the link
+    // followed, the file token check would refuse the open with EPERM.
+    let denied = "errno EACCES|errno EPERM";
+    assert_lines(
+        &got,
+        &[denied, denied, denied, denied, "ok 12"],
+        "/proc/PID/{root,cwd,fd} of processes outside",
+    );
+    assert_eq!(s.read("b/secret"), "secret data");
+}
+
+#[test]
+fn escape_proc_pid_mem_environ() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    let secret = s.p("b/secret");
+    let h = Holder::start(&secret, &s.path("b"));
+    let dpid = daemon_pid(&d);
+    let environ = format!("/proc/{dpid}/environ");
+    let mem = format!("/proc/{dpid}/mem");
+    let cwd = format!("/proc/{dpid}/cwd");
+    let root = format!("/proc/{dpid}/root{secret}");
+    let fd = format!("/proc/{}/fd/{}", h.pid, h.fd);
+    assert!(std::fs::read(&environ).is_ok(), "control: root outside reads {environ}");
+    // Unconfined: no file token stands in the way, only the ptrace guard.
+    let got = agent(
+        &d,
+        "procmem",
+        None,
+        &[
+            &["read", &environ],
+            &["open-rw", &mem],
+            &["readlink", &cwd],
+            &["read", &root],
+            &["read", &fd],
+            &["read", "/proc/self/environ"], // control: its own
+            &["read", &secret],              // control: not file-confined
+        ],
+    );
+    let denied = "errno EACCES|errno EPERM";
+    assert_lines(
+        &got,
+        &[denied, denied, denied, denied, denied, "ok *", "ok 11"],
+        "/proc/PID/{environ,mem,cwd,root,fd} of the daemon and of a process outside",
+    );
+}
+
+#[test]
+fn escape_ptrace_attach_daemon() {
+    let Some(mut d) = lsm_daemon() else { return };
+    let dpid = daemon_pid(&d).to_string();
+    let victim = sleeper_agent(&d, "victim", &[]).to_string();
+    // Control: root outside gets past the permission check (then EFAULT: 0x1000 is unmapped).
+    assert_lines(&outside(&[&["vm-read", &dpid]]), &["errno EFAULT"], "process_vm_readv outside");
+    let scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").unwrap_or_default();
+    eprintln!("yama ptrace_scope: {:?}", scope.trim());
+    let got = agent(
+        &d,
+        "tracer",
+        None,
+        &[
+            &["ptrace-attach", &dpid],
+            &["ptrace-seize", &dpid],
+            &["vm-read", &dpid],
+            &["vm-write", &dpid],
+            &["pidfd-getfd", &dpid, "0"],
+            &["ptrace-attach", &victim], // another agent
+        ],
+    );
+    assert_lines(
+        &got,
+        &[EPERM, EPERM, EPERM, EPERM, "ok pidfd", EPERM, EPERM],
+        "ptrace, process_vm_{readv,writev}, pidfd_getfd of the daemon and of another agent",
+    );
+    assert!(d.is_running(), "daemon died:\n{}", d.log_text());
+    let status = std::fs::read_to_string(format!("/proc/{dpid}/status")).unwrap();
+    assert!(status.lines().any(|l| l == "TracerPid:\t0"), "daemon traced: {status}");
+}
+
+#[test]
+fn escape_kill_daemon() {
+    let Some(mut d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    let h = Holder::start(&s.p("a/f"), s.dir.path());
+    let dpid = daemon_pid(&d).to_string();
+    let victim_pid = sleeper_agent(&d, "victim", &[]);
+    let (hpid, victim) = (h.pid.to_string(), victim_pid.to_string());
+    let got = agent(
+        &d,
+        "killer",
+        None,
+        &[
+            &["kill", &dpid, "9"],
+            &["pidfd-kill", &dpid, "9"],
+            &["kill", &dpid, "15"],
+            &["kill", &hpid, "9"],   // a process outside
+            &["kill", &victim, "9"], // another agent
+        ],
+    );
+    assert_lines(&got, &[EPERM, "ok pidfd", EPERM, EPERM, EPERM, EPERM], "signals out of the agent");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.is_running(), "daemon died:\n{}", d.log_text());
+    assert!(pid_alive(h.pid), "the process outside died");
+    assert!(pid_alive(victim_pid), "the other agent died");
+}
+
+#[test]
+fn escape_fsetown_sigio_to_daemon() {
+    let Some(mut d) = lsm_daemon() else { return };
+    let dpid = daemon_pid(&d).to_string();
+    // sigio-self (control): SIGIO to its own process is delivered. Then F_SETOWN naming
+    // the daemon, with F_SETSIG(SIGKILL): refused at F_SETOWN.
+    let got = agent(&d, "sigio", None, &[&["sigio-self"], &["sigio", &dpid, "9"]]);
+    assert_lines(&got, &["ok received", EPERM], "fcntl(F_SETOWN) to the daemon");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.is_running(), "daemon died:\n{}", d.log_text());
+}
+
+#[test]
+fn escape_fiosetown_ioctl_sigio_to_daemon() {
+    let Some(mut d) = lsm_daemon() else { return };
+    let dpid = daemon_pid(&d).to_string();
+    let got = agent(&d, "fiosetown", None, &[&["sigio", &dpid, "9", "ioctl"]]);
+    // The ioctl form of F_SETOWN passes the pid through user memory: refused at set time
+    // (EPERM) or not, the SIGKILL it would send must not reach the daemon.
+    assert!(
+        got == [EPERM] || got == ["ok setown", "ok triggered"],
+        "ioctl(FIOSETOWN) + F_SETSIG(SIGKILL) + O_ASYNC: {got:?}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.is_running(), "SIGIO from an agent killed the daemon ({got:?}):\n{}", d.log_text());
+}
+
+// ---------------------------------------------------------------------------------------
+// Mounts and namespaces.
+
+#[test]
+fn escape_bind_mount_by_agent() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    s.mkdir("a/m");
+    let before = mount_points();
+    let (b, m) = (s.p("b"), s.p("a/m"));
+    let got = agent(
+        &d,
+        "mounter",
+        None,
+        &[&["mount-bind", &b, &m], &["mount-tmpfs", &m], &["open-tree", &b], &["fsopen", "tmpfs"]],
+    );
+    assert_lines(&got, &[EPERM, EPERM, EPERM, EPERM], "mount(MS_BIND), mount(tmpfs), open_tree, fsopen");
+    assert_eq!(mount_points(), before, "the mount table changed");
+    assert!(!s.exists("a/m/secret"));
+}
+
+#[test]
+fn escape_bind_mount_alias() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    s.mkdir("alias");
+    let _alias = bind_mount(&s.path("a"), &s.path("alias"));
+    assert_eq!(s.read("alias/f"), "granted data", "control: the alias shows a/");
+    let grant = s.grant("a", "read,write");
+    let got = agent(
+        &d,
+        "alias",
+        Some(&[&grant]),
+        &[&["read", &s.p("alias/f")], &["put", &s.p("alias/f"), "pwned"], &["read", &s.p("a/f")]],
+    );
+    assert_lines(&got, &[EPERM, EPERM, "ok 12"], "a/ through a bind mount made by root");
+    assert_eq!(s.read("a/f"), "granted data");
+}
+
+#[test]
+fn escape_umount_by_agent() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    s.mkdir("t/m");
+    s.mkdir("t/m2");
+    let _m = mount_tmpfs(&s.path("t/m"));
+    s.write("t/m/f", "on tmpfs");
+    let before = mount_points();
+    let (m, m2) = (s.p("t/m"), s.p("t/m2"));
+    let got = agent(&d, "umounter", None, &[&["umount", &m], &["move-mount", &m, &m2]]);
+    assert_lines(&got, &[EPERM, EPERM], "umount, move_mount");
+    assert_eq!(mount_points(), before, "the mount table changed");
+    assert_eq!(s.read("t/m/f"), "on tmpfs");
+}
+
+#[test]
+fn escape_pivot_root() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    s.mkdir("a/old");
+    let (new, old) = (s.p("a"), s.p("a/old"));
+    // Control: root outside gets past the capability check and fails on the arguments
+    // (a/ is no mount point), so an agent's EPERM is the guard's.
+    let ctl = outside(&[&["pivot-root", &new, &old]]);
+    assert!(ctl.len() == 1 && ctl[0].starts_with("errno ") && ctl[0] != EPERM, "control outside: {ctl:?}");
+    let got = agent(&d, "pivot", None, &[&["pivot-root", &new, &old], &["readlink", "/proc/self/root"]]);
+    assert_lines(&got, &[EPERM, "ok /"], "pivot_root");
+}
+
+#[test]
+fn escape_chroot() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    let a = s.p("a");
+    assert_lines(&outside(&[&["chroot", &a]]), &["ok"], "control: chroot outside");
+    let got = agent(&d, "chroot", None, &[&["chroot", &a], &["readlink", "/proc/self/root"]]);
+    assert_lines(&got, &[EPERM, "ok /"], "chroot");
+    let grant = s.grant("a", "read");
+    let got = agent(&d, "chroot-confined", Some(&[&grant]), &[&["chroot", &a]]);
+    assert_lines(&got, &[EPERM], "chroot into the granted dir");
+}
+
+#[test]
+fn escape_unshare_mount_ns() {
+    let Some(d) = lsm_daemon() else { return };
+    let mine = std::fs::read_link("/proc/self/ns/mnt").unwrap().display().to_string();
+    let same = format!("ok {mine}");
+    let ctl = outside(&[&["unshare", "mnt"], &["readlink", "/proc/self/ns/mnt"]]);
+    assert!(ctl.len() == 2 && ctl[0] == "ok" && ctl[1] != same, "control outside: {ctl:?}");
+    let got = agent(
+        &d,
+        "unshare-m",
+        None,
+        &[
+            &["unshare", "mnt"],
+            &["readlink", "/proc/self/ns/mnt"],
+            &["unshare", "net"],
+            &["unshare", "uts"],
+            &["unshare", "ipc"],
+            &["unshare", "cgroup"],
+            &["unshare", "pid"],
+        ],
+    );
+    assert_lines(
+        &got,
+        &[EPERM, &same, EPERM, EPERM, EPERM, EPERM, EPERM],
+        "unshare(CLONE_NEWNS and the other CAP_SYS_ADMIN namespaces)",
+    );
+}
+
+#[test]
+fn escape_unshare_user_ns() {
+    let Some(d) = lsm_daemon() else { return };
+    let mine = std::fs::read_link("/proc/self/ns/user").unwrap().display().to_string();
+    let same = format!("ok {mine}");
+    assert_lines(&outside(&[&["unshare", "user"]]), &["ok"], "control: unshare(CLONE_NEWUSER) outside");
+    let got = agent(
+        &d,
+        "unshare-u",
+        None,
+        &[
+            &["unshare", "user"],
+            &["readlink", "/proc/self/ns/user"],
+            &["clone-newuser"],
+            &["unshare", "user,mnt"],
+        ],
+    );
+    assert_lines(&got, &[EPERM, &same, EPERM, EPERM], "unshare(CLONE_NEWUSER), clone(CLONE_NEWUSER)");
+}
+
+// ---------------------------------------------------------------------------------------
+// Around the file hooks: io_uring, handles, mappings, exec.
+
+#[test]
+fn escape_io_uring_openat() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    let grant = s.grant("a", "read");
+    let got = agent(
+        &d,
+        "uring",
+        Some(&[&grant]),
+        &[&["io-uring-openat", &s.p("b/secret")], &["io-uring-openat", &s.p("a/f")]],
+    );
+    assert!(
+        !got.iter().any(|l| l.contains("io_uring_setup")),
+        "io_uring_setup failed in the agent, so nothing was tested: {got:?}"
+    );
+    assert_lines(&got, &[EPERM, "ok 12"], "IORING_OP_OPENAT (the cqe's res)");
+}
+
+#[test]
+fn escape_open_by_handle_at() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    let h = outside(&[&["handle", &s.p("b/secret")]]);
+    let handle = h[0].strip_prefix("ok ").unwrap_or_else(|| panic!("name_to_handle_at outside: {h:?}"));
+    let (ty, hex) = handle.split_once(' ').unwrap();
+    let a = s.p("a");
+    assert_lines(
+        &outside(&[&["open-by-handle", &a, ty, hex]]),
+        &["ok 11"],
+        "control: the handle opens outside",
+    );
+    let grant = s.grant("a", "read");
+    let got = agent(&d, "handle", Some(&[&grant]), &[&["open-by-handle", &a, ty, hex]]);
+    assert_lines(&got, &[EPERM], "open_by_handle_at of b/secret");
+}
+
+/// `rush agent spawn` of `mmap-hold PATH MODE`, talked to over stdin/stdout.
+struct Mapper {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    pid: i32,
+}
+
+impl Mapper {
+    fn spawn(d: &Daemon, name: &str, grants: &[&str], path: &str, mode: &str) -> Mapper {
+        let (bins, tool) = (bin_grant(), tool());
+        let mut args: Vec<&str> = vec!["agent", "spawn", name, "--allow", &bins];
+        for g in grants {
+            args.extend(["--allow", g]);
+        }
+        args.extend(["--", &tool, "mmap-hold", path, mode]);
+        let mut child = d.rush_cmd(&args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+        let stdin = child.stdin.take();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        let pid = first
+            .strip_prefix("mapped ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("mmap-hold {path} {mode}: {first:?}"));
+        Mapper { child, stdin, lines, pid }
+    }
+
+    /// One request; None once the mapper is gone.
+    fn ask(&mut self, req: &str) -> Option<String> {
+        let stdin = self.stdin.as_mut()?;
+        if writeln!(stdin, "{req}").and_then(|_| stdin.flush()).is_err() {
+            return None;
+        }
+        self.lines.next().and_then(Result::ok)
+    }
+}
+
+fn revoke_kill_record(d: &Daemon, agent: &str, pid: i32) -> Option<Value> {
+    let get = || {
+        d.audit()
+            .into_iter()
+            .find(|r| r["agent"] == agent && r["event"]["kind"] == "revoke_kill" && r["event"]["pid"] == pid)
+    };
+    wait_until(Duration::from_secs(5), || get().is_some());
+    get()
+}
+
+#[test]
+fn escape_mmap_revoke_write() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    let f = s.p("a/f");
+    let read_a = s.grant("a", "read");
+    let write_f = format!("{f}:write");
+    let mut m = Mapper::spawn(&d, "mapper", &[&read_a, &write_f], &f, "rw");
+    // Control: while granted, a write through the shared mapping reaches the file.
+    assert_eq!(m.ask("write AAAA").as_deref(), Some("ok wrote 4"));
+    assert_eq!(s.read("a/f"), "AAAAted data");
+
+    let out = d.rush(&["capability", "revoke", "mapper", "--path", &f]);
+    assert!(out.status.success(), "revoke: {}", describe(&out));
+    // Frozen, killed, thawed before the revoke returns.
+    assert!(
+        wait_until(Duration::from_secs(2), || !pid_alive(m.pid)),
+        "the mapper (pid {}) outlived the revoke of its write token",
+        m.pid
+    );
+    assert_eq!(m.ask("write BBBB"), None, "the mapper answered after the revoke");
+    let status = m.child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + 9), "agent status: {status}");
+    assert_eq!(
+        s.read("a/f"),
+        "AAAAted data",
+        "a write through the mapping reached the file after the revoke"
+    );
+    let rec = revoke_kill_record(&d, "mapper", m.pid)
+        .unwrap_or_else(|| panic!("no revoke_kill record for pid {}: {:#?}", m.pid, d.audit()));
+    assert!(rec["event"]["ops"].as_str().unwrap_or("").contains("write"), "{rec}");
+}
+
+#[test]
+fn escape_mmap_revoke_read() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    let f = s.p("a/f");
+    let read_a = s.grant("a", "read");
+    let mut m = Mapper::spawn(&d, "reader", &[&read_a], &f, "r");
+    assert_eq!(m.ask("read").as_deref(), Some("ok granted data"));
+    let out = d.rush(&["capability", "revoke", "reader", "--path", &s.p("a")]);
+    assert!(out.status.success(), "revoke: {}", describe(&out));
+    assert!(
+        wait_until(Duration::from_secs(2), || !pid_alive(m.pid)),
+        "the mapper (pid {}) outlived the revoke of its read token",
+        m.pid
+    );
+    // Root outside changes the file: a surviving mapping would show the new bytes.
+    s.write("a/f", "changed data");
+    assert_eq!(m.ask("read"), None, "the mapper answered after the revoke");
+    assert_eq!(m.child.wait().unwrap().code(), Some(128 + 9));
+    let rec = revoke_kill_record(&d, "reader", m.pid)
+        .unwrap_or_else(|| panic!("no revoke_kill record for pid {}: {:#?}", m.pid, d.audit()));
+    assert!(rec["event"]["ops"].as_str().unwrap_or("").contains("read"), "{rec}");
+}
+
+#[test]
+fn escape_memfd_exec() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    let t = tool();
+    // Control: outside, the memfd copy of a binary executes.
+    assert_lines(
+        &outside(&[&["memfd", &t], &["execveat", "@"]]),
+        &["ok fd *", "ok executed"],
+        "memfd exec outside",
+    );
+    let grant = s.grant("a", "read,write");
+    let got = agent(
+        &d,
+        "memfd",
+        Some(&[&grant]),
+        &[
+            &["memfd", &t], // a copy of a binary the agent may execute
+            &["mmap-read", "@"],
+            &["mmap-exec", "@"],
+            &["mprotect-exec", "@"],
+            &["execve", "/proc/self/fd/@"],
+            &["execveat", "@"],
+        ],
+    );
+    assert_lines(
+        &got,
+        &["ok fd *", "ok mapped", EPERM, EPERM, EPERM, EPERM],
+        "memfd: mmap PROT_EXEC, mprotect PROT_EXEC, execve via /proc/self/fd, execveat(AT_EMPTY_PATH)",
+    );
+}
+
+const LD_SO: &str = "/lib64/ld-linux-x86-64.so.2";
+
+#[test]
+fn escape_ld_so_loader() {
+    let Some(d) = lsm_daemon() else { return };
+    if !require(Path::new(LD_SO).exists(), LD_SO) {
+        return;
+    }
+    let s = Scratch::new();
+    for dir in ["r", "x"] {
+        s.mkdir(dir);
+        let copy = s.path(&format!("{dir}/tool"));
+        std::fs::copy(tool(), &copy).unwrap();
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let (ro, rx, rw) = (s.grant("r", "read"), s.grant("x", "read,exec"), s.grant("a", "read,write,create"));
+    let (rt, xt) = (s.p("r/tool"), s.p("x/tool"));
+    let (m1, m2, m3, m4) = (s.p("a/m1"), s.p("a/m2"), s.p("a/m3"), s.p("a/m4"));
+    let out = agent_output(
+        &d,
+        "ldso",
+        Some(&[&ro, &rx, &rw]),
+        &[
+            &["run", LD_SO, &rt, "create", &m1, "x"], // readable, not executable: its mmap refused
+            &["run", LD_SO, &xt, "create", &m2, "x"], // control: exec-granted, through ld.so
+            &["run", &xt, "create", &m3, "x"],        // control: exec-granted, directly
+            &["run", &rt, "create", &m4, "x"],        // the read-only copy, directly
+        ],
+    );
+    let got = lines(&out);
+    eprintln!("ldso: {got:?}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_lines(
+        &got,
+        &["ok exit *|ok signal *", "ok", "ok exit 0", "ok", "ok exit 0", EPERM],
+        "ld.so as the loader of a read-only binary",
+    );
+    assert_ne!(got[0], "ok exit 0", "ld.so ran the read-only binary");
+    assert!(!s.exists("a/m1") && !s.exists("a/m4"), "the read-only binary ran");
+    assert!(s.exists("a/m2") && s.exists("a/m3"));
+}
+
+#[test]
+fn escape_setuid_binary() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    s.mkdir("s");
+    let suid = s.p("s/suid");
+    std::fs::copy(tool(), &suid).unwrap();
+    nix::unistd::chown(Path::new(&suid), Some(0.into()), Some(0.into())).unwrap();
+    std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).unwrap();
+    s.write("s/secret", "root only");
+    std::fs::set_permissions(s.path("s/secret"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let secret = s.p("s/secret");
+    let steps: [&[&str]; 3] =
+        [&["as-user", "1000", "1000", "--", &suid, "ids"], &["nnp"], &["read", &secret]];
+
+    // Control: outside any agent (no no_new_privs) the setuid copy does run as euid 0.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    if status.lines().any(|l| l == "NoNewPrivs:\t0") {
+        let ctl = outside(&steps);
+        if !require(
+            ctl.get(1).is_some_and(|l| l.contains("euid 0")),
+            &format!("setuid binaries honoured under /tmp outside agents: {ctl:?}"),
+        ) {
+            return;
+        }
+        assert_lines(
+            &ctl,
+            &["ok as 1000:1000", "ok uid 1000 euid 0 *", "ok nnp 0", "ok 9"],
+            "control outside",
+        );
+    }
+    let grant = s.grant("s", "read,exec");
+    let got = agent(&d, "setuid", Some(&[&grant]), &steps);
+    assert_lines(
+        &got,
+        &["ok as 1000:1000", "ok uid 1000 euid 1000 gid 1000 egid 1000", "ok nnp 1", "errno EACCES"],
+        "a setuid-root binary run by uid 1000 inside an agent",
+    );
+    assert_eq!(s.read("s/secret"), "root only");
+}
+
+#[test]
+fn escape_fork_bomb_children() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    let grant = s.grant("a", "read");
+    let cg = format!("ok {}", agent_cgroup_line(&d, "bomb"));
+    let got = agent(
+        &d,
+        "bomb",
+        Some(&[&grant]),
+        &[&["cgroup"], &["fork-chain", "100", &s.p("b/secret"), &s.p("a/f")]],
+    );
+    // The 100th process of the chain: same cgroup, same tokens.
+    assert_lines(
+        &got,
+        &[&cg, "ok depth 100 pid *", &cg, EPERM, "ok 12", "ok chain 100 exit 0"],
+        "a chain of 100 processes",
+    );
+}
+
+#[test]
+fn escape_mknod_block_device() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    let grant = s.grant("a", "read,write,create");
+    let got = agent(
+        &d,
+        "mknod",
+        Some(&[&grant]),
+        &[&["mknod-blk", &s.p("a/sda"), "8", "0"], &["mkfifo", &s.p("a/fifo")]],
+    );
+    assert_lines(&got, &[EPERM, "ok"], "mknod of a block device in a create-granted dir (a FIFO: control)");
+    let got = agent(&d, "mknod-free", None, &[&["mknod-blk", &s.p("b/sda"), "8", "0"]]);
+    assert_lines(&got, &[EPERM], "mknod of a block device, unconfined agent");
+    assert!(!s.exists("a/sda") && !s.exists("b/sda"));
+}
+
+#[test]
+fn escape_truncate_chmod_chown_ungranted() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    let secret = s.p("b/secret");
+    let meta = std::fs::metadata(&secret).unwrap();
+    let grant = s.grant("a", "read,write,create,delete");
+    let got = agent(
+        &d,
+        "meta",
+        Some(&[&grant]),
+        &[
+            &["truncate", &secret, "0"],
+            &["chmod", &secret, "777"],
+            &["chown", &secret, "1000", "1000"],
+            &["truncate", &s.p("a/f"), "7"], // control
+        ],
+    );
+    assert_lines(&got, &[EPERM, EPERM, EPERM, "ok"], "truncate, chmod, chown of b/secret");
+    let after = std::fs::metadata(&secret).unwrap();
+    assert_eq!(
+        (after.len(), after.mode(), after.uid(), after.gid()),
+        (meta.len(), meta.mode(), meta.uid(), meta.gid())
+    );
+    assert_eq!(s.read("a/f"), "granted");
+}
+
+// ---------------------------------------------------------------------------------------
+// The kernel, the cgroup tree and the daemon's own state.
+
+#[test]
+fn escape_cgroup_procs() {
+    let Some(d) = lsm_daemon() else { return };
+    let parent = d.cgroup_v2_parent();
+    let own = parent.join("cg");
+    let root = cgroup2_root();
+    let f = |dir: &Path, file: &str| dir.join(file).to_str().unwrap().to_owned();
+    let (pp, rp, op) = (f(&parent, "cgroup.procs"), f(&root, "cgroup.procs"), f(&own, "cgroup.procs"));
+    let (ps, os, om) =
+        (f(&parent, "cgroup.subtree_control"), f(&own, "cgroup.subtree_control"), f(&own, "memory.max"));
+    let sibling = f(&parent, "escaped");
+    let cg = format!("ok {}", agent_cgroup_line(&d, "cg"));
+    let mut steps: Vec<Vec<&str>> = vec![
+        vec!["cgroup"],
+        vec!["put", &pp, "0"], // "0": the writing process itself
+        vec!["put", &rp, "0"],
+        vec!["put", &op, "0"],
+        vec!["put", &ps, " "], // no change if it ever got through
+        vec!["put", &os, " "],
+        vec!["mkdir", &sibling],
+    ];
+    let mut want = vec![&cg[..], EPERM, EPERM, EPERM, EPERM, EPERM, EPERM];
+    // memory.max exists where the daemon enables the memory controller for its agents.
+    let memory = std::fs::read_to_string(parent.join("cgroup.subtree_control")).unwrap_or_default();
+    if memory.split_whitespace().any(|c| c == "memory") {
+        steps.push(vec!["put", &om, "max"]);
+        want.push(EPERM);
+    }
+    steps.push(vec!["cgroup"]);
+    want.push(&cg);
+    let steps: Vec<&[&str]> = steps.iter().map(Vec::as_slice).collect();
+    let got = agent(&d, "cg", None, &steps);
+    let _ = std::fs::remove_dir(&sibling);
+    assert_lines(&got, &want, "writes to cgroupfs (the agent's /proc/self/cgroup before and after)");
+}
+
+#[test]
+fn escape_clone_into_parent_cgroup() {
+    let Some(d) = lsm_daemon() else { return };
+    let parent = d.cgroup_v2_parent();
+    // Control: root outside can start a child in a cgroup it names.
+    let ctl_dir = parent.join("escape-control");
+    std::fs::create_dir(&ctl_dir).unwrap();
+    let ctl = outside(&[&["clone-into-cgroup", ctl_dir.to_str().unwrap()]]);
+    let _ = std::fs::remove_dir(&ctl_dir);
+    assert!(
+        ctl.iter().any(|l| l.starts_with("ok child-cgroup ") && l.ends_with("/escape-control")),
+        "control outside: {ctl:?}"
+    );
+    let (p, r) = (parent.to_str().unwrap().to_owned(), cgroup2_root().to_str().unwrap().to_owned());
+    let got =
+        agent(&d, "clone-cg", None, &[&["clone-into-cgroup", &p], &["clone-into-cgroup", &r], &["cgroup"]]);
+    assert!(!got.iter().any(|l| l.contains("child-cgroup")), "a child started outside the agent: {got:?}");
+    // Refused where the cgroup directory is opened, or at clone3.
+    let one = |l: &[String]| -> usize {
+        match l {
+            [a, ..] if a == EPERM => 1,
+            [a, b, ..] if a == "ok opened" && b == EPERM => 2,
+            _ => panic!("clone3(CLONE_INTO_CGROUP) not refused with EPERM: {got:?}"),
+        }
+    };
+    let n = one(&got);
+    let n = n + one(&got[n..]);
+    assert_eq!(got[n..], [format!("ok {}", agent_cgroup_line(&d, "clone-cg"))], "{got:?}");
+}
+
+#[test]
+fn escape_bpf_map_update() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    let pin = d.pin_dir.join("rush_file_grants");
+    let pin = pin.to_str().unwrap();
+    // A confined agent, so that the map has entries worth aiming at.
+    let _holder = sleeper_agent(&d, "holder", &[&s.grant("a", "read")]);
+    let dump = || -> Vec<String> {
+        let out = outside(&[&["map-dump", pin]]);
+        assert!(out.last().is_some_and(|l| l.ends_with(" entries")), "map-dump {pin}: {out:?}");
+        out
+    };
+    let before = dump();
+    assert!(before.len() > 1, "no entries in {pin}: {before:?}");
+    let got = agent(&d, "bpf", None, &[&["bpf-get", pin], &["bpf-poison", "@"], &["bpf-map-create"]]);
+    assert_lines(&got, &[EPERM, EPERM, EPERM], "bpf(BPF_OBJ_GET, then BPF_MAP_UPDATE_ELEM, BPF_MAP_CREATE)");
+    let after = dump();
+    for e in &before[..before.len() - 1] {
+        assert!(after.contains(e), "entry changed or gone: {e}\nafter: {after:#?}");
+    }
+    let poisoned = |e: &String| e.split(' ').nth(2).is_some_and(|v| v.chars().all(|c| c == 'f'));
+    assert!(!after.iter().any(poisoned), "a poisoned entry (every op, no expiry): {after:#?}");
+}
+
+#[test]
+fn escape_sysctl_write() {
+    let Some(d) = lsm_daemon() else { return };
+    let knobs = ["/proc/sys/kernel/domainname", "/proc/sys/kernel/modprobe", "/proc/sys/kernel/core_pattern"];
+    let before: Vec<String> = knobs.iter().map(|k| std::fs::read_to_string(k).unwrap()).collect();
+    let pwned = "/tmp/rush-escape-pwned\n";
+    let mut steps: Vec<Vec<&str>> = vec![vec!["cat", knobs[0]]];
+    steps.extend(knobs.iter().map(|k| vec!["put", k, pwned]));
+    let steps: Vec<&[&str]> = steps.iter().map(Vec::as_slice).collect();
+    let got = agent(&d, "sysctl", None, &steps);
+    let after: Vec<String> = knobs.iter().map(|k| std::fs::read_to_string(k).unwrap()).collect();
+    for (k, v) in knobs.iter().zip(&before) {
+        let _ = std::fs::write(k, v); // put back whatever an escape changed
+    }
+    // Refused at open, or at write (a cgroup/sysctl program): EPERM either way.
+    let denied = "errno EPERM|errno EPERM (write)";
+    let first = format!("ok {}", before[0].escape_debug());
+    assert_lines(&got, &[&first, denied, denied, denied], "sysctl writes (reading one: control)");
+    assert_eq!(after, before, "a sysctl changed");
+}
+
+#[test]
+fn escape_init_module() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    s.write("junk.ko", "\u{7f}ELF not a module");
+    let junk = s.p("junk.ko");
+    let steps: [&[&str]; 3] =
+        [&["init-module"], &["finit-module", &junk], &["delete-module", "rush_escape_none"]];
+    // Control: root outside gets past the capability check to the module's own checks.
+    let ctl = outside(&steps);
+    assert!(
+        ctl.len() == 3 && ctl.iter().all(|l| l.starts_with("errno ") && l != EPERM),
+        "control outside: {ctl:?}"
+    );
+    let got = agent(&d, "modules", None, &steps);
+    assert_lines(&got, &[EPERM, EPERM, EPERM], "init_module, finit_module, delete_module");
+}
+
+#[test]
+fn escape_raw_socket() {
+    let Some(d) = lsm_daemon() else { return };
+    assert_lines(&outside(&[&["socket-raw"], &["socket-packet"]]), &["ok", "ok"], "control outside");
+    let got = agent(&d, "raw", None, &[&["socket-raw"], &["socket-packet"], &["socket-udp"]]);
+    assert_lines(&got, &[EPERM, EPERM, "ok"], "SOCK_RAW and AF_PACKET (CAP_NET_RAW); UDP: control");
+}
+
+#[test]
+fn escape_dangerous_capabilities() {
+    let Some(d) = lsm_daemon() else { return };
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let mut steps: Vec<Vec<&str>> = vec![
+        vec!["sethostname"],                // CAP_SYS_ADMIN
+        vec!["swapoff", "/nonexistent"],    // CAP_SYS_ADMIN
+        vec!["setns", "/proc/self/ns/net"], // CAP_SYS_ADMIN
+        vec!["ioperm"],                     // CAP_SYS_RAWIO
+        vec!["net-admin"],                  // CAP_NET_ADMIN
+        vec!["reboot-badmagic"],            // CAP_SYS_BOOT
+    ];
+    let mut want = vec![EPERM, EPERM, "ok opened", EPERM, EPERM, EPERM, EPERM];
+    // Control: root outside passes every capability check (and then fails on the
+    // arguments where they are bad on purpose).
+    let mut ctl_want =
+        vec!["ok hostname *", "errno ENOENT", "ok opened", "ok", "ok", "ok lo flags set", "errno EINVAL"];
+    if Path::new("/dev/mem").exists() {
+        steps.push(vec!["open", "/dev/mem"]); // CAP_SYS_RAWIO
+        want.push(EPERM);
+        ctl_want.push("ok");
+    }
+    let steps: Vec<&[&str]> = steps.iter().map(Vec::as_slice).collect();
+    assert_lines(&outside(&steps), &ctl_want, "control outside");
+    let got = agent(&d, "caps", None, &steps);
+    assert_lines(&got, &want, "CAP_SYS_ADMIN, CAP_SYS_RAWIO, CAP_NET_ADMIN, CAP_SYS_BOOT");
+    assert_eq!(std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(), hostname);
+}
+
+/// The daemon's --state-dir: the harness's temp dir, or its `state/` where the socket
+/// lives beside it.
+fn state_dir(d: &Daemon) -> PathBuf {
+    let nested = d.state.path().join("state");
+    if nested.is_dir() { nested } else { d.state.path().to_owned() }
+}
+
+#[test]
+fn escape_state_dir() {
+    let Some(d) = lsm_daemon() else { return };
+    let state = state_dir(&d);
+    let list = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&state)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    // Something in the audit trail first, so that there are bytes to protect.
+    let out = d.rush(&["agent", "spawn", "first", "--", "/bin/true"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let audit = state.join("audit.jsonl");
+    let (names, trail) = (list(), std::fs::read(&audit).unwrap_or_default());
+    assert!(!trail.is_empty(), "no audit trail at {}", audit.display());
+    let p = |f: &str| state.join(f).to_str().unwrap().to_owned();
+    let (st, aud, new) = (p(""), p("audit.jsonl"), p("new"));
+    let got = agent(
+        &d,
+        "state",
+        None,
+        &[
+            &["ls", &st],
+            &["read", &aud],
+            &["put", &aud, "{}\n"],
+            &["create", &new, "x"],
+            &["unlink", &aud],
+            &["opath", &st],
+            &["openat", "@", "audit.jsonl"],
+        ],
+    );
+    // O_PATH of the directory may be allowed (it opens nothing for reading); the openat
+    // below it is the real attempt, and moot when the O_PATH was refused.
+    let mut want = vec![EPERM; 5];
+    if got.get(5).is_some_and(|l| l.starts_with("ok fd ")) {
+        want.extend(["ok fd *", EPERM]);
+    } else {
+        want.extend([EPERM, "errno EBADF"]);
+    }
+    assert_lines(&got, &want, "the daemon's state dir");
+    assert_eq!(list(), names, "the state dir's entries changed");
+    let now = std::fs::read(&audit).unwrap();
+    assert!(now.starts_with(&trail), "the audit trail was rewritten");
+}
+
+#[test]
+fn escape_agent_asks_daemon_for_a_grant() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    let grant = s.grant("a", "read");
+    let rush = bin("rush");
+    let (rush, sock, b) = (rush.to_str().unwrap(), d.socket.to_str().unwrap(), s.p("b"));
+    let got = agent(
+        &d,
+        "asker",
+        Some(&[&grant]),
+        &[
+            &["run", rush, "--socket", sock, "capability", "grant", "asker", "--path", &b, "--ops", "read"],
+            &["read", &s.p("b/secret")],
+        ],
+    );
+    // Refused by the daemon (an agent is never an operator, even as root).
+    assert_lines(&got, &["ok exit 1", EPERM], "capability grant asked from inside the agent");
+    let tokens = d.rush_json(&["capability", "list", "asker"]);
+    assert!(
+        !tokens.as_array().unwrap().iter().any(|t| t["path"].as_str() == Some(b.as_str())),
+        "a token on b/ appeared: {tokens:#}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Aliases across filesystems: the key is (device, inode) and the mount.
+
+#[test]
+fn escape_btrfs_snapshot_alias() {
+    let Some(d) = lsm_daemon() else { return };
+    let Some(fs) = Btrfs::new() else { return };
+    let (ws, snap, src) = (fs.p("ws"), fs.p("snap"), fs.p("ws/src"));
+    assert_lines(
+        &outside(&[&["btrfs-subvol", &ws], &["create", &src, "workspace data"], &["btrfs-snap", &ws, &snap]]),
+        &["ok", "ok", "ok"],
+        "subvolume ws and its snapshot",
+    );
+    let (a, b) = (ino(&src), ino(&fs.p("snap/src")));
+    assert_eq!(a.1, b.1, "the snapshot's file has the same inode number");
+    assert_ne!(a.0, b.0, "st_dev: btrfs reports each subvolume's anonymous device");
+    let grant = format!("{ws}:read");
+    let got = agent(&d, "snap", Some(&[&grant]), &[&["read", &fs.p("snap/src")], &["read", &src]]);
+    assert_lines(&got, &[EPERM, "ok 14"], "a snapshot of the granted subvolume");
+}
+
+#[test]
+fn escape_btrfs_subvolume_same_ino() {
+    let Some(d) = lsm_daemon() else { return };
+    let Some(fs) = Btrfs::new() else { return };
+    let (v1, v2, f1, f2) = (fs.p("v1"), fs.p("v2"), fs.p("v1/f"), fs.p("v2/f"));
+    assert_lines(
+        &outside(&[
+            &["btrfs-subvol", &v1],
+            &["btrfs-subvol", &v2],
+            &["create", &f1, "one"],
+            &["create", &f2, "two"],
+        ]),
+        &["ok", "ok", "ok", "ok"],
+        "two subvolumes",
+    );
+    assert_eq!(ino(&f1).1, ino(&f2).1, "equal inode numbers in both subvolumes");
+    let grant = format!("{v1}:read");
+    let got = agent(&d, "subvol", Some(&[&grant]), &[&["read", &f2], &["read", &f1]]);
+    assert_lines(&got, &[EPERM, "ok 3"], "another subvolume's file with the granted inode number");
+}
+
+#[test]
+fn escape_tmpfs_same_ino() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    s.mkdir("t1");
+    s.mkdir("t2");
+    let _m1 = mount_tmpfs(&s.path("t1"));
+    let _m2 = mount_tmpfs(&s.path("t2"));
+    s.write("t1/f", "one");
+    s.write("t2/f", "two");
+    let (i1, i2) = (ino(&s.p("t1/f")), ino(&s.p("t2/f")));
+    assert_eq!(i1.1, i2.1, "fresh tmpfs mounts number their first files alike");
+    assert_ne!(i1.0, i2.0);
+    let grant = s.grant("t1", "read");
+    let got = agent(&d, "tmpfs", Some(&[&grant]), &[&["read", &s.p("t2/f")], &["read", &s.p("t1/f")]]);
+    assert_lines(&got, &[EPERM, "ok 3"], "another tmpfs's file with the granted inode number");
+}
+
+// ---------------------------------------------------------------------------------------
+// Editor-style saves: a single-file write token follows its name, and no further.
+
+#[test]
+fn escape_rename_save_keeps_grant() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    s.mkdir("e");
+    s.write("e/doc", "v1");
+    s.write("e/sibling", "sibling data");
+    let (doc, tmp) = (s.p("e/doc"), s.p("e/.doc.tmp"));
+    let grant = format!("{doc}:read,write");
+    let got = agent(
+        &d,
+        "saver",
+        Some(&[&grant]),
+        &[
+            &["cat", &doc],
+            &["create", &tmp, "v2"],
+            &["rename", &tmp, &doc],
+            &["cat", &doc],
+            &["write", &doc, "v3"],
+            &["cat", &doc],
+        ],
+    );
+    assert_lines(
+        &got,
+        &["ok v1", "ok", "ok", "ok v2", "ok", "ok v3"],
+        "tmp + rename save, then the new inode",
+    );
+    assert_eq!(s.read("e/doc"), "v3");
+    assert!(!s.exists("e/.doc.tmp"));
+    assert_eq!(s.read("e/sibling"), "sibling data");
+}
+
+#[test]
+fn escape_rename_save_does_not_widen() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    s.mkdir("e");
+    s.write("e/doc", "v1");
+    s.write("e/sibling", "sibling data");
+    let (doc, sib, t2, t3) = (s.p("e/doc"), s.p("e/sibling"), s.p("e/.t2"), s.p("e/.t3"));
+    let grant = format!("{doc}:read,write");
+    let got = agent(
+        &d,
+        "widen",
+        Some(&[&grant]),
+        &[
+            &["read", &sib],
+            &["put", &sib, "pwned"],
+            &["create", &t2, "evil"], // a temp file beside the granted one: allowed
+            &["rename", &t2, &sib],   // ... but not over a sibling
+            &["rename", &sib, &doc],  // nor the sibling over the granted name
+            &["link", &sib, &t3],
+            &["unlink", &sib],
+            &["create", &s.p("a/new"), "x"], // nor a temp file elsewhere
+            &["cat", &doc],
+        ],
+    );
+    assert_lines(
+        &got,
+        &[EPERM, EPERM, "ok", EPERM, EPERM, EPERM, EPERM, EPERM, "ok v1"],
+        "a single-file write token and the files beside it",
+    );
+    assert_eq!(s.read("e/sibling"), "sibling data");
+    assert_eq!(s.read("e/doc"), "v1");
+    assert!(!s.exists("e/.t3") && !s.exists("a/new"));
+}
