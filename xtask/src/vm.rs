@@ -68,8 +68,9 @@ impl VmArgs {
 }
 
 /// Debian packages this tier needs on the host, beyond `setup::ensure`'s.
-const VM_PACKAGES: [(&str, &str); 7] = [
+const VM_PACKAGES: [(&str, &str); 8] = [
     ("qemu-system-x86", "qemu-system-x86_64"),
+    ("btrfs-progs", "mkfs.btrfs"),
     ("busybox-static", "/bin/busybox"),
     ("kmod", "depmod"),
     ("xz-utils", "xz"),
@@ -79,10 +80,15 @@ const VM_PACKAGES: [(&str, &str); 7] = [
 ];
 
 /// The guest test suites, in the order they run: (name, test threads, extra arguments).
-/// `host`, `files`, `guest` are kernel-tests targets; `bpf` is rush-agentd's own kernel
-/// smoke tests (its lib tests under `bpf::`).
-const SUITES: [(&str, u32, &str); 4] =
-    [("host", 2, ""), ("files", 1, " --nocapture"), ("guest", 1, ""), ("bpf", 1, " bpf::")];
+/// `host`, `files`, `guest`, `escape` are kernel-tests targets; `bpf` is rush-agentd's own
+/// kernel smoke tests (its lib tests under `bpf::`).
+const SUITES: [(&str, u32, &str); 5] = [
+    ("host", 2, ""),
+    ("files", 1, " --nocapture"),
+    ("guest", 1, ""),
+    ("escape", 1, ""),
+    ("bpf", 1, " bpf::"),
+];
 
 fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
@@ -416,19 +422,20 @@ fn json_str(line: &str, key: &str) -> Option<String> {
     None
 }
 
-/// The payload: /payload/bin (rush-agentd, rush, rush-test-net, rush-test-fs, sh → dash), /payload/tests
-/// (host, guest), curl, criu and dash at their host paths, every library at its host path, and
-/// /payload/run, which /init starts.
+/// The payload: /payload/bin (rush-agentd, rush, rush-test-net, rush-test-fs, rush-test-escape,
+/// sh → dash), /payload/tests (one per suite), curl, criu, dash and mkfs.btrfs at their host
+/// paths, every library at its host path, and /payload/run, which /init starts.
 fn build_payload(path: &Path, scratch: &Path, tests: &Tests, test_args: &[String]) -> Result<u64> {
     let bins = util::target_dir()?.join("debug");
     let mut p = image::Payload::create(path, scratch)?;
-    for b in ["rush-agentd", "rush", "rush-test-net", "rush-test-fs"] {
+    for b in ["rush-agentd", "rush", "rush-test-net", "rush-test-fs", "rush-test-escape"] {
         p.elf(&bins.join(b), &format!("payload/bin/{b}"), true)?;
     }
     for (suite, exe) in &tests.0 {
         p.elf(exe, &format!("payload/tests/{suite}"), true)?;
     }
-    for tool in ["curl", "criu", "dash"] {
+    // mkfs.btrfs: the escape suite's btrfs rows make a filesystem on a loop file.
+    for tool in ["curl", "criu", "dash", "mkfs.btrfs"] {
         let host = which(tool).with_context(|| format!("{tool} is not installed"))?;
         let guest = host.to_string_lossy().into_owned();
         p.elf(&host, &guest, false)?;

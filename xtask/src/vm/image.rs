@@ -16,10 +16,11 @@ use super::kernel::{self, Kernel};
 const INIT: &str = include_str!("../../../vm-images/init.sh");
 
 /// Loaded at boot, in modules.dep order with their dependencies (ENVIRONMENT.md: what CRIU,
-/// btrfs and the diag sockets need).
-pub const MODULES: [&str; 13] = [
+/// btrfs and the diag sockets need; loop for the escape suite's btrfs on a loop file).
+pub const MODULES: [&str; 14] = [
     "virtio_pci",
     "virtio_blk",
+    "loop",
     "btrfs",
     "unix_diag",
     "inet_diag",
