@@ -70,6 +70,8 @@ pub struct AgentManager {
     /// One revoke or expiry enforcement at a time: one's thaw must not cut another's
     /// scan of a frozen agent short.
     enforcing: tokio::sync::Mutex<()>,
+    /// Tokens with a TTL whose expiry is still to be enforced on mappings, by id.
+    pending_expiries: Mutex<HashMap<u64, Token>>,
 }
 
 #[derive(Default)]
@@ -114,6 +116,7 @@ impl AgentManager {
             tokens: TokenStore::default(),
             registry: Mutex::default(),
             enforcing: tokio::sync::Mutex::new(()),
+            pending_expiries: Mutex::default(),
         })
     }
 
@@ -403,6 +406,7 @@ impl AgentManager {
                     tracing::warn!(agent = %name, error = %e, "kernel policy not removed");
                 }
                 self.tokens.forget_agent(cg.id);
+                self.pending_expiries().retain(|_, t| t.cgroup_id != cg.id);
             }
             Ok(Err(e)) => {
                 tracing::error!(agent = %name, error = %error_chain(&e), "agent cgroup not removed; its policy stays in force")
@@ -626,6 +630,8 @@ impl AgentManager {
     /// memory mappings as a revoke.
     fn schedule_expiry(self: &Arc<Self>, token: Token) {
         let Some((deadline, _)) = token.expires else { return };
+        let cgroup_id = token.cgroup_id;
+        self.pending_expiries().insert(token.id, token);
         let mgr = Arc::downgrade(self);
         tokio::spawn(async move {
             // The deadline is CLOCK_BOOTTIME; tokio's clock stops during suspend: re-check.
@@ -637,32 +643,52 @@ impl AgentManager {
                 tokio::time::sleep(std::time::Duration::from_nanos(deadline - now)).await;
             }
             if let Some(mgr) = mgr.upgrade() {
-                mgr.expired(token).await;
+                mgr.expire_due(cgroup_id).await;
             }
         });
     }
 
-    async fn expired(self: Arc<Self>, token: Token) {
+    fn pending_expiries(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Token>> {
+        self.pending_expiries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Enforces, in one freeze, the expiry of every token of the agent due by now: tokens
+    /// granted together lapse together, and the first of their timers does it for all.
+    async fn expire_due(self: Arc<Self>, cgroup_id: u64) {
         let _one = self.enforcing.lock().await;
-        let cg = {
-            let reg = self.registry();
-            match reg.agents.get(&token.agent) {
-                Some(a) if a.info.state == AgentState::Running && a.cgroup.id == token.cgroup_id => {
-                    a.cgroup.clone()
-                }
-                _ => return,
-            }
+        let now = boot_time_ns();
+        let due: Vec<Token> = {
+            let mut pending = self.pending_expiries();
+            let ids: Vec<u64> = pending
+                .values()
+                .filter(|t| t.cgroup_id == cgroup_id && t.expires.is_some_and(|(ns, _)| ns <= now))
+                .map(|t| t.id)
+                .collect();
+            ids.iter().filter_map(|id| pending.remove(id)).collect()
         };
-        // Revoked meanwhile: the revoke did this already.
-        if !self.tokens.list(Some(&token.agent)).iter().any(|t| t.id == token.id) {
+        if due.is_empty() {
             return;
         }
-        let lost = vec![(token.key, token.path.clone(), token.ops)];
-        match self.enforce(cg, lost, |_| Ok(())).await {
-            Ok(killed) => self.record_kills(&token.agent, killed, "expiry"),
-            Err(e) => {
-                tracing::error!(agent = %token.agent, error = %e.message, "expiry not enforced on mappings")
+        let cg = {
+            let reg = self.registry();
+            let running =
+                reg.agents.values().find(|a| a.cgroup.id == cgroup_id && a.info.state == AgentState::Running);
+            match running {
+                Some(a) => a.cgroup.clone(),
+                None => return,
             }
+        };
+        // Tokens revoked meanwhile: the revoke did this already.
+        let live: HashSet<u64> = self.tokens.list(Some(&cg.name)).into_iter().map(|t| t.id).collect();
+        let lost: Vec<(FileKey, PathBuf, Ops)> =
+            due.into_iter().filter(|t| live.contains(&t.id)).map(|t| (t.key, t.path, t.ops)).collect();
+        if lost.is_empty() {
+            return;
+        }
+        let name = cg.name.clone();
+        match self.enforce(cg, lost, |_| Ok(())).await {
+            Ok(killed) => self.record_kills(&name, killed, "expiry"),
+            Err(e) => tracing::error!(agent = %name, error = %e.message, "expiry not enforced on mappings"),
         }
     }
 
@@ -1063,6 +1089,7 @@ mod tests {
         f: &Fixture,
         name: &str,
         ops: &str,
+        extra: &[FileGrant],
     ) -> (tempfile::TempDir, watch::Receiver<Option<ExitStatus>>) {
         let dir = tempfile::tempdir().unwrap();
         let sleep = dir.path().join("sleep");
@@ -1071,7 +1098,8 @@ mod tests {
         let cmd = [sleep.to_str().unwrap(), "30"];
         // Another test's fork may briefly hold the copy's write fd: ETXTBSY, retried.
         let (info, rx) = loop {
-            let r = SpawnRequest { allow: vec![allow.clone()], ..req(name, &cmd) };
+            let allow = [std::slice::from_ref(&allow), extra].concat();
+            let r = SpawnRequest { allow, ..req(name, &cmd) };
             match f.mgr.spawn(r, &me(), None).await {
                 Err(e) if e.message.contains("Text file busy") => {
                     tokio::time::sleep(std::time::Duration::from_millis(10)).await
@@ -1104,7 +1132,7 @@ mod tests {
     #[tokio::test]
     async fn revoke_kills_only_processes_whose_mappings_lost_an_operation() {
         let f = fixture(files_enforced());
-        let (dir, mut rx) = mapping_agent(&f, "m1", "read,exec").await;
+        let (dir, mut rx) = mapping_agent(&f, "m1", "read,exec", &[]).await;
         let pid = f.mgr.status("m1").unwrap().pid;
         let grant = |ops: &str| GrantRequest {
             agent: "m1".into(),
@@ -1136,7 +1164,10 @@ mod tests {
     async fn an_expiring_token_kills_the_processes_mapping_its_files() {
         let f = fixture(files_enforced());
         let started = std::time::Instant::now();
-        let (dir, mut rx) = mapping_agent(&f, "m2", "read,exec:1s").await;
+        // Two tokens lapsing together: one freeze for both.
+        let other = tempfile::tempdir().unwrap();
+        let extra: FileGrant = format!("{}:read:1s", other.path().display()).parse().unwrap();
+        let (dir, mut rx) = mapping_agent(&f, "m2", "read,exec:1s", &[extra]).await;
         let status = tokio::time::timeout(std::time::Duration::from_secs(10), rx.wait_for(|s| s.is_some()))
             .await
             .expect("killed at expiry")
@@ -1148,5 +1179,14 @@ mod tests {
         assert_eq!(kills.len(), 1, "{kills:?}");
         assert_eq!(kills[0].1, dir.path().join("sleep").display().to_string());
         assert_eq!(kills[0].3, "expiry");
+        // The thaw can come after the exit status: wait for it.
+        for _ in 0..100 {
+            if f.cgroups.freezes.lock().unwrap().len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(*f.cgroups.freezes.lock().unwrap(), ["freeze m2", "thaw m2"]);
+        assert!(f.mgr.pending_expiries().is_empty());
     }
 }
