@@ -265,6 +265,7 @@ fn guard_what(hook: &str, target: u32, arg: i64) -> String {
         "bpf" => format!("bpf() command {arg}"),
         "file_fcntl" if arg < 0 => "F_SETOWN_EX".into(),
         "file_fcntl" => format!("F_SETOWN to pid {arg}"),
+        "file_ioctl" => format!("ioctl {arg:#x} (FIOSETOWN/SIOCSPGRP)"),
         "sb_mount" => format!("mount (flags {arg:#x})"),
         "inode_permission:cgroupfs-or-bpffs-write" => "write to cgroupfs or bpffs".into(),
         "inode_permission:protected-dir" => "access to the daemon's directories".into(),

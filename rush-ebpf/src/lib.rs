@@ -121,6 +121,7 @@ pub const GHOOK_CGROUPFS_WRITE: u32 = 13;
 pub const GHOOK_PROTECTED_DIR: u32 = 14;
 pub const GHOOK_FCNTL: u32 = 15;
 pub const GHOOK_SYSCTL: u32 = 16;
+pub const GHOOK_IOCTL: u32 = 17;
 
 /// What a `RushGuardEvent::hook` stopped, for the audit trail.
 pub fn guard_hook_name(hook: u32) -> Option<&'static str> {
@@ -141,6 +142,7 @@ pub fn guard_hook_name(hook: u32) -> Option<&'static str> {
         GHOOK_PROTECTED_DIR => "inode_permission:protected-dir",
         GHOOK_FCNTL => "file_fcntl",
         GHOOK_SYSCTL => "cgroup/sysctl",
+        GHOOK_IOCTL => "file_ioctl",
         _ => return None,
     })
 }
@@ -209,13 +211,14 @@ pub const LSM_PROGRAMS: [ProgramSpec; 14] = [
 ];
 
 /// Every program of the guard object (self-protection).
-pub const GUARD_PROGRAMS: [ProgramSpec; 14] = [
+pub const GUARD_PROGRAMS: [ProgramSpec; 15] = [
     lsm("rush_capable", "lsm/capable", "rush_link_capable"),
     lsm("rush_bpf", "lsm/bpf", "rush_link_bpf"),
     lsm("rush_ptrace_access_check", "lsm/ptrace_access_check", "rush_link_ptrace_access_check"),
     lsm("rush_ptrace_traceme", "lsm/ptrace_traceme", "rush_link_ptrace_traceme"),
     lsm("rush_task_kill", "lsm/task_kill", "rush_link_task_kill"),
     lsm("rush_file_fcntl", "lsm/file_fcntl", "rush_link_file_fcntl"),
+    lsm("rush_file_ioctl", "lsm/file_ioctl", "rush_link_file_ioctl"),
     lsm("rush_sb_mount", "lsm/sb_mount", "rush_link_sb_mount"),
     lsm("rush_sb_umount", "lsm/sb_umount", "rush_link_sb_umount"),
     lsm("rush_sb_pivotroot", "lsm/sb_pivotroot", "rush_link_sb_pivotroot"),
@@ -675,6 +678,7 @@ mod tests {
             ("RUSH_GHOOK_PROTECTED_DIR", GHOOK_PROTECTED_DIR.into()),
             ("RUSH_GHOOK_FCNTL", GHOOK_FCNTL.into()),
             ("RUSH_GHOOK_SYSCTL", GHOOK_SYSCTL.into()),
+            ("RUSH_GHOOK_IOCTL", GHOOK_IOCTL.into()),
             ("RUSH_PROTECTED_MAX", PROTECTED_MAX as u64),
             ("RUSH_FHOOK_FILE_OPEN", FHOOK_FILE_OPEN.into()),
             ("RUSH_FHOOK_FILE_PERMISSION", FHOOK_FILE_PERMISSION.into()),

@@ -15,7 +15,8 @@
  *                     pidfd_getfd of processes outside the agent's own cgroup.
  *   task_kill         signals to processes outside the agent's cgroup (the daemon
  *                     included); the kernel's own signals (SIGCHLD, ...) are not checks.
- *   file_fcntl        F_SETOWN to another process, F_SETOWN_EX (SIGIO would signal it).
+ *   file_fcntl        F_SETOWN to another process, F_SETOWN_EX (SIGIO would signal it);
+ *   file_ioctl        FIOSETOWN, SIOCSPGRP (the same through ioctl; refused outright).
  *   sb_mount, sb_umount, sb_pivotroot, move_mount   (also behind CAP_SYS_ADMIN).
  *   userns_create     no user namespaces, where capabilities would be had again.
  *   kernel_read_file, kernel_load_data             module, firmware, kexec loading.
@@ -36,6 +37,8 @@
 #define PTRACE_MODE_NOAUDIT 0x04
 #define F_SETOWN 8
 #define F_SETOWN_EX 15
+#define FIOSETOWN 0x8901
+#define SIOCSPGRP 0x8902
 
 #define CGROUP_SUPER_MAGIC 0x27e0eb
 #define CGROUP2_SUPER_MAGIC 0x63677270
@@ -174,6 +177,15 @@ int BPF_PROG(rush_file_fcntl, struct file *file, unsigned int cmd, unsigned long
 	if (cmd == F_SETOWN && (arg == 0 || arg == (pid_tgid >> 32) || arg == (__u32)pid_tgid))
 		return 0;
 	return rush_guard_deny(RUSH_GHOOK_FCNTL, cgroup_id, 0, cmd == F_SETOWN ? (__s64)arg : -1);
+}
+
+SEC("lsm/file_ioctl")
+int BPF_PROG(rush_file_ioctl, struct file *file, unsigned int cmd, unsigned long arg)
+{
+	/* The owner is behind a user pointer, which this hook cannot read safely. */
+	if (cmd != FIOSETOWN && cmd != SIOCSPGRP)
+		return 0;
+	return rush_agent_may_not(RUSH_GHOOK_IOCTL, cmd);
 }
 
 SEC("lsm/sb_mount")
