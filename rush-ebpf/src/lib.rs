@@ -589,7 +589,15 @@ mod tests {
                 object,
                 "rush_grant_moved_event",
                 size_of::<RushGrantMovedEvent>(),
-                &rust_fields!(RushGrantMovedEvent { kind, pad, cgroup_id, from_ino, to_ino, from_dev, to_dev }),
+                &rust_fields!(RushGrantMovedEvent {
+                    kind,
+                    pad,
+                    cgroup_id,
+                    from_ino,
+                    to_ino,
+                    from_dev,
+                    to_dev
+                }),
             );
             check_layout(
                 object,

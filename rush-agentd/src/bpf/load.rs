@@ -170,8 +170,9 @@ pub(super) fn load<'obj>(
 fn btrfs_types_available() -> bool {
     let present = || {
         Path::new("/sys/kernel/btf/btrfs").exists()
-            || libbpf_rs::btf::Btf::from_vmlinux()
-                .is_ok_and(|btf| btf.type_by_name::<libbpf_rs::btf::types::Struct<'_>>("btrfs_inode").is_some())
+            || libbpf_rs::btf::Btf::from_vmlinux().is_ok_and(|btf| {
+                btf.type_by_name::<libbpf_rs::btf::types::Struct<'_>>("btrfs_inode").is_some()
+            })
     };
     if present() {
         return true;
