@@ -189,12 +189,9 @@ pub fn audit_line(r: &AuditRecord) -> String {
             value(ops),
             value(cause)
         ),
-        AuditEvent::GuardDeny { pid, uid, comm, hook, what } => format!(
-            "pid={pid} uid={uid} comm={} hook={} what={}",
-            value(comm),
-            value(hook),
-            value(what)
-        ),
+        AuditEvent::GuardDeny { pid, uid, comm, hook, what } => {
+            format!("pid={pid} uid={uid} comm={} hook={} what={}", value(comm), value(hook), value(what))
+        }
         AuditEvent::EventsLost { count } => format!("count={count}"),
         AuditEvent::Refused { caller_uid, request, reason } => {
             format!("caller_uid={caller_uid} request={} reason={}", value(request), value(reason))
