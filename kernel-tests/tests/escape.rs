@@ -652,15 +652,17 @@ fn escape_fsetown_sigio_to_daemon() {
 fn escape_fiosetown_ioctl_sigio_to_daemon() {
     let Some(mut d) = lsm_daemon() else { return };
     let dpid = daemon_pid(&d).to_string();
-    let got = agent(&d, "fiosetown", None, &[&["sigio", &dpid, "9", "ioctl"]]);
+    let out = agent_output(&d, "fiosetown", None, &[&["sigio", &dpid, "9", "ioctl"]]);
+    std::thread::sleep(Duration::from_millis(300));
     // The ioctl form of F_SETOWN passes the pid through user memory: refused at set time
     // (EPERM) or not, the SIGKILL it would send must not reach the daemon.
     assert!(
-        got == [EPERM] || got == ["ok setown", "ok triggered"],
-        "ioctl(FIOSETOWN) + F_SETSIG(SIGKILL) + O_ASYNC: {got:?}"
+        d.is_running(),
+        "ioctl(FIOSETOWN, daemon) + F_SETSIG(SIGKILL) + O_ASYNC from an agent killed the daemon: {}",
+        describe(&out)
     );
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(d.is_running(), "SIGIO from an agent killed the daemon ({got:?}):\n{}", d.log_text());
+    let got = lines(&out);
+    assert!(got == [EPERM] || got == ["ok setown", "ok triggered"], "{}", describe(&out));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1055,11 +1057,12 @@ fn escape_fork_bomb_children() {
     let Some(d) = lsm_daemon() else { return };
     let s = Scratch::new();
     let grant = s.grant("a", "read");
+    // /proc readable, for /proc/self/cgroup.
     let cg = format!("ok {}", agent_cgroup_line(&d, "bomb"));
     let got = agent(
         &d,
         "bomb",
-        Some(&[&grant]),
+        Some(&[&grant, "/proc:read"]),
         &[&["cgroup"], &["fork-chain", "100", &s.p("b/secret"), &s.p("a/f")]],
     );
     // The 100th process of the chain: same cgroup, same tokens.

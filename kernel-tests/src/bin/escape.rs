@@ -35,7 +35,7 @@
 //! bpf-map-create | map-dump PIN (outside agents: `entry KEY VALUE` lines in hex) |
 //! io-uring-openat PATH | init-module | finit-module PATH | delete-module NAME |
 //! socket-raw | socket-packet | socket-udp | sethostname (to its current name) |
-//! swapoff PATH | ioperm | net-admin (lo's flags, unchanged) | reboot-badmagic | handle PATH (outside: name_to_handle_at → `ok TYPE HEX`) |
+//! swapoff PATH | ioperm (port 0x80 on) | net-admin (lo's flags, unchanged) | reboot-badmagic | handle PATH (outside: name_to_handle_at → `ok TYPE HEX`) |
 //! open-by-handle MOUNTDIR TYPE HEX | btrfs-subvol PATH | btrfs-snap SRC DST
 
 use std::ffi::{CString, c_long};
@@ -348,7 +348,8 @@ fn run_step(s: &[String]) -> Step {
                 .map(|_| format!("hostname {}", String::from_utf8_lossy(b)))
         }
         "swapoff" => sysi(unsafe { libc::swapoff(cs(a(1)).as_ptr()) }, "").map(|_| String::new()),
-        "ioperm" => sysi(unsafe { libc::ioperm(0x80, 1, 0) }, "").map(|_| String::new()),
+        // Turning access on is what needs CAP_SYS_RAWIO (turning it off needs nothing).
+        "ioperm" => sysi(unsafe { libc::ioperm(0x80, 1, 1) }, "").map(|_| String::new()),
         "net-admin" => net_admin(),
         "reboot-badmagic" => {
             // LINUX_REBOOT_MAGIC1 with a wrong MAGIC2: the capability check comes first, the
