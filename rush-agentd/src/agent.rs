@@ -36,6 +36,29 @@ struct Child {
     pidfd: OwnedFd,
 }
 
+/// Conditional tokens' worktrees are numbered per daemon run.
+static CONDITION_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+/// How long a condition may run before it counts as failed.
+const CONDITION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Why a conditional token's check ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitCause {
+    /// `rush capability commit` (by the operator or the agent itself).
+    Request,
+    /// The agent exited: the last chance for its work; the worktree is removed after.
+    Exit,
+}
+
+impl CommitCause {
+    fn as_str(self) -> &'static str {
+        match self {
+            CommitCause::Request => "request",
+            CommitCause::Exit => "exit",
+        }
+    }
+}
+
 /// Who is asking, from SO_PEERCRED and /proc at connect time.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -392,6 +415,7 @@ impl AgentManager {
             }
         };
         // The first process is gone: nothing the agent left running outlives it.
+        let mut conditional = Vec::new();
         let cgroups = Arc::clone(&self.cgroups);
         let cg2 = cg.clone();
         let removed = tokio::task::spawn_blocking(move || {
@@ -405,6 +429,7 @@ impl AgentManager {
                 if let Err(e) = self.kernel.remove_agent(cg.id) {
                     tracing::warn!(agent = %name, error = %e, "kernel policy not removed");
                 }
+                conditional = self.tokens.conditional(cg.id);
                 self.tokens.forget_agent(cg.id);
                 self.pending_expiries().retain(|_, t| t.cgroup_id != cg.id);
             }
@@ -435,6 +460,22 @@ impl AgentManager {
         };
         self.audit.record(Some(&name), AuditEvent::Exit { pid, status });
         let _ = tx.send(Some(status));
+        // The agent's work under its conditions gets its last check now.
+        if !conditional.is_empty() {
+            self.commit_at_exit(name, conditional).await;
+        }
+    }
+
+    /// Boxed as `dyn Send`: the check is an agent spawned from here, so its future would
+    /// otherwise contain itself (spawn → exit watcher → check → spawn).
+    fn commit_at_exit(
+        self: Arc<Self>,
+        name: String,
+        tokens: Vec<Token>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            self.commit_tokens(&name, tokens, CommitCause::Exit).await;
+        })
     }
 
     pub fn list(&self) -> Vec<AgentInfo> {
@@ -579,7 +620,10 @@ impl AgentManager {
             return Err(api_err(ErrorKind::InvalidArgument, "no operations to grant"));
         }
         let grant = FileGrant { path: req.path, ops: req.ops, ttl_secs: req.duration_secs };
-        let new = NewToken::resolve(&grant, Origin::Grant).map_err(|e| token_err("grant", &e))?;
+        let new = match req.condition {
+            Some(command) => self.conditional_token(&req.agent, &grant, command)?,
+            None => NewToken::resolve(&grant, Origin::Grant).map_err(|e| token_err("grant", &e))?,
+        };
         let (added, entries) = self.tokens.add(&req.agent, cgroup_id, vec![new]);
         self.write_entries(cgroup_id, entries)?;
         let token = added[0].info();
@@ -589,6 +633,177 @@ impl AgentManager {
             self.schedule_expiry(t);
         }
         Ok(token)
+    }
+
+    /// A conditional token: its worktree made now, a copy of the directory.
+    fn conditional_token(
+        &self,
+        agent: &str,
+        grant: &FileGrant,
+        command: String,
+    ) -> Result<NewToken, ApiError> {
+        if command.trim().is_empty() {
+            return Err(api_err(ErrorKind::InvalidArgument, "--condition: the command is empty"));
+        }
+        if !grant.ops.contains(Ops::WRITE) {
+            return Err(api_err(
+                ErrorKind::InvalidArgument,
+                format!("--condition guards writes, but the ops ({}) include no write", grant.ops),
+            ));
+        }
+        if !grant.path.is_absolute() {
+            return Err(api_err(
+                ErrorKind::InvalidArgument,
+                format!("path {} must be absolute", grant.path.display()),
+            ));
+        }
+        let id = CONDITION_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let worktree = crate::condition::create_worktree(&grant.path, agent, id)
+            .map_err(|e| api_err(ErrorKind::InvalidArgument, format!("--condition: {e}")))?;
+        let condition = crate::condition::Condition { command, original: grant.path.clone(), worktree };
+        NewToken::conditional(grant, condition).map_err(|e| token_err("grant", &e))
+    }
+
+    /// Runs the conditions of the agent's conditional tokens (one, or all): each in a
+    /// confined agent of its own (cwd: the worktree, network denied, writes to the
+    /// worktree only), with the agent frozen meanwhile; exit 0 promotes the worktree's
+    /// changes to the directory, anything else puts the worktree back as the directory is.
+    pub async fn commit(
+        self: &Arc<Self>,
+        agent: &str,
+        token: Option<u64>,
+    ) -> Result<Vec<rush_proto::CommitOutcome>, ApiError> {
+        let cg = self.confined_agent(agent)?;
+        let cgroup_id = cg.id;
+        let tokens: Vec<Token> = self
+            .tokens
+            .conditional(cgroup_id)
+            .into_iter()
+            .filter(|t| token.is_none_or(|id| t.id == id))
+            .collect();
+        if tokens.is_empty() {
+            return Err(api_err(
+                ErrorKind::NotFound,
+                match token {
+                    Some(id) => format!("agent {agent} has no conditional token {id}"),
+                    None => format!("agent {agent} has no conditional token"),
+                },
+            ));
+        }
+        let cgroups = Arc::clone(&self.cgroups);
+        let frozen = cg.clone();
+        let froze =
+            tokio::task::spawn_blocking(move || cgroups.freeze(&frozen, std::time::Duration::from_secs(5)))
+                .await
+                .map_err(|e| api_err(ErrorKind::Internal, format!("freezing {agent}: {e}")))?
+                .map_err(|e| {
+                    api_err(ErrorKind::Internal, format!("freezing {agent}: {}", error_chain(&e)))
+                })?;
+        if !froze {
+            tracing::warn!(agent, "not frozen within 5 s; its condition runs anyway");
+        }
+        let outcomes = self.commit_tokens(agent, tokens, CommitCause::Request).await;
+        let cgroups = Arc::clone(&self.cgroups);
+        let _ = tokio::task::spawn_blocking(move || cgroups.thaw(&cg)).await;
+        Ok(outcomes)
+    }
+
+    async fn commit_tokens(
+        self: &Arc<Self>,
+        agent: &str,
+        tokens: Vec<Token>,
+        cause: CommitCause,
+    ) -> Vec<rush_proto::CommitOutcome> {
+        let mut outcomes = Vec::new();
+        for t in tokens {
+            let Some(c) = t.condition.clone() else { continue };
+            let exit = self.run_condition(agent, t.id, &c).await;
+            let (promoted, synced, reason) = match &exit {
+                Ok(0) => (true, crate::condition::sync(&c.worktree, &c.original), None),
+                Ok(code) => (
+                    false,
+                    crate::condition::sync(&c.original, &c.worktree),
+                    Some(format!("`{}` exited with {code}", c.command)),
+                ),
+                Err(why) => (false, crate::condition::sync(&c.original, &c.worktree), Some(why.clone())),
+            };
+            let (changes, reason) = match synced {
+                Ok(changes) => (changes, reason),
+                Err(e) => (
+                    crate::condition::Changes::default(),
+                    Some(format!("{}{e}", reason.map(|r| format!("{r}; ")).unwrap_or_default())),
+                ),
+            };
+            let outcome = rush_proto::CommitOutcome {
+                token: t.id,
+                path: c.original.clone(),
+                worktree: c.worktree.clone(),
+                condition: c.command.clone(),
+                exit_code: exit.ok(),
+                promoted: promoted && reason.is_none(),
+                added: changes.added,
+                changed: changes.changed,
+                removed: changes.removed,
+                reason,
+            };
+            self.audit.record(
+                Some(agent),
+                AuditEvent::Commit { outcome: outcome.clone(), cause: cause.as_str().into() },
+            );
+            if cause == CommitCause::Exit {
+                let _ = std::fs::remove_dir_all(&c.worktree);
+            }
+            outcomes.push(outcome);
+        }
+        outcomes
+    }
+
+    /// The condition's exit code, run as agent `NAME-check-ID`.
+    async fn run_condition(
+        self: &Arc<Self>,
+        agent: &str,
+        token: u64,
+        c: &crate::condition::Condition,
+    ) -> Result<i32, String> {
+        let worktree = c.worktree.clone();
+        let req = SpawnRequest {
+            name: format!("{agent}-check-{token}"),
+            command: vec!["/bin/sh".into(), "-c".into(), c.command.clone()],
+            net: rush_proto::NetPolicy::Deny,
+            allow: vec![FileGrant { path: worktree.clone(), ops: Ops(0x1f), ttl_secs: None }],
+            env: vec![
+                ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+                ("HOME".into(), worktree.display().to_string()),
+            ],
+            cwd: worktree,
+            stdio: StdioMode::Log,
+        };
+        // As the agent's user (its primary group from the user database, else uid = gid).
+        let uid = self.status(agent).map(|a| a.uid).unwrap_or(0);
+        let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map_or(uid, |u| u.gid.as_raw());
+        let root = Caller { uid, gid, pid: std::process::id() as i32, groups: Vec::new() };
+        let (_, mut exit) = Box::pin(self.spawn(req, &root, None))
+            .await
+            .map_err(|e| format!("cannot start the condition: {}", e.message))?;
+        // The status is copied out: the watch guard must not live across the kill below.
+        let waited = tokio::time::timeout(CONDITION_TIMEOUT, exit.wait_for(Option::is_some))
+            .await
+            .map(|r| r.map(|status| *status));
+        match waited {
+            Ok(Ok(status)) => match status {
+                Some(ExitStatus { code: Some(code), .. }) => Ok(code),
+                Some(s) => Err(format!("`{}` was killed ({s:?})", c.command)),
+                None => Err("no exit status".into()),
+            },
+            Ok(Err(_)) => Err("the condition's agent vanished".into()),
+            Err(_) => {
+                let _ = self.kill(&format!("{agent}-check-{token}"), &root).await;
+                Err(format!("`{}` ran longer than {} s", c.command, CONDITION_TIMEOUT.as_secs()))
+            }
+        }
     }
 
     /// Revokes tokens. Once the kernel map no longer grants what they did, processes of
@@ -1053,6 +1268,7 @@ mod tests {
             path: other.path().to_owned(),
             ops: "write,create".parse().unwrap(),
             duration_secs: None,
+            condition: None,
         };
         let token = f.mgr.grant(grant.clone(), &me()).unwrap();
         assert_eq!(entry(&f).unwrap().expires_ns[1], u64::MAX);
@@ -1074,8 +1290,13 @@ mod tests {
     async fn grants_to_unconfined_agents_and_without_lsm_are_refused() {
         let f = fixture(files_enforced());
         let (_i, _rx) = f.mgr.spawn(req("free", &["sleep", "5"]), &me(), None).await.unwrap();
-        let grant =
-            GrantRequest { agent: "free".into(), path: "/tmp".into(), ops: Ops::READ, duration_secs: None };
+        let grant = GrantRequest {
+            agent: "free".into(),
+            path: "/tmp".into(),
+            ops: Ops::READ,
+            duration_secs: None,
+            condition: None,
+        };
         let e = f.mgr.grant(grant.clone(), &me()).unwrap_err();
         assert!(e.message.contains("not file-confined"), "{}", e.message);
         let f = fixture(enforced());
@@ -1139,6 +1360,7 @@ mod tests {
             path: dir.path().to_owned(),
             ops: ops.parse().unwrap(),
             duration_secs: None,
+            condition: None,
         };
         // Write taken away: the program's mapping is private, nothing it uses is lost.
         let w = f.mgr.grant(grant("write"), &me()).unwrap();

@@ -278,11 +278,18 @@ fn request_name(r: &Request) -> &'static str {
         Request::Grant(_) => "grant",
         Request::Revoke { .. } => "revoke",
         Request::ListCapabilities { .. } => "list_capabilities",
+        Request::Commit { .. } => "commit",
     }
 }
 
 fn authorize(peer: &Peer, req: &Request, ctx: &ApiContext) -> Result<(), ApiError> {
     if matches!(req, Request::Hello | Request::Doctor) || peer.role == CallerRole::Operator {
+        return Ok(());
+    }
+    // An agent may submit its own work for its conditions (never another agent's).
+    if let (Request::Commit { agent, .. }, CallerRole::Agent { name }) = (req, &peer.role)
+        && agent == name
+    {
         return Ok(());
     }
     let who = match &peer.role {
@@ -293,7 +300,11 @@ fn authorize(peer: &Peer, req: &Request, ctx: &ApiContext) -> Result<(), ApiErro
     // Refusals of mutations are worth auditing; reads are not.
     if matches!(
         req,
-        Request::Spawn(_) | Request::KillAgent { .. } | Request::Grant(_) | Request::Revoke { .. }
+        Request::Spawn(_)
+            | Request::KillAgent { .. }
+            | Request::Grant(_)
+            | Request::Revoke { .. }
+            | Request::Commit { .. }
     ) {
         let agent = match &peer.role {
             CallerRole::Agent { name } => Some(name.as_str()),
@@ -346,6 +357,9 @@ async fn dispatch(
         Request::Grant(req) => ctx.agents.grant(req, &peer.caller).map(|token| Response::Granted { token }),
         Request::Revoke { agent, target } => {
             ctx.agents.revoke(&agent, target, &peer.caller).await.map(|tokens| Response::Revoked { tokens })
+        }
+        Request::Commit { agent, token } => {
+            ctx.agents.commit(&agent, token).await.map(|outcomes| Response::Committed { outcomes })
         }
         Request::ListCapabilities { agent } => {
             ctx.agents.capabilities(agent.as_deref()).map(|tokens| Response::Capabilities { tokens })

@@ -16,6 +16,7 @@ pub mod api;
 pub mod audit;
 pub mod bpf;
 pub mod cgroup;
+pub mod condition;
 pub mod config;
 pub mod daemon;
 pub mod mappings;

@@ -21,6 +21,7 @@ use rush_proto::{FileGrant, Ops, TokenInfo};
 
 use crate::audit::now_unix_ms;
 use crate::bpf::{FileGrantEntry, FileKey, boot_time_ns};
+use crate::condition::Condition;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
@@ -90,6 +91,8 @@ pub struct Token {
     pub expires: Option<(u64, u64)>,
     pub granted_unix_ms: u64,
     pub origin: Origin,
+    /// A conditional token: `key` is its worktree's.
+    pub condition: Option<Condition>,
 }
 
 impl Token {
@@ -103,6 +106,8 @@ impl Token {
             expires_unix_ms: self.expires.map(|(_, ms)| ms),
             expired: self.expires.is_some_and(|(ns, _)| ns <= boot_time_ns()),
             origin: self.origin.as_str().into(),
+            condition: self.condition.as_ref().map(|c| c.command.clone()),
+            worktree: self.condition.as_ref().map(|c| c.worktree.clone()),
         }
     }
 }
@@ -116,6 +121,7 @@ pub struct NewToken {
     pub ops: Ops,
     pub ttl_secs: Option<u64>,
     pub origin: Origin,
+    pub condition: Option<Condition>,
 }
 
 impl NewToken {
@@ -137,7 +143,19 @@ impl NewToken {
             ops: grant.ops,
             ttl_secs: grant.ttl_secs,
             origin,
+            condition: None,
         })
+    }
+
+    /// A conditional token: resolved on the worktree, shown and revoked by the original
+    /// path. No save right: the whole worktree is the agent's.
+    pub fn conditional(grant: &FileGrant, condition: Condition) -> Result<NewToken, TokenError> {
+        let at = FileGrant { path: condition.worktree.clone(), ops: grant.ops, ttl_secs: grant.ttl_secs };
+        let mut token = NewToken::resolve(&at, Origin::Grant)?;
+        token.path = condition.original.clone();
+        token.save_dir = None;
+        token.condition = Some(condition);
+        Ok(token)
     }
 
     /// A token on a file the agent is handed open (its stdin, stdout, stderr).
@@ -153,6 +171,7 @@ impl NewToken {
             ops,
             ttl_secs: None,
             origin: Origin::Stdio,
+            condition: None,
         })
     }
 }
@@ -199,6 +218,7 @@ impl TokenStore {
                     .map(|s| (boot.saturating_add(s.saturating_mul(1_000_000_000)), unix + s * 1000)),
                 granted_unix_ms: unix,
                 origin: t.origin,
+                condition: t.condition,
             };
             inner.tokens.insert(token.id, token.clone());
             added.push(token);
@@ -236,6 +256,16 @@ impl TokenStore {
     /// Forgets an agent's tokens (it has exited; the kernel entries go with the agent).
     pub fn forget_agent(&self, cgroup_id: u64) {
         self.lock().tokens.retain(|_, t| t.cgroup_id != cgroup_id);
+    }
+
+    /// The agent's conditional tokens.
+    pub fn conditional(&self, cgroup_id: u64) -> Vec<Token> {
+        self.lock()
+            .tokens
+            .values()
+            .filter(|t| t.cgroup_id == cgroup_id && t.condition.is_some())
+            .cloned()
+            .collect()
     }
 
     pub fn list(&self, agent: Option<&str>) -> Vec<TokenInfo> {
@@ -418,6 +448,7 @@ mod tests {
             ops: ops.parse().unwrap(),
             ttl_secs: ttl,
             origin: Origin::Grant,
+            condition: None,
         }
     }
 

@@ -83,6 +83,14 @@ pub enum Request {
         #[serde(default)]
         agent: Option<String>,
     },
+    /// Runs the condition of the agent's conditional tokens (one, or all) against its
+    /// worktree; promotes the worktree's changes if it passes, discards them otherwise.
+    /// An agent may ask for its own. Replies `Committed`.
+    Commit {
+        agent: String,
+        #[serde(default)]
+        token: Option<u64>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +102,11 @@ pub struct GrantRequest {
     /// Lifetime from now; None = until revoked.
     #[serde(default)]
     pub duration_secs: Option<u64>,
+    /// A conditional token (directories only): the agent's writes go to a worktree, a
+    /// copy of `path`; this shell command, run confined in the worktree on commit (or at
+    /// the agent's exit), decides whether they reach `path` (exit 0) or are discarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +131,31 @@ pub struct TokenInfo {
     pub expired: bool,
     /// `baseline` (config, for every file-confined agent), `spawn` (--allow) or `grant`.
     pub origin: String,
+    /// For a conditional token: the command that decides, and the worktree the agent
+    /// writes to instead of `path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worktree: Option<PathBuf>,
+}
+
+/// What a commit of one conditional token did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitOutcome {
+    pub token: u64,
+    pub path: PathBuf,
+    pub worktree: PathBuf,
+    pub condition: String,
+    /// The condition's exit code; None if it was killed (timeout) or could not start.
+    pub exit_code: Option<i32>,
+    /// The worktree's changes reached `path`; else they were discarded.
+    pub promoted: bool,
+    pub added: u32,
+    pub changed: u32,
+    pub removed: u32,
+    /// Why the changes were discarded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -206,6 +244,9 @@ pub enum Response {
     },
     Capabilities {
         tokens: Vec<TokenInfo>,
+    },
+    Committed {
+        outcomes: Vec<CommitOutcome>,
     },
 }
 
@@ -377,6 +418,12 @@ pub enum AuditEvent {
         /// What was refused, readable: `CAP_SYS_ADMIN`, `signal 9 to pid 812`, ...
         what: String,
     },
+    /// A conditional token's check ran: its worktree's changes promoted or discarded.
+    Commit {
+        outcome: CommitOutcome,
+        /// `request` or `exit`.
+        cause: String,
+    },
     /// The kernel dropped this many events because the ring buffer was full.
     EventsLost {
         count: u64,
@@ -403,6 +450,7 @@ impl AuditEvent {
             AuditEvent::Revoke { .. } => "revoke",
             AuditEvent::RevokeKill { .. } => "revoke_kill",
             AuditEvent::GuardDeny { .. } => "guard_deny",
+            AuditEvent::Commit { .. } => "commit",
         }
     }
 }

@@ -299,13 +299,41 @@ pub enum CapabilityCommand {
         #[arg(value_name = "AGENT")]
         agent: Option<AgentName>,
     },
+
+    /// Run an agent's conditions: promote its worktree's changes, or discard them
+    #[command(long_about = COMMIT_LONG_ABOUT)]
+    Commit {
+        /// The agent whose conditional tokens to check (an agent may commit its own).
+        #[arg(value_name = "AGENT")]
+        agent: AgentName,
+        /// Only this conditional token (default: all of the agent's).
+        #[arg(long, value_name = "ID")]
+        token: Option<u64>,
+    },
 }
+
+const COMMIT_LONG_ABOUT: &str = "\
+Run the condition of each conditional token of AGENT (see `rush capability grant \
+--condition`): the agent is frozen, the condition runs as a confined agent of its own \
+(named AGENT-check-ID, working directory the worktree, no network, writes to the worktree \
+only), and then, if it exited 0, the worktree's changes (files added, changed, removed) are \
+copied to the granted directory, each file replaced in one rename; otherwise the worktree \
+is put back as the directory is, and the reason is recorded. Either way the agent is \
+thawed and keeps working in its worktree. Prints one line per token (--json: an array). \
+Exit status 0 if every condition passed, 1 if any discarded. The same runs by itself when \
+the agent exits; its worktree is then removed.";
 
 const GRANT_LONG_ABOUT: &str = "\
 Give a running agent a capability token: it may perform OPS on PATH, and on everything \
 under PATH when PATH is a directory. OPS is a comma list of read, write, exec, create and \
 delete. With --duration the token lapses by itself after that long: the expiry is checked \
 by the kernel against the boot clock, so it holds even if the daemon is not running.
+
+With --condition CMD (directories only) the token is conditional: a worktree, a copy of \
+PATH beside it (.NAME.rush-AGENT-ID, a reflink copy where the filesystem can), is what the \
+agent gets OPS on, and PATH stays untouched until CMD, run confined in the worktree on \
+`rush capability commit` or when the agent exits, exits 0. The agent must be told to work \
+in the worktree (printed here, and by `rush capability list`).
 
 Only agents spawned with at least one --allow are file-confined (their file access is \
 denied unless a token covers it); granting to any other agent is refused, since it would \
@@ -315,7 +343,9 @@ grant `create` on its directory. Needs the BPF LSM backend (see `rush doctor`)."
 const GRANT_EXAMPLES: &str = "\
 Examples:
   $ rush capability grant coder --path /srv/project --ops read,write,create,delete
-  $ rush capability grant coder --path /srv/data/input.csv --ops read --duration 30m";
+  $ rush capability grant coder --path /srv/data/input.csv --ops read --duration 30m
+  $ rush capability grant coder --path /srv/project --ops read,write,create,delete \\
+        --condition 'cargo test --offline'";
 
 #[derive(Debug, Args)]
 pub struct GrantArgs {
@@ -331,6 +361,10 @@ pub struct GrantArgs {
     /// How long the token lasts (e.g. 90s, 30m, 1h); forever if omitted.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
     pub duration: Option<u64>,
+    /// A shell command that must exit 0 for the agent's writes to reach PATH (the agent
+    /// writes to a worktree meanwhile).
+    #[arg(long, value_name = "CMD")]
+    pub condition: Option<String>,
 }
 
 #[derive(Debug, Args)]

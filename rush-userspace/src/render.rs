@@ -192,6 +192,7 @@ pub fn audit_line(r: &AuditRecord) -> String {
         AuditEvent::GuardDeny { pid, uid, comm, hook, what } => {
             format!("pid={pid} uid={uid} comm={} hook={} what={}", value(comm), value(hook), value(what))
         }
+        AuditEvent::Commit { outcome, cause } => format!("cause={} {}", value(cause), commit_line(outcome)),
         AuditEvent::EventsLost { count } => format!("count={count}"),
         AuditEvent::Refused { caller_uid, request, reason } => {
             format!("caller_uid={caller_uid} request={} reason={}", value(request), value(reason))
@@ -231,16 +232,47 @@ pub fn token_line(t: &TokenInfo, now_ms: u64) -> String {
 pub fn token_table(tokens: &[TokenInfo], now_ms: u64) -> String {
     let mut table = Table::new(&["ID", "AGENT", "PATH", "OPS", "EXPIRES", "ORIGIN"]);
     for t in tokens {
+        // A conditional token: where the agent writes, and what decides.
+        let origin = match (&t.condition, &t.worktree) {
+            (Some(cmd), Some(wt)) => {
+                format!(
+                    "{} (condition {}; worktree {})",
+                    t.origin,
+                    value(cmd),
+                    sanitize(&wt.display().to_string())
+                )
+            }
+            _ => t.origin.clone(),
+        };
         table.row(vec![
             t.id.to_string(),
             sanitize(&t.agent),
             sanitize(&t.path.display().to_string()),
             t.ops.to_string(),
             token_expiry(t, now_ms),
-            t.origin.clone(),
+            origin,
         ]);
     }
     table.render()
+}
+
+/// One conditional token's commit, for `rush capability commit` and the audit trail.
+pub fn commit_line(o: &rush_proto::CommitOutcome) -> String {
+    let verdict = if o.promoted { "promoted" } else { "discarded" };
+    let mut line = format!(
+        "token={} {verdict} path={} condition={} exit={} added={} changed={} removed={}",
+        o.token,
+        value(&o.path.display().to_string()),
+        value(&o.condition),
+        o.exit_code.map_or("none".to_string(), |c| c.to_string()),
+        o.added,
+        o.changed,
+        o.removed
+    );
+    if let Some(reason) = &o.reason {
+        line.push_str(&format!(" reason={}", value(reason)));
+    }
+    line
 }
 
 /// `rush doctor`.

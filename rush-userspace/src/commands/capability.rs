@@ -14,6 +14,7 @@ pub fn grant(ctx: &mut Ctx, args: GrantArgs) -> Result<u8> {
         path: args.path,
         ops: args.ops,
         duration_secs: args.duration,
+        condition: args.condition,
     });
     let token = match ctx.connect()?.call(request)? {
         Response::Granted { token } => token,
@@ -23,6 +24,14 @@ pub fn grant(ctx: &mut Ctx, args: GrantArgs) -> Result<u8> {
         ctx.out.document(&token)?;
     } else {
         ctx.out.text(&format!("granted {}\n", render::token_line(&token, now_unix_ms())))?;
+        if let (Some(cmd), Some(worktree)) = (&token.condition, &token.worktree) {
+            ctx.out.text(&format!(
+                "the agent writes to its worktree {}; `{}` decides on `rush capability commit {}`\n",
+                worktree.display(),
+                cmd,
+                token.agent
+            ))?;
+        }
     }
     Ok(0)
 }
@@ -47,6 +56,21 @@ pub fn revoke(ctx: &mut Ctx, args: RevokeArgs) -> Result<u8> {
         ctx.out.text(&text)?;
     }
     Ok(0)
+}
+
+pub fn commit(ctx: &mut Ctx, agent: AgentName, token: Option<u64>) -> Result<u8> {
+    let request = Request::Commit { agent: agent.to_string(), token };
+    let outcomes = match ctx.connect()?.call(request)? {
+        Response::Committed { outcomes } => outcomes,
+        other => return Err(unexpected("committed", &other)),
+    };
+    if ctx.out.json {
+        ctx.out.document(&outcomes)?;
+    } else {
+        let text: String = outcomes.iter().map(|o| format!("{}\n", render::commit_line(o))).collect();
+        ctx.out.text(&text)?;
+    }
+    Ok(if outcomes.iter().all(|o| o.promoted) { 0 } else { 1 })
 }
 
 pub fn list(ctx: &mut Ctx, agent: Option<AgentName>) -> Result<u8> {

@@ -42,6 +42,9 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Capability(CapabilityCommand::Grant(args)) => capability::grant(&mut ctx, args),
         Command::Capability(CapabilityCommand::Revoke(args)) => capability::revoke(&mut ctx, args),
         Command::Capability(CapabilityCommand::List { agent }) => capability::list(&mut ctx, agent),
+        Command::Capability(CapabilityCommand::Commit { agent, token }) => {
+            capability::commit(&mut ctx, agent, token)
+        }
         Command::Audit(args) => audit::audit(&mut ctx, args),
         Command::Doctor => doctor::doctor(&mut ctx),
         Command::Version => meta::version(&mut ctx),
@@ -65,6 +68,7 @@ pub fn unexpected(expected: &str, got: &Response) -> Error {
         Response::Granted { .. } => "granted",
         Response::Revoked { .. } => "revoked",
         Response::Capabilities { .. } => "capabilities",
+        Response::Committed { .. } => "committed",
     };
     anyhow!("unexpected reply from the daemon: expected {expected}, got {got}").into()
 }
