@@ -1287,6 +1287,54 @@ fn escape_dangerous_capabilities() {
     assert_eq!(std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap(), hostname);
 }
 
+#[test]
+fn escape_binfmt_misc_register() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    s.mkdir("binfmt");
+    let at = s.path("binfmt");
+    let mounted = nix::mount::mount(
+        Some("binfmt_misc"),
+        &at,
+        Some("binfmt_misc"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    );
+    if !require(mounted.is_ok(), &format!("binfmt_misc mounts ({mounted:?})")) {
+        return;
+    }
+    let _m = MountGuard(at.clone());
+    // A handler for files named *.rushescape: every process on the machine that executed
+    // one would run the agent's interpreter, outside the agent.
+    let (register, entry) = (s.p("binfmt/register"), s.p("binfmt/rush-escape"));
+    let rule = ":rush-escape:E::rushescape::/bin/false:";
+    let remove = || {
+        if Path::new(&entry).exists() {
+            let _ = std::fs::write(&entry, "-1");
+        }
+    };
+    // Control: root outside registers (and removes) it.
+    let ctl = outside(&[&["put", &register, rule]]);
+    let registered = Path::new(&entry).exists();
+    remove();
+    assert!(ctl == ["ok"] && registered, "control outside: {ctl:?}, entry made: {registered}");
+    let got = agent(&d, "binfmt", None, &[&["put", &register, rule]]);
+    let escaped = Path::new(&entry).exists();
+    remove();
+    assert_lines(&got, &[EPERM], "binfmt_misc register");
+    assert!(!escaped, "the agent registered a binfmt_misc handler");
+}
+
+#[test]
+fn escape_sysrq_trigger() {
+    let Some(d) = lsm_daemon() else { return };
+    let trigger = "/proc/sysrq-trigger";
+    // 'h' only prints the SysRq help to the kernel log; 'b' would reboot, 'c' crash.
+    assert_lines(&outside(&[&["put", trigger, "h"]]), &["ok"], "control: root outside");
+    let got = agent(&d, "sysrq", None, &[&["put", trigger, "h"]]);
+    assert_lines(&got, &[EPERM], "a write to /proc/sysrq-trigger");
+}
+
 /// The daemon's --state-dir: the harness's temp dir, or its `state/` where the socket
 /// lives beside it.
 fn state_dir(d: &Daemon) -> PathBuf {

@@ -16,11 +16,12 @@ use super::kernel::{self, Kernel};
 const INIT: &str = include_str!("../../../vm-images/init.sh");
 
 /// Loaded at boot, in modules.dep order with their dependencies (ENVIRONMENT.md: what CRIU,
-/// btrfs and the diag sockets need; loop for the escape suite's btrfs on a loop file).
-pub const MODULES: [&str; 14] = [
+/// btrfs and the diag sockets need; loop and binfmt_misc for the escape suite).
+pub const MODULES: [&str; 15] = [
     "virtio_pci",
     "virtio_blk",
     "loop",
+    "binfmt_misc",
     "btrfs",
     "unix_diag",
     "inet_diag",
