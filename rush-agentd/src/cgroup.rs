@@ -123,6 +123,8 @@ pub trait CgroupBackend: Send + Sync + 'static {
     fn all_pids(&self, cg: &AgentCgroup) -> Vec<u32>;
     /// Freezes the agent's v2 cgroup (sub-cgroups included) and waits until the kernel
     /// reports it frozen: Ok(false) if that took longer than `timeout` (it stays freezing).
+    /// Every Ok must be paired with a [`CgroupBackend::thaw`]. Freezes nest (a revoke
+    /// during a conditional token's check): the agent thaws when the last one is undone.
     fn freeze(&self, cg: &AgentCgroup, timeout: Duration) -> Result<bool, CgroupError>;
     fn thaw(&self, cg: &AgentCgroup) -> Result<(), CgroupError>;
     /// Kills every process in the cgroup; returns how many there were.
@@ -192,6 +194,8 @@ pub struct FsCgroups {
     layout: CgroupLayout,
     /// Relative path under every hierarchy root holding the agent cgroups, e.g. "rush".
     parent: PathBuf,
+    /// How many freezes of each agent (by v2 directory) are in force.
+    freezes: std::sync::Mutex<std::collections::HashMap<PathBuf, u32>>,
 }
 
 impl FsCgroups {
@@ -215,7 +219,7 @@ impl FsCgroups {
             let dir = root.join(&parent);
             fs::create_dir_all(&dir).map_err(io_err(&dir))?;
         }
-        Ok(FsCgroups { layout, parent })
+        Ok(FsCgroups { layout, parent, freezes: Default::default() })
     }
 
     pub fn layout(&self) -> &CgroupLayout {
@@ -331,13 +335,32 @@ impl CgroupBackend for FsCgroups {
     }
 
     fn freeze(&self, cg: &AgentCgroup, timeout: Duration) -> Result<bool, CgroupError> {
-        let file = cg.v2_dir.join("cgroup.freeze");
-        fs::write(&file, "1").map_err(io_err(&file))?;
+        {
+            let mut freezes = self.freezes.lock().unwrap_or_else(|p| p.into_inner());
+            let held = freezes.get(&cg.v2_dir).copied().unwrap_or(0);
+            if held == 0 {
+                let file = cg.v2_dir.join("cgroup.freeze");
+                fs::write(&file, "1").map_err(io_err(&file))?;
+            }
+            freezes.insert(cg.v2_dir.clone(), held + 1);
+        }
         let events = cg.v2_dir.join("cgroup.events");
-        wait_frozen(&events, timeout).map_err(io_err(&events))
+        wait_frozen(&events, timeout).map_err(|e| {
+            // An Err is not paired with a thaw: undo this freeze here.
+            let _ = self.thaw(cg);
+            CgroupError::Io { path: events.clone(), source: e }
+        })
     }
 
     fn thaw(&self, cg: &AgentCgroup) -> Result<(), CgroupError> {
+        let mut freezes = self.freezes.lock().unwrap_or_else(|p| p.into_inner());
+        match freezes.get_mut(&cg.v2_dir) {
+            Some(held) if *held > 1 => {
+                *held -= 1;
+                return Ok(());
+            }
+            _ => freezes.remove(&cg.v2_dir),
+        };
         let file = cg.v2_dir.join("cgroup.freeze");
         match fs::write(&file, "0") {
             // An agent gone meanwhile is not frozen.
@@ -613,6 +636,16 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
         assert_eq!(exp.mismatch("3:cpuset:/rush/a1\n12:memory:/rush/a1\n0::/rush/a1\n").unwrap().0, "v1 cpu");
     }
 
+    fn wait_until_thawed(dir: &Path) -> bool {
+        (0..200).any(|_| {
+            let thawed = fs::read_to_string(dir.join("cgroup.events")).unwrap().contains("frozen 0");
+            if !thawed {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            thawed
+        })
+    }
+
     /// Root only, on this machine's real cgroupfs (hybrid here: v1 controllers too): the
     /// daemon places a process in every hierarchy, and freezes and thaws the agent with
     /// the process in a sub-cgroup it made.
@@ -662,8 +695,12 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
         let frozen = |dir: &Path| fs::read_to_string(dir.join("cgroup.events")).unwrap().contains("frozen 1");
         assert!(c.0.freeze(&c.1, Duration::from_secs(5)).unwrap());
         assert!(frozen(&sub), "the sub-cgroup is frozen with its parent");
+        // Nested: the agent stays frozen until the last freeze is undone.
+        assert!(c.0.freeze(&c.1, Duration::from_secs(5)).unwrap());
         c.0.thaw(&c.1).unwrap();
-        assert!(!frozen(&sub) && !frozen(&c.1.v2_dir));
+        assert!(frozen(&c.1.v2_dir));
+        c.0.thaw(&c.1).unwrap();
+        assert!(wait_until_thawed(&c.1.v2_dir) && wait_until_thawed(&sub));
         assert_eq!(c.0.kill_all(&c.1).unwrap(), 0, "kill_all counts the top level only");
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
     }

@@ -228,34 +228,38 @@ pub fn enforce<E>(
     Ok(killed)
 }
 
-/// The agent's cgroup frozen for as long as this lives.
+/// The agent's cgroup frozen for as long as this lives (if freezing worked at all).
 struct Frozen<'a> {
     cgroups: &'a dyn CgroupBackend,
     cg: &'a AgentCgroup,
+    /// This freeze is in force and must be undone.
+    held: bool,
     /// Every task reached the frozen state in time.
     complete: bool,
 }
 
 impl<'a> Frozen<'a> {
     fn freeze(cgroups: &'a dyn CgroupBackend, cg: &'a AgentCgroup) -> Frozen<'a> {
-        let complete = match cgroups.freeze(cg, FREEZE_TIMEOUT) {
-            Ok(true) => true,
+        let (held, complete) = match cgroups.freeze(cg, FREEZE_TIMEOUT) {
+            Ok(true) => (true, true),
             Ok(false) => {
                 tracing::warn!(agent = %cg.name, timeout = ?FREEZE_TIMEOUT, "agent not frozen in time; scanning its mappings anyway");
-                false
+                (true, false)
             }
             Err(e) => {
                 tracing::warn!(agent = %cg.name, error = %crate::agent::error_chain(&e), "cannot freeze the agent; scanning its mappings anyway");
-                false
+                (false, false)
             }
         };
-        Frozen { cgroups, cg, complete }
+        Frozen { cgroups, cg, held, complete }
     }
 }
 
 impl Drop for Frozen<'_> {
     fn drop(&mut self) {
-        if let Err(e) = self.cgroups.thaw(self.cg) {
+        if self.held
+            && let Err(e) = self.cgroups.thaw(self.cg)
+        {
             tracing::error!(agent = %self.cg.name, error = %crate::agent::error_chain(&e), "agent not thawed");
         }
     }
