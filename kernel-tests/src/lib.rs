@@ -84,31 +84,28 @@ impl Daemon {
         let socket = state.path().join("agentd.sock");
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{tag}"));
         let log = state.path().join("daemon.log");
-        let logf = std::fs::File::create(&log).expect("daemon log");
         let config_path = state.path().join("config.toml");
         std::fs::write(&config_path, config).expect("config file");
-        // The socket outside the state dir, as in a real install (/run/rush vs
-        // /var/lib/rush): agents reach the socket, never the state.
-        let child = Command::new(bin("rush-agentd"))
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--state-dir")
-            .arg(state.path().join("state"))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--pin-dir")
-            .arg(&pin_dir)
-            .arg("--cgroup-parent")
-            .arg(&tag)
-            .arg("--ephemeral")
-            .env("RUSH_LOG", "debug")
-            .stdout(Stdio::null())
-            .stderr(logf)
-            .spawn()
-            .expect("spawn rush-agentd");
+        let child = launch(&config_path, state.path(), &socket, &pin_dir, &tag, &log);
         let mut d = Daemon { child: Some(child), socket, state, cgroup_parent: tag, pin_dir, log };
         d.wait_ready();
         d
+    }
+
+    /// Starts the daemon again on the same socket, state, pins and cgroups (after
+    /// [`Daemon::kill9`]): what a restart after a crash does.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart: the daemon is still running");
+        let config_path = self.state.path().join("config.toml");
+        self.child = Some(launch(
+            &config_path,
+            self.state.path(),
+            &self.socket,
+            &self.pin_dir,
+            &self.cgroup_parent,
+            &self.log,
+        ));
+        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {
@@ -182,6 +179,30 @@ impl Daemon {
     pub fn cgroup_v2_parent(&self) -> PathBuf {
         cgroup2_root().join(&self.cgroup_parent)
     }
+}
+
+/// rush-agentd with the test's private paths; its log appended to `log`.
+fn launch(config: &Path, root: &Path, socket: &Path, pin_dir: &Path, tag: &str, log: &Path) -> Child {
+    let logf = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("daemon log");
+    // The socket outside the state dir, as in a real install (/run/rush vs
+    // /var/lib/rush): agents reach the socket, never the state.
+    Command::new(bin("rush-agentd"))
+        .arg("--config")
+        .arg(config)
+        .arg("--state-dir")
+        .arg(root.join("state"))
+        .arg("--socket")
+        .arg(socket)
+        .arg("--pin-dir")
+        .arg(pin_dir)
+        .arg("--cgroup-parent")
+        .arg(tag)
+        .arg("--ephemeral")
+        .env("RUSH_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(logf)
+        .spawn()
+        .expect("spawn rush-agentd")
 }
 
 impl Drop for Daemon {

@@ -577,3 +577,44 @@ fn agents_cannot_write_sysctls() {
     // Outside agents: untouched (write the same value back).
     std::fs::write(path, before.trim_end()).expect("root outside agents writes sysctls");
 }
+
+/// A daemon killed with SIGKILL leaves its agent running and confined; the next one
+/// re-adopts it from its state database: listed with the same pid, still denied the
+/// network (the pinned programs never stopped), and killable.
+#[test]
+fn a_restarted_daemon_re_adopts_its_running_agent() {
+    if !host_ready() {
+        return;
+    }
+    let mut d = Daemon::start();
+    let srv = HttpServer::start();
+    let addr = format!("127.0.0.1:{}", srv.port);
+    let tool = bin("rush-test-net");
+    let script = format!("while true; do {} tcp {addr}; sleep 0.2; done", tool.display());
+    let out =
+        d.rush(&["--json", "agent", "spawn", "keep", "--net", "deny", "--detach", "--", "sh", "-c", &script]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let pid = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["pid"].as_u64().unwrap();
+
+    d.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(pid_alive(pid as i32), "the agent died with the daemon");
+    d.restart();
+
+    let agent = d.rush_json(&["agent", "status", "keep"]);
+    assert_eq!(agent["state"], "running", "{agent}");
+    assert_eq!(agent["pid"].as_u64(), Some(pid), "{agent}");
+    // Confined all along: every attempt, before, between and after the daemons, EPERM.
+    let logs = || String::from_utf8_lossy(&d.rush(&["agent", "logs", "keep"]).stdout).into_owned();
+    let before = logs().lines().count();
+    assert!(wait_until(Duration::from_secs(5), || logs().lines().count() > before + 2), "no new attempts");
+    let text = logs();
+    assert!(text.lines().all(|l| l == "errno EPERM"), "an attempt got through: {text}");
+    assert!(d.log_text().contains("re-adopted"), "{}", d.log_text());
+
+    let out = d.rush(&["agent", "kill", "keep"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(wait_until(Duration::from_secs(5), || !pid_alive(pid as i32)), "the adopted agent survived kill");
+    let agent = d.rush_json(&["agent", "status", "keep"]);
+    assert_eq!(agent["state"], "exited", "{agent}");
+}

@@ -36,6 +36,16 @@ struct Child {
     pidfd: OwnedFd,
 }
 
+/// A pidfd for a process that is not our child (an adopted agent's): its exit is seen
+/// (readable), its status is not (waitid is for children). None if it is gone.
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // SAFETY: a non-negative return is a fresh fd that nothing else owns.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
 /// Conditional tokens' worktrees are numbered per daemon run.
 static CONDITION_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 /// How long a condition may run before it counts as failed.
@@ -95,6 +105,9 @@ pub struct AgentManager {
     enforcing: tokio::sync::Mutex<()>,
     /// Tokens with a TTL whose expiry is still to be enforced on mappings, by id.
     pending_expiries: Mutex<HashMap<u64, Token>>,
+    /// The durable state (agents, tokens), once the daemon has opened it; unit tests run
+    /// without one.
+    store: std::sync::OnceLock<Arc<crate::store::Store>>,
 }
 
 #[derive(Default)]
@@ -140,7 +153,117 @@ impl AgentManager {
             registry: Mutex::default(),
             enforcing: tokio::sync::Mutex::new(()),
             pending_expiries: Mutex::default(),
+            store: std::sync::OnceLock::new(),
         })
+    }
+
+    /// From now on, agents and tokens are written to `store` before requests are answered.
+    pub fn attach_store(&self, store: Arc<crate::store::Store>) {
+        let _ = self.store.set(store);
+    }
+
+    /// Runs a store write; a failure is loud (log) but does not undo what the kernel
+    /// already enforces: the agent stays confined, only its re-adoption would miss it.
+    fn persist(
+        &self,
+        what: &str,
+        write: impl FnOnce(&crate::store::Store) -> Result<(), crate::store::StoreError>,
+    ) {
+        if let Some(store) = self.store.get()
+            && let Err(e) = write(store)
+        {
+            tracing::error!(error = %error_chain(&e), "state database: {what} not saved");
+        }
+    }
+
+    /// Writes the agent (as registered now) and its tokens.
+    fn persist_agent(&self, name: &str) {
+        let record = self.registry().agents.get(name).map(|a| crate::store::AgentRecord {
+            info: a.info.clone(),
+            files_confined: a.files_confined,
+            log_path: a.log_path.clone(),
+        });
+        let Some(record) = record else { return };
+        let tokens = self.tokens.of_agent(record.info.cgroup_id);
+        self.persist("agent", |s| s.put_agent(&record).and_then(|()| s.put_tokens(&tokens)));
+    }
+
+    /// The kernel moved a grant to a new inode: the stored tokens follow.
+    pub fn persist_rekey(&self, cgroup_id: u64, from: crate::bpf::FileKey, to: crate::bpf::FileKey) {
+        self.persist("a moved grant", |s| s.rekey(cgroup_id, from, to));
+    }
+
+    /// Takes back the agents a previous daemon left running (their cgroup still there, their
+    /// first process alive in it): registered again, tokens restored from the store and
+    /// rewritten into the kernel map, TTL timers rescheduled, exit watched. Returns how
+    /// many; stored agents that are gone are forgotten (their exit status is unknown).
+    pub fn adopt(self: &Arc<Self>) -> usize {
+        let Some(store) = self.store.get() else { return 0 };
+        let records = match store.agents() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %error_chain(&e), "state database unreadable: no agent re-adopted");
+                return 0;
+            }
+        };
+        if let Ok(max) = store.max_token_id() {
+            self.tokens.skip_ids_to(max);
+        }
+        let existing = self.cgroups.existing();
+        let mut adopted = 0;
+        for rec in records {
+            let name = rec.info.name.clone();
+            let pid = rec.info.pid;
+            let cg = existing.iter().find(|c| c.id == rec.info.cgroup_id).cloned();
+            // The pid must still be the agent's (not reused): alive, and in its cgroup.
+            let still_there = cg.as_ref().is_some_and(|cg| {
+                crate::cgroup::process_cgroup_v2(pid as i32)
+                    .is_some_and(|p| cg.v2_dir.ends_with(p.trim_start_matches('/')))
+            });
+            let pidfd = if still_there { pidfd_open(pid) } else { None };
+            let (Some(cg), Some(pidfd)) = (cg, pidfd) else {
+                self.persist("a gone agent's removal", |s| s.delete_agent(&name, rec.info.cgroup_id));
+                self.audit.record(
+                    Some(&name),
+                    AuditEvent::Exit { pid, status: ExitStatus { code: None, signal: None } },
+                );
+                tracing::info!(agent = %name, "a stored agent is gone (exit status unknown)");
+                continue;
+            };
+            let tokens = store.tokens(cg.id).unwrap_or_else(|e| {
+                tracing::error!(agent = %name, error = %error_chain(&e), "its tokens are unreadable: it keeps what the kernel map holds");
+                Vec::new()
+            });
+            let (restored, entries) = self.tokens.restore(tokens);
+            if let Err(e) = self.write_entries(cg.id, entries) {
+                tracing::error!(agent = %name, error = %e.message, "kernel entries not rebuilt");
+            }
+            let (tx, rx) = watch::channel(None);
+            let mut info = rec.info;
+            info.state = AgentState::Running;
+            {
+                let mut reg = self.registry();
+                reg.names.insert(cg.id, name.clone());
+                reg.agents.insert(
+                    name.clone(),
+                    Agent {
+                        info,
+                        cgroup: cg.clone(),
+                        exit: rx,
+                        log_path: rec.log_path,
+                        files_confined: rec.files_confined,
+                    },
+                );
+            }
+            for t in restored {
+                self.schedule_expiry(t);
+            }
+            let mgr = Arc::clone(self);
+            let child = Child { pid, pidfd };
+            tokio::spawn(async move { mgr.watch_exit(name, cg, child, tx).await });
+            adopted += 1;
+        }
+        adopted
     }
 
     fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
@@ -151,7 +274,8 @@ impl AgentManager {
     /// confined by the pinned programs until now; re-adopting them (rather than killing
     /// them) is the durable-sessions issue's work.
     pub fn reap_orphans(&self) {
-        for cg in self.cgroups.existing() {
+        let adopted: HashSet<u64> = self.registry().names.keys().copied().collect();
+        for cg in self.cgroups.existing().into_iter().filter(|cg| !adopted.contains(&cg.id)) {
             let n = self.cgroups.kill_all(&cg).unwrap_or(0);
             tracing::warn!(agent = %cg.name, processes = n, "killed an agent left by a previous daemon (re-adoption is not implemented yet)");
             match self.cgroups.remove(&cg) {
@@ -268,6 +392,7 @@ impl AgentManager {
             self.schedule_expiry(token);
         }
         let mgr = Arc::clone(self);
+        self.persist_agent(&name);
         tokio::spawn(async move { mgr.watch_exit(name, cgroup, child, tx).await });
         Ok((info, rx))
     }
@@ -431,6 +556,7 @@ impl AgentManager {
                 }
                 conditional = self.tokens.conditional(cg.id);
                 self.tokens.forget_agent(cg.id);
+                self.persist("an exited agent's removal", |s| s.delete_agent(&name, cg.id));
                 self.pending_expiries().retain(|_, t| t.cgroup_id != cg.id);
             }
             Ok(Err(e)) => {
@@ -629,6 +755,7 @@ impl AgentManager {
         let token = added[0].info();
         self.audit
             .record(Some(&req.agent), AuditEvent::Grant { caller_uid: caller.uid, token: token.clone() });
+        self.persist("grant", |s| s.put_tokens(&added));
         for t in added {
             self.schedule_expiry(t);
         }
@@ -837,6 +964,8 @@ impl AgentManager {
         let killed = self.enforce(cg, lost, move |mgr| mgr.write_entries(cgroup_id, entries)).await?;
         let tokens: Vec<TokenInfo> = removed.iter().map(|t| t.info()).collect();
         self.audit.record(Some(agent), AuditEvent::Revoke { caller_uid: caller.uid, tokens: tokens.clone() });
+        let ids: Vec<u64> = removed.iter().map(|t| t.id).collect();
+        self.persist("revoke", |s| s.delete_tokens(&ids));
         self.record_kills(agent, killed, "revoke");
         Ok(tokens)
     }

@@ -28,6 +28,8 @@ pub enum DaemonError {
     Audit(#[from] crate::audit::AuditError),
     #[error(transparent)]
     Api(#[from] crate::api::ApiServerError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. With `ephemeral`, the BPF pins are removed on
@@ -73,6 +75,12 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
         log_dir,
         config.files.grants(),
     );
+    let store = Arc::new(crate::store::Store::open(&state_dir.join("state.db"))?);
+    agents.attach_store(store.clone());
+    let adopted = agents.adopt();
+    if adopted > 0 {
+        tracing::info!(adopted, "re-adopted agents left running by a previous daemon");
+    }
     agents.reap_orphans();
     let pump = tokio::spawn(pump_events(events, agents.clone(), audit.clone()));
 
@@ -102,10 +110,18 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     tracing::info!(socket = %config.daemon.socket.display(), state_dir = %state_dir.display(), "rush-agentd ready");
 
     wait_for_signal().await;
-    tracing::info!("shutting down: killing agents (re-adoption across restarts is not implemented yet)");
     let _ = shutdown_tx.send(());
     let _ = server.await;
-    agents.kill_all_agents().await;
+    if ephemeral {
+        tracing::info!("shutting down (ephemeral): killing agents");
+        agents.kill_all_agents().await;
+    } else {
+        // The pinned programs keep confining them; the next daemon re-adopts them.
+        tracing::info!(
+            agents = agents.list().len(),
+            "shutting down: agents keep running, confined by the pinned programs"
+        );
+    }
     let _ = std::fs::remove_file(&config.daemon.socket);
     pump.abort();
     drop(bpf);
@@ -179,6 +195,7 @@ async fn pump_events(
             }
             KernelEvent::GrantMoved { cgroup_id, from, to } => {
                 let moved = agents.tokens().rekey(cgroup_id, from, to);
+                agents.persist_rekey(cgroup_id, from, to);
                 tracing::debug!(cgroup_id, ?from, ?to, moved, "a save moved a grant to a new inode");
             }
             KernelEvent::Lost { count } => {

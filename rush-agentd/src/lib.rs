@@ -22,4 +22,5 @@ pub mod daemon;
 pub mod mappings;
 pub mod probe;
 pub mod spawn;
+pub mod store;
 pub mod tokens;

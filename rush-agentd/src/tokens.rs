@@ -64,7 +64,12 @@ pub enum Origin {
 }
 
 impl Origin {
-    fn as_str(self) -> &'static str {
+    /// The inverse of [`Origin::as_str`].
+    pub fn parse(s: &str) -> Option<Origin> {
+        [Origin::Baseline, Origin::Spawn, Origin::Grant, Origin::Stdio].into_iter().find(|o| o.as_str() == s)
+    }
+
+    pub fn as_str(self) -> &'static str {
         match self {
             Origin::Baseline => "baseline",
             Origin::Spawn => "spawn",
@@ -256,6 +261,34 @@ impl TokenStore {
     /// Forgets an agent's tokens (it has exited; the kernel entries go with the agent).
     pub fn forget_agent(&self, cgroup_id: u64) {
         self.lock().tokens.retain(|_, t| t.cgroup_id != cgroup_id);
+    }
+
+    /// The agent's tokens.
+    pub fn of_agent(&self, cgroup_id: u64) -> Vec<Token> {
+        self.lock().tokens.values().filter(|t| t.cgroup_id == cgroup_id).cloned().collect()
+    }
+
+    /// Puts back tokens a previous daemon stored (ids kept); returns them and the kernel
+    /// entries to write.
+    pub fn restore(&self, tokens: Vec<Token>) -> (Vec<Token>, Vec<(FileKey, Option<FileGrantEntry>)>) {
+        let mut inner = self.lock();
+        let mut by_cgroup: BTreeMap<u64, Vec<FileKey>> = BTreeMap::new();
+        for t in &tokens {
+            inner.next_id = inner.next_id.max(t.id);
+            by_cgroup.entry(t.cgroup_id).or_default().extend(t.keys());
+            inner.tokens.insert(t.id, t.clone());
+        }
+        let entries = by_cgroup
+            .into_iter()
+            .flat_map(|(cg, keys)| merged_entries(&inner, cg, keys.into_iter()))
+            .collect();
+        (tokens, entries)
+    }
+
+    /// New ids start above `max` (ids are never reused, across restarts too).
+    pub fn skip_ids_to(&self, max: u64) {
+        let mut inner = self.lock();
+        inner.next_id = inner.next_id.max(max);
     }
 
     /// The agent's conditional tokens.

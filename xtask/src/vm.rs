@@ -80,14 +80,14 @@ const VM_PACKAGES: [(&str, &str); 8] = [
 ];
 
 /// The guest test suites, in the order they run: (name, test threads, extra arguments).
-/// `host`, `files`, `guest`, `escape`, `condition` are kernel-tests targets; `bpf` is rush-agentd's own
+/// `host`, `files`, `guest`, `escape`, `lifecycle` are kernel-tests targets; `bpf` is rush-agentd's own
 /// kernel smoke tests (its lib tests under `bpf::`).
 const SUITES: [(&str, u32, &str); 6] = [
     ("host", 2, ""),
     ("files", 1, " --nocapture"),
     ("guest", 1, ""),
     ("escape", 1, ""),
-    ("condition", 1, ""),
+    ("lifecycle", 1, ""),
     ("bpf", 1, " bpf::"),
 ];
 

@@ -1,7 +1,8 @@
-//! Conditional write tokens (`rush capability grant --condition CMD`), end to end in the
-//! guests: the agent's writes land in its worktree, never in the granted directory, until
-//! the condition passes; a failing condition puts the worktree back. Needs BPF LSM (the
-//! agents are file-confined); under RUSH_TEST_STRICT=1 a kernel without it fails.
+//! Tokens over time, end to end in the guests: conditional write tokens (`rush capability
+//! grant --condition CMD`: the agent's writes land in its worktree, never in the granted
+//! directory, until the condition passes; a failing condition puts the worktree back), and
+//! tokens surviving a daemon crash and restart. Needs BPF LSM (the agents are
+//! file-confined); under RUSH_TEST_STRICT=1 a kernel without it fails.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -185,4 +186,71 @@ fn bad_conditions_are_refused_by_name() {
     refuse(&["capability", "commit", "c-in"], "no conditional token");
     assert_eq!(read(&t.p("ws/f")), "v1");
     assert!(d.rush(&["agent", "kill", "c-in"]).status.success());
+}
+
+/// Tokens outlive a crashed daemon: the kernel keeps enforcing them while it is down, the
+/// next daemon re-adopts the agent with its tokens from the state database (listed,
+/// revocable by id), and a TTL granted before the crash still lapses on time.
+#[test]
+fn tokens_survive_a_daemon_restart_and_still_lapse() {
+    let Some(mut d) = lsm_daemon() else { return };
+    let t = Tree::new();
+    let fs = bin("rush-test-fs");
+    let bins = format!("{}:read,exec", bin_dir().display());
+    let ctl = format!("{}:read", t.s("ctl"));
+    // Reads ws/f every 200 ms, forever: its log is the kernel's verdict over time.
+    let script = format!("while true; do {} read {}; sleep 0.2; done", fs.display(), t.s("ws/f"));
+    let out = d.rush(&[
+        "agent", "spawn", "ttl", "--detach", "--allow", &bins, "--allow", &ctl, "--", "/bin/sh", "-c",
+        &script,
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let timed = d.rush_json(&[
+        "capability",
+        "grant",
+        "ttl",
+        "--path",
+        &t.s("ws/f"),
+        "--ops",
+        "read",
+        "--duration",
+        "12s",
+    ]);
+    let lasting = d.rush_json(&["capability", "grant", "ttl", "--path", &t.s("ctl"), "--ops", "read,write"]);
+    let logs = |d: &Daemon| String::from_utf8_lossy(&d.rush(&["agent", "logs", "ttl"]).stdout).into_owned();
+    assert!(
+        wait_until(Duration::from_secs(10), || logs(&d).contains("ok 2")),
+        "the grant never took: {}",
+        logs(&d)
+    );
+
+    d.kill9();
+    d.restart();
+    let tokens = d.rush_json(&["capability", "list", "ttl"]);
+    let ids: Vec<u64> = tokens.as_array().unwrap().iter().filter_map(|t| t["id"].as_u64()).collect();
+    assert!(
+        ids.contains(&timed["id"].as_u64().unwrap()),
+        "the TTL token is gone after the restart: {tokens}"
+    );
+    assert!(ids.contains(&lasting["id"].as_u64().unwrap()), "{tokens}");
+    // Still enforced by the restarted daemon's kernel entries...
+    let n = logs(&d).lines().count();
+    assert!(wait_until(Duration::from_secs(5), || logs(&d).lines().count() > n + 2));
+    assert!(logs(&d).lines().last().is_some_and(|l| l.starts_with("ok ")), "{}", logs(&d));
+    // ...then lapsing on time: EPERM from then on, and listed as expired.
+    assert!(
+        wait_until(Duration::from_secs(30), || logs(&d).lines().last() == Some("errno EPERM")),
+        "the TTL token did not lapse after the restart: {}",
+        logs(&d)
+    );
+    let tokens = d.rush_json(&["capability", "list", "ttl"]);
+    let timed_now = tokens.as_array().unwrap().iter().find(|x| x["id"] == timed["id"]).cloned().unwrap();
+    assert_eq!(timed_now["expired"], true, "{timed_now}");
+    // Restored tokens are the daemon's again: revocable by id, new ids never reuse old ones.
+    let id = lasting["id"].as_u64().unwrap().to_string();
+    let out = d.rush(&["capability", "revoke", "ttl", "--id", &id]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let fresh = d.rush_json(&["capability", "grant", "ttl", "--path", &t.s("ctl"), "--ops", "read"]);
+    assert!(fresh["id"].as_u64() > lasting["id"].as_u64(), "token ids reused: {fresh}");
+    assert!(d.rush(&["agent", "kill", "ttl"]).status.success());
 }

@@ -1,0 +1,386 @@
+//! The daemon's durable state: an SQLite database (WAL, `synchronous=FULL`, versioned
+//! schema) under the state dir holding the living agents and their tokens, written before
+//! a request is acknowledged, read at start-up to re-adopt agents that outlived a daemon
+//! and to rebuild their kernel entries.
+//!
+//! Deadlines are CLOCK_BOOTTIME values, meaningful within one boot only: the boot id is
+//! stored with them, and a store from another boot is emptied on open (its agents died
+//! with that boot).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rush_proto::{AgentInfo, Ops};
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::bpf::FileKey;
+use crate::condition::Condition;
+use crate::tokens::{Origin, Token};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("state database {path}: schema version {found} is newer than this daemon's ({known})")]
+    TooNew { path: PathBuf, found: i64, known: i64 },
+    #[error("state database {path}: {what}")]
+    Corrupt { path: PathBuf, what: String },
+}
+
+/// Schema migrations, in order; `PRAGMA user_version` is how many have run.
+const MIGRATIONS: &[&str] = &["
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE agents (
+        name TEXT PRIMARY KEY,
+        cgroup_id INTEGER NOT NULL,
+        pid INTEGER NOT NULL,
+        files_confined INTEGER NOT NULL,
+        log_path TEXT,
+        info TEXT NOT NULL            -- rush_proto::AgentInfo as JSON
+    );
+    CREATE TABLE tokens (
+        id INTEGER PRIMARY KEY,
+        agent TEXT NOT NULL,
+        cgroup_id INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        dev INTEGER NOT NULL,
+        ino INTEGER NOT NULL,
+        mnt_id INTEGER NOT NULL,
+        save_dev INTEGER,
+        save_ino INTEGER,
+        ops INTEGER NOT NULL,
+        expires_boot_ns INTEGER,      -- NULL: until revoked
+        expires_unix_ms INTEGER,
+        granted_unix_ms INTEGER NOT NULL,
+        origin TEXT NOT NULL,
+        condition_command TEXT,
+        condition_original TEXT,
+        condition_worktree TEXT
+    );
+    CREATE INDEX tokens_by_cgroup ON tokens (cgroup_id);
+"];
+
+/// An agent as stored: enough to re-adopt it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentRecord {
+    pub info: AgentInfo,
+    pub files_confined: bool,
+    pub log_path: Option<PathBuf>,
+}
+
+pub struct Store {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    /// Opens (creating, migrating) the database; empties it if it is from another boot.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let err = |source| StoreError::Sqlite { path: path.to_owned(), source };
+        let conn = Connection::open(path).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        // Every acknowledged grant or revoke must survive a crash of the daemon or a power cut.
+        conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+        let store = Store { path: path.to_owned(), conn: Mutex::new(conn) };
+        store.migrate()?;
+        store.check_boot()?;
+        Ok(store)
+    }
+
+    fn err(&self) -> impl FnOnce(rusqlite::Error) -> StoreError + use<> {
+        let path = self.path.clone();
+        move |source| StoreError::Sqlite { path, source }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(self.err())?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StoreError::TooNew { path: self.path.clone(), found: version, known });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.transaction().map_err(self.err())?;
+            tx.execute_batch(sql).map_err(self.err())?;
+            tx.pragma_update(None, "user_version", i as i64 + 1).map_err(self.err())?;
+            tx.commit().map_err(self.err())?;
+        }
+        Ok(())
+    }
+
+    /// A store written during another boot describes nothing alive: emptied.
+    fn check_boot(&self) -> Result<(), StoreError> {
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        let conn = self.lock();
+        let stored: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'boot_id'", [], |r| r.get(0))
+            .optional()
+            .map_err(self.err())?;
+        if stored.as_deref() != Some(boot.as_str()) {
+            if stored.is_some() {
+                tracing::info!("state database is from an earlier boot: its agents and tokens are gone");
+            }
+            conn.execute_batch("DELETE FROM agents; DELETE FROM tokens;").map_err(self.err())?;
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('boot_id', ?1)", [boot])
+                .map_err(self.err())?;
+        }
+        Ok(())
+    }
+
+    pub fn put_agent(&self, rec: &AgentRecord) -> Result<(), StoreError> {
+        let info = serde_json::to_string(&rec.info)
+            .map_err(|e| StoreError::Corrupt { path: self.path.clone(), what: e.to_string() })?;
+        self.lock()
+            .execute(
+                "INSERT OR REPLACE INTO agents (name, cgroup_id, pid, files_confined, log_path, info)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    rec.info.name,
+                    rec.info.cgroup_id as i64,
+                    rec.info.pid,
+                    rec.files_confined,
+                    rec.log_path.as_ref().map(|p| p.to_string_lossy().into_owned()),
+                    info
+                ],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// The agent and its tokens.
+    pub fn delete_agent(&self, name: &str, cgroup_id: u64) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(self.err())?;
+        tx.execute("DELETE FROM agents WHERE name = ?1", [name]).map_err(self.err())?;
+        tx.execute("DELETE FROM tokens WHERE cgroup_id = ?1", [cgroup_id as i64]).map_err(self.err())?;
+        tx.commit().map_err(self.err())
+    }
+
+    pub fn put_tokens(&self, tokens: &[Token]) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(self.err())?;
+        for t in tokens {
+            let cond = t.condition.as_ref();
+            tx.execute(
+                "INSERT OR REPLACE INTO tokens (id, agent, cgroup_id, path, dev, ino, mnt_id, save_dev,
+                     save_ino, ops, expires_boot_ns, expires_unix_ms, granted_unix_ms, origin,
+                     condition_command, condition_original, condition_worktree)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                params![
+                    t.id as i64,
+                    t.agent,
+                    t.cgroup_id as i64,
+                    t.path.to_string_lossy(),
+                    t.key.dev,
+                    t.key.ino as i64,
+                    t.mnt_id,
+                    t.save_dir.map(|k| k.dev),
+                    t.save_dir.map(|k| k.ino as i64),
+                    t.ops.0,
+                    t.expires.map(|(ns, _)| ns as i64),
+                    t.expires.map(|(_, ms)| ms as i64),
+                    t.granted_unix_ms as i64,
+                    t.origin.as_str(),
+                    cond.map(|c| c.command.clone()),
+                    cond.map(|c| c.original.to_string_lossy().into_owned()),
+                    cond.map(|c| c.worktree.to_string_lossy().into_owned()),
+                ],
+            )
+            .map_err(self.err())?;
+        }
+        tx.commit().map_err(self.err())
+    }
+
+    pub fn delete_tokens(&self, ids: &[u64]) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(self.err())?;
+        for id in ids {
+            tx.execute("DELETE FROM tokens WHERE id = ?1", [*id as i64]).map_err(self.err())?;
+        }
+        tx.commit().map_err(self.err())
+    }
+
+    /// The kernel moved a grant to a new inode (an editor-style save).
+    pub fn rekey(&self, cgroup_id: u64, from: FileKey, to: FileKey) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "UPDATE tokens SET dev = ?1, ino = ?2 WHERE cgroup_id = ?3 AND dev = ?4 AND ino = ?5",
+                params![to.dev, to.ino as i64, cgroup_id as i64, from.dev, from.ino as i64],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    pub fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare("SELECT info, files_confined, log_path FROM agents ORDER BY name")
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, Option<String>>(2)?))
+            })
+            .map_err(self.err())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (info, files_confined, log_path) = row.map_err(self.err())?;
+            let info: AgentInfo = serde_json::from_str(&info).map_err(|e| StoreError::Corrupt {
+                path: self.path.clone(),
+                what: format!("agent record: {e}"),
+            })?;
+            out.push(AgentRecord { info, files_confined, log_path: log_path.map(PathBuf::from) });
+        }
+        Ok(out)
+    }
+
+    /// The tokens of one agent cgroup, in id order.
+    pub fn tokens(&self, cgroup_id: u64) -> Result<Vec<Token>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, agent, path, dev, ino, mnt_id, save_dev, save_ino, ops, expires_boot_ns,
+                        expires_unix_ms, granted_unix_ms, origin, condition_command,
+                        condition_original, condition_worktree
+                 FROM tokens WHERE cgroup_id = ?1 ORDER BY id",
+            )
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map([cgroup_id as i64], |r| {
+                let save = match (r.get::<_, Option<u32>>(6)?, r.get::<_, Option<i64>>(7)?) {
+                    (Some(dev), Some(ino)) => Some(FileKey { dev, ino: ino as u64 }),
+                    _ => None,
+                };
+                let expires = match (r.get::<_, Option<i64>>(9)?, r.get::<_, Option<i64>>(10)?) {
+                    (Some(ns), Some(ms)) => Some((ns as u64, ms as u64)),
+                    _ => None,
+                };
+                let condition = match (
+                    r.get::<_, Option<String>>(13)?,
+                    r.get::<_, Option<String>>(14)?,
+                    r.get::<_, Option<String>>(15)?,
+                ) {
+                    (Some(command), Some(original), Some(worktree)) => {
+                        Some(Condition { command, original: original.into(), worktree: worktree.into() })
+                    }
+                    _ => None,
+                };
+                Ok(Token {
+                    id: r.get::<_, i64>(0)? as u64,
+                    agent: r.get(1)?,
+                    cgroup_id,
+                    path: PathBuf::from(r.get::<_, String>(2)?),
+                    key: FileKey { dev: r.get(3)?, ino: r.get::<_, i64>(4)? as u64 },
+                    mnt_id: r.get(5)?,
+                    save_dir: save,
+                    ops: Ops(r.get(8)?),
+                    expires,
+                    granted_unix_ms: r.get::<_, i64>(11)? as u64,
+                    origin: Origin::parse(&r.get::<_, String>(12)?).unwrap_or(Origin::Grant),
+                    condition,
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
+    /// The highest token id ever stored (ids are never reused across restarts).
+    pub fn max_token_id(&self) -> Result<u64, StoreError> {
+        let conn = self.lock();
+        let max: Option<i64> =
+            conn.query_row("SELECT MAX(id) FROM tokens", [], |r| r.get(0)).map_err(self.err())?;
+        Ok(max.unwrap_or(0) as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(id: u64, cgroup_id: u64) -> Token {
+        Token {
+            id,
+            agent: "a".into(),
+            cgroup_id,
+            path: "/srv/x".into(),
+            key: FileKey { dev: 7, ino: 42 },
+            mnt_id: 3,
+            save_dir: Some(FileKey { dev: 7, ino: 2 }),
+            ops: Ops::READ,
+            expires: Some((123, 456)),
+            granted_unix_ms: 9,
+            origin: Origin::Grant,
+            condition: Some(Condition {
+                command: "true".into(),
+                original: "/srv/x".into(),
+                worktree: "/srv/.x".into(),
+            }),
+        }
+    }
+
+    fn info(name: &str, cgroup_id: u64) -> AgentInfo {
+        serde_json::from_value(serde_json::json!({
+            "name": name, "cgroup_id": cgroup_id, "cgroup_path": "/sys/fs/cgroup/rush/a", "pid": 10,
+            "uid": 0, "command": ["sleep"], "net": {"mode": "deny"}, "state": "running", "processes": 1,
+            "started_unix_ms": 1, "enforcement": [], "detached": true
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn agents_and_tokens_round_trip_across_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let s = Store::open(&path).unwrap();
+            s.put_agent(&AgentRecord { info: info("a", 5), files_confined: true, log_path: None }).unwrap();
+            s.put_tokens(&[token(1, 5), token(2, 5), token(3, 6)]).unwrap();
+            s.delete_tokens(&[2]).unwrap();
+            s.rekey(5, FileKey { dev: 7, ino: 42 }, FileKey { dev: 7, ino: 43 }).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let agents = s.agents().unwrap();
+        assert_eq!(agents.len(), 1);
+        assert_eq!(agents[0].info.name, "a");
+        assert!(agents[0].files_confined);
+        let t = s.tokens(5).unwrap();
+        assert_eq!(t.len(), 1, "token 2 deleted, token 3 is another agent's");
+        let mut want = token(1, 5);
+        want.key.ino = 43;
+        assert_eq!(t[0].key, want.key);
+        assert_eq!(t[0].expires, want.expires);
+        assert_eq!(t[0].condition, want.condition);
+        assert_eq!(t[0].save_dir, want.save_dir);
+        assert_eq!(s.max_token_id().unwrap(), 3);
+        s.delete_agent("a", 5).unwrap();
+        assert!(s.agents().unwrap().is_empty());
+        assert!(s.tokens(5).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_store_from_another_boot_is_emptied_and_a_newer_schema_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let s = Store::open(&path).unwrap();
+            s.put_tokens(&[token(1, 5)]).unwrap();
+            s.lock().execute("UPDATE meta SET value = 'another-boot' WHERE key = 'boot_id'", []).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert!(s.tokens(5).unwrap().is_empty());
+        s.lock().pragma_update(None, "user_version", 99).unwrap();
+        drop(s);
+        let e = Store::open(&path).err().unwrap().to_string();
+        assert!(e.contains("99") && e.contains("newer"), "{e}");
+    }
+}
