@@ -284,7 +284,10 @@ fn guard_what(hook: &str, target: u32, arg: i64) -> String {
         "file_fcntl" => format!("F_SETOWN to pid {arg}"),
         "file_ioctl" => format!("ioctl {arg:#x} (FIOSETOWN/SIOCSPGRP)"),
         "sb_mount" => format!("mount (flags {arg:#x})"),
-        "inode_permission:cgroupfs-or-bpffs-write" => "write to cgroupfs or bpffs".into(),
+        "inode_permission:kernel-fs-write" => {
+            "write to a kernel filesystem (cgroupfs, bpffs, sysfs, binfmt_misc, ...)".into()
+        }
+        "file_open:procfs-write" => "write outside /proc/PID (sysrq-trigger, /proc/sys, ...)".into(),
         "inode_permission:protected-dir" => "access to the daemon's directories".into(),
         "cgroup/sysctl" => "sysctl write".into(),
         _ if arg != 0 => format!("{hook} ({arg})"),

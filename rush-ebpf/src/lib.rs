@@ -122,6 +122,7 @@ pub const GHOOK_PROTECTED_DIR: u32 = 14;
 pub const GHOOK_FCNTL: u32 = 15;
 pub const GHOOK_SYSCTL: u32 = 16;
 pub const GHOOK_IOCTL: u32 = 17;
+pub const GHOOK_PROC_WRITE: u32 = 18;
 
 /// What a `RushGuardEvent::hook` stopped, for the audit trail.
 pub fn guard_hook_name(hook: u32) -> Option<&'static str> {
@@ -138,11 +139,12 @@ pub fn guard_hook_name(hook: u32) -> Option<&'static str> {
         GHOOK_USERNS => "userns_create",
         GHOOK_KERNEL_READ_FILE => "kernel_read_file",
         GHOOK_KERNEL_LOAD_DATA => "kernel_load_data",
-        GHOOK_CGROUPFS_WRITE => "inode_permission:cgroupfs-or-bpffs-write",
+        GHOOK_CGROUPFS_WRITE => "inode_permission:kernel-fs-write",
         GHOOK_PROTECTED_DIR => "inode_permission:protected-dir",
         GHOOK_FCNTL => "file_fcntl",
         GHOOK_SYSCTL => "cgroup/sysctl",
         GHOOK_IOCTL => "file_ioctl",
+        GHOOK_PROC_WRITE => "file_open:procfs-write",
         _ => return None,
     })
 }
@@ -211,7 +213,7 @@ pub const LSM_PROGRAMS: [ProgramSpec; 14] = [
 ];
 
 /// Every program of the guard object (self-protection).
-pub const GUARD_PROGRAMS: [ProgramSpec; 15] = [
+pub const GUARD_PROGRAMS: [ProgramSpec; 16] = [
     lsm("rush_capable", "lsm/capable", "rush_link_capable"),
     lsm("rush_bpf", "lsm/bpf", "rush_link_bpf"),
     lsm("rush_ptrace_access_check", "lsm/ptrace_access_check", "rush_link_ptrace_access_check"),
@@ -227,6 +229,11 @@ pub const GUARD_PROGRAMS: [ProgramSpec; 15] = [
     lsm("rush_kernel_read_file", "lsm/kernel_read_file", "rush_link_kernel_read_file"),
     lsm("rush_kernel_load_data", "lsm/kernel_load_data", "rush_link_kernel_load_data"),
     lsm("rush_inode_permission", "lsm/inode_permission", "rush_link_inode_permission"),
+    ProgramSpec {
+        name: "rush_guard_file_open",
+        hook: "lsm/file_open",
+        link_pin: "rush_link_guard_file_open",
+    },
 ];
 
 const fn lsm(name: &'static str, hook: &'static str, link_pin: &'static str) -> ProgramSpec {
@@ -687,6 +694,7 @@ mod tests {
             ("RUSH_GHOOK_FCNTL", GHOOK_FCNTL.into()),
             ("RUSH_GHOOK_SYSCTL", GHOOK_SYSCTL.into()),
             ("RUSH_GHOOK_IOCTL", GHOOK_IOCTL.into()),
+            ("RUSH_GHOOK_PROC_WRITE", GHOOK_PROC_WRITE.into()),
             ("RUSH_PROTECTED_MAX", PROTECTED_MAX as u64),
             ("RUSH_FHOOK_FILE_OPEN", FHOOK_FILE_OPEN.into()),
             ("RUSH_FHOOK_FILE_PERMISSION", FHOOK_FILE_PERMISSION.into()),
@@ -777,7 +785,7 @@ mod tests {
         let expected: Vec<(String, String)> =
             GUARD_PROGRAMS.iter().map(|p| (p.name.to_string(), p.hook.to_string())).collect();
         assert_eq!(progs, expected);
-        for spec in &GUARD_PROGRAMS {
+        for spec in GUARD_PROGRAMS.iter().filter(|s| s.name != "rush_guard_file_open") {
             let hook = spec.hook.strip_prefix("lsm/").unwrap();
             assert_eq!(spec.name, format!("rush_{hook}"));
             assert_eq!(spec.link_pin, format!("rush_link_{hook}"));

@@ -413,7 +413,7 @@ pub enum AuditEvent {
         uid: u32,
         comm: String,
         /// The hook that refused, e.g. `capable`, `task_kill`, `ptrace_access_check`, `bpf`,
-        /// `sb_mount`, `inode_permission:cgroupfs-or-bpffs-write`, `cgroup/sysctl`.
+        /// `sb_mount`, `inode_permission:kernel-fs-write`, `file_open:procfs-write`, `cgroup/sysctl`.
         hook: String,
         /// What was refused, readable: `CAP_SYS_ADMIN`, `signal 9 to pid 812`, ...
         what: String,

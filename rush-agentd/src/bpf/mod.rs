@@ -169,15 +169,16 @@ impl AttachReport {
     }
 
     fn lsm_programs(&self) -> impl Iterator<Item = &ProgramStatus> {
-        let file_hooks: Vec<&str> = rush_ebpf::LSM_PROGRAMS.iter().map(|s| s.hook).collect();
-        self.programs.iter().filter(move |p| file_hooks.contains(&p.hook.as_str()))
+        // By name: the guard object has an lsm/file_open program too.
+        let file_programs: Vec<&str> = rush_ebpf::LSM_PROGRAMS.iter().map(|s| s.name).collect();
+        self.programs.iter().filter(move |p| file_programs.contains(&p.name.as_str()))
     }
 
     /// Every program of `rush_ebpf::GUARD_PROGRAMS` attached (self-protection holds).
     pub fn guard_attached(&self) -> bool {
         rush_ebpf::GUARD_PROGRAMS
             .iter()
-            .all(|spec| self.programs.iter().any(|p| p.hook == spec.hook && p.attached))
+            .all(|spec| self.programs.iter().any(|p| p.name == spec.name && p.attached))
     }
 
     /// Why self-protection does not hold, if it does not.
@@ -189,7 +190,7 @@ impl AttachReport {
         Some(
             guard
                 .iter()
-                .find_map(|s| self.programs.iter().find(|p| p.hook == s.hook).and_then(|p| p.error.clone()))
+                .find_map(|s| self.programs.iter().find(|p| p.name == s.name).and_then(|p| p.error.clone()))
                 .unwrap_or_else(|| "a self-protection program did not attach".into()),
         )
     }

@@ -20,9 +20,13 @@
  *   sb_mount, sb_umount, sb_pivotroot, move_mount   (also behind CAP_SYS_ADMIN).
  *   userns_create     no user namespaces, where capabilities would be had again.
  *   kernel_read_file, kernel_load_data             module, firmware, kexec loading.
- *   inode_permission  write to cgroupfs (cgroup.procs of any cgroup: no moving out,
- *                     no raising limits) and to bpffs (no unpinning the programs); any
- *                     access to the protected directories (the daemon's state, config).
+ *   inode_permission  write to the kernel's interface filesystems: cgroupfs (cgroup.procs
+ *                     of any cgroup: no moving out, no raising limits), bpffs (no
+ *                     unpinning), sysfs, binfmt_misc (a handler would run outside the
+ *                     agent), debugfs, tracefs, securityfs, configfs, efivarfs, pstore;
+ *                     any access to the protected directories (the daemon's state, config).
+ *   file_open         write opens on procfs outside /proc/PID (sysrq-trigger, /proc/sys,
+ *                     /proc/irq, ...); an agent's own /proc/self stays writable.
  * The cgroup/sysctl program in net.bpf.c refuses sysctl writes the same way.
  *
  * Return 0 = allow, -EPERM = deny (+ a struct rush_guard_event on rush_events).
@@ -43,6 +47,18 @@
 #define CGROUP_SUPER_MAGIC 0x27e0eb
 #define CGROUP2_SUPER_MAGIC 0x63677270
 #define BPF_FS_MAGIC 0xcafe4a11
+#define SYSFS_MAGIC 0x62656572
+#define BINFMTFS_MAGIC 0x42494e4d
+#define DEBUGFS_MAGIC 0x64626720
+#define TRACEFS_MAGIC 0x74726163
+#define SECURITYFS_MAGIC 0x73636673
+#define CONFIGFS_MAGIC 0x62656570
+#define EFIVARFS_MAGIC 0xde5e81e4
+#define PSTOREFS_MAGIC 0x6165676c
+#define PROC_SUPER_MAGIC 0x9fa0
+#define FMODE_WRITE 0x2
+/* Levels between a procfs file and /proc that the procfs check climbs. */
+#define RUSH_PROC_DEPTH 8
 
 #define CAP(n) (1ull << (n))
 /* CAP_DAC_READ_SEARCH 2 (open_by_handle_at), CAP_LINUX_IMMUTABLE 9, CAP_NET_ADMIN 12,
@@ -248,6 +264,15 @@ static __always_inline int rush_is_protected(__u32 dev, __u64 ino)
  * A protected directory refuses even the search (lookup) permission, so nothing below it
  * can be reached by path; /proc/PID/{cwd,root,fd} of the daemon are ptrace-guarded.
  */
+/* Filesystems that are interfaces to the kernel itself, which agents may not write. */
+static __always_inline int rush_is_kernel_fs(unsigned long magic)
+{
+	return magic == CGROUP2_SUPER_MAGIC || magic == CGROUP_SUPER_MAGIC || magic == BPF_FS_MAGIC ||
+	       magic == SYSFS_MAGIC || magic == BINFMTFS_MAGIC || magic == DEBUGFS_MAGIC ||
+	       magic == TRACEFS_MAGIC || magic == SECURITYFS_MAGIC || magic == CONFIGFS_MAGIC ||
+	       magic == EFIVARFS_MAGIC || magic == PSTOREFS_MAGIC;
+}
+
 SEC("lsm/inode_permission")
 int BPF_PROG(rush_inode_permission, struct inode *inode, int mask)
 {
@@ -255,14 +280,66 @@ int BPF_PROG(rush_inode_permission, struct inode *inode, int mask)
 	unsigned long magic = sb->s_magic;
 	__u32 hook;
 
-	if ((mask & (MAY_WRITE | MAY_APPEND)) &&
-	    (magic == CGROUP2_SUPER_MAGIC || magic == CGROUP_SUPER_MAGIC || magic == BPF_FS_MAGIC))
+	if ((mask & (MAY_WRITE | MAY_APPEND)) && rush_is_kernel_fs(magic))
 		hook = RUSH_GHOOK_CGROUPFS_WRITE;
 	else if (rush_is_protected(sb->s_dev, inode->i_ino))
 		hook = RUSH_GHOOK_PROTECTED_DIR;
 	else
 		return 0;
 	return rush_agent_may_not(hook, mask);
+}
+
+/* Whether `name` (a procfs entry right under /proc) is a process directory: all digits. */
+static __always_inline int rush_is_pid_name(const unsigned char *name, __u32 len)
+{
+	char buf[12] = {};
+
+	if (len == 0 || len > 10)
+		return 0;
+	bpf_probe_read_kernel(buf, sizeof(buf) - 1, name);
+#pragma unroll
+	for (int i = 0; i < 10; i++) {
+		if (i >= len)
+			break;
+		if (buf[i] < '0' || buf[i] > '9')
+			return 0;
+	}
+	return 1;
+}
+
+/*
+ * A write open of a procfs file: allowed only under a process directory (/proc/PID/...,
+ * which /proc/self resolves to). The rest of /proc is the kernel's: sysrq-trigger,
+ * /proc/sys (also refused by the sysctl program), /proc/irq, /proc/fs, ...
+ */
+SEC("lsm/file_open")
+int BPF_PROG(rush_guard_file_open, struct file *file)
+{
+	struct super_block *sb;
+	struct dentry *dentry, *root;
+	__u64 cgroup_id;
+	int i;
+
+	if (!(file->f_mode & FMODE_WRITE))
+		return 0;
+	sb = file->f_inode->i_sb;
+	if (sb->s_magic != PROC_SUPER_MAGIC)
+		return 0;
+	cgroup_id = rush_agent_self();
+	if (!cgroup_id)
+		return 0;
+	root = sb->s_root;
+	dentry = file->f_path.dentry;
+	for (i = 0; i < RUSH_PROC_DEPTH; i++) {
+		struct dentry *parent = dentry->d_parent;
+
+		if (parent == root || parent == dentry)
+			break;
+		dentry = parent;
+	}
+	if (dentry->d_parent == root && rush_is_pid_name(dentry->d_name.name, dentry->d_name.len))
+		return 0;
+	return rush_guard_deny(RUSH_GHOOK_PROC_WRITE, cgroup_id, 0, 0);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -86,6 +86,7 @@
 #define RUSH_GHOOK_FCNTL 15
 #define RUSH_GHOOK_SYSCTL 16
 #define RUSH_GHOOK_IOCTL 17
+#define RUSH_GHOOK_PROC_WRITE 18
 
 /* Directories agents may not enter at all (the daemon's state and config), set by the
  * loader as (s_dev, i_ino); unused slots are 0. */
