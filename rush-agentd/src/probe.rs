@@ -201,8 +201,10 @@ pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
         g("time travel", false, "not implemented yet".into()),
         g(
             "persistence across daemon restarts",
-            false,
-            "programs and maps stay pinned, but agents left by a dead daemon are killed on restart".into(),
+            inputs.attach.is_some(),
+            "programs and maps stay pinned (enforcing while the daemon is down); a restarted daemon \
+             re-adopts living agents and their tokens from its state database. Not across reboots yet"
+                .into(),
         ),
     ];
     DoctorReport { kernel, probes, guarantees }
