@@ -6,6 +6,12 @@
 //! link FROM TO | exec PATH [ARGS] | hold PATH (opens PATH read-write, prints `opened`,
 //! then runs `read`/`write` lines from stdin on that descriptor until EOF)
 //! open-loop N PATH (N × open+read+close; prints `ns_per_op X`)
+//! open-serve (for each stdin line `N PATH`: N × open+read+close, prints `ns_per_op X`)
+//! poll-open PATH (prints `ready`, then for each stdin line `grant`: open+close PATH in a
+//! tight loop until it succeeds, prints `ok T N`; `revoke`: until it fails with EPERM,
+//! prints `denied T N`; T = CLOCK_MONOTONIC ns of that attempt's return, N = attempts)
+//! map PATH shared|private (maps PATH, shared read-write or private read-only, closes the
+//! descriptor, prints `mapped`, then runs `read`/`write` lines from stdin on the pages)
 //! deep-tree ROOT DEPTH (outside agents: makes ROOT/d/d/.../f, DEPTH levels; prints it)
 
 use std::fs::{File, OpenOptions};
@@ -56,10 +62,14 @@ fn main() -> ExitCode {
         "exec" => outcome(std::process::Command::new(a(1)).args(&args[2..]).status(), |s| format!("ok {s}")),
         "hold" => hold(a(1)),
         "open-loop" => open_loop(a(1), a(2)),
+        "open-serve" => open_serve(),
+        "poll-open" => poll_open(a(1)),
+        "map" => map(a(1), a(2) == "shared"),
         "deep-tree" => deep_tree(a(1), a(2)),
         _ => {
             eprintln!(
-                "usage: rush-test-fs read|write|create|unlink|mkdir|rename|link|exec|hold|open-loop|deep-tree ..."
+                "usage: rush-test-fs read|write|create|unlink|mkdir|rename|link|exec|hold|open-loop|open-serve|\
+                 poll-open|map|deep-tree ..."
             );
             return ExitCode::from(2);
         }
@@ -101,6 +111,103 @@ fn open_loop(n: &str, path: &str) -> bool {
         }
     }
     println!("ns_per_op {}", start.elapsed().as_nanos() / u128::from(n.max(1)));
+    true
+}
+
+fn open_serve() -> bool {
+    for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+        let Some((n, path)) = line.trim().split_once(' ') else { continue };
+        if !open_loop(n, path) {
+            return false;
+        }
+        let _ = std::io::stdout().flush();
+    }
+    true
+}
+
+fn monotonic_ns() -> u64 {
+    // SAFETY: clock_gettime writes only into `ts`.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: `ts` is a valid timespec for the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn poll_open(path: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(path) else { return false };
+    let attempt = || {
+        // SAFETY: a NUL-terminated path; the descriptor is closed right away.
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        if fd >= 0 {
+            // SAFETY: our own descriptor.
+            unsafe { libc::close(fd) };
+        }
+        (fd >= 0, errno, monotonic_ns())
+    };
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+        let want_open = match line.trim() {
+            "grant" => true,
+            "revoke" => false,
+            _ => continue,
+        };
+        let mut n: u64 = 0;
+        loop {
+            n += 1;
+            match attempt() {
+                (true, _, t) if want_open => break println!("ok {t} {n}"),
+                (false, libc::EPERM, t) if !want_open => break println!("denied {t} {n}"),
+                (true, _, _) | (false, libc::EPERM, _) => {}
+                (false, errno, _) => {
+                    println!("errno {:?}", nix::errno::Errno::from_raw(errno));
+                    return false;
+                }
+            }
+        }
+        let _ = std::io::stdout().flush();
+    }
+    true
+}
+
+fn map(path: &str, shared: bool) -> bool {
+    use std::os::fd::AsRawFd;
+    let file = match OpenOptions::new().read(true).write(shared).open(path) {
+        Ok(f) => f,
+        Err(e) => return outcome::<()>(Err(e), |_| String::new()),
+    };
+    let len = file.metadata().map(|m| m.len() as usize).unwrap_or(0).max(1);
+    let (prot, flags) = if shared {
+        (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED)
+    } else {
+        (libc::PROT_READ, libc::MAP_PRIVATE)
+    };
+    // SAFETY: a fresh mapping of an open file; the kernel picks the address.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, file.as_raw_fd(), 0) };
+    if p == libc::MAP_FAILED {
+        return outcome::<()>(Err(std::io::Error::last_os_error()), |_| String::new());
+    }
+    // The pages alone from here on: no descriptor for the file hooks to check.
+    drop(file);
+    let p = p.cast::<u8>();
+    println!("mapped");
+    let _ = std::io::stdout().flush();
+    for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+        match line.trim() {
+            "read" => {
+                // SAFETY: offset 0 of a live mapping at least one byte long.
+                println!("ok {}", unsafe { std::ptr::read_volatile(p) } as char)
+            }
+            "write" if shared => {
+                // SAFETY: as above, and the mapping is shared read-write.
+                unsafe { std::ptr::write_volatile(p, b'W') };
+                println!("ok");
+            }
+            _ => continue,
+        }
+        let _ = std::io::stdout().flush();
+    }
     true
 }
 
