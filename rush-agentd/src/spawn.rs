@@ -195,16 +195,18 @@ impl Spawn {
             drop(go_write);
             return Err(child_report(&mut pipe)?.unwrap_or(e));
         }
-        nix::unistd::write(&go_write, b"g").map_err(std::io::Error::from)?;
+        // EPIPE here means the child has exited already, usually after reporting a failed
+        // step: the report says why.
+        let go = nix::unistd::write(&go_write, b"g");
         drop(go_write);
-        match child_report(&mut pipe)? {
-            None => Ok((pid, pidfd)),
-            Some(e) => {
-                // The child failed before exec and has exited: reap it.
-                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-                Err(e)
-            }
-        }
+        let failure = match (child_report(&mut pipe)?, go) {
+            (None, Ok(_)) => return Ok((pid, pidfd)),
+            (Some(e), _) => e,
+            (None, Err(e)) => SpawnError::Io(e.into()),
+        };
+        // The child failed before exec and has exited: reap it.
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        Err(failure)
     }
 }
 
