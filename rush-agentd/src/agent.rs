@@ -234,6 +234,11 @@ impl AgentManager {
                 tracing::error!(agent = %name, error = %error_chain(&e), "its tokens are unreadable: it keeps what the kernel map holds");
                 Vec::new()
             });
+            // A daemon that died mid-revoke (or mid-check) left it frozen; no freeze of
+            // this daemon is in force, so thaw.
+            if let Err(e) = self.cgroups.thaw(&cg) {
+                tracing::warn!(agent = %name, error = %error_chain(&e), "adopted agent not thawed");
+            }
             let (restored, entries) = self.tokens.restore(tokens);
             if let Err(e) = self.write_entries(cg.id, entries) {
                 tracing::error!(agent = %name, error = %e.message, "kernel entries not rebuilt");
