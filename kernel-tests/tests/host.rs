@@ -570,10 +570,13 @@ fn agents_cannot_write_sysctls() {
     let out = d.rush(&["agent", "spawn", "sysctl", "--net", "deny", "--", "sh", "-c", &script]);
     assert!(!out.status.success(), "the write succeeded: {}", describe(&out));
     assert_eq!(std::fs::read_to_string(path).unwrap(), before, "{path} changed");
+    // Where the BPF LSM guard attaches, its procfs check refuses the open first.
     let denied = d.audit().into_iter().any(|r| {
-        r["agent"] == "sysctl" && r["event"]["kind"] == "guard_deny" && r["event"]["hook"] == "cgroup/sysctl"
+        r["agent"] == "sysctl"
+            && r["event"]["kind"] == "guard_deny"
+            && (r["event"]["hook"] == "cgroup/sysctl" || r["event"]["hook"] == "file_open:procfs-write")
     });
-    assert!(denied, "no guard_deny from cgroup/sysctl: {:?}", d.audit());
+    assert!(denied, "no guard_deny from cgroup/sysctl or the procfs guard: {:?}", d.audit());
     // Outside agents: untouched (write the same value back).
     std::fs::write(path, before.trim_end()).expect("root outside agents writes sysctls");
 }
