@@ -369,14 +369,17 @@ fn a_revoke_kills_the_process_that_maps_the_file_and_spares_the_others() {
     let (read, write) = (format!("{}:read", t.a().display()), format!("{}:write", t.a().display()));
     let mut writer = Served::agent(&d, "mapw", &[read.clone(), write.clone()], &["map", &f, "shared"]);
     let mut reader = Served::agent(&d, "mapr", &[read.clone(), write.clone()], &["map", &f, "private"]);
+    // Shared and read-only, but from a read-write descriptor: mprotect can make it writable.
+    let mut sleeper = Served::agent(&d, "maps", &[read.clone(), write.clone()], &["map", &f, "shared-ro"]);
     assert_eq!(writer.line().as_deref(), Some("mapped"));
     assert_eq!(reader.line().as_deref(), Some("mapped"));
+    assert_eq!(sleeper.line().as_deref(), Some("mapped"));
     assert_eq!(writer.ask("write").as_deref(), Some("ok"));
     assert_eq!(reader.ask("read").as_deref(), Some("ok W"), "the private mapping shows the shared write");
 
-    // Take write away from both (their spawn's write token, by id): the shared writable
-    // mapping's process dies, the private read-only one lives on.
-    for agent in ["mapw", "mapr"] {
+    // Take write away from all three (their spawn's write token, by id): the processes of
+    // the shared mappings die, the private read-only one lives on.
+    for agent in ["mapw", "mapr", "maps"] {
         let tokens = d.rush_json(&["capability", "list", agent]);
         let id = tokens
             .as_array()
@@ -390,6 +393,9 @@ fn a_revoke_kills_the_process_that_maps_the_file_and_spares_the_others() {
     }
     assert_eq!(writer.ask("write"), None, "the writer must be dead");
     assert_eq!(writer.wait().code(), Some(128 + 9), "SIGKILL");
+    assert_eq!(sleeper.ask("write"), None, "mprotect must not bring write back");
+    assert_eq!(sleeper.wait().code(), Some(128 + 9));
+    assert_eq!(revoke_kills(&d, "maps")[0]["ops"], "write");
     std::fs::write(&f, "after").unwrap();
     assert_eq!(reader.ask("read").as_deref(), Some("ok a"), "the reader keeps reading its pages");
     let kills = revoke_kills(&d, "mapw");

@@ -8,7 +8,8 @@
 //! SIGKILL without running another instruction) and thaws the rest.
 //!
 //! A mapping uses: read (any mapping of the file: its pages are readable), write (a shared
-//! writable mapping: stores reach the file) and exec (an executable mapping).
+//! mapping that is writable, or may be made so with mprotect: `mw` in smaps' VmFlags, as
+//! for a file opened read-write; stores reach the file) and exec (an executable mapping).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -27,10 +28,14 @@ pub const FREEZE_TIMEOUT: Duration = Duration::from_secs(2);
 /// One line of `/proc/PID/maps` that maps a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {
+    /// Start address: what ties a maps line to its smaps entry.
+    pub start: u64,
     pub read: bool,
     pub write: bool,
     pub exec: bool,
     pub shared: bool,
+    /// Writable now or after an mprotect (VM_MAYWRITE); from maps alone, `write`.
+    pub may_write: bool,
     /// The file's superblock dev in the kernel's encoding (`MAJOR << 20 | MINOR`, as in
     /// [`FileKey`]) and its inode number.
     pub key: FileKey,
@@ -42,7 +47,7 @@ impl Mapping {
     /// The operations this mapping lets the process perform without a system call.
     pub fn uses(&self) -> Ops {
         let mut ops = Ops::READ;
-        if self.shared && self.write {
+        if self.shared && (self.write || self.may_write) {
             ops.0 |= Ops::WRITE.0;
         }
         if self.exec {
@@ -68,7 +73,7 @@ fn parse_line(line: &str) -> Option<Mapping> {
         rest = r;
         f
     };
-    let _addr = field();
+    let start = u64::from_str_radix(field().split('-').next()?, 16).ok()?;
     let perms = field().as_bytes();
     let _offset = field();
     let dev = field();
@@ -84,14 +89,39 @@ fn parse_line(line: &str) -> Option<Mapping> {
         return None;
     }
     Some(Mapping {
+        start,
         read: perms[0] == b'r',
         write: perms[1] == b'w',
         exec: perms[2] == b'x',
         shared: perms[3] == b's',
+        may_write: perms[1] == b'w',
         key: FileKey { dev, ino },
         // seq_file_path escapes newlines (and only those) as \012.
         path: PathBuf::from(path.replace("\\012", "\n")),
     })
+}
+
+/// The start addresses of the mappings in the text of `/proc/PID/smaps` whose VmFlags
+/// include `mw` (VM_MAYWRITE: an mprotect can make them writable without a file hook).
+pub fn may_write_starts(smaps: &str) -> HashSet<u64> {
+    let mut out = HashSet::new();
+    let mut current = None;
+    for line in smaps.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if let Some(start) = current.take()
+                && flags.split_whitespace().any(|f| f == "mw")
+            {
+                out.insert(start);
+            }
+        } else if let Some((range, _)) = line.split_once(' ')
+            && let Some((start, end)) = range.split_once('-')
+            && !start.is_empty()
+            && start.bytes().chain(end.bytes()).all(|b| b.is_ascii_hexdigit())
+        {
+            current = u64::from_str_radix(start, 16).ok();
+        }
+    }
+    out
 }
 
 /// What one removed or lapsed token took away: the operations no token on the same inode
@@ -167,7 +197,20 @@ fn offence(
     let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
     let mut first: Option<PathBuf> = None;
     let mut ops = 0;
-    for m in parse_maps(&text) {
+    let mut may_write: Option<HashSet<u64>> = None;
+    for mut m in parse_maps(&text) {
+        // A shared mapping read-only now counts as writing if an mprotect can change that
+        // and write is what was lost; smaps (larger) is read only then.
+        if m.shared && !m.write {
+            let if_writable = Mapping { may_write: true, ..m.clone() };
+            if no_longer_allowed(&if_writable, lost, &[]).contains(Ops::WRITE) {
+                let starts = may_write.get_or_insert_with(|| {
+                    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+                    may_write_starts(&smaps)
+                });
+                m.may_write = starts.contains(&m.start);
+            }
+        }
         // Cheap test first; the kept tokens (canonicalized paths) only when needed.
         if no_longer_allowed(&m, lost, &[]).0 == 0 {
             continue;
@@ -288,6 +331,8 @@ mod tests {
         let m = parse_maps(MAPS);
         assert_eq!(m.len(), 5, "{m:#?}");
         assert_eq!(m[0].key, key(0xfd << 20 | 1, 1835030));
+        assert_eq!(m[0].start, 0x55d0c5a00000);
+        assert!(m[2].may_write && !m[3].may_write, "from maps alone: writable now");
         assert_eq!(m[0].path, Path::new("/usr/bin/cat"));
         assert!(m[1].exec && !m[1].write && !m[1].shared);
         assert_eq!(m[2].path, Path::new("/tmp/rush files/a/f"), "spaces kept, (deleted) dropped");
@@ -296,7 +341,7 @@ mod tests {
         assert_eq!(m[3].key, key(0x103 << 20 | 0xa, 77), "majors above 255 are hex too");
         assert_eq!(m[3].path, Path::new("/srv/x\ny"));
         assert!(!m[4].shared && m[4].write);
-        assert_eq!(parse_maps("garbage\n\n7f-7f r--p 0 zz:01 5 /x\n"), vec![]);
+        assert_eq!(parse_maps("garbage\n\n7f-7f r--p 0 zz:01 5 /x\nzz-7f r--p 0 00:01 5 /x\n"), vec![]);
     }
 
     #[test]
@@ -307,6 +352,27 @@ mod tests {
         assert_eq!(m[2].uses(), Ops(Ops::READ.0 | Ops::WRITE.0), "shared writable");
         assert_eq!(m[3].uses(), Ops::READ, "shared read-only");
         assert_eq!(m[4].uses(), Ops::READ, "private writable: stores never reach the file");
+        let mprotectable = Mapping { may_write: true, ..m[3].clone() };
+        assert_eq!(mprotectable.uses(), Ops(Ops::READ.0 | Ops::WRITE.0), "shared, may become writable");
+        let private = Mapping { may_write: true, ..m[4].clone() };
+        assert_eq!(private.uses(), Ops::READ);
+    }
+
+    #[test]
+    fn smaps_tells_which_mappings_may_become_writable() {
+        let smaps = "\
+7f1a2c000000-7f1a2c001000 rw-s 00000000 00:1f 4242                       /tmp/a/f
+Size:                  4 kB
+VmFlags: rd wr sh mr mw me ms sd
+7f1a2c200000-7f1a2c201000 r--s 00000000 103:0a 77                        /srv/opened read-write
+Size:                  4 kB
+Rss:                   0 kB
+VmFlags: rd sh mr mw me ms sd
+7f1a2c400000-7f1a2c401000 r--s 00000000 00:1f 4243                       /srv/opened read-only
+VmFlags: rd sh mr me ms sd
+";
+        let starts = may_write_starts(smaps);
+        assert_eq!(starts, HashSet::from([0x7f1a2c000000, 0x7f1a2c200000]));
     }
 
     fn lost(path: &str, k: FileKey, ops: &str) -> Lost {

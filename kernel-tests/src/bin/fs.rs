@@ -10,8 +10,10 @@
 //! poll-open PATH (prints `ready`, then for each stdin line `grant`: open+close PATH in a
 //! tight loop until it succeeds, prints `ok T N`; `revoke`: until it fails with EPERM,
 //! prints `denied T N`; T = CLOCK_MONOTONIC ns of that attempt's return, N = attempts)
-//! map PATH shared|private (maps PATH, shared read-write or private read-only, closes the
-//! descriptor, prints `mapped`, then runs `read`/`write` lines from stdin on the pages)
+//! map PATH shared|shared-ro|private (maps PATH: shared read-write; shared read-only from a
+//! read-write descriptor, made writable by mprotect on the first `write`; or private
+//! read-only. Closes the descriptor, prints `mapped`, then runs `read`/`write` lines from
+//! stdin on the pages)
 //! deep-tree ROOT DEPTH (outside agents: makes ROOT/d/d/.../f, DEPTH levels; prints it)
 
 use std::fs::{File, OpenOptions};
@@ -64,7 +66,7 @@ fn main() -> ExitCode {
         "open-loop" => open_loop(a(1), a(2)),
         "open-serve" => open_serve(),
         "poll-open" => poll_open(a(1)),
-        "map" => map(a(1), a(2) == "shared"),
+        "map" => map(a(1), a(2)),
         "deep-tree" => deep_tree(a(1), a(2)),
         _ => {
             eprintln!(
@@ -171,17 +173,18 @@ fn poll_open(path: &str) -> bool {
     true
 }
 
-fn map(path: &str, shared: bool) -> bool {
+fn map(path: &str, mode: &str) -> bool {
     use std::os::fd::AsRawFd;
+    let shared = mode.starts_with("shared");
     let file = match OpenOptions::new().read(true).write(shared).open(path) {
         Ok(f) => f,
         Err(e) => return outcome::<()>(Err(e), |_| String::new()),
     };
     let len = file.metadata().map(|m| m.len() as usize).unwrap_or(0).max(1);
-    let (prot, flags) = if shared {
-        (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED)
-    } else {
-        (libc::PROT_READ, libc::MAP_PRIVATE)
+    let (prot, flags) = match mode {
+        "shared" => (libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED),
+        "shared-ro" => (libc::PROT_READ, libc::MAP_SHARED),
+        _ => (libc::PROT_READ, libc::MAP_PRIVATE),
     };
     // SAFETY: a fresh mapping of an open file; the kernel picks the address.
     let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, file.as_raw_fd(), 0) };
@@ -190,18 +193,24 @@ fn map(path: &str, shared: bool) -> bool {
     }
     // The pages alone from here on: no descriptor for the file hooks to check.
     drop(file);
-    let p = p.cast::<u8>();
     println!("mapped");
     let _ = std::io::stdout().flush();
     for line in std::io::stdin().lock().lines().map_while(Result::ok) {
         match line.trim() {
             "read" => {
                 // SAFETY: offset 0 of a live mapping at least one byte long.
-                println!("ok {}", unsafe { std::ptr::read_volatile(p) } as char)
+                println!("ok {}", unsafe { std::ptr::read_volatile(p.cast::<u8>()) } as char)
             }
             "write" if shared => {
-                // SAFETY: as above, and the mapping is shared read-write.
-                unsafe { std::ptr::write_volatile(p, b'W') };
+                // SAFETY: our own mapping, shared, from a read-write descriptor.
+                if prot & libc::PROT_WRITE == 0
+                    && unsafe { libc::mprotect(p, len, libc::PROT_READ | libc::PROT_WRITE) } != 0
+                {
+                    outcome::<()>(Err(std::io::Error::last_os_error()), |_| String::new());
+                    continue;
+                }
+                // SAFETY: offset 0 of a live mapping, writable now.
+                unsafe { std::ptr::write_volatile(p.cast::<u8>(), b'W') };
                 println!("ok");
             }
             _ => continue,
