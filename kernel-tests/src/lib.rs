@@ -109,7 +109,9 @@ impl Daemon {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Loading the BPF objects runs the verifier: seconds under TCG, more with two guests
+        // sharing the host's cores.
+        let deadline = Instant::now() + Duration::from_secs(90);
         while Instant::now() < deadline {
             if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
                 return;
@@ -119,7 +121,7 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("rush-agentd not ready after 20 s:\n{}", self.log_text());
+        panic!("rush-agentd not ready after 90 s:\n{}", self.log_text());
     }
 
     pub fn log_text(&self) -> String {

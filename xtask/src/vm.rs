@@ -31,7 +31,7 @@ pub struct VmArgs {
     #[arg(long, default_value_t = 1024)]
     memory: u32,
     /// Per-kernel limit in seconds; a guest still running then is killed and fails.
-    #[arg(long, default_value_t = 1800)]
+    #[arg(long, default_value_t = 2700)]
     timeout: u64,
     /// Use KVM instead of TCG. Off by default: this machine kind's /dev/kvm is PVM-only and
     /// stock kernels hang under it (ENVIRONMENT.md).
@@ -58,7 +58,7 @@ impl VmArgs {
         VmArgs {
             kernel: "all".into(),
             memory: 1024,
-            timeout: 1800,
+            timeout: 2700,
             kvm: false,
             mttcg: false,
             refresh: false,
