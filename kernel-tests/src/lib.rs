@@ -55,6 +55,19 @@ pub fn require(ok: bool, what: &str) -> bool {
     false
 }
 
+/// A daemon whose BPF LSM programs attached; None (after a SKIP line, or a failure under
+/// RUSH_TEST_STRICT=1) where they cannot, or when not root.
+pub fn lsm_daemon() -> Option<Daemon> {
+    if !require(is_root(), "root") {
+        return None;
+    }
+    let d = Daemon::start();
+    if !require(d.lsm_attached(), "BPF LSM programs attach on this kernel (rush doctor: bpf-lsm-attach)") {
+        return None;
+    }
+    Some(d)
+}
+
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }

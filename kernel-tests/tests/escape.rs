@@ -19,18 +19,6 @@ use std::time::Duration;
 use kernel_tests::*;
 use serde_json::Value;
 
-/// A daemon whose LSM programs attached; None (after a SKIP line) where they cannot.
-fn lsm_daemon() -> Option<Daemon> {
-    if !require(is_root(), "root") {
-        return None;
-    }
-    let d = Daemon::start();
-    if !require(d.lsm_attached(), "BPF LSM programs attach on this kernel (rush doctor: bpf-lsm-attach)") {
-        return None;
-    }
-    Some(d)
-}
-
 fn tool() -> String {
     bin("rush-test-escape").to_str().unwrap().to_owned()
 }

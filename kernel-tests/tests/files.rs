@@ -13,18 +13,6 @@ use std::time::{Duration, Instant};
 use kernel_tests::*;
 use serde_json::Value;
 
-/// A daemon whose LSM programs attached; None (after a SKIP line) where they cannot.
-fn lsm_daemon() -> Option<Daemon> {
-    if !require(is_root(), "root") {
-        return None;
-    }
-    let d = Daemon::start();
-    if !require(d.lsm_attached(), "BPF LSM programs attach on this kernel (rush doctor: bpf-lsm-attach)") {
-        return None;
-    }
-    Some(d)
-}
-
 /// A scratch tree: `a/` (to be granted) with `a/f`, and `b/` (never granted) with `b/secret`.
 struct Tree {
     dir: tempfile::TempDir,

@@ -10,17 +10,6 @@ use std::time::Duration;
 use kernel_tests::*;
 use serde_json::Value;
 
-fn lsm_daemon() -> Option<Daemon> {
-    if !require(is_root(), "root") {
-        return None;
-    }
-    let d = Daemon::start();
-    if !require(d.lsm_attached(), "BPF LSM programs attach on this kernel (rush doctor: bpf-lsm-attach)") {
-        return None;
-    }
-    Some(d)
-}
-
 /// `ctl/` (the agent reads its orders there) and `ws/` (the directory under condition,
 /// holding `f` = "v1").
 struct Tree {

@@ -27,6 +27,57 @@ pub struct AuditLog {
     live: broadcast::Sender<AuditRecord>,
 }
 
+/// Per-agent budget for deny records: a burst, then a steady rate; what is over it is
+/// counted, and the count is written as one `denials_suppressed` record (so a process
+/// hammering a denied file cannot fill the disk, and the trail still says it happened).
+pub struct DenyLimiter {
+    burst: f64,
+    per_sec: f64,
+    agents: std::collections::HashMap<u64, Bucket>,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: std::time::Instant,
+    suppressed: u64,
+}
+
+impl DenyLimiter {
+    pub fn new(burst: u32, per_sec: u32) -> DenyLimiter {
+        DenyLimiter { burst: f64::from(burst), per_sec: f64::from(per_sec), agents: Default::default() }
+    }
+
+    /// Whether this agent's deny may be recorded now (else it is counted).
+    pub fn admit(&mut self, agent: u64, now: std::time::Instant) -> bool {
+        let (burst, rate) = (self.burst, self.per_sec);
+        let b = self.agents.entry(agent).or_insert(Bucket { tokens: burst, at: now, suppressed: 0 });
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            b.suppressed += 1;
+            false
+        }
+    }
+
+    /// The counts suppressed since the last call, per agent (reset).
+    pub fn take_suppressed(&mut self) -> Vec<(u64, u64)> {
+        let out = self
+            .agents
+            .iter_mut()
+            .filter(|(_, b)| b.suppressed > 0)
+            .map(|(id, b)| (*id, std::mem::take(&mut b.suppressed)))
+            .collect();
+        // Buckets refilled to the brim carry no state worth keeping.
+        let (burst, now) = (self.burst, std::time::Instant::now());
+        let rate = self.per_sec;
+        self.agents.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);
+        out
+    }
+}
+
 pub fn now_unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
@@ -114,6 +165,20 @@ mod tests {
 
     fn exit(pid: u32) -> AuditEvent {
         AuditEvent::Exit { pid, status: ExitStatus { code: Some(0), signal: None } }
+    }
+
+    #[test]
+    fn denials_over_the_budget_are_counted_per_agent_and_refill() {
+        let mut l = DenyLimiter::new(3, 10);
+        let t0 = std::time::Instant::now();
+        let admitted = (0..10).filter(|_| l.admit(1, t0)).count();
+        assert_eq!(admitted, 3, "the burst");
+        assert!(l.admit(2, t0), "another agent has its own budget");
+        assert_eq!(l.take_suppressed(), vec![(1, 7)]);
+        assert!(l.take_suppressed().is_empty(), "counts are taken once");
+        // 10 per second: a tenth of a second buys one more.
+        assert!(l.admit(1, t0 + std::time::Duration::from_millis(110)));
+        assert!(!l.admit(1, t0 + std::time::Duration::from_millis(110)));
     }
 
     #[test]

@@ -156,7 +156,34 @@ async fn pump_events(
     agents: Arc<AgentManager>,
     audit: Arc<AuditLog>,
 ) {
-    while let Some(ev) = events.recv().await {
+    // 200 at once, then 50 a second, per agent; the rest counted (see DenyLimiter).
+    let mut limiter = crate::audit::DenyLimiter::new(200, 50);
+    let mut flush = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        let ev = tokio::select! {
+            ev = events.recv() => match ev {
+                Some(ev) => ev,
+                None => break,
+            },
+            _ = flush.tick() => {
+                for (cgroup_id, count) in limiter.take_suppressed() {
+                    let name = agents.name_of(cgroup_id).unwrap_or_else(|| format!("cgroup:{cgroup_id}"));
+                    audit.record(Some(&name), AuditEvent::DenialsSuppressed { count });
+                }
+                continue;
+            }
+        };
+        let deny_of = match &ev {
+            KernelEvent::NetDeny { cgroup_id, .. }
+            | KernelEvent::FileDeny { cgroup_id, .. }
+            | KernelEvent::GuardDeny { cgroup_id, .. } => Some(*cgroup_id),
+            _ => None,
+        };
+        if let Some(cgroup_id) = deny_of
+            && !limiter.admit(cgroup_id, std::time::Instant::now())
+        {
+            continue;
+        }
         match ev {
             KernelEvent::NetDeny { cgroup_id, pid: _, tgid, uid, comm, hook, destination, protocol } => {
                 let name = agents.name_of(cgroup_id).unwrap_or_else(|| format!("cgroup:{cgroup_id}"));

@@ -424,6 +424,11 @@ pub enum AuditEvent {
         /// `request` or `exit`.
         cause: String,
     },
+    /// Deny records of this agent not written, because it was denied faster than the
+    /// audit trail takes (a process hammering a file it may not open): how many.
+    DenialsSuppressed {
+        count: u64,
+    },
     /// The kernel dropped this many events because the ring buffer was full.
     EventsLost {
         count: u64,
@@ -451,6 +456,7 @@ impl AuditEvent {
             AuditEvent::RevokeKill { .. } => "revoke_kill",
             AuditEvent::GuardDeny { .. } => "guard_deny",
             AuditEvent::Commit { .. } => "commit",
+            AuditEvent::DenialsSuppressed { .. } => "denials_suppressed",
         }
     }
 }

@@ -193,7 +193,9 @@ pub fn audit_line(r: &AuditRecord) -> String {
             format!("pid={pid} uid={uid} comm={} hook={} what={}", value(comm), value(hook), value(what))
         }
         AuditEvent::Commit { outcome, cause } => format!("cause={} {}", value(cause), commit_line(outcome)),
-        AuditEvent::EventsLost { count } => format!("count={count}"),
+        AuditEvent::EventsLost { count } | AuditEvent::DenialsSuppressed { count } => {
+            format!("count={count}")
+        }
         AuditEvent::Refused { caller_uid, request, reason } => {
             format!("caller_uid={caller_uid} request={} reason={}", value(request), value(reason))
         }
