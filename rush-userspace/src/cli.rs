@@ -82,7 +82,7 @@ pub enum Command {
     #[command(subcommand)]
     Agent(AgentCommand),
 
-    /// Grant, revoke and list file capability tokens of agents
+    /// Grant, revoke, list and commit file capability tokens of agents
     #[command(subcommand, visible_alias = "cap")]
     Capability(CapabilityCommand),
 
