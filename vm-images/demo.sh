@@ -76,6 +76,12 @@ show rush agent spawn editor --allow "$WS/project:read,write" -- cat "$WS/privat
 show rush agent spawn editor --allow "$WS/project:read,write" -- cat $SECRET
 show rush audit --agent editor --limit 3
 
+scene "Root inside an agent cannot reach around it: kill the daemon, mount, write cgroup.procs"
+show rush agent spawn rooted --net deny -- sh -c \
+    "kill -9 $DAEMON; mount -t tmpfs none /mnt; echo \$\$ > /sys/fs/cgroup/cgroup.procs; echo still here"
+kill -0 "$DAEMON" || fail "an agent killed the daemon"
+show rush audit --agent rooted --limit 3
+
 scene "Revoke while the agent holds the file open: its next read fails"
 show rush agent spawn reader --detach --allow "$WS/project:read" -- sh -c \
     "exec 3< $WS/project/notes.txt; while true; do if dd bs=1 count=5 <&3 2>/dev/null >/dev/null; then echo 'read ok'; else echo 'read DENIED'; fi; sleep 1; done"
