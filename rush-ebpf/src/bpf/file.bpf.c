@@ -530,18 +530,26 @@ static __always_inline int rush_require(__u32 hook, __u64 cgroup_id, __u32 need,
 	return rush_deny(hook, cgroup_id, rush_first_op(missing), dentry, named, mnt);
 }
 
-/* The agent's own entry for `dentry`'s inode (no walk), its key in `key`. */
-static __always_inline struct rush_file_grant *rush_own_grant(__u64 cgroup_id, struct dentry *dentry,
-							       struct rush_file_key *key)
+/* The agent's grant key for `dentry`'s inode, in `key`; 0 for a negative dentry. */
+static __always_inline int rush_dentry_key(__u64 cgroup_id, struct dentry *dentry, struct rush_file_key *key)
 {
 	struct inode *inode = BPF_CORE_READ(dentry, d_inode);
 
 	if (!inode)
-		return NULL;
+		return 0;
 	key->cgroup_id = cgroup_id;
 	key->ino = BPF_CORE_READ(inode, i_ino);
 	key->dev = rush_inode_dev(inode);
 	key->pad = 0;
+	return 1;
+}
+
+/* The agent's own entry for `dentry`'s inode (no walk), its key in `key`. */
+static __always_inline struct rush_file_grant *rush_own_grant(__u64 cgroup_id, struct dentry *dentry,
+							       struct rush_file_key *key)
+{
+	if (!rush_dentry_key(cgroup_id, dentry, key))
+		return NULL;
 	return bpf_map_lookup_elem(&rush_file_grants, key);
 }
 
@@ -599,7 +607,6 @@ static __noinline int rush_claim_saved(__u64 cgroup_id, struct dentry *dentry, s
 	struct rush_file_grant *dir_grant, grant = {};
 	struct rush_file_key dir_key, key;
 	struct mount *mnt = rush_real_mount(vfsmnt);
-	struct inode *inode;
 	__u64 until;
 
 	if (!pending || *pending != (__u64)dentry || !mnt)
@@ -611,13 +618,8 @@ static __noinline int rush_claim_saved(__u64 cgroup_id, struct dentry *dentry, s
 	until = dir_grant->expires_ns[RUSH_SAVE_SLOT];
 	if (!until || bpf_ktime_get_boot_ns() >= until)
 		return 0;
-	inode = BPF_CORE_READ(dentry, d_inode);
-	if (!inode)
+	if (!rush_dentry_key(cgroup_id, dentry, &key))
 		return 0;
-	key.cgroup_id = cgroup_id;
-	key.ino = BPF_CORE_READ(inode, i_ino);
-	key.dev = rush_inode_dev(inode);
-	key.pad = 0;
 	grant.expires_ns[0] = until; /* read */
 	grant.expires_ns[1] = until; /* write */
 	grant.expires_ns[4] = until; /* delete */
@@ -638,18 +640,12 @@ static __noinline void rush_move_grant(__u64 cgroup_id, struct dentry *from, str
 	struct rush_file_grant *to_grant = rush_own_grant(cgroup_id, to, &to_key);
 	struct rush_grant_moved_event *e;
 	struct rush_file_grant moved;
-	struct inode *inode;
 
 	if (!to_grant)
 		return;
 	moved = *to_grant;
-	inode = BPF_CORE_READ(from, d_inode);
-	if (!inode)
+	if (!rush_dentry_key(cgroup_id, from, &from_key))
 		return;
-	from_key.cgroup_id = cgroup_id;
-	from_key.ino = BPF_CORE_READ(inode, i_ino);
-	from_key.dev = rush_inode_dev(inode);
-	from_key.pad = 0;
 	bpf_map_update_elem(&rush_file_grants, &from_key, &moved, BPF_ANY);
 	bpf_map_delete_elem(&rush_file_grants, &to_key);
 	e = bpf_ringbuf_reserve(&rush_events, sizeof(*e), 0);
