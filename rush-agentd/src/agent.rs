@@ -9,21 +9,24 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use rush_proto::{
-    AgentInfo, AgentName, AgentState, ApiError, AuditEvent, ErrorKind, ExitStatus, FileGrant, GrantRequest,
-    NetPolicy, Ops, RevokeTarget, SpawnRequest, StdioMode, TokenInfo,
+    AgentInfo, AgentName, AgentState, ApiError, AuditEvent, Budget, ErrorKind, ExitStatus, FileGrant,
+    GrantRequest, NetPolicy, Ops, RevokeTarget, SpawnRequest, StdioMode, TokenInfo,
 };
 use tokio::sync::watch;
 
 use crate::audit::{AuditLog, now_unix_ms};
 use crate::bpf::{FileGrantEntry, FileKey, KernelNetPolicy, KernelPolicy, boot_time_ns};
+use crate::budget::{Observed, ResourceControl};
 use crate::cgroup::{AgentCgroup, CgroupBackend};
 use crate::mappings::{Kept, Killed, Lost, path_forms};
+use crate::policy::{ExecRule, Policy};
 use crate::spawn::{Spawn, SpawnError};
 use crate::tokens::{NewToken, Origin, Token, TokenError, TokenStore};
 
 /// What a validated spawn request turns into, before anything is created.
 struct Plan {
     net: KernelNetPolicy,
+    budget: Budget,
     /// Some: the agent is file-confined, with these tokens.
     file_tokens: Option<Vec<NewToken>>,
     stdio: Option<[OwnedFd; 3]>,
@@ -108,6 +111,43 @@ pub struct AgentManager {
     /// The durable state (agents, tokens), once the daemon has opened it; unit tests run
     /// without one.
     store: std::sync::OnceLock<Arc<crate::store::Store>>,
+    budgets: Budgets,
+}
+
+/// What budgets and trust levels need.
+pub struct Budgets {
+    pub control: Arc<dyn ResourceControl>,
+    pub policy: Policy,
+}
+
+/// Why an agent is frozen; each reason holds one freeze of its cgroup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Pause {
+    operator: bool,
+    cpu_budget: bool,
+}
+
+impl Pause {
+    fn from_info(paused: Option<&str>) -> Pause {
+        let reasons: Vec<&str> = paused.map(|p| p.split(',').collect()).unwrap_or_default();
+        Pause { operator: reasons.contains(&"operator"), cpu_budget: reasons.contains(&"budget:cpu") }
+    }
+
+    fn describe(self) -> Option<String> {
+        let reasons: Vec<&str> = [(self.operator, "operator"), (self.cpu_budget, "budget:cpu")]
+            .into_iter()
+            .filter_map(|(on, r)| on.then_some(r))
+            .collect();
+        (!reasons.is_empty()).then(|| reasons.join(","))
+    }
+}
+
+/// Counters already reported to the audit trail, so each OOM kill and refused fork is
+/// recorded once. None until first read (an adopted agent's past is not re-reported).
+#[derive(Debug, Clone, Copy, Default)]
+struct Reported {
+    oom_kills: Option<u64>,
+    fork_refusals: Option<u64>,
 }
 
 #[derive(Default)]
@@ -127,6 +167,9 @@ struct Agent {
     log_path: Option<PathBuf>,
     /// File hooks deny what no token covers (spawned with --allow).
     files_confined: bool,
+    pause: Pause,
+    reported: Reported,
+    exec: ExecRule,
 }
 
 fn api_err(kind: ErrorKind, msg: impl Into<String>) -> ApiError {
@@ -141,6 +184,7 @@ impl AgentManager {
         enforcement: Enforcement,
         log_dir: PathBuf,
         baseline: Vec<FileGrant>,
+        budgets: Budgets,
     ) -> Arc<AgentManager> {
         Arc::new(AgentManager {
             cgroups,
@@ -154,6 +198,7 @@ impl AgentManager {
             enforcing: tokio::sync::Mutex::new(()),
             pending_expiries: Mutex::default(),
             store: std::sync::OnceLock::new(),
+            budgets,
         })
     }
 
@@ -235,10 +280,21 @@ impl AgentManager {
                 Vec::new()
             });
             // A daemon that died mid-revoke (or mid-check) left it frozen; no freeze of
-            // this daemon is in force, so thaw.
-            if let Err(e) = self.cgroups.thaw(&cg) {
-                tracing::warn!(agent = %name, error = %error_chain(&e), "adopted agent not thawed");
+            // this daemon is in force, so thaw, unless it is paused: then each reason takes
+            // its freeze again (no window in which it runs).
+            let pause = Pause::from_info(rec.info.paused.as_deref());
+            if pause == Pause::default() {
+                if let Err(e) = self.cgroups.thaw(&cg) {
+                    tracing::warn!(agent = %name, error = %error_chain(&e), "adopted agent not thawed");
+                }
+            } else {
+                for _ in [pause.operator, pause.cpu_budget].iter().filter(|on| **on) {
+                    if let Err(e) = self.cgroups.freeze(&cg, std::time::Duration::from_secs(1)) {
+                        tracing::error!(agent = %name, error = %error_chain(&e), "paused agent not frozen again");
+                    }
+                }
             }
+            let exec = self.exec_rule(rec.info.trust.as_deref());
             let (restored, entries) = self.tokens.restore(tokens);
             if let Err(e) = self.write_entries(cg.id, entries) {
                 tracing::error!(agent = %name, error = %e.message, "kernel entries not rebuilt");
@@ -257,6 +313,9 @@ impl AgentManager {
                         exit: rx,
                         log_path: rec.log_path,
                         files_confined: rec.files_confined,
+                        pause,
+                        reported: Reported::default(),
+                        exec,
                     },
                 );
             }
@@ -315,6 +374,7 @@ impl AgentManager {
         if req.command.is_empty() || req.command[0].is_empty() {
             return Err(api_err(ErrorKind::InvalidArgument, "no command to run: give one after `--`"));
         }
+        let (req, budget, exec) = self.apply_trust(req)?;
         if let (Some(grant), Some(why)) = (req.allow.first(), &self.enforcement.file_tokens_unavailable) {
             return Err(api_err(
                 ErrorKind::Unsupported,
@@ -348,11 +408,11 @@ impl AgentManager {
             }
             (StdioMode::Log, _) => (None, Some(self.log_dir.join(format!("{name}.log")))),
         };
-        let net = resolve_net(&req.net).await?;
+        let net = resolve_net(req.net.as_ref().unwrap_or(&NetPolicy::Deny)).await?;
         let file_tokens = if req.allow.is_empty() {
             None
         } else {
-            Some(self.spawn_tokens(&req.allow, stdio_fds.as_ref(), log_path.as_deref())?)
+            Some(self.spawn_tokens(&req.allow, exec, stdio_fds.as_ref(), log_path.as_deref())?)
         };
 
         // Reserve the name; everything after this point is undone on failure.
@@ -368,7 +428,7 @@ impl AgentManager {
             reg.starting.insert(name.clone());
         }
         let files_confined = file_tokens.is_some();
-        let plan = Plan { net, file_tokens, stdio: stdio_fds, log_path: log_path.clone() };
+        let plan = Plan { net, budget, file_tokens, stdio: stdio_fds, log_path: log_path.clone() };
         let result = self.start(&name, &req, plan, caller).await;
         let mut reg = self.registry();
         reg.starting.remove(&name);
@@ -380,7 +440,16 @@ impl AgentManager {
         }
         reg.agents.insert(
             name.clone(),
-            Agent { info: info.clone(), cgroup: cgroup.clone(), exit: rx.clone(), log_path, files_confined },
+            Agent {
+                info: info.clone(),
+                cgroup: cgroup.clone(),
+                exit: rx.clone(),
+                log_path,
+                files_confined,
+                pause: Pause::default(),
+                reported: Reported { oom_kills: Some(0), fork_refusals: Some(0) },
+                exec,
+            },
         );
         drop(reg);
         self.audit.record(
@@ -389,7 +458,7 @@ impl AgentManager {
                 pid: info.pid,
                 uid: caller.uid,
                 command: req.command.clone(),
-                net: req.net.clone(),
+                net: req.net.clone().unwrap_or_default(),
                 caller_uid: caller.uid,
             },
         );
@@ -409,7 +478,7 @@ impl AgentManager {
         plan: Plan,
         caller: &Caller,
     ) -> Result<(AgentInfo, AgentCgroup, Child, Vec<Token>), ApiError> {
-        let Plan { net, file_tokens, stdio, log_path } = plan;
+        let Plan { net, budget, file_tokens, stdio, log_path } = plan;
         let internal =
             |what: &str, e: &dyn std::fmt::Display| api_err(ErrorKind::Internal, format!("{what}: {e}"));
         // A few mkdir(2) calls: done in place, since a hop to a blocking thread costs a
@@ -433,6 +502,10 @@ impl AgentManager {
                     self.kernel.set_file_grant(cg.id, key, entry)?;
                 }
             }
+            self.budgets
+                .control
+                .apply(&cg, &budget)
+                .map_err(|e| crate::bpf::BpfError::Other(error_chain(&e)))?;
             self.kernel.add_agent(cg.id, &net, files_confined)
         })();
         if let Err(e) = installed {
@@ -453,13 +526,18 @@ impl AgentManager {
                     pid,
                     uid: caller.uid,
                     command: req.command.clone(),
-                    net: req.net.clone(),
+                    net: req.net.clone().unwrap_or_default(),
                     state: AgentState::Running,
+                    trust: req.trust.clone(),
+                    budget,
+                    paused: None,
+                    usage: Vec::new(),
                     processes: 1,
                     started_unix_ms: now_unix_ms(),
                     enforcement: std::iter::once("identity:cgroup-v2")
                         .chain(Some("net:cgroup-sock-addr"))
                         .chain(files_confined.then_some("files:bpf-lsm"))
+                        .chain((!budget.is_empty()).then_some("budget:cgroup"))
                         .map(str::to_owned)
                         .collect(),
                     exit: None,
@@ -625,8 +703,14 @@ impl AgentManager {
         let mut info = a.info.clone();
         if info.state == AgentState::Running {
             info.processes = self.cgroups.pids(&a.cgroup).len() as u32;
+            info.usage = crate::budget::usage_lines(&info.budget, &self.observe(&a.cgroup));
         }
         info
+    }
+
+    /// Everything counted for an agent now.
+    fn observe(&self, cg: &AgentCgroup) -> Observed {
+        Observed { cgroup: self.budgets.control.usage(cg), ..Default::default() }
     }
 
     /// Kills the agent's whole process tree. Cleanup (cgroup, kernel policy) follows when
@@ -673,6 +757,7 @@ impl AgentManager {
     fn spawn_tokens(
         &self,
         allow: &[FileGrant],
+        exec: ExecRule,
         stdio: Option<&[OwnedFd; 3]>,
         log_path: Option<&std::path::Path>,
     ) -> Result<Vec<NewToken>, ApiError> {
@@ -688,7 +773,15 @@ impl AgentManager {
             })
             .collect();
         for g in allow {
-            let t = NewToken::resolve(g, Origin::Spawn).map_err(|e| token_err("--allow", &e))?;
+            let mut g = g.clone();
+            if exec == ExecRule::System {
+                // Only the baseline runs programs: what the agent may write, it may not run.
+                g.ops = Ops(g.ops.0 & !Ops::EXEC.0);
+                if g.ops.0 == 0 {
+                    continue;
+                }
+            }
+            let t = NewToken::resolve(&g, Origin::Spawn).map_err(|e| token_err("--allow", &e))?;
             tokens.push(t);
         }
         // What the agent was handed stays usable: a regular file as stdin/stdout/stderr
@@ -737,6 +830,206 @@ impl AgentManager {
         Ok(a.cgroup.clone())
     }
 
+    /// The request with its trust level's defaults filled in, the combined budget, and the
+    /// exec rule. Refuses budgets this machine cannot enforce.
+    fn apply_trust(&self, mut req: SpawnRequest) -> Result<(SpawnRequest, Budget, ExecRule), ApiError> {
+        let mut budget = req.budget;
+        let mut exec = ExecRule::Granted;
+        if let Some(level) = &req.trust {
+            let level =
+                self.budgets.policy.level(level).map_err(|e| api_err(ErrorKind::InvalidArgument, e))?;
+            budget = level.budget.overridden_by(&req.budget);
+            if req.net.is_none() {
+                req.net = level.net.clone();
+            }
+            let mut allow = level.allow.clone();
+            allow.append(&mut req.allow);
+            req.allow = allow;
+            exec = level.exec;
+            if exec == ExecRule::System && req.allow.is_empty() {
+                // The exec rule is enforced by file confinement: an agent at this level is
+                // file-confined even with no tokens of its own (the baseline lets it run).
+                req.allow.push(FileGrant {
+                    path: PathBuf::from("/dev/null"),
+                    ops: Ops::READ,
+                    ttl_secs: None,
+                });
+            }
+        }
+        if let Some((resource, why)) =
+            self.budgets.control.unavailable().into_iter().find(|(r, _)| crate::budget::sets(&budget, r))
+        {
+            return Err(api_err(
+                ErrorKind::Unsupported,
+                format!("refusing the {resource} budget: {why}; it could not be enforced"),
+            ));
+        }
+        Ok((req, budget, exec))
+    }
+
+    fn exec_rule(&self, trust: Option<&str>) -> ExecRule {
+        trust.and_then(|t| self.budgets.policy.level(t).ok()).map_or(ExecRule::Granted, |l| l.exec)
+    }
+
+    /// Freezes the agent until `resume`.
+    pub async fn pause(&self, name: &str, caller: &Caller) -> Result<AgentInfo, ApiError> {
+        let cg = self.running(name)?;
+        if self.registry().agents.get(name).is_some_and(|a| a.pause.operator) {
+            return self.status(name);
+        }
+        self.freeze_for(name, &cg).await?;
+        self.set_pause(name, |p| p.operator = true);
+        self.audit.record(
+            Some(name),
+            AuditEvent::Paused { caller_uid: Some(caller.uid), reason: "operator".into() },
+        );
+        self.persist_agent(name);
+        self.status(name)
+    }
+
+    /// Thaws the agent, first raising its budget by `raise`. Refused, with the agent left
+    /// frozen, if its CPU budget stays spent.
+    pub async fn resume(
+        &self,
+        name: &str,
+        raise: Option<Budget>,
+        caller: &Caller,
+    ) -> Result<AgentInfo, ApiError> {
+        let cg = self.running(name)?;
+        let (old, pause) = {
+            let reg = self.registry();
+            let a = reg.agents.get(name).ok_or_else(|| not_found(name))?;
+            (a.info.budget, a.pause)
+        };
+        let budget = raise.map_or(old, |r| old.overridden_by(&r));
+        let observed = self.observe(&cg);
+        if crate::budget::cpu_spent(&budget, &observed) {
+            let used = crate::budget::cpu_ms(&observed).unwrap_or(0);
+            return Err(api_err(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "agent {name:?} has used {} of CPU time against a budget of {}: it stays frozen; \
+                     resume it with a higher one, e.g. --budget cpu:{}",
+                    rush_proto::budget::format_cpu_ms(used),
+                    rush_proto::budget::format_cpu_ms(budget.cpu_ms.unwrap_or(0)),
+                    rush_proto::budget::format_cpu_ms((used * 2).max(1000).div_ceil(1000) * 1000)
+                ),
+            ));
+        }
+        if budget != old {
+            let control = Arc::clone(&self.budgets.control);
+            let cg2 = cg.clone();
+            tokio::task::spawn_blocking(move || control.apply(&cg2, &budget))
+                .await
+                .map_err(|e| api_err(ErrorKind::Internal, e.to_string()))?
+                .map_err(|e| api_err(ErrorKind::Unsupported, error_chain(&e)))?;
+        }
+        for _ in [pause.operator, pause.cpu_budget].iter().filter(|on| **on) {
+            self.cgroups
+                .thaw(&cg)
+                .map_err(|e| api_err(ErrorKind::Internal, format!("thaw {name}: {}", error_chain(&e))))?;
+        }
+        if let Some(a) = self.registry().agents.get_mut(name) {
+            a.info.budget = budget;
+        }
+        self.set_pause(name, |p| *p = Pause::default());
+        self.audit.record(Some(name), AuditEvent::Resumed { caller_uid: caller.uid, budget });
+        self.persist_agent(name);
+        self.status(name)
+    }
+
+    /// The cgroup of the running agent `name`.
+    fn running(&self, name: &str) -> Result<AgentCgroup, ApiError> {
+        let reg = self.registry();
+        let a = reg.agents.get(name).ok_or_else(|| not_found(name))?;
+        if a.info.state != AgentState::Running {
+            return Err(api_err(ErrorKind::InvalidArgument, format!("agent {name:?} has exited")));
+        }
+        Ok(a.cgroup.clone())
+    }
+
+    async fn freeze_for(&self, name: &str, cg: &AgentCgroup) -> Result<(), ApiError> {
+        let cgroups = Arc::clone(&self.cgroups);
+        let cg = cg.clone();
+        let frozen =
+            tokio::task::spawn_blocking(move || cgroups.freeze(&cg, std::time::Duration::from_secs(5)))
+                .await
+                .map_err(|e| api_err(ErrorKind::Internal, e.to_string()))?
+                .map_err(|e| api_err(ErrorKind::Internal, format!("freeze {name}: {}", error_chain(&e))))?;
+        if !frozen {
+            tracing::warn!(agent = %name, "still freezing after 5 s (a process in uninterruptible sleep)");
+        }
+        Ok(())
+    }
+
+    fn set_pause(&self, name: &str, change: impl FnOnce(&mut Pause)) {
+        if let Some(a) = self.registry().agents.get_mut(name) {
+            change(&mut a.pause);
+            a.info.paused = a.pause.describe();
+        }
+    }
+
+    /// One round of budget enforcement (the daemon runs it every `budget.poll_ms`): agents
+    /// past their CPU time are frozen; new OOM kills and refused forks are audited.
+    pub async fn check_budgets(&self) {
+        let agents: Vec<(String, AgentCgroup, Budget, Pause, Reported)> = self
+            .registry()
+            .agents
+            .iter()
+            .filter(|(_, a)| a.info.state == AgentState::Running)
+            .map(|(n, a)| (n.clone(), a.cgroup.clone(), a.info.budget, a.pause, a.reported))
+            .collect();
+        for (name, cg, budget, pause, reported) in agents {
+            let observed = self.observe(&cg);
+            let u = observed.cgroup;
+            if !pause.cpu_budget && crate::budget::cpu_spent(&budget, &observed) {
+                if let Err(e) = self.freeze_for(&name, &cg).await {
+                    tracing::error!(agent = %name, error = %e.message, "cpu budget spent but the agent is not frozen");
+                } else {
+                    self.set_pause(&name, |p| p.cpu_budget = true);
+                    let used = crate::budget::cpu_ms(&observed).unwrap_or(0);
+                    let limit = budget.cpu_ms.unwrap_or(0);
+                    tracing::warn!(agent = %name, used_ms = used, limit_ms = limit, "cpu budget spent: agent frozen; `rush agent resume {name} --budget cpu:...` continues it");
+                    self.audit.record(
+                        Some(&name),
+                        AuditEvent::BudgetExceeded {
+                            resource: "cpu".into(),
+                            used,
+                            limit,
+                            action: "frozen until resumed with a raised budget".into(),
+                        },
+                    );
+                    self.persist_agent(&name);
+                }
+            }
+            let mut now = reported;
+            if let Some(kills) = u.oom_kills {
+                if let Some(seen) = reported.oom_kills.filter(|s| kills > *s) {
+                    self.audit.record(
+                        Some(&name),
+                        AuditEvent::OomKill {
+                            count: kills - seen,
+                            limit_bytes: budget.mem_bytes.unwrap_or(0),
+                        },
+                    );
+                }
+                now.oom_kills = Some(kills);
+            }
+            if let Some(refused) = u.fork_refusals {
+                if let Some(seen) = reported.fork_refusals.filter(|s| refused > *s) {
+                    self.audit.record(
+                        Some(&name),
+                        AuditEvent::ForkRefused { count: refused - seen, limit: budget.pids.unwrap_or(0) },
+                    );
+                }
+                now.fork_refusals = Some(refused);
+            }
+            if let Some(a) = self.registry().agents.get_mut(&name) {
+                a.reported = now;
+            }
+        }
+    }
+
     /// The tokens (for the kernel's own changes to them, e.g. a grant moved by a save).
     pub fn tokens(&self) -> &TokenStore {
         &self.tokens
@@ -749,6 +1042,21 @@ impl AgentManager {
         let cgroup_id = self.confined_agent(&req.agent)?.id;
         if req.ops.0 == 0 {
             return Err(api_err(ErrorKind::InvalidArgument, "no operations to grant"));
+        }
+        if req.ops.contains(Ops::EXEC) {
+            let reg = self.registry();
+            if let Some(a) = reg.agents.get(&req.agent).filter(|a| a.exec == ExecRule::System) {
+                return Err(api_err(
+                    ErrorKind::PermissionDenied,
+                    format!(
+                        "refusing exec on {}: agent {:?} runs at trust level {:?}, whose exec rule is \"system\" \
+                         (only the baseline tokens may run programs)",
+                        req.path.display(),
+                        req.agent,
+                        a.info.trust.as_deref().unwrap_or("?")
+                    ),
+                ));
+            }
         }
         let grant = FileGrant { path: req.path, ops: req.ops, ttl_secs: req.duration_secs };
         let new = match req.condition {
@@ -901,7 +1209,9 @@ impl AgentManager {
         let req = SpawnRequest {
             name: format!("{agent}-check-{token}"),
             command: vec!["/bin/sh".into(), "-c".into(), c.command.clone()],
-            net: rush_proto::NetPolicy::Deny,
+            net: Some(rush_proto::NetPolicy::Deny),
+            trust: None,
+            budget: Budget::default(),
             allow: vec![FileGrant { path: worktree.clone(), ops: Ops(0x1f), ttl_secs: None }],
             env: vec![
                 ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
@@ -1223,14 +1533,20 @@ mod tests {
         mgr: Arc<AgentManager>,
         kernel: Arc<FakeKernel>,
         cgroups: Arc<FakeCgroups>,
+        control: Arc<crate::budget::fake::FakeControl>,
         _dir: tempfile::TempDir,
     }
 
     fn fixture(enforcement: Enforcement) -> Fixture {
+        fixture_with(enforcement, crate::budget::fake::FakeControl::default())
+    }
+
+    fn fixture_with(enforcement: Enforcement, control: crate::budget::fake::FakeControl) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let audit = Arc::new(AuditLog::open(&dir.path().join("audit.jsonl")).unwrap());
         let kernel = Arc::new(FakeKernel::default());
         let cgroups = Arc::new(FakeCgroups::default());
+        let control = Arc::new(control);
         let mgr = AgentManager::new(
             cgroups.clone(),
             kernel.clone(),
@@ -1238,8 +1554,12 @@ mod tests {
             enforcement,
             dir.path().to_owned(),
             vec!["/usr:read,exec".parse().unwrap()],
+            Budgets {
+                control: control.clone(),
+                policy: Policy::parse(crate::policy::DEFAULT_POLICY, "t").unwrap(),
+            },
         );
-        Fixture { mgr, kernel, cgroups, _dir: dir }
+        Fixture { mgr, kernel, cgroups, control, _dir: dir }
     }
 
     fn enforced() -> Enforcement {
@@ -1259,7 +1579,9 @@ mod tests {
         SpawnRequest {
             name: name.into(),
             command: cmd.iter().map(|s| s.to_string()).collect(),
-            net: NetPolicy::Deny,
+            net: Some(NetPolicy::Deny),
+            trust: None,
+            budget: Budget::default(),
             allow: vec![],
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             cwd: PathBuf::from("/"),
@@ -1544,5 +1866,148 @@ mod tests {
         }
         assert_eq!(*f.cgroups.freezes.lock().unwrap(), ["freeze m2", "thaw m2"]);
         assert!(f.mgr.pending_expiries().is_empty());
+    }
+
+    fn audit_kinds(f: &Fixture) -> Vec<AuditEvent> {
+        let q = rush_proto::AuditQuery::default();
+        f.mgr.audit.query(&q).unwrap().into_iter().map(|r| r.event).collect()
+    }
+
+    fn set_usage(f: &Fixture, name: &str, u: crate::budget::CgroupUsage) {
+        f.control.usage.lock().unwrap().insert(name.into(), u);
+    }
+
+    #[tokio::test]
+    async fn a_spent_cpu_budget_freezes_once_and_resume_needs_a_raise() {
+        let f = fixture(enforced());
+        let mut r = req("cpu1", &["sleep", "30"]);
+        r.budget = "cpu:2s,mem:64M".parse().unwrap();
+        f.mgr.spawn(r, &me(), None).await.unwrap();
+        assert_eq!(f.control.applied.lock().unwrap()["cpu1"].mem_bytes, Some(64 << 20));
+
+        set_usage(
+            &f,
+            "cpu1",
+            crate::budget::CgroupUsage { cpu_ns: Some(1_900_000_000), ..Default::default() },
+        );
+        f.mgr.check_budgets().await;
+        assert!(f.cgroups.freezes.lock().unwrap().is_empty(), "not spent yet");
+        set_usage(
+            &f,
+            "cpu1",
+            crate::budget::CgroupUsage { cpu_ns: Some(2_050_000_000), ..Default::default() },
+        );
+        f.mgr.check_budgets().await;
+        f.mgr.check_budgets().await;
+        assert_eq!(*f.cgroups.freezes.lock().unwrap(), ["freeze cpu1"], "frozen exactly once");
+        let info = f.mgr.status("cpu1").unwrap();
+        assert_eq!(info.paused.as_deref(), Some("budget:cpu"));
+        let cpu = info.usage.iter().find(|u| u.resource == "cpu").unwrap();
+        assert!(cpu.exceeded && cpu.used == 2050 && cpu.limit == Some(2000));
+        assert!(audit_kinds(&f).iter().any(|e| matches!(e,
+            AuditEvent::BudgetExceeded { resource, used: 2050, limit: 2000, .. } if resource == "cpu")));
+
+        // Without a raise, or with one still used up: refused, still frozen.
+        let e = f.mgr.resume("cpu1", None, &me()).await.unwrap_err();
+        assert!(e.message.contains("stays frozen") && e.message.contains("--budget cpu:"), "{}", e.message);
+        let e = f.mgr.resume("cpu1", Some("cpu:2s".parse().unwrap()), &me()).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidArgument);
+        assert_eq!(*f.cgroups.freezes.lock().unwrap(), ["freeze cpu1"]);
+
+        let info = f.mgr.resume("cpu1", Some("cpu:4s".parse().unwrap()), &me()).await.unwrap();
+        assert_eq!(info.paused, None);
+        assert_eq!(info.budget.cpu_ms, Some(4000));
+        assert_eq!(info.budget.mem_bytes, Some(64 << 20), "limits not named stay");
+        assert_eq!(*f.cgroups.freezes.lock().unwrap(), ["freeze cpu1", "thaw cpu1"]);
+        f.mgr.kill("cpu1", &me()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn oom_kills_and_refused_forks_are_audited_once_each() {
+        let f = fixture(enforced());
+        let mut r = req("hog", &["sleep", "30"]);
+        r.budget = "mem:32M,pids:8".parse().unwrap();
+        f.mgr.spawn(r, &me(), None).await.unwrap();
+        set_usage(
+            &f,
+            "hog",
+            crate::budget::CgroupUsage { oom_kills: Some(1), fork_refusals: Some(5), ..Default::default() },
+        );
+        f.mgr.check_budgets().await;
+        f.mgr.check_budgets().await;
+        set_usage(
+            &f,
+            "hog",
+            crate::budget::CgroupUsage { oom_kills: Some(3), fork_refusals: Some(5), ..Default::default() },
+        );
+        f.mgr.check_budgets().await;
+        let events = audit_kinds(&f);
+        let ooms: Vec<u64> = events
+            .iter()
+            .filter_map(|e| if let AuditEvent::OomKill { count, .. } = e { Some(*count) } else { None })
+            .collect();
+        let forks: Vec<u64> = events
+            .iter()
+            .filter_map(
+                |e| if let AuditEvent::ForkRefused { count, limit: 8 } = e { Some(*count) } else { None },
+            )
+            .collect();
+        assert_eq!(ooms, [1, 2]);
+        assert_eq!(forks, [5]);
+        f.mgr.kill("hog", &me()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn trust_levels_fill_in_defaults_that_flags_override() {
+        let f = fixture(files_enforced());
+        let mut r = req("t1", &["sleep", "30"]);
+        r.trust = Some("low".into());
+        r.net = None;
+        r.budget = "mem:2G".parse().unwrap();
+        r.allow = vec![FileGrant { path: "/tmp".into(), ops: "read,exec".parse().unwrap(), ttl_secs: None }];
+        let (info, _) = f.mgr.spawn(r, &me(), None).await.unwrap();
+        assert_eq!(info.trust.as_deref(), Some("low"));
+        assert_eq!(info.net, NetPolicy::Deny);
+        assert_eq!(info.budget.to_string(), "cpu:10m,mem:2G,pids:128");
+        // exec = "system": the agent's own grant lost exec; later exec grants are refused.
+        let tmp = f.mgr.capabilities(Some("t1")).unwrap();
+        let t = tmp.iter().find(|t| t.path == std::path::Path::new("/tmp")).unwrap();
+        assert_eq!(t.ops, Ops::READ);
+        let e = f
+            .mgr
+            .grant(
+                GrantRequest {
+                    agent: "t1".into(),
+                    path: "/tmp".into(),
+                    ops: Ops::EXEC,
+                    duration_secs: None,
+                    condition: None,
+                },
+                &me(),
+            )
+            .unwrap_err();
+        assert!(e.message.contains("exec rule is \"system\""), "{}", e.message);
+        let mut r = req("t2", &["true"]);
+        r.trust = Some("root".into());
+        let e = f.mgr.spawn(r, &me(), None).await.unwrap_err();
+        assert!(e.message.contains("unknown trust level \"root\""), "{}", e.message);
+        f.mgr.kill("t1", &me()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn budgets_this_machine_cannot_enforce_are_refused() {
+        let control = crate::budget::fake::FakeControl {
+            missing: vec![("mem", "no v1 memory hierarchy".into())],
+            ..Default::default()
+        };
+        let f = fixture_with(enforced(), control);
+        let mut r = req("m1", &["true"]);
+        r.budget = "mem:1G".parse().unwrap();
+        let e = f.mgr.spawn(r, &me(), None).await.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Unsupported);
+        assert!(e.message.contains("mem budget: no v1 memory hierarchy"), "{}", e.message);
+        let mut r = req("m2", &["true"]);
+        r.budget = "pids:10".parse().unwrap();
+        assert!(f.mgr.spawn(r, &me(), None).await.is_ok(), "other resources still work");
     }
 }

@@ -272,6 +272,8 @@ fn request_name(r: &Request) -> &'static str {
         Request::ListAgents => "list_agents",
         Request::AgentStatus { .. } => "agent_status",
         Request::KillAgent { .. } => "kill_agent",
+        Request::PauseAgent { .. } => "pause_agent",
+        Request::ResumeAgent { .. } => "resume_agent",
         Request::Audit(_) => "audit",
         Request::AgentLogs { .. } => "agent_logs",
         Request::Doctor => "doctor",
@@ -302,6 +304,8 @@ fn authorize(peer: &Peer, req: &Request, ctx: &ApiContext) -> Result<(), ApiErro
         req,
         Request::Spawn(_)
             | Request::KillAgent { .. }
+            | Request::PauseAgent { .. }
+            | Request::ResumeAgent { .. }
             | Request::Grant(_)
             | Request::Revoke { .. }
             | Request::Commit { .. }
@@ -348,6 +352,12 @@ async fn dispatch(
             .kill(&name, &peer.caller)
             .await
             .map(|processes_killed| Response::Killed { name, processes_killed }),
+        Request::PauseAgent { name } => {
+            ctx.agents.pause(&name, &peer.caller).await.map(|agent| Response::Agent { agent })
+        }
+        Request::ResumeAgent { name, budget } => {
+            ctx.agents.resume(&name, budget, &peer.caller).await.map(|agent| Response::Agent { agent })
+        }
         Request::Audit(q) => return audit(conn, id, q, ctx).await,
         Request::AgentLogs { name, follow } => return logs(conn, id, &name, follow, ctx).await,
         Request::Doctor => {

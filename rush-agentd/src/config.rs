@@ -20,6 +20,15 @@
 //! # tokens every file-confined agent (one spawned with --allow) gets, so that programs
 //! # can load; paths missing on this machine are skipped
 //! baseline = ["/usr:read,exec", "/lib:read,exec", "/etc/ld.so.cache:read", "/dev/null:read,write", ...]
+//!
+//! [policy]
+//! file = "/etc/rush/policy.toml" # trust levels; the built-in ones when it does not exist
+//!
+//! [budget]
+//! poll_ms = 250                # how often cpu time, OOM kills and refused forks are read
+//! # model API endpoints (HOST:PORT, IP:PORT): each connect an agent makes to one counts as
+//! # one call against its `api` budget; host names are resolved when the daemon starts
+//! api_endpoints = []
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -41,6 +50,33 @@ pub struct Config {
     pub bpf: BpfSection,
     pub cgroup: CgroupSection,
     pub files: FilesSection,
+    pub policy: PolicySection,
+    pub budget: BudgetSection,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicySection {
+    pub file: PathBuf,
+}
+
+impl Default for PolicySection {
+    fn default() -> Self {
+        PolicySection { file: PathBuf::from("/etc/rush/policy.toml") }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BudgetSection {
+    pub poll_ms: u64,
+    pub api_endpoints: Vec<String>,
+}
+
+impl Default for BudgetSection {
+    fn default() -> Self {
+        BudgetSection { poll_ms: 250, api_endpoints: Vec::new() }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -165,6 +201,15 @@ impl Config {
                 }
                 Ok(_) => {}
                 Err(e) => return Err(format!("files.baseline: {e}")),
+            }
+        }
+        if !(10..=60_000).contains(&config.budget.poll_ms) {
+            return Err(format!("budget.poll_ms: {} is not 10-60000", config.budget.poll_ms));
+        }
+        for ep in &config.budget.api_endpoints {
+            match ep.parse::<rush_proto::NetPolicy>() {
+                Ok(rush_proto::NetPolicy::AllowList(eps)) if eps.len() == 1 && eps[0].port != 0 => {}
+                _ => return Err(format!("budget.api_endpoints: {ep:?} is not HOST:PORT")),
             }
         }
         for c in &config.cgroup.v1_controllers {

@@ -6,12 +6,14 @@ use std::sync::Arc;
 use rush_proto::AuditEvent;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::agent::{AgentManager, Enforcement};
+use crate::agent::{AgentManager, Budgets, Enforcement};
 use crate::api::{self, ApiContext};
 use crate::audit::AuditLog;
 use crate::bpf::{AttachReport, BpfConfig, BpfHandle, KernelEvent, KernelPolicy};
+use crate::budget::CgroupsRs;
 use crate::cgroup::{CgroupBackend, CgroupLayout, FsCgroups};
 use crate::config::Config;
+use crate::policy::Policy;
 use crate::probe::{self, ProbeInputs};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +24,8 @@ pub enum DaemonError {
     StateDir { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Cgroup(#[from] crate::cgroup::CgroupError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
     #[error("cannot load the kernel programs")]
     Bpf(#[from] crate::bpf::BpfError),
     #[error(transparent)]
@@ -65,6 +69,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
         }),
     };
 
+    let policy = Policy::load(&config.policy.file)?;
     let audit = Arc::new(AuditLog::open(&state_dir.join("audit.jsonl"))?);
     let kernel: Arc<dyn KernelPolicy> = Arc::new(bpf.clone());
     let agents = AgentManager::new(
@@ -74,6 +79,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
         enforcement,
         log_dir,
         config.files.grants(),
+        Budgets { control: Arc::new(CgroupsRs::new(cgroups.layout().clone())), policy },
     );
     let store = Arc::new(crate::store::Store::open(&state_dir.join("state.db"))?);
     agents.attach_store(store.clone());
@@ -83,6 +89,18 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     }
     agents.reap_orphans();
     let pump = tokio::spawn(pump_events(events, agents.clone(), audit.clone()));
+    let budget_poll = std::time::Duration::from_millis(config.budget.poll_ms);
+    let budgets = tokio::spawn({
+        let agents = agents.clone();
+        async move {
+            let mut tick = tokio::time::interval(budget_poll);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                agents.check_budgets().await;
+            }
+        }
+    });
 
     let listener = api::bind(&config.daemon.socket).await?;
     let operator_gid =
@@ -124,6 +142,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     }
     let _ = std::fs::remove_file(&config.daemon.socket);
     pump.abort();
+    budgets.abort();
     drop(bpf);
     if ephemeral {
         cgroups.remove_parent();

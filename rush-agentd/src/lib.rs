@@ -1,12 +1,14 @@
 //! rush-agentd: the root daemon. Each module is one domain:
 //! - [`bpf`] — loads, pins and owns the kernel programs and maps; decodes their events
 //! - [`cgroup`] — one cgroup per agent, on pure v2 or hybrid hosts
+//! - [`budget`] — resource budgets: cgroup limits and counters, usage, actions at a limit
 //! - [`agent`] — spawning, tracking and killing agents
 //! - [`spawn`] — clone3 into the agent's cgroup, then exec
 //! - [`tokens`] — capability tokens and their kernel grant entries
 //! - [`mappings`] — revokes and expiries reaching files mapped in memory
 //! - [`audit`] — the audit trail
 //! - [`api`] — the Unix-socket NDJSON server and caller identification
+//! - [`policy`] — trust levels (presets of tokens, budget, network, exec rule)
 //! - [`probe`] — what this kernel supports (`doctor`)
 //! - [`config`] — /etc/rush/config.toml
 //! - [`daemon`] — wires them together and runs until SIGTERM/SIGINT
@@ -15,11 +17,13 @@ pub mod agent;
 pub mod api;
 pub mod audit;
 pub mod bpf;
+pub mod budget;
 pub mod cgroup;
 pub mod condition;
 pub mod config;
 pub mod daemon;
 pub mod mappings;
+pub mod policy;
 pub mod probe;
 pub mod spawn;
 pub mod store;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::budget::{Budget, BudgetUsage};
 use crate::spec::{FileGrant, NetPolicy, Ops};
 
 /// One line from a caller.
@@ -28,6 +29,8 @@ pub struct ReplyEnvelope {
 /// `{"ok": {...}}` or `{"err": {...}}` on the wire.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+// One per request, moved once: boxing the big variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Reply {
     Ok(Response),
     Err(ApiError),
@@ -58,6 +61,18 @@ pub enum Request {
     /// Kill the agent's whole process tree and remove its cgroup.
     KillAgent {
         name: String,
+    },
+    /// Freeze every process of the agent (cgroup freezer) until `ResumeAgent`. Replies `Agent`.
+    PauseAgent {
+        name: String,
+    },
+    /// Thaw an agent paused by the operator or by its cpu budget. `budget` replaces the
+    /// limits it sets (raising a spent budget is what lets the agent go on); the agent
+    /// stays frozen if a resource it has used up is not raised. Replies `Agent`.
+    ResumeAgent {
+        name: String,
+        #[serde(default)]
+        budget: Option<Budget>,
     },
     /// Replies `AuditEvents`; with `follow`, keeps sending `AuditEvents` as they happen
     /// until the caller closes the connection.
@@ -163,8 +178,16 @@ pub struct SpawnRequest {
     pub name: String,
     /// argv; `command[0]` is looked up in the caller's `PATH` (from `env`).
     pub command: Vec<String>,
+    /// None: the trust level's network policy, or deny without one.
     #[serde(default)]
-    pub net: NetPolicy,
+    pub net: Option<NetPolicy>,
+    /// A preset from the daemon's policy file (default tokens, budget, network, exec rule);
+    /// the other fields of this request override it.
+    #[serde(default)]
+    pub trust: Option<String>,
+    /// Limits set here override the trust level's.
+    #[serde(default)]
+    pub budget: Budget,
     #[serde(default)]
     pub allow: Vec<FileGrant>,
     /// The caller's environment, given to the agent as it is.
@@ -281,6 +304,18 @@ pub struct AgentInfo {
     pub command: Vec<String>,
     pub net: NetPolicy,
     pub state: AgentState,
+    /// The trust level it was spawned with.
+    #[serde(default)]
+    pub trust: Option<String>,
+    /// Its limits (trust level and flags combined).
+    #[serde(default)]
+    pub budget: Budget,
+    /// Why it is frozen, if it is: `operator` or `budget:cpu`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
+    /// Used against limit, per resource; filled by `ListAgents` and `AgentStatus`.
+    #[serde(default)]
+    pub usage: Vec<BudgetUsage>,
     /// Processes currently in the agent's cgroup.
     pub processes: u32,
     pub started_unix_ms: u64,
@@ -433,6 +468,43 @@ pub enum AuditEvent {
     EventsLost {
         count: u64,
     },
+    /// A budget ran out and its action was taken (`frozen`, `packets dropped`, ...).
+    BudgetExceeded {
+        /// One of `cpu`, `net`, `api`, `cost`.
+        resource: String,
+        used: u64,
+        limit: u64,
+        action: String,
+    },
+    /// The kernel's OOM killer killed processes of the agent at its memory limit.
+    OomKill {
+        count: u64,
+        limit_bytes: u64,
+    },
+    /// fork/clone of the agent failed at its pids limit, this many times.
+    ForkRefused {
+        count: u64,
+        limit: u64,
+    },
+    /// A model API call refused at the agent's `api` or `cost` budget.
+    ApiRefused {
+        /// `api` (the kernel refused the connect) or `cost` (the metering proxy refused).
+        resource: String,
+        pid: u32,
+        comm: String,
+        destination: String,
+        used: u64,
+        limit: u64,
+    },
+    /// The agent was frozen (`reason`: `operator` or `budget:cpu`).
+    Paused {
+        caller_uid: Option<u32>,
+        reason: String,
+    },
+    Resumed {
+        caller_uid: u32,
+        budget: Budget,
+    },
     /// A request the daemon refused for policy reasons (not input errors).
     Refused {
         caller_uid: u32,
@@ -457,6 +529,12 @@ impl AuditEvent {
             AuditEvent::GuardDeny { .. } => "guard_deny",
             AuditEvent::Commit { .. } => "commit",
             AuditEvent::DenialsSuppressed { .. } => "denials_suppressed",
+            AuditEvent::BudgetExceeded { .. } => "budget_exceeded",
+            AuditEvent::OomKill { .. } => "oom_kill",
+            AuditEvent::ForkRefused { .. } => "fork_refused",
+            AuditEvent::ApiRefused { .. } => "api_refused",
+            AuditEvent::Paused { .. } => "paused",
+            AuditEvent::Resumed { .. } => "resumed",
         }
     }
 }

@@ -11,10 +11,12 @@
 //! writes straight to the user's terminal with no copying through the daemon.
 
 pub mod api;
+pub mod budget;
 pub mod client;
 pub mod spec;
 
 pub use api::*;
+pub use budget::{Budget, BudgetUnit, BudgetUsage};
 pub use spec::{AgentName, FileGrant, NetEndpoint, NetPolicy, Ops, SpecError, parse_duration};
 
 /// Bumped on any incompatible change of the wire types. The daemon refuses a request

@@ -23,6 +23,10 @@ pub enum SpecError {
         "invalid --allow {input:?}: {why} (expected PATH:OPS[:TTL], OPS a comma list of read,write,exec,create,delete)"
     )]
     Allow { input: String, why: String },
+    #[error(
+        "invalid --budget {input:?}: {part:?}: {why} (expected KEY:VALUE[,...] with KEY one of cpu, cpu-rate, mem, pids, net, api, cost; e.g. cpu:1h,mem:2G,pids:256,net:1G,api:500,cost:$5)"
+    )]
+    Budget { input: String, part: String, why: String },
     #[error("invalid duration {input:?}: {why} (expected e.g. 90s, 30m, 1h, 2d)")]
     Duration { input: String, why: String },
 }

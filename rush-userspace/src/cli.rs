@@ -7,7 +7,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use rush_proto::{AgentName, FileGrant, NetPolicy, SpecError};
+use rush_proto::{AgentName, Budget, FileGrant, NetPolicy, SpecError};
 
 use crate::time;
 
@@ -165,6 +165,36 @@ pub enum AgentCommand {
         name: AgentName,
     },
 
+    /// Freeze every process of an agent until it is resumed
+    #[command(long_about = "Freeze every process of the agent with the cgroup freezer: they \
+                            stop where they are (no signal is sent, nothing is lost) until \
+                            `rush agent resume`. Prints the agent as `status` does.")]
+    Pause {
+        /// The agent's name.
+        #[arg(value_name = "NAME")]
+        name: AgentName,
+    },
+
+    /// Continue a paused agent, or one frozen at its cpu budget
+    #[command(
+        long_about = "Thaw an agent paused with `rush agent pause` or frozen because it \
+                            used up its cpu budget. --budget replaces the limits it names \
+                            (the others stay): an agent frozen at its cpu budget continues \
+                            only with a higher cpu limit, and resume fails, leaving it \
+                            frozen, if the new one is still used up. Raising mem, pids, net, \
+                            api or cost takes effect at once.",
+        after_long_help = "Examples:\n  Give an agent frozen at cpu:1h another hour:\n    \
+                                   $ rush agent resume coder --budget cpu:2h"
+    )]
+    Resume {
+        /// The agent's name.
+        #[arg(value_name = "NAME")]
+        name: AgentName,
+        /// New limits, in the --budget syntax of `agent spawn`, e.g. cpu:2h,cost:$10.
+        #[arg(long, value_name = "KEY:VALUE,...")]
+        budget: Option<Budget>,
+    },
+
     /// Kill an agent's whole process tree and remove its cgroup
     #[command(long_about = "Kill every process in the agent's cgroup, including the ones \
                             that daemonized or double-forked, and remove the cgroup. Prints \
@@ -218,6 +248,9 @@ Examples:
     $ rush agent spawn coder --net api.anthropic.com:443 \\
         --allow /srv/repo:read,write,create:1h -- claude
 
+  An untrusted script with a tight budget, frozen after 10 minutes of CPU:
+    $ rush agent spawn tool --trust low --budget cpu:10m,mem:512M -- ./run.sh
+
   Any port of a local service, in the background:
     $ rush agent spawn indexer --net '127.0.0.1:*,[::1]:*' --detach -- ./index.sh";
 
@@ -232,8 +265,26 @@ pub struct SpawnArgs {
     /// (anything), or a comma list of HOST:PORT the agent may reach. HOST is an IP address
     /// (IPv6 in brackets, e.g. [::1]:443) or a host name the daemon resolves at spawn;
     /// PORT is 1-65535, or * for any port.
-    #[arg(long, value_name = "POLICY", default_value = "deny")]
-    pub net: NetPolicy,
+    /// The default is the trust level's policy, or `deny` without --trust.
+    #[arg(long, value_name = "POLICY")]
+    pub net: Option<NetPolicy>,
+
+    /// A trust level from the daemon's policy file (built in: low, medium, high): its
+    /// budget, network policy, default tokens and exec rule. --budget and --net override
+    /// it, --allow adds to its tokens. At `low`, the agent runs only system programs
+    /// (/usr, /bin...), never files it wrote or was granted.
+    #[arg(long, value_name = "LEVEL")]
+    pub trust: Option<String>,
+
+    /// What the agent may consume, a comma list of KEY:VALUE:
+    /// cpu:TIME (cumulative CPU time, e.g. 90s, 1h; at the limit the agent is frozen until
+    /// `rush agent resume --budget` raises it), cpu-rate:N% (of one core), mem:SIZE (e.g.
+    /// 512M, 2G; OOM kill inside the agent), pids:N (fork fails beyond it), net:SIZE (bytes
+    /// sent plus received; then packets are dropped), api:N (model API calls: connects to
+    /// the configured endpoints), cost:$N (spend reported by the API, through the daemon's
+    /// metering proxy). The daemon refuses a limit this machine cannot enforce.
+    #[arg(long, value_name = "KEY:VALUE,...")]
+    pub budget: Option<Budget>,
 
     /// Grant file access: PATH:OPS[:TTL], OPS a comma list of
     /// read,write,exec,create,delete, TTL how long the grant lasts (e.g. 90s, 30m, 1h; forever if omitted). PATH
@@ -491,8 +542,8 @@ mod tests {
     fn spawn_defaults_and_flags() {
         let s = spawn(&["bot", "--", "echo", "-n", "hi"]);
         assert_eq!(s.name.as_str(), "bot");
-        assert_eq!(s.net, NetPolicy::Deny);
-        assert!(s.allow.is_empty() && !s.detach);
+        assert_eq!(s.net, None, "the trust level's, or deny: decided by the daemon");
+        assert!(s.allow.is_empty() && !s.detach && s.budget.is_none() && s.trust.is_none());
         assert_eq!(s.command, ["echo", "-n", "hi"]);
 
         let s = spawn(&[
@@ -509,7 +560,7 @@ mod tests {
             "-c",
             "true",
         ]);
-        assert!(matches!(s.net, NetPolicy::AllowList(ref eps) if eps.len() == 2));
+        assert!(matches!(s.net, Some(NetPolicy::AllowList(ref eps)) if eps.len() == 2));
         assert_eq!(s.allow.len(), 2);
         assert_eq!(s.allow[1].ttl_secs, Some(3600));
         assert!(s.detach);

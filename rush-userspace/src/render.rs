@@ -91,15 +91,35 @@ pub fn agent_table(agents: &[AgentInfo], now_ms: u64) -> String {
             (AgentState::Exited, Some(status)) => status.to_string(),
             (AgentState::Exited, None) => "-".into(),
         };
+        let state = match &a.paused {
+            Some(why) if a.state == AgentState::Running => format!("paused ({why})"),
+            _ => a.state.to_string(),
+        };
         t.row(vec![
             a.name.clone(),
-            a.state.to_string(),
+            state,
             a.pid.to_string(),
             a.processes.to_string(),
             a.net.to_string(),
             uptime_or_exit,
             shell_join(&a.command),
         ]);
+    }
+    t.render()
+}
+
+/// The budget lines of `rush agent status`: used, limit, percent, action at the limit.
+pub fn budget_table(usage: &[rush_proto::BudgetUsage]) -> String {
+    let mut t = Table::new(&["RESOURCE", "USED", "LIMIT", "%", "AT THE LIMIT"]);
+    for u in usage {
+        let limit = u.limit.map_or("-".to_string(), |l| u.format(l));
+        let pct = match (u.resource.as_str(), u.percent()) {
+            ("cpu-rate", _) | (_, None) => "-".to_string(),
+            (_, Some(p)) => format!("{p:.0}%"),
+        };
+        let action = if u.exceeded { format!("REACHED: {}", u.at_limit) } else { u.at_limit.clone() };
+        let used = if u.resource == "cpu-rate" { "-".to_string() } else { u.format(u.used) };
+        t.row(vec![u.resource.clone(), used, limit, pct, action]);
     }
     t.render()
 }
@@ -117,9 +137,15 @@ pub fn agent_status(a: &AgentInfo, now_ms: u64) -> String {
         }
         AgentState::Exited => format_unix_ms(a.started_unix_ms),
     };
-    let fields: [(&str, String); 13] = [
+    let state = match &a.paused {
+        Some(why) if a.state == AgentState::Running => format!("paused ({why})"),
+        _ => a.state.to_string(),
+    };
+    let fields: [(&str, String); 15] = [
         ("name", a.name.clone()),
-        ("state", a.state.to_string()),
+        ("state", state),
+        ("trust", a.trust.clone().unwrap_or_else(|| "-".into())),
+        ("budget", if a.budget.is_empty() { "none".into() } else { a.budget.to_string() }),
         ("pid", a.pid.to_string()),
         ("uid", a.uid.to_string()),
         ("processes", a.processes.to_string()),
@@ -136,6 +162,10 @@ pub fn agent_status(a: &AgentInfo, now_ms: u64) -> String {
     let mut out = String::new();
     for (k, v) in fields {
         let _ = writeln!(out, "{:<width$} {v}", format!("{k}:"));
+    }
+    if !a.usage.is_empty() {
+        out.push('\n');
+        out += &budget_table(&a.usage);
     }
     out
 }
@@ -198,6 +228,24 @@ pub fn audit_line(r: &AuditRecord) -> String {
         }
         AuditEvent::Refused { caller_uid, request, reason } => {
             format!("caller_uid={caller_uid} request={} reason={}", value(request), value(reason))
+        }
+        AuditEvent::BudgetExceeded { resource, used, limit, action } => {
+            format!("resource={} used={used} limit={limit} action={}", value(resource), value(action))
+        }
+        AuditEvent::OomKill { count, limit_bytes } => format!("count={count} mem_limit={limit_bytes}"),
+        AuditEvent::ForkRefused { count, limit } => format!("count={count} pids_limit={limit}"),
+        AuditEvent::ApiRefused { resource, pid, comm, destination, used, limit } => format!(
+            "resource={} pid={pid} comm={} destination={} used={used} limit={limit}",
+            value(resource),
+            value(comm),
+            value(destination)
+        ),
+        AuditEvent::Paused { caller_uid, reason } => match caller_uid {
+            Some(uid) => format!("caller_uid={uid} reason={}", value(reason)),
+            None => format!("reason={}", value(reason)),
+        },
+        AuditEvent::Resumed { caller_uid, budget } => {
+            format!("caller_uid={caller_uid} budget={}", value(&budget.to_string()))
         }
     };
     let agent = r.agent.as_deref().map(sanitize).unwrap_or_else(|| "-".into());
@@ -320,7 +368,38 @@ mod tests {
             enforcement: vec!["net:cgroup-connect".into(), "net:cgroup-sendmsg".into()],
             exit: None,
             detached: true,
+            trust: Some("medium".into()),
+            budget: "cpu:1h,cost:$5".parse().unwrap(),
+            paused: None,
+            usage: vec![
+                rush_proto::BudgetUsage {
+                    resource: "cpu".into(),
+                    unit: rush_proto::BudgetUnit::Millis,
+                    used: 2_700_000,
+                    limit: Some(3_600_000),
+                    at_limit: "frozen until resumed with a raised budget".into(),
+                    exceeded: false,
+                },
+                rush_proto::BudgetUsage {
+                    resource: "cost".into(),
+                    unit: rush_proto::BudgetUnit::MicroUsd,
+                    used: 5_010_000,
+                    limit: Some(5_000_000),
+                    at_limit: "calls refused by the metering proxy (HTTP 429)".into(),
+                    exceeded: true,
+                },
+            ],
         }
+    }
+
+    #[test]
+    fn status_shows_each_budget_with_percent_and_action() {
+        let out = agent_status(&agent("coder"), NOW);
+        assert!(out.contains("budget:      cpu:1h,cost:$5.00"), "{out}");
+        let cpu = out.lines().find(|l| l.starts_with("cpu ")).unwrap();
+        assert!(cpu.contains("2700.0s") && cpu.contains("3600.0s") && cpu.contains("75%"), "{cpu}");
+        let cost = out.lines().find(|l| l.starts_with("cost")).unwrap();
+        assert!(cost.contains("$5.01") && cost.contains("100%") && cost.contains("REACHED"), "{cost}");
     }
 
     #[test]

@@ -139,6 +139,10 @@ fn agent(name: &str) -> AgentInfo {
         enforcement: vec!["net:cgroup-connect".into()],
         exit: None,
         detached: true,
+        trust: None,
+        budget: Default::default(),
+        paused: None,
+        usage: vec![],
     }
 }
 
@@ -288,7 +292,7 @@ fn foreground_spawn_passes_the_terminal_and_exits_with_the_agents_status() {
     let Request::Spawn(spawn) = only(d.join()) else { panic!("not a spawn") };
     assert_eq!(spawn.name, "fg");
     assert_eq!(spawn.command, ["sh", "-c", "exit 3"]);
-    assert_eq!(spawn.net, NetPolicy::Deny);
+    assert_eq!(spawn.net, None);
     assert_eq!(spawn.stdio, StdioMode::Passed);
     assert_eq!(spawn.cwd.canonicalize().unwrap(), dir.path().canonicalize().unwrap());
     assert!(spawn.env.contains(&("RUSH_TEST_MARKER".into(), "yes".into())));
@@ -361,7 +365,7 @@ fn detached_spawn_prints_the_agent() {
     assert_eq!(stdout(&out), "spawned bg (pid 4242, cgroup id 8812); output: rush agent logs bg\n");
     let Request::Spawn(spawn) = only(d.join()) else { panic!("not a spawn") };
     assert_eq!(spawn.stdio, StdioMode::Log);
-    assert_eq!(spawn.net.to_string(), "1.2.3.4:443");
+    assert_eq!(spawn.net.unwrap().to_string(), "1.2.3.4:443");
 
     let d = FakeDaemon::answering(Reply::Ok(Response::Spawned { agent: agent("bg") }));
     let out = run(&d.socket, &["agent", "spawn", "bg", "-d", "--json", "--", "true"]);

@@ -1,4 +1,4 @@
-//! `rush agent list | status | kill | logs`.
+//! `rush agent list | status | pause | resume | kill | logs`.
 
 use anyhow::anyhow;
 use rush_proto::client::ClientError;
@@ -24,7 +24,12 @@ pub fn list(ctx: &mut Ctx) -> Result<u8> {
 }
 
 pub fn status(ctx: &mut Ctx, name: &AgentName) -> Result<u8> {
-    let agent = match ctx.connect()?.call(Request::AgentStatus { name: name.to_string() })? {
+    show(ctx, Request::AgentStatus { name: name.to_string() })
+}
+
+/// Sends a request answered by one agent (status, pause, resume) and prints it.
+pub fn show(ctx: &mut Ctx, request: Request) -> Result<u8> {
+    let agent = match ctx.connect()?.call(request)? {
         Response::Agent { agent } => agent,
         other => return Err(unexpected("agent", &other)),
     };

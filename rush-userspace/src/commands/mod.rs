@@ -12,8 +12,8 @@ use std::io::StdoutLock;
 use std::path::PathBuf;
 
 use anyhow::anyhow;
-use rush_proto::Response;
 use rush_proto::client::Client;
+use rush_proto::{Request, Response};
 
 use crate::cli::{AgentCommand, CapabilityCommand, Cli, Command};
 use crate::error::{Error, Result};
@@ -38,6 +38,12 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Agent(AgentCommand::List) => agent::list(&mut ctx),
         Command::Agent(AgentCommand::Status { name }) => agent::status(&mut ctx, &name),
         Command::Agent(AgentCommand::Kill { name }) => agent::kill(&mut ctx, &name),
+        Command::Agent(AgentCommand::Pause { name }) => {
+            agent::show(&mut ctx, Request::PauseAgent { name: name.to_string() })
+        }
+        Command::Agent(AgentCommand::Resume { name, budget }) => {
+            agent::show(&mut ctx, Request::ResumeAgent { name: name.to_string(), budget })
+        }
         Command::Agent(AgentCommand::Logs { name, follow }) => agent::logs(&mut ctx, &name, follow),
         Command::Capability(CapabilityCommand::Grant(args)) => capability::grant(&mut ctx, args),
         Command::Capability(CapabilityCommand::Revoke(args)) => capability::revoke(&mut ctx, args),

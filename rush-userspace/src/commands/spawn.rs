@@ -24,6 +24,8 @@ pub fn spawn(ctx: &mut Ctx, args: SpawnArgs) -> Result<u8> {
         name: args.name.to_string(),
         command: args.command,
         net: args.net,
+        trust: args.trust,
+        budget: args.budget.unwrap_or_default(),
         allow: args.allow,
         env: environment(),
         cwd,
