@@ -622,6 +622,15 @@ impl AgentManager {
                 ExitStatus { code: None, signal: None }
             }
         };
+        // The last look at its counters, while the cgroup still exists.
+        let last = {
+            let reg = self.registry();
+            reg.agents.get(&name).map(|a| (a.info.budget, a.reported))
+        };
+        if let Some((budget, reported)) = last {
+            let u = self.budgets.control.usage(&cg);
+            self.audit_counters(&name, &budget, &u, reported);
+        }
         // The first process is gone: nothing the agent left running outlives it.
         let mut conditional = Vec::new();
         let cgroups = Arc::clone(&self.cgroups);
@@ -1002,31 +1011,37 @@ impl AgentManager {
                     self.persist_agent(&name);
                 }
             }
-            let mut now = reported;
-            if let Some(kills) = u.oom_kills {
-                if let Some(seen) = reported.oom_kills.filter(|s| kills > *s) {
-                    self.audit.record(
-                        Some(&name),
-                        AuditEvent::OomKill {
-                            count: kills - seen,
-                            limit_bytes: budget.mem_bytes.unwrap_or(0),
-                        },
-                    );
-                }
-                now.oom_kills = Some(kills);
+            self.audit_counters(&name, &budget, &u, reported);
+        }
+    }
+
+    /// Audits OOM kills and refused forks counted since `reported`, and remembers the new
+    /// counts. Also run when the agent's first process exits, before its cgroup (and
+    /// counters) go: an OOM kill is often what ended it.
+    fn audit_counters(
+        &self,
+        name: &str,
+        budget: &Budget,
+        u: &crate::budget::CgroupUsage,
+        reported: Reported,
+    ) {
+        let mut now = reported;
+        if let Some(kills) = u.oom_kills {
+            if let Some(seen) = reported.oom_kills.filter(|s| kills > *s) {
+                let limit_bytes = budget.mem_bytes.unwrap_or(0);
+                self.audit.record(Some(name), AuditEvent::OomKill { count: kills - seen, limit_bytes });
             }
-            if let Some(refused) = u.fork_refusals {
-                if let Some(seen) = reported.fork_refusals.filter(|s| refused > *s) {
-                    self.audit.record(
-                        Some(&name),
-                        AuditEvent::ForkRefused { count: refused - seen, limit: budget.pids.unwrap_or(0) },
-                    );
-                }
-                now.fork_refusals = Some(refused);
+            now.oom_kills = Some(kills);
+        }
+        if let Some(refused) = u.fork_refusals {
+            if let Some(seen) = reported.fork_refusals.filter(|s| refused > *s) {
+                let limit = budget.pids.unwrap_or(0);
+                self.audit.record(Some(name), AuditEvent::ForkRefused { count: refused - seen, limit });
             }
-            if let Some(a) = self.registry().agents.get_mut(&name) {
-                a.reported = now;
-            }
+            now.fork_refusals = Some(refused);
+        }
+        if let Some(a) = self.registry().agents.get_mut(name) {
+            a.reported = now;
         }
     }
 

@@ -79,7 +79,18 @@ fn test(tier: Tier) -> Result<()> {
         )?;
         let bin_dir = util::target_dir()?.join("debug");
         util::cargo(
-            &["test", "-p", "kernel-tests", "--test", "host", "--", "--test-threads", "4"],
+            &[
+                "test",
+                "-p",
+                "kernel-tests",
+                "--test",
+                "host",
+                "--test",
+                "budget",
+                "--",
+                "--test-threads",
+                "4",
+            ],
             &[("RUSH_TEST_STRICT", "1"), ("RUSH_BIN_DIR", bin_dir.to_str().unwrap())],
         )?;
     }

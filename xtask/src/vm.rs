@@ -80,10 +80,11 @@ const VM_PACKAGES: [(&str, &str); 8] = [
 ];
 
 /// The guest test suites, in the order they run: (name, test threads, extra arguments).
-/// `host`, `files`, `guest`, `escape`, `lifecycle` are kernel-tests targets; `bpf` is rush-agentd's own
+/// `host`, `budget`, `files`, `guest`, `escape`, `lifecycle` are kernel-tests targets; `bpf` is rush-agentd's own
 /// kernel smoke tests (its lib tests under `bpf::`).
-const SUITES: [(&str, u32, &str); 6] = [
+const SUITES: [(&str, u32, &str); 7] = [
     ("host", 2, ""),
+    ("budget", 1, ""),
     ("files", 1, " --nocapture"),
     ("guest", 1, ""),
     ("escape", 1, ""),
@@ -441,7 +442,8 @@ fn json_str(line: &str, key: &str) -> Option<String> {
 fn build_payload(path: &Path, scratch: &Path, tests: &Tests, test_args: &[String]) -> Result<u64> {
     let bins = util::target_dir()?.join("debug");
     let mut p = image::Payload::create(path, scratch)?;
-    for b in ["rush-agentd", "rush", "rush-test-net", "rush-test-fs", "rush-test-escape"] {
+    for b in ["rush-agentd", "rush", "rush-test-net", "rush-test-fs", "rush-test-escape", "rush-test-budget"]
+    {
         p.elf(&bins.join(b), &format!("payload/bin/{b}"), true)?;
     }
     for (suite, exe) in &tests.0 {

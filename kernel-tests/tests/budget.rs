@@ -1,0 +1,200 @@
+//! Resource budgets and trust levels, through the real daemon and CLI: on this project's
+//! hybrid hosts (v1 controllers) and in the guests (pure cgroup v2). Every test ends in
+//! what the kernel did: a frozen process whose CPU time stops, an OOM kill, a refused
+//! fork, a refused exec, and the audit records that say so.
+
+use std::time::Duration;
+
+use kernel_tests::*;
+use serde_json::Value;
+
+fn ready() -> bool {
+    require(is_root(), "root (these tests create cgroups and load BPF programs)")
+}
+
+fn tool() -> String {
+    bin("rush-test-budget").to_str().unwrap().to_owned()
+}
+
+fn status(d: &Daemon, name: &str) -> Value {
+    d.rush_json(&["agent", "status", name])
+}
+
+/// The `usage` line of `resource` in the agent's status.
+fn usage(d: &Daemon, name: &str, resource: &str) -> Value {
+    let s = status(d, name);
+    s["usage"]
+        .as_array()
+        .and_then(|u| u.iter().find(|l| l["resource"] == resource).cloned())
+        .unwrap_or_else(|| panic!("no {resource} line in the status of {name}: {s}"))
+}
+
+/// The agent's audit records of `kind`, waiting up to 5 s for the first.
+fn records(d: &Daemon, agent: &str, kind: &str) -> Vec<Value> {
+    let get = || -> Vec<Value> {
+        d.audit().into_iter().filter(|r| r["agent"] == agent && r["event"]["kind"] == kind).collect()
+    };
+    wait_until(Duration::from_secs(5), || !get().is_empty());
+    get()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn a_busy_loop_is_frozen_at_its_cpu_budget_and_resumes_after_a_raise() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start();
+    let t = tool();
+    let out = d.rush(&[
+        "agent",
+        "spawn",
+        "spin",
+        "--budget",
+        "cpu:2s,mem:256M,pids:64",
+        "--detach",
+        "--",
+        &t,
+        "spin",
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+
+    let paused = || status(&d, "spin")["paused"] == "budget:cpu";
+    assert!(wait_until(Duration::from_secs(60), paused), "not frozen at 2 s of CPU: {}", status(&d, "spin"));
+    let used = || usage(&d, "spin", "cpu")["used"].as_u64().unwrap();
+    let at_freeze = used();
+    assert!(at_freeze >= 2000, "frozen before its budget was used: {at_freeze} ms");
+    std::thread::sleep(Duration::from_secs(1));
+    let later = used();
+    assert!(later - at_freeze < 50, "a frozen agent still used CPU: {at_freeze} ms, then {later} ms");
+    let s = status(&d, "spin");
+    assert_eq!(s["state"], "running", "frozen, not killed: {s}");
+    assert_eq!(s["processes"], 1);
+    let line = usage(&d, "spin", "cpu");
+    assert_eq!(line["limit"], 2000);
+    assert_eq!(line["exceeded"], true);
+    for r in ["mem", "pids"] {
+        assert!(usage(&d, "spin", r)["limit"].as_u64().is_some(), "{r}: {s}");
+    }
+    let exceeded = records(&d, "spin", "budget_exceeded");
+    assert_eq!(exceeded.len(), 1, "{exceeded:?}");
+    assert_eq!(exceeded[0]["event"]["resource"], "cpu");
+    assert_eq!(exceeded[0]["event"]["limit"], 2000);
+
+    // Not without a raise: it stays frozen, and says how to go on.
+    let out = d.rush(&["agent", "resume", "spin"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(text(&out.stderr).contains("stays frozen"), "{}", describe(&out));
+    assert!(paused());
+
+    let out = d.rush(&["agent", "resume", "spin", "--budget", "cpu:4s"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(status(&d, "spin")["paused"], Value::Null);
+    assert!(
+        wait_until(Duration::from_secs(30), || used() > later + 300),
+        "a resumed agent runs again: {}",
+        status(&d, "spin")
+    );
+    assert!(wait_until(Duration::from_secs(60), paused), "frozen again at the raised 4 s");
+    assert!(used() >= 4000);
+    assert_eq!(records(&d, "spin", "resumed").len(), 1);
+    assert!(d.rush(&["agent", "kill", "spin"]).status.success());
+}
+
+#[test]
+fn a_memory_hog_is_oom_killed_inside_its_limit_and_the_host_is_untouched() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start();
+    let t = tool();
+    let out = d.rush(&["agent", "spawn", "hog", "--budget", "mem:48M", "--", &t, "hog", "1024"]);
+    assert_eq!(out.status.code(), Some(128 + 9), "SIGKILLed by the OOM killer: {}", describe(&out));
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains("done"), "{stdout}");
+    let got: u64 =
+        stdout.lines().filter_map(|l| l.strip_prefix("allocated ")?.parse().ok()).max().unwrap_or(0);
+    assert!((8..48).contains(&got), "allocated {got} MiB under a 48 MiB limit");
+    let oom = records(&d, "hog", "oom_kill");
+    assert_eq!(oom.len(), 1, "{oom:?}");
+    assert!(oom[0]["event"]["count"].as_u64().unwrap() >= 1);
+    assert_eq!(oom[0]["event"]["limit_bytes"], 48u64 << 20);
+
+    // The same program outside any agent gets its memory, and the daemon lives on.
+    let plain = std::process::Command::new(&t).args(["hog", "96"]).output().unwrap();
+    assert!(text(&plain.stdout).contains("done"), "{}", describe(&plain));
+    assert!(d.rush(&["agent", "list"]).status.success());
+}
+
+#[test]
+fn a_fork_bomb_stops_at_its_pids_limit() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start();
+    let t = tool();
+    let out = d.rush(&["agent", "spawn", "bomb", "--budget", "pids:16", "--", &t, "forks", "200"]);
+    assert_eq!(out.status.code(), Some(10), "{}", describe(&out));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("errno EAGAIN"), "fork refused with EAGAIN: {stdout}");
+    let forked: u64 = stdout.lines().find_map(|l| l.strip_prefix("forked ")?.parse().ok()).unwrap();
+    assert!((1..16).contains(&forked), "{forked} children under pids:16 (the agent itself is one)");
+    let refused = records(&d, "bomb", "fork_refused");
+    assert!(!refused.is_empty());
+    assert_eq!(refused[0]["event"]["limit"], 16);
+
+    // Outside any agent, 200 children start.
+    let plain = std::process::Command::new(&t).args(["forks", "200"]).output().unwrap();
+    assert!(plain.status.success(), "{}", describe(&plain));
+}
+
+#[test]
+fn bad_budgets_and_unknown_trust_levels_are_refused_by_name() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start();
+    for (budget, needle) in [
+        ("cpu:1h,mem:lots", "\"mem:lots\": \"lots\" is not a size"),
+        ("disk:1G", "unknown resource \"disk\""),
+        ("cost:$0.0000001", "more than 6 decimal places"),
+    ] {
+        let out = d.rush(&["agent", "spawn", "x", "--budget", budget, "--", "true"]);
+        assert_eq!(out.status.code(), Some(2), "usage error: {}", describe(&out));
+        assert!(text(&out.stderr).contains(needle), "{budget}: {}", describe(&out));
+    }
+    let out = d.rush(&["agent", "spawn", "x", "--trust", "root", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(text(&out.stderr).contains("unknown trust level \"root\""), "{}", describe(&out));
+    assert!(text(&out.stderr).contains("high, low, medium"), "{}", describe(&out));
+    assert_eq!(d.rush_json(&["agent", "list"]).as_array().map(Vec::len), Some(0), "nothing was started");
+}
+
+#[test]
+fn a_low_trust_agent_runs_system_programs_but_not_files_it_may_write() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start();
+    let work = tempfile::tempdir().unwrap();
+    let script = work.path().join("run.sh");
+    std::fs::write(&script, "#!/bin/sh\necho ran\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let allow = format!("{}:read,write,create,exec", work.path().display());
+    let cmd = format!("/bin/true && echo system-ok; {}; echo rc=$?", script.display());
+    let out =
+        d.rush(&["agent", "spawn", "low", "--trust", "low", "--allow", &allow, "--", "/bin/sh", "-c", &cmd]);
+    if !d.lsm_attached() {
+        // The exec rule is enforced by file confinement, which needs BPF LSM: refused.
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        assert!(text(&out.stderr).contains("file tokens cannot be enforced"), "{}", describe(&out));
+        return;
+    }
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("system-ok"), "the baseline still runs programs: {}", describe(&out));
+    assert!(!stdout.contains("ran"), "the agent ran a file it may write: {}", describe(&out));
+    assert!(stdout.contains("rc=126"), "exec refused (Permission denied): {}", describe(&out));
+}
