@@ -8,6 +8,7 @@
 //! - [`audit`] — the audit trail
 //! - [`api`] — the Unix-socket NDJSON server and caller identification
 //! - [`probe`] — what this kernel supports (`doctor`)
+//! - [`meter`] — cost budgets: the metering proxy for model API calls
 //! - [`config`] — /etc/rush/config.toml
 //! - [`daemon`] — wires them together and runs until SIGTERM/SIGINT
 
@@ -20,6 +21,7 @@ pub mod condition;
 pub mod config;
 pub mod daemon;
 pub mod mappings;
+pub mod meter;
 pub mod probe;
 pub mod spawn;
 pub mod store;
