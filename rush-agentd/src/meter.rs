@@ -44,9 +44,9 @@
 //!   proxy still reads the answer to its end, since the provider bills it all the same.
 //! - A call is admitted while spend < limit, and its cost is only known at its end, so
 //!   concurrent calls can overshoot the limit by what they cost; the next call is refused.
-//! - Successful answers whose usage cannot be read (not JSON, none reported) are relayed
-//!   uncharged, logged and counted as unmetered; error answers without usage are not
-//!   billed by the providers and are not counted.
+//! - Successful POST answers whose usage cannot be read (not JSON, none reported) are
+//!   relayed uncharged, logged and counted as unmetered; error answers and other methods
+//!   (GET /models) are not billed by the providers and are not counted.
 
 pub mod http;
 pub mod usage;
@@ -508,7 +508,7 @@ impl Proxy {
         let expects_continue = framing != Framing::None && req.headers.has_token("expect", "100-continue");
 
         if self.ledger.is_spent() {
-            return self.refuse(rd, wr, style, framing, close || expects_continue).await;
+            return self.refuse(rd, wr, style, framing, expects_continue, close).await;
         }
         if expects_continue && wr.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
             return Next::Close;
@@ -529,14 +529,18 @@ impl Proxy {
         self.forward(&req, &path, framing, body, req_model, style, close, wr).await
     }
 
-    /// Answers a call at a spent budget, reading its body first so the connection can
-    /// carry on (unless `close`, when the body may still be held back for 100-continue).
+    /// Answers a call at a spent budget. Its body is read first (unless held back for
+    /// 100-continue, when the connection is closed instead): so the connection can carry
+    /// on, and because closing a socket with unread data resets it, which can lose the
+    /// answer before the client reads it.
+    #[allow(clippy::too_many_arguments)]
     async fn refuse(
         &self,
         rd: &mut ClientReader,
         wr: &mut OwnedWriteHalf,
         style: Style,
         framing: Framing,
+        expects_continue: bool,
         mut close: bool,
     ) -> Next {
         let (used, limit) = (self.ledger.used_micro_usd(), self.ledger.limit());
@@ -547,9 +551,11 @@ impl Proxy {
             used_micro_usd: used,
             limit_micro_usd: limit,
         });
-        if !close {
+        if expects_continue {
+            close = true;
+        } else {
             let drained = timeout(self.idle(), http::read_body(rd, framing, MAX_REQUEST_BODY)).await;
-            close = !matches!(drained, Ok(Ok(_)));
+            close |= !matches!(drained, Ok(Ok(_)));
         }
         let msg = format!(
             "rush: the cost budget of agent {} is spent ({} used of {}); model API calls are refused \
@@ -728,7 +734,7 @@ impl Proxy {
         if complete && client_ok && chunked_out {
             client_ok = self.write(wr, http::LAST_CHUNK).await;
         }
-        self.settle(resp.status, meter, req_model);
+        self.settle(&req.method, resp.status, meter, req_model);
         if complete && client_ok && !close { Next::KeepAlive } else { Next::Close }
     }
 
@@ -737,15 +743,16 @@ impl Proxy {
     }
 
     /// Charges what an answer reported.
-    fn settle(&self, status: u16, meter: BodyMeter, req_model: Option<String>) {
+    fn settle(&self, method: &str, status: u16, meter: BodyMeter, req_model: Option<String>) {
         self.ledger.calls.fetch_add(1, Ordering::SeqCst);
-        let success = (200..300).contains(&status);
+        // Model calls are POSTs; a GET (listing models, say) answers without usage.
+        let billable = (200..300).contains(&status) && method.eq_ignore_ascii_case("POST");
         let reported = match meter.finish() {
             Ok(r) => r,
-            Err(reason) => return self.unmetered(success, status, reason),
+            Err(reason) => return self.unmetered(billable, status, reason),
         };
         let Some(usage) = reported.usage else {
-            return self.unmetered(success, status, "no usage reported");
+            return self.unmetered(billable, status, "no usage reported");
         };
         let model = reported.model.or(req_model).unwrap_or_default();
         let Some((price, how)) = self.cfg.prices.lookup(&model) else {
@@ -775,9 +782,9 @@ impl Proxy {
         }
     }
 
-    fn unmetered(&self, success: bool, status: u16, reason: &str) {
-        if !success {
-            tracing::debug!(agent = %self.agent, status, reason, "meter: error answer without usage, not charged");
+    fn unmetered(&self, billable: bool, status: u16, reason: &str) {
+        if !billable {
+            tracing::debug!(agent = %self.agent, status, reason, "meter: unbilled answer without usage");
             return;
         }
         self.ledger.unmetered.fetch_add(1, Ordering::SeqCst);

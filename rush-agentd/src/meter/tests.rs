@@ -208,8 +208,12 @@ async fn refusals_in_anthropic_style_keep_the_connection() {
             assert_eq!(body["type"], "error");
             assert_eq!(body["error"]["type"], "budget_exceeded_error");
         }
-        assert_eq!(meter.ledger.refused_calls(), 2);
-        assert_eq!(events(&mut rx).len(), 2);
+        // A client that closes after one call, as rush-test-api does, still reads the answer.
+        let (status, body) =
+            call(meter.addr, &post("/v1/chat/completions", "{}", "Connection: close\r\n")).await;
+        assert_eq!((status, &body["error"]["code"]), (402, &json!("insufficient_quota")));
+        assert_eq!(meter.ledger.refused_calls(), 3);
+        assert_eq!(events(&mut rx).len(), 3);
         assert!(api.requests().is_empty());
     })
     .await
@@ -380,8 +384,10 @@ async fn unreadable_answers_are_relayed_uncharged() {
         assert_eq!(client.body(&head).await, b"<html>hi</html>");
         let (status, body) = call(meter.addr, &post("/error", "{}", "")).await;
         assert_eq!((status, &body["error"]["type"]), (500, &json!("server_error")));
+        let (head, _) = Client::connect(meter.addr).await.call(b"GET /html HTTP/1.1\r\n\r\n").await;
+        assert_eq!(head.status, 200);
         assert_eq!(meter.ledger.used_micro_usd(), 0);
-        assert_eq!((meter.ledger.calls(), meter.ledger.unmetered_calls()), (2, 1));
+        assert_eq!((meter.ledger.calls(), meter.ledger.unmetered_calls()), (3, 1));
         assert_eq!(
             events(&mut rx),
             [MeterEvent::Unmetered { agent: "a6".into(), status: 200, reason: "body is not JSON".into() }]
