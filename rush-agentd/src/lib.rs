@@ -10,6 +10,7 @@
 //! - [`api`] — the Unix-socket NDJSON server and caller identification
 //! - [`policy`] — trust levels (presets of tokens, budget, network, exec rule)
 //! - [`probe`] — what this kernel supports (`doctor`)
+//! - [`meter`] — cost budgets: the metering proxy for model API calls
 //! - [`config`] — /etc/rush/config.toml
 //! - [`daemon`] — wires them together and runs until SIGTERM/SIGINT
 
@@ -23,6 +24,7 @@ pub mod condition;
 pub mod config;
 pub mod daemon;
 pub mod mappings;
+pub mod meter;
 pub mod policy;
 pub mod probe;
 pub mod spawn;
