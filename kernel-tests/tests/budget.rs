@@ -198,3 +198,69 @@ fn a_low_trust_agent_runs_system_programs_but_not_files_it_may_write() {
     assert!(!stdout.contains("ran"), "the agent ran a file it may write: {}", describe(&out));
     assert!(stdout.contains("rc=126"), "exec refused (Permission denied): {}", describe(&out));
 }
+
+/// `rush-test-api serve` on a free loopback port: (the process, its port).
+fn fake_api(style: &str) -> (std::process::Child, u16) {
+    let dir = tempfile::tempdir().unwrap();
+    let port_file = dir.path().join("port");
+    let child = std::process::Command::new(bin("rush-test-api"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--style", style])
+        .args(["--input-tokens", "1000", "--output-tokens", "500", "--model", "test-model"])
+        .arg("--port-file")
+        .arg(&port_file)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("rush-test-api serve");
+    assert!(wait_until(Duration::from_secs(10), || port_file.exists()), "fake API did not start");
+    let port = std::fs::read_to_string(&port_file).unwrap().trim().parse().unwrap();
+    (child, port)
+}
+
+#[test]
+fn a_cost_budget_stops_api_calls_once_the_reported_usage_crosses_it() {
+    if !ready() {
+        return;
+    }
+    let (mut api, port) = fake_api("openai");
+    // 1000 input and 500 output tokens at $3 / $15 per million: $0.0105 per call.
+    let d = Daemon::start_with_config(&format!(
+        "[meter]\nupstream = \"http://127.0.0.1:{port}\"\n[meter.prices]\ndefault = {{ input = 3, output = 15 }}\n"
+    ));
+    let api_tool = bin("rush-test-api");
+    let script = format!(
+        "{t} call \"$RUSH_METER_URL/v1/chat/completions\" --count 3; echo rc=$?; \
+         {t} call http://127.0.0.1:{port}/v1/chat/completions --count 1; echo direct=$?",
+        t = api_tool.display()
+    );
+    let out = d.rush(&["agent", "spawn", "coster", "--budget", "cost:$0.01", "--", "/bin/sh", "-c", &script]);
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[..3], ["ok 200", "http 402", "http 402"], "{}", describe(&out));
+    assert!(stdout.contains("rc=3"), "{stdout}");
+    // Around the meter, straight to the API: the agent's network policy (deny) refuses it.
+    assert!(stdout.contains("refused EPERM") && stdout.contains("direct=4"), "{stdout}");
+
+    let exceeded = records(&d, "coster", "budget_exceeded");
+    assert_eq!(exceeded.len(), 1, "{exceeded:?}");
+    assert_eq!(exceeded[0]["event"]["resource"], "cost");
+    assert_eq!(exceeded[0]["event"]["used"], 10_500);
+    assert_eq!(exceeded[0]["event"]["limit"], 10_000);
+    let refused: Vec<Value> = records(&d, "coster", "api_refused")
+        .into_iter()
+        .filter(|r| r["event"]["resource"] == "cost")
+        .collect();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    let _ = api.kill();
+    let _ = api.wait();
+}
+
+#[test]
+fn a_cost_budget_without_a_configured_meter_is_refused() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start();
+    let out = d.rush(&["agent", "spawn", "c0", "--budget", "cost:$1", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(text(&out.stderr).contains("meter.upstream is not set"), "{}", describe(&out));
+}

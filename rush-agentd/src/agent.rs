@@ -118,6 +118,14 @@ pub struct AgentManager {
 pub struct Budgets {
     pub control: Arc<dyn ResourceControl>,
     pub policy: Policy,
+    /// None: cost budgets are refused (unit tests).
+    pub meter: Option<MeterSetup>,
+}
+
+/// The metering proxy's config and where its events go.
+pub struct MeterSetup {
+    pub config: Arc<crate::meter::MeterConfig>,
+    pub events: tokio::sync::mpsc::UnboundedSender<crate::meter::MeterEvent>,
 }
 
 /// Why an agent is frozen; each reason holds one freeze of its cgroup.
@@ -170,6 +178,10 @@ struct Agent {
     pause: Pause,
     reported: Reported,
     exec: ExecRule,
+    /// The metering proxy of an agent with a cost budget; dropping it stops it.
+    meter: Option<crate::meter::AgentMeter>,
+    /// The cost last written to the store (restored into the meter after a restart).
+    cost_saved: u64,
 }
 
 fn api_err(kind: ErrorKind, msg: impl Into<String>) -> ApiError {
@@ -295,6 +307,23 @@ impl AgentManager {
                 }
             }
             let exec = self.exec_rule(rec.info.trust.as_deref());
+            // Its meter again, on the port the agent was told about, with what it spent.
+            let cost_saved = saved_cost(&rec.info);
+            let meter_port = rec.info.meter_url.as_deref().and_then(|u| u.rsplit(':').next()?.parse().ok());
+            let meter = match (rec.info.budget.cost_micro_usd, meter_port) {
+                (Some(limit), Some(port)) => match self.start_meter(&name, port, limit) {
+                    Some(Ok(m)) => {
+                        m.ledger.restore(cost_saved, 0);
+                        Some(m)
+                    }
+                    Some(Err(e)) => {
+                        tracing::error!(agent = %name, error = %e.message, "meter not restarted: its API calls fail");
+                        None
+                    }
+                    None => None,
+                },
+                _ => None,
+            };
             let (restored, entries) = self.tokens.restore(tokens);
             if let Err(e) = self.write_entries(cg.id, entries) {
                 tracing::error!(agent = %name, error = %e.message, "kernel entries not rebuilt");
@@ -316,6 +345,8 @@ impl AgentManager {
                         pause,
                         reported: Reported::default(),
                         exec,
+                        meter,
+                        cost_saved,
                     },
                 );
             }
@@ -374,7 +405,27 @@ impl AgentManager {
         if req.command.is_empty() || req.command[0].is_empty() {
             return Err(api_err(ErrorKind::InvalidArgument, "no command to run: give one after `--`"));
         }
-        let (req, budget, exec) = self.apply_trust(req)?;
+        let (mut req, budget, exec) = self.apply_trust(req)?;
+        // Cost budgets: the agent's API calls go through its own metering proxy.
+        let meter = match budget.cost_micro_usd {
+            Some(limit) => match self.start_meter(&name, 0, limit) {
+                Some(m) => Some(m?),
+                None => {
+                    return Err(api_err(
+                        ErrorKind::Unsupported,
+                        "refusing the cost budget: this daemon runs no metering proxy",
+                    ));
+                }
+            },
+            None => None,
+        };
+        let meter_url = meter.as_ref().map(|m| format!("http://{}", m.addr));
+        if let Some(url) = &meter_url {
+            for var in ["RUSH_METER_URL", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL"] {
+                req.env.retain(|(k, _)| k != var);
+                req.env.push((var.to_owned(), url.clone()));
+            }
+        }
         if let (Some(grant), Some(why)) = (req.allow.first(), &self.enforcement.file_tokens_unavailable) {
             return Err(api_err(
                 ErrorKind::Unsupported,
@@ -408,7 +459,19 @@ impl AgentManager {
             }
             (StdioMode::Log, _) => (None, Some(self.log_dir.join(format!("{name}.log")))),
         };
-        let net = resolve_net(req.net.as_ref().unwrap_or(&NetPolicy::Deny)).await?;
+        let mut net = resolve_net(req.net.as_ref().unwrap_or(&NetPolicy::Deny)).await?;
+        if let Some(m) = &meter {
+            // Its meter is always reachable, whatever else its network policy says.
+            let ep = (m.addr.ip(), m.addr.port());
+            net = match net {
+                KernelNetPolicy::Deny => KernelNetPolicy::List(vec![ep]),
+                KernelNetPolicy::List(mut eps) => {
+                    eps.push(ep);
+                    KernelNetPolicy::List(eps)
+                }
+                KernelNetPolicy::Allow => KernelNetPolicy::Allow,
+            };
+        }
         let file_tokens = if req.allow.is_empty() {
             None
         } else {
@@ -432,7 +495,8 @@ impl AgentManager {
         let result = self.start(&name, &req, plan, caller).await;
         let mut reg = self.registry();
         reg.starting.remove(&name);
-        let (info, cgroup, child, timed) = result?;
+        let (mut info, cgroup, child, timed) = result?;
+        info.meter_url = meter_url;
 
         let (tx, rx) = watch::channel(None);
         if reg.agents.remove(&name).is_some() {
@@ -449,6 +513,8 @@ impl AgentManager {
                 pause: Pause::default(),
                 reported: Reported { oom_kills: Some(0), fork_refusals: Some(0) },
                 exec,
+                meter,
+                cost_saved: 0,
             },
         );
         drop(reg);
@@ -532,6 +598,7 @@ impl AgentManager {
                     budget,
                     paused: None,
                     usage: Vec::new(),
+                    meter_url: None,
                     processes: 1,
                     started_unix_ms: now_unix_ms(),
                     enforcement: std::iter::once("identity:cgroup-v2")
@@ -712,14 +779,40 @@ impl AgentManager {
         let mut info = a.info.clone();
         if info.state == AgentState::Running {
             info.processes = self.cgroups.pids(&a.cgroup).len() as u32;
-            info.usage = crate::budget::usage_lines(&info.budget, &self.observe(&a.cgroup));
+            info.usage = crate::budget::usage_lines(&info.budget, &self.observe(&a.cgroup, ledger(a)));
         }
         info
     }
 
     /// Everything counted for an agent now.
-    fn observe(&self, cg: &AgentCgroup) -> Observed {
-        Observed { cgroup: self.budgets.control.usage(cg), ..Default::default() }
+    fn observe(&self, cg: &AgentCgroup, ledger: Option<Arc<crate::meter::Ledger>>) -> Observed {
+        Observed {
+            cgroup: self.budgets.control.usage(cg),
+            cost_micro_usd: ledger.map(|l| l.used_micro_usd()),
+            ..Default::default()
+        }
+    }
+
+    /// Starts a metering proxy for the agent; None if this daemon has none configured.
+    fn start_meter(
+        &self,
+        name: &str,
+        port: u16,
+        limit: u64,
+    ) -> Option<Result<crate::meter::AgentMeter, ApiError>> {
+        let setup = self.budgets.meter.as_ref()?;
+        let started = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(crate::meter::start_on(
+                setup.config.clone(),
+                name.to_owned(),
+                port,
+                limit,
+                setup.events.clone(),
+            ))
+        });
+        Some(started.map_err(|e| {
+            api_err(ErrorKind::Unsupported, format!("refusing the cost budget: {}", error_chain(&e)))
+        }))
     }
 
     /// Kills the agent's whole process tree. Cleanup (cgroup, kernel policy) follows when
@@ -905,13 +998,21 @@ impl AgentManager {
         caller: &Caller,
     ) -> Result<AgentInfo, ApiError> {
         let cg = self.running(name)?;
-        let (old, pause) = {
+        let (old, pause, ledger) = {
             let reg = self.registry();
             let a = reg.agents.get(name).ok_or_else(|| not_found(name))?;
-            (a.info.budget, a.pause)
+            (a.info.budget, a.pause, ledger(a))
         };
         let budget = raise.map_or(old, |r| old.overridden_by(&r));
-        let observed = self.observe(&cg);
+        if budget.cost_micro_usd.is_some() && old.cost_micro_usd.is_none() {
+            return Err(api_err(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "agent {name:?} was spawned without a cost budget: its API calls do not go through a meter"
+                ),
+            ));
+        }
+        let observed = self.observe(&cg, ledger.clone());
         if crate::budget::cpu_spent(&budget, &observed) {
             let used = crate::budget::cpu_ms(&observed).unwrap_or(0);
             return Err(api_err(
@@ -932,6 +1033,9 @@ impl AgentManager {
                 .await
                 .map_err(|e| api_err(ErrorKind::Internal, e.to_string()))?
                 .map_err(|e| api_err(ErrorKind::Unsupported, error_chain(&e)))?;
+        }
+        if let (Some(l), Some(limit)) = (&ledger, budget.cost_micro_usd) {
+            l.set_limit(limit);
         }
         for _ in [pause.operator, pause.cpu_budget].iter().filter(|on| **on) {
             self.cgroups
@@ -981,15 +1085,26 @@ impl AgentManager {
     /// One round of budget enforcement (the daemon runs it every `budget.poll_ms`): agents
     /// past their CPU time are frozen; new OOM kills and refused forks are audited.
     pub async fn check_budgets(&self) {
-        let agents: Vec<(String, AgentCgroup, Budget, Pause, Reported)> = self
+        type Row = (String, AgentCgroup, Budget, Pause, Reported, Option<Arc<crate::meter::Ledger>>, u64);
+        let agents: Vec<Row> = self
             .registry()
             .agents
             .iter()
             .filter(|(_, a)| a.info.state == AgentState::Running)
-            .map(|(n, a)| (n.clone(), a.cgroup.clone(), a.info.budget, a.pause, a.reported))
+            .map(|(n, a)| {
+                (n.clone(), a.cgroup.clone(), a.info.budget, a.pause, a.reported, ledger(a), a.cost_saved)
+            })
             .collect();
-        for (name, cg, budget, pause, reported) in agents {
-            let observed = self.observe(&cg);
+        for (name, cg, budget, pause, reported, ledger, cost_saved) in agents {
+            let observed = self.observe(&cg, ledger);
+            // Spend survives a daemon restart: written when it changed.
+            if let Some(cost) = observed.cost_micro_usd.filter(|c| *c != cost_saved) {
+                if let Some(a) = self.registry().agents.get_mut(&name) {
+                    a.cost_saved = cost;
+                    a.info.usage = crate::budget::usage_lines(&budget, &observed);
+                }
+                self.persist_agent(&name);
+            }
             let u = observed.cgroup;
             if !pause.cpu_budget && crate::budget::cpu_spent(&budget, &observed) {
                 if let Err(e) = self.freeze_for(&name, &cg).await {
@@ -1488,6 +1603,15 @@ fn token_err(what: &str, e: &TokenError) -> ApiError {
     api_err(kind, format!("{what}: {e}"))
 }
 
+fn ledger(a: &Agent) -> Option<Arc<crate::meter::Ledger>> {
+    a.meter.as_ref().map(|m| m.ledger.clone())
+}
+
+/// The cost an agent had spent when it was last stored.
+fn saved_cost(info: &AgentInfo) -> u64 {
+    info.usage.iter().find(|u| u.resource == "cost").map_or(0, |u| u.used)
+}
+
 fn not_found(name: &str) -> ApiError {
     api_err(ErrorKind::NotFound, format!("no agent named {name:?}"))
 }
@@ -1572,6 +1696,7 @@ mod tests {
             Budgets {
                 control: control.clone(),
                 policy: Policy::parse(crate::policy::DEFAULT_POLICY, "t").unwrap(),
+                meter: None,
             },
         );
         Fixture { mgr, kernel, cgroups, control, _dir: dir }

@@ -304,7 +304,7 @@ pub fn usage_lines(budget: &Budget, o: &Observed) -> Vec<BudgetUsage> {
             BudgetUnit::MicroUsd,
             o.cost_micro_usd,
             budget.cost_micro_usd,
-            "calls refused by the metering proxy (HTTP 429)",
+            "calls refused by the metering proxy (HTTP 402)",
         ),
     ]
     .into_iter()

@@ -29,6 +29,12 @@
 //! # model API endpoints (HOST:PORT, IP:PORT): each connect an agent makes to one counts as
 //! # one call against its `api` budget; host names are resolved when the daemon starts
 //! api_endpoints = []
+//!
+//! [meter]                      # the metering proxy of agents with a cost budget
+//! upstream = "http://127.0.0.1:8080/v1"   # http only; the path goes before each call's
+//! [meter.prices]               # USD per million tokens; `*` = prefix; default = unknown models
+//! "claude-3-5-sonnet*" = { input = 3, output = 15 }
+//! default = { input = 3, output = 15 }
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -52,6 +58,7 @@ pub struct Config {
     pub files: FilesSection,
     pub policy: PolicySection,
     pub budget: BudgetSection,
+    pub meter: crate::meter::MeterConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use rush_proto::AuditEvent;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::agent::{AgentManager, Budgets, Enforcement};
+use crate::agent::{AgentManager, Budgets, Enforcement, MeterSetup};
 use crate::api::{self, ApiContext};
 use crate::audit::AuditLog;
 use crate::bpf::{AttachReport, BpfConfig, BpfHandle, KernelEvent, KernelPolicy};
@@ -70,6 +70,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     };
 
     let policy = Policy::load(&config.policy.file)?;
+    let (meter_tx, meter_rx) = tokio::sync::mpsc::unbounded_channel();
     let audit = Arc::new(AuditLog::open(&state_dir.join("audit.jsonl"))?);
     let kernel: Arc<dyn KernelPolicy> = Arc::new(bpf.clone());
     let agents = AgentManager::new(
@@ -79,7 +80,11 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
         enforcement,
         log_dir,
         config.files.grants(),
-        Budgets { control: Arc::new(CgroupsRs::new(cgroups.layout().clone())), policy },
+        Budgets {
+            control: Arc::new(CgroupsRs::new(cgroups.layout().clone())),
+            policy,
+            meter: Some(MeterSetup { config: Arc::new(config.meter.clone()), events: meter_tx }),
+        },
     );
     let store = Arc::new(crate::store::Store::open(&state_dir.join("state.db"))?);
     agents.attach_store(store.clone());
@@ -89,6 +94,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     }
     agents.reap_orphans();
     let pump = tokio::spawn(pump_events(events, agents.clone(), audit.clone()));
+    let meter_pump = tokio::spawn(pump_meter_events(meter_rx, audit.clone()));
     let budget_poll = std::time::Duration::from_millis(config.budget.poll_ms);
     let budgets = tokio::spawn({
         let agents = agents.clone();
@@ -142,6 +148,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     }
     let _ = std::fs::remove_file(&config.daemon.socket);
     pump.abort();
+    meter_pump.abort();
     budgets.abort();
     drop(bpf);
     if ephemeral {
@@ -348,5 +355,49 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+/// The metering proxies' events into the audit trail: a budget crossed, a call refused.
+/// Each charge is only logged (one per API call would drown the trail).
+async fn pump_meter_events(
+    mut events: tokio::sync::mpsc::UnboundedReceiver<crate::meter::MeterEvent>,
+    audit: Arc<AuditLog>,
+) {
+    use crate::meter::MeterEvent;
+    while let Some(e) = events.recv().await {
+        match e {
+            MeterEvent::Exceeded { agent, used_micro_usd, limit_micro_usd } => {
+                tracing::warn!(%agent, used_micro_usd, limit_micro_usd, "cost budget spent: further API calls are refused");
+                audit.record(
+                    Some(&agent),
+                    AuditEvent::BudgetExceeded {
+                        resource: "cost".into(),
+                        used: used_micro_usd,
+                        limit: limit_micro_usd,
+                        action: "further calls refused by the metering proxy (HTTP 402)".into(),
+                    },
+                );
+            }
+            MeterEvent::Refused { agent, used_micro_usd, limit_micro_usd } => {
+                audit.record(
+                    Some(&agent),
+                    AuditEvent::ApiRefused {
+                        resource: "cost".into(),
+                        pid: 0,
+                        comm: String::new(),
+                        destination: "meter".into(),
+                        used: used_micro_usd,
+                        limit: limit_micro_usd,
+                    },
+                );
+            }
+            MeterEvent::Charged { agent, model, input_tokens, output_tokens, micro_usd } => {
+                tracing::debug!(%agent, %model, input_tokens, output_tokens, micro_usd, "API call charged");
+            }
+            MeterEvent::Unmetered { agent, status, reason } => {
+                tracing::warn!(%agent, status, %reason, "API call not metered: its usage was unreadable");
+            }
+        }
     }
 }

@@ -303,12 +303,24 @@ pub async fn start(
     limit_micro_usd: u64,
     events: mpsc::UnboundedSender<MeterEvent>,
 ) -> Result<AgentMeter, MeterError> {
+    start_on(cfg, agent, 0, limit_micro_usd, events).await
+}
+
+/// [`start`] on a given loopback port (0 = any): a restarted daemon takes the port an
+/// adopted agent was told about again.
+pub async fn start_on(
+    cfg: Arc<MeterConfig>,
+    agent: String,
+    port: u16,
+    limit_micro_usd: u64,
+    events: mpsc::UnboundedSender<MeterEvent>,
+) -> Result<AgentMeter, MeterError> {
     let upstream = cfg.upstream.clone().ok_or(MeterError::NoUpstream)?;
     if cfg.prices.is_empty() {
         return Err(MeterError::NoPrices);
     }
     let listen_err = |source| MeterError::Listen { agent: agent.clone(), source };
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.map_err(listen_err)?;
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await.map_err(listen_err)?;
     let addr = listener.local_addr().map_err(listen_err)?;
     let ledger = Arc::new(Ledger::new(limit_micro_usd));
     tracing::info!(agent = %agent, %addr, %upstream, limit_micro_usd, "meter started");

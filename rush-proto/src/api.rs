@@ -316,6 +316,10 @@ pub struct AgentInfo {
     /// Used against limit, per resource; filled by `ListAgents` and `AgentStatus`.
     #[serde(default)]
     pub usage: Vec<BudgetUsage>,
+    /// The metering proxy its model API calls go through (agents with a cost budget;
+    /// also in their environment as RUSH_METER_URL, OPENAI_BASE_URL, ANTHROPIC_BASE_URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meter_url: Option<String>,
     /// Processes currently in the agent's cgroup.
     pub processes: u32,
     pub started_unix_ms: u64,

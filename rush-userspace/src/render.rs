@@ -385,10 +385,11 @@ mod tests {
                     unit: rush_proto::BudgetUnit::MicroUsd,
                     used: 5_010_000,
                     limit: Some(5_000_000),
-                    at_limit: "calls refused by the metering proxy (HTTP 429)".into(),
+                    at_limit: "calls refused by the metering proxy (HTTP 402)".into(),
                     exceeded: true,
                 },
             ],
+            meter_url: None,
         }
     }
 

@@ -143,6 +143,7 @@ fn agent(name: &str) -> AgentInfo {
         budget: Default::default(),
         paused: None,
         usage: vec![],
+        meter_url: None,
     }
 }
 
