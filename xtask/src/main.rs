@@ -87,6 +87,8 @@ fn test(tier: Tier) -> Result<()> {
                 "host",
                 "--test",
                 "budget",
+                "--test",
+                "api",
                 "--",
                 "--test-threads",
                 "4",
