@@ -118,6 +118,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
             }
         });
     let parent = config.cgroup.parent.to_string_lossy().trim_matches('/').to_owned();
+    let meter_ready = config.meter.upstream.is_some() && !config.meter.prices.is_empty();
     let doctor_report = report.clone();
     let doctor_layout = cgroups.layout().clone();
     let ctx = Arc::new(ApiContext {
@@ -126,7 +127,11 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
         operator_gid,
         agent_cgroup_prefix: format!("/{parent}/"),
         doctor: Box::new(move || {
-            probe::doctor(&ProbeInputs { attach: Some(&doctor_report), cgroups: Some(&doctor_layout) })
+            probe::doctor(&ProbeInputs {
+                attach: Some(&doctor_report),
+                cgroups: Some(&doctor_layout),
+                meter_ready: Some(meter_ready),
+            })
         }),
     });
     let (shutdown_tx, _) = broadcast::channel(1);

@@ -144,7 +144,8 @@ fn local_doctor(json: bool) -> ExitCode {
         let _ = std::fs::remove_dir_all(&pin_dir);
         report
     });
-    let report = probe::doctor(&ProbeInputs { attach: attach.as_ref(), cgroups: layout.as_ref() });
+    let report =
+        probe::doctor(&ProbeInputs { attach: attach.as_ref(), cgroups: layout.as_ref(), meter_ready: None });
     if json {
         println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
     } else {

@@ -15,6 +15,8 @@ pub struct ProbeInputs<'a> {
     /// What really attached; None when no load was attempted.
     pub attach: Option<&'a AttachReport>,
     pub cgroups: Option<&'a CgroupLayout>,
+    /// Whether the metering proxy has an upstream and prices (cost budgets); None = unknown.
+    pub meter_ready: Option<bool>,
 }
 
 pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
@@ -197,7 +199,19 @@ pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
                 )
             },
         ),
-        g("budgets", false, "not implemented yet".into()),
+        budget_guarantee(inputs, "cpu", "cumulative CPU time: frozen at the limit (cgroup freezer)"),
+        budget_guarantee(inputs, "cpu-rate", "CPU bandwidth ceiling (cpu.max / cfs quota)"),
+        budget_guarantee(inputs, "mem", "memory ceiling, no swap past it: OOM kill inside the agent"),
+        budget_guarantee(inputs, "pids", "process ceiling: fork fails with EAGAIN"),
+        g(
+            "budget: cost",
+            inputs.meter_ready == Some(true),
+            match inputs.meter_ready {
+                Some(true) => "API spend charged from reported usage by a per-agent metering proxy".into(),
+                Some(false) => "config [meter] has no upstream or no prices: cost budgets are refused".into(),
+                None => "known only to a running daemon".into(),
+            },
+        ),
         g("time travel", false, "not implemented yet".into()),
         g(
             "persistence across daemon restarts",
@@ -314,7 +328,7 @@ mod tests {
             ],
             btrfs_keyed: false,
         };
-        let r = doctor(&ProbeInputs { attach: Some(&attach), cgroups: None });
+        let r = doctor(&ProbeInputs { attach: Some(&attach), cgroups: None, meter_ready: None });
         let file = r.guarantees.iter().find(|g| g.name == "file tokens").unwrap();
         assert!(!file.holds);
         let guard = r.guarantees.iter().find(|g| g.name == "self-protection").unwrap();
@@ -322,5 +336,24 @@ mod tests {
         let p = r.probes.iter().find(|p| p.name == "bpf-lsm-attach").unwrap();
         assert!(!p.ok);
         assert!(r.probes.iter().any(|p| p.name == "landlock"));
+    }
+}
+
+/// One cgroup-controller budget: holds where cgroups-rs can reach the controller.
+fn budget_guarantee(inputs: &ProbeInputs<'_>, resource: &str, what: &str) -> Guarantee {
+    let why_not = match inputs.cgroups {
+        Some(l) => crate::budget::ResourceControl::unavailable(&crate::budget::CgroupsRs::new(l.clone()))
+            .into_iter()
+            .find(|(r, _)| *r == resource)
+            .map(|(_, why)| why),
+        None => Some("no cgroup v2 hierarchy".into()),
+    };
+    Guarantee {
+        name: format!("budget: {resource}"),
+        holds: why_not.is_none(),
+        detail: match why_not {
+            None => what.to_owned(),
+            Some(why) => format!("{why}: a {resource} budget is refused"),
+        },
     }
 }
