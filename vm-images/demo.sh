@@ -39,6 +39,27 @@ cleanup() {
 }
 trap cleanup EXIT
 
+budget_scenes() {
+    scene "Budgets: a busy loop with cpu:2s is frozen when it has used its 2 s of CPU"
+    show rush agent spawn spinner --detach --budget cpu:2s,pids:32 -- sh -c 'while :; do :; done'
+    i=0
+    until rush agent status spinner | grep -q 'paused (budget:cpu)'; do
+        i=$((i + 1)); [ $i -lt 300 ] || fail "the cpu budget did not freeze the agent"
+        sleep 0.2
+    done
+    show rush agent status spinner
+    scene "Resuming needs a raised budget; with one it runs on"
+    show rush agent resume spinner
+    show rush agent resume spinner --budget cpu:4s
+    show rush agent kill spinner
+    scene "A fork bomb stops at pids:8 (fork fails with EAGAIN), and the refusal is audited"
+    show rush agent spawn forker --budget pids:8 -- sh -c \
+        'for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 3 & done 2>&1 | head -1; wait'
+    sleep 0.5
+    show rush audit --agent forker --limit 3
+    rush audit --agent forker | grep -q fork_refused || fail "the refused fork was not audited"
+}
+
 mkdir -p "$WS/project" "$WS/private" "$STATE/www"
 echo "notes of the project" > "$WS/project/notes.txt"
 echo "do not read" > "$WS/private/keys.txt"
@@ -60,7 +81,8 @@ if ! rush doctor | grep -Eq '^file tokens +yes'; then
     scene "Files: this kernel cannot attach BPF LSM programs, so a file grant is refused, not faked"
     show rush agent spawn editor --allow "$WS/project:read,write" -- cat "$WS/project/notes.txt"
     echo "(run \`cargo xtask demo\` without --host to see file tokens enforced in a QEMU guest)"
-    scene "Still to come (tracked as issues): budgets (cpu, memory, network, API cost) and rollback"
+    budget_scenes
+    scene "Still to come (tracked as an issue): rollback"
     printf '\ndemo finished\n'
     exit 0
 fi
@@ -109,6 +131,8 @@ sleep 0.3
 rm -rf /sys/fs/bpf/rush-demo
 start_daemon
 
-scene "Still to come (tracked as issues): budgets (cpu, memory, network, API cost) and rollback"
-echo "Budget breaches and time travel are not built yet; this demo shows nothing it cannot do."
+budget_scenes
+
+scene "Still to come (tracked as an issue): rollback"
+echo "Time travel is not built yet; this demo shows nothing it cannot do."
 printf '\ndemo finished\n'

@@ -1020,7 +1020,7 @@ impl AgentManager {
                 format!(
                     "agent {name:?} has used {} of CPU time against a budget of {}: it stays frozen; \
                      resume it with a higher one, e.g. --budget cpu:{}",
-                    rush_proto::budget::format_cpu_ms(used),
+                    format!("{:.1}s", used as f64 / 1000.0),
                     rush_proto::budget::format_cpu_ms(budget.cpu_ms.unwrap_or(0)),
                     rush_proto::budget::format_cpu_ms((used * 2).max(1000).div_ceil(1000) * 1000)
                 ),
