@@ -264,3 +264,33 @@ fn a_cost_budget_without_a_configured_meter_is_refused() {
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(text(&out.stderr).contains("meter.upstream is not set"), "{}", describe(&out));
 }
+
+#[test]
+fn an_agent_frozen_at_its_budget_stays_frozen_across_a_daemon_crash() {
+    if !ready() {
+        return;
+    }
+    let mut d = Daemon::start();
+    let t = tool();
+    let out = d.rush(&["agent", "spawn", "held", "--budget", "cpu:1s,pids:32", "--detach", "--", &t, "spin"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let paused = |d: &Daemon| status(d, "held")["paused"] == "budget:cpu";
+    assert!(wait_until(Duration::from_secs(60), || paused(&d)), "not frozen at 1 s of CPU");
+    let used = |d: &Daemon| usage(d, "held", "cpu")["used"].as_u64().unwrap();
+    let before = used(&d);
+
+    d.kill9();
+    std::thread::sleep(Duration::from_secs(1));
+    d.restart();
+    let s = status(&d, "held");
+    assert_eq!(s["paused"], "budget:cpu", "re-adopted frozen: {s}");
+    assert_eq!(s["budget"]["cpu_ms"], 1000, "its budget came back from the store: {s}");
+    std::thread::sleep(Duration::from_secs(1));
+    let after = used(&d);
+    assert!(after - before < 50, "it ran while the daemon was down or after: {before} ms, then {after} ms");
+
+    let out = d.rush(&["agent", "resume", "held", "--budget", "cpu:3s"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(wait_until(Duration::from_secs(30), || used(&d) > after + 300), "it runs again after resume");
+    assert!(d.rush(&["agent", "kill", "held"]).status.success());
+}
