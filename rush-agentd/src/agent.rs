@@ -3,7 +3,6 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
-use std::net::IpAddr;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -1179,7 +1178,8 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Host names are resolved now, once: the kernel matches addresses.
+/// Host names are resolved now, once, to their addresses (full prefixes): the kernel
+/// matches addresses. Prefixes are checked again: the request may not come from our parser.
 async fn resolve_net(net: &NetPolicy) -> Result<KernelNetPolicy, ApiError> {
     Ok(match net {
         NetPolicy::Deny => KernelNetPolicy::Deny,
@@ -1187,8 +1187,11 @@ async fn resolve_net(net: &NetPolicy) -> Result<KernelNetPolicy, ApiError> {
         NetPolicy::AllowList(eps) => {
             let mut out = Vec::new();
             for ep in eps {
-                if let Ok(ip) = ep.host.parse::<IpAddr>() {
-                    out.push((ip, ep.port));
+                let block = ep
+                    .ip_prefix()
+                    .map_err(|why| api_err(ErrorKind::InvalidArgument, format!("--net {ep}: {why}")))?;
+                if let Some((ip, len)) = block {
+                    out.push((ip, len, ep.port));
                     continue;
                 }
                 let addrs = tokio::net::lookup_host((ep.host.as_str(), ep.port)).await.map_err(|e| {
@@ -1198,7 +1201,7 @@ async fn resolve_net(net: &NetPolicy) -> Result<KernelNetPolicy, ApiError> {
                     )
                 })?;
                 let before = out.len();
-                out.extend(addrs.map(|a| (a.ip(), ep.port)));
+                out.extend(addrs.map(|a| (a.ip(), if a.is_ipv4() { 32 } else { 128 }, ep.port)));
                 if out.len() == before {
                     return Err(api_err(
                         ErrorKind::InvalidArgument,
@@ -1341,13 +1344,24 @@ mod tests {
 
     #[tokio::test]
     async fn allow_list_resolves_to_addresses() {
-        let p = resolve_net(&"127.0.0.1:80,[::1]:*,localhost:8080".parse().unwrap()).await.unwrap();
+        let p = resolve_net(&"127.0.0.1:80,[::1]:*,localhost:8080,10.0.0.0/8:443".parse().unwrap())
+            .await
+            .unwrap();
         let KernelNetPolicy::List(l) = p else { panic!() };
-        assert!(l.contains(&("127.0.0.1".parse().unwrap(), 80)));
-        assert!(l.contains(&("::1".parse().unwrap(), 0)));
-        assert!(l.iter().any(|(ip, port)| ip.is_loopback() && *port == 8080));
+        assert!(l.contains(&("127.0.0.1".parse().unwrap(), 32, 80)));
+        assert!(l.contains(&("::1".parse().unwrap(), 128, 0)));
+        assert!(l.contains(&("10.0.0.0".parse().unwrap(), 8, 443)));
+        assert!(l.iter().any(|(ip, len, port)| ip.is_loopback() && *len >= 32 && *port == 8080));
         let e = resolve_net(&"no-such-host.invalid:80".parse().unwrap()).await.unwrap_err();
         assert!(e.message.contains("no-such-host.invalid"), "{}", e.message);
+        // A prefix on a name, from a request the CLI's parser did not make.
+        let bad = NetPolicy::AllowList(vec![rush_proto::NetEndpoint {
+            host: "localhost".into(),
+            port: 80,
+            prefix: Some(8),
+        }]);
+        let e = resolve_net(&bad).await.unwrap_err();
+        assert!(e.message.contains("host name"), "{}", e.message);
     }
 
     #[tokio::test]

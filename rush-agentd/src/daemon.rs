@@ -176,7 +176,8 @@ async fn pump_events(
         let deny_of = match &ev {
             KernelEvent::NetDeny { cgroup_id, .. }
             | KernelEvent::FileDeny { cgroup_id, .. }
-            | KernelEvent::GuardDeny { cgroup_id, .. } => Some(*cgroup_id),
+            | KernelEvent::GuardDeny { cgroup_id, .. }
+            | KernelEvent::ApiCallRefused { cgroup_id, .. } => Some(*cgroup_id),
             _ => None,
         };
         if let Some(cgroup_id) = deny_of
@@ -224,6 +225,15 @@ async fn pump_events(
                 let moved = agents.tokens().rekey(cgroup_id, from, to);
                 agents.persist_rekey(cgroup_id, from, to);
                 tracing::debug!(cgroup_id, ?from, ?to, moved, "a save moved a grant to a new inode");
+            }
+            // TODO(budget): audit records (and pausing the agent) for budget events.
+            KernelEvent::NetBudgetExceeded { cgroup_id, used, limit } => {
+                let name = agents.name_of(cgroup_id).unwrap_or_else(|| format!("cgroup:{cgroup_id}"));
+                tracing::warn!(agent = %name, used, limit, "network byte budget spent: packets dropped");
+            }
+            KernelEvent::ApiCallRefused { cgroup_id, pid, uid, comm, addr, port, calls, limit } => {
+                let name = agents.name_of(cgroup_id).unwrap_or_else(|| format!("cgroup:{cgroup_id}"));
+                tracing::warn!(agent = %name, pid, uid, comm, %addr, port, calls, limit, "API call budget spent: connect refused");
             }
             KernelEvent::Lost { count } => {
                 tracing::warn!(count, "kernel events lost: ring buffer full");
