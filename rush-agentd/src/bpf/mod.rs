@@ -93,6 +93,13 @@ pub enum BpfError {
         #[source]
         source: libbpf_rs::Error,
     },
+    #[error("map {map}: {op}")]
+    GlobalMap {
+        map: &'static str,
+        op: &'static str,
+        #[source]
+        source: libbpf_rs::Error,
+    },
     #[error("map {map}: opening a handle")]
     MapHandle {
         map: &'static str,
@@ -420,7 +427,8 @@ pub trait KernelPolicy: Send + Sync + 'static {
     /// What the agent has used; None = no entry (not an agent of this daemon).
     fn net_usage(&self, cgroup_id: u64) -> Result<Option<NetUsage>, BpfError>;
     /// The API endpoints whose connects count as API calls (global; replaces the set).
-    /// Port 0 = any port of that address.
+    /// Port 0 = any port of that address. One connect() is one call: requests sent over a
+    /// kept-alive connection are not seen, so this bounds connections, not requests.
     fn set_api_endpoints(&self, endpoints: &[(IpAddr, u16)]) -> Result<(), BpfError>;
 }
 

@@ -351,18 +351,22 @@ impl AgentMaps {
                 RushApiKey { family, port, pad: 0, addr }
             })
             .collect();
-        // Not about one agent: the error names cgroup 0.
         let added: Vec<RushApiKey> = keys.difference(&self.api_keys).copied().collect();
         for key in added {
-            self.api
-                .update(key.as_bytes(), &[1], MapFlags::ANY)
-                .map_err(|source| map_err(MAP_API_ADDRS, "update", 0, source))?;
+            self.api.update(key.as_bytes(), &[1], MapFlags::ANY).map_err(|source| BpfError::GlobalMap {
+                map: MAP_API_ADDRS,
+                op: "update",
+                source,
+            })?;
             self.api_keys.insert(key);
         }
         let stale: Vec<RushApiKey> = self.api_keys.difference(&keys).copied().collect();
         for key in stale {
-            delete(&self.api, key.as_bytes())
-                .map_err(|source| map_err(MAP_API_ADDRS, "delete", 0, source))?;
+            delete(&self.api, key.as_bytes()).map_err(|source| BpfError::GlobalMap {
+                map: MAP_API_ADDRS,
+                op: "delete",
+                source,
+            })?;
             self.api_keys.remove(&key);
         }
         Ok(())
