@@ -1,11 +1,18 @@
 //! `cargo xtask bench`: Rush's costs as ratios against a baseline measured in the same
 //! run, alternating the two sides so machine noise hits both alike.
 
-use std::net::UdpSocket;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kernel_tests::{Daemon, bin, describe, is_root};
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+use rush_ebpf::{MAP_NET_USAGE, Plain, RushNetUsage};
 
 fn percentile(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
@@ -54,8 +61,185 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// A loopback peer outside any agent, one connection at a time on each port: `sink`
+/// reads each connection to EOF, then closes; `source` writes `bytes` in 64 KiB writes,
+/// then closes.
+fn loopback_peer(bytes: u64) -> (SocketAddr, SocketAddr) {
+    let sink = TcpListener::bind("127.0.0.1:0").unwrap();
+    let source = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addrs = (sink.local_addr().unwrap(), source.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        for mut s in sink.incoming().flatten() {
+            while let Ok(1..) = s.read(&mut buf) {}
+        }
+    });
+    std::thread::spawn(move || {
+        let buf = vec![0xa5u8; 64 * 1024];
+        for mut s in source.incoming().flatten() {
+            let mut left = bytes;
+            while left > 0 {
+                match s.write(&buf[..left.min(buf.len() as u64) as usize]) {
+                    Ok(n) => left -= n as u64,
+                    Err(_) => break,
+                }
+            }
+        }
+    });
+    addrs
+}
+
+/// One `rush-test-net upload|download` run: bytes per second, as the tool measured it
+/// (connect to last byte); panics unless every byte went through.
+fn stream_rate(cmd: &mut Command, bytes: u64) -> f64 {
+    let out = cmd.stdin(Stdio::null()).output().expect("run rush-test-net");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok());
+    match (field("bytes "), field("ns ")) {
+        (Some(b), Some(ns)) if b == bytes && out.status.success() => b as f64 / (ns as f64 / 1e9),
+        _ => panic!("transfer incomplete: {}", describe(&out)),
+    }
+}
+
+/// Watches the daemon's pinned usage map while an agent runs and records the most bytes
+/// an entry counted (proof the counters ran: the agent has exited by the time it could be
+/// asked through `rush agent status`).
+struct UsageWatch {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<u64>,
+}
+
+impl UsageWatch {
+    fn start(pin_dir: &Path) -> UsageWatch {
+        let map = MapHandle::from_pinned_path(pin_dir.join(MAP_NET_USAGE)).expect("the pinned usage map");
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut most = 0;
+            while !stopped.load(Ordering::Relaxed) {
+                for key in map.keys() {
+                    let Ok(Some(value)) = map.lookup(&key, MapFlags::ANY) else { continue };
+                    let Some(usage) = RushNetUsage::from_bytes(&value) else { continue };
+                    if usage.limit_bytes > 0 {
+                        most = most.max(usage.tx_bytes + usage.rx_bytes);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            most
+        });
+        UsageWatch { stop, thread }
+    }
+
+    /// The most bytes one entry counted while watched.
+    fn finish(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+/// TCP loopback throughput: 256 MiB in 64 KiB writes, up (the measured process writes)
+/// and down (it reads), against a peer outside any agent.
+struct Throughput {
+    sink: SocketAddr,
+    source: SocketAddr,
+    net: std::path::PathBuf,
+}
+
+const TPUT_BYTES: u64 = 256 << 20;
+const DIRECTIONS: [&str; 2] = ["upload", "download"];
+/// Every measured process sleeps first, inside or outside an agent, so that the daemon
+/// has finished tearing down the previous agent (2 cores: it would share them).
+const SETTLE: &str = "sleep 0.2; exec \"$0\" \"$@\"";
+
+impl Throughput {
+    fn start() -> Throughput {
+        let (sink, source) = loopback_peer(TPUT_BYTES);
+        Throughput { sink, source, net: bin("rush-test-net") }
+    }
+
+    /// The measured command line: sh (settle) + rush-test-net DIR ADDR BYTES.
+    fn args(&self, dir: &str) -> Vec<String> {
+        let addr = if dir == "upload" { self.sink } else { self.source };
+        let net = self.net.to_str().unwrap();
+        ["/bin/sh", "-c", SETTLE, net, dir, &addr.to_string(), &TPUT_BYTES.to_string()]
+            .map(str::to_owned)
+            .to_vec()
+    }
+
+    fn outside(&self, dir: &str) -> f64 {
+        let args = self.args(dir);
+        stream_rate(Command::new(&args[0]).args(&args[1..]), TPUT_BYTES)
+    }
+
+    /// Rate, and the bytes the kernel counted for the agent.
+    fn inside(&self, d: &Daemon, dir: &str) -> (f64, u64) {
+        let mut c = Command::new(bin("rush"));
+        c.args([
+            "--socket",
+            d.socket.to_str().unwrap(),
+            "agent",
+            "spawn",
+            "tput",
+            "--net",
+            "127.0.0.1:*",
+            "--budget",
+            "net:100G",
+            "--",
+        ]);
+        c.args(self.args(dir));
+        let watch = UsageWatch::start(&d.pin_dir);
+        let rate = stream_rate(&mut c, TPUT_BYTES);
+        let counted = watch.finish();
+        assert!(counted > 0, "the agent's traffic was not counted: no usage entry with bytes seen");
+        (rate, counted)
+    }
+}
+
+/// Outside any agent (the programs attached: one failed lookup per packet) and inside an
+/// agent whose packets the cgroup_skb programs count against a large byte budget;
+/// alternated, medians. `baseline`: the same outside, before any Rush program was attached.
+fn tcp_throughput(t: &Throughput, baseline: &[f64; 2], d: &Daemon, runs: usize) {
+    let gbit = |r: f64| format!("{:.2} Gbit/s", r * 8.0 / 1e9);
+    println!(
+        "\n| TCP loopback, 256 MiB in 64 KiB writes (median of {runs}) | no Rush program | outside any agent \
+         | inside an agent, counted against a budget | ratio inside/outside | bytes the kernel counted |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (dir, base) in DIRECTIONS.into_iter().zip(baseline) {
+        let (mut out, mut ins, mut counted) = (Vec::new(), Vec::new(), 0);
+        for _ in 0..runs {
+            out.push(t.outside(dir));
+            let (rate, c) = t.inside(d, dir);
+            ins.push(rate);
+            counted = counted.max(c);
+        }
+        let (o, i) = (median(out), median(ins));
+        let mib = counted as f64 / (1 << 20) as f64;
+        println!(
+            "| {dir} | {} | {} | {} | {:.2}x | {mib:.0} MiB (last poll) |",
+            gbit(*base),
+            gbit(o),
+            gbit(i),
+            i / o
+        );
+    }
+}
+
+/// The outside rates before any daemon runs.
+fn tcp_baseline(t: &Throughput, runs: usize) -> [f64; 2] {
+    DIRECTIONS.map(|dir| median((0..runs).map(|_| t.outside(dir)).collect()))
+}
+
 fn main() {
     assert!(is_root(), "the benchmarks need root (they run the daemon)");
+    // `rush-bench tcp-throughput`: only that table.
+    if std::env::args().nth(1).as_deref() == Some("tcp-throughput") {
+        let t = Throughput::start();
+        let baseline = tcp_baseline(&t, 7);
+        tcp_throughput(&t, &baseline, &Daemon::start(), 7);
+        return;
+    }
     let uname = Command::new("uname")
         .arg("-r")
         .output()
@@ -79,6 +263,8 @@ fn main() {
         c
     };
     let mut no_program: Vec<f64> = (0..loops).map(|_| connect_loop(&mut plain())).collect();
+    let tput = Throughput::start();
+    let tput_baseline = tcp_baseline(&tput, loops);
 
     let d = Daemon::start();
     let rush = bin("rush");
@@ -148,6 +334,7 @@ fn main() {
             &addr,
         ])));
     }
+    tcp_throughput(&tput, &tput_baseline, &d, loops);
     drop(d);
     no_program.extend((0..loops).map(|_| connect_loop(&mut plain())));
     let (base, out_ns, in_ns) = (median(no_program), median(outside), median(inside));

@@ -294,3 +294,118 @@ fn an_agent_frozen_at_its_budget_stays_frozen_across_a_daemon_crash() {
     assert!(wait_until(Duration::from_secs(30), || used(&d) > after + 300), "it runs again after resume");
     assert!(d.rush(&["agent", "kill", "held"]).status.success());
 }
+
+/// A TCP server outside any agent that sends `bytes` to everyone who connects.
+fn bulk_server(bytes: usize) -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            std::thread::spawn(move || {
+                let chunk = vec![0x42u8; 64 * 1024];
+                let mut left = bytes;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    if std::io::Write::write_all(&mut c, &chunk[..n]).is_err() {
+                        return;
+                    }
+                    left -= n;
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_download_stops_at_its_net_budget_and_goes_on_after_a_raise() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start();
+    let port = bulk_server(8 << 20);
+    let addr = format!("127.0.0.1:{port}");
+    let net_tool = bin("rush-test-net");
+    let net_tool = net_tool.to_str().unwrap();
+    let dl = |d: &Daemon, name: &str| {
+        d.rush(&[
+            "agent", "spawn", name, "--net", &addr, "--budget", "net:1M", "--", net_tool, "download", &addr,
+            "8388608",
+        ])
+    };
+    let out = dl(&d, "dl");
+    assert_eq!(out.status.code(), Some(10), "the download must stall: {}", describe(&out));
+    let got: u64 = text(&out.stdout).lines().find_map(|l| l.strip_prefix("bytes ")?.parse().ok()).unwrap();
+    assert!(got < (1 << 20) + (128 << 10) && got > 256 << 10, "{got} bytes through a 1 MiB budget");
+    let exceeded = records(&d, "dl", "budget_exceeded");
+    assert_eq!(exceeded.len(), 1, "{exceeded:?}");
+    assert_eq!(exceeded[0]["event"]["resource"], "net");
+    assert_eq!(exceeded[0]["event"]["limit"], 1u64 << 20);
+
+    // A detached agent: stalled at its budget, then raised, and the rest arrives.
+    let script = format!(
+        "{net_tool} download {addr} 1048576; echo first=$?; sleep 3; {net_tool} download {addr} 4194304; echo second=$?"
+    );
+    let out = d.rush(&[
+        "agent", "spawn", "dl2", "--net", &addr, "--budget", "net:512K", "--detach", "--", "/bin/sh", "-c",
+        &script,
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let logs = || text(&d.rush(&["agent", "logs", "dl2"]).stdout);
+    assert!(wait_until(Duration::from_secs(20), || logs().contains("first=10")), "{}", logs());
+    let net = usage(&d, "dl2", "net");
+    assert_eq!(net["exceeded"], true, "{net}");
+    let out = d.rush(&["agent", "resume", "dl2", "--budget", "net:64M"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(wait_until(Duration::from_secs(30), || logs().contains("second=")), "{}", logs());
+    assert!(logs().contains("bytes 4194304") && logs().contains("second=0"), "{}", logs());
+}
+
+#[test]
+fn the_call_after_an_api_budget_is_refused_by_the_kernel() {
+    if !ready() {
+        return;
+    }
+    let (mut api, port) = fake_api("anthropic");
+    let d = Daemon::start_with_config(&format!("[budget]\napi_endpoints = [\"127.0.0.1:{port}\"]\n"));
+    let url = format!("http://127.0.0.1:{port}/v1/messages");
+    let api_tool = bin("rush-test-api");
+    let net = format!("127.0.0.1:{port}");
+    let out = d.rush(&[
+        "agent",
+        "spawn",
+        "caller",
+        "--net",
+        &net,
+        "--budget",
+        "api:10",
+        "--detach",
+        "--",
+        "/bin/sh",
+        "-c",
+        &format!("{} call {url} --count 11; echo rc=$?; sleep 30", api_tool.display()),
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let logs = || text(&d.rush(&["agent", "logs", "caller"]).stdout);
+    assert!(wait_until(Duration::from_secs(20), || logs().contains("rc=")), "{}", logs());
+    let lines: Vec<String> = logs().lines().map(str::to_owned).collect();
+    assert!(lines[..10].iter().all(|l| l == "ok 200"), "{lines:?}");
+    assert_eq!(lines[10], "refused EPERM", "{lines:?}");
+    assert!(logs().contains("rc=4"), "{lines:?}");
+    let line = usage(&d, "caller", "api");
+    assert_eq!((line["used"].as_u64(), line["limit"].as_u64()), (Some(10), Some(10)), "{line}");
+    let refused = records(&d, "caller", "api_refused");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["event"]["resource"], "api");
+    assert_eq!(refused[0]["event"]["destination"], net.as_str());
+    assert!(d.rush(&["agent", "kill", "caller"]).status.success());
+    let _ = api.kill();
+    let _ = api.wait();
+
+    // Without configured endpoints an api budget would count nothing: refused.
+    let plain = Daemon::start();
+    let out = plain.rush(&["agent", "spawn", "c2", "--budget", "api:10", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(text(&out.stderr).contains("no API endpoints are configured"), "{}", describe(&out));
+}

@@ -119,6 +119,41 @@ fn allow_list_admits_only_the_listed_destinations() {
 }
 
 #[test]
+fn cidr_allow_lists_admit_whole_blocks() {
+    if !host_ready() {
+        return;
+    }
+    let d = Daemon::start();
+    let a = HttpServer::start();
+    let b = HttpServer::start();
+    let on_a = format!("127.0.0.1:{}", a.port);
+    let on_b = format!("127.0.0.1:{}", b.port);
+    // Only 127.0.0.1 listens: elsewhere in 127/8 an allowed connect is refused by the
+    // stack (ECONNREFUSED), a denied one by Rush (EPERM).
+    let elsewhere = format!("127.3.2.1:{}", a.port);
+
+    let block_a = format!("127.0.0.0/8:{}", a.port);
+    assert_eq!(stdout(&net(&d, "c1", &block_a, "tcp", &on_a)), "ok");
+    assert_eq!(stdout(&net(&d, "c2", &block_a, "tcp", &elsewhere)), "errno ECONNREFUSED");
+    assert_eq!(stdout(&net(&d, "c3", &block_a, "tcp", &on_b)), "errno EPERM", "other port");
+    assert_eq!(stdout(&net(&d, "c4", "127.0.0.0/8:*", "tcp", &on_b)), "ok");
+    // Host bits are cleared: 127.9.9.9/8 is 127.0.0.0/8.
+    assert_eq!(stdout(&net(&d, "c5", "127.9.9.9/8:*", "tcp", &on_b)), "ok");
+    assert_eq!(stdout(&net(&d, "c6", "127.0.0.0/30:*", "tcp", &elsewhere)), "errno EPERM");
+    assert_eq!(stdout(&net(&d, "c7", "10.0.0.0/8:*,[::/0]:*", "tcp", &on_a)), "errno EPERM");
+    // An IPv6 block, and IPv4 through a v6 socket judged as IPv4.
+    let v6 = format!("[::1]:{}", a.port);
+    assert_eq!(stdout(&net(&d, "c8", "[::/64]:*", "tcp", &v6)), "errno ECONNREFUSED");
+    let mapped = format!("[::ffff:127.0.0.1]:{}", a.port);
+    assert_eq!(stdout(&net(&d, "c9", "127.0.0.0/8:*", "tcp", &mapped)), "ok");
+    // The policy is shown normalised.
+    let spawned = d.audit().into_iter().find(|r| r["agent"] == "c5" && r["event"]["kind"] == "spawn");
+    let spawned = spawned.expect("a spawn record of c5");
+    assert_eq!(spawned["event"]["net"]["endpoints"][0]["host"], "127.0.0.0", "{spawned}");
+    assert_eq!(spawned["event"]["net"]["endpoints"][0]["prefix"], 8, "{spawned}");
+}
+
+#[test]
 fn udp_sendmsg_and_ipv6_are_covered_too() {
     if !host_ready() {
         return;
@@ -325,6 +360,8 @@ fn bad_input_gives_one_clear_line_and_changes_nothing() {
         (vec!["agent", "spawn", "x", "--bogus", "--", "true"], 2, "--bogus"),
         (vec!["agent", "spawn", "x", "--net", "10.0.0.1", "--", "true"], 2, "missing ':PORT'"),
         (vec!["agent", "spawn", "x", "--net", "1.2.3.4:99999", "--", "true"], 2, "99999"),
+        (vec!["agent", "spawn", "x", "--net", "10.0.0.0/33:80", "--", "true"], 2, "/33"),
+        (vec!["agent", "spawn", "x", "--net", "example.com/24:80", "--", "true"], 2, "host name"),
         (vec!["agent", "spawn", "x", "--allow", "relative:read", "--", "true"], 2, "absolute"),
         (vec!["agent", "spawn", "x", "--allow", "/tmp:fly", "--", "true"], 2, "fly"),
         (vec!["agent", "spawn", "bad/name", "--", "true"], 2, "invalid agent name"),

@@ -3,7 +3,6 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
-use std::net::IpAddr;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -120,6 +119,9 @@ pub struct Budgets {
     pub policy: Policy,
     /// None: cost budgets are refused (unit tests).
     pub meter: Option<MeterSetup>,
+    /// How many API endpoint addresses the kernel counts connects to; with none, an `api`
+    /// budget would count nothing and is refused.
+    pub api_endpoints: usize,
 }
 
 /// The metering proxy's config and where its events go.
@@ -462,7 +464,7 @@ impl AgentManager {
         let mut net = resolve_net(req.net.as_ref().unwrap_or(&NetPolicy::Deny)).await?;
         if let Some(m) = &meter {
             // Its meter is always reachable, whatever else its network policy says.
-            let ep = (m.addr.ip(), m.addr.port());
+            let ep = (m.addr.ip(), 32, m.addr.port());
             net = match net {
                 KernelNetPolicy::Deny => KernelNetPolicy::List(vec![ep]),
                 KernelNetPolicy::List(mut eps) => {
@@ -572,7 +574,8 @@ impl AgentManager {
                 .control
                 .apply(&cg, &budget)
                 .map_err(|e| crate::bpf::BpfError::Other(error_chain(&e)))?;
-            self.kernel.add_agent(cg.id, &net, files_confined)
+            self.kernel.add_agent(cg.id, &net, files_confined)?;
+            self.kernel.set_net_budget(cg.id, net_budget(&budget))
         })();
         if let Err(e) = installed {
             self.tokens.forget_agent(cg.id);
@@ -786,10 +789,14 @@ impl AgentManager {
 
     /// Everything counted for an agent now.
     fn observe(&self, cg: &AgentCgroup, ledger: Option<Arc<crate::meter::Ledger>>) -> Observed {
+        let net = self.kernel.net_usage(cg.id).ok().flatten();
         Observed {
             cgroup: self.budgets.control.usage(cg),
+            net_bytes: net.map(|n| n.tx_bytes + n.rx_bytes),
+            api_calls: net.map(|n| n.api_calls),
+            net_dropped: net.map_or(0, |n| n.dropped_packets),
+            api_refused: net.map_or(0, |n| n.refused_calls),
             cost_micro_usd: ledger.map(|l| l.used_micro_usd()),
-            ..Default::default()
         }
     }
 
@@ -958,6 +965,13 @@ impl AgentManager {
                 });
             }
         }
+        if budget.api_calls.is_some() && self.budgets.api_endpoints == 0 {
+            return Err(api_err(
+                ErrorKind::Unsupported,
+                "refusing the api budget: no API endpoints are configured (budget.api_endpoints in the \
+                 daemon's config), so no call would be counted",
+            ));
+        }
         if let Some((resource, why)) =
             self.budgets.control.unavailable().into_iter().find(|(r, _)| crate::budget::sets(&budget, r))
         {
@@ -1018,9 +1032,9 @@ impl AgentManager {
             return Err(api_err(
                 ErrorKind::InvalidArgument,
                 format!(
-                    "agent {name:?} has used {} of CPU time against a budget of {}: it stays frozen; \
+                    "agent {name:?} has used {:.1}s of CPU time against a budget of {}: it stays frozen; \
                      resume it with a higher one, e.g. --budget cpu:{}",
-                    format!("{:.1}s", used as f64 / 1000.0),
+                    used as f64 / 1000.0,
                     rush_proto::budget::format_cpu_ms(budget.cpu_ms.unwrap_or(0)),
                     rush_proto::budget::format_cpu_ms((used * 2).max(1000).div_ceil(1000) * 1000)
                 ),
@@ -1036,6 +1050,11 @@ impl AgentManager {
         }
         if let (Some(l), Some(limit)) = (&ledger, budget.cost_micro_usd) {
             l.set_limit(limit);
+        }
+        if (budget.net_bytes, budget.api_calls) != (old.net_bytes, old.api_calls) {
+            self.kernel
+                .set_net_budget(cg.id, net_budget(&budget))
+                .map_err(|e| api_err(ErrorKind::Internal, format!("net budget of {name}: {e}")))?;
         }
         for _ in [pause.operator, pause.cpu_budget].iter().filter(|on| **on) {
             self.cgroups
@@ -1603,6 +1622,11 @@ fn token_err(what: &str, e: &TokenError) -> ApiError {
     api_err(kind, format!("{what}: {e}"))
 }
 
+/// The part of a budget the kernel's network programs enforce.
+fn net_budget(b: &Budget) -> crate::bpf::NetBudget {
+    crate::bpf::NetBudget { bytes: b.net_bytes, api_calls: b.api_calls }
+}
+
 fn ledger(a: &Agent) -> Option<Arc<crate::meter::Ledger>> {
     a.meter.as_ref().map(|m| m.ledger.clone())
 }
@@ -1628,7 +1652,8 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Host names are resolved now, once: the kernel matches addresses.
+/// Host names are resolved now, once, to their addresses (full prefixes): the kernel
+/// matches addresses. Prefixes are checked again: the request may not come from our parser.
 async fn resolve_net(net: &NetPolicy) -> Result<KernelNetPolicy, ApiError> {
     Ok(match net {
         NetPolicy::Deny => KernelNetPolicy::Deny,
@@ -1636,8 +1661,11 @@ async fn resolve_net(net: &NetPolicy) -> Result<KernelNetPolicy, ApiError> {
         NetPolicy::AllowList(eps) => {
             let mut out = Vec::new();
             for ep in eps {
-                if let Ok(ip) = ep.host.parse::<IpAddr>() {
-                    out.push((ip, ep.port));
+                let block = ep
+                    .ip_prefix()
+                    .map_err(|why| api_err(ErrorKind::InvalidArgument, format!("--net {ep}: {why}")))?;
+                if let Some((ip, len)) = block {
+                    out.push((ip, len, ep.port));
                     continue;
                 }
                 let addrs = tokio::net::lookup_host((ep.host.as_str(), ep.port)).await.map_err(|e| {
@@ -1647,7 +1675,7 @@ async fn resolve_net(net: &NetPolicy) -> Result<KernelNetPolicy, ApiError> {
                     )
                 })?;
                 let before = out.len();
-                out.extend(addrs.map(|a| (a.ip(), ep.port)));
+                out.extend(addrs.map(|a| (a.ip(), if a.is_ipv4() { 32 } else { 128 }, ep.port)));
                 if out.len() == before {
                     return Err(api_err(
                         ErrorKind::InvalidArgument,
@@ -1697,6 +1725,7 @@ mod tests {
                 control: control.clone(),
                 policy: Policy::parse(crate::policy::DEFAULT_POLICY, "t").unwrap(),
                 meter: None,
+                api_endpoints: 1,
             },
         );
         Fixture { mgr, kernel, cgroups, control, _dir: dir }
@@ -1803,13 +1832,24 @@ mod tests {
 
     #[tokio::test]
     async fn allow_list_resolves_to_addresses() {
-        let p = resolve_net(&"127.0.0.1:80,[::1]:*,localhost:8080".parse().unwrap()).await.unwrap();
+        let p = resolve_net(&"127.0.0.1:80,[::1]:*,localhost:8080,10.0.0.0/8:443".parse().unwrap())
+            .await
+            .unwrap();
         let KernelNetPolicy::List(l) = p else { panic!() };
-        assert!(l.contains(&("127.0.0.1".parse().unwrap(), 80)));
-        assert!(l.contains(&("::1".parse().unwrap(), 0)));
-        assert!(l.iter().any(|(ip, port)| ip.is_loopback() && *port == 8080));
+        assert!(l.contains(&("127.0.0.1".parse().unwrap(), 32, 80)));
+        assert!(l.contains(&("::1".parse().unwrap(), 128, 0)));
+        assert!(l.contains(&("10.0.0.0".parse().unwrap(), 8, 443)));
+        assert!(l.iter().any(|(ip, len, port)| ip.is_loopback() && *len >= 32 && *port == 8080));
         let e = resolve_net(&"no-such-host.invalid:80".parse().unwrap()).await.unwrap_err();
         assert!(e.message.contains("no-such-host.invalid"), "{}", e.message);
+        // A prefix on a name, from a request the CLI's parser did not make.
+        let bad = NetPolicy::AllowList(vec![rush_proto::NetEndpoint {
+            host: "localhost".into(),
+            port: 80,
+            prefix: Some(8),
+        }]);
+        let e = resolve_net(&bad).await.unwrap_err();
+        assert!(e.message.contains("host name"), "{}", e.message);
     }
 
     #[tokio::test]

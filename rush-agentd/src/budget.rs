@@ -240,6 +240,10 @@ pub struct Observed {
     /// Bytes sent plus received (the kernel's byte counter), if it counts this agent.
     pub net_bytes: Option<u64>,
     pub api_calls: Option<u64>,
+    /// Packets dropped and connects refused at the budget: the kernel refuses what would
+    /// cross a limit without counting it, so usage alone stays just under the limit.
+    pub net_dropped: u64,
+    pub api_refused: u64,
     pub cost_micro_usd: Option<u64>,
 }
 
@@ -310,9 +314,12 @@ pub fn usage_lines(budget: &Budget, o: &Observed) -> Vec<BudgetUsage> {
     .into_iter()
     .flatten()
     .map(|mut l| {
-        // mem and pids are ceilings the kernel holds: being at one is not a breach.
-        if l.resource == "mem" || l.resource == "pids" {
-            l.exceeded = false;
+        match l.resource.as_str() {
+            // Ceilings the kernel holds: being at one is not a breach.
+            "mem" | "pids" => l.exceeded = false,
+            "net" => l.exceeded |= l.limit.is_some() && o.net_dropped > 0,
+            "api" => l.exceeded |= l.limit.is_some() && o.api_refused > 0,
+            _ => {}
         }
         l
     })
@@ -366,6 +373,7 @@ mod tests {
             net_bytes: Some(5000),
             api_calls: Some(10),
             cost_micro_usd: None,
+            ..Default::default()
         }
     }
 

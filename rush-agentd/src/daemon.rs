@@ -70,6 +70,11 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     };
 
     let policy = Policy::load(&config.policy.file)?;
+    // Connects to these count as model API calls (the `api` budget).
+    let api_endpoints = resolve_api_endpoints(&config.budget.api_endpoints).await;
+    if let Err(e) = bpf.set_api_endpoints(&api_endpoints) {
+        tracing::error!(error = %e, "API endpoints not set: api budgets count nothing and are refused");
+    }
     let (meter_tx, meter_rx) = tokio::sync::mpsc::unbounded_channel();
     let audit = Arc::new(AuditLog::open(&state_dir.join("audit.jsonl"))?);
     let kernel: Arc<dyn KernelPolicy> = Arc::new(bpf.clone());
@@ -84,6 +89,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
             control: Arc::new(CgroupsRs::new(cgroups.layout().clone())),
             policy,
             meter: Some(MeterSetup { config: Arc::new(config.meter.clone()), events: meter_tx }),
+            api_endpoints: api_endpoints.len(),
         },
     );
     let store = Arc::new(crate::store::Store::open(&state_dir.join("state.db"))?);
@@ -119,6 +125,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
         });
     let parent = config.cgroup.parent.to_string_lossy().trim_matches('/').to_owned();
     let meter_ready = config.meter.upstream.is_some() && !config.meter.prices.is_empty();
+    let api_endpoint_count = api_endpoints.len();
     let doctor_report = report.clone();
     let doctor_layout = cgroups.layout().clone();
     let ctx = Arc::new(ApiContext {
@@ -131,6 +138,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
                 attach: Some(&doctor_report),
                 cgroups: Some(&doctor_layout),
                 meter_ready: Some(meter_ready),
+                api_endpoints: Some(api_endpoint_count),
             })
         }),
     });
@@ -207,7 +215,8 @@ async fn pump_events(
         let deny_of = match &ev {
             KernelEvent::NetDeny { cgroup_id, .. }
             | KernelEvent::FileDeny { cgroup_id, .. }
-            | KernelEvent::GuardDeny { cgroup_id, .. } => Some(*cgroup_id),
+            | KernelEvent::GuardDeny { cgroup_id, .. }
+            | KernelEvent::ApiCallRefused { cgroup_id, .. } => Some(*cgroup_id),
             _ => None,
         };
         if let Some(cgroup_id) = deny_of
@@ -255,6 +264,31 @@ async fn pump_events(
                 let moved = agents.tokens().rekey(cgroup_id, from, to);
                 agents.persist_rekey(cgroup_id, from, to);
                 tracing::debug!(cgroup_id, ?from, ?to, moved, "a save moved a grant to a new inode");
+            }
+            KernelEvent::NetBudgetExceeded { cgroup_id, used, limit } => {
+                let name = agents.name_of(cgroup_id).unwrap_or_else(|| format!("cgroup:{cgroup_id}"));
+                tracing::warn!(agent = %name, used, limit, "network byte budget spent: packets dropped");
+                let action =
+                    "packets dropped until the budget is raised (rush agent resume --budget net:...)";
+                audit.record(
+                    Some(&name),
+                    AuditEvent::BudgetExceeded { resource: "net".into(), used, limit, action: action.into() },
+                );
+            }
+            KernelEvent::ApiCallRefused { cgroup_id, pid, uid: _, comm, addr, port, calls, limit } => {
+                let name = agents.name_of(cgroup_id).unwrap_or_else(|| format!("cgroup:{cgroup_id}"));
+                let destination = std::net::SocketAddr::new(addr, port).to_string();
+                audit.record(
+                    Some(&name),
+                    AuditEvent::ApiRefused {
+                        resource: "api".into(),
+                        pid,
+                        comm,
+                        destination,
+                        used: calls,
+                        limit,
+                    },
+                );
             }
             KernelEvent::Lost { count } => {
                 tracing::warn!(count, "kernel events lost: ring buffer full");
@@ -405,4 +439,24 @@ async fn pump_meter_events(
             }
         }
     }
+}
+
+/// `budget.api_endpoints` as addresses; names resolved now (a name that does not resolve is
+/// logged and left out).
+async fn resolve_api_endpoints(endpoints: &[String]) -> Vec<(std::net::IpAddr, u16)> {
+    let mut out = Vec::new();
+    for ep in endpoints {
+        let Ok(rush_proto::NetPolicy::AllowList(eps)) = ep.parse::<rush_proto::NetPolicy>() else { continue };
+        for e in eps {
+            match tokio::net::lookup_host((e.host.as_str(), e.port)).await {
+                Ok(addrs) => out.extend(addrs.map(|a| (a.ip(), a.port()))),
+                Err(err) => {
+                    tracing::error!(endpoint = %ep, error = %err, "API endpoint does not resolve: not counted")
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }

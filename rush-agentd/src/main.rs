@@ -144,8 +144,12 @@ fn local_doctor(json: bool) -> ExitCode {
         let _ = std::fs::remove_dir_all(&pin_dir);
         report
     });
-    let report =
-        probe::doctor(&ProbeInputs { attach: attach.as_ref(), cgroups: layout.as_ref(), meter_ready: None });
+    let report = probe::doctor(&ProbeInputs {
+        attach: attach.as_ref(),
+        cgroups: layout.as_ref(),
+        meter_ready: None,
+        api_endpoints: None,
+    });
     if json {
         println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));
     } else {

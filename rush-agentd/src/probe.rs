@@ -17,6 +17,8 @@ pub struct ProbeInputs<'a> {
     pub cgroups: Option<&'a CgroupLayout>,
     /// Whether the metering proxy has an upstream and prices (cost budgets); None = unknown.
     pub meter_ready: Option<bool>,
+    /// How many API endpoint addresses connects are counted against; None = unknown.
+    pub api_endpoints: Option<usize>,
 }
 
 pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
@@ -204,6 +206,29 @@ pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
         budget_guarantee(inputs, "mem", "memory ceiling, no swap past it: OOM kill inside the agent"),
         budget_guarantee(inputs, "pids", "process ceiling: fork fails with EAGAIN"),
         g(
+            "budget: net",
+            net_ok,
+            if net_ok {
+                "bytes sent and received counted per agent by cgroup_skb programs; packets dropped at the limit".into()
+            } else {
+                "cgroup programs not attached".into()
+            },
+        ),
+        g(
+            "budget: api",
+            net_ok && inputs.api_endpoints.is_some_and(|n| n > 0),
+            match inputs.api_endpoints {
+                _ if !net_ok => "cgroup programs not attached".into(),
+                Some(0) => {
+                    "no API endpoints configured (budget.api_endpoints): api budgets are refused".into()
+                }
+                Some(n) => format!(
+                    "connects to {n} configured API endpoint address(es) counted in the kernel; refused (EPERM) past the limit"
+                ),
+                None => "known only to a running daemon".into(),
+            },
+        ),
+        g(
             "budget: cost",
             inputs.meter_ready == Some(true),
             match inputs.meter_ready {
@@ -304,6 +329,25 @@ fn landlock_abi() -> Option<i64> {
     (v > 0).then_some(v)
 }
 
+/// One cgroup-controller budget: holds where cgroups-rs can reach the controller.
+fn budget_guarantee(inputs: &ProbeInputs<'_>, resource: &str, what: &str) -> Guarantee {
+    let why_not = match inputs.cgroups {
+        Some(l) => crate::budget::ResourceControl::unavailable(&crate::budget::CgroupsRs::new(l.clone()))
+            .into_iter()
+            .find(|(r, _)| *r == resource)
+            .map(|(_, why)| why),
+        None => Some("no cgroup v2 hierarchy".into()),
+    };
+    Guarantee {
+        name: format!("budget: {resource}"),
+        holds: why_not.is_none(),
+        detail: match why_not {
+            None => what.to_owned(),
+            Some(why) => format!("{why}: a {resource} budget is refused"),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,7 +372,12 @@ mod tests {
             ],
             btrfs_keyed: false,
         };
-        let r = doctor(&ProbeInputs { attach: Some(&attach), cgroups: None, meter_ready: None });
+        let r = doctor(&ProbeInputs {
+            attach: Some(&attach),
+            cgroups: None,
+            meter_ready: None,
+            api_endpoints: None,
+        });
         let file = r.guarantees.iter().find(|g| g.name == "file tokens").unwrap();
         assert!(!file.holds);
         let guard = r.guarantees.iter().find(|g| g.name == "self-protection").unwrap();
@@ -336,24 +385,5 @@ mod tests {
         let p = r.probes.iter().find(|p| p.name == "bpf-lsm-attach").unwrap();
         assert!(!p.ok);
         assert!(r.probes.iter().any(|p| p.name == "landlock"));
-    }
-}
-
-/// One cgroup-controller budget: holds where cgroups-rs can reach the controller.
-fn budget_guarantee(inputs: &ProbeInputs<'_>, resource: &str, what: &str) -> Guarantee {
-    let why_not = match inputs.cgroups {
-        Some(l) => crate::budget::ResourceControl::unavailable(&crate::budget::CgroupsRs::new(l.clone()))
-            .into_iter()
-            .find(|(r, _)| *r == resource)
-            .map(|(_, why)| why),
-        None => Some("no cgroup v2 hierarchy".into()),
-    };
-    Guarantee {
-        name: format!("budget: {resource}"),
-        holds: why_not.is_none(),
-        detail: match why_not {
-            None => what.to_owned(),
-            Some(why) => format!("{why}: a {resource} budget is refused"),
-        },
     }
 }

@@ -3,8 +3,9 @@
 //! The C sources live in `src/bpf/` (CO-RE, one file per hook family, shared maps and
 //! structs in `rush.h`); `build.rs` compiles each into an object and a libbpf-rs skeleton:
 //!
-//! - [`net`]: `cgroup/connect4|6`, `cgroup/sendmsg4|6` — network confinement.
-//!   Also `cgroup/sysctl` (agents write no sysctl), optional: retried without it.
+//! - [`net`]: `cgroup/connect4|6`, `cgroup/sendmsg4|6` — network confinement and API
+//!   call budgets; `cgroup_skb/ingress|egress` — byte budgets. Also `cgroup/sysctl`
+//!   (agents write no sysctl), optional: retried without it.
 //! - [`file`]: `lsm/file_open`, `lsm/file_permission`, `lsm/path_*`, `lsm/mmap_file`,
 //!   `lsm/file_mprotect` — file capability tokens; loads only where the kernel accepts BPF
 //!   LSM programs; kept apart so its failure cannot stop the network programs.
@@ -52,6 +53,16 @@ pub const EVENT_NET_DENY: u32 = 1;
 pub const EVENT_FILE_DENY: u32 = 2;
 pub const EVENT_GUARD_DENY: u32 = 3;
 pub const EVENT_GRANT_MOVED: u32 = 4;
+pub const EVENT_NET_BUDGET: u32 = 5;
+pub const EVENT_API_REFUSED: u32 = 6;
+
+/// `RushNetUsage::flags`: the byte budget was reached (packets are dropped, the breach was
+/// reported); cleared by the daemon when it raises the budget.
+pub const USAGE_BYTES_BREACHED: u64 = 1;
+
+/// Bits of `RushNetCidrKey` before the address (family, port, cgroup id):
+/// `prefixlen` = this + the address prefix length.
+pub const NET_CIDR_FIXED_BITS: u32 = 96;
 
 /// `RushAgent::flags`: file hooks deny whatever no grant in `rush_file_grants` covers.
 pub const AGENT_FILES_CONFINED: u32 = 1;
@@ -164,12 +175,18 @@ pub const STAT_EVENTS_LOST: u32 = 0;
 
 // Map names; each map is pinned under the daemon's pin directory by this name.
 pub const MAP_AGENTS: &str = "rush_agents";
-pub const MAP_NET_ALLOW: &str = "rush_net_allow";
+pub const MAP_NET_CIDR: &str = "rush_net_cidr";
+pub const MAP_NET_USAGE: &str = "rush_net_usage";
+pub const MAP_API_ADDRS: &str = "rush_api_addrs";
 pub const MAP_FILE_GRANTS: &str = "rush_file_grants";
 pub const MAP_EVENTS: &str = "rush_events";
 pub const MAP_STATS: &str = "rush_stats";
 /// In the order the objects define them.
-pub const PINNED_MAPS: [&str; 5] = [MAP_AGENTS, MAP_NET_ALLOW, MAP_FILE_GRANTS, MAP_EVENTS, MAP_STATS];
+pub const PINNED_MAPS: [&str; 7] =
+    [MAP_AGENTS, MAP_NET_CIDR, MAP_NET_USAGE, MAP_API_ADDRS, MAP_FILE_GRANTS, MAP_EVENTS, MAP_STATS];
+/// The allow-list map of older daemons (a HASH of [`RushNetKey`]), replaced by
+/// [`MAP_NET_CIDR`]: the loader migrates a pin of it and removes it.
+pub const MAP_NET_ALLOW_RETIRED: &str = "rush_net_allow";
 
 /// Name of the `.rodata` variable holding the agent cgroup depth.
 pub const RODATA_AGENT_CGROUP_LEVEL: &str = "agent_cgroup_level";
@@ -183,11 +200,13 @@ pub struct ProgramSpec {
     pub link_pin: &'static str,
 }
 
-pub const NET_PROGRAMS: [ProgramSpec; 4] = [
+pub const NET_PROGRAMS: [ProgramSpec; 6] = [
     ProgramSpec { name: "rush_connect4", hook: "cgroup/connect4", link_pin: "rush_link_connect4" },
     ProgramSpec { name: "rush_connect6", hook: "cgroup/connect6", link_pin: "rush_link_connect6" },
     ProgramSpec { name: "rush_sendmsg4", hook: "cgroup/sendmsg4", link_pin: "rush_link_sendmsg4" },
     ProgramSpec { name: "rush_sendmsg6", hook: "cgroup/sendmsg6", link_pin: "rush_link_sendmsg6" },
+    ProgramSpec { name: "rush_skb_ingress", hook: "cgroup_skb/ingress", link_pin: "rush_link_skb_ingress" },
+    ProgramSpec { name: "rush_skb_egress", hook: "cgroup_skb/egress", link_pin: "rush_link_skb_egress" },
 ];
 
 /// The net object's optional program (the loader retries the object without it).
@@ -249,7 +268,8 @@ pub struct RushAgent {
     pub reserved: u64,
 }
 
-/// Key of `rush_net_allow` (value: u8, 1). C: `struct rush_net_key`.
+/// Key of the retired `rush_net_allow` map of older daemons (value: u8, 1), read only to
+/// migrate its entries into `rush_net_cidr`. No longer defined in C.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct RushNetKey {
@@ -260,6 +280,87 @@ pub struct RushNetKey {
     pub pad: u32,
     /// Network order; IPv4 in the first 4 bytes, the rest zero.
     pub addr: [u8; 16],
+}
+
+/// Key of the `rush_net_cidr` LPM trie (value: u8, 1). C: `struct rush_net_cidr_key`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct RushNetCidrKey {
+    /// [`NET_CIDR_FIXED_BITS`] + the address prefix length.
+    pub prefixlen: u32,
+    pub family: u16,
+    /// Host order; 0 = any port.
+    pub port: u16,
+    pub cgroup_id: u64,
+    /// Network order; IPv4 in the first 4 bytes, the rest zero; bits below the prefix zero.
+    pub addr: [u8; 16],
+}
+
+/// Value of `rush_net_usage` (key: the agent's cgroup id). C: `struct rush_net_usage`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RushNetUsage {
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    /// 0 = unlimited.
+    pub limit_bytes: u64,
+    pub api_calls: u64,
+    /// `u64::MAX` = unlimited.
+    pub api_limit: u64,
+    pub dropped_packets: u64,
+    pub refused_calls: u64,
+    /// `USAGE_*` bits.
+    pub flags: u64,
+}
+
+/// Key of `rush_api_addrs` (value: u8, 1). C: `struct rush_api_key`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct RushApiKey {
+    pub family: u16,
+    /// Host order; 0 = any port.
+    pub port: u16,
+    pub pad: u32,
+    pub addr: [u8; 16],
+}
+
+/// An agent reached its byte budget. C: `struct rush_budget_event`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RushBudgetEvent {
+    pub kind: u32,
+    pub pad: u32,
+    pub cgroup_id: u64,
+    pub used: u64,
+    pub limit: u64,
+}
+
+/// An API connect refused over the call budget. C: `struct rush_api_event`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RushApiEvent {
+    pub kind: u32,
+    pub hook: u32,
+    pub cgroup_id: u64,
+    /// Thread id.
+    pub pid: u32,
+    /// Process id.
+    pub tgid: u32,
+    pub uid: u32,
+    pub family: u16,
+    /// Host order.
+    pub port: u16,
+    pub addr: [u8; 16],
+    pub comm: [u8; 16],
+    pub calls: u64,
+    pub limit: u64,
+}
+
+impl RushApiEvent {
+    /// The task's comm up to its first NUL.
+    pub fn comm(&self) -> String {
+        c_string(&self.comm)
+    }
 }
 
 /// A record of the `rush_events` ring buffer. C: `struct rush_net_event`.
@@ -446,6 +547,16 @@ unsafe impl Plain for RushFileEvent {}
 unsafe impl Plain for RushGuardEvent {}
 // SAFETY: as above.
 unsafe impl Plain for RushGrantMovedEvent {}
+// SAFETY: as above.
+unsafe impl Plain for RushNetCidrKey {}
+// SAFETY: as above.
+unsafe impl Plain for RushNetUsage {}
+// SAFETY: as above.
+unsafe impl Plain for RushApiKey {}
+// SAFETY: as above.
+unsafe impl Plain for RushBudgetEvent {}
+// SAFETY: as above.
+unsafe impl Plain for RushApiEvent {}
 
 // No implicit padding: the fields add up to the whole struct.
 const _: () = assert!(size_of::<RushAgent>() == 4 + 4 + 8);
@@ -455,6 +566,13 @@ const _: () = assert!(size_of::<RushFileKey>() == 8 + 8 + 4 + 4);
 const _: () = assert!(size_of::<RushFileGrant>() == 8 * FILE_OPS_LEN + 4 + 4);
 const _: () = assert!(size_of::<RushGuardEvent>() == 4 + 4 + 8 + 4 * 4 + 8 + 16);
 const _: () = assert!(size_of::<RushGrantMovedEvent>() == 4 + 4 + 8 + 8 + 8 + 4 + 4);
+const _: () = assert!(size_of::<RushNetCidrKey>() == 4 + 2 + 2 + 8 + 16);
+// The fixed part of an LPM key is everything between `prefixlen` and the address.
+const _: () = assert!((std::mem::offset_of!(RushNetCidrKey, addr) - 4) * 8 == NET_CIDR_FIXED_BITS as usize);
+const _: () = assert!(size_of::<RushNetUsage>() == 8 * 8);
+const _: () = assert!(size_of::<RushApiKey>() == 2 + 2 + 4 + 16);
+const _: () = assert!(size_of::<RushBudgetEvent>() == 4 + 4 + 8 + 8 + 8);
+const _: () = assert!(size_of::<RushApiEvent>() == 4 + 4 + 8 + 4 * 3 + 2 + 2 + 16 + 16 + 8 + 8);
 const _: () = assert!(size_of::<RushFileEvent>() == 4 + 4 + 8 + 4 * 4 + 8 + 4 + 4 + 16 + FILE_PATH_LEN);
 
 impl RushNetEvent {
@@ -551,9 +669,55 @@ mod tests {
             );
             check_layout(
                 object,
-                "rush_net_key",
-                size_of::<RushNetKey>(),
-                &rust_fields!(RushNetKey { cgroup_id, family, port, pad, addr }),
+                "rush_net_cidr_key",
+                size_of::<RushNetCidrKey>(),
+                &rust_fields!(RushNetCidrKey { prefixlen, family, port, cgroup_id, addr }),
+            );
+            check_layout(
+                object,
+                "rush_net_usage",
+                size_of::<RushNetUsage>(),
+                &rust_fields!(RushNetUsage {
+                    tx_bytes,
+                    rx_bytes,
+                    limit_bytes,
+                    api_calls,
+                    api_limit,
+                    dropped_packets,
+                    refused_calls,
+                    flags
+                }),
+            );
+            check_layout(
+                object,
+                "rush_api_key",
+                size_of::<RushApiKey>(),
+                &rust_fields!(RushApiKey { family, port, pad, addr }),
+            );
+            check_layout(
+                object,
+                "rush_budget_event",
+                size_of::<RushBudgetEvent>(),
+                &rust_fields!(RushBudgetEvent { kind, pad, cgroup_id, used, limit }),
+            );
+            check_layout(
+                object,
+                "rush_api_event",
+                size_of::<RushApiEvent>(),
+                &rust_fields!(RushApiEvent {
+                    kind,
+                    hook,
+                    cgroup_id,
+                    pid,
+                    tgid,
+                    uid,
+                    family,
+                    port,
+                    addr,
+                    comm,
+                    calls,
+                    limit
+                }),
             );
             check_layout(
                 object,
@@ -675,6 +839,10 @@ mod tests {
             ("RUSH_FILE_OPS_LEN", FILE_OPS_LEN as u64),
             ("RUSH_EVENT_GUARD_DENY", EVENT_GUARD_DENY.into()),
             ("RUSH_EVENT_GRANT_MOVED", EVENT_GRANT_MOVED.into()),
+            ("RUSH_EVENT_NET_BUDGET", EVENT_NET_BUDGET.into()),
+            ("RUSH_EVENT_API_REFUSED", EVENT_API_REFUSED.into()),
+            ("RUSH_USAGE_BYTES_BREACHED", USAGE_BYTES_BREACHED),
+            ("RUSH_NET_CIDR_FIXED_BITS", NET_CIDR_FIXED_BITS.into()),
             ("RUSH_FHOOK_MMAP_FILE", FHOOK_MMAP_FILE.into()),
             ("RUSH_FHOOK_FILE_MPROTECT", FHOOK_FILE_MPROTECT.into()),
             ("RUSH_GHOOK_CAPABLE", GHOOK_CAPABLE.into()),

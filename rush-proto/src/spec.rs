@@ -17,7 +17,10 @@ pub enum SpecError {
         "invalid agent name {0:?}: use 1-64 characters from a-z A-Z 0-9 . _ -, starting with a letter or digit"
     )]
     AgentName(String),
-    #[error("invalid --net {input:?}: {why} (expected deny, allow, or HOST:PORT[,HOST:PORT...])")]
+    #[error(
+        "invalid --net {input:?}: {why} (expected deny, allow, or HOST:PORT[,HOST:PORT...], HOST a name, an \
+         address or a CIDR prefix such as 10.0.0.0/8 or [fd00::/8])"
+    )]
     Net { input: String, why: String },
     #[error(
         "invalid --allow {input:?}: {why} (expected PATH:OPS[:TTL], OPS a comma list of read,write,exec,create,delete)"
@@ -148,20 +151,64 @@ impl FromStr for FileGrant {
 }
 
 /// One allowed destination. `host` is an IP literal or a name the daemon resolves when
-/// the agent is spawned; port 0 means any port.
+/// the agent is spawned; port 0 means any port. With `prefix`, `host` is an IP literal
+/// and the entry covers every address sharing its first `prefix` bits (a CIDR block).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetEndpoint {
     pub host: String,
     pub port: u16,
+    /// CIDR prefix length (≤ 32 for IPv4, ≤ 128 for IPv6); None = the one address (or
+    /// every address the name resolves to). Absent in older requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<u8>,
+}
+
+impl NetEndpoint {
+    /// The address block this entry names, if `host` is an IP literal: (address with the
+    /// bits below the prefix cleared, prefix length; a lone address is a full prefix).
+    /// Err for a prefix on a host name or one longer than the address.
+    pub fn ip_prefix(&self) -> Result<Option<(IpAddr, u8)>, String> {
+        let Ok(ip) = self.host.parse::<IpAddr>() else {
+            return match self.prefix {
+                Some(p) => Err(format!(
+                    "a prefix length (/{p}) needs an IP address, not the host name {:?}",
+                    self.host
+                )),
+                None => Ok(None),
+            };
+        };
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let len = self.prefix.unwrap_or(max);
+        if len > max {
+            let family = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+            return Err(format!("prefix /{len} is longer than the {max} bits of an {family} address"));
+        }
+        Ok(Some((mask_ip(ip, len), len)))
+    }
+}
+
+/// `ip` with every bit after the first `len` cleared (`len` at most the address's bits).
+pub fn mask_ip(ip: IpAddr, len: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            IpAddr::V4((u32::from(v4) & mask).into())
+        }
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
+    }
 }
 
 impl fmt::Display for NetEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let port = if self.port == 0 { "*".to_owned() } else { self.port.to_string() };
+        let prefix = self.prefix.map(|p| format!("/{p}")).unwrap_or_default();
         if self.host.contains(':') {
-            write!(f, "[{}]:{port}", self.host)
+            write!(f, "[{}{prefix}]:{port}", self.host)
         } else {
-            write!(f, "{}:{port}", self.host)
+            write!(f, "{}{prefix}:{port}", self.host)
         }
     }
 }
@@ -212,20 +259,38 @@ fn parse_endpoint(item: &str) -> Result<NetEndpoint, String> {
     let (host, port) = if let Some(rest) = item.strip_prefix('[') {
         let (host, rest) = rest.split_once(']').ok_or("unclosed '[' in IPv6 address")?;
         let port = rest.strip_prefix(':').ok_or("missing ':PORT' after ']'")?;
-        host.parse::<std::net::Ipv6Addr>().map_err(|_| format!("{host:?} is not an IPv6 address"))?;
+        let addr = host.split_once('/').map_or(host, |(a, _)| a);
+        addr.parse::<std::net::Ipv6Addr>().map_err(|_| format!("{addr:?} is not an IPv6 address"))?;
         (host, port)
     } else {
         let (host, port) = item.rsplit_once(':').ok_or("missing ':PORT'")?;
         if host.contains(':') {
-            return Err("write IPv6 addresses in brackets, e.g. [::1]:443".into());
+            return Err("write IPv6 addresses in brackets, e.g. [::1]:443 or [fd00::/8]:443".into());
         }
         (host, port)
+    };
+    let (host, prefix) = match host.split_once('/') {
+        None => (host, None),
+        Some((addr, len)) => {
+            let len = match len.parse::<u8>() {
+                Ok(n) if !len.starts_with('+') => n,
+                _ => return Err(format!("prefix length {len:?} is not a number of bits (0-32 or 0-128)")),
+            };
+            (addr, Some(len))
+        }
     };
     if host.is_empty() {
         return Err("empty host".into());
     }
     if host.parse::<IpAddr>().is_err() && !is_hostname(host) {
         return Err(format!("{host:?} is neither an IP address nor a host name"));
+    }
+    let mut endpoint = NetEndpoint { host: host.to_owned(), port: 0, prefix };
+    // A block written with host bits set (10.1.2.3/8) means the block: keep it normalised.
+    if prefix.is_some()
+        && let Some((ip, _)) = endpoint.ip_prefix()?
+    {
+        endpoint.host = ip.to_string();
     }
     let port = match port {
         "*" => 0,
@@ -234,7 +299,8 @@ fn parse_endpoint(item: &str) -> Result<NetEndpoint, String> {
             Ok(n) => n,
         },
     };
-    Ok(NetEndpoint { host: host.to_owned(), port })
+    endpoint.port = port;
+    Ok(endpoint)
 }
 
 fn is_hostname(h: &str) -> bool {
@@ -300,10 +366,52 @@ mod tests {
         let p = "127.0.0.1:8080,[::1]:443,api.example.com:*".parse::<NetPolicy>().unwrap();
         let NetPolicy::AllowList(eps) = &p else { panic!("not a list: {p:?}") };
         assert_eq!(eps.len(), 3);
-        assert_eq!(eps[0], NetEndpoint { host: "127.0.0.1".into(), port: 8080 });
-        assert_eq!(eps[1], NetEndpoint { host: "::1".into(), port: 443 });
+        assert_eq!(eps[0], NetEndpoint { host: "127.0.0.1".into(), port: 8080, prefix: None });
+        assert_eq!(eps[1], NetEndpoint { host: "::1".into(), port: 443, prefix: None });
         assert_eq!(eps[2].port, 0);
         assert_eq!(p.to_string(), "127.0.0.1:8080,[::1]:443,api.example.com:*");
+    }
+
+    #[test]
+    fn cidr_net_policies() {
+        let text = "10.0.0.0/8:443,[fd00::/8]:*,192.168.1.5:*,0.0.0.0/0:53,[::/0]:53,1.2.3.4/32:80";
+        let p = text.parse::<NetPolicy>().unwrap();
+        let NetPolicy::AllowList(eps) = &p else { panic!("not a list: {p:?}") };
+        assert_eq!(eps[0], NetEndpoint { host: "10.0.0.0".into(), port: 443, prefix: Some(8) });
+        assert_eq!(eps[1], NetEndpoint { host: "fd00::".into(), port: 0, prefix: Some(8) });
+        assert_eq!(eps[2], NetEndpoint { host: "192.168.1.5".into(), port: 0, prefix: None });
+        assert_eq!(eps[3].ip_prefix(), Ok(Some(("0.0.0.0".parse().unwrap(), 0))));
+        assert_eq!(eps[5].ip_prefix(), Ok(Some(("1.2.3.4".parse().unwrap(), 32))));
+        assert_eq!(eps[2].ip_prefix(), Ok(Some(("192.168.1.5".parse().unwrap(), 32))));
+        assert_eq!(p.to_string(), text);
+        assert_eq!(p.to_string().parse::<NetPolicy>().unwrap(), p);
+
+        // Bits below the prefix are accepted and cleared.
+        let p = "10.1.2.3/8:443,[fd12:3456::1/16]:*".parse::<NetPolicy>().unwrap();
+        assert_eq!(p.to_string(), "10.0.0.0/8:443,[fd12::/16]:*");
+        let p = "172.16.255.255/12:*".parse::<NetPolicy>().unwrap();
+        assert_eq!(p.to_string(), "172.16.0.0/12:*");
+
+        // Older JSON has no prefix; a plain entry serializes as before.
+        let old: NetPolicy =
+            serde_json::from_str(r#"{"mode":"allow_list","endpoints":[{"host":"1.2.3.4","port":80}]}"#)
+                .unwrap();
+        assert_eq!(old.to_string(), "1.2.3.4:80");
+        assert_eq!(
+            serde_json::to_string(&old).unwrap(),
+            r#"{"mode":"allow_list","endpoints":[{"host":"1.2.3.4","port":80}]}"#
+        );
+        let cidr: NetPolicy = "10.0.0.0/8:*".parse().unwrap();
+        let json = serde_json::to_string(&cidr).unwrap();
+        assert!(json.contains(r#""prefix":8"#), "{json}");
+        assert_eq!(serde_json::from_str::<NetPolicy>(&json).unwrap(), cidr);
+
+        // What a caller may send without the parser: checked again where it is used.
+        let bad = NetEndpoint { host: "example.com".into(), port: 80, prefix: Some(24) };
+        assert!(bad.ip_prefix().unwrap_err().contains("host name"));
+        let bad = NetEndpoint { host: "1.2.3.4".into(), port: 80, prefix: Some(33) };
+        assert!(bad.ip_prefix().unwrap_err().contains("/33"));
+        assert_eq!(NetEndpoint { host: "example.com".into(), port: 80, prefix: None }.ip_prefix(), Ok(None));
     }
 
     #[test]
@@ -317,6 +425,16 @@ mod tests {
             ("[::1:80", "unclosed"),
             ("bad host:80", "neither"),
             ("1.2.3.4:80,", "\"\""),
+            ("10.0.0.0/33:80", "/33 is longer than the 32 bits of an IPv4"),
+            ("[fd00::/129]:80", "/129 is longer than the 128 bits of an IPv6"),
+            ("example.com/24:443", "needs an IP address, not the host name \"example.com\""),
+            ("10.0.0.0/x:80", "prefix length \"x\""),
+            ("10.0.0.0/:80", "prefix length \"\""),
+            ("10.0.0.0/-1:80", "prefix length \"-1\""),
+            ("10.0.0.0/300:80", "prefix length \"300\""),
+            ("[fd00::/8:80", "unclosed"),
+            ("fd00::/8:80", "brackets"),
+            ("[zz::/8]:80", "\"zz::\" is not an IPv6"),
         ] {
             let e = bad.parse::<NetPolicy>().unwrap_err().to_string();
             assert!(e.contains(needle), "{bad:?}: {e:?} lacks {needle:?}");

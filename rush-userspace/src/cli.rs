@@ -263,8 +263,8 @@ pub struct SpawnArgs {
 
     /// Outbound network policy: `deny` (no IPv4/IPv6 connect or send at all), `allow`
     /// (anything), or a comma list of HOST:PORT the agent may reach. HOST is an IP address
-    /// (IPv6 in brackets, e.g. [::1]:443) or a host name the daemon resolves at spawn;
-    /// PORT is 1-65535, or * for any port.
+    /// (IPv6 in brackets, e.g. [::1]:443), a CIDR block (10.0.0.0/8:443, [fd00::/8]:*) or
+    /// a host name the daemon resolves at spawn; PORT is 1-65535, or * for any port.
     /// The default is the trust level's policy, or `deny` without --trust.
     #[arg(long, value_name = "POLICY")]
     pub net: Option<NetPolicy>,

@@ -361,7 +361,11 @@ mod tests {
             pid: 4242,
             uid: 1000,
             command: vec!["claude".into(), "-p".into(), "fix the tests".into()],
-            net: NetPolicy::AllowList(vec![NetEndpoint { host: "api.anthropic.com".into(), port: 443 }]),
+            net: NetPolicy::AllowList(vec![NetEndpoint {
+                host: "api.anthropic.com".into(),
+                port: 443,
+                prefix: None,
+            }]),
             state: AgentState::Running,
             processes: 3,
             started_unix_ms: NOW - 192_000,

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle, RingBufferBuilder};
 use rush_ebpf::{
-    AF_INET, AF_INET6, EVENT_FILE_DENY, EVENT_GRANT_MOVED, EVENT_GUARD_DENY, EVENT_NET_DENY, HOOK_CONNECT4,
-    HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6, MAP_EVENTS, Plain, RushFileEvent, RushGrantMovedEvent,
-    RushGuardEvent, RushNetEvent, STAT_EVENTS_LOST,
+    AF_INET, AF_INET6, EVENT_API_REFUSED, EVENT_FILE_DENY, EVENT_GRANT_MOVED, EVENT_GUARD_DENY,
+    EVENT_NET_BUDGET, EVENT_NET_DENY, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6, MAP_EVENTS,
+    Plain, RushApiEvent, RushBudgetEvent, RushFileEvent, RushGrantMovedEvent, RushGuardEvent, RushNetEvent,
+    STAT_EVENTS_LOST,
 };
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{error, warn};
@@ -107,6 +108,32 @@ fn decode(record: &[u8]) -> Option<KernelEvent> {
                 to: FileKey { dev: e.to_dev, ino: e.to_ino },
             })
         }
+        EVENT_NET_BUDGET => {
+            let e = RushBudgetEvent::from_bytes(record)?;
+            Some(KernelEvent::NetBudgetExceeded { cgroup_id: e.cgroup_id, used: e.used, limit: e.limit })
+        }
+        EVENT_API_REFUSED => {
+            let e = RushApiEvent::from_bytes(record)?;
+            Some(KernelEvent::ApiCallRefused {
+                cgroup_id: e.cgroup_id,
+                pid: e.tgid,
+                uid: e.uid,
+                comm: e.comm(),
+                addr: ip(e.family, &e.addr)?,
+                port: e.port,
+                calls: e.calls,
+                limit: e.limit,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// An address as the programs report it (IPv4 in the first 4 bytes).
+fn ip(family: u16, addr: &[u8; 16]) -> Option<IpAddr> {
+    match family {
+        AF_INET => Some(IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))),
+        AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(*addr))),
         _ => None,
     }
 }
@@ -136,11 +163,7 @@ fn decode_net(record: &[u8]) -> Option<KernelEvent> {
         HOOK_SENDMSG6 => NetHook::Sendmsg6,
         _ => return None,
     };
-    let ip = match e.family {
-        AF_INET => IpAddr::V4(Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3])),
-        AF_INET6 => IpAddr::V6(Ipv6Addr::from(e.addr)),
-        _ => return None,
-    };
+    let ip = ip(e.family, &e.addr)?;
     let protocol = match e.protocol as i32 {
         libc::IPPROTO_TCP => "tcp".to_string(),
         libc::IPPROTO_UDP => "udp".to_string(),
@@ -249,6 +272,51 @@ mod tests {
         assert_eq!(decode(&e.as_bytes()[..100]), None);
         e.hook = 99;
         assert_eq!(decode(e.as_bytes()), None);
+    }
+
+    #[test]
+    fn decodes_budget_events() {
+        let e = RushBudgetEvent { kind: EVENT_NET_BUDGET, pad: 0, cgroup_id: 42, used: 1000, limit: 1024 };
+        assert_eq!(
+            decode(e.as_bytes()),
+            Some(KernelEvent::NetBudgetExceeded { cgroup_id: 42, used: 1000, limit: 1024 })
+        );
+        assert_eq!(decode(&e.as_bytes()[..20]), None);
+
+        let mut a = RushApiEvent {
+            kind: EVENT_API_REFUSED,
+            hook: HOOK_CONNECT6,
+            cgroup_id: 42,
+            pid: 11,
+            tgid: 10,
+            uid: 1000,
+            family: AF_INET6,
+            port: 443,
+            addr: "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets(),
+            calls: 5,
+            limit: 5,
+            ..Default::default()
+        };
+        a.comm[..6].copy_from_slice(b"python");
+        assert_eq!(
+            decode(a.as_bytes()),
+            Some(KernelEvent::ApiCallRefused {
+                cgroup_id: 42,
+                pid: 10,
+                uid: 1000,
+                comm: "python".into(),
+                addr: "2001:db8::1".parse().unwrap(),
+                port: 443,
+                calls: 5,
+                limit: 5,
+            })
+        );
+        a.family = AF_INET;
+        a.addr = [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let Some(KernelEvent::ApiCallRefused { addr, .. }) = decode(a.as_bytes()) else { panic!() };
+        assert_eq!(addr, "10.0.0.1".parse::<IpAddr>().unwrap());
+        a.family = 1;
+        assert_eq!(decode(a.as_bytes()), None);
     }
 
     #[test]

@@ -10,13 +10,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{Link, MapHandle, MapInfo, Object, OpenMap, OpenObject, PrintLevel, ProgramMut, ProgramType};
+use libbpf_rs::{
+    Link, MapCore, MapFlags, MapHandle, MapInfo, Object, OpenMap, OpenObject, PrintLevel, ProgramMut,
+    ProgramType,
+};
 use nix::sys::statfs::{BPF_FS_MAGIC, CGROUP2_SUPER_MAGIC, statfs};
 use rush_ebpf::file::{FileSkel, FileSkelBuilder};
 use rush_ebpf::guard::{GuardSkel, GuardSkelBuilder};
 use rush_ebpf::net::{NetSkel, NetSkelBuilder};
 use rush_ebpf::{
-    GUARD_PROGRAMS, LSM_PROGRAMS, NET_PROGRAMS, PINNED_MAPS, PROTECTED_MAX, ProgramSpec, SYSCTL_PROGRAM,
+    AF_INET, GUARD_PROGRAMS, LSM_PROGRAMS, MAP_NET_ALLOW_RETIRED, MAP_NET_CIDR, NET_CIDR_FIXED_BITS,
+    NET_PROGRAMS, PINNED_MAPS, PROTECTED_MAX, Plain, ProgramSpec, RushNetCidrKey, RushNetKey, SYSCTL_PROGRAM,
 };
 use tracing::{debug, info, trace, warn};
 
@@ -91,6 +95,7 @@ pub(super) fn load<'obj>(
         BpfError::Load { object: "net", source }
     })?;
     log.iter().for_each(|line| debug!(target: "libbpf", "{line}"));
+    migrate_retired_allow(&cfg.pin_dir, &net.maps.rush_net_cidr);
 
     let mut links = Vec::new();
     let mut report = AttachReport::default();
@@ -163,6 +168,51 @@ pub(super) fn load<'obj>(
     links.extend(guard_links);
     report.programs.extend(guard_status);
     Ok(Loaded { net, _file: file, _guard: guard, _links: links, report })
+}
+
+/// An older daemon's allow lists (`rush_net_allow`, a HASH of exact addresses): copied into
+/// `rush_net_cidr` as full-length prefixes before the new programs attach, so the agents
+/// it left running keep their lists; then its pin is removed (its old programs, until
+/// their links are replaced, keep the map alive). Failures cost only those entries.
+fn migrate_retired_allow(dir: &Path, cidr: &impl MapCore) {
+    let path = dir.join(MAP_NET_ALLOW_RETIRED);
+    if !path.exists() {
+        return;
+    }
+    match MapHandle::from_pinned_path(&path) {
+        Ok(old) if old.key_size() as usize == size_of::<RushNetKey>() => {
+            let (mut moved, mut failed) = (0, 0);
+            for key in old.keys() {
+                let Some(k) = RushNetKey::from_bytes(&key) else { continue };
+                let len = if k.family == AF_INET { 32 } else { 128 };
+                let new = RushNetCidrKey {
+                    prefixlen: NET_CIDR_FIXED_BITS + len,
+                    family: k.family,
+                    port: k.port,
+                    cgroup_id: k.cgroup_id,
+                    addr: k.addr,
+                };
+                match cidr.update(new.as_bytes(), &[1], MapFlags::ANY) {
+                    Ok(()) => moved += 1,
+                    Err(e) => {
+                        failed += 1;
+                        debug!(error = %e, "migrating an allow entry");
+                    }
+                }
+            }
+            info!(moved, failed, "migrated the allow lists of {MAP_NET_ALLOW_RETIRED} into {MAP_NET_CIDR}");
+        }
+        Ok(old) => {
+            warn!(
+                key_size = old.key_size(),
+                "{MAP_NET_ALLOW_RETIRED} pin of an unknown layout: removed unread"
+            )
+        }
+        Err(e) => warn!(error = %e, "{MAP_NET_ALLOW_RETIRED} pin unreadable: removed"),
+    }
+    if let Err(e) = fs::remove_file(&path) {
+        warn!(pin = %path.display(), error = %e, "cannot remove the retired allow-list pin");
+    }
 }
 
 /// Whether btrfs's BTF is there for the file programs' CO-RE relocations (built in, or

@@ -14,6 +14,8 @@ mod events;
 #[cfg(test)]
 mod file_smoke_test;
 mod load;
+#[cfg(test)]
+mod net_budget_smoke_test;
 mod owner;
 #[cfg(test)]
 mod smoke_test;
@@ -91,6 +93,13 @@ pub enum BpfError {
         #[source]
         source: libbpf_rs::Error,
     },
+    #[error("map {map}: {op}")]
+    GlobalMap {
+        map: &'static str,
+        op: &'static str,
+        #[source]
+        source: libbpf_rs::Error,
+    },
     #[error("map {map}: opening a handle")]
     MapHandle {
         map: &'static str,
@@ -140,7 +149,7 @@ pub struct AttachReport {
 }
 
 impl AttachReport {
-    /// connect4, connect6, sendmsg4 and sendmsg6 all attached.
+    /// connect4, connect6, sendmsg4, sendmsg6 and the skb ingress/egress counters all attached.
     pub fn net_enforced(&self) -> bool {
         rush_ebpf::NET_PROGRAMS
             .iter()
@@ -206,8 +215,34 @@ impl AttachReport {
 pub enum KernelNetPolicy {
     Deny,
     Allow,
-    /// (address, port); port 0 = any port on that address.
-    List(Vec<(IpAddr, u16)>),
+    /// (address, prefix length, port): every address sharing the first `prefix length`
+    /// bits of `address` (32 or 128 = that address alone); port 0 = any port.
+    List(Vec<(IpAddr, u8, u16)>),
+}
+
+/// An agent's kernel-enforced network budgets; None = unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NetBudget {
+    /// Bytes sent plus received (IP packets, headers included). Past it, every packet of
+    /// the agent's sockets is dropped.
+    pub bytes: Option<u64>,
+    /// Connects to an API endpoint (see [`KernelPolicy::set_api_endpoints`]). Past it,
+    /// such connects fail with EPERM.
+    pub api_calls: Option<u64>,
+}
+
+/// What an agent has used, as the kernel counted it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NetUsage {
+    /// IP packet bytes, headers included, of the agent's own sockets (loopback too).
+    pub tx_bytes: u64,
+    pub rx_bytes: u64,
+    /// Connects to API endpoints let through.
+    pub api_calls: u64,
+    /// Packets dropped over the byte budget.
+    pub dropped_packets: u64,
+    /// API connects refused over the call budget.
+    pub refused_calls: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -287,6 +322,28 @@ pub enum KernelEvent {
     /// The kernel moved an agent's grant from one inode to another (an editor-style save
     /// renamed a new file over the granted one).
     GrantMoved { cgroup_id: u64, from: FileKey, to: FileKey },
+    /// An agent spent its byte budget: its packets are dropped from now on. Sent once per
+    /// breach (again only after [`KernelPolicy::set_net_budget`]).
+    NetBudgetExceeded {
+        cgroup_id: u64,
+        /// Bytes sent + received when the first packet was dropped.
+        used: u64,
+        limit: u64,
+    },
+    /// An agent's connect to an API endpoint was refused (EPERM): its call budget is spent.
+    /// One per refused connect.
+    ApiCallRefused {
+        cgroup_id: u64,
+        /// The process (tgid) that called connect().
+        pid: u32,
+        uid: u32,
+        comm: String,
+        addr: IpAddr,
+        port: u16,
+        /// Calls made (= the limit, unless it was lowered below them).
+        calls: u64,
+        limit: u64,
+    },
     /// The kernel could not reserve ring-buffer space for this many events.
     Lost { count: u64 },
 }
@@ -363,6 +420,16 @@ pub trait KernelPolicy: Send + Sync + 'static {
         key: FileKey,
         grant: Option<FileGrantEntry>,
     ) -> Result<(), BpfError>;
+    /// Kernel-enforced byte and API-call budgets of one agent; None = unlimited. Called after
+    /// add_agent and before the agent's first process runs; called again to raise a budget
+    /// (resume), which clears the breach flags so the next breach is reported again.
+    fn set_net_budget(&self, cgroup_id: u64, budget: NetBudget) -> Result<(), BpfError>;
+    /// What the agent has used; None = no entry (not an agent of this daemon).
+    fn net_usage(&self, cgroup_id: u64) -> Result<Option<NetUsage>, BpfError>;
+    /// The API endpoints whose connects count as API calls (global; replaces the set).
+    /// Port 0 = any port of that address. One connect() is one call: requests sent over a
+    /// kept-alive connection are not seen, so this bounds connections, not requests.
+    fn set_api_endpoints(&self, endpoints: &[(IpAddr, u16)]) -> Result<(), BpfError>;
 }
 
 /// A request to the owner thread, with the channel its answer goes back on.
@@ -385,6 +452,19 @@ enum Command {
     },
     AgentIds {
         reply: mpsc::SyncSender<Result<Vec<u64>, BpfError>>,
+    },
+    SetNetBudget {
+        cgroup_id: u64,
+        budget: NetBudget,
+        reply: mpsc::SyncSender<Result<(), BpfError>>,
+    },
+    NetUsage {
+        cgroup_id: u64,
+        reply: mpsc::SyncSender<Result<Option<NetUsage>, BpfError>>,
+    },
+    SetApiEndpoints {
+        endpoints: Vec<(IpAddr, u16)>,
+        reply: mpsc::SyncSender<Result<(), BpfError>>,
     },
 }
 
@@ -455,6 +535,18 @@ impl KernelPolicy for BpfHandle {
     ) -> Result<(), BpfError> {
         self.request(|reply| Command::SetFileGrant { cgroup_id, key, grant, reply })
     }
+
+    fn set_net_budget(&self, cgroup_id: u64, budget: NetBudget) -> Result<(), BpfError> {
+        self.request(|reply| Command::SetNetBudget { cgroup_id, budget, reply })
+    }
+
+    fn net_usage(&self, cgroup_id: u64) -> Result<Option<NetUsage>, BpfError> {
+        self.request(|reply| Command::NetUsage { cgroup_id, reply })
+    }
+
+    fn set_api_endpoints(&self, endpoints: &[(IpAddr, u16)]) -> Result<(), BpfError> {
+        self.request(|reply| Command::SetApiEndpoints { endpoints: endpoints.to_vec(), reply })
+    }
 }
 
 /// Records calls; for unit tests of the daemon's logic.
@@ -465,11 +557,19 @@ pub struct FakeKernel {
     pub files_confined: std::sync::Mutex<std::collections::HashSet<u64>>,
     /// (agent cgroup id, inode) → grant, as the kernel map would hold them.
     pub file_grants: std::sync::Mutex<std::collections::HashMap<(u64, FileKey), FileGrantEntry>>,
+    /// Budgets set per agent (the last one).
+    pub budgets: std::sync::Mutex<std::collections::HashMap<u64, NetBudget>>,
+    /// What `net_usage` answers: an all-zero entry from `add_agent` on (as the kernel
+    /// counts every agent), which tests may change.
+    pub usage: std::sync::Mutex<std::collections::HashMap<u64, NetUsage>>,
+    /// The last `set_api_endpoints`.
+    pub api_endpoints: std::sync::Mutex<Vec<(IpAddr, u16)>>,
 }
 
 impl KernelPolicy for FakeKernel {
     fn add_agent(&self, cgroup_id: u64, net: &KernelNetPolicy, files_confined: bool) -> Result<(), BpfError> {
         self.agents.lock().unwrap().insert(cgroup_id, net.clone());
+        self.usage.lock().unwrap().entry(cgroup_id).or_default();
         let mut confined = self.files_confined.lock().unwrap();
         if files_confined {
             confined.insert(cgroup_id);
@@ -483,6 +583,8 @@ impl KernelPolicy for FakeKernel {
         self.agents.lock().unwrap().remove(&cgroup_id);
         self.files_confined.lock().unwrap().remove(&cgroup_id);
         self.file_grants.lock().unwrap().retain(|(c, _), _| *c != cgroup_id);
+        self.budgets.lock().unwrap().remove(&cgroup_id);
+        self.usage.lock().unwrap().remove(&cgroup_id);
         Ok(())
     }
 
@@ -497,6 +599,21 @@ impl KernelPolicy for FakeKernel {
             Some(g) => grants.insert((cgroup_id, key), g),
             None => grants.remove(&(cgroup_id, key)),
         };
+        Ok(())
+    }
+
+    fn set_net_budget(&self, cgroup_id: u64, budget: NetBudget) -> Result<(), BpfError> {
+        self.budgets.lock().unwrap().insert(cgroup_id, budget);
+        self.usage.lock().unwrap().entry(cgroup_id).or_default();
+        Ok(())
+    }
+
+    fn net_usage(&self, cgroup_id: u64) -> Result<Option<NetUsage>, BpfError> {
+        Ok(self.usage.lock().unwrap().get(&cgroup_id).copied())
+    }
+
+    fn set_api_endpoints(&self, endpoints: &[(IpAddr, u16)]) -> Result<(), BpfError> {
+        *self.api_endpoints.lock().unwrap() = endpoints.to_vec();
         Ok(())
     }
 }
@@ -515,10 +632,7 @@ mod tests {
     }
 
     fn net_all() -> Vec<ProgramStatus> {
-        ["cgroup/connect4", "cgroup/connect6", "cgroup/sendmsg4", "cgroup/sendmsg6"]
-            .into_iter()
-            .map(|h| status(h, true, None))
-            .collect()
+        rush_ebpf::NET_PROGRAMS.iter().map(|s| status(s.hook, true, None)).collect()
     }
 
     fn lsm_all(attached: bool, error: Option<&str>) -> Vec<ProgramStatus> {
@@ -590,6 +704,23 @@ mod tests {
         k.remove_agent(1).unwrap();
         assert!(k.file_grants.lock().unwrap().keys().all(|(c, _)| *c == 2));
         assert!(!k.files_confined.lock().unwrap().contains(&1));
+    }
+
+    #[test]
+    fn fake_kernel_records_budgets() {
+        let k = FakeKernel::default();
+        assert_eq!(k.net_usage(1).unwrap(), None);
+        k.add_agent(1, &KernelNetPolicy::Allow, false).unwrap();
+        assert_eq!(k.net_usage(1).unwrap(), Some(NetUsage::default()), "every agent is counted");
+        let budget = NetBudget { bytes: Some(1 << 20), api_calls: None };
+        k.set_net_budget(1, budget).unwrap();
+        assert_eq!(k.budgets.lock().unwrap().get(&1), Some(&budget));
+        let api = ["10.0.0.1".parse().unwrap()].map(|ip| (ip, 443));
+        k.set_api_endpoints(&api).unwrap();
+        assert_eq!(*k.api_endpoints.lock().unwrap(), api.to_vec());
+        k.remove_agent(1).unwrap();
+        assert_eq!(k.net_usage(1).unwrap(), None);
+        assert!(k.budgets.lock().unwrap().is_empty());
     }
 
     #[test]

@@ -20,8 +20,8 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::*;
 
-const EPERM: i32 = libc::EPERM;
-const CHILD_COMM: &str = "rush-smoke";
+pub(super) const EPERM: i32 = libc::EPERM;
+pub(super) const CHILD_COMM: &str = "rush-smoke";
 
 /// Held by each test that starts a BpfHandle: they count this process's rush-bpf threads
 /// and must not see another test's.
@@ -111,12 +111,12 @@ fn smoke_test_net_confinement() {
     assert_eq!(next_lost(&mut events), Some(5));
 
     // List: exactly the listed (address, port); port 0 = any port.
-    let list = KernelNetPolicy::List(vec![(tcp_addr.ip(), tcp_addr.port())]);
+    let list = KernelNetPolicy::List(vec![(tcp_addr.ip(), 32, tcp_addr.port())]);
     bpf.add_agent(cgroup_id, &list, false).unwrap();
     assert_eq!(probe(&agent, Probe::Tcp(tcp_addr)), Ok(()), "listed");
     assert_eq!(probe(&agent, Probe::Tcp(mapped)), Ok(()), "listed, via a v6 socket");
     assert_eq!(probe(&agent, Probe::Udp(udp_addr)), Err(EPERM), "port not listed");
-    let any_port = KernelNetPolicy::List(vec![(udp_addr.ip(), 0)]);
+    let any_port = KernelNetPolicy::List(vec![(udp_addr.ip(), 32, 0)]);
     bpf.add_agent(cgroup_id, &any_port, false).unwrap();
     assert_eq!(probe(&agent, Probe::Udp(udp_addr)), Ok(()), "port 0 = any port");
 
@@ -151,9 +151,9 @@ fn smoke_test_net_confinement() {
 }
 
 /// Test cgroups and pins, removed even when an assertion fails.
-struct Fixture {
-    parent: PathBuf,
-    pin_dir: PathBuf,
+pub(super) struct Fixture {
+    pub(super) parent: PathBuf,
+    pub(super) pin_dir: PathBuf,
 }
 
 impl Drop for Fixture {
@@ -198,7 +198,7 @@ fn connect4_progs(cgroup: &Path) -> Vec<u32> {
 }
 
 /// Threads of this process named rush-bpf*.
-fn bpf_threads() -> usize {
+pub(super) fn bpf_threads() -> usize {
     std::fs::read_dir("/proc/self/task")
         .unwrap()
         .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
@@ -206,7 +206,7 @@ fn bpf_threads() -> usize {
         .count()
 }
 
-fn cgroup2_root() -> Option<PathBuf> {
+pub(super) fn cgroup2_root() -> Option<PathBuf> {
     ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
         .into_iter()
         .map(PathBuf::from)
@@ -251,7 +251,7 @@ fn next_lost(events: &mut UnboundedReceiver<KernelEvent>) -> Option<u64> {
 }
 
 #[derive(Clone, Copy)]
-enum Probe {
+pub(super) enum Probe {
     /// connect()
     Tcp(SocketAddr),
     /// sendto() on an unconnected UDP socket
@@ -262,7 +262,7 @@ enum Probe {
 
 /// Forks a child that moves itself into `cgroup`, then makes the `probe` call. Ok, or the
 /// errno the call failed with.
-fn probe(cgroup: &Path, probe: Probe) -> Result<(), i32> {
+pub(super) fn probe(cgroup: &Path, probe: Probe) -> Result<(), i32> {
     let procs = CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes()).unwrap();
     let comm = CString::new(CHILD_COMM).unwrap();
     let (addr, sock_type, send_flags) = match probe {
@@ -309,7 +309,7 @@ fn probe(cgroup: &Path, probe: Probe) -> Result<(), i32> {
     }
 }
 
-fn raw_sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+pub(super) fn raw_sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: sockaddr_storage is a plain C struct; all zeroes is a valid (empty) value.
     let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
     let len = match addr {

@@ -6,23 +6,29 @@
  * so a socket handed to an agent is still checked against the agent.
  *
  * Return 1 = allow, 0 = deny (the syscall fails with EPERM).
+ *
+ * Network budgets: cgroup_skb programs count every IP packet of an agent's sockets in
+ * rush_net_usage and drop them once the agent's byte budget is spent; the connect hooks
+ * count connects to API endpoints and refuse them once the call budget is spent.
  */
 #include "rush.h"
 
+/* Longest-prefix match in the agent's allow list: the exact port first, then "any port". */
 static __always_inline int rush_net_allowed(__u64 cgroup_id, __u16 family, const __u8 *addr,
 					    __u16 port)
 {
-	struct rush_net_key key = {
-		.cgroup_id = cgroup_id,
+	struct rush_net_cidr_key key = {
+		.prefixlen = RUSH_NET_CIDR_FIXED_BITS + (family == RUSH_AF_INET ? 32 : 128),
 		.family = family,
 		.port = port,
+		.cgroup_id = cgroup_id,
 	};
 
 	__builtin_memcpy(key.addr, addr, 16);
-	if (bpf_map_lookup_elem(&rush_net_allow, &key))
+	if (bpf_map_lookup_elem(&rush_net_cidr, &key))
 		return 1;
 	key.port = 0;
-	return bpf_map_lookup_elem(&rush_net_allow, &key) != NULL;
+	return bpf_map_lookup_elem(&rush_net_cidr, &key) != NULL;
 }
 
 static __always_inline void rush_emit_net_deny(struct bpf_sock_addr *ctx, __u32 hook,
@@ -53,6 +59,70 @@ static __always_inline void rush_emit_net_deny(struct bpf_sock_addr *ctx, __u32 
 	bpf_ringbuf_submit(e, 0);
 }
 
+static __always_inline void rush_emit_api_refused(__u32 hook, __u64 cgroup_id, __u16 family,
+						  const __u8 *addr, __u16 port, __u64 calls,
+						  __u64 limit)
+{
+	struct rush_api_event *e;
+	__u64 pid_tgid;
+
+	e = bpf_ringbuf_reserve(&rush_events, sizeof(*e), 0);
+	if (!e) {
+		rush_count_lost_event();
+		return;
+	}
+	pid_tgid = bpf_get_current_pid_tgid();
+	e->kind = RUSH_EVENT_API_REFUSED;
+	e->hook = hook;
+	e->cgroup_id = cgroup_id;
+	e->pid = (__u32)pid_tgid;
+	e->tgid = pid_tgid >> 32;
+	e->uid = (__u32)bpf_get_current_uid_gid();
+	e->family = family;
+	e->port = port;
+	__builtin_memcpy(e->addr, addr, 16);
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->calls = calls;
+	e->limit = limit;
+	bpf_ringbuf_submit(e, 0);
+}
+
+/*
+ * An allowed connect of an agent with a usage entry: if the destination is an API
+ * endpoint, it is one API call, refused (0) once the agent's call budget is spent.
+ *
+ * One connect = one call: requests sent over a kept-alive connection (HTTP/1.1
+ * keep-alive, HTTP/2 streams) are not seen, so this bounds connections, not requests.
+ * Unconnected UDP (sendmsg) is not counted; QUIC clients connect their UDP socket.
+ */
+static __always_inline int rush_count_api_call(__u32 hook, __u64 cgroup_id, __u16 family,
+					       const __u8 *addr, __u16 port)
+{
+	struct rush_api_key key = { .family = family, .port = port };
+	struct rush_net_usage *usage;
+	__u64 calls, limit;
+
+	usage = bpf_map_lookup_elem(&rush_net_usage, &cgroup_id);
+	if (!usage)
+		return 1;
+	__builtin_memcpy(key.addr, addr, 16);
+	if (!bpf_map_lookup_elem(&rush_api_addrs, &key)) {
+		key.port = 0;
+		if (!bpf_map_lookup_elem(&rush_api_addrs, &key))
+			return 1;
+	}
+	/* Fetch-and-add, so concurrent connects cannot all slip under the limit. */
+	calls = __sync_fetch_and_add(&usage->api_calls, 1);
+	limit = usage->api_limit;
+	if (calls < limit)
+		return 1;
+	/* A refused connect is not a call. */
+	__sync_fetch_and_add(&usage->api_calls, -1);
+	__sync_fetch_and_add(&usage->refused_calls, 1);
+	rush_emit_api_refused(hook, cgroup_id, family, addr, port, calls, limit);
+	return 0;
+}
+
 /* The policy decision, shared by all four hooks. */
 static __always_inline int rush_check(struct bpf_sock_addr *ctx, __u32 hook, __u16 family,
 				      const __u8 *addr, __u16 port)
@@ -62,11 +132,13 @@ static __always_inline int rush_check(struct bpf_sock_addr *ctx, __u32 hook, __u
 
 	if (!agent)
 		return 1;
-	if (agent->net_mode == RUSH_NET_MODE_ALLOW)
+	if (agent->net_mode == RUSH_NET_MODE_ALLOW ||
+	    (agent->net_mode == RUSH_NET_MODE_LIST &&
+	     rush_net_allowed(cgroup_id, family, addr, port))) {
+		if (hook == RUSH_HOOK_CONNECT4 || hook == RUSH_HOOK_CONNECT6)
+			return rush_count_api_call(hook, cgroup_id, family, addr, port);
 		return 1;
-	if (agent->net_mode == RUSH_NET_MODE_LIST &&
-	    rush_net_allowed(cgroup_id, family, addr, port))
-		return 1;
+	}
 	rush_emit_net_deny(ctx, hook, cgroup_id, family, addr, port);
 	return 0;
 }
@@ -124,6 +196,76 @@ SEC("cgroup/sendmsg6")
 int rush_sendmsg6(struct bpf_sock_addr *ctx)
 {
 	return rush_check6(ctx, RUSH_HOOK_SENDMSG6);
+}
+
+/*
+ * Byte budget. The agent is the socket's cgroup (set when the socket was created), so a
+ * socket an agent made is counted wherever it goes, and one handed to it from outside is
+ * not. Loopback traffic counts like any other (between two sockets of one agent, twice).
+ *
+ * The limit check and the add are not one atomic step: packets racing on other CPUs can
+ * overshoot the limit by at most one packet each. Once over, every packet is dropped
+ * (TCP sees loss and stalls) until the daemon raises the budget and clears the flag.
+ *
+ * Return 1 = pass, 0 = drop.
+ */
+static __always_inline int rush_count_skb(struct __sk_buff *skb, int egress)
+{
+	__u64 cgroup_id = bpf_skb_ancestor_cgroup_id(skb, agent_cgroup_level);
+	struct rush_budget_event *e;
+	struct rush_net_usage *usage;
+	__u64 len = skb->len;
+	__u64 used, limit, flags;
+
+	if (!cgroup_id)
+		return 1;
+	usage = bpf_map_lookup_elem(&rush_net_usage, &cgroup_id);
+	if (!usage)
+		return 1;
+	limit = usage->limit_bytes;
+	if (limit) {
+		flags = usage->flags;
+		used = usage->tx_bytes + usage->rx_bytes;
+		if (!(flags & RUSH_USAGE_BYTES_BREACHED) && used + len <= limit)
+			goto count;
+		__sync_fetch_and_add(&usage->dropped_packets, 1);
+		if (flags & RUSH_USAGE_BYTES_BREACHED)
+			return 0;
+		/* Only the CPU that sets the flag reports the breach. */
+		if (__sync_val_compare_and_swap(&usage->flags, flags,
+						flags | RUSH_USAGE_BYTES_BREACHED) != flags)
+			return 0;
+		e = bpf_ringbuf_reserve(&rush_events, sizeof(*e), 0);
+		if (!e) {
+			rush_count_lost_event();
+			return 0;
+		}
+		e->kind = RUSH_EVENT_NET_BUDGET;
+		e->pad = 0;
+		e->cgroup_id = cgroup_id;
+		e->used = used;
+		e->limit = limit;
+		bpf_ringbuf_submit(e, 0);
+		return 0;
+	}
+count:
+	if (egress)
+		__sync_fetch_and_add(&usage->tx_bytes, len);
+	else
+		__sync_fetch_and_add(&usage->rx_bytes, len);
+	return 1;
+}
+
+SEC("cgroup_skb/ingress")
+int rush_skb_ingress(struct __sk_buff *skb)
+{
+	return rush_count_skb(skb, 0);
+}
+
+SEC("cgroup_skb/egress")
+int rush_skb_egress(struct __sk_buff *skb)
+{
+	return rush_count_skb(skb, 1);
 }
 
 /*

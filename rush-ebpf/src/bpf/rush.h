@@ -33,6 +33,16 @@
 #define RUSH_EVENT_FILE_DENY 2
 #define RUSH_EVENT_GUARD_DENY 3
 #define RUSH_EVENT_GRANT_MOVED 4
+#define RUSH_EVENT_NET_BUDGET 5
+#define RUSH_EVENT_API_REFUSED 6
+
+/* struct rush_net_usage.flags: the byte budget was reached; every packet is dropped and
+ * no further event is sent until the daemon writes the entry again (a raised budget). */
+#define RUSH_USAGE_BYTES_BREACHED 1
+
+/* Bits of struct rush_net_cidr_key before the address (family, port, cgroup_id): an
+ * entry's prefixlen is this plus the address prefix length. */
+#define RUSH_NET_CIDR_FIXED_BITS 96
 
 /* struct rush_agent.flags */
 #define RUSH_AGENT_FILES_CONFINED 1
@@ -104,12 +114,41 @@ struct rush_agent {
 	__u64 reserved;
 };
 
-struct rush_net_key {
+/*
+ * Key of the rush_net_cidr LPM trie: one allowed prefix of one agent. The trie matches
+ * the first prefixlen bits after the prefixlen field, so family, port and cgroup_id (all
+ * before the address, no holes) always match exactly and only the address is a prefix.
+ */
+struct rush_net_cidr_key {
+	__u32 prefixlen; /* RUSH_NET_CIDR_FIXED_BITS + address prefix length */
+	__u16 family;    /* RUSH_AF_INET or RUSH_AF_INET6 */
+	__u16 port;      /* host order; 0 = any port */
 	__u64 cgroup_id;
-	__u16 family; /* RUSH_AF_INET or RUSH_AF_INET6 */
-	__u16 port;   /* host order; 0 = any port */
-	__u32 pad;
 	__u8 addr[16]; /* network order; IPv4 in the first 4 bytes, the rest zero */
+};
+
+/*
+ * Value of rush_net_usage (key: the agent's cgroup id): the agent's network budget and
+ * what it has used. Counters are added to atomically by the programs; the limits and
+ * flags are written by the daemon.
+ */
+struct rush_net_usage {
+	__u64 tx_bytes; /* IP packet bytes (headers included) sent by the agent's sockets */
+	__u64 rx_bytes; /* and received by them */
+	__u64 limit_bytes; /* tx + rx may not exceed it; 0 = unlimited */
+	__u64 api_calls; /* connects to an API endpoint let through */
+	__u64 api_limit; /* api_calls may not exceed it; ~0 = unlimited */
+	__u64 dropped_packets; /* over the byte budget */
+	__u64 refused_calls; /* API connects refused over the call budget */
+	__u64 flags; /* RUSH_USAGE_* */
+};
+
+/* Key of rush_api_addrs (value: u8, 1): an API endpoint, for every agent. */
+struct rush_api_key {
+	__u16 family;
+	__u16 port; /* host order; 0 = any port */
+	__u32 pad;
+	__u8 addr[16];
 };
 
 struct rush_net_event {
@@ -188,6 +227,31 @@ struct rush_grant_moved_event {
 	__u32 to_dev;
 };
 
+/* An agent reached its byte budget (once per breach). */
+struct rush_budget_event {
+	__u32 kind; /* RUSH_EVENT_NET_BUDGET */
+	__u32 pad;
+	__u64 cgroup_id;
+	__u64 used; /* tx + rx bytes when the first packet was dropped */
+	__u64 limit;
+};
+
+/* An agent's connect to an API endpoint was refused: its call budget is spent. */
+struct rush_api_event {
+	__u32 kind; /* RUSH_EVENT_API_REFUSED */
+	__u32 hook; /* RUSH_HOOK_CONNECT4 or RUSH_HOOK_CONNECT6 */
+	__u64 cgroup_id;
+	__u32 pid; /* thread id */
+	__u32 tgid; /* process id */
+	__u32 uid;
+	__u16 family;
+	__u16 port; /* host order */
+	__u8 addr[16];
+	char comm[16];
+	__u64 calls; /* api_calls at the refusal */
+	__u64 limit;
+};
+
 /* Never read: makes struct rush_net_event part of every object's BTF, which only keeps the
  * types of globals and function signatures (the layout test and bpftool rely on it). */
 struct rush_net_event *const rush_net_event_btf = 0;
@@ -196,6 +260,8 @@ struct rush_file_key *const rush_file_key_btf = 0;
 struct rush_file_grant *const rush_file_grant_btf = 0;
 struct rush_guard_event *const rush_guard_event_btf = 0;
 struct rush_grant_moved_event *const rush_grant_moved_event_btf = 0;
+struct rush_budget_event *const rush_budget_event_btf = 0;
+struct rush_api_event *const rush_api_event_btf = 0;
 
 /* Depth of agent cgroups below the cgroup v2 root (root = 0), set by the loader. */
 const volatile __u32 agent_cgroup_level = 0;
@@ -208,13 +274,34 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } rush_agents SEC(".maps");
 
+/* Allow lists. Was the HASH map rush_net_allow (exact addresses); a pin of that name
+ * left by an older daemon is migrated into this one and removed by the loader. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__type(key, struct rush_net_cidr_key);
+	__type(value, __u8);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* required for LPM tries */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rush_net_cidr SEC(".maps");
+
+/* Budgets and usage, per agent; agents without an entry are not counted. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct rush_net_key);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct rush_net_usage);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rush_net_usage SEC(".maps");
+
+/* API endpoints (global): an agent's connect to one counts as one API call. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct rush_api_key);
 	__type(value, __u8);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} rush_net_allow SEC(".maps");
+} rush_api_addrs SEC(".maps");
 
 /* File capability tokens, checked by the LSM programs (file.bpf.c). Defined here so the
  * map exists (and the daemon can fill it) even where the LSM object cannot load. */
