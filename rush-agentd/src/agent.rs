@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use rush_proto::{
-    AgentInfo, AgentName, AgentState, ApiError, AuditEvent, Budget, ErrorKind, ExitStatus, FileGrant,
-    GrantRequest, NetPolicy, Ops, RevokeTarget, SpawnRequest, StdioMode, TokenInfo,
+    AgentInfo, AgentName, AgentState, ApiError, AuditEvent, Budget, ChangeEffect, ErrorKind, ExitStatus,
+    FileGrant, GrantRequest, NetPolicy, Ops, RevokeTarget, SpawnRequest, StdioMode, TokenInfo,
 };
 use tokio::sync::watch;
 
@@ -27,9 +27,61 @@ struct Plan {
     net: KernelNetPolicy,
     budget: Budget,
     /// Some: the agent is file-confined, with these tokens.
-    file_tokens: Option<Vec<NewToken>>,
+    file_tokens: Option<FileTokens>,
+    files: Files,
+    /// What it asked for that nothing enforces (`allow_unconfined`).
+    unconfined: Vec<String>,
     stdio: Option<[OwnedFd; 3]>,
     log_path: Option<PathBuf>,
+    /// A restart under new rules: the log goes on rather than starting empty.
+    restart: bool,
+}
+
+/// A new agent's tokens: resolved from its request, or carried over from the process it
+/// replaces (a Landlock restart), ids and expiries kept.
+enum FileTokens {
+    New(Vec<NewToken>),
+    Carried(Vec<Token>),
+}
+
+/// What confines an agent's file access.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Files {
+    /// Not file-confined (spawned without --allow).
+    Open,
+    BpfLsm,
+    Landlock,
+    /// Tokens recorded, nothing enforces them (`allow_unconfined` with no backend).
+    Unenforced,
+}
+
+impl Files {
+    fn backend(self) -> &'static str {
+        match self {
+            Files::Open | Files::Unenforced => "none",
+            Files::BpfLsm => "bpf-lsm",
+            Files::Landlock => "landlock",
+        }
+    }
+
+    /// From what a stored agent's info says (re-adoption).
+    fn of_info(info: &AgentInfo, files_confined: bool) -> Files {
+        let has = |e: &str| info.enforcement.iter().any(|x| x == e);
+        match () {
+            _ if !files_confined => Files::Open,
+            _ if has("files:landlock") => Files::Landlock,
+            _ if has("files:bpf-lsm") => Files::BpfLsm,
+            _ => Files::Unenforced,
+        }
+    }
+}
+
+/// How to start an agent's command again (Landlock restarts): its request as it came,
+/// and who asked. None for foreground agents, whose terminal went with the old process.
+#[derive(Clone)]
+struct Respawn {
+    req: SpawnRequest,
+    caller: Caller,
 }
 
 /// An agent's first process, as the daemon holds it.
@@ -85,8 +137,21 @@ pub struct Caller {
 #[derive(Debug, Clone)]
 pub struct Enforcement {
     pub net: bool,
-    /// Why `--allow` file tokens cannot be honoured on this daemon, or None if they can.
-    pub file_tokens_unavailable: Option<String>,
+    /// What enforces `--allow` file tokens on this daemon.
+    pub files: FileBackend,
+    /// What a token change does to a Landlock-confined agent.
+    pub landlock: crate::config::LandlockSection,
+}
+
+/// The file-token backend chosen at start-up (`files.enforcement`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileBackend {
+    /// BPF LSM programs: per-inode tokens, changed live.
+    BpfLsm,
+    /// A Landlock ruleset applied before exec; changes freeze and restart or kill.
+    Landlock,
+    /// Nothing can: why (`--allow` is refused unless `allow_unconfined`).
+    Unavailable(String),
 }
 
 /// How many exited agents `agent list` keeps showing.
@@ -177,6 +242,8 @@ struct Agent {
     log_path: Option<PathBuf>,
     /// File hooks deny what no token covers (spawned with --allow).
     files_confined: bool,
+    files: Files,
+    respawn: Option<Respawn>,
     pause: Pause,
     reported: Reported,
     exec: ExecRule,
@@ -326,8 +393,11 @@ impl AgentManager {
                 },
                 _ => None,
             };
+            let files = Files::of_info(&rec.info, rec.files_confined);
             let (restored, entries) = self.tokens.restore(tokens);
-            if let Err(e) = self.write_entries(cg.id, entries) {
+            if files == Files::BpfLsm
+                && let Err(e) = self.write_entries(cg.id, entries)
+            {
                 tracing::error!(agent = %name, error = %e.message, "kernel entries not rebuilt");
             }
             let (tx, rx) = watch::channel(None);
@@ -344,6 +414,9 @@ impl AgentManager {
                         exit: rx,
                         log_path: rec.log_path,
                         files_confined: rec.files_confined,
+                        files,
+                        // Its request (env, cwd) is not stored: a Landlock change kills it.
+                        respawn: None,
                         pause,
                         reported: Reported::default(),
                         exec,
@@ -399,6 +472,19 @@ impl AgentManager {
         caller: &Caller,
         stdio: Option<[OwnedFd; 3]>,
     ) -> Result<(AgentInfo, watch::Receiver<Option<ExitStatus>>), ApiError> {
+        self.spawn_inner(req, caller, stdio, None).await
+    }
+
+    /// [`AgentManager::spawn`]; with `carried`, a restart: these tokens instead of the
+    /// request's, and the log continued.
+    async fn spawn_inner(
+        self: &Arc<Self>,
+        req: SpawnRequest,
+        caller: &Caller,
+        stdio: Option<[OwnedFd; 3]>,
+        carried: Option<Vec<Token>>,
+    ) -> Result<(AgentInfo, watch::Receiver<Option<ExitStatus>>), ApiError> {
+        let original = req.clone();
         let name: AgentName = req
             .name
             .parse()
@@ -428,22 +514,36 @@ impl AgentManager {
                 req.env.push((var.to_owned(), url.clone()));
             }
         }
-        if let (Some(grant), Some(why)) = (req.allow.first(), &self.enforcement.file_tokens_unavailable) {
-            return Err(api_err(
-                ErrorKind::Unsupported,
-                format!(
-                    "refusing --allow {}:{}: {why}; the agent would not be confined to it",
-                    grant.path.display(),
-                    grant.ops
-                ),
-            ));
-        }
-
+        let mut unconfined = Vec::new();
+        let files = match (req.allow.first(), &self.enforcement.files) {
+            (None, _) => Files::Open,
+            (Some(_), FileBackend::BpfLsm) => Files::BpfLsm,
+            (Some(_), FileBackend::Landlock) => Files::Landlock,
+            (Some(_), FileBackend::Unavailable(why)) if req.allow_unconfined => {
+                unconfined.push(format!("files: {why}"));
+                Files::Unenforced
+            }
+            (Some(grant), FileBackend::Unavailable(why)) => {
+                return Err(api_err(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "refusing --allow {}:{}: {why}; the agent would not be confined to it \
+                         (--allow-unconfined runs it anyway, listed as UNCONFINED)",
+                        grant.path.display(),
+                        grant.ops
+                    ),
+                ));
+            }
+        };
         if !self.enforcement.net {
-            return Err(api_err(
-                ErrorKind::Unsupported,
-                "the network programs are not attached, so no agent can be confined; see `rush doctor`",
-            ));
+            if !req.allow_unconfined {
+                return Err(api_err(
+                    ErrorKind::Unsupported,
+                    "the network programs are not attached, so no agent can be confined; see `rush doctor` \
+                     (--allow-unconfined runs it anyway, listed as UNCONFINED)",
+                ));
+            }
+            unconfined.push("net: the cgroup network programs are not attached".into());
         }
         if !req.cwd.is_dir() {
             return Err(api_err(
@@ -474,10 +574,16 @@ impl AgentManager {
                 KernelNetPolicy::Allow => KernelNetPolicy::Allow,
             };
         }
-        let file_tokens = if req.allow.is_empty() {
-            None
-        } else {
-            Some(self.spawn_tokens(&req.allow, exec, stdio_fds.as_ref(), log_path.as_deref())?)
+        let restart = carried.is_some();
+        let file_tokens = match carried {
+            _ if files == Files::Open => None,
+            Some(tokens) => Some(FileTokens::Carried(tokens)),
+            None => Some(FileTokens::New(self.spawn_tokens(
+                &req.allow,
+                exec,
+                stdio_fds.as_ref(),
+                log_path.as_deref(),
+            )?)),
         };
 
         // Reserve the name; everything after this point is undone on failure.
@@ -493,7 +599,18 @@ impl AgentManager {
             reg.starting.insert(name.clone());
         }
         let files_confined = file_tokens.is_some();
-        let plan = Plan { net, budget, file_tokens, stdio: stdio_fds, log_path: log_path.clone() };
+        let respawn =
+            (req.stdio == StdioMode::Log).then(|| Respawn { req: original, caller: caller.clone() });
+        let plan = Plan {
+            net,
+            budget,
+            file_tokens,
+            files,
+            unconfined: unconfined.clone(),
+            stdio: stdio_fds,
+            log_path: log_path.clone(),
+            restart,
+        };
         let result = self.start(&name, &req, plan, caller).await;
         let mut reg = self.registry();
         reg.starting.remove(&name);
@@ -512,6 +629,8 @@ impl AgentManager {
                 exit: rx.clone(),
                 log_path,
                 files_confined,
+                files,
+                respawn,
                 pause: Pause::default(),
                 reported: Reported { oom_kills: Some(0), fork_refusals: Some(0) },
                 exec,
@@ -528,6 +647,7 @@ impl AgentManager {
                 command: req.command.clone(),
                 net: req.net.clone().unwrap_or_default(),
                 caller_uid: caller.uid,
+                unconfined,
             },
         );
         for token in timed {
@@ -546,7 +666,8 @@ impl AgentManager {
         plan: Plan,
         caller: &Caller,
     ) -> Result<(AgentInfo, AgentCgroup, Child, Vec<Token>), ApiError> {
-        let Plan { net, budget, file_tokens, stdio, log_path } = plan;
+        let Plan { net, budget, file_tokens, files, unconfined, stdio, log_path, restart } = plan;
+        let tcp = landlock_tcp(&net);
         let internal =
             |what: &str, e: &dyn std::fmt::Display| api_err(ErrorKind::Internal, format!("{what}: {e}"));
         // A few mkdir(2) calls: done in place, since a hop to a blocking thread costs a
@@ -559,22 +680,30 @@ impl AgentManager {
         self.registry().names.insert(cg.id, name.to_owned());
         // The policy must be in the kernel before the first process enters the cgroup:
         // file grants first, then the agent entry that makes them (and the net policy) live.
-        let files_confined = file_tokens.is_some();
         // Tokens with a TTL: the daemon enforces their expiry on mappings too.
         let mut timed = Vec::new();
         let installed = (|| {
             if let Some(tokens) = file_tokens {
-                let (added, entries) = self.tokens.add(name, cg.id, tokens);
+                let (added, entries) = match tokens {
+                    FileTokens::New(new) => self.tokens.add(name, cg.id, new),
+                    FileTokens::Carried(mut old) => {
+                        old.iter_mut().for_each(|t| t.cgroup_id = cg.id);
+                        self.tokens.restore(old)
+                    }
+                };
                 timed.extend(added.into_iter().filter(|t| t.expires.is_some()));
-                for (key, entry) in entries {
-                    self.kernel.set_file_grant(cg.id, key, entry)?;
+                // The BPF grant map only for agents the LSM programs confine.
+                if files == Files::BpfLsm {
+                    for (key, entry) in entries {
+                        self.kernel.set_file_grant(cg.id, key, entry)?;
+                    }
                 }
             }
             self.budgets
                 .control
                 .apply(&cg, &budget)
                 .map_err(|e| crate::bpf::BpfError::Other(error_chain(&e)))?;
-            self.kernel.add_agent(cg.id, &net, files_confined)?;
+            self.kernel.add_agent(cg.id, &net, files == Files::BpfLsm)?;
             self.kernel.set_net_budget(cg.id, net_budget(&budget))
         })();
         if let Err(e) = installed {
@@ -585,7 +714,36 @@ impl AgentManager {
             self.registry().names.remove(&cg.id);
             return Err(internal("cannot install the agent's kernel policy", &e));
         }
-        match self.exec(&cg, req, caller, stdio, log_path) {
+        let landlock = if files == Files::Landlock {
+            let now = boot_time_ns();
+            let rules: Vec<crate::landlock::PathRule> = self
+                .tokens
+                .of_agent(cg.id)
+                .into_iter()
+                .filter(|t| t.expires.is_none_or(|(ns, _)| ns > now))
+                .map(|t| crate::landlock::PathRule { path: t.path, ops: t.ops })
+                .collect();
+            match crate::landlock::ruleset(&rules, &tcp) {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    self.tokens.forget_agent(cg.id);
+                    if self.cgroups.remove(&cg).is_ok() {
+                        let _ = self.kernel.remove_agent(cg.id);
+                    }
+                    self.registry().names.remove(&cg.id);
+                    return Err(api_err(ErrorKind::Unsupported, format!("Landlock: {}", error_chain(&e))));
+                }
+            }
+        } else {
+            None
+        };
+        let files_enforcement = match files {
+            Files::BpfLsm => Some("files:bpf-lsm"),
+            Files::Landlock => Some("files:landlock"),
+            Files::Open | Files::Unenforced => None,
+        };
+        let landlock_tcp = files == Files::Landlock && tcp.is_some() && crate::landlock::tcp_enforced();
+        match self.exec(&cg, req, caller, stdio, log_path, landlock, restart) {
             Ok(child) => {
                 let pid = child.pid;
                 let info = AgentInfo {
@@ -605,13 +763,15 @@ impl AgentManager {
                     processes: 1,
                     started_unix_ms: now_unix_ms(),
                     enforcement: std::iter::once("identity:cgroup-v2")
-                        .chain(Some("net:cgroup-sock-addr"))
-                        .chain(files_confined.then_some("files:bpf-lsm"))
+                        .chain(self.enforcement.net.then_some("net:cgroup-sock-addr"))
+                        .chain(files_enforcement)
+                        .chain(landlock_tcp.then_some("net:landlock-tcp-ports"))
                         .chain((!budget.is_empty()).then_some("budget:cgroup"))
                         .map(str::to_owned)
                         .collect(),
                     exit: None,
                     detached: req.stdio == StdioMode::Log,
+                    unconfined,
                 };
                 Ok((info, cg, child, timed))
             }
@@ -627,6 +787,7 @@ impl AgentManager {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn exec(
         &self,
         cg: &AgentCgroup,
@@ -634,6 +795,8 @@ impl AgentManager {
         caller: &Caller,
         stdio: Option<[OwnedFd; 3]>,
         log_path: Option<PathBuf>,
+        landlock: Option<OwnedFd>,
+        restart: bool,
     ) -> Result<Child, ApiError> {
         let internal = |what: String| api_err(ErrorKind::Internal, what);
         let placement = self
@@ -646,13 +809,22 @@ impl AgentManager {
         let stdio = match (stdio, log_path) {
             (Some(fds), _) => fds,
             (None, Some(path)) => {
-                let out = std::fs::OpenOptions::new()
+                let mut opts = std::fs::OpenOptions::new();
+                // A restart continues the log, with a line saying why it starts over.
+                if restart {
+                    opts.append(true)
+                } else {
+                    opts.write(true).truncate(true)
+                };
+                let mut file = opts
                     .create(true)
-                    .write(true)
-                    .truncate(true)
                     .open(&path)
-                    .map(OwnedFd::from)
                     .map_err(|e| internal(format!("cannot open log {}: {e}", path.display())))?;
+                if restart {
+                    use std::io::Write;
+                    let _ = writeln!(file, "--- rush-agentd: restarted under new Landlock rules ---");
+                }
+                let out = OwnedFd::from(file);
                 let err = out.try_clone().map_err(|e| internal(e.to_string()))?;
                 [null()?, out, err]
             }
@@ -661,12 +833,13 @@ impl AgentManager {
         // Only root can change credentials; an unprivileged daemon (unit tests) runs agents
         // as itself, which is then also its caller.
         let creds = nix::unistd::geteuid().is_root().then(|| (caller.uid, caller.gid, caller.groups.clone()));
-        let spawn = Spawn::new(&req.command, &req.env, &req.cwd, stdio, placement, creds).map_err(|e| {
-            api_err(
-                ErrorKind::InvalidArgument,
-                format!("cannot run {:?}: {}", req.command[0], error_chain(&e)),
-            )
-        })?;
+        let spawn =
+            Spawn::new(&req.command, &req.env, &req.cwd, stdio, placement, creds, landlock).map_err(|e| {
+                api_err(
+                    ErrorKind::InvalidArgument,
+                    format!("cannot run {:?}: {}", req.command[0], error_chain(&e)),
+                )
+            })?;
         let (pid, pidfd) = spawn.start().map_err(|e| {
             let kind = match e {
                 SpawnError::Child { .. } | SpawnError::NotFound { .. } => ErrorKind::InvalidArgument,
@@ -1184,11 +1357,35 @@ impl AgentManager {
         &self.tokens
     }
 
-    pub fn grant(self: &Arc<Self>, req: GrantRequest, caller: &Caller) -> Result<TokenInfo, ApiError> {
-        if let Some(why) = &self.enforcement.file_tokens_unavailable {
+    /// Adds a token. A Landlock-confined agent is then frozen and restarted under the
+    /// widened rules, or killed (`[landlock] on_widen`): the returned effect says which.
+    pub async fn grant(
+        self: &Arc<Self>,
+        req: GrantRequest,
+        caller: &Caller,
+    ) -> Result<(TokenInfo, Option<ChangeEffect>), ApiError> {
+        let files = self.files_of(&req.agent);
+        if let (FileBackend::Unavailable(why), false) =
+            (&self.enforcement.files, files == Some(Files::Unenforced))
+        {
             return Err(api_err(ErrorKind::Unsupported, format!("refusing the grant: {why}")));
         }
         let cgroup_id = self.confined_agent(&req.agent)?.id;
+        if files == Some(Files::Landlock) && req.condition.is_some() {
+            return Err(api_err(
+                ErrorKind::Unsupported,
+                format!(
+                    "refusing --condition: agent {:?} is confined by Landlock, whose rules are paths fixed \
+                     at start, so its writes cannot be redirected to a worktree (conditional tokens need \
+                     BPF LSM); grant the directory itself, or a worktree you made, without --condition",
+                    req.agent
+                ),
+            ));
+        }
+        let effect = match files {
+            Some(Files::Landlock) => Some(self.planned_effect(&req.agent, true)?),
+            _ => None,
+        };
         if req.ops.0 == 0 {
             return Err(api_err(ErrorKind::InvalidArgument, "no operations to grant"));
         }
@@ -1213,7 +1410,9 @@ impl AgentManager {
             None => NewToken::resolve(&grant, Origin::Grant).map_err(|e| token_err("grant", &e))?,
         };
         let (added, entries) = self.tokens.add(&req.agent, cgroup_id, vec![new]);
-        self.write_entries(cgroup_id, entries)?;
+        if files == Some(Files::BpfLsm) {
+            self.write_entries(cgroup_id, entries)?;
+        }
         let token = added[0].info();
         self.audit
             .record(Some(&req.agent), AuditEvent::Grant { caller_uid: caller.uid, token: token.clone() });
@@ -1221,7 +1420,172 @@ impl AgentManager {
         for t in added {
             self.schedule_expiry(t);
         }
-        Ok(token)
+        let effect = match effect {
+            Some(planned) => Some(self.reconfine(planned, "grant", caller).await?),
+            None => None,
+        };
+        Ok((token, effect))
+    }
+
+    /// How the running agent `name`'s files are confined; None if there is no such agent.
+    fn files_of(&self, name: &str) -> Option<Files> {
+        self.registry().agents.get(name).map(|a| a.files)
+    }
+
+    /// What a grant (`widen`) or a revoke would do to the running agent `name`.
+    fn planned_effect(&self, name: &str, widen: bool) -> Result<ChangeEffect, ApiError> {
+        let cg = self.confined_agent(name)?;
+        let reg = self.registry();
+        let a = reg.agents.get(name).ok_or_else(|| not_found(name))?;
+        let pid = a.info.pid;
+        let (action, detail) = match a.files {
+            Files::BpfLsm => (
+                "in-place",
+                "BPF LSM: the kernel's grant map changes under the running agent; open files are \
+                 checked again at their next read or write, and a process that maps a file which lost \
+                 an operation is killed"
+                    .to_string(),
+            ),
+            Files::Landlock => {
+                let (policy, key) = if widen {
+                    (self.enforcement.landlock.on_widen, "on_widen")
+                } else {
+                    (self.enforcement.landlock.on_narrow, "on_narrow")
+                };
+                let head = format!(
+                    "Landlock cannot change the rules of a running process: agent {name} (pid {pid}) will be \
+                     frozen and"
+                );
+                match (policy, &a.respawn) {
+                    (crate::config::OnChange::Restart, Some(r)) => (
+                        "restart",
+                        format!(
+                            "{head} restarted ([landlock] {key} = \"restart\"): its process tree killed, then \
+                             `{}` started again under the new rules, with a new pid, from the beginning \
+                             (restart from a checkpoint comes with time travel)",
+                            r.req.command.join(" ")
+                        ),
+                    ),
+                    (crate::config::OnChange::Restart, None) => (
+                        "kill",
+                        format!(
+                            "{head} killed: it {} so it cannot be restarted",
+                            if a.info.detached {
+                                "was re-adopted after a daemon restart (its environment is not stored),"
+                            } else {
+                                "runs in the foreground (its terminal cannot be handed to a new process),"
+                            }
+                        ),
+                    ),
+                    (crate::config::OnChange::Kill, _) => {
+                        ("kill", format!("{head} killed ([landlock] {key} = \"kill\")"))
+                    }
+                }
+            }
+            Files::Unenforced => (
+                "none",
+                format!(
+                    "agent {name} is UNCONFINED: nothing enforces its file tokens; the change is only recorded"
+                ),
+            ),
+            Files::Open => unreachable!("confined_agent refuses agents spawned without --allow"),
+        };
+        drop(reg);
+        let _ = cg;
+        Ok(ChangeEffect {
+            agent: name.to_owned(),
+            backend: self.files_of(name).map_or("none", Files::backend).to_owned(),
+            action: action.to_owned(),
+            detail,
+            pid,
+            new_pid: None,
+        })
+    }
+
+    /// What a grant (`revoke: None`) or this revoke would do to the running agent, without
+    /// doing it (`rush capability grant/revoke` print it first).
+    pub fn change_effect(&self, name: &str, revoke: Option<&RevokeTarget>) -> Result<ChangeEffect, ApiError> {
+        let cgroup_id = self.confined_agent(name)?.id;
+        if let Some(target) = revoke {
+            let key = match target {
+                RevokeTarget::Path(p) => crate::tokens::file_key(p).ok(),
+                RevokeTarget::Id(_) => None,
+            };
+            let any = self.tokens.of_agent(cgroup_id).iter().any(|t| match target {
+                RevokeTarget::Id(id) => t.id == *id,
+                RevokeTarget::Path(p) => t.path == *p || Some(t.key) == key,
+            });
+            if !any {
+                return Err(api_err(ErrorKind::NotFound, format!("agent {name:?} has no such token")));
+            }
+        }
+        self.planned_effect(name, revoke.is_none())
+    }
+
+    /// Landlock cannot change a running process's rules: the agent is frozen, then killed,
+    /// and (for `restart`) its command started again under its tokens as they are now.
+    async fn reconfine(
+        self: &Arc<Self>,
+        planned: ChangeEffect,
+        cause: &str,
+        caller: &Caller,
+    ) -> Result<ChangeEffect, ApiError> {
+        let name = planned.agent.clone();
+        let (cg, respawn) = {
+            let reg = self.registry();
+            let a = reg.agents.get(&name).ok_or_else(|| not_found(&name))?;
+            (a.cgroup.clone(), a.respawn.clone())
+        };
+        // Frozen first: from here on it does nothing under its old rules.
+        if let Err(e) = self.freeze_for(&name, &cg).await {
+            tracing::warn!(agent = %name, error = %e.message, "not frozen before the kill");
+        }
+        let now = boot_time_ns();
+        let carried: Vec<Token> = self
+            .tokens
+            .of_agent(cg.id)
+            .into_iter()
+            .filter(|t| t.expires.is_none_or(|(ns, _)| ns > now))
+            .collect();
+        self.kill(&name, caller).await?;
+        let mut effect = planned;
+        if effect.action == "restart"
+            && let Some(r) = respawn
+        {
+            match self.spawn_inner(r.req, &r.caller, None, Some(carried)).await {
+                Ok((info, _)) => effect.new_pid = Some(info.pid),
+                Err(e) => {
+                    tracing::error!(agent = %name, error = %e.message, "killed for new Landlock rules, but not restarted");
+                    self.audit.record(
+                        Some(&name),
+                        AuditEvent::RulesetChange {
+                            action: "kill".into(),
+                            cause: cause.into(),
+                            old_pid: effect.pid,
+                            new_pid: None,
+                        },
+                    );
+                    return Err(api_err(
+                        e.kind,
+                        format!(
+                            "agent {name} was killed for its new rules but could not be restarted: {}",
+                            e.message
+                        ),
+                    ));
+                }
+            }
+        }
+        tracing::info!(agent = %name, action = %effect.action, cause, old_pid = effect.pid, new_pid = ?effect.new_pid, "Landlock rules changed");
+        self.audit.record(
+            Some(&name),
+            AuditEvent::RulesetChange {
+                action: effect.action.clone(),
+                cause: cause.into(),
+                old_pid: effect.pid,
+                new_pid: effect.new_pid,
+            },
+        );
+        Ok(effect)
     }
 
     /// A conditional token: its worktree made now, a copy of the directory.
@@ -1368,6 +1732,7 @@ impl AgentManager {
             ],
             cwd: worktree,
             stdio: StdioMode::Log,
+            allow_unconfined: false,
         };
         // As the agent's user (its primary group from the user database, else uid = gid).
         let uid = self.status(agent).map(|a| a.uid).unwrap_or(0);
@@ -1405,10 +1770,15 @@ impl AgentManager {
         agent: &str,
         target: RevokeTarget,
         caller: &Caller,
-    ) -> Result<Vec<TokenInfo>, ApiError> {
+    ) -> Result<(Vec<TokenInfo>, Option<ChangeEffect>), ApiError> {
         let _one = self.enforcing.lock().await;
         let cg = self.confined_agent(agent)?;
         let cgroup_id = cg.id;
+        let files = self.files_of(agent);
+        let planned = match files {
+            Some(Files::Landlock | Files::Unenforced) => Some(self.planned_effect(agent, false)?),
+            _ => None,
+        };
         let (removed, entries) = match &target {
             RevokeTarget::Id(id) => self.tokens.remove(cgroup_id, |t| t.id == *id),
             RevokeTarget::Path(p) => {
@@ -1424,6 +1794,18 @@ impl AgentManager {
             };
             return Err(api_err(ErrorKind::NotFound, format!("agent {agent:?} has no {what}")));
         }
+        if let Some(planned) = planned {
+            let tokens: Vec<TokenInfo> = removed.iter().map(|t| t.info()).collect();
+            self.audit
+                .record(Some(agent), AuditEvent::Revoke { caller_uid: caller.uid, tokens: tokens.clone() });
+            let ids: Vec<u64> = removed.iter().map(|t| t.id).collect();
+            self.persist("revoke", |s| s.delete_tokens(&ids));
+            let effect = match files {
+                Some(Files::Landlock) => self.reconfine(planned, "revoke", caller).await?,
+                _ => planned,
+            };
+            return Ok((tokens, Some(effect)));
+        }
         let lost = lost_by_revoke(&removed, &entries, boot_time_ns());
         let killed = self.enforce(cg, lost, move |mgr| mgr.write_entries(cgroup_id, entries)).await?;
         let tokens: Vec<TokenInfo> = removed.iter().map(|t| t.info()).collect();
@@ -1431,7 +1813,7 @@ impl AgentManager {
         let ids: Vec<u64> = removed.iter().map(|t| t.id).collect();
         self.persist("revoke", |s| s.delete_tokens(&ids));
         self.record_kills(agent, killed, "revoke");
-        Ok(tokens)
+        Ok((tokens, None))
     }
 
     /// At a token's expiry (the kernel lapses it by itself), the same enforcement on
@@ -1494,6 +1876,22 @@ impl AgentManager {
             return;
         }
         let name = cg.name.clone();
+        match self.files_of(&name) {
+            Some(Files::Landlock) => {
+                // The kernel knows nothing of the deadline: this is the expiry.
+                let daemon = Caller { uid: 0, gid: 0, pid: std::process::id() as i32, groups: Vec::new() };
+                let done = match self.planned_effect(&name, false) {
+                    Ok(planned) => self.reconfine(planned, "expiry", &daemon).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = done {
+                    tracing::error!(agent = %name, error = %e.message, "token expiry not enforced");
+                }
+                return;
+            }
+            Some(Files::Unenforced) => return,
+            _ => {}
+        }
         match self.enforce(cg, lost, |_| Ok(())).await {
             Ok(killed) => self.record_kills(&name, killed, "expiry"),
             Err(e) => tracing::error!(agent = %name, error = %e.message, "expiry not enforced on mappings"),
@@ -1622,6 +2020,22 @@ fn token_err(what: &str, e: &TokenError) -> ApiError {
     api_err(kind, format!("{what}: {e}"))
 }
 
+/// The TCP ports a Landlock ruleset allows connects to: none for `deny`, the listed ports
+/// for an allow list; None (TCP left to the cgroup programs) for `allow` or any-port entries.
+fn landlock_tcp(net: &KernelNetPolicy) -> crate::landlock::TcpPorts {
+    match net {
+        KernelNetPolicy::Deny => Some(Vec::new()),
+        KernelNetPolicy::Allow => None,
+        KernelNetPolicy::List(eps) if eps.iter().any(|(_, _, port)| *port == 0) => None,
+        KernelNetPolicy::List(eps) => {
+            let mut ports: Vec<u16> = eps.iter().map(|(_, _, port)| *port).collect();
+            ports.sort_unstable();
+            ports.dedup();
+            Some(ports)
+        }
+    }
+}
+
 /// The part of a budget the kernel's network programs enforce.
 fn net_budget(b: &Budget) -> crate::bpf::NetBudget {
     crate::bpf::NetBudget { bytes: b.net_bytes, api_calls: b.api_calls }
@@ -1734,7 +2148,8 @@ mod tests {
     fn enforced() -> Enforcement {
         Enforcement {
             net: true,
-            file_tokens_unavailable: Some("BPF LSM programs did not attach: EPERM".into()),
+            files: FileBackend::Unavailable("BPF LSM programs did not attach: EPERM".into()),
+            landlock: Default::default(),
         }
     }
 
@@ -1755,6 +2170,7 @@ mod tests {
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             cwd: PathBuf::from("/"),
             stdio: StdioMode::Log,
+            allow_unconfined: false,
         }
     }
 
@@ -1824,7 +2240,11 @@ mod tests {
 
     #[tokio::test]
     async fn refuses_to_run_unconfined() {
-        let f = fixture(Enforcement { net: false, file_tokens_unavailable: Some("x".into()) });
+        let f = fixture(Enforcement {
+            net: false,
+            files: FileBackend::Unavailable("x".into()),
+            landlock: Default::default(),
+        });
         let e = f.mgr.spawn(req("a1", &["true"]), &me(), None).await.unwrap_err();
         assert_eq!(e.kind, ErrorKind::Unsupported);
         assert!(f.mgr.list().is_empty());
@@ -1863,7 +2283,7 @@ mod tests {
     }
 
     fn files_enforced() -> Enforcement {
-        Enforcement { net: true, file_tokens_unavailable: None }
+        Enforcement { net: true, files: FileBackend::BpfLsm, landlock: Default::default() }
     }
 
     #[tokio::test]
@@ -1906,18 +2326,21 @@ mod tests {
             duration_secs: None,
             condition: None,
         };
-        let token = f.mgr.grant(grant.clone(), &me()).unwrap();
+        let token = f.mgr.grant(grant.clone(), &me()).await.unwrap().0;
         assert_eq!(entry(&f).unwrap().expires_ns[1], u64::MAX);
         // A second token on the same path, then revoke by path: both go, entry deleted.
-        f.mgr.grant(GrantRequest { ops: "read".parse().unwrap(), ..grant.clone() }, &me()).unwrap();
-        let gone = f.mgr.revoke("g1", RevokeTarget::Path(other.path().to_owned()), &me()).await.unwrap();
+        f.mgr.grant(GrantRequest { ops: "read".parse().unwrap(), ..grant.clone() }, &me()).await.unwrap().0;
+        let (gone, _) = f.mgr.revoke("g1", RevokeTarget::Path(other.path().to_owned()), &me()).await.unwrap();
         assert_eq!(gone.len(), 2);
         assert!(gone.iter().any(|t| t.id == token.id));
         assert_eq!(entry(&f), None);
         let e = f.mgr.revoke("g1", RevokeTarget::Id(token.id), &me()).await.unwrap_err();
         assert_eq!(e.kind, ErrorKind::NotFound);
-        let e =
-            f.mgr.grant(GrantRequest { path: "/nonexistent/x".into(), ..grant.clone() }, &me()).unwrap_err();
+        let e = f
+            .mgr
+            .grant(GrantRequest { path: "/nonexistent/x".into(), ..grant.clone() }, &me())
+            .await
+            .unwrap_err();
         assert_eq!(e.kind, ErrorKind::NotFound);
         assert!(e.message.contains("/nonexistent/x"), "{}", e.message);
     }
@@ -1933,10 +2356,10 @@ mod tests {
             duration_secs: None,
             condition: None,
         };
-        let e = f.mgr.grant(grant.clone(), &me()).unwrap_err();
+        let e = f.mgr.grant(grant.clone(), &me()).await.unwrap_err();
         assert!(e.message.contains("not file-confined"), "{}", e.message);
         let f = fixture(enforced());
-        let e = f.mgr.grant(grant, &me()).unwrap_err();
+        let e = f.mgr.grant(grant, &me()).await.unwrap_err();
         assert_eq!(e.kind, ErrorKind::Unsupported);
     }
 
@@ -1999,11 +2422,11 @@ mod tests {
             condition: None,
         };
         // Write taken away: the program's mapping is private, nothing it uses is lost.
-        let w = f.mgr.grant(grant("write"), &me()).unwrap();
+        let w = f.mgr.grant(grant("write"), &me()).await.unwrap().0;
         f.mgr.revoke("m1", RevokeTarget::Id(w.id), &me()).await.unwrap();
         assert_eq!(*f.cgroups.freezes.lock().unwrap(), ["freeze m1", "thaw m1"]);
         // A second token granting the same: revoking it takes nothing away, no freeze.
-        let again = f.mgr.grant(grant("read,exec"), &me()).unwrap();
+        let again = f.mgr.grant(grant("read,exec"), &me()).await.unwrap().0;
         f.mgr.revoke("m1", RevokeTarget::Id(again.id), &me()).await.unwrap();
         assert_eq!(f.cgroups.freezes.lock().unwrap().len(), 2, "nothing lost, nothing frozen");
         assert!(revoke_kills(&f).is_empty());
@@ -2165,6 +2588,7 @@ mod tests {
                 },
                 &me(),
             )
+            .await
             .unwrap_err();
         assert!(e.message.contains("exec rule is \"system\""), "{}", e.message);
         let mut r = req("t2", &["true"]);

@@ -281,6 +281,7 @@ fn request_name(r: &Request) -> &'static str {
         Request::Revoke { .. } => "revoke",
         Request::ListCapabilities { .. } => "list_capabilities",
         Request::Commit { .. } => "commit",
+        Request::ChangeEffect { .. } => "change_effect",
     }
 }
 
@@ -364,9 +365,18 @@ async fn dispatch(
             let report = (ctx.doctor)();
             Ok(Response::Doctor { report })
         }
-        Request::Grant(req) => ctx.agents.grant(req, &peer.caller).map(|token| Response::Granted { token }),
-        Request::Revoke { agent, target } => {
-            ctx.agents.revoke(&agent, target, &peer.caller).await.map(|tokens| Response::Revoked { tokens })
+        Request::Grant(req) => ctx
+            .agents
+            .grant(req, &peer.caller)
+            .await
+            .map(|(token, effect)| Response::Granted { token, effect }),
+        Request::Revoke { agent, target } => ctx
+            .agents
+            .revoke(&agent, target, &peer.caller)
+            .await
+            .map(|(tokens, effect)| Response::Revoked { tokens, effect }),
+        Request::ChangeEffect { agent, revoke } => {
+            ctx.agents.change_effect(&agent, revoke.as_ref()).map(|effect| Response::ChangeEffect { effect })
         }
         Request::Commit { agent, token } => {
             ctx.agents.commit(&agent, token).await.map(|outcomes| Response::Committed { outcomes })

@@ -675,9 +675,16 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
         let null = || std::os::fd::OwnedFd::from(File::open("/dev/null").unwrap());
         let argv = ["sleep".to_string(), "30".to_string()];
         let env = [("PATH".to_string(), "/usr/bin:/bin".to_string())];
-        let spawn =
-            crate::spawn::Spawn::new(&argv, &env, Path::new("/"), [null(), null(), null()], placement, None)
-                .unwrap();
+        let spawn = crate::spawn::Spawn::new(
+            &argv,
+            &env,
+            Path::new("/"),
+            [null(), null(), null()],
+            placement,
+            None,
+            None,
+        )
+        .unwrap();
         // start() checks every hierarchy before it lets the process exec.
         let (pid, _pidfd) = spawn.start().unwrap();
         let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();

@@ -21,6 +21,12 @@
 //! # can load; paths missing on this machine are skipped
 //! baseline = ["/usr:read,exec", "/lib:read,exec", "/etc/ld.so.cache:read", "/dev/null:read,write", ...]
 //!
+//! enforcement = "auto"         # auto | bpf-lsm | landlock: what enforces file tokens
+//!
+//! [landlock]                   # agents confined by Landlock, whose tokens change:
+//! on_narrow = "restart"        # a revoke or expiry: "restart" or "kill" the agent
+//! on_widen = "restart"         # a grant: "restart" or "kill"
+//!
 //! [policy]
 //! file = "/etc/rush/policy.toml" # trust levels; the built-in ones when it does not exist
 //!
@@ -59,6 +65,69 @@ pub struct Config {
     pub policy: PolicySection,
     pub budget: BudgetSection,
     pub meter: crate::meter::MeterConfig,
+    pub landlock: LandlockSection,
+}
+
+/// Which mechanism enforces file tokens.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum EnforcementChoice {
+    /// BPF LSM where its programs attach, else Landlock, else none (file tokens refused).
+    #[default]
+    Auto,
+    /// BPF LSM only: per-inode tokens, live revoke on open files, expiry in the kernel.
+    BpfLsm,
+    /// Landlock only (even where BPF LSM attaches): path rules fixed when the agent starts.
+    Landlock,
+}
+
+impl EnforcementChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EnforcementChoice::Auto => "auto",
+            EnforcementChoice::BpfLsm => "bpf-lsm",
+            EnforcementChoice::Landlock => "landlock",
+        }
+    }
+}
+
+/// What happens to a Landlock-confined agent whose tokens change: Landlock cannot change
+/// the rules of a running process, so it is frozen, then restarted or killed.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnChange {
+    /// Kill its process tree and start its command again (same name, argv, env, cwd, uid,
+    /// log) under the new rules. Foreground agents are killed instead.
+    Restart,
+    /// Kill its process tree.
+    Kill,
+}
+
+impl OnChange {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnChange::Restart => "restart",
+            OnChange::Kill => "kill",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LandlockSection {
+    /// A revoke or an expiry (access narrowed).
+    pub on_narrow: OnChange,
+    /// A grant (access widened).
+    pub on_widen: OnChange,
+}
+
+impl Default for LandlockSection {
+    fn default() -> Self {
+        // Restart: a narrowed token is a limit on the agent, not a verdict on it (`rush
+        // agent kill` is that); the new process is confined by the new rules from its
+        // first instruction, and the CLI says so before it happens.
+        LandlockSection { on_narrow: OnChange::Restart, on_widen: OnChange::Restart }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -91,6 +160,8 @@ impl Default for BudgetSection {
 pub struct FilesSection {
     /// `PATH:OPS` tokens given to every file-confined agent.
     pub baseline: Vec<String>,
+    /// `auto`, `bpf-lsm` or `landlock`.
+    pub enforcement: EnforcementChoice,
 }
 
 impl Default for FilesSection {
@@ -116,7 +187,10 @@ impl Default for FilesSection {
             "/dev/tty:read,write",
             "/dev/pts:read,write",
         ];
-        FilesSection { baseline: base.iter().map(|s| s.to_string()).collect() }
+        FilesSection {
+            baseline: base.iter().map(|s| s.to_string()).collect(),
+            enforcement: EnforcementChoice::Auto,
+        }
     }
 }
 
@@ -270,6 +344,16 @@ mod tests {
         assert!(e.contains("fly"), "{e}");
         let e = Config::parse("[files]\nbaseline = [\"/usr:read:5m\"]\n").unwrap_err();
         assert!(e.contains("cannot expire"), "{e}");
+    }
+
+    #[test]
+    fn enforcement_and_landlock_policy_parse() {
+        let c =
+            Config::parse("[files]\nenforcement = \"landlock\"\n[landlock]\non_narrow = \"kill\"\n").unwrap();
+        assert_eq!(c.files.enforcement, EnforcementChoice::Landlock);
+        assert_eq!(c.landlock.on_narrow, OnChange::Kill);
+        assert_eq!(c.landlock.on_widen, OnChange::Restart);
+        assert!(Config::parse("[landlock]\non_narrow = \"ignore\"\n").is_err());
     }
 
     #[test]

@@ -6,13 +6,13 @@ use std::sync::Arc;
 use rush_proto::AuditEvent;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::agent::{AgentManager, Budgets, Enforcement, MeterSetup};
+use crate::agent::{AgentManager, Budgets, Enforcement, FileBackend, MeterSetup};
 use crate::api::{self, ApiContext};
 use crate::audit::AuditLog;
 use crate::bpf::{AttachReport, BpfConfig, BpfHandle, KernelEvent, KernelPolicy};
 use crate::budget::CgroupsRs;
 use crate::cgroup::{CgroupBackend, CgroupLayout, FsCgroups};
-use crate::config::Config;
+use crate::config::{Config, EnforcementChoice};
 use crate::policy::Policy;
 use crate::probe::{self, ProbeInputs};
 
@@ -59,15 +59,18 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     let (bpf, report, events) = BpfHandle::start(bpf_config)?;
     log_attach_report(&report);
     crate::tokens::set_btrfs_keyed(report.btrfs_keyed);
-    let enforcement = Enforcement {
-        net: report.net_enforced(),
-        file_tokens_unavailable: (!report.lsm_attached()).then(|| match report.lsm_error() {
-            Some(e) => format!(
-                "this kernel does not attach BPF LSM programs ({e}), so file tokens cannot be enforced"
-            ),
-            None => "the BPF LSM programs are not attached, so file tokens cannot be enforced".into(),
-        }),
-    };
+    let files = choose_file_backend(config.files.enforcement, &report);
+    match &files {
+        FileBackend::BpfLsm => tracing::info!("file tokens: enforced by BPF LSM"),
+        FileBackend::Landlock => tracing::warn!(
+            abi = crate::landlock::abi().unwrap_or(0),
+            "file tokens: enforced by Landlock (rules fixed at spawn: a grant, revoke or expiry \
+             restarts or kills the agent; expiry needs this daemon running)"
+        ),
+        FileBackend::Unavailable(why) => tracing::warn!("file tokens cannot be enforced: {why}"),
+    }
+    let enforcement_files = files.clone();
+    let enforcement = Enforcement { net: report.net_enforced(), files, landlock: config.landlock.clone() };
 
     let policy = Policy::load(&config.policy.file)?;
     // Connects to these count as model API calls (the `api` budget).
@@ -127,6 +130,8 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     let meter_ready = config.meter.upstream.is_some() && !config.meter.prices.is_empty();
     let api_endpoint_count = api_endpoints.len();
     let doctor_report = report.clone();
+    let doctor_files = enforcement_files.clone();
+    let doctor_landlock = config.landlock.clone();
     let doctor_layout = cgroups.layout().clone();
     let ctx = Arc::new(ApiContext {
         agents: agents.clone(),
@@ -139,6 +144,8 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
                 cgroups: Some(&doctor_layout),
                 meter_ready: Some(meter_ready),
                 api_endpoints: Some(api_endpoint_count),
+                files: Some(&doctor_files),
+                landlock: Some(&doctor_landlock),
             })
         }),
     });
@@ -173,6 +180,34 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// The file-token backend for `choice`, from what really attached and what the kernel has.
+pub fn choose_file_backend(choice: EnforcementChoice, report: &AttachReport) -> FileBackend {
+    let lsm_why = || match report.lsm_error() {
+        Some(e) => format!("this kernel does not attach BPF LSM programs ({e})"),
+        None => "the BPF LSM programs are not attached".into(),
+    };
+    let landlock = crate::landlock::abi().is_some();
+    match choice {
+        EnforcementChoice::BpfLsm if report.lsm_attached() => FileBackend::BpfLsm,
+        EnforcementChoice::BpfLsm => FileBackend::Unavailable(format!(
+            "{}, and files.enforcement is \"bpf-lsm\", so file tokens cannot be enforced",
+            lsm_why()
+        )),
+        EnforcementChoice::Landlock if landlock => FileBackend::Landlock,
+        EnforcementChoice::Landlock => FileBackend::Unavailable(
+            "Landlock is not available on this kernel (files.enforcement is \"landlock\"), so file \
+             tokens cannot be enforced"
+                .into(),
+        ),
+        EnforcementChoice::Auto if report.lsm_attached() => FileBackend::BpfLsm,
+        EnforcementChoice::Auto if landlock => FileBackend::Landlock,
+        EnforcementChoice::Auto => FileBackend::Unavailable(format!(
+            "{}, and Landlock is not available either, so file tokens cannot be enforced",
+            lsm_why()
+        )),
+    }
+}
+
 fn log_attach_report(report: &AttachReport) {
     for p in &report.programs {
         match &p.error {
@@ -184,7 +219,7 @@ fn log_attach_report(report: &AttachReport) {
     }
     if !report.lsm_attached() {
         tracing::warn!(
-            "BPF LSM programs are not attached: file tokens cannot be enforced on this kernel, and --allow will be refused"
+            "BPF LSM programs are not attached: no self-protection (guard) programs; file tokens only through Landlock"
         );
     }
 }

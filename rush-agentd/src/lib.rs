@@ -5,6 +5,7 @@
 //! - [`agent`] — spawning, tracking and killing agents
 //! - [`spawn`] — clone3 into the agent's cgroup, then exec
 //! - [`tokens`] — capability tokens and their kernel grant entries
+//! - [`landlock`] — the Landlock file backend: tokens as a ruleset applied before exec
 //! - [`mappings`] — revokes and expiries reaching files mapped in memory
 //! - [`audit`] — the audit trail
 //! - [`api`] — the Unix-socket NDJSON server and caller identification
@@ -23,6 +24,7 @@ pub mod cgroup;
 pub mod condition;
 pub mod config;
 pub mod daemon;
+pub mod landlock;
 pub mod mappings;
 pub mod meter;
 pub mod policy;

@@ -41,6 +41,10 @@ struct Args {
     /// them so enforcement outlives it).
     #[arg(long)]
     ephemeral: bool,
+    /// What enforces file tokens: BPF LSM where its programs attach, else Landlock (auto),
+    /// or only one of them [default: files.enforcement in the config, else auto].
+    #[arg(long, value_enum)]
+    enforcement: Option<rush_agentd::config::EnforcementChoice>,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -81,10 +85,13 @@ fn main() -> ExitCode {
     if let Some(v) = args.cgroup_parent {
         config.cgroup.parent = v;
     }
+    if let Some(v) = args.enforcement {
+        config.files.enforcement = v;
+    }
     init_tracing(config.daemon.log_format);
 
     if let Some(Cmd::Doctor { json }) = args.command {
-        return local_doctor(json);
+        return local_doctor(json, &config);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(r) => r,
@@ -115,7 +122,7 @@ fn init_tracing(format: LogFormat) {
 
 /// Probes without a running daemon: loads the programs into a throw-away pin directory to
 /// learn what really attaches, then removes them.
-fn local_doctor(json: bool) -> ExitCode {
+fn local_doctor(json: bool, config: &Config) -> ExitCode {
     let layout = CgroupLayout::detect().ok();
     let attach = layout.as_ref().and_then(|l| {
         if !nix::unistd::geteuid().is_root() {
@@ -144,11 +151,15 @@ fn local_doctor(json: bool) -> ExitCode {
         let _ = std::fs::remove_dir_all(&pin_dir);
         report
     });
+    let files =
+        attach.as_ref().map(|r| rush_agentd::daemon::choose_file_backend(config.files.enforcement, r));
     let report = probe::doctor(&ProbeInputs {
         attach: attach.as_ref(),
         cgroups: layout.as_ref(),
         meter_ready: None,
         api_endpoints: None,
+        files: files.as_ref(),
+        landlock: Some(&config.landlock),
     });
     if json {
         println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));

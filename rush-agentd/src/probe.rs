@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use rush_proto::{DoctorReport, Guarantee, Probe};
 
+use crate::agent::FileBackend;
 use crate::bpf::AttachReport;
 use crate::cgroup::{CgroupLayout, CgroupMode};
+use crate::config::LandlockSection;
 
 /// Everything the probes need that only a loaded daemon knows.
 pub struct ProbeInputs<'a> {
@@ -19,6 +21,10 @@ pub struct ProbeInputs<'a> {
     pub meter_ready: Option<bool>,
     /// How many API endpoint addresses connects are counted against; None = unknown.
     pub api_endpoints: Option<usize>,
+    /// What enforces file tokens (chosen by the daemon, or as `auto` would choose).
+    pub files: Option<&'a FileBackend>,
+    /// What a token change does to a Landlock-confined agent.
+    pub landlock: Option<&'a LandlockSection>,
 }
 
 pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
@@ -105,7 +111,7 @@ pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
     ));
     let (criu_ok, criu_detail) = criu_check();
     probes.push(probe("criu", criu_ok, criu_detail));
-    let landlock = landlock_abi();
+    let landlock = crate::landlock::abi();
     probes.push(probe(
         "landlock",
         landlock.is_some(),
@@ -116,6 +122,20 @@ pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
     ));
 
     let guard_ok = inputs.attach.is_some_and(AttachReport::guard_attached);
+    let files = match inputs.files {
+        Some(FileBackend::BpfLsm) => Some(Backend::BpfLsm),
+        Some(FileBackend::Landlock) => Some(Backend::Landlock),
+        Some(FileBackend::Unavailable(_)) => None,
+        None if lsm_attach_ok => Some(Backend::BpfLsm),
+        None if landlock.is_some() => Some(Backend::Landlock),
+        None => None,
+    };
+    let lsm_files = files == Some(Backend::BpfLsm);
+    let on_narrow = inputs.landlock.map_or("restarts it", |l| match l.on_narrow {
+        crate::config::OnChange::Restart => "restarts it under the new rules",
+        crate::config::OnChange::Kill => "kills it",
+    });
+    let landlock_guard = files == Some(Backend::Landlock) && landlock.is_some_and(|v| v >= 6);
     let guard_detail = inputs
         .attach
         .and_then(AttachReport::guard_error)
@@ -146,40 +166,43 @@ pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
                 "cgroup.freeze then SIGKILL of every member".into()
             },
         ),
-        g(
-            "file tokens",
-            lsm_attach_ok,
-            if lsm_attach_ok {
-                "agents spawned with --allow: every open, read, write, create, delete and rename checked by BPF LSM programs against their tokens (default deny)".into()
-            } else {
-                format!("BPF LSM programs cannot attach ({lsm_attach_detail}): --allow is refused")
-            },
-        ),
+        g("file tokens", files.is_some(), file_tokens_detail(&files, landlock, &lsm_attach_detail)),
         g(
             "live revoke on open files",
-            lsm_attach_ok,
-            if lsm_attach_ok {
-                "lsm/file_permission checks every read and write of a regular file or directory".into()
-            } else {
-                "needs the BPF LSM file programs".into()
+            lsm_files,
+            match files {
+                Some(Backend::BpfLsm) => {
+                    "lsm/file_permission checks every read and write of a regular file or directory".into()
+                }
+                Some(Backend::Landlock) => format!(
+                    "not under Landlock, which checks at open only: a revoke freezes the agent, then {} \
+                     ([landlock] on_narrow), so no process keeps a revoked descriptor or mapping",
+                    on_narrow
+                ),
+                None => "needs a file backend".into(),
             },
         ),
         g(
             "token expiry without the daemon",
-            lsm_attach_ok,
-            if lsm_attach_ok {
-                "deadlines in the grant map, compared with the boot clock in the kernel".into()
-            } else {
-                "needs the BPF LSM file programs".into()
+            lsm_files,
+            match files {
+                Some(Backend::BpfLsm) => "deadlines in the grant map, compared with the boot clock in the kernel".into(),
+                Some(Backend::Landlock) => format!(
+                    "not under Landlock: the daemon enforces a TTL at its deadline (freeze, then {on_narrow}); \
+                     with the daemon down, a lapsed token stays usable until it runs again"
+                ),
+                None => "needs a file backend".into(),
             },
         ),
         g(
             "exec control",
-            lsm_attach_ok,
-            if lsm_attach_ok {
-                "file-confined agents execute (execve, or mmap/mprotect PROT_EXEC) only files a token grants `exec` (the baseline: system directories); never a memfd".into()
-            } else {
-                "needs the BPF LSM file programs".into()
+            lsm_files,
+            match files {
+                Some(Backend::BpfLsm) => "file-confined agents execute (execve, or mmap/mprotect PROT_EXEC) only files a token grants `exec` (the baseline: system directories); never a memfd".into(),
+                Some(Backend::Landlock) => "partly, under Landlock: execve of a file no token grants `exec` fails (EACCES), \
+                    but Landlock does not see mmap(PROT_EXEC), so `ld.so BINARY` runs a readable binary, \
+                    and a memfd can be executed (execveat)".into(),
+                None => "needs a file backend".into(),
             },
         ),
         g(
@@ -196,8 +219,15 @@ pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
             } else {
                 format!(
                     "BPF LSM guard programs not attached ({guard_detail}): an agent running as root can leave \
-                     its cgroup; only no_new_privs{} hold",
-                    if sysctl_ok { " and the sysctl-write refusal" } else { "" }
+                     its cgroup; only no_new_privs{}{} hold",
+                    if sysctl_ok { " and the sysctl-write refusal" } else { "" },
+                    if landlock_guard {
+                        ", and for file-confined agents Landlock's own limits (no ptrace of, signal to, \
+                         or abstract socket of a process outside the agent, the daemon included; no \
+                         mount; no write to cgroupfs or anything else no token grants)"
+                    } else {
+                        ""
+                    }
                 )
             },
         ),
@@ -237,16 +267,43 @@ pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
                 None => "known only to a running daemon".into(),
             },
         ),
-        g("time travel", false, "not implemented yet".into()),
+        g("time travel: files", false, "not implemented yet (btrfs snapshots: issue 6)".into()),
+        g("time travel: processes", false, "not implemented yet (CRIU: issue 6)".into()),
         g(
             "persistence across daemon restarts",
             inputs.attach.is_some(),
             "programs and maps stay pinned (enforcing while the daemon is down); a restarted daemon \
-             re-adopts living agents and their tokens from its state database. Not across reboots yet"
+             re-adopts living agents and their tokens from its state database (Landlock rules stay with \
+             the processes; a re-adopted Landlock agent is killed, not restarted, on a token change). \
+             Not across reboots yet"
                 .into(),
         ),
     ];
     DoctorReport { kernel, probes, guarantees }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    BpfLsm,
+    Landlock,
+}
+
+fn file_tokens_detail(files: &Option<Backend>, landlock: Option<i64>, lsm_detail: &str) -> String {
+    match files {
+        Some(Backend::BpfLsm) => "agents spawned with --allow: every open, read, write, create, delete and rename checked by BPF LSM programs against their tokens (default deny)".into(),
+        Some(Backend::Landlock) => format!(
+            "by Landlock (ABI {}): agents spawned with --allow enter, before exec, a ruleset made of their \
+             tokens (read, write, exec, create, delete as Landlock rights; default deny, also TCP connect \
+             ports from ABI 4). Rules are path hierarchies fixed at spawn: a change restarts or kills the \
+             agent; conditional tokens and editor-style saves of a single-file token need BPF LSM",
+            landlock.unwrap_or(0)
+        ),
+        None => format!(
+            "BPF LSM programs cannot attach ({lsm_detail}) and Landlock is {}: --allow is refused \
+             (--allow-unconfined runs the agent anyway, listed as UNCONFINED)",
+            if landlock.is_some() { "not chosen (files.enforcement)" } else { "not available" }
+        ),
+    }
 }
 
 fn summarize(r: &AttachReport, prefix: &str) -> String {
@@ -312,23 +369,6 @@ fn criu_check() -> (bool, String) {
     }
 }
 
-/// The Landlock ABI version, asked of the kernel directly. By hand (one syscall) rather than
-/// with the landlock crate, which the Landlock backend issue will bring in for rulesets.
-fn landlock_abi() -> Option<i64> {
-    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
-    // SAFETY: landlock_create_ruleset with a null attr, size 0 and the VERSION flag only
-    // returns the ABI version (or an error); it reads and writes no memory of ours.
-    let v = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            LANDLOCK_CREATE_RULESET_VERSION,
-        )
-    };
-    (v > 0).then_some(v)
-}
-
 /// One cgroup-controller budget: holds where cgroups-rs can reach the controller.
 fn budget_guarantee(inputs: &ProbeInputs<'_>, resource: &str, what: &str) -> Guarantee {
     let why_not = match inputs.cgroups {
@@ -377,6 +417,8 @@ mod tests {
             cgroups: None,
             meter_ready: None,
             api_endpoints: None,
+            files: Some(&FileBackend::Unavailable("x".into())),
+            landlock: None,
         });
         let file = r.guarantees.iter().find(|g| g.name == "file tokens").unwrap();
         assert!(!file.holds);

@@ -10,7 +10,10 @@
 //! there (it may not write to cgroupfs itself once inside an agent) before letting it exec.
 //!
 //! The child sets `no_new_privs` last before exec: setuid and file-capability binaries
-//! never raise an agent's privileges.
+//! never raise an agent's privileges. An agent confined by Landlock then enters the
+//! ruleset the daemon built before the clone (`landlock_restrict_self` on its fd, after
+//! the credential switch and `no_new_privs`, as Landlock requires of unprivileged callers),
+//! so its program's first instruction already runs under it.
 //!
 //! The child side runs between clone3 and execve in a copy of a multi-threaded process, so
 //! it only makes raw system calls on memory prepared before the clone: no allocation, no
@@ -36,6 +39,8 @@ pub struct Spawn {
     placement: Placement,
     /// (uid, gid, groups) to switch to; None keeps the daemon's.
     creds: Option<(u32, u32, Vec<libc::gid_t>)>,
+    /// A Landlock ruleset to enter before exec (CLOEXEC: it does not reach the program).
+    landlock: Option<OwnedFd>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,8 +73,9 @@ mod step {
     pub const NO_NEW_PRIVS: u32 = 5;
     pub const CHDIR: u32 = 6;
     pub const EXECVE: u32 = 7;
+    pub const LANDLOCK: u32 = 8;
 }
-const STEPS: [&str; 8] = [
+const STEPS: [&str; 9] = [
     "setsid",
     "setting up stdio",
     "setgroups",
@@ -78,6 +84,7 @@ const STEPS: [&str; 8] = [
     "setting no_new_privs",
     "chdir",
     "execve",
+    "entering the Landlock ruleset",
 ];
 
 fn cstring(what: &'static str, s: &[u8]) -> Result<CString, SpawnError> {
@@ -93,6 +100,7 @@ impl Spawn {
         stdio: [OwnedFd; 3],
         placement: Placement,
         creds: Option<(u32, u32, Vec<u32>)>,
+        landlock: Option<OwnedFd>,
     ) -> Result<Spawn, SpawnError> {
         let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
         let program =
@@ -108,6 +116,7 @@ impl Spawn {
             stdio,
             placement,
             creds,
+            landlock,
         })
     }
 
@@ -139,6 +148,7 @@ impl Spawn {
         let (go_read, go_write) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
         let go_fd = go_read.as_raw_fd();
+        let landlock_fd: RawFd = self.landlock.as_ref().map_or(-1, |fd| fd.as_raw_fd());
 
         let mut pidfd: RawFd = -1;
         let mut args = CloneArgs {
@@ -173,6 +183,7 @@ impl Spawn {
                     &envp_ptrs,
                     err_fd,
                     go_fd,
+                    landlock_fd,
                 )
             }
         }
@@ -288,6 +299,7 @@ unsafe fn child(
     envp: &[*const libc::c_char],
     err_fd: RawFd,
     go_fd: RawFd,
+    landlock_fd: RawFd,
 ) -> ! {
     // SAFETY (whole body): raw system calls on fds and buffers prepared by the parent; on
     // any failure the step and errno go to the CLOEXEC pipe and the child exits.
@@ -330,6 +342,10 @@ unsafe fn child(
         // setcap binaries included) gains privileges; inherited across fork and exec.
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
             fail(step::NO_NEW_PRIVS);
+        }
+        // Before chdir and exec: the program never runs outside the ruleset.
+        if landlock_fd >= 0 && crate::landlock::restrict_self(landlock_fd) < 0 {
+            fail(step::LANDLOCK);
         }
         if libc::chdir(cwd.as_ptr()) < 0 {
             fail(step::CHDIR);
@@ -417,7 +433,7 @@ mod tests {
         let (r, w) = nix::unistd::pipe().unwrap();
         let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
         let env = [("PATH".to_string(), "/usr/bin:/bin".to_string())];
-        let spawn = Spawn::new(&argv, &env, Path::new(cwd), [null(), w, null()], placement, creds)?;
+        let spawn = Spawn::new(&argv, &env, Path::new(cwd), [null(), w, null()], placement, creds, None)?;
         let (pid, _pidfd) = spawn.start()?;
         let mut out = String::new();
         File::from(r).read_to_string(&mut out).unwrap();

@@ -106,6 +106,32 @@ pub enum Request {
         #[serde(default)]
         token: Option<u64>,
     },
+    /// What a grant (`revoke: None`) or this revoke would do to the running agent, asked
+    /// before making it: in place (BPF LSM), or a restart or kill (Landlock, whose rules
+    /// cannot change in a running process). Changes nothing. Replies `ChangeEffect`.
+    ChangeEffect {
+        agent: String,
+        #[serde(default)]
+        revoke: Option<RevokeTarget>,
+    },
+}
+
+/// What a token change does (or did) to a running agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeEffect {
+    pub agent: String,
+    /// The file backend confining it: `bpf-lsm`, `landlock` or `none` (unconfined).
+    pub backend: String,
+    /// `in-place` (the kernel map changes under the running agent), `restart` (frozen,
+    /// killed, started again under the new rules), `kill` (frozen and killed), or `none`.
+    pub action: String,
+    /// One line for the operator: what happens and why.
+    pub detail: String,
+    /// The agent's first process now.
+    pub pid: u32,
+    /// After a restart: the new first process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_pid: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,6 +222,10 @@ pub struct SpawnRequest {
     /// Working directory of the agent's first process.
     pub cwd: PathBuf,
     pub stdio: StdioMode,
+    /// Run the agent even where no backend can enforce what it asks (file tokens, network
+    /// policy): it is then listed as UNCONFINED, and the spawn audited as such.
+    #[serde(default)]
+    pub allow_unconfined: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -261,9 +291,17 @@ pub enum Response {
     },
     Granted {
         token: TokenInfo,
+        /// What the grant did to the running agent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        effect: Option<ChangeEffect>,
     },
     Revoked {
         tokens: Vec<TokenInfo>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        effect: Option<ChangeEffect>,
+    },
+    ChangeEffect {
+        effect: ChangeEffect,
     },
     Capabilities {
         tokens: Vec<TokenInfo>,
@@ -328,6 +366,10 @@ pub struct AgentInfo {
     #[serde(default)]
     pub exit: Option<ExitStatus>,
     pub detached: bool,
+    /// What this agent asked for that nothing enforces (spawned with `allow_unconfined`
+    /// where no backend could): e.g. `files: ...why`. Empty for a confined agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unconfined: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -392,6 +434,9 @@ pub enum AuditEvent {
         command: Vec<String>,
         net: NetPolicy,
         caller_uid: u32,
+        /// What it asked for that is not enforced (spawned with `allow_unconfined`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unconfined: Vec<String>,
     },
     Exit {
         pid: u32,
@@ -509,6 +554,18 @@ pub enum AuditEvent {
         caller_uid: u32,
         budget: Budget,
     },
+    /// A Landlock-confined agent's rules changed (a grant, revoke or expiry): Landlock
+    /// cannot change a running process's rules, so it was frozen and then restarted under
+    /// the new ones (`restart`, `new_pid`) or killed (`kill`).
+    RulesetChange {
+        /// `restart` or `kill`.
+        action: String,
+        /// `grant`, `revoke` or `expiry`.
+        cause: String,
+        old_pid: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        new_pid: Option<u32>,
+    },
     /// A request the daemon refused for policy reasons (not input errors).
     Refused {
         caller_uid: u32,
@@ -539,6 +596,7 @@ impl AuditEvent {
             AuditEvent::ApiRefused { .. } => "api_refused",
             AuditEvent::Paused { .. } => "paused",
             AuditEvent::Resumed { .. } => "resumed",
+            AuditEvent::RulesetChange { .. } => "ruleset_change",
         }
     }
 }

@@ -288,11 +288,18 @@ pub struct SpawnArgs {
 
     /// Grant file access: PATH:OPS[:TTL], OPS a comma list of
     /// read,write,exec,create,delete, TTL how long the grant lasts (e.g. 90s, 30m, 1h; forever if omitted). PATH
-    /// must be absolute. Repeat for several grants. The daemon refuses the spawn when the
-    /// running kernel cannot enforce file grants (see `rush doctor`): an agent is never
-    /// started with a grant that is not really enforced.
+    /// must be absolute. Repeat for several grants. File grants are enforced by BPF LSM,
+    /// or by Landlock where BPF LSM programs cannot attach (see `rush doctor`). The daemon
+    /// refuses the spawn when neither can enforce them: an agent is never started with a
+    /// grant that is not really enforced, unless --allow-unconfined says so.
     #[arg(long = "allow", value_name = "PATH:OPS[:TTL]")]
     pub allow: Vec<FileGrant>,
+
+    /// Start the agent even where the daemon cannot enforce what it asks for (file grants
+    /// with no file backend, a network policy with no network programs). The spawn is
+    /// audited as such, and `agent list` and `agent status` mark the agent UNCONFINED.
+    #[arg(long)]
+    pub allow_unconfined: bool,
 
     /// Run in the background: stdin from /dev/null, output captured for `rush agent logs`.
     #[arg(long, short = 'd')]

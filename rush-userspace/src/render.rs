@@ -91,10 +91,13 @@ pub fn agent_table(agents: &[AgentInfo], now_ms: u64) -> String {
             (AgentState::Exited, Some(status)) => status.to_string(),
             (AgentState::Exited, None) => "-".into(),
         };
-        let state = match &a.paused {
+        let mut state = match &a.paused {
             Some(why) if a.state == AgentState::Running => format!("paused ({why})"),
             _ => a.state.to_string(),
         };
+        if !a.unconfined.is_empty() {
+            state.push_str(" UNCONFINED");
+        }
         t.row(vec![
             a.name.clone(),
             state,
@@ -141,7 +144,12 @@ pub fn agent_status(a: &AgentInfo, now_ms: u64) -> String {
         Some(why) if a.state == AgentState::Running => format!("paused ({why})"),
         _ => a.state.to_string(),
     };
-    let fields: [(&str, String); 15] = [
+    let confinement = if a.unconfined.is_empty() {
+        "confined".to_string()
+    } else {
+        format!("UNCONFINED ({})", sanitize(&a.unconfined.join("; ")))
+    };
+    let fields: [(&str, String); 16] = [
         ("name", a.name.clone()),
         ("state", state),
         ("trust", a.trust.clone().unwrap_or_else(|| "-".into())),
@@ -154,6 +162,7 @@ pub fn agent_status(a: &AgentInfo, now_ms: u64) -> String {
         ("mode", if a.detached { "detached" } else { "foreground" }.to_string()),
         ("net", a.net.to_string()),
         ("enforcement", enforcement),
+        ("confinement", confinement),
         ("cgroup path", sanitize(&a.cgroup_path.to_string_lossy())),
         ("cgroup id", a.cgroup_id.to_string()),
         ("exit", exit),
@@ -173,11 +182,17 @@ pub fn agent_status(a: &AgentInfo, now_ms: u64) -> String {
 /// One audit record as one line: time, seq, agent, kind, details.
 pub fn audit_line(r: &AuditRecord) -> String {
     let details = match &r.event {
-        AuditEvent::Spawn { pid, uid, command, net, caller_uid } => format!(
-            "pid={pid} uid={uid} caller_uid={caller_uid} net={} command={}",
-            value(&net.to_string()),
-            value(&shell_join(command))
-        ),
+        AuditEvent::Spawn { pid, uid, command, net, caller_uid, unconfined } => {
+            let mut line = format!(
+                "pid={pid} uid={uid} caller_uid={caller_uid} net={} command={}",
+                value(&net.to_string()),
+                value(&shell_join(command))
+            );
+            if !unconfined.is_empty() {
+                line.push_str(&format!(" UNCONFINED={}", value(&unconfined.join("; "))));
+            }
+            line
+        }
         AuditEvent::Exit { pid, status } => match (status.code, status.signal) {
             (Some(c), _) => format!("pid={pid} code={c}"),
             (None, Some(s)) => format!("pid={pid} signal={s}"),
@@ -247,6 +262,10 @@ pub fn audit_line(r: &AuditRecord) -> String {
         AuditEvent::Resumed { caller_uid, budget } => {
             format!("caller_uid={caller_uid} budget={}", value(&budget.to_string()))
         }
+        AuditEvent::RulesetChange { action, cause, old_pid, new_pid } => match new_pid {
+            Some(new) => format!("action={action} cause={cause} old_pid={old_pid} new_pid={new}"),
+            None => format!("action={action} cause={cause} old_pid={old_pid}"),
+        },
     };
     let agent = r.agent.as_deref().map(sanitize).unwrap_or_else(|| "-".into());
     format!(
@@ -335,7 +354,7 @@ pub fn doctor(report: &DoctorReport) -> String {
     }
     out.push_str(&probes.render());
     out.push('\n');
-    let mut guarantees = Table::new(&["GUARANTEE", "HOLDS", "DETAIL"]);
+    let mut guarantees = Table::new(&["GUARANTEE", "HOLDS", "WHY/HOW"]);
     for g in &report.guarantees {
         let holds = if g.holds { "yes" } else { "no" };
         guarantees.row(vec![g.name.clone(), holds.into(), sanitize(&g.detail)]);
@@ -372,6 +391,7 @@ mod tests {
             enforcement: vec!["net:cgroup-connect".into(), "net:cgroup-sendmsg".into()],
             exit: None,
             detached: true,
+            unconfined: vec![],
             trust: Some("medium".into()),
             budget: "cpu:1h,cost:$5".parse().unwrap(),
             paused: None,
@@ -477,6 +497,7 @@ done   exited   4242  0      deny                   signal 9     sh -c 'it'\\''s
             command: vec!["echo".into(), "a b".into()],
             net: NetPolicy::Deny,
             caller_uid: 0,
+            unconfined: vec![],
         }));
         assert!(
             line.ends_with(r#"spawn        pid=1 uid=1000 caller_uid=0 net=deny command="echo 'a b'""#),
@@ -533,7 +554,7 @@ PROBE      DETAIL
 ✓ bpf_lsm  bpf in /sys/kernel/security/lsm
 ✗ btrfs    not mounted
 
-GUARANTEE    HOLDS  DETAIL
+GUARANTEE    HOLDS  WHY/HOW
 net-deny     yes    cgroup connect hooks
 file-grants  no     needs BPF LSM
 

@@ -139,6 +139,7 @@ fn agent(name: &str) -> AgentInfo {
         enforcement: vec!["net:cgroup-connect".into()],
         exit: None,
         detached: true,
+        unconfined: vec![],
         trust: None,
         budget: Default::default(),
         paused: None,

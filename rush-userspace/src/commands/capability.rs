@@ -1,6 +1,6 @@
 //! `rush capability grant | revoke | list`.
 
-use rush_proto::{AgentName, GrantRequest, Request, Response, RevokeTarget};
+use rush_proto::{AgentName, ChangeEffect, GrantRequest, Request, Response, RevokeTarget};
 
 use super::{Ctx, unexpected};
 use crate::cli::{GrantArgs, RevokeArgs};
@@ -8,7 +8,37 @@ use crate::error::Result;
 use crate::render;
 use crate::time::now_unix_ms;
 
+/// Tells the operator, before the change, what it will do to the running agent (Landlock
+/// restarts or kills it); on stderr, so `--json` output stays one document.
+fn announce(ctx: &mut Ctx, agent: &str, revoke: Option<RevokeTarget>) -> Result<()> {
+    let request = Request::ChangeEffect { agent: agent.to_owned(), revoke };
+    // The change itself reports what is wrong (no such agent or token): not said twice.
+    if let Ok(Response::ChangeEffect { effect }) = ctx.connect()?.call(request)
+        && effect.action != "in-place"
+    {
+        eprintln!("rush: {}", render::sanitize(&effect.detail));
+    }
+    Ok(())
+}
+
+/// What the change did, when it was more than a map update.
+fn outcome(effect: &Option<ChangeEffect>) {
+    let Some(e) = effect else { return };
+    match (e.action.as_str(), e.new_pid) {
+        ("restart", Some(new)) => {
+            eprintln!(
+                "rush: agent {} restarted under the new rules: pid {} -> {new}",
+                render::sanitize(&e.agent),
+                e.pid
+            )
+        }
+        ("kill", _) => eprintln!("rush: agent {} (pid {}) killed", render::sanitize(&e.agent), e.pid),
+        _ => {}
+    }
+}
+
 pub fn grant(ctx: &mut Ctx, args: GrantArgs) -> Result<u8> {
+    announce(ctx, &args.agent.to_string(), None)?;
     let request = Request::Grant(GrantRequest {
         agent: args.agent.to_string(),
         path: args.path,
@@ -17,7 +47,10 @@ pub fn grant(ctx: &mut Ctx, args: GrantArgs) -> Result<u8> {
         condition: args.condition,
     });
     let token = match ctx.connect()?.call(request)? {
-        Response::Granted { token } => token,
+        Response::Granted { token, effect } => {
+            outcome(&effect);
+            token
+        }
         other => return Err(unexpected("granted", &other)),
     };
     if ctx.out.json {
@@ -42,9 +75,13 @@ pub fn revoke(ctx: &mut Ctx, args: RevokeArgs) -> Result<u8> {
         (None, Some(id)) => RevokeTarget::Id(id),
         (None, None) => unreachable!("clap requires --path or --id"),
     };
+    announce(ctx, &args.agent.to_string(), Some(target.clone()))?;
     let request = Request::Revoke { agent: args.agent.to_string(), target };
     let tokens = match ctx.connect()?.call(request)? {
-        Response::Revoked { tokens } => tokens,
+        Response::Revoked { tokens, effect } => {
+            outcome(&effect);
+            tokens
+        }
         other => return Err(unexpected("revoked", &other)),
     };
     if ctx.out.json {

@@ -75,6 +75,7 @@ pub fn unexpected(expected: &str, got: &Response) -> Error {
         Response::Revoked { .. } => "revoked",
         Response::Capabilities { .. } => "capabilities",
         Response::Committed { .. } => "committed",
+        Response::ChangeEffect { .. } => "change_effect",
     };
     anyhow!("unexpected reply from the daemon: expected {expected}, got {got}").into()
 }

@@ -30,6 +30,7 @@ pub fn spawn(ctx: &mut Ctx, args: SpawnArgs) -> Result<u8> {
         env: environment(),
         cwd,
         stdio: if args.detach { StdioMode::Log } else { StdioMode::Passed },
+        allow_unconfined: args.allow_unconfined,
     };
     if args.detach { detached(ctx, request) } else { foreground(ctx, request) }
 }
@@ -53,6 +54,9 @@ fn detached(ctx: &mut Ctx, request: SpawnRequest) -> Result<u8> {
             "spawned {name} (pid {}, cgroup id {}); output: rush agent logs {name}\n",
             agent.pid, agent.cgroup_id
         ))?;
+        for what in &agent.unconfined {
+            ctx.out.text(&format!("UNCONFINED {}\n", sanitize(what)))?;
+        }
     }
     Ok(0)
 }
