@@ -89,6 +89,8 @@ fn test(tier: Tier) -> Result<()> {
                 "budget",
                 "--test",
                 "api",
+                "--test",
+                "landlock",
                 "--",
                 "--test-threads",
                 "4",
