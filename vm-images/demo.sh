@@ -1,8 +1,9 @@
 #!/bin/sh
 # The Rush demo scenario: a short narrated run of the real daemon and CLI.
 #
-# Runs inside a QEMU guest (cargo xtask demo, on hosts whose kernel refuses BPF LSM) or
-# natively (cargo xtask demo --host). Needs: RUSH_BIN (dir with rush-agentd and rush),
+# Runs natively (cargo xtask demo, where BPF LSM or Landlock can enforce file tokens; the
+# file scenes then show the backend's own behaviour) or inside a QEMU guest (where neither
+# can, or with --vm). Needs: RUSH_BIN (dir with rush-agentd and rush),
 # busybox (httpd), curl. Every outcome shown is the kernel's: nothing is simulated.
 set -u
 BIN=${RUSH_BIN:?RUSH_BIN must name the directory holding rush and rush-agentd}
@@ -60,6 +61,37 @@ budget_scenes() {
     rush audit --agent forker | grep -q fork_refused || fail "the refused fork was not audited"
 }
 
+# Landlock fixes an agent's rules when it starts: what BPF LSM changes under a running agent
+# (revoke, expiry) freezes it here, then restarts it under the new rules (or kills it).
+landlock_scenes() {
+    scene "Root inside a file-confined agent: kill the daemon, mount, write cgroup.procs (Landlock)"
+    show rush agent spawn rooted --allow "$WS/project:read" -- sh -c \
+        "kill -9 $DAEMON; mount -t tmpfs none /mnt; echo \$\$ > /sys/fs/cgroup/unified/cgroup.procs; echo still here"
+    kill -0 "$DAEMON" || fail "an agent killed the daemon"
+
+    scene "Revoke: Landlock cannot change a running process's rules, so the agent is frozen, then restarted under the new ones"
+    show rush agent spawn reader --detach --allow "$WS/project:read" -- sh -c \
+        "while true; do if cat $WS/project/notes.txt >/dev/null 2>&1; then echo 'read ok'; else echo 'read DENIED'; fi; sleep 1; done"
+    sleep 2.5
+    show rush capability revoke reader --path "$WS/project"
+    sleep 2
+    show rush agent logs reader
+    rush agent logs reader | grep -q 'restarted under new Landlock rules' || fail "the revoke did not restart the agent"
+    rush agent logs reader | tail -1 | grep -q 'read DENIED' || fail "the restarted agent can still read"
+    show rush audit --agent reader --limit 4
+    show rush agent kill reader
+
+    scene "A token with a 5 s TTL: at its deadline the daemon freezes the agent and restarts it without the token"
+    echo "(under Landlock the expiry needs the daemon running; BPF LSM lapses it in the kernel)"
+    show rush agent spawn timed --detach --allow "$WS/project:read:5s" -- sh -c \
+        "while true; do if cat $WS/project/notes.txt >/dev/null 2>&1; then echo \"\$(date +%T) read ok\"; else echo \"\$(date +%T) read DENIED\"; fi; sleep 1; done"
+    sleep 7
+    show rush agent logs timed
+    rush agent logs timed | grep -q 'read ok' && rush agent logs timed | tail -1 | grep -q 'read DENIED' \
+        || fail "the TTL did not lapse"
+    show rush agent kill timed
+}
+
 mkdir -p "$WS/project" "$WS/private" "$STATE/www"
 echo "notes of the project" > "$WS/project/notes.txt"
 echo "do not read" > "$WS/private/keys.txt"
@@ -80,12 +112,16 @@ show rush agent spawn fetcher --net 127.0.0.1:8080 -- curl -sS --max-time 5 http
 if ! rush doctor | grep -Eq '^file tokens +yes'; then
     scene "Files: this kernel cannot attach BPF LSM programs, so a file grant is refused, not faked"
     show rush agent spawn editor --allow "$WS/project:read,write" -- cat "$WS/project/notes.txt"
-    echo "(run \`cargo xtask demo\` without --host to see file tokens enforced in a QEMU guest)"
+    echo "(run \`cargo xtask demo --vm\` to see file tokens enforced by BPF LSM in a QEMU guest)"
     budget_scenes
     scene "Still to come (tracked as an issue): rollback"
     printf '\ndemo finished\n'
     exit 0
 fi
+
+BACKEND=bpf-lsm
+rush doctor | grep -Eq '^file tokens +yes +by Landlock' && BACKEND=landlock
+[ $BACKEND = landlock ] && echo "(BPF LSM programs cannot attach here: file tokens are enforced by Landlock)"
 
 scene "Files: an agent granted $WS/project reads and writes there..."
 show rush agent spawn editor --allow "$WS/project:read,write" -- sh -c \
@@ -93,10 +129,20 @@ show rush agent spawn editor --allow "$WS/project:read,write" -- sh -c \
 show cat "$WS/project/notes.txt"
 SECRET=/etc/shadow
 [ -e $SECRET ] || SECRET=/etc/hosts
-scene "...and is refused everything else: a sibling directory, $SECRET (EPERM)"
+scene "...and is refused everything else: a sibling directory, $SECRET (EPERM from BPF LSM, EACCES from Landlock)"
 show rush agent spawn editor --allow "$WS/project:read,write" -- cat "$WS/private/keys.txt"
 show rush agent spawn editor --allow "$WS/project:read,write" -- cat $SECRET
 show rush audit --agent editor --limit 3
+[ $BACKEND = landlock ] && echo "(Landlock's denials are not in Rush's audit trail: only spawns and exits are)"
+
+if [ $BACKEND = landlock ]; then
+    landlock_scenes
+    budget_scenes
+    scene "Still to come (tracked as an issue): rollback"
+    echo "Time travel is not built yet; this demo shows nothing it cannot do."
+    printf '\ndemo finished\n'
+    exit 0
+fi
 
 scene "Root inside an agent cannot reach around it: kill the daemon, mount, write cgroup.procs"
 show rush agent spawn rooted --net deny -- sh -c \

@@ -2,9 +2,11 @@
 //! daemon and CLI: a network denial, file tokens (allowed inside, EPERM outside), a revoke
 //! that reaches an open file, a TTL that lapses with the daemon dead.
 //!
-//! File tokens need BPF LSM. Where this kernel attaches LSM programs the demo runs here;
-//! elsewhere (this project's own hosts) it boots Debian's 6.12 kernel under QEMU and runs
-//! there, saying so. `--host` forces a native run (the file scenes then show the refusal).
+//! File tokens need BPF LSM or Landlock. Where this kernel can enforce them with either the
+//! demo runs here (on this project's own hosts: Landlock, whose scenes show a revoke
+//! freezing and restarting the agent); elsewhere it boots Debian's 6.12 kernel under QEMU
+//! and runs there, saying so. `--host` forces a native run (the file scenes then show the
+//! refusal where nothing enforces them); `--vm` forces the guest (BPF LSM).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -16,9 +18,13 @@ use crate::{setup, util, vm};
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// Run on this machine's kernel even if it cannot attach BPF LSM programs.
-    #[arg(long)]
+    /// Run on this machine's kernel even if it can enforce file tokens neither with BPF
+    /// LSM nor with Landlock.
+    #[arg(long, conflicts_with = "vm")]
     host: bool,
+    /// Run in a QEMU guest (BPF LSM) even where this kernel could run it natively.
+    #[arg(long)]
+    vm: bool,
     /// The guest kernel series when the demo runs in QEMU.
     #[arg(long, default_value = "6.12")]
     kernel: String,
@@ -28,19 +34,21 @@ fn demo_script() -> PathBuf {
     util::workspace_root().join("vm-images/demo.sh")
 }
 
-/// Whether this kernel attaches Rush's LSM programs, asked of `rush-agentd doctor`.
-fn lsm_attaches_here(agentd: &std::path::Path) -> Result<bool> {
+/// Whether this kernel can enforce file tokens (BPF LSM, or else Landlock), asked of
+/// `rush-agentd doctor`.
+fn file_tokens_here(agentd: &std::path::Path) -> Result<bool> {
     let out = Command::new(agentd)
         .args(["--config", "/dev/null", "doctor", "--json"])
         .output()
         .context("running rush-agentd doctor")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    // The report lists probes as {"name": "...", "ok": ..., ...}; find bpf-lsm-attach's.
-    let Some(at) = text.find("\"bpf-lsm-attach\"") else { return Ok(false) };
+    // The report lists guarantees as {"name": "...", "holds": ..., ...}; find file tokens'.
+    let Some(at) = text.find("\"file tokens\"") else { return Ok(false) };
     let rest = &text[at..];
-    let ok =
-        rest.find("\"ok\"").map(|i| rest[i..].trim_start_matches("\"ok\"").trim_start_matches([':', ' ']));
-    Ok(ok.is_some_and(|v| v.starts_with("true")))
+    let holds = rest
+        .find("\"holds\"")
+        .map(|i| rest[i..].trim_start_matches("\"holds\"").trim_start_matches([':', ' ']));
+    Ok(holds.is_some_and(|v| v.starts_with("true")))
 }
 
 pub fn run(args: DemoArgs) -> Result<()> {
@@ -50,7 +58,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
     util::cargo(&["build", "-p", "rush-agentd", "-p", "rush-userspace"], &[])?;
     let bin_dir = util::target_dir()?.join("debug");
 
-    if args.host || lsm_attaches_here(&bin_dir.join("rush-agentd"))? {
+    if args.host || (!args.vm && file_tokens_here(&bin_dir.join("rush-agentd"))?) {
         util::step("running the demo on this machine's kernel");
         let status = Command::new("sh")
             .arg(demo_script())
@@ -64,8 +72,8 @@ pub fn run(args: DemoArgs) -> Result<()> {
     }
 
     util::step(&format!(
-        "this kernel refuses BPF LSM programs, so file tokens cannot be enforced here: \
-         running the demo in a QEMU guest with Debian's {} kernel",
+        "running the demo in a QEMU guest with Debian's {} kernel (BPF LSM), because this \
+         kernel can enforce file tokens neither with BPF LSM nor with Landlock, or --vm",
         args.kernel
     ));
     vm::ensure_vm_packages()?;
