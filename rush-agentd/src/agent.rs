@@ -2329,7 +2329,7 @@ mod tests {
         let token = f.mgr.grant(grant.clone(), &me()).await.unwrap().0;
         assert_eq!(entry(&f).unwrap().expires_ns[1], u64::MAX);
         // A second token on the same path, then revoke by path: both go, entry deleted.
-        f.mgr.grant(GrantRequest { ops: "read".parse().unwrap(), ..grant.clone() }, &me()).await.unwrap().0;
+        f.mgr.grant(GrantRequest { ops: "read".parse().unwrap(), ..grant.clone() }, &me()).await.unwrap();
         let (gone, _) = f.mgr.revoke("g1", RevokeTarget::Path(other.path().to_owned()), &me()).await.unwrap();
         assert_eq!(gone.len(), 2);
         assert!(gone.iter().any(|t| t.id == token.id));
