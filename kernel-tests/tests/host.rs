@@ -408,7 +408,8 @@ fn file_tokens_are_refused_not_faked_where_bpf_lsm_cannot_attach() {
     if !host_ready() {
         return;
     }
-    let d = Daemon::start();
+    // Only BPF LSM may enforce files (Landlock, chosen by `auto` here, is tests/landlock.rs).
+    let d = Daemon::start_with_config("[files]\nenforcement = \"bpf-lsm\"\n");
     if d.lsm_attached() {
         eprintln!("note: BPF LSM attaches here; tests/files.rs covers file tokens");
         return;

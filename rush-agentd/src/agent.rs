@@ -1128,6 +1128,27 @@ impl AgentManager {
             allow.append(&mut req.allow);
             req.allow = allow;
             exec = level.exec;
+            let exec_unenforced = match &self.enforcement.files {
+                FileBackend::BpfLsm => None,
+                // Landlock sees execve only: `ld.so BINARY` and memfds would run what the
+                // agent wrote, so the rule would not hold.
+                FileBackend::Landlock => Some(
+                    "file tokens are enforced by Landlock here, which checks execve only (not \
+                     mmap(PROT_EXEC): `ld.so BINARY` would run what the agent wrote)"
+                        .to_string(),
+                ),
+                FileBackend::Unavailable(why) => Some(why.clone()),
+            };
+            if let (ExecRule::System, Some(why)) = (exec, &exec_unenforced) {
+                return Err(api_err(
+                    ErrorKind::Unsupported,
+                    format!(
+                        "refusing trust level {:?}: its exec rule (\"system\") is enforced by file confinement, \
+                         and {why}",
+                        level.name
+                    ),
+                ));
+            }
             if exec == ExecRule::System && req.allow.is_empty() {
                 // The exec rule is enforced by file confinement: an agent at this level is
                 // file-confined even with no tokens of its own (the baseline lets it run).
@@ -2613,5 +2634,34 @@ mod tests {
         let mut r = req("m2", &["true"]);
         r.budget = "pids:10".parse().unwrap();
         assert!(f.mgr.spawn(r, &me(), None).await.is_ok(), "other resources still work");
+    }
+
+    #[tokio::test]
+    async fn net_and_api_budgets_reach_the_kernel_before_the_agent_runs_and_on_resume() {
+        let f = fixture(enforced());
+        let mut r = req("n1", &["sleep", "30"]);
+        r.budget = "net:1M,api:5".parse().unwrap();
+        let (info, _) = f.mgr.spawn(r, &me(), None).await.unwrap();
+        let set = f.kernel.budgets.lock().unwrap()[&info.cgroup_id];
+        assert_eq!((set.bytes, set.api_calls), (Some(1 << 20), Some(5)));
+        f.kernel.usage.lock().unwrap().insert(
+            info.cgroup_id,
+            crate::bpf::NetUsage {
+                tx_bytes: 600_000,
+                rx_bytes: 400_000,
+                api_calls: 5,
+                dropped_packets: 0,
+                refused_calls: 2,
+            },
+        );
+        let s = f.mgr.status("n1").unwrap();
+        let line = |r: &str| s.usage.iter().find(|u| u.resource == r).unwrap().clone();
+        assert_eq!(line("net").used, 1_000_000);
+        assert!(!line("net").exceeded);
+        assert!(line("api").exceeded, "refused calls mean the budget was hit");
+        f.mgr.resume("n1", Some("api:50".parse().unwrap()), &me()).await.unwrap();
+        let set = f.kernel.budgets.lock().unwrap()[&info.cgroup_id];
+        assert_eq!((set.bytes, set.api_calls), (Some(1 << 20), Some(50)), "raised, the rest kept");
+        f.mgr.kill("n1", &me()).await.unwrap();
     }
 }

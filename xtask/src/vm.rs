@@ -436,14 +436,22 @@ fn json_str(line: &str, key: &str) -> Option<String> {
     None
 }
 
-/// The payload: /payload/bin (rush-agentd, rush, rush-test-net, rush-test-fs, rush-test-escape,
+/// The payload: /payload/bin (rush-agentd, rush, the rush-test-* tools,
 /// sh → dash), /payload/tests (one per suite), curl, criu, dash and mkfs.btrfs at their host
 /// paths, every library at its host path, and /payload/run, which /init starts.
 fn build_payload(path: &Path, scratch: &Path, tests: &Tests, test_args: &[String]) -> Result<u64> {
     let bins = util::target_dir()?.join("debug");
     let mut p = image::Payload::create(path, scratch)?;
-    for b in ["rush-agentd", "rush", "rush-test-net", "rush-test-fs", "rush-test-escape", "rush-test-budget"]
-    {
+    const BINS: [&str; 7] = [
+        "rush-agentd",
+        "rush",
+        "rush-test-net",
+        "rush-test-fs",
+        "rush-test-escape",
+        "rush-test-budget",
+        "rush-test-api",
+    ];
+    for b in BINS {
         p.elf(&bins.join(b), &format!("payload/bin/{b}"), true)?;
     }
     for (suite, exe) in &tests.0 {

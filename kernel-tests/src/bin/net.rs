@@ -52,11 +52,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            let name = match e.raw_os_error() {
-                Some(n) => format!("{:?}", nix::errno::Errno::from_raw(n)),
-                None => e.to_string(),
-            };
-            println!("errno {name}");
+            println!("errno {}", errno_name(&e));
             ExitCode::from(10)
         }
     }
@@ -124,12 +120,16 @@ fn stream(upload: bool, args: &[String]) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let name = match e.raw_os_error() {
-                Some(n) => format!("{:?}", nix::errno::Errno::from_raw(n)),
-                None => e.to_string(),
-            };
-            println!("errno {name}");
+            println!("errno {}", errno_name(&e));
             ExitCode::from(10)
         }
+    }
+}
+
+/// `EPERM`, `ECONNREFUSED`...; the error's text when it carries no errno.
+fn errno_name(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => format!("{:?}", nix::errno::Errno::from_raw(n)),
+        None => e.to_string(),
     }
 }
