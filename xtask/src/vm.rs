@@ -80,11 +80,12 @@ const VM_PACKAGES: [(&str, &str); 8] = [
 ];
 
 /// The guest test suites, in the order they run: (name, test threads, extra arguments).
-/// `host`, `budget`, `files`, `guest`, `escape`, `lifecycle` are kernel-tests targets; `bpf` is rush-agentd's own
+/// `host`, `budget`, `landlock`, `files`, `guest`, `escape`, `lifecycle` are kernel-tests targets; `bpf` is rush-agentd's own
 /// kernel smoke tests (its lib tests under `bpf::`).
-const SUITES: [(&str, u32, &str); 7] = [
+const SUITES: [(&str, u32, &str); 8] = [
     ("host", 2, ""),
     ("budget", 1, ""),
+    ("landlock", 1, ""),
     ("files", 1, " --nocapture"),
     ("guest", 1, ""),
     ("escape", 1, ""),
