@@ -1455,7 +1455,8 @@ impl AgentManager {
 
     /// What a grant (`widen`) or a revoke would do to the running agent `name`.
     fn planned_effect(&self, name: &str, widen: bool) -> Result<ChangeEffect, ApiError> {
-        let cg = self.confined_agent(name)?;
+        // Refuses exited and unconfined agents, as the change itself would.
+        self.confined_agent(name)?;
         let reg = self.registry();
         let a = reg.agents.get(name).ok_or_else(|| not_found(name))?;
         let pid = a.info.pid;
@@ -1512,7 +1513,6 @@ impl AgentManager {
             Files::Open => unreachable!("confined_agent refuses agents spawned without --allow"),
         };
         drop(reg);
-        let _ = cg;
         Ok(ChangeEffect {
             agent: name.to_owned(),
             backend: self.files_of(name).map_or("none", Files::backend).to_owned(),
