@@ -86,13 +86,13 @@ fn fs(d: &Daemon, name: &str, allow: &[&str], args: &[&str]) -> Vec<String> {
 }
 
 /// `rush-test-escape` steps (joined with `;;`) in a confined agent.
-fn escape(d: &Daemon, name: &str, allow: &[&str], steps: &[&[&str]]) -> Vec<String> {
-    let mut args = Vec::new();
+fn escape<S: AsRef<[T]>, T: AsRef<str>>(d: &Daemon, name: &str, allow: &[&str], steps: &[S]) -> Vec<String> {
+    let mut args: Vec<&str> = Vec::new();
     for (i, s) in steps.iter().enumerate() {
         if i > 0 {
             args.push(";;");
         }
-        args.extend_from_slice(s);
+        args.extend(s.as_ref().iter().map(AsRef::as_ref));
     }
     agent(d, name, "rush-test-escape", allow, &args)
 }
@@ -364,6 +364,30 @@ fn landlock_an_expiring_token_restarts_the_agent_without_it() {
     d.rush(&["agent", "kill", "ttl"]);
 }
 
+fn owned(step: &[&str]) -> Vec<String> {
+    step.iter().map(|s| s.to_string()).collect()
+}
+
+/// The running kernel's Landlock ABI, as `rush doctor` reports it (0 without).
+fn landlock_abi(d: &Daemon) -> u32 {
+    d.doctor()["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "landlock")
+        .and_then(|p| p["detail"].as_str()?.rsplit(' ').next()?.parse::<u32>().ok())
+        .unwrap_or(0)
+}
+
+/// Whether the BPF LSM self-protection programs are attached too.
+fn self_protected(d: &Daemon) -> bool {
+    d.doctor()["guarantees"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|g| g["name"] == "self-protection" && g["holds"] == true)
+}
+
 /// The escape rows that apply under Landlock (docs/ESCAPES.md).
 #[test]
 fn landlock_escape_path_tricks() {
@@ -372,35 +396,31 @@ fn landlock_escape_path_tricks() {
     std::os::unix::fs::symlink(t.path("b/secret"), t.path("a/root-link")).unwrap();
     let (secret, l, rl) = (t.p("b/secret"), t.p("a/l"), t.p("a/root-link"));
     let all = t.grant("a", "read,write,create,delete");
-    let got = escape(
-        &d,
-        "paths",
-        &[&all],
-        &[
-            &["symlink", &secret, &l],
-            &["read", &l],
-            &["put", &l, "pwned"],
-            &["read", &rl],
-            &["link", &secret, &t.p("a/h1")],
-            &["opath", &secret],
-            &["link-follow", "/proc/self/fd/@", &t.p("a/h2")],
-            &["read", "/proc/self/fd/@"],
-            &["put", "/proc/self/fd/@", "pwned"],
-            &["dir", &t.p("a")],
-            &["openat2", "@", "../b/secret", "none"],
-            &["truncate", &secret, "0"],
-            &["read", &t.p("a/f")],
-        ],
-    );
+    let mut ops: Vec<Vec<String>> = vec![
+        owned(&["symlink", &secret, &l]),
+        owned(&["read", &l]),
+        owned(&["put", &l, "pwned"]),
+        owned(&["read", &rl]),
+        owned(&["link", &secret, &t.p("a/h1")]),
+        owned(&["opath", &secret]),
+        owned(&["link-follow", "/proc/self/fd/@", &t.p("a/h2")]),
+        owned(&["read", "/proc/self/fd/@"]),
+        owned(&["put", "/proc/self/fd/@", "pwned"]),
+        owned(&["dir", &t.p("a")]),
+        owned(&["openat2", "@", "../b/secret", "none"]),
+        owned(&["read", &t.p("a/f")]),
+    ];
     let denied = "errno EACCES|errno EXDEV";
-    assert_lines(
-        &got,
-        &[
-            "ok", EACCES, EACCES, EACCES, denied, "ok fd *", denied, EACCES, EACCES, "ok fd *", EACCES,
-            EACCES, "ok 12",
-        ],
-        "symlinks, hard links, /proc/self/fd re-open, openat2 .., truncate",
-    );
+    let mut want = vec![
+        "ok", EACCES, EACCES, EACCES, denied, "ok fd *", denied, EACCES, EACCES, "ok fd *", EACCES, "ok 12",
+    ];
+    // truncate(2) is a Landlock right from ABI 3 (Linux 6.2): below it, a known gap (ESCAPES.md).
+    if landlock_abi(&d) >= 3 {
+        ops.insert(11, owned(&["truncate", &secret, "0"]));
+        want.insert(11, EACCES);
+    }
+    let got = escape(&d, "paths", &[&all], &ops);
+    assert_lines(&got, &want, "symlinks, hard links, /proc/self/fd re-open, openat2 .., truncate");
     assert_eq!(t.read("b/secret"), "secret data");
     assert_eq!(std::fs::metadata(&secret).unwrap().nlink(), 1);
     assert!(!t.path("a/h1").exists() && !t.path("a/h2").exists());
@@ -414,33 +434,29 @@ fn landlock_escape_mount_cgroupfs_signals_ptrace() {
     let dpid = daemon_pid(&d).to_string();
     let procs = cgroup2_root().join("cgroup.procs").to_str().unwrap().to_owned();
     let environ = format!("/proc/{dpid}/environ");
-    let abi = d.doctor()["probes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "landlock")
-        .and_then(|p| p["detail"].as_str()?.rsplit(' ').next()?.parse::<u32>().ok())
-        .unwrap_or(0);
-    let got = escape(
-        &d,
-        "root",
-        &[&t.grant("a", "read,write,create,delete")],
-        &[
-            &["mount-bind", &t.p("b"), &t.p("a/m")],
-            &["mount-tmpfs", &t.p("a/m")],
-            &["put", &procs, "0"],
-            &["ptrace-attach", &dpid],
-            &["read", &environ],
-            &["kill", &dpid, "9"],
-        ],
-    );
-    // Signals to processes outside the domain: refused from Landlock ABI 6 (scopes).
-    let kill = if abi >= 6 { "errno EPERM" } else { "ok*" };
-    assert_lines(
-        &got,
-        &["errno EPERM", "errno EPERM", EACCES, "errno EPERM", "errno EACCES|errno EPERM", kill],
-        "mount, cgroup.procs, ptrace, /proc/PID/environ, kill of the daemon",
-    );
+    let mut ops: Vec<Vec<String>> = vec![
+        owned(&["mount-bind", &t.p("b"), &t.p("a/m")]),
+        owned(&["mount-tmpfs", &t.p("a/m")]),
+        owned(&["put", &procs, "0"]),
+        owned(&["ptrace-attach", &dpid]),
+        owned(&["read", &environ]),
+    ];
+    // Where the BPF LSM guard also runs (the guests), it refuses the cgroupfs write first.
+    let mut want = vec![
+        "errno EPERM",
+        "errno EPERM",
+        "errno EACCES|errno EPERM",
+        "errno EPERM",
+        "errno EACCES|errno EPERM",
+    ];
+    // Signals to processes outside the domain: refused by Landlock from ABI 6 (scopes), or
+    // by the BPF LSM guard. Neither: a known gap (ESCAPES.md), not tried here.
+    if landlock_abi(&d) >= 6 || self_protected(&d) {
+        ops.push(owned(&["kill", &dpid, "9"]));
+        want.push("errno EPERM");
+    }
+    let got = escape(&d, "root", &[&t.grant("a", "read,write,create,delete")], &ops);
+    assert_lines(&got, &want, "mount, cgroup.procs, ptrace, /proc/PID/environ, kill of the daemon");
     assert!(d.rush(&["agent", "list"]).status.success(), "the daemon died");
     assert!(!t.path("a/m/secret").exists());
 }
