@@ -411,3 +411,24 @@ fn the_call_after_an_api_budget_is_refused_by_the_kernel() {
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(text(&out.stderr).contains("no API endpoints are configured"), "{}", describe(&out));
 }
+
+#[test]
+fn a_cost_budget_is_refused_when_the_agent_could_reach_the_api_around_its_meter() {
+    if !ready() {
+        return;
+    }
+    let (mut api, port) = fake_api("openai");
+    let d = Daemon::start_with_config(&format!(
+        "[meter]\nupstream = \"http://127.0.0.1:{port}\"\n[meter.prices]\ndefault = {{ input = 3, output = 15 }}\n"
+    ));
+    for net in ["allow", "127.0.0.0/8:*", &format!("127.0.0.1:{port}")] {
+        let out = d.rush(&["agent", "spawn", "around", "--net", net, "--budget", "cost:$1", "--", "true"]);
+        assert_eq!(out.status.code(), Some(1), "--net {net}: {}", describe(&out));
+        assert!(text(&out.stderr).contains("around its meter"), "--net {net}: {}", describe(&out));
+    }
+    let out =
+        d.rush(&["agent", "spawn", "other", "--net", "127.0.0.1:1", "--budget", "cost:$1", "--", "true"]);
+    assert!(out.status.success(), "another port is fine: {}", describe(&out));
+    let _ = api.kill();
+    let _ = api.wait();
+}

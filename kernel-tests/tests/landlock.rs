@@ -539,3 +539,20 @@ fn daemon_pid(d: &Daemon) -> i32 {
     }
     panic!("no rush-agentd process with --socket {sock}");
 }
+
+/// An agent spawned without --allow has no file rules, but under the Landlock backend (no
+/// BPF LSM guard) it still gets Landlock's scopes from ABI 6: root in it cannot signal the
+/// daemon, and can still signal its own children.
+#[test]
+fn landlock_scopes_keep_an_unconfined_agents_signals_inside_it() {
+    let Some(d) = landlock_daemon("") else { return };
+    if !require(landlock_abi(&d) >= 6 || self_protected(&d), "Landlock ABI 6 (scopes) or the BPF LSM guard") {
+        return;
+    }
+    let dpid = daemon_pid(&d);
+    let script = format!("kill -9 {dpid}; echo daemon=$?; sleep 30 & kill -9 $!; echo child=$?");
+    let out = d.rush(&["agent", "spawn", "open", "--", "/bin/sh", "-c", &script]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("daemon=1") && stdout.contains("child=0"), "{}", describe(&out));
+    assert!(d.rush(&["agent", "list"]).status.success(), "the daemon died");
+}

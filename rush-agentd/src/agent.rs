@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
+use std::net::IpAddr;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -562,6 +563,19 @@ impl AgentManager {
             (StdioMode::Log, _) => (None, Some(self.log_dir.join(format!("{name}.log")))),
         };
         let mut net = resolve_net(req.net.as_ref().unwrap_or(&NetPolicy::Deny)).await?;
+        if meter.is_some()
+            && let Some(up) = self.budgets.meter.as_ref().and_then(|m| m.config.upstream.as_ref())
+            && reaches(&net, up)
+        {
+            return Err(api_err(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "refusing the cost budget: the network policy lets the agent reach the API ({}:{}) around \
+                     its meter; give a --net that leaves the API out (the meter is always reachable)",
+                    up.host, up.port
+                ),
+            ));
+        }
         if let Some(m) = &meter {
             // Its meter is always reachable, whatever else its network policy says.
             let ep = (m.addr.ip(), 32, m.addr.port());
@@ -734,9 +748,17 @@ impl AgentManager {
                     return Err(api_err(ErrorKind::Unsupported, format!("Landlock: {}", error_chain(&e))));
                 }
             }
+        } else if files == Files::Open && self.enforcement.files == FileBackend::Landlock {
+            // No BPF LSM guard on this daemon: Landlock's scopes keep the agent's signals
+            // inside it (the daemon included), whatever its uid.
+            crate::landlock::scope_only().unwrap_or_else(|e| {
+                tracing::warn!(agent = %name, error = %error_chain(&e), "no Landlock scope: the agent may signal outside its cgroup");
+                None
+            })
         } else {
             None
         };
+        let scoped = files == Files::Open && landlock.is_some();
         let files_enforcement = match files {
             Files::BpfLsm => Some("files:bpf-lsm"),
             Files::Landlock => Some("files:landlock"),
@@ -765,6 +787,7 @@ impl AgentManager {
                     enforcement: std::iter::once("identity:cgroup-v2")
                         .chain(self.enforcement.net.then_some("net:cgroup-sock-addr"))
                         .chain(files_enforcement)
+                        .chain(scoped.then_some("self-protection:landlock-scope"))
                         .chain(landlock_tcp.then_some("net:landlock-tcp-ports"))
                         .chain((!budget.is_empty()).then_some("budget:cgroup"))
                         .map(str::to_owned)
@@ -2057,6 +2080,37 @@ fn landlock_tcp(net: &KernelNetPolicy) -> crate::landlock::TcpPorts {
     }
 }
 
+/// Whether `net` lets the agent connect to the meter's upstream itself. A host name is
+/// resolved as the kernel would see it; a name that does not resolve is reachable only
+/// under `allow`.
+fn reaches(net: &KernelNetPolicy, up: &crate::meter::Upstream) -> bool {
+    let eps = match net {
+        KernelNetPolicy::Allow => return true,
+        KernelNetPolicy::Deny => return false,
+        KernelNetPolicy::List(eps) => eps,
+    };
+    let addrs: Vec<IpAddr> = match up.host.parse::<IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => std::net::ToSocketAddrs::to_socket_addrs(&(up.host.as_str(), up.port))
+            .map(|a| a.map(|a| a.ip()).collect())
+            .unwrap_or_default(),
+    };
+    let covers = |net: IpAddr, prefix: u8, ip: IpAddr| match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(i)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix.min(32))).unwrap_or(0);
+            u32::from(n) & mask == u32::from(i) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(i)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix.min(128))).unwrap_or(0);
+            u128::from(n) & mask == u128::from(i) & mask
+        }
+        _ => false,
+    };
+    eps.iter().any(|&(net, prefix, port)| {
+        (port == 0 || port == up.port) && addrs.iter().any(|&ip| covers(net, prefix, ip))
+    })
+}
+
 /// The part of a budget the kernel's network programs enforce.
 fn net_budget(b: &Budget) -> crate::bpf::NetBudget {
     crate::bpf::NetBudget { bytes: b.net_bytes, api_calls: b.api_calls }
@@ -2663,5 +2717,18 @@ mod tests {
         let set = f.kernel.budgets.lock().unwrap()[&info.cgroup_id];
         assert_eq!((set.bytes, set.api_calls), (Some(1 << 20), Some(50)), "raised, the rest kept");
         f.mgr.kill("n1", &me()).await.unwrap();
+    }
+
+    #[test]
+    fn a_network_policy_reaching_the_meter_upstream_is_spotted() {
+        let up: crate::meter::Upstream = "http://10.1.2.3:8080".parse().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(reaches(&KernelNetPolicy::Allow, &up));
+        assert!(!reaches(&KernelNetPolicy::Deny, &up));
+        assert!(reaches(&KernelNetPolicy::List(vec![(ip("10.0.0.0"), 8, 0)]), &up));
+        assert!(reaches(&KernelNetPolicy::List(vec![(ip("10.1.2.3"), 32, 8080)]), &up));
+        assert!(!reaches(&KernelNetPolicy::List(vec![(ip("10.1.2.3"), 32, 443)]), &up));
+        assert!(!reaches(&KernelNetPolicy::List(vec![(ip("10.2.0.0"), 16, 0)]), &up));
+        assert!(!reaches(&KernelNetPolicy::List(vec![(ip("::1"), 128, 0)]), &up));
     }
 }

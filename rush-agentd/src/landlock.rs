@@ -140,6 +140,22 @@ pub fn ruleset(rules: &[PathRule], tcp: &TcpPorts) -> Result<OwnedFd, LandlockEr
     Option::<OwnedFd>::from(created).ok_or(LandlockError::Unavailable)
 }
 
+/// For agents without file tokens, where Landlock is the file backend (so no BPF LSM
+/// guard runs): a ruleset that handles no file or network access, only the scopes (ABI 6+),
+/// so a root agent still cannot signal the daemon or any process outside its domain, nor
+/// reach their abstract Unix sockets. None below ABI 6.
+pub fn scope_only() -> Result<Option<OwnedFd>, LandlockError> {
+    if abi().is_none_or(|v| v < 6) {
+        return Ok(None);
+    }
+    let created = Ruleset::default()
+        .scope(Scope::Signal | Scope::AbstractUnixSocket)
+        .map_err(LandlockError::Ruleset)?
+        .create()
+        .map_err(LandlockError::Ruleset)?;
+    Ok(Option::<OwnedFd>::from(created))
+}
+
 /// Whether the ruleset's TCP rules apply on this kernel (ABI 4+).
 pub fn tcp_enforced() -> bool {
     abi().is_some_and(|v| v >= 4)

@@ -222,9 +222,11 @@ pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
                      its cgroup; only no_new_privs{}{} hold",
                     if sysctl_ok { " and the sysctl-write refusal" } else { "" },
                     if landlock_guard {
-                        ", and for file-confined agents Landlock's own limits (no ptrace of, signal to, \
+                        ", for file-confined agents Landlock's own limits (no ptrace of, signal to, \
                          or abstract socket of a process outside the agent, the daemon included; no \
-                         mount; no write to cgroupfs or anything else no token grants)"
+                         mount; no write to cgroupfs or anything else no token grants), and for the \
+                         others Landlock's scopes (no signal to or abstract socket of a process \
+                         outside the agent)"
                     } else {
                         ""
                     }
