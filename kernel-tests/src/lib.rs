@@ -190,6 +190,21 @@ impl Daemon {
         self.rush_json(&["audit"]).as_array().cloned().unwrap_or_default()
     }
 
+    /// The daemon's pid (found by its private socket on the command line: also after a
+    /// restart, and for a daemon this test did not start itself).
+    pub fn pid(&self) -> i32 {
+        let sock = self.socket.to_str().unwrap();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            if args.first().is_some_and(|a| a.ends_with(b"rush-agentd")) && args.contains(&sock.as_bytes()) {
+                return pid;
+            }
+        }
+        panic!("no rush-agentd process with --socket {sock}");
+    }
+
     /// The v2 cgroup directory that holds this daemon's agents.
     pub fn cgroup_v2_parent(&self) -> PathBuf {
         cgroup2_root().join(&self.cgroup_parent)

@@ -134,20 +134,6 @@ fn assert_lines(got: &[String], want: &[&str], what: &str) {
     assert!(ok, "{what}:\n  got  {got:?}\n  want {want:?}");
 }
 
-/// The pid of this test's daemon (found by its private socket on the command line).
-fn daemon_pid(d: &Daemon) -> i32 {
-    let sock = d.socket.to_str().unwrap();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if args.first().is_some_and(|a| a.ends_with(b"rush-agentd")) && args.contains(&sock.as_bytes()) {
-            return pid;
-        }
-    }
-    panic!("no rush-agentd process with --socket {sock}");
-}
-
 /// A process outside any agent holding `path` open (read-only) with `cwd` as its working
 /// directory; killed on drop.
 struct Holder {
@@ -501,7 +487,7 @@ fn escape_proc_pid_root() {
     let s = Scratch::new();
     let secret = s.p("b/secret");
     let h = Holder::start(&secret, &s.path("b"));
-    let dpid = daemon_pid(&d);
+    let dpid = d.pid();
     let targets = [
         format!("/proc/{}/root{secret}", h.pid),
         format!("/proc/{}/cwd/secret", h.pid),
@@ -535,7 +521,7 @@ fn escape_proc_pid_mem_environ() {
     let s = Scratch::new();
     let secret = s.p("b/secret");
     let h = Holder::start(&secret, &s.path("b"));
-    let dpid = daemon_pid(&d);
+    let dpid = d.pid();
     let environ = format!("/proc/{dpid}/environ");
     let mem = format!("/proc/{dpid}/mem");
     let cwd = format!("/proc/{dpid}/cwd");
@@ -568,7 +554,7 @@ fn escape_proc_pid_mem_environ() {
 #[test]
 fn escape_ptrace_attach_daemon() {
     let Some(mut d) = lsm_daemon() else { return };
-    let dpid = daemon_pid(&d).to_string();
+    let dpid = d.pid().to_string();
     let victim = sleeper_agent(&d, "victim", &[]).to_string();
     // Control: root outside gets past the permission check (then EFAULT: 0x1000 is unmapped).
     assert_lines(&outside(&[&["vm-read", &dpid]]), &["errno EFAULT"], "process_vm_readv outside");
@@ -602,7 +588,7 @@ fn escape_kill_daemon() {
     let Some(mut d) = lsm_daemon() else { return };
     let s = Scratch::new();
     let h = Holder::start(&s.p("a/f"), s.dir.path());
-    let dpid = daemon_pid(&d).to_string();
+    let dpid = d.pid().to_string();
     let victim_pid = sleeper_agent(&d, "victim", &[]);
     let (hpid, victim) = (h.pid.to_string(), victim_pid.to_string());
     let got = agent(
@@ -627,7 +613,7 @@ fn escape_kill_daemon() {
 #[test]
 fn escape_fsetown_sigio_to_daemon() {
     let Some(mut d) = lsm_daemon() else { return };
-    let dpid = daemon_pid(&d).to_string();
+    let dpid = d.pid().to_string();
     // sigio-self (control): SIGIO to its own process is delivered. Then F_SETOWN naming
     // the daemon, with F_SETSIG(SIGKILL): refused at F_SETOWN.
     let got = agent(&d, "sigio", None, &[&["sigio-self"], &["sigio", &dpid, "9"]]);
@@ -639,7 +625,7 @@ fn escape_fsetown_sigio_to_daemon() {
 #[test]
 fn escape_fiosetown_ioctl_sigio_to_daemon() {
     let Some(mut d) = lsm_daemon() else { return };
-    let dpid = daemon_pid(&d).to_string();
+    let dpid = d.pid().to_string();
     let out = agent_output(&d, "fiosetown", None, &[&["sigio", &dpid, "9", "ioctl"]]);
     std::thread::sleep(Duration::from_millis(300));
     // The ioctl form of F_SETOWN passes the pid through user memory: refused at set time

@@ -431,7 +431,7 @@ fn landlock_escape_mount_cgroupfs_signals_ptrace() {
     let Some(d) = landlock_daemon("") else { return };
     let t = Tree::new();
     std::fs::create_dir(t.path("a/m")).unwrap();
-    let dpid = daemon_pid(&d).to_string();
+    let dpid = d.pid().to_string();
     let procs = cgroup2_root().join("cgroup.procs").to_str().unwrap().to_owned();
     let environ = format!("/proc/{dpid}/environ");
     let mut ops: Vec<Vec<String>> = vec![
@@ -526,20 +526,6 @@ fn allow_unconfined_is_explicit_and_listed() {
     assert!(wait_until(Duration::from_secs(5), || log(&d, "u").contains("ok 11")), "{}", log(&d, "u"));
 }
 
-/// The pid of this test's daemon (found by its private socket on the command line).
-fn daemon_pid(d: &Daemon) -> i32 {
-    let sock = d.socket.to_str().unwrap();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if args.first().is_some_and(|a| a.ends_with(b"rush-agentd")) && args.contains(&sock.as_bytes()) {
-            return pid;
-        }
-    }
-    panic!("no rush-agentd process with --socket {sock}");
-}
-
 /// An agent spawned without --allow has no file rules, but under the Landlock backend (no
 /// BPF LSM guard) it still gets Landlock's scopes from ABI 6: root in it cannot signal the
 /// daemon, and can still signal its own children.
@@ -549,7 +535,7 @@ fn landlock_scopes_keep_an_unconfined_agents_signals_inside_it() {
     if !require(landlock_abi(&d) >= 6 || self_protected(&d), "Landlock ABI 6 (scopes) or the BPF LSM guard") {
         return;
     }
-    let dpid = daemon_pid(&d);
+    let dpid = d.pid();
     let script = format!("kill -9 {dpid}; echo daemon=$?; sleep 30 & kill -9 $!; echo child=$?");
     let out = d.rush(&["agent", "spawn", "open", "--", "/bin/sh", "-c", &script]);
     let stdout = String::from_utf8_lossy(&out.stdout);
