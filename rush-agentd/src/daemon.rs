@@ -69,7 +69,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
         ),
         FileBackend::Unavailable(why) => tracing::warn!("file tokens cannot be enforced: {why}"),
     }
-    let enforcement_files = files.clone();
+    let doctor_files = files.clone();
     let enforcement = Enforcement { net: report.net_enforced(), files, landlock: config.landlock.clone() };
 
     let policy = Policy::load(&config.policy.file)?;
@@ -78,6 +78,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     if let Err(e) = bpf.set_api_endpoints(&api_endpoints) {
         tracing::error!(error = %e, "API endpoints not set: api budgets count nothing and are refused");
     }
+    let api_endpoint_count = api_endpoints.len();
     let (meter_tx, meter_rx) = tokio::sync::mpsc::unbounded_channel();
     let audit = Arc::new(AuditLog::open(&state_dir.join("audit.jsonl"))?);
     let kernel: Arc<dyn KernelPolicy> = Arc::new(bpf.clone());
@@ -92,7 +93,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
             control: Arc::new(CgroupsRs::new(cgroups.layout().clone())),
             policy,
             meter: Some(MeterSetup { config: Arc::new(config.meter.clone()), events: meter_tx }),
-            api_endpoints: api_endpoints.len(),
+            api_endpoints: api_endpoint_count,
         },
     );
     let store = Arc::new(crate::store::Store::open(&state_dir.join("state.db"))?);
@@ -127,10 +128,8 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
             }
         });
     let parent = config.cgroup.parent.to_string_lossy().trim_matches('/').to_owned();
-    let meter_ready = config.meter.upstream.is_some() && !config.meter.prices.is_empty();
-    let api_endpoint_count = api_endpoints.len();
+    let meter_ready = config.meter.check().is_ok();
     let doctor_report = report.clone();
-    let doctor_files = enforcement_files.clone();
     let doctor_landlock = config.landlock.clone();
     let doctor_layout = cgroups.layout().clone();
     let ctx = Arc::new(ApiContext {
@@ -208,6 +207,11 @@ pub fn choose_file_backend(choice: EnforcementChoice, report: &AttachReport) -> 
     }
 }
 
+/// The agent a kernel event came from, or `cgroup:ID` for one this daemon never knew.
+fn agent_name(agents: &AgentManager, cgroup_id: u64) -> String {
+    agents.name_of(cgroup_id).unwrap_or_else(|| format!("cgroup:{cgroup_id}"))
+}
+
 fn log_attach_report(report: &AttachReport) {
     for p in &report.programs {
         match &p.error {
@@ -241,7 +245,7 @@ async fn pump_events(
             },
             _ = flush.tick() => {
                 for (cgroup_id, count) in limiter.take_suppressed() {
-                    let name = agents.name_of(cgroup_id).unwrap_or_else(|| format!("cgroup:{cgroup_id}"));
+                    let name = agent_name(&agents, cgroup_id);
                     audit.record(Some(&name), AuditEvent::DenialsSuppressed { count });
                 }
                 continue;
@@ -261,7 +265,7 @@ async fn pump_events(
         }
         match ev {
             KernelEvent::NetDeny { cgroup_id, pid: _, tgid, uid, comm, hook, destination, protocol } => {
-                let name = agents.name_of(cgroup_id).unwrap_or_else(|| format!("cgroup:{cgroup_id}"));
+                let name = agent_name(&agents, cgroup_id);
                 audit.record(
                     Some(&name),
                     AuditEvent::NetDeny {
@@ -275,7 +279,7 @@ async fn pump_events(
                 );
             }
             KernelEvent::FileDeny { cgroup_id, pid: _, tgid, uid, comm, hook, op, path, dev: _, ino: _ } => {
-                let name = agents.name_of(cgroup_id).unwrap_or_else(|| format!("cgroup:{cgroup_id}"));
+                let name = agent_name(&agents, cgroup_id);
                 let op = rush_proto::Ops(op).to_string();
                 audit.record(
                     Some(&name),
@@ -283,7 +287,7 @@ async fn pump_events(
                 );
             }
             KernelEvent::GuardDeny { cgroup_id, pid: _, tgid, uid, comm, hook, target, arg } => {
-                let name = agents.name_of(cgroup_id).unwrap_or_else(|| format!("cgroup:{cgroup_id}"));
+                let name = agent_name(&agents, cgroup_id);
                 audit.record(
                     Some(&name),
                     AuditEvent::GuardDeny {
@@ -301,7 +305,7 @@ async fn pump_events(
                 tracing::debug!(cgroup_id, ?from, ?to, moved, "a save moved a grant to a new inode");
             }
             KernelEvent::NetBudgetExceeded { cgroup_id, used, limit } => {
-                let name = agents.name_of(cgroup_id).unwrap_or_else(|| format!("cgroup:{cgroup_id}"));
+                let name = agent_name(&agents, cgroup_id);
                 tracing::warn!(agent = %name, used, limit, "network byte budget spent: packets dropped");
                 let action =
                     "packets dropped until the budget is raised (rush agent resume --budget net:...)";
@@ -311,7 +315,7 @@ async fn pump_events(
                 );
             }
             KernelEvent::ApiCallRefused { cgroup_id, pid, uid: _, comm, addr, port, calls, limit } => {
-                let name = agents.name_of(cgroup_id).unwrap_or_else(|| format!("cgroup:{cgroup_id}"));
+                let name = agent_name(&agents, cgroup_id);
                 let destination = std::net::SocketAddr::new(addr, port).to_string();
                 audit.record(
                     Some(&name),

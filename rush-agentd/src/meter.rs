@@ -92,6 +92,19 @@ pub struct MeterConfig {
     pub include_stream_usage: bool,
 }
 
+impl MeterConfig {
+    /// Whether a meter can run: an upstream to forward to and prices to charge with.
+    pub fn check(&self) -> Result<(), MeterError> {
+        if self.upstream.is_none() {
+            return Err(MeterError::NoUpstream);
+        }
+        if self.prices.is_empty() {
+            return Err(MeterError::NoPrices);
+        }
+        Ok(())
+    }
+}
+
 impl Default for MeterConfig {
     fn default() -> Self {
         MeterConfig {
@@ -315,10 +328,8 @@ pub async fn start_on(
     limit_micro_usd: u64,
     events: mpsc::UnboundedSender<MeterEvent>,
 ) -> Result<AgentMeter, MeterError> {
+    cfg.check()?;
     let upstream = cfg.upstream.clone().ok_or(MeterError::NoUpstream)?;
-    if cfg.prices.is_empty() {
-        return Err(MeterError::NoPrices);
-    }
     let listen_err = |source| MeterError::Listen { agent: agent.clone(), source };
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await.map_err(listen_err)?;
     let addr = listener.local_addr().map_err(listen_err)?;
