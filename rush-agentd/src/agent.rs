@@ -1332,7 +1332,13 @@ impl AgentManager {
             })
             .collect();
         for (name, cg, budget, pause, reported, ledger, cost_saved) in agents {
-            let observed = self.observe(&cg, ledger);
+            // Only what this round acts on: cpu time, the cgroup counters and spend (the
+            // kernel's net counters enforce themselves; status reads them).
+            let observed = Observed {
+                cgroup: self.budgets.control.usage(&cg),
+                cost_micro_usd: ledger.map(|l| l.used_micro_usd()),
+                ..Default::default()
+            };
             // Spend survives a daemon restart: written when it changed.
             if let Some(cost) = observed.cost_micro_usd.filter(|c| *c != cost_saved) {
                 if let Some(a) = self.registry().agents.get_mut(&name) {
@@ -2095,16 +2101,9 @@ fn reaches(net: &KernelNetPolicy, up: &crate::meter::Upstream) -> bool {
             .map(|a| a.map(|a| a.ip()).collect())
             .unwrap_or_default(),
     };
-    let covers = |net: IpAddr, prefix: u8, ip: IpAddr| match (net, ip) {
-        (IpAddr::V4(n), IpAddr::V4(i)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(prefix.min(32))).unwrap_or(0);
-            u32::from(n) & mask == u32::from(i) & mask
-        }
-        (IpAddr::V6(n), IpAddr::V6(i)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(prefix.min(128))).unwrap_or(0);
-            u128::from(n) & mask == u128::from(i) & mask
-        }
-        _ => false,
+    let covers = |net: IpAddr, prefix: u8, ip: IpAddr| {
+        net.is_ipv4() == ip.is_ipv4()
+            && rush_proto::spec::mask_ip(net, prefix) == rush_proto::spec::mask_ip(ip, prefix)
     };
     eps.iter().any(|&(net, prefix, port)| {
         (port == 0 || port == up.port) && addrs.iter().any(|&ip| covers(net, prefix, ip))

@@ -67,11 +67,15 @@ const CONTROLLED: [(&str, &str); 4] =
 
 pub struct CgroupsRs {
     layout: CgroupLayout,
+    /// cgroups-rs's v1 hierarchies, from one read of /proc/self/mountinfo (a handle is
+    /// made per agent on every budget poll; the mounts are fixed like `layout`).
+    v1: Option<hierarchies::V1>,
 }
 
 impl CgroupsRs {
     pub fn new(layout: CgroupLayout) -> CgroupsRs {
-        CgroupsRs { layout }
+        let v1 = (layout.mode == CgroupMode::Hybrid).then(hierarchies::V1::new);
+        CgroupsRs { layout, v1 }
     }
 
     /// A cgroups-rs handle on the agent's controller directories.
@@ -96,7 +100,7 @@ impl CgroupsRs {
                             .find_map(|d| d.strip_prefix(root).ok().map(|r| (r.to_owned(), root)))
                     })
                     .ok_or_else(|| "the agent has no v1 controller directories".to_owned())?;
-                Ok(Cgroup::load(Box::new(hierarchies::V1::new()), rel))
+                Ok(Cgroup::load(Box::new(self.v1.clone().unwrap_or_default()), rel))
             }
         }
     }
