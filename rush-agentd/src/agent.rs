@@ -795,6 +795,7 @@ impl AgentManager {
                     exit: None,
                     detached: req.stdio == StdioMode::Log,
                     unconfined,
+                    session: req.session.clone(),
                 };
                 Ok((info, cg, child, timed))
             }
@@ -1285,6 +1286,33 @@ impl AgentManager {
         self.audit.record(Some(name), AuditEvent::Resumed { caller_uid: caller.uid, budget });
         self.persist_agent(name);
         self.status(name)
+    }
+
+    /// Running agents of session `session`.
+    pub fn in_session(&self, session: &str) -> Vec<String> {
+        let reg = self.registry();
+        let mut names: Vec<String> = reg
+            .agents
+            .values()
+            .filter(|a| a.info.state == AgentState::Running && a.info.session.as_deref() == Some(session))
+            .map(|a| a.info.name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Freezes the running agent for a workspace operation; pair with [`Self::thaw`]. Each
+    /// freeze is counted, so an operator pause or a budget freeze held meanwhile stays.
+    pub async fn freeze(&self, name: &str) -> Result<(), ApiError> {
+        let cg = self.running(name)?;
+        self.freeze_for(name, &cg).await
+    }
+
+    pub fn thaw(&self, name: &str) -> Result<(), ApiError> {
+        let cg = self.running(name)?;
+        self.cgroups
+            .thaw(&cg)
+            .map_err(|e| api_err(ErrorKind::Internal, format!("thaw {name}: {}", error_chain(&e))))
     }
 
     /// The cgroup of the running agent `name`.
@@ -1783,6 +1811,7 @@ impl AgentManager {
             cwd: worktree,
             stdio: StdioMode::Log,
             allow_unconfined: false,
+            session: None,
         };
         // As the agent's user (its primary group from the user database, else uid = gid).
         let uid = self.status(agent).map(|a| a.uid).unwrap_or(0);
@@ -2245,6 +2274,7 @@ mod tests {
             cwd: PathBuf::from("/"),
             stdio: StdioMode::Log,
             allow_unconfined: false,
+            session: None,
         }
     }
 

@@ -75,6 +75,7 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ApiServerError> {
 
 pub struct ApiContext {
     pub agents: Arc<AgentManager>,
+    pub sessions: Arc<crate::session::Sessions>,
     pub audit: Arc<AuditLog>,
     pub operator_gid: Option<u32>,
     /// The v2 cgroup path prefix of agents, e.g. "/rush/": callers under it are agents.
@@ -282,6 +283,17 @@ fn request_name(r: &Request) -> &'static str {
         Request::ListCapabilities { .. } => "list_capabilities",
         Request::Commit { .. } => "commit",
         Request::ChangeEffect { .. } => "change_effect",
+        Request::CreateSession { .. } => "create_session",
+        Request::ListSessions => "list_sessions",
+        Request::RemoveSession { .. } => "remove_session",
+        Request::Checkpoint { .. } => "checkpoint",
+        Request::Rollback { .. } => "rollback",
+        Request::Branch { .. } => "branch",
+        Request::SwitchTimeline { .. } => "switch_timeline",
+        Request::ListTimeline { .. } => "list_timeline",
+        Request::Diff { .. } => "diff",
+        Request::DeleteCheckpoint { .. } => "delete_checkpoint",
+        Request::PruneCheckpoints { .. } => "prune_checkpoints",
     }
 }
 
@@ -310,6 +322,14 @@ fn authorize(peer: &Peer, req: &Request, ctx: &ApiContext) -> Result<(), ApiErro
             | Request::Grant(_)
             | Request::Revoke { .. }
             | Request::Commit { .. }
+            | Request::CreateSession { .. }
+            | Request::RemoveSession { .. }
+            | Request::Checkpoint { .. }
+            | Request::Rollback { .. }
+            | Request::Branch { .. }
+            | Request::SwitchTimeline { .. }
+            | Request::DeleteCheckpoint { .. }
+            | Request::PruneCheckpoints { .. }
     ) {
         let agent = match &peer.role {
             CallerRole::Agent { name } => Some(name.as_str()),
@@ -384,6 +404,53 @@ async fn dispatch(
         Request::ListCapabilities { agent } => {
             ctx.agents.capabilities(agent.as_deref()).map(|tokens| Response::Capabilities { tokens })
         }
+        Request::CreateSession { name, workspace } => ctx
+            .sessions
+            .create(name, workspace, &peer.caller)
+            .await
+            .map(|session| Response::Session { session }),
+        Request::ListSessions => ctx.sessions.list().map(|sessions| Response::Sessions { sessions }),
+        Request::RemoveSession { name } => ctx
+            .sessions
+            .remove(name.clone(), &peer.caller)
+            .await
+            .map(|workspace| Response::SessionRemoved { name, workspace }),
+        Request::Checkpoint { session, name, with_processes, shell } => ctx
+            .sessions
+            .checkpoint(session, name, with_processes, shell, &peer.caller)
+            .await
+            .map(|checkpoint| Response::Checkpointed { checkpoint }),
+        Request::Rollback { session, name } => ctx
+            .sessions
+            .rollback(session, name, &peer.caller)
+            .await
+            .map(|report| Response::RolledBack { report }),
+        Request::Branch { session, name, from } => ctx
+            .sessions
+            .branch(session, name, from, &peer.caller)
+            .await
+            .map(|timeline| Response::TimelineChanged { timeline }),
+        Request::SwitchTimeline { session, name } => ctx
+            .sessions
+            .switch(session, name, &peer.caller)
+            .await
+            .map(|timeline| Response::TimelineChanged { timeline }),
+        Request::ListTimeline { session } => {
+            ctx.sessions.timeline(&session).map(|timeline| Response::Timeline { timeline })
+        }
+        Request::Diff { session, a, b } => {
+            ctx.sessions.diff(session, a, b).await.map(|diff| Response::Diff { diff })
+        }
+        Request::DeleteCheckpoint { session, name } => ctx
+            .sessions
+            .delete(session, Some(vec![name]), None, &peer.caller)
+            .await
+            .map(|names| Response::CheckpointsDeleted { names }),
+        Request::PruneCheckpoints { session, prune } => ctx
+            .sessions
+            .delete(session, None, Some(prune), &peer.caller)
+            .await
+            .map(|names| Response::CheckpointsDeleted { names }),
     };
     conn.send(id, reply.into()).await
 }
@@ -402,6 +469,12 @@ async fn spawn(
         None
     };
     let foreground = req.stdio == StdioMode::Passed;
+    if let Some(s) = &req.session
+        && !ctx.sessions.exists(s)
+    {
+        let e = ApiError::new(ErrorKind::NotFound, format!("no session {s:?} (see `rush session list`)"));
+        return conn.send(id, Reply::Err(e)).await;
+    }
     let (info, mut exit) = match ctx.agents.spawn(req, &peer.caller, stdio).await {
         Ok(v) => v,
         Err(e) => return conn.send(id, Reply::Err(e)).await,

@@ -27,6 +27,11 @@
 //! on_narrow = "restart"        # a revoke or expiry: "restart" or "kill" the agent
 //! on_widen = "restart"         # a grant: "restart" or "kill"
 //!
+//! [snapshot]                  # session workspaces, checkpoints and timelines
+//! store = "auto"               # auto | btrfs | btrfs-loop | git (see `rush doctor`)
+//! image_size = "64G"           # the loop-mounted btrfs image (sparse); raising it grows it
+//! criu = "criu"                # for `rush checkpoint --with-processes`
+//!
 //! [policy]
 //! file = "/etc/rush/policy.toml" # trust levels; the built-in ones when it does not exist
 //!
@@ -66,6 +71,7 @@ pub struct Config {
     pub budget: BudgetSection,
     pub meter: crate::meter::MeterConfig,
     pub landlock: LandlockSection,
+    pub snapshot: SnapshotSection,
 }
 
 /// Which mechanism enforces file tokens.
@@ -127,6 +133,43 @@ impl Default for LandlockSection {
         // agent kill` is that); the new process is confined by the new rules from its
         // first instruction, and the CLI says so before it happens.
         LandlockSection { on_narrow: OnChange::Restart, on_widen: OnChange::Restart }
+    }
+}
+
+/// Where session workspaces and their checkpoints are kept.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreChoice {
+    /// The workspace's own btrfs when it is on one, else a loop-mounted btrfs image, else
+    /// git (no loop devices or no mkfs.btrfs).
+    #[default]
+    Auto,
+    Btrfs,
+    BtrfsLoop,
+    Git,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotSection {
+    pub store: StoreChoice,
+    /// Size of the loop-mounted btrfs image (sparse: it takes what is written). Raising it
+    /// grows the image at the next start.
+    pub image_size: String,
+    /// The criu binary (`--with-processes`).
+    pub criu: PathBuf,
+}
+
+impl Default for SnapshotSection {
+    fn default() -> Self {
+        SnapshotSection { store: StoreChoice::Auto, image_size: "64G".into(), criu: PathBuf::from("criu") }
+    }
+}
+
+impl SnapshotSection {
+    pub fn image_bytes(&self) -> u64 {
+        // Validated by `Config::parse`.
+        rush_proto::budget::parse_size(&self.image_size).unwrap_or(64 << 30)
     }
 }
 
@@ -292,6 +335,9 @@ impl Config {
                 Ok(rush_proto::NetPolicy::AllowList(eps)) if eps.len() == 1 && eps[0].port != 0 => {}
                 _ => return Err(format!("budget.api_endpoints: {ep:?} is not HOST:PORT")),
             }
+        }
+        if let Err(e) = rush_proto::budget::parse_size(&config.snapshot.image_size) {
+            return Err(format!("snapshot.image_size: {e}"));
         }
         for c in &config.cgroup.v1_controllers {
             if !crate::cgroup::V1_CONTROLLERS.contains(&c.as_str()) {

@@ -132,8 +132,18 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     let doctor_report = report.clone();
     let doctor_landlock = config.landlock.clone();
     let doctor_layout = cgroups.layout().clone();
+    let sessions = crate::session::Sessions::open(
+        store.clone(),
+        agents.clone(),
+        audit.clone(),
+        config.snapshot.clone(),
+        state_dir.clone(),
+    );
+    let doctor_sessions = sessions.clone();
+    let doctor_criu = config.snapshot.criu.clone();
     let ctx = Arc::new(ApiContext {
         agents: agents.clone(),
+        sessions,
         audit: audit.clone(),
         operator_gid,
         agent_cgroup_prefix: format!("/{parent}/"),
@@ -145,6 +155,12 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
                 api_endpoints: Some(api_endpoint_count),
                 files: Some(&doctor_files),
                 landlock: Some(&doctor_landlock),
+                snapshot_store: Some(doctor_sessions.store_report()),
+                criu: Some(
+                    crate::snapshot::criu::Criu::locate(Some(&doctor_criu))
+                        .and_then(|c| c.check())
+                        .map_err(|e| e.to_string()),
+                ),
             })
         }),
     });

@@ -3,6 +3,7 @@
 //! - [`cgroup`] — one cgroup per agent, on pure v2 or hybrid hosts
 //! - [`budget`] — resource budgets: cgroup limits and counters, usage, actions at a limit
 //! - [`agent`] — spawning, tracking and killing agents
+//! - [`session`] — sessions: workspaces with checkpoints, rollbacks and timelines
 //! - [`snapshot`] — time travel: workspace checkpoints (btrfs, git) and process images (CRIU)
 //! - [`spawn`] — clone3 into the agent's cgroup, then exec
 //! - [`tokens`] — capability tokens and their kernel grant entries
@@ -30,6 +31,7 @@ pub mod mappings;
 pub mod meter;
 pub mod policy;
 pub mod probe;
+pub mod session;
 pub mod snapshot;
 pub mod spawn;
 pub mod store;

@@ -160,6 +160,8 @@ fn local_doctor(json: bool, config: &Config) -> ExitCode {
         api_endpoints: None,
         files: files.as_ref(),
         landlock: Some(&config.landlock),
+        snapshot_store: None,
+        criu: None,
     });
     if json {
         println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));

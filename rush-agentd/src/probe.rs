@@ -25,6 +25,10 @@ pub struct ProbeInputs<'a> {
     pub files: Option<&'a FileBackend>,
     /// What a token change does to a Landlock-confined agent.
     pub landlock: Option<&'a LandlockSection>,
+    /// The store new sessions would use (holds, how or why not); None = unknown.
+    pub snapshot_store: Option<(bool, String)>,
+    /// Whether CRIU can dump and restore here (Err: why not); None = unknown.
+    pub criu: Option<Result<(), String>>,
 }
 
 pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
@@ -269,8 +273,23 @@ pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
                 None => "known only to a running daemon".into(),
             },
         ),
-        g("time travel: files", false, "not implemented yet (btrfs snapshots: issue 6)".into()),
-        g("time travel: processes", false, "not implemented yet (CRIU: issue 6)".into()),
+        match &inputs.snapshot_store {
+            Some((holds, how)) => g("time travel: files", *holds, how.clone()),
+            None => g("time travel: files", false, "known only to a running daemon".into()),
+        },
+        match &inputs.criu {
+            Some(Ok(())) => g(
+                "time travel: processes",
+                true,
+                "CRIU dumps and restores agents' process trees (`rush checkpoint --with-processes`)".into(),
+            ),
+            Some(Err(why)) => g(
+                "time travel: processes",
+                false,
+                format!("{why}: `rush checkpoint --with-processes` is refused (files and shell state still work)"),
+            ),
+            None => g("time travel: processes", false, "known only to a running daemon".into()),
+        },
         g(
             "persistence across daemon restarts",
             inputs.attach.is_some(),
@@ -420,6 +439,8 @@ mod tests {
             meter_ready: None,
             api_endpoints: None,
             files: Some(&FileBackend::Unavailable("x".into())),
+            snapshot_store: None,
+            criu: None,
             landlock: None,
         });
         let file = r.guarantees.iter().find(|g| g.name == "file tokens").unwrap();

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rush_proto::{AgentInfo, Ops};
+use rush_proto::{AgentInfo, CheckpointInfo, Ops, SessionInfo, ShellState, TimelineInfo};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::bpf::FileKey;
@@ -32,7 +32,8 @@ pub enum StoreError {
 }
 
 /// Schema migrations, in order; `PRAGMA user_version` is how many have run.
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     CREATE TABLE agents (
         name TEXT PRIMARY KEY,
@@ -62,7 +63,27 @@ const MIGRATIONS: &[&str] = &["
         condition_worktree TEXT
     );
     CREATE INDEX tokens_by_cgroup ON tokens (cgroup_id);
-"];
+",
+    "
+    -- Sessions and their history outlive reboots (the workspace does); JSON is the
+    -- rush_proto type of each row.
+    CREATE TABLE sessions (name TEXT PRIMARY KEY, info TEXT NOT NULL);
+    CREATE TABLE timelines (
+        session TEXT NOT NULL, name TEXT NOT NULL, info TEXT NOT NULL,
+        PRIMARY KEY (session, name)
+    );
+    CREATE TABLE checkpoints (
+        session TEXT NOT NULL, name TEXT NOT NULL,
+        created_unix_ms INTEGER NOT NULL,
+        info TEXT NOT NULL,
+        shell TEXT,                   -- rush_proto::ShellState
+        PRIMARY KEY (session, name)
+    );
+    -- A workspace operation under way (one per session), so that a daemon that died in
+    -- the middle of one can settle it when it starts again.
+    CREATE TABLE journal (session TEXT PRIMARY KEY, op TEXT NOT NULL, detail TEXT NOT NULL);
+",
+];
 
 /// An agent as stored: enough to re-adopt it.
 #[derive(Debug, Clone, PartialEq)]
@@ -300,6 +321,141 @@ impl Store {
         let max: Option<i64> =
             conn.query_row("SELECT MAX(id) FROM tokens", [], |r| r.get(0)).map_err(self.err())?;
         Ok(max.unwrap_or(0) as u64)
+    }
+}
+
+/// Sessions, timelines, checkpoints and the journal of workspace operations.
+impl Store {
+    fn json<T: serde::Serialize>(&self, v: &T) -> Result<String, StoreError> {
+        serde_json::to_string(v)
+            .map_err(|e| StoreError::Corrupt { path: self.path.clone(), what: e.to_string() })
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(&self, what: &str, s: &str) -> Result<T, StoreError> {
+        serde_json::from_str(s)
+            .map_err(|e| StoreError::Corrupt { path: self.path.clone(), what: format!("{what}: {e}") })
+    }
+
+    fn rows<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        sql: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<T>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(sql).map_err(self.err())?;
+        let texts = stmt
+            .query_map(args, |r| r.get::<_, String>(0))
+            .map_err(self.err())?
+            .collect::<Result<Vec<String>, _>>()
+            .map_err(self.err())?;
+        texts.iter().map(|t| self.parse(what, t)).collect()
+    }
+
+    pub fn put_session(&self, s: &SessionInfo) -> Result<(), StoreError> {
+        let info = self.json(s)?;
+        self.lock()
+            .execute("INSERT OR REPLACE INTO sessions (name, info) VALUES (?1, ?2)", params![s.name, info])
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    pub fn sessions(&self) -> Result<Vec<SessionInfo>, StoreError> {
+        self.rows("session", "SELECT info FROM sessions ORDER BY name", [])
+    }
+
+    /// The session and everything it had.
+    pub fn delete_session(&self, name: &str) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(self.err())?;
+        for table in ["sessions", "timelines", "checkpoints", "journal"] {
+            let col = if table == "sessions" { "name" } else { "session" };
+            tx.execute(&format!("DELETE FROM {table} WHERE {col} = ?1"), [name]).map_err(self.err())?;
+        }
+        tx.commit().map_err(self.err())
+    }
+
+    pub fn put_timeline(&self, session: &str, t: &TimelineInfo) -> Result<(), StoreError> {
+        let info = self.json(t)?;
+        self.lock()
+            .execute(
+                "INSERT OR REPLACE INTO timelines (session, name, info) VALUES (?1, ?2, ?3)",
+                params![session, t.name, info],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    pub fn timelines(&self, session: &str) -> Result<Vec<TimelineInfo>, StoreError> {
+        self.rows("timeline", "SELECT info FROM timelines WHERE session = ?1 ORDER BY name", [session])
+    }
+
+    pub fn put_checkpoint(&self, c: &CheckpointInfo, shell: Option<&ShellState>) -> Result<(), StoreError> {
+        let info = self.json(c)?;
+        let shell = shell.map(|s| self.json(s)).transpose()?;
+        self.lock()
+            .execute(
+                "INSERT OR REPLACE INTO checkpoints (session, name, created_unix_ms, info, shell)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![c.session, c.name, c.created_unix_ms as i64, info, shell],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Oldest first.
+    pub fn checkpoints(&self, session: &str) -> Result<Vec<CheckpointInfo>, StoreError> {
+        self.rows(
+            "checkpoint",
+            "SELECT info FROM checkpoints WHERE session = ?1 ORDER BY created_unix_ms, name",
+            [session],
+        )
+    }
+
+    pub fn checkpoint_shell(&self, session: &str, name: &str) -> Result<Option<ShellState>, StoreError> {
+        let text: Option<Option<String>> = self
+            .lock()
+            .query_row(
+                "SELECT shell FROM checkpoints WHERE session = ?1 AND name = ?2",
+                [session, name],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err())?;
+        text.flatten().map(|t| self.parse("shell state", &t)).transpose()
+    }
+
+    pub fn delete_checkpoint(&self, session: &str, name: &str) -> Result<(), StoreError> {
+        self.lock()
+            .execute("DELETE FROM checkpoints WHERE session = ?1 AND name = ?2", [session, name])
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    /// Records that `op` on `session` has begun; `detail` is what settling it needs.
+    pub fn journal_begin(&self, session: &str, op: &str, detail: &str) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "INSERT OR REPLACE INTO journal (session, op, detail) VALUES (?1, ?2, ?3)",
+                [session, op, detail],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    pub fn journal_end(&self, session: &str) -> Result<(), StoreError> {
+        self.lock().execute("DELETE FROM journal WHERE session = ?1", [session]).map_err(self.err())?;
+        Ok(())
+    }
+
+    /// (session, op, detail) of operations a crash interrupted.
+    pub fn journal(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT session, op, detail FROM journal").map_err(self.err())?;
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(self.err())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.err())
     }
 }
 

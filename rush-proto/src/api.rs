@@ -6,6 +6,10 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::budget::{Budget, BudgetUsage};
+use crate::session::{
+    CheckpointInfo, DiffReport, Prune, RollbackReport, SessionInfo, SessionRef, ShellState, Timeline,
+    TimelineInfo,
+};
 use crate::spec::{FileGrant, NetPolicy, Ops};
 
 /// One line from a caller.
@@ -105,6 +109,73 @@ pub enum Request {
         agent: String,
         #[serde(default)]
         token: Option<u64>,
+    },
+    /// Make session `name` own `workspace`: its contents move into the snapshot store and
+    /// the path becomes a symlink to the live tree, so the user keeps working where they
+    /// were. Replies `Session`.
+    CreateSession {
+        name: String,
+        workspace: PathBuf,
+    },
+    /// Replies `Sessions`.
+    ListSessions,
+    /// Puts the session's live tree back at its workspace path as a plain directory and
+    /// deletes its checkpoints and timelines. Refused while agents of it run. Replies
+    /// `SessionRemoved`.
+    RemoveSession {
+        name: String,
+    },
+    /// Freeze the session's agents, snapshot the workspace read-only, save `shell`; with
+    /// `with_processes`, also CRIU-dump the agents (thawed afterwards whatever happens).
+    /// Replies `Checkpointed`.
+    Checkpoint {
+        session: SessionRef,
+        name: String,
+        #[serde(default)]
+        with_processes: bool,
+        #[serde(default)]
+        shell: Option<ShellState>,
+    },
+    /// Swap the workspace back to checkpoint `name` in one atomic rename, after keeping
+    /// the present state as an automatic checkpoint. Replies `RolledBack`.
+    Rollback {
+        session: SessionRef,
+        name: String,
+    },
+    /// A new writable timeline `name` from checkpoint `from` (default: the live tree); the
+    /// workspace stays on its timeline. Replies `TimelineChanged`.
+    Branch {
+        session: SessionRef,
+        name: String,
+        #[serde(default)]
+        from: Option<String>,
+    },
+    /// Point the workspace at timeline `name` (one atomic symlink replace). Replies
+    /// `TimelineChanged`.
+    SwitchTimeline {
+        session: SessionRef,
+        name: String,
+    },
+    /// Replies `Timeline`.
+    ListTimeline {
+        session: SessionRef,
+    },
+    /// Files added, removed and modified from `a` to `b` (checkpoint or timeline names),
+    /// and environment differences. Replies `Diff`.
+    Diff {
+        session: SessionRef,
+        a: String,
+        b: String,
+    },
+    /// Replies `CheckpointsDeleted`.
+    DeleteCheckpoint {
+        session: SessionRef,
+        name: String,
+    },
+    /// Replies `CheckpointsDeleted`.
+    PruneCheckpoints {
+        session: SessionRef,
+        prune: Prune,
     },
     /// What a grant (`revoke: None`) or this revoke would do to the running agent, asked
     /// before making it: in place (BPF LSM), or a restart or kill (Landlock, whose rules
@@ -226,6 +297,9 @@ pub struct SpawnRequest {
     /// policy): it is then listed as UNCONFINED, and the spawn audited as such.
     #[serde(default)]
     pub allow_unconfined: bool,
+    /// The session it belongs to: checkpoints freeze it, rollbacks stop or restore it.
+    #[serde(default)]
+    pub session: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -309,6 +383,35 @@ pub enum Response {
     Committed {
         outcomes: Vec<CommitOutcome>,
     },
+    Session {
+        session: SessionInfo,
+    },
+    Sessions {
+        sessions: Vec<SessionInfo>,
+    },
+    SessionRemoved {
+        name: String,
+        /// Where its live tree was put back.
+        workspace: PathBuf,
+    },
+    Checkpointed {
+        checkpoint: CheckpointInfo,
+    },
+    RolledBack {
+        report: RollbackReport,
+    },
+    TimelineChanged {
+        timeline: TimelineInfo,
+    },
+    Timeline {
+        timeline: Timeline,
+    },
+    Diff {
+        diff: DiffReport,
+    },
+    CheckpointsDeleted {
+        names: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -370,6 +473,8 @@ pub struct AgentInfo {
     /// where no backend could): e.g. `files: ...why`. Empty for a confined agent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unconfined: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -554,6 +659,49 @@ pub enum AuditEvent {
         caller_uid: u32,
         budget: Budget,
     },
+    /// Time travel (`session` names the session; the record's agent is none).
+    SessionCreated {
+        session: String,
+        workspace: PathBuf,
+        backend: String,
+        caller_uid: u32,
+    },
+    SessionRemoved {
+        session: String,
+        caller_uid: u32,
+    },
+    Checkpoint {
+        session: String,
+        name: String,
+        captured: Vec<String>,
+        caller_uid: u32,
+    },
+    Rollback {
+        session: String,
+        name: String,
+        /// The automatic checkpoint that undoes it.
+        undo: String,
+        caller_uid: u32,
+    },
+    /// A rollback a crash interrupted, settled when the daemon started again: `completed`
+    /// (the swap had happened) or `undone` (it had not: the workspace is as it was).
+    RollbackRepaired {
+        session: String,
+        name: String,
+        outcome: String,
+    },
+    TimelineChange {
+        session: String,
+        /// `branch` or `switch`.
+        action: String,
+        timeline: String,
+        caller_uid: u32,
+    },
+    CheckpointsDeleted {
+        session: String,
+        names: Vec<String>,
+        caller_uid: u32,
+    },
     /// A Landlock-confined agent's rules changed (a grant, revoke or expiry): Landlock
     /// cannot change a running process's rules, so it was frozen and then restarted under
     /// the new ones (`restart`, `new_pid`) or killed (`kill`).
@@ -597,6 +745,13 @@ impl AuditEvent {
             AuditEvent::Paused { .. } => "paused",
             AuditEvent::Resumed { .. } => "resumed",
             AuditEvent::RulesetChange { .. } => "ruleset_change",
+            AuditEvent::SessionCreated { .. } => "session_created",
+            AuditEvent::SessionRemoved { .. } => "session_removed",
+            AuditEvent::Checkpoint { .. } => "checkpoint",
+            AuditEvent::Rollback { .. } => "rollback",
+            AuditEvent::RollbackRepaired { .. } => "rollback_repaired",
+            AuditEvent::TimelineChange { .. } => "timeline_change",
+            AuditEvent::CheckpointsDeleted { .. } => "checkpoints_deleted",
         }
     }
 }
@@ -659,6 +814,8 @@ pub enum ErrorKind {
     PermissionDenied,
     /// The kernel cannot keep a guarantee the request asks for.
     Unsupported,
+    /// Out of room (the snapshot store is full).
+    ResourceExhausted,
     VersionMismatch,
     Internal,
 }

@@ -13,10 +13,15 @@
 pub mod api;
 pub mod budget;
 pub mod client;
+pub mod session;
 pub mod spec;
 
 pub use api::*;
 pub use budget::{Budget, BudgetUnit, BudgetUsage};
+pub use session::{
+    CheckpointInfo, DiffReport, EnvChange, Prune, RollbackReport, SessionInfo, SessionRef, ShellState,
+    Timeline, TimelineInfo,
+};
 pub use spec::{AgentName, FileGrant, NetEndpoint, NetPolicy, Ops, SpecError, parse_duration};
 
 /// Bumped on any incompatible change of the wire types. The daemon refuses a request

@@ -86,6 +86,22 @@ pub enum Command {
     #[command(subcommand, visible_alias = "cap")]
     Capability(CapabilityCommand),
 
+    /// Sessions: workspace directories whose history Rush keeps
+    #[command(subcommand)]
+    Session(SessionCommand),
+
+    /// Snapshot a session's workspace, with your shell's state (and its agents' processes)
+    #[command(long_about = CHECKPOINT_LONG_ABOUT, after_long_help = TIME_TRAVEL_EXAMPLES)]
+    Checkpoint(CheckpointArgs),
+
+    /// Put a session's workspace back as it was at a checkpoint (undoable)
+    #[command(long_about = ROLLBACK_LONG_ABOUT, after_long_help = TIME_TRAVEL_EXAMPLES)]
+    Rollback(RollbackArgs),
+
+    /// A session's timelines and checkpoints: branch, switch, list, diff, delete, prune
+    #[command(subcommand)]
+    Timeline(TimelineCommand),
+
     /// Show the audit trail: spawns, exits, kills and everything the kernel refused
     #[command(long_about = AUDIT_LONG_ABOUT, after_long_help = AUDIT_EXAMPLES)]
     Audit(AuditArgs),
@@ -301,6 +317,10 @@ pub struct SpawnArgs {
     #[arg(long)]
     pub allow_unconfined: bool,
 
+    /// The session the agent works in: checkpoints freeze it, rollbacks stop or restore it.
+    #[arg(long, value_name = "SESSION")]
+    pub session: Option<AgentName>,
+
     /// Run in the background: stdin from /dev/null, output captured for `rush agent logs`.
     #[arg(long, short = 'd')]
     pub detach: bool,
@@ -330,6 +350,161 @@ pub struct AuditArgs {
     /// Keep printing records as they happen, until you press Ctrl-C.
     #[arg(long, short = 'f')]
     pub follow: bool,
+}
+
+const CHECKPOINT_LONG_ABOUT: &str = "\
+Take checkpoint NAME of a session's workspace: the session's agents are frozen, the \
+workspace is synced and snapshotted read-only (a btrfs snapshot: tens of milliseconds \
+whatever the tree's size; a git commit of every file where btrfs is unavailable), and the \
+agents thawed. Your shell's state is saved with it: working directory and environment. \
+With --with-processes, the agents' process trees are also dumped with CRIU, so that a \
+rollback resumes them where they were; where CRIU cannot work (`rush doctor` says), that \
+is refused and nothing is taken.
+
+The session is the one named by --session, or else the one whose workspace contains the \
+current directory.";
+
+const ROLLBACK_LONG_ABOUT: &str = "\
+Put a session's workspace back as it was at checkpoint NAME. The present state is first \
+kept as an automatic checkpoint (undo-N: `rush rollback undo-N` undoes the rollback). The \
+checkpoint is built as a new tree beside the live one and swapped in with one atomic \
+rename: no process ever sees a half-restored tree, and a crash leaves the old tree or the \
+new one (the daemon settles it when it starts again).
+
+The session's running agents are stopped, since their open files and working directories \
+belong to the replaced tree, except those whose processes the checkpoint holds: they are \
+restored from it with CRIU.
+
+A process cannot change its parent shell, so the saved shell state is printed, not \
+applied: with --shell, rush prints commands that restore it (cd, export, unset) on stdout \
+and its report on stderr, for `eval \"$(rush rollback NAME --shell)\"`. A shell whose \
+working directory is inside the workspace needs a `cd` to see the restored tree.";
+
+const TIME_TRAVEL_EXAMPLES: &str = "\
+Examples:
+  $ rush session create web --workspace ~/src/web
+  $ cd ~/src/web && rush checkpoint before-refactor
+  $ rush agent spawn coder --session web --allow ~/src/web:read,write,create,delete --detach -- claude
+  $ rush timeline diff before-refactor main
+  $ eval \"$(rush rollback before-refactor --shell)\"
+  $ rush rollback undo-1            # changed your mind
+  $ rush checkpoint mid-run --with-processes";
+
+#[derive(Debug, Args)]
+pub struct SessionArg {
+    /// The session; default: the one whose workspace contains the current directory.
+    #[arg(long, short = 's', value_name = "SESSION")]
+    pub session: Option<AgentName>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// Make a session own a directory: its contents move into the snapshot store and the
+    /// path becomes a symlink to them, so you keep working where you were
+    #[command(long_about = "Make session NAME own a workspace directory (default: the current \
+                            one). Its contents move into the daemon's snapshot store (a btrfs \
+                            subvolume; see `rush doctor`) and the directory becomes a symlink to \
+                            them, so paths stay the same. A shell inside the directory must `cd` \
+                            into it again. `rush session rm` puts it back as a plain directory.")]
+    Create {
+        #[arg(value_name = "NAME")]
+        name: AgentName,
+        /// The directory (default: the current directory).
+        #[arg(long, short = 'w', value_name = "DIR")]
+        workspace: Option<PathBuf>,
+    },
+    /// List sessions: workspace, store, timeline, agents, checkpoints
+    List,
+    /// Remove a session: its workspace is put back as a plain directory at its path, and
+    /// its checkpoints and timelines are deleted. Refused while its agents run.
+    Rm {
+        #[arg(value_name = "NAME")]
+        name: AgentName,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CheckpointArgs {
+    /// The checkpoint's name (unique among the session's checkpoints and timelines).
+    #[arg(value_name = "NAME")]
+    pub name: AgentName,
+    #[command(flatten)]
+    pub session: SessionArg,
+    /// Also dump the session's agents' processes with CRIU.
+    #[arg(long)]
+    pub with_processes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The checkpoint to go back to.
+    #[arg(value_name = "NAME")]
+    pub name: AgentName,
+    #[command(flatten)]
+    pub session: SessionArg,
+    /// Print shell commands restoring the saved working directory and environment on
+    /// stdout (for eval), and the report on stderr.
+    #[arg(long)]
+    pub shell: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TimelineCommand {
+    /// A new writable timeline from a checkpoint (default: from the live workspace); the
+    /// workspace stays where it is
+    Branch {
+        #[arg(value_name = "NAME")]
+        name: AgentName,
+        /// The checkpoint to start from.
+        #[arg(long, value_name = "CHECKPOINT")]
+        from: Option<AgentName>,
+        #[command(flatten)]
+        session: SessionArg,
+    },
+    /// Point the workspace at another timeline (refused while the session's agents run)
+    Switch {
+        #[arg(value_name = "NAME")]
+        name: AgentName,
+        #[command(flatten)]
+        session: SessionArg,
+    },
+    /// The session's timelines and checkpoints
+    List {
+        #[command(flatten)]
+        session: SessionArg,
+    },
+    /// Files added (A), removed (D) and modified (M) from A to B, each a checkpoint or a
+    /// timeline, and the differences of their saved environments
+    Diff {
+        #[arg(value_name = "A")]
+        a: AgentName,
+        #[arg(value_name = "B")]
+        b: AgentName,
+        #[command(flatten)]
+        session: SessionArg,
+    },
+    /// Delete a checkpoint
+    Rm {
+        #[arg(value_name = "CHECKPOINT")]
+        name: AgentName,
+        #[command(flatten)]
+        session: SessionArg,
+    },
+    /// Delete all but the newest N checkpoints, and/or those older than AGE
+    Prune {
+        /// Keep the newest N.
+        #[arg(long, value_name = "N")]
+        keep: Option<u32>,
+        /// Delete those older than AGE (90s, 10m, 1h30m, 7d).
+        #[arg(long, value_name = "AGE", value_parser = parse_age)]
+        older_than: Option<u64>,
+        #[command(flatten)]
+        session: SessionArg,
+    },
+}
+
+fn parse_age(s: &str) -> Result<u64, SpecError> {
+    rush_proto::parse_duration(s).map(|d| d.as_millis() as u64)
 }
 
 #[derive(Debug, Subcommand)]

@@ -82,6 +82,103 @@ fn age(now_ms: u64, then_ms: u64) -> String {
     format_duration(now_ms.saturating_sub(then_ms) / 1000)
 }
 
+/// `rush session list`.
+pub fn session_table(sessions: &[rush_proto::SessionInfo], now_ms: u64) -> String {
+    let mut t = Table::new(&["NAME", "WORKSPACE", "STORE", "TIMELINE", "CHECKPOINTS", "AGENTS", "AGE"]);
+    for s in sessions {
+        t.row(vec![
+            s.name.clone(),
+            sanitize(&s.workspace.to_string_lossy()),
+            s.backend.clone(),
+            s.timeline.clone(),
+            s.checkpoints.to_string(),
+            if s.agents.is_empty() { "-".into() } else { s.agents.join(",") },
+            age(now_ms, s.created_unix_ms),
+        ]);
+    }
+    t.render()
+}
+
+/// `rush timeline list`: the timelines, then the checkpoints oldest first.
+pub fn timeline(tl: &rush_proto::Timeline, now_ms: u64) -> String {
+    let mut t = Table::new(&["TIMELINE", "LIVE", "FROM", "AGE"]);
+    for x in &tl.timelines {
+        t.row(vec![
+            x.name.clone(),
+            if x.live { "*".into() } else { String::new() },
+            x.from.clone().unwrap_or_else(|| "-".into()),
+            age(now_ms, x.created_unix_ms),
+        ]);
+    }
+    let mut c = Table::new(&["CHECKPOINT", "TIMELINE", "PARENT", "AGE", "SIZE", "TOOK", "CAPTURED"]);
+    for x in &tl.checkpoints {
+        let name = if x.automatic { format!("{} (auto)", x.name) } else { x.name.clone() };
+        c.row(vec![
+            name,
+            x.timeline.clone(),
+            x.parent.clone().unwrap_or_else(|| "-".into()),
+            age(now_ms, x.created_unix_ms),
+            x.size_bytes.map(rush_proto::budget::format_size).unwrap_or_else(|| "-".into()),
+            format!("{} ms", x.took_ms),
+            x.captured.join(","),
+        ]);
+    }
+    format!("session {} ({} store)\n{}\n{}", tl.session.name, tl.session.backend, t.render(), c.render())
+}
+
+/// `rush timeline diff`: `A|D|M path` lines, then environment changes.
+pub fn diff(d: &rush_proto::DiffReport) -> String {
+    let mut out = String::new();
+    let mut lines: Vec<(&String, char)> = d
+        .added
+        .iter()
+        .map(|p| (p, 'A'))
+        .chain(d.removed.iter().map(|p| (p, 'D')))
+        .chain(d.modified.iter().map(|p| (p, 'M')))
+        .collect();
+    lines.sort();
+    for (p, k) in lines {
+        out += &format!("{k} {}\n", sanitize(p));
+    }
+    for e in &d.env {
+        let show = |v: &Option<String>| v.as_deref().map(value).unwrap_or_else(|| "(unset)".into());
+        out += &format!("env {}: {} -> {}\n", sanitize(&e.name), show(&e.a), show(&e.b));
+    }
+    out += &format!(
+        "{} -> {}: {} added, {} removed, {} modified, {} environment changes ({} ms)\n",
+        d.a,
+        d.b,
+        d.added.len(),
+        d.removed.len(),
+        d.modified.len(),
+        d.env.len(),
+        d.took_ms
+    );
+    out
+}
+
+/// Shell commands that take a shell from `current` to `saved` (for `eval`): every value
+/// single-quoted, exact to the byte.
+pub fn shell_restore(saved: &rush_proto::ShellState, current: &rush_proto::ShellState) -> String {
+    let q = |v: &str| format!("'{}'", v.replace('\'', r"'\''"));
+    let ident = |k: &str| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    let mut out = String::new();
+    for (k, _) in &current.env {
+        if ident(k) && !saved.env.iter().any(|(s, _)| s == k) && k != "PWD" {
+            out += &format!("unset {k}\n");
+        }
+    }
+    for (k, v) in &saved.env {
+        if ident(k) && k != "PWD" && current.env.iter().find(|(c, _)| c == k).map(|(_, cv)| cv) != Some(v) {
+            out += &format!("export {k}={}\n", q(v));
+        }
+    }
+    if let Some(cwd) = &saved.cwd {
+        out += &format!("cd {}\n", q(&cwd.to_string_lossy()));
+    }
+    out
+}
+
 /// `rush agent list`.
 pub fn agent_table(agents: &[AgentInfo], now_ms: u64) -> String {
     let mut t = Table::new(&["NAME", "STATE", "PID", "PROCS", "NET", "UPTIME/EXIT", "COMMAND"]);
@@ -266,6 +363,39 @@ pub fn audit_line(r: &AuditRecord) -> String {
             Some(new) => format!("action={action} cause={cause} old_pid={old_pid} new_pid={new}"),
             None => format!("action={action} cause={cause} old_pid={old_pid}"),
         },
+        AuditEvent::SessionCreated { session, workspace, backend, caller_uid } => format!(
+            "session={} workspace={} store={backend} caller_uid={caller_uid}",
+            value(session),
+            value(&workspace.to_string_lossy())
+        ),
+        AuditEvent::SessionRemoved { session, caller_uid } => {
+            format!("session={} caller_uid={caller_uid}", value(session))
+        }
+        AuditEvent::Checkpoint { session, name, captured, caller_uid } => format!(
+            "session={} checkpoint={} captured={} caller_uid={caller_uid}",
+            value(session),
+            value(name),
+            value(&captured.join(","))
+        ),
+        AuditEvent::Rollback { session, name, undo, caller_uid } => format!(
+            "session={} checkpoint={} undo={} caller_uid={caller_uid}",
+            value(session),
+            value(name),
+            value(undo)
+        ),
+        AuditEvent::RollbackRepaired { session, name, outcome } => {
+            format!("session={} checkpoint={} outcome={outcome}", value(session), value(name))
+        }
+        AuditEvent::TimelineChange { session, action, timeline, caller_uid } => format!(
+            "session={} action={action} timeline={} caller_uid={caller_uid}",
+            value(session),
+            value(timeline)
+        ),
+        AuditEvent::CheckpointsDeleted { session, names, caller_uid } => format!(
+            "session={} checkpoints={} caller_uid={caller_uid}",
+            value(session),
+            value(&names.join(","))
+        ),
     };
     let agent = r.agent.as_deref().map(sanitize).unwrap_or_else(|| "-".into());
     format!(
@@ -392,6 +522,7 @@ mod tests {
             exit: None,
             detached: true,
             unconfined: vec![],
+            session: None,
             trust: Some("medium".into()),
             budget: "cpu:1h,cost:$5".parse().unwrap(),
             paused: None,

@@ -140,6 +140,7 @@ fn agent(name: &str) -> AgentInfo {
         exit: None,
         detached: true,
         unconfined: vec![],
+        session: None,
         trust: None,
         budget: Default::default(),
         paused: None,

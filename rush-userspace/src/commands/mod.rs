@@ -6,6 +6,7 @@ mod audit;
 mod capability;
 mod doctor;
 mod meta;
+mod session;
 mod spawn;
 
 use std::io::StdoutLock;
@@ -51,6 +52,10 @@ pub fn run(cli: Cli) -> Result<u8> {
         Command::Capability(CapabilityCommand::Commit { agent, token }) => {
             capability::commit(&mut ctx, agent, token)
         }
+        Command::Session(cmd) => session::session(&mut ctx, cmd),
+        Command::Checkpoint(args) => session::checkpoint(&mut ctx, args),
+        Command::Rollback(args) => session::rollback(&mut ctx, args),
+        Command::Timeline(cmd) => session::timeline(&mut ctx, cmd),
         Command::Audit(args) => audit::audit(&mut ctx, args),
         Command::Doctor => doctor::doctor(&mut ctx),
         Command::Version => meta::version(&mut ctx),
@@ -76,6 +81,15 @@ pub fn unexpected(expected: &str, got: &Response) -> Error {
         Response::Capabilities { .. } => "capabilities",
         Response::Committed { .. } => "committed",
         Response::ChangeEffect { .. } => "change_effect",
+        Response::Session { .. } => "session",
+        Response::Sessions { .. } => "sessions",
+        Response::SessionRemoved { .. } => "session_removed",
+        Response::Checkpointed { .. } => "checkpointed",
+        Response::RolledBack { .. } => "rolled_back",
+        Response::TimelineChanged { .. } => "timeline_changed",
+        Response::Timeline { .. } => "timeline",
+        Response::Diff { .. } => "diff",
+        Response::CheckpointsDeleted { .. } => "checkpoints_deleted",
     };
     anyhow!("unexpected reply from the daemon: expected {expected}, got {got}").into()
 }
