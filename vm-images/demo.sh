@@ -61,6 +61,25 @@ budget_scenes() {
     rush audit --agent forker | grep -q fork_refused || fail "the refused fork was not audited"
 }
 
+rollback_scene() {
+    scene "Time travel: checkpoint a workspace, let an agent wreck it, roll back"
+    mkdir -p "$WS/app" && printf 'version 1\n' > "$WS/app/main.txt" && printf 'keep me\n' > "$WS/app/README"
+    show rush session create demo --workspace "$WS/app"
+    cd "$WS/app" || fail "the workspace is gone"
+    show rush checkpoint clean
+    show rush agent spawn wrecker --session demo -- sh -c 'echo WRECKED > main.txt; rm README; echo junk > junk.txt'
+    show ls
+    show rush timeline diff clean main
+    show rush rollback clean
+    cd "$WS/app" || fail "the workspace is gone"
+    show ls
+    show cat main.txt
+    grep -qx 'version 1' main.txt && [ -f README ] && [ ! -e junk.txt ] || fail "the rollback did not restore the files"
+    scene "The rollback itself was kept as a checkpoint: it can be undone"
+    show rush timeline list
+    cd /
+}
+
 # Landlock fixes an agent's rules when it starts: what BPF LSM changes under a running agent
 # (revoke, expiry) freezes it here, then restarts it under the new rules (or kills it).
 landlock_scenes() {
@@ -114,7 +133,7 @@ if ! rush doctor | grep -Eq '^file tokens +yes'; then
     show rush agent spawn editor --allow "$WS/project:read,write" -- cat "$WS/project/notes.txt"
     echo "(run \`cargo xtask demo --vm\` to see file tokens enforced by BPF LSM in a QEMU guest)"
     budget_scenes
-    scene "Still to come (tracked as an issue): rollback"
+    rollback_scene
     printf '\ndemo finished\n'
     exit 0
 fi
@@ -138,8 +157,7 @@ show rush audit --agent editor --limit 3
 if [ $BACKEND = landlock ]; then
     landlock_scenes
     budget_scenes
-    scene "Still to come (tracked as an issue): rollback"
-    echo "Time travel is not built yet; this demo shows nothing it cannot do."
+    rollback_scene
     printf '\ndemo finished\n'
     exit 0
 fi
@@ -178,7 +196,5 @@ rm -rf /sys/fs/bpf/rush-demo
 start_daemon
 
 budget_scenes
-
-scene "Still to come (tracked as an issue): rollback"
-echo "Time travel is not built yet; this demo shows nothing it cannot do."
+rollback_scene
 printf '\ndemo finished\n'

@@ -82,6 +82,8 @@ pub struct Daemon {
     pub cgroup_parent: String,
     pub pin_dir: PathBuf,
     pub log: PathBuf,
+    /// Extra environment of the daemon process (e.g. RUSH_TEST_CRASH_AT), also on restart.
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -91,6 +93,11 @@ impl Daemon {
 
     /// A daemon with this config file text (TOML); flags still set the private paths.
     pub fn start_with_config(config: &str) -> Daemon {
+        Daemon::start_with_env(config, &[])
+    }
+
+    /// A daemon with this config and these extra environment variables.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Daemon {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("rush-test-{}-{n}", std::process::id());
         let state = tempfile::Builder::new().prefix(&tag).tempdir().expect("state dir");
@@ -99,8 +106,9 @@ impl Daemon {
         let log = state.path().join("daemon.log");
         let config_path = state.path().join("config.toml");
         std::fs::write(&config_path, config).expect("config file");
-        let child = launch(&config_path, state.path(), &socket, &pin_dir, &tag, &log);
-        let mut d = Daemon { child: Some(child), socket, state, cgroup_parent: tag, pin_dir, log };
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let child = launch(&config_path, state.path(), &socket, &pin_dir, &tag, &log, &env);
+        let mut d = Daemon { child: Some(child), socket, state, cgroup_parent: tag, pin_dir, log, env };
         d.wait_ready();
         d
     }
@@ -117,6 +125,7 @@ impl Daemon {
             &self.pin_dir,
             &self.cgroup_parent,
             &self.log,
+            &self.env,
         ));
         self.wait_ready();
     }
@@ -212,7 +221,15 @@ impl Daemon {
 }
 
 /// rush-agentd with the test's private paths; its log appended to `log`.
-fn launch(config: &Path, root: &Path, socket: &Path, pin_dir: &Path, tag: &str, log: &Path) -> Child {
+fn launch(
+    config: &Path,
+    root: &Path,
+    socket: &Path,
+    pin_dir: &Path,
+    tag: &str,
+    log: &Path,
+    env: &[(String, String)],
+) -> Child {
     let logf = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("daemon log");
     // The socket outside the state dir, as in a real install (/run/rush vs
     // /var/lib/rush): agents reach the socket, never the state.
@@ -229,6 +246,7 @@ fn launch(config: &Path, root: &Path, socket: &Path, pin_dir: &Path, tag: &str, 
         .arg(tag)
         .arg("--ephemeral")
         .env("RUSH_LOG", "debug")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(logf)
         .spawn()
@@ -263,6 +281,13 @@ impl Drop for Daemon {
             let _ = std::fs::remove_dir(&parent);
         }
         let _ = std::fs::remove_dir_all(&self.pin_dir);
+        // A killed daemon leaves its loop-mounted snapshot store mounted.
+        let store = self.state.path().join("state/snapshots");
+        if std::fs::read_to_string("/proc/self/mountinfo")
+            .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(&*store.to_string_lossy())))
+        {
+            let _ = nix::mount::umount2(&store, nix::mount::MntFlags::MNT_DETACH);
+        }
     }
 }
 

@@ -1315,6 +1315,18 @@ impl AgentManager {
             .map_err(|e| api_err(ErrorKind::Internal, format!("thaw {name}: {}", error_chain(&e))))
     }
 
+    /// After a rollback swapped the workspace's tree, the agent's tokens follow their paths
+    /// to the new inodes (kernel map and store), so a restored agent keeps what it was granted.
+    pub fn follow_token_paths(&self, name: &str) -> Result<usize, ApiError> {
+        let cg = self.running(name)?;
+        let (moves, entries) = self.tokens.follow_paths(cg.id);
+        self.write_entries(cg.id, entries)?;
+        for (from, to) in &moves {
+            self.persist_rekey(cg.id, *from, *to);
+        }
+        Ok(moves.len())
+    }
+
     /// The cgroup of the running agent `name`.
     fn running(&self, name: &str) -> Result<AgentCgroup, ApiError> {
         let reg = self.registry();

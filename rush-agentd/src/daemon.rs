@@ -143,7 +143,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     let doctor_criu = config.snapshot.criu.clone();
     let ctx = Arc::new(ApiContext {
         agents: agents.clone(),
-        sessions,
+        sessions: sessions.clone(),
         audit: audit.clone(),
         operator_gid,
         agent_cgroup_prefix: format!("/{parent}/"),
@@ -187,6 +187,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     budgets.abort();
     drop(bpf);
     if ephemeral {
+        sessions.unmount_loop_store();
         cgroups.remove_parent();
         if let Err(e) = std::fs::remove_dir_all(&config.bpf.pin_dir) {
             tracing::warn!(pin_dir = %config.bpf.pin_dir.display(), error = %e, "pins not removed");

@@ -239,6 +239,19 @@ impl Sessions {
         }
     }
 
+    /// An ephemeral daemon (tests, demos) leaves nothing mounted: the loop store is
+    /// unmounted (its loop device goes with it). A normal daemon keeps it mounted, so that
+    /// workspaces stay reachable while it is down.
+    pub fn unmount_loop_store(&self) {
+        let (_, mountpoint) = self.loop_paths();
+        let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+            .map(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(&*mountpoint.to_string_lossy())))
+            .unwrap_or(false);
+        if mounted && let Err(e) = nix::mount::umount2(&mountpoint, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!(path = %mountpoint.display(), error = %e, "snapshot store not unmounted");
+        }
+    }
+
     pub fn exists(&self, name: &str) -> bool {
         self.store.sessions().map(|l| l.iter().any(|s| s.name == name)).unwrap_or(false)
     }
@@ -642,12 +655,14 @@ impl Sessions {
         let imaged: Vec<String> =
             target.captured.iter().filter_map(|c| c.strip_prefix("processes:")).map(str::to_owned).collect();
         if !imaged.is_empty() {
-            crate::snapshot::criu::Criu::locate(Some(&self.config.criu)).and_then(|c| c.check()).map_err(|e| {
-                err(
-                    ErrorKind::Unsupported,
-                    format!("checkpoint {name:?} holds processes: {}", error_chain(&e)),
-                )
-            })?;
+            crate::snapshot::criu::Criu::locate(Some(&self.config.criu)).and_then(|c| c.check()).map_err(
+                |e| {
+                    err(
+                        ErrorKind::Unsupported,
+                        format!("checkpoint {name:?} holds processes: {}", error_chain(&e)),
+                    )
+                },
+            )?;
         }
         // The present, kept so that this rollback can be undone.
         let undo_name = self.undo_name(&l)?;
@@ -671,7 +686,12 @@ impl Sessions {
         let mut restored = Vec::new();
         for a in &imaged {
             match self.agents.restore_processes(a, &l.images(&name).join(a)).await {
-                Ok(_) => restored.push(a.clone()),
+                Ok(_) => {
+                    if let Err(e) = self.agents.follow_token_paths(a) {
+                        tracing::error!(agent = %a, error = %e.message, "tokens not moved to the restored tree");
+                    }
+                    restored.push(a.clone())
+                }
                 Err(e) => {
                     tracing::error!(agent = %a, error = %e.message, "processes not restored");
                     return Err(err(

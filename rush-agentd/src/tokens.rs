@@ -49,6 +49,9 @@ pub fn set_btrfs_keyed(keyed: bool) {
     BTRFS_KEYED.store(keyed, Ordering::Relaxed);
 }
 
+/// A kernel grant-map write: the entry for an inode, or None to delete it.
+pub type KernelEntry = (FileKey, Option<FileGrantEntry>);
+
 /// Where a token came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
@@ -256,6 +259,26 @@ impl TokenStore {
             moved += 1;
         }
         moved
+    }
+
+    /// Points the agent's tokens whose path now names another inode (a rollback swapped the
+    /// tree under them) at that inode; returns the (from, to) moves and the kernel entries to
+    /// write. Tokens whose path is gone keep their old inode.
+    pub fn follow_paths(&self, cgroup_id: u64) -> (Vec<(FileKey, FileKey)>, Vec<KernelEntry>) {
+        let mut inner = self.lock();
+        let mut moves = Vec::new();
+        for t in inner.tokens.values_mut().filter(|t| t.cgroup_id == cgroup_id && t.condition.is_none()) {
+            if let Ok(now) = resolve_path(&t.path)
+                && now.key != t.key
+            {
+                moves.push((t.key, now.key));
+                t.key = now.key;
+                t.mnt_id = now.mnt_id;
+            }
+        }
+        let keys: Vec<FileKey> = moves.iter().flat_map(|(a, b)| [*a, *b]).collect();
+        let entries = merged_entries(&inner, cgroup_id, keys.into_iter());
+        (moves, entries)
     }
 
     /// Forgets an agent's tokens (it has exited; the kernel entries go with the agent).

@@ -86,8 +86,11 @@ pub fn run(args: DemoArgs) -> Result<()> {
     for b in ["rush-agentd", "rush"] {
         p.elf(&bin_dir.join(b), &format!("payload/bin/{b}"), true)?;
     }
-    let curl = vm::host_tool("curl").context("curl is not installed")?;
-    p.elf(&curl, &curl.to_string_lossy(), false)?;
+    // curl for the network scenes; mkfs.btrfs and btrfs for the rollback scene's store.
+    for tool in ["curl", "mkfs.btrfs", "btrfs"] {
+        let host = vm::host_tool(tool).with_context(|| format!("{tool} is not installed"))?;
+        p.elf(&host, &host.to_string_lossy(), false)?;
+    }
     p.file("payload/demo.sh", 0o755, &std::fs::read(demo_script())?)?;
     p.file("payload/run", 0o755, b"#!/bin/sh\nRUSH_BIN=/payload/bin exec /bin/sh /payload/demo.sh\n")?;
     p.finish()?;

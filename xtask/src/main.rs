@@ -91,6 +91,8 @@ fn test(tier: Tier) -> Result<()> {
                 "api",
                 "--test",
                 "landlock",
+                "--test",
+                "timetravel",
                 "--",
                 "--test-threads",
                 "4",

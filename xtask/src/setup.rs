@@ -8,9 +8,10 @@ use anyhow::{Result, bail};
 use crate::util;
 
 /// clang compiles the BPF programs (any of these versions); the rest is for libbpf-sys,
-/// the tests and the demo.
+/// the tests and the demo (btrfs-progs: the snapshot store; git: its fallback backend).
 const CLANGS: [&str; 4] = ["clang", "clang-19", "clang-18", "clang-16"];
-const PACKAGES: [&str; 7] = ["libelf-dev", "zlib1g-dev", "pkg-config", "make", "curl", "bpftool", "iproute2"];
+const PACKAGES: [&str; 9] =
+    ["libelf-dev", "zlib1g-dev", "pkg-config", "make", "curl", "bpftool", "iproute2", "btrfs-progs", "git"];
 
 fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")

@@ -80,9 +80,9 @@ const VM_PACKAGES: [(&str, &str); 8] = [
 ];
 
 /// The guest test suites, in the order they run: (name, test threads, extra arguments).
-/// `host`, `budget`, `landlock`, `files`, `guest`, `escape`, `lifecycle` are kernel-tests targets; `bpf` is rush-agentd's own
+/// `host`, `budget`, `landlock`, `files`, `guest`, `escape`, `lifecycle`, `timetravel` are kernel-tests targets; `bpf` is rush-agentd's own
 /// kernel smoke tests (its lib tests under `bpf::`).
-const SUITES: [(&str, u32, &str); 8] = [
+const SUITES: [(&str, u32, &str); 9] = [
     ("host", 2, ""),
     ("budget", 1, ""),
     ("landlock", 1, ""),
@@ -90,6 +90,7 @@ const SUITES: [(&str, u32, &str); 8] = [
     ("guest", 1, ""),
     ("escape", 1, ""),
     ("lifecycle", 1, ""),
+    ("timetravel", 1, ""),
     ("bpf", 1, " bpf::"),
 ];
 
