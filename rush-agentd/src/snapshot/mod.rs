@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 pub mod btrfs;
 pub mod criu;
 pub mod git;
+pub mod processes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
