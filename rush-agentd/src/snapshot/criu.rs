@@ -16,6 +16,7 @@
 //!   parent (the daemon), which can then wait for it like any agent it spawned.
 //! - `--leave-stopped`: the restored tasks stop (SIGSTOP) at the first instruction of
 //!   their own code, so nothing of theirs runs until the caller has confined them.
+//! - criu runs with `no_new_privs` for a restore: it does not restore the flag itself.
 //! - `--inherit-fd fd[N]:PATH` (restore): files that grew since the dump (an agent's log)
 //!   fail criu's size check ("has bad size"); the caller opens them and hands them over.
 
@@ -73,6 +74,9 @@ pub struct RestoreRequest<'a> {
     /// An open `cgroup.procs` criu joins before it starts, so that the restored tasks are
     /// born in that cgroup (with `--manage-cgroups=ignore`).
     pub join_cgroup: Option<BorrowedFd<'a>>,
+    /// Run criu with `no_new_privs`, which every restored task inherits: criu 3.17 does not
+    /// dump or restore that flag (found in the guests), and rush agents must keep it.
+    pub no_new_privs: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,8 +175,10 @@ impl Criu {
             .map(|(i, h)| (h.fd.as_raw_fd(), INHERIT_BASE + i as RawFd))
             .collect();
         let join = req.join_cgroup.map(|fd| fd.as_raw_fd());
+        let no_new_privs = req.no_new_privs;
         // SAFETY: the closure runs in the forked child before exec and only makes raw
-        // system calls (write, dup2, fcntl) on fds the parent keeps open until the spawn.
+        // system calls (write, dup2, fcntl, prctl) on fds the parent keeps open until the
+        // spawn.
         unsafe {
             cmd.pre_exec(move || {
                 if let Some(procs) = join {
@@ -180,6 +186,9 @@ impl Criu {
                     if libc::write(procs, b"0".as_ptr().cast(), 1) != 1 {
                         return Err(std::io::Error::last_os_error());
                     }
+                }
+                if no_new_privs && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
                 }
                 for &(from, to) in &moves {
                     // dup2 onto itself would keep CLOEXEC; both cases end inheritable.
@@ -327,6 +336,7 @@ mod tests {
             images: Path::new("/i"),
             inherit: vec![Inherit { fd: log.as_fd(), path: Path::new("/var/lib/rush/logs/a.log") }],
             join_cgroup: None,
+            no_new_privs: true,
         };
         assert_eq!(
             restore_args(&req, Path::new("/i/restore.pid")).join(" "),
@@ -354,5 +364,4 @@ mod tests {
         );
         assert!(c.checked.get().is_some());
     }
-
 }

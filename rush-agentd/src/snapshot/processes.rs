@@ -1,18 +1,23 @@
 //! An agent's process tree, checkpointed and restored with CRIU ([`super::criu`]).
 //!
+//! criu's own code runs inside the tasks it dumps (the parasite: a memfd mapped and
+//! executed, fds drained over a socket) and restores (the restorer: clone3 with set_tid,
+//! prctl(PR_SET_MM), mmap of files), which the agent's policy refuses (the guard denies
+//! CAP_SYS_ADMIN and CAP_CHECKPOINT_RESTORE, the file hooks the memfd). So criu works on
+//! the tasks in a staging cgroup beside the agents' that no BPF program confines, and only
+//! while they cannot run code of their own.
+//!
 //! Dump: the daemon takes one freeze of the agent's cgroup (nested with any the caller
-//! holds), criu collects the frozen tree with `--freeze-cgroup`, dumps it and puts the
-//! freezer back as it found it; the daemon then drops its freeze. The agent runs on.
+//! holds), moves the frozen tasks into a frozen staging cgroup, runs criu with
+//! `--freeze-cgroup` on it (criu re-freezes a cgroup it found frozen before it detaches)
+//! and `--leave-running`, moves every task back where it was and drops its freeze.
 //!
 //! Restore keeps the agent's cgroup, so its id (the key of its tokens, budgets and
 //! network policy in the BPF maps) does not change and nothing is re-keyed:
 //! 1. its exit watcher is told to wait for a hand-over, then the current tree is killed
 //!    (the dumped pids must be free again: criu restores processes with their pids);
-//! 2. criu restores the tree into a staging cgroup next to the agents', which no BPF
-//!    program confines: criu's restorer code runs inside the restored tasks and needs
-//!    what the guard refuses agents (CAP_SYS_ADMIN / CAP_CHECKPOINT_RESTORE for clone3
-//!    with set_tid, prctl(PR_SET_MM), ...). `--leave-stopped` stops every task before the
-//!    first instruction of its own code;
+//! 2. criu runs in a staging cgroup, so the tree is born there; `--leave-stopped` stops
+//!    every task before the first instruction of its own code;
 //! 3. the daemon moves the stopped tasks into the agent's cgroup (checked in every
 //!    hierarchy, as a spawn is), hands the restored root to the exit watcher, and only
 //!    then sends SIGCONT: the agent's code runs confined from its first instruction.
@@ -131,18 +136,17 @@ impl AgentManager {
         let images = images.to_path_buf();
         let agent = agent.to_owned();
         tokio::task::spawn_blocking(move || {
-            // Our own freeze: criu finds the cgroup frozen and leaves it so, and whatever
-            // freezes others take or drop meanwhile are counted right.
+            // Our own freeze, nested with any the caller holds: nothing of the agent runs
+            // until every task is back in its cgroup.
             let frozen = cgroups.freeze(&cg, Duration::from_secs(5)).map_err(|e| internal("freeze", &e))?;
             if !frozen {
                 tracing::warn!(agent = %agent, "dumping a cgroup still freezing after 5 s");
             }
-            let pids = cgroups.all_pids(&cg);
-            let dumped = criu.dump(&DumpRequest { root_pid, images: &images, freeze_cgroup: Some(&cg.v2_dir) });
+            let dumped = dump_in_staging(criu, &cg, root_pid, &images);
             if let Err(e) = cgroups.thaw(&cg) {
                 tracing::error!(agent = %agent, error = %error_chain(&e), "not thawed after the dump");
             }
-            let stats = dumped.map_err(snapshot_err)?;
+            let (stats, pids) = dumped?;
             let image = ProcessImage {
                 agent,
                 dir: images.clone(),
@@ -195,7 +199,7 @@ impl AgentManager {
         let restored = tokio::task::spawn_blocking(move || -> Result<(Child, RestoredProcesses), ApiError> {
             cgroups.kill_all(&cg).map_err(|e| internal("kill", &e))?;
             wait_pids_free(&image.pids, old_root, PIDS_FREE_TIMEOUT)?;
-            let stage = Staging::create(&cg)?;
+            let stage = Staging::create(&cg, "restore")?;
             let procs = std::fs::OpenOptions::new()
                 .write(true)
                 .open(stage.dir.join("cgroup.procs"))
@@ -204,6 +208,8 @@ impl AgentManager {
                 images: &images,
                 inherit: vec![Inherit { fd: log_file.as_fd(), path: &image.log_path }],
                 join_cgroup: Some(procs.as_fd()),
+                // criu does not restore it; every agent runs with it.
+                no_new_privs: true,
             };
             let r = criu.restore(&req).map_err(snapshot_err)?;
             let pids = stage.pids();
@@ -249,6 +255,61 @@ impl AgentManager {
     }
 }
 
+/// Dumps the frozen agent from a frozen staging cgroup: criu's parasite code runs inside
+/// the dumped tasks (it maps a memfd, drains fds, ...), which the agent's own policy
+/// refuses. criu finds the staging cgroup frozen, so it freezes it again before it lets
+/// the tasks go: they never run in it. Every task then goes back to the cgroup it came
+/// from (still frozen); one that cannot is killed, never left outside its confinement.
+fn dump_in_staging(
+    criu: &Criu,
+    cg: &AgentCgroup,
+    root_pid: u32,
+    images: &Path,
+) -> Result<(super::criu::DumpStats, Vec<u32>), ApiError> {
+    let members = members(&cg.v2_dir);
+    let pids: Vec<u32> = members.iter().map(|(_, p)| *p).collect();
+    let stage = Staging::create(cg, "checkpoint")?;
+    let freeze = stage.dir.join("cgroup.freeze");
+    std::fs::write(&freeze, "1").map_err(|e| internal(&format!("freezing {}", freeze.display()), &e))?;
+    let moved = pids.iter().try_for_each(|&pid| write_procs(&stage.dir, pid));
+    let dumped = moved.and_then(|()| {
+        criu.dump(&DumpRequest { root_pid, images, freeze_cgroup: Some(&stage.dir) }).map_err(snapshot_err)
+    });
+    for (dir, pid) in &members {
+        // Gone meanwhile (it exited) is fine; anything else is killed by the staging drop.
+        if let Err(e) = write_procs(dir, *pid)
+            && Path::new(&format!("/proc/{pid}")).exists()
+        {
+            tracing::error!(pid, error = %e.message, "a dumped task could not go back to its cgroup: killed");
+        }
+    }
+    drop(stage);
+    Ok((dumped?, pids))
+}
+
+/// (cgroup directory, pid) of every process in `dir` and its sub-cgroups.
+fn members(dir: &Path) -> Vec<(PathBuf, u32)> {
+    let mut out: Vec<(PathBuf, u32)> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .map(|p| (dir.to_path_buf(), p))
+        .collect();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(members(&e.path()));
+        }
+    }
+    out
+}
+
+/// Moves process `pid` into the v2 cgroup `dir`.
+fn write_procs(dir: &Path, pid: u32) -> Result<(), ApiError> {
+    let procs = dir.join("cgroup.procs");
+    std::fs::write(&procs, pid.to_string())
+        .map_err(|e| internal(&format!("moving {pid} into {}", procs.display()), &e))
+}
+
 /// Waits until none of `pids` exists (they must be reaped, not only dead: a zombie keeps
 /// its pid). `root` is the daemon's own child, reaped by its exit watcher.
 fn wait_pids_free(pids: &[u32], root: u32, timeout: Duration) -> Result<(), ApiError> {
@@ -273,17 +334,18 @@ fn wait_pids_free(pids: &[u32], root: u32, timeout: Duration) -> Result<(), ApiE
     }
 }
 
-/// A cgroup v2 directory beside the agents' (`.restore-NAME`: no agent name starts with
-/// a dot) where criu runs and the tree is born; killed and removed on drop.
+/// A cgroup v2 directory beside the agents' (`.checkpoint-NAME`, `.restore-NAME`: no
+/// agent name starts with a dot), which no BPF program confines, for criu's work on an
+/// agent's tasks; whatever is still in it is killed on drop.
 struct Staging {
     dir: PathBuf,
 }
 
 impl Staging {
-    fn create(cg: &AgentCgroup) -> Result<Staging, ApiError> {
+    fn create(cg: &AgentCgroup, what: &str) -> Result<Staging, ApiError> {
         let parent =
             cg.v2_dir.parent().ok_or_else(|| ApiError::new(ErrorKind::Internal, "agent cgroup at /"))?;
-        let dir = parent.join(format!(".restore-{}", cg.name));
+        let dir = parent.join(format!(".{what}-{}", cg.name));
         if dir.exists() {
             // Left by a restore that died half-way.
             let _ = std::fs::write(dir.join("cgroup.kill"), "1");
@@ -319,9 +381,7 @@ impl Drop for Staging {
 /// checks it arrived, as [`crate::spawn`] checks a new agent before it may exec.
 fn move_into(cg: &AgentCgroup, placement: &crate::cgroup::Placement, pid: u32) -> Result<(), ApiError> {
     use std::io::Write;
-    let procs = cg.v2_dir.join("cgroup.procs");
-    std::fs::write(&procs, pid.to_string())
-        .map_err(|e| internal(&format!("moving {pid} into {}", procs.display()), &e))?;
+    write_procs(&cg.v2_dir, pid)?;
     for j in &placement.v1 {
         (&j.procs)
             .write_all(pid.to_string().as_bytes())
