@@ -47,7 +47,7 @@ enum FileTokens {
 
 /// What confines an agent's file access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Files {
+pub(crate) enum Files {
     /// Not file-confined (spawned without --allow).
     Open,
     BpfLsm,
@@ -86,14 +86,14 @@ struct Respawn {
 }
 
 /// An agent's first process, as the daemon holds it.
-struct Child {
-    pid: u32,
-    pidfd: OwnedFd,
+pub(crate) struct Child {
+    pub(crate) pid: u32,
+    pub(crate) pidfd: OwnedFd,
 }
 
 /// A pidfd for a process that is not our child (an adopted agent's): its exit is seen
 /// (readable), its status is not (waitid is for children). None if it is gone.
-fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+pub(crate) fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     use std::os::fd::FromRawFd;
     // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
@@ -159,10 +159,10 @@ pub enum FileBackend {
 const EXITED_KEPT: usize = 64;
 
 pub struct AgentManager {
-    cgroups: Arc<dyn CgroupBackend>,
+    pub(crate) cgroups: Arc<dyn CgroupBackend>,
     kernel: Arc<dyn KernelPolicy>,
     audit: Arc<AuditLog>,
-    enforcement: Enforcement,
+    pub(crate) enforcement: Enforcement,
     log_dir: PathBuf,
     /// Tokens every file-confined agent gets (config `files.baseline`).
     baseline: Vec<FileGrant>,
@@ -227,23 +227,26 @@ struct Reported {
 }
 
 #[derive(Default)]
-struct Registry {
-    agents: HashMap<String, Agent>,
+pub(crate) struct Registry {
+    pub(crate) agents: HashMap<String, Agent>,
     /// Names whose spawn is under way, so two concurrent spawns can't both take a name.
     starting: HashSet<String>,
     exited_order: VecDeque<String>,
     /// cgroup id → name, also for exited agents, so late kernel events keep their name.
     names: HashMap<u64, String>,
+    /// Agents whose processes a CRIU restore is replacing: their exit watcher hands over
+    /// to the restored root it receives here (None: the restore failed, clean up).
+    pub(crate) restoring: HashMap<String, tokio::sync::oneshot::Receiver<Option<Child>>>,
 }
 
-struct Agent {
-    info: AgentInfo,
-    cgroup: AgentCgroup,
+pub(crate) struct Agent {
+    pub(crate) info: AgentInfo,
+    pub(crate) cgroup: AgentCgroup,
     exit: watch::Receiver<Option<ExitStatus>>,
-    log_path: Option<PathBuf>,
+    pub(crate) log_path: Option<PathBuf>,
     /// File hooks deny what no token covers (spawned with --allow).
     files_confined: bool,
-    files: Files,
+    pub(crate) files: Files,
     respawn: Option<Respawn>,
     pause: Pause,
     reported: Reported,
@@ -437,7 +440,7 @@ impl AgentManager {
         adopted
     }
 
-    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+    pub(crate) fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -882,11 +885,23 @@ impl AgentManager {
         tx: watch::Sender<Option<ExitStatus>>,
     ) {
         use std::os::unix::process::ExitStatusExt;
-        let status = match crate::spawn::wait(child.pidfd).await {
-            Ok(s) => ExitStatus { code: s.code(), signal: s.signal() },
-            Err(e) => {
-                tracing::error!(agent = %name, error = %e, "lost track of the agent's process");
-                ExitStatus { code: None, signal: None }
+        let mut child = child;
+        let status = loop {
+            let status = match crate::spawn::wait(child.pidfd).await {
+                Ok(s) => ExitStatus { code: s.code(), signal: s.signal() },
+                Err(e) => {
+                    tracing::error!(agent = %name, error = %e, "lost track of the agent's process");
+                    ExitStatus { code: None, signal: None }
+                }
+            };
+            // Killed for a process restore: watch the restored root instead.
+            let handover = self.registry().restoring.remove(&name);
+            match handover {
+                Some(rx) => match rx.await {
+                    Ok(Some(restored)) => child = restored,
+                    _ => break status,
+                },
+                None => break status,
             }
         };
         // The last look at its counters, while the cgroup still exists.

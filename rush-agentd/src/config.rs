@@ -30,7 +30,7 @@
 //! [snapshot]                  # session workspaces, checkpoints and timelines
 //! store = "auto"               # auto | btrfs | btrfs-loop | git (see `rush doctor`)
 //! image_size = "64G"           # the loop-mounted btrfs image (sparse); raising it grows it
-//! criu = "criu"                # for `rush checkpoint --with-processes`
+//! # criu = "/usr/sbin/criu"    # for `rush checkpoint --with-processes` (default: searched)
 //!
 //! [policy]
 //! file = "/etc/rush/policy.toml" # trust levels; the built-in ones when it does not exist
@@ -156,13 +156,13 @@ pub struct SnapshotSection {
     /// Size of the loop-mounted btrfs image (sparse: it takes what is written). Raising it
     /// grows the image at the next start.
     pub image_size: String,
-    /// The criu binary (`--with-processes`).
-    pub criu: PathBuf,
+    /// The criu binary (`--with-processes`); default: /usr/sbin/criu or /usr/bin/criu.
+    pub criu: Option<PathBuf>,
 }
 
 impl Default for SnapshotSection {
     fn default() -> Self {
-        SnapshotSection { store: StoreChoice::Auto, image_size: "64G".into(), criu: PathBuf::from("criu") }
+        SnapshotSection { store: StoreChoice::Auto, image_size: "64G".into(), criu: None }
     }
 }
 

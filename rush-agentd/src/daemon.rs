@@ -132,6 +132,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     let doctor_report = report.clone();
     let doctor_landlock = config.landlock.clone();
     let doctor_layout = cgroups.layout().clone();
+    crate::snapshot::processes::configure_criu(config.snapshot.criu.clone());
     let sessions = crate::session::Sessions::open(
         store.clone(),
         agents.clone(),
@@ -140,7 +141,6 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
         state_dir.clone(),
     );
     let doctor_sessions = sessions.clone();
-    let doctor_criu = config.snapshot.criu.clone();
     let ctx = Arc::new(ApiContext {
         agents: agents.clone(),
         sessions: sessions.clone(),
@@ -156,11 +156,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
                 files: Some(&doctor_files),
                 landlock: Some(&doctor_landlock),
                 snapshot_store: Some(doctor_sessions.store_report()),
-                criu: Some(
-                    crate::snapshot::criu::Criu::locate(Some(&doctor_criu))
-                        .and_then(|c| c.check())
-                        .map_err(|e| e.to_string()),
-                ),
+                criu: Some(crate::snapshot::processes::criu().map(|_| ()).map_err(|e| e.message)),
             })
         }),
     });

@@ -547,9 +547,8 @@ impl Sessions {
         self.check_free(&l, &name)?;
         let agents = self.agents.in_session(&l.info.name);
         if with_processes {
-            crate::snapshot::criu::Criu::locate(Some(&self.config.criu))
-                .and_then(|c| c.check())
-                .map_err(|e| err(ErrorKind::Unsupported, format!("--with-processes: {}", error_chain(&e))))?;
+            crate::snapshot::processes::criu()
+                .map_err(|e| err(ErrorKind::Unsupported, format!("--with-processes: {}", e.message)))?;
             if agents.is_empty() {
                 return Err(err(
                     ErrorKind::InvalidArgument,
@@ -655,14 +654,9 @@ impl Sessions {
         let imaged: Vec<String> =
             target.captured.iter().filter_map(|c| c.strip_prefix("processes:")).map(str::to_owned).collect();
         if !imaged.is_empty() {
-            crate::snapshot::criu::Criu::locate(Some(&self.config.criu)).and_then(|c| c.check()).map_err(
-                |e| {
-                    err(
-                        ErrorKind::Unsupported,
-                        format!("checkpoint {name:?} holds processes: {}", error_chain(&e)),
-                    )
-                },
-            )?;
+            crate::snapshot::processes::criu().map_err(|e| {
+                err(ErrorKind::Unsupported, format!("checkpoint {name:?} holds processes: {}", e.message))
+            })?;
         }
         // The present, kept so that this rollback can be undone.
         let undo_name = self.undo_name(&l)?;

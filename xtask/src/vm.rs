@@ -47,6 +47,9 @@ pub struct VmArgs {
     /// local apt lists name is cached already.
     #[arg(long)]
     refresh: bool,
+    /// Run only this suite (host, budget, ..., criu, bpf); all of them by default.
+    #[arg(long)]
+    suite: Option<String>,
     /// Passed to both test executables in the guest (a test-name filter, --exact, ...).
     #[arg(last = true)]
     test_args: Vec<String>,
@@ -62,6 +65,7 @@ impl VmArgs {
             kvm: false,
             mttcg: false,
             refresh: false,
+            suite: None,
             test_args: Vec::new(),
         }
     }
@@ -80,9 +84,10 @@ const VM_PACKAGES: [(&str, &str); 8] = [
 ];
 
 /// The guest test suites, in the order they run: (name, test threads, extra arguments).
-/// `host`, `budget`, `landlock`, `files`, `guest`, `escape`, `lifecycle`, `timetravel` are kernel-tests targets; `bpf` is rush-agentd's own
+/// `host`, `budget`, `landlock`, `files`, `guest`, `escape`, `lifecycle`, `timetravel`, `criu` are kernel-tests
+/// targets; `bpf` is rush-agentd's own
 /// kernel smoke tests (its lib tests under `bpf::`).
-const SUITES: [(&str, u32, &str); 9] = [
+const SUITES: [(&str, u32, &str); 10] = [
     ("host", 2, ""),
     ("budget", 1, ""),
     ("landlock", 1, ""),
@@ -91,6 +96,7 @@ const SUITES: [(&str, u32, &str); 9] = [
     ("escape", 1, ""),
     ("lifecycle", 1, ""),
     ("timetravel", 1, ""),
+    ("criu", 1, " --nocapture"),
     ("bpf", 1, " bpf::"),
 ];
 
@@ -144,6 +150,12 @@ struct Tests(Vec<(&'static str, PathBuf)>);
 pub fn run(args: VmArgs) -> Result<()> {
     let wall = Instant::now();
     let series = select(&args.kernel)?;
+    if let Some(s) = &args.suite
+        && !SUITES.iter().any(|(n, _, _)| n == s)
+    {
+        let names: Vec<&str> = SUITES.iter().map(|(n, _, _)| *n).collect();
+        bail!("no suite {s:?}; the suites are {}", names.join(", "));
+    }
     crate::setup::ensure()?;
     ensure_vm_packages()?;
     let out_dir = util::target_dir()?.join("vm-test");
@@ -183,7 +195,8 @@ pub fn run(args: VmArgs) -> Result<()> {
     util::step("payload (binaries under test, their libraries, the run script)");
     let t = Instant::now();
     let payload = out_dir.join("payload.cpio");
-    let size = build_payload(&payload, &out_dir.join("stripped"), &tests, &args.test_args)?;
+    let size =
+        build_payload(&payload, &out_dir.join("stripped"), &tests, args.suite.as_deref(), &args.test_args)?;
     eprintln!("    {} ({:.1} MiB)", payload.display(), size as f64 / 1048576.0);
     let payload_time = t.elapsed();
 
@@ -244,7 +257,7 @@ pub fn run(args: VmArgs) -> Result<()> {
             o.boot_time.map(secs).unwrap_or_else(|| "?".into()),
             secs(o.total_time)
         )?;
-        for line in suite_report(&o.lines) {
+        for line in suite_report(&o.lines, args.suite.as_deref()) {
             writeln!(summary, "        {line}")?;
         }
         if o.exit.is_none() {
@@ -322,9 +335,9 @@ fn secs(d: Duration) -> String {
 }
 
 /// Per suite: its status, the libtest result line, failed tests, loud skips.
-fn suite_report(lines: &[String]) -> Vec<String> {
+fn suite_report(lines: &[String], only: Option<&str>) -> Vec<String> {
     let mut out = Vec::new();
-    for (suite, _, _) in SUITES {
+    for (suite, _, _) in SUITES.into_iter().filter(|(s, _, _)| only.is_none_or(|o| o == *s)) {
         let start = format!("@@SUITE-START={suite}@@");
         let Some(from) = lines.iter().position(|l| l.contains(&start)) else {
             out.push(format!("{suite}: did not start"));
@@ -441,7 +454,13 @@ fn json_str(line: &str, key: &str) -> Option<String> {
 /// The payload: /payload/bin (rush-agentd, rush, the rush-test-* tools,
 /// sh → dash), /payload/tests (one per suite), curl, criu, dash and mkfs.btrfs at their host
 /// paths, every library at its host path, and /payload/run, which /init starts.
-fn build_payload(path: &Path, scratch: &Path, tests: &Tests, test_args: &[String]) -> Result<u64> {
+fn build_payload(
+    path: &Path,
+    scratch: &Path,
+    tests: &Tests,
+    only: Option<&str>,
+    test_args: &[String],
+) -> Result<u64> {
     let bins = util::target_dir()?.join("debug");
     let mut p = image::Payload::create(path, scratch)?;
     const BINS: [&str; 7] = [
@@ -470,11 +489,11 @@ fn build_payload(path: &Path, scratch: &Path, tests: &Tests, test_args: &[String
     // /bin/sh stays busybox for /init.
     let dash = which("dash").context("dash")?;
     p.symlink("payload/bin/sh", &dash.to_string_lossy())?;
-    p.file("payload/run", 0o755, run_script(test_args).as_bytes())?;
+    p.file("payload/run", 0o755, run_script(only, test_args).as_bytes())?;
     p.finish()
 }
 
-fn run_script(test_args: &[String]) -> String {
+fn run_script(only: Option<&str>, test_args: &[String]) -> String {
     let extra: String = test_args.iter().map(|a| format!(" '{}'", a.replace('\'', "'\\''"))).collect();
     let mut s = String::from(
         "#!/bin/sh\n\
@@ -482,7 +501,7 @@ fn run_script(test_args: &[String]) -> String {
          export RUSH_TEST_STRICT=1 RUSH_BIN_DIR=/payload/bin RUST_BACKTRACE=1\n\
          rc=0\n",
     );
-    for (suite, threads, args) in SUITES {
+    for (suite, threads, args) in SUITES.into_iter().filter(|(s, _, _)| only.is_none_or(|o| o == *s)) {
         write!(
             s,
             "echo '@@SUITE-START={suite}@@'\n\
