@@ -478,8 +478,9 @@ fn build_payload(
     for (suite, exe) in &tests.0 {
         p.elf(exe, &format!("payload/tests/{suite}"), true)?;
     }
-    // mkfs.btrfs: the escape suite's btrfs rows make a filesystem on a loop file.
-    for tool in ["curl", "criu", "dash", "mkfs.btrfs"] {
+    // mkfs.btrfs: the escape suite's btrfs rows make a filesystem on a loop file; btrfs:
+    // the snapshot backend's send/receive diff and resize.
+    for tool in ["curl", "criu", "dash", "mkfs.btrfs", "btrfs"] {
         let host = which(tool).with_context(|| format!("{tool} is not installed"))?;
         let guest = host.to_string_lossy().into_owned();
         p.elf(&host, &guest, false)?;
