@@ -1000,15 +1000,12 @@ impl Sessions {
                 ChangeKind::Modified => report.modified.push(c.path),
             }
         }
-        let env_of = |n: &str| -> Result<Vec<(String, String)>, ApiError> {
-            Ok(self
-                .store
-                .checkpoint_shell(&l.info.name, n)
-                .map_err(store_err)?
-                .map(|s| s.env)
-                .unwrap_or_default())
-        };
-        report.env = env_diff(&env_of(&a)?, &env_of(&b)?);
+        // Environments are compared where both sides saved one (a timeline has none).
+        let shell_a = self.store.checkpoint_shell(&l.info.name, &a).map_err(store_err)?;
+        let shell_b = self.store.checkpoint_shell(&l.info.name, &b).map_err(store_err)?;
+        if let (Some(sa), Some(sb)) = (shell_a, shell_b) {
+            report.env = env_diff(&sa.env, &sb.env);
+        }
         report.took_ms = started.elapsed().as_millis() as u64;
         Ok(report)
     }

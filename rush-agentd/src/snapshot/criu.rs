@@ -285,7 +285,8 @@ fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let errors: Vec<&str> = lines.iter().copied().filter(|l| l.contains("Error")).collect();
     let pick = if errors.is_empty() { &lines[..] } else { &errors[..] };
-    pick[pick.len().saturating_sub(n)..].join("\n")
+    // One line: errors travel as one-line API messages.
+    pick[pick.len().saturating_sub(n)..].join("; ")
 }
 
 /// Bytes of the regular files under `dir` (one level: criu's images are flat).
@@ -312,11 +313,11 @@ mod tests {
                    (00.03) b\n(00.04) Error (cr-restore.c:2537): Restoring FAILED.\n(00.05) c\n";
         assert_eq!(
             tail(log, 8),
-            "(00.02) Error (files-reg.c:2093): File x has bad size 2 (expect 1)\n\
+            "(00.02) Error (files-reg.c:2093): File x has bad size 2 (expect 1); \
              (00.04) Error (cr-restore.c:2537): Restoring FAILED."
         );
         assert_eq!(tail(log, 1), "(00.04) Error (cr-restore.c:2537): Restoring FAILED.");
-        assert_eq!(tail("one\n\ntwo\nthree\n", 2), "two\nthree");
+        assert_eq!(tail("one\n\ntwo\nthree\n", 2), "two; three");
     }
 
     #[test]

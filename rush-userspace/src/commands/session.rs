@@ -151,10 +151,13 @@ pub fn rollback(ctx: &mut Ctx, args: RollbackArgs) -> Result<u8> {
         }
     } else {
         ctx.out.text(&report)?;
-        if r.shell.is_some() {
-            ctx.out.text(
-                "its shell state is restored by `eval \"$(rush rollback NAME --shell)\"` next time\n",
-            )?;
+        if let Some(shell) = &r.shell {
+            ctx.out.text(&format!(
+                "its saved shell state ({} variables{}) is not applied: with --shell, rush prints \
+                 commands for eval\n",
+                shell.env.len(),
+                shell.cwd.as_ref().map(|c| format!(", cwd {}", c.display())).unwrap_or_default()
+            ))?;
         }
     }
     Ok(0)
