@@ -37,6 +37,10 @@ cleanup() {
         [ -d "$d" ] && { echo 1 > "$d/cgroup.kill"; sleep 0.2; rmdir "$d"; }
     done 2>/dev/null
     rm -rf /sys/fs/bpf/rush-demo "$WS" 2>/dev/null
+    # The session store (rollback scene): unmounted by the daemon as it exits.
+    wait "$DAEMON" 2>/dev/null
+    umount "$STATE-workspaces/btrfs" 2>/dev/null
+    rm -rf "$STATE-workspaces" 2>/dev/null
 }
 trap cleanup EXIT
 

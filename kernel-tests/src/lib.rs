@@ -282,7 +282,7 @@ impl Drop for Daemon {
         }
         let _ = std::fs::remove_dir_all(&self.pin_dir);
         // A killed daemon leaves its loop-mounted snapshot store mounted.
-        let store = self.state.path().join("state/snapshots");
+        let store = self.state.path().join("state-workspaces/btrfs");
         if std::fs::read_to_string("/proc/self/mountinfo")
             .is_ok_and(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(&*store.to_string_lossy())))
         {

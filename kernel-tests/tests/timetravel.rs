@@ -425,3 +425,40 @@ fn with_processes_a_counter_resumes_from_its_checkpointed_count() {
         assert!(leak.is_empty(), "the restored agent read /etc/shadow: it is not confined");
     }
 }
+
+/// Where there is no btrfs (`[snapshot] store = "git"`), checkpoints are commits of the
+/// whole tree: a rollback restores bytes and the executable bit, and leaves the user's own
+/// `.git` as it is (it is not the store's to rewrite).
+#[test]
+fn the_git_store_rolls_back_files_and_keeps_the_users_repository() {
+    if !require(is_root(), "root") {
+        return;
+    }
+    let d = Daemon::start_with_config("[snapshot]\nstore = \"git\"\n");
+    let ws = Workspace::new();
+    std::fs::remove_dir(ws.p("sub/empty")).unwrap(); // git keeps no empty directories
+    std::fs::create_dir(ws.p(".git")).unwrap();
+    std::fs::write(ws.p(".git/HEAD"), "ref: refs/heads/main\n").unwrap();
+    std::fs::write(ws.p(".gitignore"), "*.log\n").unwrap();
+    std::fs::write(ws.p("ignored.log"), "ignored but kept\n").unwrap();
+    let s = create(&d, "g1", &ws);
+    assert_eq!(s["backend"], "git");
+    let before = manifest(&ws.path);
+    ok(d.rush(&["checkpoint", "c1", "--session", "g1"]));
+    std::fs::write(ws.p("a.txt"), "changed by a shell command\n").unwrap();
+    std::fs::remove_file(ws.p("ignored.log")).unwrap();
+    std::fs::set_permissions(ws.p("run.sh"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(ws.p(".git/HEAD"), "ref: refs/heads/later\n").unwrap();
+    let diff = d.rush_json(&["timeline", "diff", "c1", "main", "--session", "g1"]);
+    assert_eq!(diff["removed"], serde_json::json!(["ignored.log"]), "{diff}");
+    ok(d.rush(&["rollback", "c1", "--session", "g1"]));
+    let mut after = manifest(&ws.path);
+    assert_eq!(
+        after.remove(".git/HEAD").unwrap().1,
+        b"ref: refs/heads/later\n",
+        "the user's .git was rolled back"
+    );
+    let mut expected = before;
+    expected.remove(".git/HEAD");
+    assert_eq!(after, expected, "files not restored");
+}

@@ -31,6 +31,8 @@
 //! store = "auto"               # auto | btrfs | btrfs-loop | git (see `rush doctor`)
 //! image_size = "64G"           # the loop-mounted btrfs image (sparse); raising it grows it
 //! # criu = "/usr/sbin/criu"    # for `rush checkpoint --with-processes` (default: searched)
+//! # dir = "/var/lib/rush-workspaces"   # session trees off the workspace's own btrfs
+//! #                            # (default: <state_dir>-workspaces; never inside the state dir)
 //!
 //! [policy]
 //! file = "/etc/rush/policy.toml" # trust levels; the built-in ones when it does not exist
@@ -158,15 +160,26 @@ pub struct SnapshotSection {
     pub image_size: String,
     /// The criu binary (`--with-processes`); default: /usr/sbin/criu or /usr/bin/criu.
     pub criu: Option<PathBuf>,
+    /// Where session trees live when the workspace's own filesystem is not btrfs (the loop
+    /// store's mount point, the git store); default: `<state_dir>-workspaces`. Not inside
+    /// the state dir, which agents may not enter.
+    pub dir: Option<PathBuf>,
 }
 
 impl Default for SnapshotSection {
     fn default() -> Self {
-        SnapshotSection { store: StoreChoice::Auto, image_size: "64G".into(), criu: None }
+        SnapshotSection { store: StoreChoice::Auto, image_size: "64G".into(), criu: None, dir: None }
     }
 }
 
 impl SnapshotSection {
+    pub fn base_dir(&self, state_dir: &Path) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| {
+            let name = state_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            state_dir.with_file_name(format!("{name}-workspaces"))
+        })
+    }
+
     pub fn image_bytes(&self) -> u64 {
         // Validated by `Config::parse`.
         rush_proto::budget::parse_size(&self.image_size).unwrap_or(64 << 30)
@@ -335,6 +348,14 @@ impl Config {
                 Ok(rush_proto::NetPolicy::AllowList(eps)) if eps.len() == 1 && eps[0].port != 0 => {}
                 _ => return Err(format!("budget.api_endpoints: {ep:?} is not HOST:PORT")),
             }
+        }
+        if let Some(d) = &config.snapshot.dir
+            && (!d.is_absolute() || d.starts_with(&config.daemon.state_dir))
+        {
+            return Err(format!(
+                "snapshot.dir: {} must be an absolute path outside daemon.state_dir (agents may not enter the state dir)",
+                d.display()
+            ));
         }
         if let Err(e) = rush_proto::budget::parse_size(&config.snapshot.image_size) {
             return Err(format!("snapshot.image_size: {e}"));

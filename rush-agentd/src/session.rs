@@ -146,8 +146,10 @@ impl Sessions {
         s
     }
 
+    /// The image stays in the state dir (agents never reach it); the trees are mounted
+    /// outside it, since the guard keeps agents out of the state dir and they work in them.
     fn loop_paths(&self) -> (PathBuf, PathBuf) {
-        (self.state_dir.join("snapshots.img"), self.state_dir.join("snapshots"))
+        (self.state_dir.join("snapshots.img"), self.config.base_dir(&self.state_dir).join("btrfs"))
     }
 
     fn open_backend(&self, kind: BackendKind, root: &Path) -> Result<Arc<dyn Backend>, SnapshotError> {
@@ -189,7 +191,7 @@ impl Sessions {
             .unwrap_or(false);
         let loop_ok = Path::new("/dev/loop-control").exists() && which("mkfs.btrfs").is_some();
         let host_root = || mount_point(workspace).map(|m| m.join(".rush-sessions"));
-        let git_root = || self.state_dir.join("sessions");
+        let git_root = || self.config.base_dir(&self.state_dir).join("git");
         let loop_root = || self.loop_paths().1;
         match self.config.store {
             StoreChoice::Auto if on_btrfs => Ok((BackendKind::Btrfs, host_root()?)),
@@ -735,6 +737,7 @@ impl Sessions {
         let detail = serde_json::json!({ "checkpoint": id, "live": live, "incoming": incoming }).to_string();
         self.store.journal_begin(&l.info.name, "rollback", &detail).map_err(store_err)?;
         let built = l.backend.materialize(l.dir(), id, &incoming).map_err(snap_err).and_then(|()| {
+            keep_git_dir(l.backend.kind(), &live, &incoming)?;
             set_mark(&incoming, id)?;
             crash_point("rollback-before-swap");
             exchange(&incoming, &live)
@@ -1128,6 +1131,29 @@ fn copy_tree(src: &Path, dest: &Path) -> Result<(), ApiError> {
         let kind =
             if stderr.contains("No space left") { ErrorKind::ResourceExhausted } else { ErrorKind::Internal };
         return Err(err(kind, format!("copying {} to {}: {}", src.display(), dest.display(), stderr.trim())));
+    }
+    Ok(())
+}
+
+/// The git store records no `.git` (the user's repository is not its to rewrite): a
+/// rollback carries the workspace's present `.git` over into the restored tree, so the
+/// user's history is kept as it is rather than lost.
+fn keep_git_dir(kind: BackendKind, live: &Path, incoming: &Path) -> Result<(), ApiError> {
+    let dot_git = live.join(".git");
+    if kind != BackendKind::Git || std::fs::symlink_metadata(&dot_git).is_err() {
+        return Ok(());
+    }
+    let out = std::process::Command::new("cp")
+        .args(["-a", "--reflink=auto", "--"])
+        .arg(&dot_git)
+        .arg(incoming.join(".git"))
+        .output()
+        .map_err(|e| err(ErrorKind::Internal, format!("cp: {e}")))?;
+    if !out.status.success() {
+        return Err(err(
+            ErrorKind::Internal,
+            format!("keeping {}: {}", dot_git.display(), String::from_utf8_lossy(&out.stderr).trim()),
+        ));
     }
     Ok(())
 }
