@@ -47,7 +47,7 @@ pub struct VmArgs {
     /// local apt lists name is cached already.
     #[arg(long)]
     refresh: bool,
-    /// Run only this suite (host, budget, ..., criu, bpf); all of them by default.
+    /// Run only this suite (host, budget, ..., timetravel, bpf); all of them by default.
     #[arg(long)]
     suite: Option<String>,
     /// Passed to both test executables in the guest (a test-name filter, --exact, ...).
@@ -84,10 +84,10 @@ const VM_PACKAGES: [(&str, &str); 8] = [
 ];
 
 /// The guest test suites, in the order they run: (name, test threads, extra arguments).
-/// `host`, `budget`, `landlock`, `files`, `guest`, `escape`, `lifecycle`, `timetravel`, `criu` are kernel-tests
-/// targets; `bpf` is rush-agentd's own
+/// `host`, `budget`, `landlock`, `files`, `guest`, `escape`, `lifecycle`, `timetravel` are kernel-tests targets;
+/// `bpf` is rush-agentd's own
 /// kernel smoke tests (its lib tests under `bpf::`).
-const SUITES: [(&str, u32, &str); 10] = [
+const SUITES: [(&str, u32, &str); 9] = [
     ("host", 2, ""),
     ("budget", 1, ""),
     ("landlock", 1, ""),
@@ -96,7 +96,6 @@ const SUITES: [(&str, u32, &str); 10] = [
     ("escape", 1, ""),
     ("lifecycle", 1, ""),
     ("timetravel", 1, ""),
-    ("criu", 1, " --nocapture"),
     ("bpf", 1, " bpf::"),
 ];
 
