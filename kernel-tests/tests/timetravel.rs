@@ -403,6 +403,8 @@ fn with_processes_a_counter_resumes_from_its_checkpointed_count() {
     args.extend(["--", "/bin/sh", "-c", script]);
     ok(rush_in(&d, &ws.path, &[("PATH", "/usr/bin:/bin")], &args));
     assert!(wait_until(Duration::from_secs(30), || count(&ws) >= 5), "not counting");
+    // The checkpointed count is between what the file says just before and just after.
+    let before = count(&ws);
     let cp = d.rush_json(&["checkpoint", "c", "--with-processes", "--session", "s6"]);
     assert!(cp["captured"].as_array().unwrap().iter().any(|c| c == "processes:counter"), "{cp}");
     let at = count(&ws);
@@ -412,7 +414,10 @@ fn with_processes_a_counter_resumes_from_its_checkpointed_count() {
     let r = d.rush_json(&["rollback", "c", "--session", "s6"]);
     assert_eq!(r["restored"], serde_json::json!(["counter"]), "{r}");
     let first = count(&ws);
-    assert!((at..at + 15).contains(&first), "count {first} right after the rollback; checkpointed at {at}");
+    assert!(
+        (before..at + 15).contains(&first),
+        "count {first} right after the rollback; checkpointed between {before} and {at}"
+    );
     assert!(
         wait_until(Duration::from_secs(30), || count(&ws) >= first + 5),
         "the restored counter does not count"
@@ -424,13 +429,10 @@ fn with_processes_a_counter_resumes_from_its_checkpointed_count() {
     // every restored task inherits it (setuid binaries stay powerless).
     let status = std::fs::read_to_string(format!("/proc/{}/status", agent["pid"])).unwrap();
     assert!(status.lines().any(|l| l == "NoNewPrivs:\t1"), "restored without no_new_privs:\n{status}");
+    let root = agent["pid"].to_string();
     let procs =
-        std::fs::read_to_string(PathBuf::from(agent["cgroup_path"].as_str().unwrap()).join("cgroup.procs"))
-            .unwrap();
-    assert!(
-        procs.lines().any(|p| Some(p) == agent["pid"].to_string().as_str().into()),
-        "the restored root is not in the agent's cgroup"
-    );
+        std::fs::read_to_string(PathBuf::from(agent["cgroup_path"].as_str().unwrap()).join("cgroup.procs"));
+    assert!(procs.unwrap().lines().any(|p| p == root), "the restored root is not in the agent's cgroup");
     if lsm {
         let leak = std::fs::read(ws.p("leak")).unwrap_or_default();
         assert!(leak.is_empty(), "the restored agent read /etc/shadow: it is not confined");

@@ -488,17 +488,27 @@ impl Sessions {
             )
             .map_err(store_err)?;
         // The live tree back at the user's path as a plain directory, swapped in for the
-        // symlink in one step.
-        let live = l.tree(&l.info.timeline);
-        if !restoring.exists() {
-            std::fs::create_dir(&restoring).map_err(io_err("creating", &restoring))?;
-            copy_tree(&live, &restoring)?;
-            let meta = std::fs::metadata(&live).map_err(io_err("stat", &live))?;
-            let _ = std::os::unix::fs::lchown(&restoring, Some(meta.uid()), Some(meta.gid()));
-            let _ = std::fs::set_permissions(&restoring, meta.permissions());
-        }
-        if std::fs::symlink_metadata(ws).map(|m| m.file_type().is_symlink()).unwrap_or(false) {
-            exchange(&restoring, ws)?;
+        // symlink in one step. A copy a crash interrupted is made again.
+        let linked = std::fs::symlink_metadata(ws).map(|m| m.file_type().is_symlink()).unwrap_or(false);
+        if linked {
+            if std::fs::symlink_metadata(&restoring).is_ok() {
+                std::fs::remove_dir_all(&restoring).map_err(io_err("removing", &restoring))?;
+            }
+            let live = l.tree(&l.info.timeline);
+            let copied = (|| {
+                std::fs::create_dir(&restoring).map_err(io_err("creating", &restoring))?;
+                copy_tree(&live, &restoring)?;
+                let meta = std::fs::metadata(&live).map_err(io_err("stat", &live))?;
+                let _ = std::os::unix::fs::lchown(&restoring, Some(meta.uid()), Some(meta.gid()));
+                let _ = std::fs::set_permissions(&restoring, meta.permissions());
+                exchange(&restoring, ws)
+            })();
+            if let Err(e) = copied {
+                // Nothing changed for the user: the session stays as it was.
+                let _ = std::fs::remove_dir_all(&restoring);
+                let _ = self.store.journal_end(name);
+                return Err(e);
+            }
         }
         let _ = std::fs::remove_file(&restoring);
         self.destroy(l);
@@ -818,9 +828,7 @@ impl Sessions {
                     }
                 }
                 "remove" => {
-                    let (Some(ws), Some(restoring)) = (path("workspace"), path("restoring")) else {
-                        continue;
-                    };
+                    let Some(restoring) = path("restoring") else { continue };
                     let s =
                         self.store.sessions().ok().and_then(|l| l.into_iter().find(|s| s.name == session));
                     match s.map(|s| self.backend_of(&s).map(|b| Located { info: s, backend: b })) {
@@ -831,9 +839,9 @@ impl Sessions {
                                 continue;
                             }
                         },
+                        // The session's rows are gone: the removal had finished but for this.
                         _ => {
                             let _ = std::fs::remove_file(&restoring);
-                            let _ = ws;
                             "completed"
                         }
                     }
