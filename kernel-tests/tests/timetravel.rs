@@ -126,14 +126,14 @@ fn a_rollback_restores_bytes_modes_and_the_shell_environment_exactly() {
 
     // An agent of the session corrupts the tree, then stays.
     let script = "echo corrupted > a.txt; rm run.sh; echo new > added; chmod 600 sub/b.bin; \
-                  rmdir sub/empty; ln -sf /etc/passwd link; sleep 300";
+                  rmdir sub/empty; ln -sf /etc/passwd link; echo ok > done; sleep 300";
     ok(rush_in(
         &d,
         &ws.path,
         &env,
         &["agent", "spawn", "w1", "--session", "s1", "--detach", "--", "/bin/sh", "-c", script],
     ));
-    assert!(wait_until(Duration::from_secs(20), || ws.p("added").exists()), "the agent did not write");
+    assert!(wait_until(Duration::from_secs(20), || ws.p("done").exists()), "the agent did not finish writing");
     let corrupted = manifest(&ws.path);
     assert_ne!(corrupted, before);
 
