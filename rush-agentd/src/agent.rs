@@ -344,6 +344,7 @@ impl AgentManager {
         for rec in records {
             let name = rec.info.name.clone();
             let pid = rec.info.pid;
+            self.audit.set_agent_session(&name, rec.info.session.as_deref());
             let cg = existing.iter().find(|c| c.id == rec.info.cgroup_id).cloned();
             // The pid must still be the agent's (not reused): alive, and in its cgroup.
             let still_there = cg.as_ref().is_some_and(|cg| {
@@ -656,6 +657,7 @@ impl AgentManager {
             },
         );
         drop(reg);
+        self.audit.set_agent_session(&name, info.session.as_deref());
         self.audit.record(
             Some(&name),
             AuditEvent::Spawn {
@@ -2254,7 +2256,7 @@ mod tests {
 
     fn fixture_with(enforcement: Enforcement, control: crate::budget::fake::FakeControl) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let audit = Arc::new(AuditLog::open(&dir.path().join("audit.jsonl")).unwrap());
+        let audit = Arc::new(AuditLog::open(&dir.path().join("state.db")).unwrap());
         let kernel = Arc::new(FakeKernel::default());
         let cgroups = Arc::new(FakeCgroups::default());
         let control = Arc::new(control);

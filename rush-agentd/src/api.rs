@@ -505,7 +505,7 @@ async fn spawn(
 }
 
 async fn audit(conn: &mut Conn, id: u64, q: rush_proto::AuditQuery, ctx: &ApiContext) -> std::io::Result<()> {
-    // Subscribe before reading the file so nothing falls between the two.
+    // Subscribe before querying the trail so nothing falls between the two.
     let mut live = ctx.audit.subscribe();
     let past = match ctx.audit.query(&q) {
         Ok(p) => p,

@@ -1,30 +1,63 @@
-//! The audit trail: every spawn, exit, kill, kernel deny and refused request, appended as
-//! one JSON line to `<state_dir>/audit.jsonl` and fanned out to `rush audit --follow`.
+//! The audit trail: every spawn, exit, kill, kernel deny and refused request, stored as a
+//! row of the `audit` table in the daemon's SQLite database (`<state_dir>/state.db`, see
+//! store.rs for the schema) and fanned out to `rush audit --follow`.
 //!
-//! A JSON-lines file for now; the durable SQLite store (a later issue) replaces it behind
-//! the same `record`/`query` calls.
+//! The log has its own connection to that database rather than going through `Store`:
+//! records are written from the kernel event pump at deny rates and must not queue behind
+//! the store's transactions (nor hold them up), and they are written with
+//! `synchronous=NORMAL`: in WAL mode a record survives a crash or kill -9 of the daemon
+//! once `record` returns, and only a power cut can lose the last few, which saves an fsync
+//! per deny. Records outlive reboots; retention (`[audit]` in the config) deletes the
+//! oldest.
+//!
+//! Writing is never fatal: a record the database refuses (disk full, read-only, corrupt)
+//! still reaches live followers, is counted, and the count is stored as a `records_lost`
+//! record in front of the next record the database takes.
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rush_proto::{AuditEvent, AuditQuery, AuditRecord};
+use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::broadcast;
+
+use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
-    #[error("audit log {path}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("audit trail in {path}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("audit trail in {path}: {what}")]
+    Corrupt { path: PathBuf, what: String },
+    #[error("importing the old audit trail {path}")]
+    Import { path: PathBuf, source: std::io::Error },
 }
 
 pub struct AuditLog {
     path: PathBuf,
-    /// The file and the next sequence number move together under one lock, so the
-    /// file's order is the sequence order.
-    inner: Mutex<(File, u64)>,
+    /// The connection and the next sequence number move together under one lock, so rows
+    /// are inserted in sequence order.
+    inner: Mutex<Inner>,
     live: broadcast::Sender<AuditRecord>,
+}
+
+struct Inner {
+    conn: Connection,
+    next_seq: u64,
+    /// Records the database refused since it last took one, and the first refusal.
+    lost: u64,
+    lost_error: String,
+    /// The session of each agent spawned into one, so that its records carry it.
+    sessions: HashMap<String, String>,
 }
 
 /// Per-agent budget for deny records: a burst, then a steady rate; what is over it is
@@ -82,47 +115,90 @@ pub fn now_unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+const INSERT: &str = "INSERT INTO audit (seq, time_unix_ms, agent, session, kind, caller_uid, event)
+                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
 impl AuditLog {
-    pub fn open(path: &Path) -> Result<AuditLog, AuditError> {
-        let err = |source| AuditError::Io { path: path.to_owned(), source };
-        // Continue the sequence after the last readable record.
-        let next_seq = match File::open(path) {
-            Ok(f) => BufReader::new(f)
-                .lines()
-                .map_while(Result::ok)
-                .filter_map(|l| serde_json::from_str::<AuditRecord>(&l).ok())
-                .map(|r| r.seq + 1)
-                .last()
-                .unwrap_or(1),
-            Err(_) => 1,
-        };
-        let mut file = OpenOptions::new().create(true).append(true).open(path).map_err(err)?;
-        // A crash mid-write leaves a torn last line: end it, so the next record stands alone.
-        if ends_torn(path) {
-            file.write_all(b"\n").map_err(err)?;
-        }
+    /// Opens (creating, migrating) the database at `db`, the daemon's state database.
+    pub fn open(db: &Path) -> Result<AuditLog, AuditError> {
+        let err = |source| AuditError::Sqlite { path: db.to_owned(), source };
+        let mut conn = Connection::open(db).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+        crate::store::migrate(&mut conn, db)?;
+        let next_seq = last_seq(&conn).map_err(err)? + 1;
         let (live, _) = broadcast::channel(1024);
-        Ok(AuditLog { path: path.to_owned(), inner: Mutex::new((file, next_seq)), live })
+        let inner = Inner { conn, next_seq, lost: 0, lost_error: String::new(), sessions: HashMap::new() };
+        Ok(AuditLog { path: db.to_owned(), inner: Mutex::new(inner), live })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Appends a record. A write failure is logged, never fatal: enforcement does not
-    /// depend on the audit file, and the record still reaches live followers.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn err(&self) -> impl FnOnce(rusqlite::Error) -> AuditError + use<> {
+        let path = self.path.clone();
+        move |source| AuditError::Sqlite { path, source }
+    }
+
+    /// Records of agent `name` from now on carry `session` (the session it was spawned into).
+    pub fn set_agent_session(&self, name: &str, session: Option<&str>) {
+        let mut g = self.lock();
+        match session {
+            Some(s) => g.sessions.insert(name.to_owned(), s.to_owned()),
+            None => g.sessions.remove(name),
+        };
+    }
+
+    /// Stores a record before returning it. A refusal of the database is logged and
+    /// counted, never fatal: enforcement does not depend on the audit trail, and the record
+    /// still reaches live followers.
     pub fn record(&self, agent: Option<&str>, event: AuditEvent) -> AuditRecord {
-        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let rec =
-            AuditRecord { seq: guard.1, time_unix_ms: now_unix_ms(), agent: agent.map(str::to_owned), event };
-        guard.1 += 1;
-        let mut line = serde_json::to_vec(&rec).expect("audit records serialize");
-        line.push(b'\n');
-        if let Err(e) = guard.0.write_all(&line) {
-            tracing::error!(path = %self.path.display(), error = %e, seq = rec.seq, "audit record not written");
+        let mut g = self.lock();
+        let time_unix_ms = now_unix_ms();
+        let session =
+            event.session().map(str::to_owned).or_else(|| agent.and_then(|a| g.sessions.get(a).cloned()));
+        let mut batch = Vec::with_capacity(2);
+        if g.lost > 0 {
+            let event = AuditEvent::RecordsLost { count: g.lost, error: g.lost_error.clone() };
+            batch.push(AuditRecord { seq: g.next_seq, time_unix_ms, agent: None, session: None, event });
+            g.next_seq += 1;
         }
-        drop(guard);
-        let _ = self.live.send(rec.clone());
+        let mut rec =
+            AuditRecord { seq: g.next_seq, time_unix_ms, agent: agent.map(str::to_owned), session, event };
+        g.next_seq += 1;
+        batch.push(rec.clone());
+        match insert(&mut g.conn, INSERT, &batch) {
+            Ok(()) if g.lost > 0 => {
+                tracing::warn!(lost = g.lost, "audit records are stored again; the loss is recorded");
+                g.lost = 0;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if g.lost == 0 {
+                    tracing::error!(path = %self.path.display(), error = %e, seq = rec.seq,
+                        "audit record not stored (counting until the database takes records again)");
+                    g.lost_error = e.to_string();
+                }
+                g.lost += 1;
+                // Nothing was stored or sent: the record takes back the number the loss
+                // record would have had, so that followers see no gap of our own making.
+                if batch.len() == 2 {
+                    rec.seq -= 1;
+                    g.next_seq -= 1;
+                }
+                batch = vec![rec.clone()];
+            }
+        }
+        drop(g);
+        for r in batch {
+            let _ = self.live.send(r);
+        }
         rec
     }
 
@@ -130,32 +206,166 @@ impl AuditLog {
         self.live.subscribe()
     }
 
+    /// The matching records, oldest first (the newest `limit` of them when it is set).
     pub fn query(&self, q: &AuditQuery) -> Result<Vec<AuditRecord>, AuditError> {
-        let f =
-            File::open(&self.path).map_err(|source| AuditError::Io { path: self.path.clone(), source })?;
-        let mut out: Vec<AuditRecord> = BufReader::new(f)
-            .lines()
-            .map_while(Result::ok)
-            .filter_map(|l| serde_json::from_str::<AuditRecord>(&l).ok())
-            .filter(|r| matches(q, r))
-            .collect();
-        if q.limit > 0 && out.len() > q.limit {
-            out.drain(..out.len() - q.limit);
+        use rusqlite::types::Value;
+        let mut sql = String::from("SELECT seq, time_unix_ms, agent, session, event FROM audit WHERE 1");
+        let mut args: Vec<Value> = Vec::new();
+        let mut filter = |clause: &str, v: Value| {
+            sql.push_str(clause);
+            args.push(v);
+        };
+        if let Some(a) = &q.agent {
+            filter(" AND agent = ?", Value::Text(a.clone()));
         }
+        if let Some(s) = &q.session {
+            filter(" AND session = ?", Value::Text(s.clone()));
+        }
+        if let Some(t) = q.since_unix_ms {
+            filter(" AND time_unix_ms >= ?", Value::Integer(clamp(t)));
+        }
+        if let Some(t) = q.until_unix_ms {
+            filter(" AND time_unix_ms <= ?", Value::Integer(clamp(t)));
+        }
+        if let Some(uid) = q.caller_uid {
+            filter(" AND caller_uid = ?", Value::Integer(uid.into()));
+        }
+        if !q.kinds.is_empty() {
+            let marks = vec!["?"; q.kinds.len()].join(", ");
+            sql.push_str(&format!(" AND kind IN ({marks})"));
+            args.extend(q.kinds.iter().map(|k| Value::Text(k.clone())));
+        }
+        // Newest first so that LIMIT keeps the newest; turned around below.
+        sql.push_str(" ORDER BY seq DESC LIMIT ?");
+        args.push(Value::Integer(if q.limit == 0 { -1 } else { clamp(q.limit as u64) }));
+
+        // A connection of its own: a long export does not hold up `record`, and in WAL
+        // mode it reads a consistent snapshot while records go on being written.
+        let conn = Connection::open(&self.path).map_err(self.err())?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(self.err())?;
+        let mut stmt = conn.prepare(&sql).map_err(self.err())?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(args), |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
+            })
+            .map_err(self.err())?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (seq, time, agent, session, event) = row.map_err(self.err())?;
+            let event = serde_json::from_str(&event).map_err(|e| AuditError::Corrupt {
+                path: self.path.clone(),
+                what: format!("record {seq}: {e}"),
+            })?;
+            out.push(AuditRecord { seq: seq as u64, time_unix_ms: time as u64, agent, session, event });
+        }
+        out.reverse();
         Ok(out)
+    }
+
+    /// Deletes the records older than `max_age` and all but the newest `max_records`;
+    /// returns how many went.
+    pub fn prune(&self, max_age: Option<Duration>, max_records: Option<u64>) -> Result<usize, AuditError> {
+        let g = self.lock();
+        let mut deleted = 0;
+        if let Some(age) = max_age {
+            let cutoff = now_unix_ms().saturating_sub(age.as_millis().try_into().unwrap_or(u64::MAX));
+            deleted += g
+                .conn
+                .execute("DELETE FROM audit WHERE time_unix_ms < ?1", [clamp(cutoff)])
+                .map_err(self.err())?;
+        }
+        if let Some(max) = max_records {
+            deleted += g
+                .conn
+                .execute(
+                    "DELETE FROM audit WHERE seq <= (SELECT seq FROM audit ORDER BY seq DESC LIMIT 1 OFFSET ?1)",
+                    [clamp(max)],
+                )
+                .map_err(self.err())?;
+        }
+        Ok(deleted)
+    }
+
+    /// Imports the JSON-lines trail of an older daemon once: its records keep their
+    /// sequence numbers (new ones continue after them) and the file is renamed to
+    /// `<name>.imported`. Unreadable lines (a torn last line) are skipped. Returns how many
+    /// records were imported; 0 when there is no such file.
+    pub fn import_jsonl(&self, path: &Path) -> Result<usize, AuditError> {
+        let io = |source| AuditError::Import { path: path.to_owned(), source };
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(io(e)),
+        };
+        let mut records = Vec::new();
+        for line in BufReader::new(file).lines() {
+            let line = line.map_err(io)?;
+            if let Ok(mut r) = serde_json::from_str::<AuditRecord>(&line) {
+                r.session = r.session.or_else(|| r.event.session().map(str::to_owned));
+                records.push(r);
+            }
+        }
+        let mut g = self.lock();
+        // OR IGNORE: a crash between the commit and the rename imports the same file again.
+        let sql = INSERT.replacen("INSERT", "INSERT OR IGNORE", 1);
+        insert(&mut g.conn, &sql, &records).map_err(self.err())?;
+        g.next_seq = g.next_seq.max(last_seq(&g.conn).map_err(self.err())? + 1);
+        drop(g);
+        let mut done = path.as_os_str().to_owned();
+        done.push(".imported");
+        std::fs::rename(path, &done).map_err(io)?;
+        tracing::info!(path = %path.display(), records = records.len(), "imported the old JSON-lines audit trail");
+        Ok(records.len())
     }
 }
 
-fn ends_torn(path: &Path) -> bool {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = File::open(path) else { return false };
-    let mut last = [0u8; 1];
-    f.seek(SeekFrom::End(-1)).is_ok() && f.read_exact(&mut last).is_ok() && last[0] != b'\n'
+/// The highest sequence number ever stored (kept by AUTOINCREMENT past deleted rows).
+fn last_seq(conn: &Connection) -> rusqlite::Result<u64> {
+    let seq: Option<i64> = conn
+        .query_row("SELECT seq FROM sqlite_sequence WHERE name = 'audit'", [], |r| r.get(0))
+        .optional()?;
+    Ok(seq.unwrap_or(0).max(0) as u64)
 }
 
+fn insert(conn: &mut Connection, sql: &str, records: &[AuditRecord]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut stmt = tx.prepare_cached(sql)?;
+        for r in records {
+            let event = serde_json::to_string(&r.event).expect("audit events serialize");
+            stmt.execute(params![
+                clamp(r.seq),
+                clamp(r.time_unix_ms),
+                r.agent,
+                r.session,
+                r.event.kind(),
+                r.event.caller_uid(),
+                event
+            ])?;
+        }
+    }
+    tx.commit()
+}
+
+/// SQLite integers are signed.
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Whether a live record passes the query's filters (the same ones `query` applies).
 pub fn matches(q: &AuditQuery, r: &AuditRecord) -> bool {
     q.agent.as_deref().is_none_or(|a| r.agent.as_deref() == Some(a))
+        && q.session.as_deref().is_none_or(|s| r.session.as_deref() == Some(s))
         && q.since_unix_ms.is_none_or(|t| r.time_unix_ms >= t)
+        && q.until_unix_ms.is_none_or(|t| r.time_unix_ms <= t)
+        && q.caller_uid.is_none_or(|u| r.event.caller_uid() == Some(u))
+        && (q.kinds.is_empty() || q.kinds.iter().any(|k| k == r.event.kind()))
 }
 
 #[cfg(test)]
@@ -181,29 +391,124 @@ mod tests {
         assert!(!l.admit(1, t0 + std::time::Duration::from_millis(110)));
     }
 
+    fn seqs(log: &AuditLog, q: AuditQuery) -> Vec<u64> {
+        log.query(&q).unwrap().iter().map(|r| r.seq).collect()
+    }
+
+    fn checkpoint(session: &str) -> AuditEvent {
+        AuditEvent::Checkpoint { session: session.into(), name: "c".into(), captured: vec![], caller_uid: 7 }
+    }
+
     #[test]
-    fn records_filter_and_sequence_survives_reopen() {
+    fn records_round_trip_and_filter() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.jsonl");
-        let log = AuditLog::open(&path).unwrap();
+        let log = AuditLog::open(&dir.path().join("state.db")).unwrap();
         let mut live = log.subscribe();
+        log.set_agent_session("b", Some("s1"));
         log.record(Some("a"), exit(1));
         log.record(Some("b"), exit(2));
-        log.record(Some("a"), exit(3));
+        log.record(Some("a"), AuditEvent::Kill { caller_uid: 1000, processes_killed: 1 });
+        log.record(None, checkpoint("s1"));
+        log.record(None, checkpoint("s2"));
         assert_eq!(live.try_recv().unwrap().seq, 1);
 
-        let only_a = log.query(&AuditQuery { agent: Some("a".into()), ..Default::default() }).unwrap();
-        assert_eq!(only_a.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 3]);
-        let last = log.query(&AuditQuery { limit: 1, ..Default::default() }).unwrap();
-        assert_eq!(last[0].seq, 3);
-        let future = AuditQuery { since_unix_ms: Some(now_unix_ms() + 60_000), ..Default::default() };
-        assert!(log.query(&future).unwrap().is_empty());
-        drop(log);
+        let all = log.query(&AuditQuery::default()).unwrap();
+        assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+        assert_eq!(all[2].event, AuditEvent::Kill { caller_uid: 1000, processes_killed: 1 });
+        assert_eq!(all[1].session.as_deref(), Some("s1"), "the agent's session");
+        assert_eq!(all[4].session.as_deref(), Some("s2"), "the event's session");
 
-        // A torn last line (crash mid-write) is skipped, and numbering continues.
-        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"seq\":9").unwrap();
-        let log = AuditLog::open(&path).unwrap();
+        assert_eq!(seqs(&log, AuditQuery { agent: Some("a".into()), ..Default::default() }), [1, 3]);
+        assert_eq!(seqs(&log, AuditQuery { limit: 2, ..Default::default() }), [4, 5]);
+        assert_eq!(seqs(&log, AuditQuery { session: Some("s1".into()), ..Default::default() }), [2, 4]);
+        let kinds = vec!["kill".to_string(), "checkpoint".into()];
+        assert_eq!(seqs(&log, AuditQuery { kinds, ..Default::default() }), [3, 4, 5]);
+        assert_eq!(seqs(&log, AuditQuery { caller_uid: Some(1000), ..Default::default() }), [3]);
+        let future = now_unix_ms() + 60_000;
+        assert!(seqs(&log, AuditQuery { since_unix_ms: Some(future), ..Default::default() }).is_empty());
+        assert_eq!(seqs(&log, AuditQuery { until_unix_ms: Some(future), ..Default::default() }).len(), 5);
+        assert!(seqs(&log, AuditQuery { until_unix_ms: Some(1), ..Default::default() }).is_empty());
+        // Live records pass the same filters.
+        let q = AuditQuery { session: Some("s1".into()), kinds: vec!["exit".into()], ..Default::default() };
+        assert_eq!(all.iter().filter(|r| matches(&q, r)).map(|r| r.seq).collect::<Vec<_>>(), [2]);
+    }
+
+    #[test]
+    fn sequence_survives_reopen_and_pruning_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("state.db");
+        let log = AuditLog::open(&db).unwrap();
+        for pid in 0..3 {
+            log.record(None, exit(pid));
+        }
+        assert_eq!(log.prune(Some(Duration::from_secs(60)), None).unwrap(), 0, "none a minute old");
+        assert_eq!(log.prune(None, Some(0)).unwrap(), 3);
+        drop(log);
+        // The state store opens the same database (its migrations already ran).
+        let _store = crate::store::Store::open(&db).unwrap();
+        let log = AuditLog::open(&db).unwrap();
         assert_eq!(log.record(None, exit(4)).seq, 4);
-        assert_eq!(log.query(&AuditQuery::default()).unwrap().len(), 4);
+    }
+
+    #[test]
+    fn retention_deletes_the_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(&dir.path().join("state.db")).unwrap();
+        for pid in 0..10 {
+            log.record(None, exit(pid));
+        }
+        assert_eq!(log.prune(None, Some(4)).unwrap(), 6);
+        assert_eq!(seqs(&log, AuditQuery::default()), [7, 8, 9, 10]);
+        log.lock().conn.execute("UPDATE audit SET time_unix_ms = 1000 WHERE seq <= 8", []).unwrap();
+        assert_eq!(log.prune(Some(Duration::from_secs(86_400)), Some(100)).unwrap(), 2);
+        assert_eq!(seqs(&log, AuditQuery::default()), [9, 10]);
+    }
+
+    #[test]
+    fn an_old_jsonl_trail_is_imported_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let jsonl = dir.path().join("audit.jsonl");
+        let old = |seq: u64, event: AuditEvent| {
+            let r = AuditRecord { seq, time_unix_ms: 5, agent: Some("a".into()), session: None, event };
+            serde_json::to_string(&r).unwrap() + "\n"
+        };
+        // Records of an older daemon, the last line torn by a crash.
+        let text = old(1, exit(1)) + &old(2, checkpoint("s")) + &old(7, exit(3)) + "{\"seq\":9";
+        std::fs::write(&jsonl, text).unwrap();
+        let log = AuditLog::open(&dir.path().join("state.db")).unwrap();
+        assert_eq!(log.import_jsonl(&jsonl).unwrap(), 3);
+        assert!(!jsonl.exists() && dir.path().join("audit.jsonl.imported").exists());
+        assert_eq!(log.import_jsonl(&jsonl).unwrap(), 0, "once");
+        assert_eq!(log.record(None, exit(4)).seq, 8, "numbering continues after the import");
+        let imported = log.query(&AuditQuery { session: Some("s".into()), ..Default::default() }).unwrap();
+        assert_eq!(imported.len(), 1);
+        assert_eq!(imported[0].seq, 2);
+    }
+
+    #[test]
+    fn refused_writes_are_counted_and_reported_by_the_next_stored_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(&dir.path().join("state.db")).unwrap();
+        let mut live = log.subscribe();
+        log.record(None, exit(1));
+        // The database refuses writes (as a full disk or a read-only file would).
+        log.lock().conn.pragma_update(None, "query_only", true).unwrap();
+        log.record(Some("a"), exit(2));
+        log.record(Some("a"), exit(3));
+        assert_eq!(seqs(&log, AuditQuery::default()), [1]);
+        let got: Vec<u64> = std::iter::from_fn(|| live.try_recv().ok()).map(|r| r.seq).collect();
+        assert_eq!(got, [1, 2, 3], "followers still see every record");
+
+        log.lock().conn.pragma_update(None, "query_only", false).unwrap();
+        log.record(Some("a"), exit(4));
+        let stored = log.query(&AuditQuery::default()).unwrap();
+        assert_eq!(stored.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 4, 5]);
+        match &stored[1].event {
+            AuditEvent::RecordsLost { count: 2, error } => assert!(error.contains("readonly"), "{error}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(live.try_recv().unwrap().event.kind(), "records_lost");
+        log.record(None, exit(5));
+        assert_eq!(seqs(&log, AuditQuery { kinds: vec!["records_lost".into()], ..Default::default() }), [4]);
     }
 }

@@ -43,6 +43,10 @@
 //! # one call against its `api` budget; host names are resolved when the daemon starts
 //! api_endpoints = []
 //!
+//! [audit]                      # the audit trail (in <state_dir>/state.db), pruned at
+//! retention = "90d"            # start and hourly: records older than this go ("0": kept)
+//! max_records = 1000000        # and all but the newest this many (0: no limit)
+//!
 //! [meter]                      # the metering proxy of agents with a cost budget
 //! upstream = "http://127.0.0.1:8080/v1"   # http only; the path goes before each call's
 //! [meter.prices]               # USD per million tokens; `*` = prefix; default = unknown models
@@ -74,6 +78,33 @@ pub struct Config {
     pub meter: crate::meter::MeterConfig,
     pub landlock: LandlockSection,
     pub snapshot: SnapshotSection,
+    pub audit: AuditSection,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSection {
+    /// Records older than this are deleted (a duration: `30d`, `12h`; `0` keeps them).
+    pub retention: String,
+    /// At most this many records are kept, the newest (0: no limit).
+    pub max_records: u64,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection { retention: "90d".into(), max_records: 1_000_000 }
+    }
+}
+
+impl AuditSection {
+    pub fn max_age(&self) -> Option<std::time::Duration> {
+        // Validated by `Config::parse`.
+        rush_proto::parse_duration(&self.retention).ok().filter(|d| !d.is_zero())
+    }
+
+    pub fn max_records(&self) -> Option<u64> {
+        (self.max_records > 0).then_some(self.max_records)
+    }
 }
 
 /// Which mechanism enforces file tokens.
@@ -360,6 +391,9 @@ impl Config {
         if let Err(e) = rush_proto::budget::parse_size(&config.snapshot.image_size) {
             return Err(format!("snapshot.image_size: {e}"));
         }
+        if let Err(e) = rush_proto::parse_duration(&config.audit.retention) {
+            return Err(format!("audit.retention: {e}"));
+        }
         for c in &config.cgroup.v1_controllers {
             if !crate::cgroup::V1_CONTROLLERS.contains(&c.as_str()) {
                 return Err(format!(
@@ -421,6 +455,17 @@ mod tests {
         assert_eq!(c.landlock.on_narrow, OnChange::Kill);
         assert_eq!(c.landlock.on_widen, OnChange::Restart);
         assert!(Config::parse("[landlock]\non_narrow = \"ignore\"\n").is_err());
+    }
+
+    #[test]
+    fn audit_retention_parses_and_zero_means_no_limit() {
+        let d = Config::default().audit;
+        assert_eq!(d.max_age(), Some(std::time::Duration::from_secs(90 * 86_400)));
+        assert_eq!(d.max_records(), Some(1_000_000));
+        let c = Config::parse("[audit]\nretention = \"0\"\nmax_records = 0\n").unwrap();
+        assert_eq!((c.audit.max_age(), c.audit.max_records()), (None, None));
+        let e = Config::parse("[audit]\nretention = \"soon\"\n").unwrap_err();
+        assert!(e.contains("audit.retention"), "{e}");
     }
 
     #[test]

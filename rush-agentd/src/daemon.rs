@@ -80,7 +80,12 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     }
     let api_endpoint_count = api_endpoints.len();
     let (meter_tx, meter_rx) = tokio::sync::mpsc::unbounded_channel();
-    let audit = Arc::new(AuditLog::open(&state_dir.join("audit.jsonl"))?);
+    let audit = Arc::new(AuditLog::open(&state_dir.join("state.db"))?);
+    // The JSON-lines trail of a daemon from before the store, once.
+    if let Err(e) = audit.import_jsonl(&state_dir.join("audit.jsonl")) {
+        tracing::error!(error = %crate::agent::error_chain(&e), "old audit trail not imported");
+    }
+    let retention = tokio::spawn(prune_audit(audit.clone(), config.audit.clone()));
     let kernel: Arc<dyn KernelPolicy> = Arc::new(bpf.clone());
     let agents = AgentManager::new(
         cgroups.clone(),
@@ -181,6 +186,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     pump.abort();
     meter_pump.abort();
     budgets.abort();
+    retention.abort();
     drop(bpf);
     if ephemeral {
         sessions.unmount_loop_store();
@@ -451,6 +457,25 @@ async fn wait_for_signal() {
 
 /// The metering proxies' events into the audit trail: a budget crossed, a call refused.
 /// Each charge is only logged (one per API call would drown the trail).
+/// Audit retention: at start, then hourly.
+async fn prune_audit(audit: Arc<AuditLog>, config: crate::config::AuditSection) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (audit, max_age, max_records) = (audit.clone(), config.max_age(), config.max_records());
+        // A large delete takes a while: off the async workers.
+        match tokio::task::spawn_blocking(move || audit.prune(max_age, max_records)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(deleted)) => tracing::info!(deleted, "old audit records deleted (retention)"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %crate::agent::error_chain(&e), "audit retention not applied")
+            }
+            Err(e) => tracing::warn!(error = %e, "audit retention task failed"),
+        }
+    }
+}
+
 async fn pump_meter_events(
     mut events: tokio::sync::mpsc::UnboundedReceiver<crate::meter::MeterEvent>,
     audit: Arc<AuditLog>,

@@ -83,7 +83,46 @@ const MIGRATIONS: &[&str] = &[
     -- the middle of one can settle it when it starts again.
     CREATE TABLE journal (session TEXT PRIMARY KEY, op TEXT NOT NULL, detail TEXT NOT NULL);
 ",
+    "
+    -- The audit trail (audit.rs), kept across reboots. AUTOINCREMENT: sequence numbers
+    -- never go back, even when retention has deleted every row.
+    CREATE TABLE audit (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        time_unix_ms INTEGER NOT NULL,
+        agent TEXT,
+        session TEXT,
+        kind TEXT NOT NULL,
+        caller_uid INTEGER,
+        event TEXT NOT NULL           -- rush_proto::AuditEvent as JSON
+    );
+    CREATE INDEX audit_by_time ON audit (time_unix_ms);
+    CREATE INDEX audit_by_agent ON audit (agent, seq);
+    CREATE INDEX audit_by_session ON audit (session, seq);
+    CREATE INDEX audit_by_kind ON audit (kind, seq);
+    CREATE INDEX audit_by_caller ON audit (caller_uid, seq);
+",
 ];
+
+/// Brings the schema of `conn` (the database at `path`) up to date. Each migration is one
+/// transaction that also bumps the version, so a concurrent opener (the audit log's own
+/// connection) either sees it whole or runs it after.
+pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let err = |source| StoreError::Sqlite { path: path.to_owned(), source };
+    let known = MIGRATIONS.len() as i64;
+    loop {
+        // IMMEDIATE: the version is read under the write lock, so two openers cannot both
+        // run the same migration.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(err)?;
+        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(err)?;
+        if version > known {
+            return Err(StoreError::TooNew { path: path.to_owned(), found: version, known });
+        }
+        let Some(sql) = MIGRATIONS.get(version as usize) else { return Ok(()) };
+        tx.execute_batch(sql).map_err(err)?;
+        tx.pragma_update(None, "user_version", version + 1).map_err(err)?;
+        tx.commit().map_err(err)?;
+    }
+}
 
 /// An agent as stored: enough to re-adopt it.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,19 +162,7 @@ impl Store {
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(self.err())?;
-        let known = MIGRATIONS.len() as i64;
-        if version > known {
-            return Err(StoreError::TooNew { path: self.path.clone(), found: version, known });
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = conn.transaction().map_err(self.err())?;
-            tx.execute_batch(sql).map_err(self.err())?;
-            tx.pragma_update(None, "user_version", i as i64 + 1).map_err(self.err())?;
-            tx.commit().map_err(self.err())?;
-        }
-        Ok(())
+        migrate(&mut self.lock(), &self.path)
     }
 
     /// A store written during another boot describes nothing alive: emptied.

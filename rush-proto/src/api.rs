@@ -318,6 +318,18 @@ pub struct AuditQuery {
     /// Only records at or after this time (Unix milliseconds).
     #[serde(default)]
     pub since_unix_ms: Option<u64>,
+    /// Only records at or before this time (Unix milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_unix_ms: Option<u64>,
+    /// Only records of this session (see `AuditRecord::session`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// Only records of these kinds (`AuditEvent::kind`); empty = all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kinds: Vec<String>,
+    /// Only records of requests made by this uid (events with a `caller_uid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller_uid: Option<u32>,
     /// At most this many of the newest records (0 = all).
     #[serde(default)]
     pub limit: usize,
@@ -527,6 +539,10 @@ pub struct AuditRecord {
     pub time_unix_ms: u64,
     #[serde(default)]
     pub agent: Option<String>,
+    /// The session it concerns: the one a time-travel event names, or the session of the
+    /// agent it is about (spawned into one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
     pub event: AuditEvent,
 }
 
@@ -621,6 +637,13 @@ pub enum AuditEvent {
     /// The kernel dropped this many events because the ring buffer was full.
     EventsLost {
         count: u64,
+    },
+    /// This many audit records were not stored (the database refused them: disk full,
+    /// read-only, corrupt); `error` is the first refusal. Written with the next record that
+    /// is stored.
+    RecordsLost {
+        count: u64,
+        error: String,
     },
     /// A budget ran out and its action was taken (`frozen`, `packets dropped`, ...).
     BudgetExceeded {
@@ -723,6 +746,72 @@ pub enum AuditEvent {
 }
 
 impl AuditEvent {
+    /// Every `kind()`, in declaration order.
+    pub const KINDS: &[&str] = &[
+        "spawn",
+        "exit",
+        "kill",
+        "net_deny",
+        "file_deny",
+        "grant",
+        "revoke",
+        "revoke_kill",
+        "guard_deny",
+        "commit",
+        "denials_suppressed",
+        "events_lost",
+        "records_lost",
+        "budget_exceeded",
+        "oom_kill",
+        "fork_refused",
+        "api_refused",
+        "paused",
+        "resumed",
+        "session_created",
+        "session_removed",
+        "checkpoint",
+        "rollback",
+        "rollback_repaired",
+        "timeline_change",
+        "checkpoints_deleted",
+        "ruleset_change",
+        "refused",
+    ];
+
+    /// The session a time-travel event names.
+    pub fn session(&self) -> Option<&str> {
+        match self {
+            AuditEvent::SessionCreated { session, .. }
+            | AuditEvent::SessionRemoved { session, .. }
+            | AuditEvent::Checkpoint { session, .. }
+            | AuditEvent::Rollback { session, .. }
+            | AuditEvent::RollbackRepaired { session, .. }
+            | AuditEvent::TimelineChange { session, .. }
+            | AuditEvent::CheckpointsDeleted { session, .. } => Some(session),
+            _ => None,
+        }
+    }
+
+    /// The uid whose request it records, for events that record one.
+    pub fn caller_uid(&self) -> Option<u32> {
+        match self {
+            AuditEvent::Spawn { caller_uid, .. }
+            | AuditEvent::Kill { caller_uid, .. }
+            | AuditEvent::Grant { caller_uid, .. }
+            | AuditEvent::Revoke { caller_uid, .. }
+            | AuditEvent::Resumed { caller_uid, .. }
+            | AuditEvent::SessionCreated { caller_uid, .. }
+            | AuditEvent::SessionRemoved { caller_uid, .. }
+            | AuditEvent::Checkpoint { caller_uid, .. }
+            | AuditEvent::Rollback { caller_uid, .. }
+            | AuditEvent::TimelineChange { caller_uid, .. }
+            | AuditEvent::CheckpointsDeleted { caller_uid, .. }
+            | AuditEvent::Refused { caller_uid, .. } => Some(*caller_uid),
+            AuditEvent::Paused { caller_uid, .. } => *caller_uid,
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             AuditEvent::Spawn { .. } => "spawn",
@@ -730,6 +819,7 @@ impl AuditEvent {
             AuditEvent::Kill { .. } => "kill",
             AuditEvent::NetDeny { .. } => "net_deny",
             AuditEvent::EventsLost { .. } => "events_lost",
+            AuditEvent::RecordsLost { .. } => "records_lost",
             AuditEvent::Refused { .. } => "refused",
             AuditEvent::FileDeny { .. } => "file_deny",
             AuditEvent::Grant { .. } => "grant",
@@ -818,4 +908,24 @@ pub enum ErrorKind {
     ResourceExhausted,
     VersionMismatch,
     Internal,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_lists_every_audit_event() {
+        // serde's error for an unknown tag names every variant: the list to compare with.
+        let e = serde_json::from_str::<AuditEvent>(r#"{"kind":"?"}"#).unwrap_err().to_string();
+        let listed = e.split("expected one of ").nth(1).expect(&e);
+        let mut serde_kinds: Vec<&str> =
+            listed.split(", ").map(|k| k.split('`').nth(1).expect(listed)).collect();
+        let mut kinds = AuditEvent::KINDS.to_vec();
+        serde_kinds.sort_unstable();
+        kinds.sort_unstable();
+        assert_eq!(kinds, serde_kinds);
+        let lost = AuditEvent::RecordsLost { count: 1, error: String::new() };
+        assert!(AuditEvent::KINDS.contains(&lost.kind()));
+    }
 }

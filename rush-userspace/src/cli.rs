@@ -136,12 +136,21 @@ refused, and every connect() or sendmsg() the kernel denied an agent.
 Text output is one line per record: the time (UTC), the record's sequence number, the \
 agent, the kind of record, and its details as key=value pairs. With --json, rush prints \
 one JSON array of records; with --json --follow, one JSON object per line (NDJSON), as \
-records happen.";
+records happen; with --export, every matching record as one JSON object per line.
+
+The filters combine (a record must pass them all) and apply to --follow too. The daemon \
+keeps the trail in its state database across restarts and reboots, pruning it by age and \
+count (`[audit] retention` and `max_records` in its config; 90 days and a million records \
+by default). A `records_lost` record says how many records the database refused (a full \
+disk) before it took records again.";
 
 const AUDIT_EXAMPLES: &str = "\
 Examples:
   $ rush audit --since 10m
   $ rush audit --agent coder --since 2026-11-27T02:00:00Z --limit 50
+  $ rush audit --kind file_deny,net_deny --since 1d --until 1h
+  $ rush audit --session refactor --kind checkpoint,rollback
+  $ rush audit --export --since 30d > audit-$(date +%F).jsonl
   $ rush audit --follow --json | jq 'select(.event.kind == \"net_deny\")'";
 
 const DOCTOR_LONG_ABOUT: &str = "\
@@ -342,6 +351,26 @@ pub struct AuditArgs {
     #[arg(long, value_name = "TIME", value_parser = parse_since)]
     pub since: Option<u64>,
 
+    /// Only records at or before TIME, written as for --since (10m: ten minutes ago).
+    #[arg(long, value_name = "TIME", value_parser = parse_until)]
+    pub until: Option<u64>,
+
+    /// Only records of session NAME: its checkpoints, rollbacks, timeline changes, and
+    /// everything about the agents spawned into it.
+    #[arg(long, value_name = "NAME")]
+    pub session: Option<AgentName>,
+
+    /// Only records of kind KIND (repeat it, or give a comma-separated list, for several):
+    /// spawn, exit, kill, net_deny, file_deny, grant, revoke, checkpoint, ... as in the
+    /// fourth column of the text output and `.event.kind` in JSON; an unknown kind is an
+    /// error that lists them all.
+    #[arg(long, value_name = "KIND", value_delimiter = ',', value_parser = parse_kind)]
+    pub kind: Vec<String>,
+
+    /// Only records of requests made by this uid (spawns, kills, grants, checkpoints, ...).
+    #[arg(long, value_name = "UID")]
+    pub caller_uid: Option<u32>,
+
     /// Only the N newest matching records (0 = all). With --follow, limits the backlog
     /// printed before new records.
     #[arg(long, value_name = "N", default_value_t = 0)]
@@ -350,6 +379,11 @@ pub struct AuditArgs {
     /// Keep printing records as they happen, until you press Ctrl-C.
     #[arg(long, short = 'f')]
     pub follow: bool,
+
+    /// Print every matching record as one JSON object per line (JSON lines), oldest first,
+    /// for scripts and archives: `rush audit --export --since 30d > audit.jsonl`.
+    #[arg(long, conflicts_with = "follow")]
+    pub export: bool,
 }
 
 const CHECKPOINT_LONG_ABOUT: &str = "\
@@ -651,14 +685,26 @@ impl fmt::Display for UsageError {
 impl std::error::Error for UsageError {}
 
 fn parse_since(s: &str) -> Result<u64, UsageError> {
-    parse_since_at(s, time::now_unix_ms())
+    parse_time_at("--since", s, time::now_unix_ms())
 }
 
-/// `--since` as Unix milliseconds, durations counted back from `now_ms`.
-pub fn parse_since_at(s: &str, now_ms: u64) -> Result<u64, UsageError> {
+fn parse_until(s: &str) -> Result<u64, UsageError> {
+    parse_time_at("--until", s, time::now_unix_ms())
+}
+
+fn parse_kind(s: &str) -> Result<String, UsageError> {
+    let kinds = rush_proto::AuditEvent::KINDS;
+    if kinds.contains(&s) {
+        return Ok(s.to_owned());
+    }
+    Err(UsageError(format!("unknown audit record kind {s:?} (known kinds: {})", kinds.join(", "))))
+}
+
+/// A time flag's value as Unix milliseconds, durations counted back from `now_ms`.
+fn parse_time_at(flag: &str, s: &str, now_ms: u64) -> Result<u64, UsageError> {
     let err = |why: String| {
         UsageError(format!(
-            "invalid --since {s:?}: {why} (expected a duration ago like 10m, a time like \
+            "invalid {flag} {s:?}: {why} (expected a duration ago like 10m, a time like \
              2026-11-27T02:16:11Z, or @UNIX_MS)"
         ))
     };
@@ -796,20 +842,46 @@ mod tests {
         assert_eq!(a.agent.unwrap().as_str(), "bot");
         assert_eq!((a.limit, a.follow, a.since), (5, true, Some(1234)));
         assert!(parse(&["audit", "--limit", "-1"]).is_err());
+        let c = parse(&[
+            "audit",
+            "--kind",
+            "spawn,exit",
+            "--kind",
+            "file_deny",
+            "--session",
+            "s",
+            "--until",
+            "@99",
+            "--caller-uid",
+            "1000",
+            "--export",
+        ])
+        .unwrap();
+        let Command::Audit(a) = c.command else { panic!("not audit") };
+        assert_eq!(a.kind, ["spawn", "exit", "file_deny"]);
+        assert_eq!(
+            (a.session.unwrap().as_str(), a.until, a.caller_uid, a.export),
+            ("s", Some(99), Some(1000), true)
+        );
+        let e = parse(&["audit", "--kind", "spawn,fle_deny"]).unwrap_err().to_string();
+        assert!(e.contains("\"fle_deny\"") && e.contains("file_deny"), "{e}");
+        assert!(parse(&["audit", "--export", "--follow"]).is_err());
+        let e = parse(&["audit", "--until", "soon"]).unwrap_err().to_string();
+        assert!(e.contains("--until"), "{e}");
     }
 
     #[test]
     fn since_forms() {
         let now = 1_795_745_771_123;
-        assert_eq!(parse_since_at("10m", now).unwrap(), now - 600_000);
-        assert_eq!(parse_since_at("90", now).unwrap(), now - 90_000);
-        assert_eq!(parse_since_at("1h30m", now).unwrap(), now - 5_400_000);
-        assert_eq!(parse_since_at("100000d", now).unwrap(), 0);
-        assert_eq!(parse_since_at("@42", now).unwrap(), 42);
-        assert_eq!(parse_since_at("2026-11-27T02:16:11.123Z", now).unwrap(), now);
-        assert_eq!(parse_since_at("2026-11-27", now).unwrap(), 1_795_737_600_000);
+        assert_eq!(parse_time_at("--since", "10m", now).unwrap(), now - 600_000);
+        assert_eq!(parse_time_at("--since", "90", now).unwrap(), now - 90_000);
+        assert_eq!(parse_time_at("--since", "1h30m", now).unwrap(), now - 5_400_000);
+        assert_eq!(parse_time_at("--since", "100000d", now).unwrap(), 0);
+        assert_eq!(parse_time_at("--since", "@42", now).unwrap(), 42);
+        assert_eq!(parse_time_at("--since", "2026-11-27T02:16:11.123Z", now).unwrap(), now);
+        assert_eq!(parse_time_at("--since", "2026-11-27", now).unwrap(), 1_795_737_600_000);
         for bad in ["", "@", "@x", "10y", "2026-11-27T25:00", "now"] {
-            let e = parse_since_at(bad, now).unwrap_err().to_string();
+            let e = parse_time_at("--since", bad, now).unwrap_err().to_string();
             assert!(e.starts_with("invalid --since"), "{bad:?}: {e}");
         }
     }

@@ -338,6 +338,7 @@ pub fn audit_line(r: &AuditRecord) -> String {
         AuditEvent::EventsLost { count } | AuditEvent::DenialsSuppressed { count } => {
             format!("count={count}")
         }
+        AuditEvent::RecordsLost { count, error } => format!("count={count} error={}", value(error)),
         AuditEvent::Refused { caller_uid, request, reason } => {
             format!("caller_uid={caller_uid} request={} reason={}", value(request), value(reason))
         }
@@ -397,6 +398,11 @@ pub fn audit_line(r: &AuditRecord) -> String {
             value(&names.join(","))
         ),
     };
+    let mut details = details;
+    // The session of the agent's records (time-travel events name theirs already).
+    if let (Some(s), None) = (&r.session, r.event.session()) {
+        details.push_str(&format!(" session={}", value(s)));
+    }
     let agent = r.agent.as_deref().map(sanitize).unwrap_or_else(|| "-".into());
     format!(
         "{}  {:>6}  {agent:<12}  {:<11}  {details}",
@@ -609,7 +615,13 @@ done   exited   4242  0      deny                   signal 9     sh -c 'it'\\''s
 
     #[test]
     fn audit_lines() {
-        let rec = |event| AuditRecord { seq: 42, time_unix_ms: NOW, agent: Some("coder".into()), event };
+        let rec = |event| AuditRecord {
+            seq: 42,
+            time_unix_ms: NOW,
+            agent: Some("coder".into()),
+            session: None,
+            event,
+        };
         assert_eq!(
             audit_line(&rec(AuditEvent::NetDeny {
                 pid: 4243,
@@ -638,6 +650,7 @@ done   exited   4242  0      deny                   signal 9     sh -c 'it'\\''s
             seq: 7,
             time_unix_ms: 0,
             agent: None,
+            session: None,
             event: AuditEvent::Exit { pid: 5, status: ExitStatus { code: None, signal: Some(15) } },
         });
         assert_eq!(line, "1970-01-01T00:00:00.000Z       7  -             exit         pid=5 signal=15");

@@ -154,6 +154,7 @@ fn record(seq: u64) -> AuditRecord {
         seq,
         time_unix_ms: 1_795_745_771_123 + seq,
         agent: Some("coder".into()),
+        session: None,
         event: AuditEvent::NetDeny {
             pid: 4243,
             uid: 1000,

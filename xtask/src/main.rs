@@ -93,6 +93,8 @@ fn test(tier: Tier) -> Result<()> {
                 "landlock",
                 "--test",
                 "timetravel",
+                "--test",
+                "audit",
                 "--",
                 "--test-threads",
                 "4",

@@ -84,10 +84,11 @@ const VM_PACKAGES: [(&str, &str); 8] = [
 ];
 
 /// The guest test suites, in the order they run: (name, test threads, extra arguments).
-/// `host`, `budget`, `landlock`, `files`, `guest`, `escape`, `lifecycle`, `timetravel` are kernel-tests targets;
+/// `host`, `budget`, `landlock`, `files`, `guest`, `escape`, `lifecycle`, `timetravel`, `audit` are kernel-tests
+/// targets;
 /// `bpf` is rush-agentd's own
 /// kernel smoke tests (its lib tests under `bpf::`).
-const SUITES: [(&str, u32, &str); 9] = [
+const SUITES: [(&str, u32, &str); 10] = [
     ("host", 2, ""),
     ("budget", 1, ""),
     ("landlock", 1, ""),
@@ -96,6 +97,7 @@ const SUITES: [(&str, u32, &str); 9] = [
     ("escape", 1, ""),
     ("lifecycle", 1, ""),
     ("timetravel", 1, ""),
+    ("audit", 1, ""),
     ("bpf", 1, " bpf::"),
 ];
 

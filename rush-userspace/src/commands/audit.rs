@@ -13,6 +13,10 @@ pub fn audit(ctx: &mut Ctx, args: AuditArgs) -> Result<u8> {
     let query = AuditQuery {
         agent: args.agent.map(|a| a.to_string()),
         since_unix_ms: args.since,
+        until_unix_ms: args.until,
+        session: args.session.map(|s| s.to_string()),
+        kinds: args.kind,
+        caller_uid: args.caller_uid,
         limit: args.limit,
         follow: args.follow,
     };
@@ -27,6 +31,15 @@ pub fn audit(ctx: &mut Ctx, args: AuditArgs) -> Result<u8> {
             }
             Err(e) => return Err(e.into()),
         };
+        if args.export {
+            let mut lines = String::new();
+            for record in &events {
+                lines.push_str(&serde_json::to_string(record).expect("protocol types serialize"));
+                lines.push('\n');
+            }
+            ctx.out.text(&lines)?;
+            return Ok(0);
+        }
         if !args.follow {
             if ctx.out.json {
                 ctx.out.document(&events)?;
