@@ -133,7 +133,10 @@ fn a_rollback_restores_bytes_modes_and_the_shell_environment_exactly() {
         &env,
         &["agent", "spawn", "w1", "--session", "s1", "--detach", "--", "/bin/sh", "-c", script],
     ));
-    assert!(wait_until(Duration::from_secs(20), || ws.p("done").exists()), "the agent did not finish writing");
+    assert!(
+        wait_until(Duration::from_secs(20), || ws.p("done").exists()),
+        "the agent did not finish writing"
+    );
     let corrupted = manifest(&ws.path);
     assert_ne!(corrupted, before);
 
