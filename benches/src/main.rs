@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod snapshot;
+
 use kernel_tests::{Daemon, bin, describe, is_root};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use rush_ebpf::{MAP_NET_USAGE, Plain, RushNetUsage};
@@ -233,6 +235,11 @@ fn tcp_baseline(t: &Throughput, runs: usize) -> [f64; 2] {
 
 fn main() {
     assert!(is_root(), "the benchmarks need root (they run the daemon)");
+    // `rush-bench snapshot`: only the time-travel storage backends (loop btrfs, ~15 min).
+    if std::env::args().nth(1).as_deref() == Some("snapshot") {
+        snapshot::run();
+        return;
+    }
     // `rush-bench tcp-throughput`: only that table.
     if std::env::args().nth(1).as_deref() == Some("tcp-throughput") {
         let t = Throughput::start();

@@ -453,7 +453,7 @@ fn json_str(line: &str, key: &str) -> Option<String> {
 }
 
 /// The payload: /payload/bin (rush-agentd, rush, the rush-test-* tools,
-/// sh → dash), /payload/tests (one per suite), curl, criu, dash and mkfs.btrfs at their host
+/// sh → dash), /payload/tests (one per suite), curl, criu, dash, mkfs.btrfs and btrfs at their host
 /// paths, every library at its host path, and /payload/run, which /init starts.
 fn build_payload(
     path: &Path,
