@@ -22,6 +22,8 @@ show() {
 }
 fail() { printf '\nDEMO FAILED: %s\n' "$*"; exit 1; }
 start_daemon() {
+    # A daemon killed earlier left its socket: the wait below must see the new one.
+    rm -f "$SOCK"
     rush-agentd --config /dev/null --ephemeral --state-dir "$STATE" --socket "$SOCK" \
         --pin-dir /sys/fs/bpf/rush-demo --cgroup-parent rush-demo 2>>"$STATE/daemon.log" &
     DAEMON=$!
