@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -246,9 +246,7 @@ impl Sessions {
     /// workspaces stay reachable while it is down.
     pub fn unmount_loop_store(&self) {
         let (_, mountpoint) = self.loop_paths();
-        let mounted = std::fs::read_to_string("/proc/self/mountinfo")
-            .map(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(&*mountpoint.to_string_lossy())))
-            .unwrap_or(false);
+        let mounted = crate::snapshot::btrfs::is_mount_point(&mountpoint).unwrap_or(false);
         if mounted && let Err(e) = nix::mount::umount2(&mountpoint, nix::mount::MntFlags::MNT_DETACH) {
             tracing::warn!(path = %mountpoint.display(), error = %e, "snapshot store not unmounted");
         }
@@ -1123,14 +1121,17 @@ fn aside_path(workspace: &Path, session: &str) -> PathBuf {
     workspace.with_file_name(format!(".{base}.rush-{session}"))
 }
 
-/// `cp -a --reflink=auto SRC/. DEST`: coreutils gets every file type, owner, mode, time,
-/// xattr and hole right, and clones extents where the filesystem can.
+/// `cp -a --reflink=auto SRC/. DEST`: the contents of SRC into the directory DEST.
 fn copy_tree(src: &Path, dest: &Path) -> Result<(), ApiError> {
+    cp_a(&src.join("."), dest)
+}
+
+/// `cp -a --reflink=auto -- SRC DEST`: coreutils gets every file type, owner, mode, time,
+/// xattr and hole right, and clones extents where the filesystem can.
+fn cp_a(src: &Path, dest: &Path) -> Result<(), ApiError> {
     let out = std::process::Command::new("cp")
-        .arg("-a")
-        .arg("--reflink=auto")
-        .arg("--")
-        .arg(src.join("."))
+        .args(["-a", "--reflink=auto", "--"])
+        .arg(src)
         .arg(dest)
         .output()
         .map_err(|e| err(ErrorKind::Internal, format!("cp: {e}")))?;
@@ -1151,19 +1152,7 @@ fn keep_git_dir(kind: BackendKind, live: &Path, incoming: &Path) -> Result<(), A
     if kind != BackendKind::Git || std::fs::symlink_metadata(&dot_git).is_err() {
         return Ok(());
     }
-    let out = std::process::Command::new("cp")
-        .args(["-a", "--reflink=auto", "--"])
-        .arg(&dot_git)
-        .arg(incoming.join(".git"))
-        .output()
-        .map_err(|e| err(ErrorKind::Internal, format!("cp: {e}")))?;
-    if !out.status.success() {
-        return Err(err(
-            ErrorKind::Internal,
-            format!("keeping {}: {}", dot_git.display(), String::from_utf8_lossy(&out.stderr).trim()),
-        ));
-    }
-    Ok(())
+    cp_a(&dot_git, &incoming.join(".git"))
 }
 
 /// Exchanges two paths in one step (`renameat2(RENAME_EXCHANGE)`).
@@ -1232,7 +1221,8 @@ fn mount_point(path: &Path) -> Result<PathBuf, ApiError> {
         .map_err(io_err("reading", Path::new("/proc/self/mountinfo")))?;
     let canon = std::fs::canonicalize(path).map_err(io_err("resolving", path))?;
     info.lines()
-        .filter_map(|l| l.split(' ').nth(4).map(|m| PathBuf::from(m.replace("\\040", " "))))
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(std::ffi::OsString::from_vec(crate::snapshot::btrfs::unescape(m.as_bytes()))))
         .filter(|m| canon.starts_with(m))
         .max_by_key(|m| m.as_os_str().len())
         .ok_or_else(|| err(ErrorKind::Internal, format!("no mount point found for {}", path.display())))

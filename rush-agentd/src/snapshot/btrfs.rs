@@ -309,6 +309,11 @@ struct Mount {
     source: String,
 }
 
+/// Whether anything is mounted at `mountpoint` (the session layer unmounts the loop store).
+pub(crate) fn is_mount_point(mountpoint: &Path) -> Result<bool, SnapshotError> {
+    mounted_at(mountpoint).map(|m| m.is_some())
+}
+
 /// What is mounted at `mountpoint` (the topmost mount), from /proc/self/mountinfo.
 fn mounted_at(mountpoint: &Path) -> Result<Option<Mount>, SnapshotError> {
     let info = Path::new("/proc/self/mountinfo");
@@ -333,7 +338,7 @@ fn mounted_at(mountpoint: &Path) -> Result<Option<Mount>, SnapshotError> {
 
 /// Undoes the backslash escapes of mountinfo (`\040`) and `btrfs receive --dump`
 /// (`\ `, `\\`, `\n`, ..., `\ooo`).
-fn unescape(s: &[u8]) -> Vec<u8> {
+pub(crate) fn unescape(s: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
     while i < s.len() {
