@@ -176,7 +176,21 @@ pub struct AgentManager {
     /// The durable state (agents, tokens), once the daemon has opened it; unit tests run
     /// without one.
     store: std::sync::OnceLock<Arc<crate::store::Store>>,
+    /// Ids of tokens revoked in the kernel whose deletion the store refused (a full disk):
+    /// retried before every store write, so a restart cannot grant them again once the
+    /// disk has room.
+    unsaved_revokes: Mutex<Vec<u64>>,
     budgets: Budgets,
+}
+
+/// What [`AgentManager::check_state`] compared, and where the store, the daemon and the
+/// kernel disagree (nothing, normally).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct StateCheck {
+    pub agents: usize,
+    pub tokens: usize,
+    pub kernel_entries: usize,
+    pub problems: Vec<String>,
 }
 
 /// What budgets and trust levels need.
@@ -283,6 +297,7 @@ impl AgentManager {
             enforcing: tokio::sync::Mutex::new(()),
             pending_expiries: Mutex::default(),
             store: std::sync::OnceLock::new(),
+            unsaved_revokes: Mutex::default(),
             budgets,
         })
     }
@@ -306,16 +321,75 @@ impl AgentManager {
         }
     }
 
+    /// Runs a store write that a request's acknowledgement depends on: its failure is the
+    /// request's (ResourceExhausted when the disk is full), so nothing acknowledged is
+    /// missing from the store after a crash.
+    fn save(
+        &self,
+        what: &str,
+        write: impl FnOnce(&crate::store::Store) -> Result<(), crate::store::StoreError>,
+    ) -> Result<(), ApiError> {
+        let Some(store) = self.store.get() else { return Ok(()) };
+        self.retry_unsaved_revokes(store);
+        write(store).map_err(|e| {
+            tracing::error!(error = %error_chain(&e), "state database: {what} not saved");
+            let kind = if e.is_full() { ErrorKind::ResourceExhausted } else { ErrorKind::Internal };
+            api_err(kind, format!("{what} not saved: {}", error_chain(&e)))
+        })
+    }
+
+    /// Deletes from the store the tokens a revoke took out of the kernel while the store
+    /// refused writes.
+    fn retry_unsaved_revokes(&self, store: &crate::store::Store) {
+        let mut unsaved = self.unsaved_revokes.lock().unwrap_or_else(|p| p.into_inner());
+        if !unsaved.is_empty() && store.delete_tokens(&unsaved).is_ok() {
+            tracing::info!(tokens = unsaved.len(), "revokes the store had refused are now saved");
+            unsaved.clear();
+        }
+    }
+
+    /// How many revokes hold in the kernel but not yet in the store (`rush doctor`).
+    pub fn unsaved_revokes(&self) -> usize {
+        if let Some(store) = self.store.get() {
+            self.retry_unsaved_revokes(store);
+        }
+        self.unsaved_revokes.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Deletes revoked tokens from the store. The kernel has already dropped them, so a
+    /// failure does not undo the revoke: the ids are kept for a retry, and the caller is
+    /// told that a restart before the retry succeeds would grant them again.
+    fn save_revoke(&self, agent: &str, ids: &[u64]) -> Result<(), ApiError> {
+        self.save("revoke", |s| s.delete_tokens(ids)).map_err(|e| {
+            self.unsaved_revokes.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(ids);
+            api_err(
+                e.kind,
+                format!(
+                    "agent {agent:?} has lost the access in the kernel now, but the {}; the daemon retries \
+                     the write before every other one, and a daemon restarted before it succeeds would \
+                     grant the token again (free space in the state dir)",
+                    e.message
+                ),
+            )
+        })
+    }
+
     /// Writes the agent (as registered now) and its tokens.
     fn persist_agent(&self, name: &str) {
+        if let Err(e) = self.save_agent(name) {
+            tracing::error!(agent = %name, error = %e.message, "agent record not updated");
+        }
+    }
+
+    fn save_agent(&self, name: &str) -> Result<(), ApiError> {
         let record = self.registry().agents.get(name).map(|a| crate::store::AgentRecord {
             info: a.info.clone(),
             files_confined: a.files_confined,
             log_path: a.log_path.clone(),
         });
-        let Some(record) = record else { return };
+        let Some(record) = record else { return Ok(()) };
         let tokens = self.tokens.of_agent(record.info.cgroup_id);
-        self.persist("agent", |s| s.put_agent(&record).and_then(|()| s.put_tokens(&tokens)));
+        self.save("agent", |s| s.put_agent(&record).and_then(|()| s.put_tokens(&tokens)))
     }
 
     /// The kernel moved a grant to a new inode: the stored tokens follow.
@@ -439,6 +513,98 @@ impl AgentManager {
             adopted += 1;
         }
         adopted
+    }
+
+    /// Checks that the store, this daemon's memory and the kernel's grant map say the same
+    /// of every running agent: its record and tokens in `state.db`, and (BPF LSM) each
+    /// grant entry the tokens make, exact to the expiry. Returns what was checked and the
+    /// disagreements found (`rush doctor`; the crash tests).
+    pub fn check_state(&self) -> StateCheck {
+        let mut check = StateCheck::default();
+        let running: Vec<(String, u64, Files)> = self
+            .registry()
+            .agents
+            .values()
+            .filter(|a| a.info.state == AgentState::Running)
+            .map(|a| (a.info.name.clone(), a.cgroup.id, a.files))
+            .collect();
+        if let Some(store) = self.store.get() {
+            match store.agents() {
+                Ok(stored) => {
+                    for rec in &stored {
+                        if !running.iter().any(|(n, id, _)| *n == rec.info.name && *id == rec.info.cgroup_id)
+                        {
+                            check
+                                .problems
+                                .push(format!("agent {:?} is in state.db but not running", rec.info.name));
+                        }
+                    }
+                    for (name, _, _) in &running {
+                        if !stored.iter().any(|r| r.info.name == *name) {
+                            check.problems.push(format!("agent {name:?} runs but is not in state.db"));
+                        }
+                    }
+                }
+                Err(e) => check.problems.push(format!("agents unreadable: {}", error_chain(&e))),
+            }
+        }
+        let fields = |t: &Token| (t.id, t.key, t.ops, t.expires, t.save_dir, t.mnt_id);
+        for (name, cgroup_id, files) in running {
+            check.agents += 1;
+            let mut held: Vec<_> = self.tokens.of_agent(cgroup_id).iter().map(fields).collect();
+            held.sort_by_key(|f| f.0);
+            check.tokens += held.len();
+            if let Some(store) = self.store.get() {
+                match store.tokens(cgroup_id) {
+                    Ok(stored) => {
+                        let stored: Vec<_> = stored.iter().map(fields).collect();
+                        for f in held.iter().filter(|f| !stored.contains(f)) {
+                            check
+                                .problems
+                                .push(format!("agent {name:?}: token {} is not in state.db as held", f.0));
+                        }
+                        for f in stored.iter().filter(|f| !held.contains(f)) {
+                            check.problems.push(format!(
+                                "agent {name:?}: state.db has token {} the daemon does not hold",
+                                f.0
+                            ));
+                        }
+                    }
+                    Err(e) => {
+                        check.problems.push(format!("agent {name:?}: tokens unreadable: {}", error_chain(&e)))
+                    }
+                }
+            }
+            if files != Files::BpfLsm {
+                continue;
+            }
+            let want: HashMap<_, _> = self.tokens.entries_of(cgroup_id).into_iter().collect();
+            let have: HashMap<_, _> = match self.kernel.file_grants(cgroup_id) {
+                Ok(h) => h.into_iter().collect(),
+                Err(e) => {
+                    check.problems.push(format!("agent {name:?}: grant map unreadable: {}", error_chain(&e)));
+                    continue;
+                }
+            };
+            check.kernel_entries += have.len();
+            for (key, entry) in &want {
+                match have.get(key) {
+                    None => check.problems.push(format!("agent {name:?}: no kernel entry for inode {}:{}", key.dev, key.ino)),
+                    Some(k) if k != entry => check.problems.push(format!(
+                        "agent {name:?}: kernel entry for inode {}:{} differs from its tokens ({k:?} != {entry:?})",
+                        key.dev, key.ino
+                    )),
+                    Some(_) => {}
+                }
+            }
+            for key in have.keys().filter(|k| !want.contains_key(k)) {
+                check.problems.push(format!(
+                    "agent {name:?}: kernel entry for inode {}:{} that no token makes",
+                    key.dev, key.ino
+                ));
+            }
+        }
+        check
     }
 
     pub(crate) fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
@@ -630,33 +796,35 @@ impl AgentManager {
             restart,
         };
         let result = self.start(&name, &req, plan, caller).await;
-        let mut reg = self.registry();
-        reg.starting.remove(&name);
+        self.registry().starting.remove(&name);
         let (mut info, cgroup, child, timed) = result?;
         info.meter_url = meter_url;
 
         let (tx, rx) = watch::channel(None);
-        if reg.agents.remove(&name).is_some() {
-            reg.exited_order.retain(|n| n != &name);
+        // A block: the guard must not live across the awaits below.
+        {
+            let mut reg = self.registry();
+            if reg.agents.remove(&name).is_some() {
+                reg.exited_order.retain(|n| n != &name);
+            }
+            reg.agents.insert(
+                name.clone(),
+                Agent {
+                    info: info.clone(),
+                    cgroup: cgroup.clone(),
+                    exit: rx.clone(),
+                    log_path,
+                    files_confined,
+                    files,
+                    respawn,
+                    pause: Pause::default(),
+                    reported: Reported { oom_kills: Some(0), fork_refusals: Some(0) },
+                    exec,
+                    meter,
+                    cost_saved: 0,
+                },
+            );
         }
-        reg.agents.insert(
-            name.clone(),
-            Agent {
-                info: info.clone(),
-                cgroup: cgroup.clone(),
-                exit: rx.clone(),
-                log_path,
-                files_confined,
-                files,
-                respawn,
-                pause: Pause::default(),
-                reported: Reported { oom_kills: Some(0), fork_refusals: Some(0) },
-                exec,
-                meter,
-                cost_saved: 0,
-            },
-        );
-        drop(reg);
         self.audit.set_agent_session(&name, info.session.as_deref());
         self.audit.record(
             Some(&name),
@@ -673,8 +841,21 @@ impl AgentManager {
             self.schedule_expiry(token);
         }
         let mgr = Arc::clone(self);
-        self.persist_agent(&name);
+        let saved = self.save_agent(&name);
+        let kill = saved.is_err().then(|| cgroup.clone());
         tokio::spawn(async move { mgr.watch_exit(name, cgroup, child, tx).await });
+        if let (Err(e), Some(cg)) = (saved, kill) {
+            // Unrecorded, a daemon restart would not know it: it must not outlive the refusal.
+            let killed = self.cgroups.kill_all(&cg).unwrap_or(0);
+            // Answered once it is gone, so the name is free again for a retry.
+            let mut exit = rx.clone();
+            let gone = async move { exit.wait_for(Option::is_some).await.is_ok() };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), gone).await;
+            return Err(api_err(
+                e.kind,
+                format!("the agent was started, then killed ({killed} processes): its {}", e.message),
+            ));
+        }
         Ok((info, rx))
     }
 
@@ -1517,13 +1698,25 @@ impl AgentManager {
             None => NewToken::resolve(&grant, Origin::Grant).map_err(|e| token_err("grant", &e))?,
         };
         let (added, entries) = self.tokens.add(&req.agent, cgroup_id, vec![new]);
-        if files == Some(Files::BpfLsm) {
-            self.write_entries(cgroup_id, entries)?;
+        let ids: Vec<u64> = added.iter().map(|t| t.id).collect();
+        // The store first: a crash after it and before the kernel write is mended by the
+        // restart (the kernel map is rebuilt from the store); the other order could leave
+        // an access in the kernel that nothing records.
+        if let Err(e) = self.save("grant", |s| s.put_tokens(&added)) {
+            self.tokens.remove(cgroup_id, |t| ids.contains(&t.id));
+            return Err(e);
+        }
+        if files == Some(Files::BpfLsm)
+            && let Err(e) = self.write_entries(cgroup_id, entries)
+        {
+            let (_, entries) = self.tokens.remove(cgroup_id, |t| ids.contains(&t.id));
+            let _ = self.write_entries(cgroup_id, entries);
+            self.persist("an undone grant", |s| s.delete_tokens(&ids));
+            return Err(e);
         }
         let token = added[0].info();
         self.audit
             .record(Some(&req.agent), AuditEvent::Grant { caller_uid: caller.uid, token: token.clone() });
-        self.persist("grant", |s| s.put_tokens(&added));
         for t in added {
             self.schedule_expiry(t);
         }
@@ -1907,11 +2100,14 @@ impl AgentManager {
             self.audit
                 .record(Some(agent), AuditEvent::Revoke { caller_uid: caller.uid, tokens: tokens.clone() });
             let ids: Vec<u64> = removed.iter().map(|t| t.id).collect();
-            self.persist("revoke", |s| s.delete_tokens(&ids));
+            // Landlock: the new rules reach the agent only by the restart below, which a
+            // refused write must not skip; the refusal is reported after it.
+            let saved = self.save_revoke(agent, &ids);
             let effect = match files {
                 Some(Files::Landlock) => self.reconfine(planned, "revoke", caller).await?,
                 _ => planned,
             };
+            saved?;
             return Ok((tokens, Some(effect)));
         }
         let lost = lost_by_revoke(&removed, &entries, boot_time_ns());
@@ -1919,8 +2115,8 @@ impl AgentManager {
         let tokens: Vec<TokenInfo> = removed.iter().map(|t| t.info()).collect();
         self.audit.record(Some(agent), AuditEvent::Revoke { caller_uid: caller.uid, tokens: tokens.clone() });
         let ids: Vec<u64> = removed.iter().map(|t| t.id).collect();
-        self.persist("revoke", |s| s.delete_tokens(&ids));
         self.record_kills(agent, killed, "revoke");
+        self.save_revoke(agent, &ids)?;
         Ok((tokens, None))
     }
 
@@ -2476,6 +2672,60 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.kind, ErrorKind::NotFound);
         assert!(e.message.contains("/nonexistent/x"), "{}", e.message);
+    }
+
+    #[tokio::test]
+    async fn a_write_the_store_refuses_refuses_the_grant_and_reports_the_revoke() {
+        let f = fixture(files_enforced());
+        let db = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::Store::open(&db.path().join("state.db")).unwrap());
+        f.mgr.attach_store(store.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let allow: FileGrant = format!("{}:read", dir.path().display()).parse().unwrap();
+        let r = SpawnRequest { allow: vec![allow], ..req("s1", &["sleep", "60"]) };
+        let (info, _rx) = f.mgr.spawn(r, &me(), None).await.unwrap();
+        assert_eq!(f.mgr.check_state().problems, Vec::<String>::new());
+        let key = crate::tokens::file_key(other.path()).unwrap();
+        let entry = |f: &Fixture| f.kernel.file_grants.lock().unwrap().get(&(info.cgroup_id, key)).copied();
+        let grant = GrantRequest {
+            agent: "s1".into(),
+            path: other.path().to_owned(),
+            ops: "write".parse().unwrap(),
+            duration_secs: None,
+            condition: None,
+        };
+        let held = f.mgr.tokens.of_agent(info.cgroup_id).len();
+
+        store.refuse_writes(true);
+        let e = f.mgr.grant(grant.clone(), &me()).await.unwrap_err();
+        assert!(e.message.contains("grant not saved"), "{}", e.message);
+        assert_eq!(entry(&f), None, "a grant the store refused never reaches the kernel");
+        assert_eq!(f.mgr.tokens.of_agent(info.cgroup_id).len(), held, "nor the daemon's memory");
+        // (The fake cgroups cannot kill it: it ends by itself.)
+        let e = f.mgr.spawn(req("s2", &["sleep", "1"]), &me(), None).await.unwrap_err();
+        assert!(e.message.contains("killed") && e.message.contains("not saved"), "{}", e.message);
+
+        store.refuse_writes(false);
+        let token = f.mgr.grant(grant, &me()).await.unwrap().0;
+        assert!(entry(&f).is_some());
+        assert_eq!(f.mgr.check_state().problems, Vec::<String>::new());
+        store.refuse_writes(true);
+        let e = f.mgr.revoke("s1", RevokeTarget::Id(token.id), &me()).await.unwrap_err();
+        assert!(e.message.contains("lost the access in the kernel now"), "{}", e.message);
+        assert_eq!(entry(&f), None, "the revoke holds in the kernel although the store refused it");
+        assert_eq!(f.mgr.unsaved_revokes(), 1);
+        let problems = f.mgr.check_state().problems;
+        assert!(problems.iter().any(|p| p.contains(&format!("token {}", token.id))), "{problems:?}");
+        store.refuse_writes(false);
+        assert_eq!(f.mgr.unsaved_revokes(), 0, "retried once the store takes writes");
+        assert!(store.tokens(info.cgroup_id).unwrap().iter().all(|t| t.id != token.id));
+        assert_eq!(f.mgr.check_state().problems, Vec::<String>::new());
+
+        // The kernel map changed behind the daemon's back: the check says so.
+        f.kernel.file_grants.lock().unwrap().insert((info.cgroup_id, key), FileGrantEntry::default());
+        let problems = f.mgr.check_state().problems;
+        assert!(problems.iter().any(|p| p.contains("no token makes")), "{problems:?}");
     }
 
     #[tokio::test]

@@ -48,6 +48,8 @@ pub struct AuditLog {
     /// are inserted in sequence order.
     inner: Mutex<Inner>,
     live: broadcast::Sender<AuditRecord>,
+    /// Records the database refused since the daemon started (`rush doctor`).
+    lost_total: std::sync::atomic::AtomicU64,
 }
 
 struct Inner {
@@ -130,7 +132,12 @@ impl AuditLog {
         let next_seq = last_seq(&conn).map_err(err)? + 1;
         let (live, _) = broadcast::channel(1024);
         let inner = Inner { conn, next_seq, lost: 0, lost_error: String::new(), sessions: HashMap::new() };
-        Ok(AuditLog { path: db.to_owned(), inner: Mutex::new(inner), live })
+        Ok(AuditLog { path: db.to_owned(), inner: Mutex::new(inner), live, lost_total: Default::default() })
+    }
+
+    /// How many records the database refused since this daemon started.
+    pub fn records_lost(&self) -> u64 {
+        self.lost_total.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn path(&self) -> &Path {
@@ -186,6 +193,7 @@ impl AuditLog {
                     g.lost_error = e.to_string();
                 }
                 g.lost += 1;
+                self.lost_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 // Nothing was stored or sent: the record takes back the number the loss
                 // record would have had, so that followers see no gap of our own making.
                 if batch.len() == 2 {

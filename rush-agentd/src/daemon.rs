@@ -80,7 +80,20 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     }
     let api_endpoint_count = api_endpoints.len();
     let (meter_tx, meter_rx) = tokio::sync::mpsc::unbounded_channel();
+    // Before anything opens it: a damaged database is moved aside and salvaged.
+    let recovery = crate::store::recover_if_corrupt(&state_dir.join("state.db"))?;
     let audit = Arc::new(AuditLog::open(&state_dir.join("state.db"))?);
+    if let Some(r) = &recovery {
+        audit.record(
+            None,
+            AuditEvent::StoreRecovered {
+                moved_to: r.moved_to.display().to_string(),
+                why: r.why.clone(),
+                salvaged: r.salvaged.iter().map(|(t, n)| format!("{t}={n}")).collect(),
+                lost: r.lost.clone(),
+            },
+        );
+    }
     // The JSON-lines trail of a daemon from before the store, once.
     if let Err(e) = audit.import_jsonl(&state_dir.join("audit.jsonl")) {
         tracing::error!(error = %crate::agent::error_chain(&e), "old audit trail not imported");
@@ -108,7 +121,8 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
         tracing::info!(adopted, "re-adopted agents left running by a previous daemon");
     }
     agents.reap_orphans();
-    let pump = tokio::spawn(pump_events(events, agents.clone(), audit.clone()));
+    let events_lost = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let pump = tokio::spawn(pump_events(events, agents.clone(), audit.clone(), events_lost.clone()));
     let meter_pump = tokio::spawn(pump_meter_events(meter_rx, audit.clone()));
     let budget_poll = std::time::Duration::from_millis(config.budget.poll_ms);
     let budgets = tokio::spawn({
@@ -146,6 +160,16 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
         state_dir.clone(),
     );
     let doctor_sessions = sessions.clone();
+    let (doctor_agents, doctor_audit, doctor_events_lost) =
+        (agents.clone(), audit.clone(), events_lost.clone());
+    let doctor_recovery = recovery.map(|r| {
+        format!(
+            "{} (moved aside: {}; lost: {})",
+            r.why,
+            r.moved_to.display(),
+            if r.lost.is_empty() { "nothing".into() } else { r.lost.join("; ") }
+        )
+    });
     let ctx = Arc::new(ApiContext {
         agents: agents.clone(),
         sessions: sessions.clone(),
@@ -162,6 +186,13 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
                 landlock: Some(&doctor_landlock),
                 snapshot_store: Some(doctor_sessions.store_report()),
                 criu: Some(crate::snapshot::processes::criu().map(|_| ()).map_err(|e| e.message)),
+                state: Some(probe::StateHealth {
+                    check: doctor_agents.check_state(),
+                    events_lost: doctor_events_lost.load(std::sync::atomic::Ordering::Relaxed),
+                    records_lost: doctor_audit.records_lost(),
+                    unsaved_revokes: doctor_agents.unsaved_revokes(),
+                    recovered: doctor_recovery.clone(),
+                }),
             })
         }),
     });
@@ -252,6 +283,7 @@ async fn pump_events(
     mut events: mpsc::UnboundedReceiver<KernelEvent>,
     agents: Arc<AgentManager>,
     audit: Arc<AuditLog>,
+    events_lost: Arc<std::sync::atomic::AtomicU64>,
 ) {
     // 200 at once, then 50 a second, per agent; the rest counted (see DenyLimiter).
     let mut limiter = crate::audit::DenyLimiter::new(200, 50);
@@ -349,6 +381,7 @@ async fn pump_events(
                 );
             }
             KernelEvent::Lost { count } => {
+                events_lost.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(count, "kernel events lost: ring buffer full");
                 audit.record(None, AuditEvent::EventsLost { count });
             }

@@ -162,6 +162,7 @@ fn local_doctor(json: bool, config: &Config) -> ExitCode {
         landlock: Some(&config.landlock),
         snapshot_store: None,
         criu: None,
+        state: None,
     });
     if json {
         println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));

@@ -29,6 +29,66 @@ pub struct ProbeInputs<'a> {
     pub snapshot_store: Option<(bool, String)>,
     /// Whether CRIU can dump and restore here (Err: why not); None = unknown.
     pub criu: Option<Result<(), String>>,
+    /// The running daemon's state: store, memory and kernel maps compared, and what was
+    /// lost; None without a daemon.
+    pub state: Option<StateHealth>,
+}
+
+/// What a running daemon knows of its own state (`rush doctor`).
+pub struct StateHealth {
+    pub check: crate::agent::StateCheck,
+    /// Kernel events the ring buffer dropped since the daemon started.
+    pub events_lost: u64,
+    /// Audit records the database refused since the daemon started.
+    pub records_lost: u64,
+    /// Revokes in force in the kernel that the store has not recorded yet.
+    pub unsaved_revokes: usize,
+    /// The damaged database this daemon moved aside at start, and what it lost.
+    pub recovered: Option<String>,
+}
+
+/// The doctor's two lines on the daemon's state.
+fn state_guarantees(state: &StateHealth) -> Vec<Guarantee> {
+    let c = &state.check;
+    let agree = if c.problems.is_empty() {
+        format!(
+            "state.db, the daemon and the kernel's grant map agree: {} agents, {} tokens, {} kernel entries checked",
+            c.agents, c.tokens, c.kernel_entries
+        )
+    } else {
+        format!("{} disagreements: {}", c.problems.len(), c.problems.join("; "))
+    };
+    let mut lost = Vec::new();
+    if let Some(r) = &state.recovered {
+        lost.push(format!("state database damaged at start: {r}"));
+    }
+    if state.events_lost > 0 {
+        lost.push(format!(
+            "{} kernel events dropped (ring buffer full; enforcement unaffected)",
+            state.events_lost
+        ));
+    }
+    if state.records_lost > 0 {
+        lost.push(format!("{} audit records not stored (database refused them)", state.records_lost));
+    }
+    if state.unsaved_revokes > 0 {
+        lost.push(format!(
+            "{} revokes in force in the kernel but not yet in state.db (disk full?): a restart would grant them again",
+            state.unsaved_revokes
+        ));
+    }
+    let nothing_lost = lost.is_empty();
+    if nothing_lost {
+        lost.push("no kernel event, audit record, grant or revoke lost since the daemon started".into());
+    }
+    vec![
+        Guarantee {
+            name: "state: store and kernel agree".into(),
+            holds: c.problems.is_empty(),
+            detail: agree,
+        },
+        Guarantee { name: "state: nothing lost".into(), holds: nothing_lost, detail: lost.join("; ") },
+    ]
 }
 
 pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
@@ -300,6 +360,10 @@ pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
                 .into(),
         ),
     ];
+    let mut guarantees = guarantees;
+    if let Some(state) = &inputs.state {
+        guarantees.extend(state_guarantees(state));
+    }
     DoctorReport { kernel, probes, guarantees }
 }
 
@@ -441,6 +505,7 @@ mod tests {
             files: Some(&FileBackend::Unavailable("x".into())),
             snapshot_store: None,
             criu: None,
+            state: None,
             landlock: None,
         });
         let file = r.guarantees.iter().find(|g| g.name == "file tokens").unwrap();

@@ -314,6 +314,18 @@ impl TokenStore {
         inner.next_id = inner.next_id.max(max);
     }
 
+    /// The kernel entries the agent's tokens make, all of them (what its part of the grant
+    /// map must hold).
+    pub fn entries_of(&self, cgroup_id: u64) -> Vec<(FileKey, FileGrantEntry)> {
+        let inner = self.lock();
+        let keys: Vec<FileKey> =
+            inner.tokens.values().filter(|t| t.cgroup_id == cgroup_id).flat_map(Token::keys).collect();
+        merged_entries(&inner, cgroup_id, keys.into_iter())
+            .into_iter()
+            .filter_map(|(k, e)| Some((k, e?)))
+            .collect()
+    }
+
     /// The agent's conditional tokens.
     pub fn conditional(&self, cgroup_id: u64) -> Vec<Token> {
         self.lock()

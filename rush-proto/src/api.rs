@@ -645,6 +645,16 @@ pub enum AuditEvent {
         count: u64,
         error: String,
     },
+    /// The state database could not be read whole when the daemon started: it was moved
+    /// to `moved_to` and what was readable copied into a new one. `lost` says what was not
+    /// (agents the daemon no longer knows are killed: they are never left unconfined).
+    StoreRecovered {
+        moved_to: String,
+        why: String,
+        /// "table=rows" copied.
+        salvaged: Vec<String>,
+        lost: Vec<String>,
+    },
     /// A budget ran out and its action was taken (`frozen`, `packets dropped`, ...).
     BudgetExceeded {
         /// One of `cpu`, `net`, `api`, `cost`.
@@ -761,6 +771,7 @@ impl AuditEvent {
         "denials_suppressed",
         "events_lost",
         "records_lost",
+        "store_recovered",
         "budget_exceeded",
         "oom_kill",
         "fork_refused",
@@ -820,6 +831,7 @@ impl AuditEvent {
             AuditEvent::NetDeny { .. } => "net_deny",
             AuditEvent::EventsLost { .. } => "events_lost",
             AuditEvent::RecordsLost { .. } => "records_lost",
+            AuditEvent::StoreRecovered { .. } => "store_recovered",
             AuditEvent::Refused { .. } => "refused",
             AuditEvent::FileDeny { .. } => "file_deny",
             AuditEvent::Grant { .. } => "grant",

@@ -339,6 +339,13 @@ pub fn audit_line(r: &AuditRecord) -> String {
             format!("count={count}")
         }
         AuditEvent::RecordsLost { count, error } => format!("count={count} error={}", value(error)),
+        AuditEvent::StoreRecovered { moved_to, why, salvaged, lost } => format!(
+            "moved_to={} why={} salvaged={} lost={}",
+            value(moved_to),
+            value(why),
+            value(&salvaged.join(",")),
+            value(&lost.join("; "))
+        ),
         AuditEvent::Refused { caller_uid, request, reason } => {
             format!("caller_uid={caller_uid} request={} reason={}", value(request), value(reason))
         }

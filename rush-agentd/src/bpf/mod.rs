@@ -420,6 +420,9 @@ pub trait KernelPolicy: Send + Sync + 'static {
         key: FileKey,
         grant: Option<FileGrantEntry>,
     ) -> Result<(), BpfError>;
+    /// The agent's grant entries as the kernel map holds them now (to check them against the
+    /// store: `rush doctor`).
+    fn file_grants(&self, cgroup_id: u64) -> Result<Vec<(FileKey, FileGrantEntry)>, BpfError>;
     /// Kernel-enforced byte and API-call budgets of one agent; None = unlimited. Called after
     /// add_agent and before the agent's first process runs; called again to raise a budget
     /// (resume), which clears the breach flags so the next breach is reported again.
@@ -452,6 +455,10 @@ enum Command {
     },
     AgentIds {
         reply: mpsc::SyncSender<Result<Vec<u64>, BpfError>>,
+    },
+    FileGrants {
+        cgroup_id: u64,
+        reply: mpsc::SyncSender<Result<Vec<(FileKey, FileGrantEntry)>, BpfError>>,
     },
     SetNetBudget {
         cgroup_id: u64,
@@ -536,6 +543,10 @@ impl KernelPolicy for BpfHandle {
         self.request(|reply| Command::SetFileGrant { cgroup_id, key, grant, reply })
     }
 
+    fn file_grants(&self, cgroup_id: u64) -> Result<Vec<(FileKey, FileGrantEntry)>, BpfError> {
+        self.request(|reply| Command::FileGrants { cgroup_id, reply })
+    }
+
     fn set_net_budget(&self, cgroup_id: u64, budget: NetBudget) -> Result<(), BpfError> {
         self.request(|reply| Command::SetNetBudget { cgroup_id, budget, reply })
     }
@@ -600,6 +611,11 @@ impl KernelPolicy for FakeKernel {
             None => grants.remove(&(cgroup_id, key)),
         };
         Ok(())
+    }
+
+    fn file_grants(&self, cgroup_id: u64) -> Result<Vec<(FileKey, FileGrantEntry)>, BpfError> {
+        let grants = self.file_grants.lock().unwrap();
+        Ok(grants.iter().filter(|((c, _), _)| *c == cgroup_id).map(|((_, k), g)| (*k, *g)).collect())
     }
 
     fn set_net_budget(&self, cgroup_id: u64, budget: NetBudget) -> Result<(), BpfError> {

@@ -96,6 +96,9 @@ pub(super) fn run(
             Command::AgentIds { reply } => {
                 let _ = reply.send(agents.ids());
             }
+            Command::FileGrants { cgroup_id, reply } => {
+                let _ = reply.send(Ok(agents.file_grants(cgroup_id)));
+            }
             Command::SetNetBudget { cgroup_id, budget, reply } => {
                 let _ = reply.send(agents.set_budget(cgroup_id, budget));
             }
@@ -233,6 +236,24 @@ impl AgentMaps {
             }
         }
         Ok(())
+    }
+
+    /// Every entry of `rush_file_grants` for the agent, read from the map itself (entries the
+    /// kernel wrote included), not from what this daemon remembers writing.
+    fn file_grants(&self, cgroup_id: u64) -> Vec<(FileKey, FileGrantEntry)> {
+        self.grants
+            .keys()
+            .filter_map(|k| RushFileKey::from_bytes(&k))
+            .filter(|k| k.cgroup_id == cgroup_id)
+            .filter_map(|k| {
+                let value = self.grants.lookup(k.as_bytes(), MapFlags::ANY).ok().flatten()?;
+                let v = RushFileGrant::from_bytes(&value)?;
+                Some((
+                    FileKey { dev: k.dev, ino: k.ino },
+                    FileGrantEntry { expires_ns: v.expires_ns, mnt_id: v.mnt_id },
+                ))
+            })
+            .collect()
     }
 
     /// One batch delete (thousands of tokens per agent); one by one if that fails, e.g.
