@@ -6,6 +6,7 @@
 //! link FROM TO | exec PATH [ARGS] | hold PATH (opens PATH read-write, prints `opened`,
 //! then runs `read`/`write` lines from stdin on that descriptor until EOF)
 //! open-loop N PATH (N × open+read+close; prints `ns_per_op X`)
+//! try-loop N PATH (N × open, whatever each returns; prints `ok A denied B other C`)
 //! open-serve (for each stdin line `N PATH`: N × open+read+close, prints `ns_per_op X`)
 //! poll-open PATH (prints `ready`, then for each stdin line `grant`: open+close PATH in a
 //! tight loop until it succeeds, prints `ok T N`; `revoke`: until it fails with EPERM,
@@ -64,13 +65,14 @@ fn main() -> ExitCode {
         "exec" => outcome(std::process::Command::new(a(1)).args(&args[2..]).status(), |s| format!("ok {s}")),
         "hold" => hold(a(1)),
         "open-loop" => open_loop(a(1), a(2)),
+        "try-loop" => try_loop(a(1), a(2)),
         "open-serve" => open_serve(),
         "poll-open" => poll_open(a(1)),
         "map" => map(a(1), a(2)),
         "deep-tree" => deep_tree(a(1), a(2)),
         _ => {
             eprintln!(
-                "usage: rush-test-fs read|write|create|unlink|mkdir|rename|link|exec|hold|open-loop|open-serve|\
+                "usage: rush-test-fs read|write|create|unlink|mkdir|rename|link|exec|hold|open-loop|try-loop|open-serve|\
                  poll-open|map|deep-tree ..."
             );
             return ExitCode::from(2);
@@ -114,6 +116,27 @@ fn open_loop(n: &str, path: &str) -> bool {
     }
     println!("ns_per_op {}", start.elapsed().as_nanos() / u128::from(n.max(1)));
     true
+}
+
+fn try_loop(n: &str, path: &str) -> bool {
+    let Ok(n) = n.parse::<u32>() else {
+        eprintln!("try-loop: N must be a number");
+        return false;
+    };
+    let (mut ok, mut denied, mut other) = (0, 0, 0);
+    for _ in 0..n {
+        match File::open(path) {
+            Ok(_) => ok += 1,
+            Err(e) if e.raw_os_error() == Some(libc_eperm()) => denied += 1,
+            Err(_) => other += 1,
+        }
+    }
+    println!("ok {ok} denied {denied} other {other}");
+    true
+}
+
+fn libc_eperm() -> i32 {
+    nix::errno::Errno::EPERM as i32
 }
 
 fn open_serve() -> bool {
