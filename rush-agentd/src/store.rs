@@ -430,9 +430,15 @@ impl Store {
     pub fn delete_session(&self, name: &str) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(self.err())?;
-        for table in
-            ["sessions", "timelines", "checkpoints", "journal", "session_kv", "session_cwd", "session_attachments"]
-        {
+        for table in [
+            "sessions",
+            "timelines",
+            "checkpoints",
+            "journal",
+            "session_kv",
+            "session_cwd",
+            "session_attachments",
+        ] {
             let col = if table == "sessions" { "name" } else { "session" };
             tx.execute(&format!("DELETE FROM {table} WHERE {col} = ?1"), [name]).map_err(self.err())?;
         }

@@ -16,7 +16,9 @@ use crate::store::AttachmentRecord;
 
 /// This boot's id: attachments recorded during another boot are gone with their shells.
 fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_owned()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// (parent pid, start time in clock ticks since boot) of a live process; None for a
@@ -218,7 +220,17 @@ impl Sessions {
         {
             return Err(err(ErrorKind::InvalidArgument, format!("cwd {}: not absolute", c.display())));
         }
-        let Some(rec) = self.live_attachments(&info.name)?.into_iter().find(|a| a.pid == pid) else {
+        // Also a shell that just exited (`rush session attach` detaches its subshell after
+        // it): its record is dropped, not pruned, so that the detach is audited.
+        let boot = boot_id();
+        let Some(rec) = self
+            .store
+            .attachments(Some(&info.name))
+            .map_err(store_err)?
+            .into_iter()
+            .filter(|a| a.pid == pid && a.boot_id == boot)
+            .max_by_key(|a| is_alive(a, &boot))
+        else {
             return Err(err(
                 ErrorKind::NotFound,
                 format!(
@@ -288,7 +300,10 @@ mod tests {
             tty: None,
         };
         assert!(is_alive(&rec, &boot_id()));
-        assert!(!is_alive(&AttachmentRecord { start_ticks: start + 1, ..rec.clone() }, &boot_id()), "pid reuse");
+        assert!(
+            !is_alive(&AttachmentRecord { start_ticks: start + 1, ..rec.clone() }, &boot_id()),
+            "pid reuse"
+        );
         assert!(!is_alive(&rec, "another-boot"));
     }
 
