@@ -72,7 +72,7 @@ fn rush_with(d: &Daemon, cwd: &Path, session: Option<&str>, args: &[&str]) -> Ou
 
 /// `sh -c SCRIPT` with $RUSH the rush binary and RUSH_SOCKET the daemon's socket.
 fn sh(d: &Daemon, cwd: &Path, script: &str) -> Command {
-    let mut c = Command::new("/bin/sh");
+    let mut c = Command::new("sh");
     c.arg("-c")
         .arg(script)
         .current_dir(cwd)
@@ -218,7 +218,7 @@ fn attach_print_and_detach_bind_a_shell_and_save_its_directory() {
     assert_eq!(show(&d, "at")["session"]["cwd"], deeper.as_str());
     let out =
         ok(sh(&d, Path::new("/"), r#"eval "$("$RUSH" session attach at --print)"; pwd"#).output().unwrap());
-    assert_eq!(lines(&out), [deeper.clone()], "{}", describe(&out));
+    assert_eq!(lines(&out), std::slice::from_ref(&deeper), "{}", describe(&out));
     let out = ok(sh(&d, Path::new("/"), r#""$RUSH" session attach at --print"#).output().unwrap());
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("cd '/tmp/")

@@ -474,6 +474,7 @@ pub enum SessionCommand {
         after_long_help = "Examples:\n  $ rush session show web\n  $ rush session show --json | jq .attachments"
     )]
     Show {
+        /// The session (default: $RUSH_SESSION, else the one around the current directory).
         #[arg(value_name = "NAME")]
         name: Option<AgentName>,
     },
@@ -512,6 +513,7 @@ pub enum SessionCommand {
     /// Bind a shell to a session: a subshell in it, or (--print) lines for your shell's eval
     #[command(long_about = SESSION_ATTACH_LONG_ABOUT, after_long_help = SESSION_ATTACH_EXAMPLES)]
     Attach {
+        /// The session to attach to.
         #[arg(value_name = "NAME")]
         name: AgentName,
         /// Print shell commands (export RUSH_SESSION=..., cd ...) instead of starting a
@@ -1028,6 +1030,24 @@ mod tests {
         assert!(parse(&["audit", "--export", "--follow"]).is_err());
         let e = parse(&["audit", "--until", "soon"]).unwrap_err().to_string();
         assert!(e.contains("--until"), "{e}");
+    }
+
+    #[test]
+    fn session_kv_and_attach_flags() {
+        let c = parse(&["session", "set", "k", "--value-like", "-s", "web"]).unwrap();
+        let Command::Session(SessionCommand::Set { key, value, session }) = c.command else { panic!() };
+        assert_eq!(
+            (key.as_str(), value.as_str(), session.session.unwrap().as_str()),
+            ("k", "--value-like", "web")
+        );
+        let c = parse(&["session", "set", "k", ""]).unwrap();
+        assert!(matches!(c.command, Command::Session(SessionCommand::Set { value, .. }) if value.is_empty()));
+        assert!(refusal(&["session", "set", "a=b", "v"]).contains("invalid key \"a=b\""));
+        assert!(refusal(&["session", "get", "a b"]).contains("whitespace"));
+        let c = parse(&["session", "attach", "web", "--print"]).unwrap();
+        assert!(matches!(c.command, Command::Session(SessionCommand::Attach { print: true, .. })));
+        let c = parse(&["session", "status"]).unwrap();
+        assert!(matches!(c.command, Command::Session(SessionCommand::Show { name: None })));
     }
 
     #[test]

@@ -754,6 +754,18 @@ done   exited   4242  0      deny                   signal 9     sh -c 'it'\\''s
     }
 
     #[test]
+    fn shell_quote_survives_sh_exactly() {
+        let v = "it's \"x\" $HOME `id` \\ \n end";
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf %s {}", shell_quote(v)))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), v);
+        assert_eq!(shell_quote("a'b"), r"'a'\''b'");
+    }
+
+    #[test]
     fn doctor_report() {
         let report = DoctorReport {
             kernel: "6.8.0-49-generic".into(),

@@ -95,6 +95,8 @@ fn test(tier: Tier) -> Result<()> {
                 "timetravel",
                 "--test",
                 "audit",
+                "--test",
+                "sessions",
                 "--",
                 "--test-threads",
                 "4",

@@ -84,11 +84,12 @@ const VM_PACKAGES: [(&str, &str); 8] = [
 ];
 
 /// The guest test suites, in the order they run: (name, test threads, extra arguments).
-/// `host`, `budget`, `landlock`, `files`, `guest`, `escape`, `lifecycle`, `timetravel`, `audit` are kernel-tests
+/// `host`, `budget`, `landlock`, `files`, `guest`, `escape`, `lifecycle`, `timetravel`, `audit`, `sessions`
+/// are kernel-tests
 /// targets;
 /// `bpf` is rush-agentd's own
 /// kernel smoke tests (its lib tests under `bpf::`).
-const SUITES: [(&str, u32, &str); 10] = [
+const SUITES: [(&str, u32, &str); 11] = [
     ("host", 2, ""),
     ("budget", 1, ""),
     ("landlock", 1, ""),
@@ -98,6 +99,7 @@ const SUITES: [(&str, u32, &str); 10] = [
     ("lifecycle", 1, ""),
     ("timetravel", 1, ""),
     ("audit", 1, ""),
+    ("sessions", 1, ""),
     ("bpf", 1, " bpf::"),
 ];
 
