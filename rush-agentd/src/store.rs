@@ -547,6 +547,17 @@ impl Store {
             .map_err(self.err())
     }
 
+    /// Key names only, sorted (counting and listing need no values of up to 64 KiB each).
+    pub fn kv_keys(&self, session: &str) -> Result<Vec<String>, StoreError> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare("SELECT key FROM session_kv WHERE session = ?1 ORDER BY key").map_err(self.err())?;
+        stmt.query_map([session], |r| r.get(0))
+            .map_err(self.err())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.err())
+    }
+
     /// False if there is no such session.
     pub fn put_cwd(&self, session: &str, cwd: &Path) -> Result<bool, StoreError> {
         use std::os::unix::ffi::OsStrExt;
@@ -766,6 +777,7 @@ mod tests {
             [("empty".into(), "".into()), ("k".into(), tricky.into()), ("k2".into(), "new".into())]
         );
         assert_eq!(kv(Some("k")), [("k".to_string(), tricky.to_string())]);
+        assert_eq!(s.kv_keys("s").unwrap(), ["empty", "k", "k2"]);
         assert!(kv(Some("nope")).is_empty());
         assert_eq!(s.delete_kv("s", "k2").unwrap().as_deref(), Some("new"));
         assert_eq!(s.delete_kv("s", "k2").unwrap(), None);

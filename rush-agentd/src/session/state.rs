@@ -89,7 +89,7 @@ impl Sessions {
     /// Attachments, keys and working directory in the session's summary.
     pub(super) fn add_state(&self, info: &mut SessionInfo) {
         info.attached = self.live_attachments(&info.name).map(|a| a.len() as u32).unwrap_or(0);
-        info.keys = self.store.kv(&info.name, None).map(|kv| kv.len() as u32).unwrap_or(0);
+        info.keys = self.store.kv_keys(&info.name).map(|k| k.len() as u32).unwrap_or(0);
         info.cwd = self.store.cwd(&info.name).ok().flatten();
     }
 
@@ -98,7 +98,7 @@ impl Sessions {
         let attachments = self.live_attachments(&info.name)?.iter().map(public).collect();
         let checkpoints =
             self.store.checkpoints(&info.name).map_err(store_err)?.into_iter().map(|c| c.name).collect();
-        let keys = self.store.kv(&info.name, None).map_err(store_err)?.into_iter().map(|(k, _)| k).collect();
+        let keys = self.store.kv_keys(&info.name).map_err(store_err)?;
         Ok(SessionDetail { session: info, attachments, checkpoints, keys })
     }
 
