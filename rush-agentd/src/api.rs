@@ -294,6 +294,12 @@ fn request_name(r: &Request) -> &'static str {
         Request::Diff { .. } => "diff",
         Request::DeleteCheckpoint { .. } => "delete_checkpoint",
         Request::PruneCheckpoints { .. } => "prune_checkpoints",
+        Request::ShowSession { .. } => "show_session",
+        Request::SessionSet { .. } => "session_set",
+        Request::SessionGet { .. } => "session_get",
+        Request::SessionUnset { .. } => "session_unset",
+        Request::AttachSession { .. } => "attach_session",
+        Request::DetachSession { .. } => "detach_session",
     }
 }
 
@@ -330,6 +336,10 @@ fn authorize(peer: &Peer, req: &Request, ctx: &ApiContext) -> Result<(), ApiErro
             | Request::SwitchTimeline { .. }
             | Request::DeleteCheckpoint { .. }
             | Request::PruneCheckpoints { .. }
+            | Request::SessionSet { .. }
+            | Request::SessionUnset { .. }
+            | Request::AttachSession { .. }
+            | Request::DetachSession { .. }
     ) {
         let agent = match &peer.role {
             CallerRole::Agent { name } => Some(name.as_str()),
@@ -451,6 +461,28 @@ async fn dispatch(
             .delete(session, None, Some(prune), &peer.caller)
             .await
             .map(|names| Response::CheckpointsDeleted { names }),
+        Request::ShowSession { session } => {
+            ctx.sessions.show(&session).map(|detail| Response::SessionDetail { detail })
+        }
+        Request::SessionSet { session, key, value } => ctx
+            .sessions
+            .kv_set(&session, key, value, &peer.caller)
+            .map(|(session, pairs)| Response::SessionKv { session, pairs }),
+        Request::SessionGet { session, key } => {
+            ctx.sessions.kv_get(&session, key).map(|(session, pairs)| Response::SessionKv { session, pairs })
+        }
+        Request::SessionUnset { session, key } => ctx
+            .sessions
+            .kv_unset(&session, key, &peer.caller)
+            .map(|(session, pairs)| Response::SessionKv { session, pairs }),
+        Request::AttachSession { session, pid, tty } => ctx
+            .sessions
+            .attach(&session, pid, tty, &peer.caller)
+            .map(|(session, attachment)| Response::Attached { session, attachment }),
+        Request::DetachSession { session, pid, cwd } => ctx
+            .sessions
+            .detach(&session, pid, cwd, &peer.caller)
+            .map(|(session, cwd)| Response::Detached { session, cwd }),
     };
     conn.send(id, reply.into()).await
 }

@@ -32,6 +32,8 @@ use crate::config::{SnapshotSection, StoreChoice};
 use crate::snapshot::{Backend, BackendKind, ChangeKind, Side, SnapshotError};
 use crate::store::Store;
 
+mod state;
+
 /// The first timeline of every session.
 const MAIN: &str = "main";
 /// Marks the root of a tree a rollback is about to swap in, so that a daemon restarted
@@ -259,6 +261,7 @@ impl Sessions {
     fn with_runtime(&self, mut info: SessionInfo) -> SessionInfo {
         info.agents = self.agents.in_session(&info.name);
         info.checkpoints = self.store.checkpoints(&info.name).map(|c| c.len() as u32).unwrap_or(0);
+        self.add_state(&mut info);
         info
     }
 
@@ -267,6 +270,13 @@ impl Sessions {
     }
 
     fn locate(&self, sref: &SessionRef) -> Result<Located, ApiError> {
+        let info = self.find(sref)?;
+        let backend = self.backend_of(&info).map_err(snap_err)?;
+        Ok(Located { info, backend })
+    }
+
+    /// The session a request names, or whose workspace contains its working directory.
+    fn find(&self, sref: &SessionRef) -> Result<SessionInfo, ApiError> {
         let sessions = self.store.sessions().map_err(store_err)?;
         let info = match (&sref.name, &sref.cwd) {
             (Some(name), _) => sessions.into_iter().find(|s| &s.name == name).ok_or_else(|| {
@@ -295,8 +305,7 @@ impl Sessions {
                 ));
             }
         };
-        let backend = self.backend_of(&info).map_err(snap_err)?;
-        Ok(Located { info, backend })
+        Ok(info)
     }
 
     fn checkpoint_named(&self, l: &Located, name: &str) -> Result<CheckpointInfo, ApiError> {
@@ -425,6 +434,9 @@ impl Sessions {
             created_unix_ms: now_unix_ms(),
             agents: Vec::new(),
             checkpoints: 0,
+            attached: 0,
+            keys: 0,
+            cwd: None,
         };
         // From here a crash is settled by `recover`: the directory is set aside, the
         // symlink put in its place, then the directory removed.

@@ -109,6 +109,27 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX audit_by_kind ON audit (kind, seq);
     CREATE INDEX audit_by_caller ON audit (caller_uid, seq);
 ",
+    "
+    -- Per-session state beyond the workspace: key-value pairs, the saved working
+    -- directory (bytes: paths need not be UTF-8), and the shells attached to it. An
+    -- attachment names its shell by pid, start time and boot, so that a dead shell (or one
+    -- from before a reboot) is recognised and pruned, also when its pid is reused.
+    CREATE TABLE session_kv (
+        session TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+        PRIMARY KEY (session, key)
+    );
+    CREATE TABLE session_cwd (session TEXT PRIMARY KEY, cwd BLOB NOT NULL);
+    CREATE TABLE session_attachments (
+        pid INTEGER NOT NULL,
+        start_ticks INTEGER NOT NULL,  -- /proc/PID/stat starttime
+        boot_id TEXT NOT NULL,
+        session TEXT NOT NULL,
+        uid INTEGER NOT NULL,
+        since_unix_ms INTEGER NOT NULL,
+        tty TEXT,
+        PRIMARY KEY (pid, start_ticks, boot_id)
+    );
+",
 ];
 
 /// Brings the schema of `conn` (the database at `path`) up to date. Each migration is one
@@ -278,6 +299,20 @@ pub struct AgentRecord {
     pub info: AgentInfo,
     pub files_confined: bool,
     pub log_path: Option<PathBuf>,
+}
+
+/// A shell attached to a session, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachmentRecord {
+    pub pid: i32,
+    /// The process's start time (clock ticks since boot), telling it from a later process
+    /// that got the same pid.
+    pub start_ticks: u64,
+    pub boot_id: String,
+    pub session: String,
+    pub uid: u32,
+    pub since_unix_ms: u64,
+    pub tty: Option<String>,
 }
 
 pub struct Store {
@@ -550,7 +585,15 @@ impl Store {
     pub fn delete_session(&self, name: &str) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(self.err())?;
-        for table in ["sessions", "timelines", "checkpoints", "journal"] {
+        for table in [
+            "sessions",
+            "timelines",
+            "checkpoints",
+            "journal",
+            "session_kv",
+            "session_cwd",
+            "session_attachments",
+        ] {
             let col = if table == "sessions" { "name" } else { "session" };
             tx.execute(&format!("DELETE FROM {table} WHERE {col} = ?1"), [name]).map_err(self.err())?;
         }
@@ -612,6 +655,146 @@ impl Store {
             .execute("DELETE FROM checkpoints WHERE session = ?1 AND name = ?2", [session, name])
             .map_err(self.err())?;
         Ok(())
+    }
+
+    /// Sets (or replaces) one key; false if there is no such session (checked in the same
+    /// statement, so a concurrent `session rm` cannot leave the key behind).
+    pub fn put_kv(&self, session: &str, key: &str, value: &str) -> Result<bool, StoreError> {
+        let n = self
+            .lock()
+            .execute(
+                "INSERT OR REPLACE INTO session_kv (session, key, value)
+                 SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM sessions WHERE name = ?1)",
+                [session, key, value],
+            )
+            .map_err(self.err())?;
+        Ok(n > 0)
+    }
+
+    /// The removed value, if the key was there.
+    pub fn delete_kv(&self, session: &str, key: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(self.err())?;
+        let old: Option<String> = tx
+            .query_row("SELECT value FROM session_kv WHERE session = ?1 AND key = ?2", [session, key], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(self.err())?;
+        tx.execute("DELETE FROM session_kv WHERE session = ?1 AND key = ?2", [session, key])
+            .map_err(self.err())?;
+        tx.commit().map_err(self.err())?;
+        Ok(old)
+    }
+
+    /// (key, value) pairs sorted by key: all of them, or the one named.
+    pub fn kv(&self, session: &str, key: Option<&str>) -> Result<Vec<(String, String)>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT key, value FROM session_kv WHERE session = ?1 AND (?2 IS NULL OR key = ?2)
+                 ORDER BY key",
+            )
+            .map_err(self.err())?;
+        stmt.query_map(params![session, key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(self.err())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.err())
+    }
+
+    /// Key names only, sorted (counting and listing need no values of up to 64 KiB each).
+    pub fn kv_keys(&self, session: &str) -> Result<Vec<String>, StoreError> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare("SELECT key FROM session_kv WHERE session = ?1 ORDER BY key").map_err(self.err())?;
+        stmt.query_map([session], |r| r.get(0))
+            .map_err(self.err())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.err())
+    }
+
+    /// False if there is no such session.
+    pub fn put_cwd(&self, session: &str, cwd: &Path) -> Result<bool, StoreError> {
+        use std::os::unix::ffi::OsStrExt;
+        let n = self
+            .lock()
+            .execute(
+                "INSERT OR REPLACE INTO session_cwd (session, cwd)
+                 SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM sessions WHERE name = ?1)",
+                params![session, cwd.as_os_str().as_bytes()],
+            )
+            .map_err(self.err())?;
+        Ok(n > 0)
+    }
+
+    pub fn cwd(&self, session: &str) -> Result<Option<PathBuf>, StoreError> {
+        use std::os::unix::ffi::OsStringExt;
+        let bytes: Option<Vec<u8>> = self
+            .lock()
+            .query_row("SELECT cwd FROM session_cwd WHERE session = ?1", [session], |r| r.get(0))
+            .optional()
+            .map_err(self.err())?;
+        Ok(bytes.map(|b| PathBuf::from(std::ffi::OsString::from_vec(b))))
+    }
+
+    /// Binds a shell to a session (false if there is no such session); a shell is
+    /// attached to one session at a time, so this replaces an attachment it had elsewhere.
+    pub fn put_attachment(&self, a: &AttachmentRecord) -> Result<bool, StoreError> {
+        let n = self
+            .lock()
+            .execute(
+                "INSERT OR REPLACE INTO session_attachments
+                     (pid, start_ticks, boot_id, session, uid, since_unix_ms, tty)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 WHERE EXISTS (SELECT 1 FROM sessions WHERE name = ?4)",
+                params![
+                    a.pid,
+                    a.start_ticks as i64,
+                    a.boot_id,
+                    a.session,
+                    a.uid,
+                    a.since_unix_ms as i64,
+                    a.tty
+                ],
+            )
+            .map_err(self.err())?;
+        Ok(n > 0)
+    }
+
+    /// Every attachment (of one session, or of all), oldest first.
+    pub fn attachments(&self, session: Option<&str>) -> Result<Vec<AttachmentRecord>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(
+                "SELECT pid, start_ticks, boot_id, session, uid, since_unix_ms, tty FROM session_attachments
+                 WHERE ?1 IS NULL OR session = ?1 ORDER BY since_unix_ms, pid",
+            )
+            .map_err(self.err())?;
+        stmt.query_map([session], |r| {
+            Ok(AttachmentRecord {
+                pid: r.get(0)?,
+                start_ticks: r.get::<_, i64>(1)? as u64,
+                boot_id: r.get(2)?,
+                session: r.get(3)?,
+                uid: r.get(4)?,
+                since_unix_ms: r.get::<_, i64>(5)? as u64,
+                tty: r.get(6)?,
+            })
+        })
+        .map_err(self.err())?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(self.err())
+    }
+
+    /// Whether there was one to drop.
+    pub fn delete_attachment(&self, a: &AttachmentRecord) -> Result<bool, StoreError> {
+        let n = self
+            .lock()
+            .execute(
+                "DELETE FROM session_attachments WHERE pid = ?1 AND start_ticks = ?2 AND boot_id = ?3",
+                params![a.pid, a.start_ticks as i64, a.boot_id],
+            )
+            .map_err(self.err())?;
+        Ok(n > 0)
     }
 
     /// Records that `op` on `session` has begun; `detail` is what settling it needs.
@@ -703,6 +886,71 @@ mod tests {
         s.delete_agent("a", 5).unwrap();
         assert!(s.agents().unwrap().is_empty());
         assert!(s.tokens(5).unwrap().is_empty());
+    }
+
+    fn session(name: &str) -> SessionInfo {
+        serde_json::from_value(serde_json::json!({
+            "name": name, "workspace": "/w", "live": "/s/live", "backend": "git", "timeline": "main",
+            "created_unix_ms": 1
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn session_kv_cwd_and_attachments_round_trip_and_go_with_the_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let tricky = "line 1\nit's \"quoted\" $x `y` \\ ünï©ødé\0end";
+        let att = |pid: i32, session: &str| AttachmentRecord {
+            pid,
+            start_ticks: 77,
+            boot_id: "b".into(),
+            session: session.into(),
+            uid: 1000,
+            since_unix_ms: 5,
+            tty: Some("/dev/pts/1".into()),
+        };
+        {
+            let s = Store::open(&path).unwrap();
+            for name in ["s", "t"] {
+                s.put_session(&session(name)).unwrap();
+                assert!(s.put_kv(name, "k", tricky).unwrap());
+                assert!(s.put_kv(name, "empty", "").unwrap());
+                assert!(s.put_attachment(&att(if name == "s" { 10 } else { 11 }, name)).unwrap());
+            }
+            assert!(s.put_kv("s", "k2", "old").unwrap());
+            assert!(s.put_kv("s", "k2", "new").unwrap());
+            assert!(s.put_cwd("s", Path::new("/w/sub dir")).unwrap());
+            assert!(!s.put_kv("gone", "k", "v").unwrap(), "a key of no session was stored");
+            assert!(!s.put_cwd("gone", Path::new("/")).unwrap());
+            assert!(!s.put_attachment(&att(12, "gone")).unwrap());
+        }
+        let s = Store::open(&path).unwrap();
+        let kv = |k: Option<&str>| s.kv("s", k).unwrap();
+        assert_eq!(
+            kv(None),
+            [("empty".into(), "".into()), ("k".into(), tricky.into()), ("k2".into(), "new".into())]
+        );
+        assert_eq!(kv(Some("k")), [("k".to_string(), tricky.to_string())]);
+        assert_eq!(s.kv_keys("s").unwrap(), ["empty", "k", "k2"]);
+        assert!(kv(Some("nope")).is_empty());
+        assert_eq!(s.delete_kv("s", "k2").unwrap().as_deref(), Some("new"));
+        assert_eq!(s.delete_kv("s", "k2").unwrap(), None);
+        assert_eq!(s.cwd("s").unwrap(), Some(PathBuf::from("/w/sub dir")));
+        assert_eq!(s.attachments(Some("s")).unwrap(), [att(10, "s")]);
+        assert_eq!(s.attachments(None).unwrap().len(), 2);
+        // The same shell attaching elsewhere moves its attachment.
+        s.put_attachment(&att(10, "t")).unwrap();
+        assert!(s.attachments(Some("s")).unwrap().is_empty());
+        s.put_attachment(&att(10, "s")).unwrap();
+
+        s.delete_session("s").unwrap();
+        assert!(s.kv("s", None).unwrap().is_empty(), "kv outlived its session");
+        assert_eq!(s.cwd("s").unwrap(), None);
+        assert!(s.attachments(Some("s")).unwrap().is_empty());
+        assert_eq!(s.kv("t", None).unwrap().len(), 2, "another session's keys went too");
+        assert!(s.delete_attachment(&att(11, "t")).unwrap());
+        assert!(!s.delete_attachment(&att(11, "t")).unwrap());
     }
 
     #[test]

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::budget::{Budget, BudgetUsage};
 use crate::session::{
-    CheckpointInfo, DiffReport, Prune, RollbackReport, SessionInfo, SessionRef, ShellState, Timeline,
-    TimelineInfo,
+    Attachment, CheckpointInfo, DiffReport, KeyValue, Prune, RollbackReport, SessionDetail, SessionInfo,
+    SessionRef, ShellState, Timeline, TimelineInfo,
 };
 use crate::spec::{FileGrant, NetPolicy, Ops};
 
@@ -176,6 +176,44 @@ pub enum Request {
     PruneCheckpoints {
         session: SessionRef,
         prune: Prune,
+    },
+    /// Everything about one session: attachments, checkpoints, keys. Replies `SessionDetail`.
+    ShowSession {
+        session: SessionRef,
+    },
+    /// Sets `key` of the session's key-value state to `value` (stored before the reply).
+    /// Replies `SessionKv` with the pair.
+    SessionSet {
+        session: SessionRef,
+        key: String,
+        value: String,
+    },
+    /// One key (`key`), or all of them. A missing key is `NotFound`. Replies `SessionKv`.
+    SessionGet {
+        session: SessionRef,
+        #[serde(default)]
+        key: Option<String>,
+    },
+    /// Removes `key`; a missing key is `NotFound`. Replies `SessionKv` with the removed pair.
+    SessionUnset {
+        session: SessionRef,
+        key: String,
+    },
+    /// Binds the shell `pid` (the caller's shell, not the caller) to the session until it
+    /// detaches or exits. Replies `Attached` with the session (its saved `cwd`).
+    AttachSession {
+        session: SessionRef,
+        pid: i32,
+        #[serde(default)]
+        tty: Option<String>,
+    },
+    /// Drops the attachment of shell `pid` and saves `cwd` as the session's working
+    /// directory. Replies `Detached`.
+    DetachSession {
+        session: SessionRef,
+        pid: i32,
+        #[serde(default)]
+        cwd: Option<PathBuf>,
     },
     /// What a grant (`revoke: None`) or this revoke would do to the running agent, asked
     /// before making it: in place (BPF LSM), or a restart or kill (Landlock, whose rules
@@ -423,6 +461,23 @@ pub enum Response {
     },
     CheckpointsDeleted {
         names: Vec<String>,
+    },
+    SessionDetail {
+        detail: SessionDetail,
+    },
+    SessionKv {
+        session: String,
+        pairs: Vec<KeyValue>,
+    },
+    Attached {
+        session: SessionInfo,
+        attachment: Attachment,
+    },
+    Detached {
+        session: String,
+        /// The working directory saved.
+        #[serde(default)]
+        cwd: Option<PathBuf>,
     },
 }
 
@@ -735,6 +790,30 @@ pub enum AuditEvent {
         names: Vec<String>,
         caller_uid: u32,
     },
+    /// A key of the session's key-value state was `set` or `unset`. The value is never
+    /// recorded: values may be secrets.
+    SessionKv {
+        session: String,
+        key: String,
+        action: String,
+        caller_uid: u32,
+    },
+    /// A shell was bound to the session (`rush session attach`).
+    SessionAttached {
+        session: String,
+        pid: i32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tty: Option<String>,
+        caller_uid: u32,
+    },
+    /// A shell left it (`rush session detach`, or the attach subshell exited).
+    SessionDetached {
+        session: String,
+        pid: i32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cwd: Option<PathBuf>,
+        caller_uid: u32,
+    },
     /// A Landlock-confined agent's rules changed (a grant, revoke or expiry): Landlock
     /// cannot change a running process's rules, so it was frozen and then restarted under
     /// the new ones (`restart`, `new_pid`) or killed (`kill`).
@@ -785,6 +864,9 @@ impl AuditEvent {
         "rollback_repaired",
         "timeline_change",
         "checkpoints_deleted",
+        "session_kv",
+        "session_attached",
+        "session_detached",
         "ruleset_change",
         "refused",
     ];
@@ -798,7 +880,10 @@ impl AuditEvent {
             | AuditEvent::Rollback { session, .. }
             | AuditEvent::RollbackRepaired { session, .. }
             | AuditEvent::TimelineChange { session, .. }
-            | AuditEvent::CheckpointsDeleted { session, .. } => Some(session),
+            | AuditEvent::CheckpointsDeleted { session, .. }
+            | AuditEvent::SessionKv { session, .. }
+            | AuditEvent::SessionAttached { session, .. }
+            | AuditEvent::SessionDetached { session, .. } => Some(session),
             _ => None,
         }
     }
@@ -817,6 +902,9 @@ impl AuditEvent {
             | AuditEvent::Rollback { caller_uid, .. }
             | AuditEvent::TimelineChange { caller_uid, .. }
             | AuditEvent::CheckpointsDeleted { caller_uid, .. }
+            | AuditEvent::SessionKv { caller_uid, .. }
+            | AuditEvent::SessionAttached { caller_uid, .. }
+            | AuditEvent::SessionDetached { caller_uid, .. }
             | AuditEvent::Refused { caller_uid, .. } => Some(*caller_uid),
             AuditEvent::Paused { caller_uid, .. } => *caller_uid,
             _ => None,
@@ -854,6 +942,9 @@ impl AuditEvent {
             AuditEvent::RollbackRepaired { .. } => "rollback_repaired",
             AuditEvent::TimelineChange { .. } => "timeline_change",
             AuditEvent::CheckpointsDeleted { .. } => "checkpoints_deleted",
+            AuditEvent::SessionKv { .. } => "session_kv",
+            AuditEvent::SessionAttached { .. } => "session_attached",
+            AuditEvent::SessionDetached { .. } => "session_detached",
         }
     }
 }

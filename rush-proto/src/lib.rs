@@ -19,8 +19,8 @@ pub mod spec;
 pub use api::*;
 pub use budget::{Budget, BudgetUnit, BudgetUsage};
 pub use session::{
-    CheckpointInfo, DiffReport, EnvChange, Prune, RollbackReport, SessionInfo, SessionRef, ShellState,
-    Timeline, TimelineInfo,
+    Attachment, CheckpointInfo, DiffReport, EnvChange, KeyValue, Prune, RollbackReport, SessionDetail,
+    SessionInfo, SessionRef, ShellState, Timeline, TimelineInfo,
 };
 pub use spec::{AgentName, FileGrant, NetEndpoint, NetPolicy, Ops, SpecError, parse_duration};
 

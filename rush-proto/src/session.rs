@@ -32,6 +32,81 @@ pub struct SessionInfo {
     pub agents: Vec<String>,
     #[serde(default)]
     pub checkpoints: u32,
+    /// Live attachments (shells or CLI contexts bound to it; see `AttachSession`).
+    #[serde(default)]
+    pub attached: u32,
+    /// Keys of its key-value state.
+    #[serde(default)]
+    pub keys: u32,
+    /// The working directory `rush session detach` saved; `attach` starts there.
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+}
+
+/// A shell (or other CLI context) bound to a session by `rush session attach`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub session: String,
+    /// The shell's process id.
+    pub pid: i32,
+    /// Who attached it.
+    pub uid: u32,
+    pub since_unix_ms: u64,
+    /// The shell's terminal, when it has one (`/dev/pts/3`).
+    #[serde(default)]
+    pub tty: Option<String>,
+}
+
+/// `rush session show`: one session with everything it has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionDetail {
+    pub session: SessionInfo,
+    pub attachments: Vec<Attachment>,
+    /// Checkpoint names, oldest first.
+    pub checkpoints: Vec<String>,
+    /// Key names, sorted (not values: `rush session get` prints those).
+    pub keys: Vec<String>,
+}
+
+/// One key of a session's key-value state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: String,
+}
+
+/// Longest value `rush session set` stores, in bytes.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+/// Longest key, in bytes.
+pub const MAX_KEY_BYTES: usize = 256;
+
+/// Why a key of the key-value state is refused: keys are 1-256 bytes of printable
+/// characters (any script), with no whitespace and no `=` (so `KEY=VALUE` listings and
+/// environment exports stay unambiguous).
+pub fn check_key(key: &str) -> Result<(), String> {
+    let why = if key.is_empty() {
+        "it is empty".to_string()
+    } else if key.len() > MAX_KEY_BYTES {
+        format!("it is {} bytes long, more than {MAX_KEY_BYTES}", key.len())
+    } else if let Some(c) = key.chars().find(|c| c.is_control() || c.is_whitespace()) {
+        format!("it contains {:?} (no whitespace or control characters)", c)
+    } else if key.contains('=') {
+        "it contains '='".to_string()
+    } else {
+        return Ok(());
+    };
+    Err(format!("invalid key {key:?}: {why}"))
+}
+
+/// Why a value is refused: only its size (any UTF-8 is kept as it is).
+pub fn check_value(key: &str, value: &str) -> Result<(), String> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(format!(
+            "value of key {key:?} is {} bytes, more than the {MAX_VALUE_BYTES} allowed",
+            value.len()
+        ));
+    }
+    Ok(())
 }
 
 /// What the frontend reports of its shell when it checkpoints.
@@ -136,4 +211,29 @@ pub struct Prune {
     pub keep: Option<u32>,
     #[serde(default)]
     pub older_than_ms: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_printable_without_whitespace_or_equals() {
+        for good in ["k", "api.token", "x/y:z", "naïve-ключ", &"a".repeat(MAX_KEY_BYTES)] {
+            assert_eq!(check_key(good), Ok(()), "{good:?}");
+        }
+        for (bad, why) in [
+            ("", "empty"),
+            ("a b", "whitespace"),
+            ("a=b", "'='"),
+            ("a\nb", "control"),
+            (&"a".repeat(MAX_KEY_BYTES + 1), "257 bytes"),
+        ] {
+            let e = check_key(bad).unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")) && e.contains(why), "{bad:?}: {e}");
+        }
+        assert!(check_value("k", &"x".repeat(MAX_VALUE_BYTES)).is_ok());
+        let e = check_value("k", &"x".repeat(MAX_VALUE_BYTES + 1)).unwrap_err();
+        assert!(e.contains("\"k\"") && e.contains("65537"), "{e}");
+    }
 }

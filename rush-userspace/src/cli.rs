@@ -43,7 +43,9 @@ Exit status:
   A foreground `rush agent spawn` exits with the agent's own status instead.
 
 Environment:
-  RUSH_SOCKET  the daemon's socket when --socket is not given";
+  RUSH_SOCKET   the daemon's socket when --socket is not given
+  RUSH_SESSION  the session of session commands and `agent spawn` when --session is not
+                given (set by `rush session attach`)";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -327,6 +329,7 @@ pub struct SpawnArgs {
     pub allow_unconfined: bool,
 
     /// The session the agent works in: checkpoints freeze it, rollbacks stop or restore it.
+    /// Default: $RUSH_SESSION (the session `rush session attach` bound your shell to).
     #[arg(long, value_name = "SESSION")]
     pub session: Option<AgentName>,
 
@@ -426,7 +429,8 @@ Examples:
 
 #[derive(Debug, Args)]
 pub struct SessionArg {
-    /// The session; default: the one whose workspace contains the current directory.
+    /// The session; default: $RUSH_SESSION (set by `rush session attach`), else the one
+    /// whose workspace contains the current directory.
     #[arg(long, short = 's', value_name = "SESSION")]
     pub session: Option<AgentName>,
 }
@@ -447,14 +451,172 @@ pub enum SessionCommand {
         #[arg(long, short = 'w', value_name = "DIR")]
         workspace: Option<PathBuf>,
     },
-    /// List sessions: workspace, store, timeline, agents, checkpoints
+    /// List sessions: workspace, store, timeline, checkpoints, agents, attachments, keys
+    #[command(
+        visible_alias = "ls",
+        long_about = "List sessions as a table: NAME WORKSPACE STORE TIMELINE CHECKPOINTS \
+                      AGENTS (running agents spawned into it) ATTACHED (shells attached to it \
+                      now) KEYS (of its key-value state) CWD (the working directory `rush \
+                      session attach` starts in) AGE. With --json, one JSON array of sessions."
+    )]
     List,
+    /// Show everything about one session: workspace, store, timeline, working directory,
+    /// attachments, agents, checkpoints and keys
+    #[command(
+        visible_alias = "status",
+        long_about = "Show one session as key: value lines: its workspace, store and live \
+                      timeline, the working directory attach starts in, the shells attached \
+                      to it (pid, uid, terminal, since when), its running agents, its \
+                      checkpoints (oldest first) and the names of its keys (values are \
+                      printed only by `rush session get`). NAME defaults to $RUSH_SESSION, else \
+                      the session whose workspace contains the current directory. With --json, \
+                      one JSON object.",
+        after_long_help = "Examples:\n  $ rush session show web\n  $ rush session show --json | jq .attachments"
+    )]
+    Show {
+        /// The session (default: $RUSH_SESSION, else the one around the current directory).
+        #[arg(value_name = "NAME")]
+        name: Option<AgentName>,
+    },
+    /// Set a key of the session's key-value state
+    #[command(long_about = SESSION_SET_LONG_ABOUT, after_long_help = SESSION_KV_EXAMPLES)]
+    Set {
+        /// 1-256 bytes of printable characters, with no whitespace and no '='.
+        #[arg(value_name = "KEY", value_parser = parse_key)]
+        key: String,
+        /// Any UTF-8 text up to 64 KiB: newlines, quotes and the empty string are kept
+        /// exactly.
+        #[arg(value_name = "VALUE", allow_hyphen_values = true)]
+        value: String,
+        #[command(flatten)]
+        session: SessionArg,
+    },
+    /// Print a key's value, exactly (or every key and value)
+    #[command(long_about = SESSION_GET_LONG_ABOUT, after_long_help = SESSION_KV_EXAMPLES)]
+    Get {
+        /// The key; without it, every key and value.
+        #[arg(value_name = "KEY", value_parser = parse_key)]
+        key: Option<String>,
+        #[command(flatten)]
+        session: SessionArg,
+    },
+    /// Remove a key of the session's key-value state
+    #[command(long_about = "Remove KEY from the session's key-value state. A key the session \
+                            does not have is an error (exit 1). Audited as `session_kv` with \
+                            action=unset (the value is not recorded).")]
+    Unset {
+        #[arg(value_name = "KEY", value_parser = parse_key)]
+        key: String,
+        #[command(flatten)]
+        session: SessionArg,
+    },
+    /// Bind a shell to a session: a subshell in it, or (--print) lines for your shell's eval
+    #[command(long_about = SESSION_ATTACH_LONG_ABOUT, after_long_help = SESSION_ATTACH_EXAMPLES)]
+    Attach {
+        /// The session to attach to.
+        #[arg(value_name = "NAME")]
+        name: AgentName,
+        /// Print shell commands (export RUSH_SESSION=..., cd ...) instead of starting a
+        /// subshell, for `eval "$(rush session attach NAME --print)"`.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Leave the attached session, saving the current directory as its working directory
+    #[command(long_about = SESSION_DETACH_LONG_ABOUT, after_long_help = SESSION_ATTACH_EXAMPLES)]
+    Detach {
+        /// Print `unset RUSH_SESSION` for eval, and the report on stderr.
+        #[arg(long)]
+        print: bool,
+        /// The session; default: $RUSH_SESSION.
+        #[arg(long, short = 's', value_name = "SESSION")]
+        session: Option<AgentName>,
+    },
     /// Remove a session: its workspace is put back as a plain directory at its path, and
-    /// its checkpoints and timelines are deleted. Refused while its agents run.
+    /// its checkpoints, timelines, keys and attachments are deleted. Refused while its
+    /// agents run.
     Rm {
         #[arg(value_name = "NAME")]
         name: AgentName,
     },
+}
+
+const SESSION_SET_LONG_ABOUT: &str = "\
+Set KEY of the session's key-value state to VALUE, replacing any value it had. The pair \
+is written to the daemon's state database before rush returns, and stays until it is \
+unset or the session removed: across daemon restarts and reboots. Agents and scripts of \
+the session share what is kept here (an API endpoint, a ticket number, the task at hand).
+
+VALUE is any UTF-8 text up to 64 KiB, kept exactly: newlines, quotes, `$`, the empty \
+string. KEY is 1-256 bytes of printable characters with no whitespace and no '=' (a bad \
+key is refused with exit status 2, naming it and why).
+
+The audit trail records that KEY was set (a `session_kv` record with the key and \
+action=set), never the value: values may be secrets. The database itself is readable by \
+root only.";
+
+const SESSION_GET_LONG_ABOUT: &str = "\
+Print the value of KEY, byte for byte as it was set, followed by one newline (which \
+`$(rush session get KEY)` strips, like any newlines the value ends with; `--json` keeps \
+them). A key the session does not have is an error, exit status 1: session \"S\" has no \
+key \"K\".
+
+Without KEY, print every key and value as a table (values with control characters \
+escaped, long ones cut), or with --json one JSON object mapping each key to its value. \
+With KEY and --json, one object: {\"session\", \"key\", \"value\"}.";
+
+const SESSION_KV_EXAMPLES: &str = "\
+Examples:
+  $ rush session set task 'port the parser to nom' --session web
+  $ rush session get task --session web
+  port the parser to nom
+  $ rush session set notes \"$(cat notes.md)\"     # multi-line, kept exactly
+  $ rush session get --json | jq -r .notes
+  $ rush session unset notes";
+
+const SESSION_ATTACH_LONG_ABOUT: &str = "\
+Bind a shell to session NAME. The daemon records the attachment (the shell's pid, your \
+uid, its terminal, the time; `rush session show` lists them, and it is audited as \
+`session_attached`); in the attached shell RUSH_SESSION=NAME, so every session command \
+(`checkpoint`, `rollback`, `timeline ...`, `session get/set/unset/show/detach`) and `agent \
+spawn` act on NAME without --session, wherever the shell's directory is. The session is \
+chosen by --session first, then RUSH_SESSION, then the workspace containing the current \
+directory; a RUSH_SESSION naming no session is an error naming it.
+
+By default rush starts an interactive subshell ($SHELL, else /bin/sh) attached to the \
+session, in the session's working directory (the one `rush session detach` last saved, \
+else the workspace). When that shell exits, rush detaches it and exits with its status.
+
+With --print, rush starts nothing: it attaches the shell that ran it (its parent process) \
+and prints two lines for that shell to eval, every value single-quoted:
+  export RUSH_SESSION='NAME'
+  cd 'DIR'
+Attachments end with `rush session detach` or when their shell exits (the daemon prunes \
+attachments of shells that are gone, also across restarts and reboots).";
+
+const SESSION_DETACH_LONG_ABOUT: &str = "\
+Detach the shell that ran rush (its parent process) from its session (--session, else \
+$RUSH_SESSION): the current directory is saved as the session's working directory, where \
+the next `rush session attach` starts, and the attachment is dropped (audited as \
+`session_detached`). Detaching a shell that is not attached is an error.
+
+rush cannot change its parent shell's environment: with --print it prints `unset \
+RUSH_SESSION` for eval (and its report on stderr); without, it says what to do: `exit` in a \
+subshell started by `rush session attach`, else unset RUSH_SESSION.";
+
+const SESSION_ATTACH_EXAMPLES: &str = "\
+Examples:
+  A subshell attached to session web, in its working directory; `exit` detaches:
+    $ rush session attach web
+    $ rush checkpoint before-refactor       # session web, wherever you are
+    $ rush session detach && exit
+
+  Attach the shell you are in, and detach it later:
+    $ eval \"$(rush session attach web --print)\"
+    $ rush agent spawn coder --detach -- claude   # an agent of session web
+    $ eval \"$(rush session detach --print)\"";
+
+fn parse_key(s: &str) -> Result<String, UsageError> {
+    rush_proto::session::check_key(s).map(|()| s.to_owned()).map_err(UsageError)
 }
 
 #[derive(Debug, Args)]
@@ -868,6 +1030,24 @@ mod tests {
         assert!(parse(&["audit", "--export", "--follow"]).is_err());
         let e = parse(&["audit", "--until", "soon"]).unwrap_err().to_string();
         assert!(e.contains("--until"), "{e}");
+    }
+
+    #[test]
+    fn session_kv_and_attach_flags() {
+        let c = parse(&["session", "set", "k", "--value-like", "-s", "web"]).unwrap();
+        let Command::Session(SessionCommand::Set { key, value, session }) = c.command else { panic!() };
+        assert_eq!(
+            (key.as_str(), value.as_str(), session.session.unwrap().as_str()),
+            ("k", "--value-like", "web")
+        );
+        let c = parse(&["session", "set", "k", ""]).unwrap();
+        assert!(matches!(c.command, Command::Session(SessionCommand::Set { value, .. }) if value.is_empty()));
+        assert!(refusal(&["session", "set", "a=b", "v"]).contains("invalid key \"a=b\""));
+        assert!(refusal(&["session", "get", "a b"]).contains("whitespace"));
+        let c = parse(&["session", "attach", "web", "--print"]).unwrap();
+        assert!(matches!(c.command, Command::Session(SessionCommand::Attach { print: true, .. })));
+        let c = parse(&["session", "status"]).unwrap();
+        assert!(matches!(c.command, Command::Session(SessionCommand::Show { name: None })));
     }
 
     #[test]

@@ -82,9 +82,25 @@ fn age(now_ms: u64, then_ms: u64) -> String {
     format_duration(now_ms.saturating_sub(then_ms) / 1000)
 }
 
+/// One word for a POSIX shell, single-quoted: exact to the byte, whatever it holds.
+pub fn shell_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', r"'\''"))
+}
+
 /// `rush session list`.
 pub fn session_table(sessions: &[rush_proto::SessionInfo], now_ms: u64) -> String {
-    let mut t = Table::new(&["NAME", "WORKSPACE", "STORE", "TIMELINE", "CHECKPOINTS", "AGENTS", "AGE"]);
+    let mut t = Table::new(&[
+        "NAME",
+        "WORKSPACE",
+        "STORE",
+        "TIMELINE",
+        "CHECKPOINTS",
+        "AGENTS",
+        "ATTACHED",
+        "KEYS",
+        "CWD",
+        "AGE",
+    ]);
     for s in sessions {
         t.row(vec![
             s.name.clone(),
@@ -93,8 +109,54 @@ pub fn session_table(sessions: &[rush_proto::SessionInfo], now_ms: u64) -> Strin
             s.timeline.clone(),
             s.checkpoints.to_string(),
             if s.agents.is_empty() { "-".into() } else { s.agents.join(",") },
+            s.attached.to_string(),
+            s.keys.to_string(),
+            s.cwd.as_ref().map(|c| sanitize(&c.to_string_lossy())).unwrap_or_else(|| "-".into()),
             age(now_ms, s.created_unix_ms),
         ]);
+    }
+    t.render()
+}
+
+/// `rush session show`: key: value lines.
+pub fn session_detail(d: &rush_proto::SessionDetail, now_ms: u64) -> String {
+    let s = &d.session;
+    let list = |v: &[String]| if v.is_empty() { "-".to_owned() } else { sanitize(&v.join(", ")) };
+    let mut out = format!(
+        "name:        {}\nworkspace:   {}\nstore:       {} ({})\ntimeline:    {}\ncwd:         {}\n\
+         created:     {} ago\n",
+        s.name,
+        sanitize(&s.workspace.to_string_lossy()),
+        s.backend,
+        sanitize(&s.live.to_string_lossy()),
+        s.timeline,
+        s.cwd.as_ref().map(|c| sanitize(&c.to_string_lossy())).unwrap_or_else(|| "- (the workspace)".into()),
+        age(now_ms, s.created_unix_ms),
+    );
+    out += &format!("attached:    {}\n", d.attachments.len());
+    for a in &d.attachments {
+        out += &format!(
+            "  pid {} uid {} tty {} since {} ago\n",
+            a.pid,
+            a.uid,
+            a.tty.as_deref().map(sanitize).unwrap_or_else(|| "-".into()),
+            age(now_ms, a.since_unix_ms)
+        );
+    }
+    out += &format!("agents:      {}\n", list(&s.agents));
+    out += &format!("checkpoints: {}\n", list(&d.checkpoints));
+    out += &format!("keys:        {}\n", list(&d.keys));
+    out
+}
+
+/// `rush session get` without a key: KEY VALUE, values escaped and cut at 60 characters.
+pub fn kv_table(pairs: &[rush_proto::KeyValue]) -> String {
+    let mut t = Table::new(&["KEY", "VALUE"]);
+    for p in pairs {
+        let v = sanitize(&p.value);
+        let v =
+            if v.chars().count() > 60 { format!("{}...", v.chars().take(57).collect::<String>()) } else { v };
+        t.row(vec![sanitize(&p.key), v]);
     }
     t.render()
 }
@@ -160,7 +222,7 @@ pub fn diff(d: &rush_proto::DiffReport) -> String {
 /// Shell commands that take a shell from `current` to `saved` (for `eval`): every value
 /// single-quoted, exact to the byte.
 pub fn shell_restore(saved: &rush_proto::ShellState, current: &rush_proto::ShellState) -> String {
-    let q = |v: &str| format!("'{}'", v.replace('\'', r"'\''"));
+    let q = shell_quote;
     let ident = |k: &str| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
     let mut out = String::new();
     for (k, _) in &current.env {
@@ -403,6 +465,19 @@ pub fn audit_line(r: &AuditRecord) -> String {
             "session={} checkpoints={} caller_uid={caller_uid}",
             value(session),
             value(&names.join(","))
+        ),
+        AuditEvent::SessionKv { session, key, action, caller_uid } => {
+            format!("session={} key={} action={action} caller_uid={caller_uid}", value(session), value(key))
+        }
+        AuditEvent::SessionAttached { session, pid, tty, caller_uid } => format!(
+            "session={} pid={pid} tty={} caller_uid={caller_uid}",
+            value(session),
+            value(tty.as_deref().unwrap_or("-"))
+        ),
+        AuditEvent::SessionDetached { session, pid, cwd, caller_uid } => format!(
+            "session={} pid={pid} cwd={} caller_uid={caller_uid}",
+            value(session),
+            value(&cwd.as_ref().map(|c| c.to_string_lossy().into_owned()).unwrap_or_else(|| "-".into()))
         ),
     };
     let mut details = details;
@@ -683,6 +758,18 @@ done   exited   4242  0      deny                   signal 9     sh -c 'it'\\''s
             ),
             "{line}"
         );
+    }
+
+    #[test]
+    fn shell_quote_survives_sh_exactly() {
+        let v = "it's \"x\" $HOME `id` \\ \n end";
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("printf %s {}", shell_quote(v)))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), v);
+        assert_eq!(shell_quote("a'b"), r"'a'\''b'");
     }
 
     #[test]

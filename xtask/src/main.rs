@@ -97,6 +97,8 @@ fn test(tier: Tier) -> Result<()> {
                 "audit",
                 "--test",
                 "store",
+                "--test",
+                "sessions",
                 "--",
                 "--test-threads",
                 "4",

@@ -84,11 +84,10 @@ const VM_PACKAGES: [(&str, &str); 8] = [
 ];
 
 /// The guest test suites, in the order they run: (name, test threads, extra arguments).
-/// `host`, `budget`, `landlock`, `files`, `guest`, `escape`, `lifecycle`, `timetravel`, `audit`, `store`, `crash` are kernel-tests
-/// targets;
-/// `bpf` is rush-agentd's own
-/// kernel smoke tests (its lib tests under `bpf::`).
-const SUITES: [(&str, u32, &str); 12] = [
+/// Kernel-tests targets: `host`, `budget`, `landlock`, `files`, `guest`, `escape`, `lifecycle`,
+/// `timetravel`, `audit`, `sessions`, `store`, `crash`; `bpf` is rush-agentd's own kernel smoke
+/// tests (its lib tests under `bpf::`).
+const SUITES: [(&str, u32, &str); 13] = [
     ("host", 2, ""),
     ("budget", 1, ""),
     ("landlock", 1, ""),
@@ -98,6 +97,7 @@ const SUITES: [(&str, u32, &str); 12] = [
     ("lifecycle", 1, ""),
     ("timetravel", 1, ""),
     ("audit", 1, ""),
+    ("sessions", 1, ""),
     ("store", 1, ""),
     ("crash", 1, " --nocapture"),
     ("bpf", 1, " bpf::"),

@@ -2,6 +2,7 @@
 //! Each returns the exit status on success; failures are `Error`s, mapped in `main`.
 
 mod agent;
+mod attach;
 mod audit;
 mod capability;
 mod doctor;
@@ -13,8 +14,8 @@ use std::io::StdoutLock;
 use std::path::PathBuf;
 
 use anyhow::anyhow;
-use rush_proto::client::Client;
-use rush_proto::{Request, Response};
+use rush_proto::client::{Client, ClientError};
+use rush_proto::{ErrorKind, Request, Response};
 
 use crate::cli::{AgentCommand, CapabilityCommand, Cli, Command};
 use crate::error::{Error, Result};
@@ -33,6 +34,27 @@ impl Ctx {
 }
 
 pub fn run(cli: Cli) -> Result<u8> {
+    run_command(cli).map_err(hint_rush_session)
+}
+
+/// A session that is gone, named by RUSH_SESSION: say where the name came from.
+fn hint_rush_session(e: Error) -> Error {
+    let Ok(Some(s)) = session::env_session() else { return e };
+    let Error::Failed { error, .. } = &e else { return e };
+    match error.downcast_ref::<ClientError>() {
+        Some(ClientError::Api(api))
+            if api.kind == ErrorKind::NotFound && api.message.starts_with(&format!("no session {s:?}")) =>
+        {
+            e.with_hint(format!(
+                "RUSH_SESSION={s} is set in your environment (by `rush session attach`?): \
+                 `unset RUSH_SESSION`, or give --session"
+            ))
+        }
+        _ => e,
+    }
+}
+
+fn run_command(cli: Cli) -> Result<u8> {
     let mut ctx = Ctx { socket: cli.socket, out: Output::stdout(cli.json) };
     match cli.command {
         Command::Agent(AgentCommand::Spawn(args)) => spawn::spawn(&mut ctx, args),
@@ -90,6 +112,10 @@ pub fn unexpected(expected: &str, got: &Response) -> Error {
         Response::Timeline { .. } => "timeline",
         Response::Diff { .. } => "diff",
         Response::CheckpointsDeleted { .. } => "checkpoints_deleted",
+        Response::SessionDetail { .. } => "session_detail",
+        Response::SessionKv { .. } => "session_kv",
+        Response::Attached { .. } => "attached",
+        Response::Detached { .. } => "detached",
     };
     anyhow!("unexpected reply from the daemon: expected {expected}, got {got}").into()
 }

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
-use rush_proto::{Prune, Request, Response, SessionRef, ShellState};
+use anyhow::{Context, anyhow};
+use rush_proto::{AgentName, Prune, Request, Response, SessionRef, ShellState};
 
 use super::{Ctx, unexpected};
 use crate::cli::{CheckpointArgs, RollbackArgs, SessionArg, SessionCommand, TimelineCommand};
@@ -11,9 +11,33 @@ use crate::error::Result;
 use crate::render;
 use crate::time::now_unix_ms;
 
-/// The session named, or the one the daemon finds around the current directory.
-fn session_ref(arg: &SessionArg) -> SessionRef {
-    SessionRef { name: arg.session.as_ref().map(|s| s.to_string()), cwd: std::env::current_dir().ok() }
+/// The session named (--session, else $RUSH_SESSION), or the one the daemon finds around
+/// the current directory.
+fn session_ref(arg: &SessionArg) -> Result<SessionRef> {
+    named_ref(arg.session.as_ref())
+}
+
+fn named_ref(name: Option<&AgentName>) -> Result<SessionRef> {
+    let name = match name {
+        Some(n) => Some(n.to_string()),
+        None => env_session()?,
+    };
+    Ok(SessionRef { name, cwd: std::env::current_dir().ok() })
+}
+
+/// $RUSH_SESSION, checked; unset or empty is none.
+pub fn env_session() -> Result<Option<String>> {
+    match std::env::var("RUSH_SESSION") {
+        Ok(s) if s.is_empty() => Ok(None),
+        Ok(s) => match s.parse::<AgentName>() {
+            Ok(_) => Ok(Some(s)),
+            Err(e) => Err(anyhow!("RUSH_SESSION={s:?} in your environment: {e}").into()),
+        },
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(anyhow!("RUSH_SESSION in your environment is not valid UTF-8").into())
+        }
+    }
 }
 
 /// Variables that change by themselves from one command to the next: not shell state.
@@ -26,12 +50,16 @@ fn shell_state() -> ShellState {
         .filter(|(k, _)| !VOLATILE.contains(&k.as_str()))
         .collect();
     env.sort();
-    // $PWD keeps the path the user typed (through the workspace symlink) where it is current.
-    let cwd = std::env::var_os("PWD")
+    ShellState { cwd: shell_cwd(), env, jobs: Vec::new() }
+}
+
+/// Our working directory as the shell that ran us names it: $PWD keeps the path the user
+/// typed (through the workspace symlink) where it is current.
+pub fn shell_cwd() -> Option<PathBuf> {
+    std::env::var_os("PWD")
         .map(PathBuf::from)
         .filter(|p| std::fs::canonicalize(p).ok() == std::env::current_dir().ok())
-        .or_else(|| std::env::current_dir().ok());
-    ShellState { cwd, env, jobs: Vec::new() }
+        .or_else(|| std::env::current_dir().ok())
 }
 
 pub fn session(ctx: &mut Ctx, cmd: SessionCommand) -> Result<u8> {
@@ -77,6 +105,62 @@ pub fn session(ctx: &mut Ctx, cmd: SessionCommand) -> Result<u8> {
                 ctx.out.text(&render::session_table(&sessions, now_unix_ms()))?;
             }
         }
+        SessionCommand::Show { name } => {
+            let request = Request::ShowSession { session: named_ref(name.as_ref())? };
+            let detail = match ctx.connect()?.call(request)? {
+                Response::SessionDetail { detail } => detail,
+                other => return Err(unexpected("session_detail", &other)),
+            };
+            if ctx.out.json {
+                ctx.out.document(&detail)?;
+            } else {
+                ctx.out.text(&render::session_detail(&detail, now_unix_ms()))?;
+            }
+        }
+        SessionCommand::Set { key, value, session } => {
+            rush_proto::session::check_value(&key, &value).map_err(|e| anyhow!(e))?;
+            let request = Request::SessionSet { session: session_ref(&session)?, key, value };
+            let (session, pairs) = kv_call(ctx, request)?;
+            if ctx.out.json {
+                ctx.out.document(&pairs[0])?;
+            } else {
+                let p = &pairs[0];
+                ctx.out.text(&format!(
+                    "session {session}: {} set ({} bytes)\n",
+                    render::sanitize(&p.key),
+                    p.value.len()
+                ))?;
+            }
+        }
+        SessionCommand::Get { key, session } => {
+            let request = Request::SessionGet { session: session_ref(&session)?, key: key.clone() };
+            let (session, pairs) = kv_call(ctx, request)?;
+            match (key.is_some(), ctx.out.json) {
+                (true, false) => ctx.out.text(&format!("{}\n", pairs[0].value))?,
+                (true, true) => ctx.out.document(&serde_json::json!({
+                    "session": session, "key": pairs[0].key, "value": pairs[0].value
+                }))?,
+                (false, false) => ctx.out.text(&render::kv_table(&pairs))?,
+                (false, true) => {
+                    let map: serde_json::Map<String, serde_json::Value> =
+                        pairs.into_iter().map(|p| (p.key, p.value.into())).collect();
+                    ctx.out.document(&map)?
+                }
+            }
+        }
+        SessionCommand::Unset { key, session } => {
+            let request = Request::SessionUnset { session: session_ref(&session)?, key };
+            let (session, pairs) = kv_call(ctx, request)?;
+            if ctx.out.json {
+                ctx.out.document(&pairs[0])?;
+            } else {
+                ctx.out.text(&format!("session {session}: {} unset\n", render::sanitize(&pairs[0].key)))?;
+            }
+        }
+        SessionCommand::Attach { name, print } => return super::attach::attach(ctx, &name, print),
+        SessionCommand::Detach { print, session } => {
+            return super::attach::detach(ctx, session.as_ref(), print);
+        }
         SessionCommand::Rm { name } => {
             let (name, workspace) =
                 match ctx.connect()?.call(Request::RemoveSession { name: name.to_string() })? {
@@ -96,9 +180,21 @@ pub fn session(ctx: &mut Ctx, cmd: SessionCommand) -> Result<u8> {
     Ok(0)
 }
 
+/// The session and its pairs; exactly one when the request names a key.
+fn kv_call(ctx: &mut Ctx, request: Request) -> Result<(String, Vec<rush_proto::KeyValue>)> {
+    let one = !matches!(request, Request::SessionGet { key: None, .. });
+    match ctx.connect()?.call(request)? {
+        Response::SessionKv { session, pairs } if !one || pairs.len() == 1 => Ok((session, pairs)),
+        Response::SessionKv { pairs, .. } => {
+            Err(anyhow!("unexpected reply from the daemon: {} pairs for one key", pairs.len()).into())
+        }
+        other => Err(unexpected("session_kv", &other)),
+    }
+}
+
 pub fn checkpoint(ctx: &mut Ctx, args: CheckpointArgs) -> Result<u8> {
     let request = Request::Checkpoint {
-        session: session_ref(&args.session),
+        session: session_ref(&args.session)?,
         name: args.name.to_string(),
         with_processes: args.with_processes,
         shell: Some(shell_state()),
@@ -122,7 +218,7 @@ pub fn checkpoint(ctx: &mut Ctx, args: CheckpointArgs) -> Result<u8> {
 }
 
 pub fn rollback(ctx: &mut Ctx, args: RollbackArgs) -> Result<u8> {
-    let request = Request::Rollback { session: session_ref(&args.session), name: args.name.to_string() };
+    let request = Request::Rollback { session: session_ref(&args.session)?, name: args.name.to_string() };
     let r = match ctx.connect()?.call(request)? {
         Response::RolledBack { report } => report,
         other => return Err(unexpected("rolled_back", &other)),
@@ -195,7 +291,7 @@ pub fn timeline(ctx: &mut Ctx, cmd: TimelineCommand) -> Result<u8> {
         TimelineCommand::Branch { name, from, session } => changed(
             ctx,
             Request::Branch {
-                session: session_ref(&session),
+                session: session_ref(&session)?,
                 name: name.to_string(),
                 from: from.map(|f| f.to_string()),
             },
@@ -204,7 +300,7 @@ pub fn timeline(ctx: &mut Ctx, cmd: TimelineCommand) -> Result<u8> {
         TimelineCommand::Switch { name, session } => {
             let code = changed(
                 ctx,
-                Request::SwitchTimeline { session: session_ref(&session), name: name.to_string() },
+                Request::SwitchTimeline { session: session_ref(&session)?, name: name.to_string() },
                 "is live",
             )?;
             if !ctx.out.json {
@@ -213,7 +309,7 @@ pub fn timeline(ctx: &mut Ctx, cmd: TimelineCommand) -> Result<u8> {
             Ok(code)
         }
         TimelineCommand::List { session } => {
-            let t = match ctx.connect()?.call(Request::ListTimeline { session: session_ref(&session) })? {
+            let t = match ctx.connect()?.call(Request::ListTimeline { session: session_ref(&session)? })? {
                 Response::Timeline { timeline } => timeline,
                 other => return Err(unexpected("timeline", &other)),
             };
@@ -226,7 +322,7 @@ pub fn timeline(ctx: &mut Ctx, cmd: TimelineCommand) -> Result<u8> {
         }
         TimelineCommand::Diff { a, b, session } => {
             let request =
-                Request::Diff { session: session_ref(&session), a: a.to_string(), b: b.to_string() };
+                Request::Diff { session: session_ref(&session)?, a: a.to_string(), b: b.to_string() };
             let d = match ctx.connect()?.call(request)? {
                 Response::Diff { diff } => diff,
                 other => return Err(unexpected("diff", &other)),
@@ -238,13 +334,14 @@ pub fn timeline(ctx: &mut Ctx, cmd: TimelineCommand) -> Result<u8> {
             }
             Ok(0)
         }
-        TimelineCommand::Rm { name, session } => {
-            deleted(ctx, Request::DeleteCheckpoint { session: session_ref(&session), name: name.to_string() })
-        }
+        TimelineCommand::Rm { name, session } => deleted(
+            ctx,
+            Request::DeleteCheckpoint { session: session_ref(&session)?, name: name.to_string() },
+        ),
         TimelineCommand::Prune { keep, older_than, session } => deleted(
             ctx,
             Request::PruneCheckpoints {
-                session: session_ref(&session),
+                session: session_ref(&session)?,
                 prune: Prune { keep, older_than_ms: older_than },
             },
         ),

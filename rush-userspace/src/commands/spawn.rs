@@ -31,7 +31,11 @@ pub fn spawn(ctx: &mut Ctx, args: SpawnArgs) -> Result<u8> {
         cwd,
         stdio: if args.detach { StdioMode::Log } else { StdioMode::Passed },
         allow_unconfined: args.allow_unconfined,
-        session: args.session.map(|s| s.to_string()),
+        // An attached shell's agents belong to its session.
+        session: match args.session {
+            Some(s) => Some(s.to_string()),
+            None => super::session::env_session()?,
+        },
     };
     if args.detach { detached(ctx, request) } else { foreground(ctx, request) }
 }
