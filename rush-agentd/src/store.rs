@@ -5,12 +5,13 @@
 //!
 //! Deadlines are CLOCK_BOOTTIME values, meaningful within one boot only: the boot id is
 //! stored with them, and a store from another boot is emptied on open (its agents died
-//! with that boot).
+//! with that boot). Restartable agents' spawn requests, sessions and the audit trail
+//! outlive boots.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rush_proto::{AgentInfo, CheckpointInfo, Ops, SessionInfo, ShellState, TimelineInfo};
+use rush_proto::{AgentInfo, CheckpointInfo, Ops, SessionInfo, ShellState, SpawnRequest, TimelineInfo};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::bpf::FileKey;
@@ -101,6 +102,15 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX audit_by_kind ON audit (kind, seq);
     CREATE INDEX audit_by_caller ON audit (caller_uid, seq);
 ",
+    "
+    -- Agents spawned --restartable: what starting them again needs (RestartRecord as
+    -- JSON). Kept across reboots, unlike `agents`.
+    CREATE TABLE restartable (
+        name TEXT PRIMARY KEY,
+        record TEXT NOT NULL,
+        updated_unix_ms INTEGER NOT NULL
+    );
+",
 ];
 
 /// Brings the schema of `conn` (the database at `path`) up to date. Each migration is one
@@ -132,9 +142,36 @@ pub struct AgentRecord {
     pub log_path: Option<PathBuf>,
 }
 
+/// A restartable agent as stored: its spawn request and who asked, with its file tokens
+/// as they stand (kept up to date through grants, revokes and expiries).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RestartRecord {
+    /// As it came; its `allow` is not used (`grants` replaces it).
+    pub request: SpawnRequest,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub grants: Vec<RestartGrant>,
+    /// File-confined (spawned with --allow): it must never restart without file tokens.
+    pub files_confined: bool,
+    /// Its first process when last written (0: never started on this boot).
+    pub pid: u32,
+}
+
+/// A file token of a restartable agent, re-resolved from its path when it restarts.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RestartGrant {
+    pub path: PathBuf,
+    pub ops: Ops,
+    /// Wall-clock expiry: a grant past it is not given again.
+    pub expires_unix_ms: Option<u64>,
+}
+
 pub struct Store {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// The database was last written during another boot (emptied of agents on open).
+    other_boot: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -146,7 +183,7 @@ impl Store {
         // Every acknowledged grant or revoke must survive a crash of the daemon or a power cut.
         conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
-        let store = Store { path: path.to_owned(), conn: Mutex::new(conn) };
+        let store = Store { path: path.to_owned(), conn: Mutex::new(conn), other_boot: Default::default() };
         store.migrate()?;
         store.check_boot()?;
         Ok(store)
@@ -178,6 +215,7 @@ impl Store {
         if stored.as_deref() != Some(boot.as_str()) {
             if stored.is_some() {
                 tracing::info!("state database is from an earlier boot: its agents and tokens are gone");
+                self.other_boot.store(true, std::sync::atomic::Ordering::Relaxed);
             }
             conn.execute_batch("DELETE FROM agents; DELETE FROM tokens;").map_err(self.err())?;
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('boot_id', ?1)", [boot])
@@ -340,6 +378,32 @@ impl Store {
             })
             .map_err(self.err())?;
         rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
+    /// Whether this store was last written during an earlier boot of the machine.
+    pub fn from_earlier_boot(&self) -> bool {
+        self.other_boot.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn put_restartable(&self, rec: &RestartRecord) -> Result<(), StoreError> {
+        let json = self.json(rec)?;
+        self.lock()
+            .execute(
+                "INSERT OR REPLACE INTO restartable (name, record, updated_unix_ms) VALUES (?1, ?2, ?3)",
+                params![rec.request.name, json, crate::audit::now_unix_ms() as i64],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    pub fn delete_restartable(&self, name: &str) -> Result<(), StoreError> {
+        self.lock().execute("DELETE FROM restartable WHERE name = ?1", [name]).map_err(self.err())?;
+        Ok(())
+    }
+
+    /// By name.
+    pub fn restartable(&self) -> Result<Vec<RestartRecord>, StoreError> {
+        self.rows("restartable agent", "SELECT record FROM restartable ORDER BY name", [])
     }
 
     /// The highest token id ever stored (ids are never reused across restarts).
@@ -551,6 +615,36 @@ mod tests {
     }
 
     #[test]
+    fn restartable_agents_outlive_a_boot_until_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let request: SpawnRequest = serde_json::from_value(serde_json::json!({
+            "name": "r", "command": ["sleep", "9"], "cwd": "/", "stdio": "log", "restartable": true
+        }))
+        .unwrap();
+        let rec = RestartRecord {
+            request,
+            uid: 1000,
+            gid: 1000,
+            groups: vec![27],
+            grants: vec![RestartGrant { path: "/srv/w".into(), ops: Ops::READ, expires_unix_ms: Some(5) }],
+            files_confined: true,
+            pid: 77,
+        };
+        {
+            let s = Store::open(&path).unwrap();
+            assert!(!s.from_earlier_boot());
+            s.put_restartable(&rec).unwrap();
+            s.lock().execute("UPDATE meta SET value = 'another-boot' WHERE key = 'boot_id'", []).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert!(s.from_earlier_boot());
+        assert_eq!(s.restartable().unwrap(), vec![rec]);
+        s.delete_restartable("r").unwrap();
+        assert!(s.restartable().unwrap().is_empty());
+    }
+
+    #[test]
     fn a_store_from_another_boot_is_emptied_and_a_newer_schema_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
@@ -561,6 +655,7 @@ mod tests {
         }
         let s = Store::open(&path).unwrap();
         assert!(s.tokens(5).unwrap().is_empty());
+        assert!(s.from_earlier_boot());
         s.lock().pragma_update(None, "user_version", 99).unwrap();
         drop(s);
         let e = Store::open(&path).err().unwrap().to_string();

@@ -32,6 +32,7 @@ pub fn spawn(ctx: &mut Ctx, args: SpawnArgs) -> Result<u8> {
         stdio: if args.detach { StdioMode::Log } else { StdioMode::Passed },
         allow_unconfined: args.allow_unconfined,
         session: args.session.map(|s| s.to_string()),
+        restartable: args.restartable,
     };
     if args.detach { detached(ctx, request) } else { foreground(ctx, request) }
 }
