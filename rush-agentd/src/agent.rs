@@ -477,10 +477,12 @@ impl AgentManager {
             let pid = rec.info.pid;
             self.audit.set_agent_session(&name, rec.info.session.as_deref());
             let cg = existing.iter().find(|c| c.id == rec.info.cgroup_id).cloned();
-            // The pid must still be the agent's (not reused): alive, and in its cgroup.
+            // The pid must still be the agent's (not reused): alive (a zombie is not: its
+            // agent died with the old daemon, its reaper has not come by yet), in its cgroup.
             let still_there = cg.as_ref().is_some_and(|cg| {
-                crate::cgroup::process_cgroup_v2(pid as i32)
-                    .is_some_and(|p| cg.v2_dir.ends_with(p.trim_start_matches('/')))
+                !is_zombie(pid)
+                    && crate::cgroup::process_cgroup_v2(pid as i32)
+                        .is_some_and(|p| cg.v2_dir.ends_with(p.trim_start_matches('/')))
             });
             let pidfd = if still_there { pidfd_open(pid) } else { None };
             let (Some(cg), Some(pidfd)) = (cg, pidfd) else {
@@ -2334,6 +2336,12 @@ fn ledger(a: &Agent) -> Option<Arc<crate::meter::Ledger>> {
 /// The cost an agent had spent when it was last stored.
 fn saved_cost(info: &AgentInfo) -> u64 {
     info.usage.iter().find(|u| u.resource == "cost").map_or(0, |u| u.used)
+}
+
+/// Whether `pid` has exited and waits to be reaped (state `Z` in /proc/PID/stat).
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
 }
 
 /// The request that starts a stored restartable agent again, `now` in Unix ms: its

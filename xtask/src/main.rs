@@ -95,6 +95,8 @@ fn test(tier: Tier) -> Result<()> {
                 "timetravel",
                 "--test",
                 "audit",
+                "--test",
+                "restart",
                 "--",
                 "--test-threads",
                 "4",
