@@ -53,9 +53,11 @@ fn restartable_agents_come_back_confined_in_their_session_and_the_rest_stay_down
         return;
     }
     let mut d = Daemon::start();
-    let files = d.doctor()["guarantees"].as_array().unwrap().iter().any(|g| {
-        g["name"].as_str().is_some_and(|n| n.starts_with("file")) && g["holds"] == true
-    });
+    let files = d.doctor()["guarantees"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|g| g["name"].as_str().is_some_and(|n| n.starts_with("file")) && g["holds"] == true);
     if !require(files, "file tokens enforced (BPF LSM or Landlock)") {
         return;
     }

@@ -463,6 +463,15 @@ impl AgentManager {
         if let Ok(max) = store.max_token_id() {
             self.tokens.skip_ids_to(max);
         }
+        // Agents of an earlier boot died with it: their exit recorded (status unknown).
+        for info in store.take_earlier_boot_agents() {
+            self.audit.set_agent_session(&info.name, info.session.as_deref());
+            self.audit.record(
+                Some(&info.name),
+                AuditEvent::Exit { pid: info.pid, status: ExitStatus { code: None, signal: None } },
+            );
+            tracing::info!(agent = %info.name, "an agent of the earlier boot is gone (exit status unknown)");
+        }
         let existing = self.cgroups.existing();
         let stored_restarts = store.restartable().unwrap_or_default();
         let restart_of = |name: &str| {

@@ -172,6 +172,8 @@ pub struct Store {
     conn: Mutex<Connection>,
     /// The database was last written during another boot (emptied of agents on open).
     other_boot: std::sync::atomic::AtomicBool,
+    /// The agents that boot had (emptied away), for the audit trail to close.
+    earlier_agents: Mutex<Vec<AgentInfo>>,
 }
 
 impl Store {
@@ -183,7 +185,12 @@ impl Store {
         // Every acknowledged grant or revoke must survive a crash of the daemon or a power cut.
         conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
-        let store = Store { path: path.to_owned(), conn: Mutex::new(conn), other_boot: Default::default() };
+        let store = Store {
+            path: path.to_owned(),
+            conn: Mutex::new(conn),
+            other_boot: Default::default(),
+            earlier_agents: Mutex::default(),
+        };
         store.migrate()?;
         store.check_boot()?;
         Ok(store)
@@ -216,6 +223,14 @@ impl Store {
             if stored.is_some() {
                 tracing::info!("state database is from an earlier boot: its agents and tokens are gone");
                 self.other_boot.store(true, std::sync::atomic::Ordering::Relaxed);
+                let mut stmt = conn.prepare("SELECT info FROM agents ORDER BY name").map_err(self.err())?;
+                let infos: Vec<String> = stmt
+                    .query_map([], |r| r.get(0))
+                    .map_err(self.err())?
+                    .collect::<Result<_, _>>()
+                    .map_err(self.err())?;
+                let gone = infos.iter().filter_map(|i| serde_json::from_str(i).ok()).collect();
+                *self.earlier_agents.lock().unwrap_or_else(|p| p.into_inner()) = gone;
             }
             conn.execute_batch("DELETE FROM agents; DELETE FROM tokens;").map_err(self.err())?;
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('boot_id', ?1)", [boot])
@@ -378,6 +393,11 @@ impl Store {
             })
             .map_err(self.err())?;
         rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
+    /// The agents the earlier boot had when this store was opened (once).
+    pub fn take_earlier_boot_agents(&self) -> Vec<AgentInfo> {
+        std::mem::take(&mut *self.earlier_agents.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Whether this store was last written during an earlier boot of the machine.
@@ -651,11 +671,15 @@ mod tests {
         {
             let s = Store::open(&path).unwrap();
             s.put_tokens(&[token(1, 5)]).unwrap();
+            s.put_agent(&AgentRecord { info: info("b", 5), files_confined: true, log_path: None }).unwrap();
             s.lock().execute("UPDATE meta SET value = 'another-boot' WHERE key = 'boot_id'", []).unwrap();
         }
         let s = Store::open(&path).unwrap();
         assert!(s.tokens(5).unwrap().is_empty());
         assert!(s.from_earlier_boot());
+        let gone: Vec<String> = s.take_earlier_boot_agents().into_iter().map(|a| a.name).collect();
+        assert_eq!(gone, ["b"], "the earlier boot's agents, for the audit trail");
+        assert!(s.agents().unwrap().is_empty());
         s.lock().pragma_update(None, "user_version", 99).unwrap();
         drop(s);
         let e = Store::open(&path).err().unwrap().to_string();
