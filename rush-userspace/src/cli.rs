@@ -223,7 +223,9 @@ pub enum AgentCommand {
     /// Kill an agent's whole process tree and remove its cgroup
     #[command(long_about = "Kill every process in the agent's cgroup, including the ones \
                             that daemonized or double-forked, and remove the cgroup. Prints \
-                            how many processes were killed.")]
+                            how many processes were killed. A --restartable agent is not started \
+                            again after this; one whose restart failed (it is not running) is \
+                            forgotten, with 0 processes killed.")]
     Kill {
         /// The agent's name.
         #[arg(value_name = "NAME")]
