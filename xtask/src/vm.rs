@@ -252,7 +252,14 @@ pub fn run(args: VmArgs) -> Result<()> {
     )?;
     let mut failed = Vec::new();
     for (k, (o, second)) in kernels.iter().zip(&results) {
+        // The reboot suite passes only when both phases ran their one test and passed: a
+        // missing second boot or an empty filter is a failure, never a skip.
+        let phase1 = suite_passed_one(&o.lines, REBOOT);
+        let phase2 =
+            second.as_ref().is_some_and(|s| s.exit == Some(0) && suite_passed_one(&s.lines, REBOOT_PHASE2.0));
         let verdict = match (o.exit, o.timed_out) {
+            (Some(0), _) if reboot && !phase1 => "FAIL (reboot phase 1)".to_owned(),
+            (Some(0), _) if reboot && !phase2 => "FAIL (reboot phase 2 missing or failed)".to_owned(),
             (Some(0), _) => "PASS".to_owned(),
             (Some(rc), _) => format!("FAIL (payload exit {rc})"),
             (None, true) => "FAIL (timed out, no @@EXIT marker)".to_owned(),
@@ -260,12 +267,7 @@ pub fn run(args: VmArgs) -> Result<()> {
                 format!("FAIL (no @@EXIT marker: the guest died; QEMU exit {:?})", o.qemu_status)
             }
         };
-        // The reboot suite passes only when both phases ran their one test and passed: a
-        // missing second boot or an empty filter is a failure, never a skip.
-        let phase1 = suite_passed_one(&o.lines, REBOOT);
-        let phase2 =
-            second.as_ref().is_some_and(|s| s.exit == Some(0) && suite_passed_one(&s.lines, REBOOT_PHASE2.0));
-        if o.exit != Some(0) || (reboot && !(phase1 && phase2)) {
+        if !verdict.starts_with("PASS") {
             failed.push(k.series.label);
         }
         writeln!(
