@@ -74,11 +74,32 @@ pub fn is_root() -> bool {
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// A name unique to this test process and daemon: its cgroup parent and pin dir.
+fn next_tag() -> String {
+    format!("rush-test-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Where a test daemon keeps its state: a temporary directory removed on drop, or a
+/// directory that outlives the test (the reboot suite's, on the guest's state disk).
+pub enum StateDir {
+    Temp(tempfile::TempDir),
+    Kept(PathBuf),
+}
+
+impl StateDir {
+    pub fn path(&self) -> &Path {
+        match self {
+            StateDir::Temp(t) => t.path(),
+            StateDir::Kept(p) => p,
+        }
+    }
+}
+
 /// A private daemon, stopped (SIGTERM) and cleaned up on drop.
 pub struct Daemon {
     child: Option<Child>,
     pub socket: PathBuf,
-    pub state: tempfile::TempDir,
+    pub state: StateDir,
     pub cgroup_parent: String,
     pub pin_dir: PathBuf,
     pub log: PathBuf,
@@ -98,9 +119,19 @@ impl Daemon {
 
     /// A daemon with this config and these extra environment variables.
     pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Daemon {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let tag = format!("rush-test-{}-{n}", std::process::id());
+        let tag = next_tag();
         let state = tempfile::Builder::new().prefix(&tag).tempdir().expect("state dir");
+        Daemon::launch_in(StateDir::Temp(state), tag, config, env)
+    }
+
+    /// A daemon whose state (database, sessions' store, socket) is kept in `root`, which
+    /// outlives it: started again there after a reboot, it finds what the last one left.
+    pub fn start_in(root: &Path, config: &str) -> Daemon {
+        std::fs::create_dir_all(root).expect("state root");
+        Daemon::launch_in(StateDir::Kept(root.to_owned()), next_tag(), config, &[])
+    }
+
+    fn launch_in(state: StateDir, tag: String, config: &str, env: &[(&str, &str)]) -> Daemon {
         let socket = state.path().join("agentd.sock");
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{tag}"));
         let log = state.path().join("daemon.log");
@@ -148,6 +179,13 @@ impl Daemon {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Leaves the daemon and its agents running and everything in place (no stop, no
+    /// cleanup): what a machine about to lose power has.
+    pub fn abandon(mut self) {
+        self.child.take();
+        std::mem::forget(self);
     }
 
     /// SIGKILL, as a crash would: no cleanup, pins and agents stay.

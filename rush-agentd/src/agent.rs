@@ -179,7 +179,7 @@ pub struct AgentManager {
     /// Ids of tokens revoked in the kernel whose deletion the store refused (a full disk):
     /// retried before every store write, so a restart cannot grant them again once the
     /// disk has room.
-    unsaved_revokes: Mutex<Vec<u64>>,
+    unsaved_revokes: Mutex<Vec<(String, u64)>>,
     budgets: Budgets,
 }
 
@@ -342,8 +342,19 @@ impl AgentManager {
     /// refused writes.
     fn retry_unsaved_revokes(&self, store: &crate::store::Store) {
         let mut unsaved = self.unsaved_revokes.lock().unwrap_or_else(|p| p.into_inner());
-        if !unsaved.is_empty() && store.delete_tokens(&unsaved).is_ok() {
-            tracing::info!(tokens = unsaved.len(), "revokes the store had refused are now saved");
+        if unsaved.is_empty() {
+            return;
+        }
+        let ids: Vec<u64> = unsaved.iter().map(|(_, id)| *id).collect();
+        let mut agents: Vec<&str> = unsaved.iter().map(|(a, _)| a.as_str()).collect();
+        agents.dedup();
+        // A restartable agent's record lists its grants too: rewritten from what it holds now.
+        let records: Vec<_> = agents.iter().filter_map(|a| self.restart_record(a)).collect();
+        let saved = store
+            .delete_tokens(&ids)
+            .and_then(|()| records.iter().try_for_each(|r| store.put_restartable(r)));
+        if saved.is_ok() {
+            tracing::info!(tokens = ids.len(), "revokes the store had refused are now saved");
             unsaved.clear();
         }
     }
@@ -360,8 +371,14 @@ impl AgentManager {
     /// failure does not undo the revoke: the ids are kept for a retry, and the caller is
     /// told that a restart before the retry succeeds would grant them again.
     fn save_revoke(&self, agent: &str, ids: &[u64]) -> Result<(), ApiError> {
-        self.save("revoke", |s| s.delete_tokens(ids)).map_err(|e| {
-            self.unsaved_revokes.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(ids);
+        let restart = self.restart_record(agent);
+        let write = |s: &crate::store::Store| {
+            s.delete_tokens(ids)?;
+            restart.as_ref().map_or(Ok(()), |r| s.put_restartable(r))
+        };
+        self.save("revoke", write).map_err(|e| {
+            let mut unsaved = self.unsaved_revokes.lock().unwrap_or_else(|p| p.into_inner());
+            unsaved.extend(ids.iter().map(|id| (agent.to_owned(), *id)));
             api_err(
                 e.kind,
                 format!(
@@ -392,6 +409,138 @@ impl AgentManager {
         self.save("agent", |s| s.put_agent(&record).and_then(|()| s.put_tokens(&tokens)))
     }
 
+    /// Writes what restarting a restartable agent needs: its request, who asked, and its
+    /// file tokens as they are now (so a revoke is never undone by a restart).
+    /// Part of the request it belongs to (spawn, grant, revoke): a refused write is that
+    /// request's failure.
+    fn save_restart(&self, name: &str) -> Result<(), ApiError> {
+        match self.restart_record(name) {
+            Some(record) => self.save("restartable agent", |s| s.put_restartable(&record)),
+            None => Ok(()),
+        }
+    }
+
+    fn restart_record(&self, name: &str) -> Option<crate::store::RestartRecord> {
+        let found = self.registry().agents.get(name).and_then(|a| {
+            let r = a.respawn.clone().filter(|r| r.req.restartable)?;
+            Some((r, a.cgroup.id, a.info.pid, a.files_confined))
+        });
+        let (r, cgroup_id, pid, files_confined) = found?;
+        let now = boot_time_ns();
+        let grants = self
+            .tokens
+            .of_agent(cgroup_id)
+            .into_iter()
+            // Baseline and stdio tokens are made again at spawn; a conditional token's
+            // worktree does not outlive the agent, so it is left out (less, never more).
+            .filter(|t| matches!(t.origin, Origin::Spawn | Origin::Grant) && t.condition.is_none())
+            .filter(|t| t.expires.is_none_or(|(ns, _)| ns > now))
+            .map(|t| crate::store::RestartGrant {
+                path: t.path,
+                ops: t.ops,
+                expires_unix_ms: t.expires.map(|(_, ms)| ms),
+            })
+            .collect();
+        Some(crate::store::RestartRecord {
+            request: r.req,
+            uid: r.caller.uid,
+            gid: r.caller.gid,
+            groups: r.caller.groups,
+            grants,
+            files_confined,
+            pid,
+        })
+    }
+
+    /// The agent is not to be started again (killed by an operator, or done).
+    fn forget_restart(&self, name: &str) {
+        if let Some(a) = self.registry().agents.get_mut(name) {
+            a.info.restartable = false;
+            if let Some(r) = a.respawn.as_mut() {
+                r.req.restartable = false;
+            }
+        }
+        self.persist("a restartable agent's removal", |s| s.delete_restartable(name));
+    }
+
+    /// `rush agent kill`: the operator's kill, which also ends a restartable agent's
+    /// restarts. A stored restartable agent that is not running (its restart failed) is
+    /// forgotten without error.
+    pub async fn kill_by_operator(&self, name: &str, caller: &Caller) -> Result<u32, ApiError> {
+        let stored = self
+            .store
+            .get()
+            .and_then(|s| s.restartable().ok())
+            .is_some_and(|l| l.iter().any(|r| r.request.name == name));
+        self.forget_restart(name);
+        match self.kill(name, caller).await {
+            Err(e) if stored && (e.kind == ErrorKind::NotFound || e.message.contains("already exited")) => {
+                self.audit
+                    .record(Some(name), AuditEvent::Kill { caller_uid: caller.uid, processes_killed: 0 });
+                Ok(0)
+            }
+            other => other,
+        }
+    }
+
+    /// Starts again every restartable agent that is not running (after adoption, once the
+    /// sessions are open), each as it was spawned, its tokens resolved again from their
+    /// paths. Fail closed: a path gone, its session gone, or enforcement this boot lacks
+    /// and it is not started (audited `restart_failed`, tried again at the next start).
+    /// Returns how many started.
+    pub async fn restart_restartable(self: &Arc<Self>, session_exists: impl Fn(&str) -> bool) -> usize {
+        let Some(store) = self.store.get().cloned() else { return 0 };
+        let reason = if store.from_earlier_boot() { "reboot" } else { "gone" };
+        let records = match store.restartable() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %error_chain(&e), "state database unreadable: no agent restarted");
+                return 0;
+            }
+        };
+        let mut started = 0;
+        for rec in records {
+            let name = rec.request.name.clone();
+            let running =
+                self.registry().agents.get(&name).is_some_and(|a| a.info.state == AgentState::Running);
+            if running {
+                continue;
+            }
+            let result = match restart_request(&rec, now_unix_ms()) {
+                Err(why) => Err(why),
+                Ok(req) => match req.session.as_deref().filter(|s| !session_exists(s)) {
+                    Some(s) => Err(format!("its session {s:?} no longer exists")),
+                    None => {
+                        let caller = Caller {
+                            uid: rec.uid,
+                            gid: rec.gid,
+                            pid: std::process::id() as i32,
+                            groups: rec.groups.clone(),
+                        };
+                        self.spawn(req, &caller, None).await.map(|(info, _)| info.pid).map_err(|e| e.message)
+                    }
+                },
+            };
+            match result {
+                Ok(new_pid) => {
+                    tracing::info!(agent = %name, reason, old_pid = rec.pid, new_pid, "restartable agent started again");
+                    self.audit.record(
+                        Some(&name),
+                        AuditEvent::AgentRestarted { reason: reason.into(), old_pid: rec.pid, new_pid },
+                    );
+                    started += 1;
+                }
+                Err(error) => {
+                    tracing::error!(agent = %name, reason, %error, "restartable agent not started again");
+                    self.audit.set_agent_session(&name, rec.request.session.as_deref());
+                    self.audit
+                        .record(Some(&name), AuditEvent::RestartFailed { reason: reason.into(), error });
+                }
+            }
+        }
+        started
+    }
+
     /// The kernel moved a grant to a new inode: the stored tokens follow.
     pub fn persist_rekey(&self, cgroup_id: u64, from: crate::bpf::FileKey, to: crate::bpf::FileKey) {
         self.persist("a moved grant", |s| s.rekey(cgroup_id, from, to));
@@ -413,17 +562,35 @@ impl AgentManager {
         if let Ok(max) = store.max_token_id() {
             self.tokens.skip_ids_to(max);
         }
+        // Agents of an earlier boot died with it: their exit recorded (status unknown).
+        for info in store.take_earlier_boot_agents() {
+            self.audit.set_agent_session(&info.name, info.session.as_deref());
+            self.audit.record(
+                Some(&info.name),
+                AuditEvent::Exit { pid: info.pid, status: ExitStatus { code: None, signal: None } },
+            );
+            tracing::info!(agent = %info.name, "an agent of the earlier boot is gone (exit status unknown)");
+        }
         let existing = self.cgroups.existing();
+        let stored_restarts = store.restartable().unwrap_or_default();
+        let restart_of = |name: &str| {
+            stored_restarts.iter().find(|r| r.request.name == name).map(|r| Respawn {
+                req: r.request.clone(),
+                caller: Caller { uid: r.uid, gid: r.gid, pid: 0, groups: r.groups.clone() },
+            })
+        };
         let mut adopted = 0;
         for rec in records {
             let name = rec.info.name.clone();
             let pid = rec.info.pid;
             self.audit.set_agent_session(&name, rec.info.session.as_deref());
             let cg = existing.iter().find(|c| c.id == rec.info.cgroup_id).cloned();
-            // The pid must still be the agent's (not reused): alive, and in its cgroup.
+            // The pid must still be the agent's (not reused): alive (a zombie is not: its
+            // agent died with the old daemon, its reaper has not come by yet), in its cgroup.
             let still_there = cg.as_ref().is_some_and(|cg| {
-                crate::cgroup::process_cgroup_v2(pid as i32)
-                    .is_some_and(|p| cg.v2_dir.ends_with(p.trim_start_matches('/')))
+                !is_zombie(pid)
+                    && crate::cgroup::process_cgroup_v2(pid as i32)
+                        .is_some_and(|p| cg.v2_dir.ends_with(p.trim_start_matches('/')))
             });
             let pidfd = if still_there { pidfd_open(pid) } else { None };
             let (Some(cg), Some(pidfd)) = (cg, pidfd) else {
@@ -494,8 +661,9 @@ impl AgentManager {
                         log_path: rec.log_path,
                         files_confined: rec.files_confined,
                         files,
-                        // Its request (env, cwd) is not stored: a Landlock change kills it.
-                        respawn: None,
+                        // Only a restartable agent's request (env, cwd) is stored: any
+                        // other is killed by a Landlock change.
+                        respawn: restart_of(&name),
                         pause,
                         reported: Reported::default(),
                         exec,
@@ -663,6 +831,13 @@ impl AgentManager {
         let name = name.to_string();
         if req.command.is_empty() || req.command[0].is_empty() {
             return Err(api_err(ErrorKind::InvalidArgument, "no command to run: give one after `--`"));
+        }
+        if req.restartable && req.stdio != StdioMode::Log {
+            return Err(api_err(
+                ErrorKind::InvalidArgument,
+                "refusing --restartable for a foreground agent: its terminal does not survive a restart; \
+                 spawn it detached (--detach)",
+            ));
         }
         let (mut req, budget, exec) = self.apply_trust(req)?;
         // Cost budgets: the agent's API calls go through its own metering proxy.
@@ -841,7 +1016,7 @@ impl AgentManager {
             self.schedule_expiry(token);
         }
         let mgr = Arc::clone(self);
-        let saved = self.save_agent(&name);
+        let saved = self.save_agent(&name).and_then(|()| self.save_restart(&name));
         let kill = saved.is_err().then(|| cgroup.clone());
         tokio::spawn(async move { mgr.watch_exit(name, cgroup, child, tx).await });
         if let (Err(e), Some(cg)) = (saved, kill) {
@@ -982,6 +1157,7 @@ impl AgentManager {
                     detached: req.stdio == StdioMode::Log,
                     unconfined,
                     session: req.session.clone(),
+                    restartable: req.restartable,
                 };
                 Ok((info, cg, child, timed))
             }
@@ -1141,6 +1317,15 @@ impl AgentManager {
             }
             pid
         };
+        // Done by itself: a restartable agent is not started again. Any other end (a crash,
+        // a signal) leaves it to the next daemon start or boot; never restarted here, so a
+        // failing agent cannot loop.
+        if status.code == Some(0) {
+            let restartable = self.registry().agents.get(&name).is_some_and(|a| a.info.restartable);
+            if restartable {
+                self.forget_restart(&name);
+            }
+        }
         self.audit.record(Some(&name), AuditEvent::Exit { pid, status });
         let _ = tx.send(Some(status));
         // The agent's work under its conditions gets its last check now.
@@ -1706,6 +1891,11 @@ impl AgentManager {
             self.tokens.remove(cgroup_id, |t| ids.contains(&t.id));
             return Err(e);
         }
+        if let Err(e) = self.save_restart(&req.agent) {
+            self.tokens.remove(cgroup_id, |t| ids.contains(&t.id));
+            self.persist("an undone grant", |s| s.delete_tokens(&ids));
+            return Err(e);
+        }
         if files == Some(Files::BpfLsm)
             && let Err(e) = self.write_entries(cgroup_id, entries)
         {
@@ -2034,6 +2224,7 @@ impl AgentManager {
             stdio: StdioMode::Log,
             allow_unconfined: false,
             session: None,
+            restartable: false,
         };
         // As the agent's user (its primary group from the user database, else uid = gid).
         let uid = self.status(agent).map(|a| a.uid).unwrap_or(0);
@@ -2378,6 +2569,38 @@ fn saved_cost(info: &AgentInfo) -> u64 {
     info.usage.iter().find(|u| u.resource == "cost").map_or(0, |u| u.used)
 }
 
+/// Whether `pid` has exited and waits to be reaped (state `Z` in /proc/PID/stat).
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+}
+
+/// The request that starts a stored restartable agent again, `now` in Unix ms: its
+/// tokens as last stored (timed ones with what is left of their time), detached, never
+/// unconfined. Err: why it must not start.
+fn restart_request(rec: &crate::store::RestartRecord, now: u64) -> Result<SpawnRequest, String> {
+    let mut req = rec.request.clone();
+    req.stdio = StdioMode::Log;
+    req.restartable = true;
+    req.allow_unconfined = false;
+    req.allow = rec
+        .grants
+        .iter()
+        .filter(|g| g.expires_unix_ms.is_none_or(|ms| ms > now))
+        .map(|g| FileGrant {
+            path: g.path.clone(),
+            ops: g.ops,
+            ttl_secs: g.expires_unix_ms.map(|ms| (ms - now).div_ceil(1000)),
+        })
+        .collect();
+    if rec.files_confined && req.allow.is_empty() {
+        return Err("all its file grants have expired or were revoked; without any it would run with \
+                    its files unconfined"
+            .into());
+    }
+    Ok(req)
+}
+
 fn not_found(name: &str) -> ApiError {
     api_err(ErrorKind::NotFound, format!("no agent named {name:?}"))
 }
@@ -2500,6 +2723,7 @@ mod tests {
             stdio: StdioMode::Log,
             allow_unconfined: false,
             session: None,
+            restartable: false,
         }
     }
 
@@ -2852,6 +3076,119 @@ mod tests {
         }
         assert_eq!(*f.cgroups.freezes.lock().unwrap(), ["freeze m2", "thaw m2"]);
         assert!(f.mgr.pending_expiries().is_empty());
+    }
+
+    #[tokio::test]
+    async fn restartable_agents_are_stored_forgotten_at_exit_0_and_refused_in_the_foreground() {
+        let f = fixture(enforced());
+        let store = Arc::new(crate::store::Store::open(&f._dir.path().join("state.db")).unwrap());
+        f.mgr.attach_store(store.clone());
+        let fg = SpawnRequest { restartable: true, stdio: StdioMode::Passed, ..req("fg", &["true"]) };
+        let e = f.mgr.spawn(fg, &me(), None).await.unwrap_err();
+        assert!(e.message.contains("--restartable") && e.message.contains("--detach"), "{}", e.message);
+        let r = SpawnRequest { restartable: true, ..req("r", &["sh", "-c", "sleep 0.3"]) };
+        let (info, mut rx) = f.mgr.spawn(r, &me(), None).await.unwrap();
+        assert!(info.restartable);
+        let stored = store.restartable().unwrap();
+        assert_eq!(stored.len(), 1, "written before the spawn is answered");
+        assert_eq!((stored[0].pid, stored[0].uid), (info.pid, me().uid));
+        assert_eq!(stored[0].request.command, ["sh", "-c", "sleep 0.3"]);
+        let status = rx.wait_for(|s| s.is_some()).await.unwrap().unwrap();
+        assert_eq!(status.code, Some(0));
+        assert!(store.restartable().unwrap().is_empty(), "exit 0: done, not restarted");
+        // A non-zero exit keeps it for the next start, and is not restarted meanwhile.
+        let r = SpawnRequest { restartable: true, ..req("r2", &["sh", "-c", "exit 3"]) };
+        let (_, mut rx) = f.mgr.spawn(r, &me(), None).await.unwrap();
+        rx.wait_for(|s| s.is_some()).await.unwrap();
+        assert_eq!(store.restartable().unwrap().len(), 1);
+        assert_eq!(f.mgr.status("r2").unwrap().state, AgentState::Exited);
+    }
+
+    #[tokio::test]
+    async fn a_starting_daemon_restarts_what_is_gone_and_fails_closed_on_a_missing_path() {
+        let f = fixture(files_enforced());
+        let store = Arc::new(crate::store::Store::open(&f._dir.path().join("state.db")).unwrap());
+        f.mgr.attach_store(store.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let keep = dir.path().join("keep");
+        let gone = dir.path().join("gone");
+        std::fs::create_dir(&keep).unwrap();
+        std::fs::create_dir(&gone).unwrap();
+        for (name, path) in [("ok", &keep), ("lost", &gone)] {
+            let allow: FileGrant = format!("{}:read", path.display()).parse().unwrap();
+            let r = SpawnRequest { restartable: true, allow: vec![allow], ..req(name, &["sleep", "30"]) };
+            f.mgr.spawn(r, &me(), None).await.unwrap();
+        }
+        std::fs::remove_dir(&gone).unwrap();
+        // Another daemon on the same store: both are gone from its point of view.
+        let g = fixture(files_enforced());
+        g.mgr.attach_store(store.clone());
+        assert_eq!(g.mgr.restart_restartable(|_| true).await, 1);
+        let ok = g.mgr.status("ok").unwrap();
+        assert!(ok.restartable && ok.state == AgentState::Running);
+        assert_ne!(ok.pid, f.mgr.status("ok").unwrap().pid, "a new process");
+        assert!(g.kernel.files_confined.lock().unwrap().contains(&ok.cgroup_id), "still confined");
+        let key = crate::tokens::file_key(&keep).unwrap();
+        assert!(g.kernel.file_grants.lock().unwrap().contains_key(&(ok.cgroup_id, key)));
+        assert!(g.mgr.status("lost").is_err(), "never started with fewer tokens");
+        let events = audit_kinds(&g);
+        assert!(
+            events.iter().any(|e| matches!(e, AuditEvent::AgentRestarted { reason, new_pid, .. }
+                if reason == "gone" && *new_pid == ok.pid)),
+            "{events:?}"
+        );
+        assert!(
+            events.iter().any(|e| matches!(e, AuditEvent::RestartFailed { error, .. }
+                if error.contains(&*gone.to_string_lossy()))),
+            "{events:?}"
+        );
+        // A session that no longer exists: not started either.
+        let h = fixture(files_enforced());
+        h.mgr.attach_store(store.clone());
+        let mut rec = store.restartable().unwrap().into_iter().find(|r| r.request.name == "ok").unwrap();
+        rec.request.session = Some("s".into());
+        store.put_restartable(&rec).unwrap();
+        assert_eq!(h.mgr.restart_restartable(|_| false).await, 0);
+        // The operator's kill forgets it, also one whose restart failed.
+        assert_eq!(g.mgr.kill_by_operator("lost", &me()).await.unwrap(), 0);
+        let names: Vec<String> = store.restartable().unwrap().into_iter().map(|r| r.request.name).collect();
+        assert_eq!(names, ["ok"]);
+        for m in [&f.mgr, &g.mgr] {
+            for a in m.list() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(a.pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_restart_request_keeps_what_is_left_of_timed_grants_and_never_runs_unconfined() {
+        let grant = |p: &str, exp| crate::store::RestartGrant {
+            path: p.into(),
+            ops: Ops::READ,
+            expires_unix_ms: exp,
+        };
+        let mut rec = crate::store::RestartRecord {
+            request: SpawnRequest { allow_unconfined: true, ..req("a", &["true"]) },
+            uid: 0,
+            gid: 0,
+            groups: vec![],
+            grants: vec![grant("/a", None), grant("/b", Some(10_500)), grant("/c", Some(9_000))],
+            files_confined: true,
+            pid: 1,
+        };
+        let r = restart_request(&rec, 10_000).unwrap();
+        assert!(!r.allow_unconfined && r.restartable && r.stdio == StdioMode::Log);
+        let got: Vec<(String, Option<u64>)> =
+            r.allow.iter().map(|g| (g.path.display().to_string(), g.ttl_secs)).collect();
+        assert_eq!(got, [("/a".to_string(), None), ("/b".to_string(), Some(1))], "/c has expired");
+        rec.grants = vec![grant("/c", Some(9_000))];
+        let e = restart_request(&rec, 10_000).unwrap_err();
+        assert!(e.contains("unconfined"), "{e}");
+        rec.files_confined = false;
+        assert!(restart_request(&rec, 10_000).unwrap().allow.is_empty());
     }
 
     fn audit_kinds(f: &Fixture) -> Vec<AuditEvent> {

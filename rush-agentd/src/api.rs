@@ -380,7 +380,7 @@ async fn dispatch(
         Request::AgentStatus { name } => ctx.agents.status(&name).map(|agent| Response::Agent { agent }),
         Request::KillAgent { name } => ctx
             .agents
-            .kill(&name, &peer.caller)
+            .kill_by_operator(&name, &peer.caller)
             .await
             .map(|processes_killed| Response::Killed { name, processes_killed }),
         Request::PauseAgent { name } => {

@@ -159,6 +159,11 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
         config.snapshot.clone(),
         state_dir.clone(),
     );
+    // Sessions first: a restartable agent's workspace is there once its store is mounted.
+    let restarted = agents.restart_restartable(|s| sessions.exists(s)).await;
+    if restarted > 0 {
+        tracing::info!(restarted, "restartable agents started again");
+    }
     let doctor_sessions = sessions.clone();
     let (doctor_agents, doctor_audit, doctor_events_lost) =
         (agents.clone(), audit.clone(), events_lost.clone());

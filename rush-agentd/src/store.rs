@@ -5,12 +5,13 @@
 //!
 //! Deadlines are CLOCK_BOOTTIME values, meaningful within one boot only: the boot id is
 //! stored with them, and a store from another boot is emptied on open (its agents died
-//! with that boot).
+//! with that boot). Restartable agents' spawn requests, sessions and the audit trail
+//! outlive boots.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use rush_proto::{AgentInfo, CheckpointInfo, Ops, SessionInfo, ShellState, TimelineInfo};
+use rush_proto::{AgentInfo, CheckpointInfo, Ops, SessionInfo, ShellState, SpawnRequest, TimelineInfo};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::bpf::FileKey;
@@ -130,6 +131,15 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (pid, start_ticks, boot_id)
     );
 ",
+    "
+    -- Agents spawned --restartable: what starting them again needs (RestartRecord as
+    -- JSON). Kept across reboots, unlike `agents`.
+    CREATE TABLE restartable (
+        name TEXT PRIMARY KEY,
+        record TEXT NOT NULL,
+        updated_unix_ms INTEGER NOT NULL
+    );
+",
 ];
 
 /// Brings the schema of `conn` (the database at `path`) up to date. Each migration is one
@@ -168,8 +178,19 @@ pub struct Recovery {
 
 /// The tables salvaged from a damaged database, in this order (meta first: its boot id
 /// decides whether the agents and tokens copied after it are still alive).
-const SALVAGE: &[&str] =
-    &["meta", "agents", "tokens", "sessions", "timelines", "checkpoints", "journal", "audit"];
+const SALVAGE: &[&str] = &[
+    "meta",
+    "agents",
+    "tokens",
+    "sessions",
+    "timelines",
+    "checkpoints",
+    "journal",
+    "session_kv",
+    "session_cwd",
+    "restartable",
+    "audit",
+];
 
 /// Checks the database at `path` before the daemon uses it. A file SQLite cannot read
 /// whole (not a database, a failed `PRAGMA quick_check`) is moved aside as
@@ -315,9 +336,38 @@ pub struct AttachmentRecord {
     pub tty: Option<String>,
 }
 
+/// A restartable agent as stored: its spawn request and who asked, with its file tokens
+/// as they stand (kept up to date through grants, revokes and expiries).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RestartRecord {
+    /// As it came; its `allow` is not used (`grants` replaces it).
+    pub request: SpawnRequest,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub grants: Vec<RestartGrant>,
+    /// File-confined (spawned with --allow): it must never restart without file tokens.
+    pub files_confined: bool,
+    /// Its first process when last written (0: never started on this boot).
+    pub pid: u32,
+}
+
+/// A file token of a restartable agent, re-resolved from its path when it restarts.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RestartGrant {
+    pub path: PathBuf,
+    pub ops: Ops,
+    /// Wall-clock expiry: a grant past it is not given again.
+    pub expires_unix_ms: Option<u64>,
+}
+
 pub struct Store {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// The database was last written during another boot (emptied of agents on open).
+    other_boot: std::sync::atomic::AtomicBool,
+    /// The agents that boot had (emptied away), for the audit trail to close.
+    earlier_agents: Mutex<Vec<AgentInfo>>,
 }
 
 impl Store {
@@ -329,7 +379,12 @@ impl Store {
         // Every acknowledged grant or revoke must survive a crash of the daemon or a power cut.
         conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
-        let store = Store { path: path.to_owned(), conn: Mutex::new(conn) };
+        let store = Store {
+            path: path.to_owned(),
+            conn: Mutex::new(conn),
+            other_boot: Default::default(),
+            earlier_agents: Mutex::default(),
+        };
         store.migrate()?;
         store.check_boot()?;
         Ok(store)
@@ -368,6 +423,15 @@ impl Store {
         if stored.as_deref() != Some(boot.as_str()) {
             if stored.is_some() {
                 tracing::info!("state database is from an earlier boot: its agents and tokens are gone");
+                self.other_boot.store(true, std::sync::atomic::Ordering::Relaxed);
+                let mut stmt = conn.prepare("SELECT info FROM agents ORDER BY name").map_err(self.err())?;
+                let infos: Vec<String> = stmt
+                    .query_map([], |r| r.get(0))
+                    .map_err(self.err())?
+                    .collect::<Result<_, _>>()
+                    .map_err(self.err())?;
+                let gone = infos.iter().filter_map(|i| serde_json::from_str(i).ok()).collect();
+                *self.earlier_agents.lock().unwrap_or_else(|p| p.into_inner()) = gone;
             }
             conn.execute_batch("DELETE FROM agents; DELETE FROM tokens;").map_err(self.err())?;
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('boot_id', ?1)", [boot])
@@ -530,6 +594,37 @@ impl Store {
             })
             .map_err(self.err())?;
         rows.collect::<Result<Vec<_>, _>>().map_err(self.err())
+    }
+
+    /// The agents the earlier boot had when this store was opened (once).
+    pub fn take_earlier_boot_agents(&self) -> Vec<AgentInfo> {
+        std::mem::take(&mut *self.earlier_agents.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Whether this store was last written during an earlier boot of the machine.
+    pub fn from_earlier_boot(&self) -> bool {
+        self.other_boot.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn put_restartable(&self, rec: &RestartRecord) -> Result<(), StoreError> {
+        let json = self.json(rec)?;
+        self.lock()
+            .execute(
+                "INSERT OR REPLACE INTO restartable (name, record, updated_unix_ms) VALUES (?1, ?2, ?3)",
+                params![rec.request.name, json, crate::audit::now_unix_ms() as i64],
+            )
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    pub fn delete_restartable(&self, name: &str) -> Result<(), StoreError> {
+        self.lock().execute("DELETE FROM restartable WHERE name = ?1", [name]).map_err(self.err())?;
+        Ok(())
+    }
+
+    /// By name.
+    pub fn restartable(&self) -> Result<Vec<RestartRecord>, StoreError> {
+        self.rows("restartable agent", "SELECT record FROM restartable ORDER BY name", [])
     }
 
     /// The highest token id ever stored (ids are never reused across restarts).
@@ -1014,16 +1109,51 @@ mod tests {
     }
 
     #[test]
+    fn restartable_agents_outlive_a_boot_until_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let request: SpawnRequest = serde_json::from_value(serde_json::json!({
+            "name": "r", "command": ["sleep", "9"], "cwd": "/", "stdio": "log", "restartable": true
+        }))
+        .unwrap();
+        let rec = RestartRecord {
+            request,
+            uid: 1000,
+            gid: 1000,
+            groups: vec![27],
+            grants: vec![RestartGrant { path: "/srv/w".into(), ops: Ops::READ, expires_unix_ms: Some(5) }],
+            files_confined: true,
+            pid: 77,
+        };
+        {
+            let s = Store::open(&path).unwrap();
+            assert!(!s.from_earlier_boot());
+            s.put_restartable(&rec).unwrap();
+            s.lock().execute("UPDATE meta SET value = 'another-boot' WHERE key = 'boot_id'", []).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert!(s.from_earlier_boot());
+        assert_eq!(s.restartable().unwrap(), vec![rec]);
+        s.delete_restartable("r").unwrap();
+        assert!(s.restartable().unwrap().is_empty());
+    }
+
+    #[test]
     fn a_store_from_another_boot_is_emptied_and_a_newer_schema_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         {
             let s = Store::open(&path).unwrap();
             s.put_tokens(&[token(1, 5)]).unwrap();
+            s.put_agent(&AgentRecord { info: info("b", 5), files_confined: true, log_path: None }).unwrap();
             s.lock().execute("UPDATE meta SET value = 'another-boot' WHERE key = 'boot_id'", []).unwrap();
         }
         let s = Store::open(&path).unwrap();
         assert!(s.tokens(5).unwrap().is_empty());
+        assert!(s.from_earlier_boot());
+        let gone: Vec<String> = s.take_earlier_boot_agents().into_iter().map(|a| a.name).collect();
+        assert_eq!(gone, ["b"], "the earlier boot's agents, for the audit trail");
+        assert!(s.agents().unwrap().is_empty());
         s.lock().pragma_update(None, "user_version", 99).unwrap();
         drop(s);
         let e = Store::open(&path).err().unwrap().to_string();

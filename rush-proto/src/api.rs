@@ -338,6 +338,10 @@ pub struct SpawnRequest {
     /// The session it belongs to: checkpoints freeze it, rollbacks stop or restore it.
     #[serde(default)]
     pub session: Option<String>,
+    /// Start it again after a reboot, or when a starting daemon finds it gone (detached
+    /// agents only). Forgotten when an operator kills it or it exits with status 0.
+    #[serde(default)]
+    pub restartable: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -542,6 +546,9 @@ pub struct AgentInfo {
     pub unconfined: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+    /// Spawned with `restartable`: the daemon starts it again after a reboot.
+    #[serde(default)]
+    pub restartable: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -826,6 +833,21 @@ pub enum AuditEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         new_pid: Option<u32>,
     },
+    /// A restartable agent started again by a starting daemon, as it was spawned:
+    /// `reason` is `reboot` (the machine restarted) or `gone` (the daemon found it dead).
+    AgentRestarted {
+        reason: String,
+        /// Its first process before (unknown after a reboot: 0) and now.
+        old_pid: u32,
+        new_pid: u32,
+    },
+    /// A restartable agent not started again: `error` says why (a granted path gone, its
+    /// session missing, enforcement unavailable on this boot). Fail closed: it is never
+    /// started with fewer restrictions; it is tried again at the next daemon start.
+    RestartFailed {
+        reason: String,
+        error: String,
+    },
     /// A request the daemon refused for policy reasons (not input errors).
     Refused {
         caller_uid: u32,
@@ -868,6 +890,8 @@ impl AuditEvent {
         "session_attached",
         "session_detached",
         "ruleset_change",
+        "agent_restarted",
+        "restart_failed",
         "refused",
     ];
 
@@ -945,6 +969,8 @@ impl AuditEvent {
             AuditEvent::SessionKv { .. } => "session_kv",
             AuditEvent::SessionAttached { .. } => "session_attached",
             AuditEvent::SessionDetached { .. } => "session_detached",
+            AuditEvent::AgentRestarted { .. } => "agent_restarted",
+            AuditEvent::RestartFailed { .. } => "restart_failed",
         }
     }
 }

@@ -225,7 +225,9 @@ pub enum AgentCommand {
     /// Kill an agent's whole process tree and remove its cgroup
     #[command(long_about = "Kill every process in the agent's cgroup, including the ones \
                             that daemonized or double-forked, and remove the cgroup. Prints \
-                            how many processes were killed.")]
+                            how many processes were killed. A --restartable agent is not started \
+                            again after this; one whose restart failed (it is not running) is \
+                            forgotten, with 0 processes killed.")]
     Kill {
         /// The agent's name.
         #[arg(value_name = "NAME")]
@@ -279,7 +281,11 @@ Examples:
     $ rush agent spawn tool --trust low --budget cpu:10m,mem:512M -- ./run.sh
 
   Any port of a local service, in the background:
-    $ rush agent spawn indexer --net '127.0.0.1:*,[::1]:*' --detach -- ./index.sh";
+    $ rush agent spawn indexer --net '127.0.0.1:*,[::1]:*' --detach -- ./index.sh
+
+  A worker in a session that comes back after a reboot, confined to its workspace:
+    $ rush agent spawn worker --session web --allow ~/src/web:read,write \
+        --detach --restartable -- ./work.sh";
 
 #[derive(Debug, Args)]
 pub struct SpawnArgs {
@@ -336,6 +342,21 @@ pub struct SpawnArgs {
     /// Run in the background: stdin from /dev/null, output captured for `rush agent logs`.
     #[arg(long, short = 'd')]
     pub detach: bool,
+
+    /// Start the agent again, as spawned here (command, environment, working directory,
+    /// session, trust, budget, network policy, and its file tokens re-resolved from their
+    /// paths), after a reboot or when the daemon starts and finds it gone (needs --detach).
+    /// Its tokens are kept as grants and revokes leave them, timed ones with what is left of
+    /// their time. It is never restarted with fewer restrictions: if a granted path no longer
+    /// exists, its session is gone, or this boot cannot enforce its policy, it is not
+    /// started (audited as restart_failed) and is tried again at the next daemon start.
+    /// A restart is audited as agent_restarted with reason `reboot` or `gone` and the new
+    /// pid. It stops being restartable when `rush agent kill` kills it (which also forgets
+    /// one whose restart failed) or when it exits with status 0 while the daemon watches.
+    /// Any other exit while the daemon runs does not restart it (no restart loops): it is
+    /// started again at the next daemon start or boot.
+    #[arg(long, requires = "detach")]
+    pub restartable: bool,
 
     /// The command to run and its arguments, after `--`. CMD is looked up in your PATH.
     #[arg(last = true, required = true, value_name = "CMD")]
@@ -926,6 +947,13 @@ mod tests {
             clap_complete::generate(shell, &mut Cli::command(), "rush", &mut script);
             assert!(String::from_utf8(script).unwrap().contains("spawn"), "{shell}");
         }
+    }
+
+    #[test]
+    fn restartable_needs_detach() {
+        assert!(spawn(&["bot", "-d", "--restartable", "--", "true"]).restartable);
+        let e = parse(&["agent", "spawn", "bot", "--restartable", "--", "true"]).unwrap_err().to_string();
+        assert!(e.contains("--detach"), "{e}");
     }
 
     #[test]

@@ -308,7 +308,7 @@ pub fn agent_status(a: &AgentInfo, now_ms: u64) -> String {
     } else {
         format!("UNCONFINED ({})", sanitize(&a.unconfined.join("; ")))
     };
-    let fields: [(&str, String); 16] = [
+    let fields: [(&str, String); 17] = [
         ("name", a.name.clone()),
         ("state", state),
         ("trust", a.trust.clone().unwrap_or_else(|| "-".into())),
@@ -319,6 +319,7 @@ pub fn agent_status(a: &AgentInfo, now_ms: u64) -> String {
         ("started", started),
         ("command", shell_join(&a.command)),
         ("mode", if a.detached { "detached" } else { "foreground" }.to_string()),
+        ("restartable", if a.restartable { "yes" } else { "no" }.to_string()),
         ("net", a.net.to_string()),
         ("enforcement", enforcement),
         ("confinement", confinement),
@@ -429,6 +430,10 @@ pub fn audit_line(r: &AuditRecord) -> String {
         AuditEvent::Resumed { caller_uid, budget } => {
             format!("caller_uid={caller_uid} budget={}", value(&budget.to_string()))
         }
+        AuditEvent::AgentRestarted { reason, old_pid, new_pid } => {
+            format!("reason={reason} old_pid={old_pid} new_pid={new_pid}")
+        }
+        AuditEvent::RestartFailed { reason, error } => format!("reason={reason} error={}", value(error)),
         AuditEvent::RulesetChange { action, cause, old_pid, new_pid } => match new_pid {
             Some(new) => format!("action={action} cause={cause} old_pid={old_pid} new_pid={new}"),
             None => format!("action={action} cause={cause} old_pid={old_pid}"),
@@ -611,6 +616,7 @@ mod tests {
             detached: true,
             unconfined: vec![],
             session: None,
+            restartable: false,
             trust: Some("medium".into()),
             budget: "cpu:1h,cost:$5".parse().unwrap(),
             paused: None,

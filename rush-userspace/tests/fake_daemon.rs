@@ -141,6 +141,7 @@ fn agent(name: &str) -> AgentInfo {
         detached: true,
         unconfined: vec![],
         session: None,
+        restartable: false,
         trust: None,
         budget: Default::default(),
         paused: None,

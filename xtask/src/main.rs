@@ -99,6 +99,8 @@ fn test(tier: Tier) -> Result<()> {
                 "store",
                 "--test",
                 "sessions",
+                "--test",
+                "restart",
                 "--",
                 "--test-threads",
                 "4",

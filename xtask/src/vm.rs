@@ -72,7 +72,7 @@ impl VmArgs {
 }
 
 /// Debian packages this tier needs on the host, beyond `setup::ensure`'s.
-const VM_PACKAGES: [(&str, &str); 8] = [
+const VM_PACKAGES: [(&str, &str); 9] = [
     ("qemu-system-x86", "qemu-system-x86_64"),
     ("btrfs-progs", "mkfs.btrfs"),
     ("busybox-static", "/bin/busybox"),
@@ -81,13 +81,15 @@ const VM_PACKAGES: [(&str, &str); 8] = [
     ("binutils", "strip"),
     ("curl", "curl"),
     ("criu", "criu"),
+    ("e2fsprogs", "mkfs.ext4"),
 ];
 
 /// The guest test suites, in the order they run: (name, test threads, extra arguments).
 /// Kernel-tests targets: `host`, `budget`, `landlock`, `files`, `guest`, `escape`, `lifecycle`,
 /// `timetravel`, `audit`, `sessions`, `store`, `crash`; `bpf` is rush-agentd's own kernel smoke
-/// tests (its lib tests under `bpf::`).
-const SUITES: [(&str, u32, &str); 13] = [
+/// tests (its lib tests under `bpf::`). `reboot` spans two boots with a state disk: its phase 1
+/// runs last in the first boot, its phase 2 alone in a second boot ([`REBOOT`]).
+const SUITES: [(&str, u32, &str); 14] = [
     ("host", 2, ""),
     ("budget", 1, ""),
     ("landlock", 1, ""),
@@ -101,7 +103,18 @@ const SUITES: [(&str, u32, &str); 13] = [
     ("store", 1, ""),
     ("crash", 1, " --nocapture"),
     ("bpf", 1, " bpf::"),
+    ("reboot", 1, " --ignored --exact reboot_phase1"),
 ];
+
+/// The `reboot` suite's second boot: its marker name and its test, run alone.
+const REBOOT: &str = "reboot";
+const REBOOT_PHASE2: (&str, &str) = ("reboot-phase2", " --ignored --exact reboot_phase2");
+/// The state disk: a sparse raw image, ext4 in the guest (made on the first boot).
+const STATE_DISK_BYTES: u64 = 2 << 30;
+/// On the kernel command line of the second boot: /payload/run runs phase 2 only.
+const PHASE2_ARG: &str = "rush.phase=2";
+/// A second boot runs one test; beyond this it is stuck.
+const PHASE2_TIMEOUT: Duration = Duration::from_secs(600);
 
 fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
@@ -214,12 +227,13 @@ pub fn run(args: VmArgs) -> Result<()> {
         util::step(&format!("kernel {}: {} {}", k.series.label, k.package, k.version));
     }
     let timeout = Duration::from_secs(args.timeout);
+    let reboot = args.suite.as_deref().is_none_or(|s| s == REBOOT);
     let results = std::thread::scope(|scope| {
         let running: Vec<_> = kernels
             .iter()
             .map(|k| {
                 let (payload, out_dir) = (&payload, &out_dir);
-                scope.spawn(move || boot_with_payload(k, payload, out_dir, args.memory, accel, timeout))
+                scope.spawn(move || boot_twice(k, payload, out_dir, args.memory, accel, timeout, reboot))
             })
             .collect();
         running
@@ -238,8 +252,15 @@ pub fn run(args: VmArgs) -> Result<()> {
         secs(payload_time)
     )?;
     let mut failed = Vec::new();
-    for (k, o) in kernels.iter().zip(&results) {
+    for (k, (o, second)) in kernels.iter().zip(&results) {
+        // The reboot suite passes only when both phases ran their one test and passed: a
+        // missing second boot or an empty filter is a failure, never a skip.
+        let phase1 = suite_passed_one(&o.lines, REBOOT);
+        let phase2 =
+            second.as_ref().is_some_and(|s| s.exit == Some(0) && suite_passed_one(&s.lines, REBOOT_PHASE2.0));
         let verdict = match (o.exit, o.timed_out) {
+            (Some(0), _) if reboot && !phase1 => "FAIL (reboot phase 1)".to_owned(),
+            (Some(0), _) if reboot && !phase2 => "FAIL (reboot phase 2 missing or failed)".to_owned(),
             (Some(0), _) => "PASS".to_owned(),
             (Some(rc), _) => format!("FAIL (payload exit {rc})"),
             (None, true) => "FAIL (timed out, no @@EXIT marker)".to_owned(),
@@ -247,7 +268,7 @@ pub fn run(args: VmArgs) -> Result<()> {
                 format!("FAIL (no @@EXIT marker: the guest died; QEMU exit {:?})", o.qemu_status)
             }
         };
-        if o.exit != Some(0) {
+        if !verdict.starts_with("PASS") {
             failed.push(k.series.label);
         }
         writeln!(
@@ -262,6 +283,35 @@ pub fn run(args: VmArgs) -> Result<()> {
         )?;
         for line in suite_report(&o.lines, args.suite.as_deref()) {
             writeln!(summary, "        {line}")?;
+        }
+        if reboot {
+            match second {
+                Some(s) => {
+                    writeln!(
+                        summary,
+                        "        reboot: second boot (same state disk) {}, boot to /init {}, VM total {}",
+                        match s.exit {
+                            Some(0) => "ok".to_owned(),
+                            Some(rc) => format!("exit {rc}"),
+                            None => "died or timed out".to_owned(),
+                        },
+                        s.boot_time.map(secs).unwrap_or_else(|| "?".into()),
+                        secs(s.total_time)
+                    )?;
+                    for line in report_of(&s.lines, REBOOT_PHASE2.0) {
+                        writeln!(summary, "        {line}")?;
+                    }
+                    if s.exit.is_none() {
+                        writeln!(summary, "        last console lines of the second boot:")?;
+                        let tail: Vec<&String> =
+                            s.lines.iter().rev().filter(|l| !l.trim().is_empty()).take(8).collect();
+                        for l in tail.iter().rev() {
+                            writeln!(summary, "          {l}")?;
+                        }
+                    }
+                }
+                None => writeln!(summary, "        reboot: FAIL: no second boot (phase 1 did not pass)")?,
+            }
         }
         if o.exit.is_none() {
             // Why it died: a panic, an oops, a hang; the console's last lines say.
@@ -283,6 +333,41 @@ pub fn run(args: VmArgs) -> Result<()> {
     Ok(())
 }
 
+/// The suites' boot of `k`; with `reboot`, with a fresh state disk attached, and, when the
+/// first boot's phase 1 passed, a second boot on the same disk for phase 2.
+fn boot_twice(
+    k: &kernel::Kernel,
+    payload: &Path,
+    out_dir: &Path,
+    memory_mb: u32,
+    accel: &str,
+    timeout: Duration,
+    reboot: bool,
+) -> Result<(qemu::Outcome, Option<qemu::Outcome>)> {
+    let disk = out_dir.join(format!("state-{}.img", k.series.label));
+    if reboot {
+        // Fresh and sparse: the first boot formats it.
+        let _ = std::fs::remove_file(&disk);
+        let f = std::fs::File::create(&disk).with_context(|| format!("creating {}", disk.display()))?;
+        f.set_len(STATE_DISK_BYTES)?;
+    }
+    let first =
+        boot_guest(k, payload, out_dir, memory_mb, accel, timeout, reboot.then_some(disk.as_path()), 1)?;
+    let second = if reboot && suite_passed_one(&first.lines, REBOOT) {
+        util::step(&format!(
+            "kernel {}: rebooting onto the same state disk (reboot phase 2)",
+            k.series.label
+        ));
+        Some(boot_guest(k, payload, out_dir, memory_mb, accel, PHASE2_TIMEOUT, Some(&disk), 2)?)
+    } else {
+        None
+    };
+    if reboot {
+        let _ = std::fs::remove_file(&disk);
+    }
+    Ok((first, second))
+}
+
 /// Boots `k` with its (cached) base initramfs and `payload` appended; /init runs
 /// /payload/run. The console goes to stdout (prefixed) and to `out_dir`.
 pub fn boot_with_payload(
@@ -292,6 +377,22 @@ pub fn boot_with_payload(
     memory_mb: u32,
     accel: &str,
     timeout: Duration,
+) -> Result<qemu::Outcome> {
+    boot_guest(k, payload, out_dir, memory_mb, accel, timeout, None, 1)
+}
+
+/// [`boot_with_payload`], with `disk` attached, as boot number `boot` (2: the reboot
+/// suite's second boot, told so on the kernel command line).
+#[allow(clippy::too_many_arguments)]
+fn boot_guest(
+    k: &kernel::Kernel,
+    payload: &Path,
+    out_dir: &Path,
+    memory_mb: u32,
+    accel: &str,
+    timeout: Duration,
+    disk: Option<&Path>,
+    boot: u8,
 ) -> Result<qemu::Outcome> {
     let t = Instant::now();
     let (base, built) = image::base_initramfs(k)?;
@@ -309,6 +410,12 @@ pub fn boot_with_payload(
         Some(l) => write!(append, " lsm={l},bpf")?,
         None => append.push_str(" lsm=landlock,lockdown,yama,apparmor,bpf"),
     }
+    let log = if boot == 2 {
+        write!(append, " {PHASE2_ARG}")?;
+        out_dir.join(format!("console-{}-boot2.log", k.series.label))
+    } else {
+        out_dir.join(format!("console-{}.log", k.series.label))
+    };
     qemu::boot(&qemu::Boot {
         label: k.series.label,
         vmlinuz: &k.vmlinuz,
@@ -317,7 +424,8 @@ pub fn boot_with_payload(
         memory_mb,
         accel,
         timeout,
-        log: out_dir.join(format!("console-{}.log", k.series.label)),
+        log,
+        disk,
     })
 }
 
@@ -339,41 +447,60 @@ fn secs(d: Duration) -> String {
 
 /// Per suite: its status, the libtest result line, failed tests, loud skips.
 fn suite_report(lines: &[String], only: Option<&str>) -> Vec<String> {
-    let mut out = Vec::new();
-    for (suite, _, _) in SUITES.into_iter().filter(|(s, _, _)| only.is_none_or(|o| o == *s)) {
-        let start = format!("@@SUITE-START={suite}@@");
-        let Some(from) = lines.iter().position(|l| l.contains(&start)) else {
-            out.push(format!("{suite}: did not start"));
-            continue;
-        };
-        let end_tag = format!("@@SUITE={suite} rc=");
-        let to = lines[from..].iter().position(|l| l.contains(&end_tag)).map(|i| from + i);
-        let body = &lines[from..to.unwrap_or(lines.len())];
-        let rc = to.and_then(|i| {
-            let l = &lines[i];
-            l[l.find(&end_tag)? + end_tag.len()..].trim_end_matches('@').parse::<i32>().ok()
-        });
-        let result = body
-            .iter()
-            .rev()
-            .find(|l| l.starts_with("test result:"))
-            .map(String::as_str)
-            .unwrap_or("no test result line");
-        out.push(format!(
-            "{suite}: {} — {result}",
-            match rc {
-                Some(0) => "ok".to_owned(),
-                Some(rc) => format!("exit {rc}"),
-                None => "did not finish".to_owned(),
-            }
-        ));
-        for l in body {
-            if l.starts_with("test ") && l.ends_with(" FAILED") {
-                out.push(format!("  {l}"));
-            }
-            if l.contains("SKIP *****") {
-                out.push(format!("  {}", l.trim()));
-            }
+    SUITES
+        .into_iter()
+        .filter(|(s, _, _)| only.is_none_or(|o| o == *s))
+        .flat_map(|(suite, _, _)| report_of(lines, suite))
+        .collect()
+}
+
+/// The console lines of one suite's run (from its start marker) and its exit code, if it
+/// finished.
+fn suite_body<'a>(lines: &'a [String], suite: &str) -> Option<(&'a [String], Option<i32>)> {
+    let start = format!("@@SUITE-START={suite}@@");
+    let from = lines.iter().position(|l| l.contains(&start))?;
+    let end_tag = format!("@@SUITE={suite} rc=");
+    let to = lines[from..].iter().position(|l| l.contains(&end_tag)).map(|i| from + i);
+    let rc = to.and_then(|i| {
+        let l = &lines[i];
+        l[l.find(&end_tag)? + end_tag.len()..].trim_end_matches('@').parse::<i32>().ok()
+    });
+    Some((&lines[from..to.unwrap_or(lines.len())], rc))
+}
+
+/// The suite exited 0 and its libtest summary says exactly one test passed (the reboot
+/// phases: a filter that matched nothing must not pass).
+fn suite_passed_one(lines: &[String], suite: &str) -> bool {
+    suite_body(lines, suite).is_some_and(|(body, rc)| {
+        rc == Some(0) && body.iter().any(|l| l.starts_with("test result: ok. 1 passed;"))
+    })
+}
+
+/// [`suite_report`] of one suite.
+fn report_of(lines: &[String], suite: &str) -> Vec<String> {
+    let Some((body, rc)) = suite_body(lines, suite) else {
+        return vec![format!("{suite}: did not start")];
+    };
+    let result = body
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("test result:"))
+        .map(String::as_str)
+        .unwrap_or("no test result line");
+    let mut out = vec![format!(
+        "{suite}: {} — {result}",
+        match rc {
+            Some(0) => "ok".to_owned(),
+            Some(rc) => format!("exit {rc}"),
+            None => "did not finish".to_owned(),
+        }
+    )];
+    for l in body {
+        if l.starts_with("test ") && l.ends_with(" FAILED") {
+            out.push(format!("  {l}"));
+        }
+        if l.contains("SKIP *****") || l.starts_with("rush-vm: suite ") {
+            out.push(format!("  {}", l.trim()));
         }
     }
     out
@@ -483,7 +610,8 @@ fn build_payload(
     }
     // mkfs.btrfs: the escape suite's btrfs rows make a filesystem on a loop file; btrfs:
     // the snapshot backend's send/receive diff and resize.
-    for tool in ["curl", "criu", "dash", "mkfs.btrfs", "btrfs"] {
+    // mkfs.ext4: the reboot suite's state disk.
+    for tool in ["curl", "criu", "dash", "mkfs.btrfs", "btrfs", "mkfs.ext4"] {
         let host = which(tool).with_context(|| format!("{tool} is not installed"))?;
         let guest = host.to_string_lossy().into_owned();
         p.elf(&host, &guest, false)?;
@@ -497,24 +625,67 @@ fn build_payload(
     p.finish()
 }
 
+/// The run script's functions: one suite between markers, with its time; the state disk.
+const RUN_PRELUDE: &str = r#"#!/bin/sh
+# Generated by `cargo xtask vm-test` (xtask/src/vm.rs): the tests, as root, strict.
+export RUSH_TEST_STRICT=1 RUSH_BIN_DIR=/payload/bin RUST_BACKTRACE=1
+rc=0
+# run_suite NAME CMD...: CMD between the suite's markers, with how long it took.
+run_suite() {
+    name=$1; shift
+    echo "@@SUITE-START=$name@@"
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    "$@"
+    r=$?
+    echo "rush-vm: suite $name took $(awk -v a="$t0" -v b="$(cut -d' ' -f1 /proc/uptime)" 'BEGIN { printf "%.1f", b - a }')s"
+    echo "@@SUITE=$name rc=$r@@"
+    [ $r = 0 ] || rc=1
+}
+# state_disk [format]: the reboot suite's disk (virtio-blk) at /mnt/state, made ext4 first
+# on the first boot.
+state_disk() {
+    [ -b /dev/vda ] || { echo "rush-vm: no state disk (/dev/vda)"; return 1; }
+    if [ "$1" = format ]; then mkfs.ext4 -q -F /dev/vda || return 1; fi
+    mkdir -p /mnt/state && mount -t ext4 /dev/vda /mnt/state
+}
+"#;
+
 fn run_script(only: Option<&str>, test_args: &[String]) -> String {
     let extra: String = test_args.iter().map(|a| format!(" '{}'", a.replace('\'', "'\\''"))).collect();
-    let mut s = String::from(
-        "#!/bin/sh\n\
-         # Generated by `cargo xtask vm-test` (xtask/src/vm.rs): the tests, as root, strict.\n\
-         export RUSH_TEST_STRICT=1 RUSH_BIN_DIR=/payload/bin RUST_BACKTRACE=1\n\
-         rc=0\n",
-    );
-    for (suite, threads, args) in SUITES.into_iter().filter(|(s, _, _)| only.is_none_or(|o| o == *s)) {
+    let mut s = String::from(RUN_PRELUDE);
+    let (phase2, phase2_args) = REBOOT_PHASE2;
+    if only.is_none_or(|o| o == REBOOT) {
+        // The second boot runs phase 2 alone, on what the first left on the disk.
         write!(
             s,
-            "echo '@@SUITE-START={suite}@@'\n\
-             /payload/tests/{suite} --test-threads {threads}{args}{extra}\n\
-             r=$?\n\
-             echo \"@@SUITE={suite} rc=$r@@\"\n\
-             [ $r = 0 ] || rc=1\n"
+            "if grep -qw {PHASE2_ARG} /proc/cmdline; then\n\
+             \x20   if state_disk; then\n\
+             \x20       run_suite {phase2} env RUSH_REBOOT_DIR=/mnt/state /payload/tests/{REBOOT} --test-threads 1{phase2_args}\n\
+             \x20   else\n\
+             \x20       rc=1\n\
+             \x20   fi\n\
+             \x20   exit $rc\n\
+             fi\n"
         )
         .unwrap();
+    }
+    for (suite, threads, args) in SUITES.into_iter().filter(|(s, _, _)| only.is_none_or(|o| o == *s)) {
+        if suite == REBOOT {
+            // Last: it leaves its daemon and agents running for the poweroff. Its filter is
+            // its own (the phases run by exact name).
+            write!(
+                s,
+                "if state_disk format; then\n\
+                 \x20   run_suite {suite} env RUSH_REBOOT_DIR=/mnt/state /payload/tests/{suite} --test-threads {threads}{args}\n\
+                 else\n\
+                 \x20   rc=1\n\
+                 fi\n"
+            )
+            .unwrap();
+        } else {
+            writeln!(s, "run_suite {suite} /payload/tests/{suite} --test-threads {threads}{args}{extra}")
+                .unwrap();
+        }
     }
     s.push_str("exit $rc\n");
     s
@@ -544,6 +715,35 @@ fn concat(out: &Path, parts: &[&Path]) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_reboot_suite_runs_phase1_last_and_phase2_alone_on_the_second_boot() {
+        let all = super::run_script(None, &[]);
+        let phase2 = all.find("if grep -qw rush.phase=2 /proc/cmdline").unwrap();
+        let phase1 = all.find("run_suite reboot env RUSH_REBOOT_DIR=/mnt/state").unwrap();
+        let host = all.find("run_suite host ").unwrap();
+        assert!(phase2 < host && host < phase1, "{all}");
+        assert!(all[phase1..].contains("--ignored --exact reboot_phase1\n"), "{all}");
+        assert!(all[..host].contains("--ignored --exact reboot_phase2\n"), "{all}");
+        let one = super::run_script(Some("host"), &["x".into()]);
+        assert!(!one.contains("state_disk format") && !one.contains("rush.phase=2"), "{one}");
+        assert!(one.contains("run_suite host /payload/tests/host --test-threads 2 'x'"), "{one}");
+    }
+
+    #[test]
+    fn a_reboot_phase_passes_with_exactly_one_test_passed() {
+        let run = |result: &str, rc: i32| -> Vec<String> {
+            ["@@SUITE-START=reboot@@", result, &format!("@@SUITE=reboot rc={rc}@@")]
+                .map(String::from)
+                .to_vec()
+        };
+        let ok = "test result: ok. 1 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out";
+        let none = "test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 2 filtered out";
+        assert!(super::suite_passed_one(&run(ok, 0), "reboot"));
+        assert!(!super::suite_passed_one(&run(none, 0), "reboot"), "a filter that matched nothing");
+        assert!(!super::suite_passed_one(&run(ok, 1), "reboot"));
+        assert!(!super::suite_passed_one(&[], "reboot"), "missing");
+    }
+
     #[test]
     fn json_str_reads_cargo_lines() {
         let l = r#"{"reason":"compiler-artifact","target":{"kind":["test"],"name":"host","src_path":"/a"},"executable":"/t/debug/deps/host-1a\"b"}"#;

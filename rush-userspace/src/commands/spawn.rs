@@ -36,6 +36,7 @@ pub fn spawn(ctx: &mut Ctx, args: SpawnArgs) -> Result<u8> {
             Some(s) => Some(s.to_string()),
             None => super::session::env_session()?,
         },
+        restartable: args.restartable,
     };
     if args.detach { detached(ctx, request) } else { foreground(ctx, request) }
 }

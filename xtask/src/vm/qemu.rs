@@ -21,6 +21,8 @@ pub struct Boot<'a> {
     pub accel: &'a str,
     pub timeout: Duration,
     pub log: PathBuf,
+    /// A raw disk image attached as virtio-blk (/dev/vda in the guest).
+    pub disk: Option<&'a Path>,
 }
 
 #[derive(Default, Clone)]
@@ -66,6 +68,9 @@ pub fn boot(b: &Boot<'_>) -> Result<Outcome> {
             }
             Ok(())
         });
+    }
+    if let Some(disk) = b.disk {
+        cmd.arg("-drive").arg(format!("file={},format=raw,if=virtio", disk.display()));
     }
     eprintln!("    $ {}", shell_words(&cmd));
     let start = Instant::now();
