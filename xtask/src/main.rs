@@ -95,6 +95,8 @@ fn test(tier: Tier) -> Result<()> {
                 "timetravel",
                 "--test",
                 "audit",
+                "--test",
+                "scale",
                 "--",
                 "--test-threads",
                 "4",
