@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod scale;
 mod snapshot;
 
 use kernel_tests::{Daemon, bin, describe, is_root};
@@ -238,6 +239,11 @@ fn main() {
     // `rush-bench snapshot`: only the time-travel storage backends (loop btrfs, ~15 min).
     if std::env::args().nth(1).as_deref() == Some("snapshot") {
         snapshot::run();
+        return;
+    }
+    // `rush-bench scale`: spawn/exit cycles per second, RSS, 50 clients vs 1 (~2 min).
+    if std::env::args().nth(1).as_deref() == Some("scale") {
+        scale::run();
         return;
     }
     // `rush-bench tcp-throughput`: only that table.

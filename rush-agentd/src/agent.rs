@@ -979,8 +979,13 @@ impl AgentManager {
         // A block: the guard must not live across the awaits below.
         {
             let mut reg = self.registry();
-            if reg.agents.remove(&name).is_some() {
+            if let Some(old) = reg.agents.remove(&name) {
                 reg.exited_order.retain(|n| n != &name);
+                // The name's previous agent (exited, or killed for a restart) is gone for
+                // good: so is its cgroup id's name, which nothing else would ever remove.
+                if old.cgroup.id != cgroup.id {
+                    reg.names.remove(&old.cgroup.id);
+                }
             }
             reg.agents.insert(
                 name.clone(),
@@ -1297,31 +1302,42 @@ impl AgentManager {
             }
             Err(e) => tracing::error!(agent = %name, error = %e, "cleanup task failed"),
         }
-        let pid = {
+        let (pid, evicted) = {
             let mut reg = self.registry();
+            // Only this watcher's agent: a restart may already have put a new agent under
+            // the name (when the kill's wait for this exit timed out).
             let pid = match reg.agents.get_mut(&name) {
-                Some(a) => {
+                Some(a) if a.cgroup.id == cg.id => {
                     a.info.state = AgentState::Exited;
                     a.info.exit = Some(status);
                     a.info.processes = 0;
-                    a.info.pid
+                    Some(a.info.pid)
                 }
-                None => 0,
+                _ => None,
             };
-            reg.exited_order.push_back(name.clone());
+            if pid.is_some() {
+                reg.exited_order.push_back(name.clone());
+            }
+            let pid = pid.unwrap_or(child.pid);
+            let mut evicted = Vec::new();
             while reg.exited_order.len() > EXITED_KEPT {
                 let Some(old) = reg.exited_order.pop_front() else { break };
                 if let Some(a) = reg.agents.remove(&old) {
                     reg.names.remove(&a.cgroup.id);
+                    evicted.push(old);
                 }
             }
-            pid
+            (pid, evicted)
         };
+        for old in evicted {
+            self.audit.set_agent_session(&old, None);
+        }
         // Done by itself: a restartable agent is not started again. Any other end (a crash,
         // a signal) leaves it to the next daemon start or boot; never restarted here, so a
         // failing agent cannot loop.
         if status.code == Some(0) {
-            let restartable = self.registry().agents.get(&name).is_some_and(|a| a.info.restartable);
+            let restartable =
+                self.registry().agents.get(&name).is_some_and(|a| a.cgroup.id == cg.id && a.info.restartable);
             if restartable {
                 self.forget_restart(&name);
             }
@@ -2756,6 +2772,24 @@ mod tests {
         // The name is free again once the agent has exited.
         let (_i, mut rx) = f.mgr.spawn(req("a1", &["true"]), &me(), None).await.unwrap();
         rx.wait_for(|s| s.is_some()).await.unwrap();
+    }
+
+    /// What the daemon keeps per agent is bounded: a name spawned again, and many names,
+    /// leave only the newest EXITED_KEPT exited agents and their cgroup ids' names.
+    #[tokio::test]
+    async fn exited_agents_state_stays_bounded_over_reused_and_new_names() {
+        let f = fixture(enforced());
+        for i in 0..EXITED_KEPT + 20 {
+            for name in ["same".to_string(), format!("n{i}")] {
+                let (_i, mut rx) = f.mgr.spawn(req(&name, &["true"]), &me(), None).await.unwrap();
+                rx.wait_for(|s| s.is_some()).await.unwrap();
+            }
+        }
+        let reg = f.mgr.registry();
+        assert_eq!(reg.agents.len(), EXITED_KEPT);
+        assert_eq!(reg.exited_order.len(), EXITED_KEPT);
+        assert_eq!(reg.names.len(), EXITED_KEPT, "a cgroup id's name outlived its agent");
+        assert!(reg.agents.contains_key("same"));
     }
 
     #[tokio::test]

@@ -423,6 +423,10 @@ impl CgroupBackend for FsCgroups {
                 }
             }
         }
+        // Freezes held on a removed cgroup (one killed while frozen: a Landlock restart, a
+        // paused agent killed) are over. Kept, they would leak, and the next agent of that
+        // name (same directory) would be counted frozen without `cgroup.freeze` being written.
+        self.freezes.lock().unwrap_or_else(|p| p.into_inner()).remove(&cg.v2_dir);
         Ok(())
     }
 
@@ -710,6 +714,16 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
         assert!(wait_until_thawed(&c.1.v2_dir) && wait_until_thawed(&sub));
         assert_eq!(c.0.kill_all(&c.1).unwrap(), 0, "kill_all counts the top level only");
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+
+        // Removed while frozen (a Landlock restart kills a frozen agent): the next cgroup
+        // of that name starts unfrozen and freezes for real.
+        assert!(c.0.freeze(&c.1, Duration::from_secs(5)).unwrap());
+        fs::remove_dir(&sub).unwrap();
+        c.0.remove(&c.1).unwrap();
+        let again = c.0.create("a1").unwrap();
+        assert!(fs::read_to_string(again.v2_dir.join("cgroup.events")).unwrap().contains("frozen 0"));
+        assert!(c.0.freeze(&again, Duration::from_secs(2)).unwrap(), "the new a1 froze");
+        c.0.thaw(&again).unwrap();
     }
 
     #[test]

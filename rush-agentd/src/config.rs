@@ -1,4 +1,5 @@
-//! `/etc/rush/config.toml`: every section and key optional, with the defaults below.
+//! `/etc/rush/config.toml`: every section and key optional, with the defaults below
+//! (`contrib/config.toml` is the full commented file, checked against [`Config::default`]).
 //!
 //! ```toml
 //! [daemon]
@@ -409,6 +410,30 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The shipped, commented config (installed as /etc/rush/config.toml) sets every key to
+    /// its default: what it documents cannot drift from what the daemon does.
+    #[test]
+    fn contrib_config_is_the_defaults() {
+        let text = include_str!("../../contrib/config.toml");
+        assert_eq!(Config::parse(text).unwrap(), Config::default());
+        // Every section is there, so none is undocumented.
+        for section in [
+            "daemon",
+            "bpf",
+            "cgroup",
+            "files",
+            "landlock",
+            "snapshot",
+            "policy",
+            "budget",
+            "audit",
+            "meter",
+            "meter.prices",
+        ] {
+            assert!(text.contains(&format!("\n[{section}]\n")), "contrib/config.toml lacks [{section}]");
+        }
+    }
 
     #[test]
     fn empty_config_is_all_defaults() {

@@ -204,8 +204,10 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     let (shutdown_tx, _) = broadcast::channel(1);
     let server = tokio::spawn(api::serve(listener, ctx, shutdown_tx.subscribe()));
     tracing::info!(socket = %config.daemon.socket.display(), state_dir = %state_dir.display(), "rush-agentd ready");
+    sd_notify("READY=1");
 
     wait_for_signal().await;
+    sd_notify("STOPPING=1");
     let _ = shutdown_tx.send(());
     let _ = server.await;
     if ephemeral {
@@ -231,6 +233,31 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
             tracing::warn!(pin_dir = %config.bpf.pin_dir.display(), error = %e, "pins not removed");
         }
     }
+    Ok(())
+}
+
+/// Tells systemd (`Type=notify`, contrib/systemd/rush-agentd.service) how the daemon is
+/// doing: `READY=1` once the socket accepts requests, so `systemctl start` returns only then.
+/// Nothing when not started by systemd. One datagram to $NOTIFY_SOCKET by hand rather than
+/// a crate: that is the whole protocol, and the daemon builds on a 2-core machine.
+fn sd_notify(state: &str) {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    if let Err(e) = notify_to(&socket, state) {
+        tracing::warn!(socket = ?socket, error = %e, state, "systemd not notified");
+    }
+}
+
+/// Sends `state` to the notify socket `socket`: a path, or `@name` in the abstract namespace.
+fn notify_to(socket: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let bytes = socket.as_bytes();
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name)?,
+        None => SocketAddr::from_pathname(Path::new(socket))?,
+    };
+    UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr)?;
     Ok(())
 }
 
@@ -574,4 +601,29 @@ async fn resolve_api_endpoints(endpoints: &[String]) -> Vec<(std::net::IpAddr, u
     out.sort();
     out.dedup();
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn systemd_is_notified_on_a_path_and_an_abstract_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let rx = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        notify_to(path.as_os_str(), "READY=1").unwrap();
+        let mut buf = [0u8; 64];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("rush-notify-test-{}", std::process::id());
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let rx = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+        notify_to(std::ffi::OsStr::new(&format!("@{name}")), "STOPPING=1").unwrap();
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"STOPPING=1");
+        assert!(notify_to(dir.path().join("absent").as_os_str(), "READY=1").is_err());
+    }
 }

@@ -4,6 +4,7 @@
 
 mod codegen;
 mod demo;
+mod install;
 mod setup;
 mod util;
 mod vm;
@@ -38,6 +39,10 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run the benchmarks (root) and print ratios measured side by side in one run.
     Bench,
+    /// Build release binaries and install them as a service: /usr/local/bin/{rush-agentd,
+    /// rush}, /etc/systemd/system/rush-agentd.service, and /etc/rush/config.toml with every
+    /// default (only if there is none). Then `systemctl enable --now rush-agentd`.
+    Install(install::InstallArgs),
     /// Regenerate rush-ebpf/src/bpf/vmlinux.h from this kernel's BTF with bpftool.
     Codegen,
     /// Run the kernel test tier: the host and guest tests inside QEMU guests booting
@@ -59,6 +64,7 @@ fn main() -> Result<()> {
         Command::Test { tier } => test(tier),
         Command::Demo(args) => demo::run(args),
         Command::Bench => bench(),
+        Command::Install(args) => install::run(args),
         Command::Codegen => codegen::run(),
         Command::VmTest(args) => vm::run(args),
     }
@@ -101,6 +107,8 @@ fn test(tier: Tier) -> Result<()> {
                 "sessions",
                 "--test",
                 "restart",
+                "--test",
+                "scale",
                 "--",
                 "--test-threads",
                 "4",
