@@ -229,7 +229,7 @@ fn acknowledged_requests_survive_kill9_at_random_points_and_store_and_kernel_agr
         "--",
         fs.to_str().unwrap(),
         "read",
-        "/etc/hostname",
+        files[0].to_str().unwrap(),
     ]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("EPERM"), "{}", describe(&out));
     for name in agents.keys().filter(|n| running(n)) {
@@ -246,10 +246,14 @@ fn a_full_ring_buffer_loses_events_not_denials_and_says_so() {
     let Some(d) = lsm_daemon() else { return };
     let ctl = tempfile::Builder::new().prefix("rush-flood-").tempdir_in("/tmp").unwrap();
     let c = ctl.path().display().to_string();
+    let outside = tempfile::Builder::new().prefix("rush-flood-secret-").tempdir_in("/tmp").unwrap();
+    let secret = outside.path().join("secret");
+    std::fs::write(&secret, "not granted").unwrap();
     let fs = bin("rush-test-fs");
     let script = format!(
-        "while [ ! -e {c}/go ]; do sleep 0.05; done; {fs} try-loop 6000 /etc/hostname > {c}/out; touch {c}/done",
-        fs = fs.display()
+        "while [ ! -e {c}/go ]; do sleep 0.05; done; {fs} try-loop 6000 {secret} > {c}/out; touch {c}/done",
+        fs = fs.display(),
+        secret = secret.display()
     );
     let bins = format!("{}:read,exec", bin_dir().display());
     let own = format!("{c}:read,write,create");
