@@ -31,7 +31,7 @@ pub struct VmArgs {
     #[arg(long, default_value_t = 1024)]
     memory: u32,
     /// Per-kernel limit in seconds; a guest still running then is killed and fails.
-    #[arg(long, default_value_t = 2700)]
+    #[arg(long, default_value_t = 3300)]
     timeout: u64,
     /// Use KVM instead of TCG. Off by default: this machine kind's /dev/kvm is PVM-only and
     /// stock kernels hang under it (ENVIRONMENT.md).
@@ -61,7 +61,7 @@ impl VmArgs {
         VmArgs {
             kernel: "all".into(),
             memory: 1024,
-            timeout: 2700,
+            timeout: 3300,
             kvm: false,
             mttcg: false,
             refresh: false,
