@@ -355,8 +355,9 @@ pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
             inputs.attach.is_some(),
             "programs and maps stay pinned (enforcing while the daemon is down); a restarted daemon \
              re-adopts living agents and their tokens from its state database (Landlock rules stay with \
-             the processes; a re-adopted Landlock agent is killed, not restarted, on a token change). \
-             Not across reboots yet"
+             the processes; a re-adopted Landlock agent is killed, not restarted, on a token change, \
+             unless it was spawned --restartable). After a reboot, sessions come back with their state \
+             and checkpoints, and --restartable agents are started again (fail closed)"
                 .into(),
         ),
     ];
