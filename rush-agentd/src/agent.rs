@@ -2626,8 +2626,12 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(src) = cur {
-        s.push_str(": ");
-        s.push_str(&src.to_string());
+        // Errors that print their source themselves (thiserror's `{source}`) would say it twice.
+        let text = src.to_string();
+        if !s.ends_with(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         cur = src.source();
     }
     s
@@ -2930,6 +2934,17 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.kind, ErrorKind::NotFound);
         assert!(e.message.contains("/nonexistent/x"), "{}", e.message);
+    }
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        let io = std::io::Error::other("disk full");
+        let e = crate::store::StoreError::Corrupt { path: "/s".into(), what: "x".into() };
+        assert_eq!(error_chain(&e), "state database /s: x");
+        #[derive(Debug, thiserror::Error)]
+        #[error("saving: {0}")]
+        struct Twice(#[source] std::io::Error);
+        assert_eq!(error_chain(&Twice(io)), "saving: disk full");
     }
 
     #[tokio::test]
