@@ -779,14 +779,15 @@ impl AgentManager {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Kills and removes agent cgroups a previous daemon left behind. Their processes were
-    /// confined by the pinned programs until now; re-adopting them (rather than killing
-    /// them) is the durable-sessions issue's work.
+    /// Kills and removes agent cgroups no stored agent accounts for: a spawn a crash cut
+    /// before its record was written, or agents a damaged store lost. Their processes were
+    /// confined by the pinned programs until now; with no record, nothing would enforce a
+    /// later revoke, TTL or budget of theirs correctly, so they end (fail closed).
     pub fn reap_orphans(&self) {
         let adopted: HashSet<u64> = self.registry().names.keys().copied().collect();
         for cg in self.cgroups.existing().into_iter().filter(|cg| !adopted.contains(&cg.id)) {
             let n = self.cgroups.kill_all(&cg).unwrap_or(0);
-            tracing::warn!(agent = %cg.name, processes = n, "killed an agent left by a previous daemon (re-adoption is not implemented yet)");
+            tracing::warn!(agent = %cg.name, processes = n, "killed an agent cgroup the state database does not know (fail closed)");
             match self.cgroups.remove(&cg) {
                 Ok(()) => {
                     let _ = self.kernel.remove_agent(cg.id);
