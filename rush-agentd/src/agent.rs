@@ -588,7 +588,7 @@ impl AgentManager {
             // The pid must still be the agent's (not reused): alive (a zombie is not: its
             // agent died with the old daemon, its reaper has not come by yet), in its cgroup.
             let still_there = cg.as_ref().is_some_and(|cg| {
-                !is_zombie(pid)
+                proc_stat(pid as i32).is_some()
                     && crate::cgroup::process_cgroup_v2(pid as i32)
                         .is_some_and(|p| cg.v2_dir.ends_with(p.trim_start_matches('/')))
             });
@@ -2586,10 +2586,17 @@ fn saved_cost(info: &AgentInfo) -> u64 {
     info.usage.iter().find(|u| u.resource == "cost").map_or(0, |u| u.used)
 }
 
-/// Whether `pid` has exited and waits to be reaped (state `Z` in /proc/PID/stat).
-fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+/// (parent pid, start time in clock ticks since boot) of a live process; None for a
+/// process that is gone or a zombie (exited, waiting to be reaped).
+pub(crate) fn proc_stat(pid: i32) -> Option<(i32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields count from the
+    // last ')'. After it: state (3), ppid (4), ..., starttime (22).
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
 }
 
 /// The request that starts a stored restartable agent again, `now` in Unix ms: its

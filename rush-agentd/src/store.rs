@@ -163,6 +163,13 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     }
 }
 
+/// This boot's id (empty if unreadable): what store rows of one boot only are checked against.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
 /// What [`recover_if_corrupt`] did with a database SQLite could not read whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recovery {
@@ -412,9 +419,7 @@ impl Store {
 
     /// A store written during another boot describes nothing alive: emptied.
     fn check_boot(&self) -> Result<(), StoreError> {
-        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default();
+        let boot = boot_id();
         let conn = self.lock();
         let stored: Option<String> = conn
             .query_row("SELECT value FROM meta WHERE key = 'boot_id'", [], |r| r.get(0))
@@ -1053,13 +1058,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         assert_eq!(recover_if_corrupt(&path).unwrap(), None, "no database yet");
-        let session = |name: &str| -> SessionInfo {
-            serde_json::from_value(serde_json::json!({
-                "name": name, "workspace": "/w", "live": "/l", "backend": "git", "timeline": "main",
-                "created_unix_ms": 1
-            }))
-            .unwrap()
-        };
         {
             let s = Store::open(&path).unwrap();
             s.put_session(&session("s1")).unwrap();

@@ -12,27 +12,8 @@ use rush_proto::{
 
 use super::{Sessions, err, now_unix_ms, store_err};
 use crate::agent::Caller;
-use crate::store::AttachmentRecord;
-
-/// This boot's id: attachments recorded during another boot are gone with their shells.
-fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
-}
-
-/// (parent pid, start time in clock ticks since boot) of a live process; None for a
-/// process that is gone or a zombie.
-fn proc_stat(pid: i32) -> Option<(i32, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: fields count from the
-    // last ')'. After it: state (3), ppid (4), ..., starttime (22).
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    if fields.first() == Some(&"Z") {
-        return None;
-    }
-    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
-}
+use crate::agent::proc_stat;
+use crate::store::{AttachmentRecord, boot_id};
 
 fn is_alive(a: &AttachmentRecord, boot: &str) -> bool {
     a.boot_id == boot && proc_stat(a.pid).is_some_and(|(_, start)| start == a.start_ticks)
