@@ -717,6 +717,8 @@ impl AgentManager {
             }
         }
         let fields = |t: &Token| (t.id, t.key, t.ops, t.expires, t.save_dir, t.mnt_id);
+        // One pass over the kernel map for all agents (it may hold many thousands of entries).
+        let kernel = running.iter().any(|(_, _, f)| *f == Files::BpfLsm).then(|| self.kernel.file_grants());
         for (name, cgroup_id, files) in running {
             check.agents += 1;
             let mut held: Vec<_> = self.tokens.of_agent(cgroup_id).iter().map(fields).collect();
@@ -747,8 +749,9 @@ impl AgentManager {
                 continue;
             }
             let want: HashMap<_, _> = self.tokens.entries_of(cgroup_id).into_iter().collect();
-            let have: HashMap<_, _> = match self.kernel.file_grants(cgroup_id) {
-                Ok(h) => h.into_iter().collect(),
+            let Some(read) = &kernel else { continue };
+            let have: HashMap<_, _> = match read {
+                Ok(all) => all.get(&cgroup_id).into_iter().flatten().copied().collect(),
                 Err(e) => {
                     check.problems.push(format!("agent {name:?}: grant map unreadable: {}", error_chain(&e)));
                     continue;

@@ -405,6 +405,9 @@ pub fn boot_time_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The kernel grant map's entries, by agent cgroup id.
+pub type GrantsByAgent = std::collections::HashMap<u64, Vec<(FileKey, FileGrantEntry)>>;
+
 /// What the daemon asks of the kernel side. Implemented by [`BpfHandle`] and, for unit
 /// tests, by [`FakeKernel`].
 pub trait KernelPolicy: Send + Sync + 'static {
@@ -420,9 +423,9 @@ pub trait KernelPolicy: Send + Sync + 'static {
         key: FileKey,
         grant: Option<FileGrantEntry>,
     ) -> Result<(), BpfError>;
-    /// The agent's grant entries as the kernel map holds them now (to check them against the
-    /// store: `rush doctor`).
-    fn file_grants(&self, cgroup_id: u64) -> Result<Vec<(FileKey, FileGrantEntry)>, BpfError>;
+    /// Every grant entry the kernel map holds now, by agent cgroup id, in one pass over the
+    /// map (to check them against the store: `rush doctor`).
+    fn file_grants(&self) -> Result<GrantsByAgent, BpfError>;
     /// Kernel-enforced byte and API-call budgets of one agent; None = unlimited. Called after
     /// add_agent and before the agent's first process runs; called again to raise a budget
     /// (resume), which clears the breach flags so the next breach is reported again.
@@ -457,8 +460,7 @@ enum Command {
         reply: mpsc::SyncSender<Result<Vec<u64>, BpfError>>,
     },
     FileGrants {
-        cgroup_id: u64,
-        reply: mpsc::SyncSender<Result<Vec<(FileKey, FileGrantEntry)>, BpfError>>,
+        reply: mpsc::SyncSender<Result<GrantsByAgent, BpfError>>,
     },
     SetNetBudget {
         cgroup_id: u64,
@@ -543,8 +545,8 @@ impl KernelPolicy for BpfHandle {
         self.request(|reply| Command::SetFileGrant { cgroup_id, key, grant, reply })
     }
 
-    fn file_grants(&self, cgroup_id: u64) -> Result<Vec<(FileKey, FileGrantEntry)>, BpfError> {
-        self.request(|reply| Command::FileGrants { cgroup_id, reply })
+    fn file_grants(&self) -> Result<GrantsByAgent, BpfError> {
+        self.request(|reply| Command::FileGrants { reply })
     }
 
     fn set_net_budget(&self, cgroup_id: u64, budget: NetBudget) -> Result<(), BpfError> {
@@ -613,9 +615,12 @@ impl KernelPolicy for FakeKernel {
         Ok(())
     }
 
-    fn file_grants(&self, cgroup_id: u64) -> Result<Vec<(FileKey, FileGrantEntry)>, BpfError> {
-        let grants = self.file_grants.lock().unwrap();
-        Ok(grants.iter().filter(|((c, _), _)| *c == cgroup_id).map(|((_, k), g)| (*k, *g)).collect())
+    fn file_grants(&self) -> Result<GrantsByAgent, BpfError> {
+        let mut by_agent: GrantsByAgent = Default::default();
+        for ((cgroup_id, key), grant) in self.file_grants.lock().unwrap().iter() {
+            by_agent.entry(*cgroup_id).or_default().push((*key, *grant));
+        }
+        Ok(by_agent)
     }
 
     fn set_net_budget(&self, cgroup_id: u64, budget: NetBudget) -> Result<(), BpfError> {

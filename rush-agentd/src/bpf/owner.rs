@@ -96,8 +96,8 @@ pub(super) fn run(
             Command::AgentIds { reply } => {
                 let _ = reply.send(agents.ids());
             }
-            Command::FileGrants { cgroup_id, reply } => {
-                let _ = reply.send(Ok(agents.file_grants(cgroup_id)));
+            Command::FileGrants { reply } => {
+                let _ = reply.send(Ok(agents.file_grants()));
             }
             Command::SetNetBudget { cgroup_id, budget, reply } => {
                 let _ = reply.send(agents.set_budget(cgroup_id, budget));
@@ -238,22 +238,19 @@ impl AgentMaps {
         Ok(())
     }
 
-    /// Every entry of `rush_file_grants` for the agent, read from the map itself (entries the
+    /// Every entry of `rush_file_grants` by agent, read from the map itself (entries the
     /// kernel wrote included), not from what this daemon remembers writing.
-    fn file_grants(&self, cgroup_id: u64) -> Vec<(FileKey, FileGrantEntry)> {
-        self.grants
-            .keys()
-            .filter_map(|k| RushFileKey::from_bytes(&k))
-            .filter(|k| k.cgroup_id == cgroup_id)
-            .filter_map(|k| {
-                let value = self.grants.lookup(k.as_bytes(), MapFlags::ANY).ok().flatten()?;
-                let v = RushFileGrant::from_bytes(&value)?;
-                Some((
-                    FileKey { dev: k.dev, ino: k.ino },
-                    FileGrantEntry { expires_ns: v.expires_ns, mnt_id: v.mnt_id },
-                ))
-            })
-            .collect()
+    fn file_grants(&self) -> super::GrantsByAgent {
+        let mut by_agent: HashMap<u64, Vec<_>> = HashMap::new();
+        for k in self.grants.keys().filter_map(|k| RushFileKey::from_bytes(&k)) {
+            let Some(value) = self.grants.lookup(k.as_bytes(), MapFlags::ANY).ok().flatten() else {
+                continue;
+            };
+            let Some(v) = RushFileGrant::from_bytes(&value) else { continue };
+            let entry = FileGrantEntry { expires_ns: v.expires_ns, mnt_id: v.mnt_id };
+            by_agent.entry(k.cgroup_id).or_default().push((FileKey { dev: k.dev, ino: k.ino }, entry));
+        }
+        by_agent
     }
 
     /// One batch delete (thousands of tokens per agent); one by one if that fails, e.g.
