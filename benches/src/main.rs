@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod hardening;
 mod scale;
 mod snapshot;
 
@@ -244,6 +245,11 @@ fn main() {
     // `rush-bench scale`: spawn/exit cycles per second, RSS, 50 clients vs 1 (~2 min).
     if std::env::args().nth(1).as_deref() == Some("scale") {
         scale::run();
+        return;
+    }
+    // `rush-bench hardening`: the seccomp filter's and the spawn hardening's cost (~1 min).
+    if std::env::args().nth(1).as_deref() == Some("hardening") {
+        hardening::run();
         return;
     }
     // `rush-bench tcp-throughput`: only that table.

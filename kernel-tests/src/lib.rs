@@ -7,6 +7,8 @@
 //! `cargo xtask test` and in the guests) a missing requirement fails the test instead: a
 //! tier that exists to prove a kernel guarantee must not pass by skipping.
 
+pub mod escape_kit;
+
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::process::ExitStatusExt;
@@ -36,6 +38,12 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// A daemon config with the process hardening (harden.rs) off: tests that prove another
+/// layer alone (the BPF LSM guard, the cgroup itself) use it, so that an earlier layer
+/// cannot be what refused.
+pub const HARDENING_OFF: &str = "[hardening]\ncgroup_namespace = false\nprivate_cgroupfs = false\n\
+                                 drop_capabilities = []\nseccomp = false\n";
+
 pub fn strict() -> bool {
     std::env::var("RUSH_TEST_STRICT").is_ok_and(|v| v == "1")
 }
@@ -58,10 +66,15 @@ pub fn require(ok: bool, what: &str) -> bool {
 /// A daemon whose BPF LSM programs attached; None (after a SKIP line, or a failure under
 /// RUSH_TEST_STRICT=1) where they cannot, or when not root.
 pub fn lsm_daemon() -> Option<Daemon> {
+    lsm_daemon_with("")
+}
+
+/// [`lsm_daemon`] with this config file text.
+pub fn lsm_daemon_with(config: &str) -> Option<Daemon> {
     if !require(is_root(), "root") {
         return None;
     }
-    let d = Daemon::start();
+    let d = Daemon::start_with_config(config);
     if !require(d.lsm_attached(), "BPF LSM programs attach on this kernel (rush doctor: bpf-lsm-attach)") {
         return None;
     }

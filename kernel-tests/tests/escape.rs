@@ -7,131 +7,27 @@
 //! the target is unchanged. Where it is cheap, a positive control (the same operation on
 //! a granted target, or by root outside any agent) shows the denial is not a broken setup.
 //!
+//! These tests prove the BPF LSM layer on its own: their daemon runs with the process
+//! hardening off (`HARDENING_OFF`); `tests/hardening.rs` proves that layer, on every kernel.
+//!
 //! "Unconfined" agents below are spawned without `--allow`: no file tokens apply to them,
 //! so what stops them is the self-protection that every agent gets.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use kernel_tests::escape_kit::*;
 use kernel_tests::*;
 use serde_json::Value;
 
-fn tool() -> String {
-    bin("rush-test-escape").to_str().unwrap().to_owned()
-}
-
-/// The test binaries' directory must be readable and executable by confined agents.
-fn bin_grant() -> String {
-    format!("{}:read,exec", bin_dir().display())
-}
-
-/// A scratch tree under /tmp (mode 0755): `a/f` ("granted data") in `a/`, meant to be
-/// granted, and `b/secret` ("secret data") in `b/`, never granted.
-struct Scratch {
-    dir: tempfile::TempDir,
-}
-
-impl Scratch {
-    fn new() -> Scratch {
-        let dir = tempfile::Builder::new().prefix("rush-escape-").tempdir_in("/tmp").unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let s = Scratch { dir };
-        s.mkdir("a");
-        s.mkdir("b");
-        s.write("a/f", "granted data");
-        s.write("b/secret", "secret data");
-        s
-    }
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-    fn p(&self, rel: &str) -> String {
-        self.path(rel).to_str().unwrap().to_owned()
-    }
-    fn mkdir(&self, rel: &str) {
-        std::fs::create_dir_all(self.path(rel)).unwrap();
-    }
-    fn write(&self, rel: &str, data: &str) {
-        std::fs::write(self.path(rel), data).unwrap();
-    }
-    fn read(&self, rel: &str) -> String {
-        std::fs::read_to_string(self.path(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
-    }
-    fn exists(&self, rel: &str) -> bool {
-        self.path(rel).symlink_metadata().is_ok()
-    }
-    /// `PATH:OPS` for `--allow`.
-    fn grant(&self, rel: &str, ops: &str) -> String {
-        format!("{}:{ops}", self.p(rel))
-    }
-}
-
-fn lines(out: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_owned).collect()
-}
-
-/// Steps (each a command and its arguments) as one `rush-test-escape` argument list.
-fn chain<'a>(steps: &[&[&'a str]]) -> Vec<&'a str> {
-    let mut out = Vec::new();
-    for (i, step) in steps.iter().enumerate() {
-        if i > 0 {
-            out.push(";;");
-        }
-        out.extend_from_slice(step);
-    }
-    out
-}
-
-/// `rush agent spawn NAME [--allow BIN_DIR:read,exec --allow G...] -- rush-test-escape STEPS`.
-/// `allow: None` spawns an unconfined agent (no `--allow` at all).
-fn agent_output(d: &Daemon, name: &str, allow: Option<&[&str]>, steps: &[&[&str]]) -> Output {
-    let (bins, tool) = (bin_grant(), tool());
-    let mut cmd: Vec<&str> = vec!["agent", "spawn", name];
-    if let Some(grants) = allow {
-        cmd.extend(["--allow", &bins]);
-        for g in grants {
-            cmd.extend(["--allow", g]);
-        }
-    }
-    cmd.extend(["--", &tool]);
-    cmd.extend(chain(steps));
-    d.rush(&cmd)
-}
-
-/// The tool's lines from an agent; the tool must have run to its end (exit 0 or 10).
-fn agent(d: &Daemon, name: &str, allow: Option<&[&str]>, steps: &[&[&str]]) -> Vec<String> {
-    let out = agent_output(d, name, allow, steps);
-    assert!(
-        matches!(out.status.code(), Some(0) | Some(10)),
-        "agent {name} did not run the tool to its end: {}",
-        describe(&out)
-    );
-    let l = lines(&out);
-    eprintln!("agent {name}: {l:?}");
-    l
-}
-
-/// The same steps run by root outside any agent.
-fn outside(steps: &[&[&str]]) -> Vec<String> {
-    let out = Command::new(tool()).args(chain(steps)).stdin(Stdio::null()).output().unwrap();
-    assert!(matches!(out.status.code(), Some(0) | Some(10)), "outside {steps:?}: {}", describe(&out));
-    lines(&out)
-}
-
-/// Line by line: each expected entry is a `|`-separated list of alternatives, each exact or,
-/// ending in `*`, a prefix.
-fn assert_lines(got: &[String], want: &[&str], what: &str) {
-    let matches = |line: &str, pat: &str| {
-        pat.split('|').any(|alt| match alt.strip_suffix('*') {
-            Some(prefix) => line.starts_with(prefix),
-            None => line == alt,
-        })
-    };
-    let ok = got.len() == want.len() && got.iter().zip(want).all(|(g, w)| matches(g, w));
-    assert!(ok, "{what}:\n  got  {got:?}\n  want {want:?}");
+/// The BPF LSM layer alone: the process hardening (seccomp, capabilities, namespaces;
+/// `tests/hardening.rs` proves it) is off, so that what refuses here is the guard or the
+/// file hooks and nothing in front of them.
+fn lsm_daemon() -> Option<Daemon> {
+    kernel_tests::lsm_daemon_with(HARDENING_OFF)
 }
 
 /// A process outside any agent holding `path` open (read-only) with `cwd` as its working
@@ -1518,4 +1414,327 @@ fn escape_rename_save_does_not_widen() {
     assert_eq!(s.read("e/sibling"), "sibling data");
     assert_eq!(s.read("e/doc"), "v1");
     assert!(!s.exists("e/.t3") && !s.exists("a/new"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Files the agent did not open itself, notification marks, O_TMPFILE, hard links.
+
+#[test]
+fn escape_mmap_received_fd() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    s.mkdir("r");
+    s.write("r/ro", "read only data");
+    let (secret, ro, f) = (s.p("b/secret"), s.p("r/ro"), s.p("a/f"));
+    // Opened read-write by a process outside: what the agent could not open itself.
+    let server = FdServer::start(s.path("fds.sock"), vec![open_rw(&secret), open_rw(&ro)]);
+    let sock = server.path.as_str();
+    let (rw, r) = (s.grant("a", "read,write"), s.grant("r", "read"));
+    let got = agent(
+        &d,
+        "mapper-fd",
+        Some(&[&rw, &r]),
+        &[
+            &["recv-fd", sock], // b/secret, ungranted
+            &["pread", "@"],
+            &["pwrite", "@", "pwned"],
+            &["map", "@", "r", "shared"],
+            &["map", "@", "rw", "shared", "pwned"],
+            &["map", "@", "r", "private"],
+            &["map", "@", "rw", "private", "pwned"],
+            &["recv-fd", sock], // r/ro, read-granted
+            &["map", "@", "r", "shared"],
+            &["map", "@", "rw", "shared", "pwned"],
+            &["map-mprotect", "@", "pwned"],
+            &["fd", &f, "rw"], // control: a granted file
+            &["map", "@", "rw", "shared", "AAAA"],
+        ],
+    );
+    assert_lines(
+        &got,
+        &[
+            "ok fd *",
+            EPERM,
+            EPERM,
+            EPERM,
+            EPERM,
+            EPERM,
+            EPERM,
+            "ok fd *",
+            "ok read only data",
+            EPERM,
+            "ok mapped",
+            EPERM,
+            "ok fd *",
+            "ok wrote 4",
+        ],
+        "mappings of fds received over SCM_RIGHTS",
+    );
+    assert_eq!(s.read("b/secret"), "secret data");
+    assert_eq!(s.read("r/ro"), "read only data");
+    assert_eq!(s.read("a/f"), "AAAAted data", "control: the granted file's shared mapping wrote it");
+    assert_eq!(file_deny(&d, "mapper-fd", "mmap_file", &secret)["event"]["op"], "read");
+    assert_eq!(file_deny(&d, "mapper-fd", "mmap_file", &ro)["event"]["op"], "write");
+    assert_eq!(file_deny(&d, "mapper-fd", "file_mprotect", &ro)["event"]["op"], "write");
+}
+
+#[test]
+fn escape_mmap_stdin() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    let secret = s.p("b/secret");
+    let grant = s.grant("a", "read");
+    let args = spawn_args(
+        "mapper-stdin",
+        &[],
+        Some(&[&grant]),
+        &[
+            &["pread", "0"],
+            &["map", "0", "r", "shared"],
+            &["pwrite", "0", "pwned"],
+            &["map", "0", "rw", "shared", "pwned"],
+            &["map-mprotect", "0", "pwned"],
+            &["map", "0", "rw", "private", "private"],
+        ],
+    );
+    // stdin: b/secret opened read-write by root outside. A regular file handed in as
+    // stdio gets a token in the modes its fd was opened with (read-write here), as under
+    // Landlock, which never checks an fd opened outside: the backends agree. So reads,
+    // writes and mappings of it all go through the hooks, and all are allowed.
+    let out = d
+        .rush_cmd(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .stdin(open_rw(&secret))
+        .output()
+        .unwrap();
+    assert!(matches!(out.status.code(), Some(0) | Some(10)), "{}", describe(&out));
+    assert_lines(
+        &lines(&out),
+        &[
+            "ok secret data",
+            "ok secret data",
+            "ok wrote 5",
+            "ok wrote 5",
+            "ok mapped",
+            "ok wrote 5",
+            "ok wrote 7",
+        ],
+        "mappings of a read-write stdin, whose token is read,write",
+    );
+    assert_eq!(
+        s.read("b/secret"),
+        "pwnedt data",
+        "written through the fd and the shared mappings; the private one wrote its copy only"
+    );
+    // (The tool's own look at /proc/self/maps, ungranted, is refused: not the file's.)
+    let denied = d.audit().iter().any(|r| {
+        r["agent"] == "mapper-stdin"
+            && r["event"]["kind"] == "file_deny"
+            && r["event"]["path"] == secret.as_str()
+    });
+    assert!(!denied, "{:?}", d.audit());
+    // The token is the fd's modes, no more: handed read-only, the same file is not
+    // writable by path either (EPERM from file_open, not the fd's own EBADF).
+    let args =
+        spawn_args("reader-stdin", &[], Some(&[&grant]), &[&["pread", "0"], &["put", &secret, "pwned"]]);
+    let out = d
+        .rush_cmd(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        .stdin(std::fs::File::open(&secret).unwrap())
+        .output()
+        .unwrap();
+    assert_lines(&lines(&out), &["ok pwnedt data", EPERM], "a read-only stdin: read, and no write by path");
+    assert_eq!(s.read("b/secret"), "pwnedt data");
+}
+
+#[test]
+fn escape_notify_marks() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    let (a, b, secret, f) = (s.p("a"), s.p("b"), s.p("b/secret"), s.p("a/f"));
+    // Control: root outside watches b/ (the refusals below are the agent's).
+    assert_lines(
+        &outside(&[&["inotify", &b, &secret], &["fanotify", &b, "fid"]]),
+        &["ok wd 1 events *", "ok init", "ok"],
+        "marks outside",
+    );
+    let server = FdServer::start(s.path("fds.sock"), vec![std::fs::File::open(&b).unwrap()]);
+    let grant = s.grant("a", "read,write");
+    let got = agent(
+        &d,
+        "watcher",
+        Some(&[&grant]),
+        &[
+            &["inotify", &b],
+            &["inotify", &secret],
+            &["fanotify", &b, "fid"],
+            &["fanotify", &secret, "fid"],
+            &["fanotify", &b, "plain"],
+            &["recv-fd", &server.path], // b/, opened outside
+            &["dnotify", "@"],
+            &["inotify", &a, &f], // controls: the granted dir
+            &["fanotify", &a, "fid"],
+            &["dir", &a],
+            &["dnotify", "@"],
+        ],
+    );
+    // fanotify without FID reporting needs CAP_SYS_ADMIN, which the guard refuses any
+    // agent; with it, fanotify_init works unprivileged and the mark is what is refused.
+    assert_lines(
+        &got,
+        &[
+            EPERM,
+            EPERM,
+            "ok init",
+            EPERM,
+            "ok init",
+            EPERM,
+            EPERM,
+            "ok fd *",
+            EPERM,
+            "ok wd 1 events *",
+            "ok init",
+            "ok",
+            "ok fd *",
+            "ok",
+        ],
+        "inotify, fanotify, dnotify marks",
+    );
+    let events: u32 = got[9].rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(events >= 1, "control: the watch on a/ saw the agent's own write: {got:?}");
+    assert_eq!(file_deny(&d, "watcher", "path_notify", &b)["event"]["op"], "read");
+    assert_eq!(file_deny(&d, "watcher", "path_notify", &secret)["event"]["op"], "read");
+    assert_eq!(s.read("b/secret"), "secret data");
+}
+
+#[test]
+fn escape_o_tmpfile() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    s.mkdir("c");
+    let (a, c) = (s.p("a"), s.p("c"));
+    let (rw, rwc) = (s.grant("a", "read,write"), s.grant("c", "read,write,create"));
+    let got = agent(
+        &d,
+        "tmpfile",
+        Some(&[&rw, &rwc]),
+        &[
+            &["tmpfile", &a, "unnamed"],
+            &["tmpfile", &c, "made in c"], // control: create granted
+            &["link-follow", "/proc/self/fd/@", &s.p("c/t")],
+            &["tmpfile", &c, "made in c"],
+            &["link-follow", "/proc/self/fd/@", &s.p("a/t")], // linkat into a/: path_link
+        ],
+    );
+    assert_lines(
+        &got,
+        &[EPERM, "ok fd *", "ok", "ok fd *", EPERM],
+        "O_TMPFILE in a dir without create, and linkat of one into it",
+    );
+    assert_eq!(s.read("c/t"), "made in c");
+    assert!(!s.exists("a/t"));
+    let names: Vec<_> = std::fs::read_dir(s.path("a")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(names, ["f"], "a/ changed");
+    // The tmpfile has no name: its event's path is the directory's and whatever the
+    // kernel prints for the unnamed entry.
+    let denied = || {
+        d.audit().into_iter().any(|r| {
+            r["agent"] == "tmpfile"
+                && r["event"]["hook"] == "file_open"
+                && r["event"]["op"] == "create"
+                && r["event"]["path"].as_str().is_some_and(|p| p.starts_with(&a))
+        })
+    };
+    assert!(wait_until(Duration::from_secs(5), denied), "no create file_deny in a/: {:#?}", d.audit());
+}
+
+#[test]
+fn escape_hardlink_modes() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    s.write("b/x", "linked data");
+    std::fs::hard_link(s.path("b/x"), s.path("a/h")).unwrap(); // by root outside, before the spawn
+    let (h, f) = (s.p("a/h"), s.p("a/f"));
+    let grant = s.grant("a", "read,write");
+    // follow (the default, asserted so the docs stay true): a/h is b/x, read and written.
+    let got = agent_with(
+        &d,
+        "hl-follow",
+        &["--hardlinks", "follow"],
+        &[&grant],
+        &[&["cat", &h], &["put", &h, "FOLLOW"]],
+    );
+    assert_lines(&got, &["ok linked data", "ok"], "--hardlinks follow");
+    assert_eq!(s.read("b/x"), "FOLLOW data", "follow: writing a/h wrote b/x");
+    assert_eq!(d.rush_json(&["agent", "status", "hl-follow"])["hardlinks"], "follow");
+    s.write("b/x", "linked data");
+
+    let steps: &[&[&str]] = &[
+        &["cat", &h],
+        &["put", &h, "pwned"],
+        &["open-rw", &h],
+        &["truncate", &h, "0"],
+        &["chmod", &h, "777"],
+        &["fd", &h, "r"],
+        &["map", "@", "r", "shared"],
+        &["cat", &f], // control: one link, the directory's grant
+        &["put", &f, "GRANTED"],
+    ];
+    let mode = std::fs::metadata(s.path("b/x")).unwrap().mode();
+    let got = agent_with(&d, "hl-rw", &["--hardlinks", "refuse-write"], &[&grant], steps);
+    assert_lines(
+        &got,
+        &["ok linked data", EPERM, EPERM, EPERM, EPERM, "ok fd *", "ok linked data", "ok granted data", "ok"],
+        "--hardlinks refuse-write",
+    );
+    assert_eq!(d.rush_json(&["agent", "status", "hl-rw"])["hardlinks"], "refuse_write");
+    assert_eq!(file_deny(&d, "hl-rw", "file_open", &h)["event"]["op"], "write");
+    let got = agent_with(&d, "hl-all", &["--hardlinks", "refuse"], &[&grant], steps);
+    assert_lines(
+        &got,
+        &[EPERM, EPERM, EPERM, EPERM, EPERM, EPERM, "errno EBADF (fstat)", "ok GRANTED data", "ok"],
+        "--hardlinks refuse",
+    );
+    assert_eq!(file_deny(&d, "hl-all", "file_open", &h)["event"]["op"], "read");
+    assert_eq!(s.read("b/x"), "linked data");
+    let meta = std::fs::metadata(s.path("b/x")).unwrap();
+    assert_eq!((meta.len(), meta.mode()), (11, mode));
+    // A token naming a/h itself grants it in either mode.
+    let own = format!("{h}:read,write");
+    let got = agent_with(
+        &d,
+        "hl-own",
+        &["--hardlinks", "refuse"],
+        &[&grant, &own],
+        &[&["cat", &h], &["put", &h, "NAMED"]],
+    );
+    assert_lines(&got, &["ok linked data", "ok"], "--hardlinks refuse with a token on a/h itself");
+    assert_eq!(s.read("b/x"), "NAMEDd data");
+}
+
+/// The cost of the mapping checks: open + mmap(MAP_SHARED, PROT_READ) + a read of the
+/// page + munmap + close of a granted file, in a file-confined agent and outside any
+/// agent, alternated in one run. Prints the numbers (docs/ESCAPES.md, the report).
+#[test]
+fn mmap_cost_agent_vs_outside() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    let f = s.p("a/f");
+    let grant = s.grant("a", "read");
+    let n = "20000";
+    let per_iter = |l: &[String]| -> u64 {
+        let line = l.iter().find(|l| l.contains("ns/iter")).unwrap_or_else(|| panic!("{l:?}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let (mut inside, mut out) = (Vec::new(), Vec::new());
+    for round in 0..5 {
+        out.push(per_iter(&outside(&[&["map-loop", &f, n]])));
+        inside.push(per_iter(&agent(&d, &format!("cost{round}"), Some(&[&grant]), &[&["map-loop", &f, n]])));
+    }
+    inside.sort_unstable();
+    out.sort_unstable();
+    let (i, o) = (inside[2], out[2]);
+    let ratio = i as f64 / o as f64;
+    eprintln!(
+        "mmap cost: outside {o} ns/iter {out:?}, confined agent {i} ns/iter {inside:?}, ratio {ratio:.2}x"
+    );
+    assert!(ratio < 20.0, "a confined agent's open+mmap+munmap+close costs {ratio:.1}x the same outside");
 }

@@ -200,6 +200,18 @@ fn a_sub_cgroup_made_inside_the_agent_stays_confined() {
     );
     let out = d.rush(&["agent", "spawn", "s1", "--net", "deny", "--", "sh", "-c", &script]);
     let text = stdout(&out);
+    // With the default hardening its cgroupfs is read-only: no sub-cgroup at all.
+    assert!(!text.contains("/escape"), "the agent moved into a sub-cgroup: {}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Read-only file system") || self_protected(&d),
+        "mkdir in the agent's cgroupfs must fail (EROFS): {}",
+        describe(&out)
+    );
+    drop(d);
+    // Without that layer (and its cgroup namespace), the cgroup itself still holds.
+    let d = Daemon::start_with_config(HARDENING_OFF);
+    let out = d.rush(&["agent", "spawn", "s1", "--net", "deny", "--", "sh", "-c", &script]);
+    let text = stdout(&out);
     if self_protected(&d) {
         // Where the guard programs attach, the agent cannot even make the sub-cgroup.
         assert!(!text.contains("/escape"), "the agent moved into a sub-cgroup: {}", describe(&out));
@@ -309,10 +321,16 @@ fn foreground_agent_streams_output_and_returns_its_status() {
     assert_eq!(out.status.code(), Some(7), "{}", describe(&out));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
-    // The first process is in the agent's cgroups: v2 (identity) and every v1 hierarchy.
+    // The first process is in the agent's cgroups: v2 (identity) and every v1 hierarchy,
+    // as seen from outside (inside, its cgroup namespace makes that `/`).
     let out = d.rush(&["agent", "spawn", "where", "--", "cat", "/proc/self/cgroup"]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let mine = format!("/{}/where", d.cgroup_parent);
+    let inside = String::from_utf8_lossy(&out.stdout);
+    assert!(inside.lines().any(|l| l == "0::/"), "not in a cgroup namespace of its own: {inside}");
+    let out = d.rush(&["--json", "agent", "spawn", "where2", "--detach", "--", "sleep", "30"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let pid = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["pid"].as_u64().unwrap();
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let mine = format!("/{}/where2", d.cgroup_parent);
     assert!(text.lines().any(|l| l == format!("0::{mine}")), "not in its v2 cgroup: {text}");
     for line in
         text.lines().filter(|l| ["pids", "memory", "freezer"].iter().any(|c| l.contains(&format!(":{c}:"))))

@@ -32,6 +32,8 @@ fn spawn_request(name: &str, command: &[&str], stdio: StdioMode) -> SpawnRequest
         allow_unconfined: false,
         session: None,
         restartable: false,
+        hardlinks: None,
+        user: None,
     }
 }
 

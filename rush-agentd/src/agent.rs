@@ -10,12 +10,12 @@ use std::sync::{Arc, Mutex};
 
 use rush_proto::{
     AgentInfo, AgentName, AgentState, ApiError, AuditEvent, Budget, ChangeEffect, ErrorKind, ExitStatus,
-    FileGrant, GrantRequest, NetPolicy, Ops, RevokeTarget, SpawnRequest, StdioMode, TokenInfo,
+    FileGrant, GrantRequest, Hardlinks, NetPolicy, Ops, RevokeTarget, SpawnRequest, StdioMode, TokenInfo,
 };
 use tokio::sync::watch;
 
 use crate::audit::{AuditLog, now_unix_ms};
-use crate::bpf::{FileGrantEntry, FileKey, KernelNetPolicy, KernelPolicy, boot_time_ns};
+use crate::bpf::{AgentFlags, FileGrantEntry, FileKey, KernelNetPolicy, KernelPolicy, boot_time_ns};
 use crate::budget::{Observed, ResourceControl};
 use crate::cgroup::{AgentCgroup, CgroupBackend};
 use crate::mappings::{Kept, Killed, Lost, path_forms};
@@ -36,6 +36,21 @@ struct Plan {
     log_path: Option<PathBuf>,
     /// A restart under new rules: the log goes on rather than starting empty.
     restart: bool,
+    /// Capabilities, seccomp (config, then the trust level).
+    hardening: crate::harden::HardeningPolicy,
+}
+
+/// The hardening every agent of this daemon gets (`[hardening]`, `harden.rs`); set by
+/// the daemon at start. Unit tests run without it.
+pub struct AgentHardening {
+    pub cgroup_namespace: bool,
+    pub private_cgroupfs: bool,
+    /// The BPF LSM guard is attached: it refuses cgroupfs writes itself, and the mount
+    /// calls the read-only view would need in the agent's first process.
+    pub guard: bool,
+    /// For agents without a trust level, and what a level's keys override.
+    pub defaults: crate::harden::HardeningPolicy,
+    pub seccomp: Arc<crate::harden::SeccompProgram>,
 }
 
 /// A new agent's tokens: resolved from its request, or carried over from the process it
@@ -155,6 +170,19 @@ pub enum FileBackend {
     Unavailable(String),
 }
 
+/// The operations an fd handed to an agent was opened for (its access mode).
+fn stdio_ops(fd: std::os::fd::BorrowedFd<'_>) -> Ops {
+    match nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL) {
+        Ok(flags) => match flags & libc::O_ACCMODE {
+            libc::O_RDONLY => Ops::READ,
+            libc::O_WRONLY => Ops::WRITE,
+            libc::O_RDWR => Ops(Ops::READ.0 | Ops::WRITE.0),
+            _ => Ops(0),
+        },
+        Err(_) => Ops(0),
+    }
+}
+
 /// How many exited agents `agent list` keeps showing.
 const EXITED_KEPT: usize = 64;
 
@@ -166,6 +194,9 @@ pub struct AgentManager {
     log_dir: PathBuf,
     /// Tokens every file-confined agent gets (config `files.baseline`).
     baseline: Vec<FileGrant>,
+    /// File-confined agents' own TMPDIRs (config `files.private_tmp`); unset: none.
+    private_tmp: std::sync::OnceLock<crate::baseline::PrivateTmp>,
+    hardening: std::sync::OnceLock<AgentHardening>,
     tokens: TokenStore,
     registry: Mutex<Registry>,
     /// One revoke or expiry enforcement at a time: one's thaw must not cut another's
@@ -292,6 +323,8 @@ impl AgentManager {
             enforcement,
             log_dir,
             baseline,
+            private_tmp: std::sync::OnceLock::new(),
+            hardening: std::sync::OnceLock::new(),
             tokens: TokenStore::default(),
             registry: Mutex::default(),
             enforcing: tokio::sync::Mutex::new(()),
@@ -843,7 +876,11 @@ impl AgentManager {
                  spawn it detached (--detach)",
             ));
         }
-        let (mut req, budget, exec) = self.apply_trust(req)?;
+        let (mut req, budget, exec, hardening) = self.apply_trust(req)?;
+        // Who the agent runs as: the caller, or --user (root callers only).
+        let run_as = self.run_as(&req, caller, &hardening)?;
+        let operator = caller;
+        let caller = &run_as;
         // Cost budgets: the agent's API calls go through its own metering proxy.
         let meter = match budget.cost_micro_usd {
             Some(limit) => match self.start_meter(&name, 0, limit) {
@@ -938,10 +975,20 @@ impl AgentManager {
             };
         }
         let restart = carried.is_some();
+        // A file-confined agent's own TMPDIR (a restart under new rules keeps its path).
+        let tmp = match files {
+            Files::Open => None,
+            _ => self.private_tmp_for(&name, caller, carried.as_deref())?,
+        };
+        if let Some(dir) = &tmp {
+            req.env.retain(|(k, _)| k != "TMPDIR");
+            req.env.push(("TMPDIR".to_owned(), dir.path().to_string_lossy().into_owned()));
+        }
         let file_tokens = match carried {
             _ if files == Files::Open => None,
             Some(tokens) => Some(FileTokens::Carried(tokens)),
             None => Some(FileTokens::New(self.spawn_tokens(
+                &self.agent_baseline(caller, tmp.as_ref().map(|t| t.path())),
                 &req.allow,
                 exec,
                 stdio_fds.as_ref(),
@@ -949,6 +996,14 @@ impl AgentManager {
             )?)),
         };
 
+        if let (Files::Landlock, Some(FileTokens::New(tokens))) = (files, &file_tokens) {
+            landlock_link_check(
+                req.hardlinks.unwrap_or_default(),
+                tokens.iter().map(|t| (&t.path, t.ops, t.origin)),
+                &[],
+            )
+            .map_err(|e| api_err(ErrorKind::Unsupported, format!("refusing the spawn: {e}")))?;
+        }
         // Reserve the name; everything after this point is undone on failure.
         {
             let mut reg = self.registry();
@@ -963,7 +1018,7 @@ impl AgentManager {
         }
         let files_confined = file_tokens.is_some();
         let respawn =
-            (req.stdio == StdioMode::Log).then(|| Respawn { req: original, caller: caller.clone() });
+            (req.stdio == StdioMode::Log).then(|| Respawn { req: original, caller: operator.clone() });
         let plan = Plan {
             net,
             budget,
@@ -973,6 +1028,7 @@ impl AgentManager {
             stdio: stdio_fds,
             log_path: log_path.clone(),
             restart,
+            hardening,
         };
         let result = self.start(&name, &req, plan, caller).await;
         self.registry().starting.remove(&name);
@@ -1017,7 +1073,7 @@ impl AgentManager {
                 uid: caller.uid,
                 command: req.command.clone(),
                 net: req.net.clone().unwrap_or_default(),
-                caller_uid: caller.uid,
+                caller_uid: operator.uid,
                 unconfined,
             },
         );
@@ -1040,7 +1096,85 @@ impl AgentManager {
                 format!("the agent was started, then killed ({killed} processes): its {}", e.message),
             ));
         }
+        // From here on the agent's exit removes it.
+        if let Some(t) = tmp {
+            t.keep();
+        }
         Ok((info, rx))
+    }
+
+    /// What the agent's first process sets up before exec (`harden.rs`); nothing when
+    /// the daemon has no hardening (unit tests).
+    fn child_hardening(
+        &self,
+        cg: &AgentCgroup,
+        policy: &crate::harden::HardeningPolicy,
+        in_session: bool,
+    ) -> Result<crate::harden::ChildHardening, ApiError> {
+        let Some(h) = self.hardening.get() else {
+            return Ok(crate::harden::ChildHardening::default());
+        };
+        let view = if h.private_cgroupfs && !h.guard { self.cgroups.view(cg) } else { None };
+        // An agent of a session may be dumped by CRIU (`checkpoint --with-processes`),
+        // from a staging cgroup beside its own: CRIU 3.17 refuses a task that is outside
+        // its cgroup namespace's root ("invalid cgroup configuration"). Where CRIU works,
+        // such agents get no cgroup namespace; what keeps them in their cgroup is the
+        // guard or the read-only view, as for every agent.
+        let namespace = h.cgroup_namespace && !(in_session && crate::snapshot::processes::criu().is_ok());
+        crate::harden::ChildHardening::new(namespace, view.as_ref(), policy, Some(Arc::clone(&h.seccomp)))
+            .map_err(|e| api_err(ErrorKind::Internal, format!("cannot prepare the agent's hardening: {e}")))
+    }
+
+    /// Who the agent runs as: the caller, or `req.user` (a name or uid), which only root
+    /// may set to someone else. Refused as root where the hardening refuses root agents.
+    fn run_as(
+        &self,
+        req: &SpawnRequest,
+        caller: &Caller,
+        hardening: &crate::harden::HardeningPolicy,
+    ) -> Result<Caller, ApiError> {
+        let bad = |m: String| api_err(ErrorKind::InvalidArgument, m);
+        let run_as = match &req.user {
+            None => caller.clone(),
+            Some(spec) => {
+                let user = match spec.parse::<u32>() {
+                    Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+                    Err(_) => nix::unistd::User::from_name(spec),
+                }
+                .map_err(|e| api_err(ErrorKind::Internal, format!("cannot look up user {spec:?}: {e}")))?
+                .ok_or_else(|| bad(format!("--user {spec:?}: no such user in the user database")))?;
+                let uid = user.uid.as_raw();
+                if caller.uid != 0 && uid != caller.uid {
+                    return Err(api_err(
+                        ErrorKind::PermissionDenied,
+                        format!("--user {spec:?}: only root may run an agent as another user"),
+                    ));
+                }
+                let name = std::ffi::CString::new(user.name.clone())
+                    .map_err(|_| bad(format!("--user {spec:?}: the user name has a NUL byte")))?;
+                let groups = nix::unistd::getgrouplist(&name, user.gid)
+                    .map_err(|e| api_err(ErrorKind::Internal, format!("groups of {spec:?}: {e}")))?;
+                Caller {
+                    uid,
+                    gid: user.gid.as_raw(),
+                    pid: caller.pid,
+                    groups: groups.into_iter().map(|g| g.as_raw()).collect(),
+                }
+            }
+        };
+        if run_as.uid == 0 && !hardening.root_agents {
+            return Err(api_err(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "refusing to run the agent as root: {} refuses root agents; give --user USER",
+                    match &req.trust {
+                        Some(level) => format!("trust level {level:?}"),
+                        None => "this daemon ([hardening] root_agents = false)".to_string(),
+                    }
+                ),
+            ));
+        }
+        Ok(run_as)
     }
 
     async fn start(
@@ -1050,7 +1184,7 @@ impl AgentManager {
         plan: Plan,
         caller: &Caller,
     ) -> Result<(AgentInfo, AgentCgroup, Child, Vec<Token>), ApiError> {
-        let Plan { net, budget, file_tokens, files, unconfined, stdio, log_path, restart } = plan;
+        let Plan { net, budget, file_tokens, files, unconfined, stdio, log_path, restart, hardening } = plan;
         let tcp = landlock_tcp(&net);
         let internal =
             |what: &str, e: &dyn std::fmt::Display| api_err(ErrorKind::Internal, format!("{what}: {e}"));
@@ -1087,7 +1221,11 @@ impl AgentManager {
                 .control
                 .apply(&cg, &budget)
                 .map_err(|e| crate::bpf::BpfError::Other(error_chain(&e)))?;
-            self.kernel.add_agent(cg.id, &net, files == Files::BpfLsm)?;
+            self.kernel.add_agent(
+                cg.id,
+                &net,
+                AgentFlags { files_confined: files == Files::BpfLsm, hardlinks: hardlinks_of(files, req) },
+            )?;
             self.kernel.set_net_budget(cg.id, net_budget(&budget))
         })();
         if let Err(e) = installed {
@@ -1135,7 +1273,11 @@ impl AgentManager {
             Files::Open | Files::Unenforced => None,
         };
         let landlock_tcp = files == Files::Landlock && tcp.is_some() && crate::landlock::tcp_enforced();
-        match self.exec(&cg, req, caller, stdio, log_path, landlock, restart) {
+        let child_hardening = self.child_hardening(&cg, &hardening, req.session.is_some());
+        let hardening_info =
+            child_hardening.as_ref().map(|h| crate::harden::info(h, &hardening)).unwrap_or_default();
+        match child_hardening.and_then(|h| self.exec(&cg, req, caller, stdio, log_path, landlock, restart, h))
+        {
             Ok(child) => {
                 let pid = child.pid;
                 let info = AgentInfo {
@@ -1167,6 +1309,8 @@ impl AgentManager {
                     unconfined,
                     session: req.session.clone(),
                     restartable: req.restartable,
+                    hardlinks: hardlinks_of(files, req),
+                    hardening: hardening_info,
                 };
                 Ok((info, cg, child, timed))
             }
@@ -1192,6 +1336,7 @@ impl AgentManager {
         log_path: Option<PathBuf>,
         landlock: Option<OwnedFd>,
         restart: bool,
+        hardening: crate::harden::ChildHardening,
     ) -> Result<Child, ApiError> {
         let internal = |what: String| api_err(ErrorKind::Internal, what);
         let placement = self
@@ -1229,12 +1374,13 @@ impl AgentManager {
         // as itself, which is then also its caller.
         let creds = nix::unistd::geteuid().is_root().then(|| (caller.uid, caller.gid, caller.groups.clone()));
         let spawn =
-            Spawn::new(&req.command, &req.env, &req.cwd, stdio, placement, creds, landlock).map_err(|e| {
-                api_err(
-                    ErrorKind::InvalidArgument,
-                    format!("cannot run {:?}: {}", req.command[0], error_chain(&e)),
-                )
-            })?;
+            Spawn::new(&req.command, &req.env, &req.cwd, stdio, placement, creds, landlock, hardening)
+                .map_err(|e| {
+                    api_err(
+                        ErrorKind::InvalidArgument,
+                        format!("cannot run {:?}: {}", req.command[0], error_chain(&e)),
+                    )
+                })?;
         let (pid, pidfd) = spawn.start().map_err(|e| {
             let kind = match e {
                 SpawnError::Child { .. } | SpawnError::NotFound { .. } => ErrorKind::InvalidArgument,
@@ -1282,6 +1428,7 @@ impl AgentManager {
             self.audit_counters(&name, &budget, &u, reported);
         }
         // The first process is gone: nothing the agent left running outlives it.
+        let tmp_dirs = self.private_tmp_dirs(cg.id);
         let mut conditional = Vec::new();
         let cgroups = Arc::clone(&self.cgroups);
         let cg2 = cg.clone();
@@ -1335,6 +1482,11 @@ impl AgentManager {
         };
         for old in evicted {
             self.audit.set_agent_session(&old, None);
+        }
+        // Its TMPDIR, unless a restart already put a new agent under the name (which
+        // carries the same directory).
+        if !tmp_dirs.is_empty() && self.registry().agents.get(&name).is_some_and(|a| a.cgroup.id == cg.id) {
+            self.remove_private_tmp(tmp_dirs).await;
         }
         // Done by itself: a restartable agent is not started again. Any other end (a crash,
         // a signal) leaves it to the next daemon start or boot; never restarted here, so a
@@ -1465,13 +1617,13 @@ impl AgentManager {
     /// skipped) and the requested grants (which must exist).
     fn spawn_tokens(
         &self,
+        baseline: &[FileGrant],
         allow: &[FileGrant],
         exec: ExecRule,
         stdio: Option<&[OwnedFd; 3]>,
         log_path: Option<&std::path::Path>,
     ) -> Result<Vec<NewToken>, ApiError> {
-        let mut tokens: Vec<NewToken> = self
-            .baseline
+        let mut tokens: Vec<NewToken> = baseline
             .iter()
             .filter_map(|g| match NewToken::resolve(g, Origin::Baseline) {
                 Ok(t) => Some(t),
@@ -1494,13 +1646,15 @@ impl AgentManager {
             tokens.push(t);
         }
         // What the agent was handed stays usable: a regular file as stdin/stdout/stderr
-        // (`> out.txt`) or its log. Pipes and terminals need no token.
-        let stdio_ops = [Ops::READ, Ops::WRITE, Ops::WRITE];
+        // (`> out.txt`) or its log. Pipes and terminals need no token. In the modes it was
+        // opened with, as under Landlock (which never checks an fd opened outside): stdin
+        // handed read-write (`<> f`) may be written, stdout opened read-write read.
         if let Some(fds) = stdio {
-            for (fd, ops) in fds.iter().zip(stdio_ops) {
+            for fd in fds {
                 use std::os::fd::AsFd;
                 let meta = nix::sys::stat::fstat(fd.as_fd());
-                if meta.is_ok_and(|m| m.st_mode & libc::S_IFMT == libc::S_IFREG) {
+                let ops = stdio_ops(fd.as_fd());
+                if meta.is_ok_and(|m| m.st_mode & libc::S_IFMT == libc::S_IFREG) && ops != Ops(0) {
                     let path =
                         std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd)))
                             .unwrap_or_default();
@@ -1518,6 +1672,72 @@ impl AgentManager {
             tokens.push(NewToken::resolve(&grant, Origin::Stdio).map_err(|e| token_err("log", &e))?);
         }
         Ok(tokens)
+    }
+
+    /// The baseline of an agent of `caller`'s: home entries under the home of the user
+    /// it runs as, and its TMPDIR (read, write, create, delete; never exec).
+    fn agent_baseline(&self, caller: &Caller, tmp: Option<&std::path::Path>) -> Vec<FileGrant> {
+        let uid = if nix::unistd::geteuid().is_root() { caller.uid } else { nix::unistd::geteuid().as_raw() };
+        let mut grants = crate::baseline::expand(&self.baseline, crate::baseline::home_of(uid).as_deref());
+        if let Some(dir) = tmp {
+            let ops = Ops(Ops::READ.0 | Ops::WRITE.0 | Ops::CREATE.0 | Ops::DELETE.0);
+            grants.push(FileGrant { path: dir.to_owned(), ops, ttl_secs: None });
+        }
+        grants
+    }
+
+    /// Turns on private TMPDIRs in `tmp` (the daemon, from `files.private_tmp`): what
+    /// agents left there before is removed, except the directories of adopted agents.
+    /// Agents spawned from now on are hardened so (see `harden.rs`).
+    pub fn set_hardening(&self, hardening: AgentHardening) {
+        let _ = self.hardening.set(hardening);
+    }
+
+    pub fn set_private_tmp(&self, tmp: crate::baseline::PrivateTmp) {
+        let live: HashSet<PathBuf> = {
+            let reg = self.registry();
+            let running: Vec<u64> = reg
+                .agents
+                .values()
+                .filter(|a| a.info.state == AgentState::Running)
+                .map(|a| a.cgroup.id)
+                .collect();
+            drop(reg);
+            running.into_iter().flat_map(|id| self.tokens.of_agent(id)).map(|t| t.path).collect()
+        };
+        tmp.sweep(|d| live.contains(d));
+        let _ = self.private_tmp.set(tmp);
+    }
+
+    /// A new TMPDIR for agent `name`, owned by the user it runs as; for a restart, the
+    /// one its carried tokens name, made again if gone. None when private TMPDIRs are off.
+    fn private_tmp_for(
+        &self,
+        name: &str,
+        caller: &Caller,
+        carried: Option<&[Token]>,
+    ) -> Result<Option<crate::baseline::TmpDir>, ApiError> {
+        let Some(tmp) = self.private_tmp.get() else { return Ok(None) };
+        let owner = nix::unistd::geteuid().is_root().then_some((caller.uid, caller.gid));
+        let made = match carried.and_then(|c| c.iter().find(|t| tmp.owns(&t.path))) {
+            Some(t) => tmp.recreate(&t.path, owner),
+            None if carried.is_some() => return Ok(None),
+            None => tmp.create(name, owner),
+        };
+        made.map(Some).map_err(|e| {
+            api_err(ErrorKind::Internal, format!("cannot give the agent its TMPDIR: {}", error_chain(&e)))
+        })
+    }
+
+    /// The TMPDIRs among the tokens of the agent in cgroup `cgroup_id`.
+    fn private_tmp_dirs(&self, cgroup_id: u64) -> Vec<PathBuf> {
+        let Some(tmp) = self.private_tmp.get() else { return Vec::new() };
+        self.tokens.of_agent(cgroup_id).into_iter().map(|t| t.path).filter(|p| tmp.owns(p)).collect()
+    }
+
+    async fn remove_private_tmp(&self, dirs: Vec<PathBuf>) {
+        let Some(tmp) = self.private_tmp.get().cloned() else { return };
+        let _ = tokio::task::spawn_blocking(move || dirs.iter().for_each(|d| tmp.remove(d))).await;
     }
 
     /// The cgroup of the running, file-confined agent `name`.
@@ -1541,9 +1761,14 @@ impl AgentManager {
 
     /// The request with its trust level's defaults filled in, the combined budget, and the
     /// exec rule. Refuses budgets this machine cannot enforce.
-    fn apply_trust(&self, mut req: SpawnRequest) -> Result<(SpawnRequest, Budget, ExecRule), ApiError> {
+    #[allow(clippy::type_complexity)]
+    fn apply_trust(
+        &self,
+        mut req: SpawnRequest,
+    ) -> Result<(SpawnRequest, Budget, ExecRule, crate::harden::HardeningPolicy), ApiError> {
         let mut budget = req.budget;
         let mut exec = ExecRule::Granted;
+        let mut hardening = self.hardening.get().map(|h| h.defaults.clone()).unwrap_or_default();
         if let Some(level) = &req.trust {
             let level =
                 self.budgets.policy.level(level).map_err(|e| api_err(ErrorKind::InvalidArgument, e))?;
@@ -1551,6 +1776,10 @@ impl AgentManager {
             if req.net.is_none() {
                 req.net = level.net.clone();
             }
+            if req.hardlinks.is_none() {
+                req.hardlinks = level.hardlinks;
+            }
+            hardening = level.hardening.apply(&hardening);
             let mut allow = level.allow.clone();
             allow.append(&mut req.allow);
             req.allow = allow;
@@ -1601,7 +1830,7 @@ impl AgentManager {
                 format!("refusing the {resource} budget: {why}; it could not be enforced"),
             ));
         }
-        Ok((req, budget, exec))
+        Ok((req, budget, exec, hardening))
     }
 
     fn exec_rule(&self, trust: Option<&str>) -> ExecRule {
@@ -1902,6 +2131,12 @@ impl AgentManager {
             Some(command) => self.conditional_token(&req.agent, &grant, command)?,
             None => NewToken::resolve(&grant, Origin::Grant).map_err(|e| token_err("grant", &e))?,
         };
+        if files == Some(Files::Landlock) {
+            let mode = self.registry().agents.get(&req.agent).map(|a| a.info.hardlinks).unwrap_or_default();
+            let held: Vec<PathBuf> = self.tokens.of_agent(cgroup_id).into_iter().map(|t| t.path).collect();
+            landlock_link_check(mode, [(&new.path, new.ops, new.origin)], &held)
+                .map_err(|e| api_err(ErrorKind::Unsupported, format!("refusing the grant: {e}")))?;
+        }
         let (added, entries) = self.tokens.add(&req.agent, cgroup_id, vec![new]);
         let ids: Vec<u64> = added.iter().map(|t| t.id).collect();
         // The store first: a crash after it and before the kernel write is mended by the
@@ -2245,6 +2480,8 @@ impl AgentManager {
             allow_unconfined: false,
             session: None,
             restartable: false,
+            hardlinks: None,
+            user: None,
         };
         // As the agent's user (its primary group from the user database, else uid = gid).
         let uid = self.status(agent).map(|a| a.uid).unwrap_or(0);
@@ -2535,6 +2772,55 @@ fn token_err(what: &str, e: &TokenError) -> ApiError {
     api_err(kind, format!("{what}: {e}"))
 }
 
+/// What the kernel is told of an agent's hard links: only file-confined agents have a mode.
+fn hardlinks_of(files: Files, req: &SpawnRequest) -> Hardlinks {
+    if files == Files::Open { Hardlinks::Follow } else { req.hardlinks.unwrap_or_default() }
+}
+
+/// `--hardlinks` under Landlock, which cannot see link counts: refuses while a directory
+/// that `tokens` grant (for the ops the mode guards) holds a regular file with more than
+/// one link that no token names by itself (among `tokens` and the files of `held`). The
+/// baseline's system directories are not walked. Links made later are not seen.
+fn landlock_link_check<'a>(
+    mode: Hardlinks,
+    tokens: impl IntoIterator<Item = (&'a PathBuf, Ops, Origin)>,
+    held: &[PathBuf],
+) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let guarded = match mode {
+        Hardlinks::Follow => return Ok(()),
+        Hardlinks::RefuseWrite => Ops::WRITE.0,
+        Hardlinks::Refuse => Ops::READ.0 | Ops::WRITE.0 | Ops::EXEC.0,
+    };
+    let tokens: Vec<(&PathBuf, Ops, Origin)> = tokens.into_iter().collect();
+    let mut named = std::collections::HashSet::new();
+    let mut dirs = Vec::new();
+    for path in tokens.iter().map(|t| t.0).chain(held) {
+        if let Ok(m) = std::fs::metadata(path)
+            && !m.is_dir()
+        {
+            named.insert((m.dev(), m.ino()));
+        }
+    }
+    for (path, ops, origin) in tokens {
+        if origin != Origin::Baseline && ops.0 & guarded != 0 && path.is_dir() {
+            dirs.push(path);
+        }
+    }
+    for dir in dirs {
+        crate::landlock::scan_links(dir, &named, crate::landlock::LINK_SCAN_MAX).map_err(|e| {
+            format!(
+                "--hardlinks {mode} under Landlock, which cannot check link counts, so the daemon looked \
+                 below {}: {}; grant such a file by its own token, remove the extra link, or use \
+                 --hardlinks follow",
+                dir.display(),
+                error_chain(&e)
+            )
+        })?;
+    }
+    Ok(())
+}
+
 /// The TCP ports a Landlock ruleset allows connects to: none for `deny`, the listed ports
 /// for an allow list; None (TCP left to the cgroup programs) for `allow` or any-port entries.
 fn landlock_tcp(net: &KernelNetPolicy) -> crate::landlock::TcpPorts {
@@ -2705,6 +2991,14 @@ mod tests {
     }
 
     fn fixture_with(enforcement: Enforcement, control: crate::budget::fake::FakeControl) -> Fixture {
+        fixture_policy(enforcement, control, crate::policy::DEFAULT_POLICY)
+    }
+
+    fn fixture_policy(
+        enforcement: Enforcement,
+        control: crate::budget::fake::FakeControl,
+        policy: &str,
+    ) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let audit = Arc::new(AuditLog::open(&dir.path().join("state.db")).unwrap());
         let kernel = Arc::new(FakeKernel::default());
@@ -2719,7 +3013,7 @@ mod tests {
             vec!["/usr:read,exec".parse().unwrap()],
             Budgets {
                 control: control.clone(),
-                policy: Policy::parse(crate::policy::DEFAULT_POLICY, "t").unwrap(),
+                policy: Policy::parse(policy, "t").unwrap(),
                 meter: None,
                 api_endpoints: 1,
             },
@@ -2733,6 +3027,39 @@ mod tests {
             files: FileBackend::Unavailable("BPF LSM programs did not attach: EPERM".into()),
             landlock: Default::default(),
         }
+    }
+
+    /// `--user`: only root may name another user; names and uids resolve through the
+    /// user database; a trust level with `root_agents = false` refuses root.
+    #[test]
+    fn run_as_resolves_users_and_refuses_what_it_must() {
+        let f = fixture_policy(enforced(), Default::default(), "[trust.nonroot]\nroot_agents = false\n");
+        let policy = crate::harden::HardeningPolicy::default();
+        let user = |u: &str| SpawnRequest { user: Some(u.into()), ..req("u", &["true"]) };
+        let root = Caller { uid: 0, gid: 0, pid: 1, groups: vec![] };
+        let nobody = f.mgr.run_as(&user("nobody"), &root, &policy).unwrap();
+        assert_eq!((nobody.uid, nobody.gid), (65534, 65534));
+        assert_eq!(f.mgr.run_as(&user("65534"), &root, &policy).unwrap().uid, 65534);
+        let e = f.mgr.run_as(&user("no-such-user-x"), &root, &policy).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidArgument);
+        assert!(e.message.contains("--user \"no-such-user-x\": no such user"), "{}", e.message);
+        // A caller that is not root may only name itself.
+        let alice = Caller { uid: 1000, gid: 1000, pid: 1, groups: vec![] };
+        let e = f.mgr.run_as(&user("root"), &alice, &policy).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::PermissionDenied, "{}", e.message);
+        assert_eq!(f.mgr.run_as(&user("1000"), &alice, &policy).unwrap().uid, 1000);
+        // Root agents refused by the level; with --user they pass.
+        let level = f.mgr.budgets.policy.level("nonroot").unwrap().hardening.apply(&policy);
+        let as_root = SpawnRequest { trust: Some("nonroot".into()), ..req("r", &["true"]) };
+        let e = f.mgr.run_as(&as_root, &root, &level).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::PermissionDenied);
+        assert!(
+            e.message.contains("trust level \"nonroot\" refuses root agents; give --user USER"),
+            "{}",
+            e.message
+        );
+        let with_user = SpawnRequest { user: Some("nobody".into()), ..as_root };
+        assert_eq!(f.mgr.run_as(&with_user, &root, &level).unwrap().uid, 65534);
     }
 
     fn me() -> Caller {
@@ -2755,6 +3082,8 @@ mod tests {
             allow_unconfined: false,
             session: None,
             restartable: false,
+            hardlinks: None,
+            user: None,
         }
     }
 
@@ -2908,6 +3237,84 @@ mod tests {
         let origins: Vec<String> =
             f.mgr.capabilities(Some("f1")).unwrap().into_iter().map(|t| t.origin).collect();
         assert_eq!(origins, ["baseline", "spawn", "stdio"]);
+    }
+
+    #[tokio::test]
+    async fn hardlinks_reach_the_kernel_from_the_flag_or_the_trust_level() {
+        let policy = "[trust.careful]\nhardlinks = \"refuse\"\n[trust.plain]\n";
+        let f = fixture_policy(files_enforced(), Default::default(), policy);
+        let dir = tempfile::tempdir().unwrap();
+        let allow: FileGrant = format!("{}:read,write", dir.path().display()).parse().unwrap();
+        let cases = [
+            ("h1", None, None, Hardlinks::Follow),
+            ("h2", None, Some(Hardlinks::RefuseWrite), Hardlinks::RefuseWrite),
+            ("h3", Some("careful"), None, Hardlinks::Refuse),
+            ("h4", Some("careful"), Some(Hardlinks::Follow), Hardlinks::Follow),
+            ("h5", Some("plain"), None, Hardlinks::Follow),
+        ];
+        for (name, trust, flag, want) in cases {
+            let r = SpawnRequest {
+                allow: vec![allow.clone()],
+                trust: trust.map(str::to_owned),
+                hardlinks: flag,
+                ..req(name, &["sleep", "5"])
+            };
+            let (info, _rx) = f.mgr.spawn(r, &me(), None).await.unwrap();
+            assert_eq!(info.hardlinks, want, "{name}");
+            let flags = f.kernel.flags.lock().unwrap()[&info.cgroup_id];
+            assert_eq!(flags, AgentFlags { files_confined: true, hardlinks: want }, "{name}");
+            assert_eq!(f.mgr.status(name).unwrap().hardlinks, want);
+        }
+        // Without --allow nothing is file-confined: no mode reaches the kernel.
+        let r = SpawnRequest { hardlinks: Some(Hardlinks::Refuse), ..req("h6", &["sleep", "5"]) };
+        let (info, _rx) = f.mgr.spawn(r, &me(), None).await.unwrap();
+        assert_eq!(info.hardlinks, Hardlinks::Follow);
+        assert_eq!(f.kernel.flags.lock().unwrap()[&info.cgroup_id].bits(), 0);
+    }
+
+    #[tokio::test]
+    async fn landlock_refuses_a_granted_dir_holding_a_linked_file_unless_following() {
+        let enforcement =
+            Enforcement { net: true, files: FileBackend::Landlock, landlock: Default::default() };
+        let f = fixture(enforcement);
+        let root = tempfile::tempdir().unwrap();
+        let (a, b) = (root.path().join("a"), root.path().join("b"));
+        std::fs::create_dir_all(a.join("sub")).unwrap();
+        std::fs::create_dir(&b).unwrap();
+        std::fs::write(b.join("x"), "secret").unwrap();
+        std::fs::hard_link(b.join("x"), a.join("sub/h")).unwrap();
+        let rw: FileGrant = format!("{}:read,write", a.display()).parse().unwrap();
+        let ro: FileGrant = format!("{}:read", a.display()).parse().unwrap();
+        for (mode, grant) in [(Hardlinks::RefuseWrite, &rw), (Hardlinks::Refuse, &ro)] {
+            let r =
+                SpawnRequest { allow: vec![grant.clone()], hardlinks: Some(mode), ..req("l1", &["true"]) };
+            let e = f.mgr.spawn(r, &me(), None).await.unwrap_err();
+            assert_eq!(e.kind, ErrorKind::Unsupported);
+            let h = a.join("sub/h");
+            assert!(
+                e.message.contains(&format!("{} has 2 hard links", h.display()))
+                    && e.message.contains(&format!("--hardlinks {mode} under Landlock")),
+                "{}",
+                e.message
+            );
+        }
+        // refuse-write does not look below a read-only grant; a token on the file itself
+        // names it.
+        let named: FileGrant = format!("{}:read,write", a.join("sub/h").display()).parse().unwrap();
+        for (allow, mode) in
+            [(vec![ro.clone()], Hardlinks::RefuseWrite), (vec![rw.clone(), named], Hardlinks::Refuse)]
+        {
+            assert_eq!(
+                landlock_link_check(mode, allow.iter().map(|g| (&g.path, g.ops, Origin::Spawn)), &[]),
+                Ok(())
+            );
+        }
+        let bound = landlock_link_check(
+            Hardlinks::Refuse,
+            [(&PathBuf::from("/usr"), Ops::READ, Origin::Baseline)],
+            &[],
+        );
+        assert_eq!(bound, Ok(()), "the baseline is not walked");
     }
 
     #[tokio::test]

@@ -59,6 +59,11 @@ pub struct CgroupLayout {
     pub v2_controllers: Vec<String>,
     /// (controller, mount point) of the v1 hierarchies agents are placed in.
     pub v1: Vec<(String, PathBuf)>,
+    /// What an agent's mount namespace makes read-only: the directory every cgroup
+    /// hierarchy is mounted under when it is a mount point itself (hybrid hosts' tmpfs at
+    /// /sys/fs/cgroup), else each hierarchy's mount point (all of them, not only those
+    /// agents are placed in).
+    pub read_only: Vec<PathBuf>,
 }
 
 /// v1 controllers agents can join in hybrid mode; cpuset and devices need setup we don't do.
@@ -74,10 +79,16 @@ impl CgroupLayout {
     pub fn from_mounts(mounts: &str) -> Result<CgroupLayout, CgroupError> {
         let mut v2_root = None;
         let mut v1 = Vec::new();
+        let mut points: Vec<PathBuf> = Vec::new();
+        let mut cgroup_points: Vec<PathBuf> = Vec::new();
         for line in mounts.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.len() < 4 {
                 continue;
+            }
+            points.push(PathBuf::from(f[1]));
+            if f[2] == "cgroup" || f[2] == "cgroup2" {
+                cgroup_points.push(PathBuf::from(f[1]));
             }
             match f[2] {
                 "cgroup2" if v2_root.is_none() => v2_root = Some(PathBuf::from(f[1])),
@@ -96,7 +107,18 @@ impl CgroupLayout {
             .map(|s| s.split_whitespace().map(str::to_owned).collect())
             .unwrap_or_default();
         let mode = if v1.is_empty() { CgroupMode::Unified } else { CgroupMode::Hybrid };
-        Ok(CgroupLayout { mode, v2_root, v2_controllers, v1 })
+        cgroup_points.dedup();
+        let read_only = match v2_root.parent() {
+            Some(top)
+                if top != Path::new("/")
+                    && points.iter().any(|p| p == top)
+                    && cgroup_points.iter().all(|p| p.starts_with(top)) =>
+            {
+                vec![top.to_owned()]
+            }
+            _ => cgroup_points,
+        };
+        Ok(CgroupLayout { mode, v2_root, v2_controllers, v1, read_only })
     }
 }
 
@@ -133,6 +155,12 @@ pub trait CgroupBackend: Send + Sync + 'static {
     fn remove(&self, cg: &AgentCgroup) -> Result<(), CgroupError>;
     /// Agent cgroups that exist now (e.g. left by a daemon that died).
     fn existing(&self) -> Vec<AgentCgroup>;
+    /// How the agent sees cgroupfs in its own mount namespace (`harden.rs`): its own
+    /// directories bound over each hierarchy's mount point, everything read-only. None
+    /// where there is no cgroupfs to hide (the unit tests' fake).
+    fn view(&self, _cg: &AgentCgroup) -> Option<crate::harden::CgroupView> {
+        None
+    }
 }
 
 /// Opened by the daemon before the agent's first process is cloned.
@@ -273,6 +301,17 @@ fn enable_subtree_controllers(root: &Path, parent: &Path, wanted: &[String]) -> 
 impl CgroupBackend for FsCgroups {
     fn agent_level(&self) -> u32 {
         self.parent.components().count() as u32 + 1
+    }
+
+    fn view(&self, cg: &AgentCgroup) -> Option<crate::harden::CgroupView> {
+        let mut binds = vec![(cg.v2_dir.clone(), self.layout.v2_root.clone())];
+        for (_, root) in &self.layout.v1 {
+            let dir = root.join(&self.parent).join(&cg.name);
+            if !binds.iter().any(|(_, r)| r == root) {
+                binds.push((dir, root.clone()));
+            }
+        }
+        Some(crate::harden::CgroupView { binds, read_only: self.layout.read_only.clone() })
     }
 
     fn create(&self, name: &str) -> Result<AgentCgroup, CgroupError> {
@@ -607,18 +646,23 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
         assert_eq!(l.v2_root, PathBuf::from("/sys/fs/cgroup/unified"));
         let names: Vec<&str> = l.v1.iter().map(|(c, _)| c.as_str()).collect();
         assert_eq!(names, ["cpu", "cpuacct", "memory", "pids"]);
+        // The tmpfs holding every hierarchy is made read-only as a whole.
+        assert_eq!(l.read_only, [PathBuf::from("/sys/fs/cgroup")]);
     }
 
     #[test]
     fn detects_unified_layout_and_co_mounted_controllers() {
         let l = CgroupLayout::from_mounts("cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n").unwrap();
         assert_eq!(l.mode, CgroupMode::Unified);
+        assert_eq!(l.read_only, [PathBuf::from("/sys/fs/cgroup")]);
         let l = CgroupLayout::from_mounts(
             "cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,cpu,cpuacct 0 0\ncgroup2 /u cgroup2 rw 0 0\n",
         )
         .unwrap();
         assert_eq!(l.v1.len(), 2);
         assert_eq!(l.v1[0].1, l.v1[1].1);
+        // No common mount above them: each hierarchy on its own.
+        assert_eq!(l.read_only, [PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"), PathBuf::from("/u")]);
     }
 
     #[test]
@@ -687,6 +731,7 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
             placement,
             None,
             None,
+            crate::harden::ChildHardening::default(),
         )
         .unwrap();
         // start() checks every hierarchy before it lets the process exec.

@@ -19,8 +19,11 @@
 //!
 //! [files]
 //! # tokens every file-confined agent (one spawned with --allow) gets, so that programs
-//! # can load; paths missing on this machine are skipped
-//! baseline = ["/usr:read,exec", "/lib:read,exec", "/etc/ld.so.cache:read", "/dev/null:read,write", ...]
+//! # can load and common tool chains run; paths missing on this machine are skipped;
+//! # `~/REL` is in the home of the user the agent runs as (read and exec only)
+//! baseline = ["/usr:read,exec", "/lib:read,exec", "/etc/ld.so.cache:read", "/dev/null:read,write",
+//!             ..., "/etc/ssl/certs:read", "~/.rustup:read,exec", "~/.cargo/bin:read,exec"]
+//! private_tmp = true           # each agent its own TMPDIR, <state_dir>-tmp/<agent>
 //!
 //! enforcement = "auto"         # auto | bpf-lsm | landlock: what enforces file tokens
 //!
@@ -37,6 +40,13 @@
 //!
 //! [policy]
 //! file = "/etc/rush/policy.toml" # trust levels; the built-in ones when it does not exist
+//!
+//! [hardening]                  # every agent, every kernel (trust levels may override the
+//! cgroup_namespace = true      # last three): its own cgroup namespace;
+//! private_cgroupfs = true      # its own mount namespace, cgroupfs read-only there
+//! drop_capabilities = ["CAP_SYS_ADMIN", "CAP_BPF", ...]   # never held (bounding set too)
+//! seccomp = true               # refuse bpf, keyrings, perf, fanotify, mounts, modules, ...
+//! root_agents = true           # false: refuse agents that would run as root (--user)
 //!
 //! [budget]
 //! poll_ms = 250                # how often cpu time, OOM kills and refused forks are read
@@ -80,6 +90,7 @@ pub struct Config {
     pub landlock: LandlockSection,
     pub snapshot: SnapshotSection,
     pub audit: AuditSection,
+    pub hardening: crate::harden::HardeningSection,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -246,8 +257,14 @@ impl Default for BudgetSection {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct FilesSection {
-    /// `PATH:OPS` tokens given to every file-confined agent.
+    /// `PATH:OPS` tokens given to every file-confined agent; PATH absolute, or `~/REL` for
+    /// a path in the home of the user the agent runs as (read and exec only). See
+    /// [`crate::baseline`]: what each default entry is for, and what the baseline must
+    /// never contain.
     pub baseline: Vec<String>,
+    /// Each file-confined agent gets its own temporary directory, `<state_dir>-tmp/<agent>`
+    /// (read, write, create, delete), as `TMPDIR`; removed when it exits.
+    pub private_tmp: bool,
     /// `auto`, `bpf-lsm` or `landlock`.
     pub enforcement: EnforcementChoice,
 }
@@ -274,18 +291,38 @@ impl Default for FilesSection {
             "/dev/urandom:read",
             "/dev/tty:read,write",
             "/dev/pts:read,write",
+            // Read-only system data that common tool chains fail without (each found by
+            // running the tool confined: kernel-tests/tests/toolchains.rs).
+            // pip (its vendored `distro`, run by `python3 -m venv`'s ensurepip): EACCES is fatal.
+            "/etc/debian_version:read",
+            // pip (Python's `mimetypes`, which opens what exists): EACCES is fatal.
+            "/etc/mime.types:read",
+            // node (npm): OpenSSL's configuration, read at start-up; EACCES aborts.
+            "/etc/ssl/openssl.cnf:read",
+            // npm with a `cafile` (set in Debian's and many sites' npmrc) dies without it;
+            // every TLS client's trust anchors. Public certificates only (not /etc/ssl/private).
+            "/etc/ssl/certs:read",
+            // git (Debian's): the system config; EACCES is fatal ("unknown error occurred
+            // while reading the configuration files"). Skipped where there is none.
+            "/etc/gitconfig:read",
+            // Toolchains installed per user (rustup): read and exec, in the home of the user
+            // the agent runs as. Not ~/.cargo itself (credentials.toml).
+            "~/.rustup:read,exec",
+            "~/.cargo/bin:read,exec",
         ];
         FilesSection {
             baseline: base.iter().map(|s| s.to_string()).collect(),
+            private_tmp: true,
             enforcement: EnforcementChoice::Auto,
         }
     }
 }
 
 impl FilesSection {
-    /// The baseline as grants (validated by `Config::parse`).
+    /// The baseline as grants (validated by `Config::parse`); home entries keep their
+    /// `~/` path until a spawn expands them ([`crate::baseline::expand`]).
     pub fn grants(&self) -> Vec<rush_proto::FileGrant> {
-        self.baseline.iter().filter_map(|g| g.parse().ok()).collect()
+        self.baseline.iter().filter_map(|g| crate::baseline::parse_entry(g).ok()).collect()
     }
 }
 
@@ -364,13 +401,7 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, String> {
         let config: Config = toml::from_str(text).map_err(|e| e.message().to_owned())?;
         for g in &config.files.baseline {
-            match g.parse::<rush_proto::FileGrant>() {
-                Ok(grant) if grant.ttl_secs.is_some() => {
-                    return Err(format!("files.baseline: {g:?}: baseline tokens cannot expire"));
-                }
-                Ok(_) => {}
-                Err(e) => return Err(format!("files.baseline: {e}")),
-            }
+            crate::baseline::parse_entry(g).map_err(|e| format!("files.baseline: {e}"))?;
         }
         if !(10..=60_000).contains(&config.budget.poll_ms) {
             return Err(format!("budget.poll_ms: {} is not 10-60000", config.budget.poll_ms));
@@ -395,6 +426,8 @@ impl Config {
         if let Err(e) = rush_proto::parse_duration(&config.audit.retention) {
             return Err(format!("audit.retention: {e}"));
         }
+        crate::harden::parse_capabilities(&config.hardening.drop_capabilities)
+            .map_err(|e| format!("hardening.drop_capabilities: {e}"))?;
         for c in &config.cgroup.v1_controllers {
             if !crate::cgroup::V1_CONTROLLERS.contains(&c.as_str()) {
                 return Err(format!(
@@ -470,6 +503,51 @@ mod tests {
         assert!(e.contains("fly"), "{e}");
         let e = Config::parse("[files]\nbaseline = [\"/usr:read:5m\"]\n").unwrap_err();
         assert!(e.contains("cannot expire"), "{e}");
+        let e = Config::parse("[files]\nbaseline = [\"~/.npm:read,write\"]\n").unwrap_err();
+        assert!(e.contains("read and exec only"), "{e}");
+        let c =
+            Config::parse("[files]\nbaseline = [\"~/.rustup:read,exec\"]\nprivate_tmp = false\n").unwrap();
+        assert_eq!(c.files.grants()[0].path, Path::new("~/.rustup"));
+        assert!(!c.files.private_tmp);
+    }
+
+    /// What the baseline must never contain: the user's secrets, the daemon's state, or
+    /// write outside what a tool must write (only device nodes are written through it).
+    #[test]
+    fn the_default_baseline_holds_no_secrets_and_writes_no_files() {
+        let grants = Config::default().files.grants();
+        for g in &grants {
+            let p = g.path.to_string_lossy();
+            for never in [
+                "/root",
+                "/home",
+                "/etc/shadow",
+                "/etc/gshadow",
+                "/etc/ssh",
+                "/etc/ssl/private",
+                "/var/lib/rush",
+                "/etc/rush",
+            ] {
+                assert!(!p.starts_with(never), "baseline entry {p} is under {never}");
+            }
+            for never in [
+                "~/.ssh",
+                "~/.gnupg",
+                "~/.cargo/credentials",
+                "~/.npmrc",
+                "~/.gitconfig",
+                "~/.git-credentials",
+            ] {
+                assert!(!p.starts_with(never), "baseline entry {p}");
+            }
+            assert!(
+                g.path != Path::new("/") && g.path != Path::new("/etc") && g.path != Path::new("~"),
+                "{p}"
+            );
+            let writes =
+                g.ops.0 & (rush_proto::Ops::WRITE.0 | rush_proto::Ops::CREATE.0 | rush_proto::Ops::DELETE.0);
+            assert!(writes == 0 || p.starts_with("/dev/"), "baseline entry {p} writes");
+        }
     }
 
     #[test]

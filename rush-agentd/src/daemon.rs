@@ -34,6 +34,8 @@ pub enum DaemonError {
     Api(#[from] crate::api::ApiServerError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Harden(#[from] crate::harden::HardenError),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. With `ephemeral`, the BPF pins are removed on
@@ -114,6 +116,15 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
             api_endpoints: api_endpoint_count,
         },
     );
+    // Before anything is spawned (restartable agents below included).
+    let seccomp = Arc::new(crate::harden::seccomp_program()?);
+    agents.set_hardening(crate::agent::AgentHardening {
+        cgroup_namespace: config.hardening.cgroup_namespace,
+        private_cgroupfs: config.hardening.private_cgroupfs,
+        guard: report.guard_attached(),
+        defaults: config.hardening.policy()?,
+        seccomp,
+    });
     let store = Arc::new(crate::store::Store::open(&state_dir.join("state.db"))?);
     agents.attach_store(store.clone());
     let adopted = agents.adopt();
@@ -121,8 +132,36 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
         tracing::info!(adopted, "re-adopted agents left running by a previous daemon");
     }
     agents.reap_orphans();
+    if config.files.private_tmp {
+        // After adoption: what no living agent uses any more is removed.
+        agents.set_private_tmp(crate::baseline::PrivateTmp::beside(&state_dir));
+    }
     let events_lost = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let pump = tokio::spawn(pump_events(events, agents.clone(), audit.clone(), events_lost.clone()));
+    // The seccomp filter's refusals, from the kernel's audit records.
+    let (refusal_tx, refusals) = mpsc::unbounded_channel();
+    let syscall_audit: Result<(), String> = match crate::audit_netlink::open() {
+        Ok(fd) => std::thread::Builder::new()
+            .name("audit-netlink".into())
+            .spawn(move || crate::audit_netlink::read_loop(fd, |r| drop(refusal_tx.send(r))))
+            .map(drop)
+            .map_err(|e| format!("cannot start its reader: {e}")),
+        Err(e) => Err(format!("the kernel's audit socket cannot be joined: {e}")),
+    };
+    if let Err(why) = &syscall_audit {
+        tracing::warn!("seccomp refusals will not be audited: {why}");
+    }
+    let agent_cgroups = AgentCgroups {
+        v2_root: cgroups.layout().v2_root.clone(),
+        prefix: format!("/{}/", config.cgroup.parent.to_string_lossy().trim_matches('/')),
+    };
+    let pump = tokio::spawn(pump_events(
+        events,
+        refusals,
+        agent_cgroups,
+        agents.clone(),
+        audit.clone(),
+        events_lost.clone(),
+    ));
     let meter_pump = tokio::spawn(pump_meter_events(meter_rx, audit.clone()));
     let budget_poll = std::time::Duration::from_millis(config.budget.poll_ms);
     let budgets = tokio::spawn({
@@ -150,6 +189,8 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     let meter_ready = config.meter.check().is_ok();
     let doctor_report = report.clone();
     let doctor_landlock = config.landlock.clone();
+    let doctor_hardening = config.hardening.clone();
+    let doctor_syscall_audit = syscall_audit.clone();
     let doctor_layout = cgroups.layout().clone();
     crate::snapshot::processes::configure_criu(config.snapshot.criu.clone());
     let sessions = crate::session::Sessions::open(
@@ -191,6 +232,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
                 landlock: Some(&doctor_landlock),
                 snapshot_store: Some(doctor_sessions.store_report()),
                 criu: Some(crate::snapshot::processes::criu().map(|_| ()).map_err(|e| e.message)),
+                hardening: Some((&doctor_hardening, Some(doctor_syscall_audit.clone()))),
                 state: Some(probe::StateHealth {
                     check: doctor_agents.check_state(),
                     events_lost: doctor_events_lost.load(std::sync::atomic::Ordering::Relaxed),
@@ -310,9 +352,29 @@ fn log_attach_report(report: &AttachReport) {
     }
 }
 
+/// Where agent cgroups are, to find the agent of a pid an audit record names.
+struct AgentCgroups {
+    v2_root: PathBuf,
+    /// `/<parent>/`, as `/proc/PID/cgroup` shows agent cgroups.
+    prefix: String,
+}
+
+impl AgentCgroups {
+    /// (cgroup id, agent name) of the agent `pid` is in, if any.
+    fn of_pid(&self, pid: u32) -> Option<(u64, String)> {
+        use std::os::unix::fs::MetadataExt;
+        let path = crate::cgroup::process_cgroup_v2(pid as i32)?;
+        let name = path.strip_prefix(&self.prefix)?.split('/').next()?.to_owned();
+        let dir = self.v2_root.join(self.prefix.trim_matches('/')).join(&name);
+        Some((std::fs::metadata(dir).ok()?.ino(), name))
+    }
+}
+
 /// Kernel events → audit records, naming the agent.
 async fn pump_events(
     mut events: mpsc::UnboundedReceiver<KernelEvent>,
+    mut refusals: mpsc::UnboundedReceiver<crate::audit_netlink::SyscallRefusal>,
+    agent_cgroups: AgentCgroups,
     agents: Arc<AgentManager>,
     audit: Arc<AuditLog>,
     events_lost: Arc<std::sync::atomic::AtomicU64>,
@@ -326,6 +388,19 @@ async fn pump_events(
                 Some(ev) => ev,
                 None => break,
             },
+            Some(r) = refusals.recv() => {
+                // Refusals of processes outside agents (another seccomp user) are not ours.
+                if let Some((cgroup_id, name)) = agent_cgroups.of_pid(r.pid)
+                    && limiter.admit(cgroup_id, std::time::Instant::now())
+                {
+                    let syscall = crate::harden::syscall_name(r.syscall).unwrap_or("unknown").to_owned();
+                    audit.record(
+                        Some(&name),
+                        AuditEvent::SyscallDeny { pid: r.pid, uid: r.uid, comm: r.comm, syscall, nr: r.syscall },
+                    );
+                }
+                continue;
+            }
             _ = flush.tick() => {
                 for (cgroup_id, count) in limiter.take_suppressed() {
                     let name = agent_name(&agents, cgroup_id);

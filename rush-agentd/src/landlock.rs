@@ -25,9 +25,16 @@
 //! handled and each listed port allowed; Landlock rules are per port, not per address, so
 //! the cgroup programs keep doing the per-address checks. Scopes (ABI 6+): the agent may
 //! not signal, or connect to abstract Unix sockets of, processes outside its domain.
+//!
+//! Hard links (`--hardlinks refuse-write|refuse`): Landlock rules see paths, never link
+//! counts, so a hard link in a granted directory opens the file it names. What the
+//! daemon can do instead is [`scan_links`]: refuse the spawn (or grant) while a granted
+//! directory holds a regular file with more than one link. Links made later are not seen.
 
+use std::collections::HashSet;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 use landlock::{
     ABI, Access, AccessFs, AccessNet, BitFlags, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
@@ -43,6 +50,52 @@ pub enum LandlockError {
     Ruleset(#[source] landlock::RulesetError),
     #[error("cannot open {path} for a Landlock rule")]
     Path { path: PathBuf, source: landlock::PathFdError },
+}
+
+/// Entries the hard-link check visits below one granted directory, at most.
+pub const LINK_SCAN_MAX: usize = 100_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LinkScanError {
+    #[error(
+        "{file} has {links} hard links (another of its names may be outside every grant) and no token names it"
+    )]
+    Linked { file: PathBuf, links: u64 },
+    #[error("{dir} holds more than {max} entries, which is as far as the hard-link check looks")]
+    TooLarge { dir: PathBuf, max: usize },
+    #[error("cannot read {path} for the hard-link check")]
+    Read { path: PathBuf, source: std::io::Error },
+}
+
+/// Refuses when a regular file below `dir` has more than one link and its (st_dev, st_ino)
+/// is not in `named` (files a token names by themselves). Symlinks are not followed (the
+/// file a symlink reaches is checked where it is); mounts below `dir` are walked, since
+/// Landlock rules cover them. At most `max` entries, else [`LinkScanError::TooLarge`].
+pub fn scan_links(dir: &Path, named: &HashSet<(u64, u64)>, max: usize) -> Result<(), LinkScanError> {
+    let mut stack = vec![dir.to_owned()];
+    let mut seen = 0usize;
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).map_err(read_err(&d))? {
+            let entry = entry.map_err(read_err(&d))?;
+            seen += 1;
+            if seen > max {
+                return Err(LinkScanError::TooLarge { dir: dir.to_owned(), max });
+            }
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path).map_err(read_err(&path))?;
+            if meta.is_dir() {
+                stack.push(path);
+            } else if meta.is_file() && meta.nlink() > 1 && !named.contains(&(meta.dev(), meta.ino())) {
+                return Err(LinkScanError::Linked { file: path, links: meta.nlink() });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_err(path: &Path) -> impl FnOnce(std::io::Error) -> LinkScanError + use<> {
+    let path = path.to_owned();
+    move |source| LinkScanError::Read { path, source }
 }
 
 /// The Landlock ABI version of the running kernel; None without Landlock. By hand (one
@@ -175,6 +228,34 @@ pub unsafe fn restrict_self(fd: std::os::fd::RawFd) -> libc::c_long {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_link_scan_names_a_linked_file_unless_a_token_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir_all(a.join("deep/er")).unwrap();
+        std::fs::create_dir(&b).unwrap();
+        std::fs::write(a.join("plain"), "x").unwrap();
+        std::fs::write(b.join("x"), "secret").unwrap();
+        std::os::unix::fs::symlink(b.join("x"), a.join("sym")).unwrap();
+        assert!(
+            scan_links(&a, &HashSet::new(), LINK_SCAN_MAX).is_ok(),
+            "one link each; a symlink is not followed"
+        );
+        std::fs::hard_link(b.join("x"), a.join("deep/er/h")).unwrap();
+        match scan_links(&a, &HashSet::new(), LINK_SCAN_MAX) {
+            Err(LinkScanError::Linked { file, links: 2 }) => assert_eq!(file, a.join("deep/er/h")),
+            other => panic!("{other:?}"),
+        }
+        let m = std::fs::metadata(b.join("x")).unwrap();
+        assert!(
+            scan_links(&a, &HashSet::from([(m.dev(), m.ino())]), LINK_SCAN_MAX).is_ok(),
+            "named by a token"
+        );
+        let e = scan_links(&a, &HashSet::new(), 2).unwrap_err();
+        assert!(matches!(e, LinkScanError::TooLarge { max: 2, .. }), "{e:?}");
+        assert!(e.to_string().contains("more than 2 entries"), "{e}");
+    }
 
     #[test]
     fn operations_map_to_rights_a_file_can_hold() {

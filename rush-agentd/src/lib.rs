@@ -6,10 +6,13 @@
 //! - [`session`] — sessions: workspaces with checkpoints, rollbacks and timelines
 //! - [`snapshot`] — time travel: workspace checkpoints (btrfs, git) and process images (CRIU)
 //! - [`spawn`] — clone3 into the agent's cgroup, then exec
+//! - [`harden`] — namespaces, capabilities and the seccomp filter of every agent
 //! - [`tokens`] — capability tokens and their kernel grant entries
+//! - [`baseline`] — what every file-confined agent gets: the baseline, its private TMPDIR
 //! - [`landlock`] — the Landlock file backend: tokens as a ruleset applied before exec
 //! - [`mappings`] — revokes and expiries reaching files mapped in memory
 //! - [`audit`] — the audit trail
+//! - [`audit_netlink`] — the kernel audit records of agents (seccomp refusals)
 //! - [`api`] — the Unix-socket NDJSON server and caller identification
 //! - [`policy`] — trust levels (presets of tokens, budget, network, exec rule)
 //! - [`probe`] — what this kernel supports (`doctor`)
@@ -20,12 +23,15 @@
 pub mod agent;
 pub mod api;
 pub mod audit;
+pub mod audit_netlink;
+pub mod baseline;
 pub mod bpf;
 pub mod budget;
 pub mod cgroup;
 pub mod condition;
 pub mod config;
 pub mod daemon;
+pub mod harden;
 pub mod landlock;
 pub mod mappings;
 pub mod meter;

@@ -163,6 +163,7 @@ fn local_doctor(json: bool, config: &Config) -> ExitCode {
         snapshot_store: None,
         criu: None,
         state: None,
+        hardening: Some((&config.hardening, None)),
     });
     if json {
         println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use rush_proto::{Budget, FileGrant, NetPolicy};
+use rush_proto::{Budget, FileGrant, Hardlinks, NetPolicy};
 use serde::Deserialize;
 
 /// Written to the docs and used when no policy file exists.
@@ -15,7 +15,13 @@ pub const DEFAULT_POLICY: &str = r#"# Rush trust levels: `rush agent spawn --tru
 # add to its tokens. Keys: description, budget, net, allow (PATH:OPS[:TTL] tokens, which
 # make the agent file-confined), exec ("granted": any token with the exec op lets the
 # agent run a file; "system": only the baseline tokens (/usr, /bin, ...) carry exec, so
-# the agent cannot run anything it wrote or was handed).
+# the agent cannot run anything it wrote or was handed), hardlinks ("follow",
+# "refuse-write" or "refuse": what a grant on a directory gives to a regular file with
+# more than one hard link; see `rush agent spawn --help`; --hardlinks overrides it),
+# and the process hardening of config.toml's [hardening], per level: drop_capabilities
+# (the capabilities its agents can never hold; [] drops none), seccomp (true/false: the
+# system call filter `rush doctor` describes) and root_agents (false: refuse to run its
+# agents as root; `rush agent spawn --user USER` runs them as USER).
 
 [trust.low]
 description = "untrusted code: no network, tight budget, runs only system programs"
@@ -63,6 +69,28 @@ pub struct TrustLevel {
     pub net: Option<NetPolicy>,
     pub allow: Vec<FileGrant>,
     pub exec: ExecRule,
+    /// None: `follow`, unless the spawn says otherwise.
+    pub hardlinks: Option<Hardlinks>,
+    /// What it overrides of the daemon's `[hardening]`.
+    pub hardening: HardeningOverride,
+}
+
+/// A trust level's hardening keys; None keeps the daemon's `[hardening]` value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HardeningOverride {
+    pub drop_capabilities: Option<Vec<caps::Capability>>,
+    pub seccomp: Option<bool>,
+    pub root_agents: Option<bool>,
+}
+
+impl HardeningOverride {
+    pub fn apply(&self, base: &crate::harden::HardeningPolicy) -> crate::harden::HardeningPolicy {
+        crate::harden::HardeningPolicy {
+            drop: self.drop_capabilities.clone().unwrap_or_else(|| base.drop.clone()),
+            seccomp: self.seccomp.unwrap_or(base.seccomp),
+            root_agents: self.root_agents.unwrap_or(base.root_agents),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -90,6 +118,10 @@ struct RawLevel {
     allow: Vec<String>,
     #[serde(default)]
     exec: ExecRule,
+    hardlinks: Option<String>,
+    drop_capabilities: Option<Vec<String>>,
+    seccomp: Option<bool>,
+    root_agents: Option<bool>,
 }
 
 impl Policy {
@@ -121,6 +153,20 @@ impl Policy {
                 .map(|g| g.parse::<FileGrant>())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| at("allow", &e))?;
+            let hardlinks = l
+                .hardlinks
+                .as_deref()
+                .map(str::parse::<Hardlinks>)
+                .transpose()
+                .map_err(|e| at("hardlinks", &e))?;
+            let drop_capabilities = l
+                .drop_capabilities
+                .as_deref()
+                .map(crate::harden::parse_capabilities)
+                .transpose()
+                .map_err(|e| at("drop_capabilities", &e))?;
+            let hardening =
+                HardeningOverride { drop_capabilities, seccomp: l.seccomp, root_agents: l.root_agents };
             let level = TrustLevel {
                 name: name.clone(),
                 description: l.description,
@@ -128,6 +174,8 @@ impl Policy {
                 net,
                 allow,
                 exec: l.exec,
+                hardlinks,
+                hardening,
             };
             levels.insert(name, level);
         }
@@ -170,11 +218,47 @@ mod tests {
             ("[trust.x]\nnet = \"sideways\"", "[trust.x] net:"),
             ("[trust.x]\nallow = [\"relative:read\"]", "[trust.x] allow:"),
             ("[trust.x]\nexec = \"sometimes\"", "unknown variant"),
+            (
+                "[trust.x]\nhardlinks = \"sometimes\"",
+                "[trust.x] hardlinks: invalid --hardlinks \"sometimes\"",
+            ),
+            ("[trust.x]\nhardlinks = 2", "expected a string"),
             ("[trust.x]\ncolour = \"red\"", "unknown field"),
         ] {
             let e = Policy::parse(text, "t").unwrap_err();
             assert!(e.contains(needle), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn hardening_per_level_overrides_the_daemon_and_names_bad_keys() {
+        let p = Policy::parse(
+            "[trust.tools]\ndrop_capabilities = [\"SYS_ADMIN\", \"CAP_BPF\"]\nseccomp = false\nroot_agents = false\n\
+             [trust.plain]\n",
+            "t",
+        )
+        .unwrap();
+        let base = crate::harden::HardeningPolicy::default();
+        let tools = p.level("tools").unwrap().hardening.apply(&base);
+        assert_eq!(tools.drop, [caps::Capability::CAP_SYS_ADMIN, caps::Capability::CAP_BPF]);
+        assert!(!tools.seccomp && !tools.root_agents);
+        assert_eq!(p.level("plain").unwrap().hardening.apply(&base), base);
+        let e = Policy::parse("[trust.x]\ndrop_capabilities = [\"CAP_FLY\"]\n", "t").unwrap_err();
+        assert!(e.contains("[trust.x] drop_capabilities: unknown capability \"CAP_FLY\""), "{e}");
+        let e = Policy::parse("[trust.x]\nseccomp = \"maybe\"\n", "t").unwrap_err();
+        assert!(e.contains("seccomp"), "{e}");
+    }
+
+    #[test]
+    fn hardlinks_per_level() {
+        let p = Policy::parse(
+            "[trust.a]\nhardlinks = \"refuse-write\"\n[trust.b]\nhardlinks = \"refuse\"\n[trust.c]\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(p.level("a").unwrap().hardlinks, Some(Hardlinks::RefuseWrite));
+        assert_eq!(p.level("b").unwrap().hardlinks, Some(Hardlinks::Refuse));
+        assert_eq!(p.level("c").unwrap().hardlinks, None);
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub struct ProbeInputs<'a> {
     /// The running daemon's state: store, memory and kernel maps compared, and what was
     /// lost; None without a daemon.
     pub state: Option<StateHealth>,
+    /// `[hardening]`, and whether seccomp refusals reach the audit trail (None: unknown,
+    /// no daemon).
+    pub hardening: Option<(&'a crate::harden::HardeningSection, Option<Result<(), String>>)>,
 }
 
 /// What a running daemon knows of its own state (`rush doctor`).
@@ -45,6 +48,119 @@ pub struct StateHealth {
     pub unsaved_revokes: usize,
     /// The damaged database this daemon moved aside at start, and what it lost.
     pub recovered: Option<String>,
+}
+
+/// What confines file-token agents here, for the hardening lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileConfinement {
+    BpfLsm,
+    Landlock,
+    None,
+}
+
+/// Whether the cgroup2 mount has `nsdelegate` (cgroup namespaces are then delegation
+/// boundaries: migrations out of one fail with ENOENT).
+fn cgroup2_nsdelegate() -> bool {
+    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| {
+        m.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[2] == "cgroup2" && f[3].split(',').any(|o| o == "nsdelegate")
+        })
+    })
+}
+
+/// The hardening lines: what holds for which kind of agent (root or not, file-confined or
+/// not), from the configuration, the guard and the file backend.
+pub fn hardening_guarantees(
+    h: &crate::harden::HardeningSection,
+    audited: Option<&Result<(), String>>,
+    guard: bool,
+    files: FileConfinement,
+    nsdelegate: bool,
+) -> Vec<Guarantee> {
+    let g = |name: &str, holds: bool, detail: String| Guarantee { name: name.into(), holds, detail };
+    let mut how = Vec::new();
+    if guard {
+        how.push("the BPF LSM guard refuses every agent's cgroupfs writes (EPERM)".to_string());
+    }
+    if h.private_cgroupfs && !guard {
+        how.push(
+            "each agent's own mount namespace has cgroupfs read-only, showing only its cgroup (EROFS)"
+                .to_string(),
+        );
+    }
+    if h.cgroup_namespace && nsdelegate {
+        how.push("its cgroup namespace is a delegation boundary (cgroup2 nsdelegate: ENOENT)".to_string());
+    }
+    let stays = !how.is_empty();
+    let mut detail = if stays {
+        how.join("; ")
+    } else {
+        "NOT for root agents: one can write its pid into another cgroup's cgroup.procs and leave its network policy, budgets and tree kill behind ([hardening] private_cgroupfs is off and no BPF LSM guard runs); agents of other users cannot (cgroup.procs is root's)"
+            .to_string()
+    };
+    if h.cgroup_namespace && !nsdelegate {
+        detail +=
+            "; the cgroup namespace alone hides the tree but stops no move here (cgroup2 without nsdelegate)";
+    }
+    let audit = match audited {
+        Some(Ok(())) => "each refusal audited as syscall_deny (from the kernel's audit records)".to_string(),
+        Some(Err(why)) => format!("refusals NOT audited: {why}"),
+        None => "whether refusals are audited is known only to a running daemon".to_string(),
+    };
+    let caps = crate::harden::parse_capabilities(&h.drop_capabilities).unwrap_or_default();
+    let cap_names: Vec<String> =
+        caps.iter().map(|c| c.to_string().trim_start_matches("CAP_").to_owned()).collect();
+    vec![
+        g("agents stay in their cgroup (root agents too)", stays, detail),
+        g(
+            "capabilities of root agents",
+            !caps.is_empty(),
+            if caps.is_empty() {
+                "NOT limited ([hardening] drop_capabilities = []): a root agent holds every capability the other layers do not refuse"
+                    .to_string()
+            } else {
+                format!(
+                    "never held by any agent process, setuid binaries included (bounding set): {}; trust levels may change the list (drop_capabilities); agents of other users hold none anyway",
+                    cap_names.join(" ")
+                )
+            },
+        ),
+        g(
+            "system call filter",
+            h.seccomp,
+            if h.seccomp {
+                format!(
+                    "every agent, root or not: seccomp refuses {} (EPERM; clone3, iopl, ioperm: ENOSYS; the x32 ABI: ENOSYS); {audit}; a trust level may turn it off (seccomp = false)",
+                    crate::harden::refused_syscalls().join(", ")
+                )
+            } else {
+                "off ([hardening] seccomp = false): keyrings, fanotify, perf events and user namespaces are refused only where the BPF LSM guard or missing capabilities refuse them"
+                    .to_string()
+            },
+        ),
+        g(
+            "root agents",
+            h.root_agents,
+            if h.root_agents {
+                "allowed: the operator's agents run as the operator (root runs root agents, without the capabilities above); `rush agent spawn --user USER` runs one as USER; a trust level with root_agents = false refuses root"
+                    .to_string()
+            } else {
+                "refused ([hardening] root_agents = false): agents must run as another user (--user)".to_string()
+            },
+        ),
+        g(
+            "files handed to an agent",
+            files == FileConfinement::BpfLsm,
+            match files {
+                FileConfinement::BpfLsm => "file-confined agents: reads, writes and memory mappings of a file they did not open (stdin/stdout/stderr, a descriptor received over SCM_RIGHTS) need a token, like their own opens; stdio files get a token with the modes they were opened with"
+                    .to_string(),
+                FileConfinement::Landlock => "NOT under Landlock, which checks at open only: a descriptor opened outside (received over SCM_RIGHTS from a process outside, or handed as stdin/stdout/stderr) is usable in the modes it was opened with, whatever the tokens; stdio files get a token with those same modes, as under BPF LSM"
+                    .to_string(),
+                FileConfinement::None => "needs a file backend".to_string(),
+            },
+        ),
+    ]
 }
 
 /// The doctor's two lines on the daemon's state.
@@ -282,8 +398,10 @@ pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
                 )
             } else {
                 format!(
-                    "BPF LSM guard programs not attached ({guard_detail}): an agent running as root can leave \
-                     its cgroup; only no_new_privs{}{} hold",
+                    "BPF LSM guard programs not attached ({guard_detail}): no ptrace, signal or /proc \
+                     checks of their own; what keeps a root agent in its cgroup and away from bpf(), mounts, \
+                     keyrings and the dangerous capabilities is the process hardening (the lines below, when \
+                     it is on); no_new_privs{}{} hold",
                     if sysctl_ok { " and the sysctl-write refusal" } else { "" },
                     if landlock_guard {
                         ", for file-confined agents Landlock's own limits (no ptrace of, signal to, \
@@ -362,6 +480,20 @@ pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
         ),
     ];
     let mut guarantees = guarantees;
+    if let Some((section, audited)) = &inputs.hardening {
+        let backend = match files {
+            Some(Backend::BpfLsm) => FileConfinement::BpfLsm,
+            Some(Backend::Landlock) => FileConfinement::Landlock,
+            None => FileConfinement::None,
+        };
+        guarantees.extend(hardening_guarantees(
+            section,
+            audited.as_ref(),
+            guard_ok,
+            backend,
+            cgroup2_nsdelegate(),
+        ));
+    }
     if let Some(state) = &inputs.state {
         guarantees.extend(state_guarantees(state));
     }
@@ -508,6 +640,7 @@ mod tests {
             criu: None,
             state: None,
             landlock: None,
+            hardening: None,
         });
         let file = r.guarantees.iter().find(|g| g.name == "file tokens").unwrap();
         assert!(!file.holds);
@@ -516,5 +649,39 @@ mod tests {
         let p = r.probes.iter().find(|p| p.name == "bpf-lsm-attach").unwrap();
         assert!(!p.ok);
         assert!(r.probes.iter().any(|p| p.name == "landlock"));
+    }
+
+    /// The hardening lines say what holds for which agents, from config, guard and backend.
+    #[test]
+    fn hardening_lines_follow_the_layers() {
+        let on = crate::harden::HardeningSection::default();
+        let find = |g: &[Guarantee], n: &str| g.iter().find(|x| x.name.starts_with(n)).unwrap().clone();
+        let g = hardening_guarantees(&on, Some(&Ok(())), false, FileConfinement::Landlock, false);
+        let stay = find(&g, "agents stay in their cgroup");
+        assert!(
+            stay.holds && stay.detail.contains("read-only") && stay.detail.contains("without nsdelegate")
+        );
+        assert!(find(&g, "system call filter").detail.contains("audited as syscall_deny"));
+        let handed = find(&g, "files handed to an agent");
+        assert!(!handed.holds && handed.detail.starts_with("NOT under Landlock"), "{}", handed.detail);
+        // Everything off, no guard: root agents can leave, and it says so.
+        let off = crate::harden::HardeningSection {
+            cgroup_namespace: false,
+            private_cgroupfs: false,
+            drop_capabilities: vec![],
+            seccomp: false,
+            root_agents: true,
+        };
+        let g =
+            hardening_guarantees(&off, Some(&Err("no audit".into())), false, FileConfinement::None, false);
+        let stay = find(&g, "agents stay in their cgroup");
+        assert!(!stay.holds && stay.detail.starts_with("NOT for root agents"), "{}", stay.detail);
+        assert!(!find(&g, "capabilities of root agents").holds);
+        assert!(!find(&g, "system call filter").holds);
+        // The guard alone keeps them in, and the view is not claimed where it is not made.
+        let g = hardening_guarantees(&off, None, true, FileConfinement::BpfLsm, true);
+        let stay = find(&g, "agents stay in their cgroup");
+        assert!(stay.holds && stay.detail.contains("BPF LSM guard") && !stay.detail.contains("read-only"));
+        assert!(find(&g, "files handed to an agent").holds);
     }
 }

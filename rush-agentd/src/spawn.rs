@@ -15,6 +15,12 @@
 //! the credential switch and `no_new_privs`, as Landlock requires of unprivileged callers),
 //! so its program's first instruction already runs under it.
 //!
+//! Then, once the daemon has placed it (it waits for the daemon's go before any of this),
+//! the hardening of `harden.rs`: its own cgroup namespace and a mount namespace with
+//! cgroupfs read-only, capabilities dropped from every set (before the credential switch,
+//! which would take away the right to drop them), and last, right before exec, the
+//! seccomp filter (it refuses the mount calls made before it).
+//!
 //! The child side runs between clone3 and execve in a copy of a multi-threaded process, so
 //! it only makes raw system calls on memory prepared before the clone: no allocation, no
 //! locks, and no glibc set*id wrappers (they signal the parent's other threads).
@@ -27,6 +33,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::cgroup::Placement;
+use crate::harden::ChildHardening;
 
 /// Everything the child needs, prepared in the parent.
 pub struct Spawn {
@@ -41,6 +48,8 @@ pub struct Spawn {
     creds: Option<(u32, u32, Vec<libc::gid_t>)>,
     /// A Landlock ruleset to enter before exec (CLOEXEC: it does not reach the program).
     landlock: Option<OwnedFd>,
+    /// Namespaces, capabilities and seccomp filter (see `harden.rs`).
+    hardening: ChildHardening,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,8 +83,12 @@ mod step {
     pub const CHDIR: u32 = 6;
     pub const EXECVE: u32 = 7;
     pub const LANDLOCK: u32 = 8;
+    pub const UNSHARE: u32 = 9;
+    pub const MOUNT: u32 = 10;
+    pub const CAPABILITIES: u32 = 11;
+    pub const SECCOMP: u32 = 12;
 }
-const STEPS: [&str; 9] = [
+const STEPS: [&str; 13] = [
     "setsid",
     "setting up stdio",
     "setgroups",
@@ -85,6 +98,10 @@ const STEPS: [&str; 9] = [
     "chdir",
     "execve",
     "entering the Landlock ruleset",
+    "entering the agent's mount namespace",
+    "making cgroupfs read-only in the agent's mount namespace",
+    "dropping capabilities",
+    "installing the seccomp filter",
 ];
 
 fn cstring(what: &'static str, s: &[u8]) -> Result<CString, SpawnError> {
@@ -101,6 +118,7 @@ impl Spawn {
         placement: Placement,
         creds: Option<(u32, u32, Vec<u32>)>,
         landlock: Option<OwnedFd>,
+        hardening: ChildHardening,
     ) -> Result<Spawn, SpawnError> {
         let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
         let program =
@@ -117,6 +135,7 @@ impl Spawn {
             placement,
             creds,
             landlock,
+            hardening,
         })
     }
 
@@ -149,6 +168,27 @@ impl Spawn {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
         let go_fd = go_read.as_raw_fd();
         let landlock_fd: RawFd = self.landlock.as_ref().map_or(-1, |fd| fd.as_raw_fd());
+        let h = &self.hardening;
+        let (binds, read_only): (Vec<[*const libc::c_char; 2]>, Vec<*const libc::c_char>) = match &h.view {
+            Some((b, ro)) => (
+                b.iter().map(|(s, t)| [s.as_ptr(), t.as_ptr()]).collect(),
+                ro.iter().map(|r| r.as_ptr()).collect(),
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        let fprogs: Vec<libc::sock_fprog> = h
+            .seccomp
+            .iter()
+            .flat_map(|p| p.filters.iter())
+            .map(|f| libc::sock_fprog { len: f.len() as u16, filter: f.as_ptr() as *mut libc::sock_filter })
+            .collect();
+        let child_h = ChildRaw {
+            unshare: if h.view.is_some() { libc::CLONE_NEWNS } else { 0 },
+            binds: &binds,
+            read_only: &read_only,
+            drop_caps: h.drop_caps,
+            filters: &fprogs,
+        };
 
         let mut pidfd: RawFd = -1;
         let mut args = CloneArgs {
@@ -160,6 +200,14 @@ impl Spawn {
         if let Some(dir) = &self.placement.v2_dir {
             args.flags |= CLONE_INTO_CGROUP;
             args.cgroup = dir.as_raw_fd() as u64;
+            // The cgroup namespace comes with the clone, made with the daemon's privileges
+            // (inside the agent's cgroup the BPF LSM guard refuses CAP_SYS_ADMIN, which
+            // unshare needs); born into the agent's cgroup, the child's namespace is rooted
+            // there (cgroup_post_fork), for cgroup v2. v1 hierarchies, joined after the
+            // clone, keep the daemon's as their namespace root.
+            if self.hardening.cgroup_namespace {
+                args.flags |= CLONE_NEWCGROUP;
+            }
         }
         // SAFETY: clone3 with a zero stack behaves like fork: the child continues here on a
         // copy-on-write copy of this thread's stack. The child branch below only reads
@@ -184,6 +232,7 @@ impl Spawn {
                     err_fd,
                     go_fd,
                     landlock_fd,
+                    &child_h,
                 )
             }
         }
@@ -263,6 +312,7 @@ fn child_report(pipe: &mut File) -> Result<Option<SpawnError>, SpawnError> {
 
 // linux/sched.h; libc's own constants are c_int, too narrow for CLONE_INTO_CGROUP.
 const CLONE_PIDFD: u64 = 0x1000;
+const CLONE_NEWCGROUP: u64 = 0x0200_0000;
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// `struct clone_args` (linux/sched.h), version 2 (with `cgroup`, Linux 5.7+).
@@ -280,6 +330,53 @@ struct CloneArgs {
     set_tid: u64,
     set_tid_size: u64,
     cgroup: u64,
+}
+
+/// The hardening steps' inputs, as raw pointers into memory prepared before the clone.
+struct ChildRaw<'a> {
+    /// CLONE_NEWNS (the read-only cgroupfs view), or 0.
+    unshare: libc::c_int,
+    binds: &'a [[*const libc::c_char; 2]],
+    read_only: &'a [*const libc::c_char],
+    drop_caps: u64,
+    filters: &'a [libc::sock_fprog],
+}
+
+// linux/mount.h, linux/seccomp.h, linux/capability.h: not all in the libc crate.
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+const SECCOMP_SET_MODE_FILTER: libc::c_uint = 1;
+/// The kernel logs each refusal to the audit subsystem, where the daemon reads it.
+const SECCOMP_FILTER_FLAG_LOG: libc::c_uint = 2;
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// `struct mount_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`; version 3 uses two of them (capabilities 0-31, 32-63).
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
 }
 
 /// The child between clone3 and execve.
@@ -300,6 +397,7 @@ unsafe fn child(
     err_fd: RawFd,
     go_fd: RawFd,
     landlock_fd: RawFd,
+    h: &ChildRaw<'_>,
 ) -> ! {
     // SAFETY (whole body): raw system calls on fds and buffers prepared by the parent; on
     // any failure the step and errno go to the CLOEXEC pipe and the child exits.
@@ -326,6 +424,82 @@ unsafe fn child(
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        // No go (the daemon found us outside the agent's cgroup, or died): never exec.
+        // Waited for before the mount namespace: its binds name the agent's v1
+        // directories, which the daemon joins the process to first.
+        let mut go = 0u8;
+        if libc::read(go_fd, (&mut go as *mut u8).cast(), 1) != 1 {
+            libc::_exit(127);
+        }
+        if h.unshare != 0 && libc::unshare(h.unshare) < 0 {
+            fail(step::UNSHARE);
+        }
+        if h.unshare & libc::CLONE_NEWNS != 0 {
+            // Slave first: nothing mounted here may propagate to the host's namespace.
+            let root = c"/";
+            if libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_SLAVE,
+                std::ptr::null(),
+            ) < 0
+            {
+                fail(step::MOUNT);
+            }
+            for [src, dst] in h.binds {
+                if libc::mount(*src, *dst, std::ptr::null(), libc::MS_BIND, std::ptr::null()) < 0 {
+                    fail(step::MOUNT);
+                }
+            }
+            let attr = MountAttr {
+                attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+                ..MountAttr::default()
+            };
+            for dir in h.read_only {
+                if libc::syscall(
+                    libc::SYS_mount_setattr,
+                    libc::AT_FDCWD,
+                    *dir,
+                    AT_RECURSIVE,
+                    &attr as *const MountAttr,
+                    std::mem::size_of::<MountAttr>(),
+                ) < 0
+                {
+                    fail(step::MOUNT);
+                }
+            }
+        }
+        if h.drop_caps != 0 {
+            // Before the credential switch: dropping from the bounding set needs
+            // CAP_SETPCAP, which a switch to another uid takes away.
+            for cap in 0..64 {
+                // EINVAL: a capability this kernel does not know, which nobody can hold.
+                if h.drop_caps & (1 << cap) != 0
+                    && libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0
+                    && *libc::__errno_location() != libc::EINVAL
+                {
+                    fail(step::CAPABILITIES);
+                }
+            }
+            if libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 {
+                fail(step::CAPABILITIES);
+            }
+            let mut hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+            let mut data = [CapData::default(); 2];
+            if libc::syscall(libc::SYS_capget, &mut hdr as *mut CapHeader, data.as_mut_ptr()) < 0 {
+                fail(step::CAPABILITIES);
+            }
+            for (i, d) in data.iter_mut().enumerate() {
+                let keep = !((h.drop_caps >> (32 * i)) as u32);
+                d.effective &= keep;
+                d.permitted &= keep;
+                d.inheritable &= keep;
+            }
+            if libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) < 0 {
+                fail(step::CAPABILITIES);
+            }
+        }
         if set_creds {
             // Raw syscalls: glibc's wrappers would try to sync the parent's other threads.
             if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) < 0 {
@@ -350,10 +524,11 @@ unsafe fn child(
         if libc::chdir(cwd.as_ptr()) < 0 {
             fail(step::CHDIR);
         }
-        // No go (the daemon found us outside the agent's cgroup, or died): never exec.
-        let mut go = 0u8;
-        if libc::read(go_fd, (&mut go as *mut u8).cast(), 1) != 1 {
-            libc::_exit(127);
+        // Last: the filter refuses the mount calls made above.
+        for prog in h.filters {
+            if libc::syscall(libc::SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_LOG, prog) < 0 {
+                fail(step::SECCOMP);
+            }
         }
         libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr());
         fail(step::EXECVE)
@@ -433,7 +608,16 @@ mod tests {
         let (r, w) = nix::unistd::pipe().unwrap();
         let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
         let env = [("PATH".to_string(), "/usr/bin:/bin".to_string())];
-        let spawn = Spawn::new(&argv, &env, Path::new(cwd), [null(), w, null()], placement, creds, None)?;
+        let spawn = Spawn::new(
+            &argv,
+            &env,
+            Path::new(cwd),
+            [null(), w, null()],
+            placement,
+            creds,
+            None,
+            ChildHardening::default(),
+        )?;
         let (pid, _pidfd) = spawn.start()?;
         let mut out = String::new();
         File::from(r).read_to_string(&mut out).unwrap();

@@ -66,6 +66,11 @@ pub const NET_CIDR_FIXED_BITS: u32 = 96;
 
 /// `RushAgent::flags`: file hooks deny whatever no grant in `rush_file_grants` covers.
 pub const AGENT_FILES_CONFINED: u32 = 1;
+/// `RushAgent::flags`: a regular file with more than one link needs write from its own
+/// grant entry (a directory's grant does not carry write to it).
+pub const AGENT_HARDLINKS_REFUSE_WRITE: u32 = 1 << 1;
+/// `RushAgent::flags`: the same for read, write and exec.
+pub const AGENT_HARDLINKS_REFUSE: u32 = 1 << 2;
 
 // File operations: bit `1 << i` is `RushFileGrant::expires_ns[i]` (= rush_proto::Ops bits).
 pub const FILE_OP_READ: u32 = 1 << 0;
@@ -93,6 +98,7 @@ pub const FHOOK_PATH_CHMOD: u32 = 11;
 pub const FHOOK_PATH_CHOWN: u32 = 12;
 pub const FHOOK_MMAP_FILE: u32 = 13;
 pub const FHOOK_FILE_MPROTECT: u32 = 14;
+pub const FHOOK_PATH_NOTIFY: u32 = 15;
 
 /// The hook name (the `lsm/` section without its prefix) of a `RushFileEvent::hook`.
 pub fn file_hook_name(hook: u32) -> Option<&'static str> {
@@ -111,6 +117,7 @@ pub fn file_hook_name(hook: u32) -> Option<&'static str> {
         FHOOK_PATH_CHOWN => "path_chown",
         FHOOK_MMAP_FILE => "mmap_file",
         FHOOK_FILE_MPROTECT => "file_mprotect",
+        FHOOK_PATH_NOTIFY => "path_notify",
         _ => return None,
     })
 }
@@ -214,7 +221,7 @@ pub const SYSCTL_PROGRAM: ProgramSpec =
     ProgramSpec { name: "rush_sysctl", hook: "cgroup/sysctl", link_pin: "rush_link_sysctl" };
 
 /// Every program of the file object; `AttachReport::lsm_attached` wants all of them.
-pub const LSM_PROGRAMS: [ProgramSpec; 14] = [
+pub const LSM_PROGRAMS: [ProgramSpec; 15] = [
     lsm("rush_file_open", "lsm/file_open", "rush_link_file_open"),
     lsm("rush_file_permission", "lsm/file_permission", "rush_link_file_permission"),
     lsm("rush_path_mknod", "lsm/path_mknod", "rush_link_path_mknod"),
@@ -229,6 +236,7 @@ pub const LSM_PROGRAMS: [ProgramSpec; 14] = [
     lsm("rush_path_chown", "lsm/path_chown", "rush_link_path_chown"),
     lsm("rush_mmap_file", "lsm/mmap_file", "rush_link_mmap_file"),
     lsm("rush_file_mprotect", "lsm/file_mprotect", "rush_link_file_mprotect"),
+    lsm("rush_path_notify", "lsm/path_notify", "rush_link_path_notify"),
 ];
 
 /// Every program of the guard object (self-protection).
@@ -830,6 +838,9 @@ mod tests {
             ("RUSH_STAT_EVENTS_LOST", STAT_EVENTS_LOST.into()),
             ("RUSH_EVENT_FILE_DENY", EVENT_FILE_DENY.into()),
             ("RUSH_AGENT_FILES_CONFINED", AGENT_FILES_CONFINED.into()),
+            ("RUSH_AGENT_HARDLINKS_REFUSE_WRITE", AGENT_HARDLINKS_REFUSE_WRITE.into()),
+            ("RUSH_AGENT_HARDLINKS_REFUSE", AGENT_HARDLINKS_REFUSE.into()),
+            ("RUSH_FHOOK_PATH_NOTIFY", FHOOK_PATH_NOTIFY.into()),
             ("RUSH_FILE_OP_READ", FILE_OP_READ.into()),
             ("RUSH_FILE_OP_WRITE", FILE_OP_WRITE.into()),
             ("RUSH_FILE_OP_EXEC", FILE_OP_EXEC.into()),

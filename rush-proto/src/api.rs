@@ -10,7 +10,7 @@ use crate::session::{
     Attachment, CheckpointInfo, DiffReport, KeyValue, Prune, RollbackReport, SessionDetail, SessionInfo,
     SessionRef, ShellState, Timeline, TimelineInfo,
 };
-use crate::spec::{FileGrant, NetPolicy, Ops};
+use crate::spec::{FileGrant, Hardlinks, NetPolicy, Ops};
 
 /// One line from a caller.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -342,6 +342,28 @@ pub struct SpawnRequest {
     /// agents only). Forgotten when an operator kills it or it exits with status 0.
     #[serde(default)]
     pub restartable: bool,
+    /// Files with more than one hard link (file-confined agents); None: the trust
+    /// level's setting, or `follow` without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardlinks: Option<Hardlinks>,
+    /// Run the agent as this user (a name or a numeric uid) with its primary group and
+    /// supplementary groups; None: as the caller. Only root may name another user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// How an agent's processes are hardened besides its cgroup, tokens and network policy
+/// (on every kernel; `rush doctor` says what each part stops).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hardening {
+    /// In a cgroup namespace rooted at its cgroup.
+    pub cgroup_namespace: bool,
+    /// In a private mount namespace whose cgroupfs is read-only and shows only its cgroup.
+    pub private_cgroupfs: bool,
+    /// Capabilities no process of the agent can hold (bounding set and all others).
+    pub capabilities_dropped: Vec<String>,
+    /// Under the seccomp filter (bpf, keyrings, perf, fanotify, mounts, modules, ...).
+    pub seccomp: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -549,6 +571,11 @@ pub struct AgentInfo {
     /// Spawned with `restartable`: the daemon starts it again after a reboot.
     #[serde(default)]
     pub restartable: bool,
+    /// Its hard-link mode (what a grant on a directory gives to files with several links).
+    #[serde(default)]
+    pub hardlinks: Hardlinks,
+    #[serde(default)]
+    pub hardening: Hardening,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -684,6 +711,17 @@ pub enum AuditEvent {
         hook: String,
         /// What was refused, readable: `CAP_SYS_ADMIN`, `signal 9 to pid 812`, ...
         what: String,
+    },
+    /// The agent's seccomp filter refused a system call (read from the kernel's audit
+    /// records; see `rush doctor` for when they are not available).
+    SyscallDeny {
+        pid: u32,
+        uid: u32,
+        comm: String,
+        /// The refused call as the filter lists it, e.g. `bpf`, `unshare(CLONE_NEWUSER)`.
+        syscall: String,
+        /// Its x86-64 number.
+        nr: i64,
     },
     /// A conditional token's check ran: its worktree's changes promoted or discarded.
     Commit {
@@ -868,6 +906,7 @@ impl AuditEvent {
         "revoke",
         "revoke_kill",
         "guard_deny",
+        "syscall_deny",
         "commit",
         "denials_suppressed",
         "events_lost",
@@ -950,6 +989,7 @@ impl AuditEvent {
             AuditEvent::Revoke { .. } => "revoke",
             AuditEvent::RevokeKill { .. } => "revoke_kill",
             AuditEvent::GuardDeny { .. } => "guard_deny",
+            AuditEvent::SyscallDeny { .. } => "syscall_deny",
             AuditEvent::Commit { .. } => "commit",
             AuditEvent::DenialsSuppressed { .. } => "denials_suppressed",
             AuditEvent::BudgetExceeded { .. } => "budget_exceeded",

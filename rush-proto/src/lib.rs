@@ -22,7 +22,7 @@ pub use session::{
     Attachment, CheckpointInfo, DiffReport, EnvChange, KeyValue, Prune, RollbackReport, SessionDetail,
     SessionInfo, SessionRef, ShellState, Timeline, TimelineInfo,
 };
-pub use spec::{AgentName, FileGrant, NetEndpoint, NetPolicy, Ops, SpecError, parse_duration};
+pub use spec::{AgentName, FileGrant, Hardlinks, NetEndpoint, NetPolicy, Ops, SpecError, parse_duration};
 
 /// Bumped on any incompatible change of the wire types. The daemon refuses a request
 /// whose envelope carries another version, with [`ErrorKind::VersionMismatch`].

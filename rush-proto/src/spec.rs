@@ -32,6 +32,53 @@ pub enum SpecError {
     Budget { input: String, part: String, why: String },
     #[error("invalid duration {input:?}: {why} (expected e.g. 90s, 30m, 1h, 2d)")]
     Duration { input: String, why: String },
+    #[error("invalid --hardlinks {0:?}: expected follow, refuse-write or refuse")]
+    Hardlinks(String),
+}
+
+/// What a file-confined agent may do with a regular file that has more than one hard
+/// link (`--hardlinks`): such a file can be reached through a name inside a granted
+/// directory while its other names are outside every grant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hardlinks {
+    /// A name in a granted directory grants the file, whatever its other names.
+    #[default]
+    Follow,
+    /// Writing it needs a token that names the file itself.
+    RefuseWrite,
+    /// Reading, writing and executing it need a token that names the file itself.
+    Refuse,
+}
+
+impl Hardlinks {
+    /// The spelling the CLI and the policy file use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hardlinks::Follow => "follow",
+            Hardlinks::RefuseWrite => "refuse-write",
+            Hardlinks::Refuse => "refuse",
+        }
+    }
+}
+
+impl fmt::Display for Hardlinks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Hardlinks {
+    type Err = SpecError;
+    /// `refuse_write` (the JSON spelling) is taken too.
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        match s {
+            "follow" => Ok(Hardlinks::Follow),
+            "refuse-write" | "refuse_write" => Ok(Hardlinks::RefuseWrite),
+            "refuse" => Ok(Hardlinks::Refuse),
+            _ => Err(SpecError::Hardlinks(s.to_owned())),
+        }
+    }
 }
 
 /// An agent's name: also its cgroup directory name, so it is kept to a safe alphabet.
@@ -349,6 +396,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, SpecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hardlinks_parse_in_both_spellings_and_serialize_snake_case() {
+        assert_eq!("follow".parse::<Hardlinks>().unwrap(), Hardlinks::Follow);
+        assert_eq!("refuse-write".parse::<Hardlinks>().unwrap(), Hardlinks::RefuseWrite);
+        assert_eq!("refuse_write".parse::<Hardlinks>().unwrap(), Hardlinks::RefuseWrite);
+        assert_eq!("refuse".parse::<Hardlinks>().unwrap(), Hardlinks::Refuse);
+        let e = "never".parse::<Hardlinks>().unwrap_err().to_string();
+        assert!(e.contains("\"never\"") && e.contains("follow, refuse-write or refuse"), "{e}");
+        assert_eq!(serde_json::to_string(&Hardlinks::RefuseWrite).unwrap(), "\"refuse_write\"");
+        assert_eq!(serde_json::from_str::<Hardlinks>("\"refuse\"").unwrap(), Hardlinks::Refuse);
+        assert_eq!(Hardlinks::default(), Hardlinks::Follow);
+    }
 
     #[test]
     fn agent_names() {

@@ -7,7 +7,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use rush_proto::{AgentName, Budget, FileGrant, NetPolicy, SpecError};
+use rush_proto::{AgentName, Budget, FileGrant, Hardlinks, NetPolicy, SpecError};
 
 use crate::time;
 
@@ -324,9 +324,35 @@ pub struct SpawnArgs {
     /// must be absolute. Repeat for several grants. File grants are enforced by BPF LSM,
     /// or by Landlock where BPF LSM programs cannot attach (see `rush doctor`). The daemon
     /// refuses the spawn when neither can enforce them: an agent is never started with a
-    /// grant that is not really enforced, unless --allow-unconfined says so.
+    /// grant that is not really enforced, unless --allow-unconfined says so. A
+    /// file-confined agent also gets the daemon's baseline (system programs, libraries and
+    /// the read-only system data tool chains need; see `rush capability list AGENT`) and a
+    /// private TMPDIR of its own, never the shared /tmp.
     #[arg(long = "allow", value_name = "PATH:OPS[:TTL]")]
     pub allow: Vec<FileGrant>,
+
+    /// What a grant on a directory gives to a regular file below it that has more than
+    /// one hard link (another name, possibly outside every grant, reaches the same file):
+    /// `follow` (the file is granted like any other: a link made by someone else into a
+    /// granted directory opens the file it points to), `refuse-write` (writing it needs a
+    /// token naming that file itself; reading follows the directory), or `refuse`
+    /// (reading, writing and executing it need such a token; note that some system
+    /// binaries are hard links, e.g. Debian's /usr/bin/perl). Only for agents with
+    /// --allow. Default: the trust level's `hardlinks`, else `follow`. BPF LSM checks the
+    /// link count at every open, read, write and mapping; under Landlock, which cannot
+    /// see link counts, the daemon instead refuses the spawn (and later grants) when a
+    /// granted directory holds such a file, looking at most 100000 entries deep per
+    /// directory; links made after that check are not caught there.
+    #[arg(long, value_name = "MODE")]
+    pub hardlinks: Option<Hardlinks>,
+
+    /// Run the agent as USER (a name or a numeric uid), with that user's primary group and
+    /// supplementary groups, instead of as you. Only root may name another user. Agents
+    /// run by root are root inside their confinement (without the capabilities the daemon
+    /// drops, see `rush doctor`); a trust level with `root_agents = false` refuses them
+    /// unless --user names an unprivileged user.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
 
     /// Start the agent even where the daemon cannot enforce what it asks for (file grants
     /// with no file backend, a network policy with no network programs). The spawn is
@@ -741,7 +767,8 @@ pub enum CapabilityCommand {
     /// List capability tokens: of one agent, or of all
     #[command(long_about = "List capability tokens as a table: ID AGENT PATH OPS EXPIRES \
                             ORIGIN. ORIGIN is `baseline` (what every file-confined agent gets \
-                            so that programs can load, from the daemon's config), `spawn` \
+                            so that programs and tool chains run, from the daemon's config, \
+                            and its private TMPDIR), `spawn` \
                             (--allow) or `grant`. Expired tokens stay listed, marked as \
                             expired, until the agent exits. With --json, one JSON array.")]
     List {
@@ -950,6 +977,12 @@ mod tests {
     }
 
     #[test]
+    fn user_names_who_the_agent_runs_as() {
+        assert_eq!(spawn(&["bot", "--user", "dev", "--", "true"]).user.as_deref(), Some("dev"));
+        assert_eq!(spawn(&["bot", "--", "true"]).user, None);
+    }
+
+    #[test]
     fn restartable_needs_detach() {
         assert!(spawn(&["bot", "-d", "--restartable", "--", "true"]).restartable);
         let e = parse(&["agent", "spawn", "bot", "--restartable", "--", "true"]).unwrap_err().to_string();
@@ -962,6 +995,14 @@ mod tests {
         assert_eq!(s.name.as_str(), "bot");
         assert_eq!(s.net, None, "the trust level's, or deny: decided by the daemon");
         assert!(s.allow.is_empty() && !s.detach && s.budget.is_none() && s.trust.is_none());
+        assert_eq!(s.hardlinks, None, "the trust level's, or follow: decided by the daemon");
+        for (flag, mode) in [
+            ("follow", Hardlinks::Follow),
+            ("refuse-write", Hardlinks::RefuseWrite),
+            ("refuse", Hardlinks::Refuse),
+        ] {
+            assert_eq!(spawn(&["bot", "--hardlinks", flag, "--", "true"]).hardlinks, Some(mode));
+        }
         assert_eq!(s.command, ["echo", "-n", "hi"]);
 
         let s = spawn(&[
@@ -999,6 +1040,8 @@ mod tests {
         assert!(refusal(&["agent", "spawn", "bad name", "--", "true"]).contains("invalid agent name"));
         assert!(refusal(&["agent", "spawn", "a", "--net", "nope", "--", "true"]).contains("invalid --net"));
         assert!(refusal(&["agent", "spawn", "a", "--allow", "rel:read", "--", "true"]).contains("absolute"));
+        let e = refusal(&["agent", "spawn", "a", "--hardlinks", "sometimes", "--", "true"]);
+        assert!(e.contains("invalid --hardlinks \"sometimes\"") && e.contains("refuse-write"), "{e}");
         assert!(refusal(&["agent", "status", "a/b"]).contains("invalid agent name"));
         assert!(refusal(&["agent", "kill", ".."]).contains("invalid agent name"));
         assert!(refusal(&["audit", "--agent", "x y"]).contains("invalid agent name"));

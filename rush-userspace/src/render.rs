@@ -286,6 +286,26 @@ pub fn budget_table(usage: &[rush_proto::BudgetUsage]) -> String {
     t.render()
 }
 
+/// The hardening line of `agent status`: what stands besides the cgroup and tokens.
+fn hardening(h: &rush_proto::Hardening) -> String {
+    let mut parts = Vec::new();
+    if h.cgroup_namespace {
+        parts.push("cgroup namespace".to_string());
+    }
+    if h.private_cgroupfs {
+        parts.push("cgroupfs read-only".to_string());
+    }
+    if h.seccomp {
+        parts.push("seccomp filter".to_string());
+    }
+    if !h.capabilities_dropped.is_empty() {
+        let names: Vec<&str> =
+            h.capabilities_dropped.iter().map(|c| c.strip_prefix("CAP_").unwrap_or(c)).collect();
+        parts.push(format!("capabilities dropped: {}", names.join(" ")));
+    }
+    if parts.is_empty() { "none".to_string() } else { sanitize(&parts.join("; ")) }
+}
+
 /// `rush agent status NAME`.
 pub fn agent_status(a: &AgentInfo, now_ms: u64) -> String {
     let enforcement = if a.enforcement.is_empty() { "none".to_string() } else { a.enforcement.join(", ") };
@@ -308,7 +328,7 @@ pub fn agent_status(a: &AgentInfo, now_ms: u64) -> String {
     } else {
         format!("UNCONFINED ({})", sanitize(&a.unconfined.join("; ")))
     };
-    let fields: [(&str, String); 17] = [
+    let fields: [(&str, String); 19] = [
         ("name", a.name.clone()),
         ("state", state),
         ("trust", a.trust.clone().unwrap_or_else(|| "-".into())),
@@ -323,6 +343,8 @@ pub fn agent_status(a: &AgentInfo, now_ms: u64) -> String {
         ("net", a.net.to_string()),
         ("enforcement", enforcement),
         ("confinement", confinement),
+        ("hardlinks", a.hardlinks.to_string()),
+        ("hardening", hardening(&a.hardening)),
         ("cgroup path", sanitize(&a.cgroup_path.to_string_lossy())),
         ("cgroup id", a.cgroup_id.to_string()),
         ("exit", exit),
@@ -396,6 +418,9 @@ pub fn audit_line(r: &AuditRecord) -> String {
         ),
         AuditEvent::GuardDeny { pid, uid, comm, hook, what } => {
             format!("pid={pid} uid={uid} comm={} hook={} what={}", value(comm), value(hook), value(what))
+        }
+        AuditEvent::SyscallDeny { pid, uid, comm, syscall, nr } => {
+            format!("pid={pid} uid={uid} comm={} syscall={} nr={nr}", value(comm), value(syscall))
         }
         AuditEvent::Commit { outcome, cause } => format!("cause={} {}", value(cause), commit_line(outcome)),
         AuditEvent::EventsLost { count } | AuditEvent::DenialsSuppressed { count } => {
@@ -617,6 +642,13 @@ mod tests {
             unconfined: vec![],
             session: None,
             restartable: false,
+            hardlinks: Default::default(),
+            hardening: rush_proto::Hardening {
+                cgroup_namespace: true,
+                private_cgroupfs: true,
+                capabilities_dropped: vec!["CAP_SYS_ADMIN".into(), "CAP_BPF".into()],
+                seccomp: true,
+            },
             trust: Some("medium".into()),
             budget: "cpu:1h,cost:$5".parse().unwrap(),
             paused: None,
@@ -693,6 +725,13 @@ done   exited   4242  0      deny                   signal 9     sh -c 'it'\\''s
         assert!(got.contains("net:         api.anthropic.com:443\n"), "{got}");
         assert!(got.contains("exit:        -\n"), "{got}");
         assert!(got.contains("mode:        detached\n"), "{got}");
+        assert!(got.contains("hardlinks:   follow\n"), "{got}");
+        assert!(
+            got.contains(
+                "hardening:   cgroup namespace; cgroupfs read-only; seccomp filter; capabilities dropped: SYS_ADMIN BPF\n"
+            ),
+            "{got}"
+        );
         let mut a = agent("coder");
         a.enforcement.clear();
         a.state = AgentState::Exited;

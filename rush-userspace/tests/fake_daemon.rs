@@ -142,6 +142,8 @@ fn agent(name: &str) -> AgentInfo {
         unconfined: vec![],
         session: None,
         restartable: false,
+        hardlinks: Default::default(),
+        hardening: Default::default(),
         trust: None,
         budget: Default::default(),
         paused: None,

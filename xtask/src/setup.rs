@@ -8,10 +8,18 @@ use anyhow::{Result, bail};
 use crate::util;
 
 /// clang compiles the BPF programs (any of these versions); the rest is for libbpf-sys,
-/// the tests and the demo (btrfs-progs: the snapshot store; git: its fallback backend).
+/// the tests and the demo (btrfs-progs: the snapshot store; git: its fallback backend and,
+/// with make, a tool chain the toolchains tests run confined, here and in the guests).
 const CLANGS: [&str; 4] = ["clang", "clang-19", "clang-18", "clang-16"];
 const PACKAGES: [&str; 9] =
     ["libelf-dev", "zlib1g-dev", "pkg-config", "make", "curl", "bpftool", "iproute2", "btrfs-progs", "git"];
+/// The tool chains kernel-tests/tests/toolchains.rs runs confined (with make and git
+/// above): `python3 -m venv` (Debian splits ensurepip out into python3-venv), cc with the C
+/// library's headers. Cargo is the toolchain building this repository.
+const TOOLCHAIN_PACKAGES: [&str; 3] = ["python3-venv", "gcc", "libc6-dev"];
+/// npm, by command: a node from elsewhere (NodeSource's nodejs) brings its own npm and
+/// conflicts with Debian's npm package, which is installed only when there is no npm.
+const NPM: (&str, &str) = ("npm", "npm");
 
 fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
@@ -20,13 +28,21 @@ fn installed(pkg: &str) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
+fn on_path(prog: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
+}
+
 fn have_clang() -> bool {
     CLANGS.iter().any(|c| Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
 }
 
 /// Installs what is missing; prints what it does. Quiet when all is there.
 pub fn ensure() -> Result<()> {
-    let mut missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    let mut missing: Vec<&str> =
+        PACKAGES.iter().chain(&TOOLCHAIN_PACKAGES).copied().filter(|p| !installed(p)).collect();
+    if !on_path(NPM.0) {
+        missing.push(NPM.1);
+    }
     if !have_clang() {
         missing.push("clang-19");
     }

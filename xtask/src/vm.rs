@@ -86,22 +86,25 @@ const VM_PACKAGES: [(&str, &str); 9] = [
 
 /// The guest test suites, in the order they run: (name, test threads, extra arguments).
 /// Kernel-tests targets: `host`, `budget`, `landlock`, `files`, `guest`, `escape`, `lifecycle`,
-/// `timetravel`, `audit`, `sessions`, `store`, `crash`; `bpf` is rush-agentd's own kernel smoke
-/// tests (its lib tests under `bpf::`). `reboot` spans two boots with a state disk: its phase 1
-/// runs last in the first boot, its phase 2 alone in a second boot ([`REBOOT`]).
-const SUITES: [(&str, u32, &str); 14] = [
+/// `timetravel`, `audit`, `sessions`, `store`, `crash`, `toolchains`, `hardening`; `bpf` is rush-agentd's own
+/// kernel smoke tests (its lib tests under `bpf::`). `reboot` spans two boots with a state disk:
+/// its phase 1 runs last in the first boot, its phase 2 alone in a second boot ([`REBOOT`]).
+/// `toolchains` runs only the tests of the tools the payload carries ([`GUEST_TOOLS`]).
+const SUITES: [(&str, u32, &str); 16] = [
     ("host", 2, ""),
     ("budget", 1, ""),
     ("landlock", 1, ""),
     ("files", 1, " --nocapture"),
     ("guest", 1, ""),
     ("escape", 1, ""),
+    ("hardening", 1, ""),
     ("lifecycle", 1, ""),
     ("timetravel", 1, ""),
     ("audit", 1, ""),
     ("sessions", 1, ""),
     ("store", 1, ""),
     ("crash", 1, " --nocapture"),
+    ("toolchains", 1, " git_ make_runs_shell_recipes private_tmpdir"),
     ("bpf", 1, " bpf::"),
     ("reboot", 1, " --ignored --exact reboot_phase1"),
 ];
@@ -581,9 +584,16 @@ fn json_str(line: &str, key: &str) -> Option<String> {
     None
 }
 
+/// Tool chains the `toolchains` suite runs confined in the guests, at their Debian paths:
+/// git (init, add, commit, log are built in: no git-core helpers needed) and make, ~5 MB
+/// of the guest's RAM with their libraries. Not python3 (its standard library), node and
+/// npm (a 100 MB binary), cc (cc1, as, ld, headers) or cargo: hundreds of MB in a 1 GiB
+/// guest whose initramfs lives in RAM; those run on the host tier only.
+const GUEST_TOOLS: [&str; 2] = ["/usr/bin/git", "/usr/bin/make"];
+
 /// The payload: /payload/bin (rush-agentd, rush, the rush-test-* tools,
 /// sh → dash), /payload/tests (one per suite), curl, criu, dash, mkfs.btrfs and btrfs at their host
-/// paths, every library at its host path, and /payload/run, which /init starts.
+/// paths, [`GUEST_TOOLS`], every library at its host path, and /payload/run, which /init starts.
 fn build_payload(
     path: &Path,
     scratch: &Path,
@@ -615,6 +625,13 @@ fn build_payload(
         let host = which(tool).with_context(|| format!("{tool} is not installed"))?;
         let guest = host.to_string_lossy().into_owned();
         p.elf(&host, &guest, false)?;
+    }
+    for tool in GUEST_TOOLS {
+        let host = Path::new(tool);
+        if !host.is_file() {
+            bail!("{tool} is not installed (cargo xtask setup installs it)");
+        }
+        p.elf(host, tool, false)?;
     }
     // `sh` is dash, as on the Debian hosts the tests are written on (busybox ash differs:
     // it execs the last command of `sh -c`, so process trees have fewer members).

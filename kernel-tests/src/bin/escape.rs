@@ -31,12 +31,28 @@
 //! mprotect-exec FD | execve PATH | execveat FD (both exec PATH/FD as
 //! `rush-test-escape say executed`) | mmap-hold PATH rw|r (maps PATH MAP_SHARED, prints
 //! `mapped PID`, then runs `write TEXT` / `read` lines from stdin through the mapping)
+//! Mappings of any fd (also one received or inherited): fd PATH r|rw (opens and keeps
+//! it) | recv-fd SOCKET (connects to a Unix socket, keeps the fd that comes as
+//! SCM_RIGHTS) | pread FD | pwrite FD TEXT | map FD r|rw shared|private [TEXT] (the
+//! whole file; prints its bytes, or with TEXT writes it at the start, msyncs: `ok wrote
+//! N`) | map-mprotect FD TEXT (maps it shared read-only, `ok mapped`, then mprotect to
+//! read-write and writes TEXT) | map-loop PATH N (N x open, mmap shared read, touch,
+//! munmap, close: `ok N ns/iter X`)
+//! Notifications: inotify PATH [TOUCH] (a watch; with TOUCH, appends to it and counts
+//! the events: `ok wd N events M`) | fanotify PATH fid|plain (fanotify_init, `ok init`
+//! for fid, then fanotify_mark) | dnotify FD (fcntl F_NOTIFY) | tmpfile DIR TEXT
+//! (O_TMPFILE|O_RDWR in DIR, TEXT written, fd kept)
 //! Kernel: bpf-get PIN | bpf-poison FD (sets the map's first entry to all ones) |
 //! bpf-map-create | map-dump PIN (outside agents: `entry KEY VALUE` lines in hex) |
 //! io-uring-openat PATH | init-module | finit-module PATH | delete-module NAME |
 //! socket-raw | socket-packet | socket-udp | sethostname (to its current name) |
 //! swapoff PATH | ioperm (port 0x80 on) | net-admin (lo's flags, unchanged) | reboot-badmagic | handle PATH (outside: name_to_handle_at → `ok TYPE HEX`) |
 //! open-by-handle MOUNTDIR TYPE HEX | btrfs-subvol PATH | btrfs-snap SRC DST
+//! Hardening: add-key DESC DATA (a user key in the user keyring) | keyctl-read DESC
+//! (search the user keyring, read the key) | perf-open | userfaultfd [user] |
+//! clone3 (with CLONE_NEWUSER) | x32-getpid | caps (`ok eff HEX bnd HEX`) |
+//! join-cgroup PROCS (writes its own pid into a cgroup.procs) | syscall-loop N (N x getppid,
+//! stat, open+read+close, clock_gettime: `ok N ns/iter X`)
 
 use std::ffi::{CString, c_long};
 use std::fs::{File, OpenOptions};
@@ -310,6 +326,44 @@ fn run_step(s: &[String]) -> Step {
         "execve" => exec_self_like(Some(a(1)), -1),
         "execveat" => exec_self_like(None, num(a(1))),
         "mmap-hold" => mmap_hold(a(1), a(2) == "rw"),
+        "fd" => {
+            let flags = if a(2) == "rw" { libc::O_RDWR } else { libc::O_RDONLY };
+            open_raw(a(1), flags).map(keep)
+        }
+        "recv-fd" => recv_fd(a(1)).map(keep),
+        "pread" => {
+            let mut buf = [0u8; 256];
+            // SAFETY: buf is a writable buffer of the given length.
+            let n =
+                sys(unsafe { libc::pread(num(a(1)), buf.as_mut_ptr().cast(), buf.len(), 0) } as c_long, "")?;
+            Ok(String::from_utf8_lossy(&buf[..n as usize]).escape_debug().to_string())
+        }
+        "pwrite" => {
+            let t = a(2).as_bytes();
+            // SAFETY: t is a readable buffer of the given length.
+            sys(unsafe { libc::pwrite(num(a(1)), t.as_ptr().cast(), t.len(), 0) } as c_long, "")
+                .map(|n| format!("wrote {n}"))
+        }
+        "map" => map_fd(num(a(1)), a(2), a(3), s.get(4).map(String::as_str)),
+        "map-mprotect" => map_mprotect(num(a(1)), a(2)),
+        "map-loop" => map_loop(a(1), num(a(2))),
+        "inotify" => inotify(a(1), s.get(2).map(String::as_str)),
+        "fanotify" => fanotify(a(1), a(2) == "fid"),
+        "dnotify" => {
+            const DN_MODIFY: i32 = 0x2;
+            const DN_CREATE: i32 = 0x4;
+            const DN_MULTISHOT: i32 = i32::MIN; // 0x80000000
+            // SAFETY: fcntl on an fd number with an integer argument.
+            sysi(unsafe { libc::fcntl(num(a(1)), libc::F_NOTIFY, DN_MODIFY | DN_CREATE | DN_MULTISHOT) }, "")
+                .map(|_| String::new())
+        }
+        "tmpfile" => {
+            let fd = open_raw(a(1), libc::O_TMPFILE | libc::O_RDWR)?;
+            let t = a(2).as_bytes();
+            // SAFETY: t is a readable buffer of the given length.
+            sys(unsafe { libc::write(fd, t.as_ptr().cast(), t.len()) } as c_long, "write")?;
+            Ok(keep(fd))
+        }
         // Kernel.
         "bpf-get" => bpf_obj_get(a(1)).map(keep),
         "bpf-poison" => bpf_poison(num(a(1))),
@@ -361,6 +415,116 @@ fn run_step(s: &[String]) -> Step {
         "open-by-handle" => open_by_handle(a(1), num(a(2)), a(3)),
         "btrfs-subvol" => btrfs_subvol(a(1)),
         "btrfs-snap" => btrfs_snap(a(1), a(2)),
+        // Hardening (harden.rs): keyrings, perf, userfaultfd, clone3, x32, capabilities.
+        "add-key" => {
+            const KEY_SPEC_USER_KEYRING: c_long = -4;
+            let (t, d) = (cs("user"), cs(a(1)));
+            let data = a(2).as_bytes();
+            // SAFETY: add_key with NUL-terminated strings and a readable payload.
+            sys(
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_add_key,
+                        t.as_ptr(),
+                        d.as_ptr(),
+                        data.as_ptr(),
+                        data.len(),
+                        KEY_SPEC_USER_KEYRING,
+                    )
+                },
+                "",
+            )
+            .map(|k| format!("key {k}"))
+        }
+        "keyctl-read" => {
+            // KEYCTL_SEARCH (10) in the user keyring (-4), then KEYCTL_READ (11).
+            let (t, d) = (cs("user"), cs(a(1)));
+            // SAFETY: keyctl with NUL-terminated strings.
+            let key = sys(
+                unsafe { libc::syscall(libc::SYS_keyctl, 10, -4 as c_long, t.as_ptr(), d.as_ptr(), 0) },
+                "",
+            )?;
+            stage_ok("found");
+            let mut buf = [0u8; 256];
+            // SAFETY: keyctl writes at most buf.len() bytes into buf.
+            let n = sys(
+                unsafe { libc::syscall(libc::SYS_keyctl, 11, key, buf.as_mut_ptr(), buf.len(), 0) },
+                "read",
+            )?;
+            Ok(String::from_utf8_lossy(&buf[..(n as usize).min(buf.len())]).into_owned())
+        }
+        "perf-open" => {
+            // A software clock counter on this process: the least privileged perf event.
+            let mut attr = [0u8; 128];
+            attr[0..4].copy_from_slice(&1u32.to_ne_bytes()); // type PERF_TYPE_SOFTWARE
+            attr[4..8].copy_from_slice(&128u32.to_ne_bytes()); // size
+            // SAFETY: attr is a zeroed perf_event_attr with type, size and config 0.
+            sys(unsafe { libc::syscall(libc::SYS_perf_event_open, attr.as_ptr(), 0, -1, -1, 0) }, "")
+                .map(|fd| format!("fd {fd}"))
+        }
+        "userfaultfd" => {
+            const UFFD_USER_MODE_ONLY: c_long = 1;
+            let flags = if s.get(1).is_some_and(|f| f == "user") { UFFD_USER_MODE_ONLY } else { 0 };
+            // SAFETY: userfaultfd takes flags only.
+            sys(unsafe { libc::syscall(libc::SYS_userfaultfd, flags | libc::O_CLOEXEC as c_long) }, "")
+                .map(|fd| format!("fd {fd}"))
+        }
+        "clone3" => {
+            // struct clone_args v0 with flags = CLONE_NEWUSER, exit_signal = SIGCHLD.
+            let mut args = [0u64; 8];
+            args[0] = libc::CLONE_NEWUSER as u64;
+            args[4] = libc::SIGCHLD as u64;
+            // SAFETY: clone3 with a valid args struct; the child exits at once.
+            let pid = sys(unsafe { libc::syscall(libc::SYS_clone3, args.as_ptr(), 64usize) }, "")?;
+            if pid == 0 {
+                // SAFETY: the child leaves at once.
+                unsafe { libc::_exit(0) };
+            }
+            // SAFETY: reaping our own child.
+            unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), 0) };
+            Ok(format!("pid {pid}"))
+        }
+        "x32-getpid" => {
+            const X32_SYSCALL_BIT: c_long = 0x4000_0000;
+            // SAFETY: getpid through the x32 ABI's number: no arguments.
+            sys(unsafe { libc::syscall(X32_SYSCALL_BIT | libc::SYS_getpid) }, "").map(|p| format!("pid {p}"))
+        }
+        "caps" => {
+            let status = std::fs::read_to_string("/proc/self/status").map_err(io)?;
+            let get = |k: &str| {
+                status.lines().find_map(|l| l.strip_prefix(k)).map(str::trim).unwrap_or("?").to_owned()
+            };
+            Ok(format!("eff {} bnd {}", get("CapEff:"), get("CapBnd:")))
+        }
+        "syscall-loop" => {
+            // N x (getppid, stat, open+read+close of /dev/zero, clock_gettime): a
+            // syscall-heavy loop for the seccomp filter's cost.
+            let n: u64 = num(a(1));
+            let path = cs("/dev/zero");
+            let t = std::time::Instant::now();
+            let mut buf = [0u8; 64];
+            for _ in 0..n {
+                // SAFETY: plain syscalls on valid buffers and a NUL-terminated path.
+                unsafe {
+                    libc::getppid();
+                    let mut st: libc::stat = std::mem::zeroed();
+                    libc::stat(path.as_ptr(), &mut st);
+                    let fd = libc::open(path.as_ptr(), libc::O_RDONLY);
+                    libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+                    libc::close(fd);
+                    let mut ts: libc::timespec = std::mem::zeroed();
+                    libc::syscall(libc::SYS_clock_gettime, libc::CLOCK_MONOTONIC, &mut ts);
+                }
+            }
+            Ok(format!("{n} ns/iter {:.1}", t.elapsed().as_nanos() as f64 / n as f64))
+        }
+        "join-cgroup" => {
+            // Writes this process's pid into PATH (a cgroup.procs), as `echo $$ > PATH` does.
+            let mut f = OpenOptions::new().write(true).open(a(1)).map_err(io)?;
+            stage_ok("opened");
+            f.write_all(std::process::id().to_string().as_bytes()).map_err(at("write"))?;
+            Ok(String::new())
+        }
         other => usage(&format!("unknown step {other:?}")),
     }
 }
@@ -712,6 +876,166 @@ fn mmap_hold(path: &str, rw: bool) -> Step {
         flush();
     }
     Ok("released".into())
+}
+
+/// Connects to the Unix socket at `path` and returns the fd that arrives as SCM_RIGHTS.
+fn recv_fd(path: &str) -> Result<RawFd, Fail> {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    let stream = std::os::unix::net::UnixStream::connect(path).map_err(io)?;
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::empty())
+        .map_err(|e| Fail(e, "recvmsg"))?;
+    for c in msg.cmsgs().map_err(|e| Fail(e, "cmsgs"))? {
+        if let ControlMessageOwned::ScmRights(fds) = c
+            && let Some(fd) = fds.first()
+        {
+            return Ok(*fd);
+        }
+    }
+    Err(Fail(Errno::EBADMSG, "no fd"))
+}
+
+/// Maps the whole file behind `fd`: PROT_READ (`r`) or PROT_READ|PROT_WRITE (`rw`),
+/// MAP_SHARED or MAP_PRIVATE; prints its bytes, or writes `text` at its start.
+fn map_fd(fd: RawFd, prot: &str, sharing: &str, text: Option<&str>) -> Step {
+    let prot = match prot {
+        "r" => libc::PROT_READ,
+        "rw" => libc::PROT_READ | libc::PROT_WRITE,
+        other => usage(&format!("map: prot {other:?}")),
+    };
+    let flags = match sharing {
+        "shared" => libc::MAP_SHARED,
+        "private" => libc::MAP_PRIVATE,
+        other => usage(&format!("map: {other:?}")),
+    };
+    let len = fd_len(fd)?;
+    // SAFETY: a new mapping at an address the kernel picks; nothing else refers to it.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags, fd, 0) };
+    if p == libc::MAP_FAILED {
+        return Err(Fail(Errno::last(), ""));
+    }
+    // SAFETY: p is a live mapping of len bytes, unmapped below before it goes away.
+    let map = unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) };
+    let out = match text {
+        Some(t) => {
+            let n = t.len().min(len);
+            map[..n].copy_from_slice(&t.as_bytes()[..n]);
+            // SAFETY: msync of the mapping made above.
+            unsafe { libc::msync(p, len, libc::MS_SYNC) };
+            format!("wrote {n}")
+        }
+        None => String::from_utf8_lossy(map).escape_debug().to_string(),
+    };
+    // SAFETY: the mapping made above; `map` is not used after this.
+    unsafe { libc::munmap(p, len) };
+    Ok(out)
+}
+
+fn fd_len(fd: RawFd) -> Result<usize, Fail> {
+    // SAFETY: fstat into a zeroed stat buffer we own.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    sysi(unsafe { libc::fstat(fd, &mut st) }, "fstat")?;
+    if st.st_size == 0 {
+        return Err(Fail(Errno::EINVAL, "empty file"));
+    }
+    Ok(st.st_size as usize)
+}
+
+/// A shared read-only mapping of `fd`, then mprotect to read-write and a write of `text`.
+fn map_mprotect(fd: RawFd, text: &str) -> Step {
+    let len = fd_len(fd)?;
+    // SAFETY: a new mapping at an address the kernel picks.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, fd, 0) };
+    if p == libc::MAP_FAILED {
+        return Err(Fail(Errno::last(), "mmap"));
+    }
+    stage_ok("mapped");
+    // SAFETY: mprotect of the mapping made above.
+    if unsafe { libc::mprotect(p, len, libc::PROT_READ | libc::PROT_WRITE) } < 0 {
+        let e = Errno::last();
+        // SAFETY: the mapping made above.
+        unsafe { libc::munmap(p, len) };
+        return Err(Fail(e, ""));
+    }
+    let n = text.len().min(len);
+    // SAFETY: p is now a writable mapping of len >= n bytes.
+    unsafe {
+        std::ptr::copy_nonoverlapping(text.as_ptr(), p.cast::<u8>(), n);
+        libc::msync(p, len, libc::MS_SYNC);
+        libc::munmap(p, len);
+    }
+    Ok(format!("wrote {n}"))
+}
+
+/// `n` x (open, mmap MAP_SHARED PROT_READ, read one byte, munmap, close) of `path`.
+fn map_loop(path: &str, n: u64) -> Step {
+    let p = cs(path);
+    let start = std::time::Instant::now();
+    for _ in 0..n {
+        // SAFETY: open of a NUL-terminated path; the fd is closed below.
+        let fd = sysi(unsafe { libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) }, "open")?;
+        // SAFETY: a new one-page mapping at an address the kernel picks.
+        let m = unsafe { libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, libc::MAP_SHARED, fd, 0) };
+        if m == libc::MAP_FAILED {
+            return Err(Fail(Errno::last(), "mmap"));
+        }
+        // SAFETY: m is a readable mapping of at least one byte; unmapped right after.
+        unsafe {
+            std::ptr::read_volatile(m.cast::<u8>());
+            libc::munmap(m, 4096);
+            libc::close(fd);
+        }
+    }
+    Ok(format!("{n} ns/iter {}", start.elapsed().as_nanos() / u128::from(n.max(1))))
+}
+
+/// An inotify watch on `path`; with `touch`, an append to it and the events it caused.
+fn inotify(path: &str, touch: Option<&str>) -> Step {
+    // SAFETY: inotify_init1 takes flags and returns an fd.
+    let ifd = sysi(unsafe { libc::inotify_init1(libc::IN_NONBLOCK) }, "inotify_init1")?;
+    let p = cs(path);
+    // SAFETY: a watch on a NUL-terminated path.
+    let wd = sysi(unsafe { libc::inotify_add_watch(ifd, p.as_ptr(), libc::IN_ALL_EVENTS) }, "")?;
+    let Some(t) = touch else { return Ok(format!("wd {wd}")) };
+    OpenOptions::new().append(true).open(t).map_err(at("touch"))?.write_all(b"").map_err(at("touch"))?;
+    let mut buf = [0u8; 4096];
+    // SAFETY: read into our buffer; the events are counted, not parsed beyond their length.
+    let n = unsafe { libc::read(ifd, buf.as_mut_ptr().cast(), buf.len()) };
+    let (mut events, mut off) = (0, 0usize);
+    while n > 0 && off + 16 <= n as usize {
+        let len = u32::from_ne_bytes(buf[off + 12..off + 16].try_into().unwrap()) as usize;
+        events += 1;
+        off += 16 + len;
+    }
+    Ok(format!("wd {wd} events {events}"))
+}
+
+/// fanotify_init (FID reporting, which needs no CAP_SYS_ADMIN, or plain), then an inode
+/// mark on `path` for opens, reads, writes and closes of it and of its entries.
+fn fanotify(path: &str, fid: bool) -> Step {
+    const FAN_CLASS_NOTIF: u32 = 0;
+    const FAN_REPORT_FID: u32 = 0x200;
+    const FAN_MARK_ADD: u32 = 1;
+    const FAN_EVENTS: u64 = 0x1 | 0x2 | 0x8 | 0x20 | 0x0800_0000; // access, modify, close-write, open, on-child
+    let flags = FAN_CLASS_NOTIF | if fid { FAN_REPORT_FID } else { 0 };
+    // SAFETY: fanotify_init takes two flag words and returns an fd.
+    let init_stage = if fid { "fanotify_init" } else { "" };
+    let fd =
+        sys(unsafe { libc::syscall(libc::SYS_fanotify_init, flags, libc::O_RDONLY as u32) }, init_stage)?;
+    if fid {
+        stage_ok("init");
+    }
+    let p = cs(path);
+    // SAFETY: fanotify_mark of a NUL-terminated path relative to the cwd.
+    sys(
+        unsafe {
+            libc::syscall(libc::SYS_fanotify_mark, fd, FAN_MARK_ADD, FAN_EVENTS, libc::AT_FDCWD, p.as_ptr())
+        },
+        "",
+    )
+    .map(|_| String::new())
 }
 
 // bpf(2), by hand: the commands and attribute layouts of include/uapi/linux/bpf.h.

@@ -121,8 +121,9 @@ fn file_smoke_test() {
         Some(g)
     };
     let rwcd = FILE_OP_READ | FILE_OP_WRITE | FILE_OP_CREATE | FILE_OP_DELETE;
-    bpf.add_agent(cg, &KernelNetPolicy::Allow, true).unwrap();
-    bpf.add_agent(cg2, &KernelNetPolicy::Allow, false).unwrap();
+    bpf.add_agent(cg, &KernelNetPolicy::Allow, AgentFlags { files_confined: true, ..Default::default() })
+        .unwrap();
+    bpf.add_agent(cg2, &KernelNetPolicy::Allow, AgentFlags::default()).unwrap();
     bpf.set_file_grant(cg, key("srv/a"), ops(rwcd, FOREVER)).unwrap();
     bpf.set_file_grant(cg, key("srv/c"), ops(FILE_OP_CREATE | FILE_OP_DELETE, FOREVER)).unwrap();
     bpf.set_file_grant(cg, key("srv/m"), ops(FILE_OP_READ | FILE_OP_WRITE | FILE_OP_DELETE, FOREVER))

@@ -408,12 +408,35 @@ pub fn boot_time_ns() -> u64 {
 /// The kernel grant map's entries, by agent cgroup id.
 pub type GrantsByAgent = std::collections::HashMap<u64, Vec<(FileKey, FileGrantEntry)>>;
 
+/// How the file programs treat one agent (`struct rush_agent.flags`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AgentFlags {
+    /// File hooks deny whatever no grant covers.
+    pub files_confined: bool,
+    /// What a directory's grant gives to a regular file with more than one link.
+    pub hardlinks: rush_proto::Hardlinks,
+}
+
+impl AgentFlags {
+    /// The `RUSH_AGENT_*` bits. A hard-link mode means nothing without confinement.
+    pub fn bits(self) -> u32 {
+        if !self.files_confined {
+            return 0;
+        }
+        rush_ebpf::AGENT_FILES_CONFINED
+            | match self.hardlinks {
+                rush_proto::Hardlinks::Follow => 0,
+                rush_proto::Hardlinks::RefuseWrite => rush_ebpf::AGENT_HARDLINKS_REFUSE_WRITE,
+                rush_proto::Hardlinks::Refuse => rush_ebpf::AGENT_HARDLINKS_REFUSE,
+            }
+    }
+}
+
 /// What the daemon asks of the kernel side. Implemented by [`BpfHandle`] and, for unit
 /// tests, by [`FakeKernel`].
 pub trait KernelPolicy: Send + Sync + 'static {
-    /// Must complete before any process enters the cgroup. `files_confined`: file hooks
-    /// deny whatever no grant covers.
-    fn add_agent(&self, cgroup_id: u64, net: &KernelNetPolicy, files_confined: bool) -> Result<(), BpfError>;
+    /// Must complete before any process enters the cgroup.
+    fn add_agent(&self, cgroup_id: u64, net: &KernelNetPolicy, flags: AgentFlags) -> Result<(), BpfError>;
     /// Also deletes the agent's file grants and allow-list entries.
     fn remove_agent(&self, cgroup_id: u64) -> Result<(), BpfError>;
     /// Sets (Some) or deletes (None) the agent's grant entry for one inode.
@@ -443,7 +466,7 @@ enum Command {
     AddAgent {
         cgroup_id: u64,
         net: KernelNetPolicy,
-        files_confined: bool,
+        flags: AgentFlags,
         reply: mpsc::SyncSender<Result<(), BpfError>>,
     },
     RemoveAgent {
@@ -528,8 +551,8 @@ impl BpfHandle {
 }
 
 impl KernelPolicy for BpfHandle {
-    fn add_agent(&self, cgroup_id: u64, net: &KernelNetPolicy, files_confined: bool) -> Result<(), BpfError> {
-        self.request(|reply| Command::AddAgent { cgroup_id, net: net.clone(), files_confined, reply })
+    fn add_agent(&self, cgroup_id: u64, net: &KernelNetPolicy, flags: AgentFlags) -> Result<(), BpfError> {
+        self.request(|reply| Command::AddAgent { cgroup_id, net: net.clone(), flags, reply })
     }
 
     fn remove_agent(&self, cgroup_id: u64) -> Result<(), BpfError> {
@@ -568,6 +591,8 @@ pub struct FakeKernel {
     pub agents: std::sync::Mutex<std::collections::HashMap<u64, KernelNetPolicy>>,
     /// Agents added with `files_confined`.
     pub files_confined: std::sync::Mutex<std::collections::HashSet<u64>>,
+    /// The flags each agent was added with.
+    pub flags: std::sync::Mutex<std::collections::HashMap<u64, AgentFlags>>,
     /// (agent cgroup id, inode) → grant, as the kernel map would hold them.
     pub file_grants: std::sync::Mutex<std::collections::HashMap<(u64, FileKey), FileGrantEntry>>,
     /// Budgets set per agent (the last one).
@@ -580,11 +605,12 @@ pub struct FakeKernel {
 }
 
 impl KernelPolicy for FakeKernel {
-    fn add_agent(&self, cgroup_id: u64, net: &KernelNetPolicy, files_confined: bool) -> Result<(), BpfError> {
+    fn add_agent(&self, cgroup_id: u64, net: &KernelNetPolicy, flags: AgentFlags) -> Result<(), BpfError> {
         self.agents.lock().unwrap().insert(cgroup_id, net.clone());
         self.usage.lock().unwrap().entry(cgroup_id).or_default();
+        self.flags.lock().unwrap().insert(cgroup_id, flags);
         let mut confined = self.files_confined.lock().unwrap();
-        if files_confined {
+        if flags.files_confined {
             confined.insert(cgroup_id);
         } else {
             confined.remove(&cgroup_id);
@@ -595,6 +621,7 @@ impl KernelPolicy for FakeKernel {
     fn remove_agent(&self, cgroup_id: u64) -> Result<(), BpfError> {
         self.agents.lock().unwrap().remove(&cgroup_id);
         self.files_confined.lock().unwrap().remove(&cgroup_id);
+        self.flags.lock().unwrap().remove(&cgroup_id);
         self.file_grants.lock().unwrap().retain(|(c, _), _| *c != cgroup_id);
         self.budgets.lock().unwrap().remove(&cgroup_id);
         self.usage.lock().unwrap().remove(&cgroup_id);
@@ -714,7 +741,8 @@ mod tests {
         let k = FakeKernel::default();
         let key = FileKey { dev: 7, ino: 42 };
         let g = FileGrantEntry { expires_ns: [u64::MAX, 0, 0, 0, 0, 0], mnt_id: 0 };
-        k.add_agent(1, &KernelNetPolicy::Deny, true).unwrap();
+        k.add_agent(1, &KernelNetPolicy::Deny, AgentFlags { files_confined: true, ..Default::default() })
+            .unwrap();
         k.set_file_grant(1, key, Some(g)).unwrap();
         k.set_file_grant(2, key, Some(g)).unwrap();
         assert!(k.files_confined.lock().unwrap().contains(&1));
@@ -731,7 +759,7 @@ mod tests {
     fn fake_kernel_records_budgets() {
         let k = FakeKernel::default();
         assert_eq!(k.net_usage(1).unwrap(), None);
-        k.add_agent(1, &KernelNetPolicy::Allow, false).unwrap();
+        k.add_agent(1, &KernelNetPolicy::Allow, AgentFlags::default()).unwrap();
         assert_eq!(k.net_usage(1).unwrap(), Some(NetUsage::default()), "every agent is counted");
         let budget = NetBudget { bytes: Some(1 << 20), api_calls: None };
         k.set_net_budget(1, budget).unwrap();

@@ -93,7 +93,8 @@ fn cidr_allow_lists() {
     // stack (ECONNREFUSED), a denied one by the program (EPERM).
     let ip = |s: &str| s.parse::<IpAddr>().unwrap();
 
-    bpf.add_agent(id, &KernelNetPolicy::List(vec![(ip("127.0.0.0"), 8, port)]), false).unwrap();
+    bpf.add_agent(id, &KernelNetPolicy::List(vec![(ip("127.0.0.0"), 8, port)]), AgentFlags::default())
+        .unwrap();
     assert_eq!(probe(agent, tcp("127.0.0.1", port)), Ok(()), "in 127.0.0.0/8, listed port");
     assert_eq!(probe(agent, tcp("127.9.8.7", port)), Err(ECONNREFUSED), "in the block: allowed");
     assert_eq!(probe(agent, tcp("::ffff:127.9.8.7", port)), Err(ECONNREFUSED), "mapped, in the block");
@@ -102,7 +103,7 @@ fn cidr_allow_lists() {
 
     // A narrower block, any port; and the longest prefix does not hide a shorter one.
     let list = vec![(ip("127.0.0.0"), 24, 0), (ip("127.0.0.1"), 32, port), (ip("::"), 0, other)];
-    bpf.add_agent(id, &KernelNetPolicy::List(list), false).unwrap();
+    bpf.add_agent(id, &KernelNetPolicy::List(list), AgentFlags::default()).unwrap();
     assert_eq!(probe(agent, tcp("127.0.0.1", other)), Ok(()), "127.0.0.0/24, any port");
     assert_eq!(probe(agent, tcp("127.0.0.200", other)), Err(ECONNREFUSED), "in /24");
     assert_eq!(probe(agent, tcp("127.0.1.1", port)), Err(EPERM), "outside /24 and /32");
@@ -111,9 +112,9 @@ fn cidr_allow_lists() {
     assert_eq!(probe(agent, tcp("::1", port)), Err(EPERM), "::/0 on another port");
 
     // /0 = everything of the family; an unrelated block admits nothing here.
-    bpf.add_agent(id, &KernelNetPolicy::List(vec![(ip("0.0.0.0"), 0, 0)]), false).unwrap();
+    bpf.add_agent(id, &KernelNetPolicy::List(vec![(ip("0.0.0.0"), 0, 0)]), AgentFlags::default()).unwrap();
     assert_eq!(probe(agent, tcp("127.1.2.3", port)), Err(ECONNREFUSED), "0.0.0.0/0");
-    bpf.add_agent(id, &KernelNetPolicy::List(vec![(ip("10.0.0.0"), 8, 0)]), false).unwrap();
+    bpf.add_agent(id, &KernelNetPolicy::List(vec![(ip("10.0.0.0"), 8, 0)]), AgentFlags::default()).unwrap();
     assert_eq!(probe(agent, tcp("127.0.0.1", port)), Err(EPERM), "127.0.0.1 is not in 10/8");
     let denies = drain(&mut { s.events }, Duration::from_millis(300));
     assert!(denies.iter().any(|e| matches!(e, KernelEvent::NetDeny { cgroup_id, .. } if *cgroup_id == id)));
@@ -151,7 +152,7 @@ fn a_retired_allow_pin_is_migrated() {
     assert_eq!(probe(&s.agent, tcp("127.0.0.2", port)), Err(EPERM), "nothing else");
     assert_eq!(s.bpf.agent_ids().unwrap(), vec![s.cgroup_id]);
     // The migrated keys are known: a new policy replaces them.
-    s.bpf.add_agent(s.cgroup_id, &KernelNetPolicy::List(vec![]), false).unwrap();
+    s.bpf.add_agent(s.cgroup_id, &KernelNetPolicy::List(vec![]), AgentFlags::default()).unwrap();
     assert_eq!(probe(&s.agent, tcp("127.0.0.1", port)), Err(EPERM), "old entry deleted");
     s.bpf.remove_agent(s.cgroup_id).unwrap();
 }
@@ -160,7 +161,7 @@ fn a_retired_allow_pin_is_migrated() {
 fn byte_counters_count_a_known_transfer() {
     let Some(s) = setup("bytetest", |_, _| {}) else { return };
     let (bpf, id) = (&s.bpf, s.cgroup_id);
-    bpf.add_agent(id, &KernelNetPolicy::Allow, false).unwrap();
+    bpf.add_agent(id, &KernelNetPolicy::Allow, AgentFlags::default()).unwrap();
     assert_eq!(bpf.net_usage(id).unwrap(), Some(NetUsage::default()), "every agent has a zeroed entry");
     assert_eq!(bpf.net_usage(id + 1_000_000).unwrap(), None);
 
@@ -184,7 +185,7 @@ fn byte_counters_count_a_known_transfer() {
     assert_eq!((u.dropped_packets, u.api_calls, u.refused_calls), (0, 0, 0));
 
     // A re-add (new policy) keeps the counters; outside processes are not counted.
-    bpf.add_agent(id, &KernelNetPolicy::Deny, false).unwrap();
+    bpf.add_agent(id, &KernelNetPolicy::Deny, AgentFlags::default()).unwrap();
     let (server, addr) = serve_once(MIB);
     let mut c = std::net::TcpStream::connect(addr).unwrap();
     std::io::copy(&mut c, &mut std::io::sink()).unwrap();
@@ -198,7 +199,7 @@ fn byte_counters_count_a_known_transfer() {
 fn a_byte_budget_stops_a_transfer_and_reports_each_breach_once() {
     let Some(mut s) = setup("budgettest", |_, _| {}) else { return };
     let id = s.cgroup_id;
-    s.bpf.add_agent(id, &KernelNetPolicy::Allow, false).unwrap();
+    s.bpf.add_agent(id, &KernelNetPolicy::Allow, AgentFlags::default()).unwrap();
     let limit = 256 * 1024;
     s.bpf.set_net_budget(id, NetBudget { bytes: Some(limit), api_calls: None }).unwrap();
 
@@ -256,7 +257,7 @@ fn api_calls_past_the_budget_are_refused_with_an_event() {
     let plain_listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let plain = plain_listener.local_addr().unwrap().port();
     s.bpf.set_api_endpoints(&[("127.0.0.1".parse().unwrap(), api_port)]).unwrap();
-    s.bpf.add_agent(id, &KernelNetPolicy::Allow, false).unwrap();
+    s.bpf.add_agent(id, &KernelNetPolicy::Allow, AgentFlags::default()).unwrap();
     s.bpf.set_net_budget(id, NetBudget { bytes: None, api_calls: Some(3) }).unwrap();
 
     for n in 1..=3 {
@@ -280,9 +281,9 @@ fn api_calls_past_the_budget_are_refused_with_an_event() {
     assert_eq!((*addr, *port, *calls, *limit), ("127.0.0.1".parse::<IpAddr>().unwrap(), api_port, 3, 3));
 
     // A connect the policy denies is not a call; a raised budget admits again.
-    s.bpf.add_agent(id, &KernelNetPolicy::Deny, false).unwrap();
+    s.bpf.add_agent(id, &KernelNetPolicy::Deny, AgentFlags::default()).unwrap();
     assert_eq!(probe(&agent, tcp("127.0.0.1", api_port)), Err(EPERM));
-    s.bpf.add_agent(id, &KernelNetPolicy::Allow, false).unwrap();
+    s.bpf.add_agent(id, &KernelNetPolicy::Allow, AgentFlags::default()).unwrap();
     s.bpf.set_net_budget(id, NetBudget { bytes: None, api_calls: Some(4) }).unwrap();
     assert_eq!(probe(&agent, tcp("127.0.0.1", api_port)), Ok(()), "call 4 of 4");
     assert_eq!(probe(&agent, tcp("127.0.0.1", api_port)), Err(EPERM), "call 5 of 4");

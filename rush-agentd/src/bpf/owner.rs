@@ -9,15 +9,16 @@ use std::sync::mpsc;
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use rush_ebpf::{
-    AF_INET, AF_INET6, AGENT_FILES_CONFINED, MAP_AGENTS, MAP_API_ADDRS, MAP_EVENTS, MAP_FILE_GRANTS,
-    MAP_NET_CIDR, MAP_NET_USAGE, MAP_STATS, NET_CIDR_FIXED_BITS, NET_MODE_ALLOW, NET_MODE_DENY,
-    NET_MODE_LIST, Plain, RushAgent, RushApiKey, RushFileGrant, RushFileKey, RushNetCidrKey, RushNetUsage,
+    AF_INET, AF_INET6, MAP_AGENTS, MAP_API_ADDRS, MAP_EVENTS, MAP_FILE_GRANTS, MAP_NET_CIDR, MAP_NET_USAGE,
+    MAP_STATS, NET_CIDR_FIXED_BITS, NET_MODE_ALLOW, NET_MODE_DENY, NET_MODE_LIST, Plain, RushAgent,
+    RushApiKey, RushFileGrant, RushFileKey, RushNetCidrKey, RushNetUsage,
 };
 use tracing::info;
 
 use super::load::{self, Loaded};
 use super::{
-    AttachReport, BpfConfig, BpfError, Command, FileGrantEntry, FileKey, KernelNetPolicy, NetBudget, NetUsage,
+    AgentFlags, AttachReport, BpfConfig, BpfError, Command, FileGrantEntry, FileKey, KernelNetPolicy,
+    NetBudget, NetUsage,
 };
 
 /// What the owner thread hands back once everything is loaded and attached.
@@ -84,8 +85,8 @@ pub(super) fn run(
     // Ends when every BpfHandle is dropped. The pinned links and maps stay in the kernel.
     for command in commands {
         match command {
-            Command::AddAgent { cgroup_id, net, files_confined, reply } => {
-                let _ = reply.send(agents.add(cgroup_id, &net, files_confined));
+            Command::AddAgent { cgroup_id, net, flags, reply } => {
+                let _ = reply.send(agents.add(cgroup_id, &net, flags));
             }
             Command::SetFileGrant { cgroup_id, key, grant, reply } => {
                 let _ = reply.send(agents.set_file_grant(cgroup_id, key, grant));
@@ -158,7 +159,7 @@ impl AgentMaps {
     /// covers the bytes from the start. The cost is two atomic adds per packet of agents
     /// only (see the throughput benchmark); processes outside agents pay one failed
     /// lookup. A re-add (policy change, restarted daemon) keeps the counters.
-    fn add(&mut self, cgroup_id: u64, net: &KernelNetPolicy, files_confined: bool) -> Result<(), BpfError> {
+    fn add(&mut self, cgroup_id: u64, net: &KernelNetPolicy, flags: AgentFlags) -> Result<(), BpfError> {
         let (net_mode, keys) = net_entries(cgroup_id, net);
         let old = self.keys.remove(&cgroup_id).unwrap_or_default();
         let mut usage_created = false;
@@ -167,8 +168,7 @@ impl AgentMaps {
             Ok(())
         });
         let written = written.and_then(|()| {
-            let flags = if files_confined { AGENT_FILES_CONFINED } else { 0 };
-            let agent = RushAgent { net_mode, flags, ..Default::default() };
+            let agent = RushAgent { net_mode, flags: flags.bits(), ..Default::default() };
             self.agents
                 .update(&cgroup_id.to_ne_bytes(), agent.as_bytes(), MapFlags::ANY)
                 .map_err(|source| map_err(MAP_AGENTS, "update", cgroup_id, source))

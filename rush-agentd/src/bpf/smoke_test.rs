@@ -81,7 +81,7 @@ fn smoke_test_net_confinement() {
     assert_eq!(stats.value_size(), 8, "the incompatible rush_stats pin was replaced");
 
     // Deny: every way out is refused, with an event; processes outside are untouched.
-    bpf.add_agent(cgroup_id, &KernelNetPolicy::Deny, false).unwrap();
+    bpf.add_agent(cgroup_id, &KernelNetPolicy::Deny, AgentFlags::default()).unwrap();
     std::net::TcpStream::connect(tcp_addr).expect("outside the agent cgroup: allowed");
     assert_eq!(probe(&agent, Probe::Tcp(tcp_addr)), Err(EPERM), "connect4");
     assert_eq!(probe(&sub, Probe::Tcp(tcp_addr)), Err(EPERM), "connect4 from a sub-cgroup");
@@ -112,19 +112,19 @@ fn smoke_test_net_confinement() {
 
     // List: exactly the listed (address, port); port 0 = any port.
     let list = KernelNetPolicy::List(vec![(tcp_addr.ip(), 32, tcp_addr.port())]);
-    bpf.add_agent(cgroup_id, &list, false).unwrap();
+    bpf.add_agent(cgroup_id, &list, AgentFlags::default()).unwrap();
     assert_eq!(probe(&agent, Probe::Tcp(tcp_addr)), Ok(()), "listed");
     assert_eq!(probe(&agent, Probe::Tcp(mapped)), Ok(()), "listed, via a v6 socket");
     assert_eq!(probe(&agent, Probe::Udp(udp_addr)), Err(EPERM), "port not listed");
     let any_port = KernelNetPolicy::List(vec![(udp_addr.ip(), 32, 0)]);
-    bpf.add_agent(cgroup_id, &any_port, false).unwrap();
+    bpf.add_agent(cgroup_id, &any_port, AgentFlags::default()).unwrap();
     assert_eq!(probe(&agent, Probe::Udp(udp_addr)), Ok(()), "port 0 = any port");
 
-    bpf.add_agent(cgroup_id, &KernelNetPolicy::Allow, false).unwrap();
+    bpf.add_agent(cgroup_id, &KernelNetPolicy::Allow, AgentFlags::default()).unwrap();
     assert_eq!(probe(&agent, Probe::Udp(udp_addr)), Ok(()), "allow-all");
 
     // The daemon goes away: the pinned links and maps keep enforcing.
-    bpf.add_agent(cgroup_id, &KernelNetPolicy::Deny, false).unwrap();
+    bpf.add_agent(cgroup_id, &KernelNetPolicy::Deny, AgentFlags::default()).unwrap();
     drop(bpf);
     let deadline = Instant::now() + Duration::from_secs(2);
     while bpf_threads() > 0 && Instant::now() < deadline {

@@ -17,7 +17,8 @@
  *   file_open        exec (__FMODE_EXEC in f_flags: execve, the ELF interpreter): exec,
  *                    not read, so an exec-only grant runs a binary; else FMODE_READ: read;
  *                    FMODE_WRITE or O_TRUNC: write; an open with neither mode
- *                    (O_WRONLY|O_RDWR, ioctl-only): read. Every file type.
+ *                    (O_WRONLY|O_RDWR, ioctl-only): read; O_TMPFILE: also create (on
+ *                    the directory). Every file type.
  *   file_permission  read / write on every read/write of an open regular file or
  *                    directory (getdents included), so a revoked or expired token stops
  *                    descriptors that are already open. The kernel's own reads of a file
@@ -32,8 +33,21 @@
  *                    on the source, so an object cannot be moved into more access.
  *   path_link        create on the new parent + the same no-widening rule.
  *   path_truncate, path_chmod, path_chown  write.
- *   mmap_file, file_mprotect               exec, for PROT_EXEC mappings of a file (the
- *                    ELF loader run by hand would otherwise run ungranted code).
+ *   mmap_file        what read()/write() would need, for any mapping of a file, also
+ *                    one the agent did not open (received over SCM_RIGHTS, its stdin):
+ *                    PROT_READ or PROT_WRITE: read (exec for a file opened for exec:
+ *                    the ELF loader maps exec-only binaries); PROT_WRITE with MAP_SHARED:
+ *                    write (a private writable mapping writes only its own copy);
+ *                    PROT_EXEC: exec (also non-regular files: ld.so PROGRAM, memfds).
+ *   file_mprotect    the same for what a mapping gains: exec without VM_EXEC before,
+ *                    read from PROT_NONE, write on a VM_SHARED vma without VM_WRITE.
+ *   path_notify      read, for inotify, fanotify and dnotify marks on an inode; mount
+ *                    and filesystem marks refused (they report beyond any grant).
+ * Hard links (rush_agents flags RUSH_AGENT_HARDLINKS_*, `--hardlinks`): a regular file
+ * with i_nlink > 1 needs write (refuse-write) or read, write and exec (refuse) from its
+ * own grant entry, not from a directory above it: file_open, file_permission, mmap_file,
+ * file_mprotect, path_notify, path_truncate/chmod/chown. Default (follow): a name in a
+ * granted directory grants the inode, whatever its other names.
  * Save right (RUSH_FILE_OP_SAVE, internal): on the directory of a file the agent may
  * write, path_mknod lets it create a regular file there, which the next file_open grants
  * it (read, write, delete), and path_rename lets it rename such a file over the writable
@@ -45,6 +59,10 @@
  * NOT covered (yet):
  *   - mmap: pages of a file mapped before a revoke stay readable/writable (no hook on
  *     page faults): the daemon kills the agent's processes holding such mappings.
+ *   - Notification marks are checked when placed: one placed while granted keeps
+ *     reporting events after a revoke.
+ *   - A hard link made after a file was mapped leaves the mapping usable (no hook on page
+ *     faults); open descriptors meet the hard-link rule at their next read or write.
  *   - io_uring: its io-wq and SQPOLL workers are threads of the submitting task, in its
  *     cgroup, so its opens and reads/writes meet these hooks as the agent.
  *   - ftruncate() on 6.2+ kernels goes through file_truncate (absent in 6.1), not
@@ -53,8 +71,9 @@
  *   - Metadata: stat, getxattr/setxattr/removexattr, utimes, access(), readlink, chdir,
  *     path lookup itself (an agent can learn names and attributes of files it cannot
  *     open), inode_setattr other than chmod/chown, fcntl/ioctl/flock on open files.
- *   - Files handed to the agent already open (stdout redirected to a regular file): the
- *     open was not the agent's, but every read/write is, so they need a write grant.
+ *   - Files handed to the agent already open (stdout redirected to a regular file, an
+ *     fd received over SCM_RIGHTS): the open was not the agent's, but every read, write
+ *     and mapping is, so they need a grant like any other.
  *   - Stacked/backing files: overlayfs opens its real files on private, detached mounts,
  *     so the walk for those ends at the layer's root: agents on an overlayfs root are
  *     denied unless the layer directories are granted.
@@ -77,6 +96,7 @@
 /* An exec's open: FMODE_EXEC's value, but set in f_flags, not f_mode (as Landlock notes). */
 #define __FMODE_EXEC 0x20
 #define O_TRUNC 01000
+#define __O_TMPFILE 020000000
 #define MAY_WRITE 0x2
 #define MAY_READ 0x4
 #define MAY_APPEND 0x8
@@ -86,8 +106,16 @@
 #define S_IFLNK 0120000
 #define RENAME_EXCHANGE 2
 #define MNT_INTERNAL 0x4000
+#define PROT_READ 0x1
+#define PROT_WRITE 0x2
 #define PROT_EXEC 0x4
+#define MAP_TYPE 0x0f
+#define MAP_SHARED 0x01
+#define MAP_SHARED_VALIDATE 0x03
+#define VM_READ 0x1
+#define VM_WRITE 0x2
 #define VM_EXEC 0x4
+#define VM_SHARED 0x8
 #define BTRFS_SUPER_MAGIC 0x9123683e
 
 /* Directory levels a walk may climb (mount crossings included) before it gives up. */
@@ -128,15 +156,24 @@ struct {
 	__type(value, __u64);
 } rush_save_pending SEC(".maps");
 
-/* The agent cgroup of the current task if that agent is file-confined, else 0. */
-static __always_inline __u64 rush_confined_agent(void)
+/* The agent cgroup of the current task if that agent is file-confined, else 0; its
+ * RUSH_AGENT_* flags in `flags`. */
+static __always_inline __u64 rush_confined_agent_flags(__u32 *flags)
 {
 	__u64 cgroup_id = rush_current_agent_cgroup();
 	struct rush_agent *agent = rush_lookup_agent(cgroup_id);
 
 	if (!agent || !(agent->flags & RUSH_AGENT_FILES_CONFINED))
 		return 0;
+	*flags = agent->flags;
 	return cgroup_id;
+}
+
+static __always_inline __u64 rush_confined_agent(void)
+{
+	__u32 flags;
+
+	return rush_confined_agent_flags(&flags);
 }
 
 /* struct mount embeds the struct vfsmount that paths point to (container_of). */
@@ -518,18 +555,6 @@ static __always_inline int rush_deny(__u32 hook, __u64 cgroup_id, __u32 op, stru
 	return -EPERM;
 }
 
-/* Allows when the agent holds every op of `need` on (dentry, mnt), else denies. */
-static __always_inline int rush_require(__u32 hook, __u64 cgroup_id, __u32 need,
-					struct dentry *dentry, struct vfsmount *mnt,
-					struct dentry *named)
-{
-	__u32 missing = need & ~rush_walk_ops(cgroup_id, dentry, mnt, need);
-
-	if (!missing)
-		return 0;
-	return rush_deny(hook, cgroup_id, rush_first_op(missing), dentry, named, mnt);
-}
-
 /* The agent's grant key for `dentry`'s inode, in `key`; 0 for a negative dentry. */
 static __always_inline int rush_dentry_key(__u64 cgroup_id, struct dentry *dentry, struct rush_file_key *key)
 {
@@ -565,6 +590,57 @@ static __always_inline __u32 rush_own_ops(__u64 cgroup_id, struct dentry *dentry
 	if (!grant || !mnt || (grant->mnt_id && grant->mnt_id != rush_mnt_id(mnt)))
 		return 0;
 	return rush_grant_ops(grant, bpf_ktime_get_boot_ns());
+}
+
+/*
+ * The ops of `need` that `dentry` must hold from its own grant entry under the agent's
+ * hard-link mode (`flags`): a regular file with more than one link may be reached
+ * through a name in a granted directory while its other name is outside every grant,
+ * so a directory's grant does not carry those ops to it. 0 when the walk decides.
+ */
+static __always_inline __u32 rush_linked_ops(__u32 flags, struct dentry *dentry, __u32 need)
+{
+	struct inode *inode;
+	__u32 mask = 0;
+
+	if (flags & RUSH_AGENT_HARDLINKS_REFUSE)
+		mask = RUSH_OPS_RWX;
+	else if (flags & RUSH_AGENT_HARDLINKS_REFUSE_WRITE)
+		mask = RUSH_FILE_OP_WRITE;
+	mask &= need;
+	if (!mask)
+		return 0;
+	inode = BPF_CORE_READ(dentry, d_inode);
+	if (!inode || (BPF_CORE_READ(inode, i_mode) & S_IFMT) != S_IFREG ||
+	    BPF_CORE_READ(inode, i_nlink) <= 1)
+		return 0;
+	return mask;
+}
+
+/* Of `need`, granted by the walk, what the hard-link mode still finds missing. */
+static __always_inline __u32 rush_linked_missing(__u64 cgroup_id, __u32 flags, __u32 need,
+						 struct dentry *dentry, struct vfsmount *mnt)
+{
+	__u32 linked = rush_linked_ops(flags, dentry, need);
+
+	if (!linked)
+		return 0;
+	return linked & ~rush_own_ops(cgroup_id, dentry, mnt);
+}
+
+/* Allows when the agent holds every op of `need` on (dentry, mnt) (and, for a file with
+ * several links under a hard-link mode, from its own entry), else denies. */
+static __always_inline int rush_require(__u32 hook, __u64 cgroup_id, __u32 flags, __u32 need,
+					struct dentry *dentry, struct vfsmount *mnt,
+					struct dentry *named)
+{
+	__u32 missing = need & ~rush_walk_ops(cgroup_id, dentry, mnt, need);
+
+	if (!missing)
+		missing = rush_linked_missing(cgroup_id, flags, need, dentry, mnt);
+	if (!missing)
+		return 0;
+	return rush_deny(hook, cgroup_id, rush_first_op(missing), dentry, named, mnt);
 }
 
 /*
@@ -671,21 +747,22 @@ static __always_inline int rush_check_delete(__u32 hook, const struct path *dir,
 
 	if (!cgroup_id)
 		return 0;
-	return rush_require(hook, cgroup_id, RUSH_FILE_OP_DELETE, dentry, BPF_CORE_READ(dir, mnt),
+	return rush_require(hook, cgroup_id, 0, RUSH_FILE_OP_DELETE, dentry, BPF_CORE_READ(dir, mnt),
 			    dentry);
 }
 
 /* Write on the object at `path` (truncate, chmod, chown). */
 static __always_inline int rush_check_path_write(__u32 hook, const struct path *path)
 {
-	__u64 cgroup_id = rush_confined_agent();
+	__u32 flags = 0;
+	__u64 cgroup_id = rush_confined_agent_flags(&flags);
 	struct dentry *dentry;
 
 	if (!cgroup_id)
 		return 0;
 	dentry = path->dentry;
-	return rush_require(hook, cgroup_id, RUSH_FILE_OP_WRITE, dentry, BPF_CORE_READ(path, mnt),
-			    dentry);
+	return rush_require(hook, cgroup_id, flags, RUSH_FILE_OP_WRITE, dentry,
+			    BPF_CORE_READ(path, mnt), dentry);
 }
 
 /*
@@ -711,7 +788,8 @@ static __always_inline int rush_check_move_in(__u32 hook, __u64 cgroup_id, __u32
 SEC("lsm/file_open")
 int BPF_PROG(rush_file_open, struct file *file)
 {
-	__u64 cgroup_id = rush_confined_agent();
+	__u32 flags = 0;
+	__u64 cgroup_id = rush_confined_agent_flags(&flags);
 	struct rush_file_event *e;
 	struct vfsmount *mnt;
 	struct dentry *dentry;
@@ -729,14 +807,23 @@ int BPF_PROG(rush_file_open, struct file *file)
 		need |= RUSH_FILE_OP_WRITE;
 	if (!need)
 		need = RUSH_FILE_OP_READ;
+	/* O_TMPFILE makes a file in the directory: its open (the tmpfile's dentry, whose
+	 * parent is that directory; __O_TMPFILE stays in f_flags on 6.1 and 6.12) needs
+	 * create there, which only the directories above the new inode can grant. */
+	if (fflags & __O_TMPFILE)
+		need |= RUSH_FILE_OP_CREATE;
 
 	dentry = file->f_path.dentry;
 	mnt = BPF_CORE_READ(file, f_path.mnt);
 	missing = need & ~rush_walk_ops(cgroup_id, dentry, mnt, need);
-	if (!missing)
+	if (!missing) {
+		missing = rush_linked_missing(cgroup_id, flags, need, dentry, mnt);
+		if (!missing)
+			return 0;
+	} else if (!(missing & ~(RUSH_FILE_OP_READ | RUSH_FILE_OP_WRITE)) &&
+		   rush_claim_saved(cgroup_id, dentry, mnt)) {
 		return 0;
-	if (!(missing & ~(RUSH_FILE_OP_READ | RUSH_FILE_OP_WRITE)) && rush_claim_saved(cgroup_id, dentry, mnt))
-		return 0;
+	}
 	e = rush_file_event_start(RUSH_FHOOK_FILE_OPEN, cgroup_id, rush_first_op(missing), dentry);
 	if (e) {
 		/* bpf_d_path is allowed in file_open (not in file_permission nor the path_*
@@ -752,7 +839,8 @@ int BPF_PROG(rush_file_open, struct file *file)
 SEC("lsm/file_permission")
 int BPF_PROG(rush_file_permission, struct file *file, int mask)
 {
-	__u64 cgroup_id = rush_confined_agent();
+	__u32 flags = 0;
+	__u64 cgroup_id = rush_confined_agent_flags(&flags);
 	__u32 need = 0, type;
 	struct dentry *dentry;
 
@@ -769,7 +857,7 @@ int BPF_PROG(rush_file_permission, struct file *file, int mask)
 	if (!need)
 		return 0;
 	dentry = file->f_path.dentry;
-	return rush_require(RUSH_FHOOK_FILE_PERMISSION, cgroup_id, need, dentry,
+	return rush_require(RUSH_FHOOK_FILE_PERMISSION, cgroup_id, flags, need, dentry,
 			    BPF_CORE_READ(file, f_path.mnt), dentry);
 }
 
@@ -889,44 +977,110 @@ int BPF_PROG(rush_path_chown, const struct path *path)
 	return rush_check_path_write(RUSH_FHOOK_PATH_CHOWN, path);
 }
 
-/* Executable mappings of a file need exec on it, as execve does: otherwise the ELF
- * loader run by hand (ld.so PROGRAM) or any mmap(PROT_EXEC) would run ungranted code. */
+/*
+ * What mapping `file` with `prot` asks of the agent, as read()/write() would
+ * (file_permission): exec for PROT_EXEC (any file type: otherwise ld.so PROGRAM or any
+ * mmap(PROT_EXEC) would run ungranted code); for a regular file, read for any
+ * readable or writable mapping (a private writable mapping reads the file, never
+ * writes it; a file opened for exec, as the ELF loader maps it, needs exec instead) and
+ * write for a shared writable one. Pages of a mapping are never checked again (no hook
+ * on page faults): a revoke kills the processes that map what they lost.
+ */
+static __always_inline __u32 rush_map_need(struct file *file, __u32 read, __u32 write,
+					   __u32 exec)
+{
+	__u32 need = exec ? RUSH_FILE_OP_EXEC : 0;
+
+	if ((BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT) != S_IFREG)
+		return need;
+	if (read)
+		need |= (BPF_CORE_READ(file, f_flags) & __FMODE_EXEC) ? RUSH_FILE_OP_EXEC
+								      : RUSH_FILE_OP_READ;
+	if (write)
+		need |= RUSH_FILE_OP_WRITE;
+	return need;
+}
+
 SEC("lsm/mmap_file")
 int BPF_PROG(rush_mmap_file, struct file *file, unsigned long reqprot, unsigned long prot,
-	     unsigned long flags)
+	     unsigned long mflags)
 {
+	__u32 flags = 0, need, map_type = mflags & MAP_TYPE;
 	__u64 cgroup_id;
 	struct dentry *dentry;
 
-	if (!file || !(prot & PROT_EXEC))
+	/* Anonymous mappings (file NULL, MAP_SHARED|MAP_ANONYMOUS included) and PROT_NONE
+	 * reach no file: no lookup at all. */
+	if (!file || !(prot & (PROT_READ | PROT_WRITE | PROT_EXEC)))
 		return 0;
-	cgroup_id = rush_confined_agent();
+	cgroup_id = rush_confined_agent_flags(&flags);
 	if (!cgroup_id)
 		return 0;
+	need = rush_map_need(file, prot & (PROT_READ | PROT_WRITE),
+			     (prot & PROT_WRITE) &&
+				     (map_type == MAP_SHARED || map_type == MAP_SHARED_VALIDATE),
+			     prot & PROT_EXEC);
+	if (!need)
+		return 0;
 	dentry = file->f_path.dentry;
-	return rush_require(RUSH_FHOOK_MMAP_FILE, cgroup_id, RUSH_FILE_OP_EXEC, dentry,
+	return rush_require(RUSH_FHOOK_MMAP_FILE, cgroup_id, flags, need, dentry,
 			    BPF_CORE_READ(file, f_path.mnt), dentry);
 }
 
+/* What a mapping gains: exec on a vma without VM_EXEC, read on one with neither VM_READ
+ * nor VM_WRITE (mapped PROT_NONE), write on a shared one without VM_WRITE. */
 SEC("lsm/file_mprotect")
 int BPF_PROG(rush_file_mprotect, struct vm_area_struct *vma, unsigned long reqprot,
 	     unsigned long prot)
 {
-	__u64 cgroup_id;
+	__u32 flags = 0, need;
+	__u64 cgroup_id, vm_flags;
 	struct dentry *dentry;
 	struct file *file;
 
-	if (!(prot & PROT_EXEC))
-		return 0;
-	cgroup_id = rush_confined_agent();
-	if (!cgroup_id || (BPF_CORE_READ(vma, vm_flags) & VM_EXEC))
+	if (!(prot & (PROT_READ | PROT_WRITE | PROT_EXEC)))
 		return 0;
 	file = vma->vm_file;
 	if (!file)
+		return 0; /* anonymous memory: no lookup */
+	cgroup_id = rush_confined_agent_flags(&flags);
+	if (!cgroup_id)
+		return 0;
+	vm_flags = BPF_CORE_READ(vma, vm_flags);
+	need = rush_map_need(file,
+			     (prot & (PROT_READ | PROT_WRITE)) && !(vm_flags & (VM_READ | VM_WRITE)),
+			     (prot & PROT_WRITE) && (vm_flags & VM_SHARED) && !(vm_flags & VM_WRITE),
+			     (prot & PROT_EXEC) && !(vm_flags & VM_EXEC));
+	if (!need)
 		return 0;
 	dentry = file->f_path.dentry;
-	return rush_require(RUSH_FHOOK_FILE_MPROTECT, cgroup_id, RUSH_FILE_OP_EXEC, dentry,
+	return rush_require(RUSH_FHOOK_FILE_MPROTECT, cgroup_id, flags, need, dentry,
 			    BPF_CORE_READ(file, f_path.mnt), dentry);
+}
+
+/*
+ * inotify_add_watch, fanotify_mark, fcntl(F_NOTIFY): a mark reports what others do to
+ * the object, so it needs read on it. Mount and filesystem marks (fanotify, which also
+ * needs CAP_SYS_ADMIN, refused by the guard) would report on objects beyond any grant:
+ * refused outright. Same signature in 6.1 and 6.12.
+ */
+SEC("lsm/path_notify")
+int BPF_PROG(rush_path_notify, const struct path *path, __u64 mask, unsigned int obj_type)
+{
+	__u32 flags = 0;
+	__u64 cgroup_id = rush_confined_agent_flags(&flags);
+	struct vfsmount *mnt;
+	struct dentry *dentry;
+
+	if (!cgroup_id)
+		return 0;
+	dentry = path->dentry;
+	mnt = BPF_CORE_READ(path, mnt);
+	if (obj_type != bpf_core_enum_value(enum fsnotify_obj_type, FSNOTIFY_OBJ_TYPE_INODE))
+		return rush_deny(RUSH_FHOOK_PATH_NOTIFY, cgroup_id, RUSH_FILE_OP_READ, dentry, dentry,
+				 mnt);
+	return rush_require(RUSH_FHOOK_PATH_NOTIFY, cgroup_id, flags, RUSH_FILE_OP_READ, dentry,
+			    mnt, dentry);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

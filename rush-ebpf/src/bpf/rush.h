@@ -46,6 +46,11 @@
 
 /* struct rush_agent.flags */
 #define RUSH_AGENT_FILES_CONFINED 1
+/* Hard links (`--hardlinks`): a regular file with more than one link needs the op from
+ * its own grant entry, not from a directory above it: write only (refuse-write), or
+ * read, write and exec (refuse). Neither bit: the walk decides (follow). */
+#define RUSH_AGENT_HARDLINKS_REFUSE_WRITE 2
+#define RUSH_AGENT_HARDLINKS_REFUSE 4
 
 /* File operations: bit i of an op mask is index i of struct rush_file_grant.expires_ns
  * (the same bits as rush_proto::Ops). */
@@ -76,6 +81,7 @@
 #define RUSH_FHOOK_PATH_CHOWN 12
 #define RUSH_FHOOK_MMAP_FILE 13
 #define RUSH_FHOOK_FILE_MPROTECT 14
+#define RUSH_FHOOK_PATH_NOTIFY 15
 
 /* struct rush_guard_event.hook: the self-protection hook that denied (guard.bpf.c, and
  * the cgroup/sysctl program of net.bpf.c). */

@@ -37,6 +37,8 @@ pub fn spawn(ctx: &mut Ctx, args: SpawnArgs) -> Result<u8> {
             None => super::session::env_session()?,
         },
         restartable: args.restartable,
+        hardlinks: args.hardlinks,
+        user: args.user,
     };
     if args.detach { detached(ctx, request) } else { foreground(ctx, request) }
 }
