@@ -1,6 +1,8 @@
 //! Agents: spawn a command inside its own cgroup with its kernel policy in place before
 //! it executes anything, track it until exit, kill its whole tree, clean up.
 
+pub mod processes;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::net::IpAddr;
@@ -14,14 +16,18 @@ use rush_proto::{
 };
 use tokio::sync::watch;
 
-use crate::audit::{AuditLog, now_unix_ms};
-use crate::bpf::{AgentFlags, FileGrantEntry, FileKey, KernelNetPolicy, KernelPolicy, boot_time_ns};
+use crate::audit::AuditLog;
+use crate::bpf::{AgentFlags, FileGrantEntry, KernelNetPolicy, KernelPolicy};
 use crate::budget::{Observed, ResourceControl};
 use crate::cgroup::{AgentCgroup, CgroupBackend};
+use crate::core::process::{pidfd_open, proc_stat};
+use crate::core::token::{Condition, Origin, Token};
+use crate::core::{FileKey, KeyError, boot_time_ns, error_chain, now_unix_ms};
 use crate::mappings::{Kept, Killed, Lost, path_forms};
 use crate::policy::{ExecRule, Policy};
+use crate::snapshot::criu::CriuSetup;
 use crate::spawn::{Spawn, SpawnError};
-use crate::tokens::{NewToken, Origin, Token, TokenError, TokenStore};
+use crate::tokens::{NewToken, TokenError, TokenStore};
 
 /// What a validated spawn request turns into, before anything is created.
 struct Plan {
@@ -106,16 +112,6 @@ pub(crate) struct Child {
     pub(crate) pidfd: OwnedFd,
 }
 
-/// A pidfd for a process that is not our child (an adopted agent's): its exit is seen
-/// (readable), its status is not (waitid is for children). None if it is gone.
-pub(crate) fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    // SAFETY: a non-negative return is a fresh fd that nothing else owns.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
 /// Conditional tokens' worktrees are numbered per daemon run.
 static CONDITION_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 /// How long a condition may run before it counts as failed.
@@ -156,7 +152,9 @@ pub struct Enforcement {
     /// What enforces `--allow` file tokens on this daemon.
     pub files: FileBackend,
     /// What a token change does to a Landlock-confined agent.
-    pub landlock: crate::config::LandlockSection,
+    pub landlock: crate::landlock::LandlockSection,
+    /// How paths resolve to the kernel programs' file keys (btrfs keyed or not).
+    pub keys: crate::core::FileKeys,
 }
 
 /// The file-token backend chosen at start-up (`files.enforcement`).
@@ -212,6 +210,8 @@ pub struct AgentManager {
     /// disk has room.
     unsaved_revokes: Mutex<Vec<(String, u64)>>,
     budgets: Budgets,
+    /// Checkpoints of processes (`checkpoint --with-processes`).
+    criu: Arc<CriuSetup>,
 }
 
 /// What [`AgentManager::check_state`] compared, and where the store, the daemon and the
@@ -315,6 +315,7 @@ impl AgentManager {
         log_dir: PathBuf,
         baseline: Vec<FileGrant>,
         budgets: Budgets,
+        criu: Arc<CriuSetup>,
     ) -> Arc<AgentManager> {
         Arc::new(AgentManager {
             cgroups,
@@ -332,7 +333,13 @@ impl AgentManager {
             store: std::sync::OnceLock::new(),
             unsaved_revokes: Mutex::default(),
             budgets,
+            criu,
         })
+    }
+
+    /// The criu this daemon checkpoints processes with.
+    pub fn criu(&self) -> &CriuSetup {
+        &self.criu
     }
 
     /// From now on, agents and tokens are written to `store` before requests are answered.
@@ -575,7 +582,7 @@ impl AgentManager {
     }
 
     /// The kernel moved a grant to a new inode: the stored tokens follow.
-    pub fn persist_rekey(&self, cgroup_id: u64, from: crate::bpf::FileKey, to: crate::bpf::FileKey) {
+    pub fn persist_rekey(&self, cgroup_id: u64, from: crate::core::FileKey, to: crate::core::FileKey) {
         self.persist("a moved grant", |s| s.rekey(cgroup_id, from, to));
     }
 
@@ -1120,7 +1127,7 @@ impl AgentManager {
         // its cgroup namespace's root ("invalid cgroup configuration"). Where CRIU works,
         // such agents get no cgroup namespace; what keeps them in their cgroup is the
         // guard or the read-only view, as for every agent.
-        let namespace = h.cgroup_namespace && !(in_session && crate::snapshot::processes::criu().is_ok());
+        let namespace = h.cgroup_namespace && !(in_session && self.criu.get().is_ok());
         crate::harden::ChildHardening::new(namespace, view.as_ref(), policy, Some(Arc::clone(&h.seccomp)))
             .map_err(|e| api_err(ErrorKind::Internal, format!("cannot prepare the agent's hardening: {e}")))
     }
@@ -1625,7 +1632,7 @@ impl AgentManager {
     ) -> Result<Vec<NewToken>, ApiError> {
         let mut tokens: Vec<NewToken> = baseline
             .iter()
-            .filter_map(|g| match NewToken::resolve(g, Origin::Baseline) {
+            .filter_map(|g| match NewToken::resolve(self.enforcement.keys, g, Origin::Baseline) {
                 Ok(t) => Some(t),
                 Err(e) => {
                     tracing::debug!(error = %e, "baseline token skipped");
@@ -1642,7 +1649,8 @@ impl AgentManager {
                     continue;
                 }
             }
-            let t = NewToken::resolve(&g, Origin::Spawn).map_err(|e| token_err("--allow", &e))?;
+            let t = NewToken::resolve(self.enforcement.keys, &g, Origin::Spawn)
+                .map_err(|e| token_err("--allow", &e))?;
             tokens.push(t);
         }
         // What the agent was handed stays usable: a regular file as stdin/stdout/stderr
@@ -1658,7 +1666,8 @@ impl AgentManager {
                     let path =
                         std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd)))
                             .unwrap_or_default();
-                    let token = NewToken::stdio(path, fd.as_fd(), ops).map_err(|e| token_err("stdio", &e))?;
+                    let token = NewToken::stdio(self.enforcement.keys, path, fd.as_fd(), ops)
+                        .map_err(|e| token_err("stdio", &e))?;
                     tokens.push(token);
                 }
             }
@@ -1669,7 +1678,10 @@ impl AgentManager {
                 api_err(ErrorKind::Internal, format!("cannot create log {}: {e}", log.display()))
             })?;
             let grant = FileGrant { path: log.to_owned(), ops: Ops::WRITE, ttl_secs: None };
-            tokens.push(NewToken::resolve(&grant, Origin::Stdio).map_err(|e| token_err("log", &e))?);
+            tokens.push(
+                NewToken::resolve(self.enforcement.keys, &grant, Origin::Stdio)
+                    .map_err(|e| token_err("log", &e))?,
+            );
         }
         Ok(tokens)
     }
@@ -1951,7 +1963,7 @@ impl AgentManager {
     /// to the new inodes (kernel map and store), so a restored agent keeps what it was granted.
     pub fn follow_token_paths(&self, name: &str) -> Result<usize, ApiError> {
         let cg = self.running(name)?;
-        let (moves, entries) = self.tokens.follow_paths(cg.id);
+        let (moves, entries) = self.tokens.follow_paths(self.enforcement.keys, cg.id);
         self.write_entries(cg.id, entries)?;
         for (from, to) in &moves {
             self.persist_rekey(cg.id, *from, *to);
@@ -2129,7 +2141,8 @@ impl AgentManager {
         let grant = FileGrant { path: req.path, ops: req.ops, ttl_secs: req.duration_secs };
         let new = match req.condition {
             Some(command) => self.conditional_token(&req.agent, &grant, command)?,
-            None => NewToken::resolve(&grant, Origin::Grant).map_err(|e| token_err("grant", &e))?,
+            None => NewToken::resolve(self.enforcement.keys, &grant, Origin::Grant)
+                .map_err(|e| token_err("grant", &e))?,
         };
         if files == Some(Files::Landlock) {
             let mode = self.registry().agents.get(&req.agent).map(|a| a.info.hardlinks).unwrap_or_default();
@@ -2203,7 +2216,7 @@ impl AgentManager {
                      frozen and"
                 );
                 match (policy, &a.respawn) {
-                    (crate::config::OnChange::Restart, Some(r)) => (
+                    (crate::landlock::OnChange::Restart, Some(r)) => (
                         "restart",
                         format!(
                             "{head} restarted ([landlock] {key} = \"restart\"): its process tree killed, then \
@@ -2212,7 +2225,7 @@ impl AgentManager {
                             r.req.command.join(" ")
                         ),
                     ),
-                    (crate::config::OnChange::Restart, None) => (
+                    (crate::landlock::OnChange::Restart, None) => (
                         "kill",
                         format!(
                             "{head} killed: it {} so it cannot be restarted",
@@ -2223,7 +2236,7 @@ impl AgentManager {
                             }
                         ),
                     ),
-                    (crate::config::OnChange::Kill, _) => {
+                    (crate::landlock::OnChange::Kill, _) => {
                         ("kill", format!("{head} killed ([landlock] {key} = \"kill\")"))
                     }
                 }
@@ -2253,7 +2266,7 @@ impl AgentManager {
         let cgroup_id = self.confined_agent(name)?.id;
         if let Some(target) = revoke {
             let key = match target {
-                RevokeTarget::Path(p) => crate::tokens::file_key(p).ok(),
+                RevokeTarget::Path(p) => self.enforcement.keys.key(p).ok(),
                 RevokeTarget::Id(_) => None,
             };
             let any = self.tokens.of_agent(cgroup_id).iter().any(|t| match target {
@@ -2358,8 +2371,8 @@ impl AgentManager {
         let id = CONDITION_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let worktree = crate::condition::create_worktree(&grant.path, agent, id)
             .map_err(|e| api_err(ErrorKind::InvalidArgument, format!("--condition: {e}")))?;
-        let condition = crate::condition::Condition { command, original: grant.path.clone(), worktree };
-        NewToken::conditional(grant, condition).map_err(|e| token_err("grant", &e))
+        let condition = Condition { command, original: grant.path.clone(), worktree };
+        NewToken::conditional(self.enforcement.keys, grant, condition).map_err(|e| token_err("grant", &e))
     }
 
     /// Runs the conditions of the agent's conditional tokens (one, or all): each in a
@@ -2457,12 +2470,7 @@ impl AgentManager {
     }
 
     /// The condition's exit code, run as agent `NAME-check-ID`.
-    async fn run_condition(
-        self: &Arc<Self>,
-        agent: &str,
-        token: u64,
-        c: &crate::condition::Condition,
-    ) -> Result<i32, String> {
+    async fn run_condition(self: &Arc<Self>, agent: &str, token: u64, c: &Condition) -> Result<i32, String> {
         let worktree = c.worktree.clone();
         let req = SpawnRequest {
             name: format!("{agent}-check-{token}"),
@@ -2532,7 +2540,7 @@ impl AgentManager {
             RevokeTarget::Id(id) => self.tokens.remove(cgroup_id, |t| t.id == *id),
             RevokeTarget::Path(p) => {
                 // The path as it was granted, or whatever inode it names now.
-                let key = crate::tokens::file_key(p).ok();
+                let key = self.enforcement.keys.key(p).ok();
                 self.tokens.remove(cgroup_id, |t| t.path == *p || Some(t.key) == key)
             }
         };
@@ -2705,7 +2713,7 @@ impl AgentManager {
     fn write_entries(
         &self,
         cgroup_id: u64,
-        entries: Vec<(crate::bpf::FileKey, Option<crate::bpf::FileGrantEntry>)>,
+        entries: Vec<(crate::core::FileKey, Option<crate::bpf::FileGrantEntry>)>,
     ) -> Result<(), ApiError> {
         for (key, entry) in entries {
             self.kernel.set_file_grant(cgroup_id, key, entry).map_err(|e| {
@@ -2764,7 +2772,7 @@ fn lost_by_revoke(
 
 fn token_err(what: &str, e: &TokenError) -> ApiError {
     let kind = match e {
-        TokenError::Stat { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+        TokenError::Key(KeyError::Stat { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
             ErrorKind::NotFound
         }
         _ => ErrorKind::InvalidArgument,
@@ -2875,19 +2883,6 @@ fn saved_cost(info: &AgentInfo) -> u64 {
     info.usage.iter().find(|u| u.resource == "cost").map_or(0, |u| u.used)
 }
 
-/// (parent pid, start time in clock ticks since boot) of a live process; None for a
-/// process that is gone or a zombie (exited, waiting to be reaped).
-pub(crate) fn proc_stat(pid: i32) -> Option<(i32, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: fields count from the
-    // last ')'. After it: state (3), ppid (4), ..., starttime (22).
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    if fields.first() == Some(&"Z") {
-        return None;
-    }
-    Some((fields.get(1)?.parse().ok()?, fields.get(19)?.parse().ok()?))
-}
-
 /// The request that starts a stored restartable agent again, `now` in Unix ms: its
 /// tokens as last stored (timed ones with what is left of their time), detached, never
 /// unconfined. Err: why it must not start.
@@ -2916,22 +2911,6 @@ fn restart_request(rec: &crate::store::RestartRecord, now: u64) -> Result<SpawnR
 
 fn not_found(name: &str) -> ApiError {
     api_err(ErrorKind::NotFound, format!("no agent named {name:?}"))
-}
-
-/// `e` and its sources, joined: for messages that leave the daemon as one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        // Errors that print their source themselves (thiserror's `{source}`) would say it twice.
-        let text = src.to_string();
-        if !s.ends_with(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cur = src.source();
-    }
-    s
 }
 
 /// Host names are resolved now, once, to their addresses (full prefixes): the kernel
@@ -3017,6 +2996,7 @@ mod tests {
                 meter: None,
                 api_endpoints: 1,
             },
+            Arc::new(CriuSetup::new(None)),
         );
         Fixture { mgr, kernel, cgroups, control, _dir: dir }
     }
@@ -3026,6 +3006,7 @@ mod tests {
             net: true,
             files: FileBackend::Unavailable("BPF LSM programs did not attach: EPERM".into()),
             landlock: Default::default(),
+            keys: Default::default(),
         }
     }
 
@@ -3175,6 +3156,7 @@ mod tests {
             net: false,
             files: FileBackend::Unavailable("x".into()),
             landlock: Default::default(),
+            keys: Default::default(),
         });
         let e = f.mgr.spawn(req("a1", &["true"]), &me(), None).await.unwrap_err();
         assert_eq!(e.kind, ErrorKind::Unsupported);
@@ -3214,7 +3196,12 @@ mod tests {
     }
 
     fn files_enforced() -> Enforcement {
-        Enforcement { net: true, files: FileBackend::BpfLsm, landlock: Default::default() }
+        Enforcement {
+            net: true,
+            files: FileBackend::BpfLsm,
+            landlock: Default::default(),
+            keys: Default::default(),
+        }
     }
 
     #[tokio::test]
@@ -3226,12 +3213,12 @@ mod tests {
         let (info, _rx) = f.mgr.spawn(r, &me(), None).await.unwrap();
         assert!(f.kernel.files_confined.lock().unwrap().contains(&info.cgroup_id));
         assert!(info.enforcement.iter().any(|e| e == "files:bpf-lsm"), "{:?}", info.enforcement);
-        let key = crate::tokens::file_key(dir.path()).unwrap();
+        let key = crate::core::FileKeys::default().key(dir.path()).unwrap();
         let grants = f.kernel.file_grants.lock().unwrap().clone();
         let entry = grants.get(&(info.cgroup_id, key)).expect("the --allow grant is in the kernel");
-        assert!(entry.expires_ns[0] > crate::bpf::boot_time_ns() && entry.expires_ns[0] < u64::MAX);
+        assert!(entry.expires_ns[0] > crate::core::boot_time_ns() && entry.expires_ns[0] < u64::MAX);
         assert_eq!(entry.expires_ns[2], 0, "no exec granted");
-        let usr = crate::tokens::file_key(std::path::Path::new("/usr")).unwrap();
+        let usr = crate::core::FileKeys::default().key(std::path::Path::new("/usr")).unwrap();
         assert_eq!(grants.get(&(info.cgroup_id, usr)).unwrap().expires_ns[2], u64::MAX, "baseline /usr exec");
         // The detached agent's own log is granted (write) so it can keep writing to it.
         let origins: Vec<String> =
@@ -3274,8 +3261,12 @@ mod tests {
 
     #[tokio::test]
     async fn landlock_refuses_a_granted_dir_holding_a_linked_file_unless_following() {
-        let enforcement =
-            Enforcement { net: true, files: FileBackend::Landlock, landlock: Default::default() };
+        let enforcement = Enforcement {
+            net: true,
+            files: FileBackend::Landlock,
+            landlock: Default::default(),
+            keys: Default::default(),
+        };
         let f = fixture(enforcement);
         let root = tempfile::tempdir().unwrap();
         let (a, b) = (root.path().join("a"), root.path().join("b"));
@@ -3325,7 +3316,7 @@ mod tests {
         let allow: FileGrant = format!("{}:read", dir.path().display()).parse().unwrap();
         let r = SpawnRequest { allow: vec![allow], ..req("g1", &["sleep", "5"]) };
         let (info, _rx) = f.mgr.spawn(r, &me(), None).await.unwrap();
-        let key = crate::tokens::file_key(other.path()).unwrap();
+        let key = crate::core::FileKeys::default().key(other.path()).unwrap();
         let entry = |f: &Fixture| f.kernel.file_grants.lock().unwrap().get(&(info.cgroup_id, key)).copied();
 
         let grant = GrantRequest {
@@ -3354,17 +3345,6 @@ mod tests {
         assert!(e.message.contains("/nonexistent/x"), "{}", e.message);
     }
 
-    #[test]
-    fn an_error_chain_says_each_cause_once() {
-        let io = std::io::Error::other("disk full");
-        let e = crate::store::StoreError::Corrupt { path: "/s".into(), what: "x".into() };
-        assert_eq!(error_chain(&e), "state database /s: x");
-        #[derive(Debug, thiserror::Error)]
-        #[error("saving: {0}")]
-        struct Twice(#[source] std::io::Error);
-        assert_eq!(error_chain(&Twice(io)), "saving: disk full");
-    }
-
     #[tokio::test]
     async fn a_write_the_store_refuses_refuses_the_grant_and_reports_the_revoke() {
         let f = fixture(files_enforced());
@@ -3377,7 +3357,7 @@ mod tests {
         let r = SpawnRequest { allow: vec![allow], ..req("s1", &["sleep", "60"]) };
         let (info, _rx) = f.mgr.spawn(r, &me(), None).await.unwrap();
         assert_eq!(f.mgr.check_state().problems, Vec::<String>::new());
-        let key = crate::tokens::file_key(other.path()).unwrap();
+        let key = crate::core::FileKeys::default().key(other.path()).unwrap();
         let entry = |f: &Fixture| f.kernel.file_grants.lock().unwrap().get(&(info.cgroup_id, key)).copied();
         let grant = GrantRequest {
             agent: "s1".into(),
@@ -3595,7 +3575,7 @@ mod tests {
         assert!(ok.restartable && ok.state == AgentState::Running);
         assert_ne!(ok.pid, f.mgr.status("ok").unwrap().pid, "a new process");
         assert!(g.kernel.files_confined.lock().unwrap().contains(&ok.cgroup_id), "still confined");
-        let key = crate::tokens::file_key(&keep).unwrap();
+        let key = crate::core::FileKeys::default().key(&keep).unwrap();
         assert!(g.kernel.file_grants.lock().unwrap().contains_key(&(ok.cgroup_id, key)));
         assert!(g.mgr.status("lost").is_err(), "never started with fewer tokens");
         let events = audit_kinds(&g);

@@ -542,7 +542,7 @@ async fn audit(conn: &mut Conn, id: u64, q: rush_proto::AuditQuery, ctx: &ApiCon
     let past = match ctx.audit.query(&q) {
         Ok(p) => p,
         Err(e) => {
-            let err = ApiError::new(ErrorKind::Internal, crate::agent::error_chain(&e));
+            let err = ApiError::new(ErrorKind::Internal, crate::core::error_chain(&e));
             return conn.send(id, Reply::Err(err)).await;
         }
     };

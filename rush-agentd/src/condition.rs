@@ -35,16 +35,6 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ConditionE
     move |source| ConditionError::Io { op, path, source }
 }
 
-/// A conditional token's parts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Condition {
-    pub command: String,
-    /// The granted directory, where changes land when the command passes.
-    pub original: PathBuf,
-    /// Where the agent writes.
-    pub worktree: PathBuf,
-}
-
 /// What a sync changed in its destination.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Changes {

@@ -69,6 +69,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::landlock::LandlockSection;
+use crate::snapshot::SnapshotSection;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}")]
@@ -139,93 +142,6 @@ impl EnforcementChoice {
             EnforcementChoice::BpfLsm => "bpf-lsm",
             EnforcementChoice::Landlock => "landlock",
         }
-    }
-}
-
-/// What happens to a Landlock-confined agent whose tokens change: Landlock cannot change
-/// the rules of a running process, so it is frozen, then restarted or killed.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum OnChange {
-    /// Kill its process tree and start its command again (same name, argv, env, cwd, uid,
-    /// log) under the new rules. Foreground agents are killed instead.
-    Restart,
-    /// Kill its process tree.
-    Kill,
-}
-
-impl OnChange {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OnChange::Restart => "restart",
-            OnChange::Kill => "kill",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct LandlockSection {
-    /// A revoke or an expiry (access narrowed).
-    pub on_narrow: OnChange,
-    /// A grant (access widened).
-    pub on_widen: OnChange,
-}
-
-impl Default for LandlockSection {
-    fn default() -> Self {
-        // Restart: a narrowed token is a limit on the agent, not a verdict on it (`rush
-        // agent kill` is that); the new process is confined by the new rules from its
-        // first instruction, and the CLI says so before it happens.
-        LandlockSection { on_narrow: OnChange::Restart, on_widen: OnChange::Restart }
-    }
-}
-
-/// Where session workspaces and their checkpoints are kept.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum StoreChoice {
-    /// The workspace's own btrfs when it is on one, else a loop-mounted btrfs image, else
-    /// git (no loop devices or no mkfs.btrfs).
-    #[default]
-    Auto,
-    Btrfs,
-    BtrfsLoop,
-    Git,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct SnapshotSection {
-    pub store: StoreChoice,
-    /// Size of the loop-mounted btrfs image (sparse: it takes what is written). Raising it
-    /// grows the image at the next start.
-    pub image_size: String,
-    /// The criu binary (`--with-processes`); default: /usr/sbin/criu or /usr/bin/criu.
-    pub criu: Option<PathBuf>,
-    /// Where session trees live when the workspace's own filesystem is not btrfs (the loop
-    /// store's mount point, the git store); default: `<state_dir>-workspaces`. Not inside
-    /// the state dir, which agents may not enter.
-    pub dir: Option<PathBuf>,
-}
-
-impl Default for SnapshotSection {
-    fn default() -> Self {
-        SnapshotSection { store: StoreChoice::Auto, image_size: "64G".into(), criu: None, dir: None }
-    }
-}
-
-impl SnapshotSection {
-    pub fn base_dir(&self, state_dir: &Path) -> PathBuf {
-        self.dir.clone().unwrap_or_else(|| {
-            let name = state_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            state_dir.with_file_name(format!("{name}-workspaces"))
-        })
-    }
-
-    pub fn image_bytes(&self) -> u64 {
-        // Validated by `Config::parse`.
-        rush_proto::budget::parse_size(&self.image_size).unwrap_or(64 << 30)
     }
 }
 
@@ -555,8 +471,8 @@ mod tests {
         let c =
             Config::parse("[files]\nenforcement = \"landlock\"\n[landlock]\non_narrow = \"kill\"\n").unwrap();
         assert_eq!(c.files.enforcement, EnforcementChoice::Landlock);
-        assert_eq!(c.landlock.on_narrow, OnChange::Kill);
-        assert_eq!(c.landlock.on_widen, OnChange::Restart);
+        assert_eq!(c.landlock.on_narrow, crate::landlock::OnChange::Kill);
+        assert_eq!(c.landlock.on_widen, crate::landlock::OnChange::Restart);
         assert!(Config::parse("[landlock]\non_narrow = \"ignore\"\n").is_err());
     }
 

@@ -60,7 +60,6 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     };
     let (bpf, report, events) = BpfHandle::start(bpf_config)?;
     log_attach_report(&report);
-    crate::tokens::set_btrfs_keyed(report.btrfs_keyed);
     let files = choose_file_backend(config.files.enforcement, &report);
     match &files {
         FileBackend::BpfLsm => tracing::info!("file tokens: enforced by BPF LSM"),
@@ -72,7 +71,12 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
         FileBackend::Unavailable(why) => tracing::warn!("file tokens cannot be enforced: {why}"),
     }
     let doctor_files = files.clone();
-    let enforcement = Enforcement { net: report.net_enforced(), files, landlock: config.landlock.clone() };
+    let enforcement = Enforcement {
+        net: report.net_enforced(),
+        files,
+        landlock: config.landlock.clone(),
+        keys: crate::core::FileKeys { btrfs_keyed: report.btrfs_keyed },
+    };
 
     let policy = Policy::load(&config.policy.file)?;
     // Connects to these count as model API calls (the `api` budget).
@@ -98,7 +102,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     }
     // The JSON-lines trail of a daemon from before the store, once.
     if let Err(e) = audit.import_jsonl(&state_dir.join("audit.jsonl")) {
-        tracing::error!(error = %crate::agent::error_chain(&e), "old audit trail not imported");
+        tracing::error!(error = %crate::core::error_chain(&e), "old audit trail not imported");
     }
     let retention = tokio::spawn(prune_audit(audit.clone(), config.audit.clone()));
     let kernel: Arc<dyn KernelPolicy> = Arc::new(bpf.clone());
@@ -115,6 +119,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
             meter: Some(MeterSetup { config: Arc::new(config.meter.clone()), events: meter_tx }),
             api_endpoints: api_endpoint_count,
         },
+        Arc::new(crate::snapshot::criu::CriuSetup::new(config.snapshot.criu.clone())),
     );
     // Before anything is spawned (restartable agents below included).
     let seccomp = Arc::new(crate::harden::seccomp_program()?);
@@ -192,7 +197,6 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     let doctor_hardening = config.hardening.clone();
     let doctor_syscall_audit = syscall_audit.clone();
     let doctor_layout = cgroups.layout().clone();
-    crate::snapshot::processes::configure_criu(config.snapshot.criu.clone());
     let sessions = crate::session::Sessions::open(
         store.clone(),
         agents.clone(),
@@ -231,7 +235,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
                 files: Some(&doctor_files),
                 landlock: Some(&doctor_landlock),
                 snapshot_store: Some(doctor_sessions.store_report()),
-                criu: Some(crate::snapshot::processes::criu().map(|_| ()).map_err(|e| e.message)),
+                criu: Some(doctor_agents.criu().get().map(|_| ()).map_err(|e| crate::core::error_chain(&e))),
                 hardening: Some((&doctor_hardening, Some(doctor_syscall_audit.clone()))),
                 state: Some(probe::StateHealth {
                     check: doctor_agents.check_state(),
@@ -609,7 +613,7 @@ async fn prune_audit(audit: Arc<AuditLog>, config: crate::config::AuditSection) 
             Ok(Ok(0)) => {}
             Ok(Ok(deleted)) => tracing::info!(deleted, "old audit records deleted (retention)"),
             Ok(Err(e)) => {
-                tracing::warn!(error = %crate::agent::error_chain(&e), "audit retention not applied")
+                tracing::warn!(error = %crate::core::error_chain(&e), "audit retention not applied")
             }
             Err(e) => tracing::warn!(error = %e, "audit retention task failed"),
         }

@@ -225,6 +225,45 @@ pub unsafe fn restrict_self(fd: std::os::fd::RawFd) -> libc::c_long {
     unsafe { libc::syscall(libc::SYS_landlock_restrict_self, fd, 0u32) }
 }
 
+/// What happens to a Landlock-confined agent whose tokens change: Landlock cannot change
+/// the rules of a running process, so it is frozen, then restarted or killed.
+#[derive(Debug, Clone, Copy, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnChange {
+    /// Kill its process tree and start its command again (same name, argv, env, cwd, uid,
+    /// log) under the new rules. Foreground agents are killed instead.
+    Restart,
+    /// Kill its process tree.
+    Kill,
+}
+
+impl OnChange {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnChange::Restart => "restart",
+            OnChange::Kill => "kill",
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LandlockSection {
+    /// A revoke or an expiry (access narrowed).
+    pub on_narrow: OnChange,
+    /// A grant (access widened).
+    pub on_widen: OnChange,
+}
+
+impl Default for LandlockSection {
+    fn default() -> Self {
+        // Restart: a narrowed token is a limit on the agent, not a verdict on it (`rush
+        // agent kill` is that); the new process is confined by the new rules from its
+        // first instruction, and the CLI says so before it happens.
+        LandlockSection { on_narrow: OnChange::Restart, on_widen: OnChange::Restart }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

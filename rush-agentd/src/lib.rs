@@ -30,6 +30,7 @@ pub mod budget;
 pub mod cgroup;
 pub mod condition;
 pub mod config;
+pub mod core;
 pub mod daemon;
 pub mod harden;
 pub mod landlock;

@@ -66,7 +66,7 @@ fn main() -> ExitCode {
     let mut config = match Config::load(&path, explicit) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("rush-agentd: {}", rush_agentd::agent::error_chain(&e));
+            eprintln!("rush-agentd: {}", rush_agentd::core::error_chain(&e));
             return ExitCode::from(2);
         }
     };
@@ -103,8 +103,8 @@ fn main() -> ExitCode {
     match runtime.block_on(rush_agentd::daemon::run(config, args.ephemeral)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{}", rush_agentd::agent::error_chain(&e));
-            eprintln!("rush-agentd: {}", rush_agentd::agent::error_chain(&e));
+            tracing::error!("{}", rush_agentd::core::error_chain(&e));
+            eprintln!("rush-agentd: {}", rush_agentd::core::error_chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -144,7 +144,7 @@ fn local_doctor(json: bool, config: &Config) -> ExitCode {
                 Some(report)
             }
             Err(e) => {
-                eprintln!("rush-agentd: BPF load failed: {}", rush_agentd::agent::error_chain(&e));
+                eprintln!("rush-agentd: BPF load failed: {}", rush_agentd::core::error_chain(&e));
                 None
             }
         };

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use rush_proto::Ops;
 
-use crate::bpf::FileKey;
 use crate::cgroup::{AgentCgroup, CgroupBackend};
+use crate::core::FileKey;
 
 /// How long a revoke waits for the agent's cgroup to report `frozen 1`. Past it the scan
 /// runs anyway (a task stuck in uninterruptible sleep delays freezing), repeated so that
@@ -290,7 +290,7 @@ impl<'a> Frozen<'a> {
                 (true, false)
             }
             Err(e) => {
-                tracing::warn!(agent = %cg.name, error = %crate::agent::error_chain(&e), "cannot freeze the agent; scanning its mappings anyway");
+                tracing::warn!(agent = %cg.name, error = %crate::core::error_chain(&e), "cannot freeze the agent; scanning its mappings anyway");
                 (false, false)
             }
         };
@@ -303,7 +303,7 @@ impl Drop for Frozen<'_> {
         if self.held
             && let Err(e) = self.cgroups.thaw(self.cg)
         {
-            tracing::error!(agent = %self.cg.name, error = %crate::agent::error_chain(&e), "agent not thawed");
+            tracing::error!(agent = %self.cg.name, error = %crate::core::error_chain(&e), "agent not thawed");
         }
     }
 }

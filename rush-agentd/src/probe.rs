@@ -10,7 +10,7 @@ use rush_proto::{DoctorReport, Guarantee, Probe};
 use crate::agent::FileBackend;
 use crate::bpf::AttachReport;
 use crate::cgroup::{CgroupLayout, CgroupMode};
-use crate::config::LandlockSection;
+use crate::landlock::LandlockSection;
 
 /// Everything the probes need that only a loaded daemon knows.
 pub struct ProbeInputs<'a> {
@@ -312,8 +312,8 @@ pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
     };
     let lsm_files = files == Some(Backend::BpfLsm);
     let on_narrow = inputs.landlock.map_or("restarts it", |l| match l.on_narrow {
-        crate::config::OnChange::Restart => "restarts it under the new rules",
-        crate::config::OnChange::Kill => "kills it",
+        crate::landlock::OnChange::Restart => "restarts it under the new rules",
+        crate::landlock::OnChange::Kill => "kills it",
     });
     let landlock_guard = files == Some(Backend::Landlock) && landlock.is_some_and(|v| v >= 6);
     let guard_detail = inputs

@@ -26,10 +26,11 @@ use rush_proto::{
     SessionInfo, SessionRef, ShellState, Timeline, TimelineInfo,
 };
 
-use crate::agent::{AgentManager, Caller, error_chain};
+use crate::agent::{AgentManager, Caller};
 use crate::audit::AuditLog;
-use crate::config::{SnapshotSection, StoreChoice};
+use crate::core::error_chain;
 use crate::snapshot::{Backend, BackendKind, ChangeKind, Side, SnapshotError};
+use crate::snapshot::{SnapshotSection, StoreChoice};
 use crate::store::Store;
 
 mod state;
@@ -569,7 +570,7 @@ impl Sessions {
         self.check_free(&l, &name)?;
         let agents = self.agents.in_session(&l.info.name);
         if with_processes {
-            crate::snapshot::processes::criu()
+            crate::agent::processes::criu(self.agents.criu())
                 .map_err(|e| err(ErrorKind::Unsupported, format!("--with-processes: {}", e.message)))?;
             if agents.is_empty() {
                 return Err(err(
@@ -676,7 +677,7 @@ impl Sessions {
         let imaged: Vec<String> =
             target.captured.iter().filter_map(|c| c.strip_prefix("processes:")).map(str::to_owned).collect();
         if !imaged.is_empty() {
-            crate::snapshot::processes::criu().map_err(|e| {
+            crate::agent::processes::criu(self.agents.criu()).map_err(|e| {
                 err(ErrorKind::Unsupported, format!("checkpoint {name:?} holds processes: {}", e.message))
             })?;
         }

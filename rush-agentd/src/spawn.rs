@@ -579,7 +579,7 @@ pub async fn wait(pidfd: OwnedFd) -> std::io::Result<std::process::ExitStatus> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::error_chain;
+    use crate::core::error_chain;
 
     #[test]
     fn resolves_in_the_given_path_only() {

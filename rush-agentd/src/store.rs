@@ -14,9 +14,8 @@ use std::sync::Mutex;
 use rush_proto::{AgentInfo, CheckpointInfo, Ops, SessionInfo, ShellState, SpawnRequest, TimelineInfo};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::bpf::FileKey;
-use crate::condition::Condition;
-use crate::tokens::{Origin, Token};
+use crate::core::FileKey;
+use crate::core::token::{Condition, Origin, Token};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -161,13 +160,6 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
         tx.pragma_update(None, "user_version", version + 1).map_err(err)?;
         tx.commit().map_err(err)?;
     }
-}
-
-/// This boot's id (empty if unreadable): what store rows of one boot only are checked against.
-pub fn boot_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
 }
 
 /// What [`recover_if_corrupt`] did with a database SQLite could not read whole.
@@ -419,7 +411,7 @@ impl Store {
 
     /// A store written during another boot describes nothing alive: emptied.
     fn check_boot(&self) -> Result<(), StoreError> {
-        let boot = boot_id();
+        let boot = crate::core::boot_id();
         let conn = self.lock();
         let stored: Option<String> = conn
             .query_row("SELECT value FROM meta WHERE key = 'boot_id'", [], |r| r.get(0))
@@ -616,7 +608,7 @@ impl Store {
         self.lock()
             .execute(
                 "INSERT OR REPLACE INTO restartable (name, record, updated_unix_ms) VALUES (?1, ?2, ?3)",
-                params![rec.request.name, json, crate::audit::now_unix_ms() as i64],
+                params![rec.request.name, json, crate::core::now_unix_ms() as i64],
             )
             .map_err(self.err())?;
         Ok(())

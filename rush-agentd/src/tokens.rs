@@ -12,113 +12,24 @@
 //! saves work; the kernel then moves the grant to the new inode and tells the daemon.
 
 use std::collections::BTreeMap;
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use rush_proto::{FileGrant, Ops, TokenInfo};
 
-use crate::audit::now_unix_ms;
-use crate::bpf::{FileGrantEntry, FileKey, boot_time_ns};
-use crate::condition::Condition;
+use crate::bpf::FileGrantEntry;
+use crate::core::token::{Condition, Origin, Token};
+use crate::core::{FileKey, FileKeys, KeyError, boot_time_ns, now_unix_ms};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
-    #[error("cannot grant {path}: {source}")]
-    Stat { path: PathBuf, source: std::io::Error },
-    #[error("cannot grant {path}: its mount (id {mnt_id}) is not in /proc/self/mountinfo")]
-    Mount { path: PathBuf, mnt_id: u64 },
-    #[error("path {0} must be absolute")]
-    Relative(PathBuf),
-    #[error(
-        "cannot grant {0}: it is on btrfs, and the LSM programs were loaded without btrfs's type \
-         information (the btrfs module was not loaded when rush-agentd started), so they cannot \
-         tell its subvolumes apart: load the module (modprobe btrfs) and restart rush-agentd"
-    )]
-    BtrfsUnkeyed(PathBuf),
-}
-
-/// Whether the loaded file programs key btrfs inodes by subvolume (set once the programs
-/// are loaded; see [`set_btrfs_keyed`]).
-static BTRFS_KEYED: AtomicBool = AtomicBool::new(true);
-
-/// Records whether the kernel programs could resolve btrfs's types when they were loaded;
-/// if not, they deny every btrfs file (never alias subvolumes) and grants there are refused.
-pub fn set_btrfs_keyed(keyed: bool) {
-    BTRFS_KEYED.store(keyed, Ordering::Relaxed);
+    /// The path could not be resolved to the inode the kernel programs key.
+    #[error(transparent)]
+    Key(#[from] KeyError),
 }
 
 /// A kernel grant-map write: the entry for an inode, or None to delete it.
 pub type KernelEntry = (FileKey, Option<FileGrantEntry>);
-
-/// Where a token came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    /// The daemon's baseline for every file-confined agent (loader, libraries, /dev/null...).
-    Baseline,
-    /// `rush agent spawn --allow`.
-    Spawn,
-    /// `rush capability grant`.
-    Grant,
-    /// The agent's own stdin/stdout/stderr or log, when they are regular files: the agent
-    /// may use what it was handed.
-    Stdio,
-}
-
-impl Origin {
-    /// The inverse of [`Origin::as_str`].
-    pub fn parse(s: &str) -> Option<Origin> {
-        [Origin::Baseline, Origin::Spawn, Origin::Grant, Origin::Stdio].into_iter().find(|o| o.as_str() == s)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Origin::Baseline => "baseline",
-            Origin::Spawn => "spawn",
-            Origin::Grant => "grant",
-            Origin::Stdio => "stdio",
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Token {
-    pub id: u64,
-    pub agent: String,
-    pub cgroup_id: u64,
-    pub path: PathBuf,
-    pub key: FileKey,
-    /// The mount the path was resolved in (statx mount id).
-    pub mnt_id: u32,
-    /// For a token that lets the agent write a file (not a directory): that file's
-    /// directory, which gets the save right.
-    pub save_dir: Option<FileKey>,
-    pub ops: Ops,
-    /// (CLOCK_BOOTTIME ns, Unix ms) of the expiry; None = until revoked.
-    pub expires: Option<(u64, u64)>,
-    pub granted_unix_ms: u64,
-    pub origin: Origin,
-    /// A conditional token: `key` is its worktree's.
-    pub condition: Option<Condition>,
-}
-
-impl Token {
-    pub fn info(&self) -> TokenInfo {
-        TokenInfo {
-            id: self.id,
-            agent: self.agent.clone(),
-            path: self.path.clone(),
-            ops: self.ops,
-            granted_unix_ms: self.granted_unix_ms,
-            expires_unix_ms: self.expires.map(|(_, ms)| ms),
-            expired: self.expires.is_some_and(|(ns, _)| ns <= boot_time_ns()),
-            origin: self.origin.as_str().into(),
-            condition: self.condition.as_ref().map(|c| c.command.clone()),
-            worktree: self.condition.as_ref().map(|c| c.worktree.clone()),
-        }
-    }
-}
 
 /// A token about to be created: the path resolved to its inode now.
 pub struct NewToken {
@@ -133,13 +44,13 @@ pub struct NewToken {
 }
 
 impl NewToken {
-    pub fn resolve(grant: &FileGrant, origin: Origin) -> Result<NewToken, TokenError> {
-        let found = resolve_path(&grant.path)?;
+    pub fn resolve(keys: FileKeys, grant: &FileGrant, origin: Origin) -> Result<NewToken, TokenError> {
+        let found = keys.resolve(&grant.path)?;
         // Editors save a file by renaming a new one over it: a write token on a file
         // (from the operator, not the agent's own stdio) lets that happen in its directory.
         let save_dir = match (&origin, found.is_dir, grant.path.parent()) {
             (Origin::Grant | Origin::Spawn, false, Some(dir)) if grant.ops.contains(Ops::WRITE) => {
-                Some(resolve_path(dir)?.key)
+                Some(keys.resolve(dir)?.key)
             }
             _ => None,
         };
@@ -157,9 +68,13 @@ impl NewToken {
 
     /// A conditional token: resolved on the worktree, shown and revoked by the original
     /// path. No save right: the whole worktree is the agent's.
-    pub fn conditional(grant: &FileGrant, condition: Condition) -> Result<NewToken, TokenError> {
+    pub fn conditional(
+        keys: FileKeys,
+        grant: &FileGrant,
+        condition: Condition,
+    ) -> Result<NewToken, TokenError> {
         let at = FileGrant { path: condition.worktree.clone(), ops: grant.ops, ttl_secs: grant.ttl_secs };
-        let mut token = NewToken::resolve(&at, Origin::Grant)?;
+        let mut token = NewToken::resolve(keys, &at, Origin::Grant)?;
         token.path = condition.original.clone();
         token.save_dir = None;
         token.condition = Some(condition);
@@ -167,10 +82,15 @@ impl NewToken {
     }
 
     /// A token on a file the agent is handed open (its stdin, stdout, stderr).
-    pub fn stdio(path: PathBuf, fd: std::os::fd::BorrowedFd<'_>, ops: Ops) -> Result<NewToken, TokenError> {
+    pub fn stdio(
+        keys: FileKeys,
+        path: PathBuf,
+        fd: std::os::fd::BorrowedFd<'_>,
+        ops: Ops,
+    ) -> Result<NewToken, TokenError> {
         use std::os::fd::AsRawFd;
         let label = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-        let found = statx_key(&label, fd.as_raw_fd(), c"", libc::AT_EMPTY_PATH)?;
+        let found = keys.resolve_fd(&label, fd)?;
         Ok(NewToken {
             path,
             key: found.key,
@@ -264,11 +184,15 @@ impl TokenStore {
     /// Points the agent's tokens whose path now names another inode (a rollback swapped the
     /// tree under them) at that inode; returns the (from, to) moves and the kernel entries to
     /// write. Tokens whose path is gone keep their old inode.
-    pub fn follow_paths(&self, cgroup_id: u64) -> (Vec<(FileKey, FileKey)>, Vec<KernelEntry>) {
+    pub fn follow_paths(
+        &self,
+        keys: FileKeys,
+        cgroup_id: u64,
+    ) -> (Vec<(FileKey, FileKey)>, Vec<KernelEntry>) {
         let mut inner = self.lock();
         let mut moves = Vec::new();
         for t in inner.tokens.values_mut().filter(|t| t.cgroup_id == cgroup_id && t.condition.is_none()) {
-            if let Ok(now) = resolve_path(&t.path)
+            if let Ok(now) = keys.resolve(&t.path)
                 && now.key != t.key
             {
                 moves.push((t.key, now.key));
@@ -341,13 +265,6 @@ impl TokenStore {
     }
 }
 
-impl Token {
-    /// The kernel entries this token contributes to: its inode, and its save directory.
-    fn keys(&self) -> impl Iterator<Item = FileKey> {
-        std::iter::once(self.key).chain(self.save_dir)
-    }
-}
-
 /// The kernel entry for each key: per op, the latest expiry among the agent's tokens on
 /// that inode (u64::MAX = no expiry, 0 = no token), plus the save right of the tokens
 /// whose file is in that directory (as long as their write); None when nothing is left.
@@ -389,118 +306,6 @@ fn merged_entries(
         .collect();
     out.sort_by_key(|(k, _)| (k.dev, k.ino));
     out
-}
-
-/// An inode as the file programs identify it, and where the path met it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Resolved {
-    pub key: FileKey,
-    /// statx's STATX_MNT_ID: the kernel's `mount::mnt_id`.
-    pub mnt_id: u32,
-    pub is_dir: bool,
-}
-
-/// The inode `path` names (symlinks followed), keyed as the kernel sees it.
-pub fn file_key(path: &Path) -> Result<FileKey, TokenError> {
-    resolve_path(path).map(|r| r.key)
-}
-
-/// The inode `path` names (symlinks followed) and the mount it is in.
-pub fn resolve_path(path: &Path) -> Result<Resolved, TokenError> {
-    let c = absolute_cpath(path)?;
-    statx_key(path, libc::AT_FDCWD, &c, 0)
-}
-
-/// (superblock dev, inode) of `path`, whatever the filesystem: what the guard programs
-/// compare protected directories with.
-pub fn superblock_key(path: &Path) -> Result<FileKey, TokenError> {
-    let c = absolute_cpath(path)?;
-    let stx = statx(path, libc::AT_FDCWD, &c, 0)?;
-    Ok(FileKey { dev: mount_dev_of(path, stx.stx_mnt_id)?, ino: stx.stx_ino })
-}
-
-fn absolute_cpath(path: &Path) -> Result<std::ffi::CString, TokenError> {
-    if !path.is_absolute() {
-        return Err(TokenError::Relative(path.to_owned()));
-    }
-    std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| TokenError::Stat {
-        path: path.to_owned(),
-        source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
-    })
-}
-
-fn statx(
-    path: &Path,
-    dirfd: libc::c_int,
-    name: &std::ffi::CStr,
-    flags: libc::c_int,
-) -> Result<libc::statx, TokenError> {
-    // SAFETY: statx(2) writes only into `stx`, which is a zeroed, correctly sized struct.
-    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-    let mask = libc::STATX_TYPE | libc::STATX_INO | libc::STATX_MNT_ID;
-    // SAFETY: `name` is NUL-terminated; `stx` is valid for writes.
-    let r = unsafe { libc::statx(dirfd, name.as_ptr(), flags, mask, &mut stx) };
-    if r != 0 {
-        return Err(TokenError::Stat { path: path.to_owned(), source: std::io::Error::last_os_error() });
-    }
-    Ok(stx)
-}
-
-/// The key: on btrfs, statx's device, which is the subvolume's anonymous device (the
-/// kernel programs read the same from the inode's btrfs root); elsewhere the superblock's
-/// dev from /proc/self/mountinfo (`sb->s_dev`; `st_dev` can differ, e.g. on overlayfs).
-fn statx_key(
-    path: &Path,
-    dirfd: libc::c_int,
-    name: &std::ffi::CStr,
-    flags: libc::c_int,
-) -> Result<Resolved, TokenError> {
-    let stx = statx(path, dirfd, name, flags)?;
-    // SAFETY: fstatfs/statfs write only into `sfs`, a zeroed, correctly sized struct.
-    let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: as for statx: a NUL-terminated name or an fd, and a writable buffer.
-    let r = unsafe {
-        if flags & libc::AT_EMPTY_PATH != 0 {
-            libc::fstatfs(dirfd, &mut sfs)
-        } else {
-            libc::statfs(name.as_ptr(), &mut sfs)
-        }
-    };
-    if r != 0 {
-        return Err(TokenError::Stat { path: path.to_owned(), source: std::io::Error::last_os_error() });
-    }
-    let dev = if sfs.f_type == libc::BTRFS_SUPER_MAGIC {
-        if !BTRFS_KEYED.load(Ordering::Relaxed) {
-            return Err(TokenError::BtrfsUnkeyed(path.to_owned()));
-        }
-        (stx.stx_dev_major << 20) | (stx.stx_dev_minor & 0xfffff)
-    } else {
-        mount_dev_of(path, stx.stx_mnt_id)?
-    };
-    Ok(Resolved {
-        key: FileKey { dev, ino: stx.stx_ino },
-        mnt_id: stx.stx_mnt_id as u32,
-        is_dir: u32::from(stx.stx_mode) & libc::S_IFMT == libc::S_IFDIR,
-    })
-}
-
-fn mount_dev_of(path: &Path, mnt_id: u64) -> Result<u32, TokenError> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(|source| TokenError::Stat { path: path.to_owned(), source })?;
-    mount_dev(&mountinfo, mnt_id).ok_or(TokenError::Mount { path: path.to_owned(), mnt_id })
-}
-
-/// The kernel dev_t (MAJOR << 20 | MINOR) of the mount with this id.
-fn mount_dev(mountinfo: &str, mnt_id: u64) -> Option<u32> {
-    mountinfo.lines().find_map(|line| {
-        let mut f = line.split_whitespace();
-        let id: u64 = f.next()?.parse().ok()?;
-        if id != mnt_id {
-            return None;
-        }
-        let (major, minor) = f.nth(1)?.split_once(':')?;
-        Some((major.parse::<u32>().ok()? << 20) | minor.parse::<u32>().ok()?)
-    })
 }
 
 #[cfg(test)]
@@ -578,17 +383,5 @@ mod tests {
         let store = TokenStore::default();
         store.add("a", 1, vec![token("read", Some(0))]);
         assert!(store.list(None)[0].expired);
-    }
-
-    #[test]
-    fn file_keys_come_from_mountinfo() {
-        let info = "22 1 0:21 / / rw - ext4 /dev/vda rw\n35 22 8:17 / /srv rw - xfs /dev/sdb1 rw\n";
-        assert_eq!(mount_dev(info, 35), Some((8 << 20) | 17));
-        assert_eq!(mount_dev(info, 99), None);
-        let k = file_key(Path::new("/")).unwrap();
-        assert!(k.ino > 0);
-        assert!(file_key(Path::new("relative")).is_err());
-        let e = file_key(Path::new("/nonexistent/x")).unwrap_err().to_string();
-        assert!(e.contains("/nonexistent/x"), "{e}");
     }
 }

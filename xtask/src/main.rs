@@ -5,6 +5,7 @@
 mod codegen;
 mod demo;
 mod install;
+mod layers;
 mod setup;
 mod util;
 mod vm;
@@ -45,6 +46,13 @@ enum Command {
     Install(install::InstallArgs),
     /// Regenerate rush-ebpf/src/bpf/vmlinux.h from this kernel's BTF with bpftool.
     Codegen,
+    /// Print rush-agentd's import graph by layer and check it: no room uses a higher
+    /// layer, no import loops (docs/DESIGN.md, "The daemon's layers").
+    Layers {
+        /// Only check; print nothing but problems.
+        #[arg(long)]
+        check: bool,
+    },
     /// Run the kernel test tier: the host and guest tests inside QEMU guests booting
     /// Debian's 6.1 and 6.12 cloud kernels (BPF LSM, pure cgroup v2, CRIU).
     VmTest(vm::VmArgs),
@@ -67,6 +75,7 @@ fn main() -> Result<()> {
         Command::Install(args) => install::run(args),
         Command::Codegen => codegen::run(),
         Command::VmTest(args) => vm::run(args),
+        Command::Layers { check } => layers::run(check),
     }
 }
 

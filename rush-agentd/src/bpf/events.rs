@@ -16,7 +16,8 @@ use rush_ebpf::{
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{error, warn};
 
-use super::{BpfError, FileKey, KernelEvent, NetHook};
+use super::{BpfError, KernelEvent, NetHook};
+use crate::core::FileKey;
 
 /// How long one poll may block: bounds how late the thread notices it should stop.
 const POLL: Duration = Duration::from_millis(250);

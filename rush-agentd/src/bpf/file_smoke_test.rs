@@ -13,6 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::core::boot_time_ns;
 use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;

@@ -244,7 +244,7 @@ fn protected_inodes(dirs: &[PathBuf]) -> Result<Vec<(u32, u64)>, String> {
     }
     dirs.iter()
         .map(|dir| {
-            let key = crate::tokens::superblock_key(dir).map_err(|e| e.to_string())?;
+            let key = crate::core::file_key::superblock_key(dir).map_err(|e| e.to_string())?;
             Ok((key.dev, key.ino))
         })
         .collect()

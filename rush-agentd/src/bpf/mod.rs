@@ -27,6 +27,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::mpsc;
 use std::thread;
 
+use crate::core::FileKey;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BpfError {
     #[error("{0}")]
@@ -348,44 +350,9 @@ pub enum KernelEvent {
     Lost { count: u64 },
 }
 
-/// An inode as the file hooks identify it: `inode->i_sb->s_dev` (the kernel's dev_t,
-/// `MAJOR << 20 | MINOR`) and `inode->i_ino`.
-///
-/// On btrfs, `dev` is the inode's subvolume's anonymous device instead (what stat()
-/// reports there): the superblock's is shared by every subvolume and snapshot, whose inode
-/// numbers repeat.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FileKey {
-    pub dev: u32,
-    pub ino: u64,
-}
-
-impl FileKey {
-    /// The key of a stat()ed file: `st_dev` re-encoded as the kernel's dev_t. Equals the
-    /// kernel's `i_sb->s_dev` on filesystems whose stat reports the superblock's device
-    /// (ext4, xfs, tmpfs, ...), not on btrfs subvolumes or overlayfs.
-    pub fn from_metadata(meta: &std::fs::Metadata) -> FileKey {
-        use std::os::unix::fs::MetadataExt;
-        FileKey { dev: kernel_dev(meta.dev()), ino: meta.ino() }
-    }
-
-    /// [`FileKey::from_metadata`] of `path` (following symlinks).
-    pub fn of_path(path: &std::path::Path) -> std::io::Result<FileKey> {
-        std::fs::metadata(path).map(|m| FileKey::from_metadata(&m))
-    }
-}
-
-/// A userspace dev_t (glibc encoding, what stat returns) as the kernel's internal dev_t
-/// (`MAJOR << 20 | MINOR`), the encoding of `super_block::s_dev`.
-pub fn kernel_dev(st_dev: u64) -> u32 {
-    let major = libc::major(st_dev);
-    let minor = libc::minor(st_dev);
-    (major << 20) | (minor & 0xfffff)
-}
-
 /// One agent's grants on one inode (and, for a directory, its subtree), per op: index i
 /// is op bit `1 << i` (read, write, exec, create, delete). 0 = not granted by this entry,
-/// `u64::MAX` = never expires, else granted while CLOCK_BOOTTIME ([`boot_time_ns`], the
+/// `u64::MAX` = never expires, else granted while CLOCK_BOOTTIME ([`crate::core::boot_time_ns`], the
 /// clock of `bpf_ktime_get_boot_ns`) is below it: expiry needs no daemon action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FileGrantEntry {
@@ -393,16 +360,6 @@ pub struct FileGrantEntry {
     pub expires_ns: [u64; rush_ebpf::FILE_OPS_LEN],
     /// The mount id (statx STATX_MNT_ID) the grant holds in; 0 = any mount.
     pub mnt_id: u32,
-}
-
-/// clock_gettime(CLOCK_BOOTTIME) in ns: the clock `bpf_ktime_get_boot_ns` reads, against
-/// which [`FileGrantEntry::expires_ns`] is compared.
-pub fn boot_time_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_BOOTTIME always exists on Linux.
-    let r = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    assert_eq!(r, 0, "clock_gettime(CLOCK_BOOTTIME)");
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// The kernel grant map's entries, by agent cgroup id.
@@ -724,16 +681,6 @@ mod tests {
         let r = AttachReport { programs, btrfs_keyed: true };
         assert!(!r.lsm_attached());
         assert_eq!(r.lsm_error().as_deref(), Some("attach: ENOENT"));
-    }
-
-    #[test]
-    fn kernel_dev_encoding() {
-        // glibc: makedev(8, 1); kernel: 8 << 20 | 1.
-        assert_eq!(kernel_dev(libc::makedev(8, 1)), (8 << 20) | 1);
-        assert_eq!(kernel_dev(libc::makedev(0, 300)), 300);
-        assert_eq!(kernel_dev(libc::makedev(259, 70000)), (259 << 20) | 70000);
-        let t0 = boot_time_ns();
-        assert!(t0 > 0 && boot_time_ns() >= t0);
     }
 
     #[test]

@@ -17,9 +17,10 @@ use tracing::info;
 
 use super::load::{self, Loaded};
 use super::{
-    AgentFlags, AttachReport, BpfConfig, BpfError, Command, FileGrantEntry, FileKey, KernelNetPolicy,
-    NetBudget, NetUsage,
+    AgentFlags, AttachReport, BpfConfig, BpfError, Command, FileGrantEntry, KernelNetPolicy, NetBudget,
+    NetUsage,
 };
+use crate::core::FileKey;
 
 /// What the owner thread hands back once everything is loaded and attached.
 pub(super) struct Started {

@@ -12,8 +12,9 @@ use rush_proto::{
 
 use super::{Sessions, err, now_unix_ms, store_err};
 use crate::agent::Caller;
-use crate::agent::proc_stat;
-use crate::store::{AttachmentRecord, boot_id};
+use crate::core::boot_id;
+use crate::core::process::proc_stat;
+use crate::store::AttachmentRecord;
 
 fn is_alive(a: &AttachmentRecord, boot: &str) -> bool {
     a.boot_id == boot && proc_stat(a.pid).is_some_and(|(_, start)| start == a.start_ticks)

@@ -42,7 +42,7 @@ const LOG_TAIL: usize = 8;
 /// Inherited fds are placed from here up in criu's process (clear of its own low fds).
 const INHERIT_BASE: RawFd = 100;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Criu {
     bin: PathBuf,
     /// `criu check`, run once: Err is the reason for users who ask for process snapshots.
@@ -90,6 +90,30 @@ pub struct DumpStats {
 pub struct Restored {
     pub root_pid: u32,
     pub took: Duration,
+}
+
+/// The system's criu, located (`[snapshot] criu`, else the usual places) and checked
+/// (`criu check`) on first use, once per daemon: a value the daemon hands to whoever
+/// checkpoints processes.
+#[derive(Debug, Default)]
+pub struct CriuSetup {
+    configured: Option<PathBuf>,
+    found: OnceLock<Result<Criu, String>>,
+}
+
+impl CriuSetup {
+    pub fn new(configured: Option<PathBuf>) -> CriuSetup {
+        CriuSetup { configured, found: OnceLock::new() }
+    }
+
+    /// The checked criu, or why there is none.
+    pub fn get(&self) -> Result<&Criu, SnapshotError> {
+        let found =
+            self.found.get_or_init(|| Criu::locate(self.configured.as_deref()).map_err(|e| e.to_string()));
+        let criu = found.as_ref().map_err(|why| SnapshotError::Unavailable(why.clone()))?;
+        criu.check()?;
+        Ok(criu)
+    }
 }
 
 impl Criu {

@@ -23,7 +23,6 @@ use std::path::{Path, PathBuf};
 pub mod btrfs;
 pub mod criu;
 pub mod git;
-pub mod processes;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -117,4 +116,52 @@ pub trait Backend: Send + Sync {
     /// Paths added, removed or modified from `a` to `b`, sorted by path.
     fn diff(&self, session_dir: &Path, a: Side<'_>, b: Side<'_>) -> Result<Vec<Change>, SnapshotError>;
     fn usage(&self) -> Result<StoreUsage, SnapshotError>;
+}
+
+/// Where session workspaces and their checkpoints are kept.
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreChoice {
+    /// The workspace's own btrfs when it is on one, else a loop-mounted btrfs image, else
+    /// git (no loop devices or no mkfs.btrfs).
+    #[default]
+    Auto,
+    Btrfs,
+    BtrfsLoop,
+    Git,
+}
+
+#[derive(Debug, Clone, serde::Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotSection {
+    pub store: StoreChoice,
+    /// Size of the loop-mounted btrfs image (sparse: it takes what is written). Raising it
+    /// grows the image at the next start.
+    pub image_size: String,
+    /// The criu binary (`--with-processes`); default: /usr/sbin/criu or /usr/bin/criu.
+    pub criu: Option<PathBuf>,
+    /// Where session trees live when the workspace's own filesystem is not btrfs (the loop
+    /// store's mount point, the git store); default: `<state_dir>-workspaces`. Not inside
+    /// the state dir, which agents may not enter.
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for SnapshotSection {
+    fn default() -> Self {
+        SnapshotSection { store: StoreChoice::Auto, image_size: "64G".into(), criu: None, dir: None }
+    }
+}
+
+impl SnapshotSection {
+    pub fn base_dir(&self, state_dir: &Path) -> PathBuf {
+        self.dir.clone().unwrap_or_else(|| {
+            let name = state_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            state_dir.with_file_name(format!("{name}-workspaces"))
+        })
+    }
+
+    pub fn image_bytes(&self) -> u64 {
+        // Validated by `Config::parse`.
+        rush_proto::budget::parse_size(&self.image_size).unwrap_or(64 << 30)
+    }
 }

@@ -1,4 +1,4 @@
-//! An agent's process tree, checkpointed and restored with CRIU ([`super::criu`]).
+//! An agent's process tree, checkpointed and restored with CRIU ([`crate::snapshot::criu`]).
 //!
 //! criu's own code runs inside the tasks it dumps (the parasite: a memfd mapped and
 //! executed, fds drained over a socket) and restores (the restorer: clone3 with set_tid,
@@ -32,15 +32,16 @@
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use rush_proto::{AgentState, ApiError, ErrorKind};
 
-use super::SnapshotError;
-use super::criu::{Criu, DumpRequest, Inherit, RestoreRequest};
-use crate::agent::{AgentManager, Child, FileBackend, Files, error_chain, pidfd_open};
+use super::{AgentManager, Child, FileBackend, Files};
 use crate::cgroup::AgentCgroup;
+use crate::core::error_chain;
+use crate::core::process::pidfd_open;
+use crate::snapshot::SnapshotError;
+use crate::snapshot::criu::{Criu, CriuSetup, DumpRequest, Inherit, RestoreRequest};
 
 /// What the daemon keeps beside criu's images.
 const META: &str = "rush-processes.json";
@@ -69,21 +70,9 @@ pub struct RestoredProcesses {
     pub restore_ms: u64,
 }
 
-static CRIU_BIN: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
-
-/// `[snapshot] criu` (None: the usual places); set once at start, before the first use.
-pub fn configure_criu(bin: Option<std::path::PathBuf>) {
-    let _ = CRIU_BIN.set(bin);
-}
-
-/// The system's criu, located and checked once per daemon.
-pub fn criu() -> Result<&'static Criu, ApiError> {
-    static CRIU: OnceLock<Result<Criu, String>> = OnceLock::new();
-    let configured = CRIU_BIN.get().and_then(|b| b.as_deref());
-    let c = CRIU.get_or_init(|| Criu::locate(configured).map_err(|e| e.to_string()));
-    let c = c.as_ref().map_err(|why| ApiError::new(ErrorKind::Unsupported, why.clone()))?;
-    c.check().map_err(snapshot_err)?;
-    Ok(c)
+/// The system's criu as a request sees it: located and checked once per daemon.
+pub fn criu(setup: &CriuSetup) -> Result<&Criu, ApiError> {
+    setup.get().map_err(snapshot_err)
 }
 
 fn snapshot_err(e: SnapshotError) -> ApiError {
@@ -138,7 +127,7 @@ impl AgentManager {
     /// it running. The caller may hold freezes of the agent's cgroup: they stay in force.
     pub async fn dump_processes(&self, agent: &str, images: &Path) -> Result<ProcessImage, ApiError> {
         let (cg, root_pid, log) = self.criu_target(agent)?;
-        let criu = criu()?;
+        let criu = criu(&self.criu)?.clone();
         let log_path = std::fs::canonicalize(&log).map_err(|e| internal("the agent's log", &e))?;
         let cgroups = self.cgroups.clone();
         let images = images.to_path_buf();
@@ -150,7 +139,7 @@ impl AgentManager {
             if !frozen {
                 tracing::warn!(agent = %agent, "dumping a cgroup still freezing after 5 s");
             }
-            let dumped = dump_in_staging(criu, &cg, root_pid, &images);
+            let dumped = dump_in_staging(&criu, &cg, root_pid, &images);
             if let Err(e) = cgroups.thaw(&cg) {
                 tracing::error!(agent = %agent, error = %error_chain(&e), "not thawed after the dump");
             }
@@ -180,7 +169,7 @@ impl AgentManager {
     /// gone, cleaned up as if it had exited.
     pub async fn restore_processes(&self, agent: &str, images: &Path) -> Result<RestoredProcesses, ApiError> {
         let (cg, old_root, log) = self.criu_target(agent)?;
-        let criu = criu()?;
+        let criu = criu(&self.criu)?.clone();
         let meta = images.join(META);
         let image: ProcessImage = std::fs::read(&meta)
             .map_err(|e| e.to_string())
@@ -273,7 +262,7 @@ fn dump_in_staging(
     cg: &AgentCgroup,
     root_pid: u32,
     images: &Path,
-) -> Result<(super::criu::DumpStats, Vec<u32>), ApiError> {
+) -> Result<(crate::snapshot::criu::DumpStats, Vec<u32>), ApiError> {
     let members = members(&cg.v2_dir);
     let pids: Vec<u32> = members.iter().map(|(_, p)| *p).collect();
     let stage = Staging::create(cg, "checkpoint")?;

@@ -1,0 +1,284 @@
+//! `cargo xtask layers`: the import graph of rush-agentd's rooms, checked against its
+//! layers (docs/DESIGN.md, "The daemon's layers").
+//!
+//! Each room (a top-level module of `rush-agentd/src`, a file or a folder) belongs to one
+//! layer; a room may use rooms of its own layer or below, never above, and the graph has
+//! no loops. Test code (`#[cfg(test)] mod` and test-only files) is left out: a test may
+//! set up any room. The graph is read from `crate::room` paths in the source (use lines and
+//! inline paths), which is what rustc resolves too for this crate: it has no re-exports
+//! that would hide an edge, and the check refuses one (`pub use crate::`) if it appears.
+//!
+//! Hand-written rather than `cargo modules`: that tool needs a rust-analyzer build (minutes
+//! and hundreds of crates), this needs the source files and answers in milliseconds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+/// The layers, lowest first, and their rooms. A new room must be placed here.
+pub const LAYERS: &[(&str, &[&str])] = &[
+    ("core", &["core"]),
+    (
+        "adapters",
+        &[
+            "bpf",
+            "cgroup",
+            "harden",
+            "landlock",
+            "spawn",
+            "audit_netlink",
+            "store",
+            "snapshot",
+            "mappings",
+            "condition",
+        ],
+    ),
+    ("services", &["tokens", "baseline", "policy", "budget", "meter", "audit", "agent", "session"]),
+    ("edge", &["config", "probe", "api", "daemon"]),
+];
+
+pub struct Graph {
+    /// room -> rooms it uses.
+    pub edges: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// The rooms of `src` and what each uses.
+pub fn read(src: &Path) -> Result<Graph> {
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for entry in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
+        let path = entry?.path();
+        let room = match (path.is_dir(), path.extension().and_then(|e| e.to_str())) {
+            (true, _) => path.file_name().unwrap().to_string_lossy().into_owned(),
+            (false, Some("rs")) => path.file_stem().unwrap().to_string_lossy().into_owned(),
+            _ => continue,
+        };
+        if room == "lib" || room == "main" {
+            continue;
+        }
+        let uses = edges.entry(room.clone()).or_default();
+        for file in rust_files(&path)? {
+            if is_test_file(&file) {
+                continue;
+            }
+            let text =
+                std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            // Tests may use any room to set one up; the graph is of what ships.
+            let text = text.split("#[cfg(test)]\nmod ").next().unwrap_or("");
+            if text.contains("pub use crate::") {
+                bail!("{}: `pub use crate::` would hide an edge from this check", file.display());
+            }
+            for used in crate_paths(&text) {
+                if used != room {
+                    uses.insert(used);
+                }
+            }
+        }
+    }
+    let rooms: BTreeSet<String> = edges.keys().cloned().collect();
+    for uses in edges.values_mut() {
+        uses.retain(|u| rooms.contains(u));
+    }
+    Ok(Graph { edges })
+}
+
+/// Test-only files (`#[cfg(test)] mod x_test;`, `tests.rs`).
+fn is_test_file(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    name.ends_with("_test.rs") || name == "tests.rs"
+}
+
+fn rust_files(path: &Path) -> Result<Vec<PathBuf>> {
+    if path.is_file() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(path)? {
+        out.extend(rust_files(&entry?.path())?);
+    }
+    out.retain(|p| p.extension().is_some_and(|e| e == "rs"));
+    Ok(out)
+}
+
+/// The rooms named by `crate::room` paths, including grouped ones: `use crate::{a::X, b}`.
+fn crate_paths(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for line in text.lines() {
+        let code = line.split("//").next().unwrap_or("");
+        let mut rest = code;
+        while let Some(i) = rest.find("crate::") {
+            let after = &rest[i + "crate::".len()..];
+            if let Some(group) = after.strip_prefix('{') {
+                // Grouped use: the first segment of each item (may span lines; the
+                // common formatting puts each group on one line or one item per line).
+                let inner = group.split('}').next().unwrap_or("");
+                for item in inner.split(',') {
+                    let seg: String =
+                        item.trim().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                    if !seg.is_empty() && seg != "self" {
+                        out.insert(seg);
+                    }
+                }
+            } else {
+                let seg: String = after.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                if !seg.is_empty() {
+                    out.insert(seg);
+                }
+            }
+            rest = after;
+        }
+    }
+    // Items of a multi-line grouped use: `use crate::{` then one item per line.
+    let mut in_group = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with("use crate::{") && !t.contains('}') {
+            in_group = true;
+            continue;
+        }
+        if in_group {
+            if t.starts_with('}') {
+                in_group = false;
+                continue;
+            }
+            for item in t.split(',') {
+                let seg: String =
+                    item.trim().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                if !seg.is_empty() && seg != "self" {
+                    out.insert(seg);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Strongly connected components with more than one room (import loops).
+pub fn loops(g: &Graph) -> Vec<Vec<String>> {
+    // Tarjan's algorithm; the graph has a few dozen nodes, recursion depth is fine.
+    struct State<'a> {
+        g: &'a Graph,
+        index: BTreeMap<&'a str, usize>,
+        low: BTreeMap<&'a str, usize>,
+        stack: Vec<&'a str>,
+        on_stack: BTreeSet<&'a str>,
+        out: Vec<Vec<String>>,
+    }
+    fn visit<'a>(s: &mut State<'a>, v: &'a str) {
+        let i = s.index.len();
+        s.index.insert(v, i);
+        s.low.insert(v, i);
+        s.stack.push(v);
+        s.on_stack.insert(v);
+        for w in s.g.edges.get(v).into_iter().flatten() {
+            let w = w.as_str();
+            if !s.index.contains_key(w) {
+                visit(s, w);
+                let lw = s.low[w];
+                let lv = s.low.get_mut(v).unwrap();
+                *lv = (*lv).min(lw);
+            } else if s.on_stack.contains(w) {
+                let iw = s.index[w];
+                let lv = s.low.get_mut(v).unwrap();
+                *lv = (*lv).min(iw);
+            }
+        }
+        if s.low[v] == s.index[v] {
+            let mut comp = Vec::new();
+            while let Some(w) = s.stack.pop() {
+                s.on_stack.remove(w);
+                comp.push(w.to_owned());
+                if w == v {
+                    break;
+                }
+            }
+            if comp.len() > 1 {
+                comp.sort();
+                s.out.push(comp);
+            }
+        }
+    }
+    let mut s = State {
+        g,
+        index: BTreeMap::new(),
+        low: BTreeMap::new(),
+        stack: Vec::new(),
+        on_stack: BTreeSet::new(),
+        out: Vec::new(),
+    };
+    for v in g.edges.keys() {
+        if !s.index.contains_key(v.as_str()) {
+            visit(&mut s, v);
+        }
+    }
+    s.out
+}
+
+fn layer_of(room: &str) -> Option<usize> {
+    LAYERS.iter().position(|(_, rooms)| rooms.contains(&room))
+}
+
+/// Prints the graph by layer; Err if a room is unplaced, uses a higher layer, or sits in a loop.
+pub fn run(check_only: bool) -> Result<()> {
+    let src = crate::util::workspace_root().join("rush-agentd/src");
+    let g = read(&src)?;
+    let mut problems = Vec::new();
+    if !check_only {
+        for (layer, rooms) in LAYERS {
+            println!("{layer}:");
+            for room in rooms.iter() {
+                let uses: Vec<&str> = g.edges.get(*room).into_iter().flatten().map(String::as_str).collect();
+                println!("  {room:<14} -> {}", if uses.is_empty() { "-".into() } else { uses.join(" ") });
+            }
+        }
+    }
+    for (room, uses) in &g.edges {
+        let Some(mine) = layer_of(room) else {
+            problems.push(format!("{room}: not placed in a layer (xtask/src/layers.rs LAYERS)"));
+            continue;
+        };
+        for u in uses {
+            if let Some(theirs) = layer_of(u)
+                && theirs > mine
+            {
+                problems.push(format!(
+                    "{room} ({}) uses {u} ({}): a room may only use its own layer or lower ones",
+                    LAYERS[mine].0, LAYERS[theirs].0
+                ));
+            }
+        }
+    }
+    for l in loops(&g) {
+        problems.push(format!("import loop: {}", l.join(" <-> ")));
+    }
+    if problems.is_empty() {
+        println!("layers: {} rooms, no loops, no upward imports", g.edges.len());
+        return Ok(());
+    }
+    for p in &problems {
+        eprintln!("layers: {p}");
+    }
+    bail!("{} layering problem(s) in rush-agentd/src", problems.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_single_grouped_and_multiline() {
+        let text = "use crate::bpf::FileKey;\nuse crate::{audit::AuditLog, store};\nuse crate::{\n    cgroup::X,\n    spawn,\n};\nfn f() { crate::core::now(); } // crate::nope\n";
+        let got: Vec<String> = crate_paths(text).into_iter().collect();
+        assert_eq!(got, ["audit", "bpf", "cgroup", "core", "spawn", "store"]);
+    }
+
+    #[test]
+    fn loops_are_found() {
+        let mut edges = BTreeMap::new();
+        for (a, b) in [("a", "b"), ("b", "c"), ("c", "a"), ("c", "d")] {
+            edges.entry(a.to_string()).or_insert_with(BTreeSet::new).insert(b.to_string());
+        }
+        edges.insert("d".into(), BTreeSet::new());
+        assert_eq!(loops(&Graph { edges }), vec![vec!["a".to_string(), "b".into(), "c".into()]]);
+    }
+}
