@@ -214,6 +214,20 @@ pub struct AgentManager {
     criu: Arc<CriuSetup>,
 }
 
+/// What an [`AgentManager`] is built from: the adapters it drives and the daemon's choices.
+pub struct AgentSetup {
+    pub cgroups: Arc<dyn CgroupBackend>,
+    pub kernel: Arc<dyn KernelPolicy>,
+    pub audit: Arc<AuditLog>,
+    pub enforcement: Enforcement,
+    /// Where detached agents' output goes.
+    pub log_dir: PathBuf,
+    /// What every file-confined agent may use.
+    pub baseline: Vec<FileGrant>,
+    pub budgets: Budgets,
+    pub criu: Arc<CriuSetup>,
+}
+
 /// What [`AgentManager::check_state`] compared, and where the store, the daemon and the
 /// kernel disagree (nothing, normally).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -307,16 +321,8 @@ fn api_err(kind: ErrorKind, msg: impl Into<String>) -> ApiError {
 }
 
 impl AgentManager {
-    pub fn new(
-        cgroups: Arc<dyn CgroupBackend>,
-        kernel: Arc<dyn KernelPolicy>,
-        audit: Arc<AuditLog>,
-        enforcement: Enforcement,
-        log_dir: PathBuf,
-        baseline: Vec<FileGrant>,
-        budgets: Budgets,
-        criu: Arc<CriuSetup>,
-    ) -> Arc<AgentManager> {
+    pub fn new(setup: AgentSetup) -> Arc<AgentManager> {
+        let AgentSetup { cgroups, kernel, audit, enforcement, log_dir, baseline, budgets, criu } = setup;
         Arc::new(AgentManager {
             cgroups,
             kernel,
@@ -2983,21 +2989,21 @@ mod tests {
         let kernel = Arc::new(FakeKernel::default());
         let cgroups = Arc::new(FakeCgroups::default());
         let control = Arc::new(control);
-        let mgr = AgentManager::new(
-            cgroups.clone(),
-            kernel.clone(),
+        let mgr = AgentManager::new(AgentSetup {
+            cgroups: cgroups.clone(),
+            kernel: kernel.clone(),
             audit,
             enforcement,
-            dir.path().to_owned(),
-            vec!["/usr:read,exec".parse().unwrap()],
-            Budgets {
+            log_dir: dir.path().to_owned(),
+            baseline: vec!["/usr:read,exec".parse().unwrap()],
+            budgets: Budgets {
                 control: control.clone(),
                 policy: Policy::parse(policy, "t").unwrap(),
                 meter: None,
                 api_endpoints: 1,
             },
-            Arc::new(CriuSetup::new(None)),
-        );
+            criu: Arc::new(CriuSetup::new(None)),
+        });
         Fixture { mgr, kernel, cgroups, control, _dir: dir }
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use rush_proto::AuditEvent;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::agent::{AgentManager, Budgets, Enforcement, FileBackend, MeterSetup};
+use crate::agent::{AgentManager, AgentSetup, Budgets, Enforcement, FileBackend, MeterSetup};
 use crate::api::{self, ApiContext};
 use crate::audit::AuditLog;
 use crate::bpf::{AttachReport, BpfConfig, BpfHandle, KernelEvent, KernelPolicy};
@@ -106,21 +106,21 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     }
     let retention = tokio::spawn(prune_audit(audit.clone(), config.audit.clone()));
     let kernel: Arc<dyn KernelPolicy> = Arc::new(bpf.clone());
-    let agents = AgentManager::new(
-        cgroups.clone(),
+    let agents = AgentManager::new(AgentSetup {
+        cgroups: cgroups.clone(),
         kernel,
-        audit.clone(),
+        audit: audit.clone(),
         enforcement,
         log_dir,
-        config.files.grants(),
-        Budgets {
+        baseline: config.files.grants(),
+        budgets: Budgets {
             control: Arc::new(CgroupsRs::new(cgroups.layout().clone())),
             policy,
             meter: Some(MeterSetup { config: Arc::new(config.meter.clone()), events: meter_tx }),
             api_endpoints: api_endpoint_count,
         },
-        Arc::new(crate::snapshot::criu::CriuSetup::new(config.snapshot.criu.clone())),
-    );
+        criu: Arc::new(crate::snapshot::criu::CriuSetup::new(config.snapshot.criu.clone())),
+    });
     // Before anything is spawned (restartable agents below included).
     let seccomp = Arc::new(crate::harden::seccomp_program()?);
     agents.set_hardening(crate::agent::AgentHardening {

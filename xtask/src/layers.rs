@@ -68,7 +68,7 @@ pub fn read(src: &Path) -> Result<Graph> {
             if text.contains("pub use crate::") {
                 bail!("{}: `pub use crate::` would hide an edge from this check", file.display());
             }
-            for used in crate_paths(&text) {
+            for used in crate_paths(text) {
                 if used != room {
                     uses.insert(used);
                 }
