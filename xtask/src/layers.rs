@@ -219,8 +219,8 @@ fn layer_of(room: &str) -> Option<usize> {
 }
 
 /// Prints the graph by layer; Err if a room is unplaced, uses a higher layer, or sits in a loop.
-pub fn run(check_only: bool) -> Result<()> {
-    let src = crate::util::workspace_root().join("rush-agentd/src");
+pub fn run(check_only: bool, src: Option<PathBuf>) -> Result<()> {
+    let src = src.unwrap_or_else(|| crate::util::workspace_root().join("rush-agentd/src"));
     let g = read(&src)?;
     let mut problems = Vec::new();
     if !check_only {
@@ -230,6 +230,12 @@ pub fn run(check_only: bool) -> Result<()> {
                 let uses: Vec<&str> = g.edges.get(*room).into_iter().flatten().map(String::as_str).collect();
                 println!("  {room:<14} -> {}", if uses.is_empty() { "-".into() } else { uses.join(" ") });
             }
+        }
+    }
+    let placed: BTreeSet<&str> = LAYERS.iter().flat_map(|(_, rooms)| rooms.iter().copied()).collect();
+    for (room, uses) in g.edges.iter().filter(|(r, _)| !placed.contains(r.as_str())) {
+        if !check_only {
+            println!("unplaced:\n  {room:<14} -> {}", uses.iter().cloned().collect::<Vec<_>>().join(" "));
         }
     }
     for (room, uses) in &g.edges {

@@ -52,6 +52,9 @@ enum Command {
         /// Only check; print nothing but problems.
         #[arg(long)]
         check: bool,
+        /// Another checkout's rush-agentd/src (e.g. an older commit's, to compare).
+        #[arg(long, value_name = "DIR")]
+        src: Option<std::path::PathBuf>,
     },
     /// Run the kernel test tier: the host and guest tests inside QEMU guests booting
     /// Debian's 6.1 and 6.12 cloud kernels (BPF LSM, pure cgroup v2, CRIU).
@@ -75,7 +78,7 @@ fn main() -> Result<()> {
         Command::Install(args) => install::run(args),
         Command::Codegen => codegen::run(),
         Command::VmTest(args) => vm::run(args),
-        Command::Layers { check } => layers::run(check),
+        Command::Layers { check, src } => layers::run(check, src),
     }
 }
 
