@@ -1,0 +1,306 @@
+//! Agents' resource budgets: usage observed, a spent budget freezing the agent (a pause),
+//! resumes, OOM kills and refused forks audited, the cost meter.
+
+use super::lifecycle::net_budget;
+use super::*;
+
+/// Why an agent is frozen; each reason holds one freeze of its cgroup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Pause {
+    pub(super) operator: bool,
+    pub(super) cpu_budget: bool,
+}
+
+impl Pause {
+    pub(super) fn from_info(paused: Option<&str>) -> Pause {
+        let reasons: Vec<&str> = paused.map(|p| p.split(',').collect()).unwrap_or_default();
+        Pause { operator: reasons.contains(&"operator"), cpu_budget: reasons.contains(&"budget:cpu") }
+    }
+
+    pub(super) fn describe(self) -> Option<String> {
+        let reasons: Vec<&str> = [(self.operator, "operator"), (self.cpu_budget, "budget:cpu")]
+            .into_iter()
+            .filter_map(|(on, r)| on.then_some(r))
+            .collect();
+        (!reasons.is_empty()).then(|| reasons.join(","))
+    }
+}
+
+/// Counters already reported to the audit trail, so each OOM kill and refused fork is
+/// recorded once. None until first read (an adopted agent's past is not re-reported).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Reported {
+    pub(super) oom_kills: Option<u64>,
+    pub(super) fork_refusals: Option<u64>,
+}
+
+pub(super) fn ledger(a: &Agent) -> Option<Arc<crate::meter::Ledger>> {
+    a.meter.as_ref().map(|m| m.ledger.clone())
+}
+
+/// The cost an agent had spent when it was last stored.
+pub(super) fn saved_cost(info: &AgentInfo) -> u64 {
+    info.usage.iter().find(|u| u.resource == "cost").map_or(0, |u| u.used)
+}
+
+impl AgentManager {
+    /// Freezes the agent until `resume`.
+    pub async fn pause(&self, name: &str, caller: &Caller) -> Result<AgentInfo, ApiError> {
+        let cg = self.running(name)?;
+        if self.registry().agents.get(name).is_some_and(|a| a.pause.operator) {
+            return self.status(name);
+        }
+        self.freeze_for(name, &cg).await?;
+        self.set_pause(name, |p| p.operator = true);
+        self.audit.record(
+            Some(name),
+            AuditEvent::Paused { caller_uid: Some(caller.uid), reason: "operator".into() },
+        );
+        self.persist_agent(name);
+        self.status(name)
+    }
+
+    /// Thaws the agent, first raising its budget by `raise`. Refused, with the agent left
+    /// frozen, if its CPU budget stays spent.
+    pub async fn resume(
+        &self,
+        name: &str,
+        raise: Option<Budget>,
+        caller: &Caller,
+    ) -> Result<AgentInfo, ApiError> {
+        let cg = self.running(name)?;
+        let (old, pause, ledger) = {
+            let reg = self.registry();
+            let a = reg.agents.get(name).ok_or_else(|| not_found(name))?;
+            (a.info.budget, a.pause, ledger(a))
+        };
+        let budget = raise.map_or(old, |r| old.overridden_by(&r));
+        if budget.cost_micro_usd.is_some() && old.cost_micro_usd.is_none() {
+            return Err(api_err(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "agent {name:?} was spawned without a cost budget: its API calls do not go through a meter"
+                ),
+            ));
+        }
+        let observed = self.observe(&cg, ledger.clone());
+        if crate::budget::cpu_spent(&budget, &observed) {
+            let used = crate::budget::cpu_ms(&observed).unwrap_or(0);
+            return Err(api_err(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "agent {name:?} has used {:.1}s of CPU time against a budget of {}: it stays frozen; \
+                     resume it with a higher one, e.g. --budget cpu:{}",
+                    used as f64 / 1000.0,
+                    rush_proto::budget::format_cpu_ms(budget.cpu_ms.unwrap_or(0)),
+                    rush_proto::budget::format_cpu_ms((used * 2).max(1000).div_ceil(1000) * 1000)
+                ),
+            ));
+        }
+        if budget != old {
+            let control = Arc::clone(&self.budgets.control);
+            let cg2 = cg.clone();
+            tokio::task::spawn_blocking(move || control.apply(&cg2, &budget))
+                .await
+                .map_err(|e| api_err(ErrorKind::Internal, e.to_string()))?
+                .map_err(|e| api_err(ErrorKind::Unsupported, error_chain(&e)))?;
+        }
+        if let (Some(l), Some(limit)) = (&ledger, budget.cost_micro_usd) {
+            l.set_limit(limit);
+        }
+        if (budget.net_bytes, budget.api_calls) != (old.net_bytes, old.api_calls) {
+            self.kernel
+                .set_net_budget(cg.id, net_budget(&budget))
+                .map_err(|e| api_err(ErrorKind::Internal, format!("net budget of {name}: {e}")))?;
+        }
+        for _ in [pause.operator, pause.cpu_budget].iter().filter(|on| **on) {
+            self.cgroups
+                .thaw(&cg)
+                .map_err(|e| api_err(ErrorKind::Internal, format!("thaw {name}: {}", error_chain(&e))))?;
+        }
+        if let Some(a) = self.registry().agents.get_mut(name) {
+            a.info.budget = budget;
+        }
+        self.set_pause(name, |p| *p = Pause::default());
+        self.audit.record(Some(name), AuditEvent::Resumed { caller_uid: caller.uid, budget });
+        self.persist_agent(name);
+        self.status(name)
+    }
+
+    /// Running agents of session `session`.
+    pub fn in_session(&self, session: &str) -> Vec<String> {
+        let reg = self.registry();
+        let mut names: Vec<String> = reg
+            .agents
+            .values()
+            .filter(|a| a.info.state == AgentState::Running && a.info.session.as_deref() == Some(session))
+            .map(|a| a.info.name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Freezes the running agent for a workspace operation; pair with [`Self::thaw`]. Each
+    /// freeze is counted, so an operator pause or a budget freeze held meanwhile stays.
+    pub async fn freeze(&self, name: &str) -> Result<(), ApiError> {
+        let cg = self.running(name)?;
+        self.freeze_for(name, &cg).await
+    }
+
+    pub fn thaw(&self, name: &str) -> Result<(), ApiError> {
+        let cg = self.running(name)?;
+        self.cgroups
+            .thaw(&cg)
+            .map_err(|e| api_err(ErrorKind::Internal, format!("thaw {name}: {}", error_chain(&e))))
+    }
+
+    /// The cgroup of the running agent `name`.
+    pub(super) fn running(&self, name: &str) -> Result<AgentCgroup, ApiError> {
+        let reg = self.registry();
+        let a = reg.agents.get(name).ok_or_else(|| not_found(name))?;
+        if a.info.state != AgentState::Running {
+            return Err(api_err(ErrorKind::InvalidArgument, format!("agent {name:?} has exited")));
+        }
+        Ok(a.cgroup.clone())
+    }
+
+    pub(super) async fn freeze_for(&self, name: &str, cg: &AgentCgroup) -> Result<(), ApiError> {
+        let cgroups = Arc::clone(&self.cgroups);
+        let cg = cg.clone();
+        let frozen =
+            tokio::task::spawn_blocking(move || cgroups.freeze(&cg, std::time::Duration::from_secs(5)))
+                .await
+                .map_err(|e| api_err(ErrorKind::Internal, e.to_string()))?
+                .map_err(|e| api_err(ErrorKind::Internal, format!("freeze {name}: {}", error_chain(&e))))?;
+        if !frozen {
+            tracing::warn!(agent = %name, "still freezing after 5 s (a process in uninterruptible sleep)");
+        }
+        Ok(())
+    }
+
+    pub(super) fn set_pause(&self, name: &str, change: impl FnOnce(&mut Pause)) {
+        if let Some(a) = self.registry().agents.get_mut(name) {
+            change(&mut a.pause);
+            a.info.paused = a.pause.describe();
+        }
+    }
+
+    /// One round of budget enforcement (the daemon runs it every `budget.poll_ms`): agents
+    /// past their CPU time are frozen; new OOM kills and refused forks are audited.
+    pub async fn check_budgets(&self) {
+        type Row = (String, AgentCgroup, Budget, Pause, Reported, Option<Arc<crate::meter::Ledger>>, u64);
+        let agents: Vec<Row> = self
+            .registry()
+            .agents
+            .iter()
+            .filter(|(_, a)| a.info.state == AgentState::Running)
+            .map(|(n, a)| {
+                (n.clone(), a.cgroup.clone(), a.info.budget, a.pause, a.reported, ledger(a), a.cost_saved)
+            })
+            .collect();
+        for (name, cg, budget, pause, reported, ledger, cost_saved) in agents {
+            // Only what this round acts on: cpu time, the cgroup counters and spend (the
+            // kernel's net counters enforce themselves; status reads them).
+            let observed = Observed {
+                cgroup: self.budgets.control.usage(&cg),
+                cost_micro_usd: ledger.map(|l| l.used_micro_usd()),
+                ..Default::default()
+            };
+            // Spend survives a daemon restart: written when it changed.
+            if let Some(cost) = observed.cost_micro_usd.filter(|c| *c != cost_saved) {
+                if let Some(a) = self.registry().agents.get_mut(&name) {
+                    a.cost_saved = cost;
+                    a.info.usage = crate::budget::usage_lines(&budget, &observed);
+                }
+                self.persist_agent(&name);
+            }
+            let u = observed.cgroup;
+            if !pause.cpu_budget && crate::budget::cpu_spent(&budget, &observed) {
+                if let Err(e) = self.freeze_for(&name, &cg).await {
+                    tracing::error!(agent = %name, error = %e.message, "cpu budget spent but the agent is not frozen");
+                } else {
+                    self.set_pause(&name, |p| p.cpu_budget = true);
+                    let used = crate::budget::cpu_ms(&observed).unwrap_or(0);
+                    let limit = budget.cpu_ms.unwrap_or(0);
+                    tracing::warn!(agent = %name, used_ms = used, limit_ms = limit, "cpu budget spent: agent frozen; `rush agent resume {name} --budget cpu:...` continues it");
+                    self.audit.record(
+                        Some(&name),
+                        AuditEvent::BudgetExceeded {
+                            resource: "cpu".into(),
+                            used,
+                            limit,
+                            action: "frozen until resumed with a raised budget".into(),
+                        },
+                    );
+                    self.persist_agent(&name);
+                }
+            }
+            self.audit_counters(&name, &budget, &u, reported);
+        }
+    }
+
+    /// Audits OOM kills and refused forks counted since `reported`, and remembers the new
+    /// counts. Also run when the agent's first process exits, before its cgroup (and
+    /// counters) go: an OOM kill is often what ended it.
+    pub(super) fn audit_counters(
+        &self,
+        name: &str,
+        budget: &Budget,
+        u: &crate::budget::CgroupUsage,
+        reported: Reported,
+    ) {
+        let mut now = reported;
+        if let Some(kills) = u.oom_kills {
+            if let Some(seen) = reported.oom_kills.filter(|s| kills > *s) {
+                let limit_bytes = budget.mem_bytes.unwrap_or(0);
+                self.audit.record(Some(name), AuditEvent::OomKill { count: kills - seen, limit_bytes });
+            }
+            now.oom_kills = Some(kills);
+        }
+        if let Some(refused) = u.fork_refusals {
+            if let Some(seen) = reported.fork_refusals.filter(|s| refused > *s) {
+                let limit = budget.pids.unwrap_or(0);
+                self.audit.record(Some(name), AuditEvent::ForkRefused { count: refused - seen, limit });
+            }
+            now.fork_refusals = Some(refused);
+        }
+        if let Some(a) = self.registry().agents.get_mut(name) {
+            a.reported = now;
+        }
+    }
+
+    /// Starts a metering proxy for the agent; None if this daemon has none configured.
+    pub(super) fn start_meter(
+        &self,
+        name: &str,
+        port: u16,
+        limit: u64,
+    ) -> Option<Result<crate::meter::AgentMeter, ApiError>> {
+        let setup = self.budgets.meter.as_ref()?;
+        let started = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(crate::meter::start_on(
+                setup.config.clone(),
+                name.to_owned(),
+                port,
+                limit,
+                setup.events.clone(),
+            ))
+        });
+        Some(started.map_err(|e| {
+            api_err(ErrorKind::Unsupported, format!("refusing the cost budget: {}", error_chain(&e)))
+        }))
+    }
+
+    /// Everything counted for an agent now.
+    pub(super) fn observe(&self, cg: &AgentCgroup, ledger: Option<Arc<crate::meter::Ledger>>) -> Observed {
+        let net = self.kernel.net_usage(cg.id).ok().flatten();
+        Observed {
+            cgroup: self.budgets.control.usage(cg),
+            net_bytes: net.map(|n| n.tx_bytes + n.rx_bytes),
+            api_calls: net.map(|n| n.api_calls),
+            net_dropped: net.map_or(0, |n| n.dropped_packets),
+            api_refused: net.map_or(0, |n| n.refused_calls),
+            cost_micro_usd: ledger.map(|l| l.used_micro_usd()),
+        }
+    }
+}
