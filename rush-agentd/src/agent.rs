@@ -3,10 +3,10 @@
 //!
 //! This file holds the registry and what every room shares; each room adds its part of
 //! [`AgentManager`]:
-//! - [`lifecycle`] — spawn (plan, cgroup, kernel policy, hardening, exec), exit, kill
-//! - [`capabilities`] — file tokens: spawn-time, grant, revoke, expiry, commit, reconfine
-//! - [`budgets`] — usage, budget pauses and resumes, the cost meter
-//! - [`persistence`] — the store, re-adoption after a daemon restart, restartable agents
+//! - `lifecycle` — spawn (plan, cgroup, kernel policy, hardening, exec), exit, kill
+//! - `capabilities` — file tokens: spawn-time, grant, revoke, expiry, commit, reconfine
+//! - `budgets` — usage, budget pauses and resumes, the cost meter
+//! - `persistence` — the store, re-adoption after a daemon restart, restartable agents
 //! - [`processes`] — checkpoint and restore of an agent's processes with CRIU
 
 mod budgets;
