@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod events;
 mod hardening;
 mod scale;
 mod snapshot;
@@ -245,6 +246,11 @@ fn main() {
     // `rush-bench scale`: spawn/exit cycles per second, RSS, 50 clients vs 1 (~2 min).
     if std::env::args().nth(1).as_deref() == Some("scale") {
         scale::run();
+        return;
+    }
+    // `rush-bench events`: the event bus with 10 subscribers vs none (~1 min).
+    if std::env::args().nth(1).as_deref() == Some("events") {
+        events::run();
         return;
     }
     // `rush-bench hardening`: the seccomp filter's and the spawn hardening's cost (~1 min).

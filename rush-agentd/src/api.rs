@@ -24,6 +24,8 @@ use crate::cgroup::process_cgroup_v2;
 
 /// Longest request line accepted; a spawn with a large environment fits easily.
 const MAX_LINE: usize = 1 << 20;
+/// How long one event may wait for a subscriber's socket before the subscriber is dropped.
+const SUBSCRIBER_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// More fds than one spawn needs are closed on arrival.
 const MAX_PENDING_FDS: usize = 3;
 
@@ -276,6 +278,7 @@ fn request_name(r: &Request) -> &'static str {
         Request::PauseAgent { .. } => "pause_agent",
         Request::ResumeAgent { .. } => "resume_agent",
         Request::Audit(_) => "audit",
+        Request::Subscribe(_) => "subscribe",
         Request::AgentLogs { .. } => "agent_logs",
         Request::Doctor => "doctor",
         Request::Grant(_) => "grant",
@@ -390,6 +393,7 @@ async fn dispatch(
             ctx.agents.resume(&name, budget, &peer.caller).await.map(|agent| Response::Agent { agent })
         }
         Request::Audit(q) => return audit(conn, id, q, ctx).await,
+        Request::Subscribe(filter) => return subscribe(conn, id, filter, ctx).await,
         Request::AgentLogs { name, follow } => return logs(conn, id, &name, follow, ctx).await,
         Request::Doctor => {
             let report = (ctx.doctor)();
@@ -554,12 +558,55 @@ async fn audit(conn: &mut Conn, id: u64, q: rush_proto::AuditQuery, ctx: &ApiCon
     loop {
         tokio::select! {
             rec = live.recv() => match rec {
-                Ok(r) if r.seq > last_seq && crate::audit::matches(&q, &r) => {
-                    conn.send(id, Reply::Ok(Response::AuditEvents { events: vec![r] })).await?;
-                }
-                Ok(_) => {}
+                Ok(e) => match crate::events::audit_record(&e) {
+                    Some(r) if r.seq > last_seq && crate::audit::matches(&q, r) => {
+                        conn.send(id, Reply::Ok(Response::AuditEvents { events: vec![r.clone()] })).await?;
+                    }
+                    _ => {}
+                },
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(skipped = n, "audit follower too slow; records skipped");
+                }
+                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+            _ = conn.closed() => return Ok(()),
+        }
+    }
+}
+
+/// `Subscribe`: the live event stream. The subscription is taken before `Subscribed` is
+/// sent, so the caller misses nothing published after it reads that reply. A subscriber
+/// that falls behind gets the `Lagged` marker and its connection is closed (Err ends it):
+/// the bus never waits for it.
+async fn subscribe(
+    conn: &mut Conn,
+    id: u64,
+    filter: rush_proto::SubscribeRequest,
+    ctx: &ApiContext,
+) -> std::io::Result<()> {
+    if let Some(kind) = filter.unknown_kind() {
+        let why = format!("no event kind {kind:?}; the kinds are: {}", AuditEvent::KINDS.join(", "));
+        return conn.send(id, Reply::Err(ApiError::new(ErrorKind::InvalidArgument, why))).await;
+    }
+    let mut events = ctx.audit.subscribe();
+    conn.send(id, Reply::Ok(Response::Subscribed)).await?;
+    loop {
+        tokio::select! {
+            got = events.recv() => match got {
+                Ok(event) if filter.matches(&event) => {
+                    // A subscriber that stopped reading fills its socket: it is dropped
+                    // once one event has waited this long (the bus does not wait at all).
+                    let reply = Reply::Ok(Response::Event { event: (*event).clone() });
+                    tokio::time::timeout(SUBSCRIBER_SEND_TIMEOUT, conn.send(id, reply))
+                        .await
+                        .map_err(|_| std::io::Error::other("event subscriber stopped reading"))??;
+                }
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "event subscriber too slow: dropped");
+                    let event = rush_proto::Event::Lagged { missed };
+                    conn.send(id, Reply::Ok(Response::Event { event })).await?;
+                    return Err(std::io::Error::other("event subscriber fell behind"));
                 }
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             },

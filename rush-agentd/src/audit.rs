@@ -20,10 +20,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rush_proto::{AuditEvent, AuditQuery, AuditRecord};
+use rush_proto::{AuditEvent, AuditQuery, AuditRecord, Event};
 use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::broadcast;
 
+use crate::events::{EventBus, Subscription};
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +47,8 @@ pub struct AuditLog {
     /// The connection and the next sequence number move together under one lock, so rows
     /// are inserted in sequence order.
     inner: Mutex<Inner>,
-    live: broadcast::Sender<AuditRecord>,
+    /// Where each record goes once the trail took it (or counted it lost).
+    bus: EventBus,
     /// Records the database refused since the daemon started (`rush doctor`).
     lost_total: std::sync::atomic::AtomicU64,
 }
@@ -123,6 +124,11 @@ const INSERT: &str = "INSERT INTO audit (seq, time_unix_ms, agent, session, kind
 impl AuditLog {
     /// Opens (creating, migrating) the database at `db`, the daemon's state database.
     pub fn open(db: &Path) -> Result<AuditLog, AuditError> {
+        AuditLog::open_with_bus(db, EventBus::default())
+    }
+
+    /// [`AuditLog::open`], publishing its records on `bus`.
+    pub fn open_with_bus(db: &Path, bus: EventBus) -> Result<AuditLog, AuditError> {
         let err = |source| AuditError::Sqlite { path: db.to_owned(), source };
         let mut conn = Connection::open(db).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
@@ -130,9 +136,8 @@ impl AuditLog {
         conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
         crate::store::migrate(&mut conn, db)?;
         let next_seq = last_seq(&conn).map_err(err)? + 1;
-        let (live, _) = broadcast::channel(1024);
         let inner = Inner { conn, next_seq, lost: 0, lost_error: String::new(), sessions: HashMap::new() };
-        Ok(AuditLog { path: db.to_owned(), inner: Mutex::new(inner), live, lost_total: Default::default() })
+        Ok(AuditLog { path: db.to_owned(), inner: Mutex::new(inner), bus, lost_total: Default::default() })
     }
 
     /// How many records the database refused since this daemon started.
@@ -205,13 +210,19 @@ impl AuditLog {
         }
         drop(g);
         for r in batch {
-            let _ = self.live.send(r);
+            self.bus.publish(Event::Audit(Box::new(r)));
         }
         rec
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<AuditRecord> {
-        self.live.subscribe()
+    /// The bus this trail publishes to, for the other services to publish on too.
+    pub fn bus(&self) -> &EventBus {
+        &self.bus
+    }
+
+    /// Every event published from now on (this trail's records among them).
+    pub fn subscribe(&self) -> Subscription {
+        self.bus.subscribe()
     }
 
     /// The matching records, oldest first (the newest `limit` of them when it is set).
@@ -418,7 +429,7 @@ mod tests {
         log.record(Some("a"), AuditEvent::Kill { caller_uid: 1000, processes_killed: 1 });
         log.record(None, checkpoint("s1"));
         log.record(None, checkpoint("s2"));
-        assert_eq!(live.try_recv().unwrap().seq, 1);
+        assert_eq!(crate::events::audit_record(&live.try_recv().unwrap()).unwrap().seq, 1);
 
         let all = log.query(&AuditQuery::default()).unwrap();
         assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
@@ -504,7 +515,9 @@ mod tests {
         log.record(Some("a"), exit(2));
         log.record(Some("a"), exit(3));
         assert_eq!(seqs(&log, AuditQuery::default()), [1]);
-        let got: Vec<u64> = std::iter::from_fn(|| live.try_recv().ok()).map(|r| r.seq).collect();
+        let got: Vec<u64> = std::iter::from_fn(|| live.try_recv().ok())
+            .filter_map(|e| crate::events::audit_record(&e).map(|r| r.seq))
+            .collect();
         assert_eq!(got, [1, 2, 3], "followers still see every record");
 
         log.lock().conn.pragma_update(None, "query_only", false).unwrap();
@@ -515,7 +528,10 @@ mod tests {
             AuditEvent::RecordsLost { count: 2, error } => assert!(error.contains("readonly"), "{error}"),
             other => panic!("{other:?}"),
         }
-        assert_eq!(live.try_recv().unwrap().event.kind(), "records_lost");
+        assert_eq!(
+            crate::events::audit_record(&live.try_recv().unwrap()).unwrap().event.kind(),
+            "records_lost"
+        );
         log.record(None, exit(5));
         assert_eq!(seqs(&log, AuditQuery { kinds: vec!["records_lost".into()], ..Default::default() }), [4]);
     }

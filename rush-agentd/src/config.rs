@@ -58,6 +58,9 @@
 //! retention = "90d"            # start and hourly: records older than this go ("0": kept)
 //! max_records = 1000000        # and all but the newest this many (0: no limit)
 //!
+//! [events]                     # the event stream (`rush events --follow`)
+//! backlog = 4096               # events a subscriber may fall behind by before it is dropped
+//!
 //! [meter]                      # the metering proxy of agents with a cost budget
 //! upstream = "http://127.0.0.1:8080/v1"   # http only; the path goes before each call's
 //! [meter.prices]               # USD per million tokens; `*` = prefix; default = unknown models
@@ -93,7 +96,22 @@ pub struct Config {
     pub landlock: LandlockSection,
     pub snapshot: SnapshotSection,
     pub audit: AuditSection,
+    pub events: EventsSection,
     pub hardening: crate::harden::HardeningSection,
+}
+
+/// The event bus (`rush events --follow`, `rush audit --follow`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsSection {
+    /// Events a subscriber may fall behind by before it is dropped (with a marker).
+    pub backlog: usize,
+}
+
+impl Default for EventsSection {
+    fn default() -> Self {
+        EventsSection { backlog: crate::events::BACKLOG }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -341,6 +359,9 @@ impl Config {
         }
         if let Err(e) = rush_proto::parse_duration(&config.audit.retention) {
             return Err(format!("audit.retention: {e}"));
+        }
+        if !(1..=1 << 20).contains(&config.events.backlog) {
+            return Err(format!("events.backlog: {} is not 1-1048576", config.events.backlog));
         }
         crate::harden::parse_capabilities(&config.hardening.drop_capabilities)
             .map_err(|e| format!("hardening.drop_capabilities: {e}"))?;

@@ -88,7 +88,8 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     let (meter_tx, meter_rx) = tokio::sync::mpsc::unbounded_channel();
     // Before anything opens it: a damaged database is moved aside and salvaged.
     let recovery = crate::store::recover_if_corrupt(&state_dir.join("state.db"))?;
-    let audit = Arc::new(AuditLog::open(&state_dir.join("state.db"))?);
+    let bus = crate::events::EventBus::new(config.events.backlog);
+    let audit = Arc::new(AuditLog::open_with_bus(&state_dir.join("state.db"), bus)?);
     if let Some(r) = &recovery {
         audit.record(
             None,

@@ -12,6 +12,7 @@
 //! - [`landlock`] — the Landlock file backend: tokens as a ruleset applied before exec
 //! - [`mappings`] — revokes and expiries reaching files mapped in memory
 //! - [`audit`] — the audit trail
+//! - [`events`] — the typed event bus every service publishes to
 //! - [`audit_netlink`] — the kernel audit records of agents (seccomp refusals)
 //! - [`api`] — the Unix-socket NDJSON server and caller identification
 //! - [`policy`] — trust levels (presets of tokens, budget, network, exec rule)
@@ -32,6 +33,7 @@ pub mod condition;
 pub mod config;
 pub mod core;
 pub mod daemon;
+pub mod events;
 pub mod harden;
 pub mod landlock;
 pub mod mappings;

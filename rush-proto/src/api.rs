@@ -81,6 +81,10 @@ pub enum Request {
     /// Replies `AuditEvents`; with `follow`, keeps sending `AuditEvents` as they happen
     /// until the caller closes the connection.
     Audit(AuditQuery),
+    /// The live event stream: `Subscribed`, then one `Event` per event that passes the
+    /// filter, until the caller closes the connection. A subscriber that falls behind gets
+    /// `Event::Lagged` and the connection is closed; the daemon never waits for it.
+    Subscribe(crate::events::SubscribeRequest),
     /// A detached agent's captured output: `Logs` chunks, the last with `end: true`.
     /// With `follow`, keeps streaming until the agent exits.
     AgentLogs {
@@ -428,6 +432,12 @@ pub enum Response {
     },
     AuditEvents {
         events: Vec<AuditRecord>,
+    },
+    /// The subscription is in place: every later event that passes the filter follows.
+    Subscribed,
+    /// One event of a subscription.
+    Event {
+        event: crate::events::Event,
     },
     /// A chunk of captured output, lossily decoded as UTF-8. The last reply to an
     /// `AgentLogs` request has `end: true` (after the agent exits, with `follow`).

@@ -13,11 +13,13 @@
 pub mod api;
 pub mod budget;
 pub mod client;
+pub mod events;
 pub mod session;
 pub mod spec;
 
 pub use api::*;
 pub use budget::{Budget, BudgetUnit, BudgetUsage};
+pub use events::{Event, SubscribeRequest};
 pub use session::{
     Attachment, CheckpointInfo, DiffReport, EnvChange, KeyValue, Prune, RollbackReport, SessionDetail,
     SessionInfo, SessionRef, ShellState, Timeline, TimelineInfo,

@@ -108,6 +108,10 @@ pub enum Command {
     #[command(long_about = AUDIT_LONG_ABOUT, after_long_help = AUDIT_EXAMPLES)]
     Audit(AuditArgs),
 
+    /// Watch the daemon's event stream: agent state changes, denials, budgets, checkpoints
+    #[command(long_about = EVENTS_LONG_ABOUT, after_long_help = EVENTS_EXAMPLES)]
+    Events(EventsArgs),
+
     /// Show what this kernel supports and which guarantees hold on this machine
     #[command(long_about = DOCTOR_LONG_ABOUT)]
     Doctor,
@@ -154,6 +158,25 @@ Examples:
   $ rush audit --session refactor --kind checkpoint,rollback
   $ rush audit --export --since 30d > audit-$(date +%F).jsonl
   $ rush audit --follow --json | jq 'select(.event.kind == \"net_deny\")'";
+
+const EVENTS_LONG_ABOUT: &str = "\
+Print the daemon's events: every agent state change (spawn, pause, resume, exit, kill), \
+every denial, budget crossing, grant, revoke and checkpoint, as the services publish them.
+
+Without --follow, prints the newest --limit matching events from the audit trail and \
+exits. With --follow, subscribes to the live stream and prints each event as it happens \
+until you press Ctrl-C. The daemon never waits for a subscriber: one that falls more than \
+`[events] backlog` events behind (4096 by default) or stops reading for 5 s is dropped, and `rush events` then says how \
+many events it missed and exits 1.
+
+Only root and the operator group may watch events.";
+
+const EVENTS_EXAMPLES: &str = "\
+Examples:
+  $ rush events --follow
+  $ rush events --follow --agent coder --kinds file_deny,net_deny
+  $ rush events --follow --json | jq 'select(.event.kind == \"budget_exceeded\")'
+  $ rush events --session refactor --limit 50";
 
 const DOCTOR_LONG_ABOUT: &str = "\
 Ask the daemon what the running kernel supports (BPF LSM, cgroup v2 controllers, \
@@ -387,6 +410,31 @@ pub struct SpawnArgs {
     /// The command to run and its arguments, after `--`. CMD is looked up in your PATH.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only events of these kinds (comma-separated or repeated): spawn, exit, kill,
+    /// paused, resumed, net_deny, file_deny, budget_exceeded, checkpoint, ... as in
+    /// `.event.kind` of the JSON; an unknown kind is an error that lists them all.
+    #[arg(long, value_name = "KIND,...", value_delimiter = ',', value_parser = parse_kind)]
+    pub kinds: Vec<String>,
+
+    /// Only events about this agent.
+    #[arg(long, value_name = "NAME")]
+    pub agent: Option<AgentName>,
+
+    /// Only events of session NAME (and of the agents spawned into it).
+    #[arg(long, value_name = "NAME")]
+    pub session: Option<AgentName>,
+
+    /// Keep printing events as they happen, until Ctrl-C.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+
+    /// Without --follow: how many of the newest matching events to print.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub limit: usize,
 }
 
 #[derive(Debug, Args)]

@@ -34,7 +34,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
             "condition",
         ],
     ),
-    ("services", &["tokens", "baseline", "policy", "budget", "meter", "audit", "agent", "session"]),
+    ("services", &["events", "tokens", "baseline", "policy", "budget", "meter", "audit", "agent", "session"]),
     ("edge", &["config", "probe", "api", "daemon"]),
 ];
 

@@ -125,6 +125,8 @@ fn test(tier: Tier) -> Result<()> {
                 "hardening",
                 "--test",
                 "toolchains",
+                "--test",
+                "events",
                 "--",
                 "--test-threads",
                 "4",

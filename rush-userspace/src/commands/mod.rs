@@ -6,6 +6,7 @@ mod attach;
 mod audit;
 mod capability;
 mod doctor;
+mod events;
 mod meta;
 mod session;
 mod spawn;
@@ -79,6 +80,7 @@ fn run_command(cli: Cli) -> Result<u8> {
         Command::Rollback(args) => session::rollback(&mut ctx, args),
         Command::Timeline(cmd) => session::timeline(&mut ctx, cmd),
         Command::Audit(args) => audit::audit(&mut ctx, args),
+        Command::Events(args) => events::events(&mut ctx, args),
         Command::Doctor => doctor::doctor(&mut ctx),
         Command::Version => meta::version(&mut ctx),
         Command::Completions { shell } => meta::completions(&mut ctx, shell),
@@ -96,6 +98,8 @@ pub fn unexpected(expected: &str, got: &Response) -> Error {
         Response::Agent { .. } => "agent",
         Response::Killed { .. } => "killed",
         Response::AuditEvents { .. } => "audit_events",
+        Response::Subscribed => "subscribed",
+        Response::Event { .. } => "event",
         Response::Logs { .. } => "logs",
         Response::Doctor { .. } => "doctor",
         Response::Granted { .. } => "granted",
