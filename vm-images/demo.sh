@@ -3,8 +3,10 @@
 #
 # Runs natively (cargo xtask demo, where BPF LSM or Landlock can enforce file tokens; the
 # file scenes then show the backend's own behaviour) or inside a QEMU guest (where neither
-# can, or with --vm). Needs: RUSH_BIN (dir with rush-agentd and rush),
-# busybox (httpd), curl. Every outcome shown is the kernel's: nothing is simulated.
+# can, or with --vm). Needs: RUSH_BIN (dir with rush-agentd and rush), root, curl, and
+# busybox with its httpd and wget applets (the local server and a client that names the
+# errno); it checks them first and stops, naming what is missing, rather than show a scene
+# that cannot show what it says. Every outcome shown is the kernel's: nothing is simulated.
 set -u
 BIN=${RUSH_BIN:?RUSH_BIN must name the directory holding rush and rush-agentd}
 STATE=$(mktemp -d /tmp/rush-demo.XXXXXX)
@@ -21,6 +23,32 @@ show() {
     "$@"; rc=$?; [ $rc -eq 0 ] || printf '(exit status %s)\n' "$rc"; return 0
 }
 fail() { printf '\nDEMO FAILED: %s\n' "$*"; exit 1; }
+# Like show, keeping the output in $OUT and the exit status in $RC, for the checks after it.
+show_kept() {
+    printf '$'
+    for a in "$@"; do case $a in *[\ \;\&\|\>\<]*) printf " '%s'" "$a" ;; *) printf ' %s' "$a" ;; esac; done
+    printf '\n'
+    "$@" >"$STATE/kept" 2>&1; RC=$?; OUT=$(cat "$STATE/kept"); printf '%s\n' "$OUT"
+    [ $RC -eq 0 ] || printf '(exit status %s)\n' "$RC"; return 0
+}
+# Every prerequisite, checked before anything starts; all that is missing is named at once.
+prerequisites() {
+    missing=""
+    [ "$(id -u)" -eq 0 ] || missing="$missing\n  root (the daemon loads BPF programs and creates cgroups)"
+    for b in rush rush-agentd; do
+        [ -x "$BIN/$b" ] || missing="$missing\n  $BIN/$b (RUSH_BIN must hold the built binaries)"
+    done
+    command -v curl >/dev/null 2>&1 || missing="$missing\n  curl (the network scenes' client)"
+    if ! command -v busybox >/dev/null 2>&1; then
+        missing="$missing\n  busybox (the network scenes' local HTTP server; Debian/Ubuntu: busybox-static)"
+    else
+        for applet in httpd wget; do
+            busybox --list 2>/dev/null | grep -qx $applet \
+                || missing="$missing\n  busybox applet $applet (this busybox was built without it)"
+        done
+    fi
+    [ -z "$missing" ] || fail "$(printf "missing prerequisites (\`cargo xtask setup\` installs them):$missing")"
+}
 start_daemon() {
     # A daemon killed earlier left its socket: the wait below must see the new one.
     rm -f "$SOCK"
@@ -34,17 +62,18 @@ start_daemon() {
     done
 }
 cleanup() {
-    kill "$DAEMON" 2>/dev/null; kill "$HTTPD" 2>/dev/null
+    [ -n "${DAEMON:-}" ] && kill "$DAEMON" 2>/dev/null; [ -n "${HTTPD:-}" ] && kill "$HTTPD" 2>/dev/null
     for d in /sys/fs/cgroup/rush-demo/* /sys/fs/cgroup/unified/rush-demo/*; do
         [ -d "$d" ] && { echo 1 > "$d/cgroup.kill"; sleep 0.2; rmdir "$d"; }
     done 2>/dev/null
     rm -rf /sys/fs/bpf/rush-demo "$WS" 2>/dev/null
     # The session store (rollback scene): unmounted by the daemon as it exits.
-    wait "$DAEMON" 2>/dev/null
+    [ -n "${DAEMON:-}" ] && wait "$DAEMON" 2>/dev/null
     umount "$STATE-workspaces/btrfs" 2>/dev/null
     rm -rf "$STATE-workspaces" 2>/dev/null
 }
 trap cleanup EXIT
+prerequisites
 
 budget_scenes() {
     scene "Budgets: a busy loop with cpu:2s is frozen when it has used its 2 s of CPU"
@@ -121,7 +150,17 @@ mkdir -p "$WS/project" "$WS/private" "$STATE/www"
 echo "notes of the project" > "$WS/project/notes.txt"
 echo "do not read" > "$WS/private/keys.txt"
 echo "hello from a local server" > "$STATE/www/index.html"
+HTTPD=
 busybox httpd -f -p 127.0.0.1:8080 -h "$STATE/www" & HTTPD=$!
+# The network scenes need this server answering: without it an allowed connection fails
+# too, and a refusal looks no different from a server that is not there.
+i=0
+until [ "$(curl -sS --max-time 2 http://127.0.0.1:8080/ 2>/dev/null)" = "hello from a local server" ]; do
+    i=$((i + 1))
+    [ $i -lt 50 ] && kill -0 "$HTTPD" 2>/dev/null \
+        || fail "the local HTTP server (busybox httpd on 127.0.0.1:8080) does not answer (port taken?): the network scenes could not show a refused and an allowed connection"
+    sleep 0.1
+done
 start_daemon
 
 scene "What this kernel lets Rush guarantee"
@@ -130,9 +169,16 @@ show rush doctor
 scene "Network: a plain curl reaches the local server"
 show curl -sS --max-time 5 http://127.0.0.1:8080/
 scene "The same curl as an agent with --net deny: the kernel refuses its connect()"
-show rush agent spawn researcher --net deny -- curl -sS --max-time 5 http://127.0.0.1:8080/
+show_kept rush agent spawn researcher --net deny -- curl -sS --max-time 5 http://127.0.0.1:8080/
+[ $RC -ne 0 ] || fail "the agent with --net deny reached the server"
+echo "(curl does not name the errno; busybox wget does:)"
+show_kept rush agent spawn researcher --net deny -- busybox wget -q -O- http://127.0.0.1:8080/
+case $OUT in *"Operation not permitted"*) ;; *) fail "the refused connect() did not fail with EPERM" ;; esac
+show_kept rush audit --agent researcher --kind net_deny --limit 2
+case $OUT in *net_deny*127.0.0.1:8080*) ;; *) fail "the refused connect() is not in the audit trail" ;; esac
 scene "With the server on its allow list, it goes through"
-show rush agent spawn fetcher --net 127.0.0.1:8080 -- curl -sS --max-time 5 http://127.0.0.1:8080/
+show_kept rush agent spawn fetcher --net 127.0.0.1:8080 -- curl -sS --max-time 5 http://127.0.0.1:8080/
+[ $RC -eq 0 ] && [ "$OUT" = "hello from a local server" ] || fail "the allowed connection did not reach the server"
 
 if ! rush doctor | grep -Eq '^file tokens +yes'; then
     scene "Files: this kernel cannot attach BPF LSM programs, so a file grant is refused, not faked"

@@ -10,7 +10,7 @@ mod setup;
 mod util;
 mod vm;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
@@ -82,62 +82,82 @@ fn main() -> Result<()> {
     }
 }
 
+/// The host tier's test suites (kernel-tests/tests/NAME.rs), run one cargo invocation each
+/// so the summary says what each costs; the others run only in the guests.
+const HOST_SUITES: [&str; 13] = [
+    "host",
+    "budget",
+    "api",
+    "landlock",
+    "timetravel",
+    "audit",
+    "store",
+    "sessions",
+    "restart",
+    "scale",
+    "hardening",
+    "toolchains",
+    "events",
+];
+
 fn test(tier: Tier) -> Result<()> {
     setup::ensure()?;
+    let mut times = util::Timings::new();
+    let result = run_tiers(tier, &mut times);
+    util::step("where the time went");
+    eprint!("{}", times.table());
+    result
+}
+
+fn run_tiers(tier: Tier, times: &mut util::Timings) -> Result<()> {
     if matches!(tier, Tier::Unit | Tier::All) {
+        util::step("gates: formatting, clippy (warnings denied), the daemon's layers, before any test");
+        times.step("gate: cargo fmt --all --check", || {
+            util::cargo(&["fmt", "--all", "--check"], &[])
+                .context("the code is not formatted: run `cargo fmt --all` (the tests did not run)")
+        })?;
+        times.step("gate: cargo clippy -D warnings", || {
+            util::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"], &[]).context(
+                "clippy found something (warnings are denied): fix it, or allow it where it is with a reason (the tests did not run)",
+            )
+        })?;
+        times.step("gate: cargo xtask layers", || {
+            layers::run(true, None).context("rush-agentd's layers are broken (the tests did not run)")
+        })?;
         util::step("unit tests (cargo test: no root, no kernel features)");
-        util::cargo(&["test", "--workspace", "--exclude", "kernel-tests", "--exclude", "rush-benches"], &[])?;
+        let unit = ["test", "--workspace", "--exclude", "kernel-tests", "--exclude", "rush-benches"];
+        times.step("unit: build", || util::cargo(&[&unit[..], &["--no-run"]].concat(), &[]))?;
+        times.step("unit: run", || util::cargo(&unit, &[]))?;
     }
     if matches!(tier, Tier::Host | Tier::All) {
         util::step("host integration tests (root, real daemon, cgroups and BPF programs)");
         util::require_root("the host integration tier")?;
-        util::cargo(
-            &["build", "-p", "rush-agentd", "-p", "rush-userspace", "-p", "kernel-tests", "--bins"],
-            &[],
-        )?;
         let bin_dir = util::target_dir()?.join("debug");
-        util::cargo(
-            &[
-                "test",
-                "-p",
-                "kernel-tests",
-                "--test",
-                "host",
-                "--test",
-                "budget",
-                "--test",
-                "api",
-                "--test",
-                "landlock",
-                "--test",
-                "timetravel",
-                "--test",
-                "audit",
-                "--test",
-                "store",
-                "--test",
-                "sessions",
-                "--test",
-                "restart",
-                "--test",
-                "scale",
-                "--test",
-                "hardening",
-                "--test",
-                "toolchains",
-                "--test",
-                "events",
-                "--",
-                "--test-threads",
-                "4",
-            ],
-            &[("RUSH_TEST_STRICT", "1"), ("RUSH_BIN_DIR", bin_dir.to_str().unwrap())],
-        )?;
+        let envs = [("RUSH_TEST_STRICT", "1"), ("RUSH_BIN_DIR", bin_dir.to_str().unwrap())];
+        times.step("host: build", || {
+            util::cargo(
+                &["build", "-p", "rush-agentd", "-p", "rush-userspace", "-p", "kernel-tests", "--bins"],
+                &[],
+            )?;
+            let mut args = vec!["test", "-p", "kernel-tests", "--no-run"];
+            for suite in HOST_SUITES {
+                args.extend(["--test", suite]);
+            }
+            util::cargo(&args, &envs)
+        })?;
+        for suite in HOST_SUITES {
+            times.step(&format!("host: {suite}"), || {
+                util::cargo(
+                    &["test", "-p", "kernel-tests", "--test", suite, "--", "--test-threads", "4"],
+                    &envs,
+                )
+            })?;
+        }
     }
     if matches!(tier, Tier::Vm | Tier::All) {
         util::step("VM kernel tests (QEMU guests, Debian 6.1 and 6.12: BPF LSM, pure cgroup v2, CRIU)");
         util::require_root("the VM tier")?;
-        vm::run(vm::VmArgs::all_kernels())?;
+        vm::run_timed(vm::VmArgs::all_kernels(), times)?;
     }
     Ok(())
 }

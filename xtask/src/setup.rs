@@ -20,6 +20,11 @@ const TOOLCHAIN_PACKAGES: [&str; 3] = ["python3-venv", "gcc", "libc6-dev"];
 /// npm, by command: a node from elsewhere (NodeSource's nodejs) brings its own npm and
 /// conflicts with Debian's npm package, which is installed only when there is no npm.
 const NPM: (&str, &str) = ("npm", "npm");
+/// busybox, by command: the demo's local HTTP server (`busybox httpd`) and the client that
+/// names the errno of a refused connect (`busybox wget`), and the VM images' /init.
+/// Debian's `busybox` and `busybox-static` conflict; either has both applets, so the
+/// static one is installed only when there is no busybox at all.
+const BUSYBOX: (&str, &str) = ("busybox", "busybox-static");
 
 fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
@@ -40,8 +45,10 @@ fn have_clang() -> bool {
 pub fn ensure() -> Result<()> {
     let mut missing: Vec<&str> =
         PACKAGES.iter().chain(&TOOLCHAIN_PACKAGES).copied().filter(|p| !installed(p)).collect();
-    if !on_path(NPM.0) {
-        missing.push(NPM.1);
+    for (command, package) in [NPM, BUSYBOX] {
+        if !on_path(command) {
+            missing.push(package);
+        }
     }
     if !have_clang() {
         missing.push("clang-19");

@@ -167,6 +167,12 @@ fn select(kernel: &str) -> Result<Vec<Series>> {
 struct Tests(Vec<(&'static str, PathBuf)>);
 
 pub fn run(args: VmArgs) -> Result<()> {
+    run_timed(args, &mut util::Timings::default())
+}
+
+/// [`run`], adding its phases to `times`: build, kernels, payload, and each kernel's
+/// guests (which run at the same time, so their times overlap).
+pub fn run_timed(args: VmArgs, times: &mut util::Timings) -> Result<()> {
     let wall = Instant::now();
     let series = select(&args.kernel)?;
     if let Some(s) = &args.suite
@@ -187,6 +193,7 @@ pub fn run(args: VmArgs) -> Result<()> {
     )?;
     let tests = test_executables()?;
     let build_time = wall.elapsed();
+    times.record("vm: build", build_time, "ok");
 
     util::step(&format!("kernels (cache: {})", kernel::cache_root().display()));
     let t = Instant::now();
@@ -210,6 +217,7 @@ pub fn run(args: VmArgs) -> Result<()> {
     }
     std::fs::write(out_dir.join("kernels.txt"), &versions)?;
     let fetch_time = t.elapsed();
+    times.record("vm: kernels (fetch or cache)", fetch_time, "ok");
 
     util::step("payload (binaries under test, their libraries, the run script)");
     let t = Instant::now();
@@ -218,6 +226,7 @@ pub fn run(args: VmArgs) -> Result<()> {
         build_payload(&payload, &out_dir.join("stripped"), &tests, args.suite.as_deref(), &args.test_args)?;
     eprintln!("    {} ({:.1} MiB)", payload.display(), size as f64 / 1048576.0);
     let payload_time = t.elapsed();
+    times.record("vm: payload", payload_time, "ok");
 
     let accel = match (args.kvm, args.mttcg) {
         (true, _) => "kvm",
@@ -274,6 +283,12 @@ pub fn run(args: VmArgs) -> Result<()> {
         if !verdict.starts_with("PASS") {
             failed.push(k.series.label);
         }
+        let guests = o.total_time + second.as_ref().map_or(Duration::ZERO, |s| s.total_time);
+        times.record(
+            &format!("vm: {} guests (in parallel with the other kernel)", k.series.label),
+            guests,
+            if verdict.starts_with("PASS") { "ok" } else { "FAILED" },
+        );
         writeln!(
             summary,
             "  {:<5} {verdict}  {} {} (uname -r {}); boot to /init {}, VM total {}",

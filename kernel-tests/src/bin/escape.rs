@@ -200,20 +200,30 @@ fn run_step(s: &[String]) -> Step {
         "rename" => std::fs::rename(a(1), a(2)).map(|_| String::new()).map_err(io),
         "unlink" => std::fs::remove_file(a(1)).map(|_| String::new()).map_err(io),
         "mkdir" => std::fs::create_dir(a(1)).map(|_| String::new()).map_err(io),
+        // SAFETY: mkfifo reads a NUL-terminated path (a CString temporary alive until the call
+        // returns); nothing is kept.
         "mkfifo" => sysi(unsafe { libc::mkfifo(cs(a(1)).as_ptr(), 0o600) }, "").map(|_| String::new()),
         "mknod-blk" => {
             let dev = libc::makedev(num(a(2)), num(a(3)));
+            // SAFETY: mknod reads a NUL-terminated path (a CString temporary alive until the call
+            // returns); nothing is kept.
             sysi(unsafe { libc::mknod(cs(a(1)).as_ptr(), libc::S_IFBLK | 0o600, dev) }, "")
                 .map(|_| String::new())
         }
         "truncate" => {
+            // SAFETY: truncate reads a NUL-terminated path (a CString temporary alive until the
+            // call returns); nothing is kept.
             sysi(unsafe { libc::truncate(cs(a(1)).as_ptr(), num(a(2))) }, "").map(|_| String::new())
         }
         "chmod" => {
             let mode = u32::from_str_radix(a(2), 8).unwrap_or_else(|_| usage("chmod: octal mode"));
+            // SAFETY: chmod reads a NUL-terminated path (a CString temporary alive until the call
+            // returns); nothing is kept.
             sysi(unsafe { libc::chmod(cs(a(1)).as_ptr(), mode) }, "").map(|_| String::new())
         }
         "chown" => {
+            // SAFETY: chown reads a NUL-terminated path (a CString temporary alive until the call
+            // returns); nothing is kept.
             sysi(unsafe { libc::chown(cs(a(1)).as_ptr(), num(a(2)), num(a(3))) }, "").map(|_| String::new())
         }
         "ino" => std::fs::metadata(a(1)).map(|m| format!("dev {} ino {}", m.dev(), m.ino())).map_err(io),
@@ -221,7 +231,10 @@ fn run_step(s: &[String]) -> Step {
         "opath" => open_raw(a(1), libc::O_PATH).map(keep),
         "dir" => open_raw(a(1), libc::O_RDONLY | libc::O_DIRECTORY).map(keep),
         "openat" => {
+            // SAFETY: openat reads a NUL-terminated path (a CString temporary alive until the call
+            // returns); nothing is kept.
             let fd = sysi(unsafe { libc::openat(num(a(1)), cs(a(2)).as_ptr(), libc::O_RDONLY) }, "")?;
+            // SAFETY: fd was just returned by openat and nothing else owns it.
             read_all(unsafe { File::from_raw_fd(fd) }).map(|v| v.len().to_string())
         }
         "openat2" => openat2(a(1), a(2), a(3)),
@@ -231,18 +244,25 @@ fn run_step(s: &[String]) -> Step {
         "ptrace-seize" => ptrace_attach(num(a(1)), true),
         "vm-read" | "vm-write" => vm_rw(num(a(1)), s[0] == "vm-write"),
         "pidfd-getfd" => {
+            // SAFETY: pidfd_open takes a pid and a flag word; no memory is passed.
             let pidfd =
                 sys(unsafe { libc::syscall(libc::SYS_pidfd_open, num::<i32>(a(1)), 0) }, "pidfd_open")?;
             stage_ok("pidfd");
+            // SAFETY: pidfd_getfd takes two descriptors' numbers and a flag word; no memory is
+            // passed.
             let fd = sys(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, num::<i32>(a(2)), 0) }, "")?;
             Ok(format!("fd {fd}"))
         }
+        // SAFETY: kill takes a pid and a signal number; no memory is passed.
         "kill" => sysi(unsafe { libc::kill(num(a(1)), num(a(2))) }, "").map(|_| String::new()),
         "pidfd-kill" => {
+            // SAFETY: pidfd_open takes a pid and a flag word; no memory is passed.
             let pidfd =
                 sys(unsafe { libc::syscall(libc::SYS_pidfd_open, num::<i32>(a(1)), 0) }, "pidfd_open")?;
             stage_ok("pidfd");
             let null = std::ptr::null::<libc::siginfo_t>();
+            // SAFETY: a null siginfo is allowed (the kernel fills in a default); the rest are
+            // integers.
             sys(unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd, num::<i32>(a(2)), null, 0) }, "")
                 .map(|_| String::new())
         }
@@ -250,6 +270,7 @@ fn run_step(s: &[String]) -> Step {
         "sigio-self" => sigio_self(),
         "fork-chain" => fork_chain(num(a(1)), a(2), a(3)),
         "clone-into-cgroup" => clone_into_cgroup(a(1)),
+        // SAFETY: the get*id calls take nothing and cannot fail.
         "ids" => Ok(unsafe {
             format!(
                 "uid {} euid {} gid {} egid {}",
@@ -259,6 +280,7 @@ fn run_step(s: &[String]) -> Step {
                 libc::getegid()
             )
         }),
+        // SAFETY: PR_GET_NO_NEW_PRIVS takes no pointer; it only returns the flag.
         "nnp" => sysi(unsafe { libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) }, "")
             .map(|v| format!("nnp {v}")),
         "cgroup" => {
@@ -277,10 +299,14 @@ fn run_step(s: &[String]) -> Step {
         // Mounts and namespaces.
         "mount-bind" => mount(a(1), a(2), None, libc::MS_BIND),
         "mount-tmpfs" => mount("tmpfs", a(1), Some("tmpfs"), 0),
+        // SAFETY: umount2 reads a NUL-terminated path (a CString temporary alive until the call
+        // returns); nothing is kept.
         "umount" => sysi(unsafe { libc::umount2(cs(a(1)).as_ptr(), 0) }, "").map(|_| String::new()),
         "move-mount" => {
             let (from, to) = (cs(a(1)), cs(a(2)));
             sys(
+                // SAFETY: move_mount reads two NUL-terminated paths that live until the end of this
+                // arm.
                 unsafe {
                     libc::syscall(
                         libc::SYS_move_mount,
@@ -298,24 +324,32 @@ fn run_step(s: &[String]) -> Step {
         "open-tree" => {
             let p = cs(a(1));
             let flags = 1 | libc::AT_RECURSIVE as c_long; // OPEN_TREE_CLONE
+            // SAFETY: open_tree reads a NUL-terminated path alive until the end of this arm.
             sys(unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, p.as_ptr(), flags) }, "")
                 .map(|fd| keep(fd as i32))
         }
         "fsopen" => {
             let t = cs(a(1));
+            // SAFETY: fsopen reads a NUL-terminated file system name alive until the end of this
+            // arm.
             sys(unsafe { libc::syscall(libc::SYS_fsopen, t.as_ptr(), 0) }, "").map(|fd| keep(fd as i32))
         }
         "pivot-root" => {
             let (n, o) = (cs(a(1)), cs(a(2)));
+            // SAFETY: pivot_root reads two NUL-terminated paths alive until the end of this arm.
             sys(unsafe { libc::syscall(libc::SYS_pivot_root, n.as_ptr(), o.as_ptr()) }, "")
                 .map(|_| String::new())
         }
+        // SAFETY: chroot reads a NUL-terminated path (a CString temporary alive until the call
+        // returns); nothing is kept.
         "chroot" => sysi(unsafe { libc::chroot(cs(a(1)).as_ptr()) }, "").map(|_| String::new()),
+        // SAFETY: unshare takes a flag word; no memory is passed.
         "unshare" => sysi(unsafe { libc::unshare(ns_flags(a(1))) }, "").map(|_| String::new()),
         "clone-newuser" => clone_newuser(),
         "setns" => {
             let fd = open_raw(a(1), libc::O_RDONLY)?;
             stage_ok("opened");
+            // SAFETY: setns takes a descriptor's number and a flag word; no memory is passed.
             sysi(unsafe { libc::setns(fd, 0) }, "").map(|_| String::new())
         }
         // Exec.
@@ -375,6 +409,8 @@ fn run_step(s: &[String]) -> Step {
                 [0x7fu8, b'E', b'L', b'F', 2, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 62, 0, 1, 0, 0, 0];
             let params = cs("");
             sys(
+                // SAFETY: init_module reads junk.len() bytes of junk and the NUL-terminated params,
+                // both alive here; it fails on the bad image or the missing capability.
                 unsafe { libc::syscall(libc::SYS_init_module, junk.as_ptr(), junk.len(), params.as_ptr()) },
                 "",
             )
@@ -383,11 +419,15 @@ fn run_step(s: &[String]) -> Step {
         "finit-module" => {
             let f = File::open(a(1)).map_err(at("open"))?;
             let params = cs("");
+            // SAFETY: finit_module takes an open descriptor and reads the NUL-terminated params,
+            // alive here.
             sys(unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), params.as_ptr(), 0) }, "")
                 .map(|_| String::new())
         }
         "delete-module" => {
             let n = cs(a(1));
+            // SAFETY: delete_module reads a NUL-terminated module name alive until the end of this
+            // arm.
             sys(unsafe { libc::syscall(libc::SYS_delete_module, n.as_ptr(), libc::O_NONBLOCK) }, "")
                 .map(|_| String::new())
         }
@@ -396,18 +436,26 @@ fn run_step(s: &[String]) -> Step {
         "socket-udp" => socket(libc::AF_INET, libc::SOCK_DGRAM, 0),
         "sethostname" => {
             let mut buf = [0u8; 256];
+            // SAFETY: gethostname writes at most buf.len() bytes into buf.
             sysi(unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) }, "gethostname")?;
             let b = &buf[..buf.iter().position(|c| *c == 0).unwrap_or(buf.len())];
+            // SAFETY: sethostname reads b.len() bytes of b (the current name: nothing changes if it
+            // succeeds).
             sysi(unsafe { libc::sethostname(b.as_ptr().cast(), b.len()) }, "")
                 .map(|_| format!("hostname {}", String::from_utf8_lossy(b)))
         }
+        // SAFETY: swapoff reads a NUL-terminated path (a CString temporary alive until the call
+        // returns); nothing is kept.
         "swapoff" => sysi(unsafe { libc::swapoff(cs(a(1)).as_ptr()) }, "").map(|_| String::new()),
         // Turning access on is what needs CAP_SYS_RAWIO (turning it off needs nothing).
+        // SAFETY: ioperm takes integers only; no memory is passed.
         "ioperm" => sysi(unsafe { libc::ioperm(0x80, 1, 1) }, "").map(|_| String::new()),
         "net-admin" => net_admin(),
         "reboot-badmagic" => {
             // LINUX_REBOOT_MAGIC1 with a wrong MAGIC2: the capability check comes first, the
             // magic check then fails with EINVAL, so nothing ever reboots.
+            // SAFETY: reboot with a wrong magic never reboots (EINVAL, or EPERM first); integers
+            // only.
             sys(unsafe { libc::syscall(libc::SYS_reboot, 0xfee1deadu32 as i32, 0, 0, 0) }, "")
                 .map(|_| String::new())
         }
@@ -543,11 +591,14 @@ fn write_to(f: std::io::Result<File>, text: &str) -> Step {
 
 fn open_raw(path: &str, flags: i32) -> Result<RawFd, Fail> {
     // No O_CLOEXEC: a kept fd is meant to be reachable as /proc/self/fd/N, also after exec.
+    // SAFETY: open reads a NUL-terminated path (a CString temporary alive until the call returns);
+    // nothing is kept.
     sysi(unsafe { libc::open(cs(path).as_ptr(), flags) }, "")
 }
 
 fn linkat(fd: RawFd, from: &str, to: &str, flags: i32) -> Step {
     let (f, t) = (cs(from), cs(to));
+    // SAFETY: linkat reads two NUL-terminated paths that live until the function returns.
     sysi(unsafe { libc::linkat(fd, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), flags) }, "")
         .map(|_| String::new())
 }
@@ -566,11 +617,13 @@ fn openat2(dir: &str, name: &str, resolve: &str) -> Step {
             other => usage(&format!("openat2: unknown resolve flag {other:?}")),
         };
     }
+    // SAFETY: open_how is plain integers; all zeroes is a valid value.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = libc::O_RDONLY as u64;
     how.resolve = r;
     let p = cs(name);
     let fd = sys(
+        // SAFETY: openat2 reads the path and `how` (size_of::<open_how>() bytes), both alive here.
         unsafe {
             libc::syscall(
                 libc::SYS_openat2,
@@ -582,6 +635,7 @@ fn openat2(dir: &str, name: &str, resolve: &str) -> Step {
         },
         "",
     )?;
+    // SAFETY: fd was just returned by openat2 and nothing else owns it.
     read_all(unsafe { File::from_raw_fd(fd as i32) }).map(|v| v.len().to_string())
 }
 
@@ -597,12 +651,15 @@ fn hold_open(path: &str) -> Step {
 
 fn ptrace_attach(pid: i32, seize: bool) -> Step {
     let req = if seize { libc::PTRACE_SEIZE } else { libc::PTRACE_ATTACH };
+    // SAFETY: ptrace attach/seize takes a pid and null addr/data; no memory of ours is touched.
     sys(unsafe { libc::ptrace(req, pid, 0usize, 0usize) }, "")?;
     // Attached (the attempt was not refused): let go at once.
     if seize {
+        // SAFETY: PTRACE_INTERRUPT of the tracee just seized; null addr/data.
         unsafe { libc::ptrace(libc::PTRACE_INTERRUPT, pid, 0usize, 0usize) };
     }
     let mut st = 0;
+    // SAFETY: waitpid writes st, ours; PTRACE_DETACH takes a pid and null addr/data.
     unsafe {
         libc::waitpid(pid, &mut st, libc::__WALL);
         libc::ptrace(libc::PTRACE_DETACH, pid, 0usize, 0usize);
@@ -616,8 +673,11 @@ fn vm_rw(pid: i32, write: bool) -> Step {
     // Address 0x1000 is never mapped: a permitted call fails with EFAULT, not EPERM.
     let remote = libc::iovec { iov_base: 0x1000 as *mut libc::c_void, iov_len: buf.len() };
     let n = if write {
+        // SAFETY: one local iovec over buf (8 bytes, ours, alive) and one remote iovec the kernel
+        // checks in the target (never mapped: EFAULT).
         unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) }
     } else {
+        // SAFETY: as above: the kernel writes at most buf.len() bytes into buf.
         unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) }
     };
     sys(n as c_long, "").map(|n| n.to_string())
@@ -629,15 +689,21 @@ const F_SETSIG: i32 = 10;
 fn sigio(pid: i32, sig: i32, via_ioctl: bool) -> Step {
     // A socket pair: sockets take both F_SETOWN and the FIOSETOWN ioctl (pipes only the former).
     let mut p = [0; 2];
+    // SAFETY: socketpair writes two descriptor numbers into p, which has room for two.
     sysi(unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, p.as_mut_ptr()) }, "socketpair")?;
     if via_ioctl {
+        // SAFETY: FIOSETOWN reads one int (pid) through the pointer, which is alive.
         sysi(unsafe { libc::ioctl(p[0], FIOSETOWN, &pid) }, "")?;
     } else {
+        // SAFETY: fcntl on our own socket with an integer argument.
         sysi(unsafe { libc::fcntl(p[0], libc::F_SETOWN, pid) }, "")?;
     }
     stage_ok("setown");
+    // SAFETY: fcntl on our own socket with an integer argument.
     sysi(unsafe { libc::fcntl(p[0], F_SETSIG, sig) }, "F_SETSIG")?;
+    // SAFETY: fcntl on our own socket with an integer argument.
     sysi(unsafe { libc::fcntl(p[0], libc::F_SETFL, libc::O_ASYNC | libc::O_NONBLOCK) }, "O_ASYNC")?;
+    // SAFETY: write reads one byte of a static string.
     sys(unsafe { libc::write(p[1], b"x".as_ptr().cast(), 1) } as c_long, "write")?;
     // Delivery (or its refusal) happens inside write(); give a signal a moment anyway.
     std::thread::sleep(std::time::Duration::from_millis(200));
@@ -645,6 +711,9 @@ fn sigio(pid: i32, sig: i32, via_ioctl: bool) -> Step {
 }
 
 fn sigio_self() -> Step {
+    // SAFETY: the sigset is plain data (zeroed, then initialised by sigemptyset); the pipe writes
+    // two ints into p; the fcntls take integers; write reads one static byte; sigtimedwait reads
+    // set and ts, both alive, and a null siginfo is allowed.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
@@ -666,14 +735,19 @@ fn sigio_self() -> Step {
 /// and cgroup and tries both opens. Every parent exits with its child's status.
 fn fork_chain(n: u32, denied: &str, granted: &str) -> Step {
     flush();
+    // SAFETY: getpid cannot fail.
     let top = unsafe { libc::getpid() };
     for depth in 1..=n {
         flush();
+        // SAFETY: this tool is single-threaded, so the child of fork may allocate and print as
+        // usual.
         let child = sysi(unsafe { libc::fork() }, "fork")?;
         if child > 0 {
             let mut st = 0;
+            // SAFETY: waitpid writes the status into st, ours.
             unsafe { libc::waitpid(child, &mut st, 0) };
             let code = if libc::WIFEXITED(st) { libc::WEXITSTATUS(st) } else { 99 };
+            // SAFETY: getpid cannot fail.
             if unsafe { libc::getpid() } == top {
                 return if code == 0 {
                     Ok(format!("chain {n} exit 0"))
@@ -682,14 +756,18 @@ fn fork_chain(n: u32, denied: &str, granted: &str) -> Step {
                 };
             }
             flush();
+            // SAFETY: _exit ends this process of the chain without running anything else; stdout
+            // was flushed.
             unsafe { libc::_exit(code) };
         }
         if depth == n {
+            // SAFETY: getpid cannot fail.
             println!("ok depth {n} pid {}", unsafe { libc::getpid() });
             let mut good = report(run_step(&["cgroup".into()]));
             good &= !report(run_step(&["read".into(), denied.into()]));
             good &= report(run_step(&["read".into(), granted.into()]));
             flush();
+            // SAFETY: as above: stdout was flushed, nothing else needs to run.
             unsafe { libc::_exit(if good { 0 } else { 1 }) };
         }
     }
@@ -722,18 +800,23 @@ fn clone_into_cgroup(dir: &str) -> Step {
     };
     flush();
     let pid = sys(
+        // SAFETY: clone3 without CLONE_VM reads `args` (its size passed with it) and forks: the
+        // child has its own copy of this single-threaded process.
         unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, size_of::<CloneArgs>()) },
         "",
     )?;
     if pid == 0 {
         let cg = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         let line = format!("ok child-cgroup {}\n", cg.trim().replace('\n', "|"));
+        // SAFETY: write reads line.len() bytes of line, alive; _exit ends the child without
+        // returning into the parent's code.
         unsafe {
             libc::write(1, line.as_ptr().cast(), line.len());
             libc::_exit(0);
         }
     }
     let mut st = 0;
+    // SAFETY: waitpid writes the status into st, ours.
     unsafe { libc::waitpid(pid as i32, &mut st, 0) };
     Ok("child ran".into())
 }
@@ -743,6 +826,8 @@ fn as_user(rest: &[String]) -> Step {
         usage("as-user UID GID -- PROG ARGS...");
     }
     let (uid, gid): (u32, u32) = (num(&rest[0]), num(&rest[1]));
+    // SAFETY: setgroups with size 0 reads nothing through the null list; setgid and setuid take
+    // integers.
     unsafe {
         sysi(libc::setgroups(0, std::ptr::null()), "setgroups")?;
         sysi(libc::setgid(gid), "setgid")?;
@@ -752,6 +837,8 @@ fn as_user(rest: &[String]) -> Step {
     let argv: Vec<CString> = rest[3..].iter().map(|s| cs(s)).collect();
     let mut ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
     ptrs.push(std::ptr::null());
+    // SAFETY: argv is NUL-terminated strings alive here and ptrs ends with a null pointer, as execv
+    // requires.
     unsafe { libc::execv(argv[0].as_ptr(), ptrs.as_ptr()) };
     Err(Fail(Errno::last(), "exec"))
 }
@@ -760,6 +847,8 @@ fn mount(src: &str, dst: &str, fstype: Option<&str>, flags: libc::c_ulong) -> St
     let (s, d) = (cs(src), cs(dst));
     let t = fstype.map(cs);
     let tp = t.as_ref().map_or(std::ptr::null(), |t| t.as_ptr());
+    // SAFETY: mount reads NUL-terminated source, target and (or null) type, alive until the
+    // function returns; null data is allowed.
     sysi(unsafe { libc::mount(s.as_ptr(), d.as_ptr(), tp, flags, std::ptr::null()) }, "")
         .map(|_| String::new())
 }
@@ -784,11 +873,15 @@ fn ns_flags(list: &str) -> i32 {
 fn clone_newuser() -> Step {
     flush();
     let flags = (libc::CLONE_NEWUSER | libc::SIGCHLD) as c_long;
+    // SAFETY: a raw clone without CLONE_VM is a fork (new stack copy, no shared memory); the child
+    // only calls _exit.
     let pid = sys(unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) }, "")?;
     if pid == 0 {
+        // SAFETY: _exit ends the child at once.
         unsafe { libc::_exit(0) };
     }
     let mut st = 0;
+    // SAFETY: waitpid writes the status into st, ours.
     unsafe { libc::waitpid(pid as i32, &mut st, 0) };
     Ok("child in a new user namespace".into())
 }
@@ -796,7 +889,9 @@ fn clone_newuser() -> Step {
 fn memfd(src: &str) -> Step {
     let bytes = std::fs::read(src).map_err(at("read source"))?;
     let name = cs("rush-escape");
+    // SAFETY: memfd_create reads a NUL-terminated name alive here.
     let fd = sysi(unsafe { libc::memfd_create(name.as_ptr(), 0) }, "")?;
+    // SAFETY: fd was just returned by memfd_create and nothing else owns it.
     let mut f = unsafe { File::from_raw_fd(fd) };
     f.write_all(&bytes).map_err(at("write"))?;
     Ok(keep(f.into_raw_fd()))
@@ -804,18 +899,22 @@ fn memfd(src: &str) -> Step {
 
 fn mmap_fd(fd: RawFd, prot: i32, then_mprotect_exec: bool) -> Step {
     let len = 4096;
+    // SAFETY: a new mapping at an address the kernel picks; nothing of ours is overwritten.
     let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_PRIVATE, fd, 0) };
     if p == libc::MAP_FAILED {
         return Err(Fail(Errno::last(), if then_mprotect_exec { "mmap" } else { "" }));
     }
     if then_mprotect_exec {
+        // SAFETY: p and len are the mapping just made.
         let r = unsafe { libc::mprotect(p, len, libc::PROT_READ | libc::PROT_EXEC) };
         let e = Errno::last();
+        // SAFETY: the mapping just made; no reference into it exists.
         unsafe { libc::munmap(p, len) };
         if r < 0 {
             return Err(Fail(e, ""));
         }
     } else {
+        // SAFETY: the mapping just made; no reference into it exists.
         unsafe { libc::munmap(p, len) };
     }
     Ok("mapped".into())
@@ -831,10 +930,14 @@ fn exec_self_like(path: Option<&str>, fd: RawFd) -> Step {
     match path {
         Some(p) => {
             let p = cs(p);
+            // SAFETY: p, argv and envp are NUL-terminated strings or null-terminated pointer arrays
+            // alive here; on success nothing returns.
             unsafe { libc::execve(p.as_ptr(), ptrs.as_ptr(), envp.as_ptr()) };
         }
         None => {
             let empty = cs("");
+            // SAFETY: as for execve: an empty path with AT_EMPTY_PATH, pointer arrays ending with
+            // null, all alive here.
             unsafe {
                 libc::syscall(
                     libc::SYS_execveat,
@@ -857,6 +960,7 @@ fn mmap_hold(path: &str, rw: bool) -> Step {
         return Err(Fail(Errno::EINVAL, "empty file"));
     }
     let prot = libc::PROT_READ | if rw { libc::PROT_WRITE } else { 0 };
+    // SAFETY: a new mapping at an address the kernel picks; nothing of ours is overwritten.
     let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, f.as_raw_fd(), 0) };
     if p == libc::MAP_FAILED {
         return Err(Fail(Errno::last(), "mmap"));
@@ -864,6 +968,10 @@ fn mmap_hold(path: &str, rw: bool) -> Step {
     drop(f); // the mapping alone holds the file from here on
     println!("mapped {}", std::process::id());
     flush();
+    // SAFETY: p is a mapping of len bytes that stays until the process exits and nothing else here
+    // refers to it; it is written only on `write` commands, which the tests send for read-write
+    // mappings (another process changing the file changes the bytes read, which is what the test
+    // looks at).
     let map = unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) };
     for line in std::io::stdin().lock().lines().map_while(Result::ok) {
         if let Some(text) = line.strip_prefix("write ") {
@@ -936,6 +1044,7 @@ fn map_fd(fd: RawFd, prot: &str, sharing: &str, text: Option<&str>) -> Step {
 fn fd_len(fd: RawFd) -> Result<usize, Fail> {
     // SAFETY: fstat into a zeroed stat buffer we own.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes one struct stat into st, ours.
     sysi(unsafe { libc::fstat(fd, &mut st) }, "fstat")?;
     if st.st_size == 0 {
         return Err(Fail(Errno::EINVAL, "empty file"));
@@ -1020,8 +1129,8 @@ fn fanotify(path: &str, fid: bool) -> Step {
     const FAN_MARK_ADD: u32 = 1;
     const FAN_EVENTS: u64 = 0x1 | 0x2 | 0x8 | 0x20 | 0x0800_0000; // access, modify, close-write, open, on-child
     let flags = FAN_CLASS_NOTIF | if fid { FAN_REPORT_FID } else { 0 };
-    // SAFETY: fanotify_init takes two flag words and returns an fd.
     let init_stage = if fid { "fanotify_init" } else { "" };
+    // SAFETY: fanotify_init takes two flag words and returns an fd.
     let fd =
         sys(unsafe { libc::syscall(libc::SYS_fanotify_init, flags, libc::O_RDONLY as u32) }, init_stage)?;
     if fid {
@@ -1064,6 +1173,9 @@ impl BpfAttr {
 }
 
 fn bpf(cmd: c_long, attr: &mut BpfAttr, stage: &'static str) -> Result<c_long, Fail> {
+    // SAFETY: bpf reads and writes at most attr.0.len() bytes of the attribute buffer, ours.
+    // The callers' pointers inside it are to buffers alive across the call: a path, or keys,
+    // values and info sized from the map's own key_size / value_size (no per-CPU maps here).
     sys(unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.0.as_mut_ptr(), attr.0.len()) }, stage)
 }
 
@@ -1148,6 +1260,8 @@ fn io_uring_openat(path: &str) -> Step {
     let p = cs(path);
     let op =
         opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), p.as_ptr()).flags(libc::O_RDONLY).build().user_data(1);
+    // SAFETY: the entry points at p, a NUL-terminated path that lives until this function returns,
+    // after the completion was reaped.
     unsafe { ring.submission().push(&op) }.map_err(|_| Fail(Errno::EBUSY, "sq push"))?;
     ring.submit_and_wait(1).map_err(at("io_uring_enter"))?;
     let cqe = ring.completion().next().ok_or(Fail(Errno::EAGAIN, "no cqe"))?;
@@ -1155,24 +1269,31 @@ fn io_uring_openat(path: &str) -> Step {
     if res < 0 {
         return Err(Fail(Errno::from_raw(-res), ""));
     }
+    // SAFETY: res is the descriptor io_uring's openat returned; nothing else owns it.
     read_all(unsafe { File::from_raw_fd(res) }).map(|v| v.len().to_string())
 }
 
 fn socket(domain: i32, ty: i32, proto: i32) -> Step {
+    // SAFETY: socket takes integers only.
     sysi(unsafe { libc::socket(domain, ty, proto) }, "").map(|fd| {
+        // SAFETY: closes the socket just made, owned by nothing else.
         unsafe { libc::close(fd) };
         String::new()
     })
 }
 
 fn net_admin() -> Step {
+    // SAFETY: socket takes integers only.
     let s = sysi(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) }, "socket")?;
+    // SAFETY: ifreq is plain data; all zeroes is a valid value.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
     for (d, c) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
         *d = *c as libc::c_char;
     }
+    // SAFETY: SIOCGIFFLAGS writes into ifr, a whole struct ifreq of ours.
     sysi(unsafe { libc::ioctl(s, libc::SIOCGIFFLAGS, &mut ifr) }, "SIOCGIFFLAGS")?;
     // Set the flags lo already has: changes nothing, yet needs CAP_NET_ADMIN.
+    // SAFETY: SIOCSIFFLAGS reads ifr, a whole struct ifreq of ours.
     sysi(unsafe { libc::ioctl(s, libc::SIOCSIFFLAGS, &ifr) }, "").map(|_| "lo flags set".into())
 }
 
@@ -1191,6 +1312,8 @@ fn name_to_handle(path: &str) -> Step {
     let mut mount_id = 0;
     let p = cs(path);
     sysi(
+        // SAFETY: name_to_handle_at writes at most handle_bytes (MAX_HANDLE_SZ) bytes after the
+        // header of h and an int into mount_id, all ours; the path is alive.
         unsafe {
             libc::name_to_handle_at(
                 libc::AT_FDCWD,
@@ -1217,9 +1340,12 @@ fn open_by_handle(mount_dir: &str, ty: i32, hexs: &str) -> Step {
     let mfd =
         open_raw(mount_dir, libc::O_RDONLY | libc::O_DIRECTORY).map_err(|Fail(e, _)| Fail(e, "mount fd"))?;
     let fd = sysi(
+        // SAFETY: open_by_handle_at reads h, whose handle_bytes says how many bytes follow (at most
+        // MAX_HANDLE_SZ, all inside h).
         unsafe { libc::open_by_handle_at(mfd, (&mut h as *mut FileHandle).cast(), libc::O_RDONLY) },
         "",
     )?;
+    // SAFETY: fd was just returned by open_by_handle_at and nothing else owns it.
     read_all(unsafe { File::from_raw_fd(fd) }).map(|v| v.len().to_string())
 }
 
@@ -1242,6 +1368,8 @@ fn btrfs_vol_ioctl(parent: &std::path::Path, name: &std::ffi::OsStr, src_fd: i64
     let mut args = BtrfsVolArgs { fd: src_fd, name: [0; 4088] };
     let n = name.as_bytes();
     args.name[..n.len()].copy_from_slice(n);
+    // SAFETY: the btrfs volume ioctls read and write one struct btrfs_ioctl_vol_args (4096 bytes,
+    // `args`, ours).
     sysi(unsafe { libc::ioctl(dir.as_raw_fd(), req as _, &mut args) }, "").map(|_| String::new())
 }
 

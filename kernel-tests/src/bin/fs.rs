@@ -226,9 +226,9 @@ fn map(path: &str, mode: &str) -> bool {
             }
             "write" if shared => {
                 // SAFETY: our own mapping, shared, from a read-write descriptor.
-                if prot & libc::PROT_WRITE == 0
-                    && unsafe { libc::mprotect(p, len, libc::PROT_READ | libc::PROT_WRITE) } != 0
-                {
+                let writable = prot & libc::PROT_WRITE != 0
+                    || unsafe { libc::mprotect(p, len, libc::PROT_READ | libc::PROT_WRITE) } == 0;
+                if !writable {
                     outcome::<()>(Err(std::io::Error::last_os_error()), |_| String::new());
                     continue;
                 }

@@ -17,7 +17,9 @@ pub fn events(ctx: &mut Ctx, args: EventsArgs) -> Result<u8> {
         // The past is the audit trail's: the newest matching records.
         let query = AuditQuery { agent, session, kinds: args.kinds, limit: args.limit, ..Default::default() };
         let events: Vec<Event> = match client.call(Request::Audit(query))? {
-            Response::AuditEvents { events } => events.into_iter().map(|r| Event::Audit(Box::new(r))).collect(),
+            Response::AuditEvents { events } => {
+                events.into_iter().map(|r| Event::Audit(Box::new(r))).collect()
+            }
             other => return Err(unexpected("audit_events", &other)),
         };
         if ctx.out.json {
