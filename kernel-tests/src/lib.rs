@@ -198,6 +198,8 @@ impl Daemon {
     /// cleanup): what a machine about to lose power has.
     pub fn abandon(mut self) {
         self.child.take();
+        // Forgetting is the point: Drop would stop the daemon and clean up.
+        #[allow(clippy::mem_forget)]
         std::mem::forget(self);
     }
 

@@ -399,7 +399,7 @@ unsafe fn child(
     landlock_fd: RawFd,
     h: &ChildRaw<'_>,
 ) -> ! {
-    // SAFETY (whole body): raw system calls on fds and buffers prepared by the parent; on
+    // SAFETY: (the whole body) raw system calls on fds and buffers prepared by the parent; on
     // any failure the step and errno go to the CLOEXEC pipe and the child exits.
     unsafe {
         let fail = |step: u32| -> ! {
@@ -562,6 +562,7 @@ pub async fn wait(pidfd: OwnedFd) -> std::io::Result<std::process::ExitStatus> {
             .map_err(std::io::Error::from)?;
     let _ = afd.readable().await?;
     let pidfd = afd.get_ref();
+    // SAFETY: siginfo_t is plain data; all zeroes is a valid value.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: waitid with P_PIDFD on our own child's pidfd, writing into `info`.
     let r = unsafe { libc::waitid(libc::P_PIDFD, pidfd.as_raw_fd() as libc::id_t, &mut info, libc::WEXITED) };

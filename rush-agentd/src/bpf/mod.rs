@@ -543,6 +543,7 @@ impl KernelPolicy for BpfHandle {
 }
 
 /// Records calls; for unit tests of the daemon's logic.
+#[cfg(test)]
 #[derive(Default)]
 pub struct FakeKernel {
     pub agents: std::sync::Mutex<std::collections::HashMap<u64, KernelNetPolicy>>,
@@ -561,6 +562,7 @@ pub struct FakeKernel {
     pub api_endpoints: std::sync::Mutex<Vec<(IpAddr, u16)>>,
 }
 
+#[cfg(test)]
 impl KernelPolicy for FakeKernel {
     fn add_agent(&self, cgroup_id: u64, net: &KernelNetPolicy, flags: AgentFlags) -> Result<(), BpfError> {
         self.agents.lock().unwrap().insert(cgroup_id, net.clone());
