@@ -5,6 +5,34 @@ use super::budgets::{Pause, Reported};
 use super::capabilities::{CommitCause, landlock_link_check};
 use super::*;
 
+/// Undoes a start that did not finish, whichever step failed: the agent's processes
+/// killed, its cgroup removed and only then its kernel entry (a cgroup that still exists
+/// never lacks its policy), its tokens and its name for kernel events forgotten.
+/// `launched` keeps everything.
+struct LaunchGuard<'a> {
+    mgr: &'a AgentManager,
+    cg: Option<AgentCgroup>,
+}
+
+impl LaunchGuard<'_> {
+    fn launched(mut self) {
+        self.cg = None;
+    }
+}
+
+impl Drop for LaunchGuard<'_> {
+    fn drop(&mut self) {
+        let Some(cg) = self.cg.take() else { return };
+        let m = self.mgr;
+        let _ = m.cgroups.kill_all(&cg);
+        if m.cgroups.remove(&cg).is_ok() {
+            let _ = m.kernel.remove_agent(cg.id);
+        }
+        m.tokens.forget_agent(cg.id);
+        m.registry().names.remove(&cg.id);
+    }
+}
+
 /// What a validated spawn request turns into, before anything is created.
 pub(super) struct Plan {
     pub(super) net: KernelNetPolicy,
@@ -485,6 +513,8 @@ impl AgentManager {
             .map_err(|e| internal("cannot create the agent's cgroup", &error_chain(&e)))?;
         // Kernel events name the agent from its first instruction on.
         self.registry().names.insert(cg.id, name.to_owned());
+        // From here on, any early return undoes the start.
+        let guard = LaunchGuard { mgr: self, cg: Some(cg.clone()) };
         // The policy must be in the kernel before the first process enters the cgroup:
         // file grants first, then the agent entry that makes them (and the net policy) live.
         // Tokens with a TTL: the daemon enforces their expiry on mappings too.
@@ -518,11 +548,6 @@ impl AgentManager {
             self.kernel.set_net_budget(cg.id, net_budget(&budget))
         })();
         if let Err(e) = installed {
-            self.tokens.forget_agent(cg.id);
-            if self.cgroups.remove(&cg).is_ok() {
-                let _ = self.kernel.remove_agent(cg.id);
-            }
-            self.registry().names.remove(&cg.id);
             return Err(internal("cannot install the agent's kernel policy", &e));
         }
         let landlock = if files == Files::Landlock {
@@ -537,11 +562,6 @@ impl AgentManager {
             match crate::landlock::ruleset(&rules, &tcp) {
                 Ok(fd) => Some(fd),
                 Err(e) => {
-                    self.tokens.forget_agent(cg.id);
-                    if self.cgroups.remove(&cg).is_ok() {
-                        let _ = self.kernel.remove_agent(cg.id);
-                    }
-                    self.registry().names.remove(&cg.id);
                     return Err(api_err(ErrorKind::Unsupported, format!("Landlock: {}", error_chain(&e))));
                 }
             }
@@ -601,17 +621,10 @@ impl AgentManager {
                     hardlinks: hardlinks_of(files, req),
                     hardening: hardening_info,
                 };
+                guard.launched();
                 Ok((info, cg, child, timed))
             }
-            Err(e) => {
-                let _ = self.cgroups.kill_all(&cg);
-                if self.cgroups.remove(&cg).is_ok() {
-                    let _ = self.kernel.remove_agent(cg.id);
-                }
-                self.tokens.forget_agent(cg.id);
-                self.registry().names.remove(&cg.id);
-                Err(e)
-            }
+            Err(e) => Err(e),
         }
     }
 
