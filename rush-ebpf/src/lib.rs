@@ -66,13 +66,13 @@ pub const NET_MODE_DENY: u32 = 0;
 pub const NET_MODE_ALLOW: u32 = 1;
 pub const NET_MODE_LIST: u32 = 2;
 
-// Values of `RushNetEvent::hook`.
+// Values of `RushEventHdr::hook` of a `RushNetEvent`.
 pub const HOOK_CONNECT4: u32 = 1;
 pub const HOOK_CONNECT6: u32 = 2;
 pub const HOOK_SENDMSG4: u32 = 3;
 pub const HOOK_SENDMSG6: u32 = 4;
 
-// Values of `RushNetEvent::kind` / `RushFileEvent::kind` (the first u32 of every record).
+// Values of `RushEventHdr::kind` (the first u32 of every record).
 pub const EVENT_NET_DENY: u32 = 1;
 pub const EVENT_FILE_DENY: u32 = 2;
 pub const EVENT_GUARD_DENY: u32 = 3;
@@ -107,7 +107,7 @@ pub const FILE_OP_DELETE: u32 = 1 << 4;
 pub const FILE_OP_SAVE: u32 = 1 << 5;
 pub const FILE_OPS_LEN: usize = 6;
 
-// Values of `RushFileEvent::hook`.
+// Values of `RushEventHdr::hook` of a `RushFileEvent`.
 pub const FHOOK_FILE_OPEN: u32 = 1;
 pub const FHOOK_FILE_PERMISSION: u32 = 2;
 pub const FHOOK_PATH_MKNOD: u32 = 3;
@@ -124,7 +124,7 @@ pub const FHOOK_MMAP_FILE: u32 = 13;
 pub const FHOOK_FILE_MPROTECT: u32 = 14;
 pub const FHOOK_PATH_NOTIFY: u32 = 15;
 
-/// The hook name (the `lsm/` section without its prefix) of a `RushFileEvent::hook`.
+/// The hook name (the `lsm/` section without its prefix) of a `RushFileEvent`'s hook.
 pub fn file_hook_name(hook: u32) -> Option<&'static str> {
     Some(match hook {
         FHOOK_FILE_OPEN => "file_open",
@@ -146,7 +146,7 @@ pub fn file_hook_name(hook: u32) -> Option<&'static str> {
     })
 }
 
-// Values of `RushGuardEvent::hook`.
+// Values of `RushEventHdr::hook` of a `RushGuardEvent`.
 pub const GHOOK_CAPABLE: u32 = 1;
 pub const GHOOK_BPF: u32 = 2;
 pub const GHOOK_PTRACE: u32 = 3;
@@ -166,7 +166,7 @@ pub const GHOOK_SYSCTL: u32 = 16;
 pub const GHOOK_IOCTL: u32 = 17;
 pub const GHOOK_PROC_WRITE: u32 = 18;
 
-/// What a `RushGuardEvent::hook` stopped, for the audit trail.
+/// What a `RushGuardEvent`'s hook stopped, for the audit trail.
 pub fn guard_hook_name(hook: u32) -> Option<&'static str> {
     Some(match hook {
         GHOOK_CAPABLE => "capable",
@@ -356,13 +356,45 @@ pub struct RushApiKey {
     pub addr: [u8; 16],
 }
 
+/// The header every record of `rush_events` starts with: which struct follows (`kind`), the
+/// hook that emitted it, the agent, and the task that caused it (zero where no task is
+/// known: budget breaches, grant moves; a sysctl write has the uid only). C: `struct
+/// rush_event_hdr`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RushEventHdr {
+    /// `EVENT_*`.
+    pub kind: u32,
+    /// Per kind: `HOOK_*`, `FHOOK_*` or `GHOOK_*`; 0 where the kind has none.
+    pub hook: u32,
+    pub cgroup_id: u64,
+    /// Thread id.
+    pub pid: u32,
+    /// Process id.
+    pub tgid: u32,
+    pub uid: u32,
+    pub pad: u32,
+    pub comm: [u8; 16],
+}
+
+impl RushEventHdr {
+    /// A header of `kind` from `hook`, for agent `cgroup_id`, with no task.
+    pub fn new(kind: u32, hook: u32, cgroup_id: u64) -> RushEventHdr {
+        RushEventHdr { kind, hook, cgroup_id, ..Default::default() }
+    }
+
+    /// The task's comm up to its first NUL.
+    pub fn comm(&self) -> String {
+        c_string(&self.comm)
+    }
+}
+
 /// An agent reached its byte budget. C: `struct rush_budget_event`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RushBudgetEvent {
-    pub kind: u32,
-    pub pad: u32,
-    pub cgroup_id: u64,
+    /// `EVENT_NET_BUDGET`, no hook, no task.
+    pub hdr: RushEventHdr,
     pub used: u64,
     pub limit: u64,
 }
@@ -371,49 +403,28 @@ pub struct RushBudgetEvent {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RushApiEvent {
-    pub kind: u32,
-    pub hook: u32,
-    pub cgroup_id: u64,
-    /// Thread id.
-    pub pid: u32,
-    /// Process id.
-    pub tgid: u32,
-    pub uid: u32,
+    /// `EVENT_API_REFUSED`, `HOOK_CONNECT4` or `HOOK_CONNECT6`.
+    pub hdr: RushEventHdr,
     pub family: u16,
     /// Host order.
     pub port: u16,
+    pub pad: u32,
     pub addr: [u8; 16],
-    pub comm: [u8; 16],
     pub calls: u64,
     pub limit: u64,
-}
-
-impl RushApiEvent {
-    /// The task's comm up to its first NUL.
-    pub fn comm(&self) -> String {
-        c_string(&self.comm)
-    }
 }
 
 /// A record of the `rush_events` ring buffer. C: `struct rush_net_event`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RushNetEvent {
-    pub kind: u32,
-    pub hook: u32,
-    pub cgroup_id: u64,
-    /// Thread id.
-    pub pid: u32,
-    /// Process id.
-    pub tgid: u32,
-    pub uid: u32,
+    /// `EVENT_NET_DENY`, `HOOK_*`.
+    pub hdr: RushEventHdr,
     pub protocol: u32,
     pub family: u16,
     /// Host order.
     pub port: u16,
     pub addr: [u8; 16],
-    pub comm: [u8; 16],
-    pub pad: u32,
 }
 
 /// Key of `rush_file_grants`. C: `struct rush_file_key`.
@@ -444,26 +455,13 @@ pub struct RushFileGrant {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RushGuardEvent {
-    pub kind: u32,
-    pub hook: u32,
-    pub cgroup_id: u64,
-    /// Thread id (0 from the sysctl program).
-    pub pid: u32,
-    /// Process id (0 from the sysctl program).
-    pub tgid: u32,
-    pub uid: u32,
+    /// `EVENT_GUARD_DENY`, `GHOOK_*` (pid, tgid and comm are 0 from the sysctl program).
+    pub hdr: RushEventHdr,
     /// The process (tgid) acted on, for ptrace and kill; else 0.
     pub target: u32,
+    pub pad: u32,
     /// Capability, bpf command, signal, fcntl argument, mount flags...
     pub arg: i64,
-    pub comm: [u8; 16],
-}
-
-impl RushGuardEvent {
-    /// The task's comm up to its first NUL.
-    pub fn comm(&self) -> String {
-        c_string(&self.comm)
-    }
 }
 
 /// The kernel moved an agent's grant to a new inode (an editor-style save). C: `struct
@@ -471,9 +469,8 @@ impl RushGuardEvent {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RushGrantMovedEvent {
-    pub kind: u32,
-    pub pad: u32,
-    pub cgroup_id: u64,
+    /// `EVENT_GRANT_MOVED`, no hook, no task.
+    pub hdr: RushEventHdr,
     pub from_ino: u64,
     pub to_ino: u64,
     pub from_dev: u32,
@@ -484,50 +481,24 @@ pub struct RushGrantMovedEvent {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RushFileEvent {
-    pub kind: u32,
-    pub hook: u32,
-    pub cgroup_id: u64,
-    /// Thread id.
-    pub pid: u32,
-    /// Process id.
-    pub tgid: u32,
-    pub uid: u32,
+    /// `EVENT_FILE_DENY`, `FHOOK_*`.
+    pub hdr: RushEventHdr,
     /// The `FILE_OP_*` bit no grant covered.
     pub op: u32,
+    pub dev: u32,
     /// The object whose grants were checked (for a create: the parent directory).
     pub ino: u64,
-    pub dev: u32,
-    pub pad: u32,
-    pub comm: [u8; 16],
     /// NUL-terminated; starts with "…" when it was cut.
     pub path: [u8; FILE_PATH_LEN],
 }
 
 impl Default for RushFileEvent {
     fn default() -> Self {
-        RushFileEvent {
-            kind: 0,
-            hook: 0,
-            cgroup_id: 0,
-            pid: 0,
-            tgid: 0,
-            uid: 0,
-            op: 0,
-            ino: 0,
-            dev: 0,
-            pad: 0,
-            comm: [0; 16],
-            path: [0; FILE_PATH_LEN],
-        }
+        RushFileEvent { hdr: RushEventHdr::default(), op: 0, dev: 0, ino: 0, path: [0; FILE_PATH_LEN] }
     }
 }
 
 impl RushFileEvent {
-    /// The task's comm up to its first NUL.
-    pub fn comm(&self) -> String {
-        c_string(&self.comm)
-    }
-
     /// The path up to its first NUL (lossy UTF-8).
     pub fn path(&self) -> String {
         c_string(&self.path)
@@ -568,6 +539,8 @@ unsafe impl Plain for RushAgent {}
 // SAFETY: as above.
 unsafe impl Plain for RushNetKey {}
 // SAFETY: as above.
+unsafe impl Plain for RushEventHdr {}
+// SAFETY: as above (the header is itself Plain, with no padding).
 unsafe impl Plain for RushNetEvent {}
 // SAFETY: as above.
 unsafe impl Plain for RushFileKey {}
@@ -593,26 +566,21 @@ unsafe impl Plain for RushApiEvent {}
 // No implicit padding: the fields add up to the whole struct.
 const _: () = assert!(size_of::<RushAgent>() == 4 + 4 + 8);
 const _: () = assert!(size_of::<RushNetKey>() == 8 + 2 + 2 + 4 + 16);
-const _: () = assert!(size_of::<RushNetEvent>() == 4 + 4 + 8 + 4 * 4 + 2 + 2 + 16 + 16 + 4);
+const _: () = assert!(size_of::<RushEventHdr>() == 4 + 4 + 8 + 4 * 4 + 16);
+const HDR: usize = size_of::<RushEventHdr>();
+const _: () = assert!(size_of::<RushNetEvent>() == HDR + 4 + 2 + 2 + 16);
 const _: () = assert!(size_of::<RushFileKey>() == 8 + 8 + 4 + 4);
 const _: () = assert!(size_of::<RushFileGrant>() == 8 * FILE_OPS_LEN + 4 + 4);
-const _: () = assert!(size_of::<RushGuardEvent>() == 4 + 4 + 8 + 4 * 4 + 8 + 16);
-const _: () = assert!(size_of::<RushGrantMovedEvent>() == 4 + 4 + 8 + 8 + 8 + 4 + 4);
+const _: () = assert!(size_of::<RushGuardEvent>() == HDR + 4 + 4 + 8);
+const _: () = assert!(size_of::<RushGrantMovedEvent>() == HDR + 8 + 8 + 4 + 4);
 const _: () = assert!(size_of::<RushNetCidrKey>() == 4 + 2 + 2 + 8 + 16);
 // The fixed part of an LPM key is everything between `prefixlen` and the address.
 const _: () = assert!((std::mem::offset_of!(RushNetCidrKey, addr) - 4) * 8 == NET_CIDR_FIXED_BITS as usize);
 const _: () = assert!(size_of::<RushNetUsage>() == 8 * 8);
 const _: () = assert!(size_of::<RushApiKey>() == 2 + 2 + 4 + 16);
-const _: () = assert!(size_of::<RushBudgetEvent>() == 4 + 4 + 8 + 8 + 8);
-const _: () = assert!(size_of::<RushApiEvent>() == 4 + 4 + 8 + 4 * 3 + 2 + 2 + 16 + 16 + 8 + 8);
-const _: () = assert!(size_of::<RushFileEvent>() == 4 + 4 + 8 + 4 * 4 + 8 + 4 + 4 + 16 + FILE_PATH_LEN);
-
-impl RushNetEvent {
-    /// The task's comm up to its first NUL.
-    pub fn comm(&self) -> String {
-        c_string(&self.comm)
-    }
-}
+const _: () = assert!(size_of::<RushBudgetEvent>() == HDR + 8 + 8);
+const _: () = assert!(size_of::<RushApiEvent>() == HDR + 2 + 2 + 4 + 16 + 8 + 8);
+const _: () = assert!(size_of::<RushFileEvent>() == HDR + 4 + 4 + 8 + FILE_PATH_LEN);
 
 #[cfg(test)]
 mod tests {
@@ -728,47 +696,27 @@ mod tests {
             );
             check_layout(
                 object,
+                "rush_event_hdr",
+                size_of::<RushEventHdr>(),
+                &rust_fields!(RushEventHdr { kind, hook, cgroup_id, pid, tgid, uid, pad, comm }),
+            );
+            check_layout(
+                object,
                 "rush_budget_event",
                 size_of::<RushBudgetEvent>(),
-                &rust_fields!(RushBudgetEvent { kind, pad, cgroup_id, used, limit }),
+                &rust_fields!(RushBudgetEvent { hdr, used, limit }),
             );
             check_layout(
                 object,
                 "rush_api_event",
                 size_of::<RushApiEvent>(),
-                &rust_fields!(RushApiEvent {
-                    kind,
-                    hook,
-                    cgroup_id,
-                    pid,
-                    tgid,
-                    uid,
-                    family,
-                    port,
-                    addr,
-                    comm,
-                    calls,
-                    limit
-                }),
+                &rust_fields!(RushApiEvent { hdr, family, port, pad, addr, calls, limit }),
             );
             check_layout(
                 object,
                 "rush_net_event",
                 size_of::<RushNetEvent>(),
-                &rust_fields!(RushNetEvent {
-                    kind,
-                    hook,
-                    cgroup_id,
-                    pid,
-                    tgid,
-                    uid,
-                    protocol,
-                    family,
-                    port,
-                    addr,
-                    comm,
-                    pad
-                }),
+                &rust_fields!(RushNetEvent { hdr, protocol, family, port, addr }),
             );
             check_layout(
                 object,
@@ -786,40 +734,19 @@ mod tests {
                 object,
                 "rush_guard_event",
                 size_of::<RushGuardEvent>(),
-                &rust_fields!(RushGuardEvent { kind, hook, cgroup_id, pid, tgid, uid, target, arg, comm }),
+                &rust_fields!(RushGuardEvent { hdr, target, pad, arg }),
             );
             check_layout(
                 object,
                 "rush_grant_moved_event",
                 size_of::<RushGrantMovedEvent>(),
-                &rust_fields!(RushGrantMovedEvent {
-                    kind,
-                    pad,
-                    cgroup_id,
-                    from_ino,
-                    to_ino,
-                    from_dev,
-                    to_dev
-                }),
+                &rust_fields!(RushGrantMovedEvent { hdr, from_ino, to_ino, from_dev, to_dev }),
             );
             check_layout(
                 object,
                 "rush_file_event",
                 size_of::<RushFileEvent>(),
-                &rust_fields!(RushFileEvent {
-                    kind,
-                    hook,
-                    cgroup_id,
-                    pid,
-                    tgid,
-                    uid,
-                    op,
-                    ino,
-                    dev,
-                    pad,
-                    comm,
-                    path
-                }),
+                &rust_fields!(RushFileEvent { hdr, op, dev, ino, path }),
             );
         }
     }
@@ -999,18 +926,25 @@ mod tests {
 
     #[test]
     fn plain_round_trip() {
-        let e = RushNetEvent { port: 443, comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0", ..Default::default() };
+        let hdr = RushEventHdr { comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0", ..Default::default() };
+        let e = RushNetEvent { hdr, port: 443, ..Default::default() };
         let back = RushNetEvent::from_bytes(e.as_bytes()).unwrap();
         assert_eq!(back, e);
-        assert_eq!(back.comm(), "curl");
+        assert_eq!(back.hdr.comm(), "curl");
         assert!(RushNetEvent::from_bytes(&[0; 8]).is_none());
 
-        let mut f = RushFileEvent { kind: EVENT_FILE_DENY, op: FILE_OP_WRITE, ..Default::default() };
+        let mut f = RushFileEvent {
+            hdr: RushEventHdr::new(EVENT_FILE_DENY, FHOOK_FILE_OPEN, 7),
+            op: FILE_OP_WRITE,
+            ..Default::default()
+        };
         f.path[..6].copy_from_slice(b"/srv/a");
-        f.comm[..3].copy_from_slice(b"cat");
+        f.hdr.comm[..3].copy_from_slice(b"cat");
         let back = RushFileEvent::from_bytes(f.as_bytes()).unwrap();
         assert_eq!(back, f);
         assert_eq!(back.path(), "/srv/a");
-        assert_eq!(back.comm(), "cat");
+        assert_eq!(back.hdr.comm(), "cat");
+        // Every event starts with the header: its kind is the record's first u32.
+        assert_eq!(RushEventHdr::from_bytes(back.as_bytes()).unwrap().kind, EVENT_FILE_DENY);
     }
 }

@@ -10,8 +10,8 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle, RingBufferBuilder};
 use rush_ebpf::{
     AF_INET, AF_INET6, EVENT_API_REFUSED, EVENT_FILE_DENY, EVENT_GRANT_MOVED, EVENT_GUARD_DENY,
     EVENT_NET_BUDGET, EVENT_NET_DENY, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6, MAP_EVENTS,
-    Plain, RushApiEvent, RushBudgetEvent, RushFileEvent, RushGrantMovedEvent, RushGuardEvent, RushNetEvent,
-    STAT_EVENTS_LOST,
+    Plain, RushApiEvent, RushBudgetEvent, RushEventHdr, RushFileEvent, RushGrantMovedEvent, RushGuardEvent,
+    RushNetEvent, STAT_EVENTS_LOST,
 };
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{error, warn};
@@ -82,21 +82,21 @@ fn read_lost(stats: &MapHandle) -> u64 {
         .unwrap_or(0)
 }
 
-/// A ring-buffer record: its first u32 says which struct it is.
+/// A ring-buffer record: its header says which struct it is, which agent and which task.
 fn decode(record: &[u8]) -> Option<KernelEvent> {
-    let kind = u32::from_ne_bytes(record.get(..4)?.try_into().ok()?);
-    match kind {
-        EVENT_NET_DENY => decode_net(record),
-        EVENT_FILE_DENY => decode_file(record),
+    let h = RushEventHdr::from_bytes(record)?;
+    match h.kind {
+        EVENT_NET_DENY => decode_net(&h, RushNetEvent::from_bytes(record)?),
+        EVENT_FILE_DENY => decode_file(&h, &RushFileEvent::from_bytes(record)?),
         EVENT_GUARD_DENY => {
             let e = RushGuardEvent::from_bytes(record)?;
             Some(KernelEvent::GuardDeny {
-                cgroup_id: e.cgroup_id,
-                pid: e.pid,
-                tgid: e.tgid,
-                uid: e.uid,
-                comm: e.comm(),
-                hook: rush_ebpf::guard_hook_name(e.hook)?,
+                cgroup_id: h.cgroup_id,
+                pid: h.pid,
+                tgid: h.tgid,
+                uid: h.uid,
+                comm: h.comm(),
+                hook: rush_ebpf::guard_hook_name(h.hook)?,
                 target: e.target,
                 arg: e.arg,
             })
@@ -104,22 +104,22 @@ fn decode(record: &[u8]) -> Option<KernelEvent> {
         EVENT_GRANT_MOVED => {
             let e = RushGrantMovedEvent::from_bytes(record)?;
             Some(KernelEvent::GrantMoved {
-                cgroup_id: e.cgroup_id,
+                cgroup_id: h.cgroup_id,
                 from: FileKey { dev: e.from_dev, ino: e.from_ino },
                 to: FileKey { dev: e.to_dev, ino: e.to_ino },
             })
         }
         EVENT_NET_BUDGET => {
             let e = RushBudgetEvent::from_bytes(record)?;
-            Some(KernelEvent::NetBudgetExceeded { cgroup_id: e.cgroup_id, used: e.used, limit: e.limit })
+            Some(KernelEvent::NetBudgetExceeded { cgroup_id: h.cgroup_id, used: e.used, limit: e.limit })
         }
         EVENT_API_REFUSED => {
             let e = RushApiEvent::from_bytes(record)?;
             Some(KernelEvent::ApiCallRefused {
-                cgroup_id: e.cgroup_id,
-                pid: e.tgid,
-                uid: e.uid,
-                comm: e.comm(),
+                cgroup_id: h.cgroup_id,
+                pid: h.tgid,
+                uid: h.uid,
+                comm: h.comm(),
                 addr: ip(e.family, &e.addr)?,
                 port: e.port,
                 calls: e.calls,
@@ -139,15 +139,14 @@ fn ip(family: u16, addr: &[u8; 16]) -> Option<IpAddr> {
     }
 }
 
-fn decode_file(record: &[u8]) -> Option<KernelEvent> {
-    let e = RushFileEvent::from_bytes(record)?;
+fn decode_file(h: &RushEventHdr, e: &RushFileEvent) -> Option<KernelEvent> {
     Some(KernelEvent::FileDeny {
-        cgroup_id: e.cgroup_id,
-        pid: e.pid,
-        tgid: e.tgid,
-        uid: e.uid,
-        comm: e.comm(),
-        hook: rush_ebpf::file_hook_name(e.hook)?,
+        cgroup_id: h.cgroup_id,
+        pid: h.pid,
+        tgid: h.tgid,
+        uid: h.uid,
+        comm: h.comm(),
+        hook: rush_ebpf::file_hook_name(h.hook)?,
         op: e.op,
         path: e.path(),
         dev: e.dev,
@@ -155,9 +154,8 @@ fn decode_file(record: &[u8]) -> Option<KernelEvent> {
     })
 }
 
-fn decode_net(record: &[u8]) -> Option<KernelEvent> {
-    let e = RushNetEvent::from_bytes(record)?;
-    let hook = match e.hook {
+fn decode_net(h: &RushEventHdr, e: RushNetEvent) -> Option<KernelEvent> {
+    let hook = match h.hook {
         HOOK_CONNECT4 => NetHook::Connect4,
         HOOK_CONNECT6 => NetHook::Connect6,
         HOOK_SENDMSG4 => NetHook::Sendmsg4,
@@ -171,11 +169,11 @@ fn decode_net(record: &[u8]) -> Option<KernelEvent> {
         n => n.to_string(),
     };
     Some(KernelEvent::NetDeny {
-        cgroup_id: e.cgroup_id,
-        pid: e.pid,
-        tgid: e.tgid,
-        uid: e.uid,
-        comm: e.comm(),
+        cgroup_id: h.cgroup_id,
+        pid: h.pid,
+        tgid: h.tgid,
+        uid: h.uid,
+        comm: h.comm(),
         hook,
         destination: SocketAddr::new(ip, e.port),
         protocol,
@@ -186,22 +184,20 @@ fn decode_net(record: &[u8]) -> Option<KernelEvent> {
 mod tests {
     use super::*;
 
+    /// A header of a task (pid 11, tgid 10, uid 1000, `comm`) of agent 42.
+    fn hdr(kind: u32, hook: u32, comm: &[u8]) -> RushEventHdr {
+        let mut h = RushEventHdr { pid: 11, tgid: 10, uid: 1000, ..RushEventHdr::new(kind, hook, 42) };
+        h.comm[..comm.len()].copy_from_slice(comm);
+        h
+    }
+
     fn event() -> RushNetEvent {
-        let mut comm = [0; 16];
-        comm[..4].copy_from_slice(b"curl");
         RushNetEvent {
-            kind: EVENT_NET_DENY,
-            hook: HOOK_CONNECT6,
-            cgroup_id: 42,
-            pid: 11,
-            tgid: 10,
-            uid: 1000,
+            hdr: hdr(EVENT_NET_DENY, HOOK_CONNECT6, b"curl"),
             protocol: libc::IPPROTO_TCP as u32,
             family: AF_INET,
             port: 443,
             addr: [93, 184, 216, 34, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            comm,
-            pad: 0,
         }
     }
 
@@ -236,18 +232,12 @@ mod tests {
     #[test]
     fn decodes_file_deny() {
         let mut e = RushFileEvent {
-            kind: EVENT_FILE_DENY,
-            hook: rush_ebpf::FHOOK_PATH_UNLINK,
-            cgroup_id: 42,
-            pid: 11,
-            tgid: 10,
-            uid: 1000,
+            hdr: hdr(EVENT_FILE_DENY, rush_ebpf::FHOOK_PATH_UNLINK, b"rm"),
             op: rush_ebpf::FILE_OP_DELETE,
             ino: 77,
             dev: 0x0010_0003,
             ..Default::default()
         };
-        e.comm[..2].copy_from_slice(b"rm");
         e.path[..10].copy_from_slice(b"/srv/a/x.t");
         assert_eq!(
             decode(e.as_bytes()),
@@ -271,13 +261,13 @@ mod tests {
         assert_eq!(path, "…/b/c");
         // Truncated records and unknown hooks are refused.
         assert_eq!(decode(&e.as_bytes()[..100]), None);
-        e.hook = 99;
+        e.hdr.hook = 99;
         assert_eq!(decode(e.as_bytes()), None);
     }
 
     #[test]
     fn decodes_budget_events() {
-        let e = RushBudgetEvent { kind: EVENT_NET_BUDGET, pad: 0, cgroup_id: 42, used: 1000, limit: 1024 };
+        let e = RushBudgetEvent { hdr: RushEventHdr::new(EVENT_NET_BUDGET, 0, 42), used: 1000, limit: 1024 };
         assert_eq!(
             decode(e.as_bytes()),
             Some(KernelEvent::NetBudgetExceeded { cgroup_id: 42, used: 1000, limit: 1024 })
@@ -285,12 +275,7 @@ mod tests {
         assert_eq!(decode(&e.as_bytes()[..20]), None);
 
         let mut a = RushApiEvent {
-            kind: EVENT_API_REFUSED,
-            hook: HOOK_CONNECT6,
-            cgroup_id: 42,
-            pid: 11,
-            tgid: 10,
-            uid: 1000,
+            hdr: hdr(EVENT_API_REFUSED, HOOK_CONNECT6, b"python"),
             family: AF_INET6,
             port: 443,
             addr: "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets(),
@@ -298,7 +283,6 @@ mod tests {
             limit: 5,
             ..Default::default()
         };
-        a.comm[..6].copy_from_slice(b"python");
         assert_eq!(
             decode(a.as_bytes()),
             Some(KernelEvent::ApiCallRefused {
@@ -321,12 +305,55 @@ mod tests {
     }
 
     #[test]
+    fn decodes_guard_and_grant_moved() {
+        let g = RushGuardEvent {
+            hdr: hdr(EVENT_GUARD_DENY, rush_ebpf::GHOOK_KILL, b"sh"),
+            target: 1,
+            pad: 0,
+            arg: 9,
+        };
+        assert_eq!(
+            decode(g.as_bytes()),
+            Some(KernelEvent::GuardDeny {
+                cgroup_id: 42,
+                pid: 11,
+                tgid: 10,
+                uid: 1000,
+                comm: "sh".into(),
+                hook: rush_ebpf::guard_hook_name(rush_ebpf::GHOOK_KILL).unwrap(),
+                target: 1,
+                arg: 9,
+            })
+        );
+        let m = RushGrantMovedEvent {
+            hdr: RushEventHdr::new(EVENT_GRANT_MOVED, 0, 42),
+            from_ino: 5,
+            to_ino: 6,
+            from_dev: 1,
+            to_dev: 2,
+        };
+        assert_eq!(
+            decode(m.as_bytes()),
+            Some(KernelEvent::GrantMoved {
+                cgroup_id: 42,
+                from: FileKey { dev: 1, ino: 5 },
+                to: FileKey { dev: 2, ino: 6 },
+            })
+        );
+        assert_eq!(
+            decode(&m.as_bytes()[..size_of::<RushEventHdr>()]),
+            None,
+            "a header alone is not an event"
+        );
+    }
+
+    #[test]
     fn rejects_garbage() {
         assert_eq!(decode(&[]), None);
         assert_eq!(decode(&[9, 0, 0, 0, 0, 0, 0, 0]), None);
         assert_eq!(decode(&[0; 8]), None);
         let mut e = event();
-        e.hook = 99;
+        e.hdr.hook = 99;
         assert_eq!(decode(e.as_bytes()), None);
         let mut e = event();
         e.family = 1;

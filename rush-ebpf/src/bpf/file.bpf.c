@@ -509,26 +509,17 @@ static __always_inline struct rush_file_event *rush_file_event_start(__u32 hook,
 {
 	struct rush_file_event *e;
 	struct inode *inode;
-	__u64 pid_tgid;
 
 	e = bpf_ringbuf_reserve(&rush_events, sizeof(*e), 0);
 	if (!e) {
 		rush_count_lost_event();
 		return NULL;
 	}
-	pid_tgid = bpf_get_current_pid_tgid();
 	inode = BPF_CORE_READ(object, d_inode);
-	e->kind = RUSH_EVENT_FILE_DENY;
-	e->hook = hook;
-	e->cgroup_id = cgroup_id;
-	e->pid = (__u32)pid_tgid;
-	e->tgid = pid_tgid >> 32;
-	e->uid = (__u32)bpf_get_current_uid_gid();
+	rush_event_hdr_current(&e->hdr, RUSH_EVENT_FILE_DENY, hook, cgroup_id);
 	e->op = op;
-	e->ino = inode ? BPF_CORE_READ(inode, i_ino) : 0;
 	e->dev = inode ? rush_inode_dev(inode) : 0;
-	e->pad = 0;
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	e->ino = inode ? BPF_CORE_READ(inode, i_ino) : 0;
 	return e;
 }
 
@@ -729,9 +720,7 @@ static __noinline void rush_move_grant(__u64 cgroup_id, struct dentry *from, str
 		rush_count_lost_event();
 		return;
 	}
-	e->kind = RUSH_EVENT_GRANT_MOVED;
-	e->pad = 0;
-	e->cgroup_id = cgroup_id;
+	rush_event_hdr_init(&e->hdr, RUSH_EVENT_GRANT_MOVED, 0, cgroup_id);
 	e->from_ino = to_key.ino;
 	e->from_dev = to_key.dev;
 	e->to_ino = from_key.ino;

@@ -90,22 +90,15 @@ static __always_inline __u64 rush_agent_self(void)
 static __always_inline int rush_guard_deny(__u32 hook, __u64 cgroup_id, __u32 target, __s64 arg)
 {
 	struct rush_guard_event *e = bpf_ringbuf_reserve(&rush_events, sizeof(*e), 0);
-	__u64 pid_tgid;
 
 	if (!e) {
 		rush_count_lost_event();
 		return -EPERM;
 	}
-	pid_tgid = bpf_get_current_pid_tgid();
-	e->kind = RUSH_EVENT_GUARD_DENY;
-	e->hook = hook;
-	e->cgroup_id = cgroup_id;
-	e->pid = (__u32)pid_tgid;
-	e->tgid = pid_tgid >> 32;
-	e->uid = (__u32)bpf_get_current_uid_gid();
+	rush_event_hdr_current(&e->hdr, RUSH_EVENT_GUARD_DENY, hook, cgroup_id);
 	e->target = target;
+	e->pad = 0;
 	e->arg = arg;
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	bpf_ringbuf_submit(e, 0);
 	return -EPERM;
 }

@@ -36,26 +36,17 @@ static __always_inline void rush_emit_net_deny(struct bpf_sock_addr *ctx, __u32 
 					       __u16 port)
 {
 	struct rush_net_event *e;
-	__u64 pid_tgid;
 
 	e = bpf_ringbuf_reserve(&rush_events, sizeof(*e), 0);
 	if (!e) {
 		rush_count_lost_event();
 		return;
 	}
-	pid_tgid = bpf_get_current_pid_tgid();
-	e->kind = RUSH_EVENT_NET_DENY;
-	e->hook = hook;
-	e->cgroup_id = cgroup_id;
-	e->pid = (__u32)pid_tgid;
-	e->tgid = pid_tgid >> 32;
-	e->uid = (__u32)bpf_get_current_uid_gid();
+	rush_event_hdr_current(&e->hdr, RUSH_EVENT_NET_DENY, hook, cgroup_id);
 	e->protocol = ctx->protocol;
 	e->family = family;
 	e->port = port;
 	__builtin_memcpy(e->addr, addr, 16);
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
-	e->pad = 0;
 	bpf_ringbuf_submit(e, 0);
 }
 
@@ -64,24 +55,17 @@ static __always_inline void rush_emit_api_refused(__u32 hook, __u64 cgroup_id, _
 						  __u64 limit)
 {
 	struct rush_api_event *e;
-	__u64 pid_tgid;
 
 	e = bpf_ringbuf_reserve(&rush_events, sizeof(*e), 0);
 	if (!e) {
 		rush_count_lost_event();
 		return;
 	}
-	pid_tgid = bpf_get_current_pid_tgid();
-	e->kind = RUSH_EVENT_API_REFUSED;
-	e->hook = hook;
-	e->cgroup_id = cgroup_id;
-	e->pid = (__u32)pid_tgid;
-	e->tgid = pid_tgid >> 32;
-	e->uid = (__u32)bpf_get_current_uid_gid();
+	rush_event_hdr_current(&e->hdr, RUSH_EVENT_API_REFUSED, hook, cgroup_id);
 	e->family = family;
 	e->port = port;
+	e->pad = 0;
 	__builtin_memcpy(e->addr, addr, 16);
-	bpf_get_current_comm(e->comm, sizeof(e->comm));
 	e->calls = calls;
 	e->limit = limit;
 	bpf_ringbuf_submit(e, 0);
@@ -240,9 +224,7 @@ static __always_inline int rush_count_skb(struct __sk_buff *skb, int egress)
 			rush_count_lost_event();
 			return 0;
 		}
-		e->kind = RUSH_EVENT_NET_BUDGET;
-		e->pad = 0;
-		e->cgroup_id = cgroup_id;
+		rush_event_hdr_init(&e->hdr, RUSH_EVENT_NET_BUDGET, 0, cgroup_id);
 		e->used = used;
 		e->limit = limit;
 		bpf_ringbuf_submit(e, 0);
@@ -292,10 +274,8 @@ int rush_sysctl(struct bpf_sysctl *ctx)
 	}
 	/* Only helpers every kernel gives sysctl programs: no pid, no comm. */
 	__builtin_memset(e, 0, sizeof(*e));
-	e->kind = RUSH_EVENT_GUARD_DENY;
-	e->hook = RUSH_GHOOK_SYSCTL;
-	e->cgroup_id = cgroup_id;
-	e->uid = (__u32)bpf_get_current_uid_gid();
+	rush_event_hdr_init(&e->hdr, RUSH_EVENT_GUARD_DENY, RUSH_GHOOK_SYSCTL, cgroup_id);
+	e->hdr.uid = (__u32)bpf_get_current_uid_gid();
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }

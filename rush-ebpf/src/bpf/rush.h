@@ -157,19 +157,29 @@ struct rush_api_key {
 	__u8 addr[16];
 };
 
-struct rush_net_event {
+/*
+ * The header every record of rush_events starts with: which struct follows (kind), the
+ * hook that emitted it, the agent, and the task that caused it. The task fields are zero
+ * where no task is known: a byte budget breach (counted on a packet), a grant moved, and
+ * a sysctl write (uid only: sysctl programs get no pid or comm helpers).
+ */
+struct rush_event_hdr {
 	__u32 kind; /* RUSH_EVENT_* */
-	__u32 hook; /* RUSH_HOOK_* */
-	__u64 cgroup_id;
+	__u32 hook; /* RUSH_HOOK_*, RUSH_FHOOK_* or RUSH_GHOOK_*, per kind; 0 where none */
+	__u64 cgroup_id; /* the agent's cgroup */
 	__u32 pid; /* thread id */
 	__u32 tgid; /* process id */
 	__u32 uid;
+	__u32 pad;
+	char comm[16];
+};
+
+struct rush_net_event {
+	struct rush_event_hdr hdr; /* RUSH_EVENT_NET_DENY, RUSH_HOOK_* */
 	__u32 protocol; /* IPPROTO_* of the socket */
 	__u16 family;
 	__u16 port; /* host order */
 	__u8 addr[16];
-	char comm[16];
-	__u32 pad;
 };
 
 /* Key of rush_file_grants: one inode, for one agent. */
@@ -194,39 +204,25 @@ struct rush_file_grant {
 };
 
 struct rush_file_event {
-	__u32 kind; /* RUSH_EVENT_FILE_DENY */
-	__u32 hook; /* RUSH_FHOOK_* */
-	__u64 cgroup_id;
-	__u32 pid; /* thread id */
-	__u32 tgid; /* process id */
-	__u32 uid;
+	struct rush_event_hdr hdr; /* RUSH_EVENT_FILE_DENY, RUSH_FHOOK_* */
 	__u32 op; /* the RUSH_FILE_OP_* bit that no grant covered */
-	__u64 ino; /* the object checked (for create: the parent directory) */
 	__u32 dev;
-	__u32 pad;
-	char comm[16];
+	__u64 ino; /* the object checked (for create: the parent directory) */
 	char path[RUSH_FILE_PATH_LEN]; /* NUL-terminated; starts with U+2026 "…" when cut */
 };
 
 /* A self-protection deny: an agent tried to reach outside its cgroup or the kernel. */
 struct rush_guard_event {
-	__u32 kind; /* RUSH_EVENT_GUARD_DENY */
-	__u32 hook; /* RUSH_GHOOK_* */
-	__u64 cgroup_id;
-	__u32 pid; /* thread id */
-	__u32 tgid; /* process id */
-	__u32 uid;
+	struct rush_event_hdr hdr; /* RUSH_EVENT_GUARD_DENY, RUSH_GHOOK_* */
 	__u32 target; /* the process (tgid) acted on, for ptrace and kill; else 0 */
+	__u32 pad;
 	__s64 arg; /* capability, bpf command, signal, fcntl argument, mount flags... */
-	char comm[16];
 };
 
 /* A grant the kernel moved (an editor-style save renamed a new file over a granted one):
  * the daemon re-keys its token. */
 struct rush_grant_moved_event {
-	__u32 kind; /* RUSH_EVENT_GRANT_MOVED */
-	__u32 pad;
-	__u64 cgroup_id;
+	struct rush_event_hdr hdr; /* RUSH_EVENT_GRANT_MOVED, no hook, no task */
 	__u64 from_ino;
 	__u64 to_ino;
 	__u32 from_dev;
@@ -235,31 +231,25 @@ struct rush_grant_moved_event {
 
 /* An agent reached its byte budget (once per breach). */
 struct rush_budget_event {
-	__u32 kind; /* RUSH_EVENT_NET_BUDGET */
-	__u32 pad;
-	__u64 cgroup_id;
+	struct rush_event_hdr hdr; /* RUSH_EVENT_NET_BUDGET, no hook, no task */
 	__u64 used; /* tx + rx bytes when the first packet was dropped */
 	__u64 limit;
 };
 
 /* An agent's connect to an API endpoint was refused: its call budget is spent. */
 struct rush_api_event {
-	__u32 kind; /* RUSH_EVENT_API_REFUSED */
-	__u32 hook; /* RUSH_HOOK_CONNECT4 or RUSH_HOOK_CONNECT6 */
-	__u64 cgroup_id;
-	__u32 pid; /* thread id */
-	__u32 tgid; /* process id */
-	__u32 uid;
+	struct rush_event_hdr hdr; /* RUSH_EVENT_API_REFUSED, RUSH_HOOK_CONNECT4 or _CONNECT6 */
 	__u16 family;
 	__u16 port; /* host order */
+	__u32 pad;
 	__u8 addr[16];
-	char comm[16];
 	__u64 calls; /* api_calls at the refusal */
 	__u64 limit;
 };
 
 /* Never read: makes struct rush_net_event part of every object's BTF, which only keeps the
  * types of globals and function signatures (the layout test and bpftool rely on it). */
+struct rush_event_hdr *const rush_event_hdr_btf = 0;
 struct rush_net_event *const rush_net_event_btf = 0;
 struct rush_file_event *const rush_file_event_btf = 0;
 struct rush_file_key *const rush_file_key_btf = 0;
@@ -372,6 +362,36 @@ static __always_inline void rush_count_lost_event(void)
 
 	if (lost)
 		__sync_fetch_and_add(lost, 1);
+}
+
+/* An event header with no task (kind, hook, agent; the task fields zero). */
+static __always_inline void rush_event_hdr_init(struct rush_event_hdr *h, __u32 kind, __u32 hook,
+						__u64 cgroup_id)
+{
+	h->kind = kind;
+	h->hook = hook;
+	h->cgroup_id = cgroup_id;
+	h->pid = 0;
+	h->tgid = 0;
+	h->uid = 0;
+	h->pad = 0;
+	__builtin_memset(h->comm, 0, sizeof(h->comm));
+}
+
+/* An event header for the current task (not for sysctl or skb programs: no such helpers). */
+static __always_inline void rush_event_hdr_current(struct rush_event_hdr *h, __u32 kind, __u32 hook,
+						   __u64 cgroup_id)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+
+	h->kind = kind;
+	h->hook = hook;
+	h->cgroup_id = cgroup_id;
+	h->pid = (__u32)pid_tgid;
+	h->tgid = pid_tgid >> 32;
+	h->uid = (__u32)bpf_get_current_uid_gid();
+	h->pad = 0;
+	bpf_get_current_comm(h->comm, sizeof(h->comm));
 }
 
 #endif /* RUSH_H */
