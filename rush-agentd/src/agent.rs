@@ -136,8 +136,10 @@ pub struct AgentManager {
     /// Tokens every file-confined agent gets (config `files.baseline`).
     baseline: Vec<FileGrant>,
     /// File-confined agents' own TMPDIRs (config `files.private_tmp`); unset: none.
-    private_tmp: std::sync::OnceLock<crate::baseline::PrivateTmp>,
-    hardening: std::sync::OnceLock<AgentHardening>,
+    /// Each agent's own TMPDIR in here (`files.private_tmp`); None: off.
+    private_tmp: Option<crate::baseline::PrivateTmp>,
+    /// The hardening every agent gets; None only in unit tests.
+    hardening: Option<AgentHardening>,
     tokens: TokenStore,
     registry: Mutex<Registry>,
     /// One revoke or expiry enforcement at a time: one's thaw must not cut another's
@@ -147,7 +149,9 @@ pub struct AgentManager {
     pending_expiries: Mutex<HashMap<u64, Token>>,
     /// The durable state (agents, tokens), once the daemon has opened it; unit tests run
     /// without one.
-    store: std::sync::OnceLock<Arc<crate::store::Store>>,
+    /// Where agents and tokens are written before a request is answered; None only in
+    /// unit tests that do not need it.
+    store: Option<Arc<crate::store::Store>>,
     /// Ids of tokens revoked in the kernel whose deletion the store refused (a full disk):
     /// retried before every store write, so a restart cannot grant them again once the
     /// disk has room.
@@ -169,6 +173,13 @@ pub struct AgentSetup {
     pub baseline: Vec<FileGrant>,
     pub budgets: Budgets,
     pub criu: Arc<CriuSetup>,
+    /// The hardening of every agent (`[hardening]`); None only in unit tests.
+    pub hardening: Option<AgentHardening>,
+    /// Private TMPDIRs (`files.private_tmp`); swept of dead agents' directories by
+    /// [`AgentManager::sweep_private_tmp`] once adoption is done.
+    pub private_tmp: Option<crate::baseline::PrivateTmp>,
+    /// The state store; None only in unit tests that do not need it.
+    pub store: Option<Arc<crate::store::Store>>,
 }
 
 /// What [`AgentManager::check_state`] compared, and where the store, the daemon and the
@@ -235,7 +246,19 @@ fn api_err(kind: ErrorKind, msg: impl Into<String>) -> ApiError {
 
 impl AgentManager {
     pub fn new(setup: AgentSetup) -> Arc<AgentManager> {
-        let AgentSetup { cgroups, kernel, audit, enforcement, log_dir, baseline, budgets, criu } = setup;
+        let AgentSetup {
+            cgroups,
+            kernel,
+            audit,
+            enforcement,
+            log_dir,
+            baseline,
+            budgets,
+            criu,
+            hardening,
+            private_tmp,
+            store,
+        } = setup;
         Arc::new(AgentManager {
             cgroups,
             kernel,
@@ -243,13 +266,13 @@ impl AgentManager {
             enforcement,
             log_dir,
             baseline,
-            private_tmp: std::sync::OnceLock::new(),
-            hardening: std::sync::OnceLock::new(),
+            private_tmp,
+            hardening,
             tokens: TokenStore::default(),
             registry: Mutex::default(),
             enforcing: tokio::sync::Mutex::new(()),
             pending_expiries: Mutex::default(),
-            store: std::sync::OnceLock::new(),
+            store,
             unsaved_revokes: Mutex::default(),
             budgets,
             criu,
@@ -288,13 +311,6 @@ impl AgentManager {
             info.usage = crate::budget::usage_lines(&info.budget, &self.observe(&a.cgroup, ledger(a)));
         }
         info
-    }
-
-    /// Turns on private TMPDIRs in `tmp` (the daemon, from `files.private_tmp`): what
-    /// agents left there before is removed, except the directories of adopted agents.
-    /// Agents spawned from now on are hardened so (see `harden.rs`).
-    pub fn set_hardening(&self, hardening: AgentHardening) {
-        let _ = self.hardening.set(hardening);
     }
 }
 

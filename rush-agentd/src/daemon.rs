@@ -107,6 +107,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     }
     let retention = tokio::spawn(prune_audit(audit.clone(), config.audit.clone()));
     let kernel: Arc<dyn KernelPolicy> = Arc::new(bpf.clone());
+    let store = Arc::new(crate::store::Store::open(&state_dir.join("state.db"))?);
     let agents = AgentManager::new(AgentSetup {
         cgroups: cgroups.clone(),
         kernel,
@@ -121,27 +122,23 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
             api_endpoints: api_endpoint_count,
         },
         criu: Arc::new(crate::snapshot::criu::CriuSetup::new(config.snapshot.criu.clone())),
+        hardening: Some(crate::agent::AgentHardening {
+            cgroup_namespace: config.hardening.cgroup_namespace,
+            private_cgroupfs: config.hardening.private_cgroupfs,
+            guard: report.guard_attached(),
+            defaults: config.hardening.policy()?,
+            seccomp: Arc::new(crate::harden::seccomp_program()?),
+        }),
+        private_tmp: config.files.private_tmp.then(|| crate::baseline::PrivateTmp::beside(&state_dir)),
+        store: Some(store.clone()),
     });
-    // Before anything is spawned (restartable agents below included).
-    let seccomp = Arc::new(crate::harden::seccomp_program()?);
-    agents.set_hardening(crate::agent::AgentHardening {
-        cgroup_namespace: config.hardening.cgroup_namespace,
-        private_cgroupfs: config.hardening.private_cgroupfs,
-        guard: report.guard_attached(),
-        defaults: config.hardening.policy()?,
-        seccomp,
-    });
-    let store = Arc::new(crate::store::Store::open(&state_dir.join("state.db"))?);
-    agents.attach_store(store.clone());
     let adopted = agents.adopt();
     if adopted > 0 {
         tracing::info!(adopted, "re-adopted agents left running by a previous daemon");
     }
     agents.reap_orphans();
-    if config.files.private_tmp {
-        // After adoption: what no living agent uses any more is removed.
-        agents.set_private_tmp(crate::baseline::PrivateTmp::beside(&state_dir));
-    }
+    // After adoption: what no living agent uses any more is removed.
+    agents.sweep_private_tmp();
     let events_lost = Arc::new(std::sync::atomic::AtomicU64::new(0));
     // The seccomp filter's refusals, from the kernel's audit records.
     let (refusal_tx, refusals) = mpsc::unbounded_channel();

@@ -200,7 +200,10 @@ impl AgentManager {
         grants
     }
 
-    pub fn set_private_tmp(&self, tmp: crate::baseline::PrivateTmp) {
+    /// Removes what agents left in the private TMPDIRs, except the directories of living
+    /// (adopted) agents: the daemon calls it once adoption is done.
+    pub fn sweep_private_tmp(&self) {
+        let Some(tmp) = &self.private_tmp else { return };
         let live: HashSet<PathBuf> = {
             let reg = self.registry();
             let running: Vec<u64> = reg
@@ -213,7 +216,6 @@ impl AgentManager {
             running.into_iter().flat_map(|id| self.tokens.of_agent(id)).map(|t| t.path).collect()
         };
         tmp.sweep(|d| live.contains(d));
-        let _ = self.private_tmp.set(tmp);
     }
 
     /// A new TMPDIR for agent `name`, owned by the user it runs as; for a restart, the
@@ -224,7 +226,7 @@ impl AgentManager {
         caller: &Caller,
         carried: Option<&[Token]>,
     ) -> Result<Option<crate::baseline::TmpDir>, ApiError> {
-        let Some(tmp) = self.private_tmp.get() else { return Ok(None) };
+        let Some(tmp) = self.private_tmp.as_ref() else { return Ok(None) };
         let owner = nix::unistd::geteuid().is_root().then_some((caller.uid, caller.gid));
         let made = match carried.and_then(|c| c.iter().find(|t| tmp.owns(&t.path))) {
             Some(t) => tmp.recreate(&t.path, owner),
@@ -238,12 +240,12 @@ impl AgentManager {
 
     /// The TMPDIRs among the tokens of the agent in cgroup `cgroup_id`.
     pub(super) fn private_tmp_dirs(&self, cgroup_id: u64) -> Vec<PathBuf> {
-        let Some(tmp) = self.private_tmp.get() else { return Vec::new() };
+        let Some(tmp) = self.private_tmp.as_ref() else { return Vec::new() };
         self.tokens.of_agent(cgroup_id).into_iter().map(|t| t.path).filter(|p| tmp.owns(p)).collect()
     }
 
     pub(super) async fn remove_private_tmp(&self, dirs: Vec<PathBuf>) {
-        let Some(tmp) = self.private_tmp.get().cloned() else { return };
+        let Some(tmp) = self.private_tmp.clone() else { return };
         let _ = tokio::task::spawn_blocking(move || dirs.iter().for_each(|d| tmp.remove(d))).await;
     }
 

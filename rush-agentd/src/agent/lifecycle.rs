@@ -428,7 +428,7 @@ impl AgentManager {
         policy: &crate::harden::HardeningPolicy,
         in_session: bool,
     ) -> Result<crate::harden::ChildHardening, ApiError> {
-        let Some(h) = self.hardening.get() else {
+        let Some(h) = self.hardening.as_ref() else {
             return Ok(crate::harden::ChildHardening::default());
         };
         let view = if h.private_cgroupfs && !h.guard { self.cgroups.view(cg) } else { None };
@@ -851,7 +851,7 @@ impl AgentManager {
     pub async fn kill_by_operator(&self, name: &str, caller: &Caller) -> Result<u32, ApiError> {
         let stored = self
             .store
-            .get()
+            .as_ref()
             .and_then(|s| s.restartable().ok())
             .is_some_and(|l| l.iter().any(|r| r.request.name == name));
         self.forget_restart(name);
@@ -908,7 +908,7 @@ impl AgentManager {
     ) -> Result<(SpawnRequest, Budget, ExecRule, crate::harden::HardeningPolicy), ApiError> {
         let mut budget = req.budget;
         let mut exec = ExecRule::Granted;
-        let mut hardening = self.hardening.get().map(|h| h.defaults.clone()).unwrap_or_default();
+        let mut hardening = self.hardening.as_ref().map(|h| h.defaults.clone()).unwrap_or_default();
         if let Some(level) = &req.trust {
             let level =
                 self.budgets.policy.level(level).map_err(|e| api_err(ErrorKind::InvalidArgument, e))?;

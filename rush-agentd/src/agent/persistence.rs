@@ -32,11 +32,6 @@ pub(super) fn restart_request(rec: &crate::store::RestartRecord, now: u64) -> Re
 }
 
 impl AgentManager {
-    /// From now on, agents and tokens are written to `store` before requests are answered.
-    pub fn attach_store(&self, store: Arc<crate::store::Store>) {
-        let _ = self.store.set(store);
-    }
-
     /// Runs a store write; a failure is loud (log) but does not undo what the kernel
     /// already enforces: the agent stays confined, only its re-adoption would miss it.
     pub(super) fn persist(
@@ -44,7 +39,7 @@ impl AgentManager {
         what: &str,
         write: impl FnOnce(&crate::store::Store) -> Result<(), crate::store::StoreError>,
     ) {
-        if let Some(store) = self.store.get()
+        if let Some(store) = self.store.as_ref()
             && let Err(e) = write(store)
         {
             tracing::error!(error = %error_chain(&e), "state database: {what} not saved");
@@ -59,7 +54,7 @@ impl AgentManager {
         what: &str,
         write: impl FnOnce(&crate::store::Store) -> Result<(), crate::store::StoreError>,
     ) -> Result<(), ApiError> {
-        let Some(store) = self.store.get() else { return Ok(()) };
+        let Some(store) = self.store.as_ref() else { return Ok(()) };
         self.retry_unsaved_revokes(store);
         write(store).map_err(|e| {
             tracing::error!(error = %error_chain(&e), "state database: {what} not saved");
@@ -91,7 +86,7 @@ impl AgentManager {
 
     /// How many revokes hold in the kernel but not yet in the store (`rush doctor`).
     pub fn unsaved_revokes(&self) -> usize {
-        if let Some(store) = self.store.get() {
+        if let Some(store) = self.store.as_ref() {
             self.retry_unsaved_revokes(store);
         }
         self.unsaved_revokes.lock().unwrap_or_else(|p| p.into_inner()).len()
@@ -199,7 +194,7 @@ impl AgentManager {
     /// and it is not started (audited `restart_failed`, tried again at the next start).
     /// Returns how many started.
     pub async fn restart_restartable(self: &Arc<Self>, session_exists: impl Fn(&str) -> bool) -> usize {
-        let Some(store) = self.store.get().cloned() else { return 0 };
+        let Some(store) = self.store.clone() else { return 0 };
         let reason = if store.from_earlier_boot() { "reboot" } else { "gone" };
         let records = match store.restartable() {
             Ok(r) => r,
@@ -261,7 +256,7 @@ impl AgentManager {
     /// rewritten into the kernel map, TTL timers rescheduled, exit watched. Returns how
     /// many; stored agents that are gone are forgotten (their exit status is unknown).
     pub fn adopt(self: &Arc<Self>) -> usize {
-        let Some(store) = self.store.get() else { return 0 };
+        let Some(store) = self.store.as_ref() else { return 0 };
         let records = match store.agents() {
             Ok(r) => r,
             Err(e) => {
@@ -406,7 +401,7 @@ impl AgentManager {
             .filter(|a| a.info.state == AgentState::Running)
             .map(|a| (a.info.name.clone(), a.cgroup.id, a.files))
             .collect();
-        if let Some(store) = self.store.get() {
+        if let Some(store) = self.store.as_ref() {
             match store.agents() {
                 Ok(stored) => {
                     for rec in &stored {
@@ -434,7 +429,7 @@ impl AgentManager {
             let mut held: Vec<_> = self.tokens.of_agent(cgroup_id).iter().map(fields).collect();
             held.sort_by_key(|f| f.0);
             check.tokens += held.len();
-            if let Some(store) = self.store.get() {
+            if let Some(store) = self.store.as_ref() {
                 match store.tokens(cgroup_id) {
                     Ok(stored) => {
                         let stored: Vec<_> = stored.iter().map(fields).collect();

@@ -26,6 +26,20 @@ fn fixture_policy(
     control: crate::budget::fake::FakeControl,
     policy: &str,
 ) -> Fixture {
+    fixture_full(enforcement, control, policy, None)
+}
+
+/// A fixture whose agents and tokens are written to `store`.
+fn fixture_stored(enforcement: Enforcement, store: &Arc<crate::store::Store>) -> Fixture {
+    fixture_full(enforcement, Default::default(), crate::policy::DEFAULT_POLICY, Some(store.clone()))
+}
+
+fn fixture_full(
+    enforcement: Enforcement,
+    control: crate::budget::fake::FakeControl,
+    policy: &str,
+    store: Option<Arc<crate::store::Store>>,
+) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let audit = Arc::new(AuditLog::open(&dir.path().join("state.db")).unwrap());
     let kernel = Arc::new(FakeKernel::default());
@@ -45,6 +59,9 @@ fn fixture_policy(
             api_endpoints: 1,
         },
         criu: Arc::new(CriuSetup::new(None)),
+        hardening: None,
+        private_tmp: None,
+        store,
     });
     Fixture { mgr, kernel, cgroups, control, _dir: dir }
 }
@@ -390,10 +407,9 @@ async fn grant_and_revoke_rewrite_the_kernel_entry() {
 
 #[tokio::test]
 async fn a_write_the_store_refuses_refuses_the_grant_and_reports_the_revoke() {
-    let f = fixture(files_enforced());
     let db = tempfile::tempdir().unwrap();
     let store = Arc::new(crate::store::Store::open(&db.path().join("state.db")).unwrap());
-    f.mgr.attach_store(store.clone());
+    let f = fixture_stored(files_enforced(), &store);
     let dir = tempfile::tempdir().unwrap();
     let other = tempfile::tempdir().unwrap();
     let allow: FileGrant = format!("{}:read", dir.path().display()).parse().unwrap();
@@ -570,9 +586,9 @@ async fn an_expiring_token_kills_the_processes_mapping_its_files() {
 
 #[tokio::test]
 async fn restartable_agents_are_stored_forgotten_at_exit_0_and_refused_in_the_foreground() {
-    let f = fixture(enforced());
-    let store = Arc::new(crate::store::Store::open(&f._dir.path().join("state.db")).unwrap());
-    f.mgr.attach_store(store.clone());
+    let db = tempfile::tempdir().unwrap();
+    let store = Arc::new(crate::store::Store::open(&db.path().join("state.db")).unwrap());
+    let f = fixture_stored(enforced(), &store);
     let fg = SpawnRequest { restartable: true, stdio: StdioMode::Passed, ..req("fg", &["true"]) };
     let e = f.mgr.spawn(fg, &me(), None).await.unwrap_err();
     assert!(e.message.contains("--restartable") && e.message.contains("--detach"), "{}", e.message);
@@ -596,9 +612,9 @@ async fn restartable_agents_are_stored_forgotten_at_exit_0_and_refused_in_the_fo
 
 #[tokio::test]
 async fn a_starting_daemon_restarts_what_is_gone_and_fails_closed_on_a_missing_path() {
-    let f = fixture(files_enforced());
-    let store = Arc::new(crate::store::Store::open(&f._dir.path().join("state.db")).unwrap());
-    f.mgr.attach_store(store.clone());
+    let db = tempfile::tempdir().unwrap();
+    let store = Arc::new(crate::store::Store::open(&db.path().join("state.db")).unwrap());
+    let f = fixture_stored(files_enforced(), &store);
     let dir = tempfile::tempdir().unwrap();
     let keep = dir.path().join("keep");
     let gone = dir.path().join("gone");
@@ -611,8 +627,7 @@ async fn a_starting_daemon_restarts_what_is_gone_and_fails_closed_on_a_missing_p
     }
     std::fs::remove_dir(&gone).unwrap();
     // Another daemon on the same store: both are gone from its point of view.
-    let g = fixture(files_enforced());
-    g.mgr.attach_store(store.clone());
+    let g = fixture_stored(files_enforced(), &store);
     assert_eq!(g.mgr.restart_restartable(|_| true).await, 1);
     let ok = g.mgr.status("ok").unwrap();
     assert!(ok.restartable && ok.state == AgentState::Running);
@@ -633,8 +648,7 @@ async fn a_starting_daemon_restarts_what_is_gone_and_fails_closed_on_a_missing_p
         "{events:?}"
     );
     // A session that no longer exists: not started either.
-    let h = fixture(files_enforced());
-    h.mgr.attach_store(store.clone());
+    let h = fixture_stored(files_enforced(), &store);
     let mut rec = store.restartable().unwrap().into_iter().find(|r| r.request.name == "ok").unwrap();
     rec.request.session = Some("s".into());
     store.put_restartable(&rec).unwrap();
