@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use rush_proto::{
-    AgentInfo, AgentName, AgentState, ApiError, AuditEvent, Budget, ChangeEffect, ErrorKind, ExitStatus,
-    FileGrant, GrantRequest, Hardlinks, NetPolicy, Ops, RevokeTarget, SpawnRequest, StdioMode, TokenInfo,
+    AgentInfo, AgentName, AgentState, ApiError, AuditEvent, Budget, BudgetResource, ChangeAction,
+    ChangeEffect, ErrorKind, ExitStatus, FileGrant, FilesBackend, GrantRequest, Hardlinks, NetPolicy, Ops,
+    PauseReason, RevokeTarget, SpawnRequest, StdioMode, TokenInfo,
 };
 use tokio::sync::watch;
 
@@ -72,21 +73,21 @@ pub(crate) enum Files {
 }
 
 impl Files {
-    fn backend(self) -> &'static str {
+    fn backend(self) -> FilesBackend {
         match self {
-            Files::Open | Files::Unenforced => "none",
-            Files::BpfLsm => "bpf-lsm",
-            Files::Landlock => "landlock",
+            Files::Open | Files::Unenforced => FilesBackend::None,
+            Files::BpfLsm => FilesBackend::BpfLsm,
+            Files::Landlock => FilesBackend::Landlock,
         }
     }
 
     /// From what a stored agent's info says (re-adoption).
     fn of_info(info: &AgentInfo, files_confined: bool) -> Files {
-        let has = |e: &str| info.enforcement.iter().any(|x| x == e);
+        let has = |e: rush_proto::Enforcement| info.enforcement.contains(&e);
         match () {
             _ if !files_confined => Files::Open,
-            _ if has("files:landlock") => Files::Landlock,
-            _ if has("files:bpf-lsm") => Files::BpfLsm,
+            _ if has(rush_proto::Enforcement::FilesLandlock) => Files::Landlock,
+            _ if has(rush_proto::Enforcement::FilesBpfLsm) => Files::BpfLsm,
             _ => Files::Unenforced,
         }
     }
@@ -249,17 +250,18 @@ struct Pause {
 }
 
 impl Pause {
-    fn from_info(paused: Option<&str>) -> Pause {
-        let reasons: Vec<&str> = paused.map(|p| p.split(',').collect()).unwrap_or_default();
-        Pause { operator: reasons.contains(&"operator"), cpu_budget: reasons.contains(&"budget:cpu") }
+    fn from_info(paused: &[PauseReason]) -> Pause {
+        Pause {
+            operator: paused.contains(&PauseReason::Operator),
+            cpu_budget: paused.contains(&PauseReason::BudgetCpu),
+        }
     }
 
-    fn describe(self) -> Option<String> {
-        let reasons: Vec<&str> = [(self.operator, "operator"), (self.cpu_budget, "budget:cpu")]
+    fn describe(self) -> Vec<PauseReason> {
+        [(self.operator, PauseReason::Operator), (self.cpu_budget, PauseReason::BudgetCpu)]
             .into_iter()
             .filter_map(|(on, r)| on.then_some(r))
-            .collect();
-        (!reasons.is_empty()).then(|| reasons.join(","))
+            .collect()
     }
 }
 
@@ -642,7 +644,7 @@ impl AgentManager {
             // A daemon that died mid-revoke (or mid-check) left it frozen; no freeze of
             // this daemon is in force, so thaw, unless it is paused: then each reason takes
             // its freeze again (no window in which it runs).
-            let pause = Pause::from_info(rec.info.paused.as_deref());
+            let pause = Pause::from_info(&rec.info.paused);
             if pause == Pause::default() {
                 if let Err(e) = self.cgroups.thaw(&cg) {
                     tracing::warn!(agent = %name, error = %error_chain(&e), "adopted agent not thawed");
@@ -1268,8 +1270,8 @@ impl AgentManager {
         };
         let scoped = files == Files::Open && landlock.is_some();
         let files_enforcement = match files {
-            Files::BpfLsm => Some("files:bpf-lsm"),
-            Files::Landlock => Some("files:landlock"),
+            Files::BpfLsm => Some(rush_proto::Enforcement::FilesBpfLsm),
+            Files::Landlock => Some(rush_proto::Enforcement::FilesLandlock),
             Files::Open | Files::Unenforced => None,
         };
         let landlock_tcp = files == Files::Landlock && tcp.is_some() && crate::landlock::tcp_enforced();
@@ -1291,18 +1293,17 @@ impl AgentManager {
                     state: AgentState::Running,
                     trust: req.trust.clone(),
                     budget,
-                    paused: None,
+                    paused: Vec::new(),
                     usage: Vec::new(),
                     meter_url: None,
                     processes: 1,
                     started_unix_ms: now_unix_ms(),
-                    enforcement: std::iter::once("identity:cgroup-v2")
-                        .chain(self.enforcement.net.then_some("net:cgroup-sock-addr"))
+                    enforcement: std::iter::once(rush_proto::Enforcement::IdentityCgroupV2)
+                        .chain(self.enforcement.net.then_some(rush_proto::Enforcement::NetCgroupSockAddr))
                         .chain(files_enforcement)
-                        .chain(scoped.then_some("self-protection:landlock-scope"))
-                        .chain(landlock_tcp.then_some("net:landlock-tcp-ports"))
-                        .chain((!budget.is_empty()).then_some("budget:cgroup"))
-                        .map(str::to_owned)
+                        .chain(scoped.then_some(rush_proto::Enforcement::SelfProtectionLandlockScope))
+                        .chain(landlock_tcp.then_some(rush_proto::Enforcement::NetLandlockTcpPorts))
+                        .chain((!budget.is_empty()).then_some(rush_proto::Enforcement::BudgetCgroup))
                         .collect(),
                     exit: None,
                     detached: req.stdio == StdioMode::Log,
@@ -1847,7 +1848,7 @@ impl AgentManager {
         self.set_pause(name, |p| p.operator = true);
         self.audit.record(
             Some(name),
-            AuditEvent::Paused { caller_uid: Some(caller.uid), reason: "operator".into() },
+            AuditEvent::Paused { caller_uid: Some(caller.uid), reason: PauseReason::Operator },
         );
         self.persist_agent(name);
         self.status(name)
@@ -2031,7 +2032,7 @@ impl AgentManager {
                     self.audit.record(
                         Some(&name),
                         AuditEvent::BudgetExceeded {
-                            resource: "cpu".into(),
+                            resource: BudgetResource::Cpu,
                             used,
                             limit,
                             action: "frozen until resumed with a raised budget".into(),
@@ -2186,7 +2187,7 @@ impl AgentManager {
         let pid = a.info.pid;
         let (action, detail) = match a.files {
             Files::BpfLsm => (
-                "in-place",
+                ChangeAction::InPlace,
                 "BPF LSM: the kernel's grant map changes under the running agent; open files are \
                  checked again at their next read or write, and a process that maps a file which lost \
                  an operation is killed"
@@ -2204,7 +2205,7 @@ impl AgentManager {
                 );
                 match (policy, &a.respawn) {
                     (crate::config::OnChange::Restart, Some(r)) => (
-                        "restart",
+                        ChangeAction::Restart,
                         format!(
                             "{head} restarted ([landlock] {key} = \"restart\"): its process tree killed, then \
                              `{}` started again under the new rules, with a new pid, from the beginning \
@@ -2213,7 +2214,7 @@ impl AgentManager {
                         ),
                     ),
                     (crate::config::OnChange::Restart, None) => (
-                        "kill",
+                        ChangeAction::Kill,
                         format!(
                             "{head} killed: it {} so it cannot be restarted",
                             if a.info.detached {
@@ -2224,12 +2225,12 @@ impl AgentManager {
                         ),
                     ),
                     (crate::config::OnChange::Kill, _) => {
-                        ("kill", format!("{head} killed ([landlock] {key} = \"kill\")"))
+                        (ChangeAction::Kill, format!("{head} killed ([landlock] {key} = \"kill\")"))
                     }
                 }
             }
             Files::Unenforced => (
-                "none",
+                ChangeAction::None,
                 format!(
                     "agent {name} is UNCONFINED: nothing enforces its file tokens; the change is only recorded"
                 ),
@@ -2239,8 +2240,8 @@ impl AgentManager {
         drop(reg);
         Ok(ChangeEffect {
             agent: name.to_owned(),
-            backend: self.files_of(name).map_or("none", Files::backend).to_owned(),
-            action: action.to_owned(),
+            backend: self.files_of(name).map_or(FilesBackend::None, Files::backend),
+            action,
             detail,
             pid,
             new_pid: None,
@@ -2294,7 +2295,7 @@ impl AgentManager {
             .collect();
         self.kill(&name, caller).await?;
         let mut effect = planned;
-        if effect.action == "restart"
+        if effect.action == ChangeAction::Restart
             && let Some(r) = respawn
         {
             match self.spawn_inner(r.req, &r.caller, None, Some(carried)).await {
@@ -2304,7 +2305,7 @@ impl AgentManager {
                     self.audit.record(
                         Some(&name),
                         AuditEvent::RulesetChange {
-                            action: "kill".into(),
+                            action: ChangeAction::Kill,
                             cause: cause.into(),
                             old_pid: effect.pid,
                             new_pid: None,
@@ -2324,7 +2325,7 @@ impl AgentManager {
         self.audit.record(
             Some(&name),
             AuditEvent::RulesetChange {
-                action: effect.action.clone(),
+                action: effect.action,
                 cause: cause.into(),
                 old_pid: effect.pid,
                 new_pid: effect.new_pid,
@@ -2872,7 +2873,7 @@ fn ledger(a: &Agent) -> Option<Arc<crate::meter::Ledger>> {
 
 /// The cost an agent had spent when it was last stored.
 fn saved_cost(info: &AgentInfo) -> u64 {
-    info.usage.iter().find(|u| u.resource == "cost").map_or(0, |u| u.used)
+    info.usage.iter().find(|u| u.resource == BudgetResource::Cost).map_or(0, |u| u.used)
 }
 
 /// (parent pid, start time in clock ticks since boot) of a live process; None for a
@@ -3225,7 +3226,7 @@ mod tests {
         let r = SpawnRequest { allow: vec![allow], ..req("f1", &["sleep", "5"]) };
         let (info, _rx) = f.mgr.spawn(r, &me(), None).await.unwrap();
         assert!(f.kernel.files_confined.lock().unwrap().contains(&info.cgroup_id));
-        assert!(info.enforcement.iter().any(|e| e == "files:bpf-lsm"), "{:?}", info.enforcement);
+        assert!(info.enforcement.contains(&rush_proto::Enforcement::FilesBpfLsm), "{:?}", info.enforcement);
         let key = crate::tokens::file_key(dir.path()).unwrap();
         let grants = f.kernel.file_grants.lock().unwrap().clone();
         let entry = grants.get(&(info.cgroup_id, key)).expect("the --allow grant is in the kernel");
@@ -3234,8 +3235,8 @@ mod tests {
         let usr = crate::tokens::file_key(std::path::Path::new("/usr")).unwrap();
         assert_eq!(grants.get(&(info.cgroup_id, usr)).unwrap().expires_ns[2], u64::MAX, "baseline /usr exec");
         // The detached agent's own log is granted (write) so it can keep writing to it.
-        let origins: Vec<String> =
-            f.mgr.capabilities(Some("f1")).unwrap().into_iter().map(|t| t.origin).collect();
+        let origins: Vec<&str> =
+            f.mgr.capabilities(Some("f1")).unwrap().into_iter().map(|t| t.origin.as_str()).collect();
         assert_eq!(origins, ["baseline", "spawn", "stdio"]);
     }
 
@@ -3691,11 +3692,13 @@ mod tests {
         f.mgr.check_budgets().await;
         assert_eq!(*f.cgroups.freezes.lock().unwrap(), ["freeze cpu1"], "frozen exactly once");
         let info = f.mgr.status("cpu1").unwrap();
-        assert_eq!(info.paused.as_deref(), Some("budget:cpu"));
-        let cpu = info.usage.iter().find(|u| u.resource == "cpu").unwrap();
+        assert_eq!(info.paused, [PauseReason::BudgetCpu]);
+        let cpu = info.usage.iter().find(|u| u.resource == BudgetResource::Cpu).unwrap();
         assert!(cpu.exceeded && cpu.used == 2050 && cpu.limit == Some(2000));
-        assert!(audit_kinds(&f).iter().any(|e| matches!(e,
-            AuditEvent::BudgetExceeded { resource, used: 2050, limit: 2000, .. } if resource == "cpu")));
+        assert!(audit_kinds(&f).iter().any(|e| matches!(
+            e,
+            AuditEvent::BudgetExceeded { resource: BudgetResource::Cpu, used: 2050, limit: 2000, .. }
+        )));
 
         // Without a raise, or with one still used up: refused, still frozen.
         let e = f.mgr.resume("cpu1", None, &me()).await.unwrap_err();
@@ -3705,7 +3708,7 @@ mod tests {
         assert_eq!(*f.cgroups.freezes.lock().unwrap(), ["freeze cpu1"]);
 
         let info = f.mgr.resume("cpu1", Some("cpu:4s".parse().unwrap()), &me()).await.unwrap();
-        assert_eq!(info.paused, None);
+        assert!(info.paused.is_empty());
         assert_eq!(info.budget.cpu_ms, Some(4000));
         assert_eq!(info.budget.mem_bytes, Some(64 << 20), "limits not named stay");
         assert_eq!(*f.cgroups.freezes.lock().unwrap(), ["freeze cpu1", "thaw cpu1"]);
@@ -3821,7 +3824,7 @@ mod tests {
             },
         );
         let s = f.mgr.status("n1").unwrap();
-        let line = |r: &str| s.usage.iter().find(|u| u.resource == r).unwrap().clone();
+        let line = |r: &str| s.usage.iter().find(|u| u.resource.as_str() == r).unwrap().clone();
         assert_eq!(line("net").used, 1_000_000);
         assert!(!line("net").exceeded);
         assert!(line("api").exceeded, "refused calls mean the budget was hit");

@@ -469,7 +469,12 @@ async fn pump_events(
                     "packets dropped until the budget is raised (rush agent resume --budget net:...)";
                 audit.record(
                     Some(&name),
-                    AuditEvent::BudgetExceeded { resource: "net".into(), used, limit, action: action.into() },
+                    AuditEvent::BudgetExceeded {
+                        resource: rush_proto::BudgetResource::Net,
+                        used,
+                        limit,
+                        action: action.into(),
+                    },
                 );
             }
             KernelEvent::ApiCallRefused { cgroup_id, pid, uid: _, comm, addr, port, calls, limit } => {
@@ -478,7 +483,7 @@ async fn pump_events(
                 audit.record(
                     Some(&name),
                     AuditEvent::ApiRefused {
-                        resource: "api".into(),
+                        resource: rush_proto::BudgetResource::Api,
                         pid,
                         comm,
                         destination,
@@ -628,7 +633,7 @@ async fn pump_meter_events(
                 audit.record(
                     Some(&agent),
                     AuditEvent::BudgetExceeded {
-                        resource: "cost".into(),
+                        resource: rush_proto::BudgetResource::Cost,
                         used: used_micro_usd,
                         limit: limit_micro_usd,
                         action: "further calls refused by the metering proxy (HTTP 402)".into(),
@@ -639,7 +644,7 @@ async fn pump_meter_events(
                 audit.record(
                     Some(&agent),
                     AuditEvent::ApiRefused {
-                        resource: "cost".into(),
+                        resource: rush_proto::BudgetResource::Cost,
                         pid: 0,
                         comm: String::new(),
                         destination: "meter".into(),
