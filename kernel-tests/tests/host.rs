@@ -519,34 +519,40 @@ fn malformed_ndjson_and_dropped_connections_never_crash_the_daemon() {
         r.read_line(&mut buf).unwrap();
         serde_json::from_str(&buf).unwrap_or_else(|e| panic!("reply not JSON ({e}): {buf:?}"))
     };
+    let v = rush_proto::PROTOCOL_VERSION;
     for bad in [
-        &b"this is not json\n"[..],
-        b"{\"version\":1,\"id\":5,\"request\":{\"type\":\"launch_missiles\"}}\n",
-        b"{\"version\":1,\"id\":6}\n",
-        b"[1,2,3]\n",
-        b"{\"version\":1,\"id\":7,\"request\":{\"type\":\"spawn\",\"name\":\"x\"}}\n",
-        b"\xff\xfe\n",
+        "this is not json\n".as_bytes().to_vec(),
+        format!("{{\"version\":{v},\"id\":5,\"request\":{{\"type\":\"launch_missiles\"}}}}\n").into_bytes(),
+        format!("{{\"version\":{v},\"id\":6}}\n").into_bytes(),
+        b"[1,2,3]\n".to_vec(),
+        format!("{{\"version\":{v},\"id\":7,\"request\":{{\"type\":\"spawn\",\"name\":\"x\"}}}}\n")
+            .into_bytes(),
+        b"\xff\xfe\n".to_vec(),
     ] {
-        let v = reply(&mut s, bad);
-        assert_eq!(v["reply"]["err"]["kind"], "bad_request", "{:?} → {v}", String::from_utf8_lossy(bad));
+        let v = reply(&mut s, &bad);
+        assert_eq!(v["reply"]["err"]["kind"], "bad_request", "{:?} → {v}", String::from_utf8_lossy(&bad));
     }
     let v = reply(&mut s, b"{\"version\":99,\"id\":8,\"request\":{\"type\":\"hello\"}}\n");
     assert_eq!(v["reply"]["err"]["kind"], "version_mismatch");
     assert_eq!(v["id"], 8);
     // The same connection still works after all that.
-    let v = reply(&mut s, b"{\"version\":1,\"id\":9,\"request\":{\"type\":\"hello\"}}\n");
+    let hello = format!(
+        "{{\"version\":{v},\"id\":9,\"request\":{{\"type\":\"hello\"}}}}\n",
+        v = rush_proto::PROTOCOL_VERSION
+    );
+    let v = reply(&mut s, hello.as_bytes());
     assert_eq!(v["reply"]["ok"]["caller"]["role"]["kind"], "operator", "{v}");
     drop(s);
 
     // Connections dropped mid-line, mid-request, and a flood of partial ones.
     for i in 0..50 {
         let mut s = UnixStream::connect(&d.socket).unwrap();
-        let _ = s.write_all(&b"{\"version\":1,\"id\":1,\"request\":{\"type\":\"list_ag"[..(i % 40) + 1]);
+        let _ = s.write_all(&b"{\"version\":2,\"id\":1,\"request\":{\"type\":\"list_ag"[..(i % 40) + 1]);
     }
     // A foreground spawn whose caller vanishes before reading the reply.
     {
         let mut s = UnixStream::connect(&d.socket).unwrap();
-        let _ = s.write_all(b"{\"version\":1,\"id\":1,\"request\":{\"type\":\"list_agents\"}}\n");
+        let _ = s.write_all(b"{\"version\":2,\"id\":1,\"request\":{\"type\":\"list_agents\"}}\n");
     }
     // An oversized line is refused without the daemon buffering forever.
     {
@@ -556,6 +562,34 @@ fn malformed_ndjson_and_dropped_connections_never_crash_the_daemon() {
     }
     assert!(d.is_running(), "daemon died:\n{}", d.log_text());
     assert!(d.rush(&["agent", "list"]).status.success());
+}
+
+/// A client of the previous protocol (envelope version 1) is told which versions meet, by
+/// name; what it sends is not read as a request of ours, whatever its body.
+#[test]
+fn an_old_client_is_refused_naming_both_versions() {
+    if !host_ready() {
+        return;
+    }
+    let d = Daemon::start();
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    for line in [
+        &b"{\"version\":1,\"id\":3,\"request\":{\"type\":\"list_agents\"}}\n"[..],
+        // A request of version 1 that this version no longer has.
+        b"{\"version\":1,\"id\":4,\"request\":{\"type\":\"list_agents_v1\"}}\n",
+    ] {
+        s.write_all(line).unwrap();
+        let mut buf = String::new();
+        r.read_line(&mut buf).unwrap();
+        let v: Value = serde_json::from_str(&buf).unwrap();
+        assert_eq!(v["reply"]["err"]["kind"], "version_mismatch", "{v}");
+        let msg = v["reply"]["err"]["message"].as_str().unwrap();
+        let ours = format!("rush-agentd speaks version {}", rush_proto::PROTOCOL_VERSION);
+        assert!(msg.contains("this client speaks protocol version 1") && msg.contains(&ours), "{msg}");
+        assert_eq!(v["version"], rush_proto::PROTOCOL_VERSION);
+    }
 }
 
 #[test]

@@ -120,7 +120,9 @@ fn client_session(socket: &Path, i: usize, dir: &Path, files: bool, start: &Barr
             Ok(Response::Capabilities { tokens }) => {
                 assert!(tokens.iter().all(|t| t.agent == name), "{name}: another agent's token: {tokens:?}");
                 assert!(
-                    tokens.iter().any(|t| t.origin == "spawn" && t.path == own && t.ops == Ops::READ),
+                    tokens.iter().any(|t| t.origin == rush_proto::TokenOrigin::Spawn
+                        && t.path == own
+                        && t.ops == Ops::READ),
                     "{name}: its --allow token missing: {tokens:?}"
                 );
             }

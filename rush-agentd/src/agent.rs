@@ -23,8 +23,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use rush_proto::{
-    AgentInfo, AgentName, AgentState, ApiError, AuditEvent, Budget, ChangeEffect, ErrorKind, ExitStatus,
-    FileGrant, GrantRequest, Hardlinks, NetPolicy, Ops, RevokeTarget, SpawnRequest, StdioMode, TokenInfo,
+    AgentInfo, AgentName, AgentState, ApiError, AuditEvent, Budget, BudgetResource, ChangeAction,
+    ChangeEffect, ErrorKind, ExitStatus, FileGrant, FilesBackend, GrantRequest, Hardlinks, NetPolicy, Ops,
+    PauseReason, RevokeTarget, SpawnRequest, StdioMode, TokenInfo,
 };
 use tokio::sync::watch;
 
@@ -68,21 +69,21 @@ pub(crate) enum Files {
 }
 
 impl Files {
-    fn backend(self) -> &'static str {
+    fn backend(self) -> FilesBackend {
         match self {
-            Files::Open | Files::Unenforced => "none",
-            Files::BpfLsm => "bpf-lsm",
-            Files::Landlock => "landlock",
+            Files::Open | Files::Unenforced => FilesBackend::None,
+            Files::BpfLsm => FilesBackend::BpfLsm,
+            Files::Landlock => FilesBackend::Landlock,
         }
     }
 
     /// From what a stored agent's info says (re-adoption).
     fn of_info(info: &AgentInfo, files_confined: bool) -> Files {
-        let has = |e: &str| info.enforcement.iter().any(|x| x == e);
+        let has = |e: rush_proto::Enforcement| info.enforcement.contains(&e);
         match () {
             _ if !files_confined => Files::Open,
-            _ if has("files:landlock") => Files::Landlock,
-            _ if has("files:bpf-lsm") => Files::BpfLsm,
+            _ if has(rush_proto::Enforcement::FilesLandlock) => Files::Landlock,
+            _ if has(rush_proto::Enforcement::FilesBpfLsm) => Files::BpfLsm,
             _ => Files::Unenforced,
         }
     }

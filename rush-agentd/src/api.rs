@@ -233,26 +233,23 @@ async fn handle_connection(stream: UnixStream, ctx: Arc<ApiContext>) -> std::io:
         let env: RequestEnvelope = match serde_json::from_slice(&line) {
             Ok(env) => env,
             Err(e) => {
-                // Salvage the id if the envelope was close enough, so the caller can match.
-                let id = serde_json::from_slice::<serde_json::Value>(&line)
-                    .ok()
-                    .and_then(|v| v.get("id").and_then(|i| i.as_u64()))
-                    .unwrap_or(0);
-                let err = ApiError::new(ErrorKind::BadRequest, format!("not a valid request: {e}"));
+                // Salvage the id if the envelope was close enough, so the caller can match;
+                // a line of another protocol version is refused as that, whatever its body.
+                let v = serde_json::from_slice::<serde_json::Value>(&line).ok();
+                let id = v.as_ref().and_then(|v| v.get("id")?.as_u64()).unwrap_or(0);
+                let err = match v.as_ref().and_then(|v| v.get("version")?.as_u64()) {
+                    Some(version) if version != u64::from(PROTOCOL_VERSION) => {
+                        ApiError::version_mismatch(u32::try_from(version).unwrap_or(u32::MAX))
+                    }
+                    _ => ApiError::new(ErrorKind::BadRequest, format!("not a valid request: {e}")),
+                };
                 conn.send(id, Reply::Err(err)).await?;
                 conn.fds.clear();
                 continue;
             }
         };
         if env.version != PROTOCOL_VERSION {
-            let err = ApiError::new(
-                ErrorKind::VersionMismatch,
-                format!(
-                    "protocol version {} is not supported; this daemon speaks {PROTOCOL_VERSION}",
-                    env.version
-                ),
-            );
-            conn.send(env.id, Reply::Err(err)).await?;
+            conn.send(env.id, Reply::Err(ApiError::version_mismatch(env.version))).await?;
             conn.fds.clear();
             continue;
         }
@@ -266,44 +263,6 @@ async fn handle_connection(stream: UnixStream, ctx: Arc<ApiContext>) -> std::io:
         conn.fds.clear();
     }
     Ok(())
-}
-
-fn request_name(r: &Request) -> &'static str {
-    match r {
-        Request::Hello => "hello",
-        Request::Spawn(_) => "spawn",
-        Request::ListAgents => "list_agents",
-        Request::AgentStatus { .. } => "agent_status",
-        Request::KillAgent { .. } => "kill_agent",
-        Request::PauseAgent { .. } => "pause_agent",
-        Request::ResumeAgent { .. } => "resume_agent",
-        Request::Audit(_) => "audit",
-        Request::Subscribe(_) => "subscribe",
-        Request::AgentLogs { .. } => "agent_logs",
-        Request::Doctor => "doctor",
-        Request::Grant(_) => "grant",
-        Request::Revoke { .. } => "revoke",
-        Request::ListCapabilities { .. } => "list_capabilities",
-        Request::Commit { .. } => "commit",
-        Request::ChangeEffect { .. } => "change_effect",
-        Request::CreateSession { .. } => "create_session",
-        Request::ListSessions => "list_sessions",
-        Request::RemoveSession { .. } => "remove_session",
-        Request::Checkpoint { .. } => "checkpoint",
-        Request::Rollback { .. } => "rollback",
-        Request::Branch { .. } => "branch",
-        Request::SwitchTimeline { .. } => "switch_timeline",
-        Request::ListTimeline { .. } => "list_timeline",
-        Request::Diff { .. } => "diff",
-        Request::DeleteCheckpoint { .. } => "delete_checkpoint",
-        Request::PruneCheckpoints { .. } => "prune_checkpoints",
-        Request::ShowSession { .. } => "show_session",
-        Request::SessionSet { .. } => "session_set",
-        Request::SessionGet { .. } => "session_get",
-        Request::SessionUnset { .. } => "session_unset",
-        Request::AttachSession { .. } => "attach_session",
-        Request::DetachSession { .. } => "detach_session",
-    }
 }
 
 fn authorize(peer: &Peer, req: &Request, ctx: &ApiContext) -> Result<(), ApiError> {
@@ -320,30 +279,9 @@ fn authorize(peer: &Peer, req: &Request, ctx: &ApiContext) -> Result<(), ApiErro
         CallerRole::Agent { name } => format!("agent {name:?}"),
         _ => format!("uid {}", peer.caller.uid),
     };
-    let reason = format!("{who} may not {}: only root or the operator group may", request_name(req));
+    let reason = format!("{who} may not {}: only root or the operator group may", req.name());
     // Refusals of mutations are worth auditing; reads are not.
-    if matches!(
-        req,
-        Request::Spawn(_)
-            | Request::KillAgent { .. }
-            | Request::PauseAgent { .. }
-            | Request::ResumeAgent { .. }
-            | Request::Grant(_)
-            | Request::Revoke { .. }
-            | Request::Commit { .. }
-            | Request::CreateSession { .. }
-            | Request::RemoveSession { .. }
-            | Request::Checkpoint { .. }
-            | Request::Rollback { .. }
-            | Request::Branch { .. }
-            | Request::SwitchTimeline { .. }
-            | Request::DeleteCheckpoint { .. }
-            | Request::PruneCheckpoints { .. }
-            | Request::SessionSet { .. }
-            | Request::SessionUnset { .. }
-            | Request::AttachSession { .. }
-            | Request::DetachSession { .. }
-    ) {
+    if req.is_mutation() {
         let agent = match &peer.role {
             CallerRole::Agent { name } => Some(name.as_str()),
             _ => None,
@@ -352,7 +290,7 @@ fn authorize(peer: &Peer, req: &Request, ctx: &ApiContext) -> Result<(), ApiErro
             agent,
             AuditEvent::Refused {
                 caller_uid: peer.caller.uid,
-                request: request_name(req).into(),
+                request: req.name().into(),
                 reason: reason.clone(),
             },
         );

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use cgroups_rs::{Cgroup, MaxValue, cpu::CpuController, cpuacct::CpuAcctController, memory::MemController};
 use cgroups_rs::{hierarchies, pid::PidController};
-use rush_proto::{Budget, BudgetUnit, BudgetUsage};
+use rush_proto::{Budget, BudgetResource, BudgetUnit, BudgetUsage};
 
 use crate::cgroup::{AgentCgroup, CgroupLayout, CgroupMode};
 
@@ -263,13 +263,13 @@ pub fn cpu_spent(budget: &Budget, o: &Observed) -> bool {
 
 /// `rush agent status` lines: every limited resource, and unlimited ones that are counted.
 pub fn usage_lines(budget: &Budget, o: &Observed) -> Vec<BudgetUsage> {
-    let line = |resource: &str, unit, used: Option<u64>, limit: Option<u64>, at_limit: &str| {
+    let line = |resource: BudgetResource, unit, used: Option<u64>, limit: Option<u64>, at_limit: &str| {
         if limit.is_none() && used.is_none() {
             return None;
         }
         let used = used.unwrap_or(0);
         Some(BudgetUsage {
-            resource: resource.to_owned(),
+            resource,
             unit,
             used,
             limit,
@@ -279,14 +279,14 @@ pub fn usage_lines(budget: &Budget, o: &Observed) -> Vec<BudgetUsage> {
     };
     [
         line(
-            "cpu",
+            BudgetResource::Cpu,
             BudgetUnit::Millis,
             cpu_ms(o),
             budget.cpu_ms,
             "frozen until resumed with a raised budget",
         ),
         line(
-            "cpu-rate",
+            BudgetResource::CpuRate,
             BudgetUnit::Percent,
             budget.cpu_rate_pct.map(|_| 0),
             budget.cpu_rate_pct.map(u64::from),
@@ -298,17 +298,29 @@ pub fn usage_lines(budget: &Budget, o: &Observed) -> Vec<BudgetUsage> {
             l
         }),
         line(
-            "mem",
+            BudgetResource::Mem,
             BudgetUnit::Bytes,
             o.cgroup.mem_bytes,
             budget.mem_bytes,
             "reclaim, then OOM kill inside the agent",
         ),
-        line("pids", BudgetUnit::Count, o.cgroup.pids, budget.pids, "fork and clone fail (EAGAIN)"),
-        line("net", BudgetUnit::Bytes, o.net_bytes, budget.net_bytes, "packets dropped"),
-        line("api", BudgetUnit::Count, o.api_calls, budget.api_calls, "connects to the API refused (EPERM)"),
         line(
-            "cost",
+            BudgetResource::Pids,
+            BudgetUnit::Count,
+            o.cgroup.pids,
+            budget.pids,
+            "fork and clone fail (EAGAIN)",
+        ),
+        line(BudgetResource::Net, BudgetUnit::Bytes, o.net_bytes, budget.net_bytes, "packets dropped"),
+        line(
+            BudgetResource::Api,
+            BudgetUnit::Count,
+            o.api_calls,
+            budget.api_calls,
+            "connects to the API refused (EPERM)",
+        ),
+        line(
+            BudgetResource::Cost,
             BudgetUnit::MicroUsd,
             o.cost_micro_usd,
             budget.cost_micro_usd,
@@ -318,11 +330,11 @@ pub fn usage_lines(budget: &Budget, o: &Observed) -> Vec<BudgetUsage> {
     .into_iter()
     .flatten()
     .map(|mut l| {
-        match l.resource.as_str() {
+        match l.resource {
             // Ceilings the kernel holds: being at one is not a breach.
-            "mem" | "pids" => l.exceeded = false,
-            "net" => l.exceeded |= l.limit.is_some() && o.net_dropped > 0,
-            "api" => l.exceeded |= l.limit.is_some() && o.api_refused > 0,
+            BudgetResource::Mem | BudgetResource::Pids => l.exceeded = false,
+            BudgetResource::Net => l.exceeded |= l.limit.is_some() && o.net_dropped > 0,
+            BudgetResource::Api => l.exceeded |= l.limit.is_some() && o.api_refused > 0,
             _ => {}
         }
         l
@@ -393,7 +405,9 @@ mod tests {
     fn status_lines_show_limits_and_counted_usage() {
         let b: Budget = "cpu:2s,api:10,cost:$1,mem:64M".parse().unwrap();
         let lines = usage_lines(&b, &observed(2500));
-        let find = |r: &str| lines.iter().find(|l| l.resource == r).unwrap_or_else(|| panic!("{r} missing"));
+        let find = |r: &str| {
+            lines.iter().find(|l| l.resource.as_str() == r).unwrap_or_else(|| panic!("{r} missing"))
+        };
         assert!(find("cpu").exceeded);
         assert_eq!(find("cpu").used, 2500);
         assert!(find("api").exceeded, "10 of 10 calls used");
@@ -404,7 +418,7 @@ mod tests {
         // Unlimited but counted: shown without a limit.
         assert_eq!(find("net").limit, None);
         assert_eq!(find("pids").limit, None);
-        assert!(!lines.iter().any(|l| l.resource == "cpu-rate"));
+        assert!(!lines.iter().any(|l| l.resource == BudgetResource::CpuRate));
     }
 
     #[test]

@@ -471,7 +471,12 @@ async fn pump_events(
                     "packets dropped until the budget is raised (rush agent resume --budget net:...)";
                 audit.record(
                     Some(&name),
-                    AuditEvent::BudgetExceeded { resource: "net".into(), used, limit, action: action.into() },
+                    AuditEvent::BudgetExceeded {
+                        resource: rush_proto::BudgetResource::Net,
+                        used,
+                        limit,
+                        action: action.into(),
+                    },
                 );
             }
             KernelEvent::ApiCallRefused { cgroup_id, pid, uid: _, comm, addr, port, calls, limit } => {
@@ -480,7 +485,7 @@ async fn pump_events(
                 audit.record(
                     Some(&name),
                     AuditEvent::ApiRefused {
-                        resource: "api".into(),
+                        resource: rush_proto::BudgetResource::Api,
                         pid,
                         comm,
                         destination,
@@ -630,7 +635,7 @@ async fn pump_meter_events(
                 audit.record(
                     Some(&agent),
                     AuditEvent::BudgetExceeded {
-                        resource: "cost".into(),
+                        resource: rush_proto::BudgetResource::Cost,
                         used: used_micro_usd,
                         limit: limit_micro_usd,
                         action: "further calls refused by the metering proxy (HTTP 402)".into(),
@@ -641,7 +646,7 @@ async fn pump_meter_events(
                 audit.record(
                     Some(&agent),
                     AuditEvent::ApiRefused {
-                        resource: "cost".into(),
+                        resource: rush_proto::BudgetResource::Cost,
                         pid: 0,
                         comm: String::new(),
                         destination: "meter".into(),

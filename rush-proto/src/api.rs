@@ -5,12 +5,13 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::budget::{Budget, BudgetUsage};
+use crate::budget::{Budget, BudgetResource, BudgetUsage};
 use crate::session::{
     Attachment, CheckpointInfo, DiffReport, KeyValue, Prune, RollbackReport, SessionDetail, SessionInfo,
     SessionRef, ShellState, Timeline, TimelineInfo,
 };
 use crate::spec::{FileGrant, Hardlinks, NetPolicy, Ops};
+use crate::wire::{ChangeAction, Enforcement, FilesBackend, PauseReason, TokenOrigin};
 
 /// One line from a caller.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -229,15 +230,131 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// Every request's name (its serde tag, `type` on the wire), in declaration order.
+    pub const NAMES: &[&str] = &[
+        "hello",
+        "spawn",
+        "list_agents",
+        "agent_status",
+        "kill_agent",
+        "pause_agent",
+        "resume_agent",
+        "audit",
+        "subscribe",
+        "agent_logs",
+        "doctor",
+        "grant",
+        "revoke",
+        "list_capabilities",
+        "commit",
+        "create_session",
+        "list_sessions",
+        "remove_session",
+        "checkpoint",
+        "rollback",
+        "branch",
+        "switch_timeline",
+        "list_timeline",
+        "diff",
+        "delete_checkpoint",
+        "prune_checkpoints",
+        "show_session",
+        "session_set",
+        "session_get",
+        "session_unset",
+        "attach_session",
+        "detach_session",
+        "change_effect",
+    ];
+
+    /// The request's name: its `type` on the wire (a unit test holds the two together).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Hello => "hello",
+            Request::Spawn(_) => "spawn",
+            Request::ListAgents => "list_agents",
+            Request::AgentStatus { .. } => "agent_status",
+            Request::KillAgent { .. } => "kill_agent",
+            Request::PauseAgent { .. } => "pause_agent",
+            Request::ResumeAgent { .. } => "resume_agent",
+            Request::Audit(_) => "audit",
+            Request::Subscribe(_) => "subscribe",
+            Request::AgentLogs { .. } => "agent_logs",
+            Request::Doctor => "doctor",
+            Request::Grant(_) => "grant",
+            Request::Revoke { .. } => "revoke",
+            Request::ListCapabilities { .. } => "list_capabilities",
+            Request::Commit { .. } => "commit",
+            Request::CreateSession { .. } => "create_session",
+            Request::ListSessions => "list_sessions",
+            Request::RemoveSession { .. } => "remove_session",
+            Request::Checkpoint { .. } => "checkpoint",
+            Request::Rollback { .. } => "rollback",
+            Request::Branch { .. } => "branch",
+            Request::SwitchTimeline { .. } => "switch_timeline",
+            Request::ListTimeline { .. } => "list_timeline",
+            Request::Diff { .. } => "diff",
+            Request::DeleteCheckpoint { .. } => "delete_checkpoint",
+            Request::PruneCheckpoints { .. } => "prune_checkpoints",
+            Request::ShowSession { .. } => "show_session",
+            Request::SessionSet { .. } => "session_set",
+            Request::SessionGet { .. } => "session_get",
+            Request::SessionUnset { .. } => "session_unset",
+            Request::AttachSession { .. } => "attach_session",
+            Request::DetachSession { .. } => "detach_session",
+            Request::ChangeEffect { .. } => "change_effect",
+        }
+    }
+
+    /// Whether it changes anything (agents, tokens, sessions, the workspace): refusals of
+    /// these are audited. Reads, streams of reads and `change_effect` (a question) are not.
+    pub fn is_mutation(&self) -> bool {
+        match self {
+            Request::Spawn(_)
+            | Request::KillAgent { .. }
+            | Request::PauseAgent { .. }
+            | Request::ResumeAgent { .. }
+            | Request::Grant(_)
+            | Request::Revoke { .. }
+            | Request::Commit { .. }
+            | Request::CreateSession { .. }
+            | Request::RemoveSession { .. }
+            | Request::Checkpoint { .. }
+            | Request::Rollback { .. }
+            | Request::Branch { .. }
+            | Request::SwitchTimeline { .. }
+            | Request::DeleteCheckpoint { .. }
+            | Request::PruneCheckpoints { .. }
+            | Request::SessionSet { .. }
+            | Request::SessionUnset { .. }
+            | Request::AttachSession { .. }
+            | Request::DetachSession { .. } => true,
+            Request::Hello
+            | Request::ListAgents
+            | Request::AgentStatus { .. }
+            | Request::Audit(_)
+            | Request::Subscribe(_)
+            | Request::AgentLogs { .. }
+            | Request::Doctor
+            | Request::ListCapabilities { .. }
+            | Request::ListSessions
+            | Request::ListTimeline { .. }
+            | Request::Diff { .. }
+            | Request::ShowSession { .. }
+            | Request::SessionGet { .. }
+            | Request::ChangeEffect { .. } => false,
+        }
+    }
+}
+
 /// What a token change does (or did) to a running agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChangeEffect {
     pub agent: String,
-    /// The file backend confining it: `bpf-lsm`, `landlock` or `none` (unconfined).
-    pub backend: String,
-    /// `in-place` (the kernel map changes under the running agent), `restart` (frozen,
-    /// killed, started again under the new rules), `kill` (frozen and killed), or `none`.
-    pub action: String,
+    /// The file backend confining it.
+    pub backend: FilesBackend,
+    pub action: ChangeAction,
     /// One line for the operator: what happens and why.
     pub detail: String,
     /// The agent's first process now.
@@ -283,8 +400,7 @@ pub struct TokenInfo {
     #[serde(default)]
     pub expires_unix_ms: Option<u64>,
     pub expired: bool,
-    /// `baseline` (config, for every file-confined agent), `spawn` (--allow) or `grant`.
-    pub origin: String,
+    pub origin: TokenOrigin,
     /// For a conditional token: the command that decides, and the worktree the agent
     /// writes to instead of `path`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -517,6 +633,43 @@ pub enum Response {
     },
 }
 
+impl Response {
+    /// The reply's name: its `type` on the wire (a unit test holds the two together).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Response::Hello { .. } => "hello",
+            Response::Spawned { .. } => "spawned",
+            Response::Exited { .. } => "exited",
+            Response::Agents { .. } => "agents",
+            Response::Agent { .. } => "agent",
+            Response::Killed { .. } => "killed",
+            Response::AuditEvents { .. } => "audit_events",
+            Response::Subscribed => "subscribed",
+            Response::Event { .. } => "event",
+            Response::Logs { .. } => "logs",
+            Response::Doctor { .. } => "doctor",
+            Response::Granted { .. } => "granted",
+            Response::Revoked { .. } => "revoked",
+            Response::ChangeEffect { .. } => "change_effect",
+            Response::Capabilities { .. } => "capabilities",
+            Response::Committed { .. } => "committed",
+            Response::Session { .. } => "session",
+            Response::Sessions { .. } => "sessions",
+            Response::SessionRemoved { .. } => "session_removed",
+            Response::Checkpointed { .. } => "checkpointed",
+            Response::RolledBack { .. } => "rolled_back",
+            Response::TimelineChanged { .. } => "timeline_changed",
+            Response::Timeline { .. } => "timeline",
+            Response::Diff { .. } => "diff",
+            Response::CheckpointsDeleted { .. } => "checkpoints_deleted",
+            Response::SessionDetail { .. } => "session_detail",
+            Response::SessionKv { .. } => "session_kv",
+            Response::Attached { .. } => "attached",
+            Response::Detached { .. } => "detached",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallerInfo {
     pub uid: u32,
@@ -554,9 +707,9 @@ pub struct AgentInfo {
     /// Its limits (trust level and flags combined).
     #[serde(default)]
     pub budget: Budget,
-    /// Why it is frozen, if it is: `operator` or `budget:cpu`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub paused: Option<String>,
+    /// Why it is frozen, if it is (on the wire: one comma-joined string, absent when not).
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "crate::wire::comma_list")]
+    pub paused: Vec<PauseReason>,
     /// Used against limit, per resource; filled by `ListAgents` and `AgentStatus`.
     #[serde(default)]
     pub usage: Vec<BudgetUsage>,
@@ -567,8 +720,8 @@ pub struct AgentInfo {
     /// Processes currently in the agent's cgroup.
     pub processes: u32,
     pub started_unix_ms: u64,
-    /// Which kernel mechanisms confine this agent, e.g. `net:cgroup-connect`.
-    pub enforcement: Vec<String>,
+    /// Which kernel mechanisms confine this agent.
+    pub enforcement: Vec<Enforcement>,
     #[serde(default)]
     pub exit: Option<ExitStatus>,
     pub detached: bool,
@@ -767,8 +920,8 @@ pub enum AuditEvent {
     },
     /// A budget ran out and its action was taken (`frozen`, `packets dropped`, ...).
     BudgetExceeded {
-        /// One of `cpu`, `net`, `api`, `cost`.
-        resource: String,
+        /// `cpu`, `net`, `api` or `cost`.
+        resource: BudgetResource,
         used: u64,
         limit: u64,
         action: String,
@@ -786,17 +939,17 @@ pub enum AuditEvent {
     /// A model API call refused at the agent's `api` or `cost` budget.
     ApiRefused {
         /// `api` (the kernel refused the connect) or `cost` (the metering proxy refused).
-        resource: String,
+        resource: BudgetResource,
         pid: u32,
         comm: String,
         destination: String,
         used: u64,
         limit: u64,
     },
-    /// The agent was frozen (`reason`: `operator` or `budget:cpu`).
+    /// The agent was frozen.
     Paused {
         caller_uid: Option<u32>,
-        reason: String,
+        reason: PauseReason,
     },
     Resumed {
         caller_uid: u32,
@@ -874,7 +1027,7 @@ pub enum AuditEvent {
     /// the new ones (`restart`, `new_pid`) or killed (`kill`).
     RulesetChange {
         /// `restart` or `kill`.
-        action: String,
+        action: ChangeAction,
         /// `grant`, `revoke` or `expiry`.
         cause: String,
         old_pid: u32,
@@ -1063,6 +1216,20 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The daemon's answer to a request in protocol version `client` (not ours).
+    pub fn version_mismatch(client: u32) -> Self {
+        ApiError::new(
+            ErrorKind::VersionMismatch,
+            format!(
+                "this client speaks protocol version {client} and rush-agentd speaks version {}: use the \
+                 rush of the daemon's release",
+                crate::PROTOCOL_VERSION
+            ),
+        )
+    }
+}
+
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)
@@ -1092,6 +1259,107 @@ pub enum ErrorKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The variant tags serde knows for an internally tagged enum `T`: its error for an
+    /// unknown tag lists them all.
+    fn serde_tags<T: serde::de::DeserializeOwned + fmt::Debug>(tag: &str) -> Vec<String> {
+        let e = serde_json::from_str::<T>(&format!(r#"{{"{tag}":"?"}}"#)).unwrap_err().to_string();
+        let listed = e.split("expected one of ").nth(1).expect(&e);
+        let mut tags: Vec<String> =
+            listed.split(", ").map(|k| k.split('`').nth(1).expect(listed).to_owned()).collect();
+        tags.sort_unstable();
+        tags
+    }
+
+    /// One request of each kind, read from the wire as `{"type": NAME, ...}`: every field
+    /// any request needs is there (the others ignore what they do not have).
+    fn request_named(name: &str) -> Request {
+        let mut v = serde_json::json!({
+            "name": "a", "command": ["true"], "cwd": "/", "stdio": "log", "follow": false,
+            "agent": "a", "path": "/", "ops": 1, "target": {"id": 1}, "workspace": "/w",
+            "session": {}, "a": "x", "b": "y", "prune": {}, "key": "k", "value": "v", "pid": 1,
+        });
+        match name {
+            "audit" | "subscribe" => v = serde_json::json!({}),
+            "spawn" => v["session"] = "s".into(),
+            _ => {}
+        }
+        v["type"] = name.into();
+        serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{v}: {e}"))
+    }
+
+    #[test]
+    fn request_names_are_the_serde_tags() {
+        let mut names: Vec<String> = Request::NAMES.iter().map(|n| n.to_string()).collect();
+        names.sort_unstable();
+        assert_eq!(names, serde_tags::<Request>("type"), "Request::NAMES and the enum differ");
+        for name in Request::NAMES {
+            let r = request_named(name);
+            assert_eq!(r.name(), *name, "{r:?}");
+            assert_eq!(serde_json::to_value(&r).unwrap()["type"], *name);
+            // Every request is one or the other (an exhaustive match: never forgotten).
+            let _ = r.is_mutation();
+        }
+        assert!(request_named("kill_agent").is_mutation());
+        assert!(!request_named("agent_status").is_mutation());
+    }
+
+    /// One reply of each kind, read from the wire as `{"type": NAME, ...}`.
+    fn response_named(name: &str) -> Response {
+        use serde_json::json;
+        let agent = json!({
+            "name": "a", "cgroup_id": 1, "cgroup_path": "/c", "pid": 1, "uid": 0, "command": [],
+            "net": NetPolicy::Deny, "state": "running", "processes": 0, "started_unix_ms": 0,
+            "enforcement": [], "detached": false,
+        });
+        let session = json!({
+            "name": "s", "workspace": "/w", "live": "/l", "backend": "git", "timeline": "main",
+            "created_unix_ms": 0,
+        });
+        let checkpoint = json!({
+            "name": "c", "session": "s", "timeline": "main", "created_unix_ms": 0, "took_ms": 0,
+            "captured": [], "automatic": false,
+        });
+        let timeline = json!({"name": "main", "created_unix_ms": 0, "live": true});
+        let token = json!({
+            "id": 1, "agent": "a", "path": "/", "ops": 1, "granted_unix_ms": 0, "expired": false,
+            "origin": "grant",
+        });
+        let mut v = json!({
+            "name": "a", "processes_killed": 1, "data": "", "events": [], "agents": [], "tokens": [],
+            "outcomes": [], "sessions": [], "workspace": "/w", "names": [], "session": "s", "pairs": [],
+            "agent": agent, "token": token, "checkpoint": checkpoint,
+            "daemon_version": "0", "protocol_version": crate::PROTOCOL_VERSION,
+            "caller": {"uid": 0, "gid": 0, "pid": 1, "role": {"kind": "operator"}},
+            "status": {"code": 0, "signal": null},
+            "report": {"kernel": "k", "probes": [], "guarantees": []},
+            "effect": {"agent": "a", "backend": "none", "action": "none", "detail": "", "pid": 1},
+            "timeline": timeline,
+            "diff": {"a": "x", "b": "y", "added": [], "removed": [], "modified": [], "took_ms": 0},
+            "detail": {"session": session, "attachments": [], "checkpoints": [], "keys": []},
+            "attachment": {"session": "s", "pid": 1, "uid": 0, "since_unix_ms": 0},
+        });
+        match name {
+            "rolled_back" => {
+                v["report"] = json!({"checkpoint": checkpoint, "undo": checkpoint, "took_ms": 0});
+            }
+            "timeline" => v["timeline"] = json!({"session": session, "timelines": [], "checkpoints": []}),
+            "session" | "attached" => v["session"] = session,
+            "event" => v["event"] = json!({"type": "lagged", "missed": 1}),
+            _ => {}
+        }
+        v["type"] = name.into();
+        serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    #[test]
+    fn response_names_are_the_serde_tags() {
+        for tag in serde_tags::<Response>("type") {
+            let r = response_named(&tag);
+            assert_eq!(r.name(), tag, "{r:?}");
+            assert_eq!(serde_json::to_value(&r).unwrap()["type"], tag);
+        }
+    }
 
     #[test]
     fn kinds_lists_every_audit_event() {

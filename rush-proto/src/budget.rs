@@ -7,6 +7,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 use crate::spec::{SpecError, parse_duration};
+use crate::wire::wire_enum;
 
 /// Limits on what an agent may consume; `None` = unlimited.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,8 +36,26 @@ pub struct Budget {
     pub cost_micro_usd: Option<u64>,
 }
 
-/// The keys of a budget string, in display order.
+/// The keys of a budget string, in display order (the spellings of [`BudgetResource`]).
 pub const BUDGET_KEYS: [&str; 7] = ["cpu", "cpu-rate", "mem", "pids", "net", "api", "cost"];
+
+wire_enum! {
+    /// One budgeted resource, as `--budget` names it.
+    pub enum BudgetResource as "BudgetUsage.resource / budget_exceeded.resource / api_refused.resource" {
+        /// Cumulative CPU time.
+        Cpu = "cpu",
+        /// CPU bandwidth (a ceiling, never used up).
+        CpuRate = "cpu-rate",
+        Mem = "mem",
+        Pids = "pids",
+        /// Network bytes sent plus received.
+        Net = "net",
+        /// Model API calls.
+        Api = "api",
+        /// Model API spend.
+        Cost = "cost",
+    }
+}
 
 impl Budget {
     pub fn is_empty(&self) -> bool {
@@ -245,8 +264,7 @@ pub fn format_cpu_ms(ms: u64) -> String {
 /// One budgeted resource of a running agent, as `rush agent status` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BudgetUsage {
-    /// One of [`BUDGET_KEYS`].
-    pub resource: String,
+    pub resource: BudgetResource,
     pub unit: BudgetUnit,
     pub used: u64,
     /// None = no limit set (usage is still shown where the kernel counts it).
@@ -341,6 +359,12 @@ mod tests {
             assert!(e.contains(needle), "{bad:?}: {e:?} lacks {needle:?}");
             assert!(e.contains("--budget"), "{e}");
         }
+    }
+
+    #[test]
+    fn budget_keys_are_the_resources() {
+        let names: Vec<&str> = BudgetResource::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names, BUDGET_KEYS);
     }
 
     #[test]

@@ -16,19 +16,26 @@ pub mod client;
 pub mod events;
 pub mod session;
 pub mod spec;
+pub mod wire;
 
 pub use api::*;
-pub use budget::{Budget, BudgetUnit, BudgetUsage};
+pub use budget::{Budget, BudgetResource, BudgetUnit, BudgetUsage};
 pub use events::{Event, SubscribeRequest};
 pub use session::{
     Attachment, CheckpointInfo, DiffReport, EnvChange, KeyValue, Prune, RollbackReport, SessionDetail,
     SessionInfo, SessionRef, ShellState, Timeline, TimelineInfo,
 };
 pub use spec::{AgentName, FileGrant, Hardlinks, NetEndpoint, NetPolicy, Ops, SpecError, parse_duration};
+pub use wire::{ChangeAction, Enforcement, FilesBackend, PauseReason, TokenOrigin, UnknownValue};
 
 /// Bumped on any incompatible change of the wire types. The daemon refuses a request
-/// whose envelope carries another version, with [`ErrorKind::VersionMismatch`].
-pub const PROTOCOL_VERSION: u32 = 1;
+/// whose envelope carries another version, with [`ErrorKind::VersionMismatch`]
+/// ([`ApiError::version_mismatch`]); the client refuses a reply in another version
+/// ([`client::ClientError::DaemonVersion`]). Both errors name both versions.
+///
+/// 2: wire states are enums ([`wire`]); requests declare who may send them, and agents
+/// call as themselves.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Where `rush` and `rush-agentd` meet unless told otherwise (`--socket`, `RUSH_SOCKET`).
 pub const DEFAULT_SOCKET: &str = "/run/rush/agentd.sock";

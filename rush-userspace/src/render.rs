@@ -7,7 +7,7 @@
 
 use std::fmt::Write as _;
 
-use rush_proto::{AgentInfo, AgentState, AuditEvent, AuditRecord, DoctorReport, TokenInfo};
+use rush_proto::{AgentInfo, AgentState, AuditEvent, AuditRecord, BudgetResource, DoctorReport, TokenInfo};
 
 use crate::time::{format_duration, format_unix_ms};
 
@@ -241,6 +241,15 @@ pub fn shell_restore(saved: &rush_proto::ShellState, current: &rush_proto::Shell
     out
 }
 
+/// `running`, `exited`, or `paused (operator,budget:cpu)`.
+fn state(a: &AgentInfo) -> String {
+    if a.paused.is_empty() || a.state != AgentState::Running {
+        return a.state.to_string();
+    }
+    let why: Vec<&str> = a.paused.iter().map(|r| r.as_str()).collect();
+    format!("paused ({})", why.join(","))
+}
+
 /// `rush agent list`.
 pub fn agent_table(agents: &[AgentInfo], now_ms: u64) -> String {
     let mut t = Table::new(&["NAME", "STATE", "PID", "PROCS", "NET", "UPTIME/EXIT", "COMMAND"]);
@@ -250,10 +259,7 @@ pub fn agent_table(agents: &[AgentInfo], now_ms: u64) -> String {
             (AgentState::Exited, Some(status)) => status.to_string(),
             (AgentState::Exited, None) => "-".into(),
         };
-        let mut state = match &a.paused {
-            Some(why) if a.state == AgentState::Running => format!("paused ({why})"),
-            _ => a.state.to_string(),
-        };
+        let mut state = state(a);
         if !a.unconfined.is_empty() {
             state.push_str(" UNCONFINED");
         }
@@ -275,13 +281,13 @@ pub fn budget_table(usage: &[rush_proto::BudgetUsage]) -> String {
     let mut t = Table::new(&["RESOURCE", "USED", "LIMIT", "%", "AT THE LIMIT"]);
     for u in usage {
         let limit = u.limit.map_or("-".to_string(), |l| u.format(l));
-        let pct = match (u.resource.as_str(), u.percent()) {
-            ("cpu-rate", _) | (_, None) => "-".to_string(),
+        let pct = match (u.resource, u.percent()) {
+            (BudgetResource::CpuRate, _) | (_, None) => "-".to_string(),
             (_, Some(p)) => format!("{p:.0}%"),
         };
         let action = if u.exceeded { format!("REACHED: {}", u.at_limit) } else { u.at_limit.clone() };
-        let used = if u.resource == "cpu-rate" { "-".to_string() } else { u.format(u.used) };
-        t.row(vec![u.resource.clone(), used, limit, pct, action]);
+        let used = if u.resource == BudgetResource::CpuRate { "-".to_string() } else { u.format(u.used) };
+        t.row(vec![u.resource.to_string(), used, limit, pct, action]);
     }
     t.render()
 }
@@ -308,7 +314,8 @@ fn hardening(h: &rush_proto::Hardening) -> String {
 
 /// `rush agent status NAME`.
 pub fn agent_status(a: &AgentInfo, now_ms: u64) -> String {
-    let enforcement = if a.enforcement.is_empty() { "none".to_string() } else { a.enforcement.join(", ") };
+    let enforcement: Vec<&str> = a.enforcement.iter().map(|e| e.as_str()).collect();
+    let enforcement = if enforcement.is_empty() { "none".to_string() } else { enforcement.join(", ") };
     let exit = match a.exit {
         Some(status) => status.to_string(),
         None => "-".to_string(),
@@ -319,10 +326,7 @@ pub fn agent_status(a: &AgentInfo, now_ms: u64) -> String {
         }
         AgentState::Exited => format_unix_ms(a.started_unix_ms),
     };
-    let state = match &a.paused {
-        Some(why) if a.state == AgentState::Running => format!("paused ({why})"),
-        _ => a.state.to_string(),
-    };
+    let state = state(a);
     let confinement = if a.unconfined.is_empty() {
         "confined".to_string()
     } else {
@@ -438,19 +442,18 @@ pub fn audit_line(r: &AuditRecord) -> String {
             format!("caller_uid={caller_uid} request={} reason={}", value(request), value(reason))
         }
         AuditEvent::BudgetExceeded { resource, used, limit, action } => {
-            format!("resource={} used={used} limit={limit} action={}", value(resource), value(action))
+            format!("resource={resource} used={used} limit={limit} action={}", value(action))
         }
         AuditEvent::OomKill { count, limit_bytes } => format!("count={count} mem_limit={limit_bytes}"),
         AuditEvent::ForkRefused { count, limit } => format!("count={count} pids_limit={limit}"),
         AuditEvent::ApiRefused { resource, pid, comm, destination, used, limit } => format!(
-            "resource={} pid={pid} comm={} destination={} used={used} limit={limit}",
-            value(resource),
+            "resource={resource} pid={pid} comm={} destination={} used={used} limit={limit}",
             value(comm),
             value(destination)
         ),
         AuditEvent::Paused { caller_uid, reason } => match caller_uid {
-            Some(uid) => format!("caller_uid={uid} reason={}", value(reason)),
-            None => format!("reason={}", value(reason)),
+            Some(uid) => format!("caller_uid={uid} reason={reason}"),
+            None => format!("reason={reason}"),
         },
         AuditEvent::Resumed { caller_uid, budget } => {
             format!("caller_uid={caller_uid} budget={}", value(&budget.to_string()))
@@ -559,7 +562,7 @@ pub fn token_table(tokens: &[TokenInfo], now_ms: u64) -> String {
                     sanitize(&wt.display().to_string())
                 )
             }
-            _ => t.origin.clone(),
+            _ => t.origin.to_string(),
         };
         table.row(vec![
             t.id.to_string(),
@@ -636,7 +639,10 @@ mod tests {
             state: AgentState::Running,
             processes: 3,
             started_unix_ms: NOW - 192_000,
-            enforcement: vec!["net:cgroup-connect".into(), "net:cgroup-sendmsg".into()],
+            enforcement: vec![
+                rush_proto::Enforcement::IdentityCgroupV2,
+                rush_proto::Enforcement::NetCgroupSockAddr,
+            ],
             exit: None,
             detached: true,
             unconfined: vec![],
@@ -651,10 +657,10 @@ mod tests {
             },
             trust: Some("medium".into()),
             budget: "cpu:1h,cost:$5".parse().unwrap(),
-            paused: None,
+            paused: vec![],
             usage: vec![
                 rush_proto::BudgetUsage {
-                    resource: "cpu".into(),
+                    resource: BudgetResource::Cpu,
                     unit: rush_proto::BudgetUnit::Millis,
                     used: 2_700_000,
                     limit: Some(3_600_000),
@@ -662,7 +668,7 @@ mod tests {
                     exceeded: false,
                 },
                 rush_proto::BudgetUsage {
-                    resource: "cost".into(),
+                    resource: BudgetResource::Cost,
                     unit: rush_proto::BudgetUnit::MicroUsd,
                     used: 5_010_000,
                     limit: Some(5_000_000),
@@ -721,7 +727,7 @@ done   exited   4242  0      deny                   signal 9     sh -c 'it'\\''s
         assert!(got.contains("started:     2026-11-27T02:12:59.123Z (3m12s ago)\n"), "{got}");
         assert!(got.contains("cgroup path: /sys/fs/cgroup/rush/agents/coder\n"), "{got}");
         assert!(got.contains("cgroup id:   8812\n"), "{got}");
-        assert!(got.contains("enforcement: net:cgroup-connect, net:cgroup-sendmsg\n"), "{got}");
+        assert!(got.contains("enforcement: identity:cgroup-v2, net:cgroup-sock-addr\n"), "{got}");
         assert!(got.contains("net:         api.anthropic.com:443\n"), "{got}");
         assert!(got.contains("exit:        -\n"), "{got}");
         assert!(got.contains("mode:        detached\n"), "{got}");

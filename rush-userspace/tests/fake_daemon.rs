@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use rush_proto::{
     AgentInfo, AgentState, ApiError, AuditEvent, AuditRecord, DoctorReport, ErrorKind, ExitStatus, Guarantee,
-    NetPolicy, Probe, Reply, ReplyEnvelope, Request, RequestEnvelope, Response, StdioMode,
+    NetPolicy, PROTOCOL_VERSION, Probe, Reply, ReplyEnvelope, Request, RequestEnvelope, Response, StdioMode,
 };
 
 /// One accepted connection, seen from the daemon's side.
@@ -49,7 +49,7 @@ impl Conn {
     }
 
     fn reply(&mut self, id: u64, reply: Reply) {
-        let mut line = serde_json::to_vec(&ReplyEnvelope { version: 1, id, reply }).unwrap();
+        let mut line = serde_json::to_vec(&ReplyEnvelope { version: PROTOCOL_VERSION, id, reply }).unwrap();
         line.push(b'\n');
         // The client may be gone already (a test of it going away): not our failure.
         let _ = self.stream.write_all(&line);
@@ -136,7 +136,7 @@ fn agent(name: &str) -> AgentInfo {
         state: AgentState::Running,
         processes: 1,
         started_unix_ms: 1_795_745_771_123,
-        enforcement: vec!["net:cgroup-connect".into()],
+        enforcement: vec![rush_proto::Enforcement::NetCgroupSockAddr],
         exit: None,
         detached: true,
         unconfined: vec![],
@@ -146,7 +146,7 @@ fn agent(name: &str) -> AgentInfo {
         hardening: Default::default(),
         trust: None,
         budget: Default::default(),
-        paused: None,
+        paused: vec![],
         usage: vec![],
         meter_url: None,
     }
@@ -485,5 +485,51 @@ fn unexpected_replies_are_errors() {
     let d = FakeDaemon::answering(Reply::Ok(Response::Agents { agents: vec![] }));
     let out = run(&d.socket, &["agent", "status", "x"]);
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(stderr(&out), "rush: unexpected reply from the daemon: expected agent, got agents\n");
+    assert_eq!(
+        stderr(&out),
+        "rush: unexpected reply from the daemon to agent_status: expected agent, got agents\n"
+    );
+}
+
+#[test]
+fn an_older_daemon_is_named_with_both_versions() {
+    // A version-1 daemon refuses our request in its own version.
+    let d = FakeDaemon::start(|c| {
+        let (req, _) = c.request();
+        let line = format!(
+            "{{\"version\":1,\"id\":{},\"reply\":{{\"err\":{{\"kind\":\"version_mismatch\",\
+             \"message\":\"protocol version 2 is not supported; this daemon speaks 1\"}}}}}}\n",
+            req.id
+        );
+        c.stream.write_all(line.as_bytes()).unwrap();
+        vec![req.request]
+    });
+    let out = run(&d.socket, &["agent", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("the daemon speaks protocol version 1")
+            && err.contains(&format!("this rush speaks version {PROTOCOL_VERSION}")),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unknown_state_from_a_newer_daemon_is_a_clear_error() {
+    let d = FakeDaemon::start(|c| {
+        let (req, _) = c.request();
+        let mut v = serde_json::to_value(ReplyEnvelope {
+            version: PROTOCOL_VERSION,
+            id: req.id,
+            reply: Reply::Ok(Response::Agent { agent: agent("coder") }),
+        })
+        .unwrap();
+        v["reply"]["ok"]["agent"]["paused"] = "hibernating".into();
+        c.stream.write_all(format!("{v}\n").as_bytes()).unwrap();
+        vec![req.request]
+    });
+    let out = run(&d.socket, &["agent", "status", "coder"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("AgentInfo.paused") && err.contains("\"hibernating\""), "{err}");
 }

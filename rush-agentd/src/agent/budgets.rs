@@ -12,17 +12,18 @@ pub(super) struct Pause {
 }
 
 impl Pause {
-    pub(super) fn from_info(paused: Option<&str>) -> Pause {
-        let reasons: Vec<&str> = paused.map(|p| p.split(',').collect()).unwrap_or_default();
-        Pause { operator: reasons.contains(&"operator"), cpu_budget: reasons.contains(&"budget:cpu") }
+    pub(super) fn from_info(paused: &[PauseReason]) -> Pause {
+        Pause {
+            operator: paused.contains(&PauseReason::Operator),
+            cpu_budget: paused.contains(&PauseReason::BudgetCpu),
+        }
     }
 
-    pub(super) fn describe(self) -> Option<String> {
-        let reasons: Vec<&str> = [(self.operator, "operator"), (self.cpu_budget, "budget:cpu")]
+    pub(super) fn describe(self) -> Vec<PauseReason> {
+        [(self.operator, PauseReason::Operator), (self.cpu_budget, PauseReason::BudgetCpu)]
             .into_iter()
             .filter_map(|(on, r)| on.then_some(r))
-            .collect();
-        (!reasons.is_empty()).then(|| reasons.join(","))
+            .collect()
     }
 }
 
@@ -40,7 +41,7 @@ pub(super) fn ledger(a: &Agent) -> Option<Arc<crate::meter::Ledger>> {
 
 /// The cost an agent had spent when it was last stored.
 pub(super) fn saved_cost(info: &AgentInfo) -> u64 {
-    info.usage.iter().find(|u| u.resource == "cost").map_or(0, |u| u.used)
+    info.usage.iter().find(|u| u.resource == BudgetResource::Cost).map_or(0, |u| u.used)
 }
 
 impl AgentManager {
@@ -54,7 +55,7 @@ impl AgentManager {
         self.set_pause(name, |p| p.operator = true);
         self.audit.record(
             Some(name),
-            AuditEvent::Paused { caller_uid: Some(caller.uid), reason: "operator".into() },
+            AuditEvent::Paused { caller_uid: Some(caller.uid), reason: PauseReason::Operator },
         );
         self.persist_agent(name);
         self.status(name)
@@ -226,7 +227,7 @@ impl AgentManager {
                     self.audit.record(
                         Some(&name),
                         AuditEvent::BudgetExceeded {
-                            resource: "cpu".into(),
+                            resource: BudgetResource::Cpu,
                             used,
                             limit,
                             action: "frozen until resumed with a raised budget".into(),

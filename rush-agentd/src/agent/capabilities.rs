@@ -393,7 +393,7 @@ impl AgentManager {
         let pid = a.info.pid;
         let (action, detail) = match a.files {
             Files::BpfLsm => (
-                "in-place",
+                ChangeAction::InPlace,
                 "BPF LSM: the kernel's grant map changes under the running agent; open files are \
                  checked again at their next read or write, and a process that maps a file which lost \
                  an operation is killed"
@@ -411,7 +411,7 @@ impl AgentManager {
                 );
                 match (policy, &a.respawn) {
                     (crate::landlock::OnChange::Restart, Some(r)) => (
-                        "restart",
+                        ChangeAction::Restart,
                         format!(
                             "{head} restarted ([landlock] {key} = \"restart\"): its process tree killed, then \
                              `{}` started again under the new rules, with a new pid, from the beginning \
@@ -420,7 +420,7 @@ impl AgentManager {
                         ),
                     ),
                     (crate::landlock::OnChange::Restart, None) => (
-                        "kill",
+                        ChangeAction::Kill,
                         format!(
                             "{head} killed: it {} so it cannot be restarted",
                             if a.info.detached {
@@ -431,12 +431,12 @@ impl AgentManager {
                         ),
                     ),
                     (crate::landlock::OnChange::Kill, _) => {
-                        ("kill", format!("{head} killed ([landlock] {key} = \"kill\")"))
+                        (ChangeAction::Kill, format!("{head} killed ([landlock] {key} = \"kill\")"))
                     }
                 }
             }
             Files::Unenforced => (
-                "none",
+                ChangeAction::None,
                 format!(
                     "agent {name} is UNCONFINED: nothing enforces its file tokens; the change is only recorded"
                 ),
@@ -446,8 +446,8 @@ impl AgentManager {
         drop(reg);
         Ok(ChangeEffect {
             agent: name.to_owned(),
-            backend: self.files_of(name).map_or("none", Files::backend).to_owned(),
-            action: action.to_owned(),
+            backend: self.files_of(name).map_or(FilesBackend::None, Files::backend),
+            action,
             detail,
             pid,
             new_pid: None,
@@ -501,7 +501,7 @@ impl AgentManager {
             .collect();
         self.kill(&name, caller).await?;
         let mut effect = planned;
-        if effect.action == "restart"
+        if effect.action == ChangeAction::Restart
             && let Some(r) = respawn
         {
             match self.spawn_inner(r.req, &r.caller, None, Some(carried)).await {
@@ -511,7 +511,7 @@ impl AgentManager {
                     self.audit.record(
                         Some(&name),
                         AuditEvent::RulesetChange {
-                            action: "kill".into(),
+                            action: ChangeAction::Kill,
                             cause: cause.into(),
                             old_pid: effect.pid,
                             new_pid: None,
@@ -531,7 +531,7 @@ impl AgentManager {
         self.audit.record(
             Some(&name),
             AuditEvent::RulesetChange {
-                action: effect.action.clone(),
+                action: effect.action,
                 cause: cause.into(),
                 old_pid: effect.pid,
                 new_pid: effect.new_pid,

@@ -577,8 +577,8 @@ impl AgentManager {
         };
         let scoped = files == Files::Open && landlock.is_some();
         let files_enforcement = match files {
-            Files::BpfLsm => Some("files:bpf-lsm"),
-            Files::Landlock => Some("files:landlock"),
+            Files::BpfLsm => Some(rush_proto::Enforcement::FilesBpfLsm),
+            Files::Landlock => Some(rush_proto::Enforcement::FilesLandlock),
             Files::Open | Files::Unenforced => None,
         };
         let landlock_tcp = files == Files::Landlock && tcp.is_some() && crate::landlock::tcp_enforced();
@@ -600,18 +600,17 @@ impl AgentManager {
                     state: AgentState::Running,
                     trust: req.trust.clone(),
                     budget,
-                    paused: None,
+                    paused: Vec::new(),
                     usage: Vec::new(),
                     meter_url: None,
                     processes: 1,
                     started_unix_ms: now_unix_ms(),
-                    enforcement: std::iter::once("identity:cgroup-v2")
-                        .chain(self.enforcement.net.then_some("net:cgroup-sock-addr"))
+                    enforcement: std::iter::once(rush_proto::Enforcement::IdentityCgroupV2)
+                        .chain(self.enforcement.net.then_some(rush_proto::Enforcement::NetCgroupSockAddr))
                         .chain(files_enforcement)
-                        .chain(scoped.then_some("self-protection:landlock-scope"))
-                        .chain(landlock_tcp.then_some("net:landlock-tcp-ports"))
-                        .chain((!budget.is_empty()).then_some("budget:cgroup"))
-                        .map(str::to_owned)
+                        .chain(scoped.then_some(rush_proto::Enforcement::SelfProtectionLandlockScope))
+                        .chain(landlock_tcp.then_some(rush_proto::Enforcement::NetLandlockTcpPorts))
+                        .chain((!budget.is_empty()).then_some(rush_proto::Enforcement::BudgetCgroup))
                         .collect(),
                     exit: None,
                     detached: req.stdio == StdioMode::Log,

@@ -314,7 +314,7 @@ impl AgentManager {
             // A daemon that died mid-revoke (or mid-check) left it frozen; no freeze of
             // this daemon is in force, so thaw, unless it is paused: then each reason takes
             // its freeze again (no window in which it runs).
-            let pause = Pause::from_info(rec.info.paused.as_deref());
+            let pause = Pause::from_info(&rec.info.paused);
             if pause == Pause::default() {
                 if let Err(e) = self.cgroups.thaw(&cg) {
                     tracing::warn!(agent = %name, error = %error_chain(&e), "adopted agent not thawed");

@@ -276,7 +276,7 @@ async fn allow_confines_the_agent_and_installs_grants_before_it_runs() {
     let r = SpawnRequest { allow: vec![allow], ..req("f1", &["sleep", "5"]) };
     let (info, _rx) = f.mgr.spawn(r, &me(), None).await.unwrap();
     assert!(f.kernel.files_confined.lock().unwrap().contains(&info.cgroup_id));
-    assert!(info.enforcement.iter().any(|e| e == "files:bpf-lsm"), "{:?}", info.enforcement);
+    assert!(info.enforcement.contains(&rush_proto::Enforcement::FilesBpfLsm), "{:?}", info.enforcement);
     let key = crate::core::FileKeys::default().key(dir.path()).unwrap();
     let grants = f.kernel.file_grants.lock().unwrap().clone();
     let entry = grants.get(&(info.cgroup_id, key)).expect("the --allow grant is in the kernel");
@@ -285,8 +285,8 @@ async fn allow_confines_the_agent_and_installs_grants_before_it_runs() {
     let usr = crate::core::FileKeys::default().key(std::path::Path::new("/usr")).unwrap();
     assert_eq!(grants.get(&(info.cgroup_id, usr)).unwrap().expires_ns[2], u64::MAX, "baseline /usr exec");
     // The detached agent's own log is granted (write) so it can keep writing to it.
-    let origins: Vec<String> =
-        f.mgr.capabilities(Some("f1")).unwrap().into_iter().map(|t| t.origin).collect();
+    let origins: Vec<&str> =
+        f.mgr.capabilities(Some("f1")).unwrap().into_iter().map(|t| t.origin.as_str()).collect();
     assert_eq!(origins, ["baseline", "spawn", "stdio"]);
 }
 
@@ -717,11 +717,13 @@ async fn a_spent_cpu_budget_freezes_once_and_resume_needs_a_raise() {
     f.mgr.check_budgets().await;
     assert_eq!(*f.cgroups.freezes.lock().unwrap(), ["freeze cpu1"], "frozen exactly once");
     let info = f.mgr.status("cpu1").unwrap();
-    assert_eq!(info.paused.as_deref(), Some("budget:cpu"));
-    let cpu = info.usage.iter().find(|u| u.resource == "cpu").unwrap();
+    assert_eq!(info.paused, [PauseReason::BudgetCpu]);
+    let cpu = info.usage.iter().find(|u| u.resource == BudgetResource::Cpu).unwrap();
     assert!(cpu.exceeded && cpu.used == 2050 && cpu.limit == Some(2000));
-    assert!(audit_kinds(&f).iter().any(|e| matches!(e,
-        AuditEvent::BudgetExceeded { resource, used: 2050, limit: 2000, .. } if resource == "cpu")));
+    assert!(audit_kinds(&f).iter().any(|e| matches!(
+        e,
+        AuditEvent::BudgetExceeded { resource: BudgetResource::Cpu, used: 2050, limit: 2000, .. }
+    )));
 
     // Without a raise, or with one still used up: refused, still frozen.
     let e = f.mgr.resume("cpu1", None, &me()).await.unwrap_err();
@@ -731,7 +733,7 @@ async fn a_spent_cpu_budget_freezes_once_and_resume_needs_a_raise() {
     assert_eq!(*f.cgroups.freezes.lock().unwrap(), ["freeze cpu1"]);
 
     let info = f.mgr.resume("cpu1", Some("cpu:4s".parse().unwrap()), &me()).await.unwrap();
-    assert_eq!(info.paused, None);
+    assert!(info.paused.is_empty());
     assert_eq!(info.budget.cpu_ms, Some(4000));
     assert_eq!(info.budget.mem_bytes, Some(64 << 20), "limits not named stay");
     assert_eq!(*f.cgroups.freezes.lock().unwrap(), ["freeze cpu1", "thaw cpu1"]);
@@ -845,7 +847,7 @@ async fn net_and_api_budgets_reach_the_kernel_before_the_agent_runs_and_on_resum
         },
     );
     let s = f.mgr.status("n1").unwrap();
-    let line = |r: &str| s.usage.iter().find(|u| u.resource == r).unwrap().clone();
+    let line = |r: &str| s.usage.iter().find(|u| u.resource.as_str() == r).unwrap().clone();
     assert_eq!(line("net").used, 1_000_000);
     assert!(!line("net").exceeded);
     assert!(line("api").exceeded, "refused calls mean the budget was hit");

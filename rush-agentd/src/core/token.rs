@@ -27,6 +27,16 @@ impl Origin {
         [Origin::Baseline, Origin::Spawn, Origin::Grant, Origin::Stdio].into_iter().find(|o| o.as_str() == s)
     }
 
+    /// As `TokenInfo.origin` has it.
+    pub fn wire(self) -> rush_proto::TokenOrigin {
+        match self {
+            Origin::Baseline => rush_proto::TokenOrigin::Baseline,
+            Origin::Spawn => rush_proto::TokenOrigin::Spawn,
+            Origin::Grant => rush_proto::TokenOrigin::Grant,
+            Origin::Stdio => rush_proto::TokenOrigin::Stdio,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Origin::Baseline => "baseline",
@@ -68,7 +78,7 @@ impl Token {
             granted_unix_ms: self.granted_unix_ms,
             expires_unix_ms: self.expires.map(|(_, ms)| ms),
             expired: self.expires.is_some_and(|(ns, _)| ns <= boot_time_ns()),
-            origin: self.origin.as_str().into(),
+            origin: self.origin.wire(),
             condition: self.condition.as_ref().map(|c| c.command.clone()),
             worktree: self.condition.as_ref().map(|c| c.worktree.clone()),
         }

@@ -2,19 +2,16 @@
 
 use anyhow::anyhow;
 use rush_proto::client::ClientError;
-use rush_proto::{AgentName, Request, Response};
+use rush_proto::{AgentInfo, AgentName};
 use serde::Serialize;
 
-use super::{Ctx, unexpected};
+use super::Ctx;
 use crate::error::Result;
 use crate::render;
 use crate::time::now_unix_ms;
 
 pub fn list(ctx: &mut Ctx) -> Result<u8> {
-    let agents = match ctx.connect()?.call(Request::ListAgents)? {
-        Response::Agents { agents } => agents,
-        other => return Err(unexpected("agents", &other)),
-    };
+    let agents = ctx.connect()?.list_agents()?;
     if ctx.out.json {
         ctx.out.document(&agents)?;
     } else {
@@ -24,15 +21,12 @@ pub fn list(ctx: &mut Ctx) -> Result<u8> {
 }
 
 pub fn status(ctx: &mut Ctx, name: &AgentName) -> Result<u8> {
-    show(ctx, Request::AgentStatus { name: name.to_string() })
+    let agent = ctx.connect()?.agent_status(name.as_str())?;
+    show(ctx, agent)
 }
 
-/// Sends a request answered by one agent (status, pause, resume) and prints it.
-pub fn show(ctx: &mut Ctx, request: Request) -> Result<u8> {
-    let agent = match ctx.connect()?.call(request)? {
-        Response::Agent { agent } => agent,
-        other => return Err(unexpected("agent", &other)),
-    };
+/// Prints what a request answered by one agent (status, pause, resume) got.
+pub fn show(ctx: &mut Ctx, agent: AgentInfo) -> Result<u8> {
     if ctx.out.json {
         ctx.out.document(&agent)?;
     } else {
@@ -47,10 +41,8 @@ pub fn kill(ctx: &mut Ctx, name: &AgentName) -> Result<u8> {
         name: String,
         processes_killed: u32,
     }
-    let killed = match ctx.connect()?.call(Request::KillAgent { name: name.to_string() })? {
-        Response::Killed { name, processes_killed } => Killed { name, processes_killed },
-        other => return Err(unexpected("killed", &other)),
-    };
+    let processes_killed = ctx.connect()?.kill_agent(name.as_str())?;
+    let killed = Killed { name: name.to_string(), processes_killed };
     if ctx.out.json {
         ctx.out.document(&killed)?;
     } else {
@@ -69,13 +61,12 @@ pub fn logs(ctx: &mut Ctx, name: &AgentName, follow: bool) -> Result<u8> {
         data: &'a str,
     }
     let mut client = ctx.connect()?;
-    let id = client.send(Request::AgentLogs { name: name.to_string(), follow }, &[])?;
+    let id = client.agent_logs(name.as_str(), follow)?;
     // `--json` without --follow: one document with all the output.
     let mut whole = String::new();
     loop {
-        let (data, end) = match client.recv_for(id) {
-            Ok(Response::Logs { data, end }) => (data, end),
-            Ok(other) => return Err(unexpected("logs", &other)),
+        let (data, end) = match client.logs_next(id) {
+            Ok(chunk) => chunk,
             Err(ClientError::Closed) => {
                 return Err(anyhow!("the daemon closed the log stream of {name} before its end").into());
             }

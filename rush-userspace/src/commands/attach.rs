@@ -12,10 +12,10 @@ use anyhow::{Context, anyhow};
 use nix::sys::signal::{SigHandler, Signal, signal};
 use nix::unistd::getppid;
 use rush_proto::client::ClientError;
-use rush_proto::{AgentName, ErrorKind, Request, Response, SessionInfo, SessionRef};
+use rush_proto::{AgentName, ErrorKind, SessionInfo, SessionRef};
 
+use super::Ctx;
 use super::session::{env_session, shell_cwd};
-use super::{Ctx, unexpected};
 use crate::error::{Error, Result};
 use crate::render::shell_quote;
 
@@ -49,10 +49,7 @@ fn start_dir(s: &SessionInfo) -> PathBuf {
 }
 
 fn attach_call(ctx: &Ctx, name: &str, pid: i32) -> Result<(SessionInfo, rush_proto::Attachment)> {
-    match ctx.connect()?.call(Request::AttachSession { session: by_name(name), pid, tty: tty() })? {
-        Response::Attached { session, attachment } => Ok((session, attachment)),
-        other => Err(unexpected("attached", &other)),
-    }
+    Ok(ctx.connect()?.attach_session(by_name(name), pid, tty())?)
 }
 
 pub fn attach(ctx: &mut Ctx, name: &AgentName, print: bool) -> Result<u8> {
@@ -80,10 +77,7 @@ pub fn attach(ctx: &mut Ctx, name: &AgentName, print: bool) -> Result<u8> {
 
 /// An interactive shell attached to the session; detached when it exits.
 fn subshell(ctx: &mut Ctx, name: &str) -> Result<u8> {
-    let session = match ctx.connect()?.call(Request::ShowSession { session: by_name(name) })? {
-        Response::SessionDetail { detail } => detail.session,
-        other => return Err(unexpected("session_detail", &other)),
-    };
+    let session = ctx.connect()?.show_session(by_name(name))?.session;
     let dir = start_dir(&session);
     let shell = std::env::var_os("SHELL").filter(|s| !s.is_empty()).unwrap_or_else(|| "/bin/sh".into());
     let mut child = Command::new(&shell)
@@ -109,7 +103,7 @@ fn subshell(ctx: &mut Ctx, name: &str) -> Result<u8> {
         unsafe { signal(sig, SigHandler::SigIgn) }.context("cannot ignore SIGINT/SIGQUIT")?;
     }
     let status = child.wait().context("waiting for the attached shell")?;
-    match ctx.connect()?.call(Request::DetachSession { session: by_name(name), pid, cwd: None }) {
+    match ctx.connect()?.detach_session(by_name(name), pid, None) {
         Ok(_) => eprintln!("rush: shell {pid} detached from session {name}"),
         // `rush session detach` in the shell did it already.
         Err(ClientError::Api(e)) if e.kind == ErrorKind::NotFound => {}
@@ -140,11 +134,7 @@ pub fn detach(ctx: &mut Ctx, session: Option<&AgentName>, print: bool) -> Result
         })?,
     };
     let cwd = shell_cwd();
-    let request = Request::DetachSession { session: by_name(&name), pid: getppid().as_raw(), cwd };
-    let (name, cwd) = match ctx.connect()?.call(request)? {
-        Response::Detached { session, cwd } => (session, cwd),
-        other => return Err(unexpected("detached", &other)),
-    };
+    let (name, cwd) = ctx.connect()?.detach_session(by_name(&name), getppid().as_raw(), cwd)?;
     let report = format!(
         "detached from session {name}; it will start in {}",
         cwd.as_deref().map(|c| c.display().to_string()).unwrap_or_else(|| "its workspace".into())

@@ -1,10 +1,10 @@
 //! `rush audit`.
 
 use anyhow::anyhow;
+use rush_proto::AuditQuery;
 use rush_proto::client::ClientError;
-use rush_proto::{AuditQuery, Request, Response};
 
-use super::{Ctx, unexpected};
+use super::Ctx;
 use crate::cli::AuditArgs;
 use crate::error::Result;
 use crate::render;
@@ -21,11 +21,15 @@ pub fn audit(ctx: &mut Ctx, args: AuditArgs) -> Result<u8> {
         follow: args.follow,
     };
     let mut client = ctx.connect()?;
-    let id = client.send(Request::Audit(query), &[])?;
+    let (id, first) = client.audit(query)?;
+    let mut first = Some(first);
     loop {
-        let events = match client.recv_for(id) {
-            Ok(Response::AuditEvents { events }) => events,
-            Ok(other) => return Err(unexpected("audit_events", &other)),
+        let events = match first.take() {
+            Some(events) => Ok(events),
+            None => client.audit_next(id),
+        };
+        let events = match events {
+            Ok(events) => events,
             Err(ClientError::Closed) if args.follow => {
                 return Err(anyhow!("the daemon closed the audit stream (did it stop?)").into());
             }

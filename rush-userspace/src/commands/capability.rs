@@ -1,8 +1,8 @@
 //! `rush capability grant | revoke | list`.
 
-use rush_proto::{AgentName, ChangeEffect, GrantRequest, Request, Response, RevokeTarget};
+use rush_proto::{AgentName, ChangeAction, ChangeEffect, GrantRequest, RevokeTarget};
 
-use super::{Ctx, unexpected};
+use super::Ctx;
 use crate::cli::{GrantArgs, RevokeArgs};
 use crate::error::Result;
 use crate::render;
@@ -11,10 +11,9 @@ use crate::time::now_unix_ms;
 /// Tells the operator, before the change, what it will do to the running agent (Landlock
 /// restarts or kills it); on stderr, so `--json` output stays one document.
 fn announce(ctx: &mut Ctx, agent: &str, revoke: Option<RevokeTarget>) -> Result<()> {
-    let request = Request::ChangeEffect { agent: agent.to_owned(), revoke };
     // The change itself reports what is wrong (no such agent or token): not said twice.
-    if let Ok(Response::ChangeEffect { effect }) = ctx.connect()?.call(request)
-        && effect.action != "in-place"
+    if let Ok(effect) = ctx.connect()?.change_effect(agent, revoke)
+        && effect.action != ChangeAction::InPlace
     {
         eprintln!("rush: {}", render::sanitize(&effect.detail));
     }
@@ -24,35 +23,31 @@ fn announce(ctx: &mut Ctx, agent: &str, revoke: Option<RevokeTarget>) -> Result<
 /// What the change did, when it was more than a map update.
 fn outcome(effect: &Option<ChangeEffect>) {
     let Some(e) = effect else { return };
-    match (e.action.as_str(), e.new_pid) {
-        ("restart", Some(new)) => {
+    match (e.action, e.new_pid) {
+        (ChangeAction::Restart, Some(new)) => {
             eprintln!(
                 "rush: agent {} restarted under the new rules: pid {} -> {new}",
                 render::sanitize(&e.agent),
                 e.pid
             )
         }
-        ("kill", _) => eprintln!("rush: agent {} (pid {}) killed", render::sanitize(&e.agent), e.pid),
+        (ChangeAction::Kill, _) => {
+            eprintln!("rush: agent {} (pid {}) killed", render::sanitize(&e.agent), e.pid)
+        }
         _ => {}
     }
 }
 
 pub fn grant(ctx: &mut Ctx, args: GrantArgs) -> Result<u8> {
     announce(ctx, &args.agent.to_string(), None)?;
-    let request = Request::Grant(GrantRequest {
+    let (token, effect) = ctx.connect()?.grant(GrantRequest {
         agent: args.agent.to_string(),
         path: args.path,
         ops: args.ops,
         duration_secs: args.duration,
         condition: args.condition,
-    });
-    let token = match ctx.connect()?.call(request)? {
-        Response::Granted { token, effect } => {
-            outcome(&effect);
-            token
-        }
-        other => return Err(unexpected("granted", &other)),
-    };
+    })?;
+    outcome(&effect);
     if ctx.out.json {
         ctx.out.document(&token)?;
     } else {
@@ -76,14 +71,8 @@ pub fn revoke(ctx: &mut Ctx, args: RevokeArgs) -> Result<u8> {
         (None, None) => unreachable!("clap requires --path or --id"),
     };
     announce(ctx, &args.agent.to_string(), Some(target.clone()))?;
-    let request = Request::Revoke { agent: args.agent.to_string(), target };
-    let tokens = match ctx.connect()?.call(request)? {
-        Response::Revoked { tokens, effect } => {
-            outcome(&effect);
-            tokens
-        }
-        other => return Err(unexpected("revoked", &other)),
-    };
+    let (tokens, effect) = ctx.connect()?.revoke(args.agent.as_str(), target)?;
+    outcome(&effect);
     if ctx.out.json {
         ctx.out.document(&tokens)?;
     } else {
@@ -96,11 +85,7 @@ pub fn revoke(ctx: &mut Ctx, args: RevokeArgs) -> Result<u8> {
 }
 
 pub fn commit(ctx: &mut Ctx, agent: AgentName, token: Option<u64>) -> Result<u8> {
-    let request = Request::Commit { agent: agent.to_string(), token };
-    let outcomes = match ctx.connect()?.call(request)? {
-        Response::Committed { outcomes } => outcomes,
-        other => return Err(unexpected("committed", &other)),
-    };
+    let outcomes = ctx.connect()?.commit(agent.as_str(), token)?;
     if ctx.out.json {
         ctx.out.document(&outcomes)?;
     } else {
@@ -111,11 +96,7 @@ pub fn commit(ctx: &mut Ctx, agent: AgentName, token: Option<u64>) -> Result<u8>
 }
 
 pub fn list(ctx: &mut Ctx, agent: Option<AgentName>) -> Result<u8> {
-    let request = Request::ListCapabilities { agent: agent.map(|a| a.to_string()) };
-    let tokens = match ctx.connect()?.call(request)? {
-        Response::Capabilities { tokens } => tokens,
-        other => return Err(unexpected("capabilities", &other)),
-    };
+    let tokens = ctx.connect()?.list_capabilities(agent.as_ref().map(AgentName::as_str))?;
     if ctx.out.json {
         ctx.out.document(&tokens)?;
     } else {

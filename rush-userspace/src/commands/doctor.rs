@@ -1,8 +1,6 @@
 //! `rush doctor`.
 
-use rush_proto::{Request, Response};
-
-use super::{Ctx, unexpected};
+use super::Ctx;
 use crate::error::Result;
 use crate::render;
 
@@ -15,10 +13,7 @@ pub fn doctor(ctx: &mut Ctx) -> Result<u8> {
             e
         }
     };
-    let report = match ctx.connect().map_err(hint)?.call(Request::Doctor).map_err(|e| hint(e.into()))? {
-        Response::Doctor { report } => report,
-        other => return Err(unexpected("doctor", &other)),
-    };
+    let report = ctx.connect().map_err(hint)?.doctor().map_err(|e| hint(e.into()))?;
     if ctx.out.json {
         ctx.out.document(&report)?;
     } else {

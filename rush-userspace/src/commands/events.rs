@@ -2,9 +2,9 @@
 
 use anyhow::anyhow;
 use rush_proto::client::ClientError;
-use rush_proto::{AuditQuery, Event, Request, Response, SubscribeRequest};
+use rush_proto::{AuditQuery, Event, SubscribeRequest};
 
-use super::{Ctx, unexpected};
+use super::Ctx;
 use crate::cli::EventsArgs;
 use crate::error::Result;
 use crate::render;
@@ -16,12 +16,8 @@ pub fn events(ctx: &mut Ctx, args: EventsArgs) -> Result<u8> {
     if !args.follow {
         // The past is the audit trail's: the newest matching records.
         let query = AuditQuery { agent, session, kinds: args.kinds, limit: args.limit, ..Default::default() };
-        let events: Vec<Event> = match client.call(Request::Audit(query))? {
-            Response::AuditEvents { events } => {
-                events.into_iter().map(|r| Event::Audit(Box::new(r))).collect()
-            }
-            other => return Err(unexpected("audit_events", &other)),
-        };
+        let (_, records) = client.audit(query)?;
+        let events: Vec<Event> = records.into_iter().map(|r| Event::Audit(Box::new(r))).collect();
         if ctx.out.json {
             ctx.out.document(&events)?;
         } else {
@@ -30,15 +26,10 @@ pub fn events(ctx: &mut Ctx, args: EventsArgs) -> Result<u8> {
         }
         return Ok(0);
     }
-    let id = client.send(Request::Subscribe(SubscribeRequest { kinds: args.kinds, agent, session }), &[])?;
-    match client.recv_for(id)? {
-        Response::Subscribed => {}
-        other => return Err(unexpected("subscribed", &other)),
-    }
+    let id = client.subscribe(SubscribeRequest { kinds: args.kinds, agent, session })?;
     loop {
-        let event = match client.recv_for(id) {
-            Ok(Response::Event { event }) => event,
-            Ok(other) => return Err(unexpected("event", &other)),
+        let event = match client.next_event(id) {
+            Ok(event) => event,
             Err(ClientError::Closed) => {
                 return Err(anyhow!("the daemon closed the event stream (did it stop?)").into());
             }

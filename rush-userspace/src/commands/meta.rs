@@ -1,10 +1,11 @@
 //! `rush version`, `rush completions`, `rush man`.
 
 use clap::CommandFactory;
-use rush_proto::{CallerInfo, CallerRole, PROTOCOL_VERSION, Request, Response};
+use rush_proto::client::Hello;
+use rush_proto::{CallerInfo, CallerRole, PROTOCOL_VERSION};
 use serde::Serialize;
 
-use super::{Ctx, unexpected};
+use super::Ctx;
 use crate::cli::Cli;
 use crate::error::{Error, Result};
 use crate::render::sanitize;
@@ -29,12 +30,11 @@ struct Side {
 /// Our version, then the daemon's; exits 1 (after printing ours) if it cannot be reached.
 pub fn version(ctx: &mut Ctx) -> Result<u8> {
     let rush = Side { version: VERSION.into(), protocol_version: PROTOCOL_VERSION, caller: None };
-    let hello = ctx.connect().and_then(|mut c| Ok(c.call(Request::Hello)?));
+    let hello = ctx.connect().and_then(|mut c| Ok(c.hello()?));
     let (daemon, failure) = match hello {
-        Ok(Response::Hello { daemon_version, protocol_version, caller }) => {
+        Ok(Hello { daemon_version, protocol_version, caller }) => {
             (Some(Side { version: daemon_version, protocol_version, caller: Some(caller) }), None)
         }
-        Ok(other) => (None, Some(unexpected("hello", &other))),
         Err(e) => (None, Some(e)),
     };
     let versions = Versions { rush, daemon };

@@ -14,9 +14,8 @@ mod spawn;
 use std::io::StdoutLock;
 use std::path::PathBuf;
 
-use anyhow::anyhow;
+use rush_proto::ErrorKind;
 use rush_proto::client::{Client, ClientError};
-use rush_proto::{ErrorKind, Request, Response};
 
 use crate::cli::{AgentCommand, CapabilityCommand, Cli, Command};
 use crate::error::{Error, Result};
@@ -63,10 +62,12 @@ fn run_command(cli: Cli) -> Result<u8> {
         Command::Agent(AgentCommand::Status { name }) => agent::status(&mut ctx, &name),
         Command::Agent(AgentCommand::Kill { name }) => agent::kill(&mut ctx, &name),
         Command::Agent(AgentCommand::Pause { name }) => {
-            agent::show(&mut ctx, Request::PauseAgent { name: name.to_string() })
+            let agent = ctx.connect()?.pause_agent(name.as_str())?;
+            agent::show(&mut ctx, agent)
         }
         Command::Agent(AgentCommand::Resume { name, budget }) => {
-            agent::show(&mut ctx, Request::ResumeAgent { name: name.to_string(), budget })
+            let agent = ctx.connect()?.resume_agent(name.as_str(), budget)?;
+            agent::show(&mut ctx, agent)
         }
         Command::Agent(AgentCommand::Logs { name, follow }) => agent::logs(&mut ctx, &name, follow),
         Command::Capability(CapabilityCommand::Grant(args)) => capability::grant(&mut ctx, args),
@@ -86,40 +87,4 @@ fn run_command(cli: Cli) -> Result<u8> {
         Command::Completions { shell } => meta::completions(&mut ctx, shell),
         Command::Man => meta::man(&mut ctx),
     }
-}
-
-/// The daemon answered with something this request never gets.
-pub fn unexpected(expected: &str, got: &Response) -> Error {
-    let got = match got {
-        Response::Hello { .. } => "hello",
-        Response::Spawned { .. } => "spawned",
-        Response::Exited { .. } => "exited",
-        Response::Agents { .. } => "agents",
-        Response::Agent { .. } => "agent",
-        Response::Killed { .. } => "killed",
-        Response::AuditEvents { .. } => "audit_events",
-        Response::Subscribed => "subscribed",
-        Response::Event { .. } => "event",
-        Response::Logs { .. } => "logs",
-        Response::Doctor { .. } => "doctor",
-        Response::Granted { .. } => "granted",
-        Response::Revoked { .. } => "revoked",
-        Response::Capabilities { .. } => "capabilities",
-        Response::Committed { .. } => "committed",
-        Response::ChangeEffect { .. } => "change_effect",
-        Response::Session { .. } => "session",
-        Response::Sessions { .. } => "sessions",
-        Response::SessionRemoved { .. } => "session_removed",
-        Response::Checkpointed { .. } => "checkpointed",
-        Response::RolledBack { .. } => "rolled_back",
-        Response::TimelineChanged { .. } => "timeline_changed",
-        Response::Timeline { .. } => "timeline",
-        Response::Diff { .. } => "diff",
-        Response::CheckpointsDeleted { .. } => "checkpoints_deleted",
-        Response::SessionDetail { .. } => "session_detail",
-        Response::SessionKv { .. } => "session_kv",
-        Response::Attached { .. } => "attached",
-        Response::Detached { .. } => "detached",
-    };
-    anyhow!("unexpected reply from the daemon: expected {expected}, got {got}").into()
 }

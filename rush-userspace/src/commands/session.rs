@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, anyhow};
-use rush_proto::{AgentName, Prune, Request, Response, SessionRef, ShellState};
+use rush_proto::{AgentName, Prune, SessionRef, ShellState, TimelineInfo};
 
-use super::{Ctx, unexpected};
+use super::Ctx;
 use crate::cli::{CheckpointArgs, RollbackArgs, SessionArg, SessionCommand, TimelineCommand};
 use crate::error::Result;
 use crate::render;
@@ -71,11 +71,7 @@ pub fn session(ctx: &mut Ctx, cmd: SessionCommand) -> Result<u8> {
             };
             let workspace = std::path::absolute(&dir)
                 .with_context(|| format!("workspace {}: cannot make it absolute", dir.display()))?;
-            let request = Request::CreateSession { name: name.to_string(), workspace };
-            let session = match ctx.connect()?.call(request)? {
-                Response::Session { session } => session,
-                other => return Err(unexpected("session", &other)),
-            };
+            let session = ctx.connect()?.create_session(name.as_str(), workspace)?;
             if ctx.out.json {
                 ctx.out.document(&session)?;
             } else {
@@ -95,10 +91,7 @@ pub fn session(ctx: &mut Ctx, cmd: SessionCommand) -> Result<u8> {
             }
         }
         SessionCommand::List => {
-            let sessions = match ctx.connect()?.call(Request::ListSessions)? {
-                Response::Sessions { sessions } => sessions,
-                other => return Err(unexpected("sessions", &other)),
-            };
+            let sessions = ctx.connect()?.list_sessions()?;
             if ctx.out.json {
                 ctx.out.document(&sessions)?;
             } else {
@@ -106,11 +99,7 @@ pub fn session(ctx: &mut Ctx, cmd: SessionCommand) -> Result<u8> {
             }
         }
         SessionCommand::Show { name } => {
-            let request = Request::ShowSession { session: named_ref(name.as_ref())? };
-            let detail = match ctx.connect()?.call(request)? {
-                Response::SessionDetail { detail } => detail,
-                other => return Err(unexpected("session_detail", &other)),
-            };
+            let detail = ctx.connect()?.show_session(named_ref(name.as_ref())?)?;
             if ctx.out.json {
                 ctx.out.document(&detail)?;
             } else {
@@ -119,12 +108,10 @@ pub fn session(ctx: &mut Ctx, cmd: SessionCommand) -> Result<u8> {
         }
         SessionCommand::Set { key, value, session } => {
             rush_proto::session::check_value(&key, &value).map_err(|e| anyhow!(e))?;
-            let request = Request::SessionSet { session: session_ref(&session)?, key, value };
-            let (session, pairs) = kv_call(ctx, request)?;
+            let (session, p) = ctx.connect()?.session_set(session_ref(&session)?, key, value)?;
             if ctx.out.json {
-                ctx.out.document(&pairs[0])?;
+                ctx.out.document(&p)?;
             } else {
-                let p = &pairs[0];
                 ctx.out.text(&format!(
                     "session {session}: {} set ({} bytes)\n",
                     render::sanitize(&p.key),
@@ -133,8 +120,7 @@ pub fn session(ctx: &mut Ctx, cmd: SessionCommand) -> Result<u8> {
             }
         }
         SessionCommand::Get { key, session } => {
-            let request = Request::SessionGet { session: session_ref(&session)?, key: key.clone() };
-            let (session, pairs) = kv_call(ctx, request)?;
+            let (session, pairs) = ctx.connect()?.session_get(session_ref(&session)?, key.clone())?;
             match (key.is_some(), ctx.out.json) {
                 (true, false) => ctx.out.text(&format!("{}\n", pairs[0].value))?,
                 (true, true) => ctx.out.document(&serde_json::json!({
@@ -149,12 +135,11 @@ pub fn session(ctx: &mut Ctx, cmd: SessionCommand) -> Result<u8> {
             }
         }
         SessionCommand::Unset { key, session } => {
-            let request = Request::SessionUnset { session: session_ref(&session)?, key };
-            let (session, pairs) = kv_call(ctx, request)?;
+            let (session, pair) = ctx.connect()?.session_unset(session_ref(&session)?, key)?;
             if ctx.out.json {
-                ctx.out.document(&pairs[0])?;
+                ctx.out.document(&pair)?;
             } else {
-                ctx.out.text(&format!("session {session}: {} unset\n", render::sanitize(&pairs[0].key)))?;
+                ctx.out.text(&format!("session {session}: {} unset\n", render::sanitize(&pair.key)))?;
             }
         }
         SessionCommand::Attach { name, print } => return super::attach::attach(ctx, &name, print),
@@ -162,13 +147,9 @@ pub fn session(ctx: &mut Ctx, cmd: SessionCommand) -> Result<u8> {
             return super::attach::detach(ctx, session.as_ref(), print);
         }
         SessionCommand::Rm { name } => {
-            let (name, workspace) =
-                match ctx.connect()?.call(Request::RemoveSession { name: name.to_string() })? {
-                    Response::SessionRemoved { name, workspace } => (name, workspace),
-                    other => return Err(unexpected("session_removed", &other)),
-                };
+            let workspace = ctx.connect()?.remove_session(name.as_str())?;
             if ctx.out.json {
-                ctx.out.document(&serde_json::json!({ "name": name, "workspace": workspace }))?;
+                ctx.out.document(&serde_json::json!({ "name": name.as_str(), "workspace": workspace }))?;
             } else {
                 ctx.out.text(&format!(
                     "session {name} removed: {} is a plain directory again\n",
@@ -180,29 +161,13 @@ pub fn session(ctx: &mut Ctx, cmd: SessionCommand) -> Result<u8> {
     Ok(0)
 }
 
-/// The session and its pairs; exactly one when the request names a key.
-fn kv_call(ctx: &mut Ctx, request: Request) -> Result<(String, Vec<rush_proto::KeyValue>)> {
-    let one = !matches!(request, Request::SessionGet { key: None, .. });
-    match ctx.connect()?.call(request)? {
-        Response::SessionKv { session, pairs } if !one || pairs.len() == 1 => Ok((session, pairs)),
-        Response::SessionKv { pairs, .. } => {
-            Err(anyhow!("unexpected reply from the daemon: {} pairs for one key", pairs.len()).into())
-        }
-        other => Err(unexpected("session_kv", &other)),
-    }
-}
-
 pub fn checkpoint(ctx: &mut Ctx, args: CheckpointArgs) -> Result<u8> {
-    let request = Request::Checkpoint {
-        session: session_ref(&args.session)?,
-        name: args.name.to_string(),
-        with_processes: args.with_processes,
-        shell: Some(shell_state()),
-    };
-    let c = match ctx.connect()?.call(request)? {
-        Response::Checkpointed { checkpoint } => checkpoint,
-        other => return Err(unexpected("checkpointed", &other)),
-    };
+    let c = ctx.connect()?.checkpoint(
+        session_ref(&args.session)?,
+        args.name.as_str(),
+        args.with_processes,
+        Some(shell_state()),
+    )?;
     if ctx.out.json {
         ctx.out.document(&c)?;
     } else {
@@ -218,11 +183,7 @@ pub fn checkpoint(ctx: &mut Ctx, args: CheckpointArgs) -> Result<u8> {
 }
 
 pub fn rollback(ctx: &mut Ctx, args: RollbackArgs) -> Result<u8> {
-    let request = Request::Rollback { session: session_ref(&args.session)?, name: args.name.to_string() };
-    let r = match ctx.connect()?.call(request)? {
-        Response::RolledBack { report } => report,
-        other => return Err(unexpected("rolled_back", &other)),
-    };
+    let r = ctx.connect()?.rollback(session_ref(&args.session)?, args.name.as_str())?;
     if ctx.out.json {
         ctx.out.document(&r)?;
         return Ok(0);
@@ -260,11 +221,7 @@ pub fn rollback(ctx: &mut Ctx, args: RollbackArgs) -> Result<u8> {
 }
 
 pub fn timeline(ctx: &mut Ctx, cmd: TimelineCommand) -> Result<u8> {
-    let changed = |ctx: &mut Ctx, request: Request, verb: &str| -> Result<u8> {
-        let t = match ctx.connect()?.call(request)? {
-            Response::TimelineChanged { timeline } => timeline,
-            other => return Err(unexpected("timeline_changed", &other)),
-        };
+    let changed = |ctx: &mut Ctx, t: TimelineInfo, verb: &str| -> Result<u8> {
         if ctx.out.json {
             ctx.out.document(&t)?;
         } else {
@@ -273,11 +230,7 @@ pub fn timeline(ctx: &mut Ctx, cmd: TimelineCommand) -> Result<u8> {
         }
         Ok(0)
     };
-    let deleted = |ctx: &mut Ctx, request: Request| -> Result<u8> {
-        let names = match ctx.connect()?.call(request)? {
-            Response::CheckpointsDeleted { names } => names,
-            other => return Err(unexpected("checkpoints_deleted", &other)),
-        };
+    let deleted = |ctx: &mut Ctx, names: Vec<String>| -> Result<u8> {
         if ctx.out.json {
             ctx.out.document(&names)?;
         } else if names.is_empty() {
@@ -288,31 +241,21 @@ pub fn timeline(ctx: &mut Ctx, cmd: TimelineCommand) -> Result<u8> {
         Ok(0)
     };
     match cmd {
-        TimelineCommand::Branch { name, from, session } => changed(
-            ctx,
-            Request::Branch {
-                session: session_ref(&session)?,
-                name: name.to_string(),
-                from: from.map(|f| f.to_string()),
-            },
-            "branched",
-        ),
+        TimelineCommand::Branch { name, from, session } => {
+            let t =
+                ctx.connect()?.branch(session_ref(&session)?, name.as_str(), from.map(|f| f.to_string()))?;
+            changed(ctx, t, "branched")
+        }
         TimelineCommand::Switch { name, session } => {
-            let code = changed(
-                ctx,
-                Request::SwitchTimeline { session: session_ref(&session)?, name: name.to_string() },
-                "is live",
-            )?;
+            let t = ctx.connect()?.switch_timeline(session_ref(&session)?, name.as_str())?;
+            let code = changed(ctx, t, "is live")?;
             if !ctx.out.json {
                 eprintln!("rush: a shell inside the workspace needs a `cd` to see the switched tree");
             }
             Ok(code)
         }
         TimelineCommand::List { session } => {
-            let t = match ctx.connect()?.call(Request::ListTimeline { session: session_ref(&session)? })? {
-                Response::Timeline { timeline } => timeline,
-                other => return Err(unexpected("timeline", &other)),
-            };
+            let t = ctx.connect()?.list_timeline(session_ref(&session)?)?;
             if ctx.out.json {
                 ctx.out.document(&t)?;
             } else {
@@ -321,12 +264,7 @@ pub fn timeline(ctx: &mut Ctx, cmd: TimelineCommand) -> Result<u8> {
             Ok(0)
         }
         TimelineCommand::Diff { a, b, session } => {
-            let request =
-                Request::Diff { session: session_ref(&session)?, a: a.to_string(), b: b.to_string() };
-            let d = match ctx.connect()?.call(request)? {
-                Response::Diff { diff } => diff,
-                other => return Err(unexpected("diff", &other)),
-            };
+            let d = ctx.connect()?.diff(session_ref(&session)?, a.as_str(), b.as_str())?;
             if ctx.out.json {
                 ctx.out.document(&d)?;
             } else {
@@ -334,16 +272,14 @@ pub fn timeline(ctx: &mut Ctx, cmd: TimelineCommand) -> Result<u8> {
             }
             Ok(0)
         }
-        TimelineCommand::Rm { name, session } => deleted(
-            ctx,
-            Request::DeleteCheckpoint { session: session_ref(&session)?, name: name.to_string() },
-        ),
-        TimelineCommand::Prune { keep, older_than, session } => deleted(
-            ctx,
-            Request::PruneCheckpoints {
-                session: session_ref(&session)?,
-                prune: Prune { keep, older_than_ms: older_than },
-            },
-        ),
+        TimelineCommand::Rm { name, session } => {
+            let names = ctx.connect()?.delete_checkpoint(session_ref(&session)?, name.as_str())?;
+            deleted(ctx, names)
+        }
+        TimelineCommand::Prune { keep, older_than, session } => {
+            let prune = Prune { keep, older_than_ms: older_than };
+            let names = ctx.connect()?.prune_checkpoints(session_ref(&session)?, prune)?;
+            deleted(ctx, names)
+        }
     }
 }

@@ -7,9 +7,9 @@ use anyhow::{Context, anyhow};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use nix::sys::termios::{self, SetArg, Termios};
 use rush_proto::client::ClientError;
-use rush_proto::{Request, Response, SpawnRequest, StdioMode};
+use rush_proto::{SpawnRequest, StdioMode};
 
-use super::{Ctx, unexpected};
+use super::Ctx;
 use crate::cli::SpawnArgs;
 use crate::error::Result;
 use crate::render::sanitize;
@@ -50,10 +50,7 @@ fn environment() -> Vec<(String, String)> {
 }
 
 fn detached(ctx: &mut Ctx, request: SpawnRequest) -> Result<u8> {
-    let agent = match ctx.connect()?.call(Request::Spawn(request))? {
-        Response::Spawned { agent } => agent,
-        other => return Err(unexpected("spawned", &other)),
-    };
+    let agent = ctx.connect()?.spawn(request)?;
     if ctx.out.json {
         ctx.out.document(&agent)?;
     } else {
@@ -80,14 +77,9 @@ fn foreground(ctx: &mut Ctx, request: SpawnRequest) -> Result<u8> {
     // Rust's runtime makes sure fds 0-2 are open (on /dev/null if they were closed).
     let (stdin, stdout, stderr) = (io::stdin(), io::stdout(), io::stderr());
     let stdio = [stdin.as_fd(), stdout.as_fd(), stderr.as_fd()];
-    let id = client.send(Request::Spawn(request), &stdio)?;
-    match client.recv_for(id)? {
-        Response::Spawned { .. } => {}
-        other => return Err(unexpected("spawned", &other)),
-    }
-    let status = match client.recv_for(id) {
-        Ok(Response::Exited { status, .. }) => status,
-        Ok(other) => return Err(unexpected("exited", &other)),
+    let (id, _agent) = client.spawn_foreground(request, &stdio)?;
+    let status = match client.exited(id) {
+        Ok(status) => status,
         Err(ClientError::Closed) => {
             return Err(anyhow!(
                 "the daemon closed the connection before agent {name} exited \
