@@ -189,17 +189,15 @@ impl AgentManager {
     /// One round of budget enforcement (the daemon runs it every `budget.poll_ms`): agents
     /// past their CPU time are frozen; new OOM kills and refused forks are audited.
     pub async fn check_budgets(&self) {
-        type Row = (String, AgentCgroup, Budget, Pause, Reported, Option<Arc<crate::meter::Ledger>>, u64);
+        type Row = (String, AgentCgroup, Budget, Pause, Option<Arc<crate::meter::Ledger>>, u64);
         let agents: Vec<Row> = self
             .registry()
             .agents
             .iter()
             .filter(|(_, a)| a.info.state == AgentState::Running)
-            .map(|(n, a)| {
-                (n.clone(), a.cgroup.clone(), a.info.budget, a.pause, a.reported, ledger(a), a.cost_saved)
-            })
+            .map(|(n, a)| (n.clone(), a.cgroup.clone(), a.info.budget, a.pause, ledger(a), a.cost_saved))
             .collect();
-        for (name, cg, budget, pause, reported, ledger, cost_saved) in agents {
+        for (name, cg, budget, pause, ledger, cost_saved) in agents {
             // Only what this round acts on: cpu time, the cgroup counters and spend (the
             // kernel's net counters enforce themselves; status reads them).
             let observed = Observed {
@@ -236,37 +234,36 @@ impl AgentManager {
                     self.persist_agent(&name);
                 }
             }
-            self.audit_counters(&name, &budget, &u, reported);
+            self.audit_counters(&name, &budget, &u);
         }
     }
 
-    /// Audits OOM kills and refused forks counted since `reported`, and remembers the new
-    /// counts. Also run when the agent's first process exits, before its cgroup (and
-    /// counters) go: an OOM kill is often what ended it.
-    pub(super) fn audit_counters(
-        &self,
-        name: &str,
-        budget: &Budget,
-        u: &crate::budget::CgroupUsage,
-        reported: Reported,
-    ) {
-        let mut now = reported;
-        if let Some(kills) = u.oom_kills {
-            if let Some(seen) = reported.oom_kills.filter(|s| kills > *s) {
-                let limit_bytes = budget.mem_bytes.unwrap_or(0);
-                self.audit.record(Some(name), AuditEvent::OomKill { count: kills - seen, limit_bytes });
+    /// Audits OOM kills and refused forks counted since the last report, and remembers the
+    /// new counts. Also run when the agent's first process exits, before its cgroup (and
+    /// counters) go: an OOM kill is often what ended it. The budget poll and the exit
+    /// watcher may both get here with the same counts: what was reported is read and
+    /// updated under the registry lock, so each kill and refusal is audited once.
+    pub(super) fn audit_counters(&self, name: &str, budget: &Budget, u: &crate::budget::CgroupUsage) {
+        let (mut kills_new, mut refused_new) = (None, None);
+        {
+            let mut reg = self.registry();
+            let Some(a) = reg.agents.get_mut(name) else { return };
+            if let Some(kills) = u.oom_kills {
+                kills_new = a.reported.oom_kills.filter(|s| kills > *s).map(|seen| kills - seen);
+                a.reported.oom_kills = Some(kills.max(a.reported.oom_kills.unwrap_or(0)));
             }
-            now.oom_kills = Some(kills);
-        }
-        if let Some(refused) = u.fork_refusals {
-            if let Some(seen) = reported.fork_refusals.filter(|s| refused > *s) {
-                let limit = budget.pids.unwrap_or(0);
-                self.audit.record(Some(name), AuditEvent::ForkRefused { count: refused - seen, limit });
+            if let Some(refused) = u.fork_refusals {
+                refused_new = a.reported.fork_refusals.filter(|s| refused > *s).map(|seen| refused - seen);
+                a.reported.fork_refusals = Some(refused.max(a.reported.fork_refusals.unwrap_or(0)));
             }
-            now.fork_refusals = Some(refused);
         }
-        if let Some(a) = self.registry().agents.get_mut(name) {
-            a.reported = now;
+        if let Some(count) = kills_new {
+            let limit_bytes = budget.mem_bytes.unwrap_or(0);
+            self.audit.record(Some(name), AuditEvent::OomKill { count, limit_bytes });
+        }
+        if let Some(count) = refused_new {
+            let limit = budget.pids.unwrap_or(0);
+            self.audit.record(Some(name), AuditEvent::ForkRefused { count, limit });
         }
     }
 

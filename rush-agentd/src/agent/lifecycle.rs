@@ -720,13 +720,10 @@ impl AgentManager {
             }
         };
         // The last look at its counters, while the cgroup still exists.
-        let last = {
-            let reg = self.registry();
-            reg.agents.get(&name).map(|a| (a.info.budget, a.reported))
-        };
-        if let Some((budget, reported)) = last {
+        let budget = self.registry().agents.get(&name).map(|a| a.info.budget);
+        if let Some(budget) = budget {
             let u = self.budgets.control.usage(&cg);
-            self.audit_counters(&name, &budget, &u, reported);
+            self.audit_counters(&name, &budget, &u);
         }
         // The first process is gone: nothing the agent left running outlives it.
         let tmp_dirs = self.private_tmp_dirs(cg.id);
