@@ -30,6 +30,8 @@
 //! [landlock]                   # agents confined by Landlock, whose tokens change:
 //! on_narrow = "restart"        # a revoke or expiry: "restart" or "kill" the agent
 //! on_widen = "restart"         # a grant: "restart" or "kill"
+//! audit_denials = true         # Landlock's denials in the audit trail (Linux 6.15+): the
+//!                              # daemon turns the kernel's audit on if it is off
 //!
 //! [snapshot]                  # session workspaces, checkpoints and timelines
 //! store = "auto"               # auto | btrfs | btrfs-loop | git (see `rush doctor`)
@@ -170,6 +172,11 @@ pub struct LandlockSection {
     pub on_narrow: OnChange,
     /// A grant (access widened).
     pub on_widen: OnChange,
+    /// Bring Landlock's denials into the audit trail as `file_deny` (Landlock ABI 7, Linux
+    /// 6.15+): agents enter their ruleset with `LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON` and
+    /// the daemon turns the kernel's audit on if it is off (as auditd and journald do; it
+    /// stays on: `auditctl -e 0` turns it off). Costs: see BENCHMARKS.md.
+    pub audit_denials: bool,
 }
 
 impl Default for LandlockSection {
@@ -177,7 +184,7 @@ impl Default for LandlockSection {
         // Restart: a narrowed token is a limit on the agent, not a verdict on it (`rush
         // agent kill` is that); the new process is confined by the new rules from its
         // first instruction, and the CLI says so before it happens.
-        LandlockSection { on_narrow: OnChange::Restart, on_widen: OnChange::Restart }
+        LandlockSection { on_narrow: OnChange::Restart, on_widen: OnChange::Restart, audit_denials: true }
     }
 }
 
@@ -557,6 +564,8 @@ mod tests {
         assert_eq!(c.files.enforcement, EnforcementChoice::Landlock);
         assert_eq!(c.landlock.on_narrow, OnChange::Kill);
         assert_eq!(c.landlock.on_widen, OnChange::Restart);
+        assert!(c.landlock.audit_denials);
+        assert!(!Config::parse("[landlock]\naudit_denials = false\n").unwrap().landlock.audit_denials);
         assert!(Config::parse("[landlock]\non_narrow = \"ignore\"\n").is_err());
     }
 

@@ -12,7 +12,7 @@
 //! - [`landlock`] — the Landlock file backend: tokens as a ruleset applied before exec
 //! - [`mappings`] — revokes and expiries reaching files mapped in memory
 //! - [`audit`] — the audit trail
-//! - [`audit_netlink`] — the kernel audit records of agents (seccomp refusals)
+//! - [`audit_netlink`] — the kernel audit records of agents (seccomp refusals, Landlock denials)
 //! - [`api`] — the Unix-socket NDJSON server and caller identification
 //! - [`policy`] — trust levels (presets of tokens, budget, network, exec rule)
 //! - [`probe`] — what this kernel supports (`doctor`)
