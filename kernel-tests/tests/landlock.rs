@@ -191,6 +191,76 @@ fn landlock_a_granted_directory_is_usable_and_everything_else_is_refused() {
     assert!(nnp.contains("NoNewPrivs:\t1"), "{nnp}");
 }
 
+/// The doctor's "file denials audited" line: (holds, detail).
+fn file_denials_audited(d: &Daemon) -> (bool, String) {
+    let doctor = d.doctor();
+    let g = doctor["guarantees"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "file denials audited")
+        .unwrap_or_else(|| panic!("no file denials line: {doctor}"))
+        .clone();
+    (g["holds"] == true, g["detail"].as_str().unwrap_or_default().to_owned())
+}
+
+#[test]
+fn landlock_denials_are_audited_as_file_deny_with_the_agent_and_the_path() {
+    let Some(d) = landlock_daemon("") else { return };
+    let (holds, detail) = file_denials_audited(&d);
+    let abi = landlock_abi(&d);
+    if abi < 7 {
+        // Landlock reports no denials before ABI 7 (Linux 6.15): the doctor must say so.
+        assert!(!holds && detail.contains(&format!("ABI {abi}")), "ABI {abi}: {detail}");
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "NOTE ***** Landlock ABI {abi}: denials cannot be audited; checked that rush doctor says so *****"
+        );
+        return;
+    }
+    assert!(holds, "ABI {abi}: {detail}");
+    let t = Tree::new();
+    let ro = t.grant("a", "read");
+    // A foreground agent: denied, then gone at once.
+    assert_eq!(fs(&d, "snoop", &[&ro], &["read", &t.p("b/secret")]), [EACCES]);
+    assert_eq!(fs(&d, "scribe", &[&ro], &["write", &t.p("a/f"), "x"]), [EACCES]);
+    assert_eq!(fs(&d, "reader", &[&ro], &["read", &t.p("a/f")]), ["ok 12"]);
+    // The agent's file_deny row naming `path` (glibc's pthread_getattr_np, which Rust's
+    // runtime calls at start, reads /proc/self/maps: denied and audited too).
+    let row = |agent: &str, path: &str| -> Option<Value> {
+        d.audit()
+            .into_iter()
+            .find(|r| r["agent"] == agent && r["event"]["kind"] == "file_deny" && r["event"]["path"] == path)
+            .map(|r| r["event"].clone())
+    };
+    // Kernel audit records reach the trail asynchronously.
+    let (secret, granted) = (t.p("b/secret"), t.p("a/f"));
+    wait_until(Duration::from_secs(5), || {
+        row("snoop", &secret).is_some() && row("scribe", &granted).is_some()
+    });
+    let e = row("snoop", &secret)
+        .unwrap_or_else(|| panic!("no file_deny of snoop for {secret}: {:?}", d.audit()));
+    assert_eq!(e["op"], "read", "{e}");
+    assert_eq!(e["hook"], "landlock:fs.read_file", "{e}");
+    assert_eq!(e["comm"], "rush-test-fs", "{e}");
+    assert!(e["pid"].as_u64().is_some_and(|p| p > 0), "{e}");
+    assert_eq!(e["uid"], 0, "{e}");
+    let e = row("scribe", &granted)
+        .unwrap_or_else(|| panic!("no file_deny of scribe for {granted}: {:?}", d.audit()));
+    assert_eq!(
+        (&e["op"], &e["hook"]),
+        (&Value::from("write"), &Value::from("landlock:fs.write_file")),
+        "{e}"
+    );
+    // A granted read is not a denial.
+    assert!(row("reader", &granted).is_none(), "{:?}", d.audit());
+    // And `rush audit --kind file_deny` prints it as a line.
+    let out = d.rush(&["audit", "--agent", "snoop", "--kind", "file_deny"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("file_deny") && text.contains(&t.p("b/secret")), "{}", describe(&out));
+}
+
 #[test]
 fn landlock_create_delete_rename_link_and_exec_need_their_operations() {
     let Some(d) = landlock_daemon("") else { return };

@@ -30,6 +30,8 @@
 //! [landlock]                   # agents confined by Landlock, whose tokens change:
 //! on_narrow = "restart"        # a revoke or expiry: "restart" or "kill" the agent
 //! on_widen = "restart"         # a grant: "restart" or "kill"
+//! audit_denials = true         # Landlock's denials in the audit trail (Linux 6.15+): the
+//!                              # daemon turns the kernel's audit on if it is off
 //!
 //! [snapshot]                  # session workspaces, checkpoints and timelines
 //! store = "auto"               # auto | btrfs | btrfs-loop | git (see `rush doctor`)
@@ -494,6 +496,8 @@ mod tests {
         assert_eq!(c.files.enforcement, EnforcementChoice::Landlock);
         assert_eq!(c.landlock.on_narrow, crate::landlock::OnChange::Kill);
         assert_eq!(c.landlock.on_widen, crate::landlock::OnChange::Restart);
+        assert!(c.landlock.audit_denials);
+        assert!(!Config::parse("[landlock]\naudit_denials = false\n").unwrap().landlock.audit_denials);
         assert!(Config::parse("[landlock]\non_narrow = \"ignore\"\n").is_err());
     }
 

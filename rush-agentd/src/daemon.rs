@@ -140,12 +140,12 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     // After adoption: what no living agent uses any more is removed.
     agents.sweep_private_tmp();
     let events_lost = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    // The seccomp filter's refusals, from the kernel's audit records.
-    let (refusal_tx, refusals) = mpsc::unbounded_channel();
+    // The seccomp filter's refusals and Landlock's denials, from the kernel's audit records.
+    let (record_tx, audit_records) = mpsc::unbounded_channel();
     let syscall_audit: Result<(), String> = match crate::audit_netlink::open() {
         Ok(fd) => std::thread::Builder::new()
             .name("audit-netlink".into())
-            .spawn(move || crate::audit_netlink::read_loop(fd, |r| drop(refusal_tx.send(r))))
+            .spawn(move || crate::audit_netlink::read_loop(fd, |r| drop(record_tx.send(r))))
             .map(drop)
             .map_err(|e| format!("cannot start its reader: {e}")),
         Err(e) => Err(format!("the kernel's audit socket cannot be joined: {e}")),
@@ -153,13 +153,19 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     if let Err(why) = &syscall_audit {
         tracing::warn!("seccomp refusals will not be audited: {why}");
     }
+    // Before any agent is spawned (restartable ones below): the flag of their rulesets.
+    let landlock_audit = matches!(doctor_files, FileBackend::Landlock)
+        .then(|| landlock_audit(&config.landlock, &syscall_audit));
+    if let Some(Err(why)) = &landlock_audit {
+        tracing::warn!("Landlock's file denials will not be audited: {why}");
+    }
     let agent_cgroups = AgentCgroups {
         v2_root: cgroups.layout().v2_root.clone(),
         prefix: format!("/{}/", config.cgroup.parent.to_string_lossy().trim_matches('/')),
     };
     let pump = tokio::spawn(pump_events(
         events,
-        refusals,
+        audit_records,
         agent_cgroups,
         agents.clone(),
         audit.clone(),
@@ -194,6 +200,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     let doctor_landlock = config.landlock.clone();
     let doctor_hardening = config.hardening.clone();
     let doctor_syscall_audit = syscall_audit.clone();
+    let doctor_landlock_audit = landlock_audit.clone();
     let doctor_layout = cgroups.layout().clone();
     let sessions = crate::session::Sessions::open(
         store.clone(),
@@ -235,6 +242,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
                 snapshot_store: Some(doctor_sessions.store_report()),
                 criu: Some(doctor_agents.criu().get().map(|_| ()).map_err(|e| crate::core::error_chain(&e))),
                 hardening: Some((&doctor_hardening, Some(doctor_syscall_audit.clone()))),
+                landlock_audit: doctor_landlock_audit.clone(),
                 state: Some(probe::StateHealth {
                     check: doctor_agents.check_state(),
                     events_lost: doctor_events_lost.load(std::sync::atomic::Ordering::Relaxed),
@@ -372,10 +380,76 @@ impl AgentCgroups {
     }
 }
 
+/// Landlock's denials in the audit trail (`[landlock] audit_denials`, where Landlock
+/// enforces file tokens): agents spawned from now on log their denials after exec, and the
+/// kernel's audit is turned on if it is off (Landlock reports nothing while it is off).
+/// `reader`: whether the audit records are read at all. Err says why denials will not be
+/// audited.
+fn landlock_audit(
+    config: &crate::landlock::LandlockSection,
+    reader: &Result<(), String>,
+) -> Result<(), String> {
+    if !config.audit_denials {
+        return Err("[landlock] audit_denials = false".into());
+    }
+    if let Err(why) = reader {
+        return Err(format!("the kernel's audit records cannot be read ({why})"));
+    }
+    // First: a kernel whose Landlock cannot log (ABI < 7) gets its audit left alone.
+    crate::landlock::log_denials(true)?;
+    let enabled = crate::audit_netlink::status()
+        .map_err(|e| format!("the kernel's audit status cannot be read (AUDIT_GET: {e})"))
+        .and_then(|status| {
+            if status.enabled > 0 {
+                return Ok(());
+            }
+            crate::audit_netlink::set_enabled(true)
+                .map_err(|e| format!("the kernel's audit is off and cannot be turned on (AUDIT_SET: {e})"))?;
+            tracing::info!(
+                "turned the kernel's audit on (as `auditctl -e 1` does) so that Landlock reports agents' \
+                 denials; it stays on; [landlock] audit_denials = false leaves it alone"
+            );
+            Ok(())
+        });
+    if enabled.is_err() {
+        let _ = crate::landlock::log_denials(false);
+    }
+    enabled
+}
+
+/// The agent a Landlock denial is of: the denied task's, else its domain creator's (the
+/// agent's first process), else the agent a domain was found to be before (domain ids are
+/// never reused until the domain ends). None for processes outside agents.
+fn landlock_agent(
+    d: &crate::audit_netlink::LandlockDenial,
+    agent_cgroups: &AgentCgroups,
+    agents: &AgentManager,
+    domains: &mut std::collections::HashMap<u64, (u64, String)>,
+) -> Option<(u64, String)> {
+    if let Some(known) = domains.get(&d.domain) {
+        return Some(known.clone());
+    }
+    let found = d
+        .task
+        .as_ref()
+        .and_then(|t| agent_cgroups.of_pid(t.pid))
+        .or_else(|| d.creator.and_then(|pid| agent_cgroups.of_pid(pid)))
+        .or_else(|| {
+            let pid = d.creator?;
+            agents.list().into_iter().find(|a| a.pid == pid).map(|a| (a.cgroup_id, a.name))
+        })?;
+    // Bounded: domains that never end are forgotten past this, and looked up again.
+    if domains.len() >= 4096 {
+        domains.clear();
+    }
+    domains.insert(d.domain, found.clone());
+    Some(found)
+}
+
 /// Kernel events → audit records, naming the agent.
 async fn pump_events(
     mut events: mpsc::UnboundedReceiver<KernelEvent>,
-    mut refusals: mpsc::UnboundedReceiver<crate::audit_netlink::SyscallRefusal>,
+    mut records: mpsc::UnboundedReceiver<crate::audit_netlink::AuditRecord>,
     agent_cgroups: AgentCgroups,
     agents: Arc<AgentManager>,
     audit: Arc<AuditLog>,
@@ -384,22 +458,58 @@ async fn pump_events(
     // 200 at once, then 50 a second, per agent; the rest counted (see DenyLimiter).
     let mut limiter = crate::audit::DenyLimiter::new(200, 50);
     let mut flush = tokio::time::interval(std::time::Duration::from_secs(1));
+    // Landlock domain id → (cgroup id, name) of the agent it confines.
+    let mut domains = std::collections::HashMap::new();
     loop {
         let ev = tokio::select! {
             ev = events.recv() => match ev {
                 Some(ev) => ev,
                 None => break,
             },
-            Some(r) = refusals.recv() => {
-                // Refusals of processes outside agents (another seccomp user) are not ours.
-                if let Some((cgroup_id, name)) = agent_cgroups.of_pid(r.pid)
-                    && limiter.admit(cgroup_id, std::time::Instant::now())
-                {
-                    let syscall = crate::harden::syscall_name(r.syscall).unwrap_or("unknown").to_owned();
-                    audit.record(
-                        Some(&name),
-                        AuditEvent::SyscallDeny { pid: r.pid, uid: r.uid, comm: r.comm, syscall, nr: r.syscall },
-                    );
+            Some(r) = records.recv() => {
+                use crate::audit_netlink::AuditRecord;
+                match r {
+                    // Refusals of processes outside agents (another seccomp user) are not ours.
+                    AuditRecord::Seccomp(r) => {
+                        if let Some((cgroup_id, name)) = agent_cgroups.of_pid(r.pid)
+                            && limiter.admit(cgroup_id, std::time::Instant::now())
+                        {
+                            let syscall = crate::harden::syscall_name(r.syscall).unwrap_or("unknown").to_owned();
+                            audit.record(
+                                Some(&name),
+                                AuditEvent::SyscallDeny { pid: r.pid, uid: r.uid, comm: r.comm, syscall, nr: r.syscall },
+                            );
+                        }
+                    }
+                    // File denials of agents; not network (the cgroup programs audit
+                    // those), scopes or ptrace, nor any process outside agents.
+                    AuditRecord::Landlock(d) if d.file_ops() != 0 => {
+                        if let Some((cgroup_id, name)) = landlock_agent(&d, &agent_cgroups, &agents, &mut domains)
+                            && limiter.admit(cgroup_id, std::time::Instant::now())
+                        {
+                            let op = rush_proto::Ops(d.file_ops()).to_string();
+                            // No task: its audit context was made before audit was on.
+                            let (pid, uid, comm) = match d.task {
+                                Some(t) => (t.pid, t.uid, t.comm),
+                                None => (0, u32::MAX, String::new()),
+                            };
+                            audit.record(
+                                Some(&name),
+                                AuditEvent::FileDeny {
+                                    pid,
+                                    uid,
+                                    comm,
+                                    hook: format!("landlock:{}", d.blockers.join(",")),
+                                    op,
+                                    path: d.path.unwrap_or_default(),
+                                },
+                            );
+                        }
+                    }
+                    AuditRecord::Landlock(_) => {}
+                    AuditRecord::LandlockDomainGone { domain } => {
+                        domains.remove(&domain);
+                    }
                 }
                 continue;
             }

@@ -35,6 +35,7 @@ use std::collections::HashSet;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use landlock::{
     ABI, Access, AccessFs, AccessNet, BitFlags, NetPort, PathBeneath, PathFd, Ruleset, RulesetAttr,
@@ -214,15 +215,50 @@ pub fn tcp_enforced() -> bool {
     abi().is_some_and(|v| v >= 4)
 }
 
-/// `landlock_restrict_self(fd, 0)`: to be called in the child between clone and exec,
-/// after `no_new_privs`. One raw syscall: the crate's `restrict_self` allocates and
-/// builds a status, which the child of a multi-threaded process must not do.
+/// `LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON` (linux/landlock.h, ABI 7): log the domain's
+/// denials after an `execve` too. By default Landlock logs a domain's denials only until
+/// the process that entered it executes another program ("a program should know its own
+/// behavior"); an agent enters its ruleset in the daemon's child just before it executes
+/// the agent's program, so without this flag none of an agent's denials would be logged.
+const LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON: u32 = 1 << 1;
+
+/// The flags of every agent's `landlock_restrict_self`, set once at start by
+/// [`log_denials`], before any agent is spawned; read in the child between clone and exec
+/// (an atomic load is async-signal-safe).
+static RESTRICT_FLAGS: AtomicU32 = AtomicU32::new(0);
+
+/// Whether agents' Landlock denials are logged to the kernel's audit (what [`log_denials`]
+/// last set).
+pub fn logs_denials() -> bool {
+    RESTRICT_FLAGS.load(Ordering::Relaxed) & LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON != 0
+}
+
+/// Makes every agent spawned from now on log its Landlock denials to the kernel's audit
+/// (which reports them only while it is enabled); Err says why this kernel cannot (ABI
+/// below 7: the flag would make `landlock_restrict_self` fail with EINVAL).
+pub fn log_denials(on: bool) -> Result<(), String> {
+    let flags = match abi() {
+        _ if !on => 0,
+        Some(v) if v >= 7 => LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON,
+        Some(v) => return Err(format!("Landlock ABI {v} cannot log denials (ABI 7, Linux 6.15+, can)")),
+        None => return Err("no Landlock on this kernel".into()),
+    };
+    RESTRICT_FLAGS.store(flags, Ordering::Relaxed);
+    Ok(())
+}
+
+/// `landlock_restrict_self(fd, flags)`: to be called in the child between clone and exec,
+/// after `no_new_privs`, with the flags [`log_denials`] chose. One raw syscall: the
+/// crate (0.4.8) has the logging flags (`RulesetCreatedAttr::log_new_exec`), but only
+/// through its own `restrict_self`, which allocates and builds a status, which the child
+/// of a multi-threaded process must not do.
 ///
 /// # Safety
 /// Async-signal-safe; `fd` must be a Landlock ruleset fd.
 pub unsafe fn restrict_self(fd: std::os::fd::RawFd) -> libc::c_long {
+    let flags = RESTRICT_FLAGS.load(Ordering::Relaxed);
     // SAFETY: a plain syscall on an fd and a flag word; no memory is passed.
-    unsafe { libc::syscall(libc::SYS_landlock_restrict_self, fd, 0u32) }
+    unsafe { libc::syscall(libc::SYS_landlock_restrict_self, fd, flags) }
 }
 
 /// What happens to a Landlock-confined agent whose tokens change: Landlock cannot change
@@ -253,6 +289,11 @@ pub struct LandlockSection {
     pub on_narrow: OnChange,
     /// A grant (access widened).
     pub on_widen: OnChange,
+    /// Bring Landlock's denials into the audit trail as `file_deny` (Landlock ABI 7, Linux
+    /// 6.15+): agents enter their ruleset with `LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON` and
+    /// the daemon turns the kernel's audit on if it is off (as auditd and journald do; it
+    /// stays on: `auditctl -e 0` turns it off). Costs: see BENCHMARKS.md.
+    pub audit_denials: bool,
 }
 
 impl Default for LandlockSection {
@@ -260,7 +301,7 @@ impl Default for LandlockSection {
         // Restart: a narrowed token is a limit on the agent, not a verdict on it (`rush
         // agent kill` is that); the new process is confined by the new rules from its
         // first instruction, and the CLI says so before it happens.
-        LandlockSection { on_narrow: OnChange::Restart, on_widen: OnChange::Restart }
+        LandlockSection { on_narrow: OnChange::Restart, on_widen: OnChange::Restart, audit_denials: true }
     }
 }
 

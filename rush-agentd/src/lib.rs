@@ -13,7 +13,7 @@
 //! - [`mappings`] — revokes and expiries reaching files mapped in memory
 //! - [`audit`] — the audit trail
 //! - [`events`] — the typed event bus every service publishes to
-//! - [`audit_netlink`] — the kernel audit records of agents (seccomp refusals)
+//! - [`audit_netlink`] — the kernel audit records of agents (seccomp refusals, Landlock denials)
 //! - [`api`] — the Unix-socket NDJSON server and caller identification
 //! - [`policy`] — trust levels (presets of tokens, budget, network, exec rule)
 //! - [`probe`] — what this kernel supports (`doctor`)

@@ -164,6 +164,7 @@ fn local_doctor(json: bool, config: &Config) -> ExitCode {
         criu: None,
         state: None,
         hardening: Some((&config.hardening, None)),
+        landlock_audit: None,
     });
     if json {
         println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));

@@ -35,6 +35,9 @@ pub struct ProbeInputs<'a> {
     /// `[hardening]`, and whether seccomp refusals reach the audit trail (None: unknown,
     /// no daemon).
     pub hardening: Option<(&'a crate::harden::HardeningSection, Option<Result<(), String>>)>,
+    /// Where Landlock enforces file tokens: whether the daemon brings its denials into the
+    /// audit trail (Err: why not); None without a daemon (the kernel is asked instead).
+    pub landlock_audit: Option<Result<(), String>>,
 }
 
 /// What a running daemon knows of its own state (`rush doctor`).
@@ -161,6 +164,55 @@ pub fn hardening_guarantees(
             },
         ),
     ]
+}
+
+/// Whether file denials reach the audit trail: always under BPF LSM (ring buffer events);
+/// under Landlock only from its own audit records (ABI 7+, with the kernel's audit on).
+fn file_denials_audited(
+    files: Option<Backend>,
+    abi: Option<i64>,
+    daemon: Option<&Result<(), String>>,
+) -> Guarantee {
+    let name = "file denials audited".to_string();
+    let (holds, detail) = match (files, daemon) {
+        (Some(Backend::BpfLsm), _) => (
+            true,
+            "each denial of the BPF LSM programs is a ring buffer event, audited as file_deny (hook, operation, path, process)".to_string(),
+        ),
+        (Some(Backend::Landlock), Some(Ok(()))) => (
+            true,
+            format!(
+                "from Landlock's own audit records (ABI {}), audited as file_deny (operation, path, process); \
+                 not when the process and the agent's first one exited before the record was read, nor what the kernel dropped (audit backlog)",
+                abi.unwrap_or(0)
+            ),
+        ),
+        (Some(Backend::Landlock), Some(Err(why))) => {
+            (false, format!("NOT under Landlock here: {why}; spawns, exits, grants and revokes are"))
+        }
+        (Some(Backend::Landlock), None) => match abi {
+            Some(v) if v >= 7 => (
+                true,
+                format!(
+                    "from Landlock's own audit records (ABI {v}) where the daemon runs with [landlock] audit_denials = true (it turns the kernel's audit on; now {})",
+                    match crate::audit_netlink::status() {
+                        Ok(s) if s.enabled > 0 => "on".to_string(),
+                        Ok(_) => "off".to_string(),
+                        Err(e) => format!("unknown: {e}"),
+                    }
+                ),
+            ),
+            v => (
+                false,
+                format!(
+                    "NOT under Landlock here: ABI {} does not report denials (ABI 7, Linux 6.15+, does)",
+                    v.unwrap_or(0)
+                ),
+            ),
+        },
+        (None, _) => (false, "needs a file backend".to_string()),
+    };
+    Guarantee { name, holds, detail }
 }
 
 /// The doctor's two lines on the daemon's state.
@@ -347,6 +399,7 @@ pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
             },
         ),
         g("file tokens", files.is_some(), file_tokens_detail(&files, landlock, &lsm_attach_detail)),
+        file_denials_audited(files, landlock, inputs.landlock_audit.as_ref()),
         g(
             "live revoke on open files",
             lsm_files,
@@ -641,6 +694,7 @@ mod tests {
             state: None,
             landlock: None,
             hardening: None,
+            landlock_audit: None,
         });
         let file = r.guarantees.iter().find(|g| g.name == "file tokens").unwrap();
         assert!(!file.holds);
