@@ -113,6 +113,8 @@ fn test(tier: Tier) -> Result<()> {
                 "hardening",
                 "--test",
                 "toolchains",
+                "--test",
+                "principals",
                 "--",
                 "--test-threads",
                 "4",
