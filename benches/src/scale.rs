@@ -79,7 +79,7 @@ fn status_round(socket: &Path, name: &str, clients: usize, per_client: usize) ->
                 (0..per_client)
                     .map(|_| {
                         let t = Instant::now();
-                        let r = c.call(Request::AgentStatus { name: name.clone() }).unwrap();
+                        let r = c.call(Request::AgentStatus { name: Some(name.clone()) }).unwrap();
                         let d = t.elapsed();
                         assert!(matches!(r, Response::Agent { .. }));
                         d

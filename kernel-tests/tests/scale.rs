@@ -79,7 +79,7 @@ fn client_session(socket: &Path, i: usize, dir: &Path, files: bool, start: &Barr
     let status = |c: &mut Client, lat: &mut Vec<Duration>| match call(
         c,
         lat,
-        Request::AgentStatus { name: name.clone() },
+        Request::AgentStatus { name: Some(name.clone()) },
     ) {
         Ok(Response::Agent { agent }) => agent,
         other => panic!("{name}: status answered {other:?}"),

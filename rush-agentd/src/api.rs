@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
 use rush_proto::{
     ApiError, AuditEvent, CallerInfo, CallerRole, ErrorKind, PROTOCOL_VERSION, Reply, ReplyEnvelope, Request,
     RequestEnvelope, Response, StdioMode,
@@ -72,6 +72,9 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ApiServerError> {
     // Anyone may connect (agents, unprivileged users asking for `doctor`); what each
     // caller may do is decided per request from its credentials.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(io)?;
+    // Every read carries the writer's credentials (SCM_CREDENTIALS); accepted connections
+    // inherit the option, and the kernel stamps what is sent before the accept too.
+    setsockopt(&listener, sockopt::PassCred, &true).map_err(|e| io(e.into()))?;
     Ok(listener)
 }
 
@@ -82,6 +85,8 @@ pub struct ApiContext {
     pub operator_gid: Option<u32>,
     /// The v2 cgroup path prefix of agents, e.g. "/rush/": callers under it are agents.
     pub agent_cgroup_prefix: String,
+    /// The socket's path, exported to agents as `RUSH_SOCKET`.
+    pub socket: PathBuf,
     pub doctor: Box<dyn Fn() -> rush_proto::DoctorReport + Send + Sync>,
 }
 
@@ -107,15 +112,20 @@ pub async fn serve(listener: UnixListener, ctx: Arc<ApiContext>, mut shutdown: b
     }
 }
 
+/// A caller: its credentials, and the principal they make it.
 struct Peer {
     caller: Caller,
     role: CallerRole,
 }
 
+/// Who opened the connection (SO_PEERCRED, taken at connect).
 fn identify(stream: &UnixStream, ctx: &ApiContext) -> std::io::Result<Peer> {
     let cred = stream.peer_cred()?;
-    let (uid, gid) = (cred.uid(), cred.gid());
-    let pid = cred.pid().unwrap_or(0);
+    Ok(peer_of(cred.pid().unwrap_or(0), cred.uid(), cred.gid(), ctx))
+}
+
+/// The principal of process `pid` with these credentials.
+fn peer_of(pid: i32, uid: u32, gid: u32, ctx: &ApiContext) -> Peer {
     let groups = proc_groups(pid).unwrap_or_else(|| vec![gid]);
     let caller = Caller { uid, gid, pid, groups };
     // An agent is an agent whatever its uid: root inside an agent is not an operator.
@@ -127,7 +137,79 @@ fn identify(stream: &UnixStream, ctx: &ApiContext) -> std::io::Result<Peer> {
         _ if ctx.operator_gid.is_some_and(|g| caller.groups.contains(&g) || gid == g) => CallerRole::Operator,
         _ => CallerRole::Unprivileged,
     };
-    Ok(Peer { caller, role })
+    Peer { caller, role }
+}
+
+/// Who wrote a chunk of bytes, from its SCM_CREDENTIALS (the kernel's, taken at send).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    Process {
+        pid: i32,
+        uid: u32,
+        gid: u32,
+    },
+    /// No credentials came with the bytes.
+    Unknown,
+}
+
+/// The writer of a whole request line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LineWriter {
+    One(Writer),
+    /// Its bytes came from more than one process.
+    Several,
+}
+
+/// Who sent this request: the process that wrote the line, never merely the one that
+/// connected.
+///
+/// Why per request, and why both: SO_PEERCRED names whoever called connect(). A connected
+/// socket is an fd like any other: handed with SCM_RIGHTS (or as stdin of a foreground
+/// agent) to an agent, it would let that agent send requests as the operator who opened
+/// it, and an agent handing its connection to another agent would let the second act as
+/// the first. So each read carries the writer's credentials (SO_PASSCRED: the kernel
+/// stamps every send with the sender's pid, uid and gid, and never merges two writers'
+/// bytes into one read), the writer is identified by its own cgroup, and its principal
+/// must be the opener's: a connection is its opener's and cannot be handed on, whoever
+/// receives it (refusing such a socket outright is not possible: nothing marks it). The
+/// opener check also covers what SCM_CREDENTIALS alone would not: a process with
+/// CAP_SYS_ADMIN may send any pid as its own (agents have it dropped, and the BPF LSM
+/// guard refuses it to them; the opener's credentials cannot be forged). The pid is held
+/// as a pidfd while its cgroup is read, and refused if it exited meanwhile, so a reused
+/// pid is not mistaken for the writer.
+fn sender(opener: &Peer, writer: LineWriter, ctx: &ApiContext) -> Result<Peer, ApiError> {
+    let denied = |why: String| ApiError::new(ErrorKind::PermissionDenied, why);
+    let (pid, uid, gid) = match writer {
+        LineWriter::One(Writer::Process { pid, uid, gid }) if pid > 0 => (pid, uid, gid),
+        LineWriter::Several => {
+            return Err(denied("the request line was written by more than one process".into()));
+        }
+        LineWriter::One(_) => return Err(denied("the request came without its writer's credentials".into())),
+    };
+    let gone = || {
+        denied(format!("the process that sent the request (pid {pid}) exited before it could be identified"))
+    };
+    let pidfd = crate::core::process::pidfd_open(pid as u32).ok_or_else(gone)?;
+    let peer = peer_of(pid, uid, gid, ctx);
+    if exited(&pidfd) {
+        return Err(gone());
+    }
+    if peer.role != opener.role {
+        return Err(denied(format!(
+            "this connection was opened by {} and the request was sent by {} (pid {pid}): a connection to \
+             rush-agentd acts only for its opener and cannot be handed on",
+            opener.role, peer.role
+        )));
+    }
+    Ok(peer)
+}
+
+/// Whether the process behind `pidfd` has exited (a pidfd polls readable then).
+fn exited(pidfd: &OwnedFd) -> bool {
+    let mut p = libc::pollfd { fd: pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd, a zero timeout; poll(2) only writes `revents`.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n != 0 && p.revents != 0
 }
 
 fn proc_groups(pid: i32) -> Option<Vec<u32>> {
@@ -136,21 +218,30 @@ fn proc_groups(pid: i32) -> Option<Vec<u32>> {
     Some(line.split_whitespace().filter_map(|g| g.parse().ok()).collect())
 }
 
-/// A connection's read side: bytes split into lines, plus the fds that arrived with them.
+/// A connection's read side: bytes split into lines, plus the fds that arrived with them
+/// and who wrote them.
 struct Conn {
     stream: UnixStream,
     buf: Vec<u8>,
+    /// The writer of each chunk of `buf`, in order: (length, writer).
+    writers: VecDeque<(usize, Writer)>,
     fds: VecDeque<OwnedFd>,
     eof: bool,
 }
 
 impl Conn {
-    /// The next complete line; None at end of stream (a partial last line is dropped).
-    async fn read_line(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+    fn new(stream: UnixStream) -> Conn {
+        Conn { stream, buf: Vec::new(), writers: VecDeque::new(), fds: VecDeque::new(), eof: false }
+    }
+
+    /// The next complete line and who wrote it; None at end of stream (a partial last line
+    /// is dropped).
+    async fn read_line(&mut self) -> std::io::Result<Option<(Vec<u8>, LineWriter)>> {
         loop {
             if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=pos).collect();
-                return Ok(Some(line));
+                let writer = self.take_writers(line.len());
+                return Ok(Some((line, writer)));
             }
             if self.eof {
                 return Ok(None);
@@ -162,19 +253,39 @@ impl Conn {
         }
     }
 
-    /// Reads once (bytes and any SCM_RIGHTS fds). Sets `eof` when the peer has gone.
+    /// The writer of the next `len` bytes of `buf`, dropping their chunks.
+    fn take_writers(&mut self, mut len: usize) -> LineWriter {
+        let mut seen: Option<Writer> = None;
+        let mut several = false;
+        while len > 0 {
+            let Some((chunk, writer)) = self.writers.front_mut() else { break };
+            several |= seen.is_some_and(|s| s != *writer);
+            seen = Some(*writer);
+            let used = len.min(*chunk);
+            *chunk -= used;
+            len -= used;
+            if *chunk == 0 {
+                self.writers.pop_front();
+            }
+        }
+        if several { LineWriter::Several } else { LineWriter::One(seen.unwrap_or(Writer::Unknown)) }
+    }
+
+    /// Reads once (bytes, any SCM_RIGHTS fds, the writer's credentials). Sets `eof` when
+    /// the peer has gone.
     async fn fill(&mut self) -> std::io::Result<()> {
         let mut chunk = [0u8; 16 * 1024];
         loop {
             self.stream.readable().await?;
             let fd = self.stream.as_raw_fd();
             match self.stream.try_io(Interest::READABLE, || recv_with_fds(fd, &mut chunk)) {
-                Ok((0, _)) => {
+                Ok((0, _, _)) => {
                     self.eof = true;
                     return Ok(());
                 }
-                Ok((n, fds)) => {
+                Ok((n, fds, writer)) => {
                     self.buf.extend_from_slice(&chunk[..n]);
+                    self.writers.push_back((n, writer));
                     for fd in fds {
                         if self.fds.len() < MAX_PENDING_FDS {
                             self.fds.push_back(fd);
@@ -205,28 +316,35 @@ impl Conn {
     }
 }
 
-fn recv_with_fds(fd: RawFd, buf: &mut [u8]) -> std::io::Result<(usize, Vec<OwnedFd>)> {
-    let mut cmsg = nix::cmsg_space!([RawFd; 8]);
+fn recv_with_fds(fd: RawFd, buf: &mut [u8]) -> std::io::Result<(usize, Vec<OwnedFd>, Writer)> {
+    let mut cmsg = nix::cmsg_space!([RawFd; 8], libc::ucred);
     let mut iov = [IoSliceMut::new(buf)];
     let msg = recvmsg::<()>(fd, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
         .map_err(std::io::Error::from)?;
     let mut fds = Vec::new();
+    let mut writer = Writer::Unknown;
     for c in msg.cmsgs().map_err(std::io::Error::from)? {
-        if let ControlMessageOwned::ScmRights(raw) = c {
-            for r in raw {
-                // SAFETY: the kernel just installed `r` in our fd table for this message;
-                // nothing else refers to it, so we are its only owner.
-                fds.push(unsafe { OwnedFd::from_raw_fd(r) });
+        match c {
+            ControlMessageOwned::ScmRights(raw) => {
+                for r in raw {
+                    // SAFETY: the kernel just installed `r` in our fd table for this message;
+                    // nothing else refers to it, so we are its only owner.
+                    fds.push(unsafe { OwnedFd::from_raw_fd(r) });
+                }
             }
+            ControlMessageOwned::ScmCredentials(c) => {
+                writer = Writer::Process { pid: c.pid(), uid: c.uid(), gid: c.gid() };
+            }
+            _ => {}
         }
     }
-    Ok((msg.bytes, fds))
+    Ok((msg.bytes, fds, writer))
 }
 
 async fn handle_connection(stream: UnixStream, ctx: Arc<ApiContext>) -> std::io::Result<()> {
-    let peer = identify(&stream, &ctx)?;
-    let mut conn = Conn { stream, buf: Vec::new(), fds: VecDeque::new(), eof: false };
-    while let Some(line) = conn.read_line().await? {
+    let opener = identify(&stream, &ctx)?;
+    let mut conn = Conn::new(stream);
+    while let Some((line, writer)) = conn.read_line().await? {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
@@ -253,7 +371,38 @@ async fn handle_connection(stream: UnixStream, ctx: Arc<ApiContext>) -> std::io:
             conn.fds.clear();
             continue;
         }
-        if let Err(err) = authorize(&peer, &env.request, &ctx) {
+        let peer = match sender(&opener, writer, &ctx) {
+            Ok(peer) => peer,
+            Err(err) => {
+                // Always audited: a handed-on connection is an attempt to act as someone else.
+                let agent = match writer {
+                    LineWriter::One(Writer::Process { pid, uid, gid }) => {
+                        match peer_of(pid, uid, gid, &ctx).role {
+                            CallerRole::Agent { name } => Some(name),
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                };
+                let caller_uid = match writer {
+                    LineWriter::One(Writer::Process { uid, .. }) => uid,
+                    _ => opener.caller.uid,
+                };
+                ctx.audit.record(
+                    agent.as_deref(),
+                    AuditEvent::Refused {
+                        caller_uid,
+                        request: env.request.name().into(),
+                        reason: err.message.clone(),
+                    },
+                );
+                conn.send(env.id, Reply::Err(err)).await?;
+                conn.fds.clear();
+                continue;
+            }
+        };
+        let mut env = env;
+        if let Err(err) = authorize(&peer, &mut env.request, &ctx) {
             conn.send(env.id, Reply::Err(err)).await?;
             conn.fds.clear();
             continue;
@@ -265,21 +414,23 @@ async fn handle_connection(stream: UnixStream, ctx: Arc<ApiContext>) -> std::io:
     Ok(())
 }
 
-fn authorize(peer: &Peer, req: &Request, ctx: &ApiContext) -> Result<(), ApiError> {
-    if matches!(req, Request::Hello | Request::Doctor) || peer.role == CallerRole::Operator {
-        return Ok(());
-    }
-    // An agent may submit its own work for its conditions (never another agent's).
-    if let (Request::Commit { agent, .. }, CallerRole::Agent { name }) = (req, &peer.role)
-        && agent == name
-    {
-        return Ok(());
-    }
+/// Whether `peer` may send `req`: its principal among the request's senders, and an
+/// agent's request made to act on that agent only (see `Request::confine_to_agent`).
+fn authorize(peer: &Peer, req: &mut Request, ctx: &ApiContext) -> Result<(), ApiError> {
     let who = match &peer.role {
         CallerRole::Agent { name } => format!("agent {name:?}"),
         _ => format!("uid {}", peer.caller.uid),
     };
-    let reason = format!("{who} may not {}: only root or the operator group may", req.name());
+    let reason = if !req.may_be_sent_by(peer.role.principal()) {
+        let senders: Vec<String> = req.senders().iter().map(|p| p.to_string()).collect();
+        format!("{who} may not {}: only {} may", req.name(), senders.join(", or "))
+    } else if let CallerRole::Agent { name } = &peer.role
+        && let Err(other) = req.confine_to_agent(name)
+    {
+        format!("{who} may not {} agent {other:?}: an agent acts only on itself", req.name())
+    } else {
+        return Ok(());
+    };
     // Refusals of mutations are worth auditing; reads are not.
     if req.is_mutation() {
         let agent = match &peer.role {
@@ -296,6 +447,17 @@ fn authorize(peer: &Peer, req: &Request, ctx: &ApiContext) -> Result<(), ApiErro
         );
     }
     Err(ApiError::new(ErrorKind::PermissionDenied, reason))
+}
+
+/// The agent a request names, or the error for an operator who left it out (only an agent
+/// may: `authorize` made it name the agent itself).
+fn named(name: Option<String>, request: &str) -> Result<String, ApiError> {
+    name.ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::InvalidArgument,
+            format!("{request} needs the agent's name (only an agent may leave it out, for itself)"),
+        )
+    })
 }
 
 async fn dispatch(
@@ -318,7 +480,9 @@ async fn dispatch(
         }),
         Request::Spawn(req) => return spawn(conn, peer, id, req, ctx).await,
         Request::ListAgents => Ok(Response::Agents { agents: ctx.agents.list() }),
-        Request::AgentStatus { name } => ctx.agents.status(&name).map(|agent| Response::Agent { agent }),
+        Request::AgentStatus { name } => named(name, "agent_status")
+            .and_then(|name| ctx.agents.status(&name))
+            .map(|agent| Response::Agent { agent }),
         Request::KillAgent { name } => ctx
             .agents
             .kill_by_operator(&name, &peer.caller)
@@ -350,9 +514,12 @@ async fn dispatch(
         Request::ChangeEffect { agent, revoke } => {
             ctx.agents.change_effect(&agent, revoke.as_ref()).map(|effect| Response::ChangeEffect { effect })
         }
-        Request::Commit { agent, token } => {
-            ctx.agents.commit(&agent, token).await.map(|outcomes| Response::Committed { outcomes })
-        }
+        Request::Commit { agent, token } => match named(agent, "commit") {
+            Ok(agent) => {
+                ctx.agents.commit(&agent, token).await.map(|outcomes| Response::Committed { outcomes })
+            }
+            Err(e) => Err(e),
+        },
         Request::ListCapabilities { agent } => {
             ctx.agents.capabilities(agent.as_deref()).map(|tokens| Response::Capabilities { tokens })
         }
@@ -433,9 +600,17 @@ async fn spawn(
     conn: &mut Conn,
     peer: &Peer,
     id: u64,
-    req: rush_proto::SpawnRequest,
+    mut req: rush_proto::SpawnRequest,
     ctx: &ApiContext,
 ) -> std::io::Result<()> {
+    // Its way to the daemon, as itself (rush reads RUSH_SOCKET): the file backends let it
+    // connect (neither checks connect(2) of a path socket: BPF LSM file hooks see opens,
+    // reads and writes of files, Landlock handles no such right up to the ABI Rush maps,
+    // and its scopes cover abstract sockets only), and the guard's protected directories
+    // never hold the socket (daemon.rs `protected_dirs`).
+    let socket = std::path::absolute(&ctx.socket).unwrap_or_else(|_| ctx.socket.clone());
+    req.env.retain(|(k, _)| k != "RUSH_SOCKET");
+    req.env.push(("RUSH_SOCKET".to_owned(), socket.to_string_lossy().into_owned()));
     let stdio = if req.stdio == StdioMode::Passed && conn.fds.len() >= 3 {
         let mut take = || conn.fds.pop_front().expect("three fds are queued");
         Some([take(), take(), take()])

@@ -231,6 +231,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
         audit: audit.clone(),
         operator_gid,
         agent_cgroup_prefix: format!("/{parent}/"),
+        socket: config.daemon.socket.clone(),
         doctor: Box::new(move || {
             probe::doctor(&ProbeInputs {
                 attach: Some(&doctor_report),

@@ -60,8 +60,10 @@ pub enum Request {
     /// Detached (`stdio: log`): replies `Spawned` only.
     Spawn(SpawnRequest),
     ListAgents,
+    /// One agent. An agent may ask for its own (and may leave `name` out for it).
     AgentStatus {
-        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
     },
     /// Kill the agent's whole process tree and remove its cgroup.
     KillAgent {
@@ -102,16 +104,17 @@ pub enum Request {
         agent: String,
         target: RevokeTarget,
     },
-    /// Tokens of one agent, or of all. Replies `Capabilities`.
+    /// Tokens of one agent, or of all. Replies `Capabilities`. An agent gets its own.
     ListCapabilities {
         #[serde(default)]
         agent: Option<String>,
     },
     /// Runs the condition of the agent's conditional tokens (one, or all) against its
     /// worktree; promotes the worktree's changes if it passes, discards them otherwise.
-    /// An agent may ask for its own. Replies `Committed`.
+    /// An agent may ask for its own (and may leave `agent` out for it). Replies `Committed`.
     Commit {
-        agent: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
         #[serde(default)]
         token: Option<u64>,
     },
@@ -304,6 +307,102 @@ impl Request {
             Request::AttachSession { .. } => "attach_session",
             Request::DetachSession { .. } => "detach_session",
             Request::ChangeEffect { .. } => "change_effect",
+        }
+    }
+
+    /// The principals that may send it. Agents send few: the ones about themselves, which
+    /// [`Request::confine_to_agent`] makes act on the sender whatever names they carry.
+    pub fn senders(&self) -> &'static [Principal] {
+        const ANYONE: &[Principal] = &[Principal::Operator, Principal::Agent, Principal::Other];
+        const OPERATOR_OR_SELF: &[Principal] = &[Principal::Operator, Principal::Agent];
+        const OPERATOR: &[Principal] = &[Principal::Operator];
+        match self {
+            Request::Hello | Request::Doctor => ANYONE,
+            Request::AgentStatus { .. } | Request::ListCapabilities { .. } | Request::Commit { .. } => {
+                OPERATOR_OR_SELF
+            }
+            Request::Spawn(_)
+            | Request::ListAgents
+            | Request::KillAgent { .. }
+            | Request::PauseAgent { .. }
+            | Request::ResumeAgent { .. }
+            | Request::Audit(_)
+            | Request::Subscribe(_)
+            | Request::AgentLogs { .. }
+            | Request::Grant(_)
+            | Request::Revoke { .. }
+            | Request::CreateSession { .. }
+            | Request::ListSessions
+            | Request::RemoveSession { .. }
+            | Request::Checkpoint { .. }
+            | Request::Rollback { .. }
+            | Request::Branch { .. }
+            | Request::SwitchTimeline { .. }
+            | Request::ListTimeline { .. }
+            | Request::Diff { .. }
+            | Request::DeleteCheckpoint { .. }
+            | Request::PruneCheckpoints { .. }
+            | Request::ShowSession { .. }
+            | Request::SessionSet { .. }
+            | Request::SessionGet { .. }
+            | Request::SessionUnset { .. }
+            | Request::AttachSession { .. }
+            | Request::DetachSession { .. }
+            | Request::ChangeEffect { .. } => OPERATOR,
+        }
+    }
+
+    pub fn may_be_sent_by(&self, principal: Principal) -> bool {
+        self.senders().contains(&principal)
+    }
+
+    /// For a request agent `own` sends: makes it act on `own`, whatever agent it names or
+    /// leaves out. A request that names another agent is `Err` with that name (refused, never
+    /// silently turned into a request about the sender). Requests no agent may send are left
+    /// as they are (they are refused before this matters).
+    pub fn confine_to_agent(&mut self, own: &str) -> Result<(), String> {
+        let target = match self {
+            Request::AgentStatus { name: target } => target,
+            Request::ListCapabilities { agent: target } | Request::Commit { agent: target, .. } => target,
+            // Naming no agent; or refused to agents by `senders` (a unit test checks that
+            // every request an agent may send, but these two, is confined above).
+            Request::Hello
+            | Request::Doctor
+            | Request::Spawn(_)
+            | Request::ListAgents
+            | Request::KillAgent { .. }
+            | Request::PauseAgent { .. }
+            | Request::ResumeAgent { .. }
+            | Request::Audit(_)
+            | Request::Subscribe(_)
+            | Request::AgentLogs { .. }
+            | Request::Grant(_)
+            | Request::Revoke { .. }
+            | Request::CreateSession { .. }
+            | Request::ListSessions
+            | Request::RemoveSession { .. }
+            | Request::Checkpoint { .. }
+            | Request::Rollback { .. }
+            | Request::Branch { .. }
+            | Request::SwitchTimeline { .. }
+            | Request::ListTimeline { .. }
+            | Request::Diff { .. }
+            | Request::DeleteCheckpoint { .. }
+            | Request::PruneCheckpoints { .. }
+            | Request::ShowSession { .. }
+            | Request::SessionSet { .. }
+            | Request::SessionGet { .. }
+            | Request::SessionUnset { .. }
+            | Request::AttachSession { .. }
+            | Request::DetachSession { .. }
+            | Request::ChangeEffect { .. } => return Ok(()),
+        };
+        match target {
+            Some(named) if named != own => Err(named.clone()),
+            _ => {
+                *target = Some(own.to_owned());
+                Ok(())
+            }
         }
     }
 
@@ -676,6 +775,48 @@ pub struct CallerInfo {
     pub gid: u32,
     pub pid: i32,
     pub role: CallerRole,
+}
+
+/// Who sends a request, as the daemon identifies it: from the credentials of the process
+/// that wrote it and its cgroup, never from anything the request says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Principal {
+    /// root or the operator group, outside any agent.
+    Operator,
+    /// A process inside an agent's cgroup (whatever its uid): acts as that agent only.
+    Agent,
+    /// Anyone else.
+    Other,
+}
+
+impl CallerRole {
+    pub fn principal(&self) -> Principal {
+        match self {
+            CallerRole::Operator => Principal::Operator,
+            CallerRole::Agent { .. } => Principal::Agent,
+            CallerRole::Unprivileged => Principal::Other,
+        }
+    }
+}
+
+impl fmt::Display for CallerRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallerRole::Operator => f.write_str("the operator"),
+            CallerRole::Agent { name } => write!(f, "agent {name:?}"),
+            CallerRole::Unprivileged => f.write_str("an unprivileged caller"),
+        }
+    }
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Principal::Operator => "root or the operator group",
+            Principal::Agent => "an agent (about itself)",
+            Principal::Other => "anyone",
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1350,6 +1491,44 @@ mod tests {
         }
         v["type"] = name.into();
         serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    #[test]
+    fn agents_send_only_requests_about_themselves_and_get_them_about_themselves() {
+        let mut agent_sendable = Vec::new();
+        for name in Request::NAMES {
+            let mut r = request_named(name);
+            assert!(r.may_be_sent_by(Principal::Operator), "{name}: the operator may send everything");
+            if !r.may_be_sent_by(Principal::Agent) {
+                assert!(!r.may_be_sent_by(Principal::Other), "{name}");
+                continue;
+            }
+            agent_sendable.push(*name);
+            if matches!(*name, "hello" | "doctor") {
+                assert!(r.may_be_sent_by(Principal::Other));
+                continue;
+            }
+            // The sample names agent "a": another agent may not send it as it is...
+            assert_eq!(r.confine_to_agent("b"), Err("a".to_owned()), "{name} must be confined");
+            // ...agent "a" may, and so may it with the name left out.
+            assert_eq!(r.confine_to_agent("a"), Ok(()));
+            let mut v = serde_json::to_value(&r).unwrap();
+            for field in ["name", "agent"] {
+                if v.get(field).is_some() {
+                    v[field] = serde_json::Value::Null;
+                }
+            }
+            let mut unnamed: Request = serde_json::from_value(v).unwrap();
+            assert_ne!(unnamed, r, "{name}: the name can be left out");
+            unnamed.confine_to_agent("a").unwrap();
+            assert_eq!(unnamed, r, "{name}: confined to the sender");
+            assert!(!r.may_be_sent_by(Principal::Other), "{name}");
+        }
+        assert_eq!(agent_sendable, ["hello", "agent_status", "doctor", "list_capabilities", "commit"]);
+        // Requests about other agents or the system stay the operator's.
+        for name in ["kill_agent", "list_agents", "spawn", "grant", "audit", "agent_logs", "session_get"] {
+            assert_eq!(request_named(name).senders(), [Principal::Operator], "{name}");
+        }
     }
 
     #[test]

@@ -239,8 +239,10 @@ impl Client {
         call!(self, Request::ListAgents, "agents", Response::Agents { agents } => agents)
     }
 
-    pub fn agent_status(&mut self, name: &str) -> Result<AgentInfo, ClientError> {
-        call!(self, Request::AgentStatus { name: name.to_owned() }, "agent", Response::Agent { agent } => agent)
+    /// One agent's status; `None`: the caller's own (agents only).
+    pub fn agent_status(&mut self, name: Option<&str>) -> Result<AgentInfo, ClientError> {
+        call!(self, Request::AgentStatus { name: name.map(str::to_owned) }, "agent",
+            Response::Agent { agent } => agent)
     }
 
     /// How many processes were killed.
@@ -340,8 +342,13 @@ impl Client {
             Response::Capabilities { tokens } => tokens)
     }
 
-    pub fn commit(&mut self, agent: &str, token: Option<u64>) -> Result<Vec<CommitOutcome>, ClientError> {
-        call!(self, Request::Commit { agent: agent.to_owned(), token }, "committed",
+    /// Runs conditions of `agent`'s tokens; `None`: the caller's own (agents only).
+    pub fn commit(
+        &mut self,
+        agent: Option<&str>,
+        token: Option<u64>,
+    ) -> Result<Vec<CommitOutcome>, ClientError> {
+        call!(self, Request::Commit { agent: agent.map(str::to_owned), token }, "committed",
             Response::Committed { outcomes } => outcomes)
     }
 
@@ -553,7 +560,7 @@ mod tests {
                 "reply": {"ok": {"type": "agent", "agent": agent}}})
             .to_string()
         });
-        let e = c.agent_status("a").unwrap_err();
+        let e = c.agent_status(Some("a")).unwrap_err();
         let text = e.to_string();
         assert!(matches!(e, ClientError::Protocol(_)), "{e:?}");
         assert!(text.contains("AgentInfo.enforcement") && text.contains("\"files:martian\""), "{text}");

@@ -43,7 +43,8 @@ Exit status:
   A foreground `rush agent spawn` exits with the agent's own status instead.
 
 Environment:
-  RUSH_SOCKET   the daemon's socket when --socket is not given
+  RUSH_SOCKET   the daemon's socket when --socket is not given (set in every agent's
+                environment: rush run inside an agent reaches the daemon as that agent)
   RUSH_SESSION  the session of session commands and `agent spawn` when --session is not
                 given (set by `rush session attach`)";
 
@@ -121,6 +122,15 @@ pub enum Command {
                       protocol version each speaks and how the daemon sees you. Exits 1 \
                       if the daemon cannot be reached; `rush --version` needs no daemon.")]
     Version,
+
+    /// Say who you are to the daemon: the operator, an agent (which), or neither
+    #[command(long_about = "Say how the daemon sees you: the operator (root or the operator \
+                      group, outside any agent), agent NAME (a process inside an agent, \
+                      whatever its uid: it may ask about itself only: `rush agent status`, \
+                      `rush capability list`, `rush capability commit`, `rush doctor`), or \
+                      unprivileged. The daemon decides from your process's credentials and \
+                      cgroup, never from anything you say. With --json, one JSON object.")]
+    Whoami,
 
     /// Print a shell completion script
     #[command(after_long_help = "Example:\n  $ rush completions bash > /etc/bash_completion.d/rush")]
@@ -208,11 +218,12 @@ pub enum AgentCommand {
                             cgroup (path and id, the agent's identity in the kernel), the \
                             network policy, which kernel mechanisms confine it, and its \
                             exit status once it exited. With --json, prints the agent as \
-                            one JSON object.")]
+                            one JSON object. Run inside an agent, NAME may be left out: \
+                            an agent may see its own status (and only its own).")]
     Status {
-        /// The agent's name.
+        /// The agent's name (inside an agent: its own, the default).
         #[arg(value_name = "NAME")]
-        name: AgentName,
+        name: Option<AgentName>,
     },
 
     /// Freeze every process of an agent until it is resumed
@@ -818,7 +829,8 @@ pub enum CapabilityCommand {
                             so that programs and tool chains run, from the daemon's config, \
                             and its private TMPDIR), `spawn` \
                             (--allow) or `grant`. Expired tokens stay listed, marked as \
-                            expired, until the agent exits. With --json, one JSON array.")]
+                            expired, until the agent exits. With --json, one JSON array. \
+                            Run inside an agent, it lists that agent's own tokens.")]
     List {
         /// Only this agent's tokens.
         #[arg(value_name = "AGENT")]
@@ -828,9 +840,10 @@ pub enum CapabilityCommand {
     /// Run an agent's conditions: promote its worktree's changes, or discard them
     #[command(long_about = COMMIT_LONG_ABOUT)]
     Commit {
-        /// The agent whose conditional tokens to check (an agent may commit its own).
+        /// The agent whose conditional tokens to check (inside an agent: its own, the
+        /// default; an agent may commit only its own).
         #[arg(value_name = "AGENT")]
-        agent: AgentName,
+        agent: Option<AgentName>,
         /// Only this conditional token (default: all of the agent's).
         #[arg(long, value_name = "ID")]
         token: Option<u64>,

@@ -214,7 +214,7 @@ fn api_error_exits_1_with_its_message() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(stderr(&out), format!("rush: {msg}\n"));
     assert!(out.stdout.is_empty());
-    assert_eq!(d.join(), vec![Request::AgentStatus { name: "ghost".into() }]);
+    assert_eq!(d.join(), vec![Request::AgentStatus { name: Some("ghost".into()) }]);
 }
 
 #[test]

@@ -84,7 +84,7 @@ fn main() -> Result<()> {
 
 /// The host tier's test suites (kernel-tests/tests/NAME.rs), run one cargo invocation each
 /// so the summary says what each costs; the others run only in the guests.
-const HOST_SUITES: [&str; 13] = [
+const HOST_SUITES: [&str; 14] = [
     "host",
     "budget",
     "api",
@@ -98,6 +98,7 @@ const HOST_SUITES: [&str; 13] = [
     "hardening",
     "toolchains",
     "events",
+    "principals",
 ];
 
 fn test(tier: Tier) -> Result<()> {

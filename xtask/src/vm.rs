@@ -86,12 +86,13 @@ const VM_PACKAGES: [(&str, &str); 9] = [
 
 /// The guest test suites, in the order they run: (name, test threads, extra arguments).
 /// Kernel-tests targets: `host`, `budget`, `landlock`, `files`, `guest`, `escape`, `lifecycle`,
-/// `timetravel`, `audit`, `sessions`, `store`, `crash`, `toolchains`, `hardening`; `bpf` is rush-agentd's own
+/// `timetravel`, `audit`, `sessions`, `store`, `crash`, `toolchains`, `hardening`, `principals`; `bpf` is rush-agentd's own
 /// kernel smoke tests (its lib tests under `bpf::`). `reboot` spans two boots with a state disk:
 /// its phase 1 runs last in the first boot, its phase 2 alone in a second boot ([`REBOOT`]).
 /// `toolchains` runs only the tests of the tools the payload carries ([`GUEST_TOOLS`]).
-const SUITES: [(&str, u32, &str); 16] = [
+const SUITES: [(&str, u32, &str); 17] = [
     ("host", 2, ""),
+    ("principals", 1, ""),
     ("budget", 1, ""),
     ("landlock", 1, ""),
     ("files", 1, " --nocapture"),

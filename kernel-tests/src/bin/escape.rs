@@ -38,6 +38,9 @@
 //! N`) | map-mprotect FD TEXT (maps it shared read-only, `ok mapped`, then mprotect to
 //! read-write and writes TEXT) | map-loop PATH N (N x open, mmap shared read, touch,
 //! munmap, close: `ok N ns/iter X`)
+//! Daemon connections: connect SOCKET (a Unix stream connection, fd kept) | serve-fd
+//! SOCKET FD (listens on SOCKET, hands FD to the first to connect, with SCM_RIGHTS) |
+//! ndjson FD LINE (writes LINE and a newline to FD, prints the line read back)
 //! Notifications: inotify PATH [TOUCH] (a watch; with TOUCH, appends to it and counts
 //! the events: `ok wd N events M`) | fanotify PATH fid|plain (fanotify_init, `ok init`
 //! for fid, then fanotify_mark) | dnotify FD (fcntl F_NOTIFY) | tmpfile DIR TEXT
@@ -365,6 +368,9 @@ fn run_step(s: &[String]) -> Step {
             open_raw(a(1), flags).map(keep)
         }
         "recv-fd" => recv_fd(a(1)).map(keep),
+        "connect" => std::os::unix::net::UnixStream::connect(a(1)).map(|s| keep(s.into_raw_fd())).map_err(io),
+        "serve-fd" => serve_fd(a(1), num(a(2))),
+        "ndjson" => ndjson(num(a(1)), a(2)),
         "pread" => {
             let mut buf = [0u8; 256];
             // SAFETY: buf is a writable buffer of the given length.
@@ -1003,6 +1009,36 @@ fn recv_fd(path: &str) -> Result<RawFd, Fail> {
         }
     }
     Err(Fail(Errno::EBADMSG, "no fd"))
+}
+
+/// Listens on `path` and sends `fd` (SCM_RIGHTS) to the first connection.
+fn serve_fd(path: &str, fd: RawFd) -> Step {
+    use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg};
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(io)?;
+    let (stream, _) = listener.accept().map_err(io)?;
+    let fds = [fd];
+    let iov = [std::io::IoSlice::new(b"x")];
+    sendmsg::<()>(stream.as_raw_fd(), &iov, &[ControlMessage::ScmRights(&fds)], MsgFlags::empty(), None)
+        .map_err(|e| Fail(e, "sendmsg"))?;
+    Ok(format!("sent fd {fd}"))
+}
+
+/// One NDJSON exchange on `fd`: `line` out, one line back (printed as it came).
+fn ndjson(fd: RawFd, line: &str) -> Step {
+    let out = format!("{line}\n");
+    // SAFETY: out is a readable buffer of the given length.
+    sys(unsafe { libc::write(fd, out.as_ptr().cast(), out.len()) } as c_long, "write")?;
+    let mut reply = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        // SAFETY: byte is a writable buffer of length 1.
+        let n = sys(unsafe { libc::read(fd, byte.as_mut_ptr().cast(), 1) } as c_long, "read")?;
+        if n == 0 || byte[0] == b'\n' {
+            break;
+        }
+        reply.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&reply).into_owned())
 }
 
 /// Maps the whole file behind `fd`: PROT_READ (`r`) or PROT_READ|PROT_WRITE (`rw`),

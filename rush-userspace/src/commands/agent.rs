@@ -20,8 +20,9 @@ pub fn list(ctx: &mut Ctx) -> Result<u8> {
     Ok(0)
 }
 
-pub fn status(ctx: &mut Ctx, name: &AgentName) -> Result<u8> {
-    let agent = ctx.connect()?.agent_status(name.as_str())?;
+/// One agent; without a name, the caller's own (inside an agent).
+pub fn status(ctx: &mut Ctx, name: Option<&AgentName>) -> Result<u8> {
+    let agent = ctx.connect()?.agent_status(name.map(AgentName::as_str))?;
     show(ctx, agent)
 }
 

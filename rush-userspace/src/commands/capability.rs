@@ -84,8 +84,8 @@ pub fn revoke(ctx: &mut Ctx, args: RevokeArgs) -> Result<u8> {
     Ok(0)
 }
 
-pub fn commit(ctx: &mut Ctx, agent: AgentName, token: Option<u64>) -> Result<u8> {
-    let outcomes = ctx.connect()?.commit(agent.as_str(), token)?;
+pub fn commit(ctx: &mut Ctx, agent: Option<&AgentName>, token: Option<u64>) -> Result<u8> {
+    let outcomes = ctx.connect()?.commit(agent.map(AgentName::as_str), token)?;
     if ctx.out.json {
         ctx.out.document(&outcomes)?;
     } else {

@@ -1,4 +1,4 @@
-//! `rush version`, `rush completions`, `rush man`.
+//! `rush version`, `rush whoami`, `rush completions`, `rush man`.
 
 use clap::CommandFactory;
 use rush_proto::client::Hello;
@@ -59,15 +59,31 @@ fn render_versions(v: &Versions, socket: &str) -> String {
             sanitize(socket)
         );
         if let Some(c) = &d.caller {
-            let role = match &c.role {
-                CallerRole::Operator => "operator".to_string(),
-                CallerRole::Agent { name } => format!("agent {}", sanitize(name)),
-                CallerRole::Unprivileged => "unprivileged".to_string(),
-            };
-            out += &format!("you: {role} (uid {}, gid {}, pid {})\n", c.uid, c.gid, c.pid);
+            out += &format!("you: {}\n", caller_line(c));
         }
     }
     out
+}
+
+/// `operator (uid 0, gid 0, pid 7)`, `agent coder (...)`, `unprivileged (...)`.
+fn caller_line(c: &CallerInfo) -> String {
+    let role = match &c.role {
+        CallerRole::Operator => "operator".to_string(),
+        CallerRole::Agent { name } => format!("agent {}", sanitize(name)),
+        CallerRole::Unprivileged => "unprivileged".to_string(),
+    };
+    format!("{role} (uid {}, gid {}, pid {})", c.uid, c.gid, c.pid)
+}
+
+/// How the daemon sees us.
+pub fn whoami(ctx: &mut Ctx) -> Result<u8> {
+    let hello = ctx.connect()?.hello()?;
+    if ctx.out.json {
+        ctx.out.document(&hello.caller)?;
+    } else {
+        ctx.out.text(&format!("{}\n", caller_line(&hello.caller)))?;
+    }
+    Ok(0)
 }
 
 pub fn completions(ctx: &mut Ctx, shell: clap_complete::Shell) -> Result<u8> {

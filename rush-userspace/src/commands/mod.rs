@@ -59,7 +59,7 @@ fn run_command(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Agent(AgentCommand::Spawn(args)) => spawn::spawn(&mut ctx, args),
         Command::Agent(AgentCommand::List) => agent::list(&mut ctx),
-        Command::Agent(AgentCommand::Status { name }) => agent::status(&mut ctx, &name),
+        Command::Agent(AgentCommand::Status { name }) => agent::status(&mut ctx, name.as_ref()),
         Command::Agent(AgentCommand::Kill { name }) => agent::kill(&mut ctx, &name),
         Command::Agent(AgentCommand::Pause { name }) => {
             let agent = ctx.connect()?.pause_agent(name.as_str())?;
@@ -74,7 +74,7 @@ fn run_command(cli: Cli) -> Result<u8> {
         Command::Capability(CapabilityCommand::Revoke(args)) => capability::revoke(&mut ctx, args),
         Command::Capability(CapabilityCommand::List { agent }) => capability::list(&mut ctx, agent),
         Command::Capability(CapabilityCommand::Commit { agent, token }) => {
-            capability::commit(&mut ctx, agent, token)
+            capability::commit(&mut ctx, agent.as_ref(), token)
         }
         Command::Session(cmd) => session::session(&mut ctx, cmd),
         Command::Checkpoint(args) => session::checkpoint(&mut ctx, args),
@@ -84,6 +84,7 @@ fn run_command(cli: Cli) -> Result<u8> {
         Command::Events(args) => events::events(&mut ctx, args),
         Command::Doctor => doctor::doctor(&mut ctx),
         Command::Version => meta::version(&mut ctx),
+        Command::Whoami => meta::whoami(&mut ctx),
         Command::Completions { shell } => meta::completions(&mut ctx, shell),
         Command::Man => meta::man(&mut ctx),
     }
