@@ -13,9 +13,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
-use rush_agentd::snapshot::btrfs::Btrfs;
-use rush_agentd::snapshot::git::Git;
-use rush_agentd::snapshot::{Backend, Side};
+use rush_agentd::adapters::snapshot::btrfs::Btrfs;
+use rush_agentd::adapters::snapshot::git::Git;
+use rush_agentd::adapters::snapshot::{Backend, Side};
 
 struct Size {
     name: &'static str,

@@ -1,4 +1,4 @@
-//! The process hardening every agent gets on every kernel (`rush-agentd/src/harden.rs`):
+//! The process hardening every agent gets on every kernel (`rush-agentd/src/adapters/harden.rs`):
 //! its own cgroup and mount namespaces with cgroupfs read-only, a capability bounding set,
 //! a seccomp filter whose refusals are audited, `--user`; and what the file backends do
 //! with files handed to an agent. Run as root agents on the host tier (this host: no BPF

@@ -18,9 +18,9 @@ use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast;
 
-use crate::agent::{AgentManager, Caller};
-use crate::audit::AuditLog;
-use crate::cgroup::process_cgroup_v2;
+use crate::adapters::cgroup::process_cgroup_v2;
+use crate::services::agent::{AgentManager, Caller};
+use crate::services::audit::AuditLog;
 
 /// Longest request line accepted; a spawn with a large environment fits easily.
 const MAX_LINE: usize = 1 << 20;
@@ -80,7 +80,7 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ApiServerError> {
 
 pub struct ApiContext {
     pub agents: Arc<AgentManager>,
-    pub sessions: Arc<crate::session::Sessions>,
+    pub sessions: Arc<crate::services::session::Sessions>,
     pub audit: Arc<AuditLog>,
     pub operator_gid: Option<u32>,
     /// The v2 cgroup path prefix of agents, e.g. "/rush/": callers under it are agents.
@@ -671,8 +671,8 @@ async fn audit(conn: &mut Conn, id: u64, q: rush_proto::AuditQuery, ctx: &ApiCon
     loop {
         tokio::select! {
             rec = live.recv() => match rec {
-                Ok(e) => match crate::events::audit_record(&e) {
-                    Some(r) if r.seq > last_seq && crate::audit::matches(&q, r) => {
+                Ok(e) => match crate::services::events::audit_record(&e) {
+                    Some(r) if r.seq > last_seq && crate::services::audit::matches(&q, r) => {
                         conn.send(id, Reply::Ok(Response::AuditEvents { events: vec![r.clone()] })).await?;
                     }
                     _ => {}

@@ -74,8 +74,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::landlock::LandlockSection;
-use crate::snapshot::SnapshotSection;
+use crate::adapters::landlock::LandlockSection;
+use crate::adapters::snapshot::SnapshotSection;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -94,12 +94,12 @@ pub struct Config {
     pub files: FilesSection,
     pub policy: PolicySection,
     pub budget: BudgetSection,
-    pub meter: crate::meter::MeterConfig,
+    pub meter: crate::services::meter::MeterConfig,
     pub landlock: LandlockSection,
     pub snapshot: SnapshotSection,
     pub audit: AuditSection,
     pub events: EventsSection,
-    pub hardening: crate::harden::HardeningSection,
+    pub hardening: crate::adapters::harden::HardeningSection,
 }
 
 /// The event bus (`rush events --follow`, `rush audit --follow`).
@@ -112,7 +112,7 @@ pub struct EventsSection {
 
 impl Default for EventsSection {
     fn default() -> Self {
-        EventsSection { backlog: crate::events::BACKLOG }
+        EventsSection { backlog: crate::services::events::BACKLOG }
     }
 }
 
@@ -195,7 +195,7 @@ impl Default for BudgetSection {
 pub struct FilesSection {
     /// `PATH:OPS` tokens given to every file-confined agent; PATH absolute, or `~/REL` for
     /// a path in the home of the user the agent runs as (read and exec only). See
-    /// [`crate::baseline`]: what each default entry is for, and what the baseline must
+    /// [`crate::services::baseline`]: what each default entry is for, and what the baseline must
     /// never contain.
     pub baseline: Vec<String>,
     /// Each file-confined agent gets its own temporary directory, `<state_dir>-tmp/<agent>`
@@ -256,9 +256,9 @@ impl Default for FilesSection {
 
 impl FilesSection {
     /// The baseline as grants (validated by `Config::parse`); home entries keep their
-    /// `~/` path until a spawn expands them ([`crate::baseline::expand`]).
+    /// `~/` path until a spawn expands them ([`crate::services::baseline::expand`]).
     pub fn grants(&self) -> Vec<rush_proto::FileGrant> {
-        self.baseline.iter().filter_map(|g| crate::baseline::parse_entry(g).ok()).collect()
+        self.baseline.iter().filter_map(|g| crate::services::baseline::parse_entry(g).ok()).collect()
     }
 }
 
@@ -313,7 +313,7 @@ impl Default for CgroupSection {
     fn default() -> Self {
         CgroupSection {
             parent: PathBuf::from("rush"),
-            v1_controllers: crate::cgroup::V1_CONTROLLERS.iter().map(|c| c.to_string()).collect(),
+            v1_controllers: crate::adapters::cgroup::V1_CONTROLLERS.iter().map(|c| c.to_string()).collect(),
         }
     }
 }
@@ -337,7 +337,7 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, String> {
         let config: Config = toml::from_str(text).map_err(|e| e.message().to_owned())?;
         for g in &config.files.baseline {
-            crate::baseline::parse_entry(g).map_err(|e| format!("files.baseline: {e}"))?;
+            crate::services::baseline::parse_entry(g).map_err(|e| format!("files.baseline: {e}"))?;
         }
         if !(10..=60_000).contains(&config.budget.poll_ms) {
             return Err(format!("budget.poll_ms: {} is not 10-60000", config.budget.poll_ms));
@@ -365,13 +365,13 @@ impl Config {
         if !(1..=1 << 20).contains(&config.events.backlog) {
             return Err(format!("events.backlog: {} is not 1-1048576", config.events.backlog));
         }
-        crate::harden::parse_capabilities(&config.hardening.drop_capabilities)
+        crate::adapters::harden::parse_capabilities(&config.hardening.drop_capabilities)
             .map_err(|e| format!("hardening.drop_capabilities: {e}"))?;
         for c in &config.cgroup.v1_controllers {
-            if !crate::cgroup::V1_CONTROLLERS.contains(&c.as_str()) {
+            if !crate::adapters::cgroup::V1_CONTROLLERS.contains(&c.as_str()) {
                 return Err(format!(
                     "cgroup.v1_controllers: {c:?} is not one of {}",
-                    crate::cgroup::V1_CONTROLLERS.join(", ")
+                    crate::adapters::cgroup::V1_CONTROLLERS.join(", ")
                 ));
             }
         }
@@ -494,8 +494,8 @@ mod tests {
         let c =
             Config::parse("[files]\nenforcement = \"landlock\"\n[landlock]\non_narrow = \"kill\"\n").unwrap();
         assert_eq!(c.files.enforcement, EnforcementChoice::Landlock);
-        assert_eq!(c.landlock.on_narrow, crate::landlock::OnChange::Kill);
-        assert_eq!(c.landlock.on_widen, crate::landlock::OnChange::Restart);
+        assert_eq!(c.landlock.on_narrow, crate::adapters::landlock::OnChange::Kill);
+        assert_eq!(c.landlock.on_widen, crate::adapters::landlock::OnChange::Restart);
         assert!(c.landlock.audit_denials);
         assert!(!Config::parse("[landlock]\naudit_denials = false\n").unwrap().landlock.audit_denials);
         assert!(Config::parse("[landlock]\non_narrow = \"ignore\"\n").is_err());

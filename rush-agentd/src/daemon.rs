@@ -6,15 +6,15 @@ use std::sync::Arc;
 use rush_proto::AuditEvent;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::agent::{AgentManager, AgentSetup, Budgets, Enforcement, FileBackend, MeterSetup};
+use crate::adapters::bpf::{AttachReport, BpfConfig, BpfHandle, KernelEvent, KernelPolicy};
+use crate::adapters::cgroup::{CgroupBackend, CgroupLayout, FsCgroups};
 use crate::api::{self, ApiContext};
-use crate::audit::AuditLog;
-use crate::bpf::{AttachReport, BpfConfig, BpfHandle, KernelEvent, KernelPolicy};
-use crate::budget::CgroupsRs;
-use crate::cgroup::{CgroupBackend, CgroupLayout, FsCgroups};
 use crate::config::{Config, EnforcementChoice};
-use crate::policy::Policy;
 use crate::probe::{self, ProbeInputs};
+use crate::services::agent::{AgentManager, AgentSetup, Budgets, Enforcement, FileBackend, MeterSetup};
+use crate::services::audit::AuditLog;
+use crate::services::budget::CgroupsRs;
+use crate::services::policy::Policy;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -23,19 +23,19 @@ pub enum DaemonError {
     #[error("cannot create state directory {path}")]
     StateDir { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
-    Cgroup(#[from] crate::cgroup::CgroupError),
+    Cgroup(#[from] crate::adapters::cgroup::CgroupError),
     #[error(transparent)]
-    Policy(#[from] crate::policy::PolicyError),
+    Policy(#[from] crate::services::policy::PolicyError),
     #[error("cannot load the kernel programs")]
-    Bpf(#[from] crate::bpf::BpfError),
+    Bpf(#[from] crate::adapters::bpf::BpfError),
     #[error(transparent)]
-    Audit(#[from] crate::audit::AuditError),
+    Audit(#[from] crate::services::audit::AuditError),
     #[error(transparent)]
     Api(#[from] crate::api::ApiServerError),
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] crate::adapters::store::StoreError),
     #[error(transparent)]
-    Harden(#[from] crate::harden::HardenError),
+    Harden(#[from] crate::adapters::harden::HardenError),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. With `ephemeral`, the BPF pins are removed on
@@ -64,7 +64,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     match &files {
         FileBackend::BpfLsm => tracing::info!("file tokens: enforced by BPF LSM"),
         FileBackend::Landlock => tracing::warn!(
-            abi = crate::landlock::abi().unwrap_or(0),
+            abi = crate::adapters::landlock::abi().unwrap_or(0),
             "file tokens: enforced by Landlock (rules fixed at spawn: a grant, revoke or expiry \
              restarts or kills the agent; expiry needs this daemon running)"
         ),
@@ -87,8 +87,8 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     let api_endpoint_count = api_endpoints.len();
     let (meter_tx, meter_rx) = tokio::sync::mpsc::unbounded_channel();
     // Before anything opens it: a damaged database is moved aside and salvaged.
-    let recovery = crate::store::recover_if_corrupt(&state_dir.join("state.db"))?;
-    let bus = crate::events::EventBus::new(config.events.backlog);
+    let recovery = crate::adapters::store::recover_if_corrupt(&state_dir.join("state.db"))?;
+    let bus = crate::services::events::EventBus::new(config.events.backlog);
     let audit = Arc::new(AuditLog::open_with_bus(&state_dir.join("state.db"), bus)?);
     if let Some(r) = &recovery {
         audit.record(
@@ -107,7 +107,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     }
     let retention = tokio::spawn(prune_audit(audit.clone(), config.audit.clone()));
     let kernel: Arc<dyn KernelPolicy> = Arc::new(bpf.clone());
-    let store = Arc::new(crate::store::Store::open(&state_dir.join("state.db"))?);
+    let store = Arc::new(crate::adapters::store::Store::open(&state_dir.join("state.db"))?);
     let agents = AgentManager::new(AgentSetup {
         cgroups: cgroups.clone(),
         kernel,
@@ -121,15 +121,18 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
             meter: Some(MeterSetup { config: Arc::new(config.meter.clone()), events: meter_tx }),
             api_endpoints: api_endpoint_count,
         },
-        criu: Arc::new(crate::snapshot::criu::CriuSetup::new(config.snapshot.criu.clone())),
-        hardening: Some(crate::agent::AgentHardening {
+        criu: Arc::new(crate::adapters::snapshot::criu::CriuSetup::new(config.snapshot.criu.clone())),
+        hardening: Some(crate::services::agent::AgentHardening {
             cgroup_namespace: config.hardening.cgroup_namespace,
             private_cgroupfs: config.hardening.private_cgroupfs,
             guard: report.guard_attached(),
             defaults: config.hardening.policy()?,
-            seccomp: Arc::new(crate::harden::seccomp_program()?),
+            seccomp: Arc::new(crate::adapters::harden::seccomp_program()?),
         }),
-        private_tmp: config.files.private_tmp.then(|| crate::baseline::PrivateTmp::beside(&state_dir)),
+        private_tmp: config
+            .files
+            .private_tmp
+            .then(|| crate::services::baseline::PrivateTmp::beside(&state_dir)),
         store: Some(store.clone()),
     });
     let adopted = agents.adopt();
@@ -142,10 +145,10 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     let events_lost = Arc::new(std::sync::atomic::AtomicU64::new(0));
     // The seccomp filter's refusals and Landlock's denials, from the kernel's audit records.
     let (record_tx, audit_records) = mpsc::unbounded_channel();
-    let syscall_audit: Result<(), String> = match crate::audit_netlink::open() {
+    let syscall_audit: Result<(), String> = match crate::adapters::audit_netlink::open() {
         Ok(fd) => std::thread::Builder::new()
             .name("audit-netlink".into())
-            .spawn(move || crate::audit_netlink::read_loop(fd, |r| drop(record_tx.send(r))))
+            .spawn(move || crate::adapters::audit_netlink::read_loop(fd, |r| drop(record_tx.send(r))))
             .map(drop)
             .map_err(|e| format!("cannot start its reader: {e}")),
         Err(e) => Err(format!("the kernel's audit socket cannot be joined: {e}")),
@@ -202,7 +205,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     let doctor_syscall_audit = syscall_audit.clone();
     let doctor_landlock_audit = landlock_audit.clone();
     let doctor_layout = cgroups.layout().clone();
-    let sessions = crate::session::Sessions::open(
+    let sessions = crate::services::session::Sessions::open(
         store.clone(),
         agents.clone(),
         audit.clone(),
@@ -320,7 +323,7 @@ pub fn choose_file_backend(choice: EnforcementChoice, report: &AttachReport) -> 
         Some(e) => format!("this kernel does not attach BPF LSM programs ({e})"),
         None => "the BPF LSM programs are not attached".into(),
     };
-    let landlock = crate::landlock::abi().is_some();
+    let landlock = crate::adapters::landlock::abi().is_some();
     match choice {
         EnforcementChoice::BpfLsm if report.lsm_attached() => FileBackend::BpfLsm,
         EnforcementChoice::BpfLsm => FileBackend::Unavailable(format!(
@@ -374,7 +377,7 @@ impl AgentCgroups {
     /// (cgroup id, agent name) of the agent `pid` is in, if any.
     fn of_pid(&self, pid: u32) -> Option<(u64, String)> {
         use std::os::unix::fs::MetadataExt;
-        let path = crate::cgroup::process_cgroup_v2(pid as i32)?;
+        let path = crate::adapters::cgroup::process_cgroup_v2(pid as i32)?;
         let name = path.strip_prefix(&self.prefix)?.split('/').next()?.to_owned();
         let dir = self.v2_root.join(self.prefix.trim_matches('/')).join(&name);
         Some((std::fs::metadata(dir).ok()?.ino(), name))
@@ -387,7 +390,7 @@ impl AgentCgroups {
 /// `reader`: whether the audit records are read at all. Err says why denials will not be
 /// audited.
 fn landlock_audit(
-    config: &crate::landlock::LandlockSection,
+    config: &crate::adapters::landlock::LandlockSection,
     reader: &Result<(), String>,
 ) -> Result<(), String> {
     if !config.audit_denials {
@@ -397,14 +400,14 @@ fn landlock_audit(
         return Err(format!("the kernel's audit records cannot be read ({why})"));
     }
     // First: a kernel whose Landlock cannot log (ABI < 7) gets its audit left alone.
-    crate::landlock::log_denials(true)?;
-    let enabled = crate::audit_netlink::status()
+    crate::adapters::landlock::log_denials(true)?;
+    let enabled = crate::adapters::audit_netlink::status()
         .map_err(|e| format!("the kernel's audit status cannot be read (AUDIT_GET: {e})"))
         .and_then(|status| {
             if status.enabled > 0 {
                 return Ok(());
             }
-            crate::audit_netlink::set_enabled(true)
+            crate::adapters::audit_netlink::set_enabled(true)
                 .map_err(|e| format!("the kernel's audit is off and cannot be turned on (AUDIT_SET: {e})"))?;
             tracing::info!(
                 "turned the kernel's audit on (as `auditctl -e 1` does) so that Landlock reports agents' \
@@ -413,7 +416,7 @@ fn landlock_audit(
             Ok(())
         });
     if enabled.is_err() {
-        let _ = crate::landlock::log_denials(false);
+        let _ = crate::adapters::landlock::log_denials(false);
     }
     enabled
 }
@@ -422,7 +425,7 @@ fn landlock_audit(
 /// agent's first process), else the agent a domain was found to be before (domain ids are
 /// never reused until the domain ends). None for processes outside agents.
 fn landlock_agent(
-    d: &crate::audit_netlink::LandlockDenial,
+    d: &crate::adapters::audit_netlink::LandlockDenial,
     agent_cgroups: &AgentCgroups,
     agents: &AgentManager,
     domains: &mut std::collections::HashMap<u64, (u64, String)>,
@@ -450,14 +453,14 @@ fn landlock_agent(
 /// Kernel events → audit records, naming the agent.
 async fn pump_events(
     mut events: mpsc::UnboundedReceiver<KernelEvent>,
-    mut records: mpsc::UnboundedReceiver<crate::audit_netlink::AuditRecord>,
+    mut records: mpsc::UnboundedReceiver<crate::adapters::audit_netlink::AuditRecord>,
     agent_cgroups: AgentCgroups,
     agents: Arc<AgentManager>,
     audit: Arc<AuditLog>,
     events_lost: Arc<std::sync::atomic::AtomicU64>,
 ) {
     // 200 at once, then 50 a second, per agent; the rest counted (see DenyLimiter).
-    let mut limiter = crate::audit::DenyLimiter::new(200, 50);
+    let mut limiter = crate::services::audit::DenyLimiter::new(200, 50);
     let mut flush = tokio::time::interval(std::time::Duration::from_secs(1));
     // Landlock domain id → (cgroup id, name) of the agent it confines.
     let mut domains = std::collections::HashMap::new();
@@ -468,14 +471,14 @@ async fn pump_events(
                 None => break,
             },
             Some(r) = records.recv() => {
-                use crate::audit_netlink::AuditRecord;
+                use crate::adapters::audit_netlink::AuditRecord;
                 match r {
                     // Refusals of processes outside agents (another seccomp user) are not ours.
                     AuditRecord::Seccomp(r) => {
                         if let Some((cgroup_id, name)) = agent_cgroups.of_pid(r.pid)
                             && limiter.admit(cgroup_id, std::time::Instant::now())
                         {
-                            let syscall = crate::harden::syscall_name(r.syscall).unwrap_or("unknown").to_owned();
+                            let syscall = crate::adapters::harden::syscall_name(r.syscall).unwrap_or("unknown").to_owned();
                             audit.record(
                                 Some(&name),
                                 AuditEvent::SyscallDeny { pid: r.pid, uid: r.uid, comm: r.comm, syscall, nr: r.syscall },
@@ -735,10 +738,10 @@ async fn prune_audit(audit: Arc<AuditLog>, config: crate::config::AuditSection) 
 }
 
 async fn pump_meter_events(
-    mut events: tokio::sync::mpsc::UnboundedReceiver<crate::meter::MeterEvent>,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<crate::services::meter::MeterEvent>,
     audit: Arc<AuditLog>,
 ) {
-    use crate::meter::MeterEvent;
+    use crate::services::meter::MeterEvent;
     while let Some(e) = events.recv().await {
         match e {
             MeterEvent::Exceeded { agent, used_micro_usd, limit_micro_usd } => {

@@ -1,47 +1,38 @@
-//! rush-agentd: the root daemon. Each module is one domain:
-//! - [`bpf`] — loads, pins and owns the kernel programs and maps; decodes their events
-//! - [`cgroup`] — one cgroup per agent, on pure v2 or hybrid hosts
-//! - [`budget`] — resource budgets: cgroup limits and counters, usage, actions at a limit
-//! - [`agent`] — spawning, tracking and killing agents
-//! - [`session`] — sessions: workspaces with checkpoints, rollbacks and timelines
-//! - [`snapshot`] — time travel: workspace checkpoints (btrfs, git) and process images (CRIU)
-//! - [`spawn`] — clone3 into the agent's cgroup, then exec
-//! - [`harden`] — namespaces, capabilities and the seccomp filter of every agent
-//! - [`tokens`] — capability tokens and their kernel grant entries
-//! - [`baseline`] — what every file-confined agent gets: the baseline, its private TMPDIR
-//! - [`landlock`] — the Landlock file backend: tokens as a ruleset applied before exec
-//! - [`mappings`] — revokes and expiries reaching files mapped in memory
-//! - [`audit`] — the audit trail
-//! - [`events`] — the typed event bus every service publishes to
-//! - [`audit_netlink`] — the kernel audit records of agents (seccomp refusals, Landlock denials)
-//! - [`api`] — the Unix-socket NDJSON server and caller identification
-//! - [`policy`] — trust levels (presets of tokens, budget, network, exec rule)
-//! - [`probe`] — what this kernel supports (`doctor`)
-//! - [`meter`] — cost budgets: the metering proxy for model API calls
-//! - [`config`] — /etc/rush/config.toml
-//! - [`daemon`] — wires them together and runs until SIGTERM/SIGINT
+//! rush-agentd: the root daemon, in four layers; a room uses its own layer or lower ones,
+//! never higher, and there are no import loops (`cargo xtask layers` checks both):
+//!
+//! - [`core`] — identifiers, file keys, clocks, errors, /proc facts; imports nothing of the crate
+//! - [`adapters`] — the kernel, the database, the filesystem:
+//!   - [`adapters::bpf`] — loads, pins and owns the kernel programs and maps; decodes their events
+//!   - [`adapters::cgroup`] — one cgroup per agent, on pure v2 or hybrid hosts
+//!   - [`adapters::spawn`] — clone3 into the agent's cgroup, then exec
+//!   - [`adapters::harden`] — namespaces, capabilities and the seccomp filter of every agent
+//!   - [`adapters::landlock`] — the Landlock file backend: tokens as a ruleset applied before exec
+//!   - [`adapters::audit_netlink`] — the kernel's audit records of agents (seccomp, Landlock)
+//!   - [`adapters::mappings`] — which processes map which files (revokes reaching mappings)
+//!   - [`adapters::condition`] — worktrees of conditional tokens: copy, promote, discard
+//!   - [`adapters::store`] — the state database, one file per group of tables
+//!   - [`adapters::snapshot`] — workspace snapshots (btrfs, git) and process images (CRIU)
+//! - [`services`] — the domains, each owning its state:
+//!   - [`services::agent`] — agents: lifecycle, capabilities, budgets, persistence, processes
+//!   - [`services::session`] — sessions: checkpoints, rollbacks, timelines, state
+//!   - [`services::tokens`] — capability tokens and their kernel grant entries
+//!   - [`services::budget`] — resource budgets: cgroup limits and counters, usage
+//!   - [`services::meter`] — cost budgets: the metering proxy for model API calls
+//!   - [`services::policy`] — trust levels (presets of tokens, budget, network, exec rule)
+//!   - [`services::baseline`] — what every file-confined agent gets; private TMPDIRs
+//!   - [`services::audit`] — the audit trail
+//!   - [`services::events`] — the typed event bus every service publishes to
+//! - the edge: [`api`] (the socket, principals, dispatch), [`config`], [`probe`] (`doctor`),
+//!   [`daemon`] (wires them together and runs until SIGTERM/SIGINT)
+//!
+//! A new domain (coordination, approvals, gating, workspaces) is a new folder under
+//! `services/`, its requests dispatched in `api.rs` and its construction in `daemon.rs`.
 
-pub mod agent;
+pub mod adapters;
 pub mod api;
-pub mod audit;
-pub mod audit_netlink;
-pub mod baseline;
-pub mod bpf;
-pub mod budget;
-pub mod cgroup;
-pub mod condition;
 pub mod config;
 pub mod core;
 pub mod daemon;
-pub mod events;
-pub mod harden;
-pub mod landlock;
-pub mod mappings;
-pub mod meter;
-pub mod policy;
 pub mod probe;
-pub mod session;
-pub mod snapshot;
-pub mod spawn;
-pub mod store;
-pub mod tokens;
+pub mod services;

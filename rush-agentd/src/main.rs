@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use rush_agentd::cgroup::CgroupLayout;
+use rush_agentd::adapters::cgroup::CgroupLayout;
 use rush_agentd::config::{Config, DEFAULT_CONFIG, LogFormat};
 use rush_agentd::probe::{self, ProbeInputs};
 
@@ -129,7 +129,7 @@ fn local_doctor(json: bool, config: &Config) -> ExitCode {
             return None;
         }
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/rush-doctor-{}", std::process::id()));
-        let cfg = rush_agentd::bpf::BpfConfig {
+        let cfg = rush_agentd::adapters::bpf::BpfConfig {
             pin_dir: pin_dir.clone(),
             cgroup2_root: l.v2_root.clone(),
             agent_cgroup_level: 2,
@@ -137,7 +137,7 @@ fn local_doctor(json: bool, config: &Config) -> ExitCode {
         };
         let rt = tokio::runtime::Builder::new_current_thread().build().ok()?;
         let _guard = rt.enter();
-        let result = rush_agentd::bpf::BpfHandle::start(cfg);
+        let result = rush_agentd::adapters::bpf::BpfHandle::start(cfg);
         let report = match result {
             Ok((handle, report, _events)) => {
                 drop(handle);

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use rush_proto::{DoctorReport, Guarantee, Probe};
 
-use crate::agent::FileBackend;
-use crate::bpf::AttachReport;
-use crate::cgroup::{CgroupLayout, CgroupMode};
-use crate::landlock::LandlockSection;
+use crate::adapters::bpf::AttachReport;
+use crate::adapters::cgroup::{CgroupLayout, CgroupMode};
+use crate::adapters::landlock::LandlockSection;
+use crate::services::agent::FileBackend;
 
 /// Everything the probes need that only a loaded daemon knows.
 pub struct ProbeInputs<'a> {
@@ -34,7 +34,7 @@ pub struct ProbeInputs<'a> {
     pub state: Option<StateHealth>,
     /// `[hardening]`, and whether seccomp refusals reach the audit trail (None: unknown,
     /// no daemon).
-    pub hardening: Option<(&'a crate::harden::HardeningSection, Option<Result<(), String>>)>,
+    pub hardening: Option<(&'a crate::adapters::harden::HardeningSection, Option<Result<(), String>>)>,
     /// Where Landlock enforces file tokens: whether the daemon brings its denials into the
     /// audit trail (Err: why not); None without a daemon (the kernel is asked instead).
     pub landlock_audit: Option<Result<(), String>>,
@@ -42,7 +42,7 @@ pub struct ProbeInputs<'a> {
 
 /// What a running daemon knows of its own state (`rush doctor`).
 pub struct StateHealth {
-    pub check: crate::agent::StateCheck,
+    pub check: crate::services::agent::StateCheck,
     /// Kernel events the ring buffer dropped since the daemon started.
     pub events_lost: u64,
     /// Audit records the database refused since the daemon started.
@@ -75,7 +75,7 @@ fn cgroup2_nsdelegate() -> bool {
 /// The hardening lines: what holds for which kind of agent (root or not, file-confined or
 /// not), from the configuration, the guard and the file backend.
 pub fn hardening_guarantees(
-    h: &crate::harden::HardeningSection,
+    h: &crate::adapters::harden::HardeningSection,
     audited: Option<&Result<(), String>>,
     guard: bool,
     files: FileConfinement,
@@ -111,7 +111,7 @@ pub fn hardening_guarantees(
         Some(Err(why)) => format!("refusals NOT audited: {why}"),
         None => "whether refusals are audited is known only to a running daemon".to_string(),
     };
-    let caps = crate::harden::parse_capabilities(&h.drop_capabilities).unwrap_or_default();
+    let caps = crate::adapters::harden::parse_capabilities(&h.drop_capabilities).unwrap_or_default();
     let cap_names: Vec<String> =
         caps.iter().map(|c| c.to_string().trim_start_matches("CAP_").to_owned()).collect();
     vec![
@@ -135,7 +135,7 @@ pub fn hardening_guarantees(
             if h.seccomp {
                 format!(
                     "every agent, root or not: seccomp refuses {} (EPERM; clone3, iopl, ioperm: ENOSYS; the x32 ABI: ENOSYS); {audit}; a trust level may turn it off (seccomp = false)",
-                    crate::harden::refused_syscalls().join(", ")
+                    crate::adapters::harden::refused_syscalls().join(", ")
                 )
             } else {
                 "off ([hardening] seccomp = false): keyrings, fanotify, perf events and user namespaces are refused only where the BPF LSM guard or missing capabilities refuse them"
@@ -195,7 +195,7 @@ fn file_denials_audited(
                 true,
                 format!(
                     "from Landlock's own audit records (ABI {v}) where the daemon runs with [landlock] audit_denials = true (it turns the kernel's audit on; now {})",
-                    match crate::audit_netlink::status() {
+                    match crate::adapters::audit_netlink::status() {
                         Ok(s) if s.enabled > 0 => "on".to_string(),
                         Ok(_) => "off".to_string(),
                         Err(e) => format!("unknown: {e}"),
@@ -343,7 +343,7 @@ pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
     ));
     let (criu_ok, criu_detail) = criu_check();
     probes.push(probe("criu", criu_ok, criu_detail));
-    let landlock = crate::landlock::abi();
+    let landlock = crate::adapters::landlock::abi();
     probes.push(probe(
         "landlock",
         landlock.is_some(),
@@ -364,8 +364,8 @@ pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
     };
     let lsm_files = files == Some(Backend::BpfLsm);
     let on_narrow = inputs.landlock.map_or("restarts it", |l| match l.on_narrow {
-        crate::landlock::OnChange::Restart => "restarts it under the new rules",
-        crate::landlock::OnChange::Kill => "kills it",
+        crate::adapters::landlock::OnChange::Restart => "restarts it under the new rules",
+        crate::adapters::landlock::OnChange::Kill => "kills it",
     });
     let landlock_guard = files == Some(Backend::Landlock) && landlock.is_some_and(|v| v >= 6);
     let guard_detail = inputs
@@ -643,10 +643,12 @@ fn criu_check() -> (bool, String) {
 /// One cgroup-controller budget: holds where cgroups-rs can reach the controller.
 fn budget_guarantee(inputs: &ProbeInputs<'_>, resource: &str, what: &str) -> Guarantee {
     let why_not = match inputs.cgroups {
-        Some(l) => crate::budget::ResourceControl::unavailable(&crate::budget::CgroupsRs::new(l.clone()))
-            .into_iter()
-            .find(|(r, _)| *r == resource)
-            .map(|(_, why)| why),
+        Some(l) => crate::services::budget::ResourceControl::unavailable(
+            &crate::services::budget::CgroupsRs::new(l.clone()),
+        )
+        .into_iter()
+        .find(|(r, _)| *r == resource)
+        .map(|(_, why)| why),
         None => Some("no cgroup v2 hierarchy".into()),
     };
     Guarantee {
@@ -662,7 +664,7 @@ fn budget_guarantee(inputs: &ProbeInputs<'_>, resource: &str, what: &str) -> Gua
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bpf::ProgramStatus;
+    use crate::adapters::bpf::ProgramStatus;
 
     #[test]
     fn guarantees_follow_what_attached() {
@@ -708,7 +710,7 @@ mod tests {
     /// The hardening lines say what holds for which agents, from config, guard and backend.
     #[test]
     fn hardening_lines_follow_the_layers() {
-        let on = crate::harden::HardeningSection::default();
+        let on = crate::adapters::harden::HardeningSection::default();
         let find = |g: &[Guarantee], n: &str| g.iter().find(|x| x.name.starts_with(n)).unwrap().clone();
         let g = hardening_guarantees(&on, Some(&Ok(())), false, FileConfinement::Landlock, false);
         let stay = find(&g, "agents stay in their cgroup");
@@ -719,7 +721,7 @@ mod tests {
         let handed = find(&g, "files handed to an agent");
         assert!(!handed.holds && handed.detail.starts_with("NOT under Landlock"), "{}", handed.detail);
         // Everything off, no guard: root agents can leave, and it says so.
-        let off = crate::harden::HardeningSection {
+        let off = crate::adapters::harden::HardeningSection {
             cgroup_namespace: false,
             private_cgroupfs: false,
             drop_capabilities: vec![],

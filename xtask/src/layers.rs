@@ -1,9 +1,9 @@
 //! `cargo xtask layers`: the import graph of rush-agentd's rooms, checked against its
 //! layers (docs/DESIGN.md, "The daemon's layers").
 //!
-//! Each room (a top-level module of `rush-agentd/src`, a file or a folder) belongs to one
-//! layer; a room may use rooms of its own layer or below, never above, and the graph has
-//! no loops. Test code (`#[cfg(test)] mod` and test-only files) is left out: a test may
+//! Each room (`core`, a module under `adapters/` or `services/`, or an edge file at the top
+//! of `rush-agentd/src`) belongs to the layer of its folder; a room may use rooms of its
+//! own layer or below, never above, and the graph has no loops. Test code (`#[cfg(test)] mod` and test-only files) is left out: a test may
 //! set up any room. The graph is read from `crate::room` paths in the source (use lines and
 //! inline paths), which is what rustc resolves too for this crate: it has no re-exports
 //! that would hide an edge, and the check refuses one (`pub use crate::`) if it appears.
@@ -16,70 +16,89 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-/// The layers, lowest first, and their rooms. A new room must be placed here.
-pub const LAYERS: &[(&str, &[&str])] = &[
-    ("core", &["core"]),
-    (
-        "adapters",
-        &[
-            "bpf",
-            "cgroup",
-            "harden",
-            "landlock",
-            "spawn",
-            "audit_netlink",
-            "store",
-            "snapshot",
-            "mappings",
-            "condition",
-        ],
-    ),
-    ("services", &["events", "tokens", "baseline", "policy", "budget", "meter", "audit", "agent", "session"]),
-    ("edge", &["config", "probe", "api", "daemon"]),
-];
+/// The layers, lowest first: the folder a room is in says its layer. `core/` is one room;
+/// each module under `adapters/` and `services/` is a room; the files at the top of `src`
+/// (api, config, daemon, probe) are the edge.
+pub const LAYERS: &[&str] = &["core", "adapters", "services", "edge"];
 
 pub struct Graph {
     /// room -> rooms it uses.
     pub edges: BTreeMap<String, BTreeSet<String>>,
 }
 
-/// The rooms of `src` and what each uses.
-pub fn read(src: &Path) -> Result<Graph> {
-    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+/// A room: its name and its layer (an index into [`LAYERS`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Room {
+    pub name: String,
+    pub layer: usize,
+}
+
+/// The rooms of `src`, by folder, and what each uses.
+pub fn read(src: &Path) -> Result<(Vec<Room>, Graph)> {
+    let mut rooms = vec![Room { name: "core".into(), layer: 0 }];
+    let mut paths = vec![src.join("core")];
+    for (folder, layer) in [("adapters", 1), ("services", 2)] {
+        for entry in std::fs::read_dir(src.join(folder)).with_context(|| format!("reading {folder}"))? {
+            let path = entry?.path();
+            let Some(name) = room_name(&path) else { continue };
+            // `agent.rs` with `agent/` beside it is one room, read from the file.
+            let file_beside = path.is_dir() && path.with_extension("rs").is_file();
+            if name != "mod" && !file_beside {
+                rooms.push(Room { name, layer });
+                paths.push(path);
+            }
+        }
+    }
     for entry in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
         let path = entry?.path();
-        let room = match (path.is_dir(), path.extension().and_then(|e| e.to_str())) {
-            (true, _) => path.file_name().unwrap().to_string_lossy().into_owned(),
-            (false, Some("rs")) => path.file_stem().unwrap().to_string_lossy().into_owned(),
-            _ => continue,
-        };
-        if room == "lib" || room == "main" {
-            continue;
+        if path.is_file()
+            && let Some(name) = room_name(&path)
+            && !["lib", "main"].contains(&name.as_str())
+        {
+            rooms.push(Room { name, layer: 3 });
+            paths.push(path);
         }
-        let uses = edges.entry(room.clone()).or_default();
-        for file in rust_files(&path)? {
+    }
+    let names: BTreeSet<String> = rooms.iter().map(|r| r.name.clone()).collect();
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (room, path) in rooms.iter().zip(&paths) {
+        let uses = edges.entry(room.name.clone()).or_default();
+        // A room is a file, a folder, or both (`agent.rs` and `agent/`).
+        let mut files = rust_files(path)?;
+        if path.is_file() {
+            let dir = path.with_extension("");
+            if dir.is_dir() {
+                files.extend(rust_files(&dir)?);
+            }
+        }
+        for file in files {
             if is_test_file(&file) {
                 continue;
             }
             let text =
                 std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-            // Tests may use any room to set one up; the graph is of what ships.
-            let text = text.split("#[cfg(test)]\nmod ").next().unwrap_or("");
             if text.contains("pub use crate::") {
                 bail!("{}: `pub use crate::` would hide an edge from this check", file.display());
             }
+            // Tests may use any room to set one up; the graph is of what ships.
+            let text = text.split("#[cfg(test)]\nmod ").next().unwrap_or("");
             for used in crate_paths(text) {
-                if used != room {
+                if used != room.name && names.contains(&used) {
                     uses.insert(used);
                 }
             }
         }
     }
-    let rooms: BTreeSet<String> = edges.keys().cloned().collect();
-    for uses in edges.values_mut() {
-        uses.retain(|u| rooms.contains(u));
+    rooms.sort();
+    Ok((rooms, Graph { edges }))
+}
+
+/// The module name of a `.rs` file or a folder.
+fn room_name(path: &Path) -> Option<String> {
+    if path.is_dir() {
+        return Some(path.file_name()?.to_string_lossy().into_owned());
     }
-    Ok(Graph { edges })
+    (path.extension()? == "rs").then(|| path.file_stem().unwrap().to_string_lossy().into_owned())
 }
 
 /// Test-only files (`#[cfg(test)] mod x_test;`, `tests.rs`).
@@ -120,7 +139,13 @@ fn crate_paths(text: &str) -> BTreeSet<String> {
                     }
                 }
             } else {
-                let seg: String = after.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                let mut rest_path = after;
+                let mut seg = segment(rest_path);
+                // `crate::adapters::bpf`, `crate::services::agent`: the room is the next segment.
+                if (seg == "adapters" || seg == "services") && rest_path[seg.len()..].starts_with("::") {
+                    rest_path = &rest_path[seg.len() + 2..];
+                    seg = segment(rest_path);
+                }
                 if !seg.is_empty() {
                     out.insert(seg);
                 }
@@ -151,6 +176,10 @@ fn crate_paths(text: &str) -> BTreeSet<String> {
         }
     }
     out
+}
+
+fn segment(s: &str) -> String {
+    s.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect()
 }
 
 /// Strongly connected components with more than one room (import loops).
@@ -214,42 +243,34 @@ pub fn loops(g: &Graph) -> Vec<Vec<String>> {
     s.out
 }
 
-fn layer_of(room: &str) -> Option<usize> {
-    LAYERS.iter().position(|(_, rooms)| rooms.contains(&room))
-}
-
-/// Prints the graph by layer; Err if a room is unplaced, uses a higher layer, or sits in a loop.
+/// Prints the graph by layer; Err if a room uses a higher layer or sits in a loop.
 pub fn run(check_only: bool, src: Option<PathBuf>) -> Result<()> {
     let src = src.unwrap_or_else(|| crate::util::workspace_root().join("rush-agentd/src"));
-    let g = read(&src)?;
-    let mut problems = Vec::new();
+    let (rooms, g) = read(&src)?;
+    let layer: BTreeMap<&str, usize> = rooms.iter().map(|r| (r.name.as_str(), r.layer)).collect();
     if !check_only {
-        for (layer, rooms) in LAYERS {
-            println!("{layer}:");
-            for room in rooms.iter() {
-                let uses: Vec<&str> = g.edges.get(*room).into_iter().flatten().map(String::as_str).collect();
-                println!("  {room:<14} -> {}", if uses.is_empty() { "-".into() } else { uses.join(" ") });
+        for (i, name) in LAYERS.iter().enumerate() {
+            println!("{name}:");
+            for room in rooms.iter().filter(|r| r.layer == i) {
+                let uses: Vec<&str> =
+                    g.edges.get(&room.name).into_iter().flatten().map(String::as_str).collect();
+                println!(
+                    "  {:<14} -> {}",
+                    room.name,
+                    if uses.is_empty() { "-".into() } else { uses.join(" ") }
+                );
             }
         }
     }
-    let placed: BTreeSet<&str> = LAYERS.iter().flat_map(|(_, rooms)| rooms.iter().copied()).collect();
-    for (room, uses) in g.edges.iter().filter(|(r, _)| !placed.contains(r.as_str())) {
-        if !check_only {
-            println!("unplaced:\n  {room:<14} -> {}", uses.iter().cloned().collect::<Vec<_>>().join(" "));
-        }
-    }
+    let mut problems = Vec::new();
     for (room, uses) in &g.edges {
-        let Some(mine) = layer_of(room) else {
-            problems.push(format!("{room}: not placed in a layer (xtask/src/layers.rs LAYERS)"));
-            continue;
-        };
+        let mine = layer[room.as_str()];
         for u in uses {
-            if let Some(theirs) = layer_of(u)
-                && theirs > mine
-            {
+            let theirs = layer[u.as_str()];
+            if theirs > mine {
                 problems.push(format!(
                     "{room} ({}) uses {u} ({}): a room may only use its own layer or lower ones",
-                    LAYERS[mine].0, LAYERS[theirs].0
+                    LAYERS[mine], LAYERS[theirs]
                 ));
             }
         }
@@ -264,7 +285,7 @@ pub fn run(check_only: bool, src: Option<PathBuf>) -> Result<()> {
     for p in &problems {
         eprintln!("layers: {p}");
     }
-    bail!("{} layering problem(s) in rush-agentd/src", problems.len())
+    bail!("{} layering problem(s) in {}", problems.len(), src.display())
 }
 
 #[cfg(test)]
@@ -273,7 +294,7 @@ mod tests {
 
     #[test]
     fn paths_single_grouped_and_multiline() {
-        let text = "use crate::bpf::FileKey;\nuse crate::{audit::AuditLog, store};\nuse crate::{\n    cgroup::X,\n    spawn,\n};\nfn f() { crate::core::now(); } // crate::nope\n";
+        let text = "use crate::adapters::bpf::FileKey;\nuse crate::{audit::AuditLog, store};\nuse crate::{\n    cgroup::X,\n    spawn,\n};\nfn f() { crate::core::now(); } // crate::nope\n";
         let got: Vec<String> = crate_paths(text).into_iter().collect();
         assert_eq!(got, ["audit", "bpf", "cgroup", "core", "spawn", "store"]);
     }

@@ -84,8 +84,11 @@ pub struct HardeningOverride {
 }
 
 impl HardeningOverride {
-    pub fn apply(&self, base: &crate::harden::HardeningPolicy) -> crate::harden::HardeningPolicy {
-        crate::harden::HardeningPolicy {
+    pub fn apply(
+        &self,
+        base: &crate::adapters::harden::HardeningPolicy,
+    ) -> crate::adapters::harden::HardeningPolicy {
+        crate::adapters::harden::HardeningPolicy {
             drop: self.drop_capabilities.clone().unwrap_or_else(|| base.drop.clone()),
             seccomp: self.seccomp.unwrap_or(base.seccomp),
             root_agents: self.root_agents.unwrap_or(base.root_agents),
@@ -162,7 +165,7 @@ impl Policy {
             let drop_capabilities = l
                 .drop_capabilities
                 .as_deref()
-                .map(crate::harden::parse_capabilities)
+                .map(crate::adapters::harden::parse_capabilities)
                 .transpose()
                 .map_err(|e| at("drop_capabilities", &e))?;
             let hardening =
@@ -238,7 +241,7 @@ mod tests {
             "t",
         )
         .unwrap();
-        let base = crate::harden::HardeningPolicy::default();
+        let base = crate::adapters::harden::HardeningPolicy::default();
         let tools = p.level("tools").unwrap().hardening.apply(&base);
         assert_eq!(tools.drop, [caps::Capability::CAP_SYS_ADMIN, caps::Capability::CAP_BPF]);
         assert!(!tools.seccomp && !tools.root_agents);

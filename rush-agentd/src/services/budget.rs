@@ -16,7 +16,7 @@ use cgroups_rs::{Cgroup, MaxValue, cpu::CpuController, cpuacct::CpuAcctControlle
 use cgroups_rs::{hierarchies, pid::PidController};
 use rush_proto::{Budget, BudgetResource, BudgetUnit, BudgetUsage};
 
-use crate::cgroup::{AgentCgroup, CgroupLayout, CgroupMode};
+use crate::adapters::cgroup::{AgentCgroup, CgroupLayout, CgroupMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BudgetError {

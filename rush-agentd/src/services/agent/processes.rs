@@ -1,4 +1,4 @@
-//! An agent's process tree, checkpointed and restored with CRIU ([`crate::snapshot::criu`]).
+//! An agent's process tree, checkpointed and restored with CRIU ([`crate::adapters::snapshot::criu`]).
 //!
 //! criu's own code runs inside the tasks it dumps (the parasite: a memfd mapped and
 //! executed, fds drained over a socket) and restores (the restorer: clone3 with set_tid,
@@ -37,11 +37,11 @@ use std::time::{Duration, Instant};
 use rush_proto::{AgentState, ApiError, ErrorKind};
 
 use super::{AgentManager, Child, FileBackend, Files};
-use crate::cgroup::AgentCgroup;
+use crate::adapters::cgroup::AgentCgroup;
+use crate::adapters::snapshot::SnapshotError;
+use crate::adapters::snapshot::criu::{Criu, CriuSetup, DumpRequest, Inherit, RestoreRequest};
 use crate::core::error_chain;
 use crate::core::process::pidfd_open;
-use crate::snapshot::SnapshotError;
-use crate::snapshot::criu::{Criu, CriuSetup, DumpRequest, Inherit, RestoreRequest};
 
 /// What the daemon keeps beside criu's images.
 const META: &str = "rush-processes.json";
@@ -262,7 +262,7 @@ fn dump_in_staging(
     cg: &AgentCgroup,
     root_pid: u32,
     images: &Path,
-) -> Result<(crate::snapshot::criu::DumpStats, Vec<u32>), ApiError> {
+) -> Result<(crate::adapters::snapshot::criu::DumpStats, Vec<u32>), ApiError> {
     let members = members(&cg.v2_dir);
     let pids: Vec<u32> = members.iter().map(|(_, p)| *p).collect();
     let stage = Staging::create(cg, "checkpoint")?;
@@ -375,8 +375,12 @@ impl Drop for Staging {
 }
 
 /// Moves one (stopped) restored process into the agent's cgroup in every hierarchy and
-/// checks it arrived, as [`crate::spawn`] checks a new agent before it may exec.
-fn move_into(cg: &AgentCgroup, placement: &crate::cgroup::Placement, pid: u32) -> Result<(), ApiError> {
+/// checks it arrived, as [`crate::adapters::spawn`] checks a new agent before it may exec.
+fn move_into(
+    cg: &AgentCgroup,
+    placement: &crate::adapters::cgroup::Placement,
+    pid: u32,
+) -> Result<(), ApiError> {
     use std::io::Write;
     write_procs(&cg.v2_dir, pid)?;
     for j in &placement.v1 {

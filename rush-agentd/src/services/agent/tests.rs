@@ -2,43 +2,48 @@ use super::capabilities::landlock_link_check;
 use super::lifecycle::{EXITED_KEPT, reaches, resolve_net};
 use super::persistence::restart_request;
 use super::*;
-use crate::bpf::FakeKernel;
-use crate::cgroup::fake::FakeCgroups;
+use crate::adapters::bpf::FakeKernel;
+use crate::adapters::cgroup::fake::FakeCgroups;
 
 struct Fixture {
     mgr: Arc<AgentManager>,
     kernel: Arc<FakeKernel>,
     cgroups: Arc<FakeCgroups>,
-    control: Arc<crate::budget::fake::FakeControl>,
+    control: Arc<crate::services::budget::fake::FakeControl>,
     _dir: tempfile::TempDir,
 }
 
 fn fixture(enforcement: Enforcement) -> Fixture {
-    fixture_with(enforcement, crate::budget::fake::FakeControl::default())
+    fixture_with(enforcement, crate::services::budget::fake::FakeControl::default())
 }
 
-fn fixture_with(enforcement: Enforcement, control: crate::budget::fake::FakeControl) -> Fixture {
-    fixture_policy(enforcement, control, crate::policy::DEFAULT_POLICY)
+fn fixture_with(enforcement: Enforcement, control: crate::services::budget::fake::FakeControl) -> Fixture {
+    fixture_policy(enforcement, control, crate::services::policy::DEFAULT_POLICY)
 }
 
 fn fixture_policy(
     enforcement: Enforcement,
-    control: crate::budget::fake::FakeControl,
+    control: crate::services::budget::fake::FakeControl,
     policy: &str,
 ) -> Fixture {
     fixture_full(enforcement, control, policy, None)
 }
 
 /// A fixture whose agents and tokens are written to `store`.
-fn fixture_stored(enforcement: Enforcement, store: &Arc<crate::store::Store>) -> Fixture {
-    fixture_full(enforcement, Default::default(), crate::policy::DEFAULT_POLICY, Some(store.clone()))
+fn fixture_stored(enforcement: Enforcement, store: &Arc<crate::adapters::store::Store>) -> Fixture {
+    fixture_full(
+        enforcement,
+        Default::default(),
+        crate::services::policy::DEFAULT_POLICY,
+        Some(store.clone()),
+    )
 }
 
 fn fixture_full(
     enforcement: Enforcement,
-    control: crate::budget::fake::FakeControl,
+    control: crate::services::budget::fake::FakeControl,
     policy: &str,
-    store: Option<Arc<crate::store::Store>>,
+    store: Option<Arc<crate::adapters::store::Store>>,
 ) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let audit = Arc::new(AuditLog::open(&dir.path().join("state.db")).unwrap());
@@ -80,7 +85,7 @@ fn enforced() -> Enforcement {
 #[test]
 fn run_as_resolves_users_and_refuses_what_it_must() {
     let f = fixture_policy(enforced(), Default::default(), "[trust.nonroot]\nroot_agents = false\n");
-    let policy = crate::harden::HardeningPolicy::default();
+    let policy = crate::adapters::harden::HardeningPolicy::default();
     let user = |u: &str| SpawnRequest { user: Some(u.into()), ..req("u", &["true"]) };
     let root = Caller { uid: 0, gid: 0, pid: 1, groups: vec![] };
     let nobody = f.mgr.run_as(&user("nobody"), &root, &policy).unwrap();
@@ -408,7 +413,7 @@ async fn grant_and_revoke_rewrite_the_kernel_entry() {
 #[tokio::test]
 async fn a_write_the_store_refuses_refuses_the_grant_and_reports_the_revoke() {
     let db = tempfile::tempdir().unwrap();
-    let store = Arc::new(crate::store::Store::open(&db.path().join("state.db")).unwrap());
+    let store = Arc::new(crate::adapters::store::Store::open(&db.path().join("state.db")).unwrap());
     let f = fixture_stored(files_enforced(), &store);
     let dir = tempfile::tempdir().unwrap();
     let other = tempfile::tempdir().unwrap();
@@ -587,7 +592,7 @@ async fn an_expiring_token_kills_the_processes_mapping_its_files() {
 #[tokio::test]
 async fn restartable_agents_are_stored_forgotten_at_exit_0_and_refused_in_the_foreground() {
     let db = tempfile::tempdir().unwrap();
-    let store = Arc::new(crate::store::Store::open(&db.path().join("state.db")).unwrap());
+    let store = Arc::new(crate::adapters::store::Store::open(&db.path().join("state.db")).unwrap());
     let f = fixture_stored(enforced(), &store);
     let fg = SpawnRequest { restartable: true, stdio: StdioMode::Passed, ..req("fg", &["true"]) };
     let e = f.mgr.spawn(fg, &me(), None).await.unwrap_err();
@@ -613,7 +618,7 @@ async fn restartable_agents_are_stored_forgotten_at_exit_0_and_refused_in_the_fo
 #[tokio::test]
 async fn a_starting_daemon_restarts_what_is_gone_and_fails_closed_on_a_missing_path() {
     let db = tempfile::tempdir().unwrap();
-    let store = Arc::new(crate::store::Store::open(&db.path().join("state.db")).unwrap());
+    let store = Arc::new(crate::adapters::store::Store::open(&db.path().join("state.db")).unwrap());
     let f = fixture_stored(files_enforced(), &store);
     let dir = tempfile::tempdir().unwrap();
     let keep = dir.path().join("keep");
@@ -669,9 +674,12 @@ async fn a_starting_daemon_restarts_what_is_gone_and_fails_closed_on_a_missing_p
 
 #[test]
 fn a_restart_request_keeps_what_is_left_of_timed_grants_and_never_runs_unconfined() {
-    let grant =
-        |p: &str, exp| crate::store::RestartGrant { path: p.into(), ops: Ops::READ, expires_unix_ms: exp };
-    let mut rec = crate::store::RestartRecord {
+    let grant = |p: &str, exp| crate::adapters::store::RestartGrant {
+        path: p.into(),
+        ops: Ops::READ,
+        expires_unix_ms: exp,
+    };
+    let mut rec = crate::adapters::store::RestartRecord {
         request: SpawnRequest { allow_unconfined: true, ..req("a", &["true"]) },
         uid: 0,
         gid: 0,
@@ -697,7 +705,7 @@ fn audit_kinds(f: &Fixture) -> Vec<AuditEvent> {
     f.mgr.audit.query(&q).unwrap().into_iter().map(|r| r.event).collect()
 }
 
-fn set_usage(f: &Fixture, name: &str, u: crate::budget::CgroupUsage) {
+fn set_usage(f: &Fixture, name: &str, u: crate::services::budget::CgroupUsage) {
     f.control.usage.lock().unwrap().insert(name.into(), u);
 }
 
@@ -709,10 +717,18 @@ async fn a_spent_cpu_budget_freezes_once_and_resume_needs_a_raise() {
     f.mgr.spawn(r, &me(), None).await.unwrap();
     assert_eq!(f.control.applied.lock().unwrap()["cpu1"].mem_bytes, Some(64 << 20));
 
-    set_usage(&f, "cpu1", crate::budget::CgroupUsage { cpu_ns: Some(1_900_000_000), ..Default::default() });
+    set_usage(
+        &f,
+        "cpu1",
+        crate::services::budget::CgroupUsage { cpu_ns: Some(1_900_000_000), ..Default::default() },
+    );
     f.mgr.check_budgets().await;
     assert!(f.cgroups.freezes.lock().unwrap().is_empty(), "not spent yet");
-    set_usage(&f, "cpu1", crate::budget::CgroupUsage { cpu_ns: Some(2_050_000_000), ..Default::default() });
+    set_usage(
+        &f,
+        "cpu1",
+        crate::services::budget::CgroupUsage { cpu_ns: Some(2_050_000_000), ..Default::default() },
+    );
     f.mgr.check_budgets().await;
     f.mgr.check_budgets().await;
     assert_eq!(*f.cgroups.freezes.lock().unwrap(), ["freeze cpu1"], "frozen exactly once");
@@ -749,14 +765,22 @@ async fn oom_kills_and_refused_forks_are_audited_once_each() {
     set_usage(
         &f,
         "hog",
-        crate::budget::CgroupUsage { oom_kills: Some(1), fork_refusals: Some(5), ..Default::default() },
+        crate::services::budget::CgroupUsage {
+            oom_kills: Some(1),
+            fork_refusals: Some(5),
+            ..Default::default()
+        },
     );
     f.mgr.check_budgets().await;
     f.mgr.check_budgets().await;
     set_usage(
         &f,
         "hog",
-        crate::budget::CgroupUsage { oom_kills: Some(3), fork_refusals: Some(5), ..Default::default() },
+        crate::services::budget::CgroupUsage {
+            oom_kills: Some(3),
+            fork_refusals: Some(5),
+            ..Default::default()
+        },
     );
     f.mgr.check_budgets().await;
     let events = audit_kinds(&f);
@@ -813,7 +837,7 @@ async fn trust_levels_fill_in_defaults_that_flags_override() {
 
 #[tokio::test]
 async fn budgets_this_machine_cannot_enforce_are_refused() {
-    let control = crate::budget::fake::FakeControl {
+    let control = crate::services::budget::fake::FakeControl {
         missing: vec![("mem", "no v1 memory hierarchy".into())],
         ..Default::default()
     };
@@ -838,7 +862,7 @@ async fn net_and_api_budgets_reach_the_kernel_before_the_agent_runs_and_on_resum
     assert_eq!((set.bytes, set.api_calls), (Some(1 << 20), Some(5)));
     f.kernel.usage.lock().unwrap().insert(
         info.cgroup_id,
-        crate::bpf::NetUsage {
+        crate::adapters::bpf::NetUsage {
             tx_bytes: 600_000,
             rx_bytes: 400_000,
             api_calls: 5,
@@ -859,7 +883,7 @@ async fn net_and_api_budgets_reach_the_kernel_before_the_agent_runs_and_on_resum
 
 #[test]
 fn a_network_policy_reaching_the_meter_upstream_is_spotted() {
-    let up: crate::meter::Upstream = "http://10.1.2.3:8080".parse().unwrap();
+    let up: crate::services::meter::Upstream = "http://10.1.2.3:8080".parse().unwrap();
     let ip = |s: &str| s.parse::<IpAddr>().unwrap();
     assert!(reaches(&KernelNetPolicy::Allow, &up));
     assert!(!reaches(&KernelNetPolicy::Deny, &up));

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 
 use rush_proto::{FileGrant, Ops, TokenInfo};
 
-use crate::bpf::FileGrantEntry;
+use crate::adapters::bpf::FileGrantEntry;
 use crate::core::token::{Condition, Origin, Token};
 use crate::core::{FileKey, FileKeys, KeyError, boot_time_ns, now_unix_ms};
 

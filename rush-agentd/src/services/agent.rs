@@ -29,18 +29,18 @@ use rush_proto::{
 };
 use tokio::sync::watch;
 
-use crate::audit::AuditLog;
-use crate::bpf::{AgentFlags, FileGrantEntry, KernelNetPolicy, KernelPolicy};
-use crate::budget::{Observed, ResourceControl};
-use crate::cgroup::{AgentCgroup, CgroupBackend};
+use crate::adapters::bpf::{AgentFlags, FileGrantEntry, KernelNetPolicy, KernelPolicy};
+use crate::adapters::cgroup::{AgentCgroup, CgroupBackend};
+use crate::adapters::mappings::{Kept, Killed, Lost, path_forms};
+use crate::adapters::snapshot::criu::CriuSetup;
+use crate::adapters::spawn::{Spawn, SpawnError};
 use crate::core::process::{pidfd_open, proc_stat};
 use crate::core::token::{Condition, Origin, Token};
 use crate::core::{FileKey, KeyError, boot_time_ns, error_chain, now_unix_ms};
-use crate::mappings::{Kept, Killed, Lost, path_forms};
-use crate::policy::{ExecRule, Policy};
-use crate::snapshot::criu::CriuSetup;
-use crate::spawn::{Spawn, SpawnError};
-use crate::tokens::{NewToken, TokenError, TokenStore};
+use crate::services::audit::AuditLog;
+use crate::services::budget::{Observed, ResourceControl};
+use crate::services::policy::{ExecRule, Policy};
+use crate::services::tokens::{NewToken, TokenError, TokenStore};
 use budgets::{Pause, Reported, ledger};
 use lifecycle::Respawn;
 
@@ -53,8 +53,8 @@ pub struct AgentHardening {
     /// calls the read-only view would need in the agent's first process.
     pub guard: bool,
     /// For agents without a trust level, and what a level's keys override.
-    pub defaults: crate::harden::HardeningPolicy,
-    pub seccomp: Arc<crate::harden::SeccompProgram>,
+    pub defaults: crate::adapters::harden::HardeningPolicy,
+    pub seccomp: Arc<crate::adapters::harden::SeccompProgram>,
 }
 
 /// What confines an agent's file access.
@@ -112,7 +112,7 @@ pub struct Enforcement {
     /// What enforces `--allow` file tokens on this daemon.
     pub files: FileBackend,
     /// What a token change does to a Landlock-confined agent.
-    pub landlock: crate::landlock::LandlockSection,
+    pub landlock: crate::adapters::landlock::LandlockSection,
     /// How paths resolve to the kernel programs' file keys (btrfs keyed or not).
     pub keys: crate::core::FileKeys,
 }
@@ -138,7 +138,7 @@ pub struct AgentManager {
     baseline: Vec<FileGrant>,
     /// File-confined agents' own TMPDIRs (config `files.private_tmp`); unset: none.
     /// Each agent's own TMPDIR in here (`files.private_tmp`); None: off.
-    private_tmp: Option<crate::baseline::PrivateTmp>,
+    private_tmp: Option<crate::services::baseline::PrivateTmp>,
     /// The hardening every agent gets; None only in unit tests.
     hardening: Option<AgentHardening>,
     tokens: TokenStore,
@@ -152,7 +152,7 @@ pub struct AgentManager {
     /// without one.
     /// Where agents and tokens are written before a request is answered; None only in
     /// unit tests that do not need it.
-    store: Option<Arc<crate::store::Store>>,
+    store: Option<Arc<crate::adapters::store::Store>>,
     /// Ids of tokens revoked in the kernel whose deletion the store refused (a full disk):
     /// retried before every store write, so a restart cannot grant them again once the
     /// disk has room.
@@ -178,9 +178,9 @@ pub struct AgentSetup {
     pub hardening: Option<AgentHardening>,
     /// Private TMPDIRs (`files.private_tmp`); swept of dead agents' directories by
     /// [`AgentManager::sweep_private_tmp`] once adoption is done.
-    pub private_tmp: Option<crate::baseline::PrivateTmp>,
+    pub private_tmp: Option<crate::services::baseline::PrivateTmp>,
     /// The state store; None only in unit tests that do not need it.
-    pub store: Option<Arc<crate::store::Store>>,
+    pub store: Option<Arc<crate::adapters::store::Store>>,
 }
 
 /// What [`AgentManager::check_state`] compared, and where the store, the daemon and the
@@ -206,8 +206,8 @@ pub struct Budgets {
 
 /// The metering proxy's config and where its events go.
 pub struct MeterSetup {
-    pub config: Arc<crate::meter::MeterConfig>,
-    pub events: tokio::sync::mpsc::UnboundedSender<crate::meter::MeterEvent>,
+    pub config: Arc<crate::services::meter::MeterConfig>,
+    pub events: tokio::sync::mpsc::UnboundedSender<crate::services::meter::MeterEvent>,
 }
 
 #[derive(Default)]
@@ -236,7 +236,7 @@ pub(crate) struct Agent {
     reported: Reported,
     exec: ExecRule,
     /// The metering proxy of an agent with a cost budget; dropping it stops it.
-    meter: Option<crate::meter::AgentMeter>,
+    meter: Option<crate::services::meter::AgentMeter>,
     /// The cost last written to the store (restored into the meter after a restart).
     cost_saved: u64,
 }
@@ -309,7 +309,8 @@ impl AgentManager {
         let mut info = a.info.clone();
         if info.state == AgentState::Running {
             info.processes = self.cgroups.pids(&a.cgroup).len() as u32;
-            info.usage = crate::budget::usage_lines(&info.budget, &self.observe(&a.cgroup, ledger(a)));
+            info.usage =
+                crate::services::budget::usage_lines(&info.budget, &self.observe(&a.cgroup, ledger(a)));
         }
         info
     }

@@ -8,10 +8,10 @@
 //! with that boot). Restartable agents' spawn requests, sessions and the audit trail
 //! outlive boots.
 //!
-//! One file per group of tables: [`agents`] (agents, tokens, restartable agents),
-//! [`sessions`] (sessions, timelines, checkpoints, key-values, attachments, the journal);
-//! the audit table is written by `crate::audit`, with this module's migrations.
-//! [`recovery`] moves a damaged database aside and salvages what it can.
+//! One file per group of tables: `agents` (agents, tokens, restartable agents),
+//! `sessions` (sessions, timelines, checkpoints, key-values, attachments, the journal);
+//! the audit table is written by `crate::services::audit`, with this module's migrations.
+//! `recovery` moves a damaged database aside and salvages what it can.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;

@@ -32,8 +32,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use crate::cgroup::Placement;
-use crate::harden::ChildHardening;
+use crate::adapters::cgroup::Placement;
+use crate::adapters::harden::ChildHardening;
 
 /// Everything the child needs, prepared in the parent.
 pub struct Spawn {
@@ -518,7 +518,7 @@ unsafe fn child(
             fail(step::NO_NEW_PRIVS);
         }
         // Before chdir and exec: the program never runs outside the ruleset.
-        if landlock_fd >= 0 && crate::landlock::restrict_self(landlock_fd) < 0 {
+        if landlock_fd >= 0 && crate::adapters::landlock::restrict_self(landlock_fd) < 0 {
             fail(step::LANDLOCK);
         }
         if libc::chdir(cwd.as_ptr()) < 0 {
@@ -645,12 +645,14 @@ mod tests {
         // A cgroup.procs the daemon cannot write (opened read-only).
         let procs = tempfile::tempfile().unwrap().try_clone().unwrap();
         let ro = File::open(format!("/proc/self/fd/{}", procs.as_raw_fd())).unwrap();
-        let v1 = vec![crate::cgroup::V1Join { dir: "/sys/fs/cgroup/memory/rush/x".into(), procs: ro }];
+        let v1 =
+            vec![crate::adapters::cgroup::V1Join { dir: "/sys/fs/cgroup/memory/rush/x".into(), procs: ro }];
         let e = run(&["sh", "-c", &cmd], "/", Placement { v1, ..no_placement() }, None).unwrap_err();
         assert!(matches!(e, SpawnError::JoinV1 { .. }), "{e:?}");
         assert_eq!(e.to_string(), "cannot move the new process into /sys/fs/cgroup/memory/rush/x");
         // A process found outside the agent's cgroup.
-        let expect = crate::cgroup::Expected { path: "/rush/nowhere".into(), v1_controllers: vec![] };
+        let expect =
+            crate::adapters::cgroup::Expected { path: "/rush/nowhere".into(), v1_controllers: vec![] };
         let e = run(&["sh", "-c", &cmd], "/", Placement { expect: Some(expect), ..no_placement() }, None)
             .unwrap_err();
         assert!(e.to_string().contains("not in the agent's \"/rush/nowhere\""), "{e}");

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use rush_proto::Ops;
 
-use crate::cgroup::{AgentCgroup, CgroupBackend};
+use crate::adapters::cgroup::{AgentCgroup, CgroupBackend};
 use crate::core::FileKey;
 
 /// How long a revoke waits for the agent's cgroup to report `frozen 1`. Past it the scan
@@ -423,7 +423,7 @@ VmFlags: rd sh mr me ms sd
 
     #[test]
     fn the_agent_is_thawed_whatever_happens() {
-        use crate::cgroup::fake::FakeCgroups;
+        use crate::adapters::cgroup::fake::FakeCgroups;
         let cgroups = FakeCgroups::default();
         let cg = cgroups.create("t").unwrap();
         let lost = [lost("/nonexistent", key(1, 1), "write")];

@@ -158,7 +158,7 @@ pub trait CgroupBackend: Send + Sync + 'static {
     /// How the agent sees cgroupfs in its own mount namespace (`harden.rs`): its own
     /// directories bound over each hierarchy's mount point, everything read-only. None
     /// where there is no cgroupfs to hide (the unit tests' fake).
-    fn view(&self, _cg: &AgentCgroup) -> Option<crate::harden::CgroupView> {
+    fn view(&self, _cg: &AgentCgroup) -> Option<crate::adapters::harden::CgroupView> {
         None
     }
 }
@@ -228,7 +228,7 @@ pub struct FsCgroups {
 
 impl FsCgroups {
     /// `v1_controllers`: the v1 hierarchies agents join on hybrid hosts. Joining one is a
-    /// cgroup migration (see [`crate::spawn`]), so a spawn pays an RCU grace period for it.
+    /// cgroup migration (see [`crate::adapters::spawn`]), so a spawn pays an RCU grace period for it.
     pub fn new(
         mut layout: CgroupLayout,
         parent: &Path,
@@ -303,7 +303,7 @@ impl CgroupBackend for FsCgroups {
         self.parent.components().count() as u32 + 1
     }
 
-    fn view(&self, cg: &AgentCgroup) -> Option<crate::harden::CgroupView> {
+    fn view(&self, cg: &AgentCgroup) -> Option<crate::adapters::harden::CgroupView> {
         let mut binds = vec![(cg.v2_dir.clone(), self.layout.v2_root.clone())];
         for (_, root) in &self.layout.v1 {
             let dir = root.join(&self.parent).join(&cg.name);
@@ -311,7 +311,7 @@ impl CgroupBackend for FsCgroups {
                 binds.push((dir, root.clone()));
             }
         }
-        Some(crate::harden::CgroupView { binds, read_only: self.layout.read_only.clone() })
+        Some(crate::adapters::harden::CgroupView { binds, read_only: self.layout.read_only.clone() })
     }
 
     fn create(&self, name: &str) -> Result<AgentCgroup, CgroupError> {
@@ -723,7 +723,7 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
         let null = || std::os::fd::OwnedFd::from(File::open("/dev/null").unwrap());
         let argv = ["sleep".to_string(), "30".to_string()];
         let env = [("PATH".to_string(), "/usr/bin:/bin".to_string())];
-        let spawn = crate::spawn::Spawn::new(
+        let spawn = crate::adapters::spawn::Spawn::new(
             &argv,
             &env,
             Path::new("/"),
@@ -731,7 +731,7 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
             placement,
             None,
             None,
-            crate::harden::ChildHardening::default(),
+            crate::adapters::harden::ChildHardening::default(),
         )
         .unwrap();
         // start() checks every hierarchy before it lets the process exec.

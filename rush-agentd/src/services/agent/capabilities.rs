@@ -108,15 +108,16 @@ pub(super) fn landlock_link_check<'a>(
         }
     }
     for dir in dirs {
-        crate::landlock::scan_links(dir, &named, crate::landlock::LINK_SCAN_MAX).map_err(|e| {
-            format!(
-                "--hardlinks {mode} under Landlock, which cannot check link counts, so the daemon looked \
+        crate::adapters::landlock::scan_links(dir, &named, crate::adapters::landlock::LINK_SCAN_MAX)
+            .map_err(|e| {
+                format!(
+                    "--hardlinks {mode} under Landlock, which cannot check link counts, so the daemon looked \
                  below {}: {}; grant such a file by its own token, remove the extra link, or use \
                  --hardlinks follow",
-                dir.display(),
-                error_chain(&e)
-            )
-        })?;
+                    dir.display(),
+                    error_chain(&e)
+                )
+            })?;
     }
     Ok(())
 }
@@ -192,7 +193,10 @@ impl AgentManager {
     /// it runs as, and its TMPDIR (read, write, create, delete; never exec).
     pub(super) fn agent_baseline(&self, caller: &Caller, tmp: Option<&std::path::Path>) -> Vec<FileGrant> {
         let uid = if nix::unistd::geteuid().is_root() { caller.uid } else { nix::unistd::geteuid().as_raw() };
-        let mut grants = crate::baseline::expand(&self.baseline, crate::baseline::home_of(uid).as_deref());
+        let mut grants = crate::services::baseline::expand(
+            &self.baseline,
+            crate::services::baseline::home_of(uid).as_deref(),
+        );
         if let Some(dir) = tmp {
             let ops = Ops(Ops::READ.0 | Ops::WRITE.0 | Ops::CREATE.0 | Ops::DELETE.0);
             grants.push(FileGrant { path: dir.to_owned(), ops, ttl_secs: None });
@@ -225,7 +229,7 @@ impl AgentManager {
         name: &str,
         caller: &Caller,
         carried: Option<&[Token]>,
-    ) -> Result<Option<crate::baseline::TmpDir>, ApiError> {
+    ) -> Result<Option<crate::services::baseline::TmpDir>, ApiError> {
         let Some(tmp) = self.private_tmp.as_ref() else { return Ok(None) };
         let owner = nix::unistd::geteuid().is_root().then_some((caller.uid, caller.gid));
         let made = match carried.and_then(|c| c.iter().find(|t| tmp.owns(&t.path))) {
@@ -410,7 +414,7 @@ impl AgentManager {
                      frozen and"
                 );
                 match (policy, &a.respawn) {
-                    (crate::landlock::OnChange::Restart, Some(r)) => (
+                    (crate::adapters::landlock::OnChange::Restart, Some(r)) => (
                         ChangeAction::Restart,
                         format!(
                             "{head} restarted ([landlock] {key} = \"restart\"): its process tree killed, then \
@@ -419,7 +423,7 @@ impl AgentManager {
                             r.req.command.join(" ")
                         ),
                     ),
-                    (crate::landlock::OnChange::Restart, None) => (
+                    (crate::adapters::landlock::OnChange::Restart, None) => (
                         ChangeAction::Kill,
                         format!(
                             "{head} killed: it {} so it cannot be restarted",
@@ -430,7 +434,7 @@ impl AgentManager {
                             }
                         ),
                     ),
-                    (crate::landlock::OnChange::Kill, _) => {
+                    (crate::adapters::landlock::OnChange::Kill, _) => {
                         (ChangeAction::Kill, format!("{head} killed ([landlock] {key} = \"kill\")"))
                     }
                 }
@@ -563,7 +567,7 @@ impl AgentManager {
             ));
         }
         let id = CONDITION_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let worktree = crate::condition::create_worktree(&grant.path, agent, id)
+        let worktree = crate::adapters::condition::create_worktree(&grant.path, agent, id)
             .map_err(|e| api_err(ErrorKind::InvalidArgument, format!("--condition: {e}")))?;
         let condition = Condition { command, original: grant.path.clone(), worktree };
         NewToken::conditional(self.enforcement.keys, grant, condition).map_err(|e| token_err("grant", &e))
@@ -624,18 +628,20 @@ impl AgentManager {
             let Some(c) = t.condition.clone() else { continue };
             let exit = self.run_condition(agent, t.id, &c).await;
             let (promoted, synced, reason) = match &exit {
-                Ok(0) => (true, crate::condition::sync(&c.worktree, &c.original), None),
+                Ok(0) => (true, crate::adapters::condition::sync(&c.worktree, &c.original), None),
                 Ok(code) => (
                     false,
-                    crate::condition::sync(&c.original, &c.worktree),
+                    crate::adapters::condition::sync(&c.original, &c.worktree),
                     Some(format!("`{}` exited with {code}", c.command)),
                 ),
-                Err(why) => (false, crate::condition::sync(&c.original, &c.worktree), Some(why.clone())),
+                Err(why) => {
+                    (false, crate::adapters::condition::sync(&c.original, &c.worktree), Some(why.clone()))
+                }
             };
             let (changes, reason) = match synced {
                 Ok(changes) => (changes, reason),
                 Err(e) => (
-                    crate::condition::Changes::default(),
+                    crate::adapters::condition::Changes::default(),
                     Some(format!("{}{e}", reason.map(|r| format!("{r}; ")).unwrap_or_default())),
                 ),
             };
@@ -720,7 +726,7 @@ impl AgentManager {
 
     /// Revokes tokens. Once the kernel map no longer grants what they did, processes of
     /// the agent whose memory mappings use what was taken away are killed (see
-    /// [`crate::mappings`]); the agent is frozen from before the map change until then.
+    /// [`crate::adapters::mappings`]); the agent is frozen from before the map change until then.
     pub async fn revoke(
         self: &Arc<Self>,
         agent: &str,
@@ -857,7 +863,7 @@ impl AgentManager {
         }
     }
 
-    /// [`crate::mappings::enforce`] on a blocking thread (it waits for the freeze and
+    /// [`crate::adapters::mappings::enforce`] on a blocking thread (it waits for the freeze and
     /// reads /proc): `apply` is the kernel map change.
     pub(super) async fn enforce(
         self: &Arc<Self>,
@@ -878,7 +884,7 @@ impl AgentManager {
                 let live = mgr.tokens.list(Some(&cg.name)).into_iter().filter(|t| !t.expired);
                 live.map(|t| Kept { paths: path_forms(&t.path), ops: t.ops }).collect()
             };
-            crate::mappings::enforce(&*mgr.cgroups, &cg, &lost, &kept, || apply(&mgr))
+            crate::adapters::mappings::enforce(&*mgr.cgroups, &cg, &lost, &kept, || apply(&mgr))
         })
         .await
         .map_err(|e| api_err(ErrorKind::Internal, format!("enforcing on memory mappings: {e}")))?
@@ -912,7 +918,7 @@ impl AgentManager {
     pub(super) fn write_entries(
         &self,
         cgroup_id: u64,
-        entries: Vec<(crate::core::FileKey, Option<crate::bpf::FileGrantEntry>)>,
+        entries: Vec<(crate::core::FileKey, Option<crate::adapters::bpf::FileGrantEntry>)>,
     ) -> Result<(), ApiError> {
         for (key, entry) in entries {
             self.kernel.set_file_grant(cgroup_id, key, entry).map_err(|e| {

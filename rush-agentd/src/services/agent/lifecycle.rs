@@ -47,7 +47,7 @@ pub(super) struct Plan {
     /// A restart under new rules: the log goes on rather than starting empty.
     pub(super) restart: bool,
     /// Capabilities, seccomp (config, then the trust level).
-    pub(super) hardening: crate::harden::HardeningPolicy,
+    pub(super) hardening: crate::adapters::harden::HardeningPolicy,
 }
 
 /// A new agent's tokens: resolved from its request, or carried over from the process it
@@ -108,7 +108,7 @@ pub(super) async fn resolve_net(net: &NetPolicy) -> Result<KernelNetPolicy, ApiE
 
 /// The TCP ports a Landlock ruleset allows connects to: none for `deny`, the listed ports
 /// for an allow list; None (TCP left to the cgroup programs) for `allow` or any-port entries.
-pub(super) fn landlock_tcp(net: &KernelNetPolicy) -> crate::landlock::TcpPorts {
+pub(super) fn landlock_tcp(net: &KernelNetPolicy) -> crate::adapters::landlock::TcpPorts {
     match net {
         KernelNetPolicy::Deny => Some(Vec::new()),
         KernelNetPolicy::Allow => None,
@@ -125,7 +125,7 @@ pub(super) fn landlock_tcp(net: &KernelNetPolicy) -> crate::landlock::TcpPorts {
 /// Whether `net` lets the agent connect to the meter's upstream itself. A host name is
 /// resolved as the kernel would see it; a name that does not resolve is reachable only
 /// under `allow`.
-pub(super) fn reaches(net: &KernelNetPolicy, up: &crate::meter::Upstream) -> bool {
+pub(super) fn reaches(net: &KernelNetPolicy, up: &crate::services::meter::Upstream) -> bool {
     let eps = match net {
         KernelNetPolicy::Allow => return true,
         KernelNetPolicy::Deny => return false,
@@ -147,8 +147,8 @@ pub(super) fn reaches(net: &KernelNetPolicy, up: &crate::meter::Upstream) -> boo
 }
 
 /// The part of a budget the kernel's network programs enforce.
-pub(super) fn net_budget(b: &Budget) -> crate::bpf::NetBudget {
-    crate::bpf::NetBudget { bytes: b.net_bytes, api_calls: b.api_calls }
+pub(super) fn net_budget(b: &Budget) -> crate::adapters::bpf::NetBudget {
+    crate::adapters::bpf::NetBudget { bytes: b.net_bytes, api_calls: b.api_calls }
 }
 
 /// What the kernel is told of an agent's hard links: only file-confined agents have a mode.
@@ -425,11 +425,11 @@ impl AgentManager {
     pub(super) fn child_hardening(
         &self,
         cg: &AgentCgroup,
-        policy: &crate::harden::HardeningPolicy,
+        policy: &crate::adapters::harden::HardeningPolicy,
         in_session: bool,
-    ) -> Result<crate::harden::ChildHardening, ApiError> {
+    ) -> Result<crate::adapters::harden::ChildHardening, ApiError> {
         let Some(h) = self.hardening.as_ref() else {
-            return Ok(crate::harden::ChildHardening::default());
+            return Ok(crate::adapters::harden::ChildHardening::default());
         };
         let view = if h.private_cgroupfs && !h.guard { self.cgroups.view(cg) } else { None };
         // An agent of a session may be dumped by CRIU (`checkpoint --with-processes`),
@@ -438,8 +438,13 @@ impl AgentManager {
         // such agents get no cgroup namespace; what keeps them in their cgroup is the
         // guard or the read-only view, as for every agent.
         let namespace = h.cgroup_namespace && !(in_session && self.criu.get().is_ok());
-        crate::harden::ChildHardening::new(namespace, view.as_ref(), policy, Some(Arc::clone(&h.seccomp)))
-            .map_err(|e| api_err(ErrorKind::Internal, format!("cannot prepare the agent's hardening: {e}")))
+        crate::adapters::harden::ChildHardening::new(
+            namespace,
+            view.as_ref(),
+            policy,
+            Some(Arc::clone(&h.seccomp)),
+        )
+        .map_err(|e| api_err(ErrorKind::Internal, format!("cannot prepare the agent's hardening: {e}")))
     }
 
     /// Who the agent runs as: the caller, or `req.user` (a name or uid), which only root
@@ -448,7 +453,7 @@ impl AgentManager {
         &self,
         req: &SpawnRequest,
         caller: &Caller,
-        hardening: &crate::harden::HardeningPolicy,
+        hardening: &crate::adapters::harden::HardeningPolicy,
     ) -> Result<Caller, ApiError> {
         let bad = |m: String| api_err(ErrorKind::InvalidArgument, m);
         let run_as = match &req.user {
@@ -539,7 +544,7 @@ impl AgentManager {
             self.budgets
                 .control
                 .apply(&cg, &budget)
-                .map_err(|e| crate::bpf::BpfError::Other(error_chain(&e)))?;
+                .map_err(|e| crate::adapters::bpf::BpfError::Other(error_chain(&e)))?;
             self.kernel.add_agent(
                 cg.id,
                 &net,
@@ -552,14 +557,14 @@ impl AgentManager {
         }
         let landlock = if files == Files::Landlock {
             let now = boot_time_ns();
-            let rules: Vec<crate::landlock::PathRule> = self
+            let rules: Vec<crate::adapters::landlock::PathRule> = self
                 .tokens
                 .of_agent(cg.id)
                 .into_iter()
                 .filter(|t| t.expires.is_none_or(|(ns, _)| ns > now))
-                .map(|t| crate::landlock::PathRule { path: t.path, ops: t.ops })
+                .map(|t| crate::adapters::landlock::PathRule { path: t.path, ops: t.ops })
                 .collect();
-            match crate::landlock::ruleset(&rules, &tcp) {
+            match crate::adapters::landlock::ruleset(&rules, &tcp) {
                 Ok(fd) => Some(fd),
                 Err(e) => {
                     return Err(api_err(ErrorKind::Unsupported, format!("Landlock: {}", error_chain(&e))));
@@ -568,7 +573,7 @@ impl AgentManager {
         } else if files == Files::Open && self.enforcement.files == FileBackend::Landlock {
             // No BPF LSM guard on this daemon: Landlock's scopes keep the agent's signals
             // inside it (the daemon included), whatever its uid.
-            crate::landlock::scope_only().unwrap_or_else(|e| {
+            crate::adapters::landlock::scope_only().unwrap_or_else(|e| {
                 tracing::warn!(agent = %name, error = %error_chain(&e), "no Landlock scope: the agent may signal outside its cgroup");
                 None
             })
@@ -581,10 +586,13 @@ impl AgentManager {
             Files::Landlock => Some(rush_proto::Enforcement::FilesLandlock),
             Files::Open | Files::Unenforced => None,
         };
-        let landlock_tcp = files == Files::Landlock && tcp.is_some() && crate::landlock::tcp_enforced();
+        let landlock_tcp =
+            files == Files::Landlock && tcp.is_some() && crate::adapters::landlock::tcp_enforced();
         let child_hardening = self.child_hardening(&cg, &hardening, req.session.is_some());
-        let hardening_info =
-            child_hardening.as_ref().map(|h| crate::harden::info(h, &hardening)).unwrap_or_default();
+        let hardening_info = child_hardening
+            .as_ref()
+            .map(|h| crate::adapters::harden::info(h, &hardening))
+            .unwrap_or_default();
         match child_hardening.and_then(|h| self.exec(&cg, req, caller, stdio, log_path, landlock, restart, h))
         {
             Ok(child) => {
@@ -637,7 +645,7 @@ impl AgentManager {
         log_path: Option<PathBuf>,
         landlock: Option<OwnedFd>,
         restart: bool,
-        hardening: crate::harden::ChildHardening,
+        hardening: crate::adapters::harden::ChildHardening,
     ) -> Result<Child, ApiError> {
         let internal = |what: String| api_err(ErrorKind::Internal, what);
         let placement = self
@@ -702,7 +710,7 @@ impl AgentManager {
         use std::os::unix::process::ExitStatusExt;
         let mut child = child;
         let status = loop {
-            let status = match crate::spawn::wait(child.pidfd).await {
+            let status = match crate::adapters::spawn::wait(child.pidfd).await {
                 Ok(s) => ExitStatus { code: s.code(), signal: s.signal() },
                 Err(e) => {
                     tracing::error!(agent = %name, error = %e, "lost track of the agent's process");
@@ -901,7 +909,7 @@ impl AgentManager {
     pub(super) fn apply_trust(
         &self,
         mut req: SpawnRequest,
-    ) -> Result<(SpawnRequest, Budget, ExecRule, crate::harden::HardeningPolicy), ApiError> {
+    ) -> Result<(SpawnRequest, Budget, ExecRule, crate::adapters::harden::HardeningPolicy), ApiError> {
         let mut budget = req.budget;
         let mut exec = ExecRule::Granted;
         let mut hardening = self.hardening.as_ref().map(|h| h.defaults.clone()).unwrap_or_default();
@@ -958,8 +966,12 @@ impl AgentManager {
                  daemon's config), so no call would be counted",
             ));
         }
-        if let Some((resource, why)) =
-            self.budgets.control.unavailable().into_iter().find(|(r, _)| crate::budget::sets(&budget, r))
+        if let Some((resource, why)) = self
+            .budgets
+            .control
+            .unavailable()
+            .into_iter()
+            .find(|(r, _)| crate::services::budget::sets(&budget, r))
         {
             return Err(api_err(
                 ErrorKind::Unsupported,

@@ -18,7 +18,11 @@ pub(super) fn mount_point(path: &Path) -> Result<PathBuf, ApiError> {
     let canon = std::fs::canonicalize(path).map_err(io_err("resolving", path))?;
     info.lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .map(|m| PathBuf::from(std::ffi::OsString::from_vec(crate::snapshot::btrfs::unescape(m.as_bytes()))))
+        .map(|m| {
+            PathBuf::from(std::ffi::OsString::from_vec(crate::adapters::snapshot::btrfs::unescape(
+                m.as_bytes(),
+            )))
+        })
         .filter(|m| canon.starts_with(m))
         .max_by_key(|m| m.as_os_str().len())
         .ok_or_else(|| err(ErrorKind::Internal, format!("no mount point found for {}", path.display())))
@@ -41,16 +45,16 @@ impl Sessions {
             return Ok(b.clone());
         }
         let backend: Arc<dyn Backend> = match kind {
-            BackendKind::Btrfs => Arc::new(crate::snapshot::btrfs::Btrfs::on_host(root)?),
+            BackendKind::Btrfs => Arc::new(crate::adapters::snapshot::btrfs::Btrfs::on_host(root)?),
             BackendKind::BtrfsLoop => {
                 let (image, mountpoint) = self.loop_paths();
-                Arc::new(crate::snapshot::btrfs::Btrfs::on_loop(
+                Arc::new(crate::adapters::snapshot::btrfs::Btrfs::on_loop(
                     &image,
                     &mountpoint,
                     self.config.image_bytes(),
                 )?)
             }
-            BackendKind::Git => Arc::new(crate::snapshot::git::Git::new(root)?),
+            BackendKind::Git => Arc::new(crate::adapters::snapshot::git::Git::new(root)?),
         };
         self.backends.lock().unwrap_or_else(|p| p.into_inner()).insert(key, backend.clone());
         Ok(backend)
@@ -129,7 +133,7 @@ impl Sessions {
     /// workspaces stay reachable while it is down.
     pub fn unmount_loop_store(&self) {
         let (_, mountpoint) = self.loop_paths();
-        let mounted = crate::snapshot::btrfs::is_mount_point(&mountpoint).unwrap_or(false);
+        let mounted = crate::adapters::snapshot::btrfs::is_mount_point(&mountpoint).unwrap_or(false);
         if mounted && let Err(e) = nix::mount::umount2(&mountpoint, nix::mount::MntFlags::MNT_DETACH) {
             tracing::warn!(path = %mountpoint.display(), error = %e, "snapshot store not unmounted");
         }

@@ -35,7 +35,7 @@ pub(super) struct Reported {
     pub(super) fork_refusals: Option<u64>,
 }
 
-pub(super) fn ledger(a: &Agent) -> Option<Arc<crate::meter::Ledger>> {
+pub(super) fn ledger(a: &Agent) -> Option<Arc<crate::services::meter::Ledger>> {
     a.meter.as_ref().map(|m| m.ledger.clone())
 }
 
@@ -85,8 +85,8 @@ impl AgentManager {
             ));
         }
         let observed = self.observe(&cg, ledger.clone());
-        if crate::budget::cpu_spent(&budget, &observed) {
-            let used = crate::budget::cpu_ms(&observed).unwrap_or(0);
+        if crate::services::budget::cpu_spent(&budget, &observed) {
+            let used = crate::services::budget::cpu_ms(&observed).unwrap_or(0);
             return Err(api_err(
                 ErrorKind::InvalidArgument,
                 format!(
@@ -189,7 +189,7 @@ impl AgentManager {
     /// One round of budget enforcement (the daemon runs it every `budget.poll_ms`): agents
     /// past their CPU time are frozen; new OOM kills and refused forks are audited.
     pub async fn check_budgets(&self) {
-        type Row = (String, AgentCgroup, Budget, Pause, Option<Arc<crate::meter::Ledger>>, u64);
+        type Row = (String, AgentCgroup, Budget, Pause, Option<Arc<crate::services::meter::Ledger>>, u64);
         let agents: Vec<Row> = self
             .registry()
             .agents
@@ -209,17 +209,17 @@ impl AgentManager {
             if let Some(cost) = observed.cost_micro_usd.filter(|c| *c != cost_saved) {
                 if let Some(a) = self.registry().agents.get_mut(&name) {
                     a.cost_saved = cost;
-                    a.info.usage = crate::budget::usage_lines(&budget, &observed);
+                    a.info.usage = crate::services::budget::usage_lines(&budget, &observed);
                 }
                 self.persist_agent(&name);
             }
             let u = observed.cgroup;
-            if !pause.cpu_budget && crate::budget::cpu_spent(&budget, &observed) {
+            if !pause.cpu_budget && crate::services::budget::cpu_spent(&budget, &observed) {
                 if let Err(e) = self.freeze_for(&name, &cg).await {
                     tracing::error!(agent = %name, error = %e.message, "cpu budget spent but the agent is not frozen");
                 } else {
                     self.set_pause(&name, |p| p.cpu_budget = true);
-                    let used = crate::budget::cpu_ms(&observed).unwrap_or(0);
+                    let used = crate::services::budget::cpu_ms(&observed).unwrap_or(0);
                     let limit = budget.cpu_ms.unwrap_or(0);
                     tracing::warn!(agent = %name, used_ms = used, limit_ms = limit, "cpu budget spent: agent frozen; `rush agent resume {name} --budget cpu:...` continues it");
                     self.audit.record(
@@ -243,7 +243,12 @@ impl AgentManager {
     /// counters) go: an OOM kill is often what ended it. The budget poll and the exit
     /// watcher may both get here with the same counts: what was reported is read and
     /// updated under the registry lock, so each kill and refusal is audited once.
-    pub(super) fn audit_counters(&self, name: &str, budget: &Budget, u: &crate::budget::CgroupUsage) {
+    pub(super) fn audit_counters(
+        &self,
+        name: &str,
+        budget: &Budget,
+        u: &crate::services::budget::CgroupUsage,
+    ) {
         let (mut kills_new, mut refused_new) = (None, None);
         {
             let mut reg = self.registry();
@@ -273,10 +278,10 @@ impl AgentManager {
         name: &str,
         port: u16,
         limit: u64,
-    ) -> Option<Result<crate::meter::AgentMeter, ApiError>> {
+    ) -> Option<Result<crate::services::meter::AgentMeter, ApiError>> {
         let setup = self.budgets.meter.as_ref()?;
         let started = tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(crate::meter::start_on(
+            tokio::runtime::Handle::current().block_on(crate::services::meter::start_on(
                 setup.config.clone(),
                 name.to_owned(),
                 port,
@@ -290,7 +295,11 @@ impl AgentManager {
     }
 
     /// Everything counted for an agent now.
-    pub(super) fn observe(&self, cg: &AgentCgroup, ledger: Option<Arc<crate::meter::Ledger>>) -> Observed {
+    pub(super) fn observe(
+        &self,
+        cg: &AgentCgroup,
+        ledger: Option<Arc<crate::services::meter::Ledger>>,
+    ) -> Observed {
         let net = self.kernel.net_usage(cg.id).ok().flatten();
         Observed {
             cgroup: self.budgets.control.usage(cg),

@@ -390,7 +390,7 @@ impl AgentFlags {
 }
 
 /// What the daemon asks of the kernel side. Implemented by [`BpfHandle`] and, for unit
-/// tests, by [`FakeKernel`].
+/// tests, by `FakeKernel`.
 pub trait KernelPolicy: Send + Sync + 'static {
     /// Must complete before any process enters the cgroup.
     fn add_agent(&self, cgroup_id: u64, net: &KernelNetPolicy, flags: AgentFlags) -> Result<(), BpfError>;

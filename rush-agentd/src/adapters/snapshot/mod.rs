@@ -9,7 +9,7 @@
 //!
 //! Backends only make, copy and compare trees. Everything that must be atomic (rollback
 //! swaps a fully built tree in with one `renameat2(RENAME_EXCHANGE)`, timeline switch
-//! replaces the `live` symlink with one `rename`) is done above them, in [`timeline`], the
+//! replaces the `live` symlink with one `rename`) is done above them, in `services::session`, the
 //! same way for every backend, so that a crash leaves the old tree or the new, never a mix.
 //!
 //! - [`btrfs`]: subvolumes and snapshots, on the workspace's own btrfs or on a loop-mounted

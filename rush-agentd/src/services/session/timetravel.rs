@@ -121,7 +121,7 @@ impl Sessions {
         self.check_free(&l, &name)?;
         let agents = self.agents.in_session(&l.info.name);
         if with_processes {
-            crate::agent::processes::criu(self.agents.criu())
+            crate::services::agent::processes::criu(self.agents.criu())
                 .map_err(|e| err(ErrorKind::Unsupported, format!("--with-processes: {}", e.message)))?;
             if agents.is_empty() {
                 return Err(err(
@@ -228,7 +228,7 @@ impl Sessions {
         let imaged: Vec<String> =
             target.captured.iter().filter_map(|c| c.strip_prefix("processes:")).map(str::to_owned).collect();
         if !imaged.is_empty() {
-            crate::agent::processes::criu(self.agents.criu()).map_err(|e| {
+            crate::services::agent::processes::criu(self.agents.criu()).map_err(|e| {
                 err(ErrorKind::Unsupported, format!("checkpoint {name:?} holds processes: {}", e.message))
             })?;
         }

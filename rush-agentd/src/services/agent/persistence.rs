@@ -8,7 +8,10 @@ use super::*;
 /// The request that starts a stored restartable agent again, `now` in Unix ms: its
 /// tokens as last stored (timed ones with what is left of their time), detached, never
 /// unconfined. Err: why it must not start.
-pub(super) fn restart_request(rec: &crate::store::RestartRecord, now: u64) -> Result<SpawnRequest, String> {
+pub(super) fn restart_request(
+    rec: &crate::adapters::store::RestartRecord,
+    now: u64,
+) -> Result<SpawnRequest, String> {
     let mut req = rec.request.clone();
     req.stdio = StdioMode::Log;
     req.restartable = true;
@@ -37,7 +40,7 @@ impl AgentManager {
     pub(super) fn persist(
         &self,
         what: &str,
-        write: impl FnOnce(&crate::store::Store) -> Result<(), crate::store::StoreError>,
+        write: impl FnOnce(&crate::adapters::store::Store) -> Result<(), crate::adapters::store::StoreError>,
     ) {
         if let Some(store) = self.store.as_ref()
             && let Err(e) = write(store)
@@ -52,7 +55,7 @@ impl AgentManager {
     pub(super) fn save(
         &self,
         what: &str,
-        write: impl FnOnce(&crate::store::Store) -> Result<(), crate::store::StoreError>,
+        write: impl FnOnce(&crate::adapters::store::Store) -> Result<(), crate::adapters::store::StoreError>,
     ) -> Result<(), ApiError> {
         let Some(store) = self.store.as_ref() else { return Ok(()) };
         self.retry_unsaved_revokes(store);
@@ -65,7 +68,7 @@ impl AgentManager {
 
     /// Deletes from the store the tokens a revoke took out of the kernel while the store
     /// refused writes.
-    pub(super) fn retry_unsaved_revokes(&self, store: &crate::store::Store) {
+    pub(super) fn retry_unsaved_revokes(&self, store: &crate::adapters::store::Store) {
         let mut unsaved = self.unsaved_revokes.lock().unwrap_or_else(|p| p.into_inner());
         if unsaved.is_empty() {
             return;
@@ -97,7 +100,7 @@ impl AgentManager {
     /// told that a restart before the retry succeeds would grant them again.
     pub(super) fn save_revoke(&self, agent: &str, ids: &[u64]) -> Result<(), ApiError> {
         let restart = self.restart_record(agent);
-        let write = |s: &crate::store::Store| {
+        let write = |s: &crate::adapters::store::Store| {
             s.delete_tokens(ids)?;
             restart.as_ref().map_or(Ok(()), |r| s.put_restartable(r))
         };
@@ -124,7 +127,7 @@ impl AgentManager {
     }
 
     pub(super) fn save_agent(&self, name: &str) -> Result<(), ApiError> {
-        let record = self.registry().agents.get(name).map(|a| crate::store::AgentRecord {
+        let record = self.registry().agents.get(name).map(|a| crate::adapters::store::AgentRecord {
             info: a.info.clone(),
             files_confined: a.files_confined,
             log_path: a.log_path.clone(),
@@ -145,7 +148,7 @@ impl AgentManager {
         }
     }
 
-    pub(super) fn restart_record(&self, name: &str) -> Option<crate::store::RestartRecord> {
+    pub(super) fn restart_record(&self, name: &str) -> Option<crate::adapters::store::RestartRecord> {
         let found = self.registry().agents.get(name).and_then(|a| {
             let r = a.respawn.clone().filter(|r| r.req.restartable)?;
             Some((r, a.cgroup.id, a.info.pid, a.files_confined))
@@ -160,13 +163,13 @@ impl AgentManager {
             // worktree does not outlive the agent, so it is left out (less, never more).
             .filter(|t| matches!(t.origin, Origin::Spawn | Origin::Grant) && t.condition.is_none())
             .filter(|t| t.expires.is_none_or(|(ns, _)| ns > now))
-            .map(|t| crate::store::RestartGrant {
+            .map(|t| crate::adapters::store::RestartGrant {
                 path: t.path,
                 ops: t.ops,
                 expires_unix_ms: t.expires.map(|(_, ms)| ms),
             })
             .collect();
-        Some(crate::store::RestartRecord {
+        Some(crate::adapters::store::RestartRecord {
             request: r.req,
             uid: r.caller.uid,
             gid: r.caller.gid,
@@ -294,7 +297,7 @@ impl AgentManager {
             // agent died with the old daemon, its reaper has not come by yet), in its cgroup.
             let still_there = cg.as_ref().is_some_and(|cg| {
                 proc_stat(pid as i32).is_some()
-                    && crate::cgroup::process_cgroup_v2(pid as i32)
+                    && crate::adapters::cgroup::process_cgroup_v2(pid as i32)
                         .is_some_and(|p| cg.v2_dir.ends_with(p.trim_start_matches('/')))
             });
             let pidfd = if still_there { pidfd_open(pid) } else { None };

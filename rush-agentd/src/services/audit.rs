@@ -23,8 +23,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rush_proto::{AuditEvent, AuditQuery, AuditRecord, Event};
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::events::{EventBus, Subscription};
-use crate::store::StoreError;
+use crate::adapters::store::StoreError;
+use crate::services::events::{EventBus, Subscription};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -134,7 +134,7 @@ impl AuditLog {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
-        crate::store::migrate(&mut conn, db)?;
+        crate::adapters::store::migrate(&mut conn, db)?;
         let next_seq = last_seq(&conn).map_err(err)? + 1;
         let inner = Inner { conn, next_seq, lost: 0, lost_error: String::new(), sessions: HashMap::new() };
         Ok(AuditLog { path: db.to_owned(), inner: Mutex::new(inner), bus, lost_total: Default::default() })
@@ -429,7 +429,7 @@ mod tests {
         log.record(Some("a"), AuditEvent::Kill { caller_uid: 1000, processes_killed: 1 });
         log.record(None, checkpoint("s1"));
         log.record(None, checkpoint("s2"));
-        assert_eq!(crate::events::audit_record(&live.try_recv().unwrap()).unwrap().seq, 1);
+        assert_eq!(crate::services::events::audit_record(&live.try_recv().unwrap()).unwrap().seq, 1);
 
         let all = log.query(&AuditQuery::default()).unwrap();
         assert_eq!(all.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
@@ -464,7 +464,7 @@ mod tests {
         assert_eq!(log.prune(None, Some(0)).unwrap(), 3);
         drop(log);
         // The state store opens the same database (its migrations already ran).
-        let _store = crate::store::Store::open(&db).unwrap();
+        let _store = crate::adapters::store::Store::open(&db).unwrap();
         let log = AuditLog::open(&db).unwrap();
         assert_eq!(log.record(None, exit(4)).seq, 4);
     }
@@ -516,7 +516,7 @@ mod tests {
         log.record(Some("a"), exit(3));
         assert_eq!(seqs(&log, AuditQuery::default()), [1]);
         let got: Vec<u64> = std::iter::from_fn(|| live.try_recv().ok())
-            .filter_map(|e| crate::events::audit_record(&e).map(|r| r.seq))
+            .filter_map(|e| crate::services::events::audit_record(&e).map(|r| r.seq))
             .collect();
         assert_eq!(got, [1, 2, 3], "followers still see every record");
 
@@ -529,7 +529,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            crate::events::audit_record(&live.try_recv().unwrap()).unwrap().event.kind(),
+            crate::services::events::audit_record(&live.try_recv().unwrap()).unwrap().event.kind(),
             "records_lost"
         );
         log.record(None, exit(5));

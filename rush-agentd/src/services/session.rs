@@ -31,12 +31,12 @@ use rush_proto::{
     SessionInfo, SessionRef, ShellState, Timeline, TimelineInfo,
 };
 
-use crate::agent::{AgentManager, Caller};
-use crate::audit::AuditLog;
+use crate::adapters::snapshot::{Backend, BackendKind, ChangeKind, Side, SnapshotError};
+use crate::adapters::snapshot::{SnapshotSection, StoreChoice};
+use crate::adapters::store::Store;
 use crate::core::error_chain;
-use crate::snapshot::{Backend, BackendKind, ChangeKind, Side, SnapshotError};
-use crate::snapshot::{SnapshotSection, StoreChoice};
-use crate::store::Store;
+use crate::services::agent::{AgentManager, Caller};
+use crate::services::audit::AuditLog;
 
 mod lifecycle;
 mod state;
@@ -79,7 +79,7 @@ fn snap_err(e: SnapshotError) -> ApiError {
     err(kind, error_chain(&e))
 }
 
-fn store_err(e: crate::store::StoreError) -> ApiError {
+fn store_err(e: crate::adapters::store::StoreError) -> ApiError {
     err(ErrorKind::Internal, error_chain(&e))
 }
 

@@ -1,0 +1,12 @@
+//! Services: the domains, each owning its state, above the adapters they drive. A new
+//! domain is a new folder here.
+
+pub mod agent;
+pub mod audit;
+pub mod baseline;
+pub mod budget;
+pub mod events;
+pub mod meter;
+pub mod policy;
+pub mod session;
+pub mod tokens;
