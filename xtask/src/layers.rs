@@ -33,11 +33,52 @@ pub struct Room {
     pub layer: usize,
 }
 
+/// Where the rooms of a checkout from before the layout by layer (flat `src/`) would go,
+/// so that `--src` can show an older graph against the same layers.
+const FLAT_LAYOUT: &[(&str, usize)] = &[
+    ("core", 0),
+    ("bpf", 1),
+    ("cgroup", 1),
+    ("harden", 1),
+    ("landlock", 1),
+    ("spawn", 1),
+    ("audit_netlink", 1),
+    ("store", 1),
+    ("snapshot", 1),
+    ("mappings", 1),
+    ("condition", 1),
+    ("events", 2),
+    ("tokens", 2),
+    ("baseline", 2),
+    ("policy", 2),
+    ("budget", 2),
+    ("meter", 2),
+    ("audit", 2),
+    ("agent", 2),
+    ("session", 2),
+];
+
 /// The rooms of `src`, by folder, and what each uses.
 pub fn read(src: &Path) -> Result<(Vec<Room>, Graph)> {
     let mut rooms = vec![Room { name: "core".into(), layer: 0 }];
     let mut paths = vec![src.join("core")];
-    for (folder, layer) in [("adapters", 1), ("services", 2)] {
+    let flat = !src.join("adapters").is_dir();
+    if flat {
+        rooms.clear();
+        paths.clear();
+        for entry in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
+            let path = entry?.path();
+            let Some(name) = room_name(&path) else { continue };
+            let file_beside = path.is_dir() && path.with_extension("rs").is_file();
+            if ["lib", "main"].contains(&name.as_str()) || file_beside {
+                continue;
+            }
+            let layer = FLAT_LAYOUT.iter().find(|(n, _)| *n == name).map_or(3, |(_, l)| *l);
+            rooms.push(Room { name, layer });
+            paths.push(path);
+        }
+    }
+    for (folder, layer) in [("adapters", 1), ("services", 2)].into_iter().filter(|_| !flat) {
         for entry in std::fs::read_dir(src.join(folder)).with_context(|| format!("reading {folder}"))? {
             let path = entry?.path();
             let Some(name) = room_name(&path) else { continue };
@@ -51,7 +92,8 @@ pub fn read(src: &Path) -> Result<(Vec<Room>, Graph)> {
     }
     for entry in std::fs::read_dir(src).with_context(|| format!("reading {}", src.display()))? {
         let path = entry?.path();
-        if path.is_file()
+        if !flat
+            && path.is_file()
             && let Some(name) = room_name(&path)
             && !["lib", "main"].contains(&name.as_str())
         {
