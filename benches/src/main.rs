@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 mod events;
 mod hardening;
+mod landlock_audit;
 mod scale;
 mod snapshot;
 
@@ -256,6 +257,11 @@ fn main() {
     // `rush-bench hardening`: the seccomp filter's and the spawn hardening's cost (~1 min).
     if std::env::args().nth(1).as_deref() == Some("hardening") {
         hardening::run();
+        return;
+    }
+    // `rush-bench landlock-audit`: Landlock denials in the audit trail, on vs off (~1 min).
+    if std::env::args().nth(1).as_deref() == Some("landlock-audit") {
+        landlock_audit::run();
         return;
     }
     // `rush-bench tcp-throughput`: only that table.

@@ -55,7 +55,8 @@
 //! (search the user keyring, read the key) | perf-open | userfaultfd [user] |
 //! clone3 (with CLONE_NEWUSER) | x32-getpid | caps (`ok eff HEX bnd HEX`) |
 //! join-cgroup PROCS (writes its own pid into a cgroup.procs) | syscall-loop N (N x getppid,
-//! stat, open+read+close, clock_gettime: `ok N ns/iter X`)
+//! stat, open+read+close, clock_gettime: `ok N ns/iter X`) | open-loop PATH N [PAUSE_US]
+//! (N x open, + close when it opened, an untimed pause after each: `ok N refused R ns/iter X`)
 
 use std::ffi::{CString, c_long};
 use std::fs::{File, OpenOptions};
@@ -571,6 +572,37 @@ fn run_step(s: &[String]) -> Step {
                 }
             }
             Ok(format!("{n} ns/iter {:.1}", t.elapsed().as_nanos() as f64 / n as f64))
+        }
+        "open-loop" => {
+            // N x open(PATH) (+ close when it opened): for what auditing a Landlock denial
+            // costs, on a path the agent may open and on one it may not. With PAUSE_US, a
+            // pause after each open (not timed), so that the kernel's audit queue drains
+            // between denials and every record is made in full.
+            let (path, n): (CString, u64) = (cs(a(1)), num(a(2)));
+            let pause = s.get(3).map(|p| std::time::Duration::from_micros(num(p)));
+            let (mut timed, all) = (std::time::Duration::ZERO, std::time::Instant::now());
+            let mut refused = 0u64;
+            for _ in 0..n {
+                let t = pause.map(|_| std::time::Instant::now());
+                // SAFETY: open reads a NUL-terminated path alive across the loop; close
+                // closes only the descriptor it just returned.
+                unsafe {
+                    let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        refused += 1;
+                    } else {
+                        libc::close(fd);
+                    }
+                }
+                if let (Some(t), Some(p)) = (t, pause) {
+                    timed += t.elapsed();
+                    std::thread::sleep(p);
+                }
+            }
+            if pause.is_none() {
+                timed = all.elapsed();
+            }
+            Ok(format!("{n} refused {refused} ns/iter {:.1}", timed.as_nanos() as f64 / n as f64))
         }
         "join-cgroup" => {
             // Writes this process's pid into PATH (a cgroup.procs), as `echo $$ > PATH` does.
