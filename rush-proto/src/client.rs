@@ -15,10 +15,11 @@ use serde::Deserialize;
 
 use crate::PROTOCOL_VERSION;
 use crate::api::{
-    AgentInfo, ApiError, AuditQuery, AuditRecord, CallerInfo, ChangeEffect, CommitOutcome, DoctorReport,
-    ExitStatus, GrantRequest, Reply, ReplyEnvelope, Request, RequestEnvelope, Response, RevokeTarget,
-    SpawnRequest, TokenInfo,
+    AgentInfo, ApiError, AuditQuery, CallerInfo, ChangeEffect, CommitOutcome, DoctorReport, ExitStatus,
+    GrantRequest, Reply, ReplyEnvelope, Request, RequestEnvelope, Response, RevokeTarget, SpawnRequest,
+    TokenInfo,
 };
+use crate::audit::AuditRecord;
 use crate::budget::Budget;
 use crate::session::{
     Attachment, CheckpointInfo, DiffReport, KeyValue, Prune, RollbackReport, SessionDetail, SessionInfo,

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::api::{AuditEvent, AuditRecord};
+use crate::audit::{AuditEvent, AuditRecord};
 
 /// One event on the daemon's bus.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

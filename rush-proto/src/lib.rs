@@ -11,6 +11,7 @@
 //! writes straight to the user's terminal with no copying through the daemon.
 
 pub mod api;
+pub mod audit;
 pub mod budget;
 pub mod client;
 pub mod events;
@@ -19,6 +20,7 @@ pub mod spec;
 pub mod wire;
 
 pub use api::*;
+pub use audit::{AuditEvent, AuditRecord};
 pub use budget::{Budget, BudgetResource, BudgetUnit, BudgetUsage};
 pub use events::{Event, SubscribeRequest};
 pub use session::{
