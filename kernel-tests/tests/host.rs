@@ -267,12 +267,18 @@ fn kill_ends_the_whole_tree_and_removes_the_cgroup() {
     let read_pids = || -> Vec<i32> {
         std::fs::read_to_string(&procs).unwrap_or_default().lines().filter_map(|l| l.parse().ok()).collect()
     };
+    // Settled means sh and three execed `sleep`s: before that the count passes through
+    // 4 (sh, two sleeps, the subshell) and 5 (the subshell not yet gone) too.
+    let comm = |pid: &i32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let settled =
+        |pids: &[i32]| pids.len() == 4 && pids.iter().filter(|p| comm(p).trim() == "sleep").count() == 3;
     assert!(
-        wait_until(Duration::from_secs(5), || read_pids().len() == 4),
+        wait_until(Duration::from_secs(5), || settled(&read_pids())),
         "tree not started: {:?}",
         read_pids()
     );
-    let pids = read_pids();
+    let mut pids = read_pids();
+    pids.sort();
 
     // v1 controllers (hybrid hosts): the agent is placed in them too.
     for root in cgroup_roots() {
@@ -280,7 +286,9 @@ fn kill_ends_the_whole_tree_and_removes_the_cgroup() {
             continue;
         }
         let v1 = std::fs::read_to_string(root.join(&d.cgroup_parent).join("tree/cgroup.procs")).unwrap();
-        assert_eq!(v1.lines().count(), pids.len(), "v1 hierarchy {} misses processes", root.display());
+        let mut v1: Vec<i32> = v1.lines().filter_map(|l| l.parse().ok()).collect();
+        v1.sort();
+        assert_eq!(v1, pids, "v1 hierarchy {} differs from v2", root.display());
     }
 
     let status = d.rush_json(&["agent", "status", "tree"]);
