@@ -19,8 +19,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast;
 
 use crate::adapters::cgroup::process_cgroup_v2;
-use crate::services::agent::{AgentManager, Caller};
+use crate::core::Fault;
+use crate::services::agent::{AgentError, AgentManager, Caller};
 use crate::services::audit::AuditLog;
+use crate::services::session::SessionError;
 
 /// Longest request line accepted; a spawn with a large environment fits easily.
 const MAX_LINE: usize = 1 << 20;
@@ -467,134 +469,146 @@ async fn dispatch(
     ctx: &ApiContext,
 ) -> std::io::Result<()> {
     let id = env.id;
-    let reply: Result<Response, ApiError> = match env.request {
-        Request::Hello => Ok(Response::Hello {
+    // Requests answered by a stream of replies; every other one by one reply.
+    match env.request {
+        Request::Spawn(req) => spawn(conn, peer, id, req, ctx).await,
+        Request::Audit(q) => audit(conn, id, q, ctx).await,
+        Request::Subscribe(filter) => subscribe(conn, id, filter, ctx).await,
+        Request::AgentLogs { name, follow } => logs(conn, id, &name, follow, ctx).await,
+        request => {
+            let reply = answer(peer, request, ctx).await;
+            conn.send(id, reply.into()).await
+        }
+    }
+}
+
+/// The one reply to `request`; each service's error becomes a wire error here (`?`, by
+/// the `From` impls below), nowhere else.
+async fn answer(peer: &Peer, request: Request, ctx: &ApiContext) -> Result<Response, ApiError> {
+    let (agents, sessions, caller) = (&ctx.agents, &ctx.sessions, &peer.caller);
+    Ok(match request {
+        Request::Hello => Response::Hello {
             daemon_version: env!("CARGO_PKG_VERSION").into(),
             protocol_version: PROTOCOL_VERSION,
-            caller: CallerInfo {
-                uid: peer.caller.uid,
-                gid: peer.caller.gid,
-                pid: peer.caller.pid,
-                role: peer.role.clone(),
-            },
-        }),
-        Request::Spawn(req) => return spawn(conn, peer, id, req, ctx).await,
-        Request::ListAgents => Ok(Response::Agents { agents: ctx.agents.list() }),
-        Request::AgentStatus { name } => named(name, "agent_status")
-            .and_then(|name| ctx.agents.status(&name))
-            .map(|agent| Response::Agent { agent }),
-        Request::KillAgent { name } => ctx
-            .agents
-            .kill_by_operator(&name, &peer.caller)
-            .await
-            .map(|processes_killed| Response::Killed { name, processes_killed }),
-        Request::PauseAgent { name } => {
-            ctx.agents.pause(&name, &peer.caller).await.map(|agent| Response::Agent { agent })
-        }
-        Request::ResumeAgent { name, budget } => {
-            ctx.agents.resume(&name, budget, &peer.caller).await.map(|agent| Response::Agent { agent })
-        }
-        Request::Audit(q) => return audit(conn, id, q, ctx).await,
-        Request::Subscribe(filter) => return subscribe(conn, id, filter, ctx).await,
-        Request::AgentLogs { name, follow } => return logs(conn, id, &name, follow, ctx).await,
-        Request::Doctor => {
-            let report = (ctx.doctor)();
-            Ok(Response::Doctor { report })
-        }
-        Request::Grant(req) => ctx
-            .agents
-            .grant(req, &peer.caller)
-            .await
-            .map(|(token, effect)| Response::Granted { token, effect }),
-        Request::Revoke { agent, target } => ctx
-            .agents
-            .revoke(&agent, target, &peer.caller)
-            .await
-            .map(|(tokens, effect)| Response::Revoked { tokens, effect }),
-        Request::ChangeEffect { agent, revoke } => {
-            ctx.agents.change_effect(&agent, revoke.as_ref()).map(|effect| Response::ChangeEffect { effect })
-        }
-        Request::Commit { agent, token } => match named(agent, "commit") {
-            Ok(agent) => {
-                ctx.agents.commit(&agent, token).await.map(|outcomes| Response::Committed { outcomes })
-            }
-            Err(e) => Err(e),
+            caller: CallerInfo { uid: caller.uid, gid: caller.gid, pid: caller.pid, role: peer.role.clone() },
         },
+        Request::Doctor => Response::Doctor { report: (ctx.doctor)() },
+        Request::ListAgents => Response::Agents { agents: agents.list() },
+        Request::AgentStatus { name } => {
+            Response::Agent { agent: agents.status(&named(name, "agent_status")?)? }
+        }
+        Request::KillAgent { name } => {
+            let processes_killed = agents.kill_by_operator(&name, caller).await?;
+            Response::Killed { name, processes_killed }
+        }
+        Request::PauseAgent { name } => Response::Agent { agent: agents.pause(&name, caller).await? },
+        Request::ResumeAgent { name, budget } => {
+            Response::Agent { agent: agents.resume(&name, budget, caller).await? }
+        }
+        Request::Grant(req) => {
+            let (token, effect) = agents.grant(req, caller).await?;
+            Response::Granted { token, effect }
+        }
+        Request::Revoke { agent, target } => {
+            let (tokens, effect) = agents.revoke(&agent, target, caller).await?;
+            Response::Revoked { tokens, effect }
+        }
+        Request::ChangeEffect { agent, revoke } => {
+            Response::ChangeEffect { effect: agents.change_effect(&agent, revoke.as_ref())? }
+        }
+        Request::Commit { agent, token } => {
+            Response::Committed { outcomes: agents.commit(&named(agent, "commit")?, token).await? }
+        }
         Request::ListCapabilities { agent } => {
-            ctx.agents.capabilities(agent.as_deref()).map(|tokens| Response::Capabilities { tokens })
+            Response::Capabilities { tokens: agents.capabilities(agent.as_deref())? }
         }
-        Request::CreateSession { name, workspace } => ctx
-            .sessions
-            .create(name, workspace, &peer.caller)
-            .await
-            .map(|session| Response::Session { session }),
-        Request::ListSessions => ctx.sessions.list().map(|sessions| Response::Sessions { sessions }),
-        Request::RemoveSession { name } => ctx
-            .sessions
-            .remove(name.clone(), &peer.caller)
-            .await
-            .map(|workspace| Response::SessionRemoved { name, workspace }),
-        Request::Checkpoint { session, name, with_processes, shell } => ctx
-            .sessions
-            .checkpoint(session, name, with_processes, shell, &peer.caller)
-            .await
-            .map(|checkpoint| Response::Checkpointed { checkpoint }),
-        Request::Rollback { session, name } => ctx
-            .sessions
-            .rollback(session, name, &peer.caller)
-            .await
-            .map(|report| Response::RolledBack { report }),
-        Request::Branch { session, name, from } => ctx
-            .sessions
-            .branch(session, name, from, &peer.caller)
-            .await
-            .map(|timeline| Response::TimelineChanged { timeline }),
-        Request::SwitchTimeline { session, name } => ctx
-            .sessions
-            .switch(session, name, &peer.caller)
-            .await
-            .map(|timeline| Response::TimelineChanged { timeline }),
-        Request::ListTimeline { session } => {
-            ctx.sessions.timeline(&session).map(|timeline| Response::Timeline { timeline })
+        Request::CreateSession { name, workspace } => {
+            Response::Session { session: sessions.create(name, workspace, caller).await? }
         }
-        Request::Diff { session, a, b } => {
-            ctx.sessions.diff(session, a, b).await.map(|diff| Response::Diff { diff })
+        Request::ListSessions => Response::Sessions { sessions: sessions.list()? },
+        Request::RemoveSession { name } => {
+            let workspace = sessions.remove(name.clone(), caller).await?;
+            Response::SessionRemoved { name, workspace }
         }
-        Request::DeleteCheckpoint { session, name } => ctx
-            .sessions
-            .delete(session, Some(vec![name]), None, &peer.caller)
-            .await
-            .map(|names| Response::CheckpointsDeleted { names }),
-        Request::PruneCheckpoints { session, prune } => ctx
-            .sessions
-            .delete(session, None, Some(prune), &peer.caller)
-            .await
-            .map(|names| Response::CheckpointsDeleted { names }),
-        Request::ShowSession { session } => {
-            ctx.sessions.show(&session).map(|detail| Response::SessionDetail { detail })
+        Request::Checkpoint { session, name, with_processes, shell } => Response::Checkpointed {
+            checkpoint: sessions.checkpoint(session, name, with_processes, shell, caller).await?,
+        },
+        Request::Rollback { session, name } => {
+            Response::RolledBack { report: sessions.rollback(session, name, caller).await? }
         }
-        Request::SessionSet { session, key, value } => ctx
-            .sessions
-            .kv_set(&session, key, value, &peer.caller)
-            .map(|(session, pairs)| Response::SessionKv { session, pairs }),
+        Request::Branch { session, name, from } => {
+            Response::TimelineChanged { timeline: sessions.branch(session, name, from, caller).await? }
+        }
+        Request::SwitchTimeline { session, name } => {
+            Response::TimelineChanged { timeline: sessions.switch(session, name, caller).await? }
+        }
+        Request::ListTimeline { session } => Response::Timeline { timeline: sessions.timeline(&session)? },
+        Request::Diff { session, a, b } => Response::Diff { diff: sessions.diff(session, a, b).await? },
+        Request::DeleteCheckpoint { session, name } => Response::CheckpointsDeleted {
+            names: sessions.delete(session, Some(vec![name]), None, caller).await?,
+        },
+        Request::PruneCheckpoints { session, prune } => {
+            Response::CheckpointsDeleted { names: sessions.delete(session, None, Some(prune), caller).await? }
+        }
+        Request::ShowSession { session } => Response::SessionDetail { detail: sessions.show(&session)? },
+        Request::SessionSet { session, key, value } => {
+            let (session, pairs) = sessions.kv_set(&session, key, value, caller)?;
+            Response::SessionKv { session, pairs }
+        }
         Request::SessionGet { session, key } => {
-            ctx.sessions.kv_get(&session, key).map(|(session, pairs)| Response::SessionKv { session, pairs })
+            let (session, pairs) = sessions.kv_get(&session, key)?;
+            Response::SessionKv { session, pairs }
         }
-        Request::SessionUnset { session, key } => ctx
-            .sessions
-            .kv_unset(&session, key, &peer.caller)
-            .map(|(session, pairs)| Response::SessionKv { session, pairs }),
-        Request::AttachSession { session, pid, tty } => ctx
-            .sessions
-            .attach(&session, pid, tty, &peer.caller)
-            .map(|(session, attachment)| Response::Attached { session, attachment }),
-        Request::DetachSession { session, pid, cwd } => ctx
-            .sessions
-            .detach(&session, pid, cwd, &peer.caller)
-            .map(|(session, cwd)| Response::Detached { session, cwd }),
-    };
-    conn.send(id, reply.into()).await
+        Request::SessionUnset { session, key } => {
+            let (session, pairs) = sessions.kv_unset(&session, key, caller)?;
+            Response::SessionKv { session, pairs }
+        }
+        Request::AttachSession { session, pid, tty } => {
+            let (session, attachment) = sessions.attach(&session, pid, tty, caller)?;
+            Response::Attached { session, attachment }
+        }
+        Request::DetachSession { session, pid, cwd } => {
+            let (session, cwd) = sessions.detach(&session, pid, cwd, caller)?;
+            Response::Detached { session, cwd }
+        }
+        streamed @ (Request::Spawn(_)
+        | Request::Audit(_)
+        | Request::Subscribe(_)
+        | Request::AgentLogs { .. }) => {
+            return Err(ApiError::new(
+                ErrorKind::Internal,
+                format!("{} is answered by a stream, not by one reply", streamed.name()),
+            ));
+        }
+    })
 }
+
+/// A service's [`Fault`] on the wire: the one mapping.
+fn wire_kind(fault: Fault) -> ErrorKind {
+    match fault {
+        Fault::Malformed => ErrorKind::BadRequest,
+        Fault::Invalid => ErrorKind::InvalidArgument,
+        Fault::NotFound => ErrorKind::NotFound,
+        Fault::Exists => ErrorKind::AlreadyExists,
+        Fault::Forbidden => ErrorKind::PermissionDenied,
+        Fault::Unsupported => ErrorKind::Unsupported,
+        Fault::Exhausted => ErrorKind::ResourceExhausted,
+        Fault::Internal => ErrorKind::Internal,
+    }
+}
+
+/// Each service's error type, made a wire error the same way; a new service adds its type
+/// here.
+macro_rules! to_wire {
+    ($($service_error:ty),* $(,)?) => {$(
+        impl From<$service_error> for ApiError {
+            fn from(e: $service_error) -> ApiError {
+                ApiError::new(wire_kind(e.fault), e.message)
+            }
+        }
+    )*};
+}
+to_wire!(AgentError, SessionError);
 
 async fn spawn(
     conn: &mut Conn,
@@ -626,7 +640,7 @@ async fn spawn(
     }
     let (info, mut exit) = match ctx.agents.spawn(req, &peer.caller, stdio).await {
         Ok(v) => v,
-        Err(e) => return conn.send(id, Reply::Err(e)).await,
+        Err(e) => return conn.send(id, Reply::Err(e.into())).await,
     };
     let name = info.name.clone();
     let sent = conn.send(id, Reply::Ok(Response::Spawned { agent: info })).await;
@@ -732,7 +746,7 @@ async fn logs(conn: &mut Conn, id: u64, name: &str, follow: bool, ctx: &ApiConte
     use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let (path, exit) = match ctx.agents.log_path(name) {
         Ok(v) => v,
-        Err(e) => return conn.send(id, Reply::Err(e)).await,
+        Err(e) => return conn.send(id, Reply::Err(e.into())).await,
     };
     let mut file = match tokio::fs::File::open(&path).await {
         Ok(f) => f,

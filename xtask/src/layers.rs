@@ -3,8 +3,10 @@
 //!
 //! Each room (`core`, a module under `adapters/` or `services/`, or an edge file at the top
 //! of `rush-agentd/src`) belongs to the layer of its folder; a room may use rooms of its
-//! own layer or below, never above, and the graph has no loops. Test code (`#[cfg(test)] mod` and test-only files) is left out: a test may
-//! set up any room. The graph is read from `crate::room` paths in the source (use lines and
+//! own layer or below, never above, and the graph has no loops. Below the edge no room
+//! names the protocol's errors (`ApiError`): services return their own error types and
+//! `api` maps them, once. Test code (`#[cfg(test)] mod` and test-only files) is left out:
+//! a test may set up any room. The graph is read from `crate::room` paths in the source (use lines and
 //! inline paths), which is what rustc resolves too for this crate: it has no re-exports
 //! that would hide an edge, and the check refuses one (`pub use crate::`) if it appears.
 //!
@@ -24,6 +26,9 @@ pub const LAYERS: &[&str] = &["core", "adapters", "services", "edge"];
 pub struct Graph {
     /// room -> rooms it uses.
     pub edges: BTreeMap<String, BTreeSet<String>>,
+    /// Rooms below the edge that build or name the protocol's errors (`ApiError`): only
+    /// `api` may, each service returning its own error type.
+    pub wire_errors: BTreeSet<String>,
 }
 
 /// A room: its name and its layer (an index into [`LAYERS`]).
@@ -103,6 +108,7 @@ pub fn read(src: &Path) -> Result<(Vec<Room>, Graph)> {
     }
     let names: BTreeSet<String> = rooms.iter().map(|r| r.name.clone()).collect();
     let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut wire_errors = BTreeSet::new();
     for (room, path) in rooms.iter().zip(&paths) {
         let uses = edges.entry(room.name.clone()).or_default();
         // A room is a file, a folder, or both (`agent.rs` and `agent/`).
@@ -124,6 +130,9 @@ pub fn read(src: &Path) -> Result<(Vec<Room>, Graph)> {
             }
             // Tests may use any room to set one up; the graph is of what ships.
             let text = text.split("#[cfg(test)]\nmod ").next().unwrap_or("");
+            if room.layer < 3 && text.contains("ApiError") {
+                wire_errors.insert(room.name.clone());
+            }
             for used in crate_paths(text) {
                 if used != room.name && names.contains(&used) {
                     uses.insert(used);
@@ -132,7 +141,7 @@ pub fn read(src: &Path) -> Result<(Vec<Room>, Graph)> {
         }
     }
     rooms.sort();
-    Ok((rooms, Graph { edges }))
+    Ok((rooms, Graph { edges, wire_errors }))
 }
 
 /// The module name of a `.rs` file or a folder.
@@ -320,8 +329,17 @@ pub fn run(check_only: bool, src: Option<PathBuf>) -> Result<()> {
     for l in loops(&g) {
         problems.push(format!("import loop: {}", l.join(" <-> ")));
     }
+    for room in &g.wire_errors {
+        problems.push(format!(
+            "{room} ({}) builds the protocol's errors (ApiError): return the room's own error type; `api` maps it",
+            LAYERS[layer[room.as_str()]]
+        ));
+    }
     if problems.is_empty() {
-        println!("layers: {} rooms, no loops, no upward imports", g.edges.len());
+        println!(
+            "layers: {} rooms, no loops, no upward imports, wire errors built only at the edge",
+            g.edges.len()
+        );
         return Ok(());
     }
     for p in &problems {
@@ -348,6 +366,9 @@ mod tests {
             edges.entry(a.to_string()).or_insert_with(BTreeSet::new).insert(b.to_string());
         }
         edges.insert("d".into(), BTreeSet::new());
-        assert_eq!(loops(&Graph { edges }), vec![vec!["a".to_string(), "b".into(), "c".into()]]);
+        assert_eq!(
+            loops(&Graph { edges, wire_errors: BTreeSet::new() }),
+            vec![vec!["a".to_string(), "b".into(), "c".into()]]
+        );
     }
 }

@@ -8,5 +8,5 @@ pub mod process;
 pub mod token;
 
 pub use clock::{boot_id, boot_time_ns, now_unix_ms};
-pub use error::error_chain;
+pub use error::{Fault, error_chain};
 pub use file_key::{FileKey, FileKeys, KeyError};

@@ -23,9 +23,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use rush_proto::{
-    AgentInfo, AgentName, AgentState, ApiError, AuditEvent, Budget, BudgetResource, ChangeAction,
-    ChangeEffect, ErrorKind, ExitStatus, FileGrant, FilesBackend, GrantRequest, Hardlinks, NetPolicy, Ops,
-    PauseReason, RevokeTarget, SpawnRequest, StdioMode, TokenInfo,
+    AgentInfo, AgentName, AgentState, AuditEvent, Budget, BudgetResource, ChangeAction, ChangeEffect,
+    ExitStatus, FileGrant, FilesBackend, GrantRequest, Hardlinks, NetPolicy, Ops, PauseReason, RevokeTarget,
+    SpawnRequest, StdioMode, TokenInfo,
 };
 use tokio::sync::watch;
 
@@ -36,7 +36,7 @@ use crate::adapters::snapshot::criu::CriuSetup;
 use crate::adapters::spawn::{Spawn, SpawnError};
 use crate::core::process::{pidfd_open, proc_stat};
 use crate::core::token::{Condition, Origin, Token};
-use crate::core::{FileKey, KeyError, boot_time_ns, error_chain, now_unix_ms};
+use crate::core::{Fault, FileKey, KeyError, boot_time_ns, error_chain, now_unix_ms};
 use crate::services::audit::AuditLog;
 use crate::services::budget::{Observed, ResourceControl};
 use crate::services::policy::{ExecRule, Policy};
@@ -241,9 +241,10 @@ pub(crate) struct Agent {
     cost_saved: u64,
 }
 
-fn api_err(kind: ErrorKind, msg: impl Into<String>) -> ApiError {
-    ApiError::new(kind, msg)
-}
+crate::service_error!(
+    /// Why a request to the agents service failed; `api` maps it to the wire.
+    AgentError
+);
 
 impl AgentManager {
     pub fn new(setup: AgentSetup) -> Arc<AgentManager> {
@@ -300,7 +301,7 @@ impl AgentManager {
         v
     }
 
-    pub fn status(&self, name: &str) -> Result<AgentInfo, ApiError> {
+    pub fn status(&self, name: &str) -> Result<AgentInfo, AgentError> {
         let reg = self.registry();
         reg.agents.get(name).map(|a| self.current(a)).ok_or_else(|| not_found(name))
     }
@@ -316,8 +317,8 @@ impl AgentManager {
     }
 }
 
-fn not_found(name: &str) -> ApiError {
-    api_err(ErrorKind::NotFound, format!("no agent named {name:?}"))
+fn not_found(name: &str) -> AgentError {
+    AgentError::new(Fault::NotFound, format!("no agent named {name:?}"))
 }
 
 #[cfg(test)]

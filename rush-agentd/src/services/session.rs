@@ -18,6 +18,7 @@
 //! recovery, branch, switch, diff, delete), `store` (where trees live), `state` (key-values,
 //! working directory, attached shells).
 
+use crate::core::Fault;
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -27,8 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rush_proto::{
-    ApiError, AuditEvent, CheckpointInfo, DiffReport, EnvChange, ErrorKind, Prune, RollbackReport,
-    SessionInfo, SessionRef, ShellState, Timeline, TimelineInfo,
+    AuditEvent, CheckpointInfo, DiffReport, EnvChange, Prune, RollbackReport, SessionInfo, SessionRef,
+    ShellState, Timeline, TimelineInfo,
 };
 
 use crate::adapters::snapshot::{Backend, BackendKind, ChangeKind, Side, SnapshotError};
@@ -65,27 +66,39 @@ pub struct Sessions {
     ops: tokio::sync::Mutex<()>,
 }
 
-fn err(kind: ErrorKind, msg: impl Into<String>) -> ApiError {
-    ApiError::new(kind, msg)
+crate::service_error!(
+    /// Why a request to the sessions service failed; `api` maps it to the wire.
+    SessionError
+);
+
+/// An agents' failure inside a session request (freezing its agents, their processes).
+impl From<crate::services::agent::AgentError> for SessionError {
+    fn from(e: crate::services::agent::AgentError) -> Self {
+        SessionError::new(e.fault, e.message)
+    }
 }
 
-fn snap_err(e: SnapshotError) -> ApiError {
+fn err(fault: Fault, msg: impl Into<String>) -> SessionError {
+    SessionError::new(fault, msg)
+}
+
+fn snap_err(e: SnapshotError) -> SessionError {
     let kind = match &e {
-        SnapshotError::Full { .. } => ErrorKind::ResourceExhausted,
-        SnapshotError::Unavailable(_) => ErrorKind::Unsupported,
-        SnapshotError::NoCheckpoint(_) => ErrorKind::NotFound,
-        _ => ErrorKind::Internal,
+        SnapshotError::Full { .. } => Fault::Exhausted,
+        SnapshotError::Unavailable(_) => Fault::Unsupported,
+        SnapshotError::NoCheckpoint(_) => Fault::NotFound,
+        _ => Fault::Internal,
     };
     err(kind, error_chain(&e))
 }
 
-fn store_err(e: crate::adapters::store::StoreError) -> ApiError {
-    err(ErrorKind::Internal, error_chain(&e))
+fn store_err(e: crate::adapters::store::StoreError) -> SessionError {
+    err(Fault::Internal, error_chain(&e))
 }
 
-fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> ApiError + use<> {
+fn io_err(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> SessionError + use<> {
     let msg = format!("{what} {}", path.display());
-    move |e| err(ErrorKind::Internal, format!("{msg}: {e}"))
+    move |e| err(Fault::Internal, format!("{msg}: {e}"))
 }
 
 fn now_unix_ms() -> u64 {
@@ -97,10 +110,10 @@ fn now_unix_ms() -> u64 {
 
 /// Session, checkpoint and timeline names: like agent names, so they are safe as one path
 /// component and never hidden (`.`-prefixed names are the daemon's own scratch trees).
-fn check_name(what: &str, name: &str) -> Result<(), ApiError> {
+fn check_name(what: &str, name: &str) -> Result<(), SessionError> {
     name.parse::<rush_proto::AgentName>().map(|_| ()).map_err(|_| {
         err(
-            ErrorKind::InvalidArgument,
+            Fault::Invalid,
             format!(
                 "{what} name {name:?}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
             ),
@@ -170,22 +183,22 @@ impl Sessions {
         info
     }
 
-    pub fn list(&self) -> Result<Vec<SessionInfo>, ApiError> {
+    pub fn list(&self) -> Result<Vec<SessionInfo>, SessionError> {
         Ok(self.store.sessions().map_err(store_err)?.into_iter().map(|s| self.with_runtime(s)).collect())
     }
 
-    fn locate(&self, sref: &SessionRef) -> Result<Located, ApiError> {
+    fn locate(&self, sref: &SessionRef) -> Result<Located, SessionError> {
         let info = self.find(sref)?;
         let backend = self.backend_of(&info).map_err(snap_err)?;
         Ok(Located { info, backend })
     }
 
     /// The session a request names, or whose workspace contains its working directory.
-    fn find(&self, sref: &SessionRef) -> Result<SessionInfo, ApiError> {
+    fn find(&self, sref: &SessionRef) -> Result<SessionInfo, SessionError> {
         let sessions = self.store.sessions().map_err(store_err)?;
         let info = match (&sref.name, &sref.cwd) {
             (Some(name), _) => sessions.into_iter().find(|s| &s.name == name).ok_or_else(|| {
-                err(ErrorKind::NotFound, format!("no session {name:?} (see `rush session list`)"))
+                err(Fault::NotFound, format!("no session {name:?} (see `rush session list`)"))
             })?,
             (None, Some(cwd)) => sessions
                 .into_iter()
@@ -195,7 +208,7 @@ impl Sessions {
                 })
                 .ok_or_else(|| {
                     err(
-                        ErrorKind::NotFound,
+                        Fault::NotFound,
                         format!(
                             "{} is in no session's workspace: name one with --session, or cd into one \
                              (see `rush session list`)",
@@ -204,21 +217,18 @@ impl Sessions {
                     )
                 })?,
             (None, None) => {
-                return Err(err(
-                    ErrorKind::InvalidArgument,
-                    "no session named and no working directory given",
-                ));
+                return Err(err(Fault::Invalid, "no session named and no working directory given"));
             }
         };
         Ok(info)
     }
 
-    fn checkpoint_named(&self, l: &Located, name: &str) -> Result<CheckpointInfo, ApiError> {
+    fn checkpoint_named(&self, l: &Located, name: &str) -> Result<CheckpointInfo, SessionError> {
         let all = self.store.checkpoints(&l.info.name).map_err(store_err)?;
         let known: Vec<String> = all.iter().map(|c| c.name.clone()).collect();
         all.into_iter().find(|c| c.name == name).ok_or_else(|| {
             err(
-                ErrorKind::NotFound,
+                Fault::NotFound,
                 format!(
                     "session {:?} has no checkpoint {name:?} (it has: {})",
                     l.info.name,
@@ -229,13 +239,13 @@ impl Sessions {
     }
 
     /// Checkpoints and timelines share one namespace, so `timeline diff A B` is never ambiguous.
-    fn check_free(&self, l: &Located, name: &str) -> Result<(), ApiError> {
+    fn check_free(&self, l: &Located, name: &str) -> Result<(), SessionError> {
         let clash = self.store.checkpoints(&l.info.name).map_err(store_err)?.iter().any(|c| c.name == name);
         let clash_tl = self.store.timelines(&l.info.name).map_err(store_err)?.iter().any(|t| t.name == name);
         if clash || clash_tl {
             let what = if clash { "checkpoint" } else { "timeline" };
             return Err(err(
-                ErrorKind::AlreadyExists,
+                Fault::Exists,
                 format!("session {:?} already has a {what} named {name:?}", l.info.name),
             ));
         }

@@ -3,6 +3,8 @@
 
 use super::lifecycle::net_budget;
 use super::*;
+use crate::core::Fault;
+use crate::services::agent::AgentError;
 
 /// Why an agent is frozen; each reason holds one freeze of its cgroup.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -46,7 +48,7 @@ pub(super) fn saved_cost(info: &AgentInfo) -> u64 {
 
 impl AgentManager {
     /// Freezes the agent until `resume`.
-    pub async fn pause(&self, name: &str, caller: &Caller) -> Result<AgentInfo, ApiError> {
+    pub async fn pause(&self, name: &str, caller: &Caller) -> Result<AgentInfo, AgentError> {
         let cg = self.running(name)?;
         if self.registry().agents.get(name).is_some_and(|a| a.pause.operator) {
             return self.status(name);
@@ -68,7 +70,7 @@ impl AgentManager {
         name: &str,
         raise: Option<Budget>,
         caller: &Caller,
-    ) -> Result<AgentInfo, ApiError> {
+    ) -> Result<AgentInfo, AgentError> {
         let cg = self.running(name)?;
         let (old, pause, ledger) = {
             let reg = self.registry();
@@ -77,8 +79,8 @@ impl AgentManager {
         };
         let budget = raise.map_or(old, |r| old.overridden_by(&r));
         if budget.cost_micro_usd.is_some() && old.cost_micro_usd.is_none() {
-            return Err(api_err(
-                ErrorKind::InvalidArgument,
+            return Err(AgentError::new(
+                Fault::Invalid,
                 format!(
                     "agent {name:?} was spawned without a cost budget: its API calls do not go through a meter"
                 ),
@@ -87,8 +89,8 @@ impl AgentManager {
         let observed = self.observe(&cg, ledger.clone());
         if crate::services::budget::cpu_spent(&budget, &observed) {
             let used = crate::services::budget::cpu_ms(&observed).unwrap_or(0);
-            return Err(api_err(
-                ErrorKind::InvalidArgument,
+            return Err(AgentError::new(
+                Fault::Invalid,
                 format!(
                     "agent {name:?} has used {:.1}s of CPU time against a budget of {}: it stays frozen; \
                      resume it with a higher one, e.g. --budget cpu:{}",
@@ -103,8 +105,8 @@ impl AgentManager {
             let cg2 = cg.clone();
             tokio::task::spawn_blocking(move || control.apply(&cg2, &budget))
                 .await
-                .map_err(|e| api_err(ErrorKind::Internal, e.to_string()))?
-                .map_err(|e| api_err(ErrorKind::Unsupported, error_chain(&e)))?;
+                .map_err(|e| AgentError::new(Fault::Internal, e.to_string()))?
+                .map_err(|e| AgentError::new(Fault::Unsupported, error_chain(&e)))?;
         }
         if let (Some(l), Some(limit)) = (&ledger, budget.cost_micro_usd) {
             l.set_limit(limit);
@@ -112,12 +114,12 @@ impl AgentManager {
         if (budget.net_bytes, budget.api_calls) != (old.net_bytes, old.api_calls) {
             self.kernel
                 .set_net_budget(cg.id, net_budget(&budget))
-                .map_err(|e| api_err(ErrorKind::Internal, format!("net budget of {name}: {e}")))?;
+                .map_err(|e| AgentError::new(Fault::Internal, format!("net budget of {name}: {e}")))?;
         }
         for _ in [pause.operator, pause.cpu_budget].iter().filter(|on| **on) {
             self.cgroups
                 .thaw(&cg)
-                .map_err(|e| api_err(ErrorKind::Internal, format!("thaw {name}: {}", error_chain(&e))))?;
+                .map_err(|e| AgentError::new(Fault::Internal, format!("thaw {name}: {}", error_chain(&e))))?;
         }
         if let Some(a) = self.registry().agents.get_mut(name) {
             a.info.budget = budget;
@@ -143,36 +145,38 @@ impl AgentManager {
 
     /// Freezes the running agent for a workspace operation; pair with [`Self::thaw`]. Each
     /// freeze is counted, so an operator pause or a budget freeze held meanwhile stays.
-    pub async fn freeze(&self, name: &str) -> Result<(), ApiError> {
+    pub async fn freeze(&self, name: &str) -> Result<(), AgentError> {
         let cg = self.running(name)?;
         self.freeze_for(name, &cg).await
     }
 
-    pub fn thaw(&self, name: &str) -> Result<(), ApiError> {
+    pub fn thaw(&self, name: &str) -> Result<(), AgentError> {
         let cg = self.running(name)?;
         self.cgroups
             .thaw(&cg)
-            .map_err(|e| api_err(ErrorKind::Internal, format!("thaw {name}: {}", error_chain(&e))))
+            .map_err(|e| AgentError::new(Fault::Internal, format!("thaw {name}: {}", error_chain(&e))))
     }
 
     /// The cgroup of the running agent `name`.
-    pub(super) fn running(&self, name: &str) -> Result<AgentCgroup, ApiError> {
+    pub(super) fn running(&self, name: &str) -> Result<AgentCgroup, AgentError> {
         let reg = self.registry();
         let a = reg.agents.get(name).ok_or_else(|| not_found(name))?;
         if a.info.state != AgentState::Running {
-            return Err(api_err(ErrorKind::InvalidArgument, format!("agent {name:?} has exited")));
+            return Err(AgentError::new(Fault::Invalid, format!("agent {name:?} has exited")));
         }
         Ok(a.cgroup.clone())
     }
 
-    pub(super) async fn freeze_for(&self, name: &str, cg: &AgentCgroup) -> Result<(), ApiError> {
+    pub(super) async fn freeze_for(&self, name: &str, cg: &AgentCgroup) -> Result<(), AgentError> {
         let cgroups = Arc::clone(&self.cgroups);
         let cg = cg.clone();
         let frozen =
             tokio::task::spawn_blocking(move || cgroups.freeze(&cg, std::time::Duration::from_secs(5)))
                 .await
-                .map_err(|e| api_err(ErrorKind::Internal, e.to_string()))?
-                .map_err(|e| api_err(ErrorKind::Internal, format!("freeze {name}: {}", error_chain(&e))))?;
+                .map_err(|e| AgentError::new(Fault::Internal, e.to_string()))?
+                .map_err(|e| {
+                    AgentError::new(Fault::Internal, format!("freeze {name}: {}", error_chain(&e)))
+                })?;
         if !frozen {
             tracing::warn!(agent = %name, "still freezing after 5 s (a process in uninterruptible sleep)");
         }
@@ -278,7 +282,7 @@ impl AgentManager {
         name: &str,
         port: u16,
         limit: u64,
-    ) -> Option<Result<crate::services::meter::AgentMeter, ApiError>> {
+    ) -> Option<Result<crate::services::meter::AgentMeter, AgentError>> {
         let setup = self.budgets.meter.as_ref()?;
         let started = tokio::task::block_in_place(|| {
             tokio::runtime::Handle::current().block_on(crate::services::meter::start_on(
@@ -290,7 +294,7 @@ impl AgentManager {
             ))
         });
         Some(started.map_err(|e| {
-            api_err(ErrorKind::Unsupported, format!("refusing the cost budget: {}", error_chain(&e)))
+            AgentError::new(Fault::Unsupported, format!("refusing the cost budget: {}", error_chain(&e)))
         }))
     }
 

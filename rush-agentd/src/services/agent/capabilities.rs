@@ -3,6 +3,8 @@
 //! mapped files.
 
 use super::*;
+use crate::core::Fault;
+use crate::services::agent::AgentError;
 
 /// Conditional tokens' worktrees are numbered per daemon run.
 pub(super) static CONDITION_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -67,14 +69,14 @@ pub(super) fn lost_by_revoke(
         .collect()
 }
 
-pub(super) fn token_err(what: &str, e: &TokenError) -> ApiError {
+pub(super) fn token_err(what: &str, e: &TokenError) -> AgentError {
     let kind = match e {
         TokenError::Key(KeyError::Stat { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            ErrorKind::NotFound
+            Fault::NotFound
         }
-        _ => ErrorKind::InvalidArgument,
+        _ => Fault::Invalid,
     };
-    api_err(kind, format!("{what}: {e}"))
+    AgentError::new(kind, format!("{what}: {e}"))
 }
 
 /// `--hardlinks` under Landlock, which cannot see link counts: refuses while a directory
@@ -132,7 +134,7 @@ impl AgentManager {
         exec: ExecRule,
         stdio: Option<&[OwnedFd; 3]>,
         log_path: Option<&std::path::Path>,
-    ) -> Result<Vec<NewToken>, ApiError> {
+    ) -> Result<Vec<NewToken>, AgentError> {
         let mut tokens: Vec<NewToken> = baseline
             .iter()
             .filter_map(|g| match NewToken::resolve(self.enforcement.keys, g, Origin::Baseline) {
@@ -178,7 +180,7 @@ impl AgentManager {
         if let Some(log) = log_path {
             // Created now, so that it has an inode to grant.
             std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| {
-                api_err(ErrorKind::Internal, format!("cannot create log {}: {e}", log.display()))
+                AgentError::new(Fault::Internal, format!("cannot create log {}: {e}", log.display()))
             })?;
             let grant = FileGrant { path: log.to_owned(), ops: Ops::WRITE, ttl_secs: None };
             tokens.push(
@@ -229,7 +231,7 @@ impl AgentManager {
         name: &str,
         caller: &Caller,
         carried: Option<&[Token]>,
-    ) -> Result<Option<crate::services::baseline::TmpDir>, ApiError> {
+    ) -> Result<Option<crate::services::baseline::TmpDir>, AgentError> {
         let Some(tmp) = self.private_tmp.as_ref() else { return Ok(None) };
         let owner = nix::unistd::geteuid().is_root().then_some((caller.uid, caller.gid));
         let made = match carried.and_then(|c| c.iter().find(|t| tmp.owns(&t.path))) {
@@ -238,7 +240,7 @@ impl AgentManager {
             None => tmp.create(name, owner),
         };
         made.map(Some).map_err(|e| {
-            api_err(ErrorKind::Internal, format!("cannot give the agent its TMPDIR: {}", error_chain(&e)))
+            AgentError::new(Fault::Internal, format!("cannot give the agent its TMPDIR: {}", error_chain(&e)))
         })
     }
 
@@ -254,15 +256,15 @@ impl AgentManager {
     }
 
     /// The cgroup of the running, file-confined agent `name`.
-    pub(super) fn confined_agent(&self, name: &str) -> Result<AgentCgroup, ApiError> {
+    pub(super) fn confined_agent(&self, name: &str) -> Result<AgentCgroup, AgentError> {
         let reg = self.registry();
         let a = reg.agents.get(name).ok_or_else(|| not_found(name))?;
         if a.info.state != AgentState::Running {
-            return Err(api_err(ErrorKind::InvalidArgument, format!("agent {name:?} has exited")));
+            return Err(AgentError::new(Fault::Invalid, format!("agent {name:?} has exited")));
         }
         if !a.files_confined {
-            return Err(api_err(
-                ErrorKind::InvalidArgument,
+            return Err(AgentError::new(
+                Fault::Invalid,
                 format!(
                     "agent {name:?} is not file-confined (it was spawned without --allow): its file access \
                      is not restricted, so a token would change nothing"
@@ -274,7 +276,7 @@ impl AgentManager {
 
     /// After a rollback swapped the workspace's tree, the agent's tokens follow their paths
     /// to the new inodes (kernel map and store), so a restored agent keeps what it was granted.
-    pub fn follow_token_paths(&self, name: &str) -> Result<usize, ApiError> {
+    pub fn follow_token_paths(&self, name: &str) -> Result<usize, AgentError> {
         let cg = self.running(name)?;
         let (moves, entries) = self.tokens.follow_paths(self.enforcement.keys, cg.id);
         self.write_entries(cg.id, entries)?;
@@ -295,17 +297,17 @@ impl AgentManager {
         self: &Arc<Self>,
         req: GrantRequest,
         caller: &Caller,
-    ) -> Result<(TokenInfo, Option<ChangeEffect>), ApiError> {
+    ) -> Result<(TokenInfo, Option<ChangeEffect>), AgentError> {
         let files = self.files_of(&req.agent);
         if let (FileBackend::Unavailable(why), false) =
             (&self.enforcement.files, files == Some(Files::Unenforced))
         {
-            return Err(api_err(ErrorKind::Unsupported, format!("refusing the grant: {why}")));
+            return Err(AgentError::new(Fault::Unsupported, format!("refusing the grant: {why}")));
         }
         let cgroup_id = self.confined_agent(&req.agent)?.id;
         if files == Some(Files::Landlock) && req.condition.is_some() {
-            return Err(api_err(
-                ErrorKind::Unsupported,
+            return Err(AgentError::new(
+                Fault::Unsupported,
                 format!(
                     "refusing --condition: agent {:?} is confined by Landlock, whose rules are paths fixed \
                      at start, so its writes cannot be redirected to a worktree (conditional tokens need \
@@ -319,13 +321,13 @@ impl AgentManager {
             _ => None,
         };
         if req.ops.0 == 0 {
-            return Err(api_err(ErrorKind::InvalidArgument, "no operations to grant"));
+            return Err(AgentError::new(Fault::Invalid, "no operations to grant"));
         }
         if req.ops.contains(Ops::EXEC) {
             let reg = self.registry();
             if let Some(a) = reg.agents.get(&req.agent).filter(|a| a.exec == ExecRule::System) {
-                return Err(api_err(
-                    ErrorKind::PermissionDenied,
+                return Err(AgentError::new(
+                    Fault::Forbidden,
                     format!(
                         "refusing exec on {}: agent {:?} runs at trust level {:?}, whose exec rule is \"system\" \
                          (only the baseline tokens may run programs)",
@@ -346,7 +348,7 @@ impl AgentManager {
             let mode = self.registry().agents.get(&req.agent).map(|a| a.info.hardlinks).unwrap_or_default();
             let held: Vec<PathBuf> = self.tokens.of_agent(cgroup_id).into_iter().map(|t| t.path).collect();
             landlock_link_check(mode, [(&new.path, new.ops, new.origin)], &held)
-                .map_err(|e| api_err(ErrorKind::Unsupported, format!("refusing the grant: {e}")))?;
+                .map_err(|e| AgentError::new(Fault::Unsupported, format!("refusing the grant: {e}")))?;
         }
         let (added, entries) = self.tokens.add(&req.agent, cgroup_id, vec![new]);
         let ids: Vec<u64> = added.iter().map(|t| t.id).collect();
@@ -389,7 +391,7 @@ impl AgentManager {
     }
 
     /// What a grant (`widen`) or a revoke would do to the running agent `name`.
-    pub(super) fn planned_effect(&self, name: &str, widen: bool) -> Result<ChangeEffect, ApiError> {
+    pub(super) fn planned_effect(&self, name: &str, widen: bool) -> Result<ChangeEffect, AgentError> {
         // Refuses exited and unconfined agents, as the change itself would.
         self.confined_agent(name)?;
         let reg = self.registry();
@@ -460,7 +462,11 @@ impl AgentManager {
 
     /// What a grant (`revoke: None`) or this revoke would do to the running agent, without
     /// doing it (`rush capability grant/revoke` print it first).
-    pub fn change_effect(&self, name: &str, revoke: Option<&RevokeTarget>) -> Result<ChangeEffect, ApiError> {
+    pub fn change_effect(
+        &self,
+        name: &str,
+        revoke: Option<&RevokeTarget>,
+    ) -> Result<ChangeEffect, AgentError> {
         let cgroup_id = self.confined_agent(name)?.id;
         if let Some(target) = revoke {
             let key = match target {
@@ -472,7 +478,7 @@ impl AgentManager {
                 RevokeTarget::Path(p) => t.path == *p || Some(t.key) == key,
             });
             if !any {
-                return Err(api_err(ErrorKind::NotFound, format!("agent {name:?} has no such token")));
+                return Err(AgentError::new(Fault::NotFound, format!("agent {name:?} has no such token")));
             }
         }
         self.planned_effect(name, revoke.is_none())
@@ -485,7 +491,7 @@ impl AgentManager {
         planned: ChangeEffect,
         cause: &str,
         caller: &Caller,
-    ) -> Result<ChangeEffect, ApiError> {
+    ) -> Result<ChangeEffect, AgentError> {
         let name = planned.agent.clone();
         let (cg, respawn) = {
             let reg = self.registry();
@@ -521,8 +527,8 @@ impl AgentManager {
                             new_pid: None,
                         },
                     );
-                    return Err(api_err(
-                        e.kind,
+                    return Err(AgentError::new(
+                        e.fault,
                         format!(
                             "agent {name} was killed for its new rules but could not be restarted: {}",
                             e.message
@@ -550,25 +556,25 @@ impl AgentManager {
         agent: &str,
         grant: &FileGrant,
         command: String,
-    ) -> Result<NewToken, ApiError> {
+    ) -> Result<NewToken, AgentError> {
         if command.trim().is_empty() {
-            return Err(api_err(ErrorKind::InvalidArgument, "--condition: the command is empty"));
+            return Err(AgentError::new(Fault::Invalid, "--condition: the command is empty"));
         }
         if !grant.ops.contains(Ops::WRITE) {
-            return Err(api_err(
-                ErrorKind::InvalidArgument,
+            return Err(AgentError::new(
+                Fault::Invalid,
                 format!("--condition guards writes, but the ops ({}) include no write", grant.ops),
             ));
         }
         if !grant.path.is_absolute() {
-            return Err(api_err(
-                ErrorKind::InvalidArgument,
+            return Err(AgentError::new(
+                Fault::Invalid,
                 format!("path {} must be absolute", grant.path.display()),
             ));
         }
         let id = CONDITION_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let worktree = crate::adapters::condition::create_worktree(&grant.path, agent, id)
-            .map_err(|e| api_err(ErrorKind::InvalidArgument, format!("--condition: {e}")))?;
+            .map_err(|e| AgentError::new(Fault::Invalid, format!("--condition: {e}")))?;
         let condition = Condition { command, original: grant.path.clone(), worktree };
         NewToken::conditional(self.enforcement.keys, grant, condition).map_err(|e| token_err("grant", &e))
     }
@@ -581,7 +587,7 @@ impl AgentManager {
         self: &Arc<Self>,
         agent: &str,
         token: Option<u64>,
-    ) -> Result<Vec<rush_proto::CommitOutcome>, ApiError> {
+    ) -> Result<Vec<rush_proto::CommitOutcome>, AgentError> {
         let cg = self.confined_agent(agent)?;
         let cgroup_id = cg.id;
         let tokens: Vec<Token> = self
@@ -591,8 +597,8 @@ impl AgentManager {
             .filter(|t| token.is_none_or(|id| t.id == id))
             .collect();
         if tokens.is_empty() {
-            return Err(api_err(
-                ErrorKind::NotFound,
+            return Err(AgentError::new(
+                Fault::NotFound,
                 match token {
                     Some(id) => format!("agent {agent} has no conditional token {id}"),
                     None => format!("agent {agent} has no conditional token"),
@@ -604,9 +610,9 @@ impl AgentManager {
         let froze =
             tokio::task::spawn_blocking(move || cgroups.freeze(&frozen, std::time::Duration::from_secs(5)))
                 .await
-                .map_err(|e| api_err(ErrorKind::Internal, format!("freezing {agent}: {e}")))?
+                .map_err(|e| AgentError::new(Fault::Internal, format!("freezing {agent}: {e}")))?
                 .map_err(|e| {
-                    api_err(ErrorKind::Internal, format!("freezing {agent}: {}", error_chain(&e)))
+                    AgentError::new(Fault::Internal, format!("freezing {agent}: {}", error_chain(&e)))
                 })?;
         if !froze {
             tracing::warn!(agent, "not frozen within 5 s; its condition runs anyway");
@@ -732,7 +738,7 @@ impl AgentManager {
         agent: &str,
         target: RevokeTarget,
         caller: &Caller,
-    ) -> Result<(Vec<TokenInfo>, Option<ChangeEffect>), ApiError> {
+    ) -> Result<(Vec<TokenInfo>, Option<ChangeEffect>), AgentError> {
         let _one = self.enforcing.lock().await;
         let cg = self.confined_agent(agent)?;
         let cgroup_id = cg.id;
@@ -754,7 +760,7 @@ impl AgentManager {
                 RevokeTarget::Id(id) => format!("token {id}"),
                 RevokeTarget::Path(p) => format!("token on {}", p.display()),
             };
-            return Err(api_err(ErrorKind::NotFound, format!("agent {agent:?} has no {what}")));
+            return Err(AgentError::new(Fault::NotFound, format!("agent {agent:?} has no {what}")));
         }
         if let Some(planned) = planned {
             let tokens: Vec<TokenInfo> = removed.iter().map(|t| t.info()).collect();
@@ -869,8 +875,8 @@ impl AgentManager {
         self: &Arc<Self>,
         cg: AgentCgroup,
         lost: Vec<(FileKey, PathBuf, Ops)>,
-        apply: impl FnOnce(&AgentManager) -> Result<(), ApiError> + Send + 'static,
-    ) -> Result<Vec<Killed>, ApiError> {
+        apply: impl FnOnce(&AgentManager) -> Result<(), AgentError> + Send + 'static,
+    ) -> Result<Vec<Killed>, AgentError> {
         if lost.is_empty() {
             return apply(self).map(|()| Vec::new());
         }
@@ -887,7 +893,7 @@ impl AgentManager {
             crate::adapters::mappings::enforce(&*mgr.cgroups, &cg, &lost, &kept, || apply(&mgr))
         })
         .await
-        .map_err(|e| api_err(ErrorKind::Internal, format!("enforcing on memory mappings: {e}")))?
+        .map_err(|e| AgentError::new(Fault::Internal, format!("enforcing on memory mappings: {e}")))?
     }
 
     pub(super) fn record_kills(&self, agent: &str, killed: Vec<Killed>, cause: &str) {
@@ -906,7 +912,7 @@ impl AgentManager {
         }
     }
 
-    pub fn capabilities(&self, agent: Option<&str>) -> Result<Vec<TokenInfo>, ApiError> {
+    pub fn capabilities(&self, agent: Option<&str>) -> Result<Vec<TokenInfo>, AgentError> {
         if let Some(name) = agent
             && !self.registry().agents.contains_key(name)
         {
@@ -919,10 +925,10 @@ impl AgentManager {
         &self,
         cgroup_id: u64,
         entries: Vec<(crate::core::FileKey, Option<crate::adapters::bpf::FileGrantEntry>)>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), AgentError> {
         for (key, entry) in entries {
             self.kernel.set_file_grant(cgroup_id, key, entry).map_err(|e| {
-                api_err(ErrorKind::Internal, format!("kernel grant map not updated: {}", error_chain(&e)))
+                AgentError::new(Fault::Internal, format!("kernel grant map not updated: {}", error_chain(&e)))
             })?;
         }
         Ok(())

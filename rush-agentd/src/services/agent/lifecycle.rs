@@ -4,6 +4,8 @@
 use super::budgets::{Pause, Reported};
 use super::capabilities::{CommitCause, landlock_link_check};
 use super::*;
+use crate::core::Fault;
+use crate::services::agent::AgentError;
 
 /// Undoes a start that did not finish, whichever step failed: the agent's processes
 /// killed, its cgroup removed and only then its kernel entry (a cgroup that still exists
@@ -70,7 +72,7 @@ pub(super) const EXITED_KEPT: usize = 64;
 
 /// Host names are resolved now, once, to their addresses (full prefixes): the kernel
 /// matches addresses. Prefixes are checked again: the request may not come from our parser.
-pub(super) async fn resolve_net(net: &NetPolicy) -> Result<KernelNetPolicy, ApiError> {
+pub(super) async fn resolve_net(net: &NetPolicy) -> Result<KernelNetPolicy, AgentError> {
     Ok(match net {
         NetPolicy::Deny => KernelNetPolicy::Deny,
         NetPolicy::Allow => KernelNetPolicy::Allow,
@@ -79,22 +81,19 @@ pub(super) async fn resolve_net(net: &NetPolicy) -> Result<KernelNetPolicy, ApiE
             for ep in eps {
                 let block = ep
                     .ip_prefix()
-                    .map_err(|why| api_err(ErrorKind::InvalidArgument, format!("--net {ep}: {why}")))?;
+                    .map_err(|why| AgentError::new(Fault::Invalid, format!("--net {ep}: {why}")))?;
                 if let Some((ip, len)) = block {
                     out.push((ip, len, ep.port));
                     continue;
                 }
                 let addrs = tokio::net::lookup_host((ep.host.as_str(), ep.port)).await.map_err(|e| {
-                    api_err(
-                        ErrorKind::InvalidArgument,
-                        format!("--net {ep}: cannot resolve {:?}: {e}", ep.host),
-                    )
+                    AgentError::new(Fault::Invalid, format!("--net {ep}: cannot resolve {:?}: {e}", ep.host))
                 })?;
                 let before = out.len();
                 out.extend(addrs.map(|a| (a.ip(), if a.is_ipv4() { 32 } else { 128 }, ep.port)));
                 if out.len() == before {
-                    return Err(api_err(
-                        ErrorKind::InvalidArgument,
+                    return Err(AgentError::new(
+                        Fault::Invalid,
                         format!("--net {ep}: {:?} has no addresses", ep.host),
                     ));
                 }
@@ -164,7 +163,7 @@ impl AgentManager {
         req: SpawnRequest,
         caller: &Caller,
         stdio: Option<[OwnedFd; 3]>,
-    ) -> Result<(AgentInfo, watch::Receiver<Option<ExitStatus>>), ApiError> {
+    ) -> Result<(AgentInfo, watch::Receiver<Option<ExitStatus>>), AgentError> {
         self.spawn_inner(req, caller, stdio, None).await
     }
 
@@ -176,19 +175,19 @@ impl AgentManager {
         caller: &Caller,
         stdio: Option<[OwnedFd; 3]>,
         carried: Option<Vec<Token>>,
-    ) -> Result<(AgentInfo, watch::Receiver<Option<ExitStatus>>), ApiError> {
+    ) -> Result<(AgentInfo, watch::Receiver<Option<ExitStatus>>), AgentError> {
         let original = req.clone();
         let name: AgentName = req
             .name
             .parse()
-            .map_err(|e: rush_proto::SpecError| api_err(ErrorKind::InvalidArgument, e.to_string()))?;
+            .map_err(|e: rush_proto::SpecError| AgentError::new(Fault::Invalid, e.to_string()))?;
         let name = name.to_string();
         if req.command.is_empty() || req.command[0].is_empty() {
-            return Err(api_err(ErrorKind::InvalidArgument, "no command to run: give one after `--`"));
+            return Err(AgentError::new(Fault::Invalid, "no command to run: give one after `--`"));
         }
         if req.restartable && req.stdio != StdioMode::Log {
-            return Err(api_err(
-                ErrorKind::InvalidArgument,
+            return Err(AgentError::new(
+                Fault::Invalid,
                 "refusing --restartable for a foreground agent: its terminal does not survive a restart; \
                  spawn it detached (--detach)",
             ));
@@ -203,8 +202,8 @@ impl AgentManager {
             Some(limit) => match self.start_meter(&name, 0, limit) {
                 Some(m) => Some(m?),
                 None => {
-                    return Err(api_err(
-                        ErrorKind::Unsupported,
+                    return Err(AgentError::new(
+                        Fault::Unsupported,
                         "refusing the cost budget: this daemon runs no metering proxy",
                     ));
                 }
@@ -228,8 +227,8 @@ impl AgentManager {
                 Files::Unenforced
             }
             (Some(grant), FileBackend::Unavailable(why)) => {
-                return Err(api_err(
-                    ErrorKind::Unsupported,
+                return Err(AgentError::new(
+                    Fault::Unsupported,
                     format!(
                         "refusing --allow {}:{}: {why}; the agent would not be confined to it \
                          (--allow-unconfined runs it anyway, listed as UNCONFINED)",
@@ -241,8 +240,8 @@ impl AgentManager {
         };
         if !self.enforcement.net {
             if !req.allow_unconfined {
-                return Err(api_err(
-                    ErrorKind::Unsupported,
+                return Err(AgentError::new(
+                    Fault::Unsupported,
                     "the network programs are not attached, so no agent can be confined; see `rush doctor` \
                      (--allow-unconfined runs it anyway, listed as UNCONFINED)",
                 ));
@@ -250,16 +249,16 @@ impl AgentManager {
             unconfined.push("net: the cgroup network programs are not attached".into());
         }
         if !req.cwd.is_dir() {
-            return Err(api_err(
-                ErrorKind::InvalidArgument,
+            return Err(AgentError::new(
+                Fault::Invalid,
                 format!("working directory {} does not exist or is not a directory", req.cwd.display()),
             ));
         }
         let (stdio_fds, log_path) = match (req.stdio, stdio) {
             (StdioMode::Passed, Some(fds)) => (Some(fds), None),
             (StdioMode::Passed, None) => {
-                return Err(api_err(
-                    ErrorKind::BadRequest,
+                return Err(AgentError::new(
+                    Fault::Malformed,
                     "stdio \"passed\" needs stdin, stdout and stderr as SCM_RIGHTS on the request line",
                 ));
             }
@@ -270,8 +269,8 @@ impl AgentManager {
             && let Some(up) = self.budgets.meter.as_ref().and_then(|m| m.config.upstream.as_ref())
             && reaches(&net, up)
         {
-            return Err(api_err(
-                ErrorKind::InvalidArgument,
+            return Err(AgentError::new(
+                Fault::Invalid,
                 format!(
                     "refusing the cost budget: the network policy lets the agent reach the API ({}:{}) around \
                      its meter; give a --net that leaves the API out (the meter is always reachable)",
@@ -319,17 +318,14 @@ impl AgentManager {
                 tokens.iter().map(|t| (&t.path, t.ops, t.origin)),
                 &[],
             )
-            .map_err(|e| api_err(ErrorKind::Unsupported, format!("refusing the spawn: {e}")))?;
+            .map_err(|e| AgentError::new(Fault::Unsupported, format!("refusing the spawn: {e}")))?;
         }
         // Reserve the name; everything after this point is undone on failure.
         {
             let mut reg = self.registry();
             let running = reg.agents.get(&name).is_some_and(|a| a.info.state == AgentState::Running);
             if running || reg.starting.contains(&name) {
-                return Err(api_err(
-                    ErrorKind::AlreadyExists,
-                    format!("agent name {name:?} is already in use"),
-                ));
+                return Err(AgentError::new(Fault::Exists, format!("agent name {name:?} is already in use")));
             }
             reg.starting.insert(name.clone());
         }
@@ -408,8 +404,8 @@ impl AgentManager {
             let mut exit = rx.clone();
             let gone = async move { exit.wait_for(Option::is_some).await.is_ok() };
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), gone).await;
-            return Err(api_err(
-                e.kind,
+            return Err(AgentError::new(
+                e.fault,
                 format!("the agent was started, then killed ({killed} processes): its {}", e.message),
             ));
         }
@@ -427,7 +423,7 @@ impl AgentManager {
         cg: &AgentCgroup,
         policy: &crate::adapters::harden::HardeningPolicy,
         in_session: bool,
-    ) -> Result<crate::adapters::harden::ChildHardening, ApiError> {
+    ) -> Result<crate::adapters::harden::ChildHardening, AgentError> {
         let Some(h) = self.hardening.as_ref() else {
             return Ok(crate::adapters::harden::ChildHardening::default());
         };
@@ -444,7 +440,7 @@ impl AgentManager {
             policy,
             Some(Arc::clone(&h.seccomp)),
         )
-        .map_err(|e| api_err(ErrorKind::Internal, format!("cannot prepare the agent's hardening: {e}")))
+        .map_err(|e| AgentError::new(Fault::Internal, format!("cannot prepare the agent's hardening: {e}")))
     }
 
     /// Who the agent runs as: the caller, or `req.user` (a name or uid), which only root
@@ -454,8 +450,8 @@ impl AgentManager {
         req: &SpawnRequest,
         caller: &Caller,
         hardening: &crate::adapters::harden::HardeningPolicy,
-    ) -> Result<Caller, ApiError> {
-        let bad = |m: String| api_err(ErrorKind::InvalidArgument, m);
+    ) -> Result<Caller, AgentError> {
+        let bad = |m: String| AgentError::new(Fault::Invalid, m);
         let run_as = match &req.user {
             None => caller.clone(),
             Some(spec) => {
@@ -463,19 +459,19 @@ impl AgentManager {
                     Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
                     Err(_) => nix::unistd::User::from_name(spec),
                 }
-                .map_err(|e| api_err(ErrorKind::Internal, format!("cannot look up user {spec:?}: {e}")))?
+                .map_err(|e| AgentError::new(Fault::Internal, format!("cannot look up user {spec:?}: {e}")))?
                 .ok_or_else(|| bad(format!("--user {spec:?}: no such user in the user database")))?;
                 let uid = user.uid.as_raw();
                 if caller.uid != 0 && uid != caller.uid {
-                    return Err(api_err(
-                        ErrorKind::PermissionDenied,
+                    return Err(AgentError::new(
+                        Fault::Forbidden,
                         format!("--user {spec:?}: only root may run an agent as another user"),
                     ));
                 }
                 let name = std::ffi::CString::new(user.name.clone())
                     .map_err(|_| bad(format!("--user {spec:?}: the user name has a NUL byte")))?;
                 let groups = nix::unistd::getgrouplist(&name, user.gid)
-                    .map_err(|e| api_err(ErrorKind::Internal, format!("groups of {spec:?}: {e}")))?;
+                    .map_err(|e| AgentError::new(Fault::Internal, format!("groups of {spec:?}: {e}")))?;
                 Caller {
                     uid,
                     gid: user.gid.as_raw(),
@@ -485,8 +481,8 @@ impl AgentManager {
             }
         };
         if run_as.uid == 0 && !hardening.root_agents {
-            return Err(api_err(
-                ErrorKind::PermissionDenied,
+            return Err(AgentError::new(
+                Fault::Forbidden,
                 format!(
                     "refusing to run the agent as root: {} refuses root agents; give --user USER",
                     match &req.trust {
@@ -505,11 +501,11 @@ impl AgentManager {
         req: &SpawnRequest,
         plan: Plan,
         caller: &Caller,
-    ) -> Result<(AgentInfo, AgentCgroup, Child, Vec<Token>), ApiError> {
+    ) -> Result<(AgentInfo, AgentCgroup, Child, Vec<Token>), AgentError> {
         let Plan { net, budget, file_tokens, files, unconfined, stdio, log_path, restart, hardening } = plan;
         let tcp = landlock_tcp(&net);
         let internal =
-            |what: &str, e: &dyn std::fmt::Display| api_err(ErrorKind::Internal, format!("{what}: {e}"));
+            |what: &str, e: &dyn std::fmt::Display| AgentError::new(Fault::Internal, format!("{what}: {e}"));
         // A few mkdir(2) calls: done in place, since a hop to a blocking thread costs a
         // cold wake-up, which measured more than the work itself.
         let cg = self
@@ -567,7 +563,10 @@ impl AgentManager {
             match crate::adapters::landlock::ruleset(&rules, &tcp) {
                 Ok(fd) => Some(fd),
                 Err(e) => {
-                    return Err(api_err(ErrorKind::Unsupported, format!("Landlock: {}", error_chain(&e))));
+                    return Err(AgentError::new(
+                        Fault::Unsupported,
+                        format!("Landlock: {}", error_chain(&e)),
+                    ));
                 }
             }
         } else if files == Files::Open && self.enforcement.files == FileBackend::Landlock {
@@ -646,13 +645,13 @@ impl AgentManager {
         landlock: Option<OwnedFd>,
         restart: bool,
         hardening: crate::adapters::harden::ChildHardening,
-    ) -> Result<Child, ApiError> {
-        let internal = |what: String| api_err(ErrorKind::Internal, what);
+    ) -> Result<Child, AgentError> {
+        let internal = |what: String| AgentError::new(Fault::Internal, what);
         let placement = self
             .cgroups
             .placement(cg)
             .map_err(|e| internal(format!("cannot open the agent's cgroup: {}", error_chain(&e))))?;
-        let null = || -> Result<OwnedFd, ApiError> {
+        let null = || -> Result<OwnedFd, AgentError> {
             File::open("/dev/null").map(OwnedFd::from).map_err(|e| internal(format!("/dev/null: {e}")))
         };
         let stdio = match (stdio, log_path) {
@@ -685,17 +684,17 @@ impl AgentManager {
         let spawn =
             Spawn::new(&req.command, &req.env, &req.cwd, stdio, placement, creds, landlock, hardening)
                 .map_err(|e| {
-                    api_err(
-                        ErrorKind::InvalidArgument,
+                    AgentError::new(
+                        Fault::Invalid,
                         format!("cannot run {:?}: {}", req.command[0], error_chain(&e)),
                     )
                 })?;
         let (pid, pidfd) = spawn.start().map_err(|e| {
             let kind = match e {
-                SpawnError::Child { .. } | SpawnError::NotFound { .. } => ErrorKind::InvalidArgument,
-                _ => ErrorKind::Internal,
+                SpawnError::Child { .. } | SpawnError::NotFound { .. } => Fault::Invalid,
+                _ => Fault::Internal,
             };
-            api_err(kind, format!("cannot run {:?}: {}", req.command[0], error_chain(&e)))
+            AgentError::new(kind, format!("cannot run {:?}: {}", req.command[0], error_chain(&e)))
         })?;
         Ok(Child { pid: pid as u32, pidfd })
     }
@@ -826,23 +825,20 @@ impl AgentManager {
 
     /// Kills the agent's whole process tree. Cleanup (cgroup, kernel policy) follows when
     /// its first process is reaped.
-    pub async fn kill(&self, name: &str, caller: &Caller) -> Result<u32, ApiError> {
+    pub async fn kill(&self, name: &str, caller: &Caller) -> Result<u32, AgentError> {
         let (cg, mut exit) = {
             let reg = self.registry();
             let a = reg.agents.get(name).ok_or_else(|| not_found(name))?;
             if a.info.state != AgentState::Running {
-                return Err(api_err(
-                    ErrorKind::InvalidArgument,
-                    format!("agent {name:?} has already exited"),
-                ));
+                return Err(AgentError::new(Fault::Invalid, format!("agent {name:?} has already exited")));
             }
             (a.cgroup.clone(), a.exit.clone())
         };
         let cgroups = Arc::clone(&self.cgroups);
         let n = tokio::task::spawn_blocking(move || cgroups.kill_all(&cg))
             .await
-            .map_err(|e| api_err(ErrorKind::Internal, e.to_string()))?
-            .map_err(|e| api_err(ErrorKind::Internal, format!("kill {name}: {}", error_chain(&e))))?;
+            .map_err(|e| AgentError::new(Fault::Internal, e.to_string()))?
+            .map_err(|e| AgentError::new(Fault::Internal, format!("kill {name}: {}", error_chain(&e))))?;
         self.audit.record(Some(name), AuditEvent::Kill { caller_uid: caller.uid, processes_killed: n });
         // Answer once the agent is really gone, so `kill` then `list` never shows it running.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), exit.wait_for(|s| s.is_some())).await;
@@ -852,7 +848,7 @@ impl AgentManager {
     /// `rush agent kill`: the operator's kill, which also ends a restartable agent's
     /// restarts. A stored restartable agent that is not running (its restart failed) is
     /// forgotten without error.
-    pub async fn kill_by_operator(&self, name: &str, caller: &Caller) -> Result<u32, ApiError> {
+    pub async fn kill_by_operator(&self, name: &str, caller: &Caller) -> Result<u32, AgentError> {
         let stored = self
             .store
             .as_ref()
@@ -860,7 +856,7 @@ impl AgentManager {
             .is_some_and(|l| l.iter().any(|r| r.request.name == name));
         self.forget_restart(name);
         match self.kill(name, caller).await {
-            Err(e) if stored && (e.kind == ErrorKind::NotFound || e.message.contains("already exited")) => {
+            Err(e) if stored && (e.fault == Fault::NotFound || e.message.contains("already exited")) => {
                 self.audit
                     .record(Some(name), AuditEvent::Kill { caller_uid: caller.uid, processes_killed: 0 });
                 Ok(0)
@@ -869,12 +865,12 @@ impl AgentManager {
         }
     }
 
-    pub fn log_path(&self, name: &str) -> Result<(PathBuf, watch::Receiver<Option<ExitStatus>>), ApiError> {
+    pub fn log_path(&self, name: &str) -> Result<(PathBuf, watch::Receiver<Option<ExitStatus>>), AgentError> {
         let reg = self.registry();
         let a = reg.agents.get(name).ok_or_else(|| not_found(name))?;
         let path = a.log_path.clone().ok_or_else(|| {
-            api_err(
-                ErrorKind::InvalidArgument,
+            AgentError::new(
+                Fault::Invalid,
                 format!(
                     "agent {name:?} runs in the foreground: its output went to the terminal that spawned it"
                 ),
@@ -909,13 +905,12 @@ impl AgentManager {
     pub(super) fn apply_trust(
         &self,
         mut req: SpawnRequest,
-    ) -> Result<(SpawnRequest, Budget, ExecRule, crate::adapters::harden::HardeningPolicy), ApiError> {
+    ) -> Result<(SpawnRequest, Budget, ExecRule, crate::adapters::harden::HardeningPolicy), AgentError> {
         let mut budget = req.budget;
         let mut exec = ExecRule::Granted;
         let mut hardening = self.hardening.as_ref().map(|h| h.defaults.clone()).unwrap_or_default();
         if let Some(level) = &req.trust {
-            let level =
-                self.budgets.policy.level(level).map_err(|e| api_err(ErrorKind::InvalidArgument, e))?;
+            let level = self.budgets.policy.level(level).map_err(|e| AgentError::new(Fault::Invalid, e))?;
             budget = level.budget.overridden_by(&req.budget);
             if req.net.is_none() {
                 req.net = level.net.clone();
@@ -940,8 +935,8 @@ impl AgentManager {
                 FileBackend::Unavailable(why) => Some(why.clone()),
             };
             if let (ExecRule::System, Some(why)) = (exec, &exec_unenforced) {
-                return Err(api_err(
-                    ErrorKind::Unsupported,
+                return Err(AgentError::new(
+                    Fault::Unsupported,
                     format!(
                         "refusing trust level {:?}: its exec rule (\"system\") is enforced by file confinement, \
                          and {why}",
@@ -960,8 +955,8 @@ impl AgentManager {
             }
         }
         if budget.api_calls.is_some() && self.budgets.api_endpoints == 0 {
-            return Err(api_err(
-                ErrorKind::Unsupported,
+            return Err(AgentError::new(
+                Fault::Unsupported,
                 "refusing the api budget: no API endpoints are configured (budget.api_endpoints in the \
                  daemon's config), so no call would be counted",
             ));
@@ -973,8 +968,8 @@ impl AgentManager {
             .into_iter()
             .find(|(r, _)| crate::services::budget::sets(&budget, r))
         {
-            return Err(api_err(
-                ErrorKind::Unsupported,
+            return Err(AgentError::new(
+                Fault::Unsupported,
                 format!("refusing the {resource} budget: {why}; it could not be enforced"),
             ));
         }

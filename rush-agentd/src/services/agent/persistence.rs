@@ -4,6 +4,8 @@
 use super::budgets::{Pause, Reported, saved_cost};
 use super::lifecycle::Respawn;
 use super::*;
+use crate::core::Fault;
+use crate::services::agent::AgentError;
 
 /// The request that starts a stored restartable agent again, `now` in Unix ms: its
 /// tokens as last stored (timed ones with what is left of their time), detached, never
@@ -56,13 +58,13 @@ impl AgentManager {
         &self,
         what: &str,
         write: impl FnOnce(&crate::adapters::store::Store) -> Result<(), crate::adapters::store::StoreError>,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), AgentError> {
         let Some(store) = self.store.as_ref() else { return Ok(()) };
         self.retry_unsaved_revokes(store);
         write(store).map_err(|e| {
             tracing::error!(error = %error_chain(&e), "state database: {what} not saved");
-            let kind = if e.is_full() { ErrorKind::ResourceExhausted } else { ErrorKind::Internal };
-            api_err(kind, format!("{what} not saved: {}", error_chain(&e)))
+            let kind = if e.is_full() { Fault::Exhausted } else { Fault::Internal };
+            AgentError::new(kind, format!("{what} not saved: {}", error_chain(&e)))
         })
     }
 
@@ -98,7 +100,7 @@ impl AgentManager {
     /// Deletes revoked tokens from the store. The kernel has already dropped them, so a
     /// failure does not undo the revoke: the ids are kept for a retry, and the caller is
     /// told that a restart before the retry succeeds would grant them again.
-    pub(super) fn save_revoke(&self, agent: &str, ids: &[u64]) -> Result<(), ApiError> {
+    pub(super) fn save_revoke(&self, agent: &str, ids: &[u64]) -> Result<(), AgentError> {
         let restart = self.restart_record(agent);
         let write = |s: &crate::adapters::store::Store| {
             s.delete_tokens(ids)?;
@@ -107,8 +109,8 @@ impl AgentManager {
         self.save("revoke", write).map_err(|e| {
             let mut unsaved = self.unsaved_revokes.lock().unwrap_or_else(|p| p.into_inner());
             unsaved.extend(ids.iter().map(|id| (agent.to_owned(), *id)));
-            api_err(
-                e.kind,
+            AgentError::new(
+                e.fault,
                 format!(
                     "agent {agent:?} has lost the access in the kernel now, but the {}; the daemon retries \
                      the write before every other one, and a daemon restarted before it succeeds would \
@@ -126,7 +128,7 @@ impl AgentManager {
         }
     }
 
-    pub(super) fn save_agent(&self, name: &str) -> Result<(), ApiError> {
+    pub(super) fn save_agent(&self, name: &str) -> Result<(), AgentError> {
         let record = self.registry().agents.get(name).map(|a| crate::adapters::store::AgentRecord {
             info: a.info.clone(),
             files_confined: a.files_confined,
@@ -141,7 +143,7 @@ impl AgentManager {
     /// file tokens as they are now (so a revoke is never undone by a restart).
     /// Part of the request it belongs to (spawn, grant, revoke): a refused write is that
     /// request's failure.
-    pub(super) fn save_restart(&self, name: &str) -> Result<(), ApiError> {
+    pub(super) fn save_restart(&self, name: &str) -> Result<(), AgentError> {
         match self.restart_record(name) {
             Some(record) => self.save("restartable agent", |s| s.put_restartable(&record)),
             None => Ok(()),

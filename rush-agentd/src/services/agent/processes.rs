@@ -30,11 +30,13 @@
 //! is freed; sub-cgroups the agent made are flattened into its cgroup. Landlock-confined
 //! agents are refused: criu does not restore Landlock domains.
 
+use crate::core::Fault;
+use crate::services::agent::AgentError;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use rush_proto::{AgentState, ApiError, ErrorKind};
+use rush_proto::AgentState;
 
 use super::{AgentManager, Child, FileBackend, Files};
 use crate::adapters::cgroup::AgentCgroup;
@@ -71,21 +73,21 @@ pub struct RestoredProcesses {
 }
 
 /// The system's criu as a request sees it: located and checked once per daemon.
-pub fn criu(setup: &CriuSetup) -> Result<&Criu, ApiError> {
+pub fn criu(setup: &CriuSetup) -> Result<&Criu, AgentError> {
     setup.get().map_err(snapshot_err)
 }
 
-fn snapshot_err(e: SnapshotError) -> ApiError {
+fn snapshot_err(e: SnapshotError) -> AgentError {
     let kind = match e {
-        SnapshotError::Unavailable(_) => ErrorKind::Unsupported,
-        SnapshotError::NoCheckpoint(_) => ErrorKind::NotFound,
-        _ => ErrorKind::Internal,
+        SnapshotError::Unavailable(_) => Fault::Unsupported,
+        SnapshotError::NoCheckpoint(_) => Fault::NotFound,
+        _ => Fault::Internal,
     };
-    ApiError::new(kind, error_chain(&e))
+    AgentError::new(kind, error_chain(&e))
 }
 
-fn internal(what: &str, e: &dyn std::error::Error) -> ApiError {
-    ApiError::new(ErrorKind::Internal, format!("{what}: {}", error_chain(e)))
+fn internal(what: &str, e: &dyn std::error::Error) -> AgentError {
+    AgentError::new(Fault::Internal, format!("{what}: {}", error_chain(e)))
 }
 
 /// How long the killed tree may take to release its pids.
@@ -93,18 +95,18 @@ const PIDS_FREE_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl AgentManager {
     /// The running agent's cgroup and log, if CRIU can checkpoint and restore it.
-    fn criu_target(&self, agent: &str) -> Result<(AgentCgroup, u32, PathBuf), ApiError> {
+    fn criu_target(&self, agent: &str) -> Result<(AgentCgroup, u32, PathBuf), AgentError> {
         let reg = self.registry();
         let a = reg
             .agents
             .get(agent)
-            .ok_or_else(|| ApiError::new(ErrorKind::NotFound, format!("no agent named {agent:?}")))?;
+            .ok_or_else(|| AgentError::new(Fault::NotFound, format!("no agent named {agent:?}")))?;
         if a.info.state != AgentState::Running {
-            return Err(ApiError::new(ErrorKind::InvalidArgument, format!("agent {agent:?} has exited")));
+            return Err(AgentError::new(Fault::Invalid, format!("agent {agent:?} has exited")));
         }
         if a.files == Files::Landlock || self.enforcement.files == FileBackend::Landlock {
-            return Err(ApiError::new(
-                ErrorKind::Unsupported,
+            return Err(AgentError::new(
+                Fault::Unsupported,
                 format!(
                     "agent {agent:?} is confined by Landlock, which CRIU cannot restore: its restored processes \
                      would run unconfined"
@@ -112,8 +114,8 @@ impl AgentManager {
             ));
         }
         let log = a.log_path.clone().ok_or_else(|| {
-            ApiError::new(
-                ErrorKind::InvalidArgument,
+            AgentError::new(
+                Fault::Invalid,
                 format!(
                     "agent {agent:?} runs in the foreground (its stdio is a terminal CRIU cannot restore): \
                      only detached agents have their processes checkpointed"
@@ -125,7 +127,7 @@ impl AgentManager {
 
     /// Dumps the agent's whole process tree into `images` (created if missing) and leaves
     /// it running. The caller may hold freezes of the agent's cgroup: they stay in force.
-    pub async fn dump_processes(&self, agent: &str, images: &Path) -> Result<ProcessImage, ApiError> {
+    pub async fn dump_processes(&self, agent: &str, images: &Path) -> Result<ProcessImage, AgentError> {
         let (cg, root_pid, log) = self.criu_target(agent)?;
         let criu = criu(&self.criu)?.clone();
         let log_path = std::fs::canonicalize(&log).map_err(|e| internal("the agent's log", &e))?;
@@ -167,7 +169,11 @@ impl AgentManager {
     /// their place: same cgroup (tokens, budget, network policy unchanged), same pids,
     /// stopped until it is in the agent's cgroup. On failure after the kill the agent is
     /// gone, cleaned up as if it had exited.
-    pub async fn restore_processes(&self, agent: &str, images: &Path) -> Result<RestoredProcesses, ApiError> {
+    pub async fn restore_processes(
+        &self,
+        agent: &str,
+        images: &Path,
+    ) -> Result<RestoredProcesses, AgentError> {
         let (cg, old_root, log) = self.criu_target(agent)?;
         let criu = criu(&self.criu)?.clone();
         let meta = images.join(META);
@@ -175,11 +181,11 @@ impl AgentManager {
             .map_err(|e| e.to_string())
             .and_then(|t| serde_json::from_slice(&t).map_err(|e| e.to_string()))
             .map_err(|e| {
-                ApiError::new(ErrorKind::NotFound, format!("no process image in {}: {e}", images.display()))
+                AgentError::new(Fault::NotFound, format!("no process image in {}: {e}", images.display()))
             })?;
         if image.agent != agent {
-            return Err(ApiError::new(
-                ErrorKind::InvalidArgument,
+            return Err(AgentError::new(
+                Fault::Invalid,
                 format!("{} holds agent {:?}'s processes, not {agent:?}'s", images.display(), image.agent),
             ));
         }
@@ -193,7 +199,7 @@ impl AgentManager {
         let cgroups = self.cgroups.clone();
         let images = images.to_path_buf();
         let name = agent.to_owned();
-        let restored = tokio::task::spawn_blocking(move || -> Result<(Child, RestoredProcesses), ApiError> {
+        let restored = tokio::task::spawn_blocking(move || -> Result<(Child, RestoredProcesses), AgentError> {
             cgroups.kill_all(&cg).map_err(|e| internal("kill", &e))?;
             wait_pids_free(&image.pids, old_root, PIDS_FREE_TIMEOUT)?;
             let stage = Staging::create(&cg, "restore")?;
@@ -216,7 +222,7 @@ impl AgentManager {
                 move_into(&cg, &placement, pid)?;
             }
             let pidfd = pidfd_open(r.root_pid).ok_or_else(|| {
-                ApiError::new(ErrorKind::Internal, "the restored root process is gone before it ran")
+                AgentError::new(Fault::Internal, "the restored root process is gone before it ran")
             })?;
             tracing::info!(agent = %name, processes = pids.len(), ms = r.took.as_millis() as u64, "processes restored");
             Ok((
@@ -262,7 +268,7 @@ fn dump_in_staging(
     cg: &AgentCgroup,
     root_pid: u32,
     images: &Path,
-) -> Result<(crate::adapters::snapshot::criu::DumpStats, Vec<u32>), ApiError> {
+) -> Result<(crate::adapters::snapshot::criu::DumpStats, Vec<u32>), AgentError> {
     let members = members(&cg.v2_dir);
     let pids: Vec<u32> = members.iter().map(|(_, p)| *p).collect();
     let stage = Staging::create(cg, "checkpoint")?;
@@ -301,7 +307,7 @@ fn members(dir: &Path) -> Vec<(PathBuf, u32)> {
 }
 
 /// Moves process `pid` into the v2 cgroup `dir`.
-fn write_procs(dir: &Path, pid: u32) -> Result<(), ApiError> {
+fn write_procs(dir: &Path, pid: u32) -> Result<(), AgentError> {
     let procs = dir.join("cgroup.procs");
     std::fs::write(&procs, pid.to_string())
         .map_err(|e| internal(&format!("moving {pid} into {}", procs.display()), &e))
@@ -309,7 +315,7 @@ fn write_procs(dir: &Path, pid: u32) -> Result<(), ApiError> {
 
 /// Waits until none of `pids` exists (they must be reaped, not only dead: a zombie keeps
 /// its pid). `root` is the daemon's own child, reaped by its exit watcher.
-fn wait_pids_free(pids: &[u32], root: u32, timeout: Duration) -> Result<(), ApiError> {
+fn wait_pids_free(pids: &[u32], root: u32, timeout: Duration) -> Result<(), AgentError> {
     let deadline = Instant::now() + timeout;
     let all: Vec<u32> = pids.iter().copied().chain(std::iter::once(root)).collect();
     loop {
@@ -319,8 +325,8 @@ fn wait_pids_free(pids: &[u32], root: u32, timeout: Duration) -> Result<(), ApiE
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(ApiError::new(
-                ErrorKind::Internal,
+            return Err(AgentError::new(
+                Fault::Internal,
                 format!(
                     "pids {taken:?} are still in use {timeout:?} after the kill: CRIU restores processes with \
                      their old pids"
@@ -339,9 +345,9 @@ struct Staging {
 }
 
 impl Staging {
-    fn create(cg: &AgentCgroup, what: &str) -> Result<Staging, ApiError> {
+    fn create(cg: &AgentCgroup, what: &str) -> Result<Staging, AgentError> {
         let parent =
-            cg.v2_dir.parent().ok_or_else(|| ApiError::new(ErrorKind::Internal, "agent cgroup at /"))?;
+            cg.v2_dir.parent().ok_or_else(|| AgentError::new(Fault::Internal, "agent cgroup at /"))?;
         let dir = parent.join(format!(".{what}-{}", cg.name));
         if dir.exists() {
             // Left by a restore that died half-way.
@@ -380,7 +386,7 @@ fn move_into(
     cg: &AgentCgroup,
     placement: &crate::adapters::cgroup::Placement,
     pid: u32,
-) -> Result<(), ApiError> {
+) -> Result<(), AgentError> {
     use std::io::Write;
     write_procs(&cg.v2_dir, pid)?;
     for j in &placement.v1 {
@@ -391,8 +397,8 @@ fn move_into(
     if let Some(expected) = &placement.expect {
         let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
         if let Some((hierarchy, found)) = expected.mismatch(&text) {
-            return Err(ApiError::new(
-                ErrorKind::Internal,
+            return Err(AgentError::new(
+                Fault::Internal,
                 format!(
                     "restored process {pid} is in {hierarchy} cgroup {found:?}, not the agent's {:?}",
                     expected.path

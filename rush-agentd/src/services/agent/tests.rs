@@ -4,6 +4,7 @@ use super::persistence::restart_request;
 use super::*;
 use crate::adapters::bpf::FakeKernel;
 use crate::adapters::cgroup::fake::FakeCgroups;
+use crate::core::Fault;
 
 struct Fixture {
     mgr: Arc<AgentManager>,
@@ -92,18 +93,18 @@ fn run_as_resolves_users_and_refuses_what_it_must() {
     assert_eq!((nobody.uid, nobody.gid), (65534, 65534));
     assert_eq!(f.mgr.run_as(&user("65534"), &root, &policy).unwrap().uid, 65534);
     let e = f.mgr.run_as(&user("no-such-user-x"), &root, &policy).unwrap_err();
-    assert_eq!(e.kind, ErrorKind::InvalidArgument);
+    assert_eq!(e.fault, Fault::Invalid);
     assert!(e.message.contains("--user \"no-such-user-x\": no such user"), "{}", e.message);
     // A caller that is not root may only name itself.
     let alice = Caller { uid: 1000, gid: 1000, pid: 1, groups: vec![] };
     let e = f.mgr.run_as(&user("root"), &alice, &policy).unwrap_err();
-    assert_eq!(e.kind, ErrorKind::PermissionDenied, "{}", e.message);
+    assert_eq!(e.fault, Fault::Forbidden, "{}", e.message);
     assert_eq!(f.mgr.run_as(&user("1000"), &alice, &policy).unwrap().uid, 1000);
     // Root agents refused by the level; with --user they pass.
     let level = f.mgr.budgets.policy.level("nonroot").unwrap().hardening.apply(&policy);
     let as_root = SpawnRequest { trust: Some("nonroot".into()), ..req("r", &["true"]) };
     let e = f.mgr.run_as(&as_root, &root, &level).unwrap_err();
-    assert_eq!(e.kind, ErrorKind::PermissionDenied);
+    assert_eq!(e.fault, Fault::Forbidden);
     assert!(
         e.message.contains("trust level \"nonroot\" refuses root agents; give --user USER"),
         "{}",
@@ -156,7 +157,7 @@ async fn name_in_use_is_refused_and_changes_nothing() {
     let f = fixture(enforced());
     let (_info, _rx) = f.mgr.spawn(req("a1", &["sleep", "5"]), &me(), None).await.unwrap();
     let e = f.mgr.spawn(req("a1", &["true"]), &me(), None).await.unwrap_err();
-    assert_eq!(e.kind, ErrorKind::AlreadyExists);
+    assert_eq!(e.fault, Fault::Exists);
     assert_eq!(f.kernel.agents.lock().unwrap().len(), 1);
     assert_eq!(f.mgr.list().len(), 1);
     // kill through the fake (which knows no pids) — register the real pid first.
@@ -190,29 +191,25 @@ async fn exited_agents_state_stays_bounded_over_reused_and_new_names() {
 #[tokio::test]
 async fn bad_requests_leave_no_trace() {
     let f = fixture(enforced());
-    let cases: Vec<(SpawnRequest, ErrorKind, &str)> = vec![
-        (req("bad name", &["true"]), ErrorKind::InvalidArgument, "invalid agent name"),
-        (req("a", &[]), ErrorKind::InvalidArgument, "no command"),
-        (req("a", &["/nonexistent/prog"]), ErrorKind::InvalidArgument, "cannot run"),
+    let cases: Vec<(SpawnRequest, Fault, &str)> = vec![
+        (req("bad name", &["true"]), Fault::Invalid, "invalid agent name"),
+        (req("a", &[]), Fault::Invalid, "no command"),
+        (req("a", &["/nonexistent/prog"]), Fault::Invalid, "cannot run"),
         (
             SpawnRequest { allow: vec!["/srv/a:read".parse().unwrap()], ..req("a", &["true"]) },
-            ErrorKind::Unsupported,
+            Fault::Unsupported,
             "EPERM",
         ),
         (
             SpawnRequest { cwd: "/nonexistent".into(), ..req("a", &["true"]) },
-            ErrorKind::InvalidArgument,
+            Fault::Invalid,
             "working directory",
         ),
-        (
-            SpawnRequest { stdio: StdioMode::Passed, ..req("a", &["true"]) },
-            ErrorKind::BadRequest,
-            "SCM_RIGHTS",
-        ),
+        (SpawnRequest { stdio: StdioMode::Passed, ..req("a", &["true"]) }, Fault::Malformed, "SCM_RIGHTS"),
     ];
     for (r, kind, needle) in cases {
         let e = f.mgr.spawn(r.clone(), &me(), None).await.unwrap_err();
-        assert_eq!(e.kind, kind, "{r:?}: {e:?}");
+        assert_eq!(e.fault, kind, "{r:?}: {e:?}");
         assert!(e.message.contains(needle), "{:?} lacks {needle:?}", e.message);
     }
     assert!(f.kernel.agents.lock().unwrap().is_empty());
@@ -229,7 +226,7 @@ async fn refuses_to_run_unconfined() {
         keys: Default::default(),
     });
     let e = f.mgr.spawn(req("a1", &["true"]), &me(), None).await.unwrap_err();
-    assert_eq!(e.kind, ErrorKind::Unsupported);
+    assert_eq!(e.fault, Fault::Unsupported);
     assert!(f.mgr.list().is_empty());
 }
 
@@ -348,7 +345,7 @@ async fn landlock_refuses_a_granted_dir_holding_a_linked_file_unless_following()
     for (mode, grant) in [(Hardlinks::RefuseWrite, &rw), (Hardlinks::Refuse, &ro)] {
         let r = SpawnRequest { allow: vec![grant.clone()], hardlinks: Some(mode), ..req("l1", &["true"]) };
         let e = f.mgr.spawn(r, &me(), None).await.unwrap_err();
-        assert_eq!(e.kind, ErrorKind::Unsupported);
+        assert_eq!(e.fault, Fault::Unsupported);
         let h = a.join("sub/h");
         assert!(
             e.message.contains(&format!("{} has 2 hard links", h.display()))
@@ -400,13 +397,13 @@ async fn grant_and_revoke_rewrite_the_kernel_entry() {
     assert!(gone.iter().any(|t| t.id == token.id));
     assert_eq!(entry(&f), None);
     let e = f.mgr.revoke("g1", RevokeTarget::Id(token.id), &me()).await.unwrap_err();
-    assert_eq!(e.kind, ErrorKind::NotFound);
+    assert_eq!(e.fault, Fault::NotFound);
     let e = f
         .mgr
         .grant(GrantRequest { path: "/nonexistent/x".into(), ..grant.clone() }, &me())
         .await
         .unwrap_err();
-    assert_eq!(e.kind, ErrorKind::NotFound);
+    assert_eq!(e.fault, Fault::NotFound);
     assert!(e.message.contains("/nonexistent/x"), "{}", e.message);
 }
 
@@ -478,7 +475,7 @@ async fn grants_to_unconfined_agents_and_without_lsm_are_refused() {
     assert!(e.message.contains("not file-confined"), "{}", e.message);
     let f = fixture(enforced());
     let e = f.mgr.grant(grant, &me()).await.unwrap_err();
-    assert_eq!(e.kind, ErrorKind::Unsupported);
+    assert_eq!(e.fault, Fault::Unsupported);
 }
 
 /// An agent running a copy of `sleep` from a directory it was granted `ops` on: the
@@ -745,7 +742,7 @@ async fn a_spent_cpu_budget_freezes_once_and_resume_needs_a_raise() {
     let e = f.mgr.resume("cpu1", None, &me()).await.unwrap_err();
     assert!(e.message.contains("stays frozen") && e.message.contains("--budget cpu:"), "{}", e.message);
     let e = f.mgr.resume("cpu1", Some("cpu:2s".parse().unwrap()), &me()).await.unwrap_err();
-    assert_eq!(e.kind, ErrorKind::InvalidArgument);
+    assert_eq!(e.fault, Fault::Invalid);
     assert_eq!(*f.cgroups.freezes.lock().unwrap(), ["freeze cpu1"]);
 
     let info = f.mgr.resume("cpu1", Some("cpu:4s".parse().unwrap()), &me()).await.unwrap();
@@ -845,7 +842,7 @@ async fn budgets_this_machine_cannot_enforce_are_refused() {
     let mut r = req("m1", &["true"]);
     r.budget = "mem:1G".parse().unwrap();
     let e = f.mgr.spawn(r, &me(), None).await.unwrap_err();
-    assert_eq!(e.kind, ErrorKind::Unsupported);
+    assert_eq!(e.fault, Fault::Unsupported);
     assert!(e.message.contains("mem budget: no v1 memory hierarchy"), "{}", e.message);
     let mut r = req("m2", &["true"]);
     r.budget = "pids:10".parse().unwrap();

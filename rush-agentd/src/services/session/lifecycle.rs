@@ -3,25 +3,26 @@
 
 use super::timetravel::{aside_path, exchange};
 use super::*;
+use crate::core::Fault;
+use crate::services::session::SessionError;
 
 /// `cp -a --reflink=auto SRC/. DEST`: the contents of SRC into the directory DEST.
-pub(super) fn copy_tree(src: &Path, dest: &Path) -> Result<(), ApiError> {
+pub(super) fn copy_tree(src: &Path, dest: &Path) -> Result<(), SessionError> {
     cp_a(&src.join("."), dest)
 }
 
 /// `cp -a --reflink=auto -- SRC DEST`: coreutils gets every file type, owner, mode, time,
 /// xattr and hole right, and clones extents where the filesystem can.
-pub(super) fn cp_a(src: &Path, dest: &Path) -> Result<(), ApiError> {
+pub(super) fn cp_a(src: &Path, dest: &Path) -> Result<(), SessionError> {
     let out = std::process::Command::new("cp")
         .args(["-a", "--reflink=auto", "--"])
         .arg(src)
         .arg(dest)
         .output()
-        .map_err(|e| err(ErrorKind::Internal, format!("cp: {e}")))?;
+        .map_err(|e| err(Fault::Internal, format!("cp: {e}")))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let kind =
-            if stderr.contains("No space left") { ErrorKind::ResourceExhausted } else { ErrorKind::Internal };
+        let kind = if stderr.contains("No space left") { Fault::Exhausted } else { Fault::Internal };
         return Err(err(kind, format!("copying {} to {}: {}", src.display(), dest.display(), stderr.trim())));
     }
     Ok(())
@@ -30,7 +31,7 @@ pub(super) fn cp_a(src: &Path, dest: &Path) -> Result<(), ApiError> {
 /// The git store records no `.git` (the user's repository is not its to rewrite): a
 /// rollback carries the workspace's present `.git` over into the restored tree, so the
 /// user's history is kept as it is rather than lost.
-pub(super) fn keep_git_dir(kind: BackendKind, live: &Path, incoming: &Path) -> Result<(), ApiError> {
+pub(super) fn keep_git_dir(kind: BackendKind, live: &Path, incoming: &Path) -> Result<(), SessionError> {
     let dot_git = live.join(".git");
     if kind != BackendKind::Git || std::fs::symlink_metadata(&dot_git).is_err() {
         return Ok(());
@@ -44,16 +45,16 @@ impl Sessions {
         name: String,
         workspace: PathBuf,
         caller: &Caller,
-    ) -> Result<SessionInfo, ApiError> {
+    ) -> Result<SessionInfo, SessionError> {
         check_name("session", &name)?;
         let _op = self.ops.lock().await;
         if self.exists(&name) {
-            return Err(err(ErrorKind::AlreadyExists, format!("session {name:?} already exists")));
+            return Err(err(Fault::Exists, format!("session {name:?} already exists")));
         }
         let this = Arc::clone(self);
         let info = tokio::task::spawn_blocking(move || this.create_blocking(&name, &workspace))
             .await
-            .map_err(|e| err(ErrorKind::Internal, e.to_string()))??;
+            .map_err(|e| err(Fault::Internal, e.to_string()))??;
         self.audit.record(
             None,
             AuditEvent::SessionCreated {
@@ -66,10 +67,8 @@ impl Sessions {
         Ok(self.with_runtime(info))
     }
 
-    pub(super) fn create_blocking(&self, name: &str, workspace: &Path) -> Result<SessionInfo, ApiError> {
-        let bad = |why: String| {
-            err(ErrorKind::InvalidArgument, format!("workspace {}: {why}", workspace.display()))
-        };
+    pub(super) fn create_blocking(&self, name: &str, workspace: &Path) -> Result<SessionInfo, SessionError> {
+        let bad = |why: String| err(Fault::Invalid, format!("workspace {}: {why}", workspace.display()));
         if !workspace.is_absolute() {
             return Err(bad("not an absolute path".into()));
         }
@@ -105,7 +104,7 @@ impl Sessions {
         let dir = backend.root().join(name);
         if dir.exists() {
             return Err(err(
-                ErrorKind::AlreadyExists,
+                Fault::Exists,
                 format!("{} exists (left by an earlier session {name:?}?): remove it first", dir.display()),
             ));
         }
@@ -170,25 +169,25 @@ impl Sessions {
         Ok(info)
     }
 
-    pub async fn remove(self: &Arc<Self>, name: String, caller: &Caller) -> Result<PathBuf, ApiError> {
+    pub async fn remove(self: &Arc<Self>, name: String, caller: &Caller) -> Result<PathBuf, SessionError> {
         let _op = self.ops.lock().await;
         let l = self.locate(&SessionRef { name: Some(name.clone()), cwd: None })?;
         let running = self.agents.in_session(&name);
         if !running.is_empty() {
             return Err(err(
-                ErrorKind::InvalidArgument,
+                Fault::Invalid,
                 format!("session {name:?} has running agents ({}): kill them first", running.join(", ")),
             ));
         }
         let this = Arc::clone(self);
         let workspace = tokio::task::spawn_blocking(move || this.remove_blocking(&l))
             .await
-            .map_err(|e| err(ErrorKind::Internal, e.to_string()))??;
+            .map_err(|e| err(Fault::Internal, e.to_string()))??;
         self.audit.record(None, AuditEvent::SessionRemoved { session: name, caller_uid: caller.uid });
         Ok(workspace)
     }
 
-    pub(super) fn remove_blocking(&self, l: &Located) -> Result<PathBuf, ApiError> {
+    pub(super) fn remove_blocking(&self, l: &Located) -> Result<PathBuf, SessionError> {
         let name = &l.info.name;
         let ws = &l.info.workspace;
         let restoring = aside_path(ws, name);

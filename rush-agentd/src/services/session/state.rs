@@ -3,10 +3,12 @@
 //! reply, so it outlives daemon restarts and reboots (attachments do not outlive their
 //! shells: they are pruned whenever they are read).
 
+use crate::core::Fault;
+use crate::services::session::SessionError;
 use std::path::{Path, PathBuf};
 
 use rush_proto::{
-    ApiError, Attachment, AuditEvent, ErrorKind, KeyValue, SessionDetail, SessionInfo, SessionRef,
+    Attachment, AuditEvent, KeyValue, SessionDetail, SessionInfo, SessionRef,
     session::{check_key, check_value},
 };
 
@@ -47,13 +49,13 @@ fn public(a: &AttachmentRecord) -> Attachment {
     }
 }
 
-fn no_session(name: &str) -> ApiError {
-    err(ErrorKind::NotFound, format!("no session {name:?} (see `rush session list`)"))
+fn no_session(name: &str) -> SessionError {
+    err(Fault::NotFound, format!("no session {name:?} (see `rush session list`)"))
 }
 
 impl Sessions {
     /// The live attachments of `session`; those whose shell is gone are deleted.
-    fn live_attachments(&self, session: &str) -> Result<Vec<AttachmentRecord>, ApiError> {
+    fn live_attachments(&self, session: &str) -> Result<Vec<AttachmentRecord>, SessionError> {
         let boot = boot_id();
         let (live, dead): (Vec<_>, Vec<_>) = self
             .store
@@ -75,7 +77,7 @@ impl Sessions {
         info.cwd = self.store.cwd(&info.name).ok().flatten();
     }
 
-    pub fn show(&self, sref: &SessionRef) -> Result<SessionDetail, ApiError> {
+    pub fn show(&self, sref: &SessionRef) -> Result<SessionDetail, SessionError> {
         let info = self.with_runtime(self.find(sref)?);
         let attachments = self.live_attachments(&info.name)?.iter().map(public).collect();
         let checkpoints =
@@ -90,8 +92,8 @@ impl Sessions {
         key: String,
         value: String,
         caller: &Caller,
-    ) -> Result<(String, Vec<KeyValue>), ApiError> {
-        let bad = |why: String| err(ErrorKind::InvalidArgument, why);
+    ) -> Result<(String, Vec<KeyValue>), SessionError> {
+        let bad = |why: String| err(Fault::Invalid, why);
         check_key(&key).map_err(bad)?;
         check_value(&key, &value).map_err(bad)?;
         let session = self.find(sref)?.name;
@@ -107,8 +109,8 @@ impl Sessions {
         sref: &SessionRef,
         key: String,
         caller: &Caller,
-    ) -> Result<(String, Vec<KeyValue>), ApiError> {
-        check_key(&key).map_err(|why| err(ErrorKind::InvalidArgument, why))?;
+    ) -> Result<(String, Vec<KeyValue>), SessionError> {
+        check_key(&key).map_err(|why| err(Fault::Invalid, why))?;
         let session = self.find(sref)?.name;
         let Some(value) = self.store.delete_kv(&session, &key).map_err(store_err)? else {
             return Err(missing_key(&session, &key));
@@ -121,7 +123,7 @@ impl Sessions {
         &self,
         sref: &SessionRef,
         key: Option<String>,
-    ) -> Result<(String, Vec<KeyValue>), ApiError> {
+    ) -> Result<(String, Vec<KeyValue>), SessionError> {
         let session = self.find(sref)?.name;
         let pairs: Vec<KeyValue> = self
             .store
@@ -158,14 +160,14 @@ impl Sessions {
         pid: i32,
         tty: Option<String>,
         caller: &Caller,
-    ) -> Result<(SessionInfo, Attachment), ApiError> {
+    ) -> Result<(SessionInfo, Attachment), SessionError> {
         let info = self.find(sref)?;
         let Some((_, start_ticks)) = proc_stat(pid).filter(|_| pid > 0) else {
-            return Err(err(ErrorKind::InvalidArgument, format!("shell pid {pid}: no such process")));
+            return Err(err(Fault::Invalid, format!("shell pid {pid}: no such process")));
         };
         if !related(pid, caller.pid) {
             return Err(err(
-                ErrorKind::PermissionDenied,
+                Fault::Forbidden,
                 format!("shell pid {pid}: neither the caller's parent shell nor its child"),
             ));
         }
@@ -195,12 +197,12 @@ impl Sessions {
         pid: i32,
         cwd: Option<PathBuf>,
         caller: &Caller,
-    ) -> Result<(String, Option<PathBuf>), ApiError> {
+    ) -> Result<(String, Option<PathBuf>), SessionError> {
         let info = self.find(sref)?;
         if let Some(c) = &cwd
             && !c.is_absolute()
         {
-            return Err(err(ErrorKind::InvalidArgument, format!("cwd {}: not absolute", c.display())));
+            return Err(err(Fault::Invalid, format!("cwd {}: not absolute", c.display())));
         }
         // Also a shell that just exited (`rush session attach` detaches its subshell after
         // it): its record is dropped, not pruned, so that the detach is audited.
@@ -214,7 +216,7 @@ impl Sessions {
             .max_by_key(|a| is_alive(a, &boot))
         else {
             return Err(err(
-                ErrorKind::NotFound,
+                Fault::NotFound,
                 format!(
                     "session {:?} has no attachment from shell pid {pid}: not attached (attach with \
                      `rush session attach {}`)",
@@ -242,8 +244,8 @@ impl Sessions {
     }
 }
 
-fn missing_key(session: &str, key: &str) -> ApiError {
-    err(ErrorKind::NotFound, format!("session {session:?} has no key {key:?}"))
+fn missing_key(session: &str, key: &str) -> SessionError {
+    err(Fault::NotFound, format!("session {session:?} has no key {key:?}"))
 }
 
 /// A directory inside the session's store, as the workspace path shows it: the tree of a

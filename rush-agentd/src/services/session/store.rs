@@ -2,6 +2,8 @@
 //! git; chosen per session, reported by `doctor`.
 
 use super::*;
+use crate::core::Fault;
+use crate::services::session::SessionError;
 
 pub(super) fn which(prog: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -12,7 +14,7 @@ pub(super) fn which(prog: &str) -> Option<PathBuf> {
 }
 
 /// The mount point of the filesystem `path` is on (longest matching mount in mountinfo).
-pub(super) fn mount_point(path: &Path) -> Result<PathBuf, ApiError> {
+pub(super) fn mount_point(path: &Path) -> Result<PathBuf, SessionError> {
     let info = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(io_err("reading", Path::new("/proc/self/mountinfo")))?;
     let canon = std::fs::canonicalize(path).map_err(io_err("resolving", path))?;
@@ -25,7 +27,7 @@ pub(super) fn mount_point(path: &Path) -> Result<PathBuf, ApiError> {
         })
         .filter(|m| canon.starts_with(m))
         .max_by_key(|m| m.as_os_str().len())
-        .ok_or_else(|| err(ErrorKind::Internal, format!("no mount point found for {}", path.display())))
+        .ok_or_else(|| err(Fault::Internal, format!("no mount point found for {}", path.display())))
 }
 
 impl Sessions {
@@ -72,7 +74,7 @@ impl Sessions {
     }
 
     /// The store a new session whose workspace is `workspace` goes to, per `[snapshot] store`.
-    pub(super) fn choose_store(&self, workspace: &Path) -> Result<(BackendKind, PathBuf), ApiError> {
+    pub(super) fn choose_store(&self, workspace: &Path) -> Result<(BackendKind, PathBuf), SessionError> {
         let on_btrfs = nix::sys::statfs::statfs(workspace)
             .map(|s| s.filesystem_type().0 == BTRFS_SUPER_MAGIC)
             .unwrap_or(false);
@@ -86,7 +88,7 @@ impl Sessions {
             StoreChoice::Auto => Ok((BackendKind::Git, git_root())),
             StoreChoice::Btrfs if on_btrfs => Ok((BackendKind::Btrfs, host_root()?)),
             StoreChoice::Btrfs => Err(err(
-                ErrorKind::Unsupported,
+                Fault::Unsupported,
                 format!(
                     "snapshot.store is \"btrfs\" but workspace {} is not on a btrfs filesystem",
                     workspace.display()
@@ -94,13 +96,13 @@ impl Sessions {
             )),
             StoreChoice::BtrfsLoop if loop_ok => Ok((BackendKind::BtrfsLoop, loop_root())),
             StoreChoice::BtrfsLoop => Err(err(
-                ErrorKind::Unsupported,
+                Fault::Unsupported,
                 "snapshot.store is \"btrfs-loop\" but this machine has no loop devices (/dev/loop-control) \
                  or no mkfs.btrfs (btrfs-progs)",
             )),
             StoreChoice::Git if which("git").is_some() => Ok((BackendKind::Git, git_root())),
             StoreChoice::Git => {
-                Err(err(ErrorKind::Unsupported, "snapshot.store is \"git\" but git is not installed"))
+                Err(err(Fault::Unsupported, "snapshot.store is \"git\" but git is not installed"))
             }
         }
     }

@@ -3,6 +3,8 @@
 
 use super::lifecycle::keep_git_dir;
 use super::*;
+use crate::core::Fault;
+use crate::services::session::SessionError;
 
 /// Thaws the agents a workspace operation froze when it goes out of scope.
 pub(super) struct Thaw<'a> {
@@ -45,10 +47,10 @@ pub(super) fn aside_path(workspace: &Path, session: &str) -> PathBuf {
 }
 
 /// Exchanges two paths in one step (`renameat2(RENAME_EXCHANGE)`).
-pub(super) fn exchange(a: &Path, b: &Path) -> Result<(), ApiError> {
+pub(super) fn exchange(a: &Path, b: &Path) -> Result<(), SessionError> {
     use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
     renameat2(AT_FDCWD, a, AT_FDCWD, b, RenameFlags::RENAME_EXCHANGE)
-        .map_err(|e| err(ErrorKind::Internal, format!("exchanging {} and {}: {e}", a.display(), b.display())))
+        .map_err(|e| err(Fault::Internal, format!("exchanging {} and {}: {e}", a.display(), b.display())))
 }
 
 pub(super) fn cpath(p: &Path) -> CString {
@@ -56,7 +58,7 @@ pub(super) fn cpath(p: &Path) -> CString {
 }
 
 // By hand: nix has no xattr calls, and these are three libc calls on one path.
-pub(super) fn set_mark(tree: &Path, id: &str) -> Result<(), ApiError> {
+pub(super) fn set_mark(tree: &Path, id: &str) -> Result<(), SessionError> {
     let (path, name) = (cpath(tree), CString::new(SWAP_MARK).expect("no NUL"));
     // SAFETY: both strings are NUL-terminated and outlive the call; value/len describe `id`.
     let rc = unsafe { libc::lsetxattr(path.as_ptr(), name.as_ptr(), id.as_ptr().cast(), id.len(), 0) };
@@ -98,7 +100,7 @@ pub(super) fn crash_point(point: &str) {
 
 impl Sessions {
     /// Freezes the session's agents; the guard thaws them when dropped, whatever happened.
-    pub(super) async fn freeze_all(&self, names: &[String]) -> Result<Thaw<'_>, ApiError> {
+    pub(super) async fn freeze_all(&self, names: &[String]) -> Result<Thaw<'_>, SessionError> {
         let mut thaw = Thaw { agents: &self.agents, names: Vec::new() };
         for n in names {
             self.agents.freeze(n).await?;
@@ -114,7 +116,7 @@ impl Sessions {
         with_processes: bool,
         shell: Option<ShellState>,
         caller: &Caller,
-    ) -> Result<CheckpointInfo, ApiError> {
+    ) -> Result<CheckpointInfo, SessionError> {
         check_name("checkpoint", &name)?;
         let _op = self.ops.lock().await;
         let l = self.locate(&sref)?;
@@ -122,10 +124,10 @@ impl Sessions {
         let agents = self.agents.in_session(&l.info.name);
         if with_processes {
             crate::services::agent::processes::criu(self.agents.criu())
-                .map_err(|e| err(ErrorKind::Unsupported, format!("--with-processes: {}", e.message)))?;
+                .map_err(|e| err(Fault::Unsupported, format!("--with-processes: {}", e.message)))?;
             if agents.is_empty() {
                 return Err(err(
-                    ErrorKind::InvalidArgument,
+                    Fault::Invalid,
                     format!("--with-processes: session {:?} has no running agents", l.info.name),
                 ));
             }
@@ -151,7 +153,7 @@ impl Sessions {
         with_processes: bool,
         shell: Option<ShellState>,
         automatic: bool,
-    ) -> Result<CheckpointInfo, ApiError> {
+    ) -> Result<CheckpointInfo, SessionError> {
         let started = Instant::now();
         let thaw = self.freeze_all(agents).await?;
         let tree = l.tree(&l.info.timeline);
@@ -164,7 +166,7 @@ impl Sessions {
                 backend.checkpoint(&dir, &tree, &id)
             })
             .await
-            .map_err(|e| err(ErrorKind::Internal, e.to_string()))?
+            .map_err(|e| err(Fault::Internal, e.to_string()))?
             .map_err(snap_err)?
         };
         if with_processes {
@@ -172,7 +174,9 @@ impl Sessions {
             for a in agents {
                 let dir = images.join(a);
                 let dumped = match std::fs::create_dir_all(&dir) {
-                    Ok(()) => self.agents.dump_processes(a, &dir).await.map(|_| ()),
+                    Ok(()) => {
+                        self.agents.dump_processes(a, &dir).await.map(|_| ()).map_err(SessionError::from)
+                    }
                     Err(e) => Err(io_err("creating", &dir)(e)),
                 };
                 if let Err(e) = dumped {
@@ -180,7 +184,7 @@ impl Sessions {
                     let _ = std::fs::remove_dir_all(&images);
                     let _ = l.backend.remove_checkpoint(l.dir(), name);
                     return Err(err(
-                        e.kind,
+                        e.fault,
                         format!("checkpoint {name:?} not taken: agent {a}: {}", e.message),
                     ));
                 }
@@ -218,7 +222,7 @@ impl Sessions {
         sref: SessionRef,
         name: String,
         caller: &Caller,
-    ) -> Result<RollbackReport, ApiError> {
+    ) -> Result<RollbackReport, SessionError> {
         let started = Instant::now();
         let _op = self.ops.lock().await;
         let l = self.locate(&sref)?;
@@ -229,7 +233,7 @@ impl Sessions {
             target.captured.iter().filter_map(|c| c.strip_prefix("processes:")).map(str::to_owned).collect();
         if !imaged.is_empty() {
             crate::services::agent::processes::criu(self.agents.criu()).map_err(|e| {
-                err(ErrorKind::Unsupported, format!("checkpoint {name:?} holds processes: {}", e.message))
+                err(Fault::Unsupported, format!("checkpoint {name:?} holds processes: {}", e.message))
             })?;
         }
         // The present, kept so that this rollback can be undone.
@@ -250,7 +254,7 @@ impl Sessions {
         let (l2, id) = (Located { info: l.info.clone(), backend: l.backend.clone() }, name.clone());
         tokio::task::spawn_blocking(move || this.swap_in(&l2, &id))
             .await
-            .map_err(|e| err(ErrorKind::Internal, e.to_string()))??;
+            .map_err(|e| err(Fault::Internal, e.to_string()))??;
         let mut restored = Vec::new();
         for a in &imaged {
             match self.agents.restore_processes(a, &l.images(&name).join(a)).await {
@@ -263,7 +267,7 @@ impl Sessions {
                 Err(e) => {
                     tracing::error!(agent = %a, error = %e.message, "processes not restored");
                     return Err(err(
-                        e.kind,
+                        e.fault,
                         format!(
                             "the workspace was rolled back to {name:?}, but agent {a}'s processes were not \
                              restored: {} (undo with `rush rollback {}`)",
@@ -292,7 +296,7 @@ impl Sessions {
         })
     }
 
-    pub(super) fn undo_name(&self, l: &Located) -> Result<String, ApiError> {
+    pub(super) fn undo_name(&self, l: &Located) -> Result<String, SessionError> {
         let taken: Vec<String> =
             self.store.checkpoints(&l.info.name).map_err(store_err)?.into_iter().map(|c| c.name).collect();
         Ok((1..).map(|n| format!("undo-{n}")).find(|n| !taken.contains(n)).expect("a free name"))
@@ -300,7 +304,7 @@ impl Sessions {
 
     /// Builds checkpoint `id` as a scratch tree next to the live one, then exchanges the two
     /// in one rename: the atomic point of a rollback. Journaled, so `recover` can settle a crash.
-    pub(super) fn swap_in(&self, l: &Located, id: &str) -> Result<(), ApiError> {
+    pub(super) fn swap_in(&self, l: &Located, id: &str) -> Result<(), SessionError> {
         let live = l.tree(&l.info.timeline);
         let incoming = l.dir().join("timelines").join(format!(".{}.incoming", l.info.timeline));
         if incoming.exists() {
@@ -421,7 +425,7 @@ impl Sessions {
         name: String,
         from: Option<String>,
         caller: &Caller,
-    ) -> Result<TimelineInfo, ApiError> {
+    ) -> Result<TimelineInfo, SessionError> {
         check_name("timeline", &name)?;
         let _op = self.ops.lock().await;
         let l = self.locate(&sref)?;
@@ -439,7 +443,7 @@ impl Sessions {
             None => backend.clone_tree(&live, &dest),
         })
         .await
-        .map_err(|e| err(ErrorKind::Internal, e.to_string()))?;
+        .map_err(|e| err(Fault::Internal, e.to_string()))?;
         drop(thaw);
         made.map_err(snap_err)?;
         let t = TimelineInfo { name: name.clone(), from, created_unix_ms: now_unix_ms(), live: false };
@@ -461,21 +465,21 @@ impl Sessions {
         sref: SessionRef,
         name: String,
         caller: &Caller,
-    ) -> Result<TimelineInfo, ApiError> {
+    ) -> Result<TimelineInfo, SessionError> {
         let _op = self.ops.lock().await;
         let l = self.locate(&sref)?;
         let mut timelines = self.store.timelines(&l.info.name).map_err(store_err)?;
         let Some(t) = timelines.iter_mut().find(|t| t.name == name) else {
             let known: Vec<String> = timelines.iter().map(|t| t.name.clone()).collect();
             return Err(err(
-                ErrorKind::NotFound,
+                Fault::NotFound,
                 format!("session {:?} has no timeline {name:?} (it has: {})", l.info.name, known.join(", ")),
             ));
         };
         let running = self.agents.in_session(&l.info.name);
         if !running.is_empty() && name != l.info.timeline {
             return Err(err(
-                ErrorKind::InvalidArgument,
+                Fault::Invalid,
                 format!(
                     "session {:?} has running agents ({}), whose files are on timeline {:?}: stop them first",
                     l.info.name,
@@ -511,7 +515,7 @@ impl Sessions {
         Ok(TimelineInfo { live: true, ..switched })
     }
 
-    pub fn timeline(&self, sref: &SessionRef) -> Result<Timeline, ApiError> {
+    pub fn timeline(&self, sref: &SessionRef) -> Result<Timeline, SessionError> {
         let l = self.locate(sref)?;
         let mut timelines = self.store.timelines(&l.info.name).map_err(store_err)?;
         for t in &mut timelines {
@@ -529,19 +533,19 @@ impl Sessions {
         sref: SessionRef,
         a: String,
         b: String,
-    ) -> Result<DiffReport, ApiError> {
+    ) -> Result<DiffReport, SessionError> {
         let started = Instant::now();
         let l = self.locate(&sref)?;
         let checkpoints = self.store.checkpoints(&l.info.name).map_err(store_err)?;
         let timelines = self.store.timelines(&l.info.name).map_err(store_err)?;
-        let side = |n: &str| -> Result<(bool, PathBuf), ApiError> {
+        let side = |n: &str| -> Result<(bool, PathBuf), SessionError> {
             if checkpoints.iter().any(|c| c.name == n) {
                 Ok((true, PathBuf::new()))
             } else if timelines.iter().any(|t| t.name == n) {
                 Ok((false, l.tree(n)))
             } else {
                 Err(err(
-                    ErrorKind::NotFound,
+                    Fault::NotFound,
                     format!("session {:?} has no checkpoint or timeline {n:?}", l.info.name),
                 ))
             }
@@ -555,7 +559,7 @@ impl Sessions {
             backend.diff(&dir, pick(&sa, &a2), pick(&sb, &b2))
         })
         .await
-        .map_err(|e| err(ErrorKind::Internal, e.to_string()))?
+        .map_err(|e| err(Fault::Internal, e.to_string()))?
         .map_err(snap_err)?;
         let mut report = DiffReport {
             a: a.clone(),
@@ -589,7 +593,7 @@ impl Sessions {
         names: Option<Vec<String>>,
         prune: Option<Prune>,
         caller: &Caller,
-    ) -> Result<Vec<String>, ApiError> {
+    ) -> Result<Vec<String>, SessionError> {
         let _op = self.ops.lock().await;
         let l = self.locate(&sref)?;
         let all = self.store.checkpoints(&l.info.name).map_err(store_err)?;
@@ -602,10 +606,7 @@ impl Sessions {
             }
             (None, Some(p)) => {
                 if p.keep.is_none() && p.older_than_ms.is_none() {
-                    return Err(err(
-                        ErrorKind::InvalidArgument,
-                        "prune: give --keep N, --older-than AGE, or both",
-                    ));
+                    return Err(err(Fault::Invalid, "prune: give --keep N, --older-than AGE, or both"));
                 }
                 let now = now_unix_ms();
                 let keep_from = all.len().saturating_sub(p.keep.map_or(all.len(), |k| k as usize));
@@ -626,7 +627,7 @@ impl Sessions {
             let (backend, dir, id) = (l.backend.clone(), l.dir().to_owned(), n.clone());
             tokio::task::spawn_blocking(move || backend.remove_checkpoint(&dir, &id))
                 .await
-                .map_err(|e| err(ErrorKind::Internal, e.to_string()))?
+                .map_err(|e| err(Fault::Internal, e.to_string()))?
                 .map_err(snap_err)?;
             let _ = std::fs::remove_dir_all(l.images(n));
             self.store.delete_checkpoint(&l.info.name, n).map_err(store_err)?;
