@@ -143,20 +143,11 @@ pub struct AgentManager {
     hardening: Option<AgentHardening>,
     tokens: TokenStore,
     registry: Mutex<Registry>,
-    /// One revoke or expiry enforcement at a time: one's thaw must not cut another's
-    /// scan of a frozen agent short.
-    enforcing: tokio::sync::Mutex<()>,
-    /// Tokens with a TTL whose expiry is still to be enforced on mappings, by id.
-    pending_expiries: Mutex<HashMap<u64, Token>>,
     /// The durable state (agents, tokens), once the daemon has opened it; unit tests run
     /// without one.
     /// Where agents and tokens are written before a request is answered; None only in
     /// unit tests that do not need it.
     store: Option<Arc<crate::adapters::store::Store>>,
-    /// Ids of tokens revoked in the kernel whose deletion the store refused (a full disk):
-    /// retried before every store write, so a restart cannot grant them again once the
-    /// disk has room.
-    unsaved_revokes: Mutex<Vec<(String, u64)>>,
     budgets: Budgets,
     /// Checkpoints of processes (`checkpoint --with-processes`).
     criu: Arc<CriuSetup>,
@@ -272,10 +263,7 @@ impl AgentManager {
             hardening,
             tokens: TokenStore::default(),
             registry: Mutex::default(),
-            enforcing: tokio::sync::Mutex::new(()),
-            pending_expiries: Mutex::default(),
             store,
-            unsaved_revokes: Mutex::default(),
             budgets,
             criu,
         })

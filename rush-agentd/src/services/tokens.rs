@@ -104,15 +104,27 @@ impl NewToken {
     }
 }
 
+/// The file tokens of every agent and what is still to be done about them: expiries to
+/// enforce on memory mappings, revokes the state database has not taken yet. Owned here,
+/// not by the agents service, which asks through these methods.
 #[derive(Default)]
 pub struct TokenStore {
     inner: Mutex<Inner>,
+    /// One revoke or expiry enforcement at a time: one's thaw must not cut another's scan
+    /// of a frozen agent short.
+    enforcing: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
 struct Inner {
     next_id: u64,
     tokens: BTreeMap<u64, Token>,
+    /// Tokens with a TTL whose expiry is still to be enforced on mappings, by id.
+    pending_expiries: BTreeMap<u64, Token>,
+    /// (agent, token id) revoked in the kernel whose deletion the store refused (a full
+    /// disk): retried before every store write, so a restart cannot grant them again once
+    /// the disk has room.
+    unsaved_revokes: Vec<(String, u64)>,
 }
 
 impl TokenStore {
@@ -205,9 +217,54 @@ impl TokenStore {
         (moves, entries)
     }
 
-    /// Forgets an agent's tokens (it has exited; the kernel entries go with the agent).
+    /// Forgets an agent's tokens and their pending expiries (it has exited; the kernel
+    /// entries go with the agent).
     pub fn forget_agent(&self, cgroup_id: u64) {
-        self.lock().tokens.retain(|_, t| t.cgroup_id != cgroup_id);
+        let mut inner = self.lock();
+        inner.tokens.retain(|_, t| t.cgroup_id != cgroup_id);
+        inner.pending_expiries.retain(|_, t| t.cgroup_id != cgroup_id);
+    }
+
+    /// Waits for the turn to enforce a revoke or an expiry (one at a time).
+    pub async fn enforcement_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.enforcing.lock().await
+    }
+
+    /// Remembers a token whose expiry must be enforced on mappings when it comes.
+    pub fn expect_expiry(&self, token: Token) {
+        self.lock().pending_expiries.insert(token.id, token);
+    }
+
+    /// Takes the agent's pending expiries due by `now_boot_ns`.
+    pub fn take_due_expiries(&self, cgroup_id: u64, now_boot_ns: u64) -> Vec<Token> {
+        let mut inner = self.lock();
+        let due: Vec<u64> = inner
+            .pending_expiries
+            .values()
+            .filter(|t| t.cgroup_id == cgroup_id && t.expires.is_some_and(|(ns, _)| ns <= now_boot_ns))
+            .map(|t| t.id)
+            .collect();
+        due.iter().filter_map(|id| inner.pending_expiries.remove(id)).collect()
+    }
+
+    /// Ids of the tokens whose expiry is still to be enforced.
+    pub fn pending_expiries(&self) -> Vec<u64> {
+        self.lock().pending_expiries.keys().copied().collect()
+    }
+
+    /// Records revokes the store refused, for [`TokenStore::unsaved_revokes`] and a retry.
+    pub fn note_unsaved_revokes(&self, agent: &str, ids: &[u64]) {
+        self.lock().unsaved_revokes.extend(ids.iter().map(|id| (agent.to_owned(), *id)));
+    }
+
+    /// The revokes the store has not taken yet: (agent, token id).
+    pub fn unsaved_revokes(&self) -> Vec<(String, u64)> {
+        self.lock().unsaved_revokes.clone()
+    }
+
+    /// The store took these revokes at last.
+    pub fn revokes_saved(&self, saved: &[(String, u64)]) {
+        self.lock().unsaved_revokes.retain(|r| !saved.contains(r));
     }
 
     /// The agent's tokens.

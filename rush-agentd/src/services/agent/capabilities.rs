@@ -739,7 +739,7 @@ impl AgentManager {
         target: RevokeTarget,
         caller: &Caller,
     ) -> Result<(Vec<TokenInfo>, Option<ChangeEffect>), AgentError> {
-        let _one = self.enforcing.lock().await;
+        let _one = self.tokens.enforcement_turn().await;
         let cg = self.confined_agent(agent)?;
         let cgroup_id = cg.id;
         let files = self.files_of(agent);
@@ -792,7 +792,7 @@ impl AgentManager {
     pub(super) fn schedule_expiry(self: &Arc<Self>, token: Token) {
         let Some((deadline, _)) = token.expires else { return };
         let cgroup_id = token.cgroup_id;
-        self.pending_expiries().insert(token.id, token);
+        self.tokens.expect_expiry(token);
         let mgr = Arc::downgrade(self);
         tokio::spawn(async move {
             // The deadline is CLOCK_BOOTTIME; tokio's clock stops during suspend: re-check.
@@ -809,24 +809,17 @@ impl AgentManager {
         });
     }
 
-    pub(super) fn pending_expiries(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Token>> {
-        self.pending_expiries.lock().unwrap_or_else(|p| p.into_inner())
+    /// Ids of the tokens whose expiry is still to be enforced on mappings.
+    pub fn pending_expiries(&self) -> Vec<u64> {
+        self.tokens.pending_expiries()
     }
 
     /// Enforces, in one freeze, the expiry of every token of the agent due by now: tokens
     /// granted together lapse together, and the first of their timers does it for all.
     pub(super) async fn expire_due(self: Arc<Self>, cgroup_id: u64) {
-        let _one = self.enforcing.lock().await;
+        let _one = self.tokens.enforcement_turn().await;
         let now = boot_time_ns();
-        let due: Vec<Token> = {
-            let mut pending = self.pending_expiries();
-            let ids: Vec<u64> = pending
-                .values()
-                .filter(|t| t.cgroup_id == cgroup_id && t.expires.is_some_and(|(ns, _)| ns <= now))
-                .map(|t| t.id)
-                .collect();
-            ids.iter().filter_map(|id| pending.remove(id)).collect()
-        };
+        let due = self.tokens.take_due_expiries(cgroup_id, now);
         if due.is_empty() {
             return;
         }

@@ -751,7 +751,6 @@ impl AgentManager {
                 conditional = self.tokens.conditional(cg.id);
                 self.tokens.forget_agent(cg.id);
                 self.persist("an exited agent's removal", |s| s.delete_agent(&name, cg.id));
-                self.pending_expiries().retain(|_, t| t.cgroup_id != cg.id);
             }
             Ok(Err(e)) => {
                 tracing::error!(agent = %name, error = %error_chain(&e), "agent cgroup not removed; its policy stays in force")

@@ -71,7 +71,7 @@ impl AgentManager {
     /// Deletes from the store the tokens a revoke took out of the kernel while the store
     /// refused writes.
     pub(super) fn retry_unsaved_revokes(&self, store: &crate::adapters::store::Store) {
-        let mut unsaved = self.unsaved_revokes.lock().unwrap_or_else(|p| p.into_inner());
+        let unsaved = self.tokens.unsaved_revokes();
         if unsaved.is_empty() {
             return;
         }
@@ -85,7 +85,7 @@ impl AgentManager {
             .and_then(|()| records.iter().try_for_each(|r| store.put_restartable(r)));
         if saved.is_ok() {
             tracing::info!(tokens = ids.len(), "revokes the store had refused are now saved");
-            unsaved.clear();
+            self.tokens.revokes_saved(&unsaved);
         }
     }
 
@@ -94,7 +94,7 @@ impl AgentManager {
         if let Some(store) = self.store.as_ref() {
             self.retry_unsaved_revokes(store);
         }
-        self.unsaved_revokes.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.tokens.unsaved_revokes().len()
     }
 
     /// Deletes revoked tokens from the store. The kernel has already dropped them, so a
@@ -107,8 +107,7 @@ impl AgentManager {
             restart.as_ref().map_or(Ok(()), |r| s.put_restartable(r))
         };
         self.save("revoke", write).map_err(|e| {
-            let mut unsaved = self.unsaved_revokes.lock().unwrap_or_else(|p| p.into_inner());
-            unsaved.extend(ids.iter().map(|id| (agent.to_owned(), *id)));
+            self.tokens.note_unsaved_revokes(agent, ids);
             AgentError::new(
                 e.fault,
                 format!(
