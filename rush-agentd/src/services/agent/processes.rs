@@ -97,10 +97,7 @@ impl AgentManager {
     /// The running agent's cgroup and log, if CRIU can checkpoint and restore it.
     fn criu_target(&self, agent: &str) -> Result<(AgentCgroup, u32, PathBuf), AgentError> {
         let reg = self.registry();
-        let a = reg
-            .agents
-            .get(agent)
-            .ok_or_else(|| AgentError::new(Fault::NotFound, format!("no agent named {agent:?}")))?;
+        let a = reg.agents.get(agent).ok_or_else(|| super::not_found(agent))?;
         if a.info.state != AgentState::Running {
             return Err(AgentError::new(Fault::Invalid, format!("agent {agent:?} has exited")));
         }
