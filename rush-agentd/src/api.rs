@@ -19,8 +19,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast;
 
 use crate::adapters::cgroup::process_cgroup_v2;
-use crate::core::Fault;
-use crate::services::agent::{AgentError, AgentManager, Caller};
+use crate::core::{Caller, Fault};
+use crate::services::agent::{AgentError, AgentManager};
 use crate::services::audit::AuditLog;
 use crate::services::session::SessionError;
 

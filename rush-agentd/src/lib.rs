@@ -23,16 +23,20 @@
 //!   - [`services::baseline`] — what every file-confined agent gets; private TMPDIRs
 //!   - [`services::audit`] — the audit trail
 //!   - [`services::events`] — the typed event bus every service publishes to
-//! - the edge: [`api`] (the socket, principals, dispatch), [`config`], [`probe`] (`doctor`),
+//! - the edge: [`api`] (the socket, principals, dispatch, wire errors), [`config`],
+//!   [`probe`] (`doctor`), [`handles`] (what services need of each other, implemented),
 //!   [`daemon`] (wires them together and runs until SIGTERM/SIGINT)
 //!
 //! A new domain (coordination, approvals, gating, workspaces) is a new folder under
-//! `services/`, its requests dispatched in `api.rs` and its construction in `daemon.rs`.
+//! `services/` with its own error type (`service_error!`) and, for what it needs of other
+//! services, a handle trait of its own; its requests are dispatched in `api.rs`, its
+//! handles implemented in `handles.rs` and its construction in `daemon.rs`.
 
 pub mod adapters;
 pub mod api;
 pub mod config;
 pub mod core;
 pub mod daemon;
+pub mod handles;
 pub mod probe;
 pub mod services;

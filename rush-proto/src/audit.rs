@@ -184,7 +184,7 @@ pub enum AuditEvent {
     SessionCreated {
         session: String,
         workspace: PathBuf,
-        backend: String,
+        backend: crate::SessionStore,
         caller_uid: u32,
     },
     SessionRemoved {

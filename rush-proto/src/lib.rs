@@ -25,7 +25,7 @@ pub use budget::{Budget, BudgetResource, BudgetUnit, BudgetUsage};
 pub use events::{Event, SubscribeRequest};
 pub use session::{
     Attachment, CheckpointInfo, DiffReport, EnvChange, KeyValue, Prune, RollbackReport, SessionDetail,
-    SessionInfo, SessionRef, ShellState, Timeline, TimelineInfo,
+    SessionInfo, SessionRef, SessionStore, ShellState, Timeline, TimelineInfo,
 };
 pub use spec::{AgentName, FileGrant, Hardlinks, NetEndpoint, NetPolicy, Ops, SpecError, parse_duration};
 pub use wire::{ChangeAction, Enforcement, FilesBackend, PauseReason, TokenOrigin, UnknownValue};

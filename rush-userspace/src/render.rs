@@ -105,7 +105,7 @@ pub fn session_table(sessions: &[rush_proto::SessionInfo], now_ms: u64) -> Strin
         t.row(vec![
             s.name.clone(),
             sanitize(&s.workspace.to_string_lossy()),
-            s.backend.clone(),
+            s.backend.to_string(),
             s.timeline.clone(),
             s.checkpoints.to_string(),
             if s.agents.is_empty() { "-".into() } else { s.agents.join(",") },

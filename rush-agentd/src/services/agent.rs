@@ -36,7 +36,7 @@ use crate::adapters::snapshot::criu::CriuSetup;
 use crate::adapters::spawn::{Spawn, SpawnError};
 use crate::core::process::{pidfd_open, proc_stat};
 use crate::core::token::{Condition, Origin, Token};
-use crate::core::{Fault, FileKey, KeyError, boot_time_ns, error_chain, now_unix_ms};
+use crate::core::{Caller, Fault, FileKey, KeyError, boot_time_ns, error_chain, now_unix_ms};
 use crate::services::audit::AuditLog;
 use crate::services::budget::{Observed, ResourceControl};
 use crate::services::policy::{ExecRule, Policy};
@@ -93,16 +93,6 @@ impl Files {
 pub(crate) struct Child {
     pub(crate) pid: u32,
     pub(crate) pidfd: OwnedFd,
-}
-
-/// Who is asking, from SO_PEERCRED and /proc at connect time.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    pub uid: u32,
-    pub gid: u32,
-    pub pid: i32,
-    /// Supplementary groups; the agent runs with exactly the caller's credentials.
-    pub groups: Vec<u32>,
 }
 
 /// What the kernel side can enforce, decided once at start-up from what really attached.

@@ -35,10 +35,11 @@ use rush_proto::{
 use crate::adapters::snapshot::{Backend, BackendKind, ChangeKind, Side, SnapshotError};
 use crate::adapters::snapshot::{SnapshotSection, StoreChoice};
 use crate::adapters::store::Store;
-use crate::core::error_chain;
-use crate::services::agent::{AgentManager, Caller};
+use crate::core::{Caller, error_chain};
 use crate::services::audit::AuditLog;
 
+mod agents;
+pub use agents::{Pending, SessionAgents};
 mod lifecycle;
 mod state;
 mod store;
@@ -55,7 +56,8 @@ const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
 
 pub struct Sessions {
     store: Arc<Store>,
-    agents: Arc<AgentManager>,
+    /// The agents working in sessions, seen only through what a session needs of them.
+    agents: Arc<dyn SessionAgents>,
     audit: Arc<AuditLog>,
     config: SnapshotSection,
     state_dir: PathBuf,
@@ -70,13 +72,6 @@ crate::service_error!(
     /// Why a request to the sessions service failed; `api` maps it to the wire.
     SessionError
 );
-
-/// An agents' failure inside a session request (freezing its agents, their processes).
-impl From<crate::services::agent::AgentError> for SessionError {
-    fn from(e: crate::services::agent::AgentError) -> Self {
-        SessionError::new(e.fault, e.message)
-    }
-}
 
 fn err(fault: Fault, msg: impl Into<String>) -> SessionError {
     SessionError::new(fault, msg)
@@ -144,7 +139,7 @@ impl Sessions {
     /// settles operations a crash interrupted.
     pub fn open(
         store: Arc<Store>,
-        agents: Arc<AgentManager>,
+        agents: Arc<dyn SessionAgents>,
         audit: Arc<AuditLog>,
         config: SnapshotSection,
         state_dir: PathBuf,

@@ -1,6 +1,7 @@
 //! Creating a session (its workspace moved into the store, a symlink left in its
 //! place) and removing one (the tree put back).
 
+use super::store::store_of;
 use super::timetravel::{aside_path, exchange};
 use super::*;
 use crate::core::Fault;
@@ -60,7 +61,7 @@ impl Sessions {
             AuditEvent::SessionCreated {
                 session: info.name.clone(),
                 workspace: info.workspace.clone(),
-                backend: info.backend.clone(),
+                backend: info.backend,
                 caller_uid: caller.uid,
             },
         );
@@ -130,7 +131,7 @@ impl Sessions {
             name: name.to_owned(),
             workspace: workspace.to_owned(),
             live: dir.join("live"),
-            backend: kind.as_str().to_owned(),
+            backend: store_of(kind),
             timeline: MAIN.to_owned(),
             created_unix_ms: now_unix_ms(),
             agents: Vec::new(),

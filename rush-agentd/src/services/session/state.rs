@@ -14,9 +14,9 @@ use rush_proto::{
 
 use super::{Sessions, err, now_unix_ms, store_err};
 use crate::adapters::store::AttachmentRecord;
+use crate::core::Caller;
 use crate::core::boot_id;
 use crate::core::process::proc_stat;
-use crate::services::agent::Caller;
 
 fn is_alive(a: &AttachmentRecord, boot: &str) -> bool {
     a.boot_id == boot && proc_stat(a.pid).is_some_and(|(_, start)| start == a.start_ticks)

@@ -4,6 +4,7 @@
 use super::*;
 use crate::core::Fault;
 use crate::services::session::SessionError;
+use rush_proto::SessionStore;
 
 pub(super) fn which(prog: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -63,11 +64,10 @@ impl Sessions {
     }
 
     pub(super) fn backend_of(&self, info: &SessionInfo) -> Result<Arc<dyn Backend>, SnapshotError> {
-        let kind = match info.backend.as_str() {
-            "btrfs" => BackendKind::Btrfs,
-            "btrfs-loop" => BackendKind::BtrfsLoop,
-            "git" => BackendKind::Git,
-            other => return Err(SnapshotError::Unavailable(format!("unknown store kind {other:?}"))),
+        let kind = match info.backend {
+            SessionStore::Btrfs => BackendKind::Btrfs,
+            SessionStore::BtrfsLoop => BackendKind::BtrfsLoop,
+            SessionStore::Git => BackendKind::Git,
         };
         let root = info.live.parent().and_then(Path::parent).unwrap_or(Path::new("/"));
         self.open_backend(kind, root)
@@ -139,5 +139,14 @@ impl Sessions {
         if mounted && let Err(e) = nix::mount::umount2(&mountpoint, nix::mount::MntFlags::MNT_DETACH) {
             tracing::warn!(path = %mountpoint.display(), error = %e, "snapshot store not unmounted");
         }
+    }
+}
+
+/// A snapshot backend as the protocol names it.
+pub(super) fn store_of(kind: BackendKind) -> SessionStore {
+    match kind {
+        BackendKind::Btrfs => SessionStore::Btrfs,
+        BackendKind::BtrfsLoop => SessionStore::BtrfsLoop,
+        BackendKind::Git => SessionStore::Git,
     }
 }

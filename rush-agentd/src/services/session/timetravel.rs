@@ -8,7 +8,7 @@ use crate::services::session::SessionError;
 
 /// Thaws the agents a workspace operation froze when it goes out of scope.
 pub(super) struct Thaw<'a> {
-    pub(super) agents: &'a AgentManager,
+    pub(super) agents: &'a dyn SessionAgents,
     pub(super) names: Vec<String>,
 }
 
@@ -101,7 +101,7 @@ pub(super) fn crash_point(point: &str) {
 impl Sessions {
     /// Freezes the session's agents; the guard thaws them when dropped, whatever happened.
     pub(super) async fn freeze_all(&self, names: &[String]) -> Result<Thaw<'_>, SessionError> {
-        let mut thaw = Thaw { agents: &self.agents, names: Vec::new() };
+        let mut thaw = Thaw { agents: self.agents.as_ref(), names: Vec::new() };
         for n in names {
             self.agents.freeze(n).await?;
             thaw.names.push(n.clone());
@@ -123,7 +123,8 @@ impl Sessions {
         self.check_free(&l, &name)?;
         let agents = self.agents.in_session(&l.info.name);
         if with_processes {
-            crate::services::agent::processes::criu(self.agents.criu())
+            self.agents
+                .processes_supported()
                 .map_err(|e| err(Fault::Unsupported, format!("--with-processes: {}", e.message)))?;
             if agents.is_empty() {
                 return Err(err(
@@ -174,9 +175,7 @@ impl Sessions {
             for a in agents {
                 let dir = images.join(a);
                 let dumped = match std::fs::create_dir_all(&dir) {
-                    Ok(()) => {
-                        self.agents.dump_processes(a, &dir).await.map(|_| ()).map_err(SessionError::from)
-                    }
+                    Ok(()) => self.agents.dump_processes(a, &dir).await,
                     Err(e) => Err(io_err("creating", &dir)(e)),
                 };
                 if let Err(e) = dumped {
@@ -232,7 +231,7 @@ impl Sessions {
         let imaged: Vec<String> =
             target.captured.iter().filter_map(|c| c.strip_prefix("processes:")).map(str::to_owned).collect();
         if !imaged.is_empty() {
-            crate::services::agent::processes::criu(self.agents.criu()).map_err(|e| {
+            self.agents.processes_supported().map_err(|e| {
                 err(Fault::Unsupported, format!("checkpoint {name:?} holds processes: {}", e.message))
             })?;
         }
