@@ -85,7 +85,7 @@ pub enum AuditEvent {
         /// What the mappings used that was taken away: `read`, `write`, `exec`, comma-joined.
         ops: String,
         /// `revoke` or `expiry`.
-        cause: String,
+        cause: crate::TokenChange,
     },
     /// The kernel refused an agent something that reaches outside its cgroup or into the
     /// kernel itself (self-protection).
@@ -114,8 +114,7 @@ pub enum AuditEvent {
     /// A conditional token's check ran: its worktree's changes promoted or discarded.
     Commit {
         outcome: CommitOutcome,
-        /// `request` or `exit`.
-        cause: String,
+        cause: crate::CommitCause,
     },
     /// Deny records of this agent not written, because it was denied faster than the
     /// audit trail takes (a process hammering a file it may not open): how many.
@@ -209,12 +208,11 @@ pub enum AuditEvent {
     RollbackRepaired {
         session: String,
         name: String,
-        outcome: String,
+        outcome: crate::RollbackOutcome,
     },
     TimelineChange {
         session: String,
-        /// `branch` or `switch`.
-        action: String,
+        action: crate::TimelineAction,
         timeline: String,
         caller_uid: u32,
     },
@@ -228,7 +226,7 @@ pub enum AuditEvent {
     SessionKv {
         session: String,
         key: String,
-        action: String,
+        action: crate::KvAction,
         caller_uid: u32,
     },
     /// A shell was bound to the session (`rush session attach`).
@@ -253,8 +251,7 @@ pub enum AuditEvent {
     RulesetChange {
         /// `restart` or `kill`.
         action: ChangeAction,
-        /// `grant`, `revoke` or `expiry`.
-        cause: String,
+        cause: crate::TokenChange,
         old_pid: u32,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         new_pid: Option<u32>,
@@ -262,7 +259,7 @@ pub enum AuditEvent {
     /// A restartable agent started again by a starting daemon, as it was spawned:
     /// `reason` is `reboot` (the machine restarted) or `gone` (the daemon found it dead).
     AgentRestarted {
-        reason: String,
+        reason: crate::RestartReason,
         /// Its first process before (unknown after a reboot: 0) and now.
         old_pid: u32,
         new_pid: u32,
@@ -271,7 +268,7 @@ pub enum AuditEvent {
     /// session missing, enforcement unavailable on this boot). Fail closed: it is never
     /// started with fewer restrictions; it is tried again at the next daemon start.
     RestartFailed {
-        reason: String,
+        reason: crate::RestartReason,
         error: String,
     },
     /// A request the daemon refused for policy reasons (not input errors).

@@ -25,10 +25,13 @@ pub use budget::{Budget, BudgetResource, BudgetUnit, BudgetUsage};
 pub use events::{Event, SubscribeRequest};
 pub use session::{
     Attachment, CheckpointInfo, DiffReport, EnvChange, KeyValue, Prune, RollbackReport, SessionDetail,
-    SessionInfo, SessionRef, SessionStore, ShellState, Timeline, TimelineInfo,
+    SessionInfo, SessionRef, ShellState, Timeline, TimelineInfo,
 };
 pub use spec::{AgentName, FileGrant, Hardlinks, NetEndpoint, NetPolicy, Ops, SpecError, parse_duration};
-pub use wire::{ChangeAction, Enforcement, FilesBackend, PauseReason, TokenOrigin, UnknownValue};
+pub use wire::{
+    ChangeAction, CommitCause, Enforcement, FilesBackend, KvAction, PauseReason, RestartReason,
+    RollbackOutcome, SessionStore, TimelineAction, TokenChange, TokenOrigin, UnknownValue,
+};
 
 /// Bumped on any incompatible change of the wire types. The daemon refuses a request
 /// whose envelope carries another version, with [`ErrorKind::VersionMismatch`]

@@ -15,34 +15,6 @@ pub struct SessionRef {
     pub cwd: Option<PathBuf>,
 }
 
-/// What keeps a session's history (`[snapshot] store`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SessionStore {
-    /// Subvolumes on the btrfs the workspace already lives on.
-    Btrfs,
-    /// Subvolumes on a btrfs image under the daemon's state dir, loop-mounted.
-    BtrfsLoop,
-    /// Commits in a git repository of the daemon's (no btrfs here).
-    Git,
-}
-
-impl SessionStore {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SessionStore::Btrfs => "btrfs",
-            SessionStore::BtrfsLoop => "btrfs-loop",
-            SessionStore::Git => "git",
-        }
-    }
-}
-
-impl std::fmt::Display for SessionStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionInfo {
     pub name: String,
@@ -51,7 +23,7 @@ pub struct SessionInfo {
     /// Where the live tree really is (`<store>/<session>/live`, a symlink to the timeline).
     pub live: PathBuf,
     /// What keeps its history.
-    pub backend: SessionStore,
+    pub backend: crate::SessionStore,
     /// The timeline the workspace shows.
     pub timeline: String,
     pub created_unix_ms: u64,

@@ -266,3 +266,70 @@ mod tests {
         assert!(err.contains("AgentInfo.paused") && err.contains("\"nap\""), "{err}");
     }
 }
+
+wire_enum! {
+    /// What keeps a session's history (`[snapshot] store`).
+    pub enum SessionStore as "SessionInfo.backend" {
+        /// Subvolumes on the btrfs the workspace already lives on.
+        Btrfs = "btrfs",
+        /// Subvolumes on a btrfs image under the daemon's state dir, loop-mounted.
+        BtrfsLoop = "btrfs-loop",
+        /// Commits in a git repository of the daemon's (no btrfs here).
+        Git = "git",
+    }
+}
+
+wire_enum! {
+    /// What changed an agent's file tokens, in the audit records of what that did to it.
+    pub enum TokenChange as "AuditEvent.cause (revoke_kill, ruleset_change)" {
+        Grant = "grant",
+        Revoke = "revoke",
+        /// A token's TTL ran out.
+        Expiry = "expiry",
+    }
+}
+
+wire_enum! {
+    /// Why a conditional token's check ran.
+    pub enum CommitCause as "AuditEvent.cause (commit)" {
+        /// `rush capability commit` (by the operator or the agent itself).
+        Request = "request",
+        /// The agent exited: the last chance for its work; the worktree is removed after.
+        Exit = "exit",
+    }
+}
+
+wire_enum! {
+    /// How a rollback a crash interrupted was settled when the daemon started again.
+    pub enum RollbackOutcome as "AuditEvent.outcome (rollback_repaired)" {
+        /// The swap had happened: the rollback stands.
+        Completed = "completed",
+        /// It had not: the workspace is as it was.
+        Undone = "undone",
+    }
+}
+
+wire_enum! {
+    pub enum TimelineAction as "AuditEvent.action (timeline_change)" {
+        Branch = "branch",
+        Switch = "switch",
+    }
+}
+
+wire_enum! {
+    /// A change of a session's key-value state.
+    pub enum KvAction as "AuditEvent.action (session_kv)" {
+        Set = "set",
+        Unset = "unset",
+    }
+}
+
+wire_enum! {
+    /// Why a starting daemon started a restartable agent again.
+    pub enum RestartReason as "AuditEvent.reason (agent_restarted, restart_failed)" {
+        /// The machine restarted.
+        Reboot = "reboot",
+        /// The daemon found it dead.
+        Gone = "gone",
+    }
+}

@@ -418,7 +418,7 @@ pub fn audit_line(r: &AuditRecord) -> String {
             value(comm),
             value(path),
             value(ops),
-            value(cause)
+            value(cause.as_str())
         ),
         AuditEvent::GuardDeny { pid, uid, comm, hook, what } => {
             format!("pid={pid} uid={uid} comm={} hook={} what={}", value(comm), value(hook), value(what))
@@ -426,7 +426,9 @@ pub fn audit_line(r: &AuditRecord) -> String {
         AuditEvent::SyscallDeny { pid, uid, comm, syscall, nr } => {
             format!("pid={pid} uid={uid} comm={} syscall={} nr={nr}", value(comm), value(syscall))
         }
-        AuditEvent::Commit { outcome, cause } => format!("cause={} {}", value(cause), commit_line(outcome)),
+        AuditEvent::Commit { outcome, cause } => {
+            format!("cause={} {}", value(cause.as_str()), commit_line(outcome))
+        }
         AuditEvent::EventsLost { count } | AuditEvent::DenialsSuppressed { count } => {
             format!("count={count}")
         }
@@ -801,7 +803,7 @@ done   exited   4242  0      deny                   signal 9     sh -c 'it'\\''s
             comm: "python3".into(),
             path: "/srv/project/db file".into(),
             ops: "write".into(),
-            cause: "revoke".into(),
+            cause: rush_proto::TokenChange::Revoke,
         }));
         assert!(
             line.ends_with(

@@ -24,8 +24,8 @@ use std::sync::{Arc, Mutex};
 
 use rush_proto::{
     AgentInfo, AgentName, AgentState, AuditEvent, Budget, BudgetResource, ChangeAction, ChangeEffect,
-    ExitStatus, FileGrant, FilesBackend, GrantRequest, Hardlinks, NetPolicy, Ops, PauseReason, RevokeTarget,
-    SpawnRequest, StdioMode, TokenInfo,
+    CommitCause, ExitStatus, FileGrant, FilesBackend, GrantRequest, Hardlinks, NetPolicy, Ops, PauseReason,
+    RestartReason, RevokeTarget, SpawnRequest, StdioMode, TokenChange, TokenInfo,
 };
 use tokio::sync::watch;
 

@@ -12,24 +12,6 @@ pub(super) static CONDITION_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomi
 /// How long a condition may run before it counts as failed.
 pub(super) const CONDITION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// Why a conditional token's check ran.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CommitCause {
-    /// `rush capability commit` (by the operator or the agent itself).
-    Request,
-    /// The agent exited: the last chance for its work; the worktree is removed after.
-    Exit,
-}
-
-impl CommitCause {
-    fn as_str(self) -> &'static str {
-        match self {
-            CommitCause::Request => "request",
-            CommitCause::Exit => "exit",
-        }
-    }
-}
-
 /// The operations an fd handed to an agent was opened for (its access mode).
 pub(super) fn stdio_ops(fd: std::os::fd::BorrowedFd<'_>) -> Ops {
     match nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL) {
@@ -379,7 +361,7 @@ impl AgentManager {
             self.schedule_expiry(t);
         }
         let effect = match effect {
-            Some(planned) => Some(self.reconfine(planned, "grant", caller).await?),
+            Some(planned) => Some(self.reconfine(planned, TokenChange::Grant, caller).await?),
             None => None,
         };
         Ok((token, effect))
@@ -489,7 +471,7 @@ impl AgentManager {
     pub(super) async fn reconfine(
         self: &Arc<Self>,
         planned: ChangeEffect,
-        cause: &str,
+        cause: TokenChange,
         caller: &Caller,
     ) -> Result<ChangeEffect, AgentError> {
         let name = planned.agent.clone();
@@ -522,7 +504,7 @@ impl AgentManager {
                         Some(&name),
                         AuditEvent::RulesetChange {
                             action: ChangeAction::Kill,
-                            cause: cause.into(),
+                            cause,
                             old_pid: effect.pid,
                             new_pid: None,
                         },
@@ -537,12 +519,12 @@ impl AgentManager {
                 }
             }
         }
-        tracing::info!(agent = %name, action = %effect.action, cause, old_pid = effect.pid, new_pid = ?effect.new_pid, "Landlock rules changed");
+        tracing::info!(agent = %name, action = %effect.action, %cause, old_pid = effect.pid, new_pid = ?effect.new_pid, "Landlock rules changed");
         self.audit.record(
             Some(&name),
             AuditEvent::RulesetChange {
                 action: effect.action,
-                cause: cause.into(),
+                cause,
                 old_pid: effect.pid,
                 new_pid: effect.new_pid,
             },
@@ -663,10 +645,7 @@ impl AgentManager {
                 removed: changes.removed,
                 reason,
             };
-            self.audit.record(
-                Some(agent),
-                AuditEvent::Commit { outcome: outcome.clone(), cause: cause.as_str().into() },
-            );
+            self.audit.record(Some(agent), AuditEvent::Commit { outcome: outcome.clone(), cause });
             if cause == CommitCause::Exit {
                 let _ = std::fs::remove_dir_all(&c.worktree);
             }
@@ -771,7 +750,7 @@ impl AgentManager {
             // refused write must not skip; the refusal is reported after it.
             let saved = self.save_revoke(agent, &ids);
             let effect = match files {
-                Some(Files::Landlock) => self.reconfine(planned, "revoke", caller).await?,
+                Some(Files::Landlock) => self.reconfine(planned, TokenChange::Revoke, caller).await?,
                 _ => planned,
             };
             saved?;
@@ -782,7 +761,7 @@ impl AgentManager {
         let tokens: Vec<TokenInfo> = removed.iter().map(|t| t.info()).collect();
         self.audit.record(Some(agent), AuditEvent::Revoke { caller_uid: caller.uid, tokens: tokens.clone() });
         let ids: Vec<u64> = removed.iter().map(|t| t.id).collect();
-        self.record_kills(agent, killed, "revoke");
+        self.record_kills(agent, killed, TokenChange::Revoke);
         self.save_revoke(agent, &ids)?;
         Ok((tokens, None))
     }
@@ -845,7 +824,7 @@ impl AgentManager {
                 // The kernel knows nothing of the deadline: this is the expiry.
                 let daemon = Caller { uid: 0, gid: 0, pid: std::process::id() as i32, groups: Vec::new() };
                 let done = match self.planned_effect(&name, false) {
-                    Ok(planned) => self.reconfine(planned, "expiry", &daemon).await,
+                    Ok(planned) => self.reconfine(planned, TokenChange::Expiry, &daemon).await,
                     Err(e) => Err(e),
                 };
                 if let Err(e) = done {
@@ -857,7 +836,7 @@ impl AgentManager {
             _ => {}
         }
         match self.enforce(cg, lost, |_| Ok(())).await {
-            Ok(killed) => self.record_kills(&name, killed, "expiry"),
+            Ok(killed) => self.record_kills(&name, killed, TokenChange::Expiry),
             Err(e) => tracing::error!(agent = %name, error = %e.message, "expiry not enforced on mappings"),
         }
     }
@@ -889,9 +868,9 @@ impl AgentManager {
         .map_err(|e| AgentError::new(Fault::Internal, format!("enforcing on memory mappings: {e}")))?
     }
 
-    pub(super) fn record_kills(&self, agent: &str, killed: Vec<Killed>, cause: &str) {
+    pub(super) fn record_kills(&self, agent: &str, killed: Vec<Killed>, cause: TokenChange) {
         for k in killed {
-            tracing::warn!(agent, pid = k.pid, path = %k.path.display(), ops = %k.ops, cause, "killed: maps a file it may no longer use");
+            tracing::warn!(agent, pid = k.pid, path = %k.path.display(), ops = %k.ops, %cause, "killed: maps a file it may no longer use");
             self.audit.record(
                 Some(agent),
                 AuditEvent::RevokeKill {
@@ -899,7 +878,7 @@ impl AgentManager {
                     comm: k.comm,
                     path: k.path.display().to_string(),
                     ops: k.ops.to_string(),
-                    cause: cause.into(),
+                    cause,
                 },
             );
         }

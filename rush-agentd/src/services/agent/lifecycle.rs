@@ -2,7 +2,7 @@
 //! kernel policy and tokens in place before the first instruction, the exit watched.
 
 use super::budgets::{Pause, Reported};
-use super::capabilities::{CommitCause, landlock_link_check};
+use super::capabilities::landlock_link_check;
 use super::*;
 use crate::core::Fault;
 use crate::services::agent::AgentError;

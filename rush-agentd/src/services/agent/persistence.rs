@@ -199,7 +199,7 @@ impl AgentManager {
     /// Returns how many started.
     pub async fn restart_restartable(self: &Arc<Self>, session_exists: impl Fn(&str) -> bool) -> usize {
         let Some(store) = self.store.clone() else { return 0 };
-        let reason = if store.from_earlier_boot() { "reboot" } else { "gone" };
+        let reason = if store.from_earlier_boot() { RestartReason::Reboot } else { RestartReason::Gone };
         let records = match store.restartable() {
             Ok(r) => r,
             Err(e) => {
@@ -232,18 +232,17 @@ impl AgentManager {
             };
             match result {
                 Ok(new_pid) => {
-                    tracing::info!(agent = %name, reason, old_pid = rec.pid, new_pid, "restartable agent started again");
+                    tracing::info!(agent = %name, %reason, old_pid = rec.pid, new_pid, "restartable agent started again");
                     self.audit.record(
                         Some(&name),
-                        AuditEvent::AgentRestarted { reason: reason.into(), old_pid: rec.pid, new_pid },
+                        AuditEvent::AgentRestarted { reason, old_pid: rec.pid, new_pid },
                     );
                     started += 1;
                 }
                 Err(error) => {
-                    tracing::error!(agent = %name, reason, %error, "restartable agent not started again");
+                    tracing::error!(agent = %name, %reason, %error, "restartable agent not started again");
                     self.audit.set_agent_session(&name, rec.request.session.as_deref());
-                    self.audit
-                        .record(Some(&name), AuditEvent::RestartFailed { reason: reason.into(), error });
+                    self.audit.record(Some(&name), AuditEvent::RestartFailed { reason, error });
                 }
             }
         }

@@ -17,6 +17,7 @@ use crate::adapters::store::AttachmentRecord;
 use crate::core::Caller;
 use crate::core::boot_id;
 use crate::core::process::proc_stat;
+use rush_proto::KvAction;
 
 fn is_alive(a: &AttachmentRecord, boot: &str) -> bool {
     a.boot_id == boot && proc_stat(a.pid).is_some_and(|(_, start)| start == a.start_ticks)
@@ -100,7 +101,7 @@ impl Sessions {
         if !self.store.put_kv(&session, &key, &value).map_err(store_err)? {
             return Err(no_session(&session));
         }
-        self.audit_kv(&session, &key, "set", caller);
+        self.audit_kv(&session, &key, KvAction::Set, caller);
         Ok((session, vec![KeyValue { key, value }]))
     }
 
@@ -115,7 +116,7 @@ impl Sessions {
         let Some(value) = self.store.delete_kv(&session, &key).map_err(store_err)? else {
             return Err(missing_key(&session, &key));
         };
-        self.audit_kv(&session, &key, "unset", caller);
+        self.audit_kv(&session, &key, KvAction::Unset, caller);
         Ok((session, vec![KeyValue { key, value }]))
     }
 
@@ -140,13 +141,13 @@ impl Sessions {
         Ok((session, pairs))
     }
 
-    fn audit_kv(&self, session: &str, key: &str, action: &str, caller: &Caller) {
+    fn audit_kv(&self, session: &str, key: &str, action: KvAction, caller: &Caller) {
         self.audit.record(
             None,
             AuditEvent::SessionKv {
                 session: session.to_owned(),
                 key: key.to_owned(),
-                action: action.to_owned(),
+                action,
                 caller_uid: caller.uid,
             },
         );

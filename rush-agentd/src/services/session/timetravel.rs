@@ -5,6 +5,7 @@ use super::lifecycle::keep_git_dir;
 use super::*;
 use crate::core::Fault;
 use crate::services::session::SessionError;
+use rush_proto::{RollbackOutcome, TimelineAction};
 
 /// Thaws the agents a workspace operation froze when it goes out of scope.
 pub(super) struct Thaw<'a> {
@@ -360,16 +361,12 @@ impl Sessions {
                     } else if incoming.exists() {
                         let _ = backend.remove_tree(&incoming);
                     }
-                    let outcome = if swapped { "completed" } else { "undone" };
+                    let outcome = if swapped { RollbackOutcome::Completed } else { RollbackOutcome::Undone };
                     self.audit.record(
                         None,
-                        AuditEvent::RollbackRepaired {
-                            session: session.clone(),
-                            name: id,
-                            outcome: outcome.into(),
-                        },
+                        AuditEvent::RollbackRepaired { session: session.clone(), name: id, outcome },
                     );
-                    outcome
+                    outcome.as_str()
                 }
                 "create" => {
                     let (Some(ws), Some(aside)) = (path("workspace"), path("aside")) else { continue };
@@ -451,7 +448,7 @@ impl Sessions {
             None,
             AuditEvent::TimelineChange {
                 session: l.info.name.clone(),
-                action: "branch".into(),
+                action: TimelineAction::Branch,
                 timeline: name,
                 caller_uid: caller.uid,
             },
@@ -506,7 +503,7 @@ impl Sessions {
             None,
             AuditEvent::TimelineChange {
                 session: l.info.name.clone(),
-                action: "switch".into(),
+                action: TimelineAction::Switch,
                 timeline: name,
                 caller_uid: caller.uid,
             },
