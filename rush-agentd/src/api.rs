@@ -22,6 +22,7 @@ use crate::adapters::cgroup::process_cgroup_v2;
 use crate::core::{Caller, Fault};
 use crate::services::agent::{AgentError, AgentManager};
 use crate::services::audit::AuditLog;
+use crate::services::events::Published;
 use crate::services::session::SessionError;
 
 /// Longest request line accepted; a spawn with a large environment fits easily.
@@ -316,6 +317,41 @@ impl Conn {
         line.push(b'\n');
         self.stream.write_all(&line).await
     }
+
+    /// Sends a published event as `Reply::Ok(Response::Event)`, with the event's JSON made
+    /// once for all subscribers (`event_line`).
+    async fn send_event(&mut self, id: u64, event: &Published) -> std::io::Result<()> {
+        self.stream.write_all(&event_line(id, event)).await
+    }
+}
+
+/// The reply line of an event, the same bytes `send` would write for
+/// `Reply::Ok(Response::Event { event })` (a test holds them to that), but around the
+/// event's JSON made once: ten subscribers no longer serialize each event ten times.
+fn event_line(id: u64, event: &Published) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        version: u32,
+        id: u64,
+        reply: Ok<'a>,
+    }
+    #[derive(serde::Serialize)]
+    struct Ok<'a> {
+        ok: EventResponse<'a>,
+    }
+    #[derive(serde::Serialize)]
+    struct EventResponse<'a> {
+        r#type: &'static str,
+        event: &'a serde_json::value::RawValue,
+    }
+    let line = Line {
+        version: PROTOCOL_VERSION,
+        id,
+        reply: Ok { ok: EventResponse { r#type: "event", event: event.json() } },
+    };
+    let mut bytes = serde_json::to_vec(&line).expect("event lines serialize");
+    bytes.push(b'\n');
+    bytes
 }
 
 fn recv_with_fds(fd: RawFd, buf: &mut [u8]) -> std::io::Result<(usize, Vec<OwnedFd>, Writer)> {
@@ -723,8 +759,7 @@ async fn subscribe(
                 Ok(event) if filter.matches(&event) => {
                     // A subscriber that stopped reading fills its socket: it is dropped
                     // once one event has waited this long (the bus does not wait at all).
-                    let reply = Reply::Ok(Response::Event { event: (*event).clone() });
-                    tokio::time::timeout(SUBSCRIBER_SEND_TIMEOUT, conn.send(id, reply))
+                    tokio::time::timeout(SUBSCRIBER_SEND_TIMEOUT, conn.send_event(id, &event))
                         .await
                         .map_err(|_| std::io::Error::other("event subscriber stopped reading"))??;
                 }
@@ -774,5 +809,23 @@ async fn logs(conn: &mut Conn, id: u64, name: &str, follow: bool, ctx: &ApiConte
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             _ = conn.closed() => return Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_line_is_the_reply_serde_would_write() {
+        let event = rush_proto::Event::Lagged { missed: 3 };
+        let published = Published::new(event.clone());
+        let expected =
+            ReplyEnvelope { version: PROTOCOL_VERSION, id: 42, reply: Reply::Ok(Response::Event { event }) };
+        let mut want = serde_json::to_vec(&expected).unwrap();
+        want.push(b'\n');
+        assert_eq!(String::from_utf8(event_line(42, &published)).unwrap(), String::from_utf8(want).unwrap());
+        let back: ReplyEnvelope = serde_json::from_slice(&event_line(42, &published)).unwrap();
+        assert_eq!(back, expected);
     }
 }

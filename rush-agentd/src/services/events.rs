@@ -12,9 +12,11 @@
 //! crash in between. Events that need no trail (later: agent output, claims) are
 //! published directly.
 
-use std::sync::Arc;
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock};
 
 use rush_proto::{AuditRecord, Event};
+use serde_json::value::RawValue;
 use tokio::sync::broadcast;
 
 /// Events a subscriber may fall behind by before it is cut off.
@@ -23,11 +25,37 @@ pub const BACKLOG: usize = 4096;
 /// A handle on the bus; clones publish to the same subscribers.
 #[derive(Clone)]
 pub struct EventBus {
-    tx: broadcast::Sender<Arc<Event>>,
+    tx: broadcast::Sender<Arc<Published>>,
 }
 
 /// What a subscriber reads: events in publication order, or how many it missed.
-pub type Subscription = broadcast::Receiver<Arc<Event>>;
+pub type Subscription = broadcast::Receiver<Arc<Published>>;
+
+/// An event as published: shared by every subscriber, and turned into JSON at most once
+/// however many subscribers send it (the first one that does).
+#[derive(Debug)]
+pub struct Published {
+    event: Event,
+    json: OnceLock<Box<RawValue>>,
+}
+
+impl Published {
+    pub fn new(event: Event) -> Published {
+        Published { event, json: OnceLock::new() }
+    }
+
+    /// The event as JSON, made once.
+    pub fn json(&self) -> &RawValue {
+        self.json.get_or_init(|| serde_json::value::to_raw_value(&self.event).expect("events serialize"))
+    }
+}
+
+impl Deref for Published {
+    type Target = Event;
+    fn deref(&self) -> &Event {
+        &self.event
+    }
+}
 
 impl Default for EventBus {
     fn default() -> EventBus {
@@ -43,7 +71,7 @@ impl EventBus {
     /// Delivers `event` to every current subscriber; never waits, never fails (an event
     /// with no subscriber is simply not kept).
     pub fn publish(&self, event: Event) {
-        let _ = self.tx.send(Arc::new(event));
+        let _ = self.tx.send(Arc::new(Published::new(event)));
     }
 
     pub fn subscribe(&self) -> Subscription {
@@ -75,10 +103,10 @@ mod tests {
         let mut fast = bus.subscribe();
         for missed in 0..10 {
             bus.publish(Event::Lagged { missed });
-            assert!(matches!(*fast.try_recv().unwrap(), Event::Lagged { missed: m } if m == missed));
+            assert!(matches!(**fast.try_recv().unwrap(), Event::Lagged { missed: m } if m == missed));
         }
         assert_eq!(slow.try_recv().unwrap_err(), TryRecvError::Lagged(6));
-        assert!(matches!(*slow.try_recv().unwrap(), Event::Lagged { missed: 6 }), "then the newest 4");
+        assert!(matches!(**slow.try_recv().unwrap(), Event::Lagged { missed: 6 }), "then the newest 4");
         assert_eq!(bus.subscribers(), 2);
     }
 }
