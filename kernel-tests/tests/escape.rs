@@ -1430,10 +1430,12 @@ fn escape_mmap_received_fd() {
     let server = FdServer::start(s.path("fds.sock"), vec![open_rw(&secret), open_rw(&ro)]);
     let sock = server.path.as_str();
     let (rw, r) = (s.grant("a", "read,write"), s.grant("r", "read"));
+    // Connecting to the server is a write on its socket file (escape_unix_socket_outside).
+    let to_server = s.grant("fds.sock", "write");
     let got = agent(
         &d,
         "mapper-fd",
-        Some(&[&rw, &r]),
+        Some(&[&rw, &r, &to_server]),
         &[
             &["recv-fd", sock], // b/secret, ungranted
             &["pread", "@"],
@@ -1558,10 +1560,11 @@ fn escape_notify_marks() {
     );
     let server = FdServer::start(s.path("fds.sock"), vec![std::fs::File::open(&b).unwrap()]);
     let grant = s.grant("a", "read,write");
+    let to_server = s.grant("fds.sock", "write");
     let got = agent(
         &d,
         "watcher",
-        Some(&[&grant]),
+        Some(&[&grant, &to_server]),
         &[
             &["inotify", &b],
             &["inotify", &secret],
@@ -1644,6 +1647,71 @@ fn escape_o_tmpfile() {
         })
     };
     assert!(wait_until(Duration::from_secs(5), denied), "no create file_deny in a/: {:#?}", d.audit());
+}
+
+/// A privileged service outside, listening on a pathname Unix socket (systemd, D-Bus and
+/// Docker do; a root agent that reaches them can have them run anything outside Rush):
+/// connecting or sending to it is a write on its socket file, refused without a token,
+/// for root agents too. Controls: root outside connects; a token on the socket admits
+/// the agent; the agent's own `rush` still reaches its daemon (RUSH_SOCKET is in the
+/// baseline).
+#[test]
+fn escape_unix_socket_outside() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    let (stream, dgram) = (s.path("priv.sock"), s.path("priv.dgram"));
+    let listener = std::os::unix::net::UnixListener::bind(&stream).unwrap();
+    let receiver = std::os::unix::net::UnixDatagram::bind(&dgram).unwrap();
+    receiver.set_nonblocking(true).unwrap();
+    let (stream_p, dgram_p) = (s.p("priv.sock"), s.p("priv.dgram"));
+    // Control: root outside any agent.
+    assert_lines(
+        &outside(&[&["unix-connect", &stream_p], &["unix-send", &dgram_p]]),
+        &["ok", "ok 5"],
+        "connect and send outside",
+    );
+    let mut buf = [0u8; 16];
+    assert_eq!(receiver.recv(&mut buf).unwrap(), 5, "the control's datagram arrived");
+    let rush = bin("rush");
+    let grant = s.grant("a", "read,write");
+    let got = agent(
+        &d,
+        "asker",
+        Some(&[&grant]),
+        &[&["unix-connect", &stream_p], &["unix-send", &dgram_p], &["run", rush.to_str().unwrap(), "whoami"]],
+    );
+    assert_lines(
+        &got,
+        &[EPERM, EPERM, "agent asker (uid 0*", "ok exit 0"],
+        "connect and send to a socket outside the grant; `rush whoami` reaches the daemon",
+    );
+    assert!(receiver.recv(&mut buf).is_err(), "a refused datagram arrived");
+    let denied = |hook: &str, path: &str| {
+        d.audit().iter().any(|r| {
+            r["agent"] == "asker"
+                && r["event"]["kind"] == "file_deny"
+                && r["event"]["hook"] == hook
+                && r["event"]["path"] == path
+                && r["event"]["op"] == "write"
+        })
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || denied("unix_stream_connect", &stream_p)
+            && denied("unix_may_send", &dgram_p)),
+        "no file_deny records for the two sockets: {:?}",
+        d.audit()
+    );
+    // With a token on each socket, the same agent gets through.
+    let (to_stream, to_dgram) = (s.grant("priv.sock", "write"), s.grant("priv.dgram", "write"));
+    let got = agent(
+        &d,
+        "granted",
+        Some(&[&grant, &to_stream, &to_dgram]),
+        &[&["unix-connect", &stream_p], &["unix-send", &dgram_p]],
+    );
+    assert_lines(&got, &["ok", "ok 5"], "connect and send with tokens on the sockets");
+    assert_eq!(receiver.recv(&mut buf).unwrap(), 5, "the granted datagram arrived");
+    drop(listener);
 }
 
 #[test]

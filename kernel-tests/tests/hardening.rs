@@ -278,7 +278,10 @@ fn hardening_files_handed_to_an_agent() {
         &["tmpfile", &s.p("a"), "x"],
         &["run", "sleep", "0"],
     ];
-    let mut args = vec!["agent", "spawn", "handed", "--allow", &bins, "--allow", &a, "--", &tool];
+    // Connecting to the server is a write on its socket file (BPF LSM checks it).
+    let to_server = s.grant("fds.sock", "write");
+    let mut args =
+        vec!["agent", "spawn", "handed", "--allow", &bins, "--allow", &a, "--allow", &to_server, "--", &tool];
     let chained = chain(&steps);
     args.extend(chained.iter().copied());
     let stdin = std::fs::OpenOptions::new().read(true).write(true).open(s.path("b/io")).unwrap();

@@ -114,7 +114,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
         audit: audit.clone(),
         enforcement,
         log_dir,
-        baseline: config.files.grants(),
+        baseline: with_socket(config.files.grants(), &config.daemon.socket),
         budgets: Budgets {
             control: Arc::new(CgroupsRs::new(cgroups.layout().clone())),
             policy,
@@ -797,6 +797,15 @@ async fn resolve_api_endpoints(endpoints: &[String]) -> Vec<(std::net::IpAddr, u
     out.sort();
     out.dedup();
     out
+}
+
+/// The baseline plus write on the daemon's socket: connecting to a pathname Unix socket is
+/// a write to it (BPF LSM `unix_stream_connect`), and a confined agent's `rush` must reach
+/// its daemon (`RUSH_SOCKET`).
+fn with_socket(mut baseline: Vec<rush_proto::FileGrant>, socket: &Path) -> Vec<rush_proto::FileGrant> {
+    let path = std::path::absolute(socket).unwrap_or_else(|_| socket.to_path_buf());
+    baseline.push(rush_proto::FileGrant { path, ops: rush_proto::Ops::WRITE, ttl_secs: None });
+    baseline
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@
 //!   call budgets; `cgroup_skb/ingress|egress` — byte budgets. Also `cgroup/sysctl`
 //!   (agents write no sysctl), optional: retried without it.
 //! - [`file`]: `lsm/file_open`, `lsm/file_permission`, `lsm/path_*`, `lsm/mmap_file`,
-//!   `lsm/file_mprotect` — file capability tokens; loads only where the kernel accepts BPF
+//!   `lsm/file_mprotect`, `lsm/path_notify`, `lsm/unix_stream_connect|may_send` — file
+//!   capability tokens; loads only where the kernel accepts BPF
 //!   LSM programs; kept apart so its failure cannot stop the network programs.
 //! - [`guard`]: `lsm/capable`, `lsm/bpf`, `lsm/ptrace_*`, `lsm/task_kill`, mounts, user
 //!   namespaces, module loading, cgroupfs writes — self-protection, for every agent.
@@ -123,6 +124,8 @@ pub const FHOOK_PATH_CHOWN: u32 = 12;
 pub const FHOOK_MMAP_FILE: u32 = 13;
 pub const FHOOK_FILE_MPROTECT: u32 = 14;
 pub const FHOOK_PATH_NOTIFY: u32 = 15;
+pub const FHOOK_UNIX_STREAM_CONNECT: u32 = 16;
+pub const FHOOK_UNIX_MAY_SEND: u32 = 17;
 
 /// The hook name (the `lsm/` section without its prefix) of a `RushFileEvent`'s hook.
 pub fn file_hook_name(hook: u32) -> Option<&'static str> {
@@ -142,6 +145,8 @@ pub fn file_hook_name(hook: u32) -> Option<&'static str> {
         FHOOK_MMAP_FILE => "mmap_file",
         FHOOK_FILE_MPROTECT => "file_mprotect",
         FHOOK_PATH_NOTIFY => "path_notify",
+        FHOOK_UNIX_STREAM_CONNECT => "unix_stream_connect",
+        FHOOK_UNIX_MAY_SEND => "unix_may_send",
         _ => return None,
     })
 }
@@ -245,7 +250,7 @@ pub const SYSCTL_PROGRAM: ProgramSpec =
     ProgramSpec { name: "rush_sysctl", hook: "cgroup/sysctl", link_pin: "rush_link_sysctl" };
 
 /// Every program of the file object; `AttachReport::lsm_attached` wants all of them.
-pub const LSM_PROGRAMS: [ProgramSpec; 15] = [
+pub const LSM_PROGRAMS: [ProgramSpec; 17] = [
     lsm("rush_file_open", "lsm/file_open", "rush_link_file_open"),
     lsm("rush_file_permission", "lsm/file_permission", "rush_link_file_permission"),
     lsm("rush_path_mknod", "lsm/path_mknod", "rush_link_path_mknod"),
@@ -261,6 +266,8 @@ pub const LSM_PROGRAMS: [ProgramSpec; 15] = [
     lsm("rush_mmap_file", "lsm/mmap_file", "rush_link_mmap_file"),
     lsm("rush_file_mprotect", "lsm/file_mprotect", "rush_link_file_mprotect"),
     lsm("rush_path_notify", "lsm/path_notify", "rush_link_path_notify"),
+    lsm("rush_unix_stream_connect", "lsm/unix_stream_connect", "rush_link_unix_stream_connect"),
+    lsm("rush_unix_may_send", "lsm/unix_may_send", "rush_link_unix_may_send"),
 ];
 
 /// Every program of the guard object (self-protection).
@@ -792,6 +799,8 @@ mod tests {
             ("RUSH_AGENT_HARDLINKS_REFUSE_WRITE", AGENT_HARDLINKS_REFUSE_WRITE.into()),
             ("RUSH_AGENT_HARDLINKS_REFUSE", AGENT_HARDLINKS_REFUSE.into()),
             ("RUSH_FHOOK_PATH_NOTIFY", FHOOK_PATH_NOTIFY.into()),
+            ("RUSH_FHOOK_UNIX_STREAM_CONNECT", FHOOK_UNIX_STREAM_CONNECT.into()),
+            ("RUSH_FHOOK_UNIX_MAY_SEND", FHOOK_UNIX_MAY_SEND.into()),
             ("RUSH_FILE_OP_READ", FILE_OP_READ.into()),
             ("RUSH_FILE_OP_WRITE", FILE_OP_WRITE.into()),
             ("RUSH_FILE_OP_EXEC", FILE_OP_EXEC.into()),

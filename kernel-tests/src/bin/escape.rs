@@ -196,6 +196,12 @@ fn run_step(s: &[String]) -> Step {
         "open-rw" => OpenOptions::new().read(true).write(true).open(a(1)).map(|_| String::new()).map_err(io),
         "create" => write_to(OpenOptions::new().write(true).create_new(true).open(a(1)), a(2)),
         "ls" => std::fs::read_dir(a(1)).map(|d| d.count().to_string()).map_err(io),
+        // Unix sockets: a stream connect, a datagram sent to a bound path.
+        "unix-connect" => std::os::unix::net::UnixStream::connect(a(1)).map(|_| String::new()).map_err(io),
+        "unix-send" => std::os::unix::net::UnixDatagram::unbound()
+            .and_then(|d| d.send_to(b"hello", a(1)))
+            .map(|n| n.to_string())
+            .map_err(io),
         "readlink" => std::fs::read_link(a(1)).map(|p| p.display().to_string()).map_err(io),
         "symlink" => std::os::unix::fs::symlink(a(1), a(2)).map(|_| String::new()).map_err(io),
         "link" => std::fs::hard_link(a(1), a(2)).map(|_| String::new()).map_err(io),

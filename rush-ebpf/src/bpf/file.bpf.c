@@ -1072,4 +1072,46 @@ int BPF_PROG(rush_path_notify, const struct path *path, __u64 mask, unsigned int
 			    mnt, dentry);
 }
 
+/*
+ * Pathname Unix sockets are files: connecting to one (stream) or sending to one (datagram)
+ * writes to the process that listens there, which DAC too checks as write on the socket
+ * file. A file-confined agent needs write on the listener's socket file, as on any file:
+ * without it, a root agent could ask a privileged service outside (systemd, D-Bus, Docker)
+ * to run what it may not. Abstract and unnamed sockets have no file (`path.dentry` NULL):
+ * not covered here. The daemon's own socket is in every confined agent's baseline.
+ * Same signatures in 6.1 and 6.12; bpf_skc_to_unix_sock (5.16+) gives the unix_sock
+ * around the listener's sock, whose `path` is where it was bound.
+ */
+static __always_inline int rush_check_unix_peer(__u32 hook, struct sock *peer)
+{
+	__u32 flags = 0;
+	__u64 cgroup_id = rush_confined_agent_flags(&flags);
+	struct unix_sock *u;
+	struct vfsmount *mnt;
+	struct dentry *dentry;
+
+	if (!cgroup_id || !peer)
+		return 0;
+	u = bpf_skc_to_unix_sock(peer);
+	if (!u)
+		return 0;
+	dentry = u->path.dentry;
+	if (!dentry)
+		return 0;
+	mnt = u->path.mnt;
+	return rush_require(hook, cgroup_id, flags, RUSH_FILE_OP_WRITE, dentry, mnt, dentry);
+}
+
+SEC("lsm/unix_stream_connect")
+int BPF_PROG(rush_unix_stream_connect, struct sock *sock, struct sock *other, struct sock *newsk)
+{
+	return rush_check_unix_peer(RUSH_FHOOK_UNIX_STREAM_CONNECT, other);
+}
+
+SEC("lsm/unix_may_send")
+int BPF_PROG(rush_unix_may_send, struct socket *sock, struct socket *other)
+{
+	return rush_check_unix_peer(RUSH_FHOOK_UNIX_MAY_SEND, other->sk);
+}
+
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -82,6 +82,8 @@
 #define RUSH_FHOOK_MMAP_FILE 13
 #define RUSH_FHOOK_FILE_MPROTECT 14
 #define RUSH_FHOOK_PATH_NOTIFY 15
+#define RUSH_FHOOK_UNIX_STREAM_CONNECT 16
+#define RUSH_FHOOK_UNIX_MAY_SEND 17
 
 /* struct rush_guard_event.hook: the self-protection hook that denied (guard.bpf.c, and
  * the cgroup/sysctl program of net.bpf.c). */
