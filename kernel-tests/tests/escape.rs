@@ -1714,6 +1714,55 @@ fn escape_unix_socket_outside() {
     drop(listener);
 }
 
+/// Abstract Unix sockets have no file: an agent (any agent, file-confined or not) reaches
+/// only those its own processes made, as Landlock's scope has it. A display server's
+/// `@/tmp/.X11-unix/X0` or a session bus outside would otherwise take its requests.
+/// Controls: root outside connects; the agent connects to a listener of its own.
+#[test]
+fn escape_unix_abstract_socket_outside() {
+    use std::os::linux::net::SocketAddrExt;
+    let Some(d) = lsm_daemon() else { return };
+    let name = format!("rush-test-{}", std::process::id());
+    let (stream, dgram) = (format!("abstract:{name}.stream"), format!("abstract:{name}.dgram"));
+    let addr = |n: &str| {
+        std::os::unix::net::SocketAddr::from_abstract_name(n.strip_prefix("abstract:").unwrap()).unwrap()
+    };
+    let _listener = std::os::unix::net::UnixListener::bind_addr(&addr(&stream)).unwrap();
+    let receiver = std::os::unix::net::UnixDatagram::bind_addr(&addr(&dgram)).unwrap();
+    receiver.set_nonblocking(true).unwrap();
+    assert_lines(
+        &outside(&[&["unix-connect", &stream], &["unix-send", &dgram]]),
+        &["ok", "ok 5"],
+        "connect and send outside",
+    );
+    let mut buf = [0u8; 16];
+    assert_eq!(receiver.recv(&mut buf).unwrap(), 5, "the control's datagram arrived");
+    let s = Scratch::new();
+    let grant = s.grant("a", "read,write");
+    for (agent_name, allow) in [("abstract-open", None), ("abstract-confined", Some(&[grant.as_str()][..]))] {
+        let own = format!("{name}.{agent_name}");
+        let got = agent(
+            &d,
+            agent_name,
+            allow,
+            &[&["unix-connect", &stream], &["unix-send", &dgram], &["abstract-self", &own]],
+        );
+        assert_lines(&got, &[EPERM, EPERM, "ok"], &format!("{agent_name}: abstract sockets outside"));
+        assert!(receiver.recv(&mut buf).is_err(), "{agent_name}: a refused datagram arrived");
+        let denied = |hook: &str| {
+            d.audit().iter().any(|r| {
+                r["agent"] == agent_name && r["event"]["kind"] == "guard_deny" && r["event"]["hook"] == hook
+            })
+        };
+        assert!(
+            wait_until(Duration::from_secs(5), || denied("unix_stream_connect:abstract")
+                && denied("unix_may_send:abstract")),
+            "{agent_name}: no guard_deny records: {:?}",
+            d.audit()
+        );
+    }
+}
+
 #[test]
 fn escape_hardlink_modes() {
     let Some(d) = lsm_daemon() else { return };

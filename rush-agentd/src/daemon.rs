@@ -701,6 +701,9 @@ fn guard_what(hook: &str, target: u32, arg: i64) -> String {
         "file_open:procfs-write" => "write outside /proc/PID (sysrq-trigger, /proc/sys, ...)".into(),
         "inode_permission:protected-dir" => "access to the daemon's directories".into(),
         "cgroup/sysctl" => "sysctl write".into(),
+        "unix_stream_connect:abstract" | "unix_may_send:abstract" => {
+            "an abstract Unix socket of a process outside the agent".into()
+        }
         _ if arg != 0 => format!("{hook} ({arg})"),
         _ => hook.to_string(),
     }

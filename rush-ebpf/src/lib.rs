@@ -170,6 +170,8 @@ pub const GHOOK_FCNTL: u32 = 15;
 pub const GHOOK_SYSCTL: u32 = 16;
 pub const GHOOK_IOCTL: u32 = 17;
 pub const GHOOK_PROC_WRITE: u32 = 18;
+pub const GHOOK_UNIX_ABSTRACT_CONNECT: u32 = 19;
+pub const GHOOK_UNIX_ABSTRACT_SEND: u32 = 20;
 
 /// What a `RushGuardEvent`'s hook stopped, for the audit trail.
 pub fn guard_hook_name(hook: u32) -> Option<&'static str> {
@@ -192,6 +194,8 @@ pub fn guard_hook_name(hook: u32) -> Option<&'static str> {
         GHOOK_SYSCTL => "cgroup/sysctl",
         GHOOK_IOCTL => "file_ioctl",
         GHOOK_PROC_WRITE => "file_open:procfs-write",
+        GHOOK_UNIX_ABSTRACT_CONNECT => "unix_stream_connect:abstract",
+        GHOOK_UNIX_ABSTRACT_SEND => "unix_may_send:abstract",
         _ => return None,
     })
 }
@@ -271,7 +275,7 @@ pub const LSM_PROGRAMS: [ProgramSpec; 17] = [
 ];
 
 /// Every program of the guard object (self-protection).
-pub const GUARD_PROGRAMS: [ProgramSpec; 16] = [
+pub const GUARD_PROGRAMS: [ProgramSpec; 18] = [
     lsm("rush_capable", "lsm/capable", "rush_link_capable"),
     lsm("rush_bpf", "lsm/bpf", "rush_link_bpf"),
     lsm("rush_ptrace_access_check", "lsm/ptrace_access_check", "rush_link_ptrace_access_check"),
@@ -291,6 +295,16 @@ pub const GUARD_PROGRAMS: [ProgramSpec; 16] = [
         name: "rush_guard_file_open",
         hook: "lsm/file_open",
         link_pin: "rush_link_guard_file_open",
+    },
+    ProgramSpec {
+        name: "rush_guard_unix_stream_connect",
+        hook: "lsm/unix_stream_connect",
+        link_pin: "rush_link_guard_unix_stream_connect",
+    },
+    ProgramSpec {
+        name: "rush_guard_unix_may_send",
+        hook: "lsm/unix_may_send",
+        link_pin: "rush_link_guard_unix_may_send",
     },
 ];
 
@@ -834,6 +848,8 @@ mod tests {
             ("RUSH_GHOOK_SYSCTL", GHOOK_SYSCTL.into()),
             ("RUSH_GHOOK_IOCTL", GHOOK_IOCTL.into()),
             ("RUSH_GHOOK_PROC_WRITE", GHOOK_PROC_WRITE.into()),
+            ("RUSH_GHOOK_UNIX_ABSTRACT_CONNECT", GHOOK_UNIX_ABSTRACT_CONNECT.into()),
+            ("RUSH_GHOOK_UNIX_ABSTRACT_SEND", GHOOK_UNIX_ABSTRACT_SEND.into()),
             ("RUSH_PROTECTED_MAX", PROTECTED_MAX as u64),
             ("RUSH_FHOOK_FILE_OPEN", FHOOK_FILE_OPEN.into()),
             ("RUSH_FHOOK_FILE_PERMISSION", FHOOK_FILE_PERMISSION.into()),
@@ -924,10 +940,13 @@ mod tests {
         let expected: Vec<(String, String)> =
             GUARD_PROGRAMS.iter().map(|p| (p.name.to_string(), p.hook.to_string())).collect();
         assert_eq!(progs, expected);
-        for spec in GUARD_PROGRAMS.iter().filter(|s| s.name != "rush_guard_file_open") {
+        // Hooks the file object has too carry `guard` in their names.
+        let shared = |hook: &str| LSM_PROGRAMS.iter().any(|f| f.hook == hook);
+        for spec in GUARD_PROGRAMS.iter() {
             let hook = spec.hook.strip_prefix("lsm/").unwrap();
-            assert_eq!(spec.name, format!("rush_{hook}"));
-            assert_eq!(spec.link_pin, format!("rush_link_{hook}"));
+            let name = if shared(spec.hook) { format!("guard_{hook}") } else { hook.to_owned() };
+            assert_eq!(spec.name, format!("rush_{name}"));
+            assert_eq!(spec.link_pin, format!("rush_link_{name}"));
         }
         assert_eq!(file_hook_name(0), None);
         assert_eq!(file_hook_name(LSM_PROGRAMS.len() as u32 + 1), None);

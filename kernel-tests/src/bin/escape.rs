@@ -74,6 +74,16 @@ struct Fail(Errno, &'static str);
 
 type Step = Result<String, Fail>;
 
+/// A Unix socket address: a path, or `abstract:NAME` for the abstract name NAME (`@`
+/// would be taken for the last fd).
+fn unix_addr(name: &str) -> std::io::Result<std::os::unix::net::SocketAddr> {
+    use std::os::linux::net::SocketAddrExt;
+    match name.strip_prefix("abstract:") {
+        Some(abstract_name) => std::os::unix::net::SocketAddr::from_abstract_name(abstract_name),
+        None => std::os::unix::net::SocketAddr::from_pathname(name),
+    }
+}
+
 fn io(e: std::io::Error) -> Fail {
     Fail(e.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::UnknownErrno), "")
 }
@@ -196,11 +206,22 @@ fn run_step(s: &[String]) -> Step {
         "open-rw" => OpenOptions::new().read(true).write(true).open(a(1)).map(|_| String::new()).map_err(io),
         "create" => write_to(OpenOptions::new().write(true).create_new(true).open(a(1)), a(2)),
         "ls" => std::fs::read_dir(a(1)).map(|d| d.count().to_string()).map_err(io),
-        // Unix sockets: a stream connect, a datagram sent to a bound path.
-        "unix-connect" => std::os::unix::net::UnixStream::connect(a(1)).map(|_| String::new()).map_err(io),
-        "unix-send" => std::os::unix::net::UnixDatagram::unbound()
-            .and_then(|d| d.send_to(b"hello", a(1)))
+        // Unix sockets: a stream connect, a datagram sent to a bound path (`abstract:NAME`:
+        // the abstract name NAME); a listener of the agent's own, connected to by itself.
+        "unix-connect" => unix_addr(a(1))
+            .and_then(|addr| std::os::unix::net::UnixStream::connect_addr(&addr))
+            .map(|_| String::new())
+            .map_err(io),
+        "unix-send" => unix_addr(a(1))
+            .and_then(|addr| std::os::unix::net::UnixDatagram::unbound()?.send_to_addr(b"hello", &addr))
             .map(|n| n.to_string())
+            .map_err(io),
+        "abstract-self" => unix_addr(&format!("abstract:{}", a(1)))
+            .and_then(|addr| {
+                let _listener = std::os::unix::net::UnixListener::bind_addr(&addr)?;
+                std::os::unix::net::UnixStream::connect_addr(&addr)
+            })
+            .map(|_| String::new())
             .map_err(io),
         "readlink" => std::fs::read_link(a(1)).map(|p| p.display().to_string()).map_err(io),
         "symlink" => std::os::unix::fs::symlink(a(1), a(2)).map(|_| String::new()).map_err(io),

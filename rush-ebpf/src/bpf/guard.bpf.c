@@ -335,4 +335,41 @@ int BPF_PROG(rush_guard_file_open, struct file *file)
 	return rush_guard_deny(RUSH_GHOOK_PROC_WRITE, cgroup_id, 0, 0);
 }
 
+/*
+ * Abstract Unix sockets have no file (pathname sockets are files: file.bpf.c checks them
+ * against tokens): an agent may reach only those its own processes made, as Landlock's
+ * scope has it (LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET). A display server's
+ * @/tmp/.X11-unix/X0, a session bus or any service listening outside the agent would
+ * otherwise take its requests (keystrokes into the user's terminal). Who made the socket
+ * is its cgroup (sk_cgrp_data: the creator's cgroup v2). Unnamed sockets (socketpair)
+ * are not checked: a peer outside had to hand one in.
+ */
+static __always_inline int rush_check_abstract_peer(__u32 hook, struct sock *peer)
+{
+	__u64 cgroup_id = rush_agent_self();
+	struct unix_sock *u;
+
+	if (!cgroup_id || !peer)
+		return 0;
+	u = bpf_skc_to_unix_sock(peer);
+	if (!u || u->path.dentry || !u->addr)
+		return 0;
+	if (rush_cgroup_agent(BPF_CORE_READ(peer, sk_cgrp_data.cgroup)) == cgroup_id)
+		return 0;
+	return rush_guard_deny(hook, cgroup_id, 0, 0);
+}
+
+SEC("lsm/unix_stream_connect")
+int BPF_PROG(rush_guard_unix_stream_connect, struct sock *sock, struct sock *other,
+	     struct sock *newsk)
+{
+	return rush_check_abstract_peer(RUSH_GHOOK_UNIX_ABSTRACT_CONNECT, other);
+}
+
+SEC("lsm/unix_may_send")
+int BPF_PROG(rush_guard_unix_may_send, struct socket *sock, struct socket *other)
+{
+	return rush_check_abstract_peer(RUSH_GHOOK_UNIX_ABSTRACT_SEND, other->sk);
+}
+
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -105,6 +105,8 @@
 #define RUSH_GHOOK_SYSCTL 16
 #define RUSH_GHOOK_IOCTL 17
 #define RUSH_GHOOK_PROC_WRITE 18
+#define RUSH_GHOOK_UNIX_ABSTRACT_CONNECT 19
+#define RUSH_GHOOK_UNIX_ABSTRACT_SEND 20
 
 /* Directories agents may not enter at all (the daemon's state and config), set by the
  * loader as (s_dev, i_ino); unused slots are 0. */
@@ -339,11 +341,10 @@ static __always_inline struct rush_agent *rush_lookup_agent(__u64 cgroup_id)
 	return bpf_map_lookup_elem(&rush_agents, &cgroup_id);
 }
 
-/* The agent cgroup of `task` (its cgroup v2 ancestor at agent_cgroup_level; a cgroup
- * there may also be some other service's), 0 when it is above that level. */
-static __always_inline __u64 rush_task_agent_cgroup(struct task_struct *task)
+/* The agent cgroup of cgroup `cgrp` (its ancestor at agent_cgroup_level; a cgroup there
+ * may also be some other service's), 0 when it is above that level. */
+static __always_inline __u64 rush_cgroup_agent(struct cgroup *cgrp)
 {
-	struct cgroup *cgrp = BPF_CORE_READ(task, cgroups, dfl_cgrp);
 	struct cgroup *ancestor = NULL;
 	__u32 level = agent_cgroup_level;
 
@@ -355,6 +356,12 @@ static __always_inline __u64 rush_task_agent_cgroup(struct task_struct *task)
 	if (!ancestor)
 		return 0;
 	return BPF_CORE_READ(ancestor, kn, id);
+}
+
+/* The agent cgroup of `task` (of its cgroup v2), 0 when it is in none. */
+static __always_inline __u64 rush_task_agent_cgroup(struct task_struct *task)
+{
+	return rush_cgroup_agent(BPF_CORE_READ(task, cgroups, dfl_cgrp));
 }
 
 static __always_inline void rush_count_lost_event(void)
