@@ -1205,6 +1205,45 @@ fn escape_sysrq_trigger() {
     assert_lines(&got, &[EPERM], "a write to /proc/sysrq-trigger");
 }
 
+/// Writes to /proc/PID of processes outside the agent: the daemon's oom_score_adj (to have
+/// the OOM killer take the daemon first), another agent's, a process outside any agent.
+/// Controls: the agent's own /proc/self; root outside.
+#[test]
+fn escape_proc_pid_write_outside() {
+    let Some(d) = lsm_daemon() else { return };
+    let s = Scratch::new();
+    let h = Holder::start(&s.p("a/f"), s.dir.path());
+    let victim = sleeper_agent(&d, "victim", &[]);
+    let adj = |pid: i32| format!("/proc/{pid}/oom_score_adj");
+    let before: Vec<String> =
+        [d.pid(), victim, h.pid].iter().map(|p| std::fs::read_to_string(adj(*p)).unwrap()).collect();
+    let got = agent(
+        &d,
+        "oomer",
+        None,
+        &[
+            &["put", &adj(d.pid()), "1000"],
+            &["put", &adj(victim), "1000"],
+            &["put", &adj(h.pid), "1000"],
+            &["put", &format!("/proc/{}/comm", h.pid), "pwned"],
+            &["put", "/proc/self/oom_score_adj", "500"],
+        ],
+    );
+    assert_lines(&got, &[EPERM, EPERM, EPERM, EPERM, "ok"], "writes to /proc/PID outside the agent");
+    let after: Vec<String> =
+        [d.pid(), victim, h.pid].iter().map(|p| std::fs::read_to_string(adj(*p)).unwrap()).collect();
+    assert_eq!(after, before, "an oom_score_adj outside the agent changed");
+    let denied = d.audit().iter().any(|r| {
+        r["agent"] == "oomer"
+            && r["event"]["kind"] == "guard_deny"
+            && r["event"]["hook"] == "file_open:procfs-pid-write"
+            && r["event"]["what"] == format!("write to /proc/{} (a process outside the agent)", d.pid())
+    });
+    assert!(denied, "no guard_deny naming the daemon's /proc entry: {:?}", d.audit());
+    // Control: root outside may.
+    assert_lines(&outside(&[&["put", &adj(h.pid), "10"]]), &["ok"], "control: root outside");
+}
+
 /// The daemon's --state-dir: the harness's temp dir, or its `state/` where the socket
 /// lives beside it.
 fn state_dir(d: &Daemon) -> PathBuf {

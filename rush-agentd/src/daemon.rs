@@ -699,6 +699,7 @@ fn guard_what(hook: &str, target: u32, arg: i64) -> String {
             "write to a kernel filesystem (cgroupfs, bpffs, sysfs, binfmt_misc, ...)".into()
         }
         "file_open:procfs-write" => "write outside /proc/PID (sysrq-trigger, /proc/sys, ...)".into(),
+        "file_open:procfs-pid-write" => format!("write to /proc/{target} (a process outside the agent)"),
         "inode_permission:protected-dir" => "access to the daemon's directories".into(),
         "cgroup/sysctl" => "sysctl write".into(),
         "unix_stream_connect:abstract" | "unix_may_send:abstract" => {

@@ -172,6 +172,7 @@ pub const GHOOK_IOCTL: u32 = 17;
 pub const GHOOK_PROC_WRITE: u32 = 18;
 pub const GHOOK_UNIX_ABSTRACT_CONNECT: u32 = 19;
 pub const GHOOK_UNIX_ABSTRACT_SEND: u32 = 20;
+pub const GHOOK_PROC_PID_WRITE: u32 = 21;
 
 /// What a `RushGuardEvent`'s hook stopped, for the audit trail.
 pub fn guard_hook_name(hook: u32) -> Option<&'static str> {
@@ -196,6 +197,7 @@ pub fn guard_hook_name(hook: u32) -> Option<&'static str> {
         GHOOK_PROC_WRITE => "file_open:procfs-write",
         GHOOK_UNIX_ABSTRACT_CONNECT => "unix_stream_connect:abstract",
         GHOOK_UNIX_ABSTRACT_SEND => "unix_may_send:abstract",
+        GHOOK_PROC_PID_WRITE => "file_open:procfs-pid-write",
         _ => return None,
     })
 }
@@ -850,6 +852,7 @@ mod tests {
             ("RUSH_GHOOK_PROC_WRITE", GHOOK_PROC_WRITE.into()),
             ("RUSH_GHOOK_UNIX_ABSTRACT_CONNECT", GHOOK_UNIX_ABSTRACT_CONNECT.into()),
             ("RUSH_GHOOK_UNIX_ABSTRACT_SEND", GHOOK_UNIX_ABSTRACT_SEND.into()),
+            ("RUSH_GHOOK_PROC_PID_WRITE", GHOOK_PROC_PID_WRITE.into()),
             ("RUSH_PROTECTED_MAX", PROTECTED_MAX as u64),
             ("RUSH_FHOOK_FILE_OPEN", FHOOK_FILE_OPEN.into()),
             ("RUSH_FHOOK_FILE_PERMISSION", FHOOK_FILE_PERMISSION.into()),

@@ -301,8 +301,34 @@ static __always_inline int rush_is_pid_name(const unsigned char *name, __u32 len
 }
 
 /*
- * A write open of a procfs file: allowed only under a process directory (/proc/PID/...,
- * which /proc/self resolves to). The rest of /proc is the kernel's: sysrq-trigger,
+ * The agent cgroup of the process whose /proc/PID directory has inode `inode` (a plain
+ * value, read with BPF_CORE_READ: container_of arithmetic is refused on BTF pointers), 0
+ * when it is in none or has exited. The proc_inode around it holds the struct pid; its
+ * first PIDTYPE_PID task is the process.
+ */
+static __always_inline __u64 rush_proc_dir_agent(struct inode *inode, __u32 *pid_nr)
+{
+	struct proc_inode *pi =
+		(void *)((__u64)inode - bpf_core_field_offset(struct proc_inode, vfs_inode));
+	struct pid *pid = BPF_CORE_READ(pi, pid);
+	struct hlist_node *first;
+	struct task_struct *task;
+
+	if (!pid)
+		return 0;
+	*pid_nr = BPF_CORE_READ(pid, numbers[0].nr);
+	first = BPF_CORE_READ(pid, tasks[PIDTYPE_PID].first);
+	if (!first)
+		return 0;
+	task = (void *)((__u64)first - bpf_core_field_offset(struct task_struct, pid_links[PIDTYPE_PID]));
+	return rush_task_agent_cgroup(task);
+}
+
+/*
+ * A write open of a procfs file: allowed only under the directory of a process of the
+ * agent's own (/proc/PID/..., which /proc/self resolves to): another process's
+ * oom_score_adj (the daemon's, to have the OOM killer take it first), comm, timers, ...
+ * are not the agent's to write. The rest of /proc is the kernel's: sysrq-trigger,
  * /proc/sys (also refused by the sysctl program), /proc/irq, /proc/fs, ...
  */
 SEC("lsm/file_open")
@@ -330,8 +356,13 @@ int BPF_PROG(rush_guard_file_open, struct file *file)
 			break;
 		dentry = parent;
 	}
-	if (dentry->d_parent == root && rush_is_pid_name(dentry->d_name.name, dentry->d_name.len))
-		return 0;
+	if (dentry->d_parent == root && rush_is_pid_name(dentry->d_name.name, dentry->d_name.len)) {
+		__u32 pid_nr = 0;
+
+		if (rush_proc_dir_agent(BPF_CORE_READ(dentry, d_inode), &pid_nr) == cgroup_id)
+			return 0;
+		return rush_guard_deny(RUSH_GHOOK_PROC_PID_WRITE, cgroup_id, pid_nr, 0);
+	}
 	return rush_guard_deny(RUSH_GHOOK_PROC_WRITE, cgroup_id, 0, 0);
 }
 

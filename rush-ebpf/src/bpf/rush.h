@@ -107,6 +107,7 @@
 #define RUSH_GHOOK_PROC_WRITE 18
 #define RUSH_GHOOK_UNIX_ABSTRACT_CONNECT 19
 #define RUSH_GHOOK_UNIX_ABSTRACT_SEND 20
+#define RUSH_GHOOK_PROC_PID_WRITE 21
 
 /* Directories agents may not enter at all (the daemon's state and config), set by the
  * loader as (s_dev, i_ino); unused slots are 0. */
