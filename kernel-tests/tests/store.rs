@@ -153,7 +153,11 @@ fn a_full_disk_refuses_what_cannot_be_saved_and_loses_nothing_acknowledged() {
             acked.push(name);
         } else {
             let err = String::from_utf8_lossy(&out.stderr).into_owned();
-            assert!(err.contains("not saved") || err.contains("space"), "an unclear refusal: {err}");
+            assert!(
+                err.contains("not saved") || err.contains("space"),
+                "an unclear refusal: {err}\ndaemon log:\n{}",
+                std::fs::read_to_string(&d.log).unwrap_or_default()
+            );
             refused.push((name, err));
             if refused.len() >= 3 {
                 break;
