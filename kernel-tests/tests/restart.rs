@@ -156,3 +156,35 @@ fn restartable_agents_come_back_confined_in_their_session_and_the_rest_stay_down
     drop(d);
     let _: PathBuf = ws;
 }
+
+/// A daemon whose log cannot be written (its stderr a file on a full disk; here
+/// /dev/full, where every write fails with ENOSPC) drops log lines and goes on: it starts,
+/// answers, spawns, refuses, reaps. tracing-subscriber's default reported each failed
+/// write with eprintln!, which panics when stderr refuses too: the daemon died at its
+/// first start-up line, and a request that logged lost its connection unanswered.
+#[test]
+fn a_daemon_whose_log_cannot_be_written_goes_on_answering() {
+    if !require(is_root(), "root") {
+        return;
+    }
+    let mut d = Daemon::start();
+    d.kill9();
+    d.log = PathBuf::from("/dev/full");
+    d.restart();
+    let cwd = tempfile::tempdir().unwrap();
+    // A refused connect: the kernel's denial becomes an audit record and a log line.
+    let script = format!("{} tcp 127.0.0.1:9; sleep 600", bin("rush-test-net").display());
+    spawn(&d, cwd.path(), "quiet", &["--net", "deny"], &script);
+    spawn(&d, cwd.path(), "brief", &[], "exit 3");
+    assert!(
+        wait_until(Duration::from_secs(20), || agent(&d, "brief").is_none_or(|a| a["state"] != "running")),
+        "the agent that exited was not reaped"
+    );
+    let out = d.rush(&["agent", "kill", "no-such-agent"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-agent"), "{}", describe(&out));
+    assert!(running(&d, "quiet"), "{:?}", agent(&d, "quiet"));
+    assert!(d.is_running(), "the daemon exited");
+    let out = d.rush(&["agent", "kill", "quiet"]);
+    assert!(out.status.success(), "{}", describe(&out));
+}
