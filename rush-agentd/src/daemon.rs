@@ -11,9 +11,10 @@ use crate::adapters::cgroup::{CgroupBackend, CgroupLayout, FsCgroups};
 use crate::api::{self, ApiContext};
 use crate::config::{Config, EnforcementChoice};
 use crate::probe::{self, ProbeInputs};
-use crate::services::agent::{AgentManager, AgentSetup, Budgets, Enforcement, FileBackend, MeterSetup};
+use crate::services::agent::{AgentManager, AgentSetup, Enforcement, FileBackend};
 use crate::services::audit::AuditLog;
 use crate::services::budget::CgroupsRs;
+use crate::services::budget::{Budgets, MeterSetup};
 use crate::services::policy::Policy;
 
 #[derive(Debug, thiserror::Error)]

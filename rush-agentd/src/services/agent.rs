@@ -38,10 +38,9 @@ use crate::core::process::{pidfd_open, proc_stat};
 use crate::core::token::{Condition, Origin, Token};
 use crate::core::{Caller, Fault, FileKey, KeyError, boot_time_ns, error_chain, now_unix_ms};
 use crate::services::audit::AuditLog;
-use crate::services::budget::{Observed, ResourceControl};
-use crate::services::policy::{ExecRule, Policy};
+use crate::services::budget::{AgentBudget, BudgetBook, Budgets, Observed, Pause};
+use crate::services::policy::ExecRule;
 use crate::services::tokens::{NewToken, TokenError, TokenStore};
-use budgets::{Pause, Reported, ledger};
 use lifecycle::Respawn;
 
 /// The hardening every agent of this daemon gets (`[hardening]`, `harden.rs`); set by
@@ -138,7 +137,8 @@ pub struct AgentManager {
     /// Where agents and tokens are written before a request is answered; None only in
     /// unit tests that do not need it.
     store: Option<Arc<crate::adapters::store::Store>>,
-    budgets: Budgets,
+    /// The budgets service: limits, pauses, counters audited, cost meters.
+    budgets: BudgetBook,
     /// Checkpoints of processes (`checkpoint --with-processes`).
     criu: Arc<CriuSetup>,
 }
@@ -174,23 +174,6 @@ pub struct StateCheck {
     pub problems: Vec<String>,
 }
 
-/// What budgets and trust levels need.
-pub struct Budgets {
-    pub control: Arc<dyn ResourceControl>,
-    pub policy: Policy,
-    /// None: cost budgets are refused (unit tests).
-    pub meter: Option<MeterSetup>,
-    /// How many API endpoint addresses the kernel counts connects to; with none, an `api`
-    /// budget would count nothing and is refused.
-    pub api_endpoints: usize,
-}
-
-/// The metering proxy's config and where its events go.
-pub struct MeterSetup {
-    pub config: Arc<crate::services::meter::MeterConfig>,
-    pub events: tokio::sync::mpsc::UnboundedSender<crate::services::meter::MeterEvent>,
-}
-
 #[derive(Default)]
 pub(crate) struct Registry {
     pub(crate) agents: HashMap<String, Agent>,
@@ -213,13 +196,7 @@ pub(crate) struct Agent {
     files_confined: bool,
     pub(crate) files: Files,
     respawn: Option<Respawn>,
-    pause: Pause,
-    reported: Reported,
     exec: ExecRule,
-    /// The metering proxy of an agent with a cost budget; dropping it stops it.
-    meter: Option<crate::services::meter::AgentMeter>,
-    /// The cost last written to the store (restored into the meter after a restart).
-    cost_saved: u64,
 }
 
 crate::service_error!(
@@ -254,7 +231,7 @@ impl AgentManager {
             tokens: TokenStore::default(),
             registry: Mutex::default(),
             store,
-            budgets,
+            budgets: BudgetBook::new(budgets),
             criu,
         })
     }
@@ -288,8 +265,10 @@ impl AgentManager {
         let mut info = a.info.clone();
         if info.state == AgentState::Running {
             info.processes = self.cgroups.pids(&a.cgroup).len() as u32;
-            info.usage =
-                crate::services::budget::usage_lines(&info.budget, &self.observe(&a.cgroup, ledger(a)));
+            info.usage = crate::services::budget::usage_lines(
+                &info.budget,
+                &self.observe(&a.cgroup, self.budgets.ledger(&info.name)),
+            );
         }
         info
     }

@@ -10,6 +10,8 @@
 //! does not read on v2 (`memory.events`' `oom_kill`; it unwraps values that may be absent
 //! in `memory_stat`) are read here directly.
 
+mod book;
+
 use std::path::{Path, PathBuf};
 
 use cgroups_rs::{Cgroup, MaxValue, cpu::CpuController, cpuacct::CpuAcctController, memory::MemController};
@@ -17,6 +19,7 @@ use cgroups_rs::{hierarchies, pid::PidController};
 use rush_proto::{Budget, BudgetResource, BudgetUnit, BudgetUsage};
 
 use crate::adapters::cgroup::{AgentCgroup, CgroupLayout, CgroupMode};
+pub use book::{AgentBudget, BudgetBook, Budgets, MeterSetup, Pause};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BudgetError {

@@ -1,56 +1,18 @@
-//! Agents' resource budgets: usage observed, a spent budget freezing the agent (a pause),
-//! resumes, OOM kills and refused forks audited, the cost meter.
+//! Agents' resource budgets as the agents service drives them: usage observed, a spent
+//! budget freezing the agent (a pause), resumes, OOM kills and refused forks audited, the
+//! cost meter. The state (pause reasons, counters audited, meters, spend stored) is the
+//! budgets service's ([`BudgetBook`]), asked by name.
 
 use super::lifecycle::net_budget;
 use super::*;
 use crate::core::Fault;
 use crate::services::agent::AgentError;
 
-/// Why an agent is frozen; each reason holds one freeze of its cgroup.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) struct Pause {
-    pub(super) operator: bool,
-    pub(super) cpu_budget: bool,
-}
-
-impl Pause {
-    pub(super) fn from_info(paused: &[PauseReason]) -> Pause {
-        Pause {
-            operator: paused.contains(&PauseReason::Operator),
-            cpu_budget: paused.contains(&PauseReason::BudgetCpu),
-        }
-    }
-
-    pub(super) fn describe(self) -> Vec<PauseReason> {
-        [(self.operator, PauseReason::Operator), (self.cpu_budget, PauseReason::BudgetCpu)]
-            .into_iter()
-            .filter_map(|(on, r)| on.then_some(r))
-            .collect()
-    }
-}
-
-/// Counters already reported to the audit trail, so each OOM kill and refused fork is
-/// recorded once. None until first read (an adopted agent's past is not re-reported).
-#[derive(Debug, Clone, Copy, Default)]
-pub(super) struct Reported {
-    pub(super) oom_kills: Option<u64>,
-    pub(super) fork_refusals: Option<u64>,
-}
-
-pub(super) fn ledger(a: &Agent) -> Option<Arc<crate::services::meter::Ledger>> {
-    a.meter.as_ref().map(|m| m.ledger.clone())
-}
-
-/// The cost an agent had spent when it was last stored.
-pub(super) fn saved_cost(info: &AgentInfo) -> u64 {
-    info.usage.iter().find(|u| u.resource == BudgetResource::Cost).map_or(0, |u| u.used)
-}
-
 impl AgentManager {
     /// Freezes the agent until `resume`.
     pub async fn pause(&self, name: &str, caller: &Caller) -> Result<AgentInfo, AgentError> {
         let cg = self.running(name)?;
-        if self.registry().agents.get(name).is_some_and(|a| a.pause.operator) {
+        if self.budgets.pause(name).operator {
             return self.status(name);
         }
         self.freeze_for(name, &cg).await?;
@@ -72,11 +34,8 @@ impl AgentManager {
         caller: &Caller,
     ) -> Result<AgentInfo, AgentError> {
         let cg = self.running(name)?;
-        let (old, pause, ledger) = {
-            let reg = self.registry();
-            let a = reg.agents.get(name).ok_or_else(|| not_found(name))?;
-            (a.info.budget, a.pause, ledger(a))
-        };
+        let old = self.registry().agents.get(name).ok_or_else(|| not_found(name))?.info.budget;
+        let (pause, ledger) = (self.budgets.pause(name), self.budgets.ledger(name));
         let budget = raise.map_or(old, |r| old.overridden_by(&r));
         if budget.cost_micro_usd.is_some() && old.cost_micro_usd.is_none() {
             return Err(AgentError::new(
@@ -101,7 +60,7 @@ impl AgentManager {
             ));
         }
         if budget != old {
-            let control = Arc::clone(&self.budgets.control);
+            let control = Arc::clone(self.budgets.control());
             let cg2 = cg.clone();
             tokio::task::spawn_blocking(move || control.apply(&cg2, &budget))
                 .await
@@ -116,7 +75,7 @@ impl AgentManager {
                 .set_net_budget(cg.id, net_budget(&budget))
                 .map_err(|e| AgentError::new(Fault::Internal, format!("net budget of {name}: {e}")))?;
         }
-        for _ in [pause.operator, pause.cpu_budget].iter().filter(|on| **on) {
+        for _ in 0..pause.freezes() {
             self.cgroups
                 .thaw(&cg)
                 .map_err(|e| AgentError::new(Fault::Internal, format!("thaw {name}: {}", error_chain(&e))))?;
@@ -183,36 +142,38 @@ impl AgentManager {
         Ok(())
     }
 
+    /// Changes why `name` is frozen, in the budgets service and in the agent's info
+    /// (under the registry lock: two changes cannot land out of order).
     pub(super) fn set_pause(&self, name: &str, change: impl FnOnce(&mut Pause)) {
-        if let Some(a) = self.registry().agents.get_mut(name) {
-            change(&mut a.pause);
-            a.info.paused = a.pause.describe();
+        let mut reg = self.registry();
+        let reasons = self.budgets.set_pause(name, change);
+        if let Some(a) = reg.agents.get_mut(name) {
+            a.info.paused = reasons;
         }
     }
 
     /// One round of budget enforcement (the daemon runs it every `budget.poll_ms`): agents
     /// past their CPU time are frozen; new OOM kills and refused forks are audited.
     pub async fn check_budgets(&self) {
-        type Row = (String, AgentCgroup, Budget, Pause, Option<Arc<crate::services::meter::Ledger>>, u64);
-        let agents: Vec<Row> = self
+        let agents: Vec<(String, AgentCgroup, Budget)> = self
             .registry()
             .agents
             .iter()
             .filter(|(_, a)| a.info.state == AgentState::Running)
-            .map(|(n, a)| (n.clone(), a.cgroup.clone(), a.info.budget, a.pause, ledger(a), a.cost_saved))
+            .map(|(n, a)| (n.clone(), a.cgroup.clone(), a.info.budget))
             .collect();
-        for (name, cg, budget, pause, ledger, cost_saved) in agents {
+        for (name, cg, budget) in agents {
+            let (pause, ledger) = (self.budgets.pause(&name), self.budgets.ledger(&name));
             // Only what this round acts on: cpu time, the cgroup counters and spend (the
             // kernel's net counters enforce themselves; status reads them).
             let observed = Observed {
-                cgroup: self.budgets.control.usage(&cg),
+                cgroup: self.budgets.control().usage(&cg),
                 cost_micro_usd: ledger.map(|l| l.used_micro_usd()),
                 ..Default::default()
             };
             // Spend survives a daemon restart: written when it changed.
-            if let Some(cost) = observed.cost_micro_usd.filter(|c| *c != cost_saved) {
+            if observed.cost_micro_usd.is_some_and(|cost| self.budgets.cost_changed(&name, cost)) {
                 if let Some(a) = self.registry().agents.get_mut(&name) {
-                    a.cost_saved = cost;
                     a.info.usage = crate::services::budget::usage_lines(&budget, &observed);
                 }
                 self.persist_agent(&name);
@@ -242,35 +203,21 @@ impl AgentManager {
         }
     }
 
-    /// Audits OOM kills and refused forks counted since the last report, and remembers the
-    /// new counts. Also run when the agent's first process exits, before its cgroup (and
-    /// counters) go: an OOM kill is often what ended it. The budget poll and the exit
-    /// watcher may both get here with the same counts: what was reported is read and
-    /// updated under the registry lock, so each kill and refusal is audited once.
+    /// Audits OOM kills and refused forks counted since the last report (once each: the
+    /// budgets service takes them as reported). Also run when the agent's first process
+    /// exits, before its cgroup (and counters) go: an OOM kill is often what ended it.
     pub(super) fn audit_counters(
         &self,
         name: &str,
         budget: &Budget,
         u: &crate::services::budget::CgroupUsage,
     ) {
-        let (mut kills_new, mut refused_new) = (None, None);
-        {
-            let mut reg = self.registry();
-            let Some(a) = reg.agents.get_mut(name) else { return };
-            if let Some(kills) = u.oom_kills {
-                kills_new = a.reported.oom_kills.filter(|s| kills > *s).map(|seen| kills - seen);
-                a.reported.oom_kills = Some(kills.max(a.reported.oom_kills.unwrap_or(0)));
-            }
-            if let Some(refused) = u.fork_refusals {
-                refused_new = a.reported.fork_refusals.filter(|s| refused > *s).map(|seen| refused - seen);
-                a.reported.fork_refusals = Some(refused.max(a.reported.fork_refusals.unwrap_or(0)));
-            }
-        }
-        if let Some(count) = kills_new {
+        let new = self.budgets.new_counts(name, u);
+        if let Some(count) = new.oom_kills {
             let limit_bytes = budget.mem_bytes.unwrap_or(0);
             self.audit.record(Some(name), AuditEvent::OomKill { count, limit_bytes });
         }
-        if let Some(count) = refused_new {
+        if let Some(count) = new.fork_refusals {
             let limit = budget.pids.unwrap_or(0);
             self.audit.record(Some(name), AuditEvent::ForkRefused { count, limit });
         }
@@ -283,7 +230,7 @@ impl AgentManager {
         port: u16,
         limit: u64,
     ) -> Option<Result<crate::services::meter::AgentMeter, AgentError>> {
-        let setup = self.budgets.meter.as_ref()?;
+        let setup = self.budgets.meter_setup()?;
         let started = tokio::task::block_in_place(|| {
             tokio::runtime::Handle::current().block_on(crate::services::meter::start_on(
                 setup.config.clone(),
@@ -306,7 +253,7 @@ impl AgentManager {
     ) -> Observed {
         let net = self.kernel.net_usage(cg.id).ok().flatten();
         Observed {
-            cgroup: self.budgets.control.usage(cg),
+            cgroup: self.budgets.control().usage(cg),
             net_bytes: net.map(|n| n.tx_bytes + n.rx_bytes),
             api_calls: net.map(|n| n.api_calls),
             net_dropped: net.map_or(0, |n| n.dropped_packets),

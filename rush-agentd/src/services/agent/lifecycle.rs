@@ -1,7 +1,6 @@
 //! Spawning, running and ending agents: a request checked and planned, its cgroup,
 //! kernel policy and tokens in place before the first instruction, the exit watched.
 
-use super::budgets::{Pause, Reported};
 use super::capabilities::landlock_link_check;
 use super::*;
 use crate::core::Fault;
@@ -266,7 +265,7 @@ impl AgentManager {
         };
         let mut net = resolve_net(req.net.as_ref().unwrap_or(&NetPolicy::Deny)).await?;
         if meter.is_some()
-            && let Some(up) = self.budgets.meter.as_ref().and_then(|m| m.config.upstream.as_ref())
+            && let Some(up) = self.budgets.meter_upstream()
             && reaches(&net, up)
         {
             return Err(AgentError::new(
@@ -370,13 +369,10 @@ impl AgentManager {
                     files_confined,
                     files,
                     respawn,
-                    pause: Pause::default(),
-                    reported: Reported { oom_kills: Some(0), fork_refusals: Some(0) },
                     exec,
-                    meter,
-                    cost_saved: 0,
                 },
             );
+            self.budgets.enter(&name, AgentBudget::spawned(meter));
         }
         self.audit.set_agent_session(&name, info.session.as_deref());
         self.audit.record(
@@ -538,7 +534,7 @@ impl AgentManager {
                 }
             }
             self.budgets
-                .control
+                .control()
                 .apply(&cg, &budget)
                 .map_err(|e| crate::adapters::bpf::BpfError::Other(error_chain(&e)))?;
             self.kernel.add_agent(
@@ -729,7 +725,7 @@ impl AgentManager {
         // The last look at its counters, while the cgroup still exists.
         let budget = self.registry().agents.get(&name).map(|a| a.info.budget);
         if let Some(budget) = budget {
-            let u = self.budgets.control.usage(&cg);
+            let u = self.budgets.control().usage(&cg);
             self.audit_counters(&name, &budget, &u);
         }
         // The first process is gone: nothing the agent left running outlives it.
@@ -779,6 +775,7 @@ impl AgentManager {
                 let Some(old) = reg.exited_order.pop_front() else { break };
                 if let Some(a) = reg.agents.remove(&old) {
                     reg.names.remove(&a.cgroup.id);
+                    self.budgets.forget(&old);
                     evicted.push(old);
                 }
             }
@@ -909,7 +906,7 @@ impl AgentManager {
         let mut exec = ExecRule::Granted;
         let mut hardening = self.hardening.as_ref().map(|h| h.defaults.clone()).unwrap_or_default();
         if let Some(level) = &req.trust {
-            let level = self.budgets.policy.level(level).map_err(|e| AgentError::new(Fault::Invalid, e))?;
+            let level = self.budgets.policy().level(level).map_err(|e| AgentError::new(Fault::Invalid, e))?;
             budget = level.budget.overridden_by(&req.budget);
             if req.net.is_none() {
                 req.net = level.net.clone();
@@ -953,7 +950,7 @@ impl AgentManager {
                 });
             }
         }
-        if budget.api_calls.is_some() && self.budgets.api_endpoints == 0 {
+        if budget.api_calls.is_some() && self.budgets.api_endpoints() == 0 {
             return Err(AgentError::new(
                 Fault::Unsupported,
                 "refusing the api budget: no API endpoints are configured (budget.api_endpoints in the \
@@ -962,7 +959,7 @@ impl AgentManager {
         }
         if let Some((resource, why)) = self
             .budgets
-            .control
+            .control()
             .unavailable()
             .into_iter()
             .find(|(r, _)| crate::services::budget::sets(&budget, r))
@@ -976,6 +973,6 @@ impl AgentManager {
     }
 
     pub(super) fn exec_rule(&self, trust: Option<&str>) -> ExecRule {
-        trust.and_then(|t| self.budgets.policy.level(t).ok()).map_or(ExecRule::Granted, |l| l.exec)
+        trust.and_then(|t| self.budgets.policy().level(t).ok()).map_or(ExecRule::Granted, |l| l.exec)
     }
 }

@@ -1,7 +1,6 @@
 //! Agents that outlive the daemon: written to the store before a request is answered,
 //! re-adopted by the next daemon, restartable ones started again, state checked.
 
-use super::budgets::{Pause, Reported, saved_cost};
 use super::lifecycle::Respawn;
 use super::*;
 use crate::core::Fault;
@@ -318,12 +317,12 @@ impl AgentManager {
             // this daemon is in force, so thaw, unless it is paused: then each reason takes
             // its freeze again (no window in which it runs).
             let pause = Pause::from_info(&rec.info.paused);
-            if pause == Pause::default() {
+            if pause.freezes() == 0 {
                 if let Err(e) = self.cgroups.thaw(&cg) {
                     tracing::warn!(agent = %name, error = %error_chain(&e), "adopted agent not thawed");
                 }
             } else {
-                for _ in [pause.operator, pause.cpu_budget].iter().filter(|on| **on) {
+                for _ in 0..pause.freezes() {
                     if let Err(e) = self.cgroups.freeze(&cg, std::time::Duration::from_secs(1)) {
                         tracing::error!(agent = %name, error = %error_chain(&e), "paused agent not frozen again");
                     }
@@ -331,14 +330,10 @@ impl AgentManager {
             }
             let exec = self.exec_rule(rec.info.trust.as_deref());
             // Its meter again, on the port the agent was told about, with what it spent.
-            let cost_saved = saved_cost(&rec.info);
             let meter_port = rec.info.meter_url.as_deref().and_then(|u| u.rsplit(':').next()?.parse().ok());
             let meter = match (rec.info.budget.cost_micro_usd, meter_port) {
                 (Some(limit), Some(port)) => match self.start_meter(&name, port, limit) {
-                    Some(Ok(m)) => {
-                        m.ledger.restore(cost_saved, 0);
-                        Some(m)
-                    }
+                    Some(Ok(m)) => Some(m),
                     Some(Err(e)) => {
                         tracing::error!(agent = %name, error = %e.message, "meter not restarted: its API calls fail");
                         None
@@ -357,6 +352,7 @@ impl AgentManager {
             let (tx, rx) = watch::channel(None);
             let mut info = rec.info;
             info.state = AgentState::Running;
+            let budget = AgentBudget::adopted(&info, meter);
             {
                 let mut reg = self.registry();
                 reg.names.insert(cg.id, name.clone());
@@ -372,13 +368,10 @@ impl AgentManager {
                         // Only a restartable agent's request (env, cwd) is stored: any
                         // other is killed by a Landlock change.
                         respawn: restart_of(&name),
-                        pause,
-                        reported: Reported::default(),
                         exec,
-                        meter,
-                        cost_saved,
                     },
                 );
+                self.budgets.enter(&name, budget);
             }
             for t in restored {
                 self.schedule_expiry(t);

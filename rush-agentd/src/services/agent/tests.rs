@@ -5,6 +5,7 @@ use super::*;
 use crate::adapters::bpf::FakeKernel;
 use crate::adapters::cgroup::fake::FakeCgroups;
 use crate::core::Fault;
+use crate::services::policy::Policy;
 
 struct Fixture {
     mgr: Arc<AgentManager>,
@@ -101,7 +102,7 @@ fn run_as_resolves_users_and_refuses_what_it_must() {
     assert_eq!(e.fault, Fault::Forbidden, "{}", e.message);
     assert_eq!(f.mgr.run_as(&user("1000"), &alice, &policy).unwrap().uid, 1000);
     // Root agents refused by the level; with --user they pass.
-    let level = f.mgr.budgets.policy.level("nonroot").unwrap().hardening.apply(&policy);
+    let level = f.mgr.budgets.policy().level("nonroot").unwrap().hardening.apply(&policy);
     let as_root = SpawnRequest { trust: Some("nonroot".into()), ..req("r", &["true"]) };
     let e = f.mgr.run_as(&as_root, &root, &level).unwrap_err();
     assert_eq!(e.fault, Fault::Forbidden);
