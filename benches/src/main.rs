@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod dns;
 mod events;
 mod hardening;
 mod landlock_audit;
@@ -257,6 +258,11 @@ fn main() {
     // `rush-bench hardening`: the seccomp filter's and the spawn hardening's cost (~1 min).
     if std::env::args().nth(1).as_deref() == Some("hardening") {
         hardening::run();
+        return;
+    }
+    // `rush-bench dns`: an agent's DNS through its resolver vs direct (~30 s).
+    if std::env::args().nth(1).as_deref() == Some("dns") {
+        dns::run();
         return;
     }
     // `rush-bench landlock-audit`: Landlock denials in the audit trail, on vs off (~1 min).

@@ -423,3 +423,75 @@ pub fn pid_alive(pid: i32) -> bool {
         Err(_) => false,
     }
 }
+
+/// dnsmasq on 127.0.0.1:`port`, answering from a hosts file with a 2 s TTL.
+pub struct Dnsmasq {
+    child: std::process::Child,
+    hosts: PathBuf,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Dnsmasq {
+    pub fn start(hosts: &str) -> Dnsmasq {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hosts");
+        std::fs::write(&file, hosts).unwrap();
+        let port = free_udp_port();
+        let child = Command::new("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--conf-file=/dev/null",
+            ])
+            .args([
+                "--listen-address=127.0.0.1",
+                "--local-ttl=2",
+                "--log-queries",
+                "--log-facility=-",
+                "--user=root",
+            ])
+            .arg(format!("--port={port}"))
+            .arg(format!("--addn-hosts={}", file.display()))
+            .arg("--pid-file=")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dnsmasq (Debian package dnsmasq-base; `cargo xtask setup` installs it)");
+        let ready = wait_until(Duration::from_secs(10), || {
+            let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+            // Any well-formed query: a reply of any kind means it listens.
+            let q = [0u8, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1];
+            s.send_to(&q, ("127.0.0.1", port)).is_ok() && s.recv(&mut [0u8; 512]).is_ok()
+        });
+        assert!(ready, "dnsmasq did not answer on port {port}");
+        Dnsmasq { child, hosts: file, port, _dir: dir }
+    }
+
+    /// New answers: the hosts file rewritten, then SIGHUP (dnsmasq re-reads it).
+    pub fn answer(&self, hosts: &str) {
+        let tmp = self.hosts.with_extension("new");
+        std::fs::write(&tmp, hosts).unwrap();
+        std::fs::rename(&tmp, &self.hosts).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

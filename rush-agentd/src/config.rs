@@ -100,6 +100,29 @@ pub struct Config {
     pub audit: AuditSection,
     pub events: EventsSection,
     pub hardening: crate::adapters::harden::HardeningSection,
+    pub dns: DnsSection,
+}
+
+/// Host names in `--net` allow lists: each such agent's DNS goes to a resolver of its own
+/// in the daemon, which answers only names on its list and allows the addresses it
+/// returns for their TTL.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsSection {
+    /// The DNS server queries are forwarded to (`IP` or `IP:PORT`); empty: the first
+    /// `nameserver` of /etc/resolv.conf.
+    pub upstream: String,
+    /// Seconds an address stays allowed after its TTL ran out (connections opened just
+    /// before).
+    pub grace_secs: u64,
+    /// TTLs longer than this many seconds are cut to it.
+    pub max_ttl_secs: u64,
+}
+
+impl Default for DnsSection {
+    fn default() -> Self {
+        DnsSection { upstream: String::new(), grace_secs: 30, max_ttl_secs: 3600 }
+    }
 }
 
 /// The event bus (`rush events --follow`, `rush audit --follow`).

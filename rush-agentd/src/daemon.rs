@@ -37,6 +37,8 @@ pub enum DaemonError {
     Store(#[from] crate::adapters::store::StoreError),
     #[error(transparent)]
     Harden(#[from] crate::adapters::harden::HardenError),
+    #[error("[dns] upstream {0:?}: not an IP address or IP:PORT (e.g. 10.0.0.1, [fd00::1]:5353)")]
+    DnsUpstream(String),
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. With `ephemeral`, the BPF pins are removed on
@@ -109,7 +111,13 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     let retention = tokio::spawn(prune_audit(audit.clone(), config.audit.clone()));
     let kernel: Arc<dyn KernelPolicy> = Arc::new(bpf.clone());
     let store = Arc::new(crate::adapters::store::Store::open(&state_dir.join("state.db"))?);
+    let dns = dns_resolver(&config.dns)?;
+    let doctor_dns: Result<std::net::SocketAddr, String> =
+        dns.as_ref().map(|c| c.upstream).ok_or_else(|| {
+            "no DNS server ([dns] upstream empty and no nameserver in /etc/resolv.conf)".to_string()
+        });
     let agents = AgentManager::new(AgentSetup {
+        dns,
         cgroups: cgroups.clone(),
         kernel,
         audit: audit.clone(),
@@ -248,6 +256,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
                 criu: Some(doctor_agents.criu().get().map(|_| ()).map_err(|e| crate::core::error_chain(&e))),
                 hardening: Some((&doctor_hardening, Some(doctor_syscall_audit.clone()))),
                 landlock_audit: doctor_landlock_audit.clone(),
+                dns: Some(doctor_dns.clone()),
                 state: Some(probe::StateHealth {
                     check: doctor_agents.check_state(),
                     events_lost: doctor_events_lost.load(std::sync::atomic::Ordering::Relaxed),
@@ -811,6 +820,39 @@ fn with_socket(mut baseline: Vec<rush_proto::FileGrant>, socket: &Path) -> Vec<r
     let path = std::path::absolute(socket).unwrap_or_else(|_| socket.to_path_buf());
     baseline.push(rush_proto::FileGrant { path, ops: rush_proto::Ops::WRITE, ttl_secs: None });
     baseline
+}
+
+/// Where agents' resolvers forward: `[dns] upstream`, else this machine's first
+/// nameserver. None (loudly): host names in `--net` are then resolved once, at spawn.
+fn dns_resolver(
+    section: &crate::config::DnsSection,
+) -> Result<Option<Arc<crate::services::resolver::ResolverConfig>>, DaemonError> {
+    use crate::services::resolver::ResolverConfig;
+    let upstream = if section.upstream.is_empty() {
+        let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        ResolverConfig::upstream_from_resolv_conf(&conf)
+    } else {
+        let text = section.upstream.as_str();
+        let parsed = text
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .or_else(|| text.parse::<std::net::IpAddr>().ok().map(|ip| std::net::SocketAddr::new(ip, 53)));
+        Some(parsed.ok_or_else(|| DaemonError::DnsUpstream(text.to_owned()))?)
+    };
+    let Some(upstream) = upstream else {
+        tracing::warn!(
+            "no DNS server (no [dns] upstream, no nameserver in /etc/resolv.conf): host names in --net are \
+             resolved once at spawn, their addresses may change under the agent, wildcards are refused"
+        );
+        return Ok(None);
+    };
+    tracing::info!(%upstream, "agents' DNS: host names in --net are allowed by their DNS answers");
+    Ok(Some(Arc::new(ResolverConfig {
+        upstream,
+        grace: std::time::Duration::from_secs(section.grace_secs),
+        max_ttl: std::time::Duration::from_secs(section.max_ttl_secs.max(1)),
+        timeout: std::time::Duration::from_secs(3),
+    })))
 }
 
 #[cfg(test)]

@@ -171,6 +171,7 @@ fn local_doctor(json: bool, config: &Config) -> ExitCode {
         state: None,
         hardening: Some((&config.hardening, None)),
         landlock_audit: None,
+        dns: None,
     });
     if json {
         println!("{}", serde_json::to_string_pretty(&report).expect("report serializes"));

@@ -38,6 +38,8 @@ pub struct ProbeInputs<'a> {
     /// Where Landlock enforces file tokens: whether the daemon brings its denials into the
     /// audit trail (Err: why not); None without a daemon (the kernel is asked instead).
     pub landlock_audit: Option<Result<(), String>>,
+    /// Where agents' resolvers forward (Err: why there are none); None without a daemon.
+    pub dns: Option<Result<std::net::SocketAddr, String>>,
 }
 
 /// What a running daemon knows of its own state (`rush doctor`).
@@ -384,6 +386,26 @@ pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
                 "cgroup sock_addr programs not attached: agents are refused".into()
             },
         ),
+        match &inputs.dns {
+            Some(Ok(upstream)) => g(
+                "net: host names follow their DNS answers",
+                net_ok,
+                format!(
+                    "an agent with names in --net asks its own resolver (any server, port 53), which forwards to \
+                     {upstream}; their addresses are allowed for the answer's TTL, other names are REFUSED"
+                ),
+            ),
+            Some(Err(why)) => g(
+                "net: host names follow their DNS answers",
+                false,
+                format!("NO: {why}; names in --net are resolved once, at spawn, and wildcards are refused"),
+            ),
+            None => g(
+                "net: host names follow their DNS answers",
+                net_ok,
+                "where the daemon finds a DNS server ([dns] upstream or /etc/resolv.conf); ask a running daemon".into(),
+            ),
+        },
         g(
             "agent identity",
             inputs.cgroups.is_some(),
@@ -697,6 +719,7 @@ mod tests {
             landlock: None,
             hardening: None,
             landlock_audit: None,
+            dns: None,
         });
         let file = r.guarantees.iter().find(|g| g.name == "file tokens").unwrap();
         assert!(!file.holds);

@@ -223,9 +223,25 @@ pub const MAP_API_ADDRS: &str = "rush_api_addrs";
 pub const MAP_FILE_GRANTS: &str = "rush_file_grants";
 pub const MAP_EVENTS: &str = "rush_events";
 pub const MAP_STATS: &str = "rush_stats";
+/// Addresses learned from DNS answers: [`RushNetCidrKey`] → until (CLOCK_BOOTTIME ns).
+pub const MAP_NET_LEARNED: &str = "rush_net_learned";
+/// cgroup id → [`RushDnsResolver`].
+pub const MAP_DNS_RESOLVERS: &str = "rush_dns_resolvers";
+/// socket cookie → where a redirected DNS socket meant to go (kernel-only, LRU).
+pub const MAP_DNS_ORIG: &str = "rush_dns_orig";
 /// In the order the objects define them.
-pub const PINNED_MAPS: [&str; 7] =
-    [MAP_AGENTS, MAP_NET_CIDR, MAP_NET_USAGE, MAP_API_ADDRS, MAP_FILE_GRANTS, MAP_EVENTS, MAP_STATS];
+pub const PINNED_MAPS: [&str; 10] = [
+    MAP_AGENTS,
+    MAP_NET_CIDR,
+    MAP_NET_LEARNED,
+    MAP_DNS_RESOLVERS,
+    MAP_DNS_ORIG,
+    MAP_NET_USAGE,
+    MAP_API_ADDRS,
+    MAP_FILE_GRANTS,
+    MAP_EVENTS,
+    MAP_STATS,
+];
 /// The allow-list map of older daemons (a HASH of [`RushNetKey`]), replaced by
 /// [`MAP_NET_CIDR`]: the loader migrates a pin of it and removes it.
 pub const MAP_NET_ALLOW_RETIRED: &str = "rush_net_allow";
@@ -242,11 +258,13 @@ pub struct ProgramSpec {
     pub link_pin: &'static str,
 }
 
-pub const NET_PROGRAMS: [ProgramSpec; 6] = [
+pub const NET_PROGRAMS: [ProgramSpec; 8] = [
     ProgramSpec { name: "rush_connect4", hook: "cgroup/connect4", link_pin: "rush_link_connect4" },
     ProgramSpec { name: "rush_connect6", hook: "cgroup/connect6", link_pin: "rush_link_connect6" },
     ProgramSpec { name: "rush_sendmsg4", hook: "cgroup/sendmsg4", link_pin: "rush_link_sendmsg4" },
     ProgramSpec { name: "rush_sendmsg6", hook: "cgroup/sendmsg6", link_pin: "rush_link_sendmsg6" },
+    ProgramSpec { name: "rush_recvmsg4", hook: "cgroup/recvmsg4", link_pin: "rush_link_recvmsg4" },
+    ProgramSpec { name: "rush_recvmsg6", hook: "cgroup/recvmsg6", link_pin: "rush_link_recvmsg6" },
     ProgramSpec { name: "rush_skb_ingress", hook: "cgroup_skb/ingress", link_pin: "rush_link_skb_ingress" },
     ProgramSpec { name: "rush_skb_egress", hook: "cgroup_skb/egress", link_pin: "rush_link_skb_egress" },
 ];
@@ -349,6 +367,17 @@ pub struct RushNetCidrKey {
     pub cgroup_id: u64,
     /// Network order; IPv4 in the first 4 bytes, the rest zero; bits below the prefix zero.
     pub addr: [u8; 16],
+}
+
+/// Value of `rush_dns_resolvers` (key: the agent's cgroup id). C: `struct rush_dns_resolver`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RushDnsResolver {
+    /// On 127.0.0.1, host order.
+    pub port4: u16,
+    /// On ::1, host order; 0 = none.
+    pub port6: u16,
+    pub pad: u32,
 }
 
 /// Value of `rush_net_usage` (key: the agent's cgroup id). C: `struct rush_net_usage`.
@@ -580,6 +609,8 @@ unsafe impl Plain for RushNetCidrKey {}
 // SAFETY: as above.
 unsafe impl Plain for RushNetUsage {}
 // SAFETY: as above.
+unsafe impl Plain for RushDnsResolver {}
+// SAFETY: as above.
 unsafe impl Plain for RushApiKey {}
 // SAFETY: as above.
 unsafe impl Plain for RushBudgetEvent {}
@@ -600,6 +631,7 @@ const _: () = assert!(size_of::<RushNetCidrKey>() == 4 + 2 + 2 + 8 + 16);
 // The fixed part of an LPM key is everything between `prefixlen` and the address.
 const _: () = assert!((std::mem::offset_of!(RushNetCidrKey, addr) - 4) * 8 == NET_CIDR_FIXED_BITS as usize);
 const _: () = assert!(size_of::<RushNetUsage>() == 8 * 8);
+const _: () = assert!(size_of::<RushDnsResolver>() == 2 + 2 + 4);
 const _: () = assert!(size_of::<RushApiKey>() == 2 + 2 + 4 + 16);
 const _: () = assert!(size_of::<RushBudgetEvent>() == HDR + 8 + 8);
 const _: () = assert!(size_of::<RushApiEvent>() == HDR + 2 + 2 + 4 + 16 + 8 + 8);
@@ -710,6 +742,12 @@ mod tests {
                     refused_calls,
                     flags
                 }),
+            );
+            check_layout(
+                object,
+                "rush_dns_resolver",
+                size_of::<RushDnsResolver>(),
+                &rust_fields!(RushDnsResolver { port4, port6, pad }),
             );
             check_layout(
                 object,

@@ -18,8 +18,8 @@ pub enum SpecError {
     )]
     AgentName(String),
     #[error(
-        "invalid --net {input:?}: {why} (expected deny, allow, or HOST:PORT[,HOST:PORT...], HOST a name, an \
-         address or a CIDR prefix such as 10.0.0.0/8 or [fd00::/8])"
+        "invalid --net {input:?}: {why} (expected deny, allow, or HOST:PORT[,HOST:PORT...], HOST a name, \
+         *.DOMAIN, an address or a CIDR prefix such as 10.0.0.0/8 or [fd00::/8])"
     )]
     Net { input: String, why: String },
     #[error(
@@ -197,8 +197,10 @@ impl FromStr for FileGrant {
     }
 }
 
-/// One allowed destination. `host` is an IP literal or a name the daemon resolves when
-/// the agent is spawned; port 0 means any port. With `prefix`, `host` is an IP literal
+/// One allowed destination. `host` is an IP literal, a host name, or `*.` and a domain
+/// (any name below it); the addresses of names are those the agent's DNS answers gave,
+/// for their TTL (or resolved at spawn where the daemon has no resolver); port 0 means any
+/// port. With `prefix`, `host` is an IP literal
 /// and the entry covers every address sharing its first `prefix` bits (a CIDR block).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetEndpoint {
@@ -329,7 +331,13 @@ fn parse_endpoint(item: &str) -> Result<NetEndpoint, String> {
     if host.is_empty() {
         return Err("empty host".into());
     }
-    if host.parse::<IpAddr>().is_err() && !is_hostname(host) {
+    if let Some(below) = host.strip_prefix("*.") {
+        if prefix.is_some() || !is_hostname(below) || !below.contains('.') {
+            return Err(format!(
+                "{host:?}: a wildcard is \"*.\" before a domain of at least two labels, e.g. *.example.com"
+            ));
+        }
+    } else if host.parse::<IpAddr>().is_err() && !is_hostname(host) {
         return Err(format!("{host:?} is neither an IP address nor a host name"));
     }
     let mut endpoint = NetEndpoint { host: host.to_owned(), port: 0, prefix };
@@ -475,6 +483,15 @@ mod tests {
     }
 
     #[test]
+    fn wildcard_names() {
+        let p: NetPolicy = "*.githubusercontent.com:443,api.example.com:*".parse().unwrap();
+        let NetPolicy::AllowList(eps) = p else { panic!("{p:?}") };
+        assert_eq!(eps[0], NetEndpoint { host: "*.githubusercontent.com".into(), port: 443, prefix: None });
+        assert_eq!(eps[0].ip_prefix(), Ok(None));
+        assert_eq!(eps[1].port, 0);
+    }
+
+    #[test]
     fn bad_net_policies_name_the_bad_part() {
         for (bad, needle) in [
             ("", "empty"),
@@ -495,6 +512,11 @@ mod tests {
             ("[fd00::/8:80", "unclosed"),
             ("fd00::/8:80", "brackets"),
             ("[zz::/8]:80", "\"zz::\" is not an IPv6"),
+            ("*.com:443", "a wildcard is"),
+            ("*.*.example.com:443", "a wildcard is"),
+            ("*.example.com/8:443", "a wildcard is"),
+            ("*:443", "neither"),
+            ("a.*.example.com:443", "neither"),
         ] {
             let e = bad.parse::<NetPolicy>().unwrap_err().to_string();
             assert!(e.contains(needle), "{bad:?}: {e:?} lacks {needle:?}");

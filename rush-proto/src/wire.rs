@@ -166,6 +166,9 @@ wire_enum! {
         NetLandlockTcpPorts = "net:landlock-tcp-ports",
         /// Its budget, by cgroup controllers.
         BudgetCgroup = "budget:cgroup",
+        /// Host names of its `--net` list, by its own resolver in the daemon: the addresses
+        /// their DNS answers give, for their TTL.
+        NetDnsResolver = "net:dns-resolver",
     }
 }
 

@@ -330,8 +330,13 @@ pub struct SpawnArgs {
 
     /// Outbound network policy: `deny` (no IPv4/IPv6 connect or send at all), `allow`
     /// (anything), or a comma list of HOST:PORT the agent may reach. HOST is an IP address
-    /// (IPv6 in brackets, e.g. [::1]:443), a CIDR block (10.0.0.0/8:443, [fd00::/8]:*) or
-    /// a host name the daemon resolves at spawn; PORT is 1-65535, or * for any port.
+    /// (IPv6 in brackets, e.g. [::1]:443), a CIDR block (10.0.0.0/8:443, [fd00::/8]:*), a
+    /// host name (api.anthropic.com:443) or `*.` and a domain for any name below it
+    /// (*.githubusercontent.com:443); PORT is 1-65535, or * for any port. The agent's DNS
+    /// then goes to its own resolver in the daemon, whatever server it asks: listed names
+    /// resolve and their addresses are allowed for the answer's TTL (+ `[dns] grace_secs`),
+    /// other names get REFUSED, and an answer never opens loopback or link-local addresses
+    /// (list those by IP). Without a DNS server the daemon resolves names once, at spawn.
     /// The default is the trust level's policy, or `deny` without --trust.
     #[arg(long, value_name = "POLICY")]
     pub net: Option<NetPolicy>,

@@ -9,10 +9,21 @@ use crate::util;
 
 /// clang compiles the BPF programs (any of these versions); the rest is for libbpf-sys,
 /// the tests and the demo (btrfs-progs: the snapshot store; git: its fallback backend and,
-/// with make, a tool chain the toolchains tests run confined, here and in the guests).
+/// with make, a tool chain the toolchains tests run confined, here and in the guests;
+/// dnsmasq: the real DNS server whose answers the host-name allow-list tests change).
 const CLANGS: [&str; 4] = ["clang", "clang-19", "clang-18", "clang-16"];
-const PACKAGES: [&str; 9] =
-    ["libelf-dev", "zlib1g-dev", "pkg-config", "make", "curl", "bpftool", "iproute2", "btrfs-progs", "git"];
+const PACKAGES: [&str; 10] = [
+    "libelf-dev",
+    "zlib1g-dev",
+    "pkg-config",
+    "make",
+    "curl",
+    "bpftool",
+    "iproute2",
+    "btrfs-progs",
+    "git",
+    "dnsmasq-base",
+];
 /// The tool chains kernel-tests/tests/toolchains.rs runs confined (with make and git
 /// above): `python3 -m venv` (Debian splits ensurepip out into python3-venv), cc with the C
 /// library's headers. Cargo is the toolchain building this repository.

@@ -6,6 +6,17 @@
 //! benchmarks: a UDP connect runs the cgroup connect hook but sends no packet, so the
 //! loop measures the syscall and the hook; prints `ns_per_op X`.
 //!
+//! `rush-test-net tcp NAME:PORT`: the name resolved by the C library first (as any
+//! program would: /etc/hosts, then DNS); prints `resolved IP` before the outcome, or
+//! `resolve-failed ERROR` (exit 11).
+//!
+//! `rush-test-net dns udp|tcp SERVER:PORT NAME`: one DNS query for NAME's A records sent
+//! to SERVER (a packet written here, no resolver library); prints `from ADDR` (udp: who
+//! the reply came from), `rcode N` and `a IP` per answer, or `errno NAME` (exit 10).
+//!
+//! `rush-test-net dns-loop N SERVER:PORT NAME`: N such queries over UDP, one after
+//! another on one socket, for benchmarks; prints `ns_per_op X` (exit 10 on an error).
+//!
 //! `rush-test-net download|upload ADDR:PORT BYTES [CHUNK]`: one TCP connection that reads
 //! (download: until BYTES, EOF or 5 s without data) or writes BYTES in CHUNK-byte writes
 //! (upload; default 64 KiB), for byte budgets and throughput benchmarks. Prints
@@ -22,6 +33,8 @@ fn main() -> ExitCode {
     match args.get(1).map(String::as_str) {
         Some("connect-loop") => return connect_loop(&args[2..]),
         Some(dir @ ("download" | "upload")) => return stream(dir == "upload", &args[2..]),
+        Some("dns") => return dns(&args[2..]),
+        Some("dns-loop") => return dns_loop(&args[2..]),
         _ => {}
     }
     let (Some(kind), Some(addr)) = (args.get(1), args.get(2)) else {
@@ -30,6 +43,23 @@ fn main() -> ExitCode {
     };
     let addr: SocketAddr = match addr.parse() {
         Ok(a) => a,
+        Err(_) if addr.contains(':') => {
+            use std::net::ToSocketAddrs;
+            match addr.to_socket_addrs().map(|mut a| a.find(SocketAddr::is_ipv4)) {
+                Ok(Some(a)) => {
+                    println!("resolved {}", a.ip());
+                    a
+                }
+                Ok(None) => {
+                    println!("resolve-failed no IPv4 address");
+                    return ExitCode::from(11);
+                }
+                Err(e) => {
+                    println!("resolve-failed {e}");
+                    return ExitCode::from(11);
+                }
+            }
+        }
         Err(e) => {
             eprintln!("rush-test-net: bad address {addr:?}: {e}");
             return ExitCode::from(2);
@@ -131,5 +161,129 @@ fn errno_name(e: &std::io::Error) -> String {
     match e.raw_os_error() {
         Some(n) => format!("{:?}", nix::errno::Errno::from_raw(n)),
         None => e.to_string(),
+    }
+}
+
+/// One A query, by hand: a resolver library would hide what came back from where.
+fn dns(args: &[String]) -> ExitCode {
+    let (Some(proto), Some(Ok(server)), Some(name)) =
+        (args.first(), args.get(1).map(|a| a.parse::<SocketAddr>()), args.get(2))
+    else {
+        eprintln!("usage: rush-test-net dns udp|tcp SERVER:PORT NAME");
+        return ExitCode::from(2);
+    };
+    let query = a_query(name);
+    let answer = match proto.as_str() {
+        "udp" => dns_udp(server, &query),
+        _ => dns_tcp(server, &query),
+    };
+    match answer {
+        Ok(reply) => {
+            print_reply(&reply);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("errno {}", errno_name(&e));
+            ExitCode::from(10)
+        }
+    }
+}
+
+fn dns_loop(args: &[String]) -> ExitCode {
+    let (Some(Ok(n)), Some(Ok(server)), Some(name)) =
+        (args.first().map(|n| n.parse::<u32>()), args.get(1).map(|a| a.parse::<SocketAddr>()), args.get(2))
+    else {
+        eprintln!("usage: rush-test-net dns-loop N SERVER:PORT NAME");
+        return ExitCode::from(2);
+    };
+    let query = a_query(name);
+    let run = || -> std::io::Result<f64> {
+        let socket = UdpSocket::bind(if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+        socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut buf = [0u8; 1500];
+        let start = Instant::now();
+        for _ in 0..n {
+            socket.send_to(&query, server)?;
+            socket.recv_from(&mut buf)?;
+        }
+        Ok(start.elapsed().as_nanos() as f64 / f64::from(n.max(1)))
+    };
+    match run() {
+        Ok(ns) => {
+            println!("ns_per_op {ns:.0}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("errno {}", errno_name(&e));
+            ExitCode::from(10)
+        }
+    }
+}
+
+fn a_query(name: &str) -> Vec<u8> {
+    let mut query = vec![0x52, 0x55, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.trim_end_matches('.').split('.') {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 1, 0, 1]);
+    query
+}
+
+fn dns_udp(server: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
+    let socket = UdpSocket::bind(if server.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
+    socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+    socket.send_to(query, server)?;
+    let mut buf = [0u8; 1500];
+    let (n, from) = socket.recv_from(&mut buf)?;
+    println!("from {from}");
+    Ok(buf[..n].to_vec())
+}
+
+fn dns_tcp(server: SocketAddr, query: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(&(query.len() as u16).to_be_bytes())?;
+    s.write_all(query)?;
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len)?;
+    let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    s.read_exact(&mut reply)?;
+    Ok(reply)
+}
+
+/// The rcode and the A records of a reply (names compressed or not are skipped over).
+fn print_reply(reply: &[u8]) {
+    if reply.len() < 12 {
+        println!("short reply");
+        return;
+    }
+    println!("rcode {}", reply[3] & 0x0f);
+    let answers = u16::from_be_bytes([reply[6], reply[7]]);
+    let skip_name = |mut i: usize| -> Option<usize> {
+        loop {
+            let len = *reply.get(i)?;
+            if len & 0xc0 == 0xc0 {
+                return Some(i + 2);
+            }
+            if len == 0 {
+                return Some(i + 1);
+            }
+            i += 1 + usize::from(len);
+        }
+    };
+    let Some(mut i) = skip_name(12).map(|i| i + 4) else { return };
+    for _ in 0..answers {
+        let Some(j) = skip_name(i) else { return };
+        let Some(head) = reply.get(j..j + 10) else { return };
+        let (kind, len) =
+            (u16::from_be_bytes([head[0], head[1]]), usize::from(u16::from_be_bytes([head[8], head[9]])));
+        if kind == 1
+            && len == 4
+            && let Some(a) = reply.get(j + 10..j + 14)
+        {
+            println!("a {}.{}.{}.{}", a[0], a[1], a[2], a[3]);
+        }
+        i = j + 10 + len;
     }
 }

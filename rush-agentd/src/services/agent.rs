@@ -6,12 +6,14 @@
 //! - `lifecycle` — spawn (plan, cgroup, kernel policy, hardening, exec), exit, kill
 //! - `capabilities` — file tokens: spawn-time, grant, revoke, expiry, commit, reconfine
 //! - `budgets` — usage, budget pauses and resumes, the cost meter
+//! - `names` — host names in `--net`: each such agent's own DNS resolver
 //! - `persistence` — the store, re-adoption after a daemon restart, restartable agents
 //! - [`processes`] — checkpoint and restore of an agent's processes with CRIU
 
 mod budgets;
 mod capabilities;
 mod lifecycle;
+mod names;
 mod persistence;
 pub mod processes;
 
@@ -141,6 +143,8 @@ pub struct AgentManager {
     budgets: BudgetBook,
     /// Checkpoints of processes (`checkpoint --with-processes`).
     criu: Arc<CriuSetup>,
+    /// Where agents' DNS is forwarded; None: host names are resolved once, at spawn.
+    dns: Option<Arc<crate::services::resolver::ResolverConfig>>,
 }
 
 /// What an [`AgentManager`] is built from: the adapters it drives and the daemon's choices.
@@ -162,6 +166,9 @@ pub struct AgentSetup {
     pub private_tmp: Option<crate::services::baseline::PrivateTmp>,
     /// The state store; None only in unit tests that do not need it.
     pub store: Option<Arc<crate::adapters::store::Store>>,
+    /// Agents' DNS resolvers forward here (`[dns]`); None: host names in `--net` are
+    /// resolved once, at spawn, and wildcards are refused.
+    pub dns: Option<Arc<crate::services::resolver::ResolverConfig>>,
 }
 
 /// What [`AgentManager::check_state`] compared, and where the store, the daemon and the
@@ -197,6 +204,8 @@ pub(crate) struct Agent {
     pub(crate) files: Files,
     respawn: Option<Respawn>,
     exec: ExecRule,
+    /// Its DNS resolver, while it runs with host names in its `--net` list.
+    resolver: Option<crate::services::resolver::AgentResolver>,
 }
 
 crate::service_error!(
@@ -218,6 +227,7 @@ impl AgentManager {
             hardening,
             private_tmp,
             store,
+            dns,
         } = setup;
         Arc::new(AgentManager {
             cgroups,
@@ -233,6 +243,7 @@ impl AgentManager {
             store,
             budgets: BudgetBook::new(budgets),
             criu,
+            dns,
         })
     }
 

@@ -8,5 +8,6 @@ pub mod budget;
 pub mod events;
 pub mod meter;
 pub mod policy;
+pub mod resolver;
 pub mod session;
 pub mod tokens;

@@ -24,11 +24,65 @@ static __always_inline int rush_net_allowed(__u64 cgroup_id, __u16 family, const
 		.cgroup_id = cgroup_id,
 	};
 
+	__u64 now, *until;
+
 	__builtin_memcpy(key.addr, addr, 16);
 	if (bpf_map_lookup_elem(&rush_net_cidr, &key))
 		return 1;
 	key.port = 0;
-	return bpf_map_lookup_elem(&rush_net_cidr, &key) != NULL;
+	if (bpf_map_lookup_elem(&rush_net_cidr, &key))
+		return 1;
+	/* Learned from a DNS answer: only until its TTL (and grace) ran out. */
+	now = bpf_ktime_get_boot_ns();
+	key.port = port;
+	until = bpf_map_lookup_elem(&rush_net_learned, &key);
+	if (until && *until > now)
+		return 1;
+	key.port = 0;
+	until = bpf_map_lookup_elem(&rush_net_learned, &key);
+	return until && *until > now;
+}
+
+/*
+ * DNS of an agent with a resolver: whatever server it asks (its resolv.conf's, 8.8.8.8,
+ * any address on port 53), the query goes to its resolver in the daemon, which answers
+ * only for names on its allow list and learns their addresses. The original destination
+ * is kept by socket, so recvmsg can make the reply seem to come from it (resolvers drop
+ * replies from another address). DNS on other ports (DoT 853, DoH 443) is a destination
+ * like any other: refused unless listed.
+ */
+static __always_inline int rush_dns_redirect(struct bpf_sock_addr *ctx, __u32 hook, __u64 cgroup_id,
+					     __u16 family, const __u8 *addr, __u16 port)
+{
+	struct rush_dns_resolver *r = bpf_map_lookup_elem(&rush_dns_resolvers, &cgroup_id);
+	struct rush_dns_orig orig = { .family = family, .port = port };
+	int v6_socket = hook == RUSH_HOOK_CONNECT6 || hook == RUSH_HOOK_SENDMSG6;
+	__u64 cookie;
+
+	if (!r)
+		return -1;
+	if (family == RUSH_AF_INET6 && !r->port6)
+		return -1;
+	orig.via = family == RUSH_AF_INET ? r->port4 : r->port6;
+	__builtin_memcpy(orig.addr, addr, 16);
+	cookie = bpf_get_socket_cookie(ctx);
+	bpf_map_update_elem(&rush_dns_orig, &cookie, &orig, BPF_ANY);
+	if (!v6_socket) {
+		ctx->user_ip4 = bpf_htonl(0x7f000001);
+	} else if (family == RUSH_AF_INET) {
+		/* A dual-stack socket's ::ffff:a.b.c.d: ::ffff:127.0.0.1 */
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = bpf_htonl(0x0000ffff);
+		ctx->user_ip6[3] = bpf_htonl(0x7f000001);
+	} else {
+		ctx->user_ip6[0] = 0;
+		ctx->user_ip6[1] = 0;
+		ctx->user_ip6[2] = 0;
+		ctx->user_ip6[3] = bpf_htonl(1);
+	}
+	ctx->user_port = bpf_htons(orig.via);
+	return 1;
 }
 
 static __always_inline void rush_emit_net_deny(struct bpf_sock_addr *ctx, __u32 hook,
@@ -116,6 +170,12 @@ static __always_inline int rush_check(struct bpf_sock_addr *ctx, __u32 hook, __u
 
 	if (!agent)
 		return 1;
+	if (port == 53 && agent->net_mode == RUSH_NET_MODE_LIST) {
+		int redirected = rush_dns_redirect(ctx, hook, cgroup_id, family, addr, port);
+
+		if (redirected >= 0)
+			return redirected;
+	}
 	if (agent->net_mode == RUSH_NET_MODE_ALLOW ||
 	    (agent->net_mode == RUSH_NET_MODE_LIST &&
 	     rush_net_allowed(cgroup_id, family, addr, port))) {
@@ -180,6 +240,60 @@ SEC("cgroup/sendmsg6")
 int rush_sendmsg6(struct bpf_sock_addr *ctx)
 {
 	return rush_check6(ctx, RUSH_HOOK_SENDMSG6);
+}
+
+/*
+ * The reply side of rush_dns_redirect: a datagram from the agent's resolver, on a socket
+ * whose DNS was redirected, seems to come from the server the agent asked. Always 1:
+ * recvmsg hooks only rewrite.
+ */
+static __always_inline struct rush_dns_orig *rush_dns_reply_orig(struct bpf_sock_addr *ctx)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct rush_dns_orig *o = bpf_map_lookup_elem(&rush_dns_orig, &cookie);
+
+	if (!o || ctx->user_port != bpf_htons(o->via))
+		return NULL;
+	return o;
+}
+
+SEC("cgroup/recvmsg4")
+int rush_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	struct rush_dns_orig *o = rush_dns_reply_orig(ctx);
+	__u32 ip4;
+
+	if (!o || o->family != RUSH_AF_INET || ctx->user_ip4 != bpf_htonl(0x7f000001))
+		return 1;
+	__builtin_memcpy(&ip4, o->addr, 4);
+	ctx->user_ip4 = ip4;
+	ctx->user_port = bpf_htons(o->port);
+	return 1;
+}
+
+SEC("cgroup/recvmsg6")
+int rush_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	struct rush_dns_orig *o = rush_dns_reply_orig(ctx);
+	__u32 ip6[4];
+
+	if (!o)
+		return 1;
+	__builtin_memcpy(ip6, o->addr, 16);
+	if (o->family == RUSH_AF_INET) {
+		if (ctx->user_ip6[3] != bpf_htonl(0x7f000001))
+			return 1;
+		ctx->user_ip6[3] = ip6[0];
+	} else {
+		if (ctx->user_ip6[3] != bpf_htonl(1))
+			return 1;
+		ctx->user_ip6[0] = ip6[0];
+		ctx->user_ip6[1] = ip6[1];
+		ctx->user_ip6[2] = ip6[2];
+		ctx->user_ip6[3] = ip6[3];
+	}
+	ctx->user_port = bpf_htons(o->port);
+	return 1;
 }
 
 /*

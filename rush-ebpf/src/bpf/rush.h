@@ -286,6 +286,53 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } rush_net_cidr SEC(".maps");
 
+/*
+ * Addresses learned from DNS answers for names on an agent's allow list (the daemon's
+ * per-agent resolver writes them): same key as rush_net_cidr, full-length prefixes; the
+ * value is when the entry stops allowing (CLOCK_BOOTTIME ns: the answer's TTL plus a
+ * grace). Apart from rush_net_cidr so that map's layout stays what older pins have.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 65536);
+	__type(key, struct rush_net_cidr_key);
+	__type(value, __u64);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rush_net_learned SEC(".maps");
+
+/* An agent's resolver in the daemon: its DNS traffic (port 53) goes there. */
+struct rush_dns_resolver {
+	__u16 port4; /* on 127.0.0.1, host order */
+	__u16 port6; /* on ::1, host order; 0 = none */
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); /* the agent's cgroup id */
+	__type(value, struct rush_dns_resolver);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rush_dns_resolvers SEC(".maps");
+
+/* Where a redirected DNS socket meant to go, so replies seem to come from there. */
+struct rush_dns_orig {
+	__u16 family; /* RUSH_AF_* of the original destination */
+	__u16 port;   /* host order */
+	__u16 via;    /* the resolver port it was sent to, host order */
+	__u16 pad;
+	__u8 addr[16]; /* network order */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64); /* socket cookie */
+	__type(value, struct rush_dns_orig);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rush_dns_orig SEC(".maps");
+
 /* Budgets and usage, per agent; agents without an entry are not counted. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

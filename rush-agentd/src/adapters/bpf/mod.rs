@@ -412,6 +412,19 @@ pub trait KernelPolicy: Send + Sync + 'static {
     fn set_net_budget(&self, cgroup_id: u64, budget: NetBudget) -> Result<(), BpfError>;
     /// What the agent has used; None = no entry (not an agent of this daemon).
     fn net_usage(&self, cgroup_id: u64) -> Result<Option<NetUsage>, BpfError>;
+    /// Sends the agent's DNS (any address, port 53) to its resolver in the daemon:
+    /// 127.0.0.1:`port4` and [::1]:`port6` (0: none); None stops redirecting.
+    fn set_dns_resolver(&self, cgroup_id: u64, ports: Option<(u16, u16)>) -> Result<(), BpfError>;
+    /// Allows the agent `ip` on `port` (0 = any) until `until_boot_ns` (CLOCK_BOOTTIME):
+    /// an address a DNS answer gave for a name on its list. A later answer extends it,
+    /// never shortens it. Expired entries are swept; remove_agent deletes the rest.
+    fn learn_address(
+        &self,
+        cgroup_id: u64,
+        ip: IpAddr,
+        port: u16,
+        until_boot_ns: u64,
+    ) -> Result<(), BpfError>;
     /// The API endpoints whose connects count as API calls (global; replaces the set).
     /// Port 0 = any port of that address. One connect() is one call: requests sent over a
     /// kept-alive connection are not seen, so this bounds connections, not requests.
@@ -453,6 +466,18 @@ enum Command {
     },
     SetApiEndpoints {
         endpoints: Vec<(IpAddr, u16)>,
+        reply: mpsc::SyncSender<Result<(), BpfError>>,
+    },
+    SetDnsResolver {
+        cgroup_id: u64,
+        ports: Option<(u16, u16)>,
+        reply: mpsc::SyncSender<Result<(), BpfError>>,
+    },
+    LearnAddress {
+        cgroup_id: u64,
+        ip: IpAddr,
+        port: u16,
+        until_boot_ns: u64,
         reply: mpsc::SyncSender<Result<(), BpfError>>,
     },
 }
@@ -537,6 +562,20 @@ impl KernelPolicy for BpfHandle {
         self.request(|reply| Command::NetUsage { cgroup_id, reply })
     }
 
+    fn set_dns_resolver(&self, cgroup_id: u64, ports: Option<(u16, u16)>) -> Result<(), BpfError> {
+        self.request(|reply| Command::SetDnsResolver { cgroup_id, ports, reply })
+    }
+
+    fn learn_address(
+        &self,
+        cgroup_id: u64,
+        ip: IpAddr,
+        port: u16,
+        until_boot_ns: u64,
+    ) -> Result<(), BpfError> {
+        self.request(|reply| Command::LearnAddress { cgroup_id, ip, port, until_boot_ns, reply })
+    }
+
     fn set_api_endpoints(&self, endpoints: &[(IpAddr, u16)]) -> Result<(), BpfError> {
         self.request(|reply| Command::SetApiEndpoints { endpoints: endpoints.to_vec(), reply })
     }
@@ -560,6 +599,10 @@ pub struct FakeKernel {
     pub usage: std::sync::Mutex<std::collections::HashMap<u64, NetUsage>>,
     /// The last `set_api_endpoints`.
     pub api_endpoints: std::sync::Mutex<Vec<(IpAddr, u16)>>,
+    /// Agents' resolver ports.
+    pub dns_resolvers: std::sync::Mutex<std::collections::HashMap<u64, (u16, u16)>>,
+    /// (agent, address, port) → until, as `learn_address` set them.
+    pub learned: std::sync::Mutex<std::collections::HashMap<(u64, IpAddr, u16), u64>>,
 }
 
 #[cfg(test)]
@@ -584,6 +627,8 @@ impl KernelPolicy for FakeKernel {
         self.file_grants.lock().unwrap().retain(|(c, _), _| *c != cgroup_id);
         self.budgets.lock().unwrap().remove(&cgroup_id);
         self.usage.lock().unwrap().remove(&cgroup_id);
+        self.dns_resolvers.lock().unwrap().remove(&cgroup_id);
+        self.learned.lock().unwrap().retain(|(c, _, _), _| *c != cgroup_id);
         Ok(())
     }
 
@@ -621,6 +666,28 @@ impl KernelPolicy for FakeKernel {
 
     fn set_api_endpoints(&self, endpoints: &[(IpAddr, u16)]) -> Result<(), BpfError> {
         *self.api_endpoints.lock().unwrap() = endpoints.to_vec();
+        Ok(())
+    }
+
+    fn set_dns_resolver(&self, cgroup_id: u64, ports: Option<(u16, u16)>) -> Result<(), BpfError> {
+        let mut resolvers = self.dns_resolvers.lock().unwrap();
+        match ports {
+            Some(p) => resolvers.insert(cgroup_id, p),
+            None => resolvers.remove(&cgroup_id),
+        };
+        Ok(())
+    }
+
+    fn learn_address(
+        &self,
+        cgroup_id: u64,
+        ip: IpAddr,
+        port: u16,
+        until_boot_ns: u64,
+    ) -> Result<(), BpfError> {
+        let mut learned = self.learned.lock().unwrap();
+        let until = learned.entry((cgroup_id, ip, port)).or_default();
+        *until = (*until).max(until_boot_ns);
         Ok(())
     }
 }

@@ -9,9 +9,10 @@ use std::sync::mpsc;
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use rush_ebpf::{
-    AF_INET, AF_INET6, MAP_AGENTS, MAP_API_ADDRS, MAP_EVENTS, MAP_FILE_GRANTS, MAP_NET_CIDR, MAP_NET_USAGE,
-    MAP_STATS, NET_CIDR_FIXED_BITS, NET_MODE_ALLOW, NET_MODE_DENY, NET_MODE_LIST, Plain, RushAgent,
-    RushApiKey, RushFileGrant, RushFileKey, RushNetCidrKey, RushNetUsage,
+    AF_INET, AF_INET6, MAP_AGENTS, MAP_API_ADDRS, MAP_DNS_RESOLVERS, MAP_EVENTS, MAP_FILE_GRANTS,
+    MAP_NET_CIDR, MAP_NET_LEARNED, MAP_NET_USAGE, MAP_STATS, NET_CIDR_FIXED_BITS, NET_MODE_ALLOW,
+    NET_MODE_DENY, NET_MODE_LIST, Plain, RushAgent, RushApiKey, RushDnsResolver, RushFileGrant, RushFileKey,
+    RushNetCidrKey, RushNetUsage,
 };
 use tracing::info;
 
@@ -58,6 +59,10 @@ pub(super) fn run(
                 usage: handle(&maps.rush_net_usage, MAP_NET_USAGE)?,
                 api: handle(&maps.rush_api_addrs, MAP_API_ADDRS)?,
                 grants: handle(&maps.rush_file_grants, MAP_FILE_GRANTS)?,
+                learned: handle(&maps.rush_net_learned, MAP_NET_LEARNED)?,
+                resolvers: handle(&maps.rush_dns_resolvers, MAP_DNS_RESOLVERS)?,
+                learned_until: HashMap::new(),
+                last_sweep_ns: 0,
                 keys: HashMap::new(),
                 grant_keys: HashMap::new(),
                 api_keys: HashSet::new(),
@@ -110,6 +115,12 @@ pub(super) fn run(
             Command::SetApiEndpoints { endpoints, reply } => {
                 let _ = reply.send(agents.set_api_endpoints(&endpoints));
             }
+            Command::SetDnsResolver { cgroup_id, ports, reply } => {
+                let _ = reply.send(agents.set_dns_resolver(cgroup_id, ports));
+            }
+            Command::LearnAddress { cgroup_id, ip, port, until_boot_ns, reply } => {
+                let _ = reply.send(agents.learn(cgroup_id, ip, port, until_boot_ns));
+            }
         }
     }
 }
@@ -127,6 +138,12 @@ struct AgentMaps {
     usage: MapHandle,
     api: MapHandle,
     grants: MapHandle,
+    /// Addresses learned from DNS answers, and until when each allows.
+    learned: MapHandle,
+    resolvers: MapHandle,
+    learned_until: HashMap<RushNetCidrKey, u64>,
+    /// When expired learned entries were last deleted (CLOCK_BOOTTIME ns).
+    last_sweep_ns: u64,
     keys: HashMap<u64, Vec<RushNetCidrKey>>,
     grant_keys: HashMap<u64, HashSet<RushFileKey>>,
     api_keys: HashSet<RushApiKey>,
@@ -141,6 +158,12 @@ impl AgentMaps {
             }
         }
         self.api_keys.extend(self.api.keys().filter_map(|k| RushApiKey::from_bytes(&k)));
+        for key in self.learned.keys() {
+            let Some(key) = RushNetCidrKey::from_bytes(&key) else { continue };
+            let until = self.learned.lookup(key.as_bytes(), MapFlags::ANY).ok().flatten();
+            let until = until.and_then(|v| Some(u64::from_ne_bytes(v.as_slice().try_into().ok()?)));
+            self.learned_until.insert(key, until.unwrap_or(0));
+        }
         for key in self.grants.keys() {
             if let Some(key) = RushFileKey::from_bytes(&key) {
                 self.grant_keys.entry(key.cgroup_id).or_default().insert(key);
@@ -196,6 +219,9 @@ impl AgentMaps {
             .map_err(|source| map_err(MAP_AGENTS, "delete", cgroup_id, source))?;
         let keys = self.keys.remove(&cgroup_id).unwrap_or_default();
         self.delete_allow(cgroup_id, &keys)?;
+        delete(&self.resolvers, &cgroup_id.to_ne_bytes())
+            .map_err(|source| map_err(MAP_DNS_RESOLVERS, "delete", cgroup_id, source))?;
+        self.forget_learned(|k, _| k.cgroup_id == cgroup_id)?;
         delete(&self.usage, &cgroup_id.to_ne_bytes())
             .map_err(|source| map_err(MAP_NET_USAGE, "delete", cgroup_id, source))?;
         let mut grants = self.grant_keys.remove(&cgroup_id).unwrap_or_default();
@@ -290,6 +316,7 @@ impl AgentMaps {
             .keys
             .keys()
             .chain(self.grant_keys.keys())
+            .chain(self.learned_until.keys().map(|k| &k.cgroup_id))
             .chain(usage.iter())
             .filter(|id| !ids.contains(id))
             .copied()
@@ -298,6 +325,51 @@ impl AgentMaps {
         orphans.dedup();
         ids.extend(orphans);
         Ok(ids)
+    }
+
+    fn set_dns_resolver(&mut self, cgroup_id: u64, ports: Option<(u16, u16)>) -> Result<(), BpfError> {
+        match ports {
+            Some((port4, port6)) => {
+                let value = RushDnsResolver { port4, port6, pad: 0 };
+                self.resolvers
+                    .update(&cgroup_id.to_ne_bytes(), value.as_bytes(), MapFlags::ANY)
+                    .map_err(|source| map_err(MAP_DNS_RESOLVERS, "update", cgroup_id, source))
+            }
+            None => delete(&self.resolvers, &cgroup_id.to_ne_bytes())
+                .map_err(|source| map_err(MAP_DNS_RESOLVERS, "delete", cgroup_id, source)),
+        }
+    }
+
+    /// One learned address (a full-length prefix), kept until the later of its old and
+    /// new expiry; expired entries of every agent are swept at most once a minute.
+    fn learn(&mut self, cgroup_id: u64, ip: IpAddr, port: u16, until_boot_ns: u64) -> Result<(), BpfError> {
+        let full = if ip.is_ipv4() { 32 } else { 128 };
+        let (_, keys) = net_entries(cgroup_id, &KernelNetPolicy::List(vec![(ip, full, port)]));
+        let now = crate::core::boot_time_ns();
+        for key in keys {
+            let until = self.learned_until.get(&key).copied().unwrap_or(0).max(until_boot_ns);
+            self.learned
+                .update(key.as_bytes(), &until.to_ne_bytes(), MapFlags::ANY)
+                .map_err(|source| map_err(MAP_NET_LEARNED, "update", cgroup_id, source))?;
+            self.learned_until.insert(key, until);
+        }
+        if now.saturating_sub(self.last_sweep_ns) > 60_000_000_000 {
+            self.last_sweep_ns = now;
+            self.forget_learned(|_, until| until <= now)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes the learned entries `which` picks.
+    fn forget_learned(&mut self, which: impl Fn(&RushNetCidrKey, u64) -> bool) -> Result<(), BpfError> {
+        let gone: Vec<RushNetCidrKey> =
+            self.learned_until.iter().filter(|(k, until)| which(k, **until)).map(|(k, _)| *k).collect();
+        for key in gone {
+            delete(&self.learned, key.as_bytes())
+                .map_err(|source| map_err(MAP_NET_LEARNED, "delete", key.cgroup_id, source))?;
+            self.learned_until.remove(&key);
+        }
+        Ok(())
     }
 
     fn write_allow(&self, cgroup_id: u64, keys: &[RushNetCidrKey]) -> Result<(), BpfError> {

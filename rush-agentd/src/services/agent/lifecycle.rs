@@ -49,6 +49,18 @@ pub(super) struct Plan {
     pub(super) restart: bool,
     /// Capabilities, seccomp (config, then the trust level).
     pub(super) hardening: crate::adapters::harden::HardeningPolicy,
+    /// Host names of its `--net` list, for its resolver (none without one).
+    pub(super) names: Vec<crate::services::resolver::NamePattern>,
+}
+
+/// What a started agent hands over to the registry.
+pub(super) struct Started {
+    pub(super) info: AgentInfo,
+    pub(super) cgroup: AgentCgroup,
+    pub(super) child: Child,
+    /// Its tokens with a TTL (the daemon enforces their expiry on mappings too).
+    pub(super) timed: Vec<Token>,
+    pub(super) resolver: Option<crate::services::resolver::AgentResolver>,
 }
 
 /// A new agent's tokens: resolved from its request, or carried over from the process it
@@ -71,7 +83,10 @@ pub(super) const EXITED_KEPT: usize = 64;
 
 /// Host names are resolved now, once, to their addresses (full prefixes): the kernel
 /// matches addresses. Prefixes are checked again: the request may not come from our parser.
-pub(super) async fn resolve_net(net: &NetPolicy) -> Result<KernelNetPolicy, AgentError> {
+/// The static part of a `--net` policy: IP literals and blocks. Host names too, resolved
+/// now, unless `by_dns` (the agent's resolver allows their addresses as its DNS answers
+/// give them; wildcards need that).
+pub(super) async fn resolve_net(net: &NetPolicy, by_dns: bool) -> Result<KernelNetPolicy, AgentError> {
     Ok(match net {
         NetPolicy::Deny => KernelNetPolicy::Deny,
         NetPolicy::Allow => KernelNetPolicy::Allow,
@@ -84,6 +99,18 @@ pub(super) async fn resolve_net(net: &NetPolicy) -> Result<KernelNetPolicy, Agen
                 if let Some((ip, len)) = block {
                     out.push((ip, len, ep.port));
                     continue;
+                }
+                if by_dns {
+                    continue;
+                }
+                if ep.host.starts_with("*.") {
+                    return Err(AgentError::new(
+                        Fault::Unsupported,
+                        format!(
+                            "--net {ep}: a wildcard needs the daemon's DNS resolver, and it has none (no [dns] \
+                             upstream and no nameserver in /etc/resolv.conf)"
+                        ),
+                    ));
                 }
                 let addrs = tokio::net::lookup_host((ep.host.as_str(), ep.port)).await.map_err(|e| {
                     AgentError::new(Fault::Invalid, format!("--net {ep}: cannot resolve {:?}: {e}", ep.host))
@@ -263,10 +290,13 @@ impl AgentManager {
             }
             (StdioMode::Log, _) => (None, Some(self.log_dir.join(format!("{name}.log")))),
         };
-        let mut net = resolve_net(req.net.as_ref().unwrap_or(&NetPolicy::Deny)).await?;
+        let net_policy = req.net.as_ref().unwrap_or(&NetPolicy::Deny);
+        let names = if self.dns.is_some() { super::names::names_of(net_policy) } else { Vec::new() };
+        let mut net = resolve_net(net_policy, self.dns.is_some()).await?;
         if meter.is_some()
             && let Some(up) = self.budgets.meter_upstream()
-            && reaches(&net, up)
+            && (reaches(&net, up)
+                || names.iter().any(|n| n.matches(&up.host) && (n.port == 0 || n.port == up.port)))
         {
             return Err(AgentError::new(
                 Fault::Invalid,
@@ -341,10 +371,11 @@ impl AgentManager {
             log_path: log_path.clone(),
             restart,
             hardening,
+            names,
         };
         let result = self.start(&name, &req, plan, caller).await;
         self.registry().starting.remove(&name);
-        let (mut info, cgroup, child, timed) = result?;
+        let Started { mut info, cgroup, child, timed, resolver } = result?;
         info.meter_url = meter_url;
 
         let (tx, rx) = watch::channel(None);
@@ -370,6 +401,7 @@ impl AgentManager {
                     files,
                     respawn,
                     exec,
+                    resolver,
                 },
             );
             self.budgets.enter(&name, AgentBudget::spawned(meter));
@@ -497,9 +529,15 @@ impl AgentManager {
         req: &SpawnRequest,
         plan: Plan,
         caller: &Caller,
-    ) -> Result<(AgentInfo, AgentCgroup, Child, Vec<Token>), AgentError> {
-        let Plan { net, budget, file_tokens, files, unconfined, stdio, log_path, restart, hardening } = plan;
-        let tcp = landlock_tcp(&net);
+    ) -> Result<Started, AgentError> {
+        let Plan { net, budget, file_tokens, files, unconfined, stdio, log_path, restart, hardening, names } =
+            plan;
+        let mut tcp = landlock_tcp(&net);
+        // DNS over TCP: Landlock sees port 53 before the cgroup program sends it to the
+        // agent's resolver (no connect to port 53 reaches anything else).
+        if let (Some(ports), false) = (tcp.as_mut(), names.is_empty()) {
+            ports.push(53);
+        }
         let internal =
             |what: &str, e: &dyn std::fmt::Display| AgentError::new(Fault::Internal, format!("{what}: {e}"));
         // A few mkdir(2) calls: done in place, since a hop to a blocking thread costs a
@@ -547,6 +585,8 @@ impl AgentManager {
         if let Err(e) = installed {
             return Err(internal("cannot install the agent's kernel policy", &e));
         }
+        let resolver =
+            if names.is_empty() { None } else { Some(self.start_resolver(name, cg.id, names, true).await?) };
         let landlock = if files == Files::Landlock {
             let now = boot_time_ns();
             let rules: Vec<crate::adapters::landlock::PathRule> = self
@@ -613,6 +653,7 @@ impl AgentManager {
                         .chain(files_enforcement)
                         .chain(scoped.then_some(rush_proto::Enforcement::SelfProtectionLandlockScope))
                         .chain(landlock_tcp.then_some(rush_proto::Enforcement::NetLandlockTcpPorts))
+                        .chain(resolver.is_some().then_some(rush_proto::Enforcement::NetDnsResolver))
                         .chain((!budget.is_empty()).then_some(rush_proto::Enforcement::BudgetCgroup))
                         .collect(),
                     exit: None,
@@ -624,7 +665,7 @@ impl AgentManager {
                     hardening: hardening_info,
                 };
                 guard.launched();
-                Ok((info, cg, child, timed))
+                Ok(Started { info, cgroup: cg, child, timed, resolver })
             }
             Err(e) => Err(e),
         }
@@ -762,6 +803,8 @@ impl AgentManager {
                     a.info.state = AgentState::Exited;
                     a.info.exit = Some(status);
                     a.info.processes = 0;
+                    // Its resolver stops (the kernel entry goes with the agent's).
+                    a.resolver = None;
                     Some(a.info.pid)
                 }
                 _ => None,

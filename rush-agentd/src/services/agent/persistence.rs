@@ -353,6 +353,7 @@ impl AgentManager {
             let mut info = rec.info;
             info.state = AgentState::Running;
             let budget = AgentBudget::adopted(&info, meter);
+            let net = info.net.clone();
             {
                 let mut reg = self.registry();
                 reg.names.insert(cg.id, name.clone());
@@ -369,12 +370,16 @@ impl AgentManager {
                         // other is killed by a Landlock change.
                         respawn: restart_of(&name),
                         exec,
+                        resolver: None,
                     },
                 );
                 self.budgets.enter(&name, budget);
             }
             for t in restored {
                 self.schedule_expiry(t);
+            }
+            if self.dns.is_some() {
+                self.restart_resolver(name.clone(), cg.id, &net);
             }
             let mgr = Arc::clone(self);
             let child = Child { pid, pidfd };

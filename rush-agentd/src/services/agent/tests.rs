@@ -69,6 +69,7 @@ fn fixture_full(
         hardening: None,
         private_tmp: None,
         store,
+        dns: None,
     });
     Fixture { mgr, kernel, cgroups, control, _dir: dir }
 }
@@ -233,14 +234,15 @@ async fn refuses_to_run_unconfined() {
 
 #[tokio::test]
 async fn allow_list_resolves_to_addresses() {
-    let p =
-        resolve_net(&"127.0.0.1:80,[::1]:*,localhost:8080,10.0.0.0/8:443".parse().unwrap()).await.unwrap();
+    let p = resolve_net(&"127.0.0.1:80,[::1]:*,localhost:8080,10.0.0.0/8:443".parse().unwrap(), false)
+        .await
+        .unwrap();
     let KernelNetPolicy::List(l) = p else { panic!() };
     assert!(l.contains(&("127.0.0.1".parse().unwrap(), 32, 80)));
     assert!(l.contains(&("::1".parse().unwrap(), 128, 0)));
     assert!(l.contains(&("10.0.0.0".parse().unwrap(), 8, 443)));
     assert!(l.iter().any(|(ip, len, port)| ip.is_loopback() && *len >= 32 && *port == 8080));
-    let e = resolve_net(&"no-such-host.invalid:80".parse().unwrap()).await.unwrap_err();
+    let e = resolve_net(&"no-such-host.invalid:80".parse().unwrap(), false).await.unwrap_err();
     assert!(e.message.contains("no-such-host.invalid"), "{}", e.message);
     // A prefix on a name, from a request the CLI's parser did not make.
     let bad = NetPolicy::AllowList(vec![rush_proto::NetEndpoint {
@@ -248,7 +250,7 @@ async fn allow_list_resolves_to_addresses() {
         port: 80,
         prefix: Some(8),
     }]);
-    let e = resolve_net(&bad).await.unwrap_err();
+    let e = resolve_net(&bad, false).await.unwrap_err();
     assert!(e.message.contains("host name"), "{}", e.message);
 }
 
