@@ -262,6 +262,27 @@ fn attach_print_and_detach_bind_a_shell_and_save_its_directory() {
     assert_eq!(show(&d, "at")["attachments"], serde_json::json!([]), "not detached after the shell exited");
     let detached = audit_of(&d, "session_detached");
     assert!(detached.iter().any(|r| r["event"]["pid"] == sub_pid && r["session"] == "at"), "{detached:?}");
+    // A shell that cannot run: the error names it, and no attachment is left behind.
+    let out = d
+        .rush_cmd(&["session", "attach", "at"])
+        .current_dir("/")
+        .env("SHELL", "/nonexistent/shell")
+        .env("RUSH_SOCKET", &d.socket)
+        .env_remove("RUSH_SESSION")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1) && err.contains("cannot start the shell /nonexistent/shell"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(
+        show(&d, "at")["attachments"],
+        serde_json::json!([]),
+        "an attachment outlived a shell that never ran"
+    );
     let attached = audit_of(&d, "session_attached");
     assert!(attached.len() >= 4 && attached.iter().all(|r| r["event"]["caller_uid"] == 0), "{attached:?}");
 }
