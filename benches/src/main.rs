@@ -14,6 +14,7 @@ mod dns;
 mod events;
 mod hardening;
 mod landlock_audit;
+mod meter;
 mod scale;
 mod snapshot;
 
@@ -263,6 +264,11 @@ fn main() {
     // `rush-bench dns`: an agent's DNS through its resolver vs direct (~30 s).
     if std::env::args().nth(1).as_deref() == Some("dns") {
         dns::run();
+        return;
+    }
+    // `rush-bench meter`: the metering proxy on a streamed answer vs direct TLS (~20 s).
+    if std::env::args().nth(1).as_deref() == Some("meter") {
+        meter::run();
         return;
     }
     // `rush-bench landlock-audit`: Landlock denials in the audit trail, on vs off (~1 min).

@@ -64,10 +64,14 @@
 //! backlog = 4096               # events a subscriber may fall behind by before it is dropped
 //!
 //! [meter]                      # the metering proxy of agents with a cost budget
-//! upstream = "http://127.0.0.1:8080/v1"   # http only; the path goes before each call's
+//! upstream = "https://api.openai.com/v1"  # the default route; the path goes before each call's
+//! ca_file = "/etc/rush/extra-ca.pem"       # trusted besides the system's roots (optional)
 //! [meter.prices]               # USD per million tokens; `*` = prefix; default = unknown models
 //! "claude-3-5-sonnet*" = { input = 3, output = 15 }
 //! default = { input = 3, output = 15 }
+//! [meter.routes.anthropic]     # calls to /anthropic/... on the meter: services/meter/config.rs
+//! upstream = "https://api.anthropic.com"
+//! env = ["ANTHROPIC_BASE_URL"]
 //! ```
 
 use std::path::{Path, PathBuf};

@@ -207,7 +207,14 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
             }
         });
     let parent = config.cgroup.parent.to_string_lossy().trim_matches('/').to_owned();
-    let meter_ready = config.meter.check().is_ok();
+    let meter_ready = match config.meter.check() {
+        Ok(()) => true,
+        Err(e) if config.meter != crate::services::meter::MeterConfig::default() => {
+            tracing::warn!(error = %e, "[meter] is unusable: cost budgets are refused until it is fixed");
+            false
+        }
+        Err(_) => false,
+    };
     let doctor_report = report.clone();
     let doctor_landlock = config.landlock.clone();
     let doctor_hardening = config.hardening.clone();

@@ -37,6 +37,50 @@ const NPM: (&str, &str) = ("npm", "npm");
 /// static one is installed only when there is no busybox at all.
 const BUSYBOX: (&str, &str) = ("busybox", "busybox-static");
 
+/// The official model API clients the meter tests run confined (kernel-tests/tests/meter.rs),
+/// from PyPI, pinned; installed into a venv under the cache dir.
+pub const SDK_REQUIREMENTS: [&str; 2] = ["anthropic==2.17.0", "openai==3.63.0"];
+
+/// `$RUSH_SDK_VENV`, else `${RUSH_CACHE_DIR:-~/.cache/rush}/sdk-venv`.
+pub fn sdk_venv_dir() -> std::path::PathBuf {
+    if let Some(d) = std::env::var_os("RUSH_SDK_VENV").filter(|d| !d.is_empty()) {
+        return d.into();
+    }
+    crate::vm::kernel::cache_root().parent().expect("the cache root has a parent").join("sdk-venv")
+}
+
+/// Creates the SDK venv, or brings it to the pinned versions; quiet when it is there.
+pub fn ensure_sdk_venv() -> Result<()> {
+    let dir = sdk_venv_dir();
+    let stamp = dir.join("rush-pinned.txt");
+    let wanted = SDK_REQUIREMENTS.join("\n");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) && dir.join("bin/python").exists() {
+        return Ok(());
+    }
+    util::step(&format!(
+        "installing the model API SDKs ({}) into {}",
+        SDK_REQUIREMENTS.join(" "),
+        dir.display()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    let ok = |c: &mut Command, what: &str| -> Result<()> {
+        let status = c.status()?;
+        if !status.success() {
+            bail!("{what} failed ({status})");
+        }
+        Ok(())
+    };
+    ok(Command::new("python3").args(["-m", "venv"]).arg(&dir), "python3 -m venv")?;
+    ok(
+        Command::new(dir.join("bin/pip"))
+            .args(["install", "-q", "--disable-pip-version-check"])
+            .args(SDK_REQUIREMENTS),
+        "pip install of the SDKs",
+    )?;
+    std::fs::write(&stamp, wanted)?;
+    Ok(())
+}
+
 fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", pkg])
@@ -65,7 +109,7 @@ pub fn ensure() -> Result<()> {
         missing.push("clang-19");
     }
     if missing.is_empty() {
-        return Ok(());
+        return ensure_sdk_venv();
     }
     util::step(&format!("installing Debian packages: {}", missing.join(" ")));
     if !util::is_root() {
@@ -83,7 +127,7 @@ pub fn ensure() -> Result<()> {
         let args: Vec<&str> = args.iter().map(|a| if *a == "clang-19" { "clang" } else { a }).collect();
         apt(&args)?;
     }
-    Ok(())
+    ensure_sdk_venv()
 }
 
 fn apt(args: &[&str]) -> Result<()> {

@@ -213,7 +213,9 @@ impl Shell {
                 Ok(WaitStatus::Signaled(_, sig, _)) => return Ok((128 + sig as i32) as u8),
                 Ok(_) | Err(Errno::EINTR) => continue,
                 Err(e) => {
-                    return Err(Error::from(anyhow::Error::from(e).context("waiting for the attached shell")));
+                    return Err(Error::from(
+                        anyhow::Error::from(e).context("waiting for the attached shell"),
+                    ));
                 }
             }
         }

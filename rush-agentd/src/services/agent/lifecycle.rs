@@ -237,10 +237,10 @@ impl AgentManager {
             None => None,
         };
         let meter_url = meter.as_ref().map(|m| format!("http://{}", m.addr));
-        if let Some(url) = &meter_url {
-            for var in ["RUSH_METER_URL", "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL"] {
+        if let Some(m) = &meter {
+            for (var, url) in &m.env {
                 req.env.retain(|(k, _)| k != var);
-                req.env.push((var.to_owned(), url.clone()));
+                req.env.push((var.clone(), url.clone()));
             }
         }
         let mut unconfined = Vec::new();
@@ -294,9 +294,10 @@ impl AgentManager {
         let names = if self.dns.is_some() { super::names::names_of(net_policy) } else { Vec::new() };
         let mut net = resolve_net(net_policy, self.dns.is_some()).await?;
         if meter.is_some()
-            && let Some(up) = self.budgets.meter_upstream()
-            && (reaches(&net, up)
-                || names.iter().any(|n| n.matches(&up.host) && (n.port == 0 || n.port == up.port)))
+            && let Some(up) = self.budgets.meter_upstreams().into_iter().find(|up| {
+                reaches(&net, up)
+                    || names.iter().any(|n| n.matches(&up.host) && (n.port == 0 || n.port == up.port))
+            })
         {
             return Err(AgentError::new(
                 Fault::Invalid,
@@ -376,7 +377,7 @@ impl AgentManager {
         let result = self.start(&name, &req, plan, caller).await;
         self.registry().starting.remove(&name);
         let Started { mut info, cgroup, child, timed, resolver } = result?;
-        info.meter_url = meter_url;
+        info.meter_url = meter_url.clone();
 
         let (tx, rx) = watch::channel(None);
         // A block: the guard must not live across the awaits below.

@@ -146,9 +146,9 @@ impl BudgetBook {
         self.setup.meter.as_ref()
     }
 
-    /// The model API the meter forwards to, if one is configured.
-    pub fn meter_upstream(&self) -> Option<&Upstream> {
-        self.setup.meter.as_ref().and_then(|m| m.config.upstream.as_ref())
+    /// The model APIs the meter forwards to (none without a meter).
+    pub fn meter_upstreams(&self) -> Vec<Upstream> {
+        self.setup.meter.as_ref().map(|m| m.config.upstreams()).unwrap_or_default()
     }
 
     /// Takes over agent `name`'s budget state, replacing (and so stopping the meter of)

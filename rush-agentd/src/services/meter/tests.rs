@@ -2,9 +2,15 @@
 
 use std::future::Future;
 
-use tokio::io::AsyncReadExt;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
+use tokio::time::timeout;
 
+use super::http::{self, BodyReader, Framing, RequestHead, ResponseHead};
+use super::usage::PriceMatch;
 use super::*;
 
 fn config(upstream: SocketAddr) -> Arc<MeterConfig> {
@@ -183,7 +189,6 @@ async fn charges_each_call_refuses_past_the_limit_and_resumes() {
         assert_eq!(head.headers.get("host"), Some(api.addr.to_string().as_str()));
         assert_eq!(head.headers.get("authorization"), Some("Bearer k"));
         assert_eq!(head.headers.get("accept-encoding"), Some("identity"));
-        assert_eq!(head.headers.get("connection"), Some("close"));
         assert_eq!(body, br#"{"model":"gpt-test"}"#);
 
         meter.ledger.set_limit(10_000);
@@ -380,7 +385,6 @@ async fn unreadable_answers_are_relayed_uncharged() {
         let raw = b"POST /html HTTP/1.0\r\nContent-Length: 0\r\n\r\n";
         let mut client = Client::connect(meter.addr).await;
         let head = client.head(raw).await;
-        assert_eq!(head.headers.get("connection"), Some("close"));
         assert_eq!(client.body(&head).await, b"<html>hi</html>");
         let (status, body) = call(meter.addr, &post("/error", "{}", "")).await;
         assert_eq!((status, &body["error"]["type"]), (500, &json!("server_error")));
@@ -446,19 +450,35 @@ async fn start_needs_an_upstream_and_prices() {
 fn upstream_urls() {
     let u: Upstream = "http://api.local".parse().unwrap();
     assert_eq!(
-        (u.host.as_str(), u.port, u.prefix.as_str(), u.host_header()),
+        (u.host.as_str(), u.port, u.prefix.as_str(), u.authority()),
         ("api.local", 80, "", "api.local".into())
     );
     let u: Upstream = "http://10.0.0.1:8080/v1/".parse().unwrap();
     assert_eq!((u.port, u.prefix.as_str(), u.to_string()), (8080, "/v1", "http://10.0.0.1:8080/v1".into()));
+    assert_eq!(u.url("/chat/completions?x=1"), "http://10.0.0.1:8080/v1/chat/completions?x=1");
     let u: Upstream = "http://[::1]:9/x".parse().unwrap();
-    assert_eq!((u.host.as_str(), u.host_header()), ("::1", "[::1]:9".into()));
-    let tls = "https://api.openai.com/v1".parse::<Upstream>().unwrap_err();
-    assert!(tls.contains("TLS upstreams are not supported yet"), "{tls}");
-    for bad in
-        ["ftp://x", "http://", "http://h:0", "http://h:x", "http://u@h", "http://h/v1?x", "http://[::1"]
-    {
-        assert!(bad.parse::<Upstream>().is_err(), "{bad}");
+    assert_eq!((u.host.as_str(), u.authority()), ("::1", "[::1]:9".into()));
+    let u: Upstream = "https://api.openai.com/v1".parse().unwrap();
+    assert_eq!(
+        (u.scheme, u.port, u.authority(), u.to_string()),
+        (Scheme::Https, 443, "api.openai.com".into(), "https://api.openai.com/v1".into())
+    );
+    let u: Upstream = "https://gw.corp:8443".parse().unwrap();
+    assert_eq!(u.url("/v1/messages"), "https://gw.corp:8443/v1/messages");
+    for bad in [
+        "ftp://x",
+        "http://",
+        "https://",
+        "http://h:0",
+        "http://h:x",
+        "http://u@h",
+        "http://h/v1?x",
+        "http://[::1",
+        "api.openai.com",
+        "https://h h",
+    ] {
+        let e = bad.parse::<Upstream>().unwrap_err();
+        assert!(e.contains(&format!("{bad:?}")), "the error names the input: {e}");
     }
 }
 
@@ -475,16 +495,79 @@ fn config_table() {
         "#,
     )
     .unwrap();
-    assert_eq!(cfg.upstream.unwrap().port, 8080);
+    assert_eq!(cfg.upstream.as_ref().unwrap().port, 8080);
     assert_eq!((cfg.idle_timeout_secs, cfg.connect_timeout_secs, cfg.include_stream_usage), (30, 10, true));
     assert_eq!(
         cfg.prices.lookup("claude-3-5-sonnet-latest").unwrap().1,
         PriceMatch::Prefix("claude-3-5-sonnet*".into())
     );
+    let routes = cfg.routes().unwrap();
+    assert_eq!(routes.len(), 1);
+    assert_eq!((routes[0].name.as_str(), routes[0].path.as_str()), ("default", ""));
+    assert_eq!(routes[0].env, ["OPENAI_BASE_URL", "ANTHROPIC_BASE_URL"]);
     assert_eq!(toml::from_str::<MeterConfig>("").unwrap(), MeterConfig::default());
-    let err = toml::from_str::<MeterConfig>(r#"upstream = "https://api.anthropic.com""#).unwrap_err();
-    assert!(err.message().contains("TLS upstreams are not supported yet"), "{}", err.message());
     assert!(toml::from_str::<MeterConfig>("upstrem = \"http://x\"").is_err());
+}
+
+#[test]
+fn routes_split_the_meter_by_path_and_env() {
+    let cfg: MeterConfig = toml::from_str(
+        r#"
+        upstream = "https://api.openai.com/v1"
+        [prices]
+        default = { input = 1, output = 2 }
+        [routes.anthropic]
+        upstream = "https://api.anthropic.com"
+        env = ["ANTHROPIC_BASE_URL"]
+        prices = { "claude-*" = { input = 3, output = 15 } }
+        [routes.local]
+        upstream = "http://127.0.0.1:11434/v1"
+        path = "/local/v1/"
+        env = ["LOCAL_LLM_URL"]
+        "#,
+    )
+    .unwrap();
+    let routes = cfg.routes().unwrap();
+    let names: Vec<(&str, &str)> = routes.iter().map(|r| (r.name.as_str(), r.path.as_str())).collect();
+    assert_eq!(
+        names,
+        [("anthropic", "/anthropic"), ("local", "/local/v1"), ("default", "")],
+        "longest path first"
+    );
+    // The default route keeps only the variables no route claims; local falls back to [prices].
+    assert_eq!(routes[2].env, ["OPENAI_BASE_URL"]);
+    assert_eq!(routes[1].prices, cfg.prices);
+    assert_eq!(routes[0].strip("/anthropic/v1/messages").as_deref(), Some("/v1/messages"));
+    assert_eq!(routes[0].strip("/anthropic?beta=1").as_deref(), Some("/?beta=1"));
+    assert_eq!(routes[0].strip("/anthropic"), Some("/".into()));
+    assert_eq!(routes[0].strip("/anthropics/v1"), None, "segment boundaries only");
+    assert_eq!(routes[2].strip("/chat/completions").as_deref(), Some("/chat/completions"));
+    let addr: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+    let env = environment(addr, &routes);
+    assert!(
+        env.contains(&("ANTHROPIC_BASE_URL".into(), "http://127.0.0.1:4000/anthropic".into())),
+        "{env:?}"
+    );
+    assert!(env.contains(&("OPENAI_BASE_URL".into(), "http://127.0.0.1:4000".into())), "{env:?}");
+    assert!(env.contains(&("RUSH_METER_URL".into(), "http://127.0.0.1:4000".into())), "{env:?}");
+    assert_eq!(cfg.upstreams().len(), 3);
+
+    let bad = |extra: &str| {
+        let text = format!("[prices]\ndefault = {{ input = 1, output = 1 }}\n{extra}");
+        toml::from_str::<MeterConfig>(&text).unwrap().routes().unwrap_err().to_string()
+    };
+    let e = bad("[routes.a]\nupstream = \"http://h\"\npath = \"x\"");
+    assert!(e.contains("route a") && e.contains("\"x\""), "{e}");
+    let e = bad(
+        "[routes.a]\nupstream = \"http://h\"\npath = \"/p\"\n[routes.b]\nupstream = \"http://h\"\npath = \"/p/\"",
+    );
+    assert!(e.contains("route a's too") || e.contains("route b"), "{e}");
+    let e = bad("[routes.a]\nupstream = \"http://h\"\nenv = [\"RUSH_METER_URL\"]");
+    assert!(e.contains("RUSH_METER_URL"), "{e}");
+    let e = bad("[routes.a]\nupstream = \"http://h\"\nenv = [\"bad-name\"]");
+    assert!(e.contains("bad-name"), "{e}");
+    let no_prices: MeterConfig = toml::from_str("[routes.a]\nupstream = \"http://h\"").unwrap();
+    assert!(no_prices.routes().unwrap_err().to_string().contains("no prices"));
 }
 
 #[test]
@@ -492,4 +575,182 @@ fn usd_formatting() {
     assert_eq!(usd(0), "$0.000000");
     assert_eq!(usd(10_000), "$0.010000");
     assert_eq!(usd(5_123_456), "$5.123456");
+}
+
+mod tls {
+    //! Upstreams over TLS (the test CA in testdata/tls), HTTP/2 by ALPN, and agents that
+    //! speak HTTP/2 to the meter.
+
+    use std::convert::Infallible;
+    use std::path::PathBuf;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper::{Request, Response, Version};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    use super::*;
+
+    fn testdata(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/tls").join(name)
+    }
+
+    /// An Anthropic-style API on TLS (localhost's certificate, ALPN h2 and http/1.1) that
+    /// streams its answer as server-sent events; reports each call's HTTP version.
+    async fn tls_api() -> (SocketAddr, mpsc::UnboundedReceiver<(Version, String, Value)>) {
+        let certs =
+            CertificateDer::pem_file_iter(testdata("localhost.pem")).unwrap().map(Result::unwrap).collect();
+        let key = PrivateKeyDer::from_pem_file(testdata("localhost.key")).unwrap();
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let tx = tx.clone();
+                        async move {
+                            let (version, path) = (req.version(), req.uri().path().to_owned());
+                            let body: Value =
+                                serde_json::from_slice(&req.into_body().collect().await.unwrap().to_bytes())
+                                    .unwrap();
+                            tx.send((version, path, body)).unwrap();
+                            let sse = concat!(
+                                "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-test\",",
+                                "\"usage\":{\"input_tokens\":100,\"output_tokens\":1}}}\n\n",
+                                "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,",
+                                "\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n",
+                                "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":50}}\n\n",
+                                "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+                            );
+                            let mut resp = Response::new(Full::new(Bytes::from_static(sse.as_bytes())));
+                            resp.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
+                            Ok::<_, Infallible>(resp)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        (addr, rx)
+    }
+
+    fn tls_config(api: SocketAddr, ca: bool) -> Arc<MeterConfig> {
+        let ca = if ca { format!("ca_file = {:?}", testdata("ca.pem")) } else { String::new() };
+        let text = format!(
+            r#"
+            {ca}
+            [routes.anthropic]
+            upstream = "https://localhost:{port}"
+            env = ["ANTHROPIC_BASE_URL"]
+            prices = {{ "claude-*" = {{ input = 3, output = 15 }} }}
+            "#,
+            port = api.port()
+        );
+        Arc::new(toml::from_str(&text).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_tls_upstream_is_reached_over_http2_and_its_stream_charged() {
+        within(async {
+            let (api, mut seen) = tls_api().await;
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let meter = start(tls_config(api, true), "t1".into(), 1_000_000, tx).await.unwrap();
+            let body = r#"{"model":"claude-test","stream":true,"max_tokens":5}"#;
+            for round in 0..2 {
+                let mut client = Client::connect(meter.addr).await;
+                let head = client
+                    .head(&post("/anthropic/v1/messages", body, "anthropic-version: 2023-06-01\r\n"))
+                    .await;
+                assert_eq!(head.status, 200, "round {round}");
+                let got = String::from_utf8(client.body(&head).await).unwrap();
+                assert!(
+                    got.contains("text_delta") && got.ends_with("{\"type\":\"message_stop\"}\n\n"),
+                    "{got}"
+                );
+                let (version, path, sent) = seen.recv().await.unwrap();
+                assert_eq!((version, path.as_str()), (Version::HTTP_2, "/v1/messages"), "ALPN chose h2");
+                assert_eq!(sent["model"], "claude-test");
+            }
+            // 100 input at $3 and 50 output at $15 per million: 300 + 750 µ$, per call.
+            assert_eq!((meter.ledger.used_micro_usd(), meter.ledger.calls()), (2100, 2));
+            assert!(matches!(
+                &events(&mut rx)[..],
+                [MeterEvent::Charged { micro_usd: 1050, .. }, MeterEvent::Charged { micro_usd: 1050, .. }]
+            ));
+            // Calls outside every route are the meter's 404, not forwarded.
+            let (status, body) = call(meter.addr, &post("/v1/chat/completions", "{}", "")).await;
+            assert_eq!(status, 404, "{body}");
+            assert!(body["error"]["message"].as_str().unwrap().contains("/anthropic/"), "{body}");
+            assert!(seen.try_recv().is_err());
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn an_upstream_certificate_nobody_trusts_is_a_502_naming_it() {
+        within(async {
+            let (api, mut seen) = tls_api().await;
+            let (tx, _rx) = mpsc::unbounded_channel();
+            let meter = start(tls_config(api, false), "t2".into(), 1_000_000, tx).await.unwrap();
+            let (status, body) =
+                call(meter.addr, &post("/anthropic/v1/messages", r#"{"model":"claude-test"}"#, "")).await;
+            assert_eq!(status, 502, "{body}");
+            let msg = body["error"]["message"].as_str().unwrap();
+            assert!(msg.contains("https://localhost:") && msg.contains("UnknownIssuer"), "{msg}");
+            assert_eq!(body["type"], "error", "in Anthropic's style: {body}");
+            assert!(seen.try_recv().is_err(), "nothing reached the API");
+            assert_eq!(meter.ledger.used_micro_usd(), 0);
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn agents_may_speak_http2_to_the_meter() {
+        within(async {
+            let (api, _seen) = tls_api().await;
+            let (tx, _rx) = mpsc::unbounded_channel();
+            let meter = start(tls_config(api, true), "t3".into(), 1_000_000, tx).await.unwrap();
+            let tcp = TcpStream::connect(meter.addr).await.unwrap();
+            let (mut send, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
+            tokio::spawn(conn);
+            for _ in 0..3 {
+                let req = Request::post(format!("http://{}/anthropic/v1/messages", meter.addr))
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from_static(br#"{"model":"claude-test","stream":true}"#)))
+                    .unwrap();
+                let resp = send.send_request(req).await.unwrap();
+                assert_eq!((resp.status().as_u16(), resp.version()), (200, Version::HTTP_2));
+                let text = resp.into_body().collect().await.unwrap().to_bytes();
+                assert!(text.ends_with(b"{\"type\":\"message_stop\"}\n\n"));
+            }
+            assert_eq!(meter.ledger.used_micro_usd(), 3 * 1050);
+            // The budget spent, an HTTP/2 call is refused like any other.
+            meter.ledger.set_limit(3000);
+            let req = Request::post(format!("http://{}/anthropic/v1/messages", meter.addr))
+                .body(Full::new(Bytes::from_static(br#"{"model":"claude-test"}"#)))
+                .unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            assert_eq!(resp.status().as_u16(), 402);
+        })
+        .await
+    }
 }
