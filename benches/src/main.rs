@@ -17,6 +17,7 @@ mod landlock_audit;
 mod meter;
 mod scale;
 mod snapshot;
+mod terminal;
 
 use kernel_tests::{Daemon, bin, describe, is_root};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
@@ -269,6 +270,11 @@ fn main() {
     // `rush-bench meter`: the metering proxy on a streamed answer vs direct TLS (~20 s).
     if std::env::args().nth(1).as_deref() == Some("meter") {
         meter::run();
+        return;
+    }
+    // `rush-bench terminal`: keystroke echo and attach through Rush vs a plain pty (~20 s).
+    if std::env::args().nth(1).as_deref() == Some("terminal") {
+        terminal::run();
         return;
     }
     // `rush-bench landlock-audit`: Landlock denials in the audit trail, on vs off (~1 min).

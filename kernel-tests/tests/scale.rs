@@ -29,6 +29,7 @@ fn spawn_request(name: &str, command: &[&str], stdio: StdioMode) -> SpawnRequest
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
         cwd: PathBuf::from("/"),
         stdio,
+        tty_size: None,
         allow_unconfined: false,
         session: None,
         restartable: false,

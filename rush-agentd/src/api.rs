@@ -10,11 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
+use rush_proto::terminal::{AttachMode, Frame, Hello, WindowSize};
 use rush_proto::{
     ApiError, AuditEvent, CallerInfo, CallerRole, ErrorKind, PROTOCOL_VERSION, Reply, ReplyEnvelope, Request,
     RequestEnvelope, Response, StdioMode,
 };
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast;
 
@@ -511,6 +512,13 @@ async fn dispatch(
         Request::Audit(q) => audit(conn, id, q, ctx).await,
         Request::Subscribe(filter) => subscribe(conn, id, filter, ctx).await,
         Request::AgentLogs { name, follow } => logs(conn, id, &name, follow, ctx).await,
+        Request::AttachTerminal { name, mode, size } => {
+            attach_terminal(conn, peer, id, name, mode, size, ctx).await
+        }
+        Request::SendTerminal { name, text } => {
+            let reply = send_terminal(peer, &name, text.into_bytes(), ctx).await;
+            conn.send(id, reply.into()).await
+        }
         request => {
             let reply = answer(peer, request, ctx).await;
             conn.send(id, reply.into()).await
@@ -610,7 +618,9 @@ async fn answer(peer: &Peer, request: Request, ctx: &ApiContext) -> Result<Respo
         streamed @ (Request::Spawn(_)
         | Request::Audit(_)
         | Request::Subscribe(_)
-        | Request::AgentLogs { .. }) => {
+        | Request::AgentLogs { .. }
+        | Request::AttachTerminal { .. }
+        | Request::SendTerminal { .. }) => {
             return Err(ApiError::new(
                 ErrorKind::Internal,
                 format!("{} is answered by a stream, not by one reply", streamed.name()),
@@ -775,6 +785,94 @@ async fn subscribe(
             _ = conn.closed() => return Ok(()),
         }
     }
+}
+
+/// A connection to the holder of `name`'s terminal, greeted as `mode`.
+async fn holder(
+    peer: &Peer,
+    name: &str,
+    mode: AttachMode,
+    size: WindowSize,
+    ctx: &ApiContext,
+) -> Result<UnixStream, ApiError> {
+    let socket = ctx.agents.terminal(name, &peer.caller)?;
+    let unreachable = |e: std::io::Error| {
+        ApiError::new(ErrorKind::Internal, format!("agent {name:?}'s terminal holder: {e}"))
+    };
+    let mut holder = UnixStream::connect(&socket).await.map_err(unreachable)?;
+    let who = match &peer.role {
+        CallerRole::Agent { name } => format!("agent {name}"),
+        _ => format!("uid {} (pid {})", peer.caller.uid, peer.caller.pid),
+    };
+    let hello = Frame::Hello(Hello { mode, who, rows: size.rows, cols: size.cols });
+    holder.write_all(&hello.encode()).await.map_err(unreachable)?;
+    Ok(holder)
+}
+
+/// `AttachTerminal`: after `TerminalAttached`, the connection is relayed to the holder
+/// both ways, frames and all, until either side ends.
+async fn attach_terminal(
+    conn: &mut Conn,
+    peer: &Peer,
+    id: u64,
+    name: String,
+    mode: AttachMode,
+    size: WindowSize,
+    ctx: &ApiContext,
+) -> std::io::Result<()> {
+    if mode == AttachMode::Send {
+        let e = ApiError::new(
+            ErrorKind::InvalidArgument,
+            "attach mode \"send\" is send_terminal's: use write or read",
+        );
+        return conn.send(id, Reply::Err(e)).await;
+    }
+    let mut holder = match holder(peer, &name, mode, size, ctx).await {
+        Ok(h) => h,
+        Err(e) => return conn.send(id, Reply::Err(e)).await,
+    };
+    ctx.audit.record(Some(&name), AuditEvent::TerminalAttached { caller_uid: peer.caller.uid, mode });
+    conn.send(id, Reply::Ok(Response::TerminalAttached { name, mode })).await?;
+    // What the caller sent after its request line is already frames.
+    let early = std::mem::take(&mut conn.buf);
+    conn.writers.clear();
+    let relayed = async {
+        holder.write_all(&early).await?;
+        tokio::io::copy_bidirectional(&mut conn.stream, &mut holder).await
+    };
+    if let Err(e) = relayed.await {
+        tracing::debug!(error = %e, "terminal relay ended");
+    }
+    // The connection carried frames: no request line follows.
+    conn.eof = true;
+    conn.buf.clear();
+    Ok(())
+}
+
+/// `SendTerminal`: `text` typed into the terminal, audited (its length, not its bytes).
+async fn send_terminal(
+    peer: &Peer,
+    name: &str,
+    text: Vec<u8>,
+    ctx: &ApiContext,
+) -> Result<Response, ApiError> {
+    if text.len() > rush_proto::terminal::MAX_FRAME {
+        return Err(ApiError::new(
+            ErrorKind::InvalidArgument,
+            format!("{} bytes to type: at most {} at once", text.len(), rush_proto::terminal::MAX_FRAME),
+        ));
+    }
+    let mut holder = holder(peer, name, AttachMode::Send, WindowSize::default(), ctx).await?;
+    let bytes = text.len() as u64;
+    let lost =
+        |e: std::io::Error| ApiError::new(ErrorKind::Internal, format!("agent {name:?}'s terminal: {e}"));
+    holder.write_all(&Frame::Input(text).encode()).await.map_err(lost)?;
+    holder.shutdown().await.map_err(lost)?;
+    // The holder closes its end once it has typed everything.
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), holder.read_to_end(&mut rest)).await;
+    ctx.audit.record(Some(name), AuditEvent::TerminalInput { caller_uid: peer.caller.uid, bytes });
+    Ok(Response::TerminalSent { bytes })
 }
 
 async fn logs(conn: &mut Conn, id: u64, name: &str, follow: bool, ctx: &ApiContext) -> std::io::Result<()> {

@@ -105,6 +105,22 @@ pub struct Config {
     pub events: EventsSection,
     pub hardening: crate::adapters::harden::HardeningSection,
     pub dns: DnsSection,
+    pub terminal: TerminalSection,
+}
+
+/// Agents on a terminal (`rush agent spawn --tty`, `rush agent attach`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TerminalSection {
+    /// Raw bytes of each agent's terminal output kept for a viewer who attaches later
+    /// (its plain text goes to the agent's log whatever this is).
+    pub scrollback: usize,
+}
+
+impl Default for TerminalSection {
+    fn default() -> Self {
+        TerminalSection { scrollback: 1 << 20 }
+    }
 }
 
 /// Host names in `--net` allow lists: each such agent's DNS goes to a resolver of its own

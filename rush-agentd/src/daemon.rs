@@ -143,6 +143,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
             .private_tmp
             .then(|| crate::services::baseline::PrivateTmp::beside(&state_dir)),
         store: Some(store.clone()),
+        terminal_scrollback: config.terminal.scrollback,
     });
     let adopted = agents.adopt();
     if adopted > 0 {

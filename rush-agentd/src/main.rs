@@ -57,10 +57,47 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// (internal) Hold an agent's terminal: started by the daemon with the pty master as
+    /// stdin; see adapters/pty.rs.
+    #[command(hide = true)]
+    PtyHolder {
+        #[arg(long)]
+        agent: String,
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long)]
+        log: PathBuf,
+        #[arg(long)]
+        scrollback: usize,
+        #[arg(long)]
+        rows: u16,
+        #[arg(long)]
+        cols: u16,
+        #[arg(long)]
+        append: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Cmd::PtyHolder { agent, socket, log, scrollback, rows, cols, append }) = &args.command {
+        let size = rush_proto::terminal::WindowSize { rows: *rows, cols: *cols };
+        let cfg = rush_agentd::adapters::pty::HolderConfig {
+            agent: agent.clone(),
+            socket: socket.clone(),
+            log: log.clone(),
+            scrollback: *scrollback,
+            size,
+            append: *append,
+        };
+        return match rush_agentd::adapters::pty::holder::run(cfg) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rush-agentd pty-holder: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let explicit = args.config.is_some();
     let path = args.config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
     let mut config = match Config::load(&path, explicit) {

@@ -95,6 +95,20 @@ pub enum Request {
         name: String,
         follow: bool,
     },
+    /// Attach to an agent's terminal (agents spawned with `stdio: tty`). Replies
+    /// `TerminalAttached`; after it the connection carries [`crate::terminal::Frame`]s,
+    /// not JSON lines, until either side closes it.
+    AttachTerminal {
+        name: String,
+        mode: crate::terminal::AttachMode,
+        #[serde(default)]
+        size: crate::terminal::WindowSize,
+    },
+    /// Type `text` into an agent's terminal, as if at its keyboard. Replies `TerminalSent`.
+    SendTerminal {
+        name: String,
+        text: String,
+    },
     /// What the running kernel supports and which guarantees hold.
     Doctor,
     /// Give a file-confined agent a capability token; replies `Granted`.
@@ -247,6 +261,8 @@ impl Request {
         "audit",
         "subscribe",
         "agent_logs",
+        "attach_terminal",
+        "send_terminal",
         "doctor",
         "grant",
         "revoke",
@@ -285,6 +301,8 @@ impl Request {
             Request::Audit(_) => "audit",
             Request::Subscribe(_) => "subscribe",
             Request::AgentLogs { .. } => "agent_logs",
+            Request::AttachTerminal { .. } => "attach_terminal",
+            Request::SendTerminal { .. } => "send_terminal",
             Request::Doctor => "doctor",
             Request::Grant(_) => "grant",
             Request::Revoke { .. } => "revoke",
@@ -330,6 +348,8 @@ impl Request {
             | Request::Audit(_)
             | Request::Subscribe(_)
             | Request::AgentLogs { .. }
+            | Request::AttachTerminal { .. }
+            | Request::SendTerminal { .. }
             | Request::Grant(_)
             | Request::Revoke { .. }
             | Request::CreateSession { .. }
@@ -377,6 +397,8 @@ impl Request {
             | Request::Audit(_)
             | Request::Subscribe(_)
             | Request::AgentLogs { .. }
+            | Request::AttachTerminal { .. }
+            | Request::SendTerminal { .. }
             | Request::Grant(_)
             | Request::Revoke { .. }
             | Request::CreateSession { .. }
@@ -429,7 +451,9 @@ impl Request {
             | Request::SessionSet { .. }
             | Request::SessionUnset { .. }
             | Request::AttachSession { .. }
-            | Request::DetachSession { .. } => true,
+            | Request::DetachSession { .. }
+            | Request::AttachTerminal { .. }
+            | Request::SendTerminal { .. } => true,
             Request::Hello
             | Request::ListAgents
             | Request::AgentStatus { .. }
@@ -551,6 +575,9 @@ pub struct SpawnRequest {
     /// Working directory of the agent's first process.
     pub cwd: PathBuf,
     pub stdio: StdioMode,
+    /// The terminal's first window size (`stdio: tty`); default 24x80.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty_size: Option<crate::terminal::WindowSize>,
     /// Run the agent even where no backend can enforce what it asks (file tokens, network
     /// policy): it is then listed as UNCONFINED, and the spawn audited as such.
     #[serde(default)]
@@ -593,6 +620,9 @@ pub enum StdioMode {
     Passed,
     /// Detached: stdin is /dev/null, stdout and stderr go to the agent's log file.
     Log,
+    /// Detached, on a pseudo-terminal the daemon owns: `AttachTerminal` and `SendTerminal`
+    /// reach it; its output is kept as scroll-back and, as plain text, in the log file.
+    Tty,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -651,6 +681,17 @@ pub enum Response {
     },
     /// The subscription is in place: every later event that passes the filter follows.
     Subscribed,
+    /// Attached to the agent's terminal as `mode` (a writer that found another writer
+    /// attached is told so by a notice frame, and reads only until it leaves); terminal
+    /// frames follow on this connection.
+    TerminalAttached {
+        name: String,
+        mode: crate::terminal::AttachMode,
+    },
+    /// `SendTerminal` typed this many bytes.
+    TerminalSent {
+        bytes: u64,
+    },
     /// One event of a subscription.
     Event {
         event: crate::events::Event,
@@ -745,6 +786,8 @@ impl Response {
             Response::Killed { .. } => "killed",
             Response::AuditEvents { .. } => "audit_events",
             Response::Subscribed => "subscribed",
+            Response::TerminalAttached { .. } => "terminal_attached",
+            Response::TerminalSent { .. } => "terminal_sent",
             Response::Event { .. } => "event",
             Response::Logs { .. } => "logs",
             Response::Doctor { .. } => "doctor",
@@ -867,6 +910,9 @@ pub struct AgentInfo {
     #[serde(default)]
     pub exit: Option<ExitStatus>,
     pub detached: bool,
+    /// It runs on a terminal the daemon owns (`rush agent attach`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
     /// What this agent asked for that nothing enforces (spawned with `allow_unconfined`
     /// where no backend could): e.g. `files: ...why`. Empty for a confined agent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -1027,6 +1073,7 @@ mod tests {
             "name": "a", "command": ["true"], "cwd": "/", "stdio": "log", "follow": false,
             "agent": "a", "path": "/", "ops": 1, "target": {"id": 1}, "workspace": "/w",
             "session": {}, "a": "x", "b": "y", "prune": {}, "key": "k", "value": "v", "pid": 1,
+            "mode": "write", "text": "x",
         });
         match name {
             "audit" | "subscribe" => v = serde_json::json!({}),
@@ -1087,6 +1134,7 @@ mod tests {
             "diff": {"a": "x", "b": "y", "added": [], "removed": [], "modified": [], "took_ms": 0},
             "detail": {"session": session, "attachments": [], "checkpoints": [], "keys": []},
             "attachment": {"session": "s", "pid": 1, "uid": 0, "since_unix_ms": 0},
+            "mode": "write", "bytes": 0,
         });
         match name {
             "rolled_back" => {

@@ -271,6 +271,16 @@ pub enum AuditEvent {
         reason: crate::RestartReason,
         error: String,
     },
+    /// Someone attached to the agent's terminal (`rush agent attach`), as `mode`.
+    TerminalAttached {
+        caller_uid: u32,
+        mode: crate::terminal::AttachMode,
+    },
+    /// Someone typed into the agent's terminal with `rush agent send` (how much, never what).
+    TerminalInput {
+        caller_uid: u32,
+        bytes: u64,
+    },
     /// A request the daemon refused for policy reasons (not input errors).
     Refused {
         caller_uid: u32,
@@ -316,6 +326,8 @@ impl AuditEvent {
         "ruleset_change",
         "agent_restarted",
         "restart_failed",
+        "terminal_attached",
+        "terminal_input",
         "refused",
     ];
 
@@ -353,6 +365,8 @@ impl AuditEvent {
             | AuditEvent::SessionKv { caller_uid, .. }
             | AuditEvent::SessionAttached { caller_uid, .. }
             | AuditEvent::SessionDetached { caller_uid, .. }
+            | AuditEvent::TerminalAttached { caller_uid, .. }
+            | AuditEvent::TerminalInput { caller_uid, .. }
             | AuditEvent::Refused { caller_uid, .. } => Some(*caller_uid),
             AuditEvent::Paused { caller_uid, .. } => *caller_uid,
             _ => None,
@@ -396,6 +410,8 @@ impl AuditEvent {
             AuditEvent::SessionDetached { .. } => "session_detached",
             AuditEvent::AgentRestarted { .. } => "agent_restarted",
             AuditEvent::RestartFailed { .. } => "restart_failed",
+            AuditEvent::TerminalAttached { .. } => "terminal_attached",
+            AuditEvent::TerminalInput { .. } => "terminal_input",
         }
     }
 }

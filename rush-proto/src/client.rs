@@ -316,6 +316,33 @@ impl Client {
         }
     }
 
+    /// Attaches to an agent's terminal: the connection, now carrying terminal frames, and
+    /// the bytes of them already read.
+    pub fn attach_terminal(
+        mut self,
+        name: &str,
+        mode: crate::terminal::AttachMode,
+        size: crate::terminal::WindowSize,
+    ) -> Result<(UnixStream, Vec<u8>), ClientError> {
+        let id = self.send(Request::AttachTerminal { name: name.to_owned(), mode, size }, &[])?;
+        match self.recv_for(id)? {
+            Response::TerminalAttached { .. } => {
+                let early = self.reader.buffer().to_vec();
+                Ok((self.writer, early))
+            }
+            other => Err(ClientError::Unexpected {
+                request: "attach_terminal",
+                expected: "terminal_attached",
+                got: other.name(),
+            }),
+        }
+    }
+
+    pub fn send_terminal(&mut self, name: &str, text: &str) -> Result<u64, ClientError> {
+        call!(self, Request::SendTerminal { name: name.to_owned(), text: text.to_owned() }, "terminal_sent",
+            Response::TerminalSent { bytes } => bytes)
+    }
+
     pub fn grant(&mut self, req: GrantRequest) -> Result<(TokenInfo, Option<ChangeEffect>), ClientError> {
         call!(self, Request::Grant(req), "granted", Response::Granted { token, effect } => (token, effect))
     }

@@ -17,6 +17,7 @@ pub mod client;
 pub mod events;
 pub mod session;
 pub mod spec;
+pub mod terminal;
 pub mod wire;
 
 pub use api::*;

@@ -282,7 +282,80 @@ pub enum AgentCommand {
         #[arg(long, short = 'f')]
         follow: bool,
     },
+
+    /// Use an agent's terminal: see its screen, type into it, detach again
+    #[command(long_about = ATTACH_LONG_ABOUT, after_long_help = ATTACH_EXAMPLES)]
+    Attach {
+        /// The agent's name (spawned with --tty).
+        #[arg(value_name = "NAME")]
+        name: AgentName,
+        /// Watch only: nothing you type reaches the agent.
+        #[arg(long, conflicts_with = "steal")]
+        read_only: bool,
+        /// Take the keyboard from whoever is typing (they can still watch).
+        #[arg(long)]
+        steal: bool,
+        /// The keys that detach, comma-separated: `ctrl-X` or one character.
+        #[arg(long, value_name = "KEYS", default_value = "ctrl-\\,d", value_parser = detach_keys)]
+        detach_keys: DetachKeys,
+    },
+
+    /// Type text into an agent's terminal, as if at its keyboard
+    #[command(
+        long_about = "Type TEXT into the terminal of agent NAME (spawned with --tty), \
+                            as a person at its keyboard would, whoever else is attached. \
+                            TEXT is sent as given; --enter adds the Enter key (a carriage \
+                            return) after it. Prints how many bytes were typed (--json: \
+                            {\"bytes\": N}). Audited as terminal_input, with the length, \
+                            not the text.",
+        after_long_help = "Examples:\n  Answer a prompt of a detached agent:\n    \
+                                $ rush agent send coder y --enter"
+    )]
+    Send {
+        /// The agent's name.
+        #[arg(value_name = "NAME")]
+        name: AgentName,
+        /// What to type.
+        #[arg(value_name = "TEXT")]
+        text: String,
+        /// Press Enter after TEXT.
+        #[arg(long)]
+        enter: bool,
+    },
 }
+
+/// The detach sequence of `rush agent attach`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetachKeys(pub Vec<u8>);
+
+fn detach_keys(s: &str) -> Result<DetachKeys, String> {
+    rush_proto::terminal::parse_detach_keys(s).map(DetachKeys)
+}
+
+const ATTACH_LONG_ABOUT: &str = "\
+Make this terminal the terminal of agent NAME (spawned with --tty): its screen is shown \
+(the scroll-back of what it printed, or the screen of a full-screen program as it is now), \
+what you type goes to it in raw mode (Ctrl-C and Ctrl-Z are the agent's, not rush's), and \
+your window size is its window size, kept in sync when you resize.
+
+Press the detach keys (default Ctrl-\\ then d) to leave: the agent goes on running and \
+`rush agent attach` brings you back. Closing the terminal detaches too. When the agent \
+ends while you are attached, rush exits with its exit status (128+N if signal N killed it).
+
+Several people can watch at once; one types. A second `attach` watches read-only until \
+the one typing detaches (it is told so), --steal takes the keyboard over, --read-only \
+never types. Only root or the user the agent runs as may attach. Each attach is audited \
+(terminal_attached). The agent's output is also in `rush agent logs NAME`, as plain text.";
+
+const ATTACH_EXAMPLES: &str = "\
+Examples:
+  A full-screen agent in the background, then at your terminal:
+    $ rush agent spawn coder --tty --detach -- claude
+    $ rush agent attach coder
+  Watch someone else's session without typing:
+    $ rush agent attach coder --read-only
+  Detach with Ctrl-A d instead:
+    $ rush agent attach coder --detach-keys ctrl-a,d";
 
 const SPAWN_LONG_ABOUT: &str = "\
 Run CMD as a new agent named NAME. The daemon creates a cgroup for the agent, puts the \
@@ -291,16 +364,22 @@ kernel can enforce it), and starts CMD inside the cgroup, as you, with your envi
 in your current directory. CMD is in the cgroup before it executes its first instruction, \
 and everything it starts stays there.
 
-In the foreground (the default), the agent uses this terminal: your stdin, stdout and \
-stderr are handed to it as they are, rush prints nothing of its own (also not with --json), \
-and rush exits with the agent's exit status (128+N if a signal N killed it). If rush ends \
-before the agent, by Ctrl-C (rush then exits 130), a signal or a closed terminal, the \
-daemon kills the agent: a foreground agent never outlives its rush.
+In the foreground (the default), from a terminal, the agent gets a terminal of its own \
+that the daemon keeps, and rush attaches you to it (as `rush agent attach` does): raw \
+mode, your window size, Ctrl-C to the agent. rush exits with the agent's exit status \
+(128+N if a signal N killed it). The detach keys (Ctrl-\\ d) or a closed terminal leave \
+it running; `rush agent attach NAME` returns to it.
+
+With --no-tty, or when stdin or stdout is not a terminal, your stdin, stdout and stderr \
+are handed to the agent as they are, rush prints nothing of its own (also not with \
+--json), and rush exits with the agent's exit status. If rush ends before the agent, by \
+Ctrl-C (rush then exits 130), a signal or a closed terminal, the daemon kills the agent: \
+such an agent never outlives its rush.
 
 With --detach, the agent runs in the background with stdin from /dev/null and its output \
-captured by the daemon (read it with `rush agent logs`); rush prints the agent's name, \
-first process id and cgroup id (or the agent as JSON with --json) and exits 0. Stop it \
-with `rush agent kill`.";
+captured by the daemon (read it with `rush agent logs`); with --tty --detach, on a \
+terminal of its own for `rush agent attach`. rush prints the agent's name, first process \
+id and cgroup id (or the agent as JSON with --json) and exits 0. Stop it with `rush agent kill`.";
 
 const SPAWN_EXAMPLES: &str = "\
 Examples:
@@ -404,9 +483,21 @@ pub struct SpawnArgs {
     #[arg(long, value_name = "SESSION")]
     pub session: Option<AgentName>,
 
-    /// Run in the background: stdin from /dev/null, output captured for `rush agent logs`.
+    /// Run in the background: stdin from /dev/null, output captured for `rush agent logs`
+    /// (with --tty: on a terminal of its own, for `rush agent attach`).
     #[arg(long, short = 'd')]
     pub detach: bool,
+
+    /// Run on a terminal the daemon keeps (a pseudo-terminal): `rush agent attach` shows
+    /// and types into it, detaching leaves the agent running, `rush agent logs` has its
+    /// output as plain text. The default for a foreground spawn from a terminal.
+    #[arg(long, conflicts_with = "no_tty")]
+    pub tty: bool,
+
+    /// In the foreground, hand the agent this terminal itself (stdin, stdout, stderr as
+    /// they are) instead of a terminal of its own; it then ends when rush does.
+    #[arg(long)]
+    pub no_tty: bool,
 
     /// Start the agent again, as spawned here (command, environment, working directory,
     /// session, trust, budget, network policy, and its file tokens re-resolved from their

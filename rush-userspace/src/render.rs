@@ -342,7 +342,15 @@ pub fn agent_status(a: &AgentInfo, now_ms: u64) -> String {
         ("processes", a.processes.to_string()),
         ("started", started),
         ("command", shell_join(&a.command)),
-        ("mode", if a.detached { "detached" } else { "foreground" }.to_string()),
+        (
+            "mode",
+            match (a.tty, a.detached) {
+                (true, _) => "terminal (rush agent attach)",
+                (false, true) => "detached",
+                (false, false) => "foreground",
+            }
+            .to_string(),
+        ),
         ("restartable", if a.restartable { "yes" } else { "no" }.to_string()),
         ("net", a.net.to_string()),
         ("enforcement", enforcement),
@@ -514,6 +522,14 @@ pub fn audit_line(r: &AuditRecord) -> String {
             value(session),
             value(&cwd.as_ref().map(|c| c.to_string_lossy().into_owned()).unwrap_or_else(|| "-".into()))
         ),
+        AuditEvent::TerminalAttached { caller_uid, mode } => {
+            let mode = serde_json::to_value(mode)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            format!("mode={mode} caller_uid={caller_uid}")
+        }
+        AuditEvent::TerminalInput { caller_uid, bytes } => format!("bytes={bytes} caller_uid={caller_uid}"),
     };
     let mut details = details;
     // The session of the agent's records (time-travel events name theirs already).
@@ -647,6 +663,7 @@ mod tests {
             ],
             exit: None,
             detached: true,
+            tty: false,
             unconfined: vec![],
             session: None,
             restartable: false,

@@ -139,6 +139,7 @@ fn agent(name: &str) -> AgentInfo {
         enforcement: vec![rush_proto::Enforcement::NetCgroupSockAddr],
         exit: None,
         detached: true,
+        tty: false,
         unconfined: vec![],
         session: None,
         restartable: false,

@@ -12,7 +12,7 @@ use crate::util;
 /// with make, a tool chain the toolchains tests run confined, here and in the guests;
 /// dnsmasq: the real DNS server whose answers the host-name allow-list tests change).
 const CLANGS: [&str; 4] = ["clang", "clang-19", "clang-18", "clang-16"];
-const PACKAGES: [&str; 10] = [
+const PACKAGES: [&str; 13] = [
     "libelf-dev",
     "zlib1g-dev",
     "pkg-config",
@@ -23,6 +23,10 @@ const PACKAGES: [&str; 10] = [
     "btrfs-progs",
     "git",
     "dnsmasq-base",
+    // The terminal suite: tmux is the terminal, python3-minimal's curses the full-screen agent.
+    "tmux",
+    "python3",
+    "ncurses-base",
 ];
 /// The tool chains kernel-tests/tests/toolchains.rs runs confined (with make and git
 /// above): `python3 -m venv` (Debian splits ensurepip out into python3-venv), cc with the C

@@ -8,6 +8,7 @@ pub mod condition;
 pub mod harden;
 pub mod landlock;
 pub mod mappings;
+pub mod pty;
 pub mod snapshot;
 pub mod spawn;
 pub mod store;

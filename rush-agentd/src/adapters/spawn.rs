@@ -50,6 +50,8 @@ pub struct Spawn {
     landlock: Option<OwnedFd>,
     /// Namespaces, capabilities and seccomp filter (see `harden.rs`).
     hardening: ChildHardening,
+    /// stdin is a terminal the new session takes as its controlling terminal (`--tty`).
+    controlling_tty: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,8 +89,9 @@ mod step {
     pub const MOUNT: u32 = 10;
     pub const CAPABILITIES: u32 = 11;
     pub const SECCOMP: u32 = 12;
+    pub const CONTROLLING_TTY: u32 = 13;
 }
-const STEPS: [&str; 13] = [
+const STEPS: [&str; 14] = [
     "setsid",
     "setting up stdio",
     "setgroups",
@@ -102,6 +105,7 @@ const STEPS: [&str; 13] = [
     "making cgroupfs read-only in the agent's mount namespace",
     "dropping capabilities",
     "installing the seccomp filter",
+    "taking the terminal as controlling terminal",
 ];
 
 fn cstring(what: &'static str, s: &[u8]) -> Result<CString, SpawnError> {
@@ -136,7 +140,15 @@ impl Spawn {
             creds,
             landlock,
             hardening,
+            controlling_tty: false,
         })
+    }
+
+    /// Makes stdin (a terminal) the controlling terminal of the agent's session, so that
+    /// Ctrl-C and window changes reach its foreground process group.
+    pub fn with_controlling_tty(mut self) -> Spawn {
+        self.controlling_tty = true;
+        self
     }
 
     /// Starts the process. Returns its pid and a pidfd once it has executed the program;
@@ -221,6 +233,7 @@ impl Spawn {
             unsafe {
                 child(
                     stdio_raw,
+                    self.controlling_tty,
                     set_creds,
                     uid,
                     gid,
@@ -386,6 +399,7 @@ struct CapData {
 #[allow(clippy::too_many_arguments)]
 unsafe fn child(
     stdio: [RawFd; 3],
+    controlling_tty: bool,
     set_creds: bool,
     uid: u32,
     gid: u32,
@@ -417,6 +431,9 @@ unsafe fn child(
             if libc::dup2(src, target as RawFd) < 0 {
                 fail(step::STDIO);
             }
+        }
+        if controlling_tty && libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+            fail(step::CONTROLLING_TTY);
         }
         // Signals: dispositions the daemon ignores (SIGPIPE) would survive execve; the
         // mask would too. Give the program a clean slate.

@@ -145,6 +145,8 @@ pub struct AgentManager {
     criu: Arc<CriuSetup>,
     /// Where agents' DNS is forwarded; None: host names are resolved once, at spawn.
     dns: Option<Arc<crate::services::resolver::ResolverConfig>>,
+    /// Bytes of terminal output each terminal keeps for a late viewer (`[terminal]`).
+    terminal_scrollback: usize,
 }
 
 /// What an [`AgentManager`] is built from: the adapters it drives and the daemon's choices.
@@ -169,6 +171,8 @@ pub struct AgentSetup {
     /// Agents' DNS resolvers forward here (`[dns]`); None: host names in `--net` are
     /// resolved once, at spawn, and wildcards are refused.
     pub dns: Option<Arc<crate::services::resolver::ResolverConfig>>,
+    /// Bytes of terminal output each agent's terminal keeps for a late viewer.
+    pub terminal_scrollback: usize,
 }
 
 /// What [`AgentManager::check_state`] compared, and where the store, the daemon and the
@@ -228,6 +232,7 @@ impl AgentManager {
             private_tmp,
             store,
             dns,
+            terminal_scrollback,
         } = setup;
         Arc::new(AgentManager {
             cgroups,
@@ -244,6 +249,7 @@ impl AgentManager {
             budgets: BudgetBook::new(budgets),
             criu,
             dns,
+            terminal_scrollback,
         })
     }
 

@@ -10,6 +10,7 @@ mod events;
 mod meta;
 mod session;
 mod spawn;
+mod terminal;
 
 use std::io::StdoutLock;
 use std::path::PathBuf;
@@ -70,6 +71,17 @@ fn run_command(cli: Cli) -> Result<u8> {
             agent::show(&mut ctx, agent)
         }
         Command::Agent(AgentCommand::Logs { name, follow }) => agent::logs(&mut ctx, &name, follow),
+        Command::Agent(AgentCommand::Attach { name, read_only, steal, detach_keys }) => {
+            let mode = match (read_only, steal) {
+                (true, _) => rush_proto::terminal::AttachMode::Read,
+                (false, true) => rush_proto::terminal::AttachMode::Steal,
+                (false, false) => rush_proto::terminal::AttachMode::Write,
+            };
+            terminal::attach(&mut ctx, &name.to_string(), mode, &detach_keys.0)
+        }
+        Command::Agent(AgentCommand::Send { name, text, enter }) => {
+            terminal::send(&mut ctx, &name.to_string(), &text, enter)
+        }
         Command::Capability(CapabilityCommand::Grant(args)) => capability::grant(&mut ctx, args),
         Command::Capability(CapabilityCommand::Revoke(args)) => capability::revoke(&mut ctx, args),
         Command::Capability(CapabilityCommand::List { agent }) => capability::list(&mut ctx, agent),

@@ -18,6 +18,9 @@ use crate::render::sanitize;
 pub const INTERRUPTED: i32 = 130;
 
 pub fn spawn(ctx: &mut Ctx, args: SpawnArgs) -> Result<u8> {
+    // A terminal of its own: asked for, or a foreground spawn from a terminal.
+    let tty =
+        args.tty || (!args.no_tty && !args.detach && io::stdin().is_terminal() && io::stdout().is_terminal());
     let cwd =
         std::env::current_dir().context("cannot read the current directory, where the agent would start")?;
     let request = SpawnRequest {
@@ -29,7 +32,12 @@ pub fn spawn(ctx: &mut Ctx, args: SpawnArgs) -> Result<u8> {
         allow: args.allow,
         env: environment(),
         cwd,
-        stdio: if args.detach { StdioMode::Log } else { StdioMode::Passed },
+        stdio: match (tty, args.detach) {
+            (true, _) => StdioMode::Tty,
+            (false, true) => StdioMode::Log,
+            (false, false) => StdioMode::Passed,
+        },
+        tty_size: tty.then(|| super::terminal::stdout_size().unwrap_or_default()),
         allow_unconfined: args.allow_unconfined,
         // An attached shell's agents belong to its session.
         session: match args.session {
@@ -40,7 +48,19 @@ pub fn spawn(ctx: &mut Ctx, args: SpawnArgs) -> Result<u8> {
         hardlinks: args.hardlinks,
         user: args.user,
     };
-    if args.detach { detached(ctx, request) } else { foreground(ctx, request) }
+    match (args.detach, tty) {
+        (true, _) => detached(ctx, request),
+        (false, true) => on_terminal(ctx, request),
+        (false, false) => foreground(ctx, request),
+    }
+}
+
+/// A foreground agent on its own terminal: spawned, then attached to.
+fn on_terminal(ctx: &mut Ctx, request: SpawnRequest) -> Result<u8> {
+    let agent = ctx.connect()?.spawn(request)?;
+    let keys = rush_proto::terminal::parse_detach_keys(rush_proto::terminal::DEFAULT_DETACH_KEYS)
+        .expect("the default detach keys parse");
+    super::terminal::attach(ctx, &agent.name, rush_proto::terminal::AttachMode::Write, &keys)
 }
 
 /// Our environment, as the agent gets it. The protocol carries UTF-8 only; a variable
@@ -55,8 +75,9 @@ fn detached(ctx: &mut Ctx, request: SpawnRequest) -> Result<u8> {
         ctx.out.document(&agent)?;
     } else {
         let name = sanitize(&agent.name);
+        let see = if agent.tty { "terminal: rush agent attach" } else { "output: rush agent logs" };
         ctx.out.text(&format!(
-            "spawned {name} (pid {}, cgroup id {}); output: rush agent logs {name}\n",
+            "spawned {name} (pid {}, cgroup id {}); {see} {name}\n",
             agent.pid, agent.cgroup_id
         ))?;
         for what in &agent.unconfined {

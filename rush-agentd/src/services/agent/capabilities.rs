@@ -675,6 +675,7 @@ impl AgentManager {
             ],
             cwd: worktree,
             stdio: StdioMode::Log,
+            tty_size: None,
             allow_unconfined: false,
             session: None,
             restartable: false,

@@ -214,7 +214,7 @@ impl AgentManager {
         if req.restartable && req.stdio != StdioMode::Log {
             return Err(AgentError::new(
                 Fault::Invalid,
-                "refusing --restartable for a foreground agent: its terminal does not survive a restart; \
+                "refusing --restartable for an agent on a terminal: its terminal does not survive a restart; \
                  spawn it detached (--detach)",
             ));
         }
@@ -280,7 +280,31 @@ impl AgentManager {
                 format!("working directory {} does not exist or is not a directory", req.cwd.display()),
             ));
         }
+        // An agent on a terminal: the slave is its stdio, the master goes to a holder
+        // process (adapters/pty.rs) that writes the agent's log.
+        let mut tty = None;
         let (stdio_fds, log_path) = match (req.stdio, stdio) {
+            (StdioMode::Tty, _) => {
+                let size = req.tty_size.unwrap_or_default();
+                if size.rows == 0 || size.cols == 0 {
+                    return Err(AgentError::new(
+                        Fault::Invalid,
+                        format!(
+                            "terminal size {}x{}: rows and columns must be at least 1",
+                            size.rows, size.cols
+                        ),
+                    ));
+                }
+                let owner = nix::unistd::geteuid().is_root().then_some((caller.uid, caller.gid));
+                let (master, slave) = crate::adapters::pty::open(size, owner)
+                    .map_err(|e| AgentError::new(Fault::Internal, error_chain(&e)))?;
+                let dup = |fd: &OwnedFd| {
+                    fd.try_clone().map_err(|e| AgentError::new(Fault::Internal, e.to_string()))
+                };
+                let fds = [dup(&slave)?, dup(&slave)?, slave];
+                tty = Some((master, size));
+                (Some(fds), None)
+            }
             (StdioMode::Passed, Some(fds)) => (Some(fds), None),
             (StdioMode::Passed, None) => {
                 return Err(AgentError::new(
@@ -359,6 +383,27 @@ impl AgentManager {
             }
             reg.starting.insert(name.clone());
         }
+        // The terminal's holder, before the agent starts: it drains the pty from the first
+        // byte. If the start fails, the slave's last fd closes and the holder ends.
+        let log_path = match tty {
+            Some((master, size)) => {
+                let log = self.log_dir.join(format!("{name}.log"));
+                let cfg = crate::adapters::pty::HolderConfig {
+                    agent: name.clone(),
+                    socket: self.terminal_socket(&name),
+                    log: log.clone(),
+                    scrollback: self.terminal_scrollback,
+                    size,
+                    append: false,
+                };
+                if let Err(e) = crate::adapters::pty::start_holder(master, &cfg) {
+                    self.registry().starting.remove(&name);
+                    return Err(AgentError::new(Fault::Internal, error_chain(&e)));
+                }
+                Some(log)
+            }
+            None => log_path,
+        };
         let files_confined = file_tokens.is_some();
         let respawn =
             (req.stdio == StdioMode::Log).then(|| Respawn { req: original, caller: operator.clone() });
@@ -658,7 +703,8 @@ impl AgentManager {
                         .chain((!budget.is_empty()).then_some(rush_proto::Enforcement::BudgetCgroup))
                         .collect(),
                     exit: None,
-                    detached: req.stdio == StdioMode::Log,
+                    detached: req.stdio != StdioMode::Passed,
+                    tty: req.stdio == StdioMode::Tty,
                     unconfined,
                     session: req.session.clone(),
                     restartable: req.restartable,
@@ -721,6 +767,7 @@ impl AgentManager {
         let creds = nix::unistd::geteuid().is_root().then(|| (caller.uid, caller.gid, caller.groups.clone()));
         let spawn =
             Spawn::new(&req.command, &req.env, &req.cwd, stdio, placement, creds, landlock, hardening)
+                .map(|s| if req.stdio == StdioMode::Tty { s.with_controlling_tty() } else { s })
                 .map_err(|e| {
                     AgentError::new(
                         Fault::Invalid,
@@ -903,6 +950,46 @@ impl AgentManager {
             }
             other => other,
         }
+    }
+
+    /// Where the holder of an agent's terminal listens (`<state>/pty/NAME.sock`).
+    pub(super) fn terminal_socket(&self, name: &str) -> PathBuf {
+        crate::adapters::pty::socket_path(&self.log_dir.with_file_name("pty"), name)
+    }
+
+    /// The holder socket of a running agent's terminal, for `attach` and `send`.
+    /// Root, or the user the agent runs as, may: typing into a terminal is acting as the
+    /// agent's user.
+    pub fn terminal(&self, name: &str, caller: &Caller) -> Result<PathBuf, AgentError> {
+        let reg = self.registry();
+        let a = reg.agents.get(name).ok_or_else(|| not_found(name))?;
+        if caller.uid != 0 && caller.uid != a.info.uid {
+            return Err(AgentError::new(
+                Fault::Forbidden,
+                format!(
+                    "uid {} may not use the terminal of agent {name:?}: it runs as uid {} (only that user or root may)",
+                    caller.uid, a.info.uid
+                ),
+            ));
+        }
+        if !a.info.tty {
+            return Err(AgentError::new(
+                Fault::Invalid,
+                format!(
+                    "agent {name:?} has no terminal: it was spawned without --tty (its output: `rush agent logs {name}`)"
+                ),
+            ));
+        }
+        let socket = self.terminal_socket(name);
+        if a.info.state != AgentState::Running || !socket.exists() {
+            return Err(AgentError::new(
+                Fault::Invalid,
+                format!(
+                    "agent {name:?} has exited and its terminal is closed (its output: `rush agent logs {name}`)"
+                ),
+            ));
+        }
+        Ok(socket)
     }
 
     pub fn log_path(&self, name: &str) -> Result<(PathBuf, watch::Receiver<Option<ExitStatus>>), AgentError> {

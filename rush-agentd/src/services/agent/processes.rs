@@ -110,6 +110,15 @@ impl AgentManager {
                 ),
             ));
         }
+        if a.info.tty {
+            return Err(AgentError::new(
+                Fault::Unsupported,
+                format!(
+                    "agent {agent:?} runs on a terminal (--tty), whose pty CRIU would have to restore with \
+                     its holder: only agents spawned with --detach have their processes checkpointed"
+                ),
+            ));
+        }
         let log = a.log_path.clone().ok_or_else(|| {
             AgentError::new(
                 Fault::Invalid,

@@ -70,6 +70,7 @@ fn fixture_full(
         private_tmp: None,
         store,
         dns: None,
+        terminal_scrollback: 4096,
     });
     Fixture { mgr, kernel, cgroups, control, _dir: dir }
 }
@@ -133,6 +134,7 @@ fn req(name: &str, cmd: &[&str]) -> SpawnRequest {
         env: vec![("PATH".into(), "/usr/bin:/bin".into())],
         cwd: PathBuf::from("/"),
         stdio: StdioMode::Log,
+        tty_size: None,
         allow_unconfined: false,
         session: None,
         restartable: false,
