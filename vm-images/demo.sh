@@ -52,7 +52,7 @@ prerequisites() {
 start_daemon() {
     # A daemon killed earlier left its socket: the wait below must see the new one.
     rm -f "$SOCK"
-    rush-agentd --config /dev/null --ephemeral --state-dir "$STATE" --socket "$SOCK" \
+    rush-agentd --config "${CONFIG:-/dev/null}" --ephemeral --state-dir "$STATE" --socket "$SOCK" \
         --pin-dir /sys/fs/bpf/rush-demo --cgroup-parent rush-demo 2>>"$STATE/daemon.log" &
     DAEMON=$!
     i=0
@@ -63,6 +63,7 @@ start_daemon() {
 }
 cleanup() {
     [ -n "${DAEMON:-}" ] && kill "$DAEMON" 2>/dev/null; [ -n "${HTTPD:-}" ] && kill "$HTTPD" 2>/dev/null
+    [ -n "${API:-}" ] && kill "$API" 2>/dev/null; [ -n "${TMUX_SOCK:-}" ] && tmux -L "$TMUX_SOCK" kill-server 2>/dev/null
     for d in /sys/fs/cgroup/rush-demo/* /sys/fs/cgroup/unified/rush-demo/*; do
         [ -d "$d" ] && { echo 1 > "$d/cgroup.kill"; sleep 0.2; rmdir "$d"; }
     done 2>/dev/null
@@ -74,6 +75,80 @@ cleanup() {
 }
 trap cleanup EXIT
 prerequisites
+
+# A detached full-screen agent on a terminal of its own: tmux plays the person at a
+# terminal (attach, type, detach), and a script types into it with nobody attached.
+terminal_scene() {
+    if ! command -v tmux >/dev/null 2>&1; then
+        scene "Terminals: skipped here (no tmux to play the person at the terminal; \`cargo xtask demo\` on the host shows it)"
+        return
+    fi
+    scene "Terminals: a full-screen agent runs detached on a terminal of its own"
+    show rush agent spawn board --tty --detach -- sh -c \
+        'printf "\033[?1049h"; n=0; while read -r l; do n=$((n+1)); printf "\033[H\033[2J== board ==\nlines typed: %s\nlast: %s\n" $n "$l"; done'
+    TMUX_SOCK=rush-demo-$$
+    printf '$ tmux: rush agent attach board   # then types "hello" and Enter, then Ctrl-\\ d\n'
+    tmux -L "$TMUX_SOCK" new-session -d -x 60 -y 8 "rush agent attach board; sleep 30"
+    sleep 1
+    tmux -L "$TMUX_SOCK" send-keys hello Enter
+    sleep 1
+    tmux -L "$TMUX_SOCK" capture-pane -p | sed -n '1,4p'
+    tmux -L "$TMUX_SOCK" capture-pane -p | grep -q 'last: hello' || fail "the attached terminal did not show what was typed"
+    tmux -L "$TMUX_SOCK" send-keys 'C-\' d
+    sleep 1
+    tmux -L "$TMUX_SOCK" capture-pane -p | grep 'detached from' || fail "the detach keys did not detach"
+    tmux -L "$TMUX_SOCK" kill-server 2>/dev/null
+    scene "Detached, it runs on; a script types into it, and the next attach shows its screen"
+    show rush agent status board
+    show rush agent send board 'from a script' --enter
+    tmux -L "$TMUX_SOCK" new-session -d -x 60 -y 8 "rush agent attach board --read-only; sleep 30"
+    sleep 1
+    printf '$ tmux: rush agent attach board --read-only\n'
+    tmux -L "$TMUX_SOCK" capture-pane -p | sed -n '1,4p'
+    tmux -L "$TMUX_SOCK" capture-pane -p | grep -q 'last: from a script' || fail "the re-attach did not show the screen"
+    tmux -L "$TMUX_SOCK" kill-server 2>/dev/null
+    show rush audit --agent board --limit 3
+    show rush agent kill board
+}
+
+# A metered model API call by the official anthropic SDK over TLS (the test CA), from a
+# confined agent whose only network is its meter; past its budget the SDK gets HTTP 402.
+meter_scene() {
+    repo=${RUSH_REPO:-}
+    py=${RUSH_SDK_PYTHON:-}
+    if [ -z "$repo" ] || [ ! -x "$py" ] || ! command -v python3 >/dev/null 2>&1; then
+        scene "Cost: skipped here (the official SDKs' venv is not here; \`cargo xtask demo\` on the host shows it)"
+        return
+    fi
+    python3 "$repo/kernel-tests/fixtures/model_api.py" --cert "$repo/testdata/tls/localhost.pem" \
+        --key "$repo/testdata/tls/localhost.key" --port-file "$STATE/api.port" --log "$STATE/api.log" >/dev/null 2>&1 &
+    API=$!
+    i=0
+    while [ ! -s "$STATE/api.port" ]; do
+        i=$((i + 1)); [ $i -lt 100 ] || fail "the local model API did not start"
+        sleep 0.1
+    done
+    cat > "$STATE/meter.toml" <<EOF2
+[meter]
+ca_file = "$repo/testdata/tls/ca.pem"
+[meter.routes.anthropic]
+upstream = "https://localhost:$(cat "$STATE/api.port")"
+env = ["ANTHROPIC_BASE_URL"]
+prices = { "claude-*" = { input = 3, output = 15 } }
+EOF2
+    kill "$DAEMON"; wait "$DAEMON" 2>/dev/null
+    CONFIG=$STATE/meter.toml
+    start_daemon
+    scene "Cost: the official anthropic SDK, confined (--net deny), calls a model API over TLS through its meter"
+    echo "(the API is a local stand-in on TLS with a test CA; the meter has a route to it: [meter.routes.anthropic])"
+    show_kept rush agent spawn writer --net deny --budget 'cost:$0.015' -- \
+        "$py" "$repo/kernel-tests/fixtures/sdk_calls.py" anthropic anthropic-stream anthropic
+    case $OUT in *"ok anthropic anthropic 1000+500"*"error anthropic anthropic 402"*) ;;
+        *) fail "the metered calls did not go through, then get 402" ;; esac
+    echo "(1000 input + 500 output tokens at \$3/\$15 per million: 10,500 µ\$ a call; the third is past the budget)"
+    show rush agent status writer
+    kill "$API" 2>/dev/null
+}
 
 budget_scenes() {
     scene "Budgets: a busy loop with cpu:2s is frozen when it has used its 2 s of CPU"
@@ -184,6 +259,8 @@ if ! rush doctor | grep -Eq '^file tokens +yes'; then
     scene "Files: this kernel cannot attach BPF LSM programs, so a file grant is refused, not faked"
     show rush agent spawn editor --allow "$WS/project:read,write" -- cat "$WS/project/notes.txt"
     echo "(run \`cargo xtask demo --vm\` to see file tokens enforced by BPF LSM in a QEMU guest)"
+    terminal_scene
+    meter_scene
     budget_scenes
     rollback_scene
     printf '\ndemo finished\n'
@@ -214,6 +291,8 @@ fi
 
 if [ $BACKEND = landlock ]; then
     landlock_scenes
+    terminal_scene
+    meter_scene
     budget_scenes
     rollback_scene
     printf '\ndemo finished\n'
@@ -253,6 +332,8 @@ sleep 0.3
 rm -rf /sys/fs/bpf/rush-demo
 start_daemon
 
+terminal_scene
+meter_scene
 budget_scenes
 rollback_scene
 printf '\ndemo finished\n'

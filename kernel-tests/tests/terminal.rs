@@ -421,3 +421,33 @@ except OSError as e:
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("may not send_terminal"), "{}", describe(&out));
 }
+
+#[test]
+fn an_agent_on_the_callers_terminal_cannot_type_into_it_or_take_it() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start();
+    let tmux = Tmux::new();
+    // --no-tty: the agent has the pane's terminal as stdin, but it is in a session of its
+    // own without a controlling terminal, and without CAP_SYS_ADMIN even as root: typing
+    // into the terminal (TIOCSTI: what the shell after it would read) and taking it as its
+    // controlling terminal (TIOCSCTTY, forced or not) are refused.
+    let probe = "import errno, fcntl, termios\n\
+                 for name, req, arg in [('TIOCSTI', termios.TIOCSTI, b'x'), ('TIOCSCTTY', termios.TIOCSCTTY, 0), ('TIOCSCTTY-force', termios.TIOCSCTTY, 1)]:\n\
+                 \x20   try:\n\
+                 \x20       fcntl.ioctl(0, req, arg); print(name, 'DONE')\n\
+                 \x20   except OSError as e:\n\
+                 \x20       print(name, errno.errorcode[e.errno])\n";
+    std::fs::write(d.state.path().join("probe.py"), probe).unwrap();
+    let line = format!(
+        "agent spawn probe --no-tty -- /usr/bin/python3 {}",
+        d.state.path().join("probe.py").display()
+    );
+    tmux.window("p", 100, 30, &rush_line(&d, &line));
+    let screen = tmux.wait_for("p", "RUSH-EXIT=");
+    for name in ["TIOCSTI ", "TIOCSCTTY ", "TIOCSCTTY-force "] {
+        let got = screen.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name}:\n{screen}"));
+        assert!(got.ends_with("EPERM") || got.ends_with("EIO"), "{got}\n{screen}");
+    }
+}

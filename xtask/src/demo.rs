@@ -1,6 +1,8 @@
 //! The README's main job: `vm-images/demo.sh`, a short narrated scenario with the real
 //! daemon and CLI: a network denial, file tokens (allowed inside, EPERM outside), a revoke
-//! that reaches an open file, a TTL that lapses with the daemon dead.
+//! that reaches an open file, a TTL that lapses with the daemon dead, a full-screen agent
+//! on its own terminal attached and detached, a metered SDK call over TLS, budgets, a
+//! rollback.
 //!
 //! File tokens need BPF LSM or Landlock. Where this kernel can enforce them with either the
 //! demo runs here (on this project's own hosts: Landlock, whose scenes show a revoke
@@ -63,6 +65,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
         let status = Command::new("sh")
             .arg(demo_script())
             .env("RUSH_BIN", &bin_dir)
+            // The cost scene: the official SDKs' venv and the repo's model API stand-in.
+            .env("RUSH_REPO", util::workspace_root())
+            .env("RUSH_SDK_PYTHON", setup::sdk_venv_dir().join("bin/python"))
             .status()
             .context("running vm-images/demo.sh")?;
         if !status.success() {
