@@ -495,3 +495,76 @@ impl Drop for Dnsmasq {
 pub fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+/// The repository's root (fixtures, test data).
+pub fn repo() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// The SDK venv's python: `$RUSH_SDK_VENV`, else `${RUSH_CACHE_DIR:-~/.cache/rush}/sdk-venv`
+/// (as `cargo xtask setup` makes it).
+pub fn sdk_python() -> Option<PathBuf> {
+    let venv = match std::env::var_os("RUSH_SDK_VENV").filter(|v| !v.is_empty()) {
+        Some(v) => PathBuf::from(v),
+        None => match std::env::var_os("RUSH_CACHE_DIR").filter(|v| !v.is_empty()) {
+            Some(c) => PathBuf::from(c).join("sdk-venv"),
+            None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
+                .join(".cache/rush/sdk-venv"),
+        },
+    };
+    let py = venv.join("bin/python");
+    let ok = Command::new(&py)
+        .args(["-c", "import anthropic, openai"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some(py)
+}
+
+/// fixtures/model_api.py on TLS: (the process, its port, its request log).
+pub struct ModelApi {
+    child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ModelApi {
+    pub fn start() -> ModelApi {
+        let dir = tempfile::tempdir().unwrap();
+        let (port_file, log) = (dir.path().join("port"), dir.path().join("requests.jsonl"));
+        let tls = repo().join("testdata/tls");
+        let child = Command::new("python3")
+            .arg(repo().join("kernel-tests/fixtures/model_api.py"))
+            .arg("--cert")
+            .arg(tls.join("localhost.pem"))
+            .arg("--key")
+            .arg(tls.join("localhost.key"))
+            .arg("--port-file")
+            .arg(&port_file)
+            .arg("--log")
+            .arg(&log)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("python3 fixtures/model_api.py");
+        assert!(wait_until(Duration::from_secs(10), || port_file.exists()), "the model API did not start");
+        let port = std::fs::read_to_string(&port_file).unwrap().trim().parse().unwrap();
+        ModelApi { child, port, log, _dir: dir }
+    }
+
+    /// What reached the API: (path, body).
+    pub fn requests(&self) -> Vec<(String, serde_json::Value)> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|v| (v["path"].as_str().unwrap().to_owned(), v["body"].clone()))
+            .collect()
+    }
+}
+
+impl Drop for ModelApi {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -115,7 +115,12 @@ pub enum Command {
 
     /// Show what this kernel supports and which guarantees hold on this machine
     #[command(long_about = DOCTOR_LONG_ABOUT)]
-    Doctor,
+    Doctor {
+        /// Show what agent profile NAME will allow here (its hosts, file tokens,
+        /// environment, terminal), expanded for this directory and your home.
+        #[arg(long, value_name = "NAME")]
+        profile: Option<String>,
+    },
 
     /// Print the versions of rush and of the running daemon
     #[command(long_about = "Print the versions of rush and of the running daemon, with the \
@@ -514,8 +519,19 @@ pub struct SpawnArgs {
     #[arg(long, requires = "detach")]
     pub restartable: bool,
 
+    /// Start from an agent profile: the hosts, file tokens, environment and terminal a
+    /// known agent tool needs (built in: claude-code, codex, aider, gemini,
+    /// generic-openai; yours in ~/.config/rush/profiles/NAME.toml). Flags given as well
+    /// win (--net, --budget, --tty, --no-tty) or add (--allow); CMD defaults to the
+    /// profile's command. With a cost budget, the profile's API hosts are left off the
+    /// network list: the agent reaches the API through its meter only. `rush doctor
+    /// --profile NAME` shows what it will allow.
+    #[arg(long, value_name = "NAME")]
+    pub profile: Option<String>,
+
     /// The command to run and its arguments, after `--`. CMD is looked up in your PATH.
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// Optional with a --profile that names one.
+    #[arg(last = true, required_unless_present = "profile", value_name = "CMD")]
     pub command: Vec<String>,
 }
 

@@ -85,6 +85,41 @@ pub fn ensure_sdk_venv() -> Result<()> {
     Ok(())
 }
 
+/// Agent tools the profile tests run confined (kernel-tests/tests/profiles.rs), from npm,
+/// pinned; installed under the cache dir (`npm install --prefix`), never globally.
+pub const AGENT_TOOLS: [&str; 2] = ["@anthropic-ai/claude-code@2.1.332", "@openai/codex@0.171.0"];
+
+/// `$RUSH_AGENT_TOOLS`, else `${RUSH_CACHE_DIR:-~/.cache/rush}/agent-tools`.
+pub fn agent_tools_dir() -> std::path::PathBuf {
+    if let Some(d) = std::env::var_os("RUSH_AGENT_TOOLS").filter(|d| !d.is_empty()) {
+        return d.into();
+    }
+    crate::vm::kernel::cache_root().parent().expect("the cache root has a parent").join("agent-tools")
+}
+
+/// Installs the pinned agent tools; quiet when they are there.
+pub fn ensure_agent_tools() -> Result<()> {
+    let dir = agent_tools_dir();
+    let stamp = dir.join("rush-pinned.txt");
+    let wanted = AGENT_TOOLS.join("\n");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(());
+    }
+    util::step(&format!("installing agent tools ({}) into {}", AGENT_TOOLS.join(" "), dir.display()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let status = Command::new("npm")
+        .args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
+        .arg(&dir)
+        .args(AGENT_TOOLS)
+        .status()?;
+    if !status.success() {
+        bail!("npm install of the agent tools failed ({status})");
+    }
+    std::fs::write(&stamp, wanted)?;
+    Ok(())
+}
+
 fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
         .args(["-W", "-f=${Status}", pkg])
@@ -113,7 +148,8 @@ pub fn ensure() -> Result<()> {
         missing.push("clang-19");
     }
     if missing.is_empty() {
-        return ensure_sdk_venv();
+        ensure_sdk_venv()?;
+        return ensure_agent_tools();
     }
     util::step(&format!("installing Debian packages: {}", missing.join(" ")));
     if !util::is_root() {
@@ -131,7 +167,8 @@ pub fn ensure() -> Result<()> {
         let args: Vec<&str> = args.iter().map(|a| if *a == "clang-19" { "clang" } else { a }).collect();
         apt(&args)?;
     }
-    ensure_sdk_venv()
+    ensure_sdk_venv()?;
+    ensure_agent_tools()
 }
 
 fn apt(args: &[&str]) -> Result<()> {

@@ -17,12 +17,54 @@ use crate::render::sanitize;
 /// rush's exit status when Ctrl-C ends a foreground spawn (128 + SIGINT).
 pub const INTERRUPTED: i32 = 130;
 
-pub fn spawn(ctx: &mut Ctx, args: SpawnArgs) -> Result<u8> {
-    // A terminal of its own: asked for, or a foreground spawn from a terminal.
-    let tty =
-        args.tty || (!args.no_tty && !args.detach && io::stdin().is_terminal() && io::stdout().is_terminal());
+/// The home of the user running rush ($HOME), where a profile's `~` points.
+pub fn home() -> Result<std::path::PathBuf> {
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(h) => Ok(h.into()),
+        None => Err(anyhow!("HOME is not set: a profile's ~ has nowhere to point").into()),
+    }
+}
+
+pub fn spawn(ctx: &mut Ctx, mut args: SpawnArgs) -> Result<u8> {
     let cwd =
         std::env::current_dir().context("cannot read the current directory, where the agent would start")?;
+    let mut env = environment();
+    let mut profile_tty = None;
+    if let Some(name) = &args.profile {
+        let applied = crate::profile::Profile::load(name)?.apply(&crate::profile::ApplyInputs {
+            workspace: cwd.clone(),
+            home: home()?,
+            net: args.net.take(),
+            budget: args.budget.take(),
+            allow: std::mem::take(&mut args.allow),
+            tty: if args.tty {
+                Some(true)
+            } else if args.no_tty {
+                Some(false)
+            } else {
+                None
+            },
+            command: std::mem::take(&mut args.command),
+        })?;
+        if applied.command.is_empty() {
+            return Err(anyhow!("profile {name} names no command: give one after --").into());
+        }
+        crate::profile::create_dirs(&applied)?;
+        for (k, v) in &applied.env {
+            env.retain(|(key, _)| key != k);
+            env.push((k.clone(), v.clone()));
+        }
+        (args.net, args.budget, args.allow, args.command) =
+            (applied.net, applied.budget, applied.allow, applied.command);
+        profile_tty = Some(applied.tty);
+    }
+    // A terminal of its own: asked for (or by the profile, where there is one to attach or
+    // it runs detached), or a foreground spawn from a terminal.
+    let from_terminal = io::stdin().is_terminal() && io::stdout().is_terminal();
+    let tty = match profile_tty {
+        Some(t) => t && (args.detach || from_terminal || args.tty),
+        None => args.tty || (!args.no_tty && !args.detach && from_terminal),
+    };
     let request = SpawnRequest {
         name: args.name.to_string(),
         command: args.command,
@@ -30,7 +72,7 @@ pub fn spawn(ctx: &mut Ctx, args: SpawnArgs) -> Result<u8> {
         trust: args.trust,
         budget: args.budget.unwrap_or_default(),
         allow: args.allow,
-        env: environment(),
+        env,
         cwd,
         stdio: match (tty, args.detach) {
             (true, _) => StdioMode::Tty,

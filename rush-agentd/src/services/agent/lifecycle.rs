@@ -811,11 +811,16 @@ impl AgentManager {
                 None => break status,
             }
         };
-        // The last look at its counters, while the cgroup still exists.
+        // The last look at its counters, while the cgroup still exists: audited, and kept
+        // as the exited agent's usage (a spend charged since the last budget round, e.g.
+        // a call just before it exited, would otherwise never show).
         let budget = self.registry().agents.get(&name).map(|a| a.info.budget);
         if let Some(budget) = budget {
-            let u = self.budgets.control().usage(&cg);
-            self.audit_counters(&name, &budget, &u);
+            let observed = self.observe(&cg, self.budgets.ledger(&name));
+            self.audit_counters(&name, &budget, &observed.cgroup);
+            if let Some(a) = self.registry().agents.get_mut(&name).filter(|a| a.cgroup.id == cg.id) {
+                a.info.usage = crate::services::budget::usage_lines(&budget, &observed);
+            }
         }
         // The first process is gone: nothing the agent left running outlives it.
         let tmp_dirs = self.private_tmp_dirs(cg.id);
