@@ -501,17 +501,20 @@ pub fn repo() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
-/// The SDK venv's python: `$RUSH_SDK_VENV`, else `${RUSH_CACHE_DIR:-~/.cache/rush}/sdk-venv`
-/// (as `cargo xtask setup` makes it).
+/// What `cargo xtask setup` installed under the cache dir: `$VAR`, else
+/// `${RUSH_CACHE_DIR:-~/.cache/rush}/NAME`.
+pub fn cached(var: &str, name: &str) -> PathBuf {
+    let set = |v: &str| std::env::var_os(v).filter(|v| !v.is_empty()).map(PathBuf::from);
+    set(var).unwrap_or_else(|| {
+        set("RUSH_CACHE_DIR")
+            .unwrap_or_else(|| set("HOME").unwrap_or_else(|| "/root".into()).join(".cache/rush"))
+            .join(name)
+    })
+}
+
+/// The SDK venv's python (`cached("RUSH_SDK_VENV", "sdk-venv")`), if it has the SDKs.
 pub fn sdk_python() -> Option<PathBuf> {
-    let venv = match std::env::var_os("RUSH_SDK_VENV").filter(|v| !v.is_empty()) {
-        Some(v) => PathBuf::from(v),
-        None => match std::env::var_os("RUSH_CACHE_DIR").filter(|v| !v.is_empty()) {
-            Some(c) => PathBuf::from(c).join("sdk-venv"),
-            None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-                .join(".cache/rush/sdk-venv"),
-        },
-    };
+    let venv = cached("RUSH_SDK_VENV", "sdk-venv");
     let py = venv.join("bin/python");
     let ok = Command::new(&py)
         .args(["-c", "import anthropic, openai"])

@@ -585,3 +585,30 @@ fn bench_grant_and_revoke_latency() {
     }
     println!("BENCH denied opens per grant round (median): {}", median(denied));
 }
+
+/// An agent on a terminal of its own (`--tty`) under BPF LSM: its pty (opened by the
+/// daemon, checked like its own files) is usable through the baseline, the holder types
+/// into it and logs it, and its tokens hold as for any agent.
+#[test]
+fn a_file_confined_agent_on_a_terminal_uses_it_and_nothing_else() {
+    let Some(d) = lsm_daemon() else { return };
+    let t = Tree::new();
+    let grant = format!("{}:read,write,create", t.a().display());
+    let script = format!(
+        "echo ready; read -r l; echo \"got:$l\" > {typed}; echo \"got:$l\"; cat {secret} || echo refused",
+        typed = t.p("a/typed"),
+        secret = t.p("b/secret")
+    );
+    let out = d.rush(&[
+        "agent", "spawn", "tty1", "--tty", "--detach", "--allow", &grant, "--", "/bin/sh", "-c", &script,
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let logs = || String::from_utf8_lossy(&d.rush(&["agent", "logs", "tty1"]).stdout).into_owned();
+    assert!(wait_until(Duration::from_secs(20), || logs().contains("ready")), "{}", logs());
+    let out = d.rush(&["agent", "send", "tty1", "hello", "--enter"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(wait_until(Duration::from_secs(20), || logs().contains("refused")), "{}", logs());
+    let log = logs();
+    assert!(log.contains("got:hello") && !log.contains("secret data"), "{log}");
+    assert_eq!(std::fs::read_to_string(t.p("a/typed")).unwrap(), "got:hello\n");
+}

@@ -132,14 +132,7 @@ fn a_spawn_with_a_profile_is_confined_to_it() {
 }
 
 fn agent_tools() -> Option<PathBuf> {
-    let dir = match std::env::var_os("RUSH_AGENT_TOOLS").filter(|v| !v.is_empty()) {
-        Some(v) => PathBuf::from(v),
-        None => match std::env::var_os("RUSH_CACHE_DIR").filter(|v| !v.is_empty()) {
-            Some(c) => PathBuf::from(c).join("agent-tools"),
-            None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()))
-                .join(".cache/rush/agent-tools"),
-        },
-    };
+    let dir = cached("RUSH_AGENT_TOOLS", "agent-tools");
     let ok = dir.join("node_modules/.bin/claude").exists() && dir.join("node_modules/.bin/codex").exists();
     require(ok, "the agent tools (cargo xtask setup installs claude-code and codex from npm)").then_some(dir)
 }

@@ -45,12 +45,17 @@ const BUSYBOX: (&str, &str) = ("busybox", "busybox-static");
 /// from PyPI, pinned; installed into a venv under the cache dir.
 pub const SDK_REQUIREMENTS: [&str; 2] = ["anthropic==2.17.0", "openai==3.63.0"];
 
-/// `$RUSH_SDK_VENV`, else `${RUSH_CACHE_DIR:-~/.cache/rush}/sdk-venv`.
-pub fn sdk_venv_dir() -> std::path::PathBuf {
-    if let Some(d) = std::env::var_os("RUSH_SDK_VENV").filter(|d| !d.is_empty()) {
+/// `$VAR`, else `${RUSH_CACHE_DIR:-~/.cache/rush}/NAME`.
+fn cached(var: &str, name: &str) -> std::path::PathBuf {
+    if let Some(d) = std::env::var_os(var).filter(|d| !d.is_empty()) {
         return d.into();
     }
-    crate::vm::kernel::cache_root().parent().expect("the cache root has a parent").join("sdk-venv")
+    crate::vm::kernel::cache_root().parent().expect("the cache root has a parent").join(name)
+}
+
+/// `$RUSH_SDK_VENV`, else `${RUSH_CACHE_DIR:-~/.cache/rush}/sdk-venv`.
+pub fn sdk_venv_dir() -> std::path::PathBuf {
+    cached("RUSH_SDK_VENV", "sdk-venv")
 }
 
 /// Creates the SDK venv, or brings it to the pinned versions; quiet when it is there.
@@ -91,10 +96,7 @@ pub const AGENT_TOOLS: [&str; 2] = ["@anthropic-ai/claude-code@2.1.332", "@opena
 
 /// `$RUSH_AGENT_TOOLS`, else `${RUSH_CACHE_DIR:-~/.cache/rush}/agent-tools`.
 pub fn agent_tools_dir() -> std::path::PathBuf {
-    if let Some(d) = std::env::var_os("RUSH_AGENT_TOOLS").filter(|d| !d.is_empty()) {
-        return d.into();
-    }
-    crate::vm::kernel::cache_root().parent().expect("the cache root has a parent").join("agent-tools")
+    cached("RUSH_AGENT_TOOLS", "agent-tools")
 }
 
 /// Installs the pinned agent tools; quiet when they are there.
