@@ -150,6 +150,53 @@ EOF2
     kill "$API" 2>/dev/null
 }
 
+# Two agents on one repository: coder broadcasts and claims parser/; helper sees the intent,
+# is refused a write there (by the kernel where BPF LSM runs), and delegates a review to
+# reviewer, whose answer flows back to coder. Every `rush` here runs inside an agent, as it.
+coordination_scene() {
+    scene "Coordination: coder declares what it is doing and claims parser/ (a leased, exclusive claim)"
+    R=$BIN/rush
+    mkdir -p "$WS/repo/parser" && printf 'fn parse() {}\n' > "$WS/repo/parser/lib.rs"
+    show rush agent spawn reviewer --detach -- sh -c \
+        "task=\$($R --json agent inbox --wait --timeout 120s); id=\$(echo \"\$task\" | sed -n 's/.*\"id\": *\([0-9]*\).*/\\1/p' | head -1); printf 'review of parser: LGTM, one nit in lib.rs' | $R agent publish review/parser --stdin --for coder && echo 'review sent to coder' | $R agent publish task/\$id --stdin"
+    show rush agent spawn coder --detach -- sh -c \
+        "$R agent broadcast 'optimizing parser' --paths $WS/repo/parser && $R agent claim parser --paths $WS/repo/parser && $R agent results review/parser --wait --timeout 120s; echo; sleep 600"
+    i=0
+    until rush agent claims | grep -q '^parser '; do
+        i=$((i + 1)); [ $i -lt 100 ] || fail "coder never claimed parser"
+        sleep 0.2
+    done
+    show rush agent claims
+    scene "helper looks before it writes (the intent, who holds the path), is refused there, and delegates a review"
+    show_kept rush agent spawn helper -- sh -c \
+        "$R agent query-intents --paths $WS/repo/parser; echo '// helper' >> $WS/repo/parser/lib.rs && echo 'helper: write went through' || echo 'helper: write refused'; $R agent claims --path $WS/repo/parser/lib.rs; $R agent delegate 'review parser changes' reviewer --wait --timeout 120s"
+    if rush --json doctor | grep -A2 '"path claims"' | grep -q '"holds": true'; then
+        case $OUT in *"write refused"*) ;; *) fail "the claimed path was writable by another agent" ;; esac
+        sleep 0.5
+        show rush audit --agent helper --kind claim_deny --limit 1
+        rush audit --agent helper --kind claim_deny | grep -q parser || fail "the refused write is not audited naming the claim"
+    else
+        echo "(no BPF LSM on this kernel: path claims are advisory, as \`rush doctor\` says; \`cargo xtask demo --vm\` shows the EPERM)"
+    fi
+    case $OUT in *"review sent to coder"*) ;; *) fail "the delegated review did not come back to helper" ;; esac
+    scene "reviewer's answer flows back to coder, which was waiting for it"
+    i=0
+    until rush agent logs coder | grep -q LGTM; do
+        i=$((i + 1)); [ $i -lt 100 ] || fail "the review never reached coder"
+        sleep 0.2
+    done
+    show rush agent logs coder
+    show rush events --kinds intent,claim,task,result --limit 8
+    scene "coder is killed: its claim goes with it, and with the claim the kernel's denies"
+    show rush agent kill coder
+    i=0
+    while rush agent claims | grep -q '^parser '; do
+        i=$((i + 1)); [ $i -lt 50 ] || fail "the killed holder's claim was not released"
+        sleep 0.2
+    done
+    show rush agent claims
+}
+
 budget_scenes() {
     scene "Budgets: a busy loop with cpu:2s is frozen when it has used its 2 s of CPU"
     show rush agent spawn spinner --detach --budget cpu:2s,pids:32 -- sh -c 'while :; do :; done'
@@ -261,6 +308,7 @@ if ! rush doctor | grep -Eq '^file tokens +yes'; then
     echo "(run \`cargo xtask demo --vm\` to see file tokens enforced by BPF LSM in a QEMU guest)"
     terminal_scene
     meter_scene
+    coordination_scene
     budget_scenes
     rollback_scene
     printf '\ndemo finished\n'
@@ -293,6 +341,7 @@ if [ $BACKEND = landlock ]; then
     landlock_scenes
     terminal_scene
     meter_scene
+    coordination_scene
     budget_scenes
     rollback_scene
     printf '\ndemo finished\n'
@@ -334,6 +383,7 @@ start_daemon
 
 terminal_scene
 meter_scene
+coordination_scene
 budget_scenes
 rollback_scene
 printf '\ndemo finished\n'

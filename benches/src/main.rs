@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod claims;
 mod dns;
 mod events;
 mod hardening;
@@ -270,6 +271,11 @@ fn main() {
     // `rush-bench meter`: the metering proxy on a streamed answer vs direct TLS (~20 s).
     if std::env::args().nth(1).as_deref() == Some("meter") {
         meter::run();
+        return;
+    }
+    // `rush-bench claims`: claim + release through Rush vs flock(2) vs a git ref CAS (~30 s).
+    if std::env::args().nth(1).as_deref() == Some("claims") {
+        claims::run();
         return;
     }
     // `rush-bench terminal`: keystroke echo and attach through Rush vs a plain pty (~20 s).

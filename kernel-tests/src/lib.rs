@@ -571,3 +571,191 @@ impl Drop for ModelApi {
         let _ = self.child.wait();
     }
 }
+
+/// A real etcd cluster on loopback (Debian's `etcd-server`, /usr/bin/etcd): `n` members,
+/// free ports, data in a temporary directory (in /dev/shm where there is one: the tests
+/// measure Rush, not the disk), killed on drop. Fast elections (heartbeat 50 ms, election
+/// timeout 500 ms) so that losing the leader costs about a second.
+pub struct EtcdCluster {
+    members: Vec<EtcdMember>,
+    /// With TLS: the CA the members' certificate chains to.
+    ca: Option<PathBuf>,
+    _dir: tempfile::TempDir,
+}
+
+struct EtcdMember {
+    client_port: u16,
+    /// Plain HTTP, for [`EtcdCluster::status`] (the client port itself when not TLS).
+    status_port: u16,
+    child: Option<Child>,
+}
+
+impl EtcdCluster {
+    /// Starts the members and waits until every one answers with a leader.
+    pub fn start(n: usize) -> EtcdCluster {
+        EtcdCluster::start_with(n, None)
+    }
+
+    /// Members serving clients on https only, with testdata/tls's localhost certificate
+    /// (its CA is `etcd_ca_file` in [`EtcdCluster::config`]).
+    pub fn start_tls(n: usize) -> EtcdCluster {
+        EtcdCluster::start_with(n, Some(repo().join("testdata/tls")))
+    }
+
+    fn start_with(n: usize, tls: Option<PathBuf>) -> EtcdCluster {
+        let etcd = Path::new("/usr/bin/etcd");
+        assert!(
+            etcd.exists(),
+            "{} missing: `cargo xtask setup` installs Debian's etcd-server",
+            etcd.display()
+        );
+        let shm = Path::new("/dev/shm");
+        let dir =
+            if shm.is_dir() { tempfile::tempdir_in(shm) } else { tempfile::tempdir() }.expect("etcd dir");
+        // All ports at once, held until every one is known, so none is handed out twice.
+        let listeners: Vec<TcpListener> =
+            (0..3 * n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+        let ports: Vec<u16> = listeners.iter().map(|l| l.local_addr().unwrap().port()).collect();
+        drop(listeners);
+        let peer = |i: usize| format!("http://127.0.0.1:{}", ports[3 * i + 1]);
+        let initial: Vec<String> = (0..n).map(|i| format!("m{i}={}", peer(i))).collect();
+        let token = format!("rush-test-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let members = (0..n)
+            .map(|i| {
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                let client = format!("{scheme}://127.0.0.1:{}", ports[3 * i]);
+                let status_port = if tls.is_some() { ports[3 * i + 2] } else { ports[3 * i] };
+                let listen = match tls {
+                    Some(_) => format!("{client},http://127.0.0.1:{status_port}"),
+                    None => client.clone(),
+                };
+                let log = std::fs::File::create(dir.path().join(format!("m{i}.log"))).unwrap();
+                let mut cmd = Command::new(etcd);
+                if let Some(t) = &tls {
+                    cmd.arg("--cert-file")
+                        .arg(t.join("localhost.pem"))
+                        .arg("--key-file")
+                        .arg(t.join("localhost.key"));
+                }
+                let child = cmd
+                    .args(["--name", &format!("m{i}")])
+                    .arg("--data-dir")
+                    .arg(dir.path().join(format!("m{i}")))
+                    .args(["--listen-client-urls", &listen, "--advertise-client-urls", &client])
+                    .args(["--listen-peer-urls", &peer(i), "--initial-advertise-peer-urls", &peer(i)])
+                    .args(["--initial-cluster", &initial.join(","), "--initial-cluster-state", "new"])
+                    .args(["--initial-cluster-token", &token])
+                    .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+                    .args(["--logger", "zap", "--log-level", "warn"])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .expect("start /usr/bin/etcd");
+                EtcdMember { client_port: ports[3 * i], status_port, child: Some(child) }
+            })
+            .collect();
+        let ca = tls.map(|t| t.join("ca.pem"));
+        let cluster = EtcdCluster { members, ca, _dir: dir };
+        let healthy = wait_until(Duration::from_secs(20), || {
+            (0..n).all(|i| cluster.status(i).is_some_and(|s| s.leader != 0))
+        });
+        assert!(healthy, "etcd cluster not healthy after 20 s:\n{}", cluster.logs());
+        cluster
+    }
+
+    /// Every member's client URL (killed ones too: a client must cope).
+    pub fn endpoints(&self) -> Vec<String> {
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        self.members.iter().map(|m| format!("{scheme}://127.0.0.1:{}", m.client_port)).collect()
+    }
+
+    /// `[coordination]` for a daemon on this cluster.
+    pub fn config(&self, lease_ttl: &str) -> String {
+        let eps: Vec<String> = self.endpoints().iter().map(|e| format!("{e:?}")).collect();
+        let ca = self.ca.as_ref().map(|c| format!("etcd_ca_file = {:?}\n", c.display().to_string()));
+        format!(
+            "[coordination]\nbackend = \"etcd\"\netcd_endpoints = [{}]\netcd_lease_ttl = {lease_ttl:?}\n{}",
+            eps.join(", "),
+            ca.unwrap_or_default()
+        )
+    }
+
+    /// Member `i`'s view (etcd's HTTP gateway, `/v3/maintenance/status`); None when it does
+    /// not answer.
+    pub fn status(&self, i: usize) -> Option<EtcdStatus> {
+        self.members[i].child.as_ref()?;
+        let body = http_post_json(self.members[i].status_port, "/v3/maintenance/status", "{}")?;
+        let num = |v: &serde_json::Value| v.as_str().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        Some(EtcdStatus { member_id: num(&body["header"]["member_id"]), leader: num(&body["leader"]) })
+    }
+
+    /// The index of the member that is leader now.
+    pub fn leader(&self) -> Option<usize> {
+        (0..self.members.len())
+            .find(|&i| self.status(i).is_some_and(|s| s.leader != 0 && s.leader == s.member_id))
+    }
+
+    /// SIGKILL member `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn kill_all(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        (0..self.members.len())
+            .map(|i| {
+                let text =
+                    std::fs::read_to_string(self._dir.path().join(format!("m{i}.log"))).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                format!("--- etcd m{i}:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+/// What one etcd member says of the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EtcdStatus {
+    pub member_id: u64,
+    /// 0: it knows of no leader.
+    pub leader: u64,
+}
+
+/// `POST path` with a JSON body to 127.0.0.1:`port`, the answer's JSON body.
+fn http_post_json(port: u16, path: &str, body: &str) -> Option<serde_json::Value> {
+    let mut s =
+        std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))
+            .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    let (head, rest) = answer.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    let json = &rest[rest.find('{')?..=rest.rfind('}')?];
+    serde_json::from_str(json).ok()
+}

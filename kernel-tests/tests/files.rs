@@ -612,3 +612,73 @@ fn a_file_confined_agent_on_a_terminal_uses_it_and_nothing_else() {
     assert!(log.contains("got:hello") && !log.contains("secret data"), "{log}");
     assert_eq!(std::fs::read_to_string(t.p("a/typed")).unwrap(), "got:hello\n");
 }
+
+/// A path claim in the kernel: while `holder` claims `a/`, the other agents (file-confined
+/// with tokens that allow it, or not file-confined at all) are refused every write there,
+/// audited naming the claim; reads and writes elsewhere stay; the holder writes; once the
+/// holder exits the claim is released and the others write again.
+#[test]
+fn a_path_claim_refuses_the_other_agents_writes_there_and_only_there() {
+    let Some(d) = lsm_daemon() else { return };
+    let t = Tree::new();
+    let tool = fs_tool();
+    let (bins, own) = (bin_grant(), format!("{}:read,write", t.a().display()));
+    // The holder writes a/f while it holds the claim, when told to (a/go appears), then exits.
+    let holder =
+        format!("while [ ! -e {} ]; do sleep 0.2; done; {tool} write {} +holder", t.p("a/go"), t.p("a/f"));
+    let out = d.rush(&[
+        "agent", "spawn", "holder", "--detach", "--allow", &bins, "--allow", &own, "--", "sh", "-c", &holder,
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let claimed = d.rush_json(&["agent", "claim", "parser", "--agent", "holder", "--paths", &t.p("a")]);
+    assert_eq!(claimed["won"], true, "{claimed}");
+    assert_eq!(claimed["claim"]["enforcement"], "kernel", "{claimed}");
+
+    let rw = format!("{}:read,write,create,delete", t.a().display());
+    let both = [rw.as_str(), &format!("{}:read,write,create,delete", t.p("b"))];
+    assert_eq!(agent_fs(&d, "c1", &[&rw], &["write", &t.p("a/f"), "+x"]), ["errno EPERM"]);
+    assert_eq!(agent_fs(&d, "c2", &[&rw], &["read", &t.p("a/f")]), ["ok 12"]);
+    assert_eq!(agent_fs(&d, "c3", &[&rw], &["create", &t.p("a/new")]), ["errno EPERM"]);
+    assert_eq!(agent_fs(&d, "c4", &[&rw], &["unlink", &t.p("a/f")]), ["errno EPERM"]);
+    assert_eq!(agent_fs(&d, "c5", &[&rw], &["mkdir", &t.p("a/sub")]), ["errno EPERM"]);
+    assert_eq!(agent_fs(&d, "c6", &both, &["rename", &t.p("a/f"), &t.p("b/f")]), ["errno EPERM"]);
+    assert_eq!(agent_fs(&d, "c7", &both, &["rename", &t.p("b/secret"), &t.p("a/secret")]), ["errno EPERM"]);
+    assert_eq!(agent_fs(&d, "c8", &both, &["write", &t.p("b/secret"), "+ok"]), ["ok"], "outside the claim");
+    // An agent with no file tokens at all (not file-confined) is refused too.
+    let out = d.rush(&["agent", "spawn", "free", "--", &tool, "write", &t.p("a/f"), "+free"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "errno EPERM", "{}", describe(&out));
+    // (The holder may have written its own part by now.)
+    let f = std::fs::read_to_string(t.p("a/f")).unwrap();
+    assert!(
+        f.starts_with("granted data") && !f.contains("+x") && !f.contains("+free"),
+        "the others wrote: {f}"
+    );
+    assert!(!Path::new(&t.p("a/new")).exists() && !Path::new(&t.p("a/secret")).exists());
+
+    // Audited naming the claim and its holder; the denied agent can ask who holds it.
+    let get = || d.audit().into_iter().find(|r| r["agent"] == "c1" && r["event"]["kind"] == "claim_deny");
+    assert!(wait_until(Duration::from_secs(5), || get().is_some()), "no claim_deny for c1: {:#?}", d.audit());
+    let ev = get().unwrap()["event"].clone();
+    assert_eq!(
+        (ev["task"].as_str(), ev["holder"].as_str(), ev["op"].as_str()),
+        (Some("parser"), Some("holder"), Some("write")),
+        "{ev}"
+    );
+    assert_eq!(ev["path"], t.p("a/f"), "{ev}");
+    let who = d.rush_json(&["agent", "claims", "--path", &t.p("a/f")]);
+    assert_eq!(who[0]["agent"], "holder", "{who}");
+
+    // The holder writes; it exits; its claim goes, and so do the denies.
+    std::fs::write(t.p("a/go"), "").unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || d.rush_json(&["agent", "status", "holder"])["state"]
+            == "exited"),
+        "the holder did not finish"
+    );
+    assert_eq!(std::fs::read_to_string(t.p("a/f")).unwrap(), "granted data+holder");
+    assert!(wait_until(Duration::from_secs(10), || d
+        .rush_json(&["agent", "claims"])
+        .as_array()
+        .is_some_and(Vec::is_empty)));
+    assert_eq!(agent_fs(&d, "c9", &[&rw], &["write", &t.p("a/f"), "+after"]), ["ok"]);
+}

@@ -23,6 +23,7 @@ use crate::adapters::cgroup::process_cgroup_v2;
 use crate::core::{Caller, Fault};
 use crate::services::agent::{AgentError, AgentManager};
 use crate::services::audit::AuditLog;
+use crate::services::coordination::{Actor, CoordinationError};
 use crate::services::events::Published;
 use crate::services::session::SessionError;
 
@@ -85,6 +86,7 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ApiServerError> {
 pub struct ApiContext {
     pub agents: Arc<AgentManager>,
     pub sessions: Arc<crate::services::session::Sessions>,
+    pub coordination: Arc<crate::services::coordination::Coordination>,
     pub audit: Arc<AuditLog>,
     pub operator_gid: Option<u32>,
     /// The v2 cgroup path prefix of agents, e.g. "/rush/": callers under it are agents.
@@ -299,6 +301,21 @@ impl Conn {
                 }
                 Err(e) if e.kind() == IoKind::WouldBlock => continue,
                 Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Waits until the peer has closed the connection both ways (its socket is gone), checked
+    /// once a second. Unlike [`Conn::closed`], a peer that only shut its sending side
+    /// (`socat`, `shutdown(SHUT_WR)` after its request) still counts as there.
+    async fn hung_up(&self) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let mut p = libc::pollfd { fd: self.stream.as_raw_fd(), events: 0, revents: 0 };
+            // SAFETY: one valid pollfd, a zero timeout; poll(2) only writes `revents`.
+            let n = unsafe { libc::poll(&mut p, 1, 0) };
+            if n > 0 && p.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+                return;
             }
         }
     }
@@ -519,6 +536,16 @@ async fn dispatch(
             let reply = send_terminal(peer, &name, text.into_bytes(), ctx).await;
             conn.send(id, reply.into()).await
         }
+        // A wait ends with its caller: a client gone does not hold a wait for an hour.
+        request @ (Request::Results(rush_proto::coordination::ResultsQuery {
+            wait_secs: Some(1..), ..
+        })
+        | Request::Inbox { wait_secs: Some(1..), .. }) => {
+            tokio::select! {
+                reply = answer(peer, request, ctx) => conn.send(id, reply.into()).await,
+                _ = conn.hung_up() => Ok(()),
+            }
+        }
         request => {
             let reply = answer(peer, request, ctx).await;
             conn.send(id, reply.into()).await
@@ -615,6 +642,48 @@ async fn answer(peer: &Peer, request: Request, ctx: &ApiContext) -> Result<Respo
             let (session, cwd) = sessions.detach(&session, pid, cwd, caller)?;
             Response::Detached { session, cwd }
         }
+        // Each a round trip to the coordination store (an etcd cluster's may take seconds to
+        // fail): off the async workers.
+        Request::Broadcast(req) => {
+            let (c, who) = (Arc::clone(&ctx.coordination), OwnedActor::of(peer));
+            Response::Intent { intent: blocking(move || c.broadcast(who.actor(), req)).await? }
+        }
+        Request::QueryIntents { paths, session } => {
+            let (c, who) = (Arc::clone(&ctx.coordination), OwnedActor::of(peer));
+            let intents = blocking(move || c.intents(who.actor(), &paths, session.as_deref())).await?;
+            Response::Intents { intents }
+        }
+        Request::Claim(req) => {
+            let c = Arc::clone(&ctx.coordination);
+            let who = OwnedActor::of(peer);
+            Response::Claim { outcome: blocking(move || c.claim(who.actor(), req)).await? }
+        }
+        Request::Renew { agent, task, ttl_secs } => {
+            let (c, who) = (Arc::clone(&ctx.coordination), OwnedActor::of(peer));
+            Response::Claim {
+                outcome: blocking(move || c.renew(who.actor(), agent.as_deref(), &task, ttl_secs)).await?,
+            }
+        }
+        Request::Release { agent, task } => {
+            let (c, who) = (Arc::clone(&ctx.coordination), OwnedActor::of(peer));
+            Response::Released {
+                claim: blocking(move || c.release(who.actor(), agent.as_deref(), &task)).await?,
+            }
+        }
+        Request::ListClaims { path, session } => {
+            let (c, who) = (Arc::clone(&ctx.coordination), OwnedActor::of(peer));
+            let claims = blocking(move || c.claims(who.actor(), path.as_deref(), session.as_deref())).await?;
+            Response::Claims { claims }
+        }
+        Request::Publish(req) => {
+            let (c, who) = (Arc::clone(&ctx.coordination), OwnedActor::of(peer));
+            Response::Published { result: blocking(move || c.publish(who.actor(), req)).await? }
+        }
+        Request::Results(q) => Response::Results { results: ctx.coordination.results(actor(peer), q).await? },
+        Request::Delegate(req) => delegate(peer, req, ctx).await?,
+        Request::Inbox { agent, wait_secs } => {
+            Response::Inbox { tasks: ctx.coordination.inbox(actor(peer), agent.as_deref(), wait_secs).await? }
+        }
         streamed @ (Request::Spawn(_)
         | Request::Audit(_)
         | Request::Subscribe(_)
@@ -654,7 +723,80 @@ macro_rules! to_wire {
         }
     )*};
 }
-to_wire!(AgentError, SessionError);
+to_wire!(AgentError, SessionError, CoordinationError);
+
+/// The principal of a request as coordination names it.
+fn actor(peer: &Peer) -> Actor<'_> {
+    match &peer.role {
+        CallerRole::Agent { name } => Actor::Agent { name },
+        _ => Actor::Operator { uid: peer.caller.uid },
+    }
+}
+
+/// [`actor`] owned, for work moved to a blocking thread.
+enum OwnedActor {
+    Operator(u32),
+    Agent(String),
+}
+
+impl OwnedActor {
+    fn of(peer: &Peer) -> OwnedActor {
+        match &peer.role {
+            CallerRole::Agent { name } => OwnedActor::Agent(name.clone()),
+            _ => OwnedActor::Operator(peer.caller.uid),
+        }
+    }
+
+    fn actor(&self) -> Actor<'_> {
+        match self {
+            OwnedActor::Operator(uid) => Actor::Operator { uid: *uid },
+            OwnedActor::Agent(name) => Actor::Agent { name },
+        }
+    }
+}
+
+/// Runs `f` (store writes, kernel map updates) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CoordinationError> + Send + 'static,
+) -> Result<T, CoordinationError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(CoordinationError::new(Fault::Internal, format!("claim task failed: {e}"))))
+}
+
+/// `delegate`: the task first, then (operator only) the agent spawned for it, detached,
+/// so the task is in its inbox before it can look.
+async fn delegate(
+    peer: &Peer,
+    mut req: rush_proto::coordination::DelegateRequest,
+    ctx: &ApiContext,
+) -> Result<Response, ApiError> {
+    let spawn = req.spawn.take();
+    if let Some(s) = &spawn
+        && s.name != req.to
+    {
+        return Err(ApiError::new(
+            ErrorKind::InvalidArgument,
+            format!("the agent spawned for the task is named {:?}, the task is for {:?}", s.name, req.to),
+        ));
+    }
+    let mut checked = req.clone();
+    checked.spawn = spawn.clone();
+    let task = ctx.coordination.delegate(actor(peer), &checked)?;
+    let Some(mut spawn) = spawn else { return Ok(Response::Delegated { task, spawned: None }) };
+    spawn.stdio = StdioMode::Log;
+    spawn.env.retain(|(k, _)| k != "RUSH_TASK" && k != "RUSH_SOCKET");
+    spawn.env.push(("RUSH_TASK".into(), task.id.to_string()));
+    let socket = std::path::absolute(&ctx.socket).unwrap_or_else(|_| ctx.socket.clone());
+    spawn.env.push(("RUSH_SOCKET".to_owned(), socket.to_string_lossy().into_owned()));
+    match ctx.agents.spawn(*spawn, &peer.caller, None).await {
+        Ok((info, _exit)) => Ok(Response::Delegated { task, spawned: Some(info) }),
+        Err(e) => {
+            ctx.coordination.cancel(task.id);
+            Err(e.into())
+        }
+    }
+}
 
 async fn spawn(
     conn: &mut Conn,

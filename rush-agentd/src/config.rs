@@ -106,6 +106,155 @@ pub struct Config {
     pub hardening: crate::adapters::harden::HardeningSection,
     pub dns: DnsSection,
     pub terminal: TerminalSection,
+    pub coordination: CoordinationSection,
+}
+
+/// Coordination between agents (intents, claims, results, tasks).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoordinationSection {
+    /// Largest result `rush agent publish` accepts, in bytes (at most 700 KiB: a request
+    /// line carries it base64-encoded within the API's 1 MiB).
+    pub max_result_bytes: usize,
+    /// Where coordination state lives: this daemon's state.db, or an etcd cluster shared
+    /// by several daemons (machines).
+    pub backend: CoordinationBackend,
+    /// etcd's client URLs (`http://HOST:PORT`, or `https://` with `etcd_ca_file`).
+    pub etcd_endpoints: Vec<String>,
+    /// Every key Rush writes in etcd starts with this (`/rush/claims/TASK`, ...): daemons
+    /// sharing a prefix share claims; ends with `/`.
+    pub etcd_prefix: String,
+    /// The TTL of this daemon's etcd lease (a duration, `10s`): a daemon that stops
+    /// answering (dead, stopped, cut off) loses its claims this long after.
+    pub etcd_lease_ttl: String,
+    /// PEM CA certificate(s) the etcd servers' certificates must chain to (https only).
+    pub etcd_ca_file: Option<PathBuf>,
+    /// PEM client certificate and key, for clusters that require them (both or neither).
+    pub etcd_cert_file: Option<PathBuf>,
+    pub etcd_key_file: Option<PathBuf>,
+    /// This daemon's name among the daemons sharing the store; empty: `HOSTNAME:STATE_DIR`.
+    pub node: String,
+}
+
+impl Default for CoordinationSection {
+    fn default() -> Self {
+        CoordinationSection {
+            max_result_bytes: 512 << 10,
+            backend: CoordinationBackend::Embedded,
+            etcd_endpoints: vec!["http://127.0.0.1:2379".into()],
+            etcd_prefix: "/rush/".into(),
+            etcd_lease_ttl: "10s".into(),
+            etcd_ca_file: None,
+            etcd_cert_file: None,
+            etcd_key_file: None,
+            node: String::new(),
+        }
+    }
+}
+
+/// `[coordination] backend`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub enum CoordinationBackend {
+    /// The daemon's SQLite store: one machine.
+    #[default]
+    Embedded,
+    /// An etcd cluster (v3 API): several daemons, on several machines.
+    Etcd,
+}
+
+impl TryFrom<String> for CoordinationBackend {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.as_str() {
+            "embedded" => Ok(CoordinationBackend::Embedded),
+            "etcd" => Ok(CoordinationBackend::Etcd),
+            _ => Err(format!("coordination.backend: {s:?} is not \"embedded\" or \"etcd\"")),
+        }
+    }
+}
+
+/// etcd's lease TTLs this daemon accepts: below etcd's own minimum (about 1.5 s with its
+/// default election timeout) a lease cannot be kept alive reliably.
+pub const ETCD_LEASE_TTL: std::ops::RangeInclusive<u64> = 2..=3600;
+
+impl CoordinationSection {
+    /// The node lease's TTL (validated by `Config::parse`).
+    pub fn etcd_lease_ttl(&self) -> std::time::Duration {
+        rush_proto::parse_duration(&self.etcd_lease_ttl).unwrap_or(std::time::Duration::from_secs(10))
+    }
+
+    /// This daemon's name among the daemons sharing the store.
+    pub fn node_name(&self, state_dir: &Path) -> String {
+        if !self.node.is_empty() {
+            return self.node.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let host = host.trim();
+        format!("{host}:{}", state_dir.display())
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let ttl = rush_proto::parse_duration(&self.etcd_lease_ttl)
+            .map_err(|e| format!("coordination.etcd_lease_ttl: {e}"))?;
+        if !ETCD_LEASE_TTL.contains(&ttl.as_secs()) || ttl.subsec_nanos() != 0 {
+            return Err(format!(
+                "coordination.etcd_lease_ttl: {:?} is not {}s-{}s",
+                self.etcd_lease_ttl,
+                ETCD_LEASE_TTL.start(),
+                ETCD_LEASE_TTL.end()
+            ));
+        }
+        if !self.etcd_prefix.starts_with('/')
+            || !self.etcd_prefix.ends_with('/')
+            || self.etcd_prefix.len() < 2
+        {
+            return Err(format!(
+                "coordination.etcd_prefix: {:?} must start and end with / (e.g. \"/rush/\")",
+                self.etcd_prefix
+            ));
+        }
+        if self.node.len() > 256 || self.node.chars().any(char::is_control) {
+            return Err("coordination.node: at most 256 printable characters".into());
+        }
+        if self.etcd_cert_file.is_some() != self.etcd_key_file.is_some() {
+            return Err("coordination.etcd_cert_file and etcd_key_file: set both or neither".into());
+        }
+        if self.etcd_cert_file.is_some() && self.etcd_ca_file.is_none() {
+            return Err("coordination.etcd_cert_file: a client certificate needs etcd_ca_file (TLS)".into());
+        }
+        for f in [&self.etcd_ca_file, &self.etcd_cert_file, &self.etcd_key_file].into_iter().flatten() {
+            if !f.is_absolute() {
+                return Err(format!("coordination: {} is not an absolute path", f.display()));
+            }
+        }
+        if self.backend == CoordinationBackend::Etcd && self.etcd_endpoints.is_empty() {
+            return Err("coordination.etcd_endpoints: empty (backend = \"etcd\" needs at least one)".into());
+        }
+        let tls = self.etcd_ca_file.is_some();
+        for e in &self.etcd_endpoints {
+            let rest = match (e.strip_prefix("http://"), e.strip_prefix("https://")) {
+                (Some(rest), _) if !tls => rest,
+                (_, Some(rest)) if tls => rest,
+                (Some(_), _) => {
+                    return Err(format!(
+                        "coordination.etcd_endpoints: {e:?} is http:// but etcd_ca_file is set (use https://)"
+                    ));
+                }
+                (_, Some(_)) => {
+                    return Err(format!(
+                        "coordination.etcd_endpoints: {e:?} is https:// and needs etcd_ca_file"
+                    ));
+                }
+                _ => return Err(format!("coordination.etcd_endpoints: {e:?} is not http://HOST:PORT")),
+            };
+            let port = rest.trim_end_matches('/').rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>()));
+            if !matches!(port, Some((h, Ok(p))) if !h.is_empty() && p != 0) {
+                return Err(format!("coordination.etcd_endpoints: {e:?} is not http[s]://HOST:PORT"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Agents on a terminal (`rush agent spawn --tty`, `rush agent attach`).
@@ -405,6 +554,7 @@ impl Config {
         if let Err(e) = rush_proto::parse_duration(&config.audit.retention) {
             return Err(format!("audit.retention: {e}"));
         }
+        config.coordination.check()?;
         if !(1..=1 << 20).contains(&config.events.backlog) {
             return Err(format!("events.backlog: {} is not 1-1048576", config.events.backlog));
         }
@@ -445,6 +595,7 @@ mod tests {
             "audit",
             "meter",
             "meter.prices",
+            "coordination",
         ] {
             assert!(text.contains(&format!("\n[{section}]\n")), "contrib/config.toml lacks [{section}]");
         }
@@ -553,6 +704,39 @@ mod tests {
         assert_eq!((c.audit.max_age(), c.audit.max_records()), (None, None));
         let e = Config::parse("[audit]\nretention = \"soon\"\n").unwrap_err();
         assert!(e.contains("audit.retention"), "{e}");
+    }
+
+    #[test]
+    fn coordination_backend_and_etcd_keys_are_checked_by_name() {
+        let c = Config::parse(
+            "[coordination]\nbackend = \"etcd\"\netcd_endpoints = [\"http://10.0.0.1:2379\", \"http://h2:2379\"]\n\
+             etcd_lease_ttl = \"2s\"\nnode = \"ci-7\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.coordination.backend, CoordinationBackend::Etcd);
+        assert_eq!(c.coordination.etcd_lease_ttl(), std::time::Duration::from_secs(2));
+        assert_eq!(c.coordination.node_name(Path::new("/var/lib/rush")), "ci-7");
+        assert!(Config::default().coordination.node_name(Path::new("/s")).ends_with(":/s"));
+        for (text, key) in [
+            ("backend = \"zookeeper\"", "coordination.backend"),
+            ("etcd_lease_ttl = \"1s\"", "coordination.etcd_lease_ttl"),
+            ("etcd_lease_ttl = \"soon\"", "coordination.etcd_lease_ttl"),
+            ("etcd_prefix = \"rush\"", "coordination.etcd_prefix"),
+            ("etcd_endpoints = [\"127.0.0.1:2379\"]", "coordination.etcd_endpoints"),
+            ("etcd_endpoints = [\"http://127.0.0.1\"]", "coordination.etcd_endpoints"),
+            ("etcd_endpoints = [\"https://127.0.0.1:2379\"]", "coordination.etcd_endpoints"),
+            ("backend = \"etcd\"\netcd_endpoints = []", "coordination.etcd_endpoints"),
+            ("etcd_cert_file = \"/c.pem\"", "etcd_key_file"),
+            ("etcd_ca_file = \"/ca.pem\"", "coordination.etcd_endpoints"),
+        ] {
+            let e = Config::parse(&format!("[coordination]\n{text}\n")).unwrap_err();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        let tls = Config::parse(
+            "[coordination]\netcd_endpoints = [\"https://e:2379\"]\netcd_ca_file = \"/ca.pem\"\n\
+             etcd_cert_file = \"/c.pem\"\netcd_key_file = \"/k.pem\"\n",
+        );
+        assert!(tls.is_ok(), "{tls:?}");
     }
 
     #[test]

@@ -39,6 +39,58 @@ pub enum DaemonError {
     Harden(#[from] crate::adapters::harden::HardenError),
     #[error("[dns] upstream {0:?}: not an IP address or IP:PORT (e.g. 10.0.0.1, [fd00::1]:5353)")]
     DnsUpstream(String),
+    #[error(transparent)]
+    Etcd(#[from] crate::adapters::etcd::EtcdError),
+}
+
+/// `[coordination] backend = "etcd"`: its client, started (etcd need not answer yet).
+fn start_etcd(config: &Config, state_dir: &Path) -> Result<Option<crate::adapters::etcd::Etcd>, DaemonError> {
+    let c = &config.coordination;
+    if c.backend != crate::config::CoordinationBackend::Etcd {
+        return Ok(None);
+    }
+    let node = c.node_name(state_dir);
+    let etcd = crate::adapters::etcd::Etcd::start(crate::adapters::etcd::EtcdSetup {
+        endpoints: c.etcd_endpoints.clone(),
+        prefix: c.etcd_prefix.clone(),
+        lease_ttl: c.etcd_lease_ttl(),
+        tls: c.etcd_ca_file.clone().map(|ca_file| crate::adapters::etcd::EtcdTls {
+            ca_file,
+            identity: c.etcd_cert_file.clone().zip(c.etcd_key_file.clone()),
+        }),
+        node: node.clone(),
+    })?;
+    tracing::info!(endpoints = etcd.endpoints(), node, "coordination: on etcd");
+    Ok(Some(etcd))
+}
+
+/// The coordination store, this daemon's node name among the daemons sharing it (empty
+/// when embedded), and what reports claims changed by other daemons.
+type CoordinationBackend = (
+    Arc<dyn crate::services::coordination::CoordinationStore>,
+    String,
+    Option<tokio::sync::watch::Receiver<u64>>,
+);
+
+fn coordination_store(
+    etcd: Option<crate::adapters::etcd::Etcd>,
+    store: &Arc<crate::adapters::store::Store>,
+    state_dir: &Path,
+) -> CoordinationBackend {
+    match etcd {
+        None => (
+            Arc::new(crate::services::coordination::Embedded {
+                store: store.clone(),
+                blobs: state_dir.join("results"),
+            }),
+            String::new(),
+            None,
+        ),
+        Some(etcd) => {
+            let (node, changes) = (etcd.node().to_owned(), etcd.changes());
+            (Arc::new(etcd), node, Some(changes))
+        }
+    }
 }
 
 /// Runs the daemon until SIGTERM or SIGINT. With `ephemeral`, the BPF pins are removed on
@@ -52,6 +104,9 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     std::fs::create_dir_all(&log_dir)
         .map_err(|source| DaemonError::StateDir { path: log_dir.clone(), source })?;
 
+    // Before anything touches the kernel: a bad etcd setup (an unreadable TLS file) stops
+    // the start here, naming its key.
+    let etcd = start_etcd(&config, &state_dir)?;
     let layout = CgroupLayout::detect()?;
     let cgroups =
         Arc::new(FsCgroups::new(layout.clone(), &config.cgroup.parent, &config.cgroup.v1_controllers)?);
@@ -119,7 +174,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     let agents = AgentManager::new(AgentSetup {
         dns,
         cgroups: cgroups.clone(),
-        kernel,
+        kernel: kernel.clone(),
         audit: audit.clone(),
         enforcement,
         log_dir,
@@ -145,6 +200,31 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
         store: Some(store.clone()),
         terminal_scrollback: config.terminal.scrollback,
     });
+    let (coordination_store, node, store_changes) = coordination_store(etcd, &store, &state_dir);
+    let coordination = Arc::new(crate::services::coordination::Coordination::new(
+        crate::services::coordination::CoordinationSetup {
+            store: coordination_store,
+            node,
+            agents: agents.clone(),
+            kernel,
+            audit: audit.clone(),
+            keys: crate::core::FileKeys { btrfs_keyed: report.btrfs_keyed },
+            kernel_claims: if matches!(doctor_files, FileBackend::BpfLsm) {
+                Ok(())
+            } else {
+                Err(match &doctor_files {
+                    FileBackend::Landlock => {
+                        "no BPF LSM on this kernel, and a Landlock ruleset cannot be narrowed in a running agent"
+                            .to_string()
+                    }
+                    _ => "no BPF LSM on this kernel".to_string(),
+                })
+            },
+            max_result_bytes: config.coordination.max_result_bytes.min(700 << 10),
+        },
+    ));
+    // Before any agent starts (adopted ones already run: their denies come with the sweep).
+    agents.set_admission(coordination.clone());
     let adopted = agents.adopt();
     if adopted > 0 {
         tracing::info!(adopted, "re-adopted agents left running by a previous daemon");
@@ -181,6 +261,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
         audit_records,
         agent_cgroups,
         agents.clone(),
+        coordination.clone(),
         audit.clone(),
         events_lost.clone(),
     ));
@@ -234,6 +315,12 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     if restarted > 0 {
         tracing::info!(restarted, "restartable agents started again");
     }
+    // Claims whose holders died while no daemon ran are released; the rest are mirrored
+    // into the kernel again (adopted agents included).
+    coordination.sweep();
+    coordination.resync_kernel();
+    crate::services::coordination::spawn_sweeper(coordination.clone(), store_changes);
+    let doctor_coordination = coordination.clone();
     let doctor_sessions = sessions.clone();
     let (doctor_agents, doctor_audit, doctor_events_lost) =
         (agents.clone(), audit.clone(), events_lost.clone());
@@ -248,12 +335,13 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     let ctx = Arc::new(ApiContext {
         agents: agents.clone(),
         sessions: sessions.clone(),
+        coordination,
         audit: audit.clone(),
         operator_gid,
         agent_cgroup_prefix: format!("/{parent}/"),
         socket: config.daemon.socket.clone(),
         doctor: Box::new(move || {
-            probe::doctor(&ProbeInputs {
+            let mut report = probe::doctor(&ProbeInputs {
                 attach: Some(&doctor_report),
                 cgroups: Some(&doctor_layout),
                 meter_ready: Some(meter_ready),
@@ -272,7 +360,10 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
                     unsaved_revokes: doctor_agents.unsaved_revokes(),
                     recovered: doctor_recovery.clone(),
                 }),
-            })
+            });
+            report.guarantees.push(doctor_coordination.doctor_guarantee());
+            report.guarantees.push(doctor_coordination.doctor_store());
+            report
         }),
     });
     let (shutdown_tx, _) = broadcast::channel(1);
@@ -474,6 +565,7 @@ async fn pump_events(
     mut records: mpsc::UnboundedReceiver<crate::adapters::audit_netlink::AuditRecord>,
     agent_cgroups: AgentCgroups,
     agents: Arc<AgentManager>,
+    coordination: Arc<crate::services::coordination::Coordination>,
     audit: Arc<AuditLog>,
     events_lost: Arc<std::sync::atomic::AtomicU64>,
 ) {
@@ -546,6 +638,7 @@ async fn pump_events(
         let deny_of = match &ev {
             KernelEvent::NetDeny { cgroup_id, .. }
             | KernelEvent::FileDeny { cgroup_id, .. }
+            | KernelEvent::ClaimDeny { cgroup_id, .. }
             | KernelEvent::GuardDeny { cgroup_id, .. }
             | KernelEvent::ApiCallRefused { cgroup_id, .. } => Some(*cgroup_id),
             _ => None,
@@ -576,6 +669,33 @@ async fn pump_events(
                 audit.record(
                     Some(&name),
                     AuditEvent::FileDeny { pid: tgid, uid, comm, hook: hook.into(), op, path },
+                );
+            }
+            KernelEvent::ClaimDeny { cgroup_id, tgid, uid, comm, hook, op, path, claim_id, .. } => {
+                let name = agent_name(&agents, cgroup_id);
+                let op = rush_proto::Ops(op).to_string();
+                // The claim may have ended since the kernel refused: named by its lease then.
+                let (task, holder, fencing) = match coordination.claim_by_lease(claim_id) {
+                    Some(c) => (c.task, c.agent, c.fencing),
+                    // The kernel could not finish the walk up (too deep): refused, fail closed.
+                    None if claim_id == 0 => {
+                        ("(path too deep to check against claims)".into(), String::new(), 0)
+                    }
+                    None => (format!("(ended claim, lease {claim_id})"), String::new(), 0),
+                };
+                audit.record(
+                    Some(&name),
+                    AuditEvent::ClaimDeny {
+                        pid: tgid,
+                        uid,
+                        comm,
+                        hook: hook.into(),
+                        op,
+                        path,
+                        task,
+                        holder,
+                        fencing,
+                    },
                 );
             }
             KernelEvent::GuardDeny { cgroup_id, pid: _, tgid, uid, comm, hook, target, arg } => {

@@ -6,7 +6,8 @@
 use std::path::Path;
 
 use crate::core::Caller;
-use crate::services::agent::{AgentError, AgentManager};
+use crate::services::agent::{AgentAdmission, AgentError, AgentManager};
+use crate::services::coordination::{AgentView, Coordination, CoordinationAgents};
 use crate::services::session::{Pending, SessionAgents, SessionError};
 
 /// An agents' failure inside a session request keeps its fault and its line.
@@ -49,5 +50,30 @@ impl SessionAgents for AgentManager {
 
     fn follow_token_paths(&self, name: &str) -> Result<usize, SessionError> {
         AgentManager::follow_token_paths(self, name).map_err(for_session)
+    }
+}
+
+impl CoordinationAgents for AgentManager {
+    fn agent(&self, name: &str) -> Option<AgentView> {
+        self.registry().agents.get(name).map(|a| view(a.info.clone()))
+    }
+
+    fn alive(&self) -> Vec<AgentView> {
+        self.infos().into_iter().map(view).filter(|a| a.alive).collect()
+    }
+}
+
+fn view(a: rush_proto::AgentInfo) -> AgentView {
+    AgentView {
+        alive: a.state != rush_proto::AgentState::Exited,
+        name: a.name,
+        cgroup_id: a.cgroup_id,
+        session: a.session,
+    }
+}
+
+impl AgentAdmission for Coordination {
+    fn admit(&self, name: &str, cgroup_id: u64, session: Option<&str>) -> Result<(), String> {
+        Coordination::admit(self, name, cgroup_id, session).map_err(|e| e.message)
     }
 }

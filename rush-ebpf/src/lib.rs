@@ -80,6 +80,7 @@ pub const EVENT_GUARD_DENY: u32 = 3;
 pub const EVENT_GRANT_MOVED: u32 = 4;
 pub const EVENT_NET_BUDGET: u32 = 5;
 pub const EVENT_API_REFUSED: u32 = 6;
+pub const EVENT_CLAIM_DENY: u32 = 7;
 
 /// `RushNetUsage::flags`: the byte budget was reached (packets are dropped, the breach was
 /// reported); cleared by the daemon when it raises the budget.
@@ -96,6 +97,10 @@ pub const AGENT_FILES_CONFINED: u32 = 1;
 pub const AGENT_HARDLINKS_REFUSE_WRITE: u32 = 1 << 1;
 /// `RushAgent::flags`: the same for read, write and exec.
 pub const AGENT_HARDLINKS_REFUSE: u32 = 1 << 2;
+/// `RushAgent::flags`: `rush_claim_denies` has entries for this agent (another agent holds
+/// a path claim); the file hooks refuse its writes below a claimed inode, whether it is
+/// file-confined or not. Only agents with it pay that check.
+pub const AGENT_CLAIM_DENIED: u32 = 1 << 3;
 
 // File operations: bit `1 << i` is `RushFileGrant::expires_ns[i]` (= rush_proto::Ops bits).
 pub const FILE_OP_READ: u32 = 1 << 0;
@@ -221,6 +226,8 @@ pub const MAP_NET_CIDR: &str = "rush_net_cidr";
 pub const MAP_NET_USAGE: &str = "rush_net_usage";
 pub const MAP_API_ADDRS: &str = "rush_api_addrs";
 pub const MAP_FILE_GRANTS: &str = "rush_file_grants";
+/// Path claims: [`RushFileKey`] (the denied agent, the claimed inode) → [`RushClaimDeny`].
+pub const MAP_CLAIM_DENIES: &str = "rush_claim_denies";
 pub const MAP_EVENTS: &str = "rush_events";
 pub const MAP_STATS: &str = "rush_stats";
 /// Addresses learned from DNS answers: [`RushNetCidrKey`] → until (CLOCK_BOOTTIME ns).
@@ -230,7 +237,7 @@ pub const MAP_DNS_RESOLVERS: &str = "rush_dns_resolvers";
 /// socket cookie → where a redirected DNS socket meant to go (kernel-only, LRU).
 pub const MAP_DNS_ORIG: &str = "rush_dns_orig";
 /// In the order the objects define them.
-pub const PINNED_MAPS: [&str; 10] = [
+pub const PINNED_MAPS: [&str; 11] = [
     MAP_AGENTS,
     MAP_NET_CIDR,
     MAP_NET_LEARNED,
@@ -239,6 +246,7 @@ pub const PINNED_MAPS: [&str; 10] = [
     MAP_NET_USAGE,
     MAP_API_ADDRS,
     MAP_FILE_GRANTS,
+    MAP_CLAIM_DENIES,
     MAP_EVENTS,
     MAP_STATS,
 ];
@@ -503,6 +511,57 @@ pub struct RushFileGrant {
     pub pad: u32,
 }
 
+/// Value of `rush_claim_denies` (key: [`RushFileKey`] of the denied agent and the claimed
+/// inode). C: `struct rush_claim_deny`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RushClaimDeny {
+    /// The daemon's claim (its fencing token).
+    pub claim_id: u64,
+    /// The cgroup of the agent that holds the claim.
+    pub holder_cgroup: u64,
+}
+
+/// A write-like operation refused by a path claim, a record of `rush_events`. C: `struct
+/// rush_claim_event`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RushClaimEvent {
+    /// `EVENT_CLAIM_DENY`, `FHOOK_*`.
+    pub hdr: RushEventHdr,
+    /// `FILE_OP_WRITE`, `FILE_OP_CREATE` or `FILE_OP_DELETE`: what the hook asked.
+    pub op: u32,
+    pub dev: u32,
+    /// The object checked (for a create: the parent directory).
+    pub ino: u64,
+    /// 0: the kernel's walk could not finish (a tree deeper than its bound) and denied.
+    pub claim_id: u64,
+    pub holder_cgroup: u64,
+    /// NUL-terminated; starts with "…" when it was cut.
+    pub path: [u8; FILE_PATH_LEN],
+}
+
+impl Default for RushClaimEvent {
+    fn default() -> Self {
+        RushClaimEvent {
+            hdr: RushEventHdr::default(),
+            op: 0,
+            dev: 0,
+            ino: 0,
+            claim_id: 0,
+            holder_cgroup: 0,
+            path: [0; FILE_PATH_LEN],
+        }
+    }
+}
+
+impl RushClaimEvent {
+    /// The path up to its first NUL (lossy UTF-8).
+    pub fn path(&self) -> String {
+        c_string(&self.path)
+    }
+}
+
 /// A self-protection deny record of `rush_events`. C: `struct rush_guard_event`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -616,6 +675,10 @@ unsafe impl Plain for RushApiKey {}
 unsafe impl Plain for RushBudgetEvent {}
 // SAFETY: as above.
 unsafe impl Plain for RushApiEvent {}
+// SAFETY: as above.
+unsafe impl Plain for RushClaimDeny {}
+// SAFETY: as above.
+unsafe impl Plain for RushClaimEvent {}
 
 // No implicit padding: the fields add up to the whole struct.
 const _: () = assert!(size_of::<RushAgent>() == 4 + 4 + 8);
@@ -636,6 +699,8 @@ const _: () = assert!(size_of::<RushApiKey>() == 2 + 2 + 4 + 16);
 const _: () = assert!(size_of::<RushBudgetEvent>() == HDR + 8 + 8);
 const _: () = assert!(size_of::<RushApiEvent>() == HDR + 2 + 2 + 4 + 16 + 8 + 8);
 const _: () = assert!(size_of::<RushFileEvent>() == HDR + 4 + 4 + 8 + FILE_PATH_LEN);
+const _: () = assert!(size_of::<RushClaimDeny>() == 8 + 8);
+const _: () = assert!(size_of::<RushClaimEvent>() == HDR + 4 + 4 + 8 + 8 + 8 + FILE_PATH_LEN);
 
 #[cfg(test)]
 mod tests {
@@ -809,6 +874,18 @@ mod tests {
                 size_of::<RushFileEvent>(),
                 &rust_fields!(RushFileEvent { hdr, op, dev, ino, path }),
             );
+            check_layout(
+                object,
+                "rush_claim_deny",
+                size_of::<RushClaimDeny>(),
+                &rust_fields!(RushClaimDeny { claim_id, holder_cgroup }),
+            );
+            check_layout(
+                object,
+                "rush_claim_event",
+                size_of::<RushClaimEvent>(),
+                &rust_fields!(RushClaimEvent { hdr, op, dev, ino, claim_id, holder_cgroup, path }),
+            );
         }
     }
 
@@ -866,6 +943,8 @@ mod tests {
             ("RUSH_EVENT_GRANT_MOVED", EVENT_GRANT_MOVED.into()),
             ("RUSH_EVENT_NET_BUDGET", EVENT_NET_BUDGET.into()),
             ("RUSH_EVENT_API_REFUSED", EVENT_API_REFUSED.into()),
+            ("RUSH_EVENT_CLAIM_DENY", EVENT_CLAIM_DENY.into()),
+            ("RUSH_AGENT_CLAIM_DENIED", AGENT_CLAIM_DENIED.into()),
             ("RUSH_USAGE_BYTES_BREACHED", USAGE_BYTES_BREACHED),
             ("RUSH_NET_CIDR_FIXED_BITS", NET_CIDR_FIXED_BITS.into()),
             ("RUSH_FHOOK_MMAP_FILE", FHOOK_MMAP_FILE.into()),
@@ -1015,5 +1094,18 @@ mod tests {
         assert_eq!(back.hdr.comm(), "cat");
         // Every event starts with the header: its kind is the record's first u32.
         assert_eq!(RushEventHdr::from_bytes(back.as_bytes()).unwrap().kind, EVENT_FILE_DENY);
+
+        let mut e = RushClaimEvent {
+            hdr: RushEventHdr::new(EVENT_CLAIM_DENY, FHOOK_PATH_UNLINK, 7),
+            op: FILE_OP_DELETE,
+            claim_id: 3,
+            holder_cgroup: 8,
+            ..Default::default()
+        };
+        e.path[..8].copy_from_slice(b"/r/p/x.c");
+        let back = RushClaimEvent::from_bytes(e.as_bytes()).unwrap();
+        assert_eq!(back, e);
+        assert_eq!(back.path(), "/r/p/x.c");
+        assert_eq!(RushEventHdr::from_bytes(back.as_bytes()).unwrap().kind, EVENT_CLAIM_DENY);
     }
 }

@@ -246,6 +246,58 @@ pub enum Request {
         #[serde(default)]
         revoke: Option<RevokeTarget>,
     },
+    /// Declare an intent (what the agent is about to do, and where). Replies `Intent`.
+    Broadcast(crate::coordination::BroadcastRequest),
+    /// Live intents (an agent sees its session's), those naming a path that overlaps one
+    /// of `paths` marked. Replies `Intents`.
+    QueryIntents {
+        #[serde(default)]
+        paths: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<String>,
+    },
+    /// Take an exclusive lease on a task, decided by one compare-and-swap in the store.
+    /// Replies `Claim`: won, or the holder's claim.
+    Claim(crate::coordination::ClaimRequest),
+    /// Extend the caller's lease on `task` by `ttl_secs` from now (default: the TTL it
+    /// was taken with). Replies `Claim`; a task the caller does not hold is `NotFound`.
+    Renew {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
+        task: String,
+        #[serde(default)]
+        ttl_secs: Option<u64>,
+    },
+    /// Give the task up. An operator leaving `agent` out releases whoever holds it.
+    /// Replies `Released`.
+    Release {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
+        task: String,
+    },
+    /// Live claims (an agent sees its session's); with `path`, those whose paths cover it.
+    /// Replies `Claims`.
+    ListClaims {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session: Option<String>,
+    },
+    /// Store a result (content-addressed, size-limited). Replies `Published`.
+    Publish(crate::coordination::PublishRequest),
+    /// Results the caller may read, or one key with its content (optionally waited for).
+    /// Replies `Results`.
+    Results(crate::coordination::ResultsQuery),
+    /// Put a task in another agent's inbox. Replies `Delegated`.
+    Delegate(crate::coordination::DelegateRequest),
+    /// The open tasks delegated to the agent; with `wait_secs`, waits up to that long for
+    /// one if there is none. Replies `Inbox`.
+    Inbox {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wait_secs: Option<u64>,
+    },
 }
 
 impl Request {
@@ -286,6 +338,16 @@ impl Request {
         "attach_session",
         "detach_session",
         "change_effect",
+        "broadcast",
+        "query_intents",
+        "claim",
+        "renew",
+        "release",
+        "list_claims",
+        "publish",
+        "results",
+        "delegate",
+        "inbox",
     ];
 
     /// The request's name: its `type` on the wire (a unit test holds the two together).
@@ -326,6 +388,16 @@ impl Request {
             Request::AttachSession { .. } => "attach_session",
             Request::DetachSession { .. } => "detach_session",
             Request::ChangeEffect { .. } => "change_effect",
+            Request::Broadcast(_) => "broadcast",
+            Request::QueryIntents { .. } => "query_intents",
+            Request::Claim(_) => "claim",
+            Request::Renew { .. } => "renew",
+            Request::Release { .. } => "release",
+            Request::ListClaims { .. } => "list_claims",
+            Request::Publish(_) => "publish",
+            Request::Results(_) => "results",
+            Request::Delegate(_) => "delegate",
+            Request::Inbox { .. } => "inbox",
         }
     }
 
@@ -337,9 +409,19 @@ impl Request {
         const OPERATOR: &[Principal] = &[Principal::Operator];
         match self {
             Request::Hello | Request::Doctor => ANYONE,
-            Request::AgentStatus { .. } | Request::ListCapabilities { .. } | Request::Commit { .. } => {
-                OPERATOR_OR_SELF
-            }
+            Request::AgentStatus { .. }
+            | Request::ListCapabilities { .. }
+            | Request::Commit { .. }
+            | Request::Broadcast(_)
+            | Request::QueryIntents { .. }
+            | Request::Claim(_)
+            | Request::Renew { .. }
+            | Request::Release { .. }
+            | Request::ListClaims { .. }
+            | Request::Publish(_)
+            | Request::Results(_)
+            | Request::Delegate(_)
+            | Request::Inbox { .. } => OPERATOR_OR_SELF,
             Request::Spawn(_)
             | Request::ListAgents
             | Request::KillAgent { .. }
@@ -384,7 +466,18 @@ impl Request {
     pub fn confine_to_agent(&mut self, own: &str) -> Result<(), String> {
         let target = match self {
             Request::AgentStatus { name: target } => target,
-            Request::ListCapabilities { agent: target } | Request::Commit { agent: target, .. } => target,
+            Request::ListCapabilities { agent: target }
+            | Request::Commit { agent: target, .. }
+            | Request::Renew { agent: target, .. }
+            | Request::Release { agent: target, .. }
+            | Request::Inbox { agent: target, .. }
+            | Request::Broadcast(crate::coordination::BroadcastRequest { agent: target, .. })
+            | Request::Claim(crate::coordination::ClaimRequest { agent: target, .. })
+            | Request::Publish(crate::coordination::PublishRequest { agent: target, .. })
+            | Request::Results(crate::coordination::ResultsQuery { agent: target, .. })
+            | Request::Delegate(crate::coordination::DelegateRequest { agent: target, .. }) => target,
+            // Reads the service scopes to the agent's session.
+            Request::QueryIntents { .. } | Request::ListClaims { .. } => return Ok(()),
             // Naming no agent; or refused to agents by `senders` (a unit test checks that
             // every request an agent may send, but these two, is confined above).
             Request::Hello
@@ -453,7 +546,13 @@ impl Request {
             | Request::AttachSession { .. }
             | Request::DetachSession { .. }
             | Request::AttachTerminal { .. }
-            | Request::SendTerminal { .. } => true,
+            | Request::SendTerminal { .. }
+            | Request::Broadcast(_)
+            | Request::Claim(_)
+            | Request::Renew { .. }
+            | Request::Release { .. }
+            | Request::Publish(_)
+            | Request::Delegate(_) => true,
             Request::Hello
             | Request::ListAgents
             | Request::AgentStatus { .. }
@@ -467,7 +566,11 @@ impl Request {
             | Request::Diff { .. }
             | Request::ShowSession { .. }
             | Request::SessionGet { .. }
-            | Request::ChangeEffect { .. } => false,
+            | Request::ChangeEffect { .. }
+            | Request::QueryIntents { .. }
+            | Request::ListClaims { .. }
+            | Request::Results(_)
+            | Request::Inbox { .. } => false,
         }
     }
 }
@@ -772,6 +875,36 @@ pub enum Response {
         #[serde(default)]
         cwd: Option<PathBuf>,
     },
+    Intent {
+        intent: crate::coordination::Intent,
+    },
+    Intents {
+        intents: Vec<crate::coordination::Intent>,
+    },
+    Claim {
+        outcome: crate::coordination::ClaimOutcome,
+    },
+    Released {
+        claim: crate::coordination::Claim,
+    },
+    Claims {
+        claims: Vec<crate::coordination::Claim>,
+    },
+    Published {
+        result: crate::coordination::ResultInfo,
+    },
+    Results {
+        results: Vec<crate::coordination::ResultInfo>,
+    },
+    Delegated {
+        task: crate::coordination::Task,
+        /// The agent spawned for it (`spawn`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        spawned: Option<AgentInfo>,
+    },
+    Inbox {
+        tasks: Vec<crate::coordination::Task>,
+    },
 }
 
 impl Response {
@@ -809,6 +942,15 @@ impl Response {
             Response::SessionKv { .. } => "session_kv",
             Response::Attached { .. } => "attached",
             Response::Detached { .. } => "detached",
+            Response::Intent { .. } => "intent",
+            Response::Intents { .. } => "intents",
+            Response::Claim { .. } => "claim",
+            Response::Released { .. } => "released",
+            Response::Claims { .. } => "claims",
+            Response::Published { .. } => "published",
+            Response::Results { .. } => "results",
+            Response::Delegated { .. } => "delegated",
+            Response::Inbox { .. } => "inbox",
         }
     }
 }
@@ -1073,11 +1215,11 @@ mod tests {
             "name": "a", "command": ["true"], "cwd": "/", "stdio": "log", "follow": false,
             "agent": "a", "path": "/", "ops": 1, "target": {"id": 1}, "workspace": "/w",
             "session": {}, "a": "x", "b": "y", "prune": {}, "key": "k", "value": "v", "pid": 1,
-            "mode": "write", "text": "x",
+            "mode": "write", "text": "x", "task": "t", "content_base64": "", "to": "b",
         });
         match name {
             "audit" | "subscribe" => v = serde_json::json!({}),
-            "spawn" => v["session"] = "s".into(),
+            "spawn" | "query_intents" | "list_claims" => v["session"] = "s".into(),
             _ => {}
         }
         v["type"] = name.into();
@@ -1117,6 +1259,10 @@ mod tests {
             "captured": [], "automatic": false,
         });
         let timeline = json!({"name": "main", "created_unix_ms": 0, "live": true});
+        let claim = json!({
+            "task": "t", "agent": "a", "lease": 1, "fencing": 1, "enforcement": "none",
+            "acquired_unix_ms": 0, "expires_unix_ms": 0,
+        });
         let token = json!({
             "id": 1, "agent": "a", "path": "/", "ops": 1, "granted_unix_ms": 0, "expired": false,
             "origin": "grant",
@@ -1134,7 +1280,15 @@ mod tests {
             "diff": {"a": "x", "b": "y", "added": [], "removed": [], "modified": [], "took_ms": 0},
             "detail": {"session": session, "attachments": [], "checkpoints": [], "keys": []},
             "attachment": {"session": "s", "pid": 1, "uid": 0, "since_unix_ms": 0},
-            "mode": "write", "bytes": 0,
+            "mode": "write", "bytes": 0, "intents": [], "claims": [], "results": [], "tasks": [],
+        });
+        v["intent"] = json!({"id": 1, "agent": "a", "text": "t", "created_unix_ms": 0, "expires_unix_ms": 0});
+        v["claim"] = claim.clone();
+        v["outcome"] = json!({"won": true, "claim": claim});
+        v["result"] = json!({"key": "k", "agent": "a", "sha256": "", "size": 0, "published_unix_ms": 0});
+        v["task"] = json!({
+            "id": 1, "from": "a", "to": "b", "text": "t", "state": "open", "result_key": "task/1",
+            "created_unix_ms": 0,
         });
         match name {
             "rolled_back" => {
@@ -1160,8 +1314,14 @@ mod tests {
                 continue;
             }
             agent_sendable.push(*name);
+            // Reads of coordination state: scoped by the daemon to the agent's session.
             if matches!(*name, "hello" | "doctor") {
                 assert!(r.may_be_sent_by(Principal::Other));
+                continue;
+            }
+            if matches!(*name, "query_intents" | "list_claims") {
+                assert_eq!(r.confine_to_agent("b"), Ok(()));
+                assert!(!r.may_be_sent_by(Principal::Other), "{name}");
                 continue;
             }
             // The sample names agent "a": another agent may not send it as it is...
@@ -1180,7 +1340,26 @@ mod tests {
             assert_eq!(unnamed, r, "{name}: confined to the sender");
             assert!(!r.may_be_sent_by(Principal::Other), "{name}");
         }
-        assert_eq!(agent_sendable, ["hello", "agent_status", "doctor", "list_capabilities", "commit"]);
+        assert_eq!(
+            agent_sendable,
+            [
+                "hello",
+                "agent_status",
+                "doctor",
+                "list_capabilities",
+                "commit",
+                "broadcast",
+                "query_intents",
+                "claim",
+                "renew",
+                "release",
+                "list_claims",
+                "publish",
+                "results",
+                "delegate",
+                "inbox"
+            ]
+        );
         // Requests about other agents or the system stay the operator's.
         for name in ["kill_agent", "list_agents", "spawn", "grant", "audit", "agent_logs", "session_get"] {
             assert_eq!(request_named(name).senders(), [Principal::Operator], "{name}");

@@ -281,6 +281,60 @@ pub enum AuditEvent {
         caller_uid: u32,
         bytes: u64,
     },
+    /// An agent declared an intent.
+    Intent {
+        id: u64,
+        text: String,
+        #[serde(default)]
+        paths: Vec<String>,
+        expires_unix_ms: u64,
+    },
+    /// A claim was taken, renewed or ended (the record's agent is its holder).
+    Claim {
+        task: String,
+        action: crate::coordination::ClaimAction,
+        lease: u64,
+        fencing: u64,
+        #[serde(default)]
+        paths: Vec<PathBuf>,
+        enforcement: crate::coordination::ClaimEnforcement,
+        expires_unix_ms: u64,
+        /// The operator who released it (`revoked`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        caller_uid: Option<u32>,
+    },
+    /// The kernel refused the agent a write in a path another agent has claimed.
+    ClaimDeny {
+        pid: u32,
+        uid: u32,
+        comm: String,
+        hook: String,
+        /// write, create or delete.
+        op: String,
+        path: String,
+        task: String,
+        /// The claim's holder.
+        holder: String,
+        fencing: u64,
+    },
+    /// The agent published a result.
+    Result {
+        key: String,
+        sha256: String,
+        size: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        for_agent: Option<String>,
+    },
+    /// A task was delegated (the record's agent: the delegator) or done (its doer).
+    Task {
+        id: u64,
+        action: crate::coordination::TaskAction,
+        from: String,
+        to: String,
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parent: Option<u64>,
+    },
     /// A request the daemon refused for policy reasons (not input errors).
     Refused {
         caller_uid: u32,
@@ -328,6 +382,11 @@ impl AuditEvent {
         "restart_failed",
         "terminal_attached",
         "terminal_input",
+        "intent",
+        "claim",
+        "claim_deny",
+        "result",
+        "task",
         "refused",
     ];
 
@@ -368,7 +427,7 @@ impl AuditEvent {
             | AuditEvent::TerminalAttached { caller_uid, .. }
             | AuditEvent::TerminalInput { caller_uid, .. }
             | AuditEvent::Refused { caller_uid, .. } => Some(*caller_uid),
-            AuditEvent::Paused { caller_uid, .. } => *caller_uid,
+            AuditEvent::Paused { caller_uid, .. } | AuditEvent::Claim { caller_uid, .. } => *caller_uid,
             _ => None,
         }
     }
@@ -412,6 +471,11 @@ impl AuditEvent {
             AuditEvent::RestartFailed { .. } => "restart_failed",
             AuditEvent::TerminalAttached { .. } => "terminal_attached",
             AuditEvent::TerminalInput { .. } => "terminal_input",
+            AuditEvent::Intent { .. } => "intent",
+            AuditEvent::Claim { .. } => "claim",
+            AuditEvent::ClaimDeny { .. } => "claim_deny",
+            AuditEvent::Result { .. } => "result",
+            AuditEvent::Task { .. } => "task",
         }
     }
 }

@@ -21,6 +21,10 @@ use crate::api::{
 };
 use crate::audit::AuditRecord;
 use crate::budget::Budget;
+use crate::coordination::{
+    BroadcastRequest, Claim, ClaimOutcome, ClaimRequest, DelegateRequest, Intent, PublishRequest, ResultInfo,
+    ResultsQuery, Task,
+};
 use crate::session::{
     Attachment, CheckpointInfo, DiffReport, KeyValue, Prune, RollbackReport, SessionDetail, SessionInfo,
     SessionRef, ShellState, Timeline, TimelineInfo,
@@ -513,6 +517,75 @@ impl Client {
         call!(self, Request::DetachSession { session, pid, cwd }, "detached",
             Response::Detached { session, cwd } => (session, cwd))
     }
+
+    // Coordination. `agent`: whom the operator acts for; an agent leaves it out (or names
+    // itself): the daemon fills it in from the caller's cgroup.
+
+    pub fn broadcast(&mut self, req: BroadcastRequest) -> Result<Intent, ClientError> {
+        call!(self, Request::Broadcast(req), "intent", Response::Intent { intent } => intent)
+    }
+
+    /// Live intents (an agent sees its session's), those overlapping `paths` marked.
+    pub fn query_intents(
+        &mut self,
+        paths: Vec<String>,
+        session: Option<String>,
+    ) -> Result<Vec<Intent>, ClientError> {
+        call!(self, Request::QueryIntents { paths, session }, "intents",
+            Response::Intents { intents } => intents)
+    }
+
+    /// Won or lost, a claim is `Ok`: a lost one carries the holder's claim.
+    pub fn claim(&mut self, req: ClaimRequest) -> Result<ClaimOutcome, ClientError> {
+        call!(self, Request::Claim(req), "claim", Response::Claim { outcome } => outcome)
+    }
+
+    pub fn renew(
+        &mut self,
+        agent: Option<&str>,
+        task: &str,
+        ttl_secs: Option<u64>,
+    ) -> Result<ClaimOutcome, ClientError> {
+        call!(self, Request::Renew { agent: agent.map(str::to_owned), task: task.to_owned(), ttl_secs }, "claim",
+            Response::Claim { outcome } => outcome)
+    }
+
+    /// The claim released. The operator leaving `agent` out releases whoever holds it.
+    pub fn release(&mut self, agent: Option<&str>, task: &str) -> Result<Claim, ClientError> {
+        call!(self, Request::Release { agent: agent.map(str::to_owned), task: task.to_owned() }, "released",
+            Response::Released { claim } => claim)
+    }
+
+    /// Live claims; with `path`, those covering it.
+    pub fn list_claims(
+        &mut self,
+        path: Option<String>,
+        session: Option<String>,
+    ) -> Result<Vec<Claim>, ClientError> {
+        call!(self, Request::ListClaims { path, session }, "claims", Response::Claims { claims } => claims)
+    }
+
+    pub fn publish(&mut self, req: PublishRequest) -> Result<ResultInfo, ClientError> {
+        call!(self, Request::Publish(req), "published", Response::Published { result } => result)
+    }
+
+    /// The results the caller may read; with `key`, that one with its content (`NotFound`
+    /// if it is not published, after `wait_secs` if given).
+    pub fn results(&mut self, query: ResultsQuery) -> Result<Vec<ResultInfo>, ClientError> {
+        call!(self, Request::Results(query), "results", Response::Results { results } => results)
+    }
+
+    /// The task, and the agent spawned for it (`spawn`).
+    pub fn delegate(&mut self, req: DelegateRequest) -> Result<(Task, Option<AgentInfo>), ClientError> {
+        call!(self, Request::Delegate(req), "delegated",
+            Response::Delegated { task, spawned } => (task, spawned))
+    }
+
+    /// The agent's open tasks; with `wait_secs`, waits up to that long for one.
+    pub fn inbox(&mut self, agent: Option<&str>, wait_secs: Option<u64>) -> Result<Vec<Task>, ClientError> {
+        call!(self, Request::Inbox { agent: agent.map(str::to_owned), wait_secs }, "inbox",
+            Response::Inbox { tasks } => tasks)
+    }
 }
 
 /// The one pair a request naming a key gets back.
@@ -611,6 +684,40 @@ mod tests {
         );
         // The untyped call takes whatever comes.
         assert!(matches!(c.call(Request::ListAgents).unwrap(), Response::Sessions { .. }));
+    }
+
+    #[test]
+    fn a_lost_claim_is_an_answer_naming_the_holder() {
+        let mut c = fake(|line| {
+            let req: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(req["request"]["type"], "claim");
+            assert_eq!(req["request"]["task"], "t1");
+            let claim = serde_json::json!({
+                "task": "t1", "agent": "a", "lease": 7, "fencing": 3, "enforcement": "kernel",
+                "paths": ["/w/x"], "enforced_paths": ["/w/x"], "acquired_unix_ms": 0, "expires_unix_ms": 9,
+            });
+            serde_json::json!({"version": PROTOCOL_VERSION, "id": id_of(line),
+                "reply": {"ok": {"type": "claim", "outcome": {"won": false, "claim": claim}}}})
+            .to_string()
+        });
+        let req = ClaimRequest {
+            agent: Some("b".into()),
+            task: "t1".into(),
+            paths: vec![],
+            ttl_secs: None,
+            enforce: false,
+        };
+        let outcome = c.claim(req).unwrap();
+        assert!(!outcome.won);
+        assert_eq!((outcome.claim.agent.as_str(), outcome.claim.fencing), ("a", 3));
+        // A reply of another kind is not taken for a claim.
+        let mut c = fake(|line| {
+            serde_json::json!({"version": PROTOCOL_VERSION, "id": id_of(line),
+                "reply": {"ok": {"type": "inbox", "tasks": []}}})
+            .to_string()
+        });
+        let e = c.release(None, "t1").unwrap_err();
+        assert!(matches!(e, ClientError::Unexpected { request: "release", got: "inbox", .. }), "{e:?}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod api;
 pub mod audit;
 pub mod budget;
 pub mod client;
+pub mod coordination;
 pub mod events;
 pub mod session;
 pub mod spec;

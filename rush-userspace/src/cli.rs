@@ -11,6 +11,9 @@ use rush_proto::{AgentName, Budget, FileGrant, Hardlinks, NetPolicy, SpecError};
 
 use crate::time;
 
+mod coordination;
+pub use coordination::*;
+
 const ABOUT: &str = "Run AI agents confined by the kernel";
 
 const LONG_ABOUT: &str = "\
@@ -81,7 +84,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Spawn, list, inspect and stop agents
+    /// Spawn, list, inspect and stop agents; coordinate them (claims, intents, results, tasks)
     #[command(subcommand)]
     Agent(AgentCommand),
 
@@ -132,8 +135,9 @@ pub enum Command {
     #[command(long_about = "Say how the daemon sees you: the operator (root or the operator \
                       group, outside any agent), agent NAME (a process inside an agent, \
                       whatever its uid: it may ask about itself only: `rush agent status`, \
-                      `rush capability list`, `rush capability commit`, `rush doctor`), or \
-                      unprivileged. The daemon decides from your process's credentials and \
+                      `rush capability list`, `rush capability commit`, `rush doctor`, and \
+                      coordinate with its session's agents: `rush agent claim`, `broadcast`, \
+                      `publish`, `results`, `delegate`, `inbox`, ...), or unprivileged. The daemon decides from your process's credentials and \
                       cgroup, never from anything you say. With --json, one JSON object.")]
     Whoami,
 
@@ -176,7 +180,9 @@ Examples:
 
 const EVENTS_LONG_ABOUT: &str = "\
 Print the daemon's events: every agent state change (spawn, pause, resume, exit, kill), \
-every denial, budget crossing, grant, revoke and checkpoint, as the services publish them.
+every denial, budget crossing, grant, revoke and checkpoint, and the agents' coordination \
+(intents, claims, writes refused in claimed paths, results, delegated tasks), as the \
+services publish them.
 
 Without --follow, prints the newest --limit matching events from the audit trail and \
 exits. With --follow, subscribes to the live stream and prints each event as it happens \
@@ -190,6 +196,7 @@ const EVENTS_EXAMPLES: &str = "\
 Examples:
   $ rush events --follow
   $ rush events --follow --agent coder --kinds file_deny,net_deny
+  $ rush events --follow --kinds intent,claim,claim_deny,result,task
   $ rush events --follow --json | jq 'select(.event.kind == \"budget_exceeded\")'
   $ rush events --session refactor --limit 50";
 
@@ -327,6 +334,46 @@ pub enum AgentCommand {
         #[arg(long)]
         enter: bool,
     },
+
+    /// Tell the session's agents what this agent is about to do, and where
+    #[command(long_about = BROADCAST_LONG_ABOUT, after_long_help = BROADCAST_EXAMPLES)]
+    Broadcast(BroadcastArgs),
+
+    /// List the live intents, marking those that overlap given paths
+    #[command(long_about = QUERY_INTENTS_LONG_ABOUT, after_long_help = QUERY_INTENTS_EXAMPLES)]
+    QueryIntents(QueryIntentsArgs),
+
+    /// Take an exclusive, leased claim on a task (and write-protect its paths)
+    #[command(long_about = CLAIM_LONG_ABOUT, after_long_help = CLAIM_EXAMPLES)]
+    Claim(ClaimArgs),
+
+    /// Extend the lease on a claimed task
+    #[command(long_about = RENEW_LONG_ABOUT, after_long_help = CLAIM_EXAMPLES)]
+    Renew(RenewArgs),
+
+    /// Give up a claim (the operator: take it away from its holder)
+    #[command(long_about = RELEASE_LONG_ABOUT, after_long_help = RELEASE_EXAMPLES)]
+    Release(ReleaseArgs),
+
+    /// List the live claims, or who holds a path
+    #[command(long_about = CLAIMS_LONG_ABOUT, after_long_help = CLAIMS_EXAMPLES)]
+    Claims(ClaimsArgs),
+
+    /// Publish a result (a file or stdin) for the session's agents
+    #[command(long_about = PUBLISH_LONG_ABOUT, after_long_help = PUBLISH_EXAMPLES)]
+    Publish(PublishArgs),
+
+    /// List the published results, or print one (waiting for it with --wait)
+    #[command(long_about = RESULTS_LONG_ABOUT, after_long_help = RESULTS_EXAMPLES)]
+    Results(ResultsArgs),
+
+    /// Hand a task to another agent (or spawn one for it), optionally waiting for its result
+    #[command(long_about = DELEGATE_LONG_ABOUT, after_long_help = DELEGATE_EXAMPLES)]
+    Delegate(Box<DelegateArgs>),
+
+    /// List the tasks delegated to the agent (waiting for one with --wait)
+    #[command(long_about = INBOX_LONG_ABOUT, after_long_help = INBOX_EXAMPLES)]
+    Inbox(InboxArgs),
 }
 
 /// The detach sequence of `rush agent attach`, parsed.
@@ -402,7 +449,7 @@ Examples:
     $ rush agent spawn indexer --net '127.0.0.1:*,[::1]:*' --detach -- ./index.sh
 
   A worker in a session that comes back after a reboot, confined to its workspace:
-    $ rush agent spawn worker --session web --allow ~/src/web:read,write \
+    $ rush agent spawn worker --session web --allow ~/src/web:read,write \\
         --detach --restartable -- ./work.sh";
 
 #[derive(Debug, Args)]
@@ -412,6 +459,50 @@ pub struct SpawnArgs {
     #[arg(value_name = "NAME")]
     pub name: AgentName,
 
+    #[command(flatten)]
+    pub opts: SpawnOptions,
+
+    /// Run in the background: stdin from /dev/null, output captured for `rush agent logs`
+    /// (with --tty: on a terminal of its own, for `rush agent attach`).
+    #[arg(long, short = 'd')]
+    pub detach: bool,
+
+    /// Run on a terminal the daemon keeps (a pseudo-terminal): `rush agent attach` shows
+    /// and types into it, detaching leaves the agent running, `rush agent logs` has its
+    /// output as plain text. The default for a foreground spawn from a terminal.
+    #[arg(long, conflicts_with = "no_tty")]
+    pub tty: bool,
+
+    /// In the foreground, hand the agent this terminal itself (stdin, stdout, stderr as
+    /// they are) instead of a terminal of its own; it then ends when rush does.
+    #[arg(long)]
+    pub no_tty: bool,
+
+    /// Start the agent again, as spawned here (command, environment, working directory,
+    /// session, trust, budget, network policy, and its file tokens re-resolved from their
+    /// paths), after a reboot or when the daemon starts and finds it gone (needs --detach).
+    /// Its tokens are kept as grants and revokes leave them, timed ones with what is left of
+    /// their time. It is never restarted with fewer restrictions: if a granted path no longer
+    /// exists, its session is gone, or this boot cannot enforce its policy, it is not
+    /// started (audited as restart_failed) and is tried again at the next daemon start.
+    /// A restart is audited as agent_restarted with reason `reboot` or `gone` and the new
+    /// pid. It stops being restartable when `rush agent kill` kills it (which also forgets
+    /// one whose restart failed) or when it exits with status 0 while the daemon watches.
+    /// Any other exit while the daemon runs does not restart it (no restart loops): it is
+    /// started again at the next daemon start or boot.
+    #[arg(long, requires = "detach")]
+    pub restartable: bool,
+
+    /// The command to run and its arguments, after `--`. CMD is looked up in your PATH.
+    /// Optional with a --profile that names one.
+    #[arg(last = true, required_unless_present = "profile", value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// What the agent is allowed and where it works: shared by `agent spawn` and `agent
+/// delegate --spawn`.
+#[derive(Debug, Args)]
+pub struct SpawnOptions {
     /// Outbound network policy: `deny` (no IPv4/IPv6 connect or send at all), `allow`
     /// (anything), or a comma list of HOST:PORT the agent may reach. HOST is an IP address
     /// (IPv6 in brackets, e.g. [::1]:443), a CIDR block (10.0.0.0/8:443, [fd00::/8]:*), a
@@ -488,37 +579,6 @@ pub struct SpawnArgs {
     #[arg(long, value_name = "SESSION")]
     pub session: Option<AgentName>,
 
-    /// Run in the background: stdin from /dev/null, output captured for `rush agent logs`
-    /// (with --tty: on a terminal of its own, for `rush agent attach`).
-    #[arg(long, short = 'd')]
-    pub detach: bool,
-
-    /// Run on a terminal the daemon keeps (a pseudo-terminal): `rush agent attach` shows
-    /// and types into it, detaching leaves the agent running, `rush agent logs` has its
-    /// output as plain text. The default for a foreground spawn from a terminal.
-    #[arg(long, conflicts_with = "no_tty")]
-    pub tty: bool,
-
-    /// In the foreground, hand the agent this terminal itself (stdin, stdout, stderr as
-    /// they are) instead of a terminal of its own; it then ends when rush does.
-    #[arg(long)]
-    pub no_tty: bool,
-
-    /// Start the agent again, as spawned here (command, environment, working directory,
-    /// session, trust, budget, network policy, and its file tokens re-resolved from their
-    /// paths), after a reboot or when the daemon starts and finds it gone (needs --detach).
-    /// Its tokens are kept as grants and revokes leave them, timed ones with what is left of
-    /// their time. It is never restarted with fewer restrictions: if a granted path no longer
-    /// exists, its session is gone, or this boot cannot enforce its policy, it is not
-    /// started (audited as restart_failed) and is tried again at the next daemon start.
-    /// A restart is audited as agent_restarted with reason `reboot` or `gone` and the new
-    /// pid. It stops being restartable when `rush agent kill` kills it (which also forgets
-    /// one whose restart failed) or when it exits with status 0 while the daemon watches.
-    /// Any other exit while the daemon runs does not restart it (no restart loops): it is
-    /// started again at the next daemon start or boot.
-    #[arg(long, requires = "detach")]
-    pub restartable: bool,
-
     /// Start from an agent profile: the hosts, file tokens, environment and terminal a
     /// known agent tool needs (built in: claude-code, codex, aider, gemini,
     /// generic-openai; yours in ~/.config/rush/profiles/NAME.toml). Flags given as well
@@ -528,18 +588,14 @@ pub struct SpawnArgs {
     /// --profile NAME` shows what it will allow.
     #[arg(long, value_name = "NAME")]
     pub profile: Option<String>,
-
-    /// The command to run and its arguments, after `--`. CMD is looked up in your PATH.
-    /// Optional with a --profile that names one.
-    #[arg(last = true, required_unless_present = "profile", value_name = "CMD")]
-    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct EventsArgs {
     /// Only events of these kinds (comma-separated or repeated): spawn, exit, kill,
-    /// paused, resumed, net_deny, file_deny, budget_exceeded, checkpoint, ... as in
-    /// `.event.kind` of the JSON; an unknown kind is an error that lists them all.
+    /// paused, resumed, net_deny, file_deny, budget_exceeded, checkpoint, intent, claim,
+    /// claim_deny, result, task, ... as in `.event.kind` of the JSON; an unknown kind is an
+    /// error that lists them all.
     #[arg(long, value_name = "KIND,...", value_delimiter = ',', value_parser = parse_kind)]
     pub kinds: Vec<String>,
 
@@ -582,8 +638,8 @@ pub struct AuditArgs {
     pub session: Option<AgentName>,
 
     /// Only records of kind KIND (repeat it, or give a comma-separated list, for several):
-    /// spawn, exit, kill, net_deny, file_deny, grant, revoke, checkpoint, ... as in the
-    /// fourth column of the text output and `.event.kind` in JSON; an unknown kind is an
+    /// spawn, exit, kill, net_deny, file_deny, grant, revoke, checkpoint, claim, claim_deny,
+    /// ... as in the fourth column of the text output and `.event.kind` in JSON; an unknown kind is an
     /// error that lists them all.
     #[arg(long, value_name = "KIND", value_delimiter = ',', value_parser = parse_kind)]
     pub kind: Vec<String>,
@@ -1151,8 +1207,8 @@ mod tests {
 
     #[test]
     fn user_names_who_the_agent_runs_as() {
-        assert_eq!(spawn(&["bot", "--user", "dev", "--", "true"]).user.as_deref(), Some("dev"));
-        assert_eq!(spawn(&["bot", "--", "true"]).user, None);
+        assert_eq!(spawn(&["bot", "--user", "dev", "--", "true"]).opts.user.as_deref(), Some("dev"));
+        assert_eq!(spawn(&["bot", "--", "true"]).opts.user, None);
     }
 
     #[test]
@@ -1166,15 +1222,15 @@ mod tests {
     fn spawn_defaults_and_flags() {
         let s = spawn(&["bot", "--", "echo", "-n", "hi"]);
         assert_eq!(s.name.as_str(), "bot");
-        assert_eq!(s.net, None, "the trust level's, or deny: decided by the daemon");
-        assert!(s.allow.is_empty() && !s.detach && s.budget.is_none() && s.trust.is_none());
-        assert_eq!(s.hardlinks, None, "the trust level's, or follow: decided by the daemon");
+        assert_eq!(s.opts.net, None, "the trust level's, or deny: decided by the daemon");
+        assert!(s.opts.allow.is_empty() && !s.detach && s.opts.budget.is_none() && s.opts.trust.is_none());
+        assert_eq!(s.opts.hardlinks, None, "the trust level's, or follow: decided by the daemon");
         for (flag, mode) in [
             ("follow", Hardlinks::Follow),
             ("refuse-write", Hardlinks::RefuseWrite),
             ("refuse", Hardlinks::Refuse),
         ] {
-            assert_eq!(spawn(&["bot", "--hardlinks", flag, "--", "true"]).hardlinks, Some(mode));
+            assert_eq!(spawn(&["bot", "--hardlinks", flag, "--", "true"]).opts.hardlinks, Some(mode));
         }
         assert_eq!(s.command, ["echo", "-n", "hi"]);
 
@@ -1192,9 +1248,9 @@ mod tests {
             "-c",
             "true",
         ]);
-        assert!(matches!(s.net, Some(NetPolicy::AllowList(ref eps)) if eps.len() == 2));
-        assert_eq!(s.allow.len(), 2);
-        assert_eq!(s.allow[1].ttl_secs, Some(3600));
+        assert!(matches!(s.opts.net, Some(NetPolicy::AllowList(ref eps)) if eps.len() == 2));
+        assert_eq!(s.opts.allow.len(), 2);
+        assert_eq!(s.opts.allow[1].ttl_secs, Some(3600));
         assert!(s.detach);
         assert_eq!(s.command, ["sh", "-c", "true"]);
     }

@@ -24,6 +24,11 @@ impl<W: Write> Output<W> {
         self.out.write_all(s.as_bytes()).and_then(|()| self.out.flush()).map_err(Error::stdout)
     }
 
+    /// Bytes exactly as they are (a published result), flushed.
+    pub fn bytes(&mut self, b: &[u8]) -> Result<()> {
+        self.out.write_all(b).and_then(|()| self.out.flush()).map_err(Error::stdout)
+    }
+
     /// One pretty-printed JSON document and a newline.
     pub fn document<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<()> {
         let mut buf = serde_json::to_vec_pretty(value).expect("protocol types serialize");

@@ -373,6 +373,16 @@ pub fn agent_status(a: &AgentInfo, now_ms: u64) -> String {
     out
 }
 
+/// A unit enum's name on the wire (`snake_case`), for the enums without a Display.
+fn wire_name<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+/// `a,b,c`, or `-` for none.
+fn list_or_dash(items: &[String]) -> String {
+    if items.is_empty() { "-".into() } else { items.join(",") }
+}
+
 /// One audit record as one line: time, seq, agent, kind, details.
 pub fn audit_line(r: &AuditRecord) -> String {
     let details = match &r.event {
@@ -523,13 +533,64 @@ pub fn audit_line(r: &AuditRecord) -> String {
             value(&cwd.as_ref().map(|c| c.to_string_lossy().into_owned()).unwrap_or_else(|| "-".into()))
         ),
         AuditEvent::TerminalAttached { caller_uid, mode } => {
-            let mode = serde_json::to_value(mode)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            format!("mode={mode} caller_uid={caller_uid}")
+            format!("mode={} caller_uid={caller_uid}", wire_name(mode))
         }
         AuditEvent::TerminalInput { caller_uid, bytes } => format!("bytes={bytes} caller_uid={caller_uid}"),
+        AuditEvent::Intent { id, text, paths, expires_unix_ms } => format!(
+            "id={id} paths={} expires={} text={}",
+            value(&list_or_dash(paths)),
+            format_unix_ms(*expires_unix_ms),
+            value(text)
+        ),
+        AuditEvent::Claim {
+            task,
+            action,
+            lease,
+            fencing,
+            paths,
+            enforcement,
+            expires_unix_ms,
+            caller_uid,
+        } => {
+            let paths: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+            let mut line = format!(
+                "task={} action={} lease={lease} fencing={fencing} enforcement={} paths={} expires={}",
+                value(task),
+                wire_name(action),
+                wire_name(enforcement),
+                value(&list_or_dash(&paths)),
+                format_unix_ms(*expires_unix_ms)
+            );
+            if let Some(uid) = caller_uid {
+                line.push_str(&format!(" caller_uid={uid}"));
+            }
+            line
+        }
+        AuditEvent::ClaimDeny { pid, uid, comm, hook, op, path, task, holder, fencing } => format!(
+            "{} refused in {}: claimed by {} for {} (fencing {fencing}) pid={pid} uid={uid} comm={} hook={}",
+            value(op),
+            value(path),
+            value(holder),
+            value(task),
+            value(comm),
+            value(hook)
+        ),
+        AuditEvent::Result { key, sha256, size, for_agent } => {
+            let mut line = format!("key={} size={size} sha256={}", value(key), value(sha256));
+            if let Some(to) = for_agent {
+                line.push_str(&format!(" for={}", value(to)));
+            }
+            line
+        }
+        AuditEvent::Task { id, action, from, to, text, parent } => {
+            let mut line =
+                format!("id={id} action={} from={} to={}", wire_name(action), value(from), value(to));
+            if let Some(p) = parent {
+                line.push_str(&format!(" parent={p}"));
+            }
+            line.push_str(&format!(" text={}", value(text)));
+            line
+        }
     };
     let mut details = details;
     // The session of the agent's records (time-travel events name theirs already).
@@ -611,6 +672,184 @@ pub fn commit_line(o: &rush_proto::CommitOutcome) -> String {
         line.push_str(&format!(" reason={}", value(reason)));
     }
     line
+}
+
+/// A duration as short as it reads: `30m`, `1h05m`, `2d`, `45s`.
+pub fn short_duration(secs: u64) -> String {
+    let full = format_duration(secs);
+    for zero in ["00s", "00m", "00h"] {
+        if let Some(short) = full.strip_suffix(zero) {
+            return short.to_owned();
+        }
+    }
+    full
+}
+
+/// When a lease or intent ends, from now: `in 29m59s`, or `expired`.
+pub fn expires_in(now_ms: u64, expires_ms: u64) -> String {
+    if expires_ms <= now_ms {
+        return "expired".into();
+    }
+    format!("in {}", short_duration((expires_ms - now_ms).div_ceil(1000)))
+}
+
+fn paths_or_dash(paths: &[String]) -> String {
+    sanitize(&list_or_dash(paths))
+}
+
+/// `rush agent broadcast`.
+pub fn intent_line(i: &rush_proto::coordination::Intent, now_ms: u64) -> String {
+    format!("intent {}: {} (expires {})\n", i.id, sanitize(&i.text), expires_in(now_ms, i.expires_unix_ms))
+}
+
+/// `rush agent query-intents`; `marked`: the query named paths, so OVERLAPS is shown.
+pub fn intent_table(intents: &[rush_proto::coordination::Intent], now_ms: u64, marked: bool) -> String {
+    let mut headers = vec!["ID", "AGENT", "SESSION", "EXPIRES"];
+    if marked {
+        headers.push("OVERLAPS");
+    }
+    headers.extend(["PATHS", "TEXT"]);
+    let mut t = Table::new(&headers);
+    for i in intents {
+        let mut row = vec![
+            i.id.to_string(),
+            sanitize(&i.agent),
+            i.session.as_deref().map(sanitize).unwrap_or_else(|| "-".into()),
+            expires_in(now_ms, i.expires_unix_ms),
+        ];
+        if marked {
+            row.push(if i.overlaps { "yes" } else { "-" }.into());
+        }
+        row.extend([paths_or_dash(&i.paths), sanitize(&i.text)]);
+        t.row(row);
+    }
+    t.render()
+}
+
+/// What a claim's enforcement means, after its paths.
+fn enforcement_note(e: rush_proto::coordination::ClaimEnforcement) -> &'static str {
+    use rush_proto::coordination::ClaimEnforcement;
+    match e {
+        ClaimEnforcement::Kernel => {
+            "kernel: the session's other agents cannot write, create, delete or rename there"
+        }
+        ClaimEnforcement::Advisory => "advisory: nothing stops other agents writing there",
+        ClaimEnforcement::None => "none",
+    }
+}
+
+/// `rush agent claim` won (`verb` claimed) or `rush agent renew` (renewed).
+pub fn claim_held(verb: &str, c: &rush_proto::coordination::Claim, now_ms: u64) -> String {
+    let mut out = format!(
+        "{verb} {}: lease {}, fencing token {}, expires {}\n",
+        sanitize(&c.task),
+        c.lease,
+        c.fencing,
+        expires_in(now_ms, c.expires_unix_ms)
+    );
+    if !c.paths.is_empty() {
+        out += &format!("  paths: {} ({})\n", sanitize(&c.paths.join(", ")), enforcement_note(c.enforcement));
+        // Globs: what they matched, which is what is protected.
+        if c.paths.iter().any(|p| rush_proto::coordination::is_glob(p)) {
+            let matched: Vec<String> = c.enforced_paths.iter().map(|p| p.display().to_string()).collect();
+            let matched =
+                if matched.is_empty() { "nothing yet".to_owned() } else { sanitize(&matched.join(", ")) };
+            out += &format!("  matched now: {matched}\n");
+        }
+    }
+    out
+}
+
+/// The loser's line: who holds the task.
+pub fn claim_lost(c: &rush_proto::coordination::Claim, now_ms: u64) -> String {
+    format!(
+        "task {} is held by agent {} (fencing {}, expires {})",
+        sanitize(&c.task),
+        sanitize(&c.agent),
+        c.fencing,
+        expires_in(now_ms, c.expires_unix_ms)
+    )
+}
+
+/// `rush agent release`.
+pub fn released_line(c: &rush_proto::coordination::Claim) -> String {
+    format!(
+        "released {} (held by {}, lease {}, fencing token {})\n",
+        sanitize(&c.task),
+        sanitize(&c.agent),
+        c.lease,
+        c.fencing
+    )
+}
+
+/// `rush agent claims`.
+pub fn claim_table(claims: &[rush_proto::coordination::Claim], now_ms: u64) -> String {
+    use rush_proto::coordination::ClaimEnforcement;
+    let mut t = Table::new(&["TASK", "HOLDER", "SESSION", "FENCING", "EXPIRES", "ENFORCEMENT", "PATHS"]);
+    for c in claims {
+        t.row(vec![
+            sanitize(&c.task),
+            sanitize(&c.agent),
+            c.session.as_deref().map(sanitize).unwrap_or_else(|| "-".into()),
+            c.fencing.to_string(),
+            expires_in(now_ms, c.expires_unix_ms),
+            match c.enforcement {
+                ClaimEnforcement::None => "-".into(),
+                other => wire_name(&other),
+            },
+            paths_or_dash(&c.paths),
+        ]);
+    }
+    t.render()
+}
+
+/// `rush agent publish`.
+pub fn published_line(r: &rush_proto::coordination::ResultInfo) -> String {
+    let noun = if r.size == 1 { "byte" } else { "bytes" };
+    format!("published {}: {} {noun}, sha256 {}\n", sanitize(&r.key), r.size, sanitize(&r.sha256))
+}
+
+/// `rush agent results` without a key.
+pub fn results_table(results: &[rush_proto::coordination::ResultInfo], now_ms: u64) -> String {
+    let mut t = Table::new(&["KEY", "FROM", "FOR", "SESSION", "SIZE", "AGE", "SHA256"]);
+    for r in results {
+        t.row(vec![
+            sanitize(&r.key),
+            sanitize(&r.agent),
+            r.for_agent.as_deref().map(sanitize).unwrap_or_else(|| "-".into()),
+            r.session.as_deref().map(sanitize).unwrap_or_else(|| "-".into()),
+            rush_proto::budget::format_size(r.size),
+            short_duration(now_ms.saturating_sub(r.published_unix_ms) / 1000),
+            sanitize(&r.sha256.chars().take(12).collect::<String>()),
+        ]);
+    }
+    t.render()
+}
+
+/// `rush agent delegate`.
+pub fn delegated_line(task: &rush_proto::coordination::Task) -> String {
+    format!(
+        "task {} delegated to {} (its result: rush agent results {})\n",
+        task.id,
+        sanitize(&task.to),
+        sanitize(&task.result_key)
+    )
+}
+
+/// `rush agent inbox`.
+pub fn inbox_table(tasks: &[rush_proto::coordination::Task]) -> String {
+    if tasks.is_empty() {
+        return "inbox empty\n".into();
+    }
+    let mut t = Table::new(&["ID", "FROM", "RESULT-KEY", "TEXT"]);
+    for task in tasks {
+        let id = match task.parent {
+            Some(p) => format!("{} (of {p})", task.id),
+            None => task.id.to_string(),
+        };
+        t.row(vec![id, sanitize(&task.from), sanitize(&task.result_key), sanitize(&task.text)]);
+    }
+    t.render()
 }
 
 /// `rush doctor`.
@@ -826,6 +1065,220 @@ done   exited   4242  0      deny                   signal 9     sh -c 'it'\\''s
             line.ends_with(
                 r#"coder         revoke_kill  pid=77 comm=python3 path="/srv/project/db file" ops=write cause=revoke"#
             ),
+            "{line}"
+        );
+    }
+
+    fn claim(task: &str, holder: &str) -> rush_proto::coordination::Claim {
+        rush_proto::coordination::Claim {
+            task: task.into(),
+            agent: holder.into(),
+            session: Some("web".into()),
+            lease: 12,
+            fencing: 3,
+            paths: vec!["/srv/web/src/parser".into()],
+            enforced_paths: vec!["/srv/web/src/parser".into()],
+            enforcement: rush_proto::coordination::ClaimEnforcement::Kernel,
+            acquired_unix_ms: NOW - 60_000,
+            expires_unix_ms: NOW + 1_800_000,
+        }
+    }
+
+    #[test]
+    fn durations_read_short() {
+        assert_eq!(short_duration(1800), "30m");
+        assert_eq!(short_duration(3600), "1h");
+        assert_eq!(short_duration(3900), "1h05m");
+        assert_eq!(short_duration(2 * 86400), "2d");
+        assert_eq!(short_duration(59), "59s");
+        assert_eq!(short_duration(0), "0s");
+        // A lease just taken reads as its whole TTL, not a second less.
+        assert_eq!(expires_in(NOW, NOW + 1_799_999), "in 30m");
+        assert_eq!(expires_in(NOW, NOW), "expired");
+    }
+
+    #[test]
+    fn claims_won_lost_and_listed() {
+        use rush_proto::coordination::ClaimEnforcement;
+        let c = claim("parser", "coder-1");
+        assert_eq!(
+            claim_held("claimed", &c, NOW),
+            "claimed parser: lease 12, fencing token 3, expires in 30m\n  paths: /srv/web/src/parser (kernel: \
+             the session's other agents cannot write, create, delete or rename there)\n"
+        );
+        assert_eq!(claim_lost(&c, NOW), "task parser is held by agent coder-1 (fencing 3, expires in 30m)");
+        let mut glob = claim("lexer", "coder-2");
+        glob.paths = vec!["/srv/web/src/*.rs".into()];
+        glob.enforced_paths = vec!["/srv/web/src/a.rs".into(), "/srv/web/src/b.rs".into()];
+        glob.enforcement = ClaimEnforcement::Advisory;
+        glob.session = None;
+        let out = claim_held("renewed", &glob, NOW);
+        assert!(out.starts_with("renewed lexer: "), "{out}");
+        assert!(out.contains("(advisory: nothing stops other agents writing there)"), "{out}");
+        assert!(out.ends_with("  matched now: /srv/web/src/a.rs, /srv/web/src/b.rs\n"), "{out}");
+        let mut bare = claim("deploy", "ops");
+        bare.paths.clear();
+        bare.enforced_paths.clear();
+        bare.enforcement = ClaimEnforcement::None;
+        assert_eq!(claim_held("claimed", &bare, NOW).lines().count(), 1);
+        assert_eq!(released_line(&c), "released parser (held by coder-1, lease 12, fencing token 3)\n");
+        let want = "\
+TASK    HOLDER   SESSION  FENCING  EXPIRES  ENFORCEMENT  PATHS
+parser  coder-1  web      3        in 30m   kernel       /srv/web/src/parser
+lexer   coder-2  -        3        in 30m   advisory     /srv/web/src/*.rs
+deploy  ops      web      3        in 30m   -            -
+";
+        assert_eq!(claim_table(&[c, glob, bare], NOW), want);
+    }
+
+    #[test]
+    fn intents_with_and_without_overlaps() {
+        let intent = |id, overlaps, text: &str| rush_proto::coordination::Intent {
+            id,
+            agent: "coder-1".into(),
+            session: Some("web".into()),
+            text: text.into(),
+            paths: vec!["/srv/web/src/parser/**".into()],
+            created_unix_ms: NOW,
+            expires_unix_ms: NOW + 7_200_000,
+            overlaps,
+        };
+        assert_eq!(
+            intent_line(&intent(7, false, "rename Lexer"), NOW),
+            "intent 7: rename Lexer (expires in 2h)\n"
+        );
+        let all = [intent(7, true, "rename Lexer"), intent(8, false, "evil\x1b[2J")];
+        let want = "\
+ID  AGENT    SESSION  EXPIRES  OVERLAPS  PATHS                   TEXT
+7   coder-1  web      in 2h    yes       /srv/web/src/parser/**  rename Lexer
+8   coder-1  web      in 2h    -         /srv/web/src/parser/**  evil\\u{1b}[2J
+";
+        assert_eq!(intent_table(&all, NOW, true), want);
+        assert!(intent_table(&all, NOW, false).starts_with("ID  AGENT    SESSION  EXPIRES  PATHS "));
+    }
+
+    #[test]
+    fn results_and_tasks() {
+        use rush_proto::coordination::{ResultInfo, Task, TaskState};
+        let r = ResultInfo {
+            key: "parser-patch".into(),
+            agent: "coder-1".into(),
+            session: Some("web".into()),
+            for_agent: None,
+            sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+            size: 4211,
+            published_unix_ms: NOW - 120_000,
+            content_base64: None,
+        };
+        assert_eq!(
+            published_line(&r),
+            "published parser-patch: 4211 bytes, sha256 \
+             9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\n"
+        );
+        let mine = ResultInfo { key: "review".into(), for_agent: Some("lead".into()), size: 1, ..r.clone() };
+        let want = "\
+KEY           FROM     FOR   SESSION  SIZE  AGE  SHA256
+parser-patch  coder-1  -     web      4.1K  2m   9f86d081884c
+review        coder-1  lead  web      1     2m   9f86d081884c
+";
+        assert_eq!(results_table(&[r, mine], NOW), want);
+        let task = Task {
+            id: 12,
+            from: "lead".into(),
+            to: "tester".into(),
+            session: None,
+            text: "write tests\nfor src/parser".into(),
+            parent: None,
+            state: TaskState::Open,
+            result_key: "task/12".into(),
+            created_unix_ms: NOW,
+        };
+        assert_eq!(
+            delegated_line(&task),
+            "task 12 delegated to tester (its result: rush agent results task/12)\n"
+        );
+        let sub = Task { id: 13, parent: Some(12), result_key: "task/13".into(), ..task.clone() };
+        let want = "\
+ID          FROM  RESULT-KEY  TEXT
+12          lead  task/12     write tests\\nfor src/parser
+13 (of 12)  lead  task/13     write tests\\nfor src/parser
+";
+        assert_eq!(inbox_table(&[task, sub]), want);
+        assert_eq!(inbox_table(&[]), "inbox empty\n");
+    }
+
+    #[test]
+    fn coordination_audit_lines() {
+        use rush_proto::coordination::{ClaimAction, ClaimEnforcement, TaskAction};
+        let rec = |event| AuditRecord {
+            seq: 42,
+            time_unix_ms: NOW,
+            agent: Some("coder-2".into()),
+            session: Some("web".into()),
+            event,
+        };
+        let line = audit_line(&rec(AuditEvent::ClaimDeny {
+            pid: 77,
+            uid: 1000,
+            comm: "sed".into(),
+            hook: "inode_permission".into(),
+            op: "write".into(),
+            path: "/srv/web/src/parser/lex.rs".into(),
+            task: "parser".into(),
+            holder: "coder-1".into(),
+            fencing: 3,
+        }));
+        assert!(
+            line.ends_with(
+                "claim_deny   write refused in /srv/web/src/parser/lex.rs: claimed by coder-1 for parser \
+                 (fencing 3) pid=77 uid=1000 comm=sed hook=inode_permission session=web"
+            ),
+            "{line}"
+        );
+        let line = audit_line(&rec(AuditEvent::Claim {
+            task: "parser".into(),
+            action: ClaimAction::Revoked,
+            lease: 12,
+            fencing: 3,
+            paths: vec!["/srv/web/src/parser".into()],
+            enforcement: ClaimEnforcement::Kernel,
+            expires_unix_ms: 0,
+            caller_uid: Some(0),
+        }));
+        assert!(
+            line.contains(
+                "claim        task=parser action=revoked lease=12 fencing=3 enforcement=kernel \
+                 paths=/srv/web/src/parser expires=1970-01-01T00:00:00.000Z caller_uid=0"
+            ),
+            "{line}"
+        );
+        let line = audit_line(&rec(AuditEvent::Intent {
+            id: 7,
+            text: "rename Lexer".into(),
+            paths: vec![],
+            expires_unix_ms: 0,
+        }));
+        assert!(
+            line.contains("intent       id=7 paths=- expires=1970-01-01T00:00:00.000Z text=\"rename Lexer\""),
+            "{line}"
+        );
+        let line = audit_line(&rec(AuditEvent::Result {
+            key: "task/12".into(),
+            sha256: "ab".into(),
+            size: 3,
+            for_agent: Some("lead".into()),
+        }));
+        assert!(line.contains("result       key=task/12 size=3 sha256=ab for=lead"), "{line}");
+        let line = audit_line(&rec(AuditEvent::Task {
+            id: 13,
+            action: TaskAction::Delegated,
+            from: "lead".into(),
+            to: "tester".into(),
+            text: "go".into(),
+            parent: Some(12),
+        }));
+        assert!(
+            line.contains("task         id=13 action=delegated from=lead to=tester parent=12 text=go"),
             "{line}"
         );
     }

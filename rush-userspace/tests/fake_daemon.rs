@@ -534,3 +534,152 @@ fn an_unknown_state_from_a_newer_daemon_is_a_clear_error() {
     let err = stderr(&out);
     assert!(err.contains("AgentInfo.paused") && err.contains("\"hibernating\""), "{err}");
 }
+
+fn claim(task: &str, holder: &str) -> rush_proto::coordination::Claim {
+    rush_proto::coordination::Claim {
+        task: task.into(),
+        agent: holder.into(),
+        session: None,
+        lease: 7,
+        fencing: 3,
+        paths: vec![],
+        enforced_paths: vec![],
+        enforcement: rush_proto::coordination::ClaimEnforcement::None,
+        acquired_unix_ms: 0,
+        // Far ahead: "expires in ...d".
+        expires_unix_ms: u64::MAX / 2,
+    }
+}
+
+#[test]
+fn a_lost_claim_exits_1_naming_the_holder_also_with_json() {
+    use rush_proto::coordination::ClaimOutcome;
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path().canonicalize().unwrap();
+    for json in [false, true] {
+        let lost = ClaimOutcome { won: false, claim: claim("t1", "a"), warning: None };
+        let d = FakeDaemon::answering(Reply::Ok(Response::Claim { outcome: lost.clone() }));
+        let mut cmd = rush(&d.socket);
+        cmd.current_dir(&cwd).args(["agent", "claim", "t1", "--agent", "b", "--paths", "src/../lib/"]);
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.stdin(Stdio::null()).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.starts_with("rush: task t1 is held by agent a (fencing 3, expires in "), "{err}");
+        if json {
+            assert_eq!(serde_json::from_str::<ClaimOutcome>(&stdout(&out)).unwrap(), lost);
+        } else {
+            assert!(out.stdout.is_empty());
+        }
+        let Request::Claim(req) = only(d.join()) else { panic!("not a claim") };
+        assert_eq!(req.agent.as_deref(), Some("b"));
+        assert_eq!(req.paths, [format!("{}/lib", cwd.display())]);
+    }
+}
+
+#[test]
+fn a_won_claim_prints_it_and_its_warning_on_stderr() {
+    use rush_proto::coordination::{ClaimEnforcement, ClaimOutcome};
+    let mut c = claim("t1", "a");
+    c.paths = vec!["/w".into()];
+    c.enforced_paths = vec!["/w".into()];
+    c.enforcement = ClaimEnforcement::Advisory;
+    let won = ClaimOutcome {
+        won: true,
+        claim: c,
+        warning: Some("the claim's paths are advisory: no BPF LSM".into()),
+    };
+    let d = FakeDaemon::answering(Reply::Ok(Response::Claim { outcome: won }));
+    let out = run(&d.socket, &["agent", "claim", "t1", "--paths", "/w"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("claimed t1: lease 7, fencing token 3, expires in "), "{text}");
+    assert!(text.contains("  paths: /w (advisory"), "{text}");
+    assert_eq!(stderr(&out), "rush: warning: the claim's paths are advisory: no BPF LSM\n");
+}
+
+/// Every byte value, and more than one read's worth.
+fn binary() -> Vec<u8> {
+    (0..70_000u32).map(|i| (i * 7 % 256) as u8).collect()
+}
+
+fn result_info(key: &str, content: Option<&[u8]>) -> rush_proto::coordination::ResultInfo {
+    rush_proto::coordination::ResultInfo {
+        key: key.into(),
+        agent: "a".into(),
+        session: None,
+        for_agent: None,
+        sha256: "00".repeat(32),
+        size: binary().len() as u64,
+        published_unix_ms: 0,
+        content_base64: content.map(|c| data_encoding::BASE64.encode(c)),
+    }
+}
+
+#[test]
+fn publish_sends_the_file_base64_and_results_writes_it_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("blob.bin");
+    std::fs::write(&file, binary()).unwrap();
+    let d = FakeDaemon::answering(Reply::Ok(Response::Published { result: result_info("k", None) }));
+    let out = run(&d.socket, &["agent", "publish", "k", "--file", file.to_str().unwrap(), "--fence", "t1:3"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), format!("published k: 70000 bytes, sha256 {}\n", "00".repeat(32)));
+    let Request::Publish(req) = only(d.join()) else { panic!("not a publish") };
+    assert_eq!(data_encoding::BASE64.decode(req.content_base64.as_bytes()).unwrap(), binary());
+    assert_eq!(req.fence.map(|f| (f.task, f.fencing)), Some(("t1".into(), 3)));
+
+    let content = binary();
+    let d = FakeDaemon::answering(Reply::Ok(Response::Results {
+        results: vec![result_info("k", Some(&content))],
+    }));
+    let out = run(&d.socket, &["agent", "results", "k", "--wait", "--timeout", "2m"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(out.stdout == binary(), "content differs");
+    let Request::Results(q) = only(d.join()) else { panic!("not results") };
+    assert_eq!((q.key.as_deref(), q.wait_secs), (Some("k"), Some(120)));
+}
+
+#[test]
+fn a_file_over_700_kib_is_refused_before_reaching_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("huge.log");
+    std::fs::write(&file, vec![b'x'; 700 * 1024 + 1]).unwrap();
+    let out =
+        run(&dir.path().join("none.sock"), &["agent", "publish", "k", "--file", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.starts_with(&format!("rush: {} is 716801 bytes: ", file.display())), "{err}");
+}
+
+#[test]
+fn delegate_wait_prints_the_task_on_stderr_and_the_result_on_stdout() {
+    use rush_proto::coordination::{Task, TaskState};
+    let d = FakeDaemon::start(|c| {
+        let (req, _) = c.request();
+        let task = Task {
+            id: 12,
+            from: "lead".into(),
+            to: "w".into(),
+            session: None,
+            text: "go".into(),
+            parent: None,
+            state: TaskState::Open,
+            result_key: "task/12".into(),
+            created_unix_ms: 0,
+        };
+        c.ok(req.id, Response::Delegated { task, spawned: None });
+        let (wait, _) = c.request();
+        c.ok(wait.id, Response::Results { results: vec![result_info("task/12", Some(b"done\n"))] });
+        vec![req.request, wait.request]
+    });
+    let out = run(&d.socket, &["agent", "delegate", "go", "w", "--agent", "lead", "--wait"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "done\n");
+    assert_eq!(stderr(&out), "rush: task 12 delegated to w (its result: rush agent results task/12)\n");
+    let requests = d.join();
+    let Request::Results(q) = &requests[1] else { panic!("{requests:?}") };
+    assert_eq!((q.key.as_deref(), q.wait_secs), (Some("task/12"), Some(60)));
+}

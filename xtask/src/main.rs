@@ -84,8 +84,10 @@ fn main() -> Result<()> {
 
 /// The host tier's test suites (kernel-tests/tests/NAME.rs), run one cargo invocation each
 /// so the summary says what each costs; the others run only in the guests.
-const HOST_SUITES: [&str; 18] = [
+const HOST_SUITES: [&str; 20] = [
     "host",
+    "coordination",
+    "etcd",
     "profiles",
     "terminal",
     "dns",

@@ -12,7 +12,7 @@ use crate::util;
 /// with make, a tool chain the toolchains tests run confined, here and in the guests;
 /// dnsmasq: the real DNS server whose answers the host-name allow-list tests change).
 const CLANGS: [&str; 4] = ["clang", "clang-19", "clang-18", "clang-16"];
-const PACKAGES: [&str; 13] = [
+const PACKAGES: [&str; 16] = [
     "libelf-dev",
     "zlib1g-dev",
     "pkg-config",
@@ -27,6 +27,12 @@ const PACKAGES: [&str; 13] = [
     "tmux",
     "python3",
     "ncurses-base",
+    // rush-agentd's etcd client (etcd-client, tonic/prost) generates its gRPC code with
+    // protoc at build time (its well-known types, google/protobuf/*.proto, are in
+    // libprotobuf-dev); the etcd suite runs a real 3-member cluster of Debian's etcd.
+    "protobuf-compiler",
+    "libprotobuf-dev",
+    "etcd-server",
 ];
 /// The tool chains kernel-tests/tests/toolchains.rs runs confined (with make and git
 /// above): `python3 -m venv` (Debian splits ensurepip out into python3-venv), cc with the C

@@ -5,6 +5,7 @@ pub mod audit_netlink;
 pub mod bpf;
 pub mod cgroup;
 pub mod condition;
+pub mod etcd;
 pub mod harden;
 pub mod landlock;
 pub mod mappings;

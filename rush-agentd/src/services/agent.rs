@@ -147,6 +147,16 @@ pub struct AgentManager {
     dns: Option<Arc<crate::services::resolver::ResolverConfig>>,
     /// Bytes of terminal output each terminal keeps for a late viewer (`[terminal]`).
     terminal_scrollback: usize,
+    /// Asked before an agent's first process runs (claim denies of its session); set once
+    /// by the daemon after the services exist.
+    admission: std::sync::OnceLock<Arc<dyn AgentAdmission>>,
+}
+
+/// What must be in place in the kernel before a new agent runs, owned by another service
+/// (coordination: the write-denies of its session's path claims).
+pub trait AgentAdmission: Send + Sync {
+    /// Err: why the agent may not start (it is not started).
+    fn admit(&self, name: &str, cgroup_id: u64, session: Option<&str>) -> Result<(), String>;
 }
 
 /// What an [`AgentManager`] is built from: the adapters it drives and the daemon's choices.
@@ -250,7 +260,13 @@ impl AgentManager {
             criu,
             dns,
             terminal_scrollback,
+            admission: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets who admits new agents (once; later calls are ignored).
+    pub fn set_admission(&self, admission: Arc<dyn AgentAdmission>) {
+        let _ = self.admission.set(admission);
     }
 
     /// The criu this daemon checkpoints processes with.
@@ -271,6 +287,11 @@ impl AgentManager {
         let mut v: Vec<AgentInfo> = reg.agents.values().map(|a| self.current(a)).collect();
         v.sort_by(|a, b| a.started_unix_ms.cmp(&b.started_unix_ms).then(a.name.cmp(&b.name)));
         v
+    }
+
+    /// Every agent's stored info as it is (no cgroup reads: cheap, for other services).
+    pub fn infos(&self) -> Vec<AgentInfo> {
+        self.registry().agents.values().map(|a| a.info.clone()).collect()
     }
 
     pub fn status(&self, name: &str) -> Result<AgentInfo, AgentError> {

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod audit;
 pub mod baseline;
 pub mod budget;
+pub mod coordination;
 pub mod events;
 pub mod meter;
 pub mod policy;

@@ -11,7 +11,8 @@
  * superblock's, except on btrfs: the subvolume's anonymous device, since subvolumes and
  * snapshots share the superblock and repeat inode numbers.
  * Everybody else (non-agents, agents without the flag) pays one hash lookup and is never
- * denied. Denies return -EPERM and emit a struct rush_file_event on rush_events.
+ * denied by grants (claims, below, may still deny an agent without it). Denies return
+ * -EPERM and emit a struct rush_file_event on rush_events.
  *
  * What each hook checks:
  *   file_open        exec (__FMODE_EXEC in f_flags: execve, the ELF interpreter): exec,
@@ -56,6 +57,36 @@
  * already holds (a pipe or memfd reopened through /proc/self/fd, nsfs), count as granted
  * for read and write, as Landlock does, never for exec (no memfd + execveat).
  *
+ * Path claims (rush_claim_denies, RUSH_AGENT_CLAIM_DENIED): while an agent holds an
+ * exclusive claim on a directory, the daemon gives every other agent of its session an
+ * entry (that agent, dev, ino of the directory) -> (claim id, holder) and sets its
+ * RUSH_AGENT_CLAIM_DENIED flag. Such an agent, file-confined or not, is refused every
+ * write-like operation on an object at or below a claimed inode, whatever its grants say
+ * (the claim check runs first): -EPERM and a struct rush_claim_event. Reads are untouched.
+ * The check walks from the object up like the grant walk, looking the agent's entry up at
+ * each level, but through the filesystem's tree (rush_walk_up, fs_tree): the root of a
+ * bind mount of a subdirectory goes on to that directory's parents before crossing to the
+ * mount point, and the mount id is not part of the match, so no bind mount (of the
+ * claimed directory or of anything below it) escapes the deny; a mount inside the claimed
+ * directory is crossed to its mount point, as for grants. A walk that cannot finish
+ * within RUSH_WALK_MAX levels denies (the event's claim id is 0): failing open would let
+ * a deep enough tree escape a claim, and failing closed costs only agents with the flag,
+ * i.e. only while some claim denies them something (a file-confined agent's grant walk
+ * fails closed at the same depth anyway). Only agents with the flag pay the walk: a hash
+ * lookup per level, to the root, on every write-like call. What is checked:
+ *   file_open        an open that needs write (FMODE_WRITE, O_TRUNC) or O_TMPFILE.
+ *   file_permission  every write to an open regular file or directory: descriptors
+ *                    opened before the claim are stopped too.
+ *   path_mknod, path_mkdir, path_symlink   the parent directory.
+ *   path_unlink, path_rmdir                the victim.
+ *   path_rename      the source (moving out of a claim); a target that is replaced or,
+ *                    with RENAME_EXCHANGE, moved out; else the new parent (moving in).
+ *   path_link        the new parent, and the linked file (a second name outside the
+ *                    claim would let it be written there).
+ *   path_truncate, path_chmod, path_chown  the object.
+ *   mmap_file        a shared writable mapping; file_mprotect: a shared one gaining write.
+ * path_notify, unix_stream_connect and unix_may_send (reads, in claim terms) are not.
+ *
  * NOT covered (yet):
  *   - mmap: pages of a file mapped before a revoke stay readable/writable (no hook on
  *     page faults): the daemon kills the agent's processes holding such mappings.
@@ -82,6 +113,12 @@
  *   - The walk reads d_parent/mnt_parent without the kernel's locks (as every BPF LSM
  *     does): a rename racing with a check can be judged on either side of it.
  *   - A walk longer than RUSH_WALK_MAX levels denies (fail closed).
+ *   Claims, besides the above (mappings made before it keep writing; ftruncate of a
+ *   descriptor opened before it, on 6.2+; metadata other than chmod/chown):
+ *   - A file that already had a second name outside the claimed tree (a hard link made
+ *     before the claim) can be written through that name: the walk follows the name used.
+ *   - Moving a directory that lies above a claimed one (rename of an ancestor): the claim
+ *     is keyed by inode, so the claimed tree stays denied, at its new path.
  *
  * Return 0 = allow, -EPERM = deny.
  */
@@ -169,11 +206,22 @@ static __always_inline __u64 rush_confined_agent_flags(__u32 *flags)
 	return cgroup_id;
 }
 
-static __always_inline __u64 rush_confined_agent(void)
+/* The agent cgroup of the current task if the write-like hooks have something to check
+ * for it (it is file-confined, or a claim denies it something), else 0; its RUSH_AGENT_*
+ * flags in `flags`. */
+static __always_inline __u64 rush_file_agent(__u32 *flags)
 {
-	__u32 flags;
+	__u64 cgroup_id = rush_current_agent_cgroup();
+	struct rush_agent *agent = rush_lookup_agent(cgroup_id);
+	__u32 agent_flags;
 
-	return rush_confined_agent_flags(&flags);
+	if (!agent)
+		return 0;
+	agent_flags = agent->flags;
+	if (!(agent_flags & (RUSH_AGENT_FILES_CONFINED | RUSH_AGENT_CLAIM_DENIED)))
+		return 0;
+	*flags = agent_flags;
+	return cgroup_id;
 }
 
 /* struct mount embeds the struct vfsmount that paths point to (container_of). */
@@ -266,20 +314,58 @@ static __always_inline __u32 rush_mnt_id(struct mount *mnt)
 	return BPF_CORE_READ(mnt, mnt_id);
 }
 
+/* What rush_walk_up did. */
+#define RUSH_UP_PARENT 0 /* moved to the parent directory, in the same mount */
+#define RUSH_UP_MOUNT 1  /* moved to the mount point, in the parent mount */
+#define RUSH_UP_TOP 2    /* nothing above: did not move */
+
 /*
- * One level: look up (dev, ino) of w->dentry, then move to its parent; at the root of a
- * mount, to the mount point in the parent mount (whose inode is looked up next, as
- * Landlock does); at the root of the mount tree, stop.
+ * One level up from (*dentry, *mnt), read with BPF_CORE_READ: the parent directory; at
+ * the root of the mount, the mount point in the parent mount (whose inode the walks look
+ * up next, as Landlock does); at the root of the mount tree (or of a detached tree), or
+ * at a disconnected root (pseudo files such as pipes are their own parent), nowhere.
+ *
+ * `fs_tree` (a constant at every call: each caller gets its own copy) is the claims'
+ * walk: the root of a mount that is not its filesystem's root (a bind mount of a
+ * subdirectory) goes on to that directory's parents in the filesystem, and only the
+ * filesystem's root crosses to the mount point, so that the walk meets every directory
+ * the object lies below, through whichever mount it was reached. Grants, which hold in
+ * one mount, and event paths, which show the path the agent used, walk the mount tree.
+ */
+static __always_inline int rush_walk_up(struct dentry **dentry, struct mount **mnt, const int fs_tree)
+{
+	struct dentry *d = *dentry;
+	struct dentry *parent = BPF_CORE_READ(d, d_parent);
+	struct mount *m = *mnt;
+	int fs_root = parent == d || !parent;
+
+	if (fs_tree ? fs_root : d == BPF_CORE_READ(m, mnt.mnt_root)) {
+		struct mount *up = BPF_CORE_READ(m, mnt_parent);
+
+		if (up == m || !up)
+			return RUSH_UP_TOP;
+		*dentry = BPF_CORE_READ(m, mnt_mountpoint);
+		*mnt = up;
+		return RUSH_UP_MOUNT;
+	}
+	if (fs_root)
+		return RUSH_UP_TOP;
+	*dentry = parent;
+	return RUSH_UP_PARENT;
+}
+
+/*
+ * One level: look up (dev, ino) of w->dentry, then go up (rush_walk_up, the mount tree);
+ * at the top, stop.
  */
 static long rush_walk_step(__u32 index, void *data)
 {
 	struct rush_walk *w = data;
 	struct dentry *dentry = w->dentry;
-	struct mount *mnt = w->mnt;
-	struct dentry *parent;
 	struct inode *inode;
+	int up;
 
-	if (!dentry || !mnt)
+	if (!dentry || !w->mnt)
 		return 1; /* unreadable: not done, so the walk denies */
 	inode = BPF_CORE_READ(dentry, d_inode);
 	if (inode) {
@@ -290,32 +376,22 @@ static long rush_walk_step(__u32 index, void *data)
 			return 1;
 		}
 	}
-	if (dentry == BPF_CORE_READ(mnt, mnt.mnt_root)) {
-		struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
-
-		if (up == mnt || !up) {
-			/* The root of the mount tree (or of a detached tree). A kernel-internal
-			 * mount (pipefs, sockfs, anon inodes, nsfs, shmem of memfds) is reachable
-			 * only through a descriptor the process already has. */
-			if (BPF_CORE_READ(mnt, mnt.mnt_flags) & MNT_INTERNAL)
-				w->ops |= RUSH_OPS_INTERNAL;
-			w->done = 1;
-			return 1;
-		}
-		w->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
-		w->mnt = up;
-		w->mnt_id = rush_mnt_id(up);
+	up = rush_walk_up(&w->dentry, &w->mnt, 0);
+	if (up == RUSH_UP_MOUNT) {
+		w->mnt_id = rush_mnt_id(w->mnt);
 		return 0;
 	}
-	parent = BPF_CORE_READ(dentry, d_parent);
-	if (parent == dentry || !parent) {
-		/* A disconnected root (pseudo files such as pipes are their own parent). */
+	if (up == RUSH_UP_TOP) {
+		/* Not BPF_CORE_READ(w->mnt, ...): that would relocate w's own field too. */
+		struct mount *mnt = w->mnt;
+
+		/* A kernel-internal mount (pipefs, sockfs, anon inodes, nsfs, shmem of
+		 * memfds) is reachable only through a descriptor the process already has. */
 		if (BPF_CORE_READ(mnt, mnt.mnt_flags) & MNT_INTERNAL)
 			w->ops |= RUSH_OPS_INTERNAL;
 		w->done = 1;
 		return 1;
 	}
-	w->dentry = parent;
 	return 0;
 }
 
@@ -417,27 +493,20 @@ static long rush_name_step(__u32 index, void *data)
 {
 	struct rush_name_walk *w = data;
 	struct dentry *dentry = w->dentry;
-	struct mount *mnt = w->mnt;
 	struct rush_path_scratch *scratch;
 	const unsigned char *name;
-	struct dentry *parent;
 	__u32 zero = 0;
 	__s64 pos, start;
 	__u32 len;
+	int up;
 
-	if (!dentry || !mnt)
+	if (!dentry || !w->mnt)
 		return 1;
-	if (dentry == BPF_CORE_READ(mnt, mnt.mnt_root)) {
-		struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
-
-		if (up == mnt || !up)
-			return 1;
-		w->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
-		w->mnt = up;
+	/* Up first (a mount crossing adds no name); then `dentry`'s name, in front. */
+	up = rush_walk_up(&w->dentry, &w->mnt, 0);
+	if (up == RUSH_UP_MOUNT)
 		return 0;
-	}
-	parent = BPF_CORE_READ(dentry, d_parent);
-	if (parent == dentry || !parent)
+	if (up != RUSH_UP_PARENT)
 		return 1;
 
 	scratch = bpf_map_lookup_elem(&rush_path_scratch, &zero);
@@ -457,7 +526,6 @@ static long rush_name_step(__u32 index, void *data)
 	bpf_probe_read_kernel(&scratch->buf[start + 1], len & (RUSH_FILE_PATH_LEN - 1), name);
 	scratch->buf[start] = '/';
 	w->pos = start;
-	w->dentry = parent;
 	return 0;
 }
 
@@ -634,6 +702,119 @@ static __always_inline int rush_require(__u32 hook, __u64 cgroup_id, __u32 flags
 	return rush_deny(hook, cgroup_id, rush_first_op(missing), dentry, named, mnt);
 }
 
+/* State of a claim walk (rush_claim_find). */
+struct rush_claim_walk {
+	__u64 cgroup_id;
+	struct dentry *dentry;
+	struct mount *mnt;
+	struct rush_claim_deny deny; /* the entry found */
+	__u32 done;  /* the walk finished (top reached or an entry found) */
+	__u32 found; /* an entry was found */
+};
+
+/* One level: look up the agent's claim deny for (dev, ino) of w->dentry, then go up
+ * (rush_walk_up, the filesystem's tree); at the top, stop. */
+static long rush_claim_step(__u32 index, void *data)
+{
+	struct rush_claim_walk *w = data;
+	struct dentry *dentry = w->dentry;
+	struct inode *inode;
+
+	if (!dentry || !w->mnt)
+		return 1; /* unreadable: not done, so the check denies */
+	inode = BPF_CORE_READ(dentry, d_inode);
+	if (inode) {
+		struct rush_file_key key = {
+			.cgroup_id = w->cgroup_id,
+			.ino = BPF_CORE_READ(inode, i_ino),
+			.dev = rush_inode_dev(inode),
+		};
+		struct rush_claim_deny *deny = bpf_map_lookup_elem(&rush_claim_denies, &key);
+
+		if (deny) {
+			w->deny.claim_id = deny->claim_id;
+			w->deny.holder_cgroup = deny->holder_cgroup;
+			w->found = 1;
+			w->done = 1;
+			return 1;
+		}
+	}
+	if (rush_walk_up(&w->dentry, &w->mnt, 1) == RUSH_UP_TOP) {
+		w->done = 1;
+		return 1;
+	}
+	return 0;
+}
+
+/*
+ * Whether a claim of another agent denies agent `cgroup_id` writing at `dentry` (in
+ * `vfsmnt`): an entry of rush_claim_denies for the object or for any directory above
+ * it, in its filesystem or across mounts. 1 if so, the entry in `hit`; 1 too, with
+ * claim id 0, if the walk could not finish (fail closed); else 0.
+ */
+static __noinline int rush_claim_find(__u64 cgroup_id, struct dentry *dentry, struct vfsmount *vfsmnt,
+				      struct rush_claim_deny *hit)
+{
+	struct rush_claim_walk w = {
+		.cgroup_id = cgroup_id,
+		.dentry = dentry,
+		.mnt = rush_real_mount(vfsmnt),
+	};
+
+	bpf_loop(RUSH_WALK_MAX, rush_claim_step, &w, 0);
+	if (w.done && !w.found)
+		return 0;
+	hit->claim_id = w.found ? w.deny.claim_id : 0;
+	hit->holder_cgroup = w.found ? w.deny.holder_cgroup : 0;
+	return 1;
+}
+
+/* A claim deny event with everything but the path; NULL if the ring buffer is full
+ * (counted). */
+static __always_inline struct rush_claim_event *rush_claim_event_start(__u32 hook, __u64 cgroup_id,
+								       __u32 op, struct dentry *object,
+								       const struct rush_claim_deny *hit)
+{
+	struct rush_claim_event *e;
+	struct inode *inode;
+
+	e = bpf_ringbuf_reserve(&rush_events, sizeof(*e), 0);
+	if (!e) {
+		rush_count_lost_event();
+		return NULL;
+	}
+	inode = BPF_CORE_READ(object, d_inode);
+	rush_event_hdr_current(&e->hdr, RUSH_EVENT_CLAIM_DENY, hook, cgroup_id);
+	e->op = op;
+	e->dev = inode ? rush_inode_dev(inode) : 0;
+	e->ino = inode ? BPF_CORE_READ(inode, i_ino) : 0;
+	e->claim_id = hit->claim_id;
+	e->holder_cgroup = hit->holder_cgroup;
+	return e;
+}
+
+/*
+ * The claim check of a write-like hook, before any grant: for an agent with
+ * RUSH_AGENT_CLAIM_DENIED (in `flags`), -EPERM with an event if a claim covers `object`
+ * (`op` is what the hook asked of it; the event's path names `named`, in `mnt`); else 0.
+ */
+static __always_inline int rush_claim_check(__u32 hook, __u64 cgroup_id, __u32 flags, __u32 op,
+					    struct dentry *object, struct dentry *named,
+					    struct vfsmount *mnt)
+{
+	struct rush_claim_deny hit = {};
+	struct rush_claim_event *e;
+
+	if (!(flags & RUSH_AGENT_CLAIM_DENIED) || !rush_claim_find(cgroup_id, object, mnt, &hit))
+		return 0;
+	e = rush_claim_event_start(hook, cgroup_id, op, object, &hit);
+	if (e) {
+		rush_dentry_path(e->path, named, mnt);
+		bpf_ringbuf_submit(e, 0);
+	}
+	return -EPERM;
+}
+
 /*
  * Create on the directory `dir`; the event names the new entry. A regular file may also
  * be created in a directory whose own entry has RUSH_FILE_OP_SAVE (beside a file the agent
@@ -642,14 +823,19 @@ static __always_inline int rush_require(__u32 hook, __u64 cgroup_id, __u32 flags
 static __always_inline int rush_check_create(__u32 hook, const struct path *dir,
 					     struct dentry *dentry, umode_t mode)
 {
-	__u64 cgroup_id = rush_confined_agent();
+	__u32 flags = 0;
+	__u64 cgroup_id = rush_file_agent(&flags);
 	struct dentry *parent = dir->dentry;
 	struct vfsmount *mnt;
 	__u32 type = mode & S_IFMT;
+	int denied;
 
 	if (!cgroup_id)
 		return 0;
 	mnt = BPF_CORE_READ(dir, mnt);
+	denied = rush_claim_check(hook, cgroup_id, flags, RUSH_FILE_OP_CREATE, parent, dentry, mnt);
+	if (denied || !(flags & RUSH_AGENT_FILES_CONFINED))
+		return denied;
 	if (rush_walk_ops(cgroup_id, parent, mnt, RUSH_FILE_OP_CREATE) & RUSH_FILE_OP_CREATE)
 		return 0;
 	if (hook == RUSH_FHOOK_PATH_MKNOD && (type == 0 || type == S_IFREG) &&
@@ -732,26 +918,37 @@ static __noinline void rush_move_grant(__u64 cgroup_id, struct dentry *from, str
 static __always_inline int rush_check_delete(__u32 hook, const struct path *dir,
 					     struct dentry *dentry)
 {
-	__u64 cgroup_id = rush_confined_agent();
+	__u32 flags = 0;
+	__u64 cgroup_id = rush_file_agent(&flags);
+	struct vfsmount *mnt;
+	int denied;
 
 	if (!cgroup_id)
 		return 0;
-	return rush_require(hook, cgroup_id, 0, RUSH_FILE_OP_DELETE, dentry, BPF_CORE_READ(dir, mnt),
-			    dentry);
+	mnt = BPF_CORE_READ(dir, mnt);
+	denied = rush_claim_check(hook, cgroup_id, flags, RUSH_FILE_OP_DELETE, dentry, dentry, mnt);
+	if (denied || !(flags & RUSH_AGENT_FILES_CONFINED))
+		return denied;
+	return rush_require(hook, cgroup_id, 0, RUSH_FILE_OP_DELETE, dentry, mnt, dentry);
 }
 
 /* Write on the object at `path` (truncate, chmod, chown). */
 static __always_inline int rush_check_path_write(__u32 hook, const struct path *path)
 {
 	__u32 flags = 0;
-	__u64 cgroup_id = rush_confined_agent_flags(&flags);
+	__u64 cgroup_id = rush_file_agent(&flags);
+	struct vfsmount *mnt;
 	struct dentry *dentry;
+	int denied;
 
 	if (!cgroup_id)
 		return 0;
 	dentry = path->dentry;
-	return rush_require(hook, cgroup_id, flags, RUSH_FILE_OP_WRITE, dentry,
-			    BPF_CORE_READ(path, mnt), dentry);
+	mnt = BPF_CORE_READ(path, mnt);
+	denied = rush_claim_check(hook, cgroup_id, flags, RUSH_FILE_OP_WRITE, dentry, dentry, mnt);
+	if (denied || !(flags & RUSH_AGENT_FILES_CONFINED))
+		return denied;
+	return rush_require(hook, cgroup_id, flags, RUSH_FILE_OP_WRITE, dentry, mnt, dentry);
 }
 
 /*
@@ -778,7 +975,7 @@ SEC("lsm/file_open")
 int BPF_PROG(rush_file_open, struct file *file)
 {
 	__u32 flags = 0;
-	__u64 cgroup_id = rush_confined_agent_flags(&flags);
+	__u64 cgroup_id = rush_file_agent(&flags);
 	struct rush_file_event *e;
 	struct vfsmount *mnt;
 	struct dentry *dentry;
@@ -804,6 +1001,26 @@ int BPF_PROG(rush_file_open, struct file *file)
 
 	dentry = file->f_path.dentry;
 	mnt = BPF_CORE_READ(file, f_path.mnt);
+	if ((flags & RUSH_AGENT_CLAIM_DENIED) && (need & (RUSH_FILE_OP_WRITE | RUSH_FILE_OP_CREATE))) {
+		struct rush_claim_deny hit = {};
+		struct rush_claim_event *c;
+
+		if (rush_claim_find(cgroup_id, dentry, mnt, &hit)) {
+			c = rush_claim_event_start(RUSH_FHOOK_FILE_OPEN, cgroup_id,
+						   (need & RUSH_FILE_OP_WRITE) ? RUSH_FILE_OP_WRITE
+									: RUSH_FILE_OP_CREATE,
+						   dentry, &hit);
+			if (c) {
+				/* As for the grants' deny below. */
+				if (bpf_d_path((struct path *)&file->f_path, c->path, sizeof(c->path)) < 0)
+					rush_dentry_path(c->path, dentry, mnt);
+				bpf_ringbuf_submit(c, 0);
+			}
+			return -EPERM;
+		}
+	}
+	if (!(flags & RUSH_AGENT_FILES_CONFINED))
+		return 0;
 	missing = need & ~rush_walk_ops(cgroup_id, dentry, mnt, need);
 	if (!missing) {
 		missing = rush_linked_missing(cgroup_id, flags, need, dentry, mnt);
@@ -829,9 +1046,11 @@ SEC("lsm/file_permission")
 int BPF_PROG(rush_file_permission, struct file *file, int mask)
 {
 	__u32 flags = 0;
-	__u64 cgroup_id = rush_confined_agent_flags(&flags);
+	__u64 cgroup_id = rush_file_agent(&flags);
 	__u32 need = 0, type;
+	struct vfsmount *mnt;
 	struct dentry *dentry;
+	int denied;
 
 	if (!cgroup_id)
 		return 0;
@@ -846,8 +1065,17 @@ int BPF_PROG(rush_file_permission, struct file *file, int mask)
 	if (!need)
 		return 0;
 	dentry = file->f_path.dentry;
-	return rush_require(RUSH_FHOOK_FILE_PERMISSION, cgroup_id, flags, need, dentry,
-			    BPF_CORE_READ(file, f_path.mnt), dentry);
+	mnt = BPF_CORE_READ(file, f_path.mnt);
+	/* Writes to descriptors opened before the claim stop here. */
+	if (need & RUSH_FILE_OP_WRITE) {
+		denied = rush_claim_check(RUSH_FHOOK_FILE_PERMISSION, cgroup_id, flags, RUSH_FILE_OP_WRITE,
+					  dentry, dentry, mnt);
+		if (denied)
+			return denied;
+	}
+	if (!(flags & RUSH_AGENT_FILES_CONFINED))
+		return 0;
+	return rush_require(RUSH_FHOOK_FILE_PERMISSION, cgroup_id, flags, need, dentry, mnt, dentry);
 }
 
 SEC("lsm/path_mknod")
@@ -886,7 +1114,8 @@ SEC("lsm/path_rename")
 int BPF_PROG(rush_path_rename, const struct path *old_dir, struct dentry *old_dentry,
 	     const struct path *new_dir, struct dentry *new_dentry, unsigned int flags)
 {
-	__u64 cgroup_id = rush_confined_agent();
+	__u32 agent_flags = 0;
+	__u64 cgroup_id = rush_file_agent(&agent_flags);
 	struct vfsmount *old_mnt, *new_mnt;
 	__u32 src_ops, dst_ops = 0, wider;
 	int denied;
@@ -895,6 +1124,20 @@ int BPF_PROG(rush_path_rename, const struct path *old_dir, struct dentry *old_de
 		return 0;
 	old_mnt = BPF_CORE_READ(old_dir, mnt);
 	new_mnt = BPF_CORE_READ(new_dir, mnt);
+	/* Claims: moving out (the source), and in: a target that is replaced (or, with
+	 * RENAME_EXCHANGE, moved out), else the new parent directory. */
+	denied = rush_claim_check(RUSH_FHOOK_PATH_RENAME, cgroup_id, agent_flags, RUSH_FILE_OP_DELETE,
+				  old_dentry, old_dentry, old_mnt);
+	if (!denied && (agent_flags & RUSH_AGENT_CLAIM_DENIED)) {
+		if (BPF_CORE_READ(new_dentry, d_inode))
+			denied = rush_claim_check(RUSH_FHOOK_PATH_RENAME, cgroup_id, agent_flags,
+						  RUSH_FILE_OP_DELETE, new_dentry, new_dentry, new_mnt);
+		else
+			denied = rush_claim_check(RUSH_FHOOK_PATH_RENAME, cgroup_id, agent_flags,
+						  RUSH_FILE_OP_CREATE, new_dir->dentry, new_dentry, new_mnt);
+	}
+	if (denied || !(agent_flags & RUSH_AGENT_FILES_CONFINED))
+		return denied;
 	src_ops = rush_walk_ops(cgroup_id, old_dentry, old_mnt, RUSH_OPS_ALL);
 	if (!(src_ops & RUSH_FILE_OP_DELETE))
 		return rush_deny(RUSH_FHOOK_PATH_RENAME, cgroup_id, RUSH_FILE_OP_DELETE, old_dentry,
@@ -934,14 +1177,25 @@ SEC("lsm/path_link")
 int BPF_PROG(rush_path_link, struct dentry *old_dentry, const struct path *new_dir,
 	     struct dentry *new_dentry)
 {
-	__u64 cgroup_id = rush_confined_agent();
+	__u32 flags = 0;
+	__u64 cgroup_id = rush_file_agent(&flags);
 	struct vfsmount *mnt;
 	__u32 src_ops;
+	int denied;
 
 	if (!cgroup_id)
 		return 0;
 	/* A hard link stays in its mount: new_dir's mount is old_dentry's. */
 	mnt = BPF_CORE_READ(new_dir, mnt);
+	/* Claims: a name in a claimed directory, and a new name for a claimed file (through
+	 * which it could be written outside the claim). */
+	denied = rush_claim_check(RUSH_FHOOK_PATH_LINK, cgroup_id, flags, RUSH_FILE_OP_CREATE,
+				  new_dir->dentry, new_dentry, mnt);
+	if (!denied)
+		denied = rush_claim_check(RUSH_FHOOK_PATH_LINK, cgroup_id, flags, RUSH_FILE_OP_WRITE,
+					  old_dentry, old_dentry, mnt);
+	if (denied || !(flags & RUSH_AGENT_FILES_CONFINED))
+		return denied;
 	src_ops = rush_walk_ops(cgroup_id, old_dentry, mnt, RUSH_OPS_ALL);
 	return rush_check_move_in(RUSH_FHOOK_PATH_LINK, cgroup_id, src_ops, old_dentry,
 				  new_dir->dentry, mnt, new_dentry);
@@ -995,14 +1249,16 @@ int BPF_PROG(rush_mmap_file, struct file *file, unsigned long reqprot, unsigned 
 	     unsigned long mflags)
 {
 	__u32 flags = 0, need, map_type = mflags & MAP_TYPE;
-	__u64 cgroup_id;
+	struct vfsmount *mnt;
 	struct dentry *dentry;
+	__u64 cgroup_id;
+	int denied;
 
 	/* Anonymous mappings (file NULL, MAP_SHARED|MAP_ANONYMOUS included) and PROT_NONE
 	 * reach no file: no lookup at all. */
 	if (!file || !(prot & (PROT_READ | PROT_WRITE | PROT_EXEC)))
 		return 0;
-	cgroup_id = rush_confined_agent_flags(&flags);
+	cgroup_id = rush_file_agent(&flags);
 	if (!cgroup_id)
 		return 0;
 	need = rush_map_need(file, prot & (PROT_READ | PROT_WRITE),
@@ -1012,8 +1268,17 @@ int BPF_PROG(rush_mmap_file, struct file *file, unsigned long reqprot, unsigned 
 	if (!need)
 		return 0;
 	dentry = file->f_path.dentry;
-	return rush_require(RUSH_FHOOK_MMAP_FILE, cgroup_id, flags, need, dentry,
-			    BPF_CORE_READ(file, f_path.mnt), dentry);
+	mnt = BPF_CORE_READ(file, f_path.mnt);
+	/* A shared writable mapping writes the file (claims: write, as file_permission). */
+	if (need & RUSH_FILE_OP_WRITE) {
+		denied = rush_claim_check(RUSH_FHOOK_MMAP_FILE, cgroup_id, flags, RUSH_FILE_OP_WRITE, dentry,
+					  dentry, mnt);
+		if (denied)
+			return denied;
+	}
+	if (!(flags & RUSH_AGENT_FILES_CONFINED))
+		return 0;
+	return rush_require(RUSH_FHOOK_MMAP_FILE, cgroup_id, flags, need, dentry, mnt, dentry);
 }
 
 /* What a mapping gains: exec on a vma without VM_EXEC, read on one with neither VM_READ
@@ -1024,15 +1289,17 @@ int BPF_PROG(rush_file_mprotect, struct vm_area_struct *vma, unsigned long reqpr
 {
 	__u32 flags = 0, need;
 	__u64 cgroup_id, vm_flags;
+	struct vfsmount *mnt;
 	struct dentry *dentry;
 	struct file *file;
+	int denied;
 
 	if (!(prot & (PROT_READ | PROT_WRITE | PROT_EXEC)))
 		return 0;
 	file = vma->vm_file;
 	if (!file)
 		return 0; /* anonymous memory: no lookup */
-	cgroup_id = rush_confined_agent_flags(&flags);
+	cgroup_id = rush_file_agent(&flags);
 	if (!cgroup_id)
 		return 0;
 	vm_flags = BPF_CORE_READ(vma, vm_flags);
@@ -1043,8 +1310,17 @@ int BPF_PROG(rush_file_mprotect, struct vm_area_struct *vma, unsigned long reqpr
 	if (!need)
 		return 0;
 	dentry = file->f_path.dentry;
-	return rush_require(RUSH_FHOOK_FILE_MPROTECT, cgroup_id, flags, need, dentry,
-			    BPF_CORE_READ(file, f_path.mnt), dentry);
+	mnt = BPF_CORE_READ(file, f_path.mnt);
+	/* A shared mapping gaining write (claims: as mmap_file). */
+	if (need & RUSH_FILE_OP_WRITE) {
+		denied = rush_claim_check(RUSH_FHOOK_FILE_MPROTECT, cgroup_id, flags, RUSH_FILE_OP_WRITE,
+					  dentry, dentry, mnt);
+		if (denied)
+			return denied;
+	}
+	if (!(flags & RUSH_AGENT_FILES_CONFINED))
+		return 0;
+	return rush_require(RUSH_FHOOK_FILE_MPROTECT, cgroup_id, flags, need, dentry, mnt, dentry);
 }
 
 /*

@@ -35,6 +35,7 @@
 #define RUSH_EVENT_GRANT_MOVED 4
 #define RUSH_EVENT_NET_BUDGET 5
 #define RUSH_EVENT_API_REFUSED 6
+#define RUSH_EVENT_CLAIM_DENY 7
 
 /* struct rush_net_usage.flags: the byte budget was reached; every packet is dropped and
  * no further event is sent until the daemon writes the entry again (a raised budget). */
@@ -51,6 +52,10 @@
  * read, write and exec (refuse). Neither bit: the walk decides (follow). */
 #define RUSH_AGENT_HARDLINKS_REFUSE_WRITE 2
 #define RUSH_AGENT_HARDLINKS_REFUSE 4
+/* Another agent of the session holds a path claim: rush_claim_denies has entries for this
+ * agent, and the file hooks check them on every write-like operation (file-confined or
+ * not). Only agents with this bit pay that walk. */
+#define RUSH_AGENT_CLAIM_DENIED 8
 
 /* File operations: bit i of an op mask is index i of struct rush_file_grant.expires_ns
  * (the same bits as rush_proto::Ops). */
@@ -216,6 +221,28 @@ struct rush_file_event {
 	char path[RUSH_FILE_PATH_LEN]; /* NUL-terminated; starts with U+2026 "…" when cut */
 };
 
+/*
+ * Value of rush_claim_denies (key: struct rush_file_key of the DENIED agent's cgroup and
+ * the claimed inode): while another agent (holder_cgroup) holds path claim claim_id on
+ * that inode, this agent may not write, create, delete, rename or link anything at or
+ * below it (read stays allowed).
+ */
+struct rush_claim_deny {
+	__u64 claim_id; /* the daemon's claim (its fencing token) */
+	__u64 holder_cgroup; /* the agent that holds the claim */
+};
+
+/* A write-like operation refused because another agent holds a claim on the path. */
+struct rush_claim_event {
+	struct rush_event_hdr hdr; /* RUSH_EVENT_CLAIM_DENY, RUSH_FHOOK_* */
+	__u32 op; /* RUSH_FILE_OP_WRITE, _CREATE or _DELETE: what the hook asked */
+	__u32 dev;
+	__u64 ino; /* the object checked (for create: the parent directory) */
+	__u64 claim_id; /* 0: the walk could not finish (too deep) and denied */
+	__u64 holder_cgroup;
+	char path[RUSH_FILE_PATH_LEN]; /* NUL-terminated; starts with U+2026 "…" when cut */
+};
+
 /* A self-protection deny: an agent tried to reach outside its cgroup or the kernel. */
 struct rush_guard_event {
 	struct rush_event_hdr hdr; /* RUSH_EVENT_GUARD_DENY, RUSH_GHOOK_* */
@@ -263,6 +290,8 @@ struct rush_guard_event *const rush_guard_event_btf = 0;
 struct rush_grant_moved_event *const rush_grant_moved_event_btf = 0;
 struct rush_budget_event *const rush_budget_event_btf = 0;
 struct rush_api_event *const rush_api_event_btf = 0;
+struct rush_claim_deny *const rush_claim_deny_btf = 0;
+struct rush_claim_event *const rush_claim_event_btf = 0;
 
 /* Depth of agent cgroups below the cgroup v2 root (root = 0), set by the loader. */
 const volatile __u32 agent_cgroup_level = 0;
@@ -360,6 +389,17 @@ struct {
 	__type(value, struct rush_file_grant);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } rush_file_grants SEC(".maps");
+
+/* Path claims: what each agent may not write because another agent holds a claim
+ * (file.bpf.c, for agents with RUSH_AGENT_CLAIM_DENIED). Here for the same reason as
+ * rush_file_grants: the map exists, and the daemon can fill it, without the LSM object. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct rush_file_key);
+	__type(value, struct rush_claim_deny);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rush_claim_denies SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

@@ -5,6 +5,7 @@ mod agent;
 mod attach;
 mod audit;
 mod capability;
+mod coordination;
 mod doctor;
 mod events;
 mod meta;
@@ -82,6 +83,16 @@ fn run_command(cli: Cli) -> Result<u8> {
         Command::Agent(AgentCommand::Send { name, text, enter }) => {
             terminal::send(&mut ctx, &name.to_string(), &text, enter)
         }
+        Command::Agent(AgentCommand::Broadcast(args)) => coordination::broadcast(&mut ctx, args),
+        Command::Agent(AgentCommand::QueryIntents(args)) => coordination::query_intents(&mut ctx, args),
+        Command::Agent(AgentCommand::Claim(args)) => coordination::claim(&mut ctx, args),
+        Command::Agent(AgentCommand::Renew(args)) => coordination::renew(&mut ctx, args),
+        Command::Agent(AgentCommand::Release(args)) => coordination::release(&mut ctx, args),
+        Command::Agent(AgentCommand::Claims(args)) => coordination::claims(&mut ctx, args),
+        Command::Agent(AgentCommand::Publish(args)) => coordination::publish(&mut ctx, args),
+        Command::Agent(AgentCommand::Results(args)) => coordination::results(&mut ctx, args),
+        Command::Agent(AgentCommand::Delegate(args)) => coordination::delegate(&mut ctx, *args),
+        Command::Agent(AgentCommand::Inbox(args)) => coordination::inbox(&mut ctx, args),
         Command::Capability(CapabilityCommand::Grant(args)) => capability::grant(&mut ctx, args),
         Command::Capability(CapabilityCommand::Revoke(args)) => capability::revoke(&mut ctx, args),
         Command::Capability(CapabilityCommand::List { agent }) => capability::list(&mut ctx, agent),

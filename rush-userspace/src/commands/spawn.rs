@@ -7,10 +7,10 @@ use anyhow::{Context, anyhow};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use nix::sys::termios::{self, SetArg, Termios};
 use rush_proto::client::ClientError;
-use rush_proto::{SpawnRequest, StdioMode};
+use rush_proto::{AgentName, SpawnRequest, StdioMode};
 
 use super::Ctx;
-use crate::cli::SpawnArgs;
+use crate::cli::{SpawnArgs, SpawnOptions};
 use crate::error::Result;
 use crate::render::sanitize;
 
@@ -25,76 +25,96 @@ pub fn home() -> Result<std::path::PathBuf> {
     }
 }
 
-pub fn spawn(ctx: &mut Ctx, mut args: SpawnArgs) -> Result<u8> {
+pub fn spawn(ctx: &mut Ctx, args: SpawnArgs) -> Result<u8> {
+    let terminal = if args.tty {
+        Some(true)
+    } else if args.no_tty {
+        Some(false)
+    } else {
+        None
+    };
+    let mut request = build_request(&args.name, args.opts, args.command, terminal, args.detach)?;
+    request.restartable = args.restartable;
+    let tty = request.stdio == StdioMode::Tty;
+    match (args.detach, tty) {
+        (true, _) => detached(ctx, request),
+        (false, true) => on_terminal(ctx, request),
+        (false, false) => foreground(ctx, request),
+    }
+}
+
+/// The request spawning agent `name`, as `rush agent spawn` makes it and `rush agent
+/// delegate --spawn` reuses: `opts` with its profile applied (which may create directories
+/// the profile names), our environment and working directory, and the session from
+/// --session or $RUSH_SESSION. `terminal`: --tty (`Some(true)`) or --no-tty
+/// (`Some(false)`); a terminal of its own otherwise when the profile asks for one or, in
+/// the foreground, when we run on one.
+pub fn build_request(
+    name: &AgentName,
+    mut opts: SpawnOptions,
+    mut command: Vec<String>,
+    terminal: Option<bool>,
+    detach: bool,
+) -> Result<SpawnRequest> {
     let cwd =
         std::env::current_dir().context("cannot read the current directory, where the agent would start")?;
     let mut env = environment();
     let mut profile_tty = None;
-    if let Some(name) = &args.profile {
-        let applied = crate::profile::Profile::load(name)?.apply(&crate::profile::ApplyInputs {
+    if let Some(profile) = &opts.profile {
+        let applied = crate::profile::Profile::load(profile)?.apply(&crate::profile::ApplyInputs {
             workspace: cwd.clone(),
             home: home()?,
-            net: args.net.take(),
-            budget: args.budget.take(),
-            allow: std::mem::take(&mut args.allow),
-            tty: if args.tty {
-                Some(true)
-            } else if args.no_tty {
-                Some(false)
-            } else {
-                None
-            },
-            command: std::mem::take(&mut args.command),
+            net: opts.net.take(),
+            budget: opts.budget.take(),
+            allow: std::mem::take(&mut opts.allow),
+            tty: terminal,
+            command: std::mem::take(&mut command),
         })?;
         if applied.command.is_empty() {
-            return Err(anyhow!("profile {name} names no command: give one after --").into());
+            return Err(anyhow!("profile {profile} names no command: give one after --").into());
         }
         crate::profile::create_dirs(&applied)?;
         for (k, v) in &applied.env {
             env.retain(|(key, _)| key != k);
             env.push((k.clone(), v.clone()));
         }
-        (args.net, args.budget, args.allow, args.command) =
+        (opts.net, opts.budget, opts.allow, command) =
             (applied.net, applied.budget, applied.allow, applied.command);
         profile_tty = Some(applied.tty);
     }
     // A terminal of its own: asked for (or by the profile, where there is one to attach or
     // it runs detached), or a foreground spawn from a terminal.
     let from_terminal = io::stdin().is_terminal() && io::stdout().is_terminal();
+    let forced = terminal == Some(true);
     let tty = match profile_tty {
-        Some(t) => t && (args.detach || from_terminal || args.tty),
-        None => args.tty || (!args.no_tty && !args.detach && from_terminal),
+        Some(t) => t && (detach || from_terminal || forced),
+        None => forced || (terminal.is_none() && !detach && from_terminal),
     };
-    let request = SpawnRequest {
-        name: args.name.to_string(),
-        command: args.command,
-        net: args.net,
-        trust: args.trust,
-        budget: args.budget.unwrap_or_default(),
-        allow: args.allow,
+    Ok(SpawnRequest {
+        name: name.to_string(),
+        command,
+        net: opts.net,
+        trust: opts.trust,
+        budget: opts.budget.unwrap_or_default(),
+        allow: opts.allow,
         env,
         cwd,
-        stdio: match (tty, args.detach) {
+        stdio: match (tty, detach) {
             (true, _) => StdioMode::Tty,
             (false, true) => StdioMode::Log,
             (false, false) => StdioMode::Passed,
         },
         tty_size: tty.then(|| super::terminal::stdout_size().unwrap_or_default()),
-        allow_unconfined: args.allow_unconfined,
+        allow_unconfined: opts.allow_unconfined,
         // An attached shell's agents belong to its session.
-        session: match args.session {
+        session: match opts.session {
             Some(s) => Some(s.to_string()),
             None => super::session::env_session()?,
         },
-        restartable: args.restartable,
-        hardlinks: args.hardlinks,
-        user: args.user,
-    };
-    match (args.detach, tty) {
-        (true, _) => detached(ctx, request),
-        (false, true) => on_terminal(ctx, request),
-        (false, false) => foreground(ctx, request),
-    }
+        restartable: false,
+        hardlinks: opts.hardlinks,
+        user: opts.user,
+    })
 }
 
 /// A foreground agent on its own terminal: spawned, then attached to.

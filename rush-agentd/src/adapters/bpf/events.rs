@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle, RingBufferBuilder};
 use rush_ebpf::{
-    AF_INET, AF_INET6, EVENT_API_REFUSED, EVENT_FILE_DENY, EVENT_GRANT_MOVED, EVENT_GUARD_DENY,
-    EVENT_NET_BUDGET, EVENT_NET_DENY, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6, MAP_EVENTS,
-    Plain, RushApiEvent, RushBudgetEvent, RushEventHdr, RushFileEvent, RushGrantMovedEvent, RushGuardEvent,
-    RushNetEvent, STAT_EVENTS_LOST,
+    AF_INET, AF_INET6, EVENT_API_REFUSED, EVENT_CLAIM_DENY, EVENT_FILE_DENY, EVENT_GRANT_MOVED,
+    EVENT_GUARD_DENY, EVENT_NET_BUDGET, EVENT_NET_DENY, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4,
+    HOOK_SENDMSG6, MAP_EVENTS, Plain, RushApiEvent, RushBudgetEvent, RushClaimEvent, RushEventHdr,
+    RushFileEvent, RushGrantMovedEvent, RushGuardEvent, RushNetEvent, STAT_EVENTS_LOST,
 };
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{error, warn};
@@ -88,6 +88,7 @@ fn decode(record: &[u8]) -> Option<KernelEvent> {
     match h.kind {
         EVENT_NET_DENY => decode_net(&h, RushNetEvent::from_bytes(record)?),
         EVENT_FILE_DENY => decode_file(&h, &RushFileEvent::from_bytes(record)?),
+        EVENT_CLAIM_DENY => decode_claim(&h, &RushClaimEvent::from_bytes(record)?),
         EVENT_GUARD_DENY => {
             let e = RushGuardEvent::from_bytes(record)?;
             Some(KernelEvent::GuardDeny {
@@ -151,6 +152,23 @@ fn decode_file(h: &RushEventHdr, e: &RushFileEvent) -> Option<KernelEvent> {
         path: e.path(),
         dev: e.dev,
         ino: e.ino,
+    })
+}
+
+fn decode_claim(h: &RushEventHdr, e: &RushClaimEvent) -> Option<KernelEvent> {
+    Some(KernelEvent::ClaimDeny {
+        cgroup_id: h.cgroup_id,
+        pid: h.pid,
+        tgid: h.tgid,
+        uid: h.uid,
+        comm: h.comm(),
+        hook: rush_ebpf::file_hook_name(h.hook)?,
+        op: e.op,
+        path: e.path(),
+        dev: e.dev,
+        ino: e.ino,
+        claim_id: e.claim_id,
+        holder_cgroup: e.holder_cgroup,
     })
 }
 
@@ -261,6 +279,41 @@ mod tests {
         assert_eq!(path, "…/b/c");
         // Truncated records and unknown hooks are refused.
         assert_eq!(decode(&e.as_bytes()[..100]), None);
+        e.hdr.hook = 99;
+        assert_eq!(decode(e.as_bytes()), None);
+    }
+
+    #[test]
+    fn decodes_claim_deny() {
+        let mut e = RushClaimEvent {
+            hdr: hdr(EVENT_CLAIM_DENY, rush_ebpf::FHOOK_PATH_RENAME, b"mv"),
+            op: rush_ebpf::FILE_OP_CREATE,
+            ino: 78,
+            dev: 0x0010_0003,
+            claim_id: 12,
+            holder_cgroup: 4242,
+            ..Default::default()
+        };
+        e.path[..15].copy_from_slice(b"/r/parser/new.c");
+        assert_eq!(
+            decode(e.as_bytes()),
+            Some(KernelEvent::ClaimDeny {
+                cgroup_id: 42,
+                pid: 11,
+                tgid: 10,
+                uid: 1000,
+                comm: "mv".into(),
+                hook: "path_rename",
+                op: 1 << 3,
+                path: "/r/parser/new.c".into(),
+                dev: 0x0010_0003,
+                ino: 78,
+                claim_id: 12,
+                holder_cgroup: 4242,
+            })
+        );
+        // Truncated records and unknown hooks are refused.
+        assert_eq!(decode(&e.as_bytes()[..size_of::<RushClaimEvent>() - 1]), None);
         e.hdr.hook = 99;
         assert_eq!(decode(e.as_bytes()), None);
     }

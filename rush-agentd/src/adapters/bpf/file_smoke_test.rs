@@ -47,7 +47,7 @@ fn file_smoke_test() {
         return skip("needs root (bpf, cgroups, bpffs, mounts)");
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,libbpf=debug"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
     let Some(v2_root) = cgroup2_root() else {
         return skip("no cgroup v2 mount at /sys/fs/cgroup or /sys/fs/cgroup/unified");
@@ -313,6 +313,8 @@ fn file_smoke_test() {
         "no cut path for the deep deny"
     );
 
+    claims(&bpf, &mut events, &mut fx, &t, (cg, &confined), (cg2, &unconfined));
+
     // No daemon: the pinned LSM links and maps keep enforcing. A restarted daemon adopts
     // the grants (and replaces the links).
     drop(bpf);
@@ -335,12 +337,223 @@ fn file_smoke_test() {
         .filter(|k| k.cgroup_id == cg)
         .collect();
     assert!(left.is_empty(), "grants left after remove_agent: {left:?}");
+    let claims =
+        libbpf_rs::MapHandle::from_pinned_path(fx.pin_dir.join(rush_ebpf::MAP_CLAIM_DENIES)).unwrap();
+    let left: Vec<_> = libbpf_rs::MapCore::keys(&claims)
+        .filter_map(|k| <rush_ebpf::RushFileKey as rush_ebpf::Plain>::from_bytes(&k))
+        .filter(|k| k.cgroup_id == cg)
+        .collect();
+    assert!(left.is_empty(), "claim denies left after remove_agent: {left:?}");
     check(
         "removed agent",
         &run(Some(&confined), &[step("unconfined now", Open(t.c("out/x"), libc::O_RDONLY), OK)]),
     );
     bpf.remove_agent(cg2).unwrap();
     println!("file smoke test passed");
+}
+
+/// Path claims: a claim deny on srv/a/cl refuses every write-like operation there to the
+/// file-confined agent `x` (whose grant on srv/a allows them all) and to the agent `y` that
+/// is not file-confined at all, also through a bind mount of a directory inside it and
+/// into a mount below it, and to descriptors opened before the deny; reads and the rest
+/// of srv/a stay allowed, other processes are not concerned, and clearing the denies
+/// allows the writes again.
+fn claims(
+    bpf: &BpfHandle,
+    events: &mut UnboundedReceiver<KernelEvent>,
+    fx: &mut Fixture,
+    t: &Tree,
+    (x, x_dir): (u64, &Path),
+    (y, y_dir): (u64, &Path),
+) {
+    use Step::*;
+    // What earlier sections left unread (they all came before their last awaited event).
+    while let Ok(e) = events.try_recv() {
+        println!("  earlier event: {e:?}");
+    }
+    for d in ["srv/a/cl/bsub", "srv/a/cl/mnt", "out/bind"] {
+        std::fs::create_dir_all(t.p(d)).unwrap();
+    }
+    // A mount inside the claimed directory, and a bind mount of a directory of it elsewhere.
+    let flags = nix::mount::MsFlags::empty();
+    nix::mount::mount(Some("tmpfs"), &t.p("srv/a/cl/mnt"), Some("tmpfs"), flags, None::<&str>)
+        .expect("mount tmpfs");
+    fx.mounts.push(t.p("srv/a/cl/mnt"));
+    nix::mount::mount(
+        Some(&t.p("srv/a/cl/bsub")),
+        &t.p("out/bind"),
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .expect("bind mount");
+    fx.mounts.insert(0, t.p("out/bind"));
+    for f in "srv/a/cl/f srv/a/cl/h srv/a/cl/h2 srv/a/cl/bsub/f srv/a/cl/mnt/m srv/a/g srv/a/other".split(' ')
+    {
+        std::fs::write(t.p(f), b"hello").unwrap();
+    }
+    let claimed = FileKey::of_path(&t.p("srv/a/cl")).unwrap();
+    let (x_claim, y_claim) =
+        (ClaimDeny { claim_id: 41, holder_cgroup: y }, ClaimDeny { claim_id: 42, holder_cgroup: x });
+    let agents = libbpf_rs::MapHandle::from_pinned_path(fx.pin_dir.join(rush_ebpf::MAP_AGENTS)).unwrap();
+    let denies =
+        libbpf_rs::MapHandle::from_pinned_path(fx.pin_dir.join(rush_ebpf::MAP_CLAIM_DENIES)).unwrap();
+    let flags_of = |cgroup_id: u64| {
+        let value = libbpf_rs::MapCore::lookup(&agents, &cgroup_id.to_ne_bytes(), libbpf_rs::MapFlags::ANY);
+        let value = value.unwrap().expect("agent entry");
+        <rush_ebpf::RushAgent as rush_ebpf::Plain>::from_bytes(&value).unwrap().flags
+    };
+    let denies_of = |cgroup_id: u64| {
+        libbpf_rs::MapCore::keys(&denies)
+            .filter_map(|k| <rush_ebpf::RushFileKey as rush_ebpf::Plain>::from_bytes(&k))
+            .filter(|k| k.cgroup_id == cgroup_id)
+            .count()
+    };
+    let (confined, claim_denied) = (rush_ebpf::AGENT_FILES_CONFINED, rush_ebpf::AGENT_CLAIM_DENIED);
+    assert_eq!((flags_of(x), flags_of(y)), (confined, 0));
+
+    // The confined agent: its grant on srv/a allows all of this but the claim.
+    let writes_under_claim = |who: &str| {
+        let h = t.c(&format!("srv/a/cl/{who}"));
+        let moved = t.c(&format!("srv/a/moved-{who}"));
+        vec![
+            step("open for write before the claim", Open(h.clone(), libc::O_WRONLY | libc::O_APPEND), OK),
+            step("  write()", Write, OK),
+            step("(the claim deny is set)", Sync, OK),
+            step("  write() to the fd opened before", Write, EPERM),
+            step("open for write", Open(t.c("srv/a/cl/f"), libc::O_WRONLY), EPERM),
+            step("open O_RDONLY|O_TRUNC", Open(t.c("srv/a/cl/f"), libc::O_RDONLY | libc::O_TRUNC), EPERM),
+            step("open for read", Open(t.c("srv/a/cl/f"), libc::O_RDONLY), OK),
+            step("  read()", Read, OK),
+            step("create", Open(t.c("srv/a/cl/new"), libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY), EPERM),
+            step("unlink", Unlink(t.c("srv/a/cl/f")), EPERM),
+            step("rename out of the claim", Rename(t.c("srv/a/cl/f"), moved), EPERM),
+            step("rename into the claim", Rename(t.c("srv/a/g"), t.c("srv/a/cl/g")), EPERM),
+            step("mkdir", Mkdir(t.c("srv/a/cl/nd")), EPERM),
+            step("symlink", Symlink(c(Path::new("f")), t.c("srv/a/cl/sl")), EPERM),
+            step("link out of the claim", Link(t.c("srv/a/cl/f"), t.c(&format!("srv/a/link-{who}"))), EPERM),
+            step("truncate", Truncate(t.c("srv/a/cl/f")), EPERM),
+            step("chmod", Chmod(t.c("srv/a/cl/f")), EPERM),
+            step("in a mount inside it", Open(t.c("srv/a/cl/mnt/m"), libc::O_WRONLY), EPERM),
+            step("outside the claim", Open(t.c("srv/a/other"), libc::O_WRONLY | libc::O_APPEND), OK),
+            step("  write()", Write, OK),
+            step("(the claim denies are cleared)", Sync, OK),
+            step("open for write again", Open(t.c("srv/a/cl/f"), libc::O_WRONLY | libc::O_APPEND), OK),
+            step("  write()", Write, OK),
+            step(
+                "create again",
+                Open(t.c(&format!("srv/a/cl/new-{who}")), libc::O_CREAT | libc::O_WRONLY),
+                OK,
+            ),
+            step("unlink it", Unlink(t.c(&format!("srv/a/cl/new-{who}"))), OK),
+        ]
+    };
+    // Someone else (no agent) writes there all along.
+    let outsider = [
+        step("write under the claim", Open(t.c("srv/a/cl/f"), libc::O_WRONLY | libc::O_APPEND), OK),
+        step("  write()", Write, OK),
+    ];
+    let child = spawn(Some(x_dir), &writes_under_claim("h"));
+    child.wait_sync();
+    bpf.set_claim_denies(x, &[(claimed, x_claim)]).unwrap();
+    assert_eq!(flags_of(x), confined | claim_denied);
+    check("claims: outsider", &run(None, &outsider));
+    check("claims: other agent", &run(Some(y_dir), &outsider));
+    child.resume();
+    child.wait_sync();
+    bpf.set_claim_denies(x, &[]).unwrap();
+    assert_eq!((flags_of(x), denies_of(x)), (confined, 0));
+    child.resume();
+    check("claims: file-confined agent", &child.finish());
+
+    // The agent that is not file-confined (its file hooks returned at once until now).
+    let mut steps = writes_under_claim("h2");
+    steps.insert(
+        steps.len() - 5,
+        step("a bind mount of a directory in it", Open(t.c("out/bind/f"), libc::O_WRONLY), EPERM),
+    );
+    steps.insert(steps.len() - 5, step("unrelated file", Open(t.c("out/x"), libc::O_WRONLY), OK));
+    steps.push(step("the bind mount again", Open(t.c("out/bind/f"), libc::O_WRONLY), OK));
+    let child = spawn(Some(y_dir), &steps);
+    child.wait_sync();
+    bpf.set_claim_denies(y, &[(claimed, y_claim)]).unwrap();
+    assert_eq!((flags_of(y), denies_of(y)), (claim_denied, 1));
+    child.resume();
+    child.wait_sync();
+    bpf.set_claim_denies(y, &[]).unwrap();
+    assert_eq!((flags_of(y), denies_of(y)), (0, 0));
+    child.resume();
+    check("claims: agent not file-confined", &child.finish());
+
+    // The deny events: hook, op, path, and the claim that denied.
+    let mut want: Vec<(u64, &str, u32, String, ClaimDeny)> = Vec::new();
+    for (agent, h, claim) in [(x, "h", x_claim), (y, "h2", y_claim)] {
+        want.extend([
+            (agent, "file_permission", FILE_OP_WRITE, t.s(&format!("srv/a/cl/{h}")), claim),
+            (agent, "file_open", FILE_OP_WRITE, t.s("srv/a/cl/f"), claim),
+            (agent, "path_mknod", FILE_OP_CREATE, t.s("srv/a/cl/new"), claim),
+            (agent, "path_unlink", FILE_OP_DELETE, t.s("srv/a/cl/f"), claim),
+            (agent, "path_rename", FILE_OP_DELETE, t.s("srv/a/cl/f"), claim),
+            (agent, "path_rename", FILE_OP_CREATE, t.s("srv/a/cl/g"), claim),
+            (agent, "path_mkdir", FILE_OP_CREATE, t.s("srv/a/cl/nd"), claim),
+            (agent, "path_symlink", FILE_OP_CREATE, t.s("srv/a/cl/sl"), claim),
+            (agent, "path_link", FILE_OP_WRITE, t.s("srv/a/cl/f"), claim),
+            (agent, "path_truncate", FILE_OP_WRITE, t.s("srv/a/cl/f"), claim),
+            (agent, "path_chmod", FILE_OP_WRITE, t.s("srv/a/cl/f"), claim),
+            (agent, "file_open", FILE_OP_WRITE, t.s("srv/a/cl/mnt/m"), claim),
+        ]);
+    }
+    want.push((y, "file_open", FILE_OP_WRITE, t.s("out/bind/f"), y_claim));
+    let matches = |e: &KernelEvent, (agent, hook, op, path, claim): &(u64, &str, u32, String, ClaimDeny)| {
+        matches!(e, KernelEvent::ClaimDeny { cgroup_id, hook: h, op: o, path: p, claim_id, holder_cgroup, .. }
+            if cgroup_id == agent && h == hook && o == op && p == path
+                && *claim_id == claim.claim_id && *holder_cgroup == claim.holder_cgroup)
+    };
+    // File denies of either agent are kept too: there must be none (the claim check runs
+    // first, and the grants allowed all the rest).
+    let got = collect_events(
+        events,
+        |e| match e {
+            KernelEvent::ClaimDeny { cgroup_id, .. } | KernelEvent::FileDeny { cgroup_id, .. } => {
+                *cgroup_id == x || *cgroup_id == y
+            }
+            _ => false,
+        },
+        |got| want.iter().all(|w| got.iter().any(|e| matches(e, w))),
+    );
+    for e in &got {
+        match e {
+            KernelEvent::ClaimDeny { cgroup_id, hook, op, path, claim_id, .. } => {
+                println!(
+                    "  claim deny event: agent {cgroup_id} {hook:<16} op={op:#x} claim {claim_id} {path}"
+                )
+            }
+            other => println!("  UNEXPECTED: {other:?}"),
+        }
+    }
+    for w in &want {
+        assert!(got.iter().any(|e| matches(e, w)), "no claim deny event {w:?}");
+    }
+    for e in &got {
+        let KernelEvent::ClaimDeny { comm, uid, pid, tgid, .. } = e else {
+            panic!("a file deny during the claims section: {e:?}")
+        };
+        assert_eq!((comm.as_str(), *uid), (CHILD_COMM, 0), "{e:?}");
+        assert_eq!(pid, tgid);
+    }
+
+    // Claim denies of a cgroup that is not (yet) an agent: kept, reported, no agent entry
+    // made; cleared, gone.
+    let stranger = u64::MAX - 7;
+    bpf.set_claim_denies(stranger, &[(claimed, x_claim)]).unwrap();
+    assert!(bpf.agent_ids().unwrap().contains(&stranger));
+    let entry = libbpf_rs::MapCore::lookup(&agents, &stranger.to_ne_bytes(), libbpf_rs::MapFlags::ANY);
+    assert!(entry.unwrap().is_none(), "set_claim_denies made an agent entry");
+    bpf.set_claim_denies(stranger, &[]).unwrap();
+    assert!(!bpf.agent_ids().unwrap().contains(&stranger));
+    assert_eq!(denies_of(stranger), 0);
+    // remove_agent deletes them too (checked for x at the end of the test).
+    bpf.set_claim_denies(x, &[(claimed, x_claim)]).unwrap();
 }
 
 /// What an outsider (or an unconfined agent) does: all of it must work.
@@ -530,11 +743,24 @@ fn collect_file_denies(
     cgroup_id: u64,
     enough: impl Fn(&[KernelEvent]) -> bool,
 ) -> Vec<KernelEvent> {
+    collect_events(
+        events,
+        |e| matches!(e, KernelEvent::FileDeny { cgroup_id: c, .. } if *c == cgroup_id),
+        enough,
+    )
+}
+
+/// The events `keep` picks until `enough` says so or 5 s have passed (others are shown).
+fn collect_events(
+    events: &mut UnboundedReceiver<KernelEvent>,
+    keep: impl Fn(&KernelEvent) -> bool,
+    enough: impl Fn(&[KernelEvent]) -> bool,
+) -> Vec<KernelEvent> {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut got = Vec::new();
     while !enough(&got) && Instant::now() < deadline {
         match events.try_recv() {
-            Ok(e @ KernelEvent::FileDeny { cgroup_id: c, .. }) if c == cgroup_id => got.push(e),
+            Ok(e) if keep(&e) => got.push(e),
             Ok(other) => println!("  other event: {other:?}"),
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }

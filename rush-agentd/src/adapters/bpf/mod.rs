@@ -332,6 +332,35 @@ pub enum KernelEvent {
         used: u64,
         limit: u64,
     },
+    /// An agent was refused a write-like file operation (EPERM) because another agent holds
+    /// a path claim on the object or a directory above it (see
+    /// [`KernelPolicy::set_claim_denies`]). Checked before, and whatever, its grants; for
+    /// agents that are not file-confined too.
+    ClaimDeny {
+        cgroup_id: u64,
+        /// The thread that made the call.
+        pid: u32,
+        /// Its process.
+        tgid: u32,
+        uid: u32,
+        comm: String,
+        /// The LSM hook, as in [`KernelEvent::FileDeny`].
+        hook: &'static str,
+        /// What the hook asked (`rush_proto::Ops` bits): write (1<<1), create (1<<3) or
+        /// delete (1<<4).
+        op: u32,
+        /// Absolute path of what the agent tried to reach (for a create: the new name), as
+        /// the kernel saw it; starts with "…" when it was too long. Best effort.
+        path: String,
+        /// The object checked (for a create: the parent directory), as in [`FileKey`].
+        dev: u32,
+        ino: u64,
+        /// The claim that denied, as given to `set_claim_denies`. 0: the kernel's walk up
+        /// from the object could not finish (deeper than its bound) and denied.
+        claim_id: u64,
+        /// The cgroup of the agent that holds the claim (0 with claim id 0).
+        holder_cgroup: u64,
+    },
     /// An agent's connect to an API endpoint was refused (EPERM): its call budget is spent.
     /// One per refused connect.
     ApiCallRefused {
@@ -365,6 +394,13 @@ pub struct FileGrantEntry {
 /// The kernel grant map's entries, by agent cgroup id.
 pub type GrantsByAgent = std::collections::HashMap<u64, Vec<(FileKey, FileGrantEntry)>>;
 
+/// A path claim's write-deny for one agent on one inode (and its subtree).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimDeny {
+    pub claim_id: u64,
+    pub holder_cgroup: u64,
+}
+
 /// How the file programs treat one agent (`struct rush_agent.flags`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AgentFlags {
@@ -376,6 +412,8 @@ pub struct AgentFlags {
 
 impl AgentFlags {
     /// The `RUSH_AGENT_*` bits. A hard-link mode means nothing without confinement.
+    /// `RUSH_AGENT_CLAIM_DENIED` is never among them: it follows the agent's claim denies
+    /// ([`KernelPolicy::set_claim_denies`]).
     pub fn bits(self) -> u32 {
         if !self.files_confined {
             return 0;
@@ -392,9 +430,11 @@ impl AgentFlags {
 /// What the daemon asks of the kernel side. Implemented by [`BpfHandle`] and, for unit
 /// tests, by `FakeKernel`.
 pub trait KernelPolicy: Send + Sync + 'static {
-    /// Must complete before any process enters the cgroup.
+    /// Must complete before any process enters the cgroup. The entry's
+    /// `RUSH_AGENT_CLAIM_DENIED` bit is set only if claim denies were set for the cgroup
+    /// before (a fresh agent has none: off).
     fn add_agent(&self, cgroup_id: u64, net: &KernelNetPolicy, flags: AgentFlags) -> Result<(), BpfError>;
-    /// Also deletes the agent's file grants and allow-list entries.
+    /// Also deletes the agent's file grants, claim denies and allow-list entries.
     fn remove_agent(&self, cgroup_id: u64) -> Result<(), BpfError>;
     /// Sets (Some) or deletes (None) the agent's grant entry for one inode.
     fn set_file_grant(
@@ -429,6 +469,14 @@ pub trait KernelPolicy: Send + Sync + 'static {
     /// Port 0 = any port of that address. One connect() is one call: requests sent over a
     /// kept-alive connection are not seen, so this bounds connections, not requests.
     fn set_api_endpoints(&self, endpoints: &[(IpAddr, u16)]) -> Result<(), BpfError>;
+    /// Replaces the whole set of claim denies of agent `cgroup_id` with `denies` (empty: none),
+    /// setting or clearing its RUSH_AGENT_CLAIM_DENIED flag to match. New entries are in place
+    /// (flag set) before old ones go, so no write slips through a change.
+    ///
+    /// Works whether or not the file (LSM) programs loaded: the map exists either way, but
+    /// without them nothing enforces it. Before `add_agent` (no agent entry yet) the
+    /// entries are written and `add_agent` sets the flag.
+    fn set_claim_denies(&self, cgroup_id: u64, denies: &[(FileKey, ClaimDeny)]) -> Result<(), BpfError>;
 }
 
 /// A request to the owner thread, with the channel its answer goes back on.
@@ -466,6 +514,11 @@ enum Command {
     },
     SetApiEndpoints {
         endpoints: Vec<(IpAddr, u16)>,
+        reply: mpsc::SyncSender<Result<(), BpfError>>,
+    },
+    SetClaimDenies {
+        cgroup_id: u64,
+        denies: Vec<(FileKey, ClaimDeny)>,
         reply: mpsc::SyncSender<Result<(), BpfError>>,
     },
     SetDnsResolver {
@@ -515,8 +568,8 @@ impl BpfHandle {
         Ok((BpfHandle { commands }, started.report, event_rx))
     }
 
-    /// Cgroup ids that have an entry in the kernel's agent map (or left-over allow entries
-    /// or file grants), including ones a previous daemon left in the pinned maps: the
+    /// Cgroup ids that have an entry in the kernel's agent map (or left-over allow entries,
+    /// file grants or claim denies), including ones a previous daemon left in the pinned maps: the
     /// daemon removes those it no longer knows.
     pub fn agent_ids(&self) -> Result<Vec<u64>, BpfError> {
         self.request(|reply| Command::AgentIds { reply })
@@ -579,6 +632,10 @@ impl KernelPolicy for BpfHandle {
     fn set_api_endpoints(&self, endpoints: &[(IpAddr, u16)]) -> Result<(), BpfError> {
         self.request(|reply| Command::SetApiEndpoints { endpoints: endpoints.to_vec(), reply })
     }
+
+    fn set_claim_denies(&self, cgroup_id: u64, denies: &[(FileKey, ClaimDeny)]) -> Result<(), BpfError> {
+        self.request(|reply| Command::SetClaimDenies { cgroup_id, denies: denies.to_vec(), reply })
+    }
 }
 
 /// Records calls; for unit tests of the daemon's logic.
@@ -603,6 +660,8 @@ pub struct FakeKernel {
     pub dns_resolvers: std::sync::Mutex<std::collections::HashMap<u64, (u16, u16)>>,
     /// (agent, address, port) → until, as `learn_address` set them.
     pub learned: std::sync::Mutex<std::collections::HashMap<(u64, IpAddr, u16), u64>>,
+    /// Each agent's claim denies, as the last `set_claim_denies` gave them (none: no key).
+    pub claim_denies: std::sync::Mutex<std::collections::HashMap<u64, Vec<(FileKey, ClaimDeny)>>>,
 }
 
 #[cfg(test)]
@@ -629,6 +688,7 @@ impl KernelPolicy for FakeKernel {
         self.usage.lock().unwrap().remove(&cgroup_id);
         self.dns_resolvers.lock().unwrap().remove(&cgroup_id);
         self.learned.lock().unwrap().retain(|(c, _, _), _| *c != cgroup_id);
+        self.claim_denies.lock().unwrap().remove(&cgroup_id);
         Ok(())
     }
 
@@ -688,6 +748,16 @@ impl KernelPolicy for FakeKernel {
         let mut learned = self.learned.lock().unwrap();
         let until = learned.entry((cgroup_id, ip, port)).or_default();
         *until = (*until).max(until_boot_ns);
+        Ok(())
+    }
+
+    fn set_claim_denies(&self, cgroup_id: u64, denies: &[(FileKey, ClaimDeny)]) -> Result<(), BpfError> {
+        let mut all = self.claim_denies.lock().unwrap();
+        if denies.is_empty() {
+            all.remove(&cgroup_id);
+        } else {
+            all.insert(cgroup_id, denies.to_vec());
+        }
         Ok(())
     }
 }
@@ -769,6 +839,37 @@ mod tests {
         k.remove_agent(1).unwrap();
         assert!(k.file_grants.lock().unwrap().keys().all(|(c, _)| *c == 2));
         assert!(!k.files_confined.lock().unwrap().contains(&1));
+    }
+
+    #[test]
+    fn fake_kernel_records_claim_denies() {
+        let k = FakeKernel::default();
+        let deny = ClaimDeny { claim_id: 3, holder_cgroup: 9 };
+        let denies = [(FileKey { dev: 7, ino: 42 }, deny), (FileKey { dev: 7, ino: 43 }, deny)];
+        k.add_agent(1, &KernelNetPolicy::Allow, AgentFlags::default()).unwrap();
+        k.set_claim_denies(1, &denies).unwrap();
+        k.set_claim_denies(2, &denies[..1]).unwrap();
+        assert_eq!(k.claim_denies.lock().unwrap().get(&1), Some(&denies.to_vec()));
+        k.set_claim_denies(1, &denies[1..]).unwrap();
+        assert_eq!(k.claim_denies.lock().unwrap().get(&1), Some(&denies[1..].to_vec()), "replaced");
+        k.set_claim_denies(1, &[]).unwrap();
+        assert!(!k.claim_denies.lock().unwrap().contains_key(&1));
+        k.set_claim_denies(1, &denies).unwrap();
+        k.remove_agent(1).unwrap();
+        assert!(!k.claim_denies.lock().unwrap().contains_key(&1));
+        assert!(k.claim_denies.lock().unwrap().contains_key(&2));
+    }
+
+    #[test]
+    fn agent_flags_never_claim_denied() {
+        for hardlinks in
+            [rush_proto::Hardlinks::Follow, rush_proto::Hardlinks::RefuseWrite, rush_proto::Hardlinks::Refuse]
+        {
+            for files_confined in [false, true] {
+                let bits = AgentFlags { files_confined, hardlinks }.bits();
+                assert_eq!(bits & rush_ebpf::AGENT_CLAIM_DENIED, 0);
+            }
+        }
     }
 
     #[test]

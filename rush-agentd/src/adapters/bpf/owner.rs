@@ -9,17 +9,17 @@ use std::sync::mpsc;
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use rush_ebpf::{
-    AF_INET, AF_INET6, MAP_AGENTS, MAP_API_ADDRS, MAP_DNS_RESOLVERS, MAP_EVENTS, MAP_FILE_GRANTS,
-    MAP_NET_CIDR, MAP_NET_LEARNED, MAP_NET_USAGE, MAP_STATS, NET_CIDR_FIXED_BITS, NET_MODE_ALLOW,
-    NET_MODE_DENY, NET_MODE_LIST, Plain, RushAgent, RushApiKey, RushDnsResolver, RushFileGrant, RushFileKey,
-    RushNetCidrKey, RushNetUsage,
+    AF_INET, AF_INET6, AGENT_CLAIM_DENIED, MAP_AGENTS, MAP_API_ADDRS, MAP_CLAIM_DENIES, MAP_DNS_RESOLVERS,
+    MAP_EVENTS, MAP_FILE_GRANTS, MAP_NET_CIDR, MAP_NET_LEARNED, MAP_NET_USAGE, MAP_STATS,
+    NET_CIDR_FIXED_BITS, NET_MODE_ALLOW, NET_MODE_DENY, NET_MODE_LIST, Plain, RushAgent, RushApiKey,
+    RushClaimDeny, RushDnsResolver, RushFileGrant, RushFileKey, RushNetCidrKey, RushNetUsage,
 };
 use tracing::info;
 
 use super::load::{self, Loaded};
 use super::{
-    AgentFlags, AttachReport, BpfConfig, BpfError, Command, FileGrantEntry, KernelNetPolicy, NetBudget,
-    NetUsage,
+    AgentFlags, AttachReport, BpfConfig, BpfError, ClaimDeny, Command, FileGrantEntry, KernelNetPolicy,
+    NetBudget, NetUsage,
 };
 use crate::core::FileKey;
 
@@ -59,12 +59,14 @@ pub(super) fn run(
                 usage: handle(&maps.rush_net_usage, MAP_NET_USAGE)?,
                 api: handle(&maps.rush_api_addrs, MAP_API_ADDRS)?,
                 grants: handle(&maps.rush_file_grants, MAP_FILE_GRANTS)?,
+                claims: handle(&maps.rush_claim_denies, MAP_CLAIM_DENIES)?,
                 learned: handle(&maps.rush_net_learned, MAP_NET_LEARNED)?,
                 resolvers: handle(&maps.rush_dns_resolvers, MAP_DNS_RESOLVERS)?,
                 learned_until: HashMap::new(),
                 last_sweep_ns: 0,
                 keys: HashMap::new(),
                 grant_keys: HashMap::new(),
+                claim_keys: HashMap::new(),
                 api_keys: HashSet::new(),
             };
             agents.adopt();
@@ -115,6 +117,9 @@ pub(super) fn run(
             Command::SetApiEndpoints { endpoints, reply } => {
                 let _ = reply.send(agents.set_api_endpoints(&endpoints));
             }
+            Command::SetClaimDenies { cgroup_id, denies, reply } => {
+                let _ = reply.send(agents.set_claim_denies(cgroup_id, &denies));
+            }
             Command::SetDnsResolver { cgroup_id, ports, reply } => {
                 let _ = reply.send(agents.set_dns_resolver(cgroup_id, ports));
             }
@@ -129,15 +134,16 @@ fn handle(map: &libbpf_rs::MapMut<'_>, name: &'static str) -> Result<MapHandle, 
     MapHandle::try_from(map).map_err(|source| BpfError::MapHandle { map: name, source })
 }
 
-/// `rush_agents`, `rush_net_cidr`, `rush_net_usage`, `rush_api_addrs` and
-/// `rush_file_grants`, plus the allow-list, grant and API keys written (so removing or
-/// changing an agent deletes exactly its entries).
+/// `rush_agents`, `rush_net_cidr`, `rush_net_usage`, `rush_api_addrs`,
+/// `rush_file_grants` and `rush_claim_denies`, plus the allow-list, grant, claim and API
+/// keys written (so removing or changing an agent deletes exactly its entries).
 struct AgentMaps {
     agents: MapHandle,
     allow: MapHandle,
     usage: MapHandle,
     api: MapHandle,
     grants: MapHandle,
+    claims: MapHandle,
     /// Addresses learned from DNS answers, and until when each allows.
     learned: MapHandle,
     resolvers: MapHandle,
@@ -146,11 +152,13 @@ struct AgentMaps {
     last_sweep_ns: u64,
     keys: HashMap<u64, Vec<RushNetCidrKey>>,
     grant_keys: HashMap<u64, HashSet<RushFileKey>>,
+    /// Each agent's entries of `rush_claim_denies` (no key: none).
+    claim_keys: HashMap<u64, HashSet<RushFileKey>>,
     api_keys: HashSet<RushApiKey>,
 }
 
 impl AgentMaps {
-    /// Learns the keys already in reused (pinned) allow, grant and API maps.
+    /// Learns the keys already in reused (pinned) allow, grant, claim and API maps.
     fn adopt(&mut self) {
         for key in self.allow.keys() {
             if let Some(key) = RushNetCidrKey::from_bytes(&key) {
@@ -169,6 +177,11 @@ impl AgentMaps {
                 self.grant_keys.entry(key.cgroup_id).or_default().insert(key);
             }
         }
+        for key in self.claims.keys() {
+            if let Some(key) = RushFileKey::from_bytes(&key) {
+                self.claim_keys.entry(key.cgroup_id).or_default().insert(key);
+            }
+        }
         let agents = self.agents.keys().count();
         if agents > 0 {
             info!(agents, "reusing agent entries from the pinned maps");
@@ -183,6 +196,9 @@ impl AgentMaps {
     /// covers the bytes from the start. The cost is two atomic adds per packet of agents
     /// only (see the throughput benchmark); processes outside agents pay one failed
     /// lookup. A re-add (policy change, restarted daemon) keeps the counters.
+    ///
+    /// `RUSH_AGENT_CLAIM_DENIED` is set only if the agent has claim denies already (set
+    /// before it was added, or kept across a re-add); a fresh agent has none.
     fn add(&mut self, cgroup_id: u64, net: &KernelNetPolicy, flags: AgentFlags) -> Result<(), BpfError> {
         let (net_mode, keys) = net_entries(cgroup_id, net);
         let old = self.keys.remove(&cgroup_id).unwrap_or_default();
@@ -192,7 +208,8 @@ impl AgentMaps {
             Ok(())
         });
         let written = written.and_then(|()| {
-            let agent = RushAgent { net_mode, flags: flags.bits(), ..Default::default() };
+            let claim_denied = if self.claim_keys.contains_key(&cgroup_id) { AGENT_CLAIM_DENIED } else { 0 };
+            let agent = RushAgent { net_mode, flags: flags.bits() | claim_denied, ..Default::default() };
             self.agents
                 .update(&cgroup_id.to_ne_bytes(), agent.as_bytes(), MapFlags::ANY)
                 .map_err(|source| map_err(MAP_AGENTS, "update", cgroup_id, source))
@@ -213,7 +230,8 @@ impl AgentMaps {
     }
 
     /// The agent entry first (the agent is then no longer confined by this daemon), then
-    /// its allow entries and file grants. Removing an unknown agent is not an error.
+    /// its allow entries, file grants and claim denies. Removing an unknown agent is not an
+    /// error.
     fn remove(&mut self, cgroup_id: u64) -> Result<(), BpfError> {
         delete(&self.agents, &cgroup_id.to_ne_bytes())
             .map_err(|source| map_err(MAP_AGENTS, "delete", cgroup_id, source))?;
@@ -232,7 +250,113 @@ impl AgentMaps {
                 .filter_map(|k| RushFileKey::from_bytes(&k))
                 .filter(|k| k.cgroup_id == cgroup_id),
         );
-        self.delete_grants(cgroup_id, grants)
+        self.delete_grants(cgroup_id, grants)?;
+        let claims = self.claim_keys_of(cgroup_id);
+        self.delete_claims(cgroup_id, claims)
+    }
+
+    /// Replaces the agent's claim denies: the new entries first, then its
+    /// `RUSH_AGENT_CLAIM_DENIED` flag set (if it has an agent entry: else `add` sets it),
+    /// then the entries no longer in the set deleted, and the flag cleared once none is left.
+    /// Every moment in between denies at least what the old and the new set both deny.
+    fn set_claim_denies(&mut self, cgroup_id: u64, denies: &[(FileKey, ClaimDeny)]) -> Result<(), BpfError> {
+        let new: HashMap<RushFileKey, RushClaimDeny> = denies
+            .iter()
+            .map(|(key, deny)| {
+                let key = RushFileKey { cgroup_id, ino: key.ino, dev: key.dev, pad: 0 };
+                (key, RushClaimDeny { claim_id: deny.claim_id, holder_cgroup: deny.holder_cgroup })
+            })
+            .collect();
+        let old = self.claim_keys_of(cgroup_id);
+        for (key, value) in &new {
+            if let Err(source) = self.claims.update(key.as_bytes(), value.as_bytes(), MapFlags::ANY) {
+                // The old set stays in force; drop only what this call added.
+                for added in new.keys().filter(|k| !old.contains(k)) {
+                    let _ = delete(&self.claims, added.as_bytes());
+                }
+                self.track_claims(cgroup_id, old);
+                return Err(map_err(MAP_CLAIM_DENIES, "update", cgroup_id, source));
+            }
+        }
+        let stale: HashSet<RushFileKey> = old.iter().filter(|k| !new.contains_key(k)).copied().collect();
+        if !new.is_empty()
+            && let Err(e) = self.set_agent_flag(cgroup_id, AGENT_CLAIM_DENIED, true)
+        {
+            self.track_claims(cgroup_id, old.into_iter().chain(new.into_keys()).collect());
+            return Err(e);
+        }
+        self.track_claims(cgroup_id, new.into_keys().chain(stale.iter().copied()).collect());
+        self.delete_claims(cgroup_id, stale)?;
+        if !self.claim_keys.contains_key(&cgroup_id) {
+            self.set_agent_flag(cgroup_id, AGENT_CLAIM_DENIED, false)?;
+        }
+        Ok(())
+    }
+
+    /// The agent's keys in `rush_claim_denies`: those this daemon wrote, and any the map
+    /// holds besides (a previous daemon's); forgotten here until tracked again.
+    fn claim_keys_of(&mut self, cgroup_id: u64) -> HashSet<RushFileKey> {
+        let mut keys = self.claim_keys.remove(&cgroup_id).unwrap_or_default();
+        keys.extend(
+            self.claims
+                .keys()
+                .filter_map(|k| RushFileKey::from_bytes(&k))
+                .filter(|k| k.cgroup_id == cgroup_id),
+        );
+        keys
+    }
+
+    fn track_claims(&mut self, cgroup_id: u64, keys: HashSet<RushFileKey>) {
+        if keys.is_empty() {
+            self.claim_keys.remove(&cgroup_id);
+        } else {
+            self.claim_keys.insert(cgroup_id, keys);
+        }
+    }
+
+    /// Deletes claim entries (a few per agent: one per claimed directory); those that
+    /// could not be deleted stay tracked.
+    fn delete_claims(&mut self, cgroup_id: u64, keys: HashSet<RushFileKey>) -> Result<(), BpfError> {
+        let mut first_err = None;
+        for key in keys {
+            match delete(&self.claims, key.as_bytes()) {
+                Ok(()) => {
+                    if let Some(keys) = self.claim_keys.get_mut(&cgroup_id) {
+                        keys.remove(&key);
+                        if keys.is_empty() {
+                            self.claim_keys.remove(&cgroup_id);
+                        }
+                    }
+                }
+                Err(source) => {
+                    first_err.get_or_insert(map_err(MAP_CLAIM_DENIES, "delete", cgroup_id, source));
+                    self.claim_keys.entry(cgroup_id).or_default().insert(key);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Sets or clears `bit` in the agent's `rush_agents` entry, keeping the rest of it (this
+    /// thread is its only writer). No entry (not added yet, or removed): nothing to do.
+    fn set_agent_flag(&self, cgroup_id: u64, bit: u32, on: bool) -> Result<(), BpfError> {
+        let key = cgroup_id.to_ne_bytes();
+        let value = self
+            .agents
+            .lookup(&key, MapFlags::ANY)
+            .map_err(|source| map_err(MAP_AGENTS, "lookup", cgroup_id, source))?;
+        let Some(mut agent) = value.and_then(|v| RushAgent::from_bytes(&v)) else {
+            return Ok(());
+        };
+        let flags = if on { agent.flags | bit } else { agent.flags & !bit };
+        if flags == agent.flags {
+            return Ok(());
+        }
+        agent.flags = flags;
+        match self.agents.update(&key, agent.as_bytes(), MapFlags::EXIST) {
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(()),
+            r => r.map_err(|source| map_err(MAP_AGENTS, "update", cgroup_id, source)),
+        }
     }
 
     /// Writes or deletes one grant entry (whether or not the agent has been added yet).
@@ -305,9 +429,9 @@ impl AgentMaps {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// Agents in the map, then cgroups that have only allow entries, usage entries or file
-    /// grants left (a daemon that died between the steps of a remove), so that they get
-    /// removed too.
+    /// Agents in the map, then cgroups that have only allow entries, usage entries, file
+    /// grants or claim denies left (a daemon that died between the steps of a remove), so
+    /// that they get removed too.
     fn ids(&self) -> Result<Vec<u64>, BpfError> {
         let id = |k: Vec<u8>| Some(u64::from_ne_bytes(k.as_slice().try_into().ok()?));
         let mut ids: Vec<u64> = self.agents.keys().filter_map(id).collect();
@@ -316,6 +440,7 @@ impl AgentMaps {
             .keys
             .keys()
             .chain(self.grant_keys.keys())
+            .chain(self.claim_keys.keys())
             .chain(self.learned_until.keys().map(|k| &k.cgroup_id))
             .chain(usage.iter())
             .filter(|id| !ids.contains(id))

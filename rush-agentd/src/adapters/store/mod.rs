@@ -20,12 +20,14 @@ use rush_proto::AgentInfo;
 use rusqlite::{Connection, OptionalExtension};
 
 mod agents;
+mod coordination;
 mod recovery;
 mod sessions;
 #[cfg(test)]
 mod tests;
 
 pub use agents::{AgentRecord, RestartGrant, RestartRecord};
+pub use coordination::{ClaimRecord, ClaimSwap};
 pub use recovery::{Recovery, recover_if_corrupt};
 pub use sessions::AttachmentRecord;
 
@@ -150,6 +152,36 @@ const MIGRATIONS: &[&str] = &[
         record TEXT NOT NULL,
         updated_unix_ms INTEGER NOT NULL
     );
+",
+    "
+    -- Coordination (coordination.rs): a row per task ever claimed, keeping its last
+    -- fencing token when released (live = 0); intents, results, delegated tasks.
+    CREATE TABLE claims (
+        task TEXT PRIMARY KEY,
+        fencing INTEGER NOT NULL,
+        live INTEGER NOT NULL,
+        agent TEXT,
+        expires_unix_ms INTEGER,
+        record TEXT                   -- ClaimRecord as JSON
+    );
+    CREATE TABLE intents (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        expires_unix_ms INTEGER NOT NULL,
+        info TEXT NOT NULL            -- rush_proto::coordination::Intent
+    );
+    CREATE TABLE results (
+        session TEXT NOT NULL,        -- '' for agents without one
+        key TEXT NOT NULL,
+        info TEXT NOT NULL,           -- rush_proto::coordination::ResultInfo
+        PRIMARY KEY (session, key)
+    );
+    CREATE TABLE tasks (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        to_agent TEXT NOT NULL,
+        state TEXT NOT NULL,
+        info TEXT NOT NULL            -- rush_proto::coordination::Task
+    );
+    CREATE INDEX tasks_by_agent ON tasks (to_agent, state);
 ",
 ];
 

@@ -33,6 +33,10 @@ const SALVAGE: &[&str] = &[
     "session_kv",
     "session_cwd",
     "restartable",
+    "claims",
+    "intents",
+    "results",
+    "tasks",
     "audit",
 ];
 

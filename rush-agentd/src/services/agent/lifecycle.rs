@@ -626,6 +626,11 @@ impl AgentManager {
                 &net,
                 AgentFlags { files_confined: files == Files::BpfLsm, hardlinks: hardlinks_of(files, req) },
             )?;
+            if let Some(admission) = self.admission.get() {
+                admission
+                    .admit(name, cg.id, req.session.as_deref())
+                    .map_err(crate::adapters::bpf::BpfError::Other)?;
+            }
             self.kernel.set_net_budget(cg.id, net_budget(&budget))
         })();
         if let Err(e) = installed {
