@@ -759,3 +759,41 @@ fn http_post_json(port: u16, path: &str, body: &str) -> Option<serde_json::Value
     let json = &rest[rest.find('{')?..=rest.rfind('}')?];
     serde_json::from_str(json).ok()
 }
+
+/// `claim` for `agent` (the operator acting for it) of `task`, protecting `paths`.
+pub fn claim_request(agent: &str, task: &str, paths: &[&str]) -> rush_proto::Request {
+    rush_proto::Request::Claim(rush_proto::coordination::ClaimRequest {
+        agent: Some(agent.into()),
+        task: task.into(),
+        paths: paths.iter().map(|p| p.to_string()).collect(),
+        ttl_secs: None,
+        enforce: false,
+    })
+}
+
+/// The outcome a `claim` or `renew` reply carries; panics on any other reply.
+pub fn claim_outcome(r: rush_proto::Response) -> rush_proto::coordination::ClaimOutcome {
+    match r {
+        rush_proto::Response::Claim { outcome } => outcome,
+        other => panic!("not a claim reply: {other:?}"),
+    }
+}
+
+impl Daemon {
+    /// Detached agents running `sleep 600`, named `prefix0..n`.
+    pub fn sleepers(&self, prefix: &str, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                let name = format!("{prefix}{i}");
+                let out = self.rush(&["agent", "spawn", &name, "--detach", "--", "sleep", "600"]);
+                assert!(out.status.success(), "{name}: {}", describe(&out));
+                name
+            })
+            .collect()
+    }
+
+    /// The live claims (`rush --json agent claims`).
+    pub fn live_claims(&self) -> Vec<serde_json::Value> {
+        self.rush_json(&["agent", "claims"]).as_array().cloned().unwrap_or_default()
+    }
+}

@@ -9,46 +9,13 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use kernel_tests::*;
+use rush_proto::Request;
 use rush_proto::client::Client;
-use rush_proto::coordination::{ClaimOutcome, ClaimRequest};
-use rush_proto::{Request, Response};
+use rush_proto::coordination::ClaimRequest;
 use serde_json::Value;
 
 fn ready() -> bool {
     require(is_root(), "root (these tests start the daemon and agents)")
-}
-
-fn claim_req(agent: &str, task: &str) -> Request {
-    Request::Claim(ClaimRequest {
-        agent: Some(agent.into()),
-        task: task.into(),
-        paths: vec![],
-        ttl_secs: None,
-        enforce: false,
-    })
-}
-
-fn outcome(r: Response) -> ClaimOutcome {
-    match r {
-        Response::Claim { outcome } => outcome,
-        other => panic!("not a claim reply: {other:?}"),
-    }
-}
-
-/// Detached agents running `sleep 600`, named `prefix0..n`.
-fn sleepers(d: &Daemon, prefix: &str, n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| {
-            let name = format!("{prefix}{i}");
-            let out = d.rush(&["agent", "spawn", &name, "--detach", "--", "sleep", "600"]);
-            assert!(out.status.success(), "{name}: {}", describe(&out));
-            name
-        })
-        .collect()
-}
-
-fn live_claims(d: &Daemon) -> Vec<Value> {
-    d.rush_json(&["agent", "claims"]).as_array().cloned().unwrap_or_default()
 }
 
 #[test]
@@ -57,7 +24,7 @@ fn a_hundred_clients_race_for_ten_tasks_and_exactly_ten_win_fifty_times_over() {
         return;
     }
     let d = Daemon::start();
-    let agents = Arc::new(sleepers(&d, "racer", 100));
+    let agents = Arc::new(d.sleepers("racer", 100));
     const ROUNDS: usize = 50;
     // One connection per client, opened before the race: the race is in the claims.
     let barrier = Arc::new(Barrier::new(100));
@@ -70,7 +37,7 @@ fn a_hundred_clients_race_for_ten_tasks_and_exactly_ten_win_fifty_times_over() {
                     .map(|round| {
                         barrier.wait();
                         let task = format!("r{round}-t{}", i % 10);
-                        let got = outcome(client.call(claim_req(&agents[i], &task)).unwrap());
+                        let got = claim_outcome(client.call(claim_request(&agents[i], &task, &[])).unwrap());
                         (round, task, agents[i].clone(), got)
                     })
                     .collect::<Vec<_>>()
@@ -101,7 +68,7 @@ fn a_hundred_clients_race_for_ten_tasks_and_exactly_ten_win_fifty_times_over() {
             );
         }
     }
-    assert_eq!(live_claims(&d).len(), 10 * ROUNDS);
+    assert_eq!(d.live_claims().len(), 10 * ROUNDS);
 }
 
 #[test]
@@ -110,7 +77,7 @@ fn a_lease_lapses_on_the_daemons_clock_and_the_next_holder_gets_a_higher_fencing
         return;
     }
     let d = Daemon::start();
-    sleepers(&d, "l", 2);
+    d.sleepers("l", 2);
     let first = d.rush_json(&["agent", "claim", "job", "--agent", "l0", "--ttl", "1s"]);
     assert_eq!(first["won"], true, "{first}");
     let fencing = first["claim"]["fencing"].as_u64().unwrap();
@@ -119,7 +86,7 @@ fn a_lease_lapses_on_the_daemons_clock_and_the_next_holder_gets_a_higher_fencing
     let err = String::from_utf8_lossy(&lost.stderr);
     assert!(err.contains("held by agent l0"), "{err}");
     // Lapsed: swept (the holder is told nothing, its renew fails), the next claimer wins.
-    assert!(wait_until(Duration::from_secs(5), || live_claims(&d).is_empty()), "{:?}", live_claims(&d));
+    assert!(wait_until(Duration::from_secs(5), || d.live_claims().is_empty()), "{:?}", d.live_claims());
     let renew = d.rush(&["agent", "renew", "job", "--agent", "l0"]);
     assert_eq!(renew.status.code(), Some(1), "{}", describe(&renew));
     let second = d.rush_json(&["agent", "claim", "job", "--agent", "l1", "--ttl", "1h"]);
@@ -145,7 +112,7 @@ fn claims_are_released_when_the_holder_exits_is_killed_or_is_killed_with_sigkill
         return;
     }
     let d = Daemon::start();
-    sleepers(&d, "h", 4);
+    d.sleepers("h", 4);
     for (task, holder) in [("by-kill", "h0"), ("by-sigkill", "h1"), ("by-exit", "h2")] {
         assert_eq!(d.rush_json(&["agent", "claim", task, "--agent", holder])["won"], true);
     }
@@ -161,7 +128,7 @@ fn claims_are_released_when_the_holder_exits_is_killed_or_is_killed_with_sigkill
     let pid = d.rush_json(&["agent", "status", "h2"])["pid"].as_i64().unwrap();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM)
         .unwrap();
-    assert!(wait_until(Duration::from_secs(5), || live_claims(&d).is_empty()), "{:?}", live_claims(&d));
+    assert!(wait_until(Duration::from_secs(5), || d.live_claims().is_empty()), "{:?}", d.live_claims());
     let ended: Vec<(String, String)> = d
         .audit()
         .into_iter()
@@ -181,7 +148,7 @@ fn a_daemon_killed_during_claims_keeps_every_acknowledged_one_and_grants_none_tw
         return;
     }
     let mut d = Daemon::start();
-    let agents = sleepers(&d, "k", 4);
+    let agents = d.sleepers("k", 4);
     // Four clients claim tasks as fast as they can while the daemon is killed under them.
     let threads: Vec<_> = agents
         .iter()
@@ -192,9 +159,9 @@ fn a_daemon_killed_during_claims_keeps_every_acknowledged_one_and_grants_none_tw
                 let mut acked = Vec::new();
                 let Ok(mut client) = Client::connect(&socket) else { return acked };
                 for n in 0.. {
-                    match client.call(claim_req(&agent, &format!("task-{}", n % 40))) {
+                    match client.call(claim_request(&agent, &format!("task-{}", n % 40), &[])) {
                         Ok(r) => {
-                            let o = outcome(r);
+                            let o = claim_outcome(r);
                             if o.won {
                                 acked.push((o.claim.task, agent.clone(), o.claim.fencing));
                             }
@@ -211,7 +178,7 @@ fn a_daemon_killed_during_claims_keeps_every_acknowledged_one_and_grants_none_tw
     let acked: Vec<(String, String, u64)> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
     assert!(acked.len() >= 10, "too few claims made before the kill to test anything: {}", acked.len());
     d.restart();
-    let live = live_claims(&d);
+    let live = d.live_claims();
     let by_task: HashMap<String, (String, u64)> = live
         .iter()
         .map(|c| {
@@ -241,7 +208,7 @@ fn path_claims_without_bpf_lsm_are_advisory_and_enforce_refuses_them() {
         eprintln!("BPF LSM attached here: the kernel-enforced case is in files.rs");
         return;
     }
-    sleepers(&d, "p", 1);
+    d.sleepers("p", 1);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_str().unwrap();
     let out = d.rush(&["--json", "agent", "claim", "parser", "--agent", "p0", "--paths", path]);
@@ -266,7 +233,7 @@ fn the_daemon_refuses_bad_input_itself() {
         return;
     }
     let d = Daemon::start();
-    sleepers(&d, "v", 1);
+    d.sleepers("v", 1);
     let mut client = Client::connect(&d.socket).unwrap();
     let bad = |task: &str, paths: &[&str], ttl: Option<u64>| {
         Request::Claim(ClaimRequest {
@@ -296,7 +263,7 @@ fn bad_input_is_one_line_naming_it() {
         return;
     }
     let d = Daemon::start();
-    sleepers(&d, "b", 1);
+    d.sleepers("b", 1);
     let big = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(big.path(), vec![b'x'; 600 << 10]).unwrap();
     let big = big.path().to_str().unwrap().to_owned();
@@ -348,7 +315,7 @@ fn agents_coordinate_as_themselves_intents_claims_delegation_and_results() {
     );
     let out = d.rush(&["agent", "spawn", "a", "--detach", "--", "sh", "-c", &a_script]);
     assert!(out.status.success(), "{}", describe(&out));
-    assert!(wait_until(Duration::from_secs(10), || live_claims(&d).len() == 1), "a never claimed");
+    assert!(wait_until(Duration::from_secs(10), || d.live_claims().len() == 1), "a never claimed");
     let b_script = format!(
         "{rush} agent query-intents --paths {parser}/lex.rs; {rush} agent claims --path {parser}/lex.rs; \
          {rush} agent claim parser; echo claim-exit=$?; \
@@ -375,5 +342,5 @@ fn agents_coordinate_as_themselves_intents_claims_delegation_and_results() {
     let out = d.rush(&["agent", "spawn", "c", "--", rush, "agent", "release", "parser", "--agent", "a"]);
     assert!(!out.status.success(), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("acts only on itself"), "{}", describe(&out));
-    assert_eq!(live_claims(&d).len(), 1);
+    assert_eq!(d.live_claims().len(), 1);
 }

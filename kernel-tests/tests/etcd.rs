@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use kernel_tests::*;
 use rush_proto::client::Client;
-use rush_proto::coordination::{ClaimOutcome, ClaimRequest, Fence, PublishRequest};
+use rush_proto::coordination::{ClaimOutcome, Fence, PublishRequest};
 use rush_proto::{Request, Response};
 use serde_json::Value;
 
@@ -44,45 +44,12 @@ fn pair(lease_ttl: &str) -> Option<Pair> {
     Some(Pair { d1, d2, etcd, _turn: turn })
 }
 
-fn claim_req(agent: &str, task: &str, paths: &[&str]) -> Request {
-    Request::Claim(ClaimRequest {
-        agent: Some(agent.into()),
-        task: task.into(),
-        paths: paths.iter().map(|p| p.to_string()).collect(),
-        ttl_secs: None,
-        enforce: false,
-    })
-}
-
-fn outcome(r: Response) -> ClaimOutcome {
-    match r {
-        Response::Claim { outcome } => outcome,
-        other => panic!("not a claim reply: {other:?}"),
-    }
-}
-
 fn claim(d: &Daemon, agent: &str, task: &str) -> ClaimOutcome {
-    outcome(Client::connect(&d.socket).unwrap().call(claim_req(agent, task, &[])).unwrap())
-}
-
-/// Detached agents running `sleep 600`, named `prefix0..n`.
-fn sleepers(d: &Daemon, prefix: &str, n: usize) -> Vec<String> {
-    (0..n)
-        .map(|i| {
-            let name = format!("{prefix}{i}");
-            let out = d.rush(&["agent", "spawn", &name, "--detach", "--", "sleep", "600"]);
-            assert!(out.status.success(), "{name}: {}", describe(&out));
-            name
-        })
-        .collect()
-}
-
-fn live_claims(d: &Daemon) -> Vec<Value> {
-    d.rush_json(&["agent", "claims"]).as_array().cloned().unwrap_or_default()
+    claim_outcome(Client::connect(&d.socket).unwrap().call(claim_request(agent, task, &[])).unwrap())
 }
 
 fn holder(d: &Daemon, task: &str) -> Option<(String, u64)> {
-    live_claims(d)
+    d.live_claims()
         .into_iter()
         .find(|c| c["task"] == task)
         .map(|c| (c["agent"].as_str().unwrap().to_owned(), c["fencing"].as_u64().unwrap()))
@@ -101,8 +68,8 @@ fn guarantee(d: &Daemon, name: &str) -> Value {
 fn a_hundred_clients_on_two_daemons_race_for_ten_tasks_and_exactly_ten_win() {
     let Some(p) = pair("10s") else { return };
     let started = Instant::now();
-    let mut agents = sleepers(&p.d1, "a", 50);
-    agents.extend(sleepers(&p.d2, "b", 50));
+    let mut agents = p.d1.sleepers("a", 50);
+    agents.extend(p.d2.sleepers("b", 50));
     let agents = Arc::new(agents);
     const ROUNDS: usize = 50;
     let barrier = Arc::new(Barrier::new(100));
@@ -117,7 +84,7 @@ fn a_hundred_clients_on_two_daemons_race_for_ten_tasks_and_exactly_ten_win() {
                     .map(|round| {
                         barrier.wait();
                         let task = format!("r{round}-t{}", i % 10);
-                        let got = outcome(client.call(claim_req(&agents[i], &task, &[])).unwrap());
+                        let got = claim_outcome(client.call(claim_request(&agents[i], &task, &[])).unwrap());
                         (round, task, agents[i].clone(), got)
                     })
                     .collect::<Vec<_>>()
@@ -153,7 +120,7 @@ fn a_hundred_clients_on_two_daemons_race_for_ten_tasks_and_exactly_ten_win() {
     }
     // Both daemons see the same 200 holdings.
     let by_task = |d: &Daemon| -> BTreeMap<String, (String, u64)> {
-        live_claims(d)
+        d.live_claims()
             .into_iter()
             .map(|c| {
                 let who = (c["agent"].as_str().unwrap().to_owned(), c["fencing"].as_u64().unwrap());
@@ -173,18 +140,18 @@ fn a_hundred_clients_on_two_daemons_race_for_ten_tasks_and_exactly_ten_win() {
 fn a_claim_made_through_one_daemon_is_seen_and_refused_through_the_other() {
     let Some(p) = pair("10s") else { return };
     let (d1, d2) = (&p.d1, &p.d2);
-    sleepers(d1, "holder", 1);
-    sleepers(d2, "other", 1);
+    d1.sleepers("holder", 1);
+    d2.sleepers("other", 1);
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("lex.rs"), "fn lex() {}\n").unwrap();
     let parser = dir.path().to_str().unwrap();
-    let won = outcome(
-        Client::connect(&d1.socket).unwrap().call(claim_req("holder0", "parser", &[parser])).unwrap(),
+    let won = claim_outcome(
+        Client::connect(&d1.socket).unwrap().call(claim_request("holder0", "parser", &[parser])).unwrap(),
     );
     assert!(won.won, "{won:?}");
 
     // Daemon 2 sees the claim, with its paths and the same fencing token.
-    let seen = live_claims(d2);
+    let seen = d2.live_claims();
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!((seen[0]["task"].as_str(), seen[0]["agent"].as_str()), (Some("parser"), Some("holder0")));
     assert_eq!(seen[0]["fencing"].as_u64(), Some(won.claim.fencing));
@@ -236,7 +203,7 @@ fn a_claim_made_through_one_daemon_is_seen_and_refused_through_the_other() {
     }
 
     // One agent name on two nodes is two agents: the same name on daemon 2 does not hold it.
-    sleepers(d2, "holder", 1);
+    d2.sleepers("holder", 1);
     let twin = claim(d2, "holder0", "parser");
     assert!(!twin.won, "daemon 2's holder0 was taken for daemon 1's: {twin:?}");
     // Intents, results (with their content) and tasks cross too.
@@ -286,8 +253,8 @@ fn b64(bytes: &[u8]) -> String {
 #[test]
 fn claims_are_still_decided_when_the_etcd_leader_is_killed() {
     let Some(mut p) = pair("10s") else { return };
-    sleepers(&p.d1, "a", 1);
-    sleepers(&p.d2, "b", 1);
+    p.d1.sleepers("a", 1);
+    p.d2.sleepers("b", 1);
     assert!(claim(&p.d1, "a0", "held").won);
     let leader = p.etcd.leader().expect("a leader");
     p.etcd.kill(leader);
@@ -296,8 +263,8 @@ fn claims_are_still_decided_when_the_etcd_leader_is_killed() {
     let mut decided = None;
     while killed.elapsed() < Duration::from_secs(10) {
         let mut c = Client::connect(&p.d2.socket).unwrap();
-        if let Ok(r) = c.call(claim_req("b0", "after", &[])) {
-            decided = Some((outcome(r), killed.elapsed()));
+        if let Ok(r) = c.call(claim_request("b0", "after", &[])) {
+            decided = Some((claim_outcome(r), killed.elapsed()));
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -319,8 +286,8 @@ fn claims_are_still_decided_when_the_etcd_leader_is_killed() {
 fn a_daemon_stopped_past_its_lease_loses_its_claims_and_learns_it_on_waking() {
     let Some(p) = pair("2s") else { return };
     let (d1, d2) = (&p.d1, &p.d2);
-    sleepers(d1, "a", 1);
-    sleepers(d2, "b", 1);
+    d1.sleepers("a", 1);
+    d2.sleepers("b", 1);
     let first = claim(d1, "a0", "job");
     assert!(first.won);
     let pid = nix::unistd::Pid::from_raw(d1.pid());
@@ -331,7 +298,7 @@ fn a_daemon_stopped_past_its_lease_loses_its_claims_and_learns_it_on_waking() {
     let lapsed = stopped.elapsed();
     let second = gone.then(|| claim(d2, "b0", "job"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
-    assert!(gone, "daemon 1's claim outlived its stopped daemon's 2 s lease: {:?}", live_claims(d2));
+    assert!(gone, "daemon 1's claim outlived its stopped daemon's 2 s lease: {:?}", d2.live_claims());
     let second = second.unwrap();
     assert!(second.won, "{second:?}");
     assert!(second.claim.fencing > first.claim.fencing, "{second:?} after {first:?}");
@@ -341,7 +308,7 @@ fn a_daemon_stopped_past_its_lease_loses_its_claims_and_learns_it_on_waking() {
     assert!(
         wait_until(Duration::from_secs(5), || holder(d1, "job") == Some(("b0".into(), second.claim.fencing))),
         "daemon 1 does not see b0's claim: {:?}",
-        live_claims(d1)
+        d1.live_claims()
     );
     let stale = Client::connect(&d1.socket).unwrap().call(Request::Publish(PublishRequest {
         agent: Some("a0".into()),
@@ -367,7 +334,7 @@ fn a_daemon_stopped_past_its_lease_loses_its_claims_and_learns_it_on_waking() {
 #[test]
 fn with_etcd_unreachable_a_claim_fails_with_one_line_naming_it() {
     let Some(mut p) = pair("10s") else { return };
-    sleepers(&p.d1, "a", 1);
+    p.d1.sleepers("a", 1);
     assert!(claim(&p.d1, "a0", "before").won);
     p.etcd.kill_all();
     let start = Instant::now();
@@ -425,7 +392,7 @@ fn https_endpoints_with_a_ca_work_and_a_bad_coordination_config_stops_the_daemon
     let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
     let etcd = EtcdCluster::start_tls(1);
     let d = Daemon::start_with_config(&etcd.config("10s"));
-    sleepers(&d, "t", 1);
+    d.sleepers("t", 1);
     let won = claim(&d, "t0", "over-tls");
     assert!(won.won, "{won:?}");
     let g = guarantee(&d, "coordination store");
