@@ -7,6 +7,7 @@
 //! `cargo xtask test` and in the guests) a missing requirement fails the test instead: a
 //! tier that exists to prove a kernel guarantee must not pass by skipping.
 
+pub mod channels;
 pub mod escape_kit;
 
 use std::io::{Read, Write};

@@ -22,10 +22,12 @@ use tokio::sync::broadcast;
 use crate::adapters::cgroup::process_cgroup_v2;
 use crate::core::{Caller, Fault};
 use crate::services::agent::{AgentError, AgentManager};
+use crate::services::approvals::{ApprovalError, Asker, Decider};
 use crate::services::audit::AuditLog;
 use crate::services::coordination::{Actor, CoordinationError};
 use crate::services::events::Published;
 use crate::services::session::SessionError;
+use rush_proto::approval::DecidedVia;
 
 /// Longest request line accepted; a spawn with a large environment fits easily.
 const MAX_LINE: usize = 1 << 20;
@@ -87,6 +89,7 @@ pub struct ApiContext {
     pub agents: Arc<AgentManager>,
     pub sessions: Arc<crate::services::session::Sessions>,
     pub coordination: Arc<crate::services::coordination::Coordination>,
+    pub approvals: Arc<crate::services::approvals::Approvals>,
     pub audit: Arc<AuditLog>,
     pub operator_gid: Option<u32>,
     /// The v2 cgroup path prefix of agents, e.g. "/rush/": callers under it are agents.
@@ -540,7 +543,8 @@ async fn dispatch(
         request @ (Request::Results(rush_proto::coordination::ResultsQuery {
             wait_secs: Some(1..), ..
         })
-        | Request::Inbox { wait_secs: Some(1..), .. }) => {
+        | Request::Inbox { wait_secs: Some(1..), .. }
+        | Request::WaitApproval { wait_secs: Some(1..), .. }) => {
             tokio::select! {
                 reply = answer(peer, request, ctx) => conn.send(id, reply.into()).await,
                 _ = conn.hung_up() => Ok(()),
@@ -682,8 +686,36 @@ async fn answer(peer: &Peer, request: Request, ctx: &ApiContext) -> Result<Respo
         Request::Results(q) => Response::Results { results: ctx.coordination.results(actor(peer), q).await? },
         Request::Delegate(req) => delegate(peer, req, ctx).await?,
         Request::Inbox { agent, wait_secs } => {
-            Response::Inbox { tasks: ctx.coordination.inbox(actor(peer), agent.as_deref(), wait_secs).await? }
+            let tasks = ctx.coordination.inbox(actor(peer), agent.as_deref(), wait_secs).await?;
+            // The same agent the tasks are for (confined to itself, or named by the operator).
+            let approvals = match (&peer.role, agent.as_deref()) {
+                (CallerRole::Agent { name }, _) => ctx.approvals.unseen_decisions(name),
+                (_, Some(name)) => ctx.approvals.unseen_decisions(name),
+                _ => Vec::new(),
+            };
+            Response::Inbox { tasks, approvals }
         }
+        Request::RequestApproval(req) => {
+            Response::Approval { approval: ctx.approvals.request(asker(peer), req).await? }
+        }
+        Request::ListApprovals { agent, all } => {
+            let (approvals, batches) = ctx.approvals.list(asker(peer), agent.as_deref(), all)?;
+            Response::Approvals { approvals, batches }
+        }
+        Request::WaitApproval { agent, id, wait_secs } => Response::Approval {
+            approval: ctx.approvals.wait(asker(peer), agent.as_deref(), id, wait_secs).await?,
+        },
+        Request::CancelApproval { agent, id } => {
+            Response::Approval { approval: ctx.approvals.cancel(asker(peer), agent.as_deref(), id)? }
+        }
+        Request::Decide(req) => {
+            let by = Decider { by: format!("uid:{}", caller.uid), via: DecidedVia::Cli, uid: caller.uid };
+            Response::Decided { decided: ctx.approvals.decide(req, &by).await? }
+        }
+        Request::ConfigureQueue(change) => {
+            Response::QueueSettings { settings: ctx.approvals.configure(change)? }
+        }
+        Request::ShowQueue => Response::QueueSettings { settings: ctx.approvals.settings() },
         streamed @ (Request::Spawn(_)
         | Request::Audit(_)
         | Request::Subscribe(_)
@@ -723,7 +755,15 @@ macro_rules! to_wire {
         }
     )*};
 }
-to_wire!(AgentError, SessionError, CoordinationError);
+to_wire!(AgentError, SessionError, CoordinationError, ApprovalError);
+
+/// The principal of a request as the approvals queue names it.
+fn asker(peer: &Peer) -> Asker<'_> {
+    match &peer.role {
+        CallerRole::Agent { name } => Asker::Agent { name },
+        _ => Asker::Operator { uid: peer.caller.uid },
+    }
+}
 
 /// The principal of a request as coordination names it.
 fn actor(peer: &Peer) -> Actor<'_> {

@@ -107,6 +107,7 @@ pub struct Config {
     pub dns: DnsSection,
     pub terminal: TerminalSection,
     pub coordination: CoordinationSection,
+    pub approvals: crate::services::approvals::ApprovalsConfig,
 }
 
 /// Coordination between agents (intents, claims, results, tasks).
@@ -555,6 +556,7 @@ impl Config {
             return Err(format!("audit.retention: {e}"));
         }
         config.coordination.check()?;
+        config.approvals.check()?;
         if !(1..=1 << 20).contains(&config.events.backlog) {
             return Err(format!("events.backlog: {} is not 1-1048576", config.events.backlog));
         }
@@ -596,6 +598,7 @@ mod tests {
             "meter",
             "meter.prices",
             "coordination",
+            "approvals",
         ] {
             assert!(text.contains(&format!("\n[{section}]\n")), "contrib/config.toml lacks [{section}]");
         }

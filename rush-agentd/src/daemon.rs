@@ -41,6 +41,8 @@ pub enum DaemonError {
     DnsUpstream(String),
     #[error(transparent)]
     Etcd(#[from] crate::adapters::etcd::EtcdError),
+    #[error("the approvals queue cannot start: {0}")]
+    Approvals(String),
 }
 
 /// `[coordination] backend = "etcd"`: its client, started (etcd need not answer yet).
@@ -256,12 +258,22 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
         v2_root: cgroups.layout().v2_root.clone(),
         prefix: format!("/{}/", config.cgroup.parent.to_string_lossy().trim_matches('/')),
     };
+    let approvals = Arc::new(
+        crate::services::approvals::Approvals::new(crate::services::approvals::ApprovalsSetup {
+            store: store.clone(),
+            agents: Arc::new(crate::handles::AgentsForApprovals(agents.clone())),
+            claims: Some(coordination.clone()),
+            audit: audit.clone(),
+            config: config.approvals.clone(),
+        })
+        .map_err(DaemonError::Approvals)?,
+    );
     let pump = tokio::spawn(pump_events(
         events,
         audit_records,
         agent_cgroups,
         agents.clone(),
-        coordination.clone(),
+        DenialReaders { coordination: coordination.clone(), approvals: approvals.clone() },
         audit.clone(),
         events_lost.clone(),
     ));
@@ -320,6 +332,22 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     coordination.sweep();
     coordination.resync_kernel();
     crate::services::coordination::spawn_sweeper(coordination.clone(), store_changes);
+    // Deadlines that passed while no daemon ran are applied now (marked late), and
+    // approvals whose effect a crash cut off are finished.
+    approvals.sweep(true).await;
+    let approvals_sweeper = crate::services::approvals::spawn_sweeper(approvals.clone());
+    let (channels_stop, channels_stopped) = tokio::sync::watch::channel(());
+    let approval_channels =
+        match crate::services::approvals::spawn_channels(approvals.clone(), channels_stopped).await {
+            Ok(tasks) => tasks,
+            Err(e) => {
+                // Loud, not fatal: requests still queue and the CLI still decides them.
+                tracing::error!(
+                    "approval channels not started: {e}; only the cli channel delivers (rush approvals)"
+                );
+                Vec::new()
+            }
+        };
     let doctor_coordination = coordination.clone();
     let doctor_sessions = sessions.clone();
     let (doctor_agents, doctor_audit, doctor_events_lost) =
@@ -336,6 +364,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
         agents: agents.clone(),
         sessions: sessions.clone(),
         coordination,
+        approvals: approvals.clone(),
         audit: audit.clone(),
         operator_gid,
         agent_cgroup_prefix: format!("/{parent}/"),
@@ -389,6 +418,11 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     pump.abort();
     meter_pump.abort();
     budgets.abort();
+    approvals_sweeper.abort();
+    drop(channels_stop);
+    for t in approval_channels {
+        t.abort();
+    }
     retention.abort();
     drop(bpf);
     if ephemeral {
@@ -559,16 +593,24 @@ fn landlock_agent(
     Some(found)
 }
 
+/// The services kernel events reach besides the audit trail: claims name a denial's
+/// holder; a trusted agent's file denial may become a request for a person.
+struct DenialReaders {
+    coordination: Arc<crate::services::coordination::Coordination>,
+    approvals: Arc<crate::services::approvals::Approvals>,
+}
+
 /// Kernel events → audit records, naming the agent.
 async fn pump_events(
     mut events: mpsc::UnboundedReceiver<KernelEvent>,
     mut records: mpsc::UnboundedReceiver<crate::adapters::audit_netlink::AuditRecord>,
     agent_cgroups: AgentCgroups,
     agents: Arc<AgentManager>,
-    coordination: Arc<crate::services::coordination::Coordination>,
+    readers: DenialReaders,
     audit: Arc<AuditLog>,
     events_lost: Arc<std::sync::atomic::AtomicU64>,
 ) {
+    let DenialReaders { coordination, approvals } = readers;
     // 200 at once, then 50 a second, per agent; the rest counted (see DenyLimiter).
     let mut limiter = crate::services::audit::DenyLimiter::new(200, 50);
     let mut flush = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -601,7 +643,11 @@ async fn pump_events(
                         if let Some((cgroup_id, name)) = landlock_agent(&d, &agent_cgroups, &agents, &mut domains)
                             && limiter.admit(cgroup_id, std::time::Instant::now())
                         {
-                            let op = rush_proto::Ops(d.file_ops()).to_string();
+                            let ops = rush_proto::Ops(d.file_ops());
+                            let op = ops.to_string();
+                            if let Some(path) = &d.path {
+                                approvals.ask_from_denial(&name, path, ops);
+                            }
                             // No task: its audit context was made before audit was on.
                             let (pid, uid, comm) = match d.task {
                                 Some(t) => (t.pid, t.uid, t.comm),
@@ -665,6 +711,7 @@ async fn pump_events(
             }
             KernelEvent::FileDeny { cgroup_id, pid: _, tgid, uid, comm, hook, op, path, dev: _, ino: _ } => {
                 let name = agent_name(&agents, cgroup_id);
+                approvals.ask_from_denial(&name, &path, rush_proto::Ops(op));
                 let op = rush_proto::Ops(op).to_string();
                 audit.record(
                     Some(&name),

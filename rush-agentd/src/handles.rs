@@ -7,6 +7,7 @@ use std::path::Path;
 
 use crate::core::Caller;
 use crate::services::agent::{AgentAdmission, AgentError, AgentManager};
+use crate::services::approvals::{AgentFacts, ApprovalAgents, ClaimWaits};
 use crate::services::coordination::{AgentView, Coordination, CoordinationAgents};
 use crate::services::session::{Pending, SessionAgents, SessionError};
 
@@ -75,5 +76,80 @@ fn view(a: rush_proto::AgentInfo) -> AgentView {
 impl AgentAdmission for Coordination {
     fn admit(&self, name: &str, cgroup_id: u64, session: Option<&str>) -> Result<(), String> {
         Coordination::admit(self, name, cgroup_id, session).map_err(|e| e.message)
+    }
+}
+
+/// The agents as the approvals queue drives them: grants and budget raises go through the
+/// same calls as the CLI's (`grant` needs the `Arc`), made as the approver's uid.
+pub struct AgentsForApprovals(pub std::sync::Arc<AgentManager>);
+
+fn as_uid(uid: u32) -> Caller {
+    Caller { uid, gid: 0, pid: 0, groups: Vec::new() }
+}
+
+impl ApprovalAgents for AgentsForApprovals {
+    fn agent(&self, name: &str) -> Option<AgentFacts> {
+        self.0.registry().agents.get(name).map(|a| AgentFacts {
+            session: a.info.session.clone(),
+            trust: a.info.trust.clone(),
+            alive: a.info.state != rush_proto::AgentState::Exited,
+        })
+    }
+
+    fn grant<'a>(
+        &'a self,
+        agent: &'a str,
+        path: &'a Path,
+        ops: rush_proto::Ops,
+        ttl_secs: u64,
+        uid: u32,
+    ) -> crate::services::approvals::Pending<'a, String> {
+        Box::pin(async move {
+            let req = rush_proto::GrantRequest {
+                agent: agent.to_owned(),
+                path: path.to_owned(),
+                ops,
+                duration_secs: Some(ttl_secs),
+                condition: None,
+            };
+            let (token, effect) = self.0.grant(req, &as_uid(uid)).await.map_err(|e| e.message)?;
+            let mut line = format!(
+                "token {} granted: {} on {} for {}",
+                token.id,
+                token.ops,
+                token.path.display(),
+                rush_proto::budget::format_cpu_ms(ttl_secs * 1000)
+            );
+            if let Some(e) = effect {
+                line.push_str(&format!(" ({})", e.detail));
+            }
+            Ok(line)
+        })
+    }
+
+    fn raise_budget<'a>(
+        &'a self,
+        agent: &'a str,
+        raise: rush_proto::Budget,
+        uid: u32,
+    ) -> crate::services::approvals::Pending<'a, String> {
+        Box::pin(async move {
+            let info = self.0.resume(agent, Some(raise), &as_uid(uid)).await.map_err(|e| e.message)?;
+            Ok(format!("budget now {}, agent running", info.budget))
+        })
+    }
+
+    fn hold<'a>(&'a self, agent: &'a str) -> crate::services::approvals::Pending<'a, ()> {
+        Box::pin(async move { self.0.hold_for_approval(agent).await.map_err(|e| e.message) })
+    }
+
+    fn release_hold(&self, agent: &str) -> Result<(), String> {
+        self.0.release_approval_hold(agent).map_err(|e| e.message)
+    }
+}
+
+impl ClaimWaits for Coordination {
+    fn contended_claim(&self, agent: &str) -> Option<String> {
+        Coordination::contended_claim(self, agent)
     }
 }

@@ -298,6 +298,40 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         wait_secs: Option<u64>,
     },
+    /// Ask a person for a decision; answered at once with the pending request (the agent
+    /// goes on, or waits with `wait_approval`). Replies `Approval`.
+    RequestApproval(crate::approval::ApprovalRequest),
+    /// Pending requests (with `all`, decided ones too; an agent sees its own), and the
+    /// batches the pending ones fold into. Replies `Approvals`.
+    ListApprovals {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        all: bool,
+    },
+    /// One request; with `wait_secs`, waits up to that long for it to be decided.
+    /// Replies `Approval`.
+    WaitApproval {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
+        id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        wait_secs: Option<u64>,
+    },
+    /// Withdraw a pending request (the asker, or an operator). Replies `Approval`.
+    CancelApproval {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        agent: Option<String>,
+        id: u64,
+    },
+    /// Approve or reject a pending request or a batch. Operators only: no agent decides,
+    /// its own request or any other. Replies `Decided`.
+    Decide(crate::approval::DecideRequest),
+    /// Change the queue's routes, a class's policy, the batch window, similarity or aging;
+    /// stored, and applied to requests made after. Replies `QueueSettings`.
+    ConfigureQueue(crate::approval::QueueChange),
+    /// The queue's settings in effect. Replies `QueueSettings`.
+    ShowQueue,
 }
 
 impl Request {
@@ -348,6 +382,13 @@ impl Request {
         "results",
         "delegate",
         "inbox",
+        "request_approval",
+        "list_approvals",
+        "wait_approval",
+        "cancel_approval",
+        "decide",
+        "configure_queue",
+        "show_queue",
     ];
 
     /// The request's name: its `type` on the wire (a unit test holds the two together).
@@ -398,6 +439,13 @@ impl Request {
             Request::Results(_) => "results",
             Request::Delegate(_) => "delegate",
             Request::Inbox { .. } => "inbox",
+            Request::RequestApproval(_) => "request_approval",
+            Request::ListApprovals { .. } => "list_approvals",
+            Request::WaitApproval { .. } => "wait_approval",
+            Request::CancelApproval { .. } => "cancel_approval",
+            Request::Decide(_) => "decide",
+            Request::ConfigureQueue(_) => "configure_queue",
+            Request::ShowQueue => "show_queue",
         }
     }
 
@@ -421,7 +469,11 @@ impl Request {
             | Request::Publish(_)
             | Request::Results(_)
             | Request::Delegate(_)
-            | Request::Inbox { .. } => OPERATOR_OR_SELF,
+            | Request::Inbox { .. }
+            | Request::RequestApproval(_)
+            | Request::ListApprovals { .. }
+            | Request::WaitApproval { .. }
+            | Request::CancelApproval { .. } => OPERATOR_OR_SELF,
             Request::Spawn(_)
             | Request::ListAgents
             | Request::KillAgent { .. }
@@ -451,7 +503,10 @@ impl Request {
             | Request::SessionUnset { .. }
             | Request::AttachSession { .. }
             | Request::DetachSession { .. }
-            | Request::ChangeEffect { .. } => OPERATOR,
+            | Request::ChangeEffect { .. }
+            | Request::Decide(_)
+            | Request::ConfigureQueue(_)
+            | Request::ShowQueue => OPERATOR,
         }
     }
 
@@ -471,6 +526,10 @@ impl Request {
             | Request::Renew { agent: target, .. }
             | Request::Release { agent: target, .. }
             | Request::Inbox { agent: target, .. }
+            | Request::ListApprovals { agent: target, .. }
+            | Request::WaitApproval { agent: target, .. }
+            | Request::CancelApproval { agent: target, .. }
+            | Request::RequestApproval(crate::approval::ApprovalRequest { agent: target, .. })
             | Request::Broadcast(crate::coordination::BroadcastRequest { agent: target, .. })
             | Request::Claim(crate::coordination::ClaimRequest { agent: target, .. })
             | Request::Publish(crate::coordination::PublishRequest { agent: target, .. })
@@ -511,7 +570,10 @@ impl Request {
             | Request::SessionUnset { .. }
             | Request::AttachSession { .. }
             | Request::DetachSession { .. }
-            | Request::ChangeEffect { .. } => return Ok(()),
+            | Request::ChangeEffect { .. }
+            | Request::Decide(_)
+            | Request::ConfigureQueue(_)
+            | Request::ShowQueue => return Ok(()),
         };
         match target {
             Some(named) if named != own => Err(named.clone()),
@@ -552,7 +614,11 @@ impl Request {
             | Request::Renew { .. }
             | Request::Release { .. }
             | Request::Publish(_)
-            | Request::Delegate(_) => true,
+            | Request::Delegate(_)
+            | Request::RequestApproval(_)
+            | Request::CancelApproval { .. }
+            | Request::Decide(_)
+            | Request::ConfigureQueue(_) => true,
             Request::Hello
             | Request::ListAgents
             | Request::AgentStatus { .. }
@@ -570,7 +636,10 @@ impl Request {
             | Request::QueryIntents { .. }
             | Request::ListClaims { .. }
             | Request::Results(_)
-            | Request::Inbox { .. } => false,
+            | Request::Inbox { .. }
+            | Request::ListApprovals { .. }
+            | Request::WaitApproval { .. }
+            | Request::ShowQueue => false,
         }
     }
 }
@@ -904,6 +973,23 @@ pub enum Response {
     },
     Inbox {
         tasks: Vec<crate::coordination::Task>,
+        /// The agent's requests decided since it last looked (here or by `wait_approval`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        approvals: Vec<crate::approval::Approval>,
+    },
+    Approval {
+        approval: crate::approval::Approval,
+    },
+    Approvals {
+        approvals: Vec<crate::approval::Approval>,
+        #[serde(default)]
+        batches: Vec<crate::approval::ApprovalBatch>,
+    },
+    Decided {
+        decided: Vec<crate::approval::Approval>,
+    },
+    QueueSettings {
+        settings: crate::approval::QueueSettings,
     },
 }
 
@@ -951,6 +1037,10 @@ impl Response {
             Response::Results { .. } => "results",
             Response::Delegated { .. } => "delegated",
             Response::Inbox { .. } => "inbox",
+            Response::Approval { .. } => "approval",
+            Response::Approvals { .. } => "approvals",
+            Response::Decided { .. } => "decided",
+            Response::QueueSettings { .. } => "queue_settings",
         }
     }
 }
@@ -1216,6 +1306,7 @@ mod tests {
             "agent": "a", "path": "/", "ops": 1, "target": {"id": 1}, "workspace": "/w",
             "session": {}, "a": "x", "b": "y", "prune": {}, "key": "k", "value": "v", "pid": 1,
             "mode": "write", "text": "x", "task": "t", "content_base64": "", "to": "b",
+            "action": "x", "detail": {"kind": "custom"}, "id": 1, "approve": true,
         });
         match name {
             "audit" | "subscribe" => v = serde_json::json!({}),
@@ -1290,6 +1381,19 @@ mod tests {
             "id": 1, "from": "a", "to": "b", "text": "t", "state": "open", "result_key": "task/1",
             "created_unix_ms": 0,
         });
+        let approval = json!({
+            "id": 1, "agent": "a", "origin": "agent", "action": "x", "detail": {"kind": "custom"},
+            "class": "custom", "priority": "low", "effective_priority": "low", "batch_key": "custom:x",
+            "channel": "cli", "created_unix_ms": 0, "deadline_unix_ms": 1, "on_timeout": "reject",
+            "state": "pending",
+        });
+        v["approval"] = approval.clone();
+        v["approvals"] = json!([approval.clone()]);
+        v["decided"] = json!([approval]);
+        v["settings"] = json!({
+            "routes": [], "classes": [], "batch_window_secs": 0, "similarity": 1.0, "aging_secs": 0,
+            "grant_ttl_secs": 3600,
+        });
         match name {
             "rolled_back" => {
                 v["report"] = json!({"checkpoint": checkpoint, "undo": checkpoint, "took_ms": 0});
@@ -1357,11 +1461,26 @@ mod tests {
                 "publish",
                 "results",
                 "delegate",
-                "inbox"
+                "inbox",
+                "request_approval",
+                "list_approvals",
+                "wait_approval",
+                "cancel_approval"
             ]
         );
-        // Requests about other agents or the system stay the operator's.
-        for name in ["kill_agent", "list_agents", "spawn", "grant", "audit", "agent_logs", "session_get"] {
+        // Requests about other agents or the system stay the operator's; no agent decides.
+        for name in [
+            "kill_agent",
+            "list_agents",
+            "spawn",
+            "grant",
+            "audit",
+            "agent_logs",
+            "session_get",
+            "decide",
+            "configure_queue",
+            "show_queue",
+        ] {
             assert_eq!(request_named(name).senders(), [Principal::Operator], "{name}");
         }
     }

@@ -335,6 +335,48 @@ pub enum AuditEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         parent: Option<u64>,
     },
+    /// A request for a person's decision was made (the record's agent: the asker).
+    ApprovalRequested {
+        id: u64,
+        action: String,
+        approval_kind: crate::approval::ApprovalKind,
+        priority: crate::approval::Priority,
+        channel: crate::approval::Channel,
+        origin: crate::approval::ApprovalOrigin,
+        batch_key: String,
+        deadline_unix_ms: u64,
+    },
+    /// A request was decided: approved, rejected, expired or cancelled; or escalated
+    /// (`state: pending`, `escalated: true`).
+    ApprovalDecided {
+        id: u64,
+        state: crate::approval::ApprovalState,
+        by: String,
+        via: crate::approval::DecidedVia,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        late: bool,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        escalated: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        effect: Option<String>,
+    },
+    /// One delivery attempt of pending requests to a channel (a webhook post, an email).
+    ApprovalDelivery {
+        ids: Vec<u64>,
+        channel: crate::approval::Channel,
+        attempt: u32,
+        ok: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// A decision from outside refused: a forged or stale signature, a replayed callback,
+    /// an unknown or spent token, an already decided request. Nothing changed.
+    ApprovalRefused {
+        via: crate::approval::DecidedVia,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        reason: String,
+    },
     /// A request the daemon refused for policy reasons (not input errors).
     Refused {
         caller_uid: u32,
@@ -387,6 +429,10 @@ impl AuditEvent {
         "claim_deny",
         "result",
         "task",
+        "approval_requested",
+        "approval_decided",
+        "approval_delivery",
+        "approval_refused",
         "refused",
     ];
 
@@ -476,6 +522,10 @@ impl AuditEvent {
             AuditEvent::ClaimDeny { .. } => "claim_deny",
             AuditEvent::Result { .. } => "result",
             AuditEvent::Task { .. } => "task",
+            AuditEvent::ApprovalRequested { .. } => "approval_requested",
+            AuditEvent::ApprovalDecided { .. } => "approval_decided",
+            AuditEvent::ApprovalDelivery { .. } => "approval_delivery",
+            AuditEvent::ApprovalRefused { .. } => "approval_refused",
         }
     }
 }

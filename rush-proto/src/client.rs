@@ -19,6 +19,7 @@ use crate::api::{
     GrantRequest, Reply, ReplyEnvelope, Request, RequestEnvelope, Response, RevokeTarget, SpawnRequest,
     TokenInfo,
 };
+use crate::approval::{Approval, ApprovalBatch, ApprovalRequest, DecideRequest, QueueChange, QueueSettings};
 use crate::audit::AuditRecord;
 use crate::budget::Budget;
 use crate::coordination::{
@@ -581,10 +582,60 @@ impl Client {
             Response::Delegated { task, spawned } => (task, spawned))
     }
 
-    /// The agent's open tasks; with `wait_secs`, waits up to that long for one.
-    pub fn inbox(&mut self, agent: Option<&str>, wait_secs: Option<u64>) -> Result<Vec<Task>, ClientError> {
+    /// The agent's open tasks, and its requests decided since it last looked; with
+    /// `wait_secs`, waits up to that long for a task.
+    pub fn inbox(
+        &mut self,
+        agent: Option<&str>,
+        wait_secs: Option<u64>,
+    ) -> Result<(Vec<Task>, Vec<Approval>), ClientError> {
         call!(self, Request::Inbox { agent: agent.map(str::to_owned), wait_secs }, "inbox",
-            Response::Inbox { tasks } => tasks)
+            Response::Inbox { tasks, approvals } => (tasks, approvals))
+    }
+
+    /// The pending request, as made.
+    pub fn request_approval(&mut self, req: ApprovalRequest) -> Result<Approval, ClientError> {
+        call!(self, Request::RequestApproval(req), "approval", Response::Approval { approval } => approval)
+    }
+
+    /// Pending requests (with `all`, decided ones too) and the batches they fold into.
+    pub fn list_approvals(
+        &mut self,
+        agent: Option<&str>,
+        all: bool,
+    ) -> Result<(Vec<Approval>, Vec<ApprovalBatch>), ClientError> {
+        call!(self, Request::ListApprovals { agent: agent.map(str::to_owned), all }, "approvals",
+            Response::Approvals { approvals, batches } => (approvals, batches))
+    }
+
+    /// The request; with `wait_secs`, once decided or after that long.
+    pub fn wait_approval(
+        &mut self,
+        agent: Option<&str>,
+        id: u64,
+        wait_secs: Option<u64>,
+    ) -> Result<Approval, ClientError> {
+        call!(self, Request::WaitApproval { agent: agent.map(str::to_owned), id, wait_secs }, "approval",
+            Response::Approval { approval } => approval)
+    }
+
+    pub fn cancel_approval(&mut self, agent: Option<&str>, id: u64) -> Result<Approval, ClientError> {
+        call!(self, Request::CancelApproval { agent: agent.map(str::to_owned), id }, "approval",
+            Response::Approval { approval } => approval)
+    }
+
+    /// The requests this decision answered.
+    pub fn decide(&mut self, req: DecideRequest) -> Result<Vec<Approval>, ClientError> {
+        call!(self, Request::Decide(req), "decided", Response::Decided { decided } => decided)
+    }
+
+    pub fn configure_queue(&mut self, change: QueueChange) -> Result<QueueSettings, ClientError> {
+        call!(self, Request::ConfigureQueue(change), "queue_settings",
+            Response::QueueSettings { settings } => settings)
+    }
+
+    pub fn show_queue(&mut self) -> Result<QueueSettings, ClientError> {
+        call!(self, Request::ShowQueue, "queue_settings", Response::QueueSettings { settings } => settings)
     }
 }
 

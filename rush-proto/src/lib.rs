@@ -11,6 +11,7 @@
 //! writes straight to the user's terminal with no copying through the daemon.
 
 pub mod api;
+pub mod approval;
 pub mod audit;
 pub mod budget;
 pub mod client;

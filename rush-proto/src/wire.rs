@@ -190,6 +190,8 @@ wire_enum! {
         Operator = "operator",
         /// Its cpu budget is spent.
         BudgetCpu = "budget:cpu",
+        /// It asked for a decision with `--freeze`: frozen until the request is decided.
+        Approval = "approval",
     }
 }
 

@@ -98,6 +98,7 @@ fn request_named(name: &str) -> Request {
         "agent": "a", "path": "/", "ops": 1, "target": {"id": 1}, "workspace": "/w",
         "session": {}, "a": "x", "b": "y", "prune": {}, "key": "k", "value": "v", "pid": 1,
         "mode": "write", "text": "x", "task": "t", "content_base64": "", "to": "b",
+        "action": "x", "detail": {"kind": "custom"}, "id": 1, "approve": true,
     });
     match name {
         "audit" | "subscribe" => v = serde_json::json!({}),
@@ -170,7 +171,17 @@ fn every_request_and_error_kind_is_named() {
     assert!(kinds.len() >= 9, "{kinds:?}");
     let missing: Vec<&String> = kinds.iter().filter(|k| !doc.contains(&format!("`{k}`"))).collect();
     assert!(missing.is_empty(), "PROTOCOL.md does not name the error kinds {missing:?}");
-    for kind in ["intent", "claim", "claim_deny", "result", "task"] {
+    for kind in [
+        "intent",
+        "claim",
+        "claim_deny",
+        "result",
+        "task",
+        "approval_requested",
+        "approval_decided",
+        "approval_delivery",
+        "approval_refused",
+    ] {
         assert!(
             doc.contains(&format!("\"kind\":\"{kind}\"")),
             "PROTOCOL.md has no example of the {kind} event"

@@ -11,7 +11,9 @@ use rush_proto::{AgentName, Budget, FileGrant, Hardlinks, NetPolicy, SpecError};
 
 use crate::time;
 
+mod approvals;
 mod coordination;
+pub use approvals::*;
 pub use coordination::*;
 
 const ABOUT: &str = "Run AI agents confined by the kernel";
@@ -43,7 +45,10 @@ Exit status:
   0  success
   1  the request failed (one line on stderr says what and why)
   2  usage error: bad flags or values, refused before reaching the daemon
-  A foreground `rush agent spawn` exits with the agent's own status instead.
+  3  `rush ask --wait`, `rush approval wait`: the request was rejected, expired or cancelled
+  4  `rush ask --wait`, `rush approval wait`: the wait ended with the request still pending
+  A foreground `rush agent spawn` exits with the agent's own status instead, and so does
+  the command of an approved `rush ask --kind command --wait`.
 
 Environment:
   RUSH_SOCKET   the daemon's socket when --socket is not given (set in every agent's
@@ -116,6 +121,34 @@ pub enum Command {
     #[command(long_about = EVENTS_LONG_ABOUT, after_long_help = EVENTS_EXAMPLES)]
     Events(EventsArgs),
 
+    /// Ask a person for a decision; wait for, show, cancel and list requests
+    #[command(subcommand)]
+    Approval(ApprovalCommand),
+
+    /// Ask a person for a decision (the same as `rush approval request`)
+    #[command(long_about = REQUEST_LONG_ABOUT, after_long_help = REQUEST_EXAMPLES)]
+    Ask(Box<RequestArgs>),
+
+    /// List the requests waiting for a person's decision (the same as `rush approval list`)
+    #[command(long_about = LIST_LONG_ABOUT, after_long_help = LIST_EXAMPLES)]
+    Approvals(ListArgs),
+
+    /// Approve a pending request, or a batch of them
+    #[command(long_about = APPROVE_LONG_ABOUT, after_long_help = DECIDE_EXAMPLES)]
+    Approve(ApproveArgs),
+
+    /// Reject a pending request, or a batch of them
+    #[command(long_about = REJECT_LONG_ABOUT, after_long_help = DECIDE_EXAMPLES)]
+    Reject(RejectArgs),
+
+    /// The human attention queue: where each priority goes, batching, similarity, aging
+    #[command(subcommand)]
+    HumanQueue(HumanQueueCommand),
+
+    /// How each class of action is asked: its channel, priority, timeout, batch window
+    #[command(subcommand)]
+    ApprovalPolicy(ApprovalPolicyCommand),
+
     /// Show what this kernel supports and which guarantees hold on this machine
     #[command(long_about = DOCTOR_LONG_ABOUT)]
     Doctor {
@@ -137,7 +170,8 @@ pub enum Command {
                       whatever its uid: it may ask about itself only: `rush agent status`, \
                       `rush capability list`, `rush capability commit`, `rush doctor`, and \
                       coordinate with its session's agents: `rush agent claim`, `broadcast`, \
-                      `publish`, `results`, `delegate`, `inbox`, ...), or unprivileged. The daemon decides from your process's credentials and \
+                      `publish`, `results`, `delegate`, `inbox`, ...; and ask a person: \
+                      `rush ask`, `rush approval wait`), or unprivileged. The daemon decides from your process's credentials and \
                       cgroup, never from anything you say. With --json, one JSON object.")]
     Whoami,
 

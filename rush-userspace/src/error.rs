@@ -4,12 +4,28 @@ use std::io;
 
 use rush_proto::client::ClientError;
 
+/// `rush approval request --wait`, `rush approval wait`: the request was rejected, expired
+/// or was cancelled.
+pub const EXIT_DECLINED: u8 = 3;
+/// `rush approval request --wait`, `rush approval wait`: the wait ended with the request
+/// still pending.
+pub const EXIT_STILL_PENDING: u8 = 4;
+
 /// A command's failure once the command line parsed. Exit statuses follow CLI.md: 1 for
-/// a failed request (usage errors, 2, are all found by clap and reported in `main`).
+/// a failed request, 2 for a usage error (most are found by clap and reported in `main`),
+/// and the statuses of their own of the commands that wait for an answer ([`EXIT_DECLINED`],
+/// [`EXIT_STILL_PENDING`]).
 #[derive(Debug)]
 pub enum Error {
     /// The request failed: exit 1, `rush: <error chain>`, then `rush: hint: <hint>`.
     Failed { error: anyhow::Error, hint: Option<String> },
+    /// A usage error found once clap had parsed the line (flags that need each other, or a
+    /// pair in the wrong order): exit 2, `rush: <message>`, before any request is sent.
+    Usage(String),
+    /// The command ran to its end and its outcome has an exit status of its own (a request
+    /// rejected, still pending; a command that could not be run): exit `code`, `rush:
+    /// <message>`.
+    Status { code: u8, message: String },
     /// Whoever read our stdout stopped (`rush audit | head`): stop quietly, exit 0.
     StdoutClosed,
 }
@@ -51,6 +67,8 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Failed { .. } => 1,
+            Error::Usage(_) => 2,
+            Error::Status { code, .. } => *code,
             Error::StdoutClosed => 0,
         }
     }
@@ -63,6 +81,7 @@ impl Error {
                 lines.extend(hint.iter().map(|h| format!("hint: {h}")));
                 lines
             }
+            Error::Usage(message) | Error::Status { message, .. } => vec![message.clone()],
             Error::StdoutClosed => vec![],
         }
     }
@@ -71,6 +90,12 @@ impl Error {
 impl From<anyhow::Error> for Error {
     fn from(error: anyhow::Error) -> Error {
         Error::Failed { error, hint: None }
+    }
+}
+
+impl From<crate::cli::UsageError> for Error {
+    fn from(e: crate::cli::UsageError) -> Error {
+        Error::Usage(e.0)
     }
 }
 
@@ -136,6 +161,15 @@ mod tests {
         assert!(e.is_unreachable());
         assert!(e.lines()[0].contains("rush-agentd is not running"));
         assert_eq!(e.lines()[1], "hint: try something");
+    }
+
+    #[test]
+    fn usage_errors_and_answers_have_their_own_statuses() {
+        let e = Error::from(crate::cli::UsageError("--kind capability needs --path".into()));
+        assert_eq!((e.exit_code(), e.lines()), (2, vec!["--kind capability needs --path".to_owned()]));
+        let e = Error::Status { code: EXIT_DECLINED, message: "approval 4 rejected".into() };
+        assert_eq!((e.exit_code(), e.lines()), (3, vec!["approval 4 rejected".to_owned()]));
+        assert!(!e.is_unreachable());
     }
 
     #[test]

@@ -84,9 +84,10 @@ fn main() -> Result<()> {
 
 /// The host tier's test suites (kernel-tests/tests/NAME.rs), run one cargo invocation each
 /// so the summary says what each costs; the others run only in the guests.
-const HOST_SUITES: [&str; 20] = [
+const HOST_SUITES: [&str; 21] = [
     "host",
     "coordination",
+    "approvals",
     "etcd",
     "profiles",
     "terminal",

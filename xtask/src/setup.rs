@@ -48,8 +48,9 @@ const NPM: (&str, &str) = ("npm", "npm");
 const BUSYBOX: (&str, &str) = ("busybox", "busybox-static");
 
 /// The official model API clients the meter tests run confined (kernel-tests/tests/meter.rs),
+/// and the SMTP server the approval e-mail tests deliver to (kernel-tests/fixtures/smtp_sink.py),
 /// from PyPI, pinned; installed into a venv under the cache dir.
-pub const SDK_REQUIREMENTS: [&str; 2] = ["anthropic==2.17.0", "openai==3.63.0"];
+pub const SDK_REQUIREMENTS: [&str; 3] = ["anthropic==2.17.0", "openai==3.63.0", "aiosmtpd==1.4.6"];
 
 /// `$VAR`, else `${RUSH_CACHE_DIR:-~/.cache/rush}/NAME`.
 fn cached(var: &str, name: &str) -> std::path::PathBuf {

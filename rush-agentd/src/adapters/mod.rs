@@ -9,6 +9,7 @@ pub mod etcd;
 pub mod harden;
 pub mod landlock;
 pub mod mappings;
+pub mod notify;
 pub mod pty;
 pub mod snapshot;
 pub mod spawn;

@@ -352,6 +352,9 @@ pub struct Coordination {
     mirror: Mutex<HashMap<u64, Vec<(FileKey, ClaimDeny)>>>,
     /// Bumped on every result published or task delegated: what waiters wait on.
     changed: watch::Sender<u64>,
+    /// Holder → (task, lease) of a claim another agent tried to take and lost: whose
+    /// requests for a person's decision are raised (priority inversion).
+    contended: Mutex<HashMap<String, (String, u64)>>,
 }
 
 impl Coordination {
@@ -368,7 +371,17 @@ impl Coordination {
             seen: Mutex::default(),
             mirror: Mutex::default(),
             changed: watch::channel(0).0,
+            contended: Mutex::default(),
         }
+    }
+
+    /// The task of a live claim `agent` holds that another agent tried to take (and waits
+    /// on), if any.
+    pub fn contended_claim(&self, agent: &str) -> Option<String> {
+        let (task, lease) = self.contended.lock().unwrap_or_else(|p| p.into_inner()).get(agent).cloned()?;
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_unix_ms();
+        seen.iter().any(|(t, l, deadline)| *t == task && *l == lease && *deadline > now).then_some(task)
     }
 
     /// What `rush doctor` says of path claims on this daemon.

@@ -2,6 +2,7 @@
 //! domain is a new folder here.
 
 pub mod agent;
+pub mod approvals;
 pub mod audit;
 pub mod baseline;
 pub mod budget;

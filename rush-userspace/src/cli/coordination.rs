@@ -242,7 +242,12 @@ List the open tasks delegated to the agent (see `rush agent delegate`) as a tabl
 FROM RESULT-KEY TEXT, oldest first, or `inbox empty`. A task leaves the inbox when the \
 agent publishes its result under RESULT-KEY. With --wait and an empty inbox, wait until a \
 task arrives or --timeout (60s by default, 1h at most) passes; the inbox is then printed \
-as it is (possibly still empty, exit status 0). With --json, one JSON array of tasks.
+as it is (possibly still empty, exit status 0).
+
+Below the tasks, the agent's requests for a person's decision (`rush ask`) decided since it \
+last looked (here, or with `rush approval wait` or `show`), one line each: `approval 12 \
+approved by uid:0 via cli: write /w/migrations`. With --json, one JSON object: \
+{\"tasks\": [...], \"approvals\": [...]}.
 
 Run by an agent, it is that agent's inbox; the operator reads agent NAME's with --agent \
 NAME.";
@@ -253,7 +258,7 @@ Examples:
   ID  FROM  RESULT-KEY  TEXT
   12  lead  task/12     write tests for src/parser
   A worker's loop:
-    $ while :; do rush agent inbox --wait --timeout 1h --json | jq -c '.[]' | ...; done";
+    $ while :; do rush agent inbox --wait --timeout 1h --json | jq -c '.tasks[]' | ...; done";
 
 #[derive(Debug, Args)]
 pub struct BroadcastArgs {

@@ -265,11 +265,16 @@ pub fn delegate(ctx: &mut Ctx, args: DelegateArgs) -> Result<u8> {
 pub fn inbox(ctx: &mut Ctx, args: InboxArgs) -> Result<u8> {
     let wait_secs = args.wait.then(|| args.timeout.unwrap_or(DEFAULT_WAIT_SECS));
     let agent = name(args.agent);
-    let tasks = ctx.connect()?.inbox(agent.as_deref(), wait_secs)?;
+    let (tasks, approvals) = ctx.connect()?.inbox(agent.as_deref(), wait_secs)?;
     if ctx.out.json {
-        ctx.out.document(&tasks)?;
+        #[derive(serde::Serialize)]
+        struct Inbox<'a> {
+            tasks: &'a [rush_proto::coordination::Task],
+            approvals: &'a [rush_proto::approval::Approval],
+        }
+        ctx.out.document(&Inbox { tasks: &tasks, approvals: &approvals })?;
     } else {
-        ctx.out.text(&render::inbox_table(&tasks))?;
+        ctx.out.text(&render::inbox(&tasks, &approvals))?;
     }
     Ok(0)
 }

@@ -2,6 +2,7 @@
 //! Each returns the exit status on success; failures are `Error`s, mapped in `main`.
 
 mod agent;
+mod approvals;
 mod attach;
 mod audit;
 mod capability;
@@ -19,7 +20,7 @@ use std::path::PathBuf;
 use rush_proto::ErrorKind;
 use rush_proto::client::{Client, ClientError};
 
-use crate::cli::{AgentCommand, CapabilityCommand, Cli, Command};
+use crate::cli::{AgentCommand, ApprovalCommand, CapabilityCommand, Cli, Command};
 use crate::error::{Error, Result};
 use crate::output::Output;
 
@@ -105,6 +106,19 @@ fn run_command(cli: Cli) -> Result<u8> {
         Command::Timeline(cmd) => session::timeline(&mut ctx, cmd),
         Command::Audit(args) => audit::audit(&mut ctx, args),
         Command::Events(args) => events::events(&mut ctx, args),
+        Command::Approval(ApprovalCommand::Request(args)) | Command::Ask(args) => {
+            approvals::request(&mut ctx, *args)
+        }
+        Command::Approval(ApprovalCommand::Wait(args)) => approvals::wait(&mut ctx, args),
+        Command::Approval(ApprovalCommand::Show(args)) => approvals::show(&mut ctx, args),
+        Command::Approval(ApprovalCommand::Cancel(args)) => approvals::cancel(&mut ctx, args),
+        Command::Approval(ApprovalCommand::List(args)) | Command::Approvals(args) => {
+            approvals::list(&mut ctx, args)
+        }
+        Command::Approve(args) => approvals::decide(&mut ctx, &args.target, true, args.ttl),
+        Command::Reject(args) => approvals::decide(&mut ctx, &args.target, false, None),
+        Command::HumanQueue(cmd) => approvals::human_queue(&mut ctx, cmd),
+        Command::ApprovalPolicy(cmd) => approvals::approval_policy(&mut ctx, cmd),
         Command::Doctor { profile: None } => doctor::doctor(&mut ctx),
         Command::Doctor { profile: Some(name) } => doctor::profile(&mut ctx, &name),
         Command::Version => meta::version(&mut ctx),

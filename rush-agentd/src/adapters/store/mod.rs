@@ -20,6 +20,7 @@ use rush_proto::AgentInfo;
 use rusqlite::{Connection, OptionalExtension};
 
 mod agents;
+mod approvals;
 mod coordination;
 mod recovery;
 mod sessions;
@@ -27,6 +28,7 @@ mod sessions;
 mod tests;
 
 pub use agents::{AgentRecord, RestartGrant, RestartRecord};
+pub use approvals::ApprovalRecord;
 pub use coordination::{ClaimRecord, ClaimSwap};
 pub use recovery::{Recovery, recover_if_corrupt};
 pub use sessions::AttachmentRecord;
@@ -182,6 +184,23 @@ const MIGRATIONS: &[&str] = &[
         info TEXT NOT NULL            -- rush_proto::coordination::Task
     );
     CREATE INDEX tasks_by_agent ON tasks (to_agent, state);
+",
+    "
+    -- The human attention queue (approvals.rs): a row per request; only a pending one
+    -- changes state, once. `applied`: an approval's effect (a grant, a budget raise) is done;
+    -- `seen`: the decision was shown to its agent; `token_sha256`: the email links' token.
+    CREATE TABLE approvals (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        agent TEXT NOT NULL,
+        state TEXT NOT NULL,
+        deadline_unix_ms INTEGER NOT NULL,
+        applied INTEGER NOT NULL DEFAULT 0,
+        seen INTEGER NOT NULL DEFAULT 0,
+        token_sha256 TEXT,
+        info TEXT NOT NULL            -- rush_proto::approval::Approval
+    );
+    CREATE INDEX approvals_by_state ON approvals (state, deadline_unix_ms);
+    CREATE INDEX approvals_by_token ON approvals (token_sha256);
 ",
 ];
 

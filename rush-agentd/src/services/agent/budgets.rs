@@ -89,6 +89,34 @@ impl AgentManager {
         self.status(name)
     }
 
+    /// Freezes the agent while a request it made with `--freeze` waits for a person (one
+    /// hold, however many such requests). `rush agent resume` ends it too.
+    pub async fn hold_for_approval(&self, name: &str) -> Result<(), AgentError> {
+        let cg = self.running(name)?;
+        if self.budgets.pause(name).approval {
+            return Ok(());
+        }
+        self.freeze_for(name, &cg).await?;
+        self.set_pause(name, |p| p.approval = true);
+        self.audit.record(Some(name), AuditEvent::Paused { caller_uid: None, reason: PauseReason::Approval });
+        self.persist_agent(name);
+        Ok(())
+    }
+
+    /// Ends [`Self::hold_for_approval`]'s freeze, if it still holds.
+    pub fn release_approval_hold(&self, name: &str) -> Result<(), AgentError> {
+        let cg = self.running(name)?;
+        if !self.budgets.pause(name).approval {
+            return Ok(());
+        }
+        self.cgroups
+            .thaw(&cg)
+            .map_err(|e| AgentError::new(Fault::Internal, format!("thaw {name}: {}", error_chain(&e))))?;
+        self.set_pause(name, |p| p.approval = false);
+        self.persist_agent(name);
+        Ok(())
+    }
+
     /// Running agents of session `session`.
     pub fn in_session(&self, session: &str) -> Vec<String> {
         let reg = self.registry();

@@ -37,6 +37,8 @@ pub struct MeterSetup {
 pub struct Pause {
     pub operator: bool,
     pub cpu_budget: bool,
+    /// Frozen while a request it made with `--freeze` waits for a person.
+    pub approval: bool,
 }
 
 impl Pause {
@@ -44,19 +46,24 @@ impl Pause {
         Pause {
             operator: paused.contains(&PauseReason::Operator),
             cpu_budget: paused.contains(&PauseReason::BudgetCpu),
+            approval: paused.contains(&PauseReason::Approval),
         }
     }
 
     pub fn describe(self) -> Vec<PauseReason> {
-        [(self.operator, PauseReason::Operator), (self.cpu_budget, PauseReason::BudgetCpu)]
-            .into_iter()
-            .filter_map(|(on, r)| on.then_some(r))
-            .collect()
+        [
+            (self.operator, PauseReason::Operator),
+            (self.cpu_budget, PauseReason::BudgetCpu),
+            (self.approval, PauseReason::Approval),
+        ]
+        .into_iter()
+        .filter_map(|(on, r)| on.then_some(r))
+        .collect()
     }
 
     /// How many freezes of the cgroup these reasons hold.
     pub fn freezes(self) -> usize {
-        usize::from(self.operator) + usize::from(self.cpu_budget)
+        usize::from(self.operator) + usize::from(self.cpu_budget) + usize::from(self.approval)
     }
 }
 
@@ -247,7 +254,7 @@ mod tests {
     fn an_adopted_agents_past_is_not_reported_again_and_its_pause_and_spend_come_back() {
         let b = book();
         b.enter("a", AgentBudget::restored(&[PauseReason::BudgetCpu], 1234, None));
-        assert_eq!(b.pause("a"), Pause { operator: false, cpu_budget: true });
+        assert_eq!(b.pause("a"), Pause { operator: false, cpu_budget: true, approval: false });
         assert_eq!(b.pause("a").freezes(), 1);
         assert_eq!(b.new_counts("a", &counts(7, 3)), NewCounts::default(), "the first read sets the mark");
         assert_eq!(b.new_counts("a", &counts(8, 3)), NewCounts { oom_kills: Some(1), fork_refusals: None });

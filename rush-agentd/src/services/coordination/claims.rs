@@ -102,7 +102,13 @@ impl Coordination {
                 });
                 ClaimOutcome { won: true, claim: record.claim, warning }
             }
-            ClaimSwap::Lost(record) => ClaimOutcome { won: false, claim: record.claim, warning: None },
+            ClaimSwap::Lost(record) => {
+                self.contended
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(record.claim.agent.clone(), (record.claim.task.clone(), record.claim.lease));
+                ClaimOutcome { won: false, claim: record.claim, warning: None }
+            }
         })
     }
 
