@@ -618,6 +618,48 @@ fn a_file_confined_agent_on_a_terminal_uses_it_and_nothing_else() {
 /// audited naming the claim; reads and writes elsewhere stay; the holder writes; once the
 /// holder exits the claim is released and the others write again.
 #[test]
+fn a_capability_approved_from_the_queue_reaches_the_kernel_and_the_agents_next_open_succeeds() {
+    let Some(d) = lsm_daemon() else { return };
+    let t = Tree::new();
+    let (tool, rush) = (fs_tool(), bin("rush").display().to_string());
+    let (bins, own) = (bin_grant(), format!("{}:read,write,create", t.a().display()));
+    // Refused, it asks (without waiting), then retries the same write until it gets through.
+    // No restart: BPF LSM changes the map under the running agent (its shell's pid noted).
+    let log = t.p("a/log");
+    let script = format!(
+        "echo $$ > {log}.pid; {tool} write {secret} +agent >> {log}; \
+         {rush} approval request --kind capability --path {b} --ops write --action 'write b/' >> {log}; \
+         while ! {tool} write {secret} +agent > {log}.last; do sleep 0.1; done; cat {log}.last >> {log}; sleep 600",
+        secret = t.p("b/secret"),
+        b = t.p("b"),
+    );
+    let out = d.rush(&[
+        "agent", "spawn", "asker", "--detach", "--allow", &bins, "--allow", &own, "--", "sh", "-c", &script,
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let asked = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(wait_until(Duration::from_secs(60), || asked().contains("pending")), "{}", asked());
+    assert!(asked().starts_with("errno EPERM"), "refused before the approval: {}", asked());
+    let pid = std::fs::read_to_string(format!("{log}.pid")).unwrap();
+    let pending = d.rush_json(&["approvals"]);
+    let id = pending["approvals"][0]["id"].as_u64().unwrap_or_else(|| panic!("{pending}"));
+    let decided = d.rush_json(&["approve", &id.to_string(), "--ttl", "5m"]);
+    let effect = decided.to_string();
+    assert!(effect.contains("granted"), "{effect}");
+    // The same process's next open succeeds: the grant is in the kernel's map.
+    assert!(
+        wait_until(Duration::from_secs(30), || asked().trim_end().ends_with("ok")),
+        "the write never got through: {}",
+        asked()
+    );
+    assert_eq!(std::fs::read_to_string(t.p("b/secret")).unwrap(), "secret data+agent");
+    assert_eq!(std::fs::read_to_string(format!("{log}.pid")).unwrap(), pid, "not restarted");
+    assert_eq!(d.rush_json(&["agent", "status", "asker"])["state"], "running");
+    // Still confined elsewhere.
+    assert_eq!(agent_fs(&d, "other", &[], &["write", &t.p("b/secret"), "+x"]), ["errno EPERM"]);
+}
+
+#[test]
 fn a_path_claim_refuses_the_other_agents_writes_there_and_only_there() {
     let Some(d) = lsm_daemon() else { return };
     let t = Tree::new();
