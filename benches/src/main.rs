@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+mod approvals;
 mod claims;
 mod dns;
 mod events;
@@ -276,6 +277,12 @@ fn main() {
     // `rush-bench claims`: claim + release through Rush vs flock(2) vs a git ref CAS (~30 s).
     if std::env::args().nth(1).as_deref() == Some("claims") {
         claims::run();
+        return;
+    }
+    // `rush-bench approvals`: the human attention queue: request → each channel, approve →
+    // unblocked, vs an `agent_status` round trip; decisions saved by batching (~2 min).
+    if std::env::args().nth(1).as_deref() == Some("approvals") {
+        approvals::run();
         return;
     }
     // `rush-bench terminal`: keystroke echo and attach through Rush vs a plain pty (~20 s).

@@ -377,14 +377,7 @@ impl Approvals {
             Asker::Agent { .. } => Some(self.asking_agent(asker, agent)?),
             Asker::Operator { .. } => agent.map(str::to_owned),
         };
-        let now = now_unix_ms();
-        let pending: Vec<Approval> = self
-            .store
-            .pending_approvals()
-            .map_err(saved)?
-            .into_iter()
-            .map(|a| self.with_priority(a, now))
-            .collect();
+        let pending = self.pending_now()?;
         let batches: Vec<ApprovalBatch> = self
             .batches(&pending)
             .into_iter()
@@ -396,6 +389,7 @@ impl Approvals {
             })
             .collect();
         let mut list = if all {
+            let now = now_unix_ms();
             self.store
                 .all_approvals(1000)
                 .map_err(saved)?
@@ -409,18 +403,22 @@ impl Approvals {
         Ok((list, batches))
     }
 
+    /// The pending requests, with their effective priorities now.
+    fn pending_now(&self) -> Result<Vec<Approval>, ApprovalError> {
+        let now = now_unix_ms();
+        Ok(self
+            .store
+            .pending_approvals()
+            .map_err(saved)?
+            .into_iter()
+            .map(|a| self.with_priority(a, now))
+            .collect())
+    }
+
     /// The batches pending requests fold into (every group, singles included).
     fn batches(&self, pending: &[Approval]) -> Vec<ApprovalBatch> {
         let s = self.settings();
-        let window = |a: &Approval| {
-            s.classes
-                .iter()
-                .find(|c| c.class == Some(a.class))
-                .and_then(|c| c.batch_window_secs)
-                .unwrap_or(s.batch_window_secs)
-                * 1000
-        };
-        batching::group(pending, window, s.similarity)
+        batching::group(pending, |a| window_ms(&s, a), s.similarity)
             .into_iter()
             .map(|g| ApprovalBatch {
                 key: g.key,
@@ -532,14 +530,7 @@ impl Approvals {
                     vec![*id]
                 }
                 ApprovalTarget::Batch(key) => {
-                    let now = now_unix_ms();
-                    let pending: Vec<Approval> = self
-                        .store
-                        .pending_approvals()
-                        .map_err(saved)?
-                        .into_iter()
-                        .map(|a| self.with_priority(a, now))
-                        .collect();
+                    let pending = self.pending_now()?;
                     let ids: Vec<u64> = self
                         .batches(&pending)
                         .into_iter()
@@ -798,6 +789,17 @@ impl Approvals {
             self.changed.send_modify(|n| *n += 1);
         }
     }
+}
+
+/// The batch window of `a`'s class (its policy's, else the queue's), in milliseconds.
+fn window_ms(settings: &QueueSettings, a: &Approval) -> u64 {
+    settings
+        .classes
+        .iter()
+        .find(|c| c.class == Some(a.class))
+        .and_then(|c| c.batch_window_secs)
+        .unwrap_or(settings.batch_window_secs)
+        * 1000
 }
 
 /// The channel a priority routes to (`cli` without a route).

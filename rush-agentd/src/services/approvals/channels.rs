@@ -154,15 +154,7 @@ fn deliver_due(q: &Arc<Approvals>, outlets: &Arc<Outlets>, in_flight: &Arc<Mutex
         return;
     }
     let settings = q.settings();
-    let window_ms = |a: &Approval| {
-        settings
-            .classes
-            .iter()
-            .find(|c| c.class == Some(a.class))
-            .and_then(|c| c.batch_window_secs)
-            .unwrap_or(settings.batch_window_secs)
-            * 1000
-    };
+    let window_ms = |a: &Approval| super::window_ms(&settings, a);
     let mut channels: Vec<Channel> = waiting.iter().map(|a| a.channel.clone()).collect();
     channels.sort();
     channels.dedup();
