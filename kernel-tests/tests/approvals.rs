@@ -680,4 +680,17 @@ fn queue_settings_are_stored_shown_and_checked() {
     let t = a["deadline_unix_ms"].as_u64().unwrap() - a["created_unix_ms"].as_u64().unwrap();
     assert_eq!(t, 3_600_000, "{a}");
     assert_eq!(a["state"], ApprovalState::Pending.as_str());
+    // Text with an escape sequence never reaches the person's terminal, chat or mail.
+    let bad = d.rush(&[
+        "approval",
+        "request",
+        "--agent",
+        &agents[0],
+        "--kind",
+        "custom",
+        "--action",
+        "ok\x1b]52;c;eA==\x07",
+    ]);
+    assert_ne!(bad.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("control characters"), "{}", describe(&bad));
 }

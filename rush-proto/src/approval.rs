@@ -452,6 +452,11 @@ pub fn check_request(req: &ApprovalRequest) -> Result<(), String> {
     if req.action.trim().is_empty() {
         return Err("action: empty (say what the agent wants to do)".into());
     }
+    // The text reaches terminals, chat clients and mail readers: no control characters (an
+    // escape sequence in an action is an attack on the person reading it).
+    if req.action.chars().any(char::is_control) {
+        return Err("action: control characters are not allowed (one line of text)".into());
+    }
     if req.action.len() > MAX_TEXT {
         return Err(format!("action: {} bytes, over the limit of {MAX_TEXT}", req.action.len()));
     }
@@ -480,6 +485,11 @@ pub fn check_request(req: &ApprovalRequest) -> Result<(), String> {
             }
         }
         ApprovalDetail::Custom { text } => {
+            if text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+                return Err(
+                    "detail.text: control characters other than newline and tab are not allowed".into()
+                );
+            }
             if text.len() > MAX_TEXT {
                 return Err(format!("detail.text: {} bytes, over the limit of {MAX_TEXT}", text.len()));
             }
@@ -552,5 +562,10 @@ mod tests {
         assert!(check_request(&r).is_ok());
         r.action = " ".into();
         assert!(check_request(&r).unwrap_err().starts_with("action"));
+        r.action = "ok\x1b]52;c;cm0gLXJmIH4=\x07".into();
+        assert!(check_request(&r).unwrap_err().starts_with("action: control"));
+        r.action = "ok".into();
+        r.detail = ApprovalDetail::Custom { text: "line\nline\x1b[2J".into() };
+        assert!(check_request(&r).unwrap_err().starts_with("detail.text"));
     }
 }

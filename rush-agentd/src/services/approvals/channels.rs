@@ -405,13 +405,21 @@ impl DecisionSink for Sink {
             ApprovalTarget::Id(id) => Some(*id),
             ApprovalTarget::Batch(_) => None,
         };
-        let req = DecideRequest {
-            target,
-            approve: callback.approve,
-            exclude: vec![],
-            ttl_secs: None,
-            reason: None,
+        // A batch button decides what the person could have seen: the batch's requests
+        // delivered to a channel, not ones that arrived after the message went out.
+        let exclude: Vec<u64> = match &target {
+            ApprovalTarget::Batch(_) => self
+                .q
+                .store
+                .pending_approvals()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|a| a.delivered_unix_ms.is_none())
+                .map(|a| a.id)
+                .collect(),
+            ApprovalTarget::Id(_) => Vec::new(),
         };
+        let req = DecideRequest { target, approve: callback.approve, exclude, ttl_secs: None, reason: None };
         // Grants are made by the daemon for the verified approver (root's authority).
         let decider = Decider { by, via, uid: 0 };
         match self.runtime.block_on(self.q.decide(req, &decider)) {
