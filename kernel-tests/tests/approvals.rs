@@ -694,3 +694,107 @@ fn queue_settings_are_stored_shown_and_checked() {
     assert_ne!(bad.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("control characters"), "{}", describe(&bad));
 }
+
+fn cpu_used(d: &Daemon, agent: &str) -> u64 {
+    let s = d.rush_json(&["agent", "status", agent]);
+    s["usage"].as_array().unwrap().iter().find(|u| u["resource"] == "cpu").unwrap()["used"].as_u64().unwrap()
+}
+
+#[test]
+fn an_approved_budget_raise_resumes_an_agent_frozen_at_its_cpu_budget() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start();
+    let spin = bin("rush-test-budget").display().to_string();
+    let out = d.rush(&["agent", "spawn", "spin", "--budget", "cpu:1s", "--detach", "--", &spin, "spin"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let paused = || d.rush_json(&["agent", "status", "spin"])["paused"] == "budget:cpu";
+    assert!(wait_until(Duration::from_secs(60), paused), "not frozen at its budget");
+    // Frozen, it cannot ask; the operator asks on its behalf (a supervisor would).
+    let a = d.rush_json(&[
+        "approval", "request", "--agent", "spin", "--kind", "budget", "--budget", "cpu:3s", "--action",
+        "more cpu",
+    ]);
+    assert_eq!(a["origin"], "operator");
+    let before = cpu_used(&d, "spin");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(cpu_used(&d, "spin") < before + 50, "ran while frozen");
+    let out = d.rush(&["approve", &a["id"].to_string()]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(wait_until(Duration::from_secs(20), || cpu_used(&d, "spin") > before + 300), "not resumed");
+    let s = d.rush_json(&["agent", "status", "spin"]);
+    assert_eq!(s["budget"]["cpu_ms"], 3000, "{s}");
+    let decided = approval(&d, a["id"].as_u64().unwrap());
+    assert!(decided["decision"]["effect"].as_str().unwrap().contains("budget now"), "{decided}");
+}
+
+#[test]
+fn an_approved_command_is_run_by_the_asker_and_a_rejected_one_is_not() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start();
+    let w = workspace();
+    let (rush, wd) = (bin("rush").display().to_string(), w.path().display().to_string());
+    for name in ["yes", "no"] {
+        let script = format!(
+            "{rush} ask --kind command --action 'mark {name}' --wait -- sh -c 'echo ran > {wd}/out/{name}; exit 7'; \
+             echo $? > {wd}/out/{name}.rc; sleep 600"
+        );
+        spawn_asker(&d, &format!("cmd-{name}"), w.path(), &script, &[]);
+    }
+    assert!(wait_until(Duration::from_secs(10), || approvals(&d, false).len() == 2));
+    for a in approvals(&d, false) {
+        assert_eq!(a["detail"]["kind"], "command", "{a}");
+        let verb = if a["agent"] == "cmd-yes" { "approve" } else { "reject" };
+        assert!(d.rush(&[verb, &a["id"].to_string()]).status.success());
+    }
+    let rc = |n: &str| std::fs::read_to_string(w.path().join(format!("out/{n}.rc"))).unwrap_or_default();
+    assert!(wait_until(Duration::from_secs(10), || !rc("yes").is_empty() && !rc("no").is_empty()));
+    // Approved: run, with its own exit status; rejected: not run, exit 3.
+    assert_eq!(std::fs::read_to_string(w.path().join("out/yes")).unwrap(), "ran\n");
+    assert_eq!(rc("yes").trim(), "7");
+    assert!(!w.path().join("out/no").exists());
+    assert_eq!(rc("no").trim(), "3");
+}
+
+#[test]
+fn a_request_from_an_agent_holding_a_claim_another_waits_on_is_raised_to_high() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start_with_config("[approvals]\naging = \"0s\"\n");
+    d.sleepers("c", 3);
+    assert_eq!(d.rush_json(&["agent", "claim", "schema", "--agent", "c0"])["won"], true);
+    let ask = |agent: &str| {
+        d.rush_json(&[
+            "approval",
+            "request",
+            "--agent",
+            agent,
+            "--kind",
+            "custom",
+            "--priority",
+            "low",
+            "--action",
+            "may I",
+        ])
+    };
+    let holder = ask("c0")["id"].as_u64().unwrap();
+    let other = ask("c2")["id"].as_u64().unwrap();
+    assert_eq!(approval(&d, holder)["effective_priority"], "low");
+    // c1 wants the same task and loses: c0's request now blocks c1 too.
+    assert_ne!(d.rush(&["agent", "claim", "schema", "--agent", "c1"]).status.code(), Some(0));
+    assert!(
+        wait_until(Duration::from_secs(5), || approval(&d, holder)["effective_priority"] == "high"),
+        "{}",
+        approval(&d, holder)
+    );
+    let a = approval(&d, holder);
+    assert!(a["raised_because"].as_str().unwrap().contains("schema"), "{a}");
+    assert_eq!(approval(&d, other)["effective_priority"], "low");
+    // Released: back to what it asked.
+    assert!(d.rush(&["agent", "release", "schema", "--agent", "c0"]).status.success());
+    assert!(wait_until(Duration::from_secs(5), || approval(&d, holder)["effective_priority"] == "low"));
+}
