@@ -197,6 +197,84 @@ coordination_scene() {
     show rush agent claims
 }
 
+# The human attention queue: three agents that may only read migrations/ each ask, as
+# themselves, for write on their file and wait; the requests share a batch key (capability,
+# ops, directory), so the person sees one item and approves it once. A fourth request,
+# with a 2 s deadline nobody meets, is rejected by the daemon's clock.
+approvals_scene() {
+    if ! rush doctor | grep -Eq '^file tokens +yes'; then
+        scene "Approvals: skipped here (no file tokens on this kernel: an approved capability could not be granted; \`cargo xtask demo --vm\` shows it)"
+        return
+    fi
+    MW=$WS/migrate
+    R=$BIN/rush
+    mkdir -p "$MW/migrations" "$MW/tools"
+    printf -- '-- 000: the first schema\n' > "$MW/migrations/000_init.sql"
+    for n in 001 002 003; do : > "$MW/migrations/$n.sql"; done
+    cat > "$MW/tools/migrate" <<EOF2
+# migrate NNN [flags of rush approval request]: writes migrations/NNN.sql, asking first
+# for write access when it has none.
+n=\$1; shift; f=$MW/migrations/\$n.sql
+w() { { printf -- '-- %s: written by an agent\n' "\$n" > "\$f"; } 2>/dev/null; }
+if w; then echo "wrote migrations/\$n.sql"; exit 0; fi
+echo "migrations/ is read-only to me: asking for write on \$n.sql"
+$R approval request --kind capability --path "\$f" --ops write --action "write migrations/" --wait "\$@" \\
+    || { echo "not approved: migrations/\$n.sql left as it was"; exit 3; }
+until w; do sleep 0.2; done
+echo "wrote migrations/\$n.sql"
+EOF2
+    scene "Approvals: three agents may only read migrations/; each asks for write on its file, and waits"
+    show cat "$MW/tools/migrate"
+    for n in 1 2 3; do
+        show rush agent spawn mig$n --detach --allow "$MW:read" --allow "$R:read,exec" -- sh "$MW/tools/migrate" 00$n
+    done
+    i=0
+    until [ "$(rush approvals | grep -c ' mig[123] .* capability ')" -eq 3 ]; do
+        i=$((i + 1)); [ $i -lt 100 ] || { rush approvals; fail "the three agents' requests are not all pending"; }
+        sleep 0.2
+    done
+    scene "Alike (one key: capability, write, migrations/) and within the batch window: one item for the person"
+    show rush approvals
+    KEY=capability:write:$MW/migrations
+    rush approvals | grep -q "^batch $KEY: 3 requests" || fail "the three requests were not batched as one item"
+    show rush approve --batch "$KEY"
+    i=0
+    until [ -s "$MW/migrations/001.sql" ] && [ -s "$MW/migrations/002.sql" ] && [ -s "$MW/migrations/003.sql" ]; do
+        i=$((i + 1)); [ $i -lt 100 ] || fail "the approved agents did not write their migrations"
+        sleep 0.2
+    done
+    scene "Approved once, all three proceed: each got its token and wrote its file"
+    [ "${BACKEND:-}" = landlock ] \
+        && echo "(Landlock: each approval restarted its agent under the widened rules; the script ran again, and wrote)"
+    show head "$MW/migrations/001.sql" "$MW/migrations/002.sql" "$MW/migrations/003.sql"
+    show rush agent logs mig2
+    show rush audit --agent mig2 --kind approval_requested,approval_decided,grant
+
+    scene "A fourth request, with a 2 s deadline and --on-timeout reject: nobody answers it"
+    show rush agent spawn mig4 --detach --allow "$MW:read" --allow "$R:read,exec" -- \
+        sh "$MW/tools/migrate" 000_init --timeout 2s --on-timeout reject
+    i=0
+    until ID=$(rush --json approvals | sed -n 's/^ *"id": *\([0-9]*\),*$/\1/p' | head -1); [ -n "$ID" ]; do
+        i=$((i + 1)); [ $i -lt 50 ] || fail "mig4's request is not pending"
+        sleep 0.1
+    done
+    show rush approvals
+    i=0
+    until rush approval show "$ID" | grep -q expired; do
+        i=$((i + 1)); [ $i -lt 50 ] || fail "request $ID did not expire at its deadline"
+        sleep 0.2
+    done
+    show_kept rush approval show "$ID"
+    case $OUT in *"state:"*expired*"expired at its deadline"*) ;; *) fail "request $ID is not shown expired at its deadline" ;; esac
+    i=0
+    until rush agent logs mig4 | grep -q 'not approved'; do
+        i=$((i + 1)); [ $i -lt 50 ] || fail "mig4 was not told its request expired"
+        sleep 0.2
+    done
+    show rush agent logs mig4
+    grep -q 'first schema' "$MW/migrations/000_init.sql" || fail "the expired request's file was written"
+}
+
 budget_scenes() {
     scene "Budgets: a busy loop with cpu:2s is frozen when it has used its 2 s of CPU"
     show rush agent spawn spinner --detach --budget cpu:2s,pids:32 -- sh -c 'while :; do :; done'
@@ -309,6 +387,7 @@ if ! rush doctor | grep -Eq '^file tokens +yes'; then
     terminal_scene
     meter_scene
     coordination_scene
+    approvals_scene
     budget_scenes
     rollback_scene
     printf '\ndemo finished\n'
@@ -342,6 +421,7 @@ if [ $BACKEND = landlock ]; then
     terminal_scene
     meter_scene
     coordination_scene
+    approvals_scene
     budget_scenes
     rollback_scene
     printf '\ndemo finished\n'
@@ -384,6 +464,7 @@ start_daemon
 terminal_scene
 meter_scene
 coordination_scene
+approvals_scene
 budget_scenes
 rollback_scene
 printf '\ndemo finished\n'

@@ -280,7 +280,7 @@ fn main() {
         return;
     }
     // `rush-bench approvals`: the human attention queue: request → each channel, approve →
-    // unblocked, vs an `agent_status` round trip; decisions saved by batching (~2 min).
+    // unblocked, vs an `agent_status` round trip; decisions saved by batching (~30 s).
     if std::env::args().nth(1).as_deref() == Some("approvals") {
         approvals::run();
         return;

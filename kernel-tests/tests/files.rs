@@ -623,13 +623,13 @@ fn a_capability_approved_from_the_queue_reaches_the_kernel_and_the_agents_next_o
     let t = Tree::new();
     let (tool, rush) = (fs_tool(), bin("rush").display().to_string());
     let (bins, own) = (bin_grant(), format!("{}:read,write,create", t.a().display()));
-    // Refused, it asks (without waiting), then retries the same write until it gets through.
-    // No restart: BPF LSM changes the map under the running agent (its shell's pid noted).
+    // Refused, it asks and waits; told "approved", it writes once: the grant is in the map by
+    // then. No restart: BPF LSM changes the map under the running agent (its pid noted).
     let log = t.p("a/log");
     let script = format!(
         "echo $$ > {log}.pid; {tool} write {secret} +agent >> {log}; \
-         {rush} approval request --kind capability --path {b} --ops write --action 'write b/' >> {log}; \
-         while ! {tool} write {secret} +agent > {log}.last; do sleep 0.1; done; cat {log}.last >> {log}; sleep 600",
+         {rush} approval request --kind capability --path {b} --ops write --action 'write b/' --wait >> {log} \
+         && {tool} write {secret} +agent >> {log}; sleep 600",
         secret = t.p("b/secret"),
         b = t.p("b"),
     );
@@ -638,18 +638,18 @@ fn a_capability_approved_from_the_queue_reaches_the_kernel_and_the_agents_next_o
     ]);
     assert!(out.status.success(), "{}", describe(&out));
     let asked = || std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(wait_until(Duration::from_secs(60), || asked().contains("pending")), "{}", asked());
+    let pending = || d.rush_json(&["approvals"])["approvals"][0]["id"].as_u64();
+    assert!(wait_until(Duration::from_secs(60), || pending().is_some()), "never asked: {}", asked());
     assert!(asked().starts_with("errno EPERM"), "refused before the approval: {}", asked());
     let pid = std::fs::read_to_string(format!("{log}.pid")).unwrap();
-    let pending = d.rush_json(&["approvals"]);
-    let id = pending["approvals"][0]["id"].as_u64().unwrap_or_else(|| panic!("{pending}"));
+    let id = pending().unwrap();
     let decided = d.rush_json(&["approve", &id.to_string(), "--ttl", "5m"]);
     let effect = decided.to_string();
     assert!(effect.contains("granted"), "{effect}");
-    // The same process's next open succeeds: the grant is in the kernel's map.
+    // Its one write after the answer succeeds: the grant is in the kernel's map.
     assert!(
         wait_until(Duration::from_secs(30), || asked().trim_end().ends_with("ok")),
-        "the write never got through: {}",
+        "the write after the approval failed: {}",
         asked()
     );
     assert_eq!(std::fs::read_to_string(t.p("b/secret")).unwrap(), "secret data+agent");

@@ -96,6 +96,17 @@ impl ApprovalAgents for AgentsForApprovals {
         })
     }
 
+    fn grantable(&self, path: &Path) -> Result<(), String> {
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!(
+                "{}: {e} (a token names an existing file or directory: to make new files, ask for their \
+                 directory with create)",
+                path.display()
+            )),
+        }
+    }
+
     fn grant<'a>(
         &'a self,
         agent: &'a str,

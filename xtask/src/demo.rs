@@ -1,8 +1,8 @@
 //! The README's main job: `vm-images/demo.sh`, a short narrated scenario with the real
 //! daemon and CLI: a network denial, file tokens (allowed inside, EPERM outside), a revoke
 //! that reaches an open file, a TTL that lapses with the daemon dead, a full-screen agent
-//! on its own terminal attached and detached, a metered SDK call over TLS, budgets, a
-//! rollback.
+//! on its own terminal attached and detached, a metered SDK call over TLS, three agents'
+//! approval requests batched and approved once (and one expiring), budgets, a rollback.
 //!
 //! File tokens need BPF LSM or Landlock. Where this kernel can enforce them with either the
 //! demo runs here (on this project's own hosts: Landlock, whose scenes show a revoke

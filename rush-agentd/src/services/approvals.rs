@@ -83,6 +83,8 @@ pub type Pending<'a, T> = Pin<Box<dyn Future<Output = Result<T, String>> + Send 
 /// What the queue needs of the agents service (implemented at the edge, handles.rs).
 pub trait ApprovalAgents: Send + Sync {
     fn agent(&self, name: &str) -> Option<AgentFacts>;
+    /// Whether a token could be granted on `path` (it exists); Err says why not.
+    fn grantable(&self, path: &Path) -> Result<(), String>;
     /// Grants `ops` on `path` for `ttl_secs`; one line saying what it did.
     fn grant<'a>(
         &'a self,
@@ -211,6 +213,13 @@ impl Approvals {
         origin: ApprovalOrigin,
     ) -> Result<Approval, ApprovalError> {
         rush_proto::approval::check_request(&req).map_err(invalid)?;
+        // A token names an existing file or directory: refused now, not approved and then
+        // impossible to grant.
+        if let ApprovalDetail::Capability { path, .. } = &req.detail {
+            self.agents
+                .grantable(path)
+                .map_err(|why| ApprovalError::new(Fault::NotFound, format!("detail.path: {why}")))?;
+        }
         let facts = self
             .agents
             .agent(agent)
@@ -294,7 +303,11 @@ impl Approvals {
         if !settings.deny_to_ask.iter().any(|t| t == trust) || !path.starts_with('/') || ops.0 == 0 {
             return None;
         }
-        let path = PathBuf::from(path);
+        let mut path = PathBuf::from(path);
+        // A refused create names a file that is not there: ask for its directory.
+        if self.agents.grantable(&path).is_err() {
+            path = path.parent().map(Path::to_path_buf)?;
+        }
         let detail = ApprovalDetail::Capability { path: path.clone(), ops };
         let already =
             self.store.pending_approvals().ok()?.into_iter().any(|a| a.agent == agent && a.detail == detail);
@@ -465,7 +478,14 @@ impl Approvals {
         loop {
             changes.borrow_and_update();
             let a = self.get(asker, agent, id)?;
-            if a.state != ApprovalState::Pending || tokio::time::Instant::now() >= deadline {
+            // Approved is answered once its effect is done (the token granted): an agent
+            // told "approved" may use the grant at once.
+            let settled = match a.state {
+                ApprovalState::Pending => false,
+                ApprovalState::Approved => a.decision.as_ref().is_some_and(|d| d.effect.is_some()),
+                _ => true,
+            };
+            if settled || tokio::time::Instant::now() >= deadline {
                 return Ok(a);
             }
             if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {

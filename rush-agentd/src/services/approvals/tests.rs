@@ -29,6 +29,9 @@ impl ApprovalAgents for Agents {
         let (_, trust) = alive.iter().find(|(n, _)| n == name)?;
         Some(AgentFacts { session: Some("s".into()), trust: trust.clone(), alive: true })
     }
+    fn grantable(&self, path: &Path) -> Result<(), String> {
+        if path.starts_with("/gone") { Err(format!("{}: not there", path.display())) } else { Ok(()) }
+    }
     fn grant<'a>(
         &'a self,
         agent: &'a str,
@@ -162,6 +165,9 @@ async fn an_agent_asks_only_as_itself_and_sees_only_its_own() {
     // An operator must say for whom.
     let e = f.q.request(Asker::Operator { uid: 0 }, write_on("/w/a")).await.unwrap_err();
     assert_eq!(e.fault, Fault::Malformed);
+    let e = f.q.request(me("coder"), write_on("/gone/x")).await.unwrap_err();
+    assert_eq!(e.fault, Fault::NotFound);
+    assert!(e.message.starts_with("detail.path: /gone/x"), "{}", e.message);
     let e = f.q.request(me("ghost"), write_on("/w/a")).await.unwrap_err();
     assert_eq!(e.fault, Fault::NotFound);
 }
