@@ -197,6 +197,16 @@ impl Approvals {
             Asker::Operator { .. } => ApprovalOrigin::Operator,
         };
         let agent = self.asking_agent(asker, req.agent.as_deref())?;
+        // An agent asking in its first instants may be in its cgroup (which named it) before
+        // the agents service lists it running: give the spawn a moment to finish.
+        if let Asker::Agent { .. } = asker {
+            for _ in 0..100 {
+                if self.agents.agent(&agent).is_some_and(|a| a.alive) {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
         let approval = self.create(&agent, req, origin)?;
         if approval.freeze
             && let Err(e) = self.agents.hold(&agent).await
