@@ -169,6 +169,12 @@ impl Approvals {
         settings::effective(&self.base, &self.stored.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// The aging step in effect, without building the whole settings (asked per request
+    /// listed).
+    fn aging_secs(&self) -> u64 {
+        self.stored.lock().unwrap_or_else(|p| p.into_inner()).aging_secs.unwrap_or(self.base.aging_secs)
+    }
+
     fn guard(&self) -> std::sync::MutexGuard<'_, ()> {
         self.lock.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -306,11 +312,15 @@ impl Approvals {
     /// A kernel file denial of `agent` (`op` on `path`): a pending capability request, if
     /// its trust level turns denials into requests, none for that path and ops is pending,
     /// and its per-minute allowance is not spent.
+    /// Called for every file denial the event pump admits: the trust levels are config.toml's
+    /// only (nothing stored overrides them), so most calls end at the first check.
     pub fn ask_from_denial(&self, agent: &str, path: &str, ops: Ops) -> Option<Approval> {
-        let settings = self.settings();
+        if self.base.deny_to_ask.is_empty() || !path.starts_with('/') || ops.0 == 0 {
+            return None;
+        }
         let facts = self.agents.agent(agent)?;
         let trust = facts.trust.as_deref()?;
-        if !settings.deny_to_ask.iter().any(|t| t == trust) || !path.starts_with('/') || ops.0 == 0 {
+        if !self.base.deny_to_ask.iter().any(|t| t == trust) {
             return None;
         }
         let mut path = PathBuf::from(path);
@@ -360,7 +370,7 @@ impl Approvals {
         let mut p = a.priority;
         let mut why = None;
         if a.state == ApprovalState::Pending {
-            let aging = self.settings().aging_secs;
+            let aging = self.aging_secs();
             if aging > 0 {
                 let levels = now.saturating_sub(a.created_unix_ms) / (aging * 1000);
                 for _ in 0..levels.min(2) {
@@ -545,7 +555,7 @@ impl Approvals {
             ));
         }
         let state = if req.approve { ApprovalState::Approved } else { ApprovalState::Rejected };
-        let ttl = req.approve.then(|| req.ttl_secs.unwrap_or(self.settings().grant_ttl_secs));
+        let ttl = req.approve.then(|| req.ttl_secs.unwrap_or(self.base.grant_ttl_secs));
         let mut decided = Vec::new();
         {
             let _g = self.guard();
@@ -625,7 +635,7 @@ impl Approvals {
         };
         let decided = self
             .store
-            .decide_approval(id, |a| {
+            .update_pending(id, |a| {
                 a.state = state;
                 a.decision = Some(decision);
             })
@@ -672,7 +682,7 @@ impl Approvals {
             }
             return a;
         }
-        let ttl = a.decision.as_ref().and_then(|d| d.ttl_secs).unwrap_or(self.settings().grant_ttl_secs);
+        let ttl = a.decision.as_ref().and_then(|d| d.ttl_secs).unwrap_or(self.base.grant_ttl_secs);
         let effect = match &a.detail {
             ApprovalDetail::Capability { path, ops } => {
                 self.agents.grant(&a.agent, path, *ops, ttl, uid).await

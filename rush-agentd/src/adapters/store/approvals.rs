@@ -84,17 +84,9 @@ impl Store {
         )
     }
 
-    /// Decides a pending request: `change` turns it into its decided form. None if it is
-    /// not pending (decided meanwhile, or unknown): nothing changes then.
-    pub fn decide_approval(
-        &self,
-        id: u64,
-        change: impl FnOnce(&mut Approval),
-    ) -> Result<Option<Approval>, StoreError> {
-        self.update_pending(id, change)
-    }
-
-    /// Changes a pending request (escalation, delivery); None if it is not pending.
+    /// Changes a pending request (a decision, an escalation, a delivery): `change` turns it
+    /// into its new form. None if it is not pending (decided meanwhile, or unknown): nothing
+    /// changes then.
     pub fn update_pending(
         &self,
         id: u64,

@@ -241,7 +241,7 @@ async fn a_deadline_passed_while_the_daemon_was_down_is_applied_late_and_nothing
     }
     // An approval whose effect a crash cut off: decided in the store, not applied.
     f.store
-        .decide_approval(ids[50], |a| {
+        .update_pending(ids[50], |a| {
             a.state = ApprovalState::Approved;
             a.decision = Some(Decision {
                 by: "uid:0".into(),
