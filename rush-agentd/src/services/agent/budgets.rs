@@ -11,18 +11,22 @@ use crate::services::agent::AgentError;
 impl AgentManager {
     /// Freezes the agent until `resume`.
     pub async fn pause(&self, name: &str, caller: &Caller) -> Result<AgentInfo, AgentError> {
+        self.hold(name, PauseReason::Operator, Some(caller.uid)).await?;
+        self.status(name)
+    }
+
+    /// Freezes the running agent for `reason`, once: a reason already holding it changes
+    /// nothing. Audited as `paused`, kept in its stored info.
+    async fn hold(&self, name: &str, reason: PauseReason, caller_uid: Option<u32>) -> Result<(), AgentError> {
         let cg = self.running(name)?;
-        if self.budgets.pause(name).operator {
-            return self.status(name);
+        if self.budgets.pause(name).has(reason) {
+            return Ok(());
         }
         self.freeze_for(name, &cg).await?;
-        self.set_pause(name, |p| p.operator = true);
-        self.audit.record(
-            Some(name),
-            AuditEvent::Paused { caller_uid: Some(caller.uid), reason: PauseReason::Operator },
-        );
+        self.set_pause(name, |p| p.set(reason, true));
+        self.audit.record(Some(name), AuditEvent::Paused { caller_uid, reason });
         self.persist_agent(name);
-        self.status(name)
+        Ok(())
     }
 
     /// Thaws the agent, first raising its budget by `raise`. Refused, with the agent left
@@ -92,15 +96,7 @@ impl AgentManager {
     /// Freezes the agent while a request it made with `--freeze` waits for a person (one
     /// hold, however many such requests). `rush agent resume` ends it too.
     pub async fn hold_for_approval(&self, name: &str) -> Result<(), AgentError> {
-        let cg = self.running(name)?;
-        if self.budgets.pause(name).approval {
-            return Ok(());
-        }
-        self.freeze_for(name, &cg).await?;
-        self.set_pause(name, |p| p.approval = true);
-        self.audit.record(Some(name), AuditEvent::Paused { caller_uid: None, reason: PauseReason::Approval });
-        self.persist_agent(name);
-        Ok(())
+        self.hold(name, PauseReason::Approval, None).await
     }
 
     /// Ends [`Self::hold_for_approval`]'s freeze, if it still holds.

@@ -61,6 +61,23 @@ impl Pause {
         .collect()
     }
 
+    /// The flag of one reason.
+    fn flag(&mut self, reason: PauseReason) -> &mut bool {
+        match reason {
+            PauseReason::Operator => &mut self.operator,
+            PauseReason::BudgetCpu => &mut self.cpu_budget,
+            PauseReason::Approval => &mut self.approval,
+        }
+    }
+
+    pub fn has(mut self, reason: PauseReason) -> bool {
+        *self.flag(reason)
+    }
+
+    pub fn set(&mut self, reason: PauseReason, on: bool) {
+        *self.flag(reason) = on;
+    }
+
     /// How many freezes of the cgroup these reasons hold.
     pub fn freezes(self) -> usize {
         usize::from(self.operator) + usize::from(self.cpu_budget) + usize::from(self.approval)
