@@ -166,6 +166,8 @@ fn approve(id: u64) -> DecideRequest {
         exclude: vec![],
         ttl_secs: None,
         reason: None,
+        remember: None,
+        remember_scope: None,
     }
 }
 

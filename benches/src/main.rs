@@ -14,6 +14,7 @@ mod approvals;
 mod claims;
 mod dns;
 mod events;
+mod gating;
 mod hardening;
 mod landlock_audit;
 mod meter;
@@ -283,6 +284,13 @@ fn main() {
     // unblocked, vs an `agent_status` round trip; decisions saved by batching (~30 s).
     if std::env::args().nth(1).as_deref() == Some("approvals") {
         approvals::run();
+        return;
+    }
+    // `rush-bench gating`: risk gating's decision over the corpus, in process vs
+    // brush-parser's parse alone, through the daemon vs `hello`, `rush explain` vs `rush
+    // version` (~30 s).
+    if std::env::args().nth(1).as_deref() == Some("gating") {
+        gating::run();
         return;
     }
     // `rush-bench terminal`: keystroke echo and attach through Rush vs a plain pty (~20 s).

@@ -302,6 +302,8 @@ fn a_daemon_killed_with_a_hundred_requests_pending_loses_none_and_decides_none_t
                 exclude: vec![],
                 ttl_secs: None,
                 reason: None,
+                remember: None,
+                remember_scope: None,
             };
             match c.decide(req) {
                 Ok(done) => acked.extend(done.into_iter().map(|a| a.id)),

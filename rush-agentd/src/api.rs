@@ -26,6 +26,7 @@ use crate::services::approvals::{ApprovalError, Asker, Decider};
 use crate::services::audit::AuditLog;
 use crate::services::coordination::{Actor, CoordinationError};
 use crate::services::events::Published;
+use crate::services::gating::GatingError;
 use crate::services::session::SessionError;
 use rush_proto::approval::DecidedVia;
 
@@ -90,6 +91,7 @@ pub struct ApiContext {
     pub sessions: Arc<crate::services::session::Sessions>,
     pub coordination: Arc<crate::services::coordination::Coordination>,
     pub approvals: Arc<crate::services::approvals::Approvals>,
+    pub gating: Arc<crate::services::gating::Gating>,
     pub audit: Arc<AuditLog>,
     pub operator_gid: Option<u32>,
     /// The v2 cgroup path prefix of agents, e.g. "/rush/": callers under it are agents.
@@ -609,7 +611,12 @@ async fn answer(peer: &Peer, request: Request, ctx: &ApiContext) -> Result<Respo
             checkpoint: sessions.checkpoint(session, name, with_processes, shell, caller).await?,
         },
         Request::Rollback { session, name } => {
-            Response::RolledBack { report: sessions.rollback(session, name, caller).await? }
+            let report = sessions.rollback(session, name.clone(), caller).await?;
+            // A rollback right after a command is a lesson about that command.
+            if let Some(g) = ctx.gating.rolled_back(&report.checkpoint.session, &name) {
+                tracing::info!(guardrail = g.id, pattern = %g.pattern, "guardrail learned from a rollback");
+            }
+            Response::RolledBack { report }
         }
         Request::Branch { session, name, from } => {
             Response::TimelineChanged { timeline: sessions.branch(session, name, from, caller).await? }
@@ -696,7 +703,8 @@ async fn answer(peer: &Peer, request: Request, ctx: &ApiContext) -> Result<Respo
             Response::Inbox { tasks, approvals }
         }
         Request::RequestApproval(req) => {
-            Response::Approval { approval: ctx.approvals.request(asker(peer), req).await? }
+            let risk = command_risk(&req, peer, &ctx.gating);
+            Response::Approval { approval: ctx.approvals.request(asker(peer), req, risk).await? }
         }
         Request::ListApprovals { agent, all } => {
             let (approvals, batches) = ctx.approvals.list(asker(peer), agent.as_deref(), all)?;
@@ -710,12 +718,40 @@ async fn answer(peer: &Peer, request: Request, ctx: &ApiContext) -> Result<Respo
         }
         Request::Decide(req) => {
             let by = Decider { by: format!("uid:{}", caller.uid), via: DecidedVia::Cli, uid: caller.uid };
-            Response::Decided { decided: ctx.approvals.decide(req, &by).await? }
+            let (remember, scope) = (req.remember, req.remember_scope.clone());
+            if remember.is_some() {
+                remembered_is_a_command(&req.target, &ctx.approvals)?;
+            }
+            let decided = ctx.approvals.decide(req, &by).await?;
+            for a in &decided {
+                ctx.gating.approval_decided(a, remember, scope.clone(), &by.by);
+            }
+            Response::Decided { decided }
         }
         Request::ConfigureQueue(change) => {
             Response::QueueSettings { settings: ctx.approvals.configure(change)? }
         }
         Request::ShowQueue => Response::QueueSettings { settings: ctx.approvals.settings() },
+        Request::Assess(req) => {
+            let g = Arc::clone(&ctx.gating);
+            let who = OwnedActor::of(peer);
+            // Parsing and the rules' walk are CPU work: off the async workers.
+            let assessment = tokio::task::spawn_blocking(move || g.assess(who.gating(), &req))
+                .await
+                .map_err(|e| ApiError::new(ErrorKind::Internal, format!("assess: {e}")))??;
+            Response::Assessment { assessment }
+        }
+        Request::RecordExecution(rec) => {
+            Response::ExecutionRecorded { learned: ctx.gating.record(gating_asker(peer), caller.uid, rec)? }
+        }
+        Request::ListGuardrails => Response::Guardrails { guardrails: ctx.gating.list()? },
+        Request::RemoveGuardrail { id } => {
+            Response::Guardrails { guardrails: vec![ctx.gating.remove(id, caller.uid)?] }
+        }
+        Request::ImportGuardrails { guardrails } => {
+            let (added, existing) = ctx.gating.import(guardrails, caller.uid)?;
+            Response::GuardrailsImported { added, existing }
+        }
         streamed @ (Request::Spawn(_)
         | Request::Audit(_)
         | Request::Subscribe(_)
@@ -755,7 +791,58 @@ macro_rules! to_wire {
         }
     )*};
 }
-to_wire!(AgentError, SessionError, CoordinationError, ApprovalError);
+to_wire!(AgentError, SessionError, CoordinationError, ApprovalError, GatingError);
+
+/// Risk gating's score of a command request, made by the daemon where the agent is (what
+/// the asker says of its own command is not asked).
+fn command_risk(
+    req: &rush_proto::approval::ApprovalRequest,
+    peer: &Peer,
+    gating: &crate::services::gating::Gating,
+) -> Option<crate::services::approvals::Risk> {
+    let rush_proto::approval::ApprovalDetail::Command { argv, cwd } = &req.detail else { return None };
+    let agent = match &peer.role {
+        CallerRole::Agent { name } => name.as_str(),
+        _ => req.agent.as_deref()?,
+    };
+    let (score, tags) = gating.score(agent, argv, cwd.as_deref())?;
+    let destructive =
+        tags.iter().any(|t| t.starts_with("fs.delete") || t == "vcs.history-rewrite" || t == "disk.format");
+    Some(crate::services::approvals::Risk { score, tags, destructive })
+}
+
+/// "Always allow / always ask / never" is about a command: refused for anything else before
+/// anything is decided.
+fn remembered_is_a_command(
+    target: &rush_proto::approval::ApprovalTarget,
+    approvals: &crate::services::approvals::Approvals,
+) -> Result<(), ApiError> {
+    let rush_proto::approval::ApprovalTarget::Id(id) = target else {
+        return Err(ApiError::new(
+            ErrorKind::InvalidArgument,
+            "remember: only with one request id (a guardrail is learned from one command), not --batch",
+        ));
+    };
+    let a = approvals.get(Asker::Operator { uid: 0 }, None, *id)?;
+    if a.kind() != rush_proto::approval::ApprovalKind::Command {
+        return Err(ApiError::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "remember: request {id} is a {} request; guardrails are learned from command requests",
+                a.kind()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The principal of a request as risk gating names it.
+fn gating_asker(peer: &Peer) -> crate::services::gating::Asker<'_> {
+    match &peer.role {
+        CallerRole::Agent { name } => crate::services::gating::Asker::Agent { name },
+        _ => crate::services::gating::Asker::Operator { uid: peer.caller.uid },
+    }
+}
 
 /// The principal of a request as the approvals queue names it.
 fn asker(peer: &Peer) -> Asker<'_> {
@@ -791,6 +878,13 @@ impl OwnedActor {
         match self {
             OwnedActor::Operator(uid) => Actor::Operator { uid: *uid },
             OwnedActor::Agent(name) => Actor::Agent { name },
+        }
+    }
+
+    fn gating(&self) -> crate::services::gating::Asker<'_> {
+        match self {
+            OwnedActor::Operator(uid) => crate::services::gating::Asker::Operator { uid: *uid },
+            OwnedActor::Agent(name) => crate::services::gating::Asker::Agent { name },
         }
     }
 }

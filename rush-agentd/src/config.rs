@@ -108,6 +108,7 @@ pub struct Config {
     pub terminal: TerminalSection,
     pub coordination: CoordinationSection,
     pub approvals: crate::services::approvals::ApprovalsConfig,
+    pub gating: crate::services::gating::GatingConfig,
 }
 
 /// Coordination between agents (intents, claims, results, tasks).
@@ -557,6 +558,7 @@ impl Config {
         }
         config.coordination.check()?;
         config.approvals.check()?;
+        config.gating.check()?;
         if !(1..=1 << 20).contains(&config.events.backlog) {
             return Err(format!("events.backlog: {} is not 1-1048576", config.events.backlog));
         }
@@ -599,6 +601,7 @@ mod tests {
             "meter.prices",
             "coordination",
             "approvals",
+            "gating",
         ] {
             assert!(text.contains(&format!("\n[{section}]\n")), "contrib/config.toml lacks [{section}]");
         }

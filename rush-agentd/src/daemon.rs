@@ -41,6 +41,8 @@ pub enum DaemonError {
     DnsUpstream(String),
     #[error(transparent)]
     Etcd(#[from] crate::adapters::etcd::EtcdError),
+    #[error("risk gating cannot start: {0}")]
+    Gating(String),
     #[error("the approvals queue cannot start: {0}")]
     Approvals(String),
 }
@@ -268,12 +270,19 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
         })
         .map_err(DaemonError::Approvals)?,
     );
+    // Set once the sessions it judges in are open (below); denials before that have no
+    // command of the gate's to be about.
+    let gating_for_denials = Arc::new(std::sync::OnceLock::new());
     let pump = tokio::spawn(pump_events(
         events,
         audit_records,
         agent_cgroups,
         agents.clone(),
-        DenialReaders { coordination: coordination.clone(), approvals: approvals.clone() },
+        DenialReaders {
+            coordination: coordination.clone(),
+            approvals: approvals.clone(),
+            gating: gating_for_denials.clone(),
+        },
         audit.clone(),
         events_lost.clone(),
     ));
@@ -348,6 +357,19 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
                 Vec::new()
             }
         };
+    let gating = Arc::new(
+        crate::services::gating::Gating::new(crate::services::gating::GatingSetup {
+            store: store.clone(),
+            audit: audit.clone(),
+            context: Arc::new(crate::handles::ContextForGating {
+                agents: agents.clone(),
+                sessions: sessions.clone(),
+            }),
+            config: config.gating.clone(),
+        })
+        .map_err(DaemonError::Gating)?,
+    );
+    let _ = gating_for_denials.set(gating.clone());
     let doctor_coordination = coordination.clone();
     let doctor_sessions = sessions.clone();
     let (doctor_agents, doctor_audit, doctor_events_lost) =
@@ -365,6 +387,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
         sessions: sessions.clone(),
         coordination,
         approvals: approvals.clone(),
+        gating,
         audit: audit.clone(),
         operator_gid,
         agent_cgroup_prefix: format!("/{parent}/"),
@@ -598,6 +621,8 @@ fn landlock_agent(
 struct DenialReaders {
     coordination: Arc<crate::services::coordination::Coordination>,
     approvals: Arc<crate::services::approvals::Approvals>,
+    /// Many denials right after a gated command teach a guardrail.
+    gating: Arc<std::sync::OnceLock<Arc<crate::services::gating::Gating>>>,
 }
 
 /// Kernel events → audit records, naming the agent.
@@ -610,7 +635,12 @@ async fn pump_events(
     audit: Arc<AuditLog>,
     events_lost: Arc<std::sync::atomic::AtomicU64>,
 ) {
-    let DenialReaders { coordination, approvals } = readers;
+    let DenialReaders { coordination, approvals, gating } = readers;
+    let storm = |agent: &str| {
+        if let Some(g) = gating.get().and_then(|g| g.denied(agent)) {
+            tracing::info!(guardrail = g.id, pattern = %g.pattern, "guardrail learned from a denial storm");
+        }
+    };
     // 200 at once, then 50 a second, per agent; the rest counted (see DenyLimiter).
     let mut limiter = crate::services::audit::DenyLimiter::new(200, 50);
     let mut flush = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -648,6 +678,7 @@ async fn pump_events(
                             if let Some(path) = &d.path {
                                 approvals.ask_from_denial(&name, path, ops);
                             }
+                            storm(&name);
                             // No task: its audit context was made before audit was on.
                             let (pid, uid, comm) = match d.task {
                                 Some(t) => (t.pid, t.uid, t.comm),
@@ -697,6 +728,7 @@ async fn pump_events(
         match ev {
             KernelEvent::NetDeny { cgroup_id, pid: _, tgid, uid, comm, hook, destination, protocol } => {
                 let name = agent_name(&agents, cgroup_id);
+                storm(&name);
                 audit.record(
                     Some(&name),
                     AuditEvent::NetDeny {
@@ -712,6 +744,7 @@ async fn pump_events(
             KernelEvent::FileDeny { cgroup_id, pid: _, tgid, uid, comm, hook, op, path, dev: _, ino: _ } => {
                 let name = agent_name(&agents, cgroup_id);
                 approvals.ask_from_denial(&name, &path, rush_proto::Ops(op));
+                storm(&name);
                 let op = rush_proto::Ops(op).to_string();
                 audit.record(
                     Some(&name),

@@ -9,6 +9,7 @@ use crate::core::Caller;
 use crate::services::agent::{AgentAdmission, AgentError, AgentManager};
 use crate::services::approvals::{AgentFacts, ApprovalAgents, ClaimWaits};
 use crate::services::coordination::{AgentView, Coordination, CoordinationAgents};
+use crate::services::gating::{AgentContext, GatingContext};
 use crate::services::session::{Pending, SessionAgents, SessionError};
 
 /// An agents' failure inside a session request keeps its fault and its line.
@@ -162,5 +163,41 @@ impl ApprovalAgents for AgentsForApprovals {
 impl ClaimWaits for Coordination {
     fn contended_claim(&self, agent: &str) -> Option<String> {
         Coordination::contended_claim(self, agent)
+    }
+}
+
+/// The agents and sessions as risk gating judges a command in them: an agent's trust,
+/// live tokens and session; a session's workspace.
+pub struct ContextForGating {
+    pub agents: std::sync::Arc<AgentManager>,
+    pub sessions: std::sync::Arc<crate::services::session::Sessions>,
+}
+
+impl GatingContext for ContextForGating {
+    fn agent(&self, name: &str) -> Option<AgentContext> {
+        let (session, trust) = {
+            let reg = self.agents.registry();
+            let a = reg.agents.get(name)?;
+            (a.info.session.clone(), a.info.trust.clone())
+        };
+        let tokens = self
+            .agents
+            .capabilities(Some(name))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|t| !t.expired)
+            .map(|t| rush_gate::Token { path: t.path, ops: t.ops })
+            .collect();
+        Some(AgentContext { session, trust, tokens })
+    }
+
+    fn workspace(&self, session: &str) -> Option<std::path::PathBuf> {
+        let sref = rush_proto::SessionRef { name: Some(session.to_owned()), cwd: None };
+        self.sessions.find(&sref).ok().map(|s| s.workspace)
+    }
+
+    fn session_at(&self, cwd: &Path) -> Option<(String, std::path::PathBuf)> {
+        let sref = rush_proto::SessionRef { name: None, cwd: Some(cwd.to_owned()) };
+        self.sessions.find(&sref).ok().map(|s| (s.name, s.workspace))
     }
 }

@@ -332,6 +332,23 @@ pub enum Request {
     ConfigureQueue(crate::approval::QueueChange),
     /// The queue's settings in effect. Replies `QueueSettings`.
     ShowQueue,
+    /// Judge a shell command (risk gating): its tree, tags, score and decision. Nothing
+    /// runs. Replies `Assessment`.
+    Assess(crate::gate::AssessRequest),
+    /// A command the gate passed has run, with this outcome (what guardrails learn from).
+    /// Replies `ExecutionRecorded`.
+    RecordExecution(crate::gate::ExecutionRecord),
+    /// The guardrails learned or imported. Replies `Guardrails`.
+    ListGuardrails,
+    /// Forget a guardrail. Replies `Guardrails` (the one removed).
+    RemoveGuardrail {
+        id: u64,
+    },
+    /// Add guardrails (a team's shared file); one already there (same scope and pattern)
+    /// is left as it is. Replies `GuardrailsImported`.
+    ImportGuardrails {
+        guardrails: Vec<crate::gate::GuardrailSpec>,
+    },
 }
 
 impl Request {
@@ -389,6 +406,11 @@ impl Request {
         "decide",
         "configure_queue",
         "show_queue",
+        "assess",
+        "record_execution",
+        "list_guardrails",
+        "remove_guardrail",
+        "import_guardrails",
     ];
 
     /// The request's name: its `type` on the wire (a unit test holds the two together).
@@ -446,6 +468,11 @@ impl Request {
             Request::Decide(_) => "decide",
             Request::ConfigureQueue(_) => "configure_queue",
             Request::ShowQueue => "show_queue",
+            Request::Assess(_) => "assess",
+            Request::RecordExecution(_) => "record_execution",
+            Request::ListGuardrails => "list_guardrails",
+            Request::RemoveGuardrail { .. } => "remove_guardrail",
+            Request::ImportGuardrails { .. } => "import_guardrails",
         }
     }
 
@@ -473,7 +500,9 @@ impl Request {
             | Request::RequestApproval(_)
             | Request::ListApprovals { .. }
             | Request::WaitApproval { .. }
-            | Request::CancelApproval { .. } => OPERATOR_OR_SELF,
+            | Request::CancelApproval { .. }
+            | Request::Assess(_)
+            | Request::RecordExecution(_) => OPERATOR_OR_SELF,
             Request::Spawn(_)
             | Request::ListAgents
             | Request::KillAgent { .. }
@@ -506,7 +535,10 @@ impl Request {
             | Request::ChangeEffect { .. }
             | Request::Decide(_)
             | Request::ConfigureQueue(_)
-            | Request::ShowQueue => OPERATOR,
+            | Request::ShowQueue
+            | Request::ListGuardrails
+            | Request::RemoveGuardrail { .. }
+            | Request::ImportGuardrails { .. } => OPERATOR,
         }
     }
 
@@ -534,7 +566,9 @@ impl Request {
             | Request::Claim(crate::coordination::ClaimRequest { agent: target, .. })
             | Request::Publish(crate::coordination::PublishRequest { agent: target, .. })
             | Request::Results(crate::coordination::ResultsQuery { agent: target, .. })
-            | Request::Delegate(crate::coordination::DelegateRequest { agent: target, .. }) => target,
+            | Request::Delegate(crate::coordination::DelegateRequest { agent: target, .. })
+            | Request::Assess(crate::gate::AssessRequest { agent: target, .. })
+            | Request::RecordExecution(crate::gate::ExecutionRecord { agent: target, .. }) => target,
             // Reads the service scopes to the agent's session.
             Request::QueryIntents { .. } | Request::ListClaims { .. } => return Ok(()),
             // Naming no agent; or refused to agents by `senders` (a unit test checks that
@@ -573,7 +607,10 @@ impl Request {
             | Request::ChangeEffect { .. }
             | Request::Decide(_)
             | Request::ConfigureQueue(_)
-            | Request::ShowQueue => return Ok(()),
+            | Request::ShowQueue
+            | Request::ListGuardrails
+            | Request::RemoveGuardrail { .. }
+            | Request::ImportGuardrails { .. } => return Ok(()),
         };
         match target {
             Some(named) if named != own => Err(named.clone()),
@@ -618,7 +655,10 @@ impl Request {
             | Request::RequestApproval(_)
             | Request::CancelApproval { .. }
             | Request::Decide(_)
-            | Request::ConfigureQueue(_) => true,
+            | Request::ConfigureQueue(_)
+            | Request::RecordExecution(_)
+            | Request::RemoveGuardrail { .. }
+            | Request::ImportGuardrails { .. } => true,
             Request::Hello
             | Request::ListAgents
             | Request::AgentStatus { .. }
@@ -639,7 +679,9 @@ impl Request {
             | Request::Inbox { .. }
             | Request::ListApprovals { .. }
             | Request::WaitApproval { .. }
-            | Request::ShowQueue => false,
+            | Request::ShowQueue
+            | Request::Assess(_)
+            | Request::ListGuardrails => false,
         }
     }
 }
@@ -991,6 +1033,22 @@ pub enum Response {
     QueueSettings {
         settings: crate::approval::QueueSettings,
     },
+    Assessment {
+        assessment: crate::gate::Assessment,
+    },
+    ExecutionRecorded {
+        /// Guardrails the outcome taught (usually none).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        learned: Vec<crate::gate::Guardrail>,
+    },
+    Guardrails {
+        guardrails: Vec<crate::gate::Guardrail>,
+    },
+    GuardrailsImported {
+        added: Vec<crate::gate::Guardrail>,
+        /// Already there (same scope and pattern): kept as they were.
+        existing: Vec<crate::gate::Guardrail>,
+    },
 }
 
 impl Response {
@@ -1041,6 +1099,10 @@ impl Response {
             Response::Approvals { .. } => "approvals",
             Response::Decided { .. } => "decided",
             Response::QueueSettings { .. } => "queue_settings",
+            Response::Assessment { .. } => "assessment",
+            Response::ExecutionRecorded { .. } => "execution_recorded",
+            Response::Guardrails { .. } => "guardrails",
+            Response::GuardrailsImported { .. } => "guardrails_imported",
         }
     }
 }

@@ -374,6 +374,13 @@ pub struct DecideRequest {
     pub ttl_secs: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// For command requests: also learn a guardrail for the command's pattern ("always
+    /// allow" = allow, "always ask" = ask, "never" = deny).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remember: Option<crate::gate::GateDecision>,
+    /// Where that guardrail applies; None: the request's session, else global.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remember_scope: Option<crate::gate::GuardrailScope>,
 }
 
 /// Which channel a priority goes to (`rush human-queue configure --priority P CHANNEL`).

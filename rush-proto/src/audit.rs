@@ -377,6 +377,32 @@ pub enum AuditEvent {
         id: Option<u64>,
         reason: String,
     },
+    /// A command the risk gate judged ran (`rush execute`, a hook, the shell), and how
+    /// it ended. What guardrails learn from.
+    CommandRun {
+        command: String,
+        cwd: std::path::PathBuf,
+        decision: crate::gate::GateDecision,
+        /// None: killed by a signal.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exit_code: Option<i32>,
+        caller_uid: u32,
+    },
+    /// A guardrail was learned (from an outcome or a person) or imported.
+    GuardrailLearned {
+        id: u64,
+        pattern: String,
+        decision: crate::gate::GateDecision,
+        source: crate::gate::GuardrailSource,
+        scope: String,
+        because: String,
+    },
+    /// A guardrail was removed (`rush guardrail rm`).
+    GuardrailRemoved {
+        id: u64,
+        pattern: String,
+        caller_uid: u32,
+    },
     /// A request the daemon refused for policy reasons (not input errors).
     Refused {
         caller_uid: u32,
@@ -433,6 +459,9 @@ impl AuditEvent {
         "approval_decided",
         "approval_delivery",
         "approval_refused",
+        "command_run",
+        "guardrail_learned",
+        "guardrail_removed",
         "refused",
     ];
 
@@ -472,6 +501,8 @@ impl AuditEvent {
             | AuditEvent::SessionDetached { caller_uid, .. }
             | AuditEvent::TerminalAttached { caller_uid, .. }
             | AuditEvent::TerminalInput { caller_uid, .. }
+            | AuditEvent::CommandRun { caller_uid, .. }
+            | AuditEvent::GuardrailRemoved { caller_uid, .. }
             | AuditEvent::Refused { caller_uid, .. } => Some(*caller_uid),
             AuditEvent::Paused { caller_uid, .. } | AuditEvent::Claim { caller_uid, .. } => *caller_uid,
             _ => None,
@@ -526,6 +557,9 @@ impl AuditEvent {
             AuditEvent::ApprovalDecided { .. } => "approval_decided",
             AuditEvent::ApprovalDelivery { .. } => "approval_delivery",
             AuditEvent::ApprovalRefused { .. } => "approval_refused",
+            AuditEvent::CommandRun { .. } => "command_run",
+            AuditEvent::GuardrailLearned { .. } => "guardrail_learned",
+            AuditEvent::GuardrailRemoved { .. } => "guardrail_removed",
         }
     }
 }

@@ -637,6 +637,42 @@ impl Client {
     pub fn show_queue(&mut self) -> Result<QueueSettings, ClientError> {
         call!(self, Request::ShowQueue, "queue_settings", Response::QueueSettings { settings } => settings)
     }
+
+    /// The gate's verdict on a command (nothing runs).
+    pub fn assess(
+        &mut self,
+        req: crate::gate::AssessRequest,
+    ) -> Result<crate::gate::Assessment, ClientError> {
+        call!(self, Request::Assess(req), "assessment", Response::Assessment { assessment } => assessment)
+    }
+
+    /// Report how a gated command ended; answers the guardrails it taught.
+    pub fn record_execution(
+        &mut self,
+        record: crate::gate::ExecutionRecord,
+    ) -> Result<Vec<crate::gate::Guardrail>, ClientError> {
+        call!(self, Request::RecordExecution(record), "execution_recorded",
+            Response::ExecutionRecorded { learned } => learned)
+    }
+
+    pub fn list_guardrails(&mut self) -> Result<Vec<crate::gate::Guardrail>, ClientError> {
+        call!(self, Request::ListGuardrails, "guardrails", Response::Guardrails { guardrails } => guardrails)
+    }
+
+    /// The guardrail removed.
+    pub fn remove_guardrail(&mut self, id: u64) -> Result<Vec<crate::gate::Guardrail>, ClientError> {
+        call!(self, Request::RemoveGuardrail { id }, "guardrails", Response::Guardrails { guardrails } => guardrails)
+    }
+
+    /// (added, already there).
+    #[allow(clippy::type_complexity)]
+    pub fn import_guardrails(
+        &mut self,
+        guardrails: Vec<crate::gate::GuardrailSpec>,
+    ) -> Result<(Vec<crate::gate::Guardrail>, Vec<crate::gate::Guardrail>), ClientError> {
+        call!(self, Request::ImportGuardrails { guardrails }, "guardrails_imported",
+            Response::GuardrailsImported { added, existing } => (added, existing))
+    }
 }
 
 /// The one pair a request naming a key gets back.

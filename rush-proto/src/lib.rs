@@ -17,6 +17,7 @@ pub mod budget;
 pub mod client;
 pub mod coordination;
 pub mod events;
+pub mod gate;
 pub mod session;
 pub mod spec;
 pub mod terminal;

@@ -103,6 +103,11 @@ fn request_named(name: &str) -> Request {
     match name {
         "audit" | "subscribe" => v = serde_json::json!({}),
         "spawn" | "query_intents" | "list_claims" => v["session"] = "s".into(),
+        "assess" | "record_execution" => {
+            v["command"] = "true".into();
+            v["decision"] = "allow".into();
+        }
+        "import_guardrails" => v["guardrails"] = serde_json::json!([]),
         _ => {}
     }
     v["type"] = name.into();
@@ -181,6 +186,8 @@ fn every_request_and_error_kind_is_named() {
         "approval_decided",
         "approval_delivery",
         "approval_refused",
+        "command_run",
+        "guardrail_learned",
     ] {
         assert!(
             doc.contains(&format!("\"kind\":\"{kind}\"")),

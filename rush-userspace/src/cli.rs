@@ -13,8 +13,10 @@ use crate::time;
 
 mod approvals;
 mod coordination;
+mod gating;
 pub use approvals::*;
 pub use coordination::*;
+pub use gating::*;
 
 const ABOUT: &str = "Run AI agents confined by the kernel";
 
@@ -148,6 +150,23 @@ pub enum Command {
     /// How each class of action is asked: its channel, priority, timeout, batch window
     #[command(subcommand)]
     ApprovalPolicy(ApprovalPolicyCommand),
+
+    /// Show what risk gating decides about a shell command, and why (nothing runs)
+    #[command(long_about = EXPLAIN_LONG_ABOUT, after_long_help = EXPLAIN_EXAMPLES)]
+    Explain(ExplainArgs),
+
+    /// Run a shell command if risk gating allows it: here, sandboxed, in a guest, or once a
+    /// person says yes
+    #[command(long_about = EXECUTE_LONG_ABOUT, after_long_help = EXECUTE_EXAMPLES)]
+    Execute(ExecuteArgs),
+
+    /// Guardrails learned from outcomes: list, remove, export, import
+    #[command(subcommand, long_about = GUARDRAIL_LONG_ABOUT, after_long_help = GUARDRAIL_EXAMPLES)]
+    Guardrail(GuardrailCommand),
+
+    /// Hooks that put agent tools (Claude Code, Codex) behind risk gating
+    #[command(subcommand, long_about = HOOK_LONG_ABOUT)]
+    Hook(HookCommand),
 
     /// Show what this kernel supports and which guarantees hold on this machine
     #[command(long_about = DOCTOR_LONG_ABOUT)]

@@ -15,6 +15,7 @@ use rush_proto::{AgentInfo, AgentState, AuditEvent, AuditRecord, BudgetResource,
 use crate::time::{format_duration, format_unix_ms};
 
 mod approvals;
+pub mod gating;
 pub use approvals::*;
 
 /// Columns aligned on the widest cell, two spaces apart; the last column is not padded.
@@ -643,6 +644,21 @@ pub fn audit_line(r: &AuditRecord) -> String {
             Some(id) => format!("via={via} id={id} reason={}", value(reason)),
             None => format!("via={via} reason={}", value(reason)),
         },
+        AuditEvent::CommandRun { command, cwd, decision, exit_code, caller_uid } => format!(
+            "decision={decision} exit={} cwd={} caller_uid={caller_uid} command={}",
+            exit_code.map_or_else(|| "signal".to_owned(), |c| c.to_string()),
+            value(&cwd.display().to_string()),
+            value(command)
+        ),
+        AuditEvent::GuardrailLearned { id, pattern, decision, source, scope, because } => format!(
+            "id={id} decision={decision} source={source} scope={} because={} pattern={}",
+            value(scope),
+            value(because),
+            value(pattern)
+        ),
+        AuditEvent::GuardrailRemoved { id, pattern, caller_uid } => {
+            format!("id={id} caller_uid={caller_uid} pattern={}", value(pattern))
+        }
     };
     let mut details = details;
     // The session of the agent's records (time-travel events name theirs already).

@@ -4,6 +4,7 @@
 
 mod codegen;
 mod demo;
+mod guest_kit;
 mod install;
 mod layers;
 mod setup;
@@ -59,6 +60,9 @@ enum Command {
     /// Run the kernel test tier: the host and guest tests inside QEMU guests booting
     /// Debian's 6.1 and 6.12 cloud kernels (BPF LSM, pure cgroup v2, CRIU).
     VmTest(vm::VmArgs),
+    /// Install the guest kit `rush execute` boots vm-only commands in (a Debian kernel, the
+    /// test tier's busybox initramfs, bash): in --dir, $RUSH_GUEST_DIR or /var/lib/rush/guest.
+    GuestKit(guest_kit::GuestKitArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -78,13 +82,14 @@ fn main() -> Result<()> {
         Command::Install(args) => install::run(args),
         Command::Codegen => codegen::run(),
         Command::VmTest(args) => vm::run(args),
+        Command::GuestKit(args) => guest_kit::run(args),
         Command::Layers { check, src } => layers::run(check, src),
     }
 }
 
 /// The host tier's test suites (kernel-tests/tests/NAME.rs), run one cargo invocation each
 /// so the summary says what each costs; the others run only in the guests.
-const HOST_SUITES: [&str; 21] = [
+const HOST_SUITES: [&str; 23] = [
     "host",
     "coordination",
     "approvals",
@@ -106,6 +111,8 @@ const HOST_SUITES: [&str; 21] = [
     "toolchains",
     "events",
     "principals",
+    "hooks",
+    "gating",
 ];
 
 fn test(tier: Tier) -> Result<()> {
@@ -147,6 +154,10 @@ fn run_tiers(tier: Tier, times: &mut util::Timings) -> Result<()> {
                 &["build", "-p", "rush-agentd", "-p", "rush-userspace", "-p", "kernel-tests", "--bins"],
                 &[],
             )?;
+            // The gating suite boots one throwaway guest (`rush execute`'s vm-only path)
+            // from a kit of the cached 6.12 kernel: fetched here on a fresh machine.
+            vm::ensure_vm_packages()?;
+            vm::kernel("6.12")?;
             let mut args = vec!["test", "-p", "kernel-tests", "--no-run"];
             for suite in HOST_SUITES {
                 args.extend(["--test", suite]);

@@ -70,6 +70,15 @@ pub struct Decider {
     pub uid: u32,
 }
 
+/// Risk gating's judgement of a command request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Risk {
+    pub score: u32,
+    pub tags: Vec<String>,
+    /// Deletes, overwrites or rewrites history: the request's class is `destructive`.
+    pub destructive: bool,
+}
+
 /// An agent as the queue sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentFacts {
@@ -196,8 +205,14 @@ impl Approvals {
     }
 
     /// Makes a pending request; answered at once (non-blocking for the asker). With
-    /// `freeze`, the agent is frozen before the answer.
-    pub async fn request(&self, asker: Asker<'_>, req: ApprovalRequest) -> Result<Approval, ApprovalError> {
+    /// `freeze`, the agent is frozen before the answer. `risk`: risk gating's score of a
+    /// command request (the daemon's, never the asker's).
+    pub async fn request(
+        &self,
+        asker: Asker<'_>,
+        req: ApprovalRequest,
+        risk: Option<Risk>,
+    ) -> Result<Approval, ApprovalError> {
         let origin = match asker {
             Asker::Agent { .. } => ApprovalOrigin::Agent,
             Asker::Operator { .. } => ApprovalOrigin::Operator,
@@ -213,7 +228,7 @@ impl Approvals {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
         }
-        let approval = self.create(&agent, req, origin)?;
+        let approval = self.create(&agent, req, origin, risk)?;
         if approval.freeze
             && let Err(e) = self.agents.hold(&agent).await
         {
@@ -227,6 +242,7 @@ impl Approvals {
         agent: &str,
         req: ApprovalRequest,
         origin: ApprovalOrigin,
+        risk: Option<Risk>,
     ) -> Result<Approval, ApprovalError> {
         rush_proto::approval::check_request(&req).map_err(invalid)?;
         // A token names an existing file or directory: refused now, not approved and then
@@ -242,8 +258,11 @@ impl Approvals {
             .filter(|a| a.alive)
             .ok_or_else(|| ApprovalError::new(Fault::NotFound, format!("no running agent {agent:?}")))?;
         let settings = self.settings();
-        let class =
-            req.class.unwrap_or_else(|| rush_proto::approval::ActionClass::of_kind(req.detail.kind()));
+        // Risk gating's tags make a command destructive unless the asker said otherwise.
+        let class = req.class.unwrap_or_else(|| match &risk {
+            Some(r) if r.destructive => rush_proto::approval::ActionClass::Destructive,
+            _ => rush_proto::approval::ActionClass::of_kind(req.detail.kind()),
+        });
         let policy = settings.classes.iter().find(|c| c.class == Some(class)).cloned().unwrap_or_default();
         // The class's policy wins over what the asker wants: an agent cannot mark
         // everything high, or give itself a week.
@@ -278,8 +297,8 @@ impl Approvals {
             priority,
             effective_priority: priority,
             raised_because: None,
-            risk_score: None,
-            tags: Vec::new(),
+            risk_score: risk.as_ref().map(|r| r.score),
+            tags: risk.map(|r| r.tags).unwrap_or_default(),
             channel,
             created_unix_ms: now,
             deadline_unix_ms: now + timeout * 1000,
@@ -356,7 +375,7 @@ impl Approvals {
             class: None,
             freeze: false,
         };
-        match self.create(agent, req, ApprovalOrigin::DenyToAsk) {
+        match self.create(agent, req, ApprovalOrigin::DenyToAsk, None) {
             Ok(a) => Some(a),
             Err(e) => {
                 tracing::warn!(%agent, error = %e.message, "a denial could not become a request");

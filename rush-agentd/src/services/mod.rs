@@ -8,6 +8,7 @@ pub mod baseline;
 pub mod budget;
 pub mod coordination;
 pub mod events;
+pub mod gating;
 pub mod meter;
 pub mod policy;
 pub mod resolver;

@@ -189,7 +189,7 @@ impl Sessions {
     }
 
     /// The session a request names, or whose workspace contains its working directory.
-    fn find(&self, sref: &SessionRef) -> Result<SessionInfo, SessionError> {
+    pub fn find(&self, sref: &SessionRef) -> Result<SessionInfo, SessionError> {
         let sessions = self.store.sessions().map_err(store_err)?;
         let info = match (&sref.name, &sref.cwd) {
             (Some(name), _) => sessions.into_iter().find(|s| &s.name == name).ok_or_else(|| {

@@ -25,6 +25,11 @@ fn request_named(name: &str) -> Request {
     match name {
         "audit" | "subscribe" => v = serde_json::json!({}),
         "spawn" | "query_intents" | "list_claims" => v["session"] = "s".into(),
+        "assess" | "record_execution" => {
+            v["command"] = "true".into();
+            v["decision"] = "allow".into();
+        }
+        "import_guardrails" => v["guardrails"] = serde_json::json!([]),
         _ => {}
     }
     v["type"] = name.into();
@@ -108,6 +113,14 @@ fn response_named(name: &str) -> Response {
         "routes": [], "classes": [], "batch_window_secs": 0, "similarity": 1.0, "aging_secs": 0,
         "grant_ttl_secs": 3600,
     });
+    v["assessment"] = json!({
+        "command": "true", "trust": "medium", "cwd": "/", "commands": [], "tags": [], "score": 0,
+        "score_decision": "allow", "decision": "allow", "decided_by": "score", "reason": "",
+        "pattern": "true",
+    });
+    v["guardrails"] = json!([]);
+    v["added"] = json!([]);
+    v["existing"] = json!([]);
     match name {
         "rolled_back" => {
             v["report"] = json!({"checkpoint": checkpoint, "undo": checkpoint, "took_ms": 0});
@@ -179,7 +192,9 @@ fn agents_send_only_requests_about_themselves_and_get_them_about_themselves() {
             "request_approval",
             "list_approvals",
             "wait_approval",
-            "cancel_approval"
+            "cancel_approval",
+            "assess",
+            "record_execution"
         ]
     );
     // Requests about other agents or the system stay the operator's; no agent decides.
@@ -194,6 +209,9 @@ fn agents_send_only_requests_about_themselves_and_get_them_about_themselves() {
         "decide",
         "configure_queue",
         "show_queue",
+        "list_guardrails",
+        "remove_guardrail",
+        "import_guardrails",
     ] {
         assert_eq!(request_named(name).senders(), [Principal::Operator], "{name}");
     }

@@ -496,6 +496,8 @@ impl DecideTarget {
             exclude: self.exclude.clone(),
             ttl_secs,
             reason: self.reason.clone(),
+            remember: None,
+            remember_scope: None,
         }
     }
 }
@@ -508,12 +510,16 @@ pub struct ApproveArgs {
     /// the queue's grant TTL).
     #[arg(long, value_name = "DURATION", value_parser = parse_ttl)]
     pub ttl: Option<u64>,
+    #[command(flatten)]
+    pub remember: super::RememberArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct RejectArgs {
     #[command(flatten)]
     pub target: DecideTarget,
+    #[command(flatten)]
+    pub remember: super::RememberArgs,
 }
 
 /// A word of `--priority P CHANNEL`: which of the two it is is checked by [`routes`].
@@ -744,7 +750,7 @@ fn parse_wait_timeout(s: &str) -> Result<u64, UsageError> {
     seconds("--timeout", s, 1, ap::MAX_TIMEOUT_SECS)
 }
 
-fn parse_ttl(s: &str) -> Result<u64, UsageError> {
+pub(super) fn parse_ttl(s: &str) -> Result<u64, UsageError> {
     seconds("--ttl", s, 1, ap::MAX_TIMEOUT_SECS)
 }
 
@@ -938,7 +944,9 @@ mod tests {
                 approve: true,
                 exclude: vec![],
                 ttl_secs: Some(1800),
-                reason: Some("ok".into())
+                reason: Some("ok".into()),
+                remember: None,
+                remember_scope: None,
             }
         );
         let Command::Reject(r) =

@@ -56,7 +56,7 @@ pub fn request(ctx: &mut Ctx, args: RequestArgs) -> Result<u8> {
         return Ok(0);
     }
     eprintln!("rush: {pending}; waiting for a decision");
-    let decided = wait_for(&mut client, agent.as_deref(), asked, args.wait_timeout)?;
+    let decided = wait_until_decided(&mut client, agent.as_deref(), asked, args.wait_timeout)?;
     if command {
         return match decided.state {
             ApprovalState::Approved => run_approved(&decided, &args.command),
@@ -71,14 +71,14 @@ pub fn wait(ctx: &mut Ctx, args: WaitArgs) -> Result<u8> {
     let agent = name(args.agent.as_ref());
     let mut client = ctx.connect()?;
     let first = client.wait_approval(agent.as_deref(), args.id, None)?;
-    let decided = wait_for(&mut client, agent.as_deref(), first, args.timeout)?;
+    let decided = wait_until_decided(&mut client, agent.as_deref(), first, args.timeout)?;
     answer(ctx, &decided)
 }
 
 /// Waits until `a` is decided, or `limit` seconds pass (None: until its deadline, as it
 /// may move by an escalation), in calls of at most [`MAX_WAIT_SECS`]. Returns it as it is
 /// then: still pending if the wait ran out.
-fn wait_for(
+pub(super) fn wait_until_decided(
     client: &mut Client,
     agent: Option<&str>,
     mut a: Approval,
@@ -314,6 +314,8 @@ fn prompt(ctx: &mut Ctx, queue: &mut Client, id: u64, agent: &str, action: &str)
         exclude: vec![],
         ttl_secs: None,
         reason: None,
+        remember: None,
+        remember_scope: None,
     };
     match queue.decide(request) {
         Ok(decided) => {
@@ -325,8 +327,21 @@ fn prompt(ctx: &mut Ctx, queue: &mut Client, id: u64, agent: &str, action: &str)
     Ok(())
 }
 
-pub fn decide(ctx: &mut Ctx, target: &DecideTarget, approve: bool, ttl_secs: Option<u64>) -> Result<u8> {
-    let request = target.to_request(approve, ttl_secs);
+pub fn decide(
+    ctx: &mut Ctx,
+    target: &DecideTarget,
+    approve: bool,
+    ttl_secs: Option<u64>,
+    remember: &crate::cli::RememberArgs,
+) -> Result<u8> {
+    let mut request = target.to_request(approve, ttl_secs);
+    request.remember = remember.decision();
+    request.remember_scope = remember.scope.clone();
+    if request.remember_scope.is_some() && request.remember.is_none() {
+        return Err(Error::Usage(
+            "--scope is where a guardrail applies: give --always, --always-ask or --never".into(),
+        ));
+    }
     let decided = ctx.connect()?.decide(request)?;
     if decided.is_empty() {
         let what = match &target.batch {

@@ -9,6 +9,9 @@ mod capability;
 mod coordination;
 mod doctor;
 mod events;
+mod gating;
+mod guest;
+mod hook;
 mod meta;
 mod session;
 mod spawn;
@@ -115,8 +118,12 @@ fn run_command(cli: Cli) -> Result<u8> {
         Command::Approval(ApprovalCommand::List(args)) | Command::Approvals(args) => {
             approvals::list(&mut ctx, args)
         }
-        Command::Approve(args) => approvals::decide(&mut ctx, &args.target, true, args.ttl),
-        Command::Reject(args) => approvals::decide(&mut ctx, &args.target, false, None),
+        Command::Approve(args) => approvals::decide(&mut ctx, &args.target, true, args.ttl, &args.remember),
+        Command::Reject(args) => approvals::decide(&mut ctx, &args.target, false, None, &args.remember),
+        Command::Explain(args) => gating::explain(&mut ctx, &args),
+        Command::Execute(args) => gating::execute(&mut ctx, &args),
+        Command::Guardrail(cmd) => gating::guardrail(&mut ctx, cmd),
+        Command::Hook(cmd) => hook::hook(&mut ctx, cmd),
         Command::HumanQueue(cmd) => approvals::human_queue(&mut ctx, cmd),
         Command::ApprovalPolicy(cmd) => approvals::approval_policy(&mut ctx, cmd),
         Command::Doctor { profile: None } => doctor::doctor(&mut ctx),

@@ -39,7 +39,7 @@ pub fn spawn(ctx: &mut Ctx, args: SpawnArgs) -> Result<u8> {
     match (args.detach, tty) {
         (true, _) => detached(ctx, request),
         (false, true) => on_terminal(ctx, request),
-        (false, false) => foreground(ctx, request),
+        (false, false) => run_foreground(ctx, request),
     }
 }
 
@@ -152,7 +152,7 @@ fn detached(ctx: &mut Ctx, request: SpawnRequest) -> Result<u8> {
 /// Hands our stdin, stdout and stderr to the agent, waits for it, and returns its status.
 /// Prints nothing: the terminal is the agent's. The connection staying open is what keeps
 /// the agent alive: when rush dies, the daemon kills the agent.
-fn foreground(ctx: &mut Ctx, request: SpawnRequest) -> Result<u8> {
+pub(super) fn run_foreground(ctx: &mut Ctx, request: SpawnRequest) -> Result<u8> {
     let name = request.name.clone();
     let terminal = SavedTerminal::save();
     let mut client = ctx.connect()?;

@@ -168,6 +168,20 @@ pub fn prepare(series: Series, refresh: bool, updated: &mut bool) -> Result<Kern
     }
 }
 
+/// The newest kernel of `series` already unpacked in the cache; no apt-get at all (for
+/// callers that must not touch the network, such as the guest-kit test).
+pub fn cached(series: Series) -> Result<Kernel> {
+    let cache = cache_root();
+    let (name, version) = series.newest_cached(&cache).with_context(|| {
+        format!(
+            "no {} kernel cached in {} (`cargo xtask vm-test` fetches one)",
+            series.label,
+            cache.display()
+        )
+    })?;
+    open(series, &cache, &name, &version, false)
+}
+
 /// apt-get download + dpkg-deb -x + depmod, into a temporary directory renamed into place
 /// only when complete (an interrupted fetch leaves nothing that looks cached).
 fn fetch(cache: &Path, package: &str, version: &str) -> Result<()> {

@@ -22,6 +22,7 @@ use rusqlite::{Connection, OptionalExtension};
 mod agents;
 mod approvals;
 mod coordination;
+mod guardrails;
 mod recovery;
 mod sessions;
 #[cfg(test)]
@@ -201,6 +202,17 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX approvals_by_state ON approvals (state, deadline_unix_ms);
     CREATE INDEX approvals_by_token ON approvals (token_sha256);
+",
+    "
+    -- Risk gating's guardrails (guardrails.rs): one row per lesson, learned exactly once:
+    -- the same scope and normalised pattern is the same guardrail.
+    CREATE TABLE guardrails (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        scope TEXT NOT NULL,          -- GuardrailScope as `global`, `session:N`, `repository:P`
+        pattern TEXT NOT NULL,
+        info TEXT NOT NULL,           -- rush_proto::gate::Guardrail
+        UNIQUE (scope, pattern)
+    );
 ",
 ];
 

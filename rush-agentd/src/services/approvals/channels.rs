@@ -419,7 +419,15 @@ impl DecisionSink for Sink {
                 .collect(),
             ApprovalTarget::Id(_) => Vec::new(),
         };
-        let req = DecideRequest { target, approve: callback.approve, exclude, ttl_secs: None, reason: None };
+        let req = DecideRequest {
+            target,
+            approve: callback.approve,
+            exclude,
+            ttl_secs: None,
+            reason: None,
+            remember: None,
+            remember_scope: None,
+        };
         // Grants are made by the daemon for the verified approver (root's authority).
         let decider = Decider { by, via, uid: 0 };
         match self.runtime.block_on(self.q.decide(req, &decider)) {

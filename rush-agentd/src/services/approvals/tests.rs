@@ -123,13 +123,15 @@ fn approve(id: u64) -> DecideRequest {
         exclude: vec![],
         ttl_secs: None,
         reason: None,
+        remember: None,
+        remember_scope: None,
     }
 }
 
 #[tokio::test]
 async fn an_approved_capability_is_granted_once_with_the_approvers_ttl() {
     let f = fixture();
-    let a = f.q.request(me("coder"), write_on("/w/migrations/1.sql")).await.unwrap();
+    let a = f.q.request(me("coder"), write_on("/w/migrations/1.sql"), None).await.unwrap();
     assert_eq!(a.state, ApprovalState::Pending);
     assert_eq!(a.batch_key, "capability:write:/w/migrations");
     let mut req = approve(a.id);
@@ -155,20 +157,20 @@ async fn an_agent_asks_only_as_itself_and_sees_only_its_own() {
     let f = fixture();
     let mut req = write_on("/w/a");
     req.agent = Some("tester".into());
-    let e = f.q.request(me("coder"), req).await.unwrap_err();
+    let e = f.q.request(me("coder"), req, None).await.unwrap_err();
     assert_eq!(e.fault, Fault::Forbidden);
-    let mine = f.q.request(me("coder"), write_on("/w/a")).await.unwrap();
+    let mine = f.q.request(me("coder"), write_on("/w/a"), None).await.unwrap();
     let e = f.q.get(me("tester"), None, mine.id).unwrap_err();
     assert_eq!(e.fault, Fault::NotFound);
     let (list, _) = f.q.list(me("tester"), None, true).unwrap();
     assert!(list.is_empty());
     // An operator must say for whom.
-    let e = f.q.request(Asker::Operator { uid: 0 }, write_on("/w/a")).await.unwrap_err();
+    let e = f.q.request(Asker::Operator { uid: 0 }, write_on("/w/a"), None).await.unwrap_err();
     assert_eq!(e.fault, Fault::Malformed);
-    let e = f.q.request(me("coder"), write_on("/gone/x")).await.unwrap_err();
+    let e = f.q.request(me("coder"), write_on("/gone/x"), None).await.unwrap_err();
     assert_eq!(e.fault, Fault::NotFound);
     assert!(e.message.starts_with("detail.path: /gone/x"), "{}", e.message);
-    let e = f.q.request(me("ghost"), write_on("/w/a")).await.unwrap_err();
+    let e = f.q.request(me("ghost"), write_on("/w/a"), None).await.unwrap_err();
     assert_eq!(e.fault, Fault::NotFound);
 }
 
@@ -177,9 +179,9 @@ async fn a_batch_is_decided_at_once_with_exclusions_and_the_rest_stays_pending()
     let f = fixture();
     let mut ids = Vec::new();
     for (agent, file) in [("coder", "1.sql"), ("tester", "2.sql"), ("coder", "3.sql")] {
-        ids.push(f.q.request(me(agent), write_on(&format!("/w/migrations/{file}"))).await.unwrap().id);
+        ids.push(f.q.request(me(agent), write_on(&format!("/w/migrations/{file}")), None).await.unwrap().id);
     }
-    let other = f.q.request(me("coder"), write_on("/w/src/main.rs")).await.unwrap();
+    let other = f.q.request(me("coder"), write_on("/w/src/main.rs"), None).await.unwrap();
     let (pending, batches) = f.q.list(Asker::Operator { uid: 0 }, None, false).unwrap();
     assert_eq!(pending.len(), 4);
     assert_eq!(batches.len(), 1);
@@ -190,6 +192,8 @@ async fn a_batch_is_decided_at_once_with_exclusions_and_the_rest_stays_pending()
         exclude: vec![ids[2]],
         ttl_secs: None,
         reason: None,
+        remember: None,
+        remember_scope: None,
     };
     let decided = f.q.decide(req, &operator()).await.unwrap();
     assert_eq!(decided.iter().map(|a| a.id).collect::<Vec<_>>(), ids[..2]);
@@ -209,12 +213,12 @@ async fn deadlines_apply_the_timeout_policy_and_escalate_once() {
     let f = fixture();
     let mut req = write_on("/w/x");
     req.timeout_secs = Some(1);
-    let rejected = f.q.request(me("coder"), req.clone()).await.unwrap();
+    let rejected = f.q.request(me("coder"), req.clone(), None).await.unwrap();
     req.on_timeout = Some(OnTimeout::Approve);
-    let approved = f.q.request(me("coder"), req.clone()).await.unwrap();
+    let approved = f.q.request(me("coder"), req.clone(), None).await.unwrap();
     req.on_timeout = Some(OnTimeout::Escalate);
     req.priority = Some(Priority::Low);
-    let escalated = f.q.request(me("coder"), req).await.unwrap();
+    let escalated = f.q.request(me("coder"), req, None).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     f.q.sweep(false).await;
     let get = |id| f.q.get(Asker::Operator { uid: 0 }, None, id).unwrap();
@@ -237,7 +241,7 @@ async fn a_deadline_passed_while_the_daemon_was_down_is_applied_late_and_nothing
     for i in 0..100 {
         let mut req = write_on(&format!("/w/d{i}/f"));
         req.timeout_secs = Some(if i < 10 { 1 } else { 3600 });
-        ids.push(f.q.request(me(if i % 2 == 0 { "coder" } else { "tester" }), req).await.unwrap().id);
+        ids.push(f.q.request(me(if i % 2 == 0 { "coder" } else { "tester" }), req, None).await.unwrap().id);
     }
     // An approval whose effect a crash cut off: decided in the store, not applied.
     f.store
@@ -276,9 +280,9 @@ async fn freeze_holds_the_agent_until_its_last_frozen_request_is_decided() {
     let f = fixture();
     let mut req = write_on("/w/a");
     req.freeze = true;
-    let a = f.q.request(me("coder"), req.clone()).await.unwrap();
+    let a = f.q.request(me("coder"), req.clone(), None).await.unwrap();
     req.detail = ApprovalDetail::Custom { text: "x".into() };
-    let b = f.q.request(me("coder"), req).await.unwrap();
+    let b = f.q.request(me("coder"), req, None).await.unwrap();
     f.q.decide(DecideRequest { approve: false, ..approve(a.id) }, &operator()).await.unwrap();
     assert!(!f.agents.calls().contains(&"release coder".to_string()), "{:?}", f.agents.calls());
     f.q.cancel(me("coder"), None, b.id).unwrap();
@@ -305,7 +309,7 @@ async fn class_policy_overrides_the_askers_priority_and_timeout() {
     req.class = Some(ActionClass::Destructive);
     req.priority = Some(Priority::Low);
     req.timeout_secs = Some(3600 * 24);
-    let a = f.q.request(me("coder"), req).await.unwrap();
+    let a = f.q.request(me("coder"), req, None).await.unwrap();
     assert_eq!(a.priority, Priority::High);
     assert_eq!(a.channel, Channel::Cli { blocking: true });
     assert_eq!(a.deadline_unix_ms - a.created_unix_ms, 60_000);
@@ -348,7 +352,7 @@ async fn denials_become_requests_for_trusted_levels_deduplicated_and_rate_limite
 #[tokio::test]
 async fn requests_of_gone_agents_are_cancelled_and_waiters_woken() {
     let f = fixture();
-    let a = f.q.request(me("tester"), write_on("/w/a")).await.unwrap();
+    let a = f.q.request(me("tester"), write_on("/w/a"), None).await.unwrap();
     let q = f.q.clone();
     let waiter = tokio::spawn(async move { q.wait(Asker::Operator { uid: 0 }, None, a.id, Some(30)).await });
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -366,7 +370,7 @@ async fn waiting_requests_age_into_a_higher_priority() {
     let f = fixture_with(config);
     let mut req = write_on("/w/a");
     req.priority = Some(Priority::Low);
-    let a = f.q.request(me("coder"), req).await.unwrap();
+    let a = f.q.request(me("coder"), req, None).await.unwrap();
     assert_eq!(a.effective_priority, Priority::Low);
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let a = f.q.get(Asker::Operator { uid: 0 }, None, a.id).unwrap();
