@@ -300,6 +300,10 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
         }
     });
 
+    // Before the socket is bound: a rules file of the operator's has every rule's examples
+    // judged, which no client should wait on (nor find the daemon refusing to start after
+    // it answered).
+    let gating_policy = config.gating.policy().map_err(DaemonError::Gating)?;
     let listener = api::bind(&config.daemon.socket).await?;
     let operator_gid =
         config.daemon.operator_group.as_deref().and_then(|g| match nix::unistd::Group::from_name(g) {
@@ -366,6 +370,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
                 sessions: sessions.clone(),
             }),
             config: config.gating.clone(),
+            policy: gating_policy,
         })
         .map_err(DaemonError::Gating)?,
     );

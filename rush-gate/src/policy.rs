@@ -14,7 +14,10 @@ use crate::{Context, PolicyError};
 /// The rules Rush ships with.
 const SHIPPED: &str = include_str!("../rules/default.toml");
 
-static SHIPPED_POLICY: LazyLock<Policy> = LazyLock::new(|| match Policy::from_toml(SHIPPED) {
+// Compiled without running its examples: they are run by this crate's tests
+// (`shipped_rules_load`), so a daemon starting does not judge ~300
+// example commands again (seconds in a debug build under emulation, with its socket bound).
+static SHIPPED_POLICY: LazyLock<Policy> = LazyLock::new(|| match Policy::compile(SHIPPED) {
     Ok(p) => p,
     // The shipped file is checked by this crate's tests; failing here is a build defect.
     Err(e) => panic!("rush-gate's shipped rules do not load: {e}"),
@@ -157,6 +160,29 @@ impl Policy {
     /// Parses and checks a rules file: unknown keys, undefined weights, sets or detectors,
     /// inconsistent bands, and every rule against its own `match` / `not_match` examples.
     pub fn from_toml(text: &str) -> Result<Policy, PolicyError> {
+        let (policy, examples) = Policy::compile_with_examples(text)?;
+        for (rule, (matches, not_match)) in policy.rules.iter().zip(examples) {
+            for example in matches {
+                if !policy.example_fires(rule, &example) {
+                    return Err(PolicyError::Example { rule: rule.name.clone(), example, fired: false });
+                }
+            }
+            for example in not_match {
+                if policy.example_fires(rule, &example) {
+                    return Err(PolicyError::Example { rule: rule.name.clone(), example, fired: true });
+                }
+            }
+        }
+        Ok(policy)
+    }
+
+    /// [`Policy::from_toml`] without running the examples (they must still be there).
+    fn compile(text: &str) -> Result<Policy, PolicyError> {
+        Policy::compile_with_examples(text).map(|(p, _)| p)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn compile_with_examples(text: &str) -> Result<(Policy, Vec<(Vec<String>, Vec<String>)>), PolicyError> {
         let file: File = toml::from_str(text)?;
         if file.trust.is_empty() {
             return Err(PolicyError::NoTrustLevels);
@@ -210,19 +236,7 @@ impl Policy {
             }
         }
         let policy = Policy { default_trust: file.default_trust, trust: file.trust, rules, vocab };
-        for (rule, (matches, not_match)) in policy.rules.iter().zip(examples) {
-            for example in matches {
-                if !policy.example_fires(rule, &example) {
-                    return Err(PolicyError::Example { rule: rule.name.clone(), example, fired: false });
-                }
-            }
-            for example in not_match {
-                if policy.example_fires(rule, &example) {
-                    return Err(PolicyError::Example { rule: rule.name.clone(), example, fired: true });
-                }
-            }
-        }
-        Ok(policy)
+        Ok((policy, examples))
     }
 
     /// The trust level used when a caller names none.

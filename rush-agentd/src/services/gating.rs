@@ -77,6 +77,9 @@ pub struct GatingSetup {
     pub audit: Arc<AuditLog>,
     pub context: Arc<dyn GatingContext>,
     pub config: GatingConfig,
+    /// `config.policy()`, loaded by the caller before the socket is served (a rules file
+    /// of its own has every example judged: not while clients wait).
+    pub policy: rush_gate::Policy,
 }
 
 /// Everything a verdict is made in.
@@ -103,7 +106,7 @@ impl Gating {
     /// The gate; Err names the rules file, the rule and why (a rule whose own examples
     /// fail is refused here, so the daemon does not start with it).
     pub fn new(setup: GatingSetup) -> Result<Gating, String> {
-        let policy = setup.config.policy()?;
+        let policy = setup.policy;
         if let Some(t) = &setup.config.default_trust
             && !policy.trust_levels().iter().any(|l| l == t)
         {

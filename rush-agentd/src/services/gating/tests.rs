@@ -42,6 +42,7 @@ fn fixture_with(config: GatingConfig) -> Fixture {
         store,
         audit: Arc::new(AuditLog::open(&db).unwrap()),
         context: Arc::new(Context),
+        policy: config.policy().unwrap(),
         config,
     })
     .unwrap();
@@ -266,6 +267,7 @@ fn a_rules_file_that_fails_its_own_examples_stops_the_gate_naming_it() {
         store: Arc::new(Store::open(&db).unwrap()),
         audit: Arc::new(AuditLog::open(&db).unwrap()),
         context: Arc::new(Context),
+        policy: bad_trust.policy().unwrap(),
         config: bad_trust,
     })
     .err()
