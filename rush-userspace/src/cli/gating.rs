@@ -46,7 +46,12 @@ once approved; yours is asked on this terminal (no terminal: not run, exit 3).
 deny     nothing runs.
 
 How it ended is reported to the daemon: a rollback right after it, or a storm of kernel \
-denials, teaches a guardrail (`rush guardrail list`).";
+denials, teaches a guardrail (`rush guardrail list`).
+
+Run inside an agent, rush execute is that agent's: judged at its trust level with its \
+tokens, its asks in the queue as its requests, and the command run confined, as it. An \
+operator's --agent NAME judges the command as that agent and asks as it, but runs it here, \
+as the operator: to run it confined, run rush execute inside the agent.";
 
 pub const EXECUTE_EXAMPLES: &str = "\
 Examples:
