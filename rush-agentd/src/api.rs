@@ -20,9 +20,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::broadcast;
 
 use crate::adapters::cgroup::process_cgroup_v2;
+use crate::core::Asker;
 use crate::core::{Caller, Fault};
 use crate::services::agent::{AgentError, AgentManager};
-use crate::services::approvals::{ApprovalError, Asker, Decider};
+use crate::services::approvals::{ApprovalError, Decider};
 use crate::services::audit::AuditLog;
 use crate::services::coordination::{Actor, CoordinationError};
 use crate::services::events::Published;
@@ -736,13 +737,13 @@ async fn answer(peer: &Peer, request: Request, ctx: &ApiContext) -> Result<Respo
             let g = Arc::clone(&ctx.gating);
             let who = OwnedActor::of(peer);
             // Parsing and the rules' walk are CPU work: off the async workers.
-            let assessment = tokio::task::spawn_blocking(move || g.assess(who.gating(), &req))
+            let assessment = tokio::task::spawn_blocking(move || g.assess(who.asker(), &req))
                 .await
                 .map_err(|e| ApiError::new(ErrorKind::Internal, format!("assess: {e}")))??;
             Response::Assessment { assessment }
         }
         Request::RecordExecution(rec) => {
-            Response::ExecutionRecorded { learned: ctx.gating.record(gating_asker(peer), caller.uid, rec)? }
+            Response::ExecutionRecorded { learned: ctx.gating.record(asker(peer), caller.uid, rec)? }
         }
         Request::ListGuardrails => Response::Guardrails { guardrails: ctx.gating.list()? },
         Request::RemoveGuardrail { id } => {
@@ -836,15 +837,7 @@ fn remembered_is_a_command(
     Ok(())
 }
 
-/// The principal of a request as risk gating names it.
-fn gating_asker(peer: &Peer) -> crate::services::gating::Asker<'_> {
-    match &peer.role {
-        CallerRole::Agent { name } => crate::services::gating::Asker::Agent { name },
-        _ => crate::services::gating::Asker::Operator { uid: peer.caller.uid },
-    }
-}
-
-/// The principal of a request as the approvals queue names it.
+/// The principal of a request as the approvals queue and risk gating name it.
 fn asker(peer: &Peer) -> Asker<'_> {
     match &peer.role {
         CallerRole::Agent { name } => Asker::Agent { name },
@@ -881,10 +874,10 @@ impl OwnedActor {
         }
     }
 
-    fn gating(&self) -> crate::services::gating::Asker<'_> {
+    fn asker(&self) -> Asker<'_> {
         match self {
-            OwnedActor::Operator(uid) => crate::services::gating::Asker::Operator { uid: *uid },
-            OwnedActor::Agent(name) => crate::services::gating::Asker::Agent { name },
+            OwnedActor::Operator(uid) => Asker::Operator { uid: *uid },
+            OwnedActor::Agent(name) => Asker::Agent { name },
         }
     }
 }

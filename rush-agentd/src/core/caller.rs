@@ -10,3 +10,11 @@ pub struct Caller {
     /// Supplementary groups; the agent runs with exactly the caller's credentials.
     pub groups: Vec<u32>,
 }
+
+/// Who sends a request to a service (the approvals queue, risk gating): an operator (by
+/// uid), or an agent as itself (named by its cgroup, never by what it says).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asker<'a> {
+    Operator { uid: u32 },
+    Agent { name: &'a str },
+}

@@ -8,7 +8,7 @@ pub mod file_key;
 pub mod process;
 pub mod token;
 
-pub use caller::Caller;
+pub use caller::{Asker, Caller};
 pub use clock::{boot_id, boot_time_ns, now_unix_ms};
 pub use error::{Fault, error_chain};
 pub use file_key::{FileKey, FileKeys, KeyError};

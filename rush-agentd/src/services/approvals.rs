@@ -27,7 +27,7 @@ use rush_proto::{AuditEvent, Budget, Ops};
 use tokio::sync::{Notify, watch};
 
 use crate::adapters::store::{Store, StoreError};
-use crate::core::{Fault, error_chain, now_unix_ms};
+use crate::core::{Asker, Fault, error_chain, now_unix_ms};
 use crate::services::audit::AuditLog;
 
 pub mod batching;
@@ -51,13 +51,6 @@ fn invalid(message: impl Into<String>) -> ApprovalError {
 fn saved(e: StoreError) -> ApprovalError {
     let fault = if e.is_full() { Fault::Exhausted } else { Fault::Internal };
     ApprovalError::new(fault, format!("approval not saved: {}", error_chain(&e)))
-}
-
-/// Who sends a request: an operator (by uid), or an agent as itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Asker<'a> {
-    Operator { uid: u32 },
-    Agent { name: &'a str },
 }
 
 /// Who decides: an operator at the CLI, or a channel's verified callback.

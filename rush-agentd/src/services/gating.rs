@@ -23,7 +23,7 @@ use rush_proto::gate::{
 };
 
 use crate::adapters::store::{Store, StoreError};
-use crate::core::{Fault, error_chain, now_unix_ms};
+use crate::core::{Asker, Fault, error_chain, now_unix_ms};
 use crate::services::audit::AuditLog;
 
 mod config;
@@ -45,13 +45,6 @@ fn invalid(message: impl Into<String>) -> GatingError {
 fn stored(e: StoreError) -> GatingError {
     let fault = if e.is_full() { Fault::Exhausted } else { Fault::Internal };
     GatingError::new(fault, format!("guardrails: {}", error_chain(&e)))
-}
-
-/// Who asks: an operator (by uid), or an agent as itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Asker<'a> {
-    Operator { uid: u32 },
-    Agent { name: &'a str },
 }
 
 /// An agent as the gate judges it.

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow};
 use rush_proto::approval::{ApprovalDetail, ApprovalRequest, ApprovalState};
+use rush_proto::client::Client;
 use rush_proto::gate::{AssessRequest, Assessment, ExecutionRecord, GateDecision, GuardrailSpec};
 use rush_proto::{FileGrant, NetPolicy, Ops, SpawnRequest, StdioMode};
 use serde::{Deserialize, Serialize};
@@ -60,7 +61,7 @@ pub fn execute(ctx: &mut Ctx, args: &ExecuteArgs) -> Result<u8> {
         GateDecision::Allow if args.in_guest => super::guest::run_in_guest(&a, &cwd)?,
         GateDecision::Allow => run_here(&a.command, &cwd)?,
         GateDecision::Deny => return Err(declined(&a, "denied")),
-        GateDecision::Ask => match ask(ctx, &a, &args.context, args.wait)? {
+        GateDecision::Ask => match ask(&mut client, &a, &args.context, args.wait)? {
             true if args.in_guest => super::guest::run_in_guest(&a, &cwd)?,
             true => run_here(&a.command, &cwd)?,
             false => return Err(declined(&a, "not approved")),
@@ -134,8 +135,8 @@ fn run_here(command: &str, cwd: &Path) -> Result<Ran> {
 
 /// Asks a person: an agent through the human attention queue, an operator on this
 /// terminal. Whether they said yes.
-fn ask(ctx: &mut Ctx, a: &Assessment, args: &GateContextArgs, wait: Option<u64>) -> Result<bool> {
-    let me = ctx.connect()?.hello()?;
+fn ask(client: &mut Client, a: &Assessment, args: &GateContextArgs, wait: Option<u64>) -> Result<bool> {
+    let me = client.hello()?;
     let is_agent = matches!(me.caller.role, rush_proto::CallerRole::Agent { .. });
     if is_agent || args.agent.is_some() {
         let req = ApprovalRequest {
@@ -151,13 +152,12 @@ fn ask(ctx: &mut Ctx, a: &Assessment, args: &GateContextArgs, wait: Option<u64>)
             class: None,
             freeze: false,
         };
-        let mut client = ctx.connect()?;
         let asked = client.request_approval(req)?;
         eprintln!(
             "rush: {}; waiting for a decision",
             render::approval_pending_line(&asked, crate::time::now_unix_ms())
         );
-        let decided = super::approvals::wait_until_decided(&mut client, args.agent.as_deref(), asked, wait)?;
+        let decided = super::approvals::wait_until_decided(client, args.agent.as_deref(), asked, wait)?;
         eprintln!("rush: {}", render::approval_line(&decided));
         return Ok(decided.state == ApprovalState::Approved);
     }
