@@ -9,6 +9,7 @@
 
 pub mod channels;
 pub mod escape_kit;
+pub mod tmux;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;

@@ -560,3 +560,125 @@ fn vm_only_with_no_guest_kit_is_refused_saying_what_is_missing_and_a_deny_still_
     assert_eq!(denied.status.code(), Some(3), "{}", describe(&denied));
     assert!(!String::from_utf8_lossy(&denied.stderr).contains("guest kit"), "{}", describe(&denied));
 }
+
+/// A directory whose `rm` only records that it ran: the shell tests judge `rm -rf /`
+/// without ever risking it, even if the gate failed.
+fn fake_rm(dir: &Path) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let rm = bin.join("rm");
+    std::fs::write(&rm, format!("#!/bin/sh\necho \"$@\" >> {}/rm-ran\n", dir.display())).unwrap();
+    std::fs::set_permissions(&rm, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    bin
+}
+
+/// `rush` reading `script` on stdin (one command at a time, as bash reads a pipe).
+fn rush_stdin(d: &Daemon, dir: &Path, script: &str, env: &[(&str, &str)]) -> Output {
+    use std::io::Write;
+    let mut c = std::process::Command::new(bin("rush"));
+    c.current_dir(dir)
+        .env("RUSH_SOCKET", &d.socket)
+        .env_remove("RUSH_AGENT")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("start rush");
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn the_rush_shell_with_gating_on_judges_each_line_and_each_expanded_command() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bin = fake_rm(dir.path());
+    // An alias defined on an earlier line is invisible to the line's check: the second
+    // check, on the expanded words just before `rm` runs, refuses it. The computed target
+    // of the next line is asked about, and with no terminal to ask on, not run. Turned
+    // off, the same alias runs (the fake rm records it).
+    let script = format!(
+        "PATH={}:$PATH\nset -o rush-gate\nalias boom='rm -rf /'\nboom\necho boom=$?\nt=/; rm -rf $t\necho asked=$?\n\
+         echo still-here\nset +o rush-gate\nboom\necho off=$?\n",
+        bin.display()
+    );
+    let out = rush_stdin(&d, dir.path(), &script, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stdout, "boom=126\nasked=126\nstill-here\noff=0\n", "{}", describe(&out));
+    assert!(stderr.contains("rush: gate: not run: denied"), "{stderr}");
+    assert!(stderr.contains("no terminal to ask on"), "{stderr}");
+    // Only the run with the gate off reached rm.
+    assert_eq!(std::fs::read_to_string(dir.path().join("rm-ran")).unwrap(), "-rf /\n");
+    // A whole line (here -c) that the gate denies runs nothing of it.
+    std::fs::remove_file(dir.path().join("rm-ran")).unwrap();
+    let marker = dir.path().join("ran");
+    let line = format!("touch {}; rm -rf /", marker.display());
+    let out = rush_stdin(
+        &d,
+        dir.path(),
+        &format!("PATH={}:$PATH\nset -o rush-gate\n{line}\necho line=$?\n", bin.display()),
+        &[],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "line=126\n", "{}", describe(&out));
+    assert!(!marker.exists() && !dir.path().join("rm-ran").exists());
+    // No daemon to ask: nothing runs (the gate fails closed), and it says why.
+    let out = rush_stdin(
+        &d,
+        dir.path(),
+        &format!("set -o rush-gate\ntouch {}\necho gone=$?\n", marker.display()),
+        &[("RUSH_SOCKET", "/nonexistent/rush.sock")],
+    );
+    // Not even the `echo` after it: every line is refused.
+    assert_eq!((out.status.code(), out.stdout.is_empty()), (Some(126), true), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the daemon"), "{}", describe(&out));
+    assert!(!marker.exists());
+}
+
+#[test]
+fn an_agents_rush_shell_is_gated_and_cannot_switch_the_gate_off() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start();
+    let (_dir, ws) = session(&d, "s3");
+    let bin = fake_rm(&ws);
+    let w = ws.display().to_string();
+    std::fs::write(
+        ws.join("script.sh"),
+        "alias boom='rm -rf /'\nboom\necho boom=$?\nset +o rush-gate\necho set=$?\n\
+         trap - DEBUG\necho trap=$?\nset +T\necho functrace=$?\nenable -n trap\necho enable=$?\n\
+         f() { boom; }\nf\necho in-function=$?\n(boom)\necho subshell=$?\necho done\n",
+    )
+    .unwrap();
+    // The daemon sets RUSH_AGENT in every agent: its rush shell gates, locked on.
+    let rush = bin_dir().join("rush").display().to_string();
+    // PATH is set before the shell starts: a PATH= line in it is itself asked about.
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+    spawn_agent(
+        &d,
+        "coder",
+        &ws,
+        &format!("PATH={path} {rush} -s < {w}/script.sh > {w}/out.txt 2> {w}/err.txt; echo $? > {w}/status"),
+    );
+    let status = ws.join("status");
+    let file = |f: &str| std::fs::read_to_string(ws.join(f)).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(20), || status.exists()),
+        "no exit status; out: {}\nerr: {}\nagent: {:#}",
+        file("out.txt"),
+        file("err.txt"),
+        d.rush_json(&["agent", "status", "coder"])
+    );
+    let out = std::fs::read_to_string(ws.join("out.txt")).unwrap();
+    let err = std::fs::read_to_string(ws.join("err.txt")).unwrap();
+    assert_eq!(
+        out, "boom=126\nset=1\ntrap=1\nfunctrace=1\nenable=1\nin-function=126\nsubshell=126\ndone\n",
+        "stderr: {err}"
+    );
+    assert!(err.contains("risk gating is locked on in an agent's shell"), "{err}");
+    assert!(!ws.join("rm-ran").exists(), "rm ran: {err}");
+}

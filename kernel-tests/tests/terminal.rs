@@ -9,10 +9,10 @@
 //! connects to it types nothing).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::Command;
 use std::time::Duration;
 
+use kernel_tests::tmux::Tmux;
 use kernel_tests::*;
 
 fn fixture() -> PathBuf {
@@ -25,87 +25,10 @@ fn app() -> Vec<String> {
 }
 
 fn ready() -> bool {
-    let tmux = Command::new("tmux").arg("-V").output().is_ok_and(|o| o.status.success());
+    let tmux = kernel_tests::tmux::available();
     let curses =
         Command::new("/usr/bin/python3").args(["-c", "import curses"]).status().is_ok_and(|s| s.success());
     require(is_root(), "root") && require(tmux, "tmux") && require(curses, "/usr/bin/python3 with curses")
-}
-
-/// A private tmux server, killed on drop.
-struct Tmux {
-    socket: String,
-}
-
-static TMUX_N: AtomicU32 = AtomicU32::new(0);
-
-impl Tmux {
-    fn new() -> Tmux {
-        let socket = format!("rush-test-{}-{}", std::process::id(), TMUX_N.fetch_add(1, Ordering::Relaxed));
-        Tmux { socket }
-    }
-
-    fn cmd(&self) -> Command {
-        let mut c = Command::new("tmux");
-        c.arg("-L").arg(&self.socket).stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = self.cmd().args(args).output().expect("tmux");
-        assert!(out.status.success(), "tmux {args:?}: {}", describe(&out));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// A window named `name`, `cols`x`rows`, running `shell` (sh -c); it stays after the
-    /// command ends so its last screen can be read.
-    fn window(&self, name: &str, cols: u16, rows: u16, shell: &str) {
-        let size = [cols.to_string(), rows.to_string()];
-        let first = self.cmd().arg("has-session").output().is_ok_and(|o| o.status.success());
-        if first {
-            self.run(&["new-window", "-d", "-n", name, shell]);
-        } else {
-            self.run(&["new-session", "-d", "-s", "t", "-n", name, "-x", &size[0], "-y", &size[1], shell]);
-            self.run(&["set-option", "-g", "status", "off"]);
-            self.run(&["set-option", "-g", "remain-on-exit", "on"]);
-        }
-        self.run(&["set-option", "-w", "-t", &format!("t:{name}"), "remain-on-exit", "on"]);
-    }
-
-    fn screen(&self, name: &str) -> String {
-        self.run(&["capture-pane", "-p", "-t", &format!("t:{name}")])
-    }
-
-    fn keys(&self, name: &str, keys: &[&str]) {
-        let target = format!("t:{name}");
-        let mut args = vec!["send-keys", "-t", &target];
-        args.extend_from_slice(keys);
-        self.run(&args);
-    }
-
-    /// The pane's size as the program in it sees it: (rows, cols).
-    fn pane_size(&self, name: &str) -> (u16, u16) {
-        let s =
-            self.run(&["display-message", "-p", "-t", &format!("t:{name}"), "#{pane_height} #{pane_width}"]);
-        let mut it = s.split_whitespace().map(|n| n.parse().unwrap());
-        (it.next().unwrap(), it.next().unwrap())
-    }
-
-    fn wait_for(&self, name: &str, what: &str) -> String {
-        let mut last = String::new();
-        if wait_until(Duration::from_secs(20), || {
-            last = self.screen(name);
-            last.contains(what)
-        }) {
-            return last;
-        }
-        panic!("{what:?} never appeared in tmux window {name}; the screen:\n{last}");
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = self.cmd().arg("kill-server").output();
-    }
 }
 
 /// `rush ARGS; echo RUSH-EXIT=$?` as a shell line for a tmux window.

@@ -28,8 +28,9 @@ pub use audit::{AuditEvent, AuditRecord};
 pub use budget::{Budget, BudgetResource, BudgetUnit, BudgetUsage};
 pub use events::{Event, SubscribeRequest};
 pub use session::{
-    Attachment, CheckpointInfo, DiffReport, EnvChange, KeyValue, Prune, RollbackReport, SessionDetail,
-    SessionInfo, SessionRef, ShellState, Timeline, TimelineInfo,
+    Attachment, CheckpointInfo, DiffReport, EnvChange, KeyValue, PerfSample, PerfSeries, Prune,
+    RollbackReport, SessionDetail, SessionInfo, SessionRef, ShellOption, ShellOptionKind, ShellState,
+    Timeline, TimelineInfo,
 };
 pub use spec::{AgentName, FileGrant, Hardlinks, NetEndpoint, NetPolicy, Ops, SpecError, parse_duration};
 pub use wire::{

@@ -120,7 +120,57 @@ pub struct ShellState {
     /// The job table, one line per job, as the shell prints it.
     #[serde(default)]
     pub jobs: Vec<String>,
+    /// The `rush` shell's own state (another shell reports only cwd and env).
+    /// Aliases by name, sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<(String, String)>,
+    /// Shell functions: name and definition as source text, sorted by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub functions: Vec<(String, String)>,
+    /// Every `set -o` and `shopt` option with its value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<ShellOption>,
+    /// The performance baseline: recent runs of each command line.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub perf: Vec<PerfSeries>,
 }
+
+/// Which builtin sets an option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShellOptionKind {
+    /// `set -o NAME`.
+    Set,
+    /// `shopt -s NAME`.
+    Shopt,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShellOption {
+    pub kind: ShellOptionKind,
+    pub name: String,
+    pub on: bool,
+}
+
+/// One run of a command line in the `rush` shell.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PerfSample {
+    pub at_unix_ms: u64,
+    pub wall_ms: f64,
+    /// User + system CPU of the shell and the children it waited for.
+    pub cpu_ms: f64,
+    pub status: u8,
+}
+
+/// Recent runs of one command line, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PerfSeries {
+    pub command: String,
+    pub samples: Vec<PerfSample>,
+}
+
+// Eq for ShellState: the samples' floats are measurements, compared bit for bit.
+impl Eq for PerfSeries {}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointInfo {

@@ -26,7 +26,14 @@ Run AI agents confined by the kernel.
 rush is the command-line frontend of Rush. It asks the root daemon, rush-agentd, to run \
 commands as agents: each agent gets its own cgroup, and eBPF programs attached to it \
 enforce the agent's network policy and file grants in the kernel, whatever the agent \
-does. rush itself holds no privileges; it talks to the daemon over a Unix socket.";
+does. rush itself holds no privileges; it talks to the daemon over a Unix socket.
+
+Without a subcommand, rush is a bash-compatible shell (brush-core) with Rush built in: \
+`rush` (interactive), `rush -c COMMAND [NAME [ARG...]]`, `rush SCRIPT [ARG...]`, `rush -s`, \
+and bash's options (-e, -u, -x, -o NAME, -O NAME, --norc, --posix, ...). In it, `rush \
+checkpoint`, `rush rollback` and `rush session attach/detach` save and restore the shell's \
+own state (environment, cwd, aliases, functions, options, jobs, performance baseline). A \
+script named like a subcommand runs as `rush ./NAME`. See docs/SHELL.md.";
 
 const EXAMPLES: &str = "\
 Examples:
@@ -56,7 +63,10 @@ Environment:
   RUSH_SOCKET   the daemon's socket when --socket is not given (set in every agent's
                 environment: rush run inside an agent reaches the daemon as that agent)
   RUSH_SESSION  the session of session commands and `agent spawn` when --session is not
-                given (set by `rush session attach`)";
+                given (set by `rush session attach`)
+  RUSH_AGENT    set by the daemon in every agent: the rush shell run there is risk-gated,
+                locked on (every line, and every external command on its expanded words)
+  RUSH_PERF     `off`: the interactive shell does not time its commands (`rush perf`)";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -168,6 +178,10 @@ pub enum Command {
     #[command(subcommand, long_about = HOOK_LONG_ABOUT)]
     Hook(HookCommand),
 
+    /// Show how long the rush shell's commands took, and which got slower
+    #[command(long_about = PERF_LONG_ABOUT, after_long_help = PERF_EXAMPLES)]
+    Perf(PerfArgs),
+
     /// Show what this kernel supports and which guarantees hold on this machine
     #[command(long_about = DOCTOR_LONG_ABOUT)]
     Doctor {
@@ -206,6 +220,42 @@ pub enum Command {
     #[command(hide = true)]
     Man,
 }
+
+#[derive(Debug, Args)]
+pub struct PerfArgs {
+    /// One command line, exactly as it was typed: its runs, newest last.
+    #[arg(value_name = "COMMAND")]
+    pub command: Option<String>,
+    /// The session whose records to show; default: $RUSH_SESSION, else the shells
+    /// attached to none (`default`).
+    #[arg(long, short = 's', value_name = "SESSION")]
+    pub session: Option<AgentName>,
+    /// Only command lines whose last run is a regression.
+    #[arg(long)]
+    pub regressions: bool,
+}
+
+const PERF_LONG_ABOUT: &str = "\
+Show the performance records of the rush shell. An interactive rush times every command \
+line it runs (wall time, and CPU time of the shell and the children it waited for) with \
+its exit status, per session, and keeps the last 20 runs of each line as its baseline \
+(and up to 500 lines). A run slower than its baseline's median by 25% and by at least \
+50 ms is a regression: the shell says so when it happens, and this command flags it.
+
+The baseline is part of a checkpoint's shell state: `rush rollback` in the rush shell \
+puts it back with the files, the environment and the functions. Records live in \
+$XDG_STATE_HOME/rush/perf/SESSION.jsonl (else ~/.local/state/rush/perf); RUSH_PERF=off \
+in a shell's environment stops the recording.
+
+Without COMMAND: one line per command line, most recent first: runs, median, last run \
+and its change against the median of the runs before it. With COMMAND: each run. \
+--json prints the series.";
+
+const PERF_EXAMPLES: &str = "\
+Examples:
+  $ rush perf
+  $ rush perf 'cargo test'
+  $ rush perf --regressions --session refactor --json";
 
 const AUDIT_LONG_ABOUT: &str = "\
 Show the audit trail the daemon keeps: agents spawned, exited and killed, requests it \

@@ -8,6 +8,7 @@ mod guest_kit;
 mod install;
 mod layers;
 mod setup;
+mod spec;
 mod util;
 mod vm;
 
@@ -63,6 +64,10 @@ enum Command {
     /// Install the guest kit `rush execute` boots vm-only commands in (a Debian kernel, the
     /// test tier's busybox initramfs, bash): in --dir, $RUSH_GUEST_DIR or /var/lib/rush/guest.
     GuestKit(guest_kit::GuestKitArgs),
+    /// Run the Oils project's shell spec tests (../shared/external/oils-spec) on rush, bash
+    /// and dash and print a table per file; --check fails when rush fails more cases of a
+    /// file than testdata/oils-spec-allowance.toml allows (docs/SHELL-COMPAT.md).
+    Spec(spec::SpecArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -84,12 +89,13 @@ fn main() -> Result<()> {
         Command::VmTest(args) => vm::run(args),
         Command::GuestKit(args) => guest_kit::run(args),
         Command::Layers { check, src } => layers::run(check, src),
+        Command::Spec(args) => spec::run(args),
     }
 }
 
 /// The host tier's test suites (kernel-tests/tests/NAME.rs), run one cargo invocation each
 /// so the summary says what each costs; the others run only in the guests.
-const HOST_SUITES: [&str; 23] = [
+const HOST_SUITES: [&str; 24] = [
     "host",
     "coordination",
     "approvals",
@@ -113,6 +119,7 @@ const HOST_SUITES: [&str; 23] = [
     "principals",
     "hooks",
     "gating",
+    "shell",
 ];
 
 fn test(tier: Tier) -> Result<()> {
@@ -172,6 +179,7 @@ fn run_tiers(tier: Tier, times: &mut util::Timings) -> Result<()> {
                 )
             })?;
         }
+        times.step("host: oils spec (rush vs bash, dash)", || spec::check_in_tier(&bin_dir.join("rush")))?;
     }
     if matches!(tier, Tier::Vm | Tier::All) {
         util::step("VM kernel tests (QEMU guests, Debian 6.1 and 6.12: BPF LSM, pure cgroup v2, CRIU)");

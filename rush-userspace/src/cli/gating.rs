@@ -169,7 +169,7 @@ Exit status:
   1  the file could not be read or written, or is not valid JSON (left as it was)";
 
 /// `--cwd`, `--agent`, `--trust`: the context a command is judged in.
-#[derive(Debug, Args, Clone)]
+#[derive(Debug, Args, Clone, Default)]
 pub struct GateContextArgs {
     /// Judge (and run) it in this directory (default: the current one).
     #[arg(long, value_name = "DIR")]

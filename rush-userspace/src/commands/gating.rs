@@ -135,7 +135,12 @@ fn run_here(command: &str, cwd: &Path) -> Result<Ran> {
 
 /// Asks a person: an agent through the human attention queue, an operator on this
 /// terminal. Whether they said yes.
-fn ask(client: &mut Client, a: &Assessment, args: &GateContextArgs, wait: Option<u64>) -> Result<bool> {
+pub(crate) fn ask(
+    client: &mut Client,
+    a: &Assessment,
+    args: &GateContextArgs,
+    wait: Option<u64>,
+) -> Result<bool> {
     let me = client.hello()?;
     let is_agent = matches!(me.caller.role, rush_proto::CallerRole::Agent { .. });
     if is_agent || args.agent.is_some() {

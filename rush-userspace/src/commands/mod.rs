@@ -9,10 +9,11 @@ mod capability;
 mod coordination;
 mod doctor;
 mod events;
-mod gating;
+pub(crate) mod gating;
 mod guest;
 mod hook;
 mod meta;
+mod perf;
 mod session;
 mod spawn;
 mod terminal;
@@ -126,6 +127,7 @@ fn run_command(cli: Cli) -> Result<u8> {
         Command::Hook(cmd) => hook::hook(&mut ctx, cmd),
         Command::HumanQueue(cmd) => approvals::human_queue(&mut ctx, cmd),
         Command::ApprovalPolicy(cmd) => approvals::approval_policy(&mut ctx, cmd),
+        Command::Perf(args) => perf::perf(&mut ctx, &args),
         Command::Doctor { profile: None } => doctor::doctor(&mut ctx),
         Command::Doctor { profile: Some(name) } => doctor::profile(&mut ctx, &name),
         Command::Version => meta::version(&mut ctx),

@@ -50,7 +50,7 @@ fn shell_state() -> ShellState {
         .filter(|(k, _)| !VOLATILE.contains(&k.as_str()))
         .collect();
     env.sort();
-    ShellState { cwd: shell_cwd(), env, jobs: Vec::new() }
+    ShellState { cwd: shell_cwd(), env, ..ShellState::default() }
 }
 
 /// Our working directory as the shell that ran us names it: $PWD keeps the path the user

@@ -354,6 +354,10 @@ impl AgentManager {
             req.env.retain(|(k, _)| k != "TMPDIR");
             req.env.push(("TMPDIR".to_owned(), dir.path().to_string_lossy().into_owned()));
         }
+        // Its name: the rush shell run inside an agent turns risk gating on, locked, when
+        // it sees this (docs/SHELL.md). Set by us, whatever the request said.
+        req.env.retain(|(k, _)| k != "RUSH_AGENT");
+        req.env.push(("RUSH_AGENT".to_owned(), name.to_string()));
         let file_tokens = match carried {
             _ if files == Files::Open => None,
             Some(tokens) => Some(FileTokens::Carried(tokens)),

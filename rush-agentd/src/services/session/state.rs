@@ -23,10 +23,11 @@ fn is_alive(a: &AttachmentRecord, boot: &str) -> bool {
     a.boot_id == boot && proc_stat(a.pid).is_some_and(|(_, start)| start == a.start_ticks)
 }
 
-/// Whether `pid` is an ancestor of `caller` (its shell) or its child (the subshell
-/// `rush session attach` starts): the only processes a caller may bind.
+/// Whether `pid` is the caller itself (the rush shell, attaching itself), an ancestor of
+/// `caller` (its shell) or its child (the subshell `rush session attach` starts): the only
+/// processes a caller may bind.
 fn related(pid: i32, caller: i32) -> bool {
-    if proc_stat(pid).is_some_and(|(ppid, _)| ppid == caller) {
+    if pid == caller || proc_stat(pid).is_some_and(|(ppid, _)| ppid == caller) {
         return true;
     }
     let mut p = caller;
