@@ -19,6 +19,7 @@ mod hardening;
 mod landlock_audit;
 mod meter;
 mod scale;
+mod shell;
 mod snapshot;
 mod terminal;
 
@@ -291,6 +292,12 @@ fn main() {
     // version` (~30 s).
     if std::env::args().nth(1).as_deref() == Some("gating") {
         gating::run();
+        return;
+    }
+    // `rush-bench shell`: the rush shell vs bash and dash: `-c true`, first prompt, RSS,
+    // per-command cost of perf recording and of gating (~30 s).
+    if std::env::args().nth(1).as_deref() == Some("shell") {
+        shell::run();
         return;
     }
     // `rush-bench terminal`: keystroke echo and attach through Rush vs a plain pty (~20 s).

@@ -226,6 +226,33 @@ pub fn diff(d: &rush_proto::DiffReport) -> String {
     out
 }
 
+/// `rush rollback`'s report: where the session went, how to undo it, and which agents
+/// were stopped or restored.
+pub fn rollback_report(r: &rush_proto::RollbackReport) -> String {
+    let mut report = format!(
+        "session {} rolled back to {} in {} ms; undo with `rush rollback {}`\n",
+        r.checkpoint.session, r.checkpoint.name, r.took_ms, r.undo.name
+    );
+    if !r.stopped.is_empty() {
+        report += &format!("stopped agents (their files were replaced): {}\n", r.stopped.join(", "));
+    }
+    if !r.restored.is_empty() {
+        report += &format!("restored agents' processes: {}\n", r.restored.join(", "));
+    }
+    report
+}
+
+/// `rush checkpoint`'s line.
+pub fn checkpoint_line(c: &rush_proto::CheckpointInfo) -> String {
+    format!(
+        "checkpoint {} of session {} taken in {} ms: {}\n",
+        c.name,
+        c.session,
+        c.took_ms,
+        c.captured.join(", ")
+    )
+}
+
 /// Shell commands that take a shell from `current` to `saved` (for `eval`): every value
 /// single-quoted, exact to the byte.
 pub fn shell_restore(saved: &rush_proto::ShellState, current: &rush_proto::ShellState) -> String {

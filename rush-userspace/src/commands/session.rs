@@ -171,13 +171,7 @@ pub fn checkpoint(ctx: &mut Ctx, args: CheckpointArgs) -> Result<u8> {
     if ctx.out.json {
         ctx.out.document(&c)?;
     } else {
-        ctx.out.text(&format!(
-            "checkpoint {} of session {} taken in {} ms: {}\n",
-            c.name,
-            c.session,
-            c.took_ms,
-            c.captured.join(", ")
-        ))?;
+        ctx.out.text(&render::checkpoint_line(&c))?;
     }
     Ok(0)
 }
@@ -188,16 +182,7 @@ pub fn rollback(ctx: &mut Ctx, args: RollbackArgs) -> Result<u8> {
         ctx.out.document(&r)?;
         return Ok(0);
     }
-    let mut report = format!(
-        "session {} rolled back to {} in {} ms; undo with `rush rollback {}`\n",
-        r.checkpoint.session, r.checkpoint.name, r.took_ms, r.undo.name
-    );
-    if !r.stopped.is_empty() {
-        report += &format!("stopped agents (their files were replaced): {}\n", r.stopped.join(", "));
-    }
-    if !r.restored.is_empty() {
-        report += &format!("restored agents' processes: {}\n", r.restored.join(", "));
-    }
+    let report = render::rollback_report(&r);
     if args.shell {
         eprint!("{}", report.lines().map(|l| format!("rush: {l}\n")).collect::<String>());
         let current = shell_state();

@@ -22,15 +22,21 @@ use crate::cli::{Cli, Command, SessionCommand};
 /// The session key an attached shell's state is kept under between detach and attach.
 pub const SHELL_STATE_KEY: &str = "rush.shell";
 
-/// brush's own `alias`, which the listing wrapper calls for everything but a listing.
+/// brush's own `alias` and `kill`, which our wrappers call.
 static ALIAS: std::sync::OnceLock<Registration<Ext>> = std::sync::OnceLock::new();
+static KILL: std::sync::OnceLock<Registration<Ext>> = std::sync::OnceLock::new();
 
 pub fn register(shell: &mut Shell) {
-    if let Some(orig) = shell.builtins().get("alias").cloned() {
-        let mut wrapped = orig.clone();
-        wrapped.execute_func = alias_builtin;
-        let _ = ALIAS.set(orig);
-        shell.register_builtin("alias", wrapped);
+    for (name, slot, wrapper) in [
+        ("alias", &ALIAS, alias_builtin as brush_core::builtins::CommandExecuteFunc<Ext>),
+        ("kill", &KILL, kill_builtin),
+    ] {
+        if let Some(orig) = shell.builtins().get(name).cloned() {
+            let mut wrapped = orig.clone();
+            wrapped.execute_func = wrapper;
+            let _ = slot.set(orig);
+            shell.register_builtin(name, wrapped);
+        }
     }
     for (name, f) in [
         ("rush", rush_builtin as brush_core::builtins::CommandExecuteFunc<Ext>),
@@ -181,13 +187,7 @@ fn checkpoint(
     let c =
         client(socket)?.checkpoint(session_of(shell, session), name.as_str(), with_processes, Some(saved))?;
     Ok(Report {
-        text: format!(
-            "checkpoint {} of session {} taken in {} ms: {}\n",
-            c.name,
-            c.session,
-            c.took_ms,
-            c.captured.join(", ")
-        ),
+        text: crate::render::checkpoint_line(&c),
         json: serde_json::to_value(&c).expect("serializes"),
         notes: Vec::new(),
     })
@@ -216,16 +216,7 @@ async fn rollback(
     name: &AgentName,
 ) -> Outcome {
     let r = client(socket)?.rollback(session_of(shell, session), name.as_str())?;
-    let mut text = format!(
-        "session {} rolled back to {} in {} ms; undo with `rush rollback {}`\n",
-        r.checkpoint.session, r.checkpoint.name, r.took_ms, r.undo.name
-    );
-    if !r.stopped.is_empty() {
-        text += &format!("stopped agents (their files were replaced): {}\n", r.stopped.join(", "));
-    }
-    if !r.restored.is_empty() {
-        text += &format!("restored agents' processes: {}\n", r.restored.join(", "));
-    }
+    let mut text = crate::render::rollback_report(&r);
     let mut notes = Vec::new();
     match &r.shell {
         Some(saved) => {
@@ -541,6 +532,46 @@ fn alias_builtin(ctx: ExecutionContext<'_, Ext>, args: Vec<brush_core::CommandAr
             let _ = writeln!(out, "alias {name}={}", crate::render::shell_quote(value));
         }
         Ok(ExecutionResult::success())
+    })
+}
+
+/// `kill` as bash reads it; brush-builtins 0.2 sends SIGKILL when no signal is named and
+/// refuses `-9`. Here no signal means SIGTERM and `-N` means signal number N; the rest is
+/// brush's.
+fn kill_builtin(ctx: ExecutionContext<'_, Ext>, args: Vec<brush_core::CommandArg>) -> Fut<'_> {
+    Box::pin(async move {
+        let words = words(&args);
+        let Some(orig) = KILL.get() else { return Ok(ExecutionResult::new(1)) };
+        let lists = words.iter().skip(1).any(|w| w == "-l" || w == "-L");
+        let mut fixed = vec![words[0].clone()];
+        let mut named = false;
+        let mut rest = words.iter().skip(1).peekable();
+        while let Some(w) = rest.next() {
+            if w == "--" {
+                fixed.push(w.clone());
+                fixed.extend(rest.by_ref().cloned());
+                break;
+            }
+            if w == "-s" || w == "-n" {
+                named = true;
+                fixed.push(w.clone());
+                fixed.extend(rest.next().cloned());
+            } else if let Some(n) = w
+                .strip_prefix('-')
+                .filter(|n| !lists && !named && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            {
+                named = true;
+                fixed.extend(["-n".to_owned(), n.to_owned()]);
+            } else {
+                named |= w.starts_with('-') && w.len() > 1 && !lists;
+                fixed.push(w.clone());
+            }
+        }
+        if !named && !lists {
+            fixed.splice(1..1, ["-s".to_owned(), "TERM".to_owned()]);
+        }
+        let args = fixed.into_iter().map(brush_core::CommandArg::String).collect();
+        (orig.execute_func)(ctx, args).await
     })
 }
 

@@ -338,6 +338,26 @@ fn set_wrapper(ctx: ExecutionContext<'_, Ext>, args: Vec<brush_core::CommandArg>
 fn trap_wrapper(ctx: ExecutionContext<'_, Ext>, args: Vec<brush_core::CommandArg>) -> super::Fut<'_> {
     Box::pin(async move {
         let words = strings(&args);
+        // `trap` / `trap -p`: listed in bash's order (EXIT, signals by number, DEBUG, ERR,
+        // RETURN), each command quoted to read back; brush lists in hash order.
+        if words.iter().skip(1).all(|w| w == "-p") {
+            use brush_core::traps::TrapSignal;
+            let rank = |s: &TrapSignal| match s {
+                TrapSignal::Exit => 0,
+                TrapSignal::Signal(sig) => *sig as i32,
+                TrapSignal::Debug => 1000,
+                TrapSignal::Err => 1001,
+                TrapSignal::Return => 1002,
+            };
+            let mut all: Vec<(TrapSignal, String)> =
+                ctx.shell.traps().iter_handlers().map(|(s, h)| (s, h.command.clone())).collect();
+            all.sort_by_key(|(s, _)| rank(s));
+            let mut out = ctx.stdout();
+            for (signal, command) in all {
+                let _ = writeln!(out, "trap -- {} {signal}", crate::render::shell_quote(&command));
+            }
+            return Ok(ExecutionResult::success());
+        }
         let listing = words.iter().skip(1).all(|w| w.starts_with("-p") || w == "-l");
         if LOCKED.load(Ordering::Relaxed)
             && !listing

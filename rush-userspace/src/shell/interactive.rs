@@ -12,7 +12,8 @@ use brush_interactive::{InputBackend, InteractivePrompt, ReadResult};
 use super::{ShellRef, gate, perf, prompt};
 
 pub async fn run(shell: &ShellRef, interactive: bool, no_editing: bool) -> Result<(), brush_core::Error> {
-    if interactive && !no_editing {
+    // reedline needs a terminal on stdin (`rush -i < file` reads plain lines).
+    if interactive && !no_editing && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         let options = brush_interactive::UIOptions::default();
         match brush_interactive::ReedlineInputBackend::new(&options, shell) {
             Ok(mut backend) => return repl(shell, &mut backend, interactive).await,

@@ -254,6 +254,19 @@ async fn execute(shell: &ShellRef, a: args::ShellArgs, interactive: bool) -> Res
     } else if !a.stdin && !a.operands.is_empty() {
         let script = Path::new(&a.operands[0]);
         let mut sh = shell.lock().await;
+        // bash's statuses for a script it cannot read: 127 when missing, 126 otherwise.
+        if let Err(e) = std::fs::File::open(script).and_then(|f| {
+            if f.metadata()?.is_dir() {
+                Err(std::io::Error::from(std::io::ErrorKind::IsADirectory))
+            } else {
+                Ok(())
+            }
+        }) {
+            let mut err = sh.stderr();
+            let _ = writeln!(err, "rush: {}: {}", script.display(), plain_io_error(&e));
+            sh.set_last_exit_status(if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 });
+            return Ok(());
+        }
         if gate::enabled(&sh) {
             let text = std::fs::read_to_string(script).unwrap_or_default();
             if !gate::check_line(&mut sh, &text).await {
@@ -269,6 +282,15 @@ async fn execute(shell: &ShellRef, a: args::ShellArgs, interactive: bool) -> Res
         interactive::run(shell, interactive, a.no_editing).await?;
     }
     Ok(())
+}
+
+/// "No such file or directory", without Rust's "(os error 2)".
+fn plain_io_error(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    }
 }
 
 /// A shell variable's value as one string (an array's elements joined by spaces).

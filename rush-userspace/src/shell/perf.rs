@@ -48,6 +48,8 @@ pub struct PerfStore {
     path: PathBuf,
     series: BTreeMap<String, Vec<PerfSample>>,
     lines: usize,
+    /// Opened (O_APPEND) at the first record and kept: one write per command after that.
+    file: Option<std::fs::File>,
 }
 
 impl PerfStore {
@@ -58,7 +60,7 @@ impl PerfStore {
     /// Reads the records (none yet is an empty store); a torn last line (a crash mid-write)
     /// is skipped.
     pub fn load(path: &Path) -> std::io::Result<PerfStore> {
-        let mut store = PerfStore { path: path.to_owned(), series: BTreeMap::new(), lines: 0 };
+        let mut store = PerfStore { path: path.to_owned(), series: BTreeMap::new(), lines: 0, file: None };
         let file = match std::fs::File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(store),
@@ -95,10 +97,13 @@ impl PerfStore {
     pub fn append(&mut self, cmd: &str, sample: PerfSample) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(&Line { cmd: cmd.to_owned(), sample }).expect("serializes");
         line.push(b'\n');
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir)?;
+        if self.file.is_none() {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            self.file = Some(OpenOptions::new().create(true).append(true).open(&self.path)?);
         }
-        OpenOptions::new().create(true).append(true).open(&self.path)?.write_all(&line)?;
+        self.file.as_mut().expect("opened above").write_all(&line)?;
         self.push(cmd.to_owned(), sample);
         self.lines += 1;
         if self.lines > COMPACT_AT_LINES {
@@ -149,7 +154,10 @@ impl PerfStore {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&text)?;
         f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)
+        std::fs::rename(&tmp, &self.path)?;
+        // The next record goes to the new file.
+        self.file = None;
+        Ok(())
     }
 }
 

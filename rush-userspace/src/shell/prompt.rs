@@ -13,6 +13,8 @@ use rush_proto::client::Client;
 use super::{Shell, var_string};
 
 const REFRESH: Duration = Duration::from_secs(2);
+/// Commands in quick succession ask the daemon at most this often.
+const MIN_GAP: Duration = Duration::from_millis(500);
 const DEFAULT_PS1: &str = "${RUSH_PROMPT}\\u@\\h:\\w\\$ ";
 
 #[derive(Default)]
@@ -86,6 +88,7 @@ fn poll() {
             st.wake = false;
             st.query.clone()
         };
+        std::thread::sleep(MIN_GAP.min(REFRESH));
         let Some((socket, session)) = query else { continue };
         let text = fetch(&socket, session.as_deref()).unwrap_or_default();
         let mut st = sh.status.lock().unwrap_or_else(|p| p.into_inner());

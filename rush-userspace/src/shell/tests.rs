@@ -95,3 +95,17 @@ fn subcommands_mean_the_client_and_everything_else_the_shell() {
     assert!(!w(&["agent", "list"]) && !w(&["--json", "audit"]) && !w(&["--socket=/x", "doctor"]));
     assert!(!w(&["--help"]) && !w(&["--version"]) && !w(&["cap", "list"]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_sends_sigterm_by_default_and_takes_dash_number() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut sh = shell().await;
+    for (args, signal) in
+        [("", libc::SIGTERM), ("-9 ", libc::SIGKILL), ("-s INT ", libc::SIGINT), ("-HUP ", libc::SIGHUP)]
+    {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        assert_eq!(run(&mut sh, &format!("kill {args}{}", child.id())).await, 0, "kill {args}");
+        assert_eq!(child.wait().unwrap().signal(), Some(signal), "kill {args}");
+    }
+    assert_eq!(run(&mut sh, "kill -l 9 > /dev/null").await, 0);
+}
