@@ -103,7 +103,19 @@ async fn kill_sends_sigterm_by_default_and_takes_dash_number() {
     for (args, signal) in
         [("", libc::SIGTERM), ("-9 ", libc::SIGKILL), ("-s INT ", libc::SIGINT), ("-HUP ", libc::SIGHUP)]
     {
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut sleep = std::process::Command::new("sleep");
+        sleep.arg("30");
+        // SAFETY: only async-signal-safe calls between fork and exec. The test's runner may
+        // ignore SIGHUP or SIGINT (nohup, a background job), which sleep would inherit.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut sleep, || {
+                for sig in [libc::SIGHUP, libc::SIGINT, libc::SIGTERM] {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+                Ok(())
+            });
+        }
+        let mut child = sleep.spawn().unwrap();
         assert_eq!(run(&mut sh, &format!("kill {args}{}", child.id())).await, 0, "kill {args}");
         assert_eq!(child.wait().unwrap().signal(), Some(signal), "kill {args}");
     }
