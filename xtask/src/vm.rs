@@ -546,20 +546,24 @@ fn test_executables() -> Result<Tests> {
         .stderr(Stdio::inherit())
         .output()
         .context("running cargo")?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let messages: Vec<serde_json::Value> =
+        stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     if !out.status.success() {
+        // With --message-format=json, rustc's diagnostics go to stdout as JSON: show them,
+        // or a failed build says only "could not compile".
+        for m in &messages {
+            if m["reason"] == "compiler-message" && m["message"]["level"] == "error" {
+                eprint!("{}", m["message"]["rendered"].as_str().unwrap_or_default());
+            }
+        }
         bail!("`cargo {}` failed ({})", args.join(" "), out.status);
     }
     let mut found: Vec<(&'static str, PathBuf)> = Vec::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if !line.contains("\"reason\":\"compiler-artifact\"") {
-            continue;
-        }
-        let (Some(name), Some(exe)) = (json_str(line, "name"), json_str(line, "executable")) else {
-            continue;
-        };
-        let suite = match name.as_str() {
-            "rush_agentd" if line.contains("\"kind\":[\"lib\"]") => "bpf",
-            n if line.contains("\"kind\":[\"test\"]") => match SUITES.iter().find(|(s, _, _)| *s == n) {
+    for (name, kind, exe) in messages.iter().filter_map(test_artifact) {
+        let suite = match (name, kind) {
+            ("rush_agentd", "lib") => "bpf",
+            (n, "test") => match SUITES.iter().find(|(s, _, _)| *s == n) {
                 Some((s, _, _)) => s,
                 None => continue,
             },
@@ -579,25 +583,14 @@ fn test_executables() -> Result<Tests> {
     Ok(Tests(tests))
 }
 
-/// The first `"key":"value"` string in a line of cargo's JSON (xtask has no JSON parser;
-/// cargo's lines are flat enough: the first "name" is the target's).
-fn json_str(line: &str, key: &str) -> Option<String> {
-    let tag = format!("\"{key}\":\"");
-    let rest = &line[line.find(&tag)? + tag.len()..];
-    let mut out = String::new();
-    let mut chars = rest.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' => return Some(out),
-            '\\' => match chars.next()? {
-                'n' => out.push('\n'),
-                't' => out.push('\t'),
-                c => out.push(c),
-            },
-            c => out.push(c),
-        }
+/// (target name, its single kind, the test executable) of a cargo `compiler-artifact` message.
+fn test_artifact(m: &serde_json::Value) -> Option<(&str, &str, &str)> {
+    if m["reason"] != "compiler-artifact" {
+        return None;
     }
-    None
+    let kinds = m["target"]["kind"].as_array()?;
+    let [kind] = kinds.as_slice() else { return None };
+    Some((m["target"]["name"].as_str()?, kind.as_str()?, m["executable"].as_str()?))
 }
 
 /// Tool chains the `toolchains` suite runs confined in the guests, at their Debian paths:
@@ -778,9 +771,13 @@ mod tests {
     }
 
     #[test]
-    fn json_str_reads_cargo_lines() {
+    fn test_artifact_reads_cargo_messages() {
         let l = r#"{"reason":"compiler-artifact","target":{"kind":["test"],"name":"host","src_path":"/a"},"executable":"/t/debug/deps/host-1a\"b"}"#;
-        assert_eq!(super::json_str(l, "name").as_deref(), Some("host"));
-        assert_eq!(super::json_str(l, "executable").as_deref(), Some("/t/debug/deps/host-1a\"b"));
+        let m: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(super::test_artifact(&m), Some(("host", "test", "/t/debug/deps/host-1a\"b")));
+        let lib = serde_json::json!({"reason":"compiler-artifact","target":{"kind":["lib"],"name":"x"},"executable":null});
+        assert_eq!(super::test_artifact(&lib), None, "no executable");
+        let msg = serde_json::json!({"reason":"compiler-message"});
+        assert_eq!(super::test_artifact(&msg), None);
     }
 }
