@@ -77,13 +77,20 @@ pub async fn bind(path: &Path) -> Result<UnixListener, ApiServerError> {
         Err(e) if e.kind() == IoKind::NotFound => {}
         Err(e) => return Err(io(e)),
     }
-    let listener = UnixListener::bind(path).map_err(io)?;
+    // Bound under a temporary name and renamed into place once set up: a client that
+    // connected between listen() and SO_PASSCRED would keep a connection without
+    // credentials (newer kernels copy the option to a connection at connect(), not at
+    // accept()), and every request on it would be refused.
+    let staging = path.with_extension(format!("binding-{}", std::process::id()));
+    let _ = std::fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging).map_err(io)?;
     // Anyone may connect (agents, unprivileged users asking for `doctor`); what each
     // caller may do is decided per request from its credentials.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(io)?;
+    std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o666)).map_err(io)?;
     // Every read carries the writer's credentials (SCM_CREDENTIALS); accepted connections
-    // inherit the option, and the kernel stamps what is sent before the accept too.
+    // inherit the option.
     setsockopt(&listener, sockopt::PassCred, &true).map_err(|e| io(e.into()))?;
+    std::fs::rename(&staging, path).map_err(io)?;
     Ok(listener)
 }
 
