@@ -135,6 +135,12 @@ impl Client {
         Ok(Client { writer: stream, reader, next_id: 1, line: String::new() })
     }
 
+    /// Another handle on the connection: shutting it down from another thread ends a
+    /// blocking read of a stream (events, logs) on this one.
+    pub fn shutdown_handle(&self) -> std::io::Result<UnixStream> {
+        self.writer.try_clone()
+    }
+
     /// Sends one request and returns its single reply, whatever its kind; an error reply
     /// becomes `Err`. The typed calls below check the kind.
     pub fn call(&mut self, request: Request) -> Result<Response, ClientError> {

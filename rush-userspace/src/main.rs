@@ -14,6 +14,7 @@ mod profile;
 mod render;
 mod shell;
 mod time;
+mod top;
 
 use std::ffi::OsString;
 use std::io::Write;

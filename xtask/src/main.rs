@@ -95,7 +95,7 @@ fn main() -> Result<()> {
 
 /// The host tier's test suites (kernel-tests/tests/NAME.rs), run one cargo invocation each
 /// so the summary says what each costs; the others run only in the guests.
-const HOST_SUITES: [&str; 24] = [
+const HOST_SUITES: [&str; 25] = [
     "host",
     "coordination",
     "approvals",
@@ -120,6 +120,7 @@ const HOST_SUITES: [&str; 24] = [
     "hooks",
     "gating",
     "shell",
+    "top",
 ];
 
 fn test(tier: Tier) -> Result<()> {

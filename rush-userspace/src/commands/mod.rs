@@ -40,6 +40,17 @@ impl Ctx {
     }
 }
 
+/// An attachment to agent `name`'s terminal (for `rush top`'s `a`): true when the detach
+/// keys ended it (the agent runs on), false when the agent's terminal closed.
+pub fn terminal_session(
+    ctx: &mut Ctx,
+    name: &str,
+    mode: rush_proto::terminal::AttachMode,
+    keys: &[u8],
+) -> Result<bool> {
+    Ok(matches!(terminal::session(ctx, name, mode, keys)?, terminal::Ended::Detached))
+}
+
 pub fn run(cli: Cli) -> Result<u8> {
     run_command(cli).map_err(hint_rush_session)
 }
@@ -128,6 +139,15 @@ fn run_command(cli: Cli) -> Result<u8> {
         Command::HumanQueue(cmd) => approvals::human_queue(&mut ctx, cmd),
         Command::ApprovalPolicy(cmd) => approvals::approval_policy(&mut ctx, cmd),
         Command::Perf(args) => perf::perf(&mut ctx, &args),
+        Command::Top(args) => crate::top::run(
+            &mut ctx,
+            crate::top::Options {
+                agent: args.agent,
+                refresh: std::time::Duration::from_secs_f64(args.refresh),
+                plain: args.plain,
+                iterations: args.iterations,
+            },
+        ),
         Command::Doctor { profile: None } => doctor::doctor(&mut ctx),
         Command::Doctor { profile: Some(name) } => doctor::profile(&mut ctx, &name),
         Command::Version => meta::version(&mut ctx),

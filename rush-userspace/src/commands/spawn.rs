@@ -26,6 +26,9 @@ pub fn home() -> Result<std::path::PathBuf> {
 }
 
 pub fn spawn(ctx: &mut Ctx, args: SpawnArgs) -> Result<u8> {
+    if args.visible {
+        return visible(ctx, args);
+    }
     let terminal = if args.tty {
         Some(true)
     } else if args.no_tty {
@@ -129,6 +132,23 @@ fn on_terminal(ctx: &mut Ctx, request: SpawnRequest) -> Result<u8> {
 /// that is not valid UTF-8 is left out.
 fn environment() -> Vec<(String, String)> {
     std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect()
+}
+
+/// `--visible`: detached on a terminal of its own, then `rush top` focused on it.
+fn visible(ctx: &mut Ctx, args: SpawnArgs) -> Result<u8> {
+    let mut request = build_request(&args.name, args.opts, args.command, Some(true), true)?;
+    request.restartable = args.restartable;
+    let agent = ctx.connect()?.spawn(request)?;
+    for what in &agent.unconfined {
+        eprintln!("rush: UNCONFINED {}", sanitize(what));
+    }
+    let opts = crate::top::Options {
+        agent: Some(agent.name.clone()),
+        refresh: std::time::Duration::from_secs(1),
+        plain: false,
+        iterations: 0,
+    };
+    crate::top::run(ctx, opts)
 }
 
 fn detached(ctx: &mut Ctx, request: SpawnRequest) -> Result<u8> {

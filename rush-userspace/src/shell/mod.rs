@@ -64,6 +64,7 @@ pub const SUBCOMMANDS: &[&str] = &[
     "guardrail",
     "hook",
     "perf",
+    "top",
     "doctor",
     "version",
     "whoami",
