@@ -199,6 +199,25 @@ fn steer_agents_from_the_tui_at_80x24() {
     let caps = d.rush_json(&["capability", "list", "c-new"]);
     assert!(caps.to_string().contains(&tree.path().join("b").display().to_string()), "{caps}");
 
+    // v: revoked by path; the pane drops the token.
+    t.keys("top", &["v"]);
+    t.wait_for("top", "revoke PATH or token ID");
+    t.type_text("top", &tree.path().join("b").display().to_string());
+    t.keys("top", &["Enter"]);
+    t.wait_for("top", "revoked 1 token(s) of c-new");
+    t.wait_screen("top", REFRESH, "the revoked token to leave the pane", |s| !s.contains("expires in 59m"));
+
+    // /: only the matching rows.
+    t.keys("top", &["/"]);
+    t.type_text("top", "work");
+    t.keys("top", &["Enter"]);
+    t.wait_screen("top", REFRESH, "the filter to leave b-worker alone", |s| {
+        row(s, "b-worker").is_some() && row(s, "c-new").is_none() && s.contains("filter \"work\"")
+    });
+    t.keys("top", &["/"]);
+    t.keys("top", &["Escape"]);
+    t.wait_screen("top", REFRESH, "every row back", |s| row(s, "c-new").is_some());
+
     // Bad input on a prompt: a clear error, nothing granted.
     select(&t, "top", "b-worker");
     t.keys("top", &["g"]);
@@ -254,6 +273,26 @@ fn a_budget_crossing_its_limit_shows_at_160x48_and_r_asks_for_a_raise() {
     t.wait_for("wide", "resumed hot with a raised budget");
     wait_row(&t, "wide", "hot", "running");
     assert_eq!(status(&d, "hot")["paused"], Value::Null);
+
+    // c: a checkpoint of the session; then the workspace diff since it shows a new file.
+    let ws = tempfile::Builder::new().prefix("rtop-ws").tempdir_in("/tmp").unwrap();
+    std::fs::write(ws.path().join("kept.txt"), "kept").unwrap();
+    let out = d.rush(&["session", "create", "topsess", "--workspace", ws.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", describe(&out));
+    spawn(&d, &["in-session", "-d", "--session", "topsess", "--", "sleep", "600"]);
+    select(&t, "wide", "in-session");
+    t.wait_for("wide", "no checkpoint yet");
+    t.keys("wide", &["c"]);
+    t.wait_for("wide", "checkpoint name");
+    t.type_text("wide", "from-top");
+    t.keys("wide", &["Enter"]);
+    t.wait_for("wide", "checkpoint from-top of session topsess");
+    let listed = d.rush_json(&["timeline", "list", "--session", "topsess"]);
+    assert!(listed.to_string().contains("from-top"), "{listed}");
+    t.wait_for("wide", "diff since from-top: 0 added");
+    std::fs::write(ws.path().join("made-after.txt"), "new").unwrap();
+    t.wait_for_within("wide", "A made-after.txt", Duration::from_secs(15));
+
     t.keys("wide", &["q"]);
     assert!(wait_until(Duration::from_secs(10), || t.pane_dead("wide")));
 }

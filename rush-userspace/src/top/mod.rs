@@ -58,6 +58,9 @@ pub struct Options {
     pub iterations: u64,
 }
 
+/// How often the focused agent's tokens and workspace diff are fetched again.
+const DETAIL_EVERY: Duration = Duration::from_secs(3);
+
 /// The detach keys of an attachment made from the TUI (`rush agent attach`'s default).
 const DETACH_KEYS: &str = "ctrl-\\,d";
 
@@ -163,6 +166,9 @@ fn full_screen(ctx: &mut Ctx, opts: &Options) -> Result<Vec<String>> {
     let _ = poll_tx.send(Poll::Refresh);
 
     let mut focus = Focus { generation: 0, agent: None, stop: None };
+    // The focused agent's details (tokens, workspace diff) change with its files too, not
+    // only with events: fetched again every few seconds.
+    let mut detail_at = std::time::Instant::now();
     loop {
         terminal.draw(|f| view::draw(f, &mut m)).map_err(tty)?;
         let msg = match rx.recv_timeout(Duration::from_millis(500)) {
@@ -233,9 +239,14 @@ fn full_screen(ctx: &mut Ctx, opts: &Options) -> Result<Vec<String>> {
                 let _ = poll_tx.send(Poll::Detail(Box::new(a.clone())));
             }
             m.want_detail = false;
+            detail_at = std::time::Instant::now();
+        }
+        if detail_at.elapsed() >= DETAIL_EVERY {
+            m.want_detail = true;
         }
         if m.want_detail {
             m.want_detail = false;
+            detail_at = std::time::Instant::now();
             if let Some(a) = selected {
                 let _ = poll_tx.send(Poll::Detail(Box::new(a)));
             }
