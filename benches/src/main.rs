@@ -22,6 +22,7 @@ mod scale;
 mod shell;
 mod snapshot;
 mod terminal;
+mod top;
 
 use kernel_tests::{Daemon, bin, describe, is_root};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
@@ -303,6 +304,12 @@ fn main() {
     // `rush-bench terminal`: keystroke echo and attach through Rush vs a plain pty (~20 s).
     if std::env::args().nth(1).as_deref() == Some("terminal") {
         terminal::run();
+        return;
+    }
+    // `rush-bench top`: `rush top`'s CPU and the daemon's with it vs without, event to
+    // screen latency, its RSS; 50 agents (~1.5 min).
+    if std::env::args().nth(1).as_deref() == Some("top") {
+        top::run();
         return;
     }
     // `rush-bench landlock-audit`: Landlock denials in the audit trail, on vs off (~1 min).

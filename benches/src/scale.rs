@@ -62,7 +62,7 @@ fn cycle_rate(socket: &Path, tag: &str, clients: usize, per_client: usize) -> f6
     (clients * per_client) as f64 / t.elapsed().as_secs_f64()
 }
 
-fn rss_kb(pid: i32) -> u64 {
+pub(crate) fn rss_kb(pid: i32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     s.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().trim_end_matches(" kB").parse().ok()).unwrap()
 }
