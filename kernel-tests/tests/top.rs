@@ -60,6 +60,14 @@ fn wait_row(t: &Tmux, w: &str, agent: &str, what: &str) -> String {
     })
 }
 
+/// `key` opens a prompt saying `prompt`; `text` and Enter answer it.
+fn answer(t: &Tmux, w: &str, key: &str, prompt: &str, text: &str) {
+    t.keys(w, &[key]);
+    t.wait_for(w, prompt);
+    t.type_text(w, text);
+    t.keys(w, &["Enter"]);
+}
+
 /// Moves the selection down until the focus pane is `agent`'s.
 fn select(t: &Tmux, w: &str, agent: &str) {
     let title = format!("{agent} · ");
@@ -190,20 +198,14 @@ fn steer_agents_from_the_tui_at_80x24() {
 
     // g: a grant, and its token with the time it has left in the focus pane.
     select(&t, "top", "c-new");
-    t.keys("top", &["g"]);
-    t.wait_for("top", "grant PATH:OPS");
-    t.type_text("top", &format!("{}:read:1h", tree.path().join("b").display()));
-    t.keys("top", &["Enter"]);
+    answer(&t, "top", "g", "grant PATH:OPS", &format!("{}:read:1h", tree.path().join("b").display()));
     t.wait_for("top", "granted token");
     t.wait_for("top", "expires in 59m");
     let caps = d.rush_json(&["capability", "list", "c-new"]);
     assert!(caps.to_string().contains(&tree.path().join("b").display().to_string()), "{caps}");
 
     // v: revoked by path; the pane drops the token.
-    t.keys("top", &["v"]);
-    t.wait_for("top", "revoke PATH or token ID");
-    t.type_text("top", &tree.path().join("b").display().to_string());
-    t.keys("top", &["Enter"]);
+    answer(&t, "top", "v", "revoke PATH or token ID", &tree.path().join("b").display().to_string());
     t.wait_for("top", "revoked 1 token(s) of c-new");
     t.wait_screen("top", REFRESH, "the revoked token to leave the pane", |s| !s.contains("expires in 59m"));
 
@@ -220,10 +222,7 @@ fn steer_agents_from_the_tui_at_80x24() {
 
     // Bad input on a prompt: a clear error, nothing granted.
     select(&t, "top", "b-worker");
-    t.keys("top", &["g"]);
-    t.wait_for("top", "grant PATH:OPS");
-    t.type_text("top", "/nonexistent-dir:fly");
-    t.keys("top", &["Enter"]);
+    answer(&t, "top", "g", "grant PATH:OPS", "/nonexistent-dir:fly");
     t.wait_for("top", "not granted");
 
     // q: the TUI ends, the agents run on, and it says so.
@@ -261,15 +260,9 @@ fn a_budget_crossing_its_limit_shows_at_160x48_and_r_asks_for_a_raise() {
     assert_eq!(status(&d, "hot")["paused"], "budget:cpu", "{screen}");
 
     // r on a budget-frozen agent asks for the raise; a bad one is refused, a good one resumes.
-    t.keys("wide", &["r"]);
-    t.wait_for("wide", "raise it");
-    t.type_text("wide", "cpu:lots");
-    t.keys("wide", &["Enter"]);
+    answer(&t, "wide", "r", "raise it", "cpu:lots");
     t.wait_for("wide", "not resumed");
-    t.keys("wide", &["r"]);
-    t.wait_for("wide", "raise it");
-    t.type_text("wide", "cpu:30s");
-    t.keys("wide", &["Enter"]);
+    answer(&t, "wide", "r", "raise it", "cpu:30s");
     t.wait_for("wide", "resumed hot with a raised budget");
     wait_row(&t, "wide", "hot", "running");
     assert_eq!(status(&d, "hot")["paused"], Value::Null);
@@ -282,10 +275,7 @@ fn a_budget_crossing_its_limit_shows_at_160x48_and_r_asks_for_a_raise() {
     spawn(&d, &["in-session", "-d", "--session", "topsess", "--", "sleep", "600"]);
     select(&t, "wide", "in-session");
     t.wait_for("wide", "no checkpoint yet");
-    t.keys("wide", &["c"]);
-    t.wait_for("wide", "checkpoint name");
-    t.type_text("wide", "from-top");
-    t.keys("wide", &["Enter"]);
+    answer(&t, "wide", "c", "checkpoint name", "from-top");
     t.wait_for("wide", "checkpoint from-top of session topsess");
     let listed = d.rush_json(&["timeline", "list", "--session", "topsess"]);
     assert!(listed.to_string().contains("from-top"), "{listed}");

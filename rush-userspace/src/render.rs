@@ -85,7 +85,8 @@ fn value(v: &str) -> String {
     if plain { v.to_owned() } else { format!("{v:?}") }
 }
 
-fn age(now_ms: u64, then_ms: u64) -> String {
+/// How long ago `then_ms` was: `3m12s`.
+pub(crate) fn age(now_ms: u64, then_ms: u64) -> String {
     format_duration(now_ms.saturating_sub(then_ms) / 1000)
 }
 

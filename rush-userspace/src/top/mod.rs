@@ -280,7 +280,7 @@ impl Focus {
         self.agent = agent.map(|a| a.name.clone());
         m.screen = None;
         let Some(a) = agent else { return };
-        let mut screen = Screen::new(&a.name, !a.tty, model::SCREEN_ROWS.min(24), 80);
+        let mut screen = Screen::new(&a.name, !a.tty, 24, 80);
         let generation = self.generation;
         let started = if a.tty {
             start_terminal(socket, &a.name, generation, tx.clone())

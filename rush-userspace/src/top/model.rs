@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 
 use rush_proto::approval::{Approval, ApprovalState};
 use rush_proto::audit::{AuditEvent, AuditRecord};
-use rush_proto::budget::BudgetResource;
+use rush_proto::budget::{BudgetResource, BudgetUsage};
 use rush_proto::coordination::Claim;
 use rush_proto::events::Event;
 use rush_proto::wire::PauseReason;
@@ -14,8 +14,15 @@ use rush_proto::{AgentInfo, AgentState, DiffReport, TokenInfo};
 
 /// Audit records kept for the focus pane (all agents together).
 const AUDIT_KEPT: usize = 400;
-/// Lines of a log-mode agent's output kept for the focus pane.
-pub const SCREEN_ROWS: u16 = 200;
+/// The budget resources the table shows, in order (the ceilings, cpu-rate and pids, are
+/// left out: they are never used up).
+pub const BUDGET_BARS: [BudgetResource; 5] = [
+    BudgetResource::Cpu,
+    BudgetResource::Mem,
+    BudgetResource::Net,
+    BudgetResource::Api,
+    BudgetResource::Cost,
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SortKey {
@@ -505,6 +512,15 @@ pub fn state_label(a: &AgentInfo, approvals: &[Approval]) -> String {
 
 pub fn cpu_used_ms(a: &AgentInfo) -> Option<u64> {
     a.usage.iter().find(|u| u.resource == BudgetResource::Cpu).map(|u| u.used)
+}
+
+/// The most used of its `BUDGET_BARS` that has a limit, and its percent.
+pub fn worst_budget(a: &AgentInfo) -> Option<(&BudgetUsage, f64)> {
+    a.usage
+        .iter()
+        .filter(|u| BUDGET_BARS.contains(&u.resource))
+        .filter_map(|u| u.percent().map(|p| (u, p)))
+        .max_by(|x, y| x.1.total_cmp(&y.1))
 }
 
 pub fn mem_used(a: &AgentInfo) -> u64 {

@@ -6,11 +6,11 @@ use std::io::Write;
 use rush_proto::AuditQuery;
 
 use super::Options;
-use super::model::{Model, is_denial, state_label};
+use super::model::{Model, is_denial, mem_used, state_label, worst_budget};
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
-use crate::render::sanitize;
-use crate::time::{format_duration, format_unix_ms, now_unix_ms};
+use crate::render::{Table, age, sanitize};
+use crate::time::{format_unix_ms, now_unix_ms};
 
 pub fn run(ctx: &mut Ctx, opts: &Options) -> Result<u8> {
     let mut m = Model::new(false, now_unix_ms());
@@ -58,7 +58,7 @@ pub fn json(m: &Model) -> serde_json::Value {
                 "state": state_label(&r.info, &m.approvals),
                 "trust": r.info.trust,
                 "cpu_pct": r.cpu_pct,
-                "mem_bytes": super::model::mem_used(&r.info),
+                "mem_bytes": mem_used(&r.info),
                 "usage": r.info.usage,
                 "denials_last_minute": m.denials_last_minute(&r.info.name),
                 "claims": m.claims_held(&r.info.name),
@@ -72,37 +72,20 @@ pub fn json(m: &Model) -> serde_json::Value {
 /// One round: a header line and the table.
 pub fn table(m: &Model) -> String {
     let clock = format_unix_ms(m.now_ms);
-    let mut out =
+    let header =
         format!("rush top {clock} · {} agents · {} pending approvals\n", m.rows.len(), m.approvals.len());
-    let mut rows =
-        vec![["NAME", "STATE", "CPU%", "MEM", "BUDGET", "DENY/1m", "AGE"].map(String::from).to_vec()];
+    let mut t = Table::new(&["NAME", "STATE", "CPU%", "MEM", "BUDGET", "DENY/1m", "AGE"]);
     for r in m.visible() {
         let running = r.info.state == rush_proto::AgentState::Running;
-        let worst = r
-            .info
-            .usage
-            .iter()
-            .filter_map(|u| u.percent().map(|p| (u, p)))
-            .filter(|(u, _)| u.resource != rush_proto::budget::BudgetResource::CpuRate)
-            .max_by(|x, y| x.1.total_cmp(&y.1))
-            .map_or("-".to_string(), |(u, p)| format!("{} {p:.0}%", u.resource));
-        rows.push(vec![
+        t.row(vec![
             sanitize(&r.info.name),
             state_label(&r.info, &m.approvals),
             if running { r.cpu_pct.map_or("-".into(), |p| format!("{p:.1}")) } else { "-".into() },
-            if running { super::view::human_bytes(super::model::mem_used(&r.info)) } else { "-".into() },
-            worst,
+            if running { super::view::human_bytes(mem_used(&r.info)) } else { "-".into() },
+            worst_budget(&r.info).map_or("-".to_string(), |(u, p)| format!("{} {p:.0}%", u.resource)),
             m.denials_last_minute(&r.info.name).to_string(),
-            format_duration(m.now_ms.saturating_sub(r.info.started_unix_ms) / 1000),
+            age(m.now_ms, r.info.started_unix_ms),
         ]);
     }
-    let widths: Vec<usize> =
-        (0..7).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
-    for r in rows {
-        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out.push('\n');
-    out
+    header + &t.render() + "\n"
 }

@@ -14,21 +14,12 @@ use rush_proto::audit::{AuditEvent, AuditRecord};
 use rush_proto::budget::{BudgetResource, BudgetUsage};
 use rush_proto::{AgentInfo, AgentState};
 
-use super::model::{Mode, Model, Pane, Row, Screen, mem_used, nonzero, state_label};
-use crate::render::{sanitize, shell_join};
+use super::model::{BUDGET_BARS, Mode, Model, Pane, Screen, mem_used, nonzero, state_label, worst_budget};
+use crate::render::{self, sanitize, shell_join};
 use crate::time::{format_duration, format_unix_ms};
 
 /// Columns from which the wide layout is used.
 pub const WIDE: u16 = 120;
-
-/// The budget resources the table shows, in order.
-const BARS: [BudgetResource; 5] = [
-    BudgetResource::Cpu,
-    BudgetResource::Mem,
-    BudgetResource::Net,
-    BudgetResource::Api,
-    BudgetResource::Cost,
-];
 
 struct Styles {
     color: bool,
@@ -158,14 +149,8 @@ fn bar(u: Option<&BudgetUsage>, st: &Styles, cells: usize) -> Cell<'static> {
 }
 
 /// The most used limited resource: `cpu 67%`.
-fn worst_budget(a: &AgentInfo, st: &Styles) -> Cell<'static> {
-    let worst = a
-        .usage
-        .iter()
-        .filter(|u| BARS.contains(&u.resource))
-        .filter_map(|u| u.percent().map(|p| (u, p)))
-        .max_by(|x, y| x.1.total_cmp(&y.1));
-    match worst {
+fn worst_budget_cell(a: &AgentInfo, st: &Styles) -> Cell<'static> {
+    match worst_budget(a) {
         None => Cell::from("-"),
         Some((u, p)) => {
             let mark = if u.exceeded || p >= 100.0 { "!" } else { "" };
@@ -189,10 +174,6 @@ pub fn human_bytes(b: u64) -> String {
     } else {
         format!("{v:.0}{}", UNITS[i])
     }
-}
-
-fn age(m: &Model, r: &Row) -> String {
-    format_duration(m.now_ms.saturating_sub(r.info.started_unix_ms) / 1000)
 }
 
 fn draw_table(f: &mut Frame, area: Rect, m: &Model, st: &Styles, wide: bool) {
@@ -229,13 +210,13 @@ fn draw_table(f: &mut Frame, area: Rect, m: &Model, st: &Styles, wide: bool) {
         cells.push(Cell::from(cpu));
         cells.push(Cell::from(mem));
         if wide {
-            for res in BARS {
+            for res in BUDGET_BARS {
                 let u = usage(&r.info, res).filter(|_| r.info.state == AgentState::Running);
                 cells.push(bar(u, st, 5));
             }
         } else {
             cells.push(if r.info.state == AgentState::Running {
-                worst_budget(&r.info, st)
+                worst_budget_cell(&r.info, st)
             } else {
                 Cell::from("-")
             });
@@ -244,7 +225,7 @@ fn draw_table(f: &mut Frame, area: Rect, m: &Model, st: &Styles, wide: bool) {
         if wide {
             cells.push(Cell::from(m.claims_held(&r.info.name).to_string()));
         }
-        cells.push(Cell::from(age(m, r)));
+        cells.push(Cell::from(render::age(m.now_ms, r.info.started_unix_ms)));
         lines.push(TableRow::new(cells));
     }
     let (header, widths): (Vec<&str>, Vec<Constraint>) = if wide {
