@@ -49,9 +49,10 @@ fn top(t: &Tmux, d: &Daemon, window: &str, cols: u16, rows: u16, args: &str) {
     t.window(window, cols, rows, &cmd);
 }
 
-/// The screen line of `agent`'s row in the table (the first line naming it).
+/// The screen line of `agent`'s row in the table: the line whose first cell is its name
+/// (not a status line or an audit record that merely names it).
 fn row<'a>(screen: &'a str, agent: &str) -> Option<&'a str> {
-    screen.lines().find(|l| l.split_whitespace().any(|w| w.trim_start_matches('│') == agent))
+    screen.lines().find(|l| l.trim_start_matches('│').split_whitespace().next() == Some(agent))
 }
 
 fn wait_row(t: &Tmux, w: &str, agent: &str, what: &str) -> String {
