@@ -393,8 +393,18 @@ fn with_processes_a_counter_resumes_from_its_checkpointed_count() {
     let lsm = d.lsm_attached();
     let ws = Workspace::new();
     create(&d, "s6", &ws);
+    // `echo $i > count` truncates before it writes: a read in between sees an empty file,
+    // so an unparsable read is retried (for up to a second) rather than taken as 0.
     let count = |ws: &Workspace| -> u64 {
-        std::fs::read_to_string(ws.p("count")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0)
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            let read = std::fs::read_to_string(ws.p("count")).ok().and_then(|s| s.trim().parse().ok());
+            match read {
+                Some(n) => return n,
+                None if std::time::Instant::now() >= deadline => return 0,
+                None => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
     };
     let script =
         "i=0; while :; do i=$((i+1)); echo $i > count; cat /etc/shadow > leak 2>/dev/null; sleep 0.1; done";
