@@ -29,6 +29,7 @@ use crate::services::coordination::{Actor, CoordinationError};
 use crate::services::events::Published;
 use crate::services::gating::GatingError;
 use crate::services::session::SessionError;
+use crate::services::workspaces::WorkspaceError;
 use rush_proto::approval::DecidedVia;
 
 /// Longest request line accepted; a spawn with a large environment fits easily.
@@ -100,6 +101,7 @@ pub struct ApiContext {
     pub coordination: Arc<crate::services::coordination::Coordination>,
     pub approvals: Arc<crate::services::approvals::Approvals>,
     pub gating: Arc<crate::services::gating::Gating>,
+    pub workspaces: Arc<crate::services::workspaces::Workspaces>,
     pub audit: Arc<AuditLog>,
     pub operator_gid: Option<u32>,
     /// The v2 cgroup path prefix of agents, e.g. "/rush/": callers under it are agents.
@@ -760,6 +762,24 @@ async fn answer(peer: &Peer, request: Request, ctx: &ApiContext) -> Result<Respo
             let (added, existing) = ctx.gating.import(guardrails, caller.uid)?;
             Response::GuardrailsImported { added, existing }
         }
+        Request::CreateWorkspace { name, repo, from, branch, no_state } => {
+            let (workspace, warnings) =
+                ctx.workspaces.create(name, repo, from, branch, no_state, caller.clone()).await?;
+            Response::Workspace { workspace, warnings }
+        }
+        Request::ListWorkspaces { repo } => {
+            Response::Workspaces { workspaces: ctx.workspaces.list(repo).await? }
+        }
+        Request::MergeWorkspace(req) => Response::Merge { merge: ctx.workspaces.merge(req).await? },
+        Request::ListMerges { workspace } => {
+            Response::Merges { merges: ctx.workspaces.merges(workspace.as_deref())? }
+        }
+        Request::RemoveWorkspace { name, force } => Response::WorkspacesRemoved {
+            removed: vec![ctx.workspaces.remove(name, force, caller.clone()).await?],
+        },
+        Request::CollectWorkspaces { older_than_secs, dry_run } => Response::WorkspacesRemoved {
+            removed: ctx.workspaces.collect(older_than_secs, dry_run, caller.clone()).await?,
+        },
         streamed @ (Request::Spawn(_)
         | Request::Audit(_)
         | Request::Subscribe(_)
@@ -799,7 +819,7 @@ macro_rules! to_wire {
         }
     )*};
 }
-to_wire!(AgentError, SessionError, CoordinationError, ApprovalError, GatingError);
+to_wire!(AgentError, SessionError, CoordinationError, ApprovalError, GatingError, WorkspaceError);
 
 /// Risk gating's score of a command request, made by the daemon where the agent is (what
 /// the asker says of its own command is not asked).

@@ -109,6 +109,7 @@ pub struct Config {
     pub coordination: CoordinationSection,
     pub approvals: crate::services::approvals::ApprovalsConfig,
     pub gating: crate::services::gating::GatingConfig,
+    pub workspaces: crate::services::workspaces::WorkspacesConfig,
 }
 
 /// Coordination between agents (intents, claims, results, tasks).

@@ -375,6 +375,18 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
         .map_err(DaemonError::Gating)?,
     );
     let _ = gating_for_denials.set(gating.clone());
+    let workspaces =
+        crate::services::workspaces::Workspaces::new(crate::services::workspaces::WorkspacesSetup {
+            store: store.clone(),
+            audit: audit.clone(),
+            context: Arc::new(crate::handles::ContextForWorkspaces {
+                agents: agents.clone(),
+                coordination: coordination.clone(),
+            }),
+            config: config.workspaces.clone(),
+        });
+    // Merges a stopped daemon left are resumed or ended before new ones queue.
+    crate::services::workspaces::spawn_queue(workspaces.clone());
     let doctor_coordination = coordination.clone();
     let doctor_sessions = sessions.clone();
     let (doctor_agents, doctor_audit, doctor_events_lost) =
@@ -393,6 +405,7 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
         coordination,
         approvals: approvals.clone(),
         gating,
+        workspaces,
         audit: audit.clone(),
         operator_gid,
         agent_cgroup_prefix: format!("/{parent}/"),

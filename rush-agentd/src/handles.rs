@@ -11,6 +11,7 @@ use crate::services::approvals::{AgentFacts, ApprovalAgents, ClaimWaits};
 use crate::services::coordination::{AgentView, Coordination, CoordinationAgents};
 use crate::services::gating::{AgentContext, GatingContext};
 use crate::services::session::{Pending, SessionAgents, SessionError};
+use crate::services::workspaces::{BoxFuture, TestRun, WorkspaceContext};
 
 /// An agents' failure inside a session request keeps its fault and its line.
 fn for_session(e: AgentError) -> SessionError {
@@ -199,5 +200,43 @@ impl GatingContext for ContextForGating {
     fn session_at(&self, cwd: &Path) -> Option<(String, std::path::PathBuf)> {
         let sref = rush_proto::SessionRef { name: None, cwd: Some(cwd.to_owned()) };
         self.sessions.find(&sref).ok().map(|s| (s.name, s.workspace))
+    }
+}
+
+/// What workspaces see of agents and coordination.
+pub struct ContextForWorkspaces {
+    pub agents: std::sync::Arc<AgentManager>,
+    pub coordination: std::sync::Arc<Coordination>,
+}
+
+impl WorkspaceContext for ContextForWorkspaces {
+    fn agent_state(&self, name: &str) -> Option<rush_proto::AgentState> {
+        self.agents.registry().agents.get(name).map(|a| a.info.state)
+    }
+
+    fn claimed(
+        &self,
+        paths: &[std::path::PathBuf],
+        except: &str,
+    ) -> Vec<(std::path::PathBuf, String, String)> {
+        let claims = self
+            .coordination
+            .claims(crate::services::coordination::Actor::Operator { uid: 0 }, None, None)
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for c in claims.iter().filter(|c| c.agent != except) {
+            if let Some(p) = paths.iter().find(|p| crate::services::coordination::covers(c, p)) {
+                out.push((p.clone(), c.agent.clone(), c.task.clone()));
+            }
+        }
+        out
+    }
+
+    fn run_test<'a>(&'a self, test: TestRun<'a>) -> BoxFuture<'a, Result<i32, String>> {
+        Box::pin(async move {
+            self.agents
+                .run_check(&test.name, test.command, test.dir, test.grants, test.uid, test.timeout)
+                .await
+        })
     }
 }

@@ -349,6 +349,49 @@ pub enum Request {
     ImportGuardrails {
         guardrails: Vec<crate::gate::GuardrailSpec>,
     },
+    /// A git worktree for an agent on its own branch, with the repository's untracked
+    /// state (`.rushinclude`) and ignored build directories cloned in. Replies `Workspace`.
+    CreateWorkspace {
+        name: String,
+        /// A directory in the repository (the caller's working directory).
+        repo: PathBuf,
+        /// What to start from (default: `HEAD` of the main tree).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<String>,
+        /// The branch to make (default: `rush/NAME`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        branch: Option<String>,
+        /// Leave the untracked and ignored state out.
+        #[serde(default)]
+        no_state: bool,
+    },
+    /// Workspaces with their state now (of one repository, or all). Replies `Workspaces`.
+    ListWorkspaces {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        repo: Option<PathBuf>,
+    },
+    /// Queue a merge of a workspace's branch; answered when it is final unless `no_wait`.
+    /// Replies `Merge`.
+    MergeWorkspace(crate::workspace::MergeRequest),
+    /// The merge queue and its recent history. Replies `Merges`.
+    ListMerges {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        workspace: Option<String>,
+    },
+    /// Remove a workspace's worktree; refused while its branch has unmerged commits unless
+    /// `force` (which keeps the branch). Replies `WorkspacesRemoved`.
+    RemoveWorkspace {
+        name: String,
+        #[serde(default)]
+        force: bool,
+    },
+    /// Remove merged workspaces older than `older_than_secs` (by their merge, else their
+    /// creation). Replies `WorkspacesRemoved`.
+    CollectWorkspaces {
+        older_than_secs: u64,
+        #[serde(default)]
+        dry_run: bool,
+    },
 }
 
 impl Request {
@@ -411,6 +454,12 @@ impl Request {
         "list_guardrails",
         "remove_guardrail",
         "import_guardrails",
+        "create_workspace",
+        "list_workspaces",
+        "merge_workspace",
+        "list_merges",
+        "remove_workspace",
+        "collect_workspaces",
     ];
 
     /// The request's name: its `type` on the wire (a unit test holds the two together).
@@ -473,6 +522,12 @@ impl Request {
             Request::ListGuardrails => "list_guardrails",
             Request::RemoveGuardrail { .. } => "remove_guardrail",
             Request::ImportGuardrails { .. } => "import_guardrails",
+            Request::CreateWorkspace { .. } => "create_workspace",
+            Request::ListWorkspaces { .. } => "list_workspaces",
+            Request::MergeWorkspace(_) => "merge_workspace",
+            Request::ListMerges { .. } => "list_merges",
+            Request::RemoveWorkspace { .. } => "remove_workspace",
+            Request::CollectWorkspaces { .. } => "collect_workspaces",
         }
     }
 
@@ -538,7 +593,13 @@ impl Request {
             | Request::ShowQueue
             | Request::ListGuardrails
             | Request::RemoveGuardrail { .. }
-            | Request::ImportGuardrails { .. } => OPERATOR,
+            | Request::ImportGuardrails { .. }
+            | Request::CreateWorkspace { .. }
+            | Request::ListWorkspaces { .. }
+            | Request::MergeWorkspace(_)
+            | Request::ListMerges { .. }
+            | Request::RemoveWorkspace { .. }
+            | Request::CollectWorkspaces { .. } => OPERATOR,
         }
     }
 
@@ -610,7 +671,13 @@ impl Request {
             | Request::ShowQueue
             | Request::ListGuardrails
             | Request::RemoveGuardrail { .. }
-            | Request::ImportGuardrails { .. } => return Ok(()),
+            | Request::ImportGuardrails { .. }
+            | Request::CreateWorkspace { .. }
+            | Request::ListWorkspaces { .. }
+            | Request::MergeWorkspace(_)
+            | Request::ListMerges { .. }
+            | Request::RemoveWorkspace { .. }
+            | Request::CollectWorkspaces { .. } => return Ok(()),
         };
         match target {
             Some(named) if named != own => Err(named.clone()),
@@ -658,7 +725,11 @@ impl Request {
             | Request::ConfigureQueue(_)
             | Request::RecordExecution(_)
             | Request::RemoveGuardrail { .. }
-            | Request::ImportGuardrails { .. } => true,
+            | Request::ImportGuardrails { .. }
+            | Request::CreateWorkspace { .. }
+            | Request::MergeWorkspace(_)
+            | Request::RemoveWorkspace { .. }
+            | Request::CollectWorkspaces { .. } => true,
             Request::Hello
             | Request::ListAgents
             | Request::AgentStatus { .. }
@@ -681,7 +752,9 @@ impl Request {
             | Request::WaitApproval { .. }
             | Request::ShowQueue
             | Request::Assess(_)
-            | Request::ListGuardrails => false,
+            | Request::ListGuardrails
+            | Request::ListWorkspaces { .. }
+            | Request::ListMerges { .. } => false,
         }
     }
 }
@@ -1049,6 +1122,24 @@ pub enum Response {
         /// Already there (same scope and pattern): kept as they were.
         existing: Vec<crate::gate::Guardrail>,
     },
+    Workspace {
+        workspace: crate::workspace::WorkspaceInfo,
+        /// What could not be done as asked (state copied, not cloned).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        warnings: Vec<String>,
+    },
+    Workspaces {
+        workspaces: Vec<crate::workspace::WorkspaceInfo>,
+    },
+    Merge {
+        merge: crate::workspace::MergeJob,
+    },
+    Merges {
+        merges: Vec<crate::workspace::MergeJob>,
+    },
+    WorkspacesRemoved {
+        removed: Vec<crate::workspace::RemovedWorkspace>,
+    },
 }
 
 impl Response {
@@ -1103,6 +1194,11 @@ impl Response {
             Response::ExecutionRecorded { .. } => "execution_recorded",
             Response::Guardrails { .. } => "guardrails",
             Response::GuardrailsImported { .. } => "guardrails_imported",
+            Response::Workspace { .. } => "workspace",
+            Response::Workspaces { .. } => "workspaces",
+            Response::Merge { .. } => "merge",
+            Response::Merges { .. } => "merges",
+            Response::WorkspacesRemoved { .. } => "workspaces_removed",
         }
     }
 }

@@ -403,6 +403,16 @@ pub enum AuditEvent {
         pattern: String,
         caller_uid: u32,
     },
+    /// An agent workspace was made or removed, or a merge of one ended.
+    Workspace {
+        action: crate::workspace::WorkspaceAction,
+        name: String,
+        branch: String,
+        repo: std::path::PathBuf,
+        /// The merge: its id, target, commit or why it stopped; the removal: the branch's fate.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        detail: String,
+    },
     /// A request the daemon refused for policy reasons (not input errors).
     Refused {
         caller_uid: u32,
@@ -462,6 +472,7 @@ impl AuditEvent {
         "command_run",
         "guardrail_learned",
         "guardrail_removed",
+        "workspace",
         "refused",
     ];
 
@@ -560,6 +571,7 @@ impl AuditEvent {
             AuditEvent::CommandRun { .. } => "command_run",
             AuditEvent::GuardrailLearned { .. } => "guardrail_learned",
             AuditEvent::GuardrailRemoved { .. } => "guardrail_removed",
+            AuditEvent::Workspace { .. } => "workspace",
         }
     }
 }

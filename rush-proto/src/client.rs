@@ -679,6 +679,59 @@ impl Client {
         call!(self, Request::ImportGuardrails { guardrails }, "guardrails_imported",
             Response::GuardrailsImported { added, existing } => (added, existing))
     }
+
+    /// The workspace made, and what could not be done as asked.
+    pub fn create_workspace(
+        &mut self,
+        name: &str,
+        repo: &std::path::Path,
+        from: Option<String>,
+        branch: Option<String>,
+        no_state: bool,
+    ) -> Result<(crate::workspace::WorkspaceInfo, Vec<String>), ClientError> {
+        let req =
+            Request::CreateWorkspace { name: name.to_owned(), repo: repo.to_owned(), from, branch, no_state };
+        call!(self, req, "workspace", Response::Workspace { workspace, warnings } => (workspace, warnings))
+    }
+
+    pub fn list_workspaces(
+        &mut self,
+        repo: Option<std::path::PathBuf>,
+    ) -> Result<Vec<crate::workspace::WorkspaceInfo>, ClientError> {
+        call!(self, Request::ListWorkspaces { repo }, "workspaces", Response::Workspaces { workspaces } => workspaces)
+    }
+
+    pub fn merge_workspace(
+        &mut self,
+        req: crate::workspace::MergeRequest,
+    ) -> Result<crate::workspace::MergeJob, ClientError> {
+        call!(self, Request::MergeWorkspace(req), "merge", Response::Merge { merge } => merge)
+    }
+
+    pub fn list_merges(
+        &mut self,
+        workspace: Option<String>,
+    ) -> Result<Vec<crate::workspace::MergeJob>, ClientError> {
+        call!(self, Request::ListMerges { workspace }, "merges", Response::Merges { merges } => merges)
+    }
+
+    pub fn remove_workspace(
+        &mut self,
+        name: &str,
+        force: bool,
+    ) -> Result<Vec<crate::workspace::RemovedWorkspace>, ClientError> {
+        call!(self, Request::RemoveWorkspace { name: name.to_owned(), force }, "workspaces_removed",
+            Response::WorkspacesRemoved { removed } => removed)
+    }
+
+    pub fn collect_workspaces(
+        &mut self,
+        older_than_secs: u64,
+        dry_run: bool,
+    ) -> Result<Vec<crate::workspace::RemovedWorkspace>, ClientError> {
+        call!(self, Request::CollectWorkspaces { older_than_secs, dry_run }, "workspaces_removed",
+            Response::WorkspacesRemoved { removed } => removed)
+    }
 }
 
 /// The one pair a request naming a key gets back.

@@ -22,6 +22,7 @@ pub mod session;
 pub mod spec;
 pub mod terminal;
 pub mod wire;
+pub mod workspace;
 
 pub use api::*;
 pub use audit::{AuditEvent, AuditRecord};

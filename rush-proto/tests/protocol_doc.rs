@@ -108,6 +108,8 @@ fn request_named(name: &str) -> Request {
             v["decision"] = "allow".into();
         }
         "import_guardrails" => v["guardrails"] = serde_json::json!([]),
+        "create_workspace" => v["repo"] = "/r".into(),
+        "collect_workspaces" => v["older_than_secs"] = 1.into(),
         _ => {}
     }
     v["type"] = name.into();
@@ -188,6 +190,7 @@ fn every_request_and_error_kind_is_named() {
         "approval_refused",
         "command_run",
         "guardrail_learned",
+        "workspace",
     ] {
         assert!(
             doc.contains(&format!("\"kind\":\"{kind}\"")),

@@ -15,10 +15,12 @@ mod approvals;
 mod coordination;
 mod gating;
 mod top;
+mod workspace;
 pub use approvals::*;
 pub use coordination::*;
 pub use gating::*;
 pub use top::*;
+pub use workspace::*;
 
 const ABOUT: &str = "Run AI agents confined by the kernel";
 
@@ -483,6 +485,10 @@ pub enum AgentCommand {
     /// List the tasks delegated to the agent (waiting for one with --wait)
     #[command(long_about = INBOX_LONG_ABOUT, after_long_help = INBOX_EXAMPLES)]
     Inbox(InboxArgs),
+
+    /// Git worktrees for agents, their untracked state cloned in, and a merge queue
+    #[command(subcommand, long_about = WORKSPACE_LONG_ABOUT, after_long_help = WORKSPACE_EXAMPLES)]
+    Workspace(WorkspaceCommand),
 }
 
 /// The detach sequence of `rush agent attach`, parsed.
@@ -606,6 +612,21 @@ pub struct SpawnArgs {
     /// `rush top` focused on it, its terminal live; quitting rush top leaves it running.
     #[arg(long, conflicts_with_all = ["no_tty", "detach"])]
     pub visible: bool,
+
+    /// Run it in git worktree NAME of the repository holding the current directory (made
+    /// now if there is none, as `rush agent workspace create NAME`), with read-write
+    /// tokens on the worktree, read-only on the main tree and, of the shared .git, what a
+    /// commit on its branch writes (see `rush agent workspace --help`).
+    #[arg(long)]
+    pub workspace: bool,
+
+    /// With --workspace, a new workspace starts from this commit, branch or tag.
+    #[arg(long, value_name = "REF", requires = "workspace")]
+    pub from: Option<String>,
+
+    /// With --workspace, a new workspace gets no .rushinclude files or build directories.
+    #[arg(long, requires = "workspace")]
+    pub no_state: bool,
 
     /// The command to run and its arguments, after `--`. CMD is looked up in your PATH.
     /// Optional with a --profile that names one.

@@ -687,6 +687,13 @@ pub fn audit_line(r: &AuditRecord) -> String {
         AuditEvent::GuardrailRemoved { id, pattern, caller_uid } => {
             format!("id={id} caller_uid={caller_uid} pattern={}", value(pattern))
         }
+        AuditEvent::Workspace { action, name, branch, repo, detail } => format!(
+            "action={action} name={} branch={} repo={} detail={}",
+            value(name),
+            value(branch),
+            value(&repo.display().to_string()),
+            value(detail)
+        ),
     };
     let mut details = details;
     // The session of the agent's records (time-travel events name theirs already).

@@ -95,7 +95,7 @@ fn main() -> Result<()> {
 
 /// The host tier's test suites (kernel-tests/tests/NAME.rs), run one cargo invocation each
 /// so the summary says what each costs; the others run only in the guests.
-const HOST_SUITES: [&str; 25] = [
+const HOST_SUITES: [&str; 26] = [
     "host",
     "coordination",
     "approvals",
@@ -121,6 +121,7 @@ const HOST_SUITES: [&str; 25] = [
     "gating",
     "shell",
     "top",
+    "workspaces",
 ];
 
 fn test(tier: Tier) -> Result<()> {

@@ -6,6 +6,7 @@ pub mod bpf;
 pub mod cgroup;
 pub mod condition;
 pub mod etcd;
+pub mod git;
 pub mod harden;
 pub mod landlock;
 pub mod mappings;

@@ -32,6 +32,7 @@ use crate::core::{Fault, FileKey, FileKeys, error_chain, now_unix_ms};
 use crate::services::audit::AuditLog;
 
 mod claims;
+pub use claims::covers;
 mod exchange;
 #[cfg(test)]
 mod tests;

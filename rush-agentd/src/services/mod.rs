@@ -14,3 +14,4 @@ pub mod policy;
 pub mod resolver;
 pub mod session;
 pub mod tokens;
+pub mod workspaces;

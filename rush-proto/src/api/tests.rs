@@ -30,6 +30,8 @@ fn request_named(name: &str) -> Request {
             v["decision"] = "allow".into();
         }
         "import_guardrails" => v["guardrails"] = serde_json::json!([]),
+        "create_workspace" => v["repo"] = "/r".into(),
+        "collect_workspaces" => v["older_than_secs"] = 1.into(),
         _ => {}
     }
     v["type"] = name.into();
@@ -128,8 +130,21 @@ fn response_named(name: &str) -> Response {
         "timeline" => v["timeline"] = json!({"session": session, "timelines": [], "checkpoints": []}),
         "session" | "attached" => v["session"] = session,
         "event" => v["event"] = json!({"type": "lagged", "missed": 1}),
+        "workspace" => {
+            v["workspace"] = json!({
+                "name": "a", "repo": "/r", "path": "/r/.rush/workspaces/a", "branch": "rush/a",
+                "base": "HEAD", "base_commit": "0", "uid": 0, "created_unix_ms": 0,
+            })
+        }
         _ => {}
     }
+    v["workspaces"] = json!([]);
+    v["merges"] = json!([]);
+    v["removed"] = json!([]);
+    v["merge"] = json!({
+        "id": 1, "workspace": "a", "repo": "/r", "branch": "rush/a", "into": "main",
+        "strategy": "squash", "state": "queued", "queued_unix_ms": 0,
+    });
     v["type"] = name.into();
     serde_json::from_value(v.clone()).unwrap_or_else(|e| panic!("{name}: {e}"))
 }

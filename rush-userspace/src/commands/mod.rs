@@ -17,6 +17,7 @@ mod perf;
 mod session;
 mod spawn;
 mod terminal;
+mod workspace;
 
 use std::io::StdoutLock;
 use std::path::PathBuf;
@@ -109,6 +110,7 @@ fn run_command(cli: Cli) -> Result<u8> {
         Command::Agent(AgentCommand::Results(args)) => coordination::results(&mut ctx, args),
         Command::Agent(AgentCommand::Delegate(args)) => coordination::delegate(&mut ctx, *args),
         Command::Agent(AgentCommand::Inbox(args)) => coordination::inbox(&mut ctx, args),
+        Command::Agent(AgentCommand::Workspace(cmd)) => workspace::workspace(&mut ctx, cmd),
         Command::Capability(CapabilityCommand::Grant(args)) => capability::grant(&mut ctx, args),
         Command::Capability(CapabilityCommand::Revoke(args)) => capability::revoke(&mut ctx, args),
         Command::Capability(CapabilityCommand::List { agent }) => capability::list(&mut ctx, agent),

@@ -38,6 +38,9 @@ pub fn spawn(ctx: &mut Ctx, args: SpawnArgs) -> Result<u8> {
     };
     let mut request = build_request(&args.name, args.opts, args.command, terminal, args.detach)?;
     request.restartable = args.restartable;
+    if args.workspace {
+        in_workspace(ctx, &mut request, args.from, args.no_state)?;
+    }
     let tty = request.stdio == StdioMode::Tty;
     match (args.detach, tty) {
         (true, _) => detached(ctx, request),
@@ -138,6 +141,9 @@ fn environment() -> Vec<(String, String)> {
 fn visible(ctx: &mut Ctx, args: SpawnArgs) -> Result<u8> {
     let mut request = build_request(&args.name, args.opts, args.command, Some(true), true)?;
     request.restartable = args.restartable;
+    if args.workspace {
+        in_workspace(ctx, &mut request, args.from, args.no_state)?;
+    }
     let agent = ctx.connect()?.spawn(request)?;
     for what in &agent.unconfined {
         eprintln!("rush: UNCONFINED {}", sanitize(what));
@@ -234,4 +240,19 @@ impl SavedTerminal {
             let _ = termios::tcsetattr(stdin.as_fd(), SetArg::TCSADRAIN, saved);
         }
     }
+}
+
+/// `--workspace`: the agent starts in its worktree with the workspace's tokens.
+fn in_workspace(
+    ctx: &mut Ctx,
+    request: &mut SpawnRequest,
+    from: Option<String>,
+    no_state: bool,
+) -> Result<()> {
+    let w = super::workspace::for_spawn(ctx, &request.name, &request.cwd, from, no_state)?;
+    request.cwd = w.path.clone();
+    request.env.retain(|(k, _)| k != "PWD");
+    request.env.push(("PWD".into(), w.path.display().to_string()));
+    request.allow.extend(w.grants);
+    Ok(())
 }

@@ -27,6 +27,7 @@ mod recovery;
 mod sessions;
 #[cfg(test)]
 mod tests;
+mod workspaces;
 
 pub use agents::{AgentRecord, RestartGrant, RestartRecord};
 pub use approvals::ApprovalRecord;
@@ -213,6 +214,18 @@ const MIGRATIONS: &[&str] = &[
         info TEXT NOT NULL,           -- rush_proto::gate::Guardrail
         UNIQUE (scope, pattern)
     );
+",
+    "
+    -- Agent workspaces (workspaces.rs) and their merge queue: a merge's row is written
+    -- before each step it takes, so a restart knows where it stopped.
+    CREATE TABLE workspaces (name TEXT PRIMARY KEY, info TEXT NOT NULL);
+    CREATE TABLE merges (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        workspace TEXT NOT NULL,
+        final INTEGER NOT NULL,       -- MergeState::is_final
+        info TEXT NOT NULL            -- rush_proto::workspace::MergeJob
+    );
+    CREATE INDEX merges_open ON merges (final, id);
 ",
 ];
 

@@ -661,19 +661,44 @@ impl AgentManager {
         token: u64,
         c: &Condition,
     ) -> Result<i32, String> {
-        let worktree = c.worktree.clone();
+        // As the agent's user.
+        let uid = self.status(agent).map(|a| a.uid).unwrap_or(0);
+        let grants = vec![FileGrant { path: c.worktree.clone(), ops: Ops(0x1f), ttl_secs: None }];
+        self.run_check(
+            &format!("{agent}-check-{token}"),
+            &c.command,
+            &c.worktree,
+            grants,
+            uid,
+            CONDITION_TIMEOUT,
+        )
+        .await
+    }
+
+    /// Runs `command` (`sh -c`) as agent `name` in `dir`, as `uid` (its primary group
+    /// from the user database, else gid = uid), confined to `grants` with no network:
+    /// its exit code, or why there is none. Killed after `timeout`.
+    pub async fn run_check(
+        self: &Arc<Self>,
+        name: &str,
+        command: &str,
+        dir: &std::path::Path,
+        grants: Vec<FileGrant>,
+        uid: u32,
+        timeout: std::time::Duration,
+    ) -> Result<i32, String> {
         let req = SpawnRequest {
-            name: format!("{agent}-check-{token}"),
-            command: vec!["/bin/sh".into(), "-c".into(), c.command.clone()],
+            name: name.to_owned(),
+            command: vec!["/bin/sh".into(), "-c".into(), command.to_owned()],
             net: Some(rush_proto::NetPolicy::Deny),
             trust: None,
             budget: Budget::default(),
-            allow: vec![FileGrant { path: worktree.clone(), ops: Ops(0x1f), ttl_secs: None }],
+            allow: grants,
             env: vec![
                 ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
-                ("HOME".into(), worktree.display().to_string()),
+                ("HOME".into(), dir.display().to_string()),
             ],
-            cwd: worktree,
+            cwd: dir.to_owned(),
             stdio: StdioMode::Log,
             tty_size: None,
             allow_unconfined: false,
@@ -682,8 +707,6 @@ impl AgentManager {
             hardlinks: None,
             user: None,
         };
-        // As the agent's user (its primary group from the user database, else uid = gid).
-        let uid = self.status(agent).map(|a| a.uid).unwrap_or(0);
         let gid = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
             .ok()
             .flatten()
@@ -691,21 +714,21 @@ impl AgentManager {
         let root = Caller { uid, gid, pid: std::process::id() as i32, groups: Vec::new() };
         let (_, mut exit) = Box::pin(self.spawn(req, &root, None))
             .await
-            .map_err(|e| format!("cannot start the condition: {}", e.message))?;
+            .map_err(|e| format!("cannot start `{command}`: {}", e.message))?;
         // The status is copied out: the watch guard must not live across the kill below.
-        let waited = tokio::time::timeout(CONDITION_TIMEOUT, exit.wait_for(Option::is_some))
+        let waited = tokio::time::timeout(timeout, exit.wait_for(Option::is_some))
             .await
             .map(|r| r.map(|status| *status));
         match waited {
             Ok(Ok(status)) => match status {
                 Some(ExitStatus { code: Some(code), .. }) => Ok(code),
-                Some(s) => Err(format!("`{}` was killed ({s:?})", c.command)),
+                Some(s) => Err(format!("`{command}` was killed ({s:?})")),
                 None => Err("no exit status".into()),
             },
-            Ok(Err(_)) => Err("the condition's agent vanished".into()),
+            Ok(Err(_)) => Err(format!("the agent running `{command}` vanished")),
             Err(_) => {
-                let _ = self.kill(&format!("{agent}-check-{token}"), &root).await;
-                Err(format!("`{}` ran longer than {} s", c.command, CONDITION_TIMEOUT.as_secs()))
+                let _ = self.kill(name, &root).await;
+                Err(format!("`{command}` ran longer than {} s", timeout.as_secs()))
             }
         }
     }

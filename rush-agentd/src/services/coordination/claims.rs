@@ -329,7 +329,8 @@ impl Coordination {
 
 /// Whether claim `c` covers `path`: inside one of its protected paths, or matched by one
 /// of its globs.
-fn covers(c: &Claim, path: &Path) -> bool {
+/// Whether claim `c` covers `path` (a path it names, or one below it).
+pub fn covers(c: &Claim, path: &Path) -> bool {
     c.enforced_paths.iter().any(|p| path.starts_with(p))
         || c.paths.iter().any(|p| {
             if co::is_glob(p) {
