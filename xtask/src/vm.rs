@@ -86,11 +86,12 @@ const VM_PACKAGES: [(&str, &str); 9] = [
 
 /// The guest test suites, in the order they run: (name, test threads, extra arguments).
 /// Kernel-tests targets: `host`, `budget`, `landlock`, `files`, `guest`, `escape`, `lifecycle`,
-/// `timetravel`, `audit`, `sessions`, `store`, `crash`, `toolchains`, `hardening`, `principals`; `bpf` is rush-agentd's own
+/// `timetravel`, `audit`, `sessions`, `store`, `crash`, `toolchains`, `hardening`, `principals`,
+/// `workspaces`; `bpf` is rush-agentd's own
 /// kernel smoke tests (its lib tests under `bpf::`). `reboot` spans two boots with a state disk:
 /// its phase 1 runs last in the first boot, its phase 2 alone in a second boot ([`REBOOT`]).
 /// `toolchains` runs only the tests of the tools the payload carries ([`GUEST_TOOLS`]).
-const SUITES: [(&str, u32, &str); 17] = [
+const SUITES: [(&str, u32, &str); 18] = [
     ("host", 2, ""),
     ("principals", 1, ""),
     ("budget", 1, ""),
@@ -106,6 +107,8 @@ const SUITES: [(&str, u32, &str); 17] = [
     ("store", 1, ""),
     ("crash", 1, " --nocapture"),
     ("toolchains", 1, " git_ make_runs_shell_recipes private_tmpdir"),
+    // Only what needs the kernel: an agent's workspace tokens under BPF LSM.
+    ("workspaces", 1, " an_agent_"),
     ("bpf", 1, " bpf::"),
     ("reboot", 1, " --ignored --exact reboot_phase1"),
 ];

@@ -207,7 +207,6 @@ impl Workspaces {
                 continue;
             };
             let id = job.id;
-            let _busy = self.busy.lock().await;
             if let Err(e) = self.run(job).await {
                 // A store that cannot save: the merge stays where it is for the next start.
                 tracing::error!(merge = id, "merge stopped: {e}");
@@ -221,6 +220,8 @@ impl Workspaces {
         job.state = MergeState::Running;
         job.conflicts.clear();
         self.save(&job)?;
+        // Worktrees change under `busy` (create and remove wait); the test runs without it.
+        let busy = self.busy.lock().await;
         let this = Arc::clone(self);
         let prepared = tokio::task::spawn_blocking(move || {
             let made = this.prepare(&mut job);
@@ -230,10 +231,12 @@ impl Workspaces {
         .map_err(|e| WorkspaceError::new(Fault::Internal, e.to_string()))?;
         let (mut job, made) = prepared;
         let Some(scratch) = made? else { return Ok(()) };
+        drop(busy);
         let git = Git::new(&job.repo, self.owner(&job));
         if let Some(test) = job.test.clone() {
             let log = scratch.with_extension("log");
             let exit = self.test(&git, &job, &test, &scratch, &log).await;
+            let _busy = self.busy.lock().await;
             job.test_tail = Some(tail(&log));
             let _ = std::fs::remove_file(&log);
             match exit {
@@ -250,6 +253,7 @@ impl Workspaces {
                 Err(why) => return self.stop(&git, &mut job, MergeState::TestFailed, why),
             }
         }
+        let _busy = self.busy.lock().await;
         job.state = MergeState::Landing;
         self.save(&job)?;
         let this = Arc::clone(self);
