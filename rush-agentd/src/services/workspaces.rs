@@ -440,6 +440,7 @@ impl Workspaces {
             git.run(["worktree", "prune"]).map_err(git_failed)?;
         }
         let branch_deleted = tip.is_some() && unmerged == 0 && git.run(["branch", "-D", &w.branch]).is_ok();
+        state::sweep_object_temporaries(&w.common_dir, merge::OBJECT_TEMPORARY_AGE);
         self.store.delete_workspace(name).map_err(store_failed)?;
         let fate = if branch_deleted {
             "branch deleted (merged)".to_owned()
@@ -575,7 +576,8 @@ fn grants(repo: &Repo, path: &Path, git_dir: &Path, branch: &str) -> Vec<FileGra
         FileGrant { path: repo.root.clone(), ops: read, ttl_secs: None },
         FileGrant { path: path.to_owned(), ops: rw, ttl_secs: None },
         FileGrant { path: git_dir.to_owned(), ops: rw, ttl_secs: None },
-        // New objects only: no delete, so the shared store cannot be emptied.
+        // New objects only: no delete, so the shared store cannot be emptied (git's
+        // temporaries stay behind; merges and removals sweep them).
         FileGrant { path: repo.common.join("objects"), ops: add, ttl_secs: None },
         FileGrant { path: refs, ops: rw, ttl_secs: None },
     ];

@@ -25,6 +25,8 @@ use crate::core::{Fault, now_unix_ms};
 
 /// A merge whose target moves under it is merged again, this many times in all.
 const MAX_ATTEMPTS: u32 = 3;
+/// An object store's temporary file this old is no git's any more.
+pub(super) const OBJECT_TEMPORARY_AGE: std::time::Duration = std::time::Duration::from_secs(600);
 /// The test output kept in the report.
 const TAIL_LINES: usize = 20;
 
@@ -287,6 +289,10 @@ impl Workspaces {
             job.commit = Some(target);
             job.notes.push(format!("nothing to merge: every commit of {} is on {}", job.branch, job.into));
             return self.finish_merged(&git, job).map(|()| None);
+        }
+        let swept = super::state::sweep_object_temporaries(&w.common_dir, OBJECT_TEMPORARY_AGE);
+        if swept > 0 {
+            tracing::info!(merge = job.id, swept, "agents' temporary object files removed");
         }
         let scratch = scratch_path(job);
         remove_scratch(&git, job);

@@ -136,3 +136,65 @@ fn walk(dir: &Path, size: &dyn Fn(&std::fs::Metadata) -> u64) -> u64 {
     }
     total
 }
+
+/// Removes `objects/??/tmp_obj_*` files older than `age` from the shared object store.
+/// An agent's git writes an object as a temporary file, links it to its name and unlinks
+/// the temporary; agents hold no delete right on the store (so they cannot empty it), so
+/// their temporaries stay behind, each a copy of an object. Old enough, no git is still
+/// writing one. How many went.
+pub(super) fn sweep_object_temporaries(common: &Path, age: std::time::Duration) -> usize {
+    let mut removed = 0;
+    let Ok(dirs) = std::fs::read_dir(common.join("objects")) else { return 0 };
+    for d in dirs.flatten() {
+        let name = d.file_name();
+        let name = name.to_string_lossy();
+        if name.len() != 2 || !name.chars().all(|c| c.is_ascii_hexdigit()) {
+            continue;
+        }
+        let Ok(files) = std::fs::read_dir(d.path()) else { continue };
+        for f in files.flatten() {
+            if !f.file_name().to_string_lossy().starts_with("tmp_obj_") {
+                continue;
+            }
+            let old = f
+                .path()
+                .symlink_metadata()
+                .ok()
+                .filter(|m| m.is_file())
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|e| e >= age);
+            if old && std::fs::remove_file(f.path()).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_old_object_temporaries_are_swept() {
+        let common = tempfile::tempdir().unwrap();
+        let dir = common.path().join("objects/ab");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(common.path().join("objects/pack")).unwrap();
+        let old = dir.join("tmp_obj_old");
+        let fresh = dir.join("tmp_obj_fresh");
+        let object = dir.join("cdef0123");
+        let pack_tmp = common.path().join("objects/pack/tmp_obj_pack");
+        for f in [&old, &fresh, &object, &pack_tmp] {
+            std::fs::write(f, b"x").unwrap();
+        }
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for f in [&old, &object, &pack_tmp] {
+            std::fs::File::options().write(true).open(f).unwrap().set_modified(hour_ago).unwrap();
+        }
+        assert_eq!(sweep_object_temporaries(common.path(), std::time::Duration::from_secs(600)), 1);
+        assert!(!old.exists());
+        assert!(fresh.exists() && object.exists() && pack_tmp.exists());
+    }
+}
