@@ -2,6 +2,7 @@
 //! worktrees made by the daemon, agents committing in them under their tokens (Landlock on
 //! the host), the merge queue merging, refusing, testing, and resuming after a kill -9.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -26,7 +27,9 @@ fn daemon() -> Daemon {
 
 /// `git -C dir ARGS`, which must succeed: its stdout, trimmed.
 fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git").arg("-C").arg(dir).args(args).output().unwrap();
+    // safe.directory: some repositories here are another user's.
+    let out =
+        Command::new("git").args(["-c", "safe.directory=*", "-C"]).arg(dir).args(args).output().unwrap();
     assert!(out.status.success(), "git {args:?} in {}: {}", dir.display(), describe(&out));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
@@ -512,4 +515,74 @@ fn bad_input_is_one_clear_line_each() {
     assert!(err.contains("--older-than"), "{err}");
     let err = refused(&d, &["agent", "workspace", "remove", "nobody"]);
     assert!(err.contains("no workspace \"nobody\""), "{err}");
+}
+
+/// A merge into a branch the main tree does not have checked out moves that ref alone
+/// (one compare-and-swap): the main tree and its branch stay as they are.
+#[test]
+fn a_merge_into_a_branch_not_checked_out_moves_only_that_branch() {
+    if !ready() {
+        return;
+    }
+    let d = Daemon::start();
+    let (_t, r) = repo();
+    git(&r, &["branch", "release"]);
+    let ws = create(&d, &r, "hotfix");
+    let tip = commit_in(&ws, "fix.txt", "fix\n", "the fix");
+    let main = git(&r, &["rev-parse", "main"]);
+    let m = json(&d, &["agent", "workspace", "merge", "hotfix", "--into", "release", "--strategy", "rebase"]);
+    assert_eq!(m["state"], "merged", "{m}");
+    assert_eq!(m["into"], "release");
+    assert_eq!(
+        git(&r, &["rev-parse", "release"]),
+        tip,
+        "a rebase onto an unchanged target is the tip itself"
+    );
+    assert_eq!(git(&r, &["rev-parse", "main"]), main, "main moved");
+    assert!(!r.join("fix.txt").exists(), "the main tree changed");
+    assert_eq!(git(&r, &["reflog", "-1", "--format=%gs", "release"]), "rush: merge workspace hotfix");
+}
+
+/// Users are not root: in a repository owned by another user (nobody), git runs as that
+/// user, so the worktree, its copied state and the merge commits are theirs.
+#[test]
+fn in_a_repository_of_another_user_git_runs_as_that_user() {
+    if !ready() {
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let d = Daemon::start();
+    let (t, r) = repo();
+    std::fs::write(r.join(".env"), "X=1\n").unwrap();
+    std::fs::set_permissions(t.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let chown = Command::new("chown").args(["-R", &format!("{NOBODY}:{NOBODY}")]).arg(&r).output().unwrap();
+    assert!(chown.status.success(), "{}", describe(&chown));
+    let w = json(&d, &["agent", "workspace", "create", "theirs", "--repo", s(&r)]);
+    assert_eq!(w["workspace"]["uid"], NOBODY);
+    let ws = PathBuf::from(w["workspace"]["path"].as_str().unwrap());
+    use std::os::unix::fs::MetadataExt;
+    for p in [ws.clone(), ws.join("a.txt"), ws.join(".env"), r.join(".rush"), r.join(".git/worktrees/theirs")]
+    {
+        assert_eq!(std::fs::metadata(&p).unwrap().uid(), NOBODY, "{} is not nobody's", p.display());
+    }
+    // A commit as that user, merged by the queue as that user.
+    let out = Command::new("sh")
+        .args(["-c", "echo n > n.txt && git add n.txt && git commit -qm n"])
+        .current_dir(&ws)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .env("HOME", &ws)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let m = json(&d, &["agent", "workspace", "merge", "theirs"]);
+    assert_eq!(m["state"], "merged", "{m}");
+    assert_eq!(
+        std::fs::metadata(r.join("n.txt")).unwrap().uid(),
+        NOBODY,
+        "the main tree's new file is root's"
+    );
+    let head = git(&r, &["rev-parse", "HEAD"]);
+    let obj = r.join(".git/objects").join(&head[..2]).join(&head[2..]);
+    assert_eq!(std::fs::metadata(&obj).unwrap().uid(), NOBODY, "the merge commit is root's");
 }
