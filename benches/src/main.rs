@@ -23,6 +23,7 @@ mod shell;
 mod snapshot;
 mod terminal;
 mod top;
+mod workspace;
 
 use kernel_tests::{Daemon, bin, describe, is_root};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
@@ -315,6 +316,13 @@ fn main() {
     // `rush-bench landlock-audit`: Landlock denials in the audit trail, on vs off (~1 min).
     if std::env::args().nth(1).as_deref() == Some("landlock-audit") {
         landlock_audit::run();
+        return;
+    }
+    // `rush-bench workspace`: agent workspaces: create with 1 GB of build state on ext4
+    // and a loop btrfs vs git worktree + copy / rebuild; the merge queue's throughput vs
+    // sequential `git merge` (~2 min).
+    if std::env::args().nth(1).as_deref() == Some("workspace") {
+        workspace::run();
         return;
     }
     // `rush-bench tcp-throughput`: only that table.

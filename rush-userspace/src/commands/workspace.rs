@@ -162,7 +162,7 @@ fn created(w: &WorkspaceInfo) -> String {
     if !s.included.is_empty() || !s.cloned.is_empty() {
         let method = s.method.map(|m| m.to_string()).unwrap_or_default();
         out.push_str(&format!(
-            "; state in {} ms: {} file(s) from .rushinclude, {} build dir(s) by {method}, {} MB\n",
+            "; state in {} ms: {} file(s) from .rushinclude, {} build dir(s) by {method}, {} MiB\n",
             s.state_ms,
             s.included.len(),
             s.cloned.len(),

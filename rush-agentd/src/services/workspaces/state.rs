@@ -63,9 +63,15 @@ pub(super) fn clone_state(
         }
     };
     let mut method = None;
+    // One file first: a `cp --reflink=always` of a whole tree the filesystem cannot clone
+    // fails file by file, leaving an empty file for each (a 100k-file node_modules).
+    let probe = if dirs.is_empty() { Ok(()) } else { reflink_probe(git, root, workspace, &dirs) };
     for d in &dirs {
         let bytes = disk_usage_apparent(&root.join(d));
-        let cloned = cp(git, root, workspace, std::slice::from_ref(d), "always");
+        let cloned = match &probe {
+            Ok(()) => cp(git, root, workspace, std::slice::from_ref(d), "always"),
+            Err(why) => Err(why.clone()),
+        };
         let used = match cloned {
             Ok(()) => CloneMethod::Reflink,
             Err(why) => {
@@ -73,7 +79,7 @@ pub(super) fn clone_state(
                 match cp(git, root, workspace, std::slice::from_ref(d), "never") {
                     Ok(()) => {
                         warnings.push(format!(
-                            "{}: copied, not cloned ({} MB): this filesystem cannot share extents ({why})",
+                            "{}: copied, not cloned ({} MiB): this filesystem cannot share extents ({why})",
                             d.display(),
                             bytes >> 20
                         ));
@@ -97,6 +103,45 @@ pub(super) fn clone_state(
     }
     copy.method = method;
     copy
+}
+
+/// Whether a file of the build directories clones into the workspace: Ok, or cp's reason.
+fn reflink_probe(git: &Git, root: &Path, workspace: &Path, dirs: &[PathBuf]) -> Result<(), String> {
+    let Some(file) = dirs.iter().find_map(|d| first_file(&root.join(d))) else { return Ok(()) };
+    let target = workspace.join(".rush-reflink-probe");
+    let out = git
+        .at(root)
+        .command("cp")
+        .args(["--reflink=always", "--"])
+        .arg(&file)
+        .arg(&target)
+        .output()
+        .map_err(|e| format!("cannot run cp: {e}"))?;
+    let _ = std::fs::remove_file(&target);
+    if out.status.success() {
+        return Ok(());
+    }
+    let said = String::from_utf8_lossy(&out.stderr);
+    // cp's reason without its paths: "failed to clone ...: Operation not supported".
+    let reason = said.lines().next().unwrap_or("cp failed").rsplit(": ").next().unwrap_or("cp failed");
+    Err(format!("reflink: {}", reason.trim()))
+}
+
+/// A regular file under `dir` (not following links), the first found.
+fn first_file(dir: &Path) -> Option<PathBuf> {
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).ok()?.flatten() {
+            let Ok(m) = e.path().symlink_metadata() else { continue };
+            if m.is_file() {
+                return Some(e.path());
+            }
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    None
 }
 
 /// `cp -a --parents --reflink=MODE -t WORKSPACE PATHS...` in `root`, as the owner.
