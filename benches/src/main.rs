@@ -76,6 +76,32 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The middle value (the upper one of an even count).
+fn median_of<T: Ord + Copy>(v: &[T]) -> T {
+    let mut v = v.to_vec();
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Commits the filesystem holding `p` (a timed copy must not end in the page cache).
+fn syncfs(p: &Path) {
+    let f = std::fs::File::open(p).expect("open for syncfs");
+    nix::unistd::syncfs(std::os::fd::AsFd::as_fd(&f)).expect("syncfs");
+}
+
+/// xorshift64*: the same stream wherever it runs, so every tree a bench makes from one
+/// seed has the same bytes.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
 /// A loopback peer outside any agent, one connection at a time on each port: `sink`
 /// reads each connection to EOF, then closes; `source` writes `bytes` in 64 KiB writes,
 /// then closes.

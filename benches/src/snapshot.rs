@@ -7,12 +7,13 @@
 //! page cache is not compared with a snapshot the kernel has committed. Caches are warm.
 
 use std::fs;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+
+use crate::{Rng, median_of, syncfs};
 use rush_agentd::adapters::snapshot::btrfs::Btrfs;
 use rush_agentd::adapters::snapshot::git::Git;
 use rush_agentd::adapters::snapshot::{Backend, Side};
@@ -69,12 +70,6 @@ struct Results {
     space: u64,
 }
 
-fn median(v: &[Duration]) -> Duration {
-    let mut v = v.to_vec();
-    v.sort();
-    v[v.len() / 2]
-}
-
 fn sh(cmd: &mut Command) {
     let out = cmd.stdin(Stdio::null()).output().expect("run");
     assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
@@ -84,29 +79,12 @@ fn cp(src: &Path, dest: &Path, reflink: &str) {
     sh(Command::new("cp").args(["-a", reflink, "--no-target-directory"]).arg(src).arg(dest));
 }
 
-fn syncfs(p: &Path) {
-    let f = fs::File::open(p).expect("open for syncfs");
-    nix::unistd::syncfs(f.as_fd()).expect("syncfs");
-}
-
 fn timed(sync: &Path, f: impl FnOnce()) -> Duration {
     syncfs(sync);
     let t = Instant::now();
     f();
     syncfs(sync);
     t.elapsed()
-}
-
-/// xorshift64*: the same stream everywhere, so every place gets the same bytes.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
 }
 
 const WORDS: [&str; 16] = [
@@ -335,17 +313,17 @@ pub fn run() {
 
 /// One table row, printed as soon as measured; ratios against btrfs snapshot.
 fn row(kind: Kind, r: &Results, base: &Results) {
-    let ratio = |v: &[Duration], b: &[Duration]| median(v).as_secs_f64() / median(b).as_secs_f64();
+    let ratio = |v: &[Duration], b: &[Duration]| median_of(v).as_secs_f64() / median_of(b).as_secs_f64();
     println!(
         "| {} | {} ({:.0}x) | {} ({:.0}x) | {} ({:.0}x) | {} ({:.0}x) | {} |",
         kind.name(),
-        ms(median(&r.checkpoint)),
+        ms(median_of(&r.checkpoint)),
         ratio(&r.checkpoint, &base.checkpoint),
-        ms(median(&r.rollback)),
+        ms(median_of(&r.rollback)),
         ratio(&r.rollback, &base.rollback),
-        ms(median(&r.branch)),
+        ms(median_of(&r.branch)),
         ratio(&r.branch, &base.branch),
-        ms(median(&r.diff)),
+        ms(median_of(&r.diff)),
         ratio(&r.diff, &base.diff),
         mb(r.space),
     );

@@ -25,12 +25,13 @@
 //!    --no-ff` (and `--squash` + commit) of 20 branches in a plain repository, no test.
 
 use std::fs;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kernel_tests::{Daemon, describe};
+
+use crate::{Rng, median_of, syncfs};
 
 /// Files of build state, and the bytes of each.
 const STATE_FILES: usize = 1000;
@@ -41,18 +42,6 @@ const RUNS: usize = 3;
 /// Workspaces merged through the queue per strategy.
 const MERGES: usize = 20;
 const BTRFS_IMAGE: u64 = 4 << 30;
-
-/// xorshift64*: the same stream wherever it runs, so every tree gets the same bytes.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
 
 /// The build state: `target/debug/dNN/fNNNN.o`, 1000 x 1 MiB of pseudo-random bytes (one
 /// seed: byte-identical wherever it is generated).
@@ -128,11 +117,6 @@ fn commit_one(tree: &Path, i: usize) {
     git(tree, &["commit", "-qam", &format!("change {i}")]);
 }
 
-fn syncfs(p: &Path) {
-    let f = fs::File::open(p).expect("open for syncfs");
-    nix::unistd::syncfs(f.as_fd()).expect("syncfs");
-}
-
 /// Bytes in use on the filesystem holding `p`, after a sync (btrfs: a transaction commit,
 /// so freed and shared extents are counted as they are).
 fn used(p: &Path, btrfs: bool) -> u64 {
@@ -163,18 +147,6 @@ fn cross_check(dir: &Path, btrfs: bool) -> u64 {
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
-fn median(v: &[Duration]) -> Duration {
-    let mut v = v.to_vec();
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn median_u(v: &[i64]) -> i64 {
-    let mut v = v.to_vec();
-    v.sort();
-    v[v.len() / 2]
 }
 
 fn secs(d: Duration) -> String {
@@ -361,16 +333,16 @@ fn create_table(d: &Daemon, place: &Place) {
     );
     println!("|---|---|---|---|---|---|---|");
     let plain = &results[1];
-    let (pc, ps, pa) = (median(&plain.command), median(&plain.synced), median_u(&plain.added));
+    let (pc, ps, pa) = (median_of(&plain.command), median_of(&plain.synced), median_of(&plain.added));
     for (m, r) in methods.iter().zip(&results) {
-        let (c, s, a) = (median(&r.command), median(&r.synced), median_u(&r.added));
+        let (c, s, a) = (median_of(&r.command), median_of(&r.synced), median_of(&r.added));
         println!(
             "| {} | {} | {} | {} | {} | {:.2}x / {:.2}x | {:.3}x |",
             m.name(),
             secs(c),
             secs(s),
             mb(a),
-            mb(median_u(&r.check)),
+            mb(median_of(&r.check)),
             c.as_secs_f64() / pc.as_secs_f64(),
             s.as_secs_f64() / ps.as_secs_f64(),
             a as f64 / pa as f64
@@ -467,7 +439,7 @@ fn queue_round(d: &Daemon, repo: &Path, strategy: &str, first_file: usize) -> (f
         let out = d.rush(&["agent", "workspace", "remove", name]);
         assert!(out.status.success(), "remove {name}: {}", describe(&out));
     }
-    (MERGES as f64 / took.as_secs_f64() * 60.0, took, median(&creates))
+    (MERGES as f64 / took.as_secs_f64() * 60.0, took, median_of(&creates))
 }
 
 /// The same merges by hand: `MERGES` branches, one commit each, merged one after the

@@ -58,15 +58,6 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// Runs rush; its stdout as JSON, or panics with what it said.
-fn json(d: &Daemon, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend(args);
-    let out = d.rush(&all);
-    assert!(out.status.success(), "rush {args:?}: {}", describe(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 /// Runs rush expecting a failure: its stderr.
 fn refused(d: &Daemon, args: &[&str]) -> String {
     let out = d.rush(args);
@@ -85,7 +76,7 @@ fn commit_in(ws: &Path, file: &str, text: &str, msg: &str) -> String {
 }
 
 fn create(d: &Daemon, repo: &Path, name: &str) -> PathBuf {
-    let w = json(d, &["agent", "workspace", "create", name, "--repo", s(repo)]);
+    let w = d.rush_json(&["agent", "workspace", "create", name, "--repo", s(repo)]);
     PathBuf::from(w["workspace"]["path"].as_str().unwrap())
 }
 
@@ -131,7 +122,7 @@ fn create_copies_included_files_clones_build_state_and_leaves_the_main_tree_clea
     assert!(!std::fs::read_to_string(r.join(".gitignore")).unwrap().contains(".rush"));
 
     // --no-state leaves both out.
-    let w2 = json(&d, &["agent", "workspace", "create", "w2", "--repo", s(&r), "--no-state"]);
+    let w2 = d.rush_json(&["agent", "workspace", "create", "w2", "--repo", s(&r), "--no-state"]);
     let ws2 = PathBuf::from(w2["workspace"]["path"].as_str().unwrap());
     assert!(ws2.join("a.txt").exists() && !ws2.join(".env").exists() && !ws2.join("target").exists());
     assert_eq!(w2["workspace"]["state"]["method"], "none");
@@ -139,7 +130,7 @@ fn create_copies_included_files_clones_build_state_and_leaves_the_main_tree_clea
     // Listed with its state.
     commit_in(&ws, "b.txt", "b\n", "b");
     std::fs::write(ws.join("wip.txt"), "x").unwrap();
-    let list = json(&d, &["agent", "workspace", "list"]);
+    let list = d.rush_json(&["agent", "workspace", "list"]);
     let one = list.as_array().unwrap().iter().find(|w| w["name"] == "w1").unwrap();
     assert_eq!(one["status"]["ahead"], 1, "{one}");
     assert_eq!(one["status"]["behind"], 0);
@@ -178,12 +169,12 @@ fn an_agent_commits_in_its_workspace_and_cannot_write_the_main_checkout() {
     assert_eq!(git(&r, &["log", "-1", "--format=%s", "rush/coder"]), "by the agent");
     assert_eq!(git(&ws, &["status", "--porcelain"]), "");
     // Its tokens are the workspace's, exactly.
-    let w = json(&d, &["agent", "workspace", "list"]);
+    let w = d.rush_json(&["agent", "workspace", "list"]);
     let grants: Vec<String> =
         w[0]["grants"].as_array().unwrap().iter().map(|g| g["path"].as_str().unwrap().to_owned()).collect();
     assert!(grants.contains(&s(&ws).to_owned()) && grants.contains(&s(&r).to_owned()), "{grants:?}");
     // The branch is merged through the queue; the main tree fast-forwards.
-    let m = json(&d, &["agent", "workspace", "merge", "coder"]);
+    let m = d.rush_json(&["agent", "workspace", "merge", "coder"]);
     assert_eq!(m["state"], "merged", "{m}");
     assert_eq!(std::fs::read_to_string(r.join("agent.txt")).unwrap(), "agent\n");
     assert_eq!(git(&r, &["status", "--porcelain"]), "");
@@ -233,7 +224,7 @@ true"#,
     assert!(!common.join("hooks/post-merge").exists());
     // The daemon looks at the worktree (list: dirty count; remove: the same check) with
     // the git directory it recorded, not the one the agent wrote.
-    let list = json(&d, &["agent", "workspace", "list"]);
+    let list = d.rush_json(&["agent", "workspace", "list"]);
     assert_eq!(list[0]["name"], "mallory", "{list}");
     let err = refused(&d, &["agent", "workspace", "remove", "mallory"]);
     assert!(err.contains("uncommitted"), "{err}");
@@ -256,7 +247,7 @@ fn two_workspaces_one_merges_clean_the_other_conflicts_and_nothing_is_lost() {
     commit_in(&wa, "alpha.txt", "alpha\n", "alpha adds a file");
     let beta_tip = commit_in(&wb, "shared.txt", "line 1\nBETA\nline 3\n", "beta edits line 2");
 
-    let m = json(&d, &["agent", "workspace", "merge", "alpha", "--strategy", "merge"]);
+    let m = d.rush_json(&["agent", "workspace", "merge", "alpha", "--strategy", "merge"]);
     assert_eq!(m["state"], "merged", "{m}");
     let merged = git(&r, &["rev-parse", "main"]);
     assert_eq!(m["commit"], merged.as_str());
@@ -283,7 +274,7 @@ fn two_workspaces_one_merges_clean_the_other_conflicts_and_nothing_is_lost() {
     commit_in(&wc, "g1.txt", "1\n", "g1");
     commit_in(&wc, "g2.txt", "2\n", "g2");
     let before = git(&r, &["rev-parse", "main"]);
-    let m = json(&d, &["agent", "workspace", "merge", "gamma", "--strategy", "squash"]);
+    let m = d.rush_json(&["agent", "workspace", "merge", "gamma", "--strategy", "squash"]);
     assert_eq!(m["state"], "merged", "{m}");
     assert_eq!(git(&r, &["rev-parse", "main~1"]), before, "one squashed commit");
     assert!(r.join("g1.txt").exists() && r.join("g2.txt").exists());
@@ -291,12 +282,12 @@ fn two_workspaces_one_merges_clean_the_other_conflicts_and_nothing_is_lost() {
     commit_in(&wd, "d1.txt", "1\n", "d1");
     commit_in(&wd, "d2.txt", "2\n", "d2");
     let before = git(&r, &["rev-parse", "main"]);
-    let m = json(&d, &["agent", "workspace", "merge", "delta", "--strategy", "rebase"]);
+    let m = d.rush_json(&["agent", "workspace", "merge", "delta", "--strategy", "rebase"]);
     assert_eq!(m["state"], "merged", "{m}");
     assert_eq!(git(&r, &["rev-parse", "main~2"]), before, "two commits replayed");
     assert_eq!(git(&r, &["log", "-1", "--format=%s", "main"]), "d2");
     // Squashed and rebased workspaces count as merged: removable, their branch deleted.
-    let removed = json(&d, &["agent", "workspace", "remove", "gamma"]);
+    let removed = d.rush_json(&["agent", "workspace", "remove", "gamma"]);
     assert_eq!(removed[0]["branch_deleted"], true, "{removed}");
     // Audited: each made, merged, stopped and removed.
     let actions: Vec<(String, String)> = d
@@ -345,7 +336,7 @@ fn a_failing_test_is_not_merged_and_its_output_is_reported() {
     // The test runs in the merged tree, confined: it sees the branch's file, cannot write
     // the main tree, and has no network.
     let probe = format!("test -f feature.txt && ! touch {}/from-test.txt 2>/dev/null && echo ok", s(&r));
-    let m = json(&d, &["agent", "workspace", "merge", "tested", "--test", &probe]);
+    let m = d.rush_json(&["agent", "workspace", "merge", "tested", "--test", &probe]);
     assert_eq!(m["state"], "merged", "{m}");
     assert!(!r.join("from-test.txt").exists(), "the test wrote the main tree");
     assert!(r.join("feature.txt").exists());
@@ -365,7 +356,7 @@ fn removal_is_refused_with_unmerged_work_force_keeps_the_branch_and_gc_takes_mer
     assert!(err.contains("1 commit(s) not merged") && err.contains("--force"), "{err}");
     assert!(ws.exists());
     std::fs::write(ws.join("dirty.txt"), "x").unwrap();
-    let removed = json(&d, &["agent", "workspace", "remove", "keep", "--force"]);
+    let removed = d.rush_json(&["agent", "workspace", "remove", "keep", "--force"]);
     assert_eq!(removed[0]["branch_deleted"], false, "{removed}");
     assert_eq!(removed[0]["unmerged_commits"], 1);
     assert!(!ws.exists(), "the worktree is still there");
@@ -380,18 +371,19 @@ fn removal_is_refused_with_unmerged_work_force_keeps_the_branch_and_gc_takes_mer
     // gc: merged and older than the cutoff only.
     let wm = create(&d, &r, "merged");
     commit_in(&wm, "m.txt", "m\n", "m");
-    assert_eq!(json(&d, &["agent", "workspace", "merge", "merged"])["state"], "merged");
-    let dry = json(&d, &["agent", "workspace", "gc", "--older-than", "1h"]);
+    assert_eq!(d.rush_json(&["agent", "workspace", "merge", "merged"])["state"], "merged");
+    let dry = d.rush_json(&["agent", "workspace", "gc", "--older-than", "1h"]);
     assert_eq!(dry, serde_json::json!([]), "younger than an hour");
-    let dry = json(&d, &["agent", "workspace", "gc", "--older-than", "0s", "--dry-run"]);
+    let dry = d.rush_json(&["agent", "workspace", "gc", "--older-than", "0s", "--dry-run"]);
     assert_eq!(dry.as_array().unwrap().len(), 1, "{dry}");
     assert!(wm.exists(), "a dry run removed it");
-    let gone = json(&d, &["agent", "workspace", "gc", "--older-than", "0s"]);
+    let gone = d.rush_json(&["agent", "workspace", "gc", "--older-than", "0s"]);
     assert_eq!(gone[0]["name"], "merged", "{gone}");
     assert_eq!(gone[0]["branch_deleted"], true);
     assert!(!wm.exists());
     assert!(wd.exists(), "gc removed an unmerged workspace");
-    let left: Vec<String> = json(&d, &["agent", "workspace", "list"])
+    let left: Vec<String> = d
+        .rush_json(&["agent", "workspace", "list"])
         .as_array()
         .unwrap()
         .iter()
@@ -412,11 +404,11 @@ fn a_daemon_killed_during_a_merge_resumes_it_and_main_is_never_half_merged() {
         commit_in(&ws, &format!("f{i}.txt"), "x\n", &format!("c{i}"));
     }
     let before = git(&r, &["rev-parse", "main"]);
-    let queued = json(&d, &["agent", "workspace", "merge", "crashy", "--no-wait", "--test", "sleep 3"]);
+    let queued = d.rush_json(&["agent", "workspace", "merge", "crashy", "--no-wait", "--test", "sleep 3"]);
     assert_eq!(queued["state"], "queued", "{queued}");
     assert!(
         wait_until(Duration::from_secs(30), || {
-            let q = json(&d, &["agent", "workspace", "queue"]);
+            let q = d.rush_json(&["agent", "workspace", "queue"]);
             q[0]["state"] == "running" && r.join(".rush/merges/1").exists()
         }),
         "the merge never ran"
@@ -425,18 +417,22 @@ fn a_daemon_killed_during_a_merge_resumes_it_and_main_is_never_half_merged() {
     let started = std::time::Instant::now();
     create(&d, &r, "bystander");
     assert!(started.elapsed() < Duration::from_secs(2), "create waited {:?} for the test", started.elapsed());
-    assert_eq!(json(&d, &["agent", "workspace", "queue"])[0]["state"], "running", "the test ended too soon");
+    assert_eq!(
+        d.rush_json(&["agent", "workspace", "queue"])[0]["state"],
+        "running",
+        "the test ended too soon"
+    );
     d.kill9();
     assert_eq!(git(&r, &["rev-parse", "main"]), before, "main moved before the test passed");
     d.restart();
     assert!(
         wait_until(Duration::from_secs(60), || {
-            json(&d, &["agent", "workspace", "queue"])[0]["state"] == "merged"
+            d.rush_json(&["agent", "workspace", "queue"])[0]["state"] == "merged"
         }),
         "not merged after the restart: {}",
-        json(&d, &["agent", "workspace", "queue"])
+        d.rush_json(&["agent", "workspace", "queue"])
     );
-    let q = json(&d, &["agent", "workspace", "queue"]);
+    let q = d.rush_json(&["agent", "workspace", "queue"]);
     assert_eq!(q[0]["attempts"], 2, "{q}");
     assert!(q[0]["notes"].to_string().contains("started again"), "{q}");
     let main = git(&r, &["rev-parse", "main"]);
@@ -467,7 +463,7 @@ fn a_claim_on_a_changed_path_refuses_the_merge_naming_its_holder() {
     // Released: it merges.
     let out = d.rush(&["agent", "release", "edit-shared", "--agent", &holder]);
     assert!(out.status.success(), "{}", describe(&out));
-    assert_eq!(json(&d, &["agent", "workspace", "merge", "editor"])["state"], "merged");
+    assert_eq!(d.rush_json(&["agent", "workspace", "merge", "editor"])["state"], "merged");
 }
 
 #[test]
@@ -530,7 +526,8 @@ fn a_merge_into_a_branch_not_checked_out_moves_only_that_branch() {
     let ws = create(&d, &r, "hotfix");
     let tip = commit_in(&ws, "fix.txt", "fix\n", "the fix");
     let main = git(&r, &["rev-parse", "main"]);
-    let m = json(&d, &["agent", "workspace", "merge", "hotfix", "--into", "release", "--strategy", "rebase"]);
+    let m =
+        d.rush_json(&["agent", "workspace", "merge", "hotfix", "--into", "release", "--strategy", "rebase"]);
     assert_eq!(m["state"], "merged", "{m}");
     assert_eq!(m["into"], "release");
     assert_eq!(
@@ -557,7 +554,7 @@ fn in_a_repository_of_another_user_git_runs_as_that_user() {
     std::fs::set_permissions(t.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let chown = Command::new("chown").args(["-R", &format!("{NOBODY}:{NOBODY}")]).arg(&r).output().unwrap();
     assert!(chown.status.success(), "{}", describe(&chown));
-    let w = json(&d, &["agent", "workspace", "create", "theirs", "--repo", s(&r)]);
+    let w = d.rush_json(&["agent", "workspace", "create", "theirs", "--repo", s(&r)]);
     assert_eq!(w["workspace"]["uid"], NOBODY);
     let ws = PathBuf::from(w["workspace"]["path"].as_str().unwrap());
     use std::os::unix::fs::MetadataExt;
@@ -575,7 +572,7 @@ fn in_a_repository_of_another_user_git_runs_as_that_user() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", describe(&out));
-    let m = json(&d, &["agent", "workspace", "merge", "theirs"]);
+    let m = d.rush_json(&["agent", "workspace", "merge", "theirs"]);
     assert_eq!(m["state"], "merged", "{m}");
     assert_eq!(
         std::fs::metadata(r.join("n.txt")).unwrap().uid(),

@@ -332,13 +332,23 @@ impl Workspaces {
 
     /// `rush agent workspace list`: each with its state now.
     pub async fn list(self: &Arc<Self>, repo: Option<PathBuf>) -> Result<Vec<WorkspaceInfo>, WorkspaceError> {
+        self.list_measured(repo, true).await
+    }
+
+    /// The workspaces with their state; their size on disk (a walk of every tree) only
+    /// `with_size`.
+    async fn list_measured(
+        self: &Arc<Self>,
+        repo: Option<PathBuf>,
+        with_size: bool,
+    ) -> Result<Vec<WorkspaceInfo>, WorkspaceError> {
         let this = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let repo = repo.map(|r| std::fs::canonicalize(&r).unwrap_or(r));
             let mut list = this.store.workspaces().map_err(store_failed)?;
             list.retain(|w| repo.as_ref().is_none_or(|r| w.repo.starts_with(r) || r.starts_with(&w.repo)));
             for w in &mut list {
-                w.status = Some(this.status(w));
+                w.status = Some(this.status(w, with_size));
             }
             Ok(list)
         })
@@ -346,7 +356,7 @@ impl Workspaces {
         .map_err(|e| WorkspaceError::new(Fault::Internal, e.to_string()))?
     }
 
-    fn status(&self, w: &WorkspaceInfo) -> WorkspaceStatus {
+    fn status(&self, w: &WorkspaceInfo, with_size: bool) -> WorkspaceStatus {
         let git = Git::new(&w.repo, w.uid);
         let mut s = WorkspaceStatus {
             agent: self.context.agent_state(&w.name),
@@ -364,7 +374,9 @@ impl Workspaces {
         }
         if !s.missing {
             s.dirty = in_worktree(&git, w).dirty_paths().map(|p| p.len() as u32).unwrap_or(0);
-            s.size_bytes = state::disk_usage(&w.path);
+            if with_size {
+                s.size_bytes = state::disk_usage(&w.path);
+            }
         }
         s
     }
@@ -466,7 +478,8 @@ impl Workspaces {
     ) -> Result<Vec<RemovedWorkspace>, WorkspaceError> {
         let cutoff = now_unix_ms().saturating_sub(older_than_secs.saturating_mul(1000));
         let mut removed = Vec::new();
-        for w in self.list(None).await? {
+        // gc needs no sizes: no walk of every tree.
+        for w in self.list_measured(None, false).await? {
             let s = w.status.clone().unwrap_or_default();
             let since = w.merged_unix_ms.unwrap_or(w.created_unix_ms);
             if !s.merged || since > cutoff || s.dirty > 0 || s.agent == Some(rush_proto::AgentState::Running)
