@@ -105,6 +105,16 @@ impl Store {
             )
             .map_err(self.err())?;
         }
+        // The highest id ever stored, kept apart from the tokens: ids are never reused, even
+        // when the highest token is revoked and the daemon then restarts.
+        if let Some(high) = tokens.iter().map(|t| t.id).max() {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('token_id_high', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = MAX(CAST(value AS INTEGER), ?1)",
+                [high as i64],
+            )
+            .map_err(self.err())?;
+        }
         tx.commit().map_err(self.err())
     }
 
@@ -234,8 +244,14 @@ impl Store {
     /// The highest token id ever stored (ids are never reused across restarts).
     pub fn max_token_id(&self) -> Result<u64, StoreError> {
         let conn = self.lock();
-        let max: Option<i64> =
-            conn.query_row("SELECT MAX(id) FROM tokens", [], |r| r.get(0)).map_err(self.err())?;
+        let max: Option<i64> = conn
+            .query_row(
+                "SELECT MAX(m) FROM (SELECT MAX(id) AS m FROM tokens
+                 UNION ALL SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'token_id_high')",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(self.err())?;
         Ok(max.unwrap_or(0) as u64)
     }
 }

@@ -64,6 +64,9 @@ fn agents_and_tokens_round_trip_across_opens() {
     assert_eq!(t[0].condition, want.condition);
     assert_eq!(t[0].save_dir, want.save_dir);
     assert_eq!(s.max_token_id().unwrap(), 3);
+    // Revoking the highest token does not free its id for reuse.
+    s.delete_tokens(&[3]).unwrap();
+    assert_eq!(s.max_token_id().unwrap(), 3, "a revoked token's id would be given again");
     s.delete_agent("a", 5).unwrap();
     assert!(s.agents().unwrap().is_empty());
     assert!(s.tokens(5).unwrap().is_empty());
