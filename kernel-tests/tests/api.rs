@@ -75,9 +75,36 @@ fn answers_in_each_style_and_counts_requests() {
     assert_eq!(anthropic.stop(), "served 1");
 }
 
+fn bound_not_listening() -> (std::os::fd::OwnedFd, std::net::SocketAddr) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // By hand with libc: std has no bind-without-listen, and nix's SockaddrIn needs a feature
+    // the workspace does not otherwise build.
+    // SAFETY: socket(2) with constant arguments; the result is checked before it is owned.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(raw >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: raw is a fresh descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be() },
+        sin_zero: [0; 8],
+    };
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: sin is a valid sockaddr_in of the length given.
+    let rc = unsafe { libc::bind(fd.as_raw_fd(), (&raw const sin).cast(), len) };
+    assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+    // SAFETY: sin and len are writable and len holds sin's size.
+    let rc = unsafe { libc::getsockname(fd.as_raw_fd(), (&raw mut sin).cast(), &mut len) };
+    assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
+    (fd, std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, u16::from_be(sin.sin_port))))
+}
+
 #[test]
 fn exit_codes_say_how_calls_failed() {
-    let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    // A port bound but not listening: connects are refused, and no other test can take the
+    // port meanwhile (a dropped listener's port could be rebound by a test running alongside).
+    let (_held, closed) = bound_not_listening();
     let out = call(&[&format!("http://{closed}/v1/chat/completions"), "--count", "2"]);
     assert_eq!(out.status.code(), Some(4));
     assert_eq!(lines(&out)[..2], ["refused ECONNREFUSED", "refused ECONNREFUSED"]);
