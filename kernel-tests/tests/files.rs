@@ -196,6 +196,67 @@ fn a_token_with_a_ttl_lapses_in_the_kernel_with_the_daemon_dead() {
     let _ = child.wait();
 }
 
+/// An agent holding `f` open (the `hold` tool, one command a line), after its first read.
+fn holder(
+    d: &Daemon,
+    name: &str,
+    grant: &str,
+    f: &str,
+) -> (std::process::Child, impl FnMut(&str) -> String + use<>) {
+    let (bins, tool) = (bin_grant(), fs_tool());
+    let mut child = d
+        .rush_cmd(&["agent", "spawn", name, "--allow", &bins, "--allow", grant, "--", &tool, "hold", f])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "opened");
+    let mut ask = move |cmd: &str| -> String {
+        writeln!(stdin, "{cmd}").unwrap();
+        stdin.flush().unwrap();
+        lines.next().unwrap().unwrap()
+    };
+    // The open and this read leave the decision cached for the descriptor.
+    assert_eq!(ask("read"), "ok 1");
+    (child, ask)
+}
+
+/// The decision cached for an open descriptor carries the token's expiry: with the daemon
+/// dead (nobody to bump the policy generation), the next read after the TTL fails.
+#[test]
+fn a_ttl_lapses_on_an_open_descriptor_with_the_daemon_dead() {
+    let Some(mut d) = lsm_daemon() else { return };
+    let t = Tree::new();
+    let grant = format!("{}:read,write:3s", t.a().display());
+    let (mut child, mut ask) = holder(&d, "ttlfd", &grant, &t.p("a/f"));
+    assert_eq!(ask("read"), "ok 1", "a second read, from the cache");
+    d.kill9();
+    assert!(!d.is_running());
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(ask("read"), "errno EPERM", "the token must lapse on the open descriptor with no daemon");
+    drop(ask);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A file moved out of the granted directory (by a process outside any agent) is no
+/// longer covered: the next read on the descriptor opened before fails, cached or not.
+#[test]
+fn a_file_moved_out_of_its_grant_fails_the_next_read_on_an_open_descriptor() {
+    let Some(d) = lsm_daemon() else { return };
+    let t = Tree::new();
+    let grant = format!("{}:read,write", t.a().display());
+    let (mut child, mut ask) = holder(&d, "moved", &grant, &t.p("a/f"));
+    assert_eq!(ask("read"), "ok 1");
+    std::fs::rename(t.p("a/f"), t.dir.path().join("f-moved")).unwrap();
+    assert_eq!(ask("read"), "errno EPERM", "moved out of the grant");
+    drop(ask);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[test]
 fn a_grant_covers_a_file_a_thousand_directories_deep() {
     let Some(d) = lsm_daemon() else { return };
@@ -450,6 +511,11 @@ fn bench_open_read_close_overhead() {
     let deep = deep.strip_prefix("ok ").unwrap().to_owned();
 
     let mut outside_ = Served::outside(&["open-serve"]);
+    // An agent that is not file-confined (no --allow): its cgroup and the hooks' agent
+    // lookup, without the token checks; apart from the file-confined agents' overhead.
+    let tool = fs_tool();
+    let mut plain = Served::start(d.rush_cmd(&["agent", "spawn", "open-plain", "--", &tool, "open-serve"]));
+    assert!(plain.ask(&format!("1 {f}")).is_some_and(|l| l.starts_with("ns_per_op")), "agent without tokens");
     let mut agents: Vec<(usize, Served, Duration)> = [1, 100, 10_000]
         .into_iter()
         .map(|n| {
@@ -475,10 +541,11 @@ fn bench_open_read_close_overhead() {
         v[v.len() / 2]
     };
     let rounds = 5;
-    let (mut base, mut deep_base, mut deep_in) = (vec![], vec![], vec![]);
+    let (mut base, mut deep_base, mut deep_in, mut plain_v) = (vec![], vec![], vec![], vec![]);
     let mut inside: Vec<Vec<f64>> = vec![vec![]; agents.len()];
     for _ in 0..rounds {
         base.push(ns(&mut outside_, 1000, &f));
+        plain_v.push(ns(&mut plain, 1000, &f));
         for (i, (_, s, _)) in agents.iter_mut().enumerate() {
             inside[i].push(ns(s, 1000, &f));
         }
@@ -491,6 +558,12 @@ fn bench_open_read_close_overhead() {
     println!("BENCH | open+read+close, median of {rounds} rounds of 1000 | µs per op | ratio vs outside |");
     println!("BENCH |---|---|---|");
     println!("BENCH | outside any agent | {:.1} | 1.00 |", base / 1000.0);
+    let plain_v = median(plain_v);
+    println!(
+        "BENCH | agent, no file tokens (not file-confined) | {:.1} | {:.2} |",
+        plain_v / 1000.0,
+        plain_v / base
+    );
     let mut ratios = Vec::new();
     for ((n, _, spawn), v) in agents.iter().zip(inside) {
         let v = median(v);
@@ -503,8 +576,234 @@ fn bench_open_read_close_overhead() {
     }
     println!("BENCH | 1000 dirs deep, outside | {:.1} | 1.00 |", deep_base / 1000.0);
     println!("BENCH | 1000 dirs deep, agent | {:.1} | {:.2} |", deep_in / 1000.0, deep_in / deep_base);
+    // Where the time goes (bpf_stats on: each program run is timed, which slows it).
+    profile_programs("outside, open+read+close", 1000, || {
+        ns(&mut outside_, 1000, &f);
+    });
+    profile_programs("agent without tokens, open+read+close", 1000, || {
+        ns(&mut plain, 1000, &f);
+    });
+    profile_programs("agent 1 token, open+read+close", 1000, || {
+        ns(&mut agents[0].1, 1000, &f);
+    });
     // Sanity bounds only (TCG timing is noisy); the numbers go to BENCHMARKS.md.
     assert!(ratios.iter().all(|r| *r < 5.0), "file-token overhead out of bounds: {ratios:?}");
+}
+
+/// Run count and run time (ns) of every loaded BPF program by name, summed over programs
+/// of one name (kernel.bpf_stats_enabled must be 1 for the counts to move). Through the
+/// bpf() syscall: GET_NEXT_ID, GET_FD_BY_ID, OBJ_GET_INFO_BY_FD (struct bpf_prog_info:
+/// name at byte 64, run_time_ns at 192, run_cnt at 200, the same in 6.1 and 6.12).
+fn bpf_prog_stats() -> std::collections::BTreeMap<String, (u64, u64)> {
+    const GET_NEXT_ID: libc::c_long = 11;
+    const GET_FD_BY_ID: libc::c_long = 13;
+    const GET_INFO_BY_FD: libc::c_long = 15;
+    let mut stats = std::collections::BTreeMap::new();
+    let mut id = 0u32;
+    loop {
+        let mut attr = [0u32; 32];
+        attr[0] = id;
+        // SAFETY: attr is a zeroed buffer larger than the union bpf_attr fields this
+        // command reads and writes (start_id, next_id).
+        let r = unsafe { libc::syscall(libc::SYS_bpf, GET_NEXT_ID, attr.as_mut_ptr(), 128u32) };
+        if r != 0 {
+            break;
+        }
+        id = attr[1];
+        let mut attr = [0u32; 32];
+        attr[0] = id;
+        // SAFETY: as above (prog_id in, an fd returned).
+        let fd = unsafe { libc::syscall(libc::SYS_bpf, GET_FD_BY_ID, attr.as_mut_ptr(), 128u32) };
+        if fd < 0 {
+            continue;
+        }
+        let mut info = [0u8; 256];
+        let mut attr = [0u64; 16];
+        attr[0] = (fd as u64) | ((info.len() as u64) << 32);
+        attr[1] = info.as_mut_ptr() as u64;
+        // SAFETY: bpf_fd and info_len, then a pointer to `info`, which is info_len bytes
+        // and outlives the call.
+        let r = unsafe { libc::syscall(libc::SYS_bpf, GET_INFO_BY_FD, attr.as_mut_ptr(), 128u32) };
+        // SAFETY: fd was returned by GET_FD_BY_ID and is closed once.
+        unsafe { libc::close(fd as i32) };
+        if r != 0 {
+            continue;
+        }
+        let name = String::from_utf8_lossy(&info[64..80]).trim_end_matches('\0').to_owned();
+        let u64_at = |o: usize| u64::from_ne_bytes(info[o..o + 8].try_into().unwrap());
+        let e = stats.entry(name).or_insert((0, 0));
+        e.0 += u64_at(200);
+        e.1 += u64_at(192);
+    }
+    stats
+}
+
+/// What each BPF program costs per operation of `run` (which does `ops` operations):
+/// printed as BENCH lines, programs that ran at least once per 100 operations.
+fn profile_programs(what: &str, ops: u64, run: impl FnOnce()) {
+    let sysctl = "/proc/sys/kernel/bpf_stats_enabled";
+    let was = std::fs::read_to_string(sysctl).unwrap_or_default();
+    if std::fs::write(sysctl, "1").is_err() {
+        println!("BENCH profile {what}: kernel.bpf_stats_enabled not writable, no profile");
+        return;
+    }
+    let before = bpf_prog_stats();
+    run();
+    let after = bpf_prog_stats();
+    let _ = std::fs::write(sysctl, if was.trim().is_empty() { "0" } else { was.trim() });
+    println!("BENCH profile {what} | program | runs per op | ns per run | ns per op |");
+    for (name, (cnt, ns)) in &after {
+        let (c0, n0) = before.get(name).copied().unwrap_or((0, 0));
+        let (runs, time) = (cnt.saturating_sub(c0), ns.saturating_sub(n0));
+        if runs * 100 < ops {
+            continue;
+        }
+        println!(
+            "BENCH profile {what} | {name} | {:.2} | {:.0} | {:.0} |",
+            runs as f64 / ops as f64,
+            time as f64 / runs as f64,
+            time as f64 / ops as f64
+        );
+    }
+}
+
+/// Seconds between the lines "start" and "end" of `cmd`'s output (the workload between
+/// them; an agent's spawn comes before "start"), asserting that it got to "end".
+fn timed_between_lines(mut cmd: Command, what: &str) -> f64 {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut started = None;
+    let mut took = None;
+    for line in lines.by_ref() {
+        match line.unwrap().as_str() {
+            "start" => started = Some(Instant::now()),
+            "end" => took = started.map(|s| s.elapsed().as_secs_f64()),
+            _ => {}
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    took.unwrap_or_else(|| panic!("{what}: no end: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Real workloads timed inside the agent (the spawn excluded), alternated: git init + add +
+/// commit of 500 files and a tar extract of 5000 files, outside any agent, in an agent that
+/// is not file-confined (no --allow: the hooks' agent lookup, the guard) and in one with
+/// the workload's directory granted (every open, read and create checked against tokens).
+#[test]
+fn bench_workloads_inside_the_agent() {
+    let Some(d) = lsm_daemon() else { return };
+    let git = ["/usr/bin/git", "/bin/git"].into_iter().find(|p| Path::new(p).exists());
+    let tar = if Path::new("/bin/busybox").exists() { "/bin/busybox tar" } else { "tar" };
+    let t = Tree::new();
+    let root = t.dir.path().join("work");
+    std::fs::create_dir(&root).unwrap();
+    // The archive: 5000 files of 100 bytes in 50 directories.
+    let src = root.join("src");
+    for i in 0..5000 {
+        let dir = src.join(format!("d{}", i % 50));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("f{i}")), [b'x'; 100]).unwrap();
+    }
+    let archive = root.join("a.tar");
+    let made = Command::new("/bin/sh")
+        .args(["-c", &format!("{tar} -cf {} -C {} .", archive.display(), src.display())])
+        .status()
+        .unwrap();
+    assert!(made.success(), "making the archive");
+    let rows = ["outside", "agent, no file tokens", "agent, directory granted"];
+    let mut runs: Vec<(&str, usize, f64)> = Vec::new();
+    let rounds = 3;
+    let mut n = 0;
+    for round in 0..=rounds {
+        for (row, _) in rows.iter().enumerate() {
+            let mut workloads: Vec<(&str, String, PathBuf)> = Vec::new();
+            if let Some(git) = git.filter(|_| round < rounds) {
+                let dir = root.join(format!("git{round}-{row}"));
+                for i in 0..500 {
+                    let sub = dir.join(format!("d{}", i % 20));
+                    std::fs::create_dir_all(&sub).unwrap();
+                    std::fs::write(sub.join(format!("f{i}.txt")), format!("file {i}\n")).unwrap();
+                }
+                let script = format!(
+                    "cd {} && export HOME={0} GIT_CONFIG_NOSYSTEM=1 GIT_AUTHOR_NAME=a GIT_AUTHOR_EMAIL=a@a \
+                     GIT_COMMITTER_NAME=a GIT_COMMITTER_EMAIL=a@a && echo start && {git} init -q && \
+                     {git} add . && {git} commit -q -m x && echo end",
+                    dir.display()
+                );
+                workloads.push(("git init+add+commit, 500 files", script, dir));
+            }
+            let dir = root.join(format!("tar{round}-{row}"));
+            std::fs::create_dir(&dir).unwrap();
+            let script =
+                format!("echo start && {tar} -xf {} -C {} && echo end", archive.display(), dir.display());
+            workloads.push(("tar -x, 5000 files", script, dir));
+            for (what, script, dir) in workloads {
+                n += 1;
+                let profiled = round == rounds && what.starts_with("tar");
+                let cmd = match row {
+                    0 => {
+                        let mut c = Command::new("/bin/sh");
+                        c.args(["-c", &script]);
+                        c
+                    }
+                    1 => d.rush_cmd(&["agent", "spawn", &format!("wl{n}"), "--", "/bin/sh", "-c", &script]),
+                    _ => {
+                        let (bins, arch) = (bin_grant(), format!("{}:read", archive.display()));
+                        let work = format!("{}:read,write,create,delete", dir.display());
+                        d.rush_cmd(&[
+                            "agent",
+                            "spawn",
+                            &format!("wl{n}"),
+                            "--allow",
+                            &bins,
+                            "--allow",
+                            &arch,
+                            "--allow",
+                            &work,
+                            "--",
+                            "/bin/sh",
+                            "-c",
+                            &script,
+                        ])
+                    }
+                };
+                let label = format!("{what}, {}", rows[row]);
+                if profiled {
+                    // An extra round, not in the medians: which programs run how often per file.
+                    profile_programs(&label, 5000, || {
+                        timed_between_lines(cmd, &label);
+                    });
+                    continue;
+                }
+                runs.push((what, row, timed_between_lines(cmd, &label)));
+            }
+        }
+    }
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!("BENCH kernel {}", kernel.trim());
+    println!(
+        "BENCH | workload, timed inside (median of {rounds}) | outside | agent, no file tokens | agent, granted |"
+    );
+    println!("BENCH |---|---|---|---|");
+    let mut whats: Vec<&str> = runs.iter().map(|r| r.0).collect();
+    whats.dedup();
+    whats.sort();
+    whats.dedup();
+    for what in whats {
+        let median = |row: usize| {
+            let mut v: Vec<f64> = runs.iter().filter(|r| r.0 == what && r.1 == row).map(|r| r.2).collect();
+            v.sort_by(|a, b| a.total_cmp(b));
+            v[v.len() / 2]
+        };
+        let base = median(0);
+        println!(
+            "BENCH | {what} | {base:.2} s (1.00) | {:.2} s ({:.2}) | {:.2} s ({:.2}) |",
+            median(1),
+            median(1) / base,
+            median(2),
+            median(2) / base
+        );
+    }
 }
 
 fn monotonic_ns() -> u64 {

@@ -228,6 +228,8 @@ pub const MAP_API_ADDRS: &str = "rush_api_addrs";
 pub const MAP_FILE_GRANTS: &str = "rush_file_grants";
 /// Path claims: [`RushFileKey`] (the denied agent, the claimed inode) → [`RushClaimDeny`].
 pub const MAP_CLAIM_DENIES: &str = "rush_claim_denies";
+/// The file policy's generations: `POLICY_DAEMON`, `POLICY_KERNEL` → [`RushFilePolicy`].
+pub const MAP_FILE_POLICY: &str = "rush_file_policy";
 pub const MAP_EVENTS: &str = "rush_events";
 pub const MAP_STATS: &str = "rush_stats";
 /// Addresses learned from DNS answers: [`RushNetCidrKey`] → until (CLOCK_BOOTTIME ns).
@@ -237,7 +239,7 @@ pub const MAP_DNS_RESOLVERS: &str = "rush_dns_resolvers";
 /// socket cookie → where a redirected DNS socket meant to go (kernel-only, LRU).
 pub const MAP_DNS_ORIG: &str = "rush_dns_orig";
 /// In the order the objects define them.
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 12] = [
     MAP_AGENTS,
     MAP_NET_CIDR,
     MAP_NET_LEARNED,
@@ -247,6 +249,7 @@ pub const PINNED_MAPS: [&str; 11] = [
     MAP_API_ADDRS,
     MAP_FILE_GRANTS,
     MAP_CLAIM_DENIES,
+    MAP_FILE_POLICY,
     MAP_EVENTS,
     MAP_STATS,
 ];
@@ -522,6 +525,23 @@ pub struct RushClaimDeny {
     pub holder_cgroup: u64,
 }
 
+/// `rush_file_policy` index of the daemon's entry (grants written, the earliest expiry).
+pub const POLICY_DAEMON: u32 = 0;
+/// `rush_file_policy` index of the kernel's entry (renames, links, grants it moved).
+pub const POLICY_KERNEL: u32 = 1;
+
+/// Value of `rush_file_policy`: the version of the file policy that the decisions cached per
+/// open file were made under. C: `struct rush_file_policy` (its comment has the rules).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RushFilePolicy {
+    /// Bumped after every change of the grants.
+    pub generation: u64,
+    /// The earliest expiry (CLOCK_BOOTTIME ns) of a grant, not passed yet when written;
+    /// `u64::MAX`: none. Cached decisions count only before it.
+    pub next_expiry_ns: u64,
+}
+
 /// A write-like operation refused by a path claim, a record of `rush_events`. C: `struct
 /// rush_claim_event`.
 #[repr(C)]
@@ -679,6 +699,8 @@ unsafe impl Plain for RushApiEvent {}
 unsafe impl Plain for RushClaimDeny {}
 // SAFETY: as above.
 unsafe impl Plain for RushClaimEvent {}
+// SAFETY: as above.
+unsafe impl Plain for RushFilePolicy {}
 
 // No implicit padding: the fields add up to the whole struct.
 const _: () = assert!(size_of::<RushAgent>() == 4 + 4 + 8);
@@ -700,6 +722,7 @@ const _: () = assert!(size_of::<RushBudgetEvent>() == HDR + 8 + 8);
 const _: () = assert!(size_of::<RushApiEvent>() == HDR + 2 + 2 + 4 + 16 + 8 + 8);
 const _: () = assert!(size_of::<RushFileEvent>() == HDR + 4 + 4 + 8 + FILE_PATH_LEN);
 const _: () = assert!(size_of::<RushClaimDeny>() == 8 + 8);
+const _: () = assert!(size_of::<RushFilePolicy>() == 8 + 8);
 const _: () = assert!(size_of::<RushClaimEvent>() == HDR + 4 + 4 + 8 + 8 + 8 + FILE_PATH_LEN);
 
 #[cfg(test)]
@@ -882,6 +905,12 @@ mod tests {
             );
             check_layout(
                 object,
+                "rush_file_policy",
+                size_of::<RushFilePolicy>(),
+                &rust_fields!(RushFilePolicy { generation, next_expiry_ns }),
+            );
+            check_layout(
+                object,
                 "rush_claim_event",
                 size_of::<RushClaimEvent>(),
                 &rust_fields!(RushClaimEvent { hdr, op, dev, ino, claim_id, holder_cgroup, path }),
@@ -985,6 +1014,9 @@ mod tests {
             ("RUSH_FHOOK_PATH_CHOWN", FHOOK_PATH_CHOWN.into()),
             ("RUSH_FILE_PATH_LEN", FILE_PATH_LEN as u64),
             ("RUSH_STATS_LEN", u64::from(STAT_EVENTS_LOST) + 1),
+            ("RUSH_POLICY_DAEMON", POLICY_DAEMON.into()),
+            ("RUSH_POLICY_KERNEL", POLICY_KERNEL.into()),
+            ("RUSH_POLICY_LEN", u64::from(POLICY_KERNEL) + 1),
         ];
         let header_defines = header
             .lines()
@@ -1038,10 +1070,11 @@ mod tests {
             .map(|m| m.name().to_string_lossy().into_owned())
             .filter(|n| !n.contains('.'))
             .collect();
-        // rush_path_scratch is the file object's own (per-CPU scratch), not shared. The
+        // rush_path_scratch, rush_save_pending and rush_open_cache are the file object's
+        // own, not shared. The
         // order of maps in the ELF follows first use in the code, which means nothing.
         let mut want: Vec<&str> = PINNED_MAPS.to_vec();
-        want.extend(["rush_path_scratch", "rush_save_pending"]);
+        want.extend(["rush_path_scratch", "rush_save_pending", "rush_open_cache"]);
         maps.sort();
         want.sort();
         assert_eq!(maps, want);

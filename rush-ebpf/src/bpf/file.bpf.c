@@ -44,6 +44,20 @@
  *                    read from PROT_NONE, write on a VM_SHARED vma without VM_WRITE.
  *   path_notify      read, for inotify, fanotify and dnotify marks on an inode; mount
  *                    and filesystem marks refused (they report beyond any grant).
+ * Decisions cached per open file (rush_open_cache): what file_open (or a file_permission
+ * that walked) found granted on an open regular file or directory is kept, keyed by the
+ * struct file's address with the open's identity (agent, flags, f_path's dentry and
+ * mount) and the generations of rush_file_policy it was decided under; file_permission on
+ * that file is then one lookup while both generations are unchanged and the clock is
+ * below the daemon's next expiry. The daemon bumps its generation after every grant it
+ * writes or deletes (so a revoke reaches open descriptors at their next read, as before)
+ * and, past the earliest expiry, the check walks again until the daemon moves the expiry
+ * on (a TTL lapses even with the daemon gone). The kernel's generation is bumped by
+ * every rename and link, by any task (they change what lies above a file, and links
+ * change the hard-link rule), and when a save moves a grant. The map is an LRU with no
+ * delete at close: an entry left for a freed struct file whose address is reused counts
+ * only for an open of the same dentry in the same mount by the same agent, under the same
+ * generations, for which the walk would find the same. Denials are never cached.
  * Hard links (rush_agents flags RUSH_AGENT_HARDLINKS_*, `--hardlinks`): a regular file
  * with i_nlink > 1 needs write (refuse-write) or read, write and exec (refuse) from its
  * own grant entry, not from a directory above it: file_open, file_permission, mmap_file,
@@ -111,7 +125,11 @@
  *   - btrfs needs its BTF (built in, or the module loaded before these programs): without
  *     it every btrfs file is denied, and the daemon refuses grants there.
  *   - The walk reads d_parent/mnt_parent without the kernel's locks (as every BPF LSM
- *     does): a rename racing with a check can be judged on either side of it.
+ *     does): a rename racing with a check can be judged on either side of it (and a
+ *     decision so judged stays cached for that open file until the next generation).
+ *   - A mount moved or detached (move_mount, umount -l) by a process outside the agents
+ *     changes what lies above its files without a generation bump: decisions cached for
+ *     files open below it stand until the next bump (agents cannot mount at all).
  *   - A walk longer than RUSH_WALK_MAX levels denies (fail closed).
  *   Claims, besides the above (mappings made before it keep writing; ftruncate of a
  *   descriptor opened before it, on 6.2+; metadata other than chmod/chown):
@@ -192,6 +210,100 @@ struct {
 	__type(key, __u64);
 	__type(value, __u64);
 } rush_save_pending SEC(".maps");
+
+/* A decision for one open file (rush_open_cache; see the top comment). */
+struct rush_open_decision {
+	__u64 cgroup_id; /* the agent it was made for */
+	__u64 dentry;    /* f_path when it was made: with the key, the open's identity */
+	__u64 mnt;
+	__u64 daemon_gen; /* rush_file_policy generations it was made under */
+	__u64 kernel_gen;
+	__u32 ops;   /* granted (the hard-link rule of `flags` applied) */
+	__u32 flags; /* the agent's RUSH_AGENT_* flags then */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64); /* the struct file's address */
+	__type(value, struct rush_open_decision);
+} rush_open_cache SEC(".maps");
+
+/* Both generations of rush_file_policy, read before a walk: a change during the walk
+ * leaves the decision stamped with the older one, so stale, never wrongly fresh. 0 if the
+ * map cannot be read (nothing is cached then). */
+static __always_inline int rush_policy_gens(__u64 *daemon_gen, __u64 *kernel_gen)
+{
+	__u32 d = RUSH_POLICY_DAEMON, k = RUSH_POLICY_KERNEL;
+	struct rush_file_policy *pd = bpf_map_lookup_elem(&rush_file_policy, &d);
+	struct rush_file_policy *pk = bpf_map_lookup_elem(&rush_file_policy, &k);
+
+	if (!pd || !pk)
+		return 0;
+	*daemon_gen = *(volatile __u64 *)&pd->generation;
+	*kernel_gen = *(volatile __u64 *)&pk->generation;
+	asm volatile("" ::: "memory");
+	return 1;
+}
+
+/* Renames, links and moved grants change what a walk finds: cached decisions go stale. */
+static __always_inline void rush_policy_bump_kernel(void)
+{
+	__u32 k = RUSH_POLICY_KERNEL;
+	struct rush_file_policy *p = bpf_map_lookup_elem(&rush_file_policy, &k);
+
+	if (p)
+		__sync_fetch_and_add(&p->generation, 1);
+}
+
+/* The ops cached for `file` if the decision still counts (same open, agent, flags and
+ * generations, before the next expiry), else 0. The expiry is read before the
+ * generations: the daemon raises it only after a bump, so an expiry read new implies
+ * generations at least as new. */
+static __always_inline __u32 rush_cached_ops(struct file *file, __u64 cgroup_id, __u32 flags)
+{
+	__u64 key = (__u64)file, next, daemon_gen, kernel_gen;
+	struct rush_open_decision *c = bpf_map_lookup_elem(&rush_open_cache, &key);
+	__u32 d = RUSH_POLICY_DAEMON;
+	struct rush_file_policy *pd;
+
+	if (!c)
+		return 0;
+	pd = bpf_map_lookup_elem(&rush_file_policy, &d);
+	if (!pd)
+		return 0;
+	next = *(volatile __u64 *)&pd->next_expiry_ns;
+	asm volatile("" ::: "memory");
+	if (!rush_policy_gens(&daemon_gen, &kernel_gen))
+		return 0;
+	if (c->cgroup_id != cgroup_id || c->flags != flags || c->daemon_gen != daemon_gen ||
+	    c->kernel_gen != kernel_gen || c->dentry != (__u64)file->f_path.dentry ||
+	    c->mnt != (__u64)file->f_path.mnt)
+		return 0;
+	/* ~0: no grant expires (no clock read, the common case). */
+	if (next != ~0ULL && bpf_ktime_get_boot_ns() >= next)
+		return 0;
+	return c->ops;
+}
+
+/* Remembers that `ops` are granted on `file` (a regular file or directory) under the
+ * generations read before the walk that found them. */
+static __always_inline void rush_cache_ops(struct file *file, __u64 cgroup_id, __u32 flags, __u32 ops,
+					   __u64 daemon_gen, __u64 kernel_gen)
+{
+	__u64 key = (__u64)file;
+	struct rush_open_decision c = {
+		.cgroup_id = cgroup_id,
+		.dentry = (__u64)file->f_path.dentry,
+		.mnt = (__u64)file->f_path.mnt,
+		.daemon_gen = daemon_gen,
+		.kernel_gen = kernel_gen,
+		.ops = ops,
+		.flags = flags,
+	};
+
+	bpf_map_update_elem(&rush_open_cache, &key, &c, BPF_ANY);
+}
 
 /* The agent cgroup of the current task if that agent is file-confined, else 0; its
  * RUSH_AGENT_* flags in `flags`. */
@@ -901,6 +1013,7 @@ static __noinline void rush_move_grant(__u64 cgroup_id, struct dentry *from, str
 		return;
 	bpf_map_update_elem(&rush_file_grants, &from_key, &moved, BPF_ANY);
 	bpf_map_delete_elem(&rush_file_grants, &to_key);
+	rush_policy_bump_kernel();
 	e = bpf_ringbuf_reserve(&rush_events, sizeof(*e), 0);
 	if (!e) {
 		rush_count_lost_event();
@@ -979,12 +1092,14 @@ int BPF_PROG(rush_file_open, struct file *file)
 	struct rush_file_event *e;
 	struct vfsmount *mnt;
 	struct dentry *dentry;
-	__u32 fmode, fflags, need = 0, missing;
+	__u32 fmode, fflags, need = 0, missing, type;
+	__u64 daemon_gen = 0, kernel_gen = 0;
+	int cacheable;
 
 	if (!cgroup_id)
 		return 0;
-	fmode = BPF_CORE_READ(file, f_mode);
-	fflags = BPF_CORE_READ(file, f_flags);
+	fmode = file->f_mode;
+	fflags = file->f_flags;
 	if (fflags & __FMODE_EXEC)
 		need |= RUSH_FILE_OP_EXEC;
 	else if (fmode & FMODE_READ)
@@ -1021,13 +1136,22 @@ int BPF_PROG(rush_file_open, struct file *file)
 	}
 	if (!(flags & RUSH_AGENT_FILES_CONFINED))
 		return 0;
+	/* What file_permission will check on this file, decided once here. */
+	type = file->f_inode->i_mode & S_IFMT;
+	cacheable = (type == S_IFREG || type == S_IFDIR) && rush_policy_gens(&daemon_gen, &kernel_gen);
 	missing = need & ~rush_walk_ops(cgroup_id, dentry, mnt, need);
 	if (!missing) {
 		missing = rush_linked_missing(cgroup_id, flags, need, dentry, mnt);
-		if (!missing)
+		if (!missing) {
+			if (cacheable)
+				rush_cache_ops(file, cgroup_id, flags, need & RUSH_OPS_RWX, daemon_gen,
+					       kernel_gen);
 			return 0;
+		}
 	} else if (!(missing & ~(RUSH_FILE_OP_READ | RUSH_FILE_OP_WRITE)) &&
 		   rush_claim_saved(cgroup_id, dentry, mnt)) {
+		if (cacheable)
+			rush_cache_ops(file, cgroup_id, flags, need & RUSH_OPS_RWX, daemon_gen, kernel_gen);
 		return 0;
 	}
 	e = rush_file_event_start(RUSH_FHOOK_FILE_OPEN, cgroup_id, rush_first_op(missing), dentry);
@@ -1048,26 +1172,27 @@ int BPF_PROG(rush_file_permission, struct file *file, int mask)
 	__u32 flags = 0;
 	__u64 cgroup_id = rush_file_agent(&flags);
 	__u32 need = 0, type;
+	__u64 daemon_gen = 0, kernel_gen = 0;
 	struct vfsmount *mnt;
 	struct dentry *dentry;
-	int denied;
+	int denied, cacheable;
 
 	if (!cgroup_id)
 		return 0;
-	type = BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT;
+	/* Direct (CO-RE, fault-safe) loads, not helper calls: this runs on every read. */
+	type = file->f_inode->i_mode & S_IFMT;
 	if (type != S_IFREG && type != S_IFDIR)
 		return 0;
 	if (mask & MAY_READ)
-		need |= (BPF_CORE_READ(file, f_flags) & __FMODE_EXEC) ? RUSH_FILE_OP_EXEC
-									 : RUSH_FILE_OP_READ;
+		need |= (file->f_flags & __FMODE_EXEC) ? RUSH_FILE_OP_EXEC : RUSH_FILE_OP_READ;
 	if (mask & (MAY_WRITE | MAY_APPEND))
 		need |= RUSH_FILE_OP_WRITE;
 	if (!need)
 		return 0;
 	dentry = file->f_path.dentry;
-	mnt = BPF_CORE_READ(file, f_path.mnt);
 	/* Writes to descriptors opened before the claim stop here. */
-	if (need & RUSH_FILE_OP_WRITE) {
+	if ((need & RUSH_FILE_OP_WRITE) && (flags & RUSH_AGENT_CLAIM_DENIED)) {
+		mnt = BPF_CORE_READ(file, f_path.mnt);
 		denied = rush_claim_check(RUSH_FHOOK_FILE_PERMISSION, cgroup_id, flags, RUSH_FILE_OP_WRITE,
 					  dentry, dentry, mnt);
 		if (denied)
@@ -1075,7 +1200,14 @@ int BPF_PROG(rush_file_permission, struct file *file, int mask)
 	}
 	if (!(flags & RUSH_AGENT_FILES_CONFINED))
 		return 0;
-	return rush_require(RUSH_FHOOK_FILE_PERMISSION, cgroup_id, flags, need, dentry, mnt, dentry);
+	if ((rush_cached_ops(file, cgroup_id, flags) & need) == need)
+		return 0;
+	mnt = BPF_CORE_READ(file, f_path.mnt);
+	cacheable = rush_policy_gens(&daemon_gen, &kernel_gen);
+	denied = rush_require(RUSH_FHOOK_FILE_PERMISSION, cgroup_id, flags, need, dentry, mnt, dentry);
+	if (!denied && cacheable)
+		rush_cache_ops(file, cgroup_id, flags, need, daemon_gen, kernel_gen);
+	return denied;
 }
 
 SEC("lsm/path_mknod")
@@ -1115,11 +1247,14 @@ int BPF_PROG(rush_path_rename, const struct path *old_dir, struct dentry *old_de
 	     const struct path *new_dir, struct dentry *new_dentry, unsigned int flags)
 {
 	__u32 agent_flags = 0;
-	__u64 cgroup_id = rush_file_agent(&agent_flags);
+	__u64 cgroup_id;
 	struct vfsmount *old_mnt, *new_mnt;
 	__u32 src_ops, dst_ops = 0, wider;
 	int denied;
 
+	/* Before the rename, whoever does it (see the top comment). */
+	rush_policy_bump_kernel();
+	cgroup_id = rush_file_agent(&agent_flags);
 	if (!cgroup_id)
 		return 0;
 	old_mnt = BPF_CORE_READ(old_dir, mnt);
@@ -1178,11 +1313,14 @@ int BPF_PROG(rush_path_link, struct dentry *old_dentry, const struct path *new_d
 	     struct dentry *new_dentry)
 {
 	__u32 flags = 0;
-	__u64 cgroup_id = rush_file_agent(&flags);
+	__u64 cgroup_id;
 	struct vfsmount *mnt;
 	__u32 src_ops;
 	int denied;
 
+	/* Whoever links: a second link brings the hard-link rule to open files. */
+	rush_policy_bump_kernel();
+	cgroup_id = rush_file_agent(&flags);
 	if (!cgroup_id)
 		return 0;
 	/* A hard link stays in its mount: new_dir's mount is old_dentry's. */

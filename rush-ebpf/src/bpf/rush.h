@@ -118,6 +118,12 @@
  * loader as (s_dev, i_ino); unused slots are 0. */
 #define RUSH_PROTECTED_MAX 4
 
+/* Entries of rush_file_policy: the daemon's (grants written or deleted, the earliest
+ * expiry) and the kernel's own (renames, links, grants moved by a save). */
+#define RUSH_POLICY_DAEMON 0
+#define RUSH_POLICY_KERNEL 1
+#define RUSH_POLICY_LEN 2
+
 /* Bytes of struct rush_file_event.path, NUL included. */
 #define RUSH_FILE_PATH_LEN 256
 
@@ -213,6 +219,23 @@ struct rush_file_grant {
 	__u32 pad;
 };
 
+/*
+ * Value of rush_file_policy, the version of the file policy that decisions cached per open
+ * file (file.bpf.c, rush_open_cache) were made under. A cached decision counts only while
+ * both generations are still the ones it was made under and bpf_ktime_get_boot_ns() is
+ * below the daemon's next_expiry_ns (the earliest expiry of any grant it wrote that has not
+ * passed yet; ~0: none): past it, every check walks again until the daemon, seeing the
+ * expiry, bumps the generation and moves next_expiry_ns on, so a TTL lapses in the kernel
+ * even with the daemon gone. Each writer changes one field per map update (the daemon:
+ * lowers next_expiry_ns before a grant write, bumps generation after it, raises
+ * next_expiry_ns only after a bump); the kernel entry's generation is only ever
+ * incremented atomically.
+ */
+struct rush_file_policy {
+	__u64 generation;
+	__u64 next_expiry_ns; /* RUSH_POLICY_DAEMON only; 0 in the kernel's entry */
+};
+
 struct rush_file_event {
 	struct rush_event_hdr hdr; /* RUSH_EVENT_FILE_DENY, RUSH_FHOOK_* */
 	__u32 op; /* the RUSH_FILE_OP_* bit that no grant covered */
@@ -292,6 +315,7 @@ struct rush_budget_event *const rush_budget_event_btf = 0;
 struct rush_api_event *const rush_api_event_btf = 0;
 struct rush_claim_deny *const rush_claim_deny_btf = 0;
 struct rush_claim_event *const rush_claim_event_btf = 0;
+struct rush_file_policy *const rush_file_policy_btf = 0;
 
 /* Depth of agent cgroups below the cgroup v2 root (root = 0), set by the loader. */
 const volatile __u32 agent_cgroup_level = 0;
@@ -400,6 +424,15 @@ struct {
 	__type(value, struct rush_claim_deny);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } rush_claim_denies SEC(".maps");
+
+/* The file policy's generations (struct rush_file_policy, RUSH_POLICY_*). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, RUSH_POLICY_LEN);
+	__type(key, __u32);
+	__type(value, struct rush_file_policy);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} rush_file_policy SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

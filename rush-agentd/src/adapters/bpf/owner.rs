@@ -1,18 +1,20 @@
 //! The thread that owns the BPF objects and applies agents' policies to the maps.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::time::Duration;
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use rush_ebpf::{
     AF_INET, AF_INET6, AGENT_CLAIM_DENIED, MAP_AGENTS, MAP_API_ADDRS, MAP_CLAIM_DENIES, MAP_DNS_RESOLVERS,
-    MAP_EVENTS, MAP_FILE_GRANTS, MAP_NET_CIDR, MAP_NET_LEARNED, MAP_NET_USAGE, MAP_STATS,
-    NET_CIDR_FIXED_BITS, NET_MODE_ALLOW, NET_MODE_DENY, NET_MODE_LIST, Plain, RushAgent, RushApiKey,
-    RushClaimDeny, RushDnsResolver, RushFileGrant, RushFileKey, RushNetCidrKey, RushNetUsage,
+    MAP_EVENTS, MAP_FILE_GRANTS, MAP_FILE_POLICY, MAP_NET_CIDR, MAP_NET_LEARNED, MAP_NET_USAGE, MAP_STATS,
+    NET_CIDR_FIXED_BITS, NET_MODE_ALLOW, NET_MODE_DENY, NET_MODE_LIST, POLICY_DAEMON, Plain, RushAgent,
+    RushApiKey, RushClaimDeny, RushDnsResolver, RushFileGrant, RushFileKey, RushFilePolicy, RushNetCidrKey,
+    RushNetUsage,
 };
 use tracing::info;
 
@@ -60,6 +62,9 @@ pub(super) fn run(
                 api: handle(&maps.rush_api_addrs, MAP_API_ADDRS)?,
                 grants: handle(&maps.rush_file_grants, MAP_FILE_GRANTS)?,
                 claims: handle(&maps.rush_claim_denies, MAP_CLAIM_DENIES)?,
+                policy: handle(&maps.rush_file_policy, MAP_FILE_POLICY)?,
+                published: RushFilePolicy::default(),
+                expiries: BTreeSet::new(),
                 learned: handle(&maps.rush_net_learned, MAP_NET_LEARNED)?,
                 resolvers: handle(&maps.rush_dns_resolvers, MAP_DNS_RESOLVERS)?,
                 learned_until: HashMap::new(),
@@ -70,6 +75,7 @@ pub(super) fn run(
                 api_keys: HashSet::new(),
             };
             agents.adopt();
+            agents.start_policy()?;
             let started = Started {
                 report: loaded.report.clone(),
                 events: handle(&maps.rush_events, MAP_EVENTS)?,
@@ -91,7 +97,24 @@ pub(super) fn run(
     };
 
     // Ends when every BpfHandle is dropped. The pinned links and maps stay in the kernel.
-    for command in commands {
+    // Wakes at the file policy's next expiry too (cached decisions stop counting there).
+    loop {
+        let command = match agents.until_next_expiry() {
+            None => match commands.recv() {
+                Ok(c) => c,
+                Err(mpsc::RecvError) => break,
+            },
+            Some(wait) => match commands.recv_timeout(wait) {
+                Ok(c) => c,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Err(e) = agents.pass_expiry() {
+                        tracing::warn!("file policy past an expiry: {e}");
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            },
+        };
         match command {
             Command::AddAgent { cgroup_id, net, flags, reply } => {
                 let _ = reply.send(agents.add(cgroup_id, &net, flags));
@@ -144,6 +167,14 @@ struct AgentMaps {
     api: MapHandle,
     grants: MapHandle,
     claims: MapHandle,
+    /// `rush_file_policy`: the generation and next expiry the cached file decisions check.
+    policy: MapHandle,
+    /// What this daemon last wrote to the policy's daemon entry.
+    published: RushFilePolicy,
+    /// Every finite expiry of a grant written (or found at start), until it passes: the
+    /// published next expiry is the earliest. Deleted grants keep theirs (the kernel may
+    /// have copied them: saves, moved grants); passing sooner is only a cache miss.
+    expiries: BTreeSet<u64>,
     /// Addresses learned from DNS answers, and until when each allows.
     learned: MapHandle,
     resolvers: MapHandle,
@@ -186,6 +217,83 @@ impl AgentMaps {
         if agents > 0 {
             info!(agents, "reusing agent entries from the pinned maps");
         }
+    }
+
+    /// Takes the policy generation on from what a previous daemon published (decisions
+    /// cached under it must not count again) and the expiries from the grants in the map.
+    fn start_policy(&mut self) -> Result<(), BpfError> {
+        let previous = self
+            .policy
+            .lookup(&POLICY_DAEMON.to_ne_bytes(), MapFlags::ANY)
+            .ok()
+            .flatten()
+            .and_then(|v| RushFilePolicy::from_bytes(&v));
+        // Until written, next_expiry_ns 0 means no cached decision counts.
+        self.published = RushFilePolicy { next_expiry_ns: 0, ..previous.unwrap_or_default() };
+        for key in self.grants.keys() {
+            let value = self.grants.lookup(&key, MapFlags::ANY).ok().flatten();
+            if let Some(grant) = value.as_deref().and_then(RushFileGrant::from_bytes) {
+                self.expiries.extend(finite_expiries(&grant.expires_ns));
+            }
+        }
+        self.grants_changed()
+    }
+
+    /// Before a grant with `expires_ns` is written: the next expiry lowered to it if sooner
+    /// (no generation change: decisions only stop counting sooner).
+    fn expiry_before_write(&mut self, expires_ns: &[u64]) -> Result<(), BpfError> {
+        let new: Vec<u64> = finite_expiries(expires_ns).collect();
+        self.expiries.extend(new.iter().copied());
+        match new.iter().min() {
+            Some(&soonest) if soonest < self.published.next_expiry_ns => {
+                self.publish(RushFilePolicy { next_expiry_ns: soonest, ..self.published })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// After grants were written or deleted: the generation bumped (every decision cached
+    /// before stops counting: a revoke reaches open descriptors), then the next expiry
+    /// moved to the earliest one not passed, computed before the bump.
+    fn grants_changed(&mut self) -> Result<(), BpfError> {
+        let next = self.next_expiry(crate::core::boot_time_ns());
+        let bumped =
+            RushFilePolicy { generation: self.published.generation.wrapping_add(1), ..self.published };
+        self.publish(bumped)?;
+        if next != bumped.next_expiry_ns {
+            self.publish(RushFilePolicy { next_expiry_ns: next, ..bumped })?;
+        }
+        Ok(())
+    }
+
+    /// Once the published next expiry has passed (the kernel no longer trusts any cached
+    /// decision): a bump, and the next one.
+    fn pass_expiry(&mut self) -> Result<(), BpfError> {
+        if crate::core::boot_time_ns() < self.published.next_expiry_ns {
+            return Ok(());
+        }
+        self.grants_changed()
+    }
+
+    /// How long until the published next expiry (None: no expiry pending).
+    fn until_next_expiry(&self) -> Option<Duration> {
+        let next = self.published.next_expiry_ns;
+        (next != u64::MAX).then(|| Duration::from_nanos(next.saturating_sub(crate::core::boot_time_ns())))
+    }
+
+    /// The earliest expiry after `now` (`u64::MAX`: none); passed ones are forgotten.
+    fn next_expiry(&mut self, now: u64) -> u64 {
+        self.expiries = self.expiries.split_off(&now.saturating_add(1));
+        self.expiries.first().copied().unwrap_or(u64::MAX)
+    }
+
+    /// One field changed per call (see `struct rush_file_policy`).
+    fn publish(&mut self, value: RushFilePolicy) -> Result<(), BpfError> {
+        self.policy
+            .update(&POLICY_DAEMON.to_ne_bytes(), value.as_bytes(), MapFlags::ANY)
+            .map_err(|source| BpfError::GlobalMap { map: MAP_FILE_POLICY, op: "update", source })?;
+        self.published = value;
+        Ok(())
     }
 
     /// The allow entries and the usage entry first, then the agent entry that makes them
@@ -370,14 +478,21 @@ impl AgentMaps {
         match grant {
             Some(grant) => {
                 let value = RushFileGrant { expires_ns: grant.expires_ns, mnt_id: grant.mnt_id, pad: 0 };
-                self.grants
+                self.expiry_before_write(&grant.expires_ns)?;
+                let written = self
+                    .grants
                     .update(key.as_bytes(), value.as_bytes(), MapFlags::ANY)
-                    .map_err(|source| map_err(MAP_FILE_GRANTS, "update", cgroup_id, source))?;
+                    .map_err(|source| map_err(MAP_FILE_GRANTS, "update", cgroup_id, source));
+                // Also after a failed write: an entry it replaced may be gone or changed.
+                self.grants_changed()?;
+                written?;
                 self.grant_keys.entry(cgroup_id).or_default().insert(key);
             }
             None => {
-                delete(&self.grants, key.as_bytes())
-                    .map_err(|source| map_err(MAP_FILE_GRANTS, "delete", cgroup_id, source))?;
+                let deleted = delete(&self.grants, key.as_bytes())
+                    .map_err(|source| map_err(MAP_FILE_GRANTS, "delete", cgroup_id, source));
+                self.grants_changed()?;
+                deleted?;
                 if let Some(keys) = self.grant_keys.get_mut(&cgroup_id) {
                     keys.remove(&key);
                     if keys.is_empty() {
@@ -410,6 +525,13 @@ impl AgentMaps {
         if keys.is_empty() {
             return Ok(());
         }
+        let deleted = self.delete_grant_entries(cgroup_id, keys);
+        // Whatever was deleted: decisions cached before stop counting.
+        self.grants_changed()?;
+        deleted
+    }
+
+    fn delete_grant_entries(&mut self, cgroup_id: u64, keys: HashSet<RushFileKey>) -> Result<(), BpfError> {
         let bytes: Vec<u8> = keys.iter().flat_map(|k| k.as_bytes().to_vec()).collect();
         let count = u32::try_from(keys.len()).unwrap_or(u32::MAX);
         if self.grants.delete_batch(&bytes, count, MapFlags::ANY, MapFlags::ANY).is_ok() {
@@ -587,6 +709,12 @@ impl AgentMaps {
         }
         Ok(())
     }
+}
+
+/// The expiries of a grant entry that lie in the future at some point: not 0 (not
+/// granted) and not `u64::MAX` (never expires).
+fn finite_expiries(expires_ns: &[u64]) -> impl Iterator<Item = u64> + '_ {
+    expires_ns.iter().copied().filter(|&e| e != 0 && e != u64::MAX)
 }
 
 /// Deletes `key`; a missing key is fine.
