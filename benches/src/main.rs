@@ -18,6 +18,7 @@ mod gating;
 mod hardening;
 mod landlock_audit;
 mod meter;
+mod peers;
 mod scale;
 mod shell;
 mod snapshot;
@@ -349,6 +350,12 @@ fn main() {
     // sequential `git merge` (~2 min).
     if std::env::args().nth(1).as_deref() == Some("workspace") {
         workspace::run();
+        return;
+    }
+    // `rush-bench peers`: Rush vs bubblewrap, firejail, podman, systemd-run: spawn,
+    // workloads, memory, what each enforces (~15 min; flags size it).
+    if std::env::args().nth(1).as_deref() == Some("peers") {
+        peers::run();
         return;
     }
     // `rush-bench tcp-throughput`: only that table.

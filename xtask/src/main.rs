@@ -41,7 +41,15 @@ enum Command {
     /// TTL that lapses with the daemon dead.
     Demo(demo::DemoArgs),
     /// Run the benchmarks (root) and print ratios measured side by side in one run.
-    Bench,
+    Bench {
+        /// Only Rush against bubblewrap, firejail, podman and systemd-run (`rush-bench
+        /// peers`: installs them with apt-get; ~15 min). Extra arguments go to it, e.g.
+        /// `--runs 3 --files 2000 --spawns 10` for a quick run.
+        #[arg(long)]
+        peers: bool,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Build release binaries and install them as a service: /usr/local/bin/{rush-agentd,
     /// rush}, /etc/systemd/system/rush-agentd.service, and /etc/rush/config.toml with every
     /// default (only if there is none). Then `systemctl enable --now rush-agentd`.
@@ -83,7 +91,7 @@ fn main() -> Result<()> {
         Command::Setup => setup::run(),
         Command::Test { tier } => test(tier),
         Command::Demo(args) => demo::run(args),
-        Command::Bench => bench(),
+        Command::Bench { peers, args } => bench(peers, &args),
         Command::Install(args) => install::run(args),
         Command::Codegen => codegen::run(),
         Command::VmTest(args) => vm::run(args),
@@ -191,7 +199,7 @@ fn run_tiers(tier: Tier, times: &mut util::Timings) -> Result<()> {
     Ok(())
 }
 
-fn bench() -> Result<()> {
+fn bench(peers: bool, args: &[String]) -> Result<()> {
     setup::ensure()?;
     util::require_root("the benchmarks")?;
     util::cargo(
@@ -199,8 +207,10 @@ fn bench() -> Result<()> {
         &[],
     )?;
     let bin_dir = util::target_dir()?.join("release");
-    util::cargo(
-        &["run", "--release", "-p", "rush-benches", "--bin", "rush-bench"],
-        &[("RUSH_BIN_DIR", bin_dir.to_str().unwrap())],
-    )
+    let mut run = vec!["run", "--release", "-p", "rush-benches", "--bin", "rush-bench", "--"];
+    if peers {
+        run.push("peers");
+    }
+    run.extend(args.iter().map(String::as_str));
+    util::cargo(&run, &[("RUSH_BIN_DIR", bin_dir.to_str().unwrap())])
 }
