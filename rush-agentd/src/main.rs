@@ -57,6 +57,21 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Stop this daemon and remove everything it leaves on a plain stop: kill every agent
+    /// and remove every cgroup under the agent parent in each hierarchy, unmount what it
+    /// mounted under its state directories, remove its BPF pins and its socket.
+    ///
+    /// A plain stop leaves agents running under the pinned programs on purpose (the next
+    /// daemon re-adopts them); this is for uninstalling (the Debian package's prerm on
+    /// `remove`). Works whether the daemon is running or not; reads the same config and
+    /// flags as the daemon.
+    Teardown,
+    /// (internal) Write the man page, rush-agentd.8, into DIR (packaging: `cargo xtask deb`).
+    #[command(name = "__man", hide = true)]
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// (internal) Hold an agent's terminal: started by the daemon with the pty master as
     /// stdin; see adapters/pty.rs.
     #[command(hide = true)]
@@ -78,8 +93,19 @@ enum Cmd {
     },
 }
 
+mod teardown;
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Cmd::Man { dir }) = &args.command {
+        return match write_man(dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rush-agentd __man: {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(Cmd::PtyHolder { agent, socket, log, scrollback, rows, cols, append }) = &args.command {
         let size = rush_proto::terminal::WindowSize { rows: *rows, cols: *cols };
         let cfg = rush_agentd::adapters::pty::HolderConfig {
@@ -130,6 +156,9 @@ fn main() -> ExitCode {
     if let Some(Cmd::Doctor { json }) = args.command {
         return local_doctor(json, &config);
     }
+    if let Some(Cmd::Teardown) = args.command {
+        return teardown::run(&config);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -145,6 +174,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// rush-agentd.8: a daemon, so section 8 (clap_mangen says 1 unless told).
+fn write_man(dir: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    let man = clap_mangen::Man::new(Args::command()).section("8");
+    let mut page = Vec::new();
+    man.render(&mut page)?;
+    std::fs::write(dir.join("rush-agentd.8"), page)
 }
 
 fn init_tracing(format: LogFormat) {

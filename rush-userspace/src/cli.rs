@@ -228,7 +228,12 @@ pub enum Command {
 
     /// Print the man page (roff) on stdout
     #[command(hide = true)]
-    Man,
+    Man {
+        /// Write rush.1 and a rush-SUBCOMMAND.1 page per subcommand into DIR instead
+        /// (packaging: `cargo xtask deb`).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -1140,6 +1145,25 @@ mod tests {
             clap_complete::generate(shell, &mut Cli::command(), "rush", &mut script);
             assert!(String::from_utf8(script).unwrap().contains("spawn"), "{shell}");
         }
+    }
+
+    #[test]
+    fn bash_completion_offers_every_subcommand() {
+        let mut script = Vec::new();
+        clap_complete::generate(clap_complete::Shell::Bash, &mut Cli::command(), "rush", &mut script);
+        let script = String::from_utf8(script).unwrap();
+        let cli = Cli::command();
+        let visible: Vec<&str> =
+            cli.get_subcommands().filter(|c| !c.is_hide_set()).map(|c| c.get_name()).collect();
+        assert!(
+            visible.len() > 10 && visible.contains(&"agent") && visible.contains(&"audit"),
+            "{visible:?}"
+        );
+        for name in visible {
+            assert!(script.contains(&format!("rush,{name})")), "{name}");
+        }
+        // And the nested ones: `rush agent spawn`, its `--net`.
+        assert!(script.contains("rush__subcmd__agent,spawn)") && script.contains("--net"));
     }
 
     #[test]

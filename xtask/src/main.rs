@@ -3,6 +3,7 @@
 //! rush-ebpf's build.rs).
 
 mod codegen;
+mod deb;
 mod demo;
 mod guest_kit;
 mod install;
@@ -51,9 +52,15 @@ enum Command {
         args: Vec<String>,
     },
     /// Build release binaries and install them as a service: /usr/local/bin/{rush-agentd,
-    /// rush}, /etc/systemd/system/rush-agentd.service, and /etc/rush/config.toml with every
-    /// default (only if there is none). Then `systemctl enable --now rush-agentd`.
+    /// rush}, /etc/systemd/system/rush-agentd.service, /etc/rush/config.toml with every
+    /// default (only if there is none), man pages and shell completions under
+    /// /usr/local/share. Then `systemctl enable --now rush-agentd`.
     Install(install::InstallArgs),
+    /// Build a Debian package (target/debian/rush_VERSION_ARCH.deb) of the same files
+    /// `install` installs, in Debian's places (/usr/bin, /lib/systemd/system, /etc/rush, man
+    /// pages, completions), with maintainer scripts that enable and start the daemon where
+    /// systemd runs and tear agents down on removal. Install it with `apt install ./FILE`.
+    Deb(deb::DebArgs),
     /// Regenerate rush-ebpf/src/bpf/vmlinux.h from this kernel's BTF with bpftool.
     Codegen,
     /// Print rush-agentd's import graph by layer and check it: no room uses a higher
@@ -93,6 +100,7 @@ fn main() -> Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Bench { peers, args } => bench(peers, &args),
         Command::Install(args) => install::run(args),
+        Command::Deb(args) => deb::run(args),
         Command::Codegen => codegen::run(),
         Command::VmTest(args) => vm::run(args),
         Command::GuestKit(args) => guest_kit::run(args),
@@ -103,7 +111,7 @@ fn main() -> Result<()> {
 
 /// The host tier's test suites (kernel-tests/tests/NAME.rs), run one cargo invocation each
 /// so the summary says what each costs; the others run only in the guests.
-const HOST_SUITES: [&str; 26] = [
+const HOST_SUITES: [&str; 27] = [
     "host",
     "coordination",
     "approvals",
@@ -130,6 +138,7 @@ const HOST_SUITES: [&str; 26] = [
     "shell",
     "top",
     "workspaces",
+    "package",
 ];
 
 fn test(tier: Tier) -> Result<()> {

@@ -12,7 +12,7 @@ use crate::util;
 /// with make, a tool chain the toolchains tests run confined, here and in the guests;
 /// dnsmasq: the real DNS server whose answers the host-name allow-list tests change).
 const CLANGS: [&str; 4] = ["clang", "clang-19", "clang-18", "clang-16"];
-const PACKAGES: [&str; 16] = [
+const PACKAGES: [&str; 18] = [
     "libelf-dev",
     "zlib1g-dev",
     "pkg-config",
@@ -33,6 +33,9 @@ const PACKAGES: [&str; 16] = [
     "protobuf-compiler",
     "libprotobuf-dev",
     "etcd-server",
+    // The package suite: `cargo xtask deb` (dpkg-shlibdeps) and the clean Debian it installs into.
+    "dpkg-dev",
+    "debootstrap",
 ];
 /// The tool chains kernel-tests/tests/toolchains.rs runs confined (with make and git
 /// above): `python3 -m venv` (Debian splits ensurepip out into python3-venv), cc with the C

@@ -93,7 +93,16 @@ pub fn completions(ctx: &mut Ctx, shell: clap_complete::Shell) -> Result<u8> {
     Ok(0)
 }
 
-pub fn man(ctx: &mut Ctx) -> Result<u8> {
+pub fn man(ctx: &mut Ctx, dir: Option<&std::path::Path>) -> Result<u8> {
+    if let Some(dir) = dir {
+        let written =
+            std::fs::create_dir_all(dir).and_then(|()| clap_mangen::generate_to(Cli::command(), dir));
+        if let Err(e) = written {
+            let what = format!("cannot write the man pages into {}", dir.display());
+            return Err(Error::from(anyhow::Error::new(e).context(what)));
+        }
+        return Ok(0);
+    }
     let mut buf = Vec::new();
     clap_mangen::Man::new(Cli::command()).render(&mut buf).map_err(Error::stdout)?;
     ctx.out.text(&String::from_utf8_lossy(&buf))?;

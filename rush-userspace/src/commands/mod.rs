@@ -155,6 +155,6 @@ fn run_command(cli: Cli) -> Result<u8> {
         Command::Version => meta::version(&mut ctx),
         Command::Whoami => meta::whoami(&mut ctx),
         Command::Completions { shell } => meta::completions(&mut ctx, shell),
-        Command::Man => meta::man(&mut ctx),
+        Command::Man { dir } => meta::man(&mut ctx, dir.as_deref()),
     }
 }
