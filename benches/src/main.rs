@@ -273,6 +273,76 @@ fn tcp_baseline(t: &Throughput, runs: usize) -> [f64; 2] {
     DIRECTIONS.map(|dir| median((0..runs).map(|_| t.outside(dir)).collect()))
 }
 
+/// The spawn rows: warm, cold, cold joining no v1 hierarchy; returns the warm p50.
+fn spawn_rows(d: &Daemon) -> Duration {
+    let rush = bin("rush");
+    let sock = d.socket.to_str().unwrap().to_owned();
+    let truebin = "/bin/true";
+    println!("| what | baseline | p50 | p90 | baseline p50 | baseline p90 | ratio (p50) |");
+    println!("|---|---|---|---|---|---|---|");
+    let r = compare(
+        200,
+        || time(Command::new(&rush).args(["--socket", &sock, "agent", "spawn", "bench", "--", truebin])),
+        || time(&mut Command::new(truebin)),
+    );
+    report("`rush agent spawn x -- /bin/true` (end to end)", "fork+exec /bin/true", r);
+    let spawn_p50 = r[0];
+    // Cold: 100 ms apart, so no cgroup/RCU state is left warm by the previous spawn.
+    let cold_spawns = |socket: &str| {
+        let pause = || std::thread::sleep(Duration::from_millis(100));
+        compare(
+            30,
+            || {
+                pause();
+                time(Command::new(&rush).args(["--socket", socket, "agent", "spawn", "bench", "--", truebin]))
+            },
+            || {
+                pause();
+                time(&mut Command::new(truebin))
+            },
+        )
+    };
+    report("same, cold (100 ms between spawns)", "fork+exec /bin/true", cold_spawns(&sock));
+    // Cold again, joining no v1 hierarchy: what a pure cgroup v2 host pays (the process
+    // is born in its cgroup by clone3, no migration).
+    let v2_only = Daemon::start_with_config("[cgroup]\nv1_controllers = []\n");
+    let r = cold_spawns(v2_only.socket.to_str().unwrap());
+    drop(v2_only);
+    report("same, cold, v2 only (no v1 controllers joined)", "fork+exec /bin/true", r);
+    spawn_p50
+}
+
+/// `rush-bench spawn`: the spawn rows alone. On a hybrid host, first cold spawns with
+/// `[cgroup] favordynmods = false` (the flag as the host has it: kernels from 6.18 keep
+/// the per-thread-group lock once the flag was ever set, so that row is only "before"
+/// on such a kernel if nothing set it since boot), then the default daemon's rows.
+fn spawn_only() {
+    let mounts = || std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let flag = || {
+        mounts().lines().any(|l| l.split_whitespace().nth(2) == Some("cgroup2") && l.contains("favordynmods"))
+    };
+    let off = Daemon::start_with_config("[cgroup]\nfavordynmods = false\n");
+    println!("favordynmods with the daemon configured off: {}", if flag() { "on" } else { "off" });
+    let (rush, sock, truebin) = (bin("rush"), off.socket.to_str().unwrap().to_owned(), "/bin/true");
+    let pause = || std::thread::sleep(Duration::from_millis(100));
+    let r = compare(
+        30,
+        || {
+            pause();
+            time(Command::new(&rush).args(["--socket", &sock, "agent", "spawn", "bench", "--", truebin]))
+        },
+        || {
+            pause();
+            time(&mut Command::new(truebin))
+        },
+    );
+    drop(off);
+    let d = Daemon::start();
+    println!("favordynmods with the default daemon: {}", if flag() { "on" } else { "off" });
+    spawn_rows(&d);
+    report("same, cold, `[cgroup] favordynmods = false` (measured first)", "fork+exec /bin/true", r);
+}
+
 fn main() {
     assert!(is_root(), "the benchmarks need root (they run the daemon)");
     // `rush-bench snapshot`: only the time-travel storage backends (loop btrfs, ~15 min).
@@ -358,6 +428,11 @@ fn main() {
         peers::run();
         return;
     }
+    // `rush-bench spawn`: the spawn rows only, favordynmods off then on (~30 s).
+    if std::env::args().nth(1).as_deref() == Some("spawn") {
+        spawn_only();
+        return;
+    }
     // `rush-bench tcp-throughput`: only that table.
     if std::env::args().nth(1).as_deref() == Some("tcp-throughput") {
         let t = Throughput::start();
@@ -396,37 +471,7 @@ fn main() {
     let sock = d.socket.to_str().unwrap().to_owned();
     let truebin = "/bin/true";
 
-    println!("| what | baseline | p50 | p90 | baseline p50 | baseline p90 | ratio (p50) |");
-    println!("|---|---|---|---|---|---|---|");
-    let r = compare(
-        200,
-        || time(Command::new(&rush).args(["--socket", &sock, "agent", "spawn", "bench", "--", truebin])),
-        || time(&mut Command::new(truebin)),
-    );
-    report("`rush agent spawn x -- /bin/true` (end to end)", "fork+exec /bin/true", r);
-    let spawn_p50 = r[0];
-    // Cold: 100 ms apart, so no cgroup/RCU state is left warm by the previous spawn.
-    let cold_spawns = |socket: &str| {
-        let pause = || std::thread::sleep(Duration::from_millis(100));
-        compare(
-            30,
-            || {
-                pause();
-                time(Command::new(&rush).args(["--socket", socket, "agent", "spawn", "bench", "--", truebin]))
-            },
-            || {
-                pause();
-                time(&mut Command::new(truebin))
-            },
-        )
-    };
-    report("same, cold (100 ms between spawns)", "fork+exec /bin/true", cold_spawns(&sock));
-    // Cold again, joining no v1 hierarchy: what a pure cgroup v2 host pays (the process
-    // is born in its cgroup by clone3, no migration).
-    let v2_only = Daemon::start_with_config("[cgroup]\nv1_controllers = []\n");
-    let r = cold_spawns(v2_only.socket.to_str().unwrap());
-    drop(v2_only);
-    report("same, cold, v2 only (no v1 controllers joined)", "fork+exec /bin/true", r);
+    let spawn_p50 = spawn_rows(&d);
     let r = compare(200, || time(Command::new(&rush).arg("--version")), || time(&mut Command::new(truebin)));
     report("`rush --version`", "fork+exec /bin/true", r);
     let version_p50 = r[0];

@@ -16,6 +16,9 @@
 //! # hybrid hosts only: v1 hierarchies agents join (each join costs a spawn ~10 ms once
 //! # the kernel's cgroup locks have cooled down; pure cgroup v2 hosts pay nothing)
 //! v1_controllers = ["cpu", "cpuacct", "memory", "pids", "freezer"]
+//! # hybrid hosts joining v1 hierarchies only: sets the host's cgroup2 `favordynmods`
+//! # flag while the daemon runs, so a join does not wait ~10 ms (forks pay a little)
+//! favordynmods = true
 //!
 //! [files]
 //! # tokens every file-confined agent (one spawned with --allow) gets, so that programs
@@ -502,6 +505,9 @@ impl Default for BpfSection {
 pub struct CgroupSection {
     pub parent: PathBuf,
     pub v1_controllers: Vec<String>,
+    /// Set the cgroup2 `favordynmods` flag while the daemon runs, where agents join v1
+    /// hierarchies (see [`crate::adapters::cgroup::favor_dynmods`]).
+    pub favordynmods: bool,
 }
 
 impl Default for CgroupSection {
@@ -509,6 +515,7 @@ impl Default for CgroupSection {
         CgroupSection {
             parent: PathBuf::from("rush"),
             v1_controllers: crate::adapters::cgroup::V1_CONTROLLERS.iter().map(|c| c.to_string()).collect(),
+            favordynmods: true,
         }
     }
 }

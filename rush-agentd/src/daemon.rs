@@ -112,8 +112,19 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     // the start here, naming its key.
     let etcd = start_etcd(&config, &state_dir)?;
     let layout = CgroupLayout::detect()?;
-    let cgroups =
-        Arc::new(FsCgroups::new(layout.clone(), &config.cgroup.parent, &config.cgroup.v1_controllers)?);
+    let mut cgroups = FsCgroups::new(layout.clone(), &config.cgroup.parent, &config.cgroup.v1_controllers)?;
+    // Hybrid hosts: v1 joins without an RCU grace period each (`[cgroup] favordynmods`).
+    let dynmods = cgroups.favor_dynmods(config.cgroup.favordynmods);
+    match &dynmods {
+        Ok(crate::adapters::cgroup::DynmodsState::Held { set_now, .. }) => {
+            tracing::info!(set_now, "cgroup2 favordynmods on while the daemon runs (v1 joins do not wait)")
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %crate::core::error_chain(e), "cgroup2 favordynmods not set: cold spawns wait ~10 ms to join v1 hierarchies")
+        }
+    }
+    let cgroups = Arc::new(cgroups);
     let bpf_config = BpfConfig {
         pin_dir: config.bpf.pin_dir.clone(),
         cgroup2_root: layout.v2_root.clone(),
@@ -466,6 +477,11 @@ pub async fn run(config: Config, ephemeral: bool) -> Result<(), DaemonError> {
     }
     retention.abort();
     drop(bpf);
+    if let Ok(state) = dynmods
+        && let Err(e) = crate::adapters::cgroup::release_dynmods(cgroups.layout(), state)
+    {
+        tracing::warn!(error = %crate::core::error_chain(&e), "cgroup2 favordynmods not cleared");
+    }
     if ephemeral {
         sessions.unmount_loop_store();
         cgroups.remove_parent();

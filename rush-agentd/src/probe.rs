@@ -319,11 +319,17 @@ pub fn doctor(inputs: &ProbeInputs<'_>) -> DoctorReport {
                 "cgroups",
                 true,
                 format!(
-                    "{}; v2 at {} with controllers [{}]; v1 controllers [{}]",
+                    "{}; v2 at {} with controllers [{}]; v1 controllers [{}]{}",
                     l.mode.as_str(),
                     l.v2_root.display(),
                     l.v2_controllers.join(" "),
-                    v1.join(" ")
+                    v1.join(" "),
+                    // Hybrid: whether v1 joins skip the RCU wait (`[cgroup] favordynmods`).
+                    match (v1.is_empty(), l.v2_flags.iter().any(|f| f == "favordynmods")) {
+                        (true, _) => "",
+                        (false, true) => "; favordynmods on (v1 joins do not wait)",
+                        (false, false) => "; favordynmods off (a cold spawn waits ~10 ms to join v1)",
+                    }
                 ),
             ));
             kill

@@ -64,7 +64,20 @@ pub struct CgroupLayout {
     /// /sys/fs/cgroup), else each hierarchy's mount point (all of them, not only those
     /// agents are placed in).
     pub read_only: Vec<PathBuf>,
+    /// The cgroup2 superblock flags in force (of [`CGROUP2_FLAGS`]), e.g. `nsdelegate`.
+    pub v2_flags: Vec<String>,
 }
+
+/// The flags a cgroup2 superblock can carry. A reconfigure sets all of them at once
+/// (those not named are cleared), so the ones in force are passed again.
+pub const CGROUP2_FLAGS: [&str; 6] = [
+    "nsdelegate",
+    "favordynmods",
+    "memory_localevents",
+    "memory_recursiveprot",
+    "memory_hugetlb_accounting",
+    "pids_localevents",
+];
 
 /// v1 controllers agents can join in hybrid mode; cpuset and devices need setup we don't do.
 pub const V1_CONTROLLERS: [&str; 5] = ["cpu", "cpuacct", "memory", "pids", "freezer"];
@@ -78,6 +91,7 @@ impl CgroupLayout {
     /// Parses /proc/self/mounts text; separate from `detect` for tests.
     pub fn from_mounts(mounts: &str) -> Result<CgroupLayout, CgroupError> {
         let mut v2_root = None;
+        let mut v2_flags = Vec::new();
         let mut v1 = Vec::new();
         let mut points: Vec<PathBuf> = Vec::new();
         let mut cgroup_points: Vec<PathBuf> = Vec::new();
@@ -91,7 +105,11 @@ impl CgroupLayout {
                 cgroup_points.push(PathBuf::from(f[1]));
             }
             match f[2] {
-                "cgroup2" if v2_root.is_none() => v2_root = Some(PathBuf::from(f[1])),
+                "cgroup2" if v2_root.is_none() => {
+                    v2_root = Some(PathBuf::from(f[1]));
+                    v2_flags =
+                        f[3].split(',').filter(|o| CGROUP2_FLAGS.contains(o)).map(str::to_owned).collect();
+                }
                 "cgroup" => {
                     for opt in f[3].split(',') {
                         if V1_CONTROLLERS.contains(&opt) && !v1.iter().any(|(c, _)| c == opt) {
@@ -118,8 +136,194 @@ impl CgroupLayout {
             }
             _ => cgroup_points,
         };
-        Ok(CgroupLayout { mode, v2_root, v2_controllers, v1, read_only })
+        Ok(CgroupLayout { mode, v2_root, v2_controllers, v1, read_only, v2_flags })
     }
+}
+
+/// `[cgroup] favordynmods` on this host.
+#[derive(Debug)]
+pub enum DynmodsState {
+    /// Not wanted (or no v1 hierarchy is joined): left as it was (`on`: set by someone else).
+    Untouched { on: bool },
+    /// In force while this daemon runs (`set_now`: this start set it); the shared lock
+    /// says a daemon wants it, so the last one to stop clears it.
+    Held { set_now: bool, lock: File },
+}
+
+impl DynmodsState {
+    pub fn is_on(&self) -> bool {
+        match self {
+            DynmodsState::Untouched { on } => *on,
+            DynmodsState::Held { .. } => true,
+        }
+    }
+}
+
+/// Where daemons note that they want `favordynmods` (the flag is one per host): each holds
+/// a shared flock while it runs; the file's text is "rush" while Rush set the flag.
+pub fn dynmods_lock_path() -> PathBuf {
+    PathBuf::from("/run/rush-favordynmods.lock")
+}
+
+/// Joining a v1 hierarchy is a migration: it write-locks the kernel's global
+/// `cgroup_threadgroup_rwsem`, which, idle, first waits for an RCU grace period (7-15 ms
+/// here). The cgroup2 `favordynmods` flag keeps that lock's readers (fork, exit) on their
+/// slow path, so a migration does not wait; kernels from 6.18 also switch to a lock per
+/// thread group for good (until reboot). The flag is global: it is set by reconfiguring
+/// the cgroup2 superblock (flags it has kept), taken back by the last daemon that stops
+/// ([`release_dynmods`]), and by the next start after a crash if that one does not want it.
+pub fn favor_dynmods(
+    layout: &CgroupLayout,
+    wanted: bool,
+    lock_path: &Path,
+) -> Result<DynmodsState, CgroupError> {
+    use std::io::{Read, Seek, Write};
+    let on = layout.v2_flags.iter().any(|f| f == "favordynmods");
+    // Not wanted and no daemon ever noted it here: nothing to create or clear.
+    let mut lock = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(wanted)
+        .truncate(false)
+        .mode(0o600)
+        .open(lock_path)
+    {
+        Ok(f) => f,
+        Err(e) if !wanted && e.kind() == ErrorKind::NotFound => return Ok(DynmodsState::Untouched { on }),
+        Err(e) => return Err(CgroupError::Io { path: lock_path.to_owned(), source: e }),
+    };
+    let mut text = String::new();
+    let _ = lock.read_to_string(&mut text);
+    let ours = text.trim() == "rush";
+    if !wanted {
+        // Left set by a daemon that died, and nobody wants it now: take it back.
+        if on && ours && flock(&lock, libc::LOCK_EX | libc::LOCK_NB) {
+            set_v2_flag(layout, "favordynmods", false).map_err(io_err(&layout.v2_root))?;
+            let _ = lock.set_len(0);
+            return Ok(DynmodsState::Untouched { on: false });
+        }
+        return Ok(DynmodsState::Untouched { on });
+    }
+    // Shared: other daemons may want it too. Held exclusively only while a stopping
+    // daemon decides; never wait on it for long.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !flock(&lock, libc::LOCK_SH | libc::LOCK_NB) {
+        if Instant::now() > deadline {
+            return Err(CgroupError::Io {
+                path: lock_path.to_owned(),
+                source: std::io::Error::other("held exclusively for 2 s"),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if !on {
+        set_v2_flag(layout, "favordynmods", true).map_err(io_err(&layout.v2_root))?;
+        let (_, _) = (lock.set_len(0), lock.rewind());
+        lock.write_all(b"rush").map_err(io_err(lock_path))?;
+    }
+    // Checked, not assumed: outside the initial cgroup namespace the kernel ignores the flag.
+    let now = CgroupLayout::detect()?;
+    if !now.v2_flags.iter().any(|f| f == "favordynmods") {
+        return Err(CgroupError::Io {
+            path: layout.v2_root.clone(),
+            source: std::io::Error::other(
+                "favordynmods did not take effect (not in the initial cgroup namespace?)",
+            ),
+        });
+    }
+    Ok(DynmodsState::Held { set_now: !on, lock })
+}
+
+/// At stop: clears `favordynmods` if Rush set it and no other daemon still holds the lock.
+pub fn release_dynmods(layout: &CgroupLayout, state: DynmodsState) -> Result<bool, CgroupError> {
+    use std::io::Read;
+    let DynmodsState::Held { mut lock, .. } = state else { return Ok(false) };
+    if !flock(&lock, libc::LOCK_EX | libc::LOCK_NB) {
+        return Ok(false);
+    }
+    let mut text = String::new();
+    let _ = std::io::Seek::rewind(&mut lock);
+    let _ = lock.read_to_string(&mut text);
+    if text.trim() != "rush" {
+        return Ok(false);
+    }
+    set_v2_flag(layout, "favordynmods", false).map_err(io_err(&layout.v2_root))?;
+    let _ = lock.set_len(0);
+    Ok(true)
+}
+
+fn flock(f: &File, op: i32) -> bool {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: flock on an fd `f` keeps open; no memory is passed.
+        if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+            return true;
+        }
+        if std::io::Error::last_os_error().kind() != ErrorKind::Interrupted {
+            return false;
+        }
+    }
+}
+
+/// Reconfigures the cgroup2 superblock with `flag` on or off and every other flag it has
+/// now (read again, not from a stale layout), leaving the mount's own flags alone (fspick,
+/// not a remount).
+fn set_v2_flag(layout: &CgroupLayout, flag: &str, on: bool) -> std::io::Result<()> {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let current = CgroupLayout::detect()
+        .ok()
+        .filter(|l| l.v2_root == layout.v2_root)
+        .map(|l| l.v2_flags)
+        .unwrap_or_else(|| layout.v2_flags.clone());
+    let mut flags: Vec<String> = current.into_iter().filter(|f| f != flag).collect();
+    if on {
+        flags.push(flag.to_owned());
+    }
+    let path = CString::new(layout.v2_root.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
+    const FSPICK_CLOEXEC: libc::c_uint = 1;
+    const FSCONFIG_SET_FLAG: libc::c_uint = 0;
+    const FSCONFIG_CMD_RECONFIGURE: libc::c_uint = 7;
+    // SAFETY: fspick with a NUL-terminated path; the fd it returns is owned below.
+    let fd = unsafe { libc::syscall(libc::SYS_fspick, libc::AT_FDCWD, path.as_ptr(), FSPICK_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a new fd nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    for f in &flags {
+        let key = CString::new(f.as_str()).map_err(std::io::Error::other)?;
+        // SAFETY: a valid fs context fd and a NUL-terminated key; no value for a flag.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fd.as_raw_fd(),
+                FSCONFIG_SET_FLAG,
+                key.as_ptr(),
+                std::ptr::null::<u8>(),
+                0,
+            )
+        };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(std::io::Error::new(e.kind(), format!("cgroup2 flag {f}: {e}")));
+        }
+    }
+    // SAFETY: as above; the command takes no key or value.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fd.as_raw_fd(),
+            FSCONFIG_CMD_RECONFIGURE,
+            std::ptr::null::<u8>(),
+            std::ptr::null::<u8>(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// An agent's cgroup directories.
@@ -252,6 +456,16 @@ impl FsCgroups {
 
     pub fn layout(&self) -> &CgroupLayout {
         &self.layout
+    }
+
+    /// Applies `[cgroup] favordynmods` (see [`favor_dynmods`]); returns what the daemon
+    /// reports. The layout's flags are re-read, so doctor shows what is in force.
+    pub fn favor_dynmods(&mut self, wanted: bool) -> Result<DynmodsState, CgroupError> {
+        let state = favor_dynmods(&self.layout, wanted && !self.layout.v1.is_empty(), &dynmods_lock_path())?;
+        if let Ok(now) = CgroupLayout::detect() {
+            self.layout.v2_flags = now.v2_flags;
+        }
+        Ok(state)
     }
 
     /// Removes the (empty) parent directories: for daemons that leave nothing behind.
@@ -769,6 +983,82 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
         assert!(fs::read_to_string(again.v2_dir.join("cgroup.events")).unwrap().contains("frozen 0"));
         assert!(c.0.freeze(&again, Duration::from_secs(2)).unwrap(), "the new a1 froze");
         c.0.thaw(&again).unwrap();
+    }
+
+    fn dynmods_on() -> bool {
+        CgroupLayout::detect().unwrap().v2_flags.iter().any(|f| f == "favordynmods")
+    }
+
+    /// Root only, on this machine's real cgroup2 superblock (the flag is global to the
+    /// host; a private lock file stands in for the daemons'): held by two daemons, cleared
+    /// by the last to stop only; left by a crash, cleared by the next start that does not
+    /// want it; set by someone else, never cleared.
+    #[test]
+    fn favordynmods_is_held_while_wanted_and_cleared_by_the_last_holder() {
+        if !nix::unistd::geteuid().is_root() {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "SKIP: favordynmods test needs root");
+            return;
+        }
+        let layout = CgroupLayout::detect().unwrap();
+        let before = dynmods_on();
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join("dynmods.lock");
+        // Start from "off", whoever had set it; put back at the end.
+        set_v2_flag(&layout, "favordynmods", false).unwrap();
+        struct Restore(CgroupLayout, bool);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                let _ = set_v2_flag(&self.0, "favordynmods", self.1);
+            }
+        }
+        let _restore = Restore(layout.clone(), before);
+
+        let fresh = || CgroupLayout::detect().unwrap();
+        let a = favor_dynmods(&fresh(), true, &lock).unwrap();
+        assert!(matches!(a, DynmodsState::Held { set_now: true, .. }));
+        assert!(dynmods_on());
+        let b = favor_dynmods(&fresh(), true, &lock).unwrap();
+        assert!(matches!(b, DynmodsState::Held { set_now: false, .. }));
+        assert!(!release_dynmods(&fresh(), a).unwrap(), "b still holds it");
+        assert!(dynmods_on());
+        assert!(release_dynmods(&fresh(), b).unwrap(), "the last holder clears it");
+        assert!(!dynmods_on());
+
+        // A daemon that dies holding it (its lock goes with it, the mark stays): the next
+        // start that wants it keeps it, one that does not clears it.
+        drop(favor_dynmods(&fresh(), true, &lock).unwrap());
+        assert!(dynmods_on());
+        let c = favor_dynmods(&fresh(), false, &lock).unwrap();
+        assert!(matches!(c, DynmodsState::Untouched { on: false }));
+        assert!(!dynmods_on());
+
+        // Not wanted: nothing is set.
+        assert!(matches!(
+            favor_dynmods(&fresh(), false, &lock).unwrap(),
+            DynmodsState::Untouched { on: false }
+        ));
+        assert!(!dynmods_on());
+
+        // Set by the admin (no mark): neither a start without it nor the last holder clears it.
+        set_v2_flag(&layout, "favordynmods", true).unwrap();
+        assert!(matches!(
+            favor_dynmods(&fresh(), false, &lock).unwrap(),
+            DynmodsState::Untouched { on: true }
+        ));
+        let d = favor_dynmods(&fresh(), true, &lock).unwrap();
+        assert!(matches!(d, DynmodsState::Held { set_now: false, .. }));
+        assert!(!release_dynmods(&fresh(), d).unwrap());
+        assert!(dynmods_on());
+    }
+
+    #[test]
+    fn cgroup2_flags_are_read_from_the_mount() {
+        let l = CgroupLayout::from_mounts(
+            "cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nsdelegate,favordynmods,memory_recursiveprot 0 0\n",
+        )
+        .unwrap();
+        assert_eq!(l.v2_flags, ["nsdelegate", "favordynmods", "memory_recursiveprot"]);
     }
 
     #[test]
