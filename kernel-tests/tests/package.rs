@@ -4,9 +4,10 @@
 //! audited; then `dpkg -r` must leave no daemon, agent, agent cgroup (v2 and v1), BPF pin or
 //! mount behind but keep the config and state, and `dpkg -P` must remove those too.
 //!
-//! The package is of the debug build (`--profile dev`): the host tier has just built it, and
-//! a release build would cost CI ~10 minutes for the same files (`cargo xtask deb` defaults
-//! to release). The chroot is cached as a tarball in `${RUSH_CACHE_DIR:-~/.cache/rush}/
+//! The package is of the debug build the host tier has just built (`--bin-dir`, which builds
+//! nothing): a release build would cost CI ~10 minutes for the same files (`cargo xtask
+//! deb` defaults to release), and even `--profile dev` would compile the daemon again (a
+//! build without kernel-tests unifies its dependencies' features differently). The chroot is cached as a tarball in `${RUSH_CACHE_DIR:-~/.cache/rush}/
 //! deb-chroot/` (debootstrap's first run downloads ~40 MB, ~1 min); `RUSH_DEB` names a
 //! prebuilt .deb instead of building one.
 
@@ -31,8 +32,8 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
-/// cargo, without the variables `cargo test` set for this test (CARGO_PKG_*, ...,
-/// LD_LIBRARY_PATH): seen by build scripts, they made it rebuild the daemon (80 s).
+/// cargo as from a shell: without the variables `cargo test` sets for this test
+/// (CARGO_PKG_*, CARGO_MANIFEST_DIR, LD_LIBRARY_PATH), which describe this test crate.
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     c.current_dir(repo());
@@ -46,7 +47,8 @@ fn cargo() -> Command {
     c
 }
 
-/// The .deb: `RUSH_DEB`, else `cargo xtask deb --profile dev` once per test process.
+/// The .deb: `RUSH_DEB`, else `cargo xtask deb --bin-dir` of the binaries under test (the
+/// tier's dev build), once per test process.
 fn deb() -> &'static Path {
     static DEB: OnceLock<PathBuf> = OnceLock::new();
     DEB.get_or_init(|| {
@@ -54,8 +56,11 @@ fn deb() -> &'static Path {
             return PathBuf::from(d);
         }
         let out = tempfile::tempdir().unwrap().keep();
-        let built =
-            run(cargo().args(["run", "-p", "xtask", "--", "deb", "--profile", "dev", "--out"]).arg(&out));
+        let built = run(cargo()
+            .args(["run", "-p", "xtask", "--", "deb", "--bin-dir"])
+            .arg(bin_dir())
+            .arg("--out")
+            .arg(&out));
         // What cargo had to compile: nothing, when the tier built the binaries just before.
         for l in
             String::from_utf8_lossy(&built.stderr).lines().filter(|l| l.trim_start().starts_with("Compiling"))
@@ -390,6 +395,17 @@ fn deb_installs_in_a_clean_debian_runs_confined_agents_and_removes_without_a_tra
     assert!(!agent_parents().is_empty() && Path::new("/sys/fs/bpf/rush").exists());
 
     phase("smoke test passed");
+
+    // An upgrade (the same package again: prerm upgrade, then postinst configure with the old
+    // version) tears nothing down: the agent keeps running, confined, pins in place.
+    c.ok(&["dpkg", "-i", "/tmp/rush.deb"]);
+    assert!(sleeper.iter().all(|p| pid_alive(*p)), "an upgrade killed the agent");
+    assert!(!agent_parents().is_empty() && Path::new("/sys/fs/bpf/rush").exists(), "an upgrade tore down");
+    assert!(
+        c.daemon.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "an upgrade without systemd stopped the daemon"
+    );
+    phase("upgraded in place");
     let removed = c.ok(&["dpkg", "-r", "rush"]);
     phase("removed");
     let daemon = c.daemon.as_mut().unwrap();
@@ -424,7 +440,9 @@ fn xtask_install_stages_the_files_the_package_installs() {
     }
     let dest = tempfile::tempdir().unwrap();
     run(cargo()
-        .args(["run", "-q", "-p", "xtask", "--", "install", "--profile", "dev", "--destdir"])
+        .args(["run", "-q", "-p", "xtask", "--", "install", "--bin-dir"])
+        .arg(bin_dir())
+        .args(["--destdir"])
         .arg(dest.path()));
     let mut installed = BTreeSet::new();
     let out = run(Command::new("find").arg(".").args(["-type", "f"]).current_dir(dest.path()));

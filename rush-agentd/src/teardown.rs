@@ -51,13 +51,24 @@ pub fn run(config: &Config) -> ExitCode {
 
 /// SIGTERM to every other process running this binary (the daemon, its terminal holders),
 /// SIGKILL to those still there after 10 s. Compared by the executable's inode, so a daemon
-/// started from another path of the same file is found and another build is not.
+/// started from another path of the same file is found and another build is not; or by
+/// its path, deleted: a daemon still running the binary an upgrade replaced (no systemd
+/// to restart it).
 fn stop_daemons(failures: &mut Vec<String>) {
     let me = match fs::metadata("/proc/self/exe") {
         Ok(m) => (m.dev(), m.ino()),
         Err(e) => return failures.push(format!("/proc/self/exe: {e}")),
     };
-    let mine = |pid: i32| fs::metadata(format!("/proc/{pid}/exe")).is_ok_and(|m| (m.dev(), m.ino()) == me);
+    let replaced = fs::read_link("/proc/self/exe").ok().map(|p| {
+        let mut p = p.into_os_string();
+        p.push(" (deleted)");
+        PathBuf::from(p)
+    });
+    let mine = |pid: i32| {
+        let exe = format!("/proc/{pid}/exe");
+        fs::metadata(&exe).is_ok_and(|m| (m.dev(), m.ino()) == me)
+            || replaced.as_ref().is_some_and(|r| fs::read_link(&exe).is_ok_and(|p| p == *r))
+    };
     let self_pid = std::process::id() as i32;
     let pids: Vec<i32> = proc_pids().into_iter().filter(|p| *p != self_pid && mine(*p)).collect();
     for &pid in &pids {

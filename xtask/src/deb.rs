@@ -14,15 +14,15 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::install::{self, Layout, Profile};
+use crate::install::{self, Layout};
 use crate::util;
 
 #[derive(clap::Args)]
 pub struct DebArgs {
-    /// The cargo profile whose binaries are packaged (CI packages the dev build it already
-    /// has; a package for users is a release one).
-    #[arg(long, value_enum, default_value_t = Profile::Release)]
-    profile: Profile,
+    /// The binaries packaged: CI packages the dev build it already has; a package for users
+    /// is a release one.
+    #[command(flatten)]
+    bins: install::Binaries,
     /// Where the .deb is written [default: target/debian].
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -33,13 +33,11 @@ pub fn run(args: DebArgs) -> Result<()> {
         Some(d) => d,
         None => util::target_dir()?.join("debian"),
     };
-    let bins = args.profile.build()?;
-    // xz (Debian's default) for a package to hand out; the dev build's package is for the
-    // test suite, whose CI minutes gzip -1 saves (xz: ~50 s on 2 busy cores).
-    let compression = match args.profile {
-        Profile::Release => "-Zxz",
-        Profile::Dev => "-Zgzip",
-    };
+    let bins = args.bins.get()?;
+    // xz (Debian's default) for a package to hand out; a package of the dev build or of
+    // --bin-dir is for the test suite, whose CI minutes gzip -1 saves (xz: ~50 s on 2 busy
+    // cores).
+    let compression = if args.bins.for_tests() { "-Zgzip" } else { "-Zxz" };
     let deb = build(&bins, &out, compression)?;
     eprintln!("\nBuilt {}\nInstall it with: apt install {}", deb.display(), absolute(&deb).display());
     Ok(())

@@ -20,9 +20,36 @@ pub struct InstallArgs {
     /// DIR/etc/systemd/system, DIR/etc/rush, DIR/usr/local/share. Root is not needed then.
     #[arg(long, value_name = "DIR")]
     destdir: Option<PathBuf>,
-    /// The cargo profile whose binaries are installed.
+    #[command(flatten)]
+    bins: Binaries,
+}
+
+/// Which rush-agentd and rush to install or package.
+#[derive(clap::Args)]
+pub struct Binaries {
+    /// The cargo profile to build them in.
     #[arg(long, value_enum, default_value_t = Profile::Release)]
     profile: Profile,
+    /// Take them from DIR as they are, building nothing (the package suite takes the host
+    /// tier's: a build of two packages alone would unify features differently and compile
+    /// the daemon again).
+    #[arg(long, value_name = "DIR", conflicts_with = "profile")]
+    bin_dir: Option<PathBuf>,
+}
+
+impl Binaries {
+    /// The directory holding rush-agentd and rush, built first unless --bin-dir.
+    pub fn get(&self) -> Result<PathBuf> {
+        match &self.bin_dir {
+            Some(d) => Ok(d.clone()),
+            None => self.profile.build(),
+        }
+    }
+
+    /// Binaries for testing rather than handing out: the dev build, or taken as they are.
+    pub fn for_tests(&self) -> bool {
+        self.bin_dir.is_some() || self.profile == Profile::Dev
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -92,7 +119,7 @@ pub fn run(args: InstallArgs) -> Result<()> {
             PathBuf::from("/")
         }
     };
-    let bins = args.profile.build()?;
+    let bins = args.bins.get()?;
     stage(&root, Layout::Local, &bins)?;
     eprintln!(
         "\nInstalled. Start it now and at boot with:\n    systemctl daemon-reload && systemctl enable --now rush-agentd\n\
