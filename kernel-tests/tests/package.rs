@@ -172,16 +172,32 @@ impl Chroot {
     }
 
     /// Starts the daemon as systemd would from the installed unit: its ExecStart line and
-    /// Environment=, the Runtime/State/ConfigurationDirectory= it asks for, and a notify
-    /// socket it must send READY=1 to (Type=notify).
+    /// Environment=, its CapabilityBoundingSet=, the Runtime/State/
+    /// ConfigurationDirectory= it asks for, and a notify socket it must send READY=1 to
+    /// (Type=notify). Not applied: the unit's own cgroup (agents are not under it anyway).
     fn start_daemon_like_the_unit(&mut self) {
         let unit = fs::read_to_string(self.path("/lib/systemd/system/rush-agentd.service")).unwrap();
         let mut exec = None;
         let mut env = Vec::new();
+        // Through util-linux's setpriv (in minbase). LimitMEMLOCK=infinity is not applied: the
+        // CI's container may not raise it (prlimit: EPERM), and kernels since 5.11 do not
+        // charge BPF maps to it.
+        let mut wrap: Vec<String> = Vec::new();
         for line in unit.lines().map(str::trim) {
             let Some((key, value)) = line.split_once('=') else { continue };
             match key {
                 "ExecStart" => exec = Some(value.to_owned()),
+                "CapabilityBoundingSet" => {
+                    let caps: Vec<String> = value
+                        .split_whitespace()
+                        .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+                        .collect();
+                    wrap.extend([
+                        "setpriv".into(),
+                        format!("--bounding-set=-all,{}", caps.join(",")),
+                        "--".into(),
+                    ]);
+                }
                 "Environment" => env.extend(value.split_whitespace().filter_map(|kv| {
                     let (k, v) = kv.trim_matches('"').split_once('=')?;
                     Some((k.to_owned(), v.to_owned()))
@@ -218,16 +234,27 @@ impl Chroot {
         let notify = self.path("/run/rush-test-notify.sock");
         let _ = fs::remove_file(&notify);
         let sock = UnixDatagram::bind(&notify).unwrap();
-        sock.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
         let log = fs::File::create(self.path("/var/log/rush-agentd.log")).unwrap();
-        let mut cmd = self.cmd(&words);
+        assert!(wrap.iter().any(|w| w == "setpriv"), "the unit sets a CapabilityBoundingSet=");
+        let argv: Vec<&str> = wrap.iter().map(String::as_str).chain(words.iter().copied()).collect();
+        let mut cmd = self.cmd(&argv);
         cmd.envs(env).env("NOTIFY_SOCKET", "/run/rush-test-notify.sock");
         cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
         self.daemon = Some(cmd.spawn().unwrap());
         let mut buf = [0u8; 256];
-        let n = sock
-            .recv(&mut buf)
-            .unwrap_or_else(|e| panic!("no READY=1 from the daemon ({e}): {}", self.daemon_log()));
+        sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        let n = loop {
+            if let Ok(n) = sock.recv(&mut buf) {
+                break n;
+            }
+            let exited = self.daemon.as_mut().unwrap().try_wait().unwrap();
+            assert!(
+                exited.is_none() && std::time::Instant::now() < deadline,
+                "no READY=1 from the daemon ({exited:?}): {}",
+                self.daemon_log()
+            );
+        };
         assert!(
             String::from_utf8_lossy(&buf[..n]).contains("READY=1"),
             "{}",
@@ -360,6 +387,12 @@ fn deb_installs_in_a_clean_debian_runs_confined_agents_and_removes_without_a_tra
     assert!(String::from_utf8_lossy(&help.stdout).contains("spawn"));
 
     c.start_daemon_like_the_unit();
+    // Under the unit's bounding set: CAP_BPF (39) in it, CAP_SYS_CHROOT (18) not.
+    let pid = c.daemon.as_ref().unwrap().id();
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let bnd = status.lines().find_map(|l| l.strip_prefix("CapBnd:")).unwrap().trim();
+    let bnd = u64::from_str_radix(bnd, 16).unwrap();
+    assert!(bnd & (1 << 39) != 0 && bnd & (1 << 18) == 0, "CapBnd {bnd:x}");
     phase("the daemon ready");
     // A deny: the connect of an agent spawned with --net deny is refused (EPERM) by the
     // cgroup program, and the same connect outside the agent succeeds.
