@@ -220,6 +220,9 @@ pub(crate) struct Agent {
     exec: ExecRule,
     /// Its DNS resolver, while it runs with host names in its `--net` list.
     resolver: Option<crate::services::resolver::AgentResolver>,
+    /// Held by a kill until its audit record is written: the exit watcher waits for it, so
+    /// the trail says `kill` before the `exit` the kill caused.
+    kill_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 crate::service_error!(

@@ -452,6 +452,7 @@ impl AgentManager {
                     respawn,
                     exec,
                     resolver,
+                    kill_lock: Default::default(),
                 },
             );
             self.budgets.enter(&name, AgentBudget::spawned(meter));
@@ -904,6 +905,16 @@ impl AgentManager {
                 self.forget_restart(&name);
             }
         }
+        // A kill that ended it is audited first.
+        let kill_lock = self
+            .registry()
+            .agents
+            .get(&name)
+            .filter(|a| a.cgroup.id == cg.id)
+            .map(|a| Arc::clone(&a.kill_lock));
+        if let Some(lock) = kill_lock {
+            drop(lock.lock().await);
+        }
         self.audit.record(Some(&name), AuditEvent::Exit { pid, status });
         let _ = tx.send(Some(status));
         // The agent's work under its conditions gets its last check now.
@@ -927,13 +938,20 @@ impl AgentManager {
     /// Kills the agent's whole process tree. Cleanup (cgroup, kernel policy) follows when
     /// its first process is reaped.
     pub async fn kill(&self, name: &str, caller: &Caller) -> Result<u32, AgentError> {
-        let (cg, mut exit) = {
+        let (cg, mut exit, kill_lock, held) = {
             let reg = self.registry();
             let a = reg.agents.get(name).ok_or_else(|| not_found(name))?;
             if a.info.state != AgentState::Running {
                 return Err(AgentError::new(Fault::Invalid, format!("agent {name:?} has already exited")));
             }
-            (a.cgroup.clone(), a.exit.clone())
+            // Taken while it is still running (under the registry lock): its exit watcher
+            // cannot have passed the point where it waits for this.
+            let held = Arc::clone(&a.kill_lock).try_lock_owned().ok();
+            (a.cgroup.clone(), a.exit.clone(), Arc::clone(&a.kill_lock), held)
+        };
+        let killing = match held {
+            Some(guard) => guard,
+            None => kill_lock.lock_owned().await,
         };
         let cgroups = Arc::clone(&self.cgroups);
         let n = tokio::task::spawn_blocking(move || cgroups.kill_all(&cg))
@@ -941,6 +959,7 @@ impl AgentManager {
             .map_err(|e| AgentError::new(Fault::Internal, e.to_string()))?
             .map_err(|e| AgentError::new(Fault::Internal, format!("kill {name}: {}", error_chain(&e))))?;
         self.audit.record(Some(name), AuditEvent::Kill { caller_uid: caller.uid, processes_killed: n });
+        drop(killing);
         // Answer once the agent is really gone, so `kill` then `list` never shows it running.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), exit.wait_for(|s| s.is_some())).await;
         Ok(n)

@@ -371,6 +371,7 @@ impl AgentManager {
                         respawn: restart_of(&name),
                         exec,
                         resolver: None,
+                        kill_lock: Default::default(),
                     },
                 );
                 self.budgets.enter(&name, budget);
