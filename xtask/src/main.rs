@@ -44,7 +44,7 @@ enum Command {
     /// Run the benchmarks (root) and print ratios measured side by side in one run.
     Bench {
         /// Only Rush against bubblewrap, firejail, podman and systemd-run (`rush-bench
-        /// peers`: installs them with apt-get; ~15 min). Extra arguments go to it, e.g.
+        /// peers`: installs them with apt-get; ~15 min). Arguments after `--` go to it, e.g.
         /// `--runs 3 --files 2000 --spawns 10` for a quick run.
         #[arg(long)]
         peers: bool,
