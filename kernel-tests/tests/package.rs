@@ -449,6 +449,7 @@ fn deb_installs_in_a_clean_debian_runs_confined_agents_and_removes_without_a_tra
     assert!(!Path::new("/sys/fs/bpf/rush").exists(), "BPF pins left: {}", describe(&removed));
     assert_eq!(mounts_under(&c.root), Vec::<String>::new(), "mounts left: {}", describe(&removed));
     assert!(!c.path("/usr/bin/rush-agentd").exists());
+    assert!(!c.path("/run/rush-favordynmods.lock").exists(), "dpkg -r left the favordynmods lock");
     assert!(c.path("/etc/rush/config.toml").exists(), "dpkg -r must keep the config");
     assert!(c.path("/var/lib/rush/state.db").exists(), "dpkg -r must keep the state (the audit trail)");
 

@@ -27,7 +27,10 @@ pub fn run(config: &Config) -> ExitCode {
     let mut failures = Vec::new();
     stop_daemons(&mut failures);
     match CgroupLayout::detect() {
-        Ok(layout) => remove_cgroups(&layout, &config.cgroup.parent, &mut failures),
+        Ok(layout) => {
+            remove_cgroups(&layout, &config.cgroup.parent, &mut failures);
+            release_dynmods(&layout, &mut failures);
+        }
         Err(e) => failures.push(format!("cgroup hierarchies not found: {e}")),
     }
     let state = &config.daemon.state_dir;
@@ -47,6 +50,20 @@ pub fn run(config: &Config) -> ExitCode {
         eprintln!("rush-agentd teardown: {f}");
     }
     ExitCode::FAILURE
+}
+
+/// The cgroup2 `favordynmods` flag a daemon set and could not take back (SIGKILLed, or
+/// crashed) is cleared, unless another daemon still holds it; the lock file goes with it
+/// once it no longer says Rush set the flag.
+fn release_dynmods(layout: &CgroupLayout, failures: &mut Vec<String>) {
+    use rush_agentd::adapters::cgroup::{dynmods_lock_path, favor_dynmods};
+    if let Err(e) = favor_dynmods(layout, false, &dynmods_lock_path()) {
+        return failures.push(format!("favordynmods: {e}"));
+    }
+    let path = dynmods_lock_path();
+    if fs::read_to_string(&path).is_ok_and(|t| t.trim().is_empty()) {
+        let _ = fs::remove_file(&path);
+    }
 }
 
 /// SIGTERM to every other process running this binary (the daemon, its terminal holders),
