@@ -90,8 +90,9 @@ mod step {
     pub const CAPABILITIES: u32 = 11;
     pub const SECCOMP: u32 = 12;
     pub const CONTROLLING_TTY: u32 = 13;
+    pub const ROOT_SLAVE: u32 = 14;
 }
-const STEPS: [&str; 14] = [
+const STEPS: [&str; 15] = [
     "setsid",
     "setting up stdio",
     "setgroups",
@@ -106,6 +107,9 @@ const STEPS: [&str; 14] = [
     "dropping capabilities",
     "installing the seccomp filter",
     "taking the terminal as controlling terminal",
+    // EINVAL when the daemon's / is not a mount point (a plain chroot).
+    "making the agent's mounts slaves of the host's (the daemon's / must be a mount point: \
+     in a chroot, bind its root onto itself first)",
 ];
 
 fn cstring(what: &'static str, s: &[u8]) -> Result<CString, SpawnError> {
@@ -462,7 +466,7 @@ unsafe fn child(
                 std::ptr::null(),
             ) < 0
             {
-                fail(step::MOUNT);
+                fail(step::ROOT_SLAVE);
             }
             for [src, dst] in h.binds {
                 if libc::mount(*src, *dst, std::ptr::null(), libc::MS_BIND, std::ptr::null()) < 0 {
