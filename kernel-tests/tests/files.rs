@@ -257,6 +257,43 @@ fn a_file_moved_out_of_its_grant_fails_the_next_read_on_an_open_descriptor() {
     let _ = child.wait();
 }
 
+/// `a/x/y/g` with `a` granted read, opened by an agent (`open-serve`) until its walks'
+/// results are cached for the directories it went through.
+fn cached_below_a(d: &Daemon, name: &str, t: &Tree) -> Served {
+    std::fs::create_dir_all(t.p("a/x/y")).unwrap();
+    std::fs::write(t.p("a/x/y/g"), "g").unwrap();
+    let grant = vec![format!("{}:read", t.a().display())];
+    let mut s = Served::agent(d, name, &grant, &["open-serve"]);
+    for path in ["a/x/y/g", "a/f", "a/x/y/g"] {
+        let line = s.ask(&format!("3 {}", t.p(path)));
+        assert!(line.as_deref().is_some_and(|l| l.starts_with("ns_per_op")), "{path}: {line:?}");
+    }
+    s
+}
+
+/// Walk results are cached per directory (rush_dir_cache): a grant deleted from a
+/// directory high up must not be served from the entry of a directory below it.
+#[test]
+fn a_grant_deleted_high_up_is_not_served_from_a_cached_lower_directory() {
+    let Some(d) = lsm_daemon() else { return };
+    let t = Tree::new();
+    let mut s = cached_below_a(&d, "dircache", &t);
+    let out = d.rush(&["capability", "revoke", "dircache", "--path", t.a().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(s.ask(&format!("1 {}", t.p("a/x/y/g"))).as_deref(), Some("errno EPERM"), "revoked above y");
+}
+
+/// A directory moved out of the grant (by a process outside any agent) takes its cached
+/// walk result with it as a stale entry: the files below it are refused at the next open.
+#[test]
+fn a_directory_moved_out_of_its_grant_is_not_served_from_its_cached_walk() {
+    let Some(d) = lsm_daemon() else { return };
+    let t = Tree::new();
+    let mut s = cached_below_a(&d, "dirmoved", &t);
+    std::fs::rename(t.p("a/x"), t.p("b/x")).unwrap();
+    assert_eq!(s.ask(&format!("1 {}", t.p("b/x/y/g"))).as_deref(), Some("errno EPERM"), "moved out of a");
+}
+
 #[test]
 fn a_grant_covers_a_file_a_thousand_directories_deep() {
     let Some(d) = lsm_daemon() else { return };
