@@ -353,12 +353,17 @@ pub fn run() {
     };
     let enforcement = String::from_utf8_lossy(&d.rush(&["doctor"]).stdout)
         .lines()
-        .find(|l| l.to_lowercase().contains("landlock") || l.to_lowercase().contains("bpf lsm"))
+        // The guarantee line ("yes file tokens  by Landlock ..." or "... by BPF LSM"), not the
+        // probe that only lists the active LSMs.
+        .find(|l| l.trim_start().trim_start_matches("yes").trim_start().starts_with("file tokens"))
         .unwrap_or("?")
         .trim()
         .to_owned();
     let uname = sh("uname -r").trim().to_owned();
-    let commit = sh("git -C /work/main rev-parse --short HEAD 2>/dev/null || echo ?").trim().to_owned();
+    let commit =
+        sh(concat!("git -C ", env!("CARGO_MANIFEST_DIR"), " rev-parse --short HEAD 2>/dev/null || echo ?"))
+            .trim()
+            .to_owned();
     println!(
         "rush-bench peers: kernel {uname}, {} cores, commit {commit}; runs {}, spawns {}, files {}, idle {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
