@@ -724,27 +724,37 @@ fn a_restarted_daemon_re_adopts_its_running_agent() {
 /// while it runs (`[cgroup] favordynmods`, on by default), says so in `rush doctor`, and
 /// its agents are still in every v1 hierarchy, under the v1 pids limit. Whether the flag
 /// is cleared after the last daemon stops is the unit test's (other suites' daemons run
-/// alongside this one and hold it too).
+/// alongside this one and hold it too). Pure cgroup v2 hosts (the guests): the host is
+/// left alone, no flag and no lock file.
 #[test]
 fn hybrid_hosts_hold_favordynmods_and_still_join_v1_limits() {
     if !host_ready() {
         return;
     }
-    let pids_root = std::fs::read_to_string("/proc/mounts").unwrap().lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.len() > 3 && f[2] == "cgroup" && f[3].split(',').any(|o| o == "pids")).then(|| f[1].to_owned())
-    });
-    let Some(pids_root) = pids_root else {
-        require(false, "a hybrid cgroup host (v1 pids hierarchy)");
-        return;
-    };
-    let d = Daemon::start();
     let flag_on = || {
         std::fs::read_to_string("/proc/mounts")
             .unwrap()
             .lines()
             .any(|l| l.split_whitespace().nth(2) == Some("cgroup2") && l.contains("favordynmods"))
     };
+    let pids_root = std::fs::read_to_string("/proc/mounts").unwrap().lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 3 && f[2] == "cgroup" && f[3].split(',').any(|o| o == "pids")).then(|| f[1].to_owned())
+    });
+    let Some(pids_root) = pids_root else {
+        // Nothing to gain where agents are born in all their controllers: untouched.
+        let before = flag_on();
+        let d = Daemon::start();
+        let out = d.rush(&["agent", "spawn", "v2only", "--budget", "pids:8", "--", "/bin/true"]);
+        assert!(out.status.success(), "{}", describe(&out));
+        assert_eq!(flag_on(), before, "a pure cgroup v2 host's favordynmods flag was changed");
+        assert!(
+            !std::path::Path::new("/run/rush-favordynmods.lock").exists(),
+            "a pure cgroup v2 host got a favordynmods lock file"
+        );
+        return;
+    };
+    let d = Daemon::start();
     assert!(flag_on(), "favordynmods not set while the daemon runs");
     let doctor = d.doctor();
     let cgroups =

@@ -58,13 +58,6 @@
  * delete at close: an entry left for a freed struct file whose address is reused counts
  * only for an open of the same dentry in the same mount by the same agent, under the same
  * generations, for which the walk would find the same. Denials are never cached.
- * Walks cached per directory (rush_dir_cache): what the grants allow at a directory and
- * above it, for one agent in one mount, under the same generations plus the kernel's
- * rename_lock sequence (which d_move bumps after the move, where the rename hook's bump
- * comes before it), so a walk (a file's own entry, then its directory) stops at the
- * first directory with an entry that counts; rmdir bumps the kernel's generation too (a
- * deleted directory's dentry and inode may be reused). Only grants are in an entry: the
- * hard-link rule, claims and the save right are applied per object as before.
  * Hard links (rush_agents flags RUSH_AGENT_HARDLINKS_*, `--hardlinks`): a regular file
  * with i_nlink > 1 needs write (refuse-write) or read, write and exec (refuse) from its
  * own grant entry, not from a directory above it: file_open, file_permission, mmap_file,
@@ -136,9 +129,7 @@
  *     decision so judged stays cached for that open file until the next generation).
  *   - A mount moved or detached (move_mount, umount -l) by a process outside the agents
  *     changes what lies above its files without a generation bump: decisions cached for
- *     files open below it, and walks cached for directories below it in that mount,
- *     stand until the next bump (agents cannot mount at all). The same if a mount is
- *     freed and its struct mount reused for a mount of the same tree elsewhere.
+ *     files open below it stand until the next bump (agents cannot mount at all).
  *   - A walk longer than RUSH_WALK_MAX levels denies (fail closed).
  *   Claims, besides the above (mappings made before it keep writing; ftruncate of a
  *   descriptor opened before it, on 6.2+; metadata other than chmod/chown):
@@ -186,8 +177,6 @@
 #define RUSH_WALK_MAX 4096
 /* Of those, the first levels (within the first mount) walked without helper calls. */
 #define RUSH_WALK_FAST 16
-/* In rush_walk_full's result: the walk looked up every level to the top. */
-#define RUSH_WALK_TOP (1u << 31)
 
 #define RUSH_OPS_ALL 0x1f
 #define RUSH_OPS_RWX (RUSH_FILE_OP_READ | RUSH_FILE_OP_WRITE | RUSH_FILE_OP_EXEC)
@@ -384,7 +373,7 @@ struct rush_walk {
 	__u32 want; /* stop as soon as all of these are found */
 	__u32 ops;  /* union of what the levels visited so far grant */
 	__u32 done; /* the walk finished (top reached or want found) */
-	__u32 top;  /* it finished at the top (every level above was looked up) */
+	__u32 pad;
 };
 
 /*
@@ -513,7 +502,6 @@ static long rush_walk_step(__u32 index, void *data)
 		if (BPF_CORE_READ(mnt, mnt.mnt_flags) & MNT_INTERNAL)
 			w->ops |= RUSH_OPS_INTERNAL;
 		w->done = 1;
-		w->top = 1;
 		return 1;
 	}
 	return 0;
@@ -535,9 +523,7 @@ static __always_inline __u32 rush_walk_rest(__u64 cgroup_id, __u64 now, struct d
 	};
 
 	bpf_loop(RUSH_WALK_MAX - walked, rush_walk_step, &w, 0);
-	if (!w.done)
-		return 0;
-	return w.top ? w.ops | RUSH_WALK_TOP : w.ops;
+	return w.done ? w.ops : 0;
 }
 
 /*
@@ -553,8 +539,8 @@ static __always_inline __u32 rush_walk_rest(__u64 cgroup_id, __u64 now, struct d
  * RUSH_WALK_MAX levels. The mount's fields are read with BPF_CORE_READ here too (the
  * vfsmount pointers the callers pass are plain values): mount crossings are rare.
  */
-static __noinline __u32 rush_walk_full(__u64 cgroup_id, struct dentry *dentry,
-				       struct vfsmount *vfsmnt, __u32 want)
+static __noinline __u32 rush_walk_ops(__u64 cgroup_id, struct dentry *dentry,
+				      struct vfsmount *vfsmnt, __u32 want)
 {
 	struct mount *mnt = rush_real_mount(vfsmnt);
 	__u64 now = bpf_ktime_get_boot_ns();
@@ -588,7 +574,7 @@ static __noinline __u32 rush_walk_full(__u64 cgroup_id, struct dentry *dentry,
 			if (up == mnt || !up) {
 				if (BPF_CORE_READ(mnt, mnt.mnt_flags) & MNT_INTERNAL)
 					ops |= RUSH_OPS_INTERNAL;
-				return ops | RUSH_WALK_TOP;
+				return ops;
 			}
 			return rush_walk_rest(cgroup_id, now, BPF_CORE_READ(mnt, mnt_mountpoint),
 					      up, want, ops, i + 1);
@@ -598,213 +584,12 @@ static __noinline __u32 rush_walk_full(__u64 cgroup_id, struct dentry *dentry,
 			/* A disconnected root (pseudo files such as pipes are their own parent). */
 			if (BPF_CORE_READ(mnt, mnt.mnt_flags) & MNT_INTERNAL)
 				ops |= RUSH_OPS_INTERNAL;
-			return ops | RUSH_WALK_TOP;
+			return ops;
 		}
 		dentry = parent;
 	}
 
 	return rush_walk_rest(cgroup_id, now, dentry, mnt, want, ops, RUSH_WALK_FAST);
-}
-
-/*
- * Per-directory walk results (rush_dir_cache). An entry for (agent, dentry, mount) of a
- * directory D holds the union of the ops the agent's grants allow at D and at every
- * directory above it, in that mount and across the mount points above (the part of a
- * walk from D up: a file's own entry and the hard-link rule are not in it, they are
- * applied per file as before), and `top` if that walk looked every level up (else it
- * stopped once what was asked was found: a lower bound, which serves only a check it
- * covers). It counts while nothing it was made under has changed: both generations of
- * rush_file_policy (grants written or deleted, moved grants, links, renames and rmdirs
- * by anyone), the daemon's next expiry not reached, and the kernel's rename_lock
- * sequence (d_move takes it for every rename and for a disconnected directory spliced
- * in: a walk cached during a move, which the rename hook's bump precedes, is not served
- * after it), for the same inode (address, number, i_generation: a freed dentry reused
- * for another directory does not inherit an entry). A walk stops at the first directory
- * with such an entry. Without the rename_lock symbol nothing is cached.
- */
-
-extern const void rename_lock __ksym __weak;
-
-struct rush_dir_key {
-	__u64 cgroup_id;
-	__u64 dentry;
-	__u64 mnt; /* the struct vfsmount the walk started in */
-};
-
-struct rush_dir_ops {
-	__u64 daemon_gen;
-	__u64 kernel_gen;
-	__u64 inode; /* the directory's inode: address, number, i_generation */
-	__u64 ino;
-	__u32 igen;
-	__u32 rename_seq;
-	__u32 ops;
-	__u32 top;
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct rush_dir_key);
-	__type(value, struct rush_dir_ops);
-} rush_dir_cache SEC(".maps");
-
-/* What a cached directory result must have been made under to count now. */
-struct rush_dir_stamp {
-	__u64 daemon_gen;
-	__u64 kernel_gen;
-	__u32 rename_seq;
-	__u32 pad;
-};
-
-/* The current stamp, read before a walk; 0 if nothing may be cached or served now (no
- * rename_lock, a dentry being moved, the daemon's next expiry reached). */
-static __always_inline int rush_dir_stamp(struct rush_dir_stamp *st)
-{
-	__u32 d = RUSH_POLICY_DAEMON, seq = 0;
-	struct rush_file_policy *pd;
-	__u64 next;
-
-	if (!&rename_lock)
-		return 0;
-	pd = bpf_map_lookup_elem(&rush_file_policy, &d);
-	if (!pd)
-		return 0;
-	next = *(volatile __u64 *)&pd->next_expiry_ns;
-	asm volatile("" ::: "memory");
-	if (next != ~0ULL && bpf_ktime_get_boot_ns() >= next)
-		return 0;
-	/* seqlock_t starts with its seqcount's sequence. */
-	if (bpf_probe_read_kernel(&seq, sizeof(seq), &rename_lock) || (seq & 1))
-		return 0;
-	asm volatile("" ::: "memory");
-	st->rename_seq = seq;
-	return rush_policy_gens(&st->daemon_gen, &st->kernel_gen);
-}
-
-/* The entry for directory `dir` (a BTF pointer) if it counts under `st`, else NULL. */
-static __always_inline struct rush_dir_ops *rush_dir_lookup(__u64 cgroup_id, struct dentry *dir,
-							    struct vfsmount *mnt,
-							    const struct rush_dir_stamp *st)
-{
-	struct rush_dir_key key = {
-		.cgroup_id = cgroup_id,
-		.dentry = (__u64)dir,
-		.mnt = (__u64)mnt,
-	};
-	struct rush_dir_ops *c = bpf_map_lookup_elem(&rush_dir_cache, &key);
-	struct inode *inode;
-
-	if (!c)
-		return NULL;
-	inode = dir->d_inode;
-	if (!inode || c->daemon_gen != st->daemon_gen || c->kernel_gen != st->kernel_gen ||
-	    c->rename_seq != st->rename_seq || c->inode != (__u64)inode || c->ino != inode->i_ino ||
-	    c->igen != inode->i_generation)
-		return NULL;
-	return c;
-}
-
-static __always_inline void rush_dir_store(__u64 cgroup_id, struct dentry *dir, struct vfsmount *mnt,
-					   const struct rush_dir_stamp *st, __u32 ops, __u32 top)
-{
-	struct rush_dir_key key = {
-		.cgroup_id = cgroup_id,
-		.dentry = (__u64)dir,
-		.mnt = (__u64)mnt,
-	};
-	struct inode *inode = dir->d_inode;
-	struct rush_dir_ops c = {
-		.daemon_gen = st->daemon_gen,
-		.kernel_gen = st->kernel_gen,
-		.rename_seq = st->rename_seq,
-		.ops = ops,
-		.top = top,
-	};
-
-	if (!inode)
-		return;
-	c.inode = (__u64)inode;
-	c.ino = inode->i_ino;
-	c.igen = inode->i_generation;
-	bpf_map_update_elem(&rush_dir_cache, &key, &c, BPF_ANY);
-}
-
-/* The ops the agent's own entry for `dentry` (a BTF pointer) allows now, in `mnt`. */
-static __always_inline __u32 rush_dentry_level_ops(__u64 cgroup_id, struct dentry *dentry,
-						   struct vfsmount *mnt, __u64 now)
-{
-	struct inode *inode = dentry->d_inode;
-	struct super_block *sb;
-	__u32 dev;
-
-	if (!inode)
-		return 0;
-	sb = inode->i_sb;
-	dev = sb->s_dev;
-	if (sb->s_magic == BTRFS_SUPER_MAGIC)
-		dev = rush_btrfs_dev((__u64)BPF_CORE_READ(dentry, d_inode));
-	return rush_level_ops(cgroup_id, inode->i_ino, dev, rush_mnt_id(rush_real_mount(mnt)), now);
-}
-
-/*
- * The union of the ops the agent is granted, now, on `dentry` (in mount `mnt`) and on
- * every directory above it up to the global root, as rush_walk_full finds it, through
- * rush_dir_cache: for a file, its own entry, then the directory it is in; a directory
- * with an entry that counts (or whose parent has one) ends the walk there, else the walk
- * from the directory up is done and its result kept for it. 0: fail closed.
- */
-static __noinline __u32 rush_walk_ops(__u64 cgroup_id, struct dentry *dentry,
-				      struct vfsmount *mnt, __u32 want)
-{
-	struct rush_dir_stamp st = {};
-	struct dentry *dir = dentry, *root, *parent;
-	struct rush_dir_ops *c;
-	struct inode *inode;
-	__u32 ops = 0, r;
-	int cache;
-
-	if (!dentry || !mnt)
-		return 0;
-	cache = rush_dir_stamp(&st);
-	root = BPF_CORE_READ(mnt, mnt_root);
-	inode = dentry->d_inode;
-	if (cache && (!inode || (inode->i_mode & S_IFMT) != S_IFDIR)) {
-		/* Not a directory: its own entry, then its directory. */
-		parent = dentry->d_parent;
-		if (dentry == root || !parent || parent == dentry) {
-			cache = 0;
-		} else {
-			ops = rush_dentry_level_ops(cgroup_id, dentry, mnt, bpf_ktime_get_boot_ns());
-			if ((ops & want) == want)
-				return ops;
-			dir = parent;
-		}
-	}
-	if (cache) {
-		c = rush_dir_lookup(cgroup_id, dir, mnt, &st);
-		if (c) {
-			if (c->top || ((ops | c->ops) & want) == want)
-				return ops | c->ops;
-		} else if (dir != root) {
-			parent = dir->d_parent;
-			if (parent && parent != dir) {
-				c = rush_dir_lookup(cgroup_id, parent, mnt, &st);
-				if (c && (c->top || ((ops | c->ops) & want) == want)) {
-					__u32 top = c->top;
-
-					r = c->ops | rush_dentry_level_ops(cgroup_id, dir, mnt,
-									   bpf_ktime_get_boot_ns());
-					rush_dir_store(cgroup_id, dir, mnt, &st, r, top);
-					return ops | r;
-				}
-			}
-		}
-	}
-	r = rush_walk_full(cgroup_id, dir, mnt, want & ~ops);
-	if (cache && r)
-		rush_dir_store(cgroup_id, dir, mnt, &st, r & ~RUSH_WALK_TOP, !!(r & RUSH_WALK_TOP));
-	return ops | (r & ~RUSH_WALK_TOP);
 }
 
 /* State of the walk that assembles an event's path from dentry names. */
@@ -1454,8 +1239,6 @@ int BPF_PROG(rush_path_unlink, const struct path *dir, struct dentry *dentry)
 SEC("lsm/path_rmdir")
 int BPF_PROG(rush_path_rmdir, const struct path *dir, struct dentry *dentry)
 {
-	/* Whoever does it: a directory's dentry and inode may be reused (rush_dir_cache). */
-	rush_policy_bump_kernel();
 	return rush_check_delete(RUSH_FHOOK_PATH_RMDIR, dir, dentry);
 }
 
