@@ -137,22 +137,8 @@ fn a_revoked_token_fails_the_next_read_on_an_open_descriptor() {
     let Some(d) = lsm_daemon() else { return };
     let t = Tree::new();
     let grant = format!("{}:read,write", t.a().display());
-    let (bins, tool, f) = (bin_grant(), fs_tool(), t.p("a/f"));
-    let mut child = d
-        .rush_cmd(&["agent", "spawn", "holder", "--allow", &bins, "--allow", &grant, "--", &tool, "hold", &f])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    assert_eq!(lines.next().unwrap().unwrap(), "opened");
-    let mut ask = move |cmd: &str| -> String {
-        writeln!(stdin, "{cmd}").unwrap();
-        stdin.flush().unwrap();
-        lines.next().unwrap().unwrap()
-    };
-    assert_eq!(ask("read"), "ok 1");
+    // Opened, and its first read answered "ok 1".
+    let (mut child, mut ask) = holder(&d, "holder", &grant, &t.p("a/f"));
     assert_eq!(ask("write"), "ok 1");
 
     let out = d.rush(&["capability", "revoke", "holder", "--path", t.a().to_str().unwrap()]);
