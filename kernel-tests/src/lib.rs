@@ -179,9 +179,12 @@ impl Daemon {
     fn wait_ready(&mut self) {
         // Loading the BPF objects runs the verifier: seconds under TCG, more with two guests
         // sharing the host's cores.
-        let deadline = Instant::now() + Duration::from_secs(90);
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(90);
         while Instant::now() < deadline {
             if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                // Most of a guest test's time (the verifier under TCG): shown with --nocapture.
+                eprintln!("rush-agentd ready after {:.2} s", started.elapsed().as_secs_f64());
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {

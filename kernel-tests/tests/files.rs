@@ -713,6 +713,7 @@ fn timed_between_lines(mut cmd: Command, what: &str) -> f64 {
 /// is not file-confined (no --allow: the hooks' agent lookup, the guard) and in one with
 /// the workload's directory granted (every open, read and create checked against tokens).
 #[test]
+#[ignore = "a benchmark, ~80 s a kernel under TCG: cargo xtask vm-test --suite files -- --ignored bench_workloads"]
 fn bench_workloads_inside_the_agent() {
     let Some(d) = lsm_daemon() else { return };
     let git = ["/usr/bin/git", "/bin/git"].into_iter().find(|p| Path::new(p).exists());

@@ -152,6 +152,7 @@ fn main() -> ExitCode {
         config.files.enforcement = v;
     }
     init_tracing(config.daemon.log_format);
+    tracing::debug!(version = env!("CARGO_PKG_VERSION"), "rush-agentd starting");
 
     if let Some(Cmd::Doctor { json }) = args.command {
         return local_doctor(json, &config);

@@ -14,7 +14,7 @@ mod book;
 
 use std::path::{Path, PathBuf};
 
-use cgroups_rs::{Cgroup, MaxValue, cpu::CpuController, cpuacct::CpuAcctController, memory::MemController};
+use cgroups_rs::{Cgroup, MaxValue, cpu::CpuController, memory::MemController};
 use cgroups_rs::{hierarchies, pid::PidController};
 use rush_proto::{Budget, BudgetResource, BudgetUnit, BudgetUsage};
 
@@ -187,32 +187,28 @@ impl ResourceControl for CgroupsRs {
     }
 
     fn usage(&self, cg: &AgentCgroup) -> CgroupUsage {
-        let Ok(handle) = self.handle(cg) else { return CgroupUsage::default() };
+        // The counted files alone, read directly: cgroups-rs's stat getters read every file
+        // of a controller (some 45 on a hybrid host), and this runs every budget round and
+        // on an exiting agent's way to its caller hearing of the exit. A file that is not
+        // there (a controller this machine lacks) counts as unknown.
         let read = |controller: &str, file: &str| {
             self.dir(cg, controller).and_then(|d| std::fs::read_to_string(d.join(file)).ok())
         };
-        let mut u = CgroupUsage::default();
-        if handle.v2() {
-            if let Some(cpu) = handle.controller_of::<CpuController>() {
-                u.cpu_ns = flat_keyed(&cpu.cpu().stat, "usage_usec").map(|us| us * 1000);
-            }
-            u.oom_kills = read("memory", "memory.events").and_then(|t| flat_keyed(&t, "oom_kill"));
-            u.mem_bytes = read("memory", "memory.current").and_then(|t| t.trim().parse().ok());
-        } else {
-            if let Some(acct) = handle.controller_of::<CpuAcctController>() {
-                u.cpu_ns = Some(acct.cpuacct().usage);
-            }
-            if let Some(mem) = handle.controller_of::<MemController>() {
-                let stat = mem.memory_stat();
-                u.mem_bytes = Some(stat.usage_in_bytes);
-                u.oom_kills = Some(stat.oom_control.oom_kill);
-            }
+        let number =
+            |controller: &str, file: &str| read(controller, file).and_then(|t| t.trim().parse().ok());
+        let v2 = self.layout.mode == CgroupMode::Unified;
+        CgroupUsage {
+            cpu_ns: if v2 {
+                read("cpu", "cpu.stat").and_then(|t| flat_keyed(&t, "usage_usec")).map(|us| us * 1000)
+            } else {
+                number("cpuacct", "cpuacct.usage")
+            },
+            mem_bytes: number("memory", if v2 { "memory.current" } else { "memory.usage_in_bytes" }),
+            oom_kills: read("memory", if v2 { "memory.events" } else { "memory.oom_control" })
+                .and_then(|t| flat_keyed(&t, "oom_kill")),
+            pids: number("pids", "pids.current"),
+            fork_refusals: read("pids", "pids.events").and_then(|t| flat_keyed(&t, "max")),
         }
-        if let Some(pids) = handle.controller_of::<PidController>() {
-            u.pids = pids.get_pid_current().ok();
-            u.fork_refusals = pids.get_pid_events().ok();
-        }
-        u
     }
 
     fn unavailable(&self) -> Vec<(&'static str, String)> {

@@ -89,7 +89,9 @@ pub(super) fn load<'obj>(
     {
         prog.set_autoload(false);
     }
+    let loading = std::time::Instant::now();
     let (net, log) = capture_libbpf_log(|| open.load());
+    debug!(object = "net", load_ms = loading.elapsed().as_millis() as u64, "BPF object loaded (verified)");
     let net = net.map_err(|source| {
         log.iter().for_each(|line| warn!(target: "libbpf", "{line}"));
         BpfError::Load { object: "net", source }
@@ -270,7 +272,9 @@ fn load_lsm<'obj, O: OpenSkel<'obj>>(
         return failed(error_chain(&e));
     }
     // An EPERM here is the expected outcome on kernels that refuse BPF trampolines.
+    let loading = std::time::Instant::now();
     let (loaded, log) = capture_libbpf_log(|| open.load());
+    debug!(object, load_ms = loading.elapsed().as_millis() as u64, "BPF object loaded (verified)");
     log.iter().for_each(|line| debug!(target: "libbpf", "{line}"));
     let loaded = match loaded {
         Ok(loaded) => loaded,
@@ -280,6 +284,10 @@ fn load_lsm<'obj, O: OpenSkel<'obj>>(
         }
     };
 
+    for prog in loaded.object().progs() {
+        debug!(object, program = ?prog.name(), verified_insns = verified_insns(&prog), "BPF program verified");
+    }
+    let attaching = std::time::Instant::now();
     let mut links = Vec::new();
     let mut statuses = Vec::new();
     for spec in specs {
@@ -300,7 +308,25 @@ fn load_lsm<'obj, O: OpenSkel<'obj>>(
             Err(e) => statuses.push(status(spec, false, Some(error_chain(&e)))),
         }
     }
+    debug!(object, attach_ms = attaching.elapsed().as_millis() as u64, "BPF object attached");
     (Some(loaded), links, statuses)
+}
+
+/// Instructions the verifier walked for `prog` (what its load costs), if the kernel says.
+fn verified_insns(prog: &libbpf_rs::Program) -> Option<u32> {
+    use std::os::fd::AsFd;
+    let mut info = libbpf_rs::libbpf_sys::bpf_prog_info::default();
+    let mut len = std::mem::size_of_val(&info) as u32;
+    // SAFETY: `info` is a zeroed bpf_prog_info of `len` bytes with no array pointers set, so
+    // the kernel writes only into it; the fd is the loaded program's, borrowed for the call.
+    let r = unsafe {
+        libbpf_rs::libbpf_sys::bpf_obj_get_info_by_fd(
+            prog.as_fd().as_raw_fd(),
+            (&mut info as *mut libbpf_rs::libbpf_sys::bpf_prog_info).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(info.verified_insns)
 }
 
 /// The program libbpf says the kernel refused ("prog 'NAME': BPF program load failed").

@@ -65,10 +65,13 @@ impl Store {
     }
 
     /// The agent and its tokens.
+    /// The agent `name` whose cgroup is `cgroup_id`, and its tokens: a newer agent under
+    /// the name (another cgroup) keeps its row.
     pub fn delete_agent(&self, name: &str, cgroup_id: u64) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction().map_err(self.err())?;
-        tx.execute("DELETE FROM agents WHERE name = ?1", [name]).map_err(self.err())?;
+        tx.execute("DELETE FROM agents WHERE name = ?1 AND cgroup_id = ?2", params![name, cgroup_id as i64])
+            .map_err(self.err())?;
         tx.execute("DELETE FROM tokens WHERE cgroup_id = ?1", [cgroup_id as i64]).map_err(self.err())?;
         tx.commit().map_err(self.err())
     }

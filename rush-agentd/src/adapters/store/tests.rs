@@ -67,6 +67,9 @@ fn agents_and_tokens_round_trip_across_opens() {
     // Revoking the highest token does not free its id for reuse.
     s.delete_tokens(&[3]).unwrap();
     assert_eq!(s.max_token_id().unwrap(), 3, "a revoked token's id would be given again");
+    // An older agent's removal under the name (another cgroup) leaves this one's row.
+    s.delete_agent("a", 4).unwrap();
+    assert_eq!(s.agents().unwrap().len(), 1, "a removal keyed by an old cgroup id took the new row");
     s.delete_agent("a", 5).unwrap();
     assert!(s.agents().unwrap().is_empty());
     assert!(s.tokens(5).unwrap().is_empty());

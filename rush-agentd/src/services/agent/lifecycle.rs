@@ -835,6 +835,7 @@ impl AgentManager {
         // The first process is gone: nothing the agent left running outlives it.
         let tmp_dirs = self.private_tmp_dirs(cg.id);
         let mut conditional = Vec::new();
+        let mut removed_row = false;
         let cgroups = Arc::clone(&self.cgroups);
         let cg2 = cg.clone();
         let removed = tokio::task::spawn_blocking(move || {
@@ -850,7 +851,7 @@ impl AgentManager {
                 }
                 conditional = self.tokens.conditional(cg.id);
                 self.tokens.forget_agent(cg.id);
-                self.persist("an exited agent's removal", |s| s.delete_agent(&name, cg.id));
+                removed_row = true;
             }
             Ok(Err(e)) => {
                 tracing::error!(agent = %name, error = %error_chain(&e), "agent cgroup not removed; its policy stays in force")
@@ -917,6 +918,16 @@ impl AgentManager {
         }
         self.audit.record(Some(&name), AuditEvent::Exit { pid, status });
         let _ = tx.send(Some(status));
+        // Off the way to the caller hearing of the exit (its fsync was most of an exit's
+        // cost): a crash before it leaves a row whose cgroup is gone, which the next start
+        // finds exited. Keyed by cgroup id, so a new agent under the name keeps its row.
+        if removed_row && let Some(store) = self.store.clone() {
+            let (agent, id) = (name.clone(), cg.id);
+            let deleted = tokio::task::spawn_blocking(move || store.delete_agent(&agent, id)).await;
+            if let Ok(Err(e)) = deleted {
+                tracing::error!(agent = %name, error = %error_chain(&e), "state database: an exited agent's removal not saved");
+            }
+        }
         // The agent's work under its conditions gets its last check now.
         if !conditional.is_empty() {
             self.commit_at_exit(name, conditional).await;
