@@ -365,6 +365,44 @@ fn capability_grant_list_and_revoke_through_the_cli() {
 
 /// A `rush-test-fs` serving line requests on its stdin/stdout: in an agent (through a
 /// foreground `rush agent spawn`) or outside. Dropping it closes stdin: the tool exits.
+/// A cgroup v2 child of the root with the controllers an agent's cgroup has (memory, cpu,
+/// pids, io), made by the test and nothing else: what being in a non-root cgroup costs by
+/// itself (memory charging of every page and of kernel objects such as new inodes, which
+/// the root cgroup skips), apart from what Rush adds. On a systemd host every login shell
+/// is in such a cgroup already; in the guests, the "outside" rows run in the root.
+struct PlainCgroup {
+    dir: PathBuf,
+}
+
+impl PlainCgroup {
+    fn new(name: &str) -> PlainCgroup {
+        let root = Path::new("/sys/fs/cgroup");
+        assert!(root.join("cgroup.controllers").exists(), "a pure cgroup v2 mount at /sys/fs/cgroup");
+        for c in ["+memory", "+cpu", "+pids", "+io"] {
+            let _ = std::fs::write(root.join("cgroup.subtree_control"), c);
+        }
+        let dir = root.join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        let have = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+        assert!(have.contains("memory"), "the plain cgroup has the memory controller: {have:?}");
+        PlainCgroup { dir }
+    }
+
+    /// `sh -c SCRIPT`, moved into this cgroup before the script runs.
+    fn command(&self, script: &str) -> Command {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", &format!("echo $$ > {}/cgroup.procs && {script}", self.dir.display())]);
+        cmd
+    }
+}
+
+impl Drop for PlainCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.dir.join("cgroup.kill"), "1");
+        wait_until(Duration::from_secs(5), || std::fs::remove_dir(&self.dir).is_ok());
+    }
+}
+
 struct Served {
     child: std::process::Child,
     stdin: Option<std::process::ChildStdin>,
@@ -395,6 +433,11 @@ impl Served {
         let mut cmd = Command::new(fs_tool());
         cmd.args(args);
         Served::start(cmd)
+    }
+
+    /// Outside any agent, but in `cg` (a [`PlainCgroup`]): `rush-test-fs ARGS`.
+    fn in_cgroup(cg: &PlainCgroup, args: &[&str]) -> Served {
+        Served::start(cg.command(&format!("exec {} {}", fs_tool(), args.join(" "))))
     }
 
     /// The next output line; None once the process is gone.
@@ -534,11 +577,22 @@ fn bench_open_read_close_overhead() {
     let deep = deep.strip_prefix("ok ").unwrap().to_owned();
 
     let mut outside_ = Served::outside(&["open-serve"]);
+    let plain_cg = PlainCgroup::new("rush-bench-plain");
+    let mut in_cg = Served::in_cgroup(&plain_cg, &["open-serve"]);
+    assert!(in_cg.ask(&format!("1 {f}")).is_some_and(|l| l.starts_with("ns_per_op")), "in a plain cgroup");
     // An agent that is not file-confined (no --allow): its cgroup and the hooks' agent
     // lookup, without the token checks; apart from the file-confined agents' overhead.
     let tool = fs_tool();
     let mut plain = Served::start(d.rush_cmd(&["agent", "spawn", "open-plain", "--", &tool, "open-serve"]));
     assert!(plain.ask(&format!("1 {f}")).is_some_and(|l| l.starts_with("ns_per_op")), "agent without tokens");
+    // The same agent on a daemon whose agents get no seccomp filter: the filter's share.
+    let no_seccomp = Daemon::start_with_config("[hardening]\nseccomp = false\n");
+    let mut unfiltered =
+        Served::start(no_seccomp.rush_cmd(&["agent", "spawn", "open-nofilter", "--", &tool, "open-serve"]));
+    assert!(
+        unfiltered.ask(&format!("1 {f}")).is_some_and(|l| l.starts_with("ns_per_op")),
+        "agent without tokens nor seccomp filter"
+    );
     let mut agents: Vec<(usize, Served, Duration)> = [1, 100, 10_000]
         .into_iter()
         .map(|n| {
@@ -564,11 +618,15 @@ fn bench_open_read_close_overhead() {
         v[v.len() / 2]
     };
     let rounds = 5;
-    let (mut base, mut deep_base, mut deep_in, mut plain_v) = (vec![], vec![], vec![], vec![]);
+    let (mut base, mut deep_base, mut deep_in, mut plain_v, mut cg_v) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    let mut unfiltered_v = vec![];
     let mut inside: Vec<Vec<f64>> = vec![vec![]; agents.len()];
     for _ in 0..rounds {
         base.push(ns(&mut outside_, 1000, &f));
+        cg_v.push(ns(&mut in_cg, 1000, &f));
         plain_v.push(ns(&mut plain, 1000, &f));
+        unfiltered_v.push(ns(&mut unfiltered, 1000, &f));
         for (i, (_, s, _)) in agents.iter_mut().enumerate() {
             inside[i].push(ns(s, 1000, &f));
         }
@@ -581,6 +639,18 @@ fn bench_open_read_close_overhead() {
     println!("BENCH | open+read+close, median of {rounds} rounds of 1000 | µs per op | ratio vs outside |");
     println!("BENCH |---|---|---|");
     println!("BENCH | outside any agent | {:.1} | 1.00 |", base / 1000.0);
+    let cg_v = median(cg_v);
+    println!(
+        "BENCH | outside any agent, in a plain cgroup (memory, cpu, pids, io) | {:.1} | {:.2} |",
+        cg_v / 1000.0,
+        cg_v / base
+    );
+    let unfiltered_v = median(unfiltered_v);
+    println!(
+        "BENCH | agent, no file tokens, no seccomp filter | {:.1} | {:.2} |",
+        unfiltered_v / 1000.0,
+        unfiltered_v / base
+    );
     let plain_v = median(plain_v);
     println!(
         "BENCH | agent, no file tokens (not file-confined) | {:.1} | {:.2} |",
@@ -734,7 +804,15 @@ fn bench_workloads_inside_the_agent() {
         .status()
         .unwrap();
     assert!(made.success(), "making the archive");
-    let rows = ["outside", "agent, no file tokens", "agent, directory granted"];
+    let plain_cg = PlainCgroup::new("rush-bench-workload");
+    let no_seccomp = Daemon::start_with_config("[hardening]\nseccomp = false\n");
+    let rows = [
+        "outside",
+        "agent, no file tokens",
+        "agent, directory granted",
+        "outside, in a plain cgroup",
+        "agent, no file tokens, no seccomp filter",
+    ];
     let mut runs: Vec<(&str, usize, f64)> = Vec::new();
     let rounds = 3;
     let mut n = 0;
@@ -771,6 +849,16 @@ fn bench_workloads_inside_the_agent() {
                         c
                     }
                     1 => d.rush_cmd(&["agent", "spawn", &format!("wl{n}"), "--", "/bin/sh", "-c", &script]),
+                    3 => plain_cg.command(&script),
+                    4 => no_seccomp.rush_cmd(&[
+                        "agent",
+                        "spawn",
+                        &format!("wl{n}"),
+                        "--",
+                        "/bin/sh",
+                        "-c",
+                        &script,
+                    ]),
                     _ => {
                         let (bins, arch) = (bin_grant(), format!("{}:read", archive.display()));
                         let work = format!("{}:read,write,create,delete", dir.display());
@@ -806,9 +894,9 @@ fn bench_workloads_inside_the_agent() {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("BENCH kernel {}", kernel.trim());
     println!(
-        "BENCH | workload, timed inside (median of {rounds}) | outside | agent, no file tokens | agent, granted |"
+        "BENCH | workload, timed inside (median of {rounds}) | outside | agent, no file tokens | agent, granted | outside, in a plain cgroup | agent, no tokens, no seccomp |"
     );
-    println!("BENCH |---|---|---|---|");
+    println!("BENCH |---|---|---|---|---|---|");
     let mut whats: Vec<&str> = runs.iter().map(|r| r.0).collect();
     whats.dedup();
     whats.sort();
@@ -821,11 +909,15 @@ fn bench_workloads_inside_the_agent() {
         };
         let base = median(0);
         println!(
-            "BENCH | {what} | {base:.2} s (1.00) | {:.2} s ({:.2}) | {:.2} s ({:.2}) |",
+            "BENCH | {what} | {base:.2} s (1.00) | {:.2} s ({:.2}) | {:.2} s ({:.2}) | {:.2} s ({:.2}) | {:.2} s ({:.2}) |",
             median(1),
             median(1) / base,
             median(2),
-            median(2) / base
+            median(2) / base,
+            median(3),
+            median(3) / base,
+            median(4),
+            median(4) / base
         );
     }
 }

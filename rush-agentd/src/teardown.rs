@@ -197,14 +197,18 @@ fn subtree(top: &Path) -> Vec<PathBuf> {
 /// Detaches every mount at or under one of `roots` (the snapshot store's loop-mounted
 /// btrfs), deepest first.
 fn unmount_under(roots: &[PathBuf], failures: &mut Vec<String>) {
-    let info = match fs::read_to_string("/proc/self/mountinfo") {
+    use std::os::unix::ffi::OsStringExt;
+    // Bytes, not text: a mount point need not be UTF-8.
+    let info = match fs::read("/proc/self/mountinfo") {
         Ok(s) => s,
         Err(e) => return failures.push(format!("/proc/self/mountinfo: {e}")),
     };
     let mut points: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_mount_path(p)))
+        .split(|b| *b == b'\n')
+        .filter_map(|l| l.split(|b| *b == b' ').nth(4))
+        .map(|p| {
+            PathBuf::from(std::ffi::OsString::from_vec(rush_agentd::adapters::snapshot::btrfs::unescape(p)))
+        })
         .filter(|p| roots.iter().any(|r| p.starts_with(r)))
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
@@ -215,26 +219,6 @@ fn unmount_under(roots: &[PathBuf], failures: &mut Vec<String>) {
             Err(e) => failures.push(format!("{} not unmounted: {e}", p.display())),
         }
     }
-}
-
-/// mountinfo writes space, tab, newline and backslash in paths as `\ooo` (octal).
-fn unescape_mount_path(p: &str) -> String {
-    let b = p.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && let Ok(v) = u8::from_str_radix(&p[i + 1..i + 4], 8)
-        {
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The daemon's pin directory, and the throw-away ones `rush-agentd doctor` makes beside
@@ -255,15 +239,5 @@ fn remove_pins(pin_dir: &Path, failures: &mut Vec<String>) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => failures.push(format!("pins in {} not removed: {e}", d.display())),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn mount_paths_are_unescaped() {
-        assert_eq!(super::unescape_mount_path(r"/var/lib/a\040b"), "/var/lib/a b");
-        assert_eq!(super::unescape_mount_path("/plain"), "/plain");
-        assert_eq!(super::unescape_mount_path(r"/end\04"), r"/end\04");
     }
 }

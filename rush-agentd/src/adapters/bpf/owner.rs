@@ -475,6 +475,10 @@ impl AgentMaps {
         grant: Option<FileGrantEntry>,
     ) -> Result<(), BpfError> {
         let key = RushFileKey { cgroup_id, ino: key.ino, dev: key.dev, pad: 0 };
+        // No decision is cached for an agent the kernel does not know yet (the programs
+        // cache only for agents with an entry, and its cgroup is new): a spawn's grants
+        // need no generation bump each, which for 10,000 tokens was 20,000 map writes.
+        let live = self.agents.lookup(&cgroup_id.to_ne_bytes(), MapFlags::ANY).ok().flatten().is_some();
         match grant {
             Some(grant) => {
                 let value = RushFileGrant { expires_ns: grant.expires_ns, mnt_id: grant.mnt_id, pad: 0 };
@@ -484,7 +488,9 @@ impl AgentMaps {
                     .update(key.as_bytes(), value.as_bytes(), MapFlags::ANY)
                     .map_err(|source| map_err(MAP_FILE_GRANTS, "update", cgroup_id, source));
                 // Also after a failed write: an entry it replaced may be gone or changed.
-                self.grants_changed()?;
+                if live {
+                    self.grants_changed()?;
+                }
                 written?;
                 self.grant_keys.entry(cgroup_id).or_default().insert(key);
             }

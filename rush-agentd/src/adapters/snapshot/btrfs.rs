@@ -338,7 +338,7 @@ fn mounted_at(mountpoint: &Path) -> Result<Option<Mount>, SnapshotError> {
 
 /// Undoes the backslash escapes of mountinfo (`\040`) and `btrfs receive --dump`
 /// (`\ `, `\\`, `\n`, ..., `\ooo`).
-pub(crate) fn unescape(s: &[u8]) -> Vec<u8> {
+pub fn unescape(s: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
     while i < s.len() {
@@ -837,6 +837,14 @@ mod tests {
         let u = grown.usage().unwrap();
         assert!(u.size_bytes > 900 * MIB, "{u:?}");
         assert_eq!(fs::metadata(tmp.path().join("store.img")).unwrap().len(), 1024 * MIB);
+    }
+
+    #[test]
+    fn mountinfo_paths_unescape() {
+        // mountinfo writes space, tab, newline and backslash as \ooo; teardown reads it too.
+        assert_eq!(unescape(br"/var/lib/a\040b\134c"), b"/var/lib/a b\\c".to_vec());
+        assert_eq!(unescape(b"/plain"), b"/plain".to_vec());
+        assert_eq!(unescape(br"/not-utf8-\377"), b"/not-utf8-\xff".to_vec());
     }
 
     #[test]
