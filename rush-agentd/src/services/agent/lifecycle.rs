@@ -472,10 +472,20 @@ impl AgentManager {
         for token in timed {
             self.schedule_expiry(token);
         }
-        let mgr = Arc::clone(self);
-        let saved = self.save_agent(&name).and_then(|()| self.save_restart(&name));
+        // The exit is watched while the record is written (its fsync off this worker, which
+        // also drives everyone's I/O): an agent that ends at once (`true`) is cleaned up
+        // meanwhile. The watcher deletes the record only once it is written.
+        let (saved_tx, saved_rx) = tokio::sync::oneshot::channel();
+        let (mgr, watched) = (Arc::clone(self), cgroup.clone());
+        tokio::spawn(async move { mgr.watch_exit(name, watched, child, tx, Some(saved_rx)).await });
+        let (mgr, agent) = (Arc::clone(self), info.name.clone());
+        let saved = tokio::task::spawn_blocking(move || {
+            mgr.save_agent(&agent).and_then(|()| mgr.save_restart(&agent))
+        })
+        .await
+        .unwrap_or_else(|e| Err(AgentError::new(Fault::Internal, format!("saving the agent: {e}"))));
+        let _ = saved_tx.send(());
         let kill = saved.is_err().then(|| cgroup.clone());
-        tokio::spawn(async move { mgr.watch_exit(name, cgroup, child, tx).await });
         if let (Err(e), Some(cg)) = (saved, kill) {
             // Unrecorded, a daemon restart would not know it: it must not outlive the refusal.
             let killed = self.cgroups.kill_all(&cg).unwrap_or(0);
@@ -800,6 +810,7 @@ impl AgentManager {
         cg: AgentCgroup,
         child: Child,
         tx: watch::Sender<Option<ExitStatus>>,
+        mut saved: Option<tokio::sync::oneshot::Receiver<()>>,
     ) {
         use std::os::unix::process::ExitStatusExt;
         let mut child = child;
@@ -903,6 +914,10 @@ impl AgentManager {
             let restartable =
                 self.registry().agents.get(&name).is_some_and(|a| a.cgroup.id == cg.id && a.info.restartable);
             if restartable {
+                // After the spawn wrote it, or the record would restart a finished agent.
+                if let Some(saved) = saved.take() {
+                    let _ = saved.await;
+                }
                 self.forget_restart(&name);
             }
         }
@@ -921,6 +936,10 @@ impl AgentManager {
         // Off the way to the caller hearing of the exit (its fsync was most of an exit's
         // cost): a crash before it leaves a row whose cgroup is gone, which the next start
         // finds exited. Keyed by cgroup id, so a new agent under the name keeps its row.
+        // Not before the spawn wrote it (a write after this delete would outlive the agent).
+        if let Some(saved) = saved.take() {
+            let _ = saved.await;
+        }
         if removed_row && let Some(store) = self.store.clone() {
             let (agent, id) = (name.clone(), cg.id);
             let deleted = tokio::task::spawn_blocking(move || store.delete_agent(&agent, id)).await;

@@ -384,7 +384,7 @@ impl AgentManager {
             }
             let mgr = Arc::clone(self);
             let child = Child { pid, pidfd };
-            tokio::spawn(async move { mgr.watch_exit(name, cg, child, tx).await });
+            tokio::spawn(async move { mgr.watch_exit(name, cg, child, tx, None).await });
             adopted += 1;
         }
         adopted
