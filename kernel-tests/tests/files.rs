@@ -363,8 +363,6 @@ fn capability_grant_list_and_revoke_through_the_cli() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not file-confined"), "{}", describe(&out));
 }
 
-/// A `rush-test-fs` serving line requests on its stdin/stdout: in an agent (through a
-/// foreground `rush agent spawn`) or outside. Dropping it closes stdin: the tool exits.
 /// A cgroup v2 child of the root with the controllers an agent's cgroup has (memory, cpu,
 /// pids, io), made by the test and nothing else: what being in a non-root cgroup costs by
 /// itself (memory charging of every page and of kernel objects such as new inodes, which
@@ -403,6 +401,8 @@ impl Drop for PlainCgroup {
     }
 }
 
+/// A `rush-test-fs` serving line requests on its stdin/stdout: in an agent (through a
+/// foreground `rush agent spawn`) or outside. Dropping it closes stdin: the tool exits.
 struct Served {
     child: std::process::Child,
     stdin: Option<std::process::ChildStdin>,
@@ -450,6 +450,12 @@ impl Served {
         writeln!(stdin, "{request}").ok()?;
         stdin.flush().ok()?;
         self.line()
+    }
+
+    /// Whether one open+read+close of `f` is answered with a measurement (`open-serve`):
+    /// the process runs and can open the file.
+    fn measures(&mut self, f: &str) -> bool {
+        self.ask(&format!("1 {f}")).is_some_and(|l| l.starts_with("ns_per_op"))
     }
 
     /// The exit status of the process (for an agent: of `rush`, 128+N for signal N).
@@ -579,20 +585,17 @@ fn bench_open_read_close_overhead() {
     let mut outside_ = Served::outside(&["open-serve"]);
     let plain_cg = PlainCgroup::new("rush-bench-plain");
     let mut in_cg = Served::in_cgroup(&plain_cg, &["open-serve"]);
-    assert!(in_cg.ask(&format!("1 {f}")).is_some_and(|l| l.starts_with("ns_per_op")), "in a plain cgroup");
+    assert!(in_cg.measures(&f), "in a plain cgroup");
     // An agent that is not file-confined (no --allow): its cgroup and the hooks' agent
     // lookup, without the token checks; apart from the file-confined agents' overhead.
     let tool = fs_tool();
     let mut plain = Served::start(d.rush_cmd(&["agent", "spawn", "open-plain", "--", &tool, "open-serve"]));
-    assert!(plain.ask(&format!("1 {f}")).is_some_and(|l| l.starts_with("ns_per_op")), "agent without tokens");
+    assert!(plain.measures(&f), "agent without tokens");
     // The same agent on a daemon whose agents get no seccomp filter: the filter's share.
     let no_seccomp = Daemon::start_with_config("[hardening]\nseccomp = false\n");
     let mut unfiltered =
         Served::start(no_seccomp.rush_cmd(&["agent", "spawn", "open-nofilter", "--", &tool, "open-serve"]));
-    assert!(
-        unfiltered.ask(&format!("1 {f}")).is_some_and(|l| l.starts_with("ns_per_op")),
-        "agent without tokens nor seccomp filter"
-    );
+    assert!(unfiltered.measures(&f), "agent without tokens nor seccomp filter");
     let mut agents: Vec<(usize, Served, Duration)> = [1, 100, 10_000]
         .into_iter()
         .map(|n| {
@@ -600,10 +603,7 @@ fn bench_open_read_close_overhead() {
             let started = Instant::now();
             let mut s = Served::agent(&d, &format!("open{n}"), &grants, &["open-serve"]);
             // The first answer comes once the agent runs: that is the spawn's cost.
-            assert!(
-                s.ask(&format!("1 {f}")).is_some_and(|l| l.starts_with("ns_per_op")),
-                "agent with {n} tokens"
-            );
+            assert!(s.measures(&f), "agent with {n} tokens");
             (n, s, started.elapsed())
         })
         .collect();
@@ -848,17 +848,19 @@ fn bench_workloads_inside_the_agent() {
                         c.args(["-c", &script]);
                         c
                     }
-                    1 => d.rush_cmd(&["agent", "spawn", &format!("wl{n}"), "--", "/bin/sh", "-c", &script]),
+                    1 | 4 => {
+                        let daemon = if row == 1 { &d } else { &no_seccomp };
+                        daemon.rush_cmd(&[
+                            "agent",
+                            "spawn",
+                            &format!("wl{n}"),
+                            "--",
+                            "/bin/sh",
+                            "-c",
+                            &script,
+                        ])
+                    }
                     3 => plain_cg.command(&script),
-                    4 => no_seccomp.rush_cmd(&[
-                        "agent",
-                        "spawn",
-                        &format!("wl{n}"),
-                        "--",
-                        "/bin/sh",
-                        "-c",
-                        &script,
-                    ]),
                     _ => {
                         let (bins, arch) = (bin_grant(), format!("{}:read", archive.display()));
                         let work = format!("{}:read,write,create,delete", dir.display());

@@ -601,8 +601,9 @@ static __noinline __u32 rush_walk_ops(__u64 cgroup_id, struct dentry *dentry,
 					ops |= RUSH_OPS_INTERNAL;
 				return ops;
 			}
-			return rush_walk_rest(cgroup_id, rush_plain(BPF_CORE_READ(mnt, mnt_mountpoint)),
-					      rush_plain(up), (__u64)want << 32 | ops, i + 1);
+			/* Both read with BPF_CORE_READ: plain values already. */
+			return rush_walk_rest(cgroup_id, (__u64)BPF_CORE_READ(mnt, mnt_mountpoint),
+					      (__u64)up, (__u64)want << 32 | ops, i + 1);
 		}
 		parent = dentry->d_parent;
 		if (parent == dentry || !parent) {

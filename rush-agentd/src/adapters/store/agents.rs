@@ -64,7 +64,6 @@ impl Store {
         Ok(())
     }
 
-    /// The agent and its tokens.
     /// The agent `name` whose cgroup is `cgroup_id`, and its tokens: a newer agent under
     /// the name (another cgroup) keeps its row.
     pub fn delete_agent(&self, name: &str, cgroup_id: u64) -> Result<(), StoreError> {
