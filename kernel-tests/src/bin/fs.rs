@@ -67,13 +67,14 @@ fn main() -> ExitCode {
         "open-loop" => open_loop(a(1), a(2)),
         "try-loop" => try_loop(a(1), a(2)),
         "open-serve" => open_serve(),
+        "create-serve" => create_serve(),
         "poll-open" => poll_open(a(1)),
         "map" => map(a(1), a(2)),
         "deep-tree" => deep_tree(a(1), a(2)),
         _ => {
             eprintln!(
                 "usage: rush-test-fs read|write|create|unlink|mkdir|rename|link|exec|hold|open-loop|try-loop|open-serve|\
-                 poll-open|map|deep-tree ..."
+                 create-serve|poll-open|map|deep-tree ..."
             );
             return ExitCode::from(2);
         }
@@ -103,7 +104,8 @@ fn hold(path: &str) -> bool {
 
 fn open_loop(n: &str, path: &str) -> bool {
     let Ok(n) = n.parse::<u32>() else {
-        eprintln!("open-loop: N must be a number");
+        // On stdout: open-serve's caller waits for one line per request.
+        println!("open-loop: N must be a number, not {n:?}");
         return false;
     };
     let mut byte = [0u8; 1];
@@ -139,15 +141,27 @@ fn libc_eperm() -> i32 {
     nix::errno::Errno::EPERM as i32
 }
 
+/// `N PATH` lines on stdin, each answered by `open-loop N PATH`'s line; a refused open is
+/// answered too and serving goes on (so a test can ask again), failing the exit status.
 fn open_serve() -> bool {
+    let mut all = true;
     for line in std::io::stdin().lock().lines().map_while(Result::ok) {
         let Some((n, path)) = line.trim().split_once(' ') else { continue };
-        if !open_loop(n, path) {
-            return false;
-        }
+        all &= open_loop(n, path);
         let _ = std::io::stdout().flush();
     }
-    true
+    all
+}
+
+/// A PATH per line on stdin, each created (a new, empty file) and answered `ok` or
+/// `errno E`; serving goes on after a refusal, failing the exit status.
+fn create_serve() -> bool {
+    let mut all = true;
+    for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+        all &= outcome(OpenOptions::new().write(true).create_new(true).open(line.trim()), |_| "ok".into());
+        let _ = std::io::stdout().flush();
+    }
+    all
 }
 
 fn monotonic_ns() -> u64 {

@@ -44,20 +44,24 @@
  *                    read from PROT_NONE, write on a VM_SHARED vma without VM_WRITE.
  *   path_notify      read, for inotify, fanotify and dnotify marks on an inode; mount
  *                    and filesystem marks refused (they report beyond any grant).
- * Decisions cached per open file (rush_open_cache): what file_open (or a file_permission
- * that walked) found granted on an open regular file or directory is kept, keyed by the
- * struct file's address with the open's identity (agent, flags, f_path's dentry and
- * mount) and the generations of rush_file_policy it was decided under; file_permission on
- * that file is then one lookup while both generations are unchanged and the clock is
- * below the daemon's next expiry. The daemon bumps its generation after every grant it
- * writes or deletes (so a revoke reaches open descriptors at their next read, as before)
- * and, past the earliest expiry, the check walks again until the daemon moves the expiry
- * on (a TTL lapses even with the daemon gone). The kernel's generation is bumped by
- * every rename and link, by any task (they change what lies above a file, and links
- * change the hard-link rule), and when a save moves a grant. The map is an LRU with no
- * delete at close: an entry left for a freed struct file whose address is reused counts
- * only for an open of the same dentry in the same mount by the same agent, under the same
- * generations, for which the walk would find the same. Denials are never cached.
+ * Decisions cached per inode (rush_open_cache, inode local storage): the ops a walk found
+ * granted on an object (in the hooks above but delete and the renames' and links'
+ * no-widening rule; for create, on the directory) are kept in the object's inode storage
+ * with the decision's identity (agent, its flags, the dentry and mount it was reached
+ * through) and the generations of rush_file_policy it was decided under; while both
+ * generations are unchanged and the clock is below the daemon's next expiry, the next
+ * check of that inode through the same path by the same agent (another open, every read
+ * and write, a create in that directory) is one lookup. One entry per inode, holding the
+ * last identity's ops (another agent's check, or another name's, walks and takes the
+ * entry over). The daemon bumps its
+ * generation after every grant it writes or deletes (so a revoke reaches open descriptors
+ * at their next read, as before) and, past the earliest expiry, the check walks again
+ * until the daemon moves the expiry on (a TTL lapses even with the daemon gone). The
+ * kernel's generation is bumped by every rename and link, by any task (they change what
+ * lies above a file, and links change the hard-link rule), by an unlink of a name of a
+ * file that has others (a dentry freed with its name can come back as another name's at
+ * the same address), and when a save moves a grant. An entry dies with its inode.
+ * Denials are never cached.
  * Hard links (rush_agents flags RUSH_AGENT_HARDLINKS_*, `--hardlinks`): a regular file
  * with i_nlink > 1 needs write (refuse-write) or read, write and exec (refuse) from its
  * own grant entry, not from a directory above it: file_open, file_permission, mmap_file,
@@ -126,10 +130,12 @@
  *     it every btrfs file is denied, and the daemon refuses grants there.
  *   - The walk reads d_parent/mnt_parent without the kernel's locks (as every BPF LSM
  *     does): a rename racing with a check can be judged on either side of it (and a
- *     decision so judged stays cached for that open file until the next generation).
- *   - A mount moved or detached (move_mount, umount -l) by a process outside the agents
- *     changes what lies above its files without a generation bump: decisions cached for
- *     files open below it stand until the next bump (agents cannot mount at all).
+ *     decision so judged stays cached for that inode until the next generation).
+ *   - A mount moved, detached or unmounted (move_mount, umount) by a process outside the
+ *     agents changes what lies above its files without a generation bump: decisions
+ *     cached for inodes below it stand until the next bump, also for a new mount of the
+ *     same filesystem that happens to reuse the old struct mount's address (agents
+ *     cannot mount at all).
  *   - A walk longer than RUSH_WALK_MAX levels denies (fail closed).
  *   Claims, besides the above (mappings made before it keep writing; ftruncate of a
  *   descriptor opened before it, on 6.2+; metadata other than chmod/chown):
@@ -211,10 +217,17 @@ struct {
 	__type(value, __u64);
 } rush_save_pending SEC(".maps");
 
-/* A decision for one open file (rush_open_cache; see the top comment). */
+/*
+ * The last decision made for one inode (rush_open_cache; see the top comment). Local
+ * storage is written in place, by any CPU: `seq` is a sequence count (odd while a writer
+ * is in it; writers take it with a compare-and-swap and skip when it is taken), read
+ * before and after the fields with fully ordered atomics, so that a reader never takes
+ * one writer's agent with another's ops.
+ */
 struct rush_open_decision {
+	__u64 seq;       /* 64 bits: BPF's 32-bit atomics with fetch need alu32 (-mcpu=v3) */
 	__u64 cgroup_id; /* the agent it was made for */
-	__u64 dentry;    /* f_path when it was made: with the key, the open's identity */
+	__u64 dentry;    /* the path it was reached by: the decision holds for that path only */
 	__u64 mnt;
 	__u64 daemon_gen; /* rush_file_policy generations it was made under */
 	__u64 kernel_gen;
@@ -222,29 +235,15 @@ struct rush_open_decision {
 	__u32 flags; /* the agent's RUSH_AGENT_* flags then */
 };
 
+/* Inode local storage rather than a hash keyed by the struct file: a read is a few loads
+ * from the inode's security blob, and an open of a file met before is decided without a
+ * walk. (An LRU insert at every open cost more, under TCG, than the walk it saved.) */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64); /* the struct file's address */
+	__uint(type, BPF_MAP_TYPE_INODE_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct rush_open_decision);
 } rush_open_cache SEC(".maps");
-
-/* Both generations of rush_file_policy, read before a walk: a change during the walk
- * leaves the decision stamped with the older one, so stale, never wrongly fresh. 0 if the
- * map cannot be read (nothing is cached then). */
-static __always_inline int rush_policy_gens(__u64 *daemon_gen, __u64 *kernel_gen)
-{
-	__u32 d = RUSH_POLICY_DAEMON, k = RUSH_POLICY_KERNEL;
-	struct rush_file_policy *pd = bpf_map_lookup_elem(&rush_file_policy, &d);
-	struct rush_file_policy *pk = bpf_map_lookup_elem(&rush_file_policy, &k);
-
-	if (!pd || !pk)
-		return 0;
-	*daemon_gen = *(volatile __u64 *)&pd->generation;
-	*kernel_gen = *(volatile __u64 *)&pk->generation;
-	asm volatile("" ::: "memory");
-	return 1;
-}
 
 /* Renames, links and moved grants change what a walk finds: cached decisions go stale. */
 static __always_inline void rush_policy_bump_kernel(void)
@@ -256,53 +255,91 @@ static __always_inline void rush_policy_bump_kernel(void)
 		__sync_fetch_and_add(&p->generation, 1);
 }
 
-/* The ops cached for `file` if the decision still counts (same open, agent, flags and
- * generations, before the next expiry), else 0. The expiry is read before the
- * generations: the daemon raises it only after a bump, so an expiry read new implies
- * generations at least as new. */
-static __always_inline __u32 rush_cached_ops(struct file *file, __u64 cgroup_id, __u32 flags)
-{
-	__u64 key = (__u64)file, next, daemon_gen, kernel_gen;
-	struct rush_open_decision *c = bpf_map_lookup_elem(&rush_open_cache, &key);
-	__u32 d = RUSH_POLICY_DAEMON;
-	struct rush_file_policy *pd;
+/* The policy generations read before a check: what a decision it caches is stamped with.
+ * ~0 when rush_file_policy could not be read: no generation reaches it, so a decision so
+ * stamped never counts. (Not a flag: a known constant in the verifier's state at the walk
+ * would have it verify the walk once for each value.) */
+struct rush_gens {
+	__u64 daemon;
+	__u64 kernel;
+};
 
-	if (!c)
-		return 0;
-	pd = bpf_map_lookup_elem(&rush_file_policy, &d);
-	if (!pd)
+/*
+ * The ops cached for `inode` if its decision still counts (reached through the same
+ * dentry and mount, by the same agent with the same flags, under the current generations,
+ * before the next expiry), else 0; the generations in `g` either way, for the decision
+ * the caller then makes. The expiry is read before the generations: the daemon raises it
+ * only after a bump, so an expiry read new implies generations at least as new.
+ * `inode` must be a BTF pointer (a direct load), as the storage helper takes it.
+ */
+static __always_inline __u32 rush_cached_at(struct inode *inode, struct dentry *dentry, __u64 mnt,
+					    __u64 cgroup_id, __u32 flags, struct rush_gens *g)
+{
+	__u32 d = RUSH_POLICY_DAEMON, k = RUSH_POLICY_KERNEL, ops;
+	struct rush_file_policy *pd = bpf_map_lookup_elem(&rush_file_policy, &d);
+	struct rush_file_policy *pk = bpf_map_lookup_elem(&rush_file_policy, &k);
+	struct rush_open_decision *c;
+	__u64 seq, next;
+	int stale;
+
+	g->daemon = ~0ULL;
+	g->kernel = ~0ULL;
+	if (!pd || !pk)
 		return 0;
 	next = *(volatile __u64 *)&pd->next_expiry_ns;
 	asm volatile("" ::: "memory");
-	if (!rush_policy_gens(&daemon_gen, &kernel_gen))
+	g->daemon = *(volatile __u64 *)&pd->generation;
+	g->kernel = *(volatile __u64 *)&pk->generation;
+	asm volatile("" ::: "memory");
+	if (!inode)
 		return 0;
-	if (c->cgroup_id != cgroup_id || c->flags != flags || c->daemon_gen != daemon_gen ||
-	    c->kernel_gen != kernel_gen || c->dentry != (__u64)file->f_path.dentry ||
-	    c->mnt != (__u64)file->f_path.mnt)
+	c = bpf_inode_storage_get(&rush_open_cache, inode, 0, 0);
+	if (!c)
+		return 0;
+	seq = __sync_fetch_and_add(&c->seq, 0);
+	if (seq & 1)
+		return 0;
+	stale = c->cgroup_id != cgroup_id || c->flags != flags || c->daemon_gen != g->daemon ||
+		c->kernel_gen != g->kernel || c->dentry != (__u64)dentry || c->mnt != mnt;
+	ops = c->ops;
+	if (__sync_fetch_and_add(&c->seq, 0) != seq || stale)
 		return 0;
 	/* ~0: no grant expires (no clock read, the common case). */
 	if (next != ~0ULL && bpf_ktime_get_boot_ns() >= next)
 		return 0;
-	return c->ops;
+	return ops;
 }
 
-/* Remembers that `ops` are granted on `file` (a regular file or directory) under the
- * generations read before the walk that found them. */
-static __always_inline void rush_cache_ops(struct file *file, __u64 cgroup_id, __u32 flags, __u32 ops,
-					   __u64 daemon_gen, __u64 kernel_gen)
+/* Remembers that `ops` are granted on `inode` through (dentry, mnt) under the generations
+ * `g` read before the walk that found them; added to the entry's ops when it holds a
+ * decision of the same identity and generations. Skipped when another writer is in the
+ * entry (the next check walks again). */
+static __always_inline void rush_cache_at(struct inode *inode, struct dentry *dentry, __u64 mnt,
+					  __u64 cgroup_id, __u32 flags, __u32 ops,
+					  const struct rush_gens *g)
 {
-	__u64 key = (__u64)file;
-	struct rush_open_decision c = {
-		.cgroup_id = cgroup_id,
-		.dentry = (__u64)file->f_path.dentry,
-		.mnt = (__u64)file->f_path.mnt,
-		.daemon_gen = daemon_gen,
-		.kernel_gen = kernel_gen,
-		.ops = ops,
-		.flags = flags,
-	};
+	struct rush_open_decision *c;
+	__u64 seq;
 
-	bpf_map_update_elem(&rush_open_cache, &key, &c, BPF_ANY);
+	if (!inode)
+		return;
+	c = bpf_inode_storage_get(&rush_open_cache, inode, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!c)
+		return;
+	seq = *(volatile __u64 *)&c->seq;
+	if ((seq & 1) || __sync_val_compare_and_swap(&c->seq, seq, seq + 1) != seq)
+		return;
+	if (c->cgroup_id == cgroup_id && c->flags == flags && c->dentry == (__u64)dentry &&
+	    c->mnt == mnt && c->daemon_gen == g->daemon && c->kernel_gen == g->kernel)
+		ops |= c->ops;
+	c->cgroup_id = cgroup_id;
+	c->dentry = (__u64)dentry;
+	c->mnt = mnt;
+	c->daemon_gen = g->daemon;
+	c->kernel_gen = g->kernel;
+	c->ops = ops;
+	c->flags = flags;
+	__sync_val_compare_and_swap(&c->seq, seq + 1, seq + 2);
 }
 
 /* The agent cgroup of the current task if that agent is file-confined, else 0; its
@@ -344,17 +381,28 @@ static __always_inline struct mount *rush_real_mount(struct vfsmount *mnt)
 	return (struct mount *)((unsigned long)mnt - bpf_core_field_offset(struct mount, mnt));
 }
 
-/* The ops one grant entry allows now. ~0 never expires (now never reaches it). */
-static __always_inline __u32 rush_grant_ops(const struct rush_file_grant *g, __u64 now)
+/* The ops one grant entry allows now. 0 is not granted, ~0 never expires; the clock is
+ * read only for an op with a real expiry, and at most once: a clock read is a helper
+ * call, and where the clocksource is emulated (hpet in the 6.1 guests) it costs more
+ * than the rest of a walk. */
+static __always_inline __u32 rush_grant_ops(const struct rush_file_grant *g)
 {
+	__u64 now = 0;
 	__u32 ops = 0;
 
 #pragma unroll
 	for (int i = 0; i < RUSH_FILE_OPS_LEN; i++) {
 		__u64 expires = g->expires_ns[i];
 
-		if (expires && now < expires)
-			ops |= 1u << i;
+		if (!expires)
+			continue;
+		if (expires != ~0ULL) {
+			if (!now)
+				now = bpf_ktime_get_boot_ns();
+			if (now >= expires)
+				continue;
+		}
+		ops |= 1u << i;
 	}
 	return ops;
 }
@@ -365,7 +413,6 @@ static __always_inline __u32 rush_grant_ops(const struct rush_file_grant *g, __u
  */
 struct rush_walk {
 	__u64 cgroup_id;
-	__u64 now;
 	struct dentry *dentry;
 	struct mount *mnt;
 	__u32 mnt_id; /* of mnt */
@@ -381,7 +428,7 @@ struct rush_walk {
  * on its own (its result is just a scalar to the callers): inlined in the fast loop of
  * rush_walk_ops, its branches multiplied the loop's states past the 6.1 verifier's limit.
  */
-__noinline __u32 rush_level_ops(__u64 cgroup_id, __u64 ino, __u32 dev, __u32 mnt_id, __u64 now)
+__noinline __u32 rush_level_ops(__u64 cgroup_id, __u64 ino, __u32 dev, __u32 mnt_id)
 {
 	struct rush_file_key key = {
 		.cgroup_id = cgroup_id,
@@ -392,7 +439,19 @@ __noinline __u32 rush_level_ops(__u64 cgroup_id, __u64 ino, __u32 dev, __u32 mnt
 
 	if (!grant || (grant->mnt_id && grant->mnt_id != mnt_id))
 		return 0;
-	return rush_grant_ops(grant, now);
+	return rush_grant_ops(grant);
+}
+
+/*
+ * `v`, unknown to the verifier: a global function's result is just a scalar. For the ops
+ * a hook computes on many paths, each a different constant: kept known, each would be
+ * checked against the rest of the program (the walk included) on its own path.
+ */
+__noinline __u32 rush_opaque(__u32 v)
+{
+	/* Else clang sees that the result is the argument and uses the argument. */
+	asm volatile("" : "+r"(v));
+	return v;
 }
 
 /*
@@ -482,7 +541,7 @@ static long rush_walk_step(__u32 index, void *data)
 	inode = BPF_CORE_READ(dentry, d_inode);
 	if (inode) {
 		w->ops |= rush_level_ops(w->cgroup_id, BPF_CORE_READ(inode, i_ino), rush_inode_dev(inode),
-					 w->mnt_id, w->now);
+					 w->mnt_id);
 		if ((w->ops & w->want) == w->want) {
 			w->done = 1;
 			return 1;
@@ -530,11 +589,9 @@ static __always_inline __u64 rush_plain(const void *p)
  */
 __noinline __u32 rush_walk_rest(__u64 cgroup_id, __u64 dentry, __u64 mnt, __u64 want_ops, __u32 walked)
 {
-	/* Five arguments at most: `want` and `ops` share one (want << 32 | ops), and the
-	 * clock is read again (a grant lapsing in between is lapsed: fail closed). */
+	/* Five arguments at most: `want` and `ops` share one (want << 32 | ops). */
 	struct rush_walk w = {
 		.cgroup_id = cgroup_id,
-		.now = bpf_ktime_get_boot_ns(),
 		.dentry = (struct dentry *)dentry,
 		.mnt = (struct mount *)mnt,
 		.want = want_ops >> 32,
@@ -565,7 +622,6 @@ static __noinline __u32 rush_walk_ops(__u64 cgroup_id, struct dentry *dentry,
 				      struct vfsmount *vfsmnt, __u32 want)
 {
 	struct mount *mnt = rush_real_mount(vfsmnt);
-	__u64 now = bpf_ktime_get_boot_ns();
 	struct dentry *root;
 	__u32 ops = 0, mnt_id;
 	int i;
@@ -588,7 +644,7 @@ static __noinline __u32 rush_walk_ops(__u64 cgroup_id, struct dentry *dentry,
 			/* As a plain value: a global function takes no BTF pointer. */
 			if (sb->s_magic == BTRFS_SUPER_MAGIC)
 				dev = rush_btrfs_dev((__u64)BPF_CORE_READ(dentry, d_inode));
-			ops |= rush_level_ops(cgroup_id, inode->i_ino, dev, mnt_id, now);
+			ops |= rush_level_ops(cgroup_id, inode->i_ino, dev, mnt_id);
 			if ((ops & want) == want)
 				return ops;
 		}
@@ -788,7 +844,7 @@ static __always_inline __u32 rush_own_ops(__u64 cgroup_id, struct dentry *dentry
 
 	if (!grant || !mnt || (grant->mnt_id && grant->mnt_id != rush_mnt_id(mnt)))
 		return 0;
-	return rush_grant_ops(grant, bpf_ktime_get_boot_ns());
+	return rush_grant_ops(grant);
 }
 
 /*
@@ -828,17 +884,25 @@ static __always_inline __u32 rush_linked_missing(__u64 cgroup_id, __u32 flags, _
 }
 
 /* Allows when the agent holds every op of `need` on (dentry, mnt) (and, for a file with
- * several links under a hard-link mode, from its own entry), else denies. */
+ * several links under a hard-link mode, from its own entry), else denies. The decision is
+ * cached on the inode (rush_cached_at); `dentry` must be a BTF pointer. */
 static __always_inline int rush_require(__u32 hook, __u64 cgroup_id, __u32 flags, __u32 need,
 					struct dentry *dentry, struct vfsmount *mnt,
 					struct dentry *named)
 {
-	__u32 missing = need & ~rush_walk_ops(cgroup_id, dentry, mnt, need);
+	struct inode *inode = dentry->d_inode;
+	struct rush_gens g;
+	__u32 missing;
 
+	if ((rush_cached_at(inode, dentry, (__u64)mnt, cgroup_id, flags, &g) & need) == need)
+		return 0;
+	missing = need & ~rush_walk_ops(cgroup_id, dentry, mnt, need);
 	if (!missing)
 		missing = rush_linked_missing(cgroup_id, flags, need, dentry, mnt);
-	if (!missing)
+	if (!missing) {
+		rush_cache_at(inode, dentry, (__u64)mnt, cgroup_id, flags, need, &g);
 		return 0;
+	}
 	return rush_deny(hook, cgroup_id, rush_first_op(missing), dentry, named, mnt);
 }
 
@@ -968,6 +1032,8 @@ static __always_inline int rush_check_create(__u32 hook, const struct path *dir,
 	struct dentry *parent = dir->dentry;
 	struct vfsmount *mnt;
 	__u32 type = mode & S_IFMT;
+	struct inode *inode;
+	struct rush_gens g;
 	int denied;
 
 	if (!cgroup_id)
@@ -976,8 +1042,14 @@ static __always_inline int rush_check_create(__u32 hook, const struct path *dir,
 	denied = rush_claim_check(hook, cgroup_id, flags, RUSH_FILE_OP_CREATE, parent, dentry, mnt);
 	if (denied || !(flags & RUSH_AGENT_FILES_CONFINED))
 		return denied;
-	if (rush_walk_ops(cgroup_id, parent, mnt, RUSH_FILE_OP_CREATE) & RUSH_FILE_OP_CREATE)
+	/* Cached on the directory: a tar or a build creates many files in one. */
+	inode = parent->d_inode;
+	if (rush_cached_at(inode, parent, (__u64)mnt, cgroup_id, flags, &g) & RUSH_FILE_OP_CREATE)
 		return 0;
+	if (rush_walk_ops(cgroup_id, parent, mnt, RUSH_FILE_OP_CREATE) & RUSH_FILE_OP_CREATE) {
+		rush_cache_at(inode, parent, (__u64)mnt, cgroup_id, flags, RUSH_FILE_OP_CREATE, &g);
+		return 0;
+	}
 	if (hook == RUSH_FHOOK_PATH_MKNOD && (type == 0 || type == S_IFREG) &&
 	    (rush_own_ops(cgroup_id, parent, mnt) & RUSH_FILE_OP_SAVE)) {
 		__u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -1070,7 +1142,11 @@ static __always_inline int rush_check_delete(__u32 hook, const struct path *dir,
 	denied = rush_claim_check(hook, cgroup_id, flags, RUSH_FILE_OP_DELETE, dentry, dentry, mnt);
 	if (denied || !(flags & RUSH_AGENT_FILES_CONFINED))
 		return denied;
-	return rush_require(hook, cgroup_id, 0, RUSH_FILE_OP_DELETE, dentry, mnt, dentry);
+	/* Not rush_require: no hard-link rule for removing a name, and nothing to cache on
+	 * an inode that is going (its entry is left for its other names). */
+	if (rush_walk_ops(cgroup_id, dentry, mnt, RUSH_FILE_OP_DELETE) & RUSH_FILE_OP_DELETE)
+		return 0;
+	return rush_deny(hook, cgroup_id, RUSH_FILE_OP_DELETE, dentry, dentry, mnt);
 }
 
 /* Write on the object at `path` (truncate, chmod, chown). */
@@ -1120,9 +1196,9 @@ int BPF_PROG(rush_file_open, struct file *file)
 	struct rush_file_event *e;
 	struct vfsmount *mnt;
 	struct dentry *dentry;
-	__u32 fmode, fflags, need = 0, missing, type;
-	__u64 daemon_gen = 0, kernel_gen = 0;
-	int cacheable;
+	struct inode *inode;
+	struct rush_gens g;
+	__u32 fmode, fflags, need = 0, missing;
 
 	if (!cgroup_id)
 		return 0;
@@ -1141,6 +1217,7 @@ int BPF_PROG(rush_file_open, struct file *file)
 	 * create there, which only the directories above the new inode can grant. */
 	if (fflags & __O_TMPFILE)
 		need |= RUSH_FILE_OP_CREATE;
+	need = rush_opaque(need);
 
 	dentry = file->f_path.dentry;
 	mnt = BPF_CORE_READ(file, f_path.mnt);
@@ -1164,22 +1241,22 @@ int BPF_PROG(rush_file_open, struct file *file)
 	}
 	if (!(flags & RUSH_AGENT_FILES_CONFINED))
 		return 0;
-	/* What file_permission will check on this file, decided once here. */
-	type = file->f_inode->i_mode & S_IFMT;
-	cacheable = (type == S_IFREG || type == S_IFDIR) && rush_policy_gens(&daemon_gen, &kernel_gen);
+	/* An open of an inode decided before, through the same path, needs no walk; what
+	 * this one decides is what file_permission then finds. Only read, write and exec are
+	 * kept: O_TMPFILE's create is the directory's, not the new inode's. */
+	inode = dentry->d_inode;
+	if ((rush_cached_at(inode, dentry, (__u64)mnt, cgroup_id, flags, &g) & need) == need)
+		return 0;
 	missing = need & ~rush_walk_ops(cgroup_id, dentry, mnt, need);
 	if (!missing) {
 		missing = rush_linked_missing(cgroup_id, flags, need, dentry, mnt);
 		if (!missing) {
-			if (cacheable)
-				rush_cache_ops(file, cgroup_id, flags, need & RUSH_OPS_RWX, daemon_gen,
-					       kernel_gen);
+			rush_cache_at(inode, dentry, (__u64)mnt, cgroup_id, flags, need & RUSH_OPS_RWX, &g);
 			return 0;
 		}
 	} else if (!(missing & ~(RUSH_FILE_OP_READ | RUSH_FILE_OP_WRITE)) &&
 		   rush_claim_saved(cgroup_id, dentry, mnt)) {
-		if (cacheable)
-			rush_cache_ops(file, cgroup_id, flags, need & RUSH_OPS_RWX, daemon_gen, kernel_gen);
+		rush_cache_at(inode, dentry, (__u64)mnt, cgroup_id, flags, need & RUSH_OPS_RWX, &g);
 		return 0;
 	}
 	e = rush_file_event_start(RUSH_FHOOK_FILE_OPEN, cgroup_id, rush_first_op(missing), dentry);
@@ -1200,10 +1277,9 @@ int BPF_PROG(rush_file_permission, struct file *file, int mask)
 	__u32 flags = 0;
 	__u64 cgroup_id = rush_file_agent(&flags);
 	__u32 need = 0, type;
-	__u64 daemon_gen = 0, kernel_gen = 0;
 	struct vfsmount *mnt;
 	struct dentry *dentry;
-	int denied, cacheable;
+	int denied;
 
 	if (!cgroup_id)
 		return 0;
@@ -1215,6 +1291,7 @@ int BPF_PROG(rush_file_permission, struct file *file, int mask)
 		need |= (file->f_flags & __FMODE_EXEC) ? RUSH_FILE_OP_EXEC : RUSH_FILE_OP_READ;
 	if (mask & (MAY_WRITE | MAY_APPEND))
 		need |= RUSH_FILE_OP_WRITE;
+	need = rush_opaque(need);
 	if (!need)
 		return 0;
 	dentry = file->f_path.dentry;
@@ -1228,14 +1305,9 @@ int BPF_PROG(rush_file_permission, struct file *file, int mask)
 	}
 	if (!(flags & RUSH_AGENT_FILES_CONFINED))
 		return 0;
-	if ((rush_cached_ops(file, cgroup_id, flags) & need) == need)
-		return 0;
+	/* Mostly a hit of what file_open decided (rush_require's cache). */
 	mnt = BPF_CORE_READ(file, f_path.mnt);
-	cacheable = rush_policy_gens(&daemon_gen, &kernel_gen);
-	denied = rush_require(RUSH_FHOOK_FILE_PERMISSION, cgroup_id, flags, need, dentry, mnt, dentry);
-	if (!denied && cacheable)
-		rush_cache_ops(file, cgroup_id, flags, need, daemon_gen, kernel_gen);
-	return denied;
+	return rush_require(RUSH_FHOOK_FILE_PERMISSION, cgroup_id, flags, need, dentry, mnt, dentry);
 }
 
 SEC("lsm/path_mknod")
@@ -1261,6 +1333,10 @@ int BPF_PROG(rush_path_symlink, const struct path *dir, struct dentry *dentry,
 SEC("lsm/path_unlink")
 int BPF_PROG(rush_path_unlink, const struct path *dir, struct dentry *dentry)
 {
+	/* By any task: one of several names going changes which paths reach the inode, and
+	 * its dentry may come back as another name's: decisions cached for it go stale. */
+	if (BPF_CORE_READ(dentry, d_inode, i_nlink) > 1)
+		rush_policy_bump_kernel();
 	return rush_check_delete(RUSH_FHOOK_PATH_UNLINK, dir, dentry);
 }
 
@@ -1427,10 +1503,10 @@ int BPF_PROG(rush_mmap_file, struct file *file, unsigned long reqprot, unsigned 
 	cgroup_id = rush_file_agent(&flags);
 	if (!cgroup_id)
 		return 0;
-	need = rush_map_need(file, prot & (PROT_READ | PROT_WRITE),
+	need = rush_opaque(rush_map_need(file, prot & (PROT_READ | PROT_WRITE),
 			     (prot & PROT_WRITE) &&
 				     (map_type == MAP_SHARED || map_type == MAP_SHARED_VALIDATE),
-			     prot & PROT_EXEC);
+			     prot & PROT_EXEC));
 	if (!need)
 		return 0;
 	dentry = file->f_path.dentry;
@@ -1469,10 +1545,10 @@ int BPF_PROG(rush_file_mprotect, struct vm_area_struct *vma, unsigned long reqpr
 	if (!cgroup_id)
 		return 0;
 	vm_flags = BPF_CORE_READ(vma, vm_flags);
-	need = rush_map_need(file,
+	need = rush_opaque(rush_map_need(file,
 			     (prot & (PROT_READ | PROT_WRITE)) && !(vm_flags & (VM_READ | VM_WRITE)),
 			     (prot & PROT_WRITE) && (vm_flags & VM_SHARED) && !(vm_flags & VM_WRITE),
-			     (prot & PROT_EXEC) && !(vm_flags & VM_EXEC));
+			     (prot & PROT_EXEC) && !(vm_flags & VM_EXEC)));
 	if (!need)
 		return 0;
 	dentry = file->f_path.dentry;
