@@ -53,15 +53,14 @@
  * check of that inode through the same path by the same agent (another open, every read
  * and write, a create in that directory) is one lookup. One entry per inode, holding the
  * last identity's ops (another agent's check, or another name's, walks and takes the
- * entry over). The daemon bumps its
- * generation after every grant it writes or deletes (so a revoke reaches open descriptors
- * at their next read, as before) and, past the earliest expiry, the check walks again
- * until the daemon moves the expiry on (a TTL lapses even with the daemon gone). The
- * kernel's generation is bumped by every rename and link, by any task (they change what
- * lies above a file, and links change the hard-link rule), by an unlink of a name of a
- * file that has others (a dentry freed with its name can come back as another name's at
- * the same address), and when a save moves a grant. An entry dies with its inode.
- * Denials are never cached.
+ * entry over). The daemon bumps its generation after every grant it writes or deletes
+ * (so a revoke reaches open descriptors at their next read, as before) and, past the
+ * earliest expiry, the check walks again until the daemon moves the expiry on (a TTL
+ * lapses even with the daemon gone). The kernel's generation is bumped by every rename
+ * and link, by any task (they change what lies above a file, and links change the
+ * hard-link rule), by an unlink of a name of a file that has others (a dentry freed with
+ * its name can come back as another name's at the same address), and when a save moves a
+ * grant. An entry dies with its inode. Denials are never cached.
  * Hard links (rush_agents flags RUSH_AGENT_HARDLINKS_*, `--hardlinks`): a regular file
  * with i_nlink > 1 needs write (refuse-write) or read, write and exec (refuse) from its
  * own grant entry, not from a directory above it: file_open, file_permission, mmap_file,
@@ -255,7 +254,7 @@ static __always_inline void rush_policy_bump_kernel(void)
 		__sync_fetch_and_add(&p->generation, 1);
 }
 
-/* The policy generations read before a check: what a decision it caches is stamped with.
+/* The policy generations read before a check, which the decision it caches is stamped with.
  * ~0 when rush_file_policy could not be read: no generation reaches it, so a decision so
  * stamped never counts. (Not a flag: a known constant in the verifier's state at the walk
  * would have it verify the walk once for each value.) */
